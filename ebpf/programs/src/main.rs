@@ -1,0 +1,294 @@
+//! Myelin's kernel programs: capture at `connect()`, track established sockets, splice bytes.
+//!
+//! - `cgroup/connect4`: TCP connects of enrolled cgroups are rewritten to the node proxy's
+//!   capture address; the original destination is kept by socket cookie.
+//! - `sockops`: on ESTABLISHED, captured app sockets and the proxy's matching sockets go into
+//!   `MYELIN_SOCKS` under their own 4-tuple, and the original destination moves from the
+//!   cookie to the 4-tuple where the proxy can read it.
+//! - `sk_msg`: a message sent on a spliced socket is redirected straight into the peer
+//!   socket's receive queue; no peer means plain TCP (pass, never drop).
+//!
+//! Every entry point is a thin wrapper over a `try_*` helper and returns a real verdict.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{
+        sk_action::SK_PASS, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE,
+    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash,
+    },
+    programs::{SkMsgContext, SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use myelin_ebpf_common::{
+    counter, Config, NetAddr, NetPort, OrigDst, SockKey, WorkloadFlags, CFG_CAPTURE,
+    CFG_SPLICE_TO_APP, CFG_SPLICE_TO_PROXY, ORIG_NO_SPLICE, ORIG_PROXY_UPSTREAM, WL_NO_SPLICE,
+};
+
+const AF_INET: u32 = 2;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+/// `connect4` verdict: let the (possibly rewritten) connect proceed.
+const ALLOW: i32 = 1;
+
+#[map]
+static MYELIN_CONFIG: Array<Config> = Array::pinned(1, 0);
+/// Enrolled workloads by cgroup v2 id.
+#[map]
+static MYELIN_ENROLLED: HashMap<u64, WorkloadFlags> = HashMap::pinned(16384, 0);
+/// Workloads on this node by IP: the proxy's connections to them may be spliced.
+#[map]
+static MYELIN_LOCAL_PODS: HashMap<NetAddr, WorkloadFlags> = HashMap::pinned(16384, 0);
+/// Destination ports never captured.
+#[map]
+static MYELIN_EXCL_PORTS: HashMap<NetPort, u32> = HashMap::pinned(1024, 0);
+/// Destination CIDRs never captured (key data: the address in network order).
+#[map]
+static MYELIN_EXCL_CIDRS: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(1024, BPF_F_NO_PREALLOC);
+/// Original destination by socket cookie, from `connect4` until ESTABLISHED.
+#[map]
+static MYELIN_COOKIE_DST: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65536, 0);
+/// Original destination by the app socket's 4-tuple (app -> capture address); read by the proxy.
+#[map]
+static MYELIN_ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::pinned(65536, 0);
+/// Active ends that were spliced: the passive end joins only if its peer is here.
+#[map]
+static MYELIN_ACTIVE: LruHashMap<SockKey, u32> = LruHashMap::pinned(65536, 0);
+/// Sockets that already sent bytes over plain TCP: they stay on TCP for their whole life, so
+/// redirected bytes can never overtake bytes still in flight on the TCP path.
+#[map]
+static MYELIN_TCP_ONLY: LruHashMap<SockKey, u32> = LruHashMap::pinned(65536, 0);
+#[map]
+static MYELIN_SOCKS: SockHash<SockKey> = SockHash::pinned(65536, 0);
+#[map]
+static MYELIN_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[inline(always)]
+fn count(idx: u32, n: u64) {
+    if let Some(p) = MYELIN_COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, valid for the lifetime of the program run.
+        unsafe { *p += n };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    MYELIN_CONFIG.get(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// cgroup/connect4
+
+#[cgroup_sock_addr(connect4)]
+pub fn myelin_connect4(ctx: SockAddrContext) -> i32 {
+    // Never fail a connect because of us: errors mean "not captured".
+    let _ = try_connect4(&ctx);
+    ALLOW
+}
+
+fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
+    // SAFETY: the context pointer is valid for this program run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_family != AF_INET || sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
+        return Ok(()); // UDP (DNS included) and other families are never captured
+    }
+    let cfg = config().ok_or(())?;
+    if cfg.flags & CFG_CAPTURE == 0 {
+        return Ok(());
+    }
+    let dst_ip = NetAddr(sa.user_ip4);
+    let dst_port = NetPort::from_user_port(sa.user_port);
+    // SAFETY: plain helper call in task context.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+
+    if cgroup == cfg.proxy_cgroup {
+        // The proxy's own connections are never captured. Its connections to local pods may be
+        // spliced: mark them for sock_ops.
+        // SAFETY: read-only lookup of a plain value.
+        if let Some(pod) = unsafe { MYELIN_LOCAL_PODS.get(&dst_ip) } {
+            if pod.flags & WL_NO_SPLICE == 0 {
+                let mark = OrigDst { ip: dst_ip, port: dst_port, flags: ORIG_PROXY_UPSTREAM };
+                let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+                MYELIN_COOKIE_DST.insert(&cookie, &mark, 0).map_err(|_| ())?;
+            }
+        }
+        return Ok(());
+    }
+
+    // SAFETY: read-only lookup of a plain value.
+    let wl = match unsafe { MYELIN_ENROLLED.get(&cgroup) } {
+        Some(wl) => *wl,
+        None => return Ok(()),
+    };
+    if dst_ip.is_loopback() || (dst_ip == cfg.capture_ip && dst_port == cfg.capture_port) {
+        return Ok(());
+    }
+    // SAFETY: read-only lookups.
+    if unsafe { MYELIN_EXCL_PORTS.get(&dst_port) }.is_some() {
+        return Ok(());
+    }
+    if MYELIN_EXCL_CIDRS.get(&Key::new(32, dst_ip.octets())).is_some() {
+        return Ok(());
+    }
+
+    let flags = if wl.flags & WL_NO_SPLICE != 0 { ORIG_NO_SPLICE } else { 0 };
+    let orig = OrigDst { ip: dst_ip, port: dst_port, flags };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    MYELIN_COOKIE_DST.insert(&cookie, &orig, 0).map_err(|_| ())?;
+    sa.user_ip4 = cfg.capture_ip.0;
+    sa.user_port = cfg.capture_port.to_user_port();
+    count(counter::CONNECT_CAPTURED, 1);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// sockops
+
+#[sock_ops]
+pub fn myelin_sockops(ctx: SockOpsContext) -> u32 {
+    let _ = try_sockops(&ctx);
+    0
+}
+
+#[inline(always)]
+fn own_key(ctx: &SockOpsContext) -> SockKey {
+    SockKey {
+        src_ip: NetAddr(ctx.local_ip4()),
+        dst_ip: NetAddr(ctx.remote_ip4()),
+        src_port: NetPort::from_local_port(ctx.local_port()),
+        dst_port: NetPort::from_remote_port(ctx.remote_port()),
+    }
+}
+
+fn try_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
+    if ctx.family() != AF_INET {
+        return Ok(());
+    }
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => active_established(ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => passive_established(ctx),
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(1) == BPF_TCP_CLOSE {
+                let key = own_key(ctx);
+                let _ = MYELIN_ACTIVE.remove(&key);
+                let _ = MYELIN_TCP_ONLY.remove(&key);
+                let _ = MYELIN_ORIG_DST.remove(&key);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn active_established(ctx: &SockOpsContext) -> Result<(), ()> {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: read-only lookup; the value is copied out before the remove below.
+    let pending = match unsafe { MYELIN_COOKIE_DST.get(&cookie) } {
+        Some(p) => *p,
+        None => {
+            // A socket of an enrolled app that connected to the capture address without going
+            // through connect4 (e.g. programs re-attached mid-connect) has no original
+            // destination: count it, the proxy will refuse it.
+            let cfg = config().ok_or(())?;
+            let key = own_key(ctx);
+            if key.dst_ip == cfg.capture_ip && key.dst_port == cfg.capture_port {
+                count(counter::ORIG_DST_MISS, 1);
+            }
+            return Ok(());
+        }
+    };
+    let _ = MYELIN_COOKIE_DST.remove(&cookie);
+    let key = own_key(ctx);
+    if pending.flags & ORIG_PROXY_UPSTREAM == 0 {
+        MYELIN_ORIG_DST.insert(&key, &pending, 0).map_err(|_| ())?;
+    }
+    if pending.flags & ORIG_NO_SPLICE != 0 {
+        return Ok(());
+    }
+    // Close notifications clean up the per-socket entries.
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    insert(ctx, key)?;
+    MYELIN_ACTIVE.insert(&key, &1, 0).map_err(|_| ())
+}
+
+fn passive_established(ctx: &SockOpsContext) -> Result<(), ()> {
+    let key = own_key(ctx);
+    // Only the other end of a connection whose active end we spliced.
+    // SAFETY: read-only lookup.
+    if unsafe { MYELIN_ACTIVE.get(&key.reversed()) }.is_none() {
+        return Ok(());
+    }
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    insert(ctx, key)
+}
+
+#[inline(always)]
+fn insert(ctx: &SockOpsContext, mut key: SockKey) -> Result<(), ()> {
+    // SAFETY: ctx.ops is the live bpf_sock_ops of this run.
+    match MYELIN_SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, 0) {
+        Ok(()) => {
+            count(counter::SOCK_INSERTED, 1);
+            Ok(())
+        }
+        Err(_) => {
+            count(counter::SOCK_INSERT_FAILED, 1);
+            Err(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sk_msg
+
+#[sk_msg]
+pub fn myelin_sk_msg(ctx: SkMsgContext) -> u32 {
+    try_sk_msg(&ctx);
+    // A redirect that succeeded already carried the verdict; on a miss the bytes go over TCP.
+    SK_PASS
+}
+
+fn try_sk_msg(ctx: &SkMsgContext) {
+    // SAFETY: the context pointer is valid for this program run.
+    let md = unsafe { &*ctx.msg };
+    let own = SockKey {
+        src_ip: NetAddr(md.local_ip4),
+        dst_ip: NetAddr(md.remote_ip4),
+        src_port: NetPort::from_local_port(md.local_port),
+        dst_port: NetPort::from_remote_port(md.remote_port),
+    };
+    let Some(cfg) = config() else { return };
+    let from_proxy = own.src_ip == cfg.capture_ip;
+    let dir = if from_proxy { CFG_SPLICE_TO_APP } else { CFG_SPLICE_TO_PROXY };
+    // SAFETY: read-only lookup.
+    if cfg.flags & dir == 0 || unsafe { MYELIN_TCP_ONLY.get(&own) }.is_some() {
+        return;
+    }
+    let size = md.size;
+    let mut peer = own.reversed();
+    if MYELIN_SOCKS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
+        count(counter::MSG_SPLICED, 1);
+        count(counter::BYTES_SPLICED, size as u64);
+    } else {
+        // The peer is not (yet, or no longer) spliced: this socket stays on TCP from now on.
+        count(counter::SPLICE_MISS, 1);
+        let _ = MYELIN_TCP_ONLY.insert(&own, &1, 0);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

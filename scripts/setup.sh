@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything Myelin needs on a fresh machine of this kind (Debian 12,
+# root, rustup with stable + nightly). Idempotent: skips what is already there.
+set -euo pipefail
+
+need_apt=()
+for pkg in llvm-22-dev curl python3 iproute2 wrk nghttp2-client prometheus; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  echo "setup: rustup component add rust-src --toolchain nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
+  echo "setup: cargo install bpf-linker (about 4 minutes)"
+  LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
+    cargo install bpf-linker --locked --no-default-features --features llvm-22
+fi
+
+# bpffs: the loader pins programs and maps under /sys/fs/bpf/myelin.
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+  mount -t bpf bpf /sys/fs/bpf
+fi
