@@ -1,0 +1,249 @@
+//! `myelin run`: load and attach the kernel programs, start the proxy, decide the splice mode
+//! with a self-test, serve admin and metrics, and drain on SIGTERM/SIGINT.
+//!
+//! Order matters: the capture listener is bound and the proxy is accepting before capture is
+//! switched on in the kernel, so an enrolled pod never sees a refused connection because the
+//! agent is half started.
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use myelin_ebpf_loader::{
+    cgroup_id, Counters, Dataplane, InstallOptions, OrigDstMap, WL_NO_SPLICE,
+};
+use myelin_proxy::{drain, metrics::ProxyMetrics, OrigDstLookup, Proxy};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::{
+    admin,
+    config::{Config, SpliceSetting},
+    metrics::{KernelCollector, SpliceMetrics},
+    selftest::{self, SpliceMode, SpliceState},
+};
+
+/// Options from the command line that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--no-splice`: force splicing off.
+    pub no_splice: bool,
+    /// `--uninstall-on-exit`.
+    pub uninstall_on_exit: bool,
+}
+
+/// What `/config_dump` shows.
+#[derive(Debug, Serialize)]
+pub struct Effective {
+    pub config: Config,
+    pub proxy: myelin_proxy::model::ProxyConfig,
+    pub splice: SpliceState,
+    pub kernel: KernelInfo,
+}
+
+/// Where the kernel side lives.
+#[derive(Debug, Serialize)]
+pub struct KernelInfo {
+    pub pin_dir: String,
+    pub reused_pins: bool,
+    pub proxy_cgroup_id: u64,
+}
+
+/// Shared state of a running agent, read by the admin server.
+#[derive(Debug)]
+pub struct AgentState {
+    pub ready: std::sync::atomic::AtomicBool,
+    pub effective: ArcSwap<Effective>,
+}
+
+struct MapLookup(Arc<OrigDstMap>);
+
+impl OrigDstLookup for MapLookup {
+    fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+        let v4 = |a: SocketAddr| match a.ip().to_canonical() {
+            std::net::IpAddr::V4(ip) => Some(SocketAddrV4::new(ip, a.port())),
+            std::net::IpAddr::V6(_) => None,
+        };
+        self.0.get(v4(peer)?, v4(local)?).map(SocketAddr::V4)
+    }
+}
+
+/// The cgroup v2 directory of the calling process.
+pub fn own_cgroup(cgroup2: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .context("no cgroup v2 entry (0::) in /proc/self/cgroup")?;
+    Ok(cgroup2.join(rel.trim_start_matches('/')))
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    let cgroup2 = myelin_ebpf_loader::cgroup2_mount().context("probing the cgroup v2 mount")?;
+    let own = own_cgroup(&cgroup2)?;
+    if !own.starts_with(&config.cgroup_root) {
+        anyhow::bail!(
+            "the agent runs in cgroup {} which is outside cgroup_root {}: the kernel programs \
+             only see sockets below cgroup_root, so the proxy's own connections could not be \
+             told apart from the pods' (start the agent inside cgroup_root)",
+            own.display(),
+            config.cgroup_root.display()
+        );
+    }
+    let proxy_cgroup = cgroup_id(&own)?;
+    let mut workload_ids = Vec::new();
+    for (i, w) in config.workloads.iter().enumerate() {
+        let id = cgroup_id(&w.cgroup).with_context(|| {
+            format!(
+                "myelin.workloads[{i}].cgroup = {:?}: cannot stat the cgroup (does the pod exist?)",
+                w.cgroup.display()
+            )
+        })?;
+        if id == proxy_cgroup {
+            anyhow::bail!("myelin.workloads[{i}].cgroup is the agent's own cgroup");
+        }
+        workload_ids.push(id);
+    }
+
+    let mut dp = Dataplane::install(&InstallOptions {
+        instance: config.instance.clone(),
+        cgroup: config.cgroup_root.clone(),
+    })
+    .context("installing the kernel programs")?;
+    info!(pin_dir = %dp.pin_dir().display(), reused = dp.reused_pins, "kernel programs attached");
+
+    // Capture off until the proxy is accepting.
+    dp.set_config(config.capture, proxy_cgroup, 0)?;
+    dp.set_exclusions(&config.excluded_ports, &config.excluded_cidrs)?;
+    for (w, id) in config.workloads.iter().zip(&workload_ids) {
+        let flags = if w.splice { 0 } else { WL_NO_SPLICE };
+        dp.enroll(*id, flags)?;
+        dp.add_local_pod(w.ip, flags)?;
+    }
+
+    let mut registry = Registry::default();
+    let sub = registry.sub_registry_with_prefix("myelin");
+    let proxy_metrics = Arc::new(ProxyMetrics::new(sub));
+    let splice_metrics = SpliceMetrics::new(sub);
+    sub.register_collector(Box::new(KernelCollector::new(dp.counters())));
+    let registry = Arc::new(registry);
+
+    let proxy_config = Arc::new(config.proxy_config());
+    let initial = SpliceState::pending();
+    let state = Arc::new(AgentState {
+        ready: Default::default(),
+        effective: ArcSwap::from_pointee(Effective {
+            config: config.clone(),
+            proxy: (*proxy_config).clone(),
+            splice: initial,
+            kernel: KernelInfo {
+                pin_dir: dp.pin_dir().display().to_string(),
+                reused_pins: dp.reused_pins,
+                proxy_cgroup_id: proxy_cgroup,
+            },
+        }),
+    });
+
+    // Admin and metrics on their own small runtime, so control work never stalls traffic.
+    let admin_handle =
+        admin::spawn(config.admin_address, config.metrics_address, state.clone(), registry.clone())?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("myelin-proxy")
+        .build()
+        .context("building the proxy runtime")?;
+
+    let dp = Arc::new(Mutex::new(dp));
+    let result = rt.block_on(serve(
+        config.clone(),
+        opts.clone(),
+        dp.clone(),
+        proxy_config,
+        proxy_metrics,
+        splice_metrics,
+        state.clone(),
+        cgroup2,
+    ));
+    drop(admin_handle);
+
+    if config.uninstall_on_exit || opts.uninstall_on_exit {
+        drop(dp);
+        match myelin_ebpf_loader::uninstall(&config.instance) {
+            Ok(_) => info!(instance = %config.instance, "kernel programs detached and unpinned"),
+            Err(e) => error!(%e, "uninstall failed"),
+        }
+    }
+    // Otherwise the programs stay pinned and capturing: with no proxy listening, enrolled
+    // pods' connects are refused (fail closed) until the next agent is ready.
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    config: Config,
+    opts: RunOptions,
+    dp: Arc<Mutex<Dataplane>>,
+    proxy_config: Arc<myelin_proxy::model::ProxyConfig>,
+    proxy_metrics: Arc<ProxyMetrics>,
+    splice_metrics: SpliceMetrics,
+    state: Arc<AgentState>,
+    cgroup2: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.capture)
+        .await
+        .with_context(|| format!("binding the capture listener on {} (is another agent running on this node?)", config.capture))?;
+    let (orig_dst, counters): (Arc<OrigDstMap>, Arc<Counters>) = {
+        let dp = dp.lock().expect("dataplane lock");
+        (dp.orig_dst(), dp.counters())
+    };
+    let (signal, watch) = drain::channel();
+    let proxy = Proxy::new(proxy_config.clone(), Arc::new(MapLookup(orig_dst)), proxy_metrics);
+    let proxy_task = tokio::spawn(proxy.serve(listener, watch));
+
+    let forced_off = opts.no_splice || config.splice == SpliceSetting::Off;
+    let splice = selftest::decide(&config, &dp, &counters, &cgroup2, forced_off).await;
+    match splice.mode {
+        SpliceMode::Tcp => warn!(reason = %splice.reason, "splice mode: tcp (captured connections are proxied over plain TCP)"),
+        _ => info!(mode = %splice.mode, directions = %splice.directions, "splice mode decided by self-test"),
+    }
+    if let Some(err) = &splice.capture_error {
+        anyhow::bail!("capture self-test failed: {err}");
+    }
+    splice_metrics.record(&splice);
+    {
+        let cur = state.effective.load();
+        state.effective.store(Arc::new(Effective {
+            config: cur.config.clone(),
+            proxy: cur.proxy.clone(),
+            splice: splice.clone(),
+            kernel: KernelInfo { ..clone_kernel(&cur.kernel) },
+        }));
+    }
+    state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    info!(capture = %config.capture, workloads = config.workloads.len(), "ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: draining"),
+    }
+    state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    let drained = signal.drain(proxy_config.drain_deadline).await;
+    info!(?drained, "drained");
+    proxy_task.abort();
+    Ok(())
+}
+
+fn clone_kernel(k: &KernelInfo) -> KernelInfo {
+    KernelInfo { pin_dir: k.pin_dir.clone(), reused_pins: k.reused_pins, proxy_cgroup_id: k.proxy_cgroup_id }
+}
+
+/// Time the agent gives the self-test client before calling it hung.
+pub const SELFTEST_TIMEOUT: Duration = Duration::from_secs(20);

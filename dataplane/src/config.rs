@@ -1,0 +1,410 @@
+//! The standalone configuration file (`myelin run --config FILE`).
+//!
+//! The file has the shape of an Envoy bootstrap: top-level `node`, `static_resources`,
+//! `dynamic_resources` and `admin` are Envoy's (read by the xDS issue's conversion code; until
+//! it lands they are rejected by name rather than ignored), and Myelin's own settings live
+//! under `myelin:`.
+//!
+//! Parsing happens once: each error names the field path and the value, and [`Config::load`]
+//! never returns a half-valid config.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// A problem with the configuration: which field, which value, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {field} = {value:?}: {reason}")]
+    Invalid { path: PathBuf, field: String, value: String, reason: String },
+}
+
+/// Whether the kernel may splice sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpliceSetting {
+    /// The startup self-test decides (`spliced` if the whole path works, else `tcp`).
+    #[default]
+    Auto,
+    /// Never splice: captured connections go through the proxy over plain TCP.
+    Off,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub myelin: Myelin,
+    /// Envoy bootstrap sections: reserved for the xDS issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_resources: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_resources: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<serde_yaml::Value>,
+}
+
+/// Myelin's own section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Myelin {
+    pub node: NodeSection,
+    /// Port of the capture listener on the node address.
+    #[serde(default = "default_capture_port")]
+    pub capture_port: u16,
+    /// cgroup v2 directory holding the node's pods and the agent: the eBPF attach point.
+    /// Relative paths are under the cgroup v2 mount.
+    pub cgroup_root: PathBuf,
+    /// Names the bpffs pin directory (`/sys/fs/bpf/myelin/<instance>`). Default: node name.
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub splice: SpliceSetting,
+    /// Destination ports never captured (e.g. 22).
+    #[serde(default)]
+    pub excluded_ports: Vec<u16>,
+    /// Destination CIDRs never captured (e.g. the node's link-local range).
+    #[serde(default)]
+    pub excluded_cidrs: Vec<String>,
+    #[serde(default = "default_admin")]
+    pub admin_address: SocketAddr,
+    #[serde(default = "default_metrics")]
+    pub metrics_address: SocketAddr,
+    /// Detach and unpin the kernel programs when the agent exits (default: keep them, so
+    /// a restart finds them in place).
+    #[serde(default)]
+    pub uninstall_on_exit: bool,
+    /// Protocol detection timeout in milliseconds (server-first protocols wait this long).
+    #[serde(default = "default_sniff_ms")]
+    pub protocol_detection_timeout_ms: u64,
+    #[serde(default)]
+    pub workloads: Vec<WorkloadSection>,
+}
+
+/// `myelin.node`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub name: String,
+    /// The node's address: the capture listener binds here.
+    pub address: Ipv4Addr,
+}
+
+/// One entry of `myelin.workloads`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSection {
+    pub name: String,
+    pub namespace: String,
+    #[serde(default = "default_sa")]
+    pub service_account: String,
+    /// The pod's cgroup; relative paths are under `cgroup_root`.
+    pub cgroup: PathBuf,
+    pub ip: Ipv4Addr,
+    /// Per-workload opt-out of splicing (its traffic is still captured and proxied).
+    #[serde(default = "yes")]
+    pub splice: bool,
+}
+
+fn default_capture_port() -> u16 {
+    15001
+}
+fn default_admin() -> SocketAddr {
+    "127.0.0.1:15000".parse().expect("literal")
+}
+fn default_metrics() -> SocketAddr {
+    "127.0.0.1:15020".parse().expect("literal")
+}
+fn default_sniff_ms() -> u64 {
+    100
+}
+fn default_sa() -> String {
+    "default".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// The validated, resolved configuration the agent runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub source: PathBuf,
+    pub node_name: String,
+    pub capture: SocketAddrV4,
+    pub cgroup_root: PathBuf,
+    pub instance: String,
+    pub splice: SpliceSetting,
+    pub excluded_ports: Vec<u16>,
+    pub excluded_cidrs: Vec<(Ipv4Addr, u8)>,
+    pub admin_address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    pub uninstall_on_exit: bool,
+    pub sniff_timeout: Duration,
+    pub workloads: Vec<Workload>,
+}
+
+/// A resolved workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub cgroup: PathBuf,
+    pub ip: Ipv4Addr,
+    pub splice: bool,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`. `cgroup2` is the cgroup v2 mount point used to
+    /// resolve relative cgroup paths.
+    pub fn load(path: &Path, cgroup2: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path, cgroup2)
+    }
+
+    /// Parses and validates `text` (named `path` in messages).
+    pub fn parse(text: &str, path: &Path, cgroup2: &Path) -> Result<Config, ConfigError> {
+        let file: File = serde_yaml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+        let invalid = |field: &str, value: &dyn fmt::Display, reason: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            value: value.to_string(),
+            reason: reason.to_owned(),
+        };
+        for (name, present) in [
+            ("static_resources", file.static_resources.is_some()),
+            ("dynamic_resources", file.dynamic_resources.is_some()),
+            ("node", file.node.is_some()),
+            ("admin", file.admin.is_some()),
+        ] {
+            if present {
+                return Err(invalid(
+                    name,
+                    &"<section>",
+                    "Envoy bootstrap sections are not supported by this version yet (xDS); \
+                     remove the section or use a newer myelin",
+                ));
+            }
+        }
+        let m = file.myelin;
+        if m.node.name.is_empty() {
+            return Err(invalid("myelin.node.name", &"", "must not be empty"));
+        }
+        let addr = m.node.address;
+        if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
+            return Err(invalid(
+                "myelin.node.address",
+                &addr,
+                "must be a unicast, non-loopback address the pods can reach (loopback is never captured)",
+            ));
+        }
+        if m.capture_port == 0 {
+            return Err(invalid("myelin.capture_port", &0, "must not be 0"));
+        }
+        let instance = m.instance.clone().unwrap_or_else(|| m.node.name.clone());
+        let inst_ok = !instance.is_empty()
+            && instance.len() <= 64
+            && instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !inst_ok {
+            return Err(invalid(
+                "myelin.instance",
+                &instance,
+                "must be 1-64 characters of [A-Za-z0-9_-] (it names a bpffs directory; set it explicitly if the node name has other characters)",
+            ));
+        }
+        let cgroup_root = if m.cgroup_root.is_absolute() {
+            m.cgroup_root.clone()
+        } else {
+            cgroup2.join(&m.cgroup_root)
+        };
+        if !cgroup_root.starts_with(cgroup2) {
+            return Err(invalid(
+                "myelin.cgroup_root",
+                &m.cgroup_root.display(),
+                &format!("must be inside the cgroup v2 mount {}", cgroup2.display()),
+            ));
+        }
+        let mut cidrs = Vec::new();
+        for (i, c) in m.excluded_cidrs.iter().enumerate() {
+            cidrs.push(parse_cidr(c).map_err(|reason| {
+                invalid(&format!("myelin.excluded_cidrs[{i}]"), c, &reason)
+            })?);
+        }
+        for (i, p) in m.excluded_ports.iter().enumerate() {
+            if *p == 0 {
+                return Err(invalid(&format!("myelin.excluded_ports[{i}]"), p, "must not be 0"));
+            }
+        }
+        let mut workloads = Vec::new();
+        let mut seen_ips = std::collections::HashMap::new();
+        for (i, w) in m.workloads.iter().enumerate() {
+            let field = |f: &str| format!("myelin.workloads[{i}].{f}");
+            if w.name.is_empty() {
+                return Err(invalid(&field("name"), &"", "must not be empty"));
+            }
+            if w.namespace.is_empty() {
+                return Err(invalid(&field("namespace"), &"", "must not be empty"));
+            }
+            if let Some(prev) = seen_ips.insert(w.ip, i) {
+                return Err(invalid(
+                    &field("ip"),
+                    &w.ip,
+                    &format!("already used by myelin.workloads[{prev}]"),
+                ));
+            }
+            if w.ip == addr {
+                return Err(invalid(&field("ip"), &w.ip, "is the node address"));
+            }
+            let cgroup = if w.cgroup.is_absolute() { w.cgroup.clone() } else { cgroup_root.join(&w.cgroup) };
+            if !cgroup.starts_with(&cgroup_root) || cgroup == cgroup_root {
+                return Err(invalid(
+                    &field("cgroup"),
+                    &w.cgroup.display(),
+                    &format!("must be a cgroup below cgroup_root {}", cgroup_root.display()),
+                ));
+            }
+            workloads.push(Workload {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                cgroup,
+                ip: w.ip,
+                splice: w.splice,
+            });
+        }
+        Ok(Config {
+            source: path.to_owned(),
+            node_name: m.node.name,
+            capture: SocketAddrV4::new(addr, m.capture_port),
+            cgroup_root,
+            instance,
+            splice: m.splice,
+            excluded_ports: m.excluded_ports,
+            excluded_cidrs: cidrs,
+            admin_address: m.admin_address,
+            metrics_address: m.metrics_address,
+            uninstall_on_exit: m.uninstall_on_exit,
+            sniff_timeout: Duration::from_millis(m.protocol_detection_timeout_ms),
+            workloads,
+        })
+    }
+
+    /// The proxy's model of this configuration.
+    pub fn proxy_config(&self) -> myelin_proxy::model::ProxyConfig {
+        let workloads = self
+            .workloads
+            .iter()
+            .map(|w| myelin_proxy::model::Workload {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                ip: IpAddr::V4(w.ip),
+            })
+            .collect();
+        // Duplicate IPs were rejected above, so this cannot fail.
+        let mut pc = myelin_proxy::model::ProxyConfig::new(workloads)
+            .expect("workload IPs are unique after validation");
+        pc.sniff_timeout = self.sniff_timeout;
+        pc
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, len) = s.split_once('/').ok_or("expected ADDRESS/PREFIX, e.g. 169.254.0.0/16")?;
+    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("bad address: {e}"))?;
+    let len: u8 = len.parse().map_err(|e| format!("bad prefix length: {e}"))?;
+    if len > 32 {
+        return Err("prefix length must be 0-32".into());
+    }
+    Ok((ip, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+myelin:
+  node: { name: node-a, address: 10.77.0.1 }
+  cgroup_root: myelin-node-a
+  excluded_ports: [22]
+  excluded_cidrs: ["169.254.0.0/16"]
+  workloads:
+    - { name: client, namespace: demo, cgroup: pods/client, ip: 10.77.1.2 }
+    - { name: server, namespace: demo, service_account: web, cgroup: pods/server, ip: 10.77.1.3, splice: false }
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("mesh.yaml"), Path::new("/sys/fs/cgroup/unified"))
+    }
+
+    #[test]
+    fn good_config_resolves_paths_and_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.capture, "10.77.0.1:15001".parse().unwrap());
+        assert_eq!(c.cgroup_root, Path::new("/sys/fs/cgroup/unified/myelin-node-a"));
+        assert_eq!(c.instance, "node-a");
+        assert_eq!(c.workloads[0].cgroup, Path::new("/sys/fs/cgroup/unified/myelin-node-a/pods/client"));
+        assert_eq!(c.workloads[0].service_account, "default");
+        assert!(c.workloads[0].splice);
+        assert!(!c.workloads[1].splice);
+        assert_eq!(c.excluded_cidrs, vec![("169.254.0.0".parse().unwrap(), 16)]);
+        assert_eq!(c.splice, SpliceSetting::Auto);
+        assert_eq!(c.admin_address, "127.0.0.1:15000".parse().unwrap());
+        assert_eq!(c.metrics_address, "127.0.0.1:15020".parse().unwrap());
+        assert_eq!(c.proxy_config().workloads().len(), 2);
+    }
+
+    /// Each bad input names its field and value.
+    #[test]
+    fn bad_configs_name_field_and_value() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("10.77.0.1 }", "127.0.0.1 }", "myelin.node.address = \"127.0.0.1\""),
+            ("ip: 10.77.1.3,", "ip: 10.77.1.2,", "myelin.workloads[1].ip = \"10.77.1.2\""),
+            ("169.254.0.0/16", "169.254.0.0/40", "myelin.excluded_cidrs[0] = \"169.254.0.0/40\""),
+            ("169.254.0.0/16", "nonsense", "myelin.excluded_cidrs[0] = \"nonsense\""),
+            ("[22]", "[0]", "myelin.excluded_ports[0] = \"0\""),
+            ("cgroup: pods/client", "cgroup: /elsewhere", "myelin.workloads[0].cgroup = \"/elsewhere\""),
+            ("cgroup_root: myelin-node-a", "cgroup_root: /tmp/x", "myelin.cgroup_root = \"/tmp/x\""),
+            ("name: node-a", "name: \"node a\"", "myelin.instance = \"node a\""),
+        ];
+        for (from, to, want) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "case {from} did not apply");
+            let err = parse(&text).expect_err(want).to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_fields_say_where() {
+        let err = parse(&GOOD.replace("excluded_ports", "exclude_ports")).unwrap_err().to_string();
+        assert!(err.contains("unknown field `exclude_ports`"), "{err}");
+        let err = parse(&GOOD.replace("10.77.1.2", "10.77.1.999")).unwrap_err().to_string();
+        assert!(err.contains("myelin.workloads[0].ip"), "{err}");
+    }
+
+    #[test]
+    fn envoy_sections_are_rejected_by_name_not_ignored() {
+        let text = format!("{GOOD}\nstatic_resources:\n  listeners: []\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("static_resources"), "{err}");
+    }
+}

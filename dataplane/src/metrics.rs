@@ -1,0 +1,91 @@
+//! Agent-level metrics: the kernel's counters (read on each scrape) and the splice mode.
+
+use std::sync::Arc;
+
+use myelin_ebpf_loader::Counters;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::selftest::SpliceState;
+
+/// Exposes the per-CPU kernel counters, summed at scrape time.
+#[derive(Debug)]
+pub struct KernelCollector {
+    counters: Arc<Counters>,
+}
+
+impl KernelCollector {
+    pub fn new(counters: Arc<Counters>) -> Self {
+        Self { counters }
+    }
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let v = self.counters.read();
+        for (name, help, value) in [
+            ("captured_connections", "TCP connects of enrolled pods rewritten to the node proxy (kernel)", v.connects_captured),
+            ("spliced_sockets", "Sockets put into the splice map (kernel)", v.sockets_inserted),
+            ("spliced_messages", "Messages redirected socket to socket without crossing TCP/IP (kernel)", v.messages_spliced),
+            ("spliced_bytes", "Bytes redirected socket to socket without crossing TCP/IP (kernel)", v.bytes_spliced),
+            ("splice_misses", "Messages on spliced sockets that found no peer and went over TCP (kernel)", v.splice_misses),
+            ("kernel_orig_dst_misses", "Connections to the capture address established without a recorded original destination (kernel)", v.orig_dst_misses),
+            ("splice_insert_failures", "Sockets the kernel refused to put into the splice map", v.socket_insert_failures),
+        ] {
+            let c = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: String,
+    directions: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// `myelin_splice_mode{mode,directions} 1` and the reasons the self-test turned splicing down.
+#[derive(Debug, Clone)]
+pub struct SpliceMetrics {
+    mode: Family<ModeLabels, Gauge>,
+    fallbacks: Family<ReasonLabels, Gauge>,
+}
+
+impl SpliceMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self { mode: Family::default(), fallbacks: Family::default() };
+        registry.register(
+            "splice_mode",
+            "The splice mode in force (1 for the current mode): spliced or tcp, and the directions spliced",
+            m.mode.clone(),
+        );
+        registry.register(
+            "splice_fallback",
+            "1 when the startup self-test or the configuration turned splicing (partly) off, by reason",
+            m.fallbacks.clone(),
+        );
+        m
+    }
+
+    /// Records the decided state.
+    pub fn record(&self, s: &SpliceState) {
+        self.mode.clear();
+        self.mode
+            .get_or_create(&ModeLabels { mode: s.mode.to_string(), directions: s.directions.clone() })
+            .set(1);
+        for r in &s.fallback_reasons {
+            self.fallbacks.get_or_create(&ReasonLabels { reason: r.clone() }).set(1);
+        }
+    }
+}
