@@ -1,0 +1,256 @@
+//! Protocol detection ("sniffing") on a freshly accepted connection.
+//!
+//! The decision is a pure function of the bytes seen so far ([`classify`]), table-tested
+//! below; [`detect`] only does the reading. It decides as soon as the bytes prove it
+//! either way: a client that sends non-HTTP bytes is forwarded at once, without waiting
+//! for the timeout. A client that sends nothing within the sniff timeout is assumed to
+//! speak a server-first protocol (SMTP, MySQL, ...) and is forwarded as opaque TCP.
+//! Bytes read here are never lost: the stream comes back wrapped in a [`Rewind`].
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::stream::Rewind;
+
+/// The application protocol of a captured connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.0 or HTTP/1.1.
+    Http1,
+    /// Anything else: forwarded as a byte stream.
+    Opaque,
+}
+
+impl Protocol {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Opaque => "opaque",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Protocol {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// HTTP/1.x request methods we recognise, each followed by the space that ends the
+/// method token in a request line (RFC 9112 section 3).
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// The longest entry of [`METHODS`]: we never need more bytes than this to decide.
+const MAX_SNIFF: usize = 8;
+
+/// What the bytes seen so far say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Definitely this protocol.
+    Is(Protocol),
+    /// Still a prefix of some HTTP method: read more.
+    NeedMore,
+}
+
+/// Classifies the first bytes of a client-first connection.
+pub(crate) fn classify(buf: &[u8]) -> Verdict {
+    let mut could_be_http = false;
+    for m in METHODS {
+        if buf.starts_with(m) {
+            return Verdict::Is(Protocol::Http1);
+        }
+        if m.starts_with(buf) {
+            could_be_http = true;
+        }
+    }
+    if could_be_http {
+        Verdict::NeedMore
+    } else {
+        Verdict::Is(Protocol::Opaque)
+    }
+}
+
+/// Reads from `io` until the protocol is known, at most `timeout`. Returns the protocol
+/// and the stream with the sniffed bytes put back in front.
+///
+/// An empty read (client half-closed) or a timeout ends detection as [`Protocol::Opaque`]:
+/// the byte-stream path preserves half-close and lets a server-first server speak.
+pub(crate) async fn detect<T>(mut io: T, timeout: Duration) -> io::Result<(Protocol, Rewind<T>)>
+where
+    T: AsyncRead + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; MAX_SNIFF];
+    let mut len = 0;
+    let protocol = loop {
+        // An empty buffer is a prefix of every method, so this never decides before the
+        // first read; a full buffer always decides (it holds a whole longest method).
+        if let Verdict::Is(p) = classify(&buf[..len]) {
+            break p;
+        }
+        if len == MAX_SNIFF {
+            break Protocol::Opaque;
+        }
+        // Only ever read the bytes we may still need: nothing beyond MAX_SNIFF.
+        match tokio::time::timeout_at(deadline, io.read(&mut buf[len..])).await {
+            Ok(Ok(0)) | Err(_) => break Protocol::Opaque,
+            Ok(Ok(n)) => len += n,
+            Ok(Err(e)) => return Err(e),
+        }
+    };
+    let prefix = Bytes::copy_from_slice(&buf[..len]);
+    Ok((protocol, Rewind::new(prefix, io)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    use Protocol::{Http1, Opaque};
+    use Verdict::{Is, NeedMore};
+
+    #[test]
+    fn classify_table() {
+        let cases: &[(&[u8], Verdict)] = &[
+            (b"", NeedMore),
+            (b"G", NeedMore),
+            (b"GE", NeedMore),
+            (b"GET", NeedMore),
+            (b"GET ", Is(Http1)),
+            (b"GET / HTTP/1.1\r\n", Is(Http1)),
+            (b"POST /x HTTP/1.1", Is(Http1)),
+            (b"PUT ", Is(Http1)),
+            (b"DELETE ", Is(Http1)),
+            (b"HEAD ", Is(Http1)),
+            (b"OPTIONS * HTTP/1.1", Is(Http1)),
+            (b"PATCH ", Is(Http1)),
+            (b"CONNECT host:443 HTTP/1.1", Is(Http1)),
+            (b"TRACE ", Is(Http1)),
+            // Prefixes shared by several methods.
+            (b"P", NeedMore),
+            (b"PU", NeedMore),
+            (b"PA", NeedMore),
+            (b"CONNEC", NeedMore),
+            (b"OPTIONS", NeedMore),
+            // Decided as soon as the bytes rule HTTP out.
+            (b"X", Is(Opaque)),
+            (b"GEX", Is(Opaque)),
+            (b"GETX", Is(Opaque)),
+            (b"get ", Is(Opaque)),
+            (b"GET\t", Is(Opaque)),
+            (b"\x16\x03\x01", Is(Opaque)),   // TLS ClientHello
+            (b"PRI * HTTP/2.0", Is(Opaque)), // HTTP/2 preface: not HTTP/1 (yet)
+            (b"SSH-2.0-", Is(Opaque)),
+            (b"\0", Is(Opaque)),
+            (b"POSTGRES", Is(Opaque)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                classify(input),
+                *want,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    async fn run(chunks: &[&[u8]], close: bool) -> (Protocol, Vec<u8>, tokio::time::Duration) {
+        let (mut client, server) = tokio::io::duplex(1024);
+        for c in chunks {
+            client.write_all(c).await.unwrap();
+        }
+        let start = tokio::time::Instant::now();
+        // Keep the client open (or not) while detecting.
+        let client = if close {
+            drop(client);
+            None
+        } else {
+            Some(client)
+        };
+        let (p, mut io) = detect(server, Duration::from_millis(100)).await.unwrap();
+        let elapsed = start.elapsed();
+        drop(client);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        (p, all, elapsed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detect_http_without_waiting() {
+        let (p, bytes, elapsed) = run(&[b"GET / HTTP/1.1\r\n\r\n"], false).await;
+        assert_eq!(p, Http1);
+        assert_eq!(bytes, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(elapsed, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detect_opaque_without_waiting() {
+        let (p, bytes, elapsed) = run(&[b"\x16\x03\x01\x00\x05hello"], false).await;
+        assert_eq!(p, Opaque);
+        assert_eq!(bytes, b"\x16\x03\x01\x00\x05hello");
+        assert_eq!(elapsed, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detect_server_first_times_out_to_opaque() {
+        let (p, bytes, elapsed) = run(&[], false).await;
+        assert_eq!(p, Opaque);
+        assert!(bytes.is_empty());
+        assert_eq!(elapsed, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detect_partial_method_then_silence_is_opaque() {
+        let (p, bytes, elapsed) = run(&[b"GE"], false).await;
+        assert_eq!(p, Opaque);
+        assert_eq!(bytes, b"GE");
+        assert_eq!(elapsed, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detect_eof_is_opaque() {
+        let (p, bytes, elapsed) = run(&[b"PO"], true).await;
+        assert_eq!(p, Opaque);
+        assert_eq!(bytes, b"PO");
+        assert_eq!(elapsed, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detect_method_split_across_writes() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let det = tokio::spawn(detect(server, Duration::from_millis(100)));
+        for b in [&b"O"[..], b"PTI", b"ONS", b" * HTTP/1.1\r\n"] {
+            client.write_all(b).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(client);
+        let (p, mut io) = det.await.unwrap().unwrap();
+        assert_eq!(p, Http1);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"OPTIONS * HTTP/1.1\r\n");
+    }
+}

@@ -1,0 +1,307 @@
+//! Errors of the connection path, and the one place they become HTTP responses.
+//!
+//! Every error knows which side caused it ([`Side`]), the Envoy response flag it maps to
+//! (so dashboards built for Envoy read our `response_flags` label the same way), and the
+//! status code a client sees. Bodies are short, static and reveal nothing beyond what
+//! Envoy itself says.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+
+use crate::metrics::ConnectErrorReason;
+
+/// The body type of responses sent downstream: the upstream's body streamed through, or a
+/// locally generated one.
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Which side of the proxy an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The client (the captured app).
+    Downstream,
+    /// The original destination.
+    Upstream,
+}
+
+/// An error while serving one captured connection or one request on it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    /// The eBPF side recorded no original destination for this connection.
+    #[error(
+        "no original destination recorded for connection {peer} -> {local}: is the sock_ops \
+         program attached, and is {local} the proxy's capture address?"
+    )]
+    OrigDstMissing {
+        /// The app's address.
+        peer: SocketAddr,
+        /// The capture address the app was redirected to.
+        local: SocketAddr,
+    },
+
+    /// Reading the client's first bytes failed.
+    #[error("reading the first bytes from {peer} failed: {source}")]
+    Sniff {
+        /// The app's address.
+        peer: SocketAddr,
+        /// The read error.
+        source: io::Error,
+    },
+
+    /// Connecting to the original destination failed.
+    #[error("connecting to upstream {addr} failed ({}): {source}; {}", .reason.as_str(), connect_hint(*.reason))]
+    UpstreamConnect {
+        /// The original destination.
+        addr: SocketAddr,
+        /// Refused, timed out or other.
+        reason: ConnectErrorReason,
+        /// The connect error (a synthetic `TimedOut` for our own timeout).
+        source: io::Error,
+    },
+
+    /// The upstream closed or reset the connection before a whole response arrived.
+    #[error("upstream {addr} closed or reset the connection before responding: {source}")]
+    UpstreamReset {
+        /// The original destination.
+        addr: SocketAddr,
+        /// hyper's view of it.
+        source: hyper::Error,
+    },
+
+    /// The upstream sent something that is not a valid HTTP/1 response.
+    #[error("upstream {addr} sent an invalid HTTP/1 response: {source}")]
+    UpstreamProtocol {
+        /// The original destination.
+        addr: SocketAddr,
+        /// hyper's parse error.
+        source: hyper::Error,
+    },
+
+    /// The upstream answered `101 Switching Protocols` to a request that asked for no upgrade.
+    #[error("upstream {addr} switched protocols without being asked to")]
+    UnexpectedUpgrade {
+        /// The original destination.
+        addr: SocketAddr,
+    },
+
+    /// The client went away (or its request body failed) while we were forwarding.
+    #[error("downstream {peer} aborted the request: {source}")]
+    DownstreamAborted {
+        /// The app's address.
+        peer: SocketAddr,
+        /// hyper's view of it.
+        source: hyper::Error,
+    },
+
+    /// Copying bytes of an opaque connection (or an upgraded one) failed.
+    #[error("forwarding bytes between {peer} and {addr} failed: {source}")]
+    Forward {
+        /// The app's address.
+        peer: SocketAddr,
+        /// The original destination.
+        addr: SocketAddr,
+        /// The I/O error from either side.
+        source: io::Error,
+    },
+}
+
+fn connect_hint(reason: ConnectErrorReason) -> &'static str {
+    match reason {
+        ConnectErrorReason::Refused => "is the destination listening on that port?",
+        ConnectErrorReason::Timeout => {
+            "is the destination up, and is a firewall or network policy dropping the SYN?"
+        }
+        ConnectErrorReason::Other => "check the node's routes to the destination",
+    }
+}
+
+impl ProxyError {
+    /// Builds the error for a failed connect to `addr`, classifying the reason.
+    pub(crate) fn connect(addr: SocketAddr, source: io::Error) -> Self {
+        let reason = match source.kind() {
+            io::ErrorKind::ConnectionRefused => ConnectErrorReason::Refused,
+            io::ErrorKind::TimedOut => ConnectErrorReason::Timeout,
+            _ => ConnectErrorReason::Other,
+        };
+        ProxyError::UpstreamConnect {
+            addr,
+            reason,
+            source,
+        }
+    }
+
+    /// Builds the error for our own connect timeout.
+    pub(crate) fn connect_timeout(addr: SocketAddr, timeout: Duration) -> Self {
+        ProxyError::UpstreamConnect {
+            addr,
+            reason: ConnectErrorReason::Timeout,
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ),
+        }
+    }
+
+    /// Classifies an error from sending a request upstream and reading its response.
+    pub(crate) fn upstream_http(addr: SocketAddr, peer: SocketAddr, source: hyper::Error) -> Self {
+        if source.is_parse() {
+            ProxyError::UpstreamProtocol { addr, source }
+        } else if source.is_user() || source.is_body_write_aborted() {
+            // Our request body is the downstream's body: a user/body error here means
+            // reading from the client failed, not the upstream.
+            ProxyError::DownstreamAborted { peer, source }
+        } else {
+            ProxyError::UpstreamReset { addr, source }
+        }
+    }
+
+    /// Which side caused this error.
+    pub(crate) fn side(&self) -> Side {
+        match self {
+            ProxyError::OrigDstMissing { .. }
+            | ProxyError::Sniff { .. }
+            | ProxyError::DownstreamAborted { .. } => Side::Downstream,
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UnexpectedUpgrade { .. }
+            | ProxyError::Forward { .. } => Side::Upstream,
+        }
+    }
+
+    /// The connect failure reason, for `proxy_upstream_connect_errors`.
+    pub(crate) fn connect_reason(&self) -> Option<ConnectErrorReason> {
+        match self {
+            ProxyError::UpstreamConnect { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// The Envoy response flag for this error.
+    pub(crate) fn response_flags(&self) -> &'static str {
+        match self {
+            ProxyError::UpstreamConnect { .. } => "UF",
+            ProxyError::UpstreamReset { .. } | ProxyError::Forward { .. } => "UC",
+            ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => "UPE",
+            ProxyError::OrigDstMissing { .. }
+            | ProxyError::Sniff { .. }
+            | ProxyError::DownstreamAborted { .. } => "DC",
+        }
+    }
+
+    /// The status code sent downstream. Envoy answers connect failures, refused or timed
+    /// out alike, with 503 (`UF`); failures after connecting with 502.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UnexpectedUpgrade { .. }
+            | ProxyError::Forward { .. } => StatusCode::BAD_GATEWAY,
+            // The client will most likely never read this.
+            ProxyError::OrigDstMissing { .. }
+            | ProxyError::Sniff { .. }
+            | ProxyError::DownstreamAborted { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn body(&self) -> &'static str {
+        match self {
+            ProxyError::UpstreamConnect { reason, .. } => match reason {
+                ConnectErrorReason::Refused => {
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection refused\n"
+                }
+                ConnectErrorReason::Timeout => {
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection timeout\n"
+                }
+                ConnectErrorReason::Other => {
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n"
+                }
+            },
+            ProxyError::UpstreamReset { .. } | ProxyError::Forward { .. } => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination\n"
+            }
+            ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => {
+                "upstream sent an invalid response\n"
+            }
+            ProxyError::OrigDstMissing { .. }
+            | ProxyError::Sniff { .. }
+            | ProxyError::DownstreamAborted { .. } => "downstream request aborted\n",
+        }
+    }
+
+    /// The response sent downstream for this error.
+    pub(crate) fn to_response(&self) -> Response<ProxyBody> {
+        let body = self.body();
+        let mut resp = Response::new(
+            Full::new(Bytes::from_static(body.as_bytes()))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "10.0.0.1:80".parse().unwrap()
+    }
+
+    #[test]
+    fn connect_errors_map_to_503_uf() {
+        for (kind, reason) in [
+            (
+                io::ErrorKind::ConnectionRefused,
+                ConnectErrorReason::Refused,
+            ),
+            (io::ErrorKind::TimedOut, ConnectErrorReason::Timeout),
+            (io::ErrorKind::HostUnreachable, ConnectErrorReason::Other),
+        ] {
+            let e = ProxyError::connect(addr(), io::Error::from(kind));
+            assert_eq!(e.connect_reason(), Some(reason));
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.response_flags(), "UF");
+            assert_eq!(e.side(), Side::Upstream);
+        }
+        let e = ProxyError::connect_timeout(addr(), Duration::from_secs(5));
+        assert_eq!(e.connect_reason(), Some(ConnectErrorReason::Timeout));
+        assert_eq!(
+            e.to_string(),
+            "connecting to upstream 10.0.0.1:80 failed (timeout): no answer within 5s; is the \
+             destination up, and is a firewall or network policy dropping the SYN?"
+        );
+        let resp = e.to_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn other_errors() {
+        let e = ProxyError::UnexpectedUpgrade { addr: addr() };
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(e.response_flags(), "UPE");
+        let e = ProxyError::OrigDstMissing {
+            peer: addr(),
+            local: addr(),
+        };
+        assert_eq!(e.side(), Side::Downstream);
+        assert_eq!(e.response_flags(), "DC");
+    }
+}

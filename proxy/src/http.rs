@@ -1,0 +1,467 @@
+//! HTTP/1.1 forwarding for one captured connection.
+//!
+//! hyper serves the downstream connection; each request goes to the original destination
+//! over one upstream connection owned by this downstream connection (reused across
+//! keep-alive requests, re-established when the upstream closed it). Bodies stream
+//! through in both directions without buffering. hyper answers pipelined requests in
+//! order because an HTTP/1 server connection runs one request at a time, which is also
+//! why the upstream slot below is a plain mutex that is never held across an `.await`.
+//!
+//! Upgrades (`Connection: upgrade` + `101`, or `CONNECT` + `2xx`) are forwarded like
+//! any request; when the upstream agrees, both sides are taken over from hyper and
+//! bytes are copied both ways for the rest of the connection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
+use tracing::{debug, Instrument};
+
+use crate::drain;
+use crate::error::{ProxyBody, ProxyError, Side};
+use crate::metrics::{ProxyMetrics, RequestLabels};
+use crate::outbound::Source;
+use crate::tcp;
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// State shared by the requests of one downstream HTTP/1 connection.
+pub(crate) struct HttpConn {
+    peer: SocketAddr,
+    dst: SocketAddr,
+    source: Source,
+    connect_timeout: Duration,
+    metrics: Arc<ProxyMetrics>,
+    /// The upstream connection, when idle between requests. Taken out for the duration of
+    /// a request (so no lock is held across `.await`) and put back when it can be reused.
+    upstream: Mutex<Option<Upstream>>,
+    /// The byte copy of an accepted upgrade. Run by [`serve`] once hyper has handed the
+    /// downstream socket over, so the tunnel stays part of this connection's task (and
+    /// of its drain).
+    tunnel: Mutex<Option<BoxFuture>>,
+}
+
+/// An HTTP/1 client connection to the original destination.
+struct Upstream {
+    sender: SendRequest<Incoming>,
+    /// The task driving the connection; aborted on drop so an upstream never outlives
+    /// the downstream connection it serves.
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Never held across an await or user code: a poisoned lock only means a panic
+    // elsewhere, and the data (an Option) is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl HttpConn {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        dst: SocketAddr,
+        source: Source,
+        connect_timeout: Duration,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Self {
+        Self {
+            peer,
+            dst,
+            source,
+            connect_timeout,
+            metrics,
+            upstream: Mutex::new(None),
+            tunnel: Mutex::new(None),
+        }
+    }
+
+    /// Serves one request: forward it, turn errors into responses, count it.
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let (resp, flags) = match self.forward(req).await {
+            Ok(resp) => (resp.map(BodyExt::boxed), "-"),
+            Err(e) => {
+                match e.side() {
+                    Side::Upstream => debug!(error = %e, "upstream request failed"),
+                    Side::Downstream => debug!(error = %e, "downstream request failed"),
+                }
+                if let Some(reason) = e.connect_reason() {
+                    self.metrics
+                        .connect_error(crate::detect::Protocol::Http1, reason);
+                }
+                (e.to_response(), e.response_flags())
+            }
+        };
+        let elapsed = start.elapsed();
+        let labels = RequestLabels {
+            source_workload: self.source.workload.clone(),
+            source_namespace: self.source.namespace.clone(),
+            response_code: resp.status().as_u16(),
+            response_flags: flags,
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        debug!(
+            target: "myelin_proxy::access",
+            src = %self.peer,
+            dst = %self.dst,
+            %method,
+            %uri,
+            status = resp.status().as_u16(),
+            flags,
+            duration_ms = elapsed.as_millis() as u64,
+        );
+        resp
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+        let upgrade = wants_upgrade(&req);
+        let is_connect = req.method() == Method::CONNECT;
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+
+        let (mut upstream, reused) = self.checkout().await?;
+        let mut resp = match upstream.sender.try_send_request(req).await {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                // The idle connection closed before our request went out (the usual
+                // keep-alive race): nothing reached the upstream, so sending it on a
+                // fresh connection is safe whatever the method.
+                Some(req) if reused => {
+                    debug!(dst = %self.dst, error = %e.error(), "idle upstream connection closed; reconnecting");
+                    upstream = self.connect().await?;
+                    upstream
+                        .sender
+                        .send_request(req)
+                        .await
+                        .map_err(|e| ProxyError::upstream_http(self.dst, self.peer, e))?
+                }
+                _ => {
+                    return Err(ProxyError::upstream_http(
+                        self.dst,
+                        self.peer,
+                        e.into_error(),
+                    ))
+                }
+            },
+        };
+
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match downstream_upgrade {
+            Some(down) if is_upgrade_accepted(is_connect, resp.status()) => {
+                let up = hyper::upgrade::on(&mut resp);
+                // The upstream connection becomes the tunnel: it is not reused, and its
+                // task must live until hyper hands the socket over.
+                *lock(&self.tunnel) =
+                    Some(Box::pin(tunnel(down, up, upstream, self.peer, self.dst)));
+            }
+            _ if switched => return Err(ProxyError::UnexpectedUpgrade { addr: self.dst }),
+            _ => *lock(&self.upstream) = Some(upstream),
+        }
+        strip_hop_by_hop(resp.headers_mut(), switched);
+        Ok(resp)
+    }
+
+    /// The idle upstream connection if it is still usable (and whether it was reused), or
+    /// a new one.
+    async fn checkout(&self) -> Result<(Upstream, bool), ProxyError> {
+        let idle = lock(&self.upstream).take();
+        if let Some(mut up) = idle {
+            // Between requests the connection is normally ready at once; `ready` fails
+            // when the upstream has closed it.
+            if !up.sender.is_closed() && up.sender.ready().await.is_ok() {
+                return Ok((up, true));
+            }
+            debug!(dst = %self.dst, "upstream connection closed; reconnecting");
+        }
+        Ok((self.connect().await?, false))
+    }
+
+    async fn connect(&self) -> Result<Upstream, ProxyError> {
+        let stream = tcp::connect(self.dst, self.connect_timeout).await?;
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        builder.preserve_header_case(true);
+        let (sender, conn) = builder
+            .handshake(TokioIo::new(stream))
+            .await
+            // The HTTP/1 handshake does no I/O; this only fails on a hyper bug.
+            .map_err(|e| ProxyError::upstream_http(self.dst, self.peer, e))?;
+        let dst = self.dst;
+        let task = tokio::spawn(
+            async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(%dst, error = %e, "upstream connection ended with an error");
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Upstream { sender, task })
+    }
+}
+
+/// Whether the upstream's response completes the upgrade the request asked for.
+fn is_upgrade_accepted(is_connect: bool, status: StatusCode) -> bool {
+    // CONNECT is "upgraded" by any 2xx (RFC 9110 section 9.3.6), other methods by 101.
+    if is_connect {
+        status.is_success()
+    } else {
+        status == StatusCode::SWITCHING_PROTOCOLS
+    }
+}
+
+/// Whether the request asks for the connection to be taken over: `CONNECT`, or an
+/// `Upgrade` header together with the `upgrade` token in `Connection`.
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    if req.method() == Method::CONNECT {
+        return true;
+    }
+    req.headers().contains_key(header::UPGRADE)
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1): `Connection`, the headers it
+/// names, `Keep-Alive` and `Proxy-Connection`. When `upgrade` is set, `Upgrade` and a
+/// `Connection: upgrade` are kept, since the upstream must see them to agree.
+///
+/// Left alone on purpose: `Transfer-Encoding` and `Content-Length` (hyper frames the
+/// message from them), and `Proxy-Authorization`/`Proxy-Authenticate`, which belong to
+/// an explicit proxy the app may be talking to through us.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| {
+            *n != header::TRANSFER_ENCODING
+                && *n != header::CONTENT_LENGTH
+                && *n != header::HOST
+                && *n != header::PROXY_AUTHORIZATION
+                && *n != header::PROXY_AUTHENTICATE
+                && !(upgrade && *n == header::UPGRADE)
+        })
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Joins both upgraded halves and copies bytes both ways until both directions end.
+async fn tunnel(
+    down: OnUpgrade,
+    up: OnUpgrade,
+    upstream: Upstream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(both) => both,
+        Err(e) => {
+            debug!(%peer, %dst, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    // The upstream connection task has handed the socket over; nothing left to drive.
+    drop(upstream);
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        Ok((sent, received)) => debug!(%peer, %dst, sent, received, "upgraded connection closed"),
+        Err(e) => debug!(%peer, %dst, error = %e, "upgraded connection failed"),
+    }
+}
+
+/// Serves HTTP/1 on `io` until the client closes, an error, or a drain (which lets the
+/// request in flight finish, then closes). An upgraded connection continues as a tunnel.
+pub(crate) async fn serve<I>(io: I, conn: Arc<HttpConn>, drain: drain::Watch)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_conn = conn.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let conn = svc_conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        // Clients may shut down their write side while awaiting the response.
+        .half_close(true)
+        // Transparency: keep header case and do not add a `Date` the upstream did not send.
+        .preserve_header_case(true)
+        .auto_date_header(false);
+    let server = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(server);
+    let res = tokio::select! {
+        res = server.as_mut() => res,
+        () = drain.signaled() => {
+            server.as_mut().graceful_shutdown();
+            server.await
+        }
+    };
+    if let Err(e) = res {
+        debug!(peer = %conn.peer, error = %e, "downstream HTTP connection ended with an error");
+    }
+    let tunnel = lock(&conn.tunnel).take();
+    if let Some(tunnel) = tunnel {
+        tunnel.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn strip_table() {
+        /// (request headers, upgrade, headers left)
+        type Case<'a> = (&'a [(&'a str, &'a str)], bool, &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                &[("host", "a"), ("x-y", "1")],
+                false,
+                &["host: a", "x-y: 1"],
+            ),
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("host", "a"),
+                ],
+                false,
+                &["host: a"],
+            ),
+            (
+                &[
+                    ("connection", "close, x-hop"),
+                    ("x-hop", "1"),
+                    ("x-end", "2"),
+                ],
+                false,
+                &["x-end: 2"],
+            ),
+            (&[("upgrade", "websocket")], false, &[]),
+            (
+                &[("connection", "Upgrade"), ("upgrade", "websocket")],
+                true,
+                &["connection: upgrade", "upgrade: websocket"],
+            ),
+            (
+                // Framing and the proxy's own auth survive a hostile Connection header.
+                &[
+                    (
+                        "connection",
+                        "content-length, transfer-encoding, host, proxy-authorization",
+                    ),
+                    ("content-length", "3"),
+                    ("host", "a"),
+                    ("proxy-authorization", "Basic x"),
+                ],
+                false,
+                &[
+                    "content-length: 3",
+                    "host: a",
+                    "proxy-authorization: Basic x",
+                ],
+            ),
+            (
+                &[("proxy-connection", "keep-alive"), ("te", "trailers")],
+                false,
+                &["te: trailers"],
+            ),
+            (&[("connection", "bad header name")], false, &[]),
+        ];
+        for (input, upgrade, want) in cases {
+            let mut h = headers(input);
+            strip_hop_by_hop(&mut h, *upgrade);
+            assert_eq!(names(&h), *want, "input {input:?} upgrade {upgrade}");
+        }
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let req = |method: Method, h: &[(&str, &str)]| {
+            let mut r = Request::builder().method(method).body(()).unwrap();
+            *r.headers_mut() = headers(h);
+            r
+        };
+        assert!(wants_upgrade(&req(Method::CONNECT, &[])));
+        assert!(wants_upgrade(&req(
+            Method::GET,
+            &[
+                ("connection", "keep-alive, Upgrade"),
+                ("upgrade", "websocket")
+            ]
+        )));
+        assert!(!wants_upgrade(&req(
+            Method::GET,
+            &[("upgrade", "websocket")]
+        )));
+        assert!(!wants_upgrade(&req(
+            Method::GET,
+            &[("connection", "upgrade")]
+        )));
+        assert!(is_upgrade_accepted(true, StatusCode::OK));
+        assert!(!is_upgrade_accepted(true, StatusCode::FORBIDDEN));
+        assert!(is_upgrade_accepted(false, StatusCode::SWITCHING_PROTOCOLS));
+        assert!(!is_upgrade_accepted(false, StatusCode::OK));
+    }
+}

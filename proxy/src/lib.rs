@@ -1,0 +1,152 @@
+//! Myelin's node-local L7 proxy.
+//!
+//! The agent's eBPF programs redirect captured connections to one capture listener and
+//! record each connection's original destination; the agent hands the listener to
+//! [`Proxy::serve`] and the map to the proxy through [`OrigDstLookup`]. For each
+//! accepted connection the proxy finds the original destination and the source workload,
+//! sniffs the protocol, and forwards HTTP/1.1 request by request (through hyper) or
+//! opaque TCP byte for byte, counting everything in [`metrics::ProxyMetrics`].
+//!
+//! This crate knows nothing of eBPF or protobuf: it builds and tests on its own.
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+mod detect;
+pub mod drain;
+mod error;
+mod http;
+pub mod metrics;
+pub mod model;
+mod outbound;
+mod stream;
+mod tcp;
+
+pub use detect::Protocol;
+
+/// Where a captured connection was originally going. Implemented by the agent over the
+/// eBPF map; tests implement it with a `HashMap`.
+pub trait OrigDstLookup: Send + Sync + 'static {
+    /// `peer` is the accepted socket's peer (the app's address), `local` the capture
+    /// address the app was redirected to.
+    fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr>;
+}
+
+/// What every connection task shares.
+pub(crate) struct Inner {
+    pub(crate) config: Arc<model::ProxyConfig>,
+    pub(crate) lookup: Arc<dyn OrigDstLookup>,
+    pub(crate) metrics: Arc<metrics::ProxyMetrics>,
+}
+
+/// The proxy: serves captured connections from one listener.
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// After a failed `accept` that is not about one connection (e.g. out of file
+/// descriptors), wait this long before the next, instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Proxy {
+    /// Creates a proxy with a config snapshot, the original-destination lookup and the
+    /// metrics to record into.
+    pub fn new(
+        config: Arc<model::ProxyConfig>,
+        lookup: Arc<dyn OrigDstLookup>,
+        metrics: Arc<metrics::ProxyMetrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                lookup,
+                metrics,
+            }),
+        }
+    }
+
+    /// Accept loop on the capture listener until `drain` fires; then stop accepting
+    /// (the listener is closed, so new connects are refused), let connections finish up
+    /// to the config's `drain_deadline`, close the rest, and return.
+    ///
+    /// HTTP connections finish the request in flight and then close; opaque connections
+    /// run until they end or the deadline passes. `serve` holds `drain` until it
+    /// returns, so the drain's signaller waits for it.
+    pub async fn serve(self, listener: TcpListener, drain: drain::Watch) -> io::Result<()> {
+        let mut conns = JoinSet::new();
+        let signaled = drain.signaled();
+        tokio::pin!(signaled);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut signaled => break,
+                Some(res) = conns.join_next(), if !conns.is_empty() => log_join(res),
+                res = listener.accept() => match res {
+                    Ok((stream, peer)) => {
+                        conns.spawn(outbound::handle(self.inner.clone(), stream, peer, drain.clone()));
+                    }
+                    Err(e) if is_connection_error(&e) => {
+                        debug!(error = %e, "accept: connection failed before it was accepted");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accept failed (out of file descriptors?); backing off");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        let deadline = self.inner.config.drain_deadline;
+        info!(open = conns.len(), ?deadline, "draining proxy connections");
+        let finished = tokio::time::timeout(deadline, async {
+            while let Some(res) = conns.join_next().await {
+                log_join(res);
+            }
+        })
+        .await;
+        if finished.is_err() {
+            warn!(
+                open = conns.len(),
+                "drain deadline passed; closing remaining connections"
+            );
+            conns.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+fn log_join(res: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = res {
+        if e.is_panic() {
+            warn!(error = %e, "connection task panicked");
+        }
+    }
+}
+
+/// Accept errors that concern one connection only (RFC 793 resets in the backlog etc.):
+/// accept again at once.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}

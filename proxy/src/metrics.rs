@@ -1,0 +1,277 @@
+//! Prometheus metrics of the proxy.
+//!
+//! Registered into whatever (sub-)registry the caller passes; the agent passes
+//! `registry.sub_registry_with_prefix("myelin")`, so names come out as
+//! `myelin_proxy_*`. Counters get the `_total` suffix from `prometheus-client`,
+//! durations are in seconds.
+//!
+//! | name (after the caller's prefix)               | type      | labels |
+//! |------------------------------------------------|-----------|--------|
+//! | `proxy_connections_opened_total`               | counter   | `protocol` |
+//! | `proxy_connections_closed_total`               | counter   | `protocol` |
+//! | `proxy_protocol_detect_duration_seconds`       | histogram | `protocol` |
+//! | `proxy_orig_dst_missing_total`                 | counter   | |
+//! | `proxy_upstream_connect_errors_total`          | counter   | `protocol`, `reason` |
+//! | `proxy_requests_total`                         | counter   | `source_workload`, `source_namespace`, `response_code`, `response_flags` |
+//! | `proxy_request_duration_seconds`               | histogram | same as `proxy_requests_total` |
+//! | `proxy_tcp_bytes_total`                        | counter   | `direction`, `source_workload`, `source_namespace` |
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+pub use crate::detect::Protocol;
+
+/// Label value for a connection whose source IP is not a known local workload.
+pub const UNKNOWN: &str = "unknown";
+
+/// Labels of the per-connection counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// Detected protocol: `http1` or `opaque`.
+    pub protocol: Protocol,
+}
+
+/// Why an upstream connect failed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ConnectErrorReason {
+    /// The destination answered with a reset (nothing listening).
+    Refused,
+    /// No answer within `connect_timeout`.
+    Timeout,
+    /// Anything else (unreachable, no route, out of ports...).
+    Other,
+}
+
+impl ConnectErrorReason {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectErrorReason::Refused => "refused",
+            ConnectErrorReason::Timeout => "timeout",
+            ConnectErrorReason::Other => "other",
+        }
+    }
+}
+
+impl EncodeLabelValue for ConnectErrorReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Labels of `proxy_upstream_connect_errors`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectErrorLabels {
+    /// Protocol of the downstream connection.
+    pub protocol: Protocol,
+    /// Why the connect failed.
+    pub reason: ConnectErrorReason,
+}
+
+/// Labels of the per-request metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Source workload name, or `unknown`.
+    pub source_workload: Arc<str>,
+    /// Source workload namespace, or `unknown`.
+    pub source_namespace: Arc<str>,
+    /// HTTP status code sent downstream.
+    pub response_code: u16,
+    /// Envoy-style response flags: `-` (none), `UF` (upstream connect failure),
+    /// `UC` (upstream connection terminated), `UPE` (upstream protocol error),
+    /// `DC` (downstream connection terminated).
+    pub response_flags: &'static str,
+}
+
+/// Direction of bytes on an opaque connection, seen from the downstream (the client).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// Bytes the client sent (read from the downstream socket).
+    Sent,
+    /// Bytes the client received (written to the downstream socket).
+    Received,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        let s = match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        };
+        fmt::Write::write_str(encoder, s)
+    }
+}
+
+/// Labels of `proxy_tcp_bytes`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpBytesLabels {
+    /// `sent` or `received`, from the downstream's point of view.
+    pub direction: Direction,
+    /// Source workload name, or `unknown`.
+    pub source_workload: Arc<str>,
+    /// Source workload namespace, or `unknown`.
+    pub source_namespace: Arc<str>,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// All proxy metrics. Cheap to share (`Arc`); every field is internally synchronised.
+#[derive(Debug)]
+pub struct ProxyMetrics {
+    pub(crate) connections_opened: Family<ProtocolLabels, Counter>,
+    pub(crate) connections_closed: Family<ProtocolLabels, Counter>,
+    pub(crate) protocol_detect_duration: HistogramFamily<ProtocolLabels>,
+    pub(crate) orig_dst_missing: Counter,
+    pub(crate) upstream_connect_errors: Family<ConnectErrorLabels, Counter>,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) request_duration: HistogramFamily<RequestLabels>,
+    pub(crate) tcp_bytes: Family<TcpBytesLabels, Counter>,
+}
+
+fn detect_buckets() -> Histogram {
+    // 50 us .. ~0.2 s: detection is either immediate or bounded by the sniff timeout.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 13))
+}
+
+fn request_buckets() -> Histogram {
+    // 1 ms .. ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl ProxyMetrics {
+    /// Creates the metrics and registers them in `registry` (names relative to its prefix).
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            connections_opened: Family::default(),
+            connections_closed: Family::default(),
+            protocol_detect_duration: Family::new_with_constructor(detect_buckets),
+            orig_dst_missing: Counter::default(),
+            upstream_connect_errors: Family::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(request_buckets),
+            tcp_bytes: Family::default(),
+        };
+        registry.register(
+            "proxy_connections_opened",
+            "Captured connections accepted, by detected protocol",
+            m.connections_opened.clone(),
+        );
+        registry.register(
+            "proxy_connections_closed",
+            "Captured connections closed, by detected protocol",
+            m.connections_closed.clone(),
+        );
+        registry.register_with_unit(
+            "proxy_protocol_detect_duration",
+            "Time spent sniffing the protocol of a captured connection",
+            Unit::Seconds,
+            m.protocol_detect_duration.clone(),
+        );
+        registry.register(
+            "proxy_orig_dst_missing",
+            "Captured connections closed because no original destination was recorded for them",
+            m.orig_dst_missing.clone(),
+        );
+        registry.register(
+            "proxy_upstream_connect_errors",
+            "Failed connects to the original destination, by protocol and reason",
+            m.upstream_connect_errors.clone(),
+        );
+        registry.register(
+            "proxy_requests",
+            "HTTP requests, by source workload, response code and response flags",
+            m.requests.clone(),
+        );
+        registry.register_with_unit(
+            "proxy_request_duration",
+            "Time from receiving an HTTP request to sending the response headers",
+            Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "proxy_tcp_bytes",
+            "Bytes forwarded on opaque TCP connections, by direction as seen from the client",
+            m.tcp_bytes.clone(),
+        );
+        m
+    }
+
+    /// Metrics registered nowhere: for tests and tools that do not export.
+    pub fn unregistered() -> Self {
+        Self::new(&mut Registry::default())
+    }
+
+    pub(crate) fn connect_error(&self, protocol: Protocol, reason: ConnectErrorReason) {
+        self.upstream_connect_errors
+            .get_or_create(&ConnectErrorLabels { protocol, reason })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn names_and_labels() {
+        let mut registry = Registry::default();
+        let m = ProxyMetrics::new(registry.sub_registry_with_prefix("myelin"));
+        m.connections_opened
+            .get_or_create(&ProtocolLabels {
+                protocol: Protocol::Http1,
+            })
+            .inc();
+        m.connect_error(Protocol::Opaque, ConnectErrorReason::Refused);
+        m.requests
+            .get_or_create(&RequestLabels {
+                source_workload: "a".into(),
+                source_namespace: "ns".into(),
+                response_code: 503,
+                response_flags: "UF",
+            })
+            .inc();
+        m.tcp_bytes
+            .get_or_create(&TcpBytesLabels {
+                direction: Direction::Received,
+                source_workload: UNKNOWN.into(),
+                source_namespace: UNKNOWN.into(),
+            })
+            .inc_by(7);
+        m.orig_dst_missing.inc();
+        m.protocol_detect_duration
+            .get_or_create(&ProtocolLabels {
+                protocol: Protocol::Opaque,
+            })
+            .observe(0.1);
+        m.request_duration
+            .get_or_create(&RequestLabels {
+                source_workload: "a".into(),
+                source_namespace: "ns".into(),
+                response_code: 200,
+                response_flags: "-",
+            })
+            .observe(0.002);
+        let mut out = String::new();
+        encode(&mut out, &registry).unwrap();
+        for want in [
+            "myelin_proxy_connections_opened_total{protocol=\"http1\"} 1",
+            "myelin_proxy_upstream_connect_errors_total{protocol=\"opaque\",reason=\"refused\"} 1",
+            "myelin_proxy_requests_total{source_workload=\"a\",source_namespace=\"ns\",response_code=\"503\",response_flags=\"UF\"} 1",
+            "myelin_proxy_tcp_bytes_total{direction=\"received\",source_workload=\"unknown\",source_namespace=\"unknown\"} 7",
+            "myelin_proxy_orig_dst_missing_total 1",
+            "# TYPE myelin_proxy_protocol_detect_duration_seconds histogram",
+            "# TYPE myelin_proxy_request_duration_seconds histogram",
+            "myelin_proxy_protocol_detect_duration_seconds_count{protocol=\"opaque\"} 1",
+            "myelin_proxy_request_duration_seconds_bucket{le=\"0.002\",source_workload=\"a\",source_namespace=\"ns\",response_code=\"200\",response_flags=\"-\"} 1",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+    }
+}

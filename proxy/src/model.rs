@@ -1,0 +1,225 @@
+//! The proxy's own configuration model.
+//!
+//! The proxy knows nothing about xDS or Kubernetes: the agent (static file, kube watcher)
+//! and later the `xds` crate fill these types. For now the model is the set of local
+//! workloads (so a captured connection can be attributed to its source) and the
+//! proxy-wide timeouts; listeners, routes and clusters join it when the xDS model lands,
+//! as further fields of [`ProxyConfig`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A workload (pod) running on this node whose traffic the proxy captures.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Workload {
+    /// Workload name (usually the pod's owner, e.g. the Deployment name).
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Kubernetes service account, the basis of the SPIFFE identity.
+    pub service_account: String,
+    /// The pod IP: captured connections whose peer has this address belong to the workload.
+    pub ip: IpAddr,
+}
+
+/// A configuration that does not hold together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Two workloads claim the same IP, so connections from it cannot be attributed.
+    #[error(
+        "workloads {first} and {second} both have ip {ip}: each pod IP must belong to one workload \
+         (is a stale pod still listed?)"
+    )]
+    DuplicateWorkloadIp {
+        /// The shared address.
+        ip: IpAddr,
+        /// `namespace/name` of the first workload with this IP.
+        first: String,
+        /// `namespace/name` of the second workload with this IP.
+        second: String,
+    },
+    /// `connect_timeout` is zero: every upstream connect would fail.
+    #[error("connect_timeout must be greater than zero")]
+    ZeroConnectTimeout,
+}
+
+/// Everything the proxy needs to serve connections. Shared as an `Arc` snapshot; a
+/// connection keeps the snapshot it started with.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyConfig {
+    workloads: Vec<Workload>,
+    /// How long protocol detection waits for the client's first bytes before treating
+    /// the connection as opaque TCP (server-first protocols send nothing). Default 100 ms.
+    #[serde(serialize_with = "duration_str")]
+    pub sniff_timeout: Duration,
+    /// Upstream TCP connect timeout. Default 5 s.
+    #[serde(serialize_with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// After a drain starts, how long open connections may keep going before they are
+    /// closed by force. Default 5 s.
+    #[serde(serialize_with = "duration_str")]
+    pub drain_deadline: Duration,
+    // Built from `workloads` at construction; the reason `workloads` is private.
+    #[serde(skip)]
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            workloads: Vec::new(),
+            sniff_timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(5),
+            drain_deadline: Duration::from_secs(5),
+            by_ip: HashMap::new(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// A config with these workloads and default timeouts. Fails if two workloads share an IP.
+    pub fn new(workloads: Vec<Workload>) -> Result<Self, ConfigError> {
+        let mut by_ip = HashMap::with_capacity(workloads.len());
+        for (i, w) in workloads.iter().enumerate() {
+            if let Some(&prev) = by_ip.get(&w.ip) {
+                let p: &Workload = &workloads[prev];
+                return Err(ConfigError::DuplicateWorkloadIp {
+                    ip: w.ip,
+                    first: format!("{}/{}", p.namespace, p.name),
+                    second: format!("{}/{}", w.namespace, w.name),
+                });
+            }
+            by_ip.insert(w.ip, i);
+        }
+        Ok(Self {
+            workloads,
+            by_ip,
+            ..Self::default()
+        })
+    }
+
+    /// Checks cross-field rules (the workload index is already checked by [`ProxyConfig::new`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::ZeroConnectTimeout);
+        }
+        Ok(())
+    }
+
+    /// The local workloads, in the order they were given.
+    pub fn workloads(&self) -> &[Workload] {
+        &self.workloads
+    }
+
+    /// The workload that owns `ip`, if any. IPv4-mapped IPv6 addresses (from a dual-stack
+    /// listener) match the IPv4 workload.
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Workload> {
+        let ip = ip.to_canonical();
+        self.by_ip.get(&ip).map(|&i| &self.workloads[i])
+    }
+}
+
+/// Serializes a duration the way Envoy's JSON does (`"5s"`, `"0.100s"`), so `/config_dump`
+/// reads like the rest of the mesh's config.
+fn duration_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn format_duration(d: Duration) -> String {
+    let nanos = d.subsec_nanos();
+    if nanos == 0 {
+        return format!("{}s", d.as_secs());
+    }
+    let frac = format!("{nanos:09}");
+    format!("{}.{}s", d.as_secs(), frac.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wl(name: &str, ip: &str) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "default".into(),
+            service_account: name.into(),
+            ip: ip.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn lookup_by_ip() {
+        let cfg = ProxyConfig::new(vec![wl("a", "10.0.0.1"), wl("b", "fd00::2")]).unwrap();
+        assert_eq!(
+            cfg.workload_by_ip("10.0.0.1".parse().unwrap())
+                .unwrap()
+                .name,
+            "a"
+        );
+        assert_eq!(
+            cfg.workload_by_ip("::ffff:10.0.0.1".parse().unwrap())
+                .unwrap()
+                .name,
+            "a"
+        );
+        assert_eq!(
+            cfg.workload_by_ip("fd00::2".parse().unwrap()).unwrap().name,
+            "b"
+        );
+        assert!(cfg.workload_by_ip("10.0.0.3".parse().unwrap()).is_none());
+        assert_eq!(cfg.workloads().len(), 2);
+    }
+
+    #[test]
+    fn duplicate_ip_is_rejected() {
+        let err = ProxyConfig::new(vec![wl("a", "10.0.0.1"), wl("b", "10.0.0.1")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "workloads default/a and default/b both have ip 10.0.0.1: each pod IP must belong to \
+             one workload (is a stale pod still listed?)"
+        );
+    }
+
+    #[test]
+    fn defaults_and_validate() {
+        let mut cfg = ProxyConfig::default();
+        assert_eq!(cfg.sniff_timeout, Duration::from_millis(100));
+        assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
+        assert!(cfg.validate().is_ok());
+        cfg.connect_timeout = Duration::ZERO;
+        assert_eq!(cfg.validate(), Err(ConfigError::ZeroConnectTimeout));
+    }
+
+    #[test]
+    fn serializes_for_config_dump() {
+        let cfg = ProxyConfig::new(vec![wl("a", "10.0.0.1")]).unwrap();
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "workloads": [{"name": "a", "namespace": "default", "service_account": "a", "ip": "10.0.0.1"}],
+                "sniff_timeout": "0.1s",
+                "connect_timeout": "5s",
+                "drain_deadline": "5s",
+            })
+        );
+        let back: Workload = serde_json::from_value(json["workloads"][0].clone()).unwrap();
+        assert_eq!(back, cfg.workloads()[0]);
+    }
+
+    #[test]
+    fn duration_format() {
+        for (d, want) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_millis(100), "0.1s"),
+            (Duration::from_millis(1250), "1.25s"),
+            (Duration::from_nanos(1), "0.000000001s"),
+        ] {
+            assert_eq!(format_duration(d), want);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Opaque TCP forwarding, and the upstream connect shared with the HTTP path.
+//!
+//! Half-close is preserved: when one side sends FIN, the proxy shuts down its write side
+//! towards the other and keeps copying the opposite direction until it ends too
+//! (`tokio::io::copy_bidirectional` does exactly this), so a client's `shutdown(SHUT_WR)`
+//! reaches the server and the server's reply still comes back. A failed connect or a
+//! broken copy resets the client (`SO_LINGER` 0, then close) rather than closing it
+//! cleanly, so the app sees the failure the way it would without the mesh.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::detect::Protocol;
+use crate::error::ProxyError;
+use crate::metrics::{Direction, ProxyMetrics, TcpBytesLabels};
+use crate::outbound::Source;
+use crate::stream::{Counted, Rewind};
+
+/// Connects to `dst` within `timeout`, with `TCP_NODELAY` set (the proxy forwards what
+/// it gets as soon as it gets it; batching is the app's business).
+pub(crate) async fn connect(dst: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ProxyError::connect(dst, e)),
+        Err(_elapsed) => return Err(ProxyError::connect_timeout(dst, timeout)),
+    };
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(%dst, error = %e, "setting TCP_NODELAY failed");
+    }
+    Ok(stream)
+}
+
+/// Makes the close of `stream` send RST instead of FIN.
+pub(crate) fn reset_on_close(stream: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO)) {
+        debug!(error = %e, "setting SO_LINGER 0 failed");
+    }
+}
+
+/// Forwards an opaque connection to `dst` until both directions have ended.
+pub(crate) async fn forward(
+    downstream: Rewind<TcpStream>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    source: &Source,
+    connect_timeout: Duration,
+    metrics: &Arc<ProxyMetrics>,
+) -> Result<(), ProxyError> {
+    let mut upstream = match connect(dst, connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(reason) = e.connect_reason() {
+                metrics.connect_error(Protocol::Opaque, reason);
+            }
+            reset_on_close(downstream.inner());
+            return Err(e);
+        }
+    };
+    let bytes = |direction| {
+        metrics
+            .tcp_bytes
+            .get_or_create(&TcpBytesLabels {
+                direction,
+                source_workload: source.workload.clone(),
+                source_namespace: source.namespace.clone(),
+            })
+            .clone()
+    };
+    // Reading from the client is what it sent; writing to it is what it received.
+    let mut downstream = Counted::new(
+        downstream,
+        bytes(Direction::Sent),
+        bytes(Direction::Received),
+    );
+    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        Ok((sent, received)) => {
+            debug!(%peer, %dst, sent, received, "opaque connection closed");
+            Ok(())
+        }
+        Err(source) => {
+            // One side broke (typically a reset): pass the reset on to both.
+            reset_on_close(downstream.get_ref().inner());
+            reset_on_close(&upstream);
+            Err(ProxyError::Forward {
+                peer,
+                addr: dst,
+                source,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ConnectErrorReason;
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_times_out_when_syn_is_dropped() {
+        // A listener that never accepts, with a backlog of 0: once its accept queue is
+        // full, Linux drops further SYNs, so a connect hangs like one to a dead host.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = sock.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        let start = tokio::time::Instant::now();
+        let err = loop {
+            match connect(addr, Duration::from_secs(5)).await {
+                Ok(s) => fillers.push(s),
+                Err(e) => break e,
+            }
+            assert!(fillers.len() < 16, "the accept queue never filled up");
+        };
+        assert_eq!(err.connect_reason(), Some(ConnectErrorReason::Timeout));
+        assert_eq!(err.response_flags(), "UF");
+        // Paused time: the timeout fired at exactly 5 s of virtual time, in no real time.
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+}
