@@ -26,11 +26,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
+pub mod mesh;
 mod node;
 pub mod pattern;
 mod proc;
 mod sys;
 
+pub use mesh::{http_get, in_netns, metric_sum, myelin_command, Mesh, MeshOptions};
 pub use node::{sweep_stale, Node, NodeConfig, Pod, NODE_IFACE, POD_IFACE};
 pub use proc::{ensure_success, json_output, Proc, DEFAULT_RUN_TIMEOUT};
 

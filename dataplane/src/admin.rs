@@ -42,13 +42,21 @@ fn admin(req: &Request<Incoming>, state: &AgentState) -> Response<Body> {
             let eff = state.effective.load();
             match serde_json::to_vec_pretty(&**eff) {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
             }
         }
         (_, "/ready" | "/config_dump") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "endpoints: /ready /config_dump\n"),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "endpoints: /ready /config_dump\n",
+        ),
     }
 }
 
@@ -58,8 +66,16 @@ fn metrics(req: &Request<Incoming>, registry: &Registry) -> Response<Body> {
     }
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, registry) {
-        Ok(()) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text),
-        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        Ok(()) => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            text,
+        ),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
     }
 }
 
@@ -68,7 +84,9 @@ where
     F: Fn(&Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
 {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
@@ -105,11 +123,19 @@ pub fn spawn(
             .with_context(|| format!("binding the metrics listener on {metrics_addr}"))?;
         anyhow::Ok((a, m))
     })?;
-    Ok(std::thread::Builder::new().name("myelin-admin".into()).spawn(move || {
-        rt.block_on(async move {
-            let a = tokio::spawn(serve(admin_l, Arc::new(move |r: &Request<Incoming>| admin(r, &state))));
-            let m = tokio::spawn(serve(metrics_l, Arc::new(move |r: &Request<Incoming>| metrics(r, &registry))));
-            let _ = tokio::join!(a, m);
-        })
-    })?)
+    Ok(std::thread::Builder::new()
+        .name("myelin-admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let a = tokio::spawn(serve(
+                    admin_l,
+                    Arc::new(move |r: &Request<Incoming>| admin(r, &state)),
+                ));
+                let m = tokio::spawn(serve(
+                    metrics_l,
+                    Arc::new(move |r: &Request<Incoming>| metrics(r, &registry)),
+                ));
+                let _ = tokio::join!(a, m);
+            })
+        })?)
 }

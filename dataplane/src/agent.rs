@@ -121,10 +121,10 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     // Capture off until the proxy is accepting.
     dp.set_config(config.capture, proxy_cgroup, 0)?;
     dp.set_exclusions(&config.excluded_ports, &config.excluded_cidrs)?;
+    // Until the self-test has decided, no workload is spliced.
     for (w, id) in config.workloads.iter().zip(&workload_ids) {
-        let flags = if w.splice { 0 } else { WL_NO_SPLICE };
-        dp.enroll(*id, flags)?;
-        dp.add_local_pod(w.ip, flags)?;
+        dp.enroll(*id, WL_NO_SPLICE)?;
+        dp.add_local_pod(w.ip, WL_NO_SPLICE)?;
     }
 
     let mut registry = Registry::default();
@@ -151,8 +151,12 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     });
 
     // Admin and metrics on their own small runtime, so control work never stalls traffic.
-    let admin_handle =
-        admin::spawn(config.admin_address, config.metrics_address, state.clone(), registry.clone())?;
+    let admin_handle = admin::spawn(
+        config.admin_address,
+        config.metrics_address,
+        state.clone(),
+        registry.clone(),
+    )?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,6 +174,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         splice_metrics,
         state.clone(),
         cgroup2,
+        workload_ids,
     ));
     drop(admin_handle);
 
@@ -195,26 +200,63 @@ async fn serve(
     splice_metrics: SpliceMetrics,
     state: Arc<AgentState>,
     cgroup2: std::path::PathBuf,
+    workload_ids: Vec<u64>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.capture)
         .await
-        .with_context(|| format!("binding the capture listener on {} (is another agent running on this node?)", config.capture))?;
+        .with_context(|| {
+            format!(
+                "binding the capture listener on {} (is another agent running on this node?)",
+                config.capture
+            )
+        })?;
     let (orig_dst, counters): (Arc<OrigDstMap>, Arc<Counters>) = {
         let dp = dp.lock().expect("dataplane lock");
         (dp.orig_dst(), dp.counters())
     };
     let (signal, watch) = drain::channel();
-    let proxy = Proxy::new(proxy_config.clone(), Arc::new(MapLookup(orig_dst)), proxy_metrics);
+    let proxy = Proxy::new(
+        proxy_config.clone(),
+        Arc::new(MapLookup(orig_dst)),
+        proxy_metrics,
+    );
     let proxy_task = tokio::spawn(proxy.serve(listener, watch));
 
     let forced_off = opts.no_splice || config.splice == SpliceSetting::Off;
-    let splice = selftest::decide(&config, &dp, &counters, &cgroup2, forced_off).await;
-    match splice.mode {
-        SpliceMode::Tcp => warn!(reason = %splice.reason, "splice mode: tcp (captured connections are proxied over plain TCP)"),
-        _ => info!(mode = %splice.mode, directions = %splice.directions, "splice mode decided by self-test"),
-    }
+    let mut splice = selftest::decide(&config, &dp, &counters, &cgroup2, forced_off).await;
     if let Some(err) = &splice.capture_error {
         anyhow::bail!("capture self-test failed: {err}");
+    }
+    {
+        let mut dp = dp.lock().expect("dataplane lock");
+        for (w, id) in config.workloads.iter().zip(&workload_ids) {
+            let spliced = splice.splices(w.splice);
+            let flags = if spliced { 0 } else { WL_NO_SPLICE };
+            dp.enroll(*id, flags)?;
+            dp.add_local_pod(w.ip, flags)?;
+            splice.workloads.push(selftest::WorkloadSpliceState {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                policy: w.splice,
+                spliced,
+            });
+        }
+    }
+    let spliced = splice.workloads.iter().filter(|w| w.spliced).count();
+    if spliced == 0 && !config.workloads.is_empty() {
+        splice.mode = SpliceMode::Tcp;
+    }
+    match splice.mode {
+        SpliceMode::Tcp => {
+            warn!(reason = %splice.reason, "splice mode: tcp (captured connections are proxied over plain TCP)")
+        }
+        _ => info!(
+            spliced_workloads = spliced,
+            of = config.workloads.len(),
+            blocking_safe = splice.blocking_safe,
+            reason = %splice.reason,
+            "splice mode: spliced"
+        ),
     }
     splice_metrics.record(&splice);
     {
@@ -223,7 +265,9 @@ async fn serve(
             config: cur.config.clone(),
             proxy: cur.proxy.clone(),
             splice: splice.clone(),
-            kernel: KernelInfo { ..clone_kernel(&cur.kernel) },
+            kernel: KernelInfo {
+                ..clone_kernel(&cur.kernel)
+            },
         }));
     }
     state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -234,7 +278,9 @@ async fn serve(
         _ = term.recv() => info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: draining"),
     }
-    state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    state
+        .ready
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let drained = signal.drain(proxy_config.drain_deadline).await;
     info!(?drained, "drained");
     proxy_task.abort();
@@ -242,7 +288,11 @@ async fn serve(
 }
 
 fn clone_kernel(k: &KernelInfo) -> KernelInfo {
-    KernelInfo { pin_dir: k.pin_dir.clone(), reused_pins: k.reused_pins, proxy_cgroup_id: k.proxy_cgroup_id }
+    KernelInfo {
+        pin_dir: k.pin_dir.clone(),
+        reused_pins: k.reused_pins,
+        proxy_cgroup_id: k.proxy_cgroup_id,
+    }
 }
 
 /// Time the agent gives the self-test client before calling it hung.

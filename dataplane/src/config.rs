@@ -29,7 +29,12 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: {field} = {value:?}: {reason}")]
-    Invalid { path: PathBuf, field: String, value: String, reason: String },
+    Invalid {
+        path: PathBuf,
+        field: String,
+        value: String,
+        reason: String,
+    },
 }
 
 /// Whether the kernel may splice sockets.
@@ -105,6 +110,25 @@ pub struct NodeSection {
     pub address: Ipv4Addr,
 }
 
+/// Per-workload splice policy.
+///
+/// Splicing puts the app's socket into a sockmap, and on the kernels we run on that changes
+/// its receive path (`tcp_bpf_recvmsg`): a **blocking** `recv()` woken without data returns
+/// `EAGAIN` instead of waiting again. Non-blocking apps (event loops: Go, Node, tokio, Envoy,
+/// curl, ...) retry and never notice; blocking apps can fail a read. The startup self-test
+/// measures whether blocking reads survive splicing on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadSplice {
+    /// Spliced only if the self-test found blocking reads safe on this node.
+    #[default]
+    Auto,
+    /// The workload uses non-blocking sockets only: spliced whenever the spliced path works.
+    Nonblocking,
+    /// Never spliced (still captured and proxied).
+    Off,
+}
+
 /// One entry of `myelin.workloads`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -116,9 +140,9 @@ pub struct WorkloadSection {
     /// The pod's cgroup; relative paths are under `cgroup_root`.
     pub cgroup: PathBuf,
     pub ip: Ipv4Addr,
-    /// Per-workload opt-out of splicing (its traffic is still captured and proxied).
-    #[serde(default = "yes")]
-    pub splice: bool,
+    /// Per-workload splice policy (its traffic is captured and proxied either way).
+    #[serde(default)]
+    pub splice: WorkloadSplice,
 }
 
 fn default_capture_port() -> u16 {
@@ -135,9 +159,6 @@ fn default_sniff_ms() -> u64 {
 }
 fn default_sa() -> String {
     "default".into()
-}
-fn yes() -> bool {
-    true
 }
 
 /// The validated, resolved configuration the agent runs with.
@@ -166,22 +187,26 @@ pub struct Workload {
     pub service_account: String,
     pub cgroup: PathBuf,
     pub ip: Ipv4Addr,
-    pub splice: bool,
+    pub splice: WorkloadSplice,
 }
 
 impl Config {
     /// Reads, parses and validates `path`. `cgroup2` is the cgroup v2 mount point used to
     /// resolve relative cgroup paths.
     pub fn load(path: &Path, cgroup2: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, path, cgroup2)
     }
 
     /// Parses and validates `text` (named `path` in messages).
     pub fn parse(text: &str, path: &Path, cgroup2: &Path) -> Result<Config, ConfigError> {
-        let file: File = serde_yaml::from_str(text)
-            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+        let file: File = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let invalid = |field: &str, value: &dyn fmt::Display, reason: &str| ConfigError::Invalid {
             path: path.to_owned(),
             field: field.to_owned(),
@@ -221,7 +246,9 @@ impl Config {
         let instance = m.instance.clone().unwrap_or_else(|| m.node.name.clone());
         let inst_ok = !instance.is_empty()
             && instance.len() <= 64
-            && instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !inst_ok {
             return Err(invalid(
                 "myelin.instance",
@@ -243,13 +270,19 @@ impl Config {
         }
         let mut cidrs = Vec::new();
         for (i, c) in m.excluded_cidrs.iter().enumerate() {
-            cidrs.push(parse_cidr(c).map_err(|reason| {
-                invalid(&format!("myelin.excluded_cidrs[{i}]"), c, &reason)
-            })?);
+            cidrs.push(
+                parse_cidr(c).map_err(|reason| {
+                    invalid(&format!("myelin.excluded_cidrs[{i}]"), c, &reason)
+                })?,
+            );
         }
         for (i, p) in m.excluded_ports.iter().enumerate() {
             if *p == 0 {
-                return Err(invalid(&format!("myelin.excluded_ports[{i}]"), p, "must not be 0"));
+                return Err(invalid(
+                    &format!("myelin.excluded_ports[{i}]"),
+                    p,
+                    "must not be 0",
+                ));
             }
         }
         let mut workloads = Vec::new();
@@ -272,12 +305,19 @@ impl Config {
             if w.ip == addr {
                 return Err(invalid(&field("ip"), &w.ip, "is the node address"));
             }
-            let cgroup = if w.cgroup.is_absolute() { w.cgroup.clone() } else { cgroup_root.join(&w.cgroup) };
+            let cgroup = if w.cgroup.is_absolute() {
+                w.cgroup.clone()
+            } else {
+                cgroup_root.join(&w.cgroup)
+            };
             if !cgroup.starts_with(&cgroup_root) || cgroup == cgroup_root {
                 return Err(invalid(
                     &field("cgroup"),
                     &w.cgroup.display(),
-                    &format!("must be a cgroup below cgroup_root {}", cgroup_root.display()),
+                    &format!(
+                        "must be a cgroup below cgroup_root {}",
+                        cgroup_root.display()
+                    ),
                 ));
             }
             workloads.push(Workload {
@@ -327,7 +367,9 @@ impl Config {
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, len) = s.split_once('/').ok_or("expected ADDRESS/PREFIX, e.g. 169.254.0.0/16")?;
+    let (ip, len) = s
+        .split_once('/')
+        .ok_or("expected ADDRESS/PREFIX, e.g. 169.254.0.0/16")?;
     let ip: Ipv4Addr = ip.parse().map_err(|e| format!("bad address: {e}"))?;
     let len: u8 = len.parse().map_err(|e| format!("bad prefix length: {e}"))?;
     if len > 32 {
@@ -348,42 +390,82 @@ myelin:
   excluded_cidrs: ["169.254.0.0/16"]
   workloads:
     - { name: client, namespace: demo, cgroup: pods/client, ip: 10.77.1.2 }
-    - { name: server, namespace: demo, service_account: web, cgroup: pods/server, ip: 10.77.1.3, splice: false }
+    - { name: server, namespace: demo, service_account: web, cgroup: pods/server, ip: 10.77.1.3, splice: off }
+    - { name: curl, namespace: demo, cgroup: pods/curl, ip: 10.77.1.4, splice: nonblocking }
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("mesh.yaml"), Path::new("/sys/fs/cgroup/unified"))
+        Config::parse(
+            text,
+            Path::new("mesh.yaml"),
+            Path::new("/sys/fs/cgroup/unified"),
+        )
     }
 
     #[test]
     fn good_config_resolves_paths_and_defaults() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.capture, "10.77.0.1:15001".parse().unwrap());
-        assert_eq!(c.cgroup_root, Path::new("/sys/fs/cgroup/unified/myelin-node-a"));
+        assert_eq!(
+            c.cgroup_root,
+            Path::new("/sys/fs/cgroup/unified/myelin-node-a")
+        );
         assert_eq!(c.instance, "node-a");
-        assert_eq!(c.workloads[0].cgroup, Path::new("/sys/fs/cgroup/unified/myelin-node-a/pods/client"));
+        assert_eq!(
+            c.workloads[0].cgroup,
+            Path::new("/sys/fs/cgroup/unified/myelin-node-a/pods/client")
+        );
         assert_eq!(c.workloads[0].service_account, "default");
-        assert!(c.workloads[0].splice);
-        assert!(!c.workloads[1].splice);
+        assert_eq!(c.workloads[0].splice, WorkloadSplice::Auto);
+        assert_eq!(c.workloads[1].splice, WorkloadSplice::Off);
+        assert_eq!(c.workloads[2].splice, WorkloadSplice::Nonblocking);
         assert_eq!(c.excluded_cidrs, vec![("169.254.0.0".parse().unwrap(), 16)]);
         assert_eq!(c.splice, SpliceSetting::Auto);
         assert_eq!(c.admin_address, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(c.metrics_address, "127.0.0.1:15020".parse().unwrap());
-        assert_eq!(c.proxy_config().workloads().len(), 2);
+        assert_eq!(c.proxy_config().workloads().len(), 3);
     }
 
     /// Each bad input names its field and value.
     #[test]
     fn bad_configs_name_field_and_value() {
         let cases: &[(&str, &str, &str)] = &[
-            ("10.77.0.1 }", "127.0.0.1 }", "myelin.node.address = \"127.0.0.1\""),
-            ("ip: 10.77.1.3,", "ip: 10.77.1.2,", "myelin.workloads[1].ip = \"10.77.1.2\""),
-            ("169.254.0.0/16", "169.254.0.0/40", "myelin.excluded_cidrs[0] = \"169.254.0.0/40\""),
-            ("169.254.0.0/16", "nonsense", "myelin.excluded_cidrs[0] = \"nonsense\""),
+            (
+                "10.77.0.1 }",
+                "127.0.0.1 }",
+                "myelin.node.address = \"127.0.0.1\"",
+            ),
+            (
+                "ip: 10.77.1.3,",
+                "ip: 10.77.1.2,",
+                "myelin.workloads[1].ip = \"10.77.1.2\"",
+            ),
+            (
+                "169.254.0.0/16",
+                "169.254.0.0/40",
+                "myelin.excluded_cidrs[0] = \"169.254.0.0/40\"",
+            ),
+            (
+                "169.254.0.0/16",
+                "nonsense",
+                "myelin.excluded_cidrs[0] = \"nonsense\"",
+            ),
             ("[22]", "[0]", "myelin.excluded_ports[0] = \"0\""),
-            ("cgroup: pods/client", "cgroup: /elsewhere", "myelin.workloads[0].cgroup = \"/elsewhere\""),
-            ("cgroup_root: myelin-node-a", "cgroup_root: /tmp/x", "myelin.cgroup_root = \"/tmp/x\""),
-            ("name: node-a", "name: \"node a\"", "myelin.instance = \"node a\""),
+            (
+                "cgroup: pods/client",
+                "cgroup: /elsewhere",
+                "myelin.workloads[0].cgroup = \"/elsewhere\"",
+            ),
+            (
+                "cgroup_root: myelin-node-a",
+                "cgroup_root: /tmp/x",
+                "myelin.cgroup_root = \"/tmp/x\"",
+            ),
+            (
+                "name: node-a",
+                "name: \"node a\"",
+                "myelin.instance = \"node a\"",
+            ),
         ];
         for (from, to, want) in cases {
             let text = GOOD.replacen(from, to, 1);
@@ -395,10 +477,21 @@ myelin:
 
     #[test]
     fn syntax_errors_and_unknown_fields_say_where() {
-        let err = parse(&GOOD.replace("excluded_ports", "exclude_ports")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("excluded_ports", "exclude_ports"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `exclude_ports`"), "{err}");
-        let err = parse(&GOOD.replace("10.77.1.2", "10.77.1.999")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("10.77.1.2", "10.77.1.999"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("myelin.workloads[0].ip"), "{err}");
+        let err = parse(&GOOD.replace("splice: off", "splice: sometimes"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("myelin.workloads[1].splice") && err.contains("sometimes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,9 +6,7 @@
 //! made, also on Ctrl-C or error (the test bed's `Node` cleans up on drop).
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    os::fd::AsFd,
+    net::SocketAddr,
     path::Path,
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
@@ -16,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use myelin_testbed::{podtool_command, Node, Proc};
+use myelin_testbed::{http_get, in_netns, metric_sum, podtool_command, Node, Proc};
 use serde::Serialize;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -32,57 +30,6 @@ fn check_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a thread that has entered the network namespace at `netns` (only that thread
-/// moves; the mount namespace stays, so /sys/fs/bpf and the cgroup mount remain visible).
-pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    let file = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("setns into the node netns")?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-    })
-}
-
-/// A plain HTTP/1.0 GET (no keep-alive), enough for the admin endpoints.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
-}
-
-/// The value of an unlabelled or labelled sample in Prometheus text (sum over label sets
-/// whose labels contain every `want` pair).
-pub fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if n != name {
-                return None;
-            }
-            let ok = want.iter().all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")));
-            ok.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
 /// The demo's summary.
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -93,12 +40,19 @@ pub struct Summary {
     pub captured_connections: u64,
     pub spliced_bytes: u64,
     pub spliced_messages: u64,
+    /// Messages that found no spliced peer and went over TCP (whole agent lifetime).
+    pub splice_misses_total: u64,
+    /// First messages that had to wait for their peer socket (whole agent lifetime).
+    pub splice_peer_waits_total: u64,
     pub splice_mode: String,
-    pub splice_directions: String,
     pub splice_reason: String,
+    /// Which workloads are spliced.
+    pub spliced_workloads: Vec<String>,
     /// Golden metrics from the proxy: HTTP requests by source workload and response code.
     pub http_requests_by_source: Vec<PairCount>,
     pub http_p50_ms: Option<f64>,
+    /// The agent's startup self-test runs (see `/config_dump`).
+    pub selftest: serde_json::Value,
 }
 
 /// One row of the golden-metrics table.
@@ -131,7 +85,12 @@ pub fn run(json: bool, no_splice: bool) -> anyhow::Result<bool> {
     };
 
     let mut node = Node::new("demo").context("building the demo node")?;
-    say(&format!("node {} at {} (netns + cgroup {})", node.name, node.addr, node.cgroup_path().display()));
+    say(&format!(
+        "node {} at {} (netns + cgroup {})",
+        node.name,
+        node.addr,
+        node.cgroup_path().display()
+    ));
     let client = node.add_pod("client")?;
     let server_a = node.add_pod("server-a")?;
     let server_b = node.add_pod("server-b")?;
@@ -140,7 +99,13 @@ pub fn run(json: bool, no_splice: bool) -> anyhow::Result<bool> {
     }
 
     let mut http = podtool_command()?;
-    http.args(["http-server", "--port", &HTTP_PORT.to_string(), "--name", "server-a"]);
+    http.args([
+        "http-server",
+        "--port",
+        &HTTP_PORT.to_string(),
+        "--name",
+        "server-a",
+    ]);
     http.stdout(std::process::Stdio::null());
     let _http_server = server_a.spawn(http)?;
     let mut echo = podtool_command()?;
@@ -158,7 +123,8 @@ myelin:
   cgroup_root: {root}
   uninstall_on_exit: true
   workloads:
-    - {{ name: client, namespace: demo, service_account: client, cgroup: {c}, ip: {cip} }}
+    # curl uses non-blocking sockets: safe to splice whatever the kernel's blocking-read verdict.
+    - {{ name: client, namespace: demo, service_account: client, cgroup: {c}, ip: {cip}, splice: nonblocking }}
     - {{ name: server-a, namespace: demo, service_account: web, cgroup: {a}, ip: {aip} }}
     - {{ name: server-b, namespace: demo, service_account: echo, cgroup: {b}, ip: {bip} }}
 "#,
@@ -201,7 +167,12 @@ fn finish(
 ) -> anyhow::Result<bool> {
     // Graceful stop: the agent drains and unpins its programs (uninstall_on_exit).
     let _ = agent.signal(nix::sys::signal::Signal::SIGTERM);
-    if agent.wait_timeout(Duration::from_secs(10)).ok().flatten().is_none() {
+    if agent
+        .wait_timeout(Duration::from_secs(10))
+        .ok()
+        .flatten()
+        .is_none()
+    {
         let _ = agent.kill();
     }
     let _ = myelin_ebpf_loader::uninstall(&node.name);
@@ -212,7 +183,9 @@ fn finish(
             } else {
                 print_summary(&summary);
             }
-            Ok(summary.requests_failed == 0 && summary.tcp_exchanges_failed == 0 && summary.requests_ok > 0)
+            Ok(summary.requests_failed == 0
+                && summary.tcp_exchanges_failed == 0
+                && summary.requests_ok > 0)
         }
         Err(e) => {
             if let Ok(log) = std::fs::read_to_string(log_path) {
@@ -250,9 +223,8 @@ fn drive(
     let dump: serde_json::Value = serde_json::from_str(&dump).context("parsing /config_dump")?;
     let splice = &dump["splice"];
     say(&format!(
-        "agent ready: splice mode {} ({}) {}",
+        "agent ready: splice mode {} {}",
         splice["mode"].as_str().unwrap_or("?"),
-        splice["directions"].as_str().unwrap_or("?"),
         splice["reason"].as_str().unwrap_or("")
     ));
 
@@ -277,7 +249,10 @@ fn drive(
         let good = codes.lines().filter(|c| c.trim() == "200").count() as u64;
         ok += good;
         failed += (HTTP_REQUESTS / 5) as u64 - good;
-        say(&format!("curl batch {batch}: {good}/{} HTTP 200 from server-a", HTTP_REQUESTS / 5));
+        say(&format!(
+            "curl batch {batch}: {good}/{} HTTP 200 from server-a",
+            HTTP_REQUESTS / 5
+        ));
     }
 
     // Raw TCP with a blocking client (request/response exchanges, each checked).
@@ -296,12 +271,17 @@ fn drive(
     let tcp: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::json!({"ok": 0}));
     let tcp_ok = tcp["ok"].as_u64().unwrap_or(0);
-    say(&format!("tcp: {tcp_ok}/{TCP_EXCHANGES} echo exchanges with server-b (blocking client)"));
+    say(&format!(
+        "tcp: {tcp_ok}/{TCP_EXCHANGES} echo exchanges with server-b (blocking client)"
+    ));
 
     let (_, text) = in_netns(&netns, || http_get(metrics, "/metrics"))??;
     let get = |n: &str| (metric_sum(&text, n, &[]) - metric_sum(&base, n, &[])) as u64;
     let mut pairs = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with("myelin_proxy_requests_total{")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("myelin_proxy_requests_total{"))
+    {
         let label = |k: &str| {
             line.split(&format!("{k}=\""))
                 .nth(1)
@@ -309,7 +289,11 @@ fn drive(
                 .unwrap_or("")
                 .to_owned()
         };
-        let n = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let n = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
         pairs.push(PairCount {
             source: format!("{}/{}", label("source_namespace"), label("source_workload")),
             destination: match label("destination_workload") {
@@ -328,11 +312,23 @@ fn drive(
         captured_connections: get("myelin_captured_connections_total"),
         spliced_bytes: get("myelin_spliced_bytes_total"),
         spliced_messages: get("myelin_spliced_messages_total"),
+        splice_misses_total: metric_sum(&text, "myelin_splice_misses_total", &[]) as u64,
+        splice_peer_waits_total: metric_sum(&text, "myelin_splice_peer_waits_total", &[]) as u64,
         splice_mode: splice["mode"].as_str().unwrap_or("?").to_owned(),
-        splice_directions: splice["directions"].as_str().unwrap_or("?").to_owned(),
+        spliced_workloads: splice["workloads"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .filter(|w| w["spliced"] == true)
+                    .filter_map(|w| w["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
         splice_reason: splice["reason"].as_str().unwrap_or("").to_owned(),
         http_requests_by_source: pairs,
-        http_p50_ms: histogram_quantile(&text, "myelin_proxy_request_duration_seconds", 0.5).map(|s| s * 1000.0),
+        selftest: splice["runs"].clone(),
+        http_p50_ms: histogram_quantile(&text, "myelin_proxy_request_duration_seconds", 0.5)
+            .map(|s| s * 1000.0),
     };
     Ok((summary, json))
 }
@@ -345,7 +341,11 @@ pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
     for line in text.lines().filter(|l| l.starts_with(&prefix)) {
         let le = line.split("le=\"").nth(1)?.split('"').next()?;
         let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
-        let le_f: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+        let le_f: f64 = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
         let e = buckets.entry(le_f.to_bits()).or_insert((le_f, 0.0));
         e.1 += v;
     }
@@ -363,7 +363,11 @@ pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
                 return Some(lo);
             }
             let in_bucket = count - below;
-            return Some(if in_bucket == 0.0 { le } else { lo + (le - lo) * (rank - below) / in_bucket });
+            return Some(if in_bucket == 0.0 {
+                le
+            } else {
+                lo + (le - lo) * (rank - below) / in_bucket
+            });
         }
         lo = le;
         below = count;
@@ -374,17 +378,46 @@ pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
 fn print_summary(s: &Summary) {
     println!();
     println!("Myelin demo: one node, three pods, traffic through the mesh");
-    println!("  HTTP/1.1 requests (curl, client -> server-a)  ok {:>5}   failed {}", s.requests_ok, s.requests_failed);
-    println!("  TCP exchanges (blocking, client -> server-b)  ok {:>5}   failed {}", s.tcp_exchanges_ok, s.tcp_exchanges_failed);
-    println!("  connections captured by connect4              {:>8}", s.captured_connections);
-    println!("  bytes spliced socket to socket (sk_msg)       {:>8}   in {} messages", s.spliced_bytes, s.spliced_messages);
-    let reason = if s.splice_reason.is_empty() { String::new() } else { format!("  ({})", s.splice_reason) };
-    println!("  splice mode                                   {} [{}]{reason}", s.splice_mode, s.splice_directions);
+    println!(
+        "  HTTP/1.1 requests (curl, client -> server-a)  ok {:>5}   failed {}",
+        s.requests_ok, s.requests_failed
+    );
+    println!(
+        "  TCP exchanges (blocking, client -> server-b)  ok {:>5}   failed {}",
+        s.tcp_exchanges_ok, s.tcp_exchanges_failed
+    );
+    println!(
+        "  connections captured by connect4              {:>8}",
+        s.captured_connections
+    );
+    println!(
+        "  bytes spliced socket to socket (sk_msg)       {:>8}   in {} messages",
+        s.spliced_bytes, s.spliced_messages
+    );
+    let reason = if s.splice_reason.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", s.splice_reason)
+    };
+    println!(
+        "  splice mode                                   {}{reason}",
+        s.splice_mode
+    );
+    println!(
+        "  spliced workloads                             {}",
+        s.spliced_workloads.join(", ")
+    );
     println!();
     println!("  Golden metrics (myelin_proxy_requests_total)");
-    println!("  {:<20} {:<24} {:>5} {:>9}", "source", "destination", "code", "requests");
+    println!(
+        "  {:<20} {:<24} {:>5} {:>9}",
+        "source", "destination", "code", "requests"
+    );
     for p in &s.http_requests_by_source {
-        println!("  {:<20} {:<24} {:>5} {:>9}", p.source, p.destination, p.response_code, p.requests);
+        println!(
+            "  {:<20} {:<24} {:>5} {:>9}",
+            p.source, p.destination, p.response_code, p.requests
+        );
     }
     if let Some(p50) = s.http_p50_ms {
         println!("  request duration p50 (from the histogram)     {p50:.3} ms");
@@ -410,7 +443,14 @@ h_bucket{le=\"+Inf\"} 10
     fn metric_sum_filters_by_labels() {
         assert_eq!(metric_sum(TEXT, "myelin_spliced_bytes_total", &[]), 1234.0);
         assert_eq!(metric_sum(TEXT, "myelin_proxy_requests_total", &[]), 9.0);
-        assert_eq!(metric_sum(TEXT, "myelin_proxy_requests_total", &[("response_code", "503")]), 2.0);
+        assert_eq!(
+            metric_sum(
+                TEXT,
+                "myelin_proxy_requests_total",
+                &[("response_code", "503")]
+            ),
+            2.0
+        );
         assert_eq!(metric_sum(TEXT, "missing", &[]), 0.0);
     }
 

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use myelin::{agent, config::Config, demo, selftest, EXIT_CONFIG};
 
 #[derive(Parser, Debug)]
-#[command(name = "myelin", version, about = "Sidecarless service-mesh dataplane: the node agent")]
+#[command(
+    name = "myelin",
+    version,
+    about = "Sidecarless service-mesh dataplane: the node agent"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -59,7 +63,9 @@ enum Cmd {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -84,14 +90,24 @@ fn load(config: &std::path::Path) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config, no_splice, uninstall_on_exit } => {
+        Cmd::Run {
+            config,
+            no_splice,
+            uninstall_on_exit,
+        } => {
             init_logging(std::env::var_os("MYELIN_LOG_JSON").is_some());
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective config");
-            match agent::run(cfg, agent::RunOptions { no_splice, uninstall_on_exit }) {
+            match agent::run(
+                cfg,
+                agent::RunOptions {
+                    no_splice,
+                    uninstall_on_exit,
+                },
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("myelin: {e:#}");

@@ -35,6 +35,7 @@ impl Collector for KernelCollector {
             ("splice_misses", "Messages on spliced sockets that found no peer and went over TCP (kernel)", v.splice_misses),
             ("kernel_orig_dst_misses", "Connections to the capture address established without a recorded original destination (kernel)", v.orig_dst_misses),
             ("splice_insert_failures", "Sockets the kernel refused to put into the splice map", v.socket_insert_failures),
+            ("splice_peer_waits", "First messages of a connection that waited (microseconds) for the peer socket to be spliced", v.peer_waits),
         ] {
             let c = ConstCounter::new(value);
             let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
@@ -47,7 +48,12 @@ impl Collector for KernelCollector {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabels {
     mode: String,
-    directions: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    workload: String,
+    namespace: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,20 +61,31 @@ struct ReasonLabels {
     reason: String,
 }
 
-/// `myelin_splice_mode{mode,directions} 1` and the reasons the self-test turned splicing down.
+/// `myelin_splice_mode{mode} 1`, the reasons splicing was turned down, and which workloads
+/// are spliced.
 #[derive(Debug, Clone)]
 pub struct SpliceMetrics {
     mode: Family<ModeLabels, Gauge>,
     fallbacks: Family<ReasonLabels, Gauge>,
+    workloads: Family<WorkloadLabels, Gauge>,
 }
 
 impl SpliceMetrics {
     pub fn new(registry: &mut Registry) -> Self {
-        let m = Self { mode: Family::default(), fallbacks: Family::default() };
+        let m = Self {
+            mode: Family::default(),
+            fallbacks: Family::default(),
+            workloads: Family::default(),
+        };
         registry.register(
             "splice_mode",
-            "The splice mode in force (1 for the current mode): spliced or tcp, and the directions spliced",
+            "The node's splice mode (1 for the mode in force): spliced, tcp, or pending during the self-test",
             m.mode.clone(),
+        );
+        registry.register(
+            "workload_spliced",
+            "1 when the workload's connections are spliced, 0 when they are proxied over plain TCP",
+            m.workloads.clone(),
         );
         registry.register(
             "splice_fallback",
@@ -82,10 +99,22 @@ impl SpliceMetrics {
     pub fn record(&self, s: &SpliceState) {
         self.mode.clear();
         self.mode
-            .get_or_create(&ModeLabels { mode: s.mode.to_string(), directions: s.directions.clone() })
+            .get_or_create(&ModeLabels {
+                mode: s.mode.to_string(),
+            })
             .set(1);
         for r in &s.fallback_reasons {
-            self.fallbacks.get_or_create(&ReasonLabels { reason: r.clone() }).set(1);
+            self.fallbacks
+                .get_or_create(&ReasonLabels { reason: r.clone() })
+                .set(1);
+        }
+        for w in &s.workloads {
+            self.workloads
+                .get_or_create(&WorkloadLabels {
+                    workload: w.name.clone(),
+                    namespace: w.namespace.clone(),
+                })
+                .set(i64::from(w.spliced));
         }
     }
 }

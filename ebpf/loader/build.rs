@@ -2,7 +2,10 @@
 //! toolchain and `bpf-linker`, always in release mode, and leaves the object in OUT_DIR.
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../programs");
-    println!("cargo:rerun-if-changed={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../common"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../common")
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "myelin-ebpf",

@@ -163,8 +163,10 @@ pub mod counter {
     pub const ORIG_DST_MISS: u32 = 5;
     /// SOCKHASH updates that the kernel refused.
     pub const SOCK_INSERT_FAILED: u32 = 6;
+    /// First messages that found their peer socket only after waiting for it.
+    pub const PEER_WAITS: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Names of the pinned maps and programs, shared so the loader and any inspection tool agree.
@@ -176,7 +178,7 @@ pub mod names {
     pub const EXCL_CIDRS: &str = "MYELIN_EXCL_CIDRS";
     pub const COOKIE_DST: &str = "MYELIN_COOKIE_DST";
     pub const ORIG_DST: &str = "MYELIN_ORIG_DST";
-    pub const ACTIVE: &str = "MYELIN_ACTIVE";
+    pub const SPLICED: &str = "MYELIN_SPLICED";
     pub const TCP_ONLY: &str = "MYELIN_TCP_ONLY";
     pub const SOCKS: &str = "MYELIN_SOCKS";
     pub const COUNTERS: &str = "MYELIN_COUNTERS";

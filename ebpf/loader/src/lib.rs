@@ -10,8 +10,7 @@
 //! [`uninstall`] detaches and unpins everything of one instance.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     net::{Ipv4Addr, SocketAddrV4},
     os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
@@ -19,7 +18,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash, lpm_trie::Key},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash},
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps,
@@ -29,9 +28,7 @@ use aya::{
 use myelin_ebpf_common::{
     counter, names, Config, NetAddr, NetPort, OrigDst, SockKey, WorkloadFlags,
 };
-pub use myelin_ebpf_common::{
-    CFG_CAPTURE, CFG_SPLICE_TO_APP, CFG_SPLICE_TO_PROXY, WL_NO_SPLICE,
-};
+pub use myelin_ebpf_common::{CFG_CAPTURE, CFG_SPLICE_TO_APP, CFG_SPLICE_TO_PROXY, WL_NO_SPLICE};
 
 /// The kernel object built by `build.rs`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/myelin-ebpf"));
@@ -84,7 +81,11 @@ pub enum Error {
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { what, path: path.to_owned(), source }
+    move |source| Error::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
@@ -95,6 +96,26 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> E
     move |source| Error::Program { name, source }
 }
 
+/// The cgroup v2 mount point, probed from /proc/self/mountinfo (hybrid systems mount it at
+/// /sys/fs/cgroup/unified, unified ones at /sys/fs/cgroup).
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let path = Path::new("/proc/self/mountinfo");
+    let info = fs::read_to_string(path).map_err(io_err("reading", path))?;
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next() != Some("cgroup2") {
+                return None;
+            }
+            left.split_whitespace().nth(4).map(PathBuf::from)
+        })
+        .ok_or_else(|| Error::Io {
+            what: "finding a cgroup2 mount in",
+            path: path.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotFound, "cgroup v2 is not mounted"),
+        })
+}
+
 /// Where one instance keeps its pins.
 pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new(BPFFS_ROOT).join(instance)
@@ -103,8 +124,14 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 fn check_instance(instance: &str) -> Result<()> {
     let ok = !instance.is_empty()
         && instance.len() <= 64
-        && instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok { Ok(()) } else { Err(Error::BadInstance(instance.to_owned())) }
+        && instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadInstance(instance.to_owned()))
+    }
 }
 
 /// Mounts bpffs at /sys/fs/bpf when it is not mounted yet (a fresh VM often has the empty
@@ -122,7 +149,13 @@ pub fn ensure_bpffs() -> Result<()> {
     let target = c"/sys/fs/bpf";
     // SAFETY: plain mount(2) with static NUL-terminated strings.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(Error::NoBpffs(io::Error::last_os_error().to_string()));
@@ -133,7 +166,9 @@ pub fn ensure_bpffs() -> Result<()> {
 /// The cgroup v2 id of a cgroup directory (its kernfs inode number), as
 /// `bpf_get_current_cgroup_id()` reports it.
 pub fn cgroup_id(path: &Path) -> Result<u64> {
-    Ok(fs::metadata(path).map_err(io_err("stat of cgroup", path))?.ino())
+    Ok(fs::metadata(path)
+        .map_err(io_err("stat of cgroup", path))?
+        .ino())
 }
 
 /// What to load and where to attach.
@@ -176,7 +211,10 @@ impl OrigDstMap {
             dst_port: NetPort::from_host(capture.port()),
         };
         let v = self.map.get(&key, 0).ok()?;
-        Some(SocketAddrV4::new(Ipv4Addr::from(v.ip.octets()), v.port.host()))
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(v.ip.octets()),
+            v.port.host(),
+        ))
     }
 }
 
@@ -195,6 +233,7 @@ pub struct CounterValues {
     pub splice_misses: u64,
     pub orig_dst_misses: u64,
     pub socket_insert_failures: u64,
+    pub peer_waits: u64,
 }
 
 impl std::fmt::Debug for Counters {
@@ -220,7 +259,10 @@ impl std::fmt::Debug for Dataplane {
 
 impl Counters {
     fn sum(&self, idx: u32) -> u64 {
-        self.map.get(&idx, 0).map(|v| v.iter().copied().sum()).unwrap_or(0)
+        self.map
+            .get(&idx, 0)
+            .map(|v| v.iter().copied().sum())
+            .unwrap_or(0)
     }
 
     /// Reads all counters.
@@ -233,14 +275,20 @@ impl Counters {
             splice_misses: self.sum(counter::SPLICE_MISS),
             orig_dst_misses: self.sum(counter::ORIG_DST_MISS),
             socket_insert_failures: self.sum(counter::SOCK_INSERT_FAILED),
+            peer_waits: self.sum(counter::PEER_WAITS),
         }
     }
 }
 
-fn take_map<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
+fn take_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<aya::maps::Map> {
     ebpf.take_map(name).ok_or(Error::Map {
         name,
-        source: aya::maps::MapError::InvalidName { name: name.to_owned() },
+        source: aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        },
     })
 }
 
@@ -258,13 +306,19 @@ impl Dataplane {
         }
         let reused_pins = maps_dir.join(names::SOCKS).exists();
 
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(PROGRAMS)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(PROGRAMS)?;
 
-        let cgroup = fs::File::open(&opts.cgroup).map_err(io_err("opening cgroup", &opts.cgroup))?;
+        let cgroup =
+            fs::File::open(&opts.cgroup).map_err(io_err("opening cgroup", &opts.cgroup))?;
 
         let connect4: &mut CgroupSockAddr = ebpf
             .program_mut(names::PROG_CONNECT4)
-            .ok_or(Error::Program { name: names::PROG_CONNECT4, source: missing() })?
+            .ok_or(Error::Program {
+                name: names::PROG_CONNECT4,
+                source: missing(),
+            })?
             .try_into()
             .map_err(prog_err(names::PROG_CONNECT4))?;
         connect4.load().map_err(prog_err(names::PROG_CONNECT4))?;
@@ -273,19 +327,38 @@ impl Dataplane {
         let id = connect4
             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
             .map_err(prog_err(names::PROG_CONNECT4))?;
-        let link = FdLink::try_from(connect4.take_link(id).map_err(prog_err(names::PROG_CONNECT4))?).map_err(|e| Error::Link { name: names::PROG_CONNECT4, source: e })?;
+        let link = FdLink::try_from(
+            connect4
+                .take_link(id)
+                .map_err(prog_err(names::PROG_CONNECT4))?,
+        )
+        .map_err(|e| Error::Link {
+            name: names::PROG_CONNECT4,
+            source: e,
+        })?;
         replace_pinned_link(link, &links_dir.join("connect4"))?;
 
         let sockops: &mut SockOps = ebpf
             .program_mut(names::PROG_SOCK_OPS)
-            .ok_or(Error::Program { name: names::PROG_SOCK_OPS, source: missing() })?
+            .ok_or(Error::Program {
+                name: names::PROG_SOCK_OPS,
+                source: missing(),
+            })?
             .try_into()
             .map_err(prog_err(names::PROG_SOCK_OPS))?;
         sockops.load().map_err(prog_err(names::PROG_SOCK_OPS))?;
         let id = sockops
             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
             .map_err(prog_err(names::PROG_SOCK_OPS))?;
-        let link = FdLink::try_from(sockops.take_link(id).map_err(prog_err(names::PROG_SOCK_OPS))?).map_err(|e| Error::Link { name: names::PROG_SOCK_OPS, source: e })?;
+        let link = FdLink::try_from(
+            sockops
+                .take_link(id)
+                .map_err(prog_err(names::PROG_SOCK_OPS))?,
+        )
+        .map_err(|e| Error::Link {
+            name: names::PROG_SOCK_OPS,
+            source: e,
+        })?;
         replace_pinned_link(link, &links_dir.join("sockops"))?;
 
         // sk_msg attaches to the SOCKHASH itself; the pinned map keeps it attached.
@@ -294,11 +367,16 @@ impl Dataplane {
             .map_err(map_err(names::SOCKS))?;
         let sk_msg: &mut SkMsg = ebpf
             .program_mut(names::PROG_SK_MSG)
-            .ok_or(Error::Program { name: names::PROG_SK_MSG, source: missing() })?
+            .ok_or(Error::Program {
+                name: names::PROG_SK_MSG,
+                source: missing(),
+            })?
             .try_into()
             .map_err(prog_err(names::PROG_SK_MSG))?;
         sk_msg.load().map_err(prog_err(names::PROG_SK_MSG))?;
-        let id = sk_msg.attach(socks.fd()).map_err(prog_err(names::PROG_SK_MSG))?;
+        let id = sk_msg
+            .attach(socks.fd())
+            .map_err(prog_err(names::PROG_SK_MSG))?;
         // The attachment lives in the pinned map; dropping the link would detach the program
         // when the agent exits, so keep it attached for the sockets that outlive the agent.
         std::mem::forget(sk_msg.take_link(id).map_err(prog_err(names::PROG_SK_MSG))?);
@@ -377,21 +455,35 @@ impl Dataplane {
         self.config.set(0, cfg, 0).map_err(map_err(names::CONFIG))
     }
 
-    /// Enrolls a workload's cgroup (its connects are captured) and records its IP as a local
-    /// pod (the proxy's connections to it may be spliced). `flags` are `WL_*` bits.
-    pub fn enroll(&mut self, cgroup_id: u64, ip: Ipv4Addr, flags: u32) -> Result<()> {
-        let wl = WorkloadFlags { flags };
-        self.enrolled.insert(cgroup_id, wl, 0).map_err(map_err(names::ENROLLED))?;
+    /// Enrolls a workload's cgroup: its TCP connects are captured. `flags` are `WL_*` bits.
+    pub fn enroll(&mut self, cgroup_id: u64, flags: u32) -> Result<()> {
+        self.enrolled
+            .insert(cgroup_id, WorkloadFlags { flags }, 0)
+            .map_err(map_err(names::ENROLLED))
+    }
+
+    /// Stops capturing a cgroup.
+    pub fn unenroll(&mut self, cgroup_id: u64) -> Result<()> {
+        ignore_missing(self.enrolled.remove(&cgroup_id), names::ENROLLED)
+    }
+
+    /// Records a pod IP on this node: the proxy's connections to it may be spliced.
+    pub fn add_local_pod(&mut self, ip: Ipv4Addr, flags: u32) -> Result<()> {
         self.local_pods
-            .insert(NetAddr::from_octets(ip.octets()), wl, 0)
+            .insert(
+                NetAddr::from_octets(ip.octets()),
+                WorkloadFlags { flags },
+                0,
+            )
             .map_err(map_err(names::LOCAL_PODS))
     }
 
-    /// Removes a workload.
-    pub fn unenroll(&mut self, cgroup_id: u64, ip: Ipv4Addr) -> Result<()> {
-        let _ = self.enrolled.remove(&cgroup_id);
-        let _ = self.local_pods.remove(&NetAddr::from_octets(ip.octets()));
-        Ok(())
+    /// Forgets a pod IP.
+    pub fn remove_local_pod(&mut self, ip: Ipv4Addr) -> Result<()> {
+        ignore_missing(
+            self.local_pods.remove(&NetAddr::from_octets(ip.octets())),
+            names::LOCAL_PODS,
+        )
     }
 
     /// Replaces the sets of destination ports and CIDRs that are never captured.
@@ -426,7 +518,19 @@ impl Dataplane {
     pub fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
     }
+}
 
+/// Deleting a key that is not there is success (idempotent removal).
+fn ignore_missing(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(Error::Map { name, source }),
+    }
 }
 
 fn missing() -> aya::programs::ProgramError {
@@ -441,7 +545,10 @@ fn replace_pinned_link(link: FdLink, path: &Path) -> Result<()> {
     tmp.push("_new");
     let tmp = PathBuf::from(tmp);
     let _ = fs::remove_file(&tmp);
-    let pinned = link.pin(&tmp).map_err(|source| Error::Pin { path: tmp.clone(), source })?;
+    let pinned = link.pin(&tmp).map_err(|source| Error::Pin {
+        path: tmp.clone(),
+        source,
+    })?;
     // The new link is attached and pinned: now the old one may go.
     if let Some(old) = old {
         old.unpin().map_err(io_err("unpinning", path))?;

@@ -42,16 +42,24 @@ fn load_attach_reuse_and_uninstall() {
     let instance = format!("loadtest-{}", std::process::id());
     let cg = CgroupDir(cgroup2_mount().join(&instance));
     fs::create_dir_all(&cg.0).unwrap();
-    let opts = InstallOptions { instance: instance.clone(), cgroup: cg.0.clone() };
+    let opts = InstallOptions {
+        instance: instance.clone(),
+        cgroup: cg.0.clone(),
+    };
 
     let result = std::panic::catch_unwind(|| {
         let mut dp = Dataplane::install(&opts).expect("install");
         assert!(!dp.reused_pins);
         let capture: SocketAddrV4 = "10.77.0.1:15001".parse().unwrap();
-        dp.set_config(capture, cgroup_id(&opts.cgroup).unwrap(), CFG_CAPTURE).unwrap();
+        dp.set_config(capture, cgroup_id(&opts.cgroup).unwrap(), CFG_CAPTURE)
+            .unwrap();
         assert_eq!(dp.config_flags(), CFG_CAPTURE);
-        dp.enroll(12345, "10.77.1.2".parse().unwrap(), 0).unwrap();
-        dp.set_exclusions(&[22, 53], &[("169.254.0.0".parse().unwrap(), 16)]).unwrap();
+        dp.enroll(12345, 0).unwrap();
+        dp.add_local_pod("10.77.1.2".parse().unwrap(), 0).unwrap();
+        dp.unenroll(12345).unwrap();
+        dp.unenroll(12345).unwrap(); // idempotent
+        dp.set_exclusions(&[22, 53], &[("169.254.0.0".parse().unwrap(), 16)])
+            .unwrap();
         assert_eq!(dp.counters().read().connects_captured, 0);
         assert!(pin_dir(&instance).join("links/connect4").exists());
         assert!(pin_dir(&instance).join("links/sockops").exists());

@@ -18,11 +18,9 @@ use aya_ebpf::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_TCP_CLOSE,
     },
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
-    maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash,
-    },
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
@@ -57,9 +55,13 @@ static MYELIN_COOKIE_DST: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65536, 0
 /// Original destination by the app socket's 4-tuple (app -> capture address); read by the proxy.
 #[map]
 static MYELIN_ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::pinned(65536, 0);
-/// Active ends that were spliced: the passive end joins only if its peer is here.
+/// Every socket put into `MYELIN_SOCKS`, by its own key, with `END_*` bits. The passive end
+/// of a connection joins only if its active peer is here; `sk_msg` waits here for a peer
+/// that is a few microseconds late (see `try_sk_msg`).
 #[map]
-static MYELIN_ACTIVE: LruHashMap<SockKey, u32> = LruHashMap::pinned(65536, 0);
+static MYELIN_SPLICED: LruHashMap<SockKey, u32> = LruHashMap::pinned(131072, 0);
+const END_ACTIVE: u32 = 1;
+const END_PASSIVE: u32 = 2;
 /// Sockets that already sent bytes over plain TCP: they stay on TCP for their whole life, so
 /// redirected bytes can never overtake bytes still in flight on the TCP path.
 #[map]
@@ -115,9 +117,15 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
         // SAFETY: read-only lookup of a plain value.
         if let Some(pod) = unsafe { MYELIN_LOCAL_PODS.get(&dst_ip) } {
             if pod.flags & WL_NO_SPLICE == 0 {
-                let mark = OrigDst { ip: dst_ip, port: dst_port, flags: ORIG_PROXY_UPSTREAM };
+                let mark = OrigDst {
+                    ip: dst_ip,
+                    port: dst_port,
+                    flags: ORIG_PROXY_UPSTREAM,
+                };
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-                MYELIN_COOKIE_DST.insert(&cookie, &mark, 0).map_err(|_| ())?;
+                MYELIN_COOKIE_DST
+                    .insert(&cookie, &mark, 0)
+                    .map_err(|_| ())?;
             }
         }
         return Ok(());
@@ -135,14 +143,27 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
     if unsafe { MYELIN_EXCL_PORTS.get(&dst_port) }.is_some() {
         return Ok(());
     }
-    if MYELIN_EXCL_CIDRS.get(&Key::new(32, dst_ip.octets())).is_some() {
+    if MYELIN_EXCL_CIDRS
+        .get(&Key::new(32, dst_ip.octets()))
+        .is_some()
+    {
         return Ok(());
     }
 
-    let flags = if wl.flags & WL_NO_SPLICE != 0 { ORIG_NO_SPLICE } else { 0 };
-    let orig = OrigDst { ip: dst_ip, port: dst_port, flags };
+    let flags = if wl.flags & WL_NO_SPLICE != 0 {
+        ORIG_NO_SPLICE
+    } else {
+        0
+    };
+    let orig = OrigDst {
+        ip: dst_ip,
+        port: dst_port,
+        flags,
+    };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    MYELIN_COOKIE_DST.insert(&cookie, &orig, 0).map_err(|_| ())?;
+    MYELIN_COOKIE_DST
+        .insert(&cookie, &orig, 0)
+        .map_err(|_| ())?;
     sa.user_ip4 = cfg.capture_ip.0;
     sa.user_port = cfg.capture_port.to_user_port();
     count(counter::CONNECT_CAPTURED, 1);
@@ -178,7 +199,7 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
         BPF_SOCK_OPS_STATE_CB => {
             if ctx.arg(1) == BPF_TCP_CLOSE {
                 let key = own_key(ctx);
-                let _ = MYELIN_ACTIVE.remove(&key);
+                let _ = MYELIN_SPLICED.remove(&key);
                 let _ = MYELIN_TCP_ONLY.remove(&key);
                 let _ = MYELIN_ORIG_DST.remove(&key);
             }
@@ -210,24 +231,34 @@ fn active_established(ctx: &SockOpsContext) -> Result<(), ()> {
     if pending.flags & ORIG_PROXY_UPSTREAM == 0 {
         MYELIN_ORIG_DST.insert(&key, &pending, 0).map_err(|_| ())?;
     }
-    if pending.flags & ORIG_NO_SPLICE != 0 {
+    if pending.flags & ORIG_NO_SPLICE != 0 || !splicing() {
         return Ok(());
     }
     // Close notifications clean up the per-socket entries.
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     insert(ctx, key)?;
-    MYELIN_ACTIVE.insert(&key, &1, 0).map_err(|_| ())
+    MYELIN_SPLICED.insert(&key, &END_ACTIVE, 0).map_err(|_| ())
+}
+
+/// Sockets go into the SOCKHASH only while some direction is spliced: a socket in a sockmap
+/// gets the kernel's tcp_bpf receive path even when its bytes travel over TCP, and that path
+/// is what misbehaves for blocking readers (see `try_sk_msg`).
+#[inline(always)]
+fn splicing() -> bool {
+    config().is_some_and(|c| c.flags & (CFG_SPLICE_TO_PROXY | CFG_SPLICE_TO_APP) != 0)
 }
 
 fn passive_established(ctx: &SockOpsContext) -> Result<(), ()> {
     let key = own_key(ctx);
     // Only the other end of a connection whose active end we spliced.
     // SAFETY: read-only lookup.
-    if unsafe { MYELIN_ACTIVE.get(&key.reversed()) }.is_none() {
-        return Ok(());
+    match unsafe { MYELIN_SPLICED.get(&key.reversed()) } {
+        Some(f) if *f & END_ACTIVE != 0 => {}
+        _ => return Ok(()),
     }
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
-    insert(ctx, key)
+    insert(ctx, key)?;
+    MYELIN_SPLICED.insert(&key, &END_PASSIVE, 0).map_err(|_| ())
 }
 
 #[inline(always)]
@@ -265,22 +296,73 @@ fn try_sk_msg(ctx: &SkMsgContext) {
         dst_port: NetPort::from_remote_port(md.remote_port),
     };
     let Some(cfg) = config() else { return };
-    let from_proxy = own.src_ip == cfg.capture_ip;
-    let dir = if from_proxy { CFG_SPLICE_TO_APP } else { CFG_SPLICE_TO_PROXY };
+    // The proxy's sockets: the accepted end of a captured connection (the capture address
+    // itself) and its upstream connections to local pods (node address -> pod).
+    let from_proxy = (own.src_ip == cfg.capture_ip && own.src_port == cfg.capture_port)
+        || (own.src_ip == cfg.capture_ip
+            // SAFETY: read-only lookup.
+            && unsafe { MYELIN_LOCAL_PODS.get(&own.dst_ip) }.is_some());
+    let dir = if from_proxy {
+        CFG_SPLICE_TO_APP
+    } else {
+        CFG_SPLICE_TO_PROXY
+    };
     // SAFETY: read-only lookup.
     if cfg.flags & dir == 0 || unsafe { MYELIN_TCP_ONLY.get(&own) }.is_some() {
         return;
     }
     let size = md.size;
     let mut peer = own.reversed();
-    if MYELIN_SOCKS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
+    let mut verdict = MYELIN_SOCKS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64);
+    if verdict != SK_PASS as i64 && wait_for_peer(&own, &peer) {
+        verdict = MYELIN_SOCKS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64);
+    }
+    if verdict == SK_PASS as i64 {
         count(counter::MSG_SPLICED, 1);
         count(counter::BYTES_SPLICED, size as u64);
     } else {
-        // The peer is not (yet, or no longer) spliced: this socket stays on TCP from now on.
+        // The peer is not (yet, or no longer) spliced: this socket stays on TCP from now on,
+        // so redirected bytes can never overtake bytes still queued on the TCP path.
         count(counter::SPLICE_MISS, 1);
         let _ = MYELIN_TCP_ONLY.insert(&own, &1, 0);
     }
+}
+
+/// How long the first message of a fresh connection may wait for its peer socket.
+const PEER_WAIT_NS: u64 = 200_000;
+/// Upper bound on the lookups of that wait (the verifier needs a bounded loop).
+const PEER_WAIT_SPINS: u32 = 4096;
+
+/// The race this closes: `connect()` returns as soon as the SYN-ACK is processed
+/// (`tcp_finish_connect` wakes the caller *before* `tcp_send_ack`), so on a multi-core node
+/// the app can send its first bytes while the handshake's last ACK is still being processed
+/// on another CPU, i.e. before the proxy's accepted socket reaches PASSIVE_ESTABLISHED and
+/// the SOCKHASH. Falling back to TCP then is correct but costly: the app's socket stays in
+/// the SOCKHASH with bytes on the TCP path, TCP ACKs wake its waiters, and the kernel's
+/// `tcp_bpf_recvmsg` (one `sk_wait_event`, no retry loop; net/ipv4/tcp_bpf.c) returns
+/// `EAGAIN` to a *blocking* reader woken without data. Measured: a full-duplex blocking
+/// stream failed whenever exactly this one miss happened. The peer is microseconds away, so
+/// an active end's message that finds no peer waits for it, bounded in time and lookups.
+#[inline(always)]
+fn wait_for_peer(own: &SockKey, peer: &SockKey) -> bool {
+    // Only active ends wait (their passive peer is the one that can be late); a socket that
+    // already fell back to TCP never waits again.
+    // SAFETY: read-only lookups.
+    match unsafe { MYELIN_SPLICED.get(own) } {
+        Some(f) if *f & END_ACTIVE != 0 => {}
+        _ => return false,
+    }
+    let start = unsafe { bpf_ktime_get_ns() };
+    for _ in 0..PEER_WAIT_SPINS {
+        if unsafe { MYELIN_SPLICED.get(peer) }.is_some() {
+            count(counter::PEER_WAITS, 1);
+            return true;
+        }
+        if unsafe { bpf_ktime_get_ns() } - start > PEER_WAIT_NS {
+            break;
+        }
+    }
+    false
 }
 
 #[cfg(not(test))]

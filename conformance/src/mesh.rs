@@ -1,0 +1,336 @@
+//! A node running the real `myelin` agent: config written from the test bed's pods, agent
+//! started in the node's agent cgroup, readiness, admin and metrics reads from inside the
+//! node's netns, restart, and teardown (agent stopped by pid, pins removed) on drop.
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{Node, Pod, Proc};
+
+/// Runs `f` on a thread that has entered the network namespace at `netns`. Only that thread
+/// moves (the mount namespace stays, so bpffs and the cgroup mount remain visible, which is
+/// not true under `ip netns exec`).
+pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file =
+        std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("setns into the netns")?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+    })
+}
+
+/// A plain HTTP/1.0 GET (no keep-alive), enough for admin endpoints. Returns status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sum of the samples of `name` in Prometheus text whose labels include every `want` pair.
+pub fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let ok = want
+                .iter()
+                .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// A `Command` for the `myelin` binary: `$MYELIN_BIN`, else next to the current executable
+/// or its parent (tests live in `target/<profile>/deps/`).
+pub fn myelin_command() -> Result<Command> {
+    if let Some(p) = std::env::var_os("MYELIN_BIN") {
+        return Ok(Command::new(p));
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    let found = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("myelin"))
+        .find(|p| p.is_file());
+    match found {
+        Some(p) => Ok(Command::new(p)),
+        None => bail!(
+            "myelin not found next to {}: build it first (cargo build --release -p myelin) or set MYELIN_BIN",
+            exe.display()
+        ),
+    }
+}
+
+/// How to build a mesh node.
+#[derive(Debug, Clone, Default)]
+pub struct MeshOptions {
+    /// Enrolled pods, in order.
+    pub pods: Vec<String>,
+    /// Pods that exist on the node but are not in the agent's config.
+    pub unenrolled: Vec<String>,
+    /// Per-pod splice policy (`auto`, `nonblocking`, `off`); pods not listed get `auto`.
+    pub splice_policy: Vec<(String, String)>,
+    /// `--no-splice`.
+    pub no_splice: bool,
+    /// Leave the pins in place when the agent exits (for restart tests).
+    pub keep_pins: bool,
+}
+
+impl MeshOptions {
+    /// Enrolled pods with these names.
+    pub fn pods(names: &[&str]) -> Self {
+        MeshOptions {
+            pods: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets a pod's splice policy.
+    pub fn policy(mut self, pod: &str, policy: &str) -> Self {
+        self.splice_policy.push((pod.to_owned(), policy.to_owned()));
+        self
+    }
+}
+
+/// A node with pods and a running agent.
+#[derive(Debug)]
+pub struct Mesh {
+    /// Declared before `node` so the agent stops before the node is torn down.
+    agent: Option<Proc>,
+    pub node: Node,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    dir: PathBuf,
+    opts: MeshOptions,
+}
+
+/// Admin address inside the node netns.
+pub const ADMIN: &str = "127.0.0.1:15000";
+/// Metrics address inside the node netns.
+pub const METRICS: &str = "127.0.0.1:15020";
+
+impl Mesh {
+    /// Builds the node and pods, writes the config and starts the agent; waits until ready.
+    pub fn start(prefix: &str, opts: MeshOptions) -> Result<Mesh> {
+        let mut node = Node::new(prefix)?;
+        for p in opts.pods.iter().chain(&opts.unenrolled) {
+            node.add_pod(p)?;
+        }
+        let dir = std::env::temp_dir().join(&node.name);
+        std::fs::create_dir_all(&dir)?;
+        let mut yaml = format!(
+            "myelin:\n  node: {{ name: {name}, address: {addr} }}\n  cgroup_root: {root}\n  uninstall_on_exit: {un}\n  workloads:\n",
+            name = node.name,
+            addr = node.addr,
+            root = node.cgroup_path().display(),
+            un = !opts.keep_pins,
+        );
+        for name in &opts.pods {
+            let pod = node.pod(name).expect("just added");
+            let splice = opts
+                .splice_policy
+                .iter()
+                .find(|(p, _)| p == name)
+                .map_or("auto", |(_, policy)| policy.as_str());
+            writeln!(
+                yaml,
+                "    - {{ name: {name}, namespace: test, service_account: {name}, cgroup: {cg}, ip: {ip}, splice: {splice} }}",
+                cg = pod.cgroup_path().display(),
+                ip = pod.ip
+            )?;
+        }
+        let config_path = dir.join("mesh.yaml");
+        std::fs::write(&config_path, yaml)?;
+        let mut mesh = Mesh {
+            agent: None,
+            log_path: dir.join("agent.log"),
+            node,
+            config_path,
+            dir,
+            opts,
+        };
+        mesh.start_agent()?;
+        Ok(mesh)
+    }
+
+    /// A pod by name.
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.node
+            .pod(name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Starts the agent and waits for `/ready`.
+    pub fn start_agent(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let mut cmd = myelin_command()?;
+        cmd.arg("run").arg("--config").arg(&self.config_path);
+        if self.opts.no_splice {
+            cmd.arg("--no-splice");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        self.agent = Some(self.node.spawn_agent(cmd)?);
+        self.wait_ready(Duration::from_secs(60))?;
+        Ok(started.elapsed())
+    }
+
+    /// Waits until `/ready` answers 200, failing early if the agent exits.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(agent) = self.agent.as_mut() {
+                if let Some(status) = agent.try_wait()? {
+                    bail!(
+                        "the agent exited with {status} before ready; log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            let r = self.admin_get("/ready");
+            if matches!(r, Ok((200, _))) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent not ready after {timeout:?} ({r:?}); log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the agent with SIGTERM (then SIGKILL after 10 s) and returns its exit status.
+    pub fn stop_agent(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        let Some(mut agent) = self.agent.take() else {
+            return Ok(None);
+        };
+        agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+        match agent.wait_timeout(Duration::from_secs(10))? {
+            Some(s) => Ok(Some(s)),
+            None => Ok(Some(agent.kill()?)),
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// GET on the admin API inside the node netns.
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        let addr: SocketAddr = ADMIN.parse()?;
+        Ok(in_netns(&self.node.netns_path(), || http_get(addr, path))??)
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics(&self) -> Result<String> {
+        let addr: SocketAddr = METRICS.parse()?;
+        let (status, body) = in_netns(&self.node.netns_path(), || http_get(addr, "/metrics"))??;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(body)
+    }
+
+    /// One metric (summed over label sets matching `want`).
+    pub fn metric(&self, name: &str, want: &[(&str, &str)]) -> Result<f64> {
+        Ok(metric_sum(&self.metrics()?, name, want))
+    }
+
+    /// `/config_dump` as JSON.
+    pub fn config_dump(&self) -> Result<serde_json::Value> {
+        let (status, body) = self.admin_get("/config_dump")?;
+        if status != 200 {
+            bail!("/config_dump answered {status}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Whether the agent splices `workload` (from `/config_dump`).
+    pub fn workload_spliced(&self, workload: &str) -> Result<bool> {
+        let dump = self.config_dump()?;
+        let ws = dump["splice"]["workloads"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        ws.iter()
+            .find(|w| w["name"] == workload)
+            .and_then(|w| w["spliced"].as_bool())
+            .with_context(|| format!("no splice state for {workload} in {dump}"))
+    }
+
+    /// The bpffs pin directory of this node's agent.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/myelin").join(&self.node.name)
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_agent() {
+            crate::warn(&format!("stopping the agent of {}: {e:#}", self.node.name));
+        }
+        // Whatever the agent left pinned (keep_pins, or it was killed) goes now.
+        match myelin_command() {
+            Ok(mut cmd) => {
+                cmd.args(["uninstall", "--instance", &self.node.name]);
+                cmd.stdout(std::process::Stdio::null());
+                if let Err(e) = cmd.status() {
+                    crate::warn(&format!("myelin uninstall {}: {e}", self.node.name));
+                }
+            }
+            Err(e) => crate::warn(&format!("{e:#}")),
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- agent log of {} ---\n{}--- end ---",
+                self.node.name,
+                self.log()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
