@@ -4,7 +4,10 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in llvm-22-dev curl python3 iproute2 wrk nghttp2-client prometheus; do
+# llvm-22-dev: bpf-linker; curl, wrk, nghttp2-client, python3: real clients in tests and
+# benchmarks; nginx: the benchmark's server; iproute2, util-linux (nsenter): the test bed;
+# prometheus: promtool and a real scrape (L7 issue).
+for pkg in llvm-22-dev curl python3 iproute2 util-linux wrk nghttp2-client nginx prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -14,6 +17,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+if ! rustup toolchain list | grep -q '^nightly'; then
+  echo "setup: the nightly toolchain is missing (the kernel programs build with nightly and build-std)" >&2
+  rustup toolchain install nightly --profile minimal
+fi
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
   echo "setup: rustup component add rust-src --toolchain nightly"
   rustup component add rust-src --toolchain nightly

@@ -47,7 +47,7 @@ pub struct Effective {
 }
 
 /// Where the kernel side lives.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct KernelInfo {
     pub pin_dir: String,
     pub reused_pins: bool,
@@ -173,7 +173,6 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         proxy_metrics,
         splice_metrics,
         state.clone(),
-        cgroup2,
         workload_ids,
     ));
     drop(admin_handle);
@@ -199,7 +198,6 @@ async fn serve(
     proxy_metrics: Arc<ProxyMetrics>,
     splice_metrics: SpliceMetrics,
     state: Arc<AgentState>,
-    cgroup2: std::path::PathBuf,
     workload_ids: Vec<u64>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.capture)
@@ -223,7 +221,7 @@ async fn serve(
     let proxy_task = tokio::spawn(proxy.serve(listener, watch));
 
     let forced_off = opts.no_splice || config.splice == SpliceSetting::Off;
-    let mut splice = selftest::decide(&config, &dp, &counters, &cgroup2, forced_off).await;
+    let mut splice = selftest::decide(&config, &dp, &counters, forced_off).await;
     if let Some(err) = &splice.capture_error {
         anyhow::bail!("capture self-test failed: {err}");
     }
@@ -243,8 +241,11 @@ async fn serve(
         }
     }
     let spliced = splice.workloads.iter().filter(|w| w.spliced).count();
-    if spliced == 0 && !config.workloads.is_empty() {
+    if spliced == 0 && splice.mode == SpliceMode::Spliced {
         splice.mode = SpliceMode::Tcp;
+        if splice.reason.is_empty() {
+            splice.reason = "no workload's splice policy allows splicing".into();
+        }
     }
     match splice.mode {
         SpliceMode::Tcp => {
@@ -265,9 +266,7 @@ async fn serve(
             config: cur.config.clone(),
             proxy: cur.proxy.clone(),
             splice: splice.clone(),
-            kernel: KernelInfo {
-                ..clone_kernel(&cur.kernel)
-            },
+            kernel: cur.kernel.clone(),
         }));
     }
     state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -281,19 +280,11 @@ async fn serve(
     state
         .ready
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let drained = signal.drain(proxy_config.drain_deadline).await;
+    // The proxy closes what is left at its own deadline; give it a moment past that.
+    let drained = signal
+        .drain(proxy_config.drain_deadline + Duration::from_secs(1))
+        .await;
     info!(?drained, "drained");
     proxy_task.abort();
     Ok(())
 }
-
-fn clone_kernel(k: &KernelInfo) -> KernelInfo {
-    KernelInfo {
-        pin_dir: k.pin_dir.clone(),
-        reused_pins: k.reused_pins,
-        proxy_cgroup_id: k.proxy_cgroup_id,
-    }
-}
-
-/// Time the agent gives the self-test client before calling it hung.
-pub const SELFTEST_TIMEOUT: Duration = Duration::from_secs(20);

@@ -158,14 +158,13 @@ pub async fn decide(
     config: &Config,
     dp: &Arc<Mutex<Dataplane>>,
     counters: &Arc<Counters>,
-    cgroup2: &Path,
     forced_off: bool,
 ) -> SpliceState {
     let mut state = SpliceState::pending();
     if forced_off {
         // Nothing goes into the SOCKHASH at all; only capture is checked.
         set_flags(dp, CFG_CAPTURE);
-        let report = run_once(config, dp, counters, cgroup2, false).await;
+        let report = run_once(config, dp, counters, false).await;
         state.fallback_reasons.push("forced_off".into());
         state.reason = "splicing forced off by configuration or --no-splice".into();
         state.mode = SpliceMode::Tcp;
@@ -178,7 +177,7 @@ pub async fn decide(
     set_flags(dp, CFG_CAPTURE | CFG_SPLICE_TO_PROXY | CFG_SPLICE_TO_APP);
     let mut eagain = 0;
     for _ in 0..ROUNDS {
-        let report = run_once(config, dp, counters, cgroup2, true).await;
+        let report = run_once(config, dp, counters, true).await;
         let passed = report.passed;
         eagain += report.client.as_ref().map_or(0, |c| c.eagain);
         if !passed {
@@ -202,7 +201,7 @@ pub async fn decide(
             .unwrap_or_default();
         state.fallback_reasons.push("spliced_path_broken".into());
         state.reason = format!("the spliced path failed its self-test: {why}");
-        let report = run_once(config, dp, counters, cgroup2, false).await;
+        let report = run_once(config, dp, counters, false).await;
         if !report.passed {
             state.capture_error = report.problem.clone();
         }
@@ -233,7 +232,6 @@ async fn run_once(
     config: &Config,
     dp: &Arc<Mutex<Dataplane>>,
     counters: &Arc<Counters>,
-    _cgroup2: &Path,
     expect_splice: bool,
 ) -> RunReport {
     let mut report = RunReport {

@@ -280,10 +280,7 @@ impl Counters {
     }
 }
 
-fn take_map<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<aya::maps::Map> {
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
     ebpf.take_map(name).ok_or(Error::Map {
         name,
         source: aya::maps::MapError::InvalidName {
@@ -362,7 +359,7 @@ impl Dataplane {
         replace_pinned_link(link, &links_dir.join("sockops"))?;
 
         // sk_msg attaches to the SOCKHASH itself; the pinned map keeps it attached.
-        let socks: SockHash<MapData, SockKey> = take_map::<SockKey, u32>(&mut ebpf, names::SOCKS)?
+        let socks: SockHash<MapData, SockKey> = take_map(&mut ebpf, names::SOCKS)?
             .try_into()
             .map_err(map_err(names::SOCKS))?;
         let sk_msg: &mut SkMsg = ebpf
@@ -381,28 +378,28 @@ impl Dataplane {
         // when the agent exits, so keep it attached for the sockets that outlive the agent.
         std::mem::forget(sk_msg.take_link(id).map_err(prog_err(names::PROG_SK_MSG))?);
 
-        let config = take_map::<u32, Config>(&mut ebpf, names::CONFIG)?
+        let config = take_map(&mut ebpf, names::CONFIG)?
             .try_into()
             .map_err(map_err(names::CONFIG))?;
-        let enrolled = take_map::<u64, WorkloadFlags>(&mut ebpf, names::ENROLLED)?
+        let enrolled = take_map(&mut ebpf, names::ENROLLED)?
             .try_into()
             .map_err(map_err(names::ENROLLED))?;
-        let local_pods = take_map::<NetAddr, WorkloadFlags>(&mut ebpf, names::LOCAL_PODS)?
+        let local_pods = take_map(&mut ebpf, names::LOCAL_PODS)?
             .try_into()
             .map_err(map_err(names::LOCAL_PODS))?;
-        let excl_ports = take_map::<NetPort, u32>(&mut ebpf, names::EXCL_PORTS)?
+        let excl_ports = take_map(&mut ebpf, names::EXCL_PORTS)?
             .try_into()
             .map_err(map_err(names::EXCL_PORTS))?;
-        let excl_cidrs = take_map::<[u8; 4], u32>(&mut ebpf, names::EXCL_CIDRS)?
+        let excl_cidrs = take_map(&mut ebpf, names::EXCL_CIDRS)?
             .try_into()
             .map_err(map_err(names::EXCL_CIDRS))?;
         let orig_dst = Arc::new(OrigDstMap {
-            map: take_map::<SockKey, OrigDst>(&mut ebpf, names::ORIG_DST)?
+            map: take_map(&mut ebpf, names::ORIG_DST)?
                 .try_into()
                 .map_err(map_err(names::ORIG_DST))?,
         });
         let counters = Arc::new(Counters {
-            map: take_map::<u32, u64>(&mut ebpf, names::COUNTERS)?
+            map: take_map(&mut ebpf, names::COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::COUNTERS))?,
         });

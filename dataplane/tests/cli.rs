@@ -1,0 +1,85 @@
+//! The command line's contract for bad input: a message naming the field and the value,
+//! exit status 64, and nothing attached.
+
+use std::{path::Path, process::Command};
+
+fn myelin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_myelin"))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn config(instance: &str, address: &str) -> String {
+    format!(
+        "myelin:\n  node: {{ name: {instance}, address: {address} }}\n  cgroup_root: {instance}\n  workloads:\n    - {{ name: a, namespace: ns, cgroup: pods/a, ip: 10.77.1.2 }}\n"
+    )
+}
+
+#[test]
+fn bad_config_exits_64_names_field_and_value_and_attaches_nothing() {
+    let dir = tempdir();
+    let instance = format!("clitest-{}", std::process::id());
+    let path = write(&dir, "bad.yaml", &config(&instance, "127.0.0.1"));
+    for sub in ["run", "validate"] {
+        let out = myelin()
+            .args([sub, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{sub}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("myelin.node.address = \"127.0.0.1\""),
+            "{sub}: {err}"
+        );
+    }
+    assert!(
+        !Path::new("/sys/fs/bpf/myelin").join(&instance).exists(),
+        "nothing may be pinned"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn validate_accepts_a_good_file_and_reports_missing_files() {
+    let dir = tempdir();
+    let good = write(&dir, "good.yaml", &config("clitest-good", "10.77.0.1"));
+    let out = myelin()
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+
+    let out = myelin()
+        .args(["validate", "--config"])
+        .arg(dir.join("missing.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+
+    let syntax = write(&dir, "syntax.yaml", "myelin: [unclosed");
+    let out = myelin()
+        .args(["validate", "--config"])
+        .arg(&syntax)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "myelin-cli-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of Myelin on a machine of this kind (Debian 12, root, rustup):
+# installs what is missing, builds once in release, checks formatting and lints, then runs
+# the unit, integration, kernel and conformance tests (the last two need root; under CI=true
+# a test that cannot run fails instead of skipping).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== build (release): agent, podtool, kernel programs"
+cargo build --release --locked -p myelin -p myelin-testbed --bins
+
+echo "== cargo clippy -D warnings"
+cargo clippy --release --locked --all-targets -- -D warnings
+
+echo "== tests"
+# One cargo invocation: the unit tests, the proxy's in-process end-to-end tests, the kernel
+# load test and the conformance suite (network namespaces, real agent, real clients).
+cargo test --release --locked --no-fail-fast
