@@ -131,7 +131,7 @@ fn curl_through_the_mesh_is_captured_spliced_and_counted() -> Result<()> {
             &[("source_workload", "client"), ("response_code", "200")]
         ),
         2.0,
-        "the proxy counted both requests as from the client workload"
+        "the proxy counted every request as from the client workload"
     );
     let spliced = delta("myelin_spliced_bytes_total", &[]);
     assert!(
