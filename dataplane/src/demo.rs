@@ -176,6 +176,7 @@ fn finish(
         let _ = agent.kill();
     }
     let _ = myelin_ebpf_loader::uninstall(&node.name);
+    let result = result.and_then(|r| check_interrupted().map(|()| r));
     match result {
         Ok((summary, json)) => {
             if json {

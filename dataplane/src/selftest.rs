@@ -12,10 +12,20 @@
 //! The second verdict, `blocking_safe`, is whether any blocking read failed with `EAGAIN`.
 //! A socket in a sockmap gets the kernel's `tcp_bpf_recvmsg`, which waits for data with a
 //! single `sk_wait_event` and returns `EAGAIN` when woken without data (net/ipv4/tcp_bpf.c,
-//! `tcp_msg_wait_data`; plain TCP loops in `sk_wait_data` instead). Non-blocking apps retry
-//! and never notice; a blocking app sees a failed read. The client retries such reads (so the
-//! data check still completes) and counts them. Workloads with `splice: auto` are spliced
-//! only if no read failed in any round; `splice: nonblocking` workloads only need `path_ok`.
+//! `tcp_msg_wait_data`; plain TCP loops in `sk_wait_data` instead). What wakes it without
+//! data, measured on Linux 6.18 (spliced both ways, 0 splice misses):
+//! - the app's own FIN being acknowledged: `shutdown(SHUT_WR)` (or the end of a full-duplex
+//!   writer thread) moves the socket FIN_WAIT1 -> FIN_WAIT2, which calls `sk_state_change`
+//!   and wakes every waiter, including a thread blocked in `recv()` (the FIN itself is not
+//!   spliced: it travels over TCP). Half-close and full-duplex streams fail this way;
+//!   9,000 sequential request/response exchanges on 20 connections saw none.
+//! - before the connection-start race was closed (see the kernel's `wait_for_peer`), a
+//!   socket whose first bytes went over TCP also got TCP ACK wake-ups.
+//!
+//! The peer's FIN is fine (its skb is queued before the wake-up, so the reader sees EOF).
+//! Non-blocking apps retry and never notice. The client retries such reads (so the data
+//! check still completes) and counts them. Workloads with `splice: auto` are spliced only if
+//! no read failed in any round; `splice: nonblocking` workloads only need `path_ok`.
 
 use std::{
     io::{Read, Write},
