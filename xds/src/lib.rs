@@ -1,7 +1,9 @@
-//! Myelin's xDS side: the ADS client (state-of-the-world and delta), the resource cache and
-//! the conversion of Envoy v3 resources into the proxy's model (`myelin_proxy::model`), plus
-//! the Envoy-bootstrap file source.
+//! Myelin's xDS side: the conversion of Envoy v3 resources (types from `xds-api`) into the
+//! proxy's model (`myelin_proxy::model`), resource by resource with field-path rejections
+//! (`convert`), and the ADS client, state-of-the-world and delta (`ads`), with an in-process
+//! control plane for tests behind the `testing` feature.
 //!
-//! Empty on purpose: the spine issue only reserves the crate (and the `static_resources`
-//! section of the config file, which the agent rejects by name until this crate reads it).
-//! The xDS issue fills it; it will depend on `myelin-proxy`, never the other way round.
+//! Dependency direction: this crate depends on `myelin-proxy`, never the other way round.
+
+pub mod ads;
+pub mod convert;

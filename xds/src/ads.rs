@@ -1,0 +1,1 @@
+//! The ADS client. (In progress: the xDS issue.)

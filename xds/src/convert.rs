@@ -1,0 +1,1 @@
+//! Envoy v3 resources -> proxy model. (In progress: the xDS issue.)
