@@ -145,7 +145,17 @@ pub fn testbed_ready(tools: &[&str]) -> bool {
 /// A `Command` for `myelin-podtool`: `$MYELIN_PODTOOL`, else next to the current
 /// executable or its parent (tests live in `target/<profile>/deps/`).
 pub fn podtool_command() -> Result<Command> {
-    if let Some(p) = std::env::var_os("MYELIN_PODTOOL") {
+    sibling_command(
+        "myelin-podtool",
+        "MYELIN_PODTOOL",
+        "cargo build -p myelin-testbed",
+    )
+}
+
+/// A `Command` for a binary of this workspace: `$<env>`, else found next to the current
+/// executable or its parent; `build` is the hint printed when it is missing.
+pub(crate) fn sibling_command(name: &str, env: &str, build: &str) -> Result<Command> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(Command::new(p));
     }
     let exe = std::env::current_exe().context("current_exe")?;
@@ -153,12 +163,12 @@ pub fn podtool_command() -> Result<Command> {
         .ancestors()
         .skip(1)
         .take(2)
-        .map(|d| d.join("myelin-podtool"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file());
     match found {
         Some(p) => Ok(Command::new(p)),
         None => bail!(
-            "myelin-podtool not found next to {}: build it (cargo build -p myelin-testbed) or set MYELIN_PODTOOL",
+            "{name} not found next to {}: build it first ({build}) or set {env}",
             exe.display()
         ),
     }

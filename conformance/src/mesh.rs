@@ -76,23 +76,7 @@ pub fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
 /// A `Command` for the `myelin` binary: `$MYELIN_BIN`, else next to the current executable
 /// or its parent (tests live in `target/<profile>/deps/`).
 pub fn myelin_command() -> Result<Command> {
-    if let Some(p) = std::env::var_os("MYELIN_BIN") {
-        return Ok(Command::new(p));
-    }
-    let exe = std::env::current_exe().context("current_exe")?;
-    let found = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("myelin"))
-        .find(|p| p.is_file());
-    match found {
-        Some(p) => Ok(Command::new(p)),
-        None => bail!(
-            "myelin not found next to {}: build it first (cargo build --release -p myelin) or set MYELIN_BIN",
-            exe.display()
-        ),
-    }
+    crate::sibling_command("myelin", "MYELIN_BIN", "cargo build --release -p myelin")
 }
 
 /// How to build a mesh node.
