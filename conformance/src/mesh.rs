@@ -92,6 +92,10 @@ pub struct MeshOptions {
     pub no_splice: bool,
     /// Leave the pins in place when the agent exits (for restart tests).
     pub keep_pins: bool,
+    /// `myelin.excluded_ports`.
+    pub excluded_ports: Vec<u16>,
+    /// `myelin.excluded_cidrs`.
+    pub excluded_cidrs: Vec<String>,
 }
 
 impl MeshOptions {
@@ -137,12 +141,15 @@ impl Mesh {
         let dir = std::env::temp_dir().join(&node.name);
         std::fs::create_dir_all(&dir)?;
         let mut yaml = format!(
-            "myelin:\n  node: {{ name: {name}, address: {addr} }}\n  cgroup_root: {root}\n  uninstall_on_exit: {un}\n  workloads:\n",
+            "myelin:\n  node: {{ name: {name}, address: {addr} }}\n  cgroup_root: {root}\n  uninstall_on_exit: {un}\n",
             name = node.name,
             addr = node.addr,
             root = node.cgroup_path().display(),
             un = !opts.keep_pins,
         );
+        writeln!(yaml, "  excluded_ports: {:?}", opts.excluded_ports)?;
+        writeln!(yaml, "  excluded_cidrs: {:?}", opts.excluded_cidrs)?;
+        yaml.push_str("  workloads:\n");
         for name in &opts.pods {
             let pod = node.pod(name).expect("just added");
             let splice = opts

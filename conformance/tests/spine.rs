@@ -544,3 +544,80 @@ s.sendall(b"ping"); print(s.recv(4).decode())
     );
     Ok(())
 }
+
+#[test]
+fn udp_loopback_and_excluded_ports_and_cidrs_are_never_captured() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let mut opts = MeshOptions::pods(&["client", "server", "other"]);
+    opts.excluded_ports = vec![2222];
+    let other_ip = "10.77.1.3"; // third pod of the node (pods are numbered in order)
+    opts.excluded_cidrs = vec![format!("{other_ip}/32")];
+    let mesh = Mesh::start("exclude", opts)?;
+    let (client, server, other) = (mesh.pod("client"), mesh.pod("server"), mesh.pod("other"));
+    assert_eq!(other.ip.to_string(), other_ip);
+    let _echo = echo_server(server)?;
+    let _echo_excluded_port = serve(server, &["echo-server", "--port", "2222"])?;
+    let _echo_other = echo_server(other)?;
+    let captured = || mesh.metric("myelin_captured_connections_total", &[]);
+
+    // Each case must work and leave the capture counter alone; the control case must not.
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "excluded port",
+            vec!["exchange".into(), "--addr".into(), addr(server, 2222)],
+        ),
+        (
+            "excluded CIDR",
+            vec!["exchange".into(), "--addr".into(), addr(other, ECHO)],
+        ),
+    ];
+    for (what, args) in &cases {
+        let before = captured()?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = podtool(client, &args)?;
+        assert_eq!(r["ok"].as_u64(), Some(1), "{what}: {r}");
+        assert_eq!(captured()?, before, "{what} was captured");
+    }
+
+    // Loopback inside the pod and UDP (DNS-like) to another pod: Python, no mesh involved.
+    let script = r#"
+import socket, sys, threading
+# loopback TCP
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+port = l.getsockname()[1]
+def serve():
+    c, _ = l.accept(); c.sendall(c.recv(16)); c.close()
+threading.Thread(target=serve).start()
+s = socket.create_connection(("127.0.0.1", port)); s.sendall(b"lo"); assert s.recv(16) == b"lo"
+# UDP to the server pod's IP (a UDP echo runs there)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+u.connect((sys.argv[1], 5353)); u.send(b"dns?"); assert u.recv(16) == b"dns?"
+print("ok")
+"#;
+    let udp_echo = r#"
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 5353))
+print("listening", flush=True)
+while True:
+    d, a = u.recvfrom(64); u.sendto(d, a)
+"#;
+    let mut udp = Command::new("python3");
+    udp.args(["-c", udp_echo])
+        .stdout(std::process::Stdio::piped());
+    let mut udp = server.spawn(udp)?;
+    udp.next_line(Duration::from_secs(10))?;
+    let before = captured()?;
+    let mut py = Command::new("python3");
+    py.args(["-c", script, &server.ip.to_string()]);
+    let out = client.run(py)?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{out:?}");
+    assert_eq!(captured()?, before, "loopback or UDP was captured");
+
+    // Control: the same client's TCP to a normal port is captured.
+    let r = podtool(client, &["exchange", "--addr", &addr(server, ECHO)])?;
+    assert_eq!(r["ok"].as_u64(), Some(1), "{r}");
+    assert_eq!(captured()?, before + 1.0);
+    Ok(())
+}
