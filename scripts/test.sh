@@ -15,9 +15,9 @@ echo "== build (release): agent, podtool, kernel programs"
 cargo build --release --locked -p myelin -p myelin-testbed --bins
 
 echo "== cargo clippy -D warnings"
-cargo clippy --release --locked --all-targets -- -D warnings
+cargo clippy --release --locked --all-targets --all-features -- -D warnings
 
 echo "== tests"
 # One cargo invocation: the unit tests, the proxy's in-process end-to-end tests, the kernel
 # load test and the conformance suite (network namespaces, real agent, real clients).
-cargo test --release --locked --no-fail-fast
+cargo test --release --locked --all-features --no-fail-fast

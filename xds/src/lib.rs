@@ -7,3 +7,5 @@
 
 pub mod ads;
 pub mod convert;
+#[cfg(feature = "testing")]
+pub mod testing;

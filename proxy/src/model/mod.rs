@@ -1,16 +1,34 @@
 //! The proxy's own configuration model.
 //!
 //! The proxy knows nothing about xDS or Kubernetes: the agent (static file, kube watcher)
-//! and later the `xds` crate fill these types. For now the model is the set of local
-//! workloads (so a captured connection can be attributed to its source) and the
-//! proxy-wide timeouts; listeners, routes and clusters join it when the xDS model lands,
-//! as further fields of [`ProxyConfig`].
+//! and the `xds` crate fill these types. [`ProxyConfig`] holds the local workloads (so a
+//! captured connection can be attributed to its source) and the proxy-wide timeouts.
+//!
+//! The submodules hold the typed traffic model that the `xds` crate converts Envoy v3
+//! resources into, one module per resource type: [`listener`], [`route`], [`cluster`],
+//! [`endpoint`], [`secret`]. Values are plain data (compiled regexes included), checked
+//! once at conversion, `Serialize` for `/config_dump`. They are not wired into the data
+//! path yet.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
+
+pub mod cluster;
+pub mod endpoint;
+pub mod listener;
+pub mod route;
+pub mod secret;
+mod types;
+
+pub use cluster::Cluster;
+pub use endpoint::ClusterLoadAssignment;
+pub use listener::Listener;
+pub use route::RouteConfiguration;
+pub use secret::Secret;
+pub use types::{DataSource, MetadataValue, Regex, StringMatcher, StringPattern};
 
 /// A workload (pod) running on this node whose traffic the proxy captures.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -124,8 +142,19 @@ impl ProxyConfig {
 
 /// Serializes a duration the way Envoy's JSON does (`"5s"`, `"0.100s"`), so `/config_dump`
 /// reads like the rest of the mesh's config.
-fn duration_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn duration_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
+}
+
+/// [`duration_str`] for an optional duration (`None` serializes as `null`).
+pub(crate) fn opt_duration_str<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format_duration(*d)),
+        None => s.serialize_none(),
+    }
 }
 
 fn format_duration(d: Duration) -> String {

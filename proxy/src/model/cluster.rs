@@ -1,0 +1,245 @@
+//! Upstream clusters (Envoy `config.cluster.v3.Cluster`): how endpoints are found, how
+//! one is picked, and how connections to them are made.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::endpoint::ClusterLoadAssignment;
+use super::secret::{TlsCertificate, ValidationContext};
+use super::{duration_str, opt_duration_str};
+
+/// Envoy's default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cluster {
+    /// The CDS resource name.
+    pub name: String,
+    /// How endpoints are found.
+    pub discovery: Discovery,
+    /// How an endpoint is picked.
+    pub lb_policy: LbPolicy,
+    /// Upstream TCP connect timeout (Envoy default 5 s).
+    #[serde(serialize_with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// Limits per routing priority (`DEFAULT` always present, Envoy's defaults if unset).
+    pub circuit_breakers: Vec<Thresholds>,
+    /// Passive health checking; `None`: off.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// TLS to the upstream; `None`: plain TCP.
+    pub tls: Option<UpstreamTls>,
+    /// The HTTP protocol spoken upstream.
+    pub protocol: UpstreamProtocol,
+    /// Endpoints given inline (STATIC, STRICT_DNS, LOGICAL_DNS).
+    pub load_assignment: Option<ClusterLoadAssignment>,
+    /// Address families for DNS clusters.
+    pub dns_lookup_family: DnsLookupFamily,
+    /// How often DNS clusters re-resolve; `None`: Envoy's default (5 s).
+    #[serde(serialize_with = "opt_duration_str")]
+    pub dns_refresh_rate: Option<Duration>,
+}
+
+/// Cluster discovery type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// Endpoints are the `load_assignment` addresses.
+    Static,
+    /// Endpoints come over EDS under `service_name` (the cluster name when `None`).
+    Eds {
+        /// EDS resource name, if not the cluster name.
+        service_name: Option<String>,
+    },
+    /// Every address each `load_assignment` host name resolves to.
+    StrictDns,
+    /// The first address the (single) host name resolves to, re-resolved per connection.
+    LogicalDns,
+    /// The connection's original destination.
+    OriginalDst,
+}
+
+impl Discovery {
+    /// The EDS resource name to subscribe to for cluster `cluster_name`, if EDS.
+    pub fn eds_service_name<'a>(&'a self, cluster_name: &'a str) -> Option<&'a str> {
+        match self {
+            Self::Eds { service_name } => Some(service_name.as_deref().unwrap_or(cluster_name)),
+            _ => None,
+        }
+    }
+}
+
+/// Load-balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Weighted round robin (default).
+    RoundRobin,
+    /// Power of two choices by active requests.
+    LeastRequest,
+    /// Uniformly random.
+    Random,
+    /// Consistent hashing on a ring (route hash policies).
+    RingHash,
+    /// Maglev consistent hashing.
+    Maglev,
+}
+
+/// Routing priority of a circuit-breaker threshold set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingPriority {
+    /// Normal traffic.
+    Default,
+    /// High-priority routes.
+    High,
+}
+
+/// Circuit-breaker limits (Envoy defaults 1024, 1024, 1024, 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Thresholds {
+    /// Which priority.
+    pub priority: RoutingPriority,
+    /// Upstream connections.
+    pub max_connections: u32,
+    /// Requests waiting for a connection.
+    pub max_pending_requests: u32,
+    /// Requests in flight.
+    pub max_requests: u32,
+    /// Retries in flight.
+    pub max_retries: u32,
+}
+
+impl Thresholds {
+    /// Envoy's defaults for `priority`.
+    pub fn envoy_default(priority: RoutingPriority) -> Self {
+        Self {
+            priority,
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+/// Passive ejection of failing hosts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx before ejection (default 5).
+    pub consecutive_5xx: u32,
+    /// Consecutive gateway failures (502, 503, 504, connect errors) before ejection
+    /// (default 5).
+    pub consecutive_gateway_failure: u32,
+    /// Percentage chance a `consecutive_5xx` ejection is enforced (default 100).
+    pub enforcing_consecutive_5xx: u32,
+    /// Percentage for gateway-failure ejections (default 0, as in Envoy).
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// Sweep interval (default 10 s).
+    #[serde(serialize_with = "duration_str")]
+    pub interval: Duration,
+    /// Base ejection time, multiplied by the number of ejections (default 30 s).
+    #[serde(serialize_with = "duration_str")]
+    pub base_ejection_time: Duration,
+    /// Cap on the ejection time (default 300 s).
+    #[serde(serialize_with = "duration_str")]
+    pub max_ejection_time: Duration,
+    /// At most this percentage of hosts ejected (default 10).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: 5,
+            consecutive_gateway_failure: 5,
+            enforcing_consecutive_5xx: 100,
+            enforcing_consecutive_gateway_failure: 0,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 10,
+        }
+    }
+}
+
+/// TLS to upstream hosts (`envoy.transport_sockets.tls` `UpstreamTlsContext`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamTls {
+    /// SNI to send; `None`: none.
+    pub sni: Option<String>,
+    /// ALPN protocols to offer.
+    pub alpn_protocols: Vec<String>,
+    /// Client certificates to present.
+    pub certificates: Vec<CertificateSource>,
+    /// How the server's certificate is verified; `None`: not verified (as in Envoy).
+    pub validation: Option<ValidationSource>,
+}
+
+/// A client certificate, inline or by SDS name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateSource {
+    /// Given inline.
+    Inline(TlsCertificate),
+    /// An SDS secret of this name.
+    Sds(String),
+}
+
+/// A validation context, inline or by SDS name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidationSource {
+    /// Given inline.
+    Inline(ValidationContext),
+    /// An SDS secret of this name.
+    Sds(String),
+    /// An SDS secret merged with inline defaults (`combined_validation_context`).
+    Combined {
+        /// The inline part.
+        default: ValidationContext,
+        /// The SDS secret's name.
+        sds: String,
+    },
+}
+
+/// HTTP protocol towards the upstream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (Envoy's default).
+    Http1,
+    /// HTTP/2 (prior knowledge, or ALPN over TLS).
+    Http2(Http2Options),
+    /// Whatever the downstream used.
+    UseDownstream(Http2Options),
+}
+
+/// HTTP/2 settings Myelin applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Http2Options {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; `None`: the default.
+    pub max_concurrent_streams: Option<u32>,
+    /// Initial stream window; `None`: the default.
+    pub initial_stream_window_size: Option<u32>,
+    /// Initial connection window; `None`: the default.
+    pub initial_connection_window_size: Option<u32>,
+}
+
+/// Address families for DNS resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsLookupFamily {
+    /// IPv4 if any, else IPv6 (Envoy's `AUTO`: v6 first, then v4; Myelin follows
+    /// Envoy's order).
+    Auto,
+    /// IPv4 only.
+    V4Only,
+    /// IPv6 only.
+    V6Only,
+    /// IPv4 preferred, IPv6 fallback.
+    V4Preferred,
+    /// Both.
+    All,
+}

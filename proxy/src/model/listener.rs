@@ -1,0 +1,234 @@
+//! Listeners: which configuration serves a connection, chosen by the captured
+//! connection's original destination (or by the socket it was accepted on when the
+//! listener binds its own port), then a filter chain inside it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::opt_duration_str;
+use super::route::RouteConfiguration;
+
+/// A listener (Envoy `config.listener.v3.Listener`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listener {
+    /// Unique name (the LDS resource name).
+    pub name: String,
+    /// The address captured connections were going to (or the address to bind).
+    /// An unspecified IP (`0.0.0.0`, `::`) matches any address with this port.
+    pub address: SocketAddr,
+    /// Bind a real socket on `address` (a plain reverse-proxy listener). When false the
+    /// listener only serves captured connections handed over by original destination.
+    pub bind_to_port: bool,
+    /// Filter chains, tried by [`FilterChainMatch`] (most specific wins, as in Envoy).
+    pub filter_chains: Vec<FilterChain>,
+    /// Serves connections no filter chain matches; without it they are closed.
+    pub default_filter_chain: Option<FilterChain>,
+}
+
+/// A filter chain: match criteria and the terminal network filter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FilterChain {
+    /// Name (for logs and `/config_dump`); may be empty.
+    pub name: String,
+    /// Which connections this chain takes.
+    pub filter_chain_match: FilterChainMatch,
+    /// What serves the connection.
+    pub filter: NetworkFilter,
+}
+
+/// Envoy `FilterChainMatch`: every set criterion must hold; empty lists and `None`
+/// match anything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FilterChainMatch {
+    /// The original destination port.
+    pub destination_port: Option<u16>,
+    /// The original destination address is in one of these ranges.
+    pub prefix_ranges: Vec<CidrRange>,
+    /// TLS SNI: exact names or `*.suffix` wildcards.
+    pub server_names: Vec<String>,
+    /// `raw_buffer` or `tls` (as detected).
+    pub transport_protocol: Option<String>,
+    /// ALPN or detected protocol names (`h2c`, `http/1.1`, ...).
+    pub application_protocols: Vec<String>,
+}
+
+/// An address range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CidrRange {
+    /// The network address.
+    pub address: IpAddr,
+    /// Prefix length in bits.
+    pub prefix_len: u8,
+}
+
+impl CidrRange {
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.address, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let bits = u32::from(self.prefix_len.min(32));
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let bits = u32::from(self.prefix_len.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The terminal network filter of a chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkFilter {
+    /// `envoy.filters.network.http_connection_manager`.
+    HttpConnectionManager(HttpConnectionManager),
+    /// `envoy.filters.network.tcp_proxy`.
+    TcpProxy(TcpProxy),
+}
+
+/// HTTP connection manager settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpConnectionManager {
+    /// Stats prefix (kept for `/config_dump`; metrics use Myelin's own labels).
+    pub stat_prefix: String,
+    /// Where the routes come from.
+    pub route: RouteSource,
+    /// Whole-request timeout (`request_timeout`); `None`: disabled (Envoy's default).
+    #[serde(serialize_with = "opt_duration_str")]
+    pub request_timeout: Option<Duration>,
+    /// Idle time of a stream before it is reset (`stream_idle_timeout`); Envoy default
+    /// 5 min, `None`: disabled.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub stream_idle_timeout: Option<Duration>,
+    /// Idle time of a downstream connection with no streams
+    /// (`common_http_protocol_options.idle_timeout`); Envoy default 1 h, `None`: disabled.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Routes of an HTTP connection manager.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteSource {
+    /// Fetched over RDS under this name.
+    Rds(String),
+    /// Given inline.
+    Inline(RouteConfiguration),
+}
+
+/// TCP proxy settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TcpProxy {
+    /// Stats prefix (kept for `/config_dump`).
+    pub stat_prefix: String,
+    /// Where connections go.
+    pub cluster: TcpCluster,
+    /// Close after this long with no bytes either way; Envoy default 1 h, `None`: disabled.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Upstream of a TCP proxy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpCluster {
+    /// One cluster.
+    Cluster(String),
+    /// A cluster picked per connection by weight.
+    Weighted(Vec<WeightedCluster>),
+}
+
+/// A cluster and its weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightedCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Relative weight (at least 1).
+    pub weight: u32,
+}
+
+/// Envoy's default TCP and HTTP connection idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default HTTP stream idle timeout.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The listener that serves a captured connection whose original destination is `dst`:
+/// the listener on exactly that address and port, else one on the unspecified address
+/// (`0.0.0.0`/`::`, same family) with that port — Envoy's original-destination hand-off.
+pub fn listener_for_original_dst(listeners: &[Listener], dst: SocketAddr) -> Option<&Listener> {
+    let ip = dst.ip().to_canonical();
+    listeners
+        .iter()
+        .find(|l| l.address.port() == dst.port() && l.address.ip().to_canonical() == ip)
+        .or_else(|| {
+            listeners.iter().find(|l| {
+                l.address.port() == dst.port()
+                    && l.address.ip().is_unspecified()
+                    && l.address.is_ipv4() == ip.is_ipv4()
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(name: &str, addr: &str) -> Listener {
+        Listener {
+            name: name.into(),
+            address: addr.parse().unwrap(),
+            bind_to_port: false,
+            filter_chains: vec![],
+            default_filter_chain: None,
+        }
+    }
+
+    #[test]
+    fn original_dst_exact_then_wildcard() {
+        let ls = [
+            l("any80", "0.0.0.0:80"),
+            l("exact", "10.0.0.1:80"),
+            l("v6any", "[::]:80"),
+            l("any90", "0.0.0.0:90"),
+        ];
+        let cases = [
+            ("10.0.0.1:80", Some("exact")),
+            ("10.0.0.2:80", Some("any80")),
+            ("[fd00::1]:80", Some("v6any")),
+            ("[::ffff:10.0.0.1]:80", Some("exact")),
+            ("10.0.0.1:90", Some("any90")),
+            ("10.0.0.1:91", None),
+        ];
+        for (dst, want) in cases {
+            let got = listener_for_original_dst(&ls, dst.parse().unwrap()).map(|l| &*l.name);
+            assert_eq!(got, want, "{dst}");
+        }
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let r = |a: &str, p| CidrRange {
+            address: a.parse().unwrap(),
+            prefix_len: p,
+        };
+        let cases = [
+            (r("10.0.0.0", 8), "10.1.2.3", true),
+            (r("10.0.0.0", 8), "11.1.2.3", false),
+            (r("10.0.0.0", 0), "1.2.3.4", true),
+            (r("10.0.0.7", 32), "10.0.0.7", true),
+            (r("10.0.0.0", 8), "::ffff:10.0.0.1", true),
+            (r("fd00::", 16), "fd00:1::1", true),
+            (r("fd00::", 16), "fd01::1", false),
+            (r("fd00::", 16), "10.0.0.1", false),
+        ];
+        for (range, ip, want) in cases {
+            assert_eq!(range.contains(ip.parse().unwrap()), want, "{range:?} {ip}");
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! HTTP routes (Envoy `config.route.v3.RouteConfiguration`): virtual hosts chosen by
+//! `:authority`, then the first route whose match holds, then its action.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::listener::WeightedCluster;
+use super::types::{Regex, StringMatcher};
+use super::{duration_str, opt_duration_str};
+
+/// Envoy's default route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A route table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteConfiguration {
+    /// The RDS resource name.
+    pub name: String,
+    /// Virtual hosts; the most specific domain match wins (exact, then longest suffix
+    /// wildcard, then longest prefix wildcard, then `*`).
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Header changes for every route of the table.
+    pub headers: HeaderMutation,
+}
+
+/// A virtual host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VirtualHost {
+    /// Name (for logs and metrics).
+    pub name: String,
+    /// Host names this virtual host serves.
+    pub domains: Vec<DomainMatch>,
+    /// Routes, tried in order.
+    pub routes: Vec<Route>,
+    /// Retry policy for routes that have none of their own.
+    pub retry_policy: Option<RetryPolicy>,
+    /// Header changes for every route of the host.
+    pub headers: HeaderMutation,
+}
+
+/// A domain pattern of a virtual host (port included when given, as in Envoy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainMatch {
+    /// `example.com` (compared case-insensitively).
+    Exact(String),
+    /// `*.example.com` or `*-bar.example.com`: the host ends with this (the `*` part
+    /// must match at least one character). Stored without the `*`.
+    Suffix(String),
+    /// `example.*`: the host starts with this. Stored without the `*`.
+    Prefix(String),
+    /// `*`.
+    Any,
+}
+
+impl DomainMatch {
+    /// Parses an Envoy domain pattern. `None` for patterns Envoy rejects (empty, a `*`
+    /// in the middle, or wildcards on both ends).
+    pub fn parse(domain: &str) -> Option<Self> {
+        let d = domain.to_ascii_lowercase();
+        if d == "*" {
+            return Some(Self::Any);
+        }
+        if d.is_empty() || d.matches('*').count() > 1 {
+            return None;
+        }
+        if let Some(rest) = d.strip_prefix('*') {
+            return Some(Self::Suffix(rest.to_owned()));
+        }
+        if let Some(rest) = d.strip_suffix('*') {
+            return Some(Self::Prefix(rest.to_owned()));
+        }
+        if d.contains('*') {
+            return None;
+        }
+        Some(Self::Exact(d))
+    }
+
+    /// Whether `host` (the `:authority`) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        match self {
+            Self::Exact(d) => host == *d,
+            Self::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            Self::Prefix(p) => host.len() > p.len() && host.starts_with(p.as_str()),
+            Self::Any => true,
+        }
+    }
+}
+
+/// A route: a match and what to do.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Route {
+    /// Name (may be empty).
+    pub name: String,
+    /// Which requests this route takes.
+    #[serde(rename = "match")]
+    pub route_match: RouteMatch,
+    /// What to do with them.
+    pub action: Action,
+    /// Header changes for this route.
+    pub headers: HeaderMutation,
+}
+
+/// Request criteria; all must hold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteMatch {
+    /// The path criterion.
+    pub path: PathMatch,
+    /// Compare the path case-sensitively (Envoy default true; regexes are always
+    /// case-sensitive unless written otherwise).
+    pub case_sensitive: bool,
+    /// Header criteria.
+    pub headers: Vec<HeaderMatcher>,
+    /// Query parameter criteria.
+    pub query_parameters: Vec<QueryParameterMatcher>,
+}
+
+/// How the path (without the query) is matched.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    /// Starts with this.
+    Prefix(String),
+    /// Equals this.
+    Path(String),
+    /// The whole path matches this regex.
+    SafeRegex(Regex),
+    /// Equals this or starts with this followed by `/` (or `?`, `#`).
+    PathSeparatedPrefix(String),
+}
+
+/// A header criterion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeaderMatcher {
+    /// Header name (lower case).
+    pub name: String,
+    /// What must hold of its value.
+    pub rule: HeaderRule,
+    /// Negate the result.
+    pub invert: bool,
+    /// A missing header counts as an empty value instead of not matching.
+    pub treat_missing_as_empty: bool,
+}
+
+/// What a header matcher checks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderRule {
+    /// The value matches.
+    Value(StringMatcher),
+    /// The header is present (`true`) or absent (`false`).
+    Present(bool),
+}
+
+/// A query parameter criterion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueryParameterMatcher {
+    /// Parameter name.
+    pub name: String,
+    /// What must hold of it.
+    pub rule: QueryParameterRule,
+}
+
+/// What a query parameter matcher checks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryParameterRule {
+    /// The value matches.
+    Value(StringMatcher),
+    /// The parameter is present.
+    Present,
+}
+
+/// What a route does.
+// Built once per config; nearly every route is `Route`, so boxing it would only add a hop.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Forward upstream.
+    Route(RouteAction),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer directly.
+    DirectResponse(DirectResponse),
+}
+
+/// Forwarding.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteAction {
+    /// Where to.
+    pub cluster: ClusterSpecifier,
+    /// Whole-request timeout; `None`: disabled (`0s` in Envoy). Default 15 s.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub timeout: Option<Duration>,
+    /// Retries (overrides the virtual host's).
+    pub retry_policy: Option<RetryPolicy>,
+    /// Replace the matched path prefix with this.
+    pub prefix_rewrite: Option<String>,
+    /// Rewrite the path with a regex substitution.
+    pub regex_rewrite: Option<RegexRewrite>,
+    /// Rewrite the `Host`/`:authority` header.
+    pub host_rewrite: Option<HostRewrite>,
+}
+
+/// The upstream cluster(s) of a route.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterSpecifier {
+    /// One cluster.
+    Cluster(String),
+    /// Picked per request by weight.
+    WeightedClusters(Vec<WeightedCluster>),
+}
+
+/// A regex path rewrite: every match of `pattern` replaced with `substitution`
+/// (capture groups written `$1`, translated from Envoy's `\1`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegexRewrite {
+    /// What to replace.
+    pub pattern: Regex,
+    /// With what.
+    pub substitution: String,
+}
+
+/// A host rewrite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostRewrite {
+    /// To this literal value.
+    Literal(String),
+    /// To the upstream host's name (for DNS clusters) or address.
+    Auto,
+}
+
+/// Retries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    /// Conditions (`5xx`, `gateway-error`, `reset`, `connect-failure`,
+    /// `retriable-4xx`, `refused-stream`, `retriable-status-codes`, gRPC ones, ...).
+    pub retry_on: Vec<String>,
+    /// How many retries at most (Envoy default 1).
+    pub num_retries: u32,
+    /// Timeout of each try; `None`: the route timeout.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub per_try_timeout: Option<Duration>,
+    /// Status codes retried under `retriable-status-codes`.
+    pub retriable_status_codes: Vec<u16>,
+    /// Avoid hosts already tried (`envoy.retry_host_predicates.previous_hosts`).
+    pub retry_previous_hosts: bool,
+    /// Back-off between tries; `None`: Envoy's default (25 ms base, 10x max).
+    pub back_off: Option<RetryBackOff>,
+}
+
+/// Exponential back-off with jitter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryBackOff {
+    /// First interval.
+    #[serde(serialize_with = "duration_str")]
+    pub base_interval: Duration,
+    /// Cap (default 10 x base).
+    #[serde(serialize_with = "duration_str")]
+    pub max_interval: Duration,
+}
+
+/// A redirect response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Redirect {
+    /// New scheme (`https_redirect` gives `https`).
+    pub scheme: Option<String>,
+    /// New host.
+    pub host: Option<String>,
+    /// New port.
+    pub port: Option<u16>,
+    /// New path.
+    pub path: Option<PathRedirect>,
+    /// 301, 302, 303, 307 or 308 (Envoy default 301).
+    pub response_code: u16,
+    /// Drop the query string.
+    pub strip_query: bool,
+}
+
+/// The path part of a redirect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathRedirect {
+    /// Replace the whole path.
+    Path(String),
+    /// Replace the matched prefix.
+    Prefix(String),
+}
+
+/// A direct response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DirectResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body, if any (inline only).
+    pub body: Option<String>,
+}
+
+/// Header additions and removals (request and response).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HeaderMutation {
+    /// Added to the request upstream.
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    /// Removed from the request upstream.
+    pub request_headers_to_remove: Vec<String>,
+    /// Added to the response downstream.
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    /// Removed from the response downstream.
+    pub response_headers_to_remove: Vec<String>,
+}
+
+impl HeaderMutation {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A header to add and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeaderValueOption {
+    /// Header name (lower case).
+    pub name: String,
+    /// Value.
+    pub value: String,
+    /// What to do when the header exists.
+    pub append_action: AppendAction,
+    /// Add the header even when `value` is empty.
+    pub keep_empty_value: bool,
+}
+
+/// Envoy `HeaderValueOption.HeaderAppendAction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppendAction {
+    /// Add another value (default).
+    AppendIfExistsOrAdd,
+    /// Add only if absent.
+    AddIfAbsent,
+    /// Replace existing values, or add.
+    OverwriteIfExistsOrAdd,
+    /// Replace existing values; add nothing if absent.
+    OverwriteIfExists,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        let cases = [
+            ("example.com", "EXAMPLE.com", true),
+            ("example.com", "www.example.com", false),
+            ("*.example.com", "www.example.com", true),
+            ("*.example.com", ".example.com", false),
+            ("*-bar.example.com", "foo-bar.example.com", true),
+            ("example.*", "example.org", true),
+            ("example.*", "example.", false),
+            ("*", "anything", true),
+            ("example.com:8080", "example.com:8080", true),
+        ];
+        for (pattern, host, want) in cases {
+            let m = DomainMatch::parse(pattern).unwrap();
+            assert_eq!(m.matches(host), want, "{pattern} vs {host}");
+        }
+        for bad in ["", "a*b", "*a*", "*.*"] {
+            assert_eq!(DomainMatch::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn serializes() {
+        let r = Route {
+            name: "r".into(),
+            route_match: RouteMatch {
+                path: PathMatch::Prefix("/".into()),
+                case_sensitive: true,
+                headers: vec![],
+                query_parameters: vec![],
+            },
+            action: Action::Route(RouteAction {
+                cluster: ClusterSpecifier::Cluster("c".into()),
+                timeout: Some(DEFAULT_ROUTE_TIMEOUT),
+                retry_policy: None,
+                prefix_rewrite: None,
+                regex_rewrite: None,
+                host_rewrite: Some(HostRewrite::Auto),
+            }),
+            headers: HeaderMutation::default(),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["match"]["path"], serde_json::json!({"prefix": "/"}));
+        assert_eq!(v["action"]["route"]["timeout"], "15s");
+        assert_eq!(v["action"]["route"]["host_rewrite"], "auto");
+    }
+}

@@ -1,1 +1,0 @@
-//! The ADS client. (In progress: the xDS issue.)

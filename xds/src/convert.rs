@@ -1,1 +1,0 @@
-//! Envoy v3 resources -> proxy model. (In progress: the xDS issue.)

@@ -1,0 +1,773 @@
+//! Cluster -> [`model::Cluster`], with the upstream TLS context and HTTP protocol options.
+
+use myelin_proxy::model::{self, cluster as mc};
+use xds_api::pb::envoy::config::cluster::v3 as pb;
+use xds_api::pb::envoy::config::core::v3 as core;
+
+use super::{endpoint, ext, idx, join, secret, Cx, Reason, Rejection};
+
+const TLS_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const RAW_BUFFER_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+const HTTP_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const HTTP_OPTIONS_URL: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const USE_HTTP_OPTIONS: &str = "use `typed_extension_protocol_options` with `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`";
+
+/// Converts a cluster (CDS resource).
+#[allow(deprecated)]
+pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
+    use pb::cluster::{
+        ClusterDiscoveryType as CDT, DiscoveryType as DT, DnsLookupFamily as DF, LbPolicy as LB,
+    };
+    let mut cx = Cx::default();
+    let p = "";
+    let pb::Cluster {
+        transport_socket_matches,
+        name,
+        alt_stat_name: _,
+        eds_cluster_config,
+        connect_timeout,
+        per_connection_buffer_limit_bytes: _,
+        lb_policy,
+        load_assignment,
+        health_checks,
+        max_requests_per_connection,
+        circuit_breakers,
+        upstream_http_protocol_options,
+        common_http_protocol_options,
+        http_protocol_options,
+        http2_protocol_options,
+        typed_extension_protocol_options,
+        dns_refresh_rate,
+        dns_failure_refresh_rate,
+        respect_dns_ttl,
+        dns_lookup_family,
+        dns_resolvers,
+        use_tcp_for_dns_lookups,
+        dns_resolution_config,
+        typed_dns_resolver_config,
+        wait_for_warm_on_init: _,
+        outlier_detection,
+        cleanup_interval: _,
+        upstream_bind_config,
+        lb_subset_config,
+        common_lb_config,
+        transport_socket,
+        metadata: _,
+        protocol_selection,
+        upstream_connection_options,
+        close_connections_on_host_health_failure,
+        ignore_health_on_host_removal,
+        filters,
+        load_balancing_policy,
+        lrs_server,
+        track_timeout_budgets: _,
+        upstream_config,
+        track_cluster_stats: _,
+        preconnect_policy,
+        connection_pool_per_downstream_connection,
+        cluster_discovery_type,
+        lb_config,
+    } = c;
+    if name.is_empty() {
+        cx.reject("name", Reason::Missing);
+    }
+    for (field, set) in [
+        (
+            "max_requests_per_connection",
+            max_requests_per_connection.is_some(),
+        ),
+        (
+            "upstream_http_protocol_options",
+            upstream_http_protocol_options.is_some(),
+        ),
+        (
+            "common_http_protocol_options",
+            common_http_protocol_options.is_some(),
+        ),
+        ("http_protocol_options", http_protocol_options.is_some()),
+        ("http2_protocol_options", http2_protocol_options.is_some()),
+        ("protocol_selection", *protocol_selection != 0),
+    ] {
+        if set {
+            cx.reject(
+                field,
+                Reason::Deprecated {
+                    field,
+                    instead: USE_HTTP_OPTIONS,
+                },
+            );
+        }
+    }
+    for (field, set) in [
+        ("dns_resolvers", !dns_resolvers.is_empty()),
+        ("use_tcp_for_dns_lookups", *use_tcp_for_dns_lookups),
+        ("dns_resolution_config", dns_resolution_config.is_some()),
+    ] {
+        if set {
+            cx.reject(
+                field,
+                Reason::Deprecated {
+                    field,
+                    instead: "Myelin uses the node's resolver; remove it",
+                },
+            );
+        }
+    }
+    cx.unsupported(p, "transport_socket_matches", transport_socket_matches);
+    cx.unsupported(p, "health_checks", health_checks);
+    cx.unsupported(p, "dns_failure_refresh_rate", dns_failure_refresh_rate);
+    cx.unsupported(p, "respect_dns_ttl", respect_dns_ttl);
+    cx.unsupported(p, "typed_dns_resolver_config", typed_dns_resolver_config);
+    cx.unsupported(p, "upstream_bind_config", upstream_bind_config);
+    cx.unsupported(p, "lb_subset_config", lb_subset_config);
+    cx.unsupported(p, "common_lb_config", common_lb_config);
+    cx.unsupported(
+        p,
+        "upstream_connection_options",
+        upstream_connection_options,
+    );
+    cx.unsupported(
+        p,
+        "close_connections_on_host_health_failure",
+        close_connections_on_host_health_failure,
+    );
+    cx.unsupported(
+        p,
+        "ignore_health_on_host_removal",
+        ignore_health_on_host_removal,
+    );
+    cx.unsupported(p, "filters", filters);
+    cx.unsupported(p, "load_balancing_policy", load_balancing_policy);
+    cx.unsupported(p, "lrs_server", lrs_server);
+    cx.unsupported(p, "upstream_config", upstream_config);
+    cx.unsupported(p, "preconnect_policy", preconnect_policy);
+    cx.unsupported(
+        p,
+        "connection_pool_per_downstream_connection",
+        connection_pool_per_downstream_connection,
+    );
+    if let Some(lbc) = lb_config {
+        let field = match lbc {
+            pb::cluster::LbConfig::RingHashLbConfig(_) => "ring_hash_lb_config",
+            pb::cluster::LbConfig::MaglevLbConfig(_) => "maglev_lb_config",
+            pb::cluster::LbConfig::OriginalDstLbConfig(_) => "original_dst_lb_config",
+            pb::cluster::LbConfig::LeastRequestLbConfig(_) => "least_request_lb_config",
+            pb::cluster::LbConfig::RoundRobinLbConfig(_) => "round_robin_lb_config",
+        };
+        cx.reject(field, Reason::NotSupported);
+    }
+
+    let discovery = match cluster_discovery_type {
+        None => Some(mc::Discovery::Static),
+        Some(CDT::Type(t)) => match DT::try_from(*t) {
+            Ok(DT::Static) => Some(mc::Discovery::Static),
+            Ok(DT::StrictDns) => Some(mc::Discovery::StrictDns),
+            Ok(DT::LogicalDns) => Some(mc::Discovery::LogicalDns),
+            Ok(DT::OriginalDst) => Some(mc::Discovery::OriginalDst),
+            Ok(DT::Eds) => {
+                let service_name = eds_cluster_config.as_ref().and_then(|e| {
+                    // eds_config (the config source) is ADS for Myelin, whatever it says.
+                    (!e.service_name.is_empty()).then(|| e.service_name.clone())
+                });
+                Some(mc::Discovery::Eds { service_name })
+            }
+            Err(_) => {
+                cx.reject("type", Reason::UnsupportedValue(format!("value {t}")));
+                None
+            }
+        },
+        Some(CDT::ClusterType(ct)) => {
+            cx.reject(
+                "cluster_type",
+                Reason::UnsupportedValue(format!("custom cluster type `{}`", ct.name)),
+            );
+            None
+        }
+    };
+    if eds_cluster_config.is_some() && !matches!(discovery, Some(mc::Discovery::Eds { .. }) | None)
+    {
+        cx.reject(
+            "eds_cluster_config",
+            Reason::Invalid("set on a cluster whose type is not EDS".into()),
+        );
+    }
+    let lb_policy = match LB::try_from(*lb_policy) {
+        Ok(LB::RoundRobin) => mc::LbPolicy::RoundRobin,
+        Ok(LB::LeastRequest) => mc::LbPolicy::LeastRequest,
+        Ok(LB::Random) => mc::LbPolicy::Random,
+        Ok(LB::RingHash) => mc::LbPolicy::RingHash,
+        Ok(LB::Maglev) => mc::LbPolicy::Maglev,
+        Ok(other) => {
+            cx.reject(
+                "lb_policy",
+                Reason::UnsupportedValue(other.as_str_name().to_owned()),
+            );
+            mc::LbPolicy::RoundRobin
+        }
+        Err(_) => {
+            cx.reject(
+                "lb_policy",
+                Reason::UnsupportedValue(format!("value {lb_policy}")),
+            );
+            mc::LbPolicy::RoundRobin
+        }
+    };
+    let dns_lookup_family = match DF::try_from(*dns_lookup_family) {
+        Ok(DF::Auto) => mc::DnsLookupFamily::Auto,
+        Ok(DF::V4Only) => mc::DnsLookupFamily::V4Only,
+        Ok(DF::V6Only) => mc::DnsLookupFamily::V6Only,
+        Ok(DF::V4Preferred) => mc::DnsLookupFamily::V4Preferred,
+        Ok(DF::All) => mc::DnsLookupFamily::All,
+        Err(_) => {
+            cx.reject(
+                "dns_lookup_family",
+                Reason::UnsupportedValue(format!("value {dns_lookup_family}")),
+            );
+            mc::DnsLookupFamily::Auto
+        }
+    };
+    let connect_timeout = match connect_timeout {
+        None => mc::DEFAULT_CONNECT_TIMEOUT,
+        Some(d) => match cx.duration("connect_timeout", d) {
+            Some(d) if d.is_zero() => {
+                cx.reject(
+                    "connect_timeout",
+                    Reason::Invalid("must be greater than zero".into()),
+                );
+                d
+            }
+            Some(d) => d,
+            None => mc::DEFAULT_CONNECT_TIMEOUT,
+        },
+    };
+    let dns_refresh_rate = dns_refresh_rate
+        .as_ref()
+        .and_then(|d| cx.duration("dns_refresh_rate", d));
+    let circuit_breakers = breakers(&mut cx, circuit_breakers.as_ref());
+    let outlier_detection = outlier_detection
+        .as_ref()
+        .map(|o| outlier(&mut cx, "outlier_detection", o));
+    let tls = transport_socket
+        .as_ref()
+        .and_then(|t| upstream_tls(&mut cx, "transport_socket", t));
+    let mut protocol = mc::UpstreamProtocol::Http1;
+    for (key, any) in typed_extension_protocol_options {
+        let kp = format!("typed_extension_protocol_options[{key}]");
+        if key != HTTP_OPTIONS_KEY || any.type_url != HTTP_OPTIONS_URL {
+            cx.reject(
+                kp,
+                Reason::UnsupportedValue(format!("extension `{key}` (type `{}`)", any.type_url)),
+            );
+            continue;
+        }
+        if let Some(o) =
+            cx.decode::<ext::UpstreamHttpProtocolOptions>(&kp, HTTP_OPTIONS_URL, &any.value)
+        {
+            if let Some(p) = http_options(&mut cx, &kp, &o) {
+                protocol = p;
+            }
+        }
+    }
+    let load_assignment = load_assignment
+        .as_ref()
+        .map(|la| endpoint::load_assignment(&mut cx, "load_assignment", la));
+    match (&discovery, &load_assignment) {
+        (
+            Some(mc::Discovery::Static | mc::Discovery::StrictDns | mc::Discovery::LogicalDns),
+            None,
+        ) => {
+            cx.reject(
+                "load_assignment",
+                Reason::Invalid("required for STATIC and DNS clusters".into()),
+            );
+        }
+        (Some(mc::Discovery::Static), Some(la)) => {
+            for (i, l) in la.localities.iter().enumerate() {
+                for (j, e) in l.endpoints.iter().enumerate() {
+                    if matches!(e.address, model::endpoint::EndpointAddress::Dns { .. }) {
+                        cx.reject(
+                            format!("load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address.socket_address.address"),
+                            Reason::Invalid("a STATIC cluster needs IP addresses (use STRICT_DNS or LOGICAL_DNS for host names)".into()),
+                        );
+                    }
+                }
+            }
+        }
+        (Some(mc::Discovery::LogicalDns), Some(la)) => {
+            let n: usize = la.localities.iter().map(|l| l.endpoints.len()).sum();
+            if n != 1 {
+                cx.reject(
+                    "load_assignment",
+                    Reason::Invalid(format!(
+                        "a LOGICAL_DNS cluster needs exactly one endpoint, not {n}"
+                    )),
+                );
+            }
+        }
+        _ => {}
+    }
+    let Some(discovery) = discovery else {
+        return Err(cx.errs);
+    };
+    cx.finish(model::Cluster {
+        name: name.clone(),
+        discovery,
+        lb_policy,
+        connect_timeout,
+        circuit_breakers,
+        outlier_detection,
+        tls,
+        protocol,
+        load_assignment,
+        dns_lookup_family,
+        dns_refresh_rate,
+    })
+}
+
+fn breakers(cx: &mut Cx, cb: Option<&pb::CircuitBreakers>) -> Vec<mc::Thresholds> {
+    let mut out = vec![mc::Thresholds::envoy_default(mc::RoutingPriority::Default)];
+    let Some(cb) = cb else { return out };
+    let p = "circuit_breakers";
+    cx.unsupported(p, "per_host_thresholds", &cb.per_host_thresholds);
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let tp = idx(p, "thresholds", i);
+        let pb::circuit_breakers::Thresholds {
+            priority,
+            max_connections,
+            max_pending_requests,
+            max_requests,
+            max_retries,
+            retry_budget,
+            track_remaining: _,
+            max_connection_pools,
+        } = t;
+        cx.unsupported(&tp, "retry_budget", retry_budget);
+        cx.unsupported(&tp, "max_connection_pools", max_connection_pools);
+        let priority = match core::RoutingPriority::try_from(*priority) {
+            Ok(core::RoutingPriority::High) => mc::RoutingPriority::High,
+            _ => mc::RoutingPriority::Default,
+        };
+        let d = mc::Thresholds::envoy_default(priority);
+        let t = mc::Thresholds {
+            priority,
+            max_connections: max_connections
+                .as_ref()
+                .map_or(d.max_connections, |v| v.value),
+            max_pending_requests: max_pending_requests
+                .as_ref()
+                .map_or(d.max_pending_requests, |v| v.value),
+            max_requests: max_requests.as_ref().map_or(d.max_requests, |v| v.value),
+            max_retries: max_retries.as_ref().map_or(d.max_retries, |v| v.value),
+        };
+        if let Some(slot) = out.iter_mut().find(|o| o.priority == priority) {
+            *slot = t;
+        } else {
+            out.push(t);
+        }
+    }
+    out
+}
+
+fn outlier(cx: &mut Cx, p: &str, o: &pb::OutlierDetection) -> mc::OutlierDetection {
+    let pb::OutlierDetection {
+        consecutive_5xx,
+        interval,
+        base_ejection_time,
+        max_ejection_percent,
+        enforcing_consecutive_5xx,
+        enforcing_success_rate,
+        success_rate_minimum_hosts,
+        success_rate_request_volume,
+        success_rate_stdev_factor,
+        consecutive_gateway_failure,
+        enforcing_consecutive_gateway_failure,
+        split_external_local_origin_errors,
+        consecutive_local_origin_failure,
+        enforcing_consecutive_local_origin_failure,
+        enforcing_local_origin_success_rate,
+        failure_percentage_threshold,
+        enforcing_failure_percentage,
+        enforcing_failure_percentage_local_origin,
+        failure_percentage_minimum_hosts,
+        failure_percentage_request_volume,
+        max_ejection_time,
+        max_ejection_time_jitter,
+        successful_active_health_check_uneject_host,
+        monitors,
+    } = o;
+    // Success-rate ejection is on by default in Envoy (enforcing 100); Myelin does not
+    // implement it, so it must be turned off explicitly (enforcing_success_rate: 0).
+    if enforcing_success_rate.as_ref().is_none_or(|v| v.value != 0) {
+        cx.reject(
+            join(p, "enforcing_success_rate"),
+            Reason::Invalid(
+                "success-rate ejection is not supported; set `enforcing_success_rate: 0`".into(),
+            ),
+        );
+    }
+    cx.unsupported(p, "success_rate_minimum_hosts", success_rate_minimum_hosts);
+    cx.unsupported(
+        p,
+        "success_rate_request_volume",
+        success_rate_request_volume,
+    );
+    cx.unsupported(p, "success_rate_stdev_factor", success_rate_stdev_factor);
+    cx.unsupported(
+        p,
+        "split_external_local_origin_errors",
+        split_external_local_origin_errors,
+    );
+    cx.unsupported(
+        p,
+        "consecutive_local_origin_failure",
+        consecutive_local_origin_failure,
+    );
+    cx.unsupported(
+        p,
+        "enforcing_consecutive_local_origin_failure",
+        enforcing_consecutive_local_origin_failure,
+    );
+    cx.unsupported(
+        p,
+        "enforcing_local_origin_success_rate",
+        enforcing_local_origin_success_rate,
+    );
+    cx.unsupported(
+        p,
+        "failure_percentage_threshold",
+        failure_percentage_threshold,
+    );
+    cx.unsupported(
+        p,
+        "enforcing_failure_percentage",
+        enforcing_failure_percentage,
+    );
+    cx.unsupported(
+        p,
+        "enforcing_failure_percentage_local_origin",
+        enforcing_failure_percentage_local_origin,
+    );
+    cx.unsupported(
+        p,
+        "failure_percentage_minimum_hosts",
+        failure_percentage_minimum_hosts,
+    );
+    cx.unsupported(
+        p,
+        "failure_percentage_request_volume",
+        failure_percentage_request_volume,
+    );
+    cx.unsupported(p, "max_ejection_time_jitter", max_ejection_time_jitter);
+    cx.unsupported(
+        p,
+        "successful_active_health_check_uneject_host",
+        successful_active_health_check_uneject_host,
+    );
+    cx.unsupported(p, "monitors", monitors);
+    let d = mc::OutlierDetection::default();
+    let u = |v: &Option<xds_api::pb::google::protobuf::UInt32Value>, d: u32| {
+        v.as_ref().map_or(d, |v| v.value)
+    };
+    let mut dur = |field: &str, v: &Option<xds_api::pb::google::protobuf::Duration>, d| {
+        v.as_ref()
+            .and_then(|v| cx.duration(&join(p, field), v))
+            .unwrap_or(d)
+    };
+    let out = mc::OutlierDetection {
+        consecutive_5xx: u(consecutive_5xx, d.consecutive_5xx),
+        consecutive_gateway_failure: u(consecutive_gateway_failure, d.consecutive_gateway_failure),
+        enforcing_consecutive_5xx: u(enforcing_consecutive_5xx, d.enforcing_consecutive_5xx),
+        enforcing_consecutive_gateway_failure: u(
+            enforcing_consecutive_gateway_failure,
+            d.enforcing_consecutive_gateway_failure,
+        ),
+        interval: dur("interval", interval, d.interval),
+        base_ejection_time: dur(
+            "base_ejection_time",
+            base_ejection_time,
+            d.base_ejection_time,
+        ),
+        max_ejection_time: dur("max_ejection_time", max_ejection_time, d.max_ejection_time),
+        max_ejection_percent: u(max_ejection_percent, d.max_ejection_percent),
+    };
+    for (field, v) in [
+        ("max_ejection_percent", out.max_ejection_percent),
+        ("enforcing_consecutive_5xx", out.enforcing_consecutive_5xx),
+        (
+            "enforcing_consecutive_gateway_failure",
+            out.enforcing_consecutive_gateway_failure,
+        ),
+    ] {
+        if v > 100 {
+            cx.reject(
+                join(p, field),
+                Reason::Invalid(format!("{v} is not a percentage")),
+            );
+        }
+    }
+    out
+}
+
+fn upstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<mc::UpstreamTls> {
+    let any = match &t.config_type {
+        Some(core::transport_socket::ConfigType::TypedConfig(any)) => any,
+        None => {
+            cx.reject(join(p, "typed_config"), Reason::Missing);
+            return None;
+        }
+    };
+    let tp = join(p, "typed_config");
+    match any.type_url.as_str() {
+        RAW_BUFFER_URL => return None,
+        TLS_URL => {}
+        other => {
+            cx.reject(
+                tp,
+                Reason::UnsupportedValue(format!("transport socket `{}` (type `{other}`)", t.name)),
+            );
+            return None;
+        }
+    }
+    let u: ext::UpstreamTlsContext = cx.decode(&tp, TLS_URL, &any.value)?;
+    let ext::UpstreamTlsContext {
+        common_tls_context,
+        sni,
+        allow_renegotiation,
+        max_session_keys: _,
+        enforce_rsa_key_usage,
+        auto_host_sni,
+        auto_sni_san_validation,
+    } = &u;
+    cx.unsupported(&tp, "allow_renegotiation", allow_renegotiation);
+    cx.unsupported(&tp, "enforce_rsa_key_usage", enforce_rsa_key_usage);
+    cx.unsupported(&tp, "auto_host_sni", auto_host_sni);
+    cx.unsupported(&tp, "auto_sni_san_validation", auto_sni_san_validation);
+    let mut out = mc::UpstreamTls {
+        sni: (!sni.is_empty()).then(|| sni.clone()),
+        alpn_protocols: vec![],
+        certificates: vec![],
+        validation: None,
+    };
+    let Some(c) = common_tls_context else {
+        return Some(out);
+    };
+    let cp = join(&tp, "common_tls_context");
+    let ext::CommonTlsContext {
+        tls_params,
+        tls_certificates,
+        tls_certificate_sds_secret_configs,
+        tls_certificate_provider_instance,
+        tls_certificate_certificate_provider,
+        tls_certificate_certificate_provider_instance,
+        validation_context,
+        validation_context_sds_secret_config,
+        combined_validation_context,
+        validation_context_certificate_provider,
+        validation_context_certificate_provider_instance,
+        alpn_protocols,
+        custom_handshaker,
+        key_log: _,
+        custom_tls_certificate_selector,
+    } = c;
+    cx.unsupported(&cp, "tls_params", tls_params);
+    cx.unsupported(
+        &cp,
+        "tls_certificate_provider_instance",
+        tls_certificate_provider_instance,
+    );
+    cx.unsupported(
+        &cp,
+        "tls_certificate_certificate_provider",
+        tls_certificate_certificate_provider,
+    );
+    cx.unsupported(
+        &cp,
+        "tls_certificate_certificate_provider_instance",
+        tls_certificate_certificate_provider_instance,
+    );
+    cx.unsupported(
+        &cp,
+        "validation_context_certificate_provider",
+        validation_context_certificate_provider,
+    );
+    cx.unsupported(
+        &cp,
+        "validation_context_certificate_provider_instance",
+        validation_context_certificate_provider_instance,
+    );
+    cx.unsupported(&cp, "custom_handshaker", custom_handshaker);
+    cx.unsupported(
+        &cp,
+        "custom_tls_certificate_selector",
+        custom_tls_certificate_selector,
+    );
+    out.alpn_protocols = alpn_protocols.clone();
+    for (i, c) in tls_certificates.iter().enumerate() {
+        if let Some(c) = secret::tls_certificate(cx, &idx(&cp, "tls_certificates", i), c) {
+            out.certificates.push(mc::CertificateSource::Inline(c));
+        }
+    }
+    for s in tls_certificate_sds_secret_configs {
+        out.certificates
+            .push(mc::CertificateSource::Sds(s.name.clone()));
+    }
+    out.validation = match (
+        validation_context,
+        validation_context_sds_secret_config,
+        combined_validation_context,
+    ) {
+        (None, None, None) => None,
+        (Some(v), None, None) => {
+            secret::validation_context(cx, &join(&cp, "validation_context"), v)
+                .map(mc::ValidationSource::Inline)
+        }
+        (None, Some(s), None) => Some(mc::ValidationSource::Sds(s.name.clone())),
+        (None, None, Some(c)) => {
+            let vp = join(&cp, "combined_validation_context");
+            cx.unsupported(
+                &vp,
+                "validation_context_certificate_provider",
+                &c.validation_context_certificate_provider,
+            );
+            cx.unsupported(
+                &vp,
+                "validation_context_certificate_provider_instance",
+                &c.validation_context_certificate_provider_instance,
+            );
+            let default = match &c.default_validation_context {
+                Some(v) => {
+                    secret::validation_context(cx, &join(&vp, "default_validation_context"), v)
+                }
+                None => {
+                    cx.reject(join(&vp, "default_validation_context"), Reason::Missing);
+                    None
+                }
+            };
+            let sds = match &c.validation_context_sds_secret_config {
+                Some(s) => Some(s.name.clone()),
+                None => {
+                    cx.reject(
+                        join(&vp, "validation_context_sds_secret_config"),
+                        Reason::Missing,
+                    );
+                    None
+                }
+            };
+            Some(mc::ValidationSource::Combined {
+                default: default?,
+                sds: sds?,
+            })
+        }
+        _ => {
+            cx.reject(
+                join(&cp, "validation_context"),
+                Reason::Invalid("more than one validation context type is set".into()),
+            );
+            None
+        }
+    };
+    Some(out)
+}
+
+fn http_options(
+    cx: &mut Cx,
+    p: &str,
+    o: &ext::UpstreamHttpProtocolOptions,
+) -> Option<mc::UpstreamProtocol> {
+    let ext::UpstreamHttpProtocolOptions {
+        common_http_protocol_options,
+        upstream_http_protocol_options,
+        explicit_http_config,
+        use_downstream_protocol_config,
+        auto_config,
+        http_filters,
+    } = o;
+    cx.unsupported(
+        p,
+        "common_http_protocol_options",
+        common_http_protocol_options,
+    );
+    cx.unsupported(
+        p,
+        "upstream_http_protocol_options",
+        upstream_http_protocol_options,
+    );
+    cx.unsupported(p, "auto_config", auto_config);
+    cx.unsupported(p, "http_filters", http_filters);
+    let h2 = |cx: &mut Cx, pp: &str, c: &ext::ProtocolConfig| -> Option<mc::Http2Options> {
+        cx.unsupported(pp, "http_protocol_options", &c.http_protocol_options);
+        cx.unsupported(pp, "http3_protocol_options", &c.http3_protocol_options);
+        let Some(h) = &c.http2_protocol_options else {
+            return None;
+        };
+        let hp = join(pp, "http2_protocol_options");
+        #[allow(deprecated)]
+        let core::Http2ProtocolOptions {
+            hpack_table_size,
+            max_concurrent_streams,
+            initial_stream_window_size,
+            initial_connection_window_size,
+            allow_connect,
+            allow_metadata,
+            max_outbound_frames: _,
+            max_outbound_control_frames: _,
+            max_consecutive_inbound_frames_with_empty_payload: _,
+            max_inbound_priority_frames_per_stream: _,
+            max_inbound_window_update_frames_per_data_frame_sent: _,
+            stream_error_on_invalid_http_messaging,
+            override_stream_error_on_invalid_http_message,
+            custom_settings_parameters,
+            connection_keepalive,
+            use_oghttp2_codec: _,
+        } = h;
+        cx.unsupported(&hp, "hpack_table_size", hpack_table_size);
+        cx.unsupported(&hp, "allow_connect", allow_connect);
+        cx.unsupported(&hp, "allow_metadata", allow_metadata);
+        cx.unsupported(
+            &hp,
+            "stream_error_on_invalid_http_messaging",
+            stream_error_on_invalid_http_messaging,
+        );
+        cx.unsupported(
+            &hp,
+            "override_stream_error_on_invalid_http_message",
+            override_stream_error_on_invalid_http_message,
+        );
+        cx.unsupported(
+            &hp,
+            "custom_settings_parameters",
+            custom_settings_parameters,
+        );
+        cx.unsupported(&hp, "connection_keepalive", connection_keepalive);
+        Some(mc::Http2Options {
+            max_concurrent_streams: max_concurrent_streams.as_ref().map(|v| v.value),
+            initial_stream_window_size: initial_stream_window_size.as_ref().map(|v| v.value),
+            initial_connection_window_size: initial_connection_window_size
+                .as_ref()
+                .map(|v| v.value),
+        })
+    };
+    match (explicit_http_config, use_downstream_protocol_config) {
+        (Some(e), None) => {
+            let ep = join(p, "explicit_http_config");
+            Some(match h2(cx, &ep, e) {
+                Some(o) => mc::UpstreamProtocol::Http2(o),
+                None => mc::UpstreamProtocol::Http1,
+            })
+        }
+        (None, Some(d)) => {
+            let dp = join(p, "use_downstream_protocol_config");
+            Some(mc::UpstreamProtocol::UseDownstream(
+                h2(cx, &dp, d).unwrap_or_default(),
+            ))
+        }
+        (None, None) if auto_config.is_some() => None,
+        _ => {
+            cx.reject(p, Reason::Invalid("exactly one of `explicit_http_config` or `use_downstream_protocol_config` is required".into()));
+            None
+        }
+    }
+}

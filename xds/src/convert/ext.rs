@@ -1,0 +1,294 @@
+//! Envoy messages that `xds-api` 0.2 does not generate, written out by hand with the
+//! tags of the Envoy API protos: the TCP proxy filter, the upstream TLS context and the
+//! upstream HTTP protocol options.
+//!
+//! Sub-messages Myelin does not support are kept as raw bytes (`Option<Vec<u8>>`), so
+//! that setting them is seen (and rejected) rather than dropped; oneof members are plain
+//! optional fields (the same encoding). The serde derives read Envoy-style YAML/JSON
+//! (snake_case keys) for the file source; any value of a raw field counts as "set".
+
+use prost::Message;
+use serde::Deserialize;
+use xds_api::pb::envoy::config::core::v3 as core;
+use xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use xds_api::pb::google::protobuf;
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    serde::de::IgnoredAny::deserialize(d)?;
+    Ok(Some(Vec::new()))
+}
+
+fn present_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+    let v = Vec::<serde::de::IgnoredAny>::deserialize(d)?;
+    Ok(v.iter().map(|_| Vec::new()).collect())
+}
+
+/// `weight` is a plain `uint32` here but a wrapper in route `ClusterWeight`; the JSON
+/// normalizer cannot tell them apart by name, so accept both `3` and `{value: 3}`.
+fn plain_or_wrapped_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum W {
+        Plain(u32),
+        Wrapped { value: u32 },
+    }
+    Ok(match W::deserialize(d)? {
+        W::Plain(v) | W::Wrapped { value: v } => v,
+    })
+}
+
+macro_rules! named {
+    ($t:ty, $pkg:literal, $name:literal) => {
+        impl prost::Name for $t {
+            const NAME: &'static str = $name;
+            const PACKAGE: &'static str = $pkg;
+            fn full_name() -> String {
+                format!("{}.{}", $pkg, $name)
+            }
+            fn type_url() -> String {
+                format!("type.googleapis.com/{}.{}", $pkg, $name)
+            }
+        }
+    };
+}
+
+/// `envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProxy {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub stat_prefix: String,
+    #[prost(string, optional, tag = "2")]
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[prost(message, optional, tag = "10")]
+    #[serde(default)]
+    pub weighted_clusters: Option<TcpWeightedCluster>,
+    #[prost(bytes = "vec", optional, tag = "14")]
+    #[serde(default, deserialize_with = "present")]
+    pub on_demand: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "9")]
+    #[serde(default, deserialize_with = "present")]
+    pub metadata_match: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "8")]
+    #[serde(default)]
+    pub idle_timeout: Option<protobuf::Duration>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    #[serde(default, deserialize_with = "present")]
+    pub downstream_idle_timeout: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub upstream_idle_timeout: Option<Vec<u8>>,
+    /// Ignored (access logs do not change traffic).
+    #[prost(bytes = "vec", repeated, tag = "5")]
+    #[serde(default, deserialize_with = "present_list")]
+    pub access_log: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "7")]
+    #[serde(default, deserialize_with = "present")]
+    pub max_connect_attempts: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "18")]
+    #[serde(default, deserialize_with = "present")]
+    pub backoff_options: Option<Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "11")]
+    #[serde(default, deserialize_with = "present_list")]
+    pub hash_policy: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "12")]
+    #[serde(default, deserialize_with = "present")]
+    pub tunneling_config: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "13")]
+    #[serde(default, deserialize_with = "present")]
+    pub max_downstream_connection_duration: Option<Vec<u8>>,
+    /// Ignored (access log option, deprecated).
+    #[prost(bytes = "vec", optional, tag = "15")]
+    #[serde(default, deserialize_with = "present")]
+    pub access_log_flush_interval: Option<Vec<u8>>,
+    /// Ignored (access log option, deprecated).
+    #[prost(bool, tag = "16")]
+    #[serde(default)]
+    pub flush_access_log_on_connected: bool,
+    /// Ignored (access log options).
+    #[prost(bytes = "vec", optional, tag = "17")]
+    #[serde(default, deserialize_with = "present")]
+    pub access_log_options: Option<Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "19")]
+    #[serde(default, deserialize_with = "present_list")]
+    pub proxy_protocol_tlvs: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "20")]
+    #[serde(default, deserialize_with = "present")]
+    pub max_downstream_connection_duration_jitter_percentage: Option<Vec<u8>>,
+}
+named!(
+    TcpProxy,
+    "envoy.extensions.filters.network.tcp_proxy.v3",
+    "TcpProxy"
+);
+
+/// `TcpProxy.WeightedCluster`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpWeightedCluster {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(default)]
+    pub clusters: Vec<TcpClusterWeight>,
+}
+
+/// `TcpProxy.WeightedCluster.ClusterWeight`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpClusterWeight {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub name: String,
+    #[prost(uint32, tag = "2")]
+    #[serde(default, deserialize_with = "plain_or_wrapped_u32")]
+    pub weight: u32,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    #[serde(default, deserialize_with = "present")]
+    pub metadata_match: Option<Vec<u8>>,
+}
+
+/// `envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsContext {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub common_tls_context: Option<CommonTlsContext>,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub sni: String,
+    #[prost(bool, tag = "3")]
+    #[serde(default)]
+    pub allow_renegotiation: bool,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub max_session_keys: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    #[serde(default, deserialize_with = "present")]
+    pub enforce_rsa_key_usage: Option<Vec<u8>>,
+    #[prost(bool, tag = "6")]
+    #[serde(default)]
+    pub auto_host_sni: bool,
+    #[prost(bool, tag = "7")]
+    #[serde(default)]
+    pub auto_sni_san_validation: bool,
+}
+named!(
+    UpstreamTlsContext,
+    "envoy.extensions.transport_sockets.tls.v3",
+    "UpstreamTlsContext"
+);
+
+/// `envoy.extensions.transport_sockets.tls.v3.CommonTlsContext`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonTlsContext {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    #[serde(default, deserialize_with = "present")]
+    pub tls_params: Option<Vec<u8>>,
+    #[prost(message, repeated, tag = "2")]
+    #[serde(default)]
+    pub tls_certificates: Vec<tls::TlsCertificate>,
+    #[prost(message, repeated, tag = "6")]
+    #[serde(default)]
+    pub tls_certificate_sds_secret_configs: Vec<tls::SdsSecretConfig>,
+    #[prost(bytes = "vec", optional, tag = "14")]
+    #[serde(default, deserialize_with = "present")]
+    pub tls_certificate_provider_instance: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "9")]
+    #[serde(default, deserialize_with = "present")]
+    pub tls_certificate_certificate_provider: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "11")]
+    #[serde(default, deserialize_with = "present")]
+    pub tls_certificate_certificate_provider_instance: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub validation_context: Option<tls::CertificateValidationContext>,
+    #[prost(message, optional, tag = "7")]
+    #[serde(default)]
+    pub validation_context_sds_secret_config: Option<tls::SdsSecretConfig>,
+    #[prost(message, optional, tag = "8")]
+    #[serde(default)]
+    pub combined_validation_context: Option<CombinedValidationContext>,
+    #[prost(bytes = "vec", optional, tag = "10")]
+    #[serde(default, deserialize_with = "present")]
+    pub validation_context_certificate_provider: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "12")]
+    #[serde(default, deserialize_with = "present")]
+    pub validation_context_certificate_provider_instance: Option<Vec<u8>>,
+    #[prost(string, repeated, tag = "4")]
+    #[serde(default)]
+    pub alpn_protocols: Vec<String>,
+    #[prost(bytes = "vec", optional, tag = "13")]
+    #[serde(default, deserialize_with = "present")]
+    pub custom_handshaker: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "15")]
+    #[serde(default, deserialize_with = "present")]
+    pub key_log: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "16")]
+    #[serde(default, deserialize_with = "present")]
+    pub custom_tls_certificate_selector: Option<Vec<u8>>,
+}
+
+/// `CommonTlsContext.CombinedCertificateValidationContext`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CombinedValidationContext {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub default_validation_context: Option<tls::CertificateValidationContext>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub validation_context_sds_secret_config: Option<tls::SdsSecretConfig>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    #[serde(default, deserialize_with = "present")]
+    pub validation_context_certificate_provider: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub validation_context_certificate_provider_instance: Option<Vec<u8>>,
+}
+
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamHttpProtocolOptions {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub common_http_protocol_options: Option<core::HttpProtocolOptions>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    #[serde(default, deserialize_with = "present")]
+    pub upstream_http_protocol_options: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub explicit_http_config: Option<ProtocolConfig>,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub use_downstream_protocol_config: Option<ProtocolConfig>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    #[serde(default, deserialize_with = "present")]
+    pub auto_config: Option<Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    #[serde(default, deserialize_with = "present_list")]
+    pub http_filters: Vec<Vec<u8>>,
+}
+named!(
+    UpstreamHttpProtocolOptions,
+    "envoy.extensions.upstreams.http.v3",
+    "HttpProtocolOptions"
+);
+
+/// `ExplicitHttpConfig` / `UseDownstreamHttpConfig` (same tags).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolConfig {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub http_protocol_options: Option<core::Http1ProtocolOptions>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub http2_protocol_options: Option<core::Http2ProtocolOptions>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    #[serde(default, deserialize_with = "present")]
+    pub http3_protocol_options: Option<Vec<u8>>,
+}

@@ -1,0 +1,769 @@
+//! Listener -> [`model::Listener`], with the HTTP connection manager and TCP proxy filters.
+
+use std::net::{IpAddr, SocketAddr};
+
+use myelin_proxy::model::{self, listener as ml};
+use xds_api::pb::envoy::config::core::v3 as core;
+use xds_api::pb::envoy::config::listener::v3 as pb;
+use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use xds_api::pb::google::protobuf;
+
+use super::{ext, idx, join, route, Cx, Reason, Rejection};
+
+const HCM_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const ROUTER_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+/// Listener filters whose work Myelin does itself (TLS and HTTP sniffing, original
+/// destination from the eBPF map): accepted as no-ops.
+const BUILTIN_LISTENER_FILTERS: &[&str] = &[
+    "envoy.filters.listener.tls_inspector",
+    "envoy.filters.listener.http_inspector",
+    "envoy.filters.listener.original_dst",
+];
+
+/// Converts a listener (LDS resource).
+#[allow(deprecated)]
+pub fn listener(l: &pb::Listener) -> Result<model::Listener, Vec<Rejection>> {
+    let mut cx = Cx::default();
+    let p = "";
+    let pb::Listener {
+        name,
+        address,
+        additional_addresses,
+        stat_prefix: _,
+        filter_chains,
+        filter_chain_matcher,
+        use_original_dst,
+        default_filter_chain,
+        per_connection_buffer_limit_bytes: _,
+        metadata: _,
+        deprecated_v1,
+        drain_type: _,
+        listener_filters,
+        listener_filters_timeout: _,
+        continue_on_listener_filters_timeout: _,
+        transparent,
+        freebind,
+        socket_options,
+        tcp_fast_open_queue_length,
+        traffic_direction: _,
+        udp_listener_config,
+        api_listener,
+        connection_balance_config: _,
+        reuse_port: _,
+        enable_reuse_port: _,
+        access_log: _,
+        tcp_backlog_size: _,
+        max_connections_to_accept_per_socket_event: _,
+        bind_to_port,
+        enable_mptcp,
+        ignore_global_conn_limit: _,
+        bypass_overload_manager: _,
+        listener_specifier,
+    } = l;
+    if name.is_empty() {
+        cx.reject("name", Reason::Missing);
+    }
+    if use_original_dst.is_some() {
+        cx.reject(
+            "use_original_dst",
+            Reason::Deprecated {
+                field: "use_original_dst",
+                instead: "Myelin hands captured connections to the listener on their original destination already; remove it",
+            },
+        );
+    }
+    if deprecated_v1.is_some() {
+        cx.reject(
+            "deprecated_v1",
+            Reason::Deprecated {
+                field: "deprecated_v1",
+                instead: "remove it (v1 listener options have no v3 meaning)",
+            },
+        );
+    }
+    cx.unsupported(p, "additional_addresses", additional_addresses);
+    cx.unsupported(p, "filter_chain_matcher", filter_chain_matcher);
+    cx.unsupported(p, "transparent", transparent);
+    cx.unsupported(p, "freebind", freebind);
+    cx.unsupported(p, "socket_options", socket_options);
+    cx.unsupported(p, "tcp_fast_open_queue_length", tcp_fast_open_queue_length);
+    cx.unsupported(p, "udp_listener_config", udp_listener_config);
+    cx.unsupported(p, "api_listener", api_listener);
+    cx.unsupported(p, "enable_mptcp", enable_mptcp);
+    cx.unsupported(p, "internal_listener", listener_specifier);
+    for (i, f) in listener_filters.iter().enumerate() {
+        if !BUILTIN_LISTENER_FILTERS.contains(&f.name.as_str()) {
+            cx.reject(
+                idx(p, "listener_filters", i),
+                Reason::UnsupportedValue(format!("listener filter `{}`", f.name)),
+            );
+        }
+    }
+    let address = match address {
+        Some(a) => socket_address(&mut cx, "address", a),
+        None => {
+            cx.reject("address", Reason::Missing);
+            None
+        }
+    };
+    let chains: Vec<_> = filter_chains
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| filter_chain(&mut cx, &idx(p, "filter_chains", i), c))
+        .collect();
+    let default_filter_chain = default_filter_chain
+        .as_ref()
+        .and_then(|c| filter_chain(&mut cx, "default_filter_chain", c));
+    if filter_chains.is_empty() && default_filter_chain.is_none() {
+        cx.reject(
+            "filter_chains",
+            Reason::Invalid("a listener needs at least one filter chain".into()),
+        );
+    }
+    let Some(address) = address else {
+        return Err(cx.errs);
+    };
+    cx.finish(model::Listener {
+        name: name.clone(),
+        address,
+        bind_to_port: bind_to_port.as_ref().is_none_or(|b| b.value),
+        filter_chains: chains,
+        default_filter_chain,
+    })
+}
+
+/// A TCP socket address with an IP literal and a port.
+pub(crate) fn socket_address(cx: &mut Cx, path: &str, a: &core::Address) -> Option<SocketAddr> {
+    use core::address::Address as A;
+    use core::socket_address::PortSpecifier as P;
+    match &a.address {
+        Some(A::SocketAddress(s)) => {
+            let p = join(path, "socket_address");
+            let core::SocketAddress {
+                protocol,
+                address,
+                resolver_name,
+                ipv4_compat,
+                port_specifier,
+            } = s;
+            if *protocol != core::socket_address::Protocol::Tcp as i32 {
+                cx.reject(join(&p, "protocol"), Reason::UnsupportedValue("UDP".into()));
+            }
+            cx.unsupported(&p, "resolver_name", resolver_name);
+            cx.unsupported(&p, "ipv4_compat", ipv4_compat);
+            let ip = match address.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    cx.reject(
+                        join(&p, "address"),
+                        Reason::Invalid(format!("`{address}` is not an IP address")),
+                    );
+                    None
+                }
+            };
+            let port = match port_specifier {
+                Some(P::PortValue(v)) => cx.u16(&join(&p, "port_value"), *v, "port"),
+                Some(P::NamedPort(_)) => {
+                    cx.reject(join(&p, "named_port"), Reason::NotSupported);
+                    None
+                }
+                None => {
+                    cx.reject(join(&p, "port_value"), Reason::Missing);
+                    None
+                }
+            };
+            Some(SocketAddr::new(ip?, port?))
+        }
+        Some(A::Pipe(_)) => {
+            cx.reject(join(path, "pipe"), Reason::NotSupported);
+            None
+        }
+        Some(A::EnvoyInternalAddress(_)) => {
+            cx.reject(join(path, "envoy_internal_address"), Reason::NotSupported);
+            None
+        }
+        None => {
+            cx.reject(path, Reason::Missing);
+            None
+        }
+    }
+}
+
+#[allow(deprecated)]
+fn filter_chain(cx: &mut Cx, p: &str, c: &pb::FilterChain) -> Option<ml::FilterChain> {
+    let pb::FilterChain {
+        filter_chain_match,
+        filters,
+        use_proxy_proto,
+        metadata: _,
+        transport_socket,
+        transport_socket_connect_timeout: _,
+        name,
+        on_demand_configuration,
+    } = c;
+    if use_proxy_proto.is_some() {
+        cx.reject(
+            join(p, "use_proxy_proto"),
+            Reason::Deprecated {
+                field: "use_proxy_proto",
+                instead: "PROXY protocol is not supported either way",
+            },
+        );
+    }
+    cx.unsupported(p, "transport_socket", transport_socket);
+    cx.unsupported(p, "on_demand_configuration", on_demand_configuration);
+    let m = filter_chain_match
+        .as_ref()
+        .map(|m| chain_match(cx, &join(p, "filter_chain_match"), m))
+        .unwrap_or_default();
+    let mut terminal = None;
+    for (i, f) in filters.iter().enumerate() {
+        let fp = idx(p, "filters", i);
+        let converted = network_filter(cx, &fp, f);
+        if i + 1 < filters.len() {
+            // Only terminal filters are supported, so anything before the last is extra.
+            if converted.is_some() {
+                cx.reject(
+                    fp,
+                    Reason::Invalid(format!(
+                        "`{}` is terminal and must be the last filter",
+                        f.name
+                    )),
+                );
+            }
+        } else {
+            terminal = converted;
+        }
+    }
+    if filters.is_empty() {
+        cx.reject(join(p, "filters"), Reason::Missing);
+    }
+    Some(ml::FilterChain {
+        name: name.clone(),
+        filter_chain_match: m,
+        filter: terminal?,
+    })
+}
+
+fn chain_match(cx: &mut Cx, p: &str, m: &pb::FilterChainMatch) -> ml::FilterChainMatch {
+    let pb::FilterChainMatch {
+        destination_port,
+        prefix_ranges,
+        address_suffix,
+        suffix_len,
+        direct_source_prefix_ranges,
+        source_type,
+        source_prefix_ranges,
+        source_ports,
+        server_names,
+        transport_protocol,
+        application_protocols,
+    } = m;
+    cx.unsupported(p, "address_suffix", address_suffix);
+    cx.unsupported(p, "suffix_len", suffix_len);
+    cx.unsupported(
+        p,
+        "direct_source_prefix_ranges",
+        direct_source_prefix_ranges,
+    );
+    cx.unsupported(p, "source_type", source_type);
+    cx.unsupported(p, "source_prefix_ranges", source_prefix_ranges);
+    cx.unsupported(p, "source_ports", source_ports);
+    let destination_port = destination_port
+        .as_ref()
+        .and_then(|v| cx.u16(&join(p, "destination_port"), v.value, "port"));
+    let prefix_ranges = prefix_ranges
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| cidr(cx, &idx(p, "prefix_ranges", i), r))
+        .collect();
+    if !matches!(transport_protocol.as_str(), "" | "raw_buffer" | "tls") {
+        cx.reject(
+            join(p, "transport_protocol"),
+            Reason::UnsupportedValue(format!("`{transport_protocol}`")),
+        );
+    }
+    ml::FilterChainMatch {
+        destination_port,
+        prefix_ranges,
+        server_names: server_names
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
+        transport_protocol: (!transport_protocol.is_empty()).then(|| transport_protocol.clone()),
+        application_protocols: application_protocols.clone(),
+    }
+}
+
+pub(crate) fn cidr(cx: &mut Cx, p: &str, r: &core::CidrRange) -> Option<ml::CidrRange> {
+    let address = match r.address_prefix.parse::<IpAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            cx.reject(
+                join(p, "address_prefix"),
+                Reason::Invalid(format!("`{}` is not an IP address", r.address_prefix)),
+            );
+            return None;
+        }
+    };
+    let len = r.prefix_len.as_ref().map_or(0, |v| v.value);
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        cx.reject(
+            join(p, "prefix_len"),
+            Reason::Invalid(format!("{len} is longer than the address ({max} bits)")),
+        );
+        return None;
+    }
+    Some(ml::CidrRange {
+        address,
+        prefix_len: len as u8,
+    })
+}
+
+fn typed_config<'a>(
+    cx: &mut Cx,
+    p: &str,
+    ct: &'a Option<pb::filter::ConfigType>,
+) -> Option<&'a protobuf::Any> {
+    match ct {
+        Some(pb::filter::ConfigType::TypedConfig(any)) => Some(any),
+        Some(pb::filter::ConfigType::ConfigDiscovery(_)) => {
+            cx.reject(join(p, "config_discovery"), Reason::NotSupported);
+            None
+        }
+        None => {
+            cx.reject(join(p, "typed_config"), Reason::Missing);
+            None
+        }
+    }
+}
+
+fn network_filter(cx: &mut Cx, p: &str, f: &pb::Filter) -> Option<ml::NetworkFilter> {
+    let any = typed_config(cx, p, &f.config_type)?;
+    let tp = join(p, "typed_config");
+    match any.type_url.as_str() {
+        HCM_URL => {
+            let m: hcm::HttpConnectionManager = cx.decode(&tp, HCM_URL, &any.value)?;
+            http_connection_manager(cx, &tp, &m).map(ml::NetworkFilter::HttpConnectionManager)
+        }
+        TCP_PROXY_URL => {
+            let m: ext::TcpProxy = cx.decode(&tp, TCP_PROXY_URL, &any.value)?;
+            tcp_proxy(cx, &tp, &m).map(ml::NetworkFilter::TcpProxy)
+        }
+        other => {
+            cx.reject(
+                tp,
+                Reason::UnsupportedValue(format!("network filter `{}` (type `{other}`)", f.name)),
+            );
+            None
+        }
+    }
+}
+
+#[allow(deprecated)]
+fn http_connection_manager(
+    cx: &mut Cx,
+    p: &str,
+    m: &hcm::HttpConnectionManager,
+) -> Option<ml::HttpConnectionManager> {
+    use hcm::http_connection_manager::RouteSpecifier as R;
+    let hcm::HttpConnectionManager {
+        codec_type,
+        stat_prefix,
+        http_filters,
+        add_user_agent,
+        tracing: _,
+        common_http_protocol_options,
+        http_protocol_options,
+        http2_protocol_options,
+        http3_protocol_options,
+        server_name,
+        server_header_transformation,
+        scheme_header_transformation,
+        max_request_headers_kb,
+        stream_idle_timeout,
+        request_timeout,
+        request_headers_timeout,
+        drain_timeout: _,
+        delayed_close_timeout: _,
+        access_log: _,
+        access_log_flush_interval: _,
+        flush_access_log_on_new_request: _,
+        access_log_options: _,
+        use_remote_address,
+        xff_num_trusted_hops,
+        original_ip_detection_extensions,
+        early_header_mutation_extensions,
+        internal_address_config,
+        skip_xff_append,
+        via,
+        generate_request_id,
+        preserve_external_request_id,
+        always_set_request_id_in_response,
+        forward_client_cert_details,
+        set_current_client_cert_details,
+        proxy_100_continue,
+        represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+        upgrade_configs,
+        normalize_path,
+        merge_slashes,
+        path_with_escaped_slashes_action,
+        request_id_extension,
+        local_reply_config,
+        strip_matching_host_port,
+        stream_error_on_invalid_http_message,
+        path_normalization_options,
+        strip_trailing_host_dot,
+        proxy_status_config,
+        typed_header_validation_config,
+        append_x_forwarded_port,
+        append_local_overload,
+        add_proxy_protocol_connection_state,
+        route_specifier,
+        strip_port_mode,
+    } = m;
+    if *codec_type != hcm::http_connection_manager::CodecType::Auto as i32 {
+        cx.reject(
+            join(p, "codec_type"),
+            Reason::UnsupportedValue(format!(
+                "{} (Myelin detects the protocol; use AUTO)",
+                hcm::http_connection_manager::CodecType::try_from(*codec_type)
+                    .map(|c| c.as_str_name())
+                    .unwrap_or("an unknown codec")
+            )),
+        );
+    }
+    for (field, set) in [
+        ("add_user_agent", add_user_agent.is_some()),
+        ("http_protocol_options", http_protocol_options.is_some()),
+        ("http2_protocol_options", http2_protocol_options.is_some()),
+        ("http3_protocol_options", http3_protocol_options.is_some()),
+        ("server_name", !server_name.is_empty()),
+        (
+            "server_header_transformation",
+            *server_header_transformation != 0,
+        ),
+        (
+            "scheme_header_transformation",
+            scheme_header_transformation.is_some(),
+        ),
+        ("max_request_headers_kb", max_request_headers_kb.is_some()),
+        ("request_headers_timeout", request_headers_timeout.is_some()),
+        ("use_remote_address", use_remote_address.is_some()),
+        ("xff_num_trusted_hops", *xff_num_trusted_hops != 0),
+        (
+            "original_ip_detection_extensions",
+            !original_ip_detection_extensions.is_empty(),
+        ),
+        (
+            "early_header_mutation_extensions",
+            !early_header_mutation_extensions.is_empty(),
+        ),
+        ("internal_address_config", internal_address_config.is_some()),
+        ("skip_xff_append", *skip_xff_append),
+        ("via", !via.is_empty()),
+        ("generate_request_id", generate_request_id.is_some()),
+        (
+            "preserve_external_request_id",
+            *preserve_external_request_id,
+        ),
+        (
+            "always_set_request_id_in_response",
+            *always_set_request_id_in_response,
+        ),
+        (
+            "forward_client_cert_details",
+            *forward_client_cert_details != 0,
+        ),
+        (
+            "set_current_client_cert_details",
+            set_current_client_cert_details.is_some(),
+        ),
+        ("proxy_100_continue", *proxy_100_continue),
+        (
+            "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+            *represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+        ),
+        ("upgrade_configs", !upgrade_configs.is_empty()),
+        ("normalize_path", normalize_path.is_some()),
+        ("merge_slashes", *merge_slashes),
+        (
+            "path_with_escaped_slashes_action",
+            *path_with_escaped_slashes_action != 0,
+        ),
+        ("request_id_extension", request_id_extension.is_some()),
+        ("local_reply_config", local_reply_config.is_some()),
+        ("strip_matching_host_port", *strip_matching_host_port),
+        (
+            "stream_error_on_invalid_http_message",
+            stream_error_on_invalid_http_message.is_some(),
+        ),
+        (
+            "path_normalization_options",
+            path_normalization_options.is_some(),
+        ),
+        ("strip_trailing_host_dot", *strip_trailing_host_dot),
+        ("proxy_status_config", proxy_status_config.is_some()),
+        (
+            "typed_header_validation_config",
+            typed_header_validation_config.is_some(),
+        ),
+        ("append_x_forwarded_port", *append_x_forwarded_port),
+        ("append_local_overload", *append_local_overload),
+        (
+            "add_proxy_protocol_connection_state",
+            add_proxy_protocol_connection_state.is_some(),
+        ),
+        ("strip_any_host_port", strip_port_mode.is_some()),
+    ] {
+        if set {
+            cx.reject(join(p, field), Reason::NotSupported);
+        }
+    }
+    // HTTP filters: the router last; optional filters Myelin lacks may be skipped (that
+    // is what `is_optional` means); any other filter is rejected by name.
+    let fp = |i| idx(p, "http_filters", i);
+    match http_filters.split_last() {
+        None => cx.reject(
+            join(p, "http_filters"),
+            Reason::Invalid("the router filter is required".into()),
+        ),
+        Some((last, rest)) => {
+            for (i, f) in rest.iter().enumerate() {
+                if !f.is_optional {
+                    cx.reject(
+                        fp(i),
+                        Reason::UnsupportedValue(format!("HTTP filter `{}`", f.name)),
+                    );
+                }
+            }
+            router_filter(cx, &fp(rest.len()), last);
+        }
+    }
+    let idle_timeout = match common_http_protocol_options {
+        None => Some(ml::DEFAULT_IDLE_TIMEOUT),
+        Some(o) => {
+            let cp = join(p, "common_http_protocol_options");
+            let core::HttpProtocolOptions {
+                idle_timeout,
+                max_connection_duration,
+                max_headers_count,
+                max_stream_duration,
+                headers_with_underscores_action,
+                max_requests_per_connection,
+            } = o;
+            cx.unsupported(&cp, "max_connection_duration", max_connection_duration);
+            cx.unsupported(&cp, "max_headers_count", max_headers_count);
+            cx.unsupported(&cp, "max_stream_duration", max_stream_duration);
+            cx.unsupported(
+                &cp,
+                "headers_with_underscores_action",
+                headers_with_underscores_action,
+            );
+            cx.unsupported(
+                &cp,
+                "max_requests_per_connection",
+                max_requests_per_connection,
+            );
+            cx.timeout(
+                &join(&cp, "idle_timeout"),
+                idle_timeout,
+                Some(ml::DEFAULT_IDLE_TIMEOUT),
+            )
+        }
+    };
+    let route = match route_specifier {
+        Some(R::Rds(hcm::Rds {
+            config_source: _,
+            route_config_name,
+        })) => {
+            if route_config_name.is_empty() {
+                cx.reject(join(p, "rds.route_config_name"), Reason::Missing);
+                return None;
+            }
+            ml::RouteSource::Rds(route_config_name.clone())
+        }
+        Some(R::RouteConfig(rc)) => {
+            let rp = join(p, "route_config");
+            match route::route_configuration(rc) {
+                Ok(rc) => ml::RouteSource::Inline(rc),
+                Err(errs) => {
+                    cx.errs.extend(errs.into_iter().map(|e| e.prefixed(&rp)));
+                    return None;
+                }
+            }
+        }
+        Some(R::ScopedRoutes(_)) => {
+            cx.reject(join(p, "scoped_routes"), Reason::NotSupported);
+            return None;
+        }
+        None => {
+            cx.reject(
+                join(p, "rds"),
+                Reason::Invalid("one of `rds` or `route_config` is required".into()),
+            );
+            return None;
+        }
+    };
+    Some(ml::HttpConnectionManager {
+        stat_prefix: stat_prefix.clone(),
+        route,
+        request_timeout: cx.timeout(&join(p, "request_timeout"), request_timeout, None),
+        stream_idle_timeout: cx.timeout(
+            &join(p, "stream_idle_timeout"),
+            stream_idle_timeout,
+            Some(ml::DEFAULT_STREAM_IDLE_TIMEOUT),
+        ),
+        idle_timeout,
+    })
+}
+
+fn router_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) {
+    use hcm::http_filter::ConfigType as C;
+    let hcm::HttpFilter {
+        name,
+        is_optional: _,
+        disabled,
+        config_type,
+    } = f;
+    cx.unsupported(p, "disabled", disabled);
+    match config_type {
+        // The name alone selects the router (Envoy still accepts this form).
+        None if name == "envoy.filters.http.router" => {}
+        None => cx.reject(
+            p,
+            Reason::UnsupportedValue(format!(
+                "HTTP filter `{name}` as the last filter (the router must be last)"
+            )),
+        ),
+        Some(C::TypedConfig(any)) if any.type_url == ROUTER_URL => {
+            let tp = join(p, "typed_config");
+            if let Some(r) = cx
+                .decode::<xds_api::pb::envoy::extensions::filters::http::router::v3::Router>(
+                    &tp, ROUTER_URL, &any.value,
+                )
+            {
+                #[allow(deprecated)]
+                let xds_api::pb::envoy::extensions::filters::http::router::v3::Router {
+                    dynamic_stats: _,
+                    start_child_span: _,
+                    upstream_log: _,
+                    upstream_log_options: _,
+                    suppress_envoy_headers,
+                    strict_check_headers,
+                    respect_expected_rq_timeout,
+                    suppress_grpc_request_failure_code_stats: _,
+                    upstream_http_filters,
+                } = r;
+                cx.unsupported(&tp, "suppress_envoy_headers", &suppress_envoy_headers);
+                cx.unsupported(&tp, "strict_check_headers", &strict_check_headers);
+                cx.unsupported(
+                    &tp,
+                    "respect_expected_rq_timeout",
+                    &respect_expected_rq_timeout,
+                );
+                cx.unsupported(&tp, "upstream_http_filters", &upstream_http_filters);
+            }
+        }
+        Some(C::TypedConfig(any)) => cx.reject(
+            join(p, "typed_config"),
+            Reason::UnsupportedValue(format!(
+                "HTTP filter `{name}` (type `{}`) as the last filter (the router must be last)",
+                any.type_url
+            )),
+        ),
+        Some(C::ConfigDiscovery(_)) => cx.reject(join(p, "config_discovery"), Reason::NotSupported),
+    }
+}
+
+fn tcp_proxy(cx: &mut Cx, p: &str, t: &ext::TcpProxy) -> Option<ml::TcpProxy> {
+    let ext::TcpProxy {
+        stat_prefix,
+        cluster,
+        weighted_clusters,
+        on_demand,
+        metadata_match,
+        idle_timeout,
+        downstream_idle_timeout,
+        upstream_idle_timeout,
+        access_log: _,
+        max_connect_attempts,
+        backoff_options,
+        hash_policy,
+        tunneling_config,
+        max_downstream_connection_duration,
+        access_log_flush_interval: _,
+        flush_access_log_on_connected: _,
+        access_log_options: _,
+        proxy_protocol_tlvs,
+        max_downstream_connection_duration_jitter_percentage,
+    } = t;
+    cx.unsupported(p, "on_demand", on_demand);
+    cx.unsupported(p, "metadata_match", metadata_match);
+    cx.unsupported(p, "downstream_idle_timeout", downstream_idle_timeout);
+    cx.unsupported(p, "upstream_idle_timeout", upstream_idle_timeout);
+    cx.unsupported(p, "max_connect_attempts", max_connect_attempts);
+    cx.unsupported(p, "backoff_options", backoff_options);
+    cx.unsupported(p, "hash_policy", hash_policy);
+    cx.unsupported(p, "tunneling_config", tunneling_config);
+    cx.unsupported(
+        p,
+        "max_downstream_connection_duration",
+        max_downstream_connection_duration,
+    );
+    cx.unsupported(p, "proxy_protocol_tlvs", proxy_protocol_tlvs);
+    cx.unsupported(
+        p,
+        "max_downstream_connection_duration_jitter_percentage",
+        max_downstream_connection_duration_jitter_percentage,
+    );
+    let cluster = match (cluster, weighted_clusters) {
+        (Some(c), None) if !c.is_empty() => ml::TcpCluster::Cluster(c.clone()),
+        (None, Some(w)) => {
+            let wp = join(p, "weighted_clusters");
+            let mut out = Vec::new();
+            for (i, c) in w.clusters.iter().enumerate() {
+                let cp = idx(&wp, "clusters", i);
+                cx.unsupported(&cp, "metadata_match", &c.metadata_match);
+                if c.name.is_empty() {
+                    cx.reject(join(&cp, "name"), Reason::Missing);
+                }
+                if c.weight == 0 {
+                    cx.reject(
+                        join(&cp, "weight"),
+                        Reason::Invalid("must be at least 1".into()),
+                    );
+                }
+                out.push(ml::WeightedCluster {
+                    name: c.name.clone(),
+                    weight: c.weight,
+                });
+            }
+            if out.is_empty() {
+                cx.reject(join(&wp, "clusters"), Reason::Missing);
+            }
+            ml::TcpCluster::Weighted(out)
+        }
+        _ => {
+            cx.reject(
+                join(p, "cluster"),
+                Reason::Invalid(
+                    "exactly one of `cluster` or `weighted_clusters` is required".into(),
+                ),
+            );
+            return None;
+        }
+    };
+    Some(ml::TcpProxy {
+        stat_prefix: stat_prefix.clone(),
+        cluster,
+        idle_timeout: cx.timeout(
+            &join(p, "idle_timeout"),
+            idle_timeout,
+            Some(ml::DEFAULT_IDLE_TIMEOUT),
+        ),
+    })
+}

@@ -1,0 +1,873 @@
+//! RouteConfiguration -> [`model::RouteConfiguration`].
+
+use myelin_proxy::model::{self, listener::WeightedCluster, route as mr};
+use xds_api::pb::envoy::config::route::v3 as pb;
+
+use super::common::{header_value_options, regex_matcher, string_matcher};
+use super::{idx, join, Cx, Reason, Rejection};
+
+/// `retry_on` conditions Envoy's router knows (HTTP and gRPC).
+const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// Converts a route table (RDS resource, or a connection manager's inline `route_config`).
+pub fn route_configuration(
+    rc: &pb::RouteConfiguration,
+) -> Result<model::RouteConfiguration, Vec<Rejection>> {
+    let mut cx = Cx::default();
+    let p = "";
+    let pb::RouteConfiguration {
+        name,
+        virtual_hosts,
+        vhds,
+        internal_only_headers,
+        response_headers_to_add,
+        response_headers_to_remove,
+        request_headers_to_add,
+        request_headers_to_remove,
+        most_specific_header_mutations_wins,
+        validate_clusters: _,
+        max_direct_response_body_size_bytes: _,
+        cluster_specifier_plugins,
+        request_mirror_policies,
+        ignore_port_in_host_matching,
+        ignore_path_parameters_in_path_matching,
+        typed_per_filter_config,
+        metadata: _,
+    } = rc;
+    cx.unsupported(p, "vhds", vhds);
+    cx.unsupported(p, "internal_only_headers", internal_only_headers);
+    cx.unsupported(
+        p,
+        "most_specific_header_mutations_wins",
+        most_specific_header_mutations_wins,
+    );
+    cx.unsupported(p, "cluster_specifier_plugins", cluster_specifier_plugins);
+    cx.unsupported(p, "request_mirror_policies", request_mirror_policies);
+    cx.unsupported(
+        p,
+        "ignore_port_in_host_matching",
+        ignore_port_in_host_matching,
+    );
+    cx.unsupported(
+        p,
+        "ignore_path_parameters_in_path_matching",
+        ignore_path_parameters_in_path_matching,
+    );
+    cx.unsupported(p, "typed_per_filter_config", typed_per_filter_config);
+    let headers = mr::HeaderMutation {
+        request_headers_to_add: header_value_options(
+            &mut cx,
+            p,
+            "request_headers_to_add",
+            request_headers_to_add,
+        ),
+        request_headers_to_remove: lower(request_headers_to_remove),
+        response_headers_to_add: header_value_options(
+            &mut cx,
+            p,
+            "response_headers_to_add",
+            response_headers_to_add,
+        ),
+        response_headers_to_remove: lower(response_headers_to_remove),
+    };
+    let virtual_hosts = virtual_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, v)| virtual_host(&mut cx, &idx(p, "virtual_hosts", i), v))
+        .collect();
+    cx.finish(model::RouteConfiguration {
+        name: name.clone(),
+        virtual_hosts,
+        headers,
+    })
+}
+
+fn lower(v: &[String]) -> Vec<String> {
+    v.iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
+#[allow(deprecated)]
+fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
+    let pb::VirtualHost {
+        name,
+        domains,
+        routes,
+        matcher,
+        require_tls,
+        virtual_clusters,
+        rate_limits,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        cors,
+        typed_per_filter_config,
+        include_request_attempt_count,
+        include_attempt_count_in_response,
+        retry_policy,
+        retry_policy_typed_config,
+        hedge_policy,
+        include_is_timeout_retry_header,
+        per_request_buffer_limit_bytes: _,
+        request_mirror_policies,
+        metadata: _,
+    } = v;
+    cx.unsupported(p, "matcher", matcher);
+    cx.unsupported(p, "require_tls", require_tls);
+    cx.unsupported(p, "virtual_clusters", virtual_clusters);
+    cx.unsupported(p, "rate_limits", rate_limits);
+    cx.unsupported(p, "cors", cors);
+    cx.unsupported(p, "typed_per_filter_config", typed_per_filter_config);
+    cx.unsupported(
+        p,
+        "include_request_attempt_count",
+        include_request_attempt_count,
+    );
+    cx.unsupported(
+        p,
+        "include_attempt_count_in_response",
+        include_attempt_count_in_response,
+    );
+    cx.unsupported(p, "retry_policy_typed_config", retry_policy_typed_config);
+    cx.unsupported(p, "hedge_policy", hedge_policy);
+    cx.unsupported(
+        p,
+        "include_is_timeout_retry_header",
+        include_is_timeout_retry_header,
+    );
+    cx.unsupported(p, "request_mirror_policies", request_mirror_policies);
+    if domains.is_empty() {
+        cx.reject(join(p, "domains"), Reason::Missing);
+    }
+    let domains = domains
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let m = mr::DomainMatch::parse(d);
+            if m.is_none() {
+                cx.reject(
+                    idx(p, "domains", i),
+                    Reason::Invalid(format!(
+                        "`{d}` is not a domain pattern (a `*` may only begin or end it)"
+                    )),
+                );
+            }
+            m
+        })
+        .collect();
+    let headers = mr::HeaderMutation {
+        request_headers_to_add: header_value_options(
+            cx,
+            p,
+            "request_headers_to_add",
+            request_headers_to_add,
+        ),
+        request_headers_to_remove: lower(request_headers_to_remove),
+        response_headers_to_add: header_value_options(
+            cx,
+            p,
+            "response_headers_to_add",
+            response_headers_to_add,
+        ),
+        response_headers_to_remove: lower(response_headers_to_remove),
+    };
+    mr::VirtualHost {
+        name: name.clone(),
+        domains,
+        routes: routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| route(cx, &idx(p, "routes", i), r))
+            .collect(),
+        retry_policy: retry_policy
+            .as_ref()
+            .and_then(|r| self::retry_policy(cx, &join(p, "retry_policy"), r)),
+        headers,
+    }
+}
+
+fn route(cx: &mut Cx, p: &str, r: &pb::Route) -> Option<mr::Route> {
+    use pb::route::Action as A;
+    let pb::Route {
+        name,
+        r#match,
+        metadata: _,
+        decorator: _,
+        typed_per_filter_config,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        tracing: _,
+        per_request_buffer_limit_bytes: _,
+        stat_prefix: _,
+        action,
+    } = r;
+    cx.unsupported(p, "typed_per_filter_config", typed_per_filter_config);
+    let headers = mr::HeaderMutation {
+        request_headers_to_add: header_value_options(
+            cx,
+            p,
+            "request_headers_to_add",
+            request_headers_to_add,
+        ),
+        request_headers_to_remove: lower(request_headers_to_remove),
+        response_headers_to_add: header_value_options(
+            cx,
+            p,
+            "response_headers_to_add",
+            response_headers_to_add,
+        ),
+        response_headers_to_remove: lower(response_headers_to_remove),
+    };
+    let route_match = match r#match {
+        Some(m) => route_match(cx, &join(p, "match"), m),
+        None => {
+            cx.reject(join(p, "match"), Reason::Missing);
+            None
+        }
+    };
+    let action = match action {
+        Some(A::Route(a)) => route_action(cx, &join(p, "route"), a).map(mr::Action::Route),
+        Some(A::Redirect(r)) => redirect(cx, &join(p, "redirect"), r).map(mr::Action::Redirect),
+        Some(A::DirectResponse(d)) => {
+            direct_response(cx, &join(p, "direct_response"), d).map(mr::Action::DirectResponse)
+        }
+        Some(A::FilterAction(_)) => {
+            cx.reject(join(p, "filter_action"), Reason::NotSupported);
+            None
+        }
+        Some(A::NonForwardingAction(_)) => {
+            cx.reject(join(p, "non_forwarding_action"), Reason::NotSupported);
+            None
+        }
+        None => {
+            cx.reject(
+                join(p, "route"),
+                Reason::Invalid(
+                    "one of `route`, `redirect` or `direct_response` is required".into(),
+                ),
+            );
+            None
+        }
+    };
+    Some(mr::Route {
+        name: name.clone(),
+        route_match: route_match?,
+        action: action?,
+        headers,
+    })
+}
+
+fn route_match(cx: &mut Cx, p: &str, m: &pb::RouteMatch) -> Option<mr::RouteMatch> {
+    use pb::route_match::PathSpecifier as P;
+    let pb::RouteMatch {
+        case_sensitive,
+        runtime_fraction,
+        headers,
+        query_parameters,
+        grpc,
+        tls_context,
+        dynamic_metadata,
+        path_specifier,
+    } = m;
+    cx.unsupported(p, "runtime_fraction", runtime_fraction);
+    cx.unsupported(p, "grpc", grpc);
+    cx.unsupported(p, "tls_context", tls_context);
+    cx.unsupported(p, "dynamic_metadata", dynamic_metadata);
+    let path = match path_specifier {
+        Some(P::Prefix(s)) => Some(mr::PathMatch::Prefix(s.clone())),
+        Some(P::Path(s)) => Some(mr::PathMatch::Path(s.clone())),
+        Some(P::SafeRegex(r)) => {
+            regex_matcher(cx, &join(p, "safe_regex"), r).map(mr::PathMatch::SafeRegex)
+        }
+        Some(P::PathSeparatedPrefix(s)) => {
+            if s.contains(['?', '#']) || (s.ends_with('/') && s.len() > 1) {
+                cx.reject(
+                    join(p, "path_separated_prefix"),
+                    Reason::Invalid(format!(
+                        "`{s}` must not contain `?` or `#` nor end with `/`"
+                    )),
+                );
+            }
+            Some(mr::PathMatch::PathSeparatedPrefix(s.clone()))
+        }
+        Some(P::ConnectMatcher(_)) => {
+            cx.reject(join(p, "connect_matcher"), Reason::NotSupported);
+            None
+        }
+        Some(P::PathMatchPolicy(_)) => {
+            cx.reject(join(p, "path_match_policy"), Reason::NotSupported);
+            None
+        }
+        None => {
+            cx.reject(
+                join(p, "prefix"),
+                Reason::Invalid(
+                    "one of `prefix`, `path`, `safe_regex` or `path_separated_prefix` is required"
+                        .into(),
+                ),
+            );
+            None
+        }
+    };
+    let headers = headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| header_matcher(cx, &idx(p, "headers", i), h))
+        .collect();
+    let query_parameters = query_parameters
+        .iter()
+        .enumerate()
+        .filter_map(|(i, q)| query_matcher(cx, &idx(p, "query_parameters", i), q))
+        .collect();
+    Some(mr::RouteMatch {
+        path: path?,
+        case_sensitive: case_sensitive.as_ref().is_none_or(|b| b.value),
+        headers,
+        query_parameters,
+    })
+}
+
+#[allow(deprecated)]
+fn header_matcher(cx: &mut Cx, p: &str, h: &pb::HeaderMatcher) -> Option<mr::HeaderMatcher> {
+    use model::{StringMatcher as SM, StringPattern as SP};
+    use pb::header_matcher::HeaderMatchSpecifier as H;
+    let pb::HeaderMatcher {
+        name,
+        invert_match,
+        treat_missing_header_as_empty,
+        header_match_specifier,
+    } = h;
+    let plain = |pattern| {
+        Some(mr::HeaderRule::Value(SM {
+            pattern,
+            ignore_case: false,
+        }))
+    };
+    let rule = match header_match_specifier {
+        Some(H::ExactMatch(s)) => plain(SP::Exact(s.clone())),
+        Some(H::PrefixMatch(s)) => plain(SP::Prefix(s.clone())),
+        Some(H::SuffixMatch(s)) => plain(SP::Suffix(s.clone())),
+        Some(H::ContainsMatch(s)) => plain(SP::Contains(s.clone())),
+        Some(H::SafeRegexMatch(r)) => {
+            regex_matcher(cx, &join(p, "safe_regex_match"), r).and_then(|r| plain(SP::SafeRegex(r)))
+        }
+        Some(H::StringMatch(m)) => {
+            string_matcher(cx, &join(p, "string_match"), m).map(mr::HeaderRule::Value)
+        }
+        Some(H::PresentMatch(b)) => Some(mr::HeaderRule::Present(*b)),
+        Some(H::RangeMatch(_)) => {
+            cx.reject(join(p, "range_match"), Reason::NotSupported);
+            None
+        }
+        // Envoy: no specifier means "present".
+        None => Some(mr::HeaderRule::Present(true)),
+    };
+    if name.is_empty() {
+        cx.reject(join(p, "name"), Reason::Missing);
+    }
+    Some(mr::HeaderMatcher {
+        name: name.to_ascii_lowercase(),
+        rule: rule?,
+        invert: *invert_match,
+        treat_missing_as_empty: *treat_missing_header_as_empty,
+    })
+}
+
+fn query_matcher(
+    cx: &mut Cx,
+    p: &str,
+    q: &pb::QueryParameterMatcher,
+) -> Option<mr::QueryParameterMatcher> {
+    use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    let rule = match &q.query_parameter_match_specifier {
+        Some(Q::StringMatch(m)) => {
+            mr::QueryParameterRule::Value(string_matcher(cx, &join(p, "string_match"), m)?)
+        }
+        Some(Q::PresentMatch(true)) | None => mr::QueryParameterRule::Present,
+        Some(Q::PresentMatch(false)) => {
+            cx.reject(
+                join(p, "present_match"),
+                Reason::UnsupportedValue("`false`".into()),
+            );
+            return None;
+        }
+    };
+    if q.name.is_empty() {
+        cx.reject(join(p, "name"), Reason::Missing);
+    }
+    Some(mr::QueryParameterMatcher {
+        name: q.name.clone(),
+        rule,
+    })
+}
+
+#[allow(deprecated)]
+fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAction> {
+    use pb::route_action::ClusterSpecifier as C;
+    use pb::route_action::HostRewriteSpecifier as H;
+    let pb::RouteAction {
+        cluster_not_found_response_code,
+        metadata_match,
+        prefix_rewrite,
+        regex_rewrite,
+        path_rewrite_policy,
+        append_x_forwarded_host,
+        timeout,
+        idle_timeout,
+        early_data_policy,
+        retry_policy,
+        retry_policy_typed_config,
+        request_mirror_policies,
+        priority,
+        rate_limits,
+        include_vh_rate_limits,
+        hash_policy,
+        cors,
+        max_grpc_timeout,
+        grpc_timeout_offset,
+        upgrade_configs,
+        internal_redirect_policy,
+        internal_redirect_action,
+        max_internal_redirects,
+        hedge_policy,
+        max_stream_duration,
+        cluster_specifier,
+        host_rewrite_specifier,
+    } = a;
+    cx.unsupported(
+        p,
+        "cluster_not_found_response_code",
+        cluster_not_found_response_code,
+    );
+    cx.unsupported(p, "metadata_match", metadata_match);
+    cx.unsupported(p, "path_rewrite_policy", path_rewrite_policy);
+    cx.unsupported(p, "append_x_forwarded_host", append_x_forwarded_host);
+    cx.unsupported(p, "idle_timeout", idle_timeout);
+    cx.unsupported(p, "early_data_policy", early_data_policy);
+    cx.unsupported(p, "retry_policy_typed_config", retry_policy_typed_config);
+    cx.unsupported(p, "request_mirror_policies", request_mirror_policies);
+    cx.unsupported(p, "priority", priority);
+    cx.unsupported(p, "rate_limits", rate_limits);
+    cx.unsupported(p, "include_vh_rate_limits", include_vh_rate_limits);
+    cx.unsupported(p, "hash_policy", hash_policy);
+    cx.unsupported(p, "cors", cors);
+    cx.unsupported(p, "max_grpc_timeout", max_grpc_timeout);
+    cx.unsupported(p, "grpc_timeout_offset", grpc_timeout_offset);
+    cx.unsupported(p, "upgrade_configs", upgrade_configs);
+    cx.unsupported(p, "internal_redirect_policy", internal_redirect_policy);
+    cx.unsupported(p, "internal_redirect_action", internal_redirect_action);
+    cx.unsupported(p, "max_internal_redirects", max_internal_redirects);
+    cx.unsupported(p, "hedge_policy", hedge_policy);
+    cx.unsupported(p, "max_stream_duration", max_stream_duration);
+    let cluster = match cluster_specifier {
+        Some(C::Cluster(c)) if !c.is_empty() => Some(mr::ClusterSpecifier::Cluster(c.clone())),
+        Some(C::Cluster(_)) => {
+            cx.reject(join(p, "cluster"), Reason::Missing);
+            None
+        }
+        Some(C::WeightedClusters(w)) => weighted_clusters(cx, &join(p, "weighted_clusters"), w)
+            .map(mr::ClusterSpecifier::WeightedClusters),
+        Some(C::ClusterHeader(_)) => {
+            cx.reject(join(p, "cluster_header"), Reason::NotSupported);
+            None
+        }
+        Some(C::ClusterSpecifierPlugin(_)) => {
+            cx.reject(join(p, "cluster_specifier_plugin"), Reason::NotSupported);
+            None
+        }
+        Some(C::InlineClusterSpecifierPlugin(_)) => {
+            cx.reject(
+                join(p, "inline_cluster_specifier_plugin"),
+                Reason::NotSupported,
+            );
+            None
+        }
+        None => {
+            cx.reject(
+                join(p, "cluster"),
+                Reason::Invalid("one of `cluster` or `weighted_clusters` is required".into()),
+            );
+            None
+        }
+    };
+    let host_rewrite = match host_rewrite_specifier {
+        None => None,
+        Some(H::HostRewriteLiteral(h)) => Some(mr::HostRewrite::Literal(h.clone())),
+        Some(H::AutoHostRewrite(b)) => b.value.then_some(mr::HostRewrite::Auto),
+        Some(H::HostRewriteHeader(_)) => {
+            cx.reject(join(p, "host_rewrite_header"), Reason::NotSupported);
+            None
+        }
+        Some(H::HostRewritePathRegex(_)) => {
+            cx.reject(join(p, "host_rewrite_path_regex"), Reason::NotSupported);
+            None
+        }
+    };
+    if !prefix_rewrite.is_empty() && regex_rewrite.is_some() {
+        cx.reject(
+            join(p, "regex_rewrite"),
+            Reason::Invalid("set together with `prefix_rewrite`".into()),
+        );
+    }
+    let regex_rewrite = regex_rewrite.as_ref().and_then(|r| {
+        let rp = join(p, "regex_rewrite");
+        let pattern = match &r.pattern {
+            Some(m) => regex_matcher(cx, &join(&rp, "pattern"), m)?,
+            None => {
+                cx.reject(join(&rp, "pattern"), Reason::Missing);
+                return None;
+            }
+        };
+        Some(mr::RegexRewrite {
+            pattern,
+            substitution: envoy_substitution(&r.substitution),
+        })
+    });
+    Some(mr::RouteAction {
+        cluster: cluster?,
+        timeout: cx.timeout(
+            &join(p, "timeout"),
+            timeout,
+            Some(mr::DEFAULT_ROUTE_TIMEOUT),
+        ),
+        retry_policy: retry_policy
+            .as_ref()
+            .and_then(|r| self::retry_policy(cx, &join(p, "retry_policy"), r)),
+        prefix_rewrite: (!prefix_rewrite.is_empty()).then(|| prefix_rewrite.clone()),
+        regex_rewrite,
+        host_rewrite,
+    })
+}
+
+/// RE2 substitutions write groups as `\1`; the `regex` crate as `${1}` (and `$` is literal
+/// in RE2's).
+fn envoy_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[allow(deprecated)]
+fn weighted_clusters(
+    cx: &mut Cx,
+    p: &str,
+    w: &pb::WeightedCluster,
+) -> Option<Vec<WeightedCluster>> {
+    let pb::WeightedCluster {
+        clusters,
+        total_weight,
+        runtime_key_prefix,
+        random_value_specifier,
+    } = w;
+    cx.unsupported(p, "total_weight", total_weight);
+    cx.unsupported(p, "runtime_key_prefix", runtime_key_prefix);
+    cx.unsupported(p, "header_name", random_value_specifier);
+    let mut out = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        let cp = idx(p, "clusters", i);
+        let pb::weighted_cluster::ClusterWeight {
+            name,
+            cluster_header,
+            weight,
+            metadata_match,
+            request_headers_to_add,
+            request_headers_to_remove,
+            response_headers_to_add,
+            response_headers_to_remove,
+            typed_per_filter_config,
+            host_rewrite_specifier,
+        } = c;
+        cx.unsupported(&cp, "cluster_header", cluster_header);
+        cx.unsupported(&cp, "metadata_match", metadata_match);
+        cx.unsupported(&cp, "request_headers_to_add", request_headers_to_add);
+        cx.unsupported(&cp, "request_headers_to_remove", request_headers_to_remove);
+        cx.unsupported(&cp, "response_headers_to_add", response_headers_to_add);
+        cx.unsupported(
+            &cp,
+            "response_headers_to_remove",
+            response_headers_to_remove,
+        );
+        cx.unsupported(&cp, "typed_per_filter_config", typed_per_filter_config);
+        cx.unsupported(&cp, "host_rewrite_literal", host_rewrite_specifier);
+        if name.is_empty() {
+            cx.reject(join(&cp, "name"), Reason::Missing);
+        }
+        let weight = weight.as_ref().map_or(0, |w| w.value);
+        out.push(WeightedCluster {
+            name: name.clone(),
+            weight,
+        });
+    }
+    if out.is_empty() {
+        cx.reject(join(p, "clusters"), Reason::Missing);
+        return None;
+    }
+    if out.iter().all(|c| c.weight == 0) {
+        cx.reject(
+            join(p, "clusters"),
+            Reason::Invalid("the weights add up to 0".into()),
+        );
+    }
+    Some(out)
+}
+
+fn retry_policy(cx: &mut Cx, p: &str, r: &pb::RetryPolicy) -> Option<mr::RetryPolicy> {
+    let pb::RetryPolicy {
+        retry_on,
+        num_retries,
+        per_try_timeout,
+        per_try_idle_timeout,
+        retry_priority,
+        retry_host_predicate,
+        retry_options_predicates,
+        host_selection_retry_max_attempts,
+        retriable_status_codes,
+        retry_back_off,
+        rate_limited_retry_back_off,
+        retriable_headers,
+        retriable_request_headers,
+    } = r;
+    cx.unsupported(p, "per_try_idle_timeout", per_try_idle_timeout);
+    cx.unsupported(p, "retry_priority", retry_priority);
+    cx.unsupported(p, "retry_options_predicates", retry_options_predicates);
+    cx.unsupported(
+        p,
+        "host_selection_retry_max_attempts",
+        host_selection_retry_max_attempts,
+    );
+    cx.unsupported(
+        p,
+        "rate_limited_retry_back_off",
+        rate_limited_retry_back_off,
+    );
+    cx.unsupported(p, "retriable_headers", retriable_headers);
+    cx.unsupported(p, "retriable_request_headers", retriable_request_headers);
+    let conditions: Vec<String> = retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for c in &conditions {
+        if !RETRY_ON.contains(&c.as_str()) {
+            cx.reject(
+                join(p, "retry_on"),
+                Reason::UnsupportedValue(format!("condition `{c}`")),
+            );
+        }
+    }
+    let mut retry_previous_hosts = false;
+    for (i, h) in retry_host_predicate.iter().enumerate() {
+        if h.name == "envoy.retry_host_predicates.previous_hosts" {
+            retry_previous_hosts = true;
+        } else {
+            cx.reject(
+                idx(p, "retry_host_predicate", i),
+                Reason::UnsupportedValue(format!("predicate `{}`", h.name)),
+            );
+        }
+    }
+    let codes = retriable_status_codes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match u16::try_from(*c) {
+            Ok(c) if (100..600).contains(&c) => Some(c),
+            _ => {
+                cx.reject(
+                    idx(p, "retriable_status_codes", i),
+                    Reason::Invalid(format!("{c} is not an HTTP status")),
+                );
+                None
+            }
+        })
+        .collect();
+    let back_off = retry_back_off.as_ref().and_then(|b| {
+        let bp = join(p, "retry_back_off");
+        let base = match &b.base_interval {
+            Some(d) => cx.duration(&join(&bp, "base_interval"), d)?,
+            None => {
+                cx.reject(join(&bp, "base_interval"), Reason::Missing);
+                return None;
+            }
+        };
+        if base.is_zero() {
+            cx.reject(
+                join(&bp, "base_interval"),
+                Reason::Invalid("must be greater than zero".into()),
+            );
+            return None;
+        }
+        let max = match &b.max_interval {
+            Some(d) => cx.duration(&join(&bp, "max_interval"), d)?,
+            None => base * 10,
+        };
+        if max < base {
+            cx.reject(
+                join(&bp, "max_interval"),
+                Reason::Invalid("shorter than `base_interval`".into()),
+            );
+            return None;
+        }
+        Some(mr::RetryBackOff {
+            base_interval: base,
+            max_interval: max,
+        })
+    });
+    Some(mr::RetryPolicy {
+        retry_on: conditions,
+        num_retries: num_retries.as_ref().map_or(1, |n| n.value),
+        per_try_timeout: cx.timeout(&join(p, "per_try_timeout"), per_try_timeout, None),
+        retriable_status_codes: codes,
+        retry_previous_hosts,
+        back_off,
+    })
+}
+
+fn redirect(cx: &mut Cx, p: &str, r: &pb::RedirectAction) -> Option<mr::Redirect> {
+    use pb::redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
+    };
+    let pb::RedirectAction {
+        host_redirect,
+        port_redirect,
+        response_code,
+        strip_query,
+        scheme_rewrite_specifier,
+        path_rewrite_specifier,
+    } = r;
+    let scheme = match scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => Some("https".to_owned()),
+        Some(S::HttpsRedirect(false)) | None => None,
+        Some(S::SchemeRedirect(s)) => Some(s.to_ascii_lowercase()),
+    };
+    let path = match path_rewrite_specifier {
+        None => None,
+        Some(P::PathRedirect(s)) => Some(mr::PathRedirect::Path(s.clone())),
+        Some(P::PrefixRewrite(s)) => Some(mr::PathRedirect::Prefix(s.clone())),
+        Some(P::RegexRewrite(_)) => {
+            cx.reject(join(p, "regex_rewrite"), Reason::NotSupported);
+            None
+        }
+    };
+    let code = match C::try_from(*response_code) {
+        Ok(C::MovedPermanently) => 301,
+        Ok(C::Found) => 302,
+        Ok(C::SeeOther) => 303,
+        Ok(C::TemporaryRedirect) => 307,
+        Ok(C::PermanentRedirect) => 308,
+        Err(_) => {
+            cx.reject(
+                join(p, "response_code"),
+                Reason::UnsupportedValue(format!("value {response_code}")),
+            );
+            return None;
+        }
+    };
+    let port = if *port_redirect == 0 {
+        None
+    } else {
+        Some(cx.u16(&join(p, "port_redirect"), *port_redirect, "port")?)
+    };
+    Some(mr::Redirect {
+        scheme,
+        host: (!host_redirect.is_empty()).then(|| host_redirect.clone()),
+        port,
+        path,
+        response_code: code,
+        strip_query: *strip_query,
+    })
+}
+
+fn direct_response(
+    cx: &mut Cx,
+    p: &str,
+    d: &pb::DirectResponseAction,
+) -> Option<mr::DirectResponse> {
+    use xds_api::pb::envoy::config::core::v3::data_source::Specifier as S;
+    let status = cx.u16(&join(p, "status"), d.status, "status")?;
+    if !(200..600).contains(&status) {
+        cx.reject(
+            join(p, "status"),
+            Reason::Invalid(format!("{status} is not in [200, 600)")),
+        );
+        return None;
+    }
+    let body = match d.body.as_ref().map(|b| &b.specifier) {
+        None | Some(None) => None,
+        Some(Some(S::InlineString(s))) => Some(s.clone()),
+        Some(Some(S::InlineBytes(b))) => match String::from_utf8(b.clone()) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                cx.reject(
+                    join(p, "body.inline_bytes"),
+                    Reason::Invalid("not UTF-8".into()),
+                );
+                return None;
+            }
+        },
+        Some(Some(S::Filename(_))) => {
+            cx.reject(join(p, "body.filename"), Reason::NotSupported);
+            return None;
+        }
+        Some(Some(S::EnvironmentVariable(_))) => {
+            cx.reject(join(p, "body.environment_variable"), Reason::NotSupported);
+            return None;
+        }
+    };
+    if let Some(b) = &d.body {
+        cx.unsupported(&join(p, "body"), "watched_directory", &b.watched_directory);
+    }
+    Some(mr::DirectResponse { status, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitution_translation() {
+        for (envoy, ours) in [
+            ("\\1/x", "${1}/x"),
+            ("a$b", "a$$b"),
+            ("\\\\", "\\"),
+            ("plain", "plain"),
+        ] {
+            assert_eq!(envoy_substitution(envoy), ours);
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Listener conversion: supported fields (the model value) and rejections (the path).
+
+use super::test_util::{any, boolv, dur, messages, u32v};
+use super::{ext, listener, model, protobuf, resource, type_url, Resource};
+use model::listener as ml;
+use std::time::Duration;
+use xds_api::pb::envoy::config::core::v3 as core;
+use xds_api::pb::envoy::config::listener::v3 as pb;
+use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+
+fn addr(ip: &str, port: u32) -> Option<core::Address> {
+    Some(core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    })
+}
+
+fn router() -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        ..Default::default()
+    }
+}
+
+fn base_hcm() -> hcm::HttpConnectionManager {
+    hcm::HttpConnectionManager {
+        stat_prefix: "s".into(),
+        http_filters: vec![router()],
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                route_config_name: "r".into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+fn tcp(cluster: &str) -> ext::TcpProxy {
+    ext::TcpProxy {
+        stat_prefix: "t".into(),
+        cluster: Some(cluster.into()),
+        ..Default::default()
+    }
+}
+
+fn filter<M: prost::Name>(m: &M) -> pb::Filter {
+    pb::Filter {
+        name: "f".into(),
+        config_type: Some(pb::filter::ConfigType::TypedConfig(any(m))),
+    }
+}
+
+fn base() -> pb::Listener {
+    pb::Listener {
+        name: "l".into(),
+        address: addr("0.0.0.0", 80),
+        filter_chains: vec![pb::FilterChain {
+            filters: vec![filter(&base_hcm())],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn with_hcm(f: impl FnOnce(&mut hcm::HttpConnectionManager)) -> pb::Listener {
+    let mut h = base_hcm();
+    f(&mut h);
+    let mut l = base();
+    l.filter_chains[0].filters[0] = filter(&h);
+    l
+}
+
+fn hcm_of(m: &model::Listener) -> &ml::HttpConnectionManager {
+    match &m.filter_chains[0].filter {
+        ml::NetworkFilter::HttpConnectionManager(h) => h,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn supported_fields() {
+    type Check = fn(&model::Listener);
+    let cases: Vec<(&str, pb::Listener, Check)> = vec![
+        ("defaults", base(), |m| {
+            assert_eq!(m.name, "l");
+            assert_eq!(m.address, "0.0.0.0:80".parse().unwrap());
+            assert!(m.bind_to_port);
+            let h = hcm_of(m);
+            assert_eq!(h.route, ml::RouteSource::Rds("r".into()));
+            assert_eq!(h.request_timeout, None);
+            assert_eq!(h.stream_idle_timeout, Some(Duration::from_secs(300)));
+            assert_eq!(h.idle_timeout, Some(Duration::from_secs(3600)));
+            assert_eq!(
+                m.filter_chains[0].filter_chain_match,
+                ml::FilterChainMatch::default()
+            );
+        }),
+        (
+            "bind_to_port false",
+            pb::Listener {
+                bind_to_port: boolv(false),
+                ..base()
+            },
+            |m| assert!(!m.bind_to_port),
+        ),
+        (
+            "ipv6 address",
+            pb::Listener {
+                address: addr("fd00::1", 8080),
+                ..base()
+            },
+            |m| assert_eq!(m.address, "[fd00::1]:8080".parse().unwrap()),
+        ),
+        (
+            "filter_chain_match",
+            {
+                let mut l = base();
+                l.filter_chains[0].name = "fc".into();
+                l.filter_chains[0].filter_chain_match = Some(pb::FilterChainMatch {
+                    destination_port: u32v(443),
+                    prefix_ranges: vec![core::CidrRange {
+                        address_prefix: "10.0.0.0".into(),
+                        prefix_len: u32v(8),
+                    }],
+                    server_names: vec!["*.Example.com".into()],
+                    transport_protocol: "tls".into(),
+                    application_protocols: vec!["h2".into()],
+                    ..Default::default()
+                });
+                l
+            },
+            |m| {
+                let fc = &m.filter_chains[0];
+                assert_eq!(fc.name, "fc");
+                assert_eq!(
+                    fc.filter_chain_match,
+                    ml::FilterChainMatch {
+                        destination_port: Some(443),
+                        prefix_ranges: vec![ml::CidrRange {
+                            address: "10.0.0.0".parse().unwrap(),
+                            prefix_len: 8
+                        }],
+                        server_names: vec!["*.example.com".into()],
+                        transport_protocol: Some("tls".into()),
+                        application_protocols: vec!["h2".into()],
+                    }
+                );
+            },
+        ),
+        (
+            "timeouts (0 disables)",
+            with_hcm(|h| {
+                h.request_timeout = dur(3, 0);
+                h.stream_idle_timeout = dur(0, 0);
+                h.common_http_protocol_options = Some(core::HttpProtocolOptions {
+                    idle_timeout: dur(60, 0),
+                    ..Default::default()
+                });
+            }),
+            |m| {
+                let h = hcm_of(m);
+                assert_eq!(h.request_timeout, Some(Duration::from_secs(3)));
+                assert_eq!(h.stream_idle_timeout, None);
+                assert_eq!(h.idle_timeout, Some(Duration::from_secs(60)));
+            },
+        ),
+        (
+            "inline route_config",
+            with_hcm(|h| {
+                h.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                    xds_api::pb::envoy::config::route::v3::RouteConfiguration {
+                        name: "inline".into(),
+                        ..Default::default()
+                    },
+                ))
+            }),
+            |m| {
+                let ml::RouteSource::Inline(rc) = &hcm_of(m).route else {
+                    panic!()
+                };
+                assert_eq!(rc.name, "inline");
+            },
+        ),
+        (
+            "optional unknown http filter is skipped, typed router",
+            with_hcm(|h| {
+                h.http_filters = vec![
+                    hcm::HttpFilter { name: "envoy.filters.http.wasm".into(), is_optional: true, ..Default::default() },
+                    hcm::HttpFilter {
+                        name: "router".into(),
+                        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                            &xds_api::pb::envoy::extensions::filters::http::router::v3::Router::default(),
+                        ))),
+                        ..Default::default()
+                    },
+                ]
+            }),
+            |m| assert_eq!(hcm_of(m).stat_prefix, "s"),
+        ),
+        (
+            "tcp_proxy",
+            {
+                let mut l = base();
+                let mut t = tcp("c");
+                t.idle_timeout = dur(0, 0);
+                t.access_log = vec![vec![1]];
+                l.filter_chains[0].filters[0] = filter(&t);
+                l
+            },
+            |m| {
+                assert_eq!(
+                    m.filter_chains[0].filter,
+                    ml::NetworkFilter::TcpProxy(ml::TcpProxy {
+                        stat_prefix: "t".into(),
+                        cluster: ml::TcpCluster::Cluster("c".into()),
+                        idle_timeout: None,
+                    })
+                );
+            },
+        ),
+        (
+            "default_filter_chain and builtin listener filters",
+            {
+                let mut l = base();
+                l.default_filter_chain = Some(pb::FilterChain {
+                    filters: vec![filter(&tcp("fallback"))],
+                    ..Default::default()
+                });
+                l.listener_filters = vec![pb::ListenerFilter {
+                    name: "envoy.filters.listener.tls_inspector".into(),
+                    ..Default::default()
+                }];
+                l
+            },
+            |m| {
+                let d = m.default_filter_chain.as_ref().unwrap();
+                assert!(
+                    matches!(&d.filter, ml::NetworkFilter::TcpProxy(t) if t.cluster == ml::TcpCluster::Cluster("fallback".into()))
+                );
+            },
+        ),
+    ];
+    for (name, input, check) in cases {
+        let m = listener(&input).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        check(&m);
+        // And through the dispatcher, as the ADS client calls it.
+        let r = resource(type_url::LISTENER, &prost::Message::encode_to_vec(&input)).unwrap();
+        assert_eq!(r, Resource::Listener(m), "{name}");
+    }
+}
+
+#[test]
+fn rejections() {
+    let fc0 = "filter_chains[0].filters[0].typed_config";
+    let cases: Vec<(pb::Listener, Vec<String>)> = vec![
+        (pb::Listener { use_original_dst: boolv(true), ..base() }, vec!["use_original_dst: deprecated form `use_original_dst` is not accepted; Myelin hands captured connections to the listener on their original destination already; remove it".into()]),
+        (pb::Listener { name: String::new(), address: None, ..base() }, vec!["name: required but not set".into(), "address: required but not set".into()]),
+        (pb::Listener { address: addr("example.com", 80), ..base() }, vec!["address.socket_address.address: `example.com` is not an IP address".into()]),
+        (pb::Listener { address: addr("0.0.0.0", 70000), ..base() }, vec!["address.socket_address.port_value: port 70000 is out of range".into()]),
+        (pb::Listener { transparent: boolv(true), socket_options: vec![Default::default()], ..base() }, vec!["transparent: not supported".into(), "socket_options: not supported".into()]),
+        (
+            pb::Listener { listener_filters: vec![pb::ListenerFilter { name: "envoy.filters.listener.proxy_protocol".into(), ..Default::default() }], ..base() },
+            vec!["listener_filters[0]: listener filter `envoy.filters.listener.proxy_protocol` is not supported".into()],
+        ),
+        (pb::Listener { filter_chains: vec![], ..base() }, vec!["filter_chains: a listener needs at least one filter chain".into()]),
+        (
+            {
+                let mut l = base();
+                l.filter_chains[0].filter_chain_match = Some(pb::FilterChainMatch {
+                    source_prefix_ranges: vec![Default::default()],
+                    transport_protocol: "quic".into(),
+                    prefix_ranges: vec![core::CidrRange { address_prefix: "10.0.0.0".into(), prefix_len: u32v(33) }],
+                    ..Default::default()
+                });
+                l.filter_chains[0].transport_socket = Some(Default::default());
+                l
+            },
+            vec![
+                "filter_chains[0].transport_socket: not supported".into(),
+                "filter_chains[0].filter_chain_match.source_prefix_ranges: not supported".into(),
+                "filter_chains[0].filter_chain_match.prefix_ranges[0].prefix_len: 33 is longer than the address (32 bits)".into(),
+                "filter_chains[0].filter_chain_match.transport_protocol: `quic` is not supported".into(),
+            ],
+        ),
+        (
+            with_hcm(|h| {
+                h.local_reply_config = Some(Default::default());
+                h.upgrade_configs = vec![Default::default()];
+                h.use_remote_address = boolv(true);
+            }),
+            vec![
+                format!("{fc0}.use_remote_address: not supported"),
+                format!("{fc0}.upgrade_configs: not supported"),
+                format!("{fc0}.local_reply_config: not supported"),
+            ],
+        ),
+        (with_hcm(|h| h.codec_type = hcm::http_connection_manager::CodecType::Http2 as i32), vec![format!("{fc0}.codec_type: HTTP2 (Myelin detects the protocol; use AUTO) is not supported")]),
+        (
+            with_hcm(|h| h.http_filters.insert(0, hcm::HttpFilter { name: "envoy.filters.http.jwt_authn".into(), ..Default::default() })),
+            vec![format!("{fc0}.http_filters[0]: HTTP filter `envoy.filters.http.jwt_authn` is not supported")],
+        ),
+        (with_hcm(|h| h.http_filters.clear()), vec![format!("{fc0}.http_filters: the router filter is required")]),
+        (
+            with_hcm(|h| h.common_http_protocol_options = Some(core::HttpProtocolOptions { max_stream_duration: dur(1, 0), ..Default::default() })),
+            vec![format!("{fc0}.common_http_protocol_options.max_stream_duration: not supported")],
+        ),
+        (with_hcm(|h| h.route_specifier = None), vec![format!("{fc0}.rds: one of `rds` or `route_config` is required")]),
+        (
+            with_hcm(|h| {
+                use xds_api::pb::envoy::config::route::v3 as r;
+                h.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(r::RouteConfiguration {
+                    virtual_hosts: vec![r::VirtualHost { name: "v".into(), domains: vec!["a*b".into()], ..Default::default() }],
+                    ..Default::default()
+                }))
+            }),
+            vec![format!("{fc0}.route_config.virtual_hosts[0].domains[0]: `a*b` is not a domain pattern (a `*` may only begin or end it)")],
+        ),
+        (
+            {
+                let mut l = base();
+                let mut t = tcp("c");
+                t.tunneling_config = Some(vec![]);
+                t.hash_policy = vec![vec![]];
+                l.filter_chains[0].filters[0] = filter(&t);
+                l
+            },
+            vec![format!("{fc0}.hash_policy: not supported"), format!("{fc0}.tunneling_config: not supported")],
+        ),
+        (
+            {
+                let mut l = base();
+                let t = ext::TcpProxy { stat_prefix: "t".into(), ..Default::default() };
+                l.filter_chains[0].filters[0] = filter(&t);
+                l
+            },
+            vec![format!("{fc0}.cluster: exactly one of `cluster` or `weighted_clusters` is required")],
+        ),
+        (
+            {
+                let mut l = base();
+                l.filter_chains[0].filters[0].config_type = Some(pb::filter::ConfigType::TypedConfig(protobuf::Any {
+                    type_url: "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy".into(),
+                    value: vec![],
+                }));
+                l
+            },
+            vec![format!("{fc0}: network filter `f` (type `type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy`) is not supported")],
+        ),
+        (
+            {
+                let mut l = base();
+                l.filter_chains[0].filters[0].config_type = None;
+                l
+            },
+            vec![format!("{fc0}: required but not set")],
+        ),
+        (
+            {
+                let mut l = base();
+                l.filter_chains[0].filters.insert(0, filter(&tcp("x")));
+                l
+            },
+            vec!["filter_chains[0].filters[0]: `f` is terminal and must be the last filter".into()],
+        ),
+    ];
+    for (i, (input, want)) in cases.into_iter().enumerate() {
+        assert_eq!(messages(listener(&input)), want, "case {i}");
+    }
+}
