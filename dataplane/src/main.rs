@@ -115,13 +115,23 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Validate { config } => match load(&config) {
-            Ok(_) => {
-                println!("{}: valid", config.display());
-                ExitCode::SUCCESS
+        Cmd::Validate { config } => {
+            let cgroup2 = myelin_ebpf_loader::cgroup2_mount()
+                .unwrap_or_else(|_| std::path::PathBuf::from("/sys/fs/cgroup"));
+            match Config::validate_file(&config, &cgroup2) {
+                Ok(summary) => {
+                    println!("{}: valid ({summary})", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    eprintln!("{}: {} problem(s):", config.display(), problems.len());
+                    for p in problems {
+                        eprintln!("  {p}");
+                    }
+                    ExitCode::from(EXIT_CONFIG as u8)
+                }
             }
-            Err(code) => code,
-        },
+        }
         Cmd::Uninstall { instance, config } => {
             let instance = match (instance, config) {
                 (Some(i), _) => i,

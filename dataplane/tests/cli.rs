@@ -83,3 +83,56 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// `myelin validate` on the real Envoy configs in `../shared/data/envoy/`, as that folder's
+/// README expects: accepted, or rejected with every reason by field path.
+#[test]
+fn validate_the_shared_envoy_configs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/envoy");
+    let cases: &[(&str, Option<&[&str]>)] = &[
+        ("ads.yaml", None),
+        (
+            "envoy-demo.yaml",
+            Some(&["static_resources.listeners[1].filter_chains[0].filters[0].typed_config.local_reply_config: not supported"]),
+        ),
+        ("envoyproxy_io_proxy.yaml", Some(&["static_resources.listeners[0]", "unknown field `scheme`"])),
+        (
+            "encapsulate_in_http2_connect.yaml",
+            Some(&["static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tunneling_config: not supported"]),
+        ),
+        (
+            "terminate_http2_connect.yaml",
+            Some(&["typed_config.upgrade_configs: not supported", "match.connect_matcher: not supported"]),
+        ),
+        (
+            "original-dst-deprecated-v1.yaml",
+            Some(&[
+                "filters[0].config.deprecated_v1: the deprecated Envoy v1 filter format",
+                "static_resources.listeners[0].use_original_dst: deprecated v1/v2",
+            ]),
+        ),
+    ];
+    for (file, expect) in cases {
+        let path = dir.join(file);
+        assert!(
+            path.is_file(),
+            "{} missing (CI has shared/ beside the repo)",
+            path.display()
+        );
+        let out = myelin()
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        match expect {
+            None => assert!(out.status.success(), "{file}: {err}"),
+            Some(wants) => {
+                assert_eq!(out.status.code(), Some(64), "{file}: {out:?}");
+                for w in *wants {
+                    assert!(err.contains(w), "{file}: {w:?} not in:\n{err}");
+                }
+            }
+        }
+    }
+}

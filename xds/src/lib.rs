@@ -6,6 +6,7 @@
 //! Dependency direction: this crate depends on `myelin-proxy`, never the other way round.
 
 pub mod ads;
+pub mod bootstrap;
 pub mod convert;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -124,11 +124,9 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
     cx.unsupported(p, "upstream_bind_config", upstream_bind_config);
     cx.unsupported(p, "lb_subset_config", lb_subset_config);
     cx.unsupported(p, "common_lb_config", common_lb_config);
-    cx.unsupported(
-        p,
-        "upstream_connection_options",
-        upstream_connection_options,
-    );
+    let tcp_keepalive = upstream_connection_options
+        .as_ref()
+        .and_then(|o| connection_options(&mut cx, &join(p, "upstream_connection_options"), o));
     cx.unsupported(
         p,
         "close_connections_on_host_health_failure",
@@ -324,6 +322,39 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         load_assignment,
         dns_lookup_family,
         dns_refresh_rate,
+        tcp_keepalive,
+    })
+}
+
+fn connection_options(
+    cx: &mut Cx,
+    p: &str,
+    o: &pb::UpstreamConnectionOptions,
+) -> Option<mc::TcpKeepalive> {
+    let pb::UpstreamConnectionOptions {
+        tcp_keepalive,
+        set_local_interface_name_on_upstream_connections,
+        happy_eyeballs_config,
+    } = o;
+    cx.unsupported(
+        p,
+        "set_local_interface_name_on_upstream_connections",
+        set_local_interface_name_on_upstream_connections,
+    );
+    cx.unsupported(p, "happy_eyeballs_config", happy_eyeballs_config);
+    let core::TcpKeepalive {
+        keepalive_probes,
+        keepalive_time,
+        keepalive_interval,
+    } = tcp_keepalive.as_ref()?;
+    let secs = |v: &Option<xds_api::pb::google::protobuf::UInt32Value>| {
+        v.as_ref()
+            .map(|v| std::time::Duration::from_secs(u64::from(v.value)))
+    };
+    Some(mc::TcpKeepalive {
+        probes: keepalive_probes.as_ref().map(|v| v.value),
+        time: secs(keepalive_time),
+        interval: secs(keepalive_interval),
     })
 }
 
@@ -741,8 +772,31 @@ fn http_options(
             "custom_settings_parameters",
             custom_settings_parameters,
         );
-        cx.unsupported(&hp, "connection_keepalive", connection_keepalive);
+        let connection_keepalive = connection_keepalive.as_ref().and_then(|k| {
+            let kp = join(&hp, "connection_keepalive");
+            let core::KeepaliveSettings {
+                interval,
+                timeout,
+                interval_jitter: _,
+                connection_idle_interval,
+            } = k;
+            let Some(timeout) = timeout.as_ref() else {
+                cx.reject(join(&kp, "timeout"), Reason::Invalid("is required".into()));
+                return None;
+            };
+            let timeout = cx.duration(&join(&kp, "timeout"), timeout)?;
+            Some(mc::Http2Keepalive {
+                interval: interval
+                    .as_ref()
+                    .and_then(|d| cx.duration(&join(&kp, "interval"), d)),
+                timeout,
+                connection_idle_interval: connection_idle_interval
+                    .as_ref()
+                    .and_then(|d| cx.duration(&join(&kp, "connection_idle_interval"), d)),
+            })
+        });
         Some(mc::Http2Options {
+            connection_keepalive,
             max_concurrent_streams: max_concurrent_streams.as_ref().map(|v| v.value),
             initial_stream_window_size: initial_stream_window_size.as_ref().map(|v| v.value),
             initial_connection_window_size: initial_connection_window_size

@@ -30,9 +30,14 @@ use super::ext;
 /// A document that does not deserialize into the xDS type.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
-    /// serde's error (it names the unknown or mistyped field).
-    #[error("{0}")]
-    Serde(#[from] serde_json::Error),
+    /// serde's error (it names the unknown or mistyped field) and where it is.
+    #[error("{path}: {error}")]
+    Serde {
+        /// Path of the offending field inside the document (`.` when at the top).
+        path: String,
+        /// serde's message.
+        error: serde_json::Error,
+    },
     /// An embedded `Any` that does not deserialize as its `@type`.
     #[error("in an `Any` of type {type_url}: {error}")]
     Any {
@@ -86,6 +91,9 @@ const WRAPPER_FIELDS: &[&str] = &[
     "respect_expected_rq_timeout",
     "dynamic_stats",
     "max_session_keys",
+    "keepalive_probes",
+    "keepalive_time",
+    "keepalive_interval",
 ];
 
 fn is_duration_field(k: &str) -> bool {
@@ -117,7 +125,16 @@ fn parse_duration(s: &str) -> Option<Value> {
 /// Deserializes an Envoy-style document (already parsed from YAML or JSON) as `T`.
 pub fn from_value<T: DeserializeOwned>(mut v: Value) -> Result<T, JsonError> {
     normalize(&mut v)?;
-    Ok(serde_json::from_value(v)?)
+    deserialize(v)
+}
+
+/// serde_json deserialization that reports the path of the field that failed
+/// (`serde_path_to_error`: serde's own error only names the field).
+fn deserialize<T: DeserializeOwned>(v: Value) -> Result<T, JsonError> {
+    serde_path_to_error::deserialize(v).map_err(|e| JsonError::Serde {
+        path: e.path().to_string(),
+        error: e.into_inner(),
+    })
 }
 
 /// Rewrites canonical proto3 JSON forms into what `xds-api`'s pbjson impls read.
@@ -161,7 +178,7 @@ pub fn normalize(v: &mut Value) -> Result<(), JsonError> {
 
 fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
     fn enc<T: DeserializeOwned + Message>(body: Value) -> Result<Vec<u8>, JsonError> {
-        Ok(serde_json::from_value::<T>(body)?.encode_to_vec())
+        Ok(deserialize::<T>(body)?.encode_to_vec())
     }
     let name = url.rsplit('/').next().unwrap_or(url);
     match name {

@@ -539,3 +539,73 @@ fn secrets() {
     };
     assert_eq!(messages(secret(&bad)), ["generic_secret: not supported"]);
 }
+
+/// Keepalive settings (what `../shared/data/envoy/ads.yaml` sets for its control-plane
+/// cluster), from Envoy-style YAML: converted, and their bad forms rejected by path.
+#[test]
+fn keepalives() {
+    let yaml = |extra: &str| -> pb::Cluster {
+        let text = format!(
+            r#"
+name: ads
+type: STATIC
+connect_timeout: 1s
+load_assignment:
+  cluster_name: ads
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 777 }} }} }}
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config:
+      http2_protocol_options:
+        connection_keepalive: {{ interval: 30s, timeout: 5s {extra} }}
+upstream_connection_options:
+  tcp_keepalive: {{ keepalive_probes: 3, keepalive_time: 30, keepalive_interval: 5 }}
+"#
+        );
+        let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        super::json::from_value(v).unwrap()
+    };
+    let c = cluster(&yaml("")).unwrap();
+    assert_eq!(
+        c.tcp_keepalive,
+        Some(mc::TcpKeepalive {
+            probes: Some(3),
+            time: Some(Duration::from_secs(30)),
+            interval: Some(Duration::from_secs(5)),
+        })
+    );
+    let mc::UpstreamProtocol::Http2(h2) = &c.protocol else {
+        panic!("{:?}", c.protocol)
+    };
+    assert_eq!(
+        h2.connection_keepalive,
+        Some(mc::Http2Keepalive {
+            interval: Some(Duration::from_secs(30)),
+            timeout: Duration::from_secs(5),
+            connection_idle_interval: None,
+        })
+    );
+    // `tcp_keepalive: {}` turns keepalive on with the kernel's settings.
+    let mut bare = yaml("");
+    bare.upstream_connection_options = Some(pb::UpstreamConnectionOptions {
+        tcp_keepalive: Some(core::TcpKeepalive::default()),
+        ..Default::default()
+    });
+    assert_eq!(
+        cluster(&bare).unwrap().tcp_keepalive,
+        Some(mc::TcpKeepalive::default())
+    );
+
+    let mut bad = yaml("");
+    bad.upstream_connection_options
+        .as_mut()
+        .unwrap()
+        .happy_eyeballs_config = Some(Default::default());
+    assert_eq!(
+        messages(cluster(&bad)),
+        ["upstream_connection_options.happy_eyeballs_config: not supported"]
+    );
+}
