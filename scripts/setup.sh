@@ -32,6 +32,11 @@ if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linke
     cargo install bpf-linker --locked --no-default-features --features llvm-22
 fi
 
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+  echo "setup: cargo install cargo-fuzz (the fuzz targets run in the test command)"
+  cargo install cargo-fuzz --locked
+fi
+
 # bpffs: the loader pins programs and maps under /sys/fs/bpf/myelin.
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   mount -t bpf bpf /sys/fs/bpf

@@ -17,6 +17,11 @@ cargo build --release --locked -p myelin -p myelin-testbed --bins
 echo "== cargo clippy -D warnings"
 cargo clippy --release --locked --all-targets --all-features -- -D warnings
 
+echo "== fuzz (bounded): xDS decode + conversion"
+# Untrusted control-plane bytes must never panic the conversion. 30 s here; run longer by hand
+# with: cargo +nightly fuzz run --fuzz-dir fuzz xds_convert
+cargo +nightly fuzz run --fuzz-dir fuzz xds_convert -- -max_total_time=30 -rss_limit_mb=4096
+
 echo "== tests"
 # One cargo invocation: the unit tests, the proxy's in-process end-to-end tests, the kernel
 # load test and the conformance suite (network namespaces, real agent, real clients).

@@ -39,6 +39,36 @@ pub struct Cluster {
     /// How often DNS clusters re-resolve; `None`: Envoy's default (5 s).
     #[serde(serialize_with = "opt_duration_str")]
     pub dns_refresh_rate: Option<Duration>,
+    /// TCP keepalive on upstream connections (`upstream_connection_options.tcp_keepalive`);
+    /// `None`: off.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// Kernel TCP keepalive settings; `None` fields keep the kernel's defaults (as in Envoy).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dropped.
+    pub probes: Option<u32>,
+    /// Idle time before the first probe.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub time: Option<Duration>,
+    /// Time between probes.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub interval: Option<Duration>,
+}
+
+/// HTTP/2 PING keepalive (`connection_keepalive`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Http2Keepalive {
+    /// How often to PING; `None`: only on idle (`connection_idle_interval`).
+    #[serde(serialize_with = "opt_duration_str")]
+    pub interval: Option<Duration>,
+    /// How long to wait for the PING ACK before closing the connection.
+    #[serde(serialize_with = "duration_str")]
+    pub timeout: Duration,
+    /// PING before reusing a connection idle this long; `None`: never.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub connection_idle_interval: Option<Duration>,
 }
 
 /// Cluster discovery type.
@@ -225,6 +255,8 @@ pub struct Http2Options {
     pub initial_stream_window_size: Option<u32>,
     /// Initial connection window; `None`: the default.
     pub initial_connection_window_size: Option<u32>,
+    /// PING keepalive; `None`: off.
+    pub connection_keepalive: Option<Http2Keepalive>,
 }
 
 /// Address families for DNS resolution.

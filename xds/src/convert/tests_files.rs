@@ -93,7 +93,7 @@ fn envoyproxy_io_proxy() {
     let e = json::from_value::<lpb::Listener>(l)
         .unwrap_err()
         .to_string();
-    assert!(e.starts_with("in an `Any` of type type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: unknown field `scheme`"), "{e}");
+    assert!(e.starts_with("in an `Any` of type type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: scheme: unknown field `scheme`"), "{e}");
     // The cluster (LOGICAL_DNS, upstream TLS with SNI) converts.
     let c: cpb::Cluster = json::from_value(doc["static_resources"]["clusters"][0].clone()).unwrap();
     let c = cluster(&c).unwrap();
