@@ -20,7 +20,14 @@ cargo clippy --release --locked --all-targets --all-features -- -D warnings
 echo "== fuzz (bounded): xDS decode + conversion"
 # Untrusted control-plane bytes must never panic the conversion. 30 s here; run longer by hand
 # with: cargo +nightly fuzz run --fuzz-dir fuzz xds_convert
-cargo +nightly fuzz run --fuzz-dir fuzz xds_convert -- -max_total_time=30 -rss_limit_mb=4096
+mkdir -p target
+if ! cargo +nightly fuzz run --fuzz-dir fuzz xds_convert -- -max_total_time=30 -rss_limit_mb=4096 \
+    > target/fuzz-xds_convert.log 2>&1; then
+  tail -n 60 target/fuzz-xds_convert.log
+  echo "fuzz: xds_convert failed (full log: target/fuzz-xds_convert.log)" >&2
+  exit 1
+fi
+tail -n 1 target/fuzz-xds_convert.log
 
 echo "== tests"
 # One cargo invocation: the unit tests, the proxy's in-process end-to-end tests, the kernel
