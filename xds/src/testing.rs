@@ -372,35 +372,26 @@ impl ControlPlane {
     /// Waits (up to [`WAIT`]) for a request, past or future, that matches; panics with the
     /// requests seen so far if none does.
     pub async fn wait_for_request(&self, pred: impl Fn(&SeenRequest) -> bool) -> SeenRequest {
-        let mut logged = self.shared.logged.subscribe();
-        let found = tokio::time::timeout(WAIT, async {
-            loop {
-                logged.borrow_and_update();
-                if let Some(r) = self.requests().into_iter().find(|r| pred(r)) {
-                    return r;
-                }
-                if logged.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        })
-        .await;
-        match found {
-            Ok(r) => r,
-            Err(_) => panic!(
-                "no matching xDS request within {WAIT:?}; events so far:\n{:#?}",
-                self.events()
-            ),
-        }
+        self.wait_for("request", || self.requests().into_iter().find(|r| pred(r)))
+            .await
     }
 
     /// Waits (up to [`WAIT`]) for a response, past or future, that matches.
     pub async fn wait_for_response(&self, pred: impl Fn(&SentResponse) -> bool) -> SentResponse {
+        self.wait_for("response", || {
+            self.responses().into_iter().find(|r| pred(r))
+        })
+        .await
+    }
+
+    /// Re-runs `find` each time the event log grows, up to [`WAIT`]; panics with the events
+    /// so far if it never finds anything.
+    async fn wait_for<T>(&self, what: &str, find: impl Fn() -> Option<T>) -> T {
         let mut logged = self.shared.logged.subscribe();
         let found = tokio::time::timeout(WAIT, async {
             loop {
                 logged.borrow_and_update();
-                if let Some(r) = self.responses().into_iter().find(|r| pred(r)) {
+                if let Some(r) = find() {
                     return r;
                 }
                 if logged.changed().await.is_err() {
@@ -412,7 +403,7 @@ impl ControlPlane {
         match found {
             Ok(r) => r,
             Err(_) => panic!(
-                "no matching xDS response within {WAIT:?}; events so far:\n{:#?}",
+                "no matching xDS {what} within {WAIT:?}; events so far:\n{:#?}",
                 self.events()
             ),
         }
