@@ -36,10 +36,7 @@ use std::{
     time::Duration,
 };
 
-use myelin_ebpf_loader::{
-    cgroup_id, CounterValues, Counters, Dataplane, CFG_CAPTURE, CFG_SPLICE_TO_APP,
-    CFG_SPLICE_TO_PROXY,
-};
+use myelin_ebpf_loader::{cgroup_id, CounterValues, Counters, Dataplane, CFG_CAPTURE, CFG_SPLICE};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -185,7 +182,7 @@ pub async fn decide(
         state.runs.push(report);
         return state;
     }
-    set_flags(dp, CFG_CAPTURE | CFG_SPLICE_TO_PROXY | CFG_SPLICE_TO_APP);
+    set_flags(dp, CFG_CAPTURE | CFG_SPLICE);
     let mut eagain = 0;
     for _ in 0..ROUNDS {
         let report = run_once(config, dp, counters, true).await;

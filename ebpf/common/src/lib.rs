@@ -130,10 +130,8 @@ pub struct Config {
 /// Rewrite connects of enrolled cgroups to the capture address. Without it nothing is
 /// captured (the agent is not ready, or was told to stand aside).
 pub const CFG_CAPTURE: u32 = 1;
-/// Splice bytes sent by apps into the proxy's sockets.
-pub const CFG_SPLICE_TO_PROXY: u32 = 2;
-/// Splice bytes sent by the proxy into apps' sockets.
-pub const CFG_SPLICE_TO_APP: u32 = 4;
+/// Put sockets of spliceable workloads into the SOCKHASH and redirect their bytes.
+pub const CFG_SPLICE: u32 = 2;
 
 /// Per-workload settings, by cgroup id in `MYELIN_ENROLLED` and by pod IP in
 /// `MYELIN_LOCAL_PODS`.

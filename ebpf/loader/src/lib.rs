@@ -28,7 +28,7 @@ use aya::{
 use myelin_ebpf_common::{
     counter, names, Config, NetAddr, NetPort, OrigDst, SockKey, WorkloadFlags,
 };
-pub use myelin_ebpf_common::{CFG_CAPTURE, CFG_SPLICE_TO_APP, CFG_SPLICE_TO_PROXY, WL_NO_SPLICE};
+pub use myelin_ebpf_common::{CFG_CAPTURE, CFG_SPLICE, WL_NO_SPLICE};
 
 /// The kernel object built by `build.rs`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/myelin-ebpf"));

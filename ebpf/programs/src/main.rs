@@ -25,8 +25,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use myelin_ebpf_common::{
-    counter, Config, NetAddr, NetPort, OrigDst, SockKey, WorkloadFlags, CFG_CAPTURE,
-    CFG_SPLICE_TO_APP, CFG_SPLICE_TO_PROXY, ORIG_NO_SPLICE, ORIG_PROXY_UPSTREAM, WL_NO_SPLICE,
+    counter, Config, NetAddr, NetPort, OrigDst, SockKey, WorkloadFlags, CFG_CAPTURE, CFG_SPLICE,
+    ORIG_NO_SPLICE, ORIG_PROXY_UPSTREAM, WL_NO_SPLICE,
 };
 
 const AF_INET: u32 = 2;
@@ -240,12 +240,12 @@ fn active_established(ctx: &SockOpsContext) -> Result<(), ()> {
     MYELIN_SPLICED.insert(&key, &END_ACTIVE, 0).map_err(|_| ())
 }
 
-/// Sockets go into the SOCKHASH only while some direction is spliced: a socket in a sockmap
+/// Sockets go into the SOCKHASH only while splicing is on: a socket in a sockmap
 /// gets the kernel's tcp_bpf receive path even when its bytes travel over TCP, and that path
 /// is what misbehaves for blocking readers (see `try_sk_msg`).
 #[inline(always)]
 fn splicing() -> bool {
-    config().is_some_and(|c| c.flags & (CFG_SPLICE_TO_PROXY | CFG_SPLICE_TO_APP) != 0)
+    config().is_some_and(|c| c.flags & CFG_SPLICE != 0)
 }
 
 fn passive_established(ctx: &SockOpsContext) -> Result<(), ()> {
@@ -295,20 +295,8 @@ fn try_sk_msg(ctx: &SkMsgContext) {
         src_port: NetPort::from_local_port(md.local_port),
         dst_port: NetPort::from_remote_port(md.remote_port),
     };
-    let Some(cfg) = config() else { return };
-    // The proxy's sockets: the accepted end of a captured connection (the capture address
-    // itself) and its upstream connections to local pods (node address -> pod).
-    let from_proxy = (own.src_ip == cfg.capture_ip && own.src_port == cfg.capture_port)
-        || (own.src_ip == cfg.capture_ip
-            // SAFETY: read-only lookup.
-            && unsafe { MYELIN_LOCAL_PODS.get(&own.dst_ip) }.is_some());
-    let dir = if from_proxy {
-        CFG_SPLICE_TO_APP
-    } else {
-        CFG_SPLICE_TO_PROXY
-    };
     // SAFETY: read-only lookup.
-    if cfg.flags & dir == 0 || unsafe { MYELIN_TCP_ONLY.get(&own) }.is_some() {
+    if !splicing() || unsafe { MYELIN_TCP_ONLY.get(&own) }.is_some() {
         return;
     }
     let size = md.size;
