@@ -29,6 +29,7 @@ pub mod model;
 mod outbound;
 mod stream;
 mod tcp;
+pub mod traffic;
 
 pub use detect::Protocol;
 
@@ -45,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) config: Arc<model::ProxyConfig>,
     pub(crate) lookup: Arc<dyn OrigDstLookup>,
     pub(crate) metrics: Arc<metrics::ProxyMetrics>,
+    /// The xDS traffic config (empty: every connection passes through).
+    pub(crate) traffic: traffic::TrafficHandle,
 }
 
 /// The proxy: serves captured connections from one listener.
@@ -77,8 +80,22 @@ impl Proxy {
                 config,
                 lookup,
                 metrics,
+                traffic: traffic::TrafficHandle::new(),
             }),
         }
+    }
+
+    /// Serves with the listeners, routes and clusters published through `traffic`
+    /// (without it, every captured connection goes to its original destination).
+    pub fn with_traffic(mut self, traffic: traffic::TrafficHandle) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("a new proxy is not shared yet");
+        inner.traffic = traffic;
+        self
+    }
+
+    /// The handle the proxy reads its traffic config from.
+    pub fn traffic(&self) -> traffic::TrafficHandle {
+        self.inner.traffic.clone()
     }
 
     /// Accept loop on the capture listener until `drain` fires; then stop accepting

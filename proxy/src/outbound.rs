@@ -143,6 +143,7 @@ mod tests {
             config: Arc::new(ProxyConfig::default()),
             lookup: Arc::new(NoDst),
             metrics: Arc::new(ProxyMetrics::unregistered()),
+            traffic: crate::traffic::TrafficHandle::new(),
         });
         let (_signal, watch) = drain::channel();
         let fut = handle(inner, stream, peer, watch);

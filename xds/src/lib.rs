@@ -10,6 +10,7 @@
 pub mod ads;
 pub mod bootstrap;
 pub mod convert;
+pub mod feed;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,0 +1,1 @@
+//! Filter-chain selection (Envoy FilterChainMatch semantics).

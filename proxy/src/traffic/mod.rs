@@ -1,0 +1,289 @@
+//! The traffic config the data path reads: listeners indexed for the original-destination
+//! hand-off, route configurations by name, and clusters with their endpoints ready for
+//! picking.
+//!
+//! [`Traffic`] is immutable and shared as an `Arc`. Whoever owns the config (the agent,
+//! fed by the xDS store) builds a new one with [`Traffic::build`] and publishes it through
+//! a [`TrafficHandle`]; a connection loads the current one when it is accepted and keeps it
+//! for its listener and filter chain, and an HTTP request loads the current one when it
+//! starts (routes and clusters change under a keep-alive connection, as in Envoy, while a
+//! request in flight finishes on the config it started with).
+//!
+//! A build reuses the previous [`ClusterTarget`] of every cluster whose config and
+//! endpoints are the same `Arc`s as before, so an update of one cluster or one
+//! `ClusterLoadAssignment` costs one cluster's work, not the whole table's, and the
+//! round-robin position of untouched clusters carries on.
+//!
+//! An empty `Traffic` (the standalone mode without Envoy sections) has no listeners: every
+//! captured connection is passed through to its original destination.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::model::cluster::Discovery;
+use crate::model::endpoint::EndpointAddress;
+use crate::model::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
+
+pub mod chain;
+pub mod router;
+
+/// The resources a [`Traffic`] is built from (everything behind `Arc`s, so building the
+/// input from a store snapshot copies pointers only).
+#[derive(Debug, Default, Clone)]
+pub struct TrafficInput {
+    /// Increases with every new config (shown in logs; `0` for the empty config).
+    pub generation: u64,
+    /// All listeners (captured and bound).
+    pub listeners: Vec<Arc<Listener>>,
+    /// RDS route configurations, by name.
+    pub route_configurations: Vec<Arc<RouteConfiguration>>,
+    /// All clusters.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// EDS assignments by their `cluster_name` (the EDS service name).
+    pub load_assignments: HashMap<String, Arc<ClusterLoadAssignment>>,
+}
+
+/// One immutable traffic config.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    generation: u64,
+    listeners: HashMap<String, Arc<Listener>>,
+    /// Captured-connection listeners (not `bind_to_port`) by exact address.
+    by_addr: HashMap<SocketAddr, Arc<Listener>>,
+    /// Captured-connection listeners on the unspecified address, by (is IPv4, port).
+    by_port: HashMap<(bool, u16), Arc<Listener>>,
+    routes: HashMap<String, Arc<RouteConfiguration>>,
+    clusters: HashMap<String, Arc<ClusterTarget>>,
+}
+
+impl Traffic {
+    /// Builds the config from `input`, reusing `prev`'s cluster targets that did not change.
+    pub fn build(input: TrafficInput, prev: Option<&Traffic>) -> Traffic {
+        let mut listeners = HashMap::with_capacity(input.listeners.len());
+        let mut by_addr = HashMap::new();
+        let mut by_port = HashMap::new();
+        for l in input.listeners {
+            if !l.bind_to_port {
+                let ip = l.address.ip().to_canonical();
+                if ip.is_unspecified() {
+                    by_port.insert((ip.is_ipv4(), l.address.port()), l.clone());
+                } else {
+                    by_addr.insert(SocketAddr::new(ip, l.address.port()), l.clone());
+                }
+            }
+            listeners.insert(l.name.clone(), l);
+        }
+        let routes = input
+            .route_configurations
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        let mut clusters = HashMap::with_capacity(input.clusters.len());
+        for c in input.clusters {
+            let assignment = match &c.discovery {
+                Discovery::Eds { .. } => {
+                    let service = c.discovery.eds_service_name(&c.name).unwrap_or(&c.name);
+                    input.load_assignments.get(service).cloned()
+                }
+                _ => None,
+            };
+            let reused = prev
+                .and_then(|p| p.clusters.get(&c.name))
+                .filter(|t| Arc::ptr_eq(&t.cluster, &c) && same(&t.assignment, &assignment))
+                .cloned();
+            let target = reused.unwrap_or_else(|| Arc::new(ClusterTarget::new(c, assignment)));
+            clusters.insert(target.cluster.name.clone(), target);
+        }
+        Traffic {
+            generation: input.generation,
+            listeners,
+            by_addr,
+            by_port,
+            routes,
+            clusters,
+        }
+    }
+
+    /// The config's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The listener that serves a captured connection to `dst`: the one on exactly that
+    /// address and port, else the one on the unspecified address of the same family with
+    /// that port (Envoy's original-destination hand-off). Bound listeners never match.
+    pub fn listener_for_original_dst(&self, dst: SocketAddr) -> Option<&Arc<Listener>> {
+        let ip = dst.ip().to_canonical();
+        self.by_addr
+            .get(&SocketAddr::new(ip, dst.port()))
+            .or_else(|| self.by_port.get(&(ip.is_ipv4(), dst.port())))
+    }
+
+    /// A listener by name.
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.listeners.get(name)
+    }
+
+    /// The listeners that bind their own socket (`bind_to_port`).
+    pub fn bound_listeners(&self) -> impl Iterator<Item = &Arc<Listener>> {
+        self.listeners.values().filter(|l| l.bind_to_port)
+    }
+
+    /// An RDS route configuration by name.
+    pub fn route_configuration(&self, name: &str) -> Option<&Arc<RouteConfiguration>> {
+        self.routes.get(name)
+    }
+
+    /// A cluster and its endpoints by name.
+    pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterTarget>> {
+        self.clusters.get(name)
+    }
+}
+
+fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// A cluster ready for picking endpoints.
+#[derive(Debug)]
+pub struct ClusterTarget {
+    /// The cluster's config.
+    pub cluster: Arc<Cluster>,
+    /// The EDS assignment it was built from (for `Arc::ptr_eq` reuse).
+    assignment: Option<Arc<ClusterLoadAssignment>>,
+    /// The routable endpoints of the best priority that has any, each repeated by weight
+    /// (weights are small; Envoy caps a weight at 128 in `load_balancing_weight` practice
+    /// and the whole list is built once per EDS change).
+    endpoints: Vec<EndpointAddress>,
+    next: AtomicUsize,
+}
+
+/// Upper bound of one endpoint's weight in the round-robin ring, so a huge weight cannot
+/// make the ring huge; ratios up to 1:64 are exact.
+const MAX_RING_WEIGHT: u32 = 64;
+
+impl ClusterTarget {
+    fn new(cluster: Arc<Cluster>, assignment: Option<Arc<ClusterLoadAssignment>>) -> Self {
+        let cla = assignment.as_deref().or(cluster.load_assignment.as_ref());
+        let mut endpoints = Vec::new();
+        if let Some(cla) = cla {
+            let mut priorities: Vec<u32> = cla.localities.iter().map(|l| l.priority).collect();
+            priorities.sort_unstable();
+            priorities.dedup();
+            for p in priorities {
+                for loc in cla.localities.iter().filter(|l| l.priority == p) {
+                    for e in loc.endpoints.iter().filter(|e| e.health_status.is_routable()) {
+                        let w = e.load_balancing_weight.clamp(1, MAX_RING_WEIGHT);
+                        for _ in 0..w {
+                            endpoints.push(e.address.clone());
+                        }
+                    }
+                }
+                if !endpoints.is_empty() {
+                    break;
+                }
+            }
+        }
+        ClusterTarget {
+            cluster,
+            assignment,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether the cluster forwards to each connection's original destination
+    /// (`ORIGINAL_DST`).
+    pub fn is_original_dst(&self) -> bool {
+        self.cluster.discovery == Discovery::OriginalDst
+    }
+
+    /// The next endpoint in weighted round-robin order, or `None` when the cluster has no
+    /// routable endpoint. `ORIGINAL_DST` clusters answer `original_dst`.
+    pub fn pick(&self, original_dst: Option<SocketAddr>) -> Option<EndpointAddress> {
+        if self.is_original_dst() {
+            return original_dst.map(EndpointAddress::Socket);
+        }
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        Some(self.endpoints[i].clone())
+    }
+
+    /// The number of routable endpoint slots (weights included).
+    pub fn routable(&self) -> usize {
+        self.endpoints.len()
+    }
+}
+
+/// Resolves an endpoint address to socket addresses (DNS endpoints of STRICT_DNS and
+/// LOGICAL_DNS clusters are looked up at connect time, LOGICAL_DNS style).
+pub async fn resolve(addr: &EndpointAddress) -> std::io::Result<Vec<SocketAddr>> {
+    match addr {
+        EndpointAddress::Socket(s) => Ok(vec![*s]),
+        EndpointAddress::Dns { host, port } => {
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                return Ok(vec![SocketAddr::new(ip, *port)]);
+            }
+            Ok(tokio::net::lookup_host((host.as_str(), *port))
+                .await?
+                .collect())
+        }
+    }
+}
+
+/// Where the current [`Traffic`] lives: the agent stores, connections load.
+#[derive(Debug, Clone)]
+pub struct TrafficHandle {
+    current: Arc<ArcSwap<Traffic>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for TrafficHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TrafficHandle {
+    /// A handle holding the empty config (everything passes through).
+    pub fn new() -> Self {
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(Traffic::default())),
+            changes: watch::Sender::new(0),
+        }
+    }
+
+    /// The current config.
+    pub fn load(&self) -> Arc<Traffic> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new config: new connections and requests use it from now on.
+    pub fn store(&self, traffic: Traffic) {
+        let generation = traffic.generation;
+        self.current.store(Arc::new(traffic));
+        self.changes.send_replace(generation);
+    }
+
+    /// Builds from `input` on top of the current config and publishes the result.
+    pub fn update(&self, input: TrafficInput) {
+        let prev = self.load();
+        self.store(Traffic::build(input, Some(&prev)));
+    }
+
+    /// Wakes after each [`TrafficHandle::store`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}

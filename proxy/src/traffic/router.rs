@@ -1,0 +1,1 @@
+//! The pure routing decision for one HTTP request.
