@@ -1,9 +1,11 @@
 //! The standalone configuration file (`myelin run --config FILE`).
 //!
-//! The file has the shape of an Envoy bootstrap: top-level `node`, `static_resources`,
-//! `dynamic_resources` and `admin` are Envoy's (read by the xDS issue's conversion code; until
-//! it lands they are rejected by name rather than ignored), and Myelin's own settings live
-//! under `myelin:`.
+//! The file has the shape of an Envoy bootstrap: Myelin's own settings live under `myelin:`,
+//! and every other top-level key is Envoy's (`node`, `static_resources`, `dynamic_resources`,
+//! `admin`, ...), read by `myelin_xds::bootstrap` through the same conversion as xDS. On top of
+//! that, `run` needs a few things the conversion alone does not check: the static cluster that
+//! `dynamic_resources.ads_config` names must give one address to dial, a control plane needs
+//! `node.id`, and the admin listener's address may come from either section but not differ.
 //!
 //! Parsing happens once: each error names the field path and the value, and [`Config::load`]
 //! never returns a half-valid config.
@@ -15,6 +17,8 @@ use std::{
     time::Duration,
 };
 
+use myelin_proxy::model::{cluster::Discovery, endpoint::EndpointAddress};
+use myelin_xds::bootstrap::{AdsApi, Bootstrap, Node};
 use serde::{Deserialize, Serialize};
 
 /// A problem with the configuration: which field, which value, and why.
@@ -35,6 +39,12 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// The Envoy sections: every problem, each with its field path.
+    #[error("{path}: {} problem(s) in the Envoy sections:\n  {}", problems.len(), problems.join("\n  "))]
+    Envoy {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 /// Whether the kernel may splice sockets.
@@ -48,20 +58,11 @@ pub enum SpliceSetting {
     Off,
 }
 
-/// The whole file.
+/// Myelin's part of the file. The other top-level keys are the Envoy sections: they are not
+/// ignored but read (and unknown ones rejected by name) by `myelin_xds::bootstrap`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct File {
     pub myelin: Myelin,
-    /// Envoy bootstrap sections: reserved for the xDS issue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<serde_yaml::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub static_resources: Option<serde_yaml::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dynamic_resources: Option<serde_yaml::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin: Option<serde_yaml::Value>,
 }
 
 /// Myelin's own section.
@@ -86,8 +87,10 @@ pub struct Myelin {
     /// Destination CIDRs never captured (e.g. the node's link-local range).
     #[serde(default)]
     pub excluded_cidrs: Vec<String>,
-    #[serde(default = "default_admin")]
-    pub admin_address: SocketAddr,
+    /// The admin API (`/ready`, `/config_dump`). Default: Envoy's `admin.address` if the file
+    /// has one, else `127.0.0.1:15000`; when both are set they must be the same.
+    #[serde(default)]
+    pub admin_address: Option<SocketAddr>,
     #[serde(default = "default_metrics")]
     pub metrics_address: SocketAddr,
     /// Detach and unpin the kernel programs when the agent exits (default: keep them, so
@@ -177,6 +180,29 @@ pub struct Config {
     pub uninstall_on_exit: bool,
     pub sniff_timeout: Duration,
     pub workloads: Vec<Workload>,
+    /// Where ADS comes from, if `dynamic_resources.ads_config` is set.
+    pub ads: Option<AdsTarget>,
+    /// The converted Envoy sections. Not serialized here: `/config_dump` shows the static
+    /// resources in its `xds` view, with versions.
+    #[serde(skip)]
+    pub bootstrap: Bootstrap,
+}
+
+/// The control plane to stream ADS from: `dynamic_resources.ads_config` resolved against the
+/// static cluster it names.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdsTarget {
+    /// The gRPC URI, `http://ADDRESS:PORT`. A host name (STRICT_DNS, LOGICAL_DNS) is resolved
+    /// at every connect, so a control plane that moves is found again on reconnect.
+    pub server: String,
+    /// The static cluster it comes from.
+    pub cluster: String,
+    /// State of the world (`grpc`) or incremental (`delta_grpc`).
+    pub api: AdsApi,
+    /// The cluster's `connect_timeout`.
+    pub connect_timeout: Duration,
+    /// Who this proxy is to the control plane.
+    pub node: Node,
 }
 
 /// A resolved workload.
@@ -203,31 +229,19 @@ impl Config {
 
     /// Parses and validates `text` (named `path` in messages).
     pub fn parse(text: &str, path: &Path, cgroup2: &Path) -> Result<Config, ConfigError> {
-        let file: File = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let syntax = |e: serde_yaml::Error| ConfigError::Syntax {
             path: path.to_owned(),
             message: e.to_string(),
-        })?;
+        };
+        // Myelin's section straight from the text, so serde's messages keep their lines.
+        let file: File = serde_yaml::from_str(text).map_err(syntax)?;
+        let doc: serde_json::Value = serde_yaml::from_str(text).map_err(syntax)?;
         let invalid = |field: &str, value: &dyn fmt::Display, reason: &str| ConfigError::Invalid {
             path: path.to_owned(),
             field: field.to_owned(),
             value: value.to_string(),
             reason: reason.to_owned(),
         };
-        for (name, present) in [
-            ("static_resources", file.static_resources.is_some()),
-            ("dynamic_resources", file.dynamic_resources.is_some()),
-            ("node", file.node.is_some()),
-            ("admin", file.admin.is_some()),
-        ] {
-            if present {
-                return Err(invalid(
-                    name,
-                    &"<section>",
-                    "Envoy bootstrap sections are read by `myelin validate` but not used by the \
-                     proxy's data path yet (xDS issue); remove the section to run",
-                ));
-            }
-        }
         let m = file.myelin;
         if m.node.name.is_empty() {
             return Err(invalid("myelin.node.name", &"", "must not be empty"));
@@ -329,6 +343,12 @@ impl Config {
                 splice: w.splice,
             });
         }
+        let (bootstrap, ads) = envoy_sections(&doc).map_err(|problems| ConfigError::Envoy {
+            path: path.to_owned(),
+            problems,
+        })?;
+        let admin_address = admin_address(m.admin_address, bootstrap.admin)
+            .map_err(|reason| invalid("admin.address", &bootstrap.admin.expect("set"), &reason))?;
         Ok(Config {
             source: path.to_owned(),
             node_name: m.node.name,
@@ -338,11 +358,13 @@ impl Config {
             splice: m.splice,
             excluded_ports: m.excluded_ports,
             excluded_cidrs: cidrs,
-            admin_address: m.admin_address,
+            admin_address,
             metrics_address: m.metrics_address,
             uninstall_on_exit: m.uninstall_on_exit,
             sniff_timeout: Duration::from_millis(m.protocol_detection_timeout_ms),
             workloads,
+            ads,
+            bootstrap,
         })
     }
 
@@ -362,29 +384,52 @@ impl Config {
             serde_yaml::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
         let mut problems = Vec::new();
         let mut summary = Vec::new();
+        // Myelin's `admin_address` as written (None: not set), once its section is valid.
+        let mut myelin_admin = None;
         if let Some(m) = doc.get("myelin") {
             let only_myelin = serde_json::json!({ "myelin": m });
             let yaml = serde_yaml::to_string(&only_myelin).expect("JSON values are YAML");
             match Self::parse(&yaml, path, cgroup2) {
-                Ok(c) => summary.push(format!(
-                    "myelin: node {}, {} workloads",
-                    c.node_name,
-                    c.workloads.len()
-                )),
+                Ok(c) => {
+                    summary.push(format!(
+                        "myelin: node {}, {} workloads",
+                        c.node_name,
+                        c.workloads.len()
+                    ));
+                    let written = m.get("admin_address").is_some().then_some(c.admin_address);
+                    myelin_admin = Some(written);
+                }
                 Err(e) => problems.push(e.to_string()),
             }
         }
-        match myelin_xds::bootstrap::from_value(&doc) {
-            Ok(b) => summary.push(format!(
-                "envoy: {} listeners, {} clusters, {} secrets{}",
-                b.listeners.len(),
-                b.clusters.len(),
-                b.secrets.len(),
-                b.ads
-                    .as_ref()
-                    .map(|a| format!(", ADS ({:?}) via cluster {}", a.api, a.cluster))
-                    .unwrap_or_default()
-            )),
+        match envoy_sections(&doc) {
+            Ok((b, ads)) => {
+                summary.push(format!(
+                    "envoy: {} listeners, {} clusters, {} secrets{}",
+                    b.listeners.len(),
+                    b.clusters.len(),
+                    b.secrets.len(),
+                    ads.as_ref()
+                        .map(|a| format!(
+                            ", ADS ({:?}) via cluster {} at {}",
+                            a.api, a.cluster, a.server
+                        ))
+                        .unwrap_or_default()
+                ));
+                if let (Some(mine), Some(envoy)) = (myelin_admin, b.admin) {
+                    if let Err(reason) = admin_address(mine, Some(envoy)) {
+                        problems.push(
+                            ConfigError::Invalid {
+                                path: path.to_owned(),
+                                field: "admin.address".into(),
+                                value: envoy.to_string(),
+                                reason,
+                            }
+                            .to_string(),
+                        );
+                    }
+                }
+            }
             Err(errs) => {
                 problems.extend(errs.into_iter().map(|e| format!("{}: {e}", path.display())))
             }
@@ -413,6 +458,139 @@ impl Config {
             .expect("workload IPs are unique after validation");
         pc.sniff_timeout = self.sniff_timeout;
         pc
+    }
+}
+
+/// The Envoy sections as `run` uses them: converted (`myelin_xds::bootstrap`), static names
+/// unique per type, and the ADS source resolved to an address. Every problem is listed.
+fn envoy_sections(doc: &serde_json::Value) -> Result<(Bootstrap, Option<AdsTarget>), Vec<String>> {
+    let bootstrap = myelin_xds::bootstrap::from_value(doc)?;
+    let mut errs = Vec::new();
+    unique_names(
+        "listeners",
+        bootstrap.listeners.iter().map(|l| l.name.as_str()),
+        &mut errs,
+    );
+    unique_names(
+        "clusters",
+        bootstrap.clusters.iter().map(|c| c.name.as_str()),
+        &mut errs,
+    );
+    unique_names(
+        "secrets",
+        bootstrap.secrets.iter().map(|s| s.name.as_str()),
+        &mut errs,
+    );
+    let ads = ads_target(&bootstrap, &mut errs);
+    if errs.is_empty() {
+        Ok((bootstrap, ads))
+    } else {
+        Err(errs)
+    }
+}
+
+/// Static resources of a type are keyed by name (as in Envoy, which refuses duplicates).
+fn unique_names<'a>(what: &str, names: impl Iterator<Item = &'a str>, errs: &mut Vec<String>) {
+    let mut seen = std::collections::HashMap::new();
+    for (i, name) in names.enumerate() {
+        if let Some(first) = seen.insert(name, i) {
+            errs.push(format!(
+                "static_resources.{what}[{i}].name: {name:?} is already used by static_resources.{what}[{first}]"
+            ));
+        }
+    }
+}
+
+const ADS_CLUSTER_FIELD: &str =
+    "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name";
+
+/// `dynamic_resources.ads_config` resolved against its static cluster. The cluster must give
+/// exactly one address to dial before any xDS has arrived: a STATIC endpoint, or a host name of
+/// a STRICT_DNS or LOGICAL_DNS cluster (resolved at connect time). A control plane also needs
+/// to know who is asking, so `node.id` is required here (and only here).
+fn ads_target(b: &Bootstrap, errs: &mut Vec<String>) -> Option<AdsTarget> {
+    let ads = b.ads.as_ref()?;
+    let before = errs.len();
+    let node = b.node.clone().unwrap_or_default();
+    if node.id.is_empty() {
+        errs.push(
+            "node.id: required when dynamic_resources.ads_config is set (control planes identify \
+             the proxy by it)"
+                .into(),
+        );
+    }
+    let Some((i, cluster)) = b
+        .clusters
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.name == ads.cluster)
+    else {
+        errs.push(format!(
+            "{ADS_CLUSTER_FIELD}: no static cluster named {:?}",
+            ads.cluster
+        ));
+        return None;
+    };
+    let p = format!("static_resources.clusters[{i}]");
+    match cluster.discovery {
+        Discovery::Static | Discovery::StrictDns | Discovery::LogicalDns => {}
+        ref other => errs.push(format!(
+            "{p}.type: {other:?}: the ADS cluster {:?} must be STATIC, STRICT_DNS or LOGICAL_DNS \
+             (its address is needed before any xDS has arrived)",
+            ads.cluster
+        )),
+    }
+    if cluster.tls.is_some() {
+        errs.push(format!(
+            "{p}.transport_socket: TLS to the control plane is not supported yet (the ADS \
+             connection is plaintext HTTP/2)"
+        ));
+    }
+    let endpoints: Vec<&EndpointAddress> = cluster
+        .load_assignment
+        .iter()
+        .flat_map(|la| &la.localities)
+        .flat_map(|l| &l.endpoints)
+        .map(|e| &e.address)
+        .collect();
+    let server = match endpoints.as_slice() {
+        [EndpointAddress::Socket(a)] => format!("http://{a}"),
+        [EndpointAddress::Dns { host, port }] => match host.parse::<IpAddr>() {
+            Ok(ip) => format!("http://{}", SocketAddr::new(ip, *port)),
+            Err(_) => format!("http://{host}:{port}"),
+        },
+        other => {
+            errs.push(format!(
+                "{p}.load_assignment: the ADS cluster {:?} needs exactly one endpoint with a \
+                 socket_address (Myelin dials one control-plane address), found {}",
+                ads.cluster,
+                other.len()
+            ));
+            String::new()
+        }
+    };
+    (errs.len() == before).then(|| AdsTarget {
+        server,
+        cluster: ads.cluster.clone(),
+        api: ads.api,
+        connect_timeout: cluster.connect_timeout,
+        node,
+    })
+}
+
+/// The admin listener's address: Myelin's `admin_address`, else Envoy's `admin.address`, else
+/// `127.0.0.1:15000`. Both set and different is an error: neither can be said to win.
+fn admin_address(
+    myelin: Option<SocketAddr>,
+    envoy: Option<SocketAddr>,
+) -> Result<SocketAddr, String> {
+    match (myelin, envoy) {
+        (Some(m), Some(e)) if m != e => Err(format!(
+            "differs from myelin.admin_address = {m}: both name the admin listener; set one of \
+             them (or the same address in both)"
+        )),
+        (Some(a), _) | (None, Some(a)) => Ok(a),
+        (None, None) => Ok(default_admin()),
     }
 }
 

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 
-use crate::metrics::ConnectErrorReason;
+use crate::metrics::{ConnectErrorReason, MissReason};
 
 /// The body type of responses sent downstream: the upstream's body streamed through, or a
 /// locally generated one.
@@ -97,6 +97,15 @@ pub(crate) enum ProxyError {
         source: hyper::Error,
     },
 
+    /// The traffic config has nothing for this connection or request.
+    #[error("{}: {detail}", .reason.as_str())]
+    Unrouted {
+        /// Which part of the config is missing.
+        reason: MissReason,
+        /// What was looked for (listener, route config, cluster, host...).
+        detail: String,
+    },
+
     /// Copying bytes of an opaque connection (or an upgraded one) failed.
     #[error("forwarding bytes between {peer} and {addr} failed: {source}")]
     Forward {
@@ -131,6 +140,14 @@ impl ProxyError {
             addr,
             reason,
             source,
+        }
+    }
+
+    /// Builds the error for a connection or request the config cannot route.
+    pub(crate) fn unrouted(reason: MissReason, detail: impl Into<String>) -> Self {
+        ProxyError::Unrouted {
+            reason,
+            detail: detail.into(),
         }
     }
 
@@ -169,6 +186,7 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UnexpectedUpgrade { .. }
+            | ProxyError::Unrouted { .. }
             | ProxyError::Forward { .. } => Side::Upstream,
         }
     }
@@ -187,6 +205,14 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "UF",
             ProxyError::UpstreamReset { .. } | ProxyError::Forward { .. } => "UC",
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => "UPE",
+            ProxyError::Unrouted { reason, .. } => match reason {
+                MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
+                    "NR"
+                }
+                MissReason::NoCluster => "NC",
+                MissReason::NoHealthyUpstream => "UH",
+                MissReason::Dns => "UF",
+            },
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }
             | ProxyError::DownstreamAborted { .. } => "DC",
@@ -198,6 +224,14 @@ impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unrouted { reason, .. } => match reason {
+                MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
+                    StatusCode::NOT_FOUND
+                }
+                MissReason::NoCluster | MissReason::NoHealthyUpstream | MissReason::Dns => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            },
             ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UnexpectedUpgrade { .. }
@@ -228,6 +262,11 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => {
                 "upstream sent an invalid response\n"
             }
+            ProxyError::Unrouted { reason, .. } => match reason {
+                MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "",
+                MissReason::NoCluster => "cluster not found\n",
+                MissReason::NoHealthyUpstream | MissReason::Dns => "no healthy upstream\n",
+            },
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }
             | ProxyError::DownstreamAborted { .. } => "downstream request aborted\n",

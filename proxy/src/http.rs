@@ -1,11 +1,19 @@
-//! HTTP/1.1 forwarding for one captured connection.
+//! HTTP/1.1 forwarding for one captured (or bound-listener) connection.
 //!
-//! hyper serves the downstream connection; each request goes to the original destination
-//! over one upstream connection owned by this downstream connection (reused across
-//! keep-alive requests, re-established when the upstream closed it). Bodies stream
-//! through in both directions without buffering. hyper answers pipelined requests in
-//! order because an HTTP/1 server connection runs one request at a time, which is also
-//! why the upstream slot below is a plain mutex that is never held across an `.await`.
+//! hyper serves the downstream connection. Each request is either passed through to the
+//! connection's original destination (no listener in the traffic config claims it) or
+//! routed: the route configuration of the connection's filter chain picks a virtual
+//! host and route, the route picks a cluster, the cluster an endpoint. Routing loads the
+//! current traffic config per request, so route and endpoint changes apply to the next
+//! request on a keep-alive connection while a request in flight finishes on the config
+//! it started with.
+//!
+//! Upstream connections are owned by the downstream connection: one idle connection per
+//! endpoint is kept between requests (re-established when the upstream closed it), at
+//! most [`MAX_IDLE_UPSTREAMS`]. Bodies stream through in both directions without
+//! buffering. hyper answers pipelined requests in order because an HTTP/1 server
+//! connection runs one request at a time, which is also why the idle list below is a
+//! plain mutex that is never held across an `.await`.
 //!
 //! Upgrades (`Connection: upgrade` + `101`, or `CONNECT` + `2xx`) are forwarded like
 //! any request; when the upstream agrees, both sides are taken over from hyper and
@@ -18,9 +26,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
@@ -31,30 +40,60 @@ use tracing::{debug, Instrument};
 
 use crate::drain;
 use crate::error::{ProxyBody, ProxyError, Side};
-use crate::metrics::{ProxyMetrics, RequestLabels};
+use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
+use crate::model::endpoint::EndpointAddress;
+use crate::model::route::{Action, ClusterSpecifier, HostRewrite};
 use crate::outbound::Source;
 use crate::tcp;
+use crate::traffic::router::{self, RequestHead, RouteTable};
+use crate::traffic::{self, TrafficHandle};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Idle upstream connections kept per downstream connection (one per endpoint).
+const MAX_IDLE_UPSTREAMS: usize = 8;
+
+/// How the requests of a connection find their upstream.
+pub(crate) enum Routing {
+    /// To the connection's original destination (no listener claims it).
+    Passthrough,
+    /// By the route configuration of the connection's filter chain.
+    Routes(RouteRef),
+}
+
+/// The route configuration of an HTTP connection manager.
+pub(crate) enum RouteRef {
+    /// Inline in the listener: fixed for the life of the connection.
+    Inline(Arc<RouteTable>),
+    /// RDS, by name: looked up in the current traffic config per request.
+    Rds(String),
+}
 
 /// State shared by the requests of one downstream HTTP/1 connection.
 pub(crate) struct HttpConn {
     peer: SocketAddr,
+    /// The original destination of a captured connection, or the local address of a
+    /// bound listener's connection.
     dst: SocketAddr,
+    /// Captured (`dst` is an original destination an `ORIGINAL_DST` cluster may use).
+    captured: bool,
+    routing: Routing,
+    traffic: TrafficHandle,
     source: Source,
     connect_timeout: Duration,
     metrics: Arc<ProxyMetrics>,
-    /// The upstream connection, when idle between requests. Taken out for the duration of
+    /// Idle upstream connections between requests. One is taken out for the duration of
     /// a request (so no lock is held across `.await`) and put back when it can be reused.
-    upstream: Mutex<Option<Upstream>>,
+    idle: Mutex<Vec<Upstream>>,
     /// The byte copy of an accepted upgrade. Run by [`serve`] once hyper has handed the
     /// downstream socket over, so the tunnel stays part of this connection's task (and
     /// of its drain).
     tunnel: Mutex<Option<BoxFuture>>,
 }
 
-/// An HTTP/1 client connection to the original destination.
+/// An HTTP/1 client connection to one upstream endpoint.
 struct Upstream {
+    addr: SocketAddr,
     sender: SendRequest<Incoming>,
     /// The task driving the connection; aborted on drop so an upstream never outlives
     /// the downstream connection it serves.
@@ -69,36 +108,55 @@ impl Drop for Upstream {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Never held across an await or user code: a poisoned lock only means a panic
-    // elsewhere, and the data (an Option) is still consistent.
+    // elsewhere, and the data is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Where one routed request goes, and what to do to it on the way.
+struct Decision {
+    addr: SocketAddr,
+    /// The route table and the (virtual host, route) indexes in it, for the response's
+    /// header mutations.
+    table: Arc<RouteTable>,
+    vhost: usize,
+    route: usize,
+}
+
+/// Everything [`HttpConn::new`] needs.
+pub(crate) struct HttpConnParams {
+    pub(crate) peer: SocketAddr,
+    pub(crate) dst: SocketAddr,
+    pub(crate) captured: bool,
+    pub(crate) routing: Routing,
+    pub(crate) traffic: TrafficHandle,
+    pub(crate) source: Source,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) metrics: Arc<ProxyMetrics>,
+}
+
 impl HttpConn {
-    pub(crate) fn new(
-        peer: SocketAddr,
-        dst: SocketAddr,
-        source: Source,
-        connect_timeout: Duration,
-        metrics: Arc<ProxyMetrics>,
-    ) -> Self {
+    pub(crate) fn new(p: HttpConnParams) -> Self {
         Self {
-            peer,
-            dst,
-            source,
-            connect_timeout,
-            metrics,
-            upstream: Mutex::new(None),
+            peer: p.peer,
+            dst: p.dst,
+            captured: p.captured,
+            routing: p.routing,
+            traffic: p.traffic,
+            source: p.source,
+            connect_timeout: p.connect_timeout,
+            metrics: p.metrics,
+            idle: Mutex::new(Vec::new()),
             tunnel: Mutex::new(None),
         }
     }
 
-    /// Serves one request: forward it, turn errors into responses, count it.
+    /// Serves one request: route and forward it, turn errors into responses, count it.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let (resp, flags) = match self.forward(req).await {
-            Ok(resp) => (resp.map(BodyExt::boxed), "-"),
+        let (resp, flags) = match self.dispatch(req).await {
+            Ok(resp) => (resp, "-"),
             Err(e) => {
                 match e.side() {
                     Side::Upstream => debug!(error = %e, "upstream request failed"),
@@ -107,6 +165,9 @@ impl HttpConn {
                 if let Some(reason) = e.connect_reason() {
                     self.metrics
                         .connect_error(crate::detect::Protocol::Http1, reason);
+                }
+                if let ProxyError::Unrouted { reason, .. } = &e {
+                    self.metrics.config_miss(*reason);
                 }
                 (e.to_response(), e.response_flags())
             }
@@ -136,13 +197,155 @@ impl HttpConn {
         resp
     }
 
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    async fn dispatch(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let route_ref = match &self.routing {
+            Routing::Passthrough => {
+                let resp = self.forward(self.dst, req).await?;
+                return Ok(resp.map(BodyExt::boxed));
+            }
+            Routing::Routes(r) => r,
+        };
+        let decision = match self.decide(route_ref, &mut req).await? {
+            Ok(decision) => decision,
+            Err(local) => return Ok(local),
+        };
+        let mut resp = self.forward(decision.addr, req).await?;
+        let vh = &decision.table.config.virtual_hosts[decision.vhost];
+        let route = &vh.routes[decision.route];
+        for m in [&route.headers, &vh.headers, &decision.table.config.headers] {
+            router::mutate_headers(
+                resp.headers_mut(),
+                &m.response_headers_to_add,
+                &m.response_headers_to_remove,
+            );
+        }
+        Ok(resp.map(BodyExt::boxed))
+    }
+
+    /// Routes `req` (rewriting it as the route says): the upstream to send it to, or a
+    /// local response (direct response, redirect).
+    async fn decide(
+        &self,
+        route_ref: &RouteRef,
+        req: &mut Request<Incoming>,
+    ) -> Result<Result<Decision, Response<ProxyBody>>, ProxyError> {
+        let traffic = self.traffic.load();
+        let table = match route_ref {
+            RouteRef::Inline(t) => t.clone(),
+            RouteRef::Rds(name) => traffic.route_table(name).cloned().ok_or_else(|| {
+                ProxyError::unrouted(
+                    MissReason::NoRouteConfig,
+                    format!("route configuration {name:?} has not been received"),
+                )
+            })?,
+        };
+        let authority = authority(req).to_owned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let head = RequestHead {
+            method: req.method().as_str(),
+            authority: &authority,
+            path: &path,
+            scheme: "http",
+            headers: req.headers(),
+        };
+        let Some((vh, route)) = table.find(&head) else {
+            return Err(ProxyError::unrouted(
+                MissReason::NoRoute,
+                format!("no route for {authority}{path} in {:?}", table.config.name),
+            ));
+        };
+        let action = match &route.action {
+            Action::Route(a) => a,
+            Action::DirectResponse(d) => {
+                let body = d.body.clone().unwrap_or_default();
+                let mut resp = local_response(d.status, body);
+                if d.body.is_some() {
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain"),
+                    );
+                }
+                return Ok(Err(resp));
+            }
+            Action::Redirect(r) => {
+                let location = router::redirect_location(r, &route.route_match, &head);
+                let mut resp = local_response(r.response_code, String::new());
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                return Ok(Err(resp));
+            }
+        };
+        let cluster = match &action.cluster {
+            ClusterSpecifier::Cluster(name) => name.as_str(),
+            ClusterSpecifier::WeightedClusters(ws) => {
+                router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
+                    ProxyError::unrouted(MissReason::NoCluster, "weighted clusters add up to 0")
+                })?
+            }
+        };
+        let target = traffic.cluster(cluster).ok_or_else(|| {
+            ProxyError::unrouted(MissReason::NoCluster, format!("cluster {cluster:?} not found"))
+        })?;
+        let endpoint = target.pick(self.captured.then_some(self.dst)).ok_or_else(|| {
+            ProxyError::unrouted(
+                MissReason::NoHealthyUpstream,
+                format!("cluster {cluster:?} has no healthy endpoint"),
+            )
+        })?;
+        let addr = resolve_one(&endpoint).await?;
+
+        let new_path = router::rewrite_path(action, &route.route_match, &path);
+        let new_host = match &action.host_rewrite {
+            Some(HostRewrite::Literal(h)) => Some(h.clone()),
+            Some(HostRewrite::Auto) => match &endpoint {
+                EndpointAddress::Dns { host, .. } => Some(host.clone()),
+                EndpointAddress::Socket(_) => None,
+            },
+            None => None,
+        };
+        let vhost = index_of(&table.config.virtual_hosts, vh);
+        let route_idx = index_of(&vh.routes, route);
+        if let Some(p) = new_path {
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = p.parse().ok();
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        if let Some(h) = new_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+            req.headers_mut().insert(header::HOST, h);
+        }
+        for m in [&route.headers, &vh.headers, &table.config.headers] {
+            router::mutate_headers(
+                req.headers_mut(),
+                &m.request_headers_to_add,
+                &m.request_headers_to_remove,
+            );
+        }
+        Ok(Ok(Decision {
+            addr,
+            table: table.clone(),
+            vhost,
+            route: route_idx,
+        }))
+    }
+
+    async fn forward(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let upgrade = wants_upgrade(&req);
         let is_connect = req.method() == Method::CONNECT;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         strip_hop_by_hop(req.headers_mut(), upgrade);
 
-        let (mut upstream, reused) = self.checkout().await?;
+        let (mut upstream, reused) = self.checkout(addr).await?;
         let mut resp = match upstream.sender.try_send_request(req).await {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
@@ -150,21 +353,15 @@ impl HttpConn {
                 // keep-alive race): nothing reached the upstream, so sending it on a
                 // fresh connection is safe whatever the method.
                 Some(req) if reused => {
-                    debug!(dst = %self.dst, error = %e.error(), "idle upstream connection closed; reconnecting");
-                    upstream = self.connect().await?;
+                    debug!(%addr, error = %e.error(), "idle upstream connection closed; reconnecting");
+                    upstream = self.connect(addr).await?;
                     upstream
                         .sender
                         .send_request(req)
                         .await
-                        .map_err(|e| ProxyError::upstream_http(self.dst, self.peer, e))?
+                        .map_err(|e| ProxyError::upstream_http(addr, self.peer, e))?
                 }
-                _ => {
-                    return Err(ProxyError::upstream_http(
-                        self.dst,
-                        self.peer,
-                        e.into_error(),
-                    ))
-                }
+                _ => return Err(ProxyError::upstream_http(addr, self.peer, e.into_error())),
             },
         };
 
@@ -174,51 +371,105 @@ impl HttpConn {
                 let up = hyper::upgrade::on(&mut resp);
                 // The upstream connection becomes the tunnel: it is not reused, and its
                 // task must live until hyper hands the socket over.
-                *lock(&self.tunnel) =
-                    Some(Box::pin(tunnel(down, up, upstream, self.peer, self.dst)));
+                *lock(&self.tunnel) = Some(Box::pin(tunnel(down, up, upstream, self.peer, addr)));
             }
-            _ if switched => return Err(ProxyError::UnexpectedUpgrade { addr: self.dst }),
-            _ => *lock(&self.upstream) = Some(upstream),
+            _ if switched => return Err(ProxyError::UnexpectedUpgrade { addr }),
+            _ => {
+                let mut idle = lock(&self.idle);
+                if idle.len() >= MAX_IDLE_UPSTREAMS {
+                    idle.remove(0);
+                }
+                idle.push(upstream);
+            }
         }
         strip_hop_by_hop(resp.headers_mut(), switched);
         Ok(resp)
     }
 
-    /// The idle upstream connection if it is still usable (and whether it was reused), or
-    /// a new one.
-    async fn checkout(&self) -> Result<(Upstream, bool), ProxyError> {
-        let idle = lock(&self.upstream).take();
+    /// The idle connection to `addr` if it is still usable (and whether it was reused),
+    /// or a new one.
+    async fn checkout(&self, addr: SocketAddr) -> Result<(Upstream, bool), ProxyError> {
+        let idle = {
+            let mut idle = lock(&self.idle);
+            idle.iter()
+                .position(|u| u.addr == addr)
+                .map(|i| idle.swap_remove(i))
+        };
         if let Some(mut up) = idle {
             // Between requests the connection is normally ready at once; `ready` fails
             // when the upstream has closed it.
             if !up.sender.is_closed() && up.sender.ready().await.is_ok() {
                 return Ok((up, true));
             }
-            debug!(dst = %self.dst, "upstream connection closed; reconnecting");
+            debug!(%addr, "upstream connection closed; reconnecting");
         }
-        Ok((self.connect().await?, false))
+        Ok((self.connect(addr).await?, false))
     }
 
-    async fn connect(&self) -> Result<Upstream, ProxyError> {
-        let stream = tcp::connect(self.dst, self.connect_timeout).await?;
+    async fn connect(&self, addr: SocketAddr) -> Result<Upstream, ProxyError> {
+        let stream = tcp::connect(addr, self.connect_timeout).await?;
         let mut builder = hyper::client::conn::http1::Builder::new();
         builder.preserve_header_case(true);
         let (sender, conn) = builder
             .handshake(TokioIo::new(stream))
             .await
             // The HTTP/1 handshake does no I/O; this only fails on a hyper bug.
-            .map_err(|e| ProxyError::upstream_http(self.dst, self.peer, e))?;
-        let dst = self.dst;
+            .map_err(|e| ProxyError::upstream_http(addr, self.peer, e))?;
         let task = tokio::spawn(
             async move {
                 if let Err(e) = conn.with_upgrades().await {
-                    debug!(%dst, error = %e, "upstream connection ended with an error");
+                    debug!(%addr, error = %e, "upstream connection ended with an error");
                 }
             }
             .in_current_span(),
         );
-        Ok(Upstream { sender, task })
+        Ok(Upstream { addr, sender, task })
     }
+}
+
+/// The request's authority: the `Host` header, else the URI's (absolute form).
+fn authority<B>(req: &Request<B>) -> &str {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+fn index_of<T>(items: &[T], item: &T) -> usize {
+    items
+        .iter()
+        .position(|x| std::ptr::eq(x, item))
+        .expect("the item is borrowed from the slice")
+}
+
+/// Resolves an endpoint to the address to connect to (the first DNS answer).
+pub(crate) async fn resolve_one(endpoint: &EndpointAddress) -> Result<SocketAddr, ProxyError> {
+    match traffic::resolve(endpoint).await {
+        Ok(addrs) if !addrs.is_empty() => Ok(addrs[0]),
+        Ok(_) => Err(ProxyError::unrouted(
+            MissReason::Dns,
+            format!("{endpoint:?} resolved to no address"),
+        )),
+        Err(e) => Err(ProxyError::unrouted(
+            MissReason::Dns,
+            format!("resolving {endpoint:?}: {e}"),
+        )),
+    }
+}
+
+/// A response generated by the proxy (direct responses, redirects).
+fn local_response(status: u16, body: String) -> Response<ProxyBody> {
+    let len = body.len();
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
 }
 
 /// Whether the upstream's response completes the upgrade the request asked for.

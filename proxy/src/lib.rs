@@ -16,8 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use std::collections::HashMap;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 mod detect;
@@ -105,18 +108,37 @@ impl Proxy {
     /// HTTP connections finish the request in flight and then close; opaque connections
     /// run until they end or the deadline passes. `serve` holds `drain` until it
     /// returns, so the drain's signaller waits for it.
+    ///
+    /// Listeners of the traffic config with `bind_to_port` get their own sockets, bound
+    /// and closed as the config changes; their connections are served (and drained) like
+    /// captured ones.
     pub async fn serve(self, listener: TcpListener, drain: drain::Watch) -> io::Result<()> {
         let mut conns = JoinSet::new();
         let signaled = drain.signaled();
         tokio::pin!(signaled);
+        let (bound_tx, mut bound_rx) = mpsc::channel(64);
+        let mut bound = BoundListeners {
+            tx: bound_tx,
+            running: HashMap::new(),
+        };
+        let mut changes = self.inner.traffic.subscribe();
+        bound.reconcile(&self.inner.traffic.load(), &self.inner.metrics);
         loop {
             tokio::select! {
                 biased;
                 () = &mut signaled => break,
                 Some(res) = conns.join_next(), if !conns.is_empty() => log_join(res),
+                Ok(()) = changes.changed() => {
+                    bound.reconcile(&self.inner.traffic.load(), &self.inner.metrics);
+                }
+                Some((stream, peer, name)) = bound_rx.recv() => {
+                    let origin = outbound::Origin::Bound(name);
+                    conns.spawn(outbound::handle(self.inner.clone(), stream, peer, origin, drain.clone()));
+                }
                 res = listener.accept() => match res {
                     Ok((stream, peer)) => {
-                        conns.spawn(outbound::handle(self.inner.clone(), stream, peer, drain.clone()));
+                        let origin = outbound::Origin::Captured;
+                        conns.spawn(outbound::handle(self.inner.clone(), stream, peer, origin, drain.clone()));
                     }
                     Err(e) if is_connection_error(&e) => {
                         debug!(error = %e, "accept: connection failed before it was accepted");
@@ -129,6 +151,7 @@ impl Proxy {
             }
         }
         drop(listener);
+        drop(bound);
         let deadline = self.inner.config.drain_deadline;
         info!(open = conns.len(), ?deadline, "draining proxy connections");
         let finished = tokio::time::timeout(deadline, async {
@@ -145,6 +168,92 @@ impl Proxy {
             conns.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// The accept tasks of the `bind_to_port` listeners, by listener name.
+struct BoundListeners {
+    tx: mpsc::Sender<(TcpStream, SocketAddr, Arc<str>)>,
+    running: HashMap<String, (SocketAddr, JoinHandle<()>)>,
+}
+
+impl Drop for BoundListeners {
+    fn drop(&mut self) {
+        for (_, (_, task)) in self.running.drain() {
+            task.abort();
+        }
+    }
+}
+
+impl BoundListeners {
+    /// Binds new listeners, closes removed ones, rebinds moved ones. A listener whose
+    /// address cannot be bound is logged and counted, and tried again at the next config
+    /// change; the others are unaffected.
+    fn reconcile(&mut self, traffic: &traffic::Traffic, metrics: &metrics::ProxyMetrics) {
+        let wanted: HashMap<&str, SocketAddr> = traffic
+            .bound_listeners()
+            .map(|l| (l.name.as_str(), l.address))
+            .collect();
+        self.running.retain(|name, (addr, task)| {
+            let keep = wanted.get(name.as_str()) == Some(addr) && !task.is_finished();
+            if !keep {
+                task.abort();
+                info!(listener = %name, %addr, "listener closed");
+            }
+            keep
+        });
+        for (name, addr) in wanted {
+            if self.running.contains_key(name) {
+                continue;
+            }
+            match bind(addr) {
+                Ok(listener) => {
+                    info!(listener = %name, %addr, "listener bound");
+                    let task = tokio::spawn(accept_bound(listener, name.into(), self.tx.clone()));
+                    self.running.insert(name.to_owned(), (addr, task));
+                }
+                Err(e) => {
+                    metrics.listener_bind_errors.inc();
+                    warn!(listener = %name, %addr, error = %e, "cannot bind listener; it is not served");
+                }
+            }
+        }
+    }
+}
+
+/// A listening socket with `SO_REUSEADDR`, so a restarted proxy can rebind while old
+/// connections linger in TIME_WAIT.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_bound(
+    listener: TcpListener,
+    name: Arc<str>,
+    tx: mpsc::Sender<(TcpStream, SocketAddr, Arc<str>)>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if tx.send((stream, peer, name.clone())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) => {
+                warn!(listener = %name, error = %e, "accept failed; backing off");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
     }
 }
 

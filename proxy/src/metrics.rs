@@ -15,6 +15,8 @@
 //! | `proxy_requests_total`                         | counter   | `source_workload`, `source_namespace`, `response_code`, `response_flags` |
 //! | `proxy_request_duration_seconds`               | histogram | same as `proxy_requests_total` |
 //! | `proxy_tcp_bytes_total`                        | counter   | `direction`, `source_workload`, `source_namespace` |
+//! | `proxy_config_misses_total`                    | counter   | `reason` |
+//! | `proxy_listener_bind_errors_total`             | counter   | |
 
 use std::fmt;
 use std::sync::Arc;
@@ -119,6 +121,50 @@ pub struct TcpBytesLabels {
     pub source_namespace: Arc<str>,
 }
 
+/// Why the traffic config could not serve a connection or request.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum MissReason {
+    /// The listener has no filter chain for the connection (and no default chain).
+    NoFilterChain,
+    /// The RDS route configuration the listener names has not arrived.
+    NoRouteConfig,
+    /// No virtual host or route matches the request.
+    NoRoute,
+    /// The route or TCP proxy names a cluster that does not exist.
+    NoCluster,
+    /// The cluster has no routable endpoint.
+    NoHealthyUpstream,
+    /// A DNS endpoint did not resolve.
+    Dns,
+}
+
+impl MissReason {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissReason::NoFilterChain => "no_filter_chain",
+            MissReason::NoRouteConfig => "no_route_config",
+            MissReason::NoRoute => "no_route",
+            MissReason::NoCluster => "no_cluster",
+            MissReason::NoHealthyUpstream => "no_healthy_upstream",
+            MissReason::Dns => "dns",
+        }
+    }
+}
+
+impl EncodeLabelValue for MissReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Labels of `proxy_config_misses`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MissLabels {
+    /// Why.
+    pub reason: MissReason,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// All proxy metrics. Cheap to share (`Arc`); every field is internally synchronised.
@@ -132,6 +178,8 @@ pub struct ProxyMetrics {
     pub(crate) requests: Family<RequestLabels, Counter>,
     pub(crate) request_duration: HistogramFamily<RequestLabels>,
     pub(crate) tcp_bytes: Family<TcpBytesLabels, Counter>,
+    pub(crate) config_misses: Family<MissLabels, Counter>,
+    pub(crate) listener_bind_errors: Counter,
 }
 
 fn detect_buckets() -> Histogram {
@@ -156,6 +204,8 @@ impl ProxyMetrics {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(request_buckets),
             tcp_bytes: Family::default(),
+            config_misses: Family::default(),
+            listener_bind_errors: Counter::default(),
         };
         registry.register(
             "proxy_connections_opened",
@@ -199,7 +249,23 @@ impl ProxyMetrics {
             "Bytes forwarded on opaque TCP connections, by direction as seen from the client",
             m.tcp_bytes.clone(),
         );
+        registry.register(
+            "proxy_config_misses",
+            "Connections and requests the traffic config could not route, by reason",
+            m.config_misses.clone(),
+        );
+        registry.register(
+            "proxy_listener_bind_errors",
+            "Listeners with bind_to_port whose address could not be bound",
+            m.listener_bind_errors.clone(),
+        );
         m
+    }
+
+    pub(crate) fn config_miss(&self, reason: MissReason) {
+        self.config_misses
+            .get_or_create(&MissLabels { reason })
+            .inc();
     }
 
     /// Metrics registered nowhere: for tests and tools that do not export.

@@ -1,5 +1,9 @@
-//! The life of one captured outbound connection: original destination, source workload,
-//! protocol detection, then the HTTP or opaque path.
+//! The life of one accepted connection: original destination, source workload, protocol
+//! detection, listener and filter chain, then the HTTP or opaque path.
+//!
+//! A captured connection whose original destination no listener claims is passed through
+//! to that destination (Istio's `PassthroughCluster`), which is also all that happens
+//! when the traffic config is empty (standalone mode without Envoy sections).
 //!
 //! This future is what every connection's task holds, so it stays small: both protocol
 //! branches are boxed (they hold hyper's connection state or copy buffers), and only the
@@ -15,9 +19,11 @@ use tracing::debug;
 use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::error::ProxyError;
-use crate::http::{self, HttpConn};
-use crate::metrics::{ProtocolLabels, UNKNOWN};
+use crate::http::{self, HttpConn, HttpConnParams, RouteRef, Routing};
+use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
+use crate::model::listener::{Listener, NetworkFilter, RouteSource, TcpCluster};
 use crate::tcp;
+use crate::traffic::{chain, router, Traffic};
 use crate::Inner;
 
 /// The source workload of a connection, as metric label values.
@@ -36,14 +42,24 @@ impl Source {
     }
 }
 
+/// How a connection reached the proxy.
+pub(crate) enum Origin {
+    /// Redirected by the kernel to the capture listener: the original destination is in
+    /// the map.
+    Captured,
+    /// Accepted on the socket of a `bind_to_port` listener (by name).
+    Bound(Arc<str>),
+}
+
 /// Serves one accepted connection to the end. Never fails: errors are logged and counted.
 pub(crate) async fn handle(
     inner: Arc<Inner>,
     stream: TcpStream,
     peer: SocketAddr,
+    origin: Origin,
     drain: drain::Watch,
 ) {
-    if let Err(e) = try_handle(&inner, stream, peer, drain).await {
+    if let Err(e) = try_handle(&inner, stream, peer, origin, drain).await {
         debug!(%peer, error = %e, "connection failed");
     }
 }
@@ -52,6 +68,7 @@ async fn try_handle(
     inner: &Arc<Inner>,
     stream: TcpStream,
     peer: SocketAddr,
+    origin: Origin,
     drain: drain::Watch,
 ) -> Result<(), ProxyError> {
     let metrics = &inner.metrics;
@@ -59,9 +76,24 @@ async fn try_handle(
     let local = stream
         .local_addr()
         .map_err(|source| ProxyError::Sniff { peer, source })?;
-    let Some(dst) = inner.lookup.original_dst(peer, local) else {
-        metrics.orig_dst_missing.inc();
-        return Err(ProxyError::OrigDstMissing { peer, local });
+    // The connection keeps the traffic config it was accepted with for its listener and
+    // filter chain (HTTP requests load the current one for their routes).
+    let traffic = inner.traffic.load();
+    let (dst, listener, captured) = match origin {
+        Origin::Captured => {
+            let Some(dst) = inner.lookup.original_dst(peer, local) else {
+                metrics.orig_dst_missing.inc();
+                return Err(ProxyError::OrigDstMissing { peer, local });
+            };
+            (dst, traffic.listener_for_original_dst(dst).cloned(), true)
+        }
+        Origin::Bound(name) => {
+            let Some(l) = traffic.listener(&name).cloned() else {
+                // Removed between accept and here: as if it had been closed a moment sooner.
+                return Ok(());
+            };
+            (local, Some(l), false)
+        }
     };
     let source = config
         .workload_by_ip(peer.ip())
@@ -83,38 +115,163 @@ async fn try_handle(
         .protocol_detect_duration
         .get_or_create(&labels)
         .observe(start.elapsed().as_secs_f64());
-    metrics.connections_opened.get_or_create(&labels).inc();
-    debug!(%peer, %dst, %protocol, source = %source.workload, "connection accepted");
 
-    let res = match protocol {
-        Protocol::Http1 => {
-            let conn = Arc::new(HttpConn::new(
-                peer,
-                dst,
-                source,
-                config.connect_timeout,
-                metrics.clone(),
-            ));
-            Box::pin(http::serve(stream, conn, drain)).await;
-            Ok(())
+    let plan = match &listener {
+        None => Plan::Passthrough,
+        Some(l) => match plan(&traffic, l, dst, protocol, stream.prefix().first() == Some(&0x16)) {
+            Ok(plan) => plan,
+            Err(e) => {
+                if let ProxyError::Unrouted { reason, .. } = &e {
+                    metrics.config_miss(*reason);
+                }
+                tcp::reset_on_close(stream.inner());
+                return Err(e);
+            }
+        },
+    };
+    metrics.connections_opened.get_or_create(&labels).inc();
+    debug!(%peer, %dst, %protocol, source = %source.workload, listener = listener.as_ref().map(|l| l.name.as_str()), "connection accepted");
+
+    let res = match plan {
+        Plan::Passthrough if protocol == Protocol::Http1 => {
+            serve_http(inner, stream, peer, dst, captured, Routing::Passthrough, source, drain).await
         }
-        Protocol::Opaque => {
+        Plan::Http(routes) => {
+            serve_http(inner, stream, peer, dst, captured, Routing::Routes(routes), source, drain).await
+        }
+        Plan::Passthrough | Plan::Tcp(_) => {
             // Opaque connections cannot be closed gracefully: they run until they end or
             // the drain deadline passes, so the watch is not needed.
             drop(drain);
-            Box::pin(tcp::forward(
-                stream,
-                peer,
-                dst,
-                &source,
-                config.connect_timeout,
-                metrics,
-            ))
-            .await
+            let upstream = match plan {
+                Plan::Tcp(cluster) => tcp_upstream(&traffic, &cluster, captured.then_some(dst)).await,
+                _ => Ok(dst),
+            };
+            match upstream {
+                Ok(upstream) => {
+                    Box::pin(tcp::forward(
+                        stream,
+                        peer,
+                        upstream,
+                        &source,
+                        config.connect_timeout,
+                        metrics,
+                    ))
+                    .await
+                }
+                Err(e) => {
+                    if let ProxyError::Unrouted { reason, .. } = &e {
+                        metrics.config_miss(*reason);
+                    }
+                    tcp::reset_on_close(stream.inner());
+                    Err(e)
+                }
+            }
         }
     };
     metrics.connections_closed.get_or_create(&labels).inc();
     res
+}
+
+/// What serves a connection.
+enum Plan {
+    /// No listener: HTTP/1 or bytes to the original destination.
+    Passthrough,
+    /// An HTTP connection manager.
+    Http(RouteRef),
+    /// A TCP proxy to a cluster.
+    Tcp(TcpCluster),
+}
+
+/// Picks the filter chain of `listener` for this connection and says what serves it.
+fn plan(
+    traffic: &Traffic,
+    listener: &Arc<Listener>,
+    dst: SocketAddr,
+    protocol: Protocol,
+    tls: bool,
+) -> Result<Plan, ProxyError> {
+    let alpn: &[&str] = match protocol {
+        Protocol::Http1 => &["http/1.1", "http/1.0"],
+        Protocol::Opaque => &[],
+    };
+    let cx = chain::ChainContext {
+        dst,
+        // TLS inspection (SNI, ALPN) comes with the mTLS work; until then chains that
+        // require server names do not match.
+        server_name: None,
+        transport_protocol: if tls { "tls" } else { "raw_buffer" },
+        application_protocols: alpn,
+    };
+    let Some((index, chain)) = chain::select(listener, &cx) else {
+        return Err(ProxyError::unrouted(
+            MissReason::NoFilterChain,
+            format!("listener {:?} has no filter chain for {dst}", listener.name),
+        ));
+    };
+    Ok(match &chain.filter {
+        NetworkFilter::TcpProxy(tp) => Plan::Tcp(tp.cluster.clone()),
+        // An HTTP connection manager speaks HTTP whatever the sniffing said (Envoy does
+        // not sniff either): bytes that are not HTTP/1 get hyper's error and a close.
+        NetworkFilter::HttpConnectionManager(hcm) => Plan::Http(match &hcm.route {
+            RouteSource::Rds(name) => RouteRef::Rds(name.clone()),
+            RouteSource::Inline(_) => RouteRef::Inline(
+                traffic
+                    .inline_route_table(&listener.name, index)
+                    .cloned()
+                    .expect("every inline route configuration is indexed at build"),
+            ),
+        }),
+    })
+}
+
+/// The endpoint a TCP proxy connection goes to.
+async fn tcp_upstream(
+    traffic: &Traffic,
+    cluster: &TcpCluster,
+    original_dst: Option<SocketAddr>,
+) -> Result<SocketAddr, ProxyError> {
+    let name = match cluster {
+        TcpCluster::Cluster(name) => name.as_str(),
+        TcpCluster::Weighted(ws) => router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
+            ProxyError::unrouted(MissReason::NoCluster, "weighted clusters add up to 0")
+        })?,
+    };
+    let target = traffic.cluster(name).ok_or_else(|| {
+        ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
+    })?;
+    let endpoint = target.pick(original_dst).ok_or_else(|| {
+        ProxyError::unrouted(
+            MissReason::NoHealthyUpstream,
+            format!("cluster {name:?} has no healthy endpoint"),
+        )
+    })?;
+    http::resolve_one(&endpoint).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http(
+    inner: &Arc<Inner>,
+    stream: crate::stream::Rewind<TcpStream>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    captured: bool,
+    routing: Routing,
+    source: Source,
+    drain: drain::Watch,
+) -> Result<(), ProxyError> {
+    let conn = Arc::new(HttpConn::new(HttpConnParams {
+        peer,
+        dst,
+        captured,
+        routing,
+        traffic: inner.traffic.clone(),
+        source,
+        connect_timeout: inner.config.connect_timeout,
+        metrics: inner.metrics.clone(),
+    }));
+    Box::pin(http::serve(stream, conn, drain)).await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -146,7 +303,7 @@ mod tests {
             traffic: crate::traffic::TrafficHandle::new(),
         });
         let (_signal, watch) = drain::channel();
-        let fut = handle(inner, stream, peer, watch);
+        let fut = handle(inner, stream, peer, Origin::Captured, watch);
         let size = std::mem::size_of_val(&fut);
         // 704 bytes in a debug build when written; the protocol branches are boxed.
         assert!(size <= 1024, "connection future is {size} bytes");

@@ -30,6 +30,11 @@ impl<T> Rewind<T> {
         Self { prefix, inner }
     }
 
+    /// The put-back bytes not read yet (all of them right after detection).
+    pub(crate) fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
     /// The underlying stream (for socket options); reads through it skip the prefix.
     pub(crate) fn inner(&self) -> &T {
         &self.inner

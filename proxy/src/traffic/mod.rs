@@ -27,10 +27,13 @@ use tokio::sync::watch;
 
 use crate::model::cluster::Discovery;
 use crate::model::endpoint::EndpointAddress;
+use crate::model::listener::{NetworkFilter, RouteSource};
 use crate::model::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
 
 pub mod chain;
 pub mod router;
+
+use router::RouteTable;
 
 /// The resources a [`Traffic`] is built from (everything behind `Arc`s, so building the
 /// input from a store snapshot copies pointers only).
@@ -57,7 +60,10 @@ pub struct Traffic {
     by_addr: HashMap<SocketAddr, Arc<Listener>>,
     /// Captured-connection listeners on the unspecified address, by (is IPv4, port).
     by_port: HashMap<(bool, u16), Arc<Listener>>,
-    routes: HashMap<String, Arc<RouteConfiguration>>,
+    /// RDS route configurations, indexed.
+    routes: HashMap<String, Arc<RouteTable>>,
+    /// Inline route configurations, by (listener, filter chain; `None`: the default chain).
+    inline_routes: HashMap<(String, Option<usize>), Arc<RouteTable>>,
     clusters: HashMap<String, Arc<ClusterTarget>>,
 }
 
@@ -67,7 +73,26 @@ impl Traffic {
         let mut listeners = HashMap::with_capacity(input.listeners.len());
         let mut by_addr = HashMap::new();
         let mut by_port = HashMap::new();
+        let mut inline_routes = HashMap::new();
         for l in input.listeners {
+            let unchanged = prev
+                .and_then(|p| p.listeners.get(&l.name))
+                .is_some_and(|old| Arc::ptr_eq(old, &l));
+            let chains = l.filter_chains.iter().enumerate().map(|(i, c)| (Some(i), c));
+            for (i, chain) in chains.chain(l.default_filter_chain.iter().map(|c| (None, c))) {
+                let NetworkFilter::HttpConnectionManager(hcm) = &chain.filter else {
+                    continue;
+                };
+                let RouteSource::Inline(rc) = &hcm.route else {
+                    continue;
+                };
+                let key = (l.name.clone(), i);
+                let table = prev
+                    .filter(|_| unchanged)
+                    .and_then(|p| p.inline_routes.get(&key).cloned())
+                    .unwrap_or_else(|| Arc::new(RouteTable::new(Arc::new(rc.clone()))));
+                inline_routes.insert(key, table);
+            }
             if !l.bind_to_port {
                 let ip = l.address.ip().to_canonical();
                 if ip.is_unspecified() {
@@ -81,7 +106,14 @@ impl Traffic {
         let routes = input
             .route_configurations
             .into_iter()
-            .map(|r| (r.name.clone(), r))
+            .map(|rc| {
+                let table = prev
+                    .and_then(|p| p.routes.get(&rc.name))
+                    .filter(|t| Arc::ptr_eq(&t.config, &rc))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(RouteTable::new(rc.clone())));
+                (rc.name.clone(), table)
+            })
             .collect();
         let mut clusters = HashMap::with_capacity(input.clusters.len());
         for c in input.clusters {
@@ -105,6 +137,7 @@ impl Traffic {
             by_addr,
             by_port,
             routes,
+            inline_routes,
             clusters,
         }
     }
@@ -135,8 +168,14 @@ impl Traffic {
     }
 
     /// An RDS route configuration by name.
-    pub fn route_configuration(&self, name: &str) -> Option<&Arc<RouteConfiguration>> {
+    pub fn route_table(&self, name: &str) -> Option<&Arc<RouteTable>> {
         self.routes.get(name)
+    }
+
+    /// The inline route configuration of a listener's filter chain (`None`: the default
+    /// chain).
+    pub fn inline_route_table(&self, listener: &str, chain: Option<usize>) -> Option<&Arc<RouteTable>> {
+        self.inline_routes.get(&(listener.to_owned(), chain))
     }
 
     /// A cluster and its endpoints by name.

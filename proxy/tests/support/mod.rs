@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use myelin_proxy::drain::{self, Signal};
 use myelin_proxy::metrics::ProxyMetrics;
 use myelin_proxy::model::{ProxyConfig, Workload};
+use myelin_proxy::traffic::TrafficHandle;
 use myelin_proxy::{OrigDstLookup, Proxy};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,6 +61,8 @@ pub struct TestProxy {
     registry: Registry,
     signal: Option<Signal>,
     pub task: JoinHandle<io::Result<()>>,
+    /// The proxy's traffic config: publish listeners, routes and clusters here.
+    pub traffic: TrafficHandle,
 }
 
 impl TestProxy {
@@ -73,6 +76,7 @@ impl TestProxy {
         let addr = listener.local_addr()?;
         let (signal, watch) = drain::channel();
         let proxy = Proxy::new(Arc::new(config), lookup.clone(), metrics);
+        let traffic = proxy.traffic();
         let task = tokio::spawn(proxy.serve(listener, watch));
         Ok(Self {
             addr,
@@ -80,6 +84,7 @@ impl TestProxy {
             registry,
             signal: Some(signal),
             task,
+            traffic,
         })
     }
 
