@@ -206,9 +206,7 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } | ProxyError::Forward { .. } => "UC",
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => "UPE",
             ProxyError::Unrouted { reason, .. } => match reason {
-                MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
-                    "NR"
-                }
+                MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "NR",
                 MissReason::NoCluster => "NC",
                 MissReason::NoHealthyUpstream => "UH",
                 MissReason::Dns => "UF",

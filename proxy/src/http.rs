@@ -197,7 +197,10 @@ impl HttpConn {
         resp
     }
 
-    async fn dispatch(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn dispatch(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let route_ref = match &self.routing {
             Routing::Passthrough => {
                 let resp = self.forward(self.dst, req).await?;
@@ -264,10 +267,8 @@ impl HttpConn {
                 let body = d.body.clone().unwrap_or_default();
                 let mut resp = local_response(d.status, body);
                 if d.body.is_some() {
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain"),
-                    );
+                    resp.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
                 return Ok(Err(resp));
             }
@@ -282,21 +283,25 @@ impl HttpConn {
         };
         let cluster = match &action.cluster {
             ClusterSpecifier::Cluster(name) => name.as_str(),
-            ClusterSpecifier::WeightedClusters(ws) => {
-                router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
+            ClusterSpecifier::WeightedClusters(ws) => router::pick_weighted(ws, fastrand::u64(..))
+                .ok_or_else(|| {
                     ProxyError::unrouted(MissReason::NoCluster, "weighted clusters add up to 0")
-                })?
-            }
+                })?,
         };
         let target = traffic.cluster(cluster).ok_or_else(|| {
-            ProxyError::unrouted(MissReason::NoCluster, format!("cluster {cluster:?} not found"))
-        })?;
-        let endpoint = target.pick(self.captured.then_some(self.dst)).ok_or_else(|| {
             ProxyError::unrouted(
-                MissReason::NoHealthyUpstream,
-                format!("cluster {cluster:?} has no healthy endpoint"),
+                MissReason::NoCluster,
+                format!("cluster {cluster:?} not found"),
             )
         })?;
+        let endpoint = target
+            .pick(self.captured.then_some(self.dst))
+            .ok_or_else(|| {
+                ProxyError::unrouted(
+                    MissReason::NoHealthyUpstream,
+                    format!("cluster {cluster:?} has no healthy endpoint"),
+                )
+            })?;
         let addr = resolve_one(&endpoint).await?;
 
         let new_path = router::rewrite_path(action, &route.route_match, &path);

@@ -118,7 +118,13 @@ async fn try_handle(
 
     let plan = match &listener {
         None => Plan::Passthrough,
-        Some(l) => match plan(&traffic, l, dst, protocol, stream.prefix().first() == Some(&0x16)) {
+        Some(l) => match plan(
+            &traffic,
+            l,
+            dst,
+            protocol,
+            stream.prefix().first() == Some(&0x16),
+        ) {
             Ok(plan) => plan,
             Err(e) => {
                 if let ProxyError::Unrouted { reason, .. } = &e {
@@ -134,17 +140,39 @@ async fn try_handle(
 
     let res = match plan {
         Plan::Passthrough if protocol == Protocol::Http1 => {
-            serve_http(inner, stream, peer, dst, captured, Routing::Passthrough, source, drain).await
+            serve_http(
+                inner,
+                stream,
+                peer,
+                dst,
+                captured,
+                Routing::Passthrough,
+                source,
+                drain,
+            )
+            .await
         }
         Plan::Http(routes) => {
-            serve_http(inner, stream, peer, dst, captured, Routing::Routes(routes), source, drain).await
+            serve_http(
+                inner,
+                stream,
+                peer,
+                dst,
+                captured,
+                Routing::Routes(routes),
+                source,
+                drain,
+            )
+            .await
         }
         Plan::Passthrough | Plan::Tcp(_) => {
             // Opaque connections cannot be closed gracefully: they run until they end or
             // the drain deadline passes, so the watch is not needed.
             drop(drain);
             let upstream = match plan {
-                Plan::Tcp(cluster) => tcp_upstream(&traffic, &cluster, captured.then_some(dst)).await,
+                Plan::Tcp(cluster) => {
+                    tcp_upstream(&traffic, &cluster, captured.then_some(dst)).await
+                }
                 _ => Ok(dst),
             };
             match upstream {
@@ -233,9 +261,11 @@ async fn tcp_upstream(
 ) -> Result<SocketAddr, ProxyError> {
     let name = match cluster {
         TcpCluster::Cluster(name) => name.as_str(),
-        TcpCluster::Weighted(ws) => router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
-            ProxyError::unrouted(MissReason::NoCluster, "weighted clusters add up to 0")
-        })?,
+        TcpCluster::Weighted(ws) => {
+            router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
+                ProxyError::unrouted(MissReason::NoCluster, "weighted clusters add up to 0")
+            })?
+        }
     };
     let target = traffic.cluster(name).ok_or_else(|| {
         ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))

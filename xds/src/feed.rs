@@ -13,7 +13,11 @@ use crate::store::{ConfigStore, Snapshot};
 pub fn traffic_input(snap: &Snapshot) -> TrafficInput {
     TrafficInput {
         generation: snap.generation,
-        listeners: snap.listeners.values().map(|e| e.resource.clone()).collect(),
+        listeners: snap
+            .listeners
+            .values()
+            .map(|e| e.resource.clone())
+            .collect(),
         route_configurations: snap
             .route_configurations
             .values()

@@ -55,7 +55,9 @@ pub fn select<'l>(
             .map(|r| 1 + u32::from(r.prefix_len))
             .max()
     });
-    narrow(&mut cands, |m| server_name_score(&m.server_names, cx.server_name));
+    narrow(&mut cands, |m| {
+        server_name_score(&m.server_names, cx.server_name)
+    });
     narrow(&mut cands, |m| match &m.transport_protocol {
         None => Some(0),
         Some(t) if t == cx.transport_protocol => Some(1),
@@ -81,7 +83,10 @@ pub fn select<'l>(
 }
 
 /// Keeps the candidates with the highest score; `None` drops a candidate.
-fn narrow(cands: &mut Vec<(usize, &FilterChainMatch)>, score: impl Fn(&FilterChainMatch) -> Option<u32>) {
+fn narrow(
+    cands: &mut Vec<(usize, &FilterChainMatch)>,
+    score: impl Fn(&FilterChainMatch) -> Option<u32>,
+) {
     let scored: Vec<Option<u32>> = cands.iter().map(|(_, m)| score(m)).collect();
     let Some(best) = scored.iter().flatten().max().copied() else {
         cands.clear();
@@ -111,7 +116,7 @@ fn server_name_score(names: &[String], sni: Option<&str>) -> Option<u32> {
             } else if let Some(suffix) = n.strip_prefix('*') {
                 // `*.example.com` matches `a.example.com` (and `a.b.example.com`, as in
                 // Envoy), never `example.com` itself.
-                (sni.len() > suffix.len() && sni.ends_with(suffix)).then(|| suffix.len() as u32)
+                (sni.len() > suffix.len() && sni.ends_with(suffix)).then_some(suffix.len() as u32)
             } else {
                 None
             }
@@ -154,7 +159,13 @@ mod tests {
         }
     }
 
-    fn pick(l: &Listener, dst: &str, sni: Option<&str>, transport: &str, alpn: &[&str]) -> Option<String> {
+    fn pick(
+        l: &Listener,
+        dst: &str,
+        sni: Option<&str>,
+        transport: &str,
+        alpn: &[&str],
+    ) -> Option<String> {
         let cx = ChainContext {
             dst: dst.parse().unwrap(),
             server_name: sni,
@@ -226,20 +237,52 @@ mod tests {
             ],
             true,
         );
-        let cases: &[(&str, Option<&str>, &str, &[&str], &str)] = &[
+        /// (original destination, SNI, transport, application protocols, chain)
+        type Case<'a> = (&'a str, Option<&'a str>, &'a str, &'a [&'a str], &'a str);
+        let cases: &[Case] = &[
             // Port beats address: port80 has no range but its port is specific.
             ("10.1.2.3:80", None, "raw_buffer", &[], "port80"),
             ("10.1.2.3:81", None, "raw_buffer", &[], "net16"),
             ("10.2.0.1:81", None, "raw_buffer", &[], "net8"),
             ("192.168.0.1:81", None, "raw_buffer", &[], "any"),
-            ("192.168.0.1:443", Some("api.example.com"), "tls", &[], "port443-exact"),
-            ("192.168.0.1:443", Some("www.example.com"), "tls", &[], "port443-sni"),
+            (
+                "192.168.0.1:443",
+                Some("api.example.com"),
+                "tls",
+                &[],
+                "port443-exact",
+            ),
+            (
+                "192.168.0.1:443",
+                Some("www.example.com"),
+                "tls",
+                &[],
+                "port443-sni",
+            ),
             // SNI matches the wildcard, but the transport is wrong: nothing left on 443.
-            ("192.168.0.1:443", Some("www.example.com"), "raw_buffer", &[], "default"),
+            (
+                "192.168.0.1:443",
+                Some("www.example.com"),
+                "raw_buffer",
+                &[],
+                "default",
+            ),
             // No SNI: no 443 chain matches; no fallback to the port-less chains.
             ("192.168.0.1:443", None, "tls", &[], "default"),
-            ("192.168.0.1:8080", None, "raw_buffer", &["http/1.1"], "port8080-http"),
-            ("192.168.0.1:8080", None, "raw_buffer", &["h2c"], "port8080-h2c"),
+            (
+                "192.168.0.1:8080",
+                None,
+                "raw_buffer",
+                &["http/1.1"],
+                "port8080-http",
+            ),
+            (
+                "192.168.0.1:8080",
+                None,
+                "raw_buffer",
+                &["h2c"],
+                "port8080-h2c",
+            ),
             ("192.168.0.1:8080", None, "raw_buffer", &[], "default"),
         ];
         for (dst, sni, transport, alpn, want) in cases {
@@ -278,7 +321,10 @@ mod tests {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(server_name_score(&[], None), Some(0));
         assert_eq!(server_name_score(&names(&["a.com"]), None), None);
-        assert_eq!(server_name_score(&names(&["A.com"]), Some("a.COM")), Some(u32::MAX));
+        assert_eq!(
+            server_name_score(&names(&["A.com"]), Some("a.COM")),
+            Some(u32::MAX)
+        );
         assert_eq!(server_name_score(&names(&["*.a.com"]), Some("a.com")), None);
         assert!(
             server_name_score(&names(&["*.b.a.com"]), Some("x.b.a.com"))

@@ -78,7 +78,11 @@ impl Traffic {
             let unchanged = prev
                 .and_then(|p| p.listeners.get(&l.name))
                 .is_some_and(|old| Arc::ptr_eq(old, &l));
-            let chains = l.filter_chains.iter().enumerate().map(|(i, c)| (Some(i), c));
+            let chains = l
+                .filter_chains
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (Some(i), c));
             for (i, chain) in chains.chain(l.default_filter_chain.iter().map(|c| (None, c))) {
                 let NetworkFilter::HttpConnectionManager(hcm) = &chain.filter else {
                     continue;
@@ -174,7 +178,11 @@ impl Traffic {
 
     /// The inline route configuration of a listener's filter chain (`None`: the default
     /// chain).
-    pub fn inline_route_table(&self, listener: &str, chain: Option<usize>) -> Option<&Arc<RouteTable>> {
+    pub fn inline_route_table(
+        &self,
+        listener: &str,
+        chain: Option<usize>,
+    ) -> Option<&Arc<RouteTable>> {
         self.inline_routes.get(&(listener.to_owned(), chain))
     }
 
@@ -220,7 +228,11 @@ impl ClusterTarget {
             priorities.dedup();
             for p in priorities {
                 for loc in cla.localities.iter().filter(|l| l.priority == p) {
-                    for e in loc.endpoints.iter().filter(|e| e.health_status.is_routable()) {
+                    for e in loc
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.health_status.is_routable())
+                    {
                         let w = e.load_balancing_weight.clamp(1, MAX_RING_WEIGHT);
                         for _ in 0..w {
                             endpoints.push(e.address.clone());

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::model::listener::WeightedCluster;
+use crate::model::route::DomainMatch;
 use crate::model::route::{
     AppendAction, HeaderMatcher, HeaderRule, HeaderValueOption, PathMatch, PathRedirect,
     QueryParameterMatcher, QueryParameterRule, Redirect, Route, RouteAction, RouteConfiguration,
     RouteMatch, VirtualHost,
 };
-use crate::model::route::DomainMatch;
 
 /// A route configuration with its domain index.
 #[derive(Debug)]
@@ -164,7 +164,9 @@ impl RouteMatch {
                 a.eq_ignore_ascii_case(b)
             }
         };
-        let starts = |s: &str, p: &str| s.len() >= p.len() && s.is_char_boundary(p.len()) && eq(&s[..p.len()], p);
+        let starts = |s: &str, p: &str| {
+            s.len() >= p.len() && s.is_char_boundary(p.len()) && eq(&s[..p.len()], p)
+        };
         match &self.path {
             PathMatch::Prefix(p) => starts(path, p),
             PathMatch::Path(p) => eq(path, p),

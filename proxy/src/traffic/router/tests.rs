@@ -82,7 +82,11 @@ fn virtual_host_selection_is_by_specificity_not_order() {
         vhost("prefix-long", &["api.example.*"], vec![]),
         vhost("suffix-short", &["*.com"], vec![]),
         vhost("suffix-long", &["*.example.com"], vec![]),
-        vhost("exact", &["api.example.com", "api.example.com:8080"], vec![]),
+        vhost(
+            "exact",
+            &["api.example.com", "api.example.com:8080"],
+            vec![],
+        ),
     ]);
     let cases = [
         ("api.example.com", "exact"),
@@ -185,7 +189,9 @@ fn header_matchers() {
             ignore_case: false,
         })
     };
-    let cases: Vec<(HeaderMatcher, &[(&str, &str)], bool)> = vec![
+    /// (matcher, request headers, matches)
+    type Case<'a> = (HeaderMatcher, &'a [(&'a str, &'a str)], bool);
+    let cases: Vec<Case> = vec![
         (hm("x-a", exact("1"), false, false), &[("x-a", "1")], true),
         (hm("x-a", exact("1"), false, false), &[("x-a", "2")], false),
         (hm("x-a", exact("1"), false, false), &[], false),
@@ -194,12 +200,28 @@ fn header_matchers() {
         (hm("x-a", exact("1"), true, false), &[], true),
         (hm("x-a", exact(""), false, true), &[], true),
         (hm("x-a", exact(""), false, false), &[], false),
-        (hm("x-a", HeaderRule::Present(true), false, false), &[("x-a", "")], true),
-        (hm("x-a", HeaderRule::Present(true), false, false), &[], false),
-        (hm("x-a", HeaderRule::Present(false), false, false), &[], true),
+        (
+            hm("x-a", HeaderRule::Present(true), false, false),
+            &[("x-a", "")],
+            true,
+        ),
+        (
+            hm("x-a", HeaderRule::Present(true), false, false),
+            &[],
+            false,
+        ),
+        (
+            hm("x-a", HeaderRule::Present(false), false, false),
+            &[],
+            true,
+        ),
         (hm("x-a", HeaderRule::Present(true), true, false), &[], true),
         // Several values are joined with a comma.
-        (hm("x-a", exact("1,2"), false, false), &[("x-a", "1"), ("x-a", "2")], true),
+        (
+            hm("x-a", exact("1,2"), false, false),
+            &[("x-a", "1"), ("x-a", "2")],
+            true,
+        ),
         (hm(":method", exact("GET"), false, false), &[], true),
         (hm(":method", exact("POST"), false, false), &[], false),
         (hm(":authority", regex("h.*"), false, false), &[], true),
@@ -207,7 +229,11 @@ fn header_matchers() {
     ];
     for (i, (m, pairs, want)) in cases.iter().enumerate() {
         let h = hdrs(pairs);
-        assert_eq!(m.matches(&head("host", "/p?q=1", &h)), *want, "case {i}: {m:?} {pairs:?}");
+        assert_eq!(
+            m.matches(&head("host", "/p?q=1", &h)),
+            *want,
+            "case {i}: {m:?} {pairs:?}"
+        );
     }
 }
 
@@ -273,8 +299,12 @@ fn weighted_choice_follows_weights() {
     let mut counts = HashMap::new();
     let n = 40_000;
     for _ in 0..n {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        *counts.entry(pick_weighted(&clusters, x >> 11).unwrap()).or_insert(0) += 1;
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *counts
+            .entry(pick_weighted(&clusters, x >> 11).unwrap())
+            .or_insert(0) += 1;
     }
     let share = |k| f64::from(counts[k]) / f64::from(n);
     assert!((share("a") - 0.25).abs() < 0.02, "{counts:?}");
@@ -294,7 +324,10 @@ fn path_rewrites() {
         headers: vec![],
         query_parameters: vec![],
     };
-    assert_eq!(rewrite_path(&a, &m(PathMatch::Prefix("/".into())), "/x"), None);
+    assert_eq!(
+        rewrite_path(&a, &m(PathMatch::Prefix("/".into())), "/x"),
+        None
+    );
     a.prefix_rewrite = Some("/v2/".into());
     assert_eq!(
         rewrite_path(&a, &m(PathMatch::Prefix("/api/".into())), "/api/users?id=1").as_deref(),
@@ -302,7 +335,12 @@ fn path_rewrites() {
     );
     a.prefix_rewrite = Some("/".into());
     assert_eq!(
-        rewrite_path(&a, &m(PathMatch::PathSeparatedPrefix("/api".into())), "/api/x").as_deref(),
+        rewrite_path(
+            &a,
+            &m(PathMatch::PathSeparatedPrefix("/api".into())),
+            "/api/x"
+        )
+        .as_deref(),
         Some("//x")
     );
     a.prefix_rewrite = None;
@@ -335,11 +373,38 @@ fn redirect_locations() {
     let h = HeaderMap::new();
     let req = head("example.com:8080", "/old/page?x=1", &h);
     let cases = [
-        (redirect(None, None, None, None, false), "http://example.com:8080/old/page?x=1"),
-        (redirect(Some("https"), None, None, None, false), "https://example.com/old/page?x=1"),
-        (redirect(None, Some("new.example.com"), None, None, true), "http://new.example.com:8080/old/page"),
-        (redirect(None, None, Some(9000), Some(PathRedirect::Path("/p".into())), false), "http://example.com:9000/p?x=1"),
-        (redirect(None, None, None, Some(PathRedirect::Prefix("/new/".into())), false), "http://example.com:8080/new/page?x=1"),
+        (
+            redirect(None, None, None, None, false),
+            "http://example.com:8080/old/page?x=1",
+        ),
+        (
+            redirect(Some("https"), None, None, None, false),
+            "https://example.com/old/page?x=1",
+        ),
+        (
+            redirect(None, Some("new.example.com"), None, None, true),
+            "http://new.example.com:8080/old/page",
+        ),
+        (
+            redirect(
+                None,
+                None,
+                Some(9000),
+                Some(PathRedirect::Path("/p".into())),
+                false,
+            ),
+            "http://example.com:9000/p?x=1",
+        ),
+        (
+            redirect(
+                None,
+                None,
+                None,
+                Some(PathRedirect::Prefix("/new/".into())),
+                false,
+            ),
+            "http://example.com:8080/new/page?x=1",
+        ),
     ];
     for (r, want) in cases {
         assert_eq!(redirect_location(&r, &m, &req), want, "{r:?}");
@@ -399,5 +464,8 @@ fn direct_response_route_is_found_like_any_other() {
     let t = table(vec![vhost("vh", &["*"], vec![r])]);
     let h = HeaderMap::new();
     let (_, found) = t.find(&head("h", "/healthz", &h)).unwrap();
-    assert!(matches!(found.action, Action::DirectResponse(DirectResponse { status: 200, .. })));
+    assert!(matches!(
+        found.action,
+        Action::DirectResponse(DirectResponse { status: 200, .. })
+    ));
 }

@@ -1,0 +1,859 @@
+//! The whole config path with real traffic: the in-process control plane serves Envoy
+//! resources (written as Envoy YAML) over real gRPC, the ADS client feeds the
+//! `ConfigStore`, `feed` publishes each snapshot to the real proxy, and HTTP and TCP
+//! clients send traffic through the proxy to real upstream servers on loopback.
+//!
+//! Captured connections are simulated as in the proxy's own tests: the client binds its
+//! socket first and records the original destination it "was going to" (a service VIP
+//! that does not exist) in the lookup the proxy consults.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use myelin_proxy::drain;
+use myelin_proxy::metrics::ProxyMetrics;
+use myelin_proxy::model::ProxyConfig;
+use myelin_proxy::{OrigDstLookup, Proxy};
+use myelin_xds::ads::{type_url, AdsClient, AdsConfig, AdsProtocol};
+use myelin_xds::convert::json;
+use myelin_xds::store::ConfigStore;
+use myelin_xds::testing::{ControlPlane, WAIT};
+use prometheus_client::registry::Registry;
+use prost::{Message, Name};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use xds_api::pb::envoy::config::cluster::v3::Cluster;
+use xds_api::pb::envoy::config::core::v3::Node as NodePb;
+use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+
+/// The service VIP the clients "dial"; only the proxy's listeners know it. On loopback,
+/// so that a connection passed through (no listener) stays on this machine.
+const VIP: &str = "127.0.0.11";
+
+// ---- resources, as Envoy YAML -------------------------------------------------------------
+
+fn yaml<T: DeserializeOwned>(text: &str) -> T {
+    let v: serde_json::Value = serde_yaml::from_str(text).expect("test YAML parses");
+    json::from_value(v).expect("test YAML is a valid Envoy resource")
+}
+
+const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const TCP_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+/// A captured-traffic listener (`bind_to_port: false`) on `0.0.0.0:port` whose HTTP
+/// connection manager takes its routes from RDS `route`.
+fn http_listener(name: &str, port: u16, route: &str) -> Listener {
+    yaml(&format!(
+        r#"
+name: {name}
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: {name}
+      rds: {{route_config_name: {route}, config_source: {{ads: {{}}}}}}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ))
+}
+
+/// A listener bound on `addr` (a plain reverse proxy).
+fn bound_http_listener(name: &str, addr: SocketAddr, route: &str) -> Listener {
+    yaml(&format!(
+        r#"
+name: {name}
+address: {{socket_address: {{address: "{}", port_value: {}}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: {name}
+      rds: {{route_config_name: {route}, config_source: {{ads: {{}}}}}}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#,
+        addr.ip(),
+        addr.port()
+    ))
+}
+
+fn tcp_listener(name: &str, port: u16, cluster: &str) -> Listener {
+    yaml(&format!(
+        r#"
+name: {name}
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config: {{"@type": {TCP_TYPE}, stat_prefix: {name}, cluster: {cluster}}}
+"#
+    ))
+}
+
+/// All requests for any host go to `cluster`.
+fn route_to(name: &str, cluster: &str) -> RouteConfiguration {
+    yaml(&format!(
+        r#"
+name: {name}
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: {{prefix: "/"}}
+    route: {{cluster: {cluster}}}
+"#
+    ))
+}
+
+fn eds_cluster(name: &str) -> Cluster {
+    yaml(&format!(
+        r#"
+name: {name}
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: {{eds_config: {{ads: {{}}}}}}
+"#
+    ))
+}
+
+fn endpoints(cluster: &str, addrs: &[SocketAddr]) -> ClusterLoadAssignment {
+    let eps: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            format!(
+                "    - endpoint: {{address: {{socket_address: {{address: \"{}\", port_value: {}}}}}}}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    yaml(&format!(
+        "cluster_name: {cluster}\nendpoints:\n  - lb_endpoints:\n{}\n",
+        eps.join("\n")
+    ))
+}
+
+// ---- upstream servers -----------------------------------------------------------------------
+
+/// An HTTP/1 server that answers every request with its name and the request path, and
+/// counts the requests it served.
+struct HttpUpstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn http_upstream(name: &'static str) -> HttpUpstream {
+    http_upstream_on(name, "127.0.0.1:0").await
+}
+
+async fn http_upstream_on(name: &'static str, bind: &str) -> HttpUpstream {
+    let listener = TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let body = format!("{name} {}", req.uri());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .header("x-server", name)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    HttpUpstream { addr, hits, task }
+}
+
+/// A TCP server that answers each chunk it reads with `name:` and the chunk.
+async fn tcp_upstream(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let mut out = format!("{name}:").into_bytes();
+                            out.extend_from_slice(&buf[..n]);
+                            if stream.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+// ---- the node: ADS client, store, feed, proxy -----------------------------------------------
+
+#[derive(Default)]
+struct MapLookup(Mutex<HashMap<SocketAddr, SocketAddr>>);
+
+impl OrigDstLookup for MapLookup {
+    fn original_dst(&self, peer: SocketAddr, _local: SocketAddr) -> Option<SocketAddr> {
+        self.0.lock().unwrap().get(&peer).copied()
+    }
+}
+
+struct Node {
+    proxy: SocketAddr,
+    lookup: Arc<MapLookup>,
+    store: Arc<ConfigStore>,
+    registry: Registry,
+    _signal: drain::Signal,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Node {
+    async fn start(cp: &ControlPlane, protocol: AdsProtocol) -> Node {
+        let store = Arc::new(ConfigStore::new());
+        let mut config = AdsConfig::new(
+            cp.uri(),
+            NodePb {
+                id: "node-1".into(),
+                ..Default::default()
+            },
+        );
+        config.protocol = protocol;
+        let mut registry = Registry::default();
+        let metrics = Arc::new(ProxyMetrics::new(
+            registry.sub_registry_with_prefix("myelin"),
+        ));
+        let lookup = Arc::new(MapLookup::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap();
+        let (signal, watch) = drain::channel();
+        let proxy = Proxy::new(Arc::new(ProxyConfig::default()), lookup.clone(), metrics);
+        let handle = proxy.traffic();
+        let tasks = vec![
+            tokio::spawn(AdsClient::new(config, store.clone()).run()),
+            tokio::spawn(myelin_xds::feed::feed(store.clone(), handle)),
+            tokio::spawn(async move {
+                proxy.serve(listener, watch).await.unwrap();
+            }),
+        ];
+        Node {
+            proxy: proxy_addr,
+            lookup,
+            store,
+            registry,
+            _signal: signal,
+            tasks,
+        }
+    }
+
+    /// A TCP connection to the proxy, captured as if it had been going to `dst`.
+    async fn connect(&self, dst: SocketAddr) -> TcpStream {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        self.lookup
+            .0
+            .lock()
+            .unwrap()
+            .insert(sock.local_addr().unwrap(), dst);
+        sock.connect(self.proxy).await.unwrap()
+    }
+
+    async fn http_client(&self, dst: SocketAddr) -> Client {
+        Client::over(self.connect(dst).await).await
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits (bounded) until the store holds `version` of every resource of `type_url`
+    /// named in `names` (so the proxy has it too: `feed` runs right after the publish).
+    async fn wait_applied(&self, type_url: &str, names: &[&str], version: &str) {
+        let mut changes = self.store.subscribe();
+        let ok = tokio::time::timeout(WAIT, async {
+            loop {
+                changes.borrow_and_update();
+                let snap = self.store.snapshot();
+                if names
+                    .iter()
+                    .all(|n| snap.version(type_url, n) == Some(version))
+                {
+                    return;
+                }
+                changes.changed().await.unwrap();
+            }
+        })
+        .await;
+        assert!(
+            ok.is_ok(),
+            "{type_url} {names:?} never reached version {version}"
+        );
+        // `feed` publishes to the proxy right after the store's publish; give its task a
+        // turn.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A keep-alive HTTP/1 client connection.
+struct Client {
+    sender: SendRequest<Empty<Bytes>>,
+    _conn: JoinHandle<()>,
+}
+
+impl Client {
+    async fn over(stream: TcpStream) -> Client {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Client {
+            sender,
+            _conn: conn,
+        }
+    }
+
+    /// GET `path` with `Host: host`: status, `x-server` header and body.
+    async fn get(
+        &mut self,
+        host: &str,
+        path: &str,
+    ) -> anyhow::Result<(StatusCode, String, String)> {
+        self.sender.ready().await.context("connection not ready")?;
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap();
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .context("request failed")?;
+        let status = resp.status();
+        let server = resp
+            .headers()
+            .get("x-server")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, server, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+fn vip(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), port)
+}
+
+fn set<M: Message + Name>(b: &mut myelin_xds::testing::Batch, name: &str, m: &M) {
+    b.set(name, m);
+}
+
+// ---- tests ----------------------------------------------------------------------------------
+
+/// Routes flip between two clusters while clients on keep-alive connections send a
+/// steady stream of requests: every request succeeds, and each flip takes effect on the
+/// open connections.
+async fn routes_change_under_steady_load(protocol: AdsProtocol) {
+    let a = http_upstream("a").await;
+    let b = http_upstream("b").await;
+    let cp = ControlPlane::start().await;
+    cp.update(|batch| {
+        set(
+            batch,
+            "outbound-80",
+            &http_listener("outbound-80", 18080, "web"),
+        );
+        set(batch, "web", &route_to("web", "a"));
+        set(batch, "a", &eds_cluster("a"));
+        set(batch, "b", &eds_cluster("b"));
+        set(batch, "a", &endpoints("a", &[a.addr]));
+        set(batch, "b", &endpoints("b", &[b.addr]));
+    });
+    let node = Node::start(&cp, protocol).await;
+    let v = cp.version(type_url::ROUTE);
+    node.wait_applied(type_url::ROUTE, &["web"], &v).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["a", "b"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let served: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = node.http_client(vip(18080)).await;
+        let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                match client.get("web.default.svc", "/x").await {
+                    Ok((StatusCode::OK, server, _)) => {
+                        *served.lock().unwrap().entry(server).or_default() += 1;
+                    }
+                    Ok((status, _, body)) => {
+                        failures.lock().unwrap().push(format!("{status} {body}"))
+                    }
+                    Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    // Flip the route 10 times; after each flip, wait until both upstreams' counters show
+    // the new cluster is being served.
+    for flip in 0..10 {
+        let (to, upstream) = if flip % 2 == 0 { ("b", &b) } else { ("a", &a) };
+        let before = upstream.hits.load(Ordering::Relaxed);
+        cp.set("web", &route_to("web", to));
+        let deadline = Instant::now() + WAIT;
+        while upstream.hits.load(Ordering::Relaxed) < before + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "flip {flip} to {to} never took effect"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // The last flip (to "a") holds: no request reaches "b" any more.
+    let b_hits = b.hits.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        total += c.await.unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        b.hits.load(Ordering::Relaxed) <= b_hits + 4,
+        "requests still reach b after the route moved to a"
+    );
+    let served = served.lock().unwrap();
+    assert!(served["a"] > 0 && served["b"] > 0, "{served:?}");
+    assert!(total > 200, "only {total} requests in the whole run");
+    assert_eq!(
+        node.metric("myelin_proxy_config_misses_total{reason=\"no_route\"}"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_routes_change_under_steady_load_with_zero_failures() {
+    routes_change_under_steady_load(AdsProtocol::StateOfTheWorld).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_routes_change_under_steady_load_with_zero_failures() {
+    routes_change_under_steady_load(AdsProtocol::Delta).await;
+}
+
+/// An EDS change moves new connections and new requests to the new endpoint, and leaves
+/// open connections alone (an opaque TCP connection keeps talking to the old endpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eds_change_keeps_open_connections() {
+    let (t1, _t1) = tcp_upstream("one").await;
+    let (t2, _t2) = tcp_upstream("two").await;
+    let h1 = http_upstream("h1").await;
+    let h2 = http_upstream("h2").await;
+    let cp = ControlPlane::start().await;
+    cp.update(|batch| {
+        set(batch, "tcp-9000", &tcp_listener("tcp-9000", 19000, "db"));
+        set(batch, "db", &eds_cluster("db"));
+        set(batch, "db", &endpoints("db", &[t1]));
+        set(
+            batch,
+            "outbound-80",
+            &http_listener("outbound-80", 18080, "web"),
+        );
+        set(batch, "web", &route_to("web", "web"));
+        set(batch, "web", &eds_cluster("web"));
+        set(batch, "web", &endpoints("web", &[h1.addr]));
+    });
+    let node = Node::start(&cp, AdsProtocol::Delta).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["db", "web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+
+    let mut old = node.connect(vip(19000)).await;
+    assert_eq!(exchange(&mut old, "hello").await, "one:hello");
+    let mut http = node.http_client(vip(18080)).await;
+    assert_eq!(http.get("web", "/").await.unwrap().1, "h1");
+
+    cp.update(|batch| {
+        set(batch, "db", &endpoints("db", &[t2]));
+        set(batch, "web", &endpoints("web", &[h2.addr]));
+    });
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["db", "web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+
+    // The open TCP connection still reaches its endpoint; a new one goes to the new one.
+    assert_eq!(exchange(&mut old, "again").await, "one:again");
+    let mut new = node.connect(vip(19000)).await;
+    assert_eq!(exchange(&mut new, "hi").await, "two:hi");
+    // The keep-alive HTTP connection's next request goes to the new endpoint.
+    assert_eq!(http.get("web", "/").await.unwrap().1, "h2");
+    assert_eq!(h1.hits.load(Ordering::Relaxed), 1);
+}
+
+async fn exchange(stream: &mut TcpStream, msg: &str) -> String {
+    stream.write_all(msg.as_bytes()).await.unwrap();
+    let want = msg.len() + 4;
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < want {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf[got..]))
+            .await
+            .expect("reply in time")
+            .unwrap();
+        assert!(n > 0, "connection closed after {got} bytes");
+        got += n;
+    }
+    String::from_utf8_lossy(&buf[..got]).into_owned()
+}
+
+/// The control plane goes away: traffic keeps flowing on the last config. It comes back
+/// on the same address: the client re-subscribes (a new stream), and a change made there
+/// is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_restart_keeps_traffic_and_resyncs() {
+    let a = http_upstream("a").await;
+    let b = http_upstream("b").await;
+    let cp = ControlPlane::start().await;
+    let resources = |batch: &mut myelin_xds::testing::Batch, to: &str| {
+        set(
+            batch,
+            "outbound-80",
+            &http_listener("outbound-80", 18080, "web"),
+        );
+        set(batch, "web", &route_to("web", to));
+        set(batch, "a", &eds_cluster("a"));
+        set(batch, "b", &eds_cluster("b"));
+        set(batch, "a", &endpoints("a", &[a.addr]));
+        set(batch, "b", &endpoints("b", &[b.addr]));
+    };
+    cp.update(|batch| resources(batch, "a"));
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["a", "b"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    let streams_before = cp.streams();
+
+    cp.kill().await;
+    let mut client = node.http_client(vip(18080)).await;
+    for _ in 0..50 {
+        let (status, server, _) = client.get("web", "/").await.unwrap();
+        assert_eq!((status, server.as_str()), (StatusCode::OK, "a"));
+    }
+    // New connections too.
+    for _ in 0..5 {
+        let mut c = node.http_client(vip(18080)).await;
+        assert_eq!(c.get("web", "/").await.unwrap().1, "a");
+    }
+
+    cp.restart().await;
+    cp.update(|batch| resources(batch, "b"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, server, _) = client.get("web", "/").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        if server == "b" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted control plane's route never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        cp.streams() > streams_before,
+        "the client never re-subscribed"
+    );
+}
+
+/// One response carries a bad cluster and a good one: the good one serves traffic, the
+/// bad one is NACKed by name and reason and never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cluster_is_nacked_good_one_serves() {
+    let good = http_upstream("good").await;
+    let cp = ControlPlane::start().await;
+    let bad: Cluster = yaml(
+        r#"
+name: bad
+type: EDS
+eds_cluster_config: {eds_config: {ads: {}}}
+lb_policy: CLUSTER_PROVIDED
+"#,
+    );
+    cp.update(|batch| {
+        set(
+            batch,
+            "outbound-80",
+            &http_listener("outbound-80", 18080, "web"),
+        );
+        set(batch, "web", &route_to("web", "good"));
+        set(batch, "good", &eds_cluster("good"));
+        set(batch, "bad", &bad);
+        set(batch, "good", &endpoints("good", &[good.addr]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    let nack = cp
+        .wait_for_request(|r| r.type_url == type_url::CLUSTER && r.is_nack())
+        .await;
+    assert!(
+        nack.error_message().contains("bad"),
+        "{}",
+        nack.error_message()
+    );
+    assert!(
+        nack.error_message().contains("lb_policy"),
+        "{}",
+        nack.error_message()
+    );
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["good"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    let snap = node.store.snapshot();
+    assert!(snap.cluster("good").is_some() && snap.cluster("bad").is_none());
+    let mut client = node.http_client(vip(18080)).await;
+    let (status, server, body) = client.get("web", "/p").await.unwrap();
+    assert_eq!(
+        (status, server.as_str(), body.as_str()),
+        (StatusCode::OK, "good", "good /p")
+    );
+}
+
+/// Delta removal of the route configuration: requests get Envoy's 404 `NR`; removal of a
+/// cluster: 503 `NC`; removal of the listener: new connections go straight through to
+/// their original destination, where a server does listen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_removal_removes_resources() {
+    let a = http_upstream("a").await;
+    let direct = http_upstream_on("direct", &format!("{VIP}:0")).await;
+    let port = direct.addr.port();
+    let cp = ControlPlane::start().await;
+    cp.update(|batch| {
+        set(
+            batch,
+            "outbound-80",
+            &http_listener("outbound-80", port, "web"),
+        );
+        set(batch, "web", &route_to("web", "a"));
+        set(batch, "a", &eds_cluster("a"));
+        set(batch, "a", &endpoints("a", &[a.addr]));
+    });
+    let node = Node::start(&cp, AdsProtocol::Delta).await;
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    node.wait_applied(type_url::ENDPOINT, &["a"], &cp.version(type_url::ENDPOINT))
+        .await;
+    let mut client = node.http_client(vip(port)).await;
+    assert_eq!(client.get("web", "/").await.unwrap().1, "a");
+
+    cp.remove(type_url::ROUTE, "web");
+    wait_for(|| {
+        node.store
+            .snapshot()
+            .route_configurations
+            .get("web")
+            .is_none()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        client.get("web", "/").await.unwrap().0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_config_misses_total{reason=\"no_route_config\"}"),
+        1.0
+    );
+
+    cp.update(|batch| {
+        set(batch, "web", &route_to("web", "a"));
+    });
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    assert_eq!(client.get("web", "/").await.unwrap().0, StatusCode::OK);
+    cp.remove(type_url::CLUSTER, "a");
+    wait_for(|| node.store.snapshot().cluster("a").is_none()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, _, body) = client.get("web", "/").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n"),
+        "{}",
+        serde_json::to_string_pretty(&node.store.config_dump()).unwrap()
+    );
+
+    cp.remove(type_url::LISTENER, "outbound-80");
+    wait_for(|| node.store.snapshot().listener("outbound-80").is_none()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut fresh = node.http_client(vip(port)).await;
+    let (status, server, _) = fresh.get("web", "/").await.unwrap();
+    assert_eq!((status, server.as_str()), (StatusCode::OK, "direct"));
+    assert_eq!(a.hits.load(Ordering::Relaxed), 2);
+}
+
+async fn wait_for(pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !pred() {
+        assert!(Instant::now() < deadline, "condition never held");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A `bind_to_port` listener pushed over xDS is bound and serves as a plain reverse proxy;
+/// removing it closes the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_listener_comes_and_goes_with_the_config() {
+    let a = http_upstream("a").await;
+    // A free port: bind and release (the proxy binds it with SO_REUSEADDR).
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cp = ControlPlane::start().await;
+    cp.update(|batch| {
+        set(
+            batch,
+            "ingress",
+            &bound_http_listener("ingress", addr, "web"),
+        );
+        set(batch, "web", &route_to("web", "a"));
+        set(batch, "a", &eds_cluster("a"));
+        set(batch, "a", &endpoints("a", &[a.addr]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    node.wait_applied(type_url::ENDPOINT, &["a"], &cp.version(type_url::ENDPOINT))
+        .await;
+
+    let stream = connect_retry(addr).await;
+    let mut client = Client::over(stream).await;
+    let (status, server, body) = client.get("anything", "/via-bound").await.unwrap();
+    assert_eq!(
+        (status, server.as_str(), body.as_str()),
+        (StatusCode::OK, "a", "a /via-bound")
+    );
+
+    cp.remove(type_url::LISTENER, "ingress");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed listener still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(node.metric("myelin_proxy_listener_bind_errors_total"), 0.0);
+}
+
+async fn connect_retry(addr: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "listener {addr} never bound: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
