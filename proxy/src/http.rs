@@ -212,17 +212,12 @@ impl HttpConn {
             Ok(decision) => decision,
             Err(local) => return Ok(local),
         };
-        let mut resp = self.forward(decision.addr, req).await?;
+        let resp = self.forward(decision.addr, req).await?;
         let vh = &decision.table.config.virtual_hosts[decision.vhost];
         let route = &vh.routes[decision.route];
-        for m in [&route.headers, &vh.headers, &decision.table.config.headers] {
-            router::mutate_headers(
-                resp.headers_mut(),
-                &m.response_headers_to_add,
-                &m.response_headers_to_remove,
-            );
-        }
-        Ok(resp.map(BodyExt::boxed))
+        let mut resp = resp.map(BodyExt::boxed);
+        response_mutations(&mut resp, &decision.table, vh, route);
+        Ok(resp)
     }
 
     /// Routes `req` (rewriting it as the route says): the upstream to send it to, or a
@@ -270,6 +265,7 @@ impl HttpConn {
                     resp.headers_mut()
                         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
+                response_mutations(&mut resp, &table, vh, route);
                 return Ok(Err(resp));
             }
             Action::Redirect(r) => {
@@ -278,6 +274,7 @@ impl HttpConn {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
+                response_mutations(&mut resp, &table, vh, route);
                 return Ok(Err(resp));
             }
         };
@@ -429,6 +426,23 @@ impl HttpConn {
             .in_current_span(),
         );
         Ok(Upstream { addr, sender, task })
+    }
+}
+
+/// Applies the response header mutations of the route, then its virtual host, then its
+/// route configuration (Envoy's order when `most_specific_header_mutations_wins` is off).
+fn response_mutations<B>(
+    resp: &mut Response<B>,
+    table: &RouteTable,
+    vh: &crate::model::route::VirtualHost,
+    route: &crate::model::route::Route,
+) {
+    for m in [&route.headers, &vh.headers, &table.config.headers] {
+        router::mutate_headers(
+            resp.headers_mut(),
+            &m.response_headers_to_add,
+            &m.response_headers_to_remove,
+        );
     }
 }
 

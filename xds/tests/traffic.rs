@@ -857,3 +857,209 @@ async fn connect_retry(addr: SocketAddr) -> TcpStream {
         }
     }
 }
+
+/// What a route can do, end to end: direct responses, redirects, prefix rewrites, header
+/// mutations, header-based matching, round robin over endpoints with unhealthy ones
+/// skipped, weighted clusters, 404 `NR` without a matching route, 503 `UH` for a cluster
+/// without a healthy endpoint, and a connection no filter chain takes is reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_actions_end_to_end() {
+    let e1 = http_upstream("e1").await;
+    let e2 = http_upstream("e2").await;
+    let sick = http_upstream("sick").await;
+    let w = http_upstream("w").await;
+    let routes: RouteConfiguration = yaml(
+        r#"
+name: web
+response_headers_to_add:
+- header: {key: x-config, value: "1"}
+virtual_hosts:
+- name: api
+  domains: ["api.example.com", "api.example.com:*"]
+  request_headers_to_add:
+  - header: {key: x-vhost, value: api}
+  routes:
+  - match: {prefix: "/health"}
+    direct_response: {status: 200, body: {inline_string: "ok"}}
+  - match: {prefix: "/old/"}
+    redirect: {prefix_rewrite: "/new/", response_code: FOUND}
+  - match:
+      prefix: "/"
+      headers: [{name: x-canary, string_match: {exact: "1"}}]
+    route: {cluster: missing}
+  - match: {prefix: "/v1/"}
+    route: {cluster: rr, prefix_rewrite: "/"}
+    response_headers_to_add:
+    - header: {key: x-route, value: v1}
+  - match: {prefix: "/w"}
+    route:
+      weighted_clusters:
+        clusters:
+        - {name: rr, weight: 1}
+        - {name: w, weight: 3}
+- name: fallback
+  domains: ["*"]
+  routes:
+  - match: {path: "/only"}
+    route: {cluster: empty}
+"#,
+    );
+    let rr_endpoints: ClusterLoadAssignment = yaml(&format!(
+        r#"
+cluster_name: rr
+endpoints:
+- lb_endpoints:
+  - endpoint: {{address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}}}
+  - endpoint: {{address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}}}
+  - endpoint: {{address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}}}
+    health_status: UNHEALTHY
+"#,
+        e1.addr.port(),
+        e2.addr.port(),
+        sick.addr.port()
+    ));
+    let empty: ClusterLoadAssignment = yaml(
+        r#"
+cluster_name: empty
+endpoints:
+- lb_endpoints: []
+"#,
+    );
+    let only_port_1: Listener = yaml(
+        r#"
+name: narrow
+address: {socket_address: {address: 0.0.0.0, port_value: 18081}}
+bind_to_port: false
+filter_chains:
+- filter_chain_match: {prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}
+  filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: narrow, cluster: rr}
+"#,
+    );
+    let cp = ControlPlane::start().await;
+    cp.update(|batch| {
+        set(
+            batch,
+            "outbound-80",
+            &http_listener("outbound-80", 18080, "web"),
+        );
+        set(batch, "narrow", &only_port_1);
+        set(batch, "web", &routes);
+        for c in ["rr", "w", "empty"] {
+            set(batch, c, &eds_cluster(c));
+        }
+        set(batch, "rr", &rr_endpoints);
+        set(batch, "w", &endpoints("w", &[w.addr]));
+        set(batch, "empty", &empty);
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["rr", "w", "empty"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+
+    let stream = node.connect(vip(18080)).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut get = async |host: &str, path: &str, canary: bool| {
+        sender.ready().await.unwrap();
+        let mut req = Request::get(path).header("host", host);
+        if canary {
+            req = req.header("x-canary", "1");
+        }
+        let resp = sender
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    };
+
+    let (status, headers, body) = get("api.example.com", "/healthz", false).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(headers["x-config"], "1");
+
+    let (status, headers, _) = get("api.example.com", "/old/page?q=1", false).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(headers["location"], "http://api.example.com/new/page?q=1");
+
+    // Round robin over the two healthy endpoints; the path prefix is rewritten.
+    let mut seen = HashMap::new();
+    for _ in 0..10 {
+        let (status, headers, body) = get("api.example.com:8080", "/v1/items?id=7", false).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-route"], "v1");
+        let server = headers["x-server"].to_str().unwrap().to_owned();
+        assert_eq!(body, format!("{server} /items?id=7"));
+        *seen.entry(server).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("e1"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("e2"), Some(&5), "{seen:?}");
+    assert_eq!(sick.hits.load(Ordering::Relaxed), 0);
+
+    // Weighted 1:3 between rr and w, over 400 requests.
+    for _ in 0..400 {
+        assert_eq!(get("api.example.com", "/w", false).await.0, StatusCode::OK);
+    }
+    let to_w = w.hits.load(Ordering::Relaxed);
+    assert!(
+        (240..=360).contains(&to_w),
+        "{to_w} of 400 went to the weight-3 cluster"
+    );
+
+    // A header match routes to a cluster that does not exist: 503 NC.
+    let (status, _, body) = get("api.example.com", "/", true).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n")
+    );
+    // Fallback virtual host: exact path only; its cluster has no endpoint (503 UH).
+    let (status, _, body) = get("other", "/only", false).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n")
+    );
+    let (status, _, _) = get("other", "/only/not", false).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for (reason, n) in [
+        ("no_route", 1.0),
+        ("no_cluster", 1.0),
+        ("no_healthy_upstream", 1.0),
+    ] {
+        assert_eq!(
+            node.metric(&format!(
+                "myelin_proxy_config_misses_total{{reason=\"{reason}\"}}"
+            )),
+            n,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        node.metric("myelin_proxy_requests_total{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"404\",response_flags=\"NR\"}"),
+        1.0
+    );
+
+    // Port 18081 only has a chain for 10.0.0.0/8; the VIP is 127.0.0.11: no chain, reset.
+    let mut s = node.connect(vip(18081)).await;
+    s.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    wait_for(|| node.metric("myelin_proxy_config_misses_total{reason=\"no_filter_chain\"}") == 1.0)
+        .await;
+}
