@@ -27,11 +27,11 @@ use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 use super::ext;
 
-/// A document that does not deserialize into the xDS type.
-#[derive(Debug, thiserror::Error)]
+/// A document that does not deserialize into the xDS type. Displays as
+/// [`JsonError::at`] from the document's top.
+#[derive(Debug)]
 pub enum JsonError {
     /// serde's error (it names the unknown or mistyped field) and where it is.
-    #[error("{path}: {error}")]
     Serde {
         /// Path of the offending field inside the document (`.` when at the top).
         path: String,
@@ -39,13 +39,69 @@ pub enum JsonError {
         error: serde_json::Error,
     },
     /// An embedded `Any` that does not deserialize as its `@type`.
-    #[error("in an `Any` of type {type_url}: {error}")]
     Any {
+        /// Path of the `Any` inside the document.
+        path: String,
         /// The `@type`.
         type_url: String,
         /// What went wrong.
         error: Box<JsonError>,
     },
+}
+
+impl std::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.at("."))
+    }
+}
+
+impl std::error::Error for JsonError {}
+
+impl JsonError {
+    /// One line naming the whole path of the offending field from `prefix` on, through
+    /// embedded `Any`s (`static_resources.listeners[0].filter_chains[0].filters[0]
+    /// .typed_config.scheme: unknown field ...`), with serde's list of every expected field
+    /// left out.
+    pub fn at(&self, prefix: &str) -> String {
+        self.at_in(prefix, None)
+    }
+
+    fn at_in(&self, prefix: &str, type_url: Option<&str>) -> String {
+        match self {
+            JsonError::Serde { path, error } => {
+                let msg = error.to_string();
+                let msg = match msg
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split_once('`'))
+                {
+                    Some((field, _)) => match type_url {
+                        Some(t) => format!(
+                            "unknown field `{field}`: {} has no such field (a typo, or a field of \
+                             another Envoy version?)",
+                            t.rsplit('/').next().unwrap_or(t)
+                        ),
+                        None => format!("unknown field `{field}`"),
+                    },
+                    None => msg,
+                };
+                format!("{}: {msg}", join_path(prefix, path))
+            }
+            JsonError::Any {
+                path,
+                type_url,
+                error,
+            } => error.at_in(&join_path(prefix, path), Some(type_url)),
+        }
+    }
+}
+
+fn join_path(prefix: &str, path: &str) -> String {
+    match (prefix, path) {
+        (p, "." | "") => p.to_owned(),
+        ("" | ".", p) => p.to_owned(),
+        (a, b) if b.starts_with('[') => format!("{a}{b}"),
+        (a, b) => format!("{a}.{b}"),
+    }
 }
 
 /// Field names whose type is a wrapper (`google.protobuf.*Value`) in the supported messages.
@@ -139,11 +195,18 @@ fn deserialize<T: DeserializeOwned>(v: Value) -> Result<T, JsonError> {
 
 /// Rewrites canonical proto3 JSON forms into what `xds-api`'s pbjson impls read.
 pub fn normalize(v: &mut Value) -> Result<(), JsonError> {
+    normalize_at(v, "")
+}
+
+fn normalize_at(v: &mut Value, path: &str) -> Result<(), JsonError> {
     match v {
-        Value::Array(items) => items.iter_mut().try_for_each(normalize),
+        Value::Array(items) => items
+            .iter_mut()
+            .enumerate()
+            .try_for_each(|(i, item)| normalize_at(item, &format!("{path}[{i}]"))),
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
-                normalize(child)?;
+                normalize_at(child, &join_path(path, k))?;
                 if is_duration_field(k) {
                     if let Some(d) = child.as_str().and_then(parse_duration) {
                         *child = d;
@@ -158,6 +221,7 @@ pub fn normalize(v: &mut Value) -> Result<(), JsonError> {
                     map.remove("@type");
                     let body = Value::Object(std::mem::take(map));
                     let bytes = encode_any(&url, body).map_err(|e| JsonError::Any {
+                        path: path.to_owned(),
                         type_url: url.clone(),
                         error: Box::new(e),
                     })?;
@@ -206,6 +270,36 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_whole_path_through_anys() {
+        let doc: Value = serde_yaml::from_str(
+            r#"
+name: l
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: x
+      schemez: https
+"#,
+        )
+        .unwrap();
+        let e = from_value::<Listener>(doc).unwrap_err();
+        assert_eq!(
+            e.at("static_resources.listeners[0]"),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.schemez: \
+             unknown field `schemez`: envoy.extensions.filters.network.http_connection_manager.v3.\
+             HttpConnectionManager has no such field (a typo, or a field of another Envoy version?)"
+        );
+        let doc: Value = serde_yaml::from_str("name: c\nconnect_timeoutz: 1s\n").unwrap();
+        let e = from_value::<Cluster>(doc).unwrap_err();
+        assert_eq!(
+            e.at("clusters[2]"),
+            "clusters[2].connect_timeoutz: unknown field `connect_timeoutz`"
+        );
+    }
 
     #[test]
     fn durations() {

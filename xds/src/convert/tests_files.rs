@@ -92,8 +92,13 @@ fn envoyproxy_io_proxy() {
     let l = doc["static_resources"]["listeners"][0].clone();
     let e = json::from_value::<lpb::Listener>(l)
         .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("in an `Any` of type type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: scheme: unknown field `scheme`"), "{e}");
+        .at("listeners[0]");
+    assert_eq!(
+        e,
+        "listeners[0].filter_chains[0].filters[0].typed_config.scheme: unknown field `scheme`: \
+         envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager has \
+         no such field (a typo, or a field of another Envoy version?)"
+    );
     // The cluster (LOGICAL_DNS, upstream TLS with SNI) converts.
     let c: cpb::Cluster = json::from_value(doc["static_resources"]["clusters"][0].clone()).unwrap();
     let c = cluster(&c).unwrap();
