@@ -209,7 +209,7 @@ impl ProxyError {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "NR",
                 MissReason::NoCluster => "NC",
                 MissReason::NoHealthyUpstream => "UH",
-                MissReason::Dns => "UF",
+                MissReason::Dns | MissReason::UpstreamTlsUnavailable => "UF",
             },
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }
@@ -226,9 +226,10 @@ impl ProxyError {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
                     StatusCode::NOT_FOUND
                 }
-                MissReason::NoCluster | MissReason::NoHealthyUpstream | MissReason::Dns => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                MissReason::NoCluster
+                | MissReason::NoHealthyUpstream
+                | MissReason::Dns
+                | MissReason::UpstreamTlsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             },
             ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -264,6 +265,10 @@ impl ProxyError {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "",
                 MissReason::NoCluster => "cluster not found\n",
                 MissReason::NoHealthyUpstream | MissReason::Dns => "no healthy upstream\n",
+                MissReason::UpstreamTlsUnavailable => {
+                    "upstream connect error or disconnect/reset before headers. reset reason: \
+                     upstream TLS is not available\n"
+                }
             },
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }

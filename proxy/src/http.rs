@@ -112,9 +112,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// An upstream endpoint to connect to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    /// The cluster's `connect_timeout` (the proxy's for passthrough).
+    pub(crate) connect_timeout: Duration,
+}
+
 /// Where one routed request goes, and what to do to it on the way.
 struct Decision {
-    addr: SocketAddr,
+    target: Target,
     /// The route table and the (virtual host, route) indexes in it, for the response's
     /// header mutations.
     table: Arc<RouteTable>,
@@ -203,7 +211,11 @@ impl HttpConn {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route_ref = match &self.routing {
             Routing::Passthrough => {
-                let resp = self.forward(self.dst, req).await?;
+                let target = Target {
+                    addr: self.dst,
+                    connect_timeout: self.connect_timeout,
+                };
+                let resp = self.forward(target, req).await?;
                 return Ok(resp.map(BodyExt::boxed));
             }
             Routing::Routes(r) => r,
@@ -212,7 +224,7 @@ impl HttpConn {
             Ok(decision) => decision,
             Err(local) => return Ok(local),
         };
-        let resp = self.forward(decision.addr, req).await?;
+        let resp = self.forward(decision.target, req).await?;
         let vh = &decision.table.config.virtual_hosts[decision.vhost];
         let route = &vh.routes[decision.route];
         let mut resp = resp.map(BodyExt::boxed);
@@ -285,21 +297,8 @@ impl HttpConn {
                     ProxyError::unrouted(MissReason::NoCluster, "weighted clusters add up to 0")
                 })?,
         };
-        let target = traffic.cluster(cluster).ok_or_else(|| {
-            ProxyError::unrouted(
-                MissReason::NoCluster,
-                format!("cluster {cluster:?} not found"),
-            )
-        })?;
-        let endpoint = target
-            .pick(self.captured.then_some(self.dst))
-            .ok_or_else(|| {
-                ProxyError::unrouted(
-                    MissReason::NoHealthyUpstream,
-                    format!("cluster {cluster:?} has no healthy endpoint"),
-                )
-            })?;
-        let addr = resolve_one(&endpoint).await?;
+        let (endpoint, target) =
+            pick_endpoint(&traffic, cluster, self.captured.then_some(self.dst)).await?;
 
         let new_path = router::rewrite_path(action, &route.route_match, &path);
         let new_host = match &action.host_rewrite {
@@ -330,7 +329,7 @@ impl HttpConn {
             );
         }
         Ok(Ok(Decision {
-            addr,
+            target,
             table: table.clone(),
             vhost,
             route: route_idx,
@@ -339,15 +338,16 @@ impl HttpConn {
 
     async fn forward(
         &self,
-        addr: SocketAddr,
+        target: Target,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let addr = target.addr;
         let upgrade = wants_upgrade(&req);
         let is_connect = req.method() == Method::CONNECT;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         strip_hop_by_hop(req.headers_mut(), upgrade);
 
-        let (mut upstream, reused) = self.checkout(addr).await?;
+        let (mut upstream, reused) = self.checkout(target).await?;
         let mut resp = match upstream.sender.try_send_request(req).await {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
@@ -356,7 +356,7 @@ impl HttpConn {
                 // fresh connection is safe whatever the method.
                 Some(req) if reused => {
                     debug!(%addr, error = %e.error(), "idle upstream connection closed; reconnecting");
-                    upstream = self.connect(addr).await?;
+                    upstream = self.connect(target).await?;
                     upstream
                         .sender
                         .send_request(req)
@@ -390,7 +390,8 @@ impl HttpConn {
 
     /// The idle connection to `addr` if it is still usable (and whether it was reused),
     /// or a new one.
-    async fn checkout(&self, addr: SocketAddr) -> Result<(Upstream, bool), ProxyError> {
+    async fn checkout(&self, target: Target) -> Result<(Upstream, bool), ProxyError> {
+        let addr = target.addr;
         let idle = {
             let mut idle = lock(&self.idle);
             idle.iter()
@@ -405,11 +406,12 @@ impl HttpConn {
             }
             debug!(%addr, "upstream connection closed; reconnecting");
         }
-        Ok((self.connect(addr).await?, false))
+        Ok((self.connect(target).await?, false))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Upstream, ProxyError> {
-        let stream = tcp::connect(addr, self.connect_timeout).await?;
+    async fn connect(&self, target: Target) -> Result<Upstream, ProxyError> {
+        let addr = target.addr;
+        let stream = tcp::connect(addr, target.connect_timeout).await?;
         let mut builder = hyper::client::conn::http1::Builder::new();
         builder.preserve_header_case(true);
         let (sender, conn) = builder
@@ -462,8 +464,38 @@ fn index_of<T>(items: &[T], item: &T) -> usize {
         .expect("the item is borrowed from the slice")
 }
 
+/// Picks an endpoint of cluster `name` (`original_dst` for `ORIGINAL_DST` clusters) and
+/// resolves it: the endpoint as configured and where to connect.
+pub(crate) async fn pick_endpoint(
+    traffic: &traffic::Traffic,
+    name: &str,
+    original_dst: Option<SocketAddr>,
+) -> Result<(EndpointAddress, Target), ProxyError> {
+    let cluster = traffic.cluster(name).ok_or_else(|| {
+        ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
+    })?;
+    if cluster.cluster.tls.is_some() {
+        return Err(ProxyError::unrouted(
+            MissReason::UpstreamTlsUnavailable,
+            format!("cluster {name:?} asks for upstream TLS, which is not implemented yet"),
+        ));
+    }
+    let endpoint = cluster.pick(original_dst).ok_or_else(|| {
+        ProxyError::unrouted(
+            MissReason::NoHealthyUpstream,
+            format!("cluster {name:?} has no healthy endpoint"),
+        )
+    })?;
+    let addr = resolve_one(&endpoint).await?;
+    let target = Target {
+        addr,
+        connect_timeout: cluster.cluster.connect_timeout,
+    };
+    Ok((endpoint, target))
+}
+
 /// Resolves an endpoint to the address to connect to (the first DNS answer).
-pub(crate) async fn resolve_one(endpoint: &EndpointAddress) -> Result<SocketAddr, ProxyError> {
+async fn resolve_one(endpoint: &EndpointAddress) -> Result<SocketAddr, ProxyError> {
     match traffic::resolve(endpoint).await {
         Ok(addrs) if !addrs.is_empty() => Ok(addrs[0]),
         Ok(_) => Err(ProxyError::unrouted(

@@ -136,6 +136,9 @@ pub enum MissReason {
     NoHealthyUpstream,
     /// A DNS endpoint did not resolve.
     Dns,
+    /// The cluster asks for upstream TLS, which the data path does not do yet (the mTLS
+    /// issue): fail closed rather than send plaintext.
+    UpstreamTlsUnavailable,
 }
 
 impl MissReason {
@@ -148,6 +151,7 @@ impl MissReason {
             MissReason::NoCluster => "no_cluster",
             MissReason::NoHealthyUpstream => "no_healthy_upstream",
             MissReason::Dns => "dns",
+            MissReason::UpstreamTlsUnavailable => "upstream_tls_unavailable",
         }
     }
 }

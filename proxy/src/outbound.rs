@@ -19,7 +19,7 @@ use tracing::debug;
 use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::error::ProxyError;
-use crate::http::{self, HttpConn, HttpConnParams, RouteRef, Routing};
+use crate::http::{self, HttpConn, HttpConnParams, RouteRef, Routing, Target};
 use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
 use crate::model::listener::{Listener, NetworkFilter, RouteSource, TcpCluster};
 use crate::tcp;
@@ -173,16 +173,19 @@ async fn try_handle(
                 Plan::Tcp(cluster) => {
                     tcp_upstream(&traffic, &cluster, captured.then_some(dst)).await
                 }
-                _ => Ok(dst),
+                _ => Ok(Target {
+                    addr: dst,
+                    connect_timeout: config.connect_timeout,
+                }),
             };
             match upstream {
                 Ok(upstream) => {
                     Box::pin(tcp::forward(
                         stream,
                         peer,
-                        upstream,
+                        upstream.addr,
                         &source,
-                        config.connect_timeout,
+                        upstream.connect_timeout,
                         metrics,
                     ))
                     .await
@@ -258,7 +261,7 @@ async fn tcp_upstream(
     traffic: &Traffic,
     cluster: &TcpCluster,
     original_dst: Option<SocketAddr>,
-) -> Result<SocketAddr, ProxyError> {
+) -> Result<Target, ProxyError> {
     let name = match cluster {
         TcpCluster::Cluster(name) => name.as_str(),
         TcpCluster::Weighted(ws) => {
@@ -267,16 +270,7 @@ async fn tcp_upstream(
             })?
         }
     };
-    let target = traffic.cluster(name).ok_or_else(|| {
-        ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
-    })?;
-    let endpoint = target.pick(original_dst).ok_or_else(|| {
-        ProxyError::unrouted(
-            MissReason::NoHealthyUpstream,
-            format!("cluster {name:?} has no healthy endpoint"),
-        )
-    })?;
-    http::resolve_one(&endpoint).await
+    Ok(http::pick_endpoint(traffic, name, original_dst).await?.1)
 }
 
 #[allow(clippy::too_many_arguments)]

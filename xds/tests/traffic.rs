@@ -887,6 +887,8 @@ virtual_hosts:
       prefix: "/"
       headers: [{name: x-canary, string_match: {exact: "1"}}]
     route: {cluster: missing}
+  - match: {prefix: "/tls"}
+    route: {cluster: tls}
   - match: {prefix: "/v1/"}
     route: {cluster: rr, prefix_rewrite: "/"}
     response_headers_to_add:
@@ -937,6 +939,24 @@ filter_chains:
     typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: narrow, cluster: rr}
 "#,
     );
+    // Upstream TLS is read but not done yet by the data path: it must fail closed.
+    let tls: Cluster = yaml(&format!(
+        r#"
+name: tls
+type: STATIC
+load_assignment:
+  cluster_name: tls
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {{address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}}}
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+    sni: e1.example.com
+"#,
+        e1.addr.port()
+    ));
     let cp = ControlPlane::start().await;
     cp.update(|batch| {
         set(
@@ -945,6 +965,7 @@ filter_chains:
             &http_listener("outbound-80", 18080, "web"),
         );
         set(batch, "narrow", &only_port_1);
+        set(batch, "tls", &tls);
         set(batch, "web", &routes);
         for c in ["rr", "w", "empty"] {
             set(batch, c, &eds_cluster(c));
@@ -991,6 +1012,19 @@ filter_chains:
     let (status, headers, body) = get("api.example.com", "/healthz", false).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
     assert_eq!(headers["x-config"], "1");
+
+    let (status, _, body) = get("api.example.com", "/tls", false).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("upstream TLS is not available"), "{body}");
+    assert_eq!(
+        e1.hits.load(Ordering::Relaxed),
+        0,
+        "plaintext reached a TLS cluster's endpoint"
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_config_misses_total{reason=\"upstream_tls_unavailable\"}"),
+        1.0
+    );
 
     let (status, headers, _) = get("api.example.com", "/old/page?q=1", false).await;
     assert_eq!(status, StatusCode::FOUND);
