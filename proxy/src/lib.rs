@@ -4,8 +4,12 @@
 //! record each connection's original destination; the agent hands the listener to
 //! [`Proxy::serve`] and the map to the proxy through [`OrigDstLookup`]. For each
 //! accepted connection the proxy finds the original destination and the source workload,
-//! sniffs the protocol, and forwards HTTP/1.1 request by request (through hyper) or
-//! opaque TCP byte for byte, counting everything in [`metrics::ProxyMetrics`].
+//! sniffs the protocol, picks the listener and filter chain of the traffic config
+//! ([`traffic`], published by the agent from xDS or files; none: pass through to the
+//! original destination), and forwards HTTP/1.1 request by request (through hyper, routed
+//! by virtual host and route to a cluster's endpoint) or opaque TCP byte for byte,
+//! counting everything in [`metrics::ProxyMetrics`]. Listeners with `bind_to_port` get
+//! their own sockets.
 //!
 //! This crate knows nothing of eBPF or protobuf: it builds and tests on its own.
 

@@ -158,58 +158,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Envoy's default HTTP stream idle timeout.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The listener that serves a captured connection whose original destination is `dst`:
-/// the listener on exactly that address and port, else one on the unspecified address
-/// (`0.0.0.0`/`::`, same family) with that port — Envoy's original-destination hand-off.
-pub fn listener_for_original_dst(listeners: &[Listener], dst: SocketAddr) -> Option<&Listener> {
-    let ip = dst.ip().to_canonical();
-    listeners
-        .iter()
-        .find(|l| l.address.port() == dst.port() && l.address.ip().to_canonical() == ip)
-        .or_else(|| {
-            listeners.iter().find(|l| {
-                l.address.port() == dst.port()
-                    && l.address.ip().is_unspecified()
-                    && l.address.is_ipv4() == ip.is_ipv4()
-            })
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn l(name: &str, addr: &str) -> Listener {
-        Listener {
-            name: name.into(),
-            address: addr.parse().unwrap(),
-            bind_to_port: false,
-            filter_chains: vec![],
-            default_filter_chain: None,
-        }
-    }
-
-    #[test]
-    fn original_dst_exact_then_wildcard() {
-        let ls = [
-            l("any80", "0.0.0.0:80"),
-            l("exact", "10.0.0.1:80"),
-            l("v6any", "[::]:80"),
-            l("any90", "0.0.0.0:90"),
-        ];
-        let cases = [
-            ("10.0.0.1:80", Some("exact")),
-            ("10.0.0.2:80", Some("any80")),
-            ("[fd00::1]:80", Some("v6any")),
-            ("[::ffff:10.0.0.1]:80", Some("exact")),
-            ("10.0.0.1:90", Some("any90")),
-            ("10.0.0.1:91", None),
-        ];
-        for (dst, want) in cases {
-            let got = listener_for_original_dst(&ls, dst.parse().unwrap()).map(|l| &*l.name);
-            assert_eq!(got, want, "{dst}");
-        }
-    }
 
     #[test]
     fn cidr_contains() {

@@ -7,8 +7,8 @@
 //! The submodules hold the typed traffic model that the `xds` crate converts Envoy v3
 //! resources into, one module per resource type: [`listener`], [`route`], [`cluster`],
 //! [`endpoint`], [`secret`]. Values are plain data (compiled regexes included), checked
-//! once at conversion, `Serialize` for `/config_dump`. They are not wired into the data
-//! path yet.
+//! once at conversion, `Serialize` for `/config_dump`. The data path reads them through
+//! [`crate::traffic`], which indexes them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -207,9 +207,9 @@ pub struct ClusterTarget {
     pub cluster: Arc<Cluster>,
     /// The EDS assignment it was built from (for `Arc::ptr_eq` reuse).
     assignment: Option<Arc<ClusterLoadAssignment>>,
-    /// The routable endpoints of the best priority that has any, each repeated by weight
-    /// (weights are small; Envoy caps a weight at 128 in `load_balancing_weight` practice
-    /// and the whole list is built once per EDS change).
+    /// The routable endpoints of the best priority that has any, each repeated by its
+    /// weight (capped at [`MAX_RING_WEIGHT`]); built once per EDS change. Smooth weighted
+    /// round robin and the other policies come with the L7 issue.
     endpoints: Vec<EndpointAddress>,
     next: AtomicUsize,
 }
@@ -336,5 +336,225 @@ impl TrafficHandle {
     /// Wakes after each [`TrafficHandle::store`].
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cluster::{DnsLookupFamily, LbPolicy, UpstreamProtocol};
+    use crate::model::endpoint::{Endpoint, HealthStatus, LocalityEndpoints};
+    use std::time::Duration;
+
+    fn l(name: &str, addr: &str, bind_to_port: bool) -> Arc<Listener> {
+        Arc::new(Listener {
+            name: name.into(),
+            address: addr.parse().unwrap(),
+            bind_to_port,
+            filter_chains: vec![],
+            default_filter_chain: None,
+        })
+    }
+
+    #[test]
+    fn original_dst_exact_then_wildcard() {
+        let t = Traffic::build(
+            TrafficInput {
+                listeners: vec![
+                    l("any80", "0.0.0.0:80", false),
+                    l("exact", "10.0.0.1:80", false),
+                    l("v6any", "[::]:80", false),
+                    l("any90", "0.0.0.0:90", false),
+                    l("bound", "0.0.0.0:91", true),
+                ],
+                ..Default::default()
+            },
+            None,
+        );
+        let cases = [
+            ("10.0.0.1:80", Some("exact")),
+            ("10.0.0.2:80", Some("any80")),
+            ("[fd00::1]:80", Some("v6any")),
+            ("[::ffff:10.0.0.1]:80", Some("exact")),
+            ("10.0.0.1:90", Some("any90")),
+            // A bound listener never takes captured connections.
+            ("10.0.0.1:91", None),
+            ("10.0.0.1:92", None),
+        ];
+        for (dst, want) in cases {
+            let got = t
+                .listener_for_original_dst(dst.parse().unwrap())
+                .map(|l| l.name.as_str());
+            assert_eq!(got, want, "{dst}");
+        }
+        let bound: Vec<_> = t.bound_listeners().map(|l| l.name.as_str()).collect();
+        assert_eq!(bound, ["bound"]);
+    }
+
+    fn ep(addr: &str, health: HealthStatus, weight: u32) -> Endpoint {
+        Endpoint {
+            address: EndpointAddress::Socket(addr.parse().unwrap()),
+            health_status: health,
+            load_balancing_weight: weight,
+            metadata: Default::default(),
+        }
+    }
+
+    fn cluster(name: &str, discovery: Discovery) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: name.into(),
+            discovery,
+            lb_policy: LbPolicy::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            circuit_breakers: vec![],
+            outlier_detection: None,
+            tls: None,
+            protocol: UpstreamProtocol::Http1,
+            load_assignment: None,
+            dns_lookup_family: DnsLookupFamily::Auto,
+            dns_refresh_rate: None,
+            tcp_keepalive: None,
+        })
+    }
+
+    fn cla(name: &str, localities: Vec<(u32, Vec<Endpoint>)>) -> Arc<ClusterLoadAssignment> {
+        Arc::new(ClusterLoadAssignment {
+            cluster_name: name.into(),
+            localities: localities
+                .into_iter()
+                .map(|(priority, endpoints)| LocalityEndpoints {
+                    locality: None,
+                    priority,
+                    load_balancing_weight: None,
+                    endpoints,
+                })
+                .collect(),
+        })
+    }
+
+    fn picks(t: &ClusterTarget, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| match t.pick(None).unwrap() {
+                EndpointAddress::Socket(s) => s.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn endpoints_by_priority_health_and_weight() {
+        use HealthStatus::*;
+        let eds = Discovery::Eds { service_name: None };
+        let input = TrafficInput {
+            clusters: vec![cluster("c", eds.clone()), cluster("down", eds)],
+            load_assignments: [
+                (
+                    "c".to_string(),
+                    cla(
+                        "c",
+                        vec![
+                            (1, vec![ep("10.0.1.1:80", Healthy, 1)]),
+                            (
+                                0,
+                                vec![
+                                    ep("10.0.0.1:80", Healthy, 1),
+                                    ep("10.0.0.2:80", Unknown, 2),
+                                    ep("10.0.0.3:80", Unhealthy, 1),
+                                    ep("10.0.0.4:80", Draining, 1),
+                                ],
+                            ),
+                        ],
+                    ),
+                ),
+                (
+                    "down".to_string(),
+                    cla(
+                        "down",
+                        vec![
+                            (0, vec![ep("10.0.0.9:80", Unhealthy, 1)]),
+                            (1, vec![ep("10.0.1.9:80", Healthy, 1)]),
+                        ],
+                    ),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let t = Traffic::build(input, None);
+        let c = t.cluster("c").unwrap();
+        assert_eq!(c.routable(), 3);
+        let mut got = picks(c, 6);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "10.0.0.1:80",
+                "10.0.0.1:80",
+                "10.0.0.2:80",
+                "10.0.0.2:80",
+                "10.0.0.2:80",
+                "10.0.0.2:80"
+            ]
+        );
+        // Priority 0 has no routable endpoint: priority 1 takes over.
+        assert_eq!(
+            picks(t.cluster("down").unwrap(), 2),
+            ["10.0.1.9:80", "10.0.1.9:80"]
+        );
+    }
+
+    #[test]
+    fn original_dst_cluster_uses_the_connection_destination() {
+        let t = Traffic::build(
+            TrafficInput {
+                clusters: vec![cluster("passthrough", Discovery::OriginalDst)],
+                ..Default::default()
+            },
+            None,
+        );
+        let c = t.cluster("passthrough").unwrap();
+        let dst: SocketAddr = "10.1.2.3:8080".parse().unwrap();
+        assert_eq!(c.pick(Some(dst)), Some(EndpointAddress::Socket(dst)));
+        assert_eq!(c.pick(None), None);
+    }
+
+    #[test]
+    fn rebuild_reuses_what_did_not_change() {
+        let eds = Discovery::Eds { service_name: None };
+        let a = cluster("a", eds.clone());
+        let b = cluster("b", eds);
+        let a_eps = cla(
+            "a",
+            vec![(0, vec![ep("10.0.0.1:80", HealthStatus::Healthy, 1)])],
+        );
+        let b_eps = cla(
+            "b",
+            vec![(0, vec![ep("10.0.0.2:80", HealthStatus::Healthy, 1)])],
+        );
+        let input = |b_eps: &Arc<ClusterLoadAssignment>| TrafficInput {
+            generation: 1,
+            clusters: vec![a.clone(), b.clone()],
+            load_assignments: [
+                ("a".to_string(), a_eps.clone()),
+                ("b".to_string(), b_eps.clone()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let first = Traffic::build(input(&b_eps), None);
+        let b_eps2 = cla(
+            "b",
+            vec![(0, vec![ep("10.0.0.3:80", HealthStatus::Healthy, 1)])],
+        );
+        let second = Traffic::build(input(&b_eps2), Some(&first));
+        assert!(Arc::ptr_eq(
+            first.cluster("a").unwrap(),
+            second.cluster("a").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            first.cluster("b").unwrap(),
+            second.cluster("b").unwrap()
+        ));
+        assert_eq!(picks(second.cluster("b").unwrap(), 1), ["10.0.0.3:80"]);
     }
 }
