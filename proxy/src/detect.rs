@@ -22,6 +22,8 @@ use crate::stream::Rewind;
 pub enum Protocol {
     /// HTTP/1.0 or HTTP/1.1.
     Http1,
+    /// HTTP/2 with prior knowledge (h2c): the client opened with the connection preface.
+    Http2,
     /// Anything else: forwarded as a byte stream.
     Opaque,
 }
@@ -31,6 +33,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
             Protocol::Opaque => "opaque",
         }
     }
@@ -62,8 +65,11 @@ const METHODS: [&[u8]; 9] = [
     b"TRACE ",
 ];
 
-/// The longest entry of [`METHODS`]: we never need more bytes than this to decide.
-const MAX_SNIFF: usize = 8;
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The preface is the longest thing we look for: we never need more bytes to decide.
+const MAX_SNIFF: usize = H2_PREFACE.len();
 
 /// What the bytes seen so far say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +82,10 @@ pub(crate) enum Verdict {
 
 /// Classifies the first bytes of a client-first connection.
 pub(crate) fn classify(buf: &[u8]) -> Verdict {
-    let mut could_be_http = false;
+    if buf.len() >= H2_PREFACE.len() && buf.starts_with(H2_PREFACE) {
+        return Verdict::Is(Protocol::Http2);
+    }
+    let mut could_be_http = H2_PREFACE.starts_with(buf);
     for m in METHODS {
         if buf.starts_with(m) {
             return Verdict::Is(Protocol::Http1);
@@ -129,7 +138,7 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    use Protocol::{Http1, Opaque};
+    use Protocol::{Http1, Http2, Opaque};
     use Verdict::{Is, NeedMore};
 
     #[test]
@@ -161,8 +170,11 @@ mod tests {
             (b"GETX", Is(Opaque)),
             (b"get ", Is(Opaque)),
             (b"GET\t", Is(Opaque)),
-            (b"\x16\x03\x01", Is(Opaque)),   // TLS ClientHello
-            (b"PRI * HTTP/2.0", Is(Opaque)), // HTTP/2 preface: not HTTP/1 (yet)
+            (b"\x16\x03\x01", Is(Opaque)), // TLS ClientHello
+            (b"PRI * HTTP/2.0", NeedMore), // a prefix of the HTTP/2 preface
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Is(Http2)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0", Is(Http2)),
+            (b"PRI * HTTP/1.1", Is(Opaque)),
             (b"SSH-2.0-", Is(Opaque)),
             (b"\0", Is(Opaque)),
             (b"POSTGRES", Is(Opaque)),

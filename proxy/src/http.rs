@@ -33,25 +33,23 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::JoinHandle;
-use tracing::{debug, Instrument};
+use tracing::debug;
 
+use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{ProxyBody, ProxyError, Side};
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
+use crate::model::cluster::UpstreamProtocol as ClusterProtocol;
 use crate::model::endpoint::EndpointAddress;
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite};
 use crate::outbound::Source;
-use crate::tcp;
 use crate::traffic::router::{self, RequestHead, RouteTable};
 use crate::traffic::{self, TrafficHandle};
+use crate::upstream::{self, Pools, UpstreamProtocol};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Idle upstream connections kept per downstream connection (one per endpoint).
-const MAX_IDLE_UPSTREAMS: usize = 8;
 
 /// How the requests of a connection find their upstream.
 pub(crate) enum Routing {
@@ -80,30 +78,15 @@ pub(crate) struct HttpConn {
     routing: Routing,
     traffic: TrafficHandle,
     source: Source,
+    /// HTTP/1 or HTTP/2 from the client.
+    downstream: Protocol,
     connect_timeout: Duration,
     metrics: Arc<ProxyMetrics>,
-    /// Idle upstream connections between requests. One is taken out for the duration of
-    /// a request (so no lock is held across `.await`) and put back when it can be reused.
-    idle: Mutex<Vec<Upstream>>,
+    pools: Arc<Pools>,
     /// The byte copy of an accepted upgrade. Run by [`serve`] once hyper has handed the
     /// downstream socket over, so the tunnel stays part of this connection's task (and
     /// of its drain).
     tunnel: Mutex<Option<BoxFuture>>,
-}
-
-/// An HTTP/1 client connection to one upstream endpoint.
-struct Upstream {
-    addr: SocketAddr,
-    sender: SendRequest<Incoming>,
-    /// The task driving the connection; aborted on drop so an upstream never outlives
-    /// the downstream connection it serves.
-    task: JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,6 +101,8 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     /// The cluster's `connect_timeout` (the proxy's for passthrough).
     pub(crate) connect_timeout: Duration,
+    /// How requests reach it.
+    pub(crate) protocol: UpstreamProtocol,
 }
 
 /// Where one routed request goes, and what to do to it on the way.
@@ -138,8 +123,10 @@ pub(crate) struct HttpConnParams {
     pub(crate) routing: Routing,
     pub(crate) traffic: TrafficHandle,
     pub(crate) source: Source,
+    pub(crate) downstream: Protocol,
     pub(crate) connect_timeout: Duration,
     pub(crate) metrics: Arc<ProxyMetrics>,
+    pub(crate) pools: Arc<Pools>,
 }
 
 impl HttpConn {
@@ -151,9 +138,10 @@ impl HttpConn {
             routing: p.routing,
             traffic: p.traffic,
             source: p.source,
+            downstream: p.downstream,
             connect_timeout: p.connect_timeout,
             metrics: p.metrics,
-            idle: Mutex::new(Vec::new()),
+            pools: p.pools,
             tunnel: Mutex::new(None),
         }
     }
@@ -171,8 +159,7 @@ impl HttpConn {
                     Side::Downstream => debug!(error = %e, "downstream request failed"),
                 }
                 if let Some(reason) = e.connect_reason() {
-                    self.metrics
-                        .connect_error(crate::detect::Protocol::Http1, reason);
+                    self.metrics.connect_error(self.downstream, reason);
                 }
                 if let ProxyError::Unrouted { reason, .. } = &e {
                     self.metrics.config_miss(*reason);
@@ -214,9 +201,9 @@ impl HttpConn {
                 let target = Target {
                     addr: self.dst,
                     connect_timeout: self.connect_timeout,
+                    protocol: same_as(self.downstream),
                 };
-                let resp = self.forward(target, req).await?;
-                return Ok(resp.map(BodyExt::boxed));
+                return self.forward(target, req).await;
             }
             Routing::Routes(r) => r,
         };
@@ -224,10 +211,9 @@ impl HttpConn {
             Ok(decision) => decision,
             Err(local) => return Ok(local),
         };
-        let resp = self.forward(decision.target, req).await?;
+        let mut resp = self.forward(decision.target, req).await?;
         let vh = &decision.table.config.virtual_hosts[decision.vhost];
         let route = &vh.routes[decision.route];
-        let mut resp = resp.map(BodyExt::boxed);
         response_mutations(&mut resp, &decision.table, vh, route);
         Ok(resp)
     }
@@ -297,8 +283,13 @@ impl HttpConn {
                     ProxyError::unrouted(MissReason::NoCluster, "weighted clusters add up to 0")
                 })?,
         };
-        let (endpoint, target) =
-            pick_endpoint(&traffic, cluster, self.captured.then_some(self.dst)).await?;
+        let (endpoint, target) = pick_endpoint(
+            &traffic,
+            cluster,
+            self.captured.then_some(self.dst),
+            self.downstream,
+        )
+        .await?;
 
         let new_path = router::rewrite_path(action, &route.route_match, &path);
         let new_host = match &action.host_rewrite {
@@ -340,94 +331,91 @@ impl HttpConn {
         &self,
         target: Target,
         mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let addr = target.addr;
-        let upgrade = wants_upgrade(&req);
+        // Upgrades are an HTTP/1 mechanism (HTTP/2 CONNECT comes with the HBONE work).
+        let upgrade = self.downstream == Protocol::Http1
+            && target.protocol == UpstreamProtocol::Http1
+            && wants_upgrade(&req);
         let is_connect = req.method() == Method::CONNECT;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         strip_hop_by_hop(req.headers_mut(), upgrade);
+        adapt_request(&mut req, target.protocol);
 
-        let (mut upstream, reused) = self.checkout(target).await?;
-        let mut resp = match upstream.sender.try_send_request(req).await {
-            Ok(resp) => resp,
-            Err(mut e) => match e.take_message() {
-                // The idle connection closed before our request went out (the usual
-                // keep-alive race): nothing reached the upstream, so sending it on a
-                // fresh connection is safe whatever the method.
-                Some(req) if reused => {
-                    debug!(%addr, error = %e.error(), "idle upstream connection closed; reconnecting");
-                    upstream = self.connect(target).await?;
-                    upstream
-                        .sender
-                        .send_request(req)
-                        .await
-                        .map_err(|e| ProxyError::upstream_http(addr, self.peer, e))?
-                }
-                _ => return Err(ProxyError::upstream_http(addr, self.peer, e.into_error())),
-            },
+        let ep = upstream::Endpoint {
+            addr,
+            protocol: target.protocol,
+            connect_timeout: target.connect_timeout,
         };
-
-        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        match downstream_upgrade {
-            Some(down) if is_upgrade_accepted(is_connect, resp.status()) => {
+        let sent = self
+            .pools
+            .send(ep, req.map(BodyExt::boxed), self.peer, upgrade)
+            .await?;
+        let mut resp = sent.response;
+        match (downstream_upgrade, sent.upgraded) {
+            (Some(down), Some(upstream)) if is_upgrade_accepted(is_connect, resp.status()) => {
                 let up = hyper::upgrade::on(&mut resp);
-                // The upstream connection becomes the tunnel: it is not reused, and its
-                // task must live until hyper hands the socket over.
+                // The upstream connection becomes the tunnel; its sender must live until
+                // hyper hands the socket over.
                 *lock(&self.tunnel) = Some(Box::pin(tunnel(down, up, upstream, self.peer, addr)));
             }
-            _ if switched => return Err(ProxyError::UnexpectedUpgrade { addr }),
-            _ => {
-                let mut idle = lock(&self.idle);
-                if idle.len() >= MAX_IDLE_UPSTREAMS {
-                    idle.remove(0);
-                }
-                idle.push(upstream);
-            }
+            (None, Some(_)) => return Err(ProxyError::UnexpectedUpgrade { addr }),
+            _ => {}
         }
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(resp.headers_mut(), switched);
         Ok(resp)
     }
+}
 
-    /// The idle connection to `addr` if it is still usable (and whether it was reused),
-    /// or a new one.
-    async fn checkout(&self, target: Target) -> Result<(Upstream, bool), ProxyError> {
-        let addr = target.addr;
-        let idle = {
-            let mut idle = lock(&self.idle);
-            idle.iter()
-                .position(|u| u.addr == addr)
-                .map(|i| idle.swap_remove(i))
-        };
-        if let Some(mut up) = idle {
-            // Between requests the connection is normally ready at once; `ready` fails
-            // when the upstream has closed it.
-            if !up.sender.is_closed() && up.sender.ready().await.is_ok() {
-                return Ok((up, true));
-            }
-            debug!(%addr, "upstream connection closed; reconnecting");
-        }
-        Ok((self.connect(target).await?, false))
+/// The upstream protocol that matches the client's.
+fn same_as(downstream: Protocol) -> UpstreamProtocol {
+    match downstream {
+        Protocol::Http2 => UpstreamProtocol::Http2,
+        _ => UpstreamProtocol::Http1,
     }
+}
 
-    async fn connect(&self, target: Target) -> Result<Upstream, ProxyError> {
-        let addr = target.addr;
-        let stream = tcp::connect(addr, target.connect_timeout).await?;
-        let mut builder = hyper::client::conn::http1::Builder::new();
-        builder.preserve_header_case(true);
-        let (sender, conn) = builder
-            .handshake(TokioIo::new(stream))
-            .await
-            // The HTTP/1 handshake does no I/O; this only fails on a hyper bug.
-            .map_err(|e| ProxyError::upstream_http(addr, self.peer, e))?;
-        let task = tokio::spawn(
-            async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(%addr, error = %e, "upstream connection ended with an error");
+/// Puts the request target in the form the upstream protocol wants: HTTP/1 gets
+/// origin-form (`/path?q`) and a `Host` header; HTTP/2 gets the authority in the URI
+/// (it becomes `:authority`) and no `Host`.
+fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol) {
+    let authority = authority(req).to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            if req.method() == Method::CONNECT {
+                return;
+            }
+            if !req.headers().contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(&authority) {
+                    req.headers_mut().insert(header::HOST, v);
                 }
             }
-            .in_current_span(),
-        );
-        Ok(Upstream { addr, sender, task })
+            if req.uri().authority().is_some() {
+                if let Ok(uri) = path.parse::<Uri>() {
+                    *req.uri_mut() = uri;
+                }
+            }
+            *req.version_mut() = http::Version::HTTP_11;
+        }
+        UpstreamProtocol::Http2 => {
+            let scheme = req.uri().scheme_str().unwrap_or("http").to_owned();
+            if let Ok(uri) = Uri::builder()
+                .scheme(scheme.as_str())
+                .authority(authority.as_str())
+                .path_and_query(path.as_str())
+                .build()
+            {
+                *req.uri_mut() = uri;
+            }
+            req.headers_mut().remove(header::HOST);
+            *req.version_mut() = http::Version::HTTP_2;
+        }
     }
 }
 
@@ -470,6 +458,7 @@ pub(crate) async fn pick_endpoint(
     traffic: &traffic::Traffic,
     name: &str,
     original_dst: Option<SocketAddr>,
+    downstream: Protocol,
 ) -> Result<(EndpointAddress, Target), ProxyError> {
     let cluster = traffic.cluster(name).ok_or_else(|| {
         ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
@@ -487,9 +476,15 @@ pub(crate) async fn pick_endpoint(
         )
     })?;
     let addr = resolve_one(&endpoint).await?;
+    let protocol = match cluster.cluster.protocol {
+        ClusterProtocol::Http1 => UpstreamProtocol::Http1,
+        ClusterProtocol::Http2(_) => UpstreamProtocol::Http2,
+        ClusterProtocol::UseDownstream(_) => same_as(downstream),
+    };
     let target = Target {
         addr,
         connect_timeout: cluster.cluster.connect_timeout,
+        protocol,
     };
     Ok((endpoint, target))
 }
@@ -589,7 +584,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 async fn tunnel(
     down: OnUpgrade,
     up: OnUpgrade,
-    upstream: Upstream,
+    upstream: SendRequest<ProxyBody>,
     peer: SocketAddr,
     dst: SocketAddr,
 ) {
@@ -610,8 +605,9 @@ async fn tunnel(
     }
 }
 
-/// Serves HTTP/1 on `io` until the client closes, an error, or a drain (which lets the
-/// request in flight finish, then closes). An upgraded connection continues as a tunnel.
+/// Serves HTTP/1 or HTTP/2 (prior knowledge) on `io` until the client closes, an error,
+/// or a drain (which lets the requests in flight finish, then closes: HTTP/2 with a
+/// GOAWAY). An upgraded HTTP/1 connection continues as a tunnel.
 pub(crate) async fn serve<I>(io: I, conn: Arc<HttpConn>, drain: drain::Watch)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -621,22 +617,37 @@ where
         let conn = svc_conn.clone();
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        // Clients may shut down their write side while awaiting the response.
-        .half_close(true)
-        // Transparency: keep header case and do not add a `Date` the upstream did not send.
-        .preserve_header_case(true)
-        .auto_date_header(false);
-    let server = builder
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
-    tokio::pin!(server);
-    let res = tokio::select! {
-        res = server.as_mut() => res,
-        () = drain.signaled() => {
-            server.as_mut().graceful_shutdown();
-            server.await
+    let res = if conn.downstream == Protocol::Http2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new()).auto_date_header(false);
+        let server = builder.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(server);
+        tokio::select! {
+            res = server.as_mut() => res,
+            () = drain.signaled() => {
+                server.as_mut().graceful_shutdown();
+                server.await
+            }
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            // Clients may shut down their write side while awaiting the response.
+            .half_close(true)
+            // Transparency: keep header case and do not add a `Date` the upstream did
+            // not send.
+            .preserve_header_case(true)
+            .auto_date_header(false);
+        let server = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        tokio::pin!(server);
+        tokio::select! {
+            res = server.as_mut() => res,
+            () = drain.signaled() => {
+                server.as_mut().graceful_shutdown();
+                server.await
+            }
         }
     };
     if let Err(e) = res {

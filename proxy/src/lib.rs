@@ -37,6 +37,7 @@ mod outbound;
 mod stream;
 mod tcp;
 pub mod traffic;
+mod upstream;
 
 pub use detect::Protocol;
 
@@ -55,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<metrics::ProxyMetrics>,
     /// The xDS traffic config (empty: every connection passes through).
     pub(crate) traffic: traffic::TrafficHandle,
+    /// Upstream HTTP connections, shared by all downstream connections.
+    pub(crate) pools: Arc<upstream::Pools>,
 }
 
 /// The proxy: serves captured connections from one listener.
@@ -88,6 +91,7 @@ impl Proxy {
                 lookup,
                 metrics,
                 traffic: traffic::TrafficHandle::new(),
+                pools: upstream::Pools::new(upstream::PoolConfig::default()),
             }),
         }
     }

@@ -139,29 +139,23 @@ async fn try_handle(
     debug!(%peer, %dst, %protocol, source = %source.workload, listener = listener.as_ref().map(|l| l.name.as_str()), "connection accepted");
 
     let res = match plan {
-        Plan::Passthrough if protocol == Protocol::Http1 => {
+        Plan::Passthrough if protocol != Protocol::Opaque => {
+            let routing = Routing::Passthrough;
             serve_http(
-                inner,
-                stream,
-                peer,
-                dst,
-                captured,
-                Routing::Passthrough,
-                source,
-                drain,
+                inner, stream, peer, dst, captured, routing, source, protocol, drain,
             )
             .await
         }
         Plan::Http(routes) => {
+            // An HTTP connection manager serves HTTP/1 unless the client opened with the
+            // HTTP/2 preface.
+            let downstream = match protocol {
+                Protocol::Http2 => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            let routing = Routing::Routes(routes);
             serve_http(
-                inner,
-                stream,
-                peer,
-                dst,
-                captured,
-                Routing::Routes(routes),
-                source,
-                drain,
+                inner, stream, peer, dst, captured, routing, source, downstream, drain,
             )
             .await
         }
@@ -176,6 +170,7 @@ async fn try_handle(
                 _ => Ok(Target {
                     addr: dst,
                     connect_timeout: config.connect_timeout,
+                    protocol: crate::upstream::UpstreamProtocol::Http1,
                 }),
             };
             match upstream {
@@ -224,6 +219,7 @@ fn plan(
 ) -> Result<Plan, ProxyError> {
     let alpn: &[&str] = match protocol {
         Protocol::Http1 => &["http/1.1", "http/1.0"],
+        Protocol::Http2 => &["h2c"],
         Protocol::Opaque => &[],
     };
     let cx = chain::ChainContext {
@@ -270,7 +266,11 @@ async fn tcp_upstream(
             })?
         }
     };
-    Ok(http::pick_endpoint(traffic, name, original_dst).await?.1)
+    Ok(
+        http::pick_endpoint(traffic, name, original_dst, Protocol::Opaque)
+            .await?
+            .1,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -282,6 +282,7 @@ async fn serve_http(
     captured: bool,
     routing: Routing,
     source: Source,
+    downstream: Protocol,
     drain: drain::Watch,
 ) -> Result<(), ProxyError> {
     let conn = Arc::new(HttpConn::new(HttpConnParams {
@@ -291,8 +292,10 @@ async fn serve_http(
         routing,
         traffic: inner.traffic.clone(),
         source,
+        downstream,
         connect_timeout: inner.config.connect_timeout,
         metrics: inner.metrics.clone(),
+        pools: inner.pools.clone(),
     }));
     Box::pin(http::serve(stream, conn, drain)).await;
     Ok(())
@@ -325,6 +328,7 @@ mod tests {
             lookup: Arc::new(NoDst),
             metrics: Arc::new(ProxyMetrics::unregistered()),
             traffic: crate::traffic::TrafficHandle::new(),
+            pools: crate::upstream::Pools::new(Default::default()),
         });
         let (_signal, watch) = drain::channel();
         let fut = handle(inner, stream, peer, Origin::Captured, watch);

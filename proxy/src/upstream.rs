@@ -1,0 +1,379 @@
+//! Upstream HTTP connections, pooled per endpoint and shared by every downstream
+//! connection of the proxy.
+//!
+//! - HTTP/1.1: idle connections per endpoint. A connection goes back to the pool when the
+//!   response body has been read to its end (not when the headers arrive), so a pooled
+//!   connection is always ready for the next request; at most
+//!   [`PoolConfig::max_idle_per_endpoint`] wait, each at most [`PoolConfig::idle_timeout`]
+//!   (a sweeper closes older ones).
+//! - HTTP/2: one multiplexed connection per endpoint, shared by all requests to it (so the
+//!   requests of one downstream connection are balanced per request, not per connection);
+//!   replaced when it closes or refuses new streams.
+//!
+//! hyper_util's legacy `Client` would pool too, but it keys its pool by the request URI's
+//! authority and sends that authority as HTTP/2 `:authority`; a proxy must send the
+//! client's authority while connecting to an endpoint address, hence these small pools
+//! (linkerd2-proxy and ztunnel keep their own for the same reason).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::{debug, Instrument};
+
+use crate::error::{ProxyBody, ProxyError};
+use crate::tcp;
+
+/// How requests reach an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum UpstreamProtocol {
+    /// HTTP/1.1, one request at a time per connection.
+    Http1,
+    /// HTTP/2 prior knowledge, multiplexed.
+    Http2,
+}
+
+/// Pool limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PoolConfig {
+    /// Idle HTTP/1 connections kept per endpoint.
+    pub(crate) max_idle_per_endpoint: usize,
+    /// How long an idle HTTP/1 connection is kept.
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_idle_per_endpoint: 32,
+            // Below the usual 60 s server keep-alive timeouts, so we close first.
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    pub(crate) protocol: UpstreamProtocol,
+    pub(crate) connect_timeout: Duration,
+}
+
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// The HTTP/2 connection of one endpoint. The async lock is held only while connecting,
+/// so concurrent first requests share one connection instead of racing to open several.
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
+
+#[derive(Default)]
+struct PoolState {
+    h1: HashMap<SocketAddr, Vec<Idle>>,
+    h2: HashMap<SocketAddr, H2Slot>,
+}
+
+/// The proxy's upstream pools.
+pub(crate) struct Pools {
+    config: PoolConfig,
+    state: Mutex<PoolState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Never held across an await: a poisoned lock only means a panic elsewhere.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What [`Pools::send`] hands back besides the response.
+pub(crate) struct Sent {
+    /// The response; for HTTP/1 its body returns the connection to the pool at its end.
+    pub(crate) response: Response<ProxyBody>,
+    /// For an HTTP/1 response that switched protocols: the connection, which must stay
+    /// alive until the upgrade completes and is never pooled.
+    pub(crate) upgraded: Option<http1::SendRequest<ProxyBody>>,
+}
+
+impl Pools {
+    pub(crate) fn new(config: PoolConfig) -> Arc<Self> {
+        let pools = Arc::new(Pools {
+            config,
+            state: Mutex::new(PoolState::default()),
+        });
+        // The sweeper holds a weak reference: it ends with the pools. Without a runtime
+        // (unit tests building an `Inner` by hand) idle connections are only dropped
+        // lazily.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&pools);
+            rt.spawn(sweep(weak, config.idle_timeout));
+        }
+        pools
+    }
+
+    /// Sends `req` to `ep` on a pooled or new connection. `upgrade`: the request asks to
+    /// take the connection over (HTTP/1 upgrades), so the response's body is not tied to
+    /// the pool and a switched connection is handed back.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        ep: Endpoint,
+        req: Request<ProxyBody>,
+        peer: SocketAddr,
+        upgrade: bool,
+    ) -> Result<Sent, ProxyError> {
+        match ep.protocol {
+            UpstreamProtocol::Http1 => self.send_h1(ep, req, peer, upgrade).await,
+            UpstreamProtocol::Http2 => self.send_h2(ep, req, peer).await,
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        ep: Endpoint,
+        req: Request<ProxyBody>,
+        peer: SocketAddr,
+        upgrade: bool,
+    ) -> Result<Sent, ProxyError> {
+        let addr = ep.addr;
+        let is_connect = req.method() == http::Method::CONNECT;
+        let (mut sender, reused) = match self.checkout_h1(addr).await {
+            Some(s) => (s, true),
+            None => (connect_h1(ep, peer).await?, false),
+        };
+        let resp = match sender.try_send_request(req).await {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                // The idle connection closed before our request went out (the usual
+                // keep-alive race): nothing reached the upstream, so sending it on a
+                // fresh connection is safe whatever the method.
+                Some(req) if reused => {
+                    debug!(%addr, error = %e.error(), "idle upstream connection closed; reconnecting");
+                    sender = connect_h1(ep, peer).await?;
+                    sender
+                        .send_request(req)
+                        .await
+                        .map_err(|e| ProxyError::upstream_http(addr, peer, e))?
+                }
+                _ => return Err(ProxyError::upstream_http(addr, peer, e.into_error())),
+            },
+        };
+        let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            || (upgrade && is_connect && resp.status().is_success());
+        if switched {
+            // Taken over (101, or a 2xx to CONNECT): never pooled.
+            return Ok(Sent {
+                response: resp.map(http_body_util::BodyExt::boxed),
+                upgraded: Some(sender),
+            });
+        }
+        let pool = Arc::downgrade(self);
+        let response = resp.map(|body| {
+            http_body_util::BodyExt::boxed(PooledBody {
+                body,
+                give_back: Some((pool, addr, sender)),
+            })
+        });
+        Ok(Sent {
+            response,
+            upgraded: None,
+        })
+    }
+
+    /// An idle connection to `addr` that is ready for a request. A connection is given
+    /// back as soon as its response body ended, possibly a moment before hyper's
+    /// dispatcher has noticed, so `ready` is awaited (it fails if the upstream closed).
+    async fn checkout_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+        loop {
+            let conn = {
+                let mut state = lock(&self.state);
+                let idle = state.h1.get_mut(&addr)?;
+                idle.pop()?
+            };
+            let mut sender = conn.sender;
+            if conn.since.elapsed() >= self.config.idle_timeout || sender.is_closed() {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn give_back_h1(&self, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut state = lock(&self.state);
+        let idle = state.h1.entry(addr).or_default();
+        if idle.len() < self.config.max_idle_per_endpoint {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        ep: Endpoint,
+        req: Request<ProxyBody>,
+        peer: SocketAddr,
+    ) -> Result<Sent, ProxyError> {
+        let addr = ep.addr;
+        let slot = lock(&self.state).h2.entry(addr).or_default().clone();
+        let mut sender = {
+            let mut conn = slot.lock().await;
+            match conn.as_ref().filter(|s| !s.is_closed()) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = connect_h2(ep, peer).await?;
+                    *conn = Some(s.clone());
+                    s
+                }
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
+        Ok(Sent {
+            response: resp.map(http_body_util::BodyExt::boxed),
+            upgraded: None,
+        })
+    }
+}
+
+async fn sweep(pools: Weak<Pools>, idle_timeout: Duration) {
+    let period = (idle_timeout / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pools) = pools.upgrade() else {
+            return;
+        };
+        let mut state = lock(&pools.state);
+        for idle in state.h1.values_mut() {
+            idle.retain(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed());
+        }
+        state.h1.retain(|_, v| !v.is_empty());
+        // A slot whose connection closed (and that nobody is connecting) goes.
+        state.h2.retain(|_, slot| {
+            slot.try_lock()
+                .map_or(true, |conn| conn.as_ref().is_some_and(|s| !s.is_closed()))
+        });
+    }
+}
+
+async fn connect_h1(
+    ep: Endpoint,
+    peer: SocketAddr,
+) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
+    let addr = ep.addr;
+    let stream = tcp::connect(addr, ep.connect_timeout).await?;
+    let mut builder = http1::Builder::new();
+    builder.preserve_header_case(true);
+    let (sender, conn) = builder
+        .handshake(TokioIo::new(stream))
+        .await
+        // The HTTP/1 handshake does no I/O; this only fails on a hyper bug.
+        .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(%addr, error = %e, "upstream HTTP/1 connection ended with an error");
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(sender)
+}
+
+async fn connect_h2(
+    ep: Endpoint,
+    peer: SocketAddr,
+) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
+    let addr = ep.addr;
+    let stream = tcp::connect(addr, ep.connect_timeout).await?;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let (sender, conn) = builder
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(sender)
+}
+
+/// A response body that returns its HTTP/1 connection to the pool once it has been read
+/// to the end. Dropped early (the client went away), the connection is dropped too: it
+/// may still have unread bytes.
+struct PooledBody {
+    body: Incoming,
+    give_back: Option<(Weak<Pools>, SocketAddr, http1::SendRequest<ProxyBody>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((pools, addr, sender)) = self.give_back.take() {
+            if let Some(pools) = pools.upgrade() {
+                pools.give_back_h1(addr, sender);
+            }
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body that says it is empty (204, HEAD, `content-length:
+        // 0`): at its end the connection is still reusable.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.give_back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,298 @@
+//! HTTP/2 through the proxy, end to end over the real config path: an h2c (prior
+//! knowledge) client, per-request balancing of one client connection over several HTTP/2
+//! endpoints, trailers (the gRPC status) passed through, HTTP/1 clients served by an
+//! HTTP/2 cluster and HTTP/2 clients by an HTTP/1 cluster, and HTTP/1 upstream
+//! connections pooled across client connections.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use myelin_xds::ads::{type_url, AdsProtocol};
+use myelin_xds::testing::ControlPlane;
+use support::*;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use xds_api::pb::envoy::config::cluster::v3::Cluster;
+
+/// An HTTP/2 (h2c) server: answers with its name in `x-server`, echoes the request body
+/// and the protocol it saw, and ends every response with a `grpc-status: 0` trailer. It
+/// counts accepted connections.
+struct H2Upstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for H2Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn h2_upstream(name: &'static str) -> H2Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let conns = connections.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            conns.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    let version = format!("{:?}", req.version());
+                    let authority = req.uri().authority().map(|a| a.to_string());
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    let frames = vec![
+                        Ok::<_, Infallible>(Frame::data(body)),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let mut resp = Response::new(StreamBody::new(futures_util_stream(frames)));
+                    resp.headers_mut()
+                        .insert("x-server", HeaderValue::from_static(name));
+                    resp.headers_mut()
+                        .insert("x-version", HeaderValue::from_str(&version).unwrap());
+                    if let Some(a) = authority {
+                        resp.headers_mut()
+                            .insert("x-authority", HeaderValue::from_str(&a).unwrap());
+                    }
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    H2Upstream {
+        addr,
+        connections,
+        task,
+    }
+}
+
+/// A stream over a vector of frames (no extra dependency for two items).
+fn futures_util_stream<T: Unpin>(items: Vec<T>) -> impl tokio_stream::Stream<Item = T> + Unpin {
+    tokio_stream::iter(items)
+}
+
+fn h2_cluster(name: &str) -> Cluster {
+    yaml(&format!(
+        r#"
+name: {name}
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: {{eds_config: {{ads: {{}}}}}}
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {{http2_protocol_options: {{}}}}
+"#
+    ))
+}
+
+/// An h2c client connection to the proxy, captured as if going to `dst`.
+async fn h2_client(
+    node: &Node,
+    dst: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = node.connect(dst).await;
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn start(cp: &ControlPlane) -> Node {
+    let node = Node::start(cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    node.wait_applied(type_url::CLUSTER, &["web"], &cp.version(type_url::CLUSTER))
+        .await;
+    node
+}
+
+/// One h2c client connection, 30 concurrent requests: spread evenly over 3 HTTP/2
+/// endpoints (per-request balancing), each endpoint reached over ONE upstream connection,
+/// bodies and the `grpc-status` trailer passed through, `:authority` kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_requests_of_one_connection_are_balanced_per_request() {
+    let ups = [
+        h2_upstream("e1").await,
+        h2_upstream("e2").await,
+        h2_upstream("e3").await,
+    ];
+    let cp = ControlPlane::start().await;
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    cp.update(|b| {
+        b.set("outbound", &http_listener("outbound", 18090, "web"));
+        b.set("web", &route_to("web", "web"));
+        b.set("web", &h2_cluster("web"));
+        b.set("web", &endpoints("web", &addrs));
+    });
+    let node = start(&cp).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+
+    let sender = h2_client(&node, vip(18090)).await;
+    let mut calls = Vec::new();
+    for i in 0..30 {
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            let req = Request::post("http://greeter.default.svc/helloworld.Greeter/SayHello")
+                .header("content-type", "application/grpc")
+                .body(Full::new(Bytes::from(format!("call-{i}"))))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let collected = body.collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (parts, collected.to_bytes(), trailers, i)
+        }));
+    }
+    let mut per_server: HashMap<String, usize> = HashMap::new();
+    for call in calls {
+        let (parts, body, trailers, i) = call.await.unwrap();
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, format!("call-{i}"));
+        assert_eq!(trailers["grpc-status"], "0", "trailers of call {i}");
+        assert_eq!(parts.headers["x-version"], "HTTP/2.0");
+        assert_eq!(parts.headers["x-authority"], "greeter.default.svc");
+        *per_server
+            .entry(parts.headers["x-server"].to_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_server.len(), 3, "{per_server:?}");
+    for (server, n) in &per_server {
+        assert_eq!(*n, 10, "{server}: {per_server:?}");
+    }
+    for u in &ups {
+        assert_eq!(
+            u.connections.load(Ordering::Relaxed),
+            1,
+            "one multiplexed connection per endpoint"
+        );
+    }
+    assert_eq!(
+        node.metric("myelin_proxy_connections_opened_total{protocol=\"http2\"}"),
+        1.0
+    );
+}
+
+/// An HTTP/1 client through an HTTP/2 cluster, and an h2c client through an HTTP/1 cluster:
+/// the proxy translates, keeping the authority (`Host` <-> `:authority`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocols_are_translated_both_ways() {
+    let h2 = h2_upstream("h2").await;
+    let h1 = http_upstream("h1").await;
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        b.set("to-h2", &http_listener("to-h2", 18091, "web"));
+        b.set("to-h1", &http_listener("to-h1", 18092, "h1routes"));
+        b.set("web", &route_to("web", "web"));
+        b.set("h1routes", &route_to("h1routes", "h1"));
+        b.set("web", &h2_cluster("web"));
+        b.set("h1", &eds_cluster("h1"));
+        b.set("web", &endpoints("web", &[h2.addr]));
+        b.set("h1", &endpoints("h1", &[h1.addr]));
+    });
+    let node = start(&cp).await;
+    node.wait_applied(type_url::ROUTE, &["h1routes"], &cp.version(type_url::ROUTE))
+        .await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web", "h1"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+
+    let mut http1 = node.http_client(vip(18091)).await;
+    let (status, server, _) = http1.get("api.example.com", "/x").await.unwrap();
+    assert_eq!((status, server.as_str()), (StatusCode::OK, "h2"));
+
+    let mut sender = h2_client(&node, vip(18092)).await;
+    let resp = sender
+        .send_request(
+            Request::get("http://shop.example.com/cart?id=1")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-server"], "h1");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    // The HTTP/1 upstream saw an origin-form target.
+    assert_eq!(body, "h1 /cart?id=1");
+}
+
+/// HTTP/1 upstream connections are pooled across client connections: sequential requests
+/// on separate client connections reuse one upstream connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_upstream_connections_are_shared_across_clients() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"pooled"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        b.set("outbound", &http_listener("outbound", 18093, "web"));
+        b.set("web", &route_to("web", "web"));
+        b.set("web", &eds_cluster("web"));
+        b.set("web", &endpoints("web", &[addr]));
+    });
+    let node = start(&cp).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    for _ in 0..5 {
+        let mut c = node.http_client(vip(18093)).await;
+        let (status, _, body) = c.get("web", "/").await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "pooled"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "upstream connections were not reused"
+    );
+    server.abort();
+}

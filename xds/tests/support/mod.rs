@@ -1,0 +1,412 @@
+//! The harness of the end-to-end config-path tests: Envoy resources written as YAML, real
+//! upstream servers on loopback, and a node (ADS client, store, feed, real proxy) whose
+//! captured connections are simulated: the client binds its socket first and records the
+//! original destination it "was going to" (a service VIP on loopback that nothing else
+//! uses) in the lookup the proxy consults.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use myelin_proxy::drain;
+use myelin_proxy::metrics::ProxyMetrics;
+use myelin_proxy::model::ProxyConfig;
+use myelin_proxy::{OrigDstLookup, Proxy};
+use myelin_xds::ads::{AdsClient, AdsConfig, AdsProtocol};
+use myelin_xds::convert::json;
+use myelin_xds::store::ConfigStore;
+use myelin_xds::testing::{ControlPlane, WAIT};
+use prometheus_client::registry::Registry;
+use prost::{Message, Name};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use xds_api::pb::envoy::config::cluster::v3::Cluster;
+use xds_api::pb::envoy::config::core::v3::Node as NodePb;
+use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+
+/// The service VIP the clients "dial"; only the proxy's listeners know it. On loopback,
+/// so that a connection passed through (no listener) stays on this machine.
+pub const VIP: &str = "127.0.0.11";
+
+// ---- resources, as Envoy YAML -------------------------------------------------------------
+
+pub fn yaml<T: DeserializeOwned>(text: &str) -> T {
+    let v: serde_json::Value = serde_yaml::from_str(text).expect("test YAML parses");
+    json::from_value(v).expect("test YAML is a valid Envoy resource")
+}
+
+pub const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+pub const TCP_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+/// A captured-traffic listener (`bind_to_port: false`) on `0.0.0.0:port` whose HTTP
+/// connection manager takes its routes from RDS `route`.
+pub fn http_listener(name: &str, port: u16, route: &str) -> Listener {
+    yaml(&format!(
+        r#"
+name: {name}
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: {name}
+      rds: {{route_config_name: {route}, config_source: {{ads: {{}}}}}}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ))
+}
+
+/// A listener bound on `addr` (a plain reverse proxy).
+pub fn bound_http_listener(name: &str, addr: SocketAddr, route: &str) -> Listener {
+    yaml(&format!(
+        r#"
+name: {name}
+address: {{socket_address: {{address: "{}", port_value: {}}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: {name}
+      rds: {{route_config_name: {route}, config_source: {{ads: {{}}}}}}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#,
+        addr.ip(),
+        addr.port()
+    ))
+}
+
+pub fn tcp_listener(name: &str, port: u16, cluster: &str) -> Listener {
+    yaml(&format!(
+        r#"
+name: {name}
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config: {{"@type": {TCP_TYPE}, stat_prefix: {name}, cluster: {cluster}}}
+"#
+    ))
+}
+
+/// All requests for any host go to `cluster`.
+pub fn route_to(name: &str, cluster: &str) -> RouteConfiguration {
+    yaml(&format!(
+        r#"
+name: {name}
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: {{prefix: "/"}}
+    route: {{cluster: {cluster}}}
+"#
+    ))
+}
+
+pub fn eds_cluster(name: &str) -> Cluster {
+    yaml(&format!(
+        r#"
+name: {name}
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: {{eds_config: {{ads: {{}}}}}}
+"#
+    ))
+}
+
+pub fn endpoints(cluster: &str, addrs: &[SocketAddr]) -> ClusterLoadAssignment {
+    let eps: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            format!(
+                "    - endpoint: {{address: {{socket_address: {{address: \"{}\", port_value: {}}}}}}}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    yaml(&format!(
+        "cluster_name: {cluster}\nendpoints:\n  - lb_endpoints:\n{}\n",
+        eps.join("\n")
+    ))
+}
+
+// ---- upstream servers -----------------------------------------------------------------------
+
+/// An HTTP/1 server that answers every request with its name and the request path, and
+/// counts the requests it served.
+pub struct HttpUpstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn http_upstream(name: &'static str) -> HttpUpstream {
+    http_upstream_on(name, "127.0.0.1:0").await
+}
+
+pub async fn http_upstream_on(name: &'static str, bind: &str) -> HttpUpstream {
+    let listener = TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let body = format!("{name} {}", req.uri());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .header("x-server", name)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    HttpUpstream { addr, hits, task }
+}
+
+/// A TCP server that answers each chunk it reads with `name:` and the chunk.
+pub async fn tcp_upstream(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let mut out = format!("{name}:").into_bytes();
+                            out.extend_from_slice(&buf[..n]);
+                            if stream.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+// ---- the node: ADS client, store, feed, proxy -----------------------------------------------
+
+#[derive(Default)]
+pub struct MapLookup(Mutex<HashMap<SocketAddr, SocketAddr>>);
+
+impl OrigDstLookup for MapLookup {
+    fn original_dst(&self, peer: SocketAddr, _local: SocketAddr) -> Option<SocketAddr> {
+        self.0.lock().unwrap().get(&peer).copied()
+    }
+}
+
+pub struct Node {
+    pub proxy: SocketAddr,
+    lookup: Arc<MapLookup>,
+    pub store: Arc<ConfigStore>,
+    registry: Registry,
+    _signal: drain::Signal,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Node {
+    pub async fn start(cp: &ControlPlane, protocol: AdsProtocol) -> Node {
+        let store = Arc::new(ConfigStore::new());
+        let mut config = AdsConfig::new(
+            cp.uri(),
+            NodePb {
+                id: "node-1".into(),
+                ..Default::default()
+            },
+        );
+        config.protocol = protocol;
+        let mut registry = Registry::default();
+        let metrics = Arc::new(ProxyMetrics::new(
+            registry.sub_registry_with_prefix("myelin"),
+        ));
+        let lookup = Arc::new(MapLookup::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap();
+        let (signal, watch) = drain::channel();
+        let proxy = Proxy::new(Arc::new(ProxyConfig::default()), lookup.clone(), metrics);
+        let handle = proxy.traffic();
+        let tasks = vec![
+            tokio::spawn(AdsClient::new(config, store.clone()).run()),
+            tokio::spawn(myelin_xds::feed::feed(store.clone(), handle)),
+            tokio::spawn(async move {
+                proxy.serve(listener, watch).await.unwrap();
+            }),
+        ];
+        Node {
+            proxy: proxy_addr,
+            lookup,
+            store,
+            registry,
+            _signal: signal,
+            tasks,
+        }
+    }
+
+    /// A TCP connection to the proxy, captured as if it had been going to `dst`.
+    pub async fn connect(&self, dst: SocketAddr) -> TcpStream {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        self.lookup
+            .0
+            .lock()
+            .unwrap()
+            .insert(sock.local_addr().unwrap(), dst);
+        sock.connect(self.proxy).await.unwrap()
+    }
+
+    pub async fn http_client(&self, dst: SocketAddr) -> Client {
+        Client::over(self.connect(dst).await).await
+    }
+
+    pub fn metric(&self, series: &str) -> f64 {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits (bounded) until the store holds `version` of every resource of `type_url`
+    /// named in `names` (so the proxy has it too: `feed` runs right after the publish).
+    pub async fn wait_applied(&self, type_url: &str, names: &[&str], version: &str) {
+        let mut changes = self.store.subscribe();
+        let ok = tokio::time::timeout(WAIT, async {
+            loop {
+                changes.borrow_and_update();
+                let snap = self.store.snapshot();
+                if names
+                    .iter()
+                    .all(|n| snap.version(type_url, n) == Some(version))
+                {
+                    return;
+                }
+                changes.changed().await.unwrap();
+            }
+        })
+        .await;
+        assert!(
+            ok.is_ok(),
+            "{type_url} {names:?} never reached version {version}"
+        );
+        // `feed` publishes to the proxy right after the store's publish; give its task a
+        // turn.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A keep-alive HTTP/1 client connection.
+pub struct Client {
+    sender: SendRequest<Empty<Bytes>>,
+    _conn: JoinHandle<()>,
+}
+
+impl Client {
+    pub async fn over(stream: TcpStream) -> Client {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Client {
+            sender,
+            _conn: conn,
+        }
+    }
+
+    /// GET `path` with `Host: host`: status, `x-server` header and body.
+    pub async fn get(
+        &mut self,
+        host: &str,
+        path: &str,
+    ) -> anyhow::Result<(StatusCode, String, String)> {
+        self.sender.ready().await.context("connection not ready")?;
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap();
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .context("request failed")?;
+        let status = resp.status();
+        let server = resp
+            .headers()
+            .get("x-server")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, server, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+pub fn vip(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), port)
+}
+
+pub fn set<M: Message + Name>(b: &mut myelin_xds::testing::Batch, name: &str, m: &M) {
+    b.set(name, m);
+}
