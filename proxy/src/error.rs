@@ -97,6 +97,18 @@ pub(crate) enum ProxyError {
         source: hyper::Error,
     },
 
+    /// The route's timeout, or the last try's per-try timeout, passed before the response
+    /// headers arrived.
+    #[error("no response from upstream {addr} within the {which} timeout of {timeout:?}")]
+    Timeout {
+        /// The upstream of the last attempt.
+        addr: SocketAddr,
+        /// `route` or `per-try`.
+        which: &'static str,
+        /// The timeout.
+        timeout: Duration,
+    },
+
     /// The traffic config has nothing for this connection or request.
     #[error("{}: {detail}", .reason.as_str())]
     Unrouted {
@@ -187,6 +199,7 @@ impl ProxyError {
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UnexpectedUpgrade { .. }
             | ProxyError::Unrouted { .. }
+            | ProxyError::Timeout { .. }
             | ProxyError::Forward { .. } => Side::Upstream,
         }
     }
@@ -205,6 +218,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "UF",
             ProxyError::UpstreamReset { .. } | ProxyError::Forward { .. } => "UC",
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => "UPE",
+            ProxyError::Timeout { .. } => "UT",
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "NR",
                 MissReason::NoCluster => "NC",
@@ -222,6 +236,7 @@ impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
                     StatusCode::NOT_FOUND
@@ -261,6 +276,7 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => {
                 "upstream sent an invalid response\n"
             }
+            ProxyError::Timeout { .. } => "upstream request timeout\n",
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "",
                 MissReason::NoCluster => "cluster not found\n",

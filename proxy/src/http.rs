@@ -43,8 +43,9 @@ use crate::error::{ProxyBody, ProxyError, Side};
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::UpstreamProtocol as ClusterProtocol;
 use crate::model::endpoint::EndpointAddress;
-use crate::model::route::{Action, ClusterSpecifier, HostRewrite};
+use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::outbound::Source;
+use crate::retry::{self, is_retriable, Outcome, ReplayBody};
 use crate::traffic::router::{self, RequestHead, RouteTable};
 use crate::traffic::{self, TrafficHandle};
 use crate::upstream::{self, Pools, UpstreamProtocol};
@@ -108,6 +109,10 @@ pub(crate) struct Target {
 /// Where one routed request goes, and what to do to it on the way.
 struct Decision {
     target: Target,
+    /// The traffic config the request was routed with, and the chosen cluster (retries
+    /// pick their endpoints from it).
+    traffic: Arc<traffic::Traffic>,
+    cluster: String,
     /// The route table and the (virtual host, route) indexes in it, for the response's
     /// header mutations.
     table: Arc<RouteTable>,
@@ -152,7 +157,7 @@ impl HttpConn {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let (resp, flags) = match self.dispatch(req).await {
-            Ok(resp) => (resp, "-"),
+            Ok(done) => done,
             Err(e) => {
                 match e.side() {
                     Side::Upstream => debug!(error = %e, "upstream request failed"),
@@ -192,10 +197,11 @@ impl HttpConn {
         resp
     }
 
+    /// Routes and forwards one request: the response and its response flags.
     async fn dispatch(
         &self,
         mut req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
         let route_ref = match &self.routing {
             Routing::Passthrough => {
                 let target = Target {
@@ -203,19 +209,142 @@ impl HttpConn {
                     connect_timeout: self.connect_timeout,
                     protocol: same_as(self.downstream),
                 };
-                return self.forward(target, req).await;
+                return Ok((self.forward(target, req).await?, "-"));
             }
             Routing::Routes(r) => r,
         };
         let decision = match self.decide(route_ref, &mut req).await? {
             Ok(decision) => decision,
-            Err(local) => return Ok(local),
+            Err(local) => return Ok((local, "-")),
         };
-        let mut resp = self.forward(decision.target, req).await?;
         let vh = &decision.table.config.virtual_hosts[decision.vhost];
         let route = &vh.routes[decision.route];
+        let Action::Route(action) = &route.action else {
+            unreachable!("decide() answers other actions locally");
+        };
+        // A route's retry policy replaces its virtual host's.
+        let policy = action.retry_policy.as_ref().or(vh.retry_policy.as_ref());
+        let attempts = self.attempts(&decision, policy, req);
+        let (mut resp, flags) = match action.timeout {
+            // The route timeout covers every attempt and the backoff between them.
+            Some(timeout) => match tokio::time::timeout(timeout, attempts).await {
+                Ok(done) => done?,
+                Err(_) => {
+                    return Err(ProxyError::Timeout {
+                        addr: decision.target.addr,
+                        which: "route",
+                        timeout,
+                    })
+                }
+            },
+            None => attempts.await?,
+        };
         response_mutations(&mut resp, &decision.table, vh, route);
-        Ok(resp)
+        Ok((resp, flags))
+    }
+
+    /// Sends `req` to the decided endpoint and retries as `policy` says: a retriable
+    /// outcome with retries left, a replayable body and room in the cluster's
+    /// `max_retries` circuit breaker is retried after a jittered backoff, on a newly
+    /// picked endpoint (not a previous one with `retry_previous_hosts`). The last outcome
+    /// is answered; `URX` when it was retriable but the retries ran out.
+    async fn attempts(
+        &self,
+        d: &Decision,
+        policy: Option<&RetryPolicy>,
+        req: Request<Incoming>,
+    ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+        let policy = match policy {
+            Some(p) if p.num_retries > 0 && !wants_upgrade(&req) => p,
+            _ => return Ok((self.forward(d.target, req).await?, "-")),
+        };
+        let (parts, body) = req.into_parts();
+        let (method, uri, version, headers) = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.version,
+            parts.headers.clone(),
+        );
+        let body = ReplayBody::new(body);
+        let mut first = Some(parts);
+        let mut target = d.target;
+        let mut tried = Vec::new();
+        let mut retries = 0;
+        let mut _guard = None;
+        loop {
+            let Some(attempt_body) = body.replay() else {
+                unreachable!("checked before every retry");
+            };
+            let req = match first.take() {
+                Some(parts) => Request::from_parts(parts, attempt_body),
+                None => {
+                    let mut r = Request::new(attempt_body);
+                    *r.method_mut() = method.clone();
+                    *r.uri_mut() = uri.clone();
+                    *r.version_mut() = version;
+                    *r.headers_mut() = headers.clone();
+                    r
+                }
+            };
+            tried.push(target.addr);
+            let attempt = self.forward(target, req);
+            let result = match policy.per_try_timeout {
+                Some(t) => match tokio::time::timeout(t, attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ProxyError::Timeout {
+                        addr: target.addr,
+                        which: "per-try",
+                        timeout: t,
+                    }),
+                },
+                None => attempt.await,
+            };
+            let outcome = match &result {
+                Ok(resp) => Outcome::of_response(resp.status(), resp.headers()),
+                Err(ProxyError::Timeout { .. }) => Outcome::PerTryTimeout,
+                Err(e) => match Outcome::of_error(e) {
+                    Some(o) => o,
+                    None => return result.map(|r| (r, "-")),
+                },
+            };
+            if !is_retriable(policy, outcome) {
+                return result.map(|r| (r, "-"));
+            }
+            if retries >= policy.num_retries {
+                return result.map(|r| (r, "URX"));
+            }
+            if body.replay().is_none() {
+                // Too big to send again.
+                return result.map(|r| (r, "-"));
+            }
+            let Some(cluster) = d.traffic.cluster(&d.cluster) else {
+                return result.map(|r| (r, "-"));
+            };
+            let Some(guard) = cluster.try_retry() else {
+                self.metrics.retry_overflow.inc();
+                return result.map(|r| (r, "-"));
+            };
+            // Let go of the failed attempt (and its connection) before waiting.
+            drop(result);
+            tokio::time::sleep(retry::backoff(policy, retries)).await;
+            retries += 1;
+            self.metrics.retries.inc();
+            let exclude: &[SocketAddr] = if policy.retry_previous_hosts {
+                &tried
+            } else {
+                &[]
+            };
+            target = pick_endpoint(
+                &d.traffic,
+                &d.cluster,
+                self.captured.then_some(self.dst),
+                self.downstream,
+                exclude,
+            )
+            .await?
+            .1;
+            _guard = Some(guard);
+        }
     }
 
     /// Routes `req` (rewriting it as the route says): the upstream to send it to, or a
@@ -288,6 +417,7 @@ impl HttpConn {
             cluster,
             self.captured.then_some(self.dst),
             self.downstream,
+            &[],
         )
         .await?;
 
@@ -319,19 +449,25 @@ impl HttpConn {
                 &m.request_headers_to_remove,
             );
         }
+        let cluster = cluster.to_owned();
         Ok(Ok(Decision {
             target,
+            traffic: traffic.clone(),
+            cluster,
             table: table.clone(),
             vhost,
             route: route_idx,
         }))
     }
 
-    async fn forward(
+    async fn forward<B>(
         &self,
         target: Target,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+        mut req: Request<B>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+    {
         let addr = target.addr;
         // Upgrades are an HTTP/1 mechanism (HTTP/2 CONNECT comes with the HBONE work).
         let upgrade = self.downstream == Protocol::Http1
@@ -459,6 +595,7 @@ pub(crate) async fn pick_endpoint(
     name: &str,
     original_dst: Option<SocketAddr>,
     downstream: Protocol,
+    exclude: &[SocketAddr],
 ) -> Result<(EndpointAddress, Target), ProxyError> {
     let cluster = traffic.cluster(name).ok_or_else(|| {
         ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
@@ -469,13 +606,23 @@ pub(crate) async fn pick_endpoint(
             format!("cluster {name:?} asks for upstream TLS, which is not implemented yet"),
         ));
     }
-    let endpoint = cluster.pick(original_dst).ok_or_else(|| {
+    let no_endpoint = || {
         ProxyError::unrouted(
             MissReason::NoHealthyUpstream,
             format!("cluster {name:?} has no healthy endpoint"),
         )
-    })?;
-    let addr = resolve_one(&endpoint).await?;
+    };
+    let mut endpoint = cluster.pick(original_dst).ok_or_else(no_endpoint)?;
+    let mut addr = resolve_one(&endpoint).await?;
+    // `retry_previous_hosts`: a few more picks to find an endpoint not tried yet (Envoy's
+    // `host_selection_retry_max_attempts`); if there is none, the last pick stands.
+    for _ in 0..cluster.routable().min(5) {
+        if !exclude.contains(&addr) {
+            break;
+        }
+        endpoint = cluster.pick(original_dst).ok_or_else(no_endpoint)?;
+        addr = resolve_one(&endpoint).await?;
+    }
     let protocol = match cluster.cluster.protocol {
         ClusterProtocol::Http1 => UpstreamProtocol::Http1,
         ClusterProtocol::Http2(_) => UpstreamProtocol::Http2,

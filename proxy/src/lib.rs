@@ -34,6 +34,7 @@ mod http;
 pub mod metrics;
 pub mod model;
 mod outbound;
+mod retry;
 mod stream;
 mod tcp;
 pub mod traffic;

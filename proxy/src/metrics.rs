@@ -17,6 +17,8 @@
 //! | `proxy_tcp_bytes_total`                        | counter   | `direction`, `source_workload`, `source_namespace` |
 //! | `proxy_config_misses_total`                    | counter   | `reason` |
 //! | `proxy_listener_bind_errors_total`             | counter   | |
+//! | `proxy_retries_total`                          | counter   | |
+//! | `proxy_retry_overflow_total`                   | counter   | |
 
 use std::fmt;
 use std::sync::Arc;
@@ -184,6 +186,8 @@ pub struct ProxyMetrics {
     pub(crate) tcp_bytes: Family<TcpBytesLabels, Counter>,
     pub(crate) config_misses: Family<MissLabels, Counter>,
     pub(crate) listener_bind_errors: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) retry_overflow: Counter,
 }
 
 fn detect_buckets() -> Histogram {
@@ -210,6 +214,8 @@ impl ProxyMetrics {
             tcp_bytes: Family::default(),
             config_misses: Family::default(),
             listener_bind_errors: Counter::default(),
+            retries: Counter::default(),
+            retry_overflow: Counter::default(),
         };
         registry.register(
             "proxy_connections_opened",
@@ -262,6 +268,16 @@ impl ProxyMetrics {
             "proxy_listener_bind_errors",
             "Listeners with bind_to_port whose address could not be bound",
             m.listener_bind_errors.clone(),
+        );
+        registry.register(
+            "proxy_retries",
+            "HTTP request attempts that were retries",
+            m.retries.clone(),
+        );
+        registry.register(
+            "proxy_retry_overflow",
+            "Retries not made because the cluster's max_retries circuit breaker was full",
+            m.retry_overflow.clone(),
         );
         m
     }

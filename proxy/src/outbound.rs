@@ -165,7 +165,7 @@ async fn try_handle(
             drop(drain);
             let upstream = match plan {
                 Plan::Tcp(cluster) => {
-                    tcp_upstream(&traffic, &cluster, captured.then_some(dst)).await
+                    Box::pin(tcp_upstream(&traffic, &cluster, captured.then_some(dst))).await
                 }
                 _ => Ok(Target {
                     addr: dst,
@@ -267,7 +267,7 @@ async fn tcp_upstream(
         }
     };
     Ok(
-        http::pick_endpoint(traffic, name, original_dst, Protocol::Opaque)
+        http::pick_endpoint(traffic, name, original_dst, Protocol::Opaque, &[])
             .await?
             .1,
     )

@@ -296,3 +296,326 @@ async fn http1_upstream_connections_are_shared_across_clients() {
     );
     server.abort();
 }
+
+/// An HTTP/1 server whose answer to its n-th request (0-based, counted across all
+/// connections) is decided by `script`: (status, delay before answering). It echoes the
+/// request body and counts requests.
+struct Scripted {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn scripted(
+    name: &'static str,
+    script: impl Fn(usize) -> (u16, std::time::Duration) + Send + Sync + 'static,
+) -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    let script = Arc::new(script);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (counter, script) = (counter.clone(), script.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let (status, delay) = script(n);
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        tokio::time::sleep(delay).await;
+                        let mut resp = Response::new(Full::new(body));
+                        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                        resp.headers_mut()
+                            .insert("x-server", HeaderValue::from_static(name));
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Scripted {
+        addr,
+        requests,
+        task,
+    }
+}
+
+/// All requests to `cluster`, with this retry policy and route timeout (YAML fragments).
+fn route_with(
+    name: &str,
+    cluster: &str,
+    retry_policy: &str,
+    timeout: &str,
+) -> xds_api::pb::envoy::config::route::v3::RouteConfiguration {
+    yaml(&format!(
+        r#"
+name: {name}
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: {{prefix: "/"}}
+    route:
+      cluster: {cluster}
+      timeout: {timeout}
+      retry_policy: {retry_policy}
+"#
+    ))
+}
+
+async fn post(node: &Node, port: u16, body: &'static str) -> (StatusCode, String) {
+    let stream = node.connect(vip(port)).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::post("/submit")
+                .header("host", "web")
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn retry_node(
+    cp: &ControlPlane,
+    port: u16,
+    route: xds_api::pb::envoy::config::route::v3::RouteConfiguration,
+    cluster: Cluster,
+    eps: &[SocketAddr],
+) -> Node {
+    cp.update(|b| {
+        b.set("outbound", &http_listener("outbound", port, "web"));
+        b.set("web", &route);
+        b.set("web", &cluster);
+        b.set("web", &endpoints("web", eps));
+    });
+    let node = start(cp).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node
+}
+
+/// A server failing the first N attempts: with N <= num_retries the client gets the
+/// success (and the POST body arrived intact on the attempt that succeeded); with
+/// N > num_retries it gets the last failure, flagged `URX`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_until_success_or_exhaustion() {
+    let ms = std::time::Duration::from_millis;
+    let fails_twice = scripted(
+        "s",
+        move |n| if n < 2 { (503, ms(0)) } else { (200, ms(0)) },
+    )
+    .await;
+    let cp = ControlPlane::start().await;
+    let policy = "{retry_on: \"5xx\", num_retries: 2}";
+    let node = retry_node(
+        &cp,
+        18100,
+        route_with("web", "web", policy, "5s"),
+        eds_cluster("web"),
+        &[fails_twice.addr],
+    )
+    .await;
+    let (status, body) = post(&node, 18100, "payload-1").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "payload-1"));
+    assert_eq!(fails_twice.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(node.metric("myelin_proxy_retries_total"), 2.0);
+
+    let always = scripted("s", move |_| (503, ms(0))).await;
+    cp.update(|b| {
+        b.set("web", &endpoints("web", &[always.addr]));
+    });
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    let (status, _) = post(&node, 18100, "payload-2").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        always.requests.load(Ordering::SeqCst),
+        3,
+        "1 try + 2 retries"
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_requests_total{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"503\",response_flags=\"URX\"}"),
+        1.0
+    );
+}
+
+/// A first attempt slower than the per-try timeout is abandoned and retried; a route
+/// timeout shorter than the server's delay answers 504 `UT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_and_route_timeouts() {
+    let ms = std::time::Duration::from_millis;
+    let slow_first = scripted("s", move |n| {
+        if n == 0 {
+            (200, ms(3000))
+        } else {
+            (200, ms(0))
+        }
+    })
+    .await;
+    let cp = ControlPlane::start().await;
+    let policy = "{retry_on: \"5xx\", num_retries: 1, per_try_timeout: 0.2s}";
+    let node = retry_node(
+        &cp,
+        18101,
+        route_with("web", "web", policy, "5s"),
+        eds_cluster("web"),
+        &[slow_first.addr],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = post(&node, 18101, "again").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "again"));
+    assert!(
+        started.elapsed() < ms(2500),
+        "the slow first try was waited for"
+    );
+
+    let slow = scripted("s", move |_| (200, ms(2000))).await;
+    cp.update(|b| {
+        b.set(
+            "web",
+            &route_with("web", "web", "{retry_on: \"connect-failure\"}", "0.2s"),
+        );
+        b.set("web", &endpoints("web", &[slow.addr]));
+    });
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    let (status, body) = post(&node, 18101, "late").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
+    );
+}
+
+/// With `retry_previous_hosts` a retry avoids the endpoint that just failed; the
+/// `max_retries` circuit breaker stops a retry storm (retries beyond it are not made and
+/// are counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_hosts_and_retry_budget() {
+    let ms = std::time::Duration::from_millis;
+    let bad = scripted("bad", move |_| (503, ms(0))).await;
+    let good = scripted("good", move |_| (200, ms(0))).await;
+    let cp = ControlPlane::start().await;
+    let policy = "{retry_on: \"5xx\", num_retries: 1, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]}";
+    let node = retry_node(
+        &cp,
+        18102,
+        route_with("web", "web", policy, "5s"),
+        eds_cluster("web"),
+        &[bad.addr],
+    )
+    .await;
+    // Weighted 3:1, round robin goes bad, bad, bad, good: a retry that ignored the
+    // previous host would land on `bad` again.
+    let weighted: xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment = yaml(&format!(
+        r#"
+cluster_name: web
+endpoints:
+- lb_endpoints:
+  - endpoint: {{address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}}}
+    load_balancing_weight: 3
+  - endpoint: {{address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}}}
+    load_balancing_weight: 1
+"#,
+        bad.addr.port(),
+        good.addr.port()
+    ));
+    cp.update(|b| {
+        b.set("web", &weighted);
+    });
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    for i in 0..12 {
+        let (status, _) = post(&node, 18102, "x").await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+    }
+    assert!(
+        bad.requests.load(Ordering::SeqCst) >= 6,
+        "the weighted endpoint was not tried first"
+    );
+
+    // Every request fails and would be retried 3 times; at most 1 retry may be in flight.
+    let slow_fail = scripted("down", move |_| (503, ms(100))).await;
+    let tight: Cluster = yaml(
+        r#"
+name: web
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: {eds_config: {ads: {}}}
+circuit_breakers: {thresholds: [{max_retries: 1}]}
+"#,
+    );
+    cp.update(|b| {
+        b.set(
+            "web",
+            &route_with("web", "web", "{retry_on: \"5xx\", num_retries: 3}", "5s"),
+        );
+        b.set("web", &tight);
+        b.set("web", &endpoints("web", &[slow_fail.addr]));
+    });
+    node.wait_applied(type_url::CLUSTER, &["web"], &cp.version(type_url::CLUSTER))
+        .await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        calls.push(post(&node, 18102, "storm"));
+    }
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results
+        .iter()
+        .all(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE));
+    let attempts = slow_fail.requests.load(Ordering::SeqCst);
+    assert!(
+        attempts < 40,
+        "{attempts} attempts: the retry storm was not stopped"
+    );
+    assert!(node.metric("myelin_proxy_retry_overflow_total") >= 1.0);
+}

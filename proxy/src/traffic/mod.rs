@@ -212,6 +212,18 @@ pub struct ClusterTarget {
     /// round robin and the other policies come with the L7 issue.
     endpoints: Vec<EndpointAddress>,
     next: AtomicUsize,
+    /// Retries in flight, against the `max_retries` circuit breaker.
+    active_retries: AtomicUsize,
+}
+
+/// A retry in flight: counted against the cluster's `max_retries` until dropped.
+#[derive(Debug)]
+pub struct RetryGuard(Arc<ClusterTarget>);
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.0.active_retries.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Upper bound of one endpoint's weight in the round-robin ring, so a huge weight cannot
@@ -249,7 +261,28 @@ impl ClusterTarget {
             assignment,
             endpoints,
             next: AtomicUsize::new(0),
+            active_retries: AtomicUsize::new(0),
         }
+    }
+
+    /// The `max_retries` circuit breaker of the default priority (Envoy's default: 3).
+    pub fn max_retries(&self) -> usize {
+        self.cluster
+            .circuit_breakers
+            .iter()
+            .find(|t| t.priority == crate::model::cluster::RoutingPriority::Default)
+            .map_or(3, |t| t.max_retries as usize)
+    }
+
+    /// Starts a retry if the cluster's `max_retries` allows one more in flight.
+    pub fn try_retry(self: &Arc<Self>) -> Option<RetryGuard> {
+        let max = self.max_retries();
+        self.active_retries
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| RetryGuard(self.clone()))
     }
 
     /// Whether the cluster forwards to each connection's original destination
