@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use myelin_proxy::model;
 use serde::Serialize;
 use serde_json::Value;
-use xds_api::pb::envoy::config::{cluster::v3 as cpb, listener::v3 as lpb};
+use xds_api::pb::envoy::config::{cluster::v3 as cpb, core::v3 as core, listener::v3 as lpb};
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tpb;
+use xds_api::pb::google::protobuf as pb;
 
 use crate::convert::{self, json, Rejection};
 
@@ -23,6 +24,50 @@ pub struct Node {
     pub cluster: String,
     /// `node.metadata`, passed to the control plane as given.
     pub metadata: Option<Value>,
+}
+
+impl Node {
+    /// The `envoy.config.core.v3.Node` sent in the first request of every ADS stream, with
+    /// Myelin as the user agent.
+    pub fn to_proto(&self) -> core::Node {
+        core::Node {
+            id: self.id.clone(),
+            cluster: self.cluster.clone(),
+            metadata: self
+                .metadata
+                .as_ref()
+                .and_then(|m| match to_proto_value(m).kind {
+                    Some(pb::value::Kind::StructValue(s)) => Some(s),
+                    _ => None,
+                }),
+            user_agent_name: "myelin".into(),
+            user_agent_version_type: Some(core::node::UserAgentVersionType::UserAgentVersion(
+                env!("CARGO_PKG_VERSION").into(),
+            )),
+            ..Default::default()
+        }
+    }
+}
+
+/// JSON -> `google.protobuf.Value` (the proto3 JSON mapping of `Struct`, in reverse).
+fn to_proto_value(v: &Value) -> pb::Value {
+    use pb::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::NullValue(pb::NullValue::NullValue as i32),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(pb::ListValue {
+            values: items.iter().map(to_proto_value).collect(),
+        }),
+        Value::Object(m) => Kind::StructValue(pb::Struct {
+            fields: m
+                .iter()
+                .map(|(k, v)| (k.clone(), to_proto_value(v)))
+                .collect(),
+        }),
+    };
+    pb::Value { kind: Some(kind) }
 }
 
 /// The ADS flavour (`dynamic_resources.ads_config.api_type`).
@@ -121,7 +166,8 @@ fn node(v: &Value, errs: &mut Vec<String>) -> Option<Node> {
         match (k.as_str(), v) {
             ("id", Value::String(s)) => n.id = s.clone(),
             ("cluster", Value::String(s)) => n.cluster = s.clone(),
-            ("metadata", v) => n.metadata = Some(v.clone()),
+            ("metadata", v @ Value::Object(_)) => n.metadata = Some(v.clone()),
+            ("metadata", v) => errs.push(format!("node.metadata: must be a mapping (value {v})")),
             ("locality" | "user_agent_name", _) => {}
             (k, v) => errs.push(format!("node.{k}: not supported (value {v})")),
         }
@@ -277,7 +323,7 @@ where
     let proto: P = match json::from_value(v.clone()) {
         Ok(p) => p,
         Err(e) => {
-            errs.push(format!("{path}: {e}"));
+            errs.push(e.at(path));
             return None;
         }
     };
@@ -396,6 +442,42 @@ mod tests {
             errs.iter()
                 .any(|e| e.starts_with("cluster_manager: not supported")),
             "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn node_goes_to_the_control_plane_with_its_metadata() {
+        let doc: Value = serde_yaml::from_str(
+            "node: { id: n1, cluster: c1, metadata: { ISTIO_VERSION: \"1.24\", labels: { app: web }, n: 3, on: true, l: [a, ~] } }\n",
+        )
+        .unwrap();
+        let p = from_value(&doc).unwrap().node.unwrap().to_proto();
+        assert_eq!((p.id.as_str(), p.cluster.as_str()), ("n1", "c1"));
+        assert_eq!(p.user_agent_name, "myelin");
+        let md = p.metadata.unwrap().fields;
+        let kind = |k: &str| md[k].kind.clone().unwrap();
+        assert_eq!(
+            kind("ISTIO_VERSION"),
+            pb::value::Kind::StringValue("1.24".into())
+        );
+        assert_eq!(kind("n"), pb::value::Kind::NumberValue(3.0));
+        assert_eq!(kind("on"), pb::value::Kind::BoolValue(true));
+        let pb::value::Kind::StructValue(labels) = kind("labels") else {
+            panic!("labels: {:?}", kind("labels"))
+        };
+        assert_eq!(
+            labels.fields["app"].kind,
+            Some(pb::value::Kind::StringValue("web".into()))
+        );
+        let pb::value::Kind::ListValue(l) = kind("l") else {
+            panic!("l: {:?}", kind("l"))
+        };
+        assert_eq!(l.values.len(), 2);
+
+        let doc: Value = serde_yaml::from_str("node: { id: n1, metadata: [a] }\n").unwrap();
+        assert_eq!(
+            from_value(&doc).unwrap_err(),
+            ["node.metadata: must be a mapping (value [\"a\"])"]
         );
     }
 

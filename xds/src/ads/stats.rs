@@ -59,7 +59,8 @@ pub struct TypeStatus {
     pub rejected: u64,
     /// `version_info` (SotW) or `system_version_info` (delta) of the last ACKed response.
     pub last_accepted_version: Option<String>,
-    /// When the last response was ACKed.
+    /// When the last response was ACKed (serialized as RFC 3339 UTC, like the store's dump).
+    #[serde(serialize_with = "opt_rfc3339")]
     pub last_accepted_at: Option<SystemTime>,
     /// The last NACK sent for this type.
     pub last_nack: Option<Nack>,
@@ -68,7 +69,8 @@ pub struct TypeStatus {
 /// One NACK as sent to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Nack {
-    /// When it was sent.
+    /// When it was sent (serialized as RFC 3339 UTC).
+    #[serde(serialize_with = "rfc3339")]
     pub at: SystemTime,
     /// Version of the rejected response (the NACK itself carries the last accepted one).
     pub rejected_version: String,
@@ -179,6 +181,17 @@ impl AdsStats {
     }
 }
 
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::store::rfc3339(*t))
+}
+
+fn opt_rfc3339<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
 fn labels(type_url: &str) -> TypeLabels {
     TypeLabels {
         r#type: type_url::short_name(type_url),
@@ -225,5 +238,15 @@ mod tests {
                 .message,
             "bad: no"
         );
+        // Times read as in the store's dump: RFC 3339, UTC.
+        let json = serde_json::to_value(&snap).unwrap();
+        let at = json["types"][type_url::CLUSTER]["last_accepted_at"]
+            .as_str()
+            .unwrap();
+        assert!(at.ends_with('Z') && at.contains('T'), "{at}");
+        let at = json["types"][type_url::LISTENER]["last_nack"]["at"]
+            .as_str()
+            .unwrap();
+        assert!(at.ends_with('Z'), "{at}");
     }
 }
