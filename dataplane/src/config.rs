@@ -532,13 +532,18 @@ fn ads_target(b: &Bootstrap, errs: &mut Vec<String>) -> Option<AdsTarget> {
         return None;
     };
     let p = format!("static_resources.clusters[{i}]");
-    match cluster.discovery {
-        Discovery::Static | Discovery::StrictDns | Discovery::LogicalDns => {}
-        ref other => errs.push(format!(
-            "{p}.type: {other:?}: the ADS cluster {:?} must be STATIC, STRICT_DNS or LOGICAL_DNS \
+    let envoy_type = match cluster.discovery {
+        Discovery::Static | Discovery::StrictDns | Discovery::LogicalDns => None,
+        Discovery::Eds { .. } => Some("EDS"),
+        Discovery::OriginalDst => Some("ORIGINAL_DST"),
+    };
+    if let Some(t) = envoy_type {
+        errs.push(format!(
+            "{p}.type: {t}: the ADS cluster {:?} must be STATIC, STRICT_DNS or LOGICAL_DNS \
              (its address is needed before any xDS has arrived)",
             ads.cluster
-        )),
+        ));
+        return None;
     }
     if cluster.tls.is_some() {
         errs.push(format!(
@@ -722,10 +727,218 @@ myelin:
         );
     }
 
+    /// A static cluster named `name` with one endpoint per address (`type` as given).
+    fn cluster(name: &str, ty: &str, addrs: &[&str], extra: &str) -> String {
+        let eps: Vec<String> = addrs
+            .iter()
+            .map(|a| {
+                format!("{{ endpoint: {{ address: {{ socket_address: {{ address: {a}, port_value: 15010 }} }} }} }}")
+            })
+            .collect();
+        format!(
+            "  - name: {name}\n    type: {ty}\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints: [ {{ lb_endpoints: [ {} ] }} ]\n",
+            eps.join(", ")
+        )
+    }
+
+    /// GOOD plus `node`, ADS through cluster `cp` (`api` GRPC or DELTA_GRPC), and `clusters`.
+    fn with_ads(node: &str, api: &str, clusters: &str) -> String {
+        format!(
+            "{GOOD}{node}dynamic_resources:\n  ads_config: {{ api_type: {api}, grpc_services: [ {{ envoy_grpc: {{ cluster_name: cp }} }} ] }}\n  cds_config: {{ ads: {{}} }}\nstatic_resources:\n  clusters:\n{clusters}"
+        )
+    }
+
+    const NODE: &str = "node: { id: sidecar~10.77.0.1~node-a.ns~ns.svc.cluster.local, cluster: mesh, metadata: { ZONE: a } }\n";
+
     #[test]
-    fn envoy_sections_are_rejected_by_name_not_ignored() {
-        let text = format!("{GOOD}\nstatic_resources:\n  listeners: []\n");
-        let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("static_resources"), "{err}");
+    fn envoy_sections_are_read_for_run() {
+        let text = format!(
+            "{GOOD}static_resources:\n  clusters:\n{}",
+            cluster("backend", "STATIC", &["10.77.1.3"], "")
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.bootstrap.clusters.len(), 1);
+        assert_eq!(c.bootstrap.clusters[0].name, "backend");
+        assert_eq!(c.ads, None);
+        // Without ADS, no node is needed.
+        assert!(c.bootstrap.node.is_none());
+    }
+
+    #[test]
+    fn unknown_top_level_keys_are_rejected_by_name_not_ignored() {
+        let err = parse(&format!("{GOOD}mylein: {{}}\ntracing: {{ http: {{}} }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mylein: not supported"), "{err}");
+        assert!(err.contains("tracing: not supported"), "{err}");
+        assert!(err.contains("2 problem(s)"), "{err}");
+    }
+
+    #[test]
+    fn ads_comes_from_the_static_cluster_it_names() {
+        let cases: &[(&str, &str, &[&str], &str, AdsApi)] = &[
+            (
+                "GRPC",
+                "STATIC",
+                &["10.77.0.9"],
+                "http://10.77.0.9:15010",
+                AdsApi::Grpc,
+            ),
+            (
+                "DELTA_GRPC",
+                "STATIC",
+                &["fd00::9"],
+                "http://[fd00::9]:15010",
+                AdsApi::DeltaGrpc,
+            ),
+            (
+                "GRPC",
+                "STRICT_DNS",
+                &["istiod.istio-system.svc"],
+                "http://istiod.istio-system.svc:15010",
+                AdsApi::Grpc,
+            ),
+            (
+                "GRPC",
+                "LOGICAL_DNS",
+                &["cp.example"],
+                "http://cp.example:15010",
+                AdsApi::Grpc,
+            ),
+        ];
+        for (api, ty, addrs, server, want_api) in cases {
+            let text = with_ads(
+                NODE,
+                api,
+                &cluster("cp", ty, addrs, "    connect_timeout: 2s\n"),
+            );
+            let c = parse(&text).unwrap_or_else(|e| panic!("{ty} {addrs:?}: {e}"));
+            let ads = c.ads.expect("ADS configured");
+            assert_eq!(ads.server, *server);
+            assert_eq!(ads.api, *want_api);
+            assert_eq!(ads.cluster, "cp");
+            assert_eq!(ads.connect_timeout, Duration::from_secs(2));
+            assert_eq!(
+                ads.node.id,
+                "sidecar~10.77.0.1~node-a.ns~ns.svc.cluster.local"
+            );
+            assert_eq!(ads.node.cluster, "mesh");
+            assert_eq!(ads.node.metadata, Some(serde_json::json!({ "ZONE": "a" })));
+            // The ADS cluster is an ordinary static cluster too.
+            assert_eq!(c.bootstrap.clusters[0].name, "cp");
+        }
+    }
+
+    /// What `run` needs beyond the conversion, each named by its field path.
+    #[test]
+    fn ads_problems_name_their_field() {
+        let cp = cluster("cp", "STATIC", &["10.77.0.9"], "");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                with_ads(NODE, "GRPC", &cluster("other", "STATIC", &["10.77.0.9"], "")),
+                "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: no static cluster named \"cp\"",
+            ),
+            (
+                with_ads(NODE, "GRPC", &cluster("cp", "STATIC", &[], "")),
+                "static_resources.clusters[0].load_assignment: the ADS cluster \"cp\" needs exactly one endpoint with a socket_address (Myelin dials one control-plane address), found 0",
+            ),
+            (
+                with_ads(NODE, "GRPC", &cluster("cp", "STATIC", &["10.77.0.9", "10.77.0.10"], "")),
+                "static_resources.clusters[0].load_assignment: the ADS cluster \"cp\" needs exactly one endpoint",
+            ),
+            (
+                with_ads(
+                    NODE,
+                    "GRPC",
+                    "  - { name: cp, type: EDS, eds_cluster_config: { eds_config: { ads: {} } } }\n",
+                ),
+                "static_resources.clusters[0].type: EDS: the ADS cluster \"cp\" must be STATIC, STRICT_DNS or LOGICAL_DNS",
+            ),
+            (
+                with_ads(NODE, "GRPC", &format!("{}{cp}", cluster("a", "STATIC", &["10.77.0.8"], ""))),
+                "",
+            ),
+            (with_ads("", "GRPC", &cp), "node.id: required when dynamic_resources.ads_config is set"),
+            (
+                with_ads("node: { cluster: mesh }\n", "GRPC", &cp),
+                "node.id: required when dynamic_resources.ads_config is set",
+            ),
+            (
+                with_ads(NODE, "GRPC", &format!("{cp}{}", cluster("cp", "STATIC", &["10.77.0.8"], ""))),
+                "static_resources.clusters[1].name: \"cp\" is already used by static_resources.clusters[0]",
+            ),
+            (
+                with_ads(NODE, "REST", &cp),
+                "dynamic_resources.ads_config.api_type: Some(\"REST\"): only GRPC and DELTA_GRPC are supported",
+            ),
+        ];
+        for (text, want) in &cases {
+            match parse(text) {
+                Ok(c) if want.is_empty() => {
+                    assert_eq!(c.ads.unwrap().server, "http://10.77.0.9:15010")
+                }
+                Ok(c) => panic!("{want}: accepted: {:?}", c.ads),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        !want.is_empty() && e.contains(want),
+                        "{e}\nshould contain {want:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_envoy_problem_is_listed() {
+        let x = cluster("x", "STATIC", &["10.77.0.8"], "");
+        let text = with_ads(
+            "",
+            "GRPC",
+            &format!("  - {{ name: cp, type: EDS, eds_cluster_config: {{ eds_config: {{ ads: {{}} }} }} }}\n{x}{x}"),
+        );
+        let err = parse(&text).unwrap_err();
+        let ConfigError::Envoy { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        let all = err.to_string();
+        for want in [
+            "node.id: required",
+            "static_resources.clusters[0].type: EDS",
+            "static_resources.clusters[2].name: \"x\" is already used by static_resources.clusters[1]",
+        ] {
+            assert!(all.contains(want), "{want} not in {all}");
+        }
+    }
+
+    #[test]
+    fn admin_address_comes_from_either_section_but_not_two_different_ones() {
+        let envoy_admin = |a: &str| {
+            format!("admin:\n  access_log_path: /dev/null\n  address: {{ socket_address: {{ address: {a}, port_value: 9901 }} }}\n")
+        };
+        let mine = |a: &str| {
+            GOOD.replace(
+                "  excluded_ports",
+                &format!("  admin_address: \"{a}\"\n  excluded_ports"),
+            )
+        };
+        let cases: Vec<(String, Result<&str, &str>)> = vec![
+            (GOOD.to_owned(), Ok("127.0.0.1:15000")),
+            (mine("127.0.0.1:16000"), Ok("127.0.0.1:16000")),
+            (format!("{GOOD}{}", envoy_admin("0.0.0.0")), Ok("0.0.0.0:9901")),
+            (format!("{}{}", mine("127.0.0.1:9901"), envoy_admin("127.0.0.1")), Ok("127.0.0.1:9901")),
+            (
+                format!("{}{}", mine("127.0.0.1:15000"), envoy_admin("0.0.0.0")),
+                Err("admin.address = \"0.0.0.0:9901\": differs from myelin.admin_address = 127.0.0.1:15000"),
+            ),
+        ];
+        for (text, want) in cases {
+            match (parse(&text), want) {
+                (Ok(c), Ok(addr)) => assert_eq!(c.admin_address, addr.parse().unwrap()),
+                (Err(e), Err(msg)) => assert!(e.to_string().contains(msg), "{e}"),
+                (got, want) => panic!("{got:?} but wanted {want:?}"),
+            }
+        }
     }
 }

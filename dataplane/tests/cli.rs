@@ -44,6 +44,39 @@ fn bad_config_exits_64_names_field_and_value_and_attaches_nothing() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `run` reads the Envoy sections: their problems are listed with field paths, before anything
+/// is attached.
+#[test]
+fn run_lists_envoy_problems_exits_64_and_attaches_nothing() {
+    let dir = tempdir();
+    let instance = format!("clitest-envoy-{}", std::process::id());
+    let text = format!(
+        "{}dynamic_resources:\n  ads_config: {{ api_type: GRPC, grpc_services: [ {{ envoy_grpc: {{ cluster_name: cp }} }} ] }}\nstatic_resources:\n  clusters:\n  - {{ name: cp, type: EDS, eds_cluster_config: {{ eds_config: {{ ads: {{}} }} }} }}\n",
+        config(&instance, "10.77.0.1")
+    );
+    let path = write(&dir, "envoy.yaml", &text);
+    for sub in ["run", "validate"] {
+        let out = myelin()
+            .args([sub, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{sub}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in [
+            "node.id: required when dynamic_resources.ads_config is set",
+            "static_resources.clusters[0].type: EDS: the ADS cluster \"cp\" must be STATIC, STRICT_DNS or LOGICAL_DNS",
+        ] {
+            assert!(err.contains(want), "{sub}: {want:?} not in {err}");
+        }
+    }
+    assert!(
+        !Path::new("/sys/fs/bpf/myelin").join(&instance).exists(),
+        "nothing may be pinned"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn validate_accepts_a_good_file_and_reports_missing_files() {
     let dir = tempdir();
