@@ -39,8 +39,8 @@ fn admin(req: &Request<Incoming>, state: &AgentState) -> Response<Body> {
             }
         }
         (&Method::GET, "/config_dump") => {
-            let eff = state.effective.load();
-            match serde_json::to_vec_pretty(&**eff) {
+            // Read now: the xDS view is the store's current snapshot.
+            match state.config_dump_json() {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,

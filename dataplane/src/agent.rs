@@ -1,9 +1,11 @@
 //! `myelin run`: load and attach the kernel programs, start the proxy, decide the splice mode
 //! with a self-test, serve admin and metrics, and drain on SIGTERM/SIGINT.
 //!
-//! Order matters: the capture listener is bound and the proxy is accepting before capture is
-//! switched on in the kernel, so an enrolled pod never sees a refused connection because the
-//! agent is half started.
+//! Order matters: the capture listener is bound and the proxy is accepting, with the static
+//! resources of the file already published to it, before capture is switched on in the kernel,
+//! so an enrolled pod never sees a refused connection (or a config the file does not describe)
+//! because the agent is half started. ADS runs beside it (`crate::xds`); readiness does not
+//! wait for the control plane.
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -16,7 +18,7 @@ use arc_swap::ArcSwap;
 use myelin_ebpf_loader::{
     cgroup_id, Counters, Dataplane, InstallOptions, OrigDstMap, WL_NO_SPLICE,
 };
-use myelin_proxy::{drain, metrics::ProxyMetrics, OrigDstLookup, Proxy};
+use myelin_proxy::{drain, metrics::ProxyMetrics, traffic::TrafficHandle, OrigDstLookup, Proxy};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tracing::{error, info, warn};
@@ -26,6 +28,7 @@ use crate::{
     config::{Config, SpliceSetting},
     metrics::{KernelCollector, SpliceMetrics},
     selftest::{self, SpliceMode, SpliceState},
+    xds::{Xds, XdsDump, XdsView},
 };
 
 /// Options from the command line that override the file.
@@ -59,6 +62,28 @@ pub struct KernelInfo {
 pub struct AgentState {
     pub ready: std::sync::atomic::AtomicBool,
     pub effective: ArcSwap<Effective>,
+    /// The xDS store and ADS client, read when `/config_dump` is asked for.
+    pub xds: XdsView,
+}
+
+/// What `/config_dump` shows: the agent's [`Effective`] state and, under `xds`, the config
+/// store and the ADS client as they are at the time of the request.
+#[derive(Debug, Serialize)]
+pub struct ConfigDumpView<'a> {
+    #[serde(flatten)]
+    pub effective: &'a Effective,
+    pub xds: XdsDump,
+}
+
+impl AgentState {
+    /// The `/config_dump` document as of now, pretty JSON.
+    pub fn config_dump_json(&self) -> serde_json::Result<Vec<u8>> {
+        let effective = self.effective.load();
+        serde_json::to_vec_pretty(&ConfigDumpView {
+            effective: &effective,
+            xds: self.xds.dump(),
+        })
+    }
 }
 
 struct MapLookup(Arc<OrigDstMap>);
@@ -111,6 +136,10 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         workload_ids.push(id);
     }
 
+    // The config store with the file's static resources, published to the proxy's traffic
+    // handle before the proxy exists; the ADS client is built here and started below.
+    let xds = Xds::new(&config)?;
+
     let mut dp = Dataplane::install(&InstallOptions {
         instance: config.instance.clone(),
         cgroup: config.cgroup_root.clone(),
@@ -132,6 +161,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let proxy_metrics = Arc::new(ProxyMetrics::new(sub));
     let splice_metrics = SpliceMetrics::new(sub);
     sub.register_collector(Box::new(KernelCollector::new(dp.counters())));
+    xds.register(sub);
     let registry = Arc::new(registry);
 
     let proxy_config = Arc::new(config.proxy_config());
@@ -148,6 +178,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                 proxy_cgroup_id: proxy_cgroup,
             },
         }),
+        xds: xds.view(),
     });
 
     // Admin and metrics on their own small runtime, so control work never stalls traffic.
@@ -157,6 +188,11 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         state.clone(),
         registry.clone(),
     )?;
+
+    // The feed and the ADS client on their own runtime, like admin: control work off the data
+    // path. The traffic handle already holds the static config.
+    let traffic = xds.traffic();
+    let control = xds.spawn()?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -171,10 +207,12 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         dp.clone(),
         proxy_config,
         proxy_metrics,
+        traffic,
         splice_metrics,
         state.clone(),
         workload_ids,
     ));
+    drop(control);
     drop(admin_handle);
 
     if config.uninstall_on_exit || opts.uninstall_on_exit {
@@ -196,6 +234,7 @@ async fn serve(
     dp: Arc<Mutex<Dataplane>>,
     proxy_config: Arc<myelin_proxy::model::ProxyConfig>,
     proxy_metrics: Arc<ProxyMetrics>,
+    traffic: TrafficHandle,
     splice_metrics: SpliceMetrics,
     state: Arc<AgentState>,
     workload_ids: Vec<u64>,
@@ -217,7 +256,8 @@ async fn serve(
         proxy_config.clone(),
         Arc::new(MapLookup(orig_dst)),
         proxy_metrics,
-    );
+    )
+    .with_traffic(traffic);
     let proxy_task = tokio::spawn(proxy.serve(listener, watch));
 
     let forced_off = opts.no_splice || config.splice == SpliceSetting::Off;
