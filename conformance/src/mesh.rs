@@ -1,6 +1,7 @@
-//! A node running the real `myelin` agent: config written from the test bed's pods, agent
-//! started in the node's agent cgroup, readiness, admin and metrics reads from inside the
-//! node's netns, restart, and teardown (agent stopped by pid, pins removed) on drop.
+//! A node running the real `myelin` agent: config written from the test bed's pods (plus any
+//! Envoy bootstrap sections a test adds), agent started in the node's agent cgroup, readiness,
+//! admin and metrics reads from inside the node's netns, restart, and teardown (agent stopped
+//! by pid, pins removed) on drop.
 
 use std::{
     fmt::Write as _,
@@ -96,6 +97,9 @@ pub struct MeshOptions {
     pub excluded_ports: Vec<u16>,
     /// `myelin.excluded_cidrs`.
     pub excluded_cidrs: Vec<String>,
+    /// Envoy bootstrap sections (`node`, `static_resources`, `dynamic_resources`, `admin`), as
+    /// top-level YAML appended to the generated config.
+    pub envoy: String,
 }
 
 impl MeshOptions {
@@ -134,12 +138,39 @@ pub const METRICS: &str = "127.0.0.1:15020";
 impl Mesh {
     /// Builds the node and pods, writes the config and starts the agent; waits until ready.
     pub fn start(prefix: &str, opts: MeshOptions) -> Result<Mesh> {
+        let mut mesh = Mesh::build(prefix, opts)?;
+        mesh.start_agent()?;
+        Ok(mesh)
+    }
+
+    /// Builds the node and pods without starting the agent, for tests that need the node
+    /// before they can write the config (e.g. a control plane inside the node's netns); then
+    /// [`Mesh::options_mut`] and [`Mesh::start_agent`].
+    pub fn build(prefix: &str, opts: MeshOptions) -> Result<Mesh> {
         let mut node = Node::new(prefix)?;
         for p in opts.pods.iter().chain(&opts.unenrolled) {
             node.add_pod(p)?;
         }
         let dir = std::env::temp_dir().join(&node.name);
         std::fs::create_dir_all(&dir)?;
+        Ok(Mesh {
+            agent: None,
+            log_path: dir.join("agent.log"),
+            config_path: dir.join("mesh.yaml"),
+            node,
+            dir,
+            opts,
+        })
+    }
+
+    /// The options the next [`Mesh::start_agent`] writes the config from.
+    pub fn options_mut(&mut self) -> &mut MeshOptions {
+        &mut self.opts
+    }
+
+    /// Writes `config_path` from the options.
+    fn write_config(&self) -> Result<()> {
+        let (node, opts) = (&self.node, &self.opts);
         let mut yaml = format!(
             "myelin:\n  node: {{ name: {name}, address: {addr} }}\n  cgroup_root: {root}\n  uninstall_on_exit: {un}\n",
             name = node.name,
@@ -164,18 +195,9 @@ impl Mesh {
                 ip = pod.ip
             )?;
         }
-        let config_path = dir.join("mesh.yaml");
-        std::fs::write(&config_path, yaml)?;
-        let mut mesh = Mesh {
-            agent: None,
-            log_path: dir.join("agent.log"),
-            node,
-            config_path,
-            dir,
-            opts,
-        };
-        mesh.start_agent()?;
-        Ok(mesh)
+        yaml.push_str(&opts.envoy);
+        std::fs::write(&self.config_path, yaml)?;
+        Ok(())
     }
 
     /// A pod by name.
@@ -185,9 +207,10 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
-    /// Starts the agent and waits for `/ready`.
+    /// Writes the config, starts the agent and waits for `/ready`.
     pub fn start_agent(&mut self) -> Result<Duration> {
         let started = Instant::now();
+        self.write_config()?;
         let mut cmd = myelin_command()?;
         cmd.arg("run").arg("--config").arg(&self.config_path);
         if self.opts.no_splice {
