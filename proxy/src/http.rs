@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,13 +38,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use crate::body::{CountingBody, MeteredBody};
 use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{ProxyBody, ProxyError, Side};
+use crate::golden::{GoldenMetrics, RequestRecord, UNKNOWN};
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::UpstreamProtocol as ClusterProtocol;
 use crate::model::endpoint::EndpointAddress;
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
+use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::retry::{self, is_retriable, Outcome, ReplayBody};
 use crate::traffic::router::{self, RequestHead, RouteTable};
@@ -83,6 +87,9 @@ pub(crate) struct HttpConn {
     downstream: Protocol,
     connect_timeout: Duration,
     metrics: Arc<ProxyMetrics>,
+    golden: Arc<GoldenMetrics>,
+    /// For the destination workload of a request.
+    config: Arc<ProxyConfig>,
     pools: Arc<Pools>,
     /// The byte copy of an accepted upgrade. Run by [`serve`] once hyper has handed the
     /// downstream socket over, so the tunnel stays part of this connection's task (and
@@ -104,6 +111,35 @@ pub(crate) struct Target {
     pub(crate) connect_timeout: Duration,
     /// How requests reach it.
     pub(crate) protocol: UpstreamProtocol,
+}
+
+/// The request body as the proxy forwards it (its bytes counted for the golden metrics).
+type ReqBody = CountingBody<Incoming>;
+
+/// The destination labels of a request.
+struct Destination {
+    workload: Arc<str>,
+    namespace: Arc<str>,
+    service: Arc<str>,
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc[+proto|...]`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The host of an authority (`host:port`, `[v6]:port` or `host`).
+fn split_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
 }
 
 /// Where one routed request goes, and what to do to it on the way.
@@ -131,6 +167,8 @@ pub(crate) struct HttpConnParams {
     pub(crate) downstream: Protocol,
     pub(crate) connect_timeout: Duration,
     pub(crate) metrics: Arc<ProxyMetrics>,
+    pub(crate) golden: Arc<GoldenMetrics>,
+    pub(crate) config: Arc<ProxyConfig>,
     pub(crate) pools: Arc<Pools>,
 }
 
@@ -146,6 +184,8 @@ impl HttpConn {
             downstream: p.downstream,
             connect_timeout: p.connect_timeout,
             metrics: p.metrics,
+            golden: p.golden,
+            config: p.config,
             pools: p.pools,
             tunnel: Mutex::new(None),
         }
@@ -156,7 +196,11 @@ impl HttpConn {
         let start = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let (resp, flags) = match self.dispatch(req).await {
+        let grpc = is_grpc(req.headers());
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let req = req.map(|b| CountingBody::new(b, request_bytes.clone()));
+        let fallback = self.destination(None, None, authority(&req));
+        let (resp, flags, dest) = match self.dispatch(req).await {
             Ok(done) => done,
             Err(e) => {
                 match e.side() {
@@ -169,7 +213,7 @@ impl HttpConn {
                 if let ProxyError::Unrouted { reason, .. } = &e {
                     self.metrics.config_miss(*reason);
                 }
-                (e.to_response(), e.response_flags())
+                (e.to_response(), e.response_flags(), fallback)
             }
         };
         let elapsed = start.elapsed();
@@ -194,14 +238,39 @@ impl HttpConn {
             flags,
             duration_ms = elapsed.as_millis() as u64,
         );
-        resp
+        let record = RequestRecord {
+            reporter: "source",
+            source_workload: self.source.workload.clone(),
+            source_namespace: self.source.namespace.clone(),
+            source_principal: self.source.principal.clone(),
+            destination_workload: dest.workload,
+            destination_namespace: dest.namespace,
+            destination_service: dest.service,
+            // Known once connections to other nodes are mutual TLS (the mTLS issue).
+            destination_principal: UNKNOWN.into(),
+            request_protocol: if grpc { "grpc" } else { "http" },
+            response_code: resp.status().as_u16(),
+            // A trailers-only gRPC response carries the status in its headers.
+            grpc_status: resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            response_flags: flags,
+            connection_security_policy: "none",
+            duration: elapsed,
+            request_bytes: 0,
+            response_bytes: 0,
+        };
+        let golden = self.golden.clone();
+        resp.map(|b| MeteredBody::new(b, record, start, request_bytes, golden).boxed())
     }
 
     /// Routes and forwards one request: the response and its response flags.
     async fn dispatch(
         &self,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+        mut req: Request<ReqBody>,
+    ) -> Result<(Response<ProxyBody>, &'static str, Destination), ProxyError> {
         let route_ref = match &self.routing {
             Routing::Passthrough => {
                 let target = Target {
@@ -209,14 +278,23 @@ impl HttpConn {
                     connect_timeout: self.connect_timeout,
                     protocol: same_as(self.downstream),
                 };
-                return Ok((self.forward(target, req).await?, "-"));
+                let dest = self.destination(None, Some(self.dst), authority(&req));
+                return Ok((self.forward(target, req).await?, "-", dest));
             }
             Routing::Routes(r) => r,
         };
         let decision = match self.decide(route_ref, &mut req).await? {
             Ok(decision) => decision,
-            Err(local) => return Ok((local, "-")),
+            Err(local) => {
+                let dest = self.destination(None, None, authority(&req));
+                return Ok((local, "-", dest));
+            }
         };
+        let dest = self.destination(
+            Some(&decision.cluster),
+            Some(decision.target.addr),
+            authority(&req),
+        );
         let vh = &decision.table.config.virtual_hosts[decision.vhost];
         let route = &vh.routes[decision.route];
         let Action::Route(action) = &route.action else {
@@ -240,7 +318,32 @@ impl HttpConn {
             None => attempts.await?,
         };
         response_mutations(&mut resp, &decision.table, vh, route);
-        Ok((resp, flags))
+        Ok((resp, flags, dest))
+    }
+
+    /// The destination labels of a request: the workload that owns the endpoint's address
+    /// (a pod on this node), and the service: the cluster's host name (Istio's
+    /// `outbound|port|subset|host` names give the host), else the request's host.
+    fn destination(
+        &self,
+        cluster: Option<&str>,
+        addr: Option<SocketAddr>,
+        authority: &str,
+    ) -> Destination {
+        let workload = addr.and_then(|a| self.config.workload_by_ip(a.ip()));
+        let service = match cluster {
+            Some(c) => c.rsplit('|').next().unwrap_or(c),
+            None => split_port(authority),
+        };
+        Destination {
+            workload: workload.map_or_else(|| Arc::from(UNKNOWN), |w| w.name.as_str().into()),
+            namespace: workload.map_or_else(|| Arc::from(UNKNOWN), |w| w.namespace.as_str().into()),
+            service: if service.is_empty() {
+                UNKNOWN.into()
+            } else {
+                service.into()
+            },
+        }
     }
 
     /// Sends `req` to the decided endpoint and retries as `policy` says: a retriable
@@ -252,7 +355,7 @@ impl HttpConn {
         &self,
         d: &Decision,
         policy: Option<&RetryPolicy>,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
     ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
         let policy = match policy {
             Some(p) if p.num_retries > 0 && !wants_upgrade(&req) => p,
@@ -352,7 +455,7 @@ impl HttpConn {
     async fn decide(
         &self,
         route_ref: &RouteRef,
-        req: &mut Request<Incoming>,
+        req: &mut Request<ReqBody>,
     ) -> Result<Result<Decision, Response<ProxyBody>>, ProxyError> {
         let traffic = self.traffic.load();
         let table = match route_ref {

@@ -27,9 +27,11 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+mod body;
 mod detect;
 pub mod drain;
 mod error;
+pub mod golden;
 mod http;
 pub mod metrics;
 pub mod model;
@@ -59,6 +61,8 @@ pub(crate) struct Inner {
     pub(crate) traffic: traffic::TrafficHandle,
     /// Upstream HTTP connections, shared by all downstream connections.
     pub(crate) pools: Arc<upstream::Pools>,
+    /// Rate, errors and latency per workload pair.
+    pub(crate) golden: Arc<golden::GoldenMetrics>,
 }
 
 /// The proxy: serves captured connections from one listener.
@@ -93,8 +97,16 @@ impl Proxy {
                 metrics,
                 traffic: traffic::TrafficHandle::new(),
                 pools: upstream::Pools::new(upstream::PoolConfig::default()),
+                golden: Arc::new(golden::GoldenMetrics::unregistered()),
             }),
         }
+    }
+
+    /// Records golden metrics into `golden` (by default they are recorded nowhere).
+    pub fn with_golden(mut self, golden: Arc<golden::GoldenMetrics>) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("a new proxy is not shared yet");
+        inner.golden = golden;
+        self
     }
 
     /// Serves with the listeners, routes and clusters published through `traffic`

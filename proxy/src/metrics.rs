@@ -171,6 +171,47 @@ pub struct MissLabels {
     pub reason: MissReason,
 }
 
+/// The registry in the classic Prometheus text format (0.0.4, `text/plain; version=0.0.4`).
+///
+/// `prometheus-client` writes OpenMetrics only; `promtool check metrics` (2.42, Debian's)
+/// and older scrapers read the classic format, in which a counter's `# HELP`/`# TYPE`
+/// carry the sample name (`x_total`), and `# UNIT` and `# EOF` do not exist. The two
+/// differ in nothing else for the metric types used here (counters, gauges, histograms),
+/// so rewriting those lines is the whole conversion.
+pub fn prometheus_text(registry: &Registry) -> String {
+    let mut open = String::new();
+    prometheus_client::encoding::text::encode(&mut open, registry)
+        .expect("writing to a String cannot fail");
+    openmetrics_to_classic(&open)
+}
+
+fn openmetrics_to_classic(open: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_owned());
+            }
+        }
+    }
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// All proxy metrics. Cheap to share (`Arc`); every field is internally synchronised.
@@ -304,6 +345,15 @@ impl ProxyMetrics {
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn classic_text_format() {
+        let open = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 2\n# HELP a_d Durations.\n# TYPE a_d_seconds histogram\n# UNIT a_d_seconds seconds\na_d_seconds_sum 1.0\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_classic(open),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 2\n# HELP a_d Durations.\n# TYPE a_d_seconds histogram\na_d_seconds_sum 1.0\n"
+        );
+    }
 
     #[test]
     fn names_and_labels() {

@@ -31,6 +31,8 @@ use crate::Inner;
 pub(crate) struct Source {
     pub(crate) workload: Arc<str>,
     pub(crate) namespace: Arc<str>,
+    /// The workload's SPIFFE ID.
+    pub(crate) principal: Arc<str>,
 }
 
 impl Source {
@@ -38,6 +40,7 @@ impl Source {
         Self {
             workload: UNKNOWN.into(),
             namespace: UNKNOWN.into(),
+            principal: UNKNOWN.into(),
         }
     }
 }
@@ -100,6 +103,7 @@ async fn try_handle(
         .map(|w| Source {
             workload: w.name.as_str().into(),
             namespace: w.namespace.as_str().into(),
+            principal: config.principal(w).into(),
         })
         .unwrap_or_else(Source::unknown);
     if let Err(e) = stream.set_nodelay(true) {
@@ -163,6 +167,10 @@ async fn try_handle(
             // Opaque connections cannot be closed gracefully: they run until they end or
             // the drain deadline passes, so the watch is not needed.
             drop(drain);
+            let tcp_service = match &plan {
+                Plan::Tcp(TcpCluster::Cluster(c)) => Some(c.clone()),
+                _ => None,
+            };
             let upstream = match plan {
                 Plan::Tcp(cluster) => {
                     Box::pin(tcp_upstream(&traffic, &cluster, captured.then_some(dst))).await
@@ -175,6 +183,7 @@ async fn try_handle(
             };
             match upstream {
                 Ok(upstream) => {
+                    let golden = tcp_golden(inner, &source, upstream.addr, tcp_service.as_deref());
                     Box::pin(tcp::forward(
                         stream,
                         peer,
@@ -182,6 +191,7 @@ async fn try_handle(
                         &source,
                         upstream.connect_timeout,
                         metrics,
+                        golden,
                     ))
                     .await
                 }
@@ -252,6 +262,33 @@ fn plan(
     })
 }
 
+/// The golden-metric counters of an opaque connection to `upstream`; the service is the
+/// TCP proxy's cluster (its host part for Istio-style names) or the destination address.
+fn tcp_golden(
+    inner: &Inner,
+    source: &Source,
+    upstream: SocketAddr,
+    cluster: Option<&str>,
+) -> crate::golden::TcpCounters {
+    let dst = inner.config.workload_by_ip(upstream.ip());
+    let unknown = || Arc::<str>::from(UNKNOWN);
+    let service: Arc<str> = match cluster {
+        Some(c) => c.rsplit('|').next().unwrap_or(c).into(),
+        None => upstream.ip().to_string().into(),
+    };
+    inner.golden.tcp(&crate::golden::TcpRecord {
+        reporter: "source",
+        source_workload: source.workload.clone(),
+        source_namespace: source.namespace.clone(),
+        source_principal: source.principal.clone(),
+        destination_workload: dst.map_or_else(unknown, |w| w.name.as_str().into()),
+        destination_namespace: dst.map_or_else(unknown, |w| w.namespace.as_str().into()),
+        destination_service: service,
+        destination_principal: unknown(),
+        connection_security_policy: "none",
+    })
+}
+
 /// The endpoint a TCP proxy connection goes to.
 async fn tcp_upstream(
     traffic: &Traffic,
@@ -295,6 +332,8 @@ async fn serve_http(
         downstream,
         connect_timeout: inner.config.connect_timeout,
         metrics: inner.metrics.clone(),
+        golden: inner.golden.clone(),
+        config: inner.config.clone(),
         pools: inner.pools.clone(),
     }));
     Box::pin(http::serve(stream, conn, drain)).await;
@@ -329,6 +368,7 @@ mod tests {
             metrics: Arc::new(ProxyMetrics::unregistered()),
             traffic: crate::traffic::TrafficHandle::new(),
             pools: crate::upstream::Pools::new(Default::default()),
+            golden: Arc::new(crate::golden::GoldenMetrics::unregistered()),
         });
         let (_signal, watch) = drain::channel();
         let fut = handle(inner, stream, peer, Origin::Captured, watch);

@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::detect::Protocol;
 use crate::error::ProxyError;
+use crate::golden::TcpCounters;
 use crate::metrics::{Direction, ProxyMetrics, TcpBytesLabels};
 use crate::outbound::Source;
 use crate::stream::{Counted, Rewind};
@@ -34,6 +35,15 @@ pub(crate) async fn connect(dst: SocketAddr, timeout: Duration) -> Result<TcpStr
     Ok(stream)
 }
 
+/// Bumps the connections-closed counter when dropped.
+struct CloseOnDrop(prometheus_client::metrics::counter::Counter);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.inc();
+    }
+}
+
 /// Makes the close of `stream` send RST instead of FIN.
 pub(crate) fn reset_on_close(stream: &TcpStream) {
     if let Err(e) = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO)) {
@@ -49,7 +59,11 @@ pub(crate) async fn forward(
     source: &Source,
     connect_timeout: Duration,
     metrics: &Arc<ProxyMetrics>,
+    golden: TcpCounters,
 ) -> Result<(), ProxyError> {
+    golden.opened.inc();
+    // Closed whatever happens below, once.
+    let _closed = CloseOnDrop(golden.closed.clone());
     let mut upstream = match connect(dst, connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
@@ -72,7 +86,7 @@ pub(crate) async fn forward(
     };
     // Reading from the client is what it sent; writing to it is what it received.
     let mut downstream = Counted::new(
-        downstream,
+        Counted::new(downstream, golden.sent, golden.received),
         bytes(Direction::Sent),
         bytes(Direction::Received),
     );
@@ -83,7 +97,7 @@ pub(crate) async fn forward(
         }
         Err(source) => {
             // One side broke (typically a reset): pass the reset on to both.
-            reset_on_close(downstream.get_ref().inner());
+            reset_on_close(downstream.get_ref().get_ref().inner());
             reset_on_close(&upstream);
             Err(ProxyError::Forward {
                 peer,

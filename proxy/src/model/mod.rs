@@ -80,6 +80,10 @@ pub struct ProxyConfig {
     /// closed by force. Default 5 s.
     #[serde(serialize_with = "duration_str")]
     pub drain_deadline: Duration,
+    /// The SPIFFE trust domain of workload identities
+    /// (`spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`). Default
+    /// `cluster.local`.
+    pub trust_domain: String,
     // Built from `workloads` at construction; the reason `workloads` is private.
     #[serde(skip)]
     by_ip: HashMap<IpAddr, usize>,
@@ -92,6 +96,7 @@ impl Default for ProxyConfig {
             sniff_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(5),
             drain_deadline: Duration::from_secs(5),
+            trust_domain: "cluster.local".into(),
             by_ip: HashMap::new(),
         }
     }
@@ -130,6 +135,14 @@ impl ProxyConfig {
     /// The local workloads, in the order they were given.
     pub fn workloads(&self) -> &[Workload] {
         &self.workloads
+    }
+
+    /// The SPIFFE ID of a workload.
+    pub fn principal(&self, w: &Workload) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, w.namespace, w.service_account
+        )
     }
 
     /// The workload that owns `ip`, if any. IPv4-mapped IPv6 addresses (from a dual-stack
@@ -233,6 +246,7 @@ mod tests {
                 "sniff_timeout": "0.1s",
                 "connect_timeout": "5s",
                 "drain_deadline": "5s",
+                "trust_domain": "cluster.local",
             })
         );
         let back: Workload = serde_json::from_value(json["workloads"][0].clone()).unwrap();

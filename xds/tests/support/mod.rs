@@ -268,6 +268,15 @@ impl Drop for Node {
 
 impl Node {
     pub async fn start(cp: &ControlPlane, protocol: AdsProtocol) -> Node {
+        Self::start_with(cp, protocol, ProxyConfig::default()).await
+    }
+
+    /// With a proxy config (local workloads, for source and destination labels).
+    pub async fn start_with(
+        cp: &ControlPlane,
+        protocol: AdsProtocol,
+        proxy_config: ProxyConfig,
+    ) -> Node {
         let store = Arc::new(ConfigStore::new());
         let mut config = AdsConfig::new(
             cp.uri(),
@@ -281,11 +290,16 @@ impl Node {
         let metrics = Arc::new(ProxyMetrics::new(
             registry.sub_registry_with_prefix("myelin"),
         ));
+        let golden = Arc::new(myelin_proxy::golden::GoldenMetrics::new(
+            &mut registry,
+            myelin_proxy::golden::Naming::Myelin,
+            Default::default(),
+        ));
         let lookup = Arc::new(MapLookup::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = listener.local_addr().unwrap();
         let (signal, watch) = drain::channel();
-        let proxy = Proxy::new(Arc::new(ProxyConfig::default()), lookup.clone(), metrics);
+        let proxy = Proxy::new(Arc::new(proxy_config), lookup.clone(), metrics).with_golden(golden);
         let handle = proxy.traffic();
         let tasks = vec![
             tokio::spawn(AdsClient::new(config, store.clone()).run()),
@@ -320,9 +334,13 @@ impl Node {
         Client::over(self.connect(dst).await).await
     }
 
+    /// The Prometheus text exposition of everything the node's proxy records.
+    pub fn scrape(&self) -> String {
+        myelin_proxy::metrics::prometheus_text(&self.registry)
+    }
+
     pub fn metric(&self, series: &str) -> f64 {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
+        let out = self.scrape();
         out.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)

@@ -1,0 +1,155 @@
+//! Body wrappers for metrics: one that counts the bytes of a request body, one that
+//! records a request's golden metrics when its response body ends.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::golden::{GoldenMetrics, RequestRecord};
+
+/// Counts the data bytes that pass through `inner`.
+pub(crate) struct CountingBody<B> {
+    inner: B,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<B> CountingBody<B> {
+    pub(crate) fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
+        Self { inner, bytes }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(d) = frame.data_ref() {
+                self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that records its request in the golden metrics once: when it ends,
+/// fails, or is dropped (the client went away), with the response size, the gRPC status
+/// from the trailers and the time since the request started.
+pub(crate) struct MeteredBody<B> {
+    inner: B,
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    record: RequestRecord,
+    start: Instant,
+    request_bytes: Arc<AtomicU64>,
+    response_bytes: u64,
+    golden: Arc<GoldenMetrics>,
+}
+
+impl<B> MeteredBody<B> {
+    pub(crate) fn new(
+        inner: B,
+        record: RequestRecord,
+        start: Instant,
+        request_bytes: Arc<AtomicU64>,
+        golden: Arc<GoldenMetrics>,
+    ) -> Self {
+        Self {
+            inner,
+            pending: Some(Pending {
+                record,
+                start,
+                request_bytes,
+                response_bytes: 0,
+                golden,
+            }),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(p) = self.pending.take() {
+            let mut r = p.record;
+            r.duration = p.start.elapsed();
+            r.request_bytes = p.request_bytes.load(Ordering::Relaxed);
+            r.response_bytes = p.response_bytes;
+            p.golden.record_request(&r);
+        }
+    }
+}
+
+impl<B> Drop for MeteredBody<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(p) = self.pending.as_mut() {
+                    if let Some(d) = frame.data_ref() {
+                        p.response_bytes += d.len() as u64;
+                    }
+                    if let Some(t) = frame.trailers_ref() {
+                        if let Some(s) = t
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                        {
+                            p.record.grpc_status = Some(s);
+                        }
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(p) = self.pending.as_mut() {
+                    // The response broke off: the client saw a reset, not the status.
+                    p.record.response_flags = "UPE";
+                }
+                self.finish();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
