@@ -109,6 +109,13 @@ pub(crate) enum ProxyError {
         timeout: Duration,
     },
 
+    /// The cluster's `max_requests` circuit breaker is full.
+    #[error("cluster {cluster:?} has as many requests in flight as its max_requests allows")]
+    Overflow {
+        /// The cluster.
+        cluster: String,
+    },
+
     /// The traffic config has nothing for this connection or request.
     #[error("{}: {detail}", .reason.as_str())]
     Unrouted {
@@ -200,6 +207,7 @@ impl ProxyError {
             | ProxyError::UnexpectedUpgrade { .. }
             | ProxyError::Unrouted { .. }
             | ProxyError::Timeout { .. }
+            | ProxyError::Overflow { .. }
             | ProxyError::Forward { .. } => Side::Upstream,
         }
     }
@@ -219,6 +227,7 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } | ProxyError::Forward { .. } => "UC",
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => "UPE",
             ProxyError::Timeout { .. } => "UT",
+            ProxyError::Overflow { .. } => "UO",
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "NR",
                 MissReason::NoCluster => "NC",
@@ -237,6 +246,7 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
                     StatusCode::NOT_FOUND
@@ -277,6 +287,9 @@ impl ProxyError {
                 "upstream sent an invalid response\n"
             }
             ProxyError::Timeout { .. } => "upstream request timeout\n",
+            ProxyError::Overflow { .. } => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow\n"
+            }
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "",
                 MissReason::NoCluster => "cluster not found\n",

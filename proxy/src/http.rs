@@ -50,8 +50,9 @@ use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::retry::{self, is_retriable, Outcome, ReplayBody};
+use crate::traffic::balance::Report;
 use crate::traffic::router::{self, RequestHead, RouteTable};
-use crate::traffic::{self, TrafficHandle};
+use crate::traffic::{self, Picked, TrafficHandle};
 use crate::upstream::{self, Pools, UpstreamProtocol};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -149,6 +150,8 @@ struct Decision {
     /// pick their endpoints from it).
     traffic: Arc<traffic::Traffic>,
     cluster: String,
+    /// The request's hash for ring-hash and Maglev clusters.
+    hash: Option<u64>,
     /// The route table and the (virtual host, route) indexes in it, for the response's
     /// header mutations.
     table: Arc<RouteTable>,
@@ -283,8 +286,8 @@ impl HttpConn {
             }
             Routing::Routes(r) => r,
         };
-        let decision = match self.decide(route_ref, &mut req).await? {
-            Ok(decision) => decision,
+        let (decision, first) = match self.decide(route_ref, &mut req).await? {
+            Ok(decided) => decided,
             Err(local) => {
                 let dest = self.destination(None, None, authority(&req));
                 return Ok((local, "-", dest));
@@ -302,7 +305,20 @@ impl HttpConn {
         };
         // A route's retry policy replaces its virtual host's.
         let policy = action.retry_policy.as_ref().or(vh.retry_policy.as_ref());
-        let attempts = self.attempts(&decision, policy, req);
+        // The cluster's `max_requests` circuit breaker.
+        let _in_flight = match decision.traffic.cluster(&decision.cluster) {
+            Some(c) => match c.try_request() {
+                Some(g) => Some(g),
+                None => {
+                    self.metrics.request_overflow.inc();
+                    return Err(ProxyError::Overflow {
+                        cluster: decision.cluster.clone(),
+                    });
+                }
+            },
+            None => None,
+        };
+        let attempts = self.attempts(&decision, policy, req, first);
         let (mut resp, flags) = match action.timeout {
             // The route timeout covers every attempt and the backoff between them.
             Some(timeout) => match tokio::time::timeout(timeout, attempts).await {
@@ -356,10 +372,33 @@ impl HttpConn {
         d: &Decision,
         policy: Option<&RetryPolicy>,
         req: Request<ReqBody>,
+        first_pick: PickedEndpoint,
     ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+        let cluster = d.traffic.cluster(&d.cluster).cloned();
+        // Tells outlier detection how the attempt to `pick` went.
+        let report = |pick: &PickedEndpoint, result: &Result<Response<ProxyBody>, ProxyError>| {
+            let (Some(cluster), Picked::Host(active)) = (&cluster, &pick.picked) else {
+                return;
+            };
+            let r = match result {
+                Ok(resp) => Report::of_status(resp.status().as_u16()),
+                Err(
+                    ProxyError::UpstreamConnect { .. }
+                    | ProxyError::UpstreamReset { .. }
+                    | ProxyError::UpstreamProtocol { .. }
+                    | ProxyError::Timeout { .. },
+                ) => Report::GatewayError,
+                Err(_) => return,
+            };
+            cluster.report(active.host(), r);
+        };
         let policy = match policy {
             Some(p) if p.num_retries > 0 && !wants_upgrade(&req) => p,
-            _ => return Ok((self.forward(d.target, req).await?, "-")),
+            _ => {
+                let result = self.forward(first_pick.target, req).await;
+                report(&first_pick, &result);
+                return Ok((result?, "-"));
+            }
         };
         let (parts, body) = req.into_parts();
         let (method, uri, version, headers) = (
@@ -370,10 +409,10 @@ impl HttpConn {
         );
         let body = ReplayBody::new(body);
         let mut first = Some(parts);
-        let mut target = d.target;
+        let mut pick = first_pick;
         let mut tried = Vec::new();
         let mut retries = 0;
-        let mut _guard = None;
+        let mut _retry = None;
         loop {
             let Some(attempt_body) = body.replay() else {
                 unreachable!("checked before every retry");
@@ -389,7 +428,8 @@ impl HttpConn {
                     r
                 }
             };
-            tried.push(target.addr);
+            tried.push(pick.endpoint.clone());
+            let target = pick.target;
             let attempt = self.forward(target, req);
             let result = match policy.per_try_timeout {
                 Some(t) => match tokio::time::timeout(t, attempt).await {
@@ -402,6 +442,7 @@ impl HttpConn {
                 },
                 None => attempt.await,
             };
+            report(&pick, &result);
             let outcome = match &result {
                 Ok(resp) => Outcome::of_response(resp.status(), resp.headers()),
                 Err(ProxyError::Timeout { .. }) => Outcome::PerTryTimeout,
@@ -420,10 +461,7 @@ impl HttpConn {
                 // Too big to send again.
                 return result.map(|r| (r, "-"));
             }
-            let Some(cluster) = d.traffic.cluster(&d.cluster) else {
-                return result.map(|r| (r, "-"));
-            };
-            let Some(guard) = cluster.try_retry() else {
+            let Some(guard) = cluster.as_ref().and_then(|c| c.try_retry()) else {
                 self.metrics.retry_overflow.inc();
                 return result.map(|r| (r, "-"));
             };
@@ -432,21 +470,21 @@ impl HttpConn {
             tokio::time::sleep(retry::backoff(policy, retries)).await;
             retries += 1;
             self.metrics.retries.inc();
-            let exclude: &[SocketAddr] = if policy.retry_previous_hosts {
+            let exclude: &[EndpointAddress] = if policy.retry_previous_hosts {
                 &tried
             } else {
                 &[]
             };
-            target = pick_endpoint(
+            pick = pick_endpoint(
                 &d.traffic,
                 &d.cluster,
                 self.captured.then_some(self.dst),
                 self.downstream,
                 exclude,
+                d.hash,
             )
-            .await?
-            .1;
-            _guard = Some(guard);
+            .await?;
+            _retry = Some(guard);
         }
     }
 
@@ -456,7 +494,7 @@ impl HttpConn {
         &self,
         route_ref: &RouteRef,
         req: &mut Request<ReqBody>,
-    ) -> Result<Result<Decision, Response<ProxyBody>>, ProxyError> {
+    ) -> Result<Result<(Decision, PickedEndpoint), Response<ProxyBody>>, ProxyError> {
         let traffic = self.traffic.load();
         let table = match route_ref {
             RouteRef::Inline(t) => t.clone(),
@@ -515,14 +553,17 @@ impl HttpConn {
                     ProxyError::unrouted(MissReason::NoCluster, "weighted clusters add up to 0")
                 })?,
         };
-        let (endpoint, target) = pick_endpoint(
+        let hash = router::request_hash(&action.hash_policy, &head, self.peer.ip());
+        let first = pick_endpoint(
             &traffic,
             cluster,
             self.captured.then_some(self.dst),
             self.downstream,
             &[],
+            hash,
         )
         .await?;
+        let endpoint = first.endpoint.clone();
 
         let new_path = router::rewrite_path(action, &route.route_match, &path);
         let new_host = match &action.host_rewrite {
@@ -553,14 +594,18 @@ impl HttpConn {
             );
         }
         let cluster = cluster.to_owned();
-        Ok(Ok(Decision {
-            target,
-            traffic: traffic.clone(),
-            cluster,
-            table: table.clone(),
-            vhost,
-            route: route_idx,
-        }))
+        Ok(Ok((
+            Decision {
+                target: first.target,
+                hash,
+                traffic: traffic.clone(),
+                cluster,
+                table: table.clone(),
+                vhost,
+                route: route_idx,
+            },
+            first,
+        )))
     }
 
     async fn forward<B>(
@@ -698,8 +743,9 @@ pub(crate) async fn pick_endpoint(
     name: &str,
     original_dst: Option<SocketAddr>,
     downstream: Protocol,
-    exclude: &[SocketAddr],
-) -> Result<(EndpointAddress, Target), ProxyError> {
+    exclude: &[EndpointAddress],
+    hash: Option<u64>,
+) -> Result<PickedEndpoint, ProxyError> {
     let cluster = traffic.cluster(name).ok_or_else(|| {
         ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
     })?;
@@ -709,23 +755,18 @@ pub(crate) async fn pick_endpoint(
             format!("cluster {name:?} asks for upstream TLS, which is not implemented yet"),
         ));
     }
-    let no_endpoint = || {
-        ProxyError::unrouted(
-            MissReason::NoHealthyUpstream,
-            format!("cluster {name:?} has no healthy endpoint"),
-        )
-    };
-    let mut endpoint = cluster.pick(original_dst).ok_or_else(no_endpoint)?;
-    let mut addr = resolve_one(&endpoint).await?;
-    // `retry_previous_hosts`: a few more picks to find an endpoint not tried yet (Envoy's
-    // `host_selection_retry_max_attempts`); if there is none, the last pick stands.
-    for _ in 0..cluster.routable().min(5) {
-        if !exclude.contains(&addr) {
-            break;
-        }
-        endpoint = cluster.pick(original_dst).ok_or_else(no_endpoint)?;
-        addr = resolve_one(&endpoint).await?;
-    }
+    // `retry_previous_hosts` passes the hosts tried so far: they are avoided while others
+    // are left.
+    let picked = cluster
+        .pick_host(hash, &|h| exclude.contains(&h.address), original_dst)
+        .ok_or_else(|| {
+            ProxyError::unrouted(
+                MissReason::NoHealthyUpstream,
+                format!("cluster {name:?} has no healthy endpoint"),
+            )
+        })?;
+    let endpoint = picked.address();
+    let addr = resolve_one(&endpoint).await?;
     let protocol = match cluster.cluster.protocol {
         ClusterProtocol::Http1 => UpstreamProtocol::Http1,
         ClusterProtocol::Http2(_) => UpstreamProtocol::Http2,
@@ -736,7 +777,21 @@ pub(crate) async fn pick_endpoint(
         connect_timeout: cluster.cluster.connect_timeout,
         protocol,
     };
-    Ok((endpoint, target))
+    Ok(PickedEndpoint {
+        endpoint,
+        target,
+        picked,
+    })
+}
+
+/// An endpoint chosen for an attempt.
+pub(crate) struct PickedEndpoint {
+    /// As configured (a DNS name stays a name).
+    pub(crate) endpoint: EndpointAddress,
+    /// Where and how to connect.
+    pub(crate) target: Target,
+    /// The host, counted as active while this lives.
+    pub(crate) picked: Picked,
 }
 
 /// Resolves an endpoint to the address to connect to (the first DNS answer).

@@ -19,6 +19,7 @@
 //! | `proxy_listener_bind_errors_total`             | counter   | |
 //! | `proxy_retries_total`                          | counter   | |
 //! | `proxy_retry_overflow_total`                   | counter   | |
+//! | `proxy_request_overflow_total`                 | counter   | |
 
 use std::fmt;
 use std::sync::Arc;
@@ -229,6 +230,7 @@ pub struct ProxyMetrics {
     pub(crate) listener_bind_errors: Counter,
     pub(crate) retries: Counter,
     pub(crate) retry_overflow: Counter,
+    pub(crate) request_overflow: Counter,
 }
 
 fn detect_buckets() -> Histogram {
@@ -257,6 +259,7 @@ impl ProxyMetrics {
             listener_bind_errors: Counter::default(),
             retries: Counter::default(),
             retry_overflow: Counter::default(),
+            request_overflow: Counter::default(),
         };
         registry.register(
             "proxy_connections_opened",
@@ -319,6 +322,11 @@ impl ProxyMetrics {
             "proxy_retry_overflow",
             "Retries not made because the cluster's max_retries circuit breaker was full",
             m.retry_overflow.clone(),
+        );
+        registry.register(
+            "proxy_request_overflow",
+            "Requests answered 503 UO because the cluster's max_requests circuit breaker was full",
+            m.request_overflow.clone(),
         );
         m
     }

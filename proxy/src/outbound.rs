@@ -304,9 +304,9 @@ async fn tcp_upstream(
         }
     };
     Ok(
-        http::pick_endpoint(traffic, name, original_dst, Protocol::Opaque, &[])
+        http::pick_endpoint(traffic, name, original_dst, Protocol::Opaque, &[], None)
             .await?
-            .1,
+            .target,
     )
 }
 

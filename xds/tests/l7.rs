@@ -811,3 +811,132 @@ async fn tcp_echo() -> (SocketAddr, JoinHandle<()>) {
     });
     (addr, task)
 }
+
+/// Ring hash by a request header: each user sticks to one endpoint, users spread out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_by_header_is_sticky() {
+    let ms = std::time::Duration::from_millis;
+    let servers = [
+        scripted("r1", move |_| (200, ms(0))).await,
+        scripted("r2", move |_| (200, ms(0))).await,
+        scripted("r3", move |_| (200, ms(0))).await,
+    ];
+    let routes: xds_api::pb::envoy::config::route::v3::RouteConfiguration = yaml(
+        r#"
+name: web
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: {prefix: "/"}
+    route:
+      cluster: web
+      hash_policy: [{header: {header_name: x-user}}]
+"#,
+    );
+    let cluster: Cluster = yaml(
+        r#"
+name: web
+type: EDS
+lb_policy: RING_HASH
+eds_cluster_config: {eds_config: {ads: {}}}
+"#,
+    );
+    let cp = ControlPlane::start().await;
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let node = retry_node(&cp, 18120, routes, cluster, &addrs).await;
+    let mut owners = HashMap::new();
+    for user in 0..12 {
+        let mut c = node.http_client(vip(18120)).await;
+        for _ in 0..5 {
+            let (status, server) = get_with(&mut c, "x-user", &format!("user-{user}")).await;
+            assert_eq!(status, StatusCode::OK);
+            let owner = owners.entry(user).or_insert_with(|| server.clone());
+            assert_eq!(*owner, server, "user-{user} moved");
+        }
+    }
+    let distinct: std::collections::HashSet<_> = owners.values().collect();
+    assert!(distinct.len() >= 2, "{owners:?}");
+}
+
+async fn get_with(c: &mut Client, header: &str, value: &str) -> (StatusCode, String) {
+    c.get_with_header("web", "/", header, value).await.unwrap()
+}
+
+/// Outlier detection: an endpoint answering 503 is ejected after 3 in a row and gets no
+/// traffic, then comes back after the ejection time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_ejection_and_recovery() {
+    let ms = std::time::Duration::from_millis;
+    let bad = scripted("bad", move |_| (503, ms(0))).await;
+    let good = scripted("good", move |_| (200, ms(0))).await;
+    let cluster: Cluster = yaml(
+        r#"
+name: web
+type: EDS
+eds_cluster_config: {eds_config: {ads: {}}}
+outlier_detection:
+  consecutive_5xx: 3
+  base_ejection_time: 0.5s
+  max_ejection_percent: 50
+  enforcing_success_rate: 0
+"#,
+    );
+    let cp = ControlPlane::start().await;
+    let node = retry_node(
+        &cp,
+        18121,
+        route_to("web", "web"),
+        cluster,
+        &[bad.addr, good.addr],
+    )
+    .await;
+    let mut c = node.http_client(vip(18121)).await;
+    // Round robin: the bad endpoint gets every other request until its third 503.
+    for _ in 0..6 {
+        c.get("web", "/").await.unwrap();
+    }
+    assert_eq!(bad.requests.load(Ordering::SeqCst), 3);
+    for _ in 0..10 {
+        assert_eq!(
+            c.get("web", "/").await.unwrap().0,
+            StatusCode::OK,
+            "ejected host still used"
+        );
+    }
+    assert_eq!(bad.requests.load(Ordering::SeqCst), 3);
+    tokio::time::sleep(ms(600)).await;
+    for _ in 0..4 {
+        c.get("web", "/").await.unwrap();
+    }
+    assert!(
+        bad.requests.load(Ordering::SeqCst) > 3,
+        "the host never came back"
+    );
+}
+
+/// The `max_requests` circuit breaker: beyond it requests get 503 `UO` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_overflow() {
+    let ms = std::time::Duration::from_millis;
+    let slow = scripted("slow", move |_| (200, ms(300))).await;
+    let cluster: Cluster = yaml(
+        r#"
+name: web
+type: EDS
+eds_cluster_config: {eds_config: {ads: {}}}
+circuit_breakers: {thresholds: [{max_requests: 2}]}
+"#,
+    );
+    let cp = ControlPlane::start().await;
+    let node = retry_node(&cp, 18122, route_to("web", "web"), cluster, &[slow.addr]).await;
+    let calls: Vec<_> = (0..6).map(|_| post(&node, 18122, "x")).collect();
+    let results = futures_util::future::join_all(calls).await;
+    let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let overflow = results
+        .iter()
+        .filter(|(s, b)| *s == StatusCode::SERVICE_UNAVAILABLE && b.contains("overflow"))
+        .count();
+    assert_eq!((ok, overflow), (2, 4), "{results:?}");
+    assert_eq!(node.metric("myelin_proxy_request_overflow_total"), 4.0);
+}

@@ -203,6 +203,9 @@ pub struct RouteAction {
     pub regex_rewrite: Option<RegexRewrite>,
     /// Rewrite the `Host`/`:authority` header.
     pub host_rewrite: Option<HostRewrite>,
+    /// How ring-hash and Maglev clusters hash the request (first policy with a value
+    /// wins when `terminal`, else the values are combined).
+    pub hash_policy: Vec<HashPolicy>,
 }
 
 /// The upstream cluster(s) of a route.
@@ -217,6 +220,29 @@ pub enum ClusterSpecifier {
 
 /// A regex path rewrite: every match of `pattern` replaced with `substitution`
 /// (capture groups written `$1`, translated from Envoy's `\1`).
+/// One element of a route's `hash_policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HashPolicy {
+    /// What is hashed.
+    pub key: HashKey,
+    /// Stop at this policy when it produced a value.
+    pub terminal: bool,
+}
+
+/// What a hash policy hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    /// A request header's value.
+    Header(String),
+    /// An existing cookie's value (generating cookies is not supported).
+    Cookie(String),
+    /// A query parameter's value.
+    QueryParameter(String),
+    /// The client's IP address.
+    SourceIp,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RegexRewrite {
     /// What to replace.
@@ -391,6 +417,7 @@ mod tests {
                 prefix_rewrite: None,
                 regex_rewrite: None,
                 host_rewrite: Some(HostRewrite::Auto),
+                hash_policy: vec![],
             }),
             headers: HeaderMutation::default(),
         };

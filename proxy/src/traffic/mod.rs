@@ -30,8 +30,11 @@ use crate::model::endpoint::EndpointAddress;
 use crate::model::listener::{NetworkFilter, RouteSource};
 use crate::model::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
 
+pub mod balance;
 pub mod chain;
 pub mod router;
+
+use balance::{Active, Balancer, Host, Report};
 
 use router::RouteTable;
 
@@ -128,11 +131,12 @@ impl Traffic {
                 }
                 _ => None,
             };
-            let reused = prev
-                .and_then(|p| p.clusters.get(&c.name))
+            let old = prev.and_then(|p| p.clusters.get(&c.name));
+            let reused = old
                 .filter(|t| Arc::ptr_eq(&t.cluster, &c) && same(&t.assignment, &assignment))
                 .cloned();
-            let target = reused.unwrap_or_else(|| Arc::new(ClusterTarget::new(c, assignment)));
+            let target = reused
+                .unwrap_or_else(|| Arc::new(ClusterTarget::new(c, assignment, old.map(|t| &**t))));
             clusters.insert(target.cluster.name.clone(), target);
         }
         Traffic {
@@ -207,33 +211,63 @@ pub struct ClusterTarget {
     pub cluster: Arc<Cluster>,
     /// The EDS assignment it was built from (for `Arc::ptr_eq` reuse).
     assignment: Option<Arc<ClusterLoadAssignment>>,
-    /// The routable endpoints of the best priority that has any, each repeated by its
-    /// weight (capped at [`MAX_RING_WEIGHT`]); built once per EDS change. Smooth weighted
-    /// round robin and the other policies come with the L7 issue.
-    endpoints: Vec<EndpointAddress>,
-    next: AtomicUsize,
-    /// Retries in flight, against the `max_retries` circuit breaker.
-    active_retries: AtomicUsize,
+    balancer: Balancer,
+    /// Circuit-breaker counts; shared with the cluster's next builds.
+    counters: Arc<ClusterCounters>,
 }
 
-/// A retry in flight: counted against the cluster's `max_retries` until dropped.
-#[derive(Debug)]
-pub struct RetryGuard(Arc<ClusterTarget>);
+/// In-flight counts of a cluster, for its circuit breakers.
+#[derive(Debug, Default)]
+struct ClusterCounters {
+    requests: AtomicUsize,
+    retries: AtomicUsize,
+}
 
-impl Drop for RetryGuard {
+/// A request or retry in flight: counted against a circuit breaker until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    counters: Arc<ClusterCounters>,
+    retry: bool,
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.active_retries.fetch_sub(1, Ordering::Relaxed);
+        let c = if self.retry {
+            &self.counters.retries
+        } else {
+            &self.counters.requests
+        };
+        c.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Upper bound of one endpoint's weight in the round-robin ring, so a huge weight cannot
-/// make the ring huge; ratios up to 1:64 are exact.
-const MAX_RING_WEIGHT: u32 = 64;
+/// The endpoint chosen for one attempt.
+#[derive(Debug)]
+pub enum Picked {
+    /// A host of the cluster, counted as active until this is dropped.
+    Host(Active),
+    /// The connection's original destination (`ORIGINAL_DST`).
+    OriginalDst(SocketAddr),
+}
+
+impl Picked {
+    /// Where to connect.
+    pub fn address(&self) -> EndpointAddress {
+        match self {
+            Picked::Host(a) => a.host().address.clone(),
+            Picked::OriginalDst(s) => EndpointAddress::Socket(*s),
+        }
+    }
+}
 
 impl ClusterTarget {
-    fn new(cluster: Arc<Cluster>, assignment: Option<Arc<ClusterLoadAssignment>>) -> Self {
+    fn new(
+        cluster: Arc<Cluster>,
+        assignment: Option<Arc<ClusterLoadAssignment>>,
+        prev: Option<&ClusterTarget>,
+    ) -> Self {
         let cla = assignment.as_deref().or(cluster.load_assignment.as_ref());
-        let mut endpoints = Vec::new();
+        let mut hosts: Vec<Arc<Host>> = Vec::new();
         if let Some(cla) = cla {
             let mut priorities: Vec<u32> = cla.localities.iter().map(|l| l.priority).collect();
             priorities.sort_unstable();
@@ -245,44 +279,79 @@ impl ClusterTarget {
                         .iter()
                         .filter(|e| e.health_status.is_routable())
                     {
-                        let w = e.load_balancing_weight.clamp(1, MAX_RING_WEIGHT);
-                        for _ in 0..w {
-                            endpoints.push(e.address.clone());
-                        }
+                        let weight = e.load_balancing_weight.max(1);
+                        // Same endpoint, same weight: keep its state (active requests,
+                        // outlier counters and ejections).
+                        let kept = prev.and_then(|p| {
+                            p.balancer
+                                .hosts()
+                                .iter()
+                                .find(|h| h.address == e.address && h.weight == weight)
+                                .cloned()
+                        });
+                        hosts.push(
+                            kept.unwrap_or_else(|| Arc::new(Host::new(e.address.clone(), weight))),
+                        );
                     }
                 }
-                if !endpoints.is_empty() {
+                if !hosts.is_empty() {
                     break;
                 }
             }
         }
+        let balancer = Balancer::new(cluster.lb_policy, hosts, cluster.outlier_detection.clone());
         ClusterTarget {
+            counters: prev.map(|p| p.counters.clone()).unwrap_or_default(),
             cluster,
             assignment,
-            endpoints,
-            next: AtomicUsize::new(0),
-            active_retries: AtomicUsize::new(0),
+            balancer,
         }
     }
 
-    /// The `max_retries` circuit breaker of the default priority (Envoy's default: 3).
-    pub fn max_retries(&self) -> usize {
+    fn threshold(
+        &self,
+        f: impl Fn(&crate::model::cluster::Thresholds) -> u32,
+        default: u32,
+    ) -> usize {
         self.cluster
             .circuit_breakers
             .iter()
             .find(|t| t.priority == crate::model::cluster::RoutingPriority::Default)
-            .map_or(3, |t| t.max_retries as usize)
+            .map_or(default, f) as usize
     }
 
-    /// Starts a retry if the cluster's `max_retries` allows one more in flight.
-    pub fn try_retry(self: &Arc<Self>) -> Option<RetryGuard> {
-        let max = self.max_retries();
-        self.active_retries
+    /// The `max_retries` circuit breaker of the default priority (Envoy's default: 3).
+    pub fn max_retries(&self) -> usize {
+        self.threshold(|t| t.max_retries, 3)
+    }
+
+    /// The `max_requests` circuit breaker of the default priority (Envoy's default: 1024).
+    pub fn max_requests(&self) -> usize {
+        self.threshold(|t| t.max_requests, 1024)
+    }
+
+    fn admit(counter: &AtomicUsize, max: usize) -> bool {
+        counter
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| RetryGuard(self.clone()))
+            .is_ok()
+    }
+
+    /// Starts a retry if the cluster's `max_retries` allows one more in flight.
+    pub fn try_retry(&self) -> Option<InFlight> {
+        Self::admit(&self.counters.retries, self.max_retries()).then(|| InFlight {
+            counters: self.counters.clone(),
+            retry: true,
+        })
+    }
+
+    /// Starts a request if the cluster's `max_requests` allows one more in flight.
+    pub fn try_request(&self) -> Option<InFlight> {
+        Self::admit(&self.counters.requests, self.max_requests()).then(|| InFlight {
+            counters: self.counters.clone(),
+            retry: false,
+        })
     }
 
     /// Whether the cluster forwards to each connection's original destination
@@ -291,22 +360,40 @@ impl ClusterTarget {
         self.cluster.discovery == Discovery::OriginalDst
     }
 
-    /// The next endpoint in weighted round-robin order, or `None` when the cluster has no
-    /// routable endpoint. `ORIGINAL_DST` clusters answer `original_dst`.
-    pub fn pick(&self, original_dst: Option<SocketAddr>) -> Option<EndpointAddress> {
+    /// Picks an endpoint by the cluster's `lb_policy` (`hash` for ring hash and Maglev),
+    /// avoiding ejected hosts and those `exclude` names while others are left.
+    /// `ORIGINAL_DST` clusters answer `original_dst`. `None`: no routable endpoint.
+    pub fn pick_host(
+        &self,
+        hash: Option<u64>,
+        exclude: &dyn Fn(&Host) -> bool,
+        original_dst: Option<SocketAddr>,
+    ) -> Option<Picked> {
         if self.is_original_dst() {
-            return original_dst.map(EndpointAddress::Socket);
+            return original_dst.map(Picked::OriginalDst);
         }
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(self.endpoints[i].clone())
+        self.balancer.pick(hash, exclude).map(Picked::Host)
     }
 
-    /// The number of routable endpoint slots (weights included).
+    /// [`ClusterTarget::pick_host`] without a hash or exclusions, as an address.
+    pub fn pick(&self, original_dst: Option<SocketAddr>) -> Option<EndpointAddress> {
+        self.pick_host(None, &|_| false, original_dst)
+            .map(|p| p.address())
+    }
+
+    /// Tells outlier detection how an attempt to `host` went.
+    pub fn report(&self, host: &Host, report: Report) {
+        self.balancer.report(host, report);
+    }
+
+    /// The routable hosts.
     pub fn routable(&self) -> usize {
-        self.endpoints.len()
+        self.balancer.hosts().len()
+    }
+
+    /// The routable hosts, with their state.
+    pub fn hosts(&self) -> &[Arc<Host>] {
+        self.balancer.hosts()
     }
 }
 
@@ -515,7 +602,7 @@ mod tests {
         };
         let t = Traffic::build(input, None);
         let c = t.cluster("c").unwrap();
-        assert_eq!(c.routable(), 3);
+        assert_eq!(c.routable(), 2);
         let mut got = picks(c, 6);
         got.sort();
         assert_eq!(

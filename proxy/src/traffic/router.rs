@@ -14,12 +14,12 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::model::listener::WeightedCluster;
-use crate::model::route::DomainMatch;
 use crate::model::route::{
     AppendAction, HeaderMatcher, HeaderRule, HeaderValueOption, PathMatch, PathRedirect,
     QueryParameterMatcher, QueryParameterRule, Redirect, Route, RouteAction, RouteConfiguration,
     RouteMatch, VirtualHost,
 };
+use crate::model::route::{DomainMatch, HashKey, HashPolicy};
 
 /// A route configuration with its domain index.
 #[derive(Debug)]
@@ -233,6 +233,58 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The hash of a request for ring-hash and Maglev clusters (Envoy's `hash_policy`): each
+/// policy that finds its value mixes it in; a `terminal` one that found a value ends the
+/// list. `None` when no policy found a value (the balancer then picks at random).
+pub fn request_hash(
+    policies: &[HashPolicy],
+    req: &RequestHead<'_>,
+    source: std::net::IpAddr,
+) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hash: Option<u64> = None;
+    for p in policies {
+        let value = match &p.key {
+            HashKey::Header(name) => req.header(name),
+            HashKey::Cookie(name) => cookie(req.headers, name),
+            HashKey::QueryParameter(name) => {
+                let query = split_query(req.path).1.unwrap_or("");
+                query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                    .find(|(k, _)| percent_decode(k) == *name)
+                    .map(|(_, v)| percent_decode(v))
+            }
+            HashKey::SourceIp => Some(source.to_canonical().to_string()),
+        };
+        let Some(value) = value else {
+            continue;
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        value.hash(&mut h);
+        let v = h.finish();
+        hash = Some(match hash {
+            Some(prev) => prev.rotate_left(1) ^ v,
+            None => v,
+        });
+        if p.terminal {
+            break;
+        }
+    }
+    hash
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
 }
 
 /// The cluster of a weighted choice for a roll in `0..u64::MAX`: cluster `i` is chosen

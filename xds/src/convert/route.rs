@@ -467,7 +467,6 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     cx.unsupported(p, "priority", priority);
     cx.unsupported(p, "rate_limits", rate_limits);
     cx.unsupported(p, "include_vh_rate_limits", include_vh_rate_limits);
-    cx.unsupported(p, "hash_policy", hash_policy);
     cx.unsupported(p, "cors", cors);
     cx.unsupported(p, "max_grpc_timeout", max_grpc_timeout);
     cx.unsupported(p, "grpc_timeout_offset", grpc_timeout_offset);
@@ -554,6 +553,61 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
         prefix_rewrite: (!prefix_rewrite.is_empty()).then(|| prefix_rewrite.clone()),
         regex_rewrite,
         host_rewrite,
+        hash_policy: hash_policy
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| self::hash_policy(cx, &idx(p, "hash_policy", i), h))
+            .collect(),
+    })
+}
+
+fn hash_policy(cx: &mut Cx, p: &str, h: &pb::route_action::HashPolicy) -> Option<mr::HashPolicy> {
+    use pb::route_action::hash_policy::PolicySpecifier as S;
+    let key = match &h.policy_specifier {
+        Some(S::Header(hd)) => {
+            let hp = join(p, "header");
+            cx.unsupported(&hp, "regex_rewrite", &hd.regex_rewrite);
+            if hd.header_name.is_empty() {
+                cx.reject(join(&hp, "header_name"), Reason::Missing);
+                return None;
+            }
+            mr::HashKey::Header(hd.header_name.to_ascii_lowercase())
+        }
+        Some(S::Cookie(c)) => {
+            let cp = join(p, "cookie");
+            // With a ttl Envoy generates the cookie when it is missing; Myelin only hashes
+            // an existing one.
+            cx.unsupported(&cp, "ttl", &c.ttl);
+            cx.unsupported(&cp, "attributes", &c.attributes);
+            if c.name.is_empty() {
+                cx.reject(join(&cp, "name"), Reason::Missing);
+                return None;
+            }
+            mr::HashKey::Cookie(c.name.clone())
+        }
+        Some(S::ConnectionProperties(c)) => {
+            if !c.source_ip {
+                cx.reject(
+                    join(p, "connection_properties.source_ip"),
+                    Reason::Invalid("must be true".into()),
+                );
+                return None;
+            }
+            mr::HashKey::SourceIp
+        }
+        Some(S::QueryParameter(q)) => mr::HashKey::QueryParameter(q.name.clone()),
+        Some(S::FilterState(_)) => {
+            cx.reject(join(p, "filter_state"), Reason::NotSupported);
+            return None;
+        }
+        None => {
+            cx.reject(p, Reason::Missing);
+            return None;
+        }
+    };
+    Some(mr::HashPolicy {
+        key,
+        terminal: h.terminal,
     })
 }
 

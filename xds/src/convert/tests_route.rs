@@ -273,6 +273,7 @@ fn actions() {
             prefix_rewrite: None,
             regex_rewrite: None,
             host_rewrite: None,
+            hash_policy: vec![],
         }
     );
     // Everything set.
@@ -453,7 +454,24 @@ fn rejections() {
         ),
         (
             rc(vec![route(prefix("/"), pb::RouteAction { hash_policy: vec![Default::default()], idle_timeout: dur(1, 0), ..to_cluster("c") })]),
-            vec![format!("{r0}.route.idle_timeout: not supported"), format!("{r0}.route.hash_policy: not supported")],
+            vec![format!("{r0}.route.idle_timeout: not supported"), format!("{r0}.route.hash_policy[0]: required but not set")],
+        ),
+        (
+            {
+                use pb::route_action::hash_policy::{Cookie, FilterState, PolicySpecifier as S};
+                let hp = |s| pb::route_action::HashPolicy { policy_specifier: Some(s), terminal: false };
+                rc(vec![route(prefix("/"), pb::RouteAction {
+                    hash_policy: vec![
+                        hp(S::FilterState(FilterState { key: "k".into() })),
+                        hp(S::Cookie(Cookie { name: "session".into(), ttl: dur(60, 0), ..Default::default() })),
+                    ],
+                    ..to_cluster("c")
+                })])
+            },
+            vec![
+                format!("{r0}.route.hash_policy[0].filter_state: not supported"),
+                format!("{r0}.route.hash_policy[1].cookie.ttl: not supported"),
+            ],
         ),
         (
             rc(vec![route(prefix("/"), pb::RouteAction { cluster_specifier: Some(pb::route_action::ClusterSpecifier::ClusterHeader("x".into())), ..Default::default() })]),

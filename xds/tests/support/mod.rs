@@ -366,7 +366,13 @@ impl Node {
         .await;
         assert!(
             ok.is_ok(),
-            "{type_url} {names:?} never reached version {version}"
+            "{type_url} {names:?} never reached version {version}; last NACKs: {:?}",
+            self.store
+                .snapshot()
+                .last_nacks
+                .values()
+                .map(|n| n.message())
+                .collect::<Vec<_>>()
         );
         // `feed` publishes to the proxy right after the store's publish; give its task a
         // turn.
@@ -392,6 +398,35 @@ impl Client {
             sender,
             _conn: conn,
         }
+    }
+
+    /// GET `path` with `Host: host` and one more header: status and `x-server`.
+    pub async fn get_with_header(
+        &mut self,
+        host: &str,
+        path: &str,
+        name: &str,
+        value: &str,
+    ) -> anyhow::Result<(StatusCode, String)> {
+        self.sender.ready().await.context("connection not ready")?;
+        let req = Request::get(path)
+            .header("host", host)
+            .header(name, value)
+            .body(Empty::new())
+            .unwrap();
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .context("request failed")?;
+        let status = resp.status();
+        let server = resp
+            .headers()
+            .get("x-server")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        resp.into_body().collect().await?;
+        Ok((status, server))
     }
 
     /// GET `path` with `Host: host`: status, `x-server` header and body.

@@ -14,6 +14,7 @@ fn action(cluster: &str) -> Action {
         prefix_rewrite: None,
         regex_rewrite: None,
         host_rewrite: None,
+        hash_policy: vec![],
     })
 }
 

@@ -1,0 +1,588 @@
+//! Endpoint selection for one cluster: Envoy's load-balancing policies over the routable
+//! hosts, outlier detection (consecutive 5xx and gateway failures), and the per-host
+//! state both need.
+//!
+//! Hosts are the endpoints of the lowest priority that has a routable one (health
+//! `UNKNOWN`/`HEALTHY`). Outlier detection ejects a host for `base_ejection_time` times
+//! its number of ejections (capped at `max_ejection_time`), never more than
+//! `max_ejection_percent` of the hosts (but always at least one, as Envoy does). When
+//! every host is ejected the cluster is in panic mode and balances over all of them.
+//!
+//! Host state (active requests, outlier counters, ejections) survives EDS updates: a
+//! rebuilt cluster takes over the `Arc<Host>` of every endpoint that did not change.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::model::cluster::{LbPolicy, OutlierDetection};
+use crate::model::endpoint::EndpointAddress;
+
+/// Entries of a ring-hash ring (Envoy's `minimum_ring_size` default).
+const RING_SIZE: usize = 1024;
+/// Entries of a Maglev table (Envoy's default, a prime).
+const MAGLEV_SIZE: usize = 65537;
+
+/// One endpoint and its run-time state.
+#[derive(Debug)]
+pub struct Host {
+    /// Where it is.
+    pub address: EndpointAddress,
+    /// `load_balancing_weight` (at least 1).
+    pub weight: u32,
+    active: AtomicUsize,
+    outlier: Mutex<OutlierState>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct OutlierState {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+fn lock(m: &Mutex<OutlierState>) -> MutexGuard<'_, OutlierState> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Host {
+    /// A host with fresh state.
+    pub fn new(address: EndpointAddress, weight: u32) -> Self {
+        Host {
+            address,
+            weight: weight.max(1),
+            active: AtomicUsize::new(0),
+            outlier: Mutex::new(OutlierState::default()),
+        }
+    }
+
+    /// Requests in flight to this host.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether the host is ejected at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        lock(&self.outlier).ejected_until.is_some_and(|t| now < t)
+    }
+
+    /// How many times the host has been ejected.
+    pub fn ejections(&self) -> u32 {
+        lock(&self.outlier).ejections
+    }
+}
+
+/// A request in flight to a host (for least-request balancing): counted until dropped.
+#[derive(Debug)]
+pub struct Active(Arc<Host>);
+
+impl Active {
+    /// The host.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.0
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an attempt came to, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// A response that is not a 5xx.
+    Success,
+    /// A 500 or 501 or 505+ response.
+    ServerError,
+    /// A 502, 503 or 504 response, or a connect failure, reset or timeout.
+    GatewayError,
+}
+
+impl Report {
+    /// The report for a response status.
+    pub fn of_status(status: u16) -> Report {
+        match status {
+            502..=504 => Report::GatewayError,
+            500..=599 => Report::ServerError,
+            _ => Report::Success,
+        }
+    }
+}
+
+/// The load balancer of one cluster.
+#[derive(Debug)]
+pub struct Balancer {
+    policy: LbPolicy,
+    hosts: Vec<Arc<Host>>,
+    /// Weighted round-robin order (host indexes, each repeated by weight, interleaved).
+    rr: Vec<usize>,
+    next: AtomicUsize,
+    /// Ring hash: (point, host), sorted by point.
+    ring: Vec<(u64, usize)>,
+    /// Maglev lookup table.
+    maglev: Vec<usize>,
+    outlier: Option<OutlierDetection>,
+}
+
+fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
+    // SipHash with fixed keys: stable for a given build, so a restarted agent keeps the
+    // same ring.
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+fn addr_key(a: &EndpointAddress) -> String {
+    match a {
+        EndpointAddress::Socket(s) => s.to_string(),
+        EndpointAddress::Dns { host, port } => format!("{host}:{port}"),
+    }
+}
+
+impl Balancer {
+    /// Builds the balancer over `hosts` (already filtered to the routable ones of one
+    /// priority).
+    pub fn new(policy: LbPolicy, hosts: Vec<Arc<Host>>, outlier: Option<OutlierDetection>) -> Self {
+        let rr = interleave(&hosts);
+        let ring = if policy == LbPolicy::RingHash {
+            build_ring(&hosts)
+        } else {
+            Vec::new()
+        };
+        let maglev = if policy == LbPolicy::Maglev {
+            build_maglev(&hosts)
+        } else {
+            Vec::new()
+        };
+        Balancer {
+            policy,
+            hosts,
+            rr,
+            next: AtomicUsize::new(0),
+            ring,
+            maglev,
+            outlier,
+        }
+    }
+
+    /// The hosts.
+    pub fn hosts(&self) -> &[Arc<Host>] {
+        &self.hosts
+    }
+
+    /// Picks a host: by `hash` for ring hash and Maglev (random without one), skipping
+    /// ejected and `exclude`d hosts while others are available.
+    pub fn pick(&self, hash: Option<u64>, exclude: &dyn Fn(&Host) -> bool) -> Option<Active> {
+        if self.hosts.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let usable: Vec<bool> = self
+            .hosts
+            .iter()
+            .map(|h| !h.is_ejected(now) && !exclude(h))
+            .collect();
+        let usable: Vec<bool> = if usable.iter().any(|u| *u) {
+            usable
+        } else {
+            // Panic mode: everything is ejected or excluded; use everything.
+            vec![true; self.hosts.len()]
+        };
+        let i = match self.policy {
+            LbPolicy::RoundRobin => self.pick_rr(&usable),
+            LbPolicy::Random => self.pick_random(&usable),
+            LbPolicy::LeastRequest => self.pick_least(&usable),
+            LbPolicy::RingHash => {
+                let h = hash.unwrap_or_else(|| fastrand::u64(..));
+                let start = self.ring.partition_point(|(p, _)| *p < h) % self.ring.len();
+                (0..self.ring.len())
+                    .map(|k| self.ring[(start + k) % self.ring.len()].1)
+                    .find(|&i| usable[i])
+            }
+            LbPolicy::Maglev => {
+                let h = hash.unwrap_or_else(|| fastrand::u64(..));
+                let start = (h % self.maglev.len() as u64) as usize;
+                (0..self.maglev.len())
+                    .map(|k| self.maglev[(start + k) % self.maglev.len()])
+                    .find(|&i| usable[i])
+            }
+        }?;
+        let host = self.hosts[i].clone();
+        host.active.fetch_add(1, Ordering::Relaxed);
+        Some(Active(host))
+    }
+
+    fn pick_rr(&self, usable: &[bool]) -> Option<usize> {
+        let n = self.rr.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| self.rr[(start + k) % n])
+            .find(|&i| usable[i])
+    }
+
+    fn pick_random(&self, usable: &[bool]) -> Option<usize> {
+        let total: u64 = self
+            .hosts
+            .iter()
+            .zip(usable)
+            .filter(|(_, u)| **u)
+            .map(|(h, _)| u64::from(h.weight))
+            .sum();
+        let mut x = fastrand::u64(0..total.max(1));
+        for (i, h) in self.hosts.iter().enumerate() {
+            if !usable[i] {
+                continue;
+            }
+            if x < u64::from(h.weight) {
+                return Some(i);
+            }
+            x -= u64::from(h.weight);
+        }
+        None
+    }
+
+    /// Power of two choices: the less loaded of two random hosts; with unequal weights
+    /// the higher `weight / (active + 1)` (Envoy's weighted least request, bias 1).
+    fn pick_least(&self, usable: &[bool]) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.hosts.len()).filter(|&i| usable[i]).collect();
+        let a = candidates[fastrand::usize(..candidates.len())];
+        let b = candidates[fastrand::usize(..candidates.len())];
+        let score = |i: usize| {
+            let h = &self.hosts[i];
+            f64::from(h.weight) / (h.active() as f64 + 1.0)
+        };
+        Some(if score(b) > score(a) { b } else { a })
+    }
+
+    /// Records what an attempt to `host` came to, and ejects the host when the outlier
+    /// detection's consecutive-failure thresholds say so.
+    pub fn report(&self, host: &Host, report: Report) {
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
+        let now = Instant::now();
+        let eject = {
+            let mut s = lock(&host.outlier);
+            if s.ejected_until.is_some_and(|t| now >= t) {
+                // Back from an ejection: counting starts over.
+                s.ejected_until = None;
+                s.consecutive_5xx = 0;
+                s.consecutive_gateway = 0;
+            }
+            match report {
+                Report::Success => {
+                    s.consecutive_5xx = 0;
+                    s.consecutive_gateway = 0;
+                    false
+                }
+                Report::ServerError | Report::GatewayError => {
+                    s.consecutive_5xx += 1;
+                    if report == Report::GatewayError {
+                        s.consecutive_gateway += 1;
+                    }
+                    let by_5xx = cfg.consecutive_5xx > 0
+                        && s.consecutive_5xx >= cfg.consecutive_5xx
+                        && roll(cfg.enforcing_consecutive_5xx);
+                    let by_gateway = cfg.consecutive_gateway_failure > 0
+                        && s.consecutive_gateway >= cfg.consecutive_gateway_failure
+                        && roll(cfg.enforcing_consecutive_gateway_failure);
+                    s.ejected_until.is_none() && (by_5xx || by_gateway)
+                }
+            }
+        };
+        if !eject {
+            return;
+        }
+        let ejected = self.hosts.iter().filter(|h| h.is_ejected(now)).count();
+        let max = (self.hosts.len() * cfg.max_ejection_percent as usize / 100).max(1);
+        if ejected >= max {
+            return;
+        }
+        let mut s = lock(&host.outlier);
+        s.ejections += 1;
+        let time = cfg
+            .base_ejection_time
+            .saturating_mul(s.ejections)
+            .min(cfg.max_ejection_time.max(cfg.base_ejection_time));
+        s.ejected_until = Some(now + time);
+        s.consecutive_5xx = 0;
+        s.consecutive_gateway = 0;
+    }
+}
+
+/// `true` with probability `percent`%.
+fn roll(percent: u32) -> bool {
+    percent >= 100 || fastrand::u32(0..100) < percent
+}
+
+/// Smooth weighted round robin order (nginx's): over one cycle each host appears `weight`
+/// times, spread out rather than in runs.
+fn interleave(hosts: &[Arc<Host>]) -> Vec<usize> {
+    let total: i64 = hosts.iter().map(|h| i64::from(h.weight)).sum();
+    let mut current = vec![0i64; hosts.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, h) in hosts.iter().enumerate() {
+            current[i] += i64::from(h.weight);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best);
+    }
+    order
+}
+
+fn build_ring(hosts: &[Arc<Host>]) -> Vec<(u64, usize)> {
+    let total: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
+    let mut ring = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let entries = (RING_SIZE as u64 * u64::from(h.weight)).div_ceil(total.max(1));
+        let key = addr_key(&h.address);
+        for k in 0..entries {
+            ring.push((hash_of(&format!("{key}_{k}")), i));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// The Maglev lookup table (Eisenbud et al. 2016), weighted as Envoy does: each round a
+/// host claims its next preferred slot only while its share of claims stays within its
+/// share of the weight.
+fn build_maglev(hosts: &[Arc<Host>]) -> Vec<usize> {
+    let m = MAGLEV_SIZE;
+    if hosts.is_empty() {
+        return Vec::new();
+    }
+    let max_weight = hosts.iter().map(|h| h.weight).max().unwrap_or(1) as f64;
+    let prefs: Vec<(usize, usize)> = hosts
+        .iter()
+        .map(|h| {
+            let key = addr_key(&h.address);
+            let offset = (hash_of(&(&key, 0u8)) % m as u64) as usize;
+            let skip = (hash_of(&(&key, 1u8)) % (m as u64 - 1)) as usize + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0usize; hosts.len()];
+    let mut claimed = vec![0usize; hosts.len()];
+    let mut table = vec![usize::MAX; m];
+    let mut filled = 0;
+    let mut iteration = 0usize;
+    while filled < m {
+        for (i, h) in hosts.iter().enumerate() {
+            let share = f64::from(h.weight) / max_weight;
+            if ((iteration + 1) as f64 * share) < (claimed[i] + 1) as f64 {
+                continue;
+            }
+            let (offset, skip) = prefs[i];
+            loop {
+                let c = (offset + next[i] * skip) % m;
+                next[i] += 1;
+                if table[c] == usize::MAX {
+                    table[c] = i;
+                    claimed[i] += 1;
+                    filled += 1;
+                    break;
+                }
+            }
+            if filled == m {
+                break;
+            }
+        }
+        iteration += 1;
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Arc::new(Host::new(
+                    EndpointAddress::Socket(format!("10.0.0.{}:80", i + 1).parse().unwrap()),
+                    *w,
+                ))
+            })
+            .collect()
+    }
+
+    fn name(a: &Active) -> String {
+        addr_key(&a.host().address)
+    }
+
+    fn counts(
+        b: &Balancer,
+        n: usize,
+        hash: impl Fn(usize) -> Option<u64>,
+    ) -> HashMap<String, usize> {
+        let mut c = HashMap::new();
+        for i in 0..n {
+            *c.entry(name(&b.pick(hash(i), &|_| false).unwrap()))
+                .or_default() += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn weighted_round_robin_is_exact_and_spread() {
+        let b = Balancer::new(LbPolicy::RoundRobin, hosts(&[1, 2, 3]), None);
+        let c = counts(&b, 600, |_| None);
+        assert_eq!(c["10.0.0.1:80"], 100);
+        assert_eq!(c["10.0.0.2:80"], 200);
+        assert_eq!(c["10.0.0.3:80"], 300);
+        // Smooth: the heaviest host never gets more than 2 in a row.
+        let order = interleave(&hosts(&[1, 2, 3]));
+        assert_eq!(order.len(), 6);
+        assert!(
+            order.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
+            "{order:?}"
+        );
+    }
+
+    #[test]
+    fn random_follows_weights() {
+        let b = Balancer::new(LbPolicy::Random, hosts(&[1, 3]), None);
+        let c = counts(&b, 8000, |_| None);
+        let share = c["10.0.0.2:80"] as f64 / 8000.0;
+        assert!((share - 0.75).abs() < 0.03, "{c:?}");
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_host() {
+        let b = Balancer::new(LbPolicy::LeastRequest, hosts(&[1, 1, 1]), None);
+        // Hold 50 requests on host 1.
+        let held: Vec<Active> = (0..50)
+            .map(|_| {
+                let a = b
+                    .pick(None, &|h| addr_key(&h.address) != "10.0.0.1:80")
+                    .unwrap();
+                assert_eq!(name(&a), "10.0.0.1:80");
+                a
+            })
+            .collect();
+        let c = counts(&b, 3000, |_| None);
+        // Picked only when both choices are host 1: 1/9 of the time.
+        let busy = c.get("10.0.0.1:80").copied().unwrap_or(0) as f64 / 3000.0;
+        assert!(busy < 0.16, "{c:?}");
+        drop(held);
+        assert_eq!(b.hosts()[0].active(), 0);
+    }
+
+    #[test]
+    fn ring_hash_and_maglev_are_consistent() {
+        for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+            let b = Balancer::new(policy, hosts(&[1, 1, 1]), None);
+            // The same hash always goes to the same host.
+            for h in [1u64, 42, 7_000_000_007, u64::MAX] {
+                let first = name(&b.pick(Some(h), &|_| false).unwrap());
+                for _ in 0..5 {
+                    assert_eq!(name(&b.pick(Some(h), &|_| false).unwrap()), first);
+                }
+            }
+            // Hashes spread roughly evenly.
+            let c = counts(&b, 3000, |i| Some(hash_of(&i)));
+            for (host, n) in &c {
+                assert!((700..=1300).contains(n), "{policy:?} {host}: {c:?}");
+            }
+            // Removing one host moves only (about) its share of keys.
+            let fewer = Balancer::new(policy, hosts(&[1, 1]), None);
+            let moved = (0..3000)
+                .filter(|i| {
+                    let h = Some(hash_of(i));
+                    let before = name(&b.pick(h, &|_| false).unwrap());
+                    let after = name(&fewer.pick(h, &|_| false).unwrap());
+                    before != "10.0.0.3:80" && before != after
+                })
+                .count();
+            assert!(
+                moved < 300,
+                "{policy:?}: {moved} keys of surviving hosts moved"
+            );
+        }
+    }
+
+    #[test]
+    fn maglev_follows_weights() {
+        let b = Balancer::new(LbPolicy::Maglev, hosts(&[1, 3]), None);
+        let heavy = b.maglev.iter().filter(|&&i| i == 1).count() as f64 / MAGLEV_SIZE as f64;
+        assert!((heavy - 0.75).abs() < 0.02, "{heavy}");
+    }
+
+    fn outlier() -> OutlierDetection {
+        OutlierDetection {
+            consecutive_5xx: 3,
+            base_ejection_time: Duration::from_millis(50),
+            max_ejection_time: Duration::from_millis(500),
+            max_ejection_percent: 50,
+            ..OutlierDetection::default()
+        }
+    }
+
+    #[test]
+    fn consecutive_errors_eject_for_growing_times() {
+        let b = Balancer::new(LbPolicy::RoundRobin, hosts(&[1, 1]), Some(outlier()));
+        let bad = b.hosts()[0].clone();
+        b.report(&bad, Report::ServerError);
+        b.report(&bad, Report::Success);
+        b.report(&bad, Report::ServerError);
+        b.report(&bad, Report::ServerError);
+        assert!(
+            !bad.is_ejected(Instant::now()),
+            "a success resets the count"
+        );
+        b.report(&bad, Report::GatewayError);
+        assert!(bad.is_ejected(Instant::now()));
+        assert_eq!(bad.ejections(), 1);
+        let c = counts(&b, 10, |_| None);
+        assert_eq!(c.get("10.0.0.1:80"), None, "an ejected host is not picked");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            !bad.is_ejected(Instant::now()),
+            "back after base_ejection_time"
+        );
+        for _ in 0..3 {
+            b.report(&bad, Report::ServerError);
+        }
+        assert_eq!(bad.ejections(), 2);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            bad.is_ejected(Instant::now()),
+            "the second ejection lasts 2 x base"
+        );
+    }
+
+    #[test]
+    fn max_ejection_percent_and_panic() {
+        let b = Balancer::new(LbPolicy::RoundRobin, hosts(&[1, 1]), Some(outlier()));
+        for h in b.hosts().to_vec() {
+            for _ in 0..3 {
+                b.report(&h, Report::ServerError);
+            }
+        }
+        // 50% of 2 hosts: only one may be out.
+        let ejected = b
+            .hosts()
+            .iter()
+            .filter(|h| h.is_ejected(Instant::now()))
+            .count();
+        assert_eq!(ejected, 1);
+        // With every host excluded the balancer still answers (panic mode).
+        assert!(b.pick(None, &|_| true).is_some());
+    }
+}
