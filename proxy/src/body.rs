@@ -50,6 +50,59 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
     }
 }
 
+/// The request details an access-log line adds to the golden-metric record.
+#[derive(Debug, Clone)]
+pub(crate) struct AccessInfo {
+    pub(crate) start: std::time::SystemTime,
+    pub(crate) method: String,
+    pub(crate) authority: String,
+    pub(crate) path: String,
+    pub(crate) downstream: std::net::SocketAddr,
+    pub(crate) original_dst: std::net::SocketAddr,
+    pub(crate) upstream: Option<std::net::SocketAddr>,
+    pub(crate) cluster: Option<String>,
+    /// Time until the response headers.
+    pub(crate) headers_after: std::time::Duration,
+}
+
+impl AccessInfo {
+    /// One JSON line on the `myelin::access` target.
+    fn log(&self, r: &RequestRecord) {
+        let since_epoch = self
+            .start
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let line = serde_json::json!({
+            "start_time_unix_ms": since_epoch.as_millis() as u64,
+            "method": self.method,
+            "authority": self.authority,
+            "path": self.path,
+            "protocol": r.request_protocol,
+            "response_code": r.response_code,
+            "grpc_status": r.grpc_status,
+            "response_flags": r.response_flags,
+            "bytes_received": r.request_bytes,
+            "bytes_sent": r.response_bytes,
+            "duration_ms": r.duration.as_secs_f64() * 1000.0,
+            "response_headers_ms": self.headers_after.as_secs_f64() * 1000.0,
+            "downstream": self.downstream.to_string(),
+            "original_dst": self.original_dst.to_string(),
+            "upstream": self.upstream.map(|u| u.to_string()),
+            "cluster": self.cluster,
+            "reporter": r.reporter,
+            "source_workload": &*r.source_workload,
+            "source_namespace": &*r.source_namespace,
+            "source_principal": &*r.source_principal,
+            "destination_workload": &*r.destination_workload,
+            "destination_namespace": &*r.destination_namespace,
+            "destination_service": &*r.destination_service,
+            "destination_principal": &*r.destination_principal,
+            "connection_security_policy": r.connection_security_policy,
+        });
+        tracing::info!(target: "myelin::access", "{line}");
+    }
+}
+
 /// A response body that records its request in the golden metrics once: when it ends,
 /// fails, or is dropped (the client went away), with the response size, the gRPC status
 /// from the trailers and the time since the request started.
@@ -60,6 +113,8 @@ pub(crate) struct MeteredBody<B> {
 
 struct Pending {
     record: RequestRecord,
+    /// What the access log adds to the record; `None`: access log off.
+    access: Option<AccessInfo>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
@@ -70,6 +125,7 @@ impl<B> MeteredBody<B> {
     pub(crate) fn new(
         inner: B,
         record: RequestRecord,
+        access: Option<AccessInfo>,
         start: Instant,
         request_bytes: Arc<AtomicU64>,
         golden: Arc<GoldenMetrics>,
@@ -78,6 +134,7 @@ impl<B> MeteredBody<B> {
             inner,
             pending: Some(Pending {
                 record,
+                access,
                 start,
                 request_bytes,
                 response_bytes: 0,
@@ -93,6 +150,9 @@ impl<B> MeteredBody<B> {
             r.request_bytes = p.request_bytes.load(Ordering::Relaxed);
             r.response_bytes = p.response_bytes;
             p.golden.record_request(&r);
+            if let Some(a) = p.access {
+                a.log(&r);
+            }
         }
     }
 }

@@ -38,7 +38,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use crate::body::{CountingBody, MeteredBody};
+use crate::body::{AccessInfo, CountingBody, MeteredBody};
 use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{ProxyBody, ProxyError, Side};
@@ -122,6 +122,9 @@ struct Destination {
     workload: Arc<str>,
     namespace: Arc<str>,
     service: Arc<str>,
+    /// The first attempt's endpoint and its cluster (for the access log).
+    upstream: Option<SocketAddr>,
+    cluster: Option<String>,
 }
 
 /// Whether a request is gRPC (`content-type: application/grpc[+proto|...]`).
@@ -200,6 +203,8 @@ impl HttpConn {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let grpc = is_grpc(req.headers());
+        let started_at = std::time::SystemTime::now();
+        let authority_seen = authority(&req).to_owned();
         let request_bytes = Arc::new(AtomicU64::new(0));
         let req = req.map(|b| CountingBody::new(b, request_bytes.clone()));
         let fallback = self.destination(None, None, authority(&req));
@@ -241,6 +246,7 @@ impl HttpConn {
             flags,
             duration_ms = elapsed.as_millis() as u64,
         );
+        let (dest_upstream, dest_cluster) = (dest.upstream, dest.cluster.clone());
         let record = RequestRecord {
             reporter: "source",
             source_workload: self.source.workload.clone(),
@@ -265,8 +271,21 @@ impl HttpConn {
             request_bytes: 0,
             response_bytes: 0,
         };
+        let access = self.config.access_log.then(|| AccessInfo {
+            start: started_at,
+            method: method.to_string(),
+            authority: authority_seen,
+            path: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            downstream: self.peer,
+            original_dst: self.dst,
+            upstream: dest_upstream,
+            cluster: dest_cluster,
+            headers_after: elapsed,
+        });
         let golden = self.golden.clone();
-        resp.map(|b| MeteredBody::new(b, record, start, request_bytes, golden).boxed())
+        resp.map(|b| MeteredBody::new(b, record, access, start, request_bytes, golden).boxed())
     }
 
     /// Routes and forwards one request: the response and its response flags.
@@ -359,6 +378,8 @@ impl HttpConn {
             } else {
                 service.into()
             },
+            upstream: addr,
+            cluster: cluster.map(str::to_owned),
         }
     }
 

@@ -184,7 +184,8 @@ async fn try_handle(
             match upstream {
                 Ok(upstream) => {
                     let golden = tcp_golden(inner, &source, upstream.addr, tcp_service.as_deref());
-                    Box::pin(tcp::forward(
+                    let opened = Instant::now();
+                    let res = Box::pin(tcp::forward(
                         stream,
                         peer,
                         upstream.addr,
@@ -193,7 +194,27 @@ async fn try_handle(
                         metrics,
                         golden,
                     ))
-                    .await
+                    .await;
+                    if config.access_log {
+                        let (sent, received) = res
+                            .as_ref()
+                            .map_or((None, None), |(s, r)| (Some(*s), Some(*r)));
+                        let line = serde_json::json!({
+                            "kind": "tcp",
+                            "downstream": peer.to_string(),
+                            "original_dst": dst.to_string(),
+                            "upstream": upstream.addr.to_string(),
+                            "cluster": tcp_service,
+                            "source_workload": &*source.workload,
+                            "source_namespace": &*source.namespace,
+                            "bytes_sent": sent,
+                            "bytes_received": received,
+                            "duration_ms": opened.elapsed().as_secs_f64() * 1000.0,
+                            "error": res.as_ref().err().map(ToString::to_string),
+                        });
+                        tracing::info!(target: "myelin::access", "{line}");
+                    }
+                    res.map(drop)
                 }
                 Err(e) => {
                     if let ProxyError::Unrouted { reason, .. } = &e {

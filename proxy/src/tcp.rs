@@ -51,7 +51,8 @@ pub(crate) fn reset_on_close(stream: &TcpStream) {
     }
 }
 
-/// Forwards an opaque connection to `dst` until both directions have ended.
+/// Forwards an opaque connection to `dst` until both directions have ended: the bytes
+/// the client sent and received.
 pub(crate) async fn forward(
     downstream: Rewind<TcpStream>,
     peer: SocketAddr,
@@ -60,7 +61,7 @@ pub(crate) async fn forward(
     connect_timeout: Duration,
     metrics: &Arc<ProxyMetrics>,
     golden: TcpCounters,
-) -> Result<(), ProxyError> {
+) -> Result<(u64, u64), ProxyError> {
     golden.opened.inc();
     // Closed whatever happens below, once.
     let _closed = CloseOnDrop(golden.closed.clone());
@@ -93,7 +94,7 @@ pub(crate) async fn forward(
     match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         Ok((sent, received)) => {
             debug!(%peer, %dst, sent, received, "opaque connection closed");
-            Ok(())
+            Ok((sent, received))
         }
         Err(source) => {
             // One side broke (typically a reset): pass the reset on to both.

@@ -127,7 +127,7 @@ pub enum RoutingPriority {
 }
 
 /// Circuit-breaker limits (Envoy defaults 1024, 1024, 1024, 3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Thresholds {
     /// Which priority.
     pub priority: RoutingPriority,
@@ -139,6 +139,18 @@ pub struct Thresholds {
     pub max_requests: u32,
     /// Retries in flight.
     pub max_retries: u32,
+    /// When set, replaces `max_retries`: retries in flight may be this share of the
+    /// requests in flight, but at least its `min_retry_concurrency`.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Envoy's `retry_budget`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryBudget {
+    /// Percent of active requests that may be retries (default 20).
+    pub budget_percent: f64,
+    /// Retries always allowed in flight (default 3).
+    pub min_retry_concurrency: u32,
 }
 
 impl Thresholds {
@@ -150,6 +162,7 @@ impl Thresholds {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct ProxyConfig {
     /// (`spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`). Default
     /// `cluster.local`.
     pub trust_domain: String,
+    /// Write one JSON access-log line per request and per opaque connection on the
+    /// tracing target `myelin::access`. Default off.
+    pub access_log: bool,
     // Built from `workloads` at construction; the reason `workloads` is private.
     #[serde(skip)]
     by_ip: HashMap<IpAddr, usize>,
@@ -97,6 +100,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             drain_deadline: Duration::from_secs(5),
             trust_domain: "cluster.local".into(),
+            access_log: false,
             by_ip: HashMap::new(),
         }
     }
@@ -247,6 +251,7 @@ mod tests {
                 "connect_timeout": "5s",
                 "drain_deadline": "5s",
                 "trust_domain": "cluster.local",
+                "access_log": false,
             })
         );
         let back: Workload = serde_json::from_value(json["workloads"][0].clone()).unwrap();

@@ -338,9 +338,28 @@ impl ClusterTarget {
             .is_ok()
     }
 
-    /// Starts a retry if the cluster's `max_retries` allows one more in flight.
+    /// Retries allowed in flight now: the retry budget's share of the requests in flight
+    /// (at least its minimum concurrency) when the cluster has one, else `max_retries`.
+    pub fn retry_limit(&self) -> usize {
+        let budget = self
+            .cluster
+            .circuit_breakers
+            .iter()
+            .find(|t| t.priority == crate::model::cluster::RoutingPriority::Default)
+            .and_then(|t| t.retry_budget.as_ref());
+        match budget {
+            Some(b) => {
+                let active = self.counters.requests.load(Ordering::Relaxed) as f64;
+                let share = (active * b.budget_percent / 100.0) as usize;
+                share.max(b.min_retry_concurrency as usize)
+            }
+            None => self.max_retries(),
+        }
+    }
+
+    /// Starts a retry if the cluster's retry limit allows one more in flight.
     pub fn try_retry(&self) -> Option<InFlight> {
-        Self::admit(&self.counters.retries, self.max_retries()).then(|| InFlight {
+        Self::admit(&self.counters.retries, self.retry_limit()).then(|| InFlight {
             counters: self.counters.clone(),
             retry: true,
         })
@@ -636,6 +655,44 @@ mod tests {
         let dst: SocketAddr = "10.1.2.3:8080".parse().unwrap();
         assert_eq!(c.pick(Some(dst)), Some(EndpointAddress::Socket(dst)));
         assert_eq!(c.pick(None), None);
+    }
+
+    #[test]
+    fn retry_budget_scales_with_requests_in_flight() {
+        use crate::model::cluster::{RetryBudget, RoutingPriority, Thresholds};
+        let mut c = (*cluster("c", Discovery::Static)).clone();
+        c.circuit_breakers = vec![Thresholds {
+            retry_budget: Some(RetryBudget {
+                budget_percent: 50.0,
+                min_retry_concurrency: 1,
+            }),
+            ..Thresholds::envoy_default(RoutingPriority::Default)
+        }];
+        let t = Traffic::build(
+            TrafficInput {
+                clusters: vec![Arc::new(c)],
+                ..Default::default()
+            },
+            None,
+        );
+        let c = t.cluster("c").unwrap();
+        assert_eq!(c.retry_limit(), 1, "the minimum with nothing in flight");
+        let requests: Vec<_> = (0..10).map(|_| c.try_request().unwrap()).collect();
+        assert_eq!(c.retry_limit(), 5);
+        let retries: Vec<_> = (0..5).map(|_| c.try_retry().unwrap()).collect();
+        assert!(c.try_retry().is_none(), "the budget is spent");
+        drop(retries);
+        drop(requests);
+        assert_eq!(c.retry_limit(), 1);
+        // Without a budget: max_retries (Envoy's default 3).
+        let plain = Traffic::build(
+            TrafficInput {
+                clusters: vec![cluster("p", Discovery::Static)],
+                ..Default::default()
+            },
+            None,
+        );
+        assert_eq!(plain.cluster("p").unwrap().retry_limit(), 3);
     }
 
     #[test]

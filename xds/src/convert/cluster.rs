@@ -375,7 +375,6 @@ fn breakers(cx: &mut Cx, cb: Option<&pb::CircuitBreakers>) -> Vec<mc::Thresholds
             track_remaining: _,
             max_connection_pools,
         } = t;
-        cx.unsupported(&tp, "retry_budget", retry_budget);
         cx.unsupported(&tp, "max_connection_pools", max_connection_pools);
         let priority = match core::RoutingPriority::try_from(*priority) {
             Ok(core::RoutingPriority::High) => mc::RoutingPriority::High,
@@ -392,6 +391,10 @@ fn breakers(cx: &mut Cx, cb: Option<&pb::CircuitBreakers>) -> Vec<mc::Thresholds
                 .map_or(d.max_pending_requests, |v| v.value),
             max_requests: max_requests.as_ref().map_or(d.max_requests, |v| v.value),
             max_retries: max_retries.as_ref().map_or(d.max_retries, |v| v.value),
+            retry_budget: retry_budget.as_ref().map(|b| mc::RetryBudget {
+                budget_percent: b.budget_percent.as_ref().map_or(20.0, |p| p.value),
+                min_retry_concurrency: b.min_retry_concurrency.as_ref().map_or(3, |v| v.value),
+            }),
         };
         if let Some(slot) = out.iter_mut().find(|o| o.priority == priority) {
             *slot = t;

@@ -188,6 +188,12 @@ fn cluster_supported_fields() {
                 pb::circuit_breakers::Thresholds {
                     priority: core::RoutingPriority::High as i32,
                     max_requests: u32v(7),
+                    retry_budget: Some(pb::circuit_breakers::thresholds::RetryBudget {
+                        budget_percent: Some(xds_api::pb::envoy::r#type::v3::Percent {
+                            value: 25.0,
+                        }),
+                        min_retry_concurrency: None,
+                    }),
                     ..Default::default()
                 },
             ],
@@ -242,6 +248,10 @@ fn cluster_supported_fields() {
             },
             mc::Thresholds {
                 max_requests: 7,
+                retry_budget: Some(mc::RetryBudget {
+                    budget_percent: 25.0,
+                    min_retry_concurrency: 3,
+                }),
                 ..mc::Thresholds::envoy_default(mc::RoutingPriority::High)
             },
         ]
