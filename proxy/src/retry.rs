@@ -106,6 +106,10 @@ fn matches(cond: &str, policy: &RetryPolicy, outcome: Outcome) -> bool {
         },
         "reset" => matches!(outcome, Reset | PerTryTimeout),
         "connect-failure" => outcome == ConnectFailure,
+        // Nothing reached the upstream: a failed connect, or a stream it refused.
+        "reset-before-request" => matches!(outcome, ConnectFailure | RefusedStream),
+        // Envoy's own rate limiting and HTTP/3 do not exist here: never true.
+        "envoy-ratelimited" | "http3-post-connect-failure" => false,
         "refused-stream" => outcome == RefusedStream,
         "retriable-4xx" => {
             matches!(outcome, Response { status, .. } if status == StatusCode::CONFLICT)
@@ -317,6 +321,9 @@ mod tests {
             ("reset", resp(503), false),
             ("connect-failure", ConnectFailure, true),
             ("connect-failure", Reset, false),
+            ("reset-before-request", ConnectFailure, true),
+            ("reset-before-request", RefusedStream, true),
+            ("reset-before-request", Reset, false),
             ("refused-stream", RefusedStream, true),
             ("refused-stream", Reset, false),
             ("retriable-4xx", resp(409), true),
