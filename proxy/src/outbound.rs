@@ -111,14 +111,26 @@ async fn try_handle(
     }
 
     let start = Instant::now();
-    let (protocol, stream) = detect::detect(stream, config.sniff_timeout)
-        .await
-        .map_err(|source| ProxyError::Sniff { peer, source })?;
+    let (protocol, stream) = if listener.as_deref().is_some_and(declares_opaque) {
+        // The listener declares the protocol: only TCP proxies, no chain looks at what
+        // the client sends. No sniffing, so a server-first protocol waits for nothing.
+        (
+            Protocol::Opaque,
+            crate::stream::Rewind::new(bytes::Bytes::new(), stream),
+        )
+    } else {
+        let detected = detect::detect(stream, config.sniff_timeout)
+            .await
+            .map_err(|source| ProxyError::Sniff { peer, source })?;
+        metrics
+            .protocol_detect_duration
+            .get_or_create(&ProtocolLabels {
+                protocol: detected.0,
+            })
+            .observe(start.elapsed().as_secs_f64());
+        detected
+    };
     let labels = ProtocolLabels { protocol };
-    metrics
-        .protocol_detect_duration
-        .get_or_create(&labels)
-        .observe(start.elapsed().as_secs_f64());
 
     let plan = match &listener {
         None => Plan::Passthrough,
@@ -228,6 +240,24 @@ async fn try_handle(
     };
     metrics.connections_closed.get_or_create(&labels).inc();
     res
+}
+
+/// Whether every filter chain of `l` is a TCP proxy chosen without looking at the bytes
+/// (no `transport_protocol`, no `application_protocols`): the connection is opaque by
+/// declaration.
+fn declares_opaque(l: &Listener) -> bool {
+    let chains = || {
+        l.filter_chains
+            .iter()
+            .chain(l.default_filter_chain.as_ref())
+    };
+    chains().next().is_some()
+        && chains().all(|c| {
+            matches!(c.filter, NetworkFilter::TcpProxy(_))
+                && c.filter_chain_match.transport_protocol.is_none()
+                && c.filter_chain_match.application_protocols.is_empty()
+                && c.filter_chain_match.server_names.is_empty()
+        })
 }
 
 /// What serves a connection.

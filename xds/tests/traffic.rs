@@ -192,6 +192,20 @@ async fn eds_change_keeps_open_connections() {
     // The keep-alive HTTP connection's next request goes to the new endpoint.
     assert_eq!(http.get("web", "/").await.unwrap().1, "h2");
     assert_eq!(h1.hits.load(Ordering::Relaxed), 1);
+    // The TCP listener declares its protocol (TCP proxy chains only): its connections
+    // are not sniffed; the HTTP listener's are.
+    assert_eq!(
+        node.metric("myelin_proxy_connections_opened_total{protocol=\"opaque\"}"),
+        2.0
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_protocol_detect_duration_seconds_count{protocol=\"opaque\"}"),
+        0.0
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_protocol_detect_duration_seconds_count{protocol=\"http1\"}"),
+        1.0
+    );
 }
 
 async fn exchange(stream: &mut TcpStream, msg: &str) -> String {
