@@ -11,7 +11,8 @@
 //!
 //! The `myelin-podtool` binary of this package is the traffic generator and the
 //! servers used inside pods; `py/blocking_client.py` is the Python equivalent of
-//! its clients.
+//! its clients; `py/grpc_echo.py` (grpcio) and `py/ws_echo.py` (websockets) are the
+//! gRPC and WebSocket servers and clients of the L7 suite.
 //!
 //! Tests gate on [`testbed_ready`]: without root or a tool they fail when `CI=true`
 //! and return early otherwise.
@@ -119,6 +120,35 @@ pub fn check_prerequisites(tools: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Fails unless [`system_python`] can import every module in `modules`.
+pub fn check_python_modules(modules: &[&str]) -> Result<()> {
+    if modules.is_empty() {
+        return Ok(());
+    }
+    let out = system_python()
+        .arg("-c")
+        .arg(format!("import {}", modules.join(", ")))
+        .output()
+        .with_context(|| format!("running {SYSTEM_PYTHON}"))?;
+    if !out.status.success() {
+        bail!(
+            "{SYSTEM_PYTHON} cannot import {} (install the Debian packages, see scripts/setup.sh): {}",
+            modules.join(", "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The interpreter of Debian's `python3-*` packages (`python3-grpcio`, `python3-websockets`).
+/// Not `python3` from `PATH`: a pyenv or venv interpreter found first does not see them.
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// A `Command` for [`SYSTEM_PYTHON`].
+pub fn system_python() -> Command {
+    Command::new(SYSTEM_PYTHON)
+}
+
 fn find_in_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -130,7 +160,13 @@ fn find_in_path(tool: &str) -> Option<PathBuf> {
 /// cannot: panics if `CI` is `true` (in CI a skipped privileged test is a failure),
 /// otherwise prints why and returns `false` so the test can return early.
 pub fn testbed_ready(tools: &[&str]) -> bool {
-    match check_prerequisites(tools) {
+    testbed_ready_with_python(tools, &[])
+}
+
+/// [`testbed_ready`], and also the Python `modules` (e.g. `grpc`, `websockets`) importable
+/// by [`system_python`].
+pub fn testbed_ready_with_python(tools: &[&str], modules: &[&str]) -> bool {
+    match check_prerequisites(tools).and_then(|()| check_python_modules(modules)) {
         Ok(()) => true,
         Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
             panic!("test bed prerequisites missing in CI: {e:#}")
@@ -180,6 +216,11 @@ pub fn python_client_path() -> &'static Path {
         env!("CARGO_MANIFEST_DIR"),
         "/py/blocking_client.py"
     ))
+}
+
+/// Path of a Python helper in `py/` of this package (e.g. `grpc_echo.py`).
+pub fn py_script(name: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/py")).join(name)
 }
 
 /// Teardown warnings: to `tracing` when a subscriber is installed, else stderr, so

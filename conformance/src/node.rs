@@ -349,6 +349,11 @@ impl Pod {
         crate::json_output(&self.run(cmd)?, &what)
     }
 
+    /// Sets a sysctl of the pod's netns (`key` dotted, e.g. `net.ipv6.conf.all.disable_ipv6`).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        sys::sysctl_in(&self.netns_path(), key, value)
+    }
+
     /// `(rx, tx)` byte counters of the pod's `eth0`.
     pub fn veth_bytes(&self) -> Result<(u64, u64)> {
         let v = sys::ip_json(Some(&self.netns), &["-s", "link", "show", "dev", POD_IFACE])?;
