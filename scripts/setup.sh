@@ -6,8 +6,11 @@ set -euo pipefail
 need_apt=()
 # llvm-22-dev: bpf-linker; curl, wrk, nghttp2-client, python3: real clients in tests and
 # benchmarks; nginx: the benchmark's server; iproute2, util-linux (nsenter): the test bed;
-# prometheus: promtool and a real scrape (L7 issue).
-for pkg in llvm-22-dev curl python3 iproute2 util-linux wrk nghttp2-client nginx prometheus; do
+# prometheus: promtool and a real scrape (L7 issue); nghttp2-server (nghttpd),
+# python3-grpcio, python3-websockets: the L7 suite's HTTP/2 server, gRPC and WebSocket
+# clients and servers (conformance/tests/l7.rs; the Python ones run on /usr/bin/python3).
+for pkg in llvm-22-dev curl python3 iproute2 util-linux wrk nghttp2-client nginx prometheus \
+    nghttp2-server python3-grpcio python3-websockets; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
