@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use myelin_proxy::golden::{GuardConfig, Naming};
 use myelin_proxy::model::{cluster::Discovery, endpoint::EndpointAddress};
 use myelin_xds::bootstrap::{AdsApi, Bootstrap, Node};
 use serde::{Deserialize, Serialize};
@@ -100,8 +101,84 @@ pub struct Myelin {
     /// Protocol detection timeout in milliseconds (server-first protocols wait this long).
     #[serde(default = "default_sniff_ms")]
     pub protocol_detection_timeout_ms: u64,
+    /// The SPIFFE trust domain of workload identities
+    /// (`spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`).
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// The golden metrics: names and cardinality guard.
+    #[serde(default)]
+    pub metrics: MetricsSection,
     #[serde(default)]
     pub workloads: Vec<WorkloadSection>,
+}
+
+/// `myelin.metrics`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `myelin` (`myelin_requests_total`, seconds) or `istio` (`istio_requests_total`,
+    /// milliseconds, Istio's label names).
+    #[serde(default)]
+    pub naming: MetricsNaming,
+    /// Label sets per golden metric; new ones beyond it are recorded under one overflow set.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// Label sets not updated for this long are removed (`30s`, `10m`, `1h`, `1h30m`).
+    #[serde(default = "default_idle_expiry")]
+    pub idle_expiry: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            naming: MetricsNaming::default(),
+            max_series: default_max_series(),
+            idle_expiry: default_idle_expiry(),
+        }
+    }
+}
+
+/// `myelin.metrics.naming`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsNaming {
+    /// Myelin's names.
+    #[default]
+    Myelin,
+    /// Istio's standard metric and label names, for existing dashboards.
+    Istio,
+}
+
+impl From<MetricsNaming> for Naming {
+    fn from(n: MetricsNaming) -> Naming {
+        match n {
+            MetricsNaming::Myelin => Naming::Myelin,
+            MetricsNaming::Istio => Naming::Istio,
+        }
+    }
+}
+
+/// The validated `myelin.metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MetricsConfig {
+    pub naming: MetricsNaming,
+    pub max_series: usize,
+    #[serde(serialize_with = "duration_secs")]
+    pub idle_expiry: Duration,
+}
+
+impl MetricsConfig {
+    /// The golden metrics' cardinality guard.
+    pub fn guard(&self) -> GuardConfig {
+        GuardConfig {
+            max_series: self.max_series,
+            idle_expiry: self.idle_expiry,
+        }
+    }
+}
+
+fn duration_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}s", d.as_secs_f64()))
 }
 
 /// `myelin.node`.
@@ -163,6 +240,15 @@ fn default_sniff_ms() -> u64 {
 fn default_sa() -> String {
     "default".into()
 }
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+fn default_max_series() -> usize {
+    10_000
+}
+fn default_idle_expiry() -> String {
+    "10m".into()
+}
 
 /// The validated, resolved configuration the agent runs with.
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +265,8 @@ pub struct Config {
     pub metrics_address: SocketAddr,
     pub uninstall_on_exit: bool,
     pub sniff_timeout: Duration,
+    pub trust_domain: String,
+    pub metrics: MetricsConfig,
     pub workloads: Vec<Workload>,
     /// Where ADS comes from, if `dynamic_resources.ads_config` is set.
     pub ads: Option<AdsTarget>,
@@ -299,6 +387,31 @@ impl Config {
                 ));
             }
         }
+        if let Err(reason) = check_trust_domain(&m.trust_domain) {
+            return Err(invalid("myelin.trust_domain", &m.trust_domain, &reason));
+        }
+        if m.metrics.max_series == 0 {
+            return Err(invalid(
+                "myelin.metrics.max_series",
+                &0,
+                "must be at least 1 (every new label set would be recorded as overflow)",
+            ));
+        }
+        let idle_expiry = parse_duration(&m.metrics.idle_expiry).map_err(|reason| {
+            invalid(
+                "myelin.metrics.idle_expiry",
+                &m.metrics.idle_expiry,
+                &reason,
+            )
+        })?;
+        if idle_expiry < Duration::from_secs(1) {
+            return Err(invalid(
+                "myelin.metrics.idle_expiry",
+                &m.metrics.idle_expiry,
+                "must be at least 1s (keep it well above the scrape interval: an expired \
+                 series starts again from zero)",
+            ));
+        }
         let mut workloads = Vec::new();
         let mut seen_ips = std::collections::HashMap::new();
         for (i, w) in m.workloads.iter().enumerate() {
@@ -362,6 +475,12 @@ impl Config {
             metrics_address: m.metrics_address,
             uninstall_on_exit: m.uninstall_on_exit,
             sniff_timeout: Duration::from_millis(m.protocol_detection_timeout_ms),
+            trust_domain: m.trust_domain,
+            metrics: MetricsConfig {
+                naming: m.metrics.naming,
+                max_series: m.metrics.max_series,
+                idle_expiry,
+            },
             workloads,
             ads,
             bootstrap,
@@ -457,6 +576,7 @@ impl Config {
         let mut pc = myelin_proxy::model::ProxyConfig::new(workloads)
             .expect("workload IPs are unique after validation");
         pc.sniff_timeout = self.sniff_timeout;
+        pc.trust_domain = self.trust_domain.clone();
         pc
     }
 }
@@ -599,6 +719,65 @@ fn admin_address(
     }
 }
 
+/// A SPIFFE trust domain name: lowercase letters, digits, dots, dashes and underscores
+/// (SPIFFE ID specification, section 2.1), at most 255 characters.
+fn check_trust_domain(td: &str) -> Result<(), String> {
+    if td.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if td.len() > 255 {
+        return Err("must be at most 255 characters".into());
+    }
+    if let Some(c) = td
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed: a SPIFFE trust domain has only lowercase letters, digits, \
+             '.', '-' and '_' (e.g. cluster.local)"
+        ));
+    }
+    Ok(())
+}
+
+/// A duration as Prometheus and Go write them: one or more NUMBER UNIT pairs, units `ms`,
+/// `s`, `m`, `h`, `d` (`500ms`, `30s`, `10m`, `1h30m`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    const HINT: &str = "expected a duration such as 30s, 10m, 1h or 1h30m (units ms, s, m, h, d)";
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(HINT.into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let unit_len = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        if digits == 0 || unit_len == 0 {
+            return Err(HINT.into());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| HINT.to_string())?;
+        let unit = match &rest[digits..digits + unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            _ => return Err(HINT.into()),
+        };
+        let part = u32::try_from(n)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or("too large")?;
+        total = total.checked_add(part).ok_or("too large")?;
+        rest = &rest[digits + unit_len..];
+    }
+    Ok(total)
+}
+
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let (ip, len) = s
         .split_once('/')
@@ -657,6 +836,119 @@ myelin:
         assert_eq!(c.admin_address, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(c.metrics_address, "127.0.0.1:15020".parse().unwrap());
         assert_eq!(c.proxy_config().workloads().len(), 3);
+        assert_eq!(c.trust_domain, "cluster.local");
+        assert_eq!(c.proxy_config().trust_domain, "cluster.local");
+        assert_eq!(
+            c.metrics,
+            MetricsConfig {
+                naming: MetricsNaming::Myelin,
+                max_series: 10_000,
+                idle_expiry: Duration::from_secs(600),
+            }
+        );
+    }
+
+    /// GOOD with `lines` added to Myelin's section.
+    fn with_myelin(lines: &str) -> String {
+        GOOD.replacen("  workloads:\n", &format!("{lines}  workloads:\n"), 1)
+    }
+
+    #[test]
+    fn metrics_and_trust_domain() {
+        let c = parse(&with_myelin(
+            "  trust_domain: prod.example-1.org\n  metrics: { naming: istio, max_series: 50, idle_expiry: 1h30m }\n",
+        ))
+        .unwrap();
+        assert_eq!(c.trust_domain, "prod.example-1.org");
+        let pc = c.proxy_config();
+        assert_eq!(
+            pc.principal(&pc.workloads()[0]),
+            "spiffe://prod.example-1.org/ns/demo/sa/default"
+        );
+        assert_eq!(c.metrics.naming, MetricsNaming::Istio);
+        assert_eq!(Naming::from(c.metrics.naming), Naming::Istio);
+        assert_eq!(c.metrics.guard().max_series, 50);
+        assert_eq!(c.metrics.guard().idle_expiry, Duration::from_secs(5400));
+        // Only the fields given change.
+        let c = parse(&with_myelin("  metrics: { idle_expiry: 45s }\n")).unwrap();
+        assert_eq!(c.metrics.naming, MetricsNaming::Myelin);
+        assert_eq!(c.metrics.max_series, 10_000);
+        assert_eq!(c.metrics.idle_expiry, Duration::from_secs(45));
+        let dump = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            dump["metrics"],
+            serde_json::json!({ "naming": "myelin", "max_series": 10000, "idle_expiry": "45s" })
+        );
+        assert_eq!(dump["trust_domain"], "cluster.local");
+    }
+
+    #[test]
+    fn bad_metrics_and_trust_domain_name_field_and_value() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "  metrics: { max_series: 0 }\n",
+                &["myelin.metrics.max_series = \"0\": must be at least 1"],
+            ),
+            (
+                "  metrics: { idle_expiry: 10x }\n",
+                &["myelin.metrics.idle_expiry = \"10x\": expected a duration such as 30s"],
+            ),
+            (
+                "  metrics: { idle_expiry: 500ms }\n",
+                &["myelin.metrics.idle_expiry = \"500ms\": must be at least 1s"],
+            ),
+            (
+                "  metrics: { idle_expiry: \"\" }\n",
+                &["myelin.metrics.idle_expiry = \"\": expected a duration"],
+            ),
+            (
+                "  metrics: { naming: prometheus }\n",
+                &["myelin.metrics.naming", "prometheus", "myelin", "istio"],
+            ),
+            (
+                "  metrics: { nameing: istio }\n",
+                &["myelin.metrics", "unknown field `nameing`"],
+            ),
+            (
+                "  trust_domain: Cluster.Local\n",
+                &["myelin.trust_domain = \"Cluster.Local\": 'C' is not allowed"],
+            ),
+            (
+                "  trust_domain: \"\"\n",
+                &["myelin.trust_domain = \"\": must not be empty"],
+            ),
+        ];
+        for (lines, wants) in cases {
+            let err = parse(&with_myelin(lines)).expect_err(lines).to_string();
+            for want in *wants {
+                assert!(
+                    err.contains(want),
+                    "{lines}: {err:?} should contain {want:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let ok: &[(&str, u64)] = &[
+            ("1s", 1_000),
+            ("500ms", 500),
+            ("10m", 600_000),
+            ("1h30m", 5_400_000),
+            ("2d", 172_800_000),
+            (" 90s ", 90_000),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(*ms)),
+                "{text}"
+            );
+        }
+        for bad in ["", "10", "m", "1.5h", "10 m", "-1s", "1y", "99999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     /// Each bad input names its field and value.
