@@ -18,7 +18,10 @@ use arc_swap::ArcSwap;
 use myelin_ebpf_loader::{
     cgroup_id, Counters, Dataplane, InstallOptions, OrigDstMap, WL_NO_SPLICE,
 };
-use myelin_proxy::{drain, metrics::ProxyMetrics, traffic::TrafficHandle, OrigDstLookup, Proxy};
+use myelin_proxy::{
+    drain, golden::GoldenMetrics, metrics::ProxyMetrics, traffic::TrafficHandle, OrigDstLookup,
+    Proxy,
+};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tracing::{error, info, warn};
@@ -98,6 +101,22 @@ impl OrigDstLookup for MapLookup {
     }
 }
 
+/// How often idle golden-metric series are looked for: half the expiry, between 1 s and
+/// 30 s. An idle series is gone at most one interval after `idle_expiry`.
+pub fn expiry_sweep_interval(idle_expiry: Duration) -> Duration {
+    (idle_expiry / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// Removes idle golden-metric series periodically (on the admin runtime).
+async fn expire_idle_series(golden: Arc<GoldenMetrics>, idle_expiry: Duration) {
+    let mut tick = tokio::time::interval(expiry_sweep_interval(idle_expiry));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        golden.expire_idle();
+    }
+}
+
 /// The cgroup v2 directory of the calling process.
 pub fn own_cgroup(cgroup2: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
@@ -157,6 +176,13 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let mut registry = Registry::default();
+    // The golden metrics carry their own prefix (`myelin_` or, with `naming: istio`,
+    // Istio's `istio_`), so they sit on the root registry.
+    let golden = Arc::new(GoldenMetrics::new(
+        &mut registry,
+        config.metrics.naming.into(),
+        config.metrics.guard(),
+    ));
     let sub = registry.sub_registry_with_prefix("myelin");
     let proxy_metrics = Arc::new(ProxyMetrics::new(sub));
     let splice_metrics = SpliceMetrics::new(sub);
@@ -187,6 +213,10 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         config.metrics_address,
         state.clone(),
         registry.clone(),
+        vec![Box::pin(expire_idle_series(
+            golden.clone(),
+            config.metrics.idle_expiry,
+        ))],
     )?;
 
     // The feed and the ADS client on their own runtime, like admin: control work off the data
@@ -207,6 +237,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         dp.clone(),
         proxy_config,
         proxy_metrics,
+        golden,
         traffic,
         splice_metrics,
         state.clone(),
@@ -234,6 +265,7 @@ async fn serve(
     dp: Arc<Mutex<Dataplane>>,
     proxy_config: Arc<myelin_proxy::model::ProxyConfig>,
     proxy_metrics: Arc<ProxyMetrics>,
+    golden: Arc<GoldenMetrics>,
     traffic: TrafficHandle,
     splice_metrics: SpliceMetrics,
     state: Arc<AgentState>,
@@ -257,7 +289,8 @@ async fn serve(
         Arc::new(MapLookup(orig_dst)),
         proxy_metrics,
     )
-    .with_traffic(traffic);
+    .with_traffic(traffic)
+    .with_golden(golden);
     let proxy_task = tokio::spawn(proxy.serve(listener, watch));
 
     let forced_off = opts.no_splice || config.splice == SpliceSetting::Off;
@@ -327,4 +360,22 @@ async fn serve(
     info!(?drained, "drained");
     proxy_task.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_interval_follows_the_expiry() {
+        let s = Duration::from_secs;
+        for (expiry, every) in [
+            (s(600), s(30)),
+            (s(40), s(20)),
+            (s(5), Duration::from_millis(2500)),
+            (s(1), s(1)),
+        ] {
+            assert_eq!(expiry_sweep_interval(expiry), every, "{expiry:?}");
+        }
+    }
 }
