@@ -77,6 +77,7 @@ fn envoy(services: &[Service]) -> String {
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {name}
+          upgrade_configs: [{{ upgrade_type: websocket }}]
           route_config:
             name: {name}
             virtual_hosts:

@@ -61,8 +61,9 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) enum Routing {
     /// To the connection's original destination (no listener claims it).
     Passthrough,
-    /// By the route configuration of the connection's filter chain.
-    Routes(RouteRef),
+    /// By the route configuration of the connection's filter chain; upgrades of the
+    /// listed types (`upgrade_configs`) are allowed.
+    Routes(RouteRef, Arc<[String]>),
 }
 
 /// The route configuration of an HTTP connection manager.
@@ -303,7 +304,18 @@ impl HttpConn {
                 let dest = self.destination(None, Some(self.dst), authority(&req));
                 return Ok((self.forward(target, req).await?, "-", dest));
             }
-            Routing::Routes(r) => r,
+            Routing::Routes(r, upgrades) => {
+                if let Some(kind) = upgrade_type(&req) {
+                    if !upgrades.contains(&kind) {
+                        // Envoy refuses an upgrade its connection manager was not
+                        // configured for.
+                        debug!(upgrade = %kind, "upgrade not allowed by upgrade_configs");
+                        let dest = self.destination(None, None, authority(&req));
+                        return Ok((local_response(403, String::new()), "-", dest));
+                    }
+                }
+                r
+            }
         };
         let (decision, first) = match self.decide(route_ref, &mut req).await? {
             Ok(decided) => decided,
@@ -852,6 +864,21 @@ fn is_upgrade_accepted(is_connect: bool, status: StatusCode) -> bool {
     } else {
         status == StatusCode::SWITCHING_PROTOCOLS
     }
+}
+
+/// The upgrade a request asks for, as `upgrade_configs` names it: `connect` for the
+/// CONNECT method, else the `Upgrade` header's value (lowercase).
+fn upgrade_type<B>(req: &Request<B>) -> Option<String> {
+    if !wants_upgrade(req) {
+        return None;
+    }
+    if req.method() == Method::CONNECT {
+        return Some("connect".into());
+    }
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
 }
 
 /// Whether the request asks for the connection to be taken over: `CONNECT`, or an

@@ -162,14 +162,14 @@ async fn try_handle(
             )
             .await
         }
-        Plan::Http(routes) => {
+        Plan::Http(routes, upgrades) => {
             // An HTTP connection manager serves HTTP/1 unless the client opened with the
             // HTTP/2 preface.
             let downstream = match protocol {
                 Protocol::Http2 => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            let routing = Routing::Routes(routes);
+            let routing = Routing::Routes(routes, upgrades);
             serve_http(
                 inner, stream, peer, dst, captured, routing, source, downstream, drain,
             )
@@ -264,8 +264,8 @@ fn declares_opaque(l: &Listener) -> bool {
 enum Plan {
     /// No listener: HTTP/1 or bytes to the original destination.
     Passthrough,
-    /// An HTTP connection manager.
-    Http(RouteRef),
+    /// An HTTP connection manager, and the upgrade types it allows.
+    Http(RouteRef, Arc<[String]>),
     /// A TCP proxy to a cluster.
     Tcp(TcpCluster),
 }
@@ -301,15 +301,18 @@ fn plan(
         NetworkFilter::TcpProxy(tp) => Plan::Tcp(tp.cluster.clone()),
         // An HTTP connection manager speaks HTTP whatever the sniffing said (Envoy does
         // not sniff either): bytes that are not HTTP/1 get hyper's error and a close.
-        NetworkFilter::HttpConnectionManager(hcm) => Plan::Http(match &hcm.route {
-            RouteSource::Rds(name) => RouteRef::Rds(name.clone()),
-            RouteSource::Inline(_) => RouteRef::Inline(
-                traffic
-                    .inline_route_table(&listener.name, index)
-                    .cloned()
-                    .expect("every inline route configuration is indexed at build"),
-            ),
-        }),
+        NetworkFilter::HttpConnectionManager(hcm) => Plan::Http(
+            match &hcm.route {
+                RouteSource::Rds(name) => RouteRef::Rds(name.clone()),
+                RouteSource::Inline(_) => RouteRef::Inline(
+                    traffic
+                        .inline_route_table(&listener.name, index)
+                        .cloned()
+                        .expect("every inline route configuration is indexed at build"),
+                ),
+            },
+            hcm.upgrade_types.clone().into(),
+        ),
     })
 }
 

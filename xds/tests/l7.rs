@@ -940,3 +940,39 @@ circuit_breakers: {thresholds: [{max_requests: 2}]}
     assert_eq!((ok, overflow), (2, 4), "{results:?}");
     assert_eq!(node.metric("myelin_proxy_request_overflow_total"), 4.0);
 }
+
+/// An upgrade the connection manager's `upgrade_configs` does not list is refused with
+/// 403 (as in Envoy) and never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfigured_upgrade_is_refused() {
+    let ms = std::time::Duration::from_millis;
+    let server = scripted("s", move |_| (200, ms(0))).await;
+    let cp = ControlPlane::start().await;
+    let node = retry_node(
+        &cp,
+        18130,
+        route_to("web", "web"),
+        eds_cluster("web"),
+        &[server.addr],
+    )
+    .await;
+    let stream = node.connect(vip(18130)).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let resp = sender
+        .send_request(
+            Request::get("/chat")
+                .header("host", "web")
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(server.requests.load(Ordering::SeqCst), 0);
+}

@@ -110,6 +110,10 @@ pub struct HttpConnectionManager {
     /// (`common_http_protocol_options.idle_timeout`); Envoy default 1 h, `None`: disabled.
     #[serde(serialize_with = "opt_duration_str")]
     pub idle_timeout: Option<Duration>,
+    /// Upgrade types (`Upgrade:` header values, lowercase, e.g. `websocket`; `connect` for
+    /// the CONNECT method) proxied upstream (`upgrade_configs`); other upgrades are
+    /// refused with 403, as in Envoy.
+    pub upgrade_types: Vec<String>,
 }
 
 /// Routes of an HTTP connection manager.

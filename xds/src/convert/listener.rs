@@ -487,7 +487,6 @@ fn http_connection_manager(
             "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
             *represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
         ),
-        ("upgrade_configs", !upgrade_configs.is_empty()),
         ("normalize_path", normalize_path.is_some()),
         ("merge_slashes", *merge_slashes),
         (
@@ -618,6 +617,25 @@ fn http_connection_manager(
             Some(ml::DEFAULT_STREAM_IDLE_TIMEOUT),
         ),
         idle_timeout,
+        upgrade_types: upgrade_configs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| {
+                let up = idx(p, "upgrade_configs", i);
+                if !u.filters.is_empty() {
+                    cx.reject(join(&up, "filters"), Reason::NotSupported);
+                }
+                if u.upgrade_type.is_empty() {
+                    cx.reject(join(&up, "upgrade_type"), Reason::Missing);
+                    return None;
+                }
+                // `enabled` defaults to true; a disabled type is the same as an absent one.
+                u.enabled
+                    .as_ref()
+                    .is_none_or(|e| e.value)
+                    .then(|| u.upgrade_type.to_ascii_lowercase())
+            })
+            .collect(),
     })
 }
 

@@ -294,8 +294,8 @@ fn rejections() {
             }),
             vec![
                 format!("{fc0}.use_remote_address: not supported"),
-                format!("{fc0}.upgrade_configs: not supported"),
                 format!("{fc0}.local_reply_config: not supported"),
+                format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
             ],
         ),
         (with_hcm(|h| h.codec_type = hcm::http_connection_manager::CodecType::Http2 as i32), vec![format!("{fc0}.codec_type: HTTP2 (Myelin detects the protocol; use AUTO) is not supported")]),
