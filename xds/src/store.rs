@@ -15,7 +15,9 @@
 //! changed ([`ResourceMap`] shares unchanged chunks of entries, so one EDS change out of
 //! 10,000 copies about a hundred pointers and one chunk, not 10,000 names), and a resource
 //! that did not change keeps its `Arc`, so consumers can tell "unchanged" with `Arc::ptr_eq`
-//! (an EDS update must not disturb listeners or open connections).
+//! (an EDS update must not disturb listeners or open connections). A resource whose encoded
+//! bytes are those of the entry in force (every SotW update resends the whole type) is not
+//! converted again: a keyed 64-bit hash of the bytes says so, as Envoy's cluster hash does.
 //!
 //! Static resources from the bootstrap ([`ConfigStore::load_static`]) carry version `static`;
 //! xDS cannot replace or remove them (an update of one is rejected by name, a removal is
@@ -26,6 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -59,6 +62,10 @@ pub struct Entry<T> {
     pub is_static: bool,
     /// The converted model; the same `Arc` for as long as the content does not change.
     pub resource: Arc<T>,
+    /// A keyed 64-bit hash of the encoded resource it was converted from (`None` for static
+    /// resources): the same bytes again (a SotW update resends every resource of the type)
+    /// skip the conversion, as Envoy skips clusters whose hash did not change.
+    digest: Option<u64>,
 }
 
 impl<T> Clone for Entry<T> {
@@ -68,6 +75,7 @@ impl<T> Clone for Entry<T> {
             updated: self.updated,
             is_static: self.is_static,
             resource: Arc::clone(&self.resource),
+            digest: self.digest,
         }
     }
 }
@@ -247,6 +255,7 @@ trait Kind: Sized + PartialEq + Send + Sync + 'static {
     fn from_converted(r: convert::Resource) -> Option<Self>;
     fn name(&self) -> &str;
     fn map(s: &mut Snapshot) -> &mut Arc<Resources<Self>>;
+    fn map_ref(s: &Snapshot) -> &Arc<Resources<Self>>;
 }
 
 macro_rules! kind {
@@ -265,6 +274,9 @@ macro_rules! kind {
             }
             fn map(s: &mut Snapshot) -> &mut Arc<Resources<Self>> {
                 &mut s.$field
+            }
+            fn map_ref(s: &Snapshot) -> &Arc<Resources<Self>> {
+                &s.$field
             }
         }
     };
@@ -297,6 +309,9 @@ pub struct ConfigStore {
     /// Serializes writers (apply, static loads): each builds on the snapshot it replaces.
     writer: Mutex<()>,
     changes: watch::Sender<u64>,
+    /// Keys the digests of encoded resources (random per store, so a control plane cannot
+    /// aim for collisions).
+    hasher: RandomState,
 }
 
 impl Default for ConfigStore {
@@ -312,6 +327,7 @@ impl ConfigStore {
             current: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
             changes: watch::Sender::new(0),
+            hasher: RandomState::new(),
         }
     }
 
@@ -377,12 +393,27 @@ impl ConfigStore {
         let now = SystemTime::now();
         let mut results = Vec::with_capacity(update.resources.len());
         let mut rejected = Vec::new();
-        let mut accepted: Vec<(String, String, T)> = Vec::new();
+        let mut accepted: Vec<(String, String, u64, Judged<T>)> = Vec::new();
         let mut seen = BTreeSet::new();
+        let loaded = self.current.load();
+        let existing = T::map_ref(&loaded);
         for r in update.resources {
-            let judged = judge::<T>(&r.name, &r.resource, &mut seen);
+            let digest = self.hasher.hash_one(r.resource.value.as_slice());
+            let judged = match precheck::<T>(&r.name, &r.resource, &mut seen) {
+                Err(reason) => Err(reason),
+                // The bytes the entry in force was converted from: no need to convert again
+                // (checked once more under the writer lock).
+                Ok(())
+                    if existing
+                        .get(&r.name)
+                        .is_some_and(|e| e.digest == Some(digest)) =>
+                {
+                    Ok(Judged::SameBytes(r.resource))
+                }
+                Ok(()) => convert_one::<T>(&r.name, &r.resource).map(Judged::Model),
+            };
             match judged {
-                Ok(model) => accepted.push((r.name, r.version, model)),
+                Ok(j) => accepted.push((r.name, r.version, digest, j)),
                 Err(reason) => {
                     results.push((r.name.clone(), Err(reason.clone())));
                     rejected.push(Rejected {
@@ -393,6 +424,7 @@ impl ConfigStore {
                 }
             }
         }
+        drop(loaded);
         let removed = update.removed;
         self.publish(|next| {
             if accepted.is_empty() && removed.is_empty() && rejected.is_empty() {
@@ -402,7 +434,35 @@ impl ConfigStore {
             // A cheap copy: chunks are shared until changed (`ResourceMap`).
             let map = Arc::make_mut(T::map(next));
             let mut changed = false;
-            for (name, version, model) in accepted {
+            for (name, version, digest, judged) in accepted {
+                let model = match judged {
+                    Judged::Model(m) => m,
+                    Judged::SameBytes(any) => match map.get(&name) {
+                        Some(old) if !old.is_static && old.digest == Some(digest) => {
+                            if old.version != version {
+                                let e = map.get_mut(&name).expect("present");
+                                e.version = version;
+                                e.updated = now;
+                                changed = true;
+                            }
+                            results.push((name, Ok(())));
+                            continue;
+                        }
+                        // Changed since the check (another writer): convert after all.
+                        _ => match convert_one::<T>(&name, &any) {
+                            Ok(m) => m,
+                            Err(reason) => {
+                                results.push((name.clone(), Err(reason.clone())));
+                                rejected.push(Rejected {
+                                    name,
+                                    version,
+                                    reason,
+                                });
+                                continue;
+                            }
+                        },
+                    },
+                };
                 let result = match map.get(&name) {
                     Some(old) if old.is_static => Err(format!(
                         "{} {name:?} is static (from the bootstrap) and cannot be replaced over xDS",
@@ -410,11 +470,14 @@ impl ConfigStore {
                     )),
                     Some(old) if *old.resource == model => {
                         // Same content: keep the Arc (consumers see it unchanged); a new
-                        // version is still the version in force.
+                        // version is still the version in force. (New bytes with the same
+                        // model, e.g. an ignored field changed: remember them only along with
+                        // a version change, which publishes anyway.)
                         if old.version != version {
                             let e = map.get_mut(&name).expect("present");
                             e.version = version.clone();
                             e.updated = now;
+                            e.digest = Some(digest);
                             changed = true;
                         }
                         Ok(())
@@ -427,6 +490,7 @@ impl ConfigStore {
                                 updated: now,
                                 is_static: false,
                                 resource: Arc::new(model),
+                                digest: Some(digest),
                             },
                         );
                         changed = true;
@@ -475,12 +539,20 @@ impl ConfigStore {
     }
 }
 
-/// Converts one resource of type `T`; `Err` is the NACK reason.
-fn judge<T: Kind>(
+/// What the store makes of one accepted resource before publishing.
+enum Judged<T> {
+    /// Converted.
+    Model(T),
+    /// The same bytes as the entry in force (kept to convert after all if that changed).
+    SameBytes(xds_api::pb::google::protobuf::Any),
+}
+
+/// The checks before conversion: a name once per update, the update's type.
+fn precheck<T: Kind>(
     name: &str,
     any: &xds_api::pb::google::protobuf::Any,
     seen: &mut BTreeSet<String>,
-) -> Result<T, String> {
+) -> Result<(), String> {
     if !seen.insert(name.to_owned()) {
         return Err("duplicate resource name in one update".into());
     }
@@ -491,6 +563,11 @@ fn judge<T: Kind>(
             T::TYPE_URL
         ));
     }
+    Ok(())
+}
+
+/// Converts one resource of type `T`; `Err` is the NACK reason.
+fn convert_one<T: Kind>(name: &str, any: &xds_api::pb::google::protobuf::Any) -> Result<T, String> {
     let converted = convert::any(any).map_err(|rs| {
         rs.iter()
             .map(ToString::to_string)
@@ -533,6 +610,7 @@ fn insert_static<T: Kind + Clone>(next: &mut Snapshot, items: &[T], now: SystemT
                 updated: now,
                 is_static: true,
                 resource: Arc::new(item.clone()),
+                digest: None,
             },
         );
     }
@@ -1115,6 +1193,59 @@ mod tests {
         let s3 = store.snapshot();
         assert_eq!(s3.generation, s2.generation);
         assert!(Arc::ptr_eq(&s2.clusters, &s3.clusters));
+    }
+
+    #[test]
+    fn resent_bytes_skip_the_conversion_but_not_the_checks() {
+        let store = ConfigStore::new();
+        let a = eds_cluster("a", "");
+        store.apply(type_url::CLUSTER, update(vec![res("a", "1", &a)], &[]));
+        let s1 = store.snapshot();
+        // The same bytes again (SotW): accepted as they are, new version, same Arc.
+        let results = store.apply(type_url::CLUSTER, update(vec![res("a", "2", &a)], &[]));
+        assert_eq!(results, [("a".to_owned(), Ok(()))]);
+        let s2 = store.snapshot();
+        assert_eq!(s2.version(type_url::CLUSTER, "a"), Some("2"));
+        assert!(Arc::ptr_eq(
+            s1.cluster("a").unwrap(),
+            s2.cluster("a").unwrap()
+        ));
+        // Checks that do not depend on the bytes still apply.
+        let results = store.apply(
+            type_url::CLUSTER,
+            update(vec![res("a", "3", &a), res("a", "3", &a)], &[]),
+        );
+        assert!(
+            results.contains(&(
+                "a".to_owned(),
+                Err("duplicate resource name in one update".into())
+            )),
+            "{results:?}"
+        );
+        // Rejected bytes are not remembered: sent again, they are judged (and rejected) again.
+        let bad = bad_cluster("a");
+        for v in ["4", "5"] {
+            let results = store.apply(type_url::CLUSTER, update(vec![res("a", v, &bad)], &[]));
+            assert!(results[0].1.is_err(), "{results:?}");
+        }
+        assert_eq!(
+            store
+                .snapshot()
+                .last_nack(type_url::CLUSTER)
+                .unwrap()
+                .version,
+            "5"
+        );
+        // Static resources are never replaced, whatever the bytes.
+        let fresh = ConfigStore::new();
+        fresh
+            .load_static(&Bootstrap {
+                clusters: vec![convert::cluster(&a).unwrap()],
+                ..Default::default()
+            })
+            .unwrap();
+        let results = fresh.apply(type_url::CLUSTER, update(vec![res("a", "1", &a)], &[]));
+        assert!(results[0].1.is_err(), "{results:?}");
     }
 
     #[tokio::test]
