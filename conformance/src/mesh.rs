@@ -100,6 +100,9 @@ pub struct MeshOptions {
     /// Envoy bootstrap sections (`node`, `static_resources`, `dynamic_resources`, `admin`), as
     /// top-level YAML appended to the generated config.
     pub envoy: String,
+    /// More keys of Myelin's section, as YAML lines indented by two spaces (e.g.
+    /// `"  metrics: { naming: istio }\n"`).
+    pub myelin: String,
 }
 
 impl MeshOptions {
@@ -180,6 +183,7 @@ impl Mesh {
         );
         writeln!(yaml, "  excluded_ports: {:?}", opts.excluded_ports)?;
         writeln!(yaml, "  excluded_cidrs: {:?}", opts.excluded_cidrs)?;
+        yaml.push_str(&opts.myelin);
         yaml.push_str("  workloads:\n");
         for name in &opts.pods {
             let pod = node.pod(name).expect("just added");

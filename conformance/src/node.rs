@@ -270,6 +270,13 @@ impl Node {
         )
     }
 
+    /// Spawns a long-running `cmd` in the node netns (in the caller's cgroup, so it is
+    /// never captured), e.g. a scraper of the agent's loopback endpoints. The [`Proc`]
+    /// kills it on drop.
+    pub fn spawn(&self, cmd: Command) -> Result<Proc> {
+        spawn_in(cmd, None, Some(&self.netns_path()))
+    }
+
     /// Runs a short command in the node netns (in the caller's cgroup), waiting at
     /// most [`DEFAULT_RUN_TIMEOUT`]. A non-zero exit is not an error: check `status`.
     pub fn run(&self, cmd: Command) -> Result<Output> {

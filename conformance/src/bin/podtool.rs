@@ -61,7 +61,8 @@ enum Cmd {
         #[arg(long)]
         banner: String,
     },
-    /// Minimal HTTP/1.1 keep-alive server: 200 with body NAME to every request.
+    /// Minimal HTTP/1.1 keep-alive server: 200 with body NAME to every request, except
+    /// `/status/CODE`, answered with that status (and the same body).
     /// Responses carry `x-server-name` and `x-request-count` (requests served so far).
     HttpServer {
         #[arg(long)]
@@ -722,8 +723,8 @@ fn http_conn(s: TcpStream, name: &str, count: &AtomicU64) -> io::Result<()> {
             continue; // Tolerate a stray CRLF between requests (RFC 9112 2.2).
         }
         let mut parts = line.split(' ');
-        let (method, version) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(m), Some(_), Some(v)) => (m.to_string(), v.to_string()),
+        let (method, path, version) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(m), Some(p), Some(v)) => (m.to_string(), p.to_string(), v.to_string()),
             _ => {
                 w.write_all(
                     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
@@ -768,8 +769,14 @@ fn http_conn(s: TcpStream, name: &str, count: &AtomicU64) -> io::Result<()> {
         };
         let n = count.fetch_add(1, Ordering::Relaxed) + 1;
         let body = if method == "HEAD" { "" } else { name };
+        let status = path
+            .strip_prefix("/status/")
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (200..600).contains(c))
+            .unwrap_or(200);
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-server-name: {name}\r\nx-request-count: {n}\r\n{}\r\n{body}",
+            "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-server-name: {name}\r\nx-request-count: {n}\r\n{}\r\n{body}",
+            reason_phrase(status),
             name.len(),
             if keep_alive { "" } else { "connection: close\r\n" },
         );
@@ -777,6 +784,16 @@ fn http_conn(s: TcpStream, name: &str, count: &AtomicU64) -> io::Result<()> {
         if !keep_alive {
             return w.shutdown(Shutdown::Write);
         }
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
     }
 }
 
