@@ -6,6 +6,7 @@
 //! made, also on Ctrl-C or error (the test bed's `Node` cleans up on drop).
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::Path,
     process::Command,
@@ -48,20 +49,39 @@ pub struct Summary {
     pub splice_reason: String,
     /// Which workloads are spliced.
     pub spliced_workloads: Vec<String>,
-    /// Golden metrics from the proxy: HTTP requests by source workload and response code.
-    pub http_requests_by_source: Vec<PairCount>,
+    /// Golden metrics (`myelin_requests_total`) of the curl phase: requests per workload pair
+    /// and response code, with their rate over that phase.
+    pub golden_requests: Vec<PairCount>,
+    /// How long the curl phase took (the rates' window), in seconds.
+    pub http_window_s: f64,
+    /// Median request duration, from `myelin_request_duration_seconds`.
     pub http_p50_ms: Option<f64>,
+    /// Golden metrics of the opaque TCP connections (`myelin_tcp_*`) during the demo.
+    pub golden_tcp: Vec<TcpPair>,
     /// The agent's startup self-test runs (see `/config_dump`).
     pub selftest: serde_json::Value,
 }
 
-/// One row of the golden-metrics table.
-#[derive(Debug, Serialize)]
+/// One row of the golden-metrics table: a source -> destination workload pair and a code.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PairCount {
+    /// `namespace/workload`.
     pub source: String,
     pub destination: String,
     pub response_code: String,
     pub requests: u64,
+    /// Requests per second over the window.
+    pub rate: f64,
+}
+
+/// Opaque TCP between one workload pair.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TcpPair {
+    pub source: String,
+    pub destination: String,
+    pub connections: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 const HTTP_PORT: u16 = 8080;
@@ -235,6 +255,7 @@ fn drive(
     // HTTP/1.1 with curl: the URLs of one invocation share a keep-alive connection; a few
     // invocations open new connections.
     let url = format!("http://{}:{HTTP_PORT}/hello", server_a.ip);
+    let http_start = Instant::now();
     let mut ok = 0u64;
     let mut failed = 0u64;
     for batch in 0..5 {
@@ -255,6 +276,21 @@ fn drive(
             HTTP_REQUESTS / 5
         ));
     }
+
+    let http_window = http_start.elapsed();
+    // A request is recorded when its response body ends in the proxy, which can be a moment
+    // after curl has read the last byte: wait (briefly) until every request is counted.
+    let sent = HTTP_REQUESTS as f64;
+    let counted_by = Instant::now() + Duration::from_secs(2);
+    let after_http = loop {
+        let (_, t) = in_netns(&netns, || http_get(metrics, "/metrics"))??;
+        let counted = metric_sum(&t, "myelin_requests_total", &[])
+            - metric_sum(&base, "myelin_requests_total", &[]);
+        if counted >= sent || Instant::now() > counted_by {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
 
     // Raw TCP with a blocking client (request/response exchanges, each checked).
     check_interrupted()?;
@@ -278,33 +314,6 @@ fn drive(
 
     let (_, text) = in_netns(&netns, || http_get(metrics, "/metrics"))??;
     let get = |n: &str| (metric_sum(&text, n, &[]) - metric_sum(&base, n, &[])) as u64;
-    let mut pairs = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("myelin_proxy_requests_total{"))
-    {
-        let label = |k: &str| {
-            line.split(&format!("{k}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let n = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        pairs.push(PairCount {
-            source: format!("{}/{}", label("source_namespace"), label("source_workload")),
-            destination: match label("destination_workload") {
-                d if d.is_empty() => "-".to_owned(),
-                d => format!("{}/{d}", label("destination_namespace")),
-            },
-            response_code: label("response_code"),
-            requests: n as u64,
-        });
-    }
     let summary = Summary {
         requests_ok: ok,
         requests_failed: failed,
@@ -326,12 +335,130 @@ fn drive(
             })
             .unwrap_or_default(),
         splice_reason: splice["reason"].as_str().unwrap_or("").to_owned(),
-        http_requests_by_source: pairs,
-        selftest: splice["runs"].clone(),
-        http_p50_ms: histogram_quantile(&text, "myelin_proxy_request_duration_seconds", 0.5)
+        golden_requests: golden_requests(&base, &after_http, http_window),
+        http_window_s: http_window.as_secs_f64(),
+        http_p50_ms: histogram_quantile(&after_http, "myelin_request_duration_seconds", 0.5)
             .map(|s| s * 1000.0),
+        golden_tcp: golden_tcp(&base, &text),
+        selftest: splice["runs"].clone(),
     };
     Ok((summary, json))
+}
+
+/// The samples of counter `name` in Prometheus text, by label set (label name -> value).
+fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (labels, value) = rest.rsplit_once("} ")?;
+            Some((parse_labels(labels)?, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// `a="x",b="y\"z"` as a map; `None` if malformed.
+fn parse_labels(mut s: &str) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    while !s.is_empty() {
+        let (key, rest) = s.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        out.insert(key.trim_start_matches(',').to_owned(), value);
+        s = rest[end + 1..].trim_start_matches(',');
+    }
+    Some(out)
+}
+
+/// How much each label set of counter `name` grew from `base` to `now` (grown ones only).
+fn deltas(base: &str, now: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let before: Vec<_> = samples(base, name);
+    samples(now, name)
+        .into_iter()
+        .filter_map(|(labels, v)| {
+            let was = before
+                .iter()
+                .find(|(l, _)| *l == labels)
+                .map_or(0.0, |(_, v)| *v);
+            (v > was).then_some((labels, v - was))
+        })
+        .collect()
+}
+
+fn workload(labels: &BTreeMap<String, String>, side: &str) -> String {
+    let get = |k: &str| {
+        labels
+            .get(&format!("{side}_{k}"))
+            .map_or("?", String::as_str)
+            .to_owned()
+    };
+    format!("{}/{}", get("namespace"), get("workload"))
+}
+
+/// The golden request rows between two scrapes `window` apart: per source and destination
+/// workload and response code (other labels summed), sorted.
+pub fn golden_requests(base: &str, now: &str, window: Duration) -> Vec<PairCount> {
+    let mut rows: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+    for (labels, n) in deltas(base, now, "myelin_requests_total") {
+        let code = labels.get("response_code").cloned().unwrap_or_default();
+        *rows
+            .entry((
+                workload(&labels, "source"),
+                workload(&labels, "destination"),
+                code,
+            ))
+            .or_default() += n;
+    }
+    let secs = window.as_secs_f64();
+    rows.into_iter()
+        .map(|((source, destination, response_code), n)| PairCount {
+            source,
+            destination,
+            response_code,
+            requests: n as u64,
+            rate: if secs > 0.0 { n / secs } else { 0.0 },
+        })
+        .collect()
+}
+
+/// The golden TCP rows between two scrapes: per source and destination workload.
+pub fn golden_tcp(base: &str, now: &str) -> Vec<TcpPair> {
+    let mut rows: BTreeMap<(String, String), [f64; 3]> = BTreeMap::new();
+    for (i, name) in [
+        "myelin_tcp_connections_opened_total",
+        "myelin_tcp_sent_bytes_total",
+        "myelin_tcp_received_bytes_total",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (labels, n) in deltas(base, now, name) {
+            rows.entry((
+                workload(&labels, "source"),
+                workload(&labels, "destination"),
+            ))
+            .or_default()[i] += n;
+        }
+    }
+    rows.into_iter()
+        .map(|((source, destination), [c, s, r])| TcpPair {
+            source,
+            destination,
+            connections: c as u64,
+            bytes_sent: s as u64,
+            bytes_received: r as u64,
+        })
+        .collect()
 }
 
 /// Estimates a quantile from a Prometheus histogram (all label sets merged), as
@@ -409,19 +536,34 @@ fn print_summary(s: &Summary) {
         s.spliced_workloads.join(", ")
     );
     println!();
-    println!("  Golden metrics (myelin_proxy_requests_total)");
     println!(
-        "  {:<20} {:<24} {:>5} {:>9}",
-        "source", "destination", "code", "requests"
+        "  Golden metrics: myelin_requests_total during the curl phase ({:.1} s)",
+        s.http_window_s
     );
-    for p in &s.http_requests_by_source {
+    println!(
+        "  {:<16}    {:<16} {:>5} {:>9} {:>8}",
+        "source", "destination", "code", "requests", "req/s"
+    );
+    for p in &s.golden_requests {
         println!(
-            "  {:<20} {:<24} {:>5} {:>9}",
-            p.source, p.destination, p.response_code, p.requests
+            "  {:<16} -> {:<16} {:>5} {:>9} {:>8.1}",
+            p.source, p.destination, p.response_code, p.requests, p.rate
         );
     }
     if let Some(p50) = s.http_p50_ms {
-        println!("  request duration p50 (from the histogram)     {p50:.3} ms");
+        println!("  request duration p50 (myelin_request_duration_seconds)  {p50:.3} ms");
+    }
+    println!();
+    println!("  Golden metrics: opaque TCP (myelin_tcp_*)");
+    println!(
+        "  {:<16}    {:<16} {:>11} {:>10} {:>10}",
+        "source", "destination", "connections", "sent B", "received B"
+    );
+    for t in &s.golden_tcp {
+        println!(
+            "  {:<16} -> {:<16} {:>11} {:>10} {:>10}",
+            t.source, t.destination, t.connections, t.bytes_sent, t.bytes_received
+        );
     }
     println!();
 }
@@ -433,8 +575,8 @@ mod tests {
     const TEXT: &str = "\
 # TYPE x counter
 myelin_spliced_bytes_total 1234
-myelin_proxy_requests_total{source_workload=\"client\",response_code=\"200\"} 7
-myelin_proxy_requests_total{source_workload=\"client\",response_code=\"503\"} 2
+myelin_requests_total{source_workload=\"client\",response_code=\"200\"} 7
+myelin_requests_total{source_workload=\"client\",response_code=\"503\"} 2
 h_bucket{le=\"0.001\"} 0
 h_bucket{le=\"0.002\"} 10
 h_bucket{le=\"+Inf\"} 10
@@ -443,13 +585,9 @@ h_bucket{le=\"+Inf\"} 10
     #[test]
     fn metric_sum_filters_by_labels() {
         assert_eq!(metric_sum(TEXT, "myelin_spliced_bytes_total", &[]), 1234.0);
-        assert_eq!(metric_sum(TEXT, "myelin_proxy_requests_total", &[]), 9.0);
+        assert_eq!(metric_sum(TEXT, "myelin_requests_total", &[]), 9.0);
         assert_eq!(
-            metric_sum(
-                TEXT,
-                "myelin_proxy_requests_total",
-                &[("response_code", "503")]
-            ),
+            metric_sum(TEXT, "myelin_requests_total", &[("response_code", "503")]),
             2.0
         );
         assert_eq!(metric_sum(TEXT, "missing", &[]), 0.0);
@@ -460,5 +598,72 @@ h_bucket{le=\"+Inf\"} 10
         let p50 = histogram_quantile(TEXT, "h", 0.5).unwrap();
         assert!((p50 - 0.0015).abs() < 1e-9, "{p50}");
         assert_eq!(histogram_quantile("", "h", 0.5), None);
+    }
+
+    #[test]
+    fn labels_parse_with_escapes() {
+        let l = parse_labels(r#"a="x",b="say \"hi\"",c="",d="back\\slash""#).unwrap();
+        assert_eq!(l["a"], "x");
+        assert_eq!(l["b"], "say \"hi\"");
+        assert_eq!(l["c"], "");
+        assert_eq!(l["d"], "back\\slash");
+        assert_eq!(parse_labels(r#"a="unterminated"#), None);
+    }
+
+    fn req(src: &str, dst: &str, code: u16, flags: &str, n: u64) -> String {
+        format!(
+            "myelin_requests_total{{reporter=\"source\",source_workload=\"{src}\",source_namespace=\"demo\",destination_workload=\"{dst}\",destination_namespace=\"demo\",response_code=\"{code}\",response_flags=\"{flags}\"}} {n}\n"
+        )
+    }
+
+    /// Rows are the growth between two scrapes per workload pair and code; other labels
+    /// (flags here) are summed; series that did not grow are left out.
+    #[test]
+    fn golden_rows_between_two_scrapes() {
+        let base =
+            req("client", "server-a", 200, "-", 10) + &req("client", "server-a", 503, "UF", 1);
+        let now = req("client", "server-a", 200, "-", 50)
+            + &req("client", "server-a", 503, "UF", 1)
+            + &req("client", "server-a", 503, "UC", 2)
+            + &req("other", "server-b", 404, "-", 5);
+        let rows = golden_requests(&base, &now, Duration::from_secs(4));
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.source.as_str(),
+                    r.destination.as_str(),
+                    r.response_code.as_str(),
+                    r.requests,
+                    r.rate,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("demo/client", "demo/server-a", "200", 40, 10.0),
+                ("demo/client", "demo/server-a", "503", 2, 0.5),
+                ("demo/other", "demo/server-b", "404", 5, 1.25),
+            ]
+        );
+
+        let tcp = |name: &str, n: u64| {
+            format!("{name}{{source_workload=\"client\",source_namespace=\"demo\",destination_workload=\"server-b\",destination_namespace=\"demo\"}} {n}\n")
+        };
+        let base = tcp("myelin_tcp_sent_bytes_total", 100);
+        let now = tcp("myelin_tcp_sent_bytes_total", 612)
+            + &tcp("myelin_tcp_received_bytes_total", 512)
+            + &tcp("myelin_tcp_connections_opened_total", 1);
+        assert_eq!(
+            golden_tcp(&base, &now),
+            [TcpPair {
+                source: "demo/client".into(),
+                destination: "demo/server-b".into(),
+                connections: 1,
+                bytes_sent: 512,
+                bytes_received: 512,
+            }]
+        );
     }
 }
