@@ -110,6 +110,12 @@ const ORDER: [&str; 5] = [
     type_url::SECRET,
 ];
 
+/// Types whose resources reference the followers' names (clusters: EDS service names and
+/// secrets; listeners: route configurations and secrets): only their responses can change
+/// the subscriptions, so only they make the client re-read the sink's references (an O(n)
+/// walk of every cluster that a one-assignment EDS update must not pay).
+const REFERRERS: [&str; 2] = [type_url::CLUSTER, type_url::LISTENER];
+
 /// Types whose subscription is the set of referenced names.
 const FOLLOWERS: [&str; 3] = [type_url::ENDPOINT, type_url::ROUTE, type_url::SECRET];
 
@@ -275,16 +281,19 @@ impl<S: ResourceSink + ?Sized> Engine<S> {
 
     /// A response: apply it, ACK or NACK it, then follow the references it changed.
     pub(crate) fn on_response(&mut self, resp: Incoming) -> Vec<Outgoing> {
-        let Some(t) = self.state(&resp.type_url) else {
+        let Some(ti) = self.types.iter().position(|t| t.type_url == resp.type_url) else {
             // Like Envoy ("ignoring unwatched type URL"): no ACK, no NACK.
             warn!(type_url = %resp.type_url, "ignoring a response for a type never requested");
             return Vec::new();
         };
+        let t = &mut self.types[ti];
         let type_url = t.type_url;
         let wildcard = t.wildcard;
-        let subscribed = t.subscribed.clone();
         t.nonce.clone_from(&resp.nonce);
         t.responded = true;
+        // Borrowed, not copied: at 10,000 EDS names a copy per response was most of the
+        // client's own work on a one-resource delta update.
+        let subscribed = &self.types[ti].subscribed;
 
         // Split what the sink can judge from what is broken already.
         let mut resources = Vec::with_capacity(resp.resources.len());
@@ -391,7 +400,9 @@ impl<S: ResourceSink + ?Sized> Engine<S> {
         }
 
         let mut out = vec![ack];
-        self.refresh_followers(&mut out);
+        if REFERRERS.contains(&type_url) {
+            self.refresh_followers(&mut out);
+        }
         if !self.lds_released && self.clusters_warm() {
             out.extend(self.release_lds());
         }
@@ -485,6 +496,7 @@ mod tests {
     struct Sink {
         refs: Mutex<BTreeMap<&'static str, BTreeSet<String>>>,
         applied: Mutex<Vec<(String, Update)>>,
+        reference_reads: std::sync::atomic::AtomicUsize,
     }
 
     impl ResourceSink for Sink {
@@ -508,6 +520,8 @@ mod tests {
             results
         }
         fn references(&self, type_url: &str) -> BTreeSet<String> {
+            self.reference_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.refs
                 .lock()
                 .unwrap()
@@ -594,6 +608,45 @@ mod tests {
             vec![res(type_url::ENDPOINT, "x", "1")],
         ));
         assert_eq!(types(&out), ["eds", "lds"]);
+    }
+
+    #[test]
+    fn only_cluster_and_listener_responses_reread_references() {
+        let (mut e, sink) = engine(true);
+        let reads = || {
+            sink.reference_reads
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        e.start_stream();
+        sink.refs
+            .lock()
+            .unwrap()
+            .insert(type_url::ENDPOINT, ["x".to_owned()].into());
+        let before = reads();
+        e.on_response(resp(
+            type_url::CLUSTER,
+            "",
+            "n1",
+            vec![res(type_url::CLUSTER, "c", "1")],
+        ));
+        assert!(reads() > before);
+        // An assignment references nothing: the subscriptions cannot have changed.
+        let before = reads();
+        let out = e.on_response(resp(
+            type_url::ENDPOINT,
+            "",
+            "n2",
+            vec![res(type_url::ENDPOINT, "x", "1")],
+        ));
+        assert_eq!(types(&out), ["eds", "lds"]);
+        assert_eq!(reads(), before);
+        e.on_response(resp(
+            type_url::LISTENER,
+            "",
+            "n3",
+            vec![res(type_url::LISTENER, "l", "1")],
+        ));
+        assert!(reads() > before);
     }
 
     #[test]

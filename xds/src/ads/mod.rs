@@ -105,7 +105,9 @@ pub trait ResourceSink: Send + Sync + 'static {
 
     /// The names of `type_url` (RDS, EDS or SDS) that currently loaded resources reference and
     /// that must be subscribed: route config names of listeners, EDS service names of EDS
-    /// clusters, secret names of listeners and clusters.
+    /// clusters, secret names of listeners and clusters. The client reads them when a stream
+    /// starts, after each CDS or LDS response (only clusters and listeners reference other
+    /// resources), and on [`AdsHandle::refresh_subscriptions`].
     fn references(&self, type_url: &str) -> BTreeSet<String>;
 }
 
