@@ -577,3 +577,50 @@ async fn sotw_reconnects_and_resyncs() {
 async fn delta_reconnects_and_resyncs() {
     reconnects_and_resyncs(AdsProtocol::Delta).await;
 }
+
+/// A SotW response larger than tonic's 4 MiB default (a 10,000-cluster EDS response is about
+/// 11 MiB): accepted with the client's default limit; with a limit below it the stream fails
+/// and nothing is applied, so the limit really is the one configured.
+async fn responses_above_four_mib(protocol: AdsProtocol) {
+    let big = Cluster {
+        alt_stat_name: "x".repeat(5 << 20),
+        ..eds_cluster("big")
+    };
+    let f = synced(protocol).await;
+    f.cp.set("big", &big);
+    f.sink
+        .wait_until("the 5 MiB cluster", |s| s.has(type_url::CLUSTER, "big"))
+        .await;
+    assert!(f.cp.wait_for_answer(type_url::CLUSTER).await.is_ack());
+
+    let cp = ControlPlane::start().await;
+    cp.set("big", &big);
+    let sink = TestSink::new();
+    let mut config = AdsConfig::new(cp.uri(), node());
+    config.protocol = protocol;
+    config.max_message_bytes = 4 << 20;
+    let client = AdsClient::new(config, sink.clone());
+    let stats = client.stats();
+    let client = tokio::spawn(client.run());
+    cp.wait_for_response(|r| r.type_url == type_url::CLUSTER)
+        .await;
+    tokio::time::timeout(WAIT, async {
+        while stats.snapshot().reconnects == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the client drops a stream whose response is above its limit");
+    assert!(!sink.has(type_url::CLUSTER, "big"));
+    client.abort();
+}
+
+#[tokio::test]
+async fn sotw_responses_above_four_mib() {
+    responses_above_four_mib(AdsProtocol::StateOfTheWorld).await;
+}
+
+#[tokio::test]
+async fn delta_responses_above_four_mib() {
+    responses_above_four_mib(AdsProtocol::Delta).await;
+}
