@@ -320,14 +320,19 @@ impl Node {
 
     /// A TCP connection to the proxy, captured as if it had been going to `dst`.
     pub async fn connect(&self, dst: SocketAddr) -> TcpStream {
-        let sock = TcpSocket::new_v4().unwrap();
-        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        self.try_connect(dst).await.unwrap()
+    }
+
+    /// [`Node::connect`], for a connection the proxy may reset at once.
+    pub async fn try_connect(&self, dst: SocketAddr) -> std::io::Result<TcpStream> {
+        let sock = TcpSocket::new_v4()?;
+        sock.bind("127.0.0.1:0".parse().unwrap())?;
         self.lookup
             .0
             .lock()
             .unwrap()
-            .insert(sock.local_addr().unwrap(), dst);
-        sock.connect(self.proxy).await.unwrap()
+            .insert(sock.local_addr()?, dst);
+        sock.connect(self.proxy).await
     }
 
     pub async fn http_client(&self, dst: SocketAddr) -> Client {
