@@ -136,6 +136,12 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// The service a cluster stands for: the host of Istio's `outbound|port|subset|host`
+/// names, else the cluster's name.
+pub(crate) fn service_of_cluster(cluster: &str) -> &str {
+    cluster.rsplit('|').next().unwrap_or(cluster)
+}
+
 /// The host of an authority (`host:port`, `[v6]:port` or `host`).
 fn split_port(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
@@ -208,7 +214,6 @@ impl HttpConn {
         let authority_seen = authority(&req).to_owned();
         let request_bytes = Arc::new(AtomicU64::new(0));
         let req = req.map(|b| CountingBody::new(b, request_bytes.clone()));
-        let fallback = self.destination(None, None, authority(&req));
         let (resp, flags, dest) = match self.dispatch(req).await {
             Ok(done) => done,
             Err(e) => {
@@ -222,7 +227,8 @@ impl HttpConn {
                 if let ProxyError::Unrouted { reason, .. } = &e {
                     self.metrics.config_miss(*reason);
                 }
-                (e.to_response(), e.response_flags(), fallback)
+                let dest = self.destination(None, None, &authority_seen);
+                (e.to_response(), e.response_flags(), dest)
             }
         };
         let elapsed = start.elapsed();
@@ -379,7 +385,7 @@ impl HttpConn {
     ) -> Destination {
         let workload = addr.and_then(|a| self.config.workload_by_ip(a.ip()));
         let service = match cluster {
-            Some(c) => c.rsplit('|').next().unwrap_or(c),
+            Some(c) => service_of_cluster(c),
             None => split_port(authority),
         };
         Destination {

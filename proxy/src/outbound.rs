@@ -327,7 +327,7 @@ fn tcp_golden(
     let dst = inner.config.workload_by_ip(upstream.ip());
     let unknown = || Arc::<str>::from(UNKNOWN);
     let service: Arc<str> = match cluster {
-        Some(c) => c.rsplit('|').next().unwrap_or(c).into(),
+        Some(c) => http::service_of_cluster(c).into(),
         None => upstream.ip().to_string().into(),
     };
     inner.golden.tcp(&crate::golden::TcpRecord {

@@ -196,6 +196,14 @@ impl<B: Body> ReplayBody<B> {
     }
 }
 
+/// A frame's copy (`Frame` is not `Clone`; its data is a cheap `Bytes` clone).
+fn copy_frame(frame: &Frame<Bytes>) -> Frame<Bytes> {
+    match frame.data_ref() {
+        Some(d) => Frame::data(d.clone()),
+        None => Frame::trailers(frame.trailers_ref().cloned().unwrap_or_default()),
+    }
+}
+
 impl<B: Body<Data = Bytes> + Unpin> Body for ReplayBody<B> {
     type Data = Bytes;
     type Error = B::Error;
@@ -207,10 +215,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ReplayBody<B> {
         let this = &mut *self;
         let mut shared = lock(&this.shared);
         if let Some(frame) = shared.frames.get(this.next) {
-            let copy = match frame.data_ref() {
-                Some(d) => Frame::data(d.clone()),
-                None => Frame::trailers(frame.trailers_ref().cloned().unwrap_or_default()),
-            };
+            let copy = copy_frame(frame);
             this.next += 1;
             return Poll::Ready(Some(Ok(copy)));
         }
@@ -230,13 +235,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ReplayBody<B> {
                         shared.frames.clear();
                     } else {
                         shared.bytes += len;
-                        let copy = match frame.data_ref() {
-                            Some(d) => Frame::data(d.clone()),
-                            None => {
-                                Frame::trailers(frame.trailers_ref().cloned().unwrap_or_default())
-                            }
-                        };
-                        shared.frames.push(copy);
+                        shared.frames.push(copy_frame(&frame));
                         this.next = shared.frames.len();
                     }
                 }
