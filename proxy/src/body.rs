@@ -1,26 +1,28 @@
-//! Body wrappers for metrics: one that counts the bytes of a request body, one that
-//! records a request's golden metrics when its response body ends.
+//! Body wrappers for metrics: one that counts the bytes of a request body (and notes
+//! its activity and end for the stream's timeouts), one that records a request's golden
+//! metrics when its response body ends.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::error::BodyError;
 use crate::golden::{GoldenMetrics, RequestRecord};
+use crate::timeout::{StreamState, StreamTimedOut};
 
-/// Counts the data bytes that pass through `inner`.
+/// Counts the data bytes that pass through `inner` into the request's [`StreamState`],
+/// which also learns when they moved and when the body ended.
 pub(crate) struct CountingBody<B> {
     inner: B,
-    bytes: Arc<AtomicU64>,
+    state: Arc<StreamState>,
 }
 
 impl<B> CountingBody<B> {
-    pub(crate) fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
-        Self { inner, bytes }
+    pub(crate) fn new(inner: B, state: Arc<StreamState>) -> Self {
+        Self { inner, state }
     }
 }
 
@@ -33,10 +35,18 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(d) = frame.data_ref() {
-                self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                match frame.data_ref() {
+                    Some(d) => self.state.request_data(d.len()),
+                    None => self.state.touch(),
+                }
+                if self.inner.is_end_stream() {
+                    self.state.request_end();
+                }
             }
+            Poll::Ready(None) => self.state.request_end(),
+            _ => {}
         }
         polled
     }
@@ -115,8 +125,8 @@ struct Pending {
     record: RequestRecord,
     /// What the access log adds to the record; `None`: access log off.
     access: Option<AccessInfo>,
-    start: Instant,
-    request_bytes: Arc<AtomicU64>,
+    /// Start time and request bytes.
+    stream: Arc<StreamState>,
     response_bytes: u64,
     golden: Arc<GoldenMetrics>,
 }
@@ -126,8 +136,7 @@ impl<B> MeteredBody<B> {
         inner: B,
         record: RequestRecord,
         access: Option<AccessInfo>,
-        start: Instant,
-        request_bytes: Arc<AtomicU64>,
+        stream: Arc<StreamState>,
         golden: Arc<GoldenMetrics>,
     ) -> Self {
         Self {
@@ -135,8 +144,7 @@ impl<B> MeteredBody<B> {
             pending: Some(Pending {
                 record,
                 access,
-                start,
-                request_bytes,
+                stream,
                 response_bytes: 0,
                 golden,
             }),
@@ -146,8 +154,8 @@ impl<B> MeteredBody<B> {
     fn finish(&mut self) {
         if let Some(p) = self.pending.take() {
             let mut r = p.record;
-            r.duration = p.start.elapsed();
-            r.request_bytes = p.request_bytes.load(Ordering::Relaxed);
+            r.duration = p.stream.start().elapsed();
+            r.request_bytes = p.stream.request_bytes();
             r.response_bytes = p.response_bytes;
             p.golden.record_request(&r);
             if let Some(a) = p.access {
@@ -163,14 +171,14 @@ impl<B> Drop for MeteredBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
+impl<B: Body<Data = Bytes, Error = BodyError> + Unpin> Body for MeteredBody<B> {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -193,10 +201,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
                 }
             }
             Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(p) = self.pending.as_mut() {
+            Poll::Ready(Some(Err(e))) => {
+                let flags = match e.downcast_ref::<StreamTimedOut>() {
+                    // One of the stream's timeouts ended it after the headers.
+                    Some(StreamTimedOut(expired)) => expired.response_flags(),
                     // The response broke off: the client saw a reset, not the status.
-                    p.record.response_flags = "UPE";
+                    None => "UPE",
+                };
+                if let Some(p) = self.pending.as_mut() {
+                    p.record.response_flags = flags;
                 }
                 self.finish();
             }

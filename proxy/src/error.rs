@@ -15,9 +15,13 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 
 use crate::metrics::{ConnectErrorReason, MissReason};
 
-/// The body type of responses sent downstream: the upstream's body streamed through, or a
-/// locally generated one.
-pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// The error of a body on its way through the proxy: hyper's, or the proxy's own (a
+/// stream timeout after the response started, see [`crate::timeout`]).
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of responses sent downstream (the upstream's body streamed through, or a
+/// locally generated one) and of requests sent upstream.
+pub(crate) type ProxyBody = BoxBody<Bytes, BodyError>;
 
 /// Which side of the proxy an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,12 +113,20 @@ pub(crate) enum ProxyError {
         timeout: Duration,
     },
 
-    /// The cluster's `max_requests` circuit breaker is full.
-    #[error("cluster {cluster:?} has as many requests in flight as its max_requests allows")]
+    /// A circuit breaker of the cluster is full.
+    #[error("cluster {cluster:?}: the {breaker} circuit breaker is full")]
     Overflow {
         /// The cluster.
         cluster: String,
+        /// `max_requests`, `max_pending_requests` (waiting for a connection that
+        /// `max_connections` does not allow yet).
+        breaker: &'static str,
     },
+
+    /// The connection manager's stream idle or request timeout passed before the
+    /// response started (the route timeout is [`ProxyError::Timeout`]).
+    #[error("stream timeout: {0:?}")]
+    StreamTimeout(crate::timeout::Expired),
 
     /// The traffic config has nothing for this connection or request.
     #[error("{}: {detail}", .reason.as_str())]
@@ -200,7 +212,8 @@ impl ProxyError {
         match self {
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }
-            | ProxyError::DownstreamAborted { .. } => Side::Downstream,
+            | ProxyError::DownstreamAborted { .. }
+            | ProxyError::StreamTimeout(_) => Side::Downstream,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -228,6 +241,7 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => "UPE",
             ProxyError::Timeout { .. } => "UT",
             ProxyError::Overflow { .. } => "UO",
+            ProxyError::StreamTimeout(e) => e.response_flags(),
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "NR",
                 MissReason::NoCluster => "NC",
@@ -247,6 +261,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::StreamTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
                     StatusCode::NOT_FOUND
@@ -287,6 +302,8 @@ impl ProxyError {
                 "upstream sent an invalid response\n"
             }
             ProxyError::Timeout { .. } => "upstream request timeout\n",
+            ProxyError::StreamTimeout(crate::timeout::Expired::Request(_)) => "request timeout\n",
+            ProxyError::StreamTimeout(_) => "stream timeout\n",
             ProxyError::Overflow { .. } => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow\n"
             }

@@ -23,7 +23,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,7 +40,7 @@ use tracing::debug;
 use crate::body::{AccessInfo, CountingBody, MeteredBody};
 use crate::detect::Protocol;
 use crate::drain;
-use crate::error::{ProxyBody, ProxyError, Side};
+use crate::error::{BodyError, ProxyBody, ProxyError, Side};
 use crate::golden::{GoldenMetrics, RequestRecord, UNKNOWN};
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::UpstreamProtocol as ClusterProtocol;
@@ -50,6 +49,7 @@ use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::retry::{self, is_retriable, Outcome, ReplayBody};
+use crate::timeout::{ConnActivity, Deadlines, Expired, HcmTimeouts, StreamState, TimedBody};
 use crate::traffic::balance::Report;
 use crate::traffic::router::{self, RequestHead, RouteTable};
 use crate::traffic::{self, Picked, TrafficHandle};
@@ -93,6 +93,10 @@ pub(crate) struct HttpConn {
     /// For the destination workload of a request.
     config: Arc<ProxyConfig>,
     pools: Arc<Pools>,
+    /// The connection manager's timeouts.
+    timeouts: HcmTimeouts,
+    /// Streams in flight, for the connection idle timeout.
+    activity: Arc<ConnActivity>,
     /// The byte copy of an accepted upgrade. Run by [`serve`] once hyper has handed the
     /// downstream socket over, so the tunnel stays part of this connection's task (and
     /// of its drain).
@@ -183,6 +187,7 @@ pub(crate) struct HttpConnParams {
     pub(crate) golden: Arc<GoldenMetrics>,
     pub(crate) config: Arc<ProxyConfig>,
     pub(crate) pools: Arc<Pools>,
+    pub(crate) timeouts: HcmTimeouts,
 }
 
 impl HttpConn {
@@ -200,21 +205,28 @@ impl HttpConn {
             golden: p.golden,
             config: p.config,
             pools: p.pools,
+            timeouts: p.timeouts,
+            activity: Arc::new(ConnActivity::default()),
             tunnel: Mutex::new(None),
         }
     }
 
     /// Serves one request: route and forward it, turn errors into responses, count it.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let active = self.activity.enter();
         let start = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
         let grpc = is_grpc(req.headers());
         let started_at = std::time::SystemTime::now();
         let authority_seen = authority(&req).to_owned();
-        let request_bytes = Arc::new(AtomicU64::new(0));
-        let req = req.map(|b| CountingBody::new(b, request_bytes.clone()));
-        let (resp, flags, dest) = match self.dispatch(req).await {
+        let stream = Arc::new(StreamState::new(
+            tokio::time::Instant::from_std(start),
+            http_body::Body::is_end_stream(req.body()),
+        ));
+        let req = req.map(|b| CountingBody::new(b, stream.clone()));
+        let mut deadlines = Deadlines::default();
+        let (resp, flags, dest) = match self.dispatch(req, &stream, &mut deadlines).await {
             Ok(done) => done,
             Err(e) => {
                 match e.side() {
@@ -292,13 +304,19 @@ impl HttpConn {
             headers_after: elapsed,
         });
         let golden = self.golden.clone();
-        resp.map(|b| MeteredBody::new(b, record, access, start, request_bytes, golden).boxed())
+        resp.map(|b| {
+            let timed = TimedBody::new(b, deadlines, stream.clone(), Some(active));
+            MeteredBody::new(timed, record, access, stream, golden).boxed()
+        })
     }
 
-    /// Routes and forwards one request: the response and its response flags.
+    /// Routes and forwards one request: the response and its response flags. `deadlines`
+    /// is set to the timeouts that go on applying to the response body.
     async fn dispatch(
         &self,
         mut req: Request<ReqBody>,
+        stream: &StreamState,
+        deadlines: &mut Deadlines,
     ) -> Result<(Response<ProxyBody>, &'static str, Destination), ProxyError> {
         let route_ref = match &self.routing {
             Routing::Passthrough => {
@@ -308,7 +326,10 @@ impl HttpConn {
                     protocol: same_as(self.downstream),
                 };
                 let dest = self.destination(None, Some(self.dst), authority(&req));
-                return Ok((self.forward(target, req).await?, "-", dest));
+                *deadlines = Deadlines::new(None, &self.timeouts);
+                let forwarded = self.forward(target, req);
+                let resp = within(*deadlines, stream, self.dst, forwarded).await?;
+                return Ok((resp, "-", dest));
             }
             Routing::Routes(r, upgrades) => {
                 if let Some(kind) = upgrade_type(&req) {
@@ -350,26 +371,17 @@ impl HttpConn {
                     self.metrics.request_overflow.inc();
                     return Err(ProxyError::Overflow {
                         cluster: decision.cluster.clone(),
+                        breaker: "max_requests",
                     });
                 }
             },
             None => None,
         };
         let attempts = self.attempts(&decision, policy, req, first);
-        let (mut resp, flags) = match action.timeout {
-            // The route timeout covers every attempt and the backoff between them.
-            Some(timeout) => match tokio::time::timeout(timeout, attempts).await {
-                Ok(done) => done?,
-                Err(_) => {
-                    return Err(ProxyError::Timeout {
-                        addr: decision.target.addr,
-                        which: "route",
-                        timeout,
-                    })
-                }
-            },
-            None => attempts.await?,
-        };
+        // The route timeout covers every attempt and the backoff between them, and then
+        // the response body.
+        *deadlines = Deadlines::new(action.timeout, &self.timeouts);
+        let (mut resp, flags) = within(*deadlines, stream, decision.target.addr, attempts).await?;
         response_mutations(&mut resp, &decision.table, vh, route);
         Ok((resp, flags, dest))
     }
@@ -672,7 +684,12 @@ impl HttpConn {
         };
         let sent = self
             .pools
-            .send(ep, req.map(BodyExt::boxed), self.peer, upgrade)
+            .send(
+                ep,
+                req.map(|b| b.map_err(BodyError::from).boxed()),
+                self.peer,
+                upgrade,
+            )
             .await?;
         let mut resp = sent.response;
         match (downstream_upgrade, sent.upgraded) {
@@ -688,6 +705,31 @@ impl HttpConn {
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(resp.headers_mut(), switched);
         Ok(resp)
+    }
+}
+
+/// Runs `work` (the attempts of a request) until it answers or one of `deadlines`
+/// passes: the route timeout is a 504 `UT`, the others a 408.
+async fn within<T>(
+    deadlines: Deadlines,
+    stream: &StreamState,
+    addr: SocketAddr,
+    work: impl Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    if !deadlines.any() {
+        return work.await;
+    }
+    tokio::select! {
+        biased;
+        done = work => done,
+        expired = deadlines.expired(stream) => Err(match expired {
+            Expired::Route(timeout) => ProxyError::Timeout {
+                addr,
+                which: "route",
+                timeout,
+            },
+            other => ProxyError::StreamTimeout(other),
+        }),
     }
 }
 
@@ -964,6 +1006,15 @@ async fn tunnel(
     }
 }
 
+/// Resolves once `conn` has had no request in flight for its idle timeout (never
+/// without one).
+async fn idle(conn: &HttpConn) {
+    match conn.timeouts.idle {
+        Some(t) => conn.activity.idle_for(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves HTTP/1 or HTTP/2 (prior knowledge) on `io` until the client closes, an error,
 /// or a drain (which lets the requests in flight finish, then closes: HTTP/2 with a
 /// GOAWAY). An upgraded HTTP/1 connection continues as a tunnel.
@@ -987,6 +1038,11 @@ where
                 server.as_mut().graceful_shutdown();
                 server.await
             }
+            () = idle(&conn) => {
+                debug!(peer = %conn.peer, "closing an idle downstream HTTP/2 connection");
+                server.as_mut().graceful_shutdown();
+                server.await
+            }
         }
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -1004,6 +1060,11 @@ where
         tokio::select! {
             res = server.as_mut() => res,
             () = drain.signaled() => {
+                server.as_mut().graceful_shutdown();
+                server.await
+            }
+            () = idle(&conn) => {
+                debug!(peer = %conn.peer, "closing an idle downstream HTTP/1 connection");
                 server.as_mut().graceful_shutdown();
                 server.await
             }

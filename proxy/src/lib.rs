@@ -39,6 +39,7 @@ mod outbound;
 mod retry;
 mod stream;
 mod tcp;
+mod timeout;
 pub mod traffic;
 mod upstream;
 

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -21,8 +21,11 @@ use crate::drain;
 use crate::error::ProxyError;
 use crate::http::{self, HttpConn, HttpConnParams, RouteRef, Routing, Target};
 use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
-use crate::model::listener::{Listener, NetworkFilter, RouteSource, TcpCluster};
+use crate::model::listener::{
+    Listener, NetworkFilter, RouteSource, TcpCluster, DEFAULT_IDLE_TIMEOUT,
+};
 use crate::tcp;
+use crate::timeout::HcmTimeouts;
 use crate::traffic::{chain, router, Traffic};
 use crate::Inner;
 
@@ -119,7 +122,7 @@ async fn try_handle(
             crate::stream::Rewind::new(bytes::Bytes::new(), stream),
         )
     } else {
-        let detected = detect::detect(stream, config.sniff_timeout)
+        let detected = Box::pin(detect::detect(stream, config.sniff_timeout))
             .await
             .map_err(|source| ProxyError::Sniff { peer, source })?;
         metrics
@@ -157,12 +160,14 @@ async fn try_handle(
     let res = match plan {
         Plan::Passthrough if protocol != Protocol::Opaque => {
             let routing = Routing::Passthrough;
-            serve_http(
-                inner, stream, peer, dst, captured, routing, source, protocol, drain,
-            )
+            // Envoy's defaults, as for Istio's passthrough.
+            let timeouts = HcmTimeouts::default();
+            Box::pin(serve_http(
+                inner, stream, peer, dst, captured, routing, source, protocol, timeouts, drain,
+            ))
             .await
         }
-        Plan::Http(routes, upgrades) => {
+        Plan::Http(routes, upgrades, timeouts) => {
             // An HTTP connection manager serves HTTP/1 unless the client opened with the
             // HTTP/2 preface.
             let downstream = match protocol {
@@ -170,21 +175,26 @@ async fn try_handle(
                 _ => Protocol::Http1,
             };
             let routing = Routing::Routes(routes, upgrades);
-            serve_http(
-                inner, stream, peer, dst, captured, routing, source, downstream, drain,
-            )
+            Box::pin(serve_http(
+                inner, stream, peer, dst, captured, routing, source, downstream, timeouts, drain,
+            ))
             .await
         }
-        Plan::Passthrough | Plan::Tcp(_) => {
+        Plan::Passthrough | Plan::Tcp(..) => {
             // Opaque connections cannot be closed gracefully: they run until they end or
             // the drain deadline passes, so the watch is not needed.
             drop(drain);
             let tcp_service = match &plan {
-                Plan::Tcp(TcpCluster::Cluster(c)) => Some(c.clone()),
+                Plan::Tcp(TcpCluster::Cluster(c), _) => Some(c.clone()),
                 _ => None,
             };
+            // Passed through: Envoy's default, as for Istio's passthrough TCP proxy.
+            let idle_timeout = match &plan {
+                Plan::Tcp(_, idle) => *idle,
+                _ => Some(DEFAULT_IDLE_TIMEOUT),
+            };
             let upstream = match plan {
-                Plan::Tcp(cluster) => {
+                Plan::Tcp(cluster, _) => {
                     Box::pin(tcp_upstream(&traffic, &cluster, captured.then_some(dst))).await
                 }
                 _ => Ok(Target {
@@ -200,9 +210,12 @@ async fn try_handle(
                     let res = Box::pin(tcp::forward(
                         stream,
                         peer,
-                        upstream.addr,
+                        tcp::TcpTarget {
+                            addr: upstream.addr,
+                            connect_timeout: upstream.connect_timeout,
+                            idle_timeout,
+                        },
                         &source,
-                        upstream.connect_timeout,
                         metrics,
                         golden,
                     ))
@@ -264,10 +277,10 @@ fn declares_opaque(l: &Listener) -> bool {
 enum Plan {
     /// No listener: HTTP/1 or bytes to the original destination.
     Passthrough,
-    /// An HTTP connection manager, and the upgrade types it allows.
-    Http(RouteRef, Arc<[String]>),
-    /// A TCP proxy to a cluster.
-    Tcp(TcpCluster),
+    /// An HTTP connection manager, the upgrade types it allows, and its timeouts.
+    Http(RouteRef, Arc<[String]>, HcmTimeouts),
+    /// A TCP proxy to a cluster, and its idle timeout.
+    Tcp(TcpCluster, Option<Duration>),
 }
 
 /// Picks the filter chain of `listener` for this connection and says what serves it.
@@ -298,7 +311,7 @@ fn plan(
         ));
     };
     Ok(match &chain.filter {
-        NetworkFilter::TcpProxy(tp) => Plan::Tcp(tp.cluster.clone()),
+        NetworkFilter::TcpProxy(tp) => Plan::Tcp(tp.cluster.clone(), tp.idle_timeout),
         // An HTTP connection manager speaks HTTP whatever the sniffing said (Envoy does
         // not sniff either): bytes that are not HTTP/1 get hyper's error and a close.
         NetworkFilter::HttpConnectionManager(hcm) => Plan::Http(
@@ -312,6 +325,7 @@ fn plan(
                 ),
             },
             hcm.upgrade_types.clone().into(),
+            HcmTimeouts::from(hcm),
         ),
     })
 }
@@ -374,6 +388,7 @@ async fn serve_http(
     routing: Routing,
     source: Source,
     downstream: Protocol,
+    timeouts: HcmTimeouts,
     drain: drain::Watch,
 ) -> Result<(), ProxyError> {
     let conn = Arc::new(HttpConn::new(HttpConnParams {
@@ -389,8 +404,9 @@ async fn serve_http(
         golden: inner.golden.clone(),
         config: inner.config.clone(),
         pools: inner.pools.clone(),
+        timeouts,
     }));
-    Box::pin(http::serve(stream, conn, drain)).await;
+    http::serve(stream, conn, drain).await;
     Ok(())
 }
 
@@ -427,7 +443,8 @@ mod tests {
         let (_signal, watch) = drain::channel();
         let fut = handle(inner, stream, peer, Origin::Captured, watch);
         let size = std::mem::size_of_val(&fut);
-        // 704 bytes in a debug build when written; the protocol branches are boxed.
+        // 704 bytes in a debug build when written, 864 with the timeouts; sniffing and the
+        // protocol branches are boxed.
         assert!(size <= 1024, "connection future is {size} bytes");
         fut.await;
         drop(client);

@@ -20,6 +20,7 @@ use crate::golden::TcpCounters;
 use crate::metrics::{Direction, ProxyMetrics, TcpBytesLabels};
 use crate::outbound::Source;
 use crate::stream::{Counted, Rewind};
+use crate::timeout::IdleStream;
 
 /// Connects to `dst` within `timeout`, with `TCP_NODELAY` set (the proxy forwards what
 /// it gets as soon as it gets it; batching is the app's business).
@@ -51,17 +52,30 @@ pub(crate) fn reset_on_close(stream: &TcpStream) {
     }
 }
 
-/// Forwards an opaque connection to `dst` until both directions have ended: the bytes
-/// the client sent and received.
+/// Where an opaque connection goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TcpTarget {
+    pub(crate) addr: SocketAddr,
+    pub(crate) connect_timeout: Duration,
+    /// Closed after this long with no bytes either way (`None`: never).
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// Forwards an opaque connection to `target` until both directions have ended (or it
+/// has been idle for the idle timeout): the bytes the client sent and received.
 pub(crate) async fn forward(
     downstream: Rewind<TcpStream>,
     peer: SocketAddr,
-    dst: SocketAddr,
+    target: TcpTarget,
     source: &Source,
-    connect_timeout: Duration,
     metrics: &Arc<ProxyMetrics>,
     golden: TcpCounters,
 ) -> Result<(u64, u64), ProxyError> {
+    let TcpTarget {
+        addr: dst,
+        connect_timeout,
+        idle_timeout,
+    } = target;
     golden.opened.inc();
     // Closed whatever happens below, once.
     let _closed = CloseOnDrop(golden.closed.clone());
@@ -86,19 +100,36 @@ pub(crate) async fn forward(
             .clone()
     };
     // Reading from the client is what it sent; writing to it is what it received.
-    let mut downstream = Counted::new(
+    let mut downstream = IdleStream::new(Counted::new(
         Counted::new(downstream, golden.sent, golden.received),
         bytes(Direction::Sent),
         bytes(Direction::Received),
-    );
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+    ));
+    let idle = downstream.clock();
+    let copied = async {
+        tokio::select! {
+            done = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => Some(done),
+            () = async {
+                match idle_timeout {
+                    Some(t) => idle.idle_for(t).await,
+                    None => std::future::pending().await,
+                }
+            } => None,
+        }
+    };
+    let Some(copied) = copied.await else {
+        // Envoy closes both sides (FIN, not a reset) when the idle timeout passes.
+        debug!(%peer, %dst, ?idle_timeout, "opaque connection idle: closing");
+        return Ok(downstream.bytes());
+    };
+    match copied {
         Ok((sent, received)) => {
             debug!(%peer, %dst, sent, received, "opaque connection closed");
             Ok((sent, received))
         }
         Err(source) => {
             // One side broke (typically a reset): pass the reset on to both.
-            reset_on_close(downstream.get_ref().get_ref().inner());
+            reset_on_close(downstream.get_ref().get_ref().get_ref().inner());
             reset_on_close(&upstream);
             Err(ProxyError::Forward {
                 peer,

@@ -171,13 +171,13 @@ impl Pools {
         if switched {
             // Taken over (101, or a 2xx to CONNECT): never pooled.
             return Ok(Sent {
-                response: resp.map(http_body_util::BodyExt::boxed),
+                response: resp.map(boxed),
                 upgraded: Some(sender),
             });
         }
         let pool = Arc::downgrade(self);
         let response = resp.map(|body| {
-            http_body_util::BodyExt::boxed(PooledBody {
+            boxed(PooledBody {
                 body,
                 give_back: Some((pool, addr, sender)),
             })
@@ -250,10 +250,19 @@ impl Pools {
             .await
             .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
         Ok(Sent {
-            response: resp.map(http_body_util::BodyExt::boxed),
+            response: resp.map(boxed),
             upgraded: None,
         })
     }
+}
+
+/// A body with hyper's error as the proxy's body.
+fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+{
+    use http_body_util::BodyExt;
+    body.map_err(crate::error::BodyError::from).boxed()
 }
 
 async fn sweep(pools: Weak<Pools>, idle_timeout: Duration) {

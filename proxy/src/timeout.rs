@@ -1,0 +1,581 @@
+//! The timeouts of an HTTP stream and connection, with Envoy's meaning:
+//!
+//! - route `timeout`: from the end of the downstream request until the upstream response
+//!   is complete (headers *and* body): 504 `UT` before the response headers, a reset
+//!   after them;
+//! - HCM `stream_idle_timeout` (default 5 min): no bytes either way on a stream for that
+//!   long: 408 `SI`, or a reset once the response has started;
+//! - HCM `request_timeout` (off by default): the whole request must have been received
+//!   by then: 408, or a reset;
+//! - HCM `common_http_protocol_options.idle_timeout` (default 1 h): a downstream
+//!   connection with no stream in flight for that long is closed (HTTP/2 with GOAWAY);
+//! - TCP proxy `idle_timeout` (default 1 h): see [`IdleStream`].
+//!
+//! All of them are checked lazily: bodies only note the time of their last frame, and a
+//! single timer per stream wakes at the earliest candidate deadline and re-checks, so a
+//! busy stream costs a clock read per frame, not a timer reset. Times are tokio's
+//! [`Instant`]s, so tests can run them on a paused clock.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::{BodyError, ProxyBody};
+use crate::model::listener::{
+    HttpConnectionManager, DEFAULT_IDLE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
+};
+
+/// "Not yet" in the microsecond fields below.
+const NEVER: u64 = u64::MAX;
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(NEVER - 1)
+}
+
+/// The connection-manager timeouts of a downstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HcmTimeouts {
+    /// `request_timeout`.
+    pub(crate) request: Option<Duration>,
+    /// `stream_idle_timeout`.
+    pub(crate) stream_idle: Option<Duration>,
+    /// `common_http_protocol_options.idle_timeout`.
+    pub(crate) idle: Option<Duration>,
+}
+
+impl Default for HcmTimeouts {
+    /// Envoy's defaults, also used for HTTP passed through without a listener.
+    fn default() -> Self {
+        Self {
+            request: None,
+            stream_idle: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            idle: Some(DEFAULT_IDLE_TIMEOUT),
+        }
+    }
+}
+
+impl From<&HttpConnectionManager> for HcmTimeouts {
+    fn from(h: &HttpConnectionManager) -> Self {
+        Self {
+            request: h.request_timeout,
+            stream_idle: h.stream_idle_timeout,
+            idle: h.idle_timeout,
+        }
+    }
+}
+
+/// What one request's bodies share: its request bytes, when it last moved, and when the
+/// downstream request ended (microseconds since `start`).
+#[derive(Debug)]
+pub(crate) struct StreamState {
+    start: Instant,
+    request_bytes: AtomicU64,
+    last_activity: AtomicU64,
+    request_done: AtomicU64,
+}
+
+impl StreamState {
+    pub(crate) fn new(start: Instant, request_done: bool) -> Self {
+        Self {
+            start,
+            request_bytes: AtomicU64::new(0),
+            last_activity: AtomicU64::new(0),
+            request_done: AtomicU64::new(if request_done { 0 } else { NEVER }),
+        }
+    }
+
+    fn since_start(&self) -> u64 {
+        micros(self.start.elapsed())
+    }
+
+    /// Bytes moved on the stream now.
+    pub(crate) fn touch(&self) {
+        self.last_activity
+            .store(self.since_start(), Ordering::Relaxed);
+    }
+
+    /// `n` request body bytes went upstream.
+    pub(crate) fn request_data(&self, n: usize) {
+        self.request_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// The downstream request has been received completely.
+    pub(crate) fn request_end(&self) {
+        let _ = self.request_done.compare_exchange(
+            NEVER,
+            self.since_start(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn request_bytes(&self) -> u64 {
+        self.request_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn start(&self) -> Instant {
+        self.start
+    }
+}
+
+/// Which timeout passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// The route's `timeout`.
+    Route(Duration),
+    /// The connection manager's `stream_idle_timeout`.
+    StreamIdle(Duration),
+    /// The connection manager's `request_timeout`.
+    Request(Duration),
+}
+
+impl Expired {
+    /// The Envoy response flag.
+    pub(crate) fn response_flags(self) -> &'static str {
+        match self {
+            Expired::Route(_) => "UT",
+            Expired::StreamIdle(_) => "SI",
+            // Envoy sets no flag for the request timeout (its detail is
+            // `request_overall_timeout`).
+            Expired::Request(_) => "-",
+        }
+    }
+}
+
+/// A stream ended by one of its timeouts after the response had started (its body then
+/// fails, which resets an HTTP/2 stream or closes an HTTP/1 connection).
+#[derive(Debug, thiserror::Error)]
+#[error("stream timed out: {0:?}")]
+pub(crate) struct StreamTimedOut(pub(crate) Expired);
+
+/// The deadlines that apply to one stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Deadlines {
+    pub(crate) route: Option<Duration>,
+    pub(crate) stream_idle: Option<Duration>,
+    pub(crate) request: Option<Duration>,
+}
+
+impl Deadlines {
+    pub(crate) fn new(route: Option<Duration>, hcm: &HcmTimeouts) -> Self {
+        Self {
+            route,
+            stream_idle: hcm.stream_idle,
+            request: hcm.request,
+        }
+    }
+
+    pub(crate) fn any(&self) -> bool {
+        self.route.is_some() || self.stream_idle.is_some() || self.request.is_some()
+    }
+
+    /// The timeout that has passed at `now`, else when to look again (`None`: never).
+    fn check(&self, s: &StreamState, now: Instant) -> Result<Option<Instant>, Expired> {
+        let elapsed = micros(now.saturating_duration_since(s.start));
+        let done = s.request_done.load(Ordering::Relaxed);
+        let mut next = NEVER;
+        if let Some(t) = self.request {
+            if done == NEVER {
+                let at = micros(t);
+                if elapsed >= at {
+                    return Err(Expired::Request(t));
+                }
+                next = next.min(at);
+            }
+        }
+        if let Some(t) = self.stream_idle {
+            let at = s
+                .last_activity
+                .load(Ordering::Relaxed)
+                .saturating_add(micros(t));
+            if elapsed >= at {
+                return Err(Expired::StreamIdle(t));
+            }
+            next = next.min(at);
+        }
+        if let Some(t) = self.route {
+            // Runs from the end of the request; until then, look again in `t`.
+            let at = if done == NEVER {
+                elapsed.saturating_add(micros(t))
+            } else {
+                let at = done.saturating_add(micros(t));
+                if elapsed >= at {
+                    return Err(Expired::Route(t));
+                }
+                at
+            };
+            next = next.min(at);
+        }
+        Ok((next != NEVER).then(|| s.start + Duration::from_micros(next)))
+    }
+
+    /// Resolves when one of the deadlines passes (never, when none is set).
+    pub(crate) async fn expired(&self, s: &StreamState) -> Expired {
+        loop {
+            match self.check(s, Instant::now()) {
+                Err(e) => return e,
+                Ok(Some(at)) => tokio::time::sleep_until(at).await,
+                Ok(None) => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+/// Counts the streams in flight on a downstream connection and since when it has had
+/// none, for the connection idle timeout.
+#[derive(Debug)]
+pub(crate) struct ConnActivity {
+    base: Instant,
+    active: AtomicUsize,
+    idle_since: AtomicU64,
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConnActivity {
+    /// A stream starts; it ends when the guard drops.
+    pub(crate) fn enter(self: &Arc<Self>) -> ActiveStream {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveStream(self.clone())
+    }
+
+    /// Resolves once the connection has had no stream for `timeout`.
+    pub(crate) async fn idle_for(&self, timeout: Duration) {
+        let mut at = Instant::now() + timeout;
+        loop {
+            tokio::time::sleep_until(at).await;
+            if self.active.load(Ordering::Acquire) == 0 {
+                let since =
+                    self.base + Duration::from_micros(self.idle_since.load(Ordering::Acquire));
+                if since.elapsed() >= timeout {
+                    return;
+                }
+                at = since + timeout;
+            } else {
+                at = Instant::now() + timeout;
+            }
+        }
+    }
+}
+
+/// One stream in flight on a connection.
+#[derive(Debug)]
+pub(crate) struct ActiveStream(Arc<ConnActivity>);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        let c = &self.0;
+        c.idle_since
+            .store(micros(c.base.elapsed()), Ordering::Release);
+        c.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body under its stream's deadlines: each frame counts as activity; while it
+/// waits for the upstream, a timeout that passes fails the body with [`StreamTimedOut`].
+/// Holds its connection's [`ActiveStream`] until it ends.
+pub(crate) struct TimedBody {
+    inner: ProxyBody,
+    timers: Option<Timers>,
+    _active: Option<ActiveStream>,
+}
+
+struct Timers {
+    deadlines: Deadlines,
+    state: Arc<StreamState>,
+    /// Created at the first wait.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl TimedBody {
+    pub(crate) fn new(
+        inner: ProxyBody,
+        deadlines: Deadlines,
+        state: Arc<StreamState>,
+        active: Option<ActiveStream>,
+    ) -> Self {
+        Self {
+            inner,
+            timers: deadlines.any().then_some(Timers {
+                deadlines,
+                state,
+                sleep: None,
+            }),
+            _active: active,
+        }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(t) = this.timers.as_mut() else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                t.state.touch();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => {
+                this.timers = None;
+                Poll::Ready(other)
+            }
+            Poll::Pending => loop {
+                match t.deadlines.check(&t.state, Instant::now()) {
+                    Err(e) => {
+                        this.timers = None;
+                        return Poll::Ready(Some(Err(Box::new(StreamTimedOut(e)))));
+                    }
+                    Ok(None) => return Poll::Pending,
+                    Ok(Some(at)) => {
+                        let sleep = match &mut t.sleep {
+                            Some(s) => {
+                                if s.deadline() != at {
+                                    s.as_mut().reset(at);
+                                }
+                                s
+                            }
+                            None => t.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+                        };
+                        if sleep.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A stream that notes when bytes last moved through it, for the TCP proxy's
+/// `idle_timeout`; [`IdleStream::idle_for`] resolves once none have for that long.
+#[derive(Debug)]
+pub(crate) struct IdleStream<T> {
+    inner: T,
+    clock: Arc<IdleClock>,
+    read: u64,
+    written: u64,
+}
+
+/// When bytes last moved, in microseconds since `base`.
+#[derive(Debug)]
+pub(crate) struct IdleClock {
+    base: Instant,
+    last: AtomicU64,
+}
+
+impl IdleClock {
+    fn touch(&self) {
+        self.last
+            .store(micros(self.base.elapsed()), Ordering::Relaxed);
+    }
+
+    /// Resolves once no bytes have moved for `timeout`.
+    pub(crate) async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let at = self.base + Duration::from_micros(self.last.load(Ordering::Relaxed)) + timeout;
+            if Instant::now() >= at {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
+        }
+    }
+}
+
+impl<T> IdleStream<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        Self {
+            inner,
+            clock: Arc::new(IdleClock {
+                base: Instant::now(),
+                last: AtomicU64::new(0),
+            }),
+            read: 0,
+            written: 0,
+        }
+    }
+
+    /// Bytes read from and written to the stream so far.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (self.read, self.written)
+    }
+
+    pub(crate) fn clock(&self) -> Arc<IdleClock> {
+        self.clock.clone()
+    }
+
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleStream<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read += n as u64;
+            self.clock.touch();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleStream<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.written += n as u64;
+                self.clock.touch();
+            }
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.written += n as u64;
+                self.clock.touch();
+            }
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn state_at(start: Instant, done: bool) -> StreamState {
+        StreamState::new(start, done)
+    }
+
+    #[test]
+    fn route_timeout_runs_from_the_end_of_the_request() {
+        let start = Instant::now();
+        let s = state_at(start, false);
+        let d = Deadlines {
+            route: Some(100 * MS),
+            ..Deadlines::default()
+        };
+        // Request still coming at 150 ms: not expired, look again 100 ms later.
+        assert_eq!(d.check(&s, start + 150 * MS), Ok(Some(start + 250 * MS)));
+        s.request_done.store(micros(120 * MS), Ordering::Relaxed);
+        assert_eq!(d.check(&s, start + 150 * MS), Ok(Some(start + 220 * MS)));
+        assert_eq!(d.check(&s, start + 220 * MS), Err(Expired::Route(100 * MS)));
+    }
+
+    #[test]
+    fn stream_idle_follows_the_last_activity() {
+        let start = Instant::now();
+        let s = state_at(start, true);
+        let d = Deadlines {
+            stream_idle: Some(50 * MS),
+            ..Deadlines::default()
+        };
+        assert_eq!(d.check(&s, start + 10 * MS), Ok(Some(start + 50 * MS)));
+        s.last_activity.store(micros(40 * MS), Ordering::Relaxed);
+        assert_eq!(d.check(&s, start + 60 * MS), Ok(Some(start + 90 * MS)));
+        assert_eq!(
+            d.check(&s, start + 90 * MS),
+            Err(Expired::StreamIdle(50 * MS))
+        );
+    }
+
+    #[test]
+    fn request_timeout_only_while_the_request_is_incomplete() {
+        let start = Instant::now();
+        let s = state_at(start, false);
+        let d = Deadlines {
+            request: Some(30 * MS),
+            ..Deadlines::default()
+        };
+        assert_eq!(d.check(&s, start + 30 * MS), Err(Expired::Request(30 * MS)));
+        s.request_end();
+        assert_eq!(d.check(&s, start + 30 * MS), Ok(None));
+        assert!(!Deadlines::default().any());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_idle_waits_for_the_last_stream() {
+        let c = Arc::new(ConnActivity::default());
+        let guard = c.enter();
+        let idle = c.idle_for(Duration::from_secs(10));
+        tokio::pin!(idle);
+        // A stream in flight for 30 s keeps the connection.
+        assert!(tokio::time::timeout(Duration::from_secs(30), idle.as_mut())
+            .await
+            .is_err());
+        drop(guard);
+        let before = tokio::time::Instant::now();
+        idle.await;
+        let waited = before.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(21),
+            "{waited:?}"
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The timeouts of the connection manager, the route and the TCP proxy, end to end over
+//! the real config path with raw sockets on both sides (so a stalled byte stream is
+//! exactly what the test wrote): the route timeout also covers the response body, the
+//! stream idle and request timeouts answer 408, an idle downstream connection is closed
+//! while a slow request in flight keeps it, and an idle TCP proxy connection is closed
+//! while a chatty one is not.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use myelin_xds::ads::{type_url, AdsProtocol};
+use myelin_xds::testing::ControlPlane;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use xds_api::pb::envoy::config::listener::v3::Listener;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A captured-traffic HTTP listener on `port` with extra HCM fields (`hcm`, YAML flow
+/// mapping entries) and an inline route to cluster `web` with route `timeout`.
+fn hcm_listener(port: u16, hcm: &str, timeout: &str) -> Listener {
+    yaml(&format!(
+        r#"
+name: l{port}
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: l{port}
+      {hcm}
+      route_config:
+        name: r{port}
+        virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+          - match: {{prefix: "/"}}
+            route: {{cluster: web, timeout: {timeout}}}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ))
+}
+
+/// An upstream that reads a request head, then writes `answer` and keeps the connection
+/// open without another byte until the test ends (or `delay` first, then `answer`).
+async fn stalling(answer: &'static [u8], delay: Duration) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut open = Vec::new();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            tokio::time::sleep(delay).await;
+            let _ = s.write_all(answer).await;
+            open.push(s);
+        }
+    });
+    (addr, task)
+}
+
+async fn node_with(cp: &ControlPlane, listener: Listener, upstream: SocketAddr) -> Node {
+    cp.update(|b| {
+        b.set(&listener.name.clone(), &listener);
+        b.set("web", &eds_cluster("web"));
+        b.set("web", &endpoints("web", &[upstream]));
+    });
+    let node = Node::start(cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(
+        type_url::LISTENER,
+        &[&listener.name],
+        &cp.version(type_url::LISTENER),
+    )
+    .await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node
+}
+
+/// Reads until EOF, an error or `limit`: what arrived, and whether the peer ended it
+/// (EOF or reset) within the limit.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// The value of the golden request counter whose labels include all of `labels`.
+fn requests_with(node: &Node, labels: &[&str]) -> f64 {
+    node.scrape()
+        .lines()
+        .filter(|l| l.starts_with("myelin_requests_total{") && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The route timeout runs until the response is complete: an upstream that sends the
+/// headers and part of the body, then stalls, has its stream cut at the timeout (the
+/// client sees the 200 and a truncated body, then the close), flagged `UT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_covers_the_response_body() {
+    let (up, _t) = stalling(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial...",
+        Duration::ZERO,
+    )
+    .await;
+    let cp = ControlPlane::start().await;
+    let node = node_with(&cp, hcm_listener(18300, "", "0.3s"), up).await;
+    let mut s = node.connect(vip(18300)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got:?}");
+    assert!(got.ends_with("partial..."), "{got:?}");
+    assert!(closed, "the stalled response was never cut");
+    assert!(started.elapsed() >= ms(250), "cut before the timeout");
+    tokio::time::sleep(ms(50)).await;
+    assert_eq!(
+        requests_with(&node, &["response_code=\"200\"", "response_flags=\"UT\""]),
+        1.0,
+        "{}",
+        node.scrape()
+    );
+}
+
+/// No byte either way for `stream_idle_timeout` before the response starts: 408
+/// `stream timeout`, flagged `SI` (the route timeout is off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_answers_408() {
+    let (up, _t) = stalling(b"", Duration::ZERO).await;
+    let cp = ControlPlane::start().await;
+    let node = node_with(
+        &cp,
+        hcm_listener(18301, "stream_idle_timeout: 0.3s", "0s"),
+        up,
+    )
+    .await;
+    let mut s = node.connect(vip(18301)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no answer within 5 s")
+        .unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(got.ends_with("stream timeout\n"), "{got:?}");
+    assert!(started.elapsed() >= ms(250));
+    tokio::time::sleep(ms(50)).await;
+    assert_eq!(
+        requests_with(&node, &["response_code=\"408\"", "response_flags=\"SI\""]),
+        1.0
+    );
+}
+
+/// A request body that has not fully arrived within `request_timeout`: 408 `request
+/// timeout`, although the upstream is waiting for the rest of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_answers_408() {
+    let (up, _t) = stalling(b"", Duration::ZERO).await;
+    let cp = ControlPlane::start().await;
+    let node = node_with(&cp, hcm_listener(18302, "request_timeout: 0.3s", "5s"), up).await;
+    let mut s = node.connect(vip(18302)).await;
+    s.write_all(b"POST / HTTP/1.1\r\nhost: web\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf))
+        .await
+        .expect("no answer before the route timeout")
+        .unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(got.ends_with("request timeout\n"), "{got:?}");
+}
+
+/// A keep-alive connection with no request in flight is closed after the connection
+/// manager's `idle_timeout`; a request that takes longer than it keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_downstream_connection_is_closed_but_not_a_busy_one() {
+    let (up, _t) = stalling(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", ms(700)).await;
+    let cp = ControlPlane::start().await;
+    let node = node_with(
+        &cp,
+        hcm_listener(
+            18303,
+            "common_http_protocol_options: {idle_timeout: 0.3s}",
+            "5s",
+        ),
+        up,
+    )
+    .await;
+    let mut s = node.connect(vip(18303)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let mut got = Vec::new();
+    while !got.ends_with(b"ok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the slow response (700 ms, idle timeout 300 ms) never came")
+            .unwrap();
+        assert!(n > 0, "closed while a request was in flight");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200 OK"));
+    let idle_from = Instant::now();
+    let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed && rest.is_empty(), "idle connection kept: {rest:?}");
+    let after = idle_from.elapsed();
+    assert!(
+        after >= ms(250) && after < Duration::from_secs(3),
+        "{after:?}"
+    );
+}
+
+/// A TCP proxy connection with no bytes for its `idle_timeout` is closed; one that keeps
+/// talking more often than that lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_proxy_idle_timeout() {
+    let (echo, _t) = tcp_upstream("e").await;
+    let cp = ControlPlane::start().await;
+    let listener: Listener = yaml(&format!(
+        r#"
+name: t18304
+address: {{socket_address: {{address: 0.0.0.0, port_value: 18304}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config: {{"@type": {TCP_TYPE}, stat_prefix: t, cluster: web, idle_timeout: 0.4s}}
+"#
+    ));
+    let node = node_with(&cp, listener, echo).await;
+    let mut s = node.connect(vip(18304)).await;
+    let mut buf = [0u8; 64];
+    // Chatty: a byte every 100 ms for 1.2 s (three idle timeouts).
+    for i in 0..12u8 {
+        s.write_all(&[b'a' + i]).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("echo")
+            .unwrap();
+        assert_eq!(&buf[..n], [b'e', b':', b'a' + i], "round {i}");
+        tokio::time::sleep(ms(100)).await;
+    }
+    let idle_from = Instant::now();
+    let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        closed && rest.is_empty(),
+        "idle TCP connection kept: {rest:?}"
+    );
+    assert!(idle_from.elapsed() >= ms(250), "{:?}", idle_from.elapsed());
+}
