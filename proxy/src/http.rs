@@ -52,7 +52,7 @@ use crate::retry::{self, is_retriable, Outcome, ReplayBody};
 use crate::timeout::{ConnActivity, Deadlines, Expired, HcmTimeouts, StreamState, TimedBody};
 use crate::traffic::balance::Report;
 use crate::traffic::router::{self, RequestHead, RouteTable};
-use crate::traffic::{self, Picked, TrafficHandle};
+use crate::traffic::{self, ConnLimits, Picked, TrafficHandle};
 use crate::upstream::{self, Pools, UpstreamProtocol};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -236,8 +236,15 @@ impl HttpConn {
                 if let Some(reason) = e.connect_reason() {
                     self.metrics.connect_error(self.downstream, reason);
                 }
-                if let ProxyError::Unrouted { reason, .. } = &e {
-                    self.metrics.config_miss(*reason);
+                match &e {
+                    ProxyError::Unrouted { reason, .. } => self.metrics.config_miss(*reason),
+                    ProxyError::Overflow {
+                        breaker: "max_pending_requests",
+                        ..
+                    } => {
+                        self.metrics.pending_overflow.inc();
+                    }
+                    _ => {}
                 }
                 let dest = self.destination(None, None, &authority_seen);
                 (e.to_response(), e.response_flags(), dest)
@@ -327,7 +334,7 @@ impl HttpConn {
                 };
                 let dest = self.destination(None, Some(self.dst), authority(&req));
                 *deadlines = Deadlines::new(None, &self.timeouts);
-                let forwarded = self.forward(target, req);
+                let forwarded = self.forward(target, None, req);
                 let resp = within(*deadlines, stream, self.dst, forwarded).await?;
                 return Ok((resp, "-", dest));
             }
@@ -426,6 +433,8 @@ impl HttpConn {
         first_pick: PickedEndpoint,
     ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
         let cluster = d.traffic.cluster(&d.cluster).cloned();
+        let limits = cluster.as_ref().map(|c| c.conn_limits());
+        let limits = limits.as_ref();
         // Tells outlier detection how the attempt to `pick` went.
         let report = |pick: &PickedEndpoint, result: &Result<Response<ProxyBody>, ProxyError>| {
             let (Some(cluster), Picked::Host(active)) = (&cluster, &pick.picked) else {
@@ -446,7 +455,7 @@ impl HttpConn {
         let policy = match policy {
             Some(p) if p.num_retries > 0 && !wants_upgrade(&req) => p,
             _ => {
-                let result = self.forward(first_pick.target, req).await;
+                let result = self.forward(first_pick.target, limits, req).await;
                 report(&first_pick, &result);
                 return Ok((result?, "-"));
             }
@@ -481,7 +490,7 @@ impl HttpConn {
             };
             tried.push(pick.endpoint.clone());
             let target = pick.target;
-            let attempt = self.forward(target, req);
+            let attempt = self.forward(target, limits, req);
             let result = match policy.per_try_timeout {
                 Some(t) => match tokio::time::timeout(t, attempt).await {
                     Ok(r) => r,
@@ -659,9 +668,12 @@ impl HttpConn {
         )))
     }
 
+    /// Sends `req` to `target`; `limits`: the connection circuit breakers of its
+    /// cluster.
     async fn forward<B>(
         &self,
         target: Target,
+        limits: Option<&ConnLimits>,
         mut req: Request<B>,
     ) -> Result<Response<ProxyBody>, ProxyError>
     where
@@ -686,6 +698,7 @@ impl HttpConn {
             .pools
             .send(
                 ep,
+                limits,
                 req.map(|b| b.map_err(BodyError::from).boxed()),
                 self.peer,
                 upgrade,

@@ -20,6 +20,7 @@
 //! | `proxy_retries_total`                          | counter   | |
 //! | `proxy_retry_overflow_total`                   | counter   | |
 //! | `proxy_request_overflow_total`                 | counter   | |
+//! | `proxy_pending_overflow_total`                 | counter   | |
 
 use std::fmt;
 use std::sync::Arc;
@@ -231,6 +232,7 @@ pub struct ProxyMetrics {
     pub(crate) retries: Counter,
     pub(crate) retry_overflow: Counter,
     pub(crate) request_overflow: Counter,
+    pub(crate) pending_overflow: Counter,
 }
 
 fn detect_buckets() -> Histogram {
@@ -260,6 +262,7 @@ impl ProxyMetrics {
             retries: Counter::default(),
             retry_overflow: Counter::default(),
             request_overflow: Counter::default(),
+            pending_overflow: Counter::default(),
         };
         registry.register(
             "proxy_connections_opened",
@@ -327,6 +330,12 @@ impl ProxyMetrics {
             "proxy_request_overflow",
             "Requests answered 503 UO because the cluster's max_requests circuit breaker was full",
             m.request_overflow.clone(),
+        );
+        registry.register(
+            "proxy_pending_overflow",
+            "Requests answered 503 UO because they would have waited for a connection \
+             (max_connections) beyond the cluster's max_pending_requests",
+            m.pending_overflow.clone(),
         );
         m
     }

@@ -10,6 +10,13 @@
 //!   requests of one downstream connection are balanced per request, not per connection);
 //!   replaced when it closes or refuses new streams.
 //!
+//! - Circuit breakers: a routed request brings its cluster's [`ConnLimits`]. A new
+//!   connection needs a slot of `max_connections` (held until the connection closes);
+//!   without one the request waits, as one of at most `max_pending_requests` (more: 503
+//!   `UO`), until a connection of the cluster closes or goes back to the pool idle (the
+//!   route timeout bounds the wait). The pools are shared by all clusters: a connection
+//!   counts against the cluster that opened it, whoever reuses it.
+//!
 //! hyper_util's legacy `Client` would pool too, but it keys its pool by the request URI's
 //! authority and sends that authority as HTTP/2 `:authority`; a proxy must send the
 //! client's authority while connecting to an endpoint address, hence these small pools
@@ -32,6 +39,7 @@ use tracing::{debug, Instrument};
 
 use crate::error::{ProxyBody, ProxyError};
 use crate::tcp;
+use crate::traffic::{ConnLimits, ConnSlot};
 
 /// How requests reach an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +80,15 @@ pub(crate) struct Endpoint {
 struct Idle {
     sender: http1::SendRequest<ProxyBody>,
     since: Instant,
+}
+
+/// What a response body needs to give its HTTP/1 connection back.
+struct GiveBack {
+    pools: Weak<Pools>,
+    addr: SocketAddr,
+    sender: http1::SendRequest<ProxyBody>,
+    /// To wake requests of the cluster waiting for a connection.
+    limits: Option<ConnLimits>,
 }
 
 /// The HTTP/2 connection of one endpoint. The async lock is held only while connecting,
@@ -123,32 +140,94 @@ impl Pools {
     /// Sends `req` to `ep` on a pooled or new connection. `upgrade`: the request asks to
     /// take the connection over (HTTP/1 upgrades), so the response's body is not tied to
     /// the pool and a switched connection is handed back.
+    /// `limits`: the connection circuit breakers of the request's cluster (none for
+    /// traffic passed through).
     pub(crate) async fn send(
         self: &Arc<Self>,
         ep: Endpoint,
+        limits: Option<&ConnLimits>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
         upgrade: bool,
     ) -> Result<Sent, ProxyError> {
         match ep.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(ep, req, peer, upgrade).await,
-            UpstreamProtocol::Http2 => self.send_h2(ep, req, peer).await,
+            UpstreamProtocol::Http1 => self.send_h1(ep, limits, req, peer, upgrade).await,
+            UpstreamProtocol::Http2 => self.send_h2(ep, limits, req, peer).await,
+        }
+    }
+
+    /// An idle HTTP/1 connection to `ep`, else a new one when the cluster's
+    /// `max_connections` allows it, else one of those after waiting (as a pending
+    /// request). `true` with a reused connection.
+    async fn h1_sender(
+        &self,
+        ep: Endpoint,
+        limits: Option<&ConnLimits>,
+        peer: SocketAddr,
+    ) -> Result<(http1::SendRequest<ProxyBody>, bool), ProxyError> {
+        if let Some(s) = self.checkout_h1(ep.addr).await {
+            return Ok((s, true));
+        }
+        let Some(limits) = limits else {
+            return Ok((connect_h1(ep, peer, None).await?, false));
+        };
+        let mut pending = None;
+        loop {
+            // Registered before looking, so a connection freed after the look wakes us.
+            let freed = limits.freed().notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = limits.try_connection() {
+                return Ok((connect_h1(ep, peer, Some(slot)).await?, false));
+            }
+            if pending.is_none() {
+                // Counted before the pool is looked at again: a connection given back
+                // after that look sees the count and wakes us.
+                pending = Some(limits.try_pending().ok_or_else(|| ProxyError::Overflow {
+                    cluster: limits.cluster().to_owned(),
+                    breaker: "max_pending_requests",
+                })?);
+            }
+            if let Some(s) = self.checkout_h1(ep.addr).await {
+                return Ok((s, true));
+            }
+            debug!(addr = %ep.addr, cluster = limits.cluster(), connections = limits.connections(), "waiting for an upstream connection (max_connections)");
+            freed.await;
+        }
+    }
+
+    /// A slot for a new connection of the cluster, waiting (as a pending request) while
+    /// `max_connections` are open.
+    async fn connection_slot(limits: &ConnLimits) -> Result<ConnSlot, ProxyError> {
+        let mut pending = None;
+        loop {
+            let freed = limits.freed().notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = limits.try_connection() {
+                return Ok(slot);
+            }
+            if pending.is_none() {
+                pending = Some(limits.try_pending().ok_or_else(|| ProxyError::Overflow {
+                    cluster: limits.cluster().to_owned(),
+                    breaker: "max_pending_requests",
+                })?);
+            }
+            freed.await;
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
         ep: Endpoint,
+        limits: Option<&ConnLimits>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
         upgrade: bool,
     ) -> Result<Sent, ProxyError> {
         let addr = ep.addr;
         let is_connect = req.method() == http::Method::CONNECT;
-        let (mut sender, reused) = match self.checkout_h1(addr).await {
-            Some(s) => (s, true),
-            None => (connect_h1(ep, peer).await?, false),
-        };
+        let (mut sender, reused) = self.h1_sender(ep, limits, peer).await?;
         let resp = match sender.try_send_request(req).await {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
@@ -157,7 +236,11 @@ impl Pools {
                 // fresh connection is safe whatever the method.
                 Some(req) if reused => {
                     debug!(%addr, error = %e.error(), "idle upstream connection closed; reconnecting");
-                    sender = connect_h1(ep, peer).await?;
+                    let slot = match limits {
+                        Some(l) => Some(Self::connection_slot(l).await?),
+                        None => None,
+                    };
+                    sender = connect_h1(ep, peer, slot).await?;
                     sender
                         .send_request(req)
                         .await
@@ -175,11 +258,16 @@ impl Pools {
                 upgraded: Some(sender),
             });
         }
-        let pool = Arc::downgrade(self);
+        let give_back = GiveBack {
+            pools: Arc::downgrade(self),
+            addr,
+            sender,
+            limits: limits.cloned(),
+        };
         let response = resp.map(|body| {
             boxed(PooledBody {
                 body,
-                give_back: Some((pool, addr, sender)),
+                give_back: Some(give_back),
             })
         });
         Ok(Sent {
@@ -208,23 +296,31 @@ impl Pools {
         }
     }
 
-    fn give_back_h1(&self, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
-        if sender.is_closed() {
+    fn give_back_h1(&self, g: GiveBack) {
+        if g.sender.is_closed() {
             return;
         }
-        let mut state = lock(&self.state);
-        let idle = state.h1.entry(addr).or_default();
-        if idle.len() < self.config.max_idle_per_endpoint {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        {
+            let mut state = lock(&self.state);
+            let idle = state.h1.entry(g.addr).or_default();
+            if idle.len() < self.config.max_idle_per_endpoint {
+                idle.push(Idle {
+                    sender: g.sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+        // After the push (and the lock's release): a request that counted itself pending
+        // before looking at the pool either saw this connection or is woken here.
+        if let Some(l) = g.limits.filter(ConnLimits::has_pending) {
+            l.freed().notify_waiters();
         }
     }
 
     async fn send_h2(
         self: &Arc<Self>,
         ep: Endpoint,
+        limits: Option<&ConnLimits>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
     ) -> Result<Sent, ProxyError> {
@@ -235,7 +331,11 @@ impl Pools {
             match conn.as_ref().filter(|s| !s.is_closed()) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = connect_h2(ep, peer).await?;
+                    let cx = match limits {
+                        Some(l) => Some(Self::connection_slot(l).await?),
+                        None => None,
+                    };
+                    let s = connect_h2(ep, peer, cx).await?;
                     *conn = Some(s.clone());
                     s
                 }
@@ -285,9 +385,12 @@ async fn sweep(pools: Weak<Pools>, idle_timeout: Duration) {
     }
 }
 
+/// A new HTTP/1 connection; `slot` (its place under the cluster's `max_connections`) is
+/// held until it closes.
 async fn connect_h1(
     ep: Endpoint,
     peer: SocketAddr,
+    slot: Option<ConnSlot>,
 ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
     let addr = ep.addr;
     let stream = tcp::connect(addr, ep.connect_timeout).await?;
@@ -303,6 +406,7 @@ async fn connect_h1(
             if let Err(e) = conn.with_upgrades().await {
                 debug!(%addr, error = %e, "upstream HTTP/1 connection ended with an error");
             }
+            drop(slot);
         }
         .in_current_span(),
     );
@@ -312,6 +416,7 @@ async fn connect_h1(
 async fn connect_h2(
     ep: Endpoint,
     peer: SocketAddr,
+    slot: Option<ConnSlot>,
 ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
     let addr = ep.addr;
     let stream = tcp::connect(addr, ep.connect_timeout).await?;
@@ -326,6 +431,7 @@ async fn connect_h2(
             if let Err(e) = conn.await {
                 debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
             }
+            drop(slot);
         }
         .in_current_span(),
     );
@@ -337,14 +443,14 @@ async fn connect_h2(
 /// may still have unread bytes.
 struct PooledBody {
     body: Incoming,
-    give_back: Option<(Weak<Pools>, SocketAddr, http1::SendRequest<ProxyBody>)>,
+    give_back: Option<GiveBack>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((pools, addr, sender)) = self.give_back.take() {
-            if let Some(pools) = pools.upgrade() {
-                pools.give_back_h1(addr, sender);
+        if let Some(g) = self.give_back.take() {
+            if let Some(pools) = g.pools.upgrade() {
+                pools.give_back_h1(g);
             }
         }
     }

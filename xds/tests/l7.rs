@@ -303,6 +303,8 @@ async fn http1_upstream_connections_are_shared_across_clients() {
 struct Scripted {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -319,13 +321,16 @@ async fn scripted(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
     let counter = requests.clone();
+    let accepted = connections.clone();
     let script = Arc::new(script);
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let (counter, script) = (counter.clone(), script.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -350,6 +355,7 @@ async fn scripted(
     Scripted {
         addr,
         requests,
+        connections,
         task,
     }
 }
@@ -939,6 +945,55 @@ circuit_breakers: {thresholds: [{max_requests: 2}]}
         .count();
     assert_eq!((ok, overflow), (2, 4), "{results:?}");
     assert_eq!(node.metric("myelin_proxy_request_overflow_total"), 4.0);
+}
+
+/// `max_connections: 1` with `max_pending_requests: 1`: of three concurrent requests
+/// (each on its own client connection) one gets the only upstream connection, one waits
+/// for it and is then served on it, and the third gets 503 `UO` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_breakers_queue_then_overflow() {
+    let ms = std::time::Duration::from_millis;
+    let slow = scripted("slow", move |_| (200, ms(400))).await;
+    let cluster: Cluster = yaml(
+        r#"
+name: web
+type: EDS
+eds_cluster_config: {eds_config: {ads: {}}}
+circuit_breakers: {thresholds: [{max_connections: 1, max_pending_requests: 1}]}
+"#,
+    );
+    let cp = ControlPlane::start().await;
+    let node = retry_node(&cp, 18123, route_to("web", "web"), cluster, &[slow.addr]).await;
+    let node = Arc::new(node);
+    let mut calls = Vec::new();
+    for i in 0..3u64 {
+        let node = node.clone();
+        calls.push(tokio::spawn(async move {
+            // In order: the first takes the connection, the second waits, the third
+            // finds the pending queue full.
+            tokio::time::sleep(ms(100 * i)).await;
+            let started = std::time::Instant::now();
+            let (status, body) = post(&node, 18123, "x").await;
+            (status, body, started.elapsed())
+        }));
+    }
+    let mut results = Vec::new();
+    for c in calls {
+        results.push(c.await.unwrap());
+    }
+    let statuses: Vec<u16> = results.iter().map(|r| r.0.as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 503], "{results:?}");
+    assert!(results[2].1.contains("overflow"), "{results:?}");
+    assert!(
+        results[1].2 >= ms(500),
+        "the second request did not wait for the connection: {results:?}"
+    );
+    assert_eq!(
+        slow.connections.load(Ordering::SeqCst),
+        1,
+        "max_connections"
+    );
+    assert_eq!(node.metric("myelin_proxy_pending_overflow_total"), 1.0);
 }
 
 /// An upgrade the connection manager's `upgrade_configs` does not list is refused with

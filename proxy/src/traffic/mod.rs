@@ -221,6 +221,85 @@ pub struct ClusterTarget {
 struct ClusterCounters {
     requests: AtomicUsize,
     retries: AtomicUsize,
+    /// Open upstream connections opened for the cluster.
+    connections: AtomicUsize,
+    /// Requests waiting for a connection.
+    pending: AtomicUsize,
+    /// Signalled when a connection closes or an idle one is given back to the pool.
+    freed: tokio::sync::Notify,
+}
+
+/// The connection circuit breakers of a cluster (`max_connections`,
+/// `max_pending_requests`), as the upstream pools apply them.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnLimits {
+    cluster: Arc<Cluster>,
+    counters: Arc<ClusterCounters>,
+    max_connections: usize,
+    max_pending: usize,
+}
+
+impl ConnLimits {
+    /// A new connection, if `max_connections` allows one more; counted until the slot
+    /// is dropped (with the connection).
+    pub(crate) fn try_connection(&self) -> Option<ConnSlot> {
+        ClusterTarget::admit(&self.counters.connections, self.max_connections)
+            .then(|| ConnSlot(self.counters.clone()))
+    }
+
+    /// A request that waits for a connection, if `max_pending_requests` allows one
+    /// more.
+    pub(crate) fn try_pending(&self) -> Option<Pending> {
+        self.counters
+            .pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_pending).then_some(n + 1)
+            })
+            .is_ok()
+            .then(|| Pending(self.counters.clone()))
+    }
+
+    /// Notified when a connection of the cluster closes or goes back to the pool idle.
+    pub(crate) fn freed(&self) -> &tokio::sync::Notify {
+        &self.counters.freed
+    }
+
+    /// Open connections now.
+    pub(crate) fn connections(&self) -> usize {
+        self.counters.connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether requests wait for a connection now (read after giving a connection back
+    /// to the pool; pairs with the `SeqCst` increment in [`ConnLimits::try_pending`]).
+    pub(crate) fn has_pending(&self) -> bool {
+        self.counters.pending.load(Ordering::SeqCst) > 0
+    }
+
+    /// The cluster's name.
+    pub(crate) fn cluster(&self) -> &str {
+        &self.cluster.name
+    }
+}
+
+/// One open upstream connection of a cluster.
+#[derive(Debug)]
+pub(crate) struct ConnSlot(Arc<ClusterCounters>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_waiters();
+    }
+}
+
+/// One request waiting for a connection of a cluster.
+#[derive(Debug)]
+pub(crate) struct Pending(Arc<ClusterCounters>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A request or retry in flight: counted against a circuit breaker until dropped.
@@ -354,6 +433,28 @@ impl ClusterTarget {
                 share.max(b.min_retry_concurrency as usize)
             }
             None => self.max_retries(),
+        }
+    }
+
+    /// The `max_connections` circuit breaker of the default priority (Envoy's default:
+    /// 1024).
+    pub fn max_connections(&self) -> usize {
+        self.threshold(|t| t.max_connections, 1024)
+    }
+
+    /// The `max_pending_requests` circuit breaker of the default priority (Envoy's
+    /// default: 1024).
+    pub fn max_pending_requests(&self) -> usize {
+        self.threshold(|t| t.max_pending_requests, 1024)
+    }
+
+    /// The cluster's connection circuit breakers, for the upstream pools.
+    pub(crate) fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            cluster: self.cluster.clone(),
+            counters: self.counters.clone(),
+            max_connections: self.max_connections(),
+            max_pending: self.max_pending_requests(),
         }
     }
 
