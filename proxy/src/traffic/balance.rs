@@ -73,6 +73,14 @@ impl Host {
     pub fn ejections(&self) -> u32 {
         lock(&self.outlier).ejections
     }
+
+    /// Ejects the host for `d` (tests of what ejection does to balancing).
+    #[cfg(test)]
+    pub(crate) fn eject_for_test(&self, d: std::time::Duration) {
+        let mut s = lock(&self.outlier);
+        s.ejections += 1;
+        s.ejected_until = Some(Instant::now() + d);
+    }
 }
 
 /// A request in flight to a host (for least-request balancing): counted until dropped.

@@ -211,7 +211,8 @@ pub struct ClusterTarget {
     pub cluster: Arc<Cluster>,
     /// The EDS assignment it was built from (for `Arc::ptr_eq` reuse).
     assignment: Option<Arc<ClusterLoadAssignment>>,
-    balancer: Balancer,
+    /// The priority levels with at least one endpoint, lowest (most preferred) first.
+    levels: Vec<Level>,
     /// Circuit-breaker counts; shared with the cluster's next builds.
     counters: Arc<ClusterCounters>,
 }
@@ -346,13 +347,16 @@ impl ClusterTarget {
         prev: Option<&ClusterTarget>,
     ) -> Self {
         let cla = assignment.as_deref().or(cluster.load_assignment.as_ref());
-        let mut hosts: Vec<Arc<Host>> = Vec::new();
+        let mut levels = Vec::new();
         if let Some(cla) = cla {
             let mut priorities: Vec<u32> = cla.localities.iter().map(|l| l.priority).collect();
             priorities.sort_unstable();
             priorities.dedup();
             for p in priorities {
+                let mut total = 0;
+                let mut hosts: Vec<Arc<Host>> = Vec::new();
                 for loc in cla.localities.iter().filter(|l| l.priority == p) {
+                    total += loc.endpoints.len();
                     for e in loc
                         .endpoints
                         .iter()
@@ -362,9 +366,7 @@ impl ClusterTarget {
                         // Same endpoint, same weight: keep its state (active requests,
                         // outlier counters and ejections).
                         let kept = prev.and_then(|p| {
-                            p.balancer
-                                .hosts()
-                                .iter()
+                            p.hosts()
                                 .find(|h| h.address == e.address && h.weight == weight)
                                 .cloned()
                         });
@@ -373,18 +375,73 @@ impl ClusterTarget {
                         );
                     }
                 }
-                if !hosts.is_empty() {
-                    break;
+                if total > 0 {
+                    levels.push(Level {
+                        total,
+                        balancer: Balancer::new(
+                            cluster.lb_policy,
+                            hosts,
+                            cluster.outlier_detection.clone(),
+                        ),
+                    });
                 }
             }
         }
-        let balancer = Balancer::new(cluster.lb_policy, hosts, cluster.outlier_detection.clone());
         ClusterTarget {
             counters: prev.map(|p| p.counters.clone()).unwrap_or_default(),
             cluster,
             assignment,
-            balancer,
+            levels,
         }
+    }
+
+    /// The priority level a request goes to: Envoy's priority load. Each level's health
+    /// is the share of its endpoints that are routable and not ejected, times the
+    /// overprovisioning factor 1.4, capped at 100%; levels take load in order, each as
+    /// much as its health allows of what is left, normalised when all health adds up to
+    /// less than 100% (so traffic spills over gradually as a level degrades, not at its
+    /// last endpoint). `roll` (0..100) picks by those shares. With no healthy endpoint
+    /// anywhere: the first level with a routable one (whose balancer then panics).
+    fn level(&self, roll: u64) -> Option<&Level> {
+        if let [only] = self.levels.as_slice() {
+            return Some(only);
+        }
+        let now = std::time::Instant::now();
+        // Percent health per level, as Envoy computes it (integers, 140 = factor 1.4).
+        let health: Vec<u64> = self
+            .levels
+            .iter()
+            .map(|l| {
+                let healthy = l
+                    .balancer
+                    .hosts()
+                    .iter()
+                    .filter(|h| !h.is_ejected(now))
+                    .count();
+                (140 * healthy as u64 / l.total as u64).min(100)
+            })
+            .collect();
+        let normalized: u64 = health.iter().sum::<u64>().min(100);
+        if normalized == 0 {
+            return self.levels.iter().find(|l| !l.balancer.hosts().is_empty());
+        }
+        let mut left = 100u64;
+        let mut upto = 0u64;
+        for (l, h) in self.levels.iter().zip(&health) {
+            let load = (h * 100 / normalized).min(left);
+            left -= load;
+            upto += load;
+            if roll < upto {
+                return Some(l);
+            }
+        }
+        // Rounding left a sliver: the last level with health takes it.
+        self.levels
+            .iter()
+            .zip(&health)
+            .rev()
+            .find(|(_, h)| **h > 0)
+            .map(|(l, _)| l)
     }
 
     fn threshold(
@@ -492,7 +549,13 @@ impl ClusterTarget {
         if self.is_original_dst() {
             return original_dst.map(Picked::OriginalDst);
         }
-        self.balancer.pick(hash, exclude).map(Picked::Host)
+        // Envoy picks the level by the request's hash when it has one, so a hash keeps
+        // its level as long as the levels' health does not change.
+        let roll = hash.map_or_else(|| fastrand::u64(0..100), |h| h % 100);
+        self.level(roll)?
+            .balancer
+            .pick(hash, exclude)
+            .map(Picked::Host)
     }
 
     /// [`ClusterTarget::pick_host`] without a hash or exclusions, as an address.
@@ -503,18 +566,35 @@ impl ClusterTarget {
 
     /// Tells outlier detection how an attempt to `host` went.
     pub fn report(&self, host: &Host, report: Report) {
-        self.balancer.report(host, report);
+        let level = match self.levels.as_slice() {
+            [only] => Some(only),
+            levels => levels
+                .iter()
+                .find(|l| l.balancer.hosts().iter().any(|h| std::ptr::eq(&**h, host))),
+        };
+        if let Some(l) = level {
+            l.balancer.report(host, report);
+        }
     }
 
-    /// The routable hosts.
+    /// The routable hosts, over all priority levels.
     pub fn routable(&self) -> usize {
-        self.balancer.hosts().len()
+        self.levels.iter().map(|l| l.balancer.hosts().len()).sum()
     }
 
-    /// The routable hosts, with their state.
-    pub fn hosts(&self) -> &[Arc<Host>] {
-        self.balancer.hosts()
+    /// The routable hosts with their state, lowest priority first.
+    pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
+        self.levels.iter().flat_map(|l| l.balancer.hosts())
     }
+}
+
+/// One priority level of a cluster.
+#[derive(Debug)]
+struct Level {
+    /// Its endpoints, routable or not (the denominator of its health).
+    total: usize,
+    /// Over its routable endpoints.
+    balancer: Balancer,
 }
 
 /// Resolves an endpoint address to socket addresses (DNS endpoints of STRICT_DNS and
@@ -692,18 +772,15 @@ mod tests {
                     "c".to_string(),
                     cla(
                         "c",
-                        vec![
-                            (1, vec![ep("10.0.1.1:80", Healthy, 1)]),
-                            (
-                                0,
-                                vec![
-                                    ep("10.0.0.1:80", Healthy, 1),
-                                    ep("10.0.0.2:80", Unknown, 2),
-                                    ep("10.0.0.3:80", Unhealthy, 1),
-                                    ep("10.0.0.4:80", Draining, 1),
-                                ],
-                            ),
-                        ],
+                        vec![(
+                            0,
+                            vec![
+                                ep("10.0.0.1:80", Healthy, 1),
+                                ep("10.0.0.2:80", Unknown, 2),
+                                ep("10.0.0.3:80", Unhealthy, 1),
+                                ep("10.0.0.4:80", Draining, 1),
+                            ],
+                        )],
                     ),
                 ),
                 (
@@ -741,6 +818,75 @@ mod tests {
             picks(t.cluster("down").unwrap(), 2),
             ["10.0.1.9:80", "10.0.1.9:80"]
         );
+    }
+
+    /// The share of rolls 0..100 that each priority level of `c` takes.
+    fn level_loads(c: &ClusterTarget) -> Vec<usize> {
+        let mut loads = vec![0; c.levels.len()];
+        for roll in 0..100 {
+            let l = c.level(roll).unwrap();
+            let i = c.levels.iter().position(|x| std::ptr::eq(x, l)).unwrap();
+            loads[i] += 1;
+        }
+        loads
+    }
+
+    /// Envoy's priority load: a level keeps all the load while at least 72% of its
+    /// endpoints are healthy (overprovisioning 1.4), then spills the rest to the next;
+    /// when all levels are degraded the load is normalised over their health.
+    #[test]
+    fn priority_load_spills_over_gradually() {
+        use HealthStatus::*;
+        let eds = Discovery::Eds { service_name: None };
+        let level = |prefix: &str, healthy: usize| -> Vec<Endpoint> {
+            (0..5)
+                .map(|i| {
+                    let health = if i < healthy { Healthy } else { Unhealthy };
+                    ep(&format!("{prefix}.{}:80", i + 1), health, 1)
+                })
+                .collect()
+        };
+        let build = |p0: usize, p1: usize| {
+            let input = TrafficInput {
+                clusters: vec![cluster("c", eds.clone())],
+                load_assignments: [(
+                    "c".to_string(),
+                    cla(
+                        "c",
+                        vec![(0, level("10.0.0", p0)), (1, level("10.0.1", p1))],
+                    ),
+                )]
+                .into(),
+                ..Default::default()
+            };
+            Traffic::build(input, None)
+        };
+        // (healthy in P0, healthy in P1) -> load of (P0, P1) in percent.
+        let cases = [
+            ((5, 5), [100, 0]),
+            ((4, 5), [100, 0]),
+            ((3, 5), [84, 16]),
+            ((1, 5), [28, 72]),
+            ((0, 5), [0, 100]),
+            ((1, 1), [50, 50]),
+        ];
+        for ((p0, p1), want) in cases {
+            let t = build(p0, p1);
+            let c = t.cluster("c").unwrap();
+            assert_eq!(level_loads(c), want, "P0 {p0}/5 healthy, P1 {p1}/5");
+        }
+        // Nothing routable at any level: no host (the request gets 503 `UH`).
+        let t = build(0, 0);
+        assert_eq!(t.cluster("c").unwrap().pick(None), None);
+
+        // Outlier ejections count as unhealthy: ejecting 2 of P0's 5 spills 16%.
+        let t = build(5, 5);
+        let c = t.cluster("c").unwrap();
+        let p0: Vec<Arc<Host>> = c.levels[0].balancer.hosts().to_vec();
+        for h in &p0[..2] {
+            h.eject_for_test(Duration::from_secs(60));
+        }
+        assert_eq!(level_loads(c), [84, 16]);
     }
 
     #[test]
