@@ -9,11 +9,12 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -61,9 +62,20 @@ enum Cmd {
         #[arg(long)]
         banner: String,
     },
-    /// Minimal HTTP/1.1 keep-alive server: 200 with body NAME to every request, except
-    /// `/status/CODE`, answered with that status (and the same body).
-    /// Responses carry `x-server-name` and `x-request-count` (requests served so far).
+    /// Minimal HTTP/1.1 keep-alive server: 200 with body NAME to every request, except for
+    /// these paths (deterministic failures for retry, timeout and outlier tests):
+    ///
+    /// - `/status/CODE`: that status;
+    /// - `/fail/N/CODE?key=K`: CODE for the first N requests with key K, then 200;
+    /// - `/delay/MS`: 200 after MS milliseconds;
+    /// - `/delay-first/N/MS?key=K`: the first N requests with key K wait MS first;
+    /// - `/count?key=K`: body = how many requests with key K came so far (not itself).
+    ///
+    /// `delay=MS` in the query waits MS before any of these answers (a slow failure);
+    /// `only=NAME` limits the failure or delay to the server called NAME (the others answer
+    /// 200 at once). Every request with `key=K` counts, whatever its path.
+    /// Responses carry `x-server-name`, `x-request-count` (requests served so far) and, with
+    /// a key, `x-key-count` (this request's number among those with its key).
     HttpServer {
         #[arg(long)]
         port: u16,
@@ -100,6 +112,20 @@ enum Cmd {
         #[arg(long, default_value_t = 4096)]
         size: usize,
     },
+    /// COUNT HTTP/1.1 GETs of PATH, each on a new connection (`connection: close`), PARALLEL
+    /// at a time (the first PARALLEL start together). Reports every response (status,
+    /// `x-server-name`, `x-key-count`, milliseconds) and the counts by status and server;
+    /// any status is a response, only I/O and protocol errors fail.
+    HttpGet {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        path: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+    },
     /// CONNS concurrent connections, each doing EXCHANGES small exchanges.
     ConnectMany {
         #[arg(long)]
@@ -124,7 +150,7 @@ fn main() -> ExitCode {
             bind,
             port,
             "http-server",
-            Handler::Http(name, Arc::new(AtomicU64::new(0))),
+            Handler::Http(Arc::new(HttpState::new(name))),
         ),
         Cmd::Exchange {
             addr,
@@ -140,6 +166,12 @@ fn main() -> ExitCode {
             exchanges,
             size,
         } => connect_many(addr, conns, exchanges, size),
+        Cmd::HttpGet {
+            addr,
+            path,
+            count,
+            parallel,
+        } => http_get(addr, &path, count, parallel),
     };
     println!("{report}");
     if ok {
@@ -629,6 +661,141 @@ fn connect_many(addr: SocketAddr, conns: usize, exchanges: u64, size: usize) -> 
     (report.to_string(), good)
 }
 
+/// One response of `http-get`.
+#[derive(Debug, Clone, Serialize)]
+struct HttpResult {
+    /// When the request started, in milliseconds since the client started.
+    at_ms: u64,
+    status: u16,
+    server: Option<String>,
+    key_count: Option<u64>,
+    ms: u64,
+}
+
+/// One GET on a new connection, read to EOF.
+fn http_get_one(
+    addr: SocketAddr,
+    path: &str,
+    since: Instant,
+    st: &mut Stats,
+) -> Result<HttpResult, ErrInfo> {
+    let start = Instant::now();
+    let mut s = connect(addr)?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    write_all(&mut s, req.as_bytes(), st, 0)?;
+    let mut resp = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match read_some(&mut s, &mut buf, st, resp.len() as u64)? {
+            0 => break,
+            n => resp.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&resp);
+    let bad = |what: &str| {
+        ErrInfo::protocol(
+            "check",
+            "MALFORMED",
+            format!(
+                "{what} in response {:?}",
+                text.chars().take(200).collect::<String>()
+            ),
+            0,
+        )
+    };
+    let head = text
+        .split_once("\r\n\r\n")
+        .map(|(h, _)| h)
+        .ok_or_else(|| bad("no end of headers"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let mut result = HttpResult {
+        at_ms: start.duration_since(since).as_millis() as u64,
+        status,
+        server: None,
+        key_count: None,
+        ms: start.elapsed().as_millis() as u64,
+    };
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "x-server-name" => result.server = Some(v.trim().to_owned()),
+            "x-key-count" => result.key_count = v.trim().parse().ok(),
+            _ => {}
+        }
+    }
+    Ok(result)
+}
+
+fn http_get(addr: SocketAddr, path: &str, count: usize, parallel: usize) -> (String, bool) {
+    let start = Instant::now();
+    let parallel = parallel.clamp(1, count.max(1));
+    let barrier = Arc::new(Barrier::new(parallel));
+    let handles: Vec<_> = (0..parallel)
+        .map(|t| {
+            let (barrier, path) = (barrier.clone(), path.to_owned());
+            thread::spawn(move || {
+                let mut st = Stats::default();
+                let mut done = Vec::new();
+                barrier.wait();
+                for i in (t..count).step_by(parallel) {
+                    match http_get_one(addr, &path, start, &mut st) {
+                        Ok(r) => done.push((i, r)),
+                        Err(e) => st.record(e),
+                    }
+                }
+                (done, st)
+            })
+        })
+        .collect();
+    let mut st = Stats::default();
+    let mut results = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok((done, s)) => {
+                results.extend(done);
+                st.merge(s);
+            }
+            Err(_) => st.record(ErrInfo::protocol(
+                "thread",
+                "PANIC",
+                "client panicked".into(),
+                0,
+            )),
+        }
+    }
+    results.sort_by_key(|(i, _)| *i);
+    let results: Vec<HttpResult> = results.into_iter().map(|(_, r)| r).collect();
+    let mut statuses = std::collections::BTreeMap::<String, u64>::new();
+    let mut servers = std::collections::BTreeMap::<String, u64>::new();
+    for r in &results {
+        *statuses.entry(r.status.to_string()).or_default() += 1;
+        *servers
+            .entry(r.server.clone().unwrap_or_else(|| "-".into()))
+            .or_default() += 1;
+    }
+    let good = results.len() == count && st.failures == 0;
+    let report = json!({
+        "mode": "http-get",
+        "count": count,
+        "ok": results.len(),
+        "errors": count - results.len(),
+        "eagain": st.eagain,
+        "first_error": st.first_error,
+        "statuses": statuses,
+        "servers": servers,
+        "results": results,
+        "secs": start.elapsed().as_secs_f64(),
+    });
+    (report.to_string(), good)
+}
+
 // ---------------------------------------------------------------------------
 // Servers
 
@@ -636,8 +803,8 @@ fn connect_many(addr: SocketAddr, conns: usize, exchanges: u64, size: usize) -> 
 enum Handler {
     /// Echo, optionally writing a banner first.
     Echo(Option<String>),
-    /// HTTP/1.1 with this name and a shared request counter.
-    Http(String, Arc<AtomicU64>),
+    /// HTTP/1.1 with its name and counters.
+    Http(Arc<HttpState>),
 }
 
 /// Binds, prints the listening line, serves until killed. Returns only on failure.
@@ -667,7 +834,7 @@ fn serve(bind: IpAddr, port: u16, mode: &str, handler: Handler) -> (String, bool
                     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                     let r = match handler {
                         Handler::Echo(banner) => echo_conn(s, banner.as_deref()),
-                        Handler::Http(name, count) => http_conn(s, &name, &count),
+                        Handler::Http(state) => http_conn(s, &state),
                     };
                     if let Err(e) = r {
                         eprintln!(
@@ -710,7 +877,7 @@ fn bad_request(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
-fn http_conn(s: TcpStream, name: &str, count: &AtomicU64) -> io::Result<()> {
+fn http_conn(s: TcpStream, state: &HttpState) -> io::Result<()> {
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
     loop {
@@ -767,23 +934,114 @@ fn http_conn(s: TcpStream, name: &str, count: &AtomicU64) -> io::Result<()> {
         } else {
             !connection.contains("close")
         };
-        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-        let body = if method == "HEAD" { "" } else { name };
-        let status = path
-            .strip_prefix("/status/")
-            .and_then(|c| c.parse::<u16>().ok())
-            .filter(|c| (200..600).contains(c))
-            .unwrap_or(200);
+        let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let answer = state.answer(&path);
+        if !answer.delay.is_zero() {
+            thread::sleep(answer.delay);
+        }
+        let name = &state.name;
+        let status = answer.status;
+        let body = answer.body.unwrap_or_else(|| name.clone());
+        let key_count = answer
+            .key_count
+            .map(|c| format!("x-key-count: {c}\r\n"))
+            .unwrap_or_default();
         let resp = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-server-name: {name}\r\nx-request-count: {n}\r\n{}\r\n{body}",
+            "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-server-name: {name}\r\nx-request-count: {n}\r\n{key_count}{}\r\n{}",
             reason_phrase(status),
-            name.len(),
+            body.len(),
             if keep_alive { "" } else { "connection: close\r\n" },
+            if method == "HEAD" { "" } else { body.as_str() },
         );
         w.write_all(resp.as_bytes())?;
         if !keep_alive {
             return w.shutdown(Shutdown::Write);
         }
+    }
+}
+
+/// The state of `http-server`: its name, the request counter and the per-key counters.
+#[derive(Debug)]
+struct HttpState {
+    name: String,
+    requests: AtomicU64,
+    keys: Mutex<HashMap<String, u64>>,
+}
+
+/// How `http-server` answers one request.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    /// Wait this long before answering.
+    delay: Duration,
+    /// The body, if not the server's name.
+    body: Option<String>,
+    /// The request's number among those with its key.
+    key_count: Option<u64>,
+}
+
+impl HttpState {
+    fn new(name: String) -> Self {
+        HttpState {
+            name,
+            requests: AtomicU64::new(0),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts the request under its key (if any) and decides the answer (see `HttpServer`).
+    fn answer(&self, target: &str) -> Answer {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        };
+        let key = param("key");
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if path == "/count" {
+            let seen = key.and_then(|k| keys.get(k)).copied().unwrap_or(0);
+            return Answer {
+                status: 200,
+                delay: Duration::ZERO,
+                body: Some(seen.to_string()),
+                key_count: None,
+            };
+        }
+        let key_count = key.map(|k| {
+            let c = keys.entry(k.to_owned()).or_insert(0);
+            *c += 1;
+            *c
+        });
+        drop(keys);
+        let mut answer = Answer {
+            status: 200,
+            delay: Duration::ZERO,
+            body: None,
+            key_count,
+        };
+        if param("only").is_some_and(|only| only != self.name) {
+            return answer;
+        }
+        let nth = key_count.unwrap_or(1);
+        let num = |s: &str| s.parse::<u64>().ok();
+        if let Some(ms) = param("delay").and_then(num) {
+            answer.delay = Duration::from_millis(ms);
+        }
+        let status = |s: &str| num(s).filter(|c| (200..600).contains(c)).map(|c| c as u16);
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match segments.as_slice() {
+            ["status", code] => answer.status = status(code).unwrap_or(200),
+            ["fail", n, code] if num(n).is_some_and(|n| nth <= n) => {
+                answer.status = status(code).unwrap_or(200);
+            }
+            ["delay", ms] => answer.delay = Duration::from_millis(num(ms).unwrap_or(0)),
+            ["delay-first", n, ms] if num(n).is_some_and(|n| nth <= n) => {
+                answer.delay = Duration::from_millis(num(ms).unwrap_or(0));
+            }
+            _ => {}
+        }
+        answer
     }
 }
 
@@ -816,5 +1074,38 @@ fn read_chunked_body(r: &mut BufReader<TcpStream>) -> io::Result<()> {
         io::copy(&mut r.by_ref().take(size), &mut io::sink())?;
         let mut crlf = String::new();
         r.read_line(&mut crlf)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(state: &HttpState, target: &str) -> (u16, u64, Option<u64>) {
+        let a = state.answer(target);
+        (a.status, a.delay.as_millis() as u64, a.key_count)
+    }
+
+    #[test]
+    fn http_server_failure_modes() {
+        let s = HttpState::new("a".into());
+        assert_eq!(answer(&s, "/"), (200, 0, None));
+        assert_eq!(answer(&s, "/status/503"), (503, 0, None));
+        assert_eq!(answer(&s, "/status/999"), (200, 0, None));
+        // The first 2 with key k fail; other keys count on their own.
+        assert_eq!(answer(&s, "/fail/2/503?key=k"), (503, 0, Some(1)));
+        assert_eq!(answer(&s, "/fail/2/503?key=other"), (503, 0, Some(1)));
+        assert_eq!(answer(&s, "/fail/2/503?key=k"), (503, 0, Some(2)));
+        assert_eq!(answer(&s, "/fail/2/503?key=k"), (200, 0, Some(3)));
+        assert_eq!(s.answer("/count?key=k").body.as_deref(), Some("3"));
+        assert_eq!(s.answer("/count?key=none").body.as_deref(), Some("0"));
+        assert_eq!(answer(&s, "/delay/150"), (200, 150, None));
+        assert_eq!(answer(&s, "/delay-first/1/300?key=d"), (200, 300, Some(1)));
+        assert_eq!(answer(&s, "/delay-first/1/300?key=d"), (200, 0, Some(2)));
+        // `only` names the server that misbehaves; the others answer at once (and count).
+        assert_eq!(answer(&s, "/status/503?only=a"), (503, 0, None));
+        assert_eq!(answer(&s, "/status/503?only=b&key=o"), (200, 0, Some(1)));
+        assert_eq!(answer(&s, "/delay/100?key=o&only=b"), (200, 0, Some(2)));
+        assert_eq!(answer(&s, "/status/502?delay=40"), (502, 40, None));
     }
 }
