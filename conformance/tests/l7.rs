@@ -21,154 +21,31 @@
 //! `/usr/bin/python3` (`scripts/setup.sh` installs them). In CI a test that cannot run fails
 //! (see `testbed_ready`).
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-use anyhow::{bail, ensure, Context as _, Result};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{ensure, Context as _, Result};
 use myelin_testbed::{
-    ensure_success, in_netns, json_output, pattern, py_script, system_python,
-    testbed_ready_with_python, Mesh, MeshOptions, Pod, Proc,
+    ensure_success, json_output, pattern, py_script, system_python, testbed_ready_with_python,
+    Mesh, Pod, Proc,
 };
 use serde_json::Value;
+use support::{
+    client_requests, curl, endpoint, start_mesh, vip, wait_listening, Scratch, Service,
+    CLIENT_TIMEOUT, LISTEN_WAIT,
+};
 
-/// The service address the clients dial (see the module doc).
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 1);
 /// Service ports; each server listens on the same port as its service.
 const H2_PORT: u16 = 8080;
 const GRPC_PORT: u16 = 50051;
 const WS_PORT: u16 = 8765;
-/// How long a server may take to start listening.
-const LISTEN_WAIT: Duration = Duration::from_secs(15);
-/// A bound for each client run (they take well under a second when things work).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn ready(python_modules: &[&str]) -> bool {
     testbed_ready_with_python(&["curl", "h2load", "nghttpd"], python_modules)
-}
-
-/// One service: a listener on `0.0.0.0:port` routing everything to a STATIC cluster of
-/// `endpoints`, spoken to over HTTP/2 (h2c) when `http2`, else HTTP/1.1.
-struct Service {
-    name: &'static str,
-    port: u16,
-    endpoints: Vec<SocketAddr>,
-    http2: bool,
-}
-
-/// The Envoy `static_resources` section for `services`.
-fn envoy(services: &[Service]) -> String {
-    let mut listeners = String::new();
-    let mut clusters = String::new();
-    for s in services {
-        let Service { name, port, .. } = s;
-        write!(
-            listeners,
-            r#"
-  - name: {name}
-    address: {{ socket_address: {{ address: 0.0.0.0, port_value: {port} }} }}
-    bind_to_port: false
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          upgrade_configs: [{{ upgrade_type: websocket }}]
-          route_config:
-            name: {name}
-            virtual_hosts:
-            - name: {name}
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: {name} }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}"#
-        )
-        .expect("writing to a String");
-        write!(
-            clusters,
-            r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:"#
-        )
-        .expect("writing to a String");
-        for ep in &s.endpoints {
-            write!(
-                clusters,
-                "\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}",
-                ep.ip(),
-                ep.port()
-            )
-            .expect("writing to a String");
-        }
-        if s.http2 {
-            clusters.push_str(
-                r#"
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }"#,
-            );
-        }
-    }
-    format!("static_resources:\n  listeners:{listeners}\n  clusters:{clusters}\n")
-}
-
-/// A node with a `client` pod and the `servers` pods, all `splice: nonblocking`, whose
-/// agent serves `services` (built from the pods, whose addresses exist once the node does).
-fn start_mesh(
-    prefix: &str,
-    servers: &[&str],
-    services: impl FnOnce(&Mesh) -> Vec<Service>,
-) -> Result<Mesh> {
-    let pods: Vec<&str> = std::iter::once("client")
-        .chain(servers.iter().copied())
-        .collect();
-    let opts = pods
-        .iter()
-        .fold(MeshOptions::pods(&pods), |o, p| o.policy(p, "nonblocking"));
-    let mut mesh = Mesh::build(prefix, opts)?;
-    let config = envoy(&services(&mesh));
-    mesh.options_mut().envoy = config;
-    mesh.start_agent()?;
-    Ok(mesh)
-}
-
-fn endpoint(mesh: &Mesh, pod: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(mesh.pod(pod).ip.into(), port)
-}
-
-fn vip(port: u16) -> String {
-    format!("{VIP}:{port}")
-}
-
-/// Waits until something accepts on `pod`'s `port`, connecting from a thread inside the pod's
-/// netns (the test process is outside the node's cgroup, so this is not captured).
-fn wait_listening(pod: &Pod, port: u16) -> Result<()> {
-    let addr = SocketAddr::new(pod.ip.into(), port);
-    in_netns(&pod.netns_path(), || {
-        let deadline = Instant::now() + LISTEN_WAIT;
-        loop {
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    bail!("nothing listening on {addr} in pod {}: {e}", pod.name)
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    })?
 }
 
 /// Starts one of the Python servers in `py/` and waits for its "listening" line.
@@ -197,70 +74,6 @@ fn py_client(pod: &Pod, script: &str, args: &[&str]) -> Result<Value> {
     json_output(&out, &format!("{script} client {}", args.join(" ")))
 }
 
-/// A directory for files of one test, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(mesh: &Mesh) -> Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("{}-l7", mesh.node.name));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// What curl reported for one request.
-#[derive(Debug)]
-struct Fetched {
-    code: u16,
-    /// `%{http_version}`: `1.1` or `2`.
-    version: String,
-    body: Vec<u8>,
-}
-
-/// Runs curl in `pod` with `args` before the URL; the body goes to `out` and is read back.
-fn curl(pod: &Pod, args: &[&str], url: &str, out: &Path) -> Result<Fetched> {
-    let _ = std::fs::remove_file(out);
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "20", "-o"])
-        .arg(out)
-        .args(["-w", "%{http_code} %{http_version}"])
-        .args(args)
-        .arg(url);
-    let what = format!("curl {} {url}", args.join(" "));
-    let output = pod.run_timeout(cmd, CLIENT_TIMEOUT)?;
-    ensure_success(&output, &what)?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let (code, version) = stdout
-        .trim()
-        .split_once(' ')
-        .with_context(|| format!("{what}: unexpected -w output {stdout:?}"))?;
-    Ok(Fetched {
-        code: code
-            .parse()
-            .with_context(|| format!("{what}: {stdout:?}"))?,
-        version: version.to_owned(),
-        body: std::fs::read(out).unwrap_or_default(),
-    })
-}
-
-/// `myelin_proxy_requests_total` of the client workload with `code`.
-fn client_requests(mesh: &Mesh, code: &str) -> Result<f64> {
-    mesh.metric(
-        "myelin_proxy_requests_total",
-        &[("source_workload", "client"), ("response_code", code)],
-    )
-}
-
 fn http2_connections(mesh: &Mesh) -> Result<f64> {
     mesh.metric(
         "myelin_proxy_connections_opened_total",
@@ -284,12 +97,13 @@ fn nghttpd(pod: &Pod, docroot: &Path) -> Result<Proc> {
 /// A node with an nghttpd pod behind an HTTP/2 service, its docroot holding `hello.txt`
 /// (returned with it) and a 1 MiB `big.bin`.
 fn h2_mesh(prefix: &str) -> Result<(Mesh, Scratch, Proc, Vec<u8>)> {
-    let mesh = start_mesh(prefix, &["h2"], |m| {
+    let mesh = start_mesh(prefix, &["h2"], "nonblocking", |m| {
         vec![Service {
             name: "h2web",
             port: H2_PORT,
             endpoints: vec![endpoint(m, "h2", H2_PORT)],
             http2: true,
+            ..Service::default()
         }]
     })?;
     let scratch = Scratch::new(&mesh)?;
@@ -471,12 +285,13 @@ fn h2load_summary_is_parsed() {
 /// `grpc_client_on_a_dual_stack_socket_is_captured`). Without IPv6 in the pod (no `::1`) the
 /// C core falls back to `AF_INET` sockets, which are.
 fn grpc_mesh(prefix: &str, servers: &[&str], client_ipv6: bool) -> Result<(Mesh, Vec<Proc>)> {
-    let mesh = start_mesh(prefix, servers, |m| {
+    let mesh = start_mesh(prefix, servers, "nonblocking", |m| {
         vec![Service {
             name: "grpc",
             port: GRPC_PORT,
             endpoints: servers.iter().map(|s| endpoint(m, s, GRPC_PORT)).collect(),
             http2: true,
+            ..Service::default()
         }]
     })?;
     if !client_ipv6 {
@@ -608,12 +423,13 @@ fn websocket_echo_through_the_mesh() -> Result<()> {
     if !ready(&["websockets"]) {
         return Ok(());
     }
-    let mesh = start_mesh("l7-ws", &["ws"], |m| {
+    let mesh = start_mesh("l7-ws", &["ws"], "nonblocking", |m| {
         vec![Service {
             name: "ws",
             port: WS_PORT,
             endpoints: vec![endpoint(m, "ws", WS_PORT)],
             http2: false,
+            ..Service::default()
         }]
     })?;
     let _server = py_server(mesh.pod("ws"), "ws_echo.py", WS_PORT)?;
