@@ -40,6 +40,7 @@ mod retry;
 mod stream;
 mod tcp;
 mod timeout;
+pub mod tls;
 pub mod traffic;
 mod upstream;
 
