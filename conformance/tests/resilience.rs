@@ -638,3 +638,51 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A connect failure (an endpoint with nothing listening) is retried under each of these
+/// `retry_on` conditions in Envoy: `connect-failure`, and also `gateway-error` and `reset`,
+/// whose reset check covers every upstream reset reason but overflow, the failed connect
+/// included (`RetryStateImpl::wouldRetryFromReset`: `RETRY_ON_RESET`, then
+/// `RETRY_ON_5XX | RETRY_ON_GATEWAY_ERROR`).
+#[test]
+fn connect_failures_are_retried_under_connect_failure_gateway_error_and_reset() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    // `dead` runs nothing: a connect to it is refused. Round robin over [dead, web], one
+    // retry: every request that tries `dead` first must be retried on `web`.
+    let conditions = [
+        ("connect-failure", 8010),
+        ("gateway-error", 8011),
+        ("reset", 8012),
+    ];
+    let mesh = start_mesh("res-connfail", &["dead", "web"], "off", |m| {
+        conditions
+            .iter()
+            .zip(["on-connect-failure", "on-gateway-error", "on-reset"])
+            .map(|(&(on, port), name)| {
+                service(
+                    m,
+                    name,
+                    port,
+                    &["dead", "web"],
+                    &format!("retry_policy: {{ retry_on: {on}, num_retries: 1, {BACK_OFF} }}"),
+                    "",
+                )
+            })
+            .collect()
+    })?;
+    let _web = http_server(mesh.pod("web"))?;
+    let mut failed = Vec::new();
+    for (on, port) in conditions {
+        let r = get(&mesh, port, "/", 6, 1)?;
+        if with_status(&r, 200) != 6 {
+            failed.push(format!("retry_on: {on}: {}", r["statuses"]));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "requests whose first attempt was refused were not retried: {failed:#?}"
+    );
+    Ok(())
+}
