@@ -452,10 +452,25 @@ impl HttpConn {
             };
             cluster.report(active.host(), r);
         };
+        let upgrade = wants_upgrade(&req);
         let policy = match policy {
-            Some(p) if p.num_retries > 0 && !wants_upgrade(&req) => p,
+            Some(p) if p.num_retries > 0 && !upgrade => p,
             _ => {
-                let result = self.forward(first_pick.target, limits, req).await;
+                // No retries, but the per-try timeout still bounds the one try (as in
+                // Envoy).
+                let per_try = policy.and_then(|p| p.per_try_timeout).filter(|_| !upgrade);
+                let target = first_pick.target;
+                let attempt = self.forward(target, limits, req);
+                let result = match per_try {
+                    Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
+                        Err(ProxyError::Timeout {
+                            addr: target.addr,
+                            which: "per-try",
+                            timeout: t,
+                        })
+                    }),
+                    None => attempt.await,
+                };
                 report(&first_pick, &result);
                 return Ok((result?, "-"));
             }
@@ -522,8 +537,10 @@ impl HttpConn {
                 return result.map(|r| (r, "-"));
             }
             let Some(guard) = cluster.as_ref().and_then(|c| c.try_retry()) else {
+                // The retry circuit breaker (max_retries or the budget) is full: Envoy
+                // answers the last try's response flagged `UO`.
                 self.metrics.retry_overflow.inc();
-                return result.map(|r| (r, "-"));
+                return result.map(|r| (r, "UO"));
             };
             // Let go of the failed attempt (and its connection) before waiting.
             drop(result);

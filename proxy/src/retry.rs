@@ -99,12 +99,14 @@ fn matches(cond: &str, policy: &RetryPolicy, outcome: Outcome) -> bool {
             Response { status, .. } => status.is_server_error(),
             ConnectFailure | Reset | RefusedStream | PerTryTimeout => true,
         },
+        // Envoy retries every upstream reset (a failed connect and a refused stream
+        // included) under `5xx`, `gateway-error` and `reset` alike
+        // (`RetryStateImpl::wouldRetryFromReset`).
         "gateway-error" => match outcome {
             Response { status, .. } => matches!(status.as_u16(), 502..=504),
-            PerTryTimeout => true,
-            ConnectFailure | Reset | RefusedStream => false,
+            ConnectFailure | Reset | RefusedStream | PerTryTimeout => true,
         },
-        "reset" => matches!(outcome, Reset | PerTryTimeout),
+        "reset" => !matches!(outcome, Response { .. }),
         "connect-failure" => outcome == ConnectFailure,
         // Nothing reached the upstream: a failed connect, or a stream it refused.
         "reset-before-request" => matches!(outcome, ConnectFailure | RefusedStream),
@@ -315,8 +317,11 @@ mod tests {
             ("gateway-error", resp(502), true),
             ("gateway-error", resp(504), true),
             ("gateway-error", PerTryTimeout, true),
-            ("gateway-error", ConnectFailure, false),
+            ("gateway-error", ConnectFailure, true),
+            ("gateway-error", RefusedStream, true),
             ("reset", Reset, true),
+            ("reset", ConnectFailure, true),
+            ("reset", RefusedStream, true),
             ("reset", resp(503), false),
             ("connect-failure", ConnectFailure, true),
             ("connect-failure", Reset, false),
