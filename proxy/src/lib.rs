@@ -32,6 +32,7 @@ mod detect;
 pub mod drain;
 mod error;
 pub mod golden;
+pub mod hbone;
 mod http;
 pub mod metrics;
 pub mod model;
