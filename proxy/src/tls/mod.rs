@@ -5,6 +5,7 @@
 
 pub mod ca;
 mod id;
+pub mod rotate;
 pub mod store;
 pub mod verify;
 
