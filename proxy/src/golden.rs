@@ -386,9 +386,7 @@ impl GoldenMetrics {
     pub fn record_request(&self, r: &RequestRecord) {
         let (mut code_buf, mut grpc_buf) = ([0; 10], [0; 10]);
         let code = decimal(r.response_code.into(), &mut code_buf);
-        let grpc = r
-            .grpc_status
-            .map_or("-", |s| decimal(s, &mut grpc_buf));
+        let grpc = r.grpc_status.map_or("-", |s| decimal(s, &mut grpc_buf));
         let values: [&str; 13] = [
             r.reporter,
             &r.source_workload,
@@ -437,11 +435,13 @@ impl GoldenMetrics {
             &r.destination_principal,
             r.connection_security_policy,
         ];
-        self.admit(&self.tcp_series, &self.tcp_names, &values, |l| TcpCounters {
-            sent: self.tcp_sent.get_or_create_owned(l),
-            received: self.tcp_received.get_or_create_owned(l),
-            opened: self.tcp_opened.get_or_create_owned(l),
-            closed: self.tcp_closed.get_or_create_owned(l),
+        self.admit(&self.tcp_series, &self.tcp_names, &values, |l| {
+            TcpCounters {
+                sent: self.tcp_sent.get_or_create_owned(l),
+                received: self.tcp_received.get_or_create_owned(l),
+                opened: self.tcp_opened.get_or_create_owned(l),
+                closed: self.tcp_closed.get_or_create_owned(l),
+            }
         })
     }
 
@@ -458,9 +458,12 @@ impl GoldenMetrics {
         let now = Instant::now();
         let hash = s.hash(values);
         let known = s.by_hash.get_mut(&hash).and_then(|bucket| {
-            bucket
-                .iter_mut()
-                .find(|e| e.labels.iter().map(|(_, v)| &**v).eq(values.iter().copied()))
+            bucket.iter_mut().find(|e| {
+                e.labels
+                    .iter()
+                    .map(|(_, v)| &**v)
+                    .eq(values.iter().copied())
+            })
         });
         if let Some(e) = known {
             e.last = now;
