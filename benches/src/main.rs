@@ -15,8 +15,6 @@
 
 mod nginx;
 mod report;
-mod tools;
-mod wrk;
 
 use std::{
     path::{Path, PathBuf},
@@ -27,6 +25,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::{Parser, ValueEnum};
+use myelin_benches::{tools, wrk};
 use myelin_testbed::{metric_sum, Mesh, MeshOptions, Pod};
 
 use crate::{

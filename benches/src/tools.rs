@@ -19,6 +19,6 @@ pub fn path(tool: &str) -> Result<PathBuf> {
     {
         return Ok(p);
     }
-    // nginx, wrk and curl: each in the Debian package of the same name.
+    // nginx, haproxy, wrk and curl: each in the Debian package of the same name.
     bail!("{tool} not found on PATH or in /usr/sbin: install it (Debian package `{tool}`)")
 }

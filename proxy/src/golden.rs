@@ -12,8 +12,15 @@
 //! `overflow`) and counted in `myelin_metrics_series_overflow_total`; a label set that has
 //! not been touched for [`GuardConfig::idle_expiry`] is removed and counted in
 //! `myelin_metrics_series_expired_total`.
+//!
+//! Recording is on every request's path, so a label set that is already known costs one hash
+//! of its values, one lookup and the metric updates: the guard's index keeps each label set's
+//! metric handles, so the families' own maps (which hash the whole label set again, per
+//! family) and the label allocations are only paid when a label set is new.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -133,10 +140,85 @@ fn names(table: &[[&'static str; 2]], naming: Naming) -> Vec<&'static str> {
     table.iter().map(|row| row[i]).collect()
 }
 
-/// The label sets in use by one group of families, with their last use.
-struct Series {
-    seen: HashMap<Labels, Instant>,
+/// One label set in use: its labels, its last use and its metric handles (`H`).
+struct Entry<H> {
+    labels: Labels,
+    last: Instant,
+    handles: H,
+}
+
+/// The label sets in use by one group of families, indexed by a hash of their values so that
+/// a known one is found without building its labels.
+struct Series<H> {
+    hasher: RandomState,
+    by_hash: HashMap<u64, Vec<Entry<H>>>,
+    len: usize,
     overflow: Labels,
+    /// Created on the first overflow; never expires.
+    overflow_handles: Option<H>,
+}
+
+impl<H: Clone> Series<H> {
+    fn new(overflow: Labels) -> Self {
+        Series {
+            hasher: RandomState::new(),
+            by_hash: HashMap::new(),
+            len: 0,
+            overflow,
+            overflow_handles: None,
+        }
+    }
+
+    fn hash(&self, values: &[&str]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for v in values {
+            h.write(v.as_bytes());
+            // A separator, so that ("ab", "c") and ("a", "bc") differ.
+            h.write_u8(0xff);
+        }
+        h.finish()
+    }
+
+    /// Removes the label sets idle for `expiry` or longer, appending their labels to `out`.
+    fn expire(&mut self, expiry: Duration, out: &mut Vec<Labels>) {
+        let before = out.len();
+        self.by_hash.retain(|_, bucket| {
+            bucket.retain(|e| {
+                let keep = e.last.elapsed() < expiry;
+                if !keep {
+                    out.push(e.labels.clone());
+                }
+                keep
+            });
+            !bucket.is_empty()
+        });
+        self.len -= out.len() - before;
+    }
+}
+
+/// The request metrics of one label set.
+#[derive(Clone)]
+struct RequestHandles(Arc<RequestMetrics>);
+
+struct RequestMetrics {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// `n` in decimal, written into `buf` (no allocation on the request path).
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
 /// The golden metrics.
@@ -153,8 +235,8 @@ pub struct GoldenMetrics {
     tcp_received: Family<Labels, Counter>,
     tcp_opened: Family<Labels, Counter>,
     tcp_closed: Family<Labels, Counter>,
-    request_series: Mutex<Series>,
-    tcp_series: Mutex<Series>,
+    request_series: Mutex<Series<RequestHandles>>,
+    tcp_series: Mutex<Series<TcpCounters>>,
     overflowed: Counter,
     expired: Counter,
 }
@@ -168,7 +250,7 @@ impl std::fmt::Debug for GoldenMetrics {
     }
 }
 
-fn lock(m: &Mutex<Series>) -> MutexGuard<'_, Series> {
+fn lock<H>(m: &Mutex<Series<H>>) -> MutexGuard<'_, Series<H>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -212,14 +294,8 @@ impl GoldenMetrics {
             tcp_received: Family::default(),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
-            request_series: Mutex::new(Series {
-                seen: HashMap::new(),
-                overflow: overflow(&request_names),
-            }),
-            tcp_series: Mutex::new(Series {
-                seen: HashMap::new(),
-                overflow: overflow(&tcp_names),
-            }),
+            request_series: Mutex::new(Series::new(overflow(&request_names))),
+            tcp_series: Mutex::new(Series::new(overflow(&tcp_names))),
             request_names,
             tcp_names,
             overflowed: Counter::default(),
@@ -308,10 +384,9 @@ impl GoldenMetrics {
 
     /// Records one finished request.
     pub fn record_request(&self, r: &RequestRecord) {
-        let code = r.response_code.to_string();
-        let grpc = r
-            .grpc_status
-            .map_or_else(|| "-".to_string(), |s| s.to_string());
+        let (mut code_buf, mut grpc_buf) = ([0; 10], [0; 10]);
+        let code = decimal(r.response_code.into(), &mut code_buf);
+        let grpc = r.grpc_status.map_or("-", |s| decimal(s, &mut grpc_buf));
         let values: [&str; 13] = [
             r.reporter,
             &r.source_workload,
@@ -322,24 +397,28 @@ impl GoldenMetrics {
             &r.destination_service,
             &r.destination_principal,
             r.request_protocol,
-            &code,
-            &grpc,
+            code,
+            grpc,
             r.response_flags,
             r.connection_security_policy,
         ];
-        let labels = self.admit(&self.request_series, &self.request_names, &values);
-        self.requests.get_or_create(&labels).inc();
+        let h = self.admit(&self.request_series, &self.request_names, &values, |l| {
+            RequestHandles(Arc::new(RequestMetrics {
+                requests: self.requests.get_or_create_owned(l),
+                duration: self.duration.get_or_create_owned(l),
+                request_bytes: self.request_bytes.get_or_create_owned(l),
+                response_bytes: self.response_bytes.get_or_create_owned(l),
+            }))
+        });
+        let m = &h.0;
+        m.requests.inc();
         let d = match self.naming {
             Naming::Myelin => r.duration.as_secs_f64(),
             Naming::Istio => r.duration.as_secs_f64() * 1000.0,
         };
-        self.duration.get_or_create(&labels).observe(d);
-        self.request_bytes
-            .get_or_create(&labels)
-            .observe(r.request_bytes as f64);
-        self.response_bytes
-            .get_or_create(&labels)
-            .observe(r.response_bytes as f64);
+        m.duration.observe(d);
+        m.request_bytes.observe(r.request_bytes as f64);
+        m.response_bytes.observe(r.response_bytes as f64);
     }
 
     /// The counters of one opaque connection: bump `opened` now, the byte counters as
@@ -356,50 +435,68 @@ impl GoldenMetrics {
             &r.destination_principal,
             r.connection_security_policy,
         ];
-        let labels = self.admit(&self.tcp_series, &self.tcp_names, &values);
-        TcpCounters {
-            sent: self.tcp_sent.get_or_create_owned(&labels),
-            received: self.tcp_received.get_or_create_owned(&labels),
-            opened: self.tcp_opened.get_or_create_owned(&labels),
-            closed: self.tcp_closed.get_or_create_owned(&labels),
-        }
+        self.admit(&self.tcp_series, &self.tcp_names, &values, |l| {
+            TcpCounters {
+                sent: self.tcp_sent.get_or_create_owned(l),
+                received: self.tcp_received.get_or_create_owned(l),
+                opened: self.tcp_opened.get_or_create_owned(l),
+                closed: self.tcp_closed.get_or_create_owned(l),
+            }
+        })
     }
 
-    /// The label set to record under: `values` if the cap allows, else the overflow set.
-    fn admit(&self, series: &Mutex<Series>, names: &[&'static str], values: &[&str]) -> Labels {
+    /// The metric handles to record into: those of `values` if it is known or the cap allows
+    /// it (`make` creates them for a new label set), else the overflow set's.
+    fn admit<H: Clone>(
+        &self,
+        series: &Mutex<Series<H>>,
+        names: &[&'static str],
+        values: &[&str],
+        make: impl FnOnce(&Labels) -> H,
+    ) -> H {
+        let mut s = lock(series);
+        let now = Instant::now();
+        let hash = s.hash(values);
+        let known = s.by_hash.get_mut(&hash).and_then(|bucket| {
+            bucket.iter_mut().find(|e| {
+                e.labels
+                    .iter()
+                    .map(|(_, v)| &**v)
+                    .eq(values.iter().copied())
+            })
+        });
+        if let Some(e) = known {
+            e.last = now;
+            return e.handles.clone();
+        }
+        if s.len >= self.guard.max_series {
+            self.overflowed.inc();
+            if s.overflow_handles.is_none() {
+                s.overflow_handles = Some(make(&s.overflow));
+            }
+            return s.overflow_handles.clone().expect("just set");
+        }
         let labels: Labels = names
             .iter()
             .zip(values)
             .map(|(n, v)| (*n, Arc::from(*v)))
             .collect();
-        let mut s = lock(series);
-        let now = Instant::now();
-        if let Some(seen) = s.seen.get_mut(&labels) {
-            *seen = now;
-            return labels;
-        }
-        if s.seen.len() >= self.guard.max_series {
-            self.overflowed.inc();
-            return s.overflow.clone();
-        }
-        s.seen.insert(labels.clone(), now);
-        labels
+        let handles = make(&labels);
+        s.by_hash.entry(hash).or_default().push(Entry {
+            labels,
+            last: now,
+            handles: handles.clone(),
+        });
+        s.len += 1;
+        handles
     }
 
     /// Removes label sets idle for longer than the expiry. The agent calls it periodically.
     pub fn expire_idle(&self) {
         let expiry = self.guard.idle_expiry;
         let mut expired = Vec::new();
-        for s in [&self.request_series, &self.tcp_series] {
-            let mut s = lock(s);
-            s.seen.retain(|labels, seen| {
-                let keep = seen.elapsed() < expiry;
-                if !keep {
-                    expired.push(labels.clone());
-                }
-                keep
-            });
-        }
+        lock(&self.request_series).expire(expiry, &mut expired);
+        lock(&self.tcp_series).expire(expiry, &mut expired);
         for labels in &expired {
             for f in [
                 &self.requests,
@@ -560,5 +657,43 @@ mod tests {
         // Room again: a new label set is admitted.
         m.record_request(&record("d", 200));
         assert!(scrape(&reg).contains("destination_workload=\"d\""));
+        // The overflow set is not an idle series: it stays.
+        assert!(scrape(&reg).contains("myelin_requests_total{reporter=\"overflow\""));
+    }
+
+    #[test]
+    fn a_known_label_set_counts_into_the_same_series() {
+        let mut reg = Registry::default();
+        let m = GoldenMetrics::new(&mut reg, Naming::Myelin, GuardConfig::default());
+        for code in [200, 200, 503, 200] {
+            m.record_request(&record("a", code));
+        }
+        let mut r = record("a", 200);
+        r.grpc_status = None;
+        m.record_request(&r);
+        let out = scrape(&reg);
+        let count = |code: &str, grpc: &str| {
+            out.lines()
+                .find(|l| {
+                    l.starts_with("myelin_requests_total{")
+                        && l.contains(&format!("response_code=\"{code}\""))
+                        && l.contains(&format!("grpc_status=\"{grpc}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(count("200", "0").as_deref(), Some("3"), "{out}");
+        assert_eq!(count("503", "0").as_deref(), Some("1"), "{out}");
+        assert_eq!(count("200", "-").as_deref(), Some("1"), "{out}");
+        assert!(out.contains("myelin_request_bytes_count{"), "{out}");
+        assert_eq!(lock(&m.request_series).len, 3);
+    }
+
+    #[test]
+    fn decimals() {
+        let mut buf = [0; 10];
+        assert_eq!(decimal(0, &mut buf), "0");
+        assert_eq!(decimal(200, &mut buf), "200");
+        assert_eq!(decimal(u32::MAX, &mut buf), "4294967295");
     }
 }

@@ -1,0 +1,738 @@
+//! The L7 benchmark (`myelin-l7-bench`, issue 4): the same HTTP hop done by Myelin, by nginx
+//! and by haproxy as plain reverse proxies on loopback, and direct, on equal CPU.
+//!
+//! Everything runs in one test-bed node's network namespace (its own loopback, so fixed ports
+//! are safe): a backend (nginx, one worker, a fixed 100-byte body), the proxy under test, and
+//! the clients. The proxy under test runs alone on `proxy_cpu`; the backend and the clients
+//! share `load_cpu` (`taskset`), so every proxy gets one core and the same load.
+//!
+//! Myelin is the real `myelin` agent (release build) started by the test bed
+//! ([`myelin_testbed::Mesh`]): it needs a node address and a cgroup root to load its kernel
+//! programs, which the node provides; it enrolls no workload, so nothing is captured, and its
+//! Envoy `static_resources` give it a `bind_to_port` listener on the node's loopback that routes
+//! everything to a STATIC cluster of the backend ([`servers::myelin_envoy`]). Golden metrics
+//! are on (the agent's default), and every run checks they counted its requests. The agent
+//! is started from a thread pinned to `proxy_cpu`, so the whole process (and the size of its
+//! tokio runtime, which follows the CPUs it may use) is confined to that core from the start.
+//!
+//! Loads, each after a warm-up run of the same kind:
+//! - `http1`: wrk, HTTP/1.1 keep-alive, closed loop (50 connections by default);
+//! - `http2`: h2load, h2c prior knowledge (10 connections x 5 streams by default);
+//! - `open-loop`: a fixed rate (1,000 req/s by default) of HTTP/1.1 requests from
+//!   [`openloop`], latency from the intended send time.
+//!
+//! For the proxy: its CPU time (user + system, `/proc/<pid>/stat`) over the measured run
+//! divided by the requests of that run, and its resident set (`VmRSS`) right after the run.
+
+pub mod h2load;
+pub mod openloop;
+pub mod procstat;
+pub mod report;
+pub mod servers;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use myelin_testbed::{ensure_success, http_get, in_netns, Mesh, MeshOptions, Node, Proc};
+use serde::Serialize;
+
+use crate::{tools, wrk};
+use servers::port;
+
+/// Who carries the hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The client talks to the backend itself.
+    Direct,
+    Nginx,
+    Haproxy,
+    Myelin,
+}
+
+impl Target {
+    pub const ALL: [Target; 4] = [
+        Target::Direct,
+        Target::Nginx,
+        Target::Haproxy,
+        Target::Myelin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Nginx => "nginx",
+            Target::Haproxy => "haproxy",
+            Target::Myelin => "myelin",
+        }
+    }
+
+    /// The ports the clients use for HTTP/1.1 and for h2c.
+    fn ports(self) -> (u16, u16) {
+        match self {
+            Target::Direct => (port::BACKEND_H1, port::BACKEND_H2),
+            Target::Nginx => (port::NGINX_H1, port::NGINX_H2),
+            Target::Haproxy => (port::HAPROXY, port::HAPROXY),
+            Target::Myelin => (port::MYELIN, port::MYELIN),
+        }
+    }
+}
+
+/// What the clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Load {
+    /// wrk, HTTP/1.1 keep-alive, closed loop.
+    Http1,
+    /// h2load, h2c, closed loop.
+    Http2,
+    /// A fixed request rate over HTTP/1.1 keep-alive.
+    OpenLoop,
+}
+
+impl Load {
+    pub const ALL: [Load; 3] = [Load::Http1, Load::Http2, Load::OpenLoop];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Load::Http1 => "http1",
+            Load::Http2 => "http2",
+            Load::OpenLoop => "open-loop",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Options {
+    pub targets: Vec<Target>,
+    pub loads: Vec<Load>,
+    /// Every round runs every target with every load; the report shows medians.
+    pub rounds: u32,
+    /// Measured run length per load, seconds.
+    pub duration_s: u64,
+    /// Warm-up run length before each measured run, seconds.
+    pub warmup_s: u64,
+    /// wrk connections (one thread).
+    pub wrk_connections: u32,
+    /// h2load connections (one thread) and concurrent streams per connection.
+    pub h2_connections: u32,
+    pub h2_streams: u32,
+    /// The open loop's rate (requests per second) and connections.
+    pub rate: f64,
+    pub open_connections: u32,
+    /// The proxy under test's CPU, and the CPU of the backend and the clients.
+    pub proxy_cpu: usize,
+    pub load_cpu: usize,
+}
+
+impl Default for Options {
+    /// The issue's benchmark.
+    fn default() -> Self {
+        Options {
+            targets: Target::ALL.to_vec(),
+            loads: Load::ALL.to_vec(),
+            rounds: 3,
+            duration_s: 10,
+            warmup_s: 2,
+            wrk_connections: 50,
+            h2_connections: 10,
+            h2_streams: 5,
+            rate: 1000.0,
+            open_connections: 10,
+            proxy_cpu: 0,
+            load_cpu: 1,
+        }
+    }
+}
+
+/// What the proxy used during one measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyUsage {
+    pub pid: u32,
+    pub cpu_seconds: f64,
+    pub cpu_us_per_request: f64,
+    /// Right after the run.
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub threads: u32,
+    pub thread_names: String,
+    pub cpus_allowed: String,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub round: u32,
+    pub target: Target,
+    pub load: Load,
+    pub requests: u64,
+    pub requests_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// `None` for `direct`.
+    pub proxy: Option<ProxyUsage>,
+    /// Open loop: p99 of how late the sends were against their schedule.
+    pub send_lag_p99_us: Option<f64>,
+    /// Myelin: how much `myelin_requests_total` grew during the run.
+    pub golden_requests: Option<f64>,
+    /// How busy the proxy's CPU was with anything but the proxy during the run, percent of
+    /// the run's wall time: the noise indicator (another build on the machine shows here; so
+    /// does the kernel's loopback work done in interrupt context on that CPU).
+    pub proxy_core_other_pct: f64,
+}
+
+impl Measurement {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} {}: {:.0} req/s, p50 {:.1} us, p99 {:.1} us",
+            self.target.name(),
+            self.load.name(),
+            self.requests_per_sec,
+            self.p50_us,
+            self.p99_us
+        );
+        if let Some(p) = &self.proxy {
+            s += &format!(
+                ", proxy CPU {:.2} us/request, RSS {:.1} MB, {} threads",
+                p.cpu_us_per_request,
+                p.rss_bytes as f64 / 1e6,
+                p.threads
+            );
+        }
+        if let Some(lag) = self.send_lag_p99_us {
+            s += &format!(", send lag p99 {lag:.1} us");
+        }
+        s += &format!(
+            "; other load on the proxy's CPU {:.1}%",
+            self.proxy_core_other_pct
+        );
+        s
+    }
+}
+
+/// A scratch directory removed on drop.
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!(
+            "myelin-l7-bench-{}-{}",
+            std::process::id(),
+            myelin_testbed::unique_suffix()
+        ));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("myelin-l7-bench: removing {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Fails unless everything the options need is installed.
+pub fn check_tools(opts: &Options) -> Result<()> {
+    myelin_testbed::check_prerequisites(&[])?;
+    let mut need = vec!["taskset", "nginx"];
+    if opts.targets.contains(&Target::Haproxy) {
+        need.push("haproxy");
+    }
+    if opts.loads.contains(&Load::Http1) {
+        need.push("wrk");
+    }
+    if opts.loads.contains(&Load::Http2) {
+        need.push("h2load");
+    }
+    for t in need {
+        tools::path(t)?;
+    }
+    if opts.targets.contains(&Target::Myelin) {
+        myelin_testbed::myelin_command()?;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ensure!(
+        opts.proxy_cpu != opts.load_cpu && opts.proxy_cpu < cpus && opts.load_cpu < cpus,
+        "--proxy-cpu {} and --load-cpu {} must be two different CPUs of the {cpus} here",
+        opts.proxy_cpu,
+        opts.load_cpu
+    );
+    Ok(())
+}
+
+/// `program args...` under `taskset -c cpu`: taskset execs the program, so the pid is the
+/// program's.
+fn pinned(cpu: usize, program: &str) -> Result<Command> {
+    let mut c = Command::new(tools::path("taskset")?);
+    c.arg("-c").arg(cpu.to_string()).arg(tools::path(program)?);
+    Ok(c)
+}
+
+/// Runs `f` on a thread allowed only on `cpu`; children it spawns inherit that.
+fn on_cpu<T: Send>(cpu: usize, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(cpu)?;
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                .with_context(|| format!("pinning to CPU {cpu}"))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("pinned thread panicked"))?
+    })
+}
+
+/// A GET through `port` on the node's loopback answers 200 with the backend's body.
+fn probe(node: &Node, port: u16) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) = in_netns(&node.netns_path(), || http_get(addr, "/"))??;
+    ensure!(
+        status == 200 && body == servers::BODY,
+        "GET {addr}: {status} {body:?}"
+    );
+    Ok(())
+}
+
+fn wait_serving(node: &Node, port: u16, mut alive: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        alive()?;
+        match probe(node, port) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("nothing serves on port {port} after 15 s")))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A process started by the benchmark (nginx or haproxy), killed by pid on drop.
+struct Server {
+    proc: Proc,
+    name: &'static str,
+    log: PathBuf,
+}
+
+impl Server {
+    fn alive(&mut self) -> Result<()> {
+        if let Some(status) = self.proc.try_wait()? {
+            bail!(
+                "{} exited with {status}; log:\n{}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn start_nginx(
+    node: &Node,
+    cpu: usize,
+    dir: &Path,
+    conf: impl Fn(&Path) -> String,
+) -> Result<Server> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf(dir))?;
+    let log = dir.join("error.log");
+    let mut cmd = pinned(cpu, "nginx")?;
+    // -e: the error log before the config is read; -p: the prefix for anything relative.
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(&log)
+        .arg("-c")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Ok(Server {
+        proc: node.spawn(cmd)?,
+        name: "nginx",
+        log,
+    })
+}
+
+fn start_haproxy(node: &Node, cpu: usize, dir: &Path) -> Result<Server> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, servers::proxy_haproxy())?;
+    let log = dir.join("haproxy.log");
+    let out = std::fs::File::create(&log)?;
+    let mut cmd = pinned(cpu, "haproxy")?;
+    // -db: foreground, no daemon, no master process: the pid is the proxy's.
+    cmd.arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    Ok(Server {
+        proc: node.spawn(cmd)?,
+        name: "haproxy",
+        log,
+    })
+}
+
+/// The proxy under test while it runs.
+enum Running {
+    Direct,
+    Server(Server),
+    /// The agent runs inside the mesh; its pid is found in its cgroup.
+    Myelin(u32),
+}
+
+impl Running {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Direct => None,
+            Running::Server(s) => Some(s.proc.pid()),
+            Running::Myelin(pid) => Some(*pid),
+        }
+    }
+
+    fn alive(&mut self, mesh: &Mesh) -> Result<()> {
+        match self {
+            Running::Server(s) => s.alive(),
+            Running::Myelin(pid) => {
+                ensure!(
+                    Path::new(&format!("/proc/{pid}")).exists(),
+                    "the agent exited; log:\n{}",
+                    mesh.log()
+                );
+                Ok(())
+            }
+            Running::Direct => Ok(()),
+        }
+    }
+}
+
+/// The agent's pid: the one process in the node's agent cgroup.
+fn agent_pid(node: &Node) -> Result<u32> {
+    let procs = node.agent_cgroup_path().join("cgroup.procs");
+    let text =
+        std::fs::read_to_string(&procs).with_context(|| format!("reading {}", procs.display()))?;
+    let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    match pids[..] {
+        [pid] => Ok(pid),
+        _ => bail!(
+            "expected one process in {}, found {pids:?}",
+            procs.display()
+        ),
+    }
+}
+
+struct Bench<'a> {
+    opts: &'a Options,
+    mesh: Mesh,
+    scratch: &'a Path,
+    check: &'a dyn Fn() -> Result<()>,
+}
+
+/// Runs the benchmark. `check` is called between steps (e.g. to stop on a signal): an error
+/// from it ends the run, with everything started stopped.
+pub fn run(opts: &Options, check: &dyn Fn() -> Result<()>) -> Result<Vec<Measurement>> {
+    check_tools(opts)?;
+    ensure!(opts.rounds >= 1, "rounds must be at least 1");
+    ensure!(
+        opts.duration_s >= 1 && opts.warmup_s >= 1,
+        "duration and warm-up must be at least 1 s"
+    );
+    let scratch = Scratch::new()?;
+    // No pods: the node only provides the netns, the address and the cgroup root the agent
+    // needs. The agent starts for the Myelin runs and stops after them.
+    let mesh = Mesh::build(
+        "l7bench",
+        MeshOptions {
+            envoy: servers::myelin_envoy(),
+            ..Default::default()
+        },
+    )?;
+    let mut bench = Bench {
+        opts,
+        mesh,
+        scratch: &scratch.0,
+        check,
+    };
+    // Declared after `bench` (the node): killed by pid before the node is torn down.
+    let mut backend = start_nginx(
+        &bench.mesh.node,
+        opts.load_cpu,
+        &scratch.0.join("backend"),
+        servers::backend_nginx,
+    )?;
+    wait_serving(&bench.mesh.node, port::BACKEND_H1, || backend.alive())?;
+    let mut out = Vec::new();
+    for round in 1..=opts.rounds {
+        for &target in &opts.targets {
+            check()?;
+            eprintln!(
+                "myelin-l7-bench: round {round}/{}, {} ...",
+                opts.rounds,
+                target.name()
+            );
+            let ms = bench
+                .target(round, target, &mut backend)
+                .with_context(|| format!("round {round}, {}", target.name()))?;
+            out.extend(ms);
+        }
+    }
+    Ok(out)
+}
+
+impl Bench<'_> {
+    fn start(&mut self, target: Target) -> Result<Running> {
+        let (node, cpu) = (&self.mesh.node, self.opts.proxy_cpu);
+        let dir = self.scratch.join(target.name());
+        let mut running = match target {
+            Target::Direct => Running::Direct,
+            Target::Nginx => Running::Server(start_nginx(node, cpu, &dir, servers::proxy_nginx)?),
+            Target::Haproxy => Running::Server(start_haproxy(node, cpu, &dir)?),
+            Target::Myelin => {
+                let mesh = &mut self.mesh;
+                on_cpu(cpu, || mesh.start_agent())?;
+                Running::Myelin(agent_pid(&self.mesh.node)?)
+            }
+        };
+        let mesh = &self.mesh;
+        wait_serving(&mesh.node, target.ports().0, || running.alive(mesh))?;
+        if let Some(pid) = running.pid() {
+            let allowed = procstat::cpus_allowed(pid)?;
+            ensure!(
+                allowed == cpu.to_string(),
+                "{} (pid {pid}) may run on CPUs {allowed}, not only {cpu}",
+                target.name()
+            );
+        }
+        Ok(running)
+    }
+
+    fn target(
+        &mut self,
+        round: u32,
+        target: Target,
+        backend: &mut Server,
+    ) -> Result<Vec<Measurement>> {
+        let mut running = self.start(target)?;
+        let mut out = Vec::new();
+        for &load in &self.opts.loads {
+            (self.check)()?;
+            let m = self
+                .measure(round, target, load, &mut running)
+                .with_context(|| load.name())?;
+            backend.alive()?;
+            eprintln!("myelin-l7-bench:   {}", m.summary());
+            out.push(m);
+        }
+        if target == Target::Myelin {
+            let status = self.mesh.stop_agent()?;
+            ensure!(
+                status.is_some_and(|s| s.success()),
+                "the agent exited with {status:?}; log:\n{}",
+                self.mesh.log()
+            );
+        }
+        // nginx and haproxy: killed by pid when `running` drops.
+        Ok(out)
+    }
+
+    fn golden(&self, target: Target) -> Result<Option<f64>> {
+        if target != Target::Myelin {
+            return Ok(None);
+        }
+        Ok(Some(self.mesh.metric("myelin_requests_total", &[])?))
+    }
+
+    fn measure(
+        &self,
+        round: u32,
+        target: Target,
+        load: Load,
+        running: &mut Running,
+    ) -> Result<Measurement> {
+        let opts = self.opts;
+        let (h1, h2) = target.ports();
+        self.drive(load, h1, h2, opts.warmup_s, None)
+            .context("warm-up")?;
+        running.alive(&self.mesh)?;
+        let pid = running.pid();
+        let golden0 = self.golden(target)?;
+        let cpu0 = pid.map(procstat::cpu_time).transpose()?;
+        let busy0 = procstat::cpu_busy(opts.proxy_cpu)?;
+        let wall0 = Instant::now();
+        let log = self.scratch.join(format!(
+            "h2load-{}-{}-{round}.log",
+            target.name(),
+            load.name()
+        ));
+        let driven = self.drive(load, h1, h2, opts.duration_s, Some(&log))?;
+        let cpu1 = pid.map(procstat::cpu_time).transpose()?;
+        let busy = procstat::cpu_busy(opts.proxy_cpu)? - busy0;
+        let wall = wall0.elapsed();
+        running.alive(&self.mesh)?;
+        let proxy = match (pid, cpu0, cpu1) {
+            (Some(pid), Some(c0), Some(c1)) => {
+                let status = procstat::status(pid)?;
+                let cpu = (c1 - c0).as_secs_f64();
+                Some(ProxyUsage {
+                    pid,
+                    cpu_seconds: cpu,
+                    cpu_us_per_request: cpu * 1e6 / driven.requests as f64,
+                    rss_bytes: status.rss_bytes,
+                    peak_rss_bytes: status.peak_rss_bytes,
+                    threads: status.threads,
+                    thread_names: procstat::thread_names(pid)?,
+                    cpus_allowed: procstat::cpus_allowed(pid)?,
+                })
+            }
+            _ => None,
+        };
+        let golden_requests = match (golden0, self.golden(target)?) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        if let Some(g) = golden_requests {
+            // Every request of the run (and none counted twice); h2load may stop with a few
+            // requests in flight, which the proxy still completes.
+            ensure!(
+                g >= driven.requests as f64 && g <= driven.requests as f64 + 1000.0,
+                "myelin_requests_total grew by {g} during a run of {} requests",
+                driven.requests
+            );
+        }
+        let own = proxy.as_ref().map_or(0.0, |p| p.cpu_seconds);
+        let proxy_core_other_pct = (busy.as_secs_f64() - own).max(0.0) * 100.0 / wall.as_secs_f64();
+        Ok(Measurement {
+            round,
+            target,
+            load,
+            requests: driven.requests,
+            requests_per_sec: driven.requests_per_sec,
+            p50_us: driven.p50_us,
+            p99_us: driven.p99_us,
+            proxy,
+            send_lag_p99_us: driven.send_lag_p99_us,
+            golden_requests,
+            proxy_core_other_pct,
+        })
+    }
+
+    /// One run of `load` against the target's ports, checked for errors.
+    fn drive(
+        &self,
+        load: Load,
+        h1: u16,
+        h2: u16,
+        seconds: u64,
+        h2_log: Option<&Path>,
+    ) -> Result<Driven> {
+        let opts = self.opts;
+        let node = &self.mesh.node;
+        let timeout = Duration::from_secs(seconds + 60);
+        match load {
+            Load::Http1 => {
+                let mut cmd = pinned(opts.load_cpu, "wrk")?;
+                cmd.arg("-t1")
+                    .arg(format!("-c{}", opts.wrk_connections))
+                    .arg(format!("-d{seconds}s"))
+                    .arg("--latency")
+                    .arg(format!("http://127.0.0.1:{h1}/"));
+                let out = node.run_timeout(cmd, timeout)?;
+                ensure_success(&out, "wrk")?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let r = wrk::parse(&text)?;
+                ensure!(
+                    r.socket_errors == [0; 4] && r.non_2xx == 0 && r.requests > 0,
+                    "wrk saw errors (socket errors connect/read/write/timeout {:?}, non-2xx {}):\n{text}",
+                    r.socket_errors,
+                    r.non_2xx
+                );
+                Ok(Driven {
+                    requests: r.requests,
+                    requests_per_sec: r.requests_per_sec,
+                    p50_us: r.p50_us,
+                    p99_us: r.p99_us,
+                    send_lag_p99_us: None,
+                })
+            }
+            Load::Http2 => {
+                let mut cmd = pinned(opts.load_cpu, "h2load")?;
+                cmd.arg("-t1")
+                    .arg(format!("-c{}", opts.h2_connections))
+                    .arg(format!("-m{}", opts.h2_streams))
+                    .arg("-D")
+                    .arg(seconds.to_string());
+                if let Some(log) = h2_log {
+                    cmd.arg("--log-file").arg(log);
+                }
+                cmd.arg(format!("http://127.0.0.1:{h2}/"));
+                let out = node.run_timeout(cmd, timeout)?;
+                ensure_success(&out, "h2load")?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let r = h2load::parse_report(&text)?;
+                ensure!(
+                    r.failures == 0 && r.succeeded > 0 && r.non_2xx == 0,
+                    "h2load saw failures or non-2xx responses:\n{text}"
+                );
+                let (p50_us, p99_us) = match h2_log {
+                    Some(log) => {
+                        let text = std::fs::read_to_string(log)
+                            .with_context(|| format!("reading {}", log.display()))?;
+                        let mut d = h2load::parse_log(&text)?;
+                        ensure!(!d.is_empty(), "empty h2load log");
+                        d.sort_unstable();
+                        std::fs::remove_file(log)?;
+                        (
+                            openloop::quantile(&d, 0.50) as f64,
+                            openloop::quantile(&d, 0.99) as f64,
+                        )
+                    }
+                    None => (0.0, 0.0),
+                };
+                Ok(Driven {
+                    requests: r.succeeded,
+                    requests_per_sec: r.requests_per_sec,
+                    p50_us,
+                    p99_us,
+                    send_lag_p99_us: None,
+                })
+            }
+            Load::OpenLoop => {
+                let r = openloop::run(&openloop::Plan {
+                    addr: SocketAddr::from(([127, 0, 0, 1], h1)),
+                    path: "/".into(),
+                    rate: opts.rate,
+                    connections: opts.open_connections,
+                    duration: Duration::from_secs(seconds),
+                    netns: Some(node.netns_path()),
+                    cpu: Some(opts.load_cpu),
+                })?;
+                Ok(Driven {
+                    requests: r.requests,
+                    requests_per_sec: r.requests as f64 / r.seconds,
+                    p50_us: r.p50_us,
+                    p99_us: r.p99_us,
+                    send_lag_p99_us: Some(r.send_lag_p99_us),
+                })
+            }
+        }
+    }
+}
+
+struct Driven {
+    requests: u64,
+    requests_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    send_lag_p99_us: Option<f64>,
+}

@@ -1,0 +1,267 @@
+//! The L7 benchmark's results: medians over rounds per target and load, the markdown table,
+//! and the verdict against the issue's targets.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{Load, Measurement, Target};
+
+/// The median of every number of one target and load over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub target: Target,
+    pub load: Load,
+    pub rounds: usize,
+    pub requests_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub cpu_us_per_request: Option<f64>,
+    pub rss_mb: Option<f64>,
+    pub threads: Option<u32>,
+    pub send_lag_p99_us: Option<f64>,
+    pub proxy_core_other_pct: f64,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// One row per (load, target) that ran, loads first, in the order given.
+pub fn aggregate(loads: &[Load], targets: &[Target], runs: &[Measurement]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &load in loads {
+        for &target in targets {
+            let rs: Vec<&Measurement> = runs
+                .iter()
+                .filter(|m| m.load == load && m.target == target)
+                .collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let med = |f: &dyn Fn(&Measurement) -> Option<f64>| {
+                median(rs.iter().filter_map(|m| f(m)).collect())
+            };
+            rows.push(Row {
+                target,
+                load,
+                rounds: rs.len(),
+                requests_per_sec: med(&|m| Some(m.requests_per_sec)).unwrap_or_default(),
+                p50_us: med(&|m| Some(m.p50_us)).unwrap_or_default(),
+                p99_us: med(&|m| Some(m.p99_us)).unwrap_or_default(),
+                cpu_us_per_request: med(&|m| m.proxy.as_ref().map(|p| p.cpu_us_per_request)),
+                rss_mb: med(&|m| m.proxy.as_ref().map(|p| p.rss_bytes as f64 / 1e6)),
+                threads: rs
+                    .iter()
+                    .filter_map(|m| m.proxy.as_ref().map(|p| p.threads))
+                    .max(),
+                send_lag_p99_us: med(&|m| m.send_lag_p99_us),
+                proxy_core_other_pct: med(&|m| Some(m.proxy_core_other_pct)).unwrap_or_default(),
+            });
+        }
+    }
+    rows
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+/// The table: one row per load and target.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| load | target | req/s | p50 (us) | p99 (us) | proxy CPU (us/request) | proxy RSS (MB) | proxy threads | other load on proxy CPU |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {:.1}% |",
+            r.load.name(),
+            r.target.name(),
+            r.requests_per_sec,
+            r.p50_us,
+            r.p99_us,
+            opt(r.cpu_us_per_request, 2),
+            opt(r.rss_mb, 1),
+            r.threads.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            r.proxy_core_other_pct,
+        );
+    }
+    s
+}
+
+/// One target of the issue, checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub what: String,
+    pub myelin: f64,
+    /// The limit Myelin had to meet.
+    pub limit: f64,
+    pub pass: bool,
+}
+
+fn row(rows: &[Row], load: Load, target: Target) -> Option<&Row> {
+    rows.iter().find(|r| r.load == load && r.target == target)
+}
+
+/// The issue's targets, for every load where Myelin and both reference proxies ran:
+/// CPU per request at most 0.75x the better of nginx and haproxy, p99 no worse than the
+/// better of the two, and (HTTP/2) requests/s at least haproxy's.
+pub fn verdicts(rows: &[Row]) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for load in Load::ALL {
+        let (Some(m), Some(n), Some(h)) = (
+            row(rows, load, Target::Myelin),
+            row(rows, load, Target::Nginx),
+            row(rows, load, Target::Haproxy),
+        ) else {
+            continue;
+        };
+        if let (Some(mc), Some(nc), Some(hc)) = (
+            m.cpu_us_per_request,
+            n.cpu_us_per_request,
+            h.cpu_us_per_request,
+        ) {
+            let limit = 0.75 * nc.min(hc);
+            out.push(Verdict {
+                what: format!("{}: CPU/request <= 0.75 x min(nginx, haproxy)", load.name()),
+                myelin: mc,
+                limit,
+                pass: mc <= limit,
+            });
+        }
+        let limit = n.p99_us.min(h.p99_us);
+        out.push(Verdict {
+            what: format!("{}: p99 <= min(nginx, haproxy)", load.name()),
+            myelin: m.p99_us,
+            limit,
+            pass: m.p99_us <= limit,
+        });
+        if load == Load::Http2 {
+            out.push(Verdict {
+                what: "http2: req/s >= haproxy".into(),
+                myelin: m.requests_per_sec,
+                limit: h.requests_per_sec,
+                pass: m.requests_per_sec >= h.requests_per_sec,
+            });
+        }
+    }
+    out
+}
+
+pub fn verdict_markdown(verdicts: &[Verdict]) -> String {
+    let mut s =
+        String::from("| target | myelin | limit | ratio | verdict |\n|---|---:|---:|---:|---|\n");
+    for v in verdicts {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} | {:.2}x | {} |",
+            v.what,
+            v.myelin,
+            v.limit,
+            v.myelin / v.limit,
+            if v.pass { "met" } else { "**missed**" }
+        );
+    }
+    s
+}
+
+/// Per round, for the record: every measured run on one line.
+pub fn rounds_markdown(runs: &[Measurement]) -> String {
+    let mut s = String::new();
+    for m in runs {
+        let _ = writeln!(s, "- round {}: {}", m.round, m.summary());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ProxyUsage;
+    use super::*;
+
+    fn m(round: u32, target: Target, load: Load, rps: f64, p99: f64, cpu: f64) -> Measurement {
+        Measurement {
+            round,
+            target,
+            load,
+            requests: (rps * 10.0) as u64,
+            requests_per_sec: rps,
+            p50_us: p99 / 2.0,
+            p99_us: p99,
+            proxy: (target != Target::Direct).then(|| ProxyUsage {
+                pid: 1,
+                cpu_seconds: 1.0,
+                cpu_us_per_request: cpu,
+                rss_bytes: 16_000_000,
+                peak_rss_bytes: 16_000_000,
+                threads: 1,
+                thread_names: "x x1".into(),
+                cpus_allowed: "0".into(),
+            }),
+            send_lag_p99_us: None,
+            golden_requests: None,
+            proxy_core_other_pct: 1.0,
+        }
+    }
+
+    #[test]
+    fn medians_table_and_verdicts() {
+        let mut runs = Vec::new();
+        for (round, k) in [(1, 1.0), (2, 3.0), (3, 2.0)] {
+            runs.push(m(round, Target::Direct, Load::Http1, 90e3 * k, 100.0, 0.0));
+            runs.push(m(
+                round,
+                Target::Nginx,
+                Load::Http1,
+                50e3 * k,
+                900.0,
+                19.0 * k,
+            ));
+            runs.push(m(round, Target::Haproxy, Load::Http1, 51e3, 800.0, 18.0));
+            runs.push(m(round, Target::Myelin, Load::Http1, 60e3, 700.0, 14.0));
+            runs.push(m(round, Target::Haproxy, Load::Http2, 68e3, 800.0, 18.0));
+            runs.push(m(round, Target::Nginx, Load::Http2, 60e3, 800.0, 18.0));
+            runs.push(m(round, Target::Myelin, Load::Http2, 60e3, 900.0, 12.0));
+        }
+        let rows = aggregate(&Load::ALL, &Target::ALL, &runs);
+        assert_eq!(rows.len(), 7);
+        let nginx = row(&rows, Load::Http1, Target::Nginx).unwrap();
+        assert_eq!(nginx.requests_per_sec, 100e3);
+        assert_eq!(nginx.cpu_us_per_request, Some(38.0));
+        let table = markdown(&rows);
+        assert!(
+            table.contains("| http1 | direct | 180000 | 50.0 | 100.0 | - | - | - | 1.0% |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| http1 | myelin | 60000 | 350.0 | 700.0 | 14.00 | 16.0 | 1 | 1.0% |"),
+            "{table}"
+        );
+        let v = verdicts(&rows);
+        let passed: Vec<(&str, bool)> = v.iter().map(|v| (v.what.as_str(), v.pass)).collect();
+        assert_eq!(
+            passed,
+            [
+                ("http1: CPU/request <= 0.75 x min(nginx, haproxy)", false),
+                ("http1: p99 <= min(nginx, haproxy)", true),
+                ("http2: CPU/request <= 0.75 x min(nginx, haproxy)", true),
+                ("http2: p99 <= min(nginx, haproxy)", false),
+                ("http2: req/s >= haproxy", false),
+            ]
+        );
+        assert_eq!(v[0].limit, 13.5);
+        assert!(verdict_markdown(&v)
+            .contains("| http2: req/s >= haproxy | 60000.00 | 68000.00 | 0.88x | **missed** |"));
+    }
+}
