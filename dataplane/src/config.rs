@@ -108,8 +108,55 @@ pub struct Myelin {
     /// The golden metrics: names and cardinality guard.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Workload identities and the HBONE server (mutual TLS between nodes). Off without it.
+    #[serde(default)]
+    pub mtls: Option<MtlsSection>,
     #[serde(default)]
     pub workloads: Vec<WorkloadSection>,
+}
+
+/// `myelin.mtls`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsSection {
+    /// The embedded CA's certificate and key (PEM files), shared by the nodes of a mesh.
+    /// Both or neither; neither: a CA is created in memory at start (the demo: its
+    /// certificates convince no other node).
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of workload certificates (`24h`, `10m`, `30s`); each is renewed at half of
+    /// what is left of it.
+    #[serde(default = "default_cert_lifetime")]
+    pub cert_lifetime: String,
+    /// The HBONE server's port on the node address.
+    #[serde(default = "default_hbone_port")]
+    pub hbone_port: u16,
+    /// Per destination workload (`namespace/name`), the SPIFFE IDs allowed to open tunnels
+    /// to it; a workload not listed accepts every identity of the trust domain.
+    #[serde(default)]
+    pub inbound_allow: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+fn default_cert_lifetime() -> String {
+    "24h".into()
+}
+fn default_hbone_port() -> u16 {
+    myelin_proxy::hbone::PORT
+}
+
+/// The validated `myelin.mtls`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MtlsConfig {
+    /// CA certificate and key files; `None`: a CA created at start.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    #[serde(serialize_with = "duration_secs")]
+    pub cert_lifetime: Duration,
+    /// Where the HBONE server listens.
+    pub hbone: SocketAddrV4,
+    /// Destination workload (`namespace/name`) -> allowed SPIFFE IDs.
+    pub inbound_allow: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// `myelin.metrics`.
@@ -267,6 +314,8 @@ pub struct Config {
     pub sniff_timeout: Duration,
     pub trust_domain: String,
     pub metrics: MetricsConfig,
+    /// Mutual TLS between nodes, if `myelin.mtls` is set.
+    pub mtls: Option<MtlsConfig>,
     pub workloads: Vec<Workload>,
     /// Where ADS comes from, if `dynamic_resources.ads_config` is set.
     pub ads: Option<AdsTarget>,
@@ -412,6 +461,62 @@ impl Config {
                  series starts again from zero)",
             ));
         }
+        let mtls = match &m.mtls {
+            None => None,
+            Some(t) => {
+                let ca_files =
+                    match (&t.ca_cert, &t.ca_key) {
+                        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                        (None, None) => None,
+                        _ => return Err(invalid(
+                            "myelin.mtls.ca_cert",
+                            &t.ca_cert.as_deref().unwrap_or(Path::new("")).display(),
+                            "ca_cert and ca_key go together (neither: a CA is created at start)",
+                        )),
+                    };
+                let cert_lifetime = parse_duration(&t.cert_lifetime).map_err(|reason| {
+                    invalid("myelin.mtls.cert_lifetime", &t.cert_lifetime, &reason)
+                })?;
+                if cert_lifetime < Duration::from_secs(2) {
+                    return Err(invalid(
+                        "myelin.mtls.cert_lifetime",
+                        &t.cert_lifetime,
+                        "must be at least 2s (certificates are renewed at half their lifetime)",
+                    ));
+                }
+                if t.hbone_port == 0 || t.hbone_port == m.capture_port {
+                    return Err(invalid(
+                        "myelin.mtls.hbone_port",
+                        &t.hbone_port,
+                        "must be a port other than 0 and the capture port",
+                    ));
+                }
+                for (key, ids) in &t.inbound_allow {
+                    if key.split('/').count() != 2 || key.split('/').any(str::is_empty) {
+                        return Err(invalid(
+                            &format!("myelin.mtls.inbound_allow[{key:?}]"),
+                            key,
+                            "keys are destination workloads as namespace/name",
+                        ));
+                    }
+                    for (i, id) in ids.iter().enumerate() {
+                        if let Err(e) = id.parse::<myelin_proxy::tls::SpiffeId>() {
+                            return Err(invalid(
+                                &format!("myelin.mtls.inbound_allow[{key:?}][{i}]"),
+                                id,
+                                &e.to_string(),
+                            ));
+                        }
+                    }
+                }
+                Some(MtlsConfig {
+                    ca_files,
+                    cert_lifetime,
+                    hbone: SocketAddrV4::new(addr, t.hbone_port),
+                    inbound_allow: t.inbound_allow.clone(),
+                })
+            }
+        };
         let mut workloads = Vec::new();
         let mut seen_ips = std::collections::HashMap::new();
         for (i, w) in m.workloads.iter().enumerate() {
@@ -481,6 +586,7 @@ impl Config {
                 max_series: m.metrics.max_series,
                 idle_expiry,
             },
+            mtls,
             workloads,
             ads,
             bootstrap,
