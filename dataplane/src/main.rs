@@ -6,6 +6,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use myelin::{agent, config::Config, demo, selftest, EXIT_CONFIG};
 
+/// mimalloc: the proxy allocates and frees per request across tasks; measured against
+/// glibc's malloc in benches/RESULTS.md (L7 benchmark).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "myelin",
