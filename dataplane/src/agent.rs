@@ -30,6 +30,7 @@ use crate::{
     admin,
     config::{Config, SpliceSetting},
     metrics::{KernelCollector, SpliceMetrics},
+    mtls::Mtls,
     selftest::{self, SpliceMode, SpliceState},
     xds::{Xds, XdsDump, XdsView},
 };
@@ -188,6 +189,11 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let splice_metrics = SpliceMetrics::new(sub);
     sub.register_collector(Box::new(KernelCollector::new(dp.counters())));
     xds.register(sub);
+    // Certificates are issued here, before anything serves.
+    let mtls = match &config.mtls {
+        Some(m) => Some(Mtls::new(m, &config, sub)?),
+        None => None,
+    };
     let registry = Arc::new(registry);
 
     let proxy_config = Arc::new(config.proxy_config());
@@ -242,6 +248,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         splice_metrics,
         state.clone(),
         workload_ids,
+        mtls,
     ));
     drop(control);
     drop(admin_handle);
@@ -270,6 +277,7 @@ async fn serve(
     splice_metrics: SpliceMetrics,
     state: Arc<AgentState>,
     workload_ids: Vec<u64>,
+    mtls: Option<Mtls>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.capture)
         .await
@@ -284,6 +292,10 @@ async fn serve(
         (dp.orig_dst(), dp.counters())
     };
     let (signal, watch) = drain::channel();
+    if let Some(m) = &mtls {
+        m.start(proxy_config.clone(), golden.clone(), watch.clone())
+            .await?;
+    }
     let proxy = Proxy::new(
         proxy_config.clone(),
         Arc::new(MapLookup(orig_dst)),

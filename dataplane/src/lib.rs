@@ -8,6 +8,7 @@ pub mod agent;
 pub mod config;
 pub mod demo;
 pub mod metrics;
+pub mod mtls;
 pub mod selftest;
 pub mod xds;
 
