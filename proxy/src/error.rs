@@ -113,6 +113,16 @@ pub(crate) enum ProxyError {
         timeout: Duration,
     },
 
+    /// The HBONE tunnel to a meshed workload on another node could not be opened
+    /// (its node unreachable, the mutual TLS refused either way, or the tunnel refused).
+    #[error("HBONE tunnel to {addr} failed: {source}")]
+    Hbone {
+        /// The destination pod.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: crate::hbone::TunnelError,
+    },
+
     /// A circuit breaker of the cluster is full.
     #[error("cluster {cluster:?}: the {breaker} circuit breaker is full")]
     Overflow {
@@ -221,6 +231,7 @@ impl ProxyError {
             | ProxyError::Unrouted { .. }
             | ProxyError::Timeout { .. }
             | ProxyError::Overflow { .. }
+            | ProxyError::Hbone { .. }
             | ProxyError::Forward { .. } => Side::Upstream,
         }
     }
@@ -236,7 +247,7 @@ impl ProxyError {
     /// The Envoy response flag for this error.
     pub(crate) fn response_flags(&self) -> &'static str {
         match self {
-            ProxyError::UpstreamConnect { .. } => "UF",
+            ProxyError::UpstreamConnect { .. } | ProxyError::Hbone { .. } => "UF",
             ProxyError::UpstreamReset { .. } | ProxyError::Forward { .. } => "UC",
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => "UPE",
             ProxyError::Timeout { .. } => "UT",
@@ -258,7 +269,9 @@ impl ProxyError {
     /// out alike, with 503 (`UF`); failures after connecting with 502.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect { .. } | ProxyError::Hbone { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::StreamTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -297,6 +310,9 @@ impl ProxyError {
             },
             ProxyError::UpstreamReset { .. } | ProxyError::Forward { .. } => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination\n"
+            }
+            ProxyError::Hbone { .. } => {
+                "upstream connect error or disconnect/reset before headers. reset reason: HBONE tunnel failed\n"
             }
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => {
                 "upstream sent an invalid response\n"

@@ -138,6 +138,11 @@ impl HboneMetrics {
             .inc();
     }
 
+    /// Tunnels accepted so far.
+    pub fn tunnel_count(&self) -> u64 {
+        self.tunnels.get()
+    }
+
     /// Refusals counted for `reason` so far.
     pub fn refused_count(&self, reason: &str) -> u64 {
         // Label values are static strings; find the one that matches.

@@ -97,6 +97,8 @@ pub(crate) struct HttpConn {
     timeouts: HcmTimeouts,
     /// Streams in flight, for the connection idle timeout.
     activity: Arc<ConnActivity>,
+    /// Tunnels to meshed workloads on other nodes.
+    hbone: Option<Arc<crate::hbone::Client>>,
     /// The byte copy of an accepted upgrade. Run by [`serve`] once hyper has handed the
     /// downstream socket over, so the tunnel stays part of this connection's task (and
     /// of its drain).
@@ -130,6 +132,8 @@ struct Destination {
     /// The first attempt's endpoint and its cluster (for the access log).
     upstream: Option<SocketAddr>,
     cluster: Option<String>,
+    /// The destination's SPIFFE ID when it is reached over mutual TLS (HBONE).
+    principal: Option<Arc<str>>,
 }
 
 /// Whether a request is gRPC (`content-type: application/grpc[+proto|...]`).
@@ -188,6 +192,7 @@ pub(crate) struct HttpConnParams {
     pub(crate) config: Arc<ProxyConfig>,
     pub(crate) pools: Arc<Pools>,
     pub(crate) timeouts: HcmTimeouts,
+    pub(crate) hbone: Option<Arc<crate::hbone::Client>>,
 }
 
 impl HttpConn {
@@ -207,6 +212,7 @@ impl HttpConn {
             pools: p.pools,
             timeouts: p.timeouts,
             activity: Arc::new(ConnActivity::default()),
+            hbone: p.hbone,
             tunnel: Mutex::new(None),
         }
     }
@@ -281,8 +287,12 @@ impl HttpConn {
             destination_workload: dest.workload,
             destination_namespace: dest.namespace,
             destination_service: dest.service,
-            // Known once connections to other nodes are mutual TLS (the mTLS issue).
-            destination_principal: UNKNOWN.into(),
+            connection_security_policy: if dest.principal.is_some() {
+                "mutual_tls"
+            } else {
+                "none"
+            },
+            destination_principal: dest.principal.unwrap_or_else(|| UNKNOWN.into()),
             request_protocol: if grpc { "grpc" } else { "http" },
             response_code: resp.status().as_u16(),
             // A trailers-only gRPC response carries the status in its headers.
@@ -292,7 +302,6 @@ impl HttpConn {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
             response_flags: flags,
-            connection_security_policy: "none",
             duration: elapsed,
             request_bytes: 0,
             response_bytes: 0,
@@ -402,14 +411,28 @@ impl HttpConn {
         addr: Option<SocketAddr>,
         authority: &str,
     ) -> Destination {
-        let workload = addr.and_then(|a| self.config.workload_by_ip(a.ip()));
         let service = match cluster {
             Some(c) => service_of_cluster(c),
             None => split_port(authority),
         };
+        let local = addr.and_then(|a| self.config.workload_by_ip(a.ip()));
+        // A meshed workload on another node, reached through HBONE.
+        let remote = addr
+            .filter(|_| local.is_none() && self.hbone.is_some())
+            .and_then(|a| self.config.remote_by_ip(a.ip()));
+        let (workload, namespace, principal) = match (local, remote) {
+            (Some(w), _) => (w.name.as_str(), w.namespace.as_str(), None),
+            (None, Some(r)) => (
+                r.name.as_str(),
+                r.namespace.as_str(),
+                Some(Arc::from(self.config.remote_principal(r))),
+            ),
+            (None, None) => (UNKNOWN, UNKNOWN, None),
+        };
         Destination {
-            workload: workload.map_or_else(|| Arc::from(UNKNOWN), |w| w.name.as_str().into()),
-            namespace: workload.map_or_else(|| Arc::from(UNKNOWN), |w| w.namespace.as_str().into()),
+            workload: workload.into(),
+            namespace: namespace.into(),
+            principal,
             service: if service.is_empty() {
                 UNKNOWN.into()
             } else {
@@ -444,6 +467,7 @@ impl HttpConn {
                 Ok(resp) => Report::of_status(resp.status().as_u16()),
                 Err(
                     ProxyError::UpstreamConnect { .. }
+                    | ProxyError::Hbone { .. }
                     | ProxyError::UpstreamReset { .. }
                     | ProxyError::UpstreamProtocol { .. }
                     | ProxyError::Timeout { .. },
@@ -710,6 +734,7 @@ impl HttpConn {
             addr,
             protocol: target.protocol,
             connect_timeout: target.connect_timeout,
+            hbone: crate::dial::route(&self.config, self.hbone.as_ref(), &self.source, addr)?,
         };
         let sent = self
             .pools

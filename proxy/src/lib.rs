@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 mod body;
 mod detect;
+mod dial;
 pub mod drain;
 mod error;
 pub mod golden;
@@ -66,6 +67,8 @@ pub(crate) struct Inner {
     pub(crate) pools: Arc<upstream::Pools>,
     /// Rate, errors and latency per workload pair.
     pub(crate) golden: Arc<golden::GoldenMetrics>,
+    /// Tunnels to meshed workloads on other nodes (none: mTLS off).
+    pub(crate) hbone: Option<Arc<hbone::Client>>,
 }
 
 /// The proxy: serves captured connections from one listener.
@@ -101,8 +104,17 @@ impl Proxy {
                 traffic: traffic::TrafficHandle::new(),
                 pools: upstream::Pools::new(upstream::PoolConfig::default()),
                 golden: Arc::new(golden::GoldenMetrics::unregistered()),
+                hbone: None,
             }),
         }
+    }
+
+    /// Sends traffic for meshed workloads on other nodes (the config's remote workloads)
+    /// through HBONE tunnels of `client`, as the connection's source workload.
+    pub fn with_hbone(mut self, client: Arc<hbone::Client>) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("a new proxy is not shared yet");
+        inner.hbone = Some(client);
+        self
     }
 
     /// Records golden metrics into `golden` (by default they are recorded nowhere).

@@ -205,7 +205,25 @@ async fn try_handle(
             };
             match upstream {
                 Ok(upstream) => {
-                    let golden = tcp_golden(inner, &source, upstream.addr, tcp_service.as_deref());
+                    let hbone = match crate::dial::route(
+                        config,
+                        inner.hbone.as_ref(),
+                        &source,
+                        upstream.addr,
+                    ) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            tcp::reset_on_close(stream.inner());
+                            return Err(e);
+                        }
+                    };
+                    let golden = tcp_golden(
+                        inner,
+                        &source,
+                        upstream.addr,
+                        tcp_service.as_deref(),
+                        hbone.is_some(),
+                    );
                     let opened = Instant::now();
                     let res = Box::pin(tcp::forward(
                         stream,
@@ -214,6 +232,7 @@ async fn try_handle(
                             addr: upstream.addr,
                             connect_timeout: upstream.connect_timeout,
                             idle_timeout,
+                            hbone,
                         },
                         &source,
                         metrics,
@@ -337,9 +356,26 @@ fn tcp_golden(
     source: &Source,
     upstream: SocketAddr,
     cluster: Option<&str>,
+    mtls: bool,
 ) -> crate::golden::TcpCounters {
-    let dst = inner.config.workload_by_ip(upstream.ip());
     let unknown = || Arc::<str>::from(UNKNOWN);
+    let config = &inner.config;
+    let (workload, namespace, principal): (Arc<str>, Arc<str>, Arc<str>) =
+        match config.workload_by_ip(upstream.ip()) {
+            Some(w) => (
+                w.name.as_str().into(),
+                w.namespace.as_str().into(),
+                unknown(),
+            ),
+            None => match config.remote_by_ip(upstream.ip()).filter(|_| mtls) {
+                Some(r) => (
+                    r.name.as_str().into(),
+                    r.namespace.as_str().into(),
+                    config.remote_principal(r).into(),
+                ),
+                None => (unknown(), unknown(), unknown()),
+            },
+        };
     let service: Arc<str> = match cluster {
         Some(c) => http::service_of_cluster(c).into(),
         None => upstream.ip().to_string().into(),
@@ -349,11 +385,11 @@ fn tcp_golden(
         source_workload: source.workload.clone(),
         source_namespace: source.namespace.clone(),
         source_principal: source.principal.clone(),
-        destination_workload: dst.map_or_else(unknown, |w| w.name.as_str().into()),
-        destination_namespace: dst.map_or_else(unknown, |w| w.namespace.as_str().into()),
+        destination_workload: workload,
+        destination_namespace: namespace,
         destination_service: service,
-        destination_principal: unknown(),
-        connection_security_policy: "none",
+        destination_principal: principal,
+        connection_security_policy: if mtls { "mutual_tls" } else { "none" },
     })
 }
 
@@ -405,6 +441,7 @@ async fn serve_http(
         config: inner.config.clone(),
         pools: inner.pools.clone(),
         timeouts,
+        hbone: inner.hbone.clone(),
     }));
     http::serve(stream, conn, drain).await;
     Ok(())
@@ -439,6 +476,7 @@ mod tests {
             traffic: crate::traffic::TrafficHandle::new(),
             pools: crate::upstream::Pools::new(Default::default()),
             golden: Arc::new(crate::golden::GoldenMetrics::unregistered()),
+            hbone: None,
         });
         let (_signal, watch) = drain::channel();
         let fut = handle(inner, stream, peer, Origin::Captured, watch);

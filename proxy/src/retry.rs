@@ -48,7 +48,9 @@ impl Outcome {
     /// The outcome of an attempt's error.
     pub(crate) fn of_error(e: &ProxyError) -> Option<Outcome> {
         match e {
-            ProxyError::UpstreamConnect { .. } => Some(Outcome::ConnectFailure),
+            ProxyError::UpstreamConnect { .. } | ProxyError::Hbone { .. } => {
+                Some(Outcome::ConnectFailure)
+            }
             ProxyError::UpstreamReset { source, .. } => Some(if is_refused_stream(source) {
                 Outcome::RefusedStream
             } else {

@@ -53,12 +53,66 @@ pub(crate) fn reset_on_close(stream: &TcpStream) {
 }
 
 /// Where an opaque connection goes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct TcpTarget {
     pub(crate) addr: SocketAddr,
     pub(crate) connect_timeout: Duration,
     /// Closed after this long with no bytes either way (`None`: never).
     pub(crate) idle_timeout: Option<Duration>,
+    /// Through an HBONE tunnel (a meshed workload on another node).
+    pub(crate) hbone: Option<Arc<crate::dial::HboneRoute>>,
+}
+
+/// The upstream side: a TCP connection (reset on failure) or an HBONE tunnel.
+enum Upstream {
+    Tcp(TcpStream),
+    Tunnel(crate::dial::BoxIo),
+}
+
+impl tokio::io::AsyncRead for Upstream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Upstream::Tunnel(t) => std::pin::Pin::new(t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Upstream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Upstream::Tunnel(t) => std::pin::Pin::new(t).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Upstream::Tunnel(t) => std::pin::Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Upstream::Tunnel(t) => std::pin::Pin::new(t).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Forwards an opaque connection to `target` until both directions have ended (or it
@@ -75,11 +129,18 @@ pub(crate) async fn forward(
         addr: dst,
         connect_timeout,
         idle_timeout,
+        hbone,
     } = target;
     golden.opened.inc();
     // Closed whatever happens below, once.
     let _closed = CloseOnDrop(golden.closed.clone());
-    let mut upstream = match connect(dst, connect_timeout).await {
+    let connected = match &hbone {
+        None => connect(dst, connect_timeout).await.map(Upstream::Tcp),
+        Some(r) => crate::dial::dial(dst, connect_timeout, Some(r))
+            .await
+            .map(Upstream::Tunnel),
+    };
+    let mut upstream = match connected {
         Ok(s) => s,
         Err(e) => {
             if let Some(reason) = e.connect_reason() {
@@ -130,7 +191,9 @@ pub(crate) async fn forward(
         Err(source) => {
             // One side broke (typically a reset): pass the reset on to both.
             reset_on_close(downstream.get_ref().get_ref().get_ref().inner());
-            reset_on_close(&upstream);
+            if let Upstream::Tcp(s) = &upstream {
+                reset_on_close(s);
+            }
             Err(ProxyError::Forward {
                 peer,
                 addr: dst,

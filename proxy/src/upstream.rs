@@ -37,8 +37,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{debug, Instrument};
 
+use crate::dial::{self, HboneRoute};
 use crate::error::{ProxyBody, ProxyError};
-use crate::tcp;
 use crate::traffic::{ConnLimits, ConnSlot};
 
 /// How requests reach an endpoint.
@@ -74,12 +74,25 @@ impl Default for PoolConfig {
 }
 
 /// Where and how to connect.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     pub(crate) protocol: UpstreamProtocol,
     pub(crate) connect_timeout: Duration,
+    /// Through an HBONE tunnel (a meshed workload on another node), as its source.
+    pub(crate) hbone: Option<Arc<HboneRoute>>,
 }
+
+impl Endpoint {
+    /// The pool an upstream connection belongs to: its address, and for a tunnel the
+    /// source identity it speaks as (never shared with another source).
+    fn key(&self) -> ConnKey {
+        (self.addr, self.hbone.as_ref().map(|h| h.source.clone()))
+    }
+}
+
+/// Address, and the source principal of a tunnelled connection.
+type ConnKey = (SocketAddr, Option<Arc<str>>);
 
 struct Idle {
     sender: http1::SendRequest<ProxyBody>,
@@ -89,7 +102,7 @@ struct Idle {
 /// What a response body needs to give its HTTP/1 connection back.
 struct GiveBack {
     pools: Weak<Pools>,
-    addr: SocketAddr,
+    key: ConnKey,
     sender: http1::SendRequest<ProxyBody>,
     /// To wake requests of the cluster waiting for a connection.
     limits: Option<ConnLimits>,
@@ -101,8 +114,8 @@ type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
 
 #[derive(Default)]
 struct PoolState {
-    h1: HashMap<SocketAddr, Vec<Idle>>,
-    h2: HashMap<SocketAddr, H2Slot>,
+    h1: HashMap<ConnKey, Vec<Idle>>,
+    h2: HashMap<ConnKey, H2Slot>,
 }
 
 /// The proxy's upstream pools.
@@ -169,7 +182,8 @@ impl Pools {
         limits: Option<&ConnLimits>,
         peer: SocketAddr,
     ) -> Result<(http1::SendRequest<ProxyBody>, bool), ProxyError> {
-        if let Some(s) = self.checkout_h1(ep.addr).await {
+        let key = ep.key();
+        if let Some(s) = self.checkout_h1(&key).await {
             return Ok((s, true));
         }
         let Some(limits) = limits else {
@@ -182,7 +196,7 @@ impl Pools {
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(slot) = limits.try_connection() {
-                return Ok((connect_h1(ep, peer, Some(slot)).await?, false));
+                return Ok((connect_h1(ep.clone(), peer, Some(slot)).await?, false));
             }
             if pending.is_none() {
                 // Counted before the pool is looked at again: a connection given back
@@ -192,7 +206,7 @@ impl Pools {
                     breaker: "max_pending_requests",
                 })?);
             }
-            if let Some(s) = self.checkout_h1(ep.addr).await {
+            if let Some(s) = self.checkout_h1(&key).await {
                 return Ok((s, true));
             }
             debug!(addr = %ep.addr, cluster = limits.cluster(), connections = limits.connections(), "waiting for an upstream connection (max_connections)");
@@ -231,7 +245,7 @@ impl Pools {
     ) -> Result<Sent, ProxyError> {
         let addr = ep.addr;
         let is_connect = req.method() == http::Method::CONNECT;
-        let (mut sender, reused) = self.h1_sender(ep, limits, peer).await?;
+        let (mut sender, reused) = self.h1_sender(ep.clone(), limits, peer).await?;
         let resp = match sender.try_send_request(req).await {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
@@ -244,7 +258,7 @@ impl Pools {
                         Some(l) => Some(Self::connection_slot(l).await?),
                         None => None,
                     };
-                    sender = connect_h1(ep, peer, slot).await?;
+                    sender = connect_h1(ep.clone(), peer, slot).await?;
                     sender
                         .send_request(req)
                         .await
@@ -264,7 +278,7 @@ impl Pools {
         }
         let give_back = GiveBack {
             pools: Arc::downgrade(self),
-            addr,
+            key: ep.key(),
             sender,
             limits: limits.cloned(),
         };
@@ -283,11 +297,11 @@ impl Pools {
     /// An idle connection to `addr` that is ready for a request. A connection is given
     /// back as soon as its response body ended, possibly a moment before hyper's
     /// dispatcher has noticed, so `ready` is awaited (it fails if the upstream closed).
-    async fn checkout_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+    async fn checkout_h1(&self, key: &ConnKey) -> Option<http1::SendRequest<ProxyBody>> {
         loop {
             let conn = {
                 let mut state = lock(&self.state);
-                let idle = state.h1.get_mut(&addr)?;
+                let idle = state.h1.get_mut(key)?;
                 idle.pop()?
             };
             let mut sender = conn.sender;
@@ -306,7 +320,7 @@ impl Pools {
         }
         {
             let mut state = lock(&self.state);
-            let idle = state.h1.entry(g.addr).or_default();
+            let idle = state.h1.entry(g.key).or_default();
             if idle.len() < self.config.max_idle_per_endpoint {
                 idle.push(Idle {
                     sender: g.sender,
@@ -329,7 +343,7 @@ impl Pools {
         peer: SocketAddr,
     ) -> Result<Sent, ProxyError> {
         let addr = ep.addr;
-        let slot = lock(&self.state).h2.entry(addr).or_default().clone();
+        let slot = lock(&self.state).h2.entry(ep.key()).or_default().clone();
         let mut sender = {
             let mut conn = slot.lock().await;
             match conn.as_ref().filter(|s| !s.is_closed()) {
@@ -397,7 +411,7 @@ async fn connect_h1(
     slot: Option<ConnSlot>,
 ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
     let addr = ep.addr;
-    let stream = tcp::connect(addr, ep.connect_timeout).await?;
+    let stream = dial::dial(addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
     let mut builder = http1::Builder::new();
     builder.preserve_header_case(true);
     let (sender, conn) = builder
@@ -423,7 +437,7 @@ async fn connect_h2(
     slot: Option<ConnSlot>,
 ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
     let addr = ep.addr;
-    let stream = tcp::connect(addr, ep.connect_timeout).await?;
+    let stream = dial::dial(addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     let (sender, conn) = builder

@@ -90,6 +90,27 @@ pub struct ProxyConfig {
     // Built from `workloads` at construction; the reason `workloads` is private.
     #[serde(skip)]
     by_ip: HashMap<IpAddr, usize>,
+    /// Meshed workloads on other nodes: traffic to them goes over HBONE (mutual TLS to their
+    /// node's proxy). Set with [`ProxyConfig::with_remote`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    remote: Vec<RemoteWorkload>,
+    #[serde(skip)]
+    remote_by_ip: HashMap<IpAddr, usize>,
+}
+
+/// A meshed workload on another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteWorkload {
+    /// Workload name.
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Kubernetes service account: the identity its node must present for it.
+    pub service_account: String,
+    /// The pod IP.
+    pub ip: IpAddr,
+    /// Its node's HBONE address (`node address:15008`).
+    pub node: std::net::SocketAddr,
 }
 
 impl Default for ProxyConfig {
@@ -102,6 +123,8 @@ impl Default for ProxyConfig {
             trust_domain: "cluster.local".into(),
             access_log: false,
             by_ip: HashMap::new(),
+            remote: Vec::new(),
+            remote_by_ip: HashMap::new(),
         }
     }
 }
@@ -126,6 +149,53 @@ impl ProxyConfig {
             by_ip,
             ..Self::default()
         })
+    }
+
+    /// Adds the meshed workloads of other nodes. Fails if one shares an IP with a local
+    /// workload or another remote one.
+    pub fn with_remote(mut self, remote: Vec<RemoteWorkload>) -> Result<Self, ConfigError> {
+        let mut by_ip = HashMap::with_capacity(remote.len());
+        for (i, r) in remote.iter().enumerate() {
+            let clash = match (self.by_ip.get(&r.ip), by_ip.get(&r.ip)) {
+                (Some(&l), _) => Some(format!(
+                    "{}/{}",
+                    self.workloads[l].namespace, self.workloads[l].name
+                )),
+                (None, Some(&p)) => {
+                    let p: &RemoteWorkload = &remote[p];
+                    Some(format!("{}/{}", p.namespace, p.name))
+                }
+                (None, None) => None,
+            };
+            if let Some(first) = clash {
+                return Err(ConfigError::DuplicateWorkloadIp {
+                    ip: r.ip,
+                    first,
+                    second: format!("{}/{}", r.namespace, r.name),
+                });
+            }
+            by_ip.insert(r.ip, i);
+        }
+        self.remote = remote;
+        self.remote_by_ip = by_ip;
+        Ok(self)
+    }
+
+    /// The SPIFFE ID its node presents for a remote workload.
+    pub fn remote_principal(&self, r: &RemoteWorkload) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, r.namespace, r.service_account
+        )
+    }
+
+    /// The meshed workload on another node that owns `ip`, if any.
+    pub fn remote_by_ip(&self, ip: IpAddr) -> Option<&RemoteWorkload> {
+        if self.remote.is_empty() {
+            return None;
+        }
+        let ip = ip.to_canonical();
+        self.remote_by_ip.get(&ip).map(|&i| &self.remote[i])
     }
 
     /// Checks cross-field rules (the workload index is already checked by [`ProxyConfig::new`]).

@@ -35,6 +35,13 @@ use tokio::task::JoinHandle;
 #[derive(Default)]
 pub struct MapLookup(Mutex<HashMap<SocketAddr, SocketAddr>>);
 
+impl MapLookup {
+    /// Records that the connection from `peer` was going to `dst`.
+    pub fn insert(&self, peer: SocketAddr, dst: SocketAddr) {
+        self.0.lock().unwrap().insert(peer, dst);
+    }
+}
+
 impl OrigDstLookup for MapLookup {
     fn original_dst(&self, peer: SocketAddr, _local: SocketAddr) -> Option<SocketAddr> {
         self.0.lock().unwrap().get(&peer).copied()
