@@ -9,9 +9,10 @@ need_apt=()
 # prometheus: promtool and a real scrape (L7 issue); nghttp2-server (nghttpd),
 # python3-grpcio, python3-websockets: the L7 suite's HTTP/2 server, gRPC and WebSocket
 # clients and servers (conformance/tests/l7.rs; the Python ones run on /usr/bin/python3);
-# haproxy: the L7 benchmark's second reference proxy (benches, `myelin-l7-bench`).
+# haproxy: the L7 benchmark's second reference proxy (benches, `myelin-l7-bench`);
+# tcpdump: the mTLS suite checks that nothing crosses the link between nodes in the clear.
 for pkg in llvm-22-dev curl python3 iproute2 util-linux wrk nghttp2-client nginx prometheus \
-    nghttp2-server python3-grpcio python3-websockets haproxy; do
+    nghttp2-server python3-grpcio python3-websockets haproxy tcpdump; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

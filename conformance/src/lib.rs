@@ -34,7 +34,7 @@ mod proc;
 mod sys;
 
 pub use mesh::{http_get, in_netns, metric_sum, myelin_command, Mesh, MeshOptions};
-pub use node::{sweep_stale, Node, NodeConfig, Pod, NODE_IFACE, POD_IFACE};
+pub use node::{sweep_stale, Node, NodeConfig, Pod, NODE_IFACE, NODE_LINK, POD_IFACE};
 pub use proc::{ensure_success, json_output, Proc, DEFAULT_RUN_TIMEOUT};
 
 /// Finds the cgroup v2 mount point in `/proc/self/mountinfo` (it may be

@@ -103,6 +103,9 @@ pub struct MeshOptions {
     /// More keys of Myelin's section, as YAML lines indented by two spaces (e.g.
     /// `"  metrics: { naming: istio }\n"`).
     pub myelin: String,
+    /// The node's addresses (default: node 10.77.0.1, pods 10.77.1.0/24); nodes that are
+    /// linked ([`crate::Node::link`]) need different ones.
+    pub node: crate::NodeConfig,
 }
 
 impl MeshOptions {
@@ -150,7 +153,7 @@ impl Mesh {
     /// before they can write the config (e.g. a control plane inside the node's netns); then
     /// [`Mesh::options_mut`] and [`Mesh::start_agent`].
     pub fn build(prefix: &str, opts: MeshOptions) -> Result<Mesh> {
-        let mut node = Node::new(prefix)?;
+        let mut node = Node::with_config(prefix, opts.node.clone())?;
         for p in opts.pods.iter().chain(&opts.unenrolled) {
             node.add_pod(p)?;
         }

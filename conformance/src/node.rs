@@ -33,6 +33,8 @@ use crate::sys::{self, netns_path};
 pub const NODE_IFACE: &str = "lo";
 /// Name of the pod side of each veth pair.
 pub const POD_IFACE: &str = "eth0";
+/// Name of the veth between two linked nodes ([`Node::link`]), in both.
+pub const NODE_LINK: &str = "link0";
 
 /// Addresses of a node. One node per test bed uses the default; a multi-node bed
 /// gives each node its own address and pod subnet.
@@ -243,6 +245,34 @@ impl Node {
                 format!("route add default via {} dev {POD_IFACE} onlink", self.addr),
             ],
         )
+    }
+
+    /// Wires this node to `other` like two machines on one link: a veth pair named
+    /// [`NODE_LINK`] in both node namespaces (`10.99.<n>.1/30` here, `.2` there), and routes
+    /// to the other's node address and pod subnet through it. Removed with the nodes.
+    pub fn link(&self, other: &Node, n: u8) -> Result<()> {
+        let here = Ipv4Addr::new(10, 99, n, 1);
+        let there = Ipv4Addr::new(10, 99, n, 2);
+        sys::ip_batch(
+            Some(&self.name),
+            &[format!(
+                "link add {NODE_LINK} type veth peer name {NODE_LINK} netns {}",
+                other.name
+            )],
+        )?;
+        for (node, me, peer, far) in [(self, here, there, other), (other, there, here, self)] {
+            let [a, b, c, _] = far.config.pod_subnet.octets();
+            sys::ip_batch(
+                Some(&node.name),
+                &[
+                    format!("addr add {me}/30 dev {NODE_LINK}"),
+                    format!("link set {NODE_LINK} up"),
+                    format!("route add {}/32 via {peer} dev {NODE_LINK}", far.addr),
+                    format!("route add {a}.{b}.{c}.0/24 via {peer} dev {NODE_LINK}"),
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     /// Tears a pod down now (kills its processes, deletes its veth, netns and cgroup).

@@ -172,3 +172,183 @@ fn agent_hbone_server_tunnels_to_its_pod_and_refuses_bad_certificates() -> Resul
     assert!(left > 3000.0 && left <= 3600.0, "seconds left: {left}");
     Ok(())
 }
+
+/// Writes a CA's certificate and key for the agents' `myelin.mtls` section.
+fn ca_files(ca: &Ca, dir: &TempDir) -> Result<String> {
+    let (cert, key) = (dir.0.join("ca.pem"), dir.0.join("ca.key"));
+    std::fs::write(&cert, ca.cert_pem())?;
+    std::fs::write(&key, ca.key_pem())?;
+    Ok(format!(
+        "ca_cert: {}, ca_key: {}",
+        cert.display(),
+        key.display()
+    ))
+}
+
+/// Two nodes on one link: pod `web` on node A reaches pod `db` on node B through the
+/// capture, A's proxy and an HBONE tunnel to B's proxy. Raw TCP and HTTP (curl) both get
+/// through; a capture on the inter-node link holds no plaintext of the request or the
+/// response; A reports the requests as `mutual_tls` to db's principal, and B, as the
+/// destination, names web's principal from its certificate.
+#[test]
+fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Result<()> {
+    if !testbed_ready(&["curl", "tcpdump"]) {
+        return Ok(());
+    }
+    let ca = Ca::generate(TD, 24 * HOUR)?;
+    let dir = TempDir(std::env::temp_dir().join(format!("myelin-mtls2-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let files = ca_files(&ca, &dir)?;
+
+    let mut b_opts = MeshOptions::pods(&["db"]).policy("db", "off");
+    b_opts.node = myelin_testbed::NodeConfig {
+        addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
+        pod_subnet: std::net::Ipv4Addr::new(10, 78, 1, 0),
+    };
+    b_opts.myelin = format!("  mtls: {{ {files} }}\n");
+    let mut b = Mesh::build("mtlsb", b_opts)?;
+    let a_opts = MeshOptions::pods(&["web"]).policy("web", "off");
+    let mut a = Mesh::build("mtlsa", a_opts)?;
+    a.node.link(&b.node, 7)?;
+    let db_ip = b.pod("db").ip;
+    a.options_mut().myelin = format!(
+        "  mtls: {{ {files}, remote_workloads: [{{ name: db, namespace: test, service_account: db, ip: {db_ip}, node: {} }}] }}\n",
+        b.node.addr
+    );
+    b.start_agent()?;
+    a.start_agent()?;
+
+    let db = b.pod("db");
+    let spawn = |args: &[&str]| -> Result<myelin_testbed::Proc> {
+        let mut cmd = podtool_command()?;
+        cmd.args(args).stdout(std::process::Stdio::piped());
+        let mut p = db.spawn(cmd)?;
+        p.next_line(Duration::from_secs(10))?;
+        Ok(p)
+    };
+    let _echo = spawn(&["echo-server", "--port", &ECHO.to_string()])?;
+    let _web = spawn(&["http-server", "--port", "8080", "--name", "db-server"])?;
+
+    // Everything on the link between the nodes, while the traffic runs.
+    let pcap = dir.0.join("link.pcap");
+    let mut dump_cmd = std::process::Command::new("tcpdump");
+    dump_cmd
+        .args([
+            "-i",
+            myelin_testbed::NODE_LINK,
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(&pcap)
+        .stderr(std::process::Stdio::piped());
+    let mut dump = a.node.spawn(dump_cmd)?;
+    // tcpdump says "listening on ..." on stderr once it captures.
+    let stderr = dump.take_stderr().context("tcpdump's stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("tcpdump did not start")?;
+    anyhow::ensure!(first.contains("listening"), "tcpdump: {first}");
+
+    let web = a.pod("web");
+    let mut exchange = podtool_command()?;
+    exchange.args([
+        "exchange",
+        "--addr",
+        &format!("{db_ip}:{ECHO}"),
+        "--count",
+        "20",
+        "--size",
+        "2048",
+    ]);
+    let out = web.run(exchange)?;
+    let report = myelin_testbed::json_output(&out, "podtool exchange")?;
+    assert_eq!(
+        report["errors"].as_u64(),
+        Some(0),
+        "raw TCP across nodes: {report}"
+    );
+
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-sS", "-m", "10", "-H", "x-secret-header: plaintext-canary"])
+        .arg(format!("http://{db_ip}:8080/status/200"));
+    let out = web.run(curl)?;
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl across nodes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(body.contains("db-server") || !body.is_empty(), "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    // Stopped with SIGINT, tcpdump flushes and reports what it saw.
+    dump.signal(nix::sys::signal::Signal::SIGINT)?;
+    dump.wait_timeout(Duration::from_secs(5))?;
+    let tcpdump: Vec<String> = rx.try_iter().collect();
+    drop(dump);
+
+    let captured = std::fs::read(&pcap).context("reading the link capture")?;
+    assert!(
+        captured.len() > 2000,
+        "the capture saw the traffic ({} bytes; tcpdump: {tcpdump:?})",
+        captured.len()
+    );
+    for plaintext in [&b"plaintext-canary"[..], b"GET /status", b"HTTP/1.1 200"] {
+        assert!(
+            !captured.windows(plaintext.len()).any(|w| w == plaintext),
+            "{:?} crossed the link in the clear",
+            String::from_utf8_lossy(plaintext)
+        );
+    }
+
+    let web_principal = "spiffe://cluster.local/ns/test/sa/web";
+    let db_principal = "spiffe://cluster.local/ns/test/sa/db";
+    let a_requests = a.metric(
+        "myelin_requests_total",
+        &[
+            ("reporter", "source"),
+            ("connection_security_policy", "mutual_tls"),
+            ("destination_principal", db_principal),
+            ("response_code", "200"),
+        ],
+    )?;
+    assert_eq!(a_requests, 1.0, "{}", a.metrics()?);
+    let a_tcp = a.metric(
+        "myelin_tcp_connections_opened_total",
+        &[
+            ("connection_security_policy", "mutual_tls"),
+            ("destination_principal", db_principal),
+        ],
+    )?;
+    assert_eq!(a_tcp, 1.0, "{}", a.metrics()?);
+    let b_tunnels = b.metric(
+        "myelin_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("source_principal", web_principal),
+            ("source_workload", "web"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    )?;
+    assert_eq!(
+        b_tunnels,
+        2.0,
+        "one tunnel for the TCP connection, one for HTTP\n{}",
+        b.metrics()?
+    );
+    Ok(())
+}

@@ -137,6 +137,23 @@ pub struct MtlsSection {
     /// to it; a workload not listed accepts every identity of the trust domain.
     #[serde(default)]
     pub inbound_allow: std::collections::BTreeMap<String, Vec<String>>,
+    /// Meshed workloads on other nodes: connections to them go through an HBONE tunnel to
+    /// their node (`node`: its address; the HBONE port is this config's `hbone_port`).
+    #[serde(default)]
+    pub remote_workloads: Vec<RemoteWorkloadSection>,
+}
+
+/// One entry of `myelin.mtls.remote_workloads`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWorkloadSection {
+    pub name: String,
+    pub namespace: String,
+    #[serde(default = "default_sa")]
+    pub service_account: String,
+    pub ip: Ipv4Addr,
+    /// Its node's address.
+    pub node: Ipv4Addr,
 }
 
 fn default_cert_lifetime() -> String {
@@ -157,6 +174,8 @@ pub struct MtlsConfig {
     pub hbone: SocketAddrV4,
     /// Destination workload (`namespace/name`) -> allowed SPIFFE IDs.
     pub inbound_allow: std::collections::BTreeMap<String, Vec<String>>,
+    /// Meshed workloads on other nodes.
+    pub remote_workloads: Vec<RemoteWorkloadSection>,
 }
 
 /// `myelin.metrics`.
@@ -509,11 +528,36 @@ impl Config {
                         }
                     }
                 }
+                let mut remote_ips = std::collections::HashMap::new();
+                for (i, r) in t.remote_workloads.iter().enumerate() {
+                    let field = |f: &str| format!("myelin.mtls.remote_workloads[{i}].{f}");
+                    if let Some(prev) = remote_ips.insert(r.ip, i) {
+                        return Err(invalid(
+                            &field("ip"),
+                            &r.ip,
+                            &format!("already used by myelin.mtls.remote_workloads[{prev}]"),
+                        ));
+                    }
+                    if r.name.is_empty() || r.namespace.is_empty() {
+                        return Err(invalid(&field("name"), &r.name, "name and namespace must not be empty"));
+                    }
+                    if r.node == addr {
+                        return Err(invalid(
+                            &field("node"),
+                            &r.node,
+                            "is this node: its workloads belong in myelin.workloads",
+                        ));
+                    }
+                    if m.workloads.iter().any(|w| w.ip == r.ip) {
+                        return Err(invalid(&field("ip"), &r.ip, "is a local workload's address"));
+                    }
+                }
                 Some(MtlsConfig {
                     ca_files,
                     cert_lifetime,
                     hbone: SocketAddrV4::new(addr, t.hbone_port),
                     inbound_allow: t.inbound_allow.clone(),
+                    remote_workloads: t.remote_workloads.clone(),
                 })
             }
         };
@@ -683,7 +727,22 @@ impl Config {
             .expect("workload IPs are unique after validation");
         pc.sniff_timeout = self.sniff_timeout;
         pc.trust_domain = self.trust_domain.clone();
-        pc
+        let Some(m) = &self.mtls else {
+            return pc;
+        };
+        let remote = m
+            .remote_workloads
+            .iter()
+            .map(|r| myelin_proxy::model::RemoteWorkload {
+                name: r.name.clone(),
+                namespace: r.namespace.clone(),
+                service_account: r.service_account.clone(),
+                ip: IpAddr::V4(r.ip),
+                node: std::net::SocketAddr::V4(SocketAddrV4::new(r.node, m.hbone.port())),
+            })
+            .collect();
+        pc.with_remote(remote)
+            .expect("remote workload IPs are unique and not local after validation")
     }
 }
 
