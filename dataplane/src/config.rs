@@ -539,7 +539,11 @@ impl Config {
                         ));
                     }
                     if r.name.is_empty() || r.namespace.is_empty() {
-                        return Err(invalid(&field("name"), &r.name, "name and namespace must not be empty"));
+                        return Err(invalid(
+                            &field("name"),
+                            &r.name,
+                            "name and namespace must not be empty",
+                        ));
                     }
                     if r.node == addr {
                         return Err(invalid(
@@ -549,7 +553,11 @@ impl Config {
                         ));
                     }
                     if m.workloads.iter().any(|w| w.ip == r.ip) {
-                        return Err(invalid(&field("ip"), &r.ip, "is a local workload's address"));
+                        return Err(invalid(
+                            &field("ip"),
+                            &r.ip,
+                            "is a local workload's address",
+                        ));
                     }
                 }
                 Some(MtlsConfig {
