@@ -189,7 +189,8 @@ fn ca_files(ca: &Ca, dir: &TempDir) -> Result<String> {
 /// capture, A's proxy and an HBONE tunnel to B's proxy. Raw TCP and HTTP (curl) both get
 /// through; a capture on the inter-node link holds no plaintext of the request or the
 /// response; A reports the requests as `mutual_tls` to db's principal, and B, as the
-/// destination, names web's principal from its certificate.
+/// destination, names web's principal from its certificate. Then 100 parallel
+/// connections all complete over a pooled mTLS connection or two.
 #[test]
 fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Result<()> {
     if !testbed_ready(&["curl", "tcpdump"]) {
@@ -350,5 +351,28 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
         "one tunnel for the TCP connection, one for HTTP\n{}",
         b.metrics()?
     );
+
+    // 100 parallel connections across the nodes: all complete, over the pooled mTLS
+    // connection(s) (100 tunnels per HTTP/2 connection), not 100 handshakes.
+    let mut many = podtool_command()?;
+    many.args([
+        "connect-many",
+        "--addr",
+        &format!("{db_ip}:{ECHO}"),
+        "--conns",
+        "100",
+        "--exchanges",
+        "20",
+    ]);
+    let out = web.run(many)?;
+    let report = myelin_testbed::json_output(&out, "podtool connect-many")?;
+    assert_eq!(report["ok"].as_u64(), Some(100), "{report}");
+    let handshakes = b.metric("myelin_hbone_handshakes_total", &[])?;
+    assert!(
+        (1.0..=3.0).contains(&handshakes),
+        "102 tunnels took {handshakes} mTLS handshakes"
+    );
+    let tunnels = b.metric("myelin_hbone_tunnels_total", &[])?;
+    assert_eq!(tunnels, 102.0);
     Ok(())
 }
