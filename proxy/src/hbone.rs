@@ -465,6 +465,10 @@ pub enum TunnelError {
 struct Conn {
     sender: client_h2::SendRequest<Empty<Bytes>>,
     streams: Arc<AtomicUsize>,
+    /// When the source certificate it was opened with was issued: once the identity has
+    /// a newer one (rotation), new tunnels go to a new connection that presents it, and
+    /// this one is left to its open tunnels.
+    cert_issued: Option<std::time::SystemTime>,
 }
 
 #[derive(Default)]
@@ -480,10 +484,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl KeyPool {
-    /// A live connection with room for one more stream (counted now).
-    fn take(&self, max: usize) -> Option<(client_h2::SendRequest<Empty<Bytes>>, StreamSlot)> {
+    /// A live connection with room for one more stream (counted now), opened with the
+    /// source's current certificate (`cert_issued`).
+    fn take(
+        &self,
+        max: usize,
+        cert_issued: Option<std::time::SystemTime>,
+    ) -> Option<(client_h2::SendRequest<Empty<Bytes>>, StreamSlot)> {
         let mut conns = lock(&self.conns);
-        conns.retain(|c| !c.sender.is_closed());
+        conns.retain(|c| !c.sender.is_closed() && c.cert_issued == cert_issued);
         conns.iter().find_map(|c| {
             c.streams
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -553,11 +562,14 @@ impl Client {
         headers: HeaderMap,
     ) -> Result<Tunnel, TunnelError> {
         let pool = lock(&self.pools).entry(key.clone()).or_default().clone();
-        let (mut sender, slot) = match pool.take(self.config.max_streams) {
+        let cert_issued = |ids: &Identities| ids.certificate(&key.source).map(|c| c.not_before);
+        let issued = cert_issued(&self.identities);
+        let (mut sender, slot) = match pool.take(self.config.max_streams, issued) {
             Some(s) => s,
             None => {
                 let _connecting = pool.connecting.lock().await;
-                match pool.take(self.config.max_streams) {
+                let issued = cert_issued(&self.identities);
+                match pool.take(self.config.max_streams, issued) {
                     Some(s) => s,
                     None => {
                         let sender = self.dial(key).await?;
@@ -565,6 +577,7 @@ impl Client {
                         lock(&pool.conns).push(Conn {
                             sender: sender.clone(),
                             streams: streams.clone(),
+                            cert_issued: issued,
                         });
                         (sender, StreamSlot(streams))
                     }

@@ -221,3 +221,32 @@ async fn concurrent_tunnels_share_pooled_connections() {
     assert_eq!(b.metrics.handshakes.get() as usize, conns);
     assert_eq!(b.metrics.tunnels.get(), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_source_certificate_is_used_by_the_next_tunnel() {
+    let b = bed(InboundPolicy::default(), 100).await;
+    let mut old = b
+        .client
+        .connect(&b.key, b.pod, HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut old, b"before").await, b"before");
+    assert_eq!(b.metrics.handshakes.get(), 1);
+    // Rotation: a new certificate for the source. New tunnels open a new connection that
+    // presents it; the tunnel already open keeps working on the old one.
+    b.source_ids
+        .insert(&b.ca.issue(&b.key.source, HOUR).unwrap())
+        .unwrap();
+    let mut new = b
+        .client
+        .connect(&b.key, b.pod, HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut new, b"after").await, b"after");
+    assert_eq!(
+        b.metrics.handshakes.get(),
+        2,
+        "a new handshake with the new certificate"
+    );
+    assert_eq!(round_trip(&mut old, b"still").await, b"still");
+}
