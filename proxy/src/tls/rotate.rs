@@ -1,7 +1,8 @@
 //! Keeps the certificates of the node's workloads fresh: each is renewed at half its
 //! lifetime (as Istio and SPIRE do), a failed renewal is retried with backoff, and the
 //! time left on every certificate is a gauge (`myelin_identity_cert_expiry_seconds`);
-//! one past three quarters of its lifetime without renewal is logged as a warning.
+//! a certificate whose renewal is failing is logged as a warning with the time it has
+//! left.
 //!
 //! Certificates come from a [`CertSource`]: the embedded CA in standalone mode; SDS will
 //! be another source.
@@ -162,9 +163,11 @@ pub async fn run(
                     identity: id.to_string(),
                 })
                 .set(left);
-            let lifetime = c.not_after.duration_since(c.not_before).unwrap_or_default();
-            if left < (lifetime / 4).as_secs() as i64 {
-                warn!(identity = %id, seconds_left = left, "workload certificate is close to expiry");
+            // Renewals keep a certificate in its first half; one whose renewal keeps
+            // failing is on its way to expiry: say so with every failed attempt.
+            let failing = due.get(&id).is_some_and(|(_, failures)| *failures > 0);
+            if failing {
+                warn!(identity = %id, seconds_left = left, "workload certificate is close to expiry and its renewal is failing");
             }
         }
         let next = due.values().map(|(at, _)| *at).min();
