@@ -1,10 +1,12 @@
-//! The agent's HBONE server (mTLS issue, destination side), through the real `myelin`
-//! binary: the agent issues its pods' certificates from the CA files of `myelin.mtls` and
-//! serves HBONE on the node address; a client in the node's network namespace, holding a
-//! certificate from the same CA (as another node's agent would), tunnels to a pod, and
-//! certificates from another CA, of another trust domain, or expired are refused with
-//! their own counted reasons. The source side (the proxy choosing HBONE for endpoints on
-//! other nodes) is not wired yet, so no second node runs here.
+//! mTLS between nodes through the real `myelin` binary. Agents issue their pods'
+//! certificates from the CA files of `myelin.mtls` and serve HBONE on the node address.
+//!
+//! - One node, with a client in its network namespace holding a certificate from the same
+//!   CA (as another node's agent would): it tunnels to a pod, and certificates from
+//!   another CA, of another trust domain, expired, or for an identity the destination's
+//!   inbound policy does not allow are refused with their own counted reasons.
+//! - Two linked nodes: pod to pod across them through capture and HBONE, encrypted on
+//!   the wire, pooled; and certificate rotation under steady traffic.
 //!
 //! Needs root and a built `myelin` (`cargo build --release -p myelin`).
 
@@ -66,7 +68,7 @@ fn agent_hbone_server_tunnels_to_its_pod_and_refuses_bad_certificates() -> Resul
 
     let mut opts = MeshOptions::pods(&["db"]);
     opts.myelin = format!(
-        "  mtls: {{ ca_cert: {}, ca_key: {}, cert_lifetime: 1h }}\n",
+        "  mtls: {{ ca_cert: {}, ca_key: {}, cert_lifetime: 1h, inbound_allow: {{ test/db: [\"spiffe://cluster.local/ns/test/sa/web\"] }} }}\n",
         cert.display(),
         key.display()
     );
@@ -133,6 +135,20 @@ fn agent_hbone_server_tunnels_to_its_pod_and_refuses_bad_certificates() -> Resul
                     .await;
                 anyhow::ensure!(r.is_err(), "a bad certificate for {source} got a tunnel");
             }
+
+            // A valid certificate, but for an identity db's inbound policy does not allow.
+            let intruder = SpiffeId::new(TD, "test", "intruder")?;
+            let c = Client::new(
+                client_ids(&ca, &ca, &intruder, false),
+                ClientConfig::default(),
+            );
+            match c
+                .connect(&key(&intruder), target, http::HeaderMap::new())
+                .await
+            {
+                Err(TunnelError::Refused { status, .. }) if status == 403 => {}
+                other => anyhow::bail!("an identity outside the allow list got {other:?}"),
+            }
             Ok(())
         })
     })?;
@@ -144,6 +160,7 @@ fn agent_hbone_server_tunnels_to_its_pod_and_refuses_bad_certificates() -> Resul
         "other_trust_domain",
         "expired",
         "unknown_destination",
+        "denied",
     ] {
         let n = mesh.metric("myelin_hbone_refused_total", &[("reason", reason)])?;
         assert_eq!(n, 1.0, "refusals counted as {reason}\n{}", mesh.log());
