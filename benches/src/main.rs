@@ -6,7 +6,12 @@
 //!
 //! - `direct`: the pods are not enrolled, nothing is captured (the baseline);
 //! - `mesh-splice`: both pods enrolled with splice policy `nonblocking`, the agent splices;
-//! - `mesh-tcp`: both pods enrolled, the agent runs with `--no-splice`.
+//! - `mesh-tcp`: both pods enrolled, the agent runs with `--no-splice`;
+//! - `cross-direct`: client and server pods on two linked nodes, not enrolled (the
+//!   cross-node baseline);
+//! - `cross-mtls`: the same two nodes, both pods enrolled, the client's agent knowing the
+//!   server as a meshed workload on the other node: every connection goes through an
+//!   HBONE tunnel (HTTP/2 `CONNECT` over mutual TLS) between the two agents.
 //!
 //! Results are printed as a markdown table with ratios against `direct`, and optionally as
 //! JSON. Needs root, `nginx`, `wrk` and `curl`, and a built agent (`cargo build --release -p
@@ -80,6 +85,10 @@ pub enum Mode {
     MeshSplice,
     /// Both pods enrolled, agent `--no-splice`.
     MeshTcp,
+    /// Two linked nodes, pods not enrolled.
+    CrossDirect,
+    /// Two linked nodes, traffic through both agents over HBONE (mutual TLS).
+    CrossMtls,
 }
 
 impl Mode {
@@ -88,7 +97,21 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::MeshSplice => "mesh-splice",
             Mode::MeshTcp => "mesh-tcp",
+            Mode::CrossDirect => "cross-direct",
+            Mode::CrossMtls => "cross-mtls",
         }
+    }
+
+    /// The mode this one's ratios are against.
+    pub fn baseline(self) -> Mode {
+        match self {
+            Mode::CrossDirect | Mode::CrossMtls => Mode::CrossDirect,
+            _ => Mode::Direct,
+        }
+    }
+
+    fn is_cross(self) -> bool {
+        self.baseline() == Mode::CrossDirect
     }
 
     fn mesh_options(self) -> MeshOptions {
@@ -105,6 +128,7 @@ impl Mode {
                 no_splice: true,
                 ..both
             },
+            Mode::CrossDirect | Mode::CrossMtls => unreachable!("two nodes: see cross_meshes"),
         }
     }
 }
@@ -244,7 +268,7 @@ fn check_splice_state(mesh: &Mesh, mode: Mode) -> Result<()> {
     let dump = mesh.config_dump()?;
     let state = &dump["splice"]["mode"];
     match mode {
-        Mode::Direct => {}
+        Mode::Direct | Mode::CrossDirect | Mode::CrossMtls => {}
         Mode::MeshSplice => {
             if state != "spliced" {
                 return Err(mesh_failure(
@@ -372,11 +396,67 @@ impl Counters {
     }
 }
 
+/// Two linked nodes: the client's (returned first) and the server's. For `cross-mtls` both
+/// pods are enrolled and both agents have `myelin.mtls` from one CA, the client's agent
+/// knowing the server pod as a remote workload.
+fn cross_meshes(mode: Mode, scratch: &Path) -> Result<(Mesh, Mesh)> {
+    let mtls = mode == Mode::CrossMtls;
+    let opts = |pod: &str| {
+        if mtls {
+            // Splice off: the cross-node cost under test is the tunnel, and a splice
+            // self-test verdict would differ between the nodes.
+            MeshOptions::pods(&[pod]).policy(pod, "off")
+        } else {
+            MeshOptions {
+                unenrolled: vec![pod.into()],
+                ..Default::default()
+            }
+        }
+    };
+    let mut server_opts = opts("server");
+    server_opts.node = myelin_testbed::NodeConfig {
+        addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
+        pod_subnet: std::net::Ipv4Addr::new(10, 78, 1, 0),
+    };
+    let mut server = Mesh::build("benchb", server_opts)?;
+    let mut client = Mesh::build("bencha", opts("client"))?;
+    client.node.link(&server.node, 9)?;
+    if mtls {
+        let ca = myelin_proxy::tls::ca::Ca::generate(
+            "cluster.local",
+            Duration::from_secs(24 * 3600),
+        )?;
+        let (cert, key) = (scratch.join("ca.pem"), scratch.join("ca.key"));
+        std::fs::write(&cert, ca.cert_pem())?;
+        std::fs::write(&key, ca.key_pem())?;
+        let files = format!("ca_cert: {}, ca_key: {}", cert.display(), key.display());
+        server.options_mut().myelin = format!("  mtls: {{ {files} }}\n");
+        client.options_mut().myelin = format!(
+            "  mtls: {{ {files}, remote_workloads: [{{ name: server, namespace: test, service_account: server, ip: {}, node: {} }}] }}\n",
+            server.pod("server").ip,
+            server.node.addr
+        );
+    }
+    server.start_agent()?;
+    client.start_agent()?;
+    Ok((client, server))
+}
+
 fn run_mode(args: &Args, mode: Mode, scratch: &Path, content: &Content) -> Result<ModeResult> {
-    let mesh = Mesh::start("bench", mode.mesh_options())?;
+    let (mesh, server_mesh) = if mode.is_cross() {
+        let (c, s) = cross_meshes(mode, scratch)?;
+        (c, Some(s))
+    } else {
+        (Mesh::start("bench", mode.mesh_options())?, None)
+    };
     let client = mesh.pod("client").clone();
-    let server = mesh.pod("server").clone();
-    check_splice_state(&mesh, mode)?;
+    let server = match &server_mesh {
+        Some(s) => s.pod("server").clone(),
+        None => mesh.pod("server").clone(),
+    };
+    if !mode.is_cross() {
+        check_splice_state(&mesh, mode)?;
+    }
     // Declared after `mesh`: dropped (killed by pid) before the agent and the node go.
     let mut nginx = Nginx::start(
         &server,
@@ -409,6 +489,22 @@ fn run_mode(args: &Args, mode: Mode, scratch: &Path, content: &Content) -> Resul
 
     // The mode really is what it says it is.
     match mode {
+        Mode::CrossDirect => ensure!(
+            req_delta.captured == 0.0 && stream_delta.captured == 0.0,
+            "cross-direct: the agent captured connections of unenrolled pods"
+        ),
+        Mode::CrossMtls => {
+            let tunnels = server_mesh
+                .as_ref()
+                .map(|s| s.metric("myelin_hbone_tunnels_total", &[]))
+                .transpose()?
+                .unwrap_or(0.0);
+            let want = f64::from(args.connections + args.stream_runs);
+            ensure!(
+                tunnels >= want,
+                "cross-mtls: {tunnels} HBONE tunnels on the server's node, want at least {want}"
+            );
+        }
         Mode::Direct => ensure!(
             req_delta.captured == 0.0 && stream_delta.captured == 0.0,
             "direct: the agent captured connections of unenrolled pods"
@@ -444,7 +540,7 @@ fn run_mode(args: &Args, mode: Mode, scratch: &Path, content: &Content) -> Resul
             );
         }
     }
-    if mode != Mode::Direct {
+    if !matches!(mode, Mode::Direct | Mode::CrossDirect) {
         // Every wrk run opens its own connections, every curl one.
         let want = (f64::from(args.connections), f64::from(args.stream_runs));
         if req_delta.captured < want.0 || stream_delta.captured < want.1 {

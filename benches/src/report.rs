@@ -1,4 +1,5 @@
-//! Results: per-mode numbers, ratios against `direct`, the markdown table and the JSON.
+//! Results: per-mode numbers, ratios against the mode's baseline (`direct`, or
+//! `cross-direct` for the two-node modes), the markdown table and the JSON.
 
 use std::{ffi::OsStr, fmt, time::SystemTime};
 
@@ -142,18 +143,19 @@ pub fn ratios(r: &ModeResult, base: Option<&ModeResult>) -> Option<Ratios> {
     })
 }
 
-fn direct(results: &[ModeResult]) -> Option<&ModeResult> {
-    results.iter().find(|r| r.mode == Mode::Direct)
+/// The baseline of `mode`: `direct` for one node, `cross-direct` for two.
+fn baseline(results: &[ModeResult], mode: Mode) -> Option<&ModeResult> {
+    results.iter().find(|r| r.mode == mode.baseline())
 }
 
 /// The markdown table: absolute values, then ratios against `direct`.
 pub fn markdown(results: &[ModeResult]) -> String {
-    let base = direct(results);
     let mut s = String::from(
         "| mode | req/s | p50 (us) | p99 (us) | stream (MB/s) | req/s vs direct | p50 vs direct | p99 vs direct | stream vs direct |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
+        let base = baseline(results, r.mode);
         let ratio = |f: fn(&Ratios) -> f64| {
             ratios(r, base).map_or_else(|| "n/a".to_owned(), |x| format!("{:.2}x", f(&x)))
         };
@@ -224,11 +226,10 @@ fn round_json(r: &ModeResult) -> Value {
 
 /// `results`: one per mode (medians); `runs`: every mode of every round, in order.
 pub fn json(args: &Args, env: &Environment, results: &[ModeResult], runs: &[ModeResult]) -> Value {
-    let base = direct(results);
     let modes: Vec<Value> = results
         .iter()
         .map(|r| {
-            let ratio = ratios(r, base)
+            let ratio = ratios(r, baseline(results, r.mode))
                 .map(|x| json!({ "rps": x.rps, "p50": x.p50, "p99": x.p99, "stream": x.stream }));
             json!({
                 "mode": r.mode.name(),
@@ -329,7 +330,7 @@ mod tests {
         assert_eq!(agg[0].stream.mb_per_sec(), 2000.0);
         assert_eq!(agg[1].wrk.p50_us, 30.0);
         assert_eq!(agg[1].captured_connections, 2.0);
-        let r = ratios(&agg[1], direct(&agg)).unwrap();
+        let r = ratios(&agg[1], baseline(&agg, Mode::MeshTcp)).unwrap();
         assert_eq!((r.rps, r.p50, r.p99, r.stream), (0.15, 1.5, 1.5, 1.0));
         let table = markdown(&agg);
         assert!(
