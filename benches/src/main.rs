@@ -422,10 +422,8 @@ fn cross_meshes(mode: Mode, scratch: &Path) -> Result<(Mesh, Mesh)> {
     let mut client = Mesh::build("bencha", opts("client"))?;
     client.node.link(&server.node, 9)?;
     if mtls {
-        let ca = myelin_proxy::tls::ca::Ca::generate(
-            "cluster.local",
-            Duration::from_secs(24 * 3600),
-        )?;
+        let ca =
+            myelin_proxy::tls::ca::Ca::generate("cluster.local", Duration::from_secs(24 * 3600))?;
         let (cert, key) = (scratch.join("ca.pem"), scratch.join("ca.key"));
         std::fs::write(&cert, ca.cert_pem())?;
         std::fs::write(&key, ca.key_pem())?;
