@@ -168,6 +168,8 @@ async fn captured_traffic_to_a_remote_workload_goes_through_hbone() {
             .header(header::HOST, "db.test-ns")
             .body(empty())
             .unwrap();
+        // The previous response may not be fully processed by the client yet.
+        http.ready().await.unwrap();
         let resp = http.send_request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(body_string(resp).await.unwrap(), "db says hi");
