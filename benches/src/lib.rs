@@ -5,6 +5,7 @@
 
 pub mod l7;
 pub mod memory;
+pub mod run;
 pub mod tools;
 pub mod wrk;
 pub mod xds_scale;

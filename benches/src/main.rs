@@ -24,12 +24,12 @@ mod report;
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
-    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::{Parser, ValueEnum};
+use myelin_benches::run::{check_interrupted, install_signal_handlers, Scratch};
 use myelin_benches::{tools, wrk};
 use myelin_testbed::{metric_sum, Mesh, MeshOptions, Pod};
 
@@ -133,59 +133,6 @@ impl Mode {
     }
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: std::ffi::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT and SIGTERM only set a flag, checked between steps, so that the error path (and
-/// with it every Drop: nginx, agent, node, files) runs instead of the process dying.
-fn install_signal_handlers() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &action) }.with_context(|| format!("sigaction {sig}"))?;
-    }
-    Ok(())
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-/// A scratch directory removed on drop.
-#[derive(Debug)]
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!(
-            "myelin-bench-{}-{}",
-            std::process::id(),
-            myelin_testbed::unique_suffix()
-        ));
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("myelin-bench: removing {}: {e}", self.0.display());
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
@@ -218,7 +165,7 @@ fn run(args: &Args) -> Result<()> {
 
     let env = report::Environment::probe(agent.get_program());
     eprintln!("myelin-bench: {env}");
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("myelin-bench")?;
     let content = Content::create(scratch.0.join("www"), args.small_bytes, args.stream_bytes)?;
     let mut runs = Vec::new();
     for round in 1..=args.rounds {

@@ -12,11 +12,11 @@
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use myelin_benches::l7::{self, report, Load, Options, Target};
+use myelin_benches::run::{check_interrupted, install_signal_handlers};
 
 /// L7 benchmark: Myelin vs nginx vs haproxy vs direct, HTTP/1.1, HTTP/2 and an open loop.
 #[derive(Debug, Parser)]
@@ -61,35 +61,6 @@ struct Args {
     /// Also write every run's numbers as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: std::ffi::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT and SIGTERM only set a flag, checked between steps, so that the error path (and
-/// with it every Drop: proxies, agent, node, files) runs instead of the process dying.
-fn install_signal_handlers() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &action) }.with_context(|| format!("sigaction {sig}"))?;
-    }
-    Ok(())
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
 }
 
 /// The first line a command prints (on stdout or stderr), for the record.

@@ -214,30 +214,6 @@ impl Measurement {
     }
 }
 
-/// A scratch directory removed on drop.
-#[derive(Debug)]
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!(
-            "myelin-l7-bench-{}-{}",
-            std::process::id(),
-            myelin_testbed::unique_suffix()
-        ));
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("myelin-l7-bench: removing {}: {e}", self.0.display());
-        }
-    }
-}
-
 /// Fails unless everything the options need is installed.
 pub fn check_tools(opts: &Options) -> Result<()> {
     myelin_testbed::check_prerequisites(&[])?;
@@ -448,7 +424,7 @@ pub fn run(opts: &Options, check: &dyn Fn() -> Result<()>) -> Result<Vec<Measure
         opts.duration_s >= 1 && opts.warmup_s >= 1,
         "duration and warm-up must be at least 1 s"
     );
-    let scratch = Scratch::new()?;
+    let scratch = crate::run::Scratch::new("myelin-l7-bench")?;
     // No pods: the node only provides the netns, the address and the cgroup root the agent
     // needs. The agent starts for the Myelin runs and stops after them.
     let mesh = Mesh::build(
