@@ -81,6 +81,55 @@ impl Issued {
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
+
+    /// The certificate, PEM (as an SDS Secret carries it).
+    pub fn cert_pem(&self) -> String {
+        pem("CERTIFICATE", self.cert.as_ref())
+    }
+
+    /// The private key, PEM (PKCS#8), for a control plane that serves it over SDS (tests,
+    /// the demo). The agent itself never writes a workload key anywhere.
+    pub fn key_pem(&self) -> String {
+        pem("PRIVATE KEY", self.key.secret_pkcs8_der())
+    }
+
+    /// The certificate's serial number (big-endian bytes).
+    pub fn serial(&self) -> Vec<u8> {
+        serial_of(&self.cert).unwrap_or_default()
+    }
+}
+
+/// The serial number of a DER certificate (big-endian bytes).
+pub fn serial_of(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    Some(x509.raw_serial().to_vec())
+}
+
+/// RFC 7468 text encoding.
+fn pem(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 fn serial() -> SerialNumber {

@@ -1,16 +1,18 @@
 //! Workload identity and mutual TLS between nodes: SPIFFE IDs ([`SpiffeId`]), the
 //! embedded CA of standalone mode ([`ca::Ca`]), the per-node certificate store
-//! ([`Identities`]) and the peer verification the HBONE client and server use
-//! ([`verify`]). rustls with ring, TLS 1.3 only, ALPN `h2`.
+//! ([`Identities`]), fed by the CA's rotation ([`rotate`]) or by SDS Secrets ([`sds`]),
+//! and the peer verification the HBONE client and server use ([`verify`]). rustls with
+//! ring, TLS 1.3 only, ALPN `h2`.
 
 pub mod ca;
 mod id;
 pub mod rotate;
+pub mod sds;
 pub mod store;
 pub mod verify;
 
 pub use id::{SpiffeId, SpiffeIdError};
-pub use store::{sni_for, Identities, IdentityError};
+pub use store::{sni_for, sni_for_any, CertInfo, Identities, IdentityError};
 pub use verify::{spiffe_id_of, RejectReason};
 
 #[cfg(test)]

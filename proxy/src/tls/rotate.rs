@@ -4,8 +4,8 @@
 //! a certificate whose renewal is failing is logged as a warning with the time it has
 //! left.
 //!
-//! Certificates come from a [`CertSource`]: the embedded CA in standalone mode; SDS will
-//! be another source.
+//! Certificates come from a [`CertSource`]: the embedded CA in standalone mode. With SDS
+//! the control plane rotates them (`super::sds`), and [`watch_expiry`] keeps the gauge.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -81,6 +81,47 @@ impl RotationMetrics {
     }
 }
 
+/// Keeps the expiry gauge of every certificate in `identities` current (every 10 s) and
+/// warns about certificates with less than a quarter of their lifetime left: with SDS the
+/// control plane renews them, and one that does not is on its way to expiry. Runs until
+/// dropped.
+pub async fn watch_expiry(identities: Arc<Identities>, metrics: RotationMetrics) {
+    let mut known: BTreeSet<SpiffeId> = BTreeSet::new();
+    loop {
+        let now = SystemTime::now();
+        let certs = identities.certificates();
+        for id in &known {
+            if !certs.iter().any(|(c, _)| c == id) {
+                metrics.expiry.remove(&IdentityLabels {
+                    identity: id.to_string(),
+                });
+            }
+        }
+        known = certs.iter().map(|(id, _)| id.clone()).collect();
+        for (id, c) in certs {
+            let left = seconds_left(c.not_after, now);
+            metrics
+                .expiry
+                .get_or_create(&IdentityLabels {
+                    identity: id.to_string(),
+                })
+                .set(left);
+            let lifetime = c.not_after.duration_since(c.not_before).unwrap_or_default();
+            if left < (lifetime / 4).as_secs() as i64 {
+                warn!(identity = %id, seconds_left = left, "workload certificate is close to expiry and SDS has not renewed it");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+fn seconds_left(not_after: SystemTime, now: SystemTime) -> i64 {
+    match not_after.duration_since(now) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
 /// Backoff after a failed issue: 1 s doubling to 1 min.
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60))
@@ -153,10 +194,7 @@ pub async fn run(
         }
         // Time left on each certificate; a warning once three quarters are gone.
         for (id, c) in identities.certificates() {
-            let left = match c.not_after.duration_since(now) {
-                Ok(d) => d.as_secs() as i64,
-                Err(e) => -(e.duration().as_secs() as i64),
-            };
+            let left = seconds_left(c.not_after, now);
             metrics
                 .expiry
                 .get_or_create(&IdentityLabels {

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
@@ -32,15 +32,40 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The SNI under which the HBONE server presents `id`'s certificate.
-pub fn sni_for(id: &SpiffeId) -> ServerName<'static> {
+/// The domain under which SNI names identities.
+const SNI_SUFFIX: &str = ".spiffe.myelin.invalid";
+
+/// At most this many identities are named in one SNI: 7 labels of 32 hex digits and the
+/// suffix stay within the 253 characters of a DNS name.
+pub const SNI_MAX_IDENTITIES: usize = 7;
+
+/// The SNI label of `id`: the first 16 bytes of its SHA-256, in hex.
+fn sni_label(id: &SpiffeId) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, id.to_string().as_bytes());
-    let hex: String = digest.as_ref()[..16]
+    digest.as_ref()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
-    ServerName::try_from(format!("{hex}.spiffe.myelin.invalid"))
-        .expect("a hex label under a fixed domain is a valid DNS name")
+        .collect()
+}
+
+/// The SNI under which the HBONE server presents `id`'s certificate.
+pub fn sni_for(id: &SpiffeId) -> ServerName<'static> {
+    sni_for_any(std::slice::from_ref(id))
+}
+
+/// The SNI naming several acceptable identities, in order of preference
+/// (`<hash1>.<hash2>....spiffe.myelin.invalid`, the first [`SNI_MAX_IDENTITIES`]): the
+/// server presents the certificate of the first one it holds. Used when a cluster's SAN
+/// list, not the endpoint, says who the peer may be.
+pub fn sni_for_any(ids: &[SpiffeId]) -> ServerName<'static> {
+    let labels: Vec<String> = ids.iter().take(SNI_MAX_IDENTITIES).map(sni_label).collect();
+    let name = if labels.is_empty() {
+        // Names no identity: the server has no certificate for it and refuses.
+        format!("none{SNI_SUFFIX}")
+    } else {
+        format!("{}{SNI_SUFFIX}", labels.join("."))
+    };
+    ServerName::try_from(name).expect("hex labels under a fixed domain are a valid DNS name")
 }
 
 /// Why identities could not be loaded.
@@ -64,6 +89,7 @@ struct Cert {
 struct State {
     roots: Arc<RootCertStore>,
     certs: HashMap<SpiffeId, Arc<Cert>>,
+    /// SNI label ([`sni_label`]) -> identity.
     by_sni: HashMap<String, SpiffeId>,
 }
 
@@ -102,8 +128,21 @@ impl Identities {
         trust_domain: &str,
         bundle: &[CertificateDer<'static>],
     ) -> Result<Arc<Identities>, IdentityError> {
+        Self::with_roots(trust_domain, roots(bundle)?)
+    }
+
+    /// No workload certificates and no trust bundle yet (SDS delivers both): until
+    /// [`Identities::set_bundle`], every peer is refused as untrusted.
+    pub fn without_bundle(trust_domain: &str) -> Result<Arc<Identities>, IdentityError> {
+        Self::with_roots(trust_domain, RootCertStore::empty())
+    }
+
+    fn with_roots(
+        trust_domain: &str,
+        roots: RootCertStore,
+    ) -> Result<Arc<Identities>, IdentityError> {
         let provider = provider();
-        let roots = Arc::new(roots(bundle)?);
+        let roots = Arc::new(roots);
         let state = Arc::new(ArcSwap::from_pointee(State {
             roots: roots.clone(),
             certs: HashMap::new(),
@@ -141,19 +180,50 @@ impl Identities {
         Ok(())
     }
 
+    /// Whether a trust bundle is set.
+    pub fn has_bundle(&self) -> bool {
+        !self.state.load().roots.is_empty()
+    }
+
     /// Installs (or replaces: rotation) the certificate of `issued.id`.
     pub fn insert(&self, issued: &Issued) -> Result<(), IdentityError> {
-        let key = self
-            .provider
-            .key_provider
-            .load_private_key(issued.private_key())?;
+        self.insert_chain(
+            &issued.id,
+            vec![issued.cert.clone()],
+            issued.private_key(),
+            CertInfo {
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+            },
+        )
+    }
+
+    /// Installs (or replaces: rotation) the certificate of `id`: `chain` is the leaf
+    /// first, then intermediates; `key` must be the leaf's (else
+    /// [`rustls::Error::InconsistentKeys`]). Whether the leaf names `id` is the caller's
+    /// check.
+    pub fn insert_chain(
+        &self,
+        id: &SpiffeId,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        validity: CertInfo,
+    ) -> Result<(), IdentityError> {
+        let key = self.provider.key_provider.load_private_key(key)?;
+        let certified = CertifiedKey::new(chain, key);
+        match certified.keys_match() {
+            // A key type whose public half rustls cannot derive: as rustls' own
+            // `CertifiedKey::from_der`, accept it.
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let cert = Arc::new(Cert {
-            key: Arc::new(CertifiedKey::new(vec![issued.cert.clone()], key)),
-            not_before: issued.not_before,
-            not_after: issued.not_after,
+            key: Arc::new(certified),
+            not_before: validity.not_before,
+            not_after: validity.not_after,
         });
-        let id = issued.id.clone();
-        let sni = sni_for(&id).to_str().into_owned();
+        let id = id.clone();
+        let sni = sni_label(&id);
         self.state.rcu(|s| {
             let mut certs = s.certs.clone();
             let mut by_sni = s.by_sni.clone();
@@ -280,10 +350,14 @@ impl fmt::Debug for ServerCert {
 
 impl ResolvesServerCert for ServerCert {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let sni = hello.server_name()?;
+        let labels = hello.server_name()?.strip_suffix(SNI_SUFFIX)?;
         let state = self.0.load();
-        let id = state.by_sni.get(sni)?;
-        state.certs.get(id).map(|c| c.key.clone())
+        // The first named identity this node holds.
+        labels
+            .split('.')
+            .filter_map(|label| state.by_sni.get(label))
+            .find_map(|id| state.certs.get(id))
+            .map(|c| c.key.clone())
     }
 }
 

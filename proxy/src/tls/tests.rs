@@ -160,3 +160,52 @@ fn ca_round_trips_through_pem() {
     let issued = again.issue(&id("a", "b"), HOUR).unwrap();
     assert_eq!(spiffe_id_of(&issued.cert), Ok(id("a", "b")));
 }
+
+/// With several acceptable identities (a cluster's SAN list), the SNI names them all and
+/// the server presents the first one it holds; the client accepts any of them, and
+/// nothing else.
+#[tokio::test]
+async fn sni_naming_several_identities_picks_the_first_the_server_holds() {
+    let ca = Ca::generate(TD, 24 * HOUR).unwrap();
+    let (web, db, payments, cache) = (
+        id("shop", "web"),
+        id("shop", "db"),
+        id("shop", "payments"),
+        id("shop", "cache"),
+    );
+    let a = node(&ca, &[&web]);
+    let b = node(&ca, &[&db, &cache]);
+    let connect = |expected: Vec<SpiffeId>| {
+        let (x, y) = tokio::io::duplex(64 * 1024);
+        let acceptor = TlsAcceptor::from(b.server_config());
+        let connector =
+            TlsConnector::from(Arc::new(a.client_config(&web, expected.clone()).unwrap()));
+        async move {
+            let (s, c) = tokio::join!(
+                acceptor.accept(x),
+                connector.connect(sni_for_any(&expected), y)
+            );
+            let _ = s;
+            c.map(|c| spiffe_id_of(&c.get_ref().1.peer_certificates().unwrap()[0]).unwrap())
+        }
+    };
+    // payments is not on b: db, the next named, is presented.
+    assert_eq!(
+        connect(vec![payments.clone(), db.clone()]).await.unwrap(),
+        db
+    );
+    assert_eq!(
+        connect(vec![cache.clone(), db.clone()]).await.unwrap(),
+        cache
+    );
+    // None of the named identities is on b: no certificate, no connection.
+    assert!(connect(vec![payments.clone()]).await.is_err());
+    assert!(connect(vec![]).await.is_err());
+    // Seven names fit in one SNI.
+    let many: Vec<SpiffeId> = (0..6)
+        .map(|i| id("shop", &format!("n{i}")))
+        .chain([db.clone()])
+        .collect();
+    assert_eq!(store::SNI_MAX_IDENTITIES, many.len());
+    assert_eq!(connect(many).await.unwrap(), db);
+}

@@ -221,11 +221,14 @@ impl ServerCertVerifier for ServerIdentityVerifier {
 
 /// The HBONE server's check of a client: webpki's chain verification against the
 /// bundle, then a SPIFFE ID of our trust domain (which workloads may call which is the
-/// inbound policy's business, after the handshake).
+/// inbound policy's business, after the handshake). Without a bundle yet (SDS has not
+/// delivered it) every client is refused as untrusted.
 #[derive(Debug)]
 pub(crate) struct ClientIdentityVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    /// `None`: no trust anchors yet.
+    inner: Option<Arc<dyn ClientCertVerifier>>,
     trust_domain: String,
+    provider: Arc<CryptoProvider>,
 }
 
 impl ClientIdentityVerifier {
@@ -234,18 +237,28 @@ impl ClientIdentityVerifier {
         trust_domain: &str,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
-        let inner =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
+        let inner = if roots.is_empty() {
+            None
+        } else {
+            Some(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots,
+                    provider.clone(),
+                )
+                .build()?,
+            )
+        };
         Ok(Self {
             inner,
             trust_domain: trust_domain.to_owned(),
+            provider,
         })
     }
 }
 
 impl ClientCertVerifier for ClientIdentityVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        self.inner.as_ref().map_or(&[], |i| i.root_hint_subjects())
     }
 
     fn verify_client_cert(
@@ -254,19 +267,22 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let Some(inner) = &self.inner else {
+            return Err(Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        };
+        inner.verify_client_cert(end_entity, intermediates, now)?;
         check_identity(end_entity, &self.trust_domain, &[])?;
         Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        // The configs offer TLS 1.3 only.
+        Err(Error::General("TLS 1.2 is not offered".into()))
     }
 
     fn verify_tls13_signature(
@@ -275,10 +291,17 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
