@@ -312,6 +312,9 @@ pub struct ConfigStore {
     /// Keys the digests of encoded resources (random per store, so a control plane cannot
     /// aim for collisions).
     hasher: RandomState,
+    /// Secret names wanted by something other than a cluster (the node's workload
+    /// identities and their trust bundle, with `identity_source: sds`).
+    wanted_secrets: Mutex<BTreeSet<String>>,
 }
 
 impl Default for ConfigStore {
@@ -328,7 +331,19 @@ impl ConfigStore {
             writer: Mutex::new(()),
             changes: watch::Sender::new(0),
             hasher: RandomState::new(),
+            wanted_secrets: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Asks for these Secrets beside those clusters reference (SDS subscribes to them; a
+    /// static secret of the same name is used instead). Takes effect at the ADS client's
+    /// next subscription update (nudge a running client with
+    /// [`crate::ads::AdsHandle::refresh_subscriptions`]).
+    pub fn want_secrets(&self, names: BTreeSet<String>) {
+        *self
+            .wanted_secrets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = names;
     }
 
     /// The current snapshot. Hold it for the life of a request or connection: later updates
@@ -649,7 +664,21 @@ impl ResourceSink for ConfigStore {
     }
 
     fn references(&self, type_url: &str) -> BTreeSet<String> {
-        self.current.load().references(type_url)
+        let snap = self.current.load();
+        let mut names = snap.references(type_url);
+        if type_url == type_url::SECRET {
+            let wanted = self
+                .wanted_secrets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            names.extend(
+                wanted
+                    .iter()
+                    .filter(|n| snap.secrets.get(n.as_str()).is_none_or(|s| !s.is_static))
+                    .cloned(),
+            );
+        }
+        names
     }
 }
 
