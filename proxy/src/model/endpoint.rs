@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::types::MetadataValue;
+use crate::tls::SpiffeId;
 
 /// The endpoints of one cluster (the EDS resource, or a cluster's `load_assignment`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,6 +54,34 @@ pub struct Endpoint {
     pub load_balancing_weight: u32,
     /// `filter_metadata` (e.g. `istio` workload labels, `envoy.lb` subsets) as JSON.
     pub metadata: BTreeMap<String, BTreeMap<String, MetadataValue>>,
+    /// A meshed workload on another node, reached through HBONE (the
+    /// [`HBONE_METADATA`] metadata); `None`: connect to the address directly.
+    pub hbone: Option<HboneEndpoint>,
+}
+
+/// The `filter_metadata` namespace that marks an endpoint as a meshed workload on another
+/// node: `node` (its node's address, `ip` or `ip:port`, port 15008 by default) and
+/// `identity` (the SPIFFE ID its node must present for it; optional, else the cluster's
+/// SAN list).
+pub const HBONE_METADATA: &str = "myelin.io/hbone";
+
+/// How a meshed endpoint on another node is reached: an HBONE tunnel (mutual TLS) to its
+/// node's proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct HboneEndpoint {
+    /// The node's HBONE server.
+    pub node: SocketAddr,
+    /// The identity the node must present for the endpoint; `None`: one of the cluster's
+    /// URI SANs (its upstream TLS validation context).
+    #[serde(serialize_with = "opt_display")]
+    pub identity: Option<SpiffeId>,
+}
+
+fn opt_display<S: serde::Serializer>(v: &Option<SpiffeId>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 /// An endpoint's address.

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::model::cluster::{LbPolicy, OutlierDetection};
-use crate::model::endpoint::EndpointAddress;
+use crate::model::endpoint::{EndpointAddress, HboneEndpoint};
 
 /// Entries of a ring-hash ring (Envoy's `minimum_ring_size` default).
 const RING_SIZE: usize = 1024;
@@ -32,6 +32,8 @@ pub struct Host {
     pub address: EndpointAddress,
     /// `load_balancing_weight` (at least 1).
     pub weight: u32,
+    /// Reached through HBONE (a meshed workload on another node), if set.
+    pub hbone: Option<HboneEndpoint>,
     active: AtomicUsize,
     outlier: Mutex<OutlierState>,
 }
@@ -54,9 +56,16 @@ impl Host {
         Host {
             address,
             weight: weight.max(1),
+            hbone: None,
             active: AtomicUsize::new(0),
             outlier: Mutex::new(OutlierState::default()),
         }
+    }
+
+    /// The host reached through HBONE as `hbone` says.
+    pub fn with_hbone(mut self, hbone: Option<HboneEndpoint>) -> Self {
+        self.hbone = hbone;
+        self
     }
 
     /// Requests in flight to this host.

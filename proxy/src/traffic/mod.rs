@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::model::cluster::Discovery;
-use crate::model::endpoint::EndpointAddress;
+use crate::model::endpoint::{EndpointAddress, HboneEndpoint};
 use crate::model::listener::{NetworkFilter, RouteSource};
 use crate::model::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
 
@@ -338,6 +338,15 @@ impl Picked {
             Picked::OriginalDst(s) => EndpointAddress::Socket(*s),
         }
     }
+
+    /// The HBONE tunnel the endpoint is reached through, if it is a meshed workload on
+    /// another node (EDS metadata).
+    pub fn hbone(&self) -> Option<&HboneEndpoint> {
+        match self {
+            Picked::Host(a) => a.host().hbone.as_ref(),
+            Picked::OriginalDst(_) => None,
+        }
+    }
 }
 
 impl ClusterTarget {
@@ -363,16 +372,22 @@ impl ClusterTarget {
                         .filter(|e| e.health_status.is_routable())
                     {
                         let weight = e.load_balancing_weight.max(1);
-                        // Same endpoint, same weight: keep its state (active requests,
-                        // outlier counters and ejections).
+                        // Same endpoint, same weight, same tunnel: keep its state (active
+                        // requests, outlier counters and ejections).
                         let kept = prev.and_then(|p| {
                             p.hosts()
-                                .find(|h| h.address == e.address && h.weight == weight)
+                                .find(|h| {
+                                    h.address == e.address
+                                        && h.weight == weight
+                                        && h.hbone == e.hbone
+                                })
                                 .cloned()
                         });
-                        hosts.push(
-                            kept.unwrap_or_else(|| Arc::new(Host::new(e.address.clone(), weight))),
-                        );
+                        hosts.push(kept.unwrap_or_else(|| {
+                            Arc::new(
+                                Host::new(e.address.clone(), weight).with_hbone(e.hbone.clone()),
+                            )
+                        }));
                     }
                 }
                 if total > 0 {
@@ -717,6 +732,7 @@ mod tests {
             health_status: health,
             load_balancing_weight: weight,
             metadata: Default::default(),
+            hbone: None,
         }
     }
 

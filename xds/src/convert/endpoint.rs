@@ -1,8 +1,11 @@
-//! ClusterLoadAssignment -> [`model::ClusterLoadAssignment`].
+//! ClusterLoadAssignment -> [`model::ClusterLoadAssignment`], with the HBONE endpoint
+//! metadata (`myelin.io/hbone`) read into [`me::HboneEndpoint`].
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use myelin_proxy::model::{self, endpoint as me};
+use myelin_proxy::model::{self, endpoint as me, MetadataValue};
+use myelin_proxy::tls::SpiffeId;
 use xds_api::pb::envoy::config::core::v3 as core;
 use xds_api::pb::envoy::config::endpoint::v3 as pb;
 
@@ -111,7 +114,7 @@ fn lb_endpoint(cx: &mut Cx, p: &str, e: &pb::LbEndpoint) -> Option<me::Endpoint>
             Reason::Invalid("must be at least 1".into()),
         );
     }
-    let mut md = std::collections::BTreeMap::new();
+    let mut md = BTreeMap::new();
     if let Some(m) = metadata {
         cx.unsupported(
             &join(p, "metadata"),
@@ -155,12 +158,94 @@ fn lb_endpoint(cx: &mut Cx, p: &str, e: &pb::LbEndpoint) -> Option<me::Endpoint>
             None
         }
     };
+    let hbone = md.get(me::HBONE_METADATA).and_then(|fields| {
+        let hp = format!(
+            "{}[{}]",
+            join(p, "metadata.filter_metadata"),
+            me::HBONE_METADATA
+        );
+        hbone_metadata(cx, &hp, fields)
+    });
+    let address = address?;
+    if hbone.is_some() && !matches!(address, me::EndpointAddress::Socket(_)) {
+        cx.reject(
+            join(p, "endpoint.address"),
+            Reason::Invalid(format!(
+                "an endpoint with {} metadata needs an IP address (the tunnel's target)",
+                me::HBONE_METADATA
+            )),
+        );
+    }
     Some(me::Endpoint {
-        address: address?,
+        address,
         health_status,
         load_balancing_weight: weight,
         metadata: md,
+        hbone,
     })
+}
+
+/// The [`me::HBONE_METADATA`] fields: `node` (`ip` or `ip:port`, port 15008 by default)
+/// and `identity` (a SPIFFE ID, optional).
+fn hbone_metadata(
+    cx: &mut Cx,
+    p: &str,
+    fields: &BTreeMap<String, MetadataValue>,
+) -> Option<me::HboneEndpoint> {
+    let mut node = None;
+    let mut identity = None;
+    let mut ok = true;
+    for (k, v) in fields {
+        let fp = join(p, k);
+        let MetadataValue::String(text) = v else {
+            if k == "node" || k == "identity" {
+                cx.reject(fp, Reason::Invalid("must be a string".into()));
+            } else {
+                cx.reject(fp, Reason::NotSupported);
+            }
+            ok = false;
+            continue;
+        };
+        match k.as_str() {
+            "node" => {
+                let parsed = text.parse::<SocketAddr>().or_else(|_| {
+                    text.parse::<IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, myelin_proxy::hbone::PORT))
+                });
+                match parsed {
+                    Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => node = Some(a),
+                    _ => {
+                        cx.reject(
+                            fp,
+                            Reason::Invalid(format!(
+                                "{text:?} is not a node address (`ip` or `ip:port`, port 15008 \
+                                 by default)"
+                            )),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            "identity" => match text.parse::<SpiffeId>() {
+                Ok(id) => identity = Some(id),
+                Err(e) => {
+                    cx.reject(fp, Reason::Invalid(e.to_string()));
+                    ok = false;
+                }
+            },
+            _ => {
+                cx.reject(fp, Reason::NotSupported);
+                ok = false;
+            }
+        }
+    }
+    let Some(node) = node else {
+        if ok {
+            cx.reject(join(p, "node"), Reason::Missing);
+        }
+        return None;
+    };
+    ok.then_some(me::HboneEndpoint { node, identity })
 }
 
 /// An IP:port, or a host name:port (resolved by DNS clusters; rejected for others by the

@@ -619,3 +619,136 @@ upstream_connection_options:
         ["upstream_connection_options.happy_eyeballs_config: not supported"]
     );
 }
+
+/// `google.protobuf.Struct` from JSON (objects, strings, numbers, booleans).
+fn pb_struct(v: serde_json::Value) -> protobuf::Struct {
+    fn value(v: serde_json::Value) -> protobuf::Value {
+        use protobuf::value::Kind;
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::String(s) => Kind::StringValue(s),
+            serde_json::Value::Array(a) => Kind::ListValue(protobuf::ListValue {
+                values: a.into_iter().map(value).collect(),
+            }),
+            o @ serde_json::Value::Object(_) => Kind::StructValue(pb_struct(o)),
+        };
+        protobuf::Value { kind: Some(kind) }
+    }
+    let serde_json::Value::Object(m) = v else {
+        panic!("not an object")
+    };
+    protobuf::Struct {
+        fields: m.into_iter().map(|(k, v)| (k, value(v))).collect(),
+    }
+}
+
+/// HBONE endpoint metadata (`myelin.io/hbone`): node and identity read into the model;
+/// every malformed form rejected with its field path.
+#[test]
+fn hbone_endpoint_metadata() {
+    let with = |md: serde_json::Value| epb::LbEndpoint {
+        metadata: Some(core::Metadata {
+            filter_metadata: [("myelin.io/hbone".to_owned(), pb_struct(md))]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }),
+        ..lb("10.78.1.2", 9000)
+    };
+    let db: myelin_proxy::tls::SpiffeId = "spiffe://cluster.local/ns/test/sa/db".parse().unwrap();
+    let good = [
+        (
+            serde_json::json!({"node": "10.78.0.1", "identity": db.to_string()}),
+            "10.78.0.1:15008",
+            Some(db.clone()),
+        ),
+        (
+            serde_json::json!({"node": "10.78.0.1:15009"}),
+            "10.78.0.1:15009",
+            None,
+        ),
+        (
+            serde_json::json!({"node": "[fd00::1]:15008", "identity": db.to_string()}),
+            "[fd00::1]:15008",
+            Some(db.clone()),
+        ),
+        (
+            serde_json::json!({"node": "fd00::1"}),
+            "[fd00::1]:15008",
+            None,
+        ),
+    ];
+    for (md, node, identity) in good {
+        let m = cluster_load_assignment(&cla(vec![with(md.clone())])).unwrap();
+        let e = &m.localities[0].endpoints[0];
+        assert_eq!(
+            e.hbone,
+            Some(me::HboneEndpoint {
+                node: node.parse().unwrap(),
+                identity: identity.clone(),
+            }),
+            "{md}"
+        );
+        // Still in the metadata as given.
+        assert!(e.metadata.contains_key("myelin.io/hbone"));
+    }
+    // Without the namespace: no tunnel.
+    let m = cluster_load_assignment(&cla(vec![lb("10.78.1.2", 9000)])).unwrap();
+    assert_eq!(m.localities[0].endpoints[0].hbone, None);
+
+    let p = "endpoints[0].lb_endpoints[0].metadata.filter_metadata[myelin.io/hbone]";
+    let bad = [
+        (serde_json::json!({}), vec![format!("{p}.node: required but not set")]),
+        (
+            serde_json::json!({"identity": db.to_string()}),
+            vec![format!("{p}.node: required but not set")],
+        ),
+        (
+            serde_json::json!({"node": "node-b"}),
+            vec![format!(
+                "{p}.node: \"node-b\" is not a node address (`ip` or `ip:port`, port 15008 by default)"
+            )],
+        ),
+        (
+            serde_json::json!({"node": "10.78.0.1:0"}),
+            vec![format!(
+                "{p}.node: \"10.78.0.1:0\" is not a node address (`ip` or `ip:port`, port 15008 by default)"
+            )],
+        ),
+        (
+            serde_json::json!({"node": 7}),
+            vec![format!("{p}.node: must be a string")],
+        ),
+        (
+            serde_json::json!({"node": "10.78.0.1", "identity": "spiffe://cluster.local/db"}),
+            vec![format!(
+                "{p}.identity: not a workload identity (path must be /ns/<namespace>/sa/<service-account>): \"spiffe://cluster.local/db\""
+            )],
+        ),
+        (
+            serde_json::json!({"node": "10.78.0.1", "port": "15008"}),
+            vec![format!("{p}.port: not supported")],
+        ),
+    ];
+    for (md, want) in bad {
+        assert_eq!(
+            messages(cluster_load_assignment(&cla(vec![with(md.clone())]))),
+            want,
+            "{md}"
+        );
+    }
+    // A tunnel needs an IP target.
+    let dns = epb::LbEndpoint {
+        ..with(serde_json::json!({"node": "10.78.0.1"}))
+    };
+    let dns = epb::LbEndpoint {
+        host_identifier: lb("db.test", 9000).host_identifier,
+        ..dns
+    };
+    assert_eq!(
+        messages(cluster_load_assignment(&cla(vec![dns]))),
+        ["endpoints[0].lb_endpoints[0].endpoint.address: an endpoint with myelin.io/hbone metadata needs an IP address (the tunnel's target)"]
+    );
+}
