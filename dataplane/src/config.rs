@@ -130,6 +130,11 @@ pub struct MtlsSection {
     /// what is left of it.
     #[serde(default = "default_cert_lifetime")]
     pub cert_lifetime: String,
+    /// Where workload certificates and the trust bundle come from: `ca` (the embedded CA
+    /// above) or `sds` (xDS `Secret`s: a `tls_certificate` named by each workload's SPIFFE
+    /// ID and the `ROOTCA` validation context, from ADS or `static_resources.secrets`).
+    #[serde(default)]
+    pub identity_source: IdentitySource,
     /// The HBONE server's port on the node address.
     #[serde(default = "default_hbone_port")]
     pub hbone_port: u16,
@@ -163,6 +168,17 @@ fn default_hbone_port() -> u16 {
     myelin_proxy::hbone::PORT
 }
 
+/// `myelin.mtls.identity_source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentitySource {
+    /// The embedded CA issues and renews the certificates.
+    #[default]
+    Ca,
+    /// The control plane sends them as SDS Secrets and rotates them.
+    Sds,
+}
+
 /// The validated `myelin.mtls`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MtlsConfig {
@@ -170,6 +186,8 @@ pub struct MtlsConfig {
     pub ca_files: Option<(PathBuf, PathBuf)>,
     #[serde(serialize_with = "duration_secs")]
     pub cert_lifetime: Duration,
+    /// Where certificates come from.
+    pub identity_source: IdentitySource,
     /// Where the HBONE server listens.
     pub hbone: SocketAddrV4,
     /// Destination workload (`namespace/name`) -> allowed SPIFFE IDs.
@@ -493,6 +511,14 @@ impl Config {
                             "ca_cert and ca_key go together (neither: a CA is created at start)",
                         )),
                     };
+                if t.identity_source == IdentitySource::Sds && ca_files.is_some() {
+                    return Err(invalid(
+                        "myelin.mtls.ca_cert",
+                        &t.ca_cert.as_deref().unwrap_or(Path::new("")).display(),
+                        "is for identity_source: ca; with sds the certificates and the trust \
+                         bundle come from SDS Secrets",
+                    ));
+                }
                 let cert_lifetime = parse_duration(&t.cert_lifetime).map_err(|reason| {
                     invalid("myelin.mtls.cert_lifetime", &t.cert_lifetime, &reason)
                 })?;
@@ -563,6 +589,7 @@ impl Config {
                 Some(MtlsConfig {
                     ca_files,
                     cert_lifetime,
+                    identity_source: t.identity_source,
                     hbone: SocketAddrV4::new(addr, t.hbone_port),
                     inbound_allow: t.inbound_allow.clone(),
                     remote_workloads: t.remote_workloads.clone(),
@@ -619,6 +646,17 @@ impl Config {
         })?;
         let admin_address = admin_address(m.admin_address, bootstrap.admin)
             .map_err(|reason| invalid("admin.address", &bootstrap.admin.expect("set"), &reason))?;
+        let sds = mtls
+            .as_ref()
+            .is_some_and(|t| t.identity_source == IdentitySource::Sds);
+        if sds && ads.is_none() && bootstrap.secrets.is_empty() {
+            return Err(invalid(
+                "myelin.mtls.identity_source",
+                &"sds",
+                "needs dynamic_resources.ads_config or static_resources.secrets to deliver the \
+                 workload certificates and the ROOTCA bundle",
+            ));
+        }
         Ok(Config {
             source: path.to_owned(),
             node_name: m.node.name,
@@ -1374,6 +1412,42 @@ myelin:
             "static_resources.clusters[2].name: \"x\" is already used by static_resources.clusters[1]",
         ] {
             assert!(all.contains(want), "{want} not in {all}");
+        }
+    }
+
+    #[test]
+    fn identity_source_is_the_ca_or_sds_with_somewhere_for_the_secrets_to_come_from() {
+        let mtls = |m: &str, text: String| {
+            text.replacen("  workloads:\n", &format!("  mtls: {m}\n  workloads:\n"), 1)
+        };
+        let c = parse(&mtls("{}", GOOD.to_owned())).unwrap();
+        assert_eq!(c.mtls.unwrap().identity_source, IdentitySource::Ca);
+        let ads = with_ads(NODE, "GRPC", &cluster("cp", "STATIC", &["10.77.0.9"], ""));
+        let c = parse(&mtls("{ identity_source: sds }", ads.clone())).unwrap();
+        assert_eq!(c.mtls.unwrap().identity_source, IdentitySource::Sds);
+        let secrets = "static_resources:\n  secrets:\n  - name: ROOTCA\n    validation_context: { trusted_ca: { filename: /etc/myelin/root.pem } }\n";
+        let c = parse(&format!(
+            "{}{secrets}",
+            mtls("{ identity_source: sds }", GOOD.to_owned())
+        ))
+        .unwrap();
+        assert_eq!(c.mtls.unwrap().identity_source, IdentitySource::Sds);
+        for (text, want) in [
+            (
+                mtls("{ identity_source: sds }", GOOD.to_owned()),
+                "myelin.mtls.identity_source = sds: needs dynamic_resources.ads_config or static_resources.secrets",
+            ),
+            (
+                mtls("{ identity_source: sds, ca_cert: /ca.pem, ca_key: /ca.key }", ads),
+                "myelin.mtls.ca_cert = /ca.pem: is for identity_source: ca",
+            ),
+            (
+                mtls("{ identity_source: spiffe }", GOOD.to_owned()),
+                "unknown variant `spiffe`, expected `ca` or `sds`",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}\nshould contain {want:?}");
         }
     }
 

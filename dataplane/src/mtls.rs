@@ -1,7 +1,13 @@
-//! The agent's part of mutual TLS (`myelin.mtls`): the embedded CA (from the configured
-//! files, or created at start), a certificate per local workload identity issued before
-//! anything is served and renewed by `myelin_proxy::tls::rotate`, and the HBONE server on
-//! the node address. Keys live in memory only.
+//! The agent's part of mutual TLS (`myelin.mtls`): a certificate per local workload
+//! identity, and the HBONE server on the node address. Keys live in memory only.
+//!
+//! - `identity_source: ca`: the embedded CA (from the configured files, or created at
+//!   start) issues every certificate before anything is served; `myelin_proxy::tls::rotate`
+//!   renews them.
+//! - `identity_source: sds`: the certificates and the trust bundle are xDS `Secret`s
+//!   (`myelin_proxy::tls::sds`: one per SPIFFE ID, `ROOTCA`) that the config store gets
+//!   from ADS or the bootstrap; `myelin_xds::sds::follow` installs every new version. Until
+//!   they arrive, HBONE handshakes fail: cross-node traffic fails closed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -15,12 +21,15 @@ use myelin_proxy::hbone::{HboneMetrics, InboundPolicy, Server};
 use myelin_proxy::model::ProxyConfig;
 use myelin_proxy::tls::ca::Ca;
 use myelin_proxy::tls::rotate::{self, CaSource, CertSource, RotationMetrics};
+use myelin_proxy::tls::sds::{SdsIdentities, SdsMetrics};
 use myelin_proxy::tls::{Identities, SpiffeId};
+use myelin_xds::store::ConfigStore;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{Config, MtlsConfig};
+use crate::config::{Config, IdentitySource, MtlsConfig};
+use crate::xds::Xds;
 
 /// Lifetime of a CA the agent creates for itself (standalone demo).
 const GENERATED_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -28,7 +37,7 @@ const GENERATED_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600
 /// Identities, their source and the HBONE server's parts, ready to be started.
 pub struct Mtls {
     pub identities: Arc<Identities>,
-    source: Arc<dyn CertSource>,
+    source: Source,
     rotation: RotationMetrics,
     hbone_metrics: Arc<HboneMetrics>,
     policy: InboundPolicy,
@@ -45,11 +54,94 @@ impl std::fmt::Debug for Mtls {
     }
 }
 
+/// Where the certificates come from.
+enum Source {
+    /// Issued and renewed by the embedded CA.
+    Ca(Arc<dyn CertSource>),
+    /// Secrets of the config store.
+    Sds {
+        store: Arc<ConfigStore>,
+        metrics: SdsMetrics,
+    },
+}
+
+/// The SPIFFE IDs of the node's workloads.
+fn workload_ids(config: &Config) -> anyhow::Result<BTreeSet<SpiffeId>> {
+    let mut wanted = BTreeSet::new();
+    for w in &config.workloads {
+        let id = SpiffeId::new(&config.trust_domain, &w.namespace, &w.service_account)
+            .with_context(|| {
+                format!(
+                    "workload {}/{}: namespace and service account do not make a SPIFFE ID",
+                    w.namespace, w.name
+                )
+            })?;
+        wanted.insert(id);
+    }
+    Ok(wanted)
+}
+
 impl Mtls {
-    /// Loads or creates the CA and issues every local workload's certificate, so the
-    /// HBONE server has them before its first handshake. Metrics go into `registry`.
-    pub fn new(m: &MtlsConfig, config: &Config, registry: &mut Registry) -> anyhow::Result<Mtls> {
+    /// With the CA: loads or creates it and issues every local workload's certificate, so
+    /// the HBONE server has them before its first handshake. With SDS: asks `xds`'s store
+    /// for the workloads' Secrets (before its ADS client starts). Metrics go into
+    /// `registry`.
+    pub fn new(
+        m: &MtlsConfig,
+        config: &Config,
+        xds: &Xds,
+        registry: &mut Registry,
+    ) -> anyhow::Result<Mtls> {
         let td = &config.trust_domain;
+        let wanted = workload_ids(config)?;
+        let (identities, source) = match m.identity_source {
+            IdentitySource::Ca => {
+                let (identities, source) = Self::ca(m, td)?;
+                for id in &wanted {
+                    let issued = source
+                        .issue(id)
+                        .map_err(|e| anyhow::anyhow!("issuing the certificate of {id}: {e}"))?;
+                    identities.insert(&issued)?;
+                }
+                info!(identities = wanted.len(), lifetime = ?m.cert_lifetime, "workload certificates issued");
+                (identities, Source::Ca(source))
+            }
+            IdentitySource::Sds => {
+                let identities = Identities::without_bundle(td)?;
+                let metrics = SdsMetrics::new(registry);
+                let store = xds.store();
+                let names = SdsIdentities::new(identities.clone(), wanted.clone(), metrics.clone())
+                    .secret_names();
+                info!(secrets = ?names, "workload certificates and the trust bundle come from SDS; until they arrive, HBONE handshakes fail");
+                store.want_secrets(names);
+                (identities, Source::Sds { store, metrics })
+            }
+        };
+        let mut allow = HashMap::new();
+        for (workload, ids) in &m.inbound_allow {
+            let ids = ids
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<Vec<SpiffeId>, _>>()
+                .context("myelin.mtls.inbound_allow (validated at load)")?;
+            allow.insert(workload.clone(), ids);
+        }
+        let rotation = RotationMetrics::new(registry);
+        let hbone_metrics = Arc::new(HboneMetrics::new(registry));
+        let (wanted, _) = watch::channel(wanted);
+        Ok(Mtls {
+            identities,
+            source,
+            rotation,
+            hbone_metrics,
+            policy: InboundPolicy { allow },
+            wanted,
+            hbone: SocketAddr::V4(m.hbone),
+        })
+    }
+
+    /// The embedded CA's identities (its certificate as the bundle) and certificate source.
+    fn ca(m: &MtlsConfig, td: &str) -> anyhow::Result<(Arc<Identities>, Arc<dyn CertSource>)> {
         let ca = match &m.ca_files {
             Some((cert, key)) => {
                 let read = |p: &std::path::Path| {
@@ -79,48 +171,12 @@ impl Mtls {
             ca,
             lifetime: m.cert_lifetime,
         });
-        let mut wanted = BTreeSet::new();
-        for w in &config.workloads {
-            let id = SpiffeId::new(td, &w.namespace, &w.service_account).with_context(|| {
-                format!(
-                    "workload {}/{}: namespace and service account do not make a SPIFFE ID",
-                    w.namespace, w.name
-                )
-            })?;
-            wanted.insert(id);
-        }
-        for id in &wanted {
-            let issued = source
-                .issue(id)
-                .map_err(|e| anyhow::anyhow!("issuing the certificate of {id}: {e}"))?;
-            identities.insert(&issued)?;
-        }
-        info!(identities = wanted.len(), lifetime = ?m.cert_lifetime, "workload certificates issued");
-        let mut allow = HashMap::new();
-        for (workload, ids) in &m.inbound_allow {
-            let ids = ids
-                .iter()
-                .map(|s| s.parse())
-                .collect::<Result<Vec<SpiffeId>, _>>()
-                .context("myelin.mtls.inbound_allow (validated at load)")?;
-            allow.insert(workload.clone(), ids);
-        }
-        let rotation = RotationMetrics::new(registry);
-        let hbone_metrics = Arc::new(HboneMetrics::new(registry));
-        let (wanted, _) = watch::channel(wanted);
-        Ok(Mtls {
-            identities,
-            source,
-            rotation,
-            hbone_metrics,
-            policy: InboundPolicy { allow },
-            wanted,
-            hbone: SocketAddr::V4(m.hbone),
-        })
+        Ok((identities, source))
     }
 
-    /// Binds the HBONE server and starts it and the rotation, on the current runtime.
-    /// Runs until `drain` (the server) or until this value is dropped (the rotation).
+    /// Binds the HBONE server and starts it and the rotation (CA) or the SDS follower, on
+    /// the current runtime. Runs until `drain` (the server) or until this value is dropped
+    /// (the rotation; the SDS follower runs as long as the runtime).
     pub async fn start(
         &self,
         proxy_config: Arc<ProxyConfig>,
@@ -143,12 +199,28 @@ impl Mtls {
                 warn!(error = %e, "HBONE server stopped");
             }
         });
-        tokio::spawn(rotate::run(
-            self.identities.clone(),
-            self.source.clone(),
-            self.rotation.clone(),
-            self.wanted.subscribe(),
-        ));
+        match &self.source {
+            Source::Ca(source) => {
+                tokio::spawn(rotate::run(
+                    self.identities.clone(),
+                    source.clone(),
+                    self.rotation.clone(),
+                    self.wanted.subscribe(),
+                ));
+            }
+            Source::Sds { store, metrics } => {
+                let sds = SdsIdentities::new(
+                    self.identities.clone(),
+                    self.wanted.borrow().clone(),
+                    metrics.clone(),
+                );
+                tokio::spawn(myelin_xds::sds::follow(store.clone(), sds));
+                tokio::spawn(rotate::watch_expiry(
+                    self.identities.clone(),
+                    self.rotation.clone(),
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -109,6 +109,11 @@ impl Xds {
         self.traffic.clone()
     }
 
+    /// The config store (SDS identities follow its Secrets).
+    pub fn store(&self) -> Arc<ConfigStore> {
+        self.view.store.clone()
+    }
+
     /// For `/config_dump`.
     pub fn view(&self) -> XdsView {
         self.view.clone()
