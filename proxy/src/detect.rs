@@ -106,10 +106,25 @@ pub(crate) fn classify(buf: &[u8]) -> Verdict {
 ///
 /// An empty read (client half-closed) or a timeout ends detection as [`Protocol::Opaque`]:
 /// the byte-stream path preserves half-close and lets a server-first server speak.
-pub(crate) async fn detect<T>(mut io: T, timeout: Duration) -> io::Result<(Protocol, Rewind<T>)>
+pub(crate) async fn detect<T>(io: T, timeout: Duration) -> io::Result<(Protocol, Rewind<T>)>
 where
     T: AsyncRead + Unpin,
 {
+    detect_or(io, timeout, std::future::pending()).await
+}
+
+/// [`detect`], also ending as [`Protocol::Opaque`] as soon as `server_spoke` resolves:
+/// a server that speaks first (its connection already open, as behind the HBONE server)
+/// is not kept waiting for the sniff timeout.
+pub(crate) async fn detect_or<T>(
+    mut io: T,
+    timeout: Duration,
+    server_spoke: impl std::future::Future<Output = ()>,
+) -> io::Result<(Protocol, Rewind<T>)>
+where
+    T: AsyncRead + Unpin,
+{
+    tokio::pin!(server_spoke);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; MAX_SNIFF];
     let mut len = 0;
@@ -122,8 +137,13 @@ where
         if len == MAX_SNIFF {
             break Protocol::Opaque;
         }
-        // Only ever read the bytes we may still need: nothing beyond MAX_SNIFF.
-        match tokio::time::timeout_at(deadline, io.read(&mut buf[len..])).await {
+        // Only ever read the bytes we may still need: nothing beyond MAX_SNIFF. (`read`
+        // is cancel-safe: when the server speaks first, no byte is lost.)
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, io.read(&mut buf[len..])) => r,
+            () = &mut server_spoke => break Protocol::Opaque,
+        };
+        match read {
             Ok(Ok(0)) | Err(_) => break Protocol::Opaque,
             Ok(Ok(n)) => len += n,
             Ok(Err(e)) => return Err(e),
@@ -248,6 +268,23 @@ mod tests {
         assert_eq!(p, Opaque);
         assert_eq!(bytes, b"PO");
         assert_eq!(elapsed, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detect_ends_when_the_server_speaks_first() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"GE").await.unwrap();
+        let start = tokio::time::Instant::now();
+        let spoke = tokio::time::sleep(Duration::from_millis(10));
+        let (p, mut io) = detect_or(server, Duration::from_millis(100), spoke)
+            .await
+            .unwrap();
+        assert_eq!(p, Opaque);
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        drop(client);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GE", "bytes read before the server spoke are kept");
     }
 
     #[tokio::test(start_paused = true)]

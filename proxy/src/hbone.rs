@@ -5,16 +5,23 @@
 //!   a pool of mTLS HTTP/2 connections, each carrying at most
 //!   [`ClientConfig::max_streams`] tunnels; a tunnel is one `CONNECT` stream whose
 //!   `:authority` is the destination pod's `ip:port`. The source workload presents its
-//!   own certificate, and the destination node must present the expected identity.
+//!   own certificate, and the destination node must present the expected identity. A
+//!   tunnel that cannot be opened is counted by reason
+//!   (`myelin_hbone_tunnel_failures_total{reason}`, [`TunnelError::reason`]).
 //! - [`Server`] (destination node): terminates mTLS (the client's chain against the
 //!   trust bundle, a SPIFFE ID of our trust domain), accepts `CONNECT` to pods of this
-//!   node only, authorizes the source identity ([`InboundPolicy`]), connects to the pod
-//!   and copies bytes both ways, recording destination-side golden metrics with the
-//!   source principal. Every refusal answers a clear HTTP/2 status and is counted by
-//!   reason (`myelin_hbone_refused_total{reason}`).
+//!   node only, authorizes the source identity ([`InboundPolicy`]) and connects to the
+//!   pod. Then it sniffs the tunnel as the proxy sniffs captured connections: HTTP/1 and
+//!   h2c go through the proxy's HTTP path to the pod request by request, each recorded in
+//!   the golden metrics with `reporter="destination"`, the source principal and
+//!   `mutual_tls`; anything else is copied byte for byte and recorded as a
+//!   destination-side TCP connection. Every refusal answers a clear HTTP/2 status and is
+//!   counted by reason (`myelin_hbone_refused_total{reason}`).
 //!
-//! Source workload and trace context ride in the `CONNECT` headers (`baggage`,
-//! `traceparent`), so the destination can label the source before any L7 parsing.
+//! Source workload and trace context ride in the `CONNECT` headers (`baggage`, a W3C
+//! `traceparent` the client starts per tunnel), so the destination can log and label the
+//! source before any L7 parsing. The source's namespace and principal come from its
+//! verified certificate; `baggage` only adds the workload name.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -42,11 +49,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, warn, Instrument};
 
+use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::golden::{GoldenMetrics, TcpRecord, UNKNOWN};
+use crate::http::{HttpConn, HttpConnParams, Reporter, Routing};
+use crate::metrics::ProxyMetrics;
 use crate::model::ProxyConfig;
-use crate::stream::Counted;
+use crate::outbound::Source;
+use crate::stream::{Counted, Rewind};
+use crate::timeout::HcmTimeouts;
 use crate::tls::{sni_for, spiffe_id_of, Identities, RejectReason, SpiffeId};
+use crate::traffic::TrafficHandle;
+use crate::upstream::{PoolConfig, Pools, UpstreamProtocol};
 
 /// The HBONE port.
 pub const PORT: u16 = 15008;
@@ -54,6 +68,86 @@ pub const PORT: u16 = 15008;
 /// W3C baggage keys for the source workload, as Istio's ambient mode sends them.
 const BAGGAGE_NAMESPACE: &str = "k8s.namespace.name";
 const BAGGAGE_WORKLOAD: &str = "k8s.workload.name";
+
+/// The W3C trace context header.
+const TRACEPARENT: &str = "traceparent";
+
+/// A W3C trace context (`traceparent`,
+/// <https://www.w3.org/TR/trace-context/#traceparent-header>): which trace a tunnel
+/// belongs to. The client starts a new trace per tunnel (as ztunnel does per outbound
+/// connection) unless it is given one; the server logs it with the source workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 16 bytes, never all zero.
+    pub trace_id: u128,
+    /// The caller's span: 8 bytes, never all zero.
+    pub parent_id: u64,
+    /// Bit 0: sampled.
+    pub flags: u8,
+}
+
+impl Default for TraceParent {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TraceParent {
+    /// A new trace with random ids, not sampled (the proxy records no spans).
+    pub fn new() -> Self {
+        // Zero ids are invalid; a random one is zero with probability 2^-128 (2^-64).
+        Self {
+            trace_id: fastrand::u128(1..),
+            parent_id: fastrand::u64(1..),
+            flags: 0,
+        }
+    }
+
+    /// Parses a `traceparent` value: version `00` exactly, or a later version's first
+    /// four fields (the spec's forward compatibility); lowercase hex; zero ids and
+    /// version `ff` are invalid.
+    pub fn parse(value: &str) -> Option<Self> {
+        fn hex<const N: usize>(s: &str) -> Option<&str> {
+            (s.len() == N && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(s)
+        }
+        let mut fields = value.split('-');
+        let version = hex::<2>(fields.next()?)?;
+        let trace_id = u128::from_str_radix(hex::<32>(fields.next()?)?, 16).ok()?;
+        let parent_id = u64::from_str_radix(hex::<16>(fields.next()?)?, 16).ok()?;
+        let flags = u8::from_str_radix(hex::<2>(fields.next()?)?, 16).ok()?;
+        let valid = match version {
+            "ff" => false,
+            "00" => fields.next().is_none(),
+            // Later versions may append fields; we read the ones we know.
+            _ => true,
+        };
+        (valid && trace_id != 0 && parent_id != 0).then_some(Self {
+            trace_id,
+            parent_id,
+            flags,
+        })
+    }
+
+    /// The header value (version `00`).
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.to_string()).expect("hex digits and dashes")
+    }
+
+    /// The trace id as it is written in the header.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+}
+
+impl std::fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        )
+    }
+}
 
 /// Why the server refused a connection or a tunnel (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,12 +196,13 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-/// The HBONE server's counters.
+/// The HBONE counters: the server's, and the client's failures to open tunnels.
 #[derive(Debug, Default)]
 pub struct HboneMetrics {
     refused: Family<ReasonLabels, Counter>,
     tunnels: Counter,
     handshakes: Counter,
+    tunnel_failures: Family<ReasonLabels, Counter>,
 }
 
 impl HboneMetrics {
@@ -129,7 +224,32 @@ impl HboneMetrics {
             "Mutual TLS handshakes completed by the HBONE server",
             m.handshakes.clone(),
         );
+        registry.register(
+            "hbone_tunnel_failures",
+            "HBONE tunnels the client could not open, by reason (connect, timeout, tls, \
+             the destination node's certificate: wrong_identity, untrusted_issuer, ...; http, \
+             refused, no_identity)",
+            m.tunnel_failures.clone(),
+        );
         m
+    }
+
+    fn tunnel_failed(&self, reason: &'static str) {
+        self.tunnel_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Tunnels the client failed to open for `reason` so far.
+    pub fn tunnel_failure_count(&self, reason: &str) -> u64 {
+        TunnelError::REASONS
+            .iter()
+            .find(|r| **r == reason)
+            .map_or(0, |r| {
+                self.tunnel_failures
+                    .get_or_create(&ReasonLabels { reason: r })
+                    .get()
+            })
     }
 
     fn refused(&self, r: Refusal) {
@@ -195,17 +315,33 @@ pub struct Server {
     inner: Arc<ServerInner>,
 }
 
-#[derive(Debug)]
 struct ServerInner {
     identities: Arc<Identities>,
     config: Arc<ProxyConfig>,
     policy: InboundPolicy,
     metrics: Arc<HboneMetrics>,
     golden: Arc<GoldenMetrics>,
+    /// Connections to this node's pods for tunnels that carry HTTP.
+    pools: Arc<Pools>,
+    /// What the HTTP path of tunnels needs and the server does not report: an empty
+    /// traffic config (requests go to the tunnel's pod) and the proxy's own counters
+    /// (`myelin_proxy_*` count captured connections; tunnels have `myelin_hbone_*`).
+    traffic: TrafficHandle,
+    proxy_metrics: Arc<ProxyMetrics>,
+}
+
+impl std::fmt::Debug for ServerInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerInner")
+            .field("identities", &self.identities)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
     /// A server for the workloads of `config`, with the certificates of `identities`.
+    /// Call it on a runtime (the upstream pools start their sweeper there).
     pub fn new(
         identities: Arc<Identities>,
         config: Arc<ProxyConfig>,
@@ -220,6 +356,9 @@ impl Server {
                 policy,
                 metrics,
                 golden,
+                pools: Pools::new(PoolConfig::default()),
+                traffic: TrafficHandle::new(),
+                proxy_metrics: Arc::new(ProxyMetrics::unregistered()),
             }),
         }
     }
@@ -278,9 +417,10 @@ impl ServerInner {
         };
         let source = Arc::new(source);
         let me = self.clone();
+        let tunnels_drain = drain.clone();
         let svc = hyper::service::service_fn(move |req| {
-            let (me, source) = (me.clone(), source.clone());
-            async move { Ok::<_, Infallible>(me.tunnel(req, &source).await) }
+            let (me, source, drain) = (me.clone(), source.clone(), tunnels_drain.clone());
+            async move { Ok::<_, Infallible>(me.tunnel(req, &source, peer, drain).await) }
         });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
@@ -298,12 +438,15 @@ impl ServerInner {
         }
     }
 
-    /// One `CONNECT`: checked, authorized, connected to the pod, then copied both ways
-    /// in its own task once the stream is upgraded.
+    /// One `CONNECT`: checked, authorized and connected to the pod (so a pod that
+    /// refuses is a refused tunnel), then carried in its own task once the stream is
+    /// upgraded.
     async fn tunnel(
-        &self,
+        self: &Arc<Self>,
         mut req: Request<Incoming>,
         source: &SpiffeId,
+        peer: SocketAddr,
+        drain: drain::Watch,
     ) -> Response<Empty<Bytes>> {
         let refuse = |r: Refusal| {
             self.metrics.refused(r);
@@ -339,45 +482,181 @@ impl ServerInner {
             }
         };
         self.metrics.tunnels.inc();
-        let (src_ns, src_workload) = source_from_baggage(req.headers());
-        let counters = self.golden.tcp(&TcpRecord {
-            reporter: "destination",
-            source_workload: src_workload.unwrap_or_else(|| UNKNOWN.into()),
-            source_namespace: src_ns.unwrap_or_else(|| source.namespace().into()),
-            source_principal: source.to_string().into(),
-            destination_workload: workload.name.as_str().into(),
-            destination_namespace: workload.namespace.as_str().into(),
-            destination_service: workload.name.as_str().into(),
-            destination_principal: self.config.principal(workload).into(),
-            connection_security_policy: "mutual_tls",
-        });
-        let traceparent = req.headers().get("traceparent").cloned();
+        let src = tunnel_source(req.headers(), source);
+        let trace = trace_context(req.headers());
+        let span = tracing::debug_span!(
+            "tunnel",
+            trace_id = %trace.as_ref().map_or_else(|| "-".into(), TraceParent::trace_id_hex),
+            %dst,
+        );
+        debug!(
+            parent: &span,
+            source_workload = %src.workload,
+            source_namespace = %src.namespace,
+            source_principal = %src.principal,
+            "HBONE tunnel accepted"
+        );
+        let dest = Destination {
+            addr: dst,
+            workload: workload.name.as_str().into(),
+            namespace: workload.namespace.as_str().into(),
+            principal: self.config.principal(workload).into(),
+        };
         let on_upgrade = hyper::upgrade::on(&mut req);
-        let source = source.to_string();
+        let me = self.clone();
         tokio::spawn(
             async move {
-                let up = match on_upgrade.await {
-                    Ok(up) => up,
-                    Err(e) => {
-                        debug!(error = %e, "HBONE upgrade failed");
-                        return;
-                    }
-                };
-                counters.opened.inc();
-                let mut tunnel = Counted::new(TokioIo::new(up), counters.sent, counters.received);
-                let mut upstream = upstream;
-                match tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
-                    Ok((sent, received)) => {
-                        debug!(%dst, %source, sent, received, ?traceparent, "HBONE tunnel closed");
-                    }
-                    Err(e) => debug!(%dst, %source, error = %e, "HBONE tunnel failed"),
+                match on_upgrade.await {
+                    Ok(up) => me.carry(up, upstream, peer, src, dest, drain).await,
+                    Err(e) => debug!(error = %e, "HBONE upgrade failed"),
                 }
-                counters.closed.inc();
             }
-            .in_current_span(),
+            .instrument(span),
         );
         Response::new(Empty::new())
     }
+
+    /// Carries one accepted tunnel: HTTP (sniffed as the proxy sniffs captured
+    /// connections) request by request, recording each request's destination-side
+    /// golden metrics; anything else byte for byte, as an opaque connection.
+    async fn carry(
+        &self,
+        up: Upgraded,
+        upstream: TcpStream,
+        peer: SocketAddr,
+        source: Source,
+        dest: Destination,
+        drain: drain::Watch,
+    ) {
+        // A pod that speaks first (SMTP, MySQL, ...) makes it opaque at once.
+        let sniffed = detect::detect_or(
+            TokioIo::new(up),
+            self.config.sniff_timeout,
+            spoke_first(&upstream),
+        )
+        .await;
+        let (protocol, tunnel) = match sniffed {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "HBONE tunnel failed before its first bytes");
+                return;
+            }
+        };
+        if protocol == Protocol::Opaque {
+            drop(drain);
+            return self.copy(tunnel, upstream, &source, &dest).await;
+        }
+        let upstream_protocol = match protocol {
+            Protocol::Http2 => UpstreamProtocol::Http2,
+            _ => UpstreamProtocol::Http1,
+        };
+        // The connection opened to check the pod serves the tunnel's first request.
+        if let Err(e) = self
+            .pools
+            .adopt(Box::new(upstream), dest.addr, upstream_protocol, peer)
+            .await
+        {
+            debug!(error = %e, "HBONE: pod connection not reusable");
+        }
+        let conn = Arc::new(HttpConn::new(HttpConnParams {
+            peer,
+            dst: dest.addr,
+            captured: false,
+            reporter: Reporter::Destination,
+            routing: Routing::Passthrough,
+            traffic: self.traffic.clone(),
+            source,
+            downstream: protocol,
+            connect_timeout: self.config.connect_timeout,
+            metrics: self.proxy_metrics.clone(),
+            golden: self.golden.clone(),
+            config: self.config.clone(),
+            pools: self.pools.clone(),
+            timeouts: HcmTimeouts::default(),
+            hbone: None,
+        }));
+        crate::http::serve(tunnel, conn, drain).await;
+        debug!(%protocol, "HBONE tunnel closed");
+    }
+
+    /// Copies an opaque tunnel both ways, counted as a destination-side TCP connection.
+    async fn copy(
+        &self,
+        tunnel: Rewind<TokioIo<Upgraded>>,
+        mut upstream: TcpStream,
+        source: &Source,
+        dest: &Destination,
+    ) {
+        let counters = self.golden.tcp(&TcpRecord {
+            reporter: "destination",
+            source_workload: source.workload.clone(),
+            source_namespace: source.namespace.clone(),
+            source_principal: source.principal.clone(),
+            destination_workload: dest.workload.clone(),
+            destination_namespace: dest.namespace.clone(),
+            destination_service: dest.workload.clone(),
+            destination_principal: dest.principal.clone(),
+            connection_security_policy: "mutual_tls",
+        });
+        counters.opened.inc();
+        let mut tunnel = Counted::new(tunnel, counters.sent, counters.received);
+        match tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
+            Ok((sent, received)) => debug!(sent, received, "HBONE tunnel closed"),
+            Err(e) => debug!(error = %e, "HBONE tunnel failed"),
+        }
+        counters.closed.inc();
+    }
+}
+
+/// Resolves once the pod has sent something other than an HTTP/2 server preface: an
+/// h2c server sends its SETTINGS frame (type 4 in the fourth byte of the frame header) as
+/// soon as it accepts, before it has seen the client's preface. Peeks, so nothing is
+/// consumed.
+async fn spoke_first(upstream: &TcpStream) {
+    let mut head = [0u8; 4];
+    if let Ok(n) = upstream.peek(&mut head).await {
+        if n == head.len() && head[3] == 0x04 {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The pod a tunnel goes to, as metric labels.
+struct Destination {
+    addr: SocketAddr,
+    workload: Arc<str>,
+    namespace: Arc<str>,
+    principal: Arc<str>,
+}
+
+/// The source of a tunnel: its principal and namespace from the verified certificate,
+/// its workload from the `baggage` the source node sent (a name the certificate does
+/// not carry), unless the baggage names another namespace than the certificate.
+fn tunnel_source(headers: &HeaderMap, id: &SpiffeId) -> Source {
+    let (ns, workload) = source_from_baggage(headers);
+    let workload = match (ns, workload) {
+        (Some(ns), Some(_)) if &*ns != id.namespace() => {
+            debug!(baggage_namespace = %ns, source = %id, "baggage disagrees with the certificate; source workload unknown");
+            None
+        }
+        (_, w) => w,
+    };
+    Source {
+        workload: workload.unwrap_or_else(|| UNKNOWN.into()),
+        namespace: id.namespace().into(),
+        principal: id.to_string().into(),
+    }
+}
+
+/// The tunnel's `traceparent`; a malformed one is logged and ignored (the tunnel goes on
+/// without a trace).
+fn trace_context(headers: &HeaderMap) -> Option<TraceParent> {
+    let value = headers.get(TRACEPARENT)?;
+    let parsed = value.to_str().ok().and_then(TraceParent::parse);
+    if parsed.is_none() {
+        debug!(traceparent = ?value, "HBONE: malformed traceparent ignored");
+    }
+    parsed
 }
 
 /// The source workload's namespace and name from a W3C `baggage` header.
@@ -460,6 +739,56 @@ pub enum TunnelError {
     /// Our certificate for the source identity is missing or unusable.
     #[error("no usable certificate for {0}")]
     Identity(String),
+    /// The TCP connect, the TLS handshake or the `CONNECT` exchange took longer than
+    /// [`ClientConfig::connect_timeout`].
+    #[error(
+        "HBONE node {node}: {during} timed out after {timeout:?}; is the node up, and is a \
+         firewall blocking port {PORT}?"
+    )]
+    Timeout {
+        node: SocketAddr,
+        during: &'static str,
+        timeout: Duration,
+    },
+}
+
+impl TunnelError {
+    /// Every value of [`TunnelError::reason`].
+    pub const REASONS: [&'static str; 14] = [
+        "connect",
+        "timeout",
+        "tls",
+        "http",
+        "refused",
+        "no_identity",
+        "no_certificate",
+        "untrusted_issuer",
+        "expired",
+        "not_yet_valid",
+        "no_spiffe_id",
+        "other_trust_domain",
+        "wrong_identity",
+        "bad_certificate",
+    ];
+
+    /// The `reason` label of `myelin_hbone_tunnel_failures_total`. A TLS failure is named
+    /// by what was wrong with the destination node's certificate (`wrong_identity`,
+    /// `untrusted_issuer`, `expired`, ...), or `tls` when it was not the certificate (a
+    /// protocol error, or the node refusing ours: the client only sees an alert).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TunnelError::Connect { .. } => "connect",
+            TunnelError::Timeout { .. } => "timeout",
+            TunnelError::Tls {
+                reason: RejectReason::Handshake,
+                ..
+            } => "tls",
+            TunnelError::Tls { reason, .. } => reason.as_str(),
+            TunnelError::Http { .. } => "http",
+            TunnelError::Refused { .. } => "refused",
+            TunnelError::Identity(_) => "no_identity",
+        }
+    }
 }
 
 struct Conn {
@@ -519,6 +848,8 @@ pub struct Client {
     identities: Arc<Identities>,
     config: ClientConfig,
     pools: Mutex<HashMap<PoolKey, Arc<KeyPool>>>,
+    /// Where failures to open a tunnel are counted (none: not counted).
+    metrics: Option<Arc<HboneMetrics>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -537,7 +868,15 @@ impl Client {
             identities,
             config,
             pools: Mutex::new(HashMap::new()),
+            metrics: None,
         }
+    }
+
+    /// Counts the tunnels that could not be opened in `metrics`
+    /// (`myelin_hbone_tunnel_failures_total{reason}`).
+    pub fn with_metrics(mut self, metrics: Arc<HboneMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// HTTP/2 connections open now, over all pools.
@@ -554,8 +893,29 @@ impl Client {
     }
 
     /// A tunnel to `target` (a pod's `ip:port`) through the node and identities of
-    /// `key`; `headers` go on the `CONNECT` (baggage, traceparent).
+    /// `key`; `headers` go on the `CONNECT` (`baggage`; a `traceparent` is added when
+    /// there is none, a new trace per tunnel). A failure is counted by its
+    /// [`TunnelError::reason`].
     pub async fn connect(
+        &self,
+        key: &PoolKey,
+        target: SocketAddr,
+        mut headers: HeaderMap,
+    ) -> Result<Tunnel, TunnelError> {
+        if !headers.contains_key(TRACEPARENT) {
+            headers.insert(TRACEPARENT, TraceParent::new().header_value());
+        }
+        let res = self.open(key, target, headers).await;
+        if let Err(e) = &res {
+            debug!(reason = e.reason(), error = %e, "HBONE tunnel not opened");
+            if let Some(m) = &self.metrics {
+                m.tunnel_failed(e.reason());
+            }
+        }
+        res
+    }
+
+    async fn open(
         &self,
         key: &PoolKey,
         target: SocketAddr,
@@ -593,8 +953,18 @@ impl Client {
             .expect("a socket address is a valid authority");
         *req.headers_mut() = headers;
         let http = |source| TunnelError::Http { node, source };
-        sender.ready().await.map_err(http)?;
-        let resp = sender.send_request(req).await.map_err(http)?;
+        let timeout = self.config.connect_timeout;
+        let exchange = async {
+            sender.ready().await.map_err(http)?;
+            sender.send_request(req).await.map_err(http)
+        };
+        let resp = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TunnelError::Timeout {
+                node,
+                during: "the CONNECT exchange",
+                timeout,
+            })??;
         if resp.status() != StatusCode::OK {
             return Err(TunnelError::Refused {
                 node,
@@ -619,9 +989,10 @@ impl Client {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(TunnelError::Connect { node, source }),
             Err(_) => {
-                return Err(TunnelError::Connect {
+                return Err(TunnelError::Timeout {
                     node,
-                    source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+                    during: "the TCP connect",
+                    timeout,
                 })
             }
         };
@@ -647,10 +1018,10 @@ impl Client {
                     })
                 }
                 Err(_) => {
-                    return Err(TunnelError::Tls {
+                    return Err(TunnelError::Timeout {
                         node,
-                        reason: RejectReason::Handshake,
-                        source: io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
+                        during: "the TLS handshake",
+                        timeout,
                     })
                 }
             };

@@ -1,4 +1,5 @@
-//! HTTP/1.1 forwarding for one captured (or bound-listener) connection.
+//! HTTP/1.1 forwarding for one captured (or bound-listener) connection, and for one
+//! HBONE tunnel that carries HTTP on the destination node ([`Reporter::Destination`]).
 //!
 //! hyper serves the downstream connection. Each request is either passed through to the
 //! connection's original destination (no listener in the traffic config claims it) or
@@ -74,6 +75,25 @@ pub(crate) enum RouteRef {
     Rds(String),
 }
 
+/// Which end of its requests a connection reports (the golden metrics' `reporter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reporter {
+    /// The client's node: captured and bound-listener connections.
+    Source,
+    /// The destination's node: a connection that came through an HBONE tunnel (mutual
+    /// TLS, the source's identity verified) to a pod of this node.
+    Destination,
+}
+
+impl Reporter {
+    fn label(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+}
+
 /// State shared by the requests of one downstream HTTP/1 connection.
 pub(crate) struct HttpConn {
     peer: SocketAddr,
@@ -82,6 +102,7 @@ pub(crate) struct HttpConn {
     dst: SocketAddr,
     /// Captured (`dst` is an original destination an `ORIGINAL_DST` cluster may use).
     captured: bool,
+    reporter: Reporter,
     routing: Routing,
     traffic: TrafficHandle,
     source: Source,
@@ -182,6 +203,7 @@ pub(crate) struct HttpConnParams {
     pub(crate) peer: SocketAddr,
     pub(crate) dst: SocketAddr,
     pub(crate) captured: bool,
+    pub(crate) reporter: Reporter,
     pub(crate) routing: Routing,
     pub(crate) traffic: TrafficHandle,
     pub(crate) source: Source,
@@ -201,6 +223,7 @@ impl HttpConn {
             peer: p.peer,
             dst: p.dst,
             captured: p.captured,
+            reporter: p.reporter,
             routing: p.routing,
             traffic: p.traffic,
             source: p.source,
@@ -252,7 +275,9 @@ impl HttpConn {
                     }
                     _ => {}
                 }
-                let dest = self.destination(None, None, &authority_seen);
+                // The destination side knows its pod even when the request failed.
+                let addr = (self.reporter == Reporter::Destination).then_some(self.dst);
+                let dest = self.destination(None, addr, &authority_seen);
                 (e.to_response(), e.response_flags(), dest)
             }
         };
@@ -280,14 +305,16 @@ impl HttpConn {
         );
         let (dest_upstream, dest_cluster) = (dest.upstream, dest.cluster.clone());
         let record = RequestRecord {
-            reporter: "source",
+            reporter: self.reporter.label(),
             source_workload: self.source.workload.clone(),
             source_namespace: self.source.namespace.clone(),
             source_principal: self.source.principal.clone(),
             destination_workload: dest.workload,
             destination_namespace: dest.namespace,
             destination_service: dest.service,
-            connection_security_policy: if dest.principal.is_some() {
+            connection_security_policy: if dest.principal.is_some()
+                || self.reporter == Reporter::Destination
+            {
                 "mutual_tls"
             } else {
                 "none"
@@ -421,7 +448,13 @@ impl HttpConn {
             .filter(|_| local.is_none() && self.hbone.is_some())
             .and_then(|a| self.config.remote_by_ip(a.ip()));
         let (workload, namespace, principal) = match (local, remote) {
-            (Some(w), _) => (w.name.as_str(), w.namespace.as_str(), None),
+            // Behind the HBONE server, the pod is who the source reached over mutual TLS.
+            (Some(w), _) => (
+                w.name.as_str(),
+                w.namespace.as_str(),
+                (self.reporter == Reporter::Destination)
+                    .then(|| Arc::from(self.config.principal(w))),
+            ),
             (None, Some(r)) => (
                 r.name.as_str(),
                 r.namespace.as_str(),

@@ -431,6 +431,7 @@ async fn serve_http(
         peer,
         dst,
         captured,
+        reporter: http::Reporter::Source,
         routing,
         traffic: inner.traffic.clone(),
         source,

@@ -294,6 +294,41 @@ impl Pools {
         })
     }
 
+    /// Takes `stream`, a direct connection to `addr` opened before its protocol was
+    /// known, into the pool: as an idle HTTP/1 connection, or as the endpoint's HTTP/2
+    /// connection when it has none open (else it is closed). The HBONE server connects to
+    /// the pod before it accepts a tunnel (a pod that refuses is a refused tunnel); when
+    /// the tunnel turns out to carry HTTP, its first request reuses that connection
+    /// instead of opening a second one.
+    pub(crate) async fn adopt(
+        self: &Arc<Self>,
+        stream: dial::BoxIo,
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        peer: SocketAddr,
+    ) -> Result<(), ProxyError> {
+        let key = (addr, None);
+        match protocol {
+            UpstreamProtocol::Http1 => {
+                let sender = handshake_h1(stream, addr, peer, None).await?;
+                self.give_back_h1(GiveBack {
+                    pools: Arc::downgrade(self),
+                    key,
+                    sender,
+                    limits: None,
+                });
+            }
+            UpstreamProtocol::Http2 => {
+                let slot = lock(&self.state).h2.entry(key).or_default().clone();
+                let mut conn = slot.lock().await;
+                if conn.as_ref().is_none_or(|s| s.is_closed()) {
+                    *conn = Some(handshake_h2(stream, addr, peer, None).await?);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// An idle connection to `addr` that is ready for a request. A connection is given
     /// back as soon as its response body ended, possibly a moment before hyper's
     /// dispatcher has noticed, so `ready` is awaited (it fails if the upstream closed).
@@ -412,6 +447,16 @@ async fn connect_h1(
 ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
     let addr = ep.addr;
     let stream = dial::dial(addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
+    handshake_h1(stream, addr, peer, slot).await
+}
+
+/// HTTP/1 over a connected `stream`; its task holds `slot` until the connection closes.
+async fn handshake_h1(
+    stream: dial::BoxIo,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    slot: Option<ConnSlot>,
+) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
     let mut builder = http1::Builder::new();
     builder.preserve_header_case(true);
     let (sender, conn) = builder
@@ -438,6 +483,16 @@ async fn connect_h2(
 ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
     let addr = ep.addr;
     let stream = dial::dial(addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
+    handshake_h2(stream, addr, peer, slot).await
+}
+
+/// HTTP/2 over a connected `stream`; its task holds `slot` until the connection closes.
+async fn handshake_h2(
+    stream: dial::BoxIo,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    slot: Option<ConnSlot>,
+) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     let (sender, conn) = builder

@@ -1,8 +1,9 @@
 //! The source side of HBONE in process: a proxy whose config lists a meshed workload on
 //! another node sends captured connections to it (opaque TCP and HTTP alike) through an
 //! mTLS tunnel to that node's HBONE server, as the source workload; both sides' golden
-//! metrics say `mutual_tls` with the peer's principal. Loopback stands in for the two
-//! nodes: 127.0.0.1 is the client's node, 127.0.0.2 the remote pod.
+//! metrics say `mutual_tls` with the peer's principal (per request on both sides for
+//! HTTP). Loopback stands in for the two nodes: 127.0.0.1 is the client's node,
+//! 127.0.0.2 the remote pod.
 
 mod support;
 
@@ -226,4 +227,20 @@ async fn captured_traffic_to_a_remote_workload_goes_through_hbone() {
         .is_some(),
         "no destination-side series:\n{b}"
     );
+    // The tunnel that carried HTTP: per request at the destination too.
+    let req = series(
+        &b,
+        "myelin_requests_total",
+        &[
+            "reporter=\"destination\"",
+            "source_principal=\"spiffe://cluster.local/ns/test-ns/sa/client-sa\"",
+            "source_workload=\"client\"",
+            db_principal,
+            "request_protocol=\"http\"",
+            "response_code=\"200\"",
+            mtls,
+        ],
+    )
+    .unwrap_or_else(|| panic!("no destination-side request series:\n{b}"));
+    assert!(req.ends_with(" 2"), "{req}");
 }
