@@ -89,6 +89,8 @@ pub struct MeshOptions {
     pub unenrolled: Vec<String>,
     /// Per-pod splice policy (`auto`, `nonblocking`, `off`); pods not listed get `auto`.
     pub splice_policy: Vec<(String, String)>,
+    /// Per-pod inbound mode (`strict`, `permissive`); pods not listed get the node's.
+    pub mtls_mode: Vec<(String, String)>,
     /// `--no-splice`.
     pub no_splice: bool,
     /// Leave the pins in place when the agent exits (for restart tests).
@@ -120,6 +122,12 @@ impl MeshOptions {
     /// Sets a pod's splice policy.
     pub fn policy(mut self, pod: &str, policy: &str) -> Self {
         self.splice_policy.push((pod.to_owned(), policy.to_owned()));
+        self
+    }
+
+    /// Sets a pod's inbound mode (`myelin.workloads[].mtls_mode`).
+    pub fn mtls_mode(mut self, pod: &str, mode: &str) -> Self {
+        self.mtls_mode.push((pod.to_owned(), mode.to_owned()));
         self
     }
 }
@@ -195,9 +203,15 @@ impl Mesh {
                 .iter()
                 .find(|(p, _)| p == name)
                 .map_or("auto", |(_, policy)| policy.as_str());
+            let mode = opts
+                .mtls_mode
+                .iter()
+                .find(|(p, _)| p == name)
+                .map(|(_, m)| format!(", mtls_mode: {m}"))
+                .unwrap_or_default();
             writeln!(
                 yaml,
-                "    - {{ name: {name}, namespace: test, service_account: {name}, cgroup: {cg}, ip: {ip}, splice: {splice} }}",
+                "    - {{ name: {name}, namespace: test, service_account: {name}, cgroup: {cg}, ip: {ip}, splice: {splice}{mode} }}",
                 cg = pod.cgroup_path().display(),
                 ip = pod.ip
             )?;

@@ -477,3 +477,169 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
     assert_eq!(tunnels, 102.0);
     Ok(())
 }
+
+/// One plaintext connection from the network namespace `netns` (not from a pod: nothing
+/// captures it) straight to `addr`: one echoed line, or the connect error.
+fn plaintext_echo(
+    netns: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> Result<std::io::Result<()>> {
+    in_netns(netns, move || -> std::io::Result<()> {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"around the mesh\n")?;
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line)?;
+        if line != "around the mesh\n" {
+            return Err(std::io::Error::other(format!("echo: {line:?}")));
+        }
+        Ok(())
+    })
+}
+
+/// Polls `f` until it returns `want` (the agent reads the kernel's record every second).
+fn eventually(what: &str, want: f64, mut f: impl FnMut() -> Result<f64>) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = f()?;
+        if got == want {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{what}: {got}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Node B holds `db` in STRICT and `cache` in PERMISSIVE mode. Through the mesh (pod `web`
+/// on node A, over HBONE; and `cache` to `db` on node B, through B's proxy) both take
+/// connections. Plaintext straight to `db` from node A or from node B's host is dropped by
+/// the kernel, counted by where it came from; plaintext to `cache` gets in and is reported
+/// by B as destination-side TCP with `connection_security_policy="none"`, while the mesh's
+/// connections to it are not.
+#[test]
+fn strict_drops_plaintext_around_the_mesh_and_permissive_labels_it() -> Result<()> {
+    if !testbed_ready(&[]) {
+        return Ok(());
+    }
+    let ca = Ca::generate(TD, 24 * HOUR)?;
+    let dir = TempDir(std::env::temp_dir().join(format!("myelin-mtlss-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let files = ca_files(&ca, &dir)?;
+    let mut b_opts = MeshOptions::pods(&["db", "cache"])
+        .policy("cache", "off")
+        .mtls_mode("db", "strict");
+    b_opts.node = myelin_testbed::NodeConfig {
+        addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
+        pod_subnet: std::net::Ipv4Addr::new(10, 78, 1, 0),
+    };
+    b_opts.myelin = format!("  mtls: {{ {files}, mode: permissive }}\n");
+    let mut b = Mesh::build("mtlssb", b_opts)?;
+    let mut a = Mesh::build("mtlssa", MeshOptions::pods(&["web"]).policy("web", "off"))?;
+    a.node.link(&b.node, 8)?;
+    let (db_ip, cache_ip) = (b.pod("db").ip, b.pod("cache").ip);
+    a.options_mut().myelin = format!(
+        "  mtls: {{ {files}, remote_workloads: [{{ name: db, namespace: test, service_account: db, ip: {db_ip}, node: {n} }}, {{ name: cache, namespace: test, service_account: cache, ip: {cache_ip}, node: {n} }}] }}\n",
+        n = b.node.addr
+    );
+    b.start_agent()?;
+    a.start_agent()?;
+    let echo = |pod: &myelin_testbed::Pod| -> Result<myelin_testbed::Proc> {
+        let mut cmd = podtool_command()?;
+        cmd.args(["echo-server", "--port", &ECHO.to_string()])
+            .stdout(std::process::Stdio::piped());
+        let mut p = pod.spawn(cmd)?;
+        p.next_line(Duration::from_secs(10))?;
+        Ok(p)
+    };
+    let _db = echo(b.pod("db"))?;
+    let _cache = echo(b.pod("cache"))?;
+    let exchange = |pod: &myelin_testbed::Pod, ip: std::net::Ipv4Addr| -> Result<()> {
+        let mut cmd = podtool_command()?;
+        cmd.args([
+            "exchange",
+            "--addr",
+            &format!("{ip}:{ECHO}"),
+            "--count",
+            "3",
+        ]);
+        let out = pod.run(cmd)?;
+        let report = myelin_testbed::json_output(&out, "podtool exchange")?;
+        anyhow::ensure!(report["errors"].as_u64() == Some(0), "{ip}: {report}");
+        Ok(())
+    };
+
+    // Through the mesh, STRICT and PERMISSIVE alike take connections.
+    exchange(a.pod("web"), db_ip).context("web -> db over HBONE")?;
+    exchange(a.pod("web"), cache_ip).context("web -> cache over HBONE")?;
+    exchange(b.pod("cache"), db_ip).context("cache -> db through node B's proxy")?;
+
+    // Around the mesh: STRICT drops the handshake.
+    let db = std::net::SocketAddr::from((db_ip, ECHO));
+    for (from, netns) in [
+        ("node A", a.node.netns_path()),
+        ("node B", b.node.netns_path()),
+    ] {
+        let err = plaintext_echo(&netns, db)?
+            .err()
+            .with_context(|| format!("plaintext from {from} reached the STRICT pod"))?;
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{from}: {err}");
+    }
+    let drops = |reason: &str| {
+        b.metric(
+            "myelin_strict_dropped_connections_total",
+            &[("reason", reason)],
+        )
+    };
+    assert!(drops("remote")? >= 1.0, "{}", b.metrics()?);
+    assert!(drops("node")? >= 1.0, "{}", b.metrics()?);
+    assert_eq!(drops("local_pod")?, 0.0);
+
+    // PERMISSIVE: plaintext gets in and is labelled; the mesh's own connections to cache
+    // (the HBONE tunnel's) are not plaintext.
+    plaintext_echo(&a.node.netns_path(), (cache_ip, ECHO).into())?
+        .context("plaintext from node A to the PERMISSIVE pod")?;
+    let plaintext = |metric: &str| {
+        b.metric(
+            metric,
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", "cache"),
+                ("source_principal", "unknown"),
+                ("connection_security_policy", "none"),
+            ],
+        )
+    };
+    eventually("plaintext connections opened to cache", 1.0, || {
+        plaintext("myelin_tcp_connections_opened_total")
+    })?;
+    eventually("plaintext connections closed to cache", 1.0, || {
+        plaintext("myelin_tcp_connections_closed_total")
+    })?;
+    let none_total = b.metric(
+        "myelin_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "none"),
+        ],
+    )?;
+    assert_eq!(
+        none_total,
+        1.0,
+        "only the one plaintext connection\n{}",
+        b.metrics()?
+    );
+    let mtls_to_cache = b.metric(
+        "myelin_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("destination_workload", "cache"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    )?;
+    assert_eq!(mtls_to_cache, 1.0, "{}", b.metrics()?);
+    Ok(())
+}

@@ -15,9 +15,7 @@ use std::{
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use myelin_ebpf_loader::{
-    cgroup_id, Counters, Dataplane, InstallOptions, OrigDstMap, WL_NO_SPLICE,
-};
+use myelin_ebpf_loader::{cgroup_id, Counters, Dataplane, InstallOptions, OrigDstMap};
 use myelin_proxy::{
     drain, golden::GoldenMetrics, metrics::ProxyMetrics, traffic::TrafficHandle, OrigDstLookup,
     Proxy,
@@ -29,6 +27,7 @@ use tracing::{error, info, warn};
 use crate::{
     admin,
     config::{Config, SpliceSetting},
+    inbound,
     metrics::{KernelCollector, SpliceMetrics},
     mtls::Mtls,
     selftest::{self, SpliceMode, SpliceState},
@@ -170,10 +169,17 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     // Capture off until the proxy is accepting.
     dp.set_config(config.capture, proxy_cgroup, 0)?;
     dp.set_exclusions(&config.excluded_ports, &config.excluded_cidrs)?;
-    // Until the self-test has decided, no workload is spliced.
+    // Until the self-test has decided, no workload is spliced; STRICT holds from here on.
     for (w, id) in config.workloads.iter().zip(&workload_ids) {
-        dp.enroll(*id, WL_NO_SPLICE)?;
-        dp.add_local_pod(w.ip, WL_NO_SPLICE)?;
+        let flags = inbound::kernel_flags(w, false);
+        dp.enroll(*id, flags)?;
+        dp.add_local_pod(w.ip, flags)?;
+    }
+    match inbound::node_addresses() {
+        Ok(addrs) => dp.set_node_addrs(&addrs)?,
+        Err(e) => {
+            warn!(error = %e, "listing the node's addresses (STRICT drops from this node will be counted as remote)")
+        }
     }
 
     let mut registry = Registry::default();
@@ -191,7 +197,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     xds.register(sub);
     // Certificates are issued here, before anything serves.
     let mtls = match &config.mtls {
-        Some(m) => Some(Mtls::new(m, &config, &xds, sub)?),
+        Some(m) => Some(Mtls::new(m, &config, sub)?),
         None => None,
     };
     let registry = Arc::new(registry);
@@ -219,10 +225,17 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         config.metrics_address,
         state.clone(),
         registry.clone(),
-        vec![Box::pin(expire_idle_series(
-            golden.clone(),
-            config.metrics.idle_expiry,
-        ))],
+        vec![
+            Box::pin(expire_idle_series(
+                golden.clone(),
+                config.metrics.idle_expiry,
+            )),
+            Box::pin(inbound::record_plaintext(
+                dp.plaintext(),
+                golden.clone(),
+                proxy_config.clone(),
+            )),
+        ],
     )?;
 
     // The feed and the ADS client on their own runtime, like admin: control work off the data
@@ -321,7 +334,7 @@ async fn serve(
         let mut dp = dp.lock().expect("dataplane lock");
         for (w, id) in config.workloads.iter().zip(&workload_ids) {
             let spliced = splice.splices(w.splice);
-            let flags = if spliced { 0 } else { WL_NO_SPLICE };
+            let flags = inbound::kernel_flags(w, spliced);
             dp.enroll(*id, flags)?;
             dp.add_local_pod(w.ip, flags)?;
             splice.workloads.push(selftest::WorkloadSpliceState {

@@ -146,6 +146,26 @@ pub struct MtlsSection {
     /// their node (`node`: its address; the HBONE port is this config's `hbone_port`).
     #[serde(default)]
     pub remote_workloads: Vec<RemoteWorkloadSection>,
+    /// The inbound mode of this node's workloads unless a workload sets its own
+    /// (`myelin.workloads[].mtls_mode`): `permissive` (Istio's default) or `strict`.
+    #[serde(default)]
+    pub mode: InboundMode,
+}
+
+/// What a workload accepts besides connections through the node's proxy (Istio's
+/// PeerAuthentication `mtls.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundMode {
+    /// Plaintext from outside the mesh is let in, and recorded in the golden TCP metrics
+    /// with `connection_security_policy="none"`.
+    #[default]
+    #[serde(alias = "PERMISSIVE")]
+    Permissive,
+    /// Only connections through the node's proxy (so, from another node, only over HBONE
+    /// with mTLS): the kernel drops any other TCP handshake to the workload.
+    #[serde(alias = "STRICT")]
+    Strict,
 }
 
 /// One entry of `myelin.mtls.remote_workloads`.
@@ -307,6 +327,9 @@ pub struct WorkloadSection {
     /// Per-workload splice policy (its traffic is captured and proxied either way).
     #[serde(default)]
     pub splice: WorkloadSplice,
+    /// Overrides `myelin.mtls.mode` for this workload; `strict` needs `myelin.mtls`.
+    #[serde(default)]
+    pub mtls_mode: Option<InboundMode>,
 }
 
 fn default_capture_port() -> u16 {
@@ -388,6 +411,8 @@ pub struct Workload {
     pub cgroup: PathBuf,
     pub ip: Ipv4Addr,
     pub splice: WorkloadSplice,
+    /// The inbound mode in force (the workload's own, else `myelin.mtls.mode`).
+    pub mtls_mode: InboundMode,
 }
 
 impl Config {
@@ -631,6 +656,15 @@ impl Config {
                     ),
                 ));
             }
+            let node_mode = m.mtls.as_ref().map(|t| t.mode).unwrap_or_default();
+            let mtls_mode = w.mtls_mode.unwrap_or(node_mode);
+            if mtls_mode == InboundMode::Strict && m.mtls.is_none() {
+                return Err(invalid(
+                    &field("mtls_mode"),
+                    &"strict",
+                    "needs myelin.mtls (without it, traffic from other nodes could not reach the workload at all)",
+                ));
+            }
             workloads.push(Workload {
                 name: w.name.clone(),
                 namespace: w.namespace.clone(),
@@ -638,6 +672,7 @@ impl Config {
                 cgroup,
                 ip: w.ip,
                 splice: w.splice,
+                mtls_mode,
             });
         }
         let (bootstrap, ads) = envoy_sections(&doc).map_err(|problems| ConfigError::Envoy {
@@ -1065,6 +1100,41 @@ myelin:
     }
 
     #[test]
+    fn inbound_modes_default_to_permissive_and_strict_needs_mtls() {
+        let c = parse(GOOD).unwrap();
+        assert!(c
+            .workloads
+            .iter()
+            .all(|w| w.mtls_mode == InboundMode::Permissive));
+        // The node's mode, overridden per workload.
+        let text = with_myelin(
+            "  mtls: { mode: strict }
+",
+        )
+        .replacen("splice: off }", "splice: off, mtls_mode: PERMISSIVE }", 1);
+        let c = parse(&text).unwrap();
+        let modes: Vec<_> = c.workloads.iter().map(|w| w.mtls_mode).collect();
+        assert_eq!(
+            modes,
+            [
+                InboundMode::Strict,
+                InboundMode::Permissive,
+                InboundMode::Strict
+            ]
+        );
+        // STRICT without mTLS would cut the workload off from other nodes: refused by name.
+        let text = GOOD.replacen("splice: off }", "splice: off, mtls_mode: strict }", 1);
+        match parse(&text) {
+            Err(ConfigError::Invalid { field, .. }) => {
+                assert_eq!(field, "myelin.workloads[1].mtls_mode")
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = GOOD.replacen("splice: off }", "splice: off, mtls_mode: sometimes }", 1);
+        assert!(matches!(parse(&text), Err(ConfigError::Syntax { .. })));
+    }
+
+    #[test]
     fn metrics_and_trust_domain() {
         let c = parse(&with_myelin(
             "  trust_domain: prod.example-1.org\n  metrics: { naming: istio, max_series: 50, idle_expiry: 1h30m }\n",
@@ -1435,11 +1505,11 @@ myelin:
         for (text, want) in [
             (
                 mtls("{ identity_source: sds }", GOOD.to_owned()),
-                "myelin.mtls.identity_source = sds: needs dynamic_resources.ads_config or static_resources.secrets",
+                "myelin.mtls.identity_source = \"sds\": needs dynamic_resources.ads_config or static_resources.secrets",
             ),
             (
                 mtls("{ identity_source: sds, ca_cert: /ca.pem, ca_key: /ca.key }", ads),
-                "myelin.mtls.ca_cert = /ca.pem: is for identity_source: ca",
+                "myelin.mtls.ca_cert = \"/ca.pem\": is for identity_source: ca",
             ),
             (
                 mtls("{ identity_source: spiffe }", GOOD.to_owned()),

@@ -36,10 +36,28 @@ impl Collector for KernelCollector {
             ("kernel_orig_dst_misses", "Connections to the capture address established without a recorded original destination (kernel)", v.orig_dst_misses),
             ("splice_insert_failures", "Sockets the kernel refused to put into the splice map", v.socket_insert_failures),
             ("splice_peer_waits", "First messages of a connection that waited (microseconds) for the peer socket to be spliced", v.peer_waits),
+            ("inbound_plaintext_connections", "Connections local pods accepted from outside the proxy (PERMISSIVE plaintext; kernel)", v.plaintext_accepted),
+            ("inbound_proxy_connections", "The proxy's connections to local pods, the ones STRICT workloads accept (kernel)", v.proxy_flows),
         ] {
             let c = ConstCounter::new(value);
             let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
             c.encode(m)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "strict_dropped_connections",
+            "TCP handshakes to STRICT workloads dropped by the kernel because they did not come through the node's proxy, by where they came from (node: a process of this node; local_pod: an uncaptured pod of this node; remote: anything else, e.g. another node)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, value) in [
+            ("node", v.strict_drops_node),
+            ("local_pod", v.strict_drops_local_pod),
+            ("remote", v.strict_drops_remote),
+        ] {
+            let labels = ReasonLabels {
+                reason: reason.into(),
+            };
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -144,6 +144,30 @@ pub struct WorkloadFlags {
 
 /// The workload's sockets are never spliced (captured and proxied over plain TCP).
 pub const WL_NO_SPLICE: u32 = 1;
+/// STRICT inbound: a TCP connection to the workload is accepted only from the node's proxy
+/// (its handshake SYN must be one of `MYELIN_PROXY_FLOWS`); any other SYN is dropped by the
+/// `cgroup_skb` ingress program and counted by reason. Without it (PERMISSIVE), other
+/// connections are let in and recorded in `MYELIN_PLAINTEXT`.
+pub const WL_STRICT: u32 = 2;
+
+/// A plaintext connection accepted by a local pod, by who it came from (`MYELIN_PLAINTEXT`):
+/// the pod's address and port and the peer's address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PlainKey {
+    pub pod_ip: NetAddr,
+    pub peer_ip: NetAddr,
+    pub pod_port: NetPort,
+    pub _pad: u16,
+}
+
+/// Per CPU, the plaintext connections of one [`PlainKey`] opened and closed so far.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlainCount {
+    pub opened: u64,
+    pub closed: u64,
+}
 
 /// Indexes into the per-CPU `MYELIN_COUNTERS` array.
 pub mod counter {
@@ -163,8 +187,19 @@ pub mod counter {
     pub const SOCK_INSERT_FAILED: u32 = 6;
     /// First messages that found their peer socket only after waiting for it.
     pub const PEER_WAITS: u32 = 7;
+    /// SYNs to a STRICT workload dropped because they came from this node (a host process).
+    pub const STRICT_DROP_NODE: u32 = 8;
+    /// SYNs to a STRICT workload dropped because they came from a pod on this node that was
+    /// not captured (e.g. an excluded port).
+    pub const STRICT_DROP_LOCAL_POD: u32 = 9;
+    /// SYNs to a STRICT workload dropped because they came from elsewhere (another node).
+    pub const STRICT_DROP_REMOTE: u32 = 10;
+    /// Connections accepted by a local pod that did not come through the proxy (PERMISSIVE).
+    pub const PLAINTEXT_ACCEPTED: u32 = 11;
+    /// The proxy's connections to local pods recorded as proxy flows.
+    pub const PROXY_FLOWS: u32 = 12;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 13;
 }
 
 /// Names of the pinned maps and programs, shared so the loader and any inspection tool agree.
@@ -180,9 +215,14 @@ pub mod names {
     pub const TCP_ONLY: &str = "MYELIN_TCP_ONLY";
     pub const SOCKS: &str = "MYELIN_SOCKS";
     pub const COUNTERS: &str = "MYELIN_COUNTERS";
+    pub const PROXY_FLOWS: &str = "MYELIN_PROXY_FLOWS";
+    pub const PLAINTEXT: &str = "MYELIN_PLAINTEXT";
+    pub const PLAINTEXT_SOCKS: &str = "MYELIN_PLAINTEXT_SOCKS";
+    pub const NODE_ADDRS: &str = "MYELIN_NODE_ADDRS";
     pub const PROG_CONNECT4: &str = "myelin_connect4";
     pub const PROG_SOCK_OPS: &str = "myelin_sockops";
     pub const PROG_SK_MSG: &str = "myelin_sk_msg";
+    pub const PROG_INGRESS: &str = "myelin_ingress";
 }
 
 #[cfg(feature = "user")]
@@ -195,6 +235,8 @@ mod pod {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::WorkloadFlags {}
+    unsafe impl aya::Pod for super::PlainKey {}
+    unsafe impl aya::Pod for super::PlainCount {}
 }
 
 // Layout is part of the kernel ABI of our maps: check it at compile time.
@@ -203,6 +245,8 @@ const _: () = {
     assert!(core::mem::size_of::<OrigDst>() == 8);
     assert!(core::mem::size_of::<Config>() == 24);
     assert!(core::mem::size_of::<WorkloadFlags>() == 4);
+    assert!(core::mem::size_of::<PlainKey>() == 12);
+    assert!(core::mem::size_of::<PlainCount>() == 16);
 };
 
 #[cfg(test)]

@@ -18,17 +18,17 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, SockHash},
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SkMsg, SockOps,
     },
     Ebpf, EbpfLoader,
 };
 use myelin_ebpf_common::{
-    counter, names, Config, NetAddr, NetPort, OrigDst, SockKey, WorkloadFlags,
+    counter, names, Config, NetAddr, NetPort, OrigDst, PlainCount, PlainKey, SockKey, WorkloadFlags,
 };
-pub use myelin_ebpf_common::{CFG_CAPTURE, CFG_SPLICE, WL_NO_SPLICE};
+pub use myelin_ebpf_common::{CFG_CAPTURE, CFG_SPLICE, WL_NO_SPLICE, WL_STRICT};
 
 /// The kernel object built by `build.rs`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/myelin-ebpf"));
@@ -190,7 +190,9 @@ pub struct Dataplane {
     local_pods: HashMap<MapData, NetAddr, WorkloadFlags>,
     excl_ports: HashMap<MapData, NetPort, u32>,
     excl_cidrs: LpmTrie<MapData, [u8; 4], u32>,
+    node_addrs: HashMap<MapData, NetAddr, u32>,
     orig_dst: Arc<OrigDstMap>,
+    plaintext: Arc<PlaintextMap>,
     counters: Arc<Counters>,
     /// True when pinned maps from an earlier run were reused.
     pub reused_pins: bool,
@@ -218,6 +220,45 @@ impl OrigDstMap {
     }
 }
 
+/// Read side of `MYELIN_PLAINTEXT`: connections local pods accepted from anyone but the
+/// proxy (PERMISSIVE plaintext).
+pub struct PlaintextMap {
+    map: PerCpuHashMap<MapData, PlainKey, PlainCount>,
+}
+
+/// One `MYELIN_PLAINTEXT` entry: the connections `peer` opened to `pod`, and of them closed,
+/// so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaintextCount {
+    pub pod: SocketAddrV4,
+    pub peer: Ipv4Addr,
+    pub opened: u64,
+    pub closed: u64,
+}
+
+impl PlaintextMap {
+    /// Every entry with its per-CPU counts summed. Entries only grow until the LRU evicts
+    /// them, so callers turn them into metrics by difference.
+    pub fn read(&self) -> Vec<PlaintextCount> {
+        self.map
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| PlaintextCount {
+                pod: SocketAddrV4::new(Ipv4Addr::from(k.pod_ip.octets()), k.pod_port.host()),
+                peer: Ipv4Addr::from(k.peer_ip.octets()),
+                opened: v.iter().map(|c| c.opened).sum(),
+                closed: v.iter().map(|c| c.closed).sum(),
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for PlaintextMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaintextMap").finish_non_exhaustive()
+    }
+}
+
 /// The per-CPU kernel counters, summed.
 pub struct Counters {
     map: PerCpuArray<MapData, u64>,
@@ -234,6 +275,12 @@ pub struct CounterValues {
     pub orig_dst_misses: u64,
     pub socket_insert_failures: u64,
     pub peer_waits: u64,
+    /// SYNs to STRICT workloads dropped, by where they came from.
+    pub strict_drops_node: u64,
+    pub strict_drops_local_pod: u64,
+    pub strict_drops_remote: u64,
+    pub plaintext_accepted: u64,
+    pub proxy_flows: u64,
 }
 
 impl std::fmt::Debug for Counters {
@@ -276,6 +323,11 @@ impl Counters {
             orig_dst_misses: self.sum(counter::ORIG_DST_MISS),
             socket_insert_failures: self.sum(counter::SOCK_INSERT_FAILED),
             peer_waits: self.sum(counter::PEER_WAITS),
+            strict_drops_node: self.sum(counter::STRICT_DROP_NODE),
+            strict_drops_local_pod: self.sum(counter::STRICT_DROP_LOCAL_POD),
+            strict_drops_remote: self.sum(counter::STRICT_DROP_REMOTE),
+            plaintext_accepted: self.sum(counter::PLAINTEXT_ACCEPTED),
+            proxy_flows: self.sum(counter::PROXY_FLOWS),
         }
     }
 }
@@ -358,6 +410,33 @@ impl Dataplane {
         })?;
         replace_pinned_link(link, &links_dir.join("sockops"))?;
 
+        let ingress: &mut CgroupSkb = ebpf
+            .program_mut(names::PROG_INGRESS)
+            .ok_or(Error::Program {
+                name: names::PROG_INGRESS,
+                source: missing(),
+            })?
+            .try_into()
+            .map_err(prog_err(names::PROG_INGRESS))?;
+        ingress.load().map_err(prog_err(names::PROG_INGRESS))?;
+        let id = ingress
+            .attach(
+                cgroup.as_fd(),
+                CgroupSkbAttachType::Ingress,
+                CgroupAttachMode::Single,
+            )
+            .map_err(prog_err(names::PROG_INGRESS))?;
+        let link = FdLink::try_from(
+            ingress
+                .take_link(id)
+                .map_err(prog_err(names::PROG_INGRESS))?,
+        )
+        .map_err(|e| Error::Link {
+            name: names::PROG_INGRESS,
+            source: e,
+        })?;
+        replace_pinned_link(link, &links_dir.join("ingress"))?;
+
         // sk_msg attaches to the SOCKHASH itself; the pinned map keeps it attached.
         let socks: SockHash<MapData, SockKey> = take_map(&mut ebpf, names::SOCKS)?
             .try_into()
@@ -403,6 +482,14 @@ impl Dataplane {
                 .try_into()
                 .map_err(map_err(names::COUNTERS))?,
         });
+        let node_addrs = take_map(&mut ebpf, names::NODE_ADDRS)?
+            .try_into()
+            .map_err(map_err(names::NODE_ADDRS))?;
+        let plaintext = Arc::new(PlaintextMap {
+            map: take_map(&mut ebpf, names::PLAINTEXT)?
+                .try_into()
+                .map_err(map_err(names::PLAINTEXT))?,
+        });
 
         Ok(Dataplane {
             _ebpf: ebpf,
@@ -412,7 +499,9 @@ impl Dataplane {
             local_pods,
             excl_ports,
             excl_cidrs,
+            node_addrs,
             orig_dst,
+            plaintext,
             counters,
             reused_pins,
         })
@@ -504,6 +593,25 @@ impl Dataplane {
                 .map_err(map_err(names::EXCL_CIDRS))?;
         }
         Ok(())
+    }
+
+    /// Replaces the set of this node's own addresses (names the reason of a STRICT drop).
+    pub fn set_node_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
+        let old: Vec<NetAddr> = self.node_addrs.keys().filter_map(|k| k.ok()).collect();
+        for a in old {
+            let _ = self.node_addrs.remove(&a);
+        }
+        for a in addrs {
+            self.node_addrs
+                .insert(NetAddr::from_octets(a.octets()), 1, 0)
+                .map_err(map_err(names::NODE_ADDRS))?;
+        }
+        Ok(())
+    }
+
+    /// The record of plaintext connections accepted by local pods.
+    pub fn plaintext(&self) -> Arc<PlaintextMap> {
+        self.plaintext.clone()
     }
 
     /// The original-destination table, for the proxy.

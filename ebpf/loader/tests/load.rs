@@ -63,6 +63,9 @@ fn load_attach_reuse_and_uninstall() {
         assert_eq!(dp.counters().read().connects_captured, 0);
         assert!(pin_dir(&instance).join("links/connect4").exists());
         assert!(pin_dir(&instance).join("links/sockops").exists());
+        assert!(pin_dir(&instance).join("links/ingress").exists());
+        dp.set_node_addrs(&["10.77.0.1".parse().unwrap()]).unwrap();
+        assert!(dp.plaintext().read().is_empty());
         drop(dp);
 
         // A restarted agent finds and reuses the pinned maps, config included.

@@ -7,6 +7,10 @@
 //!   cookie to the 4-tuple where the proxy can read it.
 //! - `sk_msg`: a message sent on a spliced socket is redirected straight into the peer
 //!   socket's receive queue; no peer means plain TCP (pass, never drop).
+//! - `cgroup_skb/ingress`: a SYN to a STRICT workload that is not one of the proxy's own
+//!   connections is dropped (the mesh cannot be bypassed from the host or another node).
+//!   `sock_ops` records the proxy's flows at `TCP_CONNECT_CB` and, at a pod's
+//!   `PASSIVE_ESTABLISHED`, tells proxied connections from plaintext ones (PERMISSIVE).
 //!
 //! Every entry point is a thin wrapper over a `try_*` helper and returns a real verdict.
 #![no_std]
@@ -16,17 +20,21 @@ use aya_ebpf::{
     bindings::{
         sk_action::SK_PASS, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
-    macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
-    programs::{SkMsgContext, SockAddrContext, SockOpsContext},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id,
+    },
+    macros::{cgroup_skb, cgroup_sock_addr, map, sk_msg, sock_ops},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, SockHash,
+    },
+    programs::{SkBuffContext, SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 use myelin_ebpf_common::{
-    counter, Config, NetAddr, NetPort, OrigDst, SockKey, WorkloadFlags, CFG_CAPTURE, CFG_SPLICE,
-    ORIG_NO_SPLICE, ORIG_PROXY_UPSTREAM, WL_NO_SPLICE,
+    counter, Config, NetAddr, NetPort, OrigDst, PlainCount, PlainKey, SockKey, WorkloadFlags,
+    CFG_CAPTURE, CFG_SPLICE, ORIG_NO_SPLICE, ORIG_PROXY_UPSTREAM, WL_NO_SPLICE, WL_STRICT,
 };
 
 const AF_INET: u32 = 2;
@@ -70,6 +78,22 @@ static MYELIN_TCP_ONLY: LruHashMap<SockKey, u32> = LruHashMap::pinned(65536, 0);
 static MYELIN_SOCKS: SockHash<SockKey> = SockHash::pinned(65536, 0);
 #[map]
 static MYELIN_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+/// The proxy's connections to local pods, by 4-tuple as the pod receives them (src = the
+/// proxy's end): recorded at `TCP_CONNECT_CB`, before the SYN leaves, and removed when the
+/// pod accepts. The only SYNs a STRICT workload takes.
+#[map]
+static MYELIN_PROXY_FLOWS: LruHashMap<SockKey, u32> = LruHashMap::pinned(65536, 0);
+/// Connections local pods accepted from anyone but the proxy (PERMISSIVE plaintext), counted
+/// by pod address, pod port and peer address; user space turns them into metrics.
+#[map]
+static MYELIN_PLAINTEXT: LruPerCpuHashMap<PlainKey, PlainCount> =
+    LruPerCpuHashMap::pinned(16384, 0);
+/// The pods' accepted plaintext sockets (own key), so their close is counted too.
+#[map]
+static MYELIN_PLAINTEXT_SOCKS: LruHashMap<SockKey, u32> = LruHashMap::pinned(65536, 0);
+/// This node's own addresses (the agent's network namespace), to name the drop reason.
+#[map]
+static MYELIN_NODE_ADDRS: HashMap<NetAddr, u32> = HashMap::pinned(256, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -112,21 +136,24 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
 
     if cgroup == cfg.proxy_cgroup {
-        // The proxy's own connections are never captured. Its connections to local pods may be
-        // spliced: mark them for sock_ops.
+        // The proxy's own connections are never captured. Its connections to local pods are
+        // marked for sock_ops: they are proxy flows (STRICT lets them in) and may be spliced.
         // SAFETY: read-only lookup of a plain value.
         if let Some(pod) = unsafe { MYELIN_LOCAL_PODS.get(&dst_ip) } {
-            if pod.flags & WL_NO_SPLICE == 0 {
-                let mark = OrigDst {
-                    ip: dst_ip,
-                    port: dst_port,
-                    flags: ORIG_PROXY_UPSTREAM,
-                };
-                let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-                MYELIN_COOKIE_DST
-                    .insert(&cookie, &mark, 0)
-                    .map_err(|_| ())?;
-            }
+            let no_splice = if pod.flags & WL_NO_SPLICE != 0 {
+                ORIG_NO_SPLICE
+            } else {
+                0
+            };
+            let mark = OrigDst {
+                ip: dst_ip,
+                port: dst_port,
+                flags: ORIG_PROXY_UPSTREAM | no_splice,
+            };
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            MYELIN_COOKIE_DST
+                .insert(&cookie, &mark, 0)
+                .map_err(|_| ())?;
         }
         return Ok(());
     }
@@ -194,6 +221,7 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
         return Ok(());
     }
     match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => tcp_connect(ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => active_established(ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => passive_established(ctx),
         BPF_SOCK_OPS_STATE_CB => {
@@ -202,11 +230,30 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
                 let _ = MYELIN_SPLICED.remove(&key);
                 let _ = MYELIN_TCP_ONLY.remove(&key);
                 let _ = MYELIN_ORIG_DST.remove(&key);
+                if MYELIN_PLAINTEXT_SOCKS.remove(&key).is_ok() {
+                    plaintext_count(&key, |c| c.closed += 1, PlainCount::default());
+                }
             }
             Ok(())
         }
         _ => Ok(()),
     }
+}
+
+/// Before the SYN of an active open leaves (the local port is bound): a proxy connection to
+/// a local pod becomes a proxy flow, so a STRICT pod's ingress program lets its SYN in.
+fn tcp_connect(ctx: &SockOpsContext) -> Result<(), ()> {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: read-only lookup of a plain value.
+    match unsafe { MYELIN_COOKIE_DST.get(&cookie) } {
+        Some(p) if p.flags & ORIG_PROXY_UPSTREAM != 0 => {}
+        _ => return Ok(()),
+    }
+    MYELIN_PROXY_FLOWS
+        .insert(&own_key(ctx), &1, 0)
+        .map_err(|_| ())?;
+    count(counter::PROXY_FLOWS, 1);
+    Ok(())
 }
 
 fn active_established(ctx: &SockOpsContext) -> Result<(), ()> {
@@ -250,6 +297,11 @@ fn splicing() -> bool {
 
 fn passive_established(ctx: &SockOpsContext) -> Result<(), ()> {
     let key = own_key(ctx);
+    if record_inbound(&key) {
+        // Its close is counted too.
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+        let _ = MYELIN_PLAINTEXT_SOCKS.insert(&key, &1, 0);
+    }
     // Only the other end of a connection whose active end we spliced.
     // SAFETY: read-only lookup.
     match unsafe { MYELIN_SPLICED.get(&key.reversed()) } {
@@ -259,6 +311,52 @@ fn passive_established(ctx: &SockOpsContext) -> Result<(), ()> {
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     insert(ctx, key)?;
     MYELIN_SPLICED.insert(&key, &END_PASSIVE, 0).map_err(|_| ())
+}
+
+/// A local pod accepted a connection (`key` seen from the pod's socket): the proxy's flows are
+/// forgotten (they are in); anything else not from the pod itself is plaintext that went
+/// around the proxy, recorded for PERMISSIVE's metrics (true). (A STRICT pod only gets here
+/// for the proxy's connections and loopback: the ingress program dropped the other SYNs.)
+#[inline(always)]
+fn record_inbound(key: &SockKey) -> bool {
+    // SAFETY: read-only lookup.
+    if unsafe { MYELIN_LOCAL_PODS.get(&key.src_ip) }.is_none() {
+        return false;
+    }
+    if MYELIN_PROXY_FLOWS.remove(&key.reversed()).is_ok() {
+        return false;
+    }
+    if key.dst_ip.is_loopback() || key.dst_ip == key.src_ip {
+        return false;
+    }
+    plaintext_count(
+        key,
+        |c| c.opened += 1,
+        PlainCount {
+            opened: 1,
+            closed: 0,
+        },
+    );
+    count(counter::PLAINTEXT_ACCEPTED, 1);
+    true
+}
+
+/// Updates this CPU's count of the pod socket `key`'s [`PlainKey`], or inserts `first`.
+#[inline(always)]
+fn plaintext_count(key: &SockKey, update: impl FnOnce(&mut PlainCount), first: PlainCount) {
+    let pk = PlainKey {
+        pod_ip: key.src_ip,
+        peer_ip: key.dst_ip,
+        pod_port: key.src_port,
+        _pad: 0,
+    };
+    match MYELIN_PLAINTEXT.get_ptr_mut(&pk) {
+        // SAFETY: this CPU's slot of a per-CPU value.
+        Some(c) => update(unsafe { &mut *c }),
+        None => {
+            let _ = MYELIN_PLAINTEXT.insert(&pk, &first, 0);
+        }
+    }
 }
 
 #[inline(always)]
@@ -351,6 +449,84 @@ fn wait_for_peer(own: &SockKey, peer: &SockKey) -> bool {
         }
     }
     false
+}
+
+// ---------------------------------------------------------------------------------------------
+// cgroup_skb/ingress
+
+/// `cgroup_skb` verdicts.
+const SKB_DROP: i32 = 0;
+const SKB_PASS: i32 = 1;
+/// `ETH_P_IP` as `__sk_buff.protocol` holds it (network order).
+const ETH_P_IP_BE: u32 = (0x0800u16).to_be() as u32;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// Runs for every packet delivered to a socket under the node's cgroup. Only a SYN (not
+/// SYN-ACK) to a STRICT workload's socket is judged: the rest of a connection follows its
+/// handshake, and the workload's own active connections never see a bare SYN. The packet
+/// starts at its IP header here.
+#[cgroup_skb(ingress)]
+pub fn myelin_ingress(ctx: SkBuffContext) -> i32 {
+    match try_ingress(&ctx) {
+        Ok(Some(reason)) => {
+            count(reason, 1);
+            SKB_DROP
+        }
+        // Never drop what we could not parse: errors mean "not ours to judge".
+        Ok(None) | Err(_) => SKB_PASS,
+    }
+}
+
+/// `Some(counter)`: drop, counted under that reason.
+fn try_ingress(ctx: &SkBuffContext) -> Result<Option<u32>, ()> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for this program run.
+    if unsafe { (*skb).protocol } != ETH_P_IP_BE {
+        return Ok(None); // IPv6 is not judged yet (nor captured)
+    }
+    // SAFETY: plain helper call on this run's skb.
+    let cgroup = unsafe { bpf_skb_cgroup_id(skb) };
+    // SAFETY: read-only lookup of a plain value.
+    match unsafe { MYELIN_ENROLLED.get(&cgroup) } {
+        Some(wl) if wl.flags & WL_STRICT != 0 => {}
+        _ => return Ok(None),
+    }
+    let vihl: u8 = ctx.load(0).map_err(|_| ())?;
+    let proto: u8 = ctx.load(9).map_err(|_| ())?;
+    if vihl >> 4 != 4 || proto != IPPROTO_TCP as u8 {
+        return Ok(None);
+    }
+    let l4 = ((vihl & 0x0f) as usize) * 4;
+    let flags: u8 = ctx.load(l4 + 13).map_err(|_| ())?;
+    if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
+        return Ok(None);
+    }
+    let src = NetAddr(ctx.load(12).map_err(|_| ())?);
+    if src.is_loopback() {
+        return Ok(None);
+    }
+    let flow = SockKey {
+        src_ip: src,
+        dst_ip: NetAddr(ctx.load(16).map_err(|_| ())?),
+        src_port: NetPort(ctx.load(l4).map_err(|_| ())?),
+        dst_port: NetPort(ctx.load(l4 + 2).map_err(|_| ())?),
+    };
+    if flow.src_ip == flow.dst_ip {
+        return Ok(None); // the pod to itself
+    }
+    // SAFETY: read-only lookups.
+    if unsafe { MYELIN_PROXY_FLOWS.get(&flow) }.is_some() {
+        return Ok(None);
+    }
+    let reason = if unsafe { MYELIN_NODE_ADDRS.get(&src) }.is_some() {
+        counter::STRICT_DROP_NODE
+    } else if unsafe { MYELIN_LOCAL_PODS.get(&src) }.is_some() {
+        counter::STRICT_DROP_LOCAL_POD
+    } else {
+        counter::STRICT_DROP_REMOTE
+    };
+    Ok(Some(reason))
 }
 
 #[cfg(not(test))]
