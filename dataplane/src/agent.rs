@@ -197,7 +197,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     xds.register(sub);
     // Certificates are issued here, before anything serves.
     let mtls = match &config.mtls {
-        Some(m) => Some(Mtls::new(m, &config, sub)?),
+        Some(m) => Some(Mtls::new(m, &config, &xds, sub)?),
         None => None,
     };
     let registry = Arc::new(registry);
