@@ -24,6 +24,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const TD: &str = "cluster.local";
 const ECHO: u16 = 9000;
 const HOUR: Duration = Duration::from_secs(3600);
+/// nghttpd's port (HTTP/2 prior knowledge).
+const H2C: u16 = 8081;
+
+/// Waits until something listens on `port` on the loopback of the netns `netns`.
+fn wait_for_port(netns: &std::path::Path, port: u16) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let up = in_netns(netns, move || {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_millis(200),
+            )
+            .is_ok()
+        })?;
+        if up {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// A directory removed at drop.
 struct TempDir(PathBuf);
@@ -316,7 +340,7 @@ fn certificate_rotation_under_steady_traffic_loses_nothing() -> Result<()> {
 /// connections all complete over a pooled mTLS connection or two.
 #[test]
 fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Result<()> {
-    if !testbed_ready(&["curl", "tcpdump"]) {
+    if !testbed_ready(&["curl", "tcpdump", "nghttpd"]) {
         return Ok(());
     }
     let (a, b, db_ip, dir) = two_nodes("mtls2", "24h")?;
@@ -330,6 +354,19 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
     };
     let _echo = spawn(&["echo-server", "--port", &ECHO.to_string()])?;
     let _web = spawn(&["http-server", "--port", "8080", "--name", "db-server"])?;
+    // An HTTP/2-only server (h2c) for the HTTP/2 leg.
+    let docroot = dir.0.join("htdocs");
+    std::fs::create_dir_all(&docroot)?;
+    std::fs::write(docroot.join("hello.txt"), "hello over h2c\n")?;
+    let mut nghttpd = std::process::Command::new("nghttpd");
+    nghttpd
+        .args(["--no-tls", "-d"])
+        .arg(&docroot)
+        .arg(H2C.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _h2 = db.spawn(nghttpd)?;
+    wait_for_port(&db.netns_path(), H2C)?;
 
     // Everything on the link between the nodes, while the traffic runs.
     let pcap = dir.0.join("link.pcap");
@@ -396,6 +433,30 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(body.contains("db-server") || !body.is_empty(), "{body}");
+
+    let mut curl = std::process::Command::new("curl");
+    curl.args([
+        "-sS",
+        "-m",
+        "10",
+        "--http2-prior-knowledge",
+        "-w",
+        "\n%{http_version}",
+        "-H",
+        "x-secret-header: plaintext-canary",
+    ])
+    .arg(format!("http://{db_ip}:{H2C}/hello.txt"));
+    let out = web.run(curl)?;
+    assert!(
+        out.status.success(),
+        "curl --http2-prior-knowledge across nodes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello over h2c\n\n2",
+        "HTTP/2 end to end across the nodes"
+    );
     std::thread::sleep(Duration::from_millis(300));
     // Stopped with SIGINT, tcpdump flushes and reports what it saw.
     dump.signal(nix::sys::signal::Signal::SIGINT)?;
@@ -428,7 +489,7 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
             ("response_code", "200"),
         ],
     )?;
-    assert_eq!(a_requests, 1.0, "{}", a.metrics()?);
+    assert_eq!(a_requests, 2.0, "HTTP/1.1 and HTTP/2\n{}", a.metrics()?);
     let a_tcp = a.metric(
         "myelin_tcp_connections_opened_total",
         &[
@@ -448,10 +509,25 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
     )?;
     assert_eq!(
         b_tunnels,
-        2.0,
-        "one tunnel for the TCP connection, one for HTTP\n{}",
+        1.0,
+        "the raw TCP connection's tunnel (the HTTP tunnels are reported per request)\n{}",
         b.metrics()?
     );
+    for (protocol, want) in [("http", 2.0)] {
+        let b_requests = b.metric(
+            "myelin_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("source_principal", web_principal),
+                ("source_workload", "web"),
+                ("destination_principal", db_principal),
+                ("request_protocol", protocol),
+                ("response_code", "200"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        )?;
+        assert_eq!(b_requests, want, "{protocol}\n{}", b.metrics()?);
+    }
 
     // 100 parallel connections across the nodes: all complete, over the pooled mTLS
     // connection(s) (100 tunnels per HTTP/2 connection), not 100 handshakes.
@@ -471,10 +547,10 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
     let handshakes = b.metric("myelin_hbone_handshakes_total", &[])?;
     assert!(
         (1.0..=3.0).contains(&handshakes),
-        "102 tunnels took {handshakes} mTLS handshakes"
+        "103 tunnels took {handshakes} mTLS handshakes"
     );
     let tunnels = b.metric("myelin_hbone_tunnels_total", &[])?;
-    assert_eq!(tunnels, 102.0);
+    assert_eq!(tunnels, 103.0);
     Ok(())
 }
 
