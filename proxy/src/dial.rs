@@ -1,6 +1,7 @@
 //! Where an upstream connection goes: straight over TCP, or, when the destination is a
-//! meshed workload on another node, through an HBONE tunnel to that node's proxy (mutual
-//! TLS as the source workload). Pod to pod on one node never takes the tunnel.
+//! meshed workload on another node (an endpoint with HBONE metadata from EDS, or a remote
+//! workload of the standalone config), through an HBONE tunnel to that node's proxy
+//! (mutual TLS as the source workload). Pod to pod on one node never takes the tunnel.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::tcp;
 use crate::tls::SpiffeId;
+use crate::traffic::mesh::HboneLookup;
+use crate::traffic::Traffic;
 
 /// A connected upstream byte stream.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -26,8 +29,10 @@ pub(crate) type BoxIo = Box<dyn Io>;
 /// How one source reaches one remote workload over HBONE.
 pub(crate) struct HboneRoute {
     client: Arc<hbone::Client>,
-    /// Source identity, node, expected identity.
+    /// Source identity, node, first expected identity.
     pub(crate) key: hbone::PoolKey,
+    /// The other identities the node may present (a cluster's SAN list).
+    also: Vec<SpiffeId>,
     /// `baggage` naming the source workload.
     headers: HeaderMap,
     /// The source principal: upstream connections through a tunnel belong to it.
@@ -38,26 +43,90 @@ impl std::fmt::Debug for HboneRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HboneRoute")
             .field("key", &self.key)
+            .field("also", &self.also)
             .finish()
     }
 }
 
+/// How an upstream address is reached, before any source is considered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// Straight over TCP (not a meshed workload on another node).
+    Direct,
+    /// Through an HBONE tunnel to `node`, which must present one of `expected`.
+    Tunnel {
+        node: SocketAddr,
+        expected: Vec<SpiffeId>,
+    },
+    /// A meshed workload on another node that cannot be reached safely: fail closed.
+    Refuse(String),
+}
+
+/// Decides how `addr` is reached: an endpoint with HBONE metadata in the traffic config
+/// (EDS), else a remote workload of the proxy config, else directly. `hbone`: whether
+/// this proxy has an HBONE client (mTLS on); without one a meshed destination on another
+/// node is refused when EDS says so, and reached directly when only the standalone
+/// config knows it (as before: remote workloads are part of `myelin.mtls`).
+pub(crate) fn reach(
+    config: &ProxyConfig,
+    traffic: &Traffic,
+    hbone: bool,
+    addr: SocketAddr,
+) -> Reach {
+    match traffic.hbone_endpoint(addr) {
+        Some(HboneLookup::Tunnel(_)) | Some(HboneLookup::Invalid(_)) if !hbone => {
+            return Reach::Refuse(format!(
+                "{addr} is a meshed workload on another node (myelin.io/hbone), but this \
+                 node has no myelin.mtls to tunnel to it"
+            ))
+        }
+        Some(HboneLookup::Tunnel(t)) => {
+            return Reach::Tunnel {
+                node: t.node,
+                expected: t.expected.clone(),
+            }
+        }
+        Some(HboneLookup::Invalid(why)) => return Reach::Refuse(why.to_string()),
+        None => {}
+    }
+    let Some(remote) = config.remote_by_ip(addr.ip()).filter(|_| hbone) else {
+        return Reach::Direct;
+    };
+    match SpiffeId::new(
+        &config.trust_domain,
+        &remote.namespace,
+        &remote.service_account,
+    ) {
+        Ok(id) => Reach::Tunnel {
+            node: remote.node,
+            expected: vec![id],
+        },
+        Err(e) => Reach::Refuse(e.to_string()),
+    }
+}
+
 /// The HBONE route to `addr` for a connection from `source`: `None` when `addr` is not a
-/// meshed workload on another node (or this proxy has no HBONE client). A remote
-/// destination with a source that has no identity is an error, not plain TCP: the mesh
+/// meshed workload on another node ([`reach`]). A remote destination with a source that
+/// has no identity, or that cannot be verified, is an error, not plain TCP: the mesh
 /// never silently drops mutual TLS.
 pub(crate) fn route(
     config: &ProxyConfig,
+    traffic: &Traffic,
     client: Option<&Arc<hbone::Client>>,
     source: &Source,
     addr: SocketAddr,
 ) -> Result<Option<Arc<HboneRoute>>, ProxyError> {
-    let (Some(client), Some(remote)) = (client, config.remote_by_ip(addr.ip())) else {
-        return Ok(None);
-    };
     let identity = |what: &str| ProxyError::Hbone {
         addr,
         source: hbone::TunnelError::Identity(what.to_owned()),
+    };
+    let (node, mut expected) = match reach(config, traffic, client.is_some(), addr) {
+        Reach::Direct => return Ok(None),
+        Reach::Refuse(why) => return Err(identity(&why)),
+        Reach::Tunnel { node, expected } => (node, expected),
+    };
+    let Some(client) = client else {
+        unreachable!("reach() tunnels only with a client")
     };
     let source_id: SpiffeId = source.principal.parse().map_err(|_| {
         identity(&format!(
@@ -65,12 +134,7 @@ pub(crate) fn route(
             source.principal
         ))
     })?;
-    let expected = SpiffeId::new(
-        &config.trust_domain,
-        &remote.namespace,
-        &remote.service_account,
-    )
-    .map_err(|e| identity(&e.to_string()))?;
+    let first = expected.remove(0);
     let mut headers = HeaderMap::new();
     if let Some(b) = hbone::baggage(&source.namespace, &source.workload) {
         headers.insert("baggage", b);
@@ -79,9 +143,10 @@ pub(crate) fn route(
         client: client.clone(),
         key: hbone::PoolKey {
             source: source_id,
-            node: remote.node,
-            expected,
+            node,
+            expected: first,
         },
+        also: expected,
         headers,
         source: source.principal.clone(),
     })))
@@ -96,9 +161,26 @@ pub(crate) async fn dial(
     let Some(r) = hbone else {
         return Ok(Box::new(tcp::connect(addr, timeout).await?));
     };
-    match tokio::time::timeout(timeout, r.client.connect(&r.key, addr, r.headers.clone())).await {
+    let connect = r
+        .client
+        .connect_any(&r.key, &r.also, addr, r.headers.clone());
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(tunnel)) => Ok(Box::new(tunnel)),
         Ok(Err(source)) => Err(ProxyError::Hbone { addr, source }),
         Err(_) => Err(ProxyError::connect_timeout(addr, timeout)),
+    }
+}
+
+/// The peer of a tunnel to an endpoint that EDS marks as meshed on another node, for the
+/// golden metrics: `Some(Some(id))` when one identity is expected, `Some(None)` when the
+/// node may present one of several (a cluster's SAN list), `None` when `addr` is not such
+/// an endpoint.
+pub(crate) fn tunnel_peer(traffic: &Traffic, addr: SocketAddr) -> Option<Option<SpiffeId>> {
+    match traffic.hbone_endpoint(addr)? {
+        HboneLookup::Tunnel(t) => Some(match t.expected.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        }),
+        HboneLookup::Invalid(_) => None,
     }
 }

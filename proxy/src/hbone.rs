@@ -58,7 +58,7 @@ use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::stream::{Counted, Rewind};
 use crate::timeout::HcmTimeouts;
-use crate::tls::{sni_for, spiffe_id_of, Identities, RejectReason, SpiffeId};
+use crate::tls::{sni_for_any, spiffe_id_of, Identities, RejectReason, SpiffeId};
 use crate::traffic::TrafficHandle;
 use crate::upstream::{PoolConfig, Pools, UpstreamProtocol};
 
@@ -843,11 +843,15 @@ impl Drop for StreamSlot {
     }
 }
 
+/// A pool's key and the other identities its node may present.
+type AnyKey = (PoolKey, Vec<SpiffeId>);
+
 /// The source side: pooled mTLS HTTP/2 connections to other nodes' HBONE servers.
 pub struct Client {
     identities: Arc<Identities>,
     config: ClientConfig,
-    pools: Mutex<HashMap<PoolKey, Arc<KeyPool>>>,
+    /// By key and the other identities the node may present ([`Client::connect_any`]).
+    pools: Mutex<HashMap<AnyKey, Arc<KeyPool>>>,
     /// Where failures to open a tunnel are counted (none: not counted).
     metrics: Option<Arc<HboneMetrics>>,
 }
@@ -900,12 +904,25 @@ impl Client {
         &self,
         key: &PoolKey,
         target: SocketAddr,
+        headers: HeaderMap,
+    ) -> Result<Tunnel, TunnelError> {
+        self.connect_any(key, &[], target, headers).await
+    }
+
+    /// [`Client::connect`] to a node that may present `key.expected` or one of `also`
+    /// (a cluster's SAN list): the SNI names them all, in that order, and the node
+    /// presents the first it holds.
+    pub async fn connect_any(
+        &self,
+        key: &PoolKey,
+        also: &[SpiffeId],
+        target: SocketAddr,
         mut headers: HeaderMap,
     ) -> Result<Tunnel, TunnelError> {
         if !headers.contains_key(TRACEPARENT) {
             headers.insert(TRACEPARENT, TraceParent::new().header_value());
         }
-        let res = self.open(key, target, headers).await;
+        let res = self.open(key, also, target, headers).await;
         if let Err(e) = &res {
             debug!(reason = e.reason(), error = %e, "HBONE tunnel not opened");
             if let Some(m) = &self.metrics {
@@ -918,10 +935,14 @@ impl Client {
     async fn open(
         &self,
         key: &PoolKey,
+        also: &[SpiffeId],
         target: SocketAddr,
         headers: HeaderMap,
     ) -> Result<Tunnel, TunnelError> {
-        let pool = lock(&self.pools).entry(key.clone()).or_default().clone();
+        let pool = lock(&self.pools)
+            .entry((key.clone(), also.to_vec()))
+            .or_default()
+            .clone();
         let cert_issued = |ids: &Identities| ids.certificate(&key.source).map(|c| c.not_before);
         let issued = cert_issued(&self.identities);
         let (mut sender, slot) = match pool.take(self.config.max_streams, issued) {
@@ -932,7 +953,7 @@ impl Client {
                 match pool.take(self.config.max_streams, issued) {
                     Some(s) => s,
                     None => {
-                        let sender = self.dial(key).await?;
+                        let sender = self.dial(key, also).await?;
                         let streams = Arc::new(AtomicUsize::new(1));
                         lock(&pool.conns).push(Conn {
                             sender: sender.clone(),
@@ -982,6 +1003,7 @@ impl Client {
     async fn dial(
         &self,
         key: &PoolKey,
+        also: &[SpiffeId],
     ) -> Result<client_h2::SendRequest<Empty<Bytes>>, TunnelError> {
         let node = key.node;
         let timeout = self.config.connect_timeout;
@@ -997,16 +1019,20 @@ impl Client {
             }
         };
         let _ = tcp.set_nodelay(true);
+        let expected: Vec<SpiffeId> = std::iter::once(&key.expected)
+            .chain(also)
+            .cloned()
+            .collect();
         let tls_config = self
             .identities
-            .client_config(&key.source, vec![key.expected.clone()])
+            .client_config(&key.source, expected.clone())
             .map_err(|e| TunnelError::Identity(e.to_string()))?;
         if self.identities.certificate(&key.source).is_none() {
             return Err(TunnelError::Identity(key.source.to_string()));
         }
         let connector = TlsConnector::from(Arc::new(tls_config));
         let tls =
-            match tokio::time::timeout(timeout, connector.connect(sni_for(&key.expected), tcp))
+            match tokio::time::timeout(timeout, connector.connect(sni_for_any(&expected), tcp))
                 .await
             {
                 Ok(Ok(t)) => t,

@@ -462,9 +462,18 @@ impl HttpConn {
             ),
             (None, None) => (UNKNOWN, UNKNOWN, None),
         };
+        // An endpoint EDS marks as meshed on another node: the identity its node presents.
+        let tunnel = addr
+            .filter(|_| principal.is_none() && local.is_none() && self.hbone.is_some())
+            .and_then(|a| crate::dial::tunnel_peer(&self.traffic.load(), a));
+        let (namespace, principal): (Arc<str>, _) = match tunnel {
+            Some(Some(id)) => (id.namespace().into(), Some(id.to_string().into())),
+            Some(None) => (UNKNOWN.into(), Some(UNKNOWN.into())),
+            None => (namespace.into(), principal),
+        };
         Destination {
             workload: workload.into(),
-            namespace: namespace.into(),
+            namespace,
             principal,
             service: if service.is_empty() {
                 UNKNOWN.into()
@@ -767,7 +776,13 @@ impl HttpConn {
             addr,
             protocol: target.protocol,
             connect_timeout: target.connect_timeout,
-            hbone: crate::dial::route(&self.config, self.hbone.as_ref(), &self.source, addr)?,
+            hbone: crate::dial::route(
+                &self.config,
+                &self.traffic.load(),
+                self.hbone.as_ref(),
+                &self.source,
+                addr,
+            )?,
         };
         let sent = self
             .pools
@@ -918,12 +933,6 @@ pub(crate) async fn pick_endpoint(
     let cluster = traffic.cluster(name).ok_or_else(|| {
         ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
     })?;
-    if cluster.cluster.tls.is_some() {
-        return Err(ProxyError::unrouted(
-            MissReason::UpstreamTlsUnavailable,
-            format!("cluster {name:?} asks for upstream TLS, which is not implemented yet"),
-        ));
-    }
     // `retry_previous_hosts` passes the hosts tried so far: they are avoided while others
     // are left.
     let picked = cluster
@@ -934,6 +943,15 @@ pub(crate) async fn pick_endpoint(
                 format!("cluster {name:?} has no healthy endpoint"),
             )
         })?;
+    // A meshed endpoint on another node gets its mutual TLS from the HBONE tunnel (the
+    // cluster's TLS context gives the identities to expect); other upstream TLS is not
+    // implemented.
+    if cluster.cluster.tls.is_some() && picked.hbone().is_none() {
+        return Err(ProxyError::unrouted(
+            MissReason::UpstreamTlsUnavailable,
+            format!("cluster {name:?} asks for upstream TLS, which is not implemented yet"),
+        ));
+    }
     let endpoint = picked.address();
     let addr = resolve_one(&endpoint).await?;
     let protocol = match cluster.cluster.protocol {

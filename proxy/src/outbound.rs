@@ -207,6 +207,7 @@ async fn try_handle(
                 Ok(upstream) => {
                     let hbone = match crate::dial::route(
                         config,
+                        &traffic,
                         inner.hbone.as_ref(),
                         &source,
                         upstream.addr,
@@ -373,7 +374,13 @@ fn tcp_golden(
                     r.namespace.as_str().into(),
                     config.remote_principal(r).into(),
                 ),
-                None => (unknown(), unknown(), unknown()),
+                // An endpoint EDS marks as meshed on another node.
+                None => match crate::dial::tunnel_peer(&inner.traffic.load(), upstream)
+                    .filter(|_| mtls)
+                {
+                    Some(Some(id)) => (unknown(), id.namespace().into(), id.to_string().into()),
+                    _ => (unknown(), unknown(), unknown()),
+                },
             },
         };
     let service: Arc<str> = match cluster {

@@ -32,9 +32,11 @@ use crate::model::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration}
 
 pub mod balance;
 pub mod chain;
+pub mod mesh;
 pub mod router;
 
 use balance::{Active, Balancer, Host, Report};
+use mesh::HboneLookup;
 
 use router::RouteTable;
 
@@ -68,6 +70,8 @@ pub struct Traffic {
     /// Inline route configurations, by (listener, filter chain; `None`: the default chain).
     inline_routes: HashMap<(String, Option<usize>), Arc<RouteTable>>,
     clusters: HashMap<String, Arc<ClusterTarget>>,
+    /// Meshed endpoints on other nodes (EDS `myelin.io/hbone` metadata), by address.
+    hbone: HashMap<SocketAddr, HboneLookup>,
 }
 
 impl Traffic {
@@ -123,6 +127,7 @@ impl Traffic {
             })
             .collect();
         let mut clusters = HashMap::with_capacity(input.clusters.len());
+        let mut hbone = HashMap::new();
         for c in input.clusters {
             let assignment = match &c.discovery {
                 Discovery::Eds { .. } => {
@@ -137,6 +142,9 @@ impl Traffic {
                 .cloned();
             let target = reused
                 .unwrap_or_else(|| Arc::new(ClusterTarget::new(c, assignment, old.map(|t| &**t))));
+            for (addr, lookup) in &target.hbone {
+                mesh::merge(&mut hbone, *addr, lookup);
+            }
             clusters.insert(target.cluster.name.clone(), target);
         }
         Traffic {
@@ -147,7 +155,18 @@ impl Traffic {
             routes,
             inline_routes,
             clusters,
+            hbone,
         }
+    }
+
+    /// Whether `addr` is an endpoint that is a meshed workload on another node (EDS
+    /// metadata), and how it is reached.
+    pub fn hbone_endpoint(&self, addr: SocketAddr) -> Option<&HboneLookup> {
+        if self.hbone.is_empty() {
+            return None;
+        }
+        self.hbone
+            .get(&SocketAddr::new(addr.ip().to_canonical(), addr.port()))
     }
 
     /// The config's generation.
@@ -215,6 +234,8 @@ pub struct ClusterTarget {
     levels: Vec<Level>,
     /// Circuit-breaker counts; shared with the cluster's next builds.
     counters: Arc<ClusterCounters>,
+    /// Its endpoints reached through HBONE.
+    hbone: Vec<(SocketAddr, HboneLookup)>,
 }
 
 /// In-flight counts of a cluster, for its circuit breakers.
@@ -402,11 +423,25 @@ impl ClusterTarget {
                 }
             }
         }
+        // Every endpoint, routable or not: a passed-through connection to a meshed pod
+        // goes through its tunnel too.
+        let hbone = cla
+            .iter()
+            .flat_map(|cla| &cla.localities)
+            .flat_map(|l| &l.endpoints)
+            .filter_map(|e| match (&e.address, &e.hbone) {
+                (EndpointAddress::Socket(a), Some(ep)) => {
+                    Some((*a, mesh::resolve(&cluster, *a, ep)))
+                }
+                _ => None,
+            })
+            .collect();
         ClusterTarget {
             counters: prev.map(|p| p.counters.clone()).unwrap_or_default(),
             cluster,
             assignment,
             levels,
+            hbone,
         }
     }
 
