@@ -6,6 +6,7 @@
 
 pub mod ca;
 mod id;
+pub mod probe;
 pub mod rotate;
 pub mod sds;
 pub mod store;

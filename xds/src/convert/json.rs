@@ -7,6 +7,8 @@
 //! use the canonical forms, so [`normalize`] rewrites a parsed document first:
 //! - strings like `"5s"`/`"0.25s"` under duration-typed field names become `{seconds, nanos}`;
 //! - scalars under wrapper-typed field names become `{value}`;
+//! - `filter_metadata` values (`google.protobuf.Struct`, free-form JSON) become pbjson's
+//!   `{fields: {k: {string_value: ...}}}`;
 //! - an object with `"@type"` is decoded as that type (recursively normalized), encoded,
 //!   and replaced with `{"@type", value: [bytes]}`; a type Myelin does not know becomes
 //!   an empty `Any` of that type, which the conversion then rejects by type name.
@@ -212,6 +214,15 @@ fn normalize_at(v: &mut Value, path: &str) -> Result<(), JsonError> {
             .try_for_each(|(i, item)| normalize_at(item, &format!("{path}[{i}]"))),
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
+                if k == "filter_metadata" {
+                    // Metadata values are free-form: no field-name rewriting inside.
+                    if let Value::Object(namespaces) = child {
+                        for ns in namespaces.values_mut() {
+                            *ns = pb_struct(ns.take());
+                        }
+                    }
+                    continue;
+                }
                 normalize_at(child, &join_path(path, k))?;
                 if is_duration_field(k) {
                     if let Some(d) = child.as_str().and_then(parse_duration) {
@@ -243,6 +254,30 @@ fn normalize_at(v: &mut Value, path: &str) -> Result<(), JsonError> {
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// A JSON object as pbjson reads a `google.protobuf.Struct` (`{fields: {k: {string_value:
+/// ...}}}`); anything else is left for serde to reject.
+fn pb_struct(v: Value) -> Value {
+    fn value(v: Value) -> Value {
+        match v {
+            Value::Null => serde_json::json!({ "null_value": "NULL_VALUE" }),
+            Value::Bool(b) => serde_json::json!({ "bool_value": b }),
+            Value::Number(n) => serde_json::json!({ "number_value": n }),
+            Value::String(s) => serde_json::json!({ "string_value": s }),
+            Value::Array(a) => {
+                serde_json::json!({ "list_value": { "values": a.into_iter().map(value).collect::<Vec<_>>() } })
+            }
+            o @ Value::Object(_) => serde_json::json!({ "struct_value": pb_struct(o) }),
+        }
+    }
+    match v {
+        Value::Object(m) => {
+            let fields: Map<String, Value> = m.into_iter().map(|(k, v)| (k, value(v))).collect();
+            serde_json::json!({ "fields": fields })
+        }
+        other => other,
     }
 }
 
@@ -304,6 +339,37 @@ filter_chains:
         assert_eq!(
             e.at("clusters[2]"),
             "clusters[2].connect_timeoutz: unknown field `connect_timeoutz`"
+        );
+    }
+
+    #[test]
+    fn endpoint_metadata_is_free_form_json() {
+        let v: Value = serde_yaml::from_str(
+            r#"
+cluster_name: db
+endpoints:
+- lb_endpoints:
+  - endpoint: {address: {socket_address: {address: 10.78.1.2, port_value: 9000}}}
+    metadata:
+      filter_metadata:
+        myelin.io/hbone: {node: 10.78.0.1, timeout: 5s, n: 1, on: true, l: [a], s: {x: null}}
+"#,
+        )
+        .unwrap();
+        let cla: ClusterLoadAssignment = from_value(v).unwrap();
+        let m = super::super::cluster_load_assignment(&cla).unwrap_err();
+        // Read as given (the duration-looking string stays a string), then judged by the
+        // converter.
+        let msgs: Vec<String> = m.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            [
+                "endpoints[0].lb_endpoints[0].metadata.filter_metadata[myelin.io/hbone].l: not supported",
+                "endpoints[0].lb_endpoints[0].metadata.filter_metadata[myelin.io/hbone].n: not supported",
+                "endpoints[0].lb_endpoints[0].metadata.filter_metadata[myelin.io/hbone].on: not supported",
+                "endpoints[0].lb_endpoints[0].metadata.filter_metadata[myelin.io/hbone].s: not supported",
+                "endpoints[0].lb_endpoints[0].metadata.filter_metadata[myelin.io/hbone].timeout: not supported",
+            ]
         );
     }
 
