@@ -513,21 +513,20 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
         "the raw TCP connection's tunnel (the HTTP tunnels are reported per request)\n{}",
         b.metrics()?
     );
-    for (protocol, want) in [("http", 2.0)] {
-        let b_requests = b.metric(
-            "myelin_requests_total",
-            &[
-                ("reporter", "destination"),
-                ("source_principal", web_principal),
-                ("source_workload", "web"),
-                ("destination_principal", db_principal),
-                ("request_protocol", protocol),
-                ("response_code", "200"),
-                ("connection_security_policy", "mutual_tls"),
-            ],
-        )?;
-        assert_eq!(b_requests, want, "{protocol}\n{}", b.metrics()?);
-    }
+    // The HTTP/1.1 and the HTTP/2 request, each as the destination saw it.
+    let b_requests = b.metric(
+        "myelin_requests_total",
+        &[
+            ("reporter", "destination"),
+            ("source_principal", web_principal),
+            ("source_workload", "web"),
+            ("destination_principal", db_principal),
+            ("request_protocol", "http"),
+            ("response_code", "200"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    )?;
+    assert_eq!(b_requests, 2.0, "{}", b.metrics()?);
 
     // 100 parallel connections across the nodes: all complete, over the pooled mTLS
     // connection(s) (100 tunnels per HTTP/2 connection), not 100 handshakes.
@@ -717,5 +716,65 @@ fn strict_drops_plaintext_around_the_mesh_and_permissive_labels_it() -> Result<(
         ],
     )?;
     assert_eq!(mtls_to_cache, 1.0, "{}", b.metrics()?);
+    Ok(())
+}
+
+/// Node A expects pod `db` on node B to be `sa/impostor`; B holds only `sa/db`'s
+/// certificate, so it cannot present the identity A asks for (by SNI) and the TLS
+/// handshake fails: no tunnel, no byte reaches the pod, and A counts the failure by reason
+/// in `myelin_hbone_tunnel_failures_total` (`tls`: a real agent never presents another
+/// identity than the one asked for; a node that does is refused as `wrong_identity`, which
+/// the proxy's own HBONE tests check with such a node).
+#[test]
+fn a_node_without_the_expected_identity_is_refused_and_counted() -> Result<()> {
+    if !testbed_ready(&[]) {
+        return Ok(());
+    }
+    let ca = Ca::generate(TD, 24 * HOUR)?;
+    let dir = TempDir(std::env::temp_dir().join(format!("myelin-mtlsw-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let files = ca_files(&ca, &dir)?;
+    let mut b_opts = MeshOptions::pods(&["db"]).policy("db", "off");
+    b_opts.node = myelin_testbed::NodeConfig {
+        addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
+        pod_subnet: std::net::Ipv4Addr::new(10, 78, 1, 0),
+    };
+    b_opts.myelin = format!("  mtls: {{ {files} }}\n");
+    let mut b = Mesh::build("mtlswb", b_opts)?;
+    let mut a = Mesh::build("mtlswa", MeshOptions::pods(&["web"]).policy("web", "off"))?;
+    a.node.link(&b.node, 9)?;
+    let db_ip = b.pod("db").ip;
+    a.options_mut().myelin = format!(
+        "  mtls: {{ {files}, remote_workloads: [{{ name: db, namespace: test, service_account: impostor, ip: {db_ip}, node: {} }}] }}\n",
+        b.node.addr
+    );
+    b.start_agent()?;
+    a.start_agent()?;
+    let mut echo = podtool_command()?;
+    echo.args(["echo-server", "--port", &ECHO.to_string()])
+        .stdout(std::process::Stdio::piped());
+    let mut server = b.pod("db").spawn(echo)?;
+    server.next_line(Duration::from_secs(10))?;
+
+    let mut exchange = podtool_command()?;
+    exchange.args([
+        "exchange",
+        "--addr",
+        &format!("{db_ip}:{ECHO}"),
+        "--count",
+        "1",
+    ]);
+    let out = a.pod("web").run(exchange)?;
+    assert!(!out.status.success(), "no tunnel, no echo");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["ok"].as_u64(), Some(0), "{report}");
+    let failures = a.metric("myelin_hbone_tunnel_failures_total", &[])?;
+    let tls = a.metric("myelin_hbone_tunnel_failures_total", &[("reason", "tls")])?;
+    assert!(
+        failures == 1.0 && tls == 1.0,
+        "the one failed tunnel counted as a TLS failure\n{}",
+        a.metrics()?
+    );
+    assert_eq!(b.metric("myelin_hbone_tunnels_total", &[])?, 0.0);
     Ok(())
 }

@@ -317,10 +317,13 @@ async fn serve(
     .with_traffic(traffic)
     .with_golden(golden);
     let proxy = match &mtls {
-        Some(m) => proxy.with_hbone(Arc::new(myelin_proxy::hbone::Client::new(
-            m.identities.clone(),
-            myelin_proxy::hbone::ClientConfig::default(),
-        ))),
+        Some(m) => proxy.with_hbone(Arc::new(
+            myelin_proxy::hbone::Client::new(
+                m.identities.clone(),
+                myelin_proxy::hbone::ClientConfig::default(),
+            )
+            .with_metrics(m.hbone_metrics.clone()),
+        )),
         None => proxy,
     };
     let proxy_task = tokio::spawn(proxy.serve(listener, watch));

@@ -39,7 +39,8 @@ pub struct Mtls {
     pub identities: Arc<Identities>,
     source: Source,
     rotation: RotationMetrics,
-    hbone_metrics: Arc<HboneMetrics>,
+    /// The HBONE server's and client's metrics (one registration).
+    pub hbone_metrics: Arc<HboneMetrics>,
     policy: InboundPolicy,
     wanted: watch::Sender<BTreeSet<SpiffeId>>,
     hbone: SocketAddr,

@@ -65,6 +65,16 @@ use crate::upstream::{PoolConfig, Pools, UpstreamProtocol};
 /// The HBONE port.
 pub const PORT: u16 = 15008;
 
+/// HTTP/2 flow control and framing of HBONE connections, both ends. A tunnel is a byte
+/// stream, often bulk: HTTP/2's defaults (64 KiB windows, 16 KiB frames) would cap one
+/// tunnel at a window per round trip and cut the stream into many small frames. ztunnel
+/// uses the same orders of magnitude (4 MiB stream, 16 MiB connection, 1 MiB frames).
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const FRAME_SIZE: u32 = 1 << 20;
+/// How much one stream may buffer for sending before it waits for the connection.
+const SEND_BUF: usize = 1 << 20;
+
 /// W3C baggage keys for the source workload, as Istio's ambient mode sends them.
 const BAGGAGE_NAMESPACE: &str = "k8s.namespace.name";
 const BAGGAGE_WORKLOAD: &str = "k8s.workload.name";
@@ -423,7 +433,12 @@ impl ServerInner {
             async move { Ok::<_, Infallible>(me.tunnel(req, &source, peer, drain).await) }
         });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(FRAME_SIZE)
+            .max_send_buf_size(SEND_BUF);
         let conn = builder.serve_connection(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         let res = tokio::select! {
@@ -1052,7 +1067,12 @@ impl Client {
                 }
             };
         let mut builder = client_h2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(FRAME_SIZE)
+            .max_send_buf_size(SEND_BUF);
         let (sender, conn) = builder
             .handshake(TokioIo::new(tls))
             .await
