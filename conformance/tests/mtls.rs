@@ -778,3 +778,146 @@ fn a_node_without_the_expected_identity_is_refused_and_counted() -> Result<()> {
     assert_eq!(b.metric("myelin_hbone_tunnels_total", &[])?, 0.0);
     Ok(())
 }
+
+/// The `static_resources.secrets` of one node's identities and the `ROOTCA` bundle, as
+/// files of `dir` (SDS with `identity_source: sds`; no CA on the node).
+fn static_secrets(ca: &Ca, dir: &TempDir, ids: &[&SpiffeId]) -> Result<String> {
+    let mut yaml = String::from("  secrets:\n");
+    let bundle = dir.0.join("rootca.pem");
+    std::fs::write(&bundle, ca.cert_pem())?;
+    for (i, id) in ids.iter().enumerate() {
+        let issued = ca.issue(id, HOUR)?;
+        let (cert, key) = (
+            dir.0.join(format!("{i}.pem")),
+            dir.0.join(format!("{i}.key")),
+        );
+        std::fs::write(&cert, issued.cert_pem())?;
+        std::fs::write(&key, issued.key_pem())?;
+        yaml.push_str(&format!(
+            "  - name: \"{id}\"\n    tls_certificate:\n      certificate_chain: {{ filename: {} }}\n      private_key: {{ filename: {} }}\n",
+            cert.display(),
+            key.display()
+        ));
+    }
+    yaml.push_str(&format!(
+        "  - name: ROOTCA\n    validation_context: {{ trusted_ca: {{ filename: {} }} }}\n",
+        bundle.display()
+    ));
+    Ok(yaml)
+}
+
+/// Cross-node mTLS configured the xDS way through the real agents: neither node has a CA
+/// (their certificates and trust bundle are SDS Secrets of the bootstrap) and node A learns
+/// that `db` lives on node B only from its endpoint's `myelin.io/hbone` metadata (no
+/// `remote_workloads`). A TCP proxy listener for db's address sends pod `web`'s connection
+/// through a tunnel that B accepts as `sa/web`.
+#[test]
+fn sds_certificates_and_eds_hbone_metadata_through_the_agents() -> Result<()> {
+    if !testbed_ready(&[]) {
+        return Ok(());
+    }
+    let ca = Ca::generate(TD, 24 * HOUR)?;
+    let dir = TempDir(std::env::temp_dir().join(format!("myelin-mtlsx-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let id = |sa: &str| SpiffeId::new(TD, "test", sa);
+    let (web_id, db_id) = (id("web")?, id("db")?);
+
+    let mut b_opts = MeshOptions::pods(&["db"]).policy("db", "off");
+    b_opts.node = myelin_testbed::NodeConfig {
+        addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
+        pod_subnet: std::net::Ipv4Addr::new(10, 78, 1, 0),
+    };
+    b_opts.myelin = "  mtls: { identity_source: sds }\n".into();
+    let b_dir = TempDir(dir.0.join("b"));
+    std::fs::create_dir_all(&b_dir.0)?;
+    b_opts.envoy = format!(
+        "static_resources:\n{}",
+        static_secrets(&ca, &b_dir, &[&db_id])?
+    );
+    let mut b = Mesh::build("mtlsxb", b_opts)?;
+    let mut a = Mesh::build("mtlsxa", MeshOptions::pods(&["web"]).policy("web", "off"))?;
+    a.node.link(&b.node, 10)?;
+    let db_ip = b.pod("db").ip;
+    let a_dir = TempDir(dir.0.join("a"));
+    std::fs::create_dir_all(&a_dir.0)?;
+    let opts = a.options_mut();
+    opts.myelin = "  mtls: { identity_source: sds }\n".into();
+    opts.envoy = format!(
+        r#"static_resources:
+{secrets}  listeners:
+  - name: db
+    address: {{ socket_address: {{ address: {db_ip}, port_value: {ECHO} }} }}
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: db
+          cluster: db
+  clusters:
+  - name: db
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: db
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {db_ip}, port_value: {ECHO} }} }} }}
+          metadata: {{ filter_metadata: {{ "myelin.io/hbone": {{ node: "{node}", identity: "{db_id}" }} }} }}
+"#,
+        secrets = static_secrets(&ca, &a_dir, &[&web_id])?,
+        node = b.node.addr,
+    );
+    b.start_agent()?;
+    a.start_agent()?;
+    let mut echo = podtool_command()?;
+    echo.args(["echo-server", "--port", &ECHO.to_string()])
+        .stdout(std::process::Stdio::piped());
+    let mut server = b.pod("db").spawn(echo)?;
+    server.next_line(Duration::from_secs(10))?;
+
+    let mut exchange = podtool_command()?;
+    exchange.args([
+        "exchange",
+        "--addr",
+        &format!("{db_ip}:{ECHO}"),
+        "--count",
+        "5",
+    ]);
+    let out = a.pod("web").run(exchange)?;
+    let report = myelin_testbed::json_output(&out, "podtool exchange")?;
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    let web_principal = web_id.to_string();
+    let b_tcp = b.metric(
+        "myelin_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("source_principal", &web_principal),
+            ("destination_workload", "db"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    )?;
+    assert_eq!(
+        b_tcp,
+        1.0,
+        "B accepted web's SDS certificate\n{}",
+        b.metrics()?
+    );
+    let a_tcp = a.metric(
+        "myelin_tcp_connections_opened_total",
+        &[
+            ("reporter", "source"),
+            ("source_principal", &web_principal),
+            ("destination_principal", &db_id.to_string()),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    )?;
+    assert_eq!(
+        a_tcp,
+        1.0,
+        "A verified db's SDS certificate\n{}",
+        a.metrics()?
+    );
+    Ok(())
+}
