@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use myelin_proxy::drain;
 use myelin_proxy::golden::GoldenMetrics;
-use myelin_proxy::hbone::{self, HboneMetrics, InboundPolicy};
+use myelin_proxy::hbone::{self, HboneMetrics};
 use myelin_proxy::model::ProxyConfig;
 use myelin_proxy::tls::ca::Ca;
 use myelin_proxy::tls::{sni_for, store, Identities, SpiffeId};
@@ -159,7 +159,6 @@ fn bed() -> Result<Bed> {
         let server = hbone::Server::new(
             server_ids,
             Arc::new(ProxyConfig::default()),
-            InboundPolicy::default(),
             metrics,
             Arc::new(GoldenMetrics::unregistered()),
         );

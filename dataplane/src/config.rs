@@ -811,6 +811,19 @@ impl Config {
         let Some(m) = &self.mtls else {
             return pc;
         };
+        // Identities exist: the HBONE server and the same-node path authorize with this.
+        let allow = m
+            .inbound_allow
+            .iter()
+            .map(|(workload, ids)| {
+                let ids = ids
+                    .iter()
+                    .map(|id| id.parse().expect("inbound_allow ids are checked at load"))
+                    .collect();
+                (workload.clone(), ids)
+            })
+            .collect();
+        pc = pc.with_inbound_policy(myelin_proxy::model::InboundPolicy { allow });
         let remote = m
             .remote_workloads
             .iter()

@@ -9,7 +9,7 @@
 //!   from ADS or the bootstrap; `myelin_xds::sds::follow` installs every new version. Until
 //!   they arrive, HBONE handshakes fail: cross-node traffic fails closed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use myelin_proxy::drain;
 use myelin_proxy::golden::GoldenMetrics;
-use myelin_proxy::hbone::{HboneMetrics, InboundPolicy, Server};
+use myelin_proxy::hbone::{HboneMetrics, Server};
 use myelin_proxy::model::ProxyConfig;
 use myelin_proxy::tls::ca::Ca;
 use myelin_proxy::tls::rotate::{self, CaSource, CertSource, RotationMetrics};
@@ -41,7 +41,6 @@ pub struct Mtls {
     rotation: RotationMetrics,
     /// The HBONE server's and client's metrics (one registration).
     pub hbone_metrics: Arc<HboneMetrics>,
-    policy: InboundPolicy,
     wanted: watch::Sender<BTreeSet<SpiffeId>>,
     hbone: SocketAddr,
 }
@@ -118,15 +117,6 @@ impl Mtls {
                 (identities, Source::Sds { store, metrics })
             }
         };
-        let mut allow = HashMap::new();
-        for (workload, ids) in &m.inbound_allow {
-            let ids = ids
-                .iter()
-                .map(|s| s.parse())
-                .collect::<Result<Vec<SpiffeId>, _>>()
-                .context("myelin.mtls.inbound_allow (validated at load)")?;
-            allow.insert(workload.clone(), ids);
-        }
         let rotation = RotationMetrics::new(registry);
         let hbone_metrics = Arc::new(HboneMetrics::new(registry));
         let (wanted, _) = watch::channel(wanted);
@@ -135,7 +125,6 @@ impl Mtls {
             source,
             rotation,
             hbone_metrics,
-            policy: InboundPolicy { allow },
             wanted,
             hbone: SocketAddr::V4(m.hbone),
         })
@@ -187,10 +176,11 @@ impl Mtls {
         let listener = tokio::net::TcpListener::bind(self.hbone)
             .await
             .with_context(|| format!("binding the HBONE server on {}", self.hbone))?;
+        // The inbound policy is the proxy config's (`Config::proxy_config`), which the
+        // proxy also applies to pod-to-pod connections on this node.
         let server = Server::new(
             self.identities.clone(),
             proxy_config,
-            self.policy.clone(),
             self.hbone_metrics.clone(),
             golden,
         );

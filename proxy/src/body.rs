@@ -129,6 +129,9 @@ struct Pending {
     stream: Arc<StreamState>,
     response_bytes: u64,
     golden: Arc<GoldenMetrics>,
+    /// Record it for the destination too (`reporter="destination"`): pod to pod on this
+    /// node, where this proxy is both ends.
+    destination_too: bool,
 }
 
 impl<B> MeteredBody<B> {
@@ -147,8 +150,18 @@ impl<B> MeteredBody<B> {
                 stream,
                 response_bytes: 0,
                 golden,
+                destination_too: false,
             }),
         }
+    }
+
+    /// Records the request for the destination as well as for its source (same labels
+    /// otherwise, as both ends are this proxy).
+    pub(crate) fn destination_too(mut self, yes: bool) -> Self {
+        if let Some(p) = self.pending.as_mut() {
+            p.destination_too = yes;
+        }
+        self
     }
 
     fn finish(&mut self) {
@@ -158,6 +171,12 @@ impl<B> MeteredBody<B> {
             r.request_bytes = p.stream.request_bytes();
             r.response_bytes = p.response_bytes;
             p.golden.record_request(&r);
+            if p.destination_too {
+                let source_side = r.reporter;
+                r.reporter = "destination";
+                p.golden.record_request(&r);
+                r.reporter = source_side;
+            }
             if let Some(a) = p.access {
                 a.log(&r);
             }

@@ -113,6 +113,16 @@ pub(crate) enum ProxyError {
         timeout: Duration,
     },
 
+    /// The inbound policy does not let the source reach this workload of the node
+    /// (pod to pod on one node; the HBONE server refuses tunnels itself).
+    #[error("the inbound policy does not allow this source to reach {addr} ({})", .reason.as_str())]
+    Denied {
+        /// The destination pod.
+        addr: SocketAddr,
+        /// Why.
+        reason: crate::local::Refusal,
+    },
+
     /// The HBONE tunnel to a meshed workload on another node could not be opened
     /// (its node unreachable, the mutual TLS refused either way, or the tunnel refused).
     #[error("HBONE tunnel to {addr} failed: {source}")]
@@ -223,6 +233,7 @@ impl ProxyError {
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }
             | ProxyError::DownstreamAborted { .. }
+            | ProxyError::Denied { .. }
             | ProxyError::StreamTimeout(_) => Side::Downstream,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
@@ -252,6 +263,8 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => "UPE",
             ProxyError::Timeout { .. } => "UT",
             ProxyError::Overflow { .. } => "UO",
+            // Envoy's RBAC filter: `RBAC` (`UAEX` is ext_authz).
+            ProxyError::Denied { .. } => "RBAC",
             ProxyError::StreamTimeout(e) => e.response_flags(),
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "NR",
@@ -275,6 +288,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::StreamTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
                     StatusCode::NOT_FOUND
@@ -318,6 +332,8 @@ impl ProxyError {
                 "upstream sent an invalid response\n"
             }
             ProxyError::Timeout { .. } => "upstream request timeout\n",
+            // Envoy's RBAC filter says exactly this, without a newline.
+            ProxyError::Denied { .. } => "RBAC: access denied",
             ProxyError::StreamTimeout(crate::timeout::Expired::Request(_)) => "request timeout\n",
             ProxyError::StreamTimeout(_) => "stream timeout\n",
             ProxyError::Overflow { .. } => {

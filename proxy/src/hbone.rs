@@ -302,22 +302,10 @@ impl HboneMetrics {
     }
 }
 
-/// Which source identities may open tunnels to which workloads.
-#[derive(Debug, Clone, Default)]
-pub struct InboundPolicy {
-    /// Per destination workload (`namespace/name`): the identities allowed. A workload
-    /// not listed accepts every meshed identity (any of our trust domain).
-    pub allow: HashMap<String, Vec<SpiffeId>>,
-}
-
-impl InboundPolicy {
-    fn allows(&self, namespace: &str, workload: &str, source: &SpiffeId) -> bool {
-        match self.allow.get(&format!("{namespace}/{workload}")) {
-            Some(ids) => ids.contains(source),
-            None => true,
-        }
-    }
-}
+/// Which source identities may open tunnels to which workloads: the proxy config's
+/// ([`ProxyConfig::inbound_policy`]), which also authorizes pod-to-pod connections on
+/// one node.
+pub use crate::model::InboundPolicy;
 
 /// The destination side.
 #[derive(Debug, Clone)]
@@ -328,7 +316,6 @@ pub struct Server {
 struct ServerInner {
     identities: Arc<Identities>,
     config: Arc<ProxyConfig>,
-    policy: InboundPolicy,
     metrics: Arc<HboneMetrics>,
     golden: Arc<GoldenMetrics>,
     /// Connections to this node's pods for tunnels that carry HTTP.
@@ -344,18 +331,18 @@ impl std::fmt::Debug for ServerInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerInner")
             .field("identities", &self.identities)
-            .field("policy", &self.policy)
+            .field("policy", &self.config.inbound_policy())
             .finish_non_exhaustive()
     }
 }
 
 impl Server {
-    /// A server for the workloads of `config`, with the certificates of `identities`.
-    /// Call it on a runtime (the upstream pools start their sweeper there).
+    /// A server for the workloads of `config`, with the certificates of `identities`,
+    /// authorizing tunnels with the config's inbound policy (none: every identity of the
+    /// trust domain). Call it on a runtime (the upstream pools start their sweeper there).
     pub fn new(
         identities: Arc<Identities>,
         config: Arc<ProxyConfig>,
-        policy: InboundPolicy,
         metrics: Arc<HboneMetrics>,
         golden: Arc<GoldenMetrics>,
     ) -> Self {
@@ -363,7 +350,6 @@ impl Server {
             inner: Arc::new(ServerInner {
                 identities,
                 config,
-                policy,
                 metrics,
                 golden,
                 pools: Pools::new(PoolConfig::default()),
@@ -483,9 +469,10 @@ impl ServerInner {
         let Some(workload) = self.config.workload_by_ip(dst.ip()) else {
             return refuse(Refusal::UnknownDestination);
         };
-        if !self
-            .policy
-            .allows(&workload.namespace, &workload.name, source)
+        if self
+            .config
+            .inbound_policy()
+            .is_some_and(|p| !p.allows(&workload.namespace, &workload.name, source))
         {
             return refuse(Refusal::Denied);
         }

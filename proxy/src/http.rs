@@ -153,8 +153,13 @@ struct Destination {
     /// The first attempt's endpoint and its cluster (for the access log).
     upstream: Option<SocketAddr>,
     cluster: Option<String>,
-    /// The destination's SPIFFE ID when it is reached over mutual TLS (HBONE).
+    /// The destination's SPIFFE ID when it is reached over mutual TLS (HBONE), or is a
+    /// workload of this node with mutual TLS on.
     principal: Option<Arc<str>>,
+    /// A workload of this node reached from a captured connection with mutual TLS on: the
+    /// request is reported by the destination too, with this security policy
+    /// ([`crate::local`]).
+    local: Option<&'static str>,
 }
 
 /// Whether a request is gRPC (`content-type: application/grpc[+proto|...]`).
@@ -275,8 +280,12 @@ impl HttpConn {
                     }
                     _ => {}
                 }
-                // The destination side knows its pod even when the request failed.
-                let addr = (self.reporter == Reporter::Destination).then_some(self.dst);
+                // The destination side knows its pod even when the request failed, and so
+                // does a same-node refusal.
+                let addr = match &e {
+                    ProxyError::Denied { addr, .. } => Some(*addr),
+                    _ => (self.reporter == Reporter::Destination).then_some(self.dst),
+                };
                 let dest = self.destination(None, addr, &authority_seen);
                 (e.to_response(), e.response_flags(), dest)
             }
@@ -312,12 +321,12 @@ impl HttpConn {
             destination_workload: dest.workload,
             destination_namespace: dest.namespace,
             destination_service: dest.service,
-            connection_security_policy: if dest.principal.is_some()
-                || self.reporter == Reporter::Destination
-            {
-                "mutual_tls"
-            } else {
-                "none"
+            connection_security_policy: match dest.local {
+                Some(security) => security,
+                None if dest.principal.is_some() || self.reporter == Reporter::Destination => {
+                    "mutual_tls"
+                }
+                None => "none",
             },
             destination_principal: dest.principal.unwrap_or_else(|| UNKNOWN.into()),
             request_protocol: if grpc { "grpc" } else { "http" },
@@ -347,9 +356,12 @@ impl HttpConn {
             headers_after: elapsed,
         });
         let golden = self.golden.clone();
+        let destination_too = dest.local.is_some();
         resp.map(|b| {
             let timed = TimedBody::new(b, deadlines, stream.clone(), Some(active));
-            MeteredBody::new(timed, record, access, stream, golden).boxed()
+            MeteredBody::new(timed, record, access, stream, golden)
+                .destination_too(destination_too)
+                .boxed()
         })
     }
 
@@ -443,6 +455,11 @@ impl HttpConn {
             None => split_port(authority),
         };
         let local = addr.and_then(|a| self.config.workload_by_ip(a.ip()));
+        // Pod to pod on this node with mutual TLS on: the proxy knows the destination's
+        // identity, and reports the request for the destination too.
+        let same_node = local
+            .filter(|_| self.reporter == Reporter::Source && self.config.inbound_policy().is_some())
+            .map(|_| crate::local::security(&self.config, &self.source));
         // A meshed workload on another node, reached through HBONE.
         let remote = addr
             .filter(|_| local.is_none() && self.hbone.is_some())
@@ -452,7 +469,7 @@ impl HttpConn {
             (Some(w), _) => (
                 w.name.as_str(),
                 w.namespace.as_str(),
-                (self.reporter == Reporter::Destination)
+                (self.reporter == Reporter::Destination || same_node.is_some())
                     .then(|| Arc::from(self.config.principal(w))),
             ),
             (None, Some(r)) => (
@@ -482,6 +499,7 @@ impl HttpConn {
             },
             upstream: addr,
             cluster: cluster.map(str::to_owned),
+            local: same_node,
         }
     }
 
@@ -772,6 +790,17 @@ impl HttpConn {
         strip_hop_by_hop(req.headers_mut(), upgrade);
         adapt_request(&mut req, target.protocol);
 
+        // Pod to pod on this node: the inbound policy, as the HBONE server applies it to
+        // tunnels (which it serves as `Reporter::Destination`, already authorized).
+        if self.reporter == Reporter::Source {
+            if let crate::local::Local::Refused(reason) =
+                crate::local::decide(&self.config, &self.source, addr)
+            {
+                self.metrics.local_refused(reason);
+                debug!(%addr, source = %self.source.principal, reason = reason.as_str(), "same-node request refused by the inbound policy");
+                return Err(ProxyError::Denied { addr, reason });
+            }
+        }
         let ep = upstream::Endpoint {
             addr,
             protocol: target.protocol,

@@ -35,6 +35,7 @@ mod error;
 pub mod golden;
 pub mod hbone;
 mod http;
+mod local;
 pub mod metrics;
 pub mod model;
 mod outbound;

@@ -233,6 +233,8 @@ pub struct ProxyMetrics {
     pub(crate) retry_overflow: Counter,
     pub(crate) request_overflow: Counter,
     pub(crate) pending_overflow: Counter,
+    /// Same-node connections and requests refused by the inbound policy.
+    pub(crate) local_refused: Family<crate::local::RefusalLabels, Counter>,
 }
 
 fn detect_buckets() -> Histogram {
@@ -263,6 +265,7 @@ impl ProxyMetrics {
             retry_overflow: Counter::default(),
             request_overflow: Counter::default(),
             pending_overflow: Counter::default(),
+            local_refused: Family::default(),
         };
         registry.register(
             "proxy_connections_opened",
@@ -337,7 +340,38 @@ impl ProxyMetrics {
              (max_connections) beyond the cluster's max_pending_requests",
             m.pending_overflow.clone(),
         );
+        registry.register(
+            "proxy_local_refused",
+            "Pod-to-pod connections (opaque) and requests (HTTP) on this node refused by the \
+             inbound policy (myelin.mtls.inbound_allow), by reason: denied (the source's \
+             identity is not allowed; the HBONE server counts its own as \
+             myelin_hbone_refused_total{reason=\"denied\"}), no_identity (the source is not \
+             a workload)",
+            m.local_refused.clone(),
+        );
         m
+    }
+
+    pub(crate) fn local_refused(&self, reason: crate::local::Refusal) {
+        self.local_refused
+            .get_or_create(&crate::local::RefusalLabels { reason })
+            .inc();
+    }
+
+    /// Same-node connections and requests refused so far for `reason` (`denied`,
+    /// `no_identity`).
+    pub fn local_refused_count(&self, reason: &str) -> u64 {
+        [
+            crate::local::Refusal::Denied,
+            crate::local::Refusal::NoIdentity,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == reason)
+        .map_or(0, |reason| {
+            self.local_refused
+                .get_or_create(&crate::local::RefusalLabels { reason })
+                .get()
+        })
     }
 
     pub(crate) fn config_miss(&self, reason: MissReason) {

@@ -20,6 +20,7 @@ use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::error::ProxyError;
 use crate::http::{self, HttpConn, HttpConnParams, RouteRef, Routing, Target};
+use crate::local::Local;
 use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
 use crate::model::listener::{
     Listener, NetworkFilter, RouteSource, TcpCluster, DEFAULT_IDLE_TIMEOUT,
@@ -204,7 +205,7 @@ async fn try_handle(
                 }),
             };
             match upstream {
-                Ok(upstream) => {
+                Ok(upstream) => 'forward: {
                     let hbone = match crate::dial::route(
                         config,
                         &traffic,
@@ -218,12 +219,28 @@ async fn try_handle(
                             return Err(e);
                         }
                     };
-                    let golden = tcp_golden(
+                    // Pod to pod on this node (mutual TLS on): the inbound policy, before any
+                    // byte reaches the pod, and the destination's report.
+                    let same_node = match crate::local::decide(config, &source, upstream.addr) {
+                        Local::No => None,
+                        Local::Allowed(_, security) => Some(security),
+                        Local::Refused(reason) => {
+                            metrics.local_refused(reason);
+                            debug!(%peer, upstream = %upstream.addr, source = %source.principal, reason = reason.as_str(), "same-node connection refused by the inbound policy");
+                            tcp::reset_on_close(stream.inner());
+                            break 'forward Err(ProxyError::Denied {
+                                addr: upstream.addr,
+                                reason,
+                            });
+                        }
+                    };
+                    let (golden, destination) = tcp_golden(
                         inner,
                         &source,
                         upstream.addr,
                         tcp_service.as_deref(),
                         hbone.is_some(),
+                        same_node,
                     );
                     let opened = Instant::now();
                     let res = Box::pin(tcp::forward(
@@ -238,6 +255,7 @@ async fn try_handle(
                         &source,
                         metrics,
                         golden,
+                        destination,
                     ))
                     .await;
                     if config.access_log {
@@ -352,13 +370,20 @@ fn plan(
 
 /// The golden-metric counters of an opaque connection to `upstream`; the service is the
 /// TCP proxy's cluster (its host part for Istio-style names) or the destination address.
+/// `same_node`: `upstream` is a workload of this node that accepts the source (mutual TLS
+/// on), with the security policy to report; then the destination's counters come second,
+/// with the same labels but the reporter.
 fn tcp_golden(
     inner: &Inner,
     source: &Source,
     upstream: SocketAddr,
     cluster: Option<&str>,
     mtls: bool,
-) -> crate::golden::TcpCounters {
+    same_node: Option<&'static str>,
+) -> (
+    crate::golden::TcpCounters,
+    Option<crate::golden::TcpCounters>,
+) {
     let unknown = || Arc::<str>::from(UNKNOWN);
     let config = &inner.config;
     let (workload, namespace, principal): (Arc<str>, Arc<str>, Arc<str>) =
@@ -366,7 +391,10 @@ fn tcp_golden(
             Some(w) => (
                 w.name.as_str().into(),
                 w.namespace.as_str().into(),
-                unknown(),
+                match same_node {
+                    Some(_) => config.principal(w).into(),
+                    None => unknown(),
+                },
             ),
             None => match config.remote_by_ip(upstream.ip()).filter(|_| mtls) {
                 Some(r) => (
@@ -387,7 +415,7 @@ fn tcp_golden(
         Some(c) => http::service_of_cluster(c).into(),
         None => upstream.ip().to_string().into(),
     };
-    inner.golden.tcp(&crate::golden::TcpRecord {
+    let mut record = crate::golden::TcpRecord {
         reporter: "source",
         source_workload: source.workload.clone(),
         source_namespace: source.namespace.clone(),
@@ -396,8 +424,18 @@ fn tcp_golden(
         destination_namespace: namespace,
         destination_service: service,
         destination_principal: principal,
-        connection_security_policy: if mtls { "mutual_tls" } else { "none" },
-    })
+        connection_security_policy: match same_node {
+            Some(security) => security,
+            None if mtls => "mutual_tls",
+            None => "none",
+        },
+    };
+    let source_side = inner.golden.tcp(&record);
+    let destination_side = same_node.map(|_| {
+        record.reporter = "destination";
+        inner.golden.tcp(&record)
+    });
+    (source_side, destination_side)
 }
 
 /// The endpoint a TCP proxy connection goes to.

@@ -93,6 +93,9 @@ pub(crate) struct Counted<T> {
     inner: T,
     read: Counter,
     written: Counter,
+    /// A second pair counting the same bytes (the destination side of a same-node
+    /// connection, whose two ends this proxy reports).
+    also: Option<Box<(Counter, Counter)>>,
 }
 
 impl<T> Counted<T> {
@@ -102,7 +105,14 @@ impl<T> Counted<T> {
             inner,
             read,
             written,
+            also: None,
         }
+    }
+
+    /// Counts the same bytes into `read` and `written` too.
+    pub(crate) fn also(mut self, read: Counter, written: Counter) -> Self {
+        self.also = Some(Box::new((read, written)));
+        self
     }
 
     /// The wrapped stream.
@@ -122,6 +132,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.read.inc_by(n as u64);
+            if let Some(also) = &self.also {
+                also.0.inc_by(n as u64);
+            }
         }
         res
     }
@@ -136,6 +149,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
             self.written.inc_by(n as u64);
+            if let Some(also) = &self.also {
+                also.1.inc_by(n as u64);
+            }
         }
         res
     }
@@ -148,6 +164,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {
             self.written.inc_by(n as u64);
+            if let Some(also) = &self.also {
+                also.1.inc_by(n as u64);
+            }
         }
         res
     }
@@ -196,5 +215,12 @@ mod tests {
         c.write_all(b"abc").await.unwrap();
         assert_eq!(read.get(), 5);
         assert_eq!(written.get(), 3);
+        let (read2, written2) = (Counter::default(), Counter::default());
+        let mut c = c.also(read2.clone(), written2.clone());
+        a.write_all(b"12").await.unwrap();
+        c.read_exact(&mut buf[..2]).await.unwrap();
+        c.write_all(b"d").await.unwrap();
+        assert_eq!((read.get(), written.get()), (7, 4));
+        assert_eq!((read2.get(), written2.get()), (2, 1));
     }
 }

@@ -124,6 +124,7 @@ pub(crate) async fn forward(
     source: &Source,
     metrics: &Arc<ProxyMetrics>,
     golden: TcpCounters,
+    destination: Option<TcpCounters>,
 ) -> Result<(u64, u64), ProxyError> {
     let TcpTarget {
         addr: dst,
@@ -134,6 +135,11 @@ pub(crate) async fn forward(
     golden.opened.inc();
     // Closed whatever happens below, once.
     let _closed = CloseOnDrop(golden.closed.clone());
+    // Pod to pod on this node: the destination's report of the same connection.
+    let _destination_closed = destination.as_ref().map(|d| {
+        d.opened.inc();
+        CloseOnDrop(d.closed.clone())
+    });
     let connected = match &hbone {
         None => connect(dst, connect_timeout).await.map(Upstream::Tcp),
         Some(r) => crate::dial::dial(dst, connect_timeout, Some(r))
@@ -161,8 +167,13 @@ pub(crate) async fn forward(
             .clone()
     };
     // Reading from the client is what it sent; writing to it is what it received.
+    let mut counted = Counted::new(downstream, golden.sent, golden.received);
+    if let Some(d) = destination {
+        // Both ends see the same bytes: what the client sent is what the pod received.
+        counted = counted.also(d.sent, d.received);
+    }
     let mut downstream = IdleStream::new(Counted::new(
-        Counted::new(downstream, golden.sent, golden.received),
+        counted,
         bytes(Direction::Sent),
         bytes(Direction::Received),
     ));

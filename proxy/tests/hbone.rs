@@ -16,7 +16,7 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use myelin_proxy::golden::{GoldenMetrics, Naming};
-use myelin_proxy::hbone::{self, HboneMetrics, InboundPolicy};
+use myelin_proxy::hbone::{self, HboneMetrics};
 use myelin_proxy::metrics::ProxyMetrics;
 use myelin_proxy::model::{ProxyConfig, RemoteWorkload, Workload};
 use myelin_proxy::tls::ca::Ca;
@@ -99,7 +99,6 @@ async fn captured_traffic_to_a_remote_workload_goes_through_hbone() {
     let server = hbone::Server::new(
         b_ids,
         Arc::new(ProxyConfig::new(vec![db_workload()]).unwrap()),
-        InboundPolicy::default(),
         b_hbone.clone(),
         b_golden,
     );
@@ -243,4 +242,172 @@ async fn captured_traffic_to_a_remote_workload_goes_through_hbone() {
     )
     .unwrap_or_else(|| panic!("no destination-side request series:\n{b}"));
     assert!(req.ends_with(" 2"), "{req}");
+}
+
+/// Pod to pod on one node with mutual TLS on: no tunnel, but the destination's work is
+/// done by the same proxy. The inbound policy lets only `client-sa` reach db: another
+/// workload (`intruder`) is refused with Envoy's RBAC answer (HTTP) or a reset before the
+/// pod sees a connection (TCP), and so is a source that is not a workload; allowed
+/// traffic is reported by both reporters, with both principals and `mutual_tls`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_node_traffic_is_authorized_and_reported_by_both_sides() {
+    let ca = Ca::generate(TD, 24 * HOUR).unwrap();
+    let client_id = SpiffeId::new(TD, "test-ns", "client-sa").unwrap();
+    let ids = Identities::new(TD, &[ca.cert_der().clone()]).unwrap();
+    ids.insert(&ca.issue(&client_id, HOUR).unwrap()).unwrap();
+    let intruder = Workload {
+        name: "intruder".into(),
+        namespace: "test-ns".into(),
+        service_account: "intruder".into(),
+        ip: "127.0.0.3".parse().unwrap(),
+    };
+    let mut policy = hbone::InboundPolicy::default();
+    policy
+        .allow
+        .insert("test-ns/db".into(), vec![client_id.clone()]);
+    let config = ProxyConfig::new(vec![client_workload(), db_workload(), intruder])
+        .unwrap()
+        .with_inbound_policy(policy);
+    let (echo, web) = pod_servers().await;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(ProxyMetrics::new(
+        registry.sub_registry_with_prefix("myelin"),
+    ));
+    let golden = Arc::new(GoldenMetrics::new(
+        &mut registry,
+        Naming::Myelin,
+        Default::default(),
+    ));
+    let lookup = Arc::new(support::MapLookup::default());
+    let client = Arc::new(hbone::Client::new(ids, hbone::ClientConfig::default()));
+    let proxy = Proxy::new(Arc::new(config), lookup.clone(), metrics.clone())
+        .with_golden(golden)
+        .with_hbone(client.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap();
+    let (_signal, watch) = drain::channel();
+    tokio::spawn(proxy.serve(listener, watch));
+    let connect = |from: &'static str, dst: SocketAddr| {
+        let lookup = lookup.clone();
+        async move {
+            let sock = TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            lookup.insert(sock.local_addr().unwrap(), dst);
+            sock.connect(proxy_addr).await.unwrap()
+        }
+    };
+    let get = |from: &'static str| {
+        let connect = &connect;
+        async move {
+            let mut http = http_client(connect(from, web).await).await.unwrap();
+            let req = Request::get("/")
+                .header(header::HOST, "db.test-ns")
+                .body(empty())
+                .unwrap();
+            let resp = http.send_request(req).await.unwrap();
+            let status = resp.status();
+            (status, body_string(resp).await.unwrap())
+        }
+    };
+    let echo_once = |from: &'static str| {
+        let connect = &connect;
+        async move {
+            let mut s = connect(from, echo).await;
+            s.write_all(b"ping").await.unwrap();
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+                .await
+                .expect("an answer or a close within 5 s")
+                .map(|_| buf)
+        }
+    };
+
+    // Allowed: the client workload.
+    assert_eq!(
+        get("127.0.0.1").await,
+        (StatusCode::OK, "db says hi".into())
+    );
+    let mut s = connect("127.0.0.1", echo).await;
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    drop(s);
+    // Denied: another workload, and a source that is not a workload.
+    for from in ["127.0.0.3", "127.0.0.4"] {
+        assert_eq!(
+            get(from).await,
+            (StatusCode::FORBIDDEN, "RBAC: access denied".into()),
+            "{from}"
+        );
+        match echo_once(from).await {
+            Ok(bytes) => assert!(bytes.is_empty(), "{from}: no echo expected: {bytes:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{from}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    assert_eq!(client.connections(), 0, "same node: no HBONE connection");
+    assert_eq!(metrics.local_refused_count("denied"), 2);
+    assert_eq!(metrics.local_refused_count("no_identity"), 2);
+    let t = text(&registry);
+    let refused = series(
+        &t,
+        "myelin_proxy_local_refused_total",
+        &["reason=\"denied\""],
+    )
+    .unwrap_or_else(|| panic!("no refusal series:\n{t}"));
+    assert!(refused.ends_with(" 2"), "{refused}");
+    let mtls = "connection_security_policy=\"mutual_tls\"";
+    let client_principal = "source_principal=\"spiffe://cluster.local/ns/test-ns/sa/client-sa\"";
+    let db_principal = "destination_principal=\"spiffe://cluster.local/ns/test-ns/sa/db\"";
+    for reporter in ["reporter=\"source\"", "reporter=\"destination\""] {
+        let ok = series(
+            &t,
+            "myelin_requests_total",
+            &[
+                reporter,
+                client_principal,
+                db_principal,
+                mtls,
+                "response_code=\"200\"",
+            ],
+        )
+        .unwrap_or_else(|| panic!("no allowed request series with {reporter}:\n{t}"));
+        assert!(ok.ends_with(" 1"), "{ok}");
+        let denied = series(
+            &t,
+            "myelin_requests_total",
+            &[
+                reporter,
+                "source_principal=\"spiffe://cluster.local/ns/test-ns/sa/intruder\"",
+                db_principal,
+                "response_code=\"403\"",
+                "response_flags=\"RBAC\"",
+            ],
+        )
+        .unwrap_or_else(|| panic!("no denied request series with {reporter}:\n{t}"));
+        assert!(denied.ends_with(" 1"), "{denied}");
+        for name in [
+            "myelin_tcp_connections_opened_total",
+            "myelin_tcp_connections_closed_total",
+        ] {
+            let tcp = series(&t, name, &[reporter, client_principal, db_principal, mtls])
+                .unwrap_or_else(|| panic!("no {name} series with {reporter}:\n{t}"));
+            assert!(tcp.ends_with(" 1"), "{tcp}");
+        }
+        let sent = series(
+            &t,
+            "myelin_tcp_sent_bytes_total",
+            &[reporter, client_principal, db_principal],
+        )
+        .unwrap_or_else(|| panic!("no sent bytes with {reporter}:\n{t}"));
+        assert!(sent.ends_with(" 4"), "{sent}");
+    }
+    // Refused connections never reached the pod, so no TCP series names the intruder.
+    assert!(
+        !t.lines()
+            .any(|l| l.starts_with("myelin_tcp_") && l.contains("sa/intruder")),
+        "{t}"
+    );
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use myelin_proxy::golden::{GoldenMetrics, Naming};
-use myelin_proxy::hbone::{self, HboneMetrics, InboundPolicy};
+use myelin_proxy::hbone::{self, HboneMetrics};
 use myelin_proxy::metrics::ProxyMetrics;
 use myelin_proxy::model::{ProxyConfig, Workload};
 use myelin_proxy::tls::ca::{Ca, Issued};
@@ -198,7 +198,6 @@ async fn eds_metadata_and_sds_secrets_drive_cross_node_mtls() {
     let server = hbone::Server::new(
         b_ids.clone(),
         Arc::new(ProxyConfig::new(vec![db_pod]).unwrap()),
-        InboundPolicy::default(),
         b_hbone.clone(),
         b_golden,
     );

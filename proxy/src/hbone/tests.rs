@@ -67,7 +67,8 @@ async fn bed_with(policy: InboundPolicy, max_streams: usize, sniff_timeout: Dura
         service_account: "db".into(),
         ip: POD_IP,
     }])
-    .unwrap();
+    .unwrap()
+    .with_inbound_policy(policy);
     config.sniff_timeout = sniff_timeout;
     let mut registry = Registry::default();
     let metrics = Arc::new(HboneMetrics::new(&mut registry));
@@ -76,7 +77,7 @@ async fn bed_with(policy: InboundPolicy, max_streams: usize, sniff_timeout: Dura
         crate::golden::Naming::Myelin,
         Default::default(),
     ));
-    let server = Server::new(dest_ids, Arc::new(config), policy, metrics.clone(), golden);
+    let server = Server::new(dest_ids, Arc::new(config), metrics.clone(), golden);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node = listener.local_addr().unwrap();
     let (signal, watch) = drain::channel();

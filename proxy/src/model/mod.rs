@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::tls::SpiffeId;
+
 pub mod cluster;
 pub mod endpoint;
 pub mod listener;
@@ -96,6 +98,49 @@ pub struct ProxyConfig {
     remote: Vec<RemoteWorkload>,
     #[serde(skip)]
     remote_by_ip: HashMap<IpAddr, usize>,
+    /// Who may connect to which local workload; set exactly when mutual TLS is configured
+    /// (workload identities exist). Read by the HBONE server for tunnels and by the
+    /// proxy for pod-to-pod connections on this node. Set with
+    /// [`ProxyConfig::with_inbound_policy`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inbound: Option<InboundPolicy>,
+}
+
+/// Which source identities may connect to which local workloads (`myelin.mtls.inbound_allow`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboundPolicy {
+    /// Per destination workload (`namespace/name`): the identities allowed. A workload
+    /// not listed accepts every meshed identity (any of our trust domain).
+    pub allow: HashMap<String, Vec<SpiffeId>>,
+}
+
+impl InboundPolicy {
+    /// Whether `source` may connect to the workload `namespace/workload`.
+    pub fn allows(&self, namespace: &str, workload: &str, source: &SpiffeId) -> bool {
+        self.allowed(namespace, workload)
+            .is_none_or(|ids| ids.contains(source))
+    }
+
+    /// The identities allowed to connect to `namespace/workload`; `None`: every one.
+    pub fn allowed(&self, namespace: &str, workload: &str) -> Option<&[SpiffeId]> {
+        if self.allow.is_empty() {
+            return None;
+        }
+        self.allow
+            .get(&format!("{namespace}/{workload}"))
+            .map(Vec::as_slice)
+    }
+}
+
+impl Serialize for InboundPolicy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let sorted: std::collections::BTreeMap<&str, Vec<String>> = self
+            .allow
+            .iter()
+            .map(|(k, ids)| (k.as_str(), ids.iter().map(ToString::to_string).collect()))
+            .collect();
+        sorted.serialize(s)
+    }
 }
 
 /// A meshed workload on another node.
@@ -125,6 +170,7 @@ impl Default for ProxyConfig {
             by_ip: HashMap::new(),
             remote: Vec::new(),
             remote_by_ip: HashMap::new(),
+            inbound: None,
         }
     }
 }
@@ -196,6 +242,21 @@ impl ProxyConfig {
         }
         let ip = ip.to_canonical();
         self.remote_by_ip.get(&ip).map(|&i| &self.remote[i])
+    }
+
+    /// Turns on authorization and destination-side reporting of connections to local
+    /// workloads, with `policy` (the agent does so when `myelin.mtls` is configured: only
+    /// then do workloads have identities). The HBONE server checks tunnels against the
+    /// same policy.
+    pub fn with_inbound_policy(mut self, policy: InboundPolicy) -> Self {
+        self.inbound = Some(policy);
+        self
+    }
+
+    /// The inbound policy; `None`: mutual TLS is off and same-node connections are only
+    /// reported by their source.
+    pub fn inbound_policy(&self) -> Option<&InboundPolicy> {
+        self.inbound.as_ref()
     }
 
     /// Checks cross-field rules (the workload index is already checked by [`ProxyConfig::new`]).
