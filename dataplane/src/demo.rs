@@ -315,10 +315,16 @@ fn cross_node(
     ));
     std::thread::sleep(Duration::from_millis(200));
     let (_, text) = in_netns(&netns, || http_get(metrics, "/metrics"))??;
-    let tunnel = samples(&text, "myelin_tcp_connections_opened_total")
-        .into_iter()
-        .find(|(l, _)| l.get("reporter").map(String::as_str) == Some("destination"))
-        .map(|(l, _)| l)
+    // The destination node reports the tunnelled HTTP requests one by one (an opaque
+    // tunnel would be a destination-side TCP connection).
+    let destination = |metric: &str| {
+        samples(&text, metric)
+            .into_iter()
+            .find(|(l, _)| l.get("reporter").map(String::as_str) == Some("destination"))
+            .map(|(l, _)| l)
+    };
+    let tunnel = destination("myelin_requests_total")
+        .or_else(|| destination("myelin_tcp_connections_opened_total"))
         .unwrap_or_default();
     let label = |k: &str| tunnel.get(k).cloned().unwrap_or_else(|| "?".into());
     Ok(CrossNode {
@@ -553,11 +559,20 @@ fn workload(labels: &BTreeMap<String, String>, side: &str) -> String {
     format!("{}/{}", get("namespace"), get("workload"))
 }
 
+/// Whether a series is the source side's report (a request between two pods of one node
+/// is reported by both sides; the tables count it once).
+fn source_side(labels: &BTreeMap<String, String>) -> bool {
+    labels.get("reporter").is_none_or(|r| r == "source")
+}
+
 /// The golden request rows between two scrapes `window` apart: per source and destination
-/// workload and response code (other labels summed), sorted.
+/// workload and response code (other labels summed; the source side's reports), sorted.
 pub fn golden_requests(base: &str, now: &str, window: Duration) -> Vec<PairCount> {
     let mut rows: BTreeMap<(String, String, String), f64> = BTreeMap::new();
     for (labels, n) in deltas(base, now, "myelin_requests_total") {
+        if !source_side(&labels) {
+            continue;
+        }
         let code = labels.get("response_code").cloned().unwrap_or_default();
         *rows
             .entry((
@@ -591,6 +606,9 @@ pub fn golden_tcp(base: &str, now: &str) -> Vec<TcpPair> {
     .enumerate()
     {
         for (labels, n) in deltas(base, now, name) {
+            if !source_side(&labels) {
+                continue;
+            }
             rows.entry((
                 workload(&labels, "source"),
                 workload(&labels, "destination"),
