@@ -921,3 +921,144 @@ fn sds_certificates_and_eds_hbone_metadata_through_the_agents() -> Result<()> {
     );
     Ok(())
 }
+
+/// Pod to pod on one node with `myelin.mtls`: no tunnel, but the node's proxy authorizes
+/// the source by its identity and reports the destination side too. db allows only `web`:
+/// `intruder` gets Envoy's RBAC 403 over HTTP and a reset over raw TCP (the echo server
+/// never answers it), counted in `myelin_proxy_local_refused_total`; web's traffic is
+/// reported by both reporters with both principals and `mutual_tls`.
+#[test]
+fn same_node_traffic_is_authorized_by_identity_and_reported_at_the_destination() -> Result<()> {
+    if !testbed_ready(&["curl"]) {
+        return Ok(());
+    }
+    let ca = Ca::generate(TD, 24 * HOUR)?;
+    let dir = TempDir(std::env::temp_dir().join(format!("myelin-mtlsl-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let files = ca_files(&ca, &dir)?;
+    let mut opts = MeshOptions::pods(&["web", "intruder", "db"])
+        .policy("web", "off")
+        .policy("intruder", "off")
+        .policy("db", "off");
+    opts.myelin = format!(
+        "  mtls: {{ {files}, inbound_allow: {{ test/db: [\"spiffe://cluster.local/ns/test/sa/web\"] }} }}\n"
+    );
+    let mesh = Mesh::start("mtlsl", opts)?;
+    let db = mesh.pod("db");
+    let spawn = |args: &[&str]| -> Result<myelin_testbed::Proc> {
+        let mut cmd = podtool_command()?;
+        cmd.args(args).stdout(std::process::Stdio::piped());
+        let mut p = db.spawn(cmd)?;
+        p.next_line(Duration::from_secs(10))?;
+        Ok(p)
+    };
+    let _echo = spawn(&["echo-server", "--port", &ECHO.to_string()])?;
+    let _web = spawn(&["http-server", "--port", "8080", "--name", "db-server"])?;
+
+    let curl = |from: &str| -> Result<(String, String)> {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sS", "-m", "10", "-w", "\n%{http_code}"])
+            .arg(format!("http://{}:8080/status/200", db.ip));
+        let out = mesh.pod(from).run(curl)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        Ok((code.to_owned(), body.to_owned()))
+    };
+    let exchange = |from: &str| -> Result<serde_json::Value> {
+        let mut exchange = podtool_command()?;
+        exchange.args([
+            "exchange",
+            "--addr",
+            &format!("{}:{ECHO}", db.ip),
+            "--count",
+            "3",
+            "--size",
+            "512",
+        ]);
+        let out = mesh.pod(from).run(exchange)?;
+        // A refused exchange exits non-zero; its report is still on stdout.
+        serde_json::from_slice(&out.stdout).context("podtool exchange's report")
+    };
+
+    let (code, _) = curl("web")?;
+    assert_eq!(code, "200", "web -> db over HTTP");
+    let report = exchange("web")?;
+    assert_eq!(
+        report["errors"].as_u64(),
+        Some(0),
+        "web -> db over TCP: {report}"
+    );
+    let (code, body) = curl("intruder")?;
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("403", "RBAC: access denied"),
+        "intruder -> db over HTTP"
+    );
+    let report = exchange("intruder")?;
+    assert_eq!(
+        report["ok"].as_u64(),
+        Some(0),
+        "intruder -> db over TCP: {report}"
+    );
+
+    let web_id = ("source_principal", "spiffe://cluster.local/ns/test/sa/web");
+    let intruder_id = (
+        "source_principal",
+        "spiffe://cluster.local/ns/test/sa/intruder",
+    );
+    let db_id = (
+        "destination_principal",
+        "spiffe://cluster.local/ns/test/sa/db",
+    );
+    let mtls = ("connection_security_policy", "mutual_tls");
+    for reporter in ["source", "destination"] {
+        let r = ("reporter", reporter);
+        let ok = mesh.metric(
+            "myelin_requests_total",
+            &[r, web_id, db_id, mtls, ("response_code", "200")],
+        )?;
+        assert_eq!(ok, 1.0, "{reporter}: web's request\n{}", mesh.metrics()?);
+        let denied = mesh.metric(
+            "myelin_requests_total",
+            &[
+                r,
+                intruder_id,
+                db_id,
+                ("response_code", "403"),
+                ("response_flags", "RBAC"),
+            ],
+        )?;
+        assert_eq!(
+            denied,
+            1.0,
+            "{reporter}: intruder's request\n{}",
+            mesh.metrics()?
+        );
+        let opened = mesh.metric(
+            "myelin_tcp_connections_opened_total",
+            &[r, web_id, db_id, mtls],
+        )?;
+        assert!(
+            opened >= 1.0,
+            "{reporter}: web's TCP connections\n{}",
+            mesh.metrics()?
+        );
+        let intruder_tcp = mesh.metric("myelin_tcp_connections_opened_total", &[r, intruder_id])?;
+        assert_eq!(
+            intruder_tcp, 0.0,
+            "refused before any connection to the pod"
+        );
+    }
+    let refused = mesh.metric("myelin_proxy_local_refused_total", &[("reason", "denied")])?;
+    assert!(
+        refused >= 2.0,
+        "one HTTP request and at least one TCP connection refused: {refused}\n{}",
+        mesh.metrics()?
+    );
+    assert_eq!(
+        mesh.metric("myelin_hbone_tunnels_total", &[])?,
+        0.0,
+        "no tunnel on one node"
+    );
+    Ok(())
+}
