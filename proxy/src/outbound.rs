@@ -215,8 +215,9 @@ async fn try_handle(
                     ) {
                         Ok(h) => h,
                         Err(e) => {
+                            // Counted as closed like every other failure below.
                             tcp::reset_on_close(stream.inner());
-                            return Err(e);
+                            break 'forward Err(e);
                         }
                     };
                     // Pod to pod on this node (mutual TLS on): the inbound policy, before any
