@@ -10,6 +10,7 @@
 //!
 //! Needs root and a built `myelin` (`cargo build --release -p myelin`).
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +19,7 @@ use myelin_proxy::hbone::{baggage, Client, ClientConfig, PoolKey, TunnelError};
 use myelin_proxy::tls::ca::Ca;
 use myelin_proxy::tls::{Identities, SpiffeId};
 use myelin_testbed::mesh::in_netns;
-use myelin_testbed::{podtool_command, testbed_ready, Mesh, MeshOptions};
+use myelin_testbed::{podtool_command, testbed_ready, Mesh, MeshOptions, Pod, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TD: &str = "cluster.local";
@@ -26,6 +27,74 @@ const ECHO: u16 = 9000;
 const HOUR: Duration = Duration::from_secs(3600);
 /// nghttpd's port (HTTP/2 prior knowledge).
 const H2C: u16 = 8081;
+
+/// Starts a podtool server (`args`, e.g. `echo-server --port 9000`) in `pod` and waits for
+/// its ready line.
+fn podtool_server(pod: &Pod, args: &[&str]) -> Result<Proc> {
+    let mut cmd = podtool_command()?;
+    cmd.args(args).stdout(std::process::Stdio::piped());
+    let mut p = pod.spawn(cmd)?;
+    p.next_line(Duration::from_secs(10))?;
+    Ok(p)
+}
+
+/// podtool's echo server on [`ECHO`] in `pod`.
+fn echo_server(pod: &Pod) -> Result<Proc> {
+    podtool_server(pod, &["echo-server", "--port", &ECHO.to_string()])
+}
+
+/// `podtool exchange` from `pod` to `ip`:[`ECHO`]: `count` exchanges of `size` bytes. The
+/// report, also of a failed run (podtool exits non-zero, its report is still on stdout).
+fn exchange(pod: &Pod, ip: Ipv4Addr, count: u32, size: u32) -> Result<serde_json::Value> {
+    let mut cmd = podtool_command()?;
+    cmd.args([
+        "exchange",
+        "--addr",
+        &format!("{ip}:{ECHO}"),
+        "--count",
+        &count.to_string(),
+        "--size",
+        &size.to_string(),
+    ]);
+    let out = pod.run(cmd)?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "podtool exchange's report ({}; stderr: {})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A CA for one test and a scratch directory (removed at drop) for its files.
+fn ca_and_dir(tag: &str) -> Result<(Ca, TempDir)> {
+    let dir = TempDir(std::env::temp_dir().join(format!("myelin-{tag}-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    Ok((Ca::generate(TD, 24 * HOUR)?, dir))
+}
+
+/// Node B (`<tag>b`, from `b_opts` at 10.78.0.1 with pods in 10.78.1.0/24) and node A
+/// (`<tag>a`, the test bed's default addresses, pod `web`), linked by wire `n`. No agent
+/// is started: node A's config usually names node B's pods.
+fn linked_nodes(tag: &str, mut b_opts: MeshOptions, n: u8) -> Result<(Mesh, Mesh)> {
+    b_opts.node = myelin_testbed::NodeConfig {
+        addr: Ipv4Addr::new(10, 78, 0, 1),
+        pod_subnet: Ipv4Addr::new(10, 78, 1, 0),
+    };
+    let b = Mesh::build(&format!("{tag}b"), b_opts)?;
+    let a = Mesh::build(
+        &format!("{tag}a"),
+        MeshOptions::pods(&["web"]).policy("web", "off"),
+    )?;
+    a.node.link(&b.node, n)?;
+    Ok((a, b))
+}
+
+/// One `myelin.mtls.remote_workloads` entry: pod `name` (namespace `test`) at `ip` on the
+/// node at `node`, expected to be `sa/<sa>`.
+fn remote_workload(name: &str, sa: &str, ip: Ipv4Addr, node: Ipv4Addr) -> String {
+    format!("{{ name: {name}, namespace: test, service_account: {sa}, ip: {ip}, node: {node} }}")
+}
 
 /// Waits until something listens on `port` on the loopback of the netns `netns`.
 fn wait_for_port(netns: &std::path::Path, port: u16) -> Result<()> {
@@ -98,12 +167,7 @@ fn agent_hbone_server_tunnels_to_its_pod_and_refuses_bad_certificates() -> Resul
     );
     let mesh = Mesh::start("mtls", opts)?;
     let db = mesh.pod("db");
-    let mut echo_cmd = podtool_command()?;
-    echo_cmd
-        .args(["echo-server", "--port", &ECHO.to_string()])
-        .stdout(std::process::Stdio::piped());
-    let mut echo = db.spawn(echo_cmd)?;
-    echo.next_line(Duration::from_secs(10))?;
+    let _echo = echo_server(db)?;
 
     let node = std::net::SocketAddr::from((mesh.node.addr, myelin_proxy::hbone::PORT));
     let target = std::net::SocketAddr::from((db.ip, ECHO));
@@ -228,25 +292,16 @@ fn ca_files(ca: &Ca, dir: &TempDir) -> Result<String> {
 
 /// Node A with pod `web` and node B with pod `db`, linked, both agents with `myelin.mtls`
 /// from one CA (certificates of `lifetime`), A knowing db as a remote workload on B.
-fn two_nodes(tag: &str, lifetime: &str) -> Result<(Mesh, Mesh, std::net::Ipv4Addr, TempDir)> {
-    let ca = Ca::generate(TD, 24 * HOUR)?;
-    let dir = TempDir(std::env::temp_dir().join(format!("myelin-{tag}-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
+fn two_nodes(tag: &str, lifetime: &str) -> Result<(Mesh, Mesh, Ipv4Addr, TempDir)> {
+    let (ca, dir) = ca_and_dir(tag)?;
     let files = ca_files(&ca, &dir)?;
     let mut b_opts = MeshOptions::pods(&["db"]).policy("db", "off");
-    b_opts.node = myelin_testbed::NodeConfig {
-        addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
-        pod_subnet: std::net::Ipv4Addr::new(10, 78, 1, 0),
-    };
     b_opts.myelin = format!("  mtls: {{ {files}, cert_lifetime: {lifetime} }}\n");
-    let mut b = Mesh::build(&format!("{tag}b"), b_opts)?;
-    let a_opts = MeshOptions::pods(&["web"]).policy("web", "off");
-    let mut a = Mesh::build(&format!("{tag}a"), a_opts)?;
-    a.node.link(&b.node, 7)?;
+    let (mut a, mut b) = linked_nodes(tag, b_opts, 7)?;
     let db_ip = b.pod("db").ip;
     a.options_mut().myelin = format!(
-        "  mtls: {{ {files}, cert_lifetime: {lifetime}, remote_workloads: [{{ name: db, namespace: test, service_account: db, ip: {db_ip}, node: {} }}] }}\n",
-        b.node.addr
+        "  mtls: {{ {files}, cert_lifetime: {lifetime}, remote_workloads: [{}] }}\n",
+        remote_workload("db", "db", db_ip, b.node.addr)
     );
     b.start_agent()?;
     a.start_agent()?;
@@ -262,29 +317,13 @@ fn certificate_rotation_under_steady_traffic_loses_nothing() -> Result<()> {
         return Ok(());
     }
     let (a, b, db_ip, _dir) = two_nodes("mtlsr", "4s")?;
-    let mut echo_cmd = podtool_command()?;
-    echo_cmd
-        .args(["echo-server", "--port", &ECHO.to_string()])
-        .stdout(std::process::Stdio::piped());
-    let mut echo = b.pod("db").spawn(echo_cmd)?;
-    echo.next_line(Duration::from_secs(10))?;
+    let _echo = echo_server(b.pod("db"))?;
     let web = a.pod("web");
     let until = std::time::Instant::now() + Duration::from_secs(9);
     let (mut runs, mut failures) = (0, Vec::new());
     while std::time::Instant::now() < until {
-        let mut cmd = podtool_command()?;
-        cmd.args([
-            "exchange",
-            "--addr",
-            &format!("{db_ip}:{ECHO}"),
-            "--count",
-            "5",
-            "--size",
-            "512",
-        ]);
-        let out = web.run(cmd)?;
         runs += 1;
-        match myelin_testbed::json_output(&out, "podtool exchange") {
+        match exchange(web, db_ip, 5, 512) {
             Ok(r) if r["errors"].as_u64() == Some(0) && r["ok"].as_u64() == Some(5) => {}
             Ok(r) => failures.push(r.to_string()),
             Err(e) => failures.push(format!("{e:#}")),
@@ -345,15 +384,11 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
     }
     let (a, b, db_ip, dir) = two_nodes("mtls2", "24h")?;
     let db = b.pod("db");
-    let spawn = |args: &[&str]| -> Result<myelin_testbed::Proc> {
-        let mut cmd = podtool_command()?;
-        cmd.args(args).stdout(std::process::Stdio::piped());
-        let mut p = db.spawn(cmd)?;
-        p.next_line(Duration::from_secs(10))?;
-        Ok(p)
-    };
-    let _echo = spawn(&["echo-server", "--port", &ECHO.to_string()])?;
-    let _web = spawn(&["http-server", "--port", "8080", "--name", "db-server"])?;
+    let _echo = echo_server(db)?;
+    let _web = podtool_server(
+        db,
+        &["http-server", "--port", "8080", "--name", "db-server"],
+    )?;
     // An HTTP/2-only server (h2c) for the HTTP/2 leg.
     let docroot = dir.0.join("htdocs");
     std::fs::create_dir_all(&docroot)?;
@@ -404,18 +439,7 @@ fn cross_node_traffic_goes_through_hbone_and_is_encrypted_on_the_wire() -> Resul
     anyhow::ensure!(first.contains("listening"), "tcpdump: {first}");
 
     let web = a.pod("web");
-    let mut exchange = podtool_command()?;
-    exchange.args([
-        "exchange",
-        "--addr",
-        &format!("{db_ip}:{ECHO}"),
-        "--count",
-        "20",
-        "--size",
-        "2048",
-    ]);
-    let out = web.run(exchange)?;
-    let report = myelin_testbed::json_output(&out, "podtool exchange")?;
+    let report = exchange(web, db_ip, 20, 2048)?;
     assert_eq!(
         report["errors"].as_u64(),
         Some(0),
@@ -600,49 +624,25 @@ fn strict_drops_plaintext_around_the_mesh_and_permissive_labels_it() -> Result<(
     if !testbed_ready(&[]) {
         return Ok(());
     }
-    let ca = Ca::generate(TD, 24 * HOUR)?;
-    let dir = TempDir(std::env::temp_dir().join(format!("myelin-mtlss-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
+    let (ca, dir) = ca_and_dir("mtlss")?;
     let files = ca_files(&ca, &dir)?;
     let mut b_opts = MeshOptions::pods(&["db", "cache"])
         .policy("cache", "off")
         .mtls_mode("db", "strict");
-    b_opts.node = myelin_testbed::NodeConfig {
-        addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
-        pod_subnet: std::net::Ipv4Addr::new(10, 78, 1, 0),
-    };
     b_opts.myelin = format!("  mtls: {{ {files}, mode: permissive }}\n");
-    let mut b = Mesh::build("mtlssb", b_opts)?;
-    let mut a = Mesh::build("mtlssa", MeshOptions::pods(&["web"]).policy("web", "off"))?;
-    a.node.link(&b.node, 8)?;
+    let (mut a, mut b) = linked_nodes("mtlss", b_opts, 8)?;
     let (db_ip, cache_ip) = (b.pod("db").ip, b.pod("cache").ip);
     a.options_mut().myelin = format!(
-        "  mtls: {{ {files}, remote_workloads: [{{ name: db, namespace: test, service_account: db, ip: {db_ip}, node: {n} }}, {{ name: cache, namespace: test, service_account: cache, ip: {cache_ip}, node: {n} }}] }}\n",
-        n = b.node.addr
+        "  mtls: {{ {files}, remote_workloads: [{}, {}] }}\n",
+        remote_workload("db", "db", db_ip, b.node.addr),
+        remote_workload("cache", "cache", cache_ip, b.node.addr)
     );
     b.start_agent()?;
     a.start_agent()?;
-    let echo = |pod: &myelin_testbed::Pod| -> Result<myelin_testbed::Proc> {
-        let mut cmd = podtool_command()?;
-        cmd.args(["echo-server", "--port", &ECHO.to_string()])
-            .stdout(std::process::Stdio::piped());
-        let mut p = pod.spawn(cmd)?;
-        p.next_line(Duration::from_secs(10))?;
-        Ok(p)
-    };
-    let _db = echo(b.pod("db"))?;
-    let _cache = echo(b.pod("cache"))?;
-    let exchange = |pod: &myelin_testbed::Pod, ip: std::net::Ipv4Addr| -> Result<()> {
-        let mut cmd = podtool_command()?;
-        cmd.args([
-            "exchange",
-            "--addr",
-            &format!("{ip}:{ECHO}"),
-            "--count",
-            "3",
-        ]);
-        let out = pod.run(cmd)?;
-        let report = myelin_testbed::json_output(&out, "podtool exchange")?;
+    let _db = echo_server(b.pod("db"))?;
+    let _cache = echo_server(b.pod("cache"))?;
+    let exchange = |pod: &Pod, ip: Ipv4Addr| -> Result<()> {
+        let report = exchange(pod, ip, 3, 1024)?;
         anyhow::ensure!(report["errors"].as_u64() == Some(0), "{ip}: {report}");
         Ok(())
     };
@@ -730,43 +730,21 @@ fn a_node_without_the_expected_identity_is_refused_and_counted() -> Result<()> {
     if !testbed_ready(&[]) {
         return Ok(());
     }
-    let ca = Ca::generate(TD, 24 * HOUR)?;
-    let dir = TempDir(std::env::temp_dir().join(format!("myelin-mtlsw-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
+    let (ca, dir) = ca_and_dir("mtlsw")?;
     let files = ca_files(&ca, &dir)?;
     let mut b_opts = MeshOptions::pods(&["db"]).policy("db", "off");
-    b_opts.node = myelin_testbed::NodeConfig {
-        addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
-        pod_subnet: std::net::Ipv4Addr::new(10, 78, 1, 0),
-    };
     b_opts.myelin = format!("  mtls: {{ {files} }}\n");
-    let mut b = Mesh::build("mtlswb", b_opts)?;
-    let mut a = Mesh::build("mtlswa", MeshOptions::pods(&["web"]).policy("web", "off"))?;
-    a.node.link(&b.node, 9)?;
+    let (mut a, mut b) = linked_nodes("mtlsw", b_opts, 9)?;
     let db_ip = b.pod("db").ip;
     a.options_mut().myelin = format!(
-        "  mtls: {{ {files}, remote_workloads: [{{ name: db, namespace: test, service_account: impostor, ip: {db_ip}, node: {} }}] }}\n",
-        b.node.addr
+        "  mtls: {{ {files}, remote_workloads: [{}] }}\n",
+        remote_workload("db", "impostor", db_ip, b.node.addr)
     );
     b.start_agent()?;
     a.start_agent()?;
-    let mut echo = podtool_command()?;
-    echo.args(["echo-server", "--port", &ECHO.to_string()])
-        .stdout(std::process::Stdio::piped());
-    let mut server = b.pod("db").spawn(echo)?;
-    server.next_line(Duration::from_secs(10))?;
+    let _echo = echo_server(b.pod("db"))?;
 
-    let mut exchange = podtool_command()?;
-    exchange.args([
-        "exchange",
-        "--addr",
-        &format!("{db_ip}:{ECHO}"),
-        "--count",
-        "1",
-    ]);
-    let out = a.pod("web").run(exchange)?;
-    assert!(!out.status.success(), "no tunnel, no echo");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let report = exchange(a.pod("web"), db_ip, 1, 1024)?;
     assert_eq!(report["ok"].as_u64(), Some(0), "{report}");
     let failures = a.metric("myelin_hbone_tunnel_failures_total", &[])?;
     let tls = a.metric("myelin_hbone_tunnel_failures_total", &[("reason", "tls")])?;
@@ -816,17 +794,11 @@ fn sds_certificates_and_eds_hbone_metadata_through_the_agents() -> Result<()> {
     if !testbed_ready(&[]) {
         return Ok(());
     }
-    let ca = Ca::generate(TD, 24 * HOUR)?;
-    let dir = TempDir(std::env::temp_dir().join(format!("myelin-mtlsx-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
+    let (ca, dir) = ca_and_dir("mtlsx")?;
     let id = |sa: &str| SpiffeId::new(TD, "test", sa);
     let (web_id, db_id) = (id("web")?, id("db")?);
 
     let mut b_opts = MeshOptions::pods(&["db"]).policy("db", "off");
-    b_opts.node = myelin_testbed::NodeConfig {
-        addr: std::net::Ipv4Addr::new(10, 78, 0, 1),
-        pod_subnet: std::net::Ipv4Addr::new(10, 78, 1, 0),
-    };
     b_opts.myelin = "  mtls: { identity_source: sds }\n".into();
     let b_dir = TempDir(dir.0.join("b"));
     std::fs::create_dir_all(&b_dir.0)?;
@@ -834,9 +806,7 @@ fn sds_certificates_and_eds_hbone_metadata_through_the_agents() -> Result<()> {
         "static_resources:\n{}",
         static_secrets(&ca, &b_dir, &[&db_id])?
     );
-    let mut b = Mesh::build("mtlsxb", b_opts)?;
-    let mut a = Mesh::build("mtlsxa", MeshOptions::pods(&["web"]).policy("web", "off"))?;
-    a.node.link(&b.node, 10)?;
+    let (mut a, mut b) = linked_nodes("mtlsx", b_opts, 10)?;
     let db_ip = b.pod("db").ip;
     let a_dir = TempDir(dir.0.join("a"));
     std::fs::create_dir_all(&a_dir.0)?;
@@ -871,22 +841,9 @@ fn sds_certificates_and_eds_hbone_metadata_through_the_agents() -> Result<()> {
     );
     b.start_agent()?;
     a.start_agent()?;
-    let mut echo = podtool_command()?;
-    echo.args(["echo-server", "--port", &ECHO.to_string()])
-        .stdout(std::process::Stdio::piped());
-    let mut server = b.pod("db").spawn(echo)?;
-    server.next_line(Duration::from_secs(10))?;
+    let _echo = echo_server(b.pod("db"))?;
 
-    let mut exchange = podtool_command()?;
-    exchange.args([
-        "exchange",
-        "--addr",
-        &format!("{db_ip}:{ECHO}"),
-        "--count",
-        "5",
-    ]);
-    let out = a.pod("web").run(exchange)?;
-    let report = myelin_testbed::json_output(&out, "podtool exchange")?;
+    let report = exchange(a.pod("web"), db_ip, 5, 1024)?;
     assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
     let web_principal = web_id.to_string();
     let b_tcp = b.metric(
@@ -932,9 +889,7 @@ fn same_node_traffic_is_authorized_by_identity_and_reported_at_the_destination()
     if !testbed_ready(&["curl"]) {
         return Ok(());
     }
-    let ca = Ca::generate(TD, 24 * HOUR)?;
-    let dir = TempDir(std::env::temp_dir().join(format!("myelin-mtlsl-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
+    let (ca, dir) = ca_and_dir("mtlsl")?;
     let files = ca_files(&ca, &dir)?;
     let mut opts = MeshOptions::pods(&["web", "intruder", "db"])
         .policy("web", "off")
@@ -945,15 +900,11 @@ fn same_node_traffic_is_authorized_by_identity_and_reported_at_the_destination()
     );
     let mesh = Mesh::start("mtlsl", opts)?;
     let db = mesh.pod("db");
-    let spawn = |args: &[&str]| -> Result<myelin_testbed::Proc> {
-        let mut cmd = podtool_command()?;
-        cmd.args(args).stdout(std::process::Stdio::piped());
-        let mut p = db.spawn(cmd)?;
-        p.next_line(Duration::from_secs(10))?;
-        Ok(p)
-    };
-    let _echo = spawn(&["echo-server", "--port", &ECHO.to_string()])?;
-    let _web = spawn(&["http-server", "--port", "8080", "--name", "db-server"])?;
+    let _echo = echo_server(db)?;
+    let _web = podtool_server(
+        db,
+        &["http-server", "--port", "8080", "--name", "db-server"],
+    )?;
 
     let curl = |from: &str| -> Result<(String, String)> {
         let mut curl = std::process::Command::new("curl");
@@ -964,21 +915,7 @@ fn same_node_traffic_is_authorized_by_identity_and_reported_at_the_destination()
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         Ok((code.to_owned(), body.to_owned()))
     };
-    let exchange = |from: &str| -> Result<serde_json::Value> {
-        let mut exchange = podtool_command()?;
-        exchange.args([
-            "exchange",
-            "--addr",
-            &format!("{}:{ECHO}", db.ip),
-            "--count",
-            "3",
-            "--size",
-            "512",
-        ]);
-        let out = mesh.pod(from).run(exchange)?;
-        // A refused exchange exits non-zero; its report is still on stdout.
-        serde_json::from_slice(&out.stdout).context("podtool exchange's report")
-    };
+    let exchange = |from: &str| exchange(mesh.pod(from), db.ip, 3, 512);
 
     let (code, _) = curl("web")?;
     assert_eq!(code, "200", "web -> db over HTTP");

@@ -140,15 +140,10 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
         // marked for sock_ops: they are proxy flows (STRICT lets them in) and may be spliced.
         // SAFETY: read-only lookup of a plain value.
         if let Some(pod) = unsafe { MYELIN_LOCAL_PODS.get(&dst_ip) } {
-            let no_splice = if pod.flags & WL_NO_SPLICE != 0 {
-                ORIG_NO_SPLICE
-            } else {
-                0
-            };
             let mark = OrigDst {
                 ip: dst_ip,
                 port: dst_port,
-                flags: ORIG_PROXY_UPSTREAM | no_splice,
+                flags: ORIG_PROXY_UPSTREAM | no_splice(pod),
             };
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             MYELIN_COOKIE_DST
@@ -177,15 +172,10 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
         return Ok(());
     }
 
-    let flags = if wl.flags & WL_NO_SPLICE != 0 {
-        ORIG_NO_SPLICE
-    } else {
-        0
-    };
     let orig = OrigDst {
         ip: dst_ip,
         port: dst_port,
-        flags,
+        flags: no_splice(&wl),
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     MYELIN_COOKIE_DST
@@ -195,6 +185,16 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
     sa.user_port = cfg.capture_port.to_user_port();
     count(counter::CONNECT_CAPTURED, 1);
     Ok(())
+}
+
+/// `ORIG_NO_SPLICE` for a socket of (or to) a workload that opted out of splicing.
+#[inline(always)]
+fn no_splice(wl: &WorkloadFlags) -> u16 {
+    if wl.flags & WL_NO_SPLICE != 0 {
+        ORIG_NO_SPLICE
+    } else {
+        0
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

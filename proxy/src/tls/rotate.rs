@@ -79,6 +79,17 @@ impl RotationMetrics {
     pub fn issued(&self, result: &'static str) -> u64 {
         self.issued.get_or_create(&ResultLabels { result }).get()
     }
+
+    /// Sets `id`'s expiry gauge to the seconds from `now` to `not_after`, and returns them.
+    fn set_expiry(&self, id: &SpiffeId, not_after: SystemTime, now: SystemTime) -> i64 {
+        let left = seconds_left(not_after, now);
+        self.expiry
+            .get_or_create(&IdentityLabels {
+                identity: id.to_string(),
+            })
+            .set(left);
+        left
+    }
 }
 
 /// Keeps the expiry gauge of every certificate in `identities` current (every 10 s) and
@@ -99,13 +110,7 @@ pub async fn watch_expiry(identities: Arc<Identities>, metrics: RotationMetrics)
         }
         known = certs.iter().map(|(id, _)| id.clone()).collect();
         for (id, c) in certs {
-            let left = seconds_left(c.not_after, now);
-            metrics
-                .expiry
-                .get_or_create(&IdentityLabels {
-                    identity: id.to_string(),
-                })
-                .set(left);
+            let left = metrics.set_expiry(&id, c.not_after, now);
             let lifetime = c.not_after.duration_since(c.not_before).unwrap_or_default();
             if left < (lifetime / 4).as_secs() as i64 {
                 warn!(identity = %id, seconds_left = left, "workload certificate is close to expiry and SDS has not renewed it");
@@ -194,13 +199,7 @@ pub async fn run(
         }
         // Time left on each certificate; a warning once three quarters are gone.
         for (id, c) in identities.certificates() {
-            let left = seconds_left(c.not_after, now);
-            metrics
-                .expiry
-                .get_or_create(&IdentityLabels {
-                    identity: id.to_string(),
-                })
-                .set(left);
+            let left = metrics.set_expiry(&id, c.not_after, now);
             // Renewals keep a certificate in its first half; one whose renewal keeps
             // failing is on its way to expiry: say so with every failed attempt.
             let failing = due.get(&id).is_some_and(|(_, failures)| *failures > 0);
