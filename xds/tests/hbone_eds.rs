@@ -304,13 +304,15 @@ async fn eds_metadata_and_sds_secrets_drive_cross_node_mtls() {
                 .lock()
                 .unwrap()
                 .insert(sock.local_addr().unwrap(), dst);
-            sock.connect(proxy_addr).await.unwrap()
+            // A connection the proxy refuses at once can fail here already (its reset
+            // may arrive before the connect completes): an error, not a panic.
+            sock.connect(proxy_addr).await
         }
     };
     let echo_through = |port: u16| {
         let connect = &connect;
         async move {
-            let mut s = connect(vip(port)).await;
+            let mut s = connect(vip(port)).await.map_err(|e| e.to_string())?;
             s.write_all(b"over hbone").await.unwrap();
             let mut buf = [0u8; 10];
             tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
