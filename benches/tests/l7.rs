@@ -1,6 +1,7 @@
 //! The L7 benchmark for a second per case, so that it cannot rot: every target (direct, nginx,
-//! haproxy, the real agent) with every load (wrk, h2load, the open loop) on a real test-bed
-//! node, pinned, with the proxies' CPU and memory read and Myelin's golden metrics checked.
+//! haproxy, the real agent on loopback and as the mesh between two spliced pods) with every
+//! load (wrk, h2load, the open loop) on a real test-bed node, pinned, with the proxies' CPU
+//! and memory read, Myelin's golden metrics checked and the mesh runs checked spliced.
 //!
 //! Needs root, nginx, haproxy, wrk, h2load and a release build of `myelin` (scripts/test.sh
 //! builds it first). In CI a missing prerequisite fails the test.
@@ -38,7 +39,7 @@ fn every_target_with_every_load() {
         ..Options::default()
     };
     let runs = l7::run(&opts, &|| Ok(())).expect("benchmark run");
-    assert_eq!(runs.len(), 12);
+    assert_eq!(runs.len(), 15);
     for m in &runs {
         assert!(m.requests > 0 && m.requests_per_sec > 0.0, "{m:?}");
         assert!(m.p50_us > 0.0 && m.p50_us <= m.p99_us, "{m:?}");
@@ -52,7 +53,8 @@ fn every_target_with_every_load() {
             }
         }
         // The run checks the count itself; here: it was checked.
-        assert_eq!(m.golden_requests.is_some(), m.target == Target::Myelin);
+        assert_eq!(m.golden_requests.is_some(), m.target.is_myelin());
+        assert_eq!(m.spliced_messages.is_some(), m.target == Target::MyelinMesh);
         if m.load == Load::OpenLoop {
             // 200 req/s for 1 s.
             assert_eq!(m.requests, 200, "{m:?}");
@@ -60,9 +62,9 @@ fn every_target_with_every_load() {
         }
     }
     let rows = report::aggregate(&opts.loads, &opts.targets, &runs);
-    assert_eq!(rows.len(), 12);
+    assert_eq!(rows.len(), 15);
     let table = report::markdown(&rows);
     assert!(table.contains("| http2 | haproxy |"), "{table}");
     // Every target the issue sets is checked (met or not).
-    assert_eq!(report::verdicts(&rows).len(), 7);
+    assert_eq!(report::verdicts(&rows).len(), 14);
 }

@@ -1,6 +1,7 @@
 //! `myelin-l7-bench`: the L7 benchmark of issue 4. The same HTTP hop on loopback done by the
-//! real `myelin` agent, by nginx and by haproxy (one worker each), and direct; the proxy under
-//! test alone on one core, backend and clients on the other. Loads: wrk (HTTP/1.1 keep-alive),
+//! real `myelin` agent, by nginx and by haproxy (one worker each), and direct, plus the hop as
+//! the mesh makes it (`myelin-mesh`: client pod to backend pod, captured and spliced); the
+//! proxy under test alone on one core, backend and clients on the other. Loads: wrk (HTTP/1.1 keep-alive),
 //! h2load (h2c), and a fixed-rate open loop. Prints the table (medians over the rounds), every
 //! round's numbers and the verdict against the issue's targets. See `myelin_benches::l7` and
 //! benches/RESULTS.md.
@@ -32,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     warmup: u64,
     /// Targets, in order (comma separated).
-    #[arg(long, value_delimiter = ',', default_values = ["direct", "nginx", "haproxy", "myelin"])]
+    #[arg(long, value_delimiter = ',', default_values = ["direct", "nginx", "haproxy", "myelin", "myelin-mesh"])]
     targets: Vec<Target>,
     /// Loads, in order (comma separated).
     #[arg(long, value_delimiter = ',', default_values = ["http1", "http2", "open-loop"])]

@@ -7,13 +7,23 @@
 //! share `load_cpu` (`taskset`), so every proxy gets one core and the same load.
 //!
 //! Myelin is the real `myelin` agent (release build) started by the test bed
-//! ([`myelin_testbed::Mesh`]): it needs a node address and a cgroup root to load its kernel
-//! programs, which the node provides; it enrolls no workload, so nothing is captured, and its
-//! Envoy `static_resources` give it a `bind_to_port` listener on the node's loopback that routes
-//! everything to a STATIC cluster of the backend ([`servers::myelin_envoy`]). Golden metrics
-//! are on (the agent's default), and every run checks they counted its requests. The agent
-//! is started from a thread pinned to `proxy_cpu`, so the whole process (and the size of its
-//! tokio runtime, which follows the CPUs it may use) is confined to that core from the start.
+//! ([`myelin_testbed::Mesh`]), two ways:
+//! - `myelin`: the same hop as nginx and haproxy. Its Envoy `static_resources` give it a
+//!   `bind_to_port` listener on the node's loopback that routes everything to a STATIC cluster
+//!   of the loopback backend ([`servers::myelin_envoy`]); nothing is captured.
+//! - `myelin-mesh`: the hop as the mesh makes it. The client runs in an enrolled pod and calls
+//!   a second backend in another enrolled pod on the same node; the agent captures the
+//!   connection, routes it by its original destination (a `bind_to_port: false` listener of
+//!   the backend pod's address) and connects to the backend pod. Both pods have
+//!   `splice: nonblocking` (wrk, h2load, the open loop and nginx are non-blocking), so the
+//!   client's and the backend's sockets are spliced to the proxy's by `sk_msg` and their bytes
+//!   never cross the TCP stack; the run fails unless the agent reports both pods spliced and
+//!   its spliced-message counter grew.
+//!
+//! Golden metrics are on (the agent's default), and every run checks they counted its
+//! requests. The agent is started from a thread pinned to `proxy_cpu`, so the whole process
+//! (and the size of its tokio runtime, which follows the CPUs it may use) is confined to that
+//! core from the start.
 //!
 //! Loads, each after a warm-up run of the same kind:
 //! - `http1`: wrk, HTTP/1.1 keep-alive, closed loop (50 connections by default);
@@ -30,13 +40,13 @@ pub mod procstat;
 pub mod report;
 pub mod servers;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use myelin_testbed::{ensure_success, http_get, in_netns, Mesh, MeshOptions, Node, Proc};
+use myelin_testbed::{ensure_success, http_get, in_netns, Mesh, MeshOptions, Node, Pod, Proc};
 use serde::Serialize;
 
 use crate::{tools, wrk};
@@ -44,21 +54,29 @@ use servers::port;
 
 /// Who carries the hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// The client talks to the backend itself.
     Direct,
     Nginx,
     Haproxy,
+    /// The agent as a reverse proxy on loopback, like nginx and haproxy.
     Myelin,
+    /// The agent as the mesh: client pod -> captured, spliced -> proxy -> spliced -> backend pod.
+    MyelinMesh,
 }
 
+/// The pods of `myelin-mesh`.
+const CLIENT_POD: &str = "client";
+const BACKEND_POD: &str = "backend";
+
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Direct,
         Target::Nginx,
         Target::Haproxy,
         Target::Myelin,
+        Target::MyelinMesh,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,16 +85,28 @@ impl Target {
             Target::Nginx => "nginx",
             Target::Haproxy => "haproxy",
             Target::Myelin => "myelin",
+            Target::MyelinMesh => "myelin-mesh",
         }
     }
 
-    /// The ports the clients use for HTTP/1.1 and for h2c.
-    fn ports(self) -> (u16, u16) {
+    /// The real agent (either way).
+    pub fn is_myelin(self) -> bool {
+        matches!(self, Target::Myelin | Target::MyelinMesh)
+    }
+
+    /// The addresses the clients call for HTTP/1.1 and for h2c.
+    fn addrs(self, backend_pod: Ipv4Addr) -> (SocketAddr, SocketAddr) {
+        let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         match self {
-            Target::Direct => (port::BACKEND_H1, port::BACKEND_H2),
-            Target::Nginx => (port::NGINX_H1, port::NGINX_H2),
-            Target::Haproxy => (port::HAPROXY, port::HAPROXY),
-            Target::Myelin => (port::MYELIN, port::MYELIN),
+            Target::Direct => (lo(port::BACKEND_H1), lo(port::BACKEND_H2)),
+            Target::Nginx => (lo(port::NGINX_H1), lo(port::NGINX_H2)),
+            Target::Haproxy => (lo(port::HAPROXY), lo(port::HAPROXY)),
+            Target::Myelin => (lo(port::MYELIN), lo(port::MYELIN)),
+            // The backend pod's own address: the client's connection is captured.
+            Target::MyelinMesh => {
+                let a = SocketAddr::from((backend_pod, port::BACKEND_H1));
+                (a, a)
+            }
         }
     }
 }
@@ -179,6 +209,9 @@ pub struct Measurement {
     pub send_lag_p99_us: Option<f64>,
     /// Myelin: how much `myelin_requests_total` grew during the run.
     pub golden_requests: Option<f64>,
+    /// `myelin-mesh`: how much `myelin_spliced_messages_total` grew during the run (messages
+    /// the kernel moved between the pods' and the proxy's sockets without TCP).
+    pub spliced_messages: Option<f64>,
     /// How busy the proxy's CPU was with anything but the proxy during the run, percent of
     /// the run's wall time: the noise indicator (another build on the machine shows here; so
     /// does the kernel's loopback work done in interrupt context on that CPU).
@@ -201,6 +234,12 @@ impl Measurement {
                 p.cpu_us_per_request,
                 p.rss_bytes as f64 / 1e6,
                 p.threads
+            );
+        }
+        if let Some(n) = self.spliced_messages {
+            s += &format!(
+                ", {:.1} spliced messages/request",
+                n / self.requests.max(1) as f64
             );
         }
         if let Some(lag) = self.send_lag_p99_us {
@@ -266,9 +305,8 @@ fn on_cpu<T: Send>(cpu: usize, f: impl FnOnce() -> Result<T> + Send) -> Result<T
     })
 }
 
-/// A GET through `port` on the node's loopback answers 200 with the backend's body.
-fn probe(node: &Node, port: u16) -> Result<()> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+/// A GET to `addr` from the node's netns answers 200 with the backend's body.
+fn probe(node: &Node, addr: SocketAddr) -> Result<()> {
     let (status, body) = in_netns(&node.netns_path(), || http_get(addr, "/"))??;
     ensure!(
         status == 200 && body == servers::BODY,
@@ -277,14 +315,18 @@ fn probe(node: &Node, port: u16) -> Result<()> {
     Ok(())
 }
 
-fn wait_serving(node: &Node, port: u16, mut alive: impl FnMut() -> Result<()>) -> Result<()> {
+fn wait_serving(
+    node: &Node,
+    addr: SocketAddr,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         alive()?;
-        match probe(node, port) {
+        match probe(node, addr) {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() > deadline => {
-                return Err(e.context(format!("nothing serves on port {port} after 15 s")))
+                return Err(e.context(format!("nothing serves on {addr} after 15 s")))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -311,8 +353,9 @@ impl Server {
     }
 }
 
+/// nginx from `conf`, pinned to `cpu`, started by `spawn` (in the node or in a pod).
 fn start_nginx(
-    node: &Node,
+    spawn: impl FnOnce(Command) -> Result<Proc>,
     cpu: usize,
     dir: &Path,
     conf: impl Fn(&Path) -> String,
@@ -333,7 +376,7 @@ fn start_nginx(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     Ok(Server {
-        proc: node.spawn(cmd)?,
+        proc: spawn(cmd)?,
         name: "nginx",
         log,
     })
@@ -410,6 +453,7 @@ fn agent_pid(node: &Node) -> Result<u32> {
 
 struct Bench<'a> {
     opts: &'a Options,
+    /// The node, with the two pods of `myelin-mesh` (enrolled, `splice: nonblocking`).
     mesh: Mesh,
     scratch: &'a Path,
     check: &'a dyn Fn() -> Result<()>,
@@ -425,15 +469,15 @@ pub fn run(opts: &Options, check: &dyn Fn() -> Result<()>) -> Result<Vec<Measure
         "duration and warm-up must be at least 1 s"
     );
     let scratch = crate::run::Scratch::new("myelin-l7-bench")?;
-    // No pods: the node only provides the netns, the address and the cgroup root the agent
-    // needs. The agent starts for the Myelin runs and stops after them.
-    let mesh = Mesh::build(
+    // The node provides the netns, the address and the cgroup root the agent needs, and the
+    // pods of `myelin-mesh`. The agent starts for each Myelin target and stops after it.
+    let mut mesh = Mesh::build(
         "l7bench",
-        MeshOptions {
-            envoy: servers::myelin_envoy(),
-            ..Default::default()
-        },
+        MeshOptions::pods(&[CLIENT_POD, BACKEND_POD])
+            .policy(CLIENT_POD, "nonblocking")
+            .policy(BACKEND_POD, "nonblocking"),
     )?;
+    mesh.options_mut().envoy = servers::myelin_envoy(mesh.pod(BACKEND_POD).ip);
     let mut bench = Bench {
         opts,
         mesh,
@@ -441,13 +485,31 @@ pub fn run(opts: &Options, check: &dyn Fn() -> Result<()>) -> Result<Vec<Measure
         check,
     };
     // Declared after `bench` (the node): killed by pid before the node is torn down.
+    let node = &bench.mesh.node;
     let mut backend = start_nginx(
-        &bench.mesh.node,
+        |c| node.spawn(c),
         opts.load_cpu,
         &scratch.0.join("backend"),
-        servers::backend_nginx,
+        |d| servers::backend_nginx(d, Ipv4Addr::LOCALHOST),
     )?;
-    wait_serving(&bench.mesh.node, port::BACKEND_H1, || backend.alive())?;
+    let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, port::BACKEND_H1));
+    wait_serving(node, lo, || backend.alive())?;
+    // The backend pod's nginx, for `myelin-mesh` only.
+    let mut pod_backend = match opts.targets.contains(&Target::MyelinMesh) {
+        true => {
+            let pod = bench.mesh.pod(BACKEND_POD);
+            let mut b = start_nginx(
+                |c| pod.spawn(c),
+                opts.load_cpu,
+                &scratch.0.join("backend-pod"),
+                |d| servers::backend_nginx(d, Ipv4Addr::UNSPECIFIED),
+            )?;
+            let addr = SocketAddr::from((pod.ip, port::BACKEND_H1));
+            wait_serving(node, addr, || b.alive())?;
+            Some(b)
+        }
+        false => None,
+    };
     let mut out = Vec::new();
     for round in 1..=opts.rounds {
         for &target in &opts.targets {
@@ -457,8 +519,12 @@ pub fn run(opts: &Options, check: &dyn Fn() -> Result<()>) -> Result<Vec<Measure
                 opts.rounds,
                 target.name()
             );
+            let backend = match (target, pod_backend.as_mut()) {
+                (Target::MyelinMesh, Some(b)) => b,
+                _ => &mut backend,
+            };
             let ms = bench
-                .target(round, target, &mut backend)
+                .target(round, target, backend)
                 .with_context(|| format!("round {round}, {}", target.name()))?;
             out.extend(ms);
         }
@@ -472,16 +538,50 @@ impl Bench<'_> {
         let dir = self.scratch.join(target.name());
         let mut running = match target {
             Target::Direct => Running::Direct,
-            Target::Nginx => Running::Server(start_nginx(node, cpu, &dir, servers::proxy_nginx)?),
+            Target::Nginx => Running::Server(start_nginx(
+                |c| node.spawn(c),
+                cpu,
+                &dir,
+                servers::proxy_nginx,
+            )?),
             Target::Haproxy => Running::Server(start_haproxy(node, cpu, &dir)?),
-            Target::Myelin => {
+            Target::Myelin | Target::MyelinMesh => {
                 let mesh = &mut self.mesh;
                 on_cpu(cpu, || mesh.start_agent())?;
                 Running::Myelin(agent_pid(&self.mesh.node)?)
             }
         };
         let mesh = &self.mesh;
-        wait_serving(&mesh.node, target.ports().0, || running.alive(mesh))?;
+        if target == Target::MyelinMesh {
+            // The self-test decides; a node where splicing does not work cannot measure this.
+            for pod in [CLIENT_POD, BACKEND_POD] {
+                ensure!(
+                    mesh.workload_spliced(pod)?,
+                    "the agent does not splice pod {pod} (see its splice self-test in the log):\n{}",
+                    mesh.log()
+                );
+            }
+        }
+        let (h1, _) = target.addrs(mesh.pod(BACKEND_POD).ip);
+        match target {
+            // From the client pod: captured like the load will be.
+            Target::MyelinMesh => {
+                let pod = mesh.pod(CLIENT_POD);
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    running.alive(mesh)?;
+                    let r = in_netns_cgroup(pod, || http_get(h1, "/"))?;
+                    match r {
+                        Ok((200, body)) if body == servers::BODY => break,
+                        r if Instant::now() > deadline => {
+                            bail!("GET {h1} from pod {CLIENT_POD}: {r:?} after 15 s")
+                        }
+                        _ => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            }
+            _ => wait_serving(&mesh.node, h1, || running.alive(mesh))?,
+        }
         if let Some(pid) = running.pid() {
             let allowed = procstat::cpus_allowed(pid)?;
             ensure!(
@@ -510,7 +610,7 @@ impl Bench<'_> {
             eprintln!("myelin-l7-bench:   {}", m.summary());
             out.push(m);
         }
-        if target == Target::Myelin {
+        if target.is_myelin() {
             let status = self.mesh.stop_agent()?;
             ensure!(
                 status.is_some_and(|s| s.success()),
@@ -523,10 +623,19 @@ impl Bench<'_> {
     }
 
     fn golden(&self, target: Target) -> Result<Option<f64>> {
-        if target != Target::Myelin {
+        if !target.is_myelin() {
             return Ok(None);
         }
         Ok(Some(self.mesh.metric("myelin_requests_total", &[])?))
+    }
+
+    fn spliced(&self, target: Target) -> Result<Option<f64>> {
+        if target != Target::MyelinMesh {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.mesh.metric("myelin_spliced_messages_total", &[])?,
+        ))
     }
 
     fn measure(
@@ -537,12 +646,18 @@ impl Bench<'_> {
         running: &mut Running,
     ) -> Result<Measurement> {
         let opts = self.opts;
-        let (h1, h2) = target.ports();
-        self.drive(load, h1, h2, opts.warmup_s, None)
+        let (h1, h2) = target.addrs(self.mesh.pod(BACKEND_POD).ip);
+        let client = Client {
+            h1,
+            h2,
+            pod: (target == Target::MyelinMesh).then(|| self.mesh.pod(CLIENT_POD)),
+        };
+        self.drive(load, &client, opts.warmup_s, None)
             .context("warm-up")?;
         running.alive(&self.mesh)?;
         let pid = running.pid();
         let golden0 = self.golden(target)?;
+        let spliced0 = self.spliced(target)?;
         let cpu0 = pid.map(procstat::cpu_time).transpose()?;
         let busy0 = procstat::cpu_busy(opts.proxy_cpu)?;
         let wall0 = Instant::now();
@@ -551,7 +666,7 @@ impl Bench<'_> {
             target.name(),
             load.name()
         ));
-        let driven = self.drive(load, h1, h2, opts.duration_s, Some(&log))?;
+        let driven = self.drive(load, &client, opts.duration_s, Some(&log))?;
         let cpu1 = pid.map(procstat::cpu_time).transpose()?;
         let busy = procstat::cpu_busy(opts.proxy_cpu)? - busy0;
         let wall = wall0.elapsed();
@@ -586,6 +701,19 @@ impl Bench<'_> {
                 driven.requests
             );
         }
+        let spliced_messages = match (spliced0, self.spliced(target)?) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        if let Some(n) = spliced_messages {
+            // Every request crosses at least one spliced socket pair each way.
+            ensure!(
+                n >= driven.requests as f64,
+                "myelin_spliced_messages_total grew by {n} during a run of {} requests: \
+                 the run was not (all) spliced",
+                driven.requests
+            );
+        }
         let own = proxy.as_ref().map_or(0.0, |p| p.cpu_seconds);
         let proxy_core_other_pct = (busy.as_secs_f64() - own).max(0.0) * 100.0 / wall.as_secs_f64();
         Ok(Measurement {
@@ -599,6 +727,7 @@ impl Bench<'_> {
             proxy,
             send_lag_p99_us: driven.send_lag_p99_us,
             golden_requests,
+            spliced_messages,
             proxy_core_other_pct,
         })
     }
@@ -607,13 +736,16 @@ impl Bench<'_> {
     fn drive(
         &self,
         load: Load,
-        h1: u16,
-        h2: u16,
+        client: &Client,
         seconds: u64,
         h2_log: Option<&Path>,
     ) -> Result<Driven> {
         let opts = self.opts;
         let node = &self.mesh.node;
+        let run = |cmd: Command, timeout: Duration| match client.pod {
+            Some(pod) => pod.run_timeout(cmd, timeout),
+            None => node.run_timeout(cmd, timeout),
+        };
         let timeout = Duration::from_secs(seconds + 60);
         match load {
             Load::Http1 => {
@@ -622,8 +754,8 @@ impl Bench<'_> {
                     .arg(format!("-c{}", opts.wrk_connections))
                     .arg(format!("-d{seconds}s"))
                     .arg("--latency")
-                    .arg(format!("http://127.0.0.1:{h1}/"));
-                let out = node.run_timeout(cmd, timeout)?;
+                    .arg(format!("http://{}/", client.h1));
+                let out = run(cmd, timeout)?;
                 ensure_success(&out, "wrk")?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 let r = wrk::parse(&text)?;
@@ -651,8 +783,8 @@ impl Bench<'_> {
                 if let Some(log) = h2_log {
                     cmd.arg("--log-file").arg(log);
                 }
-                cmd.arg(format!("http://127.0.0.1:{h2}/"));
-                let out = node.run_timeout(cmd, timeout)?;
+                cmd.arg(format!("http://{}/", client.h2));
+                let out = run(cmd, timeout)?;
                 ensure_success(&out, "h2load")?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 let r = h2load::parse_report(&text)?;
@@ -684,15 +816,22 @@ impl Bench<'_> {
                 })
             }
             Load::OpenLoop => {
-                let r = openloop::run(&openloop::Plan {
-                    addr: SocketAddr::from(([127, 0, 0, 1], h1)),
+                let mut plan = openloop::Plan {
+                    addr: client.h1,
                     path: "/".into(),
                     rate: opts.rate,
                     connections: opts.open_connections,
                     duration: Duration::from_secs(seconds),
                     netns: Some(node.netns_path()),
                     cpu: Some(opts.load_cpu),
-                })?;
+                };
+                let r = match client.pod {
+                    Some(pod) => {
+                        plan.netns = Some(pod.netns_path());
+                        in_netns_cgroup(pod, || openloop::run(&plan))??
+                    }
+                    None => openloop::run(&plan)?,
+                };
                 Ok(Driven {
                     requests: r.requests,
                     requests_per_sec: r.requests as f64 / r.seconds,
@@ -703,6 +842,44 @@ impl Bench<'_> {
             }
         }
     }
+}
+
+/// Where the load comes from and what it calls.
+struct Client<'a> {
+    h1: SocketAddr,
+    h2: SocketAddr,
+    /// `None`: the node's netns (not captured).
+    pod: Option<&'a Pod>,
+}
+
+/// Runs `f` with this whole process in the pod's cgroup (a socket is captured by the cgroup of
+/// the process that creates it, and cgroup v2 moves processes, not threads) and on a thread in
+/// the pod's netns; the process goes back to its own cgroup afterwards, also on error.
+fn in_netns_cgroup<T: Send>(pod: &Pod, f: impl FnOnce() -> T + Send) -> Result<T> {
+    struct Back(PathBuf);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            let pid = std::process::id().to_string();
+            if let Err(e) = std::fs::write(self.0.join("cgroup.procs"), pid) {
+                eprintln!("myelin-l7-bench: moving back to {}: {e}", self.0.display());
+            }
+        }
+    }
+    let root = myelin_testbed::cgroup2_mount()?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .context("no cgroup v2 line in /proc/self/cgroup")?;
+    let back = Back(root.join(rel.trim().trim_start_matches('/')));
+    std::fs::write(
+        pod.cgroup_path().join("cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .with_context(|| format!("moving into {}", pod.cgroup_path().display()))?;
+    let out = in_netns(&pod.netns_path(), f);
+    drop(back);
+    out
 }
 
 struct Driven {

@@ -114,46 +114,51 @@ fn row(rows: &[Row], load: Load, target: Target) -> Option<&Row> {
     rows.iter().find(|r| r.load == load && r.target == target)
 }
 
-/// The targets, for every load where Myelin and both reference proxies ran:
-/// CPU per request at most 0.75x the better of nginx and haproxy, p99 no worse than the
-/// better of the two, and (HTTP/2) requests/s at least haproxy's.
+/// The targets, for every load where a Myelin target and both reference proxies ran
+/// (`myelin` and `myelin-mesh` each): CPU per request at most 0.75x the better of nginx and
+/// haproxy, p99 no worse than the better of the two, and (HTTP/2) requests/s at least
+/// haproxy's.
 pub fn verdicts(rows: &[Row]) -> Vec<Verdict> {
     let mut out = Vec::new();
-    for load in Load::ALL {
-        let (Some(m), Some(n), Some(h)) = (
-            row(rows, load, Target::Myelin),
-            row(rows, load, Target::Nginx),
-            row(rows, load, Target::Haproxy),
-        ) else {
-            continue;
-        };
-        if let (Some(mc), Some(nc), Some(hc)) = (
-            m.cpu_us_per_request,
-            n.cpu_us_per_request,
-            h.cpu_us_per_request,
-        ) {
-            let limit = 0.75 * nc.min(hc);
+    for target in [Target::Myelin, Target::MyelinMesh] {
+        let t = target.name();
+        for load in Load::ALL {
+            let (Some(m), Some(n), Some(h)) = (
+                row(rows, load, target),
+                row(rows, load, Target::Nginx),
+                row(rows, load, Target::Haproxy),
+            ) else {
+                continue;
+            };
+            let l = load.name();
+            if let (Some(mc), Some(nc), Some(hc)) = (
+                m.cpu_us_per_request,
+                n.cpu_us_per_request,
+                h.cpu_us_per_request,
+            ) {
+                let limit = 0.75 * nc.min(hc);
+                out.push(Verdict {
+                    what: format!("{t} {l}: CPU/request <= 0.75 x min(nginx, haproxy)"),
+                    myelin: mc,
+                    limit,
+                    pass: mc <= limit,
+                });
+            }
+            let limit = n.p99_us.min(h.p99_us);
             out.push(Verdict {
-                what: format!("{}: CPU/request <= 0.75 x min(nginx, haproxy)", load.name()),
-                myelin: mc,
+                what: format!("{t} {l}: p99 <= min(nginx, haproxy)"),
+                myelin: m.p99_us,
                 limit,
-                pass: mc <= limit,
+                pass: m.p99_us <= limit,
             });
-        }
-        let limit = n.p99_us.min(h.p99_us);
-        out.push(Verdict {
-            what: format!("{}: p99 <= min(nginx, haproxy)", load.name()),
-            myelin: m.p99_us,
-            limit,
-            pass: m.p99_us <= limit,
-        });
-        if load == Load::Http2 {
-            out.push(Verdict {
-                what: "http2: req/s >= haproxy".into(),
-                myelin: m.requests_per_sec,
-                limit: h.requests_per_sec,
-                pass: m.requests_per_sec >= h.requests_per_sec,
-            });
+            if load == Load::Http2 {
+                out.push(Verdict {
+                    what: format!("{t} http2: req/s >= haproxy"),
+                    myelin: m.requests_per_sec,
+                    limit: h.requests_per_sec,
+                    pass: m.requests_per_sec >= h.requests_per_sec,
+                });
+            }
         }
     }
     out
@@ -211,6 +216,7 @@ mod tests {
             }),
             send_lag_p99_us: None,
             golden_requests: None,
+            spliced_messages: None,
             proxy_core_other_pct: 1.0,
         }
     }
@@ -233,9 +239,10 @@ mod tests {
             runs.push(m(round, Target::Haproxy, Load::Http2, 68e3, 800.0, 18.0));
             runs.push(m(round, Target::Nginx, Load::Http2, 60e3, 800.0, 18.0));
             runs.push(m(round, Target::Myelin, Load::Http2, 60e3, 900.0, 12.0));
+            runs.push(m(round, Target::MyelinMesh, Load::Http1, 70e3, 600.0, 9.0));
         }
         let rows = aggregate(&Load::ALL, &Target::ALL, &runs);
-        assert_eq!(rows.len(), 7);
+        assert_eq!(rows.len(), 8);
         let nginx = row(&rows, Load::Http1, Target::Nginx).unwrap();
         assert_eq!(nginx.requests_per_sec, 100e3);
         assert_eq!(nginx.cpu_us_per_request, Some(38.0));
@@ -253,15 +260,27 @@ mod tests {
         assert_eq!(
             passed,
             [
-                ("http1: CPU/request <= 0.75 x min(nginx, haproxy)", false),
-                ("http1: p99 <= min(nginx, haproxy)", true),
-                ("http2: CPU/request <= 0.75 x min(nginx, haproxy)", true),
-                ("http2: p99 <= min(nginx, haproxy)", false),
-                ("http2: req/s >= haproxy", false),
+                (
+                    "myelin http1: CPU/request <= 0.75 x min(nginx, haproxy)",
+                    false
+                ),
+                ("myelin http1: p99 <= min(nginx, haproxy)", true),
+                (
+                    "myelin http2: CPU/request <= 0.75 x min(nginx, haproxy)",
+                    true
+                ),
+                ("myelin http2: p99 <= min(nginx, haproxy)", false),
+                ("myelin http2: req/s >= haproxy", false),
+                (
+                    "myelin-mesh http1: CPU/request <= 0.75 x min(nginx, haproxy)",
+                    true
+                ),
+                ("myelin-mesh http1: p99 <= min(nginx, haproxy)", true),
             ]
         );
         assert_eq!(v[0].limit, 13.5);
-        assert!(verdict_markdown(&v)
-            .contains("| http2: req/s >= haproxy | 60000.00 | 68000.00 | 0.88x | **missed** |"));
+        assert!(verdict_markdown(&v).contains(
+            "| myelin http2: req/s >= haproxy | 60000.00 | 68000.00 | 0.88x | **missed** |"
+        ));
     }
 }

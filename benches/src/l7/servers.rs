@@ -1,8 +1,9 @@
-//! The processes of the L7 benchmark, all in the benchmark node's network namespace, on its
+//! The processes of the L7 benchmark, in the benchmark node's network namespace, on its
 //! loopback: the backend (nginx, one worker, a fixed small body), nginx and haproxy as
 //! reverse proxies (one worker each, Debian's packages), and the Envoy config that makes the
 //! `myelin` agent the same hop (a `bind_to_port` listener routing everything to a STATIC
-//! cluster). Every config is written under the run's scratch directory.
+//! cluster). For `myelin-mesh` a second backend runs in the backend pod and the client in the
+//! client pod. Every config is written under the run's scratch directory.
 //!
 //! All three proxies take HTTP/1.1 and h2c (HTTP/2 prior knowledge) from the client and speak
 //! HTTP/1.1 with keep-alive to the backend, reusing upstream connections: nginx with an
@@ -10,6 +11,7 @@
 //! per-endpoint pool (its default for a cluster without `http2_protocol_options`).
 
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// The fixed response body of the backend (100 bytes, like `myelin-bench`'s small file).
@@ -60,16 +62,17 @@ fn nginx_http_common(dir: &Path) -> String {
 }
 
 /// The backend: one nginx process answering every request with [`BODY`] (and a
-/// `Content-Length`), over HTTP/1.1 and h2c.
-pub fn backend_nginx(dir: &Path) -> String {
+/// `Content-Length`), over HTTP/1.1 and h2c, on `listen` (the node's loopback, or any
+/// address of the backend pod for `myelin-mesh`).
+pub fn backend_nginx(dir: &Path, listen: Ipv4Addr) -> String {
     let mut s = nginx_common(dir);
     let _ = write!(
         s,
         "http {{
 {common}    default_type text/plain;
     server {{
-        listen 127.0.0.1:{h1};
-        listen 127.0.0.1:{h2} http2;
+        listen {listen}:{h1};
+        listen {listen}:{h2} http2;
         location / {{ return 200 \"{body}\"; }}
     }}
 }}
@@ -139,44 +142,66 @@ backend backend
     )
 }
 
-/// The Envoy sections that make the agent a reverse proxy on the node's loopback: a listener
-/// with `bind_to_port` (the default) and an HTTP connection manager whose one route sends
-/// everything to a STATIC cluster of the backend.
-pub fn myelin_envoy() -> String {
+/// The Envoy sections that make the agent the hop, two ways:
+/// - `bench` (the `myelin` target): a reverse proxy on the node's loopback, a listener with
+///   `bind_to_port` (the default) and an HTTP connection manager whose one route sends
+///   everything to a STATIC cluster of the loopback backend;
+/// - `mesh` (the `myelin-mesh` target): the listener of the backend pod's address
+///   (`bind_to_port: false`), which the client pod's captured connections reach, with the same
+///   route to a STATIC cluster of the backend pod: the hop as the mesh makes it.
+pub fn myelin_envoy(backend_pod: Ipv4Addr) -> String {
+    let hcm = |name: &str, cluster: &str| {
+        format!(
+            r#"    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            name: {name}
+            virtual_hosts:
+            - name: {cluster}
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: {cluster} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+        )
+    };
+    let cluster = |name: &str, addr: Ipv4Addr| {
+        format!(
+            r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {addr}, port_value: {port} }} }} }}
+"#,
+            port = port::BACKEND_H1,
+        )
+    };
     format!(
         r#"static_resources:
   listeners:
   - name: bench
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          route_config:
-            name: bench
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: backend }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {backend} }} }} }}
-"#,
+{bench}  - name: mesh
+    address: {{ socket_address: {{ address: {backend_pod}, port_value: {backend} }} }}
+    bind_to_port: false
+{mesh}  clusters:
+{loopback}{pod}"#,
         listen = port::MYELIN,
         backend = port::BACKEND_H1,
+        bench = hcm("bench", "backend"),
+        mesh = hcm("mesh", "backend-pod"),
+        loopback = cluster("backend", Ipv4Addr::LOCALHOST),
+        pod = cluster("backend-pod", backend_pod),
     )
 }
 
@@ -187,7 +212,7 @@ mod tests {
     #[test]
     fn body_is_100_bytes_and_survives_nginx_quoting() {
         assert_eq!(BODY.len(), 100);
-        let conf = backend_nginx(Path::new("/tmp/x"));
+        let conf = backend_nginx(Path::new("/tmp/x"), Ipv4Addr::LOCALHOST);
         assert!(conf.contains(r#"return 200 "0123"#), "{conf}");
         assert!(conf.contains(r#"!\n";"#), "{conf}");
     }
