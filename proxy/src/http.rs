@@ -124,6 +124,18 @@ pub(crate) struct HttpConn {
     /// downstream socket over, so the tunnel stays part of this connection's task (and
     /// of its drain).
     tunnel: Mutex<Option<BoxFuture>>,
+    /// The `myelin_proxy_requests` series of this connection's last request: its source is
+    /// fixed, and its code and flags rarely change, so most requests skip the families'
+    /// lookup (a hash of the label set under a lock).
+    last_series: Mutex<Option<RequestSeries>>,
+}
+
+/// A response code and flags with their `myelin_proxy_requests` counter and histogram.
+struct RequestSeries {
+    code: u16,
+    flags: &'static str,
+    count: prometheus_client::metrics::counter::Counter,
+    duration: prometheus_client::metrics::histogram::Histogram,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -242,17 +254,50 @@ impl HttpConn {
             activity: Arc::new(ConnActivity::default()),
             hbone: p.hbone,
             tunnel: Mutex::new(None),
+            last_series: Mutex::new(None),
         }
+    }
+
+    /// Counts a request in `myelin_proxy_requests` (the connection's cached series when its
+    /// code and flags are the last request's).
+    fn count_request(&self, code: u16, flags: &'static str, elapsed: Duration) {
+        let mut last = lock(&self.last_series);
+        let series = match last.as_ref() {
+            Some(s) if s.code == code && s.flags == flags => s,
+            _ => {
+                let labels = RequestLabels {
+                    source_workload: self.source.workload.clone(),
+                    source_namespace: self.source.namespace.clone(),
+                    response_code: code,
+                    response_flags: flags,
+                };
+                last.insert(RequestSeries {
+                    code,
+                    flags,
+                    count: self.metrics.requests.get_or_create(&labels).clone(),
+                    duration: self.metrics.request_duration.get_or_create(&labels).clone(),
+                })
+            }
+        };
+        series.count.inc();
+        series.duration.observe(elapsed.as_secs_f64());
     }
 
     /// Serves one request: route and forward it, turn errors into responses, count it.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let active = self.activity.enter();
         let start = Instant::now();
-        let method = req.method().clone();
-        let uri = req.uri().clone();
+        // What only the access log and the debug line need.
+        let logged = (self.config.access_log
+            || tracing::enabled!(target: "myelin_proxy::access", tracing::Level::DEBUG))
+        .then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                std::time::SystemTime::now(),
+            )
+        });
         let grpc = is_grpc(req.headers());
-        let started_at = std::time::SystemTime::now();
         let authority_seen = authority(&req).to_owned();
         let stream = Arc::new(StreamState::new(
             tokio::time::Instant::from_std(start),
@@ -291,27 +336,19 @@ impl HttpConn {
             }
         };
         let elapsed = start.elapsed();
-        let labels = RequestLabels {
-            source_workload: self.source.workload.clone(),
-            source_namespace: self.source.namespace.clone(),
-            response_code: resp.status().as_u16(),
-            response_flags: flags,
-        };
-        self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics
-            .request_duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
-        debug!(
-            target: "myelin_proxy::access",
-            src = %self.peer,
-            dst = %self.dst,
-            %method,
-            %uri,
-            status = resp.status().as_u16(),
-            flags,
-            duration_ms = elapsed.as_millis() as u64,
-        );
+        self.count_request(resp.status().as_u16(), flags, elapsed);
+        if let Some((method, uri, _)) = &logged {
+            debug!(
+                target: "myelin_proxy::access",
+                src = %self.peer,
+                dst = %self.dst,
+                %method,
+                %uri,
+                status = resp.status().as_u16(),
+                flags,
+                duration_ms = elapsed.as_millis() as u64,
+            );
+        }
         let (dest_upstream, dest_cluster) = (dest.upstream, dest.cluster.clone());
         let record = RequestRecord {
             reporter: self.reporter.label(),
@@ -342,19 +379,21 @@ impl HttpConn {
             request_bytes: 0,
             response_bytes: 0,
         };
-        let access = self.config.access_log.then(|| AccessInfo {
-            start: started_at,
-            method: method.to_string(),
-            authority: authority_seen,
-            path: uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-            downstream: self.peer,
-            original_dst: self.dst,
-            upstream: dest_upstream,
-            cluster: dest_cluster,
-            headers_after: elapsed,
-        });
+        let access = logged
+            .filter(|_| self.config.access_log)
+            .map(|(method, uri, started_at)| AccessInfo {
+                start: started_at,
+                method: method.to_string(),
+                authority: authority_seen,
+                path: uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+                downstream: self.peer,
+                original_dst: self.dst,
+                upstream: dest_upstream,
+                cluster: dest_cluster,
+                headers_after: elapsed,
+            });
         let golden = self.golden.clone();
         let destination_too = dest.local.is_some();
         resp.map(|b| {
@@ -848,12 +887,15 @@ async fn within<T>(
     addr: SocketAddr,
     work: impl Future<Output = Result<T, ProxyError>>,
 ) -> Result<T, ProxyError> {
+    // Pinned once here, so the two ways below share one copy of `work` in this future
+    // (moved into each branch, it was stored twice).
+    let mut work = std::pin::pin!(work);
     if !deadlines.any() {
         return work.await;
     }
     tokio::select! {
         biased;
-        done = work => done,
+        done = &mut work => done,
         expired = deadlines.expired(stream) => Err(match expired {
             Expired::Route(timeout) => ProxyError::Timeout {
                 addr,
@@ -1184,9 +1226,9 @@ where
         builder
             // Clients may shut down their write side while awaiting the response.
             .half_close(true)
-            // Transparency: keep header case and do not add a `Date` the upstream did
-            // not send.
-            .preserve_header_case(true)
+            // Header names go out lowercase, as Envoy's HTTP/1 codec sends them by default
+            // (its `header_key_format` is rejected): keeping each request's original case
+            // cost a second header map per message. No `Date` the upstream did not send.
             .auto_date_header(false);
         let server = builder
             .serve_connection(TokioIo::new(io), svc)

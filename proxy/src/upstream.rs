@@ -114,8 +114,9 @@ type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
 
 #[derive(Default)]
 struct PoolState {
-    h1: HashMap<ConnKey, Vec<Idle>>,
-    h2: HashMap<ConnKey, H2Slot>,
+    // foldhash: looked up twice per request (checkout, give back).
+    h1: HashMap<ConnKey, Vec<Idle>, foldhash::fast::RandomState>,
+    h2: HashMap<ConnKey, H2Slot, foldhash::fast::RandomState>,
 }
 
 /// The proxy's upstream pools.
@@ -187,7 +188,7 @@ impl Pools {
             return Ok((s, true));
         }
         let Some(limits) = limits else {
-            return Ok((connect_h1(ep, peer, None).await?, false));
+            return Ok((Box::pin(connect_h1(ep, peer, None)).await?, false));
         };
         let mut pending = None;
         loop {
@@ -196,7 +197,10 @@ impl Pools {
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(slot) = limits.try_connection() {
-                return Ok((connect_h1(ep.clone(), peer, Some(slot)).await?, false));
+                return Ok((
+                    Box::pin(connect_h1(ep.clone(), peer, Some(slot))).await?,
+                    false,
+                ));
             }
             if pending.is_none() {
                 // Counted before the pool is looked at again: a connection given back
@@ -235,6 +239,9 @@ impl Pools {
         }
     }
 
+    // New connections (dial, maybe an HBONE tunnel, the handshake) are boxed where they are
+    // awaited: inline, their futures made every request's future several kilobytes larger
+    // (copied on every request) for a path most requests never take.
     async fn send_h1(
         self: &Arc<Self>,
         ep: Endpoint,
@@ -258,7 +265,7 @@ impl Pools {
                         Some(l) => Some(Self::connection_slot(l).await?),
                         None => None,
                     };
-                    sender = connect_h1(ep.clone(), peer, slot).await?;
+                    sender = Box::pin(connect_h1(ep.clone(), peer, slot)).await?;
                     sender
                         .send_request(req)
                         .await
@@ -310,7 +317,7 @@ impl Pools {
         let key = (addr, None);
         match protocol {
             UpstreamProtocol::Http1 => {
-                let sender = handshake_h1(stream, addr, peer, None).await?;
+                let sender = Box::pin(handshake_h1(stream, addr, peer, None)).await?;
                 self.give_back_h1(GiveBack {
                     pools: Arc::downgrade(self),
                     key,
@@ -322,7 +329,7 @@ impl Pools {
                 let slot = lock(&self.state).h2.entry(key).or_default().clone();
                 let mut conn = slot.lock().await;
                 if conn.as_ref().is_none_or(|s| s.is_closed()) {
-                    *conn = Some(handshake_h2(stream, addr, peer, None).await?);
+                    *conn = Some(Box::pin(handshake_h2(stream, addr, peer, None)).await?);
                 }
             }
         }
@@ -388,7 +395,7 @@ impl Pools {
                         Some(l) => Some(Self::connection_slot(l).await?),
                         None => None,
                     };
-                    let s = connect_h2(ep, peer, cx).await?;
+                    let s = Box::pin(connect_h2(ep, peer, cx)).await?;
                     *conn = Some(s.clone());
                     s
                 }
@@ -457,9 +464,8 @@ async fn handshake_h1(
     peer: SocketAddr,
     slot: Option<ConnSlot>,
 ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
-    let mut builder = http1::Builder::new();
-    builder.preserve_header_case(true);
-    let (sender, conn) = builder
+    // Lowercase header names, as the downstream side (`http::serve`).
+    let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         // The HTTP/1 handshake does no I/O; this only fails on a hyper bug.
