@@ -243,11 +243,19 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let traffic = xds.traffic();
     let control = xds.spawn()?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("myelin-proxy")
-        .build()
-        .context("building the proxy runtime")?;
+    // One worker per CPU the agent may use; with one CPU, a single-threaded runtime on this
+    // thread: the same one event loop, without the work-stealing scheduler's cross-thread
+    // bookkeeping on every wake-up (benches/RESULTS.md).
+    let rt = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("myelin-proxy")
+            .build(),
+    }
+    .context("building the proxy runtime")?;
 
     let dp = Arc::new(Mutex::new(dp));
     let result = rt.block_on(serve(
