@@ -421,7 +421,7 @@ impl HttpConn {
                 };
                 let dest = self.destination(None, Some(self.dst), authority(&req));
                 *deadlines = Deadlines::new(None, &self.timeouts);
-                let forwarded = self.forward(target, None, req);
+                let forwarded = std::pin::pin!(self.forward(target, None, req));
                 let resp = within(*deadlines, stream, self.dst, forwarded).await?;
                 return Ok((resp, "-", dest));
             }
@@ -471,7 +471,9 @@ impl HttpConn {
             },
             None => None,
         };
-        let attempts = self.attempts(&decision, policy, req, first);
+        // Pinned here and lent to `within`: a future of several kilobytes is not copied
+        // again into `within`'s.
+        let attempts = std::pin::pin!(self.attempts(&decision, policy, req, first));
         // The route timeout covers every attempt and the backoff between them, and then
         // the response body.
         *deadlines = Deadlines::new(action.timeout, &self.timeouts);
@@ -885,11 +887,8 @@ async fn within<T>(
     deadlines: Deadlines,
     stream: &StreamState,
     addr: SocketAddr,
-    work: impl Future<Output = Result<T, ProxyError>>,
+    mut work: Pin<&mut impl Future<Output = Result<T, ProxyError>>>,
 ) -> Result<T, ProxyError> {
-    // Pinned once here, so the two ways below share one copy of `work` in this future
-    // (moved into each branch, it was stored twice).
-    let mut work = std::pin::pin!(work);
     if !deadlines.any() {
         return work.await;
     }
