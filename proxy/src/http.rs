@@ -1199,11 +1199,13 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc_conn = conn.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        let conn = svc_conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    });
     let res = if conn.downstream == Protocol::Http2 {
+        // Boxed: hyper moves each request's future into a task of its own, and it is
+        // kilobytes; a box moves as a pointer (HTTP/1 keeps it in place: no box).
+        let svc = hyper::service::service_fn(move |req| {
+            let conn = svc_conn.clone();
+            Box::pin(async move { Ok::<_, Infallible>(conn.handle(req).await) })
+        });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new()).auto_date_header(false);
         let server = builder.serve_connection(TokioIo::new(io), svc);
@@ -1221,6 +1223,10 @@ where
             }
         }
     } else {
+        let svc = hyper::service::service_fn(move |req| {
+            let conn = svc_conn.clone();
+            async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             // Clients may shut down their write side while awaiting the response.
