@@ -23,6 +23,7 @@
 //! (linkerd2-proxy and ztunnel keep their own for the same reason).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -130,7 +131,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What [`Pools::send`] hands back besides the response.
+/// What [`Pools::send_h1`] and [`Pools::send_h2`] hand back besides the response.
 pub(crate) struct Sent {
     /// The response; for HTTP/1 its body returns the connection to the pool at its end.
     pub(crate) response: Response<ProxyBody>,
@@ -155,38 +156,17 @@ impl Pools {
         pools
     }
 
-    /// Sends `req` to `ep` on a pooled or new connection. `upgrade`: the request asks to
-    /// take the connection over (HTTP/1 upgrades), so the response's body is not tied to
-    /// the pool and a switched connection is handed back.
-    /// `limits`: the connection circuit breakers of the request's cluster (none for
-    /// traffic passed through).
-    pub(crate) async fn send(
-        self: &Arc<Self>,
-        ep: Endpoint,
-        limits: Option<&ConnLimits>,
-        req: Request<ProxyBody>,
-        peer: SocketAddr,
-        upgrade: bool,
-    ) -> Result<Sent, ProxyError> {
-        match ep.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(ep, limits, req, peer, upgrade).await,
-            UpstreamProtocol::Http2 => self.send_h2(ep, limits, req, peer).await,
-        }
-    }
-
-    /// An idle HTTP/1 connection to `ep`, else a new one when the cluster's
-    /// `max_connections` allows it, else one of those after waiting (as a pending
-    /// request). `true` with a reused connection.
-    async fn h1_sender(
+    /// For a request that found no idle HTTP/1 connection to `ep`: a new one when the
+    /// cluster's `max_connections` allows it, else an idle or new one after waiting (as a
+    /// pending request). `true` with a reused connection. Boxed by its caller: most
+    /// requests find an idle connection, and this future is large.
+    async fn h1_sender_slow(
         &self,
         ep: Endpoint,
+        key: ConnKey,
         limits: Option<&ConnLimits>,
         peer: SocketAddr,
     ) -> Result<(http1::SendRequest<ProxyBody>, bool), ProxyError> {
-        let key = ep.key();
-        if let Some(s) = self.checkout_h1(&key).await {
-            return Ok((s, true));
-        }
         let Some(limits) = limits else {
             return Ok((Box::pin(connect_h1(ep, peer, None)).await?, false));
         };
@@ -239,66 +219,102 @@ impl Pools {
         }
     }
 
-    // New connections (dial, maybe an HBONE tunnel, the handshake) are boxed where they are
-    // awaited: inline, their futures made every request's future several kilobytes larger
-    // (copied on every request) for a path most requests never take.
-    async fn send_h1(
-        self: &Arc<Self>,
-        ep: Endpoint,
+    /// Sends `req` on a new connection to `ep`: the request a reused connection closed
+    /// under before it went out. Boxed by its caller: a rare path, kept out of every
+    /// request's future.
+    async fn resend_h1(
+        ep: &Endpoint,
         limits: Option<&ConnLimits>,
+        peer: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Result<(http1::SendRequest<ProxyBody>, Response<Incoming>), ProxyError> {
+        let slot = match limits {
+            Some(l) => Some(Self::connection_slot(l).await?),
+            None => None,
+        };
+        let mut sender = connect_h1(ep.clone(), peer, slot).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ProxyError::upstream_http(ep.addr, peer, e))?;
+        Ok((sender, resp))
+    }
+
+    /// Sends `req` to `ep` on a pooled or new connection. `upgrade`: the request asks to
+    /// take the connection over (HTTP/1 upgrades), so the response's body is not tied to
+    /// the pool and a switched connection is handed back.
+    /// `limits`: the connection circuit breakers of the request's cluster (none for
+    /// traffic passed through).
+    //
+    // A plain fn returning an async block, not an `async fn`: an `async fn` keeps each
+    // argument twice in its future (as passed, and moved into its body), and a request's
+    // future is copied as it is created, for every request. New connections (dial, maybe
+    // an HBONE tunnel, the handshake) are boxed where they are awaited: inline, their
+    // futures made every request's future kilobytes larger for a path most requests
+    // never take.
+    #[allow(clippy::manual_async_fn)] // arguments held once: see `HttpConn::handle`
+    pub(crate) fn send_h1<'f>(
+        self: &'f Arc<Self>,
+        ep: Endpoint,
+        limits: Option<&'f ConnLimits>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
         upgrade: bool,
-    ) -> Result<Sent, ProxyError> {
-        let addr = ep.addr;
-        let is_connect = req.method() == http::Method::CONNECT;
-        let (mut sender, reused) = self.h1_sender(ep.clone(), limits, peer).await?;
-        let resp = match sender.try_send_request(req).await {
-            Ok(resp) => resp,
-            Err(mut e) => match e.take_message() {
+    ) -> impl Future<Output = Result<Sent, ProxyError>> + 'f {
+        async move {
+            let addr = ep.addr;
+            let is_connect = req.method() == http::Method::CONNECT;
+            let key = ep.key();
+            let (mut sender, reused) = match self.checkout_h1(&key).await {
+                Some(s) => (s, true),
+                None => Box::pin(self.h1_sender_slow(ep.clone(), key, limits, peer)).await?,
+            };
+            let sent = sender.try_send_request(req).await;
+            // Only the unsent request is kept across the reconnect below (not hyper's error,
+            // which would make this future larger for every request).
+            let resp = match sent.map_err(|mut e| match e.take_message() {
                 // The idle connection closed before our request went out (the usual
-                // keep-alive race): nothing reached the upstream, so sending it on a
-                // fresh connection is safe whatever the method.
+                // keep-alive race): nothing reached the upstream, so sending it on a fresh
+                // connection is safe whatever the method.
                 Some(req) if reused => {
                     debug!(%addr, error = %e.error(), "idle upstream connection closed; reconnecting");
-                    let slot = match limits {
-                        Some(l) => Some(Self::connection_slot(l).await?),
-                        None => None,
-                    };
-                    sender = Box::pin(connect_h1(ep.clone(), peer, slot)).await?;
-                    sender
-                        .send_request(req)
-                        .await
-                        .map_err(|e| ProxyError::upstream_http(addr, peer, e))?
+                    Ok(req)
                 }
-                _ => return Err(ProxyError::upstream_http(addr, peer, e.into_error())),
-            },
-        };
-        let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-            || (upgrade && is_connect && resp.status().is_success());
-        if switched {
-            // Taken over (101, or a 2xx to CONNECT): never pooled.
-            return Ok(Sent {
-                response: resp.map(boxed),
-                upgraded: Some(sender),
+                _ => Err(ProxyError::upstream_http(addr, peer, e.into_error())),
+            }) {
+                Ok(resp) => resp,
+                Err(unsent) => {
+                    let resent;
+                    (sender, resent) = Box::pin(Self::resend_h1(&ep, limits, peer, unsent?)).await?;
+                    resent
+                }
+            };
+            let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                || (upgrade && is_connect && resp.status().is_success());
+            if switched {
+                // Taken over (101, or a 2xx to CONNECT): never pooled.
+                return Ok(Sent {
+                    response: resp.map(boxed),
+                    upgraded: Some(sender),
+                });
+            }
+            let give_back = GiveBack {
+                pools: Arc::downgrade(self),
+                key: ep.key(),
+                sender,
+                limits: limits.cloned(),
+            };
+            let response = resp.map(|body| {
+                boxed(PooledBody {
+                    body,
+                    give_back: Some(give_back),
+                })
             });
-        }
-        let give_back = GiveBack {
-            pools: Arc::downgrade(self),
-            key: ep.key(),
-            sender,
-            limits: limits.cloned(),
-        };
-        let response = resp.map(|body| {
-            boxed(PooledBody {
-                body,
-                give_back: Some(give_back),
+            Ok(Sent {
+                response,
+                upgraded: None,
             })
-        });
-        Ok(Sent {
-            response,
-            upgraded: None,
-        })
+        }
     }
 
     /// Takes `stream`, a direct connection to `addr` opened before its protocol was
@@ -377,42 +393,46 @@ impl Pools {
         }
     }
 
-    async fn send_h2(
-        self: &Arc<Self>,
+    /// [`Pools::send_h1`] for an endpoint that speaks HTTP/2.
+    #[allow(clippy::manual_async_fn)] // arguments held once: see `HttpConn::handle`
+    pub(crate) fn send_h2<'f>(
+        self: &'f Arc<Self>,
         ep: Endpoint,
-        limits: Option<&ConnLimits>,
+        limits: Option<&'f ConnLimits>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
-    ) -> Result<Sent, ProxyError> {
-        let addr = ep.addr;
-        let slot = lock(&self.state).h2.entry(ep.key()).or_default().clone();
-        let mut sender = {
-            let mut conn = slot.lock().await;
-            match conn.as_ref().filter(|s| !s.is_closed()) {
-                Some(s) => s.clone(),
-                None => {
-                    let cx = match limits {
-                        Some(l) => Some(Self::connection_slot(l).await?),
-                        None => None,
-                    };
-                    let s = Box::pin(connect_h2(ep, peer, cx)).await?;
-                    *conn = Some(s.clone());
-                    s
+    ) -> impl Future<Output = Result<Sent, ProxyError>> + 'f {
+        async move {
+            let addr = ep.addr;
+            let slot = lock(&self.state).h2.entry(ep.key()).or_default().clone();
+            let mut sender = {
+                let mut conn = slot.lock().await;
+                match conn.as_ref().filter(|s| !s.is_closed()) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let cx = match limits {
+                            Some(l) => Some(Self::connection_slot(l).await?),
+                            None => None,
+                        };
+                        let s = Box::pin(connect_h2(ep, peer, cx)).await?;
+                        *conn = Some(s.clone());
+                        s
+                    }
                 }
-            }
-        };
-        sender
-            .ready()
-            .await
-            .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
-        Ok(Sent {
-            response: resp.map(boxed),
-            upgraded: None,
-        })
+            };
+            sender
+                .ready()
+                .await
+                .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
+            Ok(Sent {
+                response: resp.map(boxed),
+                upgraded: None,
+            })
+        }
     }
 }
 
