@@ -128,6 +128,10 @@ pub(crate) struct HttpConn {
     /// fixed, and its code and flags rarely change, so most requests skip the families'
     /// lookup (a hash of the label set under a lock).
     last_series: Mutex<Option<RequestSeries>>,
+    /// The destination labels of this connection's last request, and the config
+    /// generation and request host they were worked out for: a connection's requests
+    /// mostly go to one place, and the labels are four allocations to make.
+    last_destination: Mutex<Option<(u64, Option<String>, Destination)>>,
 }
 
 /// A response code and flags with their `myelin_proxy_requests` counter and histogram.
@@ -158,13 +162,14 @@ pub(crate) struct Target {
 type ReqBody = CountingBody<Incoming>;
 
 /// The destination labels of a request.
+#[derive(Clone)]
 struct Destination {
     workload: Arc<str>,
     namespace: Arc<str>,
     service: Arc<str>,
     /// The first attempt's endpoint and its cluster (for the access log).
     upstream: Option<SocketAddr>,
-    cluster: Option<String>,
+    cluster: Option<Arc<str>>,
     /// The destination's SPIFFE ID when it is reached over mutual TLS (HBONE), or is a
     /// workload of this node with mutual TLS on.
     principal: Option<Arc<str>>,
@@ -255,6 +260,7 @@ impl HttpConn {
             hbone: p.hbone,
             tunnel: Mutex::new(None),
             last_series: Mutex::new(None),
+            last_destination: Mutex::new(None),
         }
     }
 
@@ -359,7 +365,8 @@ impl HttpConn {
                     duration_ms = elapsed.as_millis() as u64,
                 );
             }
-            let (dest_upstream, dest_cluster) = (dest.upstream, dest.cluster.clone());
+            let (dest_upstream, dest_cluster) =
+                (dest.upstream, dest.cluster.as_deref().map(str::to_owned));
             let record = RequestRecord {
                 reporter: self.reporter.label(),
                 source_workload: self.source.workload.clone(),
@@ -508,6 +515,31 @@ impl HttpConn {
         addr: Option<SocketAddr>,
         authority: &str,
     ) -> Destination {
+        let generation = self.traffic.generation();
+        let mut last = lock(&self.last_destination);
+        if let Some((g, host, d)) = last.as_ref() {
+            // The request's host only matters without a cluster (it is the service).
+            if *g == generation
+                && d.upstream == addr
+                && d.cluster.as_deref() == cluster
+                && (cluster.is_some() || host.as_deref() == Some(authority))
+            {
+                return d.clone();
+            }
+        }
+        let d = self.new_destination(cluster, addr, authority);
+        let host = cluster.is_none().then(|| authority.to_owned());
+        *last = Some((generation, host, d.clone()));
+        d
+    }
+
+    /// [`HttpConn::destination`] worked out.
+    fn new_destination(
+        &self,
+        cluster: Option<&str>,
+        addr: Option<SocketAddr>,
+        authority: &str,
+    ) -> Destination {
         let service = match cluster {
             Some(c) => service_of_cluster(c),
             None => split_port(authority),
@@ -556,7 +588,7 @@ impl HttpConn {
                 service.into()
             },
             upstream: addr,
-            cluster: cluster.map(str::to_owned),
+            cluster: cluster.map(Arc::from),
             local: same_node,
         }
     }
@@ -1319,6 +1351,100 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conn(traffic: TrafficHandle) -> HttpConn {
+        let workloads = vec![crate::model::Workload {
+            name: "reviews".into(),
+            namespace: "shop".into(),
+            service_account: "reviews".into(),
+            ip: "10.0.0.7".parse().unwrap(),
+        }];
+        HttpConn::new(HttpConnParams {
+            peer: "10.0.0.9:40000".parse().unwrap(),
+            dst: "10.0.0.7:80".parse().unwrap(),
+            captured: true,
+            reporter: Reporter::Source,
+            routing: Routing::Passthrough,
+            traffic,
+            source: Source {
+                workload: "web".into(),
+                namespace: "shop".into(),
+                principal: "spiffe://cluster.local/ns/shop/sa/web".into(),
+            },
+            downstream: Protocol::Http1,
+            connect_timeout: Duration::from_secs(1),
+            metrics: Arc::new(ProxyMetrics::unregistered()),
+            golden: Arc::new(GoldenMetrics::unregistered()),
+            config: Arc::new(ProxyConfig::new(workloads).unwrap()),
+            pools: Pools::new(Default::default()),
+            timeouts: HcmTimeouts::default(),
+            hbone: None,
+        })
+    }
+
+    /// The labels a connection caches for its last request follow each request's cluster,
+    /// endpoint and (without a cluster) host, and a new traffic config.
+    #[test]
+    fn destination_labels_follow_each_request() {
+        let traffic = TrafficHandle::new();
+        let c = conn(traffic.clone());
+        let pod: SocketAddr = "10.0.0.7:80".parse().unwrap();
+        let other: SocketAddr = "10.0.0.8:80".parse().unwrap();
+        let labels = |d: Destination| {
+            (
+                d.workload.to_string(),
+                d.namespace.to_string(),
+                d.service.to_string(),
+                d.cluster.map(|c| c.to_string()),
+            )
+        };
+        let a = "outbound|80||reviews.shop.svc.cluster.local";
+        let b = "outbound|80||ratings.shop.svc.cluster.local";
+        let want_a = (
+            "reviews".to_string(),
+            "shop".to_string(),
+            "reviews.shop.svc.cluster.local".to_string(),
+            Some(a.to_string()),
+        );
+        assert_eq!(labels(c.destination(Some(a), Some(pod), "x")), want_a);
+        // Same again: from the cache, the same labels.
+        assert_eq!(labels(c.destination(Some(a), Some(pod), "y")), want_a);
+        // Another cluster, another endpoint (not a workload of this node).
+        let (w, ns, svc, cl) = labels(c.destination(Some(b), Some(other), "x"));
+        assert_eq!((w.as_str(), ns.as_str()), (UNKNOWN, UNKNOWN));
+        assert_eq!(svc, "ratings.shop.svc.cluster.local");
+        assert_eq!(cl.as_deref(), Some(b));
+        // Same cluster, the pod's endpoint again.
+        let (w, _, svc, _) = labels(c.destination(Some(b), Some(pod), "x"));
+        assert_eq!(
+            (w.as_str(), svc.as_str()),
+            ("reviews", "ratings.shop.svc.cluster.local")
+        );
+        // Same endpoint, the first cluster again.
+        assert_eq!(labels(c.destination(Some(a), Some(pod), "x")), want_a);
+        // No cluster: the host is the service, and a new host is a new service.
+        assert_eq!(
+            labels(c.destination(None, None, "api.example:8080")).2,
+            "api.example"
+        );
+        assert_eq!(
+            labels(c.destination(None, None, "www.example")).2,
+            "www.example"
+        );
+        // A new traffic config: worked out again (same answer here).
+        let cached = lock(&c.last_destination).as_ref().map(|(g, _, _)| *g);
+        let next = crate::traffic::TrafficInput {
+            generation: 1,
+            ..Default::default()
+        };
+        traffic.store(crate::traffic::Traffic::build(next, None));
+        assert_eq!(
+            labels(c.destination(None, None, "www.example")).2,
+            "www.example"
+        );
+        let now = lock(&c.last_destination).as_ref().map(|(g, _, _)| *g);
+        assert_ne!(cached, now, "the cache entry follows the config generation");
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -690,6 +690,11 @@ impl TrafficHandle {
         self.current.load_full()
     }
 
+    /// The current config's generation (no reference taken).
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
     /// Publishes a new config: new connections and requests use it from now on.
     pub fn store(&self, traffic: Traffic) {
         let generation = traffic.generation;

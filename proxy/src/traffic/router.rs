@@ -8,6 +8,7 @@
 //! route whose match holds wins. The domain index is built once per route configuration
 //! ([`RouteTable::new`]), so a request costs a hash lookup, not a scan of every domain.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -26,7 +27,9 @@ use crate::model::route::{DomainMatch, HashKey, HashPolicy};
 pub struct RouteTable {
     /// The configuration.
     pub config: Arc<RouteConfiguration>,
-    exact: HashMap<String, usize>,
+    /// foldhash (looked up on every request): its keys come from the control plane, so a
+    /// client's `Host` cannot make them collide.
+    exact: HashMap<String, usize, foldhash::fast::RandomState>,
     /// (suffix, virtual host), longest suffix first.
     suffix: Vec<(String, usize)>,
     /// (prefix, virtual host), longest prefix first.
@@ -38,7 +41,7 @@ impl RouteTable {
     /// Indexes the domains of `config`'s virtual hosts. When two virtual hosts claim the
     /// same domain the first one keeps it.
     pub fn new(config: Arc<RouteConfiguration>) -> Self {
-        let mut exact = HashMap::new();
+        let mut exact = HashMap::default();
         let mut suffix = Vec::new();
         let mut prefix = Vec::new();
         let mut any = None;
@@ -71,10 +74,15 @@ impl RouteTable {
     /// The virtual host for `authority` (compared case-insensitively, port included as
     /// given, as Envoy does without `strip_matching_host_port`).
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
-        let host = authority.to_ascii_lowercase();
+        // Host names come lowercase almost always: no copy for them.
+        let host: Cow<'_, str> = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(authority.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(authority)
+        };
         let i = self
             .exact
-            .get(&host)
+            .get(host.as_ref())
             .copied()
             .or_else(|| {
                 self.suffix
