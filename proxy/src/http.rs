@@ -1005,30 +1005,35 @@ fn same_as(downstream: Protocol) -> UpstreamProtocol {
 /// origin-form (`/path?q`) and a `Host` header; HTTP/2 gets the authority in the URI
 /// (it becomes `:authority`) and no `Host`.
 fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol) {
-    let authority = authority(req).to_owned();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
     match protocol {
+        // Most HTTP/1 requests already have a `Host` and an origin-form target: nothing
+        // copied for them.
         UpstreamProtocol::Http1 => {
             if req.method() == Method::CONNECT {
                 return;
             }
             if !req.headers().contains_key(header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(&authority) {
+                if let Ok(v) = HeaderValue::from_str(authority(req)) {
                     req.headers_mut().insert(header::HOST, v);
                 }
             }
             if req.uri().authority().is_some() {
-                if let Ok(uri) = path.parse::<Uri>() {
-                    *req.uri_mut() = uri;
-                }
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(path);
             }
             *req.version_mut() = http::Version::HTTP_11;
         }
         UpstreamProtocol::Http2 => {
+            let authority = authority(req).to_owned();
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
             let scheme = req.uri().scheme_str().unwrap_or("http").to_owned();
             if let Ok(uri) = Uri::builder()
                 .scheme(scheme.as_str())
