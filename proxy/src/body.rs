@@ -207,7 +207,7 @@ impl<B: Body<Data = Bytes, Error = BodyError> + Unpin> Body for MeteredBody<B> {
                     }
                     if let Some(t) = frame.trailers_ref() {
                         if let Some(s) = t
-                            .get("grpc-status")
+                            .get(&crate::retry::GRPC_STATUS)
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse().ok())
                         {

@@ -388,7 +388,7 @@ impl HttpConn {
                 // A trailers-only gRPC response carries the status in its headers.
                 grpc_status: resp
                     .headers()
-                    .get("grpc-status")
+                    .get(&retry::GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok()),
                 response_flags: flags,
@@ -1225,7 +1225,12 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// message from them), and `Proxy-Authorization`/`Proxy-Authenticate`, which belong to
 /// an explicit proxy the app may be talking to through us.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Removed below in any case, so not looked up by name: the usual `Connection: keep-alive`
+    // costs no allocation (a custom `HeaderName` is one, and so is the list).
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| {
             *n != header::TRANSFER_ENCODING
@@ -1240,8 +1245,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(name);
     }
     headers.remove(header::CONNECTION);
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {

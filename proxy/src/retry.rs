@@ -12,12 +12,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::model::route::RetryPolicy;
+
+/// `grpc-status`, a constant: looking a header up by `&str` parses the name every time.
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Request bodies up to this size can be replayed.
 pub(crate) const MAX_REPLAY_BYTES: usize = 64 * 1024;
@@ -63,7 +66,7 @@ impl Outcome {
     /// The outcome of response headers.
     pub(crate) fn of_response(status: StatusCode, headers: &HeaderMap) -> Outcome {
         let grpc_status = headers
-            .get("grpc-status")
+            .get(&GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         Outcome::Response {
