@@ -1,7 +1,8 @@
 //! The L7 benchmark for a second per case, so that it cannot rot: every target (direct, nginx,
-//! haproxy, the real agent on loopback and as the mesh between two spliced pods) with every
-//! load (wrk, h2load, the open loop) on a real test-bed node, pinned, with the proxies' CPU
-//! and memory read, Myelin's golden metrics checked and the mesh runs checked spliced.
+//! haproxy, the hyper floor, the real agent on loopback and as the mesh between two spliced
+//! pods) with every load (wrk, h2load, the open loop) on a real test-bed node, pinned, with the
+//! proxies' CPU and memory read, Myelin's golden metrics checked and the mesh runs checked
+//! spliced.
 //!
 //! Needs root, nginx, haproxy, wrk, h2load and a release build of `myelin` (scripts/test.sh
 //! builds it first). In CI a missing prerequisite fails the test.
@@ -39,7 +40,7 @@ fn every_target_with_every_load() {
         ..Options::default()
     };
     let runs = l7::run(&opts, &|| Ok(())).expect("benchmark run");
-    assert_eq!(runs.len(), 15);
+    assert_eq!(runs.len(), 18);
     for m in &runs {
         assert!(m.requests > 0 && m.requests_per_sec > 0.0, "{m:?}");
         assert!(m.p50_us > 0.0 && m.p50_us <= m.p99_us, "{m:?}");
@@ -62,7 +63,7 @@ fn every_target_with_every_load() {
         }
     }
     let rows = report::aggregate(&opts.loads, &opts.targets, &runs);
-    assert_eq!(rows.len(), 15);
+    assert_eq!(rows.len(), 18);
     let table = report::markdown(&rows);
     assert!(table.contains("| http2 | haproxy |"), "{table}");
     // Every target the issue sets is checked (met or not).

@@ -60,6 +60,9 @@ pub enum Target {
     Direct,
     Nginx,
     Haproxy,
+    /// The stack's floor: `myelin-hyper-floor`, a reverse proxy of hyper's connections on
+    /// tokio's current-thread runtime and nothing else (no routing, metrics, ...).
+    HyperFloor,
     /// The agent as a reverse proxy on loopback, like nginx and haproxy.
     Myelin,
     /// The agent as the mesh: client pod -> captured, spliced -> proxy -> spliced -> backend pod.
@@ -71,10 +74,11 @@ const CLIENT_POD: &str = "client";
 const BACKEND_POD: &str = "backend";
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::Direct,
         Target::Nginx,
         Target::Haproxy,
+        Target::HyperFloor,
         Target::Myelin,
         Target::MyelinMesh,
     ];
@@ -84,6 +88,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Nginx => "nginx",
             Target::Haproxy => "haproxy",
+            Target::HyperFloor => "hyper-floor",
             Target::Myelin => "myelin",
             Target::MyelinMesh => "myelin-mesh",
         }
@@ -101,6 +106,7 @@ impl Target {
             Target::Direct => (lo(port::BACKEND_H1), lo(port::BACKEND_H2)),
             Target::Nginx => (lo(port::NGINX_H1), lo(port::NGINX_H2)),
             Target::Haproxy => (lo(port::HAPROXY), lo(port::HAPROXY)),
+            Target::HyperFloor => (lo(port::HYPER_FLOOR), lo(port::HYPER_FLOOR)),
             Target::Myelin => (lo(port::MYELIN), lo(port::MYELIN)),
             // The backend pod's own address: the client's connection is captured.
             Target::MyelinMesh => {
@@ -272,6 +278,9 @@ pub fn check_tools(opts: &Options) -> Result<()> {
     if opts.targets.contains(&Target::Myelin) {
         myelin_testbed::myelin_command()?;
     }
+    if opts.targets.contains(&Target::HyperFloor) {
+        hyper_floor_path()?;
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     ensure!(
         opts.proxy_cpu != opts.load_cpu && opts.proxy_cpu < cpus && opts.load_cpu < cpus,
@@ -401,6 +410,49 @@ fn start_haproxy(node: &Node, cpu: usize, dir: &Path) -> Result<Server> {
         name: "haproxy",
         log,
     })
+}
+
+fn start_hyper_floor(node: &Node, cpu: usize, dir: &Path) -> Result<Server> {
+    std::fs::create_dir_all(dir)?;
+    let log = dir.join("hyper-floor.log");
+    let out = std::fs::File::create(&log)?;
+    let mut cmd = Command::new(tools::path("taskset")?);
+    cmd.arg("-c")
+        .arg(cpu.to_string())
+        .arg(hyper_floor_path()?)
+        .arg("--listen")
+        .arg(SocketAddr::from((Ipv4Addr::LOCALHOST, port::HYPER_FLOOR)).to_string())
+        .arg("--backend")
+        .arg(SocketAddr::from((Ipv4Addr::LOCALHOST, port::BACKEND_H1)).to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    Ok(Server {
+        proc: node.spawn(cmd)?,
+        name: "hyper-floor",
+        log,
+    })
+}
+
+/// `myelin-hyper-floor`: `$MYELIN_HYPER_FLOOR`, else next to this executable (or its parent
+/// directory, for a test binary in `target/release/deps`).
+fn hyper_floor_path() -> Result<PathBuf> {
+    const NAME: &str = "myelin-hyper-floor";
+    if let Some(p) = std::env::var_os("MYELIN_HYPER_FLOOR") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join(NAME))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{NAME} not found next to {}: cargo build --release -p myelin-benches",
+                exe.display()
+            )
+        })
 }
 
 /// The proxy under test while it runs.
@@ -545,6 +597,7 @@ impl Bench<'_> {
                 servers::proxy_nginx,
             )?),
             Target::Haproxy => Running::Server(start_haproxy(node, cpu, &dir)?),
+            Target::HyperFloor => Running::Server(start_hyper_floor(node, cpu, &dir)?),
             Target::Myelin | Target::MyelinMesh => {
                 let mesh = &mut self.mesh;
                 on_cpu(cpu, || mesh.start_agent())?;

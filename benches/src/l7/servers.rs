@@ -30,6 +30,8 @@ pub mod port {
     pub const HAPROXY: u16 = 18092;
     /// Myelin sniffs the protocol: one port for both.
     pub const MYELIN: u16 = 18093;
+    /// `myelin-hyper-floor` sniffs it too.
+    pub const HYPER_FLOOR: u16 = 18094;
 }
 
 fn nginx_common(dir: &Path) -> String {
