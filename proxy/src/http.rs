@@ -915,7 +915,17 @@ impl HttpConn {
                     addr,
                 )?,
             };
-            let req = req.map(|b| b.map_err(BodyError::from).boxed());
+            let req = req.map(|b| {
+                if b.is_end_stream() {
+                    // No body (most requests): an empty body is zero-sized, so boxing it
+                    // allocates nothing.
+                    http_body_util::Empty::new()
+                        .map_err(|never: Infallible| match never {})
+                        .boxed()
+                } else {
+                    b.map_err(BodyError::from).boxed()
+                }
+            });
             // Each protocol's future awaited here rather than through one more async
             // layer that would hold the request beside it.
             let sent = match ep.protocol {
