@@ -74,9 +74,10 @@ async fn connection(stream: TcpStream, pool: Arc<Pool>) {
             Ok(n) if n >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&head[..n]) => {
                 break head[..n] == *H2_PREFACE;
             }
-            // A prefix of the preface so far: wait for more.
-            Ok(_) => stream.readable().await.ok(),
-        };
+            // A prefix of the preface so far: wait for more (`readable` would return at once:
+            // the peeked bytes are still there).
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+        }
     };
     let svc = hyper::service::service_fn(move |req| {
         let pool = pool.clone();
