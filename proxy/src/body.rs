@@ -206,11 +206,7 @@ impl<B: Body<Data = Bytes, Error = BodyError> + Unpin> Body for MeteredBody<B> {
                         p.response_bytes += d.len() as u64;
                     }
                     if let Some(t) = frame.trailers_ref() {
-                        if let Some(s) = t
-                            .get(&crate::retry::GRPC_STATUS)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse().ok())
-                        {
+                        if let Some(s) = crate::retry::grpc_status(t) {
                             p.record.grpc_status = Some(s);
                         }
                     }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -386,11 +387,7 @@ impl HttpConn {
                 request_protocol: if grpc { "grpc" } else { "http" },
                 response_code: resp.status().as_u16(),
                 // A trailers-only gRPC response carries the status in its headers.
-                grpc_status: resp
-                    .headers()
-                    .get(&retry::GRPC_STATUS)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()),
+                grpc_status: retry::grpc_status(resp.headers()),
                 response_flags: flags,
                 duration: elapsed,
                 request_bytes: 0,
@@ -1028,35 +1025,33 @@ fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol) {
                 }
             }
             if req.uri().authority().is_some() {
-                let path = req
-                    .uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-                *req.uri_mut() = Uri::from(path);
+                *req.uri_mut() = Uri::from(path_of(req.uri()));
             }
             *req.version_mut() = http::Version::HTTP_11;
         }
         UpstreamProtocol::Http2 => {
-            let authority = authority(req).to_owned();
-            let path = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned();
-            let scheme = req.uri().scheme_str().unwrap_or("http").to_owned();
-            if let Ok(uri) = Uri::builder()
-                .scheme(scheme.as_str())
-                .authority(authority.as_str())
-                .path_and_query(path.as_str())
-                .build()
-            {
-                *req.uri_mut() = uri;
+            // Scheme and path reused as they are (cheap clones); only the authority is
+            // parsed, from `Host` when there is one.
+            if let Ok(authority) = http::uri::Authority::try_from(authority(req)) {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
+                parts.authority = Some(authority);
+                parts.path_and_query = Some(path_of(req.uri()));
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
             }
             req.headers_mut().remove(header::HOST);
             *req.version_mut() = http::Version::HTTP_2;
         }
     }
+}
+
+/// The request target's path and query (`/` when it has none); a cheap clone.
+fn path_of(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// Applies the response header mutations of the route, then its virtual host, then its

@@ -19,8 +19,15 @@ use hyper::body::Incoming;
 use crate::error::ProxyError;
 use crate::model::route::RetryPolicy;
 
-/// `grpc-status`, a constant: looking a header up by `&str` parses the name every time.
-pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// The `grpc-status` of response headers or trailers, if it is a number.
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    // A constant name: looking a header up by `&str` parses the name every time.
+    const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    headers
+        .get(&GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
 
 /// Request bodies up to this size can be replayed.
 pub(crate) const MAX_REPLAY_BYTES: usize = 64 * 1024;
@@ -65,13 +72,9 @@ impl Outcome {
 
     /// The outcome of response headers.
     pub(crate) fn of_response(status: StatusCode, headers: &HeaderMap) -> Outcome {
-        let grpc_status = headers
-            .get(&GRPC_STATUS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
         Outcome::Response {
             status,
-            grpc_status,
+            grpc_status: grpc_status(headers),
         }
     }
 }
