@@ -293,9 +293,9 @@ pub fn check_tools(opts: &Options) -> Result<()> {
 
 /// `program args...` under `taskset -c cpu`: taskset execs the program, so the pid is the
 /// program's.
-fn pinned(cpu: usize, program: &str) -> Result<Command> {
+fn pinned(cpu: usize, program: &Path) -> Result<Command> {
     let mut c = Command::new(tools::path("taskset")?);
-    c.arg("-c").arg(cpu.to_string()).arg(tools::path(program)?);
+    c.arg("-c").arg(cpu.to_string()).arg(program);
     Ok(c)
 }
 
@@ -373,7 +373,7 @@ fn start_nginx(
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf(dir))?;
     let log = dir.join("error.log");
-    let mut cmd = pinned(cpu, "nginx")?;
+    let mut cmd = pinned(cpu, &tools::path("nginx")?)?;
     // -e: the error log before the config is read; -p: the prefix for anything relative.
     cmd.arg("-p")
         .arg(dir)
@@ -395,41 +395,33 @@ fn start_haproxy(node: &Node, cpu: usize, dir: &Path) -> Result<Server> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, servers::proxy_haproxy())?;
-    let log = dir.join("haproxy.log");
-    let out = std::fs::File::create(&log)?;
-    let mut cmd = pinned(cpu, "haproxy")?;
+    let mut cmd = pinned(cpu, &tools::path("haproxy")?)?;
     // -db: foreground, no daemon, no master process: the pid is the proxy's.
-    cmd.arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    Ok(Server {
-        proc: node.spawn(cmd)?,
-        name: "haproxy",
-        log,
-    })
+    cmd.arg("-db").arg("-f").arg(&path);
+    start_logged(node, cmd, dir, "haproxy")
 }
 
 fn start_hyper_floor(node: &Node, cpu: usize, dir: &Path) -> Result<Server> {
     std::fs::create_dir_all(dir)?;
-    let log = dir.join("hyper-floor.log");
-    let out = std::fs::File::create(&log)?;
-    let mut cmd = Command::new(tools::path("taskset")?);
-    cmd.arg("-c")
-        .arg(cpu.to_string())
-        .arg(hyper_floor_path()?)
-        .arg("--listen")
-        .arg(SocketAddr::from((Ipv4Addr::LOCALHOST, port::HYPER_FLOOR)).to_string())
+    let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)).to_string();
+    let mut cmd = pinned(cpu, &hyper_floor_path()?)?;
+    cmd.arg("--listen")
+        .arg(lo(port::HYPER_FLOOR))
         .arg("--backend")
-        .arg(SocketAddr::from((Ipv4Addr::LOCALHOST, port::BACKEND_H1)).to_string())
-        .stdin(std::process::Stdio::null())
+        .arg(lo(port::BACKEND_H1));
+    start_logged(node, cmd, dir, "hyper-floor")
+}
+
+/// Starts `cmd` in `node`, its output in `dir/<name>.log`.
+fn start_logged(node: &Node, mut cmd: Command, dir: &Path, name: &'static str) -> Result<Server> {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log)?;
+    cmd.stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
     Ok(Server {
         proc: node.spawn(cmd)?,
-        name: "hyper-floor",
+        name,
         log,
     })
 }
@@ -802,7 +794,7 @@ impl Bench<'_> {
         let timeout = Duration::from_secs(seconds + 60);
         match load {
             Load::Http1 => {
-                let mut cmd = pinned(opts.load_cpu, "wrk")?;
+                let mut cmd = pinned(opts.load_cpu, &tools::path("wrk")?)?;
                 cmd.arg("-t1")
                     .arg(format!("-c{}", opts.wrk_connections))
                     .arg(format!("-d{seconds}s"))
@@ -827,7 +819,7 @@ impl Bench<'_> {
                 })
             }
             Load::Http2 => {
-                let mut cmd = pinned(opts.load_cpu, "h2load")?;
+                let mut cmd = pinned(opts.load_cpu, &tools::path("h2load")?)?;
                 cmd.arg("-t1")
                     .arg(format!("-c{}", opts.h2_connections))
                     .arg(format!("-m{}", opts.h2_streams))
