@@ -191,6 +191,8 @@ pub struct ProxyUsage {
     pub pid: u32,
     pub cpu_seconds: f64,
     pub cpu_us_per_request: f64,
+    /// The part of `cpu_us_per_request` spent in the kernel (system time).
+    pub kernel_us_per_request: f64,
     /// Right after the run.
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
@@ -236,8 +238,9 @@ impl Measurement {
         );
         if let Some(p) = &self.proxy {
             s += &format!(
-                ", proxy CPU {:.2} us/request, RSS {:.1} MB, {} threads",
+                ", proxy CPU {:.2} us/request ({:.2} in the kernel), RSS {:.1} MB, {} threads",
                 p.cpu_us_per_request,
+                p.kernel_us_per_request,
                 p.rss_bytes as f64 / 1e6,
                 p.threads
             );
@@ -719,11 +722,14 @@ impl Bench<'_> {
         let proxy = match (pid, cpu0, cpu1) {
             (Some(pid), Some(c0), Some(c1)) => {
                 let status = procstat::status(pid)?;
-                let cpu = (c1 - c0).as_secs_f64();
+                let used = c1 - c0;
+                let cpu = used.total().as_secs_f64();
+                let per_request = |s: f64| s * 1e6 / driven.requests as f64;
                 Some(ProxyUsage {
                     pid,
                     cpu_seconds: cpu,
-                    cpu_us_per_request: cpu * 1e6 / driven.requests as f64,
+                    cpu_us_per_request: per_request(cpu),
+                    kernel_us_per_request: per_request(used.system.as_secs_f64()),
                     rss_bytes: status.rss_bytes,
                     peak_rss_bytes: status.peak_rss_bytes,
                     threads: status.threads,

@@ -16,9 +16,9 @@ fn clock_ticks_per_sec() -> Result<u64> {
     Ok(t as u64)
 }
 
-/// `utime + stime` from the text of `/proc/<pid>/stat`, in clock ticks. The process's times
+/// `(utime, stime)` from the text of `/proc/<pid>/stat`, in clock ticks. The process's times
 /// include its threads, also those that have exited.
-pub fn parse_stat_ticks(stat: &str) -> Result<u64> {
+pub fn parse_stat_ticks(stat: &str) -> Result<(u64, u64)> {
     // The command name (field 2) is in parentheses and may contain spaces and ')'.
     let after = stat
         .rsplit_once(')')
@@ -33,16 +33,49 @@ pub fn parse_stat_ticks(stat: &str) -> Result<u64> {
             .parse()
             .with_context(|| format!("/proc/<pid>/stat field {n}"))
     };
-    Ok(field(14)? + field(15)?)
+    Ok((field(14)?, field(15)?))
 }
 
-/// CPU time (user + system) the process has used so far.
-pub fn cpu_time(pid: u32) -> Result<Duration> {
+/// CPU time a process has used so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTime {
+    /// In user space (`utime`).
+    pub user: Duration,
+    /// In the kernel on the process's behalf (`stime`): its system calls, and the network
+    /// stack's work they do (on loopback, the peer's receive path too).
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+
+    fn sub(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+/// CPU time (user and system) the process has used so far. The kernel splits the two by
+/// sampling at its tick, so the split is statistical; over a run of seconds at full load it
+/// is within a few percent.
+pub fn cpu_time(pid: u32) -> Result<CpuTime> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let ticks = parse_stat_ticks(&text)?;
+    let (user, system) = parse_stat_ticks(&text)?;
     let hz = clock_ticks_per_sec()?;
-    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    let time = |ticks: u64| Duration::from_nanos(ticks * 1_000_000_000 / hz);
+    Ok(CpuTime {
+        user: time(user),
+        system: time(system),
+    })
 }
 
 /// Busy time of one CPU so far (`/proc/stat`: everything but idle and iowait), all processes
@@ -156,7 +189,7 @@ mod tests {
     fn stat_times_survive_odd_command_names() {
         let stat = "4242 (my (odd) proc) S 1 4242 4242 0 -1 4194560 3000 0 0 0 \
                     1234 56 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
-        assert_eq!(parse_stat_ticks(stat).unwrap(), 1290);
+        assert_eq!(parse_stat_ticks(stat).unwrap(), (1234, 56));
         assert!(parse_stat_ticks("4242 (x) S 1").is_err());
     }
 

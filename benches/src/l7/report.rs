@@ -17,6 +17,7 @@ pub struct Row {
     pub p50_us: f64,
     pub p99_us: f64,
     pub cpu_us_per_request: Option<f64>,
+    pub kernel_us_per_request: Option<f64>,
     pub rss_mb: Option<f64>,
     pub threads: Option<u32>,
     pub send_lag_p99_us: Option<f64>,
@@ -59,6 +60,7 @@ pub fn aggregate(loads: &[Load], targets: &[Target], runs: &[Measurement]) -> Ve
                 p50_us: med(&|m| Some(m.p50_us)).unwrap_or_default(),
                 p99_us: med(&|m| Some(m.p99_us)).unwrap_or_default(),
                 cpu_us_per_request: med(&|m| m.proxy.as_ref().map(|p| p.cpu_us_per_request)),
+                kernel_us_per_request: med(&|m| m.proxy.as_ref().map(|p| p.kernel_us_per_request)),
                 rss_mb: med(&|m| m.proxy.as_ref().map(|p| p.rss_bytes as f64 / 1e6)),
                 threads: rs
                     .iter()
@@ -79,19 +81,20 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The table: one row per load and target.
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| load | target | req/s | p50 (us) | p99 (us) | proxy CPU (us/request) | proxy RSS (MB) | proxy threads | other load on proxy CPU |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| load | target | req/s | p50 (us) | p99 (us) | proxy CPU (us/request) | of it in the kernel | proxy RSS (MB) | proxy threads | other load on proxy CPU |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {:.1}% |",
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {:.1}% |",
             r.load.name(),
             r.target.name(),
             r.requests_per_sec,
             r.p50_us,
             r.p99_us,
             opt(r.cpu_us_per_request, 2),
+            opt(r.kernel_us_per_request, 2),
             opt(r.rss_mb, 1),
             r.threads.map_or_else(|| "-".to_owned(), |t| t.to_string()),
             r.proxy_core_other_pct,
@@ -208,6 +211,7 @@ mod tests {
                 pid: 1,
                 cpu_seconds: 1.0,
                 cpu_us_per_request: cpu,
+                kernel_us_per_request: cpu * 0.6,
                 rss_bytes: 16_000_000,
                 peak_rss_bytes: 16_000_000,
                 threads: 1,
@@ -248,11 +252,13 @@ mod tests {
         assert_eq!(nginx.cpu_us_per_request, Some(38.0));
         let table = markdown(&rows);
         assert!(
-            table.contains("| http1 | direct | 180000 | 50.0 | 100.0 | - | - | - | 1.0% |"),
+            table.contains("| http1 | direct | 180000 | 50.0 | 100.0 | - | - | - | - | 1.0% |"),
             "{table}"
         );
         assert!(
-            table.contains("| http1 | myelin | 60000 | 350.0 | 700.0 | 14.00 | 16.0 | 1 | 1.0% |"),
+            table.contains(
+                "| http1 | myelin | 60000 | 350.0 | 700.0 | 14.00 | 8.40 | 16.0 | 1 | 1.0% |"
+            ),
             "{table}"
         );
         let v = verdicts(&rows);
