@@ -84,8 +84,8 @@ pub fn resolve(cluster: &Cluster, addr: SocketAddr, ep: &HboneEndpoint) -> Hbone
 
 /// Adds `lookup` for `addr` to `index`. The same address in several clusters must agree
 /// (it is one pod); when it does not, the address fails closed.
-pub(crate) fn merge(
-    index: &mut HashMap<SocketAddr, HboneLookup>,
+pub(crate) fn merge<S: std::hash::BuildHasher>(
+    index: &mut HashMap<SocketAddr, HboneLookup, S>,
     addr: SocketAddr,
     lookup: &HboneLookup,
 ) {
