@@ -59,6 +59,12 @@ impl Default for GuardConfig {
 /// Label value used when a value is not known (Istio's convention).
 pub const UNKNOWN: &str = "unknown";
 
+/// [`UNKNOWN`] as a label value: one shared allocation, cloned per request.
+pub fn unknown() -> Arc<str> {
+    static LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(UNKNOWN));
+    LABEL.clone()
+}
+
 /// Everything known about one finished request.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {

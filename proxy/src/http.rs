@@ -43,7 +43,7 @@ use crate::body::{AccessInfo, CountingBody, MeteredBody};
 use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody, ProxyError, Side};
-use crate::golden::{GoldenMetrics, RequestRecord, UNKNOWN};
+use crate::golden::{self, GoldenMetrics, RequestRecord, UNKNOWN};
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::UpstreamProtocol as ClusterProtocol;
 use crate::model::endpoint::EndpointAddress;
@@ -208,10 +208,9 @@ fn split_port(authority: &str) -> &str {
 /// Where one routed request goes, and what to do to it on the way.
 struct Decision {
     target: Target,
-    /// The traffic config the request was routed with, and the chosen cluster (retries
+    /// The chosen cluster, as in the traffic config the request was routed with (retries
     /// pick their endpoints from it).
-    traffic: Arc<traffic::Traffic>,
-    cluster: String,
+    cluster: Arc<ClusterTarget>,
     /// The request's hash for ring-hash and Maglev clusters.
     hash: Option<u64>,
     /// The route table and the (virtual host, route) indexes in it, for the response's
@@ -315,7 +314,7 @@ impl HttpConn {
                 )
             });
             let grpc = is_grpc(req.headers());
-            let authority_seen = authority(&req).to_owned();
+            let authority_seen = SeenAuthority::of(&req);
             let stream = Arc::new(StreamState::new(
                 tokio::time::Instant::from_std(start),
                 http_body::Body::is_end_stream(req.body()),
@@ -348,7 +347,7 @@ impl HttpConn {
                         ProxyError::Denied { addr, .. } => Some(*addr),
                         _ => (self.reporter == Reporter::Destination).then_some(self.dst),
                     };
-                    let dest = self.destination(None, addr, &authority_seen);
+                    let dest = self.destination(None, addr, authority_seen.as_str());
                     (e.to_response(), e.response_flags(), dest)
                 }
             };
@@ -383,7 +382,7 @@ impl HttpConn {
                     }
                     None => "none",
                 },
-                destination_principal: dest.principal.unwrap_or_else(|| UNKNOWN.into()),
+                destination_principal: dest.principal.unwrap_or_else(golden::unknown),
                 request_protocol: if grpc { "grpc" } else { "http" },
                 response_code: resp.status().as_u16(),
                 // A trailers-only gRPC response carries the status in its headers.
@@ -399,7 +398,7 @@ impl HttpConn {
                     .map(|(method, uri, started_at)| AccessInfo {
                         start: started_at,
                         method: method.to_string(),
-                        authority: authority_seen,
+                        authority: authority_seen.as_str().to_owned(),
                         path: uri
                             .path_and_query()
                             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
@@ -465,7 +464,7 @@ impl HttpConn {
                 }
             };
             let dest = self.destination(
-                Some(&decision.cluster),
+                Some(&decision.cluster.cluster.name),
                 Some(decision.target.addr),
                 authority(&req),
             );
@@ -477,18 +476,12 @@ impl HttpConn {
             // A route's retry policy replaces its virtual host's.
             let policy = action.retry_policy.as_ref().or(vh.retry_policy.as_ref());
             // The cluster's `max_requests` circuit breaker.
-            let _in_flight = match decision.traffic.cluster(&decision.cluster) {
-                Some(c) => match c.try_request() {
-                    Some(g) => Some(g),
-                    None => {
-                        self.metrics.request_overflow.inc();
-                        return Err(ProxyError::Overflow {
-                            cluster: decision.cluster.clone(),
-                            breaker: "max_requests",
-                        });
-                    }
-                },
-                None => None,
+            let Some(_in_flight) = decision.cluster.try_request() else {
+                self.metrics.request_overflow.inc();
+                return Err(ProxyError::Overflow {
+                    cluster: decision.cluster.cluster.name.clone(),
+                    breaker: "max_requests",
+                });
             };
             // Pinned here and lent to `within`: a future of several kilobytes is not copied
             // again into `within`'s.
@@ -604,7 +597,7 @@ impl HttpConn {
         first_pick: PickedEndpoint,
     ) -> impl Future<Output = Result<(Response<ProxyBody>, &'static str), ProxyError>> + 'f {
         async move {
-            let cluster = d.traffic.cluster(&d.cluster);
+            let cluster = Some(&d.cluster);
             let limits = cluster.map(|c| c.conn_limits());
             let upgrade = wants_upgrade(&req);
             match policy {
@@ -727,7 +720,6 @@ impl HttpConn {
                     &[]
                 };
                 pick = pick_endpoint(
-                    &d.traffic,
                     &d.cluster,
                     self.captured.then_some(self.dst),
                     self.downstream,
@@ -761,16 +753,12 @@ impl HttpConn {
                     )
                 })?,
             };
-            let authority = authority(req).to_owned();
-            let path = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned();
+            let authority = authority(req);
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             let head = RequestHead {
                 method: req.method().as_str(),
-                authority: &authority,
-                path: &path,
+                authority,
+                path,
                 scheme: "http",
                 headers: req.headers(),
             };
@@ -811,9 +799,9 @@ impl HttpConn {
                 }
             };
             let hash = router::request_hash(&action.hash_policy, &head, self.peer.ip());
+            let cluster = find_cluster(&traffic, cluster)?.clone();
             let first = pick_endpoint(
-                &traffic,
-                cluster,
+                &cluster,
                 self.captured.then_some(self.dst),
                 self.downstream,
                 &[],
@@ -822,7 +810,7 @@ impl HttpConn {
             .await?;
             let endpoint = first.endpoint.clone();
 
-            let new_path = router::rewrite_path(action, &route.route_match, &path);
+            let new_path = router::rewrite_path(action, &route.route_match, path);
             let new_host = match &action.host_rewrite {
                 Some(HostRewrite::Literal(h)) => Some(h.clone()),
                 Some(HostRewrite::Auto) => match &endpoint {
@@ -850,12 +838,10 @@ impl HttpConn {
                     &m.request_headers_to_remove,
                 );
             }
-            let cluster = cluster.to_owned();
             Ok(Ok((
                 Decision {
                     target: first.target,
                     hash,
-                    traffic: traffic.clone(),
                     cluster,
                     table: table.clone(),
                     vhost,
@@ -1080,6 +1066,34 @@ fn authority<B>(req: &Request<B>) -> &str {
         .unwrap_or("")
 }
 
+/// A request's authority as [`authority`] reads it, kept after the request has moved on: a
+/// reference-counted clone of the header or the URI's part, not a copy.
+enum SeenAuthority {
+    Host(HeaderValue),
+    Uri(http::uri::Authority),
+    Empty,
+}
+
+impl SeenAuthority {
+    fn of<B>(req: &Request<B>) -> Self {
+        match req.headers().get(header::HOST) {
+            Some(h) if h.to_str().is_ok() => SeenAuthority::Host(h.clone()),
+            _ => match req.uri().authority() {
+                Some(a) => SeenAuthority::Uri(a.clone()),
+                None => SeenAuthority::Empty,
+            },
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            SeenAuthority::Host(h) => h.to_str().unwrap_or_default(),
+            SeenAuthority::Uri(a) => a.as_str(),
+            SeenAuthority::Empty => "",
+        }
+    }
+}
+
 fn index_of<T>(items: &[T], item: &T) -> usize {
     items
         .iter()
@@ -1090,16 +1104,13 @@ fn index_of<T>(items: &[T], item: &T) -> usize {
 /// Picks an endpoint of cluster `name` (`original_dst` for `ORIGINAL_DST` clusters) and
 /// resolves it: the endpoint as configured and where to connect.
 pub(crate) async fn pick_endpoint(
-    traffic: &traffic::Traffic,
-    name: &str,
+    cluster: &ClusterTarget,
     original_dst: Option<SocketAddr>,
     downstream: Protocol,
     exclude: &[EndpointAddress],
     hash: Option<u64>,
 ) -> Result<PickedEndpoint, ProxyError> {
-    let cluster = traffic.cluster(name).ok_or_else(|| {
-        ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
-    })?;
+    let name = &cluster.cluster.name;
     // `retry_previous_hosts` passes the hosts tried so far: they are avoided while others
     // are left.
     let picked = cluster
@@ -1138,6 +1149,16 @@ pub(crate) async fn pick_endpoint(
     })
 }
 
+/// The cluster `name` of `traffic`.
+pub(crate) fn find_cluster<'t>(
+    traffic: &'t traffic::Traffic,
+    name: &str,
+) -> Result<&'t Arc<ClusterTarget>, ProxyError> {
+    traffic.cluster(name).ok_or_else(|| {
+        ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
+    })
+}
+
 /// An endpoint chosen for an attempt.
 pub(crate) struct PickedEndpoint {
     /// As configured (a DNS name stays a name).
@@ -1150,6 +1171,10 @@ pub(crate) struct PickedEndpoint {
 
 /// Resolves an endpoint to the address to connect to (the first DNS answer).
 async fn resolve_one(endpoint: &EndpointAddress) -> Result<SocketAddr, ProxyError> {
+    if let EndpointAddress::Socket(addr) = endpoint {
+        // Nearly every request: no lookup, and no `Vec` for the one address.
+        return Ok(*addr);
+    }
     match traffic::resolve(endpoint).await {
         Ok(addrs) if !addrs.is_empty() => Ok(addrs[0]),
         Ok(_) => Err(ProxyError::unrouted(
@@ -1366,6 +1391,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seen_authority_reads_as_authority_does() {
+        let reqs = [
+            Request::get("/")
+                .header("host", "shop:8080")
+                .body(())
+                .unwrap(),
+            Request::get("http://from-uri:81/x").body(()).unwrap(),
+            // A Host that is not visible ASCII: the URI's authority, as `authority` does.
+            Request::get("http://from-uri/")
+                .header("host", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+                .body(())
+                .unwrap(),
+            Request::get("/").body(()).unwrap(),
+        ];
+        let seen: Vec<String> = reqs
+            .iter()
+            .map(|r| {
+                assert_eq!(SeenAuthority::of(r).as_str(), authority(r));
+                authority(r).to_owned()
+            })
+            .collect();
+        assert_eq!(seen, ["shop:8080", "from-uri:81", "from-uri", ""]);
+    }
 
     fn conn(traffic: TrafficHandle) -> HttpConn {
         let workloads = vec![crate::model::Workload {

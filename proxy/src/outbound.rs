@@ -453,11 +453,15 @@ async fn tcp_upstream(
             })?
         }
     };
-    Ok(
-        http::pick_endpoint(traffic, name, original_dst, Protocol::Opaque, &[], None)
-            .await?
-            .target,
+    Ok(http::pick_endpoint(
+        http::find_cluster(traffic, name)?,
+        original_dst,
+        Protocol::Opaque,
+        &[],
+        None,
     )
+    .await?
+    .target)
 }
 
 #[allow(clippy::too_many_arguments)]
