@@ -184,6 +184,45 @@ pub fn verdict_markdown(verdicts: &[Verdict]) -> String {
     s
 }
 
+/// Myelin against the stack's floor (`hyper-floor`, a bare hyper proxy measured in the same
+/// run), for every load where both ran: CPU per request, total and in user space (total minus
+/// kernel). Not one of the targets: what Myelin's own work costs on top of the stack.
+pub fn floor_markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| load | target | CPU/request vs hyper-floor | user space vs hyper-floor's |\n|---|---|---:|---:|\n",
+    );
+    let user = |r: &Row| Some(r.cpu_us_per_request? - r.kernel_us_per_request?);
+    let mut any = false;
+    for load in Load::ALL {
+        let Some(floor) = row(rows, load, Target::HyperFloor) else {
+            continue;
+        };
+        for target in [Target::Myelin, Target::MyelinMesh] {
+            let Some(m) = row(rows, load, target) else {
+                continue;
+            };
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                _ => "-".to_owned(),
+            };
+            any = true;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                load.name(),
+                target.name(),
+                ratio(m.cpu_us_per_request, floor.cpu_us_per_request),
+                ratio(user(m), user(floor)),
+            );
+        }
+    }
+    if any {
+        s
+    } else {
+        String::new()
+    }
+}
+
 /// Per round, for the record: every measured run on one line.
 pub fn rounds_markdown(runs: &[Measurement]) -> String {
     let mut s = String::new();
@@ -285,6 +324,25 @@ mod tests {
             ]
         );
         assert_eq!(v[0].limit, 13.5);
+        // No hyper-floor in these runs: no table.
+        assert_eq!(floor_markdown(&rows), "");
+        let mut with_floor = runs.clone();
+        for round in 1..=3 {
+            with_floor.push(m(round, Target::HyperFloor, Load::Http1, 60e3, 700.0, 10.0));
+        }
+        let rows = aggregate(&Load::ALL, &Target::ALL, &with_floor);
+        // myelin: 14 us (8.4 in the kernel, 5.6 user) against 10 (6 + 4); the mesh: 9 against
+        // 10 (3.6 user against 4).
+        let floor = floor_markdown(&rows);
+        assert!(
+            floor.contains("| http1 | myelin | 1.40x | 1.40x |"),
+            "{floor}"
+        );
+        assert!(
+            floor.contains("| http1 | myelin-mesh | 0.90x | 0.90x |"),
+            "{floor}"
+        );
+        assert!(!floor.contains("http2"), "{floor}");
         assert!(verdict_markdown(&v).contains(
             "| myelin http2: req/s >= haproxy | 60000.00 | 68000.00 | 0.88x | **missed** |"
         ));
