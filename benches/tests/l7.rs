@@ -50,6 +50,11 @@ fn every_target_with_every_load() {
             (_, None) => panic!("no proxy usage: {m:?}"),
             (_, Some(p)) => {
                 assert!(p.cpu_seconds > 0.0 && p.rss_bytes > 0, "{m:?}");
+                assert!(
+                    p.kernel_us_per_request >= 0.0
+                        && p.kernel_us_per_request <= p.cpu_us_per_request,
+                    "{m:?}"
+                );
                 assert_eq!(p.cpus_allowed, "0", "{m:?}");
             }
         }
@@ -68,4 +73,7 @@ fn every_target_with_every_load() {
     assert!(table.contains("| http2 | haproxy |"), "{table}");
     // Every target the issue sets is checked (met or not).
     assert_eq!(report::verdicts(&rows).len(), 14);
+    // And Myelin against the floor, both Myelin targets with each load.
+    let floor = report::floor_markdown(&rows);
+    assert_eq!(floor.lines().count(), 2 + 6, "{floor}");
 }
