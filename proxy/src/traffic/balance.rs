@@ -203,87 +203,84 @@ impl Balancer {
 
     /// Picks a host: by `hash` for ring hash and Maglev (random without one), skipping
     /// ejected and `exclude`d hosts while others are available.
-    //
-    // Hosts are checked as the policy comes to them, not all up front: round robin usually
-    // takes the first host it looks at, and a request pays for no clock read or allocation
-    // while nothing is ejected.
     pub fn pick(&self, hash: Option<u64>, exclude: &dyn Fn(&Host) -> bool) -> Option<Active> {
         if self.hosts.is_empty() {
             return None;
         }
-        let usable = |i: usize| {
-            let h = &self.hosts[i];
-            !exclude(h) && !h.is_ejected_now()
-        };
-        let i = match self.pick_from(hash, &usable) {
-            Some(i) => i,
+        // On the stack for up to 16 hosts, and no clock read while no host has an ejection:
+        // this runs for every request.
+        let mut usable: SmallVec<[bool; 16]> = self
+            .hosts
+            .iter()
+            .map(|h| !exclude(h) && !h.is_ejected_now())
+            .collect();
+        if !usable.contains(&true) {
             // Panic mode: everything is ejected or excluded; use everything.
-            None => self.pick_from(hash, &|_| true)?,
-        };
-        let host = self.hosts[i].clone();
-        host.active.fetch_add(1, Ordering::Relaxed);
-        Some(Active(host))
-    }
-
-    /// The policy's pick among the hosts `usable` accepts.
-    fn pick_from(&self, hash: Option<u64>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-        match self.policy {
-            LbPolicy::RoundRobin => self.pick_rr(usable),
-            LbPolicy::Random => self.pick_random(usable),
-            LbPolicy::LeastRequest => self.pick_least(usable),
+            usable.fill(true);
+        }
+        let i = match self.policy {
+            LbPolicy::RoundRobin => self.pick_rr(&usable),
+            LbPolicy::Random => self.pick_random(&usable),
+            LbPolicy::LeastRequest => self.pick_least(&usable),
             LbPolicy::RingHash => {
                 let h = hash.unwrap_or_else(|| fastrand::u64(..));
                 let start = self.ring.partition_point(|(p, _)| *p < h) % self.ring.len();
                 (0..self.ring.len())
                     .map(|k| self.ring[(start + k) % self.ring.len()].1)
-                    .find(|&i| usable(i))
+                    .find(|&i| usable[i])
             }
             LbPolicy::Maglev => {
                 let h = hash.unwrap_or_else(|| fastrand::u64(..));
                 let start = (h % self.maglev.len() as u64) as usize;
                 (0..self.maglev.len())
                     .map(|k| self.maglev[(start + k) % self.maglev.len()])
-                    .find(|&i| usable(i))
+                    .find(|&i| usable[i])
             }
-        }
+        }?;
+        let host = self.hosts[i].clone();
+        host.active.fetch_add(1, Ordering::Relaxed);
+        Some(Active(host))
     }
 
-    fn pick_rr(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick_rr(&self, usable: &[bool]) -> Option<usize> {
         let n = self.rr.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| self.rr[(start + k) % n])
-            .find(|&i| usable(i))
+            .find(|&i| usable[i])
     }
 
-    fn pick_random(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let ok = self.usable_hosts(usable);
-        let total: u64 = ok.iter().map(|&i| u64::from(self.hosts[i].weight)).sum();
+    fn pick_random(&self, usable: &[bool]) -> Option<usize> {
+        let total: u64 = self
+            .hosts
+            .iter()
+            .zip(usable)
+            .filter(|(_, u)| **u)
+            .map(|(h, _)| u64::from(h.weight))
+            .sum();
         let mut x = fastrand::u64(0..total.max(1));
-        for &i in &ok {
-            let weight = u64::from(self.hosts[i].weight);
-            if x < weight {
+        for (i, h) in self.hosts.iter().enumerate() {
+            if !usable[i] {
+                continue;
+            }
+            if x < u64::from(h.weight) {
                 return Some(i);
             }
-            x -= weight;
+            x -= u64::from(h.weight);
         }
         None
     }
 
-    /// The indexes of the hosts `usable` accepts (on the stack for up to 16 hosts).
-    fn usable_hosts(&self, usable: &dyn Fn(usize) -> bool) -> SmallVec<[usize; 16]> {
-        (0..self.hosts.len()).filter(|&i| usable(i)).collect()
-    }
-
     /// Power of two choices: the less loaded of two random hosts; with unequal weights
     /// the higher `weight / (active + 1)` (Envoy's weighted least request, bias 1).
-    fn pick_least(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let ok = self.usable_hosts(usable);
-        if ok.is_empty() {
+    fn pick_least(&self, usable: &[bool]) -> Option<usize> {
+        let candidates: SmallVec<[usize; 16]> =
+            (0..self.hosts.len()).filter(|&i| usable[i]).collect();
+        if candidates.is_empty() {
             return None;
         }
-        let a = ok[fastrand::usize(..ok.len())];
-        let b = ok[fastrand::usize(..ok.len())];
+        let a = candidates[fastrand::usize(..candidates.len())];
+        let b = candidates[fastrand::usize(..candidates.len())];
         let score = |i: usize| {
             let h = &self.hosts[i];
             f64::from(h.weight) / (h.active() as f64 + 1.0)
