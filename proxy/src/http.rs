@@ -597,22 +597,21 @@ impl HttpConn {
         first_pick: PickedEndpoint,
     ) -> impl Future<Output = Result<(Response<ProxyBody>, &'static str), ProxyError>> + 'f {
         async move {
-            let cluster = Some(&d.cluster);
-            let limits = cluster.map(|c| c.conn_limits());
+            let limits = d.cluster.conn_limits();
             let upgrade = wants_upgrade(&req);
             match policy {
                 // The retry loop is boxed: its state (the replayable body, the request's parts
                 // for the next try, the endpoints tried) would otherwise make every request's
                 // future kilobytes larger, and futures are copied as they are created.
                 Some(p) if p.num_retries > 0 && !upgrade => {
-                    Box::pin(self.retried(d, p, cluster, limits.as_ref(), req, first_pick)).await
+                    Box::pin(self.retried(d, p, &limits, req, first_pick)).await
                 }
                 _ => {
                     // No retries, but the per-try timeout still bounds the one try (as in
                     // Envoy).
                     let per_try = policy.and_then(|p| p.per_try_timeout).filter(|_| !upgrade);
                     let target = first_pick.target;
-                    let attempt = self.forward(target, limits.as_ref(), req);
+                    let attempt = self.forward(target, Some(&limits), req);
                     let result = match per_try {
                         Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
                             Err(ProxyError::Timeout {
@@ -623,7 +622,7 @@ impl HttpConn {
                         }),
                         None => attempt.await,
                     };
-                    report_attempt(cluster, &first_pick, &result);
+                    report_attempt(&d.cluster, &first_pick, &result);
                     Ok((result?, "-"))
                 }
             }
@@ -636,8 +635,7 @@ impl HttpConn {
         &'f self,
         d: &'f Decision,
         policy: &'f RetryPolicy,
-        cluster: Option<&'f Arc<ClusterTarget>>,
-        limits: Option<&'f ConnLimits>,
+        limits: &'f ConnLimits,
         req: Request<ReqBody>,
         first_pick: PickedEndpoint,
     ) -> impl Future<Output = Result<(Response<ProxyBody>, &'static str), ProxyError>> + 'f {
@@ -672,7 +670,7 @@ impl HttpConn {
                 };
                 tried.push(pick.endpoint.clone());
                 let target = pick.target;
-                let attempt = self.forward(target, limits, req);
+                let attempt = self.forward(target, Some(limits), req);
                 let result = match policy.per_try_timeout {
                     Some(t) => match tokio::time::timeout(t, attempt).await {
                         Ok(r) => r,
@@ -684,7 +682,7 @@ impl HttpConn {
                     },
                     None => attempt.await,
                 };
-                report_attempt(cluster, &pick, &result);
+                report_attempt(&d.cluster, &pick, &result);
                 let outcome = match &result {
                     Ok(resp) => Outcome::of_response(resp.status(), resp.headers()),
                     Err(ProxyError::Timeout { .. }) => Outcome::PerTryTimeout,
@@ -703,7 +701,7 @@ impl HttpConn {
                     // Too big to send again.
                     return result.map(|r| (r, "-"));
                 }
-                let Some(guard) = cluster.and_then(|c| c.try_retry()) else {
+                let Some(guard) = d.cluster.try_retry() else {
                     // The retry circuit breaker (max_retries or the budget) is full: Envoy
                     // answers the last try's response flagged `UO`.
                     self.metrics.retry_overflow.inc();
@@ -940,11 +938,11 @@ impl HttpConn {
 
 /// Tells outlier detection how an attempt to `pick` went.
 fn report_attempt(
-    cluster: Option<&Arc<ClusterTarget>>,
+    cluster: &ClusterTarget,
     pick: &PickedEndpoint,
     result: &Result<Response<ProxyBody>, ProxyError>,
 ) {
-    let (Some(cluster), Picked::Host(active)) = (cluster, &pick.picked) else {
+    let Picked::Host(active) = &pick.picked else {
         return;
     };
     let r = match result {
@@ -1101,7 +1099,7 @@ fn index_of<T>(items: &[T], item: &T) -> usize {
         .expect("the item is borrowed from the slice")
 }
 
-/// Picks an endpoint of cluster `name` (`original_dst` for `ORIGINAL_DST` clusters) and
+/// Picks an endpoint of `cluster` (`original_dst` for `ORIGINAL_DST` clusters) and
 /// resolves it: the endpoint as configured and where to connect.
 pub(crate) async fn pick_endpoint(
     cluster: &ClusterTarget,
