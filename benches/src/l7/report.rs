@@ -192,6 +192,10 @@ pub fn floor_markdown(rows: &[Row]) -> String {
         "| load | target | CPU/request vs hyper-floor | user space vs hyper-floor's |\n|---|---|---:|---:|\n",
     );
     let user = |r: &Row| Some(r.cpu_us_per_request? - r.kernel_us_per_request?);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".to_owned(),
+    };
     let mut any = false;
     for load in Load::ALL {
         let Some(floor) = row(rows, load, Target::HyperFloor) else {
@@ -200,10 +204,6 @@ pub fn floor_markdown(rows: &[Row]) -> String {
         for target in [Target::Myelin, Target::MyelinMesh] {
             let Some(m) = row(rows, load, target) else {
                 continue;
-            };
-            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-                _ => "-".to_owned(),
             };
             any = true;
             let _ = writeln!(
