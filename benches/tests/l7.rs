@@ -1,5 +1,5 @@
 //! The L7 benchmark for a second per case, so that it cannot rot: every target (direct, nginx,
-//! haproxy, the hyper floor, the real agent on loopback and as the mesh between two spliced
+//! haproxy, the hyper and codec floors, the real agent on loopback and as the mesh between two spliced
 //! pods) with every load (wrk, h2load, the open loop) on a real test-bed node, pinned, with the
 //! proxies' CPU and memory read, Myelin's golden metrics checked and the mesh runs checked
 //! spliced.
@@ -40,7 +40,7 @@ fn every_target_with_every_load() {
         ..Options::default()
     };
     let runs = l7::run(&opts, &|| Ok(())).expect("benchmark run");
-    assert_eq!(runs.len(), 18);
+    assert_eq!(runs.len(), 21);
     for m in &runs {
         assert!(m.requests > 0 && m.requests_per_sec > 0.0, "{m:?}");
         assert!(m.p50_us > 0.0 && m.p50_us <= m.p99_us, "{m:?}");
@@ -68,12 +68,13 @@ fn every_target_with_every_load() {
         }
     }
     let rows = report::aggregate(&opts.loads, &opts.targets, &runs);
-    assert_eq!(rows.len(), 18);
+    assert_eq!(rows.len(), 21);
     let table = report::markdown(&rows);
     assert!(table.contains("| http2 | haproxy |"), "{table}");
     // Every target the issue sets is checked (met or not).
     assert_eq!(report::verdicts(&rows).len(), 14);
-    // And Myelin against the floor, both Myelin targets with each load.
+    // And the floors and Myelin against them: both floors and both Myelin targets with each
+    // load.
     let floor = report::floor_markdown(&rows);
-    assert_eq!(floor.lines().count(), 2 + 6, "{floor}");
+    assert_eq!(floor.lines().count(), 2 + 12, "{floor}");
 }

@@ -10,6 +10,10 @@
 //! does). To the backend: HTTP/1.1 with keep-alive, an idle connection reused per request and
 //! given back when the response body ends (as the agent's `upstream::Pools`). Not a product:
 //! a request it cannot forward is a 502 and nothing more.
+//!
+//! With `--own-h1 --h2-inline` it is the `codec-floor` target instead: the same hop without
+//! hyper's connections (`own_codec`), what an HTTP codec of our own would start from.
+//! `--own-upstream` keeps hyper's server and drops only its client (for splitting the cost).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,10 +25,14 @@ use bytes::Bytes;
 use clap::Parser;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "hyper_floor/own_codec.rs"]
+mod own_codec;
 
 /// The agent's allocator, so the floor is measured on equal terms.
 #[global_allocator]
@@ -40,6 +48,18 @@ struct Args {
     /// The HTTP/1.1 backend.
     #[arg(long)]
     backend: SocketAddr,
+    /// HTTP/1.1 clients are served without hyper: parsed with `httparse` in the connection's
+    /// task, which has its own upstream connection (`own_codec::serve_h1`).
+    #[arg(long)]
+    own_h1: bool,
+    /// h2c clients are served with the `h2` crate directly, every stream in the connection's
+    /// task, each request sent upstream without hyper's client (`own_codec::serve_h2`).
+    #[arg(long)]
+    h2_inline: bool,
+    /// hyper's server, but each request sent upstream and answered in its own future without
+    /// hyper's client (`own_codec::exchange`; requests without a body).
+    #[arg(long)]
+    own_upstream: bool,
 }
 
 fn main() -> Result<()> {
@@ -56,17 +76,19 @@ async fn serve(args: Args) -> Result<()> {
     let pool = Arc::new(Pool {
         backend: args.backend,
         idle: Mutex::new(Vec::new()),
+        own_idle: own_codec::Idle::default(),
     });
+    let args = Arc::new(args);
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, pool.clone()));
+        tokio::spawn(connection(stream, pool.clone(), args.clone()));
     }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-async fn connection(stream: TcpStream, pool: Arc<Pool>) {
+async fn connection(stream: TcpStream, pool: Arc<Pool>, args: Arc<Args>) {
     let mut head = [0u8; 24];
     let h2 = loop {
         match stream.peek(&mut head).await {
@@ -79,9 +101,25 @@ async fn connection(stream: TcpStream, pool: Arc<Pool>) {
             Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
         }
     };
-    let svc = hyper::service::service_fn(move |req| {
+    if h2 && args.h2_inline {
+        let _ = own_codec::serve_h2(stream, &pool.own_idle, pool.backend).await;
+        return;
+    }
+    if !h2 && args.own_h1 {
+        let _ = own_codec::serve_h1(stream, pool.backend).await;
+        return;
+    }
+    let own_upstream = args.own_upstream;
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let pool = pool.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward(pool, req).await) }
+        async move {
+            let resp = if own_upstream {
+                own_exchange(&pool, req).await.map(Either::Right)
+            } else {
+                forward(pool, req).await.map(Either::Left)
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let io = TokioIo::new(stream);
     let _ = if h2 {
@@ -95,6 +133,27 @@ async fn connection(stream: TcpStream, pool: Arc<Pool>) {
             .serve_connection(io, svc)
             .await
     };
+}
+
+/// `--own-upstream`: `req` through [`own_codec::exchange`]; a 502 when that fails or the
+/// request has a body.
+async fn own_exchange(pool: &Pool, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let resp = if body.is_end_stream() {
+        own_codec::exchange(&pool.own_idle, pool.backend, &parts)
+            .await
+            .ok()
+    } else {
+        None
+    };
+    resp.map_or_else(
+        || {
+            let mut r = Response::new(Full::default());
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r
+        },
+        |r| r.map(Full::new),
+    )
 }
 
 /// Sends `req` to the backend on a pooled connection; a 502 when that fails.
@@ -138,6 +197,8 @@ async fn forward(pool: Arc<Pool>, mut req: Request<Incoming>) -> Response<Pooled
 
 struct Pool {
     backend: SocketAddr,
+    /// Upstream connections of `own_codec::exchange`.
+    own_idle: own_codec::Idle,
     idle: Mutex<Vec<SendRequest<Incoming>>>,
 }
 

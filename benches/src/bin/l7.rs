@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     warmup: u64,
     /// Targets, in order (comma separated).
-    #[arg(long, value_delimiter = ',', default_values = ["direct", "nginx", "haproxy", "hyper-floor", "myelin", "myelin-mesh"])]
+    #[arg(long, value_delimiter = ',', default_values = ["direct", "nginx", "haproxy", "hyper-floor", "codec-floor", "myelin", "myelin-mesh"])]
     targets: Vec<Target>,
     /// Loads, in order (comma separated).
     #[arg(long, value_delimiter = ',', default_values = ["http1", "http2", "open-loop"])]
@@ -135,7 +135,7 @@ fn run(args: &Args) -> Result<()> {
     println!("{}", report::verdict_markdown(&verdicts));
     let floor = report::floor_markdown(&rows);
     if !floor.is_empty() {
-        println!("Against the stack's floor (not a target of the issue):\n\n{floor}");
+        println!("The floors, and Myelin against them (not targets of the issue):\n\n{floor}");
     }
     println!("Every run:\n\n{}", report::rounds_markdown(&runs));
     for m in runs.iter().filter(|m| m.round == 1) {

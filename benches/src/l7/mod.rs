@@ -63,6 +63,11 @@ pub enum Target {
     /// The stack's floor: `myelin-hyper-floor`, a reverse proxy of hyper's connections on
     /// tokio's current-thread runtime and nothing else (no routing, metrics, ...).
     HyperFloor,
+    /// The floor of an HTTP codec of our own: `myelin-hyper-floor --own-h1 --h2-inline`, the
+    /// same hop without hyper's connections (HTTP/1.1 parsed with `httparse` in the client
+    /// connection's task, h2c on the `h2` crate with the streams in the connection's task, the
+    /// upstream exchange in the request's future). Only the benchmark's traffic.
+    CodecFloor,
     /// The agent as a reverse proxy on loopback, like nginx and haproxy.
     Myelin,
     /// The agent as the mesh: client pod -> captured, spliced -> proxy -> spliced -> backend pod.
@@ -74,11 +79,12 @@ const CLIENT_POD: &str = "client";
 const BACKEND_POD: &str = "backend";
 
 impl Target {
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 7] = [
         Target::Direct,
         Target::Nginx,
         Target::Haproxy,
         Target::HyperFloor,
+        Target::CodecFloor,
         Target::Myelin,
         Target::MyelinMesh,
     ];
@@ -89,6 +95,7 @@ impl Target {
             Target::Nginx => "nginx",
             Target::Haproxy => "haproxy",
             Target::HyperFloor => "hyper-floor",
+            Target::CodecFloor => "codec-floor",
             Target::Myelin => "myelin",
             Target::MyelinMesh => "myelin-mesh",
         }
@@ -107,6 +114,7 @@ impl Target {
             Target::Nginx => (lo(port::NGINX_H1), lo(port::NGINX_H2)),
             Target::Haproxy => (lo(port::HAPROXY), lo(port::HAPROXY)),
             Target::HyperFloor => (lo(port::HYPER_FLOOR), lo(port::HYPER_FLOOR)),
+            Target::CodecFloor => (lo(port::CODEC_FLOOR), lo(port::CODEC_FLOOR)),
             Target::Myelin => (lo(port::MYELIN), lo(port::MYELIN)),
             // The backend pod's own address: the client's connection is captured.
             Target::MyelinMesh => {
@@ -281,7 +289,7 @@ pub fn check_tools(opts: &Options) -> Result<()> {
     if opts.targets.contains(&Target::Myelin) {
         myelin_testbed::myelin_command()?;
     }
-    if opts.targets.contains(&Target::HyperFloor) {
+    if opts.targets.contains(&Target::HyperFloor) || opts.targets.contains(&Target::CodecFloor) {
         hyper_floor_path()?;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -404,15 +412,22 @@ fn start_haproxy(node: &Node, cpu: usize, dir: &Path) -> Result<Server> {
     start_logged(node, cmd, dir, "haproxy")
 }
 
-fn start_hyper_floor(node: &Node, cpu: usize, dir: &Path) -> Result<Server> {
+/// `myelin-hyper-floor` as `hyper-floor` or (`own_codec`) as `codec-floor`.
+fn start_floor(node: &Node, cpu: usize, dir: &Path, own_codec: bool) -> Result<Server> {
     std::fs::create_dir_all(dir)?;
     let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)).to_string();
     let mut cmd = pinned(cpu, &hyper_floor_path()?)?;
+    let (listen, name) = if own_codec {
+        cmd.args(["--own-h1", "--h2-inline"]);
+        (port::CODEC_FLOOR, "codec-floor")
+    } else {
+        (port::HYPER_FLOOR, "hyper-floor")
+    };
     cmd.arg("--listen")
-        .arg(lo(port::HYPER_FLOOR))
+        .arg(lo(listen))
         .arg("--backend")
         .arg(lo(port::BACKEND_H1));
-    start_logged(node, cmd, dir, "hyper-floor")
+    start_logged(node, cmd, dir, name)
 }
 
 /// Starts `cmd` in `node`, its output in `dir/<name>.log`.
@@ -592,7 +607,8 @@ impl Bench<'_> {
                 servers::proxy_nginx,
             )?),
             Target::Haproxy => Running::Server(start_haproxy(node, cpu, &dir)?),
-            Target::HyperFloor => Running::Server(start_hyper_floor(node, cpu, &dir)?),
+            Target::HyperFloor => Running::Server(start_floor(node, cpu, &dir, false)?),
+            Target::CodecFloor => Running::Server(start_floor(node, cpu, &dir, true)?),
             Target::Myelin | Target::MyelinMesh => {
                 let mesh = &mut self.mesh;
                 on_cpu(cpu, || mesh.start_agent())?;

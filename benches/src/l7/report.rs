@@ -184,12 +184,23 @@ pub fn verdict_markdown(verdicts: &[Verdict]) -> String {
     s
 }
 
-/// Myelin against the stack's floor (`hyper-floor`, a bare hyper proxy measured in the same
-/// run), for every load where both ran: CPU per request, total and in user space (total minus
-/// kernel). Not one of the issue's targets: what Myelin's own work costs on top of the stack.
+/// The CPU limit of the issue for `load`: 0.75x the better of nginx and haproxy, when both
+/// ran.
+fn cpu_limit(rows: &[Row], load: Load) -> Option<f64> {
+    let n = row(rows, load, Target::Nginx)?.cpu_us_per_request?;
+    let h = row(rows, load, Target::Haproxy)?.cpu_us_per_request?;
+    Some(0.75 * n.min(h))
+}
+
+/// The floors (`hyper-floor`, a bare hyper proxy, and `codec-floor`, the same hop without
+/// hyper's connections) and Myelin against them and against the issue's CPU limit, for every
+/// load where a floor ran: CPU per request, total and in user space (total minus kernel).
+/// Not one of the issue's targets: what the stack costs, what an own codec would, and what
+/// Myelin's own work costs on top.
 pub fn floor_markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| load | target | CPU/request vs hyper-floor | user space vs hyper-floor's |\n|---|---|---:|---:|\n",
+        "| load | target | CPU/request (us) | vs the CPU limit | vs hyper-floor | user space vs hyper-floor's | vs codec-floor | user space vs codec-floor's |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let user = |r: &Row| Some(r.cpu_us_per_request? - r.kernel_us_per_request?);
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -198,21 +209,41 @@ pub fn floor_markdown(rows: &[Row]) -> String {
     };
     let mut any = false;
     for load in Load::ALL {
-        let Some(floor) = row(rows, load, Target::HyperFloor) else {
+        let hyper = row(rows, load, Target::HyperFloor);
+        let codec = row(rows, load, Target::CodecFloor);
+        if hyper.is_none() && codec.is_none() {
             continue;
-        };
-        for target in [Target::Myelin, Target::MyelinMesh] {
+        }
+        let limit = cpu_limit(rows, load);
+        for target in [
+            Target::HyperFloor,
+            Target::CodecFloor,
+            Target::Myelin,
+            Target::MyelinMesh,
+        ] {
             let Some(m) = row(rows, load, target) else {
                 continue;
             };
             any = true;
+            // A floor against itself says nothing.
+            let against = |floor: Option<&Row>, f: &dyn Fn(&Row) -> Option<f64>| match floor
+                .filter(|fl| fl.target != target)
+            {
+                Some(fl) => ratio(f(m), f(fl)),
+                None => "-".to_owned(),
+            };
+            let cpu = |r: &Row| r.cpu_us_per_request;
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 load.name(),
                 target.name(),
-                ratio(m.cpu_us_per_request, floor.cpu_us_per_request),
-                ratio(user(m), user(floor)),
+                opt(m.cpu_us_per_request, 2),
+                ratio(m.cpu_us_per_request, limit),
+                against(hyper, &cpu),
+                against(hyper, &user),
+                against(codec, &cpu),
+                against(codec, &user),
             );
         }
     }
@@ -331,18 +362,38 @@ mod tests {
             with_floor.push(m(round, Target::HyperFloor, Load::Http1, 60e3, 700.0, 10.0));
         }
         let rows = aggregate(&Load::ALL, &Target::ALL, &with_floor);
-        // myelin: 14 us (8.4 in the kernel, 5.6 user) against 10 (6 + 4); the mesh: 9 against
-        // 10 (3.6 user against 4).
+        // The limit: 0.75 x min(nginx 38, haproxy 18) = 13.5. myelin: 14 us (8.4 in the
+        // kernel, 5.6 user) against 10 (6 + 4); the mesh: 9 against 10 (3.6 user against 4).
+        // No codec-floor: its columns are empty.
         let floor = floor_markdown(&rows);
         assert!(
-            floor.contains("| http1 | myelin | 1.40x | 1.40x |"),
+            floor.contains("| http1 | hyper-floor | 10.00 | 0.74x | - | - | - | - |"),
             "{floor}"
         );
         assert!(
-            floor.contains("| http1 | myelin-mesh | 0.90x | 0.90x |"),
+            floor.contains("| http1 | myelin | 14.00 | 1.04x | 1.40x | 1.40x | - | - |"),
+            "{floor}"
+        );
+        assert!(
+            floor.contains("| http1 | myelin-mesh | 9.00 | 0.67x | 0.90x | 0.90x | - | - |"),
             "{floor}"
         );
         assert!(!floor.contains("http2"), "{floor}");
+        // With the codec floor (5 us: 3 in the kernel, 2 user) as well.
+        for round in 1..=3 {
+            with_floor.push(m(round, Target::CodecFloor, Load::Http1, 80e3, 600.0, 5.0));
+        }
+        let rows = aggregate(&Load::ALL, &Target::ALL, &with_floor);
+        let floor = floor_markdown(&rows);
+        assert!(
+            floor.contains("| http1 | codec-floor | 5.00 | 0.37x | 0.50x | 0.50x | - | - |"),
+            "{floor}"
+        );
+        assert!(
+            floor.contains("| http1 | myelin | 14.00 | 1.04x | 1.40x | 1.40x | 2.80x | 2.80x |"),
+            "{floor}"
+        );
+        assert_eq!(floor.lines().count(), 2 + 4, "{floor}");
         assert!(verdict_markdown(&v).contains(
             "| myelin http2: req/s >= haproxy | 60000.00 | 68000.00 | 0.88x | **missed** |"
         ));

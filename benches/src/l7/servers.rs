@@ -32,6 +32,8 @@ pub mod port {
     pub const MYELIN: u16 = 18093;
     /// `myelin-hyper-floor` sniffs it too.
     pub const HYPER_FLOOR: u16 = 18094;
+    /// The same binary as `codec-floor`.
+    pub const CODEC_FLOOR: u16 = 18095;
 }
 
 fn nginx_common(dir: &Path) -> String {
