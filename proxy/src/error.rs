@@ -72,8 +72,8 @@ pub(crate) enum ProxyError {
     UpstreamReset {
         /// The original destination.
         addr: SocketAddr,
-        /// hyper's view of it.
-        source: hyper::Error,
+        /// hyper's view of it, or our own client's (an I/O error or the early close).
+        source: BodyError,
     },
 
     /// The upstream sent something that is not a valid HTTP/1 response.
@@ -81,8 +81,8 @@ pub(crate) enum ProxyError {
     UpstreamProtocol {
         /// The original destination.
         addr: SocketAddr,
-        /// hyper's parse error.
-        source: hyper::Error,
+        /// hyper's parse error, or our own client's (`h1codec::WireError`).
+        source: BodyError,
     },
 
     /// The upstream answered `101 Switching Protocols` to a request that asked for no upgrade.
@@ -217,13 +217,19 @@ impl ProxyError {
     /// Classifies an error from sending a request upstream and reading its response.
     pub(crate) fn upstream_http(addr: SocketAddr, peer: SocketAddr, source: hyper::Error) -> Self {
         if source.is_parse() {
-            ProxyError::UpstreamProtocol { addr, source }
+            ProxyError::UpstreamProtocol {
+                addr,
+                source: source.into(),
+            }
         } else if source.is_user() || source.is_body_write_aborted() {
             // Our request body is the downstream's body: a user/body error here means
             // reading from the client failed, not the upstream.
             ProxyError::DownstreamAborted { peer, source }
         } else {
-            ProxyError::UpstreamReset { addr, source }
+            ProxyError::UpstreamReset {
+                addr,
+                source: source.into(),
+            }
         }
     }
 

@@ -1,7 +1,7 @@
-//! The HTTP/1.1 wire format of the upstream client of our own (work in progress on the
-//! branch `own-h1-client`; see benches/RESULTS.md, "Session of 2026-12-01 20:05": hyper's
-//! client costs ~3 us of user time per request, and an exchange in the request's own future
-//! took 20-30 % off the CPU per HTTP/2 request).
+//! The HTTP/1.1 wire format of the upstream client of our own (`upstream::Pools::own_h1`;
+//! see benches/RESULTS.md, "Session of 2026-12-01 20:05": hyper's client costs ~3 us of user
+//! time per request, and an exchange in the request's own future took 20-30 % off the CPU
+//! per HTTP/2 request).
 //!
 //! Pure functions over byte buffers, no I/O: the request head written out, the response head
 //! parsed (with `httparse`, as hyper does), how the response body is framed (RFC 9112 section
@@ -261,6 +261,15 @@ impl BodyDecoder {
 
     pub(crate) fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// The body bytes still to come, when the framing says (a length, or nothing left).
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
     }
 
     /// The next piece of the body from `buf` (consumed as decoded).

@@ -61,7 +61,7 @@ impl Outcome {
             ProxyError::UpstreamConnect { .. } | ProxyError::Hbone { .. } => {
                 Some(Outcome::ConnectFailure)
             }
-            ProxyError::UpstreamReset { source, .. } => Some(if is_refused_stream(source) {
+            ProxyError::UpstreamReset { source, .. } => Some(if is_refused_stream(&**source) {
                 Outcome::RefusedStream
             } else {
                 Outcome::Reset
@@ -79,7 +79,7 @@ impl Outcome {
     }
 }
 
-fn is_refused_stream(e: &hyper::Error) -> bool {
+fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
