@@ -134,12 +134,7 @@ pub fn verdicts(rows: &[Row]) -> Vec<Verdict> {
                 continue;
             };
             let l = load.name();
-            if let (Some(mc), Some(nc), Some(hc)) = (
-                m.cpu_us_per_request,
-                n.cpu_us_per_request,
-                h.cpu_us_per_request,
-            ) {
-                let limit = 0.75 * nc.min(hc);
+            if let (Some(mc), Some(limit)) = (m.cpu_us_per_request, cpu_limit(rows, load)) {
                 out.push(Verdict {
                     what: format!("{t} {l}: CPU/request <= 0.75 x min(nginx, haproxy)"),
                     myelin: mc,
@@ -202,6 +197,7 @@ pub fn floor_markdown(rows: &[Row]) -> String {
         "| load | target | CPU/request (us) | vs the CPU limit | vs hyper-floor | user space vs hyper-floor's | vs codec-floor | user space vs codec-floor's |\n\
          |---|---|---:|---:|---:|---:|---:|---:|\n",
     );
+    let cpu = |r: &Row| r.cpu_us_per_request;
     let user = |r: &Row| Some(r.cpu_us_per_request? - r.kernel_us_per_request?);
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
@@ -232,7 +228,6 @@ pub fn floor_markdown(rows: &[Row]) -> String {
                 Some(fl) => ratio(f(m), f(fl)),
                 None => "-".to_owned(),
             };
-            let cpu = |r: &Row| r.cpu_us_per_request;
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
