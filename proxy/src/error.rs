@@ -97,8 +97,8 @@ pub(crate) enum ProxyError {
     DownstreamAborted {
         /// The app's address.
         peer: SocketAddr,
-        /// hyper's view of it.
-        source: hyper::Error,
+        /// hyper's view of it, or the request body's own error.
+        source: BodyError,
     },
 
     /// The route's timeout, or the last try's per-try timeout, passed before the response
@@ -224,7 +224,10 @@ impl ProxyError {
         } else if source.is_user() || source.is_body_write_aborted() {
             // Our request body is the downstream's body: a user/body error here means
             // reading from the client failed, not the upstream.
-            ProxyError::DownstreamAborted { peer, source }
+            ProxyError::DownstreamAborted {
+                peer,
+                source: source.into(),
+            }
         } else {
             ProxyError::UpstreamReset {
                 addr,

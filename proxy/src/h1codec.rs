@@ -24,8 +24,6 @@ pub(crate) enum WireError {
     Header(String),
     #[error("invalid content-length")]
     ContentLength,
-    #[error("a transfer-encoding other than chunked last")]
-    TransferEncoding,
     #[error("malformed chunk: {0}")]
     Chunk(&'static str),
 }
@@ -74,6 +72,31 @@ pub(crate) fn encode_request_head(
             let _ = write!(out, "content-length: {n}\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked request body to `out`. An empty `data` writes nothing:
+/// an empty chunk is the body's end.
+pub(crate) fn encode_chunk(data: &[u8], out: &mut BytesMut) {
+    if data.is_empty() {
+        return;
+    }
+    use std::fmt::Write as _;
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the end of a chunked request body, with its trailer fields, to `out`.
+pub(crate) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut BytesMut) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -598,6 +621,26 @@ mod tests {
         let (data, trailers, _) =
             decode_in_steps(BodyFraming::Chunked, b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
         assert_eq!((data.as_slice(), trailers), (&b"abc"[..], None));
+    }
+
+    #[test]
+    fn chunks_we_encode_decode_to_the_same_body() {
+        let mut wire = BytesMut::new();
+        encode_chunk(b"hello", &mut wire);
+        encode_chunk(b"", &mut wire);
+        encode_chunk(&[b'x'; 300], &mut wire);
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        encode_last_chunk(Some(&t), &mut wire);
+        assert!(wire.starts_with(b"5\r\nhello\r\n12c\r\n"));
+        let (data, trailers, left) = decode_in_steps(BodyFraming::Chunked, &wire, 7).unwrap();
+        assert_eq!(&data[..5], b"hello");
+        assert_eq!(data.len(), 305);
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        assert!(left.is_empty());
+        let mut end = BytesMut::new();
+        encode_last_chunk(None, &mut end);
+        assert_eq!(&end[..], b"0\r\n\r\n");
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod error;
 // Not used yet: the upstream client of our own is being built on this branch.
 pub mod golden;
 #[allow(dead_code)]
+mod h1client;
 mod h1codec;
 pub mod hbone;
 mod http;

@@ -30,21 +30,20 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, Instrument};
 
 use crate::dial::{self, HboneRoute};
-use crate::error::{BodyError, ProxyBody, ProxyError};
-use crate::h1codec::{self, BodyDecoder, BodyFraming, Decoded, RequestFraming};
+use crate::error::{ProxyBody, ProxyError};
+use crate::h1client::{self, HeadError, OwnBody, OwnConn, RequestWriter};
+use crate::h1codec;
 use crate::traffic::{ConnLimits, ConnSlot};
-use sync_wrapper::SyncWrapper;
 
 /// How requests reach an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,7 +103,7 @@ struct Idle {
     since: Instant,
 }
 
-/// What a response body needs to give its HTTP/1 connection back.
+/// What a response body of hyper's client needs to give its HTTP/1 connection back.
 struct GiveBack {
     pools: Weak<Pools>,
     key: ConnKey,
@@ -268,12 +267,9 @@ impl Pools {
         upgrade: bool,
     ) -> impl Future<Output = Result<Sent, ProxyError>> + 'f {
         async move {
-            // Our own client for what it handles (see `own_h1`), hyper's for the rest.
-            if !upgrade
-                && ep.hbone.is_none()
-                && req.method() != http::Method::CONNECT
-                && req.body().is_end_stream()
-            {
+            // Our own client for every request that takes nothing over (see `own_h1`);
+            // hyper's for upgrades and CONNECT, whose connection is handed to the tunnel.
+            if !upgrade && req.method() != http::Method::CONNECT {
                 return Box::pin(self.own_h1(ep, limits, req, peer)).await;
             }
             let addr = ep.addr;
@@ -346,15 +342,7 @@ impl Pools {
     ) -> Result<(), ProxyError> {
         let key = (addr, None);
         match protocol {
-            UpstreamProtocol::Http1 => {
-                let sender = Box::pin(handshake_h1(stream, addr, peer, None)).await?;
-                self.give_back_h1(GiveBack {
-                    pools: Arc::downgrade(self),
-                    key,
-                    sender,
-                    limits: None,
-                });
-            }
+            UpstreamProtocol::Http1 => self.give_back_own(OwnConn::new(stream, None), key, None),
             UpstreamProtocol::Http2 => {
                 let slot = lock(&self.state).h2.entry(key).or_default().clone();
                 let mut conn = slot.lock().await;
@@ -450,162 +438,82 @@ impl Pools {
     }
 }
 
-/// A body with hyper's error as the proxy's body.
-/// An upstream HTTP/1.1 connection of our own client.
-struct OwnConn {
-    io: dial::BoxIo,
-    /// Bytes read and not yet consumed (a response head, body bytes).
-    buf: BytesMut,
-    /// Its place under the cluster's `max_connections`, held while it lives.
-    _slot: Option<ConnSlot>,
-}
-
-struct OwnIdle {
-    conn: OwnConn,
-    since: Instant,
-}
-
-impl OwnConn {
-    /// An idle connection has nothing to read: a close (or stray bytes) makes it unusable.
-    /// Polled with a no-op waker, so nothing is registered for later.
-    fn is_reusable(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut byte = [0u8; 1];
-        let mut rb = tokio::io::ReadBuf::new(&mut byte);
-        self.buf.is_empty()
-            && Pin::new(&mut self.io)
-                .poll_read(&mut cx, &mut rb)
-                .is_pending()
-    }
-}
-
-/// Why an exchange on a reused connection failed before any response byte came.
-enum Exchange {
-    Done(Sent),
-    /// The connection had closed (the keep-alive race); the request may go again.
-    ClosedBeforeResponse(ProxyError),
-}
-
 impl Pools {
-    /// Our own HTTP/1.1 client, for requests without a body that take nothing over (no
-    /// upgrade, no CONNECT) to endpoints reached directly. In the request's own future:
-    /// hyper's client hands each request to a task per connection and back (~3 us of CPU
-    /// per request here; benches/RESULTS.md, "Session of 2026-12-01 20:05"). The response
-    /// body streams from the connection ([`OwnBody`]), which goes back to the pool at its
-    /// end.
+    /// Our own HTTP/1.1 client (`h1client`), for every request that takes nothing over (no
+    /// upgrade, no CONNECT): in the request's own future, where hyper's client hands each
+    /// request to a task per connection and back (~3 us of CPU per request here;
+    /// benches/RESULTS.md, "Session of 2026-12-01 20:05"). The response body streams from
+    /// the connection, which goes back to the pool at its end.
     async fn own_h1(
         self: &Arc<Self>,
         ep: Endpoint,
         limits: Option<&ConnLimits>,
         req: Request<ProxyBody>,
-        // For `DownstreamAborted` once request bodies take this path.
-        _peer: SocketAddr,
+        peer: SocketAddr,
     ) -> Result<Sent, ProxyError> {
         let key = ep.key();
-        let (parts, _) = req.into_parts();
+        let (parts, body) = req.into_parts();
+        let framing = h1client::request_framing(&parts.method, &parts.headers, &body);
         let mut head = Vec::with_capacity(512);
         h1codec::encode_request_head(
             &parts.method,
             parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             &parts.headers,
-            RequestFraming::None,
+            framing,
             &mut head,
         );
+        // Sent again on a new connection when a reused one turns out closed: only without a
+        // body (nothing of it consumed) and for methods that may be repeated (RFC 9110
+        // 9.2.2: the upstream may have seen it).
+        let resendable = body.is_end_stream() && parts.method.is_idempotent();
+        let mut body = Some(body);
         // The writes of the requests ready in this tick then go out back to back: the
         // upstream is woken once per batch, not per request (on this VM each wake-up of an
         // idle CPU is an IPI; RESULTS, the same session).
         tokio::task::yield_now().await;
         if let Some(conn) = self.checkout_own(&key) {
+            let writer = RequestWriter::new(&head, body.take(), framing);
             match self
-                .exchange(conn, &ep, limits, &parts.method, &head)
-                .await?
+                .exchange(conn, writer, &ep, limits, &parts.method, peer)
+                .await
             {
-                Exchange::Done(sent) => return Ok(sent),
-                // Only requests that may be repeated go again (RFC 9110 9.2.2): the upstream
-                // may have seen it.
-                Exchange::ClosedBeforeResponse(e) if !parts.method.is_idempotent() => {
-                    return Err(e)
+                Err(HeadError::Silent(source)) if resendable => {
+                    debug!(addr = %ep.addr, error = %source, "reused upstream connection closed; sending again on a new one");
                 }
-                Exchange::ClosedBeforeResponse(e) => {
-                    debug!(addr = %ep.addr, error = %e, "reused upstream connection closed; sending again on a new one");
-                }
+                done => return done.map_err(|e| e.into_proxy(ep.addr)),
             }
         }
         let conn = Box::pin(self.connect_own(&ep, &key, limits)).await?;
-        match self
-            .exchange(conn, &ep, limits, &parts.method, &head)
-            .await?
-        {
-            Exchange::Done(sent) => Ok(sent),
-            Exchange::ClosedBeforeResponse(e) => Err(e),
-        }
+        let writer = RequestWriter::new(&head, body.take(), framing);
+        self.exchange(conn, writer, &ep, limits, &parts.method, peer)
+            .await
+            .map_err(|e| e.into_proxy(ep.addr))
     }
 
-    /// Writes `head` on `conn` and reads the response head.
+    /// One exchange on `conn`; the response's body holds the connection.
     async fn exchange(
         self: &Arc<Self>,
         mut conn: OwnConn,
+        writer: RequestWriter,
         ep: &Endpoint,
         limits: Option<&ConnLimits>,
         method: &http::Method,
-        head: &[u8],
-    ) -> Result<Exchange, ProxyError> {
-        let addr = ep.addr;
-        let reset = |source: BodyError| ProxyError::UpstreamReset { addr, source };
-        if let Err(e) = conn.io.write_all(head).await {
-            return Ok(Exchange::ClosedBeforeResponse(reset(e.into())));
-        }
-        let response = loop {
-            match h1codec::parse_response_head(&mut conn.buf, method) {
-                // 100 Continue, 103 Early Hints: not forwarded (as hyper's client).
-                Ok(Some(h)) if h.status.is_informational() => {
-                    if h.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                        return Err(ProxyError::UnexpectedUpgrade { addr });
-                    }
-                }
-                Ok(Some(h)) => break h,
-                Ok(None) => {
-                    let got = conn.buf.len();
-                    match conn.io.read_buf(&mut conn.buf).await {
-                        Ok(0) if got == 0 => {
-                            return Ok(Exchange::ClosedBeforeResponse(reset(
-                                "the upstream closed the connection before responding".into(),
-                            )))
-                        }
-                        Ok(0) => {
-                            return Err(reset(
-                                "the upstream closed within the response head".into(),
-                            ))
-                        }
-                        Ok(_) => {}
-                        Err(e) if got == 0 => {
-                            return Ok(Exchange::ClosedBeforeResponse(reset(e.into())))
-                        }
-                        Err(e) => return Err(reset(e.into())),
-                    }
-                }
-                Err(e) => {
-                    return Err(ProxyError::UpstreamProtocol {
-                        addr,
-                        source: e.into(),
-                    })
-                }
-            }
-        };
+        peer: SocketAddr,
+    ) -> Result<Sent, HeadError> {
+        let (head, writer) = h1client::exchange(&mut conn, writer, method, ep.addr, peer).await?;
         let mut resp = Response::new(());
-        *resp.status_mut() = response.status;
-        *resp.headers_mut() = response.headers;
-        let give_back = response.keep_alive.then(|| OwnGiveBack {
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        let give_back = head.keep_alive.then(|| OwnGiveBack {
             pools: Arc::downgrade(self),
             key: ep.key(),
             limits: limits.cloned(),
         });
-        let body = OwnBody::new(conn, response.body, give_back);
-        let response = resp.map(|()| body.boxed());
-        Ok(Exchange::Done(Sent {
-            response,
+        let body = OwnBody::new(conn, writer, head.body, give_back);
+        Ok(Sent {
+            response: resp.map(|()| body.boxed()),
             upgraded: None,
-        }))
+        })
     }
 
     fn checkout_own(&self, key: &ConnKey) -> Option<OwnConn> {
@@ -627,12 +535,8 @@ impl Pools {
         limits: Option<&ConnLimits>,
     ) -> Result<OwnConn, ProxyError> {
         let new = |slot| async move {
-            let io = dial::dial(ep.addr, ep.connect_timeout, None).await?;
-            Ok::<_, ProxyError>(OwnConn {
-                io,
-                buf: BytesMut::with_capacity(OWN_BUF),
-                _slot: slot,
-            })
+            let io = dial::dial(ep.addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
+            Ok::<_, ProxyError>(OwnConn::new(io, slot))
         };
         let Some(limits) = limits else {
             return new(None).await;
@@ -654,14 +558,15 @@ impl Pools {
             if let Some(c) = self.checkout_own(key) {
                 return Ok(c);
             }
+            debug!(addr = %ep.addr, cluster = limits.cluster(), connections = limits.connections(), "waiting for an upstream connection (max_connections)");
             freed.await;
         }
     }
 
-    fn give_back_own(&self, conn: OwnConn, g: OwnGiveBack) {
+    fn give_back_own(&self, conn: OwnConn, key: ConnKey, limits: Option<ConnLimits>) {
         {
             let mut state = lock(&self.state);
-            let idle = state.own.entry(g.key).or_default();
+            let idle = state.own.entry(key).or_default();
             if idle.len() < self.config.max_idle_per_endpoint {
                 idle.push(OwnIdle {
                     conn,
@@ -669,14 +574,27 @@ impl Pools {
                 });
             }
         }
-        if let Some(l) = g.limits.filter(ConnLimits::has_pending) {
+        // After the push (and the lock's release): a request that counted itself pending
+        // before looking at the pool either saw this connection or is woken here.
+        if let Some(l) = limits.filter(ConnLimits::has_pending) {
             l.freed().notify_waiters();
         }
     }
 }
 
-/// Read buffer of a connection of our own client.
-const OWN_BUF: usize = 8 * 1024;
+impl HeadError {
+    fn into_proxy(self, addr: SocketAddr) -> ProxyError {
+        match self {
+            HeadError::Silent(source) => ProxyError::UpstreamReset { addr, source },
+            HeadError::Failed(e) => e,
+        }
+    }
+}
+
+struct OwnIdle {
+    conn: OwnConn,
+    since: Instant,
+}
 
 struct OwnGiveBack {
     pools: Weak<Pools>,
@@ -684,127 +602,11 @@ struct OwnGiveBack {
     limits: Option<ConnLimits>,
 }
 
-/// A response body read from a connection of our own client; the connection goes back to
-/// the pool at the body's end (when the response allows it), and is closed if the body is
-/// dropped before.
-struct OwnBody {
-    /// `None` once the body ended or failed. In a `SyncWrapper`: a body must be `Sync`, a
-    /// connection is not, and a body only touches it through `&mut self`.
-    conn: SyncWrapper<Option<OwnConn>>,
-    /// `conn` is still `Some` (readable through `&self`).
-    open: bool,
-    decoder: BodyDecoder,
-    until_close: bool,
-    /// `None`: the connection is not reused.
-    give_back: Option<OwnGiveBack>,
-}
-
-impl OwnBody {
-    fn new(conn: OwnConn, framing: BodyFraming, give_back: Option<OwnGiveBack>) -> Self {
-        OwnBody {
-            conn: SyncWrapper::new(Some(conn)),
-            open: true,
-            decoder: BodyDecoder::new(framing),
-            until_close: framing == BodyFraming::UntilClose,
-            give_back,
+impl h1client::GiveBack for OwnGiveBack {
+    fn give_back(self, conn: OwnConn) {
+        if let Some(pools) = self.pools.upgrade() {
+            pools.give_back_own(conn, self.key, self.limits);
         }
-    }
-
-    /// Ends the body: the connection back to the pool if `reuse` and the response allows it.
-    fn finish(&mut self, reuse: bool) {
-        self.open = false;
-        let conn = self.conn.get_mut().take();
-        let give_back = self.give_back.take();
-        if let (true, Some(conn), Some(g)) = (reuse, conn, give_back) {
-            // Bytes after the response (an answer nobody asked for): not reused.
-            if conn.buf.is_empty() {
-                if let Some(pools) = g.pools.upgrade() {
-                    pools.give_back_own(conn, g);
-                }
-            }
-        }
-    }
-}
-
-impl Drop for OwnBody {
-    fn drop(&mut self) {
-        // hyper does not poll a body that says it is empty.
-        if self.open && self.decoder.is_done() {
-            self.finish(true);
-        }
-    }
-}
-
-impl Body for OwnBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        loop {
-            let Some(conn) = this.conn.get_mut().as_mut() else {
-                return Poll::Ready(None);
-            };
-            match this.decoder.decode(&mut conn.buf) {
-                Err(e) => {
-                    this.finish(false);
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                Ok(Decoded::Data(b)) => {
-                    if this.decoder.is_done() {
-                        this.finish(true);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(b))));
-                }
-                Ok(Decoded::Trailers(t)) => {
-                    this.finish(true);
-                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                }
-                Ok(Decoded::End) => {
-                    this.finish(true);
-                    return Poll::Ready(None);
-                }
-                Ok(Decoded::NeedMore) => {
-                    if conn.buf.capacity() - conn.buf.len() < 1024 {
-                        conn.buf.reserve(OWN_BUF);
-                    }
-                    let read =
-                        tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf);
-                    match read {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(0)) if this.until_close => {
-                            this.finish(false);
-                            return Poll::Ready(None);
-                        }
-                        Poll::Ready(Ok(0)) => {
-                            this.finish(false);
-                            return Poll::Ready(Some(Err(
-                                "the upstream closed the connection within the response body"
-                                    .into(),
-                            )));
-                        }
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Ready(Err(e)) => {
-                            this.finish(false);
-                            return Poll::Ready(Some(Err(e.into())));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        !self.open || self.decoder.is_done()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.decoder
-            .remaining()
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
