@@ -475,3 +475,309 @@ impl<G: GiveBack> Body for OwnBody<G> {
             .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::channel::{Channel, Sender};
+    use http_body_util::{BodyExt as _, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Records the connections given back.
+    #[derive(Clone, Default)]
+    struct Pool(Arc<Mutex<Vec<OwnConn>>>);
+
+    impl GiveBack for Pool {
+        fn give_back(self, conn: OwnConn) {
+            self.0.lock().unwrap().push(conn);
+        }
+    }
+
+    impl Pool {
+        fn take(&self) -> Option<OwnConn> {
+            self.0.lock().unwrap().pop()
+        }
+    }
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+    /// A connection of the client and the upstream's end of it.
+    async fn pair() -> (OwnConn, TcpStream, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (OwnConn::new(Box::new(c.unwrap()), None), s.unwrap().0, addr)
+    }
+
+    fn full(b: &'static str) -> ProxyBody {
+        Full::new(Bytes::from_static(b.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed()
+    }
+
+    fn channel() -> (Sender<Bytes, BodyError>, ProxyBody) {
+        let (tx, body) = Channel::<Bytes, BodyError>::new(4);
+        (tx, body.boxed())
+    }
+
+    fn writer(method: &Method, headers: &HeaderMap, body: ProxyBody) -> RequestWriter {
+        let framing = request_framing(method, headers, &body);
+        let mut head = Vec::new();
+        h1codec::encode_request_head(method, "/p", headers, framing, &mut head);
+        RequestWriter::new(&head, Some(body), framing)
+    }
+
+    fn host() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, "svc".parse().unwrap());
+        h
+    }
+
+    /// Reads from `s` until `until` has arrived; everything read.
+    async fn read_until(s: &mut TcpStream, until: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        while !got.windows(until.len()).any(|w| w == until) {
+            let mut b = [0u8; 4096];
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        got
+    }
+
+    async fn collect(body: OwnBody<Pool>) -> Result<(Vec<u8>, Option<HeaderMap>), BodyError> {
+        let c = body.collect().await?;
+        let trailers = c.trailers().cloned();
+        Ok((c.to_bytes().to_vec(), trailers))
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_follows_its_head_and_the_connection_comes_back() {
+        let (mut conn, mut up, addr) = pair().await;
+        let mut h = host();
+        h.insert(http::header::CONTENT_LENGTH, "5".parse().unwrap());
+        let w = writer(&Method::POST, &h, full("hello"));
+        let server = tokio::spawn(async move {
+            let got = read_until(&mut up, b"hello").await;
+            up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            (got, up)
+        });
+        let (head, rest) = exchange(&mut conn, w, &Method::POST, addr, PEER)
+            .await
+            .ok()
+            .unwrap();
+        assert!(rest.is_none(), "the whole request went out first");
+        let pool = Pool::default();
+        let body = OwnBody::new(conn, rest, head.body, Some(pool.clone()));
+        assert_eq!(collect(body).await.unwrap().0, b"ok");
+        let (got, _up) = server.await.unwrap();
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            "POST /p HTTP/1.1\r\nhost: svc\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        assert!(pool.take().unwrap().is_reusable());
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_goes_chunked_with_its_trailers() {
+        let (mut conn, mut up, addr) = pair().await;
+        let (mut tx, body) = channel();
+        let w = writer(&Method::POST, &host(), body);
+        let client = tokio::spawn(async move {
+            let r = exchange(&mut conn, w, &Method::POST, addr, PEER).await;
+            (r.ok().unwrap(), conn)
+        });
+        tx.send_data(Bytes::from_static(b"abc")).await.unwrap();
+        let got = read_until(&mut up, b"abc\r\n").await;
+        assert!(String::from_utf8_lossy(&got)
+            .contains("transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n"));
+        tx.send_data(Bytes::from_static(b"defgh")).await.unwrap();
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", "8".parse().unwrap());
+        tx.send_trailers(t).await.unwrap();
+        let got = read_until(&mut up, b"x-sum: 8\r\n\r\n").await;
+        assert!(String::from_utf8_lossy(&got).starts_with("5\r\ndefgh\r\n0\r\n"));
+        up.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        let ((head, rest), conn) = client.await.unwrap();
+        assert_eq!(head.status, StatusCode::NO_CONTENT);
+        assert!(rest.is_none());
+        let pool = Pool::default();
+        drop(OwnBody::new(conn, rest, head.body, Some(pool.clone())));
+        assert!(
+            pool.take().is_some(),
+            "an empty response gives the connection back"
+        );
+    }
+
+    #[tokio::test]
+    async fn request_and_response_bodies_stream_both_ways_at_once() {
+        let (mut conn, mut up, addr) = pair().await;
+        let (mut tx, body) = channel();
+        let w = writer(&Method::POST, &host(), body);
+        // The upstream answers at once and echoes each chunk as it comes.
+        up.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, rest) = exchange(&mut conn, w, &Method::POST, addr, PEER)
+            .await
+            .ok()
+            .unwrap();
+        let rest = rest.expect("the body is still open");
+        let pool = Pool::default();
+        let mut body = OwnBody::new(conn, Some(rest), head.body, Some(pool.clone()));
+        for word in ["one", "two"] {
+            tx.send_data(Bytes::from(word)).await.unwrap();
+            // Only the response body is polled: it sends the request body on.
+            let echoing = async {
+                let got = read_until(&mut up, word.as_bytes()).await;
+                assert!(String::from_utf8_lossy(&got).ends_with(&format!("{word}\r\n")));
+                up.write_all(format!("3\r\n{word}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            };
+            // Bounded: without full duplex this would wait forever.
+            let both = async { tokio::join!(body.frame(), echoing) };
+            let (frame, ()) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+                .await
+                .expect("the request body reached the upstream while the response was read");
+            assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), word);
+        }
+        drop(tx);
+        let ending = async {
+            read_until(&mut up, b"0\r\n\r\n").await;
+            up.write_all(b"0\r\n\r\n").await.unwrap();
+        };
+        let (end, ()) = tokio::join!(body.frame(), ending);
+        assert!(end.is_none());
+        assert!(pool.take().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_ended_closes_the_connection_after_it() {
+        let (mut conn, mut up, addr) = pair().await;
+        let (tx, body) = channel();
+        let mut h = host();
+        h.insert(http::header::CONTENT_LENGTH, "1000".parse().unwrap());
+        let w = writer(&Method::PUT, &h, body);
+        let client = tokio::spawn(async move {
+            let r = exchange(&mut conn, w, &Method::PUT, addr, PEER).await;
+            (r.ok().unwrap(), conn)
+        });
+        read_until(&mut up, b"\r\n\r\n").await;
+        up.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
+            .await
+            .unwrap();
+        let ((head, rest), conn) = client.await.unwrap();
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let pool = Pool::default();
+        let body = OwnBody::new(conn, rest, head.body, Some(pool.clone()));
+        assert_eq!(collect(body).await.unwrap().0, b"big");
+        assert!(
+            pool.take().is_none(),
+            "half a request body went out: not reused"
+        );
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_failing_or_lying_request_body_is_the_downstream_aborting() {
+        let (mut conn, mut up, addr) = pair().await;
+        let (mut tx, body) = channel();
+        let w = writer(&Method::POST, &host(), body);
+        tx.send_data(Bytes::from_static(b"x")).await.unwrap();
+        tx.abort("client went away".into());
+        let r = exchange(&mut conn, w, &Method::POST, addr, PEER).await;
+        assert!(matches!(
+            r,
+            Err(HeadError::Failed(ProxyError::DownstreamAborted { .. }))
+        ));
+        drop(up.shutdown().await);
+
+        // Longer than its content-length.
+        let (mut conn, _up, addr) = pair().await;
+        let mut h = host();
+        h.insert(http::header::CONTENT_LENGTH, "2".parse().unwrap());
+        let w = writer(&Method::POST, &h, full("three"));
+        let r = exchange(&mut conn, w, &Method::POST, addr, PEER).await;
+        match r {
+            Err(HeadError::Failed(ProxyError::DownstreamAborted { source, .. })) => {
+                assert!(source.to_string().contains("longer"), "{source}")
+            }
+            _ => panic!("a body longer than its content-length must fail"),
+        }
+        assert!(!conn.is_reusable());
+    }
+
+    #[tokio::test]
+    async fn a_silent_close_is_told_apart_from_a_broken_response() {
+        let (mut conn, up, addr) = pair().await;
+        drop(up);
+        let w = writer(&Method::GET, &host(), full(""));
+        assert!(matches!(
+            exchange(&mut conn, w, &Method::GET, addr, PEER).await,
+            Err(HeadError::Silent(_))
+        ));
+
+        // A 100 Continue, then the close: something was heard.
+        let (mut conn, mut up, addr) = pair().await;
+        up.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .unwrap();
+        drop(up);
+        let w = writer(&Method::GET, &host(), full(""));
+        assert!(matches!(
+            exchange(&mut conn, w, &Method::GET, addr, PEER).await,
+            Err(HeadError::Failed(ProxyError::UpstreamReset { .. }))
+        ));
+
+        // A 100 Continue before the final answer is skipped.
+        let (mut conn, mut up, addr) = pair().await;
+        up.write_all(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let w = writer(&Method::GET, &host(), full(""));
+        let (head, _) = exchange(&mut conn, w, &Method::GET, addr, PEER)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(head.status, StatusCode::CREATED);
+    }
+
+    #[test]
+    fn framing_follows_the_client() {
+        let empty = full("");
+        assert_eq!(
+            request_framing(&Method::GET, &host(), &empty),
+            RequestFraming::None
+        );
+        assert_eq!(
+            request_framing(&Method::POST, &host(), &empty),
+            RequestFraming::Length(0)
+        );
+        assert_eq!(
+            request_framing(&Method::POST, &host(), &full("abc")),
+            RequestFraming::Length(3)
+        );
+        let mut h = host();
+        h.insert(http::header::CONTENT_LENGTH, "7".parse().unwrap());
+        assert_eq!(
+            request_framing(&Method::POST, &h, &channel().1),
+            RequestFraming::Length(7)
+        );
+        assert_eq!(
+            request_framing(&Method::POST, &host(), &channel().1),
+            RequestFraming::Chunked
+        );
+    }
+}
