@@ -3,10 +3,11 @@
 //! time per request, and an exchange in the request's own future took 17-29 % off the CPU
 //! per HTTP/2 request).
 //!
-//! Pure functions over byte buffers, no I/O: the request head written out, the response head
-//! parsed (with `httparse`, as hyper does), how the response body is framed (RFC 9112 section
-//! 6.3), and the body decoded incrementally from whatever bytes have arrived (`Content-Length`,
-//! chunked with trailers, or up to the close).
+//! Pure functions over byte buffers, no I/O: the request head and a chunked request body
+//! written out, the response head parsed (with `httparse`, as hyper does), how the response
+//! body is framed (RFC 9112 section 6.3), and the body decoded incrementally from whatever
+//! bytes have arrived (`Content-Length`, chunked with trailers, or up to the close). The I/O
+//! is `h1client`.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

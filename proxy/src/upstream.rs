@@ -1,9 +1,11 @@
 //! Upstream HTTP connections, pooled per endpoint and shared by every downstream
 //! connection of the proxy.
 //!
-//! - HTTP/1.1: idle connections per endpoint. A connection goes back to the pool when the
-//!   response body has been read to its end (not when the headers arrive), so a pooled
-//!   connection is always ready for the next request; at most
+//! - HTTP/1.1: idle connections per endpoint, of our own client (`h1client`; hyper's only for
+//!   upgrades and CONNECT, which take the connection over). A connection goes back to the pool
+//!   when the response body has been read to its end and the whole request went out (not
+//!   when the headers arrive), so a pooled connection is always ready for the next request;
+//!   at most
 //!   [`PoolConfig::max_idle_per_endpoint`] wait, each at most [`PoolConfig::idle_timeout`]
 //!   (a sweeper closes older ones).
 //! - HTTP/2: one multiplexed connection per endpoint, shared by all requests to it (so the
