@@ -911,9 +911,22 @@ impl HttpConn {
             // layer that would hold the request beside it.
             let sent = match ep.protocol {
                 UpstreamProtocol::Http1 => {
-                    self.pools
+                    let sent = self
+                        .pools
                         .send_h1(ep, limits, req, self.peer, upgrade)
-                        .await?
+                        .await?;
+                    if self.downstream == Protocol::Http1 {
+                        // This task writes the response to the client as soon as it has it,
+                        // and the upstream's answers arrive in bursts: yielding once lets
+                        // the answers read in this tick go out back to back, so the client
+                        // is woken once per burst, not per response. Each wake-up of an
+                        // idle CPU is an IPI on this VM: 3x as many without this yield on
+                        // the loopback bench (benches/RESULTS.md, "Session of 2026-12-01
+                        // 23:41"). An HTTP/2 client's responses are batched by its
+                        // connection's task already.
+                        tokio::task::yield_now().await;
+                    }
+                    sent
                 }
                 UpstreamProtocol::Http2 => self.pools.send_h2(ep, limits, req, self.peer).await?,
             };
