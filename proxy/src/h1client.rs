@@ -40,7 +40,7 @@ pub(crate) struct OwnConn {
     /// A write failed: the upstream stopped reading, the connection is not reused.
     broken: bool,
     /// Its place under the cluster's `max_connections`, held while it lives.
-    _slot: Option<ConnSlot>,
+    slot: Option<ConnSlot>,
 }
 
 impl OwnConn {
@@ -49,8 +49,16 @@ impl OwnConn {
             io,
             buf: BytesMut::with_capacity(READ_BUF),
             broken: false,
-            _slot: slot,
+            slot,
         }
+    }
+
+    /// The stream and its place under the cluster's `max_connections`, for hyper's client
+    /// (a request that may take the connection over). Only between exchanges, when nothing
+    /// is left unread.
+    pub(crate) fn into_parts(self) -> (BoxIo, Option<ConnSlot>) {
+        debug_assert!(self.buf.is_empty());
+        (self.io, self.slot)
     }
 
     /// An idle connection has nothing to read: a close (or stray bytes) makes it unusable.

@@ -1,13 +1,14 @@
 //! Upstream HTTP connections, pooled per endpoint and shared by every downstream
 //! connection of the proxy.
 //!
-//! - HTTP/1.1: idle connections per endpoint, of our own client (`h1client`; hyper's only for
-//!   upgrades and CONNECT, which take the connection over). A connection goes back to the pool
-//!   when the response body has been read to its end and the whole request went out (not
-//!   when the headers arrive), so a pooled connection is always ready for the next request;
-//!   at most
-//!   [`PoolConfig::max_idle_per_endpoint`] wait, each at most [`PoolConfig::idle_timeout`]
-//!   (a sweeper closes older ones).
+//! - HTTP/1.1: idle connections per endpoint, of our own client (`h1client`). A connection
+//!   goes back to the pool when the response body has been read to its end and the whole
+//!   request went out (not when the headers arrive), so a pooled connection is always ready
+//!   for the next request; at most [`PoolConfig::max_idle_per_endpoint`] wait, each at most
+//!   [`PoolConfig::idle_timeout`] (a sweeper closes older ones). A request that may take its
+//!   connection over (an upgrade, CONNECT) gets one of these connections through hyper's
+//!   client, which keeps it: handed over when the upstream switches, else closed after the
+//!   response.
 //! - HTTP/2: one multiplexed connection per endpoint, shared by all requests to it (so the
 //!   requests of one downstream connection are balanced per request, not per connection);
 //!   replaced when it closes or refuses new streams.
@@ -27,16 +28,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{debug, Instrument};
@@ -100,29 +98,14 @@ impl Endpoint {
 /// Address, and the source principal of a tunnelled connection.
 type ConnKey = (SocketAddr, Option<Arc<str>>);
 
-struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
-    since: Instant,
-}
-
-/// What a response body of hyper's client needs to give its HTTP/1 connection back.
-struct GiveBack {
-    pools: Weak<Pools>,
-    key: ConnKey,
-    sender: http1::SendRequest<ProxyBody>,
-    /// To wake requests of the cluster waiting for a connection.
-    limits: Option<ConnLimits>,
-}
-
 /// The HTTP/2 connection of one endpoint. The async lock is held only while connecting,
 /// so concurrent first requests share one connection instead of racing to open several.
 type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
 
 #[derive(Default)]
 struct PoolState {
-    // foldhash: looked up twice per request (checkout, give back).
-    h1: HashMap<ConnKey, Vec<Idle>, foldhash::fast::RandomState>,
-    /// Idle connections of our own HTTP/1.1 client (`own_h1`).
+    /// Idle HTTP/1.1 connections (of our own client, `own_h1`). foldhash: looked up twice
+    /// per request (checkout, give back).
     own: HashMap<ConnKey, Vec<OwnIdle>, foldhash::fast::RandomState>,
     h2: HashMap<ConnKey, H2Slot, foldhash::fast::RandomState>,
 }
@@ -163,20 +146,13 @@ impl Pools {
         pools
     }
 
-    /// For a request that found no idle HTTP/1 connection to `ep`: a new one when the
-    /// cluster's `max_connections` allows it, else an idle or new one after waiting (as a
-    /// pending request). `true` with a reused connection. Boxed by its caller: most
-    /// requests find an idle connection, and this future is large.
-    async fn h1_sender_slow(
-        &self,
-        ep: Endpoint,
-        key: ConnKey,
-        limits: Option<&ConnLimits>,
-        peer: SocketAddr,
-    ) -> Result<(http1::SendRequest<ProxyBody>, bool), ProxyError> {
-        let Some(limits) = limits else {
-            return Ok((Box::pin(connect_h1(ep, peer, None)).await?, false));
-        };
+    /// A place for a new connection of the cluster under its `max_connections`; while
+    /// there is none, the request waits as one of at most `max_pending_requests` (more: 503
+    /// `UO`) and takes the first connection `idle` finds (one given back meanwhile).
+    async fn slot_or<T>(
+        limits: &ConnLimits,
+        mut idle: impl FnMut() -> Option<T>,
+    ) -> Result<Result<ConnSlot, T>, ProxyError> {
         let mut pending = None;
         loop {
             // Registered before looking, so a connection freed after the look wakes us.
@@ -184,10 +160,7 @@ impl Pools {
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(slot) = limits.try_connection() {
-                return Ok((
-                    Box::pin(connect_h1(ep.clone(), peer, Some(slot))).await?,
-                    false,
-                ));
+                return Ok(Ok(slot));
             }
             if pending.is_none() {
                 // Counted before the pool is looked at again: a connection given back
@@ -197,54 +170,16 @@ impl Pools {
                     breaker: "max_pending_requests",
                 })?);
             }
-            if let Some(s) = self.checkout_h1(&key).await {
-                return Ok((s, true));
+            if let Some(conn) = idle() {
+                return Ok(Err(conn));
             }
-            debug!(addr = %ep.addr, cluster = limits.cluster(), connections = limits.connections(), "waiting for an upstream connection (max_connections)");
+            debug!(
+                cluster = limits.cluster(),
+                connections = limits.connections(),
+                "waiting for an upstream connection (max_connections)"
+            );
             freed.await;
         }
-    }
-
-    /// A slot for a new connection of the cluster, waiting (as a pending request) while
-    /// `max_connections` are open.
-    async fn connection_slot(limits: &ConnLimits) -> Result<ConnSlot, ProxyError> {
-        let mut pending = None;
-        loop {
-            let freed = limits.freed().notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(slot) = limits.try_connection() {
-                return Ok(slot);
-            }
-            if pending.is_none() {
-                pending = Some(limits.try_pending().ok_or_else(|| ProxyError::Overflow {
-                    cluster: limits.cluster().to_owned(),
-                    breaker: "max_pending_requests",
-                })?);
-            }
-            freed.await;
-        }
-    }
-
-    /// Sends `req` on a new connection to `ep`: the request a reused connection closed
-    /// under before it went out. Boxed by its caller: a rare path, kept out of every
-    /// request's future.
-    async fn resend_h1(
-        ep: &Endpoint,
-        limits: Option<&ConnLimits>,
-        peer: SocketAddr,
-        req: Request<ProxyBody>,
-    ) -> Result<(http1::SendRequest<ProxyBody>, Response<Incoming>), ProxyError> {
-        let slot = match limits {
-            Some(l) => Some(Self::connection_slot(l).await?),
-            None => None,
-        };
-        let mut sender = connect_h1(ep.clone(), peer, slot).await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProxyError::upstream_http(ep.addr, peer, e))?;
-        Ok((sender, resp))
     }
 
     /// Sends `req` to `ep` on a pooled or new connection. `upgrade`: the request asks to
@@ -274,59 +209,55 @@ impl Pools {
             if !upgrade && req.method() != http::Method::CONNECT {
                 return Box::pin(self.own_h1(ep, limits, req, peer)).await;
             }
-            let addr = ep.addr;
-            let is_connect = req.method() == http::Method::CONNECT;
-            let key = ep.key();
-            let (mut sender, reused) = match self.checkout_h1(&key).await {
-                Some(s) => (s, true),
-                None => Box::pin(self.h1_sender_slow(ep.clone(), key, limits, peer)).await?,
-            };
-            let sent = sender.try_send_request(req).await;
-            // Only the unsent request is kept across the reconnect below (not hyper's error,
-            // which would make this future larger for every request).
-            let resp = match sent.map_err(|mut e| match e.take_message() {
-                // The idle connection closed before our request went out (the usual
-                // keep-alive race): nothing reached the upstream, so sending it on a fresh
-                // connection is safe whatever the method.
+            Box::pin(self.upgrade_h1(ep, limits, req, peer, upgrade)).await
+        }
+    }
+
+    /// A request that may take its connection over (an upgrade, CONNECT), through hyper's
+    /// client on a connection of the pool, which hyper then owns: handed over when the
+    /// upstream switches, closed after the response otherwise (never given back).
+    async fn upgrade_h1(
+        self: &Arc<Self>,
+        ep: Endpoint,
+        limits: Option<&ConnLimits>,
+        req: Request<ProxyBody>,
+        peer: SocketAddr,
+        upgrade: bool,
+    ) -> Result<Sent, ProxyError> {
+        let addr = ep.addr;
+        let is_connect = req.method() == http::Method::CONNECT;
+        let key = ep.key();
+        let (conn, reused) = match self.checkout_own(&key) {
+            Some(c) => (c, true),
+            None => (self.connect_own(&ep, &key, limits).await?, false),
+        };
+        let mut sender = handshake_h1(conn, addr, peer).await?;
+        let resp = match sender.try_send_request(req).await {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                // The idle connection closed before our request went out (the keep-alive
+                // race): nothing reached the upstream, so sending it on a fresh connection
+                // is safe whatever the method.
                 Some(req) if reused => {
                     debug!(%addr, error = %e.error(), "idle upstream connection closed; reconnecting");
-                    Ok(req)
+                    let conn = self.connect_own(&ep, &key, limits).await?;
+                    sender = handshake_h1(conn, addr, peer).await?;
+                    sender
+                        .send_request(req)
+                        .await
+                        .map_err(|e| ProxyError::upstream_http(addr, peer, e))?
                 }
-                _ => Err(ProxyError::upstream_http(addr, peer, e.into_error())),
-            }) {
-                Ok(resp) => resp,
-                Err(unsent) => {
-                    let resent;
-                    (sender, resent) = Box::pin(Self::resend_h1(&ep, limits, peer, unsent?)).await?;
-                    resent
-                }
-            };
-            let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-                || (upgrade && is_connect && resp.status().is_success());
-            if switched {
-                // Taken over (101, or a 2xx to CONNECT): never pooled.
-                return Ok(Sent {
-                    response: resp.map(boxed),
-                    upgraded: Some(sender),
-                });
-            }
-            let give_back = GiveBack {
-                pools: Arc::downgrade(self),
-                key: ep.key(),
-                sender,
-                limits: limits.cloned(),
-            };
-            let response = resp.map(|body| {
-                boxed(PooledBody {
-                    body,
-                    give_back: Some(give_back),
-                })
-            });
-            Ok(Sent {
-                response,
-                upgraded: None,
-            })
-        }
+                _ => return Err(ProxyError::upstream_http(addr, peer, e.into_error())),
+            },
+        };
+        let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            || (upgrade && is_connect && resp.status().is_success());
+        Ok(Sent {
+            response: resp.map(boxed),
+            // Dropped with this `Sent` when not switched: hyper closes the connection once
+            // the response has been read.
+            upgraded: switched.then_some(sender),
+        })
     }
 
     /// Takes `stream`, a direct connection to `addr` opened before its protocol was
@@ -356,47 +287,6 @@ impl Pools {
         Ok(())
     }
 
-    /// An idle connection to `addr` that is ready for a request. A connection is given
-    /// back as soon as its response body ended, possibly a moment before hyper's
-    /// dispatcher has noticed, so `ready` is awaited (it fails if the upstream closed).
-    async fn checkout_h1(&self, key: &ConnKey) -> Option<http1::SendRequest<ProxyBody>> {
-        loop {
-            let conn = {
-                let mut state = lock(&self.state);
-                let idle = state.h1.get_mut(key)?;
-                idle.pop()?
-            };
-            let mut sender = conn.sender;
-            if conn.since.elapsed() >= self.config.idle_timeout || sender.is_closed() {
-                continue;
-            }
-            if sender.ready().await.is_ok() {
-                return Some(sender);
-            }
-        }
-    }
-
-    fn give_back_h1(&self, g: GiveBack) {
-        if g.sender.is_closed() {
-            return;
-        }
-        {
-            let mut state = lock(&self.state);
-            let idle = state.h1.entry(g.key).or_default();
-            if idle.len() < self.config.max_idle_per_endpoint {
-                idle.push(Idle {
-                    sender: g.sender,
-                    since: Instant::now(),
-                });
-            }
-        }
-        // After the push (and the lock's release): a request that counted itself pending
-        // before looking at the pool either saw this connection or is woken here.
-        if let Some(l) = g.limits.filter(ConnLimits::has_pending) {
-            l.freed().notify_waiters();
-        }
-    }
-
     /// [`Pools::send_h1`] for an endpoint that speaks HTTP/2.
     #[allow(clippy::manual_async_fn)] // arguments held once: see `HttpConn::handle`
     pub(crate) fn send_h2<'f>(
@@ -415,7 +305,10 @@ impl Pools {
                     Some(s) => s.clone(),
                     None => {
                         let cx = match limits {
-                            Some(l) => Some(Self::connection_slot(l).await?),
+                            // No idle HTTP/2 connections to take: one per endpoint.
+                            Some(l) => Self::slot_or(l, || None::<std::convert::Infallible>)
+                                .await?
+                                .ok(),
                             None => None,
                         };
                         let s = Box::pin(connect_h2(ep, peer, cx)).await?;
@@ -543,25 +436,9 @@ impl Pools {
         let Some(limits) = limits else {
             return new(None).await;
         };
-        let mut pending = None;
-        loop {
-            let freed = limits.freed().notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(slot) = limits.try_connection() {
-                return new(Some(slot)).await;
-            }
-            if pending.is_none() {
-                pending = Some(limits.try_pending().ok_or_else(|| ProxyError::Overflow {
-                    cluster: limits.cluster().to_owned(),
-                    breaker: "max_pending_requests",
-                })?);
-            }
-            if let Some(c) = self.checkout_own(key) {
-                return Ok(c);
-            }
-            debug!(addr = %ep.addr, cluster = limits.cluster(), connections = limits.connections(), "waiting for an upstream connection (max_connections)");
-            freed.await;
+        match Self::slot_or(limits, || self.checkout_own(key)).await? {
+            Ok(slot) => new(Some(slot)).await,
+            Err(idle) => Ok(idle),
         }
     }
 
@@ -628,10 +505,6 @@ async fn sweep(pools: Weak<Pools>, idle_timeout: Duration) {
             return;
         };
         let mut state = lock(&pools.state);
-        for idle in state.h1.values_mut() {
-            idle.retain(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed());
-        }
-        state.h1.retain(|_, v| !v.is_empty());
         for idle in state.own.values_mut() {
             idle.retain(|c| c.since.elapsed() < idle_timeout);
         }
@@ -644,25 +517,14 @@ async fn sweep(pools: Weak<Pools>, idle_timeout: Duration) {
     }
 }
 
-/// A new HTTP/1 connection; `slot` (its place under the cluster's `max_connections`) is
-/// held until it closes.
-async fn connect_h1(
-    ep: Endpoint,
-    peer: SocketAddr,
-    slot: Option<ConnSlot>,
-) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
-    let addr = ep.addr;
-    let stream = dial::dial(addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
-    handshake_h1(stream, addr, peer, slot).await
-}
-
-/// HTTP/1 over a connected `stream`; its task holds `slot` until the connection closes.
+/// hyper's HTTP/1 client over `conn`; its task holds the connection's place under
+/// `max_connections` until the connection closes.
 async fn handshake_h1(
-    stream: dial::BoxIo,
+    conn: OwnConn,
     addr: SocketAddr,
     peer: SocketAddr,
-    slot: Option<ConnSlot>,
 ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
+    let (stream, slot) = conn.into_parts();
     // Lowercase header names, as the downstream side (`http::serve`).
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
@@ -714,59 +576,4 @@ async fn handshake_h2(
         .in_current_span(),
     );
     Ok(sender)
-}
-
-/// A response body that returns its HTTP/1 connection to the pool once it has been read
-/// to the end. Dropped early (the client went away), the connection is dropped too: it
-/// may still have unread bytes.
-struct PooledBody {
-    body: Incoming,
-    give_back: Option<GiveBack>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some(g) = self.give_back.take() {
-            if let Some(pools) = g.pools.upgrade() {
-                pools.give_back_h1(g);
-            }
-        }
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // hyper does not poll a body that says it is empty (204, HEAD, `content-length:
-        // 0`): at its end the connection is still reusable.
-        if self.body.is_end_stream() {
-            self.release();
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.give_back = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }

@@ -130,6 +130,10 @@ async fn http_upgrade_passes_bytes_both_ways() -> anyhow::Result<()> {
     let server = http_server().await?;
     let proxy = TestProxy::start(config()).await?;
     let mut client = http_client(proxy.connect(server.addr).await?).await?;
+    // A plain request first: its upstream connection goes back to the pool idle, and the
+    // upgrade below takes it over (one upstream connection in all).
+    let resp = client.send_request(get("/hello")).await?;
+    assert_eq!(body_string(resp).await?, "hello");
 
     let req = Request::get("/upgrade")
         .header(header::HOST, "upstream.test")
@@ -158,6 +162,10 @@ async fn http_upgrade_passes_bytes_both_ways() -> anyhow::Result<()> {
 
     let flags = r#"response_code="101",response_flags="-""#;
     assert!(proxy.scrape().contains(flags), "{}", proxy.scrape());
+    assert_eq!(
+        server.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     Ok(())
 }
 
