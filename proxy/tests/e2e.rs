@@ -130,17 +130,29 @@ async fn http_upgrade_passes_bytes_both_ways() -> anyhow::Result<()> {
     let server = http_server().await?;
     let proxy = TestProxy::start(config()).await?;
     let mut client = http_client(proxy.connect(server.addr).await?).await?;
-    // A plain request first: its upstream connection goes back to the pool idle, and the
-    // upgrade below takes it over (one upstream connection in all).
+    let upgrade_to = |path: &str| {
+        Request::get(path)
+            .header(header::HOST, "upstream.test")
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "echo")
+            .body(empty())
+    };
+    // A plain request first: its upstream connection goes back to the pool idle. An upgrade
+    // the upstream refuses (a plain answer) takes it, gets its whole answer, and the
+    // connection is closed after it (never pooled: hyper's client owns it).
     let resp = client.send_request(get("/hello")).await?;
+    assert_eq!(resp.headers()["x-conn-id"], "0");
+    assert_eq!(body_string(resp).await?, "hello");
+    let resp = client.send_request(upgrade_to("/hello")?).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-conn-id"], "0");
+    assert_eq!(body_string(resp).await?, "hello");
+    // A new connection, pooled, which the accepted upgrade below takes over.
+    let resp = client.send_request(get("/hello")).await?;
+    assert_eq!(resp.headers()["x-conn-id"], "1");
     assert_eq!(body_string(resp).await?, "hello");
 
-    let req = Request::get("/upgrade")
-        .header(header::HOST, "upstream.test")
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "echo")
-        .body(empty())?;
-    let resp = client.send_request(req).await?;
+    let resp = client.send_request(upgrade_to("/upgrade")?).await?;
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(resp.headers()[header::UPGRADE], "echo");
     let mut io = TokioIo::new(hyper::upgrade::on(resp).await?);
@@ -164,7 +176,7 @@ async fn http_upgrade_passes_bytes_both_ways() -> anyhow::Result<()> {
     assert!(proxy.scrape().contains(flags), "{}", proxy.scrape());
     assert_eq!(
         server.connections.load(std::sync::atomic::Ordering::SeqCst),
-        1
+        2
     );
     Ok(())
 }
