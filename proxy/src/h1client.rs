@@ -94,8 +94,7 @@ pub(crate) fn request_framing(
 ) -> RequestFraming {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(|v| h1codec::parse_content_length(v.as_bytes()).ok());
     if let Some(n) = declared {
         return RequestFraming::Length(n);
     }

@@ -227,7 +227,8 @@ pub(crate) fn parse_response_head(
     }))
 }
 
-fn parse_content_length(v: &[u8]) -> Result<u64, WireError> {
+/// A `content-length` value (digits only, as RFC 9110 8.6 has it).
+pub(crate) fn parse_content_length(v: &[u8]) -> Result<u64, WireError> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return Err(WireError::ContentLength);
