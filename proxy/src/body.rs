@@ -60,6 +60,43 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
     }
 }
 
+/// A request body as it comes from the client: hyper's, or none (a request the HTTP/1.1
+/// server of our own, [`crate::h1server`], parsed had no body). hyper's error type stays:
+/// only hyper's body can fail.
+pub(crate) enum RequestBody {
+    Hyper(hyper::body::Incoming),
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// The request details an access-log line adds to the golden-metric record.
 #[derive(Debug, Clone)]
 pub(crate) struct AccessInfo {

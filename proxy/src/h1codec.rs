@@ -9,6 +9,8 @@
 //! bytes have arrived (`Content-Length`, chunked with trailers, or up to the close). The I/O
 //! is `h1client`.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
@@ -77,20 +79,25 @@ pub(crate) fn encode_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends one chunk of a chunked request body to `out`. An empty `data` writes nothing:
+/// Appends one chunk of a chunked body to `out`. An empty `data` writes nothing:
 /// an empty chunk is the body's end.
 pub(crate) fn encode_chunk(data: &[u8], out: &mut BytesMut) {
     if data.is_empty() {
         return;
     }
-    use std::fmt::Write as _;
-    // Writing to a BytesMut cannot fail.
-    let _ = write!(out, "{:x}\r\n", data.len());
+    chunk_header(data.len(), out);
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends the end of a chunked request body, with its trailer fields, to `out`.
+/// Appends the size line of a chunk of `len` bytes (not zero: that is the body's end).
+pub(crate) fn chunk_header(len: usize, out: &mut BytesMut) {
+    use std::fmt::Write as _;
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// Appends the end of a chunked body, with its trailer fields, to `out`.
 pub(crate) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut BytesMut) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
@@ -132,9 +139,14 @@ pub(crate) fn parse_response_head(
     buf: &mut BytesMut,
     request: &Method,
 ) -> Result<Option<ResponseHead>, WireError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let n = match parsed.parse(buf) {
+    // Uninitialised slots: zeroing 100 of them cost more than parsing a small head.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(WireError::Head(e.to_string())),
@@ -149,7 +161,11 @@ pub(crate) fn parse_response_head(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut other_coding = false;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // End-to-end fields by name and where their value sits in the head: the values become
+    // slices of the head's bytes below (as hyper does), not an allocation each.
+    let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
+        Vec::with_capacity(parsed.headers.len());
+    let base = buf.as_ptr() as usize;
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| WireError::Header(h.name.to_owned()))?;
@@ -186,11 +202,16 @@ pub(crate) fn parse_response_head(
         if name.as_str() == "keep-alive" {
             continue;
         }
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| WireError::Header(h.name.to_owned()))?;
+        let start = h.value.as_ptr() as usize - base;
+        kept.push((name, start..start + h.value.len()));
+    }
+    let head = buf.split_to(n).freeze();
+    let mut headers = HeaderMap::with_capacity(kept.len());
+    for (name, range) in kept {
+        let value = HeaderValue::from_maybe_shared(head.slice(range))
+            .map_err(|_| WireError::Header(name.as_str().to_owned()))?;
         headers.append(name, value);
     }
-    buf.advance(n);
     let no_body = *request == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -225,6 +246,148 @@ pub(crate) fn parse_response_head(
         body,
         keep_alive,
     }))
+}
+
+/// Why the HTTP/1.1 server of our own leaves a request to hyper (`h1server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unserved(pub(crate) &'static str);
+
+/// Parses a request head at the start of `buf` for the HTTP/1.1 server of our own, which
+/// serves only HTTP/1.1 requests without a body, an upgrade, `CONNECT` or `Expect`: for
+/// anything else (and any head that does not parse) `Err(Unserved)`, and the connection
+/// goes to hyper with `buf` untouched. `Ok(None)`: not complete yet. On success the head's
+/// bytes are consumed from `buf`; the bool is whether the client lets the connection be
+/// reused (no `connection: close`). Headers are passed on as sent, hop-by-hop ones
+/// included (the proxy strips those).
+pub(crate) fn parse_request_head(
+    buf: &mut BytesMut,
+) -> Result<Option<(http::Request<()>, bool)>, Unserved> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let n = match parsed.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Unserved("malformed head")),
+    };
+    if parsed.version != Some(1) {
+        return Err(Unserved("not HTTP/1.1"));
+    }
+    let method = parsed.method.unwrap_or_default();
+    if method == "CONNECT" {
+        return Err(Unserved("CONNECT"));
+    }
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| Unserved("method"))?;
+    let mut keep_alive = true;
+    let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
+        Vec::with_capacity(parsed.headers.len());
+    let base = buf.as_ptr() as usize;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Unserved("header"))?;
+        if name == header::CONNECTION {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Err(Unserved("upgrade"));
+                }
+            }
+        } else if name == header::CONTENT_LENGTH {
+            if parse_content_length(h.value) != Ok(0) {
+                return Err(Unserved("request body"));
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            return Err(Unserved("request body"));
+        } else if name == header::UPGRADE {
+            return Err(Unserved("upgrade"));
+        } else if name == header::EXPECT {
+            return Err(Unserved("expect"));
+        }
+        let start = h.value.as_ptr() as usize - base;
+        kept.push((name, start..start + h.value.len()));
+    }
+    let path = parsed.path.unwrap_or_default();
+    let path_at = path.as_ptr() as usize - base;
+    let path = path_at..path_at + path.len();
+    let head = buf.split_to(n).freeze();
+    let built = (|| {
+        let mut req = http::Request::new(());
+        *req.uri_mut() = http::Uri::from_maybe_shared(head.slice(path))
+            .map_err(|_| Unserved("request target"))?;
+        *req.method_mut() = method;
+        let headers = req.headers_mut();
+        headers.reserve(kept.len());
+        for (name, range) in kept {
+            let value = HeaderValue::from_maybe_shared(head.slice(range))
+                .map_err(|_| Unserved("header"))?;
+            headers.append(name, value);
+        }
+        Ok(req)
+    })();
+    let req = match built {
+        Ok(req) => req,
+        Err(e) => {
+            // Put the head back: hyper reads the connection from its start.
+            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            return Err(e);
+        }
+    };
+    Ok(Some((req, keep_alive)))
+}
+
+/// How a response body goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResponseFraming {
+    /// No body (a response to HEAD, 1xx, 204, 304): the headers as they are.
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the status line and headers of a response to `out`: the framing header from
+/// `framing` (any in `headers` are skipped, except with [`ResponseFraming::None`], where
+/// a HEAD response's `content-length` says what a GET would get), and `connection: close`
+/// when the connection ends after it. Header names go out lowercase, as Envoy's HTTP/1
+/// codec sends them by default.
+pub(crate) fn encode_response_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: ResponseFraming,
+    close: bool,
+    out: &mut BytesMut,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || (name == header::CONTENT_LENGTH && framing != ResponseFraming::None)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ResponseFraming::None => {}
+        ResponseFraming::Length(n) => {
+            use std::fmt::Write as _;
+            // Writing to a BytesMut cannot fail.
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A `content-length` value (digits only, as RFC 9110 8.6 has it).
@@ -575,6 +738,120 @@ mod tests {
         assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
         assert_eq!(&buf[..], b"hi");
         assert!(head("HTTP/1.1 abc OK\r\n\r\n", Method::GET).is_err());
+    }
+
+    #[test]
+    fn header_values_are_kept_in_order_and_byte_for_byte() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nX-A: 1\r\nconnection: keep-alive\r\nx-b:  two words \r\n\
+               set-cookie: a=1\r\nSet-Cookie: b=2\r\nx-latin: caf\xe9\r\nx-empty:\r\n\
+               content-length: 0\r\n\r\nnext"[..],
+        );
+        let h = parse_response_head(&mut buf, &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.headers["x-a"], "1");
+        assert_eq!(h.headers["x-b"], "two words");
+        let cookies: Vec<_> = h.headers.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(h.headers["x-latin"].as_bytes(), b"caf\xe9");
+        assert_eq!(h.headers["x-empty"], "");
+        assert_eq!(h.headers.len(), 6);
+        assert!(!h.headers.contains_key(header::CONNECTION));
+        assert_eq!(h.body, BodyFraming::Empty);
+        assert_eq!(&buf[..], b"next");
+        // A control byte in a value is the upstream's error, not a header we pass on.
+        assert!(head("HTTP/1.1 200 OK\r\nx-a: a\x01b\r\n\r\n", Method::GET).is_err());
+    }
+
+    #[test]
+    fn plain_requests_are_ours_the_rest_is_hyper_s() {
+        let mut buf = BytesMut::from(
+            &b"GET http://shop/a?b=1 HTTP/1.1\r\nHost: shop\r\nX-A: 1\r\nx-a: 2\r\n\
+               content-length: 0\r\n\r\nGET /next"[..],
+        );
+        let (req, keep_alive) = parse_request_head(&mut buf).unwrap().unwrap();
+        assert!(keep_alive);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri().authority().unwrap(), "shop");
+        assert_eq!(req.uri().path_and_query().unwrap(), "/a?b=1");
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        let xa: Vec<_> = req.headers().get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(req.headers()[header::CONTENT_LENGTH], "0");
+        assert_eq!(&buf[..], b"GET /next");
+        // Incomplete: nothing consumed.
+        assert!(parse_request_head(&mut buf).unwrap().is_none());
+        assert_eq!(&buf[..], b"GET /next");
+
+        let mut buf = BytesMut::from(&b"DELETE /x HTTP/1.1\r\nConnection: Close\r\n\r\n"[..]);
+        let (req, keep_alive) = parse_request_head(&mut buf).unwrap().unwrap();
+        assert_eq!(req.method(), Method::DELETE);
+        assert!(!keep_alive);
+
+        for (head, why) in [
+            (
+                "POST /x HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
+                "request body",
+            ),
+            (
+                "POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+                "request body",
+            ),
+            (
+                "POST /x HTTP/1.1\r\ncontent-length: x\r\n\r\n",
+                "request body",
+            ),
+            (
+                "GET /ws HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+                "upgrade",
+            ),
+            ("GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n", "upgrade"),
+            ("CONNECT a:443 HTTP/1.1\r\n\r\n", "CONNECT"),
+            ("PUT /x HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", "expect"),
+            ("GET / HTTP/1.0\r\n\r\n", "not HTTP/1.1"),
+            ("GET / HTTP/1.1\r\nbad header\r\n\r\n", "malformed head"),
+            ("GET /a\x7fb HTTP/1.1\r\n\r\n", "malformed head"),
+        ] {
+            let mut buf = BytesMut::from(head);
+            assert_eq!(
+                parse_request_head(&mut buf).unwrap_err(),
+                Unserved(why),
+                "{head:?}"
+            );
+            // Untouched: hyper reads the request from its start.
+            assert_eq!(&buf[..], head.as_bytes(), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn response_heads_carry_our_framing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let head = |status: u16, framing, close| {
+            let mut out = BytesMut::new();
+            let status = StatusCode::from_u16(status).unwrap();
+            encode_response_head(status, &h, framing, close, &mut out);
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        assert_eq!(
+            head(200, ResponseFraming::Length(5), false),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert_eq!(
+            head(503, ResponseFraming::Chunked, true),
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+             transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        // A HEAD response keeps the length a GET would have.
+        assert_eq!(
+            head(200, ResponseFraming::None, false),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 99\r\n\r\n"
+        );
+        assert!(head(599, ResponseFraming::Length(0), false).starts_with("HTTP/1.1 599 \r\n"));
     }
 
     /// The data, the trailers, the bytes left in the buffer.

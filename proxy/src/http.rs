@@ -1,20 +1,20 @@
 //! HTTP/1.1 forwarding for one captured (or bound-listener) connection, and for one
 //! HBONE tunnel that carries HTTP on the destination node ([`Reporter::Destination`]).
 //!
-//! hyper serves the downstream connection. Each request is either passed through to the
-//! connection's original destination (no listener in the traffic config claims it) or
-//! routed: the route configuration of the connection's filter chain picks a virtual
-//! host and route, the route picks a cluster, the cluster an endpoint. Routing loads the
-//! current traffic config per request, so route and endpoint changes apply to the next
-//! request on a keep-alive connection while a request in flight finishes on the config
-//! it started with.
+//! A downstream HTTP/1 connection starts on the HTTP/1.1 server of our own
+//! ([`crate::h1server`]: plain requests without a body or upgrade) and moves to hyper's
+//! server at its first request that is anything else; hyper serves HTTP/2 connections.
+//! Each request is either passed through to the connection's original destination (no
+//! listener in the traffic config claims it) or routed: the route configuration of the
+//! connection's filter chain picks a virtual host and route, the route picks a cluster,
+//! the cluster an endpoint. Routing loads the current traffic config per request, so
+//! route and endpoint changes apply to the next request on a keep-alive connection while
+//! a request in flight finishes on the config it started with.
 //!
-//! Upstream connections are owned by the downstream connection: one idle connection per
-//! endpoint is kept between requests (re-established when the upstream closed it), at
-//! most [`MAX_IDLE_UPSTREAMS`]. Bodies stream through in both directions without
-//! buffering. hyper answers pipelined requests in order because an HTTP/1 server
-//! connection runs one request at a time, which is also why the idle list below is a
-//! plain mutex that is never held across an `.await`.
+//! Upstream connections are pooled per endpoint for all downstream connections
+//! ([`crate::upstream::Pools`]). Bodies stream through in both directions without
+//! buffering. Pipelined requests are answered in order because an HTTP/1 server
+//! connection (ours or hyper's) runs one request at a time.
 //!
 //! Upgrades (`Connection: upgrade` + `101`, or `CONNECT` + `2xx`) are forwarded like
 //! any request; when the upstream agrees, both sides are taken over from hyper and
@@ -32,14 +32,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use crate::body::{AccessInfo, CountingBody, MeteredBody};
+use crate::body::{AccessInfo, CountingBody, MeteredBody, RequestBody};
 use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody, ProxyError, Side};
@@ -51,6 +50,7 @@ use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::retry::{self, is_retriable, Outcome, ReplayBody};
+use crate::stream::Rewind;
 use crate::timeout::{ConnActivity, Deadlines, Expired, HcmTimeouts, StreamState, TimedBody};
 use crate::traffic::balance::Report;
 use crate::traffic::router::{self, RequestHead, RouteTable};
@@ -160,7 +160,7 @@ pub(crate) struct Target {
 }
 
 /// The request body as the proxy forwards it (its bytes counted for the golden metrics).
-type ReqBody = CountingBody<Incoming>;
+type ReqBody = CountingBody<RequestBody>;
 
 /// The destination labels of a request.
 #[derive(Clone)]
@@ -266,6 +266,11 @@ impl HttpConn {
 
     /// Counts a request in `myelin_proxy_requests` (the connection's cached series when its
     /// code and flags are the last request's).
+    /// The client's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     fn count_request(&self, code: u16, flags: &'static str, elapsed: Duration) {
         let mut last = lock(&self.last_series);
         let series = match last.as_ref() {
@@ -296,9 +301,9 @@ impl HttpConn {
     // moved into its body), and a request's futures are copied as they are created, for
     // every request (here 7.5 KB -> 4 KB in all).
     #[allow(clippy::manual_async_fn)] // arguments held once: see `HttpConn::handle`
-    fn handle(
+    pub(crate) fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         async move {
             let active = self.activity.enter();
@@ -1322,7 +1327,7 @@ async fn tunnel(
 
 /// Resolves once `conn` has had no request in flight for its idle timeout (never
 /// without one).
-async fn idle(conn: &HttpConn) {
+pub(crate) async fn idle(conn: &HttpConn) {
     match conn.timeouts.idle {
         Some(t) => conn.activity.idle_for(t).await,
         None => std::future::pending().await,
@@ -1340,9 +1345,11 @@ where
     let res = if conn.downstream == Protocol::Http2 {
         // Boxed: hyper moves each request's future into a task of its own, and it is
         // kilobytes; a box moves as a pointer (HTTP/1 keeps it in place: no box).
-        let svc = hyper::service::service_fn(move |req| {
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let conn = svc_conn.clone();
-            Box::pin(async move { Ok::<_, Infallible>(conn.handle(req).await) })
+            Box::pin(
+                async move { Ok::<_, Infallible>(conn.handle(req.map(RequestBody::Hyper)).await) },
+            )
         });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new()).auto_date_header(false);
@@ -1361,32 +1368,10 @@ where
             }
         }
     } else {
-        let svc = hyper::service::service_fn(move |req| {
-            let conn = svc_conn.clone();
-            async move { Ok::<_, Infallible>(conn.handle(req).await) }
-        });
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            // Clients may shut down their write side while awaiting the response.
-            .half_close(true)
-            // Header names go out lowercase, as Envoy's HTTP/1 codec sends them by default
-            // (its `header_key_format` is rejected): keeping each request's original case
-            // cost a second header map per message. No `Date` the upstream did not send.
-            .auto_date_header(false);
-        let server = builder
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades();
-        tokio::pin!(server);
-        tokio::select! {
-            res = server.as_mut() => res,
-            () = drain.signaled() => {
-                server.as_mut().graceful_shutdown();
-                server.await
-            }
-            () = idle(&conn) => {
-                debug!(peer = %conn.peer, "closing an idle downstream HTTP/1 connection");
-                server.as_mut().graceful_shutdown();
-                server.await
+        match crate::h1server::serve(io, &conn, &drain).await {
+            crate::h1server::Ended::Closed => Ok(()),
+            crate::h1server::Ended::Handover(read, io) => {
+                serve_h1_with_hyper(Rewind::new(read, io), svc_conn, &drain).await
             }
         }
     };
@@ -1396,6 +1381,47 @@ where
     let tunnel = lock(&conn.tunnel).take();
     if let Some(tunnel) = tunnel {
         tunnel.await;
+    }
+}
+
+/// hyper's HTTP/1 server for the rest of a connection whose requests [`crate::h1server`]
+/// does not serve (bodies, upgrades, `Expect`, HTTP/1.0, heads that do not parse).
+async fn serve_h1_with_hyper<I>(
+    io: I,
+    conn: Arc<HttpConn>,
+    drain: &drain::Watch,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_conn = conn.clone();
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let conn = svc_conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req.map(RequestBody::Hyper)).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        // Clients may shut down their write side while awaiting the response.
+        .half_close(true)
+        // Header names go out lowercase, as Envoy's HTTP/1 codec sends them by default
+        // (its `header_key_format` is rejected): keeping each request's original case
+        // cost a second header map per message. No `Date` the upstream did not send.
+        .auto_date_header(false);
+    let server = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(server);
+    tokio::select! {
+        res = server.as_mut() => res,
+        () = drain.signaled() => {
+            server.as_mut().graceful_shutdown();
+            server.await
+        }
+        () = idle(&conn) => {
+            debug!(peer = %conn.peer, "closing an idle downstream HTTP/1 connection");
+            server.as_mut().graceful_shutdown();
+            server.await
+        }
     }
 }
 

@@ -37,6 +37,7 @@ pub mod golden;
 #[allow(dead_code)]
 mod h1client;
 mod h1codec;
+mod h1server;
 pub mod hbone;
 mod http;
 mod local;

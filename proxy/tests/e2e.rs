@@ -89,6 +89,86 @@ async fn http_pipelined_requests_answered_in_order() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The plain requests a connection starts with are served by the proxy's own HTTP/1.1
+/// server (`h1server`): each response framed as hyper's strict client expects it.
+#[tokio::test]
+async fn http_plain_requests_keep_their_framing() -> anyhow::Result<()> {
+    let server = http_server().await?;
+    let proxy = TestProxy::start(config()).await?;
+    let mut client = http_client(proxy.connect(server.addr).await?).await?;
+    // A body of unknown length goes out chunked.
+    let resp = client.send_request(get("/chunked")).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::TRANSFER_ENCODING], "chunked");
+    assert_eq!(body_string(resp).await?, "one,two,three");
+    // HEAD (the test server has no HEAD route: its 404 without the body): no body, and
+    // the next response follows at once.
+    let head = Request::head("/hello")
+        .header(header::HOST, "upstream.test")
+        .body(empty())?;
+    let resp = client.send_request(head).await?;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(body_string(resp).await?, "");
+    // A known length goes out as content-length; a local 404 too.
+    let resp = client.send_request(get("/hello")).await?;
+    assert_eq!(resp.headers()[header::CONTENT_LENGTH], "5");
+    assert_eq!(body_string(resp).await?, "hello");
+    let resp = client.send_request(get("/nope")).await?;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(body_string(resp).await?, "not found");
+    for (code, n) in [("200", 2.0), ("404", 2.0)] {
+        let labels = format!(
+            r#"source_workload="client",source_namespace="test-ns",response_code="{code}",response_flags="-""#
+        );
+        assert_eq!(
+            proxy.sample(&format!("myelin_proxy_requests_total{{{labels}}}")),
+            Some(n)
+        );
+    }
+    Ok(())
+}
+
+/// `connection: close` from the client, a client that half-closes after its request,
+/// HTTP/1.0, and bytes that are no HTTP at all: each answered, and the connection closed.
+#[tokio::test]
+async fn http_connection_endings_from_the_client() -> anyhow::Result<()> {
+    let server = http_server().await?;
+    let proxy = TestProxy::start(config()).await?;
+    let exchange = |request: &'static [u8], half_close: bool| {
+        let proxy = &proxy;
+        async move {
+            let mut stream = proxy.connect(server.addr).await?;
+            stream.write_all(request).await?;
+            if half_close {
+                stream.shutdown().await?;
+            }
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+                .await
+                .expect("the proxy kept the connection open")?;
+            anyhow::Ok(String::from_utf8(out)?)
+        }
+    };
+    let out = exchange(
+        b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\nGET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        false,
+    )
+    .await?;
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{out}");
+    assert_eq!(out.matches("connection: close\r\n").count(), 1, "{out}");
+    assert!(out.ends_with("hello"), "{out}");
+    let out = exchange(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n", true).await?;
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("hello"),
+        "{out}"
+    );
+    let out = exchange(b"GET /hello HTTP/1.0\r\nHost: a\r\n\r\n", false).await?;
+    assert!(out.ends_with("hello"), "{out}");
+    let out = exchange(b"NOT HTTP\r\n\r\n", false).await?;
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn http_chunked_bodies_stream_both_ways() -> anyhow::Result<()> {
     let server = http_server().await?;
@@ -422,6 +502,8 @@ async fn drain_stops_accepting_and_lets_requests_finish() -> anyhow::Result<()> 
     server.release.notify_one();
     let resp = in_flight.await??;
     assert_eq!(resp.status(), StatusCode::OK);
+    // The client learns that the connection ends with this response.
+    assert_eq!(resp.headers()[header::CONNECTION], "close");
     assert_eq!(body_string(resp).await?, "released");
     (&mut proxy.task).await??;
     assert_eq!(drained.await?, Drained::Complete);
