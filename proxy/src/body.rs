@@ -60,24 +60,30 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
     }
 }
 
-/// A request body as it comes from the client: hyper's, or none (a request the HTTP/1.1
-/// server of our own, [`crate::h1server`], parsed had no body). hyper's error type stays:
-/// only hyper's body can fail.
+/// A request body as it comes from the client: hyper's, or one the HTTP/1.1 server of our
+/// own ([`crate::h1server`]) reads from the connection, or none.
 pub(crate) enum RequestBody {
     Hyper(hyper::body::Incoming),
+    Own(Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send + Sync>>),
     Empty,
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Hyper(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            RequestBody::Own(b) => b.as_mut().poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -85,6 +91,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Own(b) => b.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -92,6 +99,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Own(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -252,16 +252,25 @@ pub(crate) fn parse_response_head(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Unserved(pub(crate) &'static str);
 
+/// A request head the HTTP/1.1 server of our own serves.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub(crate) req: http::Request<()>,
+    /// The client lets the connection be reused (no `connection: close`).
+    pub(crate) keep_alive: bool,
+    /// How its body is framed: `Empty`, `Length` or `Chunked`.
+    pub(crate) body: BodyFraming,
+}
+
 /// Parses a request head at the start of `buf` for the HTTP/1.1 server of our own, which
-/// serves only HTTP/1.1 requests without a body, an upgrade, `CONNECT` or `Expect`: for
-/// anything else (and any head that does not parse) `Err(Unserved)`, and the connection
-/// goes to hyper with `buf` untouched. `Ok(None)`: not complete yet. On success the head's
-/// bytes are consumed from `buf`; the bool is whether the client lets the connection be
-/// reused (no `connection: close`). Headers are passed on as sent, hop-by-hop ones
-/// included (the proxy strips those).
-pub(crate) fn parse_request_head(
-    buf: &mut BytesMut,
-) -> Result<Option<(http::Request<()>, bool)>, Unserved> {
+/// serves HTTP/1.1 requests with a body framed by one valid `content-length` or by
+/// `transfer-encoding: chunked` alone, or none, and without an upgrade, `CONNECT` or
+/// `Expect`: for anything else (and any head that does not parse) `Err(Unserved)`, and the
+/// connection goes to hyper with `buf` untouched (hyper answers what is wrong with it as
+/// it always did). `Ok(None)`: not complete yet. On success the head's bytes are consumed
+/// from `buf`. Headers are passed on as sent, hop-by-hop ones included (the proxy strips
+/// those).
+pub(crate) fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Unserved> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let n = match parsed.parse_with_uninit_headers(buf, &mut slots) {
@@ -278,6 +287,8 @@ pub(crate) fn parse_request_head(
     }
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| Unserved("method"))?;
     let mut keep_alive = true;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
     let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
         Vec::with_capacity(parsed.headers.len());
     let base = buf.as_ptr() as usize;
@@ -292,11 +303,18 @@ pub(crate) fn parse_request_head(
                 }
             }
         } else if name == header::CONTENT_LENGTH {
-            if parse_content_length(h.value) != Ok(0) {
-                return Err(Unserved("request body"));
+            let n = parse_content_length(h.value).map_err(|_| Unserved("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Unserved("content-length"));
             }
+            length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            return Err(Unserved("request body"));
+            // Only `chunked` alone: other codings, or chunked given twice, are hyper's to
+            // refuse.
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(Unserved("transfer-encoding"));
+            }
+            chunked = true;
         } else if name == header::UPGRADE {
             return Err(Unserved("upgrade"));
         } else if name == header::EXPECT {
@@ -305,6 +323,13 @@ pub(crate) fn parse_request_head(
         let start = h.value.as_ptr() as usize - base;
         kept.push((name, start..start + h.value.len()));
     }
+    let body = match (length, chunked) {
+        // Both: a request smuggling pattern (RFC 9112 6.1); hyper refuses it.
+        (Some(_), true) => return Err(Unserved("content-length and transfer-encoding")),
+        (None, true) => BodyFraming::Chunked,
+        (Some(0) | None, false) => BodyFraming::Empty,
+        (Some(n), false) => BodyFraming::Length(n),
+    };
     let path = parsed.path.unwrap_or_default();
     let path_at = path.as_ptr() as usize - base;
     let path = path_at..path_at + path.len();
@@ -334,7 +359,11 @@ pub(crate) fn parse_request_head(
             return Err(e);
         }
     };
-    Ok(Some((req, keep_alive)))
+    Ok(Some(RequestHead {
+        req,
+        keep_alive,
+        body,
+    }))
 }
 
 /// How a response body goes out.
@@ -770,8 +799,13 @@ mod tests {
             &b"GET http://shop/a?b=1 HTTP/1.1\r\nHost: shop\r\nX-A: 1\r\nx-a: 2\r\n\
                content-length: 0\r\n\r\nGET /next"[..],
         );
-        let (req, keep_alive) = parse_request_head(&mut buf).unwrap().unwrap();
+        let RequestHead {
+            req,
+            keep_alive,
+            body,
+        } = parse_request_head(&mut buf).unwrap().unwrap();
         assert!(keep_alive);
+        assert_eq!(body, BodyFraming::Empty);
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri().authority().unwrap(), "shop");
         assert_eq!(req.uri().path_and_query().unwrap(), "/a?b=1");
@@ -784,28 +818,47 @@ mod tests {
         assert!(parse_request_head(&mut buf).unwrap().is_none());
         assert_eq!(&buf[..], b"GET /next");
 
-        let mut buf = BytesMut::from(&b"DELETE /x HTTP/1.1\r\nConnection: Close\r\n\r\n"[..]);
-        let (req, keep_alive) = parse_request_head(&mut buf).unwrap().unwrap();
-        assert_eq!(req.method(), Method::DELETE);
-        assert!(!keep_alive);
+        for (head, method, keep_alive, body) in [
+            (
+                "DELETE /x HTTP/1.1\r\nConnection: Close\r\n\r\n",
+                Method::DELETE,
+                false,
+                BodyFraming::Empty,
+            ),
+            (
+                "POST /x HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc",
+                Method::POST,
+                true,
+                BodyFraming::Length(3),
+            ),
+            (
+                "PUT /x HTTP/1.1\r\ntransfer-encoding: Chunked \r\n\r\n3\r\nabc",
+                Method::PUT,
+                true,
+                BodyFraming::Chunked,
+            ),
+        ] {
+            let mut buf = BytesMut::from(head);
+            let parsed = parse_request_head(&mut buf).unwrap().unwrap();
+            assert_eq!(
+                (parsed.req.method(), parsed.keep_alive, parsed.body),
+                (&method, keep_alive, body),
+                "{head:?}"
+            );
+            // The body's bytes stay for the body's decoder.
+            assert!(
+                head.ends_with(std::str::from_utf8(&buf).unwrap()),
+                "{head:?}"
+            );
+        }
 
         for (head, why) in [
-            (
-                "POST /x HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
-                "request body",
-            ),
-            (
-                "POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
-                "request body",
-            ),
-            (
-                "POST /x HTTP/1.1\r\ncontent-length: x\r\n\r\n",
-                "request body",
-            ),
-            (
-                "GET /ws HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
-                "upgrade",
-            ),
+            ("POST /x HTTP/1.1\r\ncontent-length: x\r\n\r\n", "content-length"),
+            ("POST /x HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n", "content-length"),
+            ("POST /x HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n", "transfer-encoding"),
+            ("POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n", "transfer-encoding"),
+            ("POST /x HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", "content-length and transfer-encoding"),
+            ("GET /ws HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", "upgrade"),
             ("GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n", "upgrade"),
             ("CONNECT a:443 HTTP/1.1\r\n\r\n", "CONNECT"),
             ("PUT /x HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", "expect"),
@@ -814,11 +867,7 @@ mod tests {
             ("GET /a\x7fb HTTP/1.1\r\n\r\n", "malformed head"),
         ] {
             let mut buf = BytesMut::from(head);
-            assert_eq!(
-                parse_request_head(&mut buf).unwrap_err(),
-                Unserved(why),
-                "{head:?}"
-            );
+            assert_eq!(parse_request_head(&mut buf).unwrap_err(), Unserved(why), "{head:?}");
             // Untouched: hyper reads the request from its start.
             assert_eq!(&buf[..], head.as_bytes(), "{head:?}");
         }

@@ -1,8 +1,9 @@
-//! The HTTP/1.1 server of our own for a downstream connection's plain requests: HTTP/1.1,
-//! no body, no upgrade, no `CONNECT`, no `Expect` — what most keep-alive traffic is. The
-//! first request that is anything else (or a head that does not parse) hands the
-//! connection, with every byte read and not yet served, to hyper's server for the rest of
-//! its life ([`Ended::Handover`]); hyper answers it as it always did.
+//! The HTTP/1.1 server of our own for downstream connections: HTTP/1.1 requests with no
+//! body or one framed by `content-length` or `transfer-encoding: chunked`, without an
+//! upgrade, `CONNECT` or `Expect` — nearly all keep-alive traffic. The first request that
+//! is anything else (or a head that does not parse) hands the connection, with every byte
+//! read and not yet served, to hyper's server for the rest of its life
+//! ([`Ended::Handover`]); hyper answers it as it always did.
 //!
 //! Why not hyper's server for these too: its dispatcher, the request and response types it
 //! builds and its encoder cost ~2.6 us of CPU per request on our bench host over parsing
@@ -11,27 +12,30 @@
 //! that the upstream client is our own (`h1client`).
 //!
 //! One request at a time, as hyper's HTTP/1 server runs them: pipelined requests wait in
-//! the read buffer and are answered in order. The client's half close is seen at the next
-//! head (hyper's `half_close(true)`). Between requests the connection closes on a drain or
-//! its idle timeout; a request in flight during a drain is answered with
+//! the read buffer and are answered in order. A request body is read from the connection
+//! by the request itself ([`ConnBody`], full duplex with the response); a body not read to
+//! its end closes the connection after the response. The client's half close is seen at
+//! the next head (hyper's `half_close(true)`). Between requests the connection closes on
+//! a drain or its idle timeout; a request in flight during a drain is answered with
 //! `connection: close`.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::Poll;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Response, StatusCode};
-use http_body::Body;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use http_body::{Body, Frame, SizeHint};
+use sync_wrapper::SyncWrapper;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::debug;
 
 use crate::body::RequestBody;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody};
-use crate::h1codec::{self, ResponseFraming, Unserved};
+use crate::h1codec::{self, BodyDecoder, BodyFraming, Decoded, ResponseFraming, Unserved};
 use crate::http::HttpConn;
 
 /// Read buffer of a connection.
@@ -60,14 +64,14 @@ pub(crate) enum Ended<I> {
 /// request needs hyper.
 pub(crate) async fn serve<I>(mut io: I, conn: &Arc<HttpConn>, drain: &drain::Watch) -> Ended<I>
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut out = BytesMut::new();
     loop {
-        let (req, keep_alive) = loop {
+        let head = loop {
             match h1codec::parse_request_head(&mut buf) {
-                Ok(Some(parsed)) => break parsed,
+                Ok(Some(head)) => break head,
                 Err(Unserved(why)) => {
                     debug!(peer = %conn.peer(), why, "handing the connection to hyper's server");
                     return Ended::Handover(buf.freeze(), io);
@@ -99,17 +103,150 @@ where
                 }
             }
         };
-        let head = req.method() == Method::HEAD;
-        let resp = conn.clone().handle(req.map(|()| RequestBody::Empty)).await;
-        let keep_alive = keep_alive && !drain.is_signaled();
-        if let Err(e) = write_response(&mut io, &mut out, resp, head, !keep_alive).await {
-            debug!(peer = %conn.peer(), error = %e, "downstream response failed");
-            return Ended::Closed;
+        let is_head = head.req.method() == Method::HEAD;
+        if head.body == BodyFraming::Empty {
+            let resp = conn
+                .clone()
+                .handle(head.req.map(|()| RequestBody::Empty))
+                .await;
+            let keep_alive = head.keep_alive && !drain.is_signaled();
+            if let Err(e) = write_response(&mut io, &mut out, resp, is_head, !keep_alive).await {
+                debug!(peer = %conn.peer(), error = %e, "downstream response failed");
+                return Ended::Closed;
+            }
+            if !keep_alive {
+                let _ = io.shutdown().await;
+                return Ended::Closed;
+            }
+            continue;
         }
-        if !keep_alive {
-            let _ = io.shutdown().await;
-            return Ended::Closed;
+        // A body: its reads and the response's writes may overlap (an upstream may answer
+        // before the body ends, or echo it as it comes), so the connection is split for
+        // the request, and the body gives the read side back at its end.
+        let (read, mut write) = tokio::io::split(io);
+        let back = Arc::new(Mutex::new(None));
+        let body = ConnBody {
+            read: SyncWrapper::new(Some((read, std::mem::take(&mut buf)))),
+            open: true,
+            decoder: BodyDecoder::new(head.body),
+            back: back.clone(),
+        };
+        let req = head.req.map(|()| RequestBody::Own(Box::pin(body)));
+        let resp = conn.clone().handle(req).await;
+        let keep_alive = head.keep_alive && !drain.is_signaled();
+        // The body is the request's until the response has ended: only then is it known
+        // whether it was read to its end.
+        let written = write_response(&mut write, &mut out, resp, is_head, !keep_alive).await;
+        let returned = lock(&back).take();
+        match (written, returned) {
+            (Ok(()), Some((read, rest))) if keep_alive => {
+                io = read.unsplit(write);
+                buf = rest;
+            }
+            (Ok(()), _) => {
+                // Closing, or a body not read to its end: what is left of it cannot be
+                // told from the next request.
+                let _ = write.shutdown().await;
+                return Ended::Closed;
+            }
+            (Err(e), _) => {
+                debug!(peer = %conn.peer(), error = %e, "downstream response failed");
+                return Ended::Closed;
+            }
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Never held across an await: a poisoned lock only means a panic elsewhere.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The connection's read side and the bytes read ahead, lent to a request body.
+type ReadSide<I> = (ReadHalf<I>, BytesMut);
+
+/// A request body read from the client's connection; at its end the read side goes back
+/// to [`serve`] for the next request. Dropped before its end (the upstream answered
+/// without reading all of it), the read side is dropped too and the connection closes
+/// after the response.
+struct ConnBody<I> {
+    /// `SyncWrapper`: the body must be `Sync` and is only ever used through `&mut`.
+    read: SyncWrapper<Option<ReadSide<I>>>,
+    /// `read` is still here (the body has neither ended nor failed).
+    open: bool,
+    decoder: BodyDecoder,
+    back: Arc<Mutex<Option<ReadSide<I>>>>,
+}
+
+impl<I> ConnBody<I> {
+    fn give_back(&mut self) {
+        self.open = false;
+        if let Some(side) = self.read.get_mut().take() {
+            *lock(&self.back) = Some(side);
+        }
+    }
+
+    fn fail(&mut self, e: impl Into<BodyError>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.open = false;
+        *self.read.get_mut() = None;
+        Poll::Ready(Some(Err(e.into())))
+    }
+}
+
+impl<I: AsyncRead> Body for ConnBody<I> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some((read, buf)) = this.read.get_mut().as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.decode(buf) {
+                Ok(Decoded::Data(data)) => {
+                    if this.decoder.is_done() {
+                        this.give_back();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::Trailers(trailers)) => {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Ok(Decoded::End) => {
+                    this.give_back();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => return this.fail(e),
+            }
+            if buf.capacity() - buf.len() < READ_BUF / 4 {
+                buf.reserve(READ_BUF);
+            }
+            match ready!(tokio_util::io::poll_read_buf(Pin::new(read), cx, buf)) {
+                Ok(0) => {
+                    return this.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed before the end of its request body",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.open || self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.decoder
+            .remaining()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 

@@ -2,8 +2,8 @@
 //! HBONE tunnel that carries HTTP on the destination node ([`Reporter::Destination`]).
 //!
 //! A downstream HTTP/1 connection starts on the HTTP/1.1 server of our own
-//! ([`crate::h1server`]: plain requests without a body or upgrade) and moves to hyper's
-//! server at its first request that is anything else; hyper serves HTTP/2 connections.
+//! ([`crate::h1server`]: requests without an upgrade, `CONNECT` or `Expect`) and moves to
+//! hyper's server at its first request that is anything else; hyper serves HTTP/2.
 //! Each request is either passed through to the connection's original destination (no
 //! listener in the traffic config claims it) or routed: the route configuration of the
 //! connection's filter chain picks a virtual host and route, the route picks a cluster,
@@ -865,7 +865,7 @@ impl HttpConn {
         mut req: Request<B>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'f
     where
-        B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+        B: http_body::Body<Data = Bytes, Error = BodyError> + Send + Sync + 'static,
     {
         async move {
             let addr = target.addr;
@@ -909,7 +909,7 @@ impl HttpConn {
                         .map_err(|never: Infallible| match never {})
                         .boxed()
                 } else {
-                    b.map_err(BodyError::from).boxed()
+                    b.boxed()
                 }
             });
             // Each protocol's future awaited here rather than through one more async
@@ -1385,7 +1385,7 @@ where
 }
 
 /// hyper's HTTP/1 server for the rest of a connection whose requests [`crate::h1server`]
-/// does not serve (bodies, upgrades, `Expect`, HTTP/1.0, heads that do not parse).
+/// does not serve (upgrades, `CONNECT`, `Expect`, HTTP/1.0, heads that do not parse).
 async fn serve_h1_with_hyper<I>(
     io: I,
     conn: Arc<HttpConn>,

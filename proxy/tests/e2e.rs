@@ -169,6 +169,49 @@ async fn http_connection_endings_from_the_client() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A request body the proxy never read (the upstream refused the connection) is not taken
+/// for the next request: the answer, then the connection closes. A client that goes away
+/// in the middle of its body gets `400` `DC`.
+#[tokio::test]
+async fn http_request_bodies_left_unread_or_cut_short() -> anyhow::Result<()> {
+    let refused = refused_addr().await?;
+    let server = http_server().await?;
+    let proxy = TestProxy::start(config()).await?;
+    let mut stream = proxy.connect(refused).await?;
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 23\r\n\r\n\
+              GET /hello HTTP/1.1\r\n\r\n",
+        )
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the connection stayed open")?;
+    let out = String::from_utf8(out)?;
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
+
+    let mut stream = proxy.connect(server.addr).await?;
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        .await?;
+    stream.shutdown().await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the connection stayed open")?;
+    let out = String::from_utf8(out)?;
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    proxy
+        .wait_for_sample(
+            r#"myelin_proxy_requests_total{source_workload="client",source_namespace="test-ns",response_code="400",response_flags="DC"}"#,
+            1.0,
+        )
+        .await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn http_chunked_bodies_stream_both_ways() -> anyhow::Result<()> {
     let server = http_server().await?;
