@@ -114,7 +114,7 @@ pub(crate) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut BytesMut
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
     /// Without `connection`, `keep-alive`, `transfer-encoding` and `content-length` (the
-    /// framing is in `body`).
+    /// framing is in `body`), except a HEAD response's `content-length`.
     pub(crate) headers: HeaderMap,
     pub(crate) body: BodyFraming,
     /// The connection can carry another request after this response's body.
@@ -186,7 +186,10 @@ pub(crate) fn parse_response_head(
                 return Err(WireError::ContentLength);
             }
             length = Some(n);
-            continue;
+            // A HEAD response's length is the one a GET would get: the client's to see.
+            if *request != Method::HEAD {
+                continue;
+            }
         }
         if name == header::TRANSFER_ENCODING {
             // Only the last coding decides; chunked anywhere but last is not framing.
@@ -671,6 +674,17 @@ mod tests {
             framing("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", Method::HEAD),
             (Empty, true)
         );
+        // The length a GET would get stays for the client of a HEAD; a GET's is framing.
+        let with_length = |m: Method| {
+            let h = head("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", m);
+            h.unwrap()
+                .unwrap()
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .cloned()
+        };
+        assert_eq!(with_length(Method::HEAD).unwrap(), "3");
+        assert_eq!(with_length(Method::GET), None);
         assert_eq!(
             framing("HTTP/1.1 204 No Content\r\n\r\n", Method::GET),
             (Empty, true)

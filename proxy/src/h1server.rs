@@ -353,6 +353,10 @@ async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut BytesMut) -> Result<
     if !out.is_empty() {
         io.write_all(out).await?;
         out.clear();
+        // A connection keeps at most this much between responses.
+        if out.capacity() > WRITE_AHEAD {
+            *out = BytesMut::new();
+        }
     }
     io.flush().await?;
     Ok(())

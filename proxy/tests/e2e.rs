@@ -108,6 +108,8 @@ async fn http_plain_requests_keep_their_framing() -> anyhow::Result<()> {
         .body(empty())?;
     let resp = client.send_request(head).await?;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // The length a GET would get ("not found").
+    assert_eq!(resp.headers()[header::CONTENT_LENGTH], "9");
     assert_eq!(body_string(resp).await?, "");
     // A known length goes out as content-length; a local 404 too.
     let resp = client.send_request(get("/hello")).await?;
