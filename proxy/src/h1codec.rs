@@ -11,7 +11,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
@@ -62,10 +62,7 @@ pub(crate) fn encode_request_head(
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
     match framing {
         RequestFraming::None => {}
@@ -77,6 +74,14 @@ pub(crate) fn encode_request_head(
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one header (or trailer) field line.
+fn put_field(out: &mut impl BufMut, name: &HeaderName, value: &HeaderValue) {
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_slice(b"\r\n");
 }
 
 /// Appends one chunk of a chunked body to `out`. An empty `data` writes nothing:
@@ -101,10 +106,7 @@ pub(crate) fn chunk_header(len: usize, out: &mut BytesMut) {
 pub(crate) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut BytesMut) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -402,10 +404,7 @@ pub(crate) fn encode_response_head(
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
     match framing {
         ResponseFraming::None => {}
@@ -561,6 +560,10 @@ impl BodyDecoder {
                         }
                         return Ok(Decoded::NeedMore);
                     };
+                    // As for a section still coming (whole or in pieces, one outcome).
+                    if end > MAX_LINE + 1 {
+                        return Err(WireError::Chunk("trailer section too long"));
+                    }
                     let section = buf.split_to(end);
                     self.state = State::Done;
                     if end == 2 {
@@ -576,6 +579,8 @@ impl BodyDecoder {
 /// One CRLF-terminated line (without the CRLF), consumed from `buf`.
 fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, WireError> {
     match find(buf, b"\r\n") {
+        // The same limit as for a line still coming: whole or in pieces, one outcome.
+        Some(i) if i >= MAX_LINE => Err(WireError::Chunk("chunk-size line too long")),
         Some(i) => {
             let line = buf.split_to(i);
             buf.advance(2);
@@ -983,6 +988,24 @@ mod tests {
         let mut end = BytesMut::new();
         encode_last_chunk(None, &mut end);
         assert_eq!(&end[..], b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn overlong_lines_fail_whole_or_in_pieces() {
+        let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(MAX_LINE));
+        let long_trailer = format!("0\r\nx-t: {}\r\n\r\n", "t".repeat(MAX_LINE));
+        for wire in [long_ext, long_trailer] {
+            for step in [1, 7, 4096, wire.len()] {
+                let got = decode_in_steps(BodyFraming::Chunked, wire.as_bytes(), step);
+                assert!(got.is_err(), "step {step}: {got:?}");
+            }
+        }
+        // Just under the limit: fine either way.
+        let ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(MAX_LINE - 3));
+        for step in [1, 4096, ext.len()] {
+            let (data, _, _) = decode_in_steps(BodyFraming::Chunked, ext.as_bytes(), step).unwrap();
+            assert_eq!(data, b"hello");
+        }
     }
 
     #[test]
