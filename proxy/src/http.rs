@@ -1275,6 +1275,16 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // costs no allocation (a custom `HeaderName` is one, and so is the list).
     const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    // Most messages carry none of them: one pass over the names, not four hashed lookups.
+    let hop = |n: &HeaderName| {
+        *n == header::CONNECTION
+            || *n == header::UPGRADE
+            || *n == KEEP_ALIVE
+            || *n == PROXY_CONNECTION
+    };
+    if !upgrade && !headers.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -1597,6 +1607,13 @@ mod tests {
                 &["x-end: 2"],
             ),
             (&[("upgrade", "websocket")], false, &[]),
+            // Each of them alone, without a `Connection` naming it.
+            (
+                &[("keep-alive", "timeout=5"), ("host", "a")],
+                false,
+                &["host: a"],
+            ),
+            (&[("proxy-connection", "close")], false, &[]),
             (
                 &[("connection", "Upgrade"), ("upgrade", "websocket")],
                 true,
