@@ -17,17 +17,21 @@ cargo build --release --locked -p myelin -p myelin-testbed --bins
 echo "== cargo clippy -D warnings"
 cargo clippy --release --locked --all-targets --all-features -- -D warnings
 
-echo "== fuzz (bounded): xDS decode + conversion"
-# Untrusted control-plane bytes must never panic the conversion. 30 s here; run longer by hand
-# with: cargo +nightly fuzz run --fuzz-dir fuzz xds_convert
+echo "== fuzz (bounded): xDS decode + conversion, the HTTP/1.1 codec"
+# Untrusted bytes must never panic: control-plane resources (xds_convert, 30 s here) and the
+# HTTP/1.1 heads and bodies apps and upstreams send (http1_codec, 20 s). Run longer by hand
+# with: cargo +nightly fuzz run --fuzz-dir fuzz <target>
 mkdir -p target
-if ! cargo +nightly fuzz run --fuzz-dir fuzz xds_convert -- -max_total_time=30 -rss_limit_mb=4096 \
-    > target/fuzz-xds_convert.log 2>&1; then
-  tail -n 60 target/fuzz-xds_convert.log
-  echo "fuzz: xds_convert failed (full log: target/fuzz-xds_convert.log)" >&2
-  exit 1
-fi
-tail -n 1 target/fuzz-xds_convert.log
+for spec in xds_convert:30 http1_codec:20; do
+  name=${spec%%:*} secs=${spec##*:}
+  if ! cargo +nightly fuzz run --fuzz-dir fuzz "$name" -- -max_total_time="$secs" \
+      -rss_limit_mb=4096 > "target/fuzz-$name.log" 2>&1; then
+    tail -n 60 "target/fuzz-$name.log"
+    echo "fuzz: $name failed (full log: target/fuzz-$name.log)" >&2
+    exit 1
+  fi
+  tail -n 1 "target/fuzz-$name.log"
+done
 
 echo "== tests"
 # One cargo invocation: the unit tests, the proxy's in-process end-to-end tests, the kernel

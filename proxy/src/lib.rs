@@ -32,9 +32,10 @@ mod detect;
 mod dial;
 pub mod drain;
 mod error;
-// Not used yet: the upstream client of our own is being built on this branch.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod golden;
-#[allow(dead_code)]
 mod h1client;
 mod h1codec;
 mod h1server;
