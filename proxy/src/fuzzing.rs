@@ -119,7 +119,7 @@ mod tests {
     /// fuzzer would start from), every control byte.
     #[test]
     fn invariants_hold_on_seed_inputs() {
-        let seeds: [&[u8]; 8] = [
+        let seeds: [&[u8]; 9] = [
             b"GET / HTTP/1.1\r\nhost: a\r\n\r\n",
             b"POST /x HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
             b"POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\nGET",
@@ -128,6 +128,8 @@ mod tests {
             b"HTTP/1.0 200 OK\r\n\r\nuntil the close",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
             b"\xff\x00 not http at all",
+            // Found by the fuzzer: a size line with bare CRs, then CRLFs after the last chunk.
+            b"  \r \r0\r\n\r\n\r\n@",
         ];
         for seed in seeds {
             for control in [0u8, 1, 2, 5, 15, 0x80, 0x83, 0xff] {

@@ -551,9 +551,11 @@ impl BodyDecoder {
                 }
                 State::Trailers => {
                     // The whole trailer section at once, so a partial one is never parsed.
-                    let Some(end) = find(buf, b"\r\n\r\n")
-                        .map(|i| i + 4)
-                        .or_else(|| buf.starts_with(b"\r\n").then_some(2))
+                    // It ends at the first empty line: no trailers at all is one CRLF.
+                    let Some(end) = buf
+                        .starts_with(b"\r\n")
+                        .then_some(2)
+                        .or_else(|| find(buf, b"\r\n\r\n").map(|i| i + 4))
                     else {
                         if buf.len() > MAX_LINE {
                             return Err(WireError::Chunk("trailer section too long"));
@@ -597,11 +599,14 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The hexadecimal size before any `;` extension.
 fn parse_chunk_size(line: &[u8]) -> Result<u64, WireError> {
-    let size = line
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
+    // RFC 9112 7.1: hex digits, then only spaces or tabs before an extension: nothing
+    // before the digits, no bare CR (a lenient size is how request smuggling starts).
+    let size = line.split(|b| *b == b';').next().unwrap_or_default();
+    let end = size
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(0, |i| i + 1);
+    let size = &size[..end];
     if size.is_empty() || size.len() > 15 {
         return Err(WireError::Chunk("bad size"));
     }
@@ -1015,6 +1020,8 @@ mod tests {
             b"5\r\nhelloXX",
             b"\r\n",
             b"10000000000000000\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5\r \r\nhello\r\n0\r\n\r\n",
         ] {
             assert!(
                 decode_in_steps(BodyFraming::Chunked, wire, 64).is_err(),
@@ -1022,6 +1029,15 @@ mod tests {
                 String::from_utf8_lossy(wire)
             );
         }
+        // Spaces or tabs before an extension are allowed; the empty trailer section is one
+        // CRLF, and what follows it is the next message's.
+        let (data, _, left) = decode_in_steps(
+            BodyFraming::Chunked,
+            b"5 \t;x=y\r\nhello\r\n0\r\n\r\n\r\nGET",
+            64,
+        )
+        .unwrap();
+        assert_eq!((&data[..], &left[..]), (&b"hello"[..], &b"\r\nGET"[..]));
         let long = vec![b'1'; MAX_LINE + 1];
         assert!(decode_in_steps(BodyFraming::Chunked, &long, MAX_LINE + 1).is_err());
     }
