@@ -22,7 +22,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -36,7 +36,7 @@ use crate::body::RequestBody;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody};
 use crate::h1codec::{self, BodyDecoder, BodyFraming, Decoded, ResponseFraming, Unserved};
-use crate::http::HttpConn;
+use crate::http::{lock, HttpConn};
 
 /// Read buffer of a connection.
 const READ_BUF: usize = 8 * 1024;
@@ -155,11 +155,6 @@ where
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Never held across an await: a poisoned lock only means a panic elsewhere.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The connection's read side and the bytes read ahead, lent to a request body.

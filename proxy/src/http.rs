@@ -143,7 +143,7 @@ struct RequestSeries {
     duration: prometheus_client::metrics::histogram::Histogram,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Never held across an await or user code: a poisoned lock only means a panic
     // elsewhere, and the data is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
