@@ -265,12 +265,15 @@ pub(crate) struct RequestHead {
     pub(crate) keep_alive: bool,
     /// How its body is framed: `Empty`, `Length` or `Chunked`.
     pub(crate) body: BodyFraming,
+    /// The client sent `Expect: 100-continue` and waits for `100 Continue` before its
+    /// body (only with a body to wait for).
+    pub(crate) expect_continue: bool,
 }
 
 /// Parses a request head at the start of `buf` for the HTTP/1.1 server of our own, which
 /// serves HTTP/1.1 requests with a body framed by one valid `content-length` or by
-/// `transfer-encoding: chunked` alone, or none, and without an upgrade, `CONNECT` or
-/// `Expect`: for anything else (and any head that does not parse) `Err(Unserved)`, and the
+/// `transfer-encoding: chunked` alone, or none, and without an upgrade, `CONNECT` or an
+/// `Expect` other than `100-continue`: for anything else (and any head that does not parse) `Err(Unserved)`, and the
 /// connection goes to hyper with `buf` untouched (hyper answers what is wrong with it as
 /// it always did). `Ok(None)`: not complete yet. On success the head's bytes are consumed
 /// from `buf`. Headers are passed on as sent, hop-by-hop ones included (the proxy strips
@@ -294,6 +297,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHea
     let mut keep_alive = true;
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    let mut expect_continue = false;
     let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
         Vec::with_capacity(parsed.headers.len());
     let base = buf.as_ptr() as usize;
@@ -323,7 +327,12 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHea
         } else if name == header::UPGRADE {
             return Err(Unserved("upgrade"));
         } else if name == header::EXPECT {
-            return Err(Unserved("expect"));
+            // The one expectation there is (RFC 9110 10.1.1); others are hyper's to
+            // answer. The header goes upstream as sent, as hyper's server passes it on.
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                return Err(Unserved("expect"));
+            }
+            expect_continue = true;
         }
         let start = h.value.as_ptr() as usize - base;
         kept.push((name, start..start + h.value.len()));
@@ -367,6 +376,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHea
     Ok(Some(RequestHead {
         req,
         keep_alive,
+        expect_continue: expect_continue && body != BodyFraming::Empty,
         body,
     }))
 }
@@ -827,8 +837,9 @@ mod tests {
             req,
             keep_alive,
             body,
+            expect_continue,
         } = parse_request_head(&mut buf).unwrap().unwrap();
-        assert!(keep_alive);
+        assert!(keep_alive && !expect_continue);
         assert_eq!(body, BodyFraming::Empty);
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri().authority().unwrap(), "shop");
@@ -842,31 +853,54 @@ mod tests {
         assert!(parse_request_head(&mut buf).unwrap().is_none());
         assert_eq!(&buf[..], b"GET /next");
 
-        for (head, method, keep_alive, body) in [
+        for (head, method, keep_alive, body, expect_continue) in [
             (
                 "DELETE /x HTTP/1.1\r\nConnection: Close\r\n\r\n",
                 Method::DELETE,
                 false,
                 BodyFraming::Empty,
+                false,
             ),
             (
                 "POST /x HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc",
                 Method::POST,
                 true,
                 BodyFraming::Length(3),
+                false,
             ),
             (
                 "PUT /x HTTP/1.1\r\ntransfer-encoding: Chunked \r\n\r\n3\r\nabc",
                 Method::PUT,
                 true,
                 BodyFraming::Chunked,
+                false,
+            ),
+            (
+                "PUT /x HTTP/1.1\r\nExpect: 100-Continue\r\ncontent-length: 3\r\n\r\n",
+                Method::PUT,
+                true,
+                BodyFraming::Length(3),
+                true,
+            ),
+            // Nothing to wait for: no `100 Continue` either.
+            (
+                "PUT /x HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
+                Method::PUT,
+                true,
+                BodyFraming::Empty,
+                false,
             ),
         ] {
             let mut buf = BytesMut::from(head);
             let parsed = parse_request_head(&mut buf).unwrap().unwrap();
             assert_eq!(
-                (parsed.req.method(), parsed.keep_alive, parsed.body),
-                (&method, keep_alive, body),
+                (
+                    parsed.req.method(),
+                    parsed.keep_alive,
+                    parsed.body,
+                    parsed.expect_continue
+                ),
+                (&method, keep_alive, body, expect_continue),
                 "{head:?}"
             );
             // The body's bytes stay for the body's decoder.
@@ -885,7 +919,7 @@ mod tests {
             ("GET /ws HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", "upgrade"),
             ("GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n", "upgrade"),
             ("CONNECT a:443 HTTP/1.1\r\n\r\n", "CONNECT"),
-            ("PUT /x HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", "expect"),
+            ("PUT /x HTTP/1.1\r\nexpect: 200-ok\r\n\r\n", "expect"),
             ("GET / HTTP/1.0\r\n\r\n", "not HTTP/1.1"),
             ("GET / HTTP/1.1\r\nbad header\r\n\r\n", "malformed head"),
             ("GET /a\x7fb HTTP/1.1\r\n\r\n", "malformed head"),

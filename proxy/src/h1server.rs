@@ -1,6 +1,6 @@
 //! The HTTP/1.1 server of our own for downstream connections: HTTP/1.1 requests with no
 //! body or one framed by `content-length` or `transfer-encoding: chunked`, without an
-//! upgrade, `CONNECT` or `Expect` — nearly all keep-alive traffic. The first request that
+//! upgrade, `CONNECT` or an `Expect` but `100-continue` — nearly all keep-alive traffic. The first request that
 //! is anything else (or a head that does not parse) hands the connection, with every byte
 //! read and not yet served, to hyper's server for the rest of its life
 //! ([`Ended::Handover`]); hyper answers it as it always did.
@@ -14,7 +14,9 @@
 //! One request at a time, as hyper's HTTP/1 server runs them: pipelined requests wait in
 //! the read buffer and are answered in order. A request body is read from the connection
 //! by the request itself ([`ConnBody`], full duplex with the response); a body not read to
-//! its end closes the connection after the response. The client's half close is seen at
+//! its end closes the connection after the response. A client that sent
+//! `Expect: 100-continue` gets `100 Continue` when its body is first wanted, as from
+//! hyper's server (not when the request is answered without it). The client's half close is seen at
 //! the next head (hyper's `half_close(true)`). Between requests the connection closes on
 //! a drain or its idle timeout; a request in flight during a drain is answered with
 //! `connection: close`.
@@ -30,6 +32,7 @@ use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use sync_wrapper::SyncWrapper;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::body::RequestBody;
@@ -125,14 +128,32 @@ where
         // the request, and the body gives the read side back at its end.
         let (read, mut write) = tokio::io::split(io);
         let back = Arc::new(Mutex::new(None));
+        let wanted = head.expect_continue.then(|| Arc::new(Notify::new()));
         let body = ConnBody {
             read: SyncWrapper::new(Some((read, std::mem::take(&mut buf)))),
             open: true,
             decoder: BodyDecoder::new(head.body),
             back: back.clone(),
+            wanted: wanted.clone(),
         };
         let req = head.req.map(|()| RequestBody::Own(Box::pin(body)));
-        let resp = conn.clone().handle(req).await;
+        let handled = conn.clone().handle(req);
+        let resp = match wanted {
+            None => handled.await,
+            Some(wanted) => {
+                let mut handled = std::pin::pin!(handled);
+                tokio::select! {
+                    biased;
+                    resp = &mut handled => resp,
+                    () = wanted.notified() => {
+                        // Before any response byte: the response is written only after
+                        // `handled` is done. A failed write fails the response's too.
+                        let _ = write.write_all(CONTINUE).await;
+                        handled.await
+                    }
+                }
+            }
+        };
         let keep_alive = head.keep_alive && !drain.is_signaled();
         // The body is the request's until the response has ended: only then is it known
         // whether it was read to its end.
@@ -157,6 +178,9 @@ where
     }
 }
 
+/// The interim response to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// The connection's read side and the bytes read ahead, lent to a request body.
 type ReadSide<I> = (ReadHalf<I>, BytesMut);
 
@@ -171,6 +195,8 @@ struct ConnBody<I> {
     open: bool,
     decoder: BodyDecoder,
     back: Arc<Mutex<Option<ReadSide<I>>>>,
+    /// The client waits for `100 Continue`: told to [`serve`] at the first poll.
+    wanted: Option<Arc<Notify>>,
 }
 
 impl<I> ConnBody<I> {
@@ -197,6 +223,9 @@ impl<I: AsyncRead> Body for ConnBody<I> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(wanted) = this.wanted.take() {
+            wanted.notify_one();
+        }
         loop {
             let Some((read, buf)) = this.read.get_mut().as_mut() else {
                 return Poll::Ready(None);

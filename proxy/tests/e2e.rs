@@ -130,6 +130,55 @@ async fn http_plain_requests_keep_their_framing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `Expect: 100-continue`: the client that waits for `100 Continue` before its body gets
+/// it (and the connection serves on after the answer); a request answered without its
+/// body gets no `100 Continue`, and its connection closes after the answer.
+#[tokio::test]
+async fn http_expect_100_continue() -> anyhow::Result<()> {
+    let server = http_server().await?;
+    let proxy = TestProxy::start(config()).await?;
+    let mut stream = proxy.connect(server.addr).await?;
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .await?;
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut interim))
+        .await
+        .expect("no 100 Continue while the client waited")?;
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream
+        .write_all(b"hello\r\nGET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the connection stayed open")?;
+    let out = String::from_utf8(out)?;
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{out}");
+    assert!(!out.contains(" 100 "), "{out}");
+    assert!(out.ends_with("hello"), "{out}");
+    let echoed = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert!(echoed.starts_with("hello"), "{out}");
+
+    let refused = refused_addr().await?;
+    let mut stream = proxy.connect(refused).await?;
+    stream
+        .write_all(
+            b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the connection stayed open")?;
+    let out = String::from_utf8(out)?;
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    Ok(())
+}
+
 /// `connection: close` from the client, a client that half-closes after its request,
 /// HTTP/1.0, and bytes that are no HTTP at all: each answered, and the connection closed.
 #[tokio::test]
