@@ -20,9 +20,10 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::lock;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -255,10 +256,6 @@ impl std::fmt::Debug for GoldenMetrics {
             .field("guard", &self.guard)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<H>(m: &Mutex<Series<H>>) -> MutexGuard<'_, Series<H>> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn duration_seconds() -> Histogram {

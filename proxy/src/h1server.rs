@@ -39,7 +39,8 @@ use crate::body::RequestBody;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody};
 use crate::h1codec::{self, BodyDecoder, BodyFraming, Decoded, ResponseFraming, Unserved};
-use crate::http::{lock, HttpConn};
+use crate::http::HttpConn;
+use crate::lock;
 
 /// Read buffer of a connection.
 const READ_BUF: usize = 8 * 1024;

@@ -29,7 +29,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,6 +53,7 @@ use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::golden::{GoldenMetrics, TcpRecord, UNKNOWN};
 use crate::http::{HttpConn, HttpConnParams, Reporter, Routing};
+use crate::lock;
 use crate::metrics::ProxyMetrics;
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
@@ -807,11 +808,6 @@ struct KeyPool {
     conns: Mutex<Vec<Conn>>,
     /// Held while connecting, so concurrent first tunnels share one new connection.
     connecting: tokio::sync::Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Never held across an await.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl KeyPool {

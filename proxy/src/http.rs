@@ -24,7 +24,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,6 +43,7 @@ use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody, ProxyError, Side};
 use crate::golden::{self, GoldenMetrics, RequestRecord, UNKNOWN};
+use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::UpstreamProtocol as ClusterProtocol;
 use crate::model::endpoint::EndpointAddress;
@@ -141,12 +142,6 @@ struct RequestSeries {
     flags: &'static str,
     count: prometheus_client::metrics::counter::Counter,
     duration: prometheus_client::metrics::histogram::Histogram,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Never held across an await or user code: a poisoned lock only means a panic
-    // elsewhere, and the data is still consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An upstream endpoint to connect to.

@@ -63,6 +63,12 @@ pub trait OrigDstLookup: Send + Sync + 'static {
     fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr>;
 }
 
+/// Locks `m`, poisoned or not. No lock of ours is held across an await or user code: a
+/// poisoned one only means a panic elsewhere, and the data behind it is still consistent.
+pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What every connection task shares.
 pub(crate) struct Inner {
     pub(crate) config: Arc<model::ProxyConfig>,

@@ -7,7 +7,7 @@
 //! limit is not retried (Envoy's `per_request_buffer_limit_bytes` behaves the same).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
+use crate::lock;
 use crate::model::route::RetryPolicy;
 
 /// The `grpc-status` of response headers or trailers, if it is a number.
@@ -172,10 +173,6 @@ pub(crate) struct ReplayBody<B = Incoming> {
     shared: Arc<Mutex<Shared<B>>>,
     /// How many of the shared frames this attempt has sent.
     next: usize,
-}
-
-fn lock<B>(m: &Mutex<Shared<B>>) -> MutexGuard<'_, Shared<B>> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<B: Body> ReplayBody<B> {

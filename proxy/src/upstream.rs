@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,6 +43,7 @@ use crate::dial::{self, HboneRoute};
 use crate::error::{ProxyBody, ProxyError};
 use crate::h1client::{self, HeadError, OwnBody, OwnConn, RequestWriter};
 use crate::h1codec;
+use crate::lock;
 use crate::traffic::{ConnLimits, ConnSlot};
 
 /// How requests reach an endpoint.
@@ -114,11 +115,6 @@ struct PoolState {
 pub(crate) struct Pools {
     config: PoolConfig,
     state: Mutex<PoolState>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Never held across an await: a poisoned lock only means a panic elsewhere.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What [`Pools::send_h1`] and [`Pools::send_h2`] hand back besides the response.

@@ -14,11 +14,12 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use smallvec::SmallVec;
 
+use crate::lock;
 use crate::model::cluster::{LbPolicy, OutlierDetection};
 use crate::model::endpoint::{EndpointAddress, HboneEndpoint};
 
@@ -46,10 +47,6 @@ struct OutlierState {
     consecutive_gateway: u32,
     ejections: u32,
     ejected_until: Option<Instant>,
-}
-
-fn lock(m: &Mutex<OutlierState>) -> MutexGuard<'_, OutlierState> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Host {
