@@ -72,6 +72,12 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut out = BytesMut::new();
+    // Made once for the connection, polled only between requests: made per request, each
+    // registered a timer and a drain waiter and took them out again (two locks apiece).
+    // The idle timer looks at the connection's activity when it fires, so a timer armed
+    // long before still closes the connection only after `idle_timeout` without a request.
+    let mut drained = std::pin::pin!(drain.signaled());
+    let mut idle = std::pin::pin!(crate::http::idle(conn));
     loop {
         let head = loop {
             match h1codec::parse_request_head(&mut buf) {
@@ -92,8 +98,8 @@ where
             let read = tokio::select! {
                 biased;
                 r = io.read_buf(&mut buf) => r,
-                () = drain.signaled(), if between => return Ended::Closed,
-                () = crate::http::idle(conn), if between => {
+                () = &mut drained, if between => return Ended::Closed,
+                () = &mut idle, if between => {
                     debug!(peer = %conn.peer(), "closing an idle downstream HTTP/1 connection");
                     return Ended::Closed;
                 }
