@@ -52,7 +52,9 @@ use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::retry::{self, is_retriable, Outcome, ReplayBody};
 use crate::stream::Rewind;
-use crate::timeout::{ConnActivity, Deadlines, Expired, HcmTimeouts, StreamState, TimedBody};
+use crate::timeout::{
+    ConnActivity, Deadlines, Expired, HcmTimeouts, StreamState, StreamTimer, TimedBody,
+};
 use crate::traffic::balance::Report;
 use crate::traffic::router::{self, RequestHead, RouteTable};
 use crate::traffic::{self, ClusterTarget, ConnLimits, Picked, TrafficHandle};
@@ -120,6 +122,8 @@ pub(crate) struct HttpConn {
     timeouts: HcmTimeouts,
     /// Streams in flight, for the connection idle timeout.
     activity: Arc<ConnActivity>,
+    /// For the deadlines of its requests until their responses.
+    timer: StreamTimer,
     /// Tunnels to meshed workloads on other nodes.
     hbone: Option<Arc<crate::hbone::Client>>,
     /// The byte copy of an accepted upgrade. Run by [`serve`] once hyper has handed the
@@ -252,6 +256,7 @@ impl HttpConn {
             pools: p.pools,
             timeouts: p.timeouts,
             activity: Arc::new(ConnActivity::default()),
+            timer: StreamTimer::default(),
             hbone: p.hbone,
             tunnel: Mutex::new(None),
             last_series: Mutex::new(None),
@@ -440,7 +445,7 @@ impl HttpConn {
                     let dest = self.destination(None, Some(self.dst), authority(&req));
                     *deadlines = Deadlines::new(None, &self.timeouts);
                     let forwarded = std::pin::pin!(self.forward(target, None, req));
-                    let resp = within(*deadlines, stream, self.dst, forwarded).await?;
+                    let resp = within(&self.timer, *deadlines, stream, self.dst, forwarded).await?;
                     return Ok((resp, "-", dest));
                 }
                 Routing::Routes(r, upgrades) => {
@@ -489,8 +494,14 @@ impl HttpConn {
             // The route timeout covers every attempt and the backoff between them, and then
             // the response body.
             *deadlines = Deadlines::new(action.timeout, &self.timeouts);
-            let (mut resp, flags) =
-                within(*deadlines, stream, decision.target.addr, attempts).await?;
+            let (mut resp, flags) = within(
+                &self.timer,
+                *deadlines,
+                stream,
+                decision.target.addr,
+                attempts,
+            )
+            .await?;
             response_mutations(&mut resp, &decision.table, vh, route);
             Ok((resp, flags, dest))
         }
@@ -975,25 +986,23 @@ fn report_attempt(
 /// Runs `work` (the attempts of a request) until it answers or one of `deadlines`
 /// passes: the route timeout is a 504 `UT`, the others a 408.
 async fn within<T>(
+    timer: &StreamTimer,
     deadlines: Deadlines,
     stream: &StreamState,
     addr: SocketAddr,
-    mut work: Pin<&mut impl Future<Output = Result<T, ProxyError>>>,
+    work: Pin<&mut impl Future<Output = Result<T, ProxyError>>>,
 ) -> Result<T, ProxyError> {
     if !deadlines.any() {
         return work.await;
     }
-    tokio::select! {
-        biased;
-        done = &mut work => done,
-        expired = deadlines.expired(stream) => Err(match expired {
-            Expired::Route(timeout) => ProxyError::Timeout {
-                addr,
-                which: "route",
-                timeout,
-            },
-            other => ProxyError::StreamTimeout(other),
+    match timer.race(deadlines, stream, work).await {
+        Ok(done) => done,
+        Err(Expired::Route(timeout)) => Err(ProxyError::Timeout {
+            addr,
+            which: "route",
+            timeout,
         }),
+        Err(other) => Err(ProxyError::StreamTimeout(other)),
     }
 }
 

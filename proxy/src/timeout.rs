@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{BodyError, ProxyBody};
+use crate::lock;
 use crate::model::listener::{
     HttpConnectionManager, DEFAULT_IDLE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
 };
@@ -217,16 +218,71 @@ impl Deadlines {
         }
         Ok((next != NEVER).then(|| s.start + Duration::from_micros(next)))
     }
+}
 
-    /// Resolves when one of the deadlines passes (never, when none is set).
-    pub(crate) async fn expired(&self, s: &StreamState) -> Expired {
-        loop {
-            match self.check(s, Instant::now()) {
-                Err(e) => return e,
-                Ok(Some(at)) => tokio::time::sleep_until(at).await,
-                Ok(None) => std::future::pending::<()>().await,
+/// A connection's timer for the deadlines of its streams before their responses, kept
+/// from one stream to the next: a timer made per request was a registration in tokio's
+/// timer wheel and a removal, a lock each, on every request. A deadline left armed by an
+/// earlier stream that is earlier than this one's only wakes the stream to look again
+/// (deadlines are checked lazily, see the module docs), so on a keep-alive connection the
+/// timer is re-armed about once per route timeout, not once per request.
+#[derive(Default)]
+pub(crate) struct StreamTimer(std::sync::Mutex<Option<Pin<Box<Sleep>>>>);
+
+impl std::fmt::Debug for StreamTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTimer").finish_non_exhaustive()
+    }
+}
+
+impl StreamTimer {
+    /// Runs `work` until it is done or one of `deadlines` passes on `s`. Concurrent
+    /// streams (HTTP/2) beyond the first make timers of their own.
+    pub(crate) async fn race<T>(
+        &self,
+        deadlines: Deadlines,
+        s: &StreamState,
+        mut work: Pin<&mut impl Future<Output = T>>,
+    ) -> Result<T, Expired> {
+        let mut timer = lock(&self.0).take();
+        // Whether `timer` is armed for this stream: looked at once, then only when it fires.
+        let mut armed = false;
+        let result = std::future::poll_fn(|cx| {
+            if let Poll::Ready(done) = work.as_mut().poll(cx) {
+                return Poll::Ready(Ok(done));
+            }
+            if armed
+                && timer
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_pending())
+            {
+                return Poll::Pending;
+            }
+            loop {
+                match deadlines.check(s, Instant::now()) {
+                    Err(e) => return Poll::Ready(Err(e)),
+                    Ok(None) => return Poll::Pending,
+                    Ok(Some(at)) => {
+                        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                        if t.is_elapsed() || t.deadline() > at {
+                            t.as_mut().reset(at);
+                        }
+                        armed = true;
+                        if t.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        if let Some(t) = timer {
+            let mut slot = lock(&self.0);
+            if slot.is_none() {
+                *slot = Some(t);
             }
         }
+        result
     }
 }
 
@@ -576,6 +632,64 @@ mod tests {
         assert!(
             waited >= Duration::from_secs(10) && waited < Duration::from_secs(21),
             "{waited:?}"
+        );
+    }
+
+    /// One timer for a connection's streams, whatever deadline the last one left armed:
+    /// an earlier one only wakes the next stream to look again, a later one is moved in.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_s_timer_serves_stream_after_stream() {
+        let timer = StreamTimer::default();
+        let route = |secs| Deadlines {
+            route: Some(Duration::from_secs(secs)),
+            ..Deadlines::default()
+        };
+        // Times a stream that never answers until its deadline passes.
+        let expires_after = |d: Deadlines| {
+            let timer = &timer;
+            async move {
+                let start = Instant::now();
+                let s = StreamState::new(start, true);
+                let work = std::pin::pin!(std::future::pending::<()>());
+                let got = timer.race(d, &s, work).await;
+                (got, start.elapsed())
+            }
+        };
+        // A stream answered in time leaves the timer armed at its 1 s deadline.
+        let s = StreamState::new(Instant::now(), true);
+        let work = std::pin::pin!(tokio::time::sleep(Duration::from_millis(100)));
+        assert_eq!(timer.race(route(1), &s, work).await, Ok(()));
+        assert!(lock(&timer.0).is_some());
+        // The next stream's 5 s are not cut short by the 1 s left armed...
+        let (got, took) = expires_after(route(5)).await;
+        assert_eq!(got, Err(Expired::Route(Duration::from_secs(5))));
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_millis(5100),
+            "{took:?}"
+        );
+        // ...nor a 2 s deadline delayed by a later one left armed (30 s, by a stream
+        // answered in time).
+        let s = StreamState::new(Instant::now(), true);
+        let work = std::pin::pin!(tokio::time::sleep(Duration::from_millis(100)));
+        assert_eq!(timer.race(route(30), &s, work).await, Ok(()));
+        let (got, took) = expires_after(route(2)).await;
+        assert_eq!(got, Err(Expired::Route(Duration::from_secs(2))));
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_millis(2100),
+            "{took:?}"
+        );
+        // Concurrent streams: the second makes its own timer, and both keep their time.
+        let (a, b) = tokio::join!(expires_after(route(3)), expires_after(route(1)));
+        assert_eq!(
+            (a.0, b.0),
+            (
+                Err(Expired::Route(Duration::from_secs(3))),
+                Err(Expired::Route(Duration::from_secs(1)))
+            )
+        );
+        assert!(
+            a.1 < Duration::from_millis(3100) && b.1 < Duration::from_millis(1100),
+            "{a:?} {b:?}"
         );
     }
 }
