@@ -134,6 +134,10 @@ pub(crate) enum BodyFraming {
     UntilClose,
 }
 
+/// The headers of a parsed head, by name and where the value is in the head's bytes:
+/// most heads have fewer than 16, kept on the stack (an allocation per message else).
+type Kept = smallvec::SmallVec<[(HeaderName, std::ops::Range<usize>); 16]>;
+
 /// Parses a response head at the start of `buf`. `Ok(None)`: not complete yet. On success
 /// the head's bytes are consumed from `buf`. `request` is the method the response answers
 /// (HEAD responses have no body).
@@ -165,8 +169,7 @@ pub(crate) fn parse_response_head(
     let mut other_coding = false;
     // End-to-end fields by name and where their value sits in the head: the values become
     // slices of the head's bytes below (as hyper does), not an allocation each.
-    let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
-        Vec::with_capacity(parsed.headers.len());
+    let mut kept = Kept::new();
     let base = buf.as_ptr() as usize;
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -298,8 +301,7 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHea
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut expect_continue = false;
-    let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
-        Vec::with_capacity(parsed.headers.len());
+    let mut kept = Kept::new();
     let base = buf.as_ptr() as usize;
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Unserved("header"))?;
