@@ -37,9 +37,9 @@ use tracing::debug;
 
 use crate::body::RequestBody;
 use crate::drain;
-use crate::error::{BodyError, ProxyBody};
+use crate::error::BodyError;
 use crate::h1codec::{self, BodyDecoder, BodyFraming, Decoded, ResponseFraming, Unserved};
-use crate::http::HttpConn;
+use crate::http::{HttpConn, ServedBody};
 use crate::lock;
 
 /// Read buffer of a connection.
@@ -287,7 +287,7 @@ impl<I: AsyncRead> Body for ConnBody<I> {
 async fn write_response<I: AsyncWrite + Unpin>(
     io: &mut I,
     out: &mut BytesMut,
-    resp: Response<ProxyBody>,
+    resp: Response<ServedBody>,
     head: bool,
     close: bool,
 ) -> Result<(), BodyError> {
