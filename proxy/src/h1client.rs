@@ -134,14 +134,14 @@ pub(crate) enum WriteError {
 }
 
 impl RequestWriter {
-    /// `head` from [`h1codec::encode_request_head`] with `framing`.
-    pub(crate) fn new(head: &[u8], body: Option<ProxyBody>, framing: RequestFraming) -> Self {
+    /// `head` from [`h1codec::encode_request_head`] with `framing`; the body's bytes are
+    /// gathered after it.
+    pub(crate) fn new(head: BytesMut, body: Option<ProxyBody>, framing: RequestFraming) -> Self {
         let left = match framing {
             RequestFraming::Length(n) => n,
             _ => 0,
         };
-        let mut out = BytesMut::with_capacity(head.len().max(512));
-        out.extend_from_slice(head);
+        let out = head;
         // Nothing to send after the head: no framing, or an empty body of length 0.
         let ended = framing == RequestFraming::None
             || (left == 0
@@ -534,9 +534,9 @@ mod tests {
 
     fn writer(method: &Method, headers: &HeaderMap, body: ProxyBody) -> RequestWriter {
         let framing = request_framing(method, headers, &body);
-        let mut head = Vec::new();
+        let mut head = BytesMut::new();
         h1codec::encode_request_head(method, "/p", headers, framing, &mut head);
-        RequestWriter::new(&head, Some(body), framing)
+        RequestWriter::new(head, Some(body), framing)
     }
 
     fn host() -> HeaderMap {

@@ -48,10 +48,10 @@ pub(crate) fn encode_request_head(
     path_and_query: &str,
     headers: &HeaderMap,
     framing: RequestFraming,
-    out: &mut Vec<u8>,
+    out: &mut BytesMut,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
+    out.put_u8(b' ');
     out.extend_from_slice(if path_and_query.is_empty() {
         b"/"
     } else {
@@ -67,8 +67,8 @@ pub(crate) fn encode_request_head(
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
-            use std::io::Write as _;
-            // Writing to a Vec cannot fail.
+            use std::fmt::Write as _;
+            // Writing to a BytesMut cannot fail.
             let _ = write!(out, "content-length: {n}\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -663,7 +663,7 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
         h.append("x-a", HeaderValue::from_static("1"));
         h.append("x-a", HeaderValue::from_static("2"));
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         encode_request_head(
             &Method::POST,
             "/p?q=1",
@@ -672,10 +672,10 @@ mod tests {
             &mut out,
         );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            String::from_utf8(out.to_vec()).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: svc\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\n"
         );
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         encode_request_head(&Method::GET, "", &h, RequestFraming::None, &mut out);
         assert!(out.starts_with(b"GET / HTTP/1.1\r\n"));
         assert!(!String::from_utf8_lossy(&out).contains("content-length"));

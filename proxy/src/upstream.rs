@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt as _;
@@ -345,14 +345,19 @@ impl Pools {
         let key = ep.key();
         let (parts, body) = req.into_parts();
         let framing = h1client::request_framing(&parts.method, &parts.headers, &body);
-        let mut head = Vec::with_capacity(512);
-        h1codec::encode_request_head(
-            &parts.method,
-            parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-            &parts.headers,
-            framing,
-            &mut head,
-        );
+        // Written straight into the buffer the request goes out from; made again for the
+        // rare second try below.
+        let head = || {
+            let mut head = BytesMut::with_capacity(512);
+            h1codec::encode_request_head(
+                &parts.method,
+                parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                &parts.headers,
+                framing,
+                &mut head,
+            );
+            head
+        };
         // Sent again on a new connection when a reused one turns out closed: only without a
         // body (nothing of it consumed) and for methods that may be repeated (RFC 9110
         // 9.2.2: the upstream may have seen it).
@@ -363,7 +368,7 @@ impl Pools {
         // idle CPU is an IPI; RESULTS, the same session).
         tokio::task::yield_now().await;
         if let Some(conn) = self.checkout_own(&key) {
-            let writer = RequestWriter::new(&head, body.take(), framing);
+            let writer = RequestWriter::new(head(), body.take(), framing);
             match self
                 .exchange(conn, writer, &ep, limits, &parts.method, peer)
                 .await
@@ -375,7 +380,7 @@ impl Pools {
             }
         }
         let conn = Box::pin(self.connect_own(&ep, &key, limits)).await?;
-        let writer = RequestWriter::new(&head, body.take(), framing);
+        let writer = RequestWriter::new(head(), body.take(), framing);
         self.exchange(conn, writer, &ep, limits, &parts.method, peer)
             .await
             .map_err(|e| e.into_proxy(ep.addr))
