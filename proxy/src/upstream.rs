@@ -200,10 +200,11 @@ impl Pools {
         upgrade: bool,
     ) -> impl Future<Output = Result<Sent, ProxyError>> + 'f {
         async move {
-            // Our own client for every request that takes nothing over (see `own_h1`);
-            // hyper's for upgrades and CONNECT, whose connection is handed to the tunnel.
+            // Our own client for every request that takes nothing over (see `own_h1`), in
+            // place (boxed, it was a 1.5 KB allocation and copy per request); hyper's for
+            // upgrades and CONNECT, whose connection is handed to the tunnel.
             if !upgrade && req.method() != http::Method::CONNECT {
-                return Box::pin(self.own_h1(ep, limits, req, peer)).await;
+                return self.own_h1(ep, limits, req, peer).await;
             }
             Box::pin(self.upgrade_h1(ep, limits, req, peer, upgrade)).await
         }
@@ -335,55 +336,58 @@ impl Pools {
     /// request to a task per connection and back (~3 us of CPU per request here;
     /// benches/RESULTS.md, "Session of 2026-12-01 20:05"). The response body streams from
     /// the connection, which goes back to the pool at its end.
-    async fn own_h1(
-        self: &Arc<Self>,
+    #[allow(clippy::manual_async_fn)] // arguments held once: see `HttpConn::handle`
+    fn own_h1<'f>(
+        self: &'f Arc<Self>,
         ep: Endpoint,
-        limits: Option<&ConnLimits>,
+        limits: Option<&'f ConnLimits>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
-    ) -> Result<Sent, ProxyError> {
-        let key = ep.key();
-        let (parts, body) = req.into_parts();
-        let framing = h1client::request_framing(&parts.method, &parts.headers, &body);
-        // Written straight into the buffer the request goes out from; made again for the
-        // rare second try below.
-        let head = || {
-            let mut head = BytesMut::with_capacity(512);
-            h1codec::encode_request_head(
-                &parts.method,
-                parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-                &parts.headers,
-                framing,
-                &mut head,
-            );
-            head
-        };
-        // Sent again on a new connection when a reused one turns out closed: only without a
-        // body (nothing of it consumed) and for methods that may be repeated (RFC 9110
-        // 9.2.2: the upstream may have seen it).
-        let resendable = body.is_end_stream() && parts.method.is_idempotent();
-        let mut body = Some(body);
-        // The writes of the requests ready in this tick then go out back to back: the
-        // upstream is woken once per batch, not per request (on this VM each wake-up of an
-        // idle CPU is an IPI; RESULTS, the same session).
-        tokio::task::yield_now().await;
-        if let Some(conn) = self.checkout_own(&key) {
-            let writer = RequestWriter::new(head(), body.take(), framing);
-            match self
-                .exchange(conn, writer, &ep, limits, &parts.method, peer)
-                .await
-            {
-                Err(HeadError::Silent(source)) if resendable => {
-                    debug!(addr = %ep.addr, error = %source, "reused upstream connection closed; sending again on a new one");
+    ) -> impl Future<Output = Result<Sent, ProxyError>> + 'f {
+        async move {
+            let key = ep.key();
+            let (parts, body) = req.into_parts();
+            let framing = h1client::request_framing(&parts.method, &parts.headers, &body);
+            // Written straight into the buffer the request goes out from; made again for the
+            // rare second try below.
+            let head = || {
+                let mut head = BytesMut::with_capacity(512);
+                h1codec::encode_request_head(
+                    &parts.method,
+                    parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                    &parts.headers,
+                    framing,
+                    &mut head,
+                );
+                head
+            };
+            // Sent again on a new connection when a reused one turns out closed: only without a
+            // body (nothing of it consumed) and for methods that may be repeated (RFC 9110
+            // 9.2.2: the upstream may have seen it).
+            let resendable = body.is_end_stream() && parts.method.is_idempotent();
+            let mut body = Some(body);
+            // The writes of the requests ready in this tick then go out back to back: the
+            // upstream is woken once per batch, not per request (on this VM each wake-up of an
+            // idle CPU is an IPI; RESULTS, the same session).
+            tokio::task::yield_now().await;
+            if let Some(conn) = self.checkout_own(&key) {
+                let writer = RequestWriter::new(head(), body.take(), framing);
+                match self
+                    .exchange(conn, writer, &ep, limits, &parts.method, peer)
+                    .await
+                {
+                    Err(HeadError::Silent(source)) if resendable => {
+                        debug!(addr = %ep.addr, error = %source, "reused upstream connection closed; sending again on a new one");
+                    }
+                    done => return done.map_err(|e| e.into_proxy(ep.addr)),
                 }
-                done => return done.map_err(|e| e.into_proxy(ep.addr)),
             }
+            let conn = Box::pin(self.connect_own(&ep, &key, limits)).await?;
+            let writer = RequestWriter::new(head(), body.take(), framing);
+            self.exchange(conn, writer, &ep, limits, &parts.method, peer)
+                .await
+                .map_err(|e| e.into_proxy(ep.addr))
         }
-        let conn = Box::pin(self.connect_own(&ep, &key, limits)).await?;
-        let writer = RequestWriter::new(head(), body.take(), framing);
-        self.exchange(conn, writer, &ep, limits, &parts.method, peer)
-            .await
-            .map_err(|e| e.into_proxy(ep.addr))
     }
 
     /// One exchange on `conn`; the response's body holds the connection.
