@@ -151,11 +151,7 @@ async fn http_expect_100_continue() -> anyhow::Result<()> {
     stream
         .write_all(b"hello\r\nGET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
-        .await
-        .expect("the connection stayed open")?;
-    let out = String::from_utf8(out)?;
+    let out = read_to_close(&mut stream).await?;
     assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{out}");
     assert!(!out.contains(" 100 "), "{out}");
     assert!(out.ends_with("hello"), "{out}");
@@ -169,11 +165,7 @@ async fn http_expect_100_continue() -> anyhow::Result<()> {
             b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
         )
         .await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
-        .await
-        .expect("the connection stayed open")?;
-    let out = String::from_utf8(out)?;
+    let out = read_to_close(&mut stream).await?;
     assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
     assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
     Ok(())
@@ -193,11 +185,7 @@ async fn http_connection_endings_from_the_client() -> anyhow::Result<()> {
             if half_close {
                 stream.shutdown().await?;
             }
-            let mut out = Vec::new();
-            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
-                .await
-                .expect("the proxy kept the connection open")?;
-            anyhow::Ok(String::from_utf8(out)?)
+            read_to_close(&mut stream).await
         }
     };
     let out = exchange(
@@ -235,11 +223,7 @@ async fn http_request_bodies_left_unread_or_cut_short() -> anyhow::Result<()> {
               GET /hello HTTP/1.1\r\n\r\n",
         )
         .await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
-        .await
-        .expect("the connection stayed open")?;
-    let out = String::from_utf8(out)?;
+    let out = read_to_close(&mut stream).await?;
     assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
     assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
 
@@ -248,11 +232,7 @@ async fn http_request_bodies_left_unread_or_cut_short() -> anyhow::Result<()> {
         .write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
         .await?;
     stream.shutdown().await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
-        .await
-        .expect("the connection stayed open")?;
-    let out = String::from_utf8(out)?;
+    let out = read_to_close(&mut stream).await?;
     assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
     proxy
         .wait_for_sample(

@@ -151,6 +151,15 @@ impl TestProxy {
     }
 }
 
+/// Everything `stream` sends until it closes, as text; panics when it stays open 10 s.
+pub async fn read_to_close(stream: &mut TcpStream) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the proxy kept the connection open")?;
+    Ok(String::from_utf8(out)?)
+}
+
 /// An HTTP/1 client over `stream`, with upgrades.
 pub async fn http_client(stream: TcpStream) -> anyhow::Result<SendRequest<ClientBody>> {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
