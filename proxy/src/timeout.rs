@@ -11,16 +11,17 @@
 //!   connection with no stream in flight for that long is closed (HTTP/2 with GOAWAY);
 //! - TCP proxy `idle_timeout` (default 1 h): see [`IdleStream`].
 //!
-//! All of them are checked lazily: bodies only note the time of their last frame, and a
-//! single timer per stream wakes at the earliest candidate deadline and re-checks, so a
-//! busy stream costs a clock read per frame, not a timer reset. Times are tokio's
-//! [`Instant`]s, so tests can run them on a paused clock.
+//! All of them are checked lazily: bodies only note the time of their last frame, and one
+//! timer per stream ([`Alarm`]; until the response, the connection's [`StreamTimer`])
+//! wakes at or before the earliest candidate deadline and re-checks, so a busy stream
+//! costs a clock read per frame, not a timer reset. Times are tokio's [`Instant`]s, so
+//! tests can run them on a paused clock.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -244,45 +245,76 @@ impl StreamTimer {
         s: &StreamState,
         mut work: Pin<&mut impl Future<Output = T>>,
     ) -> Result<T, Expired> {
-        let mut timer = lock(&self.0).take();
-        // Whether `timer` is armed for this stream: looked at once, then only when it fires.
-        let mut armed = false;
+        let mut alarm = Alarm::new(lock(&self.0).take());
         let result = std::future::poll_fn(|cx| {
             if let Poll::Ready(done) = work.as_mut().poll(cx) {
                 return Poll::Ready(Ok(done));
             }
-            if armed
-                && timer
-                    .as_mut()
-                    .is_some_and(|t| t.as_mut().poll(cx).is_pending())
-            {
-                return Poll::Pending;
-            }
-            loop {
-                match deadlines.check(s, Instant::now()) {
-                    Err(e) => return Poll::Ready(Err(e)),
-                    Ok(None) => return Poll::Pending,
-                    Ok(Some(at)) => {
-                        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-                        if t.is_elapsed() || t.deadline() > at {
-                            t.as_mut().reset(at);
-                        }
-                        armed = true;
-                        if t.as_mut().poll(cx).is_pending() {
-                            return Poll::Pending;
-                        }
-                    }
-                }
-            }
+            alarm.poll(&deadlines, s, cx).map(Err)
         })
         .await;
-        if let Some(t) = timer {
+        if let Some(t) = alarm.sleep {
             let mut slot = lock(&self.0);
             if slot.is_none() {
                 *slot = Some(t);
             }
         }
         result
+    }
+}
+
+/// Wakes a stream when one of its deadlines may have passed. A stream's deadlines only
+/// move later (activity, the request's end), so a timer armed earlier than needed is left
+/// as it is: it wakes the stream to look again. The clock is read once when the alarm is
+/// first polled and then only when its timer fires, not at every poll.
+struct Alarm {
+    /// Made at the first wait, or lent by the connection ([`StreamTimer`]).
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// `sleep` fires at or before this stream's earliest deadline.
+    armed: bool,
+}
+
+impl Alarm {
+    fn new(sleep: Option<Pin<Box<Sleep>>>) -> Self {
+        Self {
+            sleep,
+            armed: false,
+        }
+    }
+
+    /// `Ready` with the deadline that has passed; else the task is woken when one may.
+    fn poll(
+        &mut self,
+        deadlines: &Deadlines,
+        s: &StreamState,
+        cx: &mut Context<'_>,
+    ) -> Poll<Expired> {
+        if self.armed
+            && self
+                .sleep
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_pending())
+        {
+            return Poll::Pending;
+        }
+        loop {
+            match deadlines.check(s, Instant::now()) {
+                Err(e) => return Poll::Ready(e),
+                Ok(None) => return Poll::Pending,
+                Ok(Some(at)) => {
+                    let t = self
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if t.is_elapsed() || t.deadline() > at {
+                        t.as_mut().reset(at);
+                    }
+                    self.armed = true;
+                    if t.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -356,8 +388,7 @@ pub(crate) struct TimedBody {
 struct Timers {
     deadlines: Deadlines,
     state: Arc<StreamState>,
-    /// Created at the first wait.
-    sleep: Option<Pin<Box<Sleep>>>,
+    alarm: Alarm,
 }
 
 impl TimedBody {
@@ -372,7 +403,7 @@ impl TimedBody {
             timers: deadlines.any().then_some(Timers {
                 deadlines,
                 state,
-                sleep: None,
+                alarm: Alarm::new(None),
             }),
             _active: active,
         }
@@ -401,29 +432,11 @@ impl Body for TimedBody {
                 this.timers = None;
                 Poll::Ready(other)
             }
-            Poll::Pending => loop {
-                match t.deadlines.check(&t.state, Instant::now()) {
-                    Err(e) => {
-                        this.timers = None;
-                        return Poll::Ready(Some(Err(Box::new(StreamTimedOut(e)))));
-                    }
-                    Ok(None) => return Poll::Pending,
-                    Ok(Some(at)) => {
-                        let sleep = match &mut t.sleep {
-                            Some(s) => {
-                                if s.deadline() != at {
-                                    s.as_mut().reset(at);
-                                }
-                                s
-                            }
-                            None => t.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
-                        };
-                        if sleep.as_mut().poll(cx).is_pending() {
-                            return Poll::Pending;
-                        }
-                    }
-                }
-            },
+            Poll::Pending => {
+                let e = ready!(t.alarm.poll(&t.deadlines, &t.state, cx));
+                this.timers = None;
+                Poll::Ready(Some(Err(Box::new(StreamTimedOut(e)))))
+            }
         }
     }
 
