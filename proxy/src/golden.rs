@@ -23,11 +23,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::lock;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::lock;
 
 /// Which names the golden metrics carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

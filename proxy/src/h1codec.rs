@@ -276,9 +276,9 @@ pub(crate) struct RequestHead {
 /// Parses a request head at the start of `buf` for the HTTP/1.1 server of our own, which
 /// serves HTTP/1.1 requests with a body framed by one valid `content-length` or by
 /// `transfer-encoding: chunked` alone, or none, and without an upgrade, `CONNECT` or an
-/// `Expect` other than `100-continue`: for anything else (and any head that does not parse) `Err(Unserved)`, and the
-/// connection goes to hyper with `buf` untouched (hyper answers what is wrong with it as
-/// it always did). `Ok(None)`: not complete yet. On success the head's bytes are consumed
+/// `Expect` other than `100-continue`: for anything else (and any head that does not
+/// parse) `Err(Unserved)`, and the connection goes to hyper with `buf` untouched (hyper
+/// answers what is wrong with it as it always did). `Ok(None)`: not complete yet. On success the head's bytes are consumed
 /// from `buf`. Headers are passed on as sent, hop-by-hop ones included (the proxy strips
 /// those).
 pub(crate) fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Unserved> {

@@ -1,8 +1,9 @@
 //! The HTTP/1.1 server of our own for downstream connections: HTTP/1.1 requests with no
 //! body or one framed by `content-length` or `transfer-encoding: chunked`, without an
-//! upgrade, `CONNECT` or an `Expect` but `100-continue` — nearly all keep-alive traffic. The first request that
-//! is anything else (or a head that does not parse) hands the connection, with every byte
-//! read and not yet served, to hyper's server for the rest of its life
+//! upgrade, `CONNECT` or an `Expect` but `100-continue` — nearly all keep-alive traffic.
+//! The first request that is anything else (or a head that does not parse) hands the
+//! connection, with every byte read and not yet served, to hyper's server for the rest of
+//! its life
 //! ([`Ended::Handover`]); hyper answers it as it always did.
 //!
 //! Why not hyper's server for these too: its dispatcher, the request and response types it
@@ -16,8 +17,8 @@
 //! by the request itself ([`ConnBody`], full duplex with the response); a body not read to
 //! its end closes the connection after the response. A client that sent
 //! `Expect: 100-continue` gets `100 Continue` when its body is first wanted, as from
-//! hyper's server (not when the request is answered without it). The client's half close is seen at
-//! the next head (hyper's `half_close(true)`). Between requests the connection closes on
+//! hyper's server (not when the request is answered without it). The client's half close
+//! is seen at the next head (hyper's `half_close(true)`). Between requests the connection closes on
 //! a drain or its idle timeout; a request in flight during a drain is answered with
 //! `connection: close`.
 
