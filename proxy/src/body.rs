@@ -115,7 +115,7 @@ pub(crate) struct AccessInfo {
     pub(crate) downstream: std::net::SocketAddr,
     pub(crate) original_dst: std::net::SocketAddr,
     pub(crate) upstream: Option<std::net::SocketAddr>,
-    pub(crate) cluster: Option<String>,
+    pub(crate) cluster: Option<Arc<str>>,
     /// Time until the response headers.
     pub(crate) headers_after: std::time::Duration,
 }
@@ -143,7 +143,7 @@ impl AccessInfo {
             "downstream": self.downstream.to_string(),
             "original_dst": self.original_dst.to_string(),
             "upstream": self.upstream.map(|u| u.to_string()),
-            "cluster": self.cluster,
+            "cluster": self.cluster.as_deref(),
             "reporter": r.reporter,
             "source_workload": &*r.source_workload,
             "source_namespace": &*r.source_namespace,
