@@ -8,42 +8,10 @@
 //! ~0.1 % where wall-clock runs on the shared VMs move 5-20 % (benches/RESULTS.md):
 //! `N=1000` and `N=3000` runs, `(Ir(3000) - Ir(1000)) / 2000`.
 
+mod counting;
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// The system allocator, counting allocations (reallocations too).
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call goes to `System` unchanged; only a counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 /// Allocations per request measured on 2026-12-02: the header maps of the request and of
 /// the response (2 each), the stream state shared by the request's bodies, the boxed
@@ -53,56 +21,14 @@ const MEASURED: f64 = 8.0;
 
 #[tokio::test]
 async fn keep_alive_http1_requests_allocate_no_more_than_measured() -> anyhow::Result<()> {
-    let upstream = TcpListener::bind("127.0.0.1:0").await?;
-    let upstream_addr = upstream.local_addr()?;
-    tokio::spawn(async move {
-        let (mut s, _) = upstream.accept().await?;
-        let mut buf = vec![0u8; 4096];
-        let mut have = 0;
-        loop {
-            let n = s.read(&mut buf[have..]).await?;
-            if n == 0 {
-                return anyhow::Ok(());
-            }
-            have += n;
-            while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello")
-                    .await?;
-                buf.copy_within(end + 4..have, 0);
-                have -= end + 4;
-            }
-        }
-    });
+    let upstream = counting::raw_upstream().await?;
     let proxy = TestProxy::start(config()).await?;
-    let mut client = proxy.connect(upstream_addr).await?;
-    let mut buf = vec![0u8; 4096];
-    let mut request = async || -> anyhow::Result<()> {
-        client
-            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n")
-            .await?;
-        let mut have = 0;
-        while !buf[..have].ends_with(b"hello") {
-            let n = client.read(&mut buf[have..]).await?;
-            anyhow::ensure!(n > 0, "the proxy closed the connection");
-            have += n;
-        }
-        anyhow::ensure!(buf.starts_with(b"HTTP/1.1 200 OK\r\n"));
-        Ok(())
-    };
-    // Warm up: pools, metric series, buffers at their working size.
-    for _ in 0..500 {
-        request().await?;
-    }
-    let n: usize = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..n {
-        request().await?;
-    }
-    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
-    eprintln!("{per_request:.2} allocations per request");
+    let mut client = proxy.connect(upstream).await?;
+    let (per_request, _) = counting::allocations_per_request(
+        &mut client,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n",
+    )
+    .await?;
     assert!(
         per_request <= MEASURED + 0.25,
         "{per_request:.2} allocations per request, {MEASURED} when measured"
