@@ -374,9 +374,6 @@ impl HttpConn {
                     duration_ms = elapsed.as_millis() as u64,
                 );
             }
-            // The cluster's name shared, not copied: every routed request has one, and the
-            // access log that reads it is off by default.
-            let (dest_upstream, dest_cluster) = (dest.upstream, dest.cluster);
             let record = RequestRecord {
                 reporter: self.reporter.label(),
                 source_workload: self.source.workload.clone(),
@@ -414,8 +411,10 @@ impl HttpConn {
                             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
                         downstream: self.peer,
                         original_dst: self.dst,
-                        upstream: dest_upstream,
-                        cluster: dest_cluster,
+                        upstream: dest.upstream,
+                        // Shared, not copied: every routed request has a cluster, and
+                        // this log is off by default.
+                        cluster: dest.cluster,
                         headers_after: elapsed,
                     });
             let golden = self.golden.clone();
