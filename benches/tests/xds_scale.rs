@@ -1,7 +1,7 @@
 //! The xDS scale benchmark at a tiny scale, so that it cannot rot: every path runs, every
 //! resource is applied, and the incremental updates reuse the untouched clusters.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use myelin_benches::memory::CountingAlloc;
@@ -15,6 +15,14 @@ use myelin_xds::store::ConfigStore;
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
+/// The heap counter is global to the process: the benchmark's heap deltas would count what the
+/// other test allocates and frees meanwhile, so the tests here take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const SCALE: Scale = Scale {
     clusters: 100,
     endpoints: 3,
@@ -23,6 +31,7 @@ const SCALE: Scale = Scale {
 
 #[test]
 fn the_benchmark_runs_every_path_and_checks_what_it_measures() {
+    let _turn = one_at_a_time();
     let report = run(&Options {
         scale: SCALE,
         rounds: 1,
@@ -84,6 +93,7 @@ fn update(items: &[myelin_benches::xds_scale::mesh::Packed], version: &str) -> U
 /// The property the benchmark's rebuild numbers rest on, checked directly.
 #[test]
 fn an_eds_change_rebuilds_only_its_cluster() {
+    let _turn = one_at_a_time();
     let mesh = Mesh::generate(SCALE);
     let store = ConfigStore::new();
     for (t, items) in [
