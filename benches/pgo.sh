@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds the agent with profile-guided optimisation on top of the `dist` profile: an
+# instrumented dist build, trained by the L7 benchmark's loads through the agent, the profile
+# merged with the toolchain's own llvm-profdata, and a dist build that uses it.
+#
+#   benches/pgo.sh [TRAINING_TARGETS [TRAINING_LOADS]]
+#   benches/pgo.sh myelin,myelin-mesh http1,http2,open-loop    (the defaults)
+#
+# Leaves the agent at target/pgo/myelin and the merged profile at target/pgo/merged.profdata.
+# Needs root (the benchmark builds a node) and a release build of myelin-l7-bench; installs
+# the rustup component llvm-tools when missing (its llvm-profdata reads what this rustc's LLVM
+# writes; another LLVM's may not).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+targets=${1:-myelin,myelin-mesh}
+loads=${2:-http1,http2,open-loop}
+work=$here/target/pgo
+bench=$here/target/release/myelin-l7-bench
+[ -x "$bench" ] || { echo "build it first: cargo build --release --locked -p myelin-benches" >&2; exit 2; }
+
+triple=$(rustc -vV | sed -n 's/^host: //p')
+profdata=$(rustc --print sysroot)/lib/rustlib/$triple/bin/llvm-profdata
+[ -x "$profdata" ] || rustup component add llvm-tools
+# Keyed by the host triple and built with an explicit --target, the flags reach only the
+# agent's own artifacts: build scripts and proc macros stay uninstrumented (they would write
+# profiles of their own while building), and the bpfel build that aya-build starts is untouched.
+flags=CARGO_TARGET_$(echo "$triple" | tr 'a-z-' 'A-Z_')_RUSTFLAGS
+build() { # DIR RUSTFLAGS
+  env "$flags=$2" CARGO_TARGET_DIR="$1" \
+    cargo build --profile dist --locked -p myelin --target "$triple" >&2
+}
+
+rm -rf "$work/raw"
+mkdir -p "$work/raw"
+build "$work/gen" "-Cprofile-generate=$work/raw"
+# The agent writes its profile when it exits, and the benchmark stops it with SIGTERM, which
+# it answers by returning from main.
+echo "pgo: training on $targets x $loads" >&2
+MYELIN_BIN=$work/gen/$triple/dist/myelin "$bench" --rounds 1 --duration 6 --warmup 2 \
+  --targets "$targets" --loads "$loads" > "$work/training.md"
+ls "$work"/raw/*.profraw > /dev/null
+"$profdata" merge -o "$work/merged.profdata" "$work/raw"
+build "$work/use" "-Cprofile-use=$work/merged.profdata"
+cp "$work/use/$triple/dist/myelin" "$work/myelin"
+echo "pgo: $work/myelin" >&2
