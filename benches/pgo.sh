@@ -25,6 +25,12 @@ profdata=$(rustc --print sysroot)/lib/rustlib/$triple/bin/llvm-profdata
 # agent's own artifacts: build scripts and proc macros stay uninstrumented (they would write
 # profiles of their own while building), and the bpfel build that aya-build starts is untouched.
 flags=CARGO_TARGET_$(echo "$triple" | tr 'a-z-' 'A-Z_')_RUSTFLAGS
+# Cargo prefers RUSTFLAGS (and its encoded form) over the target-keyed variable: with either
+# set, both builds would silently come out without PGO.
+if [ -n "${RUSTFLAGS:-}${CARGO_ENCODED_RUSTFLAGS:-}" ]; then
+  echo "pgo: unset RUSTFLAGS / CARGO_ENCODED_RUSTFLAGS first (they override $flags)" >&2
+  exit 2
+fi
 build() { # DIR RUSTFLAGS
   env "$flags=$2" CARGO_TARGET_DIR="$1" \
     cargo build --profile dist --locked -p myelin --target "$triple" >&2
@@ -38,7 +44,8 @@ build "$work/gen" "-Cprofile-generate=$work/raw"
 echo "pgo: training on $targets x $loads" >&2
 MYELIN_BIN=$work/gen/$triple/dist/myelin "$bench" --rounds 1 --duration 6 --warmup 2 \
   --targets "$targets" --loads "$loads" > "$work/training.md"
-ls "$work"/raw/*.profraw > /dev/null
+compgen -G "$work/raw/*.profraw" > /dev/null \
+  || { echo "pgo: the training wrote no profile to $work/raw" >&2; exit 1; }
 "$profdata" merge -o "$work/merged.profdata" "$work/raw"
 build "$work/use" "-Cprofile-use=$work/merged.profdata"
 cp "$work/use/$triple/dist/myelin" "$work/myelin"
