@@ -937,8 +937,12 @@ impl HttpConn {
                         // idle CPU is an IPI on this VM: 3x as many without this yield on
                         // the loopback bench (benches/RESULTS.md, "Session of 2026-12-01
                         // 23:41"). An HTTP/2 client's responses are batched by its
-                        // connection's task already.
-                        tokio::task::yield_now().await;
+                        // connection's task already. With no other request waiting for an
+                        // answer, none can come in this tick: no yield (it would be one more
+                        // `epoll_wait` per request at low rates).
+                        if self.pools.exchanges_waiting() {
+                            tokio::task::yield_now().await;
+                        }
                     }
                     sent
                 }

@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,9 @@ struct PoolState {
 pub(crate) struct Pools {
     config: PoolConfig,
     state: Mutex<PoolState>,
+    /// Requests between entering [`Pools::own_h1`] and their response head: whether a
+    /// yield can batch anything with them (see `own_h1`).
+    exchanges: AtomicUsize,
 }
 
 /// What [`Pools::send_h1`] and [`Pools::send_h2`] hand back besides the response.
@@ -131,6 +135,7 @@ impl Pools {
         let pools = Arc::new(Pools {
             config,
             state: Mutex::new(PoolState::default()),
+            exchanges: AtomicUsize::new(0),
         });
         // The sweeper holds a weak reference: it ends with the pools. Without a runtime
         // (unit tests building an `Inner` by hand) idle connections are only dropped
@@ -211,6 +216,13 @@ impl Pools {
             }
             Box::pin(self.upgrade_h1(ep, limits, req, peer, upgrade)).await
         }
+    }
+
+    /// Whether other requests are waiting for an upstream HTTP/1 response head: their
+    /// answers may arrive in the same tick as one just received (see the caller in
+    /// `crate::http`).
+    pub(crate) fn exchanges_waiting(&self) -> bool {
+        self.exchanges.load(Ordering::Relaxed) > 0
     }
 
     /// A request that may take its connection over (an upgrade, CONNECT), through hyper's
@@ -371,8 +383,13 @@ impl Pools {
             let mut body = Some(body);
             // The writes of the requests ready in this tick then go out back to back: the
             // upstream is woken once per batch, not per request (on this VM each wake-up of an
-            // idle CPU is an IPI; RESULTS, the same session).
-            tokio::task::yield_now().await;
+            // idle CPU is an IPI; RESULTS, the same session). Alone, there is nothing to
+            // batch with, and a yield is one more look at the sockets (`epoll_wait`) before
+            // this request goes out.
+            let counted = Exchange::enter(&self.exchanges);
+            if counted.others > 0 {
+                tokio::task::yield_now().await;
+            }
             if let Some(conn) = self.checkout_own(&key) {
                 let writer = RequestWriter::new(head(), body.take(), framing);
                 match self
@@ -584,4 +601,25 @@ async fn handshake_h2(
         .in_current_span(),
     );
     Ok(sender)
+}
+
+/// One request counted in [`Pools::exchanges`] until it drops (with its response head, or
+/// when the request fails or is cancelled).
+struct Exchange<'a> {
+    count: &'a AtomicUsize,
+    /// Requests counted when this one entered.
+    others: usize,
+}
+
+impl<'a> Exchange<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let others = count.fetch_add(1, Ordering::Relaxed);
+        Self { count, others }
+    }
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
 }
