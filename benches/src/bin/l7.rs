@@ -59,6 +59,13 @@ struct Args {
     /// The CPU of the backend and the clients.
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
+    /// Measure a run again when the proxy's CPU was busier than this with anything else
+    /// (percent of the run: another VM's steal, another process); 100 turns it off.
+    #[arg(long, default_value_t = 5.0)]
+    max_other_load: f64,
+    /// Attempts per run at most under `--max-other-load`; the quietest one is kept.
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
     /// Also write every run's numbers as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -112,6 +119,8 @@ fn run(args: &Args) -> Result<()> {
         open_connections: args.open_connections,
         proxy_cpu: args.proxy_cpu,
         load_cpu: args.load_cpu,
+        max_other_load_pct: (args.max_other_load < 100.0).then_some(args.max_other_load),
+        attempts: args.attempts,
     };
     let tools = [
         ("nginx", "-v"),

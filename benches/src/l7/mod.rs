@@ -171,6 +171,11 @@ pub struct Options {
     /// The proxy under test's CPU, and the CPU of the backend and the clients.
     pub proxy_cpu: usize,
     pub load_cpu: usize,
+    /// A run with more other load than this on the proxy's CPU (percent of its wall time:
+    /// another VM's steal, another process) is measured again, up to `attempts` times in
+    /// all; the quietest attempt is kept. `None`: every first attempt is kept.
+    pub max_other_load_pct: Option<f64>,
+    pub attempts: u32,
 }
 
 impl Default for Options {
@@ -189,6 +194,8 @@ impl Default for Options {
             open_connections: 10,
             proxy_cpu: 0,
             load_cpu: 1,
+            max_other_load_pct: None,
+            attempts: 1,
         }
     }
 }
@@ -232,6 +239,8 @@ pub struct Measurement {
     /// the run's wall time: the noise indicator (another build on the machine shows here; so
     /// does the kernel's loopback work done in interrupt context on that CPU).
     pub proxy_core_other_pct: f64,
+    /// Which attempt this is (see [`Options::max_other_load_pct`]).
+    pub attempt: u32,
 }
 
 impl Measurement {
@@ -266,6 +275,9 @@ impl Measurement {
             "; other load on the proxy's CPU {:.1}%",
             self.proxy_core_other_pct
         );
+        if self.attempt > 1 {
+            s += &format!(" (attempt {})", self.attempt);
+        }
         s
     }
 }
@@ -666,13 +678,37 @@ impl Bench<'_> {
         let mut running = self.start(target)?;
         let mut out = Vec::new();
         for &load in &self.opts.loads {
-            (self.check)()?;
-            let m = self
-                .measure(round, target, load, &mut running)
-                .with_context(|| load.name())?;
-            backend.alive()?;
-            eprintln!("myelin-l7-bench:   {}", m.summary());
-            out.push(m);
+            // On a shared VM another tenant's load comes and goes; a run it disturbed is
+            // measured again (every target alike), and the quietest attempt kept.
+            let mut kept: Option<Measurement> = None;
+            for attempt in 1..=self.opts.attempts.max(1) {
+                (self.check)()?;
+                let mut m = self
+                    .measure(round, target, load, &mut running)
+                    .with_context(|| load.name())?;
+                backend.alive()?;
+                m.attempt = attempt;
+                let quiet = self
+                    .opts
+                    .max_other_load_pct
+                    .is_none_or(|max| m.proxy_core_other_pct <= max);
+                let again = !quiet && attempt < self.opts.attempts;
+                eprintln!(
+                    "myelin-l7-bench:   {}{}",
+                    m.summary(),
+                    if again { " -> noisy, again" } else { "" }
+                );
+                if kept
+                    .as_ref()
+                    .is_none_or(|k| m.proxy_core_other_pct < k.proxy_core_other_pct)
+                {
+                    kept = Some(m);
+                }
+                if !again {
+                    break;
+                }
+            }
+            out.extend(kept);
         }
         if target.is_myelin() {
             let status = self.mesh.stop_agent()?;
@@ -796,6 +832,7 @@ impl Bench<'_> {
             golden_requests,
             spliced_messages,
             proxy_core_other_pct,
+            attempt: 1,
         })
     }
 
