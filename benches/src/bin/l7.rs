@@ -60,7 +60,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
     /// Measure a run again when the proxy's CPU was busier than this with anything else
-    /// (percent of the run: another VM's steal, another process); 100 turns it off.
+    /// (percent of the run: another VM's steal, another process), or the hypervisor stole
+    /// more than this of the load CPU; 100 turns it off.
     /// (Default 2: runs with 3-5 % showed p99s 3-4x those of the quiet ones.)
     #[arg(long, default_value_t = 2.0)]
     max_other_load: f64,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
 /// Clock ticks per second of `/proc/<pid>/stat`'s times.
 fn clock_ticks_per_sec() -> Result<u64> {
@@ -88,8 +88,9 @@ pub fn cpu_busy(cpu: usize) -> Result<Duration> {
     ))
 }
 
-/// Busy ticks of `cpu` in the text of `/proc/stat`.
-pub fn parse_cpu_busy(text: &str, cpu: usize) -> Result<u64> {
+/// The first eight counters of `cpu`'s line in the text of `/proc/stat`: user nice system
+/// idle iowait irq softirq steal, in clock ticks (guest time is inside user).
+fn parse_cpu_line(text: &str, cpu: usize) -> Result<[u64; 8]> {
     let name = format!("cpu{cpu}");
     let line = text
         .lines()
@@ -98,11 +99,32 @@ pub fn parse_cpu_busy(text: &str, cpu: usize) -> Result<u64> {
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
+        .take(8)
         .map(|x| x.parse().context("/proc/stat value"))
         .collect::<Result<_>>()?;
-    ensure!(v.len() >= 8, "short /proc/stat line {line:?}");
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
-    Ok(v[0] + v[1] + v[2] + v[5] + v[6] + v[7])
+    v.try_into()
+        .map_err(|_| anyhow!("short /proc/stat line {line:?}"))
+}
+
+/// Busy ticks of `cpu` in the text of `/proc/stat`.
+pub fn parse_cpu_busy(text: &str, cpu: usize) -> Result<u64> {
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = parse_cpu_line(text, cpu)?;
+    Ok(user + nice + system + irq + softirq + steal)
+}
+
+/// Steal ticks of `cpu` in the text of `/proc/stat`: time the hypervisor ran something else
+/// while this virtual CPU had work.
+pub fn parse_cpu_steal(text: &str, cpu: usize) -> Result<u64> {
+    Ok(parse_cpu_line(text, cpu)?[7])
+}
+
+/// Steal time of one CPU so far.
+pub fn cpu_steal(cpu: usize) -> Result<Duration> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks = parse_cpu_steal(&text, cpu)?;
+    Ok(Duration::from_nanos(
+        ticks * 1_000_000_000 / clock_ticks_per_sec()?,
+    ))
 }
 
 /// Memory and threads from `/proc/<pid>/status`.
@@ -200,6 +222,9 @@ mod tests {
         assert_eq!(parse_cpu_busy(text, 0).unwrap(), 1 + 2 + 3 + 6 + 7 + 8);
         assert_eq!(parse_cpu_busy(text, 1).unwrap(), 10);
         assert!(parse_cpu_busy(text, 2).is_err());
+        assert_eq!(parse_cpu_steal(text, 0).unwrap(), 8);
+        assert_eq!(parse_cpu_steal(text, 1).unwrap(), 0);
+        assert!(parse_cpu_busy("cpu0 1 2 3 4 5 6 7\n", 0).is_err());
     }
 
     #[test]

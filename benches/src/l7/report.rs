@@ -287,6 +287,7 @@ mod tests {
             golden_requests: None,
             spliced_messages: None,
             proxy_core_other_pct: 1.0,
+            load_core_steal_pct: 0.0,
             attempt: 1,
         }
     }
