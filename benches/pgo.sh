@@ -40,10 +40,11 @@ rm -rf "$work/raw"
 mkdir -p "$work/raw"
 build "$work/gen" "-Cprofile-generate=$work/raw"
 # The agent writes its profile when it exits, and the benchmark stops it with SIGTERM, which
-# it answers by returning from main.
+# it answers by returning from main. One attempt per run: training needs the code paths
+# taken, not a quiet measurement.
 echo "pgo: training on $targets x $loads" >&2
 MYELIN_BIN=$work/gen/$triple/dist/myelin "$bench" --rounds 1 --duration 6 --warmup 2 \
-  --targets "$targets" --loads "$loads" > "$work/training.md"
+  --attempts 1 --targets "$targets" --loads "$loads" > "$work/training.md"
 compgen -G "$work/raw/*.profraw" > /dev/null \
   || { echo "pgo: the training wrote no profile to $work/raw" >&2; exit 1; }
 "$profdata" merge -o "$work/merged.profdata" "$work/raw"
