@@ -74,7 +74,7 @@ pub async fn allocations_per_request(
     head: &[u8],
 ) -> anyhow::Result<(f64, usize)> {
     let mut buf = vec![0u8; 4096];
-    let mut request = async || -> anyhow::Result<()> {
+    let request = async || -> anyhow::Result<()> {
         client.write_all(head).await?;
         let mut have = 0;
         while !buf[..have].ends_with(b"hello") {
@@ -89,20 +89,7 @@ pub async fn allocations_per_request(
         );
         Ok(())
     };
-    for _ in 0..500 {
-        request().await?;
-    }
-    let n: usize = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..n {
-        request().await?;
-    }
-    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
-    eprintln!("{per_request:.2} allocations per request");
-    Ok((per_request, 500 + n))
+    count(request, "request").await
 }
 
 /// Allocations per h2c request on `client` (answered by [`raw_upstream`] through the
@@ -147,7 +134,7 @@ pub async fn h2c_allocations_per_request(
     let mut have = 0;
     let mut next_stream = 1u32;
     let mut unacked_data = 0usize;
-    let mut request = async || -> anyhow::Result<()> {
+    let request = async || -> anyhow::Result<()> {
         let stream = next_stream;
         next_stream += 2;
         let block: &[u8] = if stream == 1 { &first } else { &indexed };
@@ -216,6 +203,15 @@ pub async fn h2c_allocations_per_request(
             }
         }
     };
+    count(request, "h2c request").await
+}
+
+/// Allocations per call of `request`: 500 calls to warm up pools, metric series and
+/// buffers, then `N` counted; and how many calls were made in all.
+async fn count(
+    mut request: impl AsyncFnMut() -> anyhow::Result<()>,
+    what: &str,
+) -> anyhow::Result<(f64, usize)> {
     for _ in 0..500 {
         request().await?;
     }
@@ -228,6 +224,6 @@ pub async fn h2c_allocations_per_request(
         request().await?;
     }
     let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
-    eprintln!("{per_request:.2} allocations per h2c request");
+    eprintln!("{per_request:.2} allocations per {what}");
     Ok((per_request, 500 + n))
 }
