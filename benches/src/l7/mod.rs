@@ -248,7 +248,8 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    /// What the rerun rule compares: the larger of the two noise figures.
+    /// What the rerun rule compares with its threshold and between attempts: the larger of
+    /// the two noise figures.
     fn noise(&self) -> f64 {
         self.proxy_core_other_pct.max(self.load_core_steal_pct)
     }
@@ -697,9 +698,10 @@ impl Bench<'_> {
                     .with_context(|| load.name())?;
                 backend.alive()?;
                 m.attempt = attempt;
-                let quiet = self.opts.max_other_load_pct.is_none_or(|max| {
-                    m.proxy_core_other_pct <= max && m.load_core_steal_pct <= max
-                });
+                let quiet = self
+                    .opts
+                    .max_other_load_pct
+                    .is_none_or(|max| m.noise() <= max);
                 let again = !quiet && attempt < self.opts.attempts;
                 eprintln!(
                     "myelin-l7-bench:   {}{}",

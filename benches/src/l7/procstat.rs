@@ -81,8 +81,13 @@ pub fn cpu_time(pid: u32) -> Result<CpuTime> {
 /// Busy time of one CPU so far (`/proc/stat`: everything but idle and iowait), all processes
 /// and interrupts together.
 pub fn cpu_busy(cpu: usize) -> Result<Duration> {
+    proc_stat_time(cpu, parse_cpu_busy)
+}
+
+/// One of `cpu`'s times in `/proc/stat` now, picked from its text by `parse` (in ticks).
+fn proc_stat_time(cpu: usize, parse: fn(&str, usize) -> Result<u64>) -> Result<Duration> {
     let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let ticks = parse_cpu_busy(&text, cpu)?;
+    let ticks = parse(&text, cpu)?;
     Ok(Duration::from_nanos(
         ticks * 1_000_000_000 / clock_ticks_per_sec()?,
     ))
@@ -120,11 +125,7 @@ pub fn parse_cpu_steal(text: &str, cpu: usize) -> Result<u64> {
 
 /// Steal time of one CPU so far.
 pub fn cpu_steal(cpu: usize) -> Result<Duration> {
-    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let ticks = parse_cpu_steal(&text, cpu)?;
-    Ok(Duration::from_nanos(
-        ticks * 1_000_000_000 / clock_ticks_per_sec()?,
-    ))
+    proc_stat_time(cpu, parse_cpu_steal)
 }
 
 /// Memory and threads from `/proc/<pid>/status`.
