@@ -10,9 +10,10 @@ need_apt=()
 # python3-grpcio, python3-websockets: the L7 suite's HTTP/2 server, gRPC and WebSocket
 # clients and servers (conformance/tests/l7.rs; the Python ones run on /usr/bin/python3);
 # haproxy: the L7 benchmark's second reference proxy (benches, `myelin-l7-bench`);
-# tcpdump: the mTLS suite checks that nothing crosses the link between nodes in the clear.
+# tcpdump: the mTLS suite checks that nothing crosses the link between nodes in the clear;
+# bolt-22: llvm-bolt, the post-link layout step of the benchmarked agent (benches/pgo.sh).
 for pkg in llvm-22-dev curl python3 iproute2 util-linux wrk nghttp2-client nginx prometheus \
-    nghttp2-server python3-grpcio python3-websockets haproxy tcpdump; do
+    nghttp2-server python3-grpcio python3-websockets haproxy tcpdump bolt-22; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
