@@ -46,7 +46,9 @@ build() { # DIR RUSTFLAGS
 
 bolt_bin=
 if [ "${BOLT:-0}" = 1 ]; then
+  # Resolved to its LLVM's bin directory, where merge-fdata is too.
   bolt_bin=$(command -v llvm-bolt || { ls -1 /usr/lib/llvm-*/bin/llvm-bolt 2>/dev/null || true; } | sort -V | tail -1)
+  [ -z "$bolt_bin" ] || bolt_bin=$(realpath "$bolt_bin")
   [ -x "$bolt_bin" ] || { echo "pgo: BOLT=1 needs llvm-bolt (scripts/setup.sh installs bolt-22)" >&2; exit 2; }
 fi
 
@@ -86,5 +88,5 @@ compgen -G "$work/bolt/prof.*" > /dev/null \
 "$(dirname "$bolt_bin")/merge-fdata" "$work"/bolt/prof.* > "$work/bolt/merged.fdata"
 "$bolt_bin" "$work/myelin-pgo" -o "$work/myelin" -data="$work/bolt/merged.fdata" \
   -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold \
-  -split-eh -icf=1 -use-gnu-stack -update-debug-sections -dyno-stats >&2
+  -split-eh -icf=all -use-gnu-stack -update-debug-sections -dyno-stats >&2
 echo "pgo: $work/myelin (PGO and BOLT; PGO alone: $work/myelin-pgo)" >&2
