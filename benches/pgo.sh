@@ -67,15 +67,16 @@ train "$work/gen/$triple/dist/myelin" "$work/training.md"
 compgen -G "$work/raw/*.profraw" > /dev/null \
   || { echo "pgo: the training wrote no profile to $work/raw" >&2; exit 1; }
 "$profdata" merge -o "$work/merged.profdata" "$work/raw"
+use_flags=-Cprofile-use=$work/merged.profdata
+# BOLT rewrites functions in place only with the link's relocations at hand (`-q`).
+if [ -n "$bolt_bin" ]; then use_flags+=" -Clink-arg=-Wl,--emit-relocs"; fi
+build "$work/use" "$use_flags"
 if [ -z "$bolt_bin" ]; then
-  build "$work/use" "-Cprofile-use=$work/merged.profdata"
   cp "$work/use/$triple/dist/myelin" "$work/myelin"
   echo "pgo: $work/myelin" >&2
   exit 0
 fi
 
-# BOLT rewrites functions in place only with the link's relocations at hand (`-q`).
-build "$work/use" "-Cprofile-use=$work/merged.profdata -Clink-arg=-Wl,--emit-relocs"
 cp "$work/use/$triple/dist/myelin" "$work/myelin-pgo"
 rm -rf "$work/bolt"
 mkdir -p "$work/bolt"

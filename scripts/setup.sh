@@ -11,7 +11,7 @@ need_apt=()
 # clients and servers (conformance/tests/l7.rs; the Python ones run on /usr/bin/python3);
 # haproxy: the L7 benchmark's second reference proxy (benches, `myelin-l7-bench`);
 # tcpdump: the mTLS suite checks that nothing crosses the link between nodes in the clear;
-# bolt-22: llvm-bolt, the post-link layout step of the benchmarked agent (benches/pgo.sh).
+# bolt-22: llvm-bolt, for `BOLT=1 benches/pgo.sh` (an optional layout pass over the PGO agent).
 for pkg in llvm-22-dev curl python3 iproute2 util-linux wrk nghttp2-client nginx prometheus \
     nghttp2-server python3-grpcio python3-websockets haproxy tcpdump bolt-22; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
