@@ -25,6 +25,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,7 +35,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
@@ -43,6 +44,7 @@ use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody, ProxyError, Side};
 use crate::golden::{self, GoldenMetrics, RequestRecord, UNKNOWN};
+use crate::h2server::{Ended, Limits, Signals};
 use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::UpstreamProtocol as ClusterProtocol;
@@ -1355,6 +1357,26 @@ pub(crate) async fn idle(conn: &HttpConn) {
     }
 }
 
+/// What closes a downstream HTTP/2 connection gracefully: a drain, or its idle timeout.
+struct CloseOn<'a, D, T> {
+    drained: Pin<&'a mut D>,
+    idle: Pin<&'a mut T>,
+    peer: SocketAddr,
+}
+
+impl<D: Future<Output = ()>, T: Future<Output = ()>> Signals for CloseOn<'_, D, T> {
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.drained.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if self.idle.as_mut().poll(cx).is_ready() {
+            debug!(peer = %self.peer, "closing an idle downstream HTTP/2 connection");
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
 /// Serves HTTP/1 or HTTP/2 (prior knowledge) on `io` until the client closes, an error,
 /// or a drain (which lets the requests in flight finish, then closes: HTTP/2 with a
 /// GOAWAY). An upgraded HTTP/1 connection continues as a tunnel.
@@ -1364,30 +1386,22 @@ where
 {
     let svc_conn = conn.clone();
     let res = if conn.downstream == Protocol::Http2 {
-        // Boxed: hyper moves each request's future into a task of its own, and it is
-        // kilobytes; a box moves as a pointer (HTTP/1 keeps it in place: no box).
-        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let conn = svc_conn.clone();
-            Box::pin(
-                async move { Ok::<_, Infallible>(conn.handle(req.map(RequestBody::Hyper)).await) },
-            )
-        });
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new()).auto_date_header(false);
-        let server = builder.serve_connection(TokioIo::new(io), svc);
-        tokio::pin!(server);
-        tokio::select! {
-            res = server.as_mut() => res,
-            () = drain.signaled() => {
-                server.as_mut().graceful_shutdown();
-                server.await
+        let signals = CloseOn {
+            drained: std::pin::pin!(drain.signaled()),
+            idle: std::pin::pin!(idle(&conn)),
+            peer: conn.peer,
+        };
+        let handle = |req| svc_conn.clone().handle(req);
+        match crate::h2server::serve(io, Limits::default(), handle, signals, conn.peer).await {
+            Ended::Closed => {}
+            Ended::Error(e) => {
+                debug!(peer = %conn.peer, code = e.code, why = e.why, "downstream HTTP/2 connection ended with an error");
             }
-            () = idle(&conn) => {
-                debug!(peer = %conn.peer, "closing an idle downstream HTTP/2 connection");
-                server.as_mut().graceful_shutdown();
-                server.await
+            Ended::Io(e) => {
+                debug!(peer = %conn.peer, error = %e, "downstream HTTP/2 connection failed");
             }
         }
+        Ok(())
     } else {
         match crate::h1server::serve(io, &conn, &drain).await {
             crate::h1server::Ended::Closed => Ok(()),

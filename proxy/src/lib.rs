@@ -39,6 +39,7 @@ pub mod golden;
 mod h1client;
 mod h1codec;
 mod h1server;
+mod h2server;
 pub mod hbone;
 mod http;
 mod local;

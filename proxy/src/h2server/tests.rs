@@ -1,0 +1,475 @@
+//! The HTTP/2 server against the `h2` crate's client (through hyper) and against frames
+//! written by hand where a well-behaved client cannot go (malformed requests, floods).
+
+use std::sync::atomic::AtomicUsize;
+
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, DuplexStream};
+
+use super::*;
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, BodyError>;
+
+fn peer() -> std::net::SocketAddr {
+    "127.0.0.1:1".parse().unwrap()
+}
+
+/// Answers `/echo` with the request body (and its trailers) as the response body,
+/// `/trailers` with a body and `grpc-status` trailers, anything else with `hello` and the
+/// request's method, authority, path and cookie in headers.
+async fn service(req: Request<RequestBody>) -> Response<TestBody> {
+    match req.uri().path() {
+        "/echo" => Response::new(req.into_body().boxed()),
+        "/trailers" => {
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames = vec![
+                Ok::<_, BodyError>(Frame::data(Bytes::from_static(b"msg"))),
+                Ok(Frame::trailers(t)),
+            ];
+            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        }
+        _ => {
+            let mut resp = Response::new(
+                Full::new(Bytes::from_static(b"hello"))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            );
+            let h = resp.headers_mut();
+            h.insert("x-method", req.method().as_str().parse().unwrap());
+            h.insert("x-path", req.uri().path().parse().unwrap());
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            h.insert("x-authority", authority.parse().unwrap());
+            if let Some(c) = req.headers().get(header::COOKIE) {
+                h.insert("x-cookie", c.clone());
+            }
+            resp
+        }
+    }
+}
+
+fn start_server(limits: Limits) -> DuplexStream {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    tokio::spawn(serve(server, limits, service, NoSignals, peer()));
+    client
+}
+
+async fn client(io: DuplexStream) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    send
+}
+
+fn get(path: &str) -> Request<TestBody> {
+    Request::get(format!("http://svc.test{path}"))
+        .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn get_requests_multiplexed_on_one_connection() {
+    let send = client(start_server(Limits::default())).await;
+    let mut all = Vec::new();
+    for i in 0..64 {
+        let mut send = send.clone();
+        all.push(tokio::spawn(async move {
+            send.ready().await.unwrap();
+            let resp = send.send_request(get(&format!("/r{i}?q=1"))).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["x-method"], "GET");
+            assert_eq!(resp.headers()["x-path"], format!("/r{i}").as_str());
+            assert_eq!(resp.headers()["x-authority"], "svc.test");
+            assert_eq!(
+                resp.headers()["content-length"],
+                "5",
+                "the body's known size"
+            );
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello");
+        }));
+    }
+    for t in all {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_body_larger_than_every_window_is_echoed_whole() {
+    // 3 MiB each way: beyond the client's default 64 KiB stream window and ours of 1 MiB,
+    // so both directions wait for WINDOW_UPDATEs.
+    let mut send = client(start_server(Limits::default())).await;
+    let payload: Bytes = (0..3 << 20)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let chunks: Vec<Result<Frame<Bytes>, BodyError>> = payload
+        .chunks(100_000)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let req = Request::post("http://svc.test/echo")
+        .body(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), payload.len());
+    assert!(body == payload, "the echoed body differs");
+}
+
+#[tokio::test]
+async fn trailers_pass_both_ways() {
+    let mut send = client(start_server(Limits::default())).await;
+    let mut t = HeaderMap::new();
+    t.insert("x-checksum", HeaderValue::from_static("42"));
+    let frames = vec![
+        Ok::<_, BodyError>(Frame::data(Bytes::from_static(b"ping"))),
+        Ok(Frame::trailers(t)),
+    ];
+    let req = Request::post("http://svc.test/echo")
+        .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-checksum"], "42");
+    assert_eq!(&collected.to_bytes()[..], b"ping");
+
+    let resp = send.send_request(get("/trailers")).await.unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"msg");
+}
+
+#[tokio::test]
+async fn a_client_reset_stops_the_handler() {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let dropped = Arc::new(AtomicUsize::new(0));
+    struct OnDrop(Arc<AtomicUsize>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (c, s) = tokio::io::duplex(1 << 16);
+    let (st, dr) = (started.clone(), dropped.clone());
+    tokio::spawn(serve(
+        s,
+        Limits::default(),
+        move |_req: Request<RequestBody>| {
+            let (st, guard) = (st.clone(), OnDrop(dr.clone()));
+            async move {
+                let _guard = guard;
+                st.notify_one();
+                std::future::pending::<()>().await;
+                Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+            }
+        },
+        NoSignals,
+        peer(),
+    ));
+    let mut send = client(c).await;
+    let pending = send.send_request(get("/slow"));
+    let task = tokio::spawn(pending);
+    started.notified().await;
+    // Dropping the response future resets the stream (RST_STREAM CANCEL).
+    task.abort();
+    for _ in 0..100 {
+        if dropped.load(Ordering::SeqCst) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the handler was not dropped after the client reset its stream");
+}
+
+/// Closes when told to.
+struct CloseOn(tokio::sync::oneshot::Receiver<()>);
+
+impl Signals for CloseOn {
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+#[tokio::test]
+async fn a_graceful_close_finishes_the_stream_in_flight() {
+    let (c, s) = tokio::io::duplex(1 << 16);
+    let (close, closed) = tokio::sync::oneshot::channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (rel, st) = (release.clone(), started.clone());
+    let server = tokio::spawn(serve(
+        s,
+        Limits::default(),
+        move |_req: Request<RequestBody>| {
+            let (rel, st) = (rel.clone(), st.clone());
+            async move {
+                st.notify_one();
+                rel.notified().await;
+                Response::new(
+                    Full::new(Bytes::from_static(b"done"))
+                        .map_err(|e| match e {})
+                        .boxed(),
+                )
+            }
+        },
+        CloseOn(closed),
+        peer(),
+    ));
+    let mut send = client(c).await;
+    let in_flight = tokio::spawn(send.send_request(get("/a")));
+    started.notified().await;
+    close.send(()).unwrap();
+    // The GOAWAY reaches the client: it opens no new stream.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        send.ready().await.is_err() || send.send_request(get("/b")).await.is_err(),
+        "a new stream was taken after the GOAWAY"
+    );
+    release.notify_one();
+    let resp = in_flight.await.unwrap().unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"done");
+    let ended = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ended, Ended::Closed), "{ended:?}");
+}
+
+// Frames by hand.
+
+fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    head(&mut out, payload.len(), kind, flags, id);
+    out.put_slice(payload);
+    out.to_vec()
+}
+
+fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut enc = loona_hpack::Encoder::new();
+    enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+}
+
+const GET: &[(&str, &str)] = &[
+    (":method", "GET"),
+    (":scheme", "http"),
+    (":authority", "svc.test"),
+    (":path", "/"),
+];
+
+/// Reads frames until one of `kind` comes: (flags, stream, payload).
+async fn until(io: &mut DuplexStream, kind: u8) -> (u8, u32, Vec<u8>) {
+    loop {
+        let mut h = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut h))
+            .await
+            .expect("a frame in time")
+            .expect("a frame");
+        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        let mut p = vec![0; len];
+        io.read_exact(&mut p).await.unwrap();
+        if h[3] == kind {
+            return (h[4], u32::from_be_bytes([h[5], h[6], h[7], h[8]]), p);
+        }
+    }
+}
+
+async fn raw_client() -> DuplexStream {
+    let mut io = start_server(Limits::default());
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    io
+}
+
+fn code(p: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]])
+}
+
+#[tokio::test]
+async fn malformed_requests_are_reset_and_the_connection_goes_on() {
+    let mut io = raw_client().await;
+    let bad: [&[(&str, &str)]; 4] = [
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            ("X-Upper", "1"),
+        ],
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            ("connection", "close"),
+        ],
+        &[(":method", "GET"), (":scheme", "http")],
+        &[
+            (":method", "GET"),
+            ("a", "1"),
+            (":scheme", "http"),
+            (":path", "/"),
+        ],
+    ];
+    // One HPACK context for the connection.
+    let mut enc = loona_hpack::Encoder::new();
+    let mut id = 1;
+    for fields in bad {
+        let b = enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, id, &b))
+            .await
+            .unwrap();
+        let (_, sid, p) = until(&mut io, RST_STREAM).await;
+        assert_eq!((sid, code(&p, 0)), (id, reason::PROTOCOL_ERROR));
+        id += 2;
+    }
+    let b = enc.encode(GET.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, id, &b))
+        .await
+        .unwrap();
+    let (flags, sid, _) = until(&mut io, HEADERS).await;
+    assert_eq!(sid, id);
+    assert_eq!(flags & END_STREAM, 0, "hello has a body");
+}
+
+#[tokio::test]
+async fn a_header_list_above_the_limit_is_answered_431() {
+    let mut io = raw_client().await;
+    let big = "x".repeat(20 << 10);
+    let mut fields = GET.to_vec();
+    fields.push(("x-big", &big));
+    let b = block(&fields);
+    // Split across HEADERS and CONTINUATION frames of 16 KiB.
+    let (first, rest) = b.split_at(16 << 10);
+    io.write_all(&frame(HEADERS, END_STREAM, 1, first))
+        .await
+        .unwrap();
+    io.write_all(&frame(CONTINUATION, END_HEADERS, 1, rest))
+        .await
+        .unwrap();
+    let (flags, sid, p) = until(&mut io, HEADERS).await;
+    assert_eq!(sid, 1);
+    assert_ne!(flags & END_STREAM, 0);
+    let mut dec = loona_hpack::Decoder::new();
+    let fields = dec.decode(&p).unwrap();
+    assert_eq!(fields[0], (b":status".to_vec(), b"431".to_vec()));
+}
+
+#[tokio::test]
+async fn rapid_resets_close_the_connection() {
+    let (c, s) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(serve(
+        s,
+        Limits::default(),
+        |_req: Request<RequestBody>| async {
+            std::future::pending::<()>().await;
+            Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+        },
+        NoSignals,
+        peer(),
+    ));
+    let mut io = c;
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let mut enc = loona_hpack::Encoder::new();
+    let mut id = 1;
+    for _ in 0..150 {
+        let b = enc.encode(GET.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        let mut burst = frame(HEADERS, END_HEADERS | END_STREAM, id, &b);
+        burst.extend(frame(RST_STREAM, 0, id, &reason::CANCEL.to_be_bytes()));
+        if io.write_all(&burst).await.is_err() {
+            // The server has closed: its GOAWAY is in what is left to read.
+            break;
+        }
+        id += 2;
+    }
+    let (_, _, p) = until(&mut io, GOAWAY).await;
+    assert_eq!(code(&p, 4), reason::ENHANCE_YOUR_CALM);
+    let ended = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ended, Ended::Error(e) if e.code == reason::ENHANCE_YOUR_CALM));
+}
+
+#[tokio::test]
+async fn a_wrong_preface_ends_the_connection_with_protocol_error() {
+    let mut io = start_server(Limits::default());
+    io.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, _, p) = until(&mut io, GOAWAY).await;
+    assert_eq!(code(&p, 4), reason::PROTOCOL_ERROR);
+}
+
+#[tokio::test]
+async fn ping_is_answered_and_cookies_are_joined() {
+    let mut io = raw_client().await;
+    io.write_all(&frame(PING, 0, 0, b"12345678")).await.unwrap();
+    let (flags, _, p) = until(&mut io, PING).await;
+    assert_eq!((flags, &p[..]), (ACK, &b"12345678"[..]));
+    let mut fields = GET.to_vec();
+    fields.push(("cookie", "a=1"));
+    fields.push(("cookie", "b=2"));
+    io.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &block(&fields),
+    ))
+    .await
+    .unwrap();
+    let (_, _, p) = until(&mut io, HEADERS).await;
+    let mut dec = loona_hpack::Decoder::new();
+    let got = dec.decode(&p).unwrap();
+    assert!(
+        got.contains(&(b"x-cookie".to_vec(), b"a=1; b=2".to_vec())),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn data_beyond_the_stream_window_is_a_flow_control_error() {
+    let (mut io, s) = tokio::io::duplex(1 << 20);
+    let limits = Limits {
+        stream_window: 65_535,
+        ..Limits::default()
+    };
+    // A handler that neither reads the body nor answers: the window is never given back.
+    tokio::spawn(serve(
+        s,
+        limits,
+        |req: Request<RequestBody>| async move {
+            let _body = req.into_body();
+            std::future::pending::<()>().await;
+            Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+        },
+        NoSignals,
+        peer(),
+    ));
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let mut fields = GET.to_vec();
+    fields[0] = (":method", "POST");
+    io.write_all(&frame(HEADERS, END_HEADERS, 1, &block(&fields)))
+        .await
+        .unwrap();
+    let chunk = vec![0u8; 16_383];
+    for _ in 0..4 {
+        io.write_all(&frame(DATA, 0, 1, &chunk)).await.unwrap();
+    }
+    // 65,532 sent: 3 bytes of window left, and 4 more.
+    io.write_all(&frame(DATA, 0, 1, b"1234")).await.unwrap();
+    let (_, sid, p) = until(&mut io, RST_STREAM).await;
+    assert_eq!((sid, code(&p, 0)), (1, reason::FLOW_CONTROL_ERROR));
+    // The connection goes on: a PING is answered.
+    io.write_all(&frame(PING, 0, 0, b"abcdefgh")).await.unwrap();
+    let (flags, _, p) = until(&mut io, PING).await;
+    assert_eq!((flags, &p[..]), (ACK, &b"abcdefgh"[..]));
+}
