@@ -1,5 +1,6 @@
 //! Entry points for `fuzz/` (feature `fuzzing`): the HTTP/1.1 wire format of the proxy's own
-//! client and server reads bytes from apps and upstreams, which are untrusted. Each entry
+//! client and server and its HTTP/2 server read bytes from apps and upstreams, which are
+//! untrusted. Each entry
 //! point panics when an invariant breaks, which is what the fuzzer looks for.
 
 use bytes::BytesMut;
@@ -111,6 +112,61 @@ fn decode(framing: BodyFraming, wire: &[u8], step: usize) -> Decoding {
             Err(e) => return (Err(e), trailers, Vec::new()),
         }
     }
+}
+
+/// Feeds `data` as frames after the client preface to the HTTP/2 server (`h2server`), whose
+/// handler echoes each request body, then closes the client's side. The server must not
+/// panic, must end once its client has gone, and what it writes must be whole frames.
+pub fn http2(data: &[u8]) {
+    use std::time::Duration;
+
+    use http::Response;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::h2server::{self, Limits, PREFACE};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(h2server::serve(
+            server,
+            Limits::default(),
+            |req: http::Request<crate::body::RequestBody>| async move {
+                Response::new(req.into_body())
+            },
+            h2server::Never,
+            "127.0.0.1:1".parse().expect("an address"),
+        ));
+        let input = [&PREFACE[..], data].concat();
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let write = async move {
+            let _ = wr.write_all(&input).await;
+            let _ = wr.shutdown().await;
+            wr
+        };
+        let read = async move {
+            let mut out = Vec::new();
+            let _ = rd.read_to_end(&mut out).await;
+            out
+        };
+        let (_, out) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(write, read)
+        })
+        .await
+        .expect("the server ends after its client has gone");
+        served.await.expect("the server does not panic");
+        // Whole frames: each head's length is followed by that many bytes.
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            assert!(rest.len() >= 9, "a frame head cut short");
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            assert!(rest.len() >= 9 + len, "a frame cut short");
+            rest = &rest[9 + len..];
+        }
+    });
 }
 
 #[cfg(test)]

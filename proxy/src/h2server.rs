@@ -164,11 +164,11 @@ pub(crate) trait Signals {
 }
 
 /// Never asks to close.
-#[cfg(test)]
-pub(crate) struct NoSignals;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) struct Never;
 
-#[cfg(test)]
-impl Signals for NoSignals {
+#[cfg(any(test, feature = "fuzzing"))]
+impl Signals for Never {
     fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<()> {
         Poll::Pending
     }

@@ -55,7 +55,7 @@ async fn service(req: Request<RequestBody>) -> Response<TestBody> {
 
 fn start_server(limits: Limits) -> DuplexStream {
     let (client, server) = tokio::io::duplex(1 << 16);
-    tokio::spawn(serve(server, limits, service, NoSignals, peer()));
+    tokio::spawn(serve(server, limits, service, Never, peer()));
     client
 }
 
@@ -171,7 +171,7 @@ async fn a_client_reset_stops_the_handler() {
                 Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
             }
         },
-        NoSignals,
+        Never,
         peer(),
     ));
     let mut send = client(c).await;
@@ -371,7 +371,7 @@ async fn rapid_resets_close_the_connection() {
             std::future::pending::<()>().await;
             Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
         },
-        NoSignals,
+        Never,
         peer(),
     ));
     let mut io = c;
@@ -450,7 +450,7 @@ async fn data_beyond_the_stream_window_is_a_flow_control_error() {
             std::future::pending::<()>().await;
             Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
         },
-        NoSignals,
+        Never,
         peer(),
     ));
     io.write_all(PREFACE).await.unwrap();
