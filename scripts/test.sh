@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
+# A build from a clean clone takes ~11 GiB (target/ with debug info ~10, the fuzz build ~1.2):
+# say so first, rather than fail later on a compiler's "No space left on device".
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "$free_kib" -lt $((12 * 1024 * 1024)) ]; then
+  echo "test.sh: warning: $((free_kib / 1024)) MiB free here; a build from a clean clone needs ~11 GiB" >&2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
