@@ -202,8 +202,7 @@ where
         }
     };
     // Cancel what is left, then try to get the last frames out.
-    conn.streams.clear();
-    conn.tasks = FuturesUnordered::new();
+    conn.abandon();
     let out = std::mem::take(&mut conn.out);
     let _ = tokio::time::timeout(LINGER, async {
         conn.io.write_all(&out).await?;
@@ -436,6 +435,9 @@ struct Connection<I, F, B, H, S> {
     recv_window: i64,
     /// Read and not yet given back on the connection.
     unreleased: usize,
+    /// Reused by `give_back` and `poll_bodies`.
+    scratch_ids: Vec<u32>,
+    scratch_finished: Vec<(u32, Option<u32>)>,
 }
 
 impl<I, F, B, H, S> Connection<I, F, B, H, S>
@@ -475,6 +477,8 @@ where
             send_window: DEFAULT_WINDOW,
             recv_window: DEFAULT_WINDOW,
             unreleased: 0,
+            scratch_ids: Vec::new(),
+            scratch_finished: Vec::new(),
             limits,
         };
         // Our SETTINGS, and the connection window raised to ours.
@@ -556,8 +560,7 @@ where
                     if n == 0 {
                         self.read_closed = true;
                         // Nothing more will come for the streams in flight.
-                        self.streams.clear();
-                        self.tasks = FuturesUnordered::new();
+                        self.abandon();
                         return Ok(true);
                     }
                     progress = true;
@@ -1079,7 +1082,10 @@ where
 
     /// Sends WINDOW_UPDATEs for what the request bodies have read.
     fn give_back(&mut self) -> bool {
-        let ids = std::mem::take(&mut *lock(&self.shared.released));
+        // Swapped with a kept vector: taking it would leave the shared one without capacity,
+        // and the next body read would allocate again.
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        std::mem::swap(&mut *lock(&self.shared.released), &mut ids);
         for id in &ids {
             let Some(s) = self.streams.get_mut(id) else {
                 continue;
@@ -1102,13 +1108,17 @@ where
             self.recv_window += inc as i64;
             window_update(&mut self.out, 0, inc as u32);
         }
-        !ids.is_empty()
+        let progress = !ids.is_empty();
+        ids.clear();
+        self.scratch_ids = ids;
+        progress
     }
 
     /// Moves response bodies out as far as the windows and the output buffer allow.
     fn poll_bodies(&mut self, cx: &mut Context<'_>) -> Result<bool, Failure> {
         let mut progress = false;
-        let mut finished: Vec<(u32, Option<u32>)> = Vec::new();
+        // Kept between calls: a vector made here allocated once per response that ended.
+        let mut finished = std::mem::take(&mut self.scratch_finished);
         for (&id, s) in self.streams.iter_mut() {
             let Reply::Body {
                 body,
@@ -1203,7 +1213,7 @@ where
                 }
             }
         }
-        for (id, error) in finished {
+        for &(id, error) in &finished {
             match error {
                 Some(code) => self.reset(id, code),
                 None => {
@@ -1214,6 +1224,8 @@ where
                 }
             }
         }
+        finished.clear();
+        self.scratch_finished = finished;
         Ok(progress)
     }
 
@@ -1317,6 +1329,12 @@ where
             length,
             end,
         );
+    }
+
+    /// Drops every stream and its handler (the connection is ending).
+    fn abandon(&mut self) {
+        self.streams.clear();
+        self.tasks = FuturesUnordered::new();
     }
 
     /// GOAWAY with the last stream taken, and no new ones.
