@@ -138,7 +138,6 @@ pub fn http2(data: &[u8]) {
                 Response::new(req.into_body())
             },
             h2server::Never,
-            "127.0.0.1:1".parse().expect("an address"),
         ));
         let input = [&PREFACE[..], data].concat();
         let (mut rd, mut wr) = tokio::io::split(client);

@@ -176,13 +176,7 @@ impl Signals for Never {
 
 /// Serves HTTP/2 on `io` (the client's preface not yet read) with `handle` as the service,
 /// until the client closes, a protocol error, or `signals` closes it gracefully.
-pub(crate) async fn serve<I, F, B, H, S>(
-    io: I,
-    limits: Limits,
-    handle: H,
-    signals: S,
-    peer: std::net::SocketAddr,
-) -> Ended
+pub(crate) async fn serve<I, F, B, H, S>(io: I, limits: Limits, handle: H, signals: S) -> Ended
 where
     I: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Request<RequestBody>) -> F,
@@ -196,7 +190,7 @@ where
         Ok(()) => Ended::Closed,
         Err(Failure::Io(e)) => return Ended::Io(e),
         Err(Failure::Conn(e)) => {
-            debug!(%peer, code = e.code, why = e.why, "closing an HTTP/2 connection with an error");
+            // The caller logs it, with the connection's details.
             conn.goaway(e.code);
             Ended::Error(e)
         }

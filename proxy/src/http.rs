@@ -1392,7 +1392,7 @@ where
             peer: conn.peer,
         };
         let handle = |req| svc_conn.clone().handle(req);
-        match crate::h2server::serve(io, Limits::default(), handle, signals, conn.peer).await {
+        match crate::h2server::serve(io, Limits::default(), handle, signals).await {
             Ended::Closed => {}
             Ended::Error(e) => {
                 debug!(peer = %conn.peer, code = e.code, why = e.why, "downstream HTTP/2 connection ended with an error");

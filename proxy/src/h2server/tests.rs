@@ -11,10 +11,6 @@ use super::*;
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, BodyError>;
 
-fn peer() -> std::net::SocketAddr {
-    "127.0.0.1:1".parse().unwrap()
-}
-
 /// Answers `/echo` with the request body (and its trailers) as the response body,
 /// `/trailers` with a body and `grpc-status` trailers, anything else with `hello` and the
 /// request's method, authority, path and cookie in headers.
@@ -55,7 +51,7 @@ async fn service(req: Request<RequestBody>) -> Response<TestBody> {
 
 fn start_server(limits: Limits) -> DuplexStream {
     let (client, server) = tokio::io::duplex(1 << 16);
-    tokio::spawn(serve(server, limits, service, Never, peer()));
+    tokio::spawn(serve(server, limits, service, Never));
     client
 }
 
@@ -172,7 +168,6 @@ async fn a_client_reset_stops_the_handler() {
             }
         },
         Never,
-        peer(),
     ));
     let mut send = client(c).await;
     let pending = send.send_request(get("/slow"));
@@ -221,7 +216,6 @@ async fn a_graceful_close_finishes_the_stream_in_flight() {
             }
         },
         CloseOn(closed),
-        peer(),
     ));
     let mut send = client(c).await;
     let in_flight = tokio::spawn(send.send_request(get("/a")));
@@ -372,7 +366,6 @@ async fn rapid_resets_close_the_connection() {
             Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
         },
         Never,
-        peer(),
     ));
     let mut io = c;
     io.write_all(PREFACE).await.unwrap();
@@ -451,7 +444,6 @@ async fn data_beyond_the_stream_window_is_a_flow_control_error() {
             Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
         },
         Never,
-        peer(),
     ));
     io.write_all(PREFACE).await.unwrap();
     io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
