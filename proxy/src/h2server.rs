@@ -7,7 +7,8 @@
 //! slab, hyper adds a task and a body pipe per stream, and frames wait in linked queues.
 //! Here one task owns the connection: the frames are read, the streams' handlers polled
 //! (a `FuturesUnordered`, no task each) and their responses written by the same code, with
-//! the stream table a plain map. HPACK is the `loona-hpack` crate's.
+//! the stream table a plain map. HPACK decoding is the `loona-hpack` crate's, encoding ours
+//! (`hpack`).
 //!
 //! What it does, as RFC 9113 asks of a server: the preface and SETTINGS exchange, HEADERS
 //! with CONTINUATION (one block at a time, bounded), request and response bodies with flow
@@ -43,6 +44,8 @@ use tracing::debug;
 use crate::body::RequestBody;
 use crate::error::BodyError;
 use crate::lock;
+
+mod hpack;
 
 /// What a client sends first.
 pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -406,9 +409,7 @@ struct Connection<I, F, B, H, S> {
     read_closed: bool,
     out: BytesMut,
     decoder: loona_hpack::Decoder<'static>,
-    encoder: loona_hpack::Encoder<'static>,
-    /// A table size the client set that the encoder has yet to announce.
-    table_size_update: Option<usize>,
+    encoder: hpack::Encoder,
     /// A header block whose CONTINUATION frames are still coming: stream, END_STREAM, block.
     continuation: Option<(u32, bool, BytesMut)>,
     streams: HashMap<u32, Stream<B>, foldhash::fast::RandomState>,
@@ -454,8 +455,7 @@ where
             read_closed: false,
             out: BytesMut::with_capacity(READ_CHUNK),
             decoder,
-            encoder: loona_hpack::Encoder::new(),
-            table_size_update: None,
+            encoder: hpack::Encoder::new(DEFAULT_TABLE_SIZE),
             continuation: None,
             streams: HashMap::default(),
             tasks: FuturesUnordered::new(),
@@ -684,9 +684,7 @@ where
             match u16::from_be_bytes([s[0], s[1]]) {
                 SETTINGS_HEADER_TABLE_SIZE => {
                     // Our encoder's table: at most the default, and announced in the next block.
-                    let size = (value as usize).min(DEFAULT_TABLE_SIZE);
-                    self.encoder.set_max_table_size(size);
-                    self.table_size_update = Some(size);
+                    self.encoder.set_max_table_size(value as usize);
                 }
                 SETTINGS_ENABLE_PUSH if value > 1 => {
                     return Err(conn_err(reason::PROTOCOL_ERROR, "ENABLE_PUSH not 0 or 1"));
@@ -1156,7 +1154,6 @@ where
                 if let Some(t) = trailers.take() {
                     encode_block(
                         &mut self.encoder,
-                        &mut self.table_size_update,
                         &mut self.out,
                         self.peer_max_frame,
                         id,
@@ -1314,7 +1311,6 @@ where
     ) {
         encode_block(
             &mut self.encoder,
-            &mut self.table_size_update,
             &mut self.out,
             self.peer_max_frame,
             id,
@@ -1391,8 +1387,7 @@ fn strip_padding(flags: u8, payload: &mut BytesMut, priority: bool) -> Result<()
 /// Encodes a header block as HEADERS and CONTINUATION frames.
 #[allow(clippy::too_many_arguments)]
 fn encode_block(
-    encoder: &mut loona_hpack::Encoder<'static>,
-    table_size_update: &mut Option<usize>,
+    encoder: &mut hpack::Encoder,
     out: &mut BytesMut,
     max_frame: usize,
     id: u32,
@@ -1404,26 +1399,20 @@ fn encode_block(
     // The block is written after a placeholder frame head, then split if too long.
     let start = out.len();
     out.put_bytes(0, 9);
-    let mut w = out.writer();
-    if let Some(size) = table_size_update.take() {
-        // A dynamic table size update: 001 prefix, 5-bit integer.
-        let _ = loona_hpack::encoder::encode_integer_into(size, 5, 0x20, &mut w);
-    }
+    encoder.begin_block(out);
     if let Some(status) = status {
-        let _ = encoder.encode_header_into((b":status", status.as_str().as_bytes()), &mut w);
+        encoder.status(out, status);
     }
     for (name, value) in headers {
         if is_connection_specific(name) {
             continue;
         }
-        let _ = encoder.encode_header_into((name.as_str().as_bytes(), value.as_bytes()), &mut w);
+        encoder.field(out, name, value);
     }
     if let Some(n) = length {
         let mut digits = itoa::Buffer::new();
-        let _ =
-            encoder.encode_header_into((b"content-length", digits.format(n).as_bytes()), &mut w);
+        encoder.unindexed(out, hpack::CONTENT_LENGTH, digits.format(n).as_bytes());
     }
-    let out = w.into_inner();
     let block_len = out.len() - start - 9;
     let flags = if end_stream { END_STREAM } else { 0 };
     if block_len <= max_frame {
