@@ -221,14 +221,19 @@ impl Deadlines {
     }
 }
 
-/// A connection's timer for the deadlines of its streams before their responses, kept
-/// from one stream to the next: a timer made per request was a registration in tokio's
-/// timer wheel and a removal, a lock each, on every request. A deadline left armed by an
-/// earlier stream that is earlier than this one's only wakes the stream to look again
-/// (deadlines are checked lazily, see the module docs), so on a keep-alive connection the
-/// timer is re-armed about once per route timeout, not once per request.
+/// A connection's timers for the deadlines of its streams before their responses, kept
+/// from one stream to the next: a timer made per request was an allocation, a registration
+/// in tokio's timer wheel and a removal (a lock each) on every request. A deadline left
+/// armed by an earlier stream that is earlier than this one's only wakes the stream to
+/// look again (deadlines are checked lazily, see the module docs), so on a keep-alive
+/// connection a timer is re-armed about once per route timeout, not once per request.
+/// HTTP/2's concurrent streams each take one of the connection's timers; up to
+/// [`KEPT_TIMERS`] are kept for the next streams, more are dropped.
 #[derive(Default)]
-pub(crate) struct StreamTimer(std::sync::Mutex<Option<Pin<Box<Sleep>>>>);
+pub(crate) struct StreamTimer(std::sync::Mutex<Vec<Pin<Box<Sleep>>>>);
+
+/// The most timers a connection keeps between its streams.
+const KEPT_TIMERS: usize = 32;
 
 impl std::fmt::Debug for StreamTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -237,15 +242,15 @@ impl std::fmt::Debug for StreamTimer {
 }
 
 impl StreamTimer {
-    /// Runs `work` until it is done or one of `deadlines` passes on `s`. Concurrent
-    /// streams (HTTP/2) beyond the first make timers of their own.
+    /// Runs `work` until it is done or one of `deadlines` passes on `s`, on one of the
+    /// connection's timers (or a new one when concurrent streams hold them all).
     pub(crate) async fn race<T>(
         &self,
         deadlines: Deadlines,
         s: &StreamState,
         mut work: Pin<&mut impl Future<Output = T>>,
     ) -> Result<T, Expired> {
-        let mut alarm = Alarm::new(lock(&self.0).take());
+        let mut alarm = Alarm::new(lock(&self.0).pop());
         let result = std::future::poll_fn(|cx| {
             if let Poll::Ready(done) = work.as_mut().poll(cx) {
                 return Poll::Ready(Ok(done));
@@ -254,9 +259,9 @@ impl StreamTimer {
         })
         .await;
         if let Some(t) = alarm.sleep {
-            let mut slot = lock(&self.0);
-            if slot.is_none() {
-                *slot = Some(t);
+            let mut kept = lock(&self.0);
+            if kept.len() < KEPT_TIMERS {
+                kept.push(t);
             }
         }
         result
@@ -672,7 +677,7 @@ mod tests {
         let s = StreamState::new(Instant::now(), true);
         let work = std::pin::pin!(tokio::time::sleep(Duration::from_millis(100)));
         assert_eq!(timer.race(route(1), &s, work).await, Ok(()));
-        assert!(lock(&timer.0).is_some());
+        assert_eq!(lock(&timer.0).len(), 1);
         // The next stream's 5 s are not cut short by the 1 s left armed...
         let (got, took) = expires_after(route(5)).await;
         assert_eq!(got, Err(Expired::Route(Duration::from_secs(5))));
@@ -704,5 +709,16 @@ mod tests {
             a.1 < Duration::from_millis(3100) && b.1 < Duration::from_millis(1100),
             "{a:?} {b:?}"
         );
+        // Both timers are kept, and the next concurrent pair takes them instead of new ones.
+        assert_eq!(lock(&timer.0).len(), 2);
+        let (a, b) = tokio::join!(expires_after(route(2)), expires_after(route(1)));
+        assert_eq!(
+            (a.0, b.0),
+            (
+                Err(Expired::Route(Duration::from_secs(2))),
+                Err(Expired::Route(Duration::from_secs(1)))
+            )
+        );
+        assert_eq!(lock(&timer.0).len(), 2);
     }
 }
