@@ -21,13 +21,14 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::clock::Coarse;
 use crate::lock;
 
 /// Which names the golden metrics carry.
@@ -147,10 +148,11 @@ fn names(table: &[[&'static str; 2]], naming: Naming) -> Vec<&'static str> {
     table.iter().map(|row| row[i]).collect()
 }
 
-/// One label set in use: its labels, its last use and its metric handles (`H`).
+/// One label set in use: its labels, its last use (expiry is minutes: the coarse clock) and
+/// its metric handles (`H`).
 struct Entry<H> {
     labels: Labels,
-    last: Instant,
+    last: Coarse,
     handles: H,
 }
 
@@ -460,7 +462,7 @@ impl GoldenMetrics {
         make: impl FnOnce(&Labels) -> H,
     ) -> H {
         let mut s = lock(series);
-        let now = Instant::now();
+        let now = Coarse::now();
         let hash = s.hash(values);
         let known = s.by_hash.get_mut(&hash).and_then(|bucket| {
             bucket.iter_mut().find(|e| {

@@ -28,6 +28,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 mod body;
+mod clock;
 mod detect;
 mod dial;
 pub mod drain;

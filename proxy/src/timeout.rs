@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -324,20 +324,25 @@ impl Alarm {
 }
 
 /// Counts the streams in flight on a downstream connection and since when it has had
-/// none, for the connection idle timeout.
+/// none, for the connection idle timeout. One word holds both, so that the clock is read
+/// only when the last stream ends (not at the end of each of HTTP/2's concurrent streams)
+/// and the count and the time are never seen apart.
 #[derive(Debug)]
 pub(crate) struct ConnActivity {
     base: Instant,
-    active: AtomicUsize,
-    idle_since: AtomicU64,
+    /// The streams in flight (above `COUNT_SHIFT`) and the milliseconds from `base` to the
+    /// end of the last one (below).
+    state: AtomicU64,
 }
+
+const COUNT_SHIFT: u32 = 40;
+const SINCE_MASK: u64 = (1 << COUNT_SHIFT) - 1;
 
 impl Default for ConnActivity {
     fn default() -> Self {
         Self {
             base: Instant::now(),
-            active: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(0),
+            state: AtomicU64::new(0),
         }
     }
 }
@@ -345,7 +350,7 @@ impl Default for ConnActivity {
 impl ConnActivity {
     /// A stream starts; it ends when the guard drops.
     pub(crate) fn enter(self: &Arc<Self>) -> ActiveStream {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        self.state.fetch_add(1 << COUNT_SHIFT, Ordering::Relaxed);
         ActiveStream(self.clone())
     }
 
@@ -354,9 +359,9 @@ impl ConnActivity {
         let mut at = Instant::now() + timeout;
         loop {
             tokio::time::sleep_until(at).await;
-            if self.active.load(Ordering::Acquire) == 0 {
-                let since =
-                    self.base + Duration::from_micros(self.idle_since.load(Ordering::Acquire));
+            let state = self.state.load(Ordering::Acquire);
+            if state >> COUNT_SHIFT == 0 {
+                let since = self.base + Duration::from_millis(state & SINCE_MASK);
                 if since.elapsed() >= timeout {
                     return;
                 }
@@ -375,9 +380,22 @@ pub(crate) struct ActiveStream(Arc<ConnActivity>);
 impl Drop for ActiveStream {
     fn drop(&mut self) {
         let c = &self.0;
-        c.idle_since
-            .store(micros(c.base.elapsed()), Ordering::Release);
-        c.active.fetch_sub(1, Ordering::AcqRel);
+        let mut state = c.state.load(Ordering::Relaxed);
+        loop {
+            let next = if state >> COUNT_SHIFT == 1 {
+                // The last one: the connection is idle from now.
+                (c.base.elapsed().as_millis() as u64).min(SINCE_MASK)
+            } else {
+                state - (1 << COUNT_SHIFT)
+            };
+            match c
+                .state
+                .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => state = now,
+            }
+        }
     }
 }
 
@@ -644,6 +662,24 @@ mod tests {
             .await
             .is_err());
         drop(guard);
+        let before = tokio::time::Instant::now();
+        idle.await;
+        let waited = before.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(21),
+            "{waited:?}"
+        );
+        // Two streams: the end of the first leaves the connection busy; idle is counted
+        // from the end of the second.
+        let (a, b) = (c.enter(), c.enter());
+        let idle = c.idle_for(Duration::from_secs(10));
+        tokio::pin!(idle);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(a);
+        assert!(tokio::time::timeout(Duration::from_secs(30), idle.as_mut())
+            .await
+            .is_err());
+        drop(b);
         let before = tokio::time::Instant::now();
         idle.await;
         let waited = before.elapsed();

@@ -30,7 +30,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
@@ -40,6 +40,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{debug, Instrument};
 
+use crate::clock::Coarse;
 use crate::dial::{self, HboneRoute};
 use crate::error::{ProxyBody, ProxyError};
 use crate::h1client::{self, HeadError, OwnBody, OwnConn, RequestWriter};
@@ -474,7 +475,7 @@ impl Pools {
             if idle.len() < self.config.max_idle_per_endpoint {
                 idle.push(OwnIdle {
                     conn,
-                    since: Instant::now(),
+                    since: Coarse::now(),
                 });
             }
         }
@@ -497,7 +498,8 @@ impl HeadError {
 
 struct OwnIdle {
     conn: OwnConn,
-    since: Instant,
+    /// Idle timeouts are seconds: the coarse clock will do.
+    since: Coarse,
 }
 
 struct OwnGiveBack {
