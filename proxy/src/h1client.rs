@@ -535,7 +535,7 @@ mod tests {
     fn writer(method: &Method, headers: &HeaderMap, body: ProxyBody) -> RequestWriter {
         let framing = request_framing(method, headers, &body);
         let mut head = BytesMut::new();
-        h1codec::encode_request_head(method, "/p", headers, framing, &mut head);
+        h1codec::encode_request_head(method, "/p", None, headers, framing, &mut head);
         RequestWriter::new(head, Some(body), framing)
     }
 

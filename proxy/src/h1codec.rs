@@ -41,11 +41,13 @@ pub(crate) enum RequestFraming {
 }
 
 /// Writes the request line and headers to `out`. `headers` must already be end-to-end
-/// (hop-by-hop ones stripped by the caller) and carry `host`; framing headers are written
-/// from `framing`, any in `headers` are skipped.
+/// (hop-by-hop ones stripped by the caller); `host`, when given, goes first as the `Host`
+/// field (for a request that came without one: HTTP/2's `:authority`), else `headers` must
+/// carry it. Framing headers are written from `framing`, any in `headers` are skipped.
 pub(crate) fn encode_request_head(
     method: &Method,
     path_and_query: &str,
+    host: Option<&str>,
     headers: &HeaderMap,
     framing: RequestFraming,
     out: &mut BytesMut,
@@ -58,6 +60,11 @@ pub(crate) fn encode_request_head(
         path_and_query.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
@@ -667,6 +674,7 @@ mod tests {
         encode_request_head(
             &Method::POST,
             "/p?q=1",
+            None,
             &h,
             RequestFraming::Length(5),
             &mut out,
@@ -676,9 +684,18 @@ mod tests {
             "POST /p?q=1 HTTP/1.1\r\nhost: svc\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\n"
         );
         let mut out = BytesMut::new();
-        encode_request_head(&Method::GET, "", &h, RequestFraming::None, &mut out);
+        encode_request_head(&Method::GET, "", None, &h, RequestFraming::None, &mut out);
         assert!(out.starts_with(b"GET / HTTP/1.1\r\n"));
         assert!(!String::from_utf8_lossy(&out).contains("content-length"));
+        // A request without `Host` (from HTTP/2): the authority given goes first.
+        h.remove(header::HOST);
+        let mut out = BytesMut::new();
+        let host = Some("svc.ns:8080");
+        encode_request_head(&Method::GET, "/x", host, &h, RequestFraming::None, &mut out);
+        assert_eq!(
+            String::from_utf8(out.to_vec()).unwrap(),
+            "GET /x HTTP/1.1\r\nhost: svc.ns:8080\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+        );
     }
 
     #[test]

@@ -887,7 +887,9 @@ impl HttpConn {
             let is_connect = req.method() == Method::CONNECT;
             let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
             strip_hop_by_hop(req.headers_mut(), upgrade);
-            adapt_request(&mut req, target.protocol);
+            // The same choice as `Pools::send_h1`'s: our own client, or hyper's.
+            let own_h1 = !upgrade && !is_connect;
+            adapt_request(&mut req, target.protocol, own_h1);
 
             // Pod to pod on this node: the inbound policy, as the HBONE server applies it to
             // tunnels (which it serves as `Reporter::Destination`, already authorized).
@@ -1024,14 +1026,18 @@ fn same_as(downstream: Protocol) -> UpstreamProtocol {
 }
 
 /// Puts the request target in the form the upstream protocol wants: HTTP/1 gets
-/// origin-form (`/path?q`) and a `Host` header; HTTP/2 gets the authority in the URI
-/// (it becomes `:authority`) and no `Host`.
-fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol) {
+/// origin-form (`/path?q`) and a `Host` header (our own client, `own_h1`, writes both
+/// from the request as it is); HTTP/2 gets the authority in the URI (it becomes
+/// `:authority`) and no `Host`.
+fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol, own_h1: bool) {
     match protocol {
         // Most HTTP/1 requests already have a `Host` and an origin-form target: nothing
-        // copied for them.
+        // copied for them. Our own HTTP/1 client writes the request line from the path and
+        // a missing `Host` from the URI's authority itself (an HTTP/2 request's): nothing
+        // to change for it either.
         UpstreamProtocol::Http1 => {
-            if req.method() == Method::CONNECT {
+            *req.version_mut() = http::Version::HTTP_11;
+            if own_h1 || req.method() == Method::CONNECT {
                 return;
             }
             if !req.headers().contains_key(header::HOST) {
@@ -1042,7 +1048,6 @@ fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol) {
             if req.uri().authority().is_some() {
                 *req.uri_mut() = Uri::from(path_of(req.uri()));
             }
-            *req.version_mut() = http::Version::HTTP_11;
         }
         UpstreamProtocol::Http2 => {
             // Scheme and path reused as they are (cheap clones); only the authority is

@@ -366,11 +366,19 @@ impl Pools {
             let framing = h1client::request_framing(&parts.method, &parts.headers, &body);
             // Written straight into the buffer the request goes out from; made again for the
             // rare second try below.
+            // A request from HTTP/2 has its authority in the URI, not in `Host` (see
+            // `adapt_request`): written from there, not copied into the headers first.
+            let host = if parts.headers.contains_key(http::header::HOST) {
+                None
+            } else {
+                parts.uri.authority().map(|a| a.as_str())
+            };
             let head = || {
                 let mut head = BytesMut::with_capacity(512);
                 h1codec::encode_request_head(
                     &parts.method,
                     parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                    host,
                     &parts.headers,
                     framing,
                     &mut head,

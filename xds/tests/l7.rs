@@ -241,6 +241,8 @@ async fn protocols_are_translated_both_ways() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-server"], "h1");
+    // One `Host`, from `:authority`.
+    assert_eq!(resp.headers()["x-host"], "shop.example.com");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     // The HTTP/1 upstream saw an origin-form target.
     assert_eq!(body, "h1 /cart?id=1");

@@ -158,8 +158,9 @@ pub fn endpoints(cluster: &str, addrs: &[SocketAddr]) -> ClusterLoadAssignment {
 
 // ---- upstream servers -----------------------------------------------------------------------
 
-/// An HTTP/1 server that answers every request with its name and the request path, and
-/// counts the requests it served.
+/// An HTTP/1 server that answers every request with its name and the request path (and
+/// the `Host` fields it got in `x-host`, comma separated), and counts the requests it
+/// served.
 pub struct HttpUpstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
@@ -191,10 +192,17 @@ pub async fn http_upstream_on(name: &'static str, bind: &str) -> HttpUpstream {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
                     let body = format!("{name} {}", req.uri());
+                    let hosts: Vec<_> = req
+                        .headers()
+                        .get_all(http::header::HOST)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect();
                     async move {
                         Ok::<_, std::convert::Infallible>(
                             Response::builder()
                                 .header("x-server", name)
+                                .header("x-host", hosts.join(","))
                                 .body(Full::new(Bytes::from(body)))
                                 .unwrap(),
                         )
