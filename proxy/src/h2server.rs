@@ -1454,11 +1454,37 @@ fn is_connection_specific(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// The last request's authority and path, shared with the next when they repeat.
+/// The last request's authority, path and regular fields, shared with the next when they
+/// repeat (a connection's requests mostly do): a reference count instead of a copy, and
+/// no second parse and check of a field.
 #[derive(Default)]
 struct Last {
     authority: Option<Authority>,
     path: Option<PathAndQuery>,
+    /// Up to `LAST_FIELDS` (cookies excepted: their crumbs are joined).
+    fields: Vec<(HeaderName, HeaderValue)>,
+}
+
+const LAST_FIELDS: usize = 16;
+
+impl Last {
+    fn field(&self, name: &[u8], value: &[u8]) -> Option<&(HeaderName, HeaderValue)> {
+        self.fields
+            .iter()
+            .find(|(n, v)| v.as_bytes() == value && n.as_str().as_bytes() == name)
+    }
+
+    /// Keeps `headers`' fields for the next request.
+    fn keep(&mut self, headers: &HeaderMap) {
+        self.fields.clear();
+        self.fields.extend(
+            headers
+                .iter()
+                .filter(|(n, _)| *n != header::COOKIE)
+                .take(LAST_FIELDS)
+                .map(|(n, v)| (n.clone(), v.clone())),
+        );
+    }
 }
 
 #[derive(Default)]
@@ -1474,6 +1500,8 @@ struct Fields {
     malformed: Option<&'static str>,
     /// Above the header list size limit (what was decoded is not kept).
     too_large: bool,
+    /// A regular field the last request did not have.
+    fresh: bool,
 }
 
 impl Fields {
@@ -1585,6 +1613,12 @@ impl Fields {
             }
             return;
         }
+        if let Some((n, v)) = last.field(name, &value) {
+            // Checked when it first came.
+            self.headers.append(n.clone(), v.clone());
+            return;
+        }
+        self.fresh = true;
         if name.iter().any(u8::is_ascii_uppercase) {
             self.malformed = Some("uppercase field name");
             return;
@@ -1650,6 +1684,9 @@ fn decode_block(
     }
     if fields.path.is_some() {
         last.path.clone_from(&fields.path);
+    }
+    if fields.fresh && fields.pseudo && fields.malformed.is_none() {
+        last.keep(&fields.headers);
     }
     Ok(fields)
 }

@@ -44,6 +44,13 @@ async fn service(req: Request<RequestBody>) -> Response<TestBody> {
             if let Some(c) = req.headers().get(header::COOKIE) {
                 h.insert("x-cookie", c.clone());
             }
+            let fields: Vec<String> = req
+                .headers()
+                .iter()
+                .filter(|(n, _)| *n != header::COOKIE)
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?")))
+                .collect();
+            h.insert("x-fields", fields.join(",").parse().unwrap());
             resp
         }
     }
@@ -425,6 +432,65 @@ async fn ping_is_answered_and_cookies_are_joined() {
         got.contains(&(b"x-cookie".to_vec(), b"a=1; b=2".to_vec())),
         "{got:?}"
     );
+}
+
+/// Fields that repeat from the connection's last request are shared rather than parsed
+/// again: each request still gets exactly its own fields, and a repeat that is malformed
+/// now (an uppercase name, `te` other than trailers) is still refused.
+#[tokio::test]
+async fn repeated_fields_are_reused_and_still_checked() {
+    let mut io = raw_client().await;
+    // One decoder for all the responses: the server's encoder keeps a dynamic table.
+    let mut dec = loona_hpack::Decoder::new();
+    // The request's fields beside GET's, and the `x-fields` echoed (none: refused).
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: [Case<'_>; 7] = [
+        (
+            &[("user-agent", "t/1"), ("x-a", "1")],
+            Some("user-agent=t/1,x-a=1"),
+        ),
+        (
+            &[("user-agent", "t/1"), ("x-a", "1")],
+            Some("user-agent=t/1,x-a=1"),
+        ),
+        (
+            &[("x-a", "2"), ("user-agent", "t/1")],
+            Some("x-a=2,user-agent=t/1"),
+        ),
+        (&[("X-A", "2")], None),
+        (&[("te", "trailers")], Some("te=trailers")),
+        (&[("te", "gzip")], None),
+        (&[("user-agent", "t/1")], Some("user-agent=t/1")),
+    ];
+    for (i, (extra, want)) in cases.iter().enumerate() {
+        let id = 1 + 2 * i as u32;
+        let mut fields = GET.to_vec();
+        fields.extend_from_slice(extra);
+        io.write_all(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &block(&fields),
+        ))
+        .await
+        .unwrap();
+        match want {
+            Some(want) => {
+                let (_, stream, p) = until(&mut io, HEADERS).await;
+                assert_eq!(stream, id);
+                let got = dec.decode(&p).unwrap();
+                let x = got
+                    .iter()
+                    .find(|(n, _)| n == b"x-fields")
+                    .expect("x-fields");
+                assert_eq!(String::from_utf8_lossy(&x.1), *want, "request {i}");
+            }
+            None => {
+                let (_, stream, p) = until(&mut io, RST_STREAM).await;
+                assert_eq!((stream, code(&p, 0)), (id, reason::PROTOCOL_ERROR));
+            }
+        }
+    }
 }
 
 #[tokio::test]
