@@ -887,8 +887,7 @@ impl HttpConn {
             let is_connect = req.method() == Method::CONNECT;
             let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
             strip_hop_by_hop(req.headers_mut(), upgrade);
-            // The same choice as `Pools::send_h1`'s: our own client, or hyper's.
-            let own_h1 = !upgrade && !is_connect;
+            let own_h1 = upstream::takes_own_h1(upgrade, req.method());
             adapt_request(&mut req, target.protocol, own_h1);
 
             // Pod to pod on this node: the inbound policy, as the HBONE server applies it to

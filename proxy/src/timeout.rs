@@ -654,39 +654,33 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn connection_idle_waits_for_the_last_stream() {
         let c = Arc::new(ConnActivity::default());
-        let guard = c.enter();
-        let idle = c.idle_for(Duration::from_secs(10));
-        tokio::pin!(idle);
-        // A stream in flight for 30 s keeps the connection.
-        assert!(tokio::time::timeout(Duration::from_secs(30), idle.as_mut())
-            .await
-            .is_err());
-        drop(guard);
-        let before = tokio::time::Instant::now();
-        idle.await;
-        let waited = before.elapsed();
-        assert!(
-            waited >= Duration::from_secs(10) && waited < Duration::from_secs(21),
-            "{waited:?}"
-        );
+        // Dropping `last` after `busy` (the connection kept for 30 s meanwhile): idle
+        // resolves 10 s (plus at most one timer round) after that drop.
+        let idle_after = |busy: Vec<ActiveStream>, last: ActiveStream| {
+            let c = c.clone();
+            async move {
+                let idle = c.idle_for(Duration::from_secs(10));
+                tokio::pin!(idle);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(busy);
+                assert!(tokio::time::timeout(Duration::from_secs(30), idle.as_mut())
+                    .await
+                    .is_err());
+                drop(last);
+                let before = tokio::time::Instant::now();
+                idle.await;
+                let waited = before.elapsed();
+                assert!(
+                    waited >= Duration::from_secs(10) && waited < Duration::from_secs(21),
+                    "{waited:?}"
+                );
+            }
+        };
+        // A stream in flight keeps the connection.
+        idle_after(Vec::new(), c.enter()).await;
         // Two streams: the end of the first leaves the connection busy; idle is counted
         // from the end of the second.
-        let (a, b) = (c.enter(), c.enter());
-        let idle = c.idle_for(Duration::from_secs(10));
-        tokio::pin!(idle);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        drop(a);
-        assert!(tokio::time::timeout(Duration::from_secs(30), idle.as_mut())
-            .await
-            .is_err());
-        drop(b);
-        let before = tokio::time::Instant::now();
-        idle.await;
-        let waited = before.elapsed();
-        assert!(
-            waited >= Duration::from_secs(10) && waited < Duration::from_secs(21),
-            "{waited:?}"
-        );
+        idle_after(vec![c.enter()], c.enter()).await;
     }
 
     /// One timer for a connection's streams, whatever deadline the last one left armed:

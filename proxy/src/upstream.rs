@@ -212,7 +212,7 @@ impl Pools {
             // 1.5 KB allocation and copy) but costs an HTTP/2 request more, whose whole
             // future hyper's server boxes and copies per request (cachegrind, RESULTS
             // "Session of 2026-12-02 06:48").
-            if !upgrade && req.method() != http::Method::CONNECT {
+            if takes_own_h1(upgrade, req.method()) {
                 return Box::pin(self.own_h1(ep, limits, req, peer)).await;
             }
             Box::pin(self.upgrade_h1(ep, limits, req, peer, upgrade)).await
@@ -364,8 +364,6 @@ impl Pools {
             let key = ep.key();
             let (parts, body) = req.into_parts();
             let framing = h1client::request_framing(&parts.method, &parts.headers, &body);
-            // Written straight into the buffer the request goes out from; made again for the
-            // rare second try below.
             // A request from HTTP/2 has its authority in the URI, not in `Host` (see
             // `adapt_request`): written from there, not copied into the headers first.
             let host = if parts.headers.contains_key(http::header::HOST) {
@@ -373,6 +371,8 @@ impl Pools {
             } else {
                 parts.uri.authority().map(|a| a.as_str())
             };
+            // Written straight into the buffer the request goes out from; made again for the
+            // rare second try below.
             let head = || {
                 let mut head = BytesMut::with_capacity(512);
                 h1codec::encode_request_head(
@@ -493,6 +493,12 @@ impl Pools {
             l.freed().notify_waiters();
         }
     }
+}
+
+/// Whether [`Pools::send_h1`] sends a request through our own HTTP/1.1 client: all but
+/// upgrades and CONNECT, whose connection is handed over (those go through hyper's).
+pub(crate) fn takes_own_h1(upgrade: bool, method: &http::Method) -> bool {
+    !upgrade && method != http::Method::CONNECT
 }
 
 impl HeadError {
