@@ -44,6 +44,7 @@ use tracing::debug;
 use crate::body::RequestBody;
 use crate::error::BodyError;
 use crate::lock;
+use crate::model::listener::Http2Settings;
 
 mod hpack;
 
@@ -95,13 +96,17 @@ const DEFAULT_MAX_FRAME: usize = 16_384;
 const DEFAULT_TABLE_SIZE: usize = 4_096;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 
-/// The limits this server announces and keeps; the windows and the stream cap are
-/// hyper's server defaults, which served these connections before.
+/// The limits this server announces and keeps. The stream cap, the windows and the HPACK
+/// table come from the connection manager's `http2_protocol_options`
+/// ([`Http2Settings`], whose defaults are hyper's server defaults that served these
+/// connections before); the rest are Myelin's own bounds.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub(crate) max_concurrent_streams: u32,
     pub(crate) stream_window: u32,
     pub(crate) conn_window: u32,
+    /// The HPACK dynamic table the client's encoder may use (`SETTINGS_HEADER_TABLE_SIZE`).
+    pub(crate) header_table: u32,
     /// Decoded header list (names + values + 32 per field, RFC 9113 6.5.2); above it the
     /// request is answered 431.
     pub(crate) max_header_list: usize,
@@ -118,10 +123,17 @@ pub(crate) struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        Self::from(&Http2Settings::default())
+    }
+}
+
+impl From<&Http2Settings> for Limits {
+    fn from(h: &Http2Settings) -> Self {
         Self {
-            max_concurrent_streams: 200,
-            stream_window: 1 << 20,
-            conn_window: 1 << 20,
+            max_concurrent_streams: h.max_concurrent_streams,
+            stream_window: h.initial_stream_window_size,
+            conn_window: h.initial_connection_window_size,
+            header_table: h.hpack_table_size,
             max_header_list: 16 << 10,
             max_header_block: 64 << 10,
             max_buffered: 1 << 20,
@@ -424,6 +436,8 @@ struct Connection<I, F, B, H, S> {
     goaway: bool,
     /// The client sent GOAWAY.
     peer_goaway: bool,
+    /// The client acknowledged our SETTINGS.
+    settings_acked: bool,
     peer_max_frame: usize,
     peer_initial_window: i64,
     send_window: i64,
@@ -445,7 +459,9 @@ where
 {
     fn new(io: I, limits: Limits, handle: H, signals: S) -> Self {
         let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(DEFAULT_TABLE_SIZE);
+        // Until the client acknowledges our SETTINGS it may use the default table; a smaller
+        // one applies from the acknowledgement (`on_settings`).
+        decoder.set_max_allowed_table_size(DEFAULT_TABLE_SIZE.max(limits.header_table as usize));
         let mut conn = Self {
             io,
             handle,
@@ -467,6 +483,7 @@ where
             goaway: false,
             peer_goaway: false,
             peer_max_frame: DEFAULT_MAX_FRAME,
+            settings_acked: false,
             peer_initial_window: DEFAULT_WINDOW,
             send_window: DEFAULT_WINDOW,
             recv_window: DEFAULT_WINDOW,
@@ -487,9 +504,13 @@ where
                 conn.limits.max_header_list as u32,
             ),
             (SETTINGS_ENABLE_PUSH, 0),
+            (SETTINGS_HEADER_TABLE_SIZE, conn.limits.header_table),
         ];
-        head(&mut conn.out, settings.len() * 6, SETTINGS, 0, 0);
-        for (id, value) in settings {
+        // The table size only when it is not the protocol's default.
+        let n =
+            settings.len() - usize::from(conn.limits.header_table as usize == DEFAULT_TABLE_SIZE);
+        head(&mut conn.out, n * 6, SETTINGS, 0, 0);
+        for (id, value) in settings.into_iter().take(n) {
             conn.out.put_u16(id);
             conn.out.put_u32(value);
         }
@@ -670,6 +691,17 @@ where
                     reason::FRAME_SIZE_ERROR,
                     "SETTINGS ACK with a payload",
                 ));
+            }
+            // We send SETTINGS once: from its acknowledgement the client's encoder keeps to
+            // our table size (and starts its next block by saying so, RFC 7541 4.2). Ours
+            // shrinks now, so a client that does not is caught by a failed decode.
+            if !self.settings_acked {
+                self.settings_acked = true;
+                let table = self.limits.header_table as usize;
+                if table < DEFAULT_TABLE_SIZE {
+                    self.decoder.set_max_allowed_table_size(table);
+                    self.decoder.set_max_table_size(table);
+                }
             }
             return Ok(());
         }

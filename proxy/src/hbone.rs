@@ -55,6 +55,7 @@ use crate::golden::{GoldenMetrics, TcpRecord, UNKNOWN};
 use crate::http::{HttpConn, HttpConnParams, Reporter, Routing};
 use crate::lock;
 use crate::metrics::ProxyMetrics;
+use crate::model::listener::Http2Settings;
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::stream::{Counted, Rewind};
@@ -576,6 +577,7 @@ impl ServerInner {
             config: self.config.clone(),
             pools: self.pools.clone(),
             timeouts: HcmTimeouts::default(),
+            http2: Http2Settings::default(),
             hbone: None,
         }));
         crate::http::serve(tunnel, conn, drain).await;

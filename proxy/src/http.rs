@@ -49,6 +49,7 @@ use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::UpstreamProtocol as ClusterProtocol;
 use crate::model::endpoint::EndpointAddress;
+use crate::model::listener::Http2Settings;
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
@@ -122,6 +123,8 @@ pub(crate) struct HttpConn {
     pools: Arc<Pools>,
     /// The connection manager's timeouts.
     timeouts: HcmTimeouts,
+    /// The connection manager's HTTP/2 settings.
+    http2: Http2Settings,
     /// Streams in flight, for the connection idle timeout.
     activity: Arc<ConnActivity>,
     /// For the deadlines of its requests until their responses.
@@ -241,6 +244,8 @@ pub(crate) struct HttpConnParams {
     pub(crate) config: Arc<ProxyConfig>,
     pub(crate) pools: Arc<Pools>,
     pub(crate) timeouts: HcmTimeouts,
+    /// What an HTTP/2 client is told in SETTINGS.
+    pub(crate) http2: Http2Settings,
     pub(crate) hbone: Option<Arc<crate::hbone::Client>>,
 }
 
@@ -261,6 +266,7 @@ impl HttpConn {
             config: p.config,
             pools: p.pools,
             timeouts: p.timeouts,
+            http2: p.http2,
             activity: Arc::new(ConnActivity::default()),
             timer: StreamTimer::default(),
             hbone: p.hbone,
@@ -1396,7 +1402,7 @@ where
             peer: conn.peer,
         };
         let handle = |req| svc_conn.clone().handle(req);
-        match crate::h2server::serve(io, Limits::default(), handle, signals).await {
+        match crate::h2server::serve(io, Limits::from(&conn.http2), handle, signals).await {
             Ended::Closed => {}
             Ended::Error(e) => {
                 debug!(peer = %conn.peer, code = e.code, why = e.why, "downstream HTTP/2 connection ended with an error");
@@ -1519,6 +1525,7 @@ mod tests {
             config: Arc::new(ProxyConfig::new(workloads).unwrap()),
             pools: Pools::new(Default::default()),
             timeouts: HcmTimeouts::default(),
+            http2: Http2Settings::default(),
             hbone: None,
         })
     }

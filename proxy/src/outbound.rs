@@ -23,7 +23,7 @@ use crate::http::{self, HttpConn, HttpConnParams, RouteRef, Routing, Target};
 use crate::local::Local;
 use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
 use crate::model::listener::{
-    Listener, NetworkFilter, RouteSource, TcpCluster, DEFAULT_IDLE_TIMEOUT,
+    Http2Settings, Listener, NetworkFilter, RouteSource, TcpCluster, DEFAULT_IDLE_TIMEOUT,
 };
 use crate::tcp;
 use crate::timeout::HcmTimeouts;
@@ -164,11 +164,21 @@ async fn try_handle(
             // Envoy's defaults, as for Istio's passthrough.
             let timeouts = HcmTimeouts::default();
             Box::pin(serve_http(
-                inner, stream, peer, dst, captured, routing, source, protocol, timeouts, drain,
+                inner,
+                stream,
+                peer,
+                dst,
+                captured,
+                routing,
+                source,
+                protocol,
+                timeouts,
+                Http2Settings::default(),
+                drain,
             ))
             .await
         }
-        Plan::Http(routes, upgrades, timeouts) => {
+        Plan::Http(routes, upgrades, timeouts, http2) => {
             // An HTTP connection manager serves HTTP/1 unless the client opened with the
             // HTTP/2 preface.
             let downstream = match protocol {
@@ -177,7 +187,8 @@ async fn try_handle(
             };
             let routing = Routing::Routes(routes, upgrades);
             Box::pin(serve_http(
-                inner, stream, peer, dst, captured, routing, source, downstream, timeouts, drain,
+                inner, stream, peer, dst, captured, routing, source, downstream, timeouts, http2,
+                drain,
             ))
             .await
         }
@@ -316,8 +327,9 @@ fn declares_opaque(l: &Listener) -> bool {
 enum Plan {
     /// No listener: HTTP/1 or bytes to the original destination.
     Passthrough,
-    /// An HTTP connection manager, the upgrade types it allows, and its timeouts.
-    Http(RouteRef, Arc<[String]>, HcmTimeouts),
+    /// An HTTP connection manager, the upgrade types it allows, its timeouts and its
+    /// HTTP/2 settings.
+    Http(RouteRef, Arc<[String]>, HcmTimeouts, Http2Settings),
     /// A TCP proxy to a cluster, and its idle timeout.
     Tcp(TcpCluster, Option<Duration>),
 }
@@ -365,6 +377,7 @@ fn plan(
             },
             hcm.upgrade_types.clone().into(),
             HcmTimeouts::from(hcm),
+            hcm.http2,
         ),
     })
 }
@@ -475,6 +488,7 @@ async fn serve_http(
     source: Source,
     downstream: Protocol,
     timeouts: HcmTimeouts,
+    http2: Http2Settings,
     drain: drain::Watch,
 ) -> Result<(), ProxyError> {
     let conn = Arc::new(HttpConn::new(HttpConnParams {
@@ -492,6 +506,7 @@ async fn serve_http(
         config: inner.config.clone(),
         pools: inner.pools.clone(),
         timeouts,
+        http2,
         hbone: inner.hbone.clone(),
     }));
     http::serve(stream, conn, drain).await;

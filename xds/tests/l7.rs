@@ -23,6 +23,7 @@ use support::*;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
+use xds_api::pb::envoy::config::listener::v3::Listener;
 
 /// An HTTP/2 (h2c) server: answers with its name in `x-server`, echoes the request body
 /// and the protocol it saw, and ends every response with a `grpc-status: 0` trailer. It
@@ -246,6 +247,74 @@ async fn protocols_are_translated_both_ways() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     // The HTTP/1 upstream saw an origin-form target.
     assert_eq!(body, "h1 /cart?id=1");
+}
+
+/// A listener whose connection manager announces `streams` as its HTTP/2 stream cap.
+fn h2_settings_listener(streams: u32) -> Listener {
+    yaml(&format!(
+        r#"
+name: l
+address: {{socket_address: {{address: 0.0.0.0, port_value: 18095}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: l
+      rds: {{route_config_name: web, config_source: {{ads: {{}}}}}}
+      http2_protocol_options:
+        max_concurrent_streams: {streams}
+        initial_stream_window_size: 131072
+        max_outbound_frames: 5000
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ))
+}
+
+/// The stream cap an h2c client (the `h2` crate's) reads from the proxy's SETTINGS, after
+/// one request through it.
+async fn announced_streams(node: &Node) -> usize {
+    let stream = node.connect(vip(18095)).await;
+    let (client, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client
+        .send_request(Request::get("http://svc.test/s").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    client.current_max_send_streams()
+}
+
+/// The connection manager's `http2_protocol_options` are what an h2c client is told (a
+/// control plane that sets them gets its listener, not a NACK), and a listener update
+/// changes them for new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_come_from_the_connection_manager() {
+    let up = http_upstream("up").await;
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        b.set("l", &h2_settings_listener(3));
+        b.set("web", &route_to("web", "web"));
+        b.set("web", &eds_cluster("web"));
+        b.set("web", &endpoints("web", &[up.addr]));
+    });
+    let node = start(&cp).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    assert_eq!(announced_streams(&node).await, 3);
+    cp.update(|b| {
+        b.set("l", &h2_settings_listener(5));
+    });
+    node.wait_applied(type_url::LISTENER, &["l"], &cp.version(type_url::LISTENER))
+        .await;
+    assert_eq!(announced_streams(&node).await, 5);
 }
 
 /// HTTP/1 upstream connections are pooled across client connections: sequential requests

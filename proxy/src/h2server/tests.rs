@@ -531,3 +531,82 @@ async fn data_beyond_the_stream_window_is_a_flow_control_error() {
     let (flags, _, p) = until(&mut io, PING).await;
     assert_eq!((flags, &p[..]), (ACK, &b"abcdefgh"[..]));
 }
+
+/// The connection manager's `http2_protocol_options` as the client sees them: in SETTINGS,
+/// the connection window raised to its size, a stream above the cap refused, and a smaller
+/// HPACK table holding from the client's acknowledgement on (before it, the client may
+/// still use the protocol's 4,096 bytes).
+#[tokio::test]
+async fn settings_follow_the_limits_and_a_smaller_table_holds_from_the_ack() {
+    let limits = Limits {
+        max_concurrent_streams: 1,
+        stream_window: 100_000,
+        conn_window: 200_000,
+        header_table: 0,
+        ..Limits::default()
+    };
+    let mut io = start_server(limits);
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let (flags, _, p) = until(&mut io, SETTINGS).await;
+    assert_eq!(flags, 0);
+    let settings: Vec<(u16, u32)> = p
+        .chunks_exact(6)
+        .map(|s| (u16::from_be_bytes([s[0], s[1]]), code(s, 2)))
+        .collect();
+    for want in [
+        (SETTINGS_MAX_CONCURRENT_STREAMS, 1),
+        (SETTINGS_INITIAL_WINDOW_SIZE, 100_000),
+        (SETTINGS_HEADER_TABLE_SIZE, 0),
+    ] {
+        assert!(settings.contains(&want), "{want:?} in {settings:?}");
+    }
+    let (_, sid, p) = until(&mut io, WINDOW_UPDATE).await;
+    assert_eq!((sid, code(&p, 0)), (0, 200_000 - 65_535));
+
+    // Not acknowledged yet: a table size update to the default is within bounds. Stream 1
+    // stays open (a body is coming), so stream 3 is one too many.
+    let mut post = vec![0x3f, 0xe1, 0x1f]; // size update to 4,096 (RFC 7541 6.3)
+    post.extend(block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "svc.test"),
+        (":path", "/echo"),
+    ]));
+    io.write_all(&frame(HEADERS, END_HEADERS, 1, &post))
+        .await
+        .unwrap();
+    io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &block(GET)))
+        .await
+        .unwrap();
+    let (_, sid, p) = until(&mut io, RST_STREAM).await;
+    assert_eq!((sid, code(&p, 0)), (3, reason::REFUSED_STREAM));
+    io.write_all(&frame(DATA, END_STREAM, 1, b"body"))
+        .await
+        .unwrap();
+    let (_, sid, _) = until(&mut io, HEADERS).await;
+    assert_eq!(sid, 1);
+    let (flags, sid, p) = until(&mut io, DATA).await;
+    assert_eq!(
+        (flags & END_STREAM, sid, &p[..]),
+        (END_STREAM, 1, &b"body"[..])
+    );
+
+    // Acknowledged: a block that shrinks the table to 0 is served, one that grows it
+    // beyond 0 ends the connection.
+    io.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
+    let mut get = vec![0x20]; // size update to 0
+    get.extend(block(GET));
+    io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 5, &get))
+        .await
+        .unwrap();
+    let (_, sid, _) = until(&mut io, HEADERS).await;
+    assert_eq!(sid, 5);
+    let mut grow = vec![0x3f, 0xe1, 0x1f];
+    grow.extend(block(GET));
+    io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 7, &grow))
+        .await
+        .unwrap();
+    let (_, _, p) = until(&mut io, GOAWAY).await;
+    assert_eq!(code(&p, 4), reason::COMPRESSION_ERROR);
+}

@@ -114,6 +114,45 @@ pub struct HttpConnectionManager {
     /// the CONNECT method) proxied upstream (`upgrade_configs`); other upgrades are
     /// refused with 403, as in Envoy.
     pub upgrade_types: Vec<String>,
+    /// What an HTTP/2 client is told in SETTINGS (`http2_protocol_options`).
+    pub http2: Http2Settings,
+}
+
+/// The HTTP/2 settings a connection manager announces to its clients
+/// (`http2_protocol_options`). Unset fields take Myelin's defaults, which bound what one
+/// client connection can make the node buffer (Envoy's are 2^31-1 streams and 256 MiB
+/// windows; a control plane that wants those says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Http2Settings {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`: streams beyond it are refused (`REFUSED_STREAM`).
+    pub max_concurrent_streams: u32,
+    /// `SETTINGS_INITIAL_WINDOW_SIZE`: request body bytes a stream may send before the
+    /// proxy has passed them on.
+    pub initial_stream_window_size: u32,
+    /// The connection's receive window, raised to this with a `WINDOW_UPDATE`.
+    pub initial_connection_window_size: u32,
+    /// `SETTINGS_HEADER_TABLE_SIZE`: the HPACK dynamic table the client may use.
+    pub hpack_table_size: u32,
+}
+
+impl Http2Settings {
+    /// Myelin's default `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 200;
+    /// Myelin's default stream and connection windows (1 MiB).
+    pub const DEFAULT_WINDOW: u32 = 1 << 20;
+    /// The HPACK table every HTTP/2 peer starts with (RFC 7541).
+    pub const DEFAULT_HPACK_TABLE_SIZE: u32 = 4096;
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: Self::DEFAULT_MAX_CONCURRENT_STREAMS,
+            initial_stream_window_size: Self::DEFAULT_WINDOW,
+            initial_connection_window_size: Self::DEFAULT_WINDOW,
+            hpack_table_size: Self::DEFAULT_HPACK_TABLE_SIZE,
+        }
+    }
 }
 
 /// Routes of an HTTP connection manager.

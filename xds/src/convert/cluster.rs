@@ -800,11 +800,21 @@ fn http_options(
         });
         Some(mc::Http2Options {
             connection_keepalive,
-            max_concurrent_streams: max_concurrent_streams.as_ref().map(|v| v.value),
-            initial_stream_window_size: initial_stream_window_size.as_ref().map(|v| v.value),
-            initial_connection_window_size: initial_connection_window_size
-                .as_ref()
-                .map(|v| v.value),
+            max_concurrent_streams: cx.u32_in(
+                &join(&hp, "max_concurrent_streams"),
+                max_concurrent_streams,
+                super::listener::H2_STREAMS,
+            ),
+            initial_stream_window_size: cx.u32_in(
+                &join(&hp, "initial_stream_window_size"),
+                initial_stream_window_size,
+                super::listener::H2_WINDOW,
+            ),
+            initial_connection_window_size: cx.u32_in(
+                &join(&hp, "initial_connection_window_size"),
+                initial_connection_window_size,
+                super::listener::H2_WINDOW,
+            ),
         })
     };
     match (explicit_http_config, use_downstream_protocol_config) {

@@ -363,6 +363,78 @@ fn network_filter(cx: &mut Cx, p: &str, f: &pb::Filter) -> Option<ml::NetworkFil
     }
 }
 
+/// Envoy's bounds for `max_concurrent_streams` (HTTP/2 allows 0, which Envoy does not).
+pub(crate) const H2_STREAMS: std::ops::RangeInclusive<u32> = 1..=(1 << 31) - 1;
+/// Envoy's bounds for the initial windows: from HTTP/2's default up to its maximum.
+pub(crate) const H2_WINDOW: std::ops::RangeInclusive<u32> = 65_535..=(1 << 31) - 1;
+
+/// The downstream side of `Http2ProtocolOptions`: what the connection manager announces.
+/// The flood limits are counts of frames where Myelin bounds bytes waiting to go out and
+/// resets per stream (`h2server::Limits`), so they are accepted and not applied, as for
+/// clusters.
+#[allow(deprecated)]
+fn http2_settings(cx: &mut Cx, p: &str, o: &core::Http2ProtocolOptions) -> ml::Http2Settings {
+    let core::Http2ProtocolOptions {
+        hpack_table_size,
+        max_concurrent_streams,
+        initial_stream_window_size,
+        initial_connection_window_size,
+        allow_connect,
+        allow_metadata,
+        max_outbound_frames: _,
+        max_outbound_control_frames: _,
+        max_consecutive_inbound_frames_with_empty_payload: _,
+        max_inbound_priority_frames_per_stream: _,
+        max_inbound_window_update_frames_per_data_frame_sent: _,
+        stream_error_on_invalid_http_messaging,
+        override_stream_error_on_invalid_http_message,
+        custom_settings_parameters,
+        connection_keepalive,
+        use_oghttp2_codec: _,
+    } = o;
+    cx.unsupported(p, "allow_connect", allow_connect);
+    cx.unsupported(p, "allow_metadata", allow_metadata);
+    cx.unsupported(
+        p,
+        "stream_error_on_invalid_http_messaging",
+        stream_error_on_invalid_http_messaging,
+    );
+    cx.unsupported(
+        p,
+        "override_stream_error_on_invalid_http_message",
+        override_stream_error_on_invalid_http_message,
+    );
+    cx.unsupported(p, "custom_settings_parameters", custom_settings_parameters);
+    cx.unsupported(p, "connection_keepalive", connection_keepalive);
+    let d = ml::Http2Settings::default();
+    ml::Http2Settings {
+        max_concurrent_streams: cx
+            .u32_in(
+                &join(p, "max_concurrent_streams"),
+                max_concurrent_streams,
+                H2_STREAMS,
+            )
+            .unwrap_or(d.max_concurrent_streams),
+        initial_stream_window_size: cx
+            .u32_in(
+                &join(p, "initial_stream_window_size"),
+                initial_stream_window_size,
+                H2_WINDOW,
+            )
+            .unwrap_or(d.initial_stream_window_size),
+        initial_connection_window_size: cx
+            .u32_in(
+                &join(p, "initial_connection_window_size"),
+                initial_connection_window_size,
+                H2_WINDOW,
+            )
+            .unwrap_or(d.initial_connection_window_size),
+        hpack_table_size: hpack_table_size
+            .as_ref()
+            .map_or(d.hpack_table_size, |v| v.value),
+    }
+}
+
 #[allow(deprecated)]
 fn http_connection_manager(
     cx: &mut Cx,
@@ -439,7 +511,6 @@ fn http_connection_manager(
     for (field, set) in [
         ("add_user_agent", add_user_agent.is_some()),
         ("http_protocol_options", http_protocol_options.is_some()),
-        ("http2_protocol_options", http2_protocol_options.is_some()),
         ("http3_protocol_options", http3_protocol_options.is_some()),
         ("server_name", !server_name.is_empty()),
         (
@@ -617,6 +688,10 @@ fn http_connection_manager(
             Some(ml::DEFAULT_STREAM_IDLE_TIMEOUT),
         ),
         idle_timeout,
+        http2: http2_protocol_options
+            .as_ref()
+            .map(|o| http2_settings(cx, &join(p, "http2_protocol_options"), o))
+            .unwrap_or_default(),
         upgrade_types: upgrade_configs
             .iter()
             .enumerate()

@@ -328,6 +328,30 @@ impl Cx {
         }
     }
 
+    /// A wrapped `u32` that must lie in `range` (Envoy's validation rule for the field);
+    /// `None` when unset or rejected.
+    pub(crate) fn u32_in(
+        &mut self,
+        path: &str,
+        v: &Option<protobuf::UInt32Value>,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Option<u32> {
+        let v = v.as_ref()?.value;
+        if range.contains(&v) {
+            Some(v)
+        } else {
+            self.reject(
+                path,
+                Reason::Invalid(format!(
+                    "{v} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                )),
+            );
+            None
+        }
+    }
+
     /// A `u16` from a `u32` field (ports, status codes).
     pub(crate) fn u16(&mut self, path: &str, v: u32, what: &str) -> Option<u16> {
         match u16::try_from(v) {

@@ -94,11 +94,55 @@ fn supported_fields() {
             assert_eq!(h.request_timeout, None);
             assert_eq!(h.stream_idle_timeout, Some(Duration::from_secs(300)));
             assert_eq!(h.idle_timeout, Some(Duration::from_secs(3600)));
+            assert_eq!(h.http2, ml::Http2Settings::default());
             assert_eq!(
                 m.filter_chains[0].filter_chain_match,
                 ml::FilterChainMatch::default()
             );
         }),
+        (
+            "http2_protocol_options",
+            with_hcm(|h| {
+                h.http2_protocol_options = Some(core::Http2ProtocolOptions {
+                    max_concurrent_streams: u32v(1000),
+                    initial_stream_window_size: u32v(65_535),
+                    initial_connection_window_size: u32v(1 << 24),
+                    hpack_table_size: u32v(0),
+                    // Flood limits: accepted, Myelin bounds bytes instead.
+                    max_outbound_frames: u32v(5000),
+                    ..Default::default()
+                })
+            }),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).http2,
+                    ml::Http2Settings {
+                        max_concurrent_streams: 1000,
+                        initial_stream_window_size: 65_535,
+                        initial_connection_window_size: 1 << 24,
+                        hpack_table_size: 0,
+                    }
+                )
+            },
+        ),
+        (
+            "http2_protocol_options unset fields",
+            with_hcm(|h| {
+                h.http2_protocol_options = Some(core::Http2ProtocolOptions {
+                    max_concurrent_streams: u32v(7),
+                    ..Default::default()
+                })
+            }),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).http2,
+                    ml::Http2Settings {
+                        max_concurrent_streams: 7,
+                        ..Default::default()
+                    }
+                )
+            },
+        ),
         (
             "bind_to_port false",
             pb::Listener {
@@ -302,6 +346,25 @@ fn rejections() {
         (
             with_hcm(|h| h.http_filters.insert(0, hcm::HttpFilter { name: "envoy.filters.http.jwt_authn".into(), ..Default::default() })),
             vec![format!("{fc0}.http_filters[0]: HTTP filter `envoy.filters.http.jwt_authn` is not supported")],
+        ),
+        (
+            with_hcm(|h| {
+                h.http2_protocol_options = Some(core::Http2ProtocolOptions {
+                    max_concurrent_streams: u32v(0),
+                    initial_stream_window_size: u32v(1000),
+                    initial_connection_window_size: u32v(1 << 31),
+                    allow_connect: true,
+                    connection_keepalive: Some(Default::default()),
+                    ..Default::default()
+                })
+            }),
+            vec![
+                format!("{fc0}.http2_protocol_options.allow_connect: not supported"),
+                format!("{fc0}.http2_protocol_options.connection_keepalive: not supported"),
+                format!("{fc0}.http2_protocol_options.max_concurrent_streams: 0 is outside 1..=2147483647"),
+                format!("{fc0}.http2_protocol_options.initial_stream_window_size: 1000 is outside 65535..=2147483647"),
+                format!("{fc0}.http2_protocol_options.initial_connection_window_size: 2147483648 is outside 65535..=2147483647"),
+            ],
         ),
         (with_hcm(|h| h.http_filters.clear()), vec![format!("{fc0}.http_filters: the router filter is required")]),
         (
