@@ -551,7 +551,7 @@ impl ServerInner {
             return self.copy(tunnel, upstream, &source, &dest).await;
         }
         let upstream_protocol = match protocol {
-            Protocol::Http2 => UpstreamProtocol::Http2,
+            Protocol::Http2 => UpstreamProtocol::Http2(Default::default()),
             _ => UpstreamProtocol::Http1,
         };
         // The connection opened to check the pod serves the tunnel's first request.

@@ -61,7 +61,7 @@ use crate::timeout::{
 use crate::traffic::balance::Report;
 use crate::traffic::router::{self, RequestHead, RouteTable};
 use crate::traffic::{self, ClusterTarget, ConnLimits, Picked, TrafficHandle};
-use crate::upstream::{self, Pools, UpstreamProtocol};
+use crate::upstream::{self, H2Settings, Pools, UpstreamProtocol};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -955,7 +955,9 @@ impl HttpConn {
                     }
                     sent
                 }
-                UpstreamProtocol::Http2 => self.pools.send_h2(ep, limits, req, self.peer).await?,
+                UpstreamProtocol::Http2(_) => {
+                    self.pools.send_h2(ep, limits, req, self.peer).await?
+                }
             };
             let mut resp = sent.response;
             match (downstream_upgrade, sent.upgraded) {
@@ -1025,7 +1027,7 @@ async fn within<T>(
 /// The upstream protocol that matches the client's.
 fn same_as(downstream: Protocol) -> UpstreamProtocol {
     match downstream {
-        Protocol::Http2 => UpstreamProtocol::Http2,
+        Protocol::Http2 => UpstreamProtocol::Http2(H2Settings::default()),
         _ => UpstreamProtocol::Http1,
     }
 }
@@ -1054,7 +1056,7 @@ fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol, own_h1: bo
                 *req.uri_mut() = Uri::from(path_of(req.uri()));
             }
         }
-        UpstreamProtocol::Http2 => {
+        UpstreamProtocol::Http2(_) => {
             // Scheme and path reused as they are (cheap clones); only the authority is
             // parsed, from `Host` when there is one.
             if let Ok(authority) = http::uri::Authority::try_from(authority(req)) {
@@ -1171,10 +1173,13 @@ pub(crate) async fn pick_endpoint(
     }
     let endpoint = picked.address();
     let addr = resolve_one(&endpoint).await?;
-    let protocol = match cluster.cluster.protocol {
+    let protocol = match &cluster.cluster.protocol {
         ClusterProtocol::Http1 => UpstreamProtocol::Http1,
-        ClusterProtocol::Http2(_) => UpstreamProtocol::Http2,
-        ClusterProtocol::UseDownstream(_) => same_as(downstream),
+        ClusterProtocol::Http2(o) => UpstreamProtocol::Http2(o.into()),
+        ClusterProtocol::UseDownstream(o) => match same_as(downstream) {
+            UpstreamProtocol::Http2(_) => UpstreamProtocol::Http2(o.into()),
+            p => p,
+        },
     };
     let target = Target {
         addr,

@@ -11,7 +11,11 @@
 //!   response.
 //! - HTTP/2: one multiplexed connection per endpoint, shared by all requests to it (so the
 //!   requests of one downstream connection are balanced per request, not per connection);
-//!   replaced when it closes or refuses new streams.
+//!   replaced when it closes or refuses new streams. A cluster's `max_concurrent_streams`
+//!   caps the streams on each: beyond it another connection opens (if `max_connections`
+//!   has room; else the least busy connection takes the stream). Its windows and PING
+//!   keepalive apply to the connections it opens, which are pooled apart from those of
+//!   clusters with other settings ([`H2Settings`]).
 //!
 //! - Circuit breakers: a routed request brings its cluster's [`ConnLimits`]. A new
 //!   connection needs a slot of `max_connections` (held until the connection closes);
@@ -46,6 +50,7 @@ use crate::error::{ProxyBody, ProxyError};
 use crate::h1client::{self, HeadError, OwnBody, OwnConn, RequestWriter};
 use crate::h1codec;
 use crate::lock;
+use crate::model::cluster::Http2Options;
 use crate::traffic::{ConnLimits, ConnSlot};
 
 /// How requests reach an endpoint.
@@ -53,8 +58,36 @@ use crate::traffic::{ConnLimits, ConnSlot};
 pub(crate) enum UpstreamProtocol {
     /// HTTP/1.1, one request at a time per connection.
     Http1,
-    /// HTTP/2 prior knowledge, multiplexed.
-    Http2,
+    /// HTTP/2 prior knowledge, multiplexed, with the cluster's settings.
+    Http2(H2Settings),
+}
+
+/// A cluster's HTTP/2 settings (`http2_protocol_options`) for its connections; unset:
+/// hyper's client defaults. Part of the pool key: clusters that differ in them do not
+/// share connections to an address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) struct H2Settings {
+    /// Streams this proxy opens on one connection; more requests open another connection
+    /// (under the cluster's `max_connections`). `None`: as many as the endpoint allows.
+    pub(crate) max_streams: Option<u32>,
+    pub(crate) stream_window: Option<u32>,
+    pub(crate) conn_window: Option<u32>,
+    /// PING every `.0`, closing the connection when an answer takes longer than `.1`.
+    pub(crate) keepalive: Option<(Duration, Duration)>,
+}
+
+impl From<&Http2Options> for H2Settings {
+    fn from(o: &Http2Options) -> Self {
+        Self {
+            max_streams: o.max_concurrent_streams,
+            stream_window: o.initial_stream_window_size,
+            conn_window: o.initial_connection_window_size,
+            keepalive: o
+                .connection_keepalive
+                .as_ref()
+                .and_then(|k| Some((k.interval?, k.timeout))),
+        }
+    }
 }
 
 /// Pool limits.
@@ -101,16 +134,66 @@ impl Endpoint {
 /// Address, and the source principal of a tunnelled connection.
 type ConnKey = (SocketAddr, Option<Arc<str>>);
 
-/// The HTTP/2 connection of one endpoint. The async lock is held only while connecting,
-/// so concurrent first requests share one connection instead of racing to open several.
-type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
+/// The HTTP/2 connections of one endpoint: one, unless its cluster caps the streams per
+/// connection. The async lock is held only while picking and connecting, so concurrent
+/// first requests share one connection instead of racing to open several.
+type H2Slot = Arc<tokio::sync::Mutex<Vec<H2Conn>>>;
+
+struct H2Conn {
+    sender: http2::SendRequest<ProxyBody>,
+    /// Streams open on it (counted under a stream cap only).
+    streams: Arc<AtomicUsize>,
+}
+
+/// One stream counted on its connection until its response body is dropped (or the
+/// request fails).
+struct StreamCount(Arc<AtomicUsize>);
+
+impl StreamCount {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that holds its stream's place in the connection's count.
+struct Counted<B> {
+    body: B,
+    _count: StreamCount,
+}
+
+impl<B: Body + Unpin> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 #[derive(Default)]
 struct PoolState {
     /// Idle HTTP/1.1 connections (of our own client, `own_h1`). foldhash: looked up twice
     /// per request (checkout, give back).
     own: HashMap<ConnKey, Vec<OwnIdle>, foldhash::fast::RandomState>,
-    h2: HashMap<ConnKey, H2Slot, foldhash::fast::RandomState>,
+    h2: HashMap<(ConnKey, H2Settings), H2Slot, foldhash::fast::RandomState>,
 }
 
 /// The proxy's upstream pools.
@@ -289,11 +372,21 @@ impl Pools {
         let key = (addr, None);
         match protocol {
             UpstreamProtocol::Http1 => self.give_back_own(OwnConn::new(stream, None), key, None),
-            UpstreamProtocol::Http2 => {
-                let slot = lock(&self.state).h2.entry(key).or_default().clone();
-                let mut conn = slot.lock().await;
-                if conn.as_ref().is_none_or(|s| s.is_closed()) {
-                    *conn = Some(Box::pin(handshake_h2(stream, addr, peer, None)).await?);
+            UpstreamProtocol::Http2(settings) => {
+                let slot = lock(&self.state)
+                    .h2
+                    .entry((key, settings))
+                    .or_default()
+                    .clone();
+                let mut conns = slot.lock().await;
+                conns.retain(|c| !c.sender.is_closed());
+                if conns.is_empty() {
+                    let sender =
+                        Box::pin(handshake_h2(stream, addr, peer, None, &settings)).await?;
+                    conns.push(H2Conn {
+                        sender,
+                        streams: Arc::default(),
+                    });
                 }
             }
         }
@@ -311,24 +404,58 @@ impl Pools {
     ) -> impl Future<Output = Result<Sent, ProxyError>> + 'f {
         async move {
             let addr = ep.addr;
-            let slot = lock(&self.state).h2.entry(ep.key()).or_default().clone();
-            let mut sender = {
-                let mut conn = slot.lock().await;
-                match conn.as_ref().filter(|s| !s.is_closed()) {
-                    Some(s) => s.clone(),
+            let settings = match ep.protocol {
+                UpstreamProtocol::Http2(s) => s,
+                UpstreamProtocol::Http1 => H2Settings::default(),
+            };
+            let slot = lock(&self.state)
+                .h2
+                .entry((ep.key(), settings))
+                .or_default()
+                .clone();
+            let (mut sender, count) = {
+                let mut conns = slot.lock().await;
+                conns.retain(|c| !c.sender.is_closed());
+                let cap = settings.max_streams.map_or(usize::MAX, |m| m as usize);
+                let room = conns
+                    .iter()
+                    .position(|c| c.streams.load(Ordering::Relaxed) < cap);
+                let i = match room {
+                    Some(i) => i,
                     None => {
+                        // No idle HTTP/2 connections to take: the first one waits for a
+                        // connection slot like an HTTP/1 request; one more beyond the
+                        // stream cap is opened only if a slot is free now, else the
+                        // request goes on the least busy connection (Envoy would queue it
+                        // as pending).
                         let cx = match limits {
-                            // No idle HTTP/2 connections to take: one per endpoint.
-                            Some(l) => Self::slot_or(l, || None::<std::convert::Infallible>)
-                                .await?
-                                .ok(),
+                            Some(l) if conns.is_empty() => {
+                                Self::slot_or(l, || None::<std::convert::Infallible>)
+                                    .await?
+                                    .ok()
+                            }
+                            Some(l) => l.try_connection(),
                             None => None,
                         };
-                        let s = Box::pin(connect_h2(ep, peer, cx)).await?;
-                        *conn = Some(s.clone());
-                        s
+                        if cx.is_none() && limits.is_some() && !conns.is_empty() {
+                            conns
+                                .iter()
+                                .enumerate()
+                                .min_by_key(|(_, c)| c.streams.load(Ordering::Relaxed))
+                                .map_or(0, |(i, _)| i)
+                        } else {
+                            let sender = Box::pin(connect_h2(ep, peer, cx, &settings)).await?;
+                            conns.push(H2Conn {
+                                sender,
+                                streams: Arc::default(),
+                            });
+                            conns.len() - 1
+                        }
                     }
-                }
+                };
+                let c = &conns[i];
+                let count = settings.max_streams.map(|_| StreamCount::enter(&c.streams));
+                (c.sender.clone(), count)
             };
             sender
                 .ready()
@@ -338,8 +465,17 @@ impl Pools {
                 .send_request(req)
                 .await
                 .map_err(|e| ProxyError::upstream_http(addr, peer, e))?;
+            let response = match count {
+                Some(count) => resp.map(|body| {
+                    boxed(Counted {
+                        body,
+                        _count: count,
+                    })
+                }),
+                None => resp.map(boxed),
+            };
             Ok(Sent {
-                response: resp.map(boxed),
+                response,
                 upgraded: None,
             })
         }
@@ -553,7 +689,7 @@ async fn sweep(pools: Weak<Pools>, idle_timeout: Duration) {
         // A slot whose connection closed (and that nobody is connecting) goes.
         state.h2.retain(|_, slot| {
             slot.try_lock()
-                .map_or(true, |conn| conn.as_ref().is_some_and(|s| !s.is_closed()))
+                .map_or(true, |conns| conns.iter().any(|c| !c.sender.is_closed()))
         });
     }
 }
@@ -588,10 +724,11 @@ async fn connect_h2(
     ep: Endpoint,
     peer: SocketAddr,
     slot: Option<ConnSlot>,
+    settings: &H2Settings,
 ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
     let addr = ep.addr;
     let stream = dial::dial(addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
-    handshake_h2(stream, addr, peer, slot).await
+    handshake_h2(stream, addr, peer, slot, settings).await
 }
 
 /// HTTP/2 over a connected `stream`; its task holds `slot` until the connection closes.
@@ -600,9 +737,23 @@ async fn handshake_h2(
     addr: SocketAddr,
     peer: SocketAddr,
     slot: Option<ConnSlot>,
+    settings: &H2Settings,
 ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
+    if let Some(w) = settings.stream_window {
+        builder.initial_stream_window_size(w);
+    }
+    if let Some(w) = settings.conn_window {
+        builder.initial_connection_window_size(w);
+    }
+    if let Some((interval, timeout)) = settings.keepalive {
+        // Envoy PINGs at the interval whether or not streams are open.
+        builder
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(true);
+    }
     let (sender, conn) = builder
         .handshake(TokioIo::new(stream))
         .await

@@ -317,6 +317,97 @@ async fn http2_settings_come_from_the_connection_manager() {
     assert_eq!(announced_streams(&node).await, 5);
 }
 
+/// An HTTP/2 cluster's `http2_protocol_options` apply to its connections: with
+/// `max_concurrent_streams: 2`, six requests in flight at once go over three upstream
+/// connections (Envoy's meaning: the streams this proxy opens per connection), and the
+/// connections are reused afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_cluster_caps_streams_per_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = h2_upstream("capped").await;
+    let cp = ControlPlane::start().await;
+    let capped: Cluster = yaml(
+        r#"
+name: web
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: {eds_config: {ads: {}}}
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config:
+      http2_protocol_options:
+        max_concurrent_streams: 2
+        initial_stream_window_size: 1048576
+        connection_keepalive: {interval: 10s, timeout: 5s}
+"#,
+    );
+    cp.update(|b| {
+        b.set("outbound", &http_listener("outbound", 18096, "web"));
+        b.set("web", &route_to("web", "web"));
+        b.set("web", &capped);
+        b.set("web", &endpoints("web", &[up.addr]));
+    });
+    let node = start(&cp).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+
+    // Six requests whose bodies have not come yet: the upstream answers only at a body's
+    // end, so all six streams stay open.
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut c = node.connect(vip(18096)).await;
+        c.write_all(b"POST /p HTTP/1.1\r\nhost: svc.test\r\ncontent-length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        clients.push(c);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while up.connections.load(Ordering::Relaxed) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} upstream connections for six open streams",
+            up.connections.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("body{i}").as_bytes()).await.unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains(&format!("body{i}")) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut buf))
+                .await
+                .expect("a response in time")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed before the body: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // Streams done: the next requests reuse the three connections.
+    let mut c = node.http_client(vip(18096)).await;
+    for _ in 0..4 {
+        let (status, server, _) = c.get("svc.test", "/again").await.unwrap();
+        assert_eq!((status, server.as_str()), (StatusCode::OK, "capped"));
+    }
+    assert_eq!(up.connections.load(Ordering::Relaxed), 3);
+}
+
 /// HTTP/1 upstream connections are pooled across client connections: sequential requests
 /// on separate client connections reuse one upstream connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

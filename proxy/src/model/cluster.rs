@@ -60,15 +60,13 @@ pub struct TcpKeepalive {
 /// HTTP/2 PING keepalive (`connection_keepalive`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Http2Keepalive {
-    /// How often to PING; `None`: only on idle (`connection_idle_interval`).
+    /// How often to PING, busy or idle; `None`: never (then `timeout` has nothing to
+    /// time).
     #[serde(serialize_with = "opt_duration_str")]
     pub interval: Option<Duration>,
     /// How long to wait for the PING ACK before closing the connection.
     #[serde(serialize_with = "duration_str")]
     pub timeout: Duration,
-    /// PING before reusing a connection idle this long; `None`: never.
-    #[serde(serialize_with = "opt_duration_str")]
-    pub connection_idle_interval: Option<Duration>,
 }
 
 /// Cluster discovery type.

@@ -788,14 +788,14 @@ fn http_options(
                 return None;
             };
             let timeout = cx.duration(&join(&kp, "timeout"), timeout)?;
+            // A PING before reusing an idle connection: hyper's client has no such hook.
+            cx.unsupported(&kp, "connection_idle_interval", connection_idle_interval);
             Some(mc::Http2Keepalive {
                 interval: interval
                     .as_ref()
-                    .and_then(|d| cx.duration(&join(&kp, "interval"), d)),
+                    .and_then(|d| cx.duration(&join(&kp, "interval"), d))
+                    .filter(|d| !d.is_zero()),
                 timeout,
-                connection_idle_interval: connection_idle_interval
-                    .as_ref()
-                    .and_then(|d| cx.duration(&join(&kp, "connection_idle_interval"), d)),
             })
         });
         Some(mc::Http2Options {

@@ -595,7 +595,6 @@ upstream_connection_options:
         Some(mc::Http2Keepalive {
             interval: Some(Duration::from_secs(30)),
             timeout: Duration::from_secs(5),
-            connection_idle_interval: None,
         })
     );
     // `tcp_keepalive: {}` turns keepalive on with the kernel's settings.
@@ -617,6 +616,11 @@ upstream_connection_options:
     assert_eq!(
         messages(cluster(&bad)),
         ["upstream_connection_options.happy_eyeballs_config: not supported"]
+    );
+    let kp = "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].explicit_http_config.http2_protocol_options.connection_keepalive";
+    assert_eq!(
+        messages(cluster(&yaml(", connection_idle_interval: 60s"))),
+        [format!("{kp}.connection_idle_interval: not supported")]
     );
 }
 
