@@ -6,8 +6,8 @@
 //! operation there takes the connection's stream-store lock and looks the stream up in a
 //! slab, hyper adds a task and a body pipe per stream, and frames wait in linked queues.
 //! Here one task owns the connection: the frames are read, the streams' handlers polled
-//! (a `FuturesUnordered`, no task each) and their responses written by the same code, with
-//! the stream table a plain map. HPACK decoding is the `loona-hpack` crate's, encoding ours
+//! (each in its stream's entry, no task each, woken into a ready list) and their responses
+//! written by the same code, with the stream table a plain map. HPACK decoding is the `loona-hpack` crate's, encoding ours
 //! (`hpack`).
 //!
 //! What it does, as RFC 9113 asks of a server: the preface and SETTINGS exchange, HEADERS
@@ -32,7 +32,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::stream::{FuturesUnordered, Stream as _};
 use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -232,16 +231,28 @@ impl From<ConnError> for Failure {
     }
 }
 
-/// What a stream's handler and its request body share with the connection.
+/// What a stream's handler and its request body share with the connection. It is the
+/// handler's waker too: waking it puts the stream on the connection's ready list.
 struct Shared {
     id: u32,
-    /// The client reset the stream (or the connection ended): the handler stops.
-    cancelled: AtomicBool,
-    /// The handler's task, woken to see `cancelled`.
-    handler: AtomicWaker,
+    /// On the ready list (or being polled for the first time): a wake adds nothing.
+    ready: AtomicBool,
     /// The request body, when the request has one.
     recv: Mutex<RecvBuf>,
     conn: Arc<ConnShared>,
+}
+
+impl std::task::Wake for Shared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            lock(&self.conn.ready).push(self.id);
+            self.conn.waker.wake();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -263,11 +274,14 @@ struct RecvBuf {
     queued: bool,
 }
 
-/// The connection's side of the request bodies: whose windows to give back.
+/// What the streams hand the connection: whose windows to give back, whose handlers to
+/// poll.
 #[derive(Default)]
 struct ConnShared {
     waker: AtomicWaker,
     released: Mutex<Vec<u32>>,
+    /// Streams whose handlers were woken.
+    ready: Mutex<Vec<u32>>,
 }
 
 impl Shared {
@@ -346,37 +360,13 @@ impl Drop for RecvBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A stream's handler, polled by the connection's task.
-    struct Handler<F> {
-        shared: Arc<Shared>,
-        registered: bool,
-        #[pin]
-        fut: F,
-    }
-}
-
-impl<F: Future> Future for Handler<F> {
-    type Output = (u32, Option<F::Output>);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let id = this.shared.id;
-        if !*this.registered {
-            // FuturesUnordered's waker for one future stays the same.
-            this.shared.handler.register(cx.waker());
-            *this.registered = true;
-        }
-        if this.shared.cancelled.load(Ordering::Acquire) {
-            return Poll::Ready((id, None));
-        }
-        this.fut.poll(cx).map(|resp| (id, Some(resp)))
-    }
-}
-
 /// A stream in the table.
-struct Stream<B> {
+struct Stream<B, F> {
     shared: Arc<Shared>,
+    /// Its handler until it answers; dropped with the stream (a reset stops it).
+    handler: Option<Pin<Box<F>>>,
+    /// `shared` as the handler's waker.
+    waker: Waker,
     /// The client may still send DATA or trailers.
     recv_open: bool,
     /// The request has a body being read (`RecvBody`); else its DATA is refused.
@@ -424,8 +414,9 @@ struct Connection<I, F, B, H, S> {
     encoder: hpack::Encoder,
     /// A header block whose CONTINUATION frames are still coming: stream, END_STREAM, block.
     continuation: Option<(u32, bool, BytesMut)>,
-    streams: HashMap<u32, Stream<B>, foldhash::fast::RandomState>,
-    tasks: FuturesUnordered<Handler<F>>,
+    streams: HashMap<u32, Stream<B, F>, foldhash::fast::RandomState>,
+    /// New streams, whose handlers have not been polled yet.
+    fresh: Vec<u32>,
     shared: Arc<ConnShared>,
     last: Last,
     last_stream: u32,
@@ -446,6 +437,7 @@ struct Connection<I, F, B, H, S> {
     unreleased: usize,
     /// Reused by `give_back` and `poll_bodies`.
     scratch_ids: Vec<u32>,
+    scratch_ready: Vec<u32>,
     scratch_finished: Vec<(u32, Option<u32>)>,
 }
 
@@ -474,7 +466,7 @@ where
             encoder: hpack::Encoder::new(DEFAULT_TABLE_SIZE),
             continuation: None,
             streams: HashMap::default(),
-            tasks: FuturesUnordered::new(),
+            fresh: Vec::new(),
             shared: Arc::new(ConnShared::default()),
             last: Last::default(),
             last_stream: 0,
@@ -489,6 +481,7 @@ where
             recv_window: DEFAULT_WINDOW,
             unreleased: 0,
             scratch_ids: Vec::new(),
+            scratch_ready: Vec::new(),
             scratch_finished: Vec::new(),
             limits,
         };
@@ -533,7 +526,7 @@ where
         loop {
             let mut progress = false;
             progress |= self.poll_read(cx)?;
-            progress |= self.poll_handlers(cx);
+            progress |= self.poll_handlers();
             progress |= self.give_back();
             progress |= self.poll_bodies(cx)?;
             progress |= self.poll_write(cx)?;
@@ -1028,8 +1021,7 @@ where
         }
         let shared = Arc::new(Shared {
             id,
-            cancelled: AtomicBool::new(false),
-            handler: AtomicWaker::new(),
+            ready: AtomicBool::new(true),
             recv: Mutex::new(RecvBuf::default()),
             conn: self.shared.clone(),
         });
@@ -1042,17 +1034,15 @@ where
             }))
         };
         let is_head = req.method() == Method::HEAD;
-        let fut = (self.handle)(req.map(|()| body));
-        self.tasks.push(Handler {
-            shared: shared.clone(),
-            registered: false,
-            fut,
-        });
+        let handler = Box::pin((self.handle)(req.map(|()| body)));
+        self.fresh.push(id);
         self.opened += 1;
         self.streams.insert(
             id,
             Stream {
+                waker: Waker::from(shared.clone()),
                 shared,
+                handler: Some(handler),
                 recv_open: !end_stream,
                 has_body: !end_stream,
                 head: is_head,
@@ -1067,14 +1057,26 @@ where
     }
 
     /// Polls the handlers; a response starts out at once.
-    fn poll_handlers(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut progress = false;
-        while let Poll::Ready(Some((id, resp))) = Pin::new(&mut self.tasks).poll_next(cx) {
-            progress = true;
-            let Some(resp) = resp else { continue };
-            if !self.streams.contains_key(&id) {
+    fn poll_handlers(&mut self) -> bool {
+        // Swapped with a kept vector, as in `give_back`.
+        let mut ids = std::mem::take(&mut self.scratch_ready);
+        std::mem::swap(&mut *lock(&self.shared.ready), &mut ids);
+        ids.append(&mut self.fresh);
+        let progress = !ids.is_empty();
+        for &id in &ids {
+            let Some(s) = self.streams.get_mut(&id) else {
                 continue;
-            }
+            };
+            let Some(handler) = s.handler.as_mut() else {
+                continue;
+            };
+            // Cleared before the poll: a wake during it puts the stream back on the list.
+            s.shared.ready.store(false, Ordering::Release);
+            let Poll::Ready(resp) = handler.as_mut().poll(&mut Context::from_waker(&s.waker))
+            else {
+                continue;
+            };
+            s.handler = None;
             let (parts, body) = resp.into_parts();
             let ended = body.is_end_stream();
             // A body of known size gets its `content-length` (as hyper's server gave it;
@@ -1101,6 +1103,8 @@ where
                 };
             }
         }
+        ids.clear();
+        self.scratch_ready = ids;
         progress
     }
 
@@ -1306,11 +1310,10 @@ where
     }
 
     /// Gives a removed stream's window back and stops its handler and body.
-    fn close_stream(&mut self, s: Stream<B>, why: &'static str) {
-        if matches!(s.send, Reply::Waiting) {
-            s.shared.cancelled.store(true, Ordering::Release);
-            s.shared.handler.wake();
-        }
+    fn close_stream(&mut self, mut s: Stream<B, F>, why: &'static str) {
+        // A handler still running stops here (before the body's lock below: its request
+        // body takes that lock when dropped).
+        s.handler = None;
         self.unreleased += s.unreleased;
         if s.has_body {
             let mut recv = lock(&s.shared.recv);
@@ -1356,7 +1359,7 @@ where
     /// Drops every stream and its handler (the connection is ending).
     fn abandon(&mut self) {
         self.streams.clear();
-        self.tasks = FuturesUnordered::new();
+        self.fresh.clear();
     }
 
     /// GOAWAY with the last stream taken, and no new ones.
