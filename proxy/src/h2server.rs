@@ -89,6 +89,9 @@ const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
 const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
 
+/// Turns of the connection's loop before it yields to the runtime (see `poll`).
+const MAX_TURNS: u32 = 64;
+
 /// The protocol's defaults, before any SETTINGS.
 const DEFAULT_WINDOW: i64 = 65_535;
 const DEFAULT_MAX_FRAME: usize = 16_384;
@@ -523,7 +526,15 @@ where
         if !self.goaway && self.signals.poll_close(cx).is_ready() {
             self.goaway(reason::NO_ERROR);
         }
+        // Turns of the loop in one poll: a handler that wakes itself while polled (not
+        // through tokio, which defers such wakes) must not keep this task from yielding.
+        let mut turns = 0u32;
         loop {
+            turns += 1;
+            if turns > MAX_TURNS {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let mut progress = false;
             progress |= self.poll_read(cx)?;
             progress |= self.poll_handlers();

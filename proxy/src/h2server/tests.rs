@@ -610,3 +610,47 @@ async fn settings_follow_the_limits_and_a_smaller_table_holds_from_the_ack() {
     let (_, _, p) = until(&mut io, GOAWAY).await;
     assert_eq!(code(&p, 4), reason::COMPRESSION_ERROR);
 }
+
+/// A handler that wakes itself each time it is polled (not through tokio, which would defer
+/// the wake) does not keep the connection's task from yielding: another task on the same
+/// single-threaded runtime still runs.
+#[test]
+fn a_handler_that_wakes_itself_does_not_starve_the_runtime() {
+    struct Spin;
+    impl Future for Spin {
+        type Output = Response<TestBody>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+    let (ran, probe) = std::sync::mpsc::channel();
+    // Its own thread: if the connection never yields, that thread spins on and the test
+    // fails by the timeout below instead of hanging.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (mut io, s) = tokio::io::duplex(1 << 16);
+            tokio::spawn(serve(
+                s,
+                Limits::default(),
+                |_req: Request<RequestBody>| Spin,
+                Never,
+            ));
+            io.write_all(PREFACE).await.unwrap();
+            io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+            io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block(GET)))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = ran.send(());
+            drop(io);
+        });
+    });
+    probe
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the other task ran");
+}
