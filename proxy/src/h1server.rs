@@ -116,10 +116,7 @@ where
         };
         let is_head = head.req.method() == Method::HEAD;
         if head.body == BodyFraming::Empty {
-            let resp = conn
-                .clone()
-                .handle(head.req.map(|()| RequestBody::Empty))
-                .await;
+            let resp = conn.handle(head.req.map(|()| RequestBody::Empty)).await;
             let keep_alive = head.keep_alive && !drain.is_signaled();
             if let Err(e) = write_response(&mut io, &mut out, resp, is_head, !keep_alive).await {
                 debug!(peer = %conn.peer(), error = %e, "downstream response failed");
@@ -145,7 +142,7 @@ where
             wanted: wanted.clone(),
         };
         let req = head.req.map(|()| RequestBody::Own(Box::pin(body)));
-        let handled = conn.clone().handle(req);
+        let handled = conn.handle(req);
         let resp = match wanted {
             None => handled.await,
             Some(wanted) => {

@@ -313,10 +313,14 @@ impl HttpConn {
     // moved into its body), and a request's futures are copied as they are created, for
     // every request (here 7.5 KB -> 4 KB in all).
     #[allow(clippy::manual_async_fn)] // arguments held once: see `HttpConn::handle`
+                                      //
+                                      // It borrows the connection: the HTTP/2 server polls its streams' futures inside the
+                                      // connection's own (no reference count taken and dropped per request); hyper's
+                                      // service, which needs a `'static` future, holds an `Arc` around it.
     pub(crate) fn handle(
-        self: Arc<Self>,
+        &self,
         req: Request<RequestBody>,
-    ) -> impl Future<Output = Response<ServedBody>> + Send + 'static {
+    ) -> impl Future<Output = Response<ServedBody>> + Send + '_ {
         async move {
             let active = self.activity.enter();
             let start = Instant::now();
@@ -657,7 +661,7 @@ impl HttpConn {
         &'f self,
         d: &'f Decision,
         policy: &'f RetryPolicy,
-        limits: &'f ConnLimits,
+        limits: &'f ConnLimits<'f>,
         req: Request<ReqBody>,
         first_pick: PickedEndpoint,
     ) -> impl Future<Output = Result<(Response<ProxyBody>, &'static str), ProxyError>> + 'f {
@@ -878,7 +882,7 @@ impl HttpConn {
     fn forward<'f, B>(
         &'f self,
         target: Target,
-        limits: Option<&'f ConnLimits>,
+        limits: Option<&'f ConnLimits<'f>>,
         mut req: Request<B>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'f
     where
@@ -1406,7 +1410,7 @@ where
             idle: std::pin::pin!(idle(&conn)),
             peer: conn.peer,
         };
-        let handle = |req| svc_conn.clone().handle(req);
+        let handle = |req| svc_conn.handle(req);
         match crate::h2server::serve(io, Limits::from(&conn.http2), handle, signals).await {
             Ended::Closed => {}
             Ended::Error(e) => {

@@ -52,7 +52,7 @@ use crate::h1client::{self, HeadError, OwnBody, OwnConn, RequestWriter};
 use crate::h1codec;
 use crate::lock;
 use crate::model::cluster::Http2Options;
-use crate::traffic::{ConnLimits, ConnSlot};
+use crate::traffic::{ConnLimits, ConnSlot, FreedNotice};
 
 /// How requests reach an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -237,7 +237,7 @@ impl Pools {
     /// there is none, the request waits as one of at most `max_pending_requests` (more: 503
     /// `UO`) and takes the first connection `idle` finds (one given back meanwhile).
     async fn slot_or<T>(
-        limits: &ConnLimits,
+        limits: &ConnLimits<'_>,
         mut idle: impl FnMut() -> Option<T>,
     ) -> Result<Result<ConnSlot, T>, ProxyError> {
         let mut pending = None;
@@ -285,7 +285,7 @@ impl Pools {
     pub(crate) fn send_h1<'f>(
         self: &'f Arc<Self>,
         ep: Endpoint,
-        limits: Option<&'f ConnLimits>,
+        limits: Option<&'f ConnLimits<'f>>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
         upgrade: bool,
@@ -317,7 +317,7 @@ impl Pools {
     async fn upgrade_h1(
         self: &Arc<Self>,
         ep: Endpoint,
-        limits: Option<&ConnLimits>,
+        limits: Option<&ConnLimits<'_>>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
         upgrade: bool,
@@ -400,7 +400,7 @@ impl Pools {
     pub(crate) fn send_h2<'f>(
         self: &'f Arc<Self>,
         ep: Endpoint,
-        limits: Option<&'f ConnLimits>,
+        limits: Option<&'f ConnLimits<'f>>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
     ) -> impl Future<Output = Result<Sent, ProxyError>> + 'f {
@@ -496,7 +496,7 @@ impl Pools {
     fn own_h1<'f>(
         self: &'f Arc<Self>,
         ep: Endpoint,
-        limits: Option<&'f ConnLimits>,
+        limits: Option<&'f ConnLimits<'f>>,
         req: Request<ProxyBody>,
         peer: SocketAddr,
     ) -> impl Future<Output = Result<Sent, ProxyError>> + 'f {
@@ -565,7 +565,7 @@ impl Pools {
         mut conn: OwnConn,
         writer: RequestWriter,
         ep: &Endpoint,
-        limits: Option<&ConnLimits>,
+        limits: Option<&ConnLimits<'_>>,
         method: &http::Method,
         peer: SocketAddr,
     ) -> Result<Sent, HeadError> {
@@ -576,7 +576,7 @@ impl Pools {
         let give_back = head.keep_alive.then(|| OwnGiveBack {
             pools: Arc::downgrade(self),
             key: ep.key(),
-            limits: limits.cloned(),
+            freed: limits.map(ConnLimits::notice),
         });
         let body = OwnBody::new(conn, writer, head.body, give_back);
         Ok(Sent {
@@ -601,7 +601,7 @@ impl Pools {
         &self,
         ep: &Endpoint,
         key: &ConnKey,
-        limits: Option<&ConnLimits>,
+        limits: Option<&ConnLimits<'_>>,
     ) -> Result<OwnConn, ProxyError> {
         let new = |slot| async move {
             let io = dial::dial(ep.addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
@@ -616,7 +616,7 @@ impl Pools {
         }
     }
 
-    fn give_back_own(&self, conn: OwnConn, key: ConnKey, limits: Option<ConnLimits>) {
+    fn give_back_own(&self, conn: OwnConn, key: ConnKey, freed: Option<FreedNotice>) {
         {
             let mut state = lock(&self.state);
             let idle = state.own.entry(key).or_default();
@@ -627,10 +627,9 @@ impl Pools {
                 });
             }
         }
-        // After the push (and the lock's release): a request that counted itself pending
-        // before looking at the pool either saw this connection or is woken here.
-        if let Some(l) = limits.filter(ConnLimits::has_pending) {
-            l.freed().notify_waiters();
+        // After the push (and the lock's release).
+        if let Some(f) = freed {
+            f.notify();
         }
     }
 }
@@ -659,13 +658,13 @@ struct OwnIdle {
 struct OwnGiveBack {
     pools: Weak<Pools>,
     key: ConnKey,
-    limits: Option<ConnLimits>,
+    freed: Option<FreedNotice>,
 }
 
 impl h1client::GiveBack for OwnGiveBack {
     fn give_back(self, conn: OwnConn) {
         if let Some(pools) = self.pools.upgrade() {
-            pools.give_back_own(conn, self.key, self.limits);
+            pools.give_back_own(conn, self.key, self.freed);
         }
     }
 }

@@ -260,15 +260,16 @@ struct ClusterCounters {
 
 /// The connection circuit breakers of a cluster (`max_connections`,
 /// `max_pending_requests`), as the upstream pools apply them.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnLimits {
-    cluster: Arc<Cluster>,
-    counters: Arc<ClusterCounters>,
+/// Borrowed from the request's cluster: a request takes no reference count for them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnLimits<'a> {
+    cluster: &'a Cluster,
+    counters: &'a Arc<ClusterCounters>,
     max_connections: usize,
     max_pending: usize,
 }
 
-impl ConnLimits {
+impl ConnLimits<'_> {
     /// A new connection, if `max_connections` allows one more; counted until the slot
     /// is dropped (with the connection).
     pub(crate) fn try_connection(&self) -> Option<ConnSlot> {
@@ -298,15 +299,31 @@ impl ConnLimits {
         self.counters.connections.load(Ordering::Relaxed)
     }
 
-    /// Whether requests wait for a connection now (read after giving a connection back
-    /// to the pool; pairs with the `SeqCst` increment in [`ConnLimits::try_pending`]).
-    pub(crate) fn has_pending(&self) -> bool {
-        self.counters.pending.load(Ordering::SeqCst) > 0
-    }
-
     /// The cluster's name.
     pub(crate) fn cluster(&self) -> &str {
         &self.cluster.name
+    }
+
+    /// What a connection given back to the pool later tells the cluster's waiting
+    /// requests with.
+    pub(crate) fn notice(&self) -> FreedNotice {
+        FreedNotice(self.counters.clone())
+    }
+}
+
+/// Held by a pooled connection's response body: once the connection is back in the pool,
+/// wakes the requests of its cluster waiting for one.
+#[derive(Debug)]
+pub(crate) struct FreedNotice(Arc<ClusterCounters>);
+
+impl FreedNotice {
+    /// Call after the connection is in the pool: a request that counted itself pending
+    /// before looking at the pool either saw it or is woken here (the `SeqCst` load pairs
+    /// with the increment in [`ConnLimits::try_pending`]).
+    pub(crate) fn notify(&self) {
+        if self.0.pending.load(Ordering::SeqCst) > 0 {
+            self.0.freed.notify_waiters();
+        }
     }
 }
 
@@ -563,10 +580,10 @@ impl ClusterTarget {
     }
 
     /// The cluster's connection circuit breakers, for the upstream pools.
-    pub(crate) fn conn_limits(&self) -> ConnLimits {
+    pub(crate) fn conn_limits(&self) -> ConnLimits<'_> {
         ConnLimits {
-            cluster: self.cluster.clone(),
-            counters: self.counters.clone(),
+            cluster: &self.cluster,
+            counters: &self.counters,
             max_connections: self.max_connections(),
             max_pending: self.max_pending_requests(),
         }
