@@ -68,20 +68,33 @@ pub fn unknown() -> Arc<str> {
     LABEL.clone()
 }
 
-/// Everything known about one finished request.
+/// A request's source: workload, namespace and principal (SPIFFE ID). One per client
+/// connection, shared by its requests' records.
+#[derive(Debug, Clone)]
+pub struct SourceLabels {
+    pub workload: Arc<str>,
+    pub namespace: Arc<str>,
+    pub principal: Arc<str>,
+}
+
+/// A request's destination: workload, namespace, service (host name) and principal. A
+/// connection keeps its last request's and shares them with the next when they match.
+#[derive(Debug, Clone)]
+pub struct DestinationLabels {
+    pub workload: Arc<str>,
+    pub namespace: Arc<str>,
+    pub service: Arc<str>,
+    pub principal: Arc<str>,
+}
+
+/// Everything known about one finished request. The labels are shared (one reference
+/// count each per request, not one per label).
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
     /// `source` (the client's node) or `destination`.
     pub reporter: &'static str,
-    /// Source workload, namespace and principal (SPIFFE ID).
-    pub source_workload: Arc<str>,
-    pub source_namespace: Arc<str>,
-    pub source_principal: Arc<str>,
-    /// Destination workload, namespace, service (host name) and principal.
-    pub destination_workload: Arc<str>,
-    pub destination_namespace: Arc<str>,
-    pub destination_service: Arc<str>,
-    pub destination_principal: Arc<str>,
+    pub source: Arc<SourceLabels>,
+    pub destination: Arc<DestinationLabels>,
     /// `http` or `grpc`.
     pub request_protocol: &'static str,
     pub response_code: u16,
@@ -394,15 +407,16 @@ impl GoldenMetrics {
         let (mut code_buf, mut grpc_buf) = ([0; 10], [0; 10]);
         let code = decimal(r.response_code.into(), &mut code_buf);
         let grpc = r.grpc_status.map_or("-", |s| decimal(s, &mut grpc_buf));
+        let (s, d) = (&r.source, &r.destination);
         let values: [&str; 13] = [
             r.reporter,
-            &r.source_workload,
-            &r.source_namespace,
-            &r.source_principal,
-            &r.destination_workload,
-            &r.destination_namespace,
-            &r.destination_service,
-            &r.destination_principal,
+            &s.workload,
+            &s.namespace,
+            &s.principal,
+            &d.workload,
+            &d.namespace,
+            &d.service,
+            &d.principal,
             r.request_protocol,
             code,
             grpc,
@@ -539,13 +553,17 @@ mod tests {
     fn record(dst: &str, code: u16) -> RequestRecord {
         RequestRecord {
             reporter: "source",
-            source_workload: "client".into(),
-            source_namespace: "ns-a".into(),
-            source_principal: "spiffe://cluster.local/ns/ns-a/sa/client".into(),
-            destination_workload: dst.into(),
-            destination_namespace: "ns-b".into(),
-            destination_service: format!("{dst}.ns-b.svc.cluster.local").into(),
-            destination_principal: UNKNOWN.into(),
+            source: Arc::new(SourceLabels {
+                workload: "client".into(),
+                namespace: "ns-a".into(),
+                principal: "spiffe://cluster.local/ns/ns-a/sa/client".into(),
+            }),
+            destination: Arc::new(DestinationLabels {
+                workload: dst.into(),
+                namespace: "ns-b".into(),
+                service: format!("{dst}.ns-b.svc.cluster.local").into(),
+                principal: UNKNOWN.into(),
+            }),
             request_protocol: "grpc",
             response_code: code,
             grpc_status: Some(0),

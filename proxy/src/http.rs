@@ -43,7 +43,7 @@ use crate::body::{AccessInfo, CountingBody, MeteredBody, RequestBody};
 use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody, ProxyError, Side};
-use crate::golden::{self, GoldenMetrics, RequestRecord, UNKNOWN};
+use crate::golden::{self, DestinationLabels, GoldenMetrics, RequestRecord, SourceLabels, UNKNOWN};
 use crate::h2server::{Ended, Limits, Signals};
 use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
@@ -113,6 +113,8 @@ pub(crate) struct HttpConn {
     routing: Routing,
     traffic: TrafficHandle,
     source: Source,
+    /// `source` as its requests' records label it.
+    source_labels: Arc<SourceLabels>,
     /// HTTP/1 or HTTP/2 from the client.
     downstream: Protocol,
     connect_timeout: Duration,
@@ -142,8 +144,12 @@ pub(crate) struct HttpConn {
     /// The destination labels of this connection's last request, and the config
     /// generation and request host they were worked out for: a connection's requests
     /// mostly go to one place, and the labels are four allocations to make.
-    last_destination: Mutex<Option<(u64, Option<String>, Destination)>>,
+    last_destination: Mutex<Option<LastDestination>>,
 }
+
+/// [`HttpConn::last_destination`]: config generation, request host (without a cluster),
+/// and the destination.
+type LastDestination = (u64, Option<String>, Arc<Destination>);
 
 /// A response body as served to the client: timed and metered, not boxed (a box of
 /// half a kilobyte per request).
@@ -173,15 +179,15 @@ type ReqBody = CountingBody<RequestBody>;
 /// The destination labels of a request.
 #[derive(Clone)]
 struct Destination {
-    workload: Arc<str>,
-    namespace: Arc<str>,
-    service: Arc<str>,
+    /// Workload, namespace, service, and the destination's SPIFFE ID when it is reached
+    /// over mutual TLS (HBONE) or is a workload of this node with mutual TLS on (else
+    /// `unknown`).
+    labels: Arc<DestinationLabels>,
+    /// The principal is known (mutual TLS).
+    mtls: bool,
     /// The first attempt's endpoint and its cluster (for the access log).
     upstream: Option<SocketAddr>,
     cluster: Option<Arc<str>>,
-    /// The destination's SPIFFE ID when it is reached over mutual TLS (HBONE), or is a
-    /// workload of this node with mutual TLS on.
-    principal: Option<Arc<str>>,
     /// A workload of this node reached from a captured connection with mutual TLS on: the
     /// request is reported by the destination too, with this security policy
     /// ([`crate::local`]).
@@ -258,6 +264,11 @@ impl HttpConn {
             reporter: p.reporter,
             routing: p.routing,
             traffic: p.traffic,
+            source_labels: Arc::new(SourceLabels {
+                workload: p.source.workload.clone(),
+                namespace: p.source.namespace.clone(),
+                principal: p.source.principal.clone(),
+            }),
             source: p.source,
             downstream: p.downstream,
             connect_timeout: p.connect_timeout,
@@ -388,20 +399,13 @@ impl HttpConn {
             }
             let record = RequestRecord {
                 reporter: self.reporter.label(),
-                source_workload: self.source.workload.clone(),
-                source_namespace: self.source.namespace.clone(),
-                source_principal: self.source.principal.clone(),
-                destination_workload: dest.workload,
-                destination_namespace: dest.namespace,
-                destination_service: dest.service,
+                source: self.source_labels.clone(),
+                destination: dest.labels.clone(),
                 connection_security_policy: match dest.local {
                     Some(security) => security,
-                    None if dest.principal.is_some() || self.reporter == Reporter::Destination => {
-                        "mutual_tls"
-                    }
+                    None if dest.mtls || self.reporter == Reporter::Destination => "mutual_tls",
                     None => "none",
                 },
-                destination_principal: dest.principal.unwrap_or_else(golden::unknown),
                 request_protocol: if grpc { "grpc" } else { "http" },
                 response_code: resp.status().as_u16(),
                 // A trailers-only gRPC response carries the status in its headers.
@@ -426,7 +430,7 @@ impl HttpConn {
                         upstream: dest.upstream,
                         // Shared, not copied: every routed request has a cluster, and
                         // this log is off by default.
-                        cluster: dest.cluster,
+                        cluster: dest.cluster.clone(),
                         headers_after: elapsed,
                     });
             let golden = self.golden.clone();
@@ -447,8 +451,9 @@ impl HttpConn {
         mut req: Request<ReqBody>,
         stream: &'f StreamState,
         deadlines: &'f mut Deadlines,
-    ) -> impl Future<Output = Result<(Response<ProxyBody>, &'static str, Destination), ProxyError>> + 'f
-    {
+    ) -> impl Future<
+        Output = Result<(Response<ProxyBody>, &'static str, Arc<Destination>), ProxyError>,
+    > + 'f {
         async move {
             let route_ref = match &self.routing {
                 Routing::Passthrough => {
@@ -530,7 +535,7 @@ impl HttpConn {
         cluster: Option<&str>,
         addr: Option<SocketAddr>,
         authority: &str,
-    ) -> Destination {
+    ) -> Arc<Destination> {
         let generation = self.traffic.generation();
         let mut last = lock(&self.last_destination);
         if let Some((g, host, d)) = last.as_ref() {
@@ -543,7 +548,7 @@ impl HttpConn {
                 return d.clone();
             }
         }
-        let d = self.new_destination(cluster, addr, authority);
+        let d = Arc::new(self.new_destination(cluster, addr, authority));
         let host = cluster.is_none().then(|| authority.to_owned());
         *last = Some((generation, host, d.clone()));
         d
@@ -595,14 +600,17 @@ impl HttpConn {
             None => (namespace.into(), principal),
         };
         Destination {
-            workload: workload.into(),
-            namespace,
-            principal,
-            service: if service.is_empty() {
-                UNKNOWN.into()
-            } else {
-                service.into()
-            },
+            mtls: principal.is_some(),
+            labels: Arc::new(DestinationLabels {
+                workload: workload.into(),
+                namespace,
+                principal: principal.unwrap_or_else(golden::unknown),
+                service: if service.is_empty() {
+                    UNKNOWN.into()
+                } else {
+                    service.into()
+                },
+            }),
             upstream: addr,
             cluster: cluster.map(Arc::from),
             local: same_node,
@@ -1547,12 +1555,12 @@ mod tests {
         let c = conn(traffic.clone());
         let pod: SocketAddr = "10.0.0.7:80".parse().unwrap();
         let other: SocketAddr = "10.0.0.8:80".parse().unwrap();
-        let labels = |d: Destination| {
+        let labels = |d: Arc<Destination>| {
             (
-                d.workload.to_string(),
-                d.namespace.to_string(),
-                d.service.to_string(),
-                d.cluster.map(|c| c.to_string()),
+                d.labels.workload.to_string(),
+                d.labels.namespace.to_string(),
+                d.labels.service.to_string(),
+                d.cluster.as_ref().map(|c| c.to_string()),
             )
         };
         let a = "outbound|80||reviews.shop.svc.cluster.local";
