@@ -270,8 +270,10 @@ impl StreamTimer {
 
 /// Wakes a stream when one of its deadlines may have passed. A stream's deadlines only
 /// move later (activity, the request's end), so a timer armed earlier than needed is left
-/// as it is: it wakes the stream to look again. The clock is read once when the alarm is
-/// first polled and then only when its timer fires, not at every poll.
+/// as it is: it wakes the stream to look again. The clock is read only when its timer
+/// fires, not at every poll: the first poll arms the timer as if it were the stream's
+/// start, which is never later than its deadlines really are (one that has passed
+/// already fires the timer at once, and the look after it reads the clock).
 struct Alarm {
     /// Made at the first wait, or lent by the connection ([`StreamTimer`]).
     sleep: Option<Pin<Box<Sleep>>>,
@@ -303,7 +305,8 @@ impl Alarm {
             return Poll::Pending;
         }
         loop {
-            match deadlines.check(s, Instant::now()) {
+            let now = if self.armed { Instant::now() } else { s.start };
+            match deadlines.check(s, now) {
                 Err(e) => return Poll::Ready(e),
                 Ok(None) => return Poll::Pending,
                 Ok(Some(at)) => {
@@ -750,5 +753,44 @@ mod tests {
             )
         );
         assert_eq!(lock(&timer.0).len(), 2);
+    }
+
+    /// The first wait arms the timer without reading the clock (as if at the stream's
+    /// start): a deadline that has passed by then still expires at once, and one that has
+    /// not keeps its time.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_passed_before_the_first_wait_expires_at_once() {
+        let timer = StreamTimer::default();
+        let route = Deadlines {
+            route: Some(Duration::from_secs(1)),
+            ..Deadlines::default()
+        };
+        let s = StreamState::new(Instant::now(), true);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let waited = Instant::now();
+        let work = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(
+            timer.race(route, &s, work).await,
+            Err(Expired::Route(Duration::from_secs(1)))
+        );
+        assert!(
+            waited.elapsed() < Duration::from_millis(5),
+            "{:?}",
+            waited.elapsed()
+        );
+        // Started 0.5 s ago with 1 s to go: 0.5 s more, not 1 s.
+        let s = StreamState::new(Instant::now(), true);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let waited = Instant::now();
+        let work = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(
+            timer.race(route, &s, work).await,
+            Err(Expired::Route(Duration::from_secs(1)))
+        );
+        let took = waited.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_millis(600),
+            "{took:?}"
+        );
     }
 }
