@@ -152,14 +152,16 @@ pub(crate) fn route(
     })))
 }
 
-/// Connects to `addr`: through `hbone` when given, else over TCP; each within `timeout`.
+/// Connects to `addr`: through `hbone` when given, else over TCP (with `keepalive`);
+/// each within `timeout`.
 pub(crate) async fn dial(
     addr: SocketAddr,
     timeout: Duration,
     hbone: Option<&HboneRoute>,
+    keepalive: Option<tcp::Keepalive>,
 ) -> Result<BoxIo, ProxyError> {
     let Some(r) = hbone else {
-        return Ok(Box::new(tcp::connect(addr, timeout).await?));
+        return Ok(Box::new(tcp::connect(addr, timeout, keepalive).await?));
     };
     let connect = r
         .client

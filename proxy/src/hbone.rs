@@ -478,7 +478,7 @@ impl ServerInner {
         {
             return refuse(Refusal::Denied);
         }
-        let upstream = match crate::tcp::connect(dst, self.config.connect_timeout).await {
+        let upstream = match crate::tcp::connect(dst, self.config.connect_timeout, None).await {
             Ok(s) => s,
             Err(e) => {
                 debug!(%dst, error = %e, "HBONE destination unreachable");

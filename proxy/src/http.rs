@@ -47,7 +47,7 @@ use crate::golden::{self, DestinationLabels, GoldenMetrics, RequestRecord, Sourc
 use crate::h2server::{Ended, Limits, Signals};
 use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
-use crate::model::cluster::UpstreamProtocol as ClusterProtocol;
+use crate::model::cluster::{DnsLookupFamily, UpstreamProtocol as ClusterProtocol};
 use crate::model::endpoint::EndpointAddress;
 use crate::model::listener::Http2Settings;
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
@@ -171,6 +171,8 @@ pub(crate) struct Target {
     pub(crate) connect_timeout: Duration,
     /// How requests reach it.
     pub(crate) protocol: UpstreamProtocol,
+    /// The cluster's TCP keepalive.
+    pub(crate) keepalive: Option<crate::tcp::Keepalive>,
 }
 
 /// The request body as the proxy forwards it (its bytes counted for the golden metrics).
@@ -461,6 +463,7 @@ impl HttpConn {
                         addr: self.dst,
                         connect_timeout: self.connect_timeout,
                         protocol: same_as(self.downstream),
+                        keepalive: None,
                     };
                     let dest = self.destination(None, Some(self.dst), authority(&req));
                     *deadlines = Deadlines::new(None, &self.timeouts);
@@ -923,6 +926,7 @@ impl HttpConn {
                 addr,
                 protocol: target.protocol,
                 connect_timeout: target.connect_timeout,
+                keepalive: target.keepalive,
                 hbone: crate::dial::route(
                     &self.config,
                     &self.traffic.load(),
@@ -1184,7 +1188,7 @@ pub(crate) async fn pick_endpoint(
         ));
     }
     let endpoint = picked.address();
-    let addr = resolve_one(&endpoint).await?;
+    let addr = resolve_one(&endpoint, cluster.cluster.dns_lookup_family).await?;
     let protocol = match &cluster.cluster.protocol {
         ClusterProtocol::Http1 => UpstreamProtocol::Http1,
         ClusterProtocol::Http2(o) => UpstreamProtocol::Http2(o.into()),
@@ -1197,6 +1201,7 @@ pub(crate) async fn pick_endpoint(
         addr,
         connect_timeout: cluster.cluster.connect_timeout,
         protocol,
+        keepalive: cluster.cluster.tcp_keepalive.as_ref().map(Into::into),
     };
     Ok(PickedEndpoint {
         endpoint,
@@ -1225,18 +1230,37 @@ pub(crate) struct PickedEndpoint {
     pub(crate) picked: Picked,
 }
 
+/// The address to connect to among those a host name resolved to, as Envoy's
+/// `dns_lookup_family` picks it (`AUTO`: IPv6 first; `ALL`: the resolver's first).
+fn by_family(addrs: &[SocketAddr], family: DnsLookupFamily) -> Option<SocketAddr> {
+    let v4 = addrs.iter().find(|a| a.is_ipv4());
+    let v6 = addrs.iter().find(|a| a.is_ipv6());
+    match family {
+        DnsLookupFamily::V4Only => v4,
+        DnsLookupFamily::V6Only => v6,
+        DnsLookupFamily::V4Preferred => v4.or(v6),
+        DnsLookupFamily::Auto => v6.or(v4),
+        DnsLookupFamily::All => addrs.first(),
+    }
+    .copied()
+}
+
 /// Resolves an endpoint to the address to connect to (the first DNS answer).
-async fn resolve_one(endpoint: &EndpointAddress) -> Result<SocketAddr, ProxyError> {
+async fn resolve_one(
+    endpoint: &EndpointAddress,
+    family: DnsLookupFamily,
+) -> Result<SocketAddr, ProxyError> {
     if let EndpointAddress::Socket(addr) = endpoint {
         // Nearly every request: no lookup, and no `Vec` for the one address.
         return Ok(*addr);
     }
     match traffic::resolve(endpoint).await {
-        Ok(addrs) if !addrs.is_empty() => Ok(addrs[0]),
-        Ok(_) => Err(ProxyError::unrouted(
-            MissReason::Dns,
-            format!("{endpoint:?} resolved to no address"),
-        )),
+        Ok(addrs) => by_family(&addrs, family).ok_or_else(|| {
+            ProxyError::unrouted(
+                MissReason::Dns,
+                format!("{endpoint:?} resolved to no address of {family:?}: {addrs:?}"),
+            )
+        }),
         Err(e) => Err(ProxyError::unrouted(
             MissReason::Dns,
             format!("resolving {endpoint:?}: {e}"),
@@ -1545,6 +1569,30 @@ mod tests {
             http2: Http2Settings::default(),
             hbone: None,
         })
+    }
+
+    /// `dns_lookup_family` picks among a host name's addresses as Envoy does.
+    #[test]
+    fn dns_lookup_family_picks_the_address() {
+        use DnsLookupFamily as F;
+        let v4: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        let both = [v4, v6];
+        let cases = [
+            (F::Auto, &both[..], Some(v6)),
+            (F::Auto, &[v4][..], Some(v4)),
+            (F::V4Only, &both[..], Some(v4)),
+            (F::V4Only, &[v6][..], None),
+            (F::V6Only, &both[..], Some(v6)),
+            (F::V6Only, &[v4][..], None),
+            (F::V4Preferred, &[v6, v4][..], Some(v4)),
+            (F::V4Preferred, &[v6][..], Some(v6)),
+            (F::All, &[v6, v4][..], Some(v6)),
+            (F::All, &[][..], None),
+        ];
+        for (family, addrs, want) in cases {
+            assert_eq!(by_family(addrs, family), want, "{family:?} {addrs:?}");
+        }
     }
 
     /// The labels a connection caches for its last request follow each request's cluster,

@@ -213,6 +213,7 @@ async fn try_handle(
                     addr: dst,
                     connect_timeout: config.connect_timeout,
                     protocol: crate::upstream::UpstreamProtocol::Http1,
+                    keepalive: None,
                 }),
             };
             match upstream {
@@ -263,6 +264,7 @@ async fn try_handle(
                             connect_timeout: upstream.connect_timeout,
                             idle_timeout,
                             hbone,
+                            keepalive: upstream.keepalive,
                         },
                         &source,
                         metrics,

@@ -18,13 +18,61 @@ use crate::detect::Protocol;
 use crate::error::ProxyError;
 use crate::golden::TcpCounters;
 use crate::metrics::{Direction, ProxyMetrics, TcpBytesLabels};
+use crate::model::cluster::TcpKeepalive;
 use crate::outbound::Source;
 use crate::stream::{Counted, Rewind};
 use crate::timeout::IdleStream;
 
+/// A cluster's TCP keepalive (`upstream_connection_options.tcp_keepalive`) in 12 bytes (it
+/// rides in every request's target); 0: the kernel's setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Keepalive {
+    pub(crate) probes: u32,
+    /// Seconds idle before the first probe.
+    pub(crate) time: u32,
+    /// Seconds between probes.
+    pub(crate) interval: u32,
+}
+
+impl From<&TcpKeepalive> for Keepalive {
+    fn from(k: &TcpKeepalive) -> Self {
+        let secs =
+            |d: Option<Duration>| d.map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        Self {
+            probes: k.probes.unwrap_or(0),
+            time: secs(k.time),
+            interval: secs(k.interval),
+        }
+    }
+}
+
+impl Keepalive {
+    /// Turns `SO_KEEPALIVE` on with these settings.
+    fn apply(self, stream: &TcpStream) -> std::io::Result<()> {
+        let mut k = socket2::TcpKeepalive::new();
+        if self.time > 0 {
+            k = k.with_time(Duration::from_secs(self.time.into()));
+        }
+        if self.interval > 0 {
+            k = k.with_interval(Duration::from_secs(self.interval.into()));
+        }
+        if self.probes > 0 {
+            k = k.with_retries(self.probes);
+        }
+        let sock = socket2::SockRef::from(stream);
+        sock.set_keepalive(true)?;
+        sock.set_tcp_keepalive(&k)
+    }
+}
+
 /// Connects to `dst` within `timeout`, with `TCP_NODELAY` set (the proxy forwards what
-/// it gets as soon as it gets it; batching is the app's business).
-pub(crate) async fn connect(dst: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+/// it gets as soon as it gets it; batching is the app's business) and the cluster's
+/// keepalive, if it has one.
+pub(crate) async fn connect(
+    dst: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<Keepalive>,
+) -> Result<TcpStream, ProxyError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ProxyError::connect(dst, e)),
@@ -32,6 +80,11 @@ pub(crate) async fn connect(dst: SocketAddr, timeout: Duration) -> Result<TcpStr
     };
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%dst, error = %e, "setting TCP_NODELAY failed");
+    }
+    if let Some(k) = keepalive {
+        if let Err(e) = k.apply(&stream) {
+            debug!(%dst, error = %e, "setting TCP keepalive failed");
+        }
     }
     Ok(stream)
 }
@@ -61,6 +114,8 @@ pub(crate) struct TcpTarget {
     pub(crate) idle_timeout: Option<Duration>,
     /// Through an HBONE tunnel (a meshed workload on another node).
     pub(crate) hbone: Option<Arc<crate::dial::HboneRoute>>,
+    /// The cluster's TCP keepalive (direct connections; a tunnel's is the HBONE pool's).
+    pub(crate) keepalive: Option<Keepalive>,
 }
 
 /// The upstream side: a TCP connection (reset on failure) or an HBONE tunnel.
@@ -131,6 +186,7 @@ pub(crate) async fn forward(
         connect_timeout,
         idle_timeout,
         hbone,
+        keepalive,
     } = target;
     golden.opened.inc();
     // Closed whatever happens below, once.
@@ -141,8 +197,10 @@ pub(crate) async fn forward(
         CloseOnDrop(d.closed.clone())
     });
     let connected = match &hbone {
-        None => connect(dst, connect_timeout).await.map(Upstream::Tcp),
-        Some(r) => crate::dial::dial(dst, connect_timeout, Some(r))
+        None => connect(dst, connect_timeout, keepalive)
+            .await
+            .map(Upstream::Tcp),
+        Some(r) => crate::dial::dial(dst, connect_timeout, Some(r), None)
             .await
             .map(Upstream::Tunnel),
     };
@@ -230,7 +288,7 @@ mod tests {
         let mut fillers = Vec::new();
         let start = tokio::time::Instant::now();
         let err = loop {
-            match connect(addr, Duration::from_secs(5)).await {
+            match connect(addr, Duration::from_secs(5), None).await {
                 Ok(s) => fillers.push(s),
                 Err(e) => break e,
             }
@@ -240,5 +298,33 @@ mod tests {
         assert_eq!(err.response_flags(), "UF");
         // Paused time: the timeout fired at exactly 5 s of virtual time, in no real time.
         assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    /// A cluster's `tcp_keepalive` is on the connected socket, read back from the kernel;
+    /// unset fields keep the kernel's values, and without one keepalive stays off.
+    #[tokio::test]
+    async fn a_cluster_s_keepalive_is_set_on_its_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let model = TcpKeepalive {
+            probes: Some(4),
+            time: Some(Duration::from_secs(30)),
+            interval: None,
+        };
+        let s = connect(addr, Duration::from_secs(5), Some((&model).into()))
+            .await
+            .unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        let plain = connect(addr, Duration::from_secs(5), None).await.unwrap();
+        let plain = socket2::SockRef::from(&plain);
+        assert!(!plain.keepalive().unwrap());
+        // The interval left unset is the kernel's default (net.ipv4.tcp_keepalive_intvl).
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            plain.tcp_keepalive_interval().unwrap()
+        );
     }
 }

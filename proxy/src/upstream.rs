@@ -123,6 +123,9 @@ pub(crate) struct Endpoint {
     pub(crate) connect_timeout: Duration,
     /// Through an HBONE tunnel (a meshed workload on another node), as its source.
     pub(crate) hbone: Option<Arc<HboneRoute>>,
+    /// The cluster's TCP keepalive for a connection this request opens (a pooled one keeps
+    /// the settings it was opened with).
+    pub(crate) keepalive: Option<crate::tcp::Keepalive>,
 }
 
 impl Endpoint {
@@ -604,7 +607,13 @@ impl Pools {
         limits: Option<&ConnLimits<'_>>,
     ) -> Result<OwnConn, ProxyError> {
         let new = |slot| async move {
-            let io = dial::dial(ep.addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
+            let io = dial::dial(
+                ep.addr,
+                ep.connect_timeout,
+                ep.hbone.as_deref(),
+                ep.keepalive,
+            )
+            .await?;
             Ok::<_, ProxyError>(OwnConn::new(io, slot))
         };
         let Some(limits) = limits else {
@@ -730,7 +739,7 @@ async fn connect_h2(
     settings: &H2Settings,
 ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
     let addr = ep.addr;
-    let stream = dial::dial(addr, ep.connect_timeout, ep.hbone.as_deref()).await?;
+    let stream = dial::dial(addr, ep.connect_timeout, ep.hbone.as_deref(), ep.keepalive).await?;
     handshake_h2(stream, addr, peer, slot, settings).await
 }
 

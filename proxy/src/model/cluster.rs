@@ -274,8 +274,7 @@ pub struct Http2Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DnsLookupFamily {
-    /// IPv4 if any, else IPv6 (Envoy's `AUTO`: v6 first, then v4; Myelin follows
-    /// Envoy's order).
+    /// IPv6 if any, else IPv4 (Envoy's `AUTO`).
     Auto,
     /// IPv4 only.
     V4Only,
