@@ -13,7 +13,8 @@
 //! What it does, as RFC 9113 asks of a server: the preface and SETTINGS exchange, HEADERS
 //! with CONTINUATION (one block at a time, bounded), request and response bodies with flow
 //! control both ways (a stream's window given back as its body is read, not as it arrives),
-//! trailers, RST_STREAM both ways, PING, GOAWAY (on a drain, the idle timeout, the client's
+//! trailers, RST_STREAM both ways, PING (answered, and sent on a timer with the connection
+//! manager's `connection_keepalive`: [`Keepalive`]), GOAWAY (on a drain, the idle timeout, the client's
 //! own, and with the error code of a connection error), a cap on concurrent streams
 //! (REFUSED_STREAM above it), malformed requests reset with PROTOCOL_ERROR, and the limits
 //! a server needs against abuse: a header list size (431), a header block size, control
@@ -43,6 +44,7 @@ use tracing::debug;
 use crate::body::RequestBody;
 use crate::error::BodyError;
 use crate::lock;
+use crate::model::cluster::Http2Keepalive;
 use crate::model::listener::Http2Settings;
 
 mod hpack;
@@ -121,6 +123,8 @@ pub(crate) struct Limits {
     /// Streams the client may reset before their responses, beyond which a connection on
     /// which most streams end that way is closed with ENHANCE_YOUR_CALM.
     pub(crate) premature_resets: u32,
+    /// PINGs to the client on a timer (`connection_keepalive`, only with an interval).
+    pub(crate) keepalive: Option<Http2Keepalive>,
 }
 
 impl Default for Limits {
@@ -140,6 +144,7 @@ impl From<&Http2Settings> for Limits {
             max_header_block: 64 << 10,
             max_buffered: 1 << 20,
             premature_resets: 100,
+            keepalive: h.connection_keepalive.filter(|k| k.interval.is_some()),
         }
     }
 }
@@ -438,6 +443,8 @@ struct Connection<I, F, B, H, S> {
     recv_window: i64,
     /// Read and not yet given back on the connection.
     unreleased: usize,
+    /// The keepalive PINGs' timer and state, when the connection manager asks for them.
+    keepalive: Option<Keepalive>,
     /// Reused by `give_back` and `poll_bodies`.
     scratch_ids: Vec<u32>,
     scratch_ready: Vec<u32>,
@@ -483,6 +490,7 @@ where
             send_window: DEFAULT_WINDOW,
             recv_window: DEFAULT_WINDOW,
             unreleased: 0,
+            keepalive: limits.keepalive.map(Keepalive::new),
             scratch_ids: Vec::new(),
             scratch_ready: Vec::new(),
             scratch_finished: Vec::new(),
@@ -525,6 +533,9 @@ where
         // per request when polled every turn).
         if !self.goaway && self.signals.poll_close(cx).is_ready() {
             self.goaway(reason::NO_ERROR);
+        }
+        if let Some(k) = &mut self.keepalive {
+            k.poll(cx, &mut self.out)?;
         }
         // Turns of the loop in one poll: a handler that wakes itself while polled (not
         // through tokio, which defers such wakes) must not keep this task from yielding.
@@ -576,6 +587,9 @@ where
                 Poll::Pending => return Ok(progress),
                 Poll::Ready(Err(e)) => return Err(Failure::Io(e)),
                 Poll::Ready(Ok(n)) => {
+                    if let Some(k) = &mut self.keepalive {
+                        k.heard();
+                    }
                     if n == 0 {
                         self.read_closed = true;
                         // Nothing more will come for the streams in flight.
@@ -662,6 +676,8 @@ where
                 if flags & ACK == 0 {
                     head(&mut self.out, 8, PING, ACK, 0);
                     self.out.put_slice(&payload);
+                } else if let Some(k) = &mut self.keepalive {
+                    k.acked(&payload);
                 }
             }
             GOAWAY => {
@@ -1382,6 +1398,94 @@ where
         head(&mut self.out, 8, GOAWAY, 0, 0);
         self.out.put_u32(self.last_stream);
         self.out.put_u32(code);
+    }
+}
+
+/// `connection_keepalive` on the server side, as Envoy does it: a PING every interval (plus
+/// up to the jitter at random), counted from the last ACK; the connection aborted (no
+/// GOAWAY) when the ACK has not come within the timeout of the PING or of the last bytes
+/// the client sent (an ACK may be queued behind other frames). The timer is polled once
+/// per wake-up of the connection's task, as the signals are.
+struct Keepalive {
+    cfg: Http2Keepalive,
+    /// Interval given: the next PING when none is out, else the ACK's deadline.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The payload of the PING out, unanswered.
+    out: Option<[u8; 8]>,
+    /// When bytes from the client last arrived while a PING was out.
+    heard: Option<tokio::time::Instant>,
+    sent: u64,
+}
+
+impl Keepalive {
+    fn new(cfg: Http2Keepalive) -> Self {
+        let mut k = Self {
+            cfg,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            out: None,
+            heard: None,
+            sent: 0,
+        };
+        k.arm_interval();
+        k
+    }
+
+    fn arm_interval(&mut self) {
+        let Some(interval) = self.cfg.interval else {
+            return;
+        };
+        let jitter = interval.as_nanos() * u128::from(self.cfg.interval_jitter_bp) / 10_000;
+        let extra = match u64::try_from(jitter) {
+            Ok(0) | Err(_) => 0,
+            Ok(j) => fastrand::u64(..j),
+        };
+        let at = tokio::time::Instant::now() + interval + Duration::from_nanos(extra);
+        self.timer.as_mut().reset(at);
+    }
+
+    /// Sends a PING when it is time (into `out`), or fails the connection when one went
+    /// unanswered for the timeout.
+    fn poll(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = tokio::time::Instant::now();
+            if self.out.is_some() {
+                // The client sent something since: the ACK may be behind it.
+                match self.heard.take().map(|t| t + self.cfg.timeout) {
+                    Some(deadline) if deadline > now => self.timer.as_mut().reset(deadline),
+                    _ => {
+                        return Err(Failure::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no PING ACK from the client within the keepalive timeout",
+                        )))
+                    }
+                }
+            } else {
+                self.sent += 1;
+                let payload = self.sent.to_be_bytes();
+                head(out, 8, PING, 0, 0);
+                out.put_slice(&payload);
+                self.out = Some(payload);
+                self.heard = None;
+                self.timer.as_mut().reset(now + self.cfg.timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes came from the client (a clock read only while a PING is out).
+    fn heard(&mut self) {
+        if self.out.is_some() {
+            self.heard = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// A PING ACK came: ours ends the wait and arms the next PING; any other is ignored.
+    fn acked(&mut self, payload: &[u8]) {
+        if self.out.as_ref().is_some_and(|p| p[..] == *payload) {
+            self.out = None;
+            self.heard = None;
+            self.arm_interval();
+        }
     }
 }
 

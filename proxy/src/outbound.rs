@@ -378,7 +378,7 @@ fn plan(
                 ),
             },
             hcm.upgrade_types.clone().into(),
-            HcmTimeouts::from(hcm),
+            HcmTimeouts::from(&**hcm),
             hcm.http2,
         ),
     })

@@ -250,7 +250,7 @@ async fn protocols_are_translated_both_ways() {
 }
 
 /// A listener whose connection manager announces `streams` as its HTTP/2 stream cap.
-fn h2_settings_listener(streams: u32) -> Listener {
+fn h2_settings_listener(streams: u32, keepalive: &str) -> Listener {
     yaml(&format!(
         r#"
 name: l
@@ -267,6 +267,7 @@ filter_chains:
         max_concurrent_streams: {streams}
         initial_stream_window_size: 131072
         max_outbound_frames: 5000
+        {keepalive}
       http_filters:
       - name: envoy.filters.http.router
         typed_config: {{"@type": {ROUTER_TYPE}}}
@@ -296,7 +297,7 @@ async fn http2_settings_come_from_the_connection_manager() {
     let up = http_upstream("up").await;
     let cp = ControlPlane::start().await;
     cp.update(|b| {
-        b.set("l", &h2_settings_listener(3));
+        b.set("l", &h2_settings_listener(3, ""));
         b.set("web", &route_to("web", "web"));
         b.set("web", &eds_cluster("web"));
         b.set("web", &endpoints("web", &[up.addr]));
@@ -310,11 +311,63 @@ async fn http2_settings_come_from_the_connection_manager() {
     .await;
     assert_eq!(announced_streams(&node).await, 3);
     cp.update(|b| {
-        b.set("l", &h2_settings_listener(5));
+        b.set(
+            "l",
+            &h2_settings_listener(
+                5,
+                "connection_keepalive: {interval: 0.2s, timeout: 0.3s, interval_jitter: {value: 0}}",
+            ),
+        );
     });
     node.wait_applied(type_url::LISTENER, &["l"], &cp.version(type_url::LISTENER))
         .await;
     assert_eq!(announced_streams(&node).await, 5);
+
+    // The keepalive: a client that says nothing after its SETTINGS gets a PING after the
+    // interval and, not answering it, loses the connection after the timeout.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = node.connect(vip(18095)).await;
+    let start = std::time::Instant::now();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut pinged = None;
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("the connection ends within 5 s")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        read.extend_from_slice(&buf[..n]);
+        // Frames: 3 bytes length, type, flags, 4 bytes stream, payload.
+        let mut at = 0;
+        while read.len() >= at + 9 {
+            let len = (usize::from(read[at]) << 16)
+                | (usize::from(read[at + 1]) << 8)
+                | usize::from(read[at + 2]);
+            if read.len() < at + 9 + len {
+                break;
+            }
+            if read[at + 3] == 0x6 && read[at + 4] & 1 == 0 && pinged.is_none() {
+                pinged = Some(start.elapsed());
+            }
+            at += 9 + len;
+        }
+    }
+    let closed = start.elapsed();
+    let pinged = pinged.expect("a PING from the proxy");
+    assert!(
+        pinged >= std::time::Duration::from_millis(200),
+        "{pinged:?}"
+    );
+    assert!(
+        closed >= pinged + std::time::Duration::from_millis(300),
+        "closed {closed:?} after the PING at {pinged:?}"
+    );
 }
 
 /// An HTTP/2 cluster's `http2_protocol_options` apply to its connections: with

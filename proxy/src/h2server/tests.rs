@@ -654,3 +654,111 @@ fn a_handler_that_wakes_itself_does_not_starve_the_runtime() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the other task ran");
 }
+
+/// Reads the next frame, however long it takes (for tests on the paused clock, where a
+/// read timeout would be the earliest timer and fire first).
+async fn next_frame(io: &mut DuplexStream) -> Option<(u8, u8, Vec<u8>)> {
+    let mut h = [0u8; 9];
+    io.read_exact(&mut h).await.ok()?;
+    let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+    let mut p = vec![0; len];
+    io.read_exact(&mut p).await.ok()?;
+    Some((h[3], h[4], p))
+}
+
+/// The next PING the server sends (not an ACK), and when it came.
+async fn next_ping(io: &mut DuplexStream) -> (Vec<u8>, tokio::time::Instant) {
+    loop {
+        let (kind, flags, p) = next_frame(io).await.expect("a PING before the end");
+        if kind == PING && flags & ACK == 0 {
+            return (p, tokio::time::Instant::now());
+        }
+    }
+}
+
+/// `connection_keepalive` as Envoy does it: a PING each interval counted from the last
+/// ACK, the connection aborted when the ACK is late, the wait restarted by anything the
+/// client sends; none without the setting.
+#[tokio::test(start_paused = true)]
+async fn keepalive_pings_and_closes_a_silent_connection() {
+    let keepalive = |jitter_bp| {
+        Some(Http2Keepalive {
+            interval: Some(Duration::from_secs(10)),
+            timeout: Duration::from_secs(2),
+            interval_jitter_bp: jitter_bp,
+        })
+    };
+    let (mut io, server) = tokio::io::duplex(1 << 16);
+    let limits = Limits {
+        keepalive: keepalive(0),
+        ..Limits::default()
+    };
+    let served = tokio::spawn(serve(server, limits, service, Never));
+    let start = tokio::time::Instant::now();
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+
+    // The first PING an interval after the start, answered: the next an interval after the
+    // answer.
+    let (payload, at) = next_ping(&mut io).await;
+    assert_eq!(at - start, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    io.write_all(&frame(PING, ACK, 0, &payload)).await.unwrap();
+    let answered = tokio::time::Instant::now();
+    let (payload2, at) = next_ping(&mut io).await;
+    assert_eq!(at - answered, Duration::from_secs(10));
+    assert_ne!(payload, payload2, "each PING has its own payload");
+
+    // Unanswered, but the client speaks 1.5 s after it (an ACK of another payload does not
+    // count as the answer): the connection lives until 2 s after that, then is aborted
+    // without a GOAWAY.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    io.write_all(&frame(PING, ACK, 0, b"notours!"))
+        .await
+        .unwrap();
+    let spoke = tokio::time::Instant::now();
+    loop {
+        match next_frame(&mut io).await {
+            None => break,
+            Some((kind, ..)) => assert_ne!(kind, GOAWAY, "an abort, not a GOAWAY"),
+        }
+    }
+    assert_eq!(tokio::time::Instant::now() - spoke, Duration::from_secs(2));
+    match served.await.unwrap() {
+        Ended::Io(e) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}"),
+        other => panic!("{other:?}"),
+    }
+
+    // With jitter: the interval plus up to 50 % of it.
+    let (mut io, server) = tokio::io::duplex(1 << 16);
+    let limits = Limits {
+        keepalive: keepalive(5000),
+        ..Limits::default()
+    };
+    tokio::spawn(serve(server, limits, service, Never));
+    let start = tokio::time::Instant::now();
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let (_, at) = next_ping(&mut io).await;
+    assert!(
+        (Duration::from_secs(10)..Duration::from_secs(15)).contains(&(at - start)),
+        "{:?}",
+        at - start
+    );
+
+    // Without the setting: an hour of silence, no PING from the server.
+    let mut io = raw_client().await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    io.write_all(&frame(PING, 0, 0, b"12345678")).await.unwrap();
+    loop {
+        let (kind, flags, p) = next_frame(&mut io).await.expect("the connection lives");
+        if kind == PING {
+            assert_eq!(
+                (flags, &p[..]),
+                (ACK, &b"12345678"[..]),
+                "the server's own PING"
+            );
+            break;
+        }
+    }
+}

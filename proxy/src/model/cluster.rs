@@ -57,16 +57,27 @@ pub struct TcpKeepalive {
     pub interval: Option<Duration>,
 }
 
-/// HTTP/2 PING keepalive (`connection_keepalive`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// HTTP/2 PING keepalive (`connection_keepalive`), of a cluster's connections or of a
+/// connection manager's clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Http2Keepalive {
     /// How often to PING, busy or idle; `None`: never (then `timeout` has nothing to
     /// time).
     #[serde(serialize_with = "opt_duration_str")]
     pub interval: Option<Duration>,
-    /// How long to wait for the PING ACK before closing the connection.
+    /// How long to wait for the PING ACK before closing the connection. Any frame from the
+    /// peer restarts the wait (the ACK may be queued behind it), as in Envoy.
     #[serde(serialize_with = "duration_str")]
     pub timeout: Duration,
+    /// Up to this much is added at random to each interval, in hundredths of a percent of
+    /// it (`interval_jitter`; Envoy's default 15 % = 1500). Applied to the downstream PINGs;
+    /// hyper's client PINGs at the plain interval.
+    pub interval_jitter_bp: u16,
+}
+
+impl Http2Keepalive {
+    /// Envoy's default `interval_jitter`: 15 %.
+    pub const DEFAULT_JITTER_BP: u16 = 1500;
 }
 
 /// Cluster discovery type.

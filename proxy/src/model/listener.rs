@@ -87,7 +87,8 @@ impl CidrRange {
 #[serde(rename_all = "snake_case")]
 pub enum NetworkFilter {
     /// `envoy.filters.network.http_connection_manager`.
-    HttpConnectionManager(HttpConnectionManager),
+    /// Boxed: the largest variant by far, and a listener is config, built once per update.
+    HttpConnectionManager(Box<HttpConnectionManager>),
     /// `envoy.filters.network.tcp_proxy`.
     TcpProxy(TcpProxy),
 }
@@ -133,6 +134,9 @@ pub struct Http2Settings {
     pub initial_connection_window_size: u32,
     /// `SETTINGS_HEADER_TABLE_SIZE`: the HPACK dynamic table the client may use.
     pub hpack_table_size: u32,
+    /// PINGs to the client, the connection closed when one goes unanswered
+    /// (`connection_keepalive`); `None`: none.
+    pub connection_keepalive: Option<crate::model::cluster::Http2Keepalive>,
 }
 
 impl Http2Settings {
@@ -151,6 +155,7 @@ impl Default for Http2Settings {
             initial_stream_window_size: Self::DEFAULT_WINDOW,
             initial_connection_window_size: Self::DEFAULT_WINDOW,
             hpack_table_size: Self::DEFAULT_HPACK_TABLE_SIZE,
+            connection_keepalive: None,
         }
     }
 }

@@ -358,6 +358,52 @@ fn connection_options(
     })
 }
 
+/// `KeepaliveSettings` of `http2_protocol_options`, for clusters and connection managers
+/// (`connection_idle_interval` is the caller's: it means something only to a client).
+pub(super) fn http2_keepalive(
+    cx: &mut Cx,
+    p: &str,
+    k: &core::KeepaliveSettings,
+) -> Option<mc::Http2Keepalive> {
+    let core::KeepaliveSettings {
+        interval,
+        timeout,
+        interval_jitter,
+        connection_idle_interval: _,
+    } = k;
+    let Some(timeout) = timeout.as_ref() else {
+        cx.reject(join(p, "timeout"), Reason::Invalid("is required".into()));
+        return None;
+    };
+    let timeout = cx.duration(&join(p, "timeout"), timeout)?;
+    if timeout < std::time::Duration::from_millis(1) {
+        cx.reject(
+            join(p, "timeout"),
+            Reason::Invalid("must be at least 1ms".into()),
+        );
+        return None;
+    }
+    let interval_jitter_bp = match interval_jitter {
+        None => mc::Http2Keepalive::DEFAULT_JITTER_BP,
+        Some(j) if (0.0..=100.0).contains(&j.value) => (j.value * 100.0).round() as u16,
+        Some(j) => {
+            cx.reject(
+                join(p, "interval_jitter"),
+                Reason::Invalid(format!("{} is not a percentage (0 to 100)", j.value)),
+            );
+            return None;
+        }
+    };
+    Some(mc::Http2Keepalive {
+        interval: interval
+            .as_ref()
+            .and_then(|d| cx.duration(&join(p, "interval"), d))
+            .filter(|d| !d.is_zero()),
+        timeout,
+        interval_jitter_bp,
+    })
+}
+
 fn breakers(cx: &mut Cx, cb: Option<&pb::CircuitBreakers>) -> Vec<mc::Thresholds> {
     let mut out = vec![mc::Thresholds::envoy_default(mc::RoutingPriority::Default)];
     let Some(cb) = cb else { return out };
@@ -777,26 +823,9 @@ fn http_options(
         );
         let connection_keepalive = connection_keepalive.as_ref().and_then(|k| {
             let kp = join(&hp, "connection_keepalive");
-            let core::KeepaliveSettings {
-                interval,
-                timeout,
-                interval_jitter: _,
-                connection_idle_interval,
-            } = k;
-            let Some(timeout) = timeout.as_ref() else {
-                cx.reject(join(&kp, "timeout"), Reason::Invalid("is required".into()));
-                return None;
-            };
-            let timeout = cx.duration(&join(&kp, "timeout"), timeout)?;
             // A PING before reusing an idle connection: hyper's client has no such hook.
-            cx.unsupported(&kp, "connection_idle_interval", connection_idle_interval);
-            Some(mc::Http2Keepalive {
-                interval: interval
-                    .as_ref()
-                    .and_then(|d| cx.duration(&join(&kp, "interval"), d))
-                    .filter(|d| !d.is_zero()),
-                timeout,
-            })
+            cx.unsupported(&kp, "connection_idle_interval", &k.connection_idle_interval);
+            http2_keepalive(cx, &kp, k)
         });
         Some(mc::Http2Options {
             connection_keepalive,

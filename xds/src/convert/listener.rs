@@ -347,7 +347,8 @@ fn network_filter(cx: &mut Cx, p: &str, f: &pb::Filter) -> Option<ml::NetworkFil
     match any.type_url.as_str() {
         HCM_URL => {
             let m: hcm::HttpConnectionManager = cx.decode(&tp, HCM_URL, &any.value)?;
-            http_connection_manager(cx, &tp, &m).map(ml::NetworkFilter::HttpConnectionManager)
+            http_connection_manager(cx, &tp, &m)
+                .map(|h| ml::NetworkFilter::HttpConnectionManager(Box::new(h)))
         }
         TCP_PROXY_URL => {
             let m: ext::TcpProxy = cx.decode(&tp, TCP_PROXY_URL, &any.value)?;
@@ -405,7 +406,11 @@ fn http2_settings(cx: &mut Cx, p: &str, o: &core::Http2ProtocolOptions) -> ml::H
         override_stream_error_on_invalid_http_message,
     );
     cx.unsupported(p, "custom_settings_parameters", custom_settings_parameters);
-    cx.unsupported(p, "connection_keepalive", connection_keepalive);
+    // `connection_idle_interval` (a PING before reusing an idle connection) is for clients;
+    // Envoy's server side ignores it, and so does Myelin's.
+    let connection_keepalive = connection_keepalive
+        .as_ref()
+        .and_then(|k| super::cluster::http2_keepalive(cx, &join(p, "connection_keepalive"), k));
     let d = ml::Http2Settings::default();
     ml::Http2Settings {
         max_concurrent_streams: cx
@@ -432,6 +437,7 @@ fn http2_settings(cx: &mut Cx, p: &str, o: &core::Http2ProtocolOptions) -> ml::H
         hpack_table_size: hpack_table_size
             .as_ref()
             .map_or(d.hpack_table_size, |v| v.value),
+        connection_keepalive,
     }
 }
 

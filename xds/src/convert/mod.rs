@@ -125,7 +125,9 @@ pub enum Reason {
     UnknownFields(usize),
 }
 
-/// A converted resource of any type (see [`resource`]).
+/// A converted resource of any type (see [`resource`]). Not boxed: one lives only from its
+/// conversion until the store takes it, once per resource per update.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resource {

@@ -595,8 +595,14 @@ upstream_connection_options:
         Some(mc::Http2Keepalive {
             interval: Some(Duration::from_secs(30)),
             timeout: Duration::from_secs(5),
+            interval_jitter_bp: mc::Http2Keepalive::DEFAULT_JITTER_BP,
         })
     );
+    let c = cluster(&yaml(", interval_jitter: { value: 2.5 }")).unwrap();
+    let mc::UpstreamProtocol::Http2(h2) = &c.protocol else {
+        panic!("{:?}", c.protocol)
+    };
+    assert_eq!(h2.connection_keepalive.unwrap().interval_jitter_bp, 250);
     // `tcp_keepalive: {}` turns keepalive on with the kernel's settings.
     let mut bare = yaml("");
     bare.upstream_connection_options = Some(pb::UpstreamConnectionOptions {
@@ -621,6 +627,12 @@ upstream_connection_options:
     assert_eq!(
         messages(cluster(&yaml(", connection_idle_interval: 60s"))),
         [format!("{kp}.connection_idle_interval: not supported")]
+    );
+    assert_eq!(
+        messages(cluster(&yaml(", interval_jitter: { value: 150 }"))),
+        [format!(
+            "{kp}.interval_jitter: 150 is not a percentage (0 to 100)"
+        )]
     );
 }
 

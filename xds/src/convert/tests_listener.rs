@@ -121,7 +121,35 @@ fn supported_fields() {
                         initial_stream_window_size: 65_535,
                         initial_connection_window_size: 1 << 24,
                         hpack_table_size: 0,
+                        connection_keepalive: None,
                     }
+                )
+            },
+        ),
+        (
+            "http2_protocol_options connection_keepalive",
+            with_hcm(|h| {
+                h.http2_protocol_options = Some(core::Http2ProtocolOptions {
+                    connection_keepalive: Some(core::KeepaliveSettings {
+                        interval: dur(30, 0),
+                        timeout: dur(0, 500_000_000),
+                        interval_jitter: Some(xds_api::pb::envoy::r#type::v3::Percent {
+                            value: 10.0,
+                        }),
+                        // For clients; a server ignores it, as Envoy's does.
+                        connection_idle_interval: dur(60, 0),
+                    }),
+                    ..Default::default()
+                })
+            }),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).http2.connection_keepalive,
+                    Some(myelin_proxy::model::cluster::Http2Keepalive {
+                        interval: Some(Duration::from_secs(30)),
+                        timeout: Duration::from_millis(500),
+                        interval_jitter_bp: 1000,
+                    })
                 )
             },
         ),
@@ -354,13 +382,16 @@ fn rejections() {
                     initial_stream_window_size: u32v(1000),
                     initial_connection_window_size: u32v(1 << 31),
                     allow_connect: true,
-                    connection_keepalive: Some(Default::default()),
+                    connection_keepalive: Some(core::KeepaliveSettings {
+                        interval: dur(30, 0),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 })
             }),
             vec![
                 format!("{fc0}.http2_protocol_options.allow_connect: not supported"),
-                format!("{fc0}.http2_protocol_options.connection_keepalive: not supported"),
+                format!("{fc0}.http2_protocol_options.connection_keepalive.timeout: is required"),
                 format!("{fc0}.http2_protocol_options.max_concurrent_streams: 0 is outside 1..=2147483647"),
                 format!("{fc0}.http2_protocol_options.initial_stream_window_size: 1000 is outside 65535..=2147483647"),
                 format!("{fc0}.http2_protocol_options.initial_connection_window_size: 2147483648 is outside 65535..=2147483647"),
