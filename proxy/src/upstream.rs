@@ -12,8 +12,10 @@
 //! - HTTP/2: one multiplexed connection per endpoint, shared by all requests to it (so the
 //!   requests of one downstream connection are balanced per request, not per connection);
 //!   replaced when it closes or refuses new streams. A cluster's `max_concurrent_streams`
-//!   caps the streams on each: beyond it another connection opens (if `max_connections`
-//!   has room; else the least busy connection takes the stream). Its windows and PING
+//!   caps the streams on each: beyond it another connection opens if `max_connections`
+//!   has room; else the request waits as a pending request (counted against
+//!   `max_pending_requests`, 503 `UO` beyond it) until a stream ends or a connection
+//!   closes, as in Envoy. Its windows and PING
 //!   keepalive apply to the connections it opens, which are pooled apart from those of
 //!   clusters with other settings ([`H2Settings`]).
 //!
@@ -140,30 +142,59 @@ impl Endpoint {
 type ConnKey = (SocketAddr, Option<Arc<str>>);
 
 /// The HTTP/2 connections of one endpoint: one, unless its cluster caps the streams per
-/// connection. The async lock is held only while picking and connecting, so concurrent
-/// first requests share one connection instead of racing to open several.
-type H2Slot = Arc<tokio::sync::Mutex<Vec<H2Conn>>>;
+/// connection. The async lock is held only while picking and connecting (never while a
+/// request waits for a stream), so concurrent first requests share one connection instead
+/// of racing to open several.
+type H2Slot = Arc<H2Conns>;
+
+#[derive(Default)]
+struct H2Conns {
+    conns: tokio::sync::Mutex<Vec<H2Conn>>,
+    /// A counted stream ended: a request waiting for room on these connections looks again.
+    ended: Arc<tokio::sync::Notify>,
+}
 
 struct H2Conn {
     sender: http2::SendRequest<ProxyBody>,
     /// Streams open on it (counted under a stream cap only).
-    streams: Arc<AtomicUsize>,
+    streams: Arc<StreamGauge>,
+}
+
+impl H2Conn {
+    fn new(sender: http2::SendRequest<ProxyBody>, conns: &H2Conns) -> Self {
+        Self {
+            sender,
+            streams: Arc::new(StreamGauge {
+                open: AtomicUsize::new(0),
+                ended: conns.ended.clone(),
+            }),
+        }
+    }
+}
+
+struct StreamGauge {
+    open: AtomicUsize,
+    /// The endpoint's [`H2Conns::ended`].
+    ended: Arc<tokio::sync::Notify>,
 }
 
 /// One stream counted on its connection until its response body is dropped (or the
 /// request fails).
-struct StreamCount(Arc<AtomicUsize>);
+struct StreamCount(Arc<StreamGauge>);
 
 impl StreamCount {
-    fn enter(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count.clone())
+    fn enter(gauge: &Arc<StreamGauge>) -> Self {
+        gauge.open.fetch_add(1, Ordering::Relaxed);
+        Self(gauge.clone())
     }
 }
 
 impl Drop for StreamCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        // One stream's room for one waiter (a permit kept when none waits only makes the
+        // next waiter look once more).
+        self.0.ended.notify_one();
     }
 }
 
@@ -383,15 +414,12 @@ impl Pools {
                     .entry((key, settings))
                     .or_default()
                     .clone();
-                let mut conns = slot.lock().await;
+                let mut conns = slot.conns.lock().await;
                 conns.retain(|c| !c.sender.is_closed());
                 if conns.is_empty() {
                     let sender =
                         Box::pin(handshake_h2(stream, addr, peer, None, &settings)).await?;
-                    conns.push(H2Conn {
-                        sender,
-                        streams: Arc::default(),
-                    });
+                    conns.push(H2Conn::new(sender, &slot));
                 }
             }
         }
@@ -418,23 +446,34 @@ impl Pools {
                 .entry((ep.key(), settings))
                 .or_default()
                 .clone();
-            let (mut sender, count) = {
-                let mut conns = slot.lock().await;
+            let cap = settings
+                .max_streams
+                .map_or(usize::MAX, |m| m.get() as usize);
+            // Held while this request waits for room on a full endpoint (Envoy's pending
+            // request): counted against `max_pending_requests`.
+            let mut pending = None;
+            let (mut sender, count) = loop {
+                // Registered before looking, so room made after the look wakes us.
+                let ended = slot.ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                let freed = limits.map(|l| l.freed().notified());
+                let mut freed = std::pin::pin!(freed);
+                if let Some(f) = freed.as_mut().as_pin_mut() {
+                    f.enable();
+                }
+                let mut conns = slot.conns.lock().await;
                 conns.retain(|c| !c.sender.is_closed());
-                let cap = settings
-                    .max_streams
-                    .map_or(usize::MAX, |m| m.get() as usize);
                 let room = conns
                     .iter()
-                    .position(|c| c.streams.load(Ordering::Relaxed) < cap);
+                    .position(|c| c.streams.open.load(Ordering::Relaxed) < cap);
                 let i = match room {
                     Some(i) => i,
                     None => {
-                        // No idle HTTP/2 connections to take: the first one waits for a
-                        // connection slot like an HTTP/1 request; one more beyond the
-                        // stream cap is opened only if a slot is free now, else the
-                        // request goes on the least busy connection (Envoy would queue it
-                        // as pending).
+                        // The first connection waits for a connection slot like an HTTP/1
+                        // request; one more beyond the stream cap opens only if a slot is
+                        // free now, else the request waits for a stream to end or a
+                        // connection to close.
                         let cx = match limits {
                             Some(l) if conns.is_empty() => {
                                 Self::slot_or(l, || None::<std::convert::Infallible>)
@@ -444,26 +483,45 @@ impl Pools {
                             Some(l) => l.try_connection(),
                             None => None,
                         };
-                        if cx.is_none() && limits.is_some() && !conns.is_empty() {
-                            conns
-                                .iter()
-                                .enumerate()
-                                .min_by_key(|(_, c)| c.streams.load(Ordering::Relaxed))
-                                .map_or(0, |(i, _)| i)
-                        } else {
-                            let sender = Box::pin(connect_h2(ep, peer, cx, &settings)).await?;
-                            conns.push(H2Conn {
-                                sender,
-                                streams: Arc::default(),
-                            });
-                            conns.len() - 1
+                        match limits {
+                            Some(l) if cx.is_none() && !conns.is_empty() => {
+                                if pending.is_none() {
+                                    pending = Some(l.try_pending().ok_or_else(|| {
+                                        ProxyError::Overflow {
+                                            cluster: l.cluster().to_owned(),
+                                            breaker: "max_pending_requests",
+                                        }
+                                    })?);
+                                }
+                                drop(conns);
+                                debug!(
+                                    cluster = l.cluster(),
+                                    %addr,
+                                    "waiting for a stream on a full HTTP/2 endpoint (max_concurrent_streams, max_connections)"
+                                );
+                                match freed.as_mut().as_pin_mut() {
+                                    Some(f) => {
+                                        tokio::select! {
+                                            _ = ended.as_mut() => {}
+                                            _ = f => {}
+                                        }
+                                    }
+                                    None => ended.as_mut().await,
+                                }
+                                continue;
+                            }
+                            _ => {}
                         }
+                        let sender = Box::pin(connect_h2(ep, peer, cx, &settings)).await?;
+                        conns.push(H2Conn::new(sender, &slot));
+                        conns.len() - 1
                     }
                 };
                 let c = &conns[i];
                 let count = settings.max_streams.map(|_| StreamCount::enter(&c.streams));
-                (c.sender.clone(), count)
+                break (c.sender.clone(), count);
             };
+            drop(pending);
             sender
                 .ready()
                 .await
@@ -700,7 +758,8 @@ async fn sweep(pools: Weak<Pools>, idle_timeout: Duration) {
         state.own.retain(|_, v| !v.is_empty());
         // A slot whose connection closed (and that nobody is connecting) goes.
         state.h2.retain(|_, slot| {
-            slot.try_lock()
+            slot.conns
+                .try_lock()
                 .map_or(true, |conns| conns.iter().any(|c| !c.sender.is_closed()))
         });
     }

@@ -461,6 +461,98 @@ typed_extension_protocol_options:
     assert_eq!(up.connections.load(Ordering::Relaxed), 3);
 }
 
+/// Reads from `c` until `needle` has come (5 s at most): what came.
+async fn read_until(c: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in time: {}", String::from_utf8_lossy(&got)))
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Envoy's meaning when an HTTP/2 endpoint's streams are all taken and `max_connections`
+/// allows no other connection: the request waits as a pending request (one here; the next
+/// is 503 `UO`) and takes the first stream that ends, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_http2_endpoint_queues_requests_as_pending() {
+    use tokio::io::AsyncWriteExt;
+    let up = h2_upstream("full").await;
+    let cp = ControlPlane::start().await;
+    let full: Cluster = yaml(
+        r#"
+name: web
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: {eds_config: {ads: {}}}
+circuit_breakers: {thresholds: [{max_connections: 1, max_pending_requests: 1}]}
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config:
+      http2_protocol_options: {max_concurrent_streams: 2}
+"#,
+    );
+    cp.update(|b| {
+        b.set("outbound", &http_listener("outbound", 18097, "web"));
+        b.set("web", &route_to("web", "web"));
+        b.set("web", &full);
+        b.set("web", &endpoints("web", &[up.addr]));
+    });
+    let node = start(&cp).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    let post = b"POST /p HTTP/1.1\r\nhost: svc.test\r\ncontent-length: 5\r\n\r\n";
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(300));
+
+    // Two streams open (their bodies have not come: the upstream answers at a body's end).
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = node.connect(vip(18097)).await;
+        c.write_all(post).await.unwrap();
+        open.push(c);
+    }
+    settle().await;
+    // The third waits, pending; the fourth finds the pending place taken.
+    let mut third = node.connect(vip(18097)).await;
+    third.write_all(post).await.unwrap();
+    settle().await;
+    let mut fourth = node.connect(vip(18097)).await;
+    fourth.write_all(post).await.unwrap();
+    fourth.write_all(b"body4").await.unwrap();
+    let got = read_until(&mut fourth, "\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+
+    // The first stream ends: the third takes its place and is answered; then the second.
+    open[0].write_all(b"body0").await.unwrap();
+    assert!(read_until(&mut open[0], "body0")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    third.write_all(b"body3").await.unwrap();
+    assert!(read_until(&mut third, "body3")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    open[1].write_all(b"body1").await.unwrap();
+    assert!(read_until(&mut open[1], "body1")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(up.connections.load(Ordering::Relaxed), 1);
+}
+
 /// HTTP/1 upstream connections are pooled across client connections: sequential requests
 /// on separate client connections reuse one upstream connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
