@@ -35,6 +35,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -452,16 +453,15 @@ impl Pools {
             // Held while this request waits for room on a full endpoint (Envoy's pending
             // request): counted against `max_pending_requests`.
             let mut pending = None;
+            // A request that must wait registers for a stream's end and a connection's close
+            // (boxed: only a waiting request pays for them) and looks once more before it
+            // waits, so room made after that look wakes it.
+            type Armed<'n> = (
+                Pin<Box<tokio::sync::futures::Notified<'n>>>,
+                Pin<Box<tokio::sync::futures::Notified<'n>>>,
+            );
+            let mut armed: Option<Armed<'_>> = None;
             let (mut sender, count) = loop {
-                // Registered before looking, so room made after the look wakes us.
-                let ended = slot.ended.notified();
-                tokio::pin!(ended);
-                ended.as_mut().enable();
-                let freed = limits.map(|l| l.freed().notified());
-                let mut freed = std::pin::pin!(freed);
-                if let Some(f) = freed.as_mut().as_pin_mut() {
-                    f.enable();
-                }
                 let mut conns = slot.conns.lock().await;
                 conns.retain(|c| !c.sender.is_closed());
                 let room = conns
@@ -485,6 +485,15 @@ impl Pools {
                         };
                         match limits {
                             Some(l) if cx.is_none() && !conns.is_empty() => {
+                                drop(conns);
+                                let Some((ended, freed)) = armed.as_mut() else {
+                                    let mut ended = Box::pin(slot.ended.notified());
+                                    ended.as_mut().enable();
+                                    let mut freed = Box::pin(l.freed().notified());
+                                    freed.as_mut().enable();
+                                    armed = Some((ended, freed));
+                                    continue;
+                                };
                                 if pending.is_none() {
                                     pending = Some(l.try_pending().ok_or_else(|| {
                                         ProxyError::Overflow {
@@ -493,21 +502,16 @@ impl Pools {
                                         }
                                     })?);
                                 }
-                                drop(conns);
                                 debug!(
                                     cluster = l.cluster(),
                                     %addr,
                                     "waiting for a stream on a full HTTP/2 endpoint (max_concurrent_streams, max_connections)"
                                 );
-                                match freed.as_mut().as_pin_mut() {
-                                    Some(f) => {
-                                        tokio::select! {
-                                            _ = ended.as_mut() => {}
-                                            _ = f => {}
-                                        }
-                                    }
-                                    None => ended.as_mut().await,
+                                tokio::select! {
+                                    _ = ended.as_mut() => {}
+                                    _ = freed.as_mut() => {}
                                 }
+                                armed = None;
                                 continue;
                             }
                             _ => {}
