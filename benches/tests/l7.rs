@@ -44,6 +44,14 @@ fn every_target_with_every_load() {
     for m in &runs {
         assert!(m.requests > 0 && m.requests_per_sec > 0.0, "{m:?}");
         assert!(m.p50_us > 0.0 && m.p50_us <= m.p99_us, "{m:?}");
+        // The load core runs the client and the backend: busy in a closed loop (the open
+        // loop's 200 requests may take less than one 10 ms tick), a little above 100 %
+        // possible from the ticks' rounding.
+        assert!(
+            (m.load_core_busy_pct > 0.0 || m.load == Load::OpenLoop)
+                && m.load_core_busy_pct < 110.0,
+            "{m:?}"
+        );
         match (m.target, &m.proxy) {
             (Target::Direct, None) => {}
             (Target::Direct, Some(_)) => panic!("direct has no proxy: {m:?}"),

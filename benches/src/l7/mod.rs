@@ -33,6 +33,8 @@
 //!
 //! For the proxy: its CPU time (user + system, `/proc/<pid>/stat`) over the measured run
 //! divided by the requests of that run, and its resident set (`VmRSS`) right after the run.
+//! For each run also how busy both cores were (`/proc/stat`): the proxy's with anything else,
+//! the load core in all (near 100 %, the load core sets the pace and the tail latencies).
 
 pub mod h2load;
 pub mod openloop;
@@ -243,6 +245,10 @@ pub struct Measurement {
     /// The hypervisor's steal on the clients' and the backend's CPU, percent of the run's
     /// wall time: it delays them, which shows in the latencies (the open loop's most).
     pub load_core_steal_pct: f64,
+    /// How busy the clients' and the backend's CPU was, percent of the run's wall time. Near
+    /// 100 % that core, not the proxy, sets the pace, and its queueing shows in the tail
+    /// latencies: a faster proxy drives it harder in a closed loop.
+    pub load_core_busy_pct: f64,
     /// Which attempt this is (see [`Options::max_other_load_pct`]).
     pub attempt: u32,
 }
@@ -282,8 +288,8 @@ impl Measurement {
             s += &format!(", send lag p99 {lag:.1} us");
         }
         s += &format!(
-            "; other load on the proxy's CPU {:.1}%, steal on the load CPU {:.1}%",
-            self.proxy_core_other_pct, self.load_core_steal_pct
+            "; other load on the proxy's CPU {:.1}%, load CPU busy {:.0}%, steal on it {:.1}%",
+            self.proxy_core_other_pct, self.load_core_busy_pct, self.load_core_steal_pct
         );
         if self.attempt > 1 {
             s += &format!(" (attempt {})", self.attempt);
@@ -768,6 +774,7 @@ impl Bench<'_> {
         let cpu0 = pid.map(procstat::cpu_time).transpose()?;
         let busy0 = procstat::cpu_busy(opts.proxy_cpu)?;
         let steal0 = procstat::cpu_steal(opts.load_cpu)?;
+        let load_busy0 = procstat::cpu_busy(opts.load_cpu)?;
         let wall0 = Instant::now();
         let log = self.scratch.join(format!(
             "h2load-{}-{}-{round}.log",
@@ -778,6 +785,7 @@ impl Bench<'_> {
         let cpu1 = pid.map(procstat::cpu_time).transpose()?;
         let busy = procstat::cpu_busy(opts.proxy_cpu)? - busy0;
         let load_steal = procstat::cpu_steal(opts.load_cpu)? - steal0;
+        let load_busy = procstat::cpu_busy(opts.load_cpu)? - load_busy0;
         let wall = wall0.elapsed();
         running.alive(&self.mesh)?;
         let proxy = match (pid, cpu0, cpu1) {
@@ -842,6 +850,7 @@ impl Bench<'_> {
             spliced_messages,
             proxy_core_other_pct,
             load_core_steal_pct: load_steal.as_secs_f64() * 100.0 / wall.as_secs_f64(),
+            load_core_busy_pct: load_busy.as_secs_f64() * 100.0 / wall.as_secs_f64(),
             attempt: 1,
         })
     }

@@ -288,6 +288,7 @@ mod tests {
             spliced_messages: None,
             proxy_core_other_pct: 1.0,
             load_core_steal_pct: 0.0,
+            load_core_busy_pct: 50.0,
             attempt: 1,
         }
     }
