@@ -55,7 +55,7 @@ use crate::h1client::{self, HeadError, OwnBody, OwnConn, RequestWriter};
 use crate::h1codec;
 use crate::lock;
 use crate::model::cluster::Http2Options;
-use crate::traffic::{ConnLimits, ConnSlot, FreedNotice};
+use crate::traffic::{ConnLimits, ConnSlot, FreedNotice, Pending};
 
 /// How requests reach an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -287,10 +287,7 @@ impl Pools {
             if pending.is_none() {
                 // Counted before the pool is looked at again: a connection given back
                 // after that look sees the count and wakes us.
-                pending = Some(limits.try_pending().ok_or_else(|| ProxyError::Overflow {
-                    cluster: limits.cluster().to_owned(),
-                    breaker: "max_pending_requests",
-                })?);
+                pending = Some(pending_place(limits)?);
             }
             if let Some(conn) = idle() {
                 return Ok(Err(conn));
@@ -495,12 +492,7 @@ impl Pools {
                                     continue;
                                 };
                                 if pending.is_none() {
-                                    pending = Some(l.try_pending().ok_or_else(|| {
-                                        ProxyError::Overflow {
-                                            cluster: l.cluster().to_owned(),
-                                            breaker: "max_pending_requests",
-                                        }
-                                    })?);
+                                    pending = Some(pending_place(l)?);
                                 }
                                 debug!(
                                     cluster = l.cluster(),
@@ -703,6 +695,15 @@ impl Pools {
             f.notify();
         }
     }
+}
+
+/// A place among the cluster's pending requests for one that must wait (a connection under
+/// `max_connections`, a stream on a full HTTP/2 endpoint); none left: 503 `UO`.
+fn pending_place(limits: &ConnLimits<'_>) -> Result<Pending, ProxyError> {
+    limits.try_pending().ok_or_else(|| ProxyError::Overflow {
+        cluster: limits.cluster().to_owned(),
+        breaker: "max_pending_requests",
+    })
 }
 
 /// Whether [`Pools::send_h1`] sends a request through our own HTTP/1.1 client: all but
