@@ -123,7 +123,7 @@ pub(crate) struct Limits {
     /// Streams the client may reset before their responses, beyond which a connection on
     /// which most streams end that way is closed with ENHANCE_YOUR_CALM.
     pub(crate) premature_resets: u32,
-    /// PINGs to the client on a timer (`connection_keepalive`, only with an interval).
+    /// PINGs to the client on a timer (`connection_keepalive`; none without an interval).
     pub(crate) keepalive: Option<Http2Keepalive>,
 }
 
@@ -144,7 +144,7 @@ impl From<&Http2Settings> for Limits {
             max_header_block: 64 << 10,
             max_buffered: 1 << 20,
             premature_resets: 100,
-            keepalive: h.connection_keepalive.filter(|k| k.interval.is_some()),
+            keepalive: h.connection_keepalive,
         }
     }
 }
@@ -490,7 +490,7 @@ where
             send_window: DEFAULT_WINDOW,
             recv_window: DEFAULT_WINDOW,
             unreleased: 0,
-            keepalive: limits.keepalive.map(Keepalive::new),
+            keepalive: limits.keepalive.and_then(Keepalive::new),
             scratch_ids: Vec::new(),
             scratch_ready: Vec::new(),
             scratch_finished: Vec::new(),
@@ -1407,8 +1407,9 @@ where
 /// the client sent (an ACK may be queued behind other frames). The timer is polled once
 /// per wake-up of the connection's task, as the signals are.
 struct Keepalive {
+    interval: Duration,
     cfg: Http2Keepalive,
-    /// Interval given: the next PING when none is out, else the ACK's deadline.
+    /// The next PING when none is out, else the ACK's deadline.
     timer: Pin<Box<tokio::time::Sleep>>,
     /// The payload of the PING out, unanswered.
     out: Option<[u8; 8]>,
@@ -1418,8 +1419,10 @@ struct Keepalive {
 }
 
 impl Keepalive {
-    fn new(cfg: Http2Keepalive) -> Self {
+    /// `None` without an interval: no PINGs, so nothing to time (as in Envoy).
+    fn new(cfg: Http2Keepalive) -> Option<Self> {
         let mut k = Self {
+            interval: cfg.interval?,
             cfg,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             out: None,
@@ -1427,13 +1430,11 @@ impl Keepalive {
             sent: 0,
         };
         k.arm_interval();
-        k
+        Some(k)
     }
 
     fn arm_interval(&mut self) {
-        let Some(interval) = self.cfg.interval else {
-            return;
-        };
+        let interval = self.interval;
         let jitter = interval.as_nanos() * u128::from(self.cfg.interval_jitter_bp) / 10_000;
         let extra = match u64::try_from(jitter) {
             Ok(0) | Err(_) => 0,
