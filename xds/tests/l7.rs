@@ -376,7 +376,7 @@ async fn http2_settings_come_from_the_connection_manager() {
 /// connections are reused afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_cluster_caps_streams_per_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = h2_upstream("capped").await;
     let cp = ControlPlane::start().await;
     let capped: Cluster = yaml(
@@ -432,25 +432,8 @@ typed_extension_protocol_options:
         c.write_all(format!("body{i}").as_bytes()).await.unwrap();
     }
     for (i, c) in clients.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !String::from_utf8_lossy(&got).contains(&format!("body{i}")) {
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut buf))
-                .await
-                .expect("a response in time")
-                .unwrap();
-            assert!(
-                n > 0,
-                "closed before the body: {}",
-                String::from_utf8_lossy(&got)
-            );
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&got)
-        );
+        let got = read_until(c, &format!("body{i}")).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     }
     // Streams done: the next requests reuse the three connections.
     let mut c = node.http_client(vip(18096)).await;
