@@ -7,13 +7,14 @@ need_apt=()
 # llvm-22-dev: bpf-linker; curl, wrk, nghttp2-client, python3: real clients in tests and
 # benchmarks; nginx: the benchmark's server; iproute2, util-linux (nsenter): the test bed;
 # prometheus: promtool and a real scrape (L7 issue); nghttp2-server (nghttpd),
-# python3-grpcio, python3-websockets: the L7 suite's HTTP/2 server, gRPC and WebSocket
-# clients and servers (conformance/tests/l7.rs; the Python ones run on /usr/bin/python3);
+# python3-grpcio, python3-websockets, python3-h2: the L7 suite's HTTP/2 server, gRPC and
+# WebSocket clients and servers, WebSocket over HTTP/2 (conformance/tests/l7.rs; the Python
+# ones run on /usr/bin/python3);
 # haproxy: the L7 benchmark's second reference proxy (benches, `myelin-l7-bench`);
 # tcpdump: the mTLS suite checks that nothing crosses the link between nodes in the clear;
 # bolt-22: llvm-bolt, for `BOLT=1 benches/pgo.sh` (an optional layout pass over the PGO agent).
 for pkg in llvm-22-dev curl python3 iproute2 util-linux wrk nghttp2-client nginx prometheus \
-    nghttp2-server python3-grpcio python3-websockets haproxy tcpdump bolt-22; do
+    nghttp2-server python3-grpcio python3-websockets python3-h2 haproxy tcpdump bolt-22; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

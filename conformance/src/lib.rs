@@ -12,7 +12,8 @@
 //! The `myelin-podtool` binary of this package is the traffic generator and the
 //! servers used inside pods; `py/blocking_client.py` is the Python equivalent of
 //! its clients; `py/grpc_echo.py` (grpcio) and `py/ws_echo.py` (websockets) are the
-//! gRPC and WebSocket servers and clients of the L7 suite.
+//! gRPC and WebSocket servers and clients of the L7 suite, `py/ws_h2.py` (h2) its
+//! WebSocket over HTTP/2 client.
 //!
 //! Tests gate on [`testbed_ready`]: without root or a tool they fail when `CI=true`
 //! and return early otherwise.

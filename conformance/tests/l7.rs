@@ -2,7 +2,7 @@
 //! curl (HTTP/1.1 and `--http2-prior-knowledge`) and h2load against nghttpd (an HTTP/2-only
 //! server, so HTTP/1.1 clients are translated), grpcio clients and servers (unary, an error
 //! status, bidirectional streaming, one connection's calls spread over three endpoints), and
-//! a WebSocket echo (websockets).
+//! a WebSocket echo (websockets), also over HTTP/2 (python3-h2, RFC 8441).
 //!
 //! The agent's config carries static Envoy resources, as a control plane would send them:
 //! per service a listener on `0.0.0.0:<port>` with `bind_to_port: false` (it claims captured
@@ -17,7 +17,7 @@
 //! [`grpc_mesh`]).
 //!
 //! Needs root, a built `myelin` (`cargo build --release -p myelin`), curl, h2load and nghttpd
-//! (nghttp2-client, nghttp2-server), and python3-grpcio and python3-websockets for Debian's
+//! (nghttp2-client, nghttp2-server), and python3-grpcio, python3-websockets and python3-h2 for Debian's
 //! `/usr/bin/python3` (`scripts/setup.sh` installs them). In CI a test that cannot run fails
 //! (see `testbed_ready`).
 
@@ -450,5 +450,54 @@ fn websocket_echo_through_the_mesh() -> Result<()> {
     assert_eq!(r["server"], "ws", "{r}");
     assert_eq!(r["echoed"], 6, "{r}");
     assert_eq!(r["close_code"], 1000, "{r}");
+    Ok(())
+}
+
+/// WebSocket over HTTP/2 (RFC 8441): python3-h2 sends an extended CONNECT on an h2c
+/// connection, the agent (with `allow_connect`) passes it to the HTTP/1.1-only WebSocket
+/// server as an `Upgrade` (with the key exchange that server insists on) and carries the
+/// frames in the stream's DATA both ways.
+#[test]
+fn websocket_over_http2_through_the_mesh() -> Result<()> {
+    if !ready(&["websockets", "h2"]) {
+        return Ok(());
+    }
+    let mesh = start_mesh("l7-wsh2", &["ws"], "nonblocking", |m| {
+        vec![Service {
+            name: "ws",
+            port: WS_PORT,
+            endpoints: vec![endpoint(m, "ws", WS_PORT)],
+            hcm: "          http2_protocol_options: { allow_connect: true }\n".into(),
+            ..Service::default()
+        }]
+    })?;
+    let _server = py_server(mesh.pod("ws"), "ws_echo.py", WS_PORT)?;
+    let r = py_client(
+        mesh.pod("client"),
+        "ws_h2.py",
+        &[
+            "--target",
+            &vip(WS_PORT),
+            "--count",
+            "5",
+            "--size",
+            "262144",
+        ],
+    )?;
+    // The agent announced extended CONNECT; the answer is HTTP/2's 200 (not the upstream's
+    // 101), from the server pod, without the HTTP/1.1 upgrade's fields.
+    assert_eq!(r["connect_protocol_enabled"], true, "{r}");
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["server"], "ws", "{r}");
+    assert_eq!(r["upgrade_headers"], serde_json::json!([]), "{r}");
+    // Five text messages and a 256 KiB binary one came back, then the close handshake, and
+    // the server's closing of its connection ended the stream.
+    assert_eq!(r["echoed"], 6, "{r}");
+    assert_eq!(r["close_code"], 1000, "{r}");
+    assert_eq!(r["stream_ended"], true, "{r}");
+    assert!(
+        r["reset_code"].is_null() || r["reset_code"] == 0,
+        "the stream ended without an error: {r}"
+    );
     Ok(())
 }

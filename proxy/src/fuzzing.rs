@@ -133,7 +133,11 @@ pub fn http2(data: &[u8]) {
         let (client, server) = tokio::io::duplex(1 << 16);
         let served = tokio::spawn(h2server::serve(
             server,
-            Limits::default(),
+            // Extended CONNECT on, so `:protocol` is parsed and checked too.
+            Limits {
+                extended_connect: true,
+                ..Limits::default()
+            },
             |req: http::Request<crate::body::RequestBody>| async move {
                 Response::new(req.into_body())
             },

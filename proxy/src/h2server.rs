@@ -20,8 +20,11 @@
 //! a server needs against abuse: a header list size (431), a header block size, control
 //! frames the client does not read (the connection closes), and streams the client resets
 //! before their responses (the "rapid reset" attack: GOAWAY with ENHANCE_YOUR_CALM).
-//! Not done: server push (a proxy does not push), priorities (ignored, as RFC 9113 allows),
-//! the extended CONNECT protocol.
+//! The extended CONNECT protocol (RFC 8441, WebSocket over HTTP/2) when the connection
+//! manager allows it (`allow_connect`): `SETTINGS_ENABLE_CONNECT_PROTOCOL` is announced and a
+//! CONNECT with `:protocol` (and `:scheme`, `:path`, `:authority`) becomes a request carrying
+//! [`ConnectProtocol`]; without the setting `:protocol` is malformed.
+//! Not done: server push (a proxy does not push), priorities (ignored, as RFC 9113 allows).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -90,6 +93,8 @@ const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
 const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+/// RFC 8441 section 3.
+const SETTINGS_ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
 
 /// Turns of the connection's loop before it yields to the runtime (see `poll`).
 const MAX_TURNS: u32 = 64;
@@ -125,6 +130,8 @@ pub(crate) struct Limits {
     pub(crate) premature_resets: u32,
     /// PINGs to the client on a timer (`connection_keepalive`; none without an interval).
     pub(crate) keepalive: Option<Http2Keepalive>,
+    /// Extended CONNECT taken (`allow_connect`): `SETTINGS_ENABLE_CONNECT_PROTOCOL` is 1.
+    pub(crate) extended_connect: bool,
 }
 
 impl Default for Limits {
@@ -145,6 +152,7 @@ impl From<&Http2Settings> for Limits {
             max_buffered: 1 << 20,
             premature_resets: 100,
             keepalive: h.connection_keepalive,
+            extended_connect: h.allow_connect,
         }
     }
 }
@@ -510,13 +518,25 @@ where
             (SETTINGS_ENABLE_PUSH, 0),
             (SETTINGS_HEADER_TABLE_SIZE, conn.limits.header_table),
         ];
-        // The table size only when it is not the protocol's default.
-        let n =
-            settings.len() - usize::from(conn.limits.header_table as usize == DEFAULT_TABLE_SIZE);
-        head(&mut conn.out, n * 6, SETTINGS, 0, 0);
+        // The table size only when it is not the protocol's default, extended CONNECT only
+        // when taken.
+        let table = conn.limits.header_table as usize != DEFAULT_TABLE_SIZE;
+        let connect = conn.limits.extended_connect;
+        let n = settings.len() - usize::from(!table);
+        head(
+            &mut conn.out,
+            (n + usize::from(connect)) * 6,
+            SETTINGS,
+            0,
+            0,
+        );
         for (id, value) in settings.into_iter().take(n) {
             conn.out.put_u16(id);
             conn.out.put_u32(value);
+        }
+        if connect {
+            conn.out.put_u16(SETTINGS_ENABLE_CONNECT_PROTOCOL);
+            conn.out.put_u32(1);
         }
         let raise = i64::from(conn.limits.conn_window) - DEFAULT_WINDOW;
         if raise > 0 {
@@ -1034,7 +1054,7 @@ where
             self.local_response(id, 431);
             return Ok(());
         }
-        let (req, len) = match decoded.into_request() {
+        let (req, len) = match decoded.into_request(self.limits.extended_connect) {
             Ok(r) => r,
             Err(why) => {
                 debug!(stream = id, why, "malformed HTTP/2 request");
@@ -1638,12 +1658,33 @@ impl Last {
     }
 }
 
+/// The `:protocol` of an extended CONNECT request (RFC 8441), e.g. `websocket`: the request
+/// asks for a tunnel speaking it, as an HTTP/1.1 `Upgrade` header would. In the request's
+/// extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConnectProtocol(Box<str>);
+
+impl ConnectProtocol {
+    /// A non-empty token of visible ASCII (the `Upgrade` header's protocol names).
+    pub(crate) fn parse(value: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(value).ok()?;
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())).then(|| Self(s.into()))
+    }
+
+    /// The protocol as the client named it.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[derive(Default)]
 struct Fields {
     method: Option<Method>,
     scheme: Option<Scheme>,
     authority: Option<Authority>,
     path: Option<PathAndQuery>,
+    /// `:protocol` (extended CONNECT).
+    protocol: Option<ConnectProtocol>,
     /// Any pseudo-header seen.
     pseudo: bool,
     headers: HeaderMap,
@@ -1660,13 +1701,33 @@ impl Fields {
         !self.pseudo && self.malformed.is_none() && !self.too_large
     }
 
-    fn into_request(self) -> Result<(Request<()>, Option<u64>), &'static str> {
+    /// The request, `extended_connect`: whether `:protocol` may come (we announced it).
+    fn into_request(
+        self,
+        extended_connect: bool,
+    ) -> Result<(Request<()>, Option<u64>), &'static str> {
         if let Some(why) = self.malformed {
             return Err(why);
         }
         let method = self.method.ok_or("no :method")?;
         let mut parts = http::uri::Parts::default();
-        if method == Method::CONNECT {
+        let protocol = self.protocol;
+        if protocol.is_some() {
+            // RFC 8441 section 4: only on CONNECT, only once the server has said so, and with
+            // the pseudo-headers of any other request.
+            if !extended_connect {
+                return Err(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL");
+            }
+            if method != Method::CONNECT {
+                return Err(":protocol on a method other than CONNECT");
+            }
+            parts.scheme = Some(self.scheme.ok_or("extended CONNECT without :scheme")?);
+            parts.authority = Some(
+                self.authority
+                    .ok_or("extended CONNECT without :authority")?,
+            );
+            parts.path_and_query = Some(self.path.ok_or("extended CONNECT without :path")?);
+        } else if method == Method::CONNECT {
             if self.scheme.is_some() || self.path.is_some() {
                 return Err("CONNECT with :scheme or :path");
             }
@@ -1699,6 +1760,9 @@ impl Fields {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_2;
         *req.headers_mut() = self.headers;
+        if let Some(p) = protocol {
+            req.extensions_mut().insert(p);
+        }
         Ok((req, len))
     }
 
@@ -1717,6 +1781,7 @@ impl Fields {
                 b"scheme" => self.scheme.is_some(),
                 b"authority" => self.authority.is_some(),
                 b"path" => self.path.is_some(),
+                b"protocol" => self.protocol.is_some(),
                 _ => {
                     self.malformed = Some("unknown pseudo-header");
                     return;
@@ -1730,6 +1795,9 @@ impl Fields {
                 b"method" => Method::from_bytes(&value)
                     .map(|m| self.method = Some(m))
                     .is_ok(),
+                b"protocol" => ConnectProtocol::parse(&value)
+                    .map(|p| self.protocol = Some(p))
+                    .is_some(),
                 b"scheme" => match &value[..] {
                     b"http" => Some(Scheme::HTTP),
                     b"https" => Some(Scheme::HTTPS),

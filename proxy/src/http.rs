@@ -43,8 +43,9 @@ use crate::body::{AccessInfo, CountingBody, MeteredBody, RequestBody};
 use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody, ProxyError, Side};
+use crate::extended_connect;
 use crate::golden::{self, DestinationLabels, GoldenMetrics, RequestRecord, SourceLabels, UNKNOWN};
-use crate::h2server::{Ended, Limits, Signals};
+use crate::h2server::{ConnectProtocol, Ended, Limits, Signals};
 use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::{DnsLookupFamily, UpstreamProtocol as ClusterProtocol};
@@ -901,12 +902,30 @@ impl HttpConn {
     {
         async move {
             let addr = target.addr;
+            // An HTTP/2 extended CONNECT (WebSocket over HTTP/2) is passed to an HTTP/1.1
+            // upstream as the upgrade of the same meaning (`extended_connect`); Myelin does
+            // not send extended CONNECT to HTTP/2 upstreams (a cluster's `allow_connect` is
+            // refused in its config).
+            let extended = req.extensions_mut().remove::<ConnectProtocol>();
+            let mut generated_key = None;
+            if let Some(protocol) = &extended {
+                if target.protocol != UpstreamProtocol::Http1 {
+                    return Err(ProxyError::UpstreamProtocol {
+                        addr,
+                        source: "extended CONNECT is passed to HTTP/1.1 upstreams only".into(),
+                    });
+                }
+                generated_key = extended_connect::to_h1_upgrade(&mut req, protocol);
+            }
             // Upgrades are an HTTP/1 mechanism (HTTP/2 CONNECT comes with the HBONE work).
-            let upgrade = self.downstream == Protocol::Http1
+            let upgrade = (self.downstream == Protocol::Http1 || extended.is_some())
                 && target.protocol == UpstreamProtocol::Http1
                 && wants_upgrade(&req);
             let is_connect = req.method() == Method::CONNECT;
-            let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            // An HTTP/2 stream is no connection for hyper to hand over: its tunnel is made
+            // below, from the request's body.
+            let downstream_upgrade =
+                (upgrade && extended.is_none()).then(|| hyper::upgrade::on(&mut req));
             strip_hop_by_hop(req.headers_mut(), upgrade);
             let own_h1 = upstream::takes_own_h1(upgrade, req.method());
             adapt_request(&mut req, target.protocol, own_h1);
@@ -935,8 +954,16 @@ impl HttpConn {
                     addr,
                 )?,
             };
+            let mut from_client = None;
             let req = req.map(|b| {
-                if b.is_end_stream() {
+                if extended.is_some() {
+                    // The upgrade request itself has no body; the stream's DATA is the
+                    // tunnel's.
+                    from_client = Some(b.boxed());
+                    http_body_util::Empty::new()
+                        .map_err(|never: Infallible| match never {})
+                        .boxed()
+                } else if b.is_end_stream() {
                     // No body (most requests): an empty body is zero-sized, so boxing it
                     // allocates nothing.
                     http_body_util::Empty::new()
@@ -984,7 +1011,38 @@ impl HttpConn {
                     *lock(&self.tunnel) =
                         Some(Box::pin(tunnel(down, up, upstream, self.peer, addr)));
                 }
+                (None, Some(upstream)) if extended.is_some() => {
+                    if let Err(why) =
+                        extended_connect::accept_handshake(&mut resp, generated_key.as_ref())
+                    {
+                        return Err(ProxyError::UpstreamProtocol {
+                            addr,
+                            source: why.into(),
+                        });
+                    }
+                    let up = hyper::upgrade::on(&mut resp);
+                    *resp.status_mut() = StatusCode::OK;
+                    let from_client = from_client.take().unwrap_or_else(|| {
+                        http_body_util::Empty::new()
+                            .map_err(|never: Infallible| match never {})
+                            .boxed()
+                    });
+                    *resp.body_mut() = extended_connect::tunnel(up, upstream, from_client);
+                }
                 (None, Some(_)) => return Err(ProxyError::UnexpectedUpgrade { addr }),
+                // A 2xx to an extended CONNECT says the tunnel is open (RFC 8441): an
+                // upstream that ignored the upgrade and answered 2xx must not say that.
+                // Other answers (a 403, a 404) pass through as they are.
+                (None, None) if extended.is_some() && resp.status().is_success() => {
+                    return Err(ProxyError::UpstreamProtocol {
+                        addr,
+                        source: format!(
+                            "the upstream answered the upgrade with {}, not 101",
+                            resp.status()
+                        )
+                        .into(),
+                    });
+                }
                 _ => {}
             }
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -1292,11 +1350,17 @@ fn is_upgrade_accepted(is_connect: bool, status: StatusCode) -> bool {
     }
 }
 
-/// The upgrade a request asks for, as `upgrade_configs` names it: `connect` for the
-/// CONNECT method, else the `Upgrade` header's value (lowercase).
+/// The upgrade a request asks for, as `upgrade_configs` names it: an extended CONNECT's
+/// `:protocol`, `connect` for another CONNECT, else the `Upgrade` header's value
+/// (lowercase).
 fn upgrade_type<B>(req: &Request<B>) -> Option<String> {
     if !wants_upgrade(req) {
         return None;
+    }
+    // HTTP/2's extended CONNECT names its upgrade in `:protocol` (Envoy matches it against
+    // `upgrade_configs` the same way).
+    if let Some(p) = req.extensions().get::<ConnectProtocol>() {
+        return Some(p.as_str().to_ascii_lowercase());
     }
     if req.method() == Method::CONNECT {
         return Some("connect".into());

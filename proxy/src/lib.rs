@@ -33,6 +33,7 @@ mod detect;
 mod dial;
 pub mod drain;
 mod error;
+mod extended_connect;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

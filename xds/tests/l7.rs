@@ -1286,6 +1286,110 @@ circuit_breakers: {thresholds: [{max_connections: 1, max_pending_requests: 1}]}
     assert_eq!(node.metric("myelin_proxy_pending_overflow_total"), 1.0);
 }
 
+/// An h2c client (the `h2` crate's) to `port` that has read the proxy's SETTINGS: it has
+/// had the answer to one plain GET, which comes after them.
+async fn h2c_after_settings(node: &Node, port: u16) -> h2::client::SendRequest<Bytes> {
+    let (client, conn) = h2::client::handshake(node.connect(vip(port)).await)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client
+        .send_request(Request::get("http://web/s").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    client
+}
+
+/// Extended CONNECT (WebSocket over HTTP/2) follows the connection manager: with
+/// `allow_connect` it is announced, and a request for it is an upgrade of its `:protocol`'s
+/// type, refused with 403 unless `upgrade_configs` lists it; a listed one goes upstream as
+/// an HTTP/1.1 upgrade, where a 2xx without the switch is no tunnel (502) and a refusal
+/// passes through. (A tunnel end to end: `conformance/tests/l7.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_connect_follows_the_connection_manager() {
+    let ms = std::time::Duration::from_millis;
+    // Each connection's first request is a plain GET; of the two upgrades that reach the
+    // server (its fourth request) the second is refused.
+    let server = scripted("s", move |n| (if n == 3 { 403 } else { 200 }, ms(0))).await;
+    let listener = |upgrades: &str| -> Listener {
+        yaml(&format!(
+            r#"
+name: l
+address: {{socket_address: {{address: 0.0.0.0, port_value: 18131}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: l
+      rds: {{route_config_name: web, config_source: {{ads: {{}}}}}}
+      http2_protocol_options: {{allow_connect: true}}
+      {upgrades}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+        ))
+    };
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        b.set("l", &listener(""));
+        b.set("web", &route_to("web", "web"));
+        b.set("web", &eds_cluster("web"));
+        b.set("web", &endpoints("web", &[server.addr]));
+    });
+    let node = start(&cp).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    let connect = |client: &mut h2::client::SendRequest<Bytes>| {
+        let req = Request::connect("http://web/chat")
+            .extension(h2::ext::Protocol::from_static("websocket"))
+            .body(())
+            .unwrap();
+        let (resp, _body) = client.send_request(req, false).unwrap();
+        resp
+    };
+    let mut client = h2c_after_settings(&node, 18131).await;
+    assert!(client.is_extended_connect_protocol_enabled());
+    let resp = connect(&mut client).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "not in upgrade_configs"
+    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1, "the GET only");
+
+    cp.update(|b| {
+        b.set(
+            "l",
+            &listener("upgrade_configs: [{upgrade_type: websocket}]"),
+        );
+    });
+    node.wait_applied(type_url::LISTENER, &["l"], &cp.version(type_url::LISTENER))
+        .await;
+    let mut client = h2c_after_settings(&node, 18131).await;
+    let resp = connect(&mut client).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_GATEWAY,
+        "a 200 without switching protocols is no tunnel"
+    );
+    let resp = connect(&mut client).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "the server's own answer"
+    );
+    assert_eq!(resp.headers()["x-server"], "s");
+    assert_eq!(server.requests.load(Ordering::SeqCst), 4);
+}
+
 /// An upgrade the connection manager's `upgrade_configs` does not list is refused with
 /// 403 (as in Envoy) and never reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

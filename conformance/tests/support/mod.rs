@@ -39,6 +39,9 @@ pub struct Service {
     /// More keys of the cluster, as YAML lines at the cluster's indentation (four spaces,
     /// e.g. `"    outlier_detection: { consecutive_5xx: 3 }\n"`).
     pub cluster: String,
+    /// More keys of the HTTP connection manager, as YAML lines at its indentation (ten
+    /// spaces, e.g. `"          http2_protocol_options: { allow_connect: true }\n"`).
+    pub hcm: String,
 }
 
 /// The Envoy `static_resources` section for `services`.
@@ -46,7 +49,9 @@ pub fn envoy(services: &[Service]) -> String {
     let mut listeners = String::new();
     let mut clusters = String::new();
     for s in services {
-        let Service { name, port, .. } = s;
+        let Service {
+            name, port, hcm, ..
+        } = s;
         let route = if s.route.is_empty() {
             String::new()
         } else {
@@ -65,7 +70,7 @@ pub fn envoy(services: &[Service]) -> String {
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {name}
           upgrade_configs: [{{ upgrade_type: websocket }}]
-          route_config:
+{hcm}          route_config:
             name: {name}
             virtual_hosts:
             - name: {name}

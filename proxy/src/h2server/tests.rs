@@ -44,6 +44,9 @@ async fn service(req: Request<RequestBody>) -> Response<TestBody> {
             if let Some(c) = req.headers().get(header::COOKIE) {
                 h.insert("x-cookie", c.clone());
             }
+            if let Some(p) = req.extensions().get::<ConnectProtocol>() {
+                h.insert("x-protocol", p.as_str().parse().unwrap());
+            }
             let fields: Vec<String> = req
                 .headers()
                 .iter()
@@ -432,6 +435,148 @@ async fn ping_is_answered_and_cookies_are_joined() {
         got.contains(&(b"x-cookie".to_vec(), b"a=1; b=2".to_vec())),
         "{got:?}"
     );
+}
+
+/// The settings the server announces: (id, value).
+async fn server_settings(io: &mut DuplexStream) -> Vec<(u16, u32)> {
+    let (flags, _, p) = until(io, SETTINGS).await;
+    assert_eq!(flags, 0);
+    p.chunks_exact(6)
+        .map(|s| (u16::from_be_bytes([s[0], s[1]]), code(s, 2)))
+        .collect()
+}
+
+/// RFC 8441: `:protocol` is taken only when announced, only on CONNECT and only with the
+/// usual pseudo-headers; the request then carries it. Everything else is malformed (the
+/// stream reset, the connection going on).
+#[tokio::test]
+async fn extended_connect_only_when_announced() {
+    const WS: &[(&str, &str)] = &[
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":authority", "chat.test"),
+        (":path", "/socket"),
+    ];
+    // Not allowed (the default): not announced, and a stream that uses it is reset.
+    let mut io = start_server(Limits::default());
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let settings = server_settings(&mut io).await;
+    assert!(
+        !settings
+            .iter()
+            .any(|(id, _)| *id == SETTINGS_ENABLE_CONNECT_PROTOCOL),
+        "{settings:?}"
+    );
+    io.write_all(&frame(HEADERS, END_HEADERS, 1, &block(WS)))
+        .await
+        .unwrap();
+    let (_, sid, p) = until(&mut io, RST_STREAM).await;
+    assert_eq!((sid, code(&p, 0)), (1, reason::PROTOCOL_ERROR));
+
+    // Allowed.
+    let mut io = start_server(Limits {
+        extended_connect: true,
+        ..Limits::default()
+    });
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let settings = server_settings(&mut io).await;
+    assert!(
+        settings.contains(&(SETTINGS_ENABLE_CONNECT_PROTOCOL, 1)),
+        "{settings:?}"
+    );
+    let mut enc = loona_hpack::Encoder::new();
+    let mut dec = loona_hpack::Decoder::new();
+    io.write_all(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &enc.encode(WS.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))),
+    ))
+    .await
+    .unwrap();
+    let (flags, sid, p) = until(&mut io, HEADERS).await;
+    assert_eq!((sid, flags & END_STREAM), (1, 0));
+    let got = dec.decode(&p).unwrap();
+    for want in [
+        ("x-method", "CONNECT"),
+        ("x-protocol", "websocket"),
+        ("x-authority", "chat.test"),
+        ("x-path", "/socket"),
+    ] {
+        assert!(
+            got.contains(&(want.0.as_bytes().to_vec(), want.1.as_bytes().to_vec())),
+            "{want:?} in {got:?}"
+        );
+    }
+    // The answer is complete while the client's side is open: the stream is reset with
+    // NO_ERROR (RFC 9113 8.1), which ends a tunnel whose upstream has closed.
+    let (_, sid, p) = until(&mut io, RST_STREAM).await;
+    assert_eq!((sid, code(&p, 0)), (1, reason::NO_ERROR));
+    let bad: [&[(&str, &str)]; 4] = [
+        // On another method.
+        &[
+            (":method", "GET"),
+            (":protocol", "websocket"),
+            (":scheme", "http"),
+            (":authority", "chat.test"),
+            (":path", "/"),
+        ],
+        // Without :path.
+        &[
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "http"),
+            (":authority", "chat.test"),
+        ],
+        // Empty.
+        &[
+            (":method", "CONNECT"),
+            (":protocol", ""),
+            (":scheme", "http"),
+            (":authority", "chat.test"),
+            (":path", "/"),
+        ],
+        // Twice.
+        &[
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":protocol", "websocket"),
+            (":scheme", "http"),
+            (":authority", "chat.test"),
+            (":path", "/"),
+        ],
+    ];
+    let mut id = 3;
+    for fields in bad {
+        let b = enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, id, &b))
+            .await
+            .unwrap();
+        let (_, sid, p) = until(&mut io, RST_STREAM).await;
+        assert_eq!(
+            (sid, code(&p, 0)),
+            (id, reason::PROTOCOL_ERROR),
+            "{fields:?}"
+        );
+        id += 2;
+    }
+    // A plain CONNECT is still one (no :scheme, no :path), without the extension.
+    let plain = [(":method", "CONNECT"), (":authority", "db.test:5432")];
+    io.write_all(&frame(
+        HEADERS,
+        END_HEADERS,
+        id,
+        &enc.encode(plain.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))),
+    ))
+    .await
+    .unwrap();
+    let (_, sid, p) = until(&mut io, HEADERS).await;
+    assert_eq!(sid, id);
+    let got = dec.decode(&p).unwrap();
+    assert!(got.iter().all(|(n, _)| n != b"x-protocol"), "{got:?}");
 }
 
 /// Fields that repeat from the connection's last request are shared rather than parsed

@@ -137,6 +137,11 @@ pub struct Http2Settings {
     /// PINGs to the client, the connection closed when one goes unanswered
     /// (`connection_keepalive`); `None`: none.
     pub connection_keepalive: Option<crate::model::cluster::Http2Keepalive>,
+    /// `allow_connect`: announce `SETTINGS_ENABLE_CONNECT_PROTOCOL` and take extended
+    /// CONNECT requests (RFC 8441, e.g. WebSocket over HTTP/2), which are upgrades of the
+    /// type their `:protocol` names, allowed or refused by `upgrade_configs` like the
+    /// HTTP/1.1 ones.
+    pub allow_connect: bool,
 }
 
 impl Http2Settings {
@@ -156,6 +161,7 @@ impl Default for Http2Settings {
             initial_connection_window_size: Self::DEFAULT_WINDOW,
             hpack_table_size: Self::DEFAULT_HPACK_TABLE_SIZE,
             connection_keepalive: None,
+            allow_connect: false,
         }
     }
 }

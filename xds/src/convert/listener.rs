@@ -393,7 +393,6 @@ fn http2_settings(cx: &mut Cx, p: &str, o: &core::Http2ProtocolOptions) -> ml::H
         connection_keepalive,
         use_oghttp2_codec: _,
     } = o;
-    cx.unsupported(p, "allow_connect", allow_connect);
     cx.unsupported(p, "allow_metadata", allow_metadata);
     cx.unsupported(
         p,
@@ -438,6 +437,7 @@ fn http2_settings(cx: &mut Cx, p: &str, o: &core::Http2ProtocolOptions) -> ml::H
             .as_ref()
             .map_or(d.hpack_table_size, |v| v.value),
         connection_keepalive,
+        allow_connect: *allow_connect,
     }
 }
 

@@ -108,6 +108,7 @@ fn supported_fields() {
                     initial_stream_window_size: u32v(65_535),
                     initial_connection_window_size: u32v(1 << 24),
                     hpack_table_size: u32v(0),
+                    allow_connect: true,
                     // Flood limits: accepted, Myelin bounds bytes instead.
                     max_outbound_frames: u32v(5000),
                     ..Default::default()
@@ -122,6 +123,7 @@ fn supported_fields() {
                         initial_connection_window_size: 1 << 24,
                         hpack_table_size: 0,
                         connection_keepalive: None,
+                        allow_connect: true,
                     }
                 )
             },
@@ -381,7 +383,7 @@ fn rejections() {
                     max_concurrent_streams: u32v(0),
                     initial_stream_window_size: u32v(1000),
                     initial_connection_window_size: u32v(1 << 31),
-                    allow_connect: true,
+                    allow_metadata: true,
                     connection_keepalive: Some(core::KeepaliveSettings {
                         interval: dur(30, 0),
                         ..Default::default()
@@ -390,7 +392,7 @@ fn rejections() {
                 })
             }),
             vec![
-                format!("{fc0}.http2_protocol_options.allow_connect: not supported"),
+                format!("{fc0}.http2_protocol_options.allow_metadata: not supported"),
                 format!("{fc0}.http2_protocol_options.connection_keepalive.timeout: is required"),
                 format!("{fc0}.http2_protocol_options.max_concurrent_streams: 0 is outside 1..=2147483647"),
                 format!("{fc0}.http2_protocol_options.initial_stream_window_size: 1000 is outside 65535..=2147483647"),
