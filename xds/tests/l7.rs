@@ -1305,7 +1305,8 @@ async fn h2c_after_settings(node: &Node, port: u16) -> h2::client::SendRequest<B
 /// `allow_connect` it is announced, and a request for it is an upgrade of its `:protocol`'s
 /// type, refused with 403 unless `upgrade_configs` lists it; a listed one goes upstream as
 /// an HTTP/1.1 upgrade, where a 2xx without the switch is no tunnel (502) and a refusal
-/// passes through. (A tunnel end to end: `conformance/tests/l7.rs`.)
+/// passes through; an accepted one is a tunnel in the stream, under the stream's idle
+/// timeout. (WebSocket end to end, with the key exchange: `conformance/tests/l7.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_connect_follows_the_connection_manager() {
     let ms = std::time::Duration::from_millis;
@@ -1388,6 +1389,102 @@ filter_chains:
     );
     assert_eq!(resp.headers()["x-server"], "s");
     assert_eq!(server.requests.load(Ordering::SeqCst), 4);
+
+    // A tunnel: an upstream that switches and echoes. The client's own key goes up as it is
+    // and the upstream's accept comes back (the client's to check); the bytes go both ways
+    // in the stream's DATA, and a tunnel quiet for `stream_idle_timeout` is reset.
+    let echo = upgrade_echo().await;
+    cp.update(|b| {
+        b.set(
+            "l",
+            &listener(
+                "upgrade_configs: [{upgrade_type: websocket}]\n      stream_idle_timeout: 0.5s",
+            ),
+        );
+        b.set("web", &endpoints("web", &[echo]));
+    });
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node.wait_applied(type_url::LISTENER, &["l"], &cp.version(type_url::LISTENER))
+        .await;
+    let mut client = h2c_after_settings(&node, 18131).await;
+    let req = Request::connect("http://web/chat")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .extension(h2::ext::Protocol::from_static("websocket"))
+        .body(())
+        .unwrap();
+    let (resp, mut up) = client.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(resp.headers()["sec-websocket-accept"], "yours to check");
+    assert!(!resp.headers().contains_key("upgrade"));
+    let mut down = resp.into_body();
+    let mut echoed = Vec::new();
+    for msg in [&b"hello"[..], &b" through"[..], &b" the tunnel"[..]] {
+        up.send_data(Bytes::from_static(msg), false).unwrap();
+        while echoed.len() < msg.len() {
+            let chunk = down.data().await.expect("echo").unwrap();
+            down.flow_control().release_capacity(chunk.len()).unwrap();
+            echoed.extend_from_slice(&chunk);
+        }
+        assert_eq!(&echoed[..], msg);
+        echoed.clear();
+    }
+    let quiet = std::time::Instant::now();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), down.data())
+        .await
+        .expect("the idle tunnel is ended");
+    assert!(matches!(end, None | Some(Err(_))), "no more data: {end:?}");
+    assert!(
+        quiet.elapsed() >= ms(450),
+        "after the idle timeout: {:?}",
+        quiet.elapsed()
+    );
+}
+
+/// An HTTP/1.1 upstream that switches to any upgrade asked of it (answering the key it got
+/// as `x-key`) and echoes the tunnel's bytes; a plain request gets 200.
+async fn upgrade_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    if !req.headers().contains_key("upgrade") {
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())));
+                    }
+                    let key = req.headers()["sec-websocket-key"].clone();
+                    tokio::spawn(async move {
+                        let io = hyper::upgrade::on(&mut req).await.unwrap();
+                        let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                    let mut resp = Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    let h = resp.headers_mut();
+                    h.insert("upgrade", HeaderValue::from_static("websocket"));
+                    h.insert("connection", HeaderValue::from_static("upgrade"));
+                    h.insert(
+                        "sec-websocket-accept",
+                        HeaderValue::from_static("yours to check"),
+                    );
+                    h.insert("x-key", key);
+                    Ok(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 /// An upgrade the connection manager's `upgrade_configs` does not list is refused with
