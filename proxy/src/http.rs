@@ -472,19 +472,11 @@ impl HttpConn {
                     let resp = within(&self.timer, *deadlines, stream, self.dst, forwarded).await?;
                     return Ok((resp, "-", dest));
                 }
-                Routing::Routes(r, upgrades) => {
-                    if let Some(kind) = upgrade_type(&req) {
-                        if !upgrades.contains(&kind) {
-                            // Envoy refuses an upgrade its connection manager was not
-                            // configured for.
-                            debug!(upgrade = %kind, "upgrade not allowed by upgrade_configs");
-                            let dest = self.destination(None, None, authority(&req));
-                            return Ok((local_response(403, String::new()), "-", dest));
-                        }
-                    }
-                    r
-                }
+                Routing::Routes(r, upgrades) => (r, upgrades),
             };
+            let (route_ref, hcm_upgrades) = route_ref;
+            // Asked before the route's header mutations.
+            let upgrade = upgrade_type(&req);
             let (decision, first) = match self.decide(route_ref, &mut req).await? {
                 Ok(decided) => decided,
                 Err(local) => {
@@ -502,6 +494,15 @@ impl HttpConn {
             let Action::Route(action) = &route.action else {
                 unreachable!("decide() answers other actions locally");
             };
+            if let Some(kind) = upgrade {
+                // Envoy refuses an upgrade neither the route nor its connection manager
+                // allows (the route's say first).
+                if !action.allows_upgrade(&kind, hcm_upgrades) {
+                    debug!(upgrade = %kind, "upgrade not allowed by upgrade_configs");
+                    let dest = self.destination(None, None, authority(&req));
+                    return Ok((local_response(403, String::new()), "-", dest));
+                }
+            }
             // A route's retry policy replaces its virtual host's.
             let policy = action.retry_policy.as_ref().or(vh.retry_policy.as_ref());
             // The cluster's `max_requests` circuit breaker.
@@ -960,15 +961,10 @@ impl HttpConn {
                     // The upgrade request itself has no body; the stream's DATA is the
                     // tunnel's.
                     from_client = Some(b.boxed());
-                    http_body_util::Empty::new()
-                        .map_err(|never: Infallible| match never {})
-                        .boxed()
+                    empty_body()
                 } else if b.is_end_stream() {
-                    // No body (most requests): an empty body is zero-sized, so boxing it
-                    // allocates nothing.
-                    http_body_util::Empty::new()
-                        .map_err(|never: Infallible| match never {})
-                        .boxed()
+                    // No body (most requests).
+                    empty_body()
                 } else {
                     b.boxed()
                 }
@@ -1022,11 +1018,7 @@ impl HttpConn {
                     }
                     let up = hyper::upgrade::on(&mut resp);
                     *resp.status_mut() = StatusCode::OK;
-                    let from_client = from_client.take().unwrap_or_else(|| {
-                        http_body_util::Empty::new()
-                            .map_err(|never: Infallible| match never {})
-                            .boxed()
-                    });
+                    let from_client = from_client.take().unwrap_or_else(empty_body);
                     *resp.body_mut() = extended_connect::tunnel(up, upstream, from_client);
                 }
                 (None, Some(_)) => return Err(ProxyError::UnexpectedUpgrade { addr }),
@@ -1050,6 +1042,13 @@ impl HttpConn {
             Ok(resp)
         }
     }
+}
+
+/// An empty body; zero-sized, so boxing it allocates nothing.
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 /// Tells outlier detection how an attempt to `pick` went.

@@ -1522,3 +1522,95 @@ async fn unconfigured_upgrade_is_refused() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(server.requests.load(Ordering::SeqCst), 0);
 }
+
+/// A route's own `upgrade_configs` decide before the connection manager's: a route that
+/// enables a type the connection manager does not list passes it, one that disables a
+/// listed type refuses it (403, never upstream), a route that says nothing follows the
+/// connection manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_upgrade_configs_override_the_connection_manager() {
+    let ms = std::time::Duration::from_millis;
+    let server = scripted("s", move |_| (200, ms(0))).await;
+    let cp = ControlPlane::start().await;
+    // The connection manager lists only `websocket`.
+    let routes: xds_api::pb::envoy::config::route::v3::RouteConfiguration = yaml(
+        r#"
+name: web
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: {prefix: "/custom"}
+    route: {cluster: web, upgrade_configs: [{upgrade_type: Custom-Proto}]}
+  - match: {prefix: "/no-ws"}
+    route: {cluster: web, upgrade_configs: [{upgrade_type: websocket, enabled: false}]}
+  - match: {prefix: "/"}
+    route: {cluster: web}
+"#,
+    );
+    let listener: Listener = yaml(&format!(
+        r#"
+name: l
+address: {{socket_address: {{address: 0.0.0.0, port_value: 18132}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: l
+      rds: {{route_config_name: web, config_source: {{ads: {{}}}}}}
+      upgrade_configs: [{{upgrade_type: websocket}}]
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ));
+    cp.update(|b| {
+        b.set("l", &listener);
+        b.set("web", &routes);
+        b.set("web", &eds_cluster("web"));
+        b.set("web", &endpoints("web", &[server.addr]));
+    });
+    let node = start(&cp).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    let upgrade = |path: &'static str, kind: &'static str| {
+        let node = &node;
+        async move {
+            let stream = node.connect(vip(18132)).await;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn.with_upgrades());
+            let resp = sender
+                .send_request(
+                    Request::get(path)
+                        .header("host", "web")
+                        .header("connection", "upgrade")
+                        .header("upgrade", kind)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            resp.status()
+        }
+    };
+    // The server answers 200 (it does not switch): what matters is that it was asked.
+    assert_eq!(upgrade("/custom", "custom-proto").await, StatusCode::OK);
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(upgrade("/no-ws", "websocket").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        upgrade("/other", "custom-proto").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(upgrade("/other", "websocket").await, StatusCode::OK);
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+}

@@ -206,6 +206,30 @@ pub struct RouteAction {
     /// How ring-hash and Maglev clusters hash the request (first policy with a value
     /// wins when `terminal`, else the values are combined).
     pub hash_policy: Vec<HashPolicy>,
+    /// The route's own say on upgrades (`upgrade_configs`): a listed type is allowed or
+    /// refused here whatever the connection manager says; an unlisted one is the
+    /// connection manager's to decide (Envoy's table in "HTTP upgrades").
+    pub upgrades: Vec<RouteUpgrade>,
+}
+
+/// One of a route's `upgrade_configs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteUpgrade {
+    /// The upgrade's type, lowercase (`websocket`, `connect`).
+    pub upgrade_type: String,
+    /// `enabled` (default true).
+    pub enabled: bool,
+}
+
+impl RouteAction {
+    /// Whether an upgrade of `kind` (lowercase) may pass on this route, given the types
+    /// its connection manager allows.
+    pub fn allows_upgrade(&self, kind: &str, hcm_allows: &[String]) -> bool {
+        match self.upgrades.iter().find(|u| u.upgrade_type == kind) {
+            Some(u) => u.enabled,
+            None => hcm_allows.iter().any(|t| t == kind),
+        }
+    }
 }
 
 /// The upstream cluster(s) of a route.
@@ -418,6 +442,7 @@ mod tests {
                 regex_rewrite: None,
                 host_rewrite: Some(HostRewrite::Auto),
                 hash_policy: vec![],
+                upgrades: vec![],
             }),
             headers: HeaderMutation::default(),
         };
@@ -425,5 +450,43 @@ mod tests {
         assert_eq!(v["match"]["path"], serde_json::json!({"prefix": "/"}));
         assert_eq!(v["action"]["route"]["timeout"], "15s");
         assert_eq!(v["action"]["route"]["host_rewrite"], "auto");
+    }
+
+    /// Envoy's table ("HTTP upgrades"): the route's entry for the type decides; without
+    /// one, the connection manager's list.
+    #[test]
+    fn the_route_has_the_first_say_on_upgrades() {
+        let action = |upgrades: &[(&str, bool)]| RouteAction {
+            cluster: ClusterSpecifier::Cluster("c".into()),
+            timeout: None,
+            retry_policy: None,
+            prefix_rewrite: None,
+            regex_rewrite: None,
+            host_rewrite: None,
+            hash_policy: vec![],
+            upgrades: upgrades
+                .iter()
+                .map(|(t, enabled)| RouteUpgrade {
+                    upgrade_type: (*t).into(),
+                    enabled: *enabled,
+                })
+                .collect(),
+        };
+        let hcm = ["websocket".to_string()];
+        for (route, kind, want) in [
+            (&[][..], "websocket", true),
+            (&[], "h2c", false),
+            (&[("websocket", false)], "websocket", false),
+            (&[("h2c", true)], "h2c", true),
+            (&[("h2c", true)], "websocket", true),
+            (&[("h2c", false)], "connect", false),
+        ] {
+            assert_eq!(
+                action(route).allows_upgrade(kind, &hcm),
+                want,
+                "{route:?} {kind}"
+            );
+        }
+        assert!(!action(&[]).allows_upgrade("websocket", &[]));
     }
 }

@@ -118,6 +118,9 @@ const WRAPPER_FIELDS: &[&str] = &[
     "prefix_len",
     "case_sensitive",
     "auto_host_rewrite",
+    // `upgrade_configs[].enabled` (connection manager and route); QUIC's `enabled` is a
+    // message, which stays as it is (only scalars are wrapped).
+    "enabled",
     "append",
     "weight",
     "total_weight",

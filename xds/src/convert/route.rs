@@ -470,7 +470,6 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     cx.unsupported(p, "cors", cors);
     cx.unsupported(p, "max_grpc_timeout", max_grpc_timeout);
     cx.unsupported(p, "grpc_timeout_offset", grpc_timeout_offset);
-    cx.unsupported(p, "upgrade_configs", upgrade_configs);
     cx.unsupported(p, "internal_redirect_policy", internal_redirect_policy);
     cx.unsupported(p, "internal_redirect_action", internal_redirect_action);
     cx.unsupported(p, "max_internal_redirects", max_internal_redirects);
@@ -558,6 +557,34 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
             .enumerate()
             .filter_map(|(i, h)| self::hash_policy(cx, &idx(p, "hash_policy", i), h))
             .collect(),
+        upgrades: upgrade_configs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| route_upgrade(cx, &idx(p, "upgrade_configs", i), u))
+            .collect(),
+    })
+}
+
+/// One of a route's `upgrade_configs`: the type (lowercase, required) and whether it is
+/// enabled here. `connect_config` (terminating CONNECT into raw TCP) is not supported.
+fn route_upgrade(
+    cx: &mut Cx,
+    p: &str,
+    u: &pb::route_action::UpgradeConfig,
+) -> Option<mr::RouteUpgrade> {
+    let pb::route_action::UpgradeConfig {
+        upgrade_type,
+        enabled,
+        connect_config,
+    } = u;
+    cx.unsupported(p, "connect_config", connect_config);
+    if upgrade_type.is_empty() {
+        cx.reject(join(p, "upgrade_type"), Reason::Missing);
+        return None;
+    }
+    Some(mr::RouteUpgrade {
+        upgrade_type: upgrade_type.to_ascii_lowercase(),
+        enabled: enabled.as_ref().is_none_or(|e| e.value),
     })
 }
 

@@ -274,6 +274,7 @@ fn actions() {
             regex_rewrite: None,
             host_rewrite: None,
             hash_policy: vec![],
+            upgrades: vec![],
         }
     );
     // Everything set.
@@ -311,6 +312,17 @@ fn actions() {
             }),
             ..Default::default()
         }),
+        upgrade_configs: vec![
+            pb::route_action::UpgradeConfig {
+                upgrade_type: "WebSocket".into(),
+                ..Default::default()
+            },
+            pb::route_action::UpgradeConfig {
+                upgrade_type: "CONNECT".into(),
+                enabled: Some(protobuf_bool(false)),
+                ..Default::default()
+            },
+        ],
         ..Default::default()
     };
     let r = one(route(prefix("/"), a));
@@ -329,6 +341,19 @@ fn actions() {
         ])
     );
     assert_eq!(a.timeout, None);
+    assert_eq!(
+        a.upgrades,
+        vec![
+            mr::RouteUpgrade {
+                upgrade_type: "websocket".into(),
+                enabled: true
+            },
+            mr::RouteUpgrade {
+                upgrade_type: "connect".into(),
+                enabled: false
+            },
+        ]
+    );
     assert_eq!(a.prefix_rewrite.as_deref(), Some("/new"));
     assert_eq!(a.host_rewrite, Some(mr::HostRewrite::Auto));
     assert_eq!(
@@ -455,6 +480,23 @@ fn rejections() {
         (
             rc(vec![route(prefix("/"), pb::RouteAction { hash_policy: vec![Default::default()], idle_timeout: dur(1, 0), ..to_cluster("c") })]),
             vec![format!("{r0}.route.idle_timeout: not supported"), format!("{r0}.route.hash_policy[0]: required but not set")],
+        ),
+        (
+            rc(vec![route(prefix("/"), pb::RouteAction {
+                upgrade_configs: vec![
+                    Default::default(),
+                    pb::route_action::UpgradeConfig {
+                        upgrade_type: "CONNECT".into(),
+                        connect_config: Some(Default::default()),
+                        ..Default::default()
+                    },
+                ],
+                ..to_cluster("c")
+            })]),
+            vec![
+                format!("{r0}.route.upgrade_configs[0].upgrade_type: required but not set"),
+                format!("{r0}.route.upgrade_configs[1].connect_config: not supported"),
+            ],
         ),
         (
             {

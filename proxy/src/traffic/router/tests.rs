@@ -15,6 +15,7 @@ fn action(cluster: &str) -> Action {
         regex_rewrite: None,
         host_rewrite: None,
         hash_policy: vec![],
+        upgrades: vec![],
     })
 }
 
