@@ -480,6 +480,13 @@ impl HttpConn {
             let (decision, first) = match self.decide(route_ref, &mut req).await? {
                 Ok(decided) => decided,
                 Err(local) => {
+                    // No route to forward by (none matched, a redirect, a direct answer):
+                    // the connection manager alone decides on an upgrade, and before that
+                    // answer, as Envoy's connection manager does before its router.
+                    let local = match &upgrade {
+                        Some(kind) if !hcm_upgrades.contains(kind) => refuse_upgrade(kind),
+                        _ => local,
+                    };
                     let dest = self.destination(None, None, authority(&req));
                     return Ok((local, "-", dest));
                 }
@@ -498,9 +505,8 @@ impl HttpConn {
                 // Envoy refuses an upgrade neither the route nor its connection manager
                 // allows (the route's say first).
                 if !action.allows_upgrade(&kind, hcm_upgrades) {
-                    debug!(upgrade = %kind, "upgrade not allowed by upgrade_configs");
                     let dest = self.destination(None, None, authority(&req));
-                    return Ok((local_response(403, String::new()), "-", dest));
+                    return Ok((refuse_upgrade(&kind), "-", dest));
                 }
             }
             // A route's retry policy replaces its virtual host's.
@@ -1042,6 +1048,12 @@ impl HttpConn {
             Ok(resp)
         }
     }
+}
+
+/// Envoy's answer to an upgrade that `upgrade_configs` do not allow.
+fn refuse_upgrade(kind: &str) -> Response<ProxyBody> {
+    debug!(upgrade = %kind, "upgrade not allowed by upgrade_configs");
+    local_response(403, String::new())
 }
 
 /// An empty body; zero-sized, so boxing it allocates nothing.

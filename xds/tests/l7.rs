@@ -1526,7 +1526,7 @@ async fn unconfigured_upgrade_is_refused() {
 /// A route's own `upgrade_configs` decide before the connection manager's: a route that
 /// enables a type the connection manager does not list passes it, one that disables a
 /// listed type refuses it (403, never upstream), a route that says nothing follows the
-/// connection manager.
+/// connection manager, and so does a route that answers directly (before its answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_upgrade_configs_override_the_connection_manager() {
     let ms = std::time::Duration::from_millis;
@@ -1542,6 +1542,8 @@ virtual_hosts:
   routes:
   - match: {prefix: "/custom"}
     route: {cluster: web, upgrade_configs: [{upgrade_type: Custom-Proto}]}
+  - match: {prefix: "/answered"}
+    direct_response: {status: 200}
   - match: {prefix: "/no-ws"}
     route: {cluster: web, upgrade_configs: [{upgrade_type: websocket, enabled: false}]}
   - match: {prefix: "/"}
@@ -1612,5 +1614,12 @@ filter_chains:
     );
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
     assert_eq!(upgrade("/other", "websocket").await, StatusCode::OK);
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+    // A route that answers itself has no say: the connection manager refuses first.
+    assert_eq!(
+        upgrade("/answered", "custom-proto").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(upgrade("/answered", "websocket").await, StatusCode::OK);
     assert_eq!(server.requests.load(Ordering::SeqCst), 2);
 }
