@@ -135,7 +135,7 @@ fn validate_the_shared_envoy_configs() {
         ),
         (
             "terminate_http2_connect.yaml",
-            Some(&["route.upgrade_configs: not supported", "match.connect_matcher: not supported"]),
+            Some(&["route.upgrade_configs[0].connect_config: not supported", "match.connect_matcher: not supported"]),
         ),
         (
             "original-dst-deprecated-v1.yaml",
