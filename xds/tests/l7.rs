@@ -251,28 +251,18 @@ async fn protocols_are_translated_both_ways() {
 
 /// A listener whose connection manager announces `streams` as its HTTP/2 stream cap.
 fn h2_settings_listener(streams: u32, keepalive: &str) -> Listener {
-    yaml(&format!(
-        r#"
-name: l
-address: {{socket_address: {{address: 0.0.0.0, port_value: 18095}}}}
-bind_to_port: false
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM_TYPE}
-      stat_prefix: l
-      rds: {{route_config_name: web, config_source: {{ads: {{}}}}}}
-      http2_protocol_options:
-        max_concurrent_streams: {streams}
-        initial_stream_window_size: 131072
-        max_outbound_frames: 5000
-        {keepalive}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": {ROUTER_TYPE}}}
-"#
-    ))
+    http_listener_with(
+        "l",
+        18095,
+        "web",
+        &[
+            "http2_protocol_options:",
+            &format!("  max_concurrent_streams: {streams}"),
+            "  initial_stream_window_size: 131072",
+            "  max_outbound_frames: 5000",
+            &format!("  {keepalive}"),
+        ],
+    )
 }
 
 /// The stream cap an h2c client (the `h2` crate's) reads from the proxy's SETTINGS, after
@@ -1313,30 +1303,14 @@ async fn extended_connect_follows_the_connection_manager() {
     // Each connection's first request is a plain GET; of the two upgrades that reach the
     // server (its fourth request) the second is refused.
     let server = scripted("s", move |n| (if n == 3 { 403 } else { 200 }, ms(0))).await;
-    let listener = |upgrades: &str| -> Listener {
-        yaml(&format!(
-            r#"
-name: l
-address: {{socket_address: {{address: 0.0.0.0, port_value: 18131}}}}
-bind_to_port: false
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM_TYPE}
-      stat_prefix: l
-      rds: {{route_config_name: web, config_source: {{ads: {{}}}}}}
-      http2_protocol_options: {{allow_connect: true}}
-      {upgrades}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": {ROUTER_TYPE}}}
-"#
-        ))
+    let listener = |upgrades: &[&str]| -> Listener {
+        let mut hcm = vec!["http2_protocol_options: {allow_connect: true}"];
+        hcm.extend_from_slice(upgrades);
+        http_listener_with("l", 18131, "web", &hcm)
     };
     let cp = ControlPlane::start().await;
     cp.update(|b| {
-        b.set("l", &listener(""));
+        b.set("l", &listener(&[]));
         b.set("web", &route_to("web", "web"));
         b.set("web", &eds_cluster("web"));
         b.set("web", &endpoints("web", &[server.addr]));
@@ -1369,7 +1343,7 @@ filter_chains:
     cp.update(|b| {
         b.set(
             "l",
-            &listener("upgrade_configs: [{upgrade_type: websocket}]"),
+            &listener(&["upgrade_configs: [{upgrade_type: websocket}]"]),
         );
     });
     node.wait_applied(type_url::LISTENER, &["l"], &cp.version(type_url::LISTENER))
@@ -1397,9 +1371,10 @@ filter_chains:
     cp.update(|b| {
         b.set(
             "l",
-            &listener(
-                "upgrade_configs: [{upgrade_type: websocket}]\n      stream_idle_timeout: 0.5s",
-            ),
+            &listener(&[
+                "upgrade_configs: [{upgrade_type: websocket}]",
+                "stream_idle_timeout: 0.5s",
+            ]),
         );
         b.set("web", &endpoints("web", &[echo]));
     });
@@ -1550,24 +1525,12 @@ virtual_hosts:
     route: {cluster: web}
 "#,
     );
-    let listener: Listener = yaml(&format!(
-        r#"
-name: l
-address: {{socket_address: {{address: 0.0.0.0, port_value: 18132}}}}
-bind_to_port: false
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM_TYPE}
-      stat_prefix: l
-      rds: {{route_config_name: web, config_source: {{ads: {{}}}}}}
-      upgrade_configs: [{{upgrade_type: websocket}}]
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": {ROUTER_TYPE}}}
-"#
-    ));
+    let listener = http_listener_with(
+        "l",
+        18132,
+        "web",
+        &["upgrade_configs: [{upgrade_type: websocket}]"],
+    );
     cp.update(|b| {
         b.set("l", &listener);
         b.set("web", &routes);

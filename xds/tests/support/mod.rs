@@ -58,6 +58,18 @@ pub const TCP_TYPE: &str =
 /// A captured-traffic listener (`bind_to_port: false`) on `0.0.0.0:port` whose HTTP
 /// connection manager takes its routes from RDS `route`.
 pub fn http_listener(name: &str, port: u16, route: &str) -> Listener {
+    http_listener_with(name, port, route, &[])
+}
+
+/// [`http_listener`] with more connection manager keys: YAML lines, each indented relative
+/// to the connection manager's own keys (e.g. `"http2_protocol_options:"`,
+/// `"  allow_connect: true"`).
+pub fn http_listener_with(name: &str, port: u16, route: &str, hcm: &[&str]) -> Listener {
+    let hcm: String = hcm
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("      {l}\n"))
+        .collect();
     yaml(&format!(
         r#"
 name: {name}
@@ -70,7 +82,7 @@ filter_chains:
       "@type": {HCM_TYPE}
       stat_prefix: {name}
       rds: {{route_config_name: {route}, config_source: {{ads: {{}}}}}}
-      http_filters:
+{hcm}      http_filters:
       - name: envoy.filters.http.router
         typed_config: {{"@type": {ROUTER_TYPE}}}
 "#
