@@ -418,24 +418,24 @@ fn grpc_client_on_a_dual_stack_socket_is_captured() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn websocket_echo_through_the_mesh() -> Result<()> {
-    if !ready(&["websockets"]) {
-        return Ok(());
-    }
-    let mesh = start_mesh("l7-ws", &["ws"], "nonblocking", |m| {
+/// A node with the WebSocket echo server (`ws_echo.py`, HTTP/1.1 only) behind a service
+/// whose connection manager has `hcm` added (see [`Service::hcm`]), and the report of
+/// `client` (a script in `py/`) run in the client pod: five text messages and a 256 KiB
+/// binary one, then a close.
+fn ws_echo_through_the_mesh(prefix: &str, hcm: &str, client: &str) -> Result<Value> {
+    let mesh = start_mesh(prefix, &["ws"], "nonblocking", |m| {
         vec![Service {
             name: "ws",
             port: WS_PORT,
             endpoints: vec![endpoint(m, "ws", WS_PORT)],
-            http2: false,
+            hcm: hcm.into(),
             ..Service::default()
         }]
     })?;
     let _server = py_server(mesh.pod("ws"), "ws_echo.py", WS_PORT)?;
-    let r = py_client(
+    py_client(
         mesh.pod("client"),
-        "ws_echo.py",
+        client,
         &[
             "--target",
             &vip(WS_PORT),
@@ -444,7 +444,15 @@ fn websocket_echo_through_the_mesh() -> Result<()> {
             "--size",
             "262144",
         ],
-    )?;
+    )
+}
+
+#[test]
+fn websocket_echo_through_the_mesh() -> Result<()> {
+    if !ready(&["websockets"]) {
+        return Ok(());
+    }
+    let r = ws_echo_through_the_mesh("l7-ws", "", "ws_echo.py")?;
     // The handshake answer came from the server pod (its header) and every message, five
     // text and a 256 KiB binary one, came back, then a clean close.
     assert_eq!(r["server"], "ws", "{r}");
@@ -462,27 +470,10 @@ fn websocket_over_http2_through_the_mesh() -> Result<()> {
     if !ready(&["websockets", "h2"]) {
         return Ok(());
     }
-    let mesh = start_mesh("l7-wsh2", &["ws"], "nonblocking", |m| {
-        vec![Service {
-            name: "ws",
-            port: WS_PORT,
-            endpoints: vec![endpoint(m, "ws", WS_PORT)],
-            hcm: "          http2_protocol_options: { allow_connect: true }\n".into(),
-            ..Service::default()
-        }]
-    })?;
-    let _server = py_server(mesh.pod("ws"), "ws_echo.py", WS_PORT)?;
-    let r = py_client(
-        mesh.pod("client"),
+    let r = ws_echo_through_the_mesh(
+        "l7-wsh2",
+        "          http2_protocol_options: { allow_connect: true }\n",
         "ws_h2.py",
-        &[
-            "--target",
-            &vip(WS_PORT),
-            "--count",
-            "5",
-            "--size",
-            "262144",
-        ],
     )?;
     // The agent announced extended CONNECT; the answer is HTTP/2's 200 (not the upstream's
     // 101), from the server pod, without the HTTP/1.1 upgrade's fields.
