@@ -437,13 +437,19 @@ async fn ping_is_answered_and_cookies_are_joined() {
     );
 }
 
-/// The settings the server announces: (id, value).
-async fn server_settings(io: &mut DuplexStream) -> Vec<(u16, u32)> {
-    let (flags, _, p) = until(io, SETTINGS).await;
+/// A raw client of a server with `limits` past the preface, and the settings the server
+/// announced to it: (id, value).
+async fn raw_client_with(limits: Limits) -> (DuplexStream, Vec<(u16, u32)>) {
+    let mut io = start_server(limits);
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let (flags, _, p) = until(&mut io, SETTINGS).await;
     assert_eq!(flags, 0);
-    p.chunks_exact(6)
+    let settings = p
+        .chunks_exact(6)
         .map(|s| (u16::from_be_bytes([s[0], s[1]]), code(s, 2)))
-        .collect()
+        .collect();
+    (io, settings)
 }
 
 /// RFC 8441: `:protocol` is taken only when announced, only on CONNECT and only with the
@@ -459,10 +465,7 @@ async fn extended_connect_only_when_announced() {
         (":path", "/socket"),
     ];
     // Not allowed (the default): not announced, and a stream that uses it is reset.
-    let mut io = start_server(Limits::default());
-    io.write_all(PREFACE).await.unwrap();
-    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-    let settings = server_settings(&mut io).await;
+    let (mut io, settings) = raw_client_with(Limits::default()).await;
     assert!(
         !settings
             .iter()
@@ -476,13 +479,11 @@ async fn extended_connect_only_when_announced() {
     assert_eq!((sid, code(&p, 0)), (1, reason::PROTOCOL_ERROR));
 
     // Allowed.
-    let mut io = start_server(Limits {
+    let (mut io, settings) = raw_client_with(Limits {
         extended_connect: true,
         ..Limits::default()
-    });
-    io.write_all(PREFACE).await.unwrap();
-    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-    let settings = server_settings(&mut io).await;
+    })
+    .await;
     assert!(
         settings.contains(&(SETTINGS_ENABLE_CONNECT_PROTOCOL, 1)),
         "{settings:?}"
@@ -690,15 +691,7 @@ async fn settings_follow_the_limits_and_a_smaller_table_holds_from_the_ack() {
         header_table: 0,
         ..Limits::default()
     };
-    let mut io = start_server(limits);
-    io.write_all(PREFACE).await.unwrap();
-    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-    let (flags, _, p) = until(&mut io, SETTINGS).await;
-    assert_eq!(flags, 0);
-    let settings: Vec<(u16, u32)> = p
-        .chunks_exact(6)
-        .map(|s| (u16::from_be_bytes([s[0], s[1]]), code(s, 2)))
-        .collect();
+    let (mut io, settings) = raw_client_with(limits).await;
     for want in [
         (SETTINGS_MAX_CONCURRENT_STREAMS, 1),
         (SETTINGS_INITIAL_WINDOW_SIZE, 100_000),
