@@ -25,7 +25,7 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
@@ -180,10 +180,6 @@ impl Body for TunnelBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.0.poll_recv(cx).map(|r| r.map(|r| r.map(Frame::data)))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 

@@ -1024,7 +1024,7 @@ impl HttpConn {
                     }
                     let up = hyper::upgrade::on(&mut resp);
                     *resp.status_mut() = StatusCode::OK;
-                    let from_client = from_client.take().unwrap_or_else(empty_body);
+                    let from_client = from_client.unwrap_or_else(empty_body);
                     *resp.body_mut() = extended_connect::tunnel(up, upstream, from_client);
                 }
                 (None, Some(_)) => return Err(ProxyError::UnexpectedUpgrade { addr }),
