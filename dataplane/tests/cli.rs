@@ -133,10 +133,7 @@ fn validate_the_shared_envoy_configs() {
             "encapsulate_in_http2_connect.yaml",
             Some(&["static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tunneling_config: not supported"]),
         ),
-        (
-            "terminate_http2_connect.yaml",
-            Some(&["route.upgrade_configs[0].connect_config: not supported", "match.connect_matcher: not supported"]),
-        ),
+        ("terminate_http2_connect.yaml", None),
         (
             "original-dst-deprecated-v1.yaml",
             Some(&[

@@ -30,7 +30,7 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -113,7 +113,7 @@ pub(crate) fn accept_handshake<B>(
 pub(crate) fn tunnel(
     upgraded: OnUpgrade,
     sender: SendRequest<ProxyBody>,
-    mut from_client: ProxyBody,
+    from_client: ProxyBody,
 ) -> ProxyBody {
     let (tx, rx) = mpsc::channel::<Result<Bytes, BodyError>>(2);
     tokio::spawn(async move {
@@ -126,46 +126,66 @@ pub(crate) fn tunnel(
             }
         };
         drop(sender);
-        let (mut read, mut write) = tokio::io::split(TokioIo::new(io));
-        let upward = async {
-            while let Some(frame) = from_client.frame().await {
-                // Trailers carry nothing for the tunnel.
-                if let Ok(data) = frame?.into_data() {
-                    write.write_all(&data).await?;
-                }
-            }
-            write.shutdown().await?;
-            Ok::<_, BodyError>(())
-        };
-        let downward = async {
-            loop {
-                let mut buf = BytesMut::with_capacity(READ_CHUNK);
-                match read.read_buf(&mut buf).await {
-                    Ok(0) => return,
-                    Ok(_) => {
-                        if tx.send(Ok(buf.freeze())).await.is_err() {
-                            return; // the stream is gone
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                }
-            }
-        };
-        tokio::pin!(upward, downward);
-        tokio::select! {
-            // The upstream closed, or the client's stream is gone: the tunnel is over.
-            () = &mut downward => {}
-            r = &mut upward => match r {
-                // The client is done sending; the upstream's answer goes on.
-                Ok(()) => downward.await,
-                Err(e) => debug!(error = %e, "extended CONNECT: the client's side failed"),
-            },
-        }
+        pump(TokioIo::new(io), from_client, tx).await;
     });
     TunnelBody(rx).boxed()
+}
+
+/// The tunnel of an HTTP/2 stream to a connection already open (a `CONNECT` the route
+/// terminates): the stream's DATA (`from_client`) to `io`, `io`'s bytes into the returned
+/// body, by one task, as [`tunnel`] does.
+pub(crate) fn tunnel_io<T>(io: T, from_client: ProxyBody) -> ProxyBody
+where
+    T: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<Bytes, BodyError>>(2);
+    tokio::spawn(pump(io, from_client, tx));
+    TunnelBody(rx).boxed()
+}
+
+/// Moves a tunnel's bytes until it is over (see the module's docs).
+async fn pump<T>(io: T, mut from_client: ProxyBody, tx: mpsc::Sender<Result<Bytes, BodyError>>)
+where
+    T: AsyncRead + AsyncWrite,
+{
+    let (mut read, mut write) = tokio::io::split(io);
+    let upward = async {
+        while let Some(frame) = from_client.frame().await {
+            // Trailers carry nothing for the tunnel.
+            if let Ok(data) = frame?.into_data() {
+                write.write_all(&data).await?;
+            }
+        }
+        write.shutdown().await?;
+        Ok::<_, BodyError>(())
+    };
+    let downward = async {
+        loop {
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            match read.read_buf(&mut buf).await {
+                Ok(0) => return,
+                Ok(_) => {
+                    if tx.send(Ok(buf.freeze())).await.is_err() {
+                        return; // the stream is gone
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            }
+        }
+    };
+    tokio::pin!(upward, downward);
+    tokio::select! {
+        // The upstream closed, or the client's stream is gone: the tunnel is over.
+        () = &mut downward => {}
+        r = &mut upward => match r {
+            // The client is done sending; the answer goes on.
+            Ok(()) => downward.await,
+            Err(e) => debug!(error = %e, "tunnel: the client's side failed"),
+        },
+    }
 }
 
 /// The answer's body: the upstream's bytes as they come.

@@ -508,6 +508,10 @@ impl HttpConn {
                     let dest = self.destination(None, None, authority(&req));
                     return Ok((refuse_upgrade(&kind), "-", dest));
                 }
+                // `connect` is a plain CONNECT's type (an extended one's is its protocol).
+                if kind == "connect" && action.terminates_connect() {
+                    req.extensions_mut().insert(TerminateConnect);
+                }
             }
             // A route's retry policy replaces its virtual host's.
             let policy = action.retry_policy.as_ref().or(vh.retry_policy.as_ref());
@@ -797,7 +801,13 @@ impl HttpConn {
                 })?,
             };
             let authority = authority(req);
-            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            // A `CONNECT` has no path (`connect_matcher` routes it); other requests
+            // without one are for `/`.
+            let path = match req.uri().path_and_query() {
+                Some(p) => p.as_str(),
+                None if req.method() == Method::CONNECT => "",
+                None => "/",
+            };
             let head = RequestHead {
                 method: req.method().as_str(),
                 authority,
@@ -909,6 +919,9 @@ impl HttpConn {
     {
         async move {
             let addr = target.addr;
+            if req.extensions_mut().remove::<TerminateConnect>().is_some() {
+                return self.terminate_connect(target, req).await;
+            }
             // An HTTP/2 extended CONNECT (WebSocket over HTTP/2) is passed to an HTTP/1.1
             // upstream as the upgrade of the same meaning (`extended_connect`); Myelin does
             // not send extended CONNECT to HTTP/2 upstreams (a cluster's `allow_connect` is
@@ -937,29 +950,12 @@ impl HttpConn {
             let own_h1 = upstream::takes_own_h1(upgrade, req.method());
             adapt_request(&mut req, target.protocol, own_h1);
 
-            // Pod to pod on this node: the inbound policy, as the HBONE server applies it to
-            // tunnels (which it serves as `Reporter::Destination`, already authorized).
-            if self.reporter == Reporter::Source {
-                if let crate::local::Local::Refused(reason) =
-                    crate::local::decide(&self.config, &self.source, addr)
-                {
-                    self.metrics.local_refused(reason);
-                    debug!(%addr, source = %self.source.principal, reason = reason.as_str(), "same-node request refused by the inbound policy");
-                    return Err(ProxyError::Denied { addr, reason });
-                }
-            }
             let ep = upstream::Endpoint {
                 addr,
                 protocol: target.protocol,
                 connect_timeout: target.connect_timeout,
                 keepalive: target.keepalive,
-                hbone: crate::dial::route(
-                    &self.config,
-                    &self.traffic.load(),
-                    self.hbone.as_ref(),
-                    &self.source,
-                    addr,
-                )?,
+                hbone: self.reach(addr)?,
             };
             let mut from_client = None;
             let req = req.map(|b| {
@@ -1049,6 +1045,70 @@ impl HttpConn {
         }
     }
 }
+
+impl HttpConn {
+    /// How the upstream at `addr` is reached: directly, or through an HBONE tunnel (a
+    /// meshed workload on another node). Pod to pod on this node, the inbound policy first,
+    /// as the HBONE server applies it to tunnels (which it serves as
+    /// `Reporter::Destination`, already authorized).
+    fn reach(&self, addr: SocketAddr) -> Result<Option<Arc<crate::dial::HboneRoute>>, ProxyError> {
+        if self.reporter == Reporter::Source {
+            if let crate::local::Local::Refused(reason) =
+                crate::local::decide(&self.config, &self.source, addr)
+            {
+                self.metrics.local_refused(reason);
+                debug!(%addr, source = %self.source.principal, reason = reason.as_str(), "same-node request refused by the inbound policy");
+                return Err(ProxyError::Denied { addr, reason });
+            }
+        }
+        crate::dial::route(
+            &self.config,
+            &self.traffic.load(),
+            self.hbone.as_ref(),
+            &self.source,
+            addr,
+        )
+    }
+
+    /// A `CONNECT` its route terminates (`connect_config`, Envoy's "CONNECT termination"):
+    /// a TCP connection to the endpoint, and once it is up a `200` whose tunnel carries the
+    /// client's bytes to it as they are, both ways. A connect failure is a 503 `UF`, as
+    /// for any request. Over HTTP/1.1 the client's connection becomes the tunnel after the
+    /// `200`; over HTTP/2 the stream's DATA does (the stream's timeouts hold, as for an
+    /// extended CONNECT).
+    async fn terminate_connect<B>(
+        &self,
+        target: Target,
+        mut req: Request<B>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes, Error = BodyError> + Send + Sync + 'static,
+    {
+        let addr = target.addr;
+        let hbone = self.reach(addr)?;
+        let io = crate::dial::dial(
+            addr,
+            target.connect_timeout,
+            hbone.as_deref(),
+            target.keepalive,
+        )
+        .await?;
+        let body = if self.downstream == Protocol::Http2 {
+            extended_connect::tunnel_io(io, req.into_body().boxed())
+        } else {
+            let down = hyper::upgrade::on(&mut req);
+            *lock(&self.tunnel) = Some(Box::pin(connect_tunnel(down, io, self.peer, addr)));
+            empty_body()
+        };
+        debug!(peer = %self.peer, upstream = %addr, "CONNECT terminated: tunnelling to the upstream");
+        Ok(Response::new(body))
+    }
+}
+
+/// Marks a `CONNECT` its route terminates (set after the route decision, read by
+/// [`HttpConn::forward`]).
+#[derive(Debug, Clone, Copy)]
+struct TerminateConnect;
 
 /// Envoy's answer to an upgrade that `upgrade_configs` do not allow.
 fn refuse_upgrade(kind: &str) -> Response<ProxyBody> {
@@ -1471,6 +1531,28 @@ async fn tunnel(
     match tokio::io::copy_bidirectional(&mut down, &mut up).await {
         Ok((sent, received)) => debug!(%peer, %dst, sent, received, "upgraded connection closed"),
         Err(e) => debug!(%peer, %dst, error = %e, "upgraded connection failed"),
+    }
+}
+
+/// The tunnel of a terminated HTTP/1.1 `CONNECT`: the client's connection, once hyper has
+/// sent the `200` and handed it over, and the upstream connection.
+async fn connect_tunnel(
+    down: OnUpgrade,
+    mut up: crate::dial::BoxIo,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) {
+    let down = match down.await {
+        Ok(down) => down,
+        Err(e) => {
+            debug!(%peer, %dst, error = %e, "CONNECT: the client's connection was not handed over");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        Ok((sent, received)) => debug!(%peer, %dst, sent, received, "CONNECT tunnel closed"),
+        Err(e) => debug!(%peer, %dst, error = %e, "CONNECT tunnel failed"),
     }
 }
 

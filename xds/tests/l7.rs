@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 
 /// An HTTP/2 (h2c) server: answers with its name in `x-server`, echoes the request body
 /// and the protocol it saw, and ends every response with a `grpc-status: 0` trailer. It
@@ -1423,7 +1424,8 @@ async fn extended_connect_follows_the_connection_manager() {
 }
 
 /// An HTTP/1.1 upstream that switches to any upgrade asked of it (answering the key it got
-/// as `x-key`) and echoes the tunnel's bytes; a plain request gets 200.
+/// as `x-key`) and echoes the tunnel's bytes; a `CONNECT` gets 200 (its target in
+/// `x-connect`) and the same echo; a plain request gets 200.
 async fn upgrade_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1431,6 +1433,18 @@ async fn upgrade_echo() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    if req.method() == http::Method::CONNECT {
+                        let target = req.uri().to_string();
+                        tokio::spawn(async move {
+                            let io = hyper::upgrade::on(&mut req).await.unwrap();
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        });
+                        let mut resp = Response::new(Full::new(Bytes::new()));
+                        resp.headers_mut()
+                            .insert("x-connect", HeaderValue::from_str(&target).unwrap());
+                        return Ok::<_, Infallible>(resp);
+                    }
                     if !req.headers().contains_key("upgrade") {
                         return Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())));
                     }
@@ -1460,6 +1474,189 @@ async fn upgrade_echo() -> SocketAddr {
         }
     });
     addr
+}
+
+/// `CONNECT` as Envoy routes it: only a `connect_matcher` route takes one (a `prefix: /`
+/// route does not: 404). A route with `connect_config` terminates it: 200 once the
+/// upstream's TCP connection is up, then the client's bytes reach the upstream as they are,
+/// over HTTP/1.1 (the connection becomes the tunnel; a half-close passes through) and over
+/// HTTP/2 (the stream's DATA); an upstream that cannot be reached is a 503. A route without
+/// it passes the `CONNECT` on to its upstream, which opens the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_terminated_or_passed_on_by_its_route() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (echo, _echo_task) = tcp_upstream("echo").await;
+    let web = upgrade_echo().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let routes: RouteConfiguration = yaml(
+        r#"
+name: web
+virtual_hosts:
+- name: terminate
+  domains: ["echo.test:7"]
+  routes:
+  - match: {connect_matcher: {}}
+    route:
+      cluster: echo
+      upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]
+- name: unreachable
+  domains: ["dead.test:7"]
+  routes:
+  - match: {connect_matcher: {}}
+    route:
+      cluster: dead
+      upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]
+- name: no-connect-route
+  domains: ["plain.test:7"]
+  routes:
+  - match: {prefix: "/"}
+    route: {cluster: web}
+- name: pass-on
+  domains: ["*"]
+  routes:
+  - match: {connect_matcher: {}}
+    route: {cluster: web}
+  - match: {prefix: "/"}
+    route: {cluster: web}
+"#,
+    );
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        b.set(
+            "l",
+            &http_listener_with(
+                "l",
+                18141,
+                "web",
+                &[
+                    "http2_protocol_options: {allow_connect: true}",
+                    "upgrade_configs: [{upgrade_type: CONNECT}]",
+                ],
+            ),
+        );
+        b.set("web", &routes);
+        for (name, addr) in [("echo", echo), ("web", web), ("dead", dead)] {
+            b.set(name, &eds_cluster(name));
+            b.set(name, &endpoints(name, &[addr]));
+        }
+    });
+    let node = start(&cp).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["echo", "web", "dead"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+
+    // HTTP/1.1: the status line of the answer to a CONNECT for `target`, and the connection.
+    let connect_h1 = |target: &'static str| {
+        let node = &node;
+        async move {
+            let mut s = node.connect(vip(18141)).await;
+            s.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                if s.read(&mut b).await.unwrap() == 0 {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            (String::from_utf8(head).unwrap(), s)
+        }
+    };
+    let (head, mut s) = connect_h1("echo.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+    s.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 9];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"echo:ping", "raw TCP to the upstream and back");
+    // The client's half-close reaches the upstream, whose close comes back.
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the upstream's close comes back")
+        .unwrap();
+    assert_eq!(n, 0);
+
+    let (head, _) = connect_h1("dead.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let (head, _) = connect_h1("plain.test:7").await;
+    assert!(
+        head.starts_with("HTTP/1.1 404"),
+        "only connect_matcher takes a CONNECT: {head}"
+    );
+
+    // Without `connect_config` the CONNECT goes to the upstream, which opens the tunnel.
+    let (head, mut s) = connect_h1("other.test:9").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("x-connect: other.test:9"), "{head}");
+    s.write_all(b"through the upstream's tunnel").await.unwrap();
+    let mut got = [0u8; 29];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"through the upstream's tunnel");
+
+    // HTTP/2: the tunnel is the stream.
+    let (mut client, conn) = h2::client::handshake(node.connect(vip(18141)).await)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let connect_h2 = |client: &mut h2::client::SendRequest<Bytes>, target: &str| {
+        let req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(target)
+            .body(())
+            .unwrap();
+        client.send_request(req, false).unwrap()
+    };
+    client = client.ready().await.unwrap();
+    let (resp, mut up) = connect_h2(&mut client, "echo.test:7");
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut down = resp.into_body();
+    for msg in ["one", "two"] {
+        up.send_data(Bytes::from(msg), false).unwrap();
+        let mut echoed = Vec::new();
+        while echoed.len() < msg.len() + 5 {
+            let chunk = down.data().await.expect("echo").unwrap();
+            down.flow_control().release_capacity(chunk.len()).unwrap();
+            echoed.extend_from_slice(&chunk);
+        }
+        assert_eq!(echoed, format!("echo:{msg}").into_bytes());
+    }
+    // END_STREAM half-closes the upstream side; its close ends the answer.
+    up.send_data(Bytes::new(), true).unwrap();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut rest = Vec::new();
+        while let Some(chunk) = down.data().await {
+            rest.extend_from_slice(&chunk.unwrap());
+        }
+        rest
+    })
+    .await
+    .expect("the answer ends");
+    assert!(rest.is_empty(), "{rest:?}");
+    client = client.ready().await.unwrap();
+    let (resp, _up) = connect_h2(&mut client, "plain.test:7");
+    assert_eq!(resp.await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        node.metric(
+            r#"myelin_proxy_upstream_connect_errors_total{protocol="http1",reason="refused"}"#
+        ),
+        1.0,
+        "{}",
+        node.scrape()
+    );
 }
 
 /// An upgrade the connection manager's `upgrade_configs` does not list is refused with

@@ -129,6 +129,10 @@ pub enum PathMatch {
     SafeRegex(Regex),
     /// Equals this or starts with this followed by `/` (or `?`, `#`).
     PathSeparatedPrefix(String),
+    /// `connect_matcher`: a `CONNECT` request (not an extended CONNECT, which has a path),
+    /// and nothing else. A `CONNECT` has no path, so the other forms never match it (as in
+    /// Envoy, where this is the only way to route one).
+    Connect,
 }
 
 /// A header criterion.
@@ -219,9 +223,20 @@ pub struct RouteUpgrade {
     pub upgrade_type: String,
     /// `enabled` (default true).
     pub enabled: bool,
+    /// `connect_config` (type `connect` only): the `CONNECT` is answered here and its
+    /// payload sent to the upstream as raw TCP instead of the request being passed on.
+    pub terminate: bool,
 }
 
 impl RouteAction {
+    /// Whether this route answers a `CONNECT` itself and tunnels its payload to the
+    /// upstream as raw TCP (`connect_config`).
+    pub fn terminates_connect(&self) -> bool {
+        self.upgrades
+            .iter()
+            .any(|u| u.upgrade_type == "connect" && u.enabled && u.terminate)
+    }
+
     /// Whether an upgrade of `kind` (lowercase) may pass on this route, given the types
     /// its connection manager allows.
     pub fn allows_upgrade(&self, kind: &str, hcm_allows: &[String]) -> bool {
@@ -469,6 +484,7 @@ mod tests {
                 .map(|(t, enabled)| RouteUpgrade {
                     upgrade_type: (*t).into(),
                     enabled: *enabled,
+                    terminate: false,
                 })
                 .collect(),
         };

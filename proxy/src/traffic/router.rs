@@ -129,6 +129,12 @@ impl RequestHead<'_> {
         split_query(self.path).0
     }
 
+    /// A `CONNECT` that asks for a tunnel to its authority: no path (an extended CONNECT,
+    /// RFC 8441, has one and is routed by it).
+    pub fn is_connect(&self) -> bool {
+        self.method == "CONNECT" && self.path.is_empty()
+    }
+
     /// A header's value as Envoy's matchers see it: pseudo-headers from the request line,
     /// several values joined with `,`; `None` when absent.
     fn header(&self, name: &str) -> Option<String> {
@@ -156,7 +162,7 @@ fn split_query(path: &str) -> (&str, Option<&str>) {
 impl RouteMatch {
     /// Whether `req` satisfies the path, header and query criteria.
     pub fn matches(&self, req: &RequestHead<'_>) -> bool {
-        self.path_matches(req.path_only())
+        self.path_matches(req)
             && self.headers.iter().all(|h| h.matches(req))
             && (self.query_parameters.is_empty() || {
                 let query = split_query(req.path).1.unwrap_or("");
@@ -164,7 +170,16 @@ impl RouteMatch {
             })
     }
 
-    fn path_matches(&self, path: &str) -> bool {
+    fn path_matches(&self, req: &RequestHead<'_>) -> bool {
+        // A `CONNECT` (not an extended one) has no path: only `connect_matcher` takes it.
+        let connect = req.is_connect();
+        if let PathMatch::Connect = self.path {
+            return connect;
+        }
+        if connect {
+            return false;
+        }
+        let path = req.path_only();
         let eq = |a: &str, b: &str| {
             if self.case_sensitive {
                 a == b
@@ -183,6 +198,7 @@ impl RouteMatch {
             PathMatch::PathSeparatedPrefix(p) => {
                 starts(path, p) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
             }
+            PathMatch::Connect => unreachable!("answered above"),
         }
     }
 }
@@ -321,8 +337,9 @@ pub fn rewrite_path(action: &RouteAction, m: &RouteMatch, path: &str) -> Option<
         let matched = match &m.path {
             PathMatch::Prefix(pre) | PathMatch::PathSeparatedPrefix(pre) => pre.len(),
             PathMatch::Path(full) => full.len(),
-            // The converter rejects prefix_rewrite on regex matches (Envoy does too).
-            PathMatch::SafeRegex(_) => return None,
+            // The converter rejects prefix_rewrite on regex matches (Envoy does too); a
+            // `CONNECT` has no path to rewrite.
+            PathMatch::SafeRegex(_) | PathMatch::Connect => return None,
         };
         format!("{with}{}", p.get(matched..).unwrap_or(""))
     } else if let Some(rr) = &action.regex_rewrite {

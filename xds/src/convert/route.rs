@@ -308,10 +308,7 @@ fn route_match(cx: &mut Cx, p: &str, m: &pb::RouteMatch) -> Option<mr::RouteMatc
             }
             Some(mr::PathMatch::PathSeparatedPrefix(s.clone()))
         }
-        Some(P::ConnectMatcher(_)) => {
-            cx.reject(join(p, "connect_matcher"), Reason::NotSupported);
-            None
-        }
+        Some(P::ConnectMatcher(_)) => Some(mr::PathMatch::Connect),
         Some(P::PathMatchPolicy(_)) => {
             cx.reject(join(p, "path_match_policy"), Reason::NotSupported);
             None
@@ -565,8 +562,8 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     })
 }
 
-/// One of a route's `upgrade_configs`: the type (lowercase, required) and whether it is
-/// enabled here. `connect_config` (terminating CONNECT into raw TCP) is not supported.
+/// One of a route's `upgrade_configs`: the type (lowercase, required), whether it is
+/// enabled here, and for `CONNECT` whether the route terminates it (`connect_config`).
 fn route_upgrade(
     cx: &mut Cx,
     p: &str,
@@ -577,14 +574,32 @@ fn route_upgrade(
         enabled,
         connect_config,
     } = u;
-    cx.unsupported(p, "connect_config", connect_config);
     if upgrade_type.is_empty() {
         cx.reject(join(p, "upgrade_type"), Reason::Missing);
         return None;
     }
+    let upgrade_type = upgrade_type.to_ascii_lowercase();
+    if let Some(c) = connect_config {
+        let cp = join(p, "connect_config");
+        if upgrade_type != "connect" {
+            cx.reject(
+                cp.clone(),
+                Reason::Invalid("only for `upgrade_type: CONNECT`".into()),
+            );
+        }
+        let pb::route_action::upgrade_config::ConnectConfig {
+            proxy_protocol_config,
+            allow_post,
+        } = c;
+        cx.unsupported(&cp, "proxy_protocol_config", proxy_protocol_config);
+        if *allow_post {
+            cx.reject(join(&cp, "allow_post"), Reason::NotSupported);
+        }
+    }
     Some(mr::RouteUpgrade {
-        upgrade_type: upgrade_type.to_ascii_lowercase(),
+        upgrade_type,
         enabled: enabled.as_ref().is_none_or(|e| e.value),
+        terminate: connect_config.is_some(),
     })
 }
 

@@ -148,6 +148,10 @@ fn matches() {
             pm(P::PathSeparatedPrefix("/api".into())),
             mr::PathMatch::PathSeparatedPrefix("/api".into()),
         ),
+        (
+            pm(P::ConnectMatcher(Default::default())),
+            mr::PathMatch::Connect,
+        ),
     ];
     for (m, want) in cases {
         assert_eq!(one(route(m, to_cluster("c"))).route_match.path, want);
@@ -346,14 +350,29 @@ fn actions() {
         vec![
             mr::RouteUpgrade {
                 upgrade_type: "websocket".into(),
-                enabled: true
+                enabled: true,
+                terminate: false,
             },
             mr::RouteUpgrade {
                 upgrade_type: "connect".into(),
-                enabled: false
+                enabled: false,
+                terminate: false,
             },
         ]
     );
+    assert!(!a.terminates_connect());
+    let terminating = one(route(
+        prefix("/"),
+        pb::RouteAction {
+            upgrade_configs: vec![pb::route_action::UpgradeConfig {
+                upgrade_type: "CONNECT".into(),
+                connect_config: Some(Default::default()),
+                ..Default::default()
+            }],
+            ..to_cluster("c")
+        },
+    ));
+    assert!(action(&terminating).terminates_connect());
     assert_eq!(a.prefix_rewrite.as_deref(), Some("/new"));
     assert_eq!(a.host_rewrite, Some(mr::HostRewrite::Auto));
     assert_eq!(
@@ -486,8 +505,16 @@ fn rejections() {
                 upgrade_configs: vec![
                     Default::default(),
                     pb::route_action::UpgradeConfig {
-                        upgrade_type: "CONNECT".into(),
+                        upgrade_type: "websocket".into(),
                         connect_config: Some(Default::default()),
+                        ..Default::default()
+                    },
+                    pb::route_action::UpgradeConfig {
+                        upgrade_type: "CONNECT".into(),
+                        connect_config: Some(pb::route_action::upgrade_config::ConnectConfig {
+                            proxy_protocol_config: Some(Default::default()),
+                            allow_post: true,
+                        }),
                         ..Default::default()
                     },
                 ],
@@ -495,7 +522,9 @@ fn rejections() {
             })]),
             vec![
                 format!("{r0}.route.upgrade_configs[0].upgrade_type: required but not set"),
-                format!("{r0}.route.upgrade_configs[1].connect_config: not supported"),
+                format!("{r0}.route.upgrade_configs[1].connect_config: only for `upgrade_type: CONNECT`"),
+                format!("{r0}.route.upgrade_configs[2].connect_config.proxy_protocol_config: not supported"),
+                format!("{r0}.route.upgrade_configs[2].connect_config.allow_post: not supported"),
             ],
         ),
         (

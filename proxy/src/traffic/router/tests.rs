@@ -471,3 +471,44 @@ fn direct_response_route_is_found_like_any_other() {
         Action::DirectResponse(DirectResponse { status: 200, .. })
     ));
 }
+
+/// Envoy's CONNECT routing: a `CONNECT` has no path, so only `connect_matcher` takes it
+/// (other routes, even `prefix: /`, pass it by); `connect_matcher` takes nothing else, not
+/// an extended CONNECT (RFC 8441), which has a path and is routed by it.
+#[test]
+fn connect_requests_match_only_the_connect_matcher() {
+    let t = table(vec![vhost(
+        "vh",
+        &["*"],
+        vec![
+            route("root", PathMatch::Prefix("/".into())),
+            route("any-regex", PathMatch::SafeRegex(Regex::new(".*").unwrap())),
+            route("connect", PathMatch::Connect),
+        ],
+    )]);
+    let only_connect = table(vec![vhost(
+        "vh",
+        &["*"],
+        vec![route("connect", PathMatch::Connect)],
+    )]);
+    let h = HeaderMap::new();
+    let req = |method, path| RequestHead {
+        method,
+        ..head("db.test:5432", path, &h)
+    };
+    for (method, path, want, want_only) in [
+        ("CONNECT", "", Some("connect"), Some("connect")),
+        // Extended CONNECT (a WebSocket over HTTP/2): routed by its path.
+        ("CONNECT", "/chat", Some("root"), None),
+        ("GET", "/", Some("root"), None),
+        ("POST", "/x", Some("root"), None),
+    ] {
+        let got = |t: &RouteTable| t.find(&req(method, path)).map(|(_, r)| r.name.clone());
+        assert_eq!(got(&t).as_deref(), want, "{method} {path:?}");
+        assert_eq!(
+            got(&only_connect).as_deref(),
+            want_only,
+            "{method} {path:?}"
+        );
+    }
+}
