@@ -129,10 +129,7 @@ fn validate_the_shared_envoy_configs() {
             Some(&["static_resources.listeners[1].filter_chains[0].filters[0].typed_config.local_reply_config: not supported"]),
         ),
         ("envoyproxy_io_proxy.yaml", Some(&["static_resources.listeners[0]", "unknown field `scheme`"])),
-        (
-            "encapsulate_in_http2_connect.yaml",
-            Some(&["static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tunneling_config: not supported"]),
-        ),
+        ("encapsulate_in_http2_connect.yaml", None),
         ("terminate_http2_connect.yaml", None),
         (
             "original-dst-deprecated-v1.yaml",

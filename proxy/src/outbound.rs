@@ -23,7 +23,8 @@ use crate::http::{self, HttpConn, HttpConnParams, RouteRef, Routing, Target};
 use crate::local::Local;
 use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
 use crate::model::listener::{
-    Http2Settings, Listener, NetworkFilter, RouteSource, TcpCluster, DEFAULT_IDLE_TIMEOUT,
+    Http2Settings, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
+    DEFAULT_IDLE_TIMEOUT,
 };
 use crate::tcp;
 use crate::timeout::HcmTimeouts;
@@ -197,16 +198,20 @@ async fn try_handle(
             // the drain deadline passes, so the watch is not needed.
             drop(drain);
             let tcp_service = match &plan {
-                Plan::Tcp(TcpCluster::Cluster(c), _) => Some(c.clone()),
+                Plan::Tcp(TcpCluster::Cluster(c), ..) => Some(c.clone()),
                 _ => None,
             };
             // Passed through: Envoy's default, as for Istio's passthrough TCP proxy.
             let idle_timeout = match &plan {
-                Plan::Tcp(_, idle) => *idle,
+                Plan::Tcp(_, idle, _) => *idle,
                 _ => Some(DEFAULT_IDLE_TIMEOUT),
             };
+            let tunneling = match &plan {
+                Plan::Tcp(_, _, t) => t.clone(),
+                _ => None,
+            };
             let upstream = match plan {
-                Plan::Tcp(cluster, _) => {
+                Plan::Tcp(cluster, ..) => {
                     Box::pin(tcp_upstream(&traffic, &cluster, captured.then_some(dst))).await
                 }
                 _ => Ok(Target {
@@ -247,6 +252,17 @@ async fn try_handle(
                             });
                         }
                     };
+                    let http_tunnel = match tunneling
+                        .as_ref()
+                        .map(|t| http_tunnel(t, dst, &upstream))
+                        .transpose()
+                    {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tcp::reset_on_close(stream.inner());
+                            break 'forward Err(e);
+                        }
+                    };
                     let (golden, destination) = tcp_golden(
                         inner,
                         &source,
@@ -265,6 +281,7 @@ async fn try_handle(
                             idle_timeout,
                             hbone,
                             keepalive: upstream.keepalive,
+                            http_tunnel,
                         },
                         &source,
                         metrics,
@@ -307,6 +324,33 @@ async fn try_handle(
     res
 }
 
+/// The `CONNECT` of a TCP proxy's `tunneling_config` for a connection to `dst` (its
+/// original destination, or the listener's address), to `upstream` over its cluster's
+/// protocol. A hostname that is no authority once filled in fails the connection.
+fn http_tunnel(
+    t: &Tunneling,
+    dst: SocketAddr,
+    upstream: &Target,
+) -> Result<tcp::HttpTunnel, ProxyError> {
+    let authority = t
+        .authority(dst)
+        .parse::<::http::uri::Authority>()
+        .map_err(|e| ProxyError::UpstreamProtocol {
+            addr: upstream.addr,
+            source: format!("tunneling hostname {:?} for {dst}: {e}", t.hostname).into(),
+        })?;
+    let mut headers = ::http::HeaderMap::new();
+    crate::traffic::router::mutate_headers(&mut headers, &t.headers_to_add, &[]);
+    Ok(tcp::HttpTunnel {
+        authority,
+        headers,
+        http2: matches!(
+            upstream.protocol,
+            crate::upstream::UpstreamProtocol::Http2(_)
+        ),
+    })
+}
+
 /// Whether every filter chain of `l` is a TCP proxy chosen without looking at the bytes
 /// (no `transport_protocol`, no `application_protocols`): the connection is opaque by
 /// declaration.
@@ -332,8 +376,8 @@ enum Plan {
     /// An HTTP connection manager, the upgrade types it allows, its timeouts and its
     /// HTTP/2 settings.
     Http(RouteRef, Arc<[String]>, HcmTimeouts, Http2Settings),
-    /// A TCP proxy to a cluster, and its idle timeout.
-    Tcp(TcpCluster, Option<Duration>),
+    /// A TCP proxy to a cluster, its idle timeout, and its `tunneling_config`.
+    Tcp(TcpCluster, Option<Duration>, Option<Tunneling>),
 }
 
 /// Picks the filter chain of `listener` for this connection and says what serves it.
@@ -364,7 +408,9 @@ fn plan(
         ));
     };
     Ok(match &chain.filter {
-        NetworkFilter::TcpProxy(tp) => Plan::Tcp(tp.cluster.clone(), tp.idle_timeout),
+        NetworkFilter::TcpProxy(tp) => {
+            Plan::Tcp(tp.cluster.clone(), tp.idle_timeout, tp.tunneling.clone())
+        }
         // An HTTP connection manager speaks HTTP whatever the sniffing said (Envoy does
         // not sniff either): bytes that are not HTTP/1 get hyper's error and a close.
         NetworkFilter::HttpConnectionManager(hcm) => Plan::Http(

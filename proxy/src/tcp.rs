@@ -11,6 +11,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -116,6 +121,130 @@ pub(crate) struct TcpTarget {
     pub(crate) hbone: Option<Arc<crate::dial::HboneRoute>>,
     /// The cluster's TCP keepalive (direct connections; a tunnel's is the HBONE pool's).
     pub(crate) keepalive: Option<Keepalive>,
+    /// The bytes go inside an HTTP `CONNECT` (`tunneling_config`).
+    pub(crate) http_tunnel: Option<HttpTunnel>,
+}
+
+/// A TCP proxy's `tunneling_config` for one connection: the `CONNECT` to send on a new
+/// connection to the endpoint, over HTTP/2 or HTTP/1.1 as its cluster speaks.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpTunnel {
+    /// The `CONNECT`'s target (`hostname` with the connection's values filled in).
+    pub(crate) authority: http::uri::Authority,
+    /// `headers_to_add`.
+    pub(crate) headers: HeaderMap,
+    /// HTTP/2 (else HTTP/1.1).
+    pub(crate) http2: bool,
+}
+
+/// An open [`HttpTunnel`]: the upgraded stream (HTTP/2: one stream of a connection of its
+/// own, kept open by its sender while the stream lives).
+struct HttpTunnelIo {
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    _sender: Option<hyper::client::conn::http2::SendRequest<Empty<Bytes>>>,
+}
+
+impl tokio::io::AsyncRead for HttpTunnelIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for HttpTunnelIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Sends `tunnel`'s `CONNECT` on `io` (connected to `dst`) and waits, within `timeout`,
+/// for a 2xx: the stream that then carries the bytes. Any other answer, or HTTP failing,
+/// is an error (the client is reset, as for a failed connect). One connection per tunnel,
+/// not pooled (Envoy multiplexes the tunnels of an HTTP/2 cluster on shared connections).
+async fn open_http_tunnel(
+    io: crate::dial::BoxIo,
+    dst: SocketAddr,
+    tunnel: &HttpTunnel,
+    timeout: Duration,
+) -> Result<crate::dial::BoxIo, ProxyError> {
+    let http = |e: hyper::Error| ProxyError::UpstreamProtocol {
+        addr: dst,
+        source: e.into(),
+    };
+    let mut req = Request::new(Empty::<Bytes>::new());
+    *req.method_mut() = Method::CONNECT;
+    *req.uri_mut() = Uri::from(tunnel.authority.clone());
+    *req.headers_mut() = tunnel.headers.clone();
+    let exchange = async {
+        if tunnel.http2 {
+            let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(http)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(%dst, error = %e, "tunnel connection ended with an error");
+                }
+            });
+            let resp = sender.send_request(req).await.map_err(http)?;
+            Ok((resp, Some(sender)))
+        } else {
+            if let Ok(host) = HeaderValue::from_str(tunnel.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(http)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(%dst, error = %e, "tunnel connection ended with an error");
+                }
+            });
+            let resp = sender.send_request(req).await.map_err(http)?;
+            Ok((resp, None))
+        }
+    };
+    let (resp, sender) = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProxyError::connect_timeout(dst, timeout))??;
+    if !resp.status().is_success() {
+        return Err(ProxyError::UpstreamProtocol {
+            addr: dst,
+            source: format!(
+                "the upstream answered the CONNECT for {} with {}",
+                tunnel.authority,
+                resp.status()
+            )
+            .into(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(resp).await.map_err(http)?;
+    Ok(Box::new(HttpTunnelIo {
+        io: TokioIo::new(upgraded),
+        _sender: sender,
+    }))
 }
 
 /// The upstream side: a TCP connection (reset on failure) or an HBONE tunnel.
@@ -187,6 +316,7 @@ pub(crate) async fn forward(
         idle_timeout,
         hbone,
         keepalive,
+        http_tunnel,
     } = target;
     golden.opened.inc();
     // Closed whatever happens below, once.
@@ -196,13 +326,21 @@ pub(crate) async fn forward(
         d.opened.inc();
         CloseOnDrop(d.closed.clone())
     });
-    let connected = match &hbone {
-        None => connect(dst, connect_timeout, keepalive)
+    let connected = match (&hbone, &http_tunnel) {
+        (None, None) => connect(dst, connect_timeout, keepalive)
             .await
             .map(Upstream::Tcp),
-        Some(r) => crate::dial::dial(dst, connect_timeout, Some(r), None)
+        (hbone, None) => crate::dial::dial(dst, connect_timeout, hbone.as_deref(), None)
             .await
             .map(Upstream::Tunnel),
+        (hbone, Some(t)) => {
+            match crate::dial::dial(dst, connect_timeout, hbone.as_deref(), keepalive).await {
+                Ok(io) => open_http_tunnel(io, dst, t, connect_timeout)
+                    .await
+                    .map(Upstream::Tunnel),
+                Err(e) => Err(e),
+            }
+        }
     };
     let mut upstream = match connected {
         Ok(s) => s,

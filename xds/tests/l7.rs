@@ -1659,6 +1659,142 @@ virtual_hosts:
     );
 }
 
+/// TCP tunnelled over HTTP `CONNECT` both ways, as Envoy's `encapsulate_in_http2_connect`
+/// and `terminate_http2_connect` examples chain them: a TCP proxy with `tunneling_config`
+/// sends each connection's bytes inside a `CONNECT` (HTTP/2 or HTTP/1.1, as its cluster
+/// speaks; the hostname filled in from the connection, `headers_to_add` on it) to a
+/// listener of the agent that terminates it into raw TCP to the echo server. A `CONNECT`
+/// the far side refuses (no route without the header) fails the client's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_is_tunnelled_in_connect_and_back_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (echo, _echo_task) = tcp_upstream("echo").await;
+    let edge: SocketAddr = "127.0.0.1:18151".parse().unwrap();
+    let edge_listener: Listener = yaml(&format!(
+        r#"
+name: edge
+address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: edge
+      http2_protocol_options: {{allow_connect: true}}
+      upgrade_configs: [{{upgrade_type: CONNECT}}]
+      route_config:
+        name: edge
+        virtual_hosts:
+        - name: echo
+          domains: ["echo.test:18152", "echo.test:18153", "echo.test:18154"]
+          routes:
+          - match:
+              connect_matcher: {{}}
+              headers: [{{name: x-tunnel, string_match: {{exact: "yes"}}}}]
+            route:
+              cluster: echo
+              upgrade_configs: [{{upgrade_type: CONNECT, connect_config: {{}}}}]
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#,
+        edge.port()
+    ));
+    let tunnel_listener = |name: &str, port: u16, cluster: &str, headers: &str| -> Listener {
+        yaml(&format!(
+            r#"
+name: {name}
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config:
+      "@type": {TCP_TYPE}
+      stat_prefix: {name}
+      cluster: {cluster}
+      tunneling_config:
+        hostname: "echo.test:%DOWNSTREAM_LOCAL_PORT%"
+        headers_to_add: [{headers}]
+"#
+        ))
+    };
+    let with_header = "{header: {key: x-tunnel, value: 'yes'}}";
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        b.set("edge", &edge_listener);
+        b.set(
+            "over-h2",
+            &tunnel_listener("over-h2", 18152, "edge-h2", with_header),
+        );
+        b.set(
+            "over-h1",
+            &tunnel_listener("over-h1", 18153, "edge-h1", with_header),
+        );
+        b.set("refused", &tunnel_listener("refused", 18154, "edge-h2", ""));
+        b.set("echo", &eds_cluster("echo"));
+        b.set("echo", &endpoints("echo", &[echo]));
+        b.set("edge-h2", &h2_cluster("edge-h2"));
+        b.set("edge-h2", &endpoints("edge-h2", &[edge]));
+        b.set("edge-h1", &eds_cluster("edge-h1"));
+        b.set("edge-h1", &endpoints("edge-h1", &[edge]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["echo", "edge-h2", "edge-h1"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node.wait_applied(
+        type_url::LISTENER,
+        &["edge", "over-h2", "over-h1", "refused"],
+        &cp.version(type_url::LISTENER),
+    )
+    .await;
+    // The bound listener is up once it accepts.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(edge).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for port in [18152, 18153] {
+        let mut s = node.connect(vip(port)).await;
+        for msg in ["first", "second"] {
+            s.write_all(msg.as_bytes()).await.unwrap();
+            let mut got = vec![0u8; msg.len() + 5];
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut got))
+                .await
+                .unwrap_or_else(|_| panic!("port {port}: no echo"))
+                .unwrap();
+            assert_eq!(got, format!("echo:{msg}").into_bytes(), "port {port}");
+        }
+        // A half-close travels both tunnels; the echo server's close comes back.
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .expect("closed")
+            .unwrap();
+        assert_eq!(n, 0, "port {port}");
+    }
+    // Without the header the far side has no route (404): no tunnel, the client's
+    // connection fails without a byte.
+    let mut s = node.connect(vip(18154)).await;
+    let _ = s.write_all(b"lost").await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the connection ends");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let scrape = node.scrape();
+    assert!(
+        scrape.contains(r#"response_code="404",grpc_status="-",response_flags="NR""#),
+        "{scrape}"
+    );
+}
+
 /// An upgrade the connection manager's `upgrade_configs` does not list is refused with
 /// 403 (as in Envoy) and never reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,29 @@ pub struct TcpProxy {
     /// Close after this long with no bytes either way; Envoy default 1 h, `None`: disabled.
     #[serde(serialize_with = "opt_duration_str")]
     pub idle_timeout: Option<Duration>,
+    /// `tunneling_config`: the bytes go to the cluster's endpoint inside an HTTP `CONNECT`
+    /// (HTTP/2 or HTTP/1.1, as the cluster speaks) instead of over plain TCP.
+    pub tunneling: Option<Tunneling>,
+}
+
+/// How a TCP proxy tunnels its connections (`tunneling_config`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tunneling {
+    /// The `CONNECT`'s authority: literal text with `%DOWNSTREAM_LOCAL_ADDRESS%` and
+    /// `%DOWNSTREAM_LOCAL_PORT%` (the connection's original destination) filled in.
+    pub hostname: String,
+    /// Headers added to the `CONNECT`.
+    pub headers_to_add: Vec<super::route::HeaderValueOption>,
+}
+
+impl Tunneling {
+    /// The `CONNECT`'s authority for a connection to `dst` (its original destination, or
+    /// the listener's address).
+    pub fn authority(&self, dst: SocketAddr) -> String {
+        self.hostname
+            .replace("%DOWNSTREAM_LOCAL_ADDRESS%", &dst.to_string())
+            .replace("%DOWNSTREAM_LOCAL_PORT%", &dst.port().to_string())
+    }
 }
 
 /// Upstream of a TCP proxy.

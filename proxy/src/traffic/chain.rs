@@ -137,6 +137,7 @@ mod tests {
                 stat_prefix: name.into(),
                 cluster: TcpCluster::Cluster(name.into()),
                 idle_timeout: None,
+                tunneling: None,
             }),
         }
     }

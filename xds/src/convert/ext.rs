@@ -93,9 +93,9 @@ pub struct TcpProxy {
     #[prost(bytes = "vec", repeated, tag = "11")]
     #[serde(default, deserialize_with = "present_list")]
     pub hash_policy: Vec<Vec<u8>>,
-    #[prost(bytes = "vec", optional, tag = "12")]
-    #[serde(default, deserialize_with = "present")]
-    pub tunneling_config: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "12")]
+    #[serde(default)]
+    pub tunneling_config: Option<TcpTunnelingConfig>,
     #[prost(bytes = "vec", optional, tag = "13")]
     #[serde(default, deserialize_with = "present")]
     pub max_downstream_connection_duration: Option<Vec<u8>>,
@@ -123,6 +123,32 @@ named!(
     "envoy.extensions.filters.network.tcp_proxy.v3",
     "TcpProxy"
 );
+
+/// `TcpProxy.TunnelingConfig`: the connection's bytes tunnelled in an HTTP `CONNECT`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpTunnelingConfig {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub hostname: String,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub use_post: bool,
+    #[prost(message, repeated, tag = "3")]
+    #[serde(default)]
+    pub headers_to_add: Vec<core::HeaderValueOption>,
+    /// Ignored (filter state for other network filters).
+    #[prost(bool, tag = "4")]
+    #[serde(default)]
+    pub propagate_response_headers: bool,
+    #[prost(string, tag = "5")]
+    #[serde(default)]
+    pub post_path: String,
+    /// Ignored (filter state for other network filters).
+    #[prost(bool, tag = "6")]
+    #[serde(default)]
+    pub propagate_response_trailers: bool,
+}
 
 /// `TcpProxy.WeightedCluster`.
 #[derive(Clone, PartialEq, Message, Deserialize)]

@@ -807,7 +807,6 @@ fn tcp_proxy(cx: &mut Cx, p: &str, t: &ext::TcpProxy) -> Option<ml::TcpProxy> {
     cx.unsupported(p, "max_connect_attempts", max_connect_attempts);
     cx.unsupported(p, "backoff_options", backoff_options);
     cx.unsupported(p, "hash_policy", hash_policy);
-    cx.unsupported(p, "tunneling_config", tunneling_config);
     cx.unsupported(
         p,
         "max_downstream_connection_duration",
@@ -856,13 +855,80 @@ fn tcp_proxy(cx: &mut Cx, p: &str, t: &ext::TcpProxy) -> Option<ml::TcpProxy> {
             return None;
         }
     };
+    let tunneling = tunneling_config
+        .as_ref()
+        .and_then(|t| tunneling(cx, &join(p, "tunneling_config"), t));
     Some(ml::TcpProxy {
         stat_prefix: stat_prefix.clone(),
         cluster,
+        tunneling,
         idle_timeout: cx.timeout(
             &join(p, "idle_timeout"),
             idle_timeout,
             Some(ml::DEFAULT_IDLE_TIMEOUT),
         ),
+    })
+}
+
+/// The values `tunneling_config.hostname` may use from Envoy's command operators: the
+/// connection's original destination.
+const TUNNEL_OPERATORS: [&str; 2] = ["%DOWNSTREAM_LOCAL_ADDRESS%", "%DOWNSTREAM_LOCAL_PORT%"];
+
+/// A TCP proxy's `tunneling_config`: `hostname` (required; literal or with the operators
+/// above) and literal `headers_to_add`; `use_post` and `post_path` are rejected.
+fn tunneling(cx: &mut Cx, p: &str, t: &ext::TcpTunnelingConfig) -> Option<ml::Tunneling> {
+    let ext::TcpTunnelingConfig {
+        hostname,
+        use_post,
+        headers_to_add,
+        propagate_response_headers: _,
+        post_path,
+        propagate_response_trailers: _,
+    } = t;
+    let mut ok = true;
+    if *use_post {
+        cx.reject(join(p, "use_post"), Reason::NotSupported);
+        ok = false;
+    }
+    if !post_path.is_empty() {
+        cx.reject(join(p, "post_path"), Reason::NotSupported);
+        ok = false;
+    }
+    if hostname.is_empty() {
+        cx.reject(join(p, "hostname"), Reason::Missing);
+        return None;
+    }
+    let literal = TUNNEL_OPERATORS
+        .iter()
+        .fold(hostname.clone(), |h, op| h.replace(op, ""));
+    if literal.contains('%') {
+        cx.reject(
+            join(p, "hostname"),
+            Reason::Invalid(format!(
+                "`{hostname}`: of Envoy's command operators only {} are supported",
+                TUNNEL_OPERATORS.join(" and ")
+            )),
+        );
+        ok = false;
+    } else if http::uri::Authority::try_from(hostname.replace('%', "")).is_err() {
+        cx.reject(
+            join(p, "hostname"),
+            Reason::Invalid(format!("`{hostname}` is not a valid authority")),
+        );
+        ok = false;
+    }
+    let headers = super::common::header_value_options(cx, p, "headers_to_add", headers_to_add);
+    for (i, h) in headers.iter().enumerate() {
+        if h.name.starts_with(':') || h.name == "host" {
+            cx.reject(
+                join(&idx(p, "headers_to_add", i), "header.key"),
+                Reason::Invalid(format!("`{}` cannot be set on the CONNECT", h.name)),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| ml::Tunneling {
+        hostname: hostname.clone(),
+        headers_to_add: headers,
     })
 }

@@ -292,8 +292,44 @@ fn supported_fields() {
                         stat_prefix: "t".into(),
                         cluster: ml::TcpCluster::Cluster("c".into()),
                         idle_timeout: None,
+                        tunneling: None,
                     })
                 );
+            },
+        ),
+        (
+            "tcp_proxy tunneling_config",
+            {
+                let mut l = base();
+                let mut t = tcp("c");
+                t.tunneling_config = Some(ext::TcpTunnelingConfig {
+                    hostname: "%DOWNSTREAM_LOCAL_ADDRESS%".into(),
+                    headers_to_add: vec![xds_api::pb::envoy::config::core::v3::HeaderValueOption {
+                        header: Some(xds_api::pb::envoy::config::core::v3::HeaderValue {
+                            key: "X-Tunnel".into(),
+                            value: "yes".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    propagate_response_headers: true,
+                    ..Default::default()
+                });
+                l.filter_chains[0].filters[0] = filter(&t);
+                l
+            },
+            |m| {
+                let ml::NetworkFilter::TcpProxy(tp) = &m.filter_chains[0].filter else {
+                    panic!("{m:?}")
+                };
+                let t = tp.tunneling.as_ref().expect("tunneling");
+                assert_eq!(
+                    t.authority("10.0.0.7:5432".parse().unwrap()),
+                    "10.0.0.7:5432"
+                );
+                assert_eq!(t.headers_to_add.len(), 1);
+                assert_eq!(t.headers_to_add[0].name, "x-tunnel");
+                assert_eq!(t.headers_to_add[0].value, "yes");
             },
         ),
         (
@@ -419,12 +455,49 @@ fn rejections() {
             {
                 let mut l = base();
                 let mut t = tcp("c");
-                t.tunneling_config = Some(vec![]);
                 t.hash_policy = vec![vec![]];
                 l.filter_chains[0].filters[0] = filter(&t);
                 l
             },
-            vec![format!("{fc0}.hash_policy: not supported"), format!("{fc0}.tunneling_config: not supported")],
+            vec![format!("{fc0}.hash_policy: not supported")],
+        ),
+        (
+            {
+                let mut l = base();
+                let mut t = tcp("c");
+                t.tunneling_config = Some(ext::TcpTunnelingConfig {
+                    hostname: "%REQUESTED_SERVER_NAME%:443".into(),
+                    use_post: true,
+                    post_path: "/up".into(),
+                    headers_to_add: vec![xds_api::pb::envoy::config::core::v3::HeaderValueOption {
+                        header: Some(xds_api::pb::envoy::config::core::v3::HeaderValue {
+                            key: ":authority".into(),
+                            value: "x".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+                l.filter_chains[0].filters[0] = filter(&t);
+                l
+            },
+            vec![
+                format!("{fc0}.tunneling_config.use_post: not supported"),
+                format!("{fc0}.tunneling_config.post_path: not supported"),
+                format!("{fc0}.tunneling_config.hostname: `%REQUESTED_SERVER_NAME%:443`: of Envoy's command operators only %DOWNSTREAM_LOCAL_ADDRESS% and %DOWNSTREAM_LOCAL_PORT% are supported"),
+                format!("{fc0}.tunneling_config.headers_to_add[0].header.key: `:authority` cannot be set on the CONNECT"),
+            ],
+        ),
+        (
+            {
+                let mut l = base();
+                let mut t = tcp("c");
+                t.tunneling_config = Some(ext::TcpTunnelingConfig::default());
+                l.filter_chains[0].filters[0] = filter(&t);
+                l
+            },
+            vec![format!("{fc0}.tunneling_config.hostname: required but not set")],
         ),
         (
             {
