@@ -27,7 +27,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -108,11 +107,12 @@ pub(crate) fn accept_handshake<B>(
 }
 
 /// The tunnel behind an accepted upgrade: spawns the task that moves the bytes (see the
-/// module's docs) and returns the answer's body. `sender`: the upstream connection, kept
-/// until hyper has handed its socket over.
-pub(crate) fn tunnel(
+/// module's docs) and returns the answer's body. `sender`: what keeps the upstream side
+/// alive until hyper has handed it over (an HTTP/1.1 connection's sender, an HTTP/2
+/// answer's body).
+pub(crate) fn tunnel<K: Send + 'static>(
     upgraded: OnUpgrade,
-    sender: SendRequest<ProxyBody>,
+    sender: K,
     from_client: ProxyBody,
 ) -> ProxyBody {
     let (tx, rx) = mpsc::channel::<Result<Bytes, BodyError>>(2);
@@ -125,8 +125,8 @@ pub(crate) fn tunnel(
                 return;
             }
         };
-        drop(sender);
         pump(TokioIo::new(io), from_client, tx).await;
+        drop(sender);
     });
     TunnelBody(rx).boxed()
 }

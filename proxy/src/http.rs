@@ -33,7 +33,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -937,16 +936,29 @@ impl HttpConn {
                 }
                 generated_key = extended_connect::to_h1_upgrade(&mut req, protocol);
             }
-            // Upgrades are an HTTP/1 mechanism (HTTP/2 CONNECT comes with the HBONE work).
-            let upgrade = (self.downstream == Protocol::Http1 || extended.is_some())
-                && target.protocol == UpstreamProtocol::Http1
-                && wants_upgrade(&req);
             let is_connect = req.method() == Method::CONNECT;
-            // An HTTP/2 stream is no connection for hyper to hand over: its tunnel is made
-            // below, from the request's body.
+            // A CONNECT for a tunnel (not an extended one, which became an HTTP/1.1 upgrade
+            // above), passed on whatever the two sides speak.
+            let plain_connect = is_connect && extended.is_none();
+            // Upgrades are an HTTP/1 mechanism; a CONNECT also opens a tunnel in an HTTP/2
+            // stream, on either side.
+            let upgrade = match target.protocol {
+                UpstreamProtocol::Http1 => {
+                    (self.downstream == Protocol::Http1 || extended.is_some() || plain_connect)
+                        && wants_upgrade(&req)
+                }
+                UpstreamProtocol::Http2(_) => plain_connect,
+            };
+            // The client's side of the tunnel is an HTTP/2 stream: no connection for hyper to
+            // hand over, the tunnel is made below from the request's body.
+            let stream_tunnel = upgrade && self.downstream == Protocol::Http2;
             let downstream_upgrade =
-                (upgrade && extended.is_none()).then(|| hyper::upgrade::on(&mut req));
-            strip_hop_by_hop(req.headers_mut(), upgrade);
+                (upgrade && !stream_tunnel).then(|| hyper::upgrade::on(&mut req));
+            // HTTP/2 has no connection-level headers, `Connection: upgrade` included.
+            strip_hop_by_hop(
+                req.headers_mut(),
+                upgrade && target.protocol == UpstreamProtocol::Http1,
+            );
             let own_h1 = upstream::takes_own_h1(upgrade, req.method());
             adapt_request(&mut req, target.protocol, own_h1);
 
@@ -959,7 +971,7 @@ impl HttpConn {
             };
             let mut from_client = None;
             let req = req.map(|b| {
-                if extended.is_some() {
+                if stream_tunnel {
                     // The upgrade request itself has no body; the stream's DATA is the
                     // tunnel's.
                     from_client = Some(b.boxed());
@@ -971,6 +983,7 @@ impl HttpConn {
                     b.boxed()
                 }
             });
+            let ep_http2 = matches!(ep.protocol, UpstreamProtocol::Http2(_));
             // Each protocol's future awaited here rather than through one more async
             // layer that would hold the request beside it.
             let sent = match ep.protocol {
@@ -1001,6 +1014,27 @@ impl HttpConn {
                 }
             };
             let mut resp = sent.response;
+            if plain_connect && ep_http2 {
+                if resp.status().is_success() {
+                    // hyper's HTTP/2 client opened the tunnel in the CONNECT's stream; the
+                    // answer's body (which holds the stream's place in the connection) is
+                    // kept by the tunnel.
+                    let up = hyper::upgrade::on(&mut resp);
+                    let held = std::mem::replace(resp.body_mut(), empty_body());
+                    match downstream_upgrade {
+                        Some(down) => {
+                            *lock(&self.tunnel) =
+                                Some(Box::pin(tunnel(down, up, held, self.peer, addr)));
+                        }
+                        None => {
+                            let from_client = from_client.unwrap_or_else(empty_body);
+                            *resp.body_mut() = extended_connect::tunnel(up, held, from_client);
+                        }
+                    }
+                }
+                strip_hop_by_hop(resp.headers_mut(), false);
+                return Ok(resp);
+            }
             match (downstream_upgrade, sent.upgraded) {
                 (Some(down), Some(upstream)) if is_upgrade_accepted(is_connect, resp.status()) => {
                     let up = hyper::upgrade::on(&mut resp);
@@ -1009,7 +1043,7 @@ impl HttpConn {
                     *lock(&self.tunnel) =
                         Some(Box::pin(tunnel(down, up, upstream, self.peer, addr)));
                 }
-                (None, Some(upstream)) if extended.is_some() => {
+                (None, Some(upstream)) if stream_tunnel => {
                     if let Err(why) =
                         extended_connect::accept_handshake(&mut resp, generated_key.as_ref())
                     {
@@ -1019,6 +1053,7 @@ impl HttpConn {
                         });
                     }
                     let up = hyper::upgrade::on(&mut resp);
+                    // An extended CONNECT's 101 is a 200 to the HTTP/2 client.
                     *resp.status_mut() = StatusCode::OK;
                     let from_client = from_client.unwrap_or_else(empty_body);
                     *resp.body_mut() = extended_connect::tunnel(up, upstream, from_client);
@@ -1203,8 +1238,15 @@ fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol, own_h1: bo
         }
         UpstreamProtocol::Http2(_) => {
             // Scheme and path reused as they are (cheap clones); only the authority is
-            // parsed, from `Host` when there is one.
-            if let Ok(authority) = http::uri::Authority::try_from(authority(req)) {
+            // parsed, from `Host` when there is one. A CONNECT for a tunnel has only the
+            // authority (RFC 9113 section 8.5).
+            let tunnel = req.method() == Method::CONNECT
+                && req.extensions().get::<ConnectProtocol>().is_none();
+            if tunnel {
+                if let Ok(authority) = http::uri::Authority::try_from(authority(req)) {
+                    *req.uri_mut() = Uri::from(authority);
+                }
+            } else if let Ok(authority) = http::uri::Authority::try_from(authority(req)) {
                 let mut parts = http::uri::Parts::default();
                 parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
                 parts.authority = Some(authority);
@@ -1510,10 +1552,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Joins both upgraded halves and copies bytes both ways until both directions end.
-async fn tunnel(
+async fn tunnel<K: Send + 'static>(
     down: OnUpgrade,
     up: OnUpgrade,
-    upstream: SendRequest<ProxyBody>,
+    upstream: K,
     peer: SocketAddr,
     dst: SocketAddr,
 ) {
@@ -1524,14 +1566,14 @@ async fn tunnel(
             return;
         }
     };
-    // The upstream connection task has handed the socket over; nothing left to drive.
-    drop(upstream);
     let mut down = TokioIo::new(down);
     let mut up = TokioIo::new(up);
     match tokio::io::copy_bidirectional(&mut down, &mut up).await {
         Ok((sent, received)) => debug!(%peer, %dst, sent, received, "upgraded connection closed"),
         Err(e) => debug!(%peer, %dst, error = %e, "upgraded connection failed"),
     }
+    // Held to the end: an HTTP/2 tunnel's place in its connection's stream count.
+    drop(upstream);
 }
 
 /// The tunnel of a terminated HTTP/1.1 `CONNECT`: the client's connection, once hyper has

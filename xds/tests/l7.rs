@@ -1663,8 +1663,10 @@ virtual_hosts:
 /// and `terminate_http2_connect` examples chain them: a TCP proxy with `tunneling_config`
 /// sends each connection's bytes inside a `CONNECT` (HTTP/2 or HTTP/1.1, as its cluster
 /// speaks; the hostname filled in from the connection, `headers_to_add` on it) to a
-/// listener of the agent that terminates it into raw TCP to the echo server. A `CONNECT`
-/// the far side refuses (no route without the header) fails the client's connection.
+/// listener of the agent that terminates it into raw TCP to the echo server. Clients'
+/// own `CONNECT`s (HTTP/1.1 and HTTP/2) are passed on to that listener over HTTP/2 and
+/// HTTP/1.1 (Envoy's `proxy_connect` example). A `CONNECT` the far side refuses (no route
+/// without the header) fails the client's connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_is_tunnelled_in_connect_and_back_out() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1686,7 +1688,7 @@ filter_chains:
         name: edge
         virtual_hosts:
         - name: echo
-          domains: ["echo.test:18152", "echo.test:18153", "echo.test:18154"]
+          domains: ["echo.test:18152", "echo.test:18153", "echo.test:18154", "*.via.test:7"]
           routes:
           - match:
               connect_matcher: {{}}
@@ -1720,6 +1722,40 @@ filter_chains:
         ))
     };
     let with_header = "{header: {key: x-tunnel, value: 'yes'}}";
+    // CONNECT passed on (no `connect_config`) to the terminating listener, over each of
+    // its clusters' protocols.
+    let passing: Listener = yaml(&format!(
+        r#"
+name: passing
+address: {{socket_address: {{address: 0.0.0.0, port_value: 18155}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: passing
+      http2_protocol_options: {{allow_connect: true}}
+      upgrade_configs: [{{upgrade_type: CONNECT}}]
+      route_config:
+        name: passing
+        request_headers_to_add: [{with_header}]
+        virtual_hosts:
+        - name: h2
+          domains: ["h2.via.test:7"]
+          routes:
+          - match: {{connect_matcher: {{}}}}
+            route: {{cluster: edge-h2}}
+        - name: h1
+          domains: ["h1.via.test:7"]
+          routes:
+          - match: {{connect_matcher: {{}}}}
+            route: {{cluster: edge-h1}}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ));
     let cp = ControlPlane::start().await;
     cp.update(|b| {
         b.set("edge", &edge_listener);
@@ -1732,6 +1768,7 @@ filter_chains:
             &tunnel_listener("over-h1", 18153, "edge-h1", with_header),
         );
         b.set("refused", &tunnel_listener("refused", 18154, "edge-h2", ""));
+        b.set("passing", &passing);
         b.set("echo", &eds_cluster("echo"));
         b.set("echo", &endpoints("echo", &[echo]));
         b.set("edge-h2", &h2_cluster("edge-h2"));
@@ -1748,7 +1785,7 @@ filter_chains:
     .await;
     node.wait_applied(
         type_url::LISTENER,
-        &["edge", "over-h2", "over-h1", "refused"],
+        &["edge", "over-h2", "over-h1", "refused", "passing"],
         &cp.version(type_url::LISTENER),
     )
     .await;
@@ -1779,15 +1816,70 @@ filter_chains:
             .unwrap();
         assert_eq!(n, 0, "port {port}");
     }
+    // A client's CONNECT passed on to an HTTP/2 and an HTTP/1.1 upstream that terminates it,
+    // from an HTTP/1.1 client (its connection becomes the tunnel) and from an HTTP/2 client
+    // (the stream's DATA).
+    for target in ["h2.via.test:7", "h1.via.test:7"] {
+        let mut s = node.connect(vip(18155)).await;
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).await.unwrap(), 1, "{target}: {head:?}");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{target}: {head}");
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 9];
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("{target}: no echo"))
+            .unwrap();
+        assert_eq!(&got, b"echo:ping", "{target}");
+    }
+    let (client, conn) = h2::client::handshake(node.connect(vip(18155)).await)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for target in ["h2.via.test:7", "h1.via.test:7"] {
+        let mut client = client.clone().ready().await.unwrap();
+        let req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(target)
+            .body(())
+            .unwrap();
+        let (resp, mut up) = client.send_request(req, false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{target}");
+        let mut down = resp.into_body();
+        up.send_data(Bytes::from_static(b"pong"), false).unwrap();
+        let mut echoed = Vec::new();
+        while echoed.len() < 9 {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), down.data())
+                .await
+                .unwrap_or_else(|_| panic!("{target}: no echo"))
+                .expect("echo")
+                .unwrap();
+            down.flow_control().release_capacity(chunk.len()).unwrap();
+            echoed.extend_from_slice(&chunk);
+        }
+        assert_eq!(echoed, b"echo:pong", "{target}");
+    }
+
     // Without the header the far side has no route (404): no tunnel, the client's
     // connection fails without a byte.
-    let mut s = node.connect(vip(18154)).await;
-    let _ = s.write_all(b"lost").await;
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("the connection ends");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The reset may come before `connect` returns (the refusal is that quick here).
+    if let Ok(mut s) = node.try_connect(vip(18154)).await {
+        let _ = s.write_all(b"lost").await;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the connection ends");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
     let scrape = node.scrape();
     assert!(
         scrape.contains(r#"response_code="404",grpc_status="-",response_flags="NR""#),
