@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
@@ -38,7 +38,7 @@ use crate::h2server::ConnectProtocol;
 
 /// RFC 6455 section 1.3.
 const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+pub(crate) const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 /// How much of the upstream's bytes one DATA frame of the answer carries at most.
@@ -77,10 +77,35 @@ pub(crate) fn to_h1_upgrade<B>(
     Some(GeneratedKey(key))
 }
 
+/// The headers of the `101` an HTTP/1.1 client gets for its upgrade of `kind` carried as
+/// extended CONNECT (RFC 8441, the reverse of [`to_h1_upgrade`]): `Upgrade`, `Connection`,
+/// and for `websocket` the `Sec-WebSocket-Accept` for the client's `key` unless the
+/// upstream gave one.
+pub(crate) fn switch_headers(headers: &mut HeaderMap, kind: &str, key: Option<&HeaderValue>) {
+    if let Ok(v) = HeaderValue::from_str(kind) {
+        headers.insert(header::UPGRADE, v);
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let (true, Some(key), false) = (
+        kind.eq_ignore_ascii_case("websocket"),
+        key,
+        headers.contains_key(SEC_WEBSOCKET_ACCEPT),
+    ) {
+        let accept = accept_for(key.as_bytes());
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            headers.insert(SEC_WEBSOCKET_ACCEPT, v);
+        }
+    }
+}
+
 /// The `Sec-WebSocket-Accept` a server must answer to `key` (RFC 6455 section 4.2.2).
 fn expected_accept(key: &GeneratedKey) -> String {
+    accept_for(key.0.as_bytes())
+}
+
+fn accept_for(key: &[u8]) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(key.0.as_bytes());
+    ctx.update(key);
     ctx.update(WEBSOCKET_GUID);
     base64::engine::general_purpose::STANDARD.encode(ctx.finish())
 }
@@ -229,6 +254,27 @@ mod tests {
     fn the_key_example_of_rfc_6455() {
         let key = GeneratedKey(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
         assert_eq!(expected_accept(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    /// The reverse direction: an HTTP/1.1 client's upgrade answered from an extended
+    /// CONNECT's `200`: the switch headers, and the accept for the client's key unless the
+    /// upstream gave one; other upgrades get no accept.
+    #[test]
+    fn an_h1_upgrade_gets_its_switch_headers_and_accept() {
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let mut h = HeaderMap::new();
+        switch_headers(&mut h, "websocket", Some(&key));
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let mut given = HeaderMap::new();
+        given.insert(SEC_WEBSOCKET_ACCEPT, HeaderValue::from_static("upstream's"));
+        switch_headers(&mut given, "websocket", Some(&key));
+        assert_eq!(given["sec-websocket-accept"], "upstream's");
+        let mut other = HeaderMap::new();
+        switch_headers(&mut other, "h2c-like", Some(&key));
+        assert_eq!(other["upgrade"], "h2c-like");
+        assert!(!other.contains_key(SEC_WEBSOCKET_ACCEPT));
     }
 
     #[test]

@@ -921,44 +921,42 @@ impl HttpConn {
             if req.extensions_mut().remove::<TerminateConnect>().is_some() {
                 return self.terminate_connect(target, req).await;
             }
-            // An HTTP/2 extended CONNECT (WebSocket over HTTP/2) is passed to an HTTP/1.1
-            // upstream as the upgrade of the same meaning (`extended_connect`); Myelin does
-            // not send extended CONNECT to HTTP/2 upstreams (a cluster's `allow_connect` is
-            // refused in its config).
             let extended = req.extensions_mut().remove::<ConnectProtocol>();
+            if let UpstreamProtocol::Http2(h2) = target.protocol {
+                // A tunnel through an HTTP/2 upstream: a CONNECT, an extended CONNECT, or an
+                // HTTP/1.1 upgrade where the cluster takes extended CONNECT (without
+                // `allow_connect` an HTTP/1.1 upgrade goes as a plain request, its upgrade
+                // headers stripped).
+                if extended.is_some()
+                    || req.method() == Method::CONNECT
+                    || (h2.allow_connect
+                        && self.downstream == Protocol::Http1
+                        && wants_upgrade(&req))
+                {
+                    return self.tunnel_h2(target, limits, req, extended).await;
+                }
+            }
+            // An HTTP/2 extended CONNECT (WebSocket over HTTP/2) is passed to an HTTP/1.1
+            // upstream as the upgrade of the same meaning (`extended_connect`).
             let mut generated_key = None;
             if let Some(protocol) = &extended {
-                if target.protocol != UpstreamProtocol::Http1 {
-                    return Err(ProxyError::UpstreamProtocol {
-                        addr,
-                        source: "extended CONNECT is passed to HTTP/1.1 upstreams only".into(),
-                    });
-                }
                 generated_key = extended_connect::to_h1_upgrade(&mut req, protocol);
             }
             let is_connect = req.method() == Method::CONNECT;
             // A CONNECT for a tunnel (not an extended one, which became an HTTP/1.1 upgrade
             // above), passed on whatever the two sides speak.
             let plain_connect = is_connect && extended.is_none();
-            // Upgrades are an HTTP/1 mechanism; a CONNECT also opens a tunnel in an HTTP/2
-            // stream, on either side.
-            let upgrade = match target.protocol {
-                UpstreamProtocol::Http1 => {
-                    (self.downstream == Protocol::Http1 || extended.is_some() || plain_connect)
-                        && wants_upgrade(&req)
-                }
-                UpstreamProtocol::Http2(_) => plain_connect,
-            };
+            // Upgrades to HTTP/1.1 upstreams (those to HTTP/2 ones were taken above); an
+            // HTTP/2 client's CONNECT opens a tunnel in its stream.
+            let upgrade = target.protocol == UpstreamProtocol::Http1
+                && (self.downstream == Protocol::Http1 || extended.is_some() || plain_connect)
+                && wants_upgrade(&req);
             // The client's side of the tunnel is an HTTP/2 stream: no connection for hyper to
             // hand over, the tunnel is made below from the request's body.
             let stream_tunnel = upgrade && self.downstream == Protocol::Http2;
             let downstream_upgrade =
                 (upgrade && !stream_tunnel).then(|| hyper::upgrade::on(&mut req));
-            // HTTP/2 has no connection-level headers, `Connection: upgrade` included.
-            strip_hop_by_hop(
-                req.headers_mut(),
-                upgrade && target.protocol == UpstreamProtocol::Http1,
-            );
+            strip_hop_by_hop(req.headers_mut(), upgrade);
             let own_h1 = upstream::takes_own_h1(upgrade, req.method());
             adapt_request(&mut req, target.protocol, own_h1);
 
@@ -983,7 +981,6 @@ impl HttpConn {
                     b.boxed()
                 }
             });
-            let ep_http2 = matches!(ep.protocol, UpstreamProtocol::Http2(_));
             // Each protocol's future awaited here rather than through one more async
             // layer that would hold the request beside it.
             let sent = match ep.protocol {
@@ -1014,27 +1011,6 @@ impl HttpConn {
                 }
             };
             let mut resp = sent.response;
-            if plain_connect && ep_http2 {
-                if resp.status().is_success() {
-                    // hyper's HTTP/2 client opened the tunnel in the CONNECT's stream; the
-                    // answer's body (which holds the stream's place in the connection) is
-                    // kept by the tunnel.
-                    let up = hyper::upgrade::on(&mut resp);
-                    let held = std::mem::replace(resp.body_mut(), empty_body());
-                    match downstream_upgrade {
-                        Some(down) => {
-                            *lock(&self.tunnel) =
-                                Some(Box::pin(tunnel(down, up, held, self.peer, addr)));
-                        }
-                        None => {
-                            let from_client = from_client.unwrap_or_else(empty_body);
-                            *resp.body_mut() = extended_connect::tunnel(up, held, from_client);
-                        }
-                    }
-                }
-                strip_hop_by_hop(resp.headers_mut(), false);
-                return Ok(resp);
-            }
             match (downstream_upgrade, sent.upgraded) {
                 (Some(down), Some(upstream)) if is_upgrade_accepted(is_connect, resp.status()) => {
                     let up = hyper::upgrade::on(&mut resp);
@@ -1140,6 +1116,100 @@ impl HttpConn {
     }
 }
 
+impl HttpConn {
+    /// A tunnel through an HTTP/2 upstream: a `CONNECT` (authority only), an HTTP/2
+    /// client's extended CONNECT, or an HTTP/1.1 client's upgrade sent as extended CONNECT
+    /// with the upgrade's type as `:protocol` (RFC 8441, as Envoy converts it). The last two
+    /// need the cluster's `allow_connect` (else 502 `UPE`). A 2xx opens the tunnel in the
+    /// stream: over HTTP/1.1 the client's connection (an upgrade's `200` answered as `101`,
+    /// with the `Sec-WebSocket-Accept` for the client's key when the upstream sent none:
+    /// RFC 8441 has no key exchange, an HTTP/1.1 WebSocket client insists on it), over
+    /// HTTP/2 the client's stream. Another answer passes through.
+    async fn tunnel_h2<B>(
+        &self,
+        target: Target,
+        limits: Option<&ConnLimits<'_>>,
+        mut req: Request<B>,
+        extended: Option<ConnectProtocol>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes, Error = BodyError> + Send + Sync + 'static,
+    {
+        let addr = target.addr;
+        let UpstreamProtocol::Http2(h2) = target.protocol else {
+            unreachable!("only for HTTP/2 upstreams");
+        };
+        // An HTTP/1.1 upgrade: its type and the client's WebSocket key, for the `101`.
+        let mut h1_upgrade = None;
+        let protocol = match &extended {
+            Some(p) => Some(p.as_str().to_owned()),
+            None if req.method() == Method::CONNECT => None,
+            None => {
+                let kind = upgrade_type(&req).unwrap_or_default();
+                h1_upgrade = Some((
+                    kind.clone(),
+                    req.headers()
+                        .get(extended_connect::SEC_WEBSOCKET_KEY)
+                        .cloned(),
+                ));
+                *req.method_mut() = Method::CONNECT;
+                Some(kind)
+            }
+        };
+        if let Some(p) = &protocol {
+            if !h2.allow_connect {
+                return Err(ProxyError::UpstreamProtocol {
+                    addr,
+                    source: format!(
+                        "extended CONNECT ({p}) to an HTTP/2 upstream needs its cluster's \
+                         http2_protocol_options.allow_connect"
+                    )
+                    .into(),
+                });
+            }
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from(p.as_str()));
+        }
+        let down = (self.downstream != Protocol::Http2).then(|| hyper::upgrade::on(&mut req));
+        strip_hop_by_hop(req.headers_mut(), false);
+        adapt_request(&mut req, target.protocol, false);
+        let ep = upstream::Endpoint {
+            addr,
+            protocol: target.protocol,
+            connect_timeout: target.connect_timeout,
+            keepalive: target.keepalive,
+            hbone: self.reach(addr)?,
+        };
+        // The request itself has no body; an HTTP/2 client's stream DATA is the tunnel's.
+        let (parts, body) = req.into_parts();
+        let from_client = (self.downstream == Protocol::Http2).then(|| body.boxed());
+        let req = Request::from_parts(parts, empty_body());
+        let sent = self.pools.send_h2(ep, limits, req, self.peer).await?;
+        let mut resp = sent.response;
+        strip_hop_by_hop(resp.headers_mut(), false);
+        if !resp.status().is_success() {
+            return Ok(resp);
+        }
+        let up = hyper::upgrade::on(&mut resp);
+        // The answer's body holds the stream's place in its connection: kept by the tunnel.
+        let held = std::mem::replace(resp.body_mut(), empty_body());
+        match down {
+            Some(down) => {
+                *lock(&self.tunnel) = Some(Box::pin(tunnel(down, up, held, self.peer, addr)));
+                if let Some((kind, key)) = h1_upgrade {
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    extended_connect::switch_headers(resp.headers_mut(), &kind, key.as_ref());
+                }
+            }
+            None => {
+                *resp.body_mut() =
+                    extended_connect::tunnel(up, held, from_client.unwrap_or_else(empty_body));
+            }
+        }
+        Ok(resp)
+    }
+}
+
 /// Marks a `CONNECT` its route terminates (set after the route decision, read by
 /// [`HttpConn::forward`]).
 #[derive(Debug, Clone, Copy)]
@@ -1241,7 +1311,7 @@ fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol, own_h1: bo
             // parsed, from `Host` when there is one. A CONNECT for a tunnel has only the
             // authority (RFC 9113 section 8.5).
             let tunnel = req.method() == Method::CONNECT
-                && req.extensions().get::<ConnectProtocol>().is_none();
+                && req.extensions().get::<hyper::ext::Protocol>().is_none();
             if tunnel {
                 if let Ok(authority) = http::uri::Authority::try_from(authority(req)) {
                     *req.uri_mut() = Uri::from(authority);

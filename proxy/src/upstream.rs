@@ -78,6 +78,8 @@ pub(crate) struct H2Settings {
     pub(crate) conn_window: Option<NonZeroU32>,
     /// PING every `.0` ms, closing the connection when an answer takes longer than `.1` ms.
     pub(crate) keepalive_ms: Option<(NonZeroU32, u32)>,
+    /// Upgrades may be sent as extended CONNECT (the cluster's `allow_connect`).
+    pub(crate) allow_connect: bool,
 }
 
 impl From<&Http2Options> for H2Settings {
@@ -91,6 +93,7 @@ impl From<&Http2Options> for H2Settings {
                 .connection_keepalive
                 .as_ref()
                 .and_then(|k| Some((NonZeroU32::new(ms(k.interval?).max(1))?, ms(k.timeout)))),
+            allow_connect: o.allow_connect,
         }
     }
 }

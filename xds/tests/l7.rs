@@ -1887,6 +1887,192 @@ filter_chains:
     );
 }
 
+/// An HTTP/2 upstream that takes extended CONNECT (RFC 8441): a CONNECT gets 200 with its
+/// `:protocol` in `x-protocol` and the stream's bytes echoed; anything else gets 200.
+async fn extended_connect_h2_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    let mut resp = Response::new(Full::new(Bytes::new()));
+                    if req.method() == http::Method::CONNECT {
+                        let protocol = req
+                            .extensions()
+                            .get::<hyper::ext::Protocol>()
+                            .map_or("none".to_owned(), |p| p.as_str().to_owned());
+                        resp.headers_mut()
+                            .insert("x-protocol", HeaderValue::from_str(&protocol).unwrap());
+                        tokio::spawn(async move {
+                            let io = hyper::upgrade::on(&mut req).await.unwrap();
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        });
+                    }
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .enable_connect_protocol()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Upgrades to an HTTP/2 cluster with `allow_connect` go as extended CONNECT (RFC 8441), as
+/// Envoy sends them: an HTTP/1.1 WebSocket upgrade becomes a CONNECT with `:protocol
+/// websocket` whose 200 the client gets as a 101 with the `Sec-WebSocket-Accept` for its
+/// key (which the HTTP/2 hop does not carry), an HTTP/2 client's extended CONNECT goes as
+/// it is; both then tunnel. Without `allow_connect` an HTTP/1.1 upgrade goes as a plain
+/// request (no switch) and an extended CONNECT is a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_to_an_h2_cluster_go_as_extended_connect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = extended_connect_h2_echo().await;
+    let listener: Listener = yaml(&format!(
+        r#"
+name: ws
+address: {{socket_address: {{address: 0.0.0.0, port_value: 18161}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: ws
+      http2_protocol_options: {{allow_connect: true}}
+      upgrade_configs: [{{upgrade_type: websocket}}]
+      route_config:
+        name: ws
+        virtual_hosts:
+        - name: connect
+          domains: ["a.test"]
+          routes: [{{match: {{prefix: "/"}}, route: {{cluster: h2-connect}}}}]
+        - name: plain
+          domains: ["b.test"]
+          routes: [{{match: {{prefix: "/"}}, route: {{cluster: h2-plain}}}}]
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ));
+    let connect_cluster: Cluster = yaml(
+        r#"
+name: h2-connect
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: {eds_config: {ads: {}}}
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {http2_protocol_options: {allow_connect: true}}
+"#,
+    );
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        b.set("ws", &listener);
+        b.set("h2-connect", &connect_cluster);
+        b.set("h2-connect", &endpoints("h2-connect", &[upstream]));
+        b.set("h2-plain", &h2_cluster("h2-plain"));
+        b.set("h2-plain", &endpoints("h2-plain", &[upstream]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["h2-connect", "h2-plain"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node.wait_applied(type_url::LISTENER, &["ws"], &cp.version(type_url::LISTENER))
+        .await;
+
+    let upgrade_h1 = |host: &'static str| {
+        let node = &node;
+        async move {
+            let mut s = node.connect(vip(18161)).await;
+            s.write_all(
+                format!(
+                    "GET /chat HTTP/1.1\r\nhost: {host}\r\nupgrade: websocket\r\n\
+                     connection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                     sec-websocket-version: 13\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                assert_eq!(s.read(&mut b).await.unwrap(), 1, "{host}: {head:?}");
+                head.push(b[0]);
+            }
+            (String::from_utf8(head).unwrap().to_ascii_lowercase(), s)
+        }
+    };
+    let (head, mut s) = upgrade_h1("a.test").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("x-protocol: websocket"), "{head}");
+    // RFC 6455's example key and its accept.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    s.write_all(b"frame bytes").await.unwrap();
+    let mut got = [0u8; 11];
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("echo")
+        .unwrap();
+    assert_eq!(&got, b"frame bytes");
+
+    let (head, _) = upgrade_h1("b.test").await;
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "no switch without allow_connect: {head}"
+    );
+    assert!(!head.contains("x-protocol"), "{head}");
+
+    let (client, conn) = h2::client::handshake(node.connect(vip(18161)).await)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client
+        .send_request(Request::get("http://a.test/").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    let extended = |host: &str| {
+        Request::connect(format!("http://{host}/chat"))
+            .extension(h2::ext::Protocol::from_static("websocket"))
+            .body(())
+            .unwrap()
+    };
+    let (resp, mut up) = client.send_request(extended("a.test"), false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-protocol"], "websocket");
+    let mut down = resp.into_body();
+    up.send_data(Bytes::from_static(b"over h2 both ways"), false)
+        .unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < 17 {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), down.data())
+            .await
+            .expect("echo")
+            .unwrap()
+            .unwrap();
+        down.flow_control().release_capacity(chunk.len()).unwrap();
+        echoed.extend_from_slice(&chunk);
+    }
+    assert_eq!(echoed, b"over h2 both ways");
+    let (resp, _up) = client.send_request(extended("b.test"), false).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::BAD_GATEWAY);
+}
+
 /// An upgrade the connection manager's `upgrade_configs` does not list is refused with
 /// 403 (as in Envoy) and never reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,6 +279,9 @@ pub struct Http2Options {
     pub initial_connection_window_size: Option<u32>,
     /// PING keepalive; `None`: off.
     pub connection_keepalive: Option<Http2Keepalive>,
+    /// `allow_connect`: upgrades (WebSocket) go to these upstreams as extended CONNECT
+    /// (RFC 8441).
+    pub allow_connect: bool,
 }
 
 /// Address families for DNS resolution.

@@ -804,7 +804,6 @@ fn http_options(
             use_oghttp2_codec: _,
         } = h;
         cx.unsupported(&hp, "hpack_table_size", hpack_table_size);
-        cx.unsupported(&hp, "allow_connect", allow_connect);
         cx.unsupported(&hp, "allow_metadata", allow_metadata);
         cx.unsupported(
             &hp,
@@ -828,6 +827,7 @@ fn http_options(
             http2_keepalive(cx, &kp, k)
         });
         Some(mc::Http2Options {
+            allow_connect: *allow_connect,
             connection_keepalive,
             max_concurrent_streams: cx.u32_in(
                 &join(&hp, "max_concurrent_streams"),

@@ -227,6 +227,7 @@ fn cluster_supported_fields() {
             explicit_http_config: Some(ext::ProtocolConfig {
                 http2_protocol_options: Some(core::Http2ProtocolOptions {
                     max_concurrent_streams: u32v(100),
+                    allow_connect: true,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -279,6 +280,7 @@ fn cluster_supported_fields() {
         c.protocol,
         mc::UpstreamProtocol::Http2(mc::Http2Options {
             max_concurrent_streams: Some(100),
+            allow_connect: true,
             ..Default::default()
         })
     );
