@@ -1114,9 +1114,7 @@ impl HttpConn {
         debug!(peer = %self.peer, upstream = %addr, "CONNECT terminated: tunnelling to the upstream");
         Ok(Response::new(body))
     }
-}
 
-impl HttpConn {
     /// A tunnel through an HTTP/2 upstream: a `CONNECT` (authority only), an HTTP/2
     /// client's extended CONNECT, or an HTTP/1.1 client's upgrade sent as extended CONNECT
     /// with the upgrade's type as `:protocol` (RFC 8441, as Envoy converts it). The last two
@@ -1622,6 +1620,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Joins both upgraded halves and copies bytes both ways until both directions end.
+/// `upstream`: what keeps the upstream side alive (an HTTP/1.1 connection's sender until
+/// hyper hands the socket over; an HTTP/2 answer's body, the stream's place in its
+/// connection, to the end).
 async fn tunnel<K: Send + 'static>(
     down: OnUpgrade,
     up: OnUpgrade,
@@ -1629,20 +1630,10 @@ async fn tunnel<K: Send + 'static>(
     peer: SocketAddr,
     dst: SocketAddr,
 ) {
-    let (down, up) = match tokio::try_join!(down, up) {
-        Ok(both) => both,
-        Err(e) => {
-            debug!(%peer, %dst, error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
-    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        Ok((sent, received)) => debug!(%peer, %dst, sent, received, "upgraded connection closed"),
-        Err(e) => debug!(%peer, %dst, error = %e, "upgraded connection failed"),
+    match up.await {
+        Ok(up) => copy_upgraded(down, TokioIo::new(up), peer, dst).await,
+        Err(e) => debug!(%peer, %dst, error = %e, "upgrade failed"),
     }
-    // Held to the end: an HTTP/2 tunnel's place in its connection's stream count.
     drop(upstream);
 }
 
@@ -1650,21 +1641,30 @@ async fn tunnel<K: Send + 'static>(
 /// sent the `200` and handed it over, and the upstream connection.
 async fn connect_tunnel(
     down: OnUpgrade,
-    mut up: crate::dial::BoxIo,
+    up: crate::dial::BoxIo,
     peer: SocketAddr,
     dst: SocketAddr,
 ) {
+    copy_upgraded(down, up, peer, dst).await;
+}
+
+/// Copies bytes between the client's connection (once hyper hands it over) and `up` until
+/// both directions end.
+async fn copy_upgraded<T>(down: OnUpgrade, mut up: T, peer: SocketAddr, dst: SocketAddr)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let down = match down.await {
         Ok(down) => down,
         Err(e) => {
-            debug!(%peer, %dst, error = %e, "CONNECT: the client's connection was not handed over");
+            debug!(%peer, %dst, error = %e, "upgrade failed: the client's connection was not handed over");
             return;
         }
     };
     let mut down = TokioIo::new(down);
     match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        Ok((sent, received)) => debug!(%peer, %dst, sent, received, "CONNECT tunnel closed"),
-        Err(e) => debug!(%peer, %dst, error = %e, "CONNECT tunnel failed"),
+        Ok((sent, received)) => debug!(%peer, %dst, sent, received, "upgraded connection closed"),
+        Err(e) => debug!(%peer, %dst, error = %e, "upgraded connection failed"),
     }
 }
 
