@@ -1476,6 +1476,24 @@ async fn upgrade_echo() -> SocketAddr {
     addr
 }
 
+/// Sends the HTTP/1.1 request `head` on a new connection captured as going to
+/// `vip(port)`: the response head (up to the blank line, or what came before the
+/// connection closed) and the connection, for what follows it.
+async fn exchange_head(node: &Node, port: u16, head: &str) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = node.connect(vip(port)).await;
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if s.read(&mut b).await.unwrap() == 0 {
+            break;
+        }
+        got.push(b[0]);
+    }
+    (String::from_utf8(got).unwrap(), s)
+}
+
 /// `CONNECT` as Envoy routes it: only a `connect_matcher` route takes one (a `prefix: /`
 /// route does not: 404). A route with `connect_config` terminates it: 200 once the
 /// upstream's TCP connection is up, then the client's bytes reach the upstream as they are,
@@ -1555,19 +1573,8 @@ virtual_hosts:
     let connect_h1 = |target: &'static str| {
         let node = &node;
         async move {
-            let mut s = node.connect(vip(18141)).await;
-            s.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                if s.read(&mut b).await.unwrap() == 0 {
-                    break;
-                }
-                head.push(b[0]);
-            }
-            (String::from_utf8(head).unwrap(), s)
+            let head = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n");
+            exchange_head(node, 18141, &head).await
         }
     };
     let (head, mut s) = connect_h1("echo.test:7").await;
@@ -1724,38 +1731,28 @@ filter_chains:
     let with_header = "{header: {key: x-tunnel, value: 'yes'}}";
     // CONNECT passed on (no `connect_config`) to the terminating listener, over each of
     // its clusters' protocols.
-    let passing: Listener = yaml(&format!(
-        r#"
-name: passing
-address: {{socket_address: {{address: 0.0.0.0, port_value: 18155}}}}
-bind_to_port: false
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM_TYPE}
-      stat_prefix: passing
-      http2_protocol_options: {{allow_connect: true}}
-      upgrade_configs: [{{upgrade_type: CONNECT}}]
-      route_config:
-        name: passing
-        request_headers_to_add: [{with_header}]
-        virtual_hosts:
-        - name: h2
-          domains: ["h2.via.test:7"]
-          routes:
-          - match: {{connect_matcher: {{}}}}
-            route: {{cluster: edge-h2}}
-        - name: h1
-          domains: ["h1.via.test:7"]
-          routes:
-          - match: {{connect_matcher: {{}}}}
-            route: {{cluster: edge-h1}}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": {ROUTER_TYPE}}}
-"#
-    ));
+    let passing = hcm_listener(
+        "passing",
+        18155,
+        &format!(
+            r#"http2_protocol_options: {{allow_connect: true}}
+upgrade_configs: [{{upgrade_type: CONNECT}}]
+route_config:
+  name: passing
+  request_headers_to_add: [{with_header}]
+  virtual_hosts:
+  - name: h2
+    domains: ["h2.via.test:7"]
+    routes:
+    - match: {{connect_matcher: {{}}}}
+      route: {{cluster: edge-h2}}
+  - name: h1
+    domains: ["h1.via.test:7"]
+    routes:
+    - match: {{connect_matcher: {{}}}}
+      route: {{cluster: edge-h1}}"#
+        ),
+    );
     let cp = ControlPlane::start().await;
     cp.update(|b| {
         b.set("edge", &edge_listener);
@@ -1820,17 +1817,8 @@ filter_chains:
     // from an HTTP/1.1 client (its connection becomes the tunnel) and from an HTTP/2 client
     // (the stream's DATA).
     for target in ["h2.via.test:7", "h1.via.test:7"] {
-        let mut s = node.connect(vip(18155)).await;
-        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            assert_eq!(s.read(&mut b).await.unwrap(), 1, "{target}: {head:?}");
-            head.push(b[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
+        let head = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n");
+        let (head, mut s) = exchange_head(&node, 18155, &head).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{target}: {head}");
         s.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 9];
@@ -1932,33 +1920,21 @@ async fn extended_connect_h2_echo() -> SocketAddr {
 async fn upgrades_to_an_h2_cluster_go_as_extended_connect() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = extended_connect_h2_echo().await;
-    let listener: Listener = yaml(&format!(
-        r#"
-name: ws
-address: {{socket_address: {{address: 0.0.0.0, port_value: 18161}}}}
-bind_to_port: false
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM_TYPE}
-      stat_prefix: ws
-      http2_protocol_options: {{allow_connect: true}}
-      upgrade_configs: [{{upgrade_type: websocket}}]
-      route_config:
-        name: ws
-        virtual_hosts:
-        - name: connect
-          domains: ["a.test"]
-          routes: [{{match: {{prefix: "/"}}, route: {{cluster: h2-connect}}}}]
-        - name: plain
-          domains: ["b.test"]
-          routes: [{{match: {{prefix: "/"}}, route: {{cluster: h2-plain}}}}]
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": {ROUTER_TYPE}}}
-"#
-    ));
+    let listener = hcm_listener(
+        "ws",
+        18161,
+        r#"http2_protocol_options: {allow_connect: true}
+upgrade_configs: [{upgrade_type: websocket}]
+route_config:
+  name: ws
+  virtual_hosts:
+  - name: connect
+    domains: ["a.test"]
+    routes: [{match: {prefix: "/"}, route: {cluster: h2-connect}}]
+  - name: plain
+    domains: ["b.test"]
+    routes: [{match: {prefix: "/"}, route: {cluster: h2-plain}}]"#,
+    );
     let connect_cluster: Cluster = yaml(
         r#"
 name: h2-connect
@@ -1992,24 +1968,13 @@ typed_extension_protocol_options:
     let upgrade_h1 = |host: &'static str| {
         let node = &node;
         async move {
-            let mut s = node.connect(vip(18161)).await;
-            s.write_all(
-                format!(
-                    "GET /chat HTTP/1.1\r\nhost: {host}\r\nupgrade: websocket\r\n\
-                     connection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                     sec-websocket-version: 13\r\n\r\n"
-                )
-                .as_bytes(),
-            )
-            .await
-            .unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                assert_eq!(s.read(&mut b).await.unwrap(), 1, "{host}: {head:?}");
-                head.push(b[0]);
-            }
-            (String::from_utf8(head).unwrap().to_ascii_lowercase(), s)
+            let head = format!(
+                "GET /chat HTTP/1.1\r\nhost: {host}\r\nupgrade: websocket\r\n\
+                 connection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 sec-websocket-version: 13\r\n\r\n"
+            );
+            let (head, s) = exchange_head(node, 18161, &head).await;
+            (head.to_ascii_lowercase(), s)
         }
     };
     let (head, mut s) = upgrade_h1("a.test").await;

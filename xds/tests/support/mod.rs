@@ -65,8 +65,20 @@ pub fn http_listener(name: &str, port: u16, route: &str) -> Listener {
 /// to the connection manager's own keys (e.g. `"http2_protocol_options:"`,
 /// `"  allow_connect: true"`).
 pub fn http_listener_with(name: &str, port: u16, route: &str, hcm: &[&str]) -> Listener {
+    let mut keys = format!("rds: {{route_config_name: {route}, config_source: {{ads: {{}}}}}}\n");
+    for l in hcm {
+        keys.push_str(l);
+        keys.push('\n');
+    }
+    hcm_listener(name, port, &keys)
+}
+
+/// A captured-traffic listener (`bind_to_port: false`) on `0.0.0.0:port` with an HTTP
+/// connection manager whose keys (routes included, RDS or inline) are the YAML `hcm`,
+/// written at the connection manager's own indentation; the router filter is added.
+pub fn hcm_listener(name: &str, port: u16, hcm: &str) -> Listener {
     let hcm: String = hcm
-        .iter()
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| format!("      {l}\n"))
         .collect();
@@ -81,7 +93,6 @@ filter_chains:
     typed_config:
       "@type": {HCM_TYPE}
       stat_prefix: {name}
-      rds: {{route_config_name: {route}, config_source: {{ads: {{}}}}}}
 {hcm}      http_filters:
       - name: envoy.filters.http.router
         typed_config: {{"@type": {ROUTER_TYPE}}}
