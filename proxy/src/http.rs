@@ -960,13 +960,7 @@ impl HttpConn {
             let own_h1 = upstream::takes_own_h1(upgrade, req.method());
             adapt_request(&mut req, target.protocol, own_h1);
 
-            let ep = upstream::Endpoint {
-                addr,
-                protocol: target.protocol,
-                connect_timeout: target.connect_timeout,
-                keepalive: target.keepalive,
-                hbone: self.reach(addr)?,
-            };
+            let ep = self.endpoint(target)?;
             let mut from_client = None;
             let req = req.map(|b| {
                 if stream_tunnel {
@@ -1081,6 +1075,17 @@ impl HttpConn {
         )
     }
 
+    /// The pooled upstream for `target`, reached as [`HttpConn::reach`] says.
+    fn endpoint(&self, target: Target) -> Result<upstream::Endpoint, ProxyError> {
+        Ok(upstream::Endpoint {
+            addr: target.addr,
+            protocol: target.protocol,
+            connect_timeout: target.connect_timeout,
+            keepalive: target.keepalive,
+            hbone: self.reach(target.addr)?,
+        })
+    }
+
     /// A `CONNECT` its route terminates (`connect_config`, Envoy's "CONNECT termination"):
     /// a TCP connection to the endpoint, and once it is up a `200` whose tunnel carries the
     /// client's bytes to it as they are, both ways. A connect failure is a 503 `UF`, as
@@ -1171,13 +1176,7 @@ impl HttpConn {
         let down = (self.downstream != Protocol::Http2).then(|| hyper::upgrade::on(&mut req));
         strip_hop_by_hop(req.headers_mut(), false);
         adapt_request(&mut req, target.protocol, false);
-        let ep = upstream::Endpoint {
-            addr,
-            protocol: target.protocol,
-            connect_timeout: target.connect_timeout,
-            keepalive: target.keepalive,
-            hbone: self.reach(addr)?,
-        };
+        let ep = self.endpoint(target)?;
         // The request itself has no body; an HTTP/2 client's stream DATA is the tunnel's.
         let (parts, body) = req.into_parts();
         let from_client = (self.downstream == Protocol::Http2).then(|| body.boxed());
