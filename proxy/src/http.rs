@@ -56,7 +56,7 @@ use crate::outbound::Source;
 use crate::retry::{self, is_retriable, Outcome, ReplayBody};
 use crate::stream::Rewind;
 use crate::timeout::{
-    ConnActivity, Deadlines, Expired, HcmTimeouts, StreamState, StreamTimer, TimedBody,
+    ConnActivity, Deadlines, Expired, HcmTimeouts, IdleStream, StreamState, StreamTimer, TimedBody,
 };
 use crate::traffic::balance::Report;
 use crate::traffic::router::{self, RequestHead, RouteTable};
@@ -1011,7 +1011,7 @@ impl HttpConn {
                     // The upstream connection becomes the tunnel; its sender must live until
                     // hyper hands the socket over.
                     *lock(&self.tunnel) =
-                        Some(Box::pin(tunnel(down, up, upstream, self.peer, addr)));
+                        Some(Box::pin(tunnel(down, up, upstream, self.tunnel_ends(addr))));
                 }
                 (None, Some(upstream)) if stream_tunnel => {
                     if let Err(why) =
@@ -1075,6 +1075,15 @@ impl HttpConn {
         )
     }
 
+    /// The ends of an HTTP/1.1 tunnel from this connection to `dst`.
+    fn tunnel_ends(&self, dst: SocketAddr) -> TunnelEnds {
+        TunnelEnds {
+            peer: self.peer,
+            dst,
+            idle: self.timeouts.stream_idle,
+        }
+    }
+
     /// The pooled upstream for `target`, reached as [`HttpConn::reach`] says.
     fn endpoint(&self, target: Target) -> Result<upstream::Endpoint, ProxyError> {
         Ok(upstream::Endpoint {
@@ -1091,7 +1100,8 @@ impl HttpConn {
     /// client's bytes to it as they are, both ways. A connect failure is a 503 `UF`, as
     /// for any request. Over HTTP/1.1 the client's connection becomes the tunnel after the
     /// `200`; over HTTP/2 the stream's DATA does (the stream's timeouts hold, as for an
-    /// extended CONNECT).
+    /// extended CONNECT; an HTTP/1.1 tunnel closes after `stream_idle_timeout` without
+    /// bytes, [`TunnelEnds`]).
     async fn terminate_connect<B>(
         &self,
         target: Target,
@@ -1113,7 +1123,7 @@ impl HttpConn {
             extended_connect::tunnel_io(io, req.into_body().boxed())
         } else {
             let down = hyper::upgrade::on(&mut req);
-            *lock(&self.tunnel) = Some(Box::pin(connect_tunnel(down, io, self.peer, addr)));
+            *lock(&self.tunnel) = Some(Box::pin(connect_tunnel(down, io, self.tunnel_ends(addr))));
             empty_body()
         };
         debug!(peer = %self.peer, upstream = %addr, "CONNECT terminated: tunnelling to the upstream");
@@ -1192,7 +1202,8 @@ impl HttpConn {
         let held = std::mem::replace(resp.body_mut(), empty_body());
         match down {
             Some(down) => {
-                *lock(&self.tunnel) = Some(Box::pin(tunnel(down, up, held, self.peer, addr)));
+                *lock(&self.tunnel) =
+                    Some(Box::pin(tunnel(down, up, held, self.tunnel_ends(addr))));
                 if let Some((kind, key)) = h1_upgrade {
                     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
                     extended_connect::switch_headers(resp.headers_mut(), &kind, key.as_ref());
@@ -1622,37 +1633,40 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// `upstream`: what keeps the upstream side alive (an HTTP/1.1 connection's sender until
 /// hyper hands the socket over; an HTTP/2 answer's body, the stream's place in its
 /// connection, to the end).
-async fn tunnel<K: Send + 'static>(
-    down: OnUpgrade,
-    up: OnUpgrade,
-    upstream: K,
-    peer: SocketAddr,
-    dst: SocketAddr,
-) {
+async fn tunnel<K: Send + 'static>(down: OnUpgrade, up: OnUpgrade, upstream: K, ends: TunnelEnds) {
     match up.await {
-        Ok(up) => copy_upgraded(down, TokioIo::new(up), peer, dst).await,
-        Err(e) => debug!(%peer, %dst, error = %e, "upgrade failed"),
+        Ok(up) => copy_upgraded(down, TokioIo::new(up), ends).await,
+        Err(e) => debug!(peer = %ends.peer, dst = %ends.dst, error = %e, "upgrade failed"),
     }
     drop(upstream);
 }
 
 /// The tunnel of a terminated HTTP/1.1 `CONNECT`: the client's connection, once hyper has
 /// sent the `200` and handed it over, and the upstream connection.
-async fn connect_tunnel(
-    down: OnUpgrade,
-    up: crate::dial::BoxIo,
+async fn connect_tunnel(down: OnUpgrade, up: crate::dial::BoxIo, ends: TunnelEnds) {
+    copy_upgraded(down, up, ends).await;
+}
+
+/// Who an HTTP/1.1 tunnel connects, and how long it may stay quiet.
+#[derive(Debug, Clone, Copy)]
+struct TunnelEnds {
     peer: SocketAddr,
     dst: SocketAddr,
-) {
-    copy_upgraded(down, up, peer, dst).await;
+    /// The connection manager's `stream_idle_timeout`: in Envoy an upgraded HTTP/1.1
+    /// connection is a stream like any other, so a tunnel with no bytes either way for
+    /// that long is closed (as its HTTP/2 counterpart, a stream, is reset). Without it an
+    /// abandoned WebSocket or `CONNECT` would hold two sockets forever.
+    idle: Option<Duration>,
 }
 
 /// Copies bytes between the client's connection (once hyper hands it over) and `up` until
-/// both directions end.
-async fn copy_upgraded<T>(down: OnUpgrade, mut up: T, peer: SocketAddr, dst: SocketAddr)
+/// both directions end, or until no byte has moved either way for `ends.idle`: then both
+/// are closed.
+async fn copy_upgraded<T>(down: OnUpgrade, up: T, ends: TunnelEnds)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    let TunnelEnds { peer, dst, idle } = ends;
     let down = match down.await {
         Ok(down) => down,
         Err(e) => {
@@ -1661,9 +1675,23 @@ where
         }
     };
     let mut down = TokioIo::new(down);
-    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        Ok((sent, received)) => debug!(%peer, %dst, sent, received, "upgraded connection closed"),
-        Err(e) => debug!(%peer, %dst, error = %e, "upgraded connection failed"),
+    // Every byte either way goes through the upstream side: its clock is the tunnel's.
+    let mut up = IdleStream::new(up);
+    let clock = up.clock();
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut down, &mut up) => match copied {
+            Ok((sent, received)) => debug!(%peer, %dst, sent, received, "upgraded connection closed"),
+            Err(e) => debug!(%peer, %dst, error = %e, "upgraded connection failed"),
+        },
+        () = async {
+            match idle {
+                Some(t) => clock.idle_for(t).await,
+                None => std::future::pending().await,
+            }
+        } => {
+            let (received, sent) = up.bytes();
+            debug!(%peer, %dst, sent, received, ?idle, "upgraded connection idle: closing");
+        }
     }
 }
 

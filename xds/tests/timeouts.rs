@@ -2,8 +2,8 @@
 //! the real config path with raw sockets on both sides (so a stalled byte stream is
 //! exactly what the test wrote): the route timeout also covers the response body, the
 //! stream idle and request timeouts answer 408, an idle downstream connection is closed
-//! while a slow request in flight keeps it, and an idle TCP proxy connection is closed
-//! while a chatty one is not.
+//! while a slow request in flight keeps it, an idle TCP proxy connection is closed while a
+//! chatty one is not, and so is an idle upgraded HTTP/1.1 connection (a tunnel).
 
 mod support;
 
@@ -290,5 +290,94 @@ filter_chains:
         closed && rest.is_empty(),
         "idle TCP connection kept: {rest:?}"
     );
+    assert!(idle_from.elapsed() >= ms(250), "{:?}", idle_from.elapsed());
+}
+
+/// An upstream that answers an HTTP/1.1 upgrade with `101` and then echoes every byte.
+async fn upgrading_echo() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let switched = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+                if s.write_all(switched).await.is_err() {
+                    return;
+                }
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// An upgraded HTTP/1.1 connection is a stream to the connection manager, as in Envoy: a
+/// tunnel with no bytes either way for `stream_idle_timeout` is closed on both sides, one
+/// that carries a byte more often than that lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upgraded_connection_is_closed() {
+    let (up, _t) = upgrading_echo().await;
+    let cp = ControlPlane::start().await;
+    let node = node_with(
+        &cp,
+        hcm_listener(
+            18305,
+            "stream_idle_timeout: 0.4s\n      upgrade_configs: [{upgrade_type: websocket}]",
+            "0s",
+        ),
+        up,
+    )
+    .await;
+    let mut s = node.connect(vip(18305)).await;
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the 101")
+            .unwrap();
+        assert!(n > 0, "closed before the 101: {head:?}");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    // Chatty: a byte every 100 ms for 1.2 s (three idle timeouts).
+    for i in 0..12u8 {
+        s.write_all(&[b'a' + i]).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("echo")
+            .unwrap();
+        assert_eq!(&buf[..n], [b'a' + i], "round {i}");
+        tokio::time::sleep(ms(100)).await;
+    }
+    let idle_from = Instant::now();
+    let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed && rest.is_empty(), "idle tunnel kept: {rest:?}");
     assert!(idle_from.elapsed() >= ms(250), "{:?}", idle_from.elapsed());
 }
