@@ -254,7 +254,7 @@ async fn try_handle(
                     };
                     let http_tunnel = match tunneling
                         .as_ref()
-                        .map(|t| http_tunnel(t, dst, &upstream))
+                        .map(|t| http_tunnel(t, dst, &upstream, &inner.pools))
                         .transpose()
                     {
                         Ok(t) => t,
@@ -331,6 +331,7 @@ fn http_tunnel(
     t: &Tunneling,
     dst: SocketAddr,
     upstream: &Target,
+    pools: &Arc<crate::upstream::Pools>,
 ) -> Result<tcp::HttpTunnel, ProxyError> {
     let authority = t
         .authority(dst)
@@ -344,10 +345,12 @@ fn http_tunnel(
     Ok(tcp::HttpTunnel {
         authority,
         headers,
-        http2: matches!(
-            upstream.protocol,
-            crate::upstream::UpstreamProtocol::Http2(_)
-        ),
+        via: match upstream.protocol {
+            crate::upstream::UpstreamProtocol::Http2(_) => {
+                tcp::TunnelVia::Http2(pools.clone(), upstream.protocol)
+            }
+            crate::upstream::UpstreamProtocol::Http1 => tcp::TunnelVia::Http1,
+        },
     })
 }
 

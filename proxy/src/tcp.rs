@@ -15,18 +15,19 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::detect::Protocol;
-use crate::error::ProxyError;
+use crate::error::{ProxyBody, ProxyError};
 use crate::golden::TcpCounters;
 use crate::metrics::{Direction, ProxyMetrics, TcpBytesLabels};
 use crate::model::cluster::TcpKeepalive;
 use crate::outbound::Source;
 use crate::stream::{Counted, Rewind};
 use crate::timeout::IdleStream;
+use crate::upstream::{Endpoint, Pools, UpstreamProtocol};
 
 /// A cluster's TCP keepalive (`upstream_connection_options.tcp_keepalive`) in 12 bytes (it
 /// rides in every request's target); 0: the kernel's setting.
@@ -125,23 +126,43 @@ pub(crate) struct TcpTarget {
     pub(crate) http_tunnel: Option<HttpTunnel>,
 }
 
-/// A TCP proxy's `tunneling_config` for one connection: the `CONNECT` to send on a new
-/// connection to the endpoint, over HTTP/2 or HTTP/1.1 as its cluster speaks.
-#[derive(Debug, Clone)]
+/// A TCP proxy's `tunneling_config` for one connection: the `CONNECT` to send to the
+/// endpoint, over HTTP/2 or HTTP/1.1 as its cluster speaks.
+#[derive(Clone)]
 pub(crate) struct HttpTunnel {
     /// The `CONNECT`'s target (`hostname` with the connection's values filled in).
     pub(crate) authority: http::uri::Authority,
     /// `headers_to_add`.
     pub(crate) headers: HeaderMap,
-    /// HTTP/2 (else HTTP/1.1).
-    pub(crate) http2: bool,
+    /// How the `CONNECT` reaches the endpoint.
+    pub(crate) via: TunnelVia,
 }
 
-/// An open [`HttpTunnel`]: the upgraded stream (HTTP/2: one stream of a connection of its
-/// own, kept open by its sender while the stream lives).
+impl std::fmt::Debug for HttpTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTunnel")
+            .field("authority", &self.authority)
+            .field("http2", &matches!(self.via, TunnelVia::Http2(..)))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The protocol of a tunnel's `CONNECT`.
+#[derive(Clone)]
+pub(crate) enum TunnelVia {
+    /// A stream of a pooled HTTP/2 connection to the endpoint, shared with the cluster's
+    /// other tunnels and requests (as Envoy multiplexes them), within its settings'
+    /// stream cap.
+    Http2(Arc<Pools>, UpstreamProtocol),
+    /// A connection of its own: an HTTP/1.1 `CONNECT` takes its connection over.
+    Http1,
+}
+
+/// An open [`HttpTunnel`]: the upgraded stream, and for HTTP/2 the answer's body, which
+/// holds the stream's place in its pooled connection while the tunnel lives.
 struct HttpTunnelIo {
     io: TokioIo<hyper::upgrade::Upgraded>,
-    _sender: Option<hyper::client::conn::http2::SendRequest<Empty<Bytes>>>,
+    _held: Option<ProxyBody>,
 }
 
 impl tokio::io::AsyncRead for HttpTunnelIo {
@@ -178,57 +199,24 @@ impl tokio::io::AsyncWrite for HttpTunnelIo {
     }
 }
 
-/// Sends `tunnel`'s `CONNECT` on `io` (connected to `dst`) and waits, within `timeout`,
-/// for a 2xx: the stream that then carries the bytes. Any other answer, or HTTP failing,
-/// is an error (the client is reset, as for a failed connect). One connection per tunnel,
-/// not pooled (Envoy multiplexes the tunnels of an HTTP/2 cluster on shared connections).
-async fn open_http_tunnel(
-    io: crate::dial::BoxIo,
-    dst: SocketAddr,
-    tunnel: &HttpTunnel,
-    timeout: Duration,
-) -> Result<crate::dial::BoxIo, ProxyError> {
-    let http = |e: hyper::Error| ProxyError::UpstreamProtocol {
-        addr: dst,
-        source: e.into(),
-    };
-    let mut req = Request::new(Empty::<Bytes>::new());
+/// The `CONNECT` request of `tunnel`.
+fn connect_request<B: Default>(tunnel: &HttpTunnel) -> Request<B> {
+    let mut req = Request::new(B::default());
     *req.method_mut() = Method::CONNECT;
     *req.uri_mut() = Uri::from(tunnel.authority.clone());
     *req.headers_mut() = tunnel.headers.clone();
-    let exchange = async {
-        if tunnel.http2 {
-            let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(TokioIo::new(io))
-                .await
-                .map_err(http)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(%dst, error = %e, "tunnel connection ended with an error");
-                }
-            });
-            let resp = sender.send_request(req).await.map_err(http)?;
-            Ok((resp, Some(sender)))
-        } else {
-            if let Ok(host) = HeaderValue::from_str(tunnel.authority.as_str()) {
-                req.headers_mut().insert(header::HOST, host);
-            }
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-                .await
-                .map_err(http)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(%dst, error = %e, "tunnel connection ended with an error");
-                }
-            });
-            let resp = sender.send_request(req).await.map_err(http)?;
-            Ok((resp, None))
-        }
-    };
-    let (resp, sender) = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| ProxyError::connect_timeout(dst, timeout))??;
+    req
+}
+
+/// The tunnel once its `CONNECT` has been answered: a 2xx upgrades to the stream that
+/// carries the bytes; any other answer is an error (the client is reset, as for a failed
+/// connect).
+async fn tunnel_from<B>(
+    mut resp: http::Response<B>,
+    dst: SocketAddr,
+    tunnel: &HttpTunnel,
+    held: impl FnOnce(B) -> Option<ProxyBody>,
+) -> Result<crate::dial::BoxIo, ProxyError> {
     if !resp.status().is_success() {
         return Err(ProxyError::UpstreamProtocol {
             addr: dst,
@@ -240,11 +228,68 @@ async fn open_http_tunnel(
             .into(),
         });
     }
-    let upgraded = hyper::upgrade::on(resp).await.map_err(http)?;
+    let upgrade = hyper::upgrade::on(&mut resp);
+    let held = held(resp.into_body());
+    let upgraded = upgrade.await.map_err(|e| ProxyError::UpstreamProtocol {
+        addr: dst,
+        source: e.into(),
+    })?;
     Ok(Box::new(HttpTunnelIo {
         io: TokioIo::new(upgraded),
-        _sender: sender,
+        _held: held,
     }))
+}
+
+/// Opens `tunnel` to `ep` over HTTP/2: a `CONNECT` on a stream of the endpoint's pooled
+/// connections (one is opened when none has room), answered within the connect timeout.
+async fn open_h2_tunnel(
+    pools: &Arc<Pools>,
+    ep: Endpoint,
+    tunnel: &HttpTunnel,
+    peer: SocketAddr,
+) -> Result<crate::dial::BoxIo, ProxyError> {
+    let (dst, timeout) = (ep.addr, ep.connect_timeout);
+    let resp = tokio::time::timeout(
+        timeout,
+        pools.send_h2(ep, None, connect_request(tunnel), peer),
+    )
+    .await
+    .map_err(|_| ProxyError::connect_timeout(dst, timeout))??
+    .response;
+    tunnel_from(resp, dst, tunnel, Some).await
+}
+
+/// Sends `tunnel`'s `CONNECT` over HTTP/1.1 on `io` (connected to `dst`, the tunnel's own
+/// connection) and waits, within `timeout`, for the answer.
+async fn open_h1_tunnel(
+    io: crate::dial::BoxIo,
+    dst: SocketAddr,
+    tunnel: &HttpTunnel,
+    timeout: Duration,
+) -> Result<crate::dial::BoxIo, ProxyError> {
+    let http = |e: hyper::Error| ProxyError::UpstreamProtocol {
+        addr: dst,
+        source: e.into(),
+    };
+    let mut req = connect_request::<Empty<Bytes>>(tunnel);
+    if let Ok(host) = HeaderValue::from_str(tunnel.authority.as_str()) {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(%dst, error = %e, "tunnel connection ended with an error");
+            }
+        });
+        sender.send_request(req).await.map_err(http)
+    };
+    let resp = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProxyError::connect_timeout(dst, timeout))??;
+    tunnel_from(resp, dst, tunnel, |_| None).await
 }
 
 /// The upstream side: a TCP connection (reset on failure) or an HBONE tunnel.
@@ -333,14 +378,28 @@ pub(crate) async fn forward(
         (hbone, None) => crate::dial::dial(dst, connect_timeout, hbone.as_deref(), None)
             .await
             .map(Upstream::Tunnel),
-        (hbone, Some(t)) => {
-            match crate::dial::dial(dst, connect_timeout, hbone.as_deref(), keepalive).await {
-                Ok(io) => open_http_tunnel(io, dst, t, connect_timeout)
+        (hbone, Some(t)) => match &t.via {
+            TunnelVia::Http2(pools, protocol) => {
+                let ep = Endpoint {
+                    addr: dst,
+                    protocol: *protocol,
+                    connect_timeout,
+                    hbone: hbone.clone(),
+                    keepalive,
+                };
+                open_h2_tunnel(pools, ep, t, peer)
                     .await
-                    .map(Upstream::Tunnel),
-                Err(e) => Err(e),
+                    .map(Upstream::Tunnel)
             }
-        }
+            TunnelVia::Http1 => {
+                match crate::dial::dial(dst, connect_timeout, hbone.as_deref(), keepalive).await {
+                    Ok(io) => open_h1_tunnel(io, dst, t, connect_timeout)
+                        .await
+                        .map(Upstream::Tunnel),
+                    Err(e) => Err(e),
+                }
+            }
+        },
     };
     let mut upstream = match connected {
         Ok(s) => s,

@@ -1668,8 +1668,9 @@ virtual_hosts:
 
 /// TCP tunnelled over HTTP `CONNECT` both ways, as Envoy's `encapsulate_in_http2_connect`
 /// and `terminate_http2_connect` examples chain them: a TCP proxy with `tunneling_config`
-/// sends each connection's bytes inside a `CONNECT` (HTTP/2 or HTTP/1.1, as its cluster
-/// speaks; the hostname filled in from the connection, `headers_to_add` on it) to a
+/// sends each connection's bytes inside a `CONNECT` (HTTP/2, streams of a pooled connection,
+/// or HTTP/1.1, as its cluster speaks; the hostname filled in from the connection,
+/// `headers_to_add` on it) to a
 /// listener of the agent that terminates it into raw TCP to the echo server. Clients'
 /// own `CONNECT`s (HTTP/1.1 and HTTP/2) are passed on to that listener over HTTP/2 and
 /// HTTP/1.1 (Envoy's `proxy_connect` example). A `CONNECT` the far side refuses (no route
@@ -1813,6 +1814,36 @@ route_config:
             .unwrap();
         assert_eq!(n, 0, "port {port}");
     }
+    // The tunnels of an HTTP/2 cluster are streams of its pooled connections, as Envoy
+    // multiplexes them: two at once open no connection beside the one the first tunnel
+    // above left in the pool (the edge listener counts what it accepts).
+    let h2_accepted = || node.metric("myelin_proxy_connections_opened_total{protocol=\"http2\"}");
+    let before = h2_accepted();
+    assert!(
+        before >= 1.0,
+        "the first HTTP/2 tunnel's connection was not counted"
+    );
+    let mut pair = [
+        node.connect(vip(18152)).await,
+        node.connect(vip(18152)).await,
+    ];
+    for (i, s) in pair.iter_mut().enumerate() {
+        s.write_all(format!("t{i}").as_bytes()).await.unwrap();
+    }
+    for (i, s) in pair.iter_mut().enumerate() {
+        let mut got = [0u8; 7];
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("tunnel {i}: no echo"))
+            .unwrap();
+        assert_eq!(got, *format!("echo:t{i}").as_bytes());
+    }
+    assert_eq!(
+        h2_accepted(),
+        before,
+        "a tunnel opened its own HTTP/2 connection"
+    );
+    drop(pair);
     // A client's CONNECT passed on to an HTTP/2 and an HTTP/1.1 upstream that terminates it,
     // from an HTTP/1.1 client (its connection becomes the tunnel) and from an HTTP/2 client
     // (the stream's DATA).
