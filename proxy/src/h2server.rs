@@ -10,7 +10,8 @@
 //! written by the same code, with the stream table a plain map. HPACK decoding is the `loona-hpack` crate's, encoding ours
 //! (`hpack`).
 //!
-//! What it does, as RFC 9113 asks of a server: the preface and SETTINGS exchange, HEADERS
+//! What it does, as RFC 9113 asks of a server: the preface and SETTINGS exchange (our
+//! SETTINGS unacknowledged for [`SETTINGS_ACK_TIMEOUT`] end the connection), HEADERS
 //! with CONTINUATION (one block at a time, bounded), request and response bodies with flow
 //! control both ways (a stream's window given back as its body is read, not as it arrives),
 //! trailers, RST_STREAM both ways, PING (answered, and sent on a timer with the connection
@@ -78,6 +79,7 @@ pub(crate) mod reason {
     pub(crate) const PROTOCOL_ERROR: u32 = 0x1;
     pub(crate) const INTERNAL_ERROR: u32 = 0x2;
     pub(crate) const FLOW_CONTROL_ERROR: u32 = 0x3;
+    pub(crate) const SETTINGS_TIMEOUT: u32 = 0x4;
     pub(crate) const STREAM_CLOSED: u32 = 0x5;
     pub(crate) const FRAME_SIZE_ERROR: u32 = 0x6;
     pub(crate) const REFUSED_STREAM: u32 = 0x7;
@@ -163,6 +165,12 @@ const WRITE_HIGH: usize = 64 << 10;
 const READ_CHUNK: usize = 16 << 10;
 /// How long a closing connection tries to write its last frames (GOAWAY).
 const LINGER: Duration = Duration::from_secs(1);
+/// How long the client has to acknowledge our SETTINGS before the connection ends with
+/// SETTINGS_TIMEOUT (RFC 9113 6.5.3 leaves "a reasonable amount of time" to us; Envoy and
+/// the `h2` crate do not enforce one). Until then the client may, for one, still encode
+/// with the default HPACK table we asked it to shrink. A client acknowledges as soon as
+/// it reads our SETTINGS, so 10 s is a round trip with a wide margin.
+const SETTINGS_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection error: GOAWAY with `code`, then close.
 #[derive(Debug, Clone, Copy)]
@@ -416,6 +424,28 @@ enum Reply<B> {
     Done,
 }
 
+/// The last few streams the client closed, by RST_STREAM or by ending its side once the
+/// response had ended: DATA or HEADERS on one of them is a connection error STREAM_CLOSED
+/// (RFC 9113 5.1, "closed"). Streams we reset are not kept, since what the client sent
+/// before it saw our RST_STREAM must be ignored (5.1); nor are older ones, whose frames are
+/// ignored too (the error is a MAY).
+#[derive(Default)]
+struct ClosedByClient {
+    ids: [u32; 8],
+    next: usize,
+}
+
+impl ClosedByClient {
+    fn push(&mut self, id: u32) {
+        self.ids[self.next] = id;
+        self.next = (self.next + 1) % self.ids.len();
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        id != 0 && self.ids.contains(&id)
+    }
+}
+
 struct Connection<I, F, B, H, S> {
     io: I,
     limits: Limits,
@@ -436,6 +466,11 @@ struct Connection<I, F, B, H, S> {
     shared: Arc<ConnShared>,
     last: Last,
     last_stream: u32,
+    /// The last streams the client closed (see `ClosedByClient`).
+    closed_by_client: ClosedByClient,
+    /// The header block being read came in a HEADERS frame whose priority names its own
+    /// stream (set by each HEADERS frame).
+    depends_on_itself: bool,
     /// The streams we take (not counting those the client opened and reset).
     opened: u64,
     premature_resets: u32,
@@ -445,6 +480,8 @@ struct Connection<I, F, B, H, S> {
     peer_goaway: bool,
     /// The client acknowledged our SETTINGS.
     settings_acked: bool,
+    /// Until it does: when the connection ends (`SETTINGS_ACK_TIMEOUT`).
+    settings_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     peer_max_frame: usize,
     peer_initial_window: i64,
     send_window: i64,
@@ -488,12 +525,15 @@ where
             shared: Arc::new(ConnShared::default()),
             last: Last::default(),
             last_stream: 0,
+            closed_by_client: ClosedByClient::default(),
+            depends_on_itself: false,
             opened: 0,
             premature_resets: 0,
             goaway: false,
             peer_goaway: false,
             peer_max_frame: DEFAULT_MAX_FRAME,
             settings_acked: false,
+            settings_deadline: Some(Box::pin(tokio::time::sleep(SETTINGS_ACK_TIMEOUT))),
             peer_initial_window: DEFAULT_WINDOW,
             send_window: DEFAULT_WINDOW,
             recv_window: DEFAULT_WINDOW,
@@ -556,6 +596,15 @@ where
         }
         if let Some(k) = &mut self.keepalive {
             k.poll(cx, &mut self.out)?;
+        }
+        if let Some(deadline) = &mut self.settings_deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(conn_err(
+                    reason::SETTINGS_TIMEOUT,
+                    "no SETTINGS ACK from the client in time",
+                )
+                .into()));
+            }
         }
         // Turns of the loop in one poll: a handler that wakes itself while polled (not
         // through tokio, which defers such wakes) must not keep this task from yielding.
@@ -650,49 +699,40 @@ where
                 "frame larger than 16 KiB",
             ));
         }
+        let kind = self.read[3];
+        let flags = self.read[4];
+        let id = u32::from_be_bytes([self.read[5], self.read[6], self.read[7], self.read[8]])
+            & 0x7fff_ffff;
+        // What the frame's head alone makes an error is one before its payload is in: a
+        // length wrong for the type (RFC 9113 4.2) ends the connection rather than leaving
+        // it waiting for bytes that may never come.
+        self.check_head(kind, flags, id, len)?;
         if self.read.len() < 9 + len {
             if self.read.capacity() < 9 + len {
                 self.read.reserve(9 + len - self.read.len());
             }
             return Ok(false);
         }
-        let kind = self.read[3];
-        let flags = self.read[4];
-        let id = u32::from_be_bytes([self.read[5], self.read[6], self.read[7], self.read[8]])
-            & 0x7fff_ffff;
         self.read.advance(9);
         let payload = self.read.split_to(len);
-        if let Some((cid, _, _)) = &self.continuation {
-            if kind != CONTINUATION || id != *cid {
-                return Err(conn_err(reason::PROTOCOL_ERROR, "expected CONTINUATION"));
-            }
-        }
         match kind {
             DATA => self.on_data(id, flags, payload)?,
             HEADERS => self.on_headers(id, flags, payload)?,
             PRIORITY => {
-                if id == 0 {
-                    return Err(conn_err(reason::PROTOCOL_ERROR, "PRIORITY on stream 0"));
-                }
                 if len != 5 {
                     self.reset(id, reason::FRAME_SIZE_ERROR);
+                } else if u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                    & 0x7fff_ffff
+                    == id
+                {
+                    // RFC 9113 5.3.1 (the deprecated scheme's one rule kept): a stream
+                    // cannot depend on itself, a stream error PROTOCOL_ERROR.
+                    self.reset(id, reason::PROTOCOL_ERROR);
                 }
             }
-            RST_STREAM => self.on_rst(id, &payload)?,
-            SETTINGS => self.on_settings(id, flags, &payload)?,
-            PUSH_PROMISE => {
-                return Err(conn_err(
-                    reason::PROTOCOL_ERROR,
-                    "PUSH_PROMISE from a client",
-                ))
-            }
+            RST_STREAM => self.on_rst(id)?,
+            SETTINGS => self.on_settings(flags, &payload)?,
             PING => {
-                if id != 0 {
-                    return Err(conn_err(reason::PROTOCOL_ERROR, "PING on a stream"));
-                }
-                if len != 8 {
-                    return Err(conn_err(reason::FRAME_SIZE_ERROR, "PING not 8 bytes"));
-                }
                 if flags & ACK == 0 {
                     head(&mut self.out, 8, PING, ACK, 0);
                     self.out.put_slice(&payload);
@@ -701,42 +741,70 @@ where
                 }
             }
             GOAWAY => {
-                if id != 0 {
-                    return Err(conn_err(reason::PROTOCOL_ERROR, "GOAWAY on a stream"));
-                }
-                if len < 8 {
-                    return Err(conn_err(
-                        reason::FRAME_SIZE_ERROR,
-                        "GOAWAY shorter than 8 bytes",
-                    ));
-                }
                 // We open no streams: nothing of ours to retry. Finish those in flight.
                 self.peer_goaway = true;
             }
             WINDOW_UPDATE => self.on_window_update(id, &payload)?,
             CONTINUATION => self.on_continuation(id, flags, payload)?,
-            // Unknown types are ignored (RFC 9113 4.1).
+            // Unknown types are ignored (RFC 9113 4.1); PUSH_PROMISE never gets here.
             _ => {}
         }
         Ok(true)
     }
 
-    fn on_settings(&mut self, id: u32, flags: u8, payload: &[u8]) -> Result<(), ConnError> {
-        if id != 0 {
-            return Err(conn_err(reason::PROTOCOL_ERROR, "SETTINGS on a stream"));
-        }
-        if flags & ACK != 0 {
-            if !payload.is_empty() {
-                return Err(conn_err(
-                    reason::FRAME_SIZE_ERROR,
-                    "SETTINGS ACK with a payload",
-                ));
+    /// The connection errors a frame's head shows: its stream and length wrong for its
+    /// type, or another frame where a header block's CONTINUATION must come (RFC 9113
+    /// 6.10). Checked again until the payload is in.
+    fn check_head(&self, kind: u8, flags: u8, id: u32, len: usize) -> Result<(), ConnError> {
+        if let Some((cid, _, _)) = &self.continuation {
+            if kind != CONTINUATION || id != *cid {
+                return Err(conn_err(reason::PROTOCOL_ERROR, "expected CONTINUATION"));
             }
+        }
+        let (on_stream_0, size_ok) = match kind {
+            PRIORITY if id == 0 => {
+                return Err(conn_err(reason::PROTOCOL_ERROR, "PRIORITY on stream 0"));
+            }
+            RST_STREAM if id == 0 => {
+                return Err(conn_err(reason::PROTOCOL_ERROR, "RST_STREAM on stream 0"));
+            }
+            RST_STREAM => (false, len == 4),
+            SETTINGS if flags & ACK != 0 => (true, len == 0),
+            SETTINGS => (true, len.is_multiple_of(6)),
+            PUSH_PROMISE => {
+                return Err(conn_err(
+                    reason::PROTOCOL_ERROR,
+                    "PUSH_PROMISE from a client",
+                ))
+            }
+            PING => (true, len == 8),
+            GOAWAY => (true, len >= 8),
+            WINDOW_UPDATE => (false, len == 4),
+            _ => return Ok(()),
+        };
+        if on_stream_0 && id != 0 {
+            return Err(conn_err(
+                reason::PROTOCOL_ERROR,
+                "a connection frame on a stream",
+            ));
+        }
+        if !size_ok {
+            return Err(conn_err(
+                reason::FRAME_SIZE_ERROR,
+                "a frame length wrong for its type",
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_settings(&mut self, flags: u8, payload: &[u8]) -> Result<(), ConnError> {
+        if flags & ACK != 0 {
             // We send SETTINGS once: from its acknowledgement the client's encoder keeps to
             // our table size (and starts its next block by saying so, RFC 7541 4.2). Ours
             // shrinks now, so a client that does not is caught by a failed decode.
             if !self.settings_acked {
                 self.settings_acked = true;
+                self.settings_deadline = None;
                 let table = self.limits.header_table as usize;
                 if table < DEFAULT_TABLE_SIZE {
                     self.decoder.set_max_allowed_table_size(table);
@@ -744,12 +812,6 @@ where
                 }
             }
             return Ok(());
-        }
-        if !payload.len().is_multiple_of(6) {
-            return Err(conn_err(
-                reason::FRAME_SIZE_ERROR,
-                "SETTINGS not a multiple of 6",
-            ));
         }
         for s in payload.chunks_exact(6) {
             let value = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
@@ -799,12 +861,6 @@ where
     }
 
     fn on_window_update(&mut self, id: u32, payload: &[u8]) -> Result<(), ConnError> {
-        if payload.len() != 4 {
-            return Err(conn_err(
-                reason::FRAME_SIZE_ERROR,
-                "WINDOW_UPDATE not 4 bytes",
-            ));
-        }
         let inc = i64::from(
             u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
         );
@@ -844,13 +900,7 @@ where
         Ok(())
     }
 
-    fn on_rst(&mut self, id: u32, payload: &[u8]) -> Result<(), ConnError> {
-        if id == 0 {
-            return Err(conn_err(reason::PROTOCOL_ERROR, "RST_STREAM on stream 0"));
-        }
-        if payload.len() != 4 {
-            return Err(conn_err(reason::FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes"));
-        }
+    fn on_rst(&mut self, id: u32) -> Result<(), ConnError> {
         if id > self.last_stream {
             return Err(conn_err(
                 reason::PROTOCOL_ERROR,
@@ -870,6 +920,7 @@ where
                     ));
                 }
             }
+            self.closed_by_client.push(id);
             self.close_stream(s, "the client reset the stream");
         }
         Ok(())
@@ -893,7 +944,10 @@ where
             if id > self.last_stream {
                 return Err(conn_err(reason::PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            // A stream closed or reset: the data is dropped, its window given back.
+            if self.closed_by_client.contains(id) {
+                return Err(conn_err(reason::STREAM_CLOSED, "DATA on a closed stream"));
+            }
+            // A stream reset or long closed: the data is dropped, its window given back.
             self.unreleased += flow;
             return Ok(());
         };
@@ -956,7 +1010,8 @@ where
                 "HEADERS on stream 0 or an even stream",
             ));
         }
-        strip_padding(flags, &mut payload, flags & PRIORITY_FLAG != 0)?;
+        let dependency = strip_padding(flags, &mut payload, flags & PRIORITY_FLAG != 0)?;
+        self.depends_on_itself = dependency == Some(id);
         let end_stream = flags & END_STREAM != 0;
         if flags & END_HEADERS == 0 {
             if payload.len() > self.limits.max_header_block {
@@ -1006,9 +1061,32 @@ where
             self.limits.max_header_list,
             &mut self.last,
         )?;
+        if std::mem::take(&mut self.depends_on_itself) {
+            // RFC 9113 5.3.1 (the deprecated scheme's one rule kept): a stream cannot depend
+            // on itself, a stream error PROTOCOL_ERROR.
+            self.last_stream = self.last_stream.max(id);
+            self.reset(id, reason::PROTOCOL_ERROR);
+            return Ok(());
+        }
         if id <= self.last_stream {
             // Trailers, or a stream already gone.
             let Some(s) = self.streams.get_mut(&id) else {
+                if self.closed_by_client.contains(id) {
+                    return Err(conn_err(
+                        reason::STREAM_CLOSED,
+                        "HEADERS on a closed stream",
+                    ));
+                }
+                if decoded.pseudo {
+                    // A request on a stream below the last one opened (RFC 9113 5.1.1):
+                    // stream identifiers only grow.
+                    return Err(conn_err(
+                        reason::PROTOCOL_ERROR,
+                        "a new stream below the last one",
+                    ));
+                }
+                // Trailers for a stream we reset (sent before the client saw it), or one
+                // closed long ago: ignored.
                 return Ok(());
             };
             if !s.recv_open {
@@ -1344,6 +1422,7 @@ where
             return;
         }
         let s = self.streams.remove(&id).expect("looked up above");
+        self.closed_by_client.push(id);
         self.close_stream(s, "stream closed");
     }
 
@@ -1523,9 +1602,15 @@ fn window_update(out: &mut BytesMut, id: u32, inc: u32) {
     out.put_u32(inc);
 }
 
-/// Takes the padding (and a HEADERS frame's priority fields) off a payload.
-fn strip_padding(flags: u8, payload: &mut BytesMut, priority: bool) -> Result<(), ConnError> {
+/// Takes the padding (and a HEADERS frame's priority fields) off a payload; the stream
+/// dependency when there are priority fields.
+fn strip_padding(
+    flags: u8,
+    payload: &mut BytesMut,
+    priority: bool,
+) -> Result<Option<u32>, ConnError> {
     let mut pad = 0;
+    let mut dependency = None;
     if flags & PADDED != 0 {
         if payload.is_empty() {
             return Err(conn_err(
@@ -1543,6 +1628,9 @@ fn strip_padding(flags: u8, payload: &mut BytesMut, priority: bool) -> Result<()
                 "HEADERS too short for its priority",
             ));
         }
+        dependency = Some(
+            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
+        );
         payload.advance(5);
     }
     if pad > payload.len() {
@@ -1552,7 +1640,7 @@ fn strip_padding(flags: u8, payload: &mut BytesMut, priority: bool) -> Result<()
         ));
     }
     payload.truncate(payload.len() - pad);
-    Ok(())
+    Ok(dependency)
 }
 
 /// Encodes a header block as HEADERS and CONTINUATION frames.

@@ -286,10 +286,14 @@ async fn until(io: &mut DuplexStream, kind: u8) -> (u8, u32, Vec<u8>) {
     }
 }
 
+/// A raw client past the preface that has acknowledged the server's SETTINGS (without
+/// reading them: they are always sent first, and the ACK keeps the connection from ending
+/// with SETTINGS_TIMEOUT on the paused clock).
 async fn raw_client() -> DuplexStream {
     let mut io = start_server(Limits::default());
     io.write_all(PREFACE).await.unwrap();
     io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    io.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
     io
 }
 
@@ -835,6 +839,7 @@ async fn keepalive_pings_and_closes_a_silent_connection() {
     let start = tokio::time::Instant::now();
     io.write_all(PREFACE).await.unwrap();
     io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    io.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
 
     // The first PING an interval after the start, answered: the next an interval after the
     // answer.
@@ -877,6 +882,7 @@ async fn keepalive_pings_and_closes_a_silent_connection() {
     let start = tokio::time::Instant::now();
     io.write_all(PREFACE).await.unwrap();
     io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    io.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
     let (_, at) = next_ping(&mut io).await;
     assert!(
         (Duration::from_secs(10)..Duration::from_secs(15)).contains(&(at - start)),
@@ -896,6 +902,204 @@ async fn keepalive_pings_and_closes_a_silent_connection() {
                 (ACK, &b"12345678"[..]),
                 "the server's own PING"
             );
+            break;
+        }
+    }
+}
+
+/// The server's answers to frames on streams that are not open: resets of streams, then a
+/// connection error with its code (GOAWAY) or the connection going on (the answer to a
+/// PING sent after the frames).
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Rst(u32, u32),
+    Goaway(u32),
+    GoesOn,
+}
+
+/// Sends `frames` on a fresh connection after the request on stream 1 (GET, ended) has been
+/// answered whole, then a PING: the resets, and a GOAWAY or the PING's answer.
+async fn answer_to(frames: &[Vec<u8>]) -> Vec<Answer> {
+    let mut io = raw_client().await;
+    io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block(GET)))
+        .await
+        .unwrap();
+    loop {
+        let (flags, sid, _) = until(&mut io, DATA).await;
+        if sid == 1 && flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    io.write_all(&frames.concat()).await.unwrap();
+    io.write_all(&frame(PING, 0, 0, b"after\0\0\0"))
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    loop {
+        let mut h = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut h))
+            .await
+            .expect("a frame in time")
+            .expect("a frame");
+        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        let mut p = vec![0; len];
+        io.read_exact(&mut p).await.unwrap();
+        let sid = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        match h[3] {
+            RST_STREAM => answers.push(Answer::Rst(sid, code(&p, 0))),
+            GOAWAY => answers.push(Answer::Goaway(code(&p, 4))),
+            PING => answers.push(Answer::GoesOn),
+            _ => continue,
+        }
+        if matches!(answers.last(), Some(Answer::Goaway(_) | Answer::GoesOn)) {
+            return answers;
+        }
+    }
+}
+
+/// RFC 9113 5.1 and 5.1.1: DATA or HEADERS on a stream the client closed is a connection
+/// error STREAM_CLOSED; a request below the last stream is PROTOCOL_ERROR; what may still
+/// come on a closed stream (WINDOW_UPDATE, RST_STREAM, PRIORITY), and anything on a
+/// stream we reset, is ignored; a stream that depends on itself is reset (5.3.1).
+#[tokio::test]
+async fn frames_on_streams_not_open() {
+    let get = block(GET);
+    let post = block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "svc.test"),
+        (":path", "/echo"),
+    ]);
+    let mut self_dependent = 3u32.to_be_bytes().to_vec();
+    self_dependent.push(16);
+    self_dependent.extend_from_slice(&get);
+    use Answer::*;
+    let cases = vec![
+        (
+            "DATA after both ends",
+            vec![frame(DATA, END_STREAM, 1, b"late")],
+            vec![Goaway(reason::STREAM_CLOSED)],
+        ),
+        (
+            "HEADERS after both ends",
+            vec![frame(HEADERS, END_HEADERS | END_STREAM, 1, &get)],
+            vec![Goaway(reason::STREAM_CLOSED)],
+        ),
+        (
+            "DATA after the client's reset",
+            vec![
+                frame(HEADERS, END_HEADERS, 3, &post),
+                frame(RST_STREAM, 0, 3, &reason::CANCEL.to_be_bytes()),
+                frame(DATA, END_STREAM, 3, b"late"),
+            ],
+            vec![Goaway(reason::STREAM_CLOSED)],
+        ),
+        (
+            "a request below the last stream",
+            vec![
+                frame(HEADERS, END_HEADERS | END_STREAM, 5, &get),
+                frame(HEADERS, END_HEADERS | END_STREAM, 3, &get),
+            ],
+            vec![Goaway(reason::PROTOCOL_ERROR)],
+        ),
+        (
+            "WINDOW_UPDATE, PRIORITY and RST_STREAM after both ends",
+            vec![
+                frame(WINDOW_UPDATE, 0, 1, &1u32.to_be_bytes()),
+                frame(PRIORITY, 0, 1, &[0, 0, 0, 0, 16]),
+                frame(RST_STREAM, 0, 1, &reason::CANCEL.to_be_bytes()),
+            ],
+            vec![GoesOn],
+        ),
+        (
+            "DATA and trailers the client sent before our reset",
+            vec![
+                // Malformed (content-length and END_STREAM disagree): reset by us.
+                frame(
+                    HEADERS,
+                    END_HEADERS,
+                    3,
+                    &block(&[
+                        (":method", "POST"),
+                        (":scheme", "http"),
+                        (":authority", "svc.test"),
+                        (":path", "/echo"),
+                        ("content-length", "1"),
+                    ]),
+                ),
+                frame(DATA, 0, 3, b"too long"),
+                frame(DATA, 0, 3, b"more"),
+                frame(
+                    HEADERS,
+                    END_HEADERS | END_STREAM,
+                    3,
+                    &block(&[("x-t", "1")]),
+                ),
+            ],
+            vec![Rst(3, reason::PROTOCOL_ERROR), GoesOn],
+        ),
+        (
+            "HEADERS that depend on their own stream",
+            vec![frame(
+                HEADERS,
+                END_HEADERS | END_STREAM | PRIORITY_FLAG,
+                3,
+                &self_dependent,
+            )],
+            vec![Rst(3, reason::PROTOCOL_ERROR), GoesOn],
+        ),
+        (
+            "PRIORITY that depends on its own stream",
+            vec![frame(PRIORITY, 0, 3, &[0, 0, 0, 3, 16])],
+            vec![Rst(3, reason::PROTOCOL_ERROR), GoesOn],
+        ),
+    ];
+    for (what, frames, want) in cases {
+        assert_eq!(answer_to(&frames).await, want, "{what}");
+    }
+}
+
+/// A frame whose head alone is an error (here a SETTINGS frame whose length is not a
+/// multiple of 6) ends the connection before its payload is in, which may never come.
+#[tokio::test]
+async fn a_frame_head_wrong_for_its_type_is_not_waited_on() {
+    let mut io = raw_client().await;
+    io.write_all(&[0, 0, 9, SETTINGS, 0, 0, 0, 0, 0, 0, 3])
+        .await
+        .unwrap();
+    let (_, _, p) = until(&mut io, GOAWAY).await;
+    assert_eq!(code(&p, 4), reason::FRAME_SIZE_ERROR);
+}
+
+/// RFC 9113 6.5.3: our SETTINGS unacknowledged for `SETTINGS_ACK_TIMEOUT` ends the
+/// connection with SETTINGS_TIMEOUT; acknowledged, the connection lives on.
+#[tokio::test(start_paused = true)]
+async fn settings_unacknowledged_end_the_connection() {
+    let (mut io, server) = tokio::io::duplex(1 << 16);
+    let served = tokio::spawn(serve(server, Limits::default(), service, Never));
+    let start = tokio::time::Instant::now();
+    io.write_all(PREFACE).await.unwrap();
+    io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let goaway = loop {
+        match next_frame(&mut io).await.expect("a GOAWAY before the end") {
+            (GOAWAY, _, p) => break p,
+            _ => continue,
+        }
+    };
+    assert_eq!(code(&goaway, 4), reason::SETTINGS_TIMEOUT);
+    assert_eq!(tokio::time::Instant::now() - start, SETTINGS_ACK_TIMEOUT);
+    assert!(matches!(
+        served.await.unwrap(),
+        Ended::Error(e) if e.code == reason::SETTINGS_TIMEOUT
+    ));
+
+    let mut io = raw_client().await;
+    tokio::time::sleep(SETTINGS_ACK_TIMEOUT * 2).await;
+    io.write_all(&frame(PING, 0, 0, b"12345678")).await.unwrap();
+    loop {
+        let (kind, ..) = next_frame(&mut io).await.expect("the connection lives");
+        assert_ne!(kind, GOAWAY);
+        if kind == PING {
             break;
         }
     }
