@@ -296,6 +296,11 @@ impl ProxyError {
             }
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // Envoy's `maybeRequestTimeoutCode`: a stream that outlived its duration after the
+            // whole request had arrived is the upstream's delay.
+            ProxyError::StreamTimeout(crate::timeout::Expired::Duration(_, true)) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::StreamTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::Unrouted { reason, .. } => match reason {
@@ -344,6 +349,9 @@ impl ProxyError {
             // Envoy's RBAC filter says exactly this, without a newline.
             ProxyError::Denied { .. } => "RBAC: access denied",
             ProxyError::StreamTimeout(crate::timeout::Expired::Request(_)) => "request timeout\n",
+            ProxyError::StreamTimeout(crate::timeout::Expired::Duration(..)) => {
+                "downstream duration timeout\n"
+            }
             ProxyError::StreamTimeout(_) => "stream timeout\n",
             ProxyError::Overflow { .. } => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow\n"

@@ -197,6 +197,9 @@ struct Destination {
 }
 
 /// Whether a request is gRPC (`content-type: application/grpc[+proto|...]`).
+/// A gRPC request's deadline (gRPC over HTTP/2).
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -522,12 +525,30 @@ impl HttpConn {
                     breaker: "max_requests",
                 });
             };
-            // Pinned here and lent to `within`: a future of several kilobytes is not copied
-            // again into `within`'s.
-            let attempts = std::pin::pin!(self.attempts(&decision, policy, req, first));
             // The route timeout covers every attempt and the backoff between them, and then
             // the response body.
             *deadlines = Deadlines::new(action.timeout, &self.timeouts);
+            if let Some(limit) = &action.stream_limit {
+                let l = crate::timeout::limits(
+                    limit,
+                    action.timeout,
+                    self.timeouts.max_stream,
+                    is_grpc(req.headers()),
+                    req.headers()
+                        .get(GRPC_TIMEOUT)
+                        .and_then(|v| crate::timeout::parse_grpc_timeout(v.as_bytes())),
+                    policy.and_then(|p| p.per_try_timeout),
+                );
+                deadlines.route = l.route;
+                deadlines.duration = l.duration;
+                if let Some(t) = l.upstream_grpc_timeout {
+                    req.headers_mut()
+                        .insert(GRPC_TIMEOUT, crate::timeout::grpc_timeout_value(t));
+                }
+            }
+            // Pinned here and lent to `within`: a future of several kilobytes is not copied
+            // again into `within`'s.
+            let attempts = std::pin::pin!(self.attempts(&decision, policy, req, first));
             let (mut resp, flags) = within(
                 &self.timer,
                 *deadlines,
@@ -1260,7 +1281,8 @@ fn report_attempt(
 }
 
 /// Runs `work` (the attempts of a request) until it answers or one of `deadlines`
-/// passes: the route timeout is a 504 `UT`, the others a 408.
+/// passes: the route timeout is a 504 `UT`, the stream duration a 504 once the request was
+/// complete, the others a 408.
 async fn within<T>(
     timer: &StreamTimer,
     deadlines: Deadlines,

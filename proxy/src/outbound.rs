@@ -188,7 +188,7 @@ async fn try_handle(
             };
             let routing = Routing::Routes(routes, upgrades);
             Box::pin(serve_http(
-                inner, stream, peer, dst, captured, routing, source, downstream, timeouts, http2,
+                inner, stream, peer, dst, captured, routing, source, downstream, *timeouts, http2,
                 drain,
             ))
             .await
@@ -376,9 +376,9 @@ fn declares_opaque(l: &Listener) -> bool {
 enum Plan {
     /// No listener: HTTP/1 or bytes to the original destination.
     Passthrough,
-    /// An HTTP connection manager, the upgrade types it allows, its timeouts and its
-    /// HTTP/2 settings.
-    Http(RouteRef, Arc<[String]>, HcmTimeouts, Http2Settings),
+    /// An HTTP connection manager, the upgrade types it allows, its timeouts (boxed: the
+    /// plan lives in every connection's future) and its HTTP/2 settings.
+    Http(RouteRef, Arc<[String]>, Box<HcmTimeouts>, Http2Settings),
     /// A TCP proxy to a cluster, its idle timeout, and its `tunneling_config`.
     Tcp(TcpCluster, Option<Duration>, Option<Tunneling>),
 }
@@ -427,7 +427,7 @@ fn plan(
                 ),
             },
             hcm.upgrade_types.clone().into(),
-            HcmTimeouts::from(&**hcm),
+            Box::new(HcmTimeouts::from(&**hcm)),
             hcm.http2,
         ),
     })

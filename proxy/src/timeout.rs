@@ -9,6 +9,11 @@
 //!   by then: 408, or a reset;
 //! - HCM `common_http_protocol_options.idle_timeout` (default 1 h): a downstream
 //!   connection with no stream in flight for that long is closed (HTTP/2 with GOAWAY);
+//! - HCM `common_http_protocol_options.max_stream_duration` and route
+//!   `max_stream_duration` (off by default): the whole stream, from its start, must be
+//!   done by then: 408, or 504 once the request was complete, a reset after the response
+//!   started; a gRPC request's `grpc-timeout` can set it (`grpc_timeout_header_max`), and
+//!   with the deprecated route `max_grpc_timeout` sets the route timeout ([`limits`]);
 //! - TCP proxy `idle_timeout` (default 1 h): see [`IdleStream`].
 //!
 //! All of them are checked lazily: bodies only note the time of their last frame, and one
@@ -34,6 +39,7 @@ use crate::lock;
 use crate::model::listener::{
     HttpConnectionManager, DEFAULT_IDLE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
 };
+use crate::model::route::StreamLimit;
 
 /// "Not yet" in the microsecond fields below.
 const NEVER: u64 = u64::MAX;
@@ -51,6 +57,8 @@ pub(crate) struct HcmTimeouts {
     pub(crate) stream_idle: Option<Duration>,
     /// `common_http_protocol_options.idle_timeout`.
     pub(crate) idle: Option<Duration>,
+    /// `common_http_protocol_options.max_stream_duration`.
+    pub(crate) max_stream: Option<Duration>,
 }
 
 impl Default for HcmTimeouts {
@@ -60,6 +68,7 @@ impl Default for HcmTimeouts {
             request: None,
             stream_idle: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
             idle: Some(DEFAULT_IDLE_TIMEOUT),
+            max_stream: None,
         }
     }
 }
@@ -70,6 +79,7 @@ impl From<&HttpConnectionManager> for HcmTimeouts {
             request: h.request_timeout,
             stream_idle: h.stream_idle_timeout,
             idle: h.idle_timeout,
+            max_stream: h.max_stream_duration,
         }
     }
 }
@@ -138,6 +148,9 @@ pub(crate) enum Expired {
     StreamIdle(Duration),
     /// The connection manager's `request_timeout`.
     Request(Duration),
+    /// The stream's `max_stream_duration` (the route's or the connection manager's, or a
+    /// `grpc-timeout`), and whether the request had been received whole.
+    Duration(Duration, bool),
 }
 
 impl Expired {
@@ -149,6 +162,8 @@ impl Expired {
             // Envoy sets no flag for the request timeout (its detail is
             // `request_overall_timeout`).
             Expired::Request(_) => "-",
+            // Nor for the stream duration (`max_duration_timeout`).
+            Expired::Duration(..) => "-",
         }
     }
 }
@@ -165,6 +180,8 @@ pub(crate) struct Deadlines {
     pub(crate) route: Option<Duration>,
     pub(crate) stream_idle: Option<Duration>,
     pub(crate) request: Option<Duration>,
+    /// From the stream's start; zero: expired at once (a `grpc-timeout` used up).
+    pub(crate) duration: Option<Duration>,
 }
 
 impl Deadlines {
@@ -173,11 +190,15 @@ impl Deadlines {
             route,
             stream_idle: hcm.stream_idle,
             request: hcm.request,
+            duration: hcm.max_stream,
         }
     }
 
     pub(crate) fn any(&self) -> bool {
-        self.route.is_some() || self.stream_idle.is_some() || self.request.is_some()
+        self.route.is_some()
+            || self.stream_idle.is_some()
+            || self.request.is_some()
+            || self.duration.is_some()
     }
 
     /// The timeout that has passed at `now`, else when to look again (`None`: never).
@@ -204,6 +225,13 @@ impl Deadlines {
             }
             next = next.min(at);
         }
+        if let Some(t) = self.duration {
+            let at = micros(t);
+            if elapsed >= at {
+                return Err(Expired::Duration(t, done != NEVER));
+            }
+            next = next.min(at);
+        }
         if let Some(t) = self.route {
             // Runs from the end of the request; until then, look again in `t`.
             let at = if done == NEVER {
@@ -219,6 +247,128 @@ impl Deadlines {
         }
         Ok((next != NEVER).then(|| s.start + Duration::from_micros(next)))
     }
+}
+
+/// What a route's [`StreamLimit`] makes of one request's timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The route timeout.
+    pub(crate) route: Option<Duration>,
+    /// The stream's duration bound.
+    pub(crate) duration: Option<Duration>,
+    /// The `grpc-timeout` to send upstream instead of the client's (`max_grpc_timeout`).
+    pub(crate) upstream_grpc_timeout: Option<Duration>,
+}
+
+/// A request's timeouts on a route with a [`StreamLimit`], as Envoy computes them: the
+/// route's `timeout`, the connection manager's `max_stream`, whether the request is gRPC
+/// and its `grpc-timeout` (parsed; `None` when absent or malformed), and the retry
+/// policy's per-try timeout (for the `grpc-timeout` sent upstream).
+pub(crate) fn limits(
+    limit: &StreamLimit,
+    timeout: Option<Duration>,
+    max_stream: Option<Duration>,
+    grpc: bool,
+    grpc_timeout: Option<Duration>,
+    per_try: Option<Duration>,
+) -> Limits {
+    match *limit {
+        // The connection manager's `refreshDurationTimeout`: the route timeout is off.
+        StreamLimit::Duration {
+            max,
+            grpc_header_max,
+            grpc_header_offset,
+        } => {
+            let duration = match (grpc_timeout, grpc_header_max) {
+                (Some(header), Some(cap)) => {
+                    let mut t = if !cap.is_zero() && header > cap {
+                        cap
+                    } else {
+                        header
+                    };
+                    if let Some(offset) = grpc_header_offset.filter(|_| !t.is_zero()) {
+                        // An offset that uses the whole timeout up leaves none.
+                        t = t.saturating_sub(offset);
+                    }
+                    Some(t)
+                }
+                _ => match max {
+                    Some(m) if m.is_zero() => None,
+                    Some(m) => Some(m),
+                    None => max_stream,
+                },
+            };
+            Limits {
+                route: None,
+                duration,
+                upstream_grpc_timeout: None,
+            }
+        }
+        // The router's `finalTimeout` for a gRPC request: its own timeout, without one
+        // none (zero), less the offset when that leaves some, capped.
+        StreamLimit::GrpcTimeout { max, offset } if grpc => {
+            let mut t = grpc_timeout.unwrap_or_default();
+            if let Some(o) = offset.filter(|o| *o < t) {
+                t -= o;
+            }
+            if !max.is_zero() && (t.is_zero() || t > max) {
+                t = max;
+            }
+            let route = (!t.is_zero()).then_some(t);
+            // What the upstream is told: the per-try timeout when it is shorter.
+            let expected = match (per_try, route) {
+                (Some(p), Some(r)) => Some(p.min(r)),
+                (p, r) => p.or(r),
+            };
+            Limits {
+                route,
+                duration: max_stream,
+                upstream_grpc_timeout: expected,
+            }
+        }
+        StreamLimit::GrpcTimeout { .. } => Limits {
+            route: timeout,
+            duration: max_stream,
+            upstream_grpc_timeout: None,
+        },
+    }
+}
+
+/// A `grpc-timeout` header's value (gRPC over HTTP/2: at most 8 digits and a unit of
+/// `H`, `M`, `S`, `m`, `u` or `n`); sub-millisecond remainders round up, as Envoy's do.
+pub(crate) fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let ms = match unit {
+        b'H' => n * 3_600_000,
+        b'M' => n * 60_000,
+        b'S' => n * 1_000,
+        b'm' => n,
+        b'u' => n.div_ceil(1_000),
+        b'n' => n.div_ceil(1_000_000),
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// `d` as a `grpc-timeout` value: in milliseconds, or the first larger unit whose value
+/// fits the 8 digits.
+pub(crate) fn grpc_timeout_value(d: Duration) -> http::HeaderValue {
+    const MAX: u64 = 99_999_999;
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let text = if ms <= MAX {
+        format!("{ms}m")
+    } else if ms / 1_000 <= MAX {
+        format!("{}S", ms.div_ceil(1_000))
+    } else if ms / 60_000 <= MAX {
+        format!("{}M", ms.div_ceil(60_000))
+    } else {
+        format!("{}H", (ms.div_ceil(3_600_000)).min(MAX))
+    };
+    http::HeaderValue::try_from(text).expect("digits and a letter")
 }
 
 /// A connection's timers for the deadlines of its streams before their responses, kept
@@ -603,6 +753,163 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn grpc_timeouts_parse_and_print_as_grpc_says() {
+        for (text, ms) in [
+            ("1H", Some(3_600_000)),
+            ("2M", Some(120_000)),
+            ("3S", Some(3_000)),
+            ("250m", Some(250)),
+            ("1500u", Some(2)),
+            ("1n", Some(1)),
+            ("0m", Some(0)),
+            ("99999999S", Some(99_999_999_000)),
+            ("123456789m", None),
+            ("10", None),
+            ("m", None),
+            ("-5m", None),
+            ("5s", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                parse_grpc_timeout(text.as_bytes()),
+                ms.map(Duration::from_millis),
+                "{text}"
+            );
+        }
+        for (ms, text) in [
+            (250, "250m"),
+            (99_999_999, "99999999m"),
+            (100_000_000, "100000S"),
+            (100_000_001, "100001S"),
+        ] {
+            assert_eq!(grpc_timeout_value(Duration::from_millis(ms)), text);
+        }
+    }
+
+    /// Envoy's router (`finalTimeout`) and connection manager (`refreshDurationTimeout`),
+    /// case by case: (limit, gRPC, its `grpc-timeout`, per-try) -> (route, duration,
+    /// upstream `grpc-timeout`). The route's `timeout` is 15 s, the connection manager's
+    /// `max_stream_duration` 20 s.
+    #[test]
+    fn stream_limits_follow_envoy() {
+        let s = |n: u64| Some(Duration::from_secs(n));
+        let m = |n: u64| Some(Duration::from_millis(n));
+        let dur = |max, grpc_header_max, grpc_header_offset| StreamLimit::Duration {
+            max,
+            grpc_header_max,
+            grpc_header_offset,
+        };
+        let grpc = |max: u64, offset| StreamLimit::GrpcTimeout {
+            max: Duration::from_millis(max),
+            offset,
+        };
+        type Case = (StreamLimit, bool, Option<Duration>, Option<Duration>);
+        type Want = (Option<Duration>, Option<Duration>, Option<Duration>);
+        let cases: [(&str, Case, Want); 13] = [
+            (
+                "duration: no route timeout, the route's bound",
+                (dur(s(5), None, None), false, None, None),
+                (None, s(5), None),
+            ),
+            (
+                "duration zero: no bound at all",
+                (dur(Some(Duration::ZERO), None, None), false, None, None),
+                (None, None, None),
+            ),
+            (
+                "duration unset: the connection manager's",
+                (dur(None, None, None), false, None, None),
+                (None, s(20), None),
+            ),
+            (
+                "header without header max: ignored",
+                (dur(s(5), None, None), true, m(300), None),
+                (None, s(5), None),
+            ),
+            (
+                "header max: the header",
+                (dur(s(5), s(30), None), true, m(300), None),
+                (None, m(300), None),
+            ),
+            (
+                "header above the max: capped",
+                (dur(None, s(1), None), true, s(3), None),
+                (None, s(1), None),
+            ),
+            (
+                "header max zero: not capped",
+                (dur(None, Some(Duration::ZERO), None), true, s(100), None),
+                (None, s(100), None),
+            ),
+            (
+                "offset taken off",
+                (dur(None, s(30), m(50)), true, m(300), None),
+                (None, m(250), None),
+            ),
+            (
+                "offset beyond the header: expired at once",
+                (dur(None, s(30), m(500)), true, m(300), None),
+                (None, Some(Duration::ZERO), None),
+            ),
+            (
+                "legacy: the header, told upstream",
+                (grpc(0, None), true, m(300), None),
+                (m(300), s(20), m(300)),
+            ),
+            (
+                "legacy without header: no timeout",
+                (grpc(0, None), true, None, None),
+                (None, s(20), None),
+            ),
+            (
+                "legacy: capped, offset, per-try told",
+                (grpc(2000, m(100)), true, s(5), m(700)),
+                (m(2000), s(20), m(700)),
+            ),
+            (
+                "legacy, not gRPC: the route timeout",
+                (grpc(2000, None), false, m(300), None),
+                (s(15), s(20), None),
+            ),
+        ];
+        for (name, (limit, is_grpc, header, per_try), (route, duration, upstream)) in cases {
+            assert_eq!(
+                limits(&limit, s(15), s(20), is_grpc, header, per_try),
+                Limits {
+                    route,
+                    duration,
+                    upstream_grpc_timeout: upstream
+                },
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_duration_runs_from_the_start() {
+        let start = Instant::now();
+        let d = Deadlines {
+            duration: Some(100 * MS),
+            ..Deadlines::default()
+        };
+        let coming = state_at(start, false);
+        assert_eq!(
+            d.check(&coming, start + 40 * MS),
+            Ok(Some(start + 100 * MS))
+        );
+        assert_eq!(
+            d.check(&coming, start + 100 * MS),
+            Err(Expired::Duration(100 * MS, false))
+        );
+        // Received whole: the same bound, now the upstream's delay (504).
+        let whole = state_at(start, true);
+        assert_eq!(
+            d.check(&whole, start + 150 * MS),
+            Err(Expired::Duration(100 * MS, true))
+        );
+    }
 
     fn state_at(start: Instant, done: bool) -> StreamState {
         StreamState::new(start, done)

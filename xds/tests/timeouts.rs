@@ -381,3 +381,137 @@ async fn an_idle_upgraded_connection_is_closed() {
     assert!(closed && rest.is_empty(), "idle tunnel kept: {rest:?}");
     assert!(idle_from.elapsed() >= ms(250), "{:?}", idle_from.elapsed());
 }
+
+/// An upstream that reads request heads, reports each, and never answers.
+async fn recording_stall() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                // Hold the connection, silent, until the proxy gives up on it.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends `request` on a new connection to `port` and reads the answer's first bytes: the
+/// answer and how long it took.
+async fn answer_to(node: &Node, port: u16, request: &[u8]) -> (String, Duration) {
+    let mut s = node.connect(vip(port)).await;
+    s.write_all(request).await.unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no answer within 5 s")
+        .unwrap();
+    (
+        String::from_utf8_lossy(&buf[..n]).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// A route's `max_stream_duration`, as Envoy applies it: the route `timeout` (5 s here) no
+/// longer holds; the stream may last 400 ms from its start (504 once the request was
+/// complete, 408 while it is still coming), and with `grpc_timeout_header_max` a request's
+/// `grpc-timeout` sets that bound instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_stream_duration_bounds_the_stream() {
+    let (up, _heads) = recording_stall().await;
+    let cp = ControlPlane::start().await;
+    let node = node_with(
+        &cp,
+        hcm_listener(
+            18306,
+            "",
+            "5s, max_stream_duration: {max_stream_duration: 0.4s, grpc_timeout_header_max: 0s}",
+        ),
+        up,
+    )
+    .await;
+    let (got, took) = answer_to(&node, 18306, b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 504"), "{got:?}");
+    assert!(got.ends_with("downstream duration timeout\n"), "{got:?}");
+    assert!(took >= ms(350) && took < ms(3000), "{took:?}");
+    let (got, took) = answer_to(
+        &node,
+        18306,
+        b"POST /pkg.Svc/Call HTTP/1.1\r\nhost: web\r\ncontent-type: application/grpc\r\ngrpc-timeout: 150m\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 504"), "{got:?}");
+    assert!(
+        took >= ms(100) && took < ms(350),
+        "grpc-timeout 150m: {took:?}"
+    );
+    let (got, took) = answer_to(
+        &node,
+        18306,
+        b"POST / HTTP/1.1\r\nhost: web\r\ncontent-length: 10\r\n\r\nabc",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(took >= ms(350), "{took:?}");
+    // Envoy flags none of them.
+    assert_eq!(
+        requests_with(&node, &["response_code=\"504\"", "response_flags=\"-\""]),
+        2.0
+    );
+}
+
+/// The deprecated `max_grpc_timeout`: a gRPC request's route timeout is its `grpc-timeout`
+/// (504 `UT` when it passes), capped at the maximum, and the upstream is told the timeout
+/// it gets; a request that is not gRPC keeps the route's `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_grpc_timeout_takes_the_clients_deadline() {
+    let (up, mut heads) = recording_stall().await;
+    let cp = ControlPlane::start().await;
+    let node = node_with(
+        &cp,
+        hcm_listener(18307, "", "0.6s, max_grpc_timeout: 1s"),
+        up,
+    )
+    .await;
+    let grpc = |timeout: &str| {
+        format!(
+            "POST /pkg.Svc/Call HTTP/1.1\r\nhost: web\r\ncontent-type: application/grpc\r\n{timeout}content-length: 0\r\n\r\n"
+        )
+    };
+    let (got, took) = answer_to(&node, 18307, grpc("grpc-timeout: 200m\r\n").as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 504"), "{got:?}");
+    assert!(took >= ms(150) && took < ms(550), "{took:?}");
+    let head = heads.recv().await.unwrap();
+    assert!(head.contains("grpc-timeout: 200m\r\n"), "{head}");
+    // Above the cap: the cap, told upstream.
+    let (got, took) = answer_to(&node, 18307, grpc("grpc-timeout: 30S\r\n").as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 504"), "{got:?}");
+    assert!(took >= ms(900) && took < ms(3000), "{took:?}");
+    let head = heads.recv().await.unwrap();
+    assert!(head.contains("grpc-timeout: 1000m\r\n"), "{head}");
+    // Not gRPC: the route timeout.
+    let (got, took) = answer_to(&node, 18307, b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 504"), "{got:?}");
+    assert!(took >= ms(550) && took < ms(3000), "{took:?}");
+    assert_eq!(
+        requests_with(&node, &["response_code=\"504\"", "response_flags=\"UT\""]),
+        3.0
+    );
+}

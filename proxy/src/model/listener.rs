@@ -111,6 +111,11 @@ pub struct HttpConnectionManager {
     /// (`common_http_protocol_options.idle_timeout`); Envoy default 1 h, `None`: disabled.
     #[serde(serialize_with = "opt_duration_str")]
     pub idle_timeout: Option<Duration>,
+    /// The longest a stream may last from its start
+    /// (`common_http_protocol_options.max_stream_duration`), unless its route says
+    /// otherwise; `None`: no bound (Envoy's default).
+    #[serde(serialize_with = "opt_duration_str")]
+    pub max_stream_duration: Option<Duration>,
     /// Upgrade types (`Upgrade:` header values, lowercase, e.g. `websocket`; `connect` for
     /// the CONNECT method) proxied upstream (`upgrade_configs`); other upgrades are
     /// refused with 403, as in Envoy.

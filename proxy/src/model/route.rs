@@ -214,6 +214,39 @@ pub struct RouteAction {
     /// refused here whatever the connection manager says; an unlisted one is the
     /// connection manager's to decide (Envoy's table in "HTTP upgrades").
     pub upgrades: Vec<RouteUpgrade>,
+    /// `max_stream_duration`, or the deprecated `max_grpc_timeout`: how the route bounds a
+    /// request's time beyond (or instead of) `timeout`.
+    pub stream_limit: Option<StreamLimit>,
+}
+
+/// A route's bound on a request's time other than its `timeout`, as Envoy computes it
+/// (router's `finalTimeout`, connection manager's `refreshDurationTimeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum StreamLimit {
+    /// `max_stream_duration` (Envoy's newer timeouts): with it the route's `timeout` does
+    /// not apply; the stream's whole duration, from its start, is bounded instead.
+    Duration {
+        /// `max_stream_duration`: `None` unset (the connection manager's
+        /// `common_http_protocol_options.max_stream_duration` holds), zero: no bound.
+        #[serde(serialize_with = "opt_duration_str")]
+        max: Option<Duration>,
+        /// `grpc_timeout_header_max`: when set, a request's `grpc-timeout` header is its
+        /// bound, capped at this (zero: not capped).
+        #[serde(serialize_with = "opt_duration_str")]
+        grpc_header_max: Option<Duration>,
+        /// `grpc_timeout_header_offset`: taken off the header's value.
+        #[serde(serialize_with = "opt_duration_str")]
+        grpc_header_offset: Option<Duration>,
+    },
+    /// `max_grpc_timeout` (deprecated): a gRPC request's route timeout is its
+    /// `grpc-timeout` (none: no timeout) less `grpc_timeout_offset`, capped at `max` (zero:
+    /// not capped); the upstream is sent the timeout it gets.
+    GrpcTimeout {
+        #[serde(serialize_with = "duration_str")]
+        max: Duration,
+        #[serde(serialize_with = "opt_duration_str")]
+        offset: Option<Duration>,
+    },
 }
 
 /// One of a route's `upgrade_configs`.
@@ -458,6 +491,7 @@ mod tests {
                 host_rewrite: Some(HostRewrite::Auto),
                 hash_policy: vec![],
                 upgrades: vec![],
+                stream_limit: None,
             }),
             headers: HeaderMutation::default(),
         };
@@ -487,6 +521,7 @@ mod tests {
                     terminate: false,
                 })
                 .collect(),
+            stream_limit: None,
         };
         let hcm = ["websocket".to_string()];
         for (route, kind, want) in [

@@ -175,6 +175,9 @@ fn is_duration_field(k: &str) -> bool {
         || k.ends_with("interval")
         || k.ends_with("_time")
         || k.ends_with("_duration")
+        || k == "grpc_timeout_header_max"
+        || k == "grpc_timeout_header_offset"
+        || k == "grpc_timeout_offset"
         || k == "dns_refresh_rate"
         || k == "dns_failure_refresh_rate"
 }

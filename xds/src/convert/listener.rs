@@ -619,6 +619,7 @@ fn http_connection_manager(
             router_filter(cx, &fp(rest.len()), last);
         }
     }
+    let mut max_stream_duration_of_hcm = None;
     let idle_timeout = match common_http_protocol_options {
         None => Some(ml::DEFAULT_IDLE_TIMEOUT),
         Some(o) => {
@@ -633,7 +634,8 @@ fn http_connection_manager(
             } = o;
             cx.unsupported(&cp, "max_connection_duration", max_connection_duration);
             cx.unsupported(&cp, "max_headers_count", max_headers_count);
-            cx.unsupported(&cp, "max_stream_duration", max_stream_duration);
+            max_stream_duration_of_hcm =
+                cx.timeout(&join(&cp, "max_stream_duration"), max_stream_duration, None);
             cx.unsupported(
                 &cp,
                 "headers_with_underscores_action",
@@ -694,6 +696,7 @@ fn http_connection_manager(
             Some(ml::DEFAULT_STREAM_IDLE_TIMEOUT),
         ),
         idle_timeout,
+        max_stream_duration: max_stream_duration_of_hcm,
         http2: http2_protocol_options
             .as_ref()
             .map(|o| http2_settings(cx, &join(p, "http2_protocol_options"), o))

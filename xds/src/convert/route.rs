@@ -465,13 +465,37 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     cx.unsupported(p, "rate_limits", rate_limits);
     cx.unsupported(p, "include_vh_rate_limits", include_vh_rate_limits);
     cx.unsupported(p, "cors", cors);
-    cx.unsupported(p, "max_grpc_timeout", max_grpc_timeout);
-    cx.unsupported(p, "grpc_timeout_offset", grpc_timeout_offset);
     cx.unsupported(p, "internal_redirect_policy", internal_redirect_policy);
     cx.unsupported(p, "internal_redirect_action", internal_redirect_action);
     cx.unsupported(p, "max_internal_redirects", max_internal_redirects);
     cx.unsupported(p, "hedge_policy", hedge_policy);
-    cx.unsupported(p, "max_stream_duration", max_stream_duration);
+    let stream_limit = match max_stream_duration {
+        // With it, Envoy ignores `max_grpc_timeout` and `grpc_timeout_offset`.
+        Some(m) => {
+            let mp = join(p, "max_stream_duration");
+            let pb::route_action::MaxStreamDuration {
+                max_stream_duration,
+                grpc_timeout_header_max,
+                grpc_timeout_header_offset,
+            } = m;
+            let mut d = |name: &str, v: &Option<xds_api::pb::google::protobuf::Duration>| {
+                v.as_ref().and_then(|v| cx.duration(&join(&mp, name), v))
+            };
+            Some(mr::StreamLimit::Duration {
+                max: d("max_stream_duration", max_stream_duration),
+                grpc_header_max: d("grpc_timeout_header_max", grpc_timeout_header_max),
+                grpc_header_offset: d("grpc_timeout_header_offset", grpc_timeout_header_offset),
+            })
+        }
+        None => max_grpc_timeout.as_ref().and_then(|max| {
+            Some(mr::StreamLimit::GrpcTimeout {
+                max: cx.duration(&join(p, "max_grpc_timeout"), max)?,
+                offset: grpc_timeout_offset
+                    .as_ref()
+                    .and_then(|o| cx.duration(&join(p, "grpc_timeout_offset"), o)),
+            })
+        }),
+    };
     let cluster = match cluster_specifier {
         Some(C::Cluster(c)) if !c.is_empty() => Some(mr::ClusterSpecifier::Cluster(c.clone())),
         Some(C::Cluster(_)) => {
@@ -559,6 +583,7 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
             .enumerate()
             .filter_map(|(i, u)| route_upgrade(cx, &idx(p, "upgrade_configs", i), u))
             .collect(),
+        stream_limit,
     })
 }
 

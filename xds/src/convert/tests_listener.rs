@@ -232,6 +232,7 @@ fn supported_fields() {
                 h.stream_idle_timeout = dur(0, 0);
                 h.common_http_protocol_options = Some(core::HttpProtocolOptions {
                     idle_timeout: dur(60, 0),
+                    max_stream_duration: dur(20, 0),
                     ..Default::default()
                 });
             }),
@@ -240,6 +241,7 @@ fn supported_fields() {
                 assert_eq!(h.request_timeout, Some(Duration::from_secs(3)));
                 assert_eq!(h.stream_idle_timeout, None);
                 assert_eq!(h.idle_timeout, Some(Duration::from_secs(60)));
+                assert_eq!(h.max_stream_duration, Some(Duration::from_secs(20)));
             },
         ),
         (
@@ -437,8 +439,8 @@ fn rejections() {
         ),
         (with_hcm(|h| h.http_filters.clear()), vec![format!("{fc0}.http_filters: the router filter is required")]),
         (
-            with_hcm(|h| h.common_http_protocol_options = Some(core::HttpProtocolOptions { max_stream_duration: dur(1, 0), ..Default::default() })),
-            vec![format!("{fc0}.common_http_protocol_options.max_stream_duration: not supported")],
+            with_hcm(|h| h.common_http_protocol_options = Some(core::HttpProtocolOptions { max_connection_duration: dur(1, 0), ..Default::default() })),
+            vec![format!("{fc0}.common_http_protocol_options.max_connection_duration: not supported")],
         ),
         (with_hcm(|h| h.route_specifier = None), vec![format!("{fc0}.rds: one of `rds` or `route_config` is required")]),
         (

@@ -279,6 +279,7 @@ fn actions() {
             host_rewrite: None,
             hash_policy: vec![],
             upgrades: vec![],
+            stream_limit: None,
         }
     );
     // Everything set.
@@ -464,6 +465,60 @@ fn actions() {
 
 fn protobuf_bool(b: bool) -> xds_api::pb::google::protobuf::BoolValue {
     xds_api::pb::google::protobuf::BoolValue { value: b }
+}
+
+/// `max_stream_duration` (which makes Envoy ignore the deprecated gRPC fields beside it),
+/// else `max_grpc_timeout` with its offset.
+#[test]
+#[allow(deprecated)]
+fn stream_limits() {
+    let limit = |a: pb::RouteAction| action(&one(route(prefix("/"), a))).stream_limit;
+    assert_eq!(
+        limit(pb::RouteAction {
+            max_stream_duration: Some(pb::route_action::MaxStreamDuration {
+                max_stream_duration: dur(0, 0),
+                grpc_timeout_header_max: dur(30, 0),
+                grpc_timeout_header_offset: dur(0, 50_000_000),
+            }),
+            max_grpc_timeout: dur(1, 0),
+            ..to_cluster("c")
+        }),
+        Some(mr::StreamLimit::Duration {
+            max: Some(Duration::ZERO),
+            grpc_header_max: Some(Duration::from_secs(30)),
+            grpc_header_offset: Some(Duration::from_millis(50)),
+        })
+    );
+    assert_eq!(
+        limit(pb::RouteAction {
+            max_stream_duration: Some(Default::default()),
+            ..to_cluster("c")
+        }),
+        Some(mr::StreamLimit::Duration {
+            max: None,
+            grpc_header_max: None,
+            grpc_header_offset: None,
+        })
+    );
+    assert_eq!(
+        limit(pb::RouteAction {
+            max_grpc_timeout: dur(0, 0),
+            grpc_timeout_offset: dur(0, 10_000_000),
+            ..to_cluster("c")
+        }),
+        Some(mr::StreamLimit::GrpcTimeout {
+            max: Duration::ZERO,
+            offset: Some(Duration::from_millis(10)),
+        })
+    );
+    // The offset alone does nothing, as in Envoy.
+    assert_eq!(
+        limit(pb::RouteAction {
+            grpc_timeout_offset: dur(1, 0),
+            ..to_cluster("c")
+        }),
+        None
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@ fn action(cluster: &str) -> Action {
         host_rewrite: None,
         hash_policy: vec![],
         upgrades: vec![],
+        stream_limit: None,
     })
 }
 
