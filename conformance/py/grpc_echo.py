@@ -17,6 +17,8 @@ and exits non-zero on any failure. Modes:
 
 - `unary`: one call, checks the echo.
 - `error`: one call to `Fail`, checks that the status and details came through.
+- `unavailable`: one call to `Unary` that must fail with UNAVAILABLE (no server behind the
+  mesh); reports the details the client was given.
 - `stream`: one bidirectional stream of COUNT messages, each reply checked in order.
 - `balance`: COUNT unary calls, PARALLEL at a time (1: one after the other); reports how
   many each server answered.
@@ -106,6 +108,16 @@ def error_call(ch):
     return False, {"reply": reply.decode(errors="replace")}
 
 
+def unavailable_call(ch):
+    call = ch.unary_unary(UNARY, request_serializer=identity, response_deserializer=identity)
+    try:
+        reply = call(b"x", timeout=TIMEOUT)
+    except grpc.RpcError as e:
+        code, details = e.code().name, e.details()
+        return code == "UNAVAILABLE", {"code": code, "details": details}
+    return False, {"reply": reply.decode(errors="replace")}
+
+
 def stream_call(ch, count):
     call = ch.stream_stream(STREAM, request_serializer=identity, response_deserializer=identity)
     # Requests come from a queue fed after each reply: a true ping-pong over one stream,
@@ -165,6 +177,8 @@ def client(args):
                 ok, extra = unary_call(ch)
             elif args.mode == "error":
                 ok, extra = error_call(ch)
+            elif args.mode == "unavailable":
+                ok, extra = unavailable_call(ch)
             elif args.mode == "stream":
                 ok, extra = stream_call(ch, args.count)
             else:
@@ -185,7 +199,7 @@ def main():
     s.add_argument("--name", required=True)
     c = sub.add_parser("client")
     c.add_argument("--target", required=True, help="HOST:PORT")
-    c.add_argument("--mode", choices=["unary", "error", "stream", "balance"], required=True)
+    c.add_argument("--mode", choices=["unary", "error", "unavailable", "stream", "balance"], required=True)
     c.add_argument("--count", type=int, default=10)
     c.add_argument("--parallel", type=int, default=1, help="balance: calls in flight at once")
     args = p.parse_args()

@@ -1,8 +1,9 @@
 //! L7 end to end through the real `myelin` binary, with real clients and servers in pods:
 //! curl (HTTP/1.1 and `--http2-prior-knowledge`) and h2load against nghttpd (an HTTP/2-only
 //! server, so HTTP/1.1 clients are translated), grpcio clients and servers (unary, an error
-//! status, bidirectional streaming, one connection's calls spread over three endpoints), and
-//! a WebSocket echo (websockets), also over HTTP/2 (python3-h2, RFC 8441).
+//! status, the proxy's own failure as a gRPC status, bidirectional streaming, one
+//! connection's calls spread over three endpoints), and a WebSocket echo (websockets), also
+//! over HTTP/2 (python3-h2, RFC 8441).
 //!
 //! The agent's config carries static Envoy resources, as a control plane would send them:
 //! per service a listener on `0.0.0.0:<port>` with `bind_to_port: false` (it claims captured
@@ -310,7 +311,7 @@ fn grpc_unary_and_bidirectional_streaming_through_the_mesh() -> Result<()> {
     if !ready(&["grpc"]) {
         return Ok(());
     }
-    let (mesh, _servers) = grpc_mesh("l7-grpc", &["greeter"], false)?;
+    let (mesh, mut servers) = grpc_mesh("l7-grpc", &["greeter"], false)?;
     let client = mesh.pod("client");
     let target = vip(GRPC_PORT);
     let ok0 = client_requests(&mesh, "200")?;
@@ -345,6 +346,37 @@ fn grpc_unary_and_bidirectional_streaming_through_the_mesh() -> Result<()> {
         client_requests(&mesh, "200")? - ok0,
         3.0,
         "three gRPC calls (HTTP status 200 whatever their gRPC status)"
+    );
+
+    // The server gone: the proxy's own failure (connection refused, 503 `UF`) reaches the
+    // gRPC client as Envoy sends it, a gRPC local reply: UNAVAILABLE with the reason as the
+    // details (an HTTP 503 would read "Received http2 header with status: 503"), and the
+    // golden metrics report its gRPC status.
+    servers[0].kill()?;
+    let r = py_client(
+        client,
+        "grpc_echo.py",
+        &["--target", &target, "--mode", "unavailable"],
+    )?;
+    assert_eq!(r["code"], "UNAVAILABLE", "{r}");
+    assert!(
+        r["details"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("upstream connect error")),
+        "{r}"
+    );
+    assert_eq!(
+        mesh.metric(
+            "myelin_requests_total",
+            &[
+                ("source_workload", "client"),
+                ("request_protocol", "grpc"),
+                ("response_code", "200"),
+                ("grpc_status", "14"),
+                ("response_flags", "UF"),
+            ],
+        )?,
+        1.0
     );
     Ok(())
 }

@@ -371,8 +371,24 @@ impl ProxyError {
         }
     }
 
-    /// The response sent downstream for this error.
-    pub(crate) fn to_response(&self) -> Response<ProxyBody> {
+    /// The gRPC status of this error's reply to a gRPC request: Envoy's mapping of the HTTP
+    /// status, except DEADLINE_EXCEEDED for a stream past its duration (a `grpc-timeout`
+    /// used up), as Envoy's connection manager says it.
+    pub(crate) fn grpc_status(&self) -> u32 {
+        match self {
+            ProxyError::StreamTimeout(crate::timeout::Expired::Duration(..)) => {
+                grpc::DEADLINE_EXCEEDED
+            }
+            _ => grpc::status_of_http(self.status()),
+        }
+    }
+
+    /// The response sent downstream for this error; to a gRPC request (`grpc`), a gRPC
+    /// local reply ([`grpc_local_reply`]), as Envoy sends its own.
+    pub(crate) fn to_response(&self, grpc: bool) -> Response<ProxyBody> {
+        if grpc {
+            return grpc_local_reply(self.grpc_status(), self.body());
+        }
         let body = self.body();
         let mut resp = Response::new(
             Full::new(Bytes::from_static(body.as_bytes()))
@@ -388,6 +404,62 @@ impl ProxyError {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         resp
     }
+}
+
+/// gRPC status codes a local reply uses.
+pub(crate) mod grpc {
+    use http::StatusCode;
+
+    pub(crate) const UNKNOWN: u32 = 2;
+    pub(crate) const DEADLINE_EXCEEDED: u32 = 4;
+    pub(crate) const PERMISSION_DENIED: u32 = 7;
+    pub(crate) const UNIMPLEMENTED: u32 = 12;
+    pub(crate) const INTERNAL: u32 = 13;
+    pub(crate) const UNAVAILABLE: u32 = 14;
+    pub(crate) const UNAUTHENTICATED: u32 = 16;
+
+    /// The gRPC status an HTTP status stands for (gRPC's "HTTP to gRPC status code
+    /// mapping", as Envoy's `httpToGrpcStatus` has it).
+    pub(crate) fn status_of_http(status: StatusCode) -> u32 {
+        match status.as_u16() {
+            400 => INTERNAL,
+            401 => UNAUTHENTICATED,
+            403 => PERMISSION_DENIED,
+            404 => UNIMPLEMENTED,
+            429 | 502 | 503 | 504 => UNAVAILABLE,
+            _ => UNKNOWN,
+        }
+    }
+}
+
+/// What `grpc-message` escapes: controls, `%` and non-ASCII (gRPC over HTTP/2).
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// A local reply to a gRPC request, as Envoy sends one: trailers-only (`200`,
+/// `content-type: application/grpc`, `grpc-status`, the reply's text in `grpc-message`, no
+/// body), which a gRPC client reads as the call's status where an HTTP error status would
+/// only be guessed at. The golden metrics then see the `grpc-status` (Istio's
+/// `grpc_response_status`) with `response_code` 200, as Istio reports Envoy's.
+pub(crate) fn grpc_local_reply(status: u32, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(status));
+    let message = message.trim_end();
+    if !message.is_empty() {
+        let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string();
+        if let Ok(v) = HeaderValue::try_from(encoded) {
+            headers.insert("grpc-message", v);
+        }
+    }
+    resp
 }
 
 #[cfg(test)]
@@ -421,12 +493,52 @@ mod tests {
             "connecting to upstream 10.0.0.1:80 failed (timeout): no answer within 5s; is the \
              destination up, and is a firewall or network policy dropping the SYN?"
         );
-        let resp = e.to_response();
+        let resp = e.to_response(false);
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             resp.headers()[header::CONTENT_TYPE],
             "text/plain; charset=utf-8"
         );
+    }
+
+    /// To a gRPC request the same errors are trailers-only replies, as Envoy sends them.
+    #[test]
+    fn grpc_requests_get_grpc_local_replies() {
+        let cases = [
+            (ProxyError::connect_timeout(addr(), Duration::from_secs(5)), "14",
+             "upstream connect error or disconnect/reset before headers. reset reason: connection timeout"),
+            (ProxyError::Timeout { addr: addr(), which: "route", timeout: Duration::from_secs(1) }, "14",
+             "upstream request timeout"),
+            (ProxyError::StreamTimeout(crate::timeout::Expired::Duration(Duration::from_secs(1), true)), "4",
+             "downstream duration timeout"),
+            (ProxyError::StreamTimeout(crate::timeout::Expired::StreamIdle(Duration::from_secs(1))), "2",
+             "stream timeout"),
+            (ProxyError::Unrouted { reason: MissReason::NoRoute, detail: "route".into() }, "12", ""),
+            (ProxyError::Denied { addr: addr(), reason: crate::local::Refusal::Denied }, "7",
+             "RBAC: access denied"),
+        ];
+        for (e, status, message) in cases {
+            let resp = e.to_response(true);
+            assert_eq!(resp.status(), StatusCode::OK, "{e}");
+            assert_eq!(
+                resp.headers()[header::CONTENT_TYPE],
+                "application/grpc",
+                "{e}"
+            );
+            assert_eq!(resp.headers()["grpc-status"], status, "{e}");
+            assert_eq!(
+                resp.headers()
+                    .get("grpc-message")
+                    .map(|v| v.to_str().unwrap())
+                    .unwrap_or(""),
+                message,
+                "{e}"
+            );
+            assert!(http_body::Body::is_end_stream(resp.body()), "{e}: a body");
+        }
+        // Non-ASCII and `%` escaped, the rest as it is.
+        let resp = grpc_local_reply(13, "50% caf\u{e9}\n");
+        assert_eq!(resp.headers()["grpc-message"], "50%25 caf%C3%A9");
     }
 
     #[test]

@@ -385,7 +385,7 @@ impl HttpConn {
                         _ => (self.reporter == Reporter::Destination).then_some(self.dst),
                     };
                     let dest = self.destination(None, addr, authority_seen.as_str());
-                    (e.to_response(), e.response_flags(), dest)
+                    (e.to_response(grpc), e.response_flags(), dest)
                 }
             };
             let elapsed = start.elapsed();

@@ -457,7 +457,13 @@ async fn max_stream_duration_bounds_the_stream() {
         b"POST /pkg.Svc/Call HTTP/1.1\r\nhost: web\r\ncontent-type: application/grpc\r\ngrpc-timeout: 150m\r\ncontent-length: 0\r\n\r\n",
     )
     .await;
-    assert!(got.starts_with("HTTP/1.1 504"), "{got:?}");
+    // A gRPC request gets Envoy's gRPC local reply: DEADLINE_EXCEEDED.
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(got.contains("grpc-status: 4\r\n"), "{got:?}");
+    assert!(
+        got.contains("grpc-message: downstream duration timeout\r\n"),
+        "{got:?}"
+    );
     assert!(
         took >= ms(100) && took < ms(350),
         "grpc-timeout 150m: {took:?}"
@@ -473,12 +479,23 @@ async fn max_stream_duration_bounds_the_stream() {
     // Envoy flags none of them.
     assert_eq!(
         requests_with(&node, &["response_code=\"504\"", "response_flags=\"-\""]),
-        2.0
+        1.0
+    );
+    assert_eq!(
+        requests_with(
+            &node,
+            &[
+                "response_code=\"200\"",
+                "grpc_status=\"4\"",
+                "response_flags=\"-\""
+            ]
+        ),
+        1.0
     );
 }
 
 /// The deprecated `max_grpc_timeout`: a gRPC request's route timeout is its `grpc-timeout`
-/// (504 `UT` when it passes), capped at the maximum, and the upstream is told the timeout
+/// (`UT` when it passes: a gRPC local reply, UNAVAILABLE), capped at the maximum, and the upstream is told the timeout
 /// it gets; a request that is not gRPC keeps the route's `timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_grpc_timeout_takes_the_clients_deadline() {
@@ -496,13 +513,15 @@ async fn max_grpc_timeout_takes_the_clients_deadline() {
         )
     };
     let (got, took) = answer_to(&node, 18307, grpc("grpc-timeout: 200m\r\n").as_bytes()).await;
-    assert!(got.starts_with("HTTP/1.1 504"), "{got:?}");
+    // The route timeout's gRPC local reply: UNAVAILABLE, as Envoy maps a 504.
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(got.contains("grpc-status: 14\r\n"), "{got:?}");
     assert!(took >= ms(150) && took < ms(550), "{took:?}");
     let head = heads.recv().await.unwrap();
     assert!(head.contains("grpc-timeout: 200m\r\n"), "{head}");
     // Above the cap: the cap, told upstream.
     let (got, took) = answer_to(&node, 18307, grpc("grpc-timeout: 30S\r\n").as_bytes()).await;
-    assert!(got.starts_with("HTTP/1.1 504"), "{got:?}");
+    assert!(got.contains("grpc-status: 14\r\n"), "{got:?}");
     assert!(took >= ms(900) && took < ms(3000), "{took:?}");
     let head = heads.recv().await.unwrap();
     assert!(head.contains("grpc-timeout: 1000m\r\n"), "{head}");
@@ -512,6 +531,17 @@ async fn max_grpc_timeout_takes_the_clients_deadline() {
     assert!(took >= ms(550) && took < ms(3000), "{took:?}");
     assert_eq!(
         requests_with(&node, &["response_code=\"504\"", "response_flags=\"UT\""]),
-        3.0
+        1.0
+    );
+    assert_eq!(
+        requests_with(
+            &node,
+            &[
+                "response_code=\"200\"",
+                "grpc_status=\"14\"",
+                "response_flags=\"UT\""
+            ]
+        ),
+        2.0
     );
 }
