@@ -786,11 +786,16 @@ fn retry_policy(cx: &mut Cx, p: &str, r: &pb::RetryPolicy) -> Option<mr::RetryPo
     cx.unsupported(p, "per_try_idle_timeout", per_try_idle_timeout);
     cx.unsupported(p, "retry_priority", retry_priority);
     cx.unsupported(p, "retry_options_predicates", retry_options_predicates);
-    cx.unsupported(
-        p,
-        "host_selection_retry_max_attempts",
-        host_selection_retry_max_attempts,
-    );
+    // Envoy picks again, up to this many times, when a host predicate refuses the pick
+    // (default once); Myelin's pick leaves the previous hosts out while others are usable
+    // (`traffic::balance`), so every value acts as an unbounded one. Istio's default retry
+    // policy sets 5.
+    if *host_selection_retry_max_attempts < 0 {
+        cx.reject(
+            join(p, "host_selection_retry_max_attempts"),
+            Reason::Invalid(format!("{host_selection_retry_max_attempts} is negative")),
+        );
+    }
     cx.unsupported(
         p,
         "rate_limited_retry_back_off",

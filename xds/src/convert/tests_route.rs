@@ -307,6 +307,8 @@ fn actions() {
             num_retries: u32v(3),
             per_try_timeout: dur(0, 250_000_000),
             retriable_status_codes: vec![409],
+            // Istio's default retry policy's.
+            host_selection_retry_max_attempts: 5,
             retry_host_predicate: vec![pb::retry_policy::RetryHostPredicate {
                 name: "envoy.retry_host_predicates.previous_hosts".into(),
                 ..Default::default()
@@ -609,11 +611,13 @@ fn rejections() {
                     retry_on: "5xx,sometimes".into(),
                     retry_host_predicate: vec![pb::retry_policy::RetryHostPredicate { name: "envoy.retry_host_predicates.omit_canary_hosts".into(), ..Default::default() }],
                     retriable_status_codes: vec![42],
+                    host_selection_retry_max_attempts: -1,
                     ..Default::default()
                 }),
                 ..to_cluster("c")
             })]),
             vec![
+                format!("{r0}.route.retry_policy.host_selection_retry_max_attempts: -1 is negative"),
                 format!("{r0}.route.retry_policy.retry_on: condition `sometimes` is not supported"),
                 format!("{r0}.route.retry_policy.retry_host_predicate[0]: predicate `envoy.retry_host_predicates.omit_canary_hosts` is not supported"),
                 format!("{r0}.route.retry_policy.retriable_status_codes[0]: 42 is not an HTTP status"),
