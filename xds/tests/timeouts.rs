@@ -54,6 +54,35 @@ filter_chains:
 
 /// An upstream that reads a request head, then writes `answer` and keeps the connection
 /// open without another byte until the test ends (or `delay` first, then `answer`).
+/// Reads an HTTP/1.1 head (through its blank line, with whatever came after it in the same
+/// reads); `None` when the peer closes first.
+async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
+/// Writes a byte every 100 ms for 1.2 s (three idle timeouts of 0.4 s) and checks each
+/// comes back from the echo server behind `s`, after `prefix`.
+async fn chat(s: &mut TcpStream, prefix: &[u8]) {
+    let mut buf = [0u8; 64];
+    for i in 0..12u8 {
+        s.write_all(&[b'a' + i]).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("echo")
+            .unwrap();
+        assert_eq!(&buf[..n], [prefix, &[b'a' + i]].concat(), "round {i}");
+        tokio::time::sleep(ms(100)).await;
+    }
+}
+
 async fn stalling(answer: &'static [u8], delay: Duration) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -63,14 +92,7 @@ async fn stalling(answer: &'static [u8], delay: Duration) -> (SocketAddr, JoinHa
             let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
+            let _ = read_head(&mut s).await;
             tokio::time::sleep(delay).await;
             let _ = s.write_all(answer).await;
             open.push(s);
@@ -273,17 +295,7 @@ filter_chains:
     ));
     let node = node_with(&cp, listener, echo).await;
     let mut s = node.connect(vip(18304)).await;
-    let mut buf = [0u8; 64];
-    // Chatty: a byte every 100 ms for 1.2 s (three idle timeouts).
-    for i in 0..12u8 {
-        s.write_all(&[b'a' + i]).await.unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("echo")
-            .unwrap();
-        assert_eq!(&buf[..n], [b'e', b':', b'a' + i], "round {i}");
-        tokio::time::sleep(ms(100)).await;
-    }
+    chat(&mut s, b"e:").await;
     let idle_from = Instant::now();
     let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
     assert!(
@@ -300,14 +312,10 @@ async fn upgrading_echo() -> (SocketAddr, JoinHandle<()>) {
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
+                let mut buf = [0u8; 1024];
                 let switched = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
                 if s.write_all(switched).await.is_err() {
                     return;
@@ -351,31 +359,16 @@ async fn an_idle_upgraded_connection_is_closed() {
     )
     .await
     .unwrap();
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("the 101")
-            .unwrap();
-        assert!(n > 0, "closed before the 101: {head:?}");
-        head.extend_from_slice(&buf[..n]);
-    }
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut s))
+        .await
+        .expect("the 101")
+        .expect("closed before the 101");
     assert!(
         head.starts_with(b"HTTP/1.1 101"),
         "{:?}",
         String::from_utf8_lossy(&head)
     );
-    // Chatty: a byte every 100 ms for 1.2 s (three idle timeouts).
-    for i in 0..12u8 {
-        s.write_all(&[b'a' + i]).await.unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("echo")
-            .unwrap();
-        assert_eq!(&buf[..n], [b'a' + i], "round {i}");
-        tokio::time::sleep(ms(100)).await;
-    }
+    chat(&mut s, b"").await;
     let idle_from = Instant::now();
     let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
     assert!(closed && rest.is_empty(), "idle tunnel kept: {rest:?}");
@@ -391,16 +384,12 @@ async fn recording_stall() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<
         while let Ok((mut s, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
                 let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
                 // Hold the connection, silent, until the proxy gives up on it.
+                let mut buf = [0u8; 1024];
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
                         return;
