@@ -269,19 +269,25 @@ const GET: &[(&str, &str)] = &[
     (":path", "/"),
 ];
 
+/// Reads the next frame (within 5 s): (type, flags, stream, payload).
+async fn read_frame(io: &mut DuplexStream) -> (u8, u8, u32, Vec<u8>) {
+    let mut h = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut h))
+        .await
+        .expect("a frame in time")
+        .expect("a frame");
+    let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+    let mut p = vec![0; len];
+    io.read_exact(&mut p).await.unwrap();
+    (h[3], h[4], u32::from_be_bytes([h[5], h[6], h[7], h[8]]), p)
+}
+
 /// Reads frames until one of `kind` comes: (flags, stream, payload).
 async fn until(io: &mut DuplexStream, kind: u8) -> (u8, u32, Vec<u8>) {
     loop {
-        let mut h = [0u8; 9];
-        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut h))
-            .await
-            .expect("a frame in time")
-            .expect("a frame");
-        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-        let mut p = vec![0; len];
-        io.read_exact(&mut p).await.unwrap();
-        if h[3] == kind {
-            return (h[4], u32::from_be_bytes([h[5], h[6], h[7], h[8]]), p);
+        let (k, flags, sid, p) = read_frame(io).await;
+        if k == kind {
+            return (flags, sid, p);
         }
     }
 }
@@ -936,16 +942,8 @@ async fn answer_to(frames: &[Vec<u8>]) -> Vec<Answer> {
         .unwrap();
     let mut answers = Vec::new();
     loop {
-        let mut h = [0u8; 9];
-        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut h))
-            .await
-            .expect("a frame in time")
-            .expect("a frame");
-        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-        let mut p = vec![0; len];
-        io.read_exact(&mut p).await.unwrap();
-        let sid = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
-        match h[3] {
+        let (kind, _, sid, p) = read_frame(&mut io).await;
+        match kind {
             RST_STREAM => answers.push(Answer::Rst(sid, code(&p, 0))),
             GOAWAY => answers.push(Answer::Goaway(code(&p, 4))),
             PING => answers.push(Answer::GoesOn),
