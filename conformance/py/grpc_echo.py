@@ -97,25 +97,20 @@ def unary_call(ch):
     return ok, {"reply": reply.decode(errors="replace")}
 
 
+def failing_call(ch, method, want_code):
+    """One call that must fail with `want_code`: (ok, the code and details it got)."""
+    call = ch.unary_unary(method, request_serializer=identity, response_deserializer=identity)
+    try:
+        reply = call(b"x", timeout=TIMEOUT)
+    except grpc.RpcError as e:
+        code, details = e.code().name, e.details()
+        return code == want_code, {"code": code, "details": details}
+    return False, {"reply": reply.decode(errors="replace")}
+
+
 def error_call(ch):
-    call = ch.unary_unary(FAIL, request_serializer=identity, response_deserializer=identity)
-    try:
-        reply = call(b"x", timeout=TIMEOUT)
-    except grpc.RpcError as e:
-        code, details = e.code().name, e.details()
-        ok = code == "NOT_FOUND" and details.endswith(": no such thing")
-        return ok, {"code": code, "details": details}
-    return False, {"reply": reply.decode(errors="replace")}
-
-
-def unavailable_call(ch):
-    call = ch.unary_unary(UNARY, request_serializer=identity, response_deserializer=identity)
-    try:
-        reply = call(b"x", timeout=TIMEOUT)
-    except grpc.RpcError as e:
-        code, details = e.code().name, e.details()
-        return code == "UNAVAILABLE", {"code": code, "details": details}
-    return False, {"reply": reply.decode(errors="replace")}
+    ok, extra = failing_call(ch, FAIL, "NOT_FOUND")
+    return ok and extra.get("details", "").endswith(": no such thing"), extra
 
 
 def stream_call(ch, count):
@@ -178,7 +173,7 @@ def client(args):
             elif args.mode == "error":
                 ok, extra = error_call(ch)
             elif args.mode == "unavailable":
-                ok, extra = unavailable_call(ch)
+                ok, extra = failing_call(ch, UNARY, "UNAVAILABLE")
             elif args.mode == "stream":
                 ok, extra = stream_call(ch, args.count)
             else:
