@@ -118,6 +118,8 @@ pub(crate) struct AccessInfo {
     pub(crate) cluster: Option<Arc<str>>,
     /// Time until the response headers.
     pub(crate) headers_after: std::time::Duration,
+    /// `x-request-id` after the connection manager's rules (none without one).
+    pub(crate) request_id: Option<String>,
 }
 
 impl AccessInfo {
@@ -140,6 +142,7 @@ impl AccessInfo {
             "bytes_sent": r.response_bytes,
             "duration_ms": r.duration.as_secs_f64() * 1000.0,
             "response_headers_ms": self.headers_after.as_secs_f64() * 1000.0,
+            "request_id": self.request_id,
             "downstream": self.downstream.to_string(),
             "original_dst": self.original_dst.to_string(),
             "upstream": self.upstream.map(|u| u.to_string()),

@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use crate::body::{AccessInfo, CountingBody, MeteredBody, RequestBody};
+use crate::conn_manager;
 use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody, ProxyError, Side};
@@ -49,7 +50,7 @@ use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::{DnsLookupFamily, UpstreamProtocol as ClusterProtocol};
 use crate::model::endpoint::EndpointAddress;
-use crate::model::listener::Http2Settings;
+use crate::model::listener::{HeaderHandling, Http2Settings};
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
@@ -69,9 +70,15 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) enum Routing {
     /// To the connection's original destination (no listener claims it).
     Passthrough,
-    /// By the route configuration of the connection's filter chain; upgrades of the
-    /// listed types (`upgrade_configs`) are allowed.
-    Routes(RouteRef, Arc<[String]>),
+    /// By the route configuration of an HTTP connection manager.
+    Routes {
+        /// The route configuration.
+        routes: RouteRef,
+        /// Upgrades of these types (`upgrade_configs`) are allowed.
+        upgrades: Arc<[String]>,
+        /// What the connection manager does to headers itself.
+        headers: Arc<HeaderHandling>,
+    },
 }
 
 /// The route configuration of an HTTP connection manager.
@@ -335,10 +342,20 @@ impl HttpConn {
                                       // service, which needs a `'static` future, holds an `Arc` around it.
     pub(crate) fn handle(
         &self,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
     ) -> impl Future<Output = Response<ServedBody>> + Send + '_ {
         async move {
             let active = self.activity.enter();
+            // The connection manager's own header rules come before anything reads them.
+            // (Downstream TLS is not terminated by a connection manager yet: `false`.)
+            let managed = match &self.routing {
+                Routing::Routes { headers, .. } => {
+                    let facts =
+                        conn_manager::mutate_request(headers, req.headers_mut(), self.peer, false);
+                    Some((headers, facts))
+                }
+                Routing::Passthrough => None,
+            };
             let start = Instant::now();
             // What only the access log and the debug line need.
             let logged = (self.config.access_log
@@ -358,7 +375,7 @@ impl HttpConn {
             ));
             let req = req.map(|b| CountingBody::new(b, stream.clone()));
             let mut deadlines = Deadlines::default();
-            let (resp, flags, dest) = match self.dispatch(req, &stream, &mut deadlines).await {
+            let (mut resp, flags, dest) = match self.dispatch(req, &stream, &mut deadlines).await {
                 Ok(done) => done,
                 Err(e) => {
                     match e.side() {
@@ -388,6 +405,9 @@ impl HttpConn {
                     (e.to_response(grpc), e.response_flags(), dest)
                 }
             };
+            if let Some((headers, facts)) = &managed {
+                conn_manager::mutate_response(headers, resp.headers_mut(), facts);
+            }
             let elapsed = start.elapsed();
             self.count_request(resp.status().as_u16(), flags, elapsed);
             if let Some((method, uri, _)) = &logged {
@@ -437,6 +457,11 @@ impl HttpConn {
                         // this log is off by default.
                         cluster: dest.cluster.clone(),
                         headers_after: elapsed,
+                        request_id: managed
+                            .as_ref()
+                            .and_then(|(_, f)| f.request_id.as_ref())
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
                     });
             let golden = self.golden.clone();
             let destination_too = dest.local.is_some();
@@ -474,7 +499,9 @@ impl HttpConn {
                     let resp = within(&self.timer, *deadlines, stream, self.dst, forwarded).await?;
                     return Ok((resp, "-", dest));
                 }
-                Routing::Routes(r, upgrades) => (r, upgrades),
+                Routing::Routes {
+                    routes, upgrades, ..
+                } => (routes, upgrades),
             };
             let (route_ref, hcm_upgrades) = route_ref;
             // Asked before the route's header mutations.

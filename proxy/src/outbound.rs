@@ -23,7 +23,7 @@ use crate::http::{self, HttpConn, HttpConnParams, RouteRef, Routing, Target};
 use crate::local::Local;
 use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
 use crate::model::listener::{
-    Http2Settings, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
+    HeaderHandling, Http2Settings, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
     DEFAULT_IDLE_TIMEOUT,
 };
 use crate::tcp;
@@ -179,14 +179,18 @@ async fn try_handle(
             ))
             .await
         }
-        Plan::Http(routes, upgrades, timeouts, http2) => {
+        Plan::Http(routes, upgrades, timeouts, http2, headers) => {
             // An HTTP connection manager serves HTTP/1 unless the client opened with the
             // HTTP/2 preface.
             let downstream = match protocol {
                 Protocol::Http2 => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            let routing = Routing::Routes(routes, upgrades);
+            let routing = Routing::Routes {
+                routes,
+                upgrades,
+                headers,
+            };
             Box::pin(serve_http(
                 inner, stream, peer, dst, captured, routing, source, downstream, *timeouts, http2,
                 drain,
@@ -377,8 +381,14 @@ enum Plan {
     /// No listener: HTTP/1 or bytes to the original destination.
     Passthrough,
     /// An HTTP connection manager, the upgrade types it allows, its timeouts (boxed: the
-    /// plan lives in every connection's future) and its HTTP/2 settings.
-    Http(RouteRef, Arc<[String]>, Box<HcmTimeouts>, Http2Settings),
+    /// plan lives in every connection's future), its HTTP/2 settings and header rules.
+    Http(
+        RouteRef,
+        Arc<[String]>,
+        Box<HcmTimeouts>,
+        Http2Settings,
+        Arc<HeaderHandling>,
+    ),
     /// A TCP proxy to a cluster, its idle timeout, and its `tunneling_config`.
     Tcp(TcpCluster, Option<Duration>, Option<Tunneling>),
 }
@@ -429,6 +439,7 @@ fn plan(
             hcm.upgrade_types.clone().into(),
             Box::new(HcmTimeouts::from(&**hcm)),
             hcm.http2,
+            hcm.headers.clone(),
         ),
     })
 }

@@ -3,6 +3,7 @@
 //! listener binds its own port), then a filter chain inside it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -122,6 +123,75 @@ pub struct HttpConnectionManager {
     pub upgrade_types: Vec<String>,
     /// What an HTTP/2 client is told in SETTINGS (`http2_protocol_options`).
     pub http2: Http2Settings,
+    /// What the connection manager itself does to every request's and response's headers.
+    /// Shared: every connection of the listener holds it.
+    pub headers: Arc<HeaderHandling>,
+}
+
+/// What a connection manager does to the headers of every request before its routes see it,
+/// and of every response (upstream or local) before the client does: Envoy's
+/// `ConnectionManagerUtility`. The defaults are Envoy's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeaderHandling {
+    /// `use_remote_address`: the client is the connection's peer (its address is appended
+    /// to `x-forwarded-for`, `x-forwarded-proto` is overwritten); otherwise the client is
+    /// whatever `x-forwarded-for` says (Envoy's default).
+    pub use_remote_address: bool,
+    /// `xff_num_trusted_hops`: proxies in front of this one whose `x-forwarded-for` entries
+    /// are trusted.
+    pub xff_num_trusted_hops: u32,
+    /// `skip_xff_append`: with `use_remote_address`, leave `x-forwarded-for` as it came.
+    pub skip_xff_append: bool,
+    /// `internal_address_config.cidr_ranges`: clients counted as internal (they keep their
+    /// `x-envoy-*` request headers and get `x-envoy-internal: true`). Empty: none is, as in
+    /// Envoy since 1.36.
+    pub internal_cidrs: Vec<CidrRange>,
+    /// `via`: appended to the `via` header of requests and responses.
+    pub via: Option<String>,
+    /// `generate_request_id` (default on): a request without `x-request-id`, or an edge
+    /// request (see [`HeaderHandling::use_remote_address`]) unless
+    /// `preserve_external_request_id`, gets a new UUID.
+    pub generate_request_id: bool,
+    /// `preserve_external_request_id`.
+    pub preserve_external_request_id: bool,
+    /// `always_set_request_id_in_response`: the response carries the request's
+    /// `x-request-id`.
+    pub always_set_request_id_in_response: bool,
+    /// The `server` response header (`server_name`, `server_header_transformation`).
+    pub server: ServerHeader,
+}
+
+impl Default for HeaderHandling {
+    fn default() -> Self {
+        Self {
+            use_remote_address: false,
+            xff_num_trusted_hops: 0,
+            skip_xff_append: false,
+            internal_cidrs: Vec::new(),
+            via: None,
+            generate_request_id: true,
+            preserve_external_request_id: false,
+            always_set_request_id_in_response: false,
+            server: ServerHeader::Overwrite(ServerHeader::DEFAULT_NAME.into()),
+        }
+    }
+}
+
+/// The `server` header of responses (`server_header_transformation`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerHeader {
+    /// `OVERWRITE` (Envoy's default): always this name.
+    Overwrite(String),
+    /// `APPEND_IF_ABSENT`: this name when the upstream sent none.
+    AppendIfAbsent(String),
+    /// `PASS_THROUGH`: the upstream's, or none.
+    PassThrough,
+}
+
+impl ServerHeader {
+    /// `server_name` when the connection manager names none (Envoy's is `envoy`).
+    pub const DEFAULT_NAME: &'static str = "myelin";
 }
 
 /// The HTTP/2 settings a connection manager announces to its clients

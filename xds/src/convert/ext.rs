@@ -318,3 +318,22 @@ pub struct ProtocolConfig {
     #[serde(default, deserialize_with = "present")]
     pub http3_protocol_options: Option<Vec<u8>>,
 }
+
+/// `envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig`, the only request ID extension
+/// (Envoy's default). Both fields are about tracing: read and kept, with no effect until
+/// Myelin traces.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UuidRequestIdConfig {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub pack_trace_reason: Option<protobuf::BoolValue>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub use_request_id_for_trace_sampling: Option<protobuf::BoolValue>,
+}
+named!(
+    UuidRequestIdConfig,
+    "envoy.extensions.request_id.uuid.v3",
+    "UuidRequestIdConfig"
+);

@@ -154,6 +154,8 @@ const WRAPPER_FIELDS: &[&str] = &[
     "override_stream_error_on_invalid_http_message",
     "stream_error_on_invalid_http_message",
     "generate_request_id",
+    "pack_trace_reason",
+    "use_request_id_for_trace_sampling",
     "use_remote_address",
     "max_request_headers_kb",
     "max_requests_per_connection",
@@ -310,6 +312,9 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         }
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => {
             enc::<ext::UpstreamHttpProtocolOptions>(body)
+        }
+        "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig" => {
+            enc::<ext::UuidRequestIdConfig>(body)
         }
         "envoy.config.listener.v3.Listener" => enc::<Listener>(body),
         "envoy.config.route.v3.RouteConfiguration" => enc::<RouteConfiguration>(body),

@@ -518,19 +518,12 @@ fn http_connection_manager(
         ("add_user_agent", add_user_agent.is_some()),
         ("http_protocol_options", http_protocol_options.is_some()),
         ("http3_protocol_options", http3_protocol_options.is_some()),
-        ("server_name", !server_name.is_empty()),
-        (
-            "server_header_transformation",
-            *server_header_transformation != 0,
-        ),
         (
             "scheme_header_transformation",
             scheme_header_transformation.is_some(),
         ),
         ("max_request_headers_kb", max_request_headers_kb.is_some()),
         ("request_headers_timeout", request_headers_timeout.is_some()),
-        ("use_remote_address", use_remote_address.is_some()),
-        ("xff_num_trusted_hops", *xff_num_trusted_hops != 0),
         (
             "original_ip_detection_extensions",
             !original_ip_detection_extensions.is_empty(),
@@ -538,18 +531,6 @@ fn http_connection_manager(
         (
             "early_header_mutation_extensions",
             !early_header_mutation_extensions.is_empty(),
-        ),
-        ("internal_address_config", internal_address_config.is_some()),
-        ("skip_xff_append", *skip_xff_append),
-        ("via", !via.is_empty()),
-        ("generate_request_id", generate_request_id.is_some()),
-        (
-            "preserve_external_request_id",
-            *preserve_external_request_id,
-        ),
-        (
-            "always_set_request_id_in_response",
-            *always_set_request_id_in_response,
         ),
         (
             "forward_client_cert_details",
@@ -570,7 +551,6 @@ fn http_connection_manager(
             "path_with_escaped_slashes_action",
             *path_with_escaped_slashes_action != 0,
         ),
-        ("request_id_extension", request_id_extension.is_some()),
         ("local_reply_config", local_reply_config.is_some()),
         ("strip_matching_host_port", *strip_matching_host_port),
         (
@@ -686,7 +666,25 @@ fn http_connection_manager(
             return None;
         }
     };
+    let headers = header_handling(
+        cx,
+        p,
+        HeaderFields {
+            use_remote_address,
+            xff_num_trusted_hops,
+            skip_xff_append,
+            internal_address_config,
+            via,
+            generate_request_id,
+            preserve_external_request_id,
+            always_set_request_id_in_response,
+            request_id_extension,
+            server_name,
+            server_header_transformation,
+        },
+    );
     Some(ml::HttpConnectionManager {
+        headers: std::sync::Arc::new(headers),
         stat_prefix: stat_prefix.clone(),
         route,
         request_timeout: cx.timeout(&join(p, "request_timeout"), request_timeout, None),
@@ -721,6 +719,97 @@ fn http_connection_manager(
             })
             .collect(),
     })
+}
+
+/// The connection manager fields [`header_handling`] reads.
+struct HeaderFields<'a> {
+    use_remote_address: &'a Option<protobuf::BoolValue>,
+    xff_num_trusted_hops: &'a u32,
+    skip_xff_append: &'a bool,
+    internal_address_config: &'a Option<hcm::http_connection_manager::InternalAddressConfig>,
+    via: &'a String,
+    generate_request_id: &'a Option<protobuf::BoolValue>,
+    preserve_external_request_id: &'a bool,
+    always_set_request_id_in_response: &'a bool,
+    request_id_extension: &'a Option<hcm::RequestIdExtension>,
+    server_name: &'a String,
+    server_header_transformation: &'a i32,
+}
+
+const UUID_REQUEST_ID_URL: &str =
+    "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig";
+
+/// What the connection manager does to request and response headers itself.
+fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandling {
+    use hcm::http_connection_manager::ServerHeaderTransformation as T;
+    let is_header_value = |v: &str| http::HeaderValue::from_str(v).is_ok();
+    let mut internal_cidrs = Vec::new();
+    if let Some(c) = f.internal_address_config {
+        let cp = join(p, "internal_address_config");
+        // `unix_sockets`: Myelin's clients are never on unix sockets, so it changes nothing.
+        for (i, r) in c.cidr_ranges.iter().enumerate() {
+            internal_cidrs.extend(cidr(cx, &idx(&cp, "cidr_ranges", i), r));
+        }
+    }
+    if let Some(ext) = f.request_id_extension {
+        let ep = join(p, "request_id_extension.typed_config");
+        match &ext.typed_config {
+            // Unset: the default, which is the UUID extension.
+            None => {}
+            Some(any) if any.type_url == UUID_REQUEST_ID_URL => {
+                // Tracing fields only: decoded to check them.
+                let _ = cx.decode::<ext::UuidRequestIdConfig>(&ep, UUID_REQUEST_ID_URL, &any.value);
+            }
+            Some(any) => cx.reject(
+                ep,
+                Reason::UnsupportedValue(format!(
+                    "request ID extension `{}` (only the UUID one)",
+                    any.type_url
+                )),
+            ),
+        }
+    }
+    let via = (!f.via.is_empty()).then(|| f.via.clone());
+    if via.as_deref().is_some_and(|v| !is_header_value(v)) {
+        cx.reject(
+            join(p, "via"),
+            Reason::Invalid("not a valid header value".into()),
+        );
+    }
+    let name = if f.server_name.is_empty() {
+        ml::ServerHeader::DEFAULT_NAME.to_owned()
+    } else {
+        if !is_header_value(f.server_name) {
+            cx.reject(
+                join(p, "server_name"),
+                Reason::Invalid("not a valid header value".into()),
+            );
+        }
+        f.server_name.clone()
+    };
+    let server = match T::try_from(*f.server_header_transformation) {
+        Ok(T::Overwrite) => ml::ServerHeader::Overwrite(name),
+        Ok(T::AppendIfAbsent) => ml::ServerHeader::AppendIfAbsent(name),
+        Ok(T::PassThrough) => ml::ServerHeader::PassThrough,
+        Err(_) => {
+            cx.reject(
+                join(p, "server_header_transformation"),
+                Reason::Invalid(format!("unknown value {}", f.server_header_transformation)),
+            );
+            ml::ServerHeader::PassThrough
+        }
+    };
+    ml::HeaderHandling {
+        use_remote_address: f.use_remote_address.as_ref().is_some_and(|b| b.value),
+        xff_num_trusted_hops: *f.xff_num_trusted_hops,
+        skip_xff_append: *f.skip_xff_append,
+        internal_cidrs,
+        via,
+        generate_request_id: f.generate_request_id.as_ref().is_none_or(|b| b.value),
+        preserve_external_request_id: *f.preserve_external_request_id,
+        always_set_request_id_in_response: *f.always_set_request_id_in_response,
+        server,
+    }
 }
 
 fn router_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) {

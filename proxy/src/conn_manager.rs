@@ -1,0 +1,440 @@
+//! What an HTTP connection manager does to headers itself, before its routes see a request
+//! and before the client sees a response: `x-forwarded-for` and `x-forwarded-proto`, the
+//! internal/external decision and the `x-envoy-*` headers it cleans, `x-request-id`, `via`
+//! and `server`. The rules are Envoy's (`ConnectionManagerUtility::mutateRequestHeaders`,
+//! `mutateResponseHeaders`, the UUID request ID extension), configured by
+//! [`HeaderHandling`].
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, SERVER, VIA};
+
+use crate::model::listener::{HeaderHandling, ServerHeader};
+
+/// `x-forwarded-for`.
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `x-request-id`.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+/// Request headers that steer an Envoy (retries, timeouts, tracing), honoured only from
+/// internal clients: removed from every other request, as Envoy does.
+const INTERNAL_ONLY: [&str; 10] = [
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+];
+
+/// Removed from edge requests too: what one Envoy tells the next about its caller.
+const EDGE_ONLY: [&str; 3] = [
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+];
+
+/// What the request side decided, for the response side and the access log.
+#[derive(Debug, Default)]
+pub(crate) struct RequestFacts {
+    /// The request's `x-request-id` after the connection manager's rules.
+    pub(crate) request_id: Option<HeaderValue>,
+}
+
+/// Applies `h` to a request that came on a connection from `peer` (`tls`: over TLS).
+pub(crate) fn mutate_request(
+    h: &HeaderHandling,
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    tls: bool,
+) -> RequestFacts {
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    // Whose request this is: the peer, or what trusted proxies in front of us say.
+    let (client, single_address) = if h.use_remote_address {
+        let single = !headers.contains_key(X_FORWARDED_FOR);
+        let trusted = match h.xff_num_trusted_hops {
+            0 => None,
+            n => last_xff_address(headers, n - 1).0,
+        };
+        if !h.skip_xff_append {
+            append_xff(headers, peer.ip());
+        }
+        headers.insert(X_FORWARDED_PROTO, proto.clone());
+        (Some(trusted.unwrap_or(peer.ip())), single)
+    } else {
+        last_xff_address(headers, h.xff_num_trusted_hops)
+    };
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, proto);
+    }
+    // Internal: exactly one address in `x-forwarded-for` (after the append), and that one
+    // in the configured ranges. Without `x-forwarded-for` and `use_remote_address`, nobody
+    // is internal.
+    let internal =
+        single_address && client.is_some_and(|ip| h.internal_cidrs.iter().any(|c| c.contains(ip)));
+    let edge = !internal && h.use_remote_address;
+    // One pass over the names first: most requests carry no `x-envoy-*` header at all.
+    if headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        headers.remove(X_ENVOY_INTERNAL);
+        if !internal {
+            if edge {
+                for name in EDGE_ONLY {
+                    headers.remove(name);
+                }
+            }
+            for name in INTERNAL_ONLY {
+                headers.remove(name);
+            }
+        }
+    }
+    if internal {
+        headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
+    }
+    if let Some(via) = &h.via {
+        append_via(headers, via);
+    }
+    if edge {
+        if let Some(ip) = client {
+            if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+                headers.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
+            }
+        }
+    }
+    if h.generate_request_id {
+        let keep_external = h.preserve_external_request_id || !edge;
+        let has_id = headers.get(X_REQUEST_ID).is_some_and(|v| !v.is_empty());
+        if !has_id || !keep_external {
+            headers.insert(X_REQUEST_ID, uuid_v4(fastrand::u128(..)));
+        }
+    }
+    RequestFacts {
+        request_id: headers.get(X_REQUEST_ID).cloned(),
+    }
+}
+
+/// Applies `h` to a response (from upstream or the proxy's own) to the request of `facts`.
+pub(crate) fn mutate_response(h: &HeaderHandling, headers: &mut HeaderMap, facts: &RequestFacts) {
+    if h.always_set_request_id_in_response {
+        if let Some(id) = &facts.request_id {
+            headers.insert(X_REQUEST_ID, id.clone());
+        }
+    }
+    if let Some(via) = &h.via {
+        append_via(headers, via);
+    }
+    match &h.server {
+        ServerHeader::Overwrite(name) => {
+            if let Ok(v) = HeaderValue::from_str(name) {
+                headers.insert(SERVER, v);
+            }
+        }
+        ServerHeader::AppendIfAbsent(name) => {
+            if !headers.contains_key(SERVER) {
+                if let Ok(v) = HeaderValue::from_str(name) {
+                    headers.insert(SERVER, v);
+                }
+            }
+        }
+        ServerHeader::PassThrough => {}
+    }
+}
+
+/// The address `skip` entries from the right of `x-forwarded-for` (all its lines as one
+/// list), if there are that many and it parses; and whether the list has exactly one entry.
+fn last_xff_address(headers: &HeaderMap, skip: u32) -> (Option<IpAddr>, bool) {
+    let mut entries = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    let single = entries.len() == 1;
+    let skip = skip as usize;
+    if entries.len() <= skip {
+        return (None, false);
+    }
+    entries.truncate(entries.len() - skip);
+    let ip = entries.last().and_then(|e| e.parse::<IpAddr>().ok());
+    (ip, single)
+}
+
+/// Appends `ip` to `x-forwarded-for` (one header, comma-separated, as Envoy writes it).
+fn append_xff(headers: &mut HeaderMap, ip: IpAddr) {
+    append_listed(headers, X_FORWARDED_FOR, &ip.to_string());
+}
+
+fn append_via(headers: &mut HeaderMap, via: &str) {
+    append_listed(headers, VIA, via);
+}
+
+/// `name: <existing lines joined with ", ">, value`.
+fn append_listed(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let joined = {
+        let existing = headers
+            .get_all(&name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .collect::<Vec<_>>();
+        if existing.is_empty() {
+            value.to_owned()
+        } else {
+            format!("{}, {value}", existing.join(", "))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name, v);
+    }
+}
+
+/// `bits` as an RFC 4122 version 4 UUID (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`), the form
+/// of Envoy's request IDs. Not from a cryptographic generator: a request ID names a request,
+/// it guards nothing (fastrand's per-thread generator is seeded from the OS at start).
+fn uuid_v4(bits: u128) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let mut out = [0u8; 36];
+    let mut nibble = 32;
+    for (i, b) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *b = b'-';
+            continue;
+        }
+        nibble -= 1;
+        *b = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::listener::CidrRange;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn get<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
+        h.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    const PEER: &str = "10.1.2.3:40000";
+
+    fn cidr(s: &str) -> CidrRange {
+        let (a, l) = s.split_once('/').unwrap();
+        CidrRange {
+            address: a.parse().unwrap(),
+            prefix_len: l.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        for bits in [0, u128::MAX, 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef] {
+            let v = uuid_v4(bits);
+            let s = v.to_str().unwrap();
+            assert_eq!(s.len(), 36, "{s}");
+            let parts: Vec<_> = s.split('-').map(str::len).collect();
+            assert_eq!(parts, [8, 4, 4, 4, 12], "{s}");
+            assert_eq!(&s[14..15], "4", "version nibble: {s}");
+            assert!("89ab".contains(&s[19..20]), "variant nibble: {s}");
+        }
+        assert_eq!(
+            uuid_v4(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+            "01234567-89ab-4def-8123-456789abcdef"
+        );
+        assert_ne!(uuid_v4(fastrand::u128(..)), uuid_v4(fastrand::u128(..)));
+    }
+
+    /// Envoy's defaults: the client is whoever `x-forwarded-for` names, nothing is
+    /// appended, a request ID is added when missing and kept when present.
+    #[test]
+    fn defaults_keep_forwarded_headers_and_add_what_is_missing() {
+        let h = HeaderHandling::default();
+        let mut req = headers(&[]);
+        let facts = mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        assert_eq!(get(&req, "x-forwarded-for"), None);
+        assert_eq!(get(&req, "x-forwarded-proto"), Some("http"));
+        let id = get(&req, "x-request-id").expect("generated").to_owned();
+        assert_eq!(facts.request_id.as_ref().unwrap(), id.as_str());
+
+        let mut req = headers(&[
+            ("x-forwarded-for", "192.0.2.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "abc"),
+            ("x-envoy-retry-on", "5xx"),
+            ("x-envoy-internal", "true"),
+            ("x-envoy-downstream-service-cluster", "front"),
+        ]);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        assert_eq!(get(&req, "x-forwarded-for"), Some("192.0.2.7"));
+        assert_eq!(get(&req, "x-forwarded-proto"), Some("https"));
+        assert_eq!(get(&req, "x-request-id"), Some("abc"));
+        // No internal ranges: nobody is internal, so the steering headers go, and the
+        // claim of being internal with them. Not an edge request: the caller's name stays.
+        assert_eq!(get(&req, "x-envoy-retry-on"), None);
+        assert_eq!(get(&req, "x-envoy-internal"), None);
+        assert_eq!(
+            get(&req, "x-envoy-downstream-service-cluster"),
+            Some("front")
+        );
+        assert_eq!(get(&req, "x-envoy-external-address"), None);
+    }
+
+    #[test]
+    fn remote_address_is_appended_and_makes_edge_requests() {
+        let h = HeaderHandling {
+            use_remote_address: true,
+            ..HeaderHandling::default()
+        };
+        let mut req = headers(&[
+            ("x-forwarded-for", "192.0.2.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "from-outside"),
+            ("x-envoy-downstream-service-cluster", "spoofed"),
+        ]);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        assert_eq!(get(&req, "x-forwarded-for"), Some("192.0.2.7, 10.1.2.3"));
+        // Overwritten: the connection says what the scheme was.
+        assert_eq!(get(&req, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&req, "x-envoy-external-address"), Some("10.1.2.3"));
+        assert_eq!(get(&req, "x-envoy-downstream-service-cluster"), None);
+        let id = get(&req, "x-request-id").unwrap();
+        assert_ne!(id, "from-outside", "an edge request gets a new ID");
+        assert_eq!(id.len(), 36);
+
+        let preserving = HeaderHandling {
+            preserve_external_request_id: true,
+            skip_xff_append: true,
+            ..h.clone()
+        };
+        let mut req = headers(&[("x-request-id", "from-outside")]);
+        mutate_request(&preserving, &mut req, PEER.parse().unwrap(), true);
+        assert_eq!(get(&req, "x-request-id"), Some("from-outside"));
+        assert_eq!(get(&req, "x-forwarded-for"), None);
+        assert_eq!(get(&req, "x-forwarded-proto"), Some("https"));
+    }
+
+    #[test]
+    fn trusted_hops_pick_the_client_from_the_right() {
+        // Two proxies we trust appended the last two entries: the client is the third
+        // from the right.
+        let h = HeaderHandling {
+            use_remote_address: true,
+            xff_num_trusted_hops: 2,
+            internal_cidrs: vec![cidr("203.0.113.0/24")],
+            ..HeaderHandling::default()
+        };
+        let mut req = headers(&[("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.0.0.1")]);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        assert_eq!(get(&req, "x-envoy-external-address"), Some("203.0.113.9"));
+        assert_eq!(
+            get(&req, "x-forwarded-for"),
+            Some("198.51.100.1, 203.0.113.9, 10.0.0.1, 10.1.2.3")
+        );
+        // Not internal: the list had more than one entry.
+        assert_eq!(get(&req, "x-envoy-internal"), None);
+
+        // Without use_remote_address, the hops count from the right of the list as it came.
+        let h = HeaderHandling {
+            xff_num_trusted_hops: 1,
+            ..HeaderHandling::default()
+        };
+        assert_eq!(
+            last_xff_address(&req, 1).0,
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(last_xff_address(&headers(&[]), 0), (None, false));
+        assert_eq!(
+            last_xff_address(&headers(&[("x-forwarded-for", "garbage")]), 0),
+            (None, true)
+        );
+        let mut req = headers(&[("x-forwarded-for", "a"), ("x-forwarded-for", "192.0.2.1")]);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        assert_eq!(get(&req, "x-envoy-external-address"), None);
+    }
+
+    #[test]
+    fn internal_clients_keep_their_steering_headers() {
+        let h = HeaderHandling {
+            use_remote_address: true,
+            internal_cidrs: vec![cidr("10.0.0.0/8")],
+            ..HeaderHandling::default()
+        };
+        let mut req = headers(&[("x-envoy-retry-on", "5xx"), ("x-request-id", "mine")]);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        assert_eq!(get(&req, "x-envoy-internal"), Some("true"));
+        assert_eq!(get(&req, "x-envoy-retry-on"), Some("5xx"));
+        assert_eq!(get(&req, "x-request-id"), Some("mine"));
+        assert_eq!(get(&req, "x-envoy-external-address"), None);
+        // The same client from outside the ranges is external.
+        let mut req = headers(&[("x-envoy-retry-on", "5xx")]);
+        mutate_request(&h, &mut req, "192.0.2.1:1".parse().unwrap(), false);
+        assert_eq!(get(&req, "x-envoy-internal"), None);
+        assert_eq!(get(&req, "x-envoy-retry-on"), None);
+    }
+
+    #[test]
+    fn via_server_and_request_id_on_the_way_back() {
+        let h = HeaderHandling {
+            via: Some("1.1 myelin".into()),
+            always_set_request_id_in_response: true,
+            ..HeaderHandling::default()
+        };
+        let mut req = headers(&[("via", "1.0 fred")]);
+        let facts = mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        assert_eq!(get(&req, "via"), Some("1.0 fred, 1.1 myelin"));
+        let mut resp = headers(&[("server", "nginx")]);
+        mutate_response(&h, &mut resp, &facts);
+        assert_eq!(get(&resp, "server"), Some(ServerHeader::DEFAULT_NAME));
+        assert_eq!(get(&resp, "via"), Some("1.1 myelin"));
+        assert_eq!(
+            resp.get("x-request-id"),
+            facts.request_id.as_ref(),
+            "the request's ID"
+        );
+
+        for (server, upstream, want) in [
+            (
+                ServerHeader::AppendIfAbsent("s".into()),
+                Some("nginx"),
+                Some("nginx"),
+            ),
+            (ServerHeader::AppendIfAbsent("s".into()), None, Some("s")),
+            (ServerHeader::PassThrough, Some("nginx"), Some("nginx")),
+            (ServerHeader::PassThrough, None, None),
+            (ServerHeader::Overwrite("s".into()), None, Some("s")),
+        ] {
+            let h = HeaderHandling {
+                server: server.clone(),
+                ..HeaderHandling::default()
+            };
+            let mut resp = headers(
+                &upstream
+                    .map(|u| ("server", u))
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            );
+            mutate_response(&h, &mut resp, &RequestFacts::default());
+            assert_eq!(get(&resp, "server"), want, "{server:?} {upstream:?}");
+            assert_eq!(get(&resp, "x-request-id"), None);
+        }
+    }
+}
