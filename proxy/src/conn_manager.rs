@@ -50,11 +50,14 @@ pub(crate) struct RequestFacts {
 }
 
 /// Applies `h` to a request that came on a connection from `peer` (`tls`: over TLS).
+/// `keep_id`: the caller wants the request ID in the facts (the access log); the response
+/// side takes it when `h` says so.
 pub(crate) fn mutate_request(
     h: &HeaderHandling,
     headers: &mut HeaderMap,
     peer: SocketAddr,
     tls: bool,
+    keep_id: bool,
 ) -> RequestFacts {
     let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
     // Whose request this is: the peer, or what trusted proxies in front of us say.
@@ -99,7 +102,7 @@ pub(crate) fn mutate_request(
         headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
     }
     if let Some(via) = &h.via {
-        append_via(headers, via);
+        append_listed(headers, VIA, via.value());
     }
     if edge {
         if let Some(ip) = client {
@@ -116,7 +119,10 @@ pub(crate) fn mutate_request(
         }
     }
     RequestFacts {
-        request_id: headers.get(X_REQUEST_ID).cloned(),
+        // A clone of a generated value is a copy's worth of bookkeeping: only on demand.
+        request_id: (keep_id || h.always_set_request_id_in_response)
+            .then(|| headers.get(X_REQUEST_ID).cloned())
+            .flatten(),
     }
 }
 
@@ -128,19 +134,15 @@ pub(crate) fn mutate_response(h: &HeaderHandling, headers: &mut HeaderMap, facts
         }
     }
     if let Some(via) = &h.via {
-        append_via(headers, via);
+        append_listed(headers, VIA, via.value());
     }
     match &h.server {
         ServerHeader::Overwrite(name) => {
-            if let Ok(v) = HeaderValue::from_str(name) {
-                headers.insert(SERVER, v);
-            }
+            headers.insert(SERVER, name.value().clone());
         }
         ServerHeader::AppendIfAbsent(name) => {
             if !headers.contains_key(SERVER) {
-                if let Ok(v) = HeaderValue::from_str(name) {
-                    headers.insert(SERVER, v);
-                }
+                headers.insert(SERVER, name.value().clone());
             }
         }
         ServerHeader::PassThrough => {}
@@ -150,50 +152,59 @@ pub(crate) fn mutate_response(h: &HeaderHandling, headers: &mut HeaderMap, facts
 /// The address `skip` entries from the right of `x-forwarded-for` (all its lines as one
 /// list), if there are that many and it parses; and whether the list has exactly one entry.
 fn last_xff_address(headers: &HeaderMap, skip: u32) -> (Option<IpAddr>, bool) {
-    let mut entries = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    let single = entries.len() == 1;
+    let entries = || {
+        headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+    };
+    let count = entries().count();
     let skip = skip as usize;
-    if entries.len() <= skip {
+    if count <= skip {
         return (None, false);
     }
-    entries.truncate(entries.len() - skip);
-    let ip = entries.last().and_then(|e| e.parse::<IpAddr>().ok());
-    (ip, single)
+    let ip = entries()
+        .nth(count - 1 - skip)
+        .and_then(|e| e.parse::<IpAddr>().ok());
+    (ip, count == 1)
 }
 
 /// Appends `ip` to `x-forwarded-for` (one header, comma-separated, as Envoy writes it).
 fn append_xff(headers: &mut HeaderMap, ip: IpAddr) {
-    append_listed(headers, X_FORWARDED_FOR, &ip.to_string());
-}
-
-fn append_via(headers: &mut HeaderMap, via: &str) {
-    append_listed(headers, VIA, via);
+    match HeaderValue::from_str(&ip.to_string()) {
+        Ok(v) => append_listed(headers, X_FORWARDED_FOR, &v),
+        Err(_) => unreachable!("an IP address is a valid header value"),
+    }
 }
 
 /// `name: <existing lines joined with ", ">, value`.
-fn append_listed(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let joined = {
-        let existing = headers
-            .get_all(&name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .collect::<Vec<_>>();
-        if existing.is_empty() {
-            value.to_owned()
-        } else {
-            format!("{}, {value}", existing.join(", "))
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
+fn append_listed(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
+    let existing = headers
+        .get_all(&name)
+        .iter()
+        .filter(|v| !v.is_empty())
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>();
+    if existing.is_empty() {
+        headers.insert(name, value.clone());
+        return;
+    }
+    let mut joined = existing.join(&b", "[..]);
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(value.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(name, v);
     }
+}
+
+/// IDs are cut from one buffer per thread, [`ID_CHUNK`] at a time: a request's ID then costs
+/// no allocation of its own (a chunk is freed when the last ID cut from it is).
+const ID_CHUNK: usize = 64;
+
+thread_local! {
+    static IDS: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }
 
 /// `bits` as an RFC 4122 version 4 UUID (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`), the form
@@ -212,13 +223,21 @@ fn uuid_v4(bits: u128) -> HeaderValue {
         nibble -= 1;
         *b = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+    let id = IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if ids.capacity() < out.len() {
+            *ids = bytes::BytesMut::with_capacity(out.len() * ID_CHUNK);
+        }
+        ids.extend_from_slice(&out);
+        ids.split_to(out.len()).freeze()
+    });
+    HeaderValue::from_maybe_shared(id).expect("hex digits and dashes are a valid header value")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::listener::CidrRange;
+    use crate::model::listener::{CidrRange, HeaderText};
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -269,7 +288,7 @@ mod tests {
     fn defaults_keep_forwarded_headers_and_add_what_is_missing() {
         let h = HeaderHandling::default();
         let mut req = headers(&[]);
-        let facts = mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        let facts = mutate_request(&h, &mut req, PEER.parse().unwrap(), false, true);
         assert_eq!(get(&req, "x-forwarded-for"), None);
         assert_eq!(get(&req, "x-forwarded-proto"), Some("http"));
         let id = get(&req, "x-request-id").expect("generated").to_owned();
@@ -283,7 +302,7 @@ mod tests {
             ("x-envoy-internal", "true"),
             ("x-envoy-downstream-service-cluster", "front"),
         ]);
-        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false, true);
         assert_eq!(get(&req, "x-forwarded-for"), Some("192.0.2.7"));
         assert_eq!(get(&req, "x-forwarded-proto"), Some("https"));
         assert_eq!(get(&req, "x-request-id"), Some("abc"));
@@ -310,7 +329,7 @@ mod tests {
             ("x-request-id", "from-outside"),
             ("x-envoy-downstream-service-cluster", "spoofed"),
         ]);
-        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false, true);
         assert_eq!(get(&req, "x-forwarded-for"), Some("192.0.2.7, 10.1.2.3"));
         // Overwritten: the connection says what the scheme was.
         assert_eq!(get(&req, "x-forwarded-proto"), Some("http"));
@@ -326,7 +345,7 @@ mod tests {
             ..h.clone()
         };
         let mut req = headers(&[("x-request-id", "from-outside")]);
-        mutate_request(&preserving, &mut req, PEER.parse().unwrap(), true);
+        mutate_request(&preserving, &mut req, PEER.parse().unwrap(), true, true);
         assert_eq!(get(&req, "x-request-id"), Some("from-outside"));
         assert_eq!(get(&req, "x-forwarded-for"), None);
         assert_eq!(get(&req, "x-forwarded-proto"), Some("https"));
@@ -343,7 +362,7 @@ mod tests {
             ..HeaderHandling::default()
         };
         let mut req = headers(&[("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.0.0.1")]);
-        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false, true);
         assert_eq!(get(&req, "x-envoy-external-address"), Some("203.0.113.9"));
         assert_eq!(
             get(&req, "x-forwarded-for"),
@@ -367,7 +386,7 @@ mod tests {
             (None, true)
         );
         let mut req = headers(&[("x-forwarded-for", "a"), ("x-forwarded-for", "192.0.2.1")]);
-        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false, true);
         assert_eq!(get(&req, "x-envoy-external-address"), None);
     }
 
@@ -379,14 +398,14 @@ mod tests {
             ..HeaderHandling::default()
         };
         let mut req = headers(&[("x-envoy-retry-on", "5xx"), ("x-request-id", "mine")]);
-        mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        mutate_request(&h, &mut req, PEER.parse().unwrap(), false, true);
         assert_eq!(get(&req, "x-envoy-internal"), Some("true"));
         assert_eq!(get(&req, "x-envoy-retry-on"), Some("5xx"));
         assert_eq!(get(&req, "x-request-id"), Some("mine"));
         assert_eq!(get(&req, "x-envoy-external-address"), None);
         // The same client from outside the ranges is external.
         let mut req = headers(&[("x-envoy-retry-on", "5xx")]);
-        mutate_request(&h, &mut req, "192.0.2.1:1".parse().unwrap(), false);
+        mutate_request(&h, &mut req, "192.0.2.1:1".parse().unwrap(), false, true);
         assert_eq!(get(&req, "x-envoy-internal"), None);
         assert_eq!(get(&req, "x-envoy-retry-on"), None);
     }
@@ -394,12 +413,12 @@ mod tests {
     #[test]
     fn via_server_and_request_id_on_the_way_back() {
         let h = HeaderHandling {
-            via: Some("1.1 myelin".into()),
+            via: HeaderText::new("1.1 myelin"),
             always_set_request_id_in_response: true,
             ..HeaderHandling::default()
         };
         let mut req = headers(&[("via", "1.0 fred")]);
-        let facts = mutate_request(&h, &mut req, PEER.parse().unwrap(), false);
+        let facts = mutate_request(&h, &mut req, PEER.parse().unwrap(), false, true);
         assert_eq!(get(&req, "via"), Some("1.0 fred, 1.1 myelin"));
         let mut resp = headers(&[("server", "nginx")]);
         mutate_response(&h, &mut resp, &facts);
@@ -413,14 +432,22 @@ mod tests {
 
         for (server, upstream, want) in [
             (
-                ServerHeader::AppendIfAbsent("s".into()),
+                ServerHeader::AppendIfAbsent(HeaderText::new("s").unwrap()),
                 Some("nginx"),
                 Some("nginx"),
             ),
-            (ServerHeader::AppendIfAbsent("s".into()), None, Some("s")),
+            (
+                ServerHeader::AppendIfAbsent(HeaderText::new("s").unwrap()),
+                None,
+                Some("s"),
+            ),
             (ServerHeader::PassThrough, Some("nginx"), Some("nginx")),
             (ServerHeader::PassThrough, None, None),
-            (ServerHeader::Overwrite("s".into()), None, Some("s")),
+            (
+                ServerHeader::Overwrite(HeaderText::new("s").unwrap()),
+                None,
+                Some("s"),
+            ),
         ] {
             let h = HeaderHandling {
                 server: server.clone(),

@@ -221,7 +221,8 @@ pub(crate) fn parse_response_head(
         kept.push((name, start..start + h.value.len()));
     }
     let head = buf.split_to(n).freeze();
-    let mut headers = HeaderMap::with_capacity(kept.len());
+    // Room for the `server` header a connection manager writes.
+    let mut headers = HeaderMap::with_capacity(kept.len() + 1);
     for (name, range) in kept {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| WireError::Header(name.as_str().to_owned()))?;
@@ -363,7 +364,9 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHea
             .map_err(|_| Unserved("request target"))?;
         *req.method_mut() = method;
         let headers = req.headers_mut();
-        headers.reserve(kept.len());
+        // Room for what the connection manager adds to most requests (`x-forwarded-proto`,
+        // `x-request-id`) without growing the map again.
+        headers.reserve(kept.len() + 2);
         for (name, range) in kept {
             let value = HeaderValue::from_maybe_shared(head.slice(range))
                 .map_err(|_| Unserved("header"))?;

@@ -350,8 +350,13 @@ impl HttpConn {
             // (Downstream TLS is not terminated by a connection manager yet: `false`.)
             let managed = match &self.routing {
                 Routing::Routes { headers, .. } => {
-                    let facts =
-                        conn_manager::mutate_request(headers, req.headers_mut(), self.peer, false);
+                    let facts = conn_manager::mutate_request(
+                        headers,
+                        req.headers_mut(),
+                        self.peer,
+                        false,
+                        self.config.access_log,
+                    );
                     Some((headers, facts))
                 }
                 Routing::Passthrough => None,

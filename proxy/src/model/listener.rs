@@ -147,7 +147,7 @@ pub struct HeaderHandling {
     /// Envoy since 1.36.
     pub internal_cidrs: Vec<CidrRange>,
     /// `via`: appended to the `via` header of requests and responses.
-    pub via: Option<String>,
+    pub via: Option<HeaderText>,
     /// `generate_request_id` (default on): a request without `x-request-id`, or an edge
     /// request (see [`HeaderHandling::use_remote_address`]) unless
     /// `preserve_external_request_id`, gets a new UUID.
@@ -172,7 +172,7 @@ impl Default for HeaderHandling {
             generate_request_id: true,
             preserve_external_request_id: false,
             always_set_request_id_in_response: false,
-            server: ServerHeader::Overwrite(ServerHeader::DEFAULT_NAME.into()),
+            server: ServerHeader::Overwrite(HeaderText::from_static(ServerHeader::DEFAULT_NAME)),
         }
     }
 }
@@ -182,9 +182,9 @@ impl Default for HeaderHandling {
 #[serde(rename_all = "snake_case")]
 pub enum ServerHeader {
     /// `OVERWRITE` (Envoy's default): always this name.
-    Overwrite(String),
+    Overwrite(HeaderText),
     /// `APPEND_IF_ABSENT`: this name when the upstream sent none.
-    AppendIfAbsent(String),
+    AppendIfAbsent(HeaderText),
     /// `PASS_THROUGH`: the upstream's, or none.
     PassThrough,
 }
@@ -192,6 +192,39 @@ pub enum ServerHeader {
 impl ServerHeader {
     /// `server_name` when the connection manager names none (Envoy's is `envoy`).
     pub const DEFAULT_NAME: &'static str = "myelin";
+}
+
+/// A header value from config, checked once when the config is built: a request clones it
+/// (a reference count), it does not parse or copy it. Shown as its text in `/config_dump`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderText(http::HeaderValue);
+
+impl HeaderText {
+    /// `text`, if it is a valid header value.
+    pub fn new(text: &str) -> Option<Self> {
+        http::HeaderValue::from_str(text).ok().map(Self)
+    }
+
+    /// A constant value (it must be a valid header value).
+    pub const fn from_static(text: &'static str) -> Self {
+        Self(http::HeaderValue::from_static(text))
+    }
+
+    /// The value.
+    pub fn value(&self) -> &http::HeaderValue {
+        &self.0
+    }
+
+    /// The value as text (a valid header value is visible ASCII or more).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl Serialize for HeaderText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// The HTTP/2 settings a connection manager announces to its clients

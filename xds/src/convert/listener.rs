@@ -742,7 +742,6 @@ const UUID_REQUEST_ID_URL: &str =
 /// What the connection manager does to request and response headers itself.
 fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandling {
     use hcm::http_connection_manager::ServerHeaderTransformation as T;
-    let is_header_value = |v: &str| http::HeaderValue::from_str(v).is_ok();
     let mut internal_cidrs = Vec::new();
     if let Some(c) = f.internal_address_config {
         let cp = join(p, "internal_address_config");
@@ -769,23 +768,24 @@ fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandl
             ),
         }
     }
-    let via = (!f.via.is_empty()).then(|| f.via.clone());
-    if via.as_deref().is_some_and(|v| !is_header_value(v)) {
-        cx.reject(
-            join(p, "via"),
-            Reason::Invalid("not a valid header value".into()),
-        );
-    }
-    let name = if f.server_name.is_empty() {
-        ml::ServerHeader::DEFAULT_NAME.to_owned()
-    } else {
-        if !is_header_value(f.server_name) {
+    let mut text = |field: &str, value: &str| {
+        let t = ml::HeaderText::new(value);
+        if t.is_none() {
             cx.reject(
-                join(p, "server_name"),
+                join(p, field),
                 Reason::Invalid("not a valid header value".into()),
             );
         }
-        f.server_name.clone()
+        t
+    };
+    let via = match f.via.as_str() {
+        "" => None,
+        v => text("via", v),
+    };
+    let name = match f.server_name.as_str() {
+        "" => ml::HeaderText::from_static(ml::ServerHeader::DEFAULT_NAME),
+        n => text("server_name", n)
+            .unwrap_or_else(|| ml::HeaderText::from_static(ml::ServerHeader::DEFAULT_NAME)),
     };
     let server = match T::try_from(*f.server_header_transformation) {
         Ok(T::Overwrite) => ml::ServerHeader::Overwrite(name),

@@ -95,11 +95,81 @@ fn supported_fields() {
             assert_eq!(h.stream_idle_timeout, Some(Duration::from_secs(300)));
             assert_eq!(h.idle_timeout, Some(Duration::from_secs(3600)));
             assert_eq!(h.http2, ml::Http2Settings::default());
+            assert_eq!(*h.headers, ml::HeaderHandling::default());
+            assert!(
+                h.headers.generate_request_id,
+                "Envoy generates request IDs by default"
+            );
             assert_eq!(
                 m.filter_chains[0].filter_chain_match,
                 ml::FilterChainMatch::default()
             );
         }),
+        (
+            // What istiod sets on a sidecar's connection managers, and the rest of the
+            // header rules.
+            "header handling",
+            with_hcm(|h| {
+                h.use_remote_address = boolv(true);
+                h.xff_num_trusted_hops = 2;
+                h.skip_xff_append = true;
+                h.internal_address_config =
+                    Some(hcm::http_connection_manager::InternalAddressConfig {
+                        unix_sockets: false,
+                        cidr_ranges: vec![core::CidrRange {
+                            address_prefix: "10.0.0.0".into(),
+                            prefix_len: u32v(8),
+                        }],
+                    });
+                h.via = "1.1 node-a".into();
+                h.generate_request_id = boolv(false);
+                h.preserve_external_request_id = true;
+                h.always_set_request_id_in_response = true;
+                h.request_id_extension = Some(hcm::RequestIdExtension {
+                    typed_config: Some(any(&ext::UuidRequestIdConfig {
+                        pack_trace_reason: boolv(false),
+                        use_request_id_for_trace_sampling: boolv(true),
+                    })),
+                });
+                h.server_name = "istio-envoy".into();
+                h.server_header_transformation =
+                    hcm::http_connection_manager::ServerHeaderTransformation::AppendIfAbsent as i32;
+            }),
+            |m| {
+                assert_eq!(
+                    *hcm_of(m).headers,
+                    ml::HeaderHandling {
+                        use_remote_address: true,
+                        xff_num_trusted_hops: 2,
+                        skip_xff_append: true,
+                        internal_cidrs: vec![ml::CidrRange {
+                            address: "10.0.0.0".parse().unwrap(),
+                            prefix_len: 8
+                        }],
+                        via: ml::HeaderText::new("1.1 node-a"),
+                        generate_request_id: false,
+                        preserve_external_request_id: true,
+                        always_set_request_id_in_response: true,
+                        server: ml::ServerHeader::AppendIfAbsent(
+                            ml::HeaderText::new("istio-envoy").unwrap()
+                        ),
+                    }
+                );
+            },
+        ),
+        (
+            "server header passed through",
+            with_hcm(|h| {
+                h.use_remote_address = boolv(false);
+                h.server_header_transformation =
+                    hcm::http_connection_manager::ServerHeaderTransformation::PassThrough as i32;
+            }),
+            |m| {
+                let h = &hcm_of(m).headers;
+                assert!(!h.use_remote_address);
+                assert_eq!(h.server, ml::ServerHeader::PassThrough);
+            },
+        ),
         (
             "http2_protocol_options",
             with_hcm(|h| {
@@ -402,12 +472,31 @@ fn rejections() {
             with_hcm(|h| {
                 h.local_reply_config = Some(Default::default());
                 h.upgrade_configs = vec![Default::default()];
-                h.use_remote_address = boolv(true);
+                h.forward_client_cert_details = 1;
             }),
             vec![
-                format!("{fc0}.use_remote_address: not supported"),
+                format!("{fc0}.forward_client_cert_details: not supported"),
                 format!("{fc0}.local_reply_config: not supported"),
                 format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
+            ],
+        ),
+        (
+            with_hcm(|h| {
+                h.via = "two\nlines".into();
+                h.server_header_transformation = 7;
+                h.request_id_extension = Some(hcm::RequestIdExtension {
+                    typed_config: Some(protobuf::Any { type_url: "type.googleapis.com/x.OtherRequestId".into(), value: vec![] }),
+                });
+                h.internal_address_config = Some(hcm::http_connection_manager::InternalAddressConfig {
+                    unix_sockets: true,
+                    cidr_ranges: vec![core::CidrRange { address_prefix: "nope".into(), prefix_len: None }],
+                });
+            }),
+            vec![
+                format!("{fc0}.internal_address_config.cidr_ranges[0].address_prefix: `nope` is not an IP address"),
+                format!("{fc0}.request_id_extension.typed_config: request ID extension `type.googleapis.com/x.OtherRequestId` (only the UUID one) is not supported"),
+                format!("{fc0}.via: not a valid header value"),
+                format!("{fc0}.server_header_transformation: unknown value 7"),
             ],
         ),
         (with_hcm(|h| h.codec_type = hcm::http_connection_manager::CodecType::Http2 as i32), vec![format!("{fc0}.codec_type: HTTP2 (Myelin detects the protocol; use AUTO) is not supported")]),

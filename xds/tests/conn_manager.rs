@@ -1,0 +1,204 @@
+//! What a connection manager does to headers itself, end to end: a captured connection
+//! through listeners from xDS to an upstream that answers with the request headers it got
+//! (`x-forwarded-*`, `x-request-id`, the `x-envoy-*` clean-up, `via`, `server`), with
+//! Envoy's defaults and with the fields istiod and edge proxies set.
+
+mod support;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use myelin_xds::ads::{type_url, AdsProtocol};
+use myelin_xds::testing::ControlPlane;
+use support::*;
+use tokio::net::TcpListener;
+
+/// An HTTP/1.1 upstream answering every request with its headers, one `name: value` line
+/// each, and a `server: upstream` header of its own.
+async fn header_echo() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
+                    let lines: String = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                        .collect();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .header("server", "upstream")
+                                .body(Full::new(Bytes::from(lines)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// What one exchange showed: the headers the upstream got (the last value of each name),
+/// and the response's headers.
+struct Seen {
+    upstream: HashMap<String, String>,
+    response: http::HeaderMap,
+}
+
+async fn exchange(node: &Node, port: u16, headers: &[(&str, &str)]) -> Seen {
+    let stream = node.connect(vip(port)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get("/").header("host", "web");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let response = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let upstream = String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Seen { upstream, response }
+}
+
+fn is_uuid_v4(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && s.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
+        && parts[2].starts_with('4')
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_manager_header_rules() {
+    let (upstream, _task) = header_echo().await;
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        // Envoy's defaults.
+        set(b, "plain", &http_listener("plain", 18501, "r"));
+        // An edge proxy's settings, and istiod's server name.
+        set(
+            b,
+            "edge",
+            &http_listener_with(
+                "edge",
+                18502,
+                "r",
+                &[
+                    "use_remote_address: true",
+                    "via: 1.1 node-a",
+                    "always_set_request_id_in_response: true",
+                    "server_name: istio-envoy",
+                    "server_header_transformation: APPEND_IF_ABSENT",
+                    "request_id_extension:",
+                    "  typed_config:",
+                    "    \"@type\": type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+                    "    use_request_id_for_trace_sampling: true",
+                ],
+            ),
+        );
+        // Loopback clients are internal here.
+        set(
+            b,
+            "internal",
+            &http_listener_with(
+                "internal",
+                18503,
+                "r",
+                &[
+                    "use_remote_address: true",
+                    "internal_address_config:",
+                    "  cidr_ranges: [{address_prefix: 127.0.0.0, prefix_len: 8}]",
+                ],
+            ),
+        );
+        set(b, "r", &route_to("r", "web"));
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[upstream]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["plain", "edge", "internal"][..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+
+    // Defaults: an ID and the scheme added, the steering headers of a client that is not
+    // internal removed, x-forwarded-for left alone, and the server named.
+    let seen = exchange(
+        &node,
+        18501,
+        &[("x-envoy-retry-on", "5xx"), ("x-forwarded-for", "192.0.2.7")],
+    )
+    .await;
+    let id = &seen.upstream["x-request-id"];
+    assert!(is_uuid_v4(id), "{id}");
+    assert_eq!(seen.upstream["x-forwarded-proto"], "http");
+    assert_eq!(seen.upstream["x-forwarded-for"], "192.0.2.7");
+    assert!(!seen.upstream.contains_key("x-envoy-retry-on"));
+    assert!(!seen.upstream.contains_key("x-envoy-external-address"));
+    assert_eq!(seen.response["server"], "myelin");
+    assert!(seen.response.get("x-request-id").is_none());
+    // A new ID per request, and a caller's own kept.
+    let again = exchange(&node, 18501, &[]).await;
+    assert_ne!(&again.upstream["x-request-id"], id);
+    let mine = exchange(&node, 18501, &[("x-request-id", "trace-me")]).await;
+    assert_eq!(mine.upstream["x-request-id"], "trace-me");
+
+    // Edge: the peer appended and named as the external address, the outside's ID
+    // replaced and returned, via both ways, the upstream's server name kept.
+    let seen = exchange(
+        &node,
+        18502,
+        &[
+            ("x-forwarded-for", "192.0.2.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "from-outside"),
+            ("x-envoy-downstream-service-cluster", "spoofed"),
+        ],
+    )
+    .await;
+    assert_eq!(seen.upstream["x-forwarded-for"], "192.0.2.7, 127.0.0.1");
+    assert_eq!(seen.upstream["x-forwarded-proto"], "http");
+    assert_eq!(seen.upstream["x-envoy-external-address"], "127.0.0.1");
+    assert!(!seen.upstream.contains_key("x-envoy-downstream-service-cluster"));
+    assert_eq!(seen.upstream["via"], "1.1 node-a");
+    let id = &seen.upstream["x-request-id"];
+    assert!(is_uuid_v4(id), "{id}");
+    assert_eq!(seen.response["x-request-id"], id.as_str());
+    assert_eq!(seen.response["via"], "1.1 node-a");
+    assert_eq!(seen.response["server"], "upstream");
+
+    // Internal: the client keeps its steering headers and its ID, and is told internal.
+    let seen = exchange(
+        &node,
+        18503,
+        &[("x-envoy-retry-on", "5xx"), ("x-request-id", "inside")],
+    )
+    .await;
+    assert_eq!(seen.upstream["x-envoy-internal"], "true");
+    assert_eq!(seen.upstream["x-envoy-retry-on"], "5xx");
+    assert_eq!(seen.upstream["x-request-id"], "inside");
+    assert_eq!(seen.upstream["x-forwarded-for"], "127.0.0.1");
+    assert!(!seen.upstream.contains_key("x-envoy-external-address"));
+}
