@@ -179,7 +179,14 @@ async fn try_handle(
             ))
             .await
         }
-        Plan::Http(routes, upgrades, timeouts, http2, headers) => {
+        Plan::Http(plan) => {
+            let HttpPlan {
+                routes,
+                upgrades,
+                timeouts,
+                http2,
+                headers,
+            } = *plan;
             // An HTTP connection manager serves HTTP/1 unless the client opened with the
             // HTTP/2 preface.
             let downstream = match protocol {
@@ -192,7 +199,7 @@ async fn try_handle(
                 headers,
             };
             Box::pin(serve_http(
-                inner, stream, peer, dst, captured, routing, source, downstream, *timeouts, http2,
+                inner, stream, peer, dst, captured, routing, source, downstream, timeouts, http2,
                 drain,
             ))
             .await
@@ -380,17 +387,20 @@ fn declares_opaque(l: &Listener) -> bool {
 enum Plan {
     /// No listener: HTTP/1 or bytes to the original destination.
     Passthrough,
-    /// An HTTP connection manager, the upgrade types it allows, its timeouts (boxed: the
-    /// plan lives in every connection's future), its HTTP/2 settings and header rules.
-    Http(
-        RouteRef,
-        Arc<[String]>,
-        Box<HcmTimeouts>,
-        Http2Settings,
-        Arc<HeaderHandling>,
-    ),
+    /// An HTTP connection manager (boxed: the plan lives in every connection's future).
+    Http(Box<HttpPlan>),
     /// A TCP proxy to a cluster, its idle timeout, and its `tunneling_config`.
     Tcp(TcpCluster, Option<Duration>, Option<Tunneling>),
+}
+
+/// What serves the connection of an HTTP connection manager.
+struct HttpPlan {
+    routes: RouteRef,
+    /// The upgrade types it allows.
+    upgrades: Arc<[String]>,
+    timeouts: HcmTimeouts,
+    http2: Http2Settings,
+    headers: Arc<HeaderHandling>,
 }
 
 /// Picks the filter chain of `listener` for this connection and says what serves it.
@@ -426,8 +436,8 @@ fn plan(
         }
         // An HTTP connection manager speaks HTTP whatever the sniffing said (Envoy does
         // not sniff either): bytes that are not HTTP/1 get hyper's error and a close.
-        NetworkFilter::HttpConnectionManager(hcm) => Plan::Http(
-            match &hcm.route {
+        NetworkFilter::HttpConnectionManager(hcm) => Plan::Http(Box::new(HttpPlan {
+            routes: match &hcm.route {
                 RouteSource::Rds(name) => RouteRef::Rds(name.clone()),
                 RouteSource::Inline(_) => RouteRef::Inline(
                     traffic
@@ -436,11 +446,11 @@ fn plan(
                         .expect("every inline route configuration is indexed at build"),
                 ),
             },
-            hcm.upgrade_types.clone().into(),
-            Box::new(HcmTimeouts::from(&**hcm)),
-            hcm.http2,
-            hcm.headers.clone(),
-        ),
+            upgrades: hcm.upgrade_types.clone().into(),
+            timeouts: HcmTimeouts::from(&**hcm),
+            http2: hcm.http2,
+            headers: hcm.headers.clone(),
+        })),
     })
 }
 

@@ -148,7 +148,10 @@ async fn connection_manager_header_rules() {
     let seen = exchange(
         &node,
         18501,
-        &[("x-envoy-retry-on", "5xx"), ("x-forwarded-for", "192.0.2.7")],
+        &[
+            ("x-envoy-retry-on", "5xx"),
+            ("x-forwarded-for", "192.0.2.7"),
+        ],
     )
     .await;
     let id = &seen.upstream["x-request-id"];
@@ -181,7 +184,9 @@ async fn connection_manager_header_rules() {
     assert_eq!(seen.upstream["x-forwarded-for"], "192.0.2.7, 127.0.0.1");
     assert_eq!(seen.upstream["x-forwarded-proto"], "http");
     assert_eq!(seen.upstream["x-envoy-external-address"], "127.0.0.1");
-    assert!(!seen.upstream.contains_key("x-envoy-downstream-service-cluster"));
+    assert!(!seen
+        .upstream
+        .contains_key("x-envoy-downstream-service-cluster"));
     assert_eq!(seen.upstream["via"], "1.1 node-a");
     let id = &seen.upstream["x-request-id"];
     assert!(is_uuid_v4(id), "{id}");
