@@ -106,6 +106,7 @@ pub fn aggregate(modes: &[Mode], runs: &[ModeResult]) -> Vec<ModeResult> {
             Some(ModeResult {
                 mode,
                 wrk: WrkResult {
+                    tail: None,
                     requests: rs.iter().map(|r| r.wrk.requests).sum(),
                     requests_per_sec: med(|w| w.requests_per_sec),
                     p50_us: med(|w| w.p50_us),
@@ -297,6 +298,7 @@ mod tests {
         ModeResult {
             mode,
             wrk: WrkResult {
+                tail: None,
                 requests: 10,
                 requests_per_sec: rps,
                 p50_us: p50,

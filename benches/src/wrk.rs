@@ -12,11 +12,30 @@ pub struct WrkResult {
     pub p75_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
+    /// The tail past p99, when wrk ran [`TAIL_SCRIPT`].
+    pub tail: Option<Tail>,
     /// `connect, read, write, timeout` socket errors (all zero when the line is absent).
     pub socket_errors: [u64; 4],
     /// Responses that were not 2xx or 3xx.
     pub non_2xx: u64,
 }
+
+/// Latencies past p99, in microseconds, from wrk's own histogram.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Tail {
+    pub p99_5_us: f64,
+    pub p99_9_us: f64,
+    pub max_us: f64,
+}
+
+/// A wrk script (`wrk -s`) that prints the tail of wrk's latency histogram after its report,
+/// one line: `myelin-tail <p99.5> <p99.9> <max>` in microseconds. Changes nothing else
+/// (no `request` or `response` function: wrk keeps its fast path).
+pub const TAIL_SCRIPT: &str = r#"done = function(summary, latency, requests)
+  io.write(string.format("myelin-tail %d %d %d\n",
+    latency:percentile(99.5), latency:percentile(99.9), latency.max))
+end
+"#;
 
 /// A wrk duration such as `18.00us`, `1.20ms`, `2.00s` or `1.00m`, in microseconds.
 fn parse_time_us(s: &str) -> Result<f64> {
@@ -45,6 +64,7 @@ pub fn parse(out: &str) -> Result<WrkResult> {
     let mut requests = None;
     let mut socket_errors = [0; 4];
     let mut non_2xx = 0;
+    let mut tail = None;
     for line in out.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -72,6 +92,14 @@ pub fn parse(out: &str) -> Result<WrkResult> {
                 socket_errors.copy_from_slice(&nums);
             }
             ["Non-2xx", "or", "3xx", "responses:", n] => non_2xx = n.parse()?,
+            ["myelin-tail", p995, p999, max] => {
+                let us = |v: &str| v.parse::<f64>().with_context(|| format!("tail {line:?}"));
+                tail = Some(Tail {
+                    p99_5_us: us(p995)?,
+                    p99_9_us: us(p999)?,
+                    max_us: us(max)?,
+                });
+            }
             _ => {}
         }
     }
@@ -83,6 +111,7 @@ pub fn parse(out: &str) -> Result<WrkResult> {
         p75_us: pct[1].with_context(|| missing("75% latency"))?,
         p90_us: pct[2].with_context(|| missing("90% latency"))?,
         p99_us: pct[3].with_context(|| missing("99% latency"))?,
+        tail,
         socket_errors,
         non_2xx,
     })
@@ -118,6 +147,17 @@ Transfer/sec:     15.85MB
         assert_eq!(r.p99_us, 1020.0);
         assert_eq!(r.socket_errors, [0, 2, 0, 1]);
         assert_eq!(r.non_2xx, 3);
+        assert_eq!(r.tail, None);
+        let with_tail = format!("{OUT}myelin-tail 2353 4660 6423\n");
+        assert_eq!(
+            parse(&with_tail).unwrap().tail,
+            Some(Tail {
+                p99_5_us: 2353.0,
+                p99_9_us: 4660.0,
+                max_us: 6423.0
+            })
+        );
+        assert!(parse(&format!("{OUT}myelin-tail 1 x 3\n")).is_err());
     }
 
     #[test]

@@ -229,6 +229,8 @@ pub struct Measurement {
     pub requests_per_sec: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// HTTP/1.1 (wrk): p99.5, p99.9 and the slowest request.
+    pub tail: Option<crate::wrk::Tail>,
     /// `None` for `direct`.
     pub proxy: Option<ProxyUsage>,
     /// Open loop: p99 of how late the sends were against their schedule.
@@ -269,6 +271,12 @@ impl Measurement {
             self.p50_us,
             self.p99_us
         );
+        if let Some(t) = &self.tail {
+            s += &format!(
+                " (p99.5 {:.0}, p99.9 {:.0}, max {:.0})",
+                t.p99_5_us, t.p99_9_us, t.max_us
+            );
+        }
         if let Some(p) = &self.proxy {
             s += &format!(
                 ", proxy CPU {:.2} us/request ({:.2} in the kernel), RSS {:.1} MB, {} threads",
@@ -844,6 +852,7 @@ impl Bench<'_> {
             requests_per_sec: driven.requests_per_sec,
             p50_us: driven.p50_us,
             p99_us: driven.p99_us,
+            tail: driven.tail,
             proxy,
             send_lag_p99_us: driven.send_lag_p99_us,
             golden_requests,
@@ -873,10 +882,14 @@ impl Bench<'_> {
         match load {
             Load::Http1 => {
                 let mut cmd = pinned(opts.load_cpu, &tools::path("wrk")?)?;
+                let script = self.scratch.join("tail.lua");
+                std::fs::write(&script, wrk::TAIL_SCRIPT)?;
                 cmd.arg("-t1")
                     .arg(format!("-c{}", opts.wrk_connections))
                     .arg(format!("-d{seconds}s"))
                     .arg("--latency")
+                    .arg("-s")
+                    .arg(&script)
                     .arg(format!("http://{}/", client.h1));
                 let out = run(cmd, timeout)?;
                 ensure_success(&out, "wrk")?;
@@ -893,6 +906,7 @@ impl Bench<'_> {
                     requests_per_sec: r.requests_per_sec,
                     p50_us: r.p50_us,
                     p99_us: r.p99_us,
+                    tail: r.tail,
                     send_lag_p99_us: None,
                 })
             }
@@ -935,6 +949,7 @@ impl Bench<'_> {
                     requests_per_sec: r.requests_per_sec,
                     p50_us,
                     p99_us,
+                    tail: None,
                     send_lag_p99_us: None,
                 })
             }
@@ -960,6 +975,7 @@ impl Bench<'_> {
                     requests_per_sec: r.requests as f64 / r.seconds,
                     p50_us: r.p50_us,
                     p99_us: r.p99_us,
+                    tail: None,
                     send_lag_p99_us: Some(r.send_lag_p99_us),
                 })
             }
@@ -1010,5 +1026,6 @@ struct Driven {
     requests_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    tail: Option<crate::wrk::Tail>,
     send_lag_p99_us: Option<f64>,
 }

@@ -272,6 +272,7 @@ mod tests {
             requests_per_sec: rps,
             p50_us: p99 / 2.0,
             p99_us: p99,
+            tail: None,
             proxy: (target != Target::Direct).then(|| ProxyUsage {
                 pid: 1,
                 cpu_seconds: 1.0,
