@@ -402,11 +402,11 @@ fn rejections() {
             with_hcm(|h| {
                 h.local_reply_config = Some(Default::default());
                 h.upgrade_configs = vec![Default::default()];
-                h.use_remote_address = boolv(true);
+                h.strip_trailing_host_dot = true;
             }),
             vec![
-                format!("{fc0}.use_remote_address: not supported"),
                 format!("{fc0}.local_reply_config: not supported"),
+                format!("{fc0}.strip_trailing_host_dot: not supported"),
                 format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
             ],
         ),
