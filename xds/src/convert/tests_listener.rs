@@ -95,6 +95,8 @@ fn supported_fields() {
             assert_eq!(h.stream_idle_timeout, Some(Duration::from_secs(300)));
             assert_eq!(h.idle_timeout, Some(Duration::from_secs(3600)));
             assert_eq!(h.http2, ml::Http2Settings::default());
+            assert_eq!(h.headers.path, ml::PathNormalization::default());
+            assert!(!h.headers.path.any());
             assert_eq!(
                 m.filter_chains[0].filter_chain_match,
                 ml::FilterChainMatch::default()
@@ -125,6 +127,78 @@ fn supported_fields() {
                         connection_keepalive: None,
                         allow_connect: true,
                     }
+                )
+            },
+        ),
+        (
+            "normalize_path, merge_slashes",
+            with_hcm(|h| {
+                h.normalize_path = boolv(true);
+                h.merge_slashes = true;
+            }),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path,
+                    ml::PathNormalization {
+                        escaped_slashes: ml::EscapedSlashes::KeepUnchanged,
+                        normalize: true,
+                        merge_slashes: true,
+                    }
+                )
+            },
+        ),
+        (
+            "normalize_path false, as set",
+            with_hcm(|h| h.normalize_path = boolv(false)),
+            |m| assert!(!hcm_of(m).headers.path.any()),
+        ),
+        (
+            "path_with_escaped_slashes_action IMPLEMENTATION_SPECIFIC_DEFAULT",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 0),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::KeepUnchanged
+                )
+            },
+        ),
+        (
+            "path_with_escaped_slashes_action KEEP_UNCHANGED",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 1),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::KeepUnchanged
+                )
+            },
+        ),
+        (
+            "path_with_escaped_slashes_action REJECT_REQUEST",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 2),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::RejectRequest
+                )
+            },
+        ),
+        (
+            "path_with_escaped_slashes_action UNESCAPE_AND_REDIRECT",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 3),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::UnescapeAndRedirect
+                )
+            },
+        ),
+        (
+            "path_with_escaped_slashes_action UNESCAPE_AND_FORWARD",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 4),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::UnescapeAndForward
                 )
             },
         ),
@@ -408,6 +482,16 @@ fn rejections() {
                 format!("{fc0}.local_reply_config: not supported"),
                 format!("{fc0}.strip_trailing_host_dot: not supported"),
                 format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
+            ],
+        ),
+        (
+            with_hcm(|h| {
+                h.path_with_escaped_slashes_action = 5;
+                h.path_normalization_options = Some(Default::default());
+            }),
+            vec![
+                format!("{fc0}.path_normalization_options: not supported"),
+                format!("{fc0}.path_with_escaped_slashes_action: unknown value 5"),
             ],
         ),
         (with_hcm(|h| h.codec_type = hcm::http_connection_manager::CodecType::Http2 as i32), vec![format!("{fc0}.codec_type: HTTP2 (Myelin detects the protocol; use AUTO) is not supported")]),
