@@ -148,6 +148,17 @@ pub(crate) enum ProxyError {
     #[error("stream timeout: {0:?}")]
     StreamTimeout(crate::timeout::Expired),
 
+    /// The connection manager refuses the request's path: it cannot be normalized
+    /// (`normalize_path`), or it has escaped slashes (`path_with_escaped_slashes_action`
+    /// `REJECT_REQUEST`, or `UNESCAPE_AND_REDIRECT` to a gRPC client, which cannot follow a
+    /// redirect). Envoy has no response flag for it (its detail is
+    /// `path_normalization_failed`).
+    #[error("the request's path {path:?} was refused by path normalization")]
+    BadPath {
+        /// The path as it came.
+        path: String,
+    },
+
     /// The traffic config has nothing for this connection or request.
     #[error("{}: {detail}", .reason.as_str())]
     Unrouted {
@@ -243,6 +254,7 @@ impl ProxyError {
             | ProxyError::Sniff { .. }
             | ProxyError::DownstreamAborted { .. }
             | ProxyError::Denied { .. }
+            | ProxyError::BadPath { .. }
             | ProxyError::StreamTimeout(_) => Side::Downstream,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
@@ -274,6 +286,7 @@ impl ProxyError {
             ProxyError::Overflow { .. } => "UO",
             // Envoy's RBAC filter: `RBAC` (`UAEX` is ext_authz).
             ProxyError::Denied { .. } => "RBAC",
+            ProxyError::BadPath { .. } => "-",
             ProxyError::StreamTimeout(e) => e.response_flags(),
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "NR",
@@ -303,6 +316,7 @@ impl ProxyError {
             }
             ProxyError::StreamTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
+            ProxyError::BadPath { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
                     StatusCode::NOT_FOUND
@@ -348,6 +362,8 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "upstream request timeout\n",
             // Envoy's RBAC filter says exactly this, without a newline.
             ProxyError::Denied { .. } => "RBAC: access denied",
+            // Envoy's local reply for it has no body.
+            ProxyError::BadPath { .. } => "",
             ProxyError::StreamTimeout(crate::timeout::Expired::Request(_)) => "request timeout\n",
             ProxyError::StreamTimeout(crate::timeout::Expired::Duration(..)) => {
                 "downstream duration timeout\n"

@@ -50,10 +50,11 @@ use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::{DnsLookupFamily, UpstreamProtocol as ClusterProtocol};
 use crate::model::endpoint::EndpointAddress;
-use crate::model::listener::{HeaderHandling, Http2Settings};
+use crate::model::listener::{HeaderHandling, Http2Settings, PathNormalization};
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
+use crate::path::{self, PathVerdict};
 use crate::retry::{self, is_retriable, Outcome, ReplayBody};
 use crate::stream::Rewind;
 use crate::timeout::{
@@ -361,6 +362,15 @@ impl HttpConn {
                 }
                 Routing::Passthrough => None,
             };
+            let grpc = is_grpc(req.headers());
+            // Then its path normalization, before anything reads the path (one branch when
+            // it is off, as it is by default).
+            let path_answer = match &managed {
+                Some((headers, _)) if headers.path.any() => {
+                    normalize_path(&headers.path, &mut req, grpc)
+                }
+                _ => Ok(None),
+            };
             let start = Instant::now();
             // What only the access log and the debug line need.
             let logged = (self.config.access_log
@@ -372,7 +382,6 @@ impl HttpConn {
                     std::time::SystemTime::now(),
                 )
             });
-            let grpc = is_grpc(req.headers());
             let authority_seen = SeenAuthority::of(&req);
             let stream = Arc::new(StreamState::new(
                 tokio::time::Instant::from_std(start),
@@ -380,7 +389,15 @@ impl HttpConn {
             ));
             let req = req.map(|b| CountingBody::new(b, stream.clone()));
             let mut deadlines = Deadlines::default();
-            let (mut resp, flags, dest) = match self.dispatch(req, &stream, &mut deadlines).await {
+            let outcome = match path_answer {
+                Ok(None) => self.dispatch(req, &stream, &mut deadlines).await,
+                Ok(Some(redirect)) => {
+                    let dest = self.destination(None, None, authority_seen.as_str());
+                    Ok((redirect, "-", dest))
+                }
+                Err(e) => Err(e),
+            };
+            let (mut resp, flags, dest) = match outcome {
                 Ok(done) => done,
                 Err(e) => {
                     match e.side() {
@@ -1568,6 +1585,43 @@ async fn resolve_one(
             MissReason::Dns,
             format!("resolving {endpoint:?}: {e}"),
         )),
+    }
+}
+
+/// The connection manager's path normalization of `req` (Envoy's
+/// `ConnectionManagerUtility::maybeNormalizePath`, see [`crate::path`]): the path is
+/// rewritten in place (routes match it and the upstream gets it), or the request is answered
+/// here: `Ok(Some(_))` a 307 redirect to the normalized path, `Err(_)` a 400. A `CONNECT`
+/// (no path) is left alone.
+fn normalize_path<B>(
+    cfg: &PathNormalization,
+    req: &mut Request<B>,
+    grpc: bool,
+) -> Result<Option<Response<ProxyBody>>, ProxyError> {
+    let Some(pq) = req.uri().path_and_query() else {
+        return Ok(None);
+    };
+    let bad_path = || ProxyError::BadPath {
+        path: pq.as_str().to_owned(),
+    };
+    match path::normalize(cfg, pq.as_str()) {
+        PathVerdict::Keep => Ok(None),
+        PathVerdict::Reject => Err(bad_path()),
+        // A gRPC client cannot follow a redirect: Envoy refuses the request instead.
+        PathVerdict::Redirect(_) if grpc => Err(bad_path()),
+        PathVerdict::Redirect(to) => {
+            let mut resp = local_response(307, String::new());
+            // The normalized path is made of a valid path's bytes: always a header value.
+            let location = HeaderValue::from_str(&to).map_err(|_| bad_path())?;
+            resp.headers_mut().insert(header::LOCATION, location);
+            Ok(Some(resp))
+        }
+        PathVerdict::Rewrite(to) => {
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = Some(to.try_into().map_err(|_| bad_path())?);
+            *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| bad_path())?;
+            Ok(None)
+        }
     }
 }
 

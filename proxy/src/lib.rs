@@ -49,6 +49,7 @@ mod local;
 pub mod metrics;
 pub mod model;
 mod outbound;
+mod path;
 mod retry;
 mod stream;
 mod tcp;

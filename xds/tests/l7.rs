@@ -2193,3 +2193,145 @@ virtual_hosts:
     assert_eq!(upgrade("/answered", "websocket").await, StatusCode::OK);
     assert_eq!(server.requests.load(Ordering::SeqCst), 2);
 }
+
+/// The connection manager's path normalization, as Istio configures it (`normalize_path`,
+/// `merge_slashes`) and with each `path_with_escaped_slashes_action` that answers locally:
+/// the normalized path is what routes match and what the upstream gets, the query as it
+/// came; a refused path is a 400 (a gRPC local reply to a gRPC client) and a path with
+/// escaped slashes is redirected to its unescaped form, counted like other local answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalized_before_routing() {
+    let b = http_upstream("b").await;
+    let web = http_upstream("web").await;
+    let routes: RouteConfiguration = yaml(
+        r#"
+name: web
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: {prefix: "/b/c"}
+    route: {cluster: b}
+  - match: {prefix: "/"}
+    route: {cluster: web}
+"#,
+    );
+    let cp = ControlPlane::start().await;
+    cp.update(|batch| {
+        let listeners = [
+            (18410, &["normalize_path: true", "merge_slashes: true"][..]),
+            (
+                18411,
+                &["path_with_escaped_slashes_action: REJECT_REQUEST"][..],
+            ),
+            (
+                18412,
+                &[
+                    "normalize_path: true",
+                    "path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT",
+                ][..],
+            ),
+        ];
+        for (port, keys) in listeners {
+            let name = format!("l{port}");
+            batch.set(&name, &http_listener_with(&name, port, "web", keys));
+        }
+        batch.set("web", &routes);
+        for (name, addr) in [("b", b.addr), ("web", web.addr)] {
+            batch.set(name, &eds_cluster(name));
+            batch.set(name, &endpoints(name, &[addr]));
+        }
+    });
+    let node = start(&cp).await;
+    node.wait_applied(
+        type_url::LISTENER,
+        &["l18410", "l18411", "l18412"],
+        &cp.version(type_url::LISTENER),
+    )
+    .await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["b", "web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+
+    // normalize_path + merge_slashes: routed by, and sent upstream as, `/b/c`.
+    let mut c = node.http_client(vip(18410)).await;
+    for (path, seen) in [
+        ("/a/../b//c", "b /b/c"),
+        ("/./b/%63", "b /b/c"),
+        ("/x/..//b/c?q=../y//z", "b /b/c?q=../y//z"),
+        ("/b/c/../../d", "web /d"),
+    ] {
+        let (status, _, body) = c.get("web", path).await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, seen), "{path}");
+    }
+    // A NUL cannot be normalized: 400, the upstreams never asked.
+    let hits = b.hits.load(Ordering::SeqCst) + web.hits.load(Ordering::SeqCst);
+    let (head, _) = exchange_head(&node, 18410, "GET /b/c%00 HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+
+    // REJECT_REQUEST: any escaped slash in the path is a 400; in the query it is fine.
+    let mut c = node.http_client(vip(18411)).await;
+    for path in ["/b%2Fc", "/b%5cc", "/a%2f..%2fb/c"] {
+        let (status, _, _) = c.get("web", path).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+    }
+    let (status, _, body) = c.get("web", "/b/c?next=%2Fx").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "b /b/c?next=%2Fx")
+    );
+    let (status, _, body) = c.get("web", "/b/../b/c").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "web /b/../b/c"),
+        "no normalize_path: dot segments are left alone"
+    );
+    // A gRPC client gets the 400 as a gRPC status: INTERNAL.
+    let (head, _) = exchange_head(
+        &node,
+        18411,
+        "POST /b%2Fc HTTP/1.1\r\nhost: web\r\ncontent-type: application/grpc\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(head.contains("grpc-status: 13\r\n"), "{head}");
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst) + web.hits.load(Ordering::SeqCst),
+        hits + 2,
+        "only the two allowed requests went upstream"
+    );
+
+    // UNESCAPE_AND_REDIRECT: 307 to the unescaped and normalized path, query kept; a path
+    // without escaped slashes is forwarded, normalized.
+    let (head, _) = exchange_head(
+        &node,
+        18412,
+        "GET /x%2F..%2Fb/./c?q=%2F HTTP/1.1\r\nhost: web\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 307 "), "{head}");
+    assert!(head.contains("location: /b/c?q=%2F\r\n"), "{head}");
+    let mut c = node.http_client(vip(18412)).await;
+    let (status, _, body) = c.get("web", "/b/x/../c").await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "b /b/c"));
+    // To a gRPC client, which cannot follow it, the redirect is a 400 too.
+    let (head, _) = exchange_head(
+        &node,
+        18412,
+        "POST /b%2Fc HTTP/1.1\r\nhost: web\r\ncontent-type: application/grpc\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(head.contains("grpc-status: 13\r\n"), "{head}");
+
+    // Counted like the other local answers: no response flag of Envoy's says why.
+    let series = |code: u16| {
+        format!(
+            "myelin_proxy_requests_total{{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"{code}\",response_flags=\"-\"}}"
+        )
+    };
+    assert_eq!(node.metric(&series(400)), 4.0, "{}", node.scrape());
+    assert_eq!(node.metric(&series(307)), 1.0, "{}", node.scrape());
+}

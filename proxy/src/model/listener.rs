@@ -159,6 +159,8 @@ pub struct HeaderHandling {
     pub always_set_request_id_in_response: bool,
     /// The `server` response header (`server_name`, `server_header_transformation`).
     pub server: ServerHeader,
+    /// What is done to every request's path before routing (and forwarding).
+    pub path: PathNormalization,
 }
 
 impl Default for HeaderHandling {
@@ -173,8 +175,49 @@ impl Default for HeaderHandling {
             preserve_external_request_id: false,
             always_set_request_id_in_response: false,
             server: ServerHeader::Overwrite(HeaderText::from_static(ServerHeader::DEFAULT_NAME)),
+            path: PathNormalization::default(),
         }
     }
+}
+
+/// The connection manager's path normalization, applied in this order to the path (not the
+/// query) of every request that has one, before routing; the result is what routes match and
+/// what goes upstream. All off by default, as in Envoy. The logic is `crate::path`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PathNormalization {
+    /// `path_with_escaped_slashes_action`: what happens to `%2F` and `%5C` (either case).
+    pub escaped_slashes: EscapedSlashes,
+    /// `normalize_path`: RFC 3986 normalization as Envoy does it (dot segments removed,
+    /// unreserved characters decoded, `\` read as `/`); a path with a NUL is refused (400).
+    pub normalize: bool,
+    /// `merge_slashes`: runs of `/` become one.
+    pub merge_slashes: bool,
+}
+
+impl PathNormalization {
+    /// Whether any step is on (when none is, a request's path is not even looked at).
+    pub fn any(&self) -> bool {
+        self.normalize
+            || self.merge_slashes
+            || self.escaped_slashes != EscapedSlashes::KeepUnchanged
+    }
+}
+
+/// `path_with_escaped_slashes_action`: what a connection manager does with a path that has
+/// escaped slashes (`%2F`, `%2f`, `%5C`, `%5c`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// `KEEP_UNCHANGED`, and Envoy's `IMPLEMENTATION_SPECIFIC_DEFAULT`: nothing.
+    #[default]
+    KeepUnchanged,
+    /// `REJECT_REQUEST`: answer 400.
+    RejectRequest,
+    /// `UNESCAPE_AND_REDIRECT`: answer 307 with the unescaped (and otherwise normalized)
+    /// path as `location`; to a gRPC request, 400.
+    UnescapeAndRedirect,
+    /// `UNESCAPE_AND_FORWARD`: unescape (`%2F` to `/`, `%5C` to `\`) and go on.
+    UnescapeAndForward,
 }
 
 /// The `server` header of responses (`server_header_transformation`).

@@ -154,6 +154,7 @@ const WRAPPER_FIELDS: &[&str] = &[
     "override_stream_error_on_invalid_http_message",
     "stream_error_on_invalid_http_message",
     "generate_request_id",
+    "normalize_path",
     "pack_trace_reason",
     "use_request_id_for_trace_sampling",
     "use_remote_address",
@@ -357,6 +358,42 @@ filter_chains:
         assert_eq!(
             e.at("clusters[2]"),
             "clusters[2].connect_timeoutz: unknown field `connect_timeoutz`"
+        );
+    }
+
+    #[test]
+    fn path_normalization_as_istio_writes_it() {
+        let doc: Value = serde_yaml::from_str(
+            r#"
+name: l
+address: {socket_address: {address: 0.0.0.0, port_value: 80}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: x
+      normalize_path: true
+      merge_slashes: true
+      path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT
+      rds: {route_config_name: r}
+      http_filters: [{name: envoy.filters.http.router}]
+"#,
+        )
+        .unwrap();
+        let l = super::super::listener(&from_value::<Listener>(doc).unwrap()).unwrap();
+        let myelin_proxy::model::listener::NetworkFilter::HttpConnectionManager(h) =
+            &l.filter_chains[0].filter
+        else {
+            panic!("{:?}", l.filter_chains[0].filter);
+        };
+        assert_eq!(
+            h.headers.path,
+            myelin_proxy::model::listener::PathNormalization {
+                escaped_slashes: myelin_proxy::model::listener::EscapedSlashes::UnescapeAndRedirect,
+                normalize: true,
+                merge_slashes: true,
+            }
         );
     }
 

@@ -545,12 +545,6 @@ fn http_connection_manager(
             "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
             *represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
         ),
-        ("normalize_path", normalize_path.is_some()),
-        ("merge_slashes", *merge_slashes),
-        (
-            "path_with_escaped_slashes_action",
-            *path_with_escaped_slashes_action != 0,
-        ),
         ("local_reply_config", local_reply_config.is_some()),
         ("strip_matching_host_port", *strip_matching_host_port),
         (
@@ -681,8 +675,12 @@ fn http_connection_manager(
             request_id_extension,
             server_name,
             server_header_transformation,
+            normalize_path,
+            merge_slashes,
+            path_with_escaped_slashes_action,
         },
     );
+
     Some(ml::HttpConnectionManager {
         headers: std::sync::Arc::new(headers),
         stat_prefix: stat_prefix.clone(),
@@ -734,12 +732,15 @@ struct HeaderFields<'a> {
     request_id_extension: &'a Option<hcm::RequestIdExtension>,
     server_name: &'a String,
     server_header_transformation: &'a i32,
+    normalize_path: &'a Option<protobuf::BoolValue>,
+    merge_slashes: &'a bool,
+    path_with_escaped_slashes_action: &'a i32,
 }
 
 const UUID_REQUEST_ID_URL: &str =
     "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig";
 
-/// What the connection manager does to request and response headers itself.
+/// What the connection manager does to request and response headers (and paths) itself.
 fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandling {
     use hcm::http_connection_manager::ServerHeaderTransformation as T;
     let mut internal_cidrs = Vec::new();
@@ -809,6 +810,46 @@ fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandl
         preserve_external_request_id: *f.preserve_external_request_id,
         always_set_request_id_in_response: *f.always_set_request_id_in_response,
         server,
+        path: path_normalization(
+            cx,
+            p,
+            f.normalize_path,
+            *f.merge_slashes,
+            *f.path_with_escaped_slashes_action,
+        ),
+    }
+}
+
+/// The connection manager's path normalization (`normalize_path`, `merge_slashes`,
+/// `path_with_escaped_slashes_action`). Envoy's runtime defaults for the unset ones: no
+/// normalization, escaped slashes kept.
+fn path_normalization(
+    cx: &mut Cx,
+    p: &str,
+    normalize_path: &Option<protobuf::BoolValue>,
+    merge_slashes: bool,
+    escaped_slashes_action: i32,
+) -> ml::PathNormalization {
+    use hcm::http_connection_manager::PathWithEscapedSlashesAction as A;
+    let escaped_slashes = match A::try_from(escaped_slashes_action) {
+        Ok(A::ImplementationSpecificDefault | A::KeepUnchanged) => {
+            ml::EscapedSlashes::KeepUnchanged
+        }
+        Ok(A::RejectRequest) => ml::EscapedSlashes::RejectRequest,
+        Ok(A::UnescapeAndRedirect) => ml::EscapedSlashes::UnescapeAndRedirect,
+        Ok(A::UnescapeAndForward) => ml::EscapedSlashes::UnescapeAndForward,
+        Err(_) => {
+            cx.reject(
+                join(p, "path_with_escaped_slashes_action"),
+                Reason::Invalid(format!("unknown value {escaped_slashes_action}")),
+            );
+            ml::EscapedSlashes::KeepUnchanged
+        }
+    };
+    ml::PathNormalization {
+        escaped_slashes,
+        normalize: normalize_path.as_ref().is_some_and(|b| b.value),
+        merge_slashes,
     }
 }
 

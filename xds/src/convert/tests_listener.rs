@@ -100,6 +100,8 @@ fn supported_fields() {
                 h.headers.generate_request_id,
                 "Envoy generates request IDs by default"
             );
+            assert_eq!(h.headers.path, ml::PathNormalization::default());
+            assert!(!h.headers.path.any());
             assert_eq!(
                 m.filter_chains[0].filter_chain_match,
                 ml::FilterChainMatch::default()
@@ -153,6 +155,7 @@ fn supported_fields() {
                         server: ml::ServerHeader::AppendIfAbsent(
                             ml::HeaderText::new("istio-envoy").unwrap()
                         ),
+                        path: ml::PathNormalization::default(),
                     }
                 );
             },
@@ -195,6 +198,78 @@ fn supported_fields() {
                         connection_keepalive: None,
                         allow_connect: true,
                     }
+                )
+            },
+        ),
+        (
+            "normalize_path, merge_slashes",
+            with_hcm(|h| {
+                h.normalize_path = boolv(true);
+                h.merge_slashes = true;
+            }),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path,
+                    ml::PathNormalization {
+                        escaped_slashes: ml::EscapedSlashes::KeepUnchanged,
+                        normalize: true,
+                        merge_slashes: true,
+                    }
+                )
+            },
+        ),
+        (
+            "normalize_path false, as set",
+            with_hcm(|h| h.normalize_path = boolv(false)),
+            |m| assert!(!hcm_of(m).headers.path.any()),
+        ),
+        (
+            "path_with_escaped_slashes_action IMPLEMENTATION_SPECIFIC_DEFAULT",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 0),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::KeepUnchanged
+                )
+            },
+        ),
+        (
+            "path_with_escaped_slashes_action KEEP_UNCHANGED",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 1),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::KeepUnchanged
+                )
+            },
+        ),
+        (
+            "path_with_escaped_slashes_action REJECT_REQUEST",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 2),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::RejectRequest
+                )
+            },
+        ),
+        (
+            "path_with_escaped_slashes_action UNESCAPE_AND_REDIRECT",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 3),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::UnescapeAndRedirect
+                )
+            },
+        ),
+        (
+            "path_with_escaped_slashes_action UNESCAPE_AND_FORWARD",
+            with_hcm(|h| h.path_with_escaped_slashes_action = 4),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).headers.path.escaped_slashes,
+                    ml::EscapedSlashes::UnescapeAndForward
                 )
             },
         ),
@@ -473,10 +548,12 @@ fn rejections() {
                 h.local_reply_config = Some(Default::default());
                 h.upgrade_configs = vec![Default::default()];
                 h.forward_client_cert_details = 1;
+                h.strip_trailing_host_dot = true;
             }),
             vec![
                 format!("{fc0}.forward_client_cert_details: not supported"),
                 format!("{fc0}.local_reply_config: not supported"),
+                format!("{fc0}.strip_trailing_host_dot: not supported"),
                 format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
             ],
         ),
@@ -497,6 +574,16 @@ fn rejections() {
                 format!("{fc0}.request_id_extension.typed_config: request ID extension `type.googleapis.com/x.OtherRequestId` (only the UUID one) is not supported"),
                 format!("{fc0}.via: not a valid header value"),
                 format!("{fc0}.server_header_transformation: unknown value 7"),
+            ],
+        ),
+        (
+            with_hcm(|h| {
+                h.path_with_escaped_slashes_action = 5;
+                h.path_normalization_options = Some(Default::default());
+            }),
+            vec![
+                format!("{fc0}.path_normalization_options: not supported"),
+                format!("{fc0}.path_with_escaped_slashes_action: unknown value 5"),
             ],
         ),
         (with_hcm(|h| h.codec_type = hcm::http_connection_manager::CodecType::Http2 as i32), vec![format!("{fc0}.codec_type: HTTP2 (Myelin detects the protocol; use AUTO) is not supported")]),
