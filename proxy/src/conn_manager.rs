@@ -18,6 +18,8 @@ pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forw
 /// `x-request-id`.
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+/// `x-forwarded-client-cert` (XFCC).
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 
 /// Request headers that steer an Envoy (retries, timeouts, tracing), honoured only from
@@ -49,7 +51,8 @@ pub(crate) struct RequestFacts {
     pub(crate) request_id: Option<HeaderValue>,
 }
 
-/// Applies `h` to a request that came on a connection from `peer` (`tls`: over TLS).
+/// Applies `h` to a request that came on a connection from `peer` (`tls`: over TLS with
+/// a client certificate; never yet, see [`HeaderHandling::client_cert_details`]).
 /// `keep_id`: the caller wants the request ID in the facts (the access log); the response
 /// side takes it when `h` says so.
 pub(crate) fn mutate_request(
@@ -84,8 +87,27 @@ pub(crate) fn mutate_request(
     let internal =
         single_address && client.is_some_and(|ip| h.internal_cidrs.iter().any(|c| c.contains(ip)));
     let edge = !internal && h.use_remote_address;
-    // One pass over the names first: most requests carry no `x-envoy-*` header at all.
-    if headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+    // One pass over the names first: most requests carry no `x-envoy-*` header and no
+    // XFCC at all.
+    let (mut envoy, mut xfcc) = (false, false);
+    for k in headers.keys() {
+        envoy |= k.as_str().starts_with("x-envoy-");
+        xfcc |= *k == XFCC;
+    }
+    if xfcc {
+        use crate::model::listener::ForwardClientCert as F;
+        let keep = match h.forward_client_cert {
+            F::AlwaysForwardOnly => true,
+            F::ForwardOnly => tls,
+            // With a client certificate these would write its details; no connection
+            // manager terminates TLS yet, so this is the no-certificate rule: removed.
+            F::Sanitize | F::AppendForward | F::SanitizeSet => false,
+        };
+        if !keep {
+            headers.remove(XFCC);
+        }
+    }
+    if envoy {
         headers.remove(X_ENVOY_INTERNAL);
         if !internal {
             if edge {
@@ -408,6 +430,34 @@ mod tests {
         mutate_request(&h, &mut req, "192.0.2.1:1".parse().unwrap(), false, true);
         assert_eq!(get(&req, "x-envoy-internal"), None);
         assert_eq!(get(&req, "x-envoy-retry-on"), None);
+    }
+
+    /// Without a client certificate, only `ALWAYS_FORWARD_ONLY` lets a client's XFCC
+    /// through: otherwise any client could name itself someone else to the upstream.
+    #[test]
+    fn client_cert_header_is_only_forwarded_when_always_asked() {
+        use crate::model::listener::ForwardClientCert as F;
+        let claim = "By=spiffe://cluster.local/ns/a/sa/b;URI=spiffe://cluster.local/ns/x/sa/admin";
+        for (mode, kept) in [
+            (F::Sanitize, false),
+            (F::ForwardOnly, false),
+            (F::AppendForward, false),
+            (F::SanitizeSet, false),
+            (F::AlwaysForwardOnly, true),
+        ] {
+            let h = HeaderHandling {
+                forward_client_cert: mode,
+                ..HeaderHandling::default()
+            };
+            let mut req = headers(&[("x-forwarded-client-cert", claim), ("x-other", "1")]);
+            mutate_request(&h, &mut req, PEER.parse().unwrap(), false, false);
+            assert_eq!(
+                get(&req, "x-forwarded-client-cert"),
+                kept.then_some(claim),
+                "{mode:?}"
+            );
+            assert_eq!(get(&req, "x-other"), Some("1"));
+        }
     }
 
     #[test]

@@ -125,6 +125,7 @@ async fn connection_manager_header_rules() {
                 "r",
                 &[
                     "use_remote_address: true",
+                    "forward_client_cert_details: ALWAYS_FORWARD_ONLY",
                     "internal_address_config:",
                     "  cidr_ranges: [{address_prefix: 127.0.0.0, prefix_len: 8}]",
                 ],
@@ -151,6 +152,10 @@ async fn connection_manager_header_rules() {
         &[
             ("x-envoy-retry-on", "5xx"),
             ("x-forwarded-for", "192.0.2.7"),
+            (
+                "x-forwarded-client-cert",
+                "URI=spiffe://cluster.local/ns/x/sa/admin",
+            ),
         ],
     )
     .await;
@@ -160,6 +165,8 @@ async fn connection_manager_header_rules() {
     assert_eq!(seen.upstream["x-forwarded-for"], "192.0.2.7");
     assert!(!seen.upstream.contains_key("x-envoy-retry-on"));
     assert!(!seen.upstream.contains_key("x-envoy-external-address"));
+    // A plain-text client cannot vouch for an identity: its XFCC goes (Envoy's SANITIZE).
+    assert!(!seen.upstream.contains_key("x-forwarded-client-cert"));
     assert_eq!(seen.response["server"], "myelin");
     assert!(seen.response.get("x-request-id").is_none());
     // A new ID per request, and a caller's own kept.
@@ -198,9 +205,14 @@ async fn connection_manager_header_rules() {
     let seen = exchange(
         &node,
         18503,
-        &[("x-envoy-retry-on", "5xx"), ("x-request-id", "inside")],
+        &[
+            ("x-envoy-retry-on", "5xx"),
+            ("x-request-id", "inside"),
+            ("x-forwarded-client-cert", "URI=spiffe://a"),
+        ],
     )
     .await;
+    assert_eq!(seen.upstream["x-forwarded-client-cert"], "URI=spiffe://a");
     assert_eq!(seen.upstream["x-envoy-internal"], "true");
     assert_eq!(seen.upstream["x-envoy-retry-on"], "5xx");
     assert_eq!(seen.upstream["x-request-id"], "inside");

@@ -161,6 +161,42 @@ pub struct HeaderHandling {
     pub server: ServerHeader,
     /// What is done to every request's path before routing (and forwarding).
     pub path: PathNormalization,
+    /// `forward_client_cert_details`: what becomes of a request's
+    /// `x-forwarded-client-cert` (XFCC).
+    pub forward_client_cert: ForwardClientCert,
+    /// `set_current_client_cert_details`: what an `APPEND_FORWARD` or `SANITIZE_SET` XFCC
+    /// element says of the client's certificate. No connection manager here terminates the
+    /// client's TLS yet (captured connections come in plain), so these are kept, not used.
+    pub client_cert_details: ClientCertDetails,
+}
+
+/// `forward_client_cert_details` (XFCC, `x-forwarded-client-cert`). Over a connection
+/// without a client certificate, every mode but `AlwaysForwardOnly` removes the header
+/// (Envoy's rule): a client cannot claim another's identity with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardClientCert {
+    /// `SANITIZE` (Envoy's default): always removed.
+    #[default]
+    Sanitize,
+    /// `FORWARD_ONLY`: kept when the client connection is mutual TLS.
+    ForwardOnly,
+    /// `APPEND_FORWARD`: with mutual TLS, the client's certificate details appended.
+    AppendForward,
+    /// `SANITIZE_SET`: with mutual TLS, replaced by the client's certificate details.
+    SanitizeSet,
+    /// `ALWAYS_FORWARD_ONLY`: always kept as it came.
+    AlwaysForwardOnly,
+}
+
+/// `set_current_client_cert_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub cert: bool,
+    pub chain: bool,
+    pub dns: bool,
+    pub uri: bool,
 }
 
 impl Default for HeaderHandling {
@@ -176,6 +212,8 @@ impl Default for HeaderHandling {
             always_set_request_id_in_response: false,
             server: ServerHeader::Overwrite(HeaderText::from_static(ServerHeader::DEFAULT_NAME)),
             path: PathNormalization::default(),
+            forward_client_cert: ForwardClientCert::Sanitize,
+            client_cert_details: ClientCertDetails::default(),
         }
     }
 }

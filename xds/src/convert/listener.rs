@@ -532,14 +532,6 @@ fn http_connection_manager(
             "early_header_mutation_extensions",
             !early_header_mutation_extensions.is_empty(),
         ),
-        (
-            "forward_client_cert_details",
-            *forward_client_cert_details != 0,
-        ),
-        (
-            "set_current_client_cert_details",
-            set_current_client_cert_details.is_some(),
-        ),
         ("proxy_100_continue", *proxy_100_continue),
         (
             "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
@@ -678,6 +670,8 @@ fn http_connection_manager(
             normalize_path,
             merge_slashes,
             path_with_escaped_slashes_action,
+            forward_client_cert_details,
+            set_current_client_cert_details,
         },
     );
 
@@ -735,6 +729,9 @@ struct HeaderFields<'a> {
     normalize_path: &'a Option<protobuf::BoolValue>,
     merge_slashes: &'a bool,
     path_with_escaped_slashes_action: &'a i32,
+    forward_client_cert_details: &'a i32,
+    set_current_client_cert_details:
+        &'a Option<hcm::http_connection_manager::SetCurrentClientCertDetails>,
 }
 
 const UUID_REQUEST_ID_URL: &str =
@@ -817,6 +814,45 @@ fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandl
             *f.merge_slashes,
             *f.path_with_escaped_slashes_action,
         ),
+        forward_client_cert: forward_client_cert(cx, p, *f.forward_client_cert_details),
+        client_cert_details: f
+            .set_current_client_cert_details
+            .as_ref()
+            .map(|d| {
+                let hcm::http_connection_manager::SetCurrentClientCertDetails {
+                    subject,
+                    cert,
+                    chain,
+                    dns,
+                    uri,
+                } = d;
+                ml::ClientCertDetails {
+                    subject: subject.as_ref().is_some_and(|b| b.value),
+                    cert: *cert,
+                    chain: *chain,
+                    dns: *dns,
+                    uri: *uri,
+                }
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn forward_client_cert(cx: &mut Cx, p: &str, v: i32) -> ml::ForwardClientCert {
+    use hcm::http_connection_manager::ForwardClientCertDetails as F;
+    match F::try_from(v) {
+        Ok(F::Sanitize) => ml::ForwardClientCert::Sanitize,
+        Ok(F::ForwardOnly) => ml::ForwardClientCert::ForwardOnly,
+        Ok(F::AppendForward) => ml::ForwardClientCert::AppendForward,
+        Ok(F::SanitizeSet) => ml::ForwardClientCert::SanitizeSet,
+        Ok(F::AlwaysForwardOnly) => ml::ForwardClientCert::AlwaysForwardOnly,
+        Err(_) => {
+            cx.reject(
+                join(p, "forward_client_cert_details"),
+                Reason::Invalid(format!("unknown value {v}")),
+            );
+            ml::ForwardClientCert::Sanitize
+        }
     }
 }
 

@@ -136,6 +136,16 @@ fn supported_fields() {
                 h.server_name = "istio-envoy".into();
                 h.server_header_transformation =
                     hcm::http_connection_manager::ServerHeaderTransformation::AppendIfAbsent as i32;
+                // istiod's inbound settings.
+                h.forward_client_cert_details =
+                    hcm::http_connection_manager::ForwardClientCertDetails::AppendForward as i32;
+                h.set_current_client_cert_details =
+                    Some(hcm::http_connection_manager::SetCurrentClientCertDetails {
+                        subject: boolv(true),
+                        dns: true,
+                        uri: true,
+                        ..Default::default()
+                    });
             }),
             |m| {
                 assert_eq!(
@@ -156,6 +166,14 @@ fn supported_fields() {
                             ml::HeaderText::new("istio-envoy").unwrap()
                         ),
                         path: ml::PathNormalization::default(),
+                        forward_client_cert: ml::ForwardClientCert::AppendForward,
+                        client_cert_details: ml::ClientCertDetails {
+                            subject: true,
+                            cert: false,
+                            chain: false,
+                            dns: true,
+                            uri: true,
+                        },
                     }
                 );
             },
@@ -547,11 +565,9 @@ fn rejections() {
             with_hcm(|h| {
                 h.local_reply_config = Some(Default::default());
                 h.upgrade_configs = vec![Default::default()];
-                h.forward_client_cert_details = 1;
                 h.strip_trailing_host_dot = true;
             }),
             vec![
-                format!("{fc0}.forward_client_cert_details: not supported"),
                 format!("{fc0}.local_reply_config: not supported"),
                 format!("{fc0}.strip_trailing_host_dot: not supported"),
                 format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
@@ -568,12 +584,14 @@ fn rejections() {
                     unix_sockets: true,
                     cidr_ranges: vec![core::CidrRange { address_prefix: "nope".into(), prefix_len: None }],
                 });
+                h.forward_client_cert_details = 9;
             }),
             vec![
                 format!("{fc0}.internal_address_config.cidr_ranges[0].address_prefix: `nope` is not an IP address"),
                 format!("{fc0}.request_id_extension.typed_config: request ID extension `type.googleapis.com/x.OtherRequestId` (only the UUID one) is not supported"),
                 format!("{fc0}.via: not a valid header value"),
                 format!("{fc0}.server_header_transformation: unknown value 7"),
+                format!("{fc0}.forward_client_cert_details: unknown value 9"),
             ],
         ),
         (
