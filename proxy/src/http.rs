@@ -207,6 +207,7 @@ struct Destination {
 /// Whether a request is gRPC (`content-type: application/grpc[+proto|...]`).
 /// A gRPC request's deadline (gRPC over HTTP/2).
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -894,13 +895,13 @@ impl HttpConn {
                 Action::Route(a) => a,
                 Action::DirectResponse(d) => {
                     let body = d.body.clone().unwrap_or_default();
-                    let mut resp = local_response(d.status, body);
+                    let mut resp = local_response(d.status, body.clone());
                     if d.body.is_some() {
                         resp.headers_mut()
                             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                     }
                     response_mutations(&mut resp, &table, vh, route);
-                    return Ok(Err(resp));
+                    return Ok(Err(for_grpc(resp, &body, is_grpc(req.headers()))));
                 }
                 Action::Redirect(r) => {
                     let location = router::redirect_location(r, &route.route_match, &head);
@@ -909,7 +910,7 @@ impl HttpConn {
                         resp.headers_mut().insert(header::LOCATION, v);
                     }
                     response_mutations(&mut resp, &table, vh, route);
-                    return Ok(Err(resp));
+                    return Ok(Err(for_grpc(resp, "", is_grpc(req.headers()))));
                 }
             };
             let cluster = match &action.cluster {
@@ -1639,6 +1640,31 @@ fn local_response(status: u16, body: String) -> Response<ProxyBody> {
     resp
 }
 
+/// A route's own answer (a direct response, a redirect) to a gRPC request, as Envoy's local
+/// replies are: trailers-only, `200`, the HTTP status mapped to a `grpc-status` unless the
+/// route's headers set one, `body` as `grpc-message`; the route's other headers (a
+/// redirect's `location`) kept. Other requests get `resp` as it is.
+fn for_grpc(resp: Response<ProxyBody>, body: &str, grpc: bool) -> Response<ProxyBody> {
+    if !grpc {
+        return resp;
+    }
+    let (parts, _) = resp.into_parts();
+    let mut headers = parts.headers;
+    let status = match headers
+        .get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        Some(set) => set,
+        None => crate::error::grpc::status_of_http(parts.status),
+    };
+    let mut reply = crate::error::grpc_local_reply(status, body);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::CONTENT_TYPE);
+    headers.remove(GRPC_STATUS);
+    reply.headers_mut().extend(headers);
+    reply
+}
+
 /// Whether the upstream's response completes the upgrade the request asked for.
 fn is_upgrade_accepted(is_connect: bool, status: StatusCode) -> bool {
     // CONNECT is "upgraded" by any 2xx (RFC 9110 section 9.3.6), other methods by 101.
@@ -2081,6 +2107,73 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// A route's direct response or redirect to a gRPC request is a gRPC status, as Envoy's
+    /// local replies are; the route's headers stay, and a `grpc-status` among them wins.
+    #[test]
+    fn route_answers_to_grpc_requests_are_grpc_statuses() {
+        let answer = |status: u16, body: &str, extra: &[(&str, &str)], grpc: bool| {
+            let mut resp = local_response(status, body.to_owned());
+            for (k, v) in extra {
+                resp.headers_mut().append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let out = for_grpc(resp, body, grpc);
+            let h = |n: &str| out.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+            (
+                out.status().as_u16(),
+                h("grpc-status"),
+                h("grpc-message"),
+                h("content-type"),
+                h("location"),
+                h("x-route"),
+                out.headers().get_all("grpc-status").iter().count(),
+            )
+        };
+        let s = |v: &str| Some(v.to_owned());
+        // Direct responses: the HTTP status mapped, the body as the message.
+        assert_eq!(
+            answer(503, "down for maintenance", &[("x-route", "a")], true),
+            (
+                200,
+                s("14"),
+                s("down for maintenance"),
+                s("application/grpc"),
+                None,
+                s("a"),
+                1
+            )
+        );
+        assert_eq!(
+            answer(404, "", &[], true),
+            (200, s("12"), None, s("application/grpc"), None, None, 1)
+        );
+        // The route said which status.
+        assert_eq!(
+            answer(200, "", &[("grpc-status", "0")], true),
+            (200, s("0"), None, s("application/grpc"), None, None, 1)
+        );
+        // A redirect: UNKNOWN, where to go still said.
+        assert_eq!(
+            answer(301, "", &[("location", "https://b/x")], true),
+            (
+                200,
+                s("2"),
+                None,
+                s("application/grpc"),
+                s("https://b/x"),
+                None,
+                1
+            )
+        );
+        // Not gRPC: untouched.
+        assert_eq!(
+            answer(301, "", &[("location", "https://b/x")], false),
+            (301, None, None, None, s("https://b/x"), None, 0)
+        );
     }
 
     #[test]
