@@ -46,9 +46,13 @@ use crate::lock;
 /// Read buffer of a connection.
 const READ_BUF: usize = 8 * 1024;
 
-/// A request head not complete within this many bytes goes to hyper (which answers 431
-/// past its own limit).
-const MAX_HEAD: usize = 64 * 1024;
+/// How long a connection refused with [`TOO_LARGE`] reads what the client still sends.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a request head larger than the connection manager's `max_request_headers_kb` gets
+/// (Envoy's local reply for it has no body), before the connection is closed.
+const TOO_LARGE: &[u8] =
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// Response bytes gathered before they are written while the body has more ready.
 const WRITE_AHEAD: usize = 64 * 1024;
@@ -79,18 +83,32 @@ where
     // long before still closes the connection only after `idle_timeout` without a request.
     let mut drained = std::pin::pin!(drain.signaled());
     let mut idle = std::pin::pin!(crate::http::idle(conn));
+    let limit = conn.max_request_headers();
     loop {
         let head = loop {
-            match h1codec::parse_request_head(&mut buf) {
-                Ok(Some(head)) => break head,
+            let before = buf.len();
+            let too_large = match h1codec::parse_request_head(&mut buf) {
+                Ok(Some(head)) if before - buf.len() <= limit => break head,
+                Ok(Some(_)) => true,
                 Err(Unserved(why)) => {
                     debug!(peer = %conn.peer(), why, "handing the connection to hyper's server");
                     return Ended::Handover(buf.freeze(), io);
                 }
-                Ok(None) if buf.len() >= MAX_HEAD => {
-                    return Ended::Handover(buf.freeze(), io);
-                }
-                Ok(None) => {}
+                Ok(None) => buf.len() > limit,
+            };
+            if too_large {
+                debug!(peer = %conn.peer(), limit, "request head too large: 431");
+                let _ = io.write_all(TOO_LARGE).await;
+                let _ = io.shutdown().await;
+                // A lingering close: what the client is still sending is read and dropped
+                // for a moment, so that closing on unread bytes (a reset) does not destroy
+                // the answer before the client has read it.
+                let mut sink = [0u8; 8192];
+                let _ = tokio::time::timeout(LINGER, async {
+                    while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+                })
+                .await;
+                return Ended::Closed;
             }
             let between = buf.is_empty();
             if buf.capacity() - buf.len() < READ_BUF / 4 {

@@ -578,6 +578,8 @@ impl ServerInner {
             pools: self.pools.clone(),
             timeouts: HcmTimeouts::default(),
             http2: Http2Settings::default(),
+            max_request_headers: crate::model::listener::DEFAULT_MAX_REQUEST_HEADERS_KB as usize
+                * 1024,
             hbone: None,
         }));
         crate::http::serve(tunnel, conn, drain).await;

@@ -135,6 +135,8 @@ pub(crate) struct HttpConn {
     timeouts: HcmTimeouts,
     /// The connection manager's HTTP/2 settings.
     http2: Http2Settings,
+    /// The largest request head or header list, in bytes.
+    max_request_headers: usize,
     /// Streams in flight, for the connection idle timeout.
     activity: Arc<ConnActivity>,
     /// For the deadlines of its requests until their responses.
@@ -266,6 +268,8 @@ pub(crate) struct HttpConnParams {
     pub(crate) timeouts: HcmTimeouts,
     /// What an HTTP/2 client is told in SETTINGS.
     pub(crate) http2: Http2Settings,
+    /// The largest request head or header list, in bytes (`max_request_headers_kb`).
+    pub(crate) max_request_headers: usize,
     pub(crate) hbone: Option<Arc<crate::hbone::Client>>,
 }
 
@@ -292,6 +296,7 @@ impl HttpConn {
             pools: p.pools,
             timeouts: p.timeouts,
             http2: p.http2,
+            max_request_headers: p.max_request_headers,
             activity: Arc::new(ConnActivity::default()),
             timer: StreamTimer::default(),
             hbone: p.hbone,
@@ -306,6 +311,12 @@ impl HttpConn {
     /// The client's address.
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The largest request head (HTTP/1.1) or header list (HTTP/2), in bytes; larger ones
+    /// are answered 431.
+    pub(crate) fn max_request_headers(&self) -> usize {
+        self.max_request_headers
     }
 
     fn count_request(&self, code: u16, flags: &'static str, elapsed: Duration) {
@@ -1873,7 +1884,11 @@ where
             peer: conn.peer,
         };
         let handle = |req| svc_conn.handle(req);
-        match crate::h2server::serve(io, Limits::from(&conn.http2), handle, signals).await {
+        let mut limits = Limits::from(&conn.http2);
+        limits.max_header_list = conn.max_request_headers;
+        // The encoded block is at most about as large as the list it decodes to.
+        limits.max_header_block = limits.max_header_block.max(conn.max_request_headers);
+        match crate::h2server::serve(io, limits, handle, signals).await {
             Ended::Closed => {}
             Ended::Error(e) => {
                 debug!(peer = %conn.peer, code = e.code, why = e.why, "downstream HTTP/2 connection ended with an error");
@@ -1922,7 +1937,10 @@ where
         // Header names go out lowercase, as Envoy's HTTP/1 codec sends them by default
         // (its `header_key_format` is rejected): keeping each request's original case
         // cost a second header map per message. No `Date` the upstream did not send.
-        .auto_date_header(false);
+        .auto_date_header(false)
+        // A backstop: our own server answers heads above the limit before handing any
+        // over (hyper's buffer cannot be below 8 KiB).
+        .max_buf_size(conn.max_request_headers.max(8192));
     let server = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
@@ -1997,6 +2015,7 @@ mod tests {
             pools: Pools::new(Default::default()),
             timeouts: HcmTimeouts::default(),
             http2: Http2Settings::default(),
+            max_request_headers: 60 << 10,
             hbone: None,
         })
     }

@@ -24,7 +24,7 @@ use crate::local::Local;
 use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
 use crate::model::listener::{
     HeaderHandling, Http2Settings, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
-    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADERS_KB,
 };
 use crate::tcp;
 use crate::timeout::HcmTimeouts;
@@ -175,6 +175,7 @@ async fn try_handle(
                 protocol,
                 timeouts,
                 Http2Settings::default(),
+                DEFAULT_MAX_REQUEST_HEADERS_KB as usize * 1024,
                 drain,
             ))
             .await
@@ -186,6 +187,7 @@ async fn try_handle(
                 timeouts,
                 http2,
                 headers,
+                max_request_headers,
             } = *plan;
             // An HTTP connection manager serves HTTP/1 unless the client opened with the
             // HTTP/2 preface.
@@ -199,7 +201,17 @@ async fn try_handle(
                 headers,
             };
             Box::pin(serve_http(
-                inner, stream, peer, dst, captured, routing, source, downstream, timeouts, http2,
+                inner,
+                stream,
+                peer,
+                dst,
+                captured,
+                routing,
+                source,
+                downstream,
+                timeouts,
+                http2,
+                max_request_headers,
                 drain,
             ))
             .await
@@ -401,6 +413,8 @@ struct HttpPlan {
     timeouts: HcmTimeouts,
     http2: Http2Settings,
     headers: Arc<HeaderHandling>,
+    /// `max_request_headers_kb`, in bytes.
+    max_request_headers: usize,
 }
 
 /// Picks the filter chain of `listener` for this connection and says what serves it.
@@ -450,6 +464,7 @@ fn plan(
             timeouts: HcmTimeouts::from(&**hcm),
             http2: hcm.http2,
             headers: hcm.headers.clone(),
+            max_request_headers: hcm.max_request_headers_kb as usize * 1024,
         })),
     })
 }
@@ -561,6 +576,7 @@ async fn serve_http(
     downstream: Protocol,
     timeouts: HcmTimeouts,
     http2: Http2Settings,
+    max_request_headers: usize,
     drain: drain::Watch,
 ) -> Result<(), ProxyError> {
     let conn = Arc::new(HttpConn::new(HttpConnParams {
@@ -579,6 +595,7 @@ async fn serve_http(
         pools: inner.pools.clone(),
         timeouts,
         http2,
+        max_request_headers,
         hbone: inner.hbone.clone(),
     }));
     http::serve(stream, conn, drain).await;

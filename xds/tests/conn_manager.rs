@@ -219,3 +219,81 @@ async fn connection_manager_header_rules() {
     assert_eq!(seen.upstream["x-forwarded-for"], "127.0.0.1");
     assert!(!seen.upstream.contains_key("x-envoy-external-address"));
 }
+
+/// The status of a GET with one header of `size` bytes, over HTTP/1.1 (a fresh connection).
+async fn status_with_header_of(node: &Node, port: u16, size: usize) -> u16 {
+    let stream = node.connect(vip(port)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "web")
+        .header("x-big", "a".repeat(size))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    sender.send_request(req).await.unwrap().status().as_u16()
+}
+
+/// The same over h2c: statuses of requests with one header of each size, on one connection.
+async fn h2_statuses_with_headers_of(node: &Node, port: u16, sizes: &[usize]) -> Vec<u16> {
+    let stream = node.connect(vip(port)).await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    for size in sizes {
+        let req = Request::get("http://web/")
+            .header("x-big", "a".repeat(*size))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.ready().await.unwrap();
+        statuses.push(sender.send_request(req).await.unwrap().status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_above_the_connection_managers_limit_are_431() {
+    let (upstream, _task) = header_echo().await;
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "default", &http_listener("default", 18511, "r"));
+        set(
+            b,
+            "small",
+            &http_listener_with("small", 18512, "r", &["max_request_headers_kb: 2"]),
+        );
+        set(b, "r", &route_to("r", "web"));
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[upstream]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["default", "small"][..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    // 2 KiB: a head of a little more is refused, a little less served.
+    assert_eq!(status_with_header_of(&node, 18512, 1500).await, 200);
+    assert_eq!(status_with_header_of(&node, 18512, 2100).await, 431);
+    // Envoy's default, 60 KiB: 40 KiB pass, 70 do not.
+    assert_eq!(status_with_header_of(&node, 18511, 40 << 10).await, 200);
+    assert_eq!(status_with_header_of(&node, 18511, 70 << 10).await, 431);
+    // HTTP/2: the stream is answered 431, the connection goes on.
+    assert_eq!(
+        h2_statuses_with_headers_of(&node, 18512, &[1500, 2100, 100]).await,
+        [200, 431, 200]
+    );
+    // Above the 16 KiB Myelin's HTTP/2 server allowed before: Envoy's 60 KiB hold.
+    assert_eq!(
+        h2_statuses_with_headers_of(&node, 18511, &[40 << 10, 70 << 10]).await,
+        [200, 431]
+    );
+}

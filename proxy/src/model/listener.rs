@@ -126,7 +126,14 @@ pub struct HttpConnectionManager {
     /// What the connection manager itself does to every request's and response's headers.
     /// Shared: every connection of the listener holds it.
     pub headers: Arc<HeaderHandling>,
+    /// `max_request_headers_kb`: a request whose head (HTTP/1.1: request line and header
+    /// fields) or header list (HTTP/2, as RFC 9113 counts it) is larger is answered 431.
+    pub max_request_headers_kb: u32,
 }
+
+/// Envoy's default `max_request_headers_kb`, also what connections without a connection
+/// manager get.
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
 
 /// What a connection manager does to the headers of every request before its routes see it,
 /// and of every response (upstream or local) before the client does: Envoy's

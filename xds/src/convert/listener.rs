@@ -522,7 +522,6 @@ fn http_connection_manager(
             "scheme_header_transformation",
             scheme_header_transformation.is_some(),
         ),
-        ("max_request_headers_kb", max_request_headers_kb.is_some()),
         ("request_headers_timeout", request_headers_timeout.is_some()),
         (
             "original_ip_detection_extensions",
@@ -675,8 +674,21 @@ fn http_connection_manager(
         },
     );
 
+    let max_request_headers_kb = match max_request_headers_kb.as_ref().map(|v| v.value) {
+        None => ml::DEFAULT_MAX_REQUEST_HEADERS_KB,
+        // Envoy's bounds.
+        Some(kb @ 1..=8192) => kb,
+        Some(kb) => {
+            cx.reject(
+                join(p, "max_request_headers_kb"),
+                Reason::Invalid(format!("{kb} is not in 1..=8192")),
+            );
+            ml::DEFAULT_MAX_REQUEST_HEADERS_KB
+        }
+    };
     Some(ml::HttpConnectionManager {
         headers: std::sync::Arc::new(headers),
+        max_request_headers_kb,
         stat_prefix: stat_prefix.clone(),
         route,
         request_timeout: cx.timeout(&join(p, "request_timeout"), request_timeout, None),

@@ -96,6 +96,7 @@ fn supported_fields() {
             assert_eq!(h.idle_timeout, Some(Duration::from_secs(3600)));
             assert_eq!(h.http2, ml::Http2Settings::default());
             assert_eq!(*h.headers, ml::HeaderHandling::default());
+            assert_eq!(h.max_request_headers_kb, 60, "Envoy's default");
             assert!(
                 h.headers.generate_request_id,
                 "Envoy generates request IDs by default"
@@ -181,11 +182,13 @@ fn supported_fields() {
         (
             "server header passed through",
             with_hcm(|h| {
+                h.max_request_headers_kb = u32v(96);
                 h.use_remote_address = boolv(false);
                 h.server_header_transformation =
                     hcm::http_connection_manager::ServerHeaderTransformation::PassThrough as i32;
             }),
             |m| {
+                assert_eq!(hcm_of(m).max_request_headers_kb, 96);
                 let h = &hcm_of(m).headers;
                 assert!(!h.use_remote_address);
                 assert_eq!(h.server, ml::ServerHeader::PassThrough);
@@ -598,10 +601,12 @@ fn rejections() {
             with_hcm(|h| {
                 h.path_with_escaped_slashes_action = 5;
                 h.path_normalization_options = Some(Default::default());
+                h.max_request_headers_kb = u32v(8193);
             }),
             vec![
                 format!("{fc0}.path_normalization_options: not supported"),
                 format!("{fc0}.path_with_escaped_slashes_action: unknown value 5"),
+                format!("{fc0}.max_request_headers_kb: 8193 is not in 1..=8192"),
             ],
         ),
         (with_hcm(|h| h.codec_type = hcm::http_connection_manager::CodecType::Http2 as i32), vec![format!("{fc0}.codec_type: HTTP2 (Myelin detects the protocol; use AUTO) is not supported")]),
