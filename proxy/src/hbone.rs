@@ -52,14 +52,12 @@ use tracing::{debug, warn, Instrument};
 use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::golden::{GoldenMetrics, TcpRecord, UNKNOWN};
-use crate::http::{HttpConn, HttpConnParams, Reporter, Routing};
+use crate::http::{HttpConn, HttpConnParams, ManagerSettings, Reporter, Routing};
 use crate::lock;
 use crate::metrics::ProxyMetrics;
-use crate::model::listener::Http2Settings;
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::stream::{Counted, Rewind};
-use crate::timeout::HcmTimeouts;
 use crate::tls::{sni_for_any, spiffe_id_of, Identities, RejectReason, SpiffeId};
 use crate::traffic::TrafficHandle;
 use crate::upstream::{PoolConfig, Pools, UpstreamProtocol};
@@ -576,10 +574,7 @@ impl ServerInner {
             golden: self.golden.clone(),
             config: self.config.clone(),
             pools: self.pools.clone(),
-            timeouts: HcmTimeouts::default(),
-            http2: Http2Settings::default(),
-            max_request_headers: crate::model::listener::DEFAULT_MAX_REQUEST_HEADERS_KB as usize
-                * 1024,
+            manager: ManagerSettings::default(),
             hbone: None,
         }));
         crate::http::serve(tunnel, conn, drain).await;

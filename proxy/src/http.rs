@@ -50,7 +50,9 @@ use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::{DnsLookupFamily, UpstreamProtocol as ClusterProtocol};
 use crate::model::endpoint::EndpointAddress;
-use crate::model::listener::{HeaderHandling, Http2Settings, PathNormalization};
+use crate::model::listener::{
+    HeaderHandling, Http2Settings, PathNormalization, DEFAULT_MAX_REQUEST_HEADERS_KB,
+};
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
@@ -265,12 +267,39 @@ pub(crate) struct HttpConnParams {
     pub(crate) golden: Arc<GoldenMetrics>,
     pub(crate) config: Arc<ProxyConfig>,
     pub(crate) pools: Arc<Pools>,
+    pub(crate) manager: ManagerSettings,
+    pub(crate) hbone: Option<Arc<crate::hbone::Client>>,
+}
+
+/// The connection manager's settings a connection serves by: its timeouts, what an HTTP/2
+/// client is told in SETTINGS, the largest request head. The default is what a connection
+/// without a connection manager gets (Envoy's defaults, as for Istio's passthrough).
+#[derive(Debug, Clone)]
+pub(crate) struct ManagerSettings {
     pub(crate) timeouts: HcmTimeouts,
-    /// What an HTTP/2 client is told in SETTINGS.
     pub(crate) http2: Http2Settings,
     /// The largest request head or header list, in bytes (`max_request_headers_kb`).
     pub(crate) max_request_headers: usize,
-    pub(crate) hbone: Option<Arc<crate::hbone::Client>>,
+}
+
+impl Default for ManagerSettings {
+    fn default() -> Self {
+        Self {
+            timeouts: HcmTimeouts::default(),
+            http2: Http2Settings::default(),
+            max_request_headers: DEFAULT_MAX_REQUEST_HEADERS_KB as usize * 1024,
+        }
+    }
+}
+
+impl From<&crate::model::listener::HttpConnectionManager> for ManagerSettings {
+    fn from(hcm: &crate::model::listener::HttpConnectionManager) -> Self {
+        Self {
+            timeouts: HcmTimeouts::from(hcm),
+            http2: hcm.http2,
+            max_request_headers: hcm.max_request_headers_kb as usize * 1024,
+        }
+    }
 }
 
 impl HttpConn {
@@ -294,9 +323,9 @@ impl HttpConn {
             golden: p.golden,
             config: p.config,
             pools: p.pools,
-            timeouts: p.timeouts,
-            http2: p.http2,
-            max_request_headers: p.max_request_headers,
+            timeouts: p.manager.timeouts,
+            http2: p.manager.http2,
+            max_request_headers: p.manager.max_request_headers,
             activity: Arc::new(ConnActivity::default()),
             timer: StreamTimer::default(),
             hbone: p.hbone,
@@ -2013,9 +2042,7 @@ mod tests {
             golden: Arc::new(GoldenMetrics::unregistered()),
             config: Arc::new(ProxyConfig::new(workloads).unwrap()),
             pools: Pools::new(Default::default()),
-            timeouts: HcmTimeouts::default(),
-            http2: Http2Settings::default(),
-            max_request_headers: 60 << 10,
+            manager: ManagerSettings::default(),
             hbone: None,
         })
     }

@@ -19,15 +19,14 @@ use tracing::debug;
 use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::error::ProxyError;
-use crate::http::{self, HttpConn, HttpConnParams, RouteRef, Routing, Target};
+use crate::http::{self, HttpConn, HttpConnParams, ManagerSettings, RouteRef, Routing, Target};
 use crate::local::Local;
 use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
 use crate::model::listener::{
-    HeaderHandling, Http2Settings, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADERS_KB,
+    HeaderHandling, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
+    DEFAULT_IDLE_TIMEOUT,
 };
 use crate::tcp;
-use crate::timeout::HcmTimeouts;
 use crate::traffic::{chain, router, Traffic};
 use crate::Inner;
 
@@ -161,21 +160,16 @@ async fn try_handle(
 
     let res = match plan {
         Plan::Passthrough if protocol != Protocol::Opaque => {
-            let routing = Routing::Passthrough;
-            // Envoy's defaults, as for Istio's passthrough.
-            let timeouts = HcmTimeouts::default();
             Box::pin(serve_http(
                 inner,
                 stream,
                 peer,
                 dst,
                 captured,
-                routing,
+                Routing::Passthrough,
                 source,
                 protocol,
-                timeouts,
-                Http2Settings::default(),
-                DEFAULT_MAX_REQUEST_HEADERS_KB as usize * 1024,
+                ManagerSettings::default(),
                 drain,
             ))
             .await
@@ -184,10 +178,8 @@ async fn try_handle(
             let HttpPlan {
                 routes,
                 upgrades,
-                timeouts,
-                http2,
                 headers,
-                max_request_headers,
+                manager,
             } = *plan;
             // An HTTP connection manager serves HTTP/1 unless the client opened with the
             // HTTP/2 preface.
@@ -201,18 +193,7 @@ async fn try_handle(
                 headers,
             };
             Box::pin(serve_http(
-                inner,
-                stream,
-                peer,
-                dst,
-                captured,
-                routing,
-                source,
-                downstream,
-                timeouts,
-                http2,
-                max_request_headers,
-                drain,
+                inner, stream, peer, dst, captured, routing, source, downstream, manager, drain,
             ))
             .await
         }
@@ -410,11 +391,8 @@ struct HttpPlan {
     routes: RouteRef,
     /// The upgrade types it allows.
     upgrades: Arc<[String]>,
-    timeouts: HcmTimeouts,
-    http2: Http2Settings,
     headers: Arc<HeaderHandling>,
-    /// `max_request_headers_kb`, in bytes.
-    max_request_headers: usize,
+    manager: ManagerSettings,
 }
 
 /// Picks the filter chain of `listener` for this connection and says what serves it.
@@ -461,10 +439,8 @@ fn plan(
                 ),
             },
             upgrades: hcm.upgrade_types.clone().into(),
-            timeouts: HcmTimeouts::from(&**hcm),
-            http2: hcm.http2,
             headers: hcm.headers.clone(),
-            max_request_headers: hcm.max_request_headers_kb as usize * 1024,
+            manager: ManagerSettings::from(&**hcm),
         })),
     })
 }
@@ -574,9 +550,7 @@ async fn serve_http(
     routing: Routing,
     source: Source,
     downstream: Protocol,
-    timeouts: HcmTimeouts,
-    http2: Http2Settings,
-    max_request_headers: usize,
+    manager: ManagerSettings,
     drain: drain::Watch,
 ) -> Result<(), ProxyError> {
     let conn = Arc::new(HttpConn::new(HttpConnParams {
@@ -593,9 +567,7 @@ async fn serve_http(
         golden: inner.golden.clone(),
         config: inner.config.clone(),
         pools: inner.pools.clone(),
-        timeouts,
-        http2,
-        max_request_headers,
+        manager,
         hbone: inner.hbone.clone(),
     }));
     http::serve(stream, conn, drain).await;
