@@ -44,12 +44,14 @@ use crate::detect::Protocol;
 use crate::drain;
 use crate::error::{BodyError, ProxyBody, ProxyError, Side};
 use crate::extended_connect;
+use crate::filters::{self, Filtered};
 use crate::golden::{self, DestinationLabels, GoldenMetrics, RequestRecord, SourceLabels, UNKNOWN};
 use crate::h2server::{ConnectProtocol, Ended, Limits, Signals};
 use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::{DnsLookupFamily, UpstreamProtocol as ClusterProtocol};
 use crate::model::endpoint::EndpointAddress;
+use crate::model::filter::HttpFilters;
 use crate::model::listener::{
     HeaderHandling, Http2Settings, PathNormalization, DEFAULT_MAX_REQUEST_HEADERS_KB,
 };
@@ -81,6 +83,8 @@ pub(crate) enum Routing {
         upgrades: Arc<[String]>,
         /// What the connection manager does to headers itself.
         headers: Arc<HeaderHandling>,
+        /// The HTTP filters before the router.
+        filters: Arc<HttpFilters>,
     },
 }
 
@@ -430,8 +434,12 @@ impl HttpConn {
             ));
             let req = req.map(|b| CountingBody::new(b, stream.clone()));
             let mut deadlines = Deadlines::default();
+            let mut filtered = Filtered::default();
             let outcome = match path_answer {
-                Ok(None) => self.dispatch(req, &stream, &mut deadlines).await,
+                Ok(None) => {
+                    self.dispatch(req, &stream, &mut deadlines, &mut filtered)
+                        .await
+                }
                 Ok(Some(redirect)) => {
                     let dest = self.destination(None, None, authority_seen.as_str());
                     Ok((redirect, "-", dest))
@@ -468,6 +476,9 @@ impl HttpConn {
                     (e.to_response(grpc), e.response_flags(), dest)
                 }
             };
+            filtered.finish_response(resp.headers_mut());
+            let flags = filtered.flags(flags);
+            drop(filtered);
             if let Some((headers, facts)) = &managed {
                 conn_manager::mutate_response(headers, resp.headers_mut(), facts);
             }
@@ -544,6 +555,7 @@ impl HttpConn {
         mut req: Request<ReqBody>,
         stream: &'f StreamState,
         deadlines: &'f mut Deadlines,
+        filtered: &'f mut Filtered,
     ) -> impl Future<
         Output = Result<(Response<ProxyBody>, &'static str, Arc<Destination>), ProxyError>,
     > + 'f {
@@ -563,26 +575,30 @@ impl HttpConn {
                     return Ok((resp, "-", dest));
                 }
                 Routing::Routes {
-                    routes, upgrades, ..
-                } => (routes, upgrades),
+                    routes,
+                    upgrades,
+                    filters,
+                    ..
+                } => (routes, upgrades, filters),
             };
-            let (route_ref, hcm_upgrades) = route_ref;
+            let (route_ref, hcm_upgrades, filters) = route_ref;
             // Asked before the route's header mutations.
             let upgrade = upgrade_type(&req);
-            let (decision, first) = match self.decide(route_ref, &mut req).await? {
-                Ok(decided) => decided,
-                Err(local) => {
-                    // No route to forward by (none matched, a redirect, a direct answer):
-                    // the connection manager alone decides on an upgrade, and before that
-                    // answer, as Envoy's connection manager does before its router.
-                    let local = match &upgrade {
-                        Some(kind) if !hcm_upgrades.contains(kind) => refuse_upgrade(kind),
-                        _ => local,
-                    };
-                    let dest = self.destination(None, None, authority(&req));
-                    return Ok((local, "-", dest));
-                }
-            };
+            let (decision, first) =
+                match self.decide(route_ref, filters, &mut req, filtered).await? {
+                    Ok(decided) => decided,
+                    Err((local, flags)) => {
+                        // No route to forward by (none matched, a redirect, a direct answer):
+                        // the connection manager alone decides on an upgrade, and before that
+                        // answer, as Envoy's connection manager does before its router.
+                        let local = match &upgrade {
+                            Some(kind) if !hcm_upgrades.contains(kind) => refuse_upgrade(kind),
+                            _ => local,
+                        };
+                        let dest = self.destination(None, None, authority(&req));
+                        return Ok((local, flags, dest));
+                    }
+                };
             let dest = self.destination(
                 Some(&decision.cluster.cluster.name),
                 Some(decision.target.addr),
@@ -895,10 +911,11 @@ impl HttpConn {
     fn decide<'f>(
         &'f self,
         route_ref: &'f RouteRef,
+        filters: &'f HttpFilters,
         req: &'f mut Request<ReqBody>,
-    ) -> impl Future<
-        Output = Result<Result<(Decision, PickedEndpoint), Response<ProxyBody>>, ProxyError>,
-    > + 'f {
+        filtered: &'f mut Filtered,
+    ) -> impl Future<Output = Result<Result<(Decision, PickedEndpoint), filters::Answer>, ProxyError>> + 'f
+    {
         async move {
             let traffic = self.traffic.load();
             let table = match route_ref {
@@ -941,7 +958,7 @@ impl HttpConn {
                             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                     }
                     response_mutations(&mut resp, &table, vh, route);
-                    return Ok(Err(for_grpc(resp, &body, is_grpc(req.headers()))));
+                    return Ok(Err((for_grpc(resp, &body, is_grpc(req.headers())), "-")));
                 }
                 Action::Redirect(r) => {
                     let location = router::redirect_location(r, &route.route_match, &head);
@@ -950,7 +967,7 @@ impl HttpConn {
                         resp.headers_mut().insert(header::LOCATION, v);
                     }
                     response_mutations(&mut resp, &table, vh, route);
-                    return Ok(Err(for_grpc(resp, "", is_grpc(req.headers()))));
+                    return Ok(Err((for_grpc(resp, "", is_grpc(req.headers())), "-")));
                 }
             };
             let cluster = match &action.cluster {
@@ -961,6 +978,28 @@ impl HttpConn {
                     })?
                 }
             };
+            // The filters before the router see the request as its client sent it (the
+            // route's rewrites are the router's); boxed, as only their users pay for them.
+            if !filters.is_empty() {
+                let levels = filters::Levels {
+                    route,
+                    vhost: vh,
+                    table: &table.config,
+                };
+                let grpc = is_grpc(req.headers());
+                let run = filters::run(
+                    filters,
+                    levels,
+                    cluster,
+                    &head,
+                    grpc,
+                    &self.metrics,
+                    filtered,
+                );
+                if let Some(answer) = Box::pin(run).await {
+                    return Ok(Err(answer));
+                }
+            }
             let hash = router::request_hash(&action.hash_policy, &head, self.peer.ip());
             let cluster = find_cluster(&traffic, cluster)?.clone();
             let first = pick_endpoint(
@@ -1667,7 +1706,7 @@ fn normalize_path<B>(
 }
 
 /// A response generated by the proxy (direct responses, redirects).
-fn local_response(status: u16, body: String) -> Response<ProxyBody> {
+pub(crate) fn local_response(status: u16, body: String) -> Response<ProxyBody> {
     let len = body.len();
     let mut resp = Response::new(
         Full::new(Bytes::from(body))
@@ -1684,7 +1723,7 @@ fn local_response(status: u16, body: String) -> Response<ProxyBody> {
 /// replies are: trailers-only, `200`, the HTTP status mapped to a `grpc-status` unless the
 /// route's headers set one, `body` as `grpc-message`; the route's other headers (a
 /// redirect's `location`) kept. Other requests get `resp` as it is.
-fn for_grpc(resp: Response<ProxyBody>, body: &str, grpc: bool) -> Response<ProxyBody> {
+pub(crate) fn for_grpc(resp: Response<ProxyBody>, body: &str, grpc: bool) -> Response<ProxyBody> {
     if !grpc {
         return resp;
     }

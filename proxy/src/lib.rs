@@ -35,6 +35,7 @@ mod dial;
 pub mod drain;
 mod error;
 mod extended_connect;
+mod filters;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

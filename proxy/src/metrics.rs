@@ -21,6 +21,9 @@
 //! | `proxy_retry_overflow_total`                   | counter   | |
 //! | `proxy_request_overflow_total`                 | counter   | |
 //! | `proxy_pending_overflow_total`                 | counter   | |
+//! | `proxy_faults_injected_total`                  | counter   | `kind` (`delay`, `abort`) |
+//! | `proxy_fault_overflow_total`                   | counter   | |
+//! | `proxy_cors_origins_total`                     | counter   | `origin` (`valid`, `invalid`) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -69,6 +72,20 @@ impl EncodeLabelValue for ConnectErrorReason {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
         fmt::Write::write_str(encoder, self.as_str())
     }
+}
+
+/// Labels of `proxy_faults_injected`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    /// `delay` or `abort`.
+    pub kind: &'static str,
+}
+
+/// Labels of `proxy_cors_origins`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CorsLabels {
+    /// `valid` (allowed by the route's CORS policy) or `invalid`.
+    pub origin: &'static str,
 }
 
 /// Labels of `proxy_upstream_connect_errors`.
@@ -233,6 +250,9 @@ pub struct ProxyMetrics {
     pub(crate) retry_overflow: Counter,
     pub(crate) request_overflow: Counter,
     pub(crate) pending_overflow: Counter,
+    pub(crate) faults_injected: Family<FaultLabels, Counter>,
+    pub(crate) fault_overflow: Counter,
+    pub(crate) cors_origins: Family<CorsLabels, Counter>,
     /// Same-node connections and requests refused by the inbound policy.
     pub(crate) local_refused: Family<crate::local::RefusalLabels, Counter>,
 }
@@ -265,6 +285,9 @@ impl ProxyMetrics {
             retry_overflow: Counter::default(),
             request_overflow: Counter::default(),
             pending_overflow: Counter::default(),
+            faults_injected: Family::default(),
+            fault_overflow: Counter::default(),
+            cors_origins: Family::default(),
             local_refused: Family::default(),
         };
         registry.register(
@@ -339,6 +362,22 @@ impl ProxyMetrics {
             "Requests answered 503 UO because they would have waited for a connection \
              (max_connections) beyond the cluster's max_pending_requests",
             m.pending_overflow.clone(),
+        );
+        registry.register(
+            "proxy_faults_injected",
+            "Faults injected by the HTTP fault filter (envoy.filters.http.fault), by kind",
+            m.faults_injected.clone(),
+        );
+        registry.register(
+            "proxy_fault_overflow",
+            "Faults not injected because the fault filter had max_active_faults in progress",
+            m.fault_overflow.clone(),
+        );
+        registry.register(
+            "proxy_cors_origins",
+            "Requests with an Origin seen by the CORS filter (envoy.filters.http.cors), by \
+             whether the route's policy allows the origin",
+            m.cors_origins.clone(),
         );
         registry.register(
             "proxy_local_refused",

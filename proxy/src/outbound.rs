@@ -22,6 +22,7 @@ use crate::error::ProxyError;
 use crate::http::{self, HttpConn, HttpConnParams, ManagerSettings, RouteRef, Routing, Target};
 use crate::local::Local;
 use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
+use crate::model::filter::HttpFilters;
 use crate::model::listener::{
     HeaderHandling, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
     DEFAULT_IDLE_TIMEOUT,
@@ -179,6 +180,7 @@ async fn try_handle(
                 routes,
                 upgrades,
                 headers,
+                filters,
                 manager,
             } = *plan;
             // An HTTP connection manager serves HTTP/1 unless the client opened with the
@@ -191,6 +193,7 @@ async fn try_handle(
                 routes,
                 upgrades,
                 headers,
+                filters,
             };
             Box::pin(serve_http(
                 inner, stream, peer, dst, captured, routing, source, downstream, manager, drain,
@@ -392,6 +395,7 @@ struct HttpPlan {
     /// The upgrade types it allows.
     upgrades: Arc<[String]>,
     headers: Arc<HeaderHandling>,
+    filters: Arc<HttpFilters>,
     manager: ManagerSettings,
 }
 
@@ -440,6 +444,7 @@ fn plan(
             },
             upgrades: hcm.upgrade_types.clone().into(),
             headers: hcm.headers.clone(),
+            filters: hcm.http_filters.clone(),
             manager: ManagerSettings::from(&**hcm),
         })),
     })

@@ -129,6 +129,8 @@ pub struct HttpConnectionManager {
     /// `max_request_headers_kb`: a request whose head (HTTP/1.1: request line and header
     /// fields) or header list (HTTP/2, as RFC 9113 counts it) is larger is answered 431.
     pub max_request_headers_kb: u32,
+    /// The HTTP filters before the router, in order (shared by the listener's connections).
+    pub http_filters: Arc<super::filter::HttpFilters>,
 }
 
 /// Envoy's default `max_request_headers_kb`, also what connections without a connection

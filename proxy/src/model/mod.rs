@@ -20,6 +20,7 @@ use crate::tls::SpiffeId;
 
 pub mod cluster;
 pub mod endpoint;
+pub mod filter;
 pub mod listener;
 pub mod route;
 pub mod secret;

@@ -1,10 +1,12 @@
 //! HTTP routes (Envoy `config.route.v3.RouteConfiguration`): virtual hosts chosen by
 //! `:authority`, then the first route whose match holds, then its action.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::filter::{CorsPolicy, FilterSettings};
 use super::listener::WeightedCluster;
 use super::types::{Regex, StringMatcher};
 use super::{duration_str, opt_duration_str};
@@ -22,6 +24,9 @@ pub struct RouteConfiguration {
     pub virtual_hosts: Vec<VirtualHost>,
     /// Header changes for every route of the table.
     pub headers: HeaderMutation,
+    /// Per-route settings of HTTP filters for every route of the table.
+    #[serde(skip_serializing_if = "FilterSettings::is_empty")]
+    pub filters: FilterSettings,
 }
 
 /// A virtual host.
@@ -37,6 +42,12 @@ pub struct VirtualHost {
     pub retry_policy: Option<RetryPolicy>,
     /// Header changes for every route of the host.
     pub headers: HeaderMutation,
+    /// Per-route settings of HTTP filters for every route of the host.
+    #[serde(skip_serializing_if = "FilterSettings::is_empty")]
+    pub filters: FilterSettings,
+    /// The deprecated `cors` field: used when no level has CORS filter settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
 /// A domain pattern of a virtual host (port included when given, as in Envoy).
@@ -101,6 +112,13 @@ pub struct Route {
     pub action: Action,
     /// Header changes for this route.
     pub headers: HeaderMutation,
+    /// Per-route settings of HTTP filters.
+    #[serde(skip_serializing_if = "FilterSettings::is_empty")]
+    pub filters: FilterSettings,
+    /// The deprecated `cors` of the route action: used when no level has CORS filter
+    /// settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
 /// Request criteria; all must hold.
@@ -494,8 +512,14 @@ mod tests {
                 stream_limit: None,
             }),
             headers: HeaderMutation::default(),
+            filters: Default::default(),
+            cors: None,
         };
         let v = serde_json::to_value(&r).unwrap();
+        assert!(
+            v.get("filters").is_none() && v.get("cors").is_none(),
+            "unset: not shown"
+        );
         assert_eq!(v["match"]["path"], serde_json::json!({"prefix": "/"}));
         assert_eq!(v["action"]["route"]["timeout"], "15s");
         assert_eq!(v["action"]["route"]["host_rewrite"], "auto");

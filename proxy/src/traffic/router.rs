@@ -204,7 +204,8 @@ impl RouteMatch {
 }
 
 impl HeaderMatcher {
-    fn matches(&self, req: &RequestHead<'_>) -> bool {
+    /// Whether `req`'s headers satisfy this criterion.
+    pub(crate) fn matches(&self, req: &RequestHead<'_>) -> bool {
         let value = req.header(&self.name);
         let raw = match &self.rule {
             HeaderRule::Present(want) => value.is_some() == *want,

@@ -337,3 +337,154 @@ named!(
     "envoy.extensions.request_id.uuid.v3",
     "UuidRequestIdConfig"
 );
+
+/// An empty message: the `header_*` members of the fault filter's oneofs ("the value comes
+/// from a request header").
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromHeader {}
+
+/// `envoy.extensions.filters.http.fault.v3.HTTPFault`: the fault filter's settings, in the
+/// connection manager or per route.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFault {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub upstream_cluster: String,
+    #[prost(message, repeated, tag = "4")]
+    #[serde(default)]
+    pub headers: Vec<xds_api::pb::envoy::config::route::v3::HeaderMatcher>,
+    #[prost(string, repeated, tag = "5")]
+    #[serde(default)]
+    pub downstream_nodes: Vec<String>,
+    #[prost(message, optional, tag = "6")]
+    #[serde(default)]
+    pub max_active_faults: Option<protobuf::UInt32Value>,
+    #[prost(bytes = "vec", optional, tag = "7")]
+    #[serde(default, deserialize_with = "present")]
+    pub response_rate_limit: Option<Vec<u8>>,
+    /// Runtime keys (8-14): Myelin has no runtime layer, so they name nothing to read and
+    /// the configured values apply, as in an Envoy whose runtime lacks the keys.
+    #[prost(string, tag = "8")]
+    #[serde(default)]
+    pub delay_percent_runtime: String,
+    #[prost(string, tag = "9")]
+    #[serde(default)]
+    pub abort_percent_runtime: String,
+    #[prost(string, tag = "10")]
+    #[serde(default)]
+    pub delay_duration_runtime: String,
+    #[prost(string, tag = "11")]
+    #[serde(default)]
+    pub abort_http_status_runtime: String,
+    #[prost(string, tag = "12")]
+    #[serde(default)]
+    pub max_active_faults_runtime: String,
+    #[prost(string, tag = "13")]
+    #[serde(default)]
+    pub response_rate_limit_percent_runtime: String,
+    #[prost(string, tag = "14")]
+    #[serde(default)]
+    pub abort_grpc_status_runtime: String,
+    /// Ignored: about Envoy's per-downstream-cluster stats.
+    #[prost(bool, tag = "15")]
+    #[serde(default)]
+    pub disable_downstream_cluster_stats: bool,
+    #[prost(bytes = "vec", optional, tag = "16")]
+    #[serde(default, deserialize_with = "present")]
+    pub filter_metadata: Option<Vec<u8>>,
+}
+named!(
+    HttpFault,
+    "envoy.extensions.filters.http.fault.v3",
+    "HTTPFault"
+);
+
+/// `envoy.extensions.filters.common.fault.v3.FaultDelay` (its oneof as optional fields).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub fixed_delay: Option<protobuf::Duration>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub header_delay: Option<FromHeader>,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub percentage: Option<xds_api::pb::envoy::r#type::v3::FractionalPercent>,
+}
+
+/// `envoy.extensions.filters.http.fault.v3.FaultAbort` (its oneof as optional fields).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    #[prost(uint32, optional, tag = "2")]
+    #[serde(default)]
+    pub http_status: Option<u32>,
+    #[prost(uint32, optional, tag = "5")]
+    #[serde(default)]
+    pub grpc_status: Option<u32>,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub header_abort: Option<FromHeader>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub percentage: Option<xds_api::pb::envoy::r#type::v3::FractionalPercent>,
+}
+
+/// `envoy.extensions.filters.http.cors.v3.Cors`: the CORS filter in a connection manager
+/// (no settings of its own).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {}
+named!(Cors, "envoy.extensions.filters.http.cors.v3", "Cors");
+
+/// `envoy.extensions.filters.http.cors.v3.CorsPolicy`: the CORS filter's per-route
+/// settings.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsPolicy {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(default)]
+    pub allow_origin_string_match: Vec<xds_api::pb::envoy::r#type::matcher::v3::StringMatcher>,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub allow_methods: String,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub allow_headers: String,
+    #[prost(string, tag = "4")]
+    #[serde(default)]
+    pub expose_headers: String,
+    #[prost(string, tag = "5")]
+    #[serde(default)]
+    pub max_age: String,
+    #[prost(message, optional, tag = "6")]
+    #[serde(default)]
+    pub allow_credentials: Option<protobuf::BoolValue>,
+    #[prost(message, optional, tag = "7")]
+    #[serde(default)]
+    pub filter_enabled: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, optional, tag = "8")]
+    #[serde(default)]
+    pub shadow_enabled: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, optional, tag = "9")]
+    #[serde(default)]
+    pub allow_private_network_access: Option<protobuf::BoolValue>,
+    #[prost(message, optional, tag = "10")]
+    #[serde(default)]
+    pub forward_not_matching_preflights: Option<protobuf::BoolValue>,
+}
+named!(
+    CorsPolicy,
+    "envoy.extensions.filters.http.cors.v3",
+    "CorsPolicy"
+);

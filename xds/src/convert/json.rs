@@ -171,6 +171,10 @@ const WRAPPER_FIELDS: &[&str] = &[
     "keepalive_probes",
     "keepalive_time",
     "keepalive_interval",
+    "max_active_faults",
+    "allow_credentials",
+    "allow_private_network_access",
+    "forward_not_matching_preflights",
 ];
 
 fn is_duration_field(k: &str) -> bool {
@@ -178,6 +182,7 @@ fn is_duration_field(k: &str) -> bool {
         || k.ends_with("interval")
         || k.ends_with("_time")
         || k.ends_with("_duration")
+        || k == "fixed_delay"
         || k == "grpc_timeout_header_max"
         || k == "grpc_timeout_header_offset"
         || k == "grpc_timeout_offset"
@@ -316,6 +321,12 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         }
         "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig" => {
             enc::<ext::UuidRequestIdConfig>(body)
+        }
+        "envoy.extensions.filters.http.fault.v3.HTTPFault" => enc::<ext::HttpFault>(body),
+        "envoy.extensions.filters.http.cors.v3.Cors" => enc::<ext::Cors>(body),
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy" => enc::<ext::CorsPolicy>(body),
+        "envoy.config.route.v3.FilterConfig" => {
+            enc::<xds_api::pb::envoy::config::route::v3::FilterConfig>(body)
         }
         "envoy.config.listener.v3.Listener" => enc::<Listener>(body),
         "envoy.config.route.v3.RouteConfiguration" => enc::<RouteConfiguration>(body),

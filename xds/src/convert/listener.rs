@@ -8,7 +8,7 @@ use xds_api::pb::envoy::config::listener::v3 as pb;
 use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use xds_api::pb::google::protobuf;
 
-use super::{ext, idx, join, route, Cx, Reason, Rejection};
+use super::{ext, filter, idx, join, route, Cx, Reason, Rejection};
 
 const HCM_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY_URL: &str =
@@ -564,23 +564,22 @@ fn http_connection_manager(
             cx.reject(join(p, field), Reason::NotSupported);
         }
     }
-    // HTTP filters: the router last; optional filters Myelin lacks may be skipped (that
-    // is what `is_optional` means); any other filter is rejected by name.
+    // HTTP filters: the router last; before it the filters Myelin has (fault, CORS);
+    // optional filters Myelin lacks may be skipped (that is what `is_optional` means); any
+    // other filter is rejected by name.
     let fp = |i| idx(p, "http_filters", i);
+    let mut filters = Vec::new();
     match http_filters.split_last() {
         None => cx.reject(
             join(p, "http_filters"),
             Reason::Invalid("the router filter is required".into()),
         ),
         Some((last, rest)) => {
-            for (i, f) in rest.iter().enumerate() {
-                if !f.is_optional {
-                    cx.reject(
-                        fp(i),
-                        Reason::UnsupportedValue(format!("HTTP filter `{}`", f.name)),
-                    );
-                }
-            }
+            filters.extend(
+                rest.iter()
+                    .enumerate()
+                    .filter_map(|(i, f)| filter::http_filter(cx, &fp(i), f)),
+            );
             router_filter(cx, &fp(rest.len()), last);
         }
     }
@@ -688,6 +687,7 @@ fn http_connection_manager(
     };
     Some(ml::HttpConnectionManager {
         headers: std::sync::Arc::new(headers),
+        http_filters: std::sync::Arc::new(model::filter::HttpFilters(filters)),
         max_request_headers_kb,
         stat_prefix: stat_prefix.clone(),
         route,

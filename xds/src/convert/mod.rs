@@ -18,6 +18,7 @@ use xds_api::pb::google::protobuf;
 mod cluster;
 mod endpoint;
 pub(crate) mod ext;
+mod filter;
 pub mod json;
 mod listener;
 mod route;

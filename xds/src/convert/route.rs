@@ -4,7 +4,7 @@ use myelin_proxy::model::{self, listener::WeightedCluster, route as mr};
 use xds_api::pb::envoy::config::route::v3 as pb;
 
 use super::common::{header_value_options, regex_matcher, string_matcher};
-use super::{idx, join, Cx, Reason, Rejection};
+use super::{filter, idx, join, Cx, Reason, Rejection};
 
 /// `retry_on` conditions Envoy's router knows (HTTP and gRPC).
 const RETRY_ON: &[&str] = &[
@@ -69,7 +69,7 @@ pub fn route_configuration(
         "ignore_path_parameters_in_path_matching",
         ignore_path_parameters_in_path_matching,
     );
-    cx.unsupported(p, "typed_per_filter_config", typed_per_filter_config);
+    let filters = filter::filter_settings(&mut cx, p, typed_per_filter_config);
     let headers = mr::HeaderMutation {
         request_headers_to_add: header_value_options(
             &mut cx,
@@ -95,6 +95,7 @@ pub fn route_configuration(
         name: name.clone(),
         virtual_hosts,
         headers,
+        filters,
     })
 }
 
@@ -132,8 +133,10 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
     cx.unsupported(p, "require_tls", require_tls);
     cx.unsupported(p, "virtual_clusters", virtual_clusters);
     cx.unsupported(p, "rate_limits", rate_limits);
-    cx.unsupported(p, "cors", cors);
-    cx.unsupported(p, "typed_per_filter_config", typed_per_filter_config);
+    let filters = filter::filter_settings(cx, p, typed_per_filter_config);
+    let cors = cors
+        .as_ref()
+        .and_then(|c| filter::route_cors(cx, &join(p, "cors"), c));
     cx.unsupported(
         p,
         "include_request_attempt_count",
@@ -199,6 +202,8 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
             .as_ref()
             .and_then(|r| self::retry_policy(cx, &join(p, "retry_policy"), r)),
         headers,
+        filters,
+        cors,
     }
 }
 
@@ -219,7 +224,7 @@ fn route(cx: &mut Cx, p: &str, r: &pb::Route) -> Option<mr::Route> {
         stat_prefix: _,
         action,
     } = r;
-    cx.unsupported(p, "typed_per_filter_config", typed_per_filter_config);
+    let filters = filter::filter_settings(cx, p, typed_per_filter_config);
     let headers = mr::HeaderMutation {
         request_headers_to_add: header_value_options(
             cx,
@@ -242,6 +247,14 @@ fn route(cx: &mut Cx, p: &str, r: &pb::Route) -> Option<mr::Route> {
             cx.reject(join(p, "match"), Reason::Missing);
             None
         }
+    };
+    #[allow(deprecated)]
+    let cors = match action {
+        Some(A::Route(a)) => a
+            .cors
+            .as_ref()
+            .and_then(|c| filter::route_cors(cx, &join(p, "route.cors"), c)),
+        _ => None,
     };
     let action = match action {
         Some(A::Route(a)) => route_action(cx, &join(p, "route"), a).map(mr::Action::Route),
@@ -272,6 +285,8 @@ fn route(cx: &mut Cx, p: &str, r: &pb::Route) -> Option<mr::Route> {
         route_match: route_match?,
         action: action?,
         headers,
+        filters,
+        cors,
     })
 }
 
@@ -343,7 +358,11 @@ fn route_match(cx: &mut Cx, p: &str, m: &pb::RouteMatch) -> Option<mr::RouteMatc
 }
 
 #[allow(deprecated)]
-fn header_matcher(cx: &mut Cx, p: &str, h: &pb::HeaderMatcher) -> Option<mr::HeaderMatcher> {
+pub(super) fn header_matcher(
+    cx: &mut Cx,
+    p: &str,
+    h: &pb::HeaderMatcher,
+) -> Option<mr::HeaderMatcher> {
     use model::{StringMatcher as SM, StringPattern as SP};
     use pb::header_matcher::HeaderMatchSpecifier as H;
     let pb::HeaderMatcher {
@@ -464,7 +483,8 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     cx.unsupported(p, "priority", priority);
     cx.unsupported(p, "rate_limits", rate_limits);
     cx.unsupported(p, "include_vh_rate_limits", include_vh_rate_limits);
-    cx.unsupported(p, "cors", cors);
+    // `cors` is the route's (see `route`).
+    let _ = cors;
     cx.unsupported(p, "internal_redirect_policy", internal_redirect_policy);
     cx.unsupported(p, "internal_redirect_action", internal_redirect_action);
     cx.unsupported(p, "max_internal_redirects", max_internal_redirects);

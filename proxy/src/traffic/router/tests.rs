@@ -31,6 +31,8 @@ fn route(name: &str, path: PathMatch) -> Route {
         },
         action: action(name),
         headers: HeaderMutation::default(),
+        filters: Default::default(),
+        cors: None,
     }
 }
 
@@ -44,6 +46,8 @@ fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
         routes,
         retry_policy: None,
         headers: HeaderMutation::default(),
+        filters: Default::default(),
+        cors: None,
     }
 }
 
@@ -52,6 +56,7 @@ fn table(vhosts: Vec<VirtualHost>) -> RouteTable {
         name: "rc".into(),
         virtual_hosts: vhosts,
         headers: HeaderMutation::default(),
+        filters: Default::default(),
     }))
 }
 

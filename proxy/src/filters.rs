@@ -1,0 +1,448 @@
+//! The HTTP filters before the router ([`crate::model::filter`]), run once a request's
+//! route is known and before an endpoint is picked, as Envoy runs its filter chain before
+//! its router:
+//!
+//! - **fault** (`envoy.filters.http.fault`): a delay, then maybe an abort (Envoy's
+//!   `fault_filter.cc`: a delay is rolled first, the abort after it);
+//! - **CORS** (`envoy.filters.http.cors`): preflights answered here, allowed origins
+//!   named in the response (Envoy's `cors_filter.cc`).
+//!
+//! Only requests routed to a cluster pass through them: direct responses and redirects are
+//! answered by their route (Envoy's CORS filter skips them too, having no route entry).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response};
+
+use crate::error::ProxyBody;
+use crate::metrics::ProxyMetrics;
+use crate::model::filter::{
+    AbortStatus, CorsPolicy, DelaySource, FaultPolicy, FilterKind, FilterPolicy, FilterSetting,
+    Fraction, HttpFilter, HttpFilters,
+};
+use crate::model::listener::HeaderText;
+use crate::model::route::{Route, RouteConfiguration, VirtualHost};
+use crate::traffic::router::RequestHead;
+
+const DELAY_REQUEST: &str = "x-envoy-fault-delay-request";
+const DELAY_PERCENTAGE: &str = "x-envoy-fault-delay-request-percentage";
+const ABORT_REQUEST: &str = "x-envoy-fault-abort-request";
+const ABORT_GRPC_REQUEST: &str = "x-envoy-fault-abort-grpc-request";
+const ABORT_PERCENTAGE: &str = "x-envoy-fault-abort-request-percentage";
+const DOWNSTREAM_NODE: &str = "x-envoy-downstream-service-node";
+const ABORT_BODY: &str = "fault filter abort";
+
+const ACCESS_CONTROL_REQUEST_METHOD: HeaderName =
+    HeaderName::from_static("access-control-request-method");
+const ACCESS_CONTROL_REQUEST_HEADERS: HeaderName =
+    HeaderName::from_static("access-control-request-headers");
+const ACCESS_CONTROL_REQUEST_PRIVATE_NETWORK: HeaderName =
+    HeaderName::from_static("access-control-request-private-network");
+const ACCESS_CONTROL_ALLOW_PRIVATE_NETWORK: HeaderName =
+    HeaderName::from_static("access-control-allow-private-network");
+
+/// The route-config levels a request's filter settings come from.
+#[derive(Clone, Copy)]
+pub(crate) struct Levels<'a> {
+    pub(crate) route: &'a Route,
+    pub(crate) vhost: &'a VirtualHost,
+    pub(crate) table: &'a RouteConfiguration,
+}
+
+impl<'a> Levels<'a> {
+    /// The settings of the filter named `name`, most specific first.
+    fn settings(self, name: &'a str) -> impl Iterator<Item = &'a FilterSetting> + 'a {
+        [
+            &self.route.filters,
+            &self.vhost.filters,
+            &self.table.filters,
+        ]
+        .into_iter()
+        .filter_map(move |m| m.get(name))
+    }
+
+    /// Whether `filter` runs for this route: the most specific level that names it says,
+    /// else the connection manager.
+    fn enabled(self, filter: &'a HttpFilter) -> bool {
+        match self.settings(&filter.name).next() {
+            Some(s) => !s.disabled,
+            None => !filter.disabled,
+        }
+    }
+}
+
+/// What the filters left for the rest of the request.
+#[derive(Default)]
+pub(crate) struct Filtered {
+    /// What CORS adds to the response.
+    cors: Option<CorsAnswer>,
+    /// A fault delay was injected (response flag `DI`).
+    delayed: bool,
+    /// One of a fault filter's faults in progress, until the response is made.
+    _active: Option<ActiveFault>,
+}
+
+impl Filtered {
+    /// Adds what the filters put in every response (CORS) to `headers`.
+    pub(crate) fn finish_response(&self, headers: &mut HeaderMap) {
+        if let Some(c) = &self.cors {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, c.origin.clone());
+            if c.credentials {
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
+            if let Some(e) = &c.expose {
+                headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.value().clone());
+            }
+        }
+    }
+
+    /// `flags` with `DI` in front when a delay was injected.
+    pub(crate) fn flags(&self, flags: &'static str) -> &'static str {
+        if self.delayed {
+            delayed(flags)
+        } else {
+            flags
+        }
+    }
+}
+
+/// The response headers CORS adds for an allowed origin.
+struct CorsAnswer {
+    origin: HeaderValue,
+    credentials: bool,
+    expose: Option<HeaderText>,
+}
+
+/// Holds one fault in progress of a fault filter.
+struct ActiveFault(Arc<AtomicU32>);
+
+impl ActiveFault {
+    fn new(count: &Arc<AtomicU32>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for ActiveFault {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request the filters answered: the response and its response flags.
+pub(crate) type Answer = (Response<ProxyBody>, &'static str);
+
+/// Runs `filters` for a request routed by `levels` to `cluster`: `Some` when a filter
+/// answers it (a fault abort, a CORS preflight); a fault delay is waited out here.
+pub(crate) async fn run(
+    filters: &HttpFilters,
+    levels: Levels<'_>,
+    cluster: &str,
+    head: &RequestHead<'_>,
+    grpc: bool,
+    metrics: &ProxyMetrics,
+    filtered: &mut Filtered,
+) -> Option<Answer> {
+    for filter in &filters.0 {
+        if !levels.enabled(filter) {
+            continue;
+        }
+        let answer = match &filter.kind {
+            FilterKind::Fault { policy, active } => {
+                let policy = levels
+                    .settings(&filter.name)
+                    .find_map(|s| match &s.policy {
+                        Some(FilterPolicy::Fault(p)) => Some(p),
+                        _ => None,
+                    })
+                    .unwrap_or(policy);
+                fault(policy, &active.0, cluster, head, grpc, metrics, filtered).await
+            }
+            FilterKind::Cors => cors(levels, &filter.name, head, metrics, filtered),
+        };
+        if answer.is_some() {
+            return answer;
+        }
+    }
+    None
+}
+
+/// A fraction of requests as a request's header may narrow it (header-driven faults only):
+/// the header's number out of the same denominator, at most the configured share.
+fn header_share(head: &RequestHead<'_>, name: &str, configured: Fraction) -> Fraction {
+    match first_number(head.headers, name) {
+        Some(n) => configured.capped(u32::try_from(n).unwrap_or(u32::MAX)),
+        None => configured,
+    }
+}
+
+/// The first value of header `name` as a number (Envoy reads only the first value of
+/// these untrusted headers).
+fn first_number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn roll() -> u32 {
+    fastrand::u32(..)
+}
+
+async fn fault(
+    policy: &FaultPolicy,
+    active: &Arc<AtomicU32>,
+    cluster: &str,
+    head: &RequestHead<'_>,
+    grpc: bool,
+    metrics: &ProxyMetrics,
+    filtered: &mut Filtered,
+) -> Option<Answer> {
+    if policy.delay.is_none() && policy.abort.is_none() {
+        return None;
+    }
+    if let Some(max) = policy.max_active_faults {
+        if active.load(Ordering::Relaxed) >= max {
+            metrics.fault_overflow.inc();
+            return None;
+        }
+    }
+    if policy
+        .upstream_cluster
+        .as_deref()
+        .is_some_and(|c| c != cluster)
+    {
+        return None;
+    }
+    if !policy.downstream_nodes.is_empty() {
+        let node = head
+            .headers
+            .get(DOWNSTREAM_NODE)
+            .and_then(|v| v.to_str().ok());
+        if !node.is_some_and(|n| policy.downstream_nodes.iter().any(|d| d == n)) {
+            return None;
+        }
+    }
+    if !policy.headers.iter().all(|m| m.matches(head)) {
+        return None;
+    }
+    if let Some(d) = &policy.delay {
+        let (share, length) = match &d.duration {
+            DelaySource::Fixed(t) => (d.percentage, Some(*t)),
+            DelaySource::Header => (
+                header_share(head, DELAY_PERCENTAGE, d.percentage),
+                first_number(head.headers, DELAY_REQUEST).map(Duration::from_millis),
+            ),
+        };
+        if let Some(t) = length.filter(|t| !t.is_zero() && share.chooses(roll())) {
+            filtered
+                ._active
+                .get_or_insert_with(|| ActiveFault::new(active));
+            filtered.delayed = true;
+            metrics.faults_injected.get_or_create(&FAULT_DELAY).inc();
+            tokio::time::sleep(t).await;
+        }
+    }
+    let a = policy.abort.as_ref()?;
+    let share = match a.status {
+        AbortStatus::Header => header_share(head, ABORT_PERCENTAGE, a.percentage),
+        _ => a.percentage,
+    };
+    if !share.chooses(roll()) {
+        return None;
+    }
+    let status = match a.status {
+        AbortStatus::Header => {
+            match first_number(head.headers, ABORT_REQUEST).filter(|c| (200..600).contains(c)) {
+                Some(c) => AbortStatus::Http(c as u16),
+                None => AbortStatus::Grpc(
+                    u32::try_from(first_number(head.headers, ABORT_GRPC_REQUEST)?).ok()?,
+                ),
+            }
+        }
+        fixed => fixed,
+    };
+    filtered
+        ._active
+        .get_or_insert_with(|| ActiveFault::new(active));
+    metrics.faults_injected.get_or_create(&FAULT_ABORT).inc();
+    let resp = match status {
+        AbortStatus::Http(code) => crate::http::for_grpc(abort_response(code), ABORT_BODY, grpc),
+        AbortStatus::Grpc(code) if grpc => crate::error::grpc_local_reply(code, ABORT_BODY),
+        // Envoy answers a gRPC abort to a request that is not gRPC with a plain `200`.
+        AbortStatus::Grpc(_) | AbortStatus::Header => abort_response(200),
+    };
+    Some((resp, "FI"))
+}
+
+fn abort_response(status: u16) -> Response<ProxyBody> {
+    let mut resp = crate::http::local_response(status, ABORT_BODY.to_owned());
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+static FAULT_DELAY: crate::metrics::FaultLabels = crate::metrics::FaultLabels { kind: "delay" };
+static FAULT_ABORT: crate::metrics::FaultLabels = crate::metrics::FaultLabels { kind: "abort" };
+
+/// The CORS policies of a route, most specific first: the filter's per-route settings, or
+/// when no level has any, the deprecated `cors` fields (route action, then virtual host).
+fn cors_policies<'a>(levels: Levels<'a>, name: &'a str) -> Vec<&'a CorsPolicy> {
+    let typed: Vec<&CorsPolicy> = levels
+        .settings(name)
+        .filter_map(|s| match &s.policy {
+            Some(FilterPolicy::Cors(p)) => Some(&**p),
+            _ => None,
+        })
+        .collect();
+    if !typed.is_empty() {
+        return typed;
+    }
+    [&levels.route.cors, &levels.vhost.cors]
+        .into_iter()
+        .filter_map(|c| c.as_deref())
+        .collect()
+}
+
+/// The first policy (most specific) that sets the field.
+fn first<'a, T: ?Sized>(
+    policies: &[&'a CorsPolicy],
+    field: impl Fn(&'a CorsPolicy) -> Option<&'a T>,
+) -> Option<&'a T> {
+    policies.iter().find_map(|p| field(p))
+}
+
+fn cors(
+    levels: Levels<'_>,
+    name: &str,
+    head: &RequestHead<'_>,
+    metrics: &ProxyMetrics,
+    filtered: &mut Filtered,
+) -> Option<Answer> {
+    let policies = cors_policies(levels, name);
+    let top = policies.first()?;
+    let enabled = top.filter_enabled.is_none_or(|f| f.chooses(roll()));
+    let shadow = top.shadow_enabled.is_some_and(|f| f.chooses(roll()));
+    if !enabled && !shadow {
+        return None;
+    }
+    let origin = head.headers.get(header::ORIGIN).filter(|o| !o.is_empty())?;
+    let allowed = origin_allowed(&policies, origin);
+    metrics
+        .cors_origins
+        .get_or_create(&crate::metrics::CorsLabels {
+            origin: if allowed { "valid" } else { "invalid" },
+        })
+        .inc();
+    if !enabled {
+        // Shadow mode: checked and counted, nothing enforced.
+        return None;
+    }
+    let credentials = first(&policies, |p| p.allow_credentials.as_ref()).copied() == Some(true);
+    if allowed {
+        filtered.cors = Some(CorsAnswer {
+            origin: origin.clone(),
+            credentials,
+            expose: first(&policies, |p| p.expose_headers.as_ref()).cloned(),
+        });
+    }
+    let requested_method = head
+        .headers
+        .get(&ACCESS_CONTROL_REQUEST_METHOD)
+        .filter(|m| !m.is_empty());
+    let (Some(requested_method), true) =
+        (requested_method, head.method == Method::OPTIONS.as_str())
+    else {
+        return None;
+    };
+    // A preflight. From an origin not allowed it goes upstream unless the policy says
+    // otherwise (Envoy's default).
+    if !allowed
+        && first(&policies, |p| p.forward_not_matching_preflights.as_ref()).copied() != Some(false)
+    {
+        return None;
+    }
+    let mut resp = crate::http::local_response(200, String::new());
+    let h = resp.headers_mut();
+    if allowed {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    }
+    if credentials {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    if let Some(m) = first(&policies, |p| p.allow_methods.as_ref()) {
+        let v = if m.as_str() == "*" {
+            requested_method.clone()
+        } else {
+            m.value().clone()
+        };
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    if let Some(a) = first(&policies, |p| p.allow_headers.as_ref()) {
+        let v = if a.as_str() == "*" {
+            head.headers
+                .get(&ACCESS_CONTROL_REQUEST_HEADERS)
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static(""))
+        } else {
+            a.value().clone()
+        };
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+    }
+    if let Some(m) = first(&policies, |p| p.max_age.as_ref()) {
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, m.value().clone());
+    }
+    if first(&policies, |p| p.allow_private_network_access.as_ref()).copied() == Some(true)
+        && head
+            .headers
+            .get(&ACCESS_CONTROL_REQUEST_PRIVATE_NETWORK)
+            .is_some_and(|v| v == "true")
+    {
+        h.insert(
+            ACCESS_CONTROL_ALLOW_PRIVATE_NETWORK,
+            HeaderValue::from_static("true"),
+        );
+    }
+    // The preflight answer carries its own CORS headers.
+    filtered.cors = None;
+    Some((resp, "-"))
+}
+
+/// Whether the most specific non-empty origin list allows `origin` (a matcher that
+/// matches `*` allows every origin, as in Envoy).
+fn origin_allowed(policies: &[&CorsPolicy], origin: &HeaderValue) -> bool {
+    let Some(list) = policies
+        .iter()
+        .map(|p| &p.allow_origin)
+        .find(|l| !l.is_empty())
+    else {
+        return false;
+    };
+    let origin = origin.to_str().unwrap_or("");
+    list.iter().any(|m| m.matches("*") || m.matches(origin))
+}
+
+/// `flags` after a delay was injected: `DI`, or `DI,` and `flags`. Strings are made once
+/// per distinct set of flags (a handful) and kept.
+fn delayed(flags: &'static str) -> &'static str {
+    if flags == "-" {
+        return "DI";
+    }
+    static JOINED: OnceLock<Mutex<HashMap<&'static str, &'static str>>> = OnceLock::new();
+    let mut joined = JOINED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    joined
+        .entry(flags)
+        .or_insert_with(|| Box::leak(format!("DI,{flags}").into_boxed_str()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,682 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+
+use super::*;
+use crate::model::filter::{
+    ActiveFaults, CorsPolicy, FaultAbort, FaultDelay, FaultPolicy, FilterSetting, FilterSettings,
+};
+use crate::model::route::{
+    Action, ClusterSpecifier, HeaderMatcher, HeaderMutation, HeaderRule, PathMatch, RouteAction,
+    RouteMatch,
+};
+use crate::model::StringMatcher;
+
+fn route(filters: FilterSettings) -> Route {
+    Route {
+        name: "r".into(),
+        route_match: RouteMatch {
+            path: PathMatch::Prefix("/".into()),
+            case_sensitive: true,
+            headers: vec![],
+            query_parameters: vec![],
+        },
+        action: Action::Route(RouteAction {
+            cluster: ClusterSpecifier::Cluster("web".into()),
+            timeout: None,
+            retry_policy: None,
+            prefix_rewrite: None,
+            regex_rewrite: None,
+            host_rewrite: None,
+            hash_policy: vec![],
+            upgrades: vec![],
+            stream_limit: None,
+        }),
+        headers: HeaderMutation::default(),
+        filters,
+        cors: None,
+    }
+}
+
+fn vhost(filters: FilterSettings) -> VirtualHost {
+    VirtualHost {
+        name: "v".into(),
+        domains: vec![],
+        routes: vec![],
+        retry_policy: None,
+        headers: HeaderMutation::default(),
+        filters,
+        cors: None,
+    }
+}
+
+fn table() -> RouteConfiguration {
+    RouteConfiguration {
+        name: "t".into(),
+        virtual_hosts: vec![],
+        headers: HeaderMutation::default(),
+        filters: FilterSettings::new(),
+    }
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+fn head<'a>(method: &'a str, headers: &'a HeaderMap) -> RequestHead<'a> {
+    RequestHead {
+        method,
+        authority: "web",
+        path: "/",
+        scheme: "http",
+        headers,
+    }
+}
+
+fn no_fault() -> FaultPolicy {
+    FaultPolicy {
+        delay: None,
+        abort: None,
+        upstream_cluster: None,
+        headers: vec![],
+        downstream_nodes: vec![],
+        max_active_faults: None,
+    }
+}
+
+fn fault_filter(policy: FaultPolicy) -> HttpFilters {
+    HttpFilters(vec![HttpFilter {
+        name: "fault".into(),
+        disabled: false,
+        kind: FilterKind::Fault {
+            policy: Arc::new(policy),
+            active: ActiveFaults::default(),
+        },
+    }])
+}
+
+fn cors_filter() -> HttpFilters {
+    HttpFilters(vec![HttpFilter {
+        name: "cors".into(),
+        disabled: false,
+        kind: FilterKind::Cors,
+    }])
+}
+
+fn setting(policy: FilterPolicy) -> FilterSettings {
+    [(
+        match &policy {
+            FilterPolicy::Fault(_) => "fault".to_owned(),
+            FilterPolicy::Cors(_) => "cors".to_owned(),
+        },
+        FilterSetting {
+            disabled: false,
+            policy: Some(policy),
+        },
+    )]
+    .into()
+}
+
+fn abort(status: AbortStatus, numerator: u32) -> Option<FaultAbort> {
+    Some(FaultAbort {
+        status,
+        percentage: Fraction {
+            numerator,
+            denominator: 100,
+        },
+    })
+}
+
+/// Runs `filters` for a request with `hs` through `route` and `vhost`.
+async fn run_with(
+    filters: &HttpFilters,
+    route: &Route,
+    vhost: &VirtualHost,
+    method: &str,
+    hs: &[(&str, &str)],
+    grpc: bool,
+) -> (Option<Answer>, Filtered) {
+    let t = table();
+    let levels = Levels {
+        route,
+        vhost,
+        table: &t,
+    };
+    let h = headers(hs);
+    let metrics = ProxyMetrics::unregistered();
+    let mut filtered = Filtered::default();
+    let answer = run(
+        filters,
+        levels,
+        "web",
+        &head(method, &h),
+        grpc,
+        &metrics,
+        &mut filtered,
+    )
+    .await;
+    (answer, filtered)
+}
+
+#[test]
+fn fractions() {
+    let half = Fraction {
+        numerator: 50,
+        denominator: 100,
+    };
+    assert_eq!((0..1000).filter(|r| half.chooses(*r)).count(), 500);
+    assert!((0..1000).all(|r| !Fraction::NONE.chooses(r)));
+    assert!((0..1000).all(|r| Fraction::ALL.chooses(r)));
+    let over = Fraction {
+        numerator: 200,
+        denominator: 100,
+    };
+    assert!(over.chooses(99), "more than the denominator is all");
+    assert_eq!(half.capped(10).numerator, 10);
+    assert_eq!(
+        half.capped(90).numerator,
+        50,
+        "a header cannot raise the share"
+    );
+}
+
+#[test]
+fn delay_flags_are_joined_once() {
+    assert_eq!(delayed("-"), "DI");
+    let a = delayed("UF");
+    assert_eq!(a, "DI,UF");
+    assert!(std::ptr::eq(a, delayed("UF")), "made once, then reused");
+}
+
+#[tokio::test]
+async fn aborts_answer_with_the_configured_status() {
+    let mut p = no_fault();
+    p.abort = abort(AbortStatus::Http(503), 100);
+    let f = fault_filter(p);
+    let (answer, filtered) = run_with(
+        &f,
+        &route(Default::default()),
+        &vhost(Default::default()),
+        "GET",
+        &[],
+        false,
+    )
+    .await;
+    let (resp, flags) = answer.expect("aborted");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(flags, "FI");
+    assert!(!filtered.delayed);
+
+    // The same abort to a gRPC client is a gRPC status.
+    let (answer, _) = run_with(
+        &f,
+        &route(Default::default()),
+        &vhost(Default::default()),
+        "POST",
+        &[],
+        true,
+    )
+    .await;
+    let (resp, _) = answer.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "14", "503 is UNAVAILABLE");
+
+    // A gRPC status to a gRPC client, and (as Envoy does) a plain 200 to another.
+    let mut p = no_fault();
+    p.abort = abort(AbortStatus::Grpc(8), 100);
+    let f = fault_filter(p);
+    let (answer, _) = run_with(
+        &f,
+        &route(Default::default()),
+        &vhost(Default::default()),
+        "POST",
+        &[],
+        true,
+    )
+    .await;
+    assert_eq!(answer.unwrap().0.headers()["grpc-status"], "8");
+    let (answer, _) = run_with(
+        &f,
+        &route(Default::default()),
+        &vhost(Default::default()),
+        "GET",
+        &[],
+        false,
+    )
+    .await;
+    let resp = answer.unwrap().0;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("grpc-status").is_none());
+}
+
+#[tokio::test]
+async fn the_routes_settings_replace_the_filters_own() {
+    // The filter aborts everything; the route's own settings (no abort) win.
+    let mut own = no_fault();
+    own.abort = abort(AbortStatus::Http(500), 100);
+    let f = fault_filter(own);
+    let quiet = setting(FilterPolicy::Fault(Arc::new(no_fault())));
+    let (answer, _) = run_with(
+        &f,
+        &route(quiet.clone()),
+        &vhost(Default::default()),
+        "GET",
+        &[],
+        false,
+    )
+    .await;
+    assert!(answer.is_none());
+    // The virtual host's settings apply when the route has none.
+    let (answer, _) = run_with(
+        &f,
+        &route(Default::default()),
+        &vhost(quiet),
+        "GET",
+        &[],
+        false,
+    )
+    .await;
+    assert!(answer.is_none());
+    // Disabled on the route: the filter does not run.
+    let off: FilterSettings = [(
+        "fault".to_owned(),
+        FilterSetting {
+            disabled: true,
+            policy: None,
+        },
+    )]
+    .into();
+    let (answer, _) = run_with(
+        &f,
+        &route(off),
+        &vhost(Default::default()),
+        "GET",
+        &[],
+        false,
+    )
+    .await;
+    assert!(answer.is_none());
+    // Disabled in the connection manager, turned on by a route.
+    let mut f2 = f.clone();
+    f2.0[0].disabled = true;
+    let (answer, _) = run_with(
+        &f2,
+        &route(Default::default()),
+        &vhost(Default::default()),
+        "GET",
+        &[],
+        false,
+    )
+    .await;
+    assert!(answer.is_none(), "disabled filters do not run");
+    let on: FilterSettings = [(
+        "fault".to_owned(),
+        FilterSetting {
+            disabled: false,
+            policy: None,
+        },
+    )]
+    .into();
+    let (answer, _) = run_with(
+        &f2,
+        &route(on),
+        &vhost(Default::default()),
+        "GET",
+        &[],
+        false,
+    )
+    .await;
+    assert_eq!(answer.unwrap().0.status(), 500);
+}
+
+#[tokio::test]
+async fn faults_apply_only_to_matching_requests() {
+    let mut p = no_fault();
+    p.abort = abort(AbortStatus::Http(503), 100);
+    p.headers = vec![HeaderMatcher {
+        name: "x-canary".into(),
+        rule: HeaderRule::Value(StringMatcher::exact("yes")),
+        invert: false,
+        treat_missing_as_empty: false,
+    }];
+    p.downstream_nodes = vec!["node-a".into()];
+    let f = fault_filter(p.clone());
+    let (r, v) = (route(Default::default()), vhost(Default::default()));
+    let both = [
+        ("x-canary", "yes"),
+        ("x-envoy-downstream-service-node", "node-a"),
+    ];
+    assert!(run_with(&f, &r, &v, "GET", &both, false).await.0.is_some());
+    assert!(run_with(&f, &r, &v, "GET", &both[..1], false)
+        .await
+        .0
+        .is_none());
+    assert!(run_with(&f, &r, &v, "GET", &both[1..], false)
+        .await
+        .0
+        .is_none());
+    // Another cluster than the fault's.
+    p.upstream_cluster = Some("other".into());
+    let f = fault_filter(p);
+    assert!(run_with(&f, &r, &v, "GET", &both, false).await.0.is_none());
+}
+
+#[tokio::test]
+async fn header_faults_take_status_and_share_from_the_request() {
+    let mut p = no_fault();
+    p.abort = abort(AbortStatus::Header, 100);
+    let f = fault_filter(p);
+    let (r, v) = (route(Default::default()), vhost(Default::default()));
+    assert!(run_with(&f, &r, &v, "GET", &[], false).await.0.is_none());
+    let (a, _) = run_with(
+        &f,
+        &r,
+        &v,
+        "GET",
+        &[("x-envoy-fault-abort-request", "429")],
+        false,
+    )
+    .await;
+    assert_eq!(a.unwrap().0.status(), 429);
+    // Out of range: no abort (Envoy takes 200-599 only), unless a gRPC status is asked.
+    let (a, _) = run_with(
+        &f,
+        &r,
+        &v,
+        "GET",
+        &[("x-envoy-fault-abort-request", "700")],
+        false,
+    )
+    .await;
+    assert!(a.is_none());
+    let (a, _) = run_with(
+        &f,
+        &r,
+        &v,
+        "POST",
+        &[("x-envoy-fault-abort-grpc-request", "4")],
+        true,
+    )
+    .await;
+    assert_eq!(a.unwrap().0.headers()["grpc-status"], "4");
+    let (a, _) = run_with(
+        &f,
+        &r,
+        &v,
+        "GET",
+        &[
+            ("x-envoy-fault-abort-request", "429"),
+            ("x-envoy-fault-abort-request-percentage", "0"),
+        ],
+        false,
+    )
+    .await;
+    assert!(a.is_none(), "the header's share of 0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn delays_hold_the_request_then_maybe_abort() {
+    let mut p = no_fault();
+    p.delay = Some(FaultDelay {
+        duration: DelaySource::Fixed(Duration::from_secs(3)),
+        percentage: Fraction::ALL,
+    });
+    let f = fault_filter(p.clone());
+    let (r, v) = (route(Default::default()), vhost(Default::default()));
+    let t0 = tokio::time::Instant::now();
+    let (a, filtered) = run_with(&f, &r, &v, "GET", &[], false).await;
+    assert!(a.is_none());
+    assert_eq!(t0.elapsed(), Duration::from_secs(3));
+    assert_eq!(filtered.flags("-"), "DI");
+    assert_eq!(filtered.flags("UT"), "DI,UT");
+
+    // Delay, then abort.
+    p.abort = abort(AbortStatus::Http(500), 100);
+    let f = fault_filter(p.clone());
+    let (a, filtered) = run_with(&f, &r, &v, "GET", &[], false).await;
+    let (resp, flags) = a.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), filtered.flags(flags)),
+        (500, "DI,FI")
+    );
+
+    // Header delay: the request's milliseconds.
+    p.abort = None;
+    p.delay = Some(FaultDelay {
+        duration: DelaySource::Header,
+        percentage: Fraction::ALL,
+    });
+    let f = fault_filter(p);
+    let t0 = tokio::time::Instant::now();
+    let (_, filtered) = run_with(
+        &f,
+        &r,
+        &v,
+        "GET",
+        &[("x-envoy-fault-delay-request", "250")],
+        false,
+    )
+    .await;
+    assert_eq!(t0.elapsed(), Duration::from_millis(250));
+    assert!(filtered.delayed);
+    let (_, filtered) = run_with(&f, &r, &v, "GET", &[], false).await;
+    assert!(!filtered.delayed, "no header, no delay");
+}
+
+#[tokio::test]
+async fn max_active_faults_bounds_faults_in_progress() {
+    let mut p = no_fault();
+    p.abort = abort(AbortStatus::Http(503), 100);
+    p.max_active_faults = Some(1);
+    let f = fault_filter(p);
+    let FilterKind::Fault { active, .. } = &f.0[0].kind else {
+        unreachable!()
+    };
+    let (r, v) = (route(Default::default()), vhost(Default::default()));
+    // One fault in progress (held by its request's `Filtered`): the next is not injected.
+    let (a, held) = run_with(&f, &r, &v, "GET", &[], false).await;
+    assert!(a.is_some());
+    assert_eq!(active.now(), 1);
+    let (a, _) = run_with(&f, &r, &v, "GET", &[], false).await;
+    assert!(a.is_none(), "over max_active_faults");
+    drop(held);
+    assert_eq!(active.now(), 0);
+    let (a, _) = run_with(&f, &r, &v, "GET", &[], false).await;
+    assert!(a.is_some());
+}
+
+fn cors_policy() -> CorsPolicy {
+    CorsPolicy {
+        allow_origin: vec![StringMatcher::exact("https://a.example")],
+        allow_methods: HeaderText::new("GET, PUT"),
+        allow_headers: HeaderText::new("x-a"),
+        expose_headers: HeaderText::new("x-b"),
+        max_age: HeaderText::new("60"),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn cors_preflights_and_simple_requests() {
+    let f = cors_filter();
+    let v = vhost(setting(FilterPolicy::Cors(Arc::new(cors_policy()))));
+    let r = route(Default::default());
+    let preflight =
+        |origin: &'static str| [("origin", origin), ("access-control-request-method", "PUT")];
+    let (a, _) = run_with(
+        &f,
+        &r,
+        &v,
+        "OPTIONS",
+        &preflight("https://a.example"),
+        false,
+    )
+    .await;
+    let resp = a.expect("answered").0;
+    let h = resp.headers();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h["access-control-allow-origin"], "https://a.example");
+    assert_eq!(h["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(h["access-control-allow-headers"], "x-a");
+    assert_eq!(h["access-control-max-age"], "60");
+    assert!(h.get("access-control-allow-credentials").is_none());
+
+    // Another origin's preflight goes on upstream (Envoy's default)...
+    let (a, filtered) = run_with(
+        &f,
+        &r,
+        &v,
+        "OPTIONS",
+        &preflight("https://b.example"),
+        false,
+    )
+    .await;
+    assert!(a.is_none());
+    let mut out = HeaderMap::new();
+    filtered.finish_response(&mut out);
+    assert!(out.is_empty(), "nothing added for an origin not allowed");
+    // ...or is answered without an allowed origin when the policy says so.
+    let strict = CorsPolicy {
+        forward_not_matching_preflights: Some(false),
+        ..cors_policy()
+    };
+    let v2 = vhost(setting(FilterPolicy::Cors(Arc::new(strict))));
+    let (a, _) = run_with(
+        &f,
+        &r,
+        &v2,
+        "OPTIONS",
+        &preflight("https://b.example"),
+        false,
+    )
+    .await;
+    let resp = a.unwrap().0;
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+
+    // A simple request from an allowed origin: the response names it.
+    let (a, filtered) =
+        run_with(&f, &r, &v, "GET", &[("origin", "https://a.example")], false).await;
+    assert!(a.is_none());
+    let mut out = HeaderMap::new();
+    filtered.finish_response(&mut out);
+    assert_eq!(out["access-control-allow-origin"], "https://a.example");
+    assert_eq!(out["access-control-expose-headers"], "x-b");
+    // An OPTIONS without access-control-request-method is not a preflight.
+    let (a, _) = run_with(
+        &f,
+        &r,
+        &v,
+        "OPTIONS",
+        &[("origin", "https://a.example")],
+        false,
+    )
+    .await;
+    assert!(a.is_none());
+}
+
+#[tokio::test]
+async fn cors_fields_merge_from_the_most_specific_level() {
+    let f = cors_filter();
+    // The route sets only the methods and credentials; origins and the rest come from the
+    // virtual host.
+    let route_policy = CorsPolicy {
+        allow_methods: HeaderText::new("*"),
+        allow_credentials: Some(true),
+        ..Default::default()
+    };
+    let r = route(setting(FilterPolicy::Cors(Arc::new(route_policy))));
+    let v = vhost(setting(FilterPolicy::Cors(Arc::new(cors_policy()))));
+    let (a, _) = run_with(
+        &f,
+        &r,
+        &v,
+        "OPTIONS",
+        &[
+            ("origin", "https://a.example"),
+            ("access-control-request-method", "DELETE"),
+        ],
+        false,
+    )
+    .await;
+    let resp = a.unwrap().0;
+    let h = resp.headers();
+    assert_eq!(
+        h["access-control-allow-methods"], "DELETE",
+        "`*`: the requested method"
+    );
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-allow-headers"], "x-a");
+    assert_eq!(h["access-control-allow-origin"], "https://a.example");
+}
+
+#[tokio::test]
+async fn cors_enabled_shares_and_the_deprecated_field() {
+    let f = cors_filter();
+    let r = route(Default::default());
+    let origin = [("origin", "https://a.example")];
+    // Enforced on none: nothing happens.
+    let off = CorsPolicy {
+        filter_enabled: Some(Fraction::NONE),
+        ..cors_policy()
+    };
+    let v = vhost(setting(FilterPolicy::Cors(Arc::new(off.clone()))));
+    let (_, filtered) = run_with(&f, &r, &v, "GET", &origin, false).await;
+    assert!(filtered.cors.is_none());
+    // Shadow: checked and counted, not enforced.
+    let shadow = CorsPolicy {
+        shadow_enabled: Some(Fraction::ALL),
+        ..off
+    };
+    let v = vhost(setting(FilterPolicy::Cors(Arc::new(shadow))));
+    let t = table();
+    let h = headers(&origin);
+    let metrics = ProxyMetrics::unregistered();
+    let mut filtered = Filtered::default();
+    let levels = Levels {
+        route: &r,
+        vhost: &v,
+        table: &t,
+    };
+    run(
+        &f,
+        levels,
+        "web",
+        &head("GET", &h),
+        false,
+        &metrics,
+        &mut filtered,
+    )
+    .await;
+    assert!(filtered.cors.is_none());
+    assert_eq!(
+        metrics
+            .cors_origins
+            .get_or_create(&crate::metrics::CorsLabels { origin: "valid" })
+            .get(),
+        1
+    );
+    // The deprecated `cors` of a virtual host, when no level has filter settings.
+    let mut v = vhost(Default::default());
+    v.cors = Some(Arc::new(cors_policy()));
+    let (_, filtered) = run_with(&f, &r, &v, "GET", &origin, false).await;
+    assert!(filtered.cors.is_some());
+    // A policy that allows `*` allows every origin.
+    let mut v = vhost(Default::default());
+    v.cors = Some(Arc::new(CorsPolicy {
+        allow_origin: vec![StringMatcher::exact("*")],
+        ..Default::default()
+    }));
+    let (_, filtered) =
+        run_with(&f, &r, &v, "GET", &[("origin", "https://z.example")], false).await;
+    let mut out = HeaderMap::new();
+    filtered.finish_response(&mut out);
+    assert_eq!(out["access-control-allow-origin"], "https://z.example");
+}

@@ -1,0 +1,408 @@
+//! HTTP filters before the router (fault injection, CORS) and their per-route settings
+//! (`typed_per_filter_config`) -> [`myelin_proxy::model::filter`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use myelin_proxy::model::filter as mf;
+use myelin_proxy::model::listener::HeaderText;
+use xds_api::pb::envoy::config::core::v3 as core;
+use xds_api::pb::envoy::config::route::v3 as route_pb;
+use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use xds_api::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
+use xds_api::pb::google::protobuf;
+
+use super::common::string_matcher;
+use super::{ext, idx, join, route, Cx, Reason};
+
+const FAULT_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const CORS_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
+const CORS_POLICY_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
+const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+
+/// A filter of a connection manager other than the (last) router: `None` when it is
+/// skipped (optional and unknown) or rejected.
+pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<mf::HttpFilter> {
+    use hcm::http_filter::ConfigType as C;
+    let hcm::HttpFilter {
+        name,
+        is_optional,
+        disabled,
+        config_type,
+    } = f;
+    // By type (a filter's name is the key of its per-route settings, nothing more); the
+    // name alone when it is the filter's canonical name, which Envoy still accepts.
+    let kind = match config_type {
+        Some(C::TypedConfig(any)) if any.type_url == FAULT_URL => {
+            let tp = join(p, "typed_config");
+            let fault = cx.decode::<ext::HttpFault>(&tp, FAULT_URL, &any.value)?;
+            Some(mf::FilterKind::Fault {
+                policy: Arc::new(fault_policy(cx, &tp, &fault)?),
+                active: mf::ActiveFaults::default(),
+            })
+        }
+        Some(C::TypedConfig(any)) if any.type_url == CORS_URL => {
+            cx.decode::<ext::Cors>(&join(p, "typed_config"), CORS_URL, &any.value)?;
+            Some(mf::FilterKind::Cors)
+        }
+        None if name == "envoy.filters.http.fault" => Some(mf::FilterKind::Fault {
+            policy: Arc::new(empty_fault()),
+            active: mf::ActiveFaults::default(),
+        }),
+        None if name == "envoy.filters.http.cors" => Some(mf::FilterKind::Cors),
+        Some(C::ConfigDiscovery(_)) if !is_optional => {
+            cx.reject(join(p, "config_discovery"), Reason::NotSupported);
+            return None;
+        }
+        _ => None,
+    };
+    match kind {
+        Some(kind) => Some(mf::HttpFilter {
+            name: name.clone(),
+            disabled: *disabled,
+            kind,
+        }),
+        // Optional filters Myelin lacks may be skipped: that is what `is_optional` means.
+        None if *is_optional => None,
+        None => {
+            let what = match config_type {
+                Some(C::TypedConfig(any)) => {
+                    format!("HTTP filter `{name}` (type `{}`)", any.type_url)
+                }
+                _ => format!("HTTP filter `{name}`"),
+            };
+            cx.reject(p, Reason::UnsupportedValue(what));
+            None
+        }
+    }
+}
+
+fn empty_fault() -> mf::FaultPolicy {
+    mf::FaultPolicy {
+        delay: None,
+        abort: None,
+        upstream_cluster: None,
+        headers: Vec::new(),
+        downstream_nodes: Vec::new(),
+        max_active_faults: None,
+    }
+}
+
+/// `typed_per_filter_config` of a route, virtual host or route table. Settings for filters
+/// Myelin lacks are rejected unless marked optional (`FilterConfig.is_optional`), as Envoy
+/// rejects settings for filters it was built without.
+pub(super) fn filter_settings(
+    cx: &mut Cx,
+    p: &str,
+    map: &HashMap<String, protobuf::Any>,
+) -> mf::FilterSettings {
+    let mut out = mf::FilterSettings::new();
+    for (name, any) in map {
+        let ep = format!("{}[{name:?}]", join(p, "typed_per_filter_config"));
+        let setting = if any.type_url == FILTER_CONFIG_URL {
+            let Some(fc) = cx.decode::<route_pb::FilterConfig>(&ep, FILTER_CONFIG_URL, &any.value)
+            else {
+                continue;
+            };
+            let route_pb::FilterConfig {
+                config,
+                is_optional,
+                disabled,
+            } = fc;
+            let policy = match &config {
+                // `disabled` with no config is how a filter is turned off (or, `false`, on).
+                None => None,
+                // A disabled filter's config is ignored (Envoy does not read it).
+                Some(_) if disabled => None,
+                Some(c) => match filter_policy(cx, &join(&ep, "config"), c) {
+                    Some(p) => Some(p),
+                    None if is_optional && !is_known(&c.type_url) => continue,
+                    None => {
+                        reject_unknown(cx, &join(&ep, "config"), c);
+                        continue;
+                    }
+                },
+            };
+            mf::FilterSetting { disabled, policy }
+        } else {
+            match filter_policy(cx, &ep, any) {
+                Some(p) => mf::FilterSetting {
+                    disabled: false,
+                    policy: Some(p),
+                },
+                None => {
+                    reject_unknown(cx, &ep, any);
+                    continue;
+                }
+            }
+        };
+        out.insert(name.clone(), setting);
+    }
+    out
+}
+
+fn is_known(type_url: &str) -> bool {
+    type_url == FAULT_URL || type_url == CORS_POLICY_URL
+}
+
+fn reject_unknown(cx: &mut Cx, p: &str, any: &protobuf::Any) {
+    if !is_known(&any.type_url) {
+        cx.reject(
+            p,
+            Reason::UnsupportedValue(format!("per-route settings of type `{}`", any.type_url)),
+        );
+    }
+}
+
+/// A known per-route settings message; `None` (and a rejection when it was known but bad)
+/// otherwise.
+fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::FilterPolicy> {
+    match any.type_url.as_str() {
+        FAULT_URL => {
+            let f = cx.decode::<ext::HttpFault>(p, FAULT_URL, &any.value)?;
+            Some(mf::FilterPolicy::Fault(Arc::new(fault_policy(cx, p, &f)?)))
+        }
+        CORS_POLICY_URL => {
+            let c = cx.decode::<ext::CorsPolicy>(p, CORS_POLICY_URL, &any.value)?;
+            Some(mf::FilterPolicy::Cors(Arc::new(cors_policy(cx, p, &c)?)))
+        }
+        _ => None,
+    }
+}
+
+/// A `FractionalPercent`; unset is none of the requests (Envoy's proto default).
+fn fraction(cx: &mut Cx, p: &str, f: Option<&FractionalPercent>) -> mf::Fraction {
+    let Some(f) = f else {
+        return mf::Fraction::NONE;
+    };
+    let denominator = match DenominatorType::try_from(f.denominator) {
+        Ok(DenominatorType::Hundred) => 100,
+        Ok(DenominatorType::TenThousand) => 10_000,
+        Ok(DenominatorType::Million) => 1_000_000,
+        Err(_) => {
+            cx.reject(
+                join(p, "denominator"),
+                Reason::Invalid(format!("unknown value {}", f.denominator)),
+            );
+            100
+        }
+    };
+    mf::Fraction {
+        numerator: f.numerator,
+        denominator,
+    }
+}
+
+fn runtime_fraction(
+    cx: &mut Cx,
+    p: &str,
+    f: Option<&core::RuntimeFractionalPercent>,
+) -> Option<mf::Fraction> {
+    // The runtime key names a value Myelin's (absent) runtime never has: the default
+    // applies, as in an Envoy whose runtime lacks the key.
+    f.map(|f| fraction(cx, &join(p, "default_value"), f.default_value.as_ref()))
+}
+
+fn fault_policy(cx: &mut Cx, p: &str, f: &ext::HttpFault) -> Option<mf::FaultPolicy> {
+    let ext::HttpFault {
+        delay,
+        abort,
+        upstream_cluster,
+        headers,
+        downstream_nodes,
+        max_active_faults,
+        response_rate_limit,
+        delay_percent_runtime: _,
+        abort_percent_runtime: _,
+        delay_duration_runtime: _,
+        abort_http_status_runtime: _,
+        max_active_faults_runtime: _,
+        response_rate_limit_percent_runtime: _,
+        abort_grpc_status_runtime: _,
+        disable_downstream_cluster_stats: _,
+        filter_metadata,
+    } = f;
+    cx.unsupported(p, "response_rate_limit", response_rate_limit);
+    cx.unsupported(p, "filter_metadata", filter_metadata);
+    let delay = delay.as_ref().and_then(|d| {
+        let dp = join(p, "delay");
+        let duration = match (&d.fixed_delay, &d.header_delay) {
+            (Some(t), None) => {
+                let t = cx.duration(&join(&dp, "fixed_delay"), t)?;
+                if t.is_zero() {
+                    cx.reject(
+                        join(&dp, "fixed_delay"),
+                        Reason::Invalid("must be above 0".into()),
+                    );
+                    return None;
+                }
+                mf::DelaySource::Fixed(t)
+            }
+            (None, Some(_)) => mf::DelaySource::Header,
+            _ => {
+                cx.reject(
+                    &dp,
+                    Reason::Invalid(
+                        "exactly one of `fixed_delay` or `header_delay` is required".into(),
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(mf::FaultDelay {
+            duration,
+            percentage: fraction(cx, &join(&dp, "percentage"), d.percentage.as_ref()),
+        })
+    });
+    let abort = abort.as_ref().and_then(|a| {
+        let ap = join(p, "abort");
+        let status = match (a.http_status, a.grpc_status, &a.header_abort) {
+            (Some(s), None, None) => match s {
+                200..=599 => mf::AbortStatus::Http(s as u16),
+                _ => {
+                    cx.reject(
+                        join(&ap, "http_status"),
+                        Reason::Invalid(format!("{s} is not in 200..=599")),
+                    );
+                    return None;
+                }
+            },
+            (None, Some(g), None) => mf::AbortStatus::Grpc(g),
+            (None, None, Some(_)) => mf::AbortStatus::Header,
+            _ => {
+                cx.reject(
+                    &ap,
+                    Reason::Invalid(
+                        "exactly one of `http_status`, `grpc_status` or `header_abort` is required"
+                            .into(),
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(mf::FaultAbort {
+            status,
+            percentage: fraction(cx, &join(&ap, "percentage"), a.percentage.as_ref()),
+        })
+    });
+    let headers = headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| route::header_matcher(cx, &idx(p, "headers", i), h))
+        .collect::<Vec<_>>();
+    if headers.len() != f.headers.len() {
+        return None;
+    }
+    Some(mf::FaultPolicy {
+        delay,
+        abort,
+        upstream_cluster: (!upstream_cluster.is_empty()).then(|| upstream_cluster.clone()),
+        headers,
+        downstream_nodes: downstream_nodes.clone(),
+        max_active_faults: max_active_faults.as_ref().map(|v| v.value),
+    })
+}
+
+fn header_text(cx: &mut Cx, p: &str, field: &str, s: &str) -> Option<HeaderText> {
+    if s.is_empty() {
+        return None;
+    }
+    let t = HeaderText::new(s);
+    if t.is_none() {
+        cx.reject(
+            join(p, field),
+            Reason::Invalid(format!("{s:?} is not a header value")),
+        );
+    }
+    t
+}
+
+fn origins(
+    cx: &mut Cx,
+    p: &str,
+    field: &str,
+    list: &[xds_api::pb::envoy::r#type::matcher::v3::StringMatcher],
+) -> Vec<myelin_proxy::model::StringMatcher> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, m)| string_matcher(cx, &idx(p, field, i), m))
+        .collect()
+}
+
+fn cors_policy(cx: &mut Cx, p: &str, c: &ext::CorsPolicy) -> Option<mf::CorsPolicy> {
+    let ext::CorsPolicy {
+        allow_origin_string_match,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials,
+        filter_enabled,
+        shadow_enabled,
+        allow_private_network_access,
+        forward_not_matching_preflights,
+    } = c;
+    Some(mf::CorsPolicy {
+        allow_origin: origins(
+            cx,
+            p,
+            "allow_origin_string_match",
+            allow_origin_string_match,
+        ),
+        allow_methods: header_text(cx, p, "allow_methods", allow_methods),
+        allow_headers: header_text(cx, p, "allow_headers", allow_headers),
+        expose_headers: header_text(cx, p, "expose_headers", expose_headers),
+        max_age: header_text(cx, p, "max_age", max_age),
+        allow_credentials: allow_credentials.as_ref().map(|b| b.value),
+        allow_private_network_access: allow_private_network_access.as_ref().map(|b| b.value),
+        forward_not_matching_preflights: forward_not_matching_preflights.as_ref().map(|b| b.value),
+        filter_enabled: runtime_fraction(cx, &join(p, "filter_enabled"), filter_enabled.as_ref()),
+        shadow_enabled: runtime_fraction(cx, &join(p, "shadow_enabled"), shadow_enabled.as_ref()),
+    })
+}
+
+/// The deprecated `cors` of a virtual host or route action (`config.route.v3.CorsPolicy`).
+#[allow(deprecated)]
+pub(super) fn route_cors(
+    cx: &mut Cx,
+    p: &str,
+    c: &route_pb::CorsPolicy,
+) -> Option<Arc<mf::CorsPolicy>> {
+    use route_pb::cors_policy::EnabledSpecifier as E;
+    let route_pb::CorsPolicy {
+        allow_origin_string_match,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials,
+        shadow_enabled,
+        allow_private_network_access,
+        forward_not_matching_preflights,
+        enabled_specifier,
+    } = c;
+    Some(Arc::new(mf::CorsPolicy {
+        allow_origin: origins(
+            cx,
+            p,
+            "allow_origin_string_match",
+            allow_origin_string_match,
+        ),
+        allow_methods: header_text(cx, p, "allow_methods", allow_methods),
+        allow_headers: header_text(cx, p, "allow_headers", allow_headers),
+        expose_headers: header_text(cx, p, "expose_headers", expose_headers),
+        max_age: header_text(cx, p, "max_age", max_age),
+        allow_credentials: allow_credentials.as_ref().map(|b| b.value),
+        allow_private_network_access: allow_private_network_access.as_ref().map(|b| b.value),
+        forward_not_matching_preflights: forward_not_matching_preflights.as_ref().map(|b| b.value),
+        filter_enabled: match enabled_specifier {
+            Some(E::FilterEnabled(f)) => runtime_fraction(cx, &join(p, "filter_enabled"), Some(f)),
+            None => None,
+        },
+        shadow_enabled: runtime_fraction(cx, &join(p, "shadow_enabled"), shadow_enabled.as_ref()),
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+//! Fault and CORS filters and their per-route settings: conversion from Envoy YAML (the
+//! file source's path, which also makes the protobuf the xDS path decodes) and rejections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use myelin_proxy::model::filter as mf;
+use myelin_proxy::model::listener as ml;
+use myelin_proxy::model::{self, StringPattern};
+use xds_api::pb::envoy::config::listener::v3 as lpb;
+use xds_api::pb::envoy::config::route::v3 as rpb;
+
+use super::super::json;
+use super::super::test_util::messages;
+use super::super::{listener, route_configuration};
+
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
+
+fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    json::from_value(serde_yaml::from_str(text).unwrap()).unwrap()
+}
+
+/// A listener whose connection manager has `filters` (YAML list items, at the list's
+/// indentation) before the router.
+fn listener_with(filters: &str) -> lpb::Listener {
+    let filters: String = filters
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    yaml(&format!(
+        r#"
+name: l
+address: {{socket_address: {{address: 0.0.0.0, port_value: 80}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: s
+      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
+      http_filters:
+{filters}      - name: envoy.filters.http.router
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    ))
+}
+
+fn filters_of(l: &model::Listener) -> Arc<mf::HttpFilters> {
+    match &l.filter_chains[0].filter {
+        ml::NetworkFilter::HttpConnectionManager(h) => h.http_filters.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn istiod_filters_are_accepted() {
+    // What istiod puts before the router of every HTTP connection manager that Myelin has
+    // (its own `istio.*` filters aside), and an optional filter Myelin lacks.
+    let l = listener(&listener_with(
+        r#"
+- name: envoy.filters.http.fault
+  typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}
+- name: envoy.filters.http.cors
+  typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}
+- name: envoy.filters.http.wasm
+  is_optional: true
+"#,
+    ))
+    .unwrap();
+    let f = filters_of(&l);
+    assert_eq!(f.0.len(), 2);
+    assert_eq!(f.0[0].name, "envoy.filters.http.fault");
+    match &f.0[0].kind {
+        mf::FilterKind::Fault { policy, .. } => {
+            assert!(policy.delay.is_none() && policy.abort.is_none())
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.0[1].kind, mf::FilterKind::Cors);
+
+    // With no filter but the router, nothing runs before it.
+    assert!(filters_of(&listener(&listener_with("")).unwrap()).is_empty());
+}
+
+#[test]
+fn a_fault_filters_own_settings() {
+    let l = listener(&listener_with(
+        r#"
+- name: faults
+  disabled: true
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+    delay: {fixed_delay: 1.5s, percentage: {numerator: 25, denominator: TEN_THOUSAND}}
+    abort: {grpc_status: 14, percentage: {numerator: 3}}
+    upstream_cluster: web
+    headers: [{name: x-test, exact_match: "yes"}]
+    downstream_nodes: [a, b]
+    max_active_faults: 7
+    abort_percent_runtime: fault.abort
+"#,
+    ))
+    .unwrap();
+    let f = filters_of(&l);
+    assert_eq!(f.0[0].name, "faults");
+    assert!(f.0[0].disabled);
+    let mf::FilterKind::Fault { policy, .. } = &f.0[0].kind else {
+        panic!("{:?}", f.0[0].kind)
+    };
+    assert_eq!(
+        policy.delay,
+        Some(mf::FaultDelay {
+            duration: mf::DelaySource::Fixed(Duration::from_millis(1500)),
+            percentage: mf::Fraction {
+                numerator: 25,
+                denominator: 10_000
+            },
+        })
+    );
+    assert_eq!(
+        policy.abort,
+        Some(mf::FaultAbort {
+            status: mf::AbortStatus::Grpc(14),
+            percentage: mf::Fraction {
+                numerator: 3,
+                denominator: 100
+            },
+        })
+    );
+    assert_eq!(policy.upstream_cluster.as_deref(), Some("web"));
+    assert_eq!(policy.headers.len(), 1);
+    assert_eq!(policy.downstream_nodes, ["a", "b"]);
+    assert_eq!(policy.max_active_faults, Some(7));
+}
+
+#[test]
+fn bad_filters_are_rejected_by_path() {
+    let fc = "filter_chains[0].filters[0].typed_config";
+    for (filters, want) in [
+        (
+            "- name: envoy.filters.http.jwt_authn\n  typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication}",
+            format!("{fc}.http_filters[0]: HTTP filter `envoy.filters.http.jwt_authn` (type `type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`) is not supported"),
+        ),
+        (
+            &format!("- name: f\n  typed_config: {{\"@type\": {FAULT}, abort: {{http_status: 700}}}}"),
+            format!("{fc}.http_filters[0].typed_config.abort.http_status: 700 is not in 200..=599"),
+        ),
+        (
+            &format!("- name: f\n  typed_config: {{\"@type\": {FAULT}, abort: {{percentage: {{numerator: 1}}}}}}"),
+            format!("{fc}.http_filters[0].typed_config.abort: exactly one of `http_status`, `grpc_status` or `header_abort` is required"),
+        ),
+        (
+            &format!("- name: f\n  typed_config: {{\"@type\": {FAULT}, delay: {{fixed_delay: 1s, header_delay: {{}}}}}}"),
+            format!("{fc}.http_filters[0].typed_config.delay: exactly one of `fixed_delay` or `header_delay` is required"),
+        ),
+        (
+            &format!("- name: f\n  typed_config: {{\"@type\": {FAULT}, response_rate_limit: {{fixed_limit: {{limit_kbps: 1}}}}}}"),
+            format!("{fc}.http_filters[0].typed_config.response_rate_limit: not supported"),
+        ),
+    ] {
+        let e = messages(listener(&listener_with(filters)));
+        assert_eq!(e, [want], "{filters}");
+    }
+}
+
+#[test]
+fn settings_at_every_level() {
+    let rc = route_configuration(&yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+typed_per_filter_config:
+  envoy.filters.http.fault:
+    "@type": {FAULT}
+    abort: {{http_status: 503, percentage: {{numerator: 1}}}}
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  typed_per_filter_config:
+    envoy.filters.http.cors:
+      "@type": {CORS}
+      allow_origin_string_match: [{{prefix: "https://"}}]
+      allow_methods: GET
+      max_age: "60"
+      allow_credentials: true
+      forward_not_matching_preflights: false
+      filter_enabled: {{default_value: {{numerator: 50}}, runtime_key: cors.on}}
+  cors:
+    allow_origin_string_match: [{{exact: "https://old.example"}}]
+  routes:
+  - match: {{prefix: /}}
+    route:
+      cluster: web
+      cors: {{allow_methods: PUT}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+        disabled: true
+      envoy.filters.http.ext_authz:
+        "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+        is_optional: true
+        config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute}}
+"#
+    )))
+    .unwrap();
+    let fault = &rc.filters["envoy.filters.http.fault"];
+    assert!(!fault.disabled);
+    assert!(matches!(&fault.policy, Some(mf::FilterPolicy::Fault(p))
+        if p.abort.as_ref().map(|a| a.status) == Some(mf::AbortStatus::Http(503))));
+    let vh = &rc.virtual_hosts[0];
+    let Some(mf::FilterPolicy::Cors(c)) = &vh.filters["envoy.filters.http.cors"].policy else {
+        panic!("{:?}", vh.filters)
+    };
+    assert_eq!(
+        c.allow_origin[0].pattern,
+        StringPattern::Prefix("https://".into())
+    );
+    assert_eq!(c.allow_methods.as_ref().unwrap().as_str(), "GET");
+    assert_eq!(c.max_age.as_ref().unwrap().as_str(), "60");
+    assert_eq!(c.allow_credentials, Some(true));
+    assert_eq!(c.forward_not_matching_preflights, Some(false));
+    assert_eq!(
+        c.filter_enabled,
+        Some(mf::Fraction {
+            numerator: 50,
+            denominator: 100
+        })
+    );
+    assert_eq!(
+        vh.cors.as_ref().unwrap().allow_origin[0].pattern,
+        StringPattern::Exact("https://old.example".into())
+    );
+    let r = &vh.routes[0];
+    assert_eq!(
+        r.filters["envoy.filters.http.fault"],
+        mf::FilterSetting {
+            disabled: true,
+            policy: None
+        }
+    );
+    assert!(
+        !r.filters.contains_key("envoy.filters.http.ext_authz"),
+        "optional settings of a filter Myelin lacks are skipped"
+    );
+    assert_eq!(
+        r.cors
+            .as_ref()
+            .unwrap()
+            .allow_methods
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "PUT"
+    );
+}
+
+#[test]
+fn bad_settings_are_rejected_by_path() {
+    let route_with = |settings: &str| {
+        let settings: String = settings
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("      {l}\n"))
+            .collect();
+        yaml::<rpb::RouteConfiguration>(&format!(
+            r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+{settings}"#
+        ))
+    };
+    let at = "virtual_hosts[0].routes[0].typed_per_filter_config";
+    for (settings, want) in [
+        (
+            "authz:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute".to_owned(),
+            format!("{at}[\"authz\"]: per-route settings of type `type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute` is not supported"),
+        ),
+        (
+            "authz:\n  \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig\n  config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute}".to_owned(),
+            format!("{at}[\"authz\"].config: per-route settings of type `type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute` is not supported"),
+        ),
+        (
+            format!("cors:\n  \"@type\": {CORS}\n  allow_methods: \"GET\\nX\""),
+            format!("{at}[\"cors\"].allow_methods: \"GET\\nX\" is not a header value"),
+        ),
+        (
+            format!("fault:\n  \"@type\": {FAULT}\n  delay: {{fixed_delay: 0s}}"),
+            format!("{at}[\"fault\"].delay.fixed_delay: must be above 0"),
+        ),
+    ] {
+        let e = messages(route_configuration(&route_with(&settings)));
+        assert_eq!(e, [want], "{settings}");
+    }
+}
+
+#[test]
+fn fields_myelin_does_not_know_are_rejected_not_dropped() {
+    // An HTTPFault with a field from a newer Envoy (tag 99): decoding keeps its bytes, so
+    // the conversion sees it.
+    use prost::Message;
+    let mut bytes = super::ext::HttpFault::default().encode_to_vec();
+    bytes.extend_from_slice(&[0x98, 0x06, 0x01]); // field 99, varint 1
+    let rc = rpb::RouteConfiguration {
+        name: "r".into(),
+        typed_per_filter_config: [(
+            "fault".to_owned(),
+            xds_api::pb::google::protobuf::Any {
+                type_url: FAULT.into(),
+                value: bytes,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let e = messages(route_configuration(&rc));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("typed_per_filter_config[\"fault\"]"),
+        "{e:?}"
+    );
+}

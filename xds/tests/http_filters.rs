@@ -1,0 +1,373 @@
+//! The HTTP filters before the router, end to end: a listener from xDS with Envoy's fault
+//! (`envoy.filters.http.fault`) and CORS (`envoy.filters.http.cors`) filters, configured
+//! per route with `typed_per_filter_config` as istiod writes a VirtualService's `fault` and
+//! `corsPolicy`, a captured connection through it, and an upstream that counts what it got.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use myelin_xds::ads::{type_url, AdsProtocol};
+use myelin_xds::testing::ControlPlane;
+use std::sync::atomic::Ordering;
+use support::*;
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+
+const PORT: u16 = 18511;
+
+fn listener() -> Listener {
+    yaml(&format!(
+        r#"
+name: filters
+address: {{socket_address: {{address: 0.0.0.0, port_value: {PORT}}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: filters
+      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
+      http_filters:
+      - name: envoy.filters.http.fault
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}
+      - name: envoy.filters.http.cors
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ))
+}
+
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// Routes as istiod writes a VirtualService with `fault` and `corsPolicy`: the CORS policy
+/// on the virtual host, faults on routes.
+fn routes() -> RouteConfiguration {
+    yaml(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: web
+  domains: ["*"]
+  typed_per_filter_config:
+    envoy.filters.http.cors:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+      allow_origin_string_match: [{{exact: "https://app.example"}}]
+      allow_methods: "GET, POST"
+      allow_headers: "*"
+      expose_headers: x-server
+      max_age: "600"
+      allow_credentials: true
+  routes:
+  - match: {{path: /abort}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": {FAULT}
+        abort: {{http_status: 503, percentage: {{numerator: 100}}}}
+  - match: {{path: /grpc-abort}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": {FAULT}
+        abort: {{grpc_status: 14, percentage: {{numerator: 1000000, denominator: MILLION}}}}
+  - match: {{path: /delay}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": {FAULT}
+        delay: {{fixed_delay: 0.3s, percentage: {{numerator: 100}}}}
+  - match: {{path: /delay-then-abort}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": {FAULT}
+        delay: {{fixed_delay: 0.2s, percentage: {{numerator: 100}}}}
+        abort: {{http_status: 500, percentage: {{numerator: 100}}}}
+  - match: {{path: /by-header}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": {FAULT}
+        delay: {{header_delay: {{}}, percentage: {{numerator: 100}}}}
+        abort: {{header_abort: {{}}, percentage: {{numerator: 100}}}}
+  - match: {{path: /half}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": {FAULT}
+        abort: {{http_status: 418, percentage: {{numerator: 50}}}}
+  - match: {{path: /only-canary}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": {FAULT}
+        headers: [{{name: x-canary, present_match: true}}]
+        abort: {{http_status: 503, percentage: {{numerator: 100}}}}
+  - match: {{path: /no-cors}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.cors:
+        "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+        disabled: true
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+"#
+    ))
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+    took: Duration,
+}
+
+async fn send(node: &Node, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let stream = node.connect(vip(PORT)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "web");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let started = Instant::now();
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        took,
+    }
+}
+
+fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
+    a.headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_and_cors_filters_per_route() {
+    let upstream = http_upstream("web").await;
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "filters", &listener());
+        set(b, "r", &routes());
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[upstream.addr]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["filters"][..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    let hits = || upstream.hits.load(Ordering::Relaxed);
+
+    // An abort answers in place of the upstream, flagged FI.
+    let before = hits();
+    let a = send(&node, "GET", "/abort", &[]).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.body, "fault filter abort");
+    assert_eq!(
+        hits(),
+        before,
+        "an aborted request never reaches the upstream"
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_faults_injected_total{kind=\"abort\"}"),
+        1.0
+    );
+    assert_eq!(
+        node.metric(
+            "myelin_proxy_requests_total{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"503\",response_flags=\"FI\"}"
+        ),
+        1.0
+    );
+
+    // A gRPC abort is a trailers-only gRPC status in a 200.
+    let a = send(
+        &node,
+        "POST",
+        "/grpc-abort",
+        &[("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(header(&a, "grpc-status"), Some("14"));
+    assert_eq!(hits(), before);
+
+    // A delay holds the request, then it goes on (flag DI).
+    let a = send(&node, "GET", "/delay", &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "web /delay");
+    assert!(a.took >= Duration::from_millis(300), "took {:?}", a.took);
+    assert_eq!(hits(), before + 1);
+    assert_eq!(
+        node.metric(
+            "myelin_proxy_requests_total{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"200\",response_flags=\"DI\"}"
+        ),
+        1.0
+    );
+
+    // A delay, then an abort: both flags.
+    let a = send(&node, "GET", "/delay-then-abort", &[]).await;
+    assert_eq!(a.status, 500);
+    assert!(a.took >= Duration::from_millis(200), "took {:?}", a.took);
+    assert_eq!(hits(), before + 1);
+    assert_eq!(
+        node.metric(
+            "myelin_proxy_requests_total{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"500\",response_flags=\"DI,FI\"}"
+        ),
+        1.0
+    );
+
+    // Header-driven faults: only what the request asks for, its share capped by the route.
+    let a = send(&node, "GET", "/by-header", &[]).await;
+    assert_eq!(a.status, 200, "no fault headers, no fault");
+    assert!(a.took < Duration::from_millis(200), "took {:?}", a.took);
+    let a = send(
+        &node,
+        "GET",
+        "/by-header",
+        &[("x-envoy-fault-abort-request", "429")],
+    )
+    .await;
+    assert_eq!(a.status, 429);
+    let a = send(
+        &node,
+        "GET",
+        "/by-header",
+        &[
+            ("x-envoy-fault-abort-request", "429"),
+            ("x-envoy-fault-abort-request-percentage", "0"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "a header share of 0 aborts nothing");
+    let a = send(
+        &node,
+        "GET",
+        "/by-header",
+        &[("x-envoy-fault-delay-request", "250")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert!(a.took >= Duration::from_millis(250), "took {:?}", a.took);
+
+    // A percentage: about half of 400 (50 % +- 7.5 sigma).
+    let mut aborted = 0;
+    for _ in 0..400 {
+        if send(&node, "GET", "/half", &[]).await.status == 418 {
+            aborted += 1;
+        }
+    }
+    assert!((125..=275).contains(&aborted), "{aborted} of 400 aborted");
+
+    // Header matchers of the fault: only matching requests.
+    assert_eq!(send(&node, "GET", "/only-canary", &[]).await.status, 200);
+    assert_eq!(
+        send(&node, "GET", "/only-canary", &[("x-canary", "1")])
+            .await
+            .status,
+        503
+    );
+
+    // A CORS preflight from an allowed origin is answered here.
+    let before = hits();
+    let a = send(
+        &node,
+        "OPTIONS",
+        "/",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "x-a, x-b"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(hits(), before, "the preflight never reaches the upstream");
+    assert_eq!(
+        header(&a, "access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        header(&a, "access-control-allow-methods"),
+        Some("GET, POST")
+    );
+    assert_eq!(
+        header(&a, "access-control-allow-headers"),
+        Some("x-a, x-b"),
+        "`*` answers with the requested headers"
+    );
+    assert_eq!(header(&a, "access-control-max-age"), Some("600"));
+    assert_eq!(header(&a, "access-control-allow-credentials"), Some("true"));
+
+    // A preflight from another origin goes upstream (Envoy's default), unmarked.
+    let a = send(
+        &node,
+        "OPTIONS",
+        "/",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(hits(), before + 1);
+    assert_eq!(header(&a, "access-control-allow-origin"), None);
+
+    // An allowed origin's request goes upstream and its answer names the origin.
+    let a = send(&node, "GET", "/page", &[("origin", "https://app.example")]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "web /page");
+    assert_eq!(
+        header(&a, "access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        header(&a, "access-control-expose-headers"),
+        Some("x-server")
+    );
+    assert_eq!(header(&a, "access-control-allow-credentials"), Some("true"));
+
+    // CORS switched off for one route.
+    let a = send(
+        &node,
+        "GET",
+        "/no-cors",
+        &[("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(header(&a, "access-control-allow-origin"), None);
+
+    assert_eq!(
+        node.metric("myelin_proxy_cors_origins_total{origin=\"valid\"}"),
+        2.0
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_cors_origins_total{origin=\"invalid\"}"),
+        1.0
+    );
+}
