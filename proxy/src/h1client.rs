@@ -41,6 +41,10 @@ pub(crate) struct OwnConn {
     broken: bool,
     /// Its place under the cluster's `max_connections`, held while it lives.
     slot: Option<ConnSlot>,
+    /// Requests sent on it (`max_requests_per_connection`).
+    pub(crate) served: u32,
+    /// When it was opened (`max_connection_duration`).
+    pub(crate) opened: crate::clock::Coarse,
 }
 
 impl OwnConn {
@@ -50,6 +54,8 @@ impl OwnConn {
             buf: BytesMut::with_capacity(READ_BUF),
             broken: false,
             slot,
+            served: 0,
+            opened: crate::clock::Coarse::now(),
         }
     }
 

@@ -189,6 +189,8 @@ pub(crate) struct Target {
     pub(crate) protocol: UpstreamProtocol,
     /// The cluster's TCP keepalive.
     pub(crate) keepalive: Option<crate::tcp::Keepalive>,
+    /// How long the cluster's connections live.
+    pub(crate) life: upstream::ConnLife,
 }
 
 /// The request body as the proxy forwards it (its bytes counted for the golden metrics).
@@ -567,6 +569,7 @@ impl HttpConn {
                         connect_timeout: self.connect_timeout,
                         protocol: same_as(self.downstream),
                         keepalive: None,
+                        life: upstream::ConnLife::default(),
                     };
                     let dest = self.destination(None, Some(self.dst), authority(&req));
                     *deadlines = Deadlines::new(None, &self.timeouts);
@@ -1241,6 +1244,7 @@ impl HttpConn {
             protocol: target.protocol,
             connect_timeout: target.connect_timeout,
             keepalive: target.keepalive,
+            life: target.life,
             hbone: self.reach(target.addr)?,
         })
     }
@@ -1602,6 +1606,7 @@ pub(crate) async fn pick_endpoint(
         connect_timeout: cluster.cluster.connect_timeout,
         protocol,
         keepalive: cluster.cluster.tcp_keepalive.as_ref().map(Into::into),
+        life: (&cluster.cluster.connection_life).into(),
     };
     Ok(PickedEndpoint {
         endpoint,

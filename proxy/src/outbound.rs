@@ -226,6 +226,7 @@ async fn try_handle(
                     connect_timeout: config.connect_timeout,
                     protocol: crate::upstream::UpstreamProtocol::Http1,
                     keepalive: None,
+                    life: crate::upstream::ConnLife::default(),
                 }),
             };
             match upstream {

@@ -386,6 +386,9 @@ pub(crate) async fn forward(
                     connect_timeout,
                     hbone: hbone.clone(),
                     keepalive,
+                    // Tunnels are not pooled per request: the cluster's connection life
+                    // does not apply to them.
+                    life: Default::default(),
                 };
                 open_h2_tunnel(pools, ep, t, peer)
                     .await

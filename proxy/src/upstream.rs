@@ -54,7 +54,7 @@ use crate::error::{ProxyBody, ProxyError};
 use crate::h1client::{self, HeadError, OwnBody, OwnConn, RequestWriter};
 use crate::h1codec;
 use crate::lock;
-use crate::model::cluster::Http2Options;
+use crate::model::cluster::{ConnectionLife, Http2Options};
 use crate::traffic::{ConnLimits, ConnSlot, FreedNotice, Pending};
 
 /// How requests reach an endpoint.
@@ -98,12 +98,70 @@ impl From<&Http2Options> for H2Settings {
     }
 }
 
+/// How long a cluster's upstream connections live ([`ConnectionLife`]), for the pools: part
+/// of the pool key (clusters that differ do not share connections). 12 bytes: it rides in
+/// every request's target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) struct ConnLife {
+    /// Idle time before a connection is closed, ms: 0 for the pool's default, `u32::MAX`
+    /// for never.
+    idle_ms: u32,
+    /// Requests one connection takes; 0: unbounded.
+    max_requests: u32,
+    /// Age after which a connection takes no new request, ms; 0: unbounded.
+    max_age_ms: u32,
+}
+
+impl From<&ConnectionLife> for ConnLife {
+    fn from(l: &ConnectionLife) -> Self {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX - 1).max(1);
+        Self {
+            idle_ms: match l.idle_timeout {
+                None => 0,
+                Some(d) if d.is_zero() => u32::MAX,
+                Some(d) => ms(d),
+            },
+            max_requests: l.max_requests_per_connection.unwrap_or(0),
+            max_age_ms: l.max_connection_duration.map_or(0, ms),
+        }
+    }
+}
+
+impl ConnLife {
+    /// How long an idle connection is kept; `None`: for ever.
+    fn idle_timeout(self, default: Duration) -> Option<Duration> {
+        match self.idle_ms {
+            0 => Some(default),
+            u32::MAX => None,
+            ms => Some(Duration::from_millis(ms.into())),
+        }
+    }
+
+    /// Whether a connection opened at `opened` that took `served` requests may take
+    /// another.
+    fn takes_more(self, served: u32, opened: Coarse) -> bool {
+        (self.max_requests == 0 || served < self.max_requests)
+            && (self.max_age_ms == 0
+                || opened.elapsed() < Duration::from_millis(self.max_age_ms.into()))
+    }
+
+    /// Whether a connection idle since `since` is still within its idle timeout.
+    fn fresh(self, since: Coarse, default: Duration) -> bool {
+        self.idle_timeout(default)
+            .is_none_or(|t| since.elapsed() < t)
+    }
+}
+
+/// Envoy's default idle timeout of upstream connections, which Myelin keeps for HTTP/2
+/// (HTTP/1.1 connections: [`PoolConfig::idle_timeout`]).
+const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Pool limits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PoolConfig {
     /// Idle HTTP/1 connections kept per endpoint.
     pub(crate) max_idle_per_endpoint: usize,
-    /// How long an idle HTTP/1 connection is kept.
+    /// How long an idle HTTP/1 connection is kept, unless its cluster says otherwise.
     pub(crate) idle_timeout: Duration,
 }
 
@@ -132,18 +190,26 @@ pub(crate) struct Endpoint {
     /// The cluster's TCP keepalive for a connection this request opens (a pooled one keeps
     /// the settings it was opened with).
     pub(crate) keepalive: Option<crate::tcp::Keepalive>,
+    /// How long the cluster's connections live.
+    pub(crate) life: ConnLife,
 }
 
 impl Endpoint {
-    /// The pool an upstream connection belongs to: its address, and for a tunnel the
-    /// source identity it speaks as (never shared with another source).
+    /// The pool an upstream connection belongs to: its address, for a tunnel the source
+    /// identity it speaks as (never shared with another source), and its cluster's limits
+    /// on a connection's life.
     fn key(&self) -> ConnKey {
-        (self.addr, self.hbone.as_ref().map(|h| h.source.clone()))
+        (
+            self.addr,
+            self.hbone.as_ref().map(|h| h.source.clone()),
+            self.life,
+        )
     }
 }
 
-/// Address, and the source principal of a tunnelled connection.
-type ConnKey = (SocketAddr, Option<Arc<str>>);
+/// Address, the source principal of a tunnelled connection, and how long a connection
+/// lives.
+type ConnKey = (SocketAddr, Option<Arc<str>>, ConnLife);
 
 /// The HTTP/2 connections of one endpoint: one, unless its cluster caps the streams per
 /// connection. The async lock is held only while picking and connecting (never while a
@@ -162,17 +228,33 @@ struct H2Conn {
     sender: http2::SendRequest<ProxyBody>,
     /// Streams open on it (counted under a stream cap only).
     streams: Arc<StreamGauge>,
+    /// When it was opened (`max_connection_duration`).
+    opened: Coarse,
+    /// Streams started on it (`max_requests_per_connection`).
+    started: u32,
+    /// When its last stream started (its idle timeout runs from there).
+    last_start: Coarse,
 }
 
 impl H2Conn {
     fn new(sender: http2::SendRequest<ProxyBody>, conns: &H2Conns) -> Self {
+        let now = Coarse::now();
         Self {
             sender,
             streams: Arc::new(StreamGauge {
                 open: AtomicUsize::new(0),
                 ended: conns.ended.clone(),
             }),
+            opened: now,
+            started: 0,
+            last_start: now,
         }
+    }
+
+    /// Whether it may take a new stream: open, and within its cluster's limits. One that
+    /// may not leaves the pool; hyper closes it once its streams end (no sender is left).
+    fn usable(&self, life: ConnLife) -> bool {
+        !self.sender.is_closed() && life.takes_more(self.started, self.opened)
     }
 }
 
@@ -406,7 +488,7 @@ impl Pools {
         protocol: UpstreamProtocol,
         peer: SocketAddr,
     ) -> Result<(), ProxyError> {
-        let key = (addr, None);
+        let key = (addr, None, ConnLife::default());
         match protocol {
             UpstreamProtocol::Http1 => self.give_back_own(OwnConn::new(stream, None), key, None),
             UpstreamProtocol::Http2(settings) => {
@@ -416,7 +498,7 @@ impl Pools {
                     .or_default()
                     .clone();
                 let mut conns = slot.conns.lock().await;
-                conns.retain(|c| !c.sender.is_closed());
+                conns.retain(|c| c.usable(ConnLife::default()));
                 if conns.is_empty() {
                     let sender =
                         Box::pin(handshake_h2(stream, addr, peer, None, &settings)).await?;
@@ -461,9 +543,10 @@ impl Pools {
                 Pin<Box<tokio::sync::futures::Notified<'n>>>,
             );
             let mut armed: Option<Armed<'_>> = None;
+            let life = ep.life;
             let (mut sender, count) = loop {
                 let mut conns = slot.conns.lock().await;
-                conns.retain(|c| !c.sender.is_closed());
+                conns.retain(|c| c.usable(life));
                 let room = conns
                     .iter()
                     .position(|c| c.streams.open.load(Ordering::Relaxed) < cap);
@@ -516,7 +599,9 @@ impl Pools {
                         conns.len() - 1
                     }
                 };
-                let c = &conns[i];
+                let c = &mut conns[i];
+                c.started = c.started.saturating_add(1);
+                c.last_start = Coarse::now();
                 let count = settings.max_streams.map(|_| StreamCount::enter(&c.streams));
                 break (c.sender.clone(), count);
             };
@@ -629,6 +714,7 @@ impl Pools {
         method: &http::Method,
         peer: SocketAddr,
     ) -> Result<Sent, HeadError> {
+        conn.served = conn.served.saturating_add(1);
         let (head, writer) = h1client::exchange(&mut conn, writer, method, ep.addr, peer).await?;
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
@@ -646,10 +732,14 @@ impl Pools {
     }
 
     fn checkout_own(&self, key: &ConnKey) -> Option<OwnConn> {
+        let life = key.2;
         loop {
             let idle = lock(&self.state).own.get_mut(key)?.pop()?;
             let mut conn = idle.conn;
-            if idle.since.elapsed() < self.config.idle_timeout && conn.is_reusable() {
+            if life.fresh(idle.since, self.config.idle_timeout)
+                && life.takes_more(conn.served, conn.opened)
+                && conn.is_reusable()
+            {
                 return Some(conn);
             }
         }
@@ -683,7 +773,9 @@ impl Pools {
     }
 
     fn give_back_own(&self, conn: OwnConn, key: ConnKey, freed: Option<FreedNotice>) {
-        {
+        // One that took its last request closes here (its place under `max_connections`
+        // with it, so the notice below still matters).
+        if key.2.takes_more(conn.served, conn.opened) {
             let mut state = lock(&self.state);
             let idle = state.own.entry(key).or_default();
             if idle.len() < self.config.max_idle_per_endpoint {
@@ -752,24 +844,44 @@ where
     body.map_err(crate::error::BodyError::from).boxed()
 }
 
+/// Closes idle connections past their idle timeout: every second, or every half of the
+/// shortest idle timeout in the pools when that is shorter (at most every 100 ms).
 async fn sweep(pools: Weak<Pools>, idle_timeout: Duration) {
-    let period = (idle_timeout / 2).max(Duration::from_millis(100));
+    let every = |shortest: Duration| {
+        (shortest / 2)
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(100))
+    };
+    let mut period = every(idle_timeout);
     loop {
         tokio::time::sleep(period).await;
         let Some(pools) = pools.upgrade() else {
             return;
         };
+        let mut shortest = idle_timeout;
         let mut state = lock(&pools.state);
-        for idle in state.own.values_mut() {
-            idle.retain(|c| c.since.elapsed() < idle_timeout);
+        for (key, idle) in state.own.iter_mut() {
+            let life = key.2;
+            if let Some(t) = life.idle_timeout(idle_timeout) {
+                shortest = shortest.min(t);
+            }
+            idle.retain(|c| life.fresh(c.since, idle_timeout));
         }
         state.own.retain(|_, v| !v.is_empty());
-        // A slot whose connection closed (and that nobody is connecting) goes.
-        state.h2.retain(|_, slot| {
-            slot.conns
-                .try_lock()
-                .map_or(true, |conns| conns.iter().any(|c| !c.sender.is_closed()))
+        // HTTP/2: a connection whose last stream started longer ago than its idle timeout
+        // leaves the pool (and closes once a stream still open on it ends); a slot with
+        // none left (and that nobody is connecting) goes.
+        state.h2.retain(|(key, _), slot| {
+            let life = key.2;
+            if let Some(t) = life.idle_timeout(H2_IDLE_TIMEOUT) {
+                shortest = shortest.min(t);
+            }
+            slot.conns.try_lock().map_or(true, |mut conns| {
+                conns.retain(|c| c.usable(life) && life.fresh(c.last_start, H2_IDLE_TIMEOUT));
+                !conns.is_empty()
+            })
         });
+        period = every(shortest);
     }
 }
 
@@ -872,9 +984,67 @@ impl Drop for Exchange<'_> {
 
 #[cfg(test)]
 mod size {
-    /// Every request's target carries its upstream protocol.
+    /// Every request's target carries its upstream protocol and its connection life.
     #[test]
     fn upstream_protocol_stays_small() {
         assert!(size_of::<super::UpstreamProtocol>() <= 24);
+        assert_eq!(size_of::<super::ConnLife>(), 12);
+    }
+}
+
+#[cfg(test)]
+mod life {
+    use super::*;
+
+    fn life(idle: Option<u64>, requests: Option<u32>, age: Option<u64>) -> ConnLife {
+        (&ConnectionLife {
+            idle_timeout: idle.map(Duration::from_millis),
+            max_requests_per_connection: requests,
+            max_connection_duration: age.map(Duration::from_millis),
+        })
+            .into()
+    }
+
+    #[test]
+    fn idle_timeouts() {
+        let default = Duration::from_secs(30);
+        assert_eq!(life(None, None, None).idle_timeout(default), Some(default));
+        assert_eq!(
+            life(Some(0), None, None).idle_timeout(default),
+            None,
+            "0s: never"
+        );
+        assert_eq!(
+            life(Some(250), None, None).idle_timeout(default),
+            Some(Duration::from_millis(250))
+        );
+        // A sub-millisecond timeout is not "the default" (0) nor "never".
+        let tiny: ConnLife = (&ConnectionLife {
+            idle_timeout: Some(Duration::from_micros(10)),
+            ..Default::default()
+        })
+            .into();
+        assert_eq!(tiny.idle_timeout(default), Some(Duration::from_millis(1)));
+        let now = Coarse::now();
+        assert!(life(Some(0), None, None).fresh(now, default));
+        assert!(life(Some(60_000), None, None).fresh(now, default));
+    }
+
+    #[test]
+    fn requests_and_age() {
+        let now = Coarse::now();
+        let unbounded = life(None, None, None);
+        assert!(unbounded.takes_more(u32::MAX - 1, now));
+        let two = life(None, Some(2), None);
+        assert!(two.takes_more(0, now) && two.takes_more(1, now));
+        assert!(!two.takes_more(2, now));
+        let young = life(None, None, Some(60_000));
+        assert!(young.takes_more(1000, now));
+        let old = life(None, None, Some(1));
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(
+            !old.takes_more(0, now),
+            "older than max_connection_duration"
+        );
     }
 }

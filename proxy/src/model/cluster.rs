@@ -42,6 +42,29 @@ pub struct Cluster {
     /// TCP keepalive on upstream connections (`upstream_connection_options.tcp_keepalive`);
     /// `None`: off.
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// How long its upstream HTTP connections live (`common_http_protocol_options` of
+    /// the cluster's `HttpProtocolOptions`).
+    pub connection_life: ConnectionLife,
+}
+
+/// Limits on the life of a cluster's upstream HTTP connections (Istio's DestinationRule
+/// `connectionPool.http.idleTimeout`, `maxRequestsPerConnection` and
+/// `connectionPool.tcp.maxConnectionDuration`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectionLife {
+    /// `idle_timeout`: a connection without requests this long is closed. `None`: Myelin's
+    /// default (Envoy's 1 h for HTTP/2; 30 s for HTTP/1.1, where servers close idle
+    /// connections themselves after a few seconds to a minute); zero: never.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub idle_timeout: Option<Duration>,
+    /// `max_requests_per_connection`: a connection that served this many requests takes no
+    /// more (HTTP/1.1: closed after its last response; HTTP/2: no new streams, closed when
+    /// its streams end). `None`: unbounded.
+    pub max_requests_per_connection: Option<u32>,
+    /// `max_connection_duration`: a connection this old takes no new request (closed as
+    /// above). `None`: unbounded.
+    #[serde(serialize_with = "opt_duration_str")]
+    pub max_connection_duration: Option<Duration>,
 }
 
 /// Kernel TCP keepalive settings; `None` fields keep the kernel's defaults (as in Envoy).

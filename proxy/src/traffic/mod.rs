@@ -814,6 +814,7 @@ mod tests {
             dns_lookup_family: DnsLookupFamily::Auto,
             dns_refresh_rate: None,
             tcp_keepalive: None,
+            connection_life: Default::default(),
         })
     }
 

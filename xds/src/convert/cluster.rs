@@ -252,6 +252,7 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         .as_ref()
         .and_then(|t| upstream_tls(&mut cx, "transport_socket", t));
     let mut protocol = mc::UpstreamProtocol::Http1;
+    let mut connection_life = mc::ConnectionLife::default();
     for (key, any) in typed_extension_protocol_options {
         let kp = format!("typed_extension_protocol_options[{key}]");
         if key != HTTP_OPTIONS_KEY || any.type_url != HTTP_OPTIONS_URL {
@@ -264,7 +265,7 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         if let Some(o) =
             cx.decode::<ext::UpstreamHttpProtocolOptions>(&kp, HTTP_OPTIONS_URL, &any.value)
         {
-            if let Some(p) = http_options(&mut cx, &kp, &o) {
+            if let Some(p) = http_options(&mut cx, &kp, &o, &mut connection_life) {
                 protocol = p;
             }
         }
@@ -323,7 +324,50 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         dns_lookup_family,
         dns_refresh_rate,
         tcp_keepalive,
+        connection_life,
     })
+}
+
+/// The upstream side of `core.HttpProtocolOptions`: how long a connection lives.
+fn connection_life(cx: &mut Cx, p: &str, o: &core::HttpProtocolOptions) -> mc::ConnectionLife {
+    let core::HttpProtocolOptions {
+        idle_timeout,
+        max_connection_duration,
+        max_headers_count,
+        max_stream_duration,
+        headers_with_underscores_action,
+        max_requests_per_connection,
+    } = o;
+    cx.unsupported(p, "max_headers_count", max_headers_count);
+    cx.unsupported(p, "max_stream_duration", max_stream_duration);
+    cx.unsupported(
+        p,
+        "headers_with_underscores_action",
+        headers_with_underscores_action,
+    );
+    // `0s` is "never" for the idle timeout (kept as zero), "unbounded" for the age.
+    let idle_timeout = idle_timeout
+        .as_ref()
+        .and_then(|d| cx.duration(&join(p, "idle_timeout"), d));
+    let max_connection_duration = max_connection_duration
+        .as_ref()
+        .and_then(|d| cx.duration(&join(p, "max_connection_duration"), d))
+        .filter(|d| !d.is_zero());
+    let max_requests_per_connection = match max_requests_per_connection.as_ref().map(|v| v.value) {
+        Some(0) => {
+            cx.reject(
+                join(p, "max_requests_per_connection"),
+                Reason::Invalid("must be at least 1".into()),
+            );
+            None
+        }
+        n => n,
+    };
+    mc::ConnectionLife {
+        idle_timeout,
+        max_requests_per_connection,
+        max_connection_duration,
+    }
 }
 
 fn connection_options(
@@ -756,6 +800,7 @@ fn http_options(
     cx: &mut Cx,
     p: &str,
     o: &ext::UpstreamHttpProtocolOptions,
+    life: &mut mc::ConnectionLife,
 ) -> Option<mc::UpstreamProtocol> {
     let ext::UpstreamHttpProtocolOptions {
         common_http_protocol_options,
@@ -765,11 +810,9 @@ fn http_options(
         auto_config,
         http_filters,
     } = o;
-    cx.unsupported(
-        p,
-        "common_http_protocol_options",
-        common_http_protocol_options,
-    );
+    if let Some(c) = common_http_protocol_options {
+        *life = connection_life(cx, &join(p, "common_http_protocol_options"), c);
+    }
     cx.unsupported(
         p,
         "upstream_http_protocol_options",
@@ -778,7 +821,11 @@ fn http_options(
     cx.unsupported(p, "auto_config", auto_config);
     cx.unsupported(p, "http_filters", http_filters);
     let h2 = |cx: &mut Cx, pp: &str, c: &ext::ProtocolConfig| -> Option<mc::Http2Options> {
-        cx.unsupported(pp, "http_protocol_options", &c.http_protocol_options);
+        // `http_protocol_options: {}` is how HTTP/1.1 is chosen explicitly; its settings
+        // are not supported.
+        if let Some(h1) = &c.http_protocol_options {
+            cx.unsupported(pp, "http_protocol_options", h1);
+        }
         cx.unsupported(pp, "http3_protocol_options", &c.http3_protocol_options);
         let Some(h) = &c.http2_protocol_options else {
             return None;

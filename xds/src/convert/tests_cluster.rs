@@ -294,6 +294,46 @@ fn cluster_supported_fields() {
     );
 }
 
+/// A DestinationRule's `connectionPool` as istiod writes it: the life of upstream
+/// connections.
+#[test]
+fn connection_life() {
+    let with = |common: core::HttpProtocolOptions| {
+        let c = cluster(&pb::Cluster {
+            typed_extension_protocol_options: http_opts(&ext::UpstreamHttpProtocolOptions {
+                common_http_protocol_options: Some(common),
+                // HTTP/1.1 chosen explicitly, as istiod writes it.
+                explicit_http_config: Some(ext::ProtocolConfig {
+                    http_protocol_options: Some(Default::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..eds()
+        })
+        .unwrap();
+        c.connection_life
+    };
+    assert_eq!(cluster(&eds()).unwrap().connection_life, Default::default());
+    let l = with(core::HttpProtocolOptions {
+        idle_timeout: dur(90, 0),
+        max_requests_per_connection: u32v(100),
+        max_connection_duration: dur(600, 0),
+        ..Default::default()
+    });
+    assert_eq!(l.idle_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(l.max_requests_per_connection, Some(100));
+    assert_eq!(l.max_connection_duration, Some(Duration::from_secs(600)));
+    // `0s`: an idle timeout that never fires (kept as zero); no bound on the age.
+    let l = with(core::HttpProtocolOptions {
+        idle_timeout: dur(0, 0),
+        max_connection_duration: dur(0, 0),
+        ..Default::default()
+    });
+    assert_eq!(l.idle_timeout, Some(Duration::ZERO));
+    assert_eq!(l.max_connection_duration, None);
+}
+
 #[test]
 fn cluster_rejections() {
     let tls_path = "transport_socket.typed_config";
@@ -346,6 +386,33 @@ fn cluster_rejections() {
         (
             pb::Cluster { typed_extension_protocol_options: http_opts(&ext::UpstreamHttpProtocolOptions { auto_config: Some(vec![]), ..Default::default() }), ..eds() },
             vec!["typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].auto_config: not supported"],
+        ),
+        (
+            pb::Cluster {
+                typed_extension_protocol_options: http_opts(&ext::UpstreamHttpProtocolOptions {
+                    common_http_protocol_options: Some(core::HttpProtocolOptions {
+                        max_requests_per_connection: u32v(0),
+                        max_headers_count: u32v(10),
+                        idle_timeout: dur(-1, 0),
+                        ..Default::default()
+                    }),
+                    explicit_http_config: Some(ext::ProtocolConfig {
+                        http_protocol_options: Some(core::Http1ProtocolOptions {
+                            accept_http_10: true,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..eds()
+            },
+            vec![
+                "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].common_http_protocol_options.max_headers_count: not supported",
+                "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].common_http_protocol_options.idle_timeout: duration -1s 0ns is negative or malformed",
+                "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].common_http_protocol_options.max_requests_per_connection: must be at least 1",
+                "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].explicit_http_config.http_protocol_options: not supported",
+            ],
         ),
     ];
     let _ = tls_path;
