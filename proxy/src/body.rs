@@ -24,6 +24,11 @@ impl<B> CountingBody<B> {
     pub(crate) fn new(inner: B, state: Arc<StreamState>) -> Self {
         Self { inner, state }
     }
+
+    /// The body it counts.
+    pub(crate) fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {

@@ -655,6 +655,10 @@ impl HttpConn {
                         .insert(GRPC_TIMEOUT, crate::timeout::grpc_timeout_value(t));
                 }
             }
+            // Copies to the route's mirrors go now, their bodies teed from this one's.
+            if !action.mirrors.is_empty() {
+                self.mirror(&action.mirrors, &mut req, decision.hash);
+            }
             // Pinned here and lent to `within`: a future of several kilobytes is not copied
             // again into `within`'s.
             let attempts = std::pin::pin!(self.attempts(&decision, policy, req, first));
@@ -1234,6 +1238,68 @@ impl HttpConn {
             peer: self.peer,
             dst,
             idle: self.timeouts.stream_idle,
+        }
+    }
+
+    /// Sends copies of `req` to the chosen `mirrors` (`crate::mirror`), from tasks of
+    /// their own; `req`'s body is teed to them when it has one.
+    fn mirror(
+        &self,
+        mirrors: &[crate::model::route::MirrorPolicy],
+        req: &mut Request<ReqBody>,
+        hash: Option<u64>,
+    ) {
+        use futures_util::FutureExt as _;
+        let traffic = self.traffic.load();
+        let has_body = !http_body::Body::is_end_stream(req.body());
+        let mut taps = Vec::new();
+        for m in mirrors {
+            if m.fraction.is_some_and(|f| !f.chooses(fastrand::u32(..))) {
+                continue;
+            }
+            // An endpoint now or none: the request does not wait for its copy.
+            let picked = find_cluster(&traffic, &m.cluster).ok().and_then(|cluster| {
+                let in_flight = cluster.try_request()?;
+                let pick = pick_endpoint(
+                    cluster,
+                    self.captured.then_some(self.dst),
+                    self.downstream,
+                    &[],
+                    hash,
+                )
+                .now_or_never()?
+                .ok()?;
+                Some((in_flight, self.endpoint(pick.target).ok()?))
+            });
+            let Some((in_flight, ep)) = picked else {
+                debug!(cluster = %m.cluster, "request mirror skipped: no endpoint now");
+                crate::mirror::skipped(&self.metrics);
+                continue;
+            };
+            let body = if has_body {
+                let (tap, body) = crate::mirror::tap();
+                taps.push(tap);
+                body.boxed()
+            } else {
+                empty_body()
+            };
+            let mut copy = crate::mirror::copy_of(req, m.keep_host, body);
+            strip_hop_by_hop(copy.headers_mut(), false);
+            let own_h1 = upstream::takes_own_h1(false, copy.method());
+            adapt_request(&mut copy, ep.protocol, own_h1);
+            tokio::spawn(crate::mirror::send(
+                self.pools.clone(),
+                ep,
+                copy,
+                self.peer,
+                self.metrics.clone(),
+                in_flight,
+            ));
+        }
+        if !taps.is_empty() {
+            let inner = req.body_mut().inner_mut();
+            let body = std::mem::replace(inner, RequestBody::Empty);
+            *inner = crate::mirror::tee(body, taps);
         }
     }
 

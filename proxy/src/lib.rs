@@ -48,6 +48,7 @@ pub mod hbone;
 mod http;
 mod local;
 pub mod metrics;
+mod mirror;
 pub mod model;
 mod outbound;
 mod path;

@@ -24,6 +24,7 @@
 //! | `proxy_faults_injected_total`                  | counter   | `kind` (`delay`, `abort`) |
 //! | `proxy_fault_overflow_total`                   | counter   | |
 //! | `proxy_cors_origins_total`                     | counter   | `origin` (`valid`, `invalid`) |
+//! | `proxy_mirrored_requests_total`                | counter   | `outcome` (`answered`, `failed`, `skipped`) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -86,6 +87,13 @@ pub struct FaultLabels {
 pub struct CorsLabels {
     /// `valid` (allowed by the route's CORS policy) or `invalid`.
     pub origin: &'static str,
+}
+
+/// Labels of `proxy_mirrored_requests`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    /// `answered`, `failed` or `skipped`.
+    pub outcome: &'static str,
 }
 
 /// Labels of `proxy_upstream_connect_errors`.
@@ -253,6 +261,7 @@ pub struct ProxyMetrics {
     pub(crate) faults_injected: Family<FaultLabels, Counter>,
     pub(crate) fault_overflow: Counter,
     pub(crate) cors_origins: Family<CorsLabels, Counter>,
+    pub(crate) mirrored_requests: Family<MirrorLabels, Counter>,
     /// Same-node connections and requests refused by the inbound policy.
     pub(crate) local_refused: Family<crate::local::RefusalLabels, Counter>,
 }
@@ -288,6 +297,7 @@ impl ProxyMetrics {
             faults_injected: Family::default(),
             fault_overflow: Counter::default(),
             cors_origins: Family::default(),
+            mirrored_requests: Family::default(),
             local_refused: Family::default(),
         };
         registry.register(
@@ -378,6 +388,14 @@ impl ProxyMetrics {
             "Requests with an Origin seen by the CORS filter (envoy.filters.http.cors), by \
              whether the route's policy allows the origin",
             m.cors_origins.clone(),
+        );
+        registry.register(
+            "proxy_mirrored_requests",
+            "Copies of requests sent by routes' request_mirror_policies, by outcome: answered, \
+             failed (no whole answer, or the copy was cut because it could not keep up with \
+             the request's body), skipped (no cluster, no endpoint at once, or the mirror \
+             cluster's max_requests)",
+            m.mirrored_requests.clone(),
         );
         registry.register(
             "proxy_local_refused",

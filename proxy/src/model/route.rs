@@ -235,6 +235,22 @@ pub struct RouteAction {
     /// `max_stream_duration`, or the deprecated `max_grpc_timeout`: how the route bounds a
     /// request's time beyond (or instead of) `timeout`.
     pub stream_limit: Option<StreamLimit>,
+    /// Copies of the request sent to other clusters, their answers ignored
+    /// (`request_mirror_policies`; Istio's VirtualService `mirror`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorPolicy>,
+}
+
+/// A mirror of a route's requests (`RouteAction.RequestMirrorPolicy`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MirrorPolicy {
+    /// The cluster the copies go to.
+    pub cluster: String,
+    /// The share of requests copied (`runtime_fraction`'s default value); `None`: all.
+    pub fraction: Option<super::filter::Fraction>,
+    /// Keep the authority as it is (`disable_shadow_host_suffix_append`); else `-shadow`
+    /// is appended to its host, as Envoy does, so the copy's receiver can tell it apart.
+    pub keep_host: bool,
 }
 
 /// A route's bound on a request's time other than its `timeout`, as Envoy computes it
@@ -510,6 +526,7 @@ mod tests {
                 hash_policy: vec![],
                 upgrades: vec![],
                 stream_limit: None,
+                mirrors: vec![],
             }),
             headers: HeaderMutation::default(),
             filters: Default::default(),
@@ -546,6 +563,7 @@ mod tests {
                 })
                 .collect(),
             stream_limit: None,
+            mirrors: vec![],
         };
         let hcm = ["websocket".to_string()];
         for (route, kind, want) in [

@@ -172,7 +172,7 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
 }
 
 /// A `FractionalPercent`; unset is none of the requests (Envoy's proto default).
-fn fraction(cx: &mut Cx, p: &str, f: Option<&FractionalPercent>) -> mf::Fraction {
+pub(super) fn fraction(cx: &mut Cx, p: &str, f: Option<&FractionalPercent>) -> mf::Fraction {
     let Some(f) = f else {
         return mf::Fraction::NONE;
     };

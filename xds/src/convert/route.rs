@@ -479,7 +479,11 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     cx.unsupported(p, "idle_timeout", idle_timeout);
     cx.unsupported(p, "early_data_policy", early_data_policy);
     cx.unsupported(p, "retry_policy_typed_config", retry_policy_typed_config);
-    cx.unsupported(p, "request_mirror_policies", request_mirror_policies);
+    let mirrors = request_mirror_policies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| mirror_policy(cx, &idx(p, "request_mirror_policies", i), m))
+        .collect();
     cx.unsupported(p, "priority", priority);
     cx.unsupported(p, "rate_limits", rate_limits);
     cx.unsupported(p, "include_vh_rate_limits", include_vh_rate_limits);
@@ -604,6 +608,39 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
             .filter_map(|(i, u)| route_upgrade(cx, &idx(p, "upgrade_configs", i), u))
             .collect(),
         stream_limit,
+        mirrors,
+    })
+}
+
+/// A route's request mirror (`RequestMirrorPolicy`).
+fn mirror_policy(
+    cx: &mut Cx,
+    p: &str,
+    m: &pb::route_action::RequestMirrorPolicy,
+) -> Option<mr::MirrorPolicy> {
+    let pb::route_action::RequestMirrorPolicy {
+        cluster,
+        cluster_header,
+        runtime_fraction,
+        trace_sampled: _,
+        disable_shadow_host_suffix_append,
+    } = m;
+    cx.unsupported(p, "cluster_header", cluster_header);
+    if cluster.is_empty() {
+        cx.reject(join(p, "cluster"), Reason::Missing);
+        return None;
+    }
+    Some(mr::MirrorPolicy {
+        cluster: cluster.clone(),
+        // The runtime key names a value Myelin's (absent) runtime never has: the default.
+        fraction: runtime_fraction.as_ref().map(|f| {
+            filter::fraction(
+                cx,
+                &join(p, "runtime_fraction.default_value"),
+                f.default_value.as_ref(),
+            )
+        }),
+        keep_host: *disable_shadow_host_suffix_append,
     })
 }
 

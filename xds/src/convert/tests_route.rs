@@ -280,6 +280,7 @@ fn actions() {
             hash_policy: vec![],
             upgrades: vec![],
             stream_limit: None,
+            mirrors: vec![],
         }
     );
     // Everything set.
@@ -647,4 +648,70 @@ fn rejections() {
     for (i, (input, want)) in cases.into_iter().enumerate() {
         assert_eq!(messages(route_configuration(&input)), want, "case {i}");
     }
+}
+
+/// Istio's VirtualService `mirror` and `mirrorPercentage`.
+#[test]
+fn mirror_policies() {
+    use pb::route_action::RequestMirrorPolicy as M;
+    let with = |mirrors: Vec<M>| {
+        rc(vec![route(
+            prefix("/"),
+            pb::RouteAction {
+                request_mirror_policies: mirrors,
+                ..to_cluster("c")
+            },
+        )])
+    };
+    let got = route_configuration(&with(vec![
+        M {
+            cluster: "shadow".into(),
+            runtime_fraction: Some(core::RuntimeFractionalPercent {
+                default_value: Some(xds_api::pb::envoy::r#type::v3::FractionalPercent {
+                    numerator: 25,
+                    denominator: 1,
+                }),
+                runtime_key: "k".into(),
+            }),
+            ..Default::default()
+        },
+        M {
+            cluster: "other".into(),
+            disable_shadow_host_suffix_append: true,
+            ..Default::default()
+        },
+    ]))
+    .unwrap();
+    let mr::Action::Route(a) = &got.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        a.mirrors,
+        [
+            mr::MirrorPolicy {
+                cluster: "shadow".into(),
+                fraction: Some(model::filter::Fraction {
+                    numerator: 25,
+                    denominator: 10_000
+                }),
+                keep_host: false,
+            },
+            mr::MirrorPolicy {
+                cluster: "other".into(),
+                fraction: None,
+                keep_host: true,
+            },
+        ]
+    );
+    let at = "virtual_hosts[0].routes[0].route.request_mirror_policies[0]";
+    assert_eq!(
+        messages(route_configuration(&with(vec![M {
+            cluster_header: "x-mirror".into(),
+            ..Default::default()
+        }]))),
+        [
+            format!("{at}.cluster_header: not supported"),
+            format!("{at}.cluster: required but not set"),
+        ]
+    );
 }
