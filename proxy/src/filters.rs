@@ -82,7 +82,7 @@ pub(crate) struct Filtered {
     /// A fault delay was injected (response flag `DI`).
     delayed: bool,
     /// One of a fault filter's faults in progress, until the response is made.
-    _active: Option<ActiveFault>,
+    active_fault: Option<ActiveFault>,
 }
 
 impl Filtered {
@@ -239,7 +239,7 @@ async fn fault(
         };
         if let Some(t) = length.filter(|t| !t.is_zero() && share.chooses(roll())) {
             filtered
-                ._active
+                .active_fault
                 .get_or_insert_with(|| ActiveFault::new(active));
             filtered.delayed = true;
             metrics.faults_injected.get_or_create(&FAULT_DELAY).inc();
@@ -266,7 +266,7 @@ async fn fault(
         fixed => fixed,
     };
     filtered
-        ._active
+        .active_fault
         .get_or_insert_with(|| ActiveFault::new(active));
     metrics.faults_injected.get_or_create(&FAULT_ABORT).inc();
     let resp = match status {
@@ -288,31 +288,34 @@ fn abort_response(status: u16) -> Response<ProxyBody> {
 static FAULT_DELAY: crate::metrics::FaultLabels = crate::metrics::FaultLabels { kind: "delay" };
 static FAULT_ABORT: crate::metrics::FaultLabels = crate::metrics::FaultLabels { kind: "abort" };
 
-/// The CORS policies of a route, most specific first: the filter's per-route settings, or
-/// when no level has any, the deprecated `cors` fields (route action, then virtual host).
-fn cors_policies<'a>(levels: Levels<'a>, name: &'a str) -> Vec<&'a CorsPolicy> {
-    let typed: Vec<&CorsPolicy> = levels
-        .settings(name)
-        .filter_map(|s| match &s.policy {
-            Some(FilterPolicy::Cors(p)) => Some(&**p),
-            _ => None,
-        })
-        .collect();
-    if !typed.is_empty() {
-        return typed;
+/// The CORS policies of a route, most specific first (at most three, on the stack): the
+/// filter's per-route settings, or when no level has any, the deprecated `cors` fields
+/// (route action, then virtual host).
+fn cors_policies<'a>(levels: Levels<'a>, name: &'a str) -> [Option<&'a CorsPolicy>; 3] {
+    let mut out = [None; 3];
+    let typed = levels.settings(name).filter_map(|s| match &s.policy {
+        Some(FilterPolicy::Cors(p)) => Some(&**p),
+        _ => None,
+    });
+    for (slot, p) in out.iter_mut().zip(typed) {
+        *slot = Some(p);
     }
-    [&levels.route.cors, &levels.vhost.cors]
-        .into_iter()
-        .filter_map(|c| c.as_deref())
-        .collect()
+    if out[0].is_none() {
+        out[0] = levels.route.cors.as_deref();
+        out[1] = levels.vhost.cors.as_deref();
+        if out[0].is_none() {
+            out.swap(0, 1);
+        }
+    }
+    out
 }
 
 /// The first policy (most specific) that sets the field.
 fn first<'a, T: ?Sized>(
-    policies: &[&'a CorsPolicy],
+    policies: &[Option<&'a CorsPolicy>; 3],
     field: impl Fn(&'a CorsPolicy) -> Option<&'a T>,
 ) -> Option<&'a T> {
-    policies.iter().find_map(|p| field(p))
+    policies.iter().flatten().find_map(|p| field(p))
 }
 
 fn cors(
@@ -323,7 +326,7 @@ fn cors(
     filtered: &mut Filtered,
 ) -> Option<Answer> {
     let policies = cors_policies(levels, name);
-    let top = policies.first()?;
+    let top = policies[0]?;
     let enabled = top.filter_enabled.is_none_or(|f| f.chooses(roll()));
     let shadow = top.shadow_enabled.is_some_and(|f| f.chooses(roll()));
     if !enabled && !shadow {
@@ -416,9 +419,10 @@ fn cors(
 
 /// Whether the most specific non-empty origin list allows `origin` (a matcher that
 /// matches `*` allows every origin, as in Envoy).
-fn origin_allowed(policies: &[&CorsPolicy], origin: &HeaderValue) -> bool {
+fn origin_allowed(policies: &[Option<&CorsPolicy>; 3], origin: &HeaderValue) -> bool {
     let Some(list) = policies
         .iter()
+        .flatten()
         .map(|p| &p.allow_origin)
         .find(|l| !l.is_empty())
     else {

@@ -587,6 +587,7 @@ impl HttpConn {
             let (route_ref, hcm_upgrades, filters) = route_ref;
             // Asked before the route's header mutations.
             let upgrade = upgrade_type(&req);
+            let upgrading = upgrade.is_some();
             let (decision, first) =
                 match self.decide(route_ref, filters, &mut req, filtered).await? {
                     Ok(decided) => decided,
@@ -655,8 +656,9 @@ impl HttpConn {
                         .insert(GRPC_TIMEOUT, crate::timeout::grpc_timeout_value(t));
                 }
             }
-            // Copies to the route's mirrors go now, their bodies teed from this one's.
-            if !action.mirrors.is_empty() {
+            // Copies to the route's mirrors go now, their bodies teed from this one's (not
+            // of an upgrade or CONNECT, whose bytes after the head are a tunnel's).
+            if !action.mirrors.is_empty() && !upgrading {
                 self.mirror(&action.mirrors, &mut req, decision.hash);
             }
             // Pinned here and lent to `within`: a future of several kilobytes is not copied

@@ -130,7 +130,16 @@ async fn routes_mirror_requests_without_waiting_for_the_copies() {
     let (shadow, seen) = recording_upstream(Duration::from_millis(500)).await;
     let cp = ControlPlane::start().await;
     cp.update(|b| {
-        set(b, "mirror", &http_listener("mirror", PORT, "r"));
+        set(
+            b,
+            "mirror",
+            &http_listener_with(
+                "mirror",
+                PORT,
+                "r",
+                &["upgrade_configs: [{upgrade_type: websocket}]"],
+            ),
+        );
         set(b, "r", &routes());
         set(b, "web", &eds_cluster("web"));
         set(b, "web", &endpoints("web", &[web.addr]));
@@ -186,6 +195,28 @@ async fn routes_mirror_requests_without_waiting_for_the_copies() {
         node.metric("myelin_proxy_mirrored_requests_total{outcome=\"skipped\"}"),
         1.0
     );
+
+    // An upgrade is not mirrored (the bytes after its head would be a tunnel's).
+    let stream = node.connect(vip(PORT)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/mirrored/ws")
+        .header("host", "web")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let hits = web.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.send_request(req).await.unwrap();
+    assert_eq!(
+        web.hits.load(std::sync::atomic::Ordering::Relaxed),
+        hits + 1,
+        "the upgrade went to the route's cluster"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(), 2, "no copy of the upgrade");
 
     // Half of the requests (+- 6 sigma of 200).
     for _ in 0..200 {
