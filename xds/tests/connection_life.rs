@@ -118,17 +118,6 @@ fn routes() -> RouteConfiguration {
     ))
 }
 
-/// Waits (bounded) until `cond` holds.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what} never happened");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_limits_on_upstream_connection_life() {
     let mut upstreams = Vec::new();

@@ -113,16 +113,6 @@ async fn send(node: &Node, method: &str, path: &str, body: &'static str) -> (Sta
     (status, started.elapsed())
 }
 
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what} never happened");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_mirror_requests_without_waiting_for_the_copies() {
     let web = http_upstream("web").await;

@@ -362,7 +362,8 @@ fn cors_policy(cx: &mut Cx, p: &str, c: &ext::CorsPolicy) -> Option<mf::CorsPoli
     })
 }
 
-/// The deprecated `cors` of a virtual host or route action (`config.route.v3.CorsPolicy`).
+/// The deprecated `cors` of a virtual host or route action (`config.route.v3.CorsPolicy`):
+/// the same fields as the CORS filter's `CorsPolicy`, read the same way.
 #[allow(deprecated)]
 pub(super) fn route_cors(
     cx: &mut Cx,
@@ -382,26 +383,21 @@ pub(super) fn route_cors(
         forward_not_matching_preflights,
         enabled_specifier,
     } = c;
-    Some(Arc::new(mf::CorsPolicy {
-        allow_origin: origins(
-            cx,
-            p,
-            "allow_origin_string_match",
-            allow_origin_string_match,
-        ),
-        allow_methods: header_text(cx, p, "allow_methods", allow_methods),
-        allow_headers: header_text(cx, p, "allow_headers", allow_headers),
-        expose_headers: header_text(cx, p, "expose_headers", expose_headers),
-        max_age: header_text(cx, p, "max_age", max_age),
-        allow_credentials: allow_credentials.as_ref().map(|b| b.value),
-        allow_private_network_access: allow_private_network_access.as_ref().map(|b| b.value),
-        forward_not_matching_preflights: forward_not_matching_preflights.as_ref().map(|b| b.value),
-        filter_enabled: match enabled_specifier {
-            Some(E::FilterEnabled(f)) => runtime_fraction(cx, &join(p, "filter_enabled"), Some(f)),
-            None => None,
-        },
-        shadow_enabled: runtime_fraction(cx, &join(p, "shadow_enabled"), shadow_enabled.as_ref()),
-    }))
+    let same = ext::CorsPolicy {
+        allow_origin_string_match: allow_origin_string_match.clone(),
+        allow_methods: allow_methods.clone(),
+        allow_headers: allow_headers.clone(),
+        expose_headers: expose_headers.clone(),
+        max_age: max_age.clone(),
+        allow_credentials: *allow_credentials,
+        filter_enabled: enabled_specifier
+            .as_ref()
+            .map(|E::FilterEnabled(f)| f.clone()),
+        shadow_enabled: shadow_enabled.clone(),
+        allow_private_network_access: *allow_private_network_access,
+        forward_not_matching_preflights: *forward_not_matching_preflights,
+    };
+    cors_policy(cx, p, &same).map(Arc::new)
 }
 
 #[cfg(test)]

@@ -499,3 +499,14 @@ pub fn vip(port: u16) -> SocketAddr {
 pub fn set<M: Message + Name>(b: &mut myelin_xds::testing::Batch, name: &str, m: &M) {
     b.set(name, m);
 }
+
+/// Waits (bounded: 4 s) until `cond` holds.
+pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what} never happened");
+}
