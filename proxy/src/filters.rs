@@ -242,7 +242,7 @@ async fn fault(
                 .active_fault
                 .get_or_insert_with(|| ActiveFault::new(active));
             filtered.delayed = true;
-            metrics.faults_injected.get_or_create(&FAULT_DELAY).inc();
+            metrics.fault_injected("delay");
             tokio::time::sleep(t).await;
         }
     }
@@ -268,7 +268,7 @@ async fn fault(
     filtered
         .active_fault
         .get_or_insert_with(|| ActiveFault::new(active));
-    metrics.faults_injected.get_or_create(&FAULT_ABORT).inc();
+    metrics.fault_injected("abort");
     let resp = match status {
         AbortStatus::Http(code) => crate::http::for_grpc(abort_response(code), ABORT_BODY, grpc),
         AbortStatus::Grpc(code) if grpc => crate::error::grpc_local_reply(code, ABORT_BODY),
@@ -279,14 +279,8 @@ async fn fault(
 }
 
 fn abort_response(status: u16) -> Response<ProxyBody> {
-    let mut resp = crate::http::local_response(status, ABORT_BODY.to_owned());
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp
+    crate::http::text_response(status, ABORT_BODY.to_owned())
 }
-
-static FAULT_DELAY: crate::metrics::FaultLabels = crate::metrics::FaultLabels { kind: "delay" };
-static FAULT_ABORT: crate::metrics::FaultLabels = crate::metrics::FaultLabels { kind: "abort" };
 
 /// The CORS policies of a route, most specific first (at most three, on the stack): the
 /// filter's per-route settings, or when no level has any, the deprecated `cors` fields
@@ -334,12 +328,7 @@ fn cors(
     }
     let origin = head.headers.get(header::ORIGIN).filter(|o| !o.is_empty())?;
     let allowed = origin_allowed(&policies, origin);
-    metrics
-        .cors_origins
-        .get_or_create(&crate::metrics::CorsLabels {
-            origin: if allowed { "valid" } else { "invalid" },
-        })
-        .inc();
+    metrics.cors_origin(allowed);
     if !enabled {
         // Shadow mode: checked and counted, nothing enforced.
         return None;

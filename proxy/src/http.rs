@@ -961,11 +961,11 @@ impl HttpConn {
                 Action::Route(a) => a,
                 Action::DirectResponse(d) => {
                     let body = d.body.clone().unwrap_or_default();
-                    let mut resp = local_response(d.status, body.clone());
-                    if d.body.is_some() {
-                        resp.headers_mut()
-                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                    }
+                    let mut resp = if d.body.is_some() {
+                        text_response(d.status, body.clone())
+                    } else {
+                        local_response(d.status, String::new())
+                    };
                     response_mutations(&mut resp, &table, vh, route);
                     return Ok(Err((for_grpc(resp, &body, is_grpc(req.headers())), "-")));
                 }
@@ -1275,7 +1275,7 @@ impl HttpConn {
             });
             let Some((in_flight, ep)) = picked else {
                 debug!(cluster = %m.cluster, "request mirror skipped: no endpoint now");
-                crate::mirror::skipped(&self.metrics);
+                self.metrics.mirrored("skipped");
                 continue;
             };
             let body = if has_body {
@@ -1789,6 +1789,15 @@ pub(crate) fn local_response(status: u16, body: String) -> Response<ProxyBody> {
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+/// [`local_response`] with a `text/plain` body (direct responses with a body, fault
+/// aborts).
+pub(crate) fn text_response(status: u16, body: String) -> Response<ProxyBody> {
+    let mut resp = local_response(status, body);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp
 }
 

@@ -431,6 +431,28 @@ impl ProxyMetrics {
         })
     }
 
+    /// A fault injected (`delay` or `abort`).
+    pub(crate) fn fault_injected(&self, kind: &'static str) {
+        self.faults_injected
+            .get_or_create(&FaultLabels { kind })
+            .inc();
+    }
+
+    /// A request with an `Origin` the CORS filter checked.
+    pub(crate) fn cors_origin(&self, valid: bool) {
+        let origin = if valid { "valid" } else { "invalid" };
+        self.cors_origins
+            .get_or_create(&CorsLabels { origin })
+            .inc();
+    }
+
+    /// A request copy for a mirror: `answered`, `failed` or `skipped`.
+    pub(crate) fn mirrored(&self, outcome: &'static str) {
+        self.mirrored_requests
+            .get_or_create(&MirrorLabels { outcome })
+            .inc();
+    }
+
     pub(crate) fn config_miss(&self, reason: MissReason) {
         self.config_misses
             .get_or_create(&MissLabels { reason })

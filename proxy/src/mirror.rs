@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::body::RequestBody;
 use crate::error::{BodyError, ProxyBody};
-use crate::metrics::{MirrorLabels, ProxyMetrics};
+use crate::metrics::ProxyMetrics;
 use crate::upstream::{Endpoint, Pools, UpstreamProtocol};
 
 /// Frames a copy may lag behind its request before it is cut.
@@ -228,19 +228,6 @@ pub(crate) async fn send<G: Send>(
     };
     drop(in_flight);
     metrics.mirrored(outcome);
-}
-
-/// Counts a copy not sent.
-pub(crate) fn skipped(metrics: &ProxyMetrics) {
-    metrics.mirrored("skipped");
-}
-
-impl ProxyMetrics {
-    fn mirrored(&self, outcome: &'static str) {
-        self.mirrored_requests
-            .get_or_create(&MirrorLabels { outcome })
-            .inc();
-    }
 }
 
 #[cfg(test)]
