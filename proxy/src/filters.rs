@@ -5,23 +5,26 @@
 //! - **fault** (`envoy.filters.http.fault`): a delay, then maybe an abort (Envoy's
 //!   `fault_filter.cc`: a delay is rolled first, the abort after it);
 //! - **CORS** (`envoy.filters.http.cors`): preflights answered here, allowed origins
-//!   named in the response (Envoy's `cors_filter.cc`).
+//!   named in the response (Envoy's `cors_filter.cc`);
+//! - **local rate limit** (`envoy.filters.http.local_ratelimit`): a token bucket per filter
+//!   config, or per connection; a request without a token is answered `429` (Envoy's
+//!   `local_ratelimit.cc`).
 //!
 //! Only requests routed to a cluster pass through them: direct responses and redirects are
 //! answered by their route (Envoy's CORS filter skips them too, having no route entry).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response};
 
 use crate::error::ProxyBody;
 use crate::metrics::ProxyMetrics;
 use crate::model::filter::{
-    AbortStatus, CorsPolicy, DelaySource, FaultPolicy, FilterKind, FilterPolicy, FilterSetting,
-    Fraction, HttpFilter, HttpFilters,
+    AbortStatus, BucketState, CorsPolicy, DelaySource, FaultPolicy, FilterKind, FilterPolicy,
+    FilterSetting, Fraction, HttpFilter, HttpFilters, RateLimitPolicy, Taken, TokenBucket,
 };
 use crate::model::listener::HeaderText;
 use crate::model::route::{Route, RouteConfiguration, VirtualHost};
@@ -34,6 +37,14 @@ const ABORT_GRPC_REQUEST: &str = "x-envoy-fault-abort-grpc-request";
 const ABORT_PERCENTAGE: &str = "x-envoy-fault-abort-request-percentage";
 const DOWNSTREAM_NODE: &str = "x-envoy-downstream-service-node";
 const ABORT_BODY: &str = "fault filter abort";
+const RATE_LIMITED_BODY: &str = "local_rate_limited";
+/// gRPC `RESOURCE_EXHAUSTED`.
+const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
+
+const X_ENVOY_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 const ACCESS_CONTROL_REQUEST_METHOD: HeaderName =
     HeaderName::from_static("access-control-request-method");
@@ -83,6 +94,19 @@ pub(crate) struct Filtered {
     delayed: bool,
     /// One of a fault filter's faults in progress, until the response is made.
     active_fault: Option<ActiveFault>,
+    /// The `x-ratelimit-*` headers of the response.
+    rate_limit: Option<RateLimitHeaders>,
+    /// A rate limit that was reached but not enforced: its request headers go upstream.
+    not_enforced: Option<Arc<RateLimitPolicy>>,
+}
+
+/// What `x-ratelimit-*` headers say: the bucket's size, the tokens left, and seconds to
+/// the next fill.
+#[derive(Clone, Copy)]
+struct RateLimitHeaders {
+    limit: u32,
+    remaining: u32,
+    reset: u32,
 }
 
 impl Filtered {
@@ -99,6 +123,22 @@ impl Filtered {
             if let Some(e) = &c.expose {
                 headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.value().clone());
             }
+        }
+        if let Some(r) = self.rate_limit {
+            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(r.limit));
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(r.remaining));
+            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(r.reset));
+        }
+    }
+
+    /// Adds what a limit reached but not enforced puts in the request going upstream.
+    pub(crate) fn finish_request(&mut self, headers: &mut HeaderMap) {
+        if let Some(p) = self.not_enforced.take() {
+            crate::traffic::router::mutate_headers(
+                headers,
+                &p.request_headers_to_add_when_not_enforced,
+                &[],
+            );
         }
     }
 
@@ -138,17 +178,57 @@ impl Drop for ActiveFault {
 /// A request the filters answered: the response and its response flags.
 pub(crate) type Answer = (Response<ProxyBody>, &'static str);
 
-/// Runs `filters` for a request routed by `levels` to `cluster`: `Some` when a filter
-/// answers it (a fault abort, a CORS preflight); a fault delay is waited out here.
+/// A connection's own token buckets (`local_rate_limit_per_downstream_connection`), one
+/// per rate-limit config its requests used; those of configs gone are dropped as new ones
+/// come.
+#[derive(Default)]
+pub(crate) struct ConnBuckets(Mutex<Vec<(Weak<RateLimitPolicy>, BucketState)>>);
+
+impl ConnBuckets {
+    fn take(&self, policy: &Arc<RateLimitPolicy>, bucket: &TokenBucket, now: Instant) -> Taken {
+        let mut buckets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match buckets
+            .iter()
+            .position(|(p, _)| std::ptr::eq(p.as_ptr(), Arc::as_ptr(policy)))
+        {
+            Some(i) => i,
+            None => {
+                buckets.retain(|(p, _)| p.strong_count() > 0);
+                buckets.push((Arc::downgrade(policy), bucket.full(now)));
+                buckets.len() - 1
+            }
+        };
+        bucket.take(&mut buckets[i].1, now)
+    }
+}
+
+/// What the filters of one request run with, besides the request.
+pub(crate) struct Context<'a> {
+    pub(crate) levels: Levels<'a>,
+    /// The cluster the route picked.
+    pub(crate) cluster: &'a str,
+    /// A gRPC request (answers are gRPC local replies).
+    pub(crate) grpc: bool,
+    pub(crate) metrics: &'a ProxyMetrics,
+    /// The connection's own token buckets.
+    pub(crate) buckets: &'a ConnBuckets,
+}
+
+/// Runs `filters` for a request: `Some` when a filter answers it (a fault abort, a CORS
+/// preflight, a rate limit); a fault delay is waited out here.
 pub(crate) async fn run(
     filters: &HttpFilters,
-    levels: Levels<'_>,
-    cluster: &str,
+    cx: Context<'_>,
     head: &RequestHead<'_>,
-    grpc: bool,
-    metrics: &ProxyMetrics,
     filtered: &mut Filtered,
 ) -> Option<Answer> {
+    let Context {
+        levels,
+        cluster,
+        grpc,
+        metrics,
+        buckets,
+    } = cx;
     for filter in &filters.0 {
         if !levels.enabled(filter) {
             continue;
@@ -165,6 +245,16 @@ pub(crate) async fn run(
                 fault(policy, &active.0, cluster, head, grpc, metrics, filtered).await
             }
             FilterKind::Cors => cors(levels, &filter.name, head, metrics, filtered),
+            FilterKind::LocalRateLimit(policy) => {
+                let policy = levels
+                    .settings(&filter.name)
+                    .find_map(|s| match &s.policy {
+                        Some(FilterPolicy::LocalRateLimit(p)) => Some(p),
+                        _ => None,
+                    })
+                    .unwrap_or(policy);
+                local_rate_limit(policy, buckets, grpc, metrics, filtered)
+            }
         };
         if answer.is_some() {
             return answer;
@@ -280,6 +370,55 @@ async fn fault(
 
 fn abort_response(status: u16) -> Response<ProxyBody> {
     crate::http::text_response(status, ABORT_BODY.to_owned())
+}
+
+/// Envoy's `local_ratelimit.cc`: a checked request (`filter_enabled`) takes a token; one
+/// that finds none is counted and, where enforced (`filter_enforced`), answered.
+fn local_rate_limit(
+    policy: &Arc<RateLimitPolicy>,
+    buckets: &ConnBuckets,
+    grpc: bool,
+    metrics: &ProxyMetrics,
+    filtered: &mut Filtered,
+) -> Option<Answer> {
+    let bucket = policy.bucket.as_ref()?;
+    if !policy.filter_enabled.chooses(roll()) {
+        return None;
+    }
+    let now = Instant::now();
+    let taken = if policy.per_connection {
+        buckets.take(policy, bucket, now)
+    } else {
+        let mut state = bucket.shared.lock().unwrap_or_else(|e| e.into_inner());
+        bucket.take(&mut state, now)
+    };
+    if policy.x_ratelimit_headers {
+        filtered.rate_limit = Some(RateLimitHeaders {
+            limit: bucket.max_tokens,
+            remaining: taken.remaining,
+            reset: taken.reset.as_secs_f64().ceil() as u32,
+        });
+    }
+    if taken.allowed {
+        metrics.local_rate_limit(&policy.stat_prefix, "ok");
+        return None;
+    }
+    if !policy.filter_enforced.chooses(roll()) {
+        metrics.local_rate_limit(&policy.stat_prefix, "limited_not_enforced");
+        filtered.not_enforced = Some(policy.clone());
+        return None;
+    }
+    metrics.local_rate_limit(&policy.stat_prefix, "enforced");
+    let mut resp = crate::http::text_response(policy.status, RATE_LIMITED_BODY.to_owned());
+    let h = resp.headers_mut();
+    h.insert(X_ENVOY_RATELIMITED, HeaderValue::from_static("true"));
+    crate::traffic::router::mutate_headers(h, &policy.response_headers_to_add, &[]);
+    if grpc && policy.grpc_resource_exhausted {
+        // `for_grpc` keeps a status the answer names.
+        h.insert("grpc-status", HeaderValue::from(GRPC_RESOURCE_EXHAUSTED));
+    }
+    let resp = crate::http::for_grpc(resp, RATE_LIMITED_BODY, grpc);
+    Some((resp, "RL"))
 }
 
 /// The CORS policies of a route, most specific first (at most three, on the stack): the

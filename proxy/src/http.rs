@@ -157,6 +157,8 @@ pub(crate) struct HttpConn {
     /// fixed, and its code and flags rarely change, so most requests skip the families'
     /// lookup (a hash of the label set under a lock).
     last_series: Mutex<Option<RequestSeries>>,
+    /// Token buckets of rate limits kept per connection.
+    buckets: filters::ConnBuckets,
     /// The destination labels of this connection's last request, and the config
     /// generation and request host they were worked out for: a connection's requests
     /// mostly go to one place, and the labels are four allocations to make.
@@ -337,6 +339,7 @@ impl HttpConn {
             hbone: p.hbone,
             tunnel: Mutex::new(None),
             last_series: Mutex::new(None),
+            buckets: filters::ConnBuckets::default(),
             last_destination: Mutex::new(None),
         }
     }
@@ -990,21 +993,18 @@ impl HttpConn {
             // The filters before the router see the request as its client sent it (the
             // route's rewrites are the router's); boxed, as only their users pay for them.
             if !filters.is_empty() {
-                let levels = filters::Levels {
-                    route,
-                    vhost: vh,
-                    table: &table.config,
-                };
-                let grpc = is_grpc(req.headers());
-                let run = filters::run(
-                    filters,
-                    levels,
+                let cx = filters::Context {
+                    levels: filters::Levels {
+                        route,
+                        vhost: vh,
+                        table: &table.config,
+                    },
                     cluster,
-                    &head,
-                    grpc,
-                    &self.metrics,
-                    filtered,
-                );
+                    grpc: is_grpc(req.headers()),
+                    metrics: &self.metrics,
+                    buckets: &self.buckets,
+                };
+                let run = filters::run(filters, cx, &head, filtered);
                 if let Some(answer) = Box::pin(run).await {
                     return Ok(Err(answer));
                 }
@@ -1042,6 +1042,8 @@ impl HttpConn {
             if let Some(h) = new_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
                 req.headers_mut().insert(header::HOST, h);
             }
+            // What the filters add goes first, as Envoy's filters run before its router.
+            filtered.finish_request(req.headers_mut());
             for m in [&route.headers, &vh.headers, &table.config.headers] {
                 router::mutate_headers(
                     req.headers_mut(),

@@ -25,6 +25,7 @@
 //! | `proxy_fault_overflow_total`                   | counter   | |
 //! | `proxy_cors_origins_total`                     | counter   | `origin` (`valid`, `invalid`) |
 //! | `proxy_mirrored_requests_total`                | counter   | `outcome` (`answered`, `failed`, `skipped`) |
+//! | `proxy_local_rate_limit_total`                 | counter   | `stat_prefix`, `outcome` (`ok`, `limited_not_enforced`, `enforced`) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -87,6 +88,25 @@ pub struct FaultLabels {
 pub struct CorsLabels {
     /// `valid` (allowed by the route's CORS policy) or `invalid`.
     pub origin: &'static str,
+}
+
+/// Labels of `proxy_local_rate_limit`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// The filter config's `stat_prefix`.
+    pub stat_prefix: StatPrefix,
+    /// `ok`, `limited_not_enforced` or `enforced`.
+    pub outcome: &'static str,
+}
+
+/// A `stat_prefix` shared with its config (a label lookup clones no string).
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct StatPrefix(pub Arc<str>);
+
+impl EncodeLabelValue for StatPrefix {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        fmt::Write::write_str(encoder, &self.0)
+    }
 }
 
 /// Labels of `proxy_mirrored_requests`.
@@ -262,6 +282,7 @@ pub struct ProxyMetrics {
     pub(crate) fault_overflow: Counter,
     pub(crate) cors_origins: Family<CorsLabels, Counter>,
     pub(crate) mirrored_requests: Family<MirrorLabels, Counter>,
+    pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     /// Same-node connections and requests refused by the inbound policy.
     pub(crate) local_refused: Family<crate::local::RefusalLabels, Counter>,
 }
@@ -298,6 +319,7 @@ impl ProxyMetrics {
             fault_overflow: Counter::default(),
             cors_origins: Family::default(),
             mirrored_requests: Family::default(),
+            local_rate_limit: Family::default(),
             local_refused: Family::default(),
         };
         registry.register(
@@ -398,6 +420,14 @@ impl ProxyMetrics {
             m.mirrored_requests.clone(),
         );
         registry.register(
+            "proxy_local_rate_limit",
+            "Requests checked by the local rate limit filter \
+             (envoy.filters.http.local_ratelimit), by the filter config's stat_prefix and \
+             outcome: ok (a token taken), limited_not_enforced (none left, the request went \
+             on), enforced (none left, answered 429 RL)",
+            m.local_rate_limit.clone(),
+        );
+        registry.register(
             "proxy_local_refused",
             "Pod-to-pod connections (opaque) and requests (HTTP) on this node refused by the \
              inbound policy (myelin.mtls.inbound_allow), by reason: denied (the source's \
@@ -443,6 +473,16 @@ impl ProxyMetrics {
         let origin = if valid { "valid" } else { "invalid" };
         self.cors_origins
             .get_or_create(&CorsLabels { origin })
+            .inc();
+    }
+
+    /// A request the local rate limit filter checked.
+    pub(crate) fn local_rate_limit(&self, stat_prefix: &Arc<str>, outcome: &'static str) {
+        self.local_rate_limit
+            .get_or_create(&RateLimitLabels {
+                stat_prefix: StatPrefix(stat_prefix.clone()),
+                outcome,
+            })
             .inc();
     }
 

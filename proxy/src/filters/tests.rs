@@ -117,6 +117,7 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
         match &policy {
             FilterPolicy::Fault(_) => "fault".to_owned(),
             FilterPolicy::Cors(_) => "cors".to_owned(),
+            FilterPolicy::LocalRateLimit(_) => "rl".to_owned(),
         },
         FilterSetting {
             disabled: false,
@@ -153,17 +154,16 @@ async fn run_with(
     };
     let h = headers(hs);
     let metrics = ProxyMetrics::unregistered();
+    let buckets = ConnBuckets::default();
     let mut filtered = Filtered::default();
-    let answer = run(
-        filters,
+    let cx = Context {
         levels,
-        "web",
-        &head(method, &h),
+        cluster: "web",
         grpc,
-        &metrics,
-        &mut filtered,
-    )
-    .await;
+        metrics: &metrics,
+        buckets: &buckets,
+    };
+    let answer = run(filters, cx, &head(method, &h), &mut filtered).await;
     (answer, filtered)
 }
 
@@ -646,16 +646,15 @@ async fn cors_enabled_shares_and_the_deprecated_field() {
         vhost: &v,
         table: &t,
     };
-    run(
-        &f,
+    let buckets = ConnBuckets::default();
+    let cx = Context {
         levels,
-        "web",
-        &head("GET", &h),
-        false,
-        &metrics,
-        &mut filtered,
-    )
-    .await;
+        cluster: "web",
+        grpc: false,
+        metrics: &metrics,
+        buckets: &buckets,
+    };
+    run(&f, cx, &head("GET", &h), &mut filtered).await;
     assert!(filtered.cors.is_none());
     assert_eq!(
         metrics
@@ -680,4 +679,65 @@ async fn cors_enabled_shares_and_the_deprecated_field() {
     let mut out = HeaderMap::new();
     filtered.finish_response(&mut out);
     assert_eq!(out["access-control-allow-origin"], "https://z.example");
+}
+
+fn rate_limit(max_tokens: u32, enabled: Fraction, enforced: Fraction) -> Arc<RateLimitPolicy> {
+    Arc::new(RateLimitPolicy {
+        stat_prefix: "rl".into(),
+        status: 429,
+        bucket: Some(TokenBucket::new(max_tokens, 1, Duration::from_secs(60))),
+        filter_enabled: enabled,
+        filter_enforced: enforced,
+        request_headers_to_add_when_not_enforced: vec![],
+        response_headers_to_add: vec![],
+        per_connection: false,
+        x_ratelimit_headers: false,
+        grpc_resource_exhausted: false,
+    })
+}
+
+fn rate_limit_filter(policy: Arc<RateLimitPolicy>) -> HttpFilters {
+    HttpFilters(vec![HttpFilter {
+        name: "rl".into(),
+        disabled: false,
+        kind: FilterKind::LocalRateLimit(policy),
+    }])
+}
+
+fn tokens(p: &RateLimitPolicy) -> u32 {
+    p.bucket.as_ref().unwrap().shared.lock().unwrap().tokens
+}
+
+#[tokio::test]
+async fn rate_limits_check_only_enabled_requests() {
+    let (r, v) = (route(FilterSettings::new()), vhost(FilterSettings::new()));
+    // Unset `filter_enabled` (none of the requests, Envoy's safe default): the bucket is
+    // not even looked at.
+    let off = rate_limit(1, Fraction::NONE, Fraction::ALL);
+    let filters = rate_limit_filter(off.clone());
+    for _ in 0..3 {
+        let (answer, _) = run_with(&filters, &r, &v, "GET", &[], false).await;
+        assert!(answer.is_none());
+    }
+    assert_eq!(tokens(&off), 1);
+
+    // Enabled and enforced: one token, then 429 flagged RL.
+    let on = rate_limit(1, Fraction::ALL, Fraction::ALL);
+    let filters = rate_limit_filter(on.clone());
+    assert!(run_with(&filters, &r, &v, "GET", &[], false)
+        .await
+        .0
+        .is_none());
+    let (answer, _) = run_with(&filters, &r, &v, "GET", &[], false).await;
+    let (resp, flags) = answer.unwrap();
+    assert_eq!((resp.status().as_u16(), flags), (429, "RL"));
+
+    // A route's settings bring their own bucket: full, while the filter's is empty.
+    let own = rate_limit(2, Fraction::ALL, Fraction::ALL);
+    let r = route(setting(FilterPolicy::LocalRateLimit(own.clone())));
+    assert!(run_with(&filters, &r, &v, "GET", &[], false)
+        .await
+        .0
+        .is_none());
+    assert_eq!((tokens(&own), tokens(&on)), (1, 0));
 }

@@ -1,6 +1,6 @@
 //! The HTTP filters a connection manager runs before its router (Envoy `http_filters`):
-//! fault injection (`envoy.filters.http.fault`) and CORS (`envoy.filters.http.cors`), and
-//! their per-route settings (`typed_per_filter_config` of a route, a virtual host or a
+//! fault injection (`envoy.filters.http.fault`), CORS (`envoy.filters.http.cors`) and
+//! local rate limiting (`envoy.filters.http.local_ratelimit`), and their per-route settings (`typed_per_filter_config` of a route, a virtual host or a
 //! route table).
 //!
 //! A filter's per-route settings are found by the filter's name in the connection manager,
@@ -10,14 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Serialize, Serializer};
 
 use super::listener::HeaderText;
 use super::opt_duration_str;
-use super::route::HeaderMatcher;
+use super::route::{HeaderMatcher, HeaderValueOption};
 use super::types::StringMatcher;
 
 /// The filters before the router, in the connection manager's order. Empty for most
@@ -58,6 +58,8 @@ pub enum FilterKind {
     },
     /// CORS: policies come from the routes only.
     Cors,
+    /// Local rate limiting with the filter's own settings (used where no route has any).
+    LocalRateLimit(Arc<RateLimitPolicy>),
 }
 
 /// The faults of one fault filter in progress, shared by every request through it (a new
@@ -106,6 +108,9 @@ pub enum FilterPolicy {
     Fault(Arc<FaultPolicy>),
     /// `envoy.extensions.filters.http.cors.v3.CorsPolicy`.
     Cors(Arc<CorsPolicy>),
+    /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`: replaces the
+    /// filter's own, with a bucket of its own.
+    LocalRateLimit(Arc<RateLimitPolicy>),
 }
 
 /// A fraction of requests (`type.v3.FractionalPercent`): `numerator` out of `denominator`
@@ -239,4 +244,154 @@ pub struct CorsPolicy {
     pub filter_enabled: Option<Fraction>,
     /// Share of requests whose origin is only checked and counted (`shadow_enabled`).
     pub shadow_enabled: Option<Fraction>,
+}
+
+/// Local rate limiting (`LocalRateLimit`): a token bucket per filter config (per route
+/// config when a route has one), shared by every connection, or one per connection.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct RateLimitPolicy {
+    /// `stat_prefix`: the label of its counters.
+    pub stat_prefix: Arc<str>,
+    /// The status of a limited request's answer (429 unless set to 400 or above).
+    pub status: u16,
+    /// The bucket (`None`: nothing is limited, a filter whose routes bring the limits).
+    pub bucket: Option<TokenBucket>,
+    /// Share of requests checked (`filter_enabled`; unset: none, as in Envoy).
+    pub filter_enabled: Fraction,
+    /// Share of the checked requests a limit is enforced on (`filter_enforced`; unset:
+    /// none); the others are counted and go on.
+    pub filter_enforced: Fraction,
+    /// Added to limited requests that go on (not enforced).
+    pub request_headers_to_add_when_not_enforced: Vec<HeaderValueOption>,
+    /// Added to the answers of limited requests.
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    /// A bucket per downstream connection instead of one for all.
+    pub per_connection: bool,
+    /// `x-ratelimit-limit`, `-remaining` and `-reset` on responses (`DRAFT_VERSION_03`).
+    pub x_ratelimit_headers: bool,
+    /// gRPC clients get `RESOURCE_EXHAUSTED` instead of `UNAVAILABLE`.
+    pub grpc_resource_exhausted: bool,
+}
+
+/// A token bucket (`type.v3.TokenBucket`): starts full; every `fill_interval`,
+/// `tokens_per_fill` more, up to `max_tokens`. A request takes one token.
+#[derive(Debug, Serialize)]
+pub struct TokenBucket {
+    /// Capacity, and the tokens at the start.
+    pub max_tokens: u32,
+    /// Tokens added per fill.
+    pub tokens_per_fill: u32,
+    /// Time between fills (at least 50 ms, as in Envoy).
+    #[serde(serialize_with = "duration")]
+    pub fill_interval: Duration,
+    /// The tokens now, for every connection (a per-connection bucket keeps its own).
+    #[serde(skip)]
+    pub shared: Mutex<BucketState>,
+}
+
+// The tokens left are not configuration.
+impl PartialEq for TokenBucket {
+    fn eq(&self, o: &Self) -> bool {
+        (self.max_tokens, self.tokens_per_fill, self.fill_interval)
+            == (o.max_tokens, o.tokens_per_fill, o.fill_interval)
+    }
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(max_tokens: u32, tokens_per_fill: u32, fill_interval: Duration) -> Self {
+        TokenBucket {
+            max_tokens,
+            tokens_per_fill,
+            fill_interval,
+            shared: Mutex::new(BucketState {
+                tokens: max_tokens,
+                next_fill: Instant::now() + fill_interval,
+            }),
+        }
+    }
+
+    /// A full bucket's state at `now`.
+    pub fn full(&self, now: Instant) -> BucketState {
+        BucketState {
+            tokens: self.max_tokens,
+            next_fill: now + self.fill_interval,
+        }
+    }
+
+    /// Takes a token from `state` at `now`, after the fills due: what is left.
+    pub fn take(&self, state: &mut BucketState, now: Instant) -> Taken {
+        if now >= state.next_fill {
+            let interval = self.fill_interval.as_nanos().max(1);
+            let fills = 1 + (now - state.next_fill).as_nanos() / interval;
+            let added = u128::from(self.tokens_per_fill).saturating_mul(fills);
+            state.tokens = u128::from(state.tokens)
+                .saturating_add(added)
+                .min(u128::from(self.max_tokens)) as u32;
+            // Whole intervals only: fills stay on the bucket's own beat.
+            state.next_fill += self.fill_interval * u32::try_from(fills).unwrap_or(u32::MAX);
+        }
+        let allowed = state.tokens > 0;
+        if allowed {
+            state.tokens -= 1;
+        }
+        Taken {
+            allowed,
+            remaining: state.tokens,
+            reset: state.next_fill.saturating_duration_since(now),
+        }
+    }
+}
+
+/// A bucket's tokens and when the next fill is due.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketState {
+    /// Tokens in it.
+    pub tokens: u32,
+    /// The next fill.
+    pub next_fill: Instant,
+}
+
+/// What [`TokenBucket::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// A token was there.
+    pub allowed: bool,
+    /// Tokens left.
+    pub remaining: u32,
+    /// Time to the next fill.
+    pub reset: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_fills_on_its_beat_up_to_its_size() {
+        let b = TokenBucket::new(3, 2, Duration::from_millis(100));
+        let t0 = Instant::now();
+        let mut s = b.full(t0);
+        let taken: Vec<bool> = (0..4).map(|_| b.take(&mut s, t0).allowed).collect();
+        assert_eq!(taken, [true, true, true, false]);
+        // One fill: 2 tokens.
+        let t1 = t0 + Duration::from_millis(150);
+        let r = b.take(&mut s, t1);
+        assert_eq!((r.allowed, r.remaining), (true, 1));
+        assert_eq!(r.reset, Duration::from_millis(50));
+        // Many fills: capped at 3, and the next fill stays on the 100 ms beat.
+        let t2 = t0 + Duration::from_millis(1_050);
+        let r = b.take(&mut s, t2);
+        assert_eq!((r.allowed, r.remaining), (true, 2));
+        assert_eq!(r.reset, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn an_empty_bucket_limits_everything() {
+        let b = TokenBucket::new(0, 1, Duration::from_secs(1));
+        let t0 = Instant::now();
+        let mut s = b.full(t0);
+        assert!(!b.take(&mut s, t0).allowed);
+        assert!(!b.take(&mut s, t0 + Duration::from_secs(5)).allowed);
+    }
 }

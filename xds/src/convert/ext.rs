@@ -488,3 +488,93 @@ named!(
     "envoy.extensions.filters.http.cors.v3",
     "CorsPolicy"
 );
+
+/// An enum field of Envoy YAML/JSON: its name (one of `names`, in value order from 0) or
+/// its number.
+fn named_enum<'de, D: serde::Deserializer<'de>>(d: D, names: &[&str]) -> Result<i32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum E {
+        Number(i32),
+        Name(String),
+    }
+    match E::deserialize(d)? {
+        E::Number(n) => Ok(n),
+        E::Name(s) => names
+            .iter()
+            .position(|n| *n == s)
+            .map(|i| i as i32)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown value {s:?}"))),
+    }
+}
+
+fn x_ratelimit_headers_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, &["OFF", "DRAFT_VERSION_03"])
+}
+
+fn vh_rate_limits_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, &["OVERRIDE", "INCLUDE", "IGNORE"])
+}
+
+/// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`: the local rate limit
+/// filter, in a connection manager and per route.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRateLimit {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub stat_prefix: String,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub status: Option<xds_api::pb::envoy::r#type::v3::HttpStatus>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub token_bucket: Option<xds_api::pb::envoy::r#type::v3::TokenBucket>,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub filter_enabled: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub filter_enforced: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, repeated, tag = "6")]
+    #[serde(default)]
+    pub response_headers_to_add: Vec<core::HeaderValueOption>,
+    #[prost(bytes = "vec", repeated, tag = "8")]
+    #[serde(default, deserialize_with = "present_list")]
+    pub descriptors: Vec<Vec<u8>>,
+    /// Only descriptors use stages.
+    #[prost(uint32, tag = "9")]
+    #[serde(default)]
+    pub stage: u32,
+    #[prost(message, repeated, tag = "10")]
+    #[serde(default)]
+    pub request_headers_to_add_when_not_enforced: Vec<core::HeaderValueOption>,
+    #[prost(bool, tag = "11")]
+    #[serde(default)]
+    pub local_rate_limit_per_downstream_connection: bool,
+    #[prost(int32, tag = "12")]
+    #[serde(default, deserialize_with = "x_ratelimit_headers_version")]
+    pub enable_x_ratelimit_headers: i32,
+    /// Only descriptors read the virtual host's rate limits.
+    #[prost(int32, tag = "13")]
+    #[serde(default, deserialize_with = "vh_rate_limits_option")]
+    pub vh_rate_limits: i32,
+    /// Only descriptors make the default bucket optional.
+    #[prost(message, optional, tag = "14")]
+    #[serde(default)]
+    pub always_consume_default_token_bucket: Option<protobuf::BoolValue>,
+    #[prost(bool, tag = "15")]
+    #[serde(default)]
+    pub rate_limited_as_resource_exhausted: bool,
+    #[prost(bytes = "vec", optional, tag = "16")]
+    #[serde(default, deserialize_with = "present")]
+    pub local_cluster_rate_limit: Option<Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "17")]
+    #[serde(default, deserialize_with = "present_list")]
+    pub rate_limits: Vec<Vec<u8>>,
+}
+named!(
+    LocalRateLimit,
+    "envoy.extensions.filters.http.local_ratelimit.v3",
+    "LocalRateLimit"
+);

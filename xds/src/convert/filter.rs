@@ -1,5 +1,5 @@
-//! HTTP filters before the router (fault injection, CORS) and their per-route settings
-//! (`typed_per_filter_config`) -> [`myelin_proxy::model::filter`].
+//! HTTP filters before the router (fault injection, CORS, local rate limit) and their
+//! per-route settings (`typed_per_filter_config`) -> [`myelin_proxy::model::filter`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +19,8 @@ const FAULT_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.fault
 const CORS_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
 const CORS_POLICY_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
+const RATE_LIMIT_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 
 /// A filter of a connection manager other than the (last) router: `None` when it is
@@ -45,6 +47,12 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
         Some(C::TypedConfig(any)) if any.type_url == CORS_URL => {
             cx.decode::<ext::Cors>(&join(p, "typed_config"), CORS_URL, &any.value)?;
             Some(mf::FilterKind::Cors)
+        }
+        Some(C::TypedConfig(any)) if any.type_url == RATE_LIMIT_URL => {
+            let tp = join(p, "typed_config");
+            let r = cx.decode::<ext::LocalRateLimit>(&tp, RATE_LIMIT_URL, &any.value)?;
+            let policy = rate_limit_policy(cx, &tp, &r, false)?;
+            Some(mf::FilterKind::LocalRateLimit(Arc::new(policy)))
         }
         None if name == "envoy.filters.http.fault" => Some(mf::FilterKind::Fault {
             policy: Arc::new(empty_fault()),
@@ -143,7 +151,7 @@ pub(super) fn filter_settings(
 }
 
 fn is_known(type_url: &str) -> bool {
-    type_url == FAULT_URL || type_url == CORS_POLICY_URL
+    [FAULT_URL, CORS_POLICY_URL, RATE_LIMIT_URL].contains(&type_url)
 }
 
 fn reject_unknown(cx: &mut Cx, p: &str, any: &protobuf::Any) {
@@ -166,6 +174,11 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
         CORS_POLICY_URL => {
             let c = cx.decode::<ext::CorsPolicy>(p, CORS_POLICY_URL, &any.value)?;
             Some(mf::FilterPolicy::Cors(Arc::new(cors_policy(cx, p, &c)?)))
+        }
+        RATE_LIMIT_URL => {
+            let r = cx.decode::<ext::LocalRateLimit>(p, RATE_LIMIT_URL, &any.value)?;
+            let policy = rate_limit_policy(cx, p, &r, true)?;
+            Some(mf::FilterPolicy::LocalRateLimit(Arc::new(policy)))
         }
         _ => None,
     }
@@ -301,6 +314,137 @@ fn fault_policy(cx: &mut Cx, p: &str, f: &ext::HttpFault) -> Option<mf::FaultPol
         headers,
         downstream_nodes: downstream_nodes.clone(),
         max_active_faults: max_active_faults.as_ref().map(|v| v.value),
+    })
+}
+
+/// The shortest fill interval Envoy takes (`local_ratelimit`: "must be >= 50ms").
+const MIN_FILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A `LocalRateLimit`; `per_route` settings must have a token bucket (Envoy's rule: a
+/// route's settings exist to bring one).
+fn rate_limit_policy(
+    cx: &mut Cx,
+    p: &str,
+    r: &ext::LocalRateLimit,
+    per_route: bool,
+) -> Option<mf::RateLimitPolicy> {
+    let ext::LocalRateLimit {
+        stat_prefix,
+        status,
+        token_bucket,
+        filter_enabled,
+        filter_enforced,
+        response_headers_to_add,
+        descriptors,
+        stage: _,
+        request_headers_to_add_when_not_enforced,
+        local_rate_limit_per_downstream_connection,
+        enable_x_ratelimit_headers,
+        vh_rate_limits: _,
+        always_consume_default_token_bucket: _,
+        rate_limited_as_resource_exhausted,
+        local_cluster_rate_limit,
+        rate_limits,
+    } = r;
+    let errors = cx.errs.len();
+    if stat_prefix.is_empty() {
+        cx.reject(join(p, "stat_prefix"), Reason::Missing);
+    }
+    if !descriptors.is_empty() {
+        cx.reject(
+            join(p, "descriptors"),
+            Reason::UnsupportedValue(
+                "descriptors (they need the route's `rate_limits` actions)".into(),
+            ),
+        );
+    }
+    if !rate_limits.is_empty() {
+        cx.reject(join(p, "rate_limits"), Reason::NotSupported);
+    }
+    cx.unsupported(p, "local_cluster_rate_limit", local_cluster_rate_limit);
+    let x_ratelimit_headers = match enable_x_ratelimit_headers {
+        0 => false,
+        1 => true,
+        v => {
+            cx.reject(
+                join(p, "enable_x_ratelimit_headers"),
+                Reason::Invalid(format!("unknown value {v}")),
+            );
+            false
+        }
+    };
+    let bucket = match token_bucket {
+        Some(b) => {
+            let bp = join(p, "token_bucket");
+            let interval = match &b.fill_interval {
+                Some(d) => cx.duration(&join(&bp, "fill_interval"), d),
+                None => {
+                    cx.reject(join(&bp, "fill_interval"), Reason::Missing);
+                    None
+                }
+            };
+            if interval.is_some_and(|i| i < MIN_FILL_INTERVAL) {
+                cx.reject(
+                    join(&bp, "fill_interval"),
+                    Reason::Invalid("must be at least 50ms (Envoy's limit)".into()),
+                );
+            }
+            let per_fill = b.tokens_per_fill.as_ref().map_or(1, |v| v.value);
+            if per_fill == 0 {
+                cx.reject(
+                    join(&bp, "tokens_per_fill"),
+                    Reason::Invalid("must be above 0".into()),
+                );
+            }
+            interval.map(|i| mf::TokenBucket::new(b.max_tokens, per_fill, i))
+        }
+        None if per_route => {
+            cx.reject(
+                join(p, "token_bucket"),
+                Reason::Invalid("required in per-route settings".into()),
+            );
+            None
+        }
+        None => None,
+    };
+    let response_headers_to_add = super::common::header_value_options(
+        cx,
+        p,
+        "response_headers_to_add",
+        response_headers_to_add,
+    );
+    let request_headers = super::common::header_value_options(
+        cx,
+        p,
+        "request_headers_to_add_when_not_enforced",
+        request_headers_to_add_when_not_enforced,
+    );
+    if cx.errs.len() != errors {
+        return None;
+    }
+    // Envoy answers 429 for an unset status or one below 400.
+    let status = status
+        .as_ref()
+        .and_then(|s| u16::try_from(s.code).ok())
+        .filter(|c| (400..600).contains(c))
+        .unwrap_or(429);
+    Some(mf::RateLimitPolicy {
+        stat_prefix: stat_prefix.as_str().into(),
+        status,
+        bucket,
+        filter_enabled: runtime_fraction(cx, &join(p, "filter_enabled"), filter_enabled.as_ref())
+            .unwrap_or(mf::Fraction::NONE),
+        filter_enforced: runtime_fraction(
+            cx,
+            &join(p, "filter_enforced"),
+            filter_enforced.as_ref(),
+        )
+        .unwrap_or(mf::Fraction::NONE),
+        request_headers_to_add_when_not_enforced: request_headers,
+        response_headers_to_add,
+        per_connection: *local_rate_limit_per_downstream_connection,
+        x_ratelimit_headers,
+        grpc_resource_exhausted: *rate_limited_as_resource_exhausted,
     })
 }
 

@@ -175,6 +175,8 @@ const WRAPPER_FIELDS: &[&str] = &[
     "allow_credentials",
     "allow_private_network_access",
     "forward_not_matching_preflights",
+    "tokens_per_fill",
+    "always_consume_default_token_bucket",
 ];
 
 fn is_duration_field(k: &str) -> bool {
@@ -325,6 +327,9 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         "envoy.extensions.filters.http.fault.v3.HTTPFault" => enc::<ext::HttpFault>(body),
         "envoy.extensions.filters.http.cors.v3.Cors" => enc::<ext::Cors>(body),
         "envoy.extensions.filters.http.cors.v3.CorsPolicy" => enc::<ext::CorsPolicy>(body),
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
+            enc::<ext::LocalRateLimit>(body)
+        }
         "envoy.config.route.v3.FilterConfig" => {
             enc::<xds_api::pb::envoy::config::route::v3::FilterConfig>(body)
         }

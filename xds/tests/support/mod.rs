@@ -182,8 +182,8 @@ pub fn endpoints(cluster: &str, addrs: &[SocketAddr]) -> ClusterLoadAssignment {
 // ---- upstream servers -----------------------------------------------------------------------
 
 /// An HTTP/1 server that answers every request with its name and the request path (and
-/// the `Host` fields it got in `x-host`, comma separated), and counts the requests it
-/// served.
+/// the `Host` fields it got in `x-host`, comma separated; request headers named `x-echo-*`
+/// sent back), and counts the requests it served.
 pub struct HttpUpstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
@@ -221,15 +221,16 @@ pub async fn http_upstream_on(name: &'static str, bind: &str) -> HttpUpstream {
                         .iter()
                         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                         .collect();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .header("x-server", name)
-                                .header("x-host", hosts.join(","))
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap(),
-                        )
+                    let mut resp = Response::builder()
+                        .header("x-server", name)
+                        .header("x-host", hosts.join(","));
+                    for (k, v) in req.headers() {
+                        if k.as_str().starts_with("x-echo-") {
+                            resp = resp.header(k, v);
+                        }
                     }
+                    let resp = resp.body(Full::new(Bytes::from(body))).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)

@@ -325,3 +325,145 @@ fn fields_myelin_does_not_know_are_rejected_not_dropped() {
         "{e:?}"
     );
 }
+
+const RATE_LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+
+#[test]
+fn a_local_rate_limit_filter_and_its_route_settings() {
+    // Envoy's documented example: the filter in the connection manager with a bucket, and
+    // a route with its own.
+    let l = listener(&listener_with(&format!(
+        r#"
+- name: envoy.filters.http.local_ratelimit
+  typed_config:
+    "@type": {RATE_LIMIT}
+    stat_prefix: http_local_rate_limiter
+    token_bucket: {{max_tokens: 10000, tokens_per_fill: 1000, fill_interval: 1s}}
+    filter_enabled: {{runtime_key: local_rate_limit_enabled, default_value: {{numerator: 100, denominator: HUNDRED}}}}
+    filter_enforced: {{runtime_key: local_rate_limit_enforced, default_value: {{numerator: 100, denominator: HUNDRED}}}}
+    response_headers_to_add:
+    - append_action: OVERWRITE_IF_EXISTS_OR_ADD
+      header: {{key: x-local-rate-limit, value: "true"}}
+    local_rate_limit_per_downstream_connection: false
+    enable_x_ratelimit_headers: DRAFT_VERSION_03
+    status: {{code: 503}}
+"#
+    )))
+    .unwrap();
+    let f = filters_of(&l);
+    let mf::FilterKind::LocalRateLimit(p) = &f.0[0].kind else {
+        panic!("{:?}", f.0[0].kind)
+    };
+    assert_eq!(&*p.stat_prefix, "http_local_rate_limiter");
+    assert_eq!(p.status, 503);
+    let b = p.bucket.as_ref().unwrap();
+    assert_eq!(
+        (b.max_tokens, b.tokens_per_fill, b.fill_interval),
+        (10_000, 1_000, Duration::from_secs(1))
+    );
+    assert_eq!(p.filter_enabled, mf::Fraction::ALL);
+    assert_eq!(p.filter_enforced, mf::Fraction::ALL);
+    assert_eq!(p.response_headers_to_add[0].name, "x-local-rate-limit");
+    assert!(p.x_ratelimit_headers && !p.per_connection && !p.grpc_resource_exhausted);
+
+    // Without a bucket the filter limits nothing itself (routes bring theirs); unset
+    // shares are none of the requests, Envoy's safe default; a status below 400 is 429.
+    let l = listener(&listener_with(&format!(
+        "- name: rl\n  typed_config: {{\"@type\": {RATE_LIMIT}, stat_prefix: rl, status: {{code: 302}}}}"
+    )))
+    .unwrap();
+    let f = filters_of(&l);
+    let mf::FilterKind::LocalRateLimit(p) = &f.0[0].kind else {
+        panic!()
+    };
+    assert!(p.bucket.is_none());
+    assert_eq!(p.filter_enabled, mf::Fraction::NONE);
+    assert_eq!(p.filter_enforced, mf::Fraction::NONE);
+    assert_eq!(p.status, 429);
+
+    let rc = route_configuration(&yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      rl:
+        "@type": {RATE_LIMIT}
+        stat_prefix: route
+        token_bucket: {{max_tokens: 5, fill_interval: 0.5s}}
+        local_rate_limit_per_downstream_connection: true
+        rate_limited_as_resource_exhausted: true
+        request_headers_to_add_when_not_enforced:
+        - header: {{key: x-limited, value: "1"}}
+"#
+    )))
+    .unwrap();
+    let s = &rc.virtual_hosts[0].routes[0].filters["rl"];
+    let Some(mf::FilterPolicy::LocalRateLimit(p)) = &s.policy else {
+        panic!("{s:?}")
+    };
+    let b = p.bucket.as_ref().unwrap();
+    assert_eq!(
+        (b.max_tokens, b.tokens_per_fill, b.fill_interval),
+        (5, 1, Duration::from_millis(500)),
+        "one token per fill unless set"
+    );
+    assert!(p.per_connection && p.grpc_resource_exhausted);
+    assert_eq!(
+        p.request_headers_to_add_when_not_enforced[0].name,
+        "x-limited"
+    );
+}
+
+#[test]
+fn bad_local_rate_limits_are_rejected_by_path() {
+    let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
+    for (config, want) in [
+        (
+            "stat_prefix: x, token_bucket: {max_tokens: 1, fill_interval: 0.01s}",
+            format!("{fc}.token_bucket.fill_interval: must be at least 50ms (Envoy's limit)"),
+        ),
+        (
+            "stat_prefix: x, token_bucket: {max_tokens: 1}",
+            format!("{fc}.token_bucket.fill_interval: required but not set"),
+        ),
+        (
+            "stat_prefix: x, token_bucket: {max_tokens: 1, tokens_per_fill: 0, fill_interval: 1s}",
+            format!("{fc}.token_bucket.tokens_per_fill: must be above 0"),
+        ),
+        (
+            "token_bucket: {max_tokens: 1, fill_interval: 1s}",
+            format!("{fc}.stat_prefix: required but not set"),
+        ),
+        (
+            "stat_prefix: x, descriptors: [{entries: [{key: k, value: v}], token_bucket: {max_tokens: 1, fill_interval: 1s}}]",
+            format!("{fc}.descriptors: descriptors (they need the route's `rate_limits` actions) is not supported"),
+        ),
+        (
+            "stat_prefix: x, local_cluster_rate_limit: {}",
+            format!("{fc}.local_cluster_rate_limit: not supported"),
+        ),
+    ] {
+        let filters = format!("- name: rl\n  typed_config: {{\"@type\": {RATE_LIMIT}, {config}}}");
+        let e = messages(listener(&listener_with(&filters)));
+        assert_eq!(e, [want], "{config}");
+    }
+    // Per route, a bucket is required (Envoy: "token bucket must be set for per filter
+    // configs").
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+typed_per_filter_config:
+  rl: {{"@type": {RATE_LIMIT}, stat_prefix: x}}
+"#
+    ));
+    assert_eq!(
+        messages(route_configuration(&rc)),
+        ["typed_per_filter_config[\"rl\"].token_bucket: required in per-route settings"]
+    );
+}

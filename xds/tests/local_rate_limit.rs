@@ -1,0 +1,316 @@
+//! Envoy's local rate limit filter (`envoy.filters.http.local_ratelimit`) end to end: a
+//! listener from xDS with the filter and its own bucket, routes with buckets of their own
+//! (`typed_per_filter_config`, as Istio's local rate limit EnvoyFilter and Envoy Gateway
+//! write them), a captured connection through it, and an upstream that counts what it got.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use myelin_xds::ads::{type_url, AdsProtocol};
+use myelin_xds::testing::ControlPlane;
+use support::*;
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+
+const PORT: u16 = 18541;
+const LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+const ALL: &str = "{default_value: {numerator: 100}, runtime_key: rl}";
+
+/// The filter's own bucket: 3 tokens, refilled after a minute (longer than the test), so
+/// the counts below cannot straddle a fill.
+fn listener() -> Listener {
+    yaml(&format!(
+        r#"
+name: limited
+address: {{socket_address: {{address: 0.0.0.0, port_value: {PORT}}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: limited
+      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
+      http_filters:
+      - name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": {LIMIT}
+          stat_prefix: node
+          token_bucket: {{max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}}
+          filter_enabled: {ALL}
+          filter_enforced: {ALL}
+          response_headers_to_add:
+          - header: {{key: x-local-rate-limit, value: "true"}}
+          enable_x_ratelimit_headers: DRAFT_VERSION_03
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ))
+}
+
+fn routes() -> RouteConfiguration {
+    yaml(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: web
+  domains: ["*"]
+  routes:
+  - match: {{path: /per-connection}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.local_ratelimit:
+        "@type": {LIMIT}
+        stat_prefix: per_connection
+        token_bucket: {{max_tokens: 2, fill_interval: 60s}}
+        filter_enabled: {ALL}
+        filter_enforced: {ALL}
+        local_rate_limit_per_downstream_connection: true
+  - match: {{path: /refill}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.local_ratelimit:
+        "@type": {LIMIT}
+        stat_prefix: refill
+        token_bucket: {{max_tokens: 1, fill_interval: 0.2s}}
+        filter_enabled: {ALL}
+        filter_enforced: {ALL}
+  - match: {{path: /shadow}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.local_ratelimit:
+        "@type": {LIMIT}
+        stat_prefix: shadow
+        token_bucket: {{max_tokens: 1, fill_interval: 60s}}
+        filter_enabled: {ALL}
+        request_headers_to_add_when_not_enforced:
+        - header: {{key: x-echo-limited, value: "true"}}
+  - match: {{path: /grpc}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.local_ratelimit:
+        "@type": {LIMIT}
+        stat_prefix: grpc
+        token_bucket: {{max_tokens: 0, fill_interval: 60s}}
+        filter_enabled: {ALL}
+        filter_enforced: {ALL}
+        rate_limited_as_resource_exhausted: true
+  - match: {{path: /grpc-default}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.local_ratelimit:
+        "@type": {LIMIT}
+        stat_prefix: grpc_default
+        status: {{code: 503}}
+        token_bucket: {{max_tokens: 0, fill_interval: 60s}}
+        filter_enabled: {ALL}
+        filter_enforced: {ALL}
+  - match: {{path: /off}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.local_ratelimit:
+        "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+        disabled: true
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+"#
+    ))
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+async fn connect(node: &Node) -> SendRequest<Empty<Bytes>> {
+    let stream = node.connect(vip(PORT)).await;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn send_on(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    sender.ready().await.unwrap();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "web");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// One request on a connection of its own.
+async fn send(node: &Node, path: &str) -> Answer {
+    send_on(&mut connect(node).await, "GET", path, &[]).await
+}
+
+fn limit_metric(node: &Node, prefix: &str, outcome: &str) -> f64 {
+    node.metric(&format!(
+        "myelin_proxy_local_rate_limit_total{{stat_prefix=\"{prefix}\",outcome=\"{outcome}\"}}"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_rate_limits_per_filter_route_and_connection() {
+    let upstream = http_upstream("web").await;
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "limited", &listener());
+        set(b, "r", &routes());
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[upstream.addr]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["limited"][..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    let hits = || upstream.hits.load(Ordering::Relaxed);
+
+    // The filter's own bucket: three requests pass, whatever their connection; the next
+    // are answered here, flagged RL, with the configured and Envoy's headers.
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(send(&node, "/").await);
+    }
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(hits(), 3, "limited requests never reach the upstream");
+    let remaining: Vec<_> = answers
+        .iter()
+        .map(|a| a.header("x-ratelimit-remaining").unwrap())
+        .collect();
+    assert_eq!(remaining, ["2", "1", "0", "0", "0"]);
+    for a in &answers {
+        assert_eq!(a.header("x-ratelimit-limit"), Some("3"));
+        let reset: u32 = a.header("x-ratelimit-reset").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset), "reset {reset}");
+    }
+    let limited = &answers[3];
+    assert_eq!(limited.body, "local_rate_limited");
+    assert_eq!(limited.header("x-envoy-ratelimited"), Some("true"));
+    assert_eq!(limited.header("x-local-rate-limit"), Some("true"));
+    assert_eq!(answers[0].header("x-local-rate-limit"), None);
+    assert_eq!(limit_metric(&node, "node", "ok"), 3.0);
+    assert_eq!(limit_metric(&node, "node", "enforced"), 2.0);
+    assert_eq!(
+        node.metric(
+            "myelin_proxy_requests_total{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"429\",response_flags=\"RL\"}"
+        ),
+        2.0
+    );
+
+    // A route that turns the filter off passes while the filter's bucket is empty.
+    for _ in 0..3 {
+        let a = send(&node, "/off").await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-ratelimit-limit"), None);
+    }
+    assert_eq!(send(&node, "/").await.status, 429, "still empty");
+
+    // A route's own bucket replaces the filter's (which is empty), here one per
+    // connection: two requests on each connection.
+    let mut first = connect(&node).await;
+    let got: Vec<u16> = [
+        send_on(&mut first, "GET", "/per-connection", &[]).await,
+        send_on(&mut first, "GET", "/per-connection", &[]).await,
+        send_on(&mut first, "GET", "/per-connection", &[]).await,
+    ]
+    .iter()
+    .map(|a| a.status.as_u16())
+    .collect();
+    assert_eq!(got, [200, 200, 429]);
+    let mut second = connect(&node).await;
+    assert_eq!(
+        send_on(&mut second, "GET", "/per-connection", &[])
+            .await
+            .status,
+        200,
+        "another connection has a bucket of its own"
+    );
+    assert_eq!(
+        send_on(&mut first, "GET", "/per-connection", &[])
+            .await
+            .status,
+        429
+    );
+    assert_eq!(limit_metric(&node, "per_connection", "ok"), 3.0);
+    assert_eq!(limit_metric(&node, "per_connection", "enforced"), 2.0);
+
+    // Tokens come back with the fill: after a 429, one fill interval (200 ms) later a
+    // request passes again.
+    let mut conn = connect(&node).await;
+    let mut limited_once = false;
+    for _ in 0..4 {
+        if send_on(&mut conn, "GET", "/refill", &[]).await.status == 429 {
+            limited_once = true;
+            break;
+        }
+    }
+    assert!(limited_once, "a bucket of one token never ran out");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(send_on(&mut conn, "GET", "/refill", &[]).await.status, 200);
+
+    // Enabled but not enforced: the limited request goes on, with the headers for it.
+    let before = hits();
+    let a = send(&node, "/shadow").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-echo-limited"), None);
+    let a = send(&node, "/shadow").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-echo-limited"), Some("true"));
+    assert_eq!(hits(), before + 2);
+    assert_eq!(limit_metric(&node, "shadow", "ok"), 1.0);
+    assert_eq!(limit_metric(&node, "shadow", "limited_not_enforced"), 1.0);
+
+    // gRPC clients get a gRPC status: RESOURCE_EXHAUSTED when asked for, else the HTTP
+    // status mapped (503: UNAVAILABLE).
+    let grpc = [("content-type", "application/grpc")];
+    let a = send_on(&mut connect(&node).await, "POST", "/grpc", &grpc).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("grpc-status"), Some("8"));
+    assert_eq!(a.header("grpc-message"), Some("local_rate_limited"));
+    let a = send_on(&mut connect(&node).await, "POST", "/grpc-default", &grpc).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("grpc-status"), Some("14"));
+    // And a plain client the configured status.
+    assert_eq!(send(&node, "/grpc-default").await.status, 503);
+}
