@@ -2,14 +2,15 @@
 //! and before the client sees a response: `x-forwarded-for` and `x-forwarded-proto`, the
 //! internal/external decision and the `x-envoy-*` headers it cleans, `x-request-id`, `via`
 //! and `server`. The rules are Envoy's (`ConnectionManagerUtility::mutateRequestHeaders`,
-//! `mutateResponseHeaders`, the UUID request ID extension), configured by
-//! [`HeaderHandling`].
+//! `mutateResponseHeaders`, the UUID request ID extension, `HeaderUtility::stripPortFromHost`
+//! and `stripTrailingHostDot`), configured by [`HeaderHandling`].
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, SERVER, VIA};
+use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, SERVER, VIA};
+use http::{Method, Request, Uri};
 
-use crate::model::listener::{HeaderHandling, ServerHeader};
+use crate::model::listener::{HeaderHandling, HostNormalization, ServerHeader, StripPort};
 
 /// `x-forwarded-for`.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -145,6 +146,79 @@ pub(crate) fn mutate_request(
         request_id: (keep_id || h.always_set_request_id_in_response)
             .then(|| headers.get(X_REQUEST_ID).cloned())
             .flatten(),
+    }
+}
+
+/// Applies the host rules `h` to a request that came to `listener_port`: its `Host` (or,
+/// without one, its URI's authority, HTTP/2's `:authority`) rewritten in place.
+pub(crate) fn normalize_host<B>(h: &HostNormalization, req: &mut Request<B>, listener_port: u16) {
+    let connect = req.method() == Method::CONNECT;
+    if let Some(v) = req.headers().get(HOST) {
+        let new = v
+            .to_str()
+            .ok()
+            .and_then(|host| normalized_host(h, host, listener_port, connect));
+        if let Some(v) = new.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            req.headers_mut().insert(HOST, v);
+        }
+        return;
+    }
+    let new = req
+        .uri()
+        .authority()
+        .and_then(|a| normalized_host(h, a.as_str(), listener_port, connect))
+        .and_then(|n| n.parse().ok());
+    if let Some(authority) = new {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(authority);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// `host` after the rules `h` (`None`: unchanged). The port is taken off only when it is a
+/// number (and, for `Matching`, `listener_port`), and never from a `CONNECT`'s authority
+/// (`host:port` by definition); an IPv6 literal keeps its brackets.
+fn normalized_host(
+    h: &HostNormalization,
+    host: &str,
+    listener_port: u16,
+    connect: bool,
+) -> Option<String> {
+    let (mut name, mut port) = match port_start(host) {
+        Some(i) => (&host[..i], Some(&host[i..])),
+        None => (host, None),
+    };
+    let mut changed = false;
+    if h.strip_trailing_dot {
+        if let Some(n) = name.strip_suffix('.') {
+            name = n;
+            changed = true;
+        }
+    }
+    if let (Some(p), false) = (port, connect) {
+        let number = p[1..].parse::<u32>().ok();
+        let strip = match h.strip_port {
+            StripPort::Keep => false,
+            StripPort::Any => number.is_some(),
+            StripPort::Matching => number == Some(u32::from(listener_port)),
+        };
+        if strip {
+            port = None;
+            changed = true;
+        }
+    }
+    changed.then(|| format!("{name}{}", port.unwrap_or("")))
+}
+
+/// Where `host`'s `:port` starts: its last `:`, unless that is inside an IPv6 literal
+/// (`[...]`, RFC 3986 section 3.2.2).
+fn port_start(host: &str) -> Option<usize> {
+    let colon = host.rfind(':')?;
+    match host.rfind(']') {
+        Some(end) if end > colon => None,
+        _ => Some(colon),
     }
 }
 
@@ -513,5 +587,74 @@ mod tests {
             assert_eq!(get(&resp, "server"), want, "{server:?} {upstream:?}");
             assert_eq!(get(&resp, "x-request-id"), None);
         }
+    }
+
+    #[test]
+    fn host_rules_are_envoys() {
+        let rules = |strip_port, strip_trailing_dot| HostNormalization {
+            strip_port,
+            strip_trailing_dot,
+        };
+        let (any, matching, keep) = (StripPort::Any, StripPort::Matching, StripPort::Keep);
+        // (rules, host, CONNECT, result; `None`: unchanged), the listener on port 80.
+        for (h, host, connect, want) in [
+            (rules(any, false), "web:8080", false, Some("web")),
+            (rules(any, false), "web", false, None),
+            (rules(any, false), "web:http", false, None),
+            (rules(any, false), "web:8080", true, None),
+            (rules(matching, false), "web:80", false, Some("web")),
+            (rules(matching, false), "web:8080", false, None),
+            (rules(any, false), "[::1]:80", false, Some("[::1]")),
+            (rules(any, false), "[::1]", false, None),
+            (
+                rules(keep, true),
+                "web.example.",
+                false,
+                Some("web.example"),
+            ),
+            (
+                rules(keep, true),
+                "web.example.:80",
+                false,
+                Some("web.example:80"),
+            ),
+            (
+                rules(keep, true),
+                "web.example.:80",
+                true,
+                Some("web.example:80"),
+            ),
+            (
+                rules(any, true),
+                "web.example.:80",
+                false,
+                Some("web.example"),
+            ),
+            (rules(keep, true), "web.example", false, None),
+        ] {
+            assert_eq!(
+                normalized_host(&h, host, 80, connect).as_deref(),
+                want,
+                "{h:?} {host} connect={connect}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_host_header_or_the_authority_is_rewritten() {
+        let h = HostNormalization {
+            strip_port: StripPort::Any,
+            strip_trailing_dot: false,
+        };
+        let mut req = Request::get("/a?b")
+            .header(HOST, "web:81")
+            .body(())
+            .unwrap();
+        normalize_host(&h, &mut req, 80);
+        assert_eq!(get(req.headers(), "host"), Some("web"));
+        // HTTP/2: the authority is the URI's.
+        let mut req = Request::get("http://web:81/a?b").body(()).unwrap();
+        normalize_host(&h, &mut req, 80);
+        assert_eq!(req.uri().to_string(), "http://web/a?b");
     }
 }

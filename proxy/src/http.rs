@@ -408,6 +408,9 @@ impl HttpConn {
                         false,
                         self.config.access_log,
                     );
+                    if headers.host.any() {
+                        conn_manager::normalize_host(&headers.host, &mut req, self.dst.port());
+                    }
                     Some((headers, facts))
                 }
                 Routing::Passthrough => None,

@@ -297,3 +297,90 @@ async fn request_heads_above_the_connection_managers_limit_are_431() {
         [200, 431]
     );
 }
+
+/// GET `/` with `Host: host`: the status, and the `host` the upstream got.
+async fn host_seen(node: &Node, port: u16, host: &str) -> (u16, Option<String>) {
+    let stream = node.connect(vip(port)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/").header("host", host);
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let host = String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned));
+    (status, host)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_rules_apply_before_routing() {
+    let (upstream, _task) = header_echo().await;
+    let cp = ControlPlane::start().await;
+    // Only `web` is routed: a host with a port or a trailing dot finds no route unless the
+    // connection manager's rules take them off.
+    let routes: xds_api::pb::envoy::config::route::v3::RouteConfiguration = yaml(
+        r#"
+name: r
+virtual_hosts:
+- name: web
+  domains: [web]
+  routes:
+  - match: {prefix: "/"}
+    route: {cluster: web}
+"#,
+    );
+    cp.update(|b| {
+        set(b, "plain", &http_listener("plain", 18504, "r"));
+        set(
+            b,
+            "any",
+            &http_listener_with(
+                "any",
+                18505,
+                "r",
+                &["strip_any_host_port: true", "strip_trailing_host_dot: true"],
+            ),
+        );
+        set(
+            b,
+            "matching",
+            &http_listener_with("matching", 18506, "r", &["strip_matching_host_port: true"]),
+        );
+        set(b, "r", &routes);
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[upstream]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["plain", "any", "matching"][..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+
+    // Envoy's default: the host as it came, so these find no route.
+    assert_eq!(host_seen(&node, 18504, "web:8080").await.0, 404);
+    assert_eq!(host_seen(&node, 18504, "web.").await.0, 404);
+    assert_eq!(host_seen(&node, 18504, "web").await.0, 200);
+    // Any port and a trailing dot taken off, for routing and upstream.
+    for host in ["web:8080", "web.", "web.:18505"] {
+        assert_eq!(
+            host_seen(&node, 18505, host).await,
+            (200, Some("web".to_owned())),
+            "{host}"
+        );
+    }
+    // Only the port the request came to (the listener's).
+    assert_eq!(
+        host_seen(&node, 18506, "web:18506").await,
+        (200, Some("web".to_owned()))
+    );
+    assert_eq!(host_seen(&node, 18506, "web:8080").await.0, 404);
+}

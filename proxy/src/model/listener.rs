@@ -170,6 +170,8 @@ pub struct HeaderHandling {
     pub server: ServerHeader,
     /// What is done to every request's path before routing (and forwarding).
     pub path: PathNormalization,
+    /// What is done to every request's host before routing (and forwarding).
+    pub host: HostNormalization,
     /// `forward_client_cert_details`: what becomes of a request's
     /// `x-forwarded-client-cert` (XFCC).
     pub forward_client_cert: ForwardClientCert,
@@ -221,6 +223,7 @@ impl Default for HeaderHandling {
             always_set_request_id_in_response: false,
             server: ServerHeader::Overwrite(HeaderText::from_static(ServerHeader::DEFAULT_NAME)),
             path: PathNormalization::default(),
+            host: HostNormalization::default(),
             forward_client_cert: ForwardClientCert::Sanitize,
             client_cert_details: ClientCertDetails::default(),
         }
@@ -239,6 +242,38 @@ pub struct PathNormalization {
     pub normalize: bool,
     /// `merge_slashes`: runs of `/` become one.
     pub merge_slashes: bool,
+}
+
+/// A connection manager's rules for a request's host (`Host`, or HTTP/2's `:authority`):
+/// applied before routing, so they also change what goes upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HostNormalization {
+    /// `strip_matching_host_port` / `strip_any_host_port`.
+    pub strip_port: StripPort,
+    /// `strip_trailing_host_dot`: `example.com.` becomes `example.com` (and
+    /// `example.com.:80` `example.com:80`).
+    pub strip_trailing_dot: bool,
+}
+
+impl HostNormalization {
+    /// Whether any rule is on (when none is, a request's host is not looked at).
+    pub fn any(&self) -> bool {
+        self.strip_port != StripPort::Keep || self.strip_trailing_dot
+    }
+}
+
+/// Which port is taken off a request's host (never a `CONNECT`'s, whose authority is its
+/// destination).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StripPort {
+    /// None (Envoy's default).
+    #[default]
+    Keep,
+    /// `strip_matching_host_port`: the port the request came to (the listener's).
+    Matching,
+    /// `strip_any_host_port`: any port.
+    Any,
 }
 
 impl PathNormalization {

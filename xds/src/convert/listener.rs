@@ -537,7 +537,6 @@ fn http_connection_manager(
             *represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
         ),
         ("local_reply_config", local_reply_config.is_some()),
-        ("strip_matching_host_port", *strip_matching_host_port),
         (
             "stream_error_on_invalid_http_message",
             stream_error_on_invalid_http_message.is_some(),
@@ -546,7 +545,6 @@ fn http_connection_manager(
             "path_normalization_options",
             path_normalization_options.is_some(),
         ),
-        ("strip_trailing_host_dot", *strip_trailing_host_dot),
         ("proxy_status_config", proxy_status_config.is_some()),
         (
             "typed_header_validation_config",
@@ -558,7 +556,6 @@ fn http_connection_manager(
             "add_proxy_protocol_connection_state",
             add_proxy_protocol_connection_state.is_some(),
         ),
-        ("strip_any_host_port", strip_port_mode.is_some()),
     ] {
         if set {
             cx.reject(join(p, field), Reason::NotSupported);
@@ -670,6 +667,9 @@ fn http_connection_manager(
             path_with_escaped_slashes_action,
             forward_client_cert_details,
             set_current_client_cert_details,
+            strip_matching_host_port,
+            strip_port_mode,
+            strip_trailing_host_dot,
         },
     );
 
@@ -744,6 +744,35 @@ struct HeaderFields<'a> {
     forward_client_cert_details: &'a i32,
     set_current_client_cert_details:
         &'a Option<hcm::http_connection_manager::SetCurrentClientCertDetails>,
+    strip_matching_host_port: &'a bool,
+    strip_port_mode: &'a Option<hcm::http_connection_manager::StripPortMode>,
+    strip_trailing_host_dot: &'a bool,
+}
+
+/// `strip_matching_host_port`, `strip_any_host_port` (at most one of them, as Envoy
+/// requires) and `strip_trailing_host_dot`.
+fn host_normalization(cx: &mut Cx, p: &str, f: &HeaderFields<'_>) -> ml::HostNormalization {
+    use hcm::http_connection_manager::StripPortMode;
+    let any = matches!(
+        f.strip_port_mode,
+        Some(StripPortMode::StripAnyHostPort(true))
+    );
+    let strip_port = match (*f.strip_matching_host_port, any) {
+        (true, true) => {
+            cx.reject(
+                join(p, "strip_any_host_port"),
+                Reason::Invalid("set together with `strip_matching_host_port`".into()),
+            );
+            ml::StripPort::Keep
+        }
+        (true, false) => ml::StripPort::Matching,
+        (false, true) => ml::StripPort::Any,
+        (false, false) => ml::StripPort::Keep,
+    };
+    ml::HostNormalization {
+        strip_port,
+        strip_trailing_dot: *f.strip_trailing_host_dot,
+    }
 }
 
 const UUID_REQUEST_ID_URL: &str =
@@ -826,6 +855,7 @@ fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandl
             *f.merge_slashes,
             *f.path_with_escaped_slashes_action,
         ),
+        host: host_normalization(cx, p, &f),
         forward_client_cert: forward_client_cert(cx, p, *f.forward_client_cert_details),
         client_cert_details: f
             .set_current_client_cert_details

@@ -167,6 +167,7 @@ fn supported_fields() {
                             ml::HeaderText::new("istio-envoy").unwrap()
                         ),
                         path: ml::PathNormalization::default(),
+                        host: ml::HostNormalization::default(),
                         forward_client_cert: ml::ForwardClientCert::AppendForward,
                         client_cert_details: ml::ClientCertDetails {
                             subject: true,
@@ -243,6 +244,24 @@ fn supported_fields() {
             "normalize_path false, as set",
             with_hcm(|h| h.normalize_path = boolv(false)),
             |m| assert!(!hcm_of(m).headers.path.any()),
+        ),
+        (
+            "host rules",
+            with_hcm(|h| {
+                h.strip_port_mode =
+                    Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true));
+                h.strip_trailing_host_dot = true;
+            }),
+            |m| {
+                let host = hcm_of(m).headers.host;
+                assert_eq!(host.strip_port, ml::StripPort::Any);
+                assert!(host.strip_trailing_dot);
+            },
+        ),
+        (
+            "strip_matching_host_port",
+            with_hcm(|h| h.strip_matching_host_port = true),
+            |m| assert_eq!(hcm_of(m).headers.host.strip_port, ml::StripPort::Matching),
         ),
         (
             "path_with_escaped_slashes_action IMPLEMENTATION_SPECIFIC_DEFAULT",
@@ -568,11 +587,14 @@ fn rejections() {
             with_hcm(|h| {
                 h.local_reply_config = Some(Default::default());
                 h.upgrade_configs = vec![Default::default()];
-                h.strip_trailing_host_dot = true;
+                h.strip_matching_host_port = true;
+                h.strip_port_mode = Some(
+                    hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true),
+                );
             }),
             vec![
                 format!("{fc0}.local_reply_config: not supported"),
-                format!("{fc0}.strip_trailing_host_dot: not supported"),
+                format!("{fc0}.strip_any_host_port: set together with `strip_matching_host_port`"),
                 format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
             ],
         ),
