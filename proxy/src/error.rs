@@ -33,6 +33,22 @@ pub(crate) enum Side {
 }
 
 /// An error while serving one captured connection or one request on it.
+/// Why the connection manager refused a request's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderRefusal {
+    /// More header fields than `max_headers_count`.
+    #[error("{count} header fields, more than {limit}")]
+    TooMany {
+        /// Fields in the request.
+        count: usize,
+        /// The limit.
+        limit: u32,
+    },
+    /// A header name with an underscore (`headers_with_underscores_action: REJECT_REQUEST`).
+    #[error("a header name with an underscore")]
+    Underscore,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
     /// The eBPF side recorded no original destination for this connection.
@@ -159,6 +175,13 @@ pub(crate) enum ProxyError {
         path: String,
     },
 
+    /// The connection manager refuses the request's headers: more than `max_headers_count`
+    /// (431, Envoy's `too_many_headers`), or a name with an underscore under
+    /// `headers_with_underscores_action: REJECT_REQUEST` (400). No response flag, as in
+    /// Envoy.
+    #[error("the request's headers were refused: {0}")]
+    BadHeaders(HeaderRefusal),
+
     /// The traffic config has nothing for this connection or request.
     #[error("{}: {detail}", .reason.as_str())]
     Unrouted {
@@ -255,6 +278,7 @@ impl ProxyError {
             | ProxyError::DownstreamAborted { .. }
             | ProxyError::Denied { .. }
             | ProxyError::BadPath { .. }
+            | ProxyError::BadHeaders(_)
             | ProxyError::StreamTimeout(_) => Side::Downstream,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
@@ -286,7 +310,7 @@ impl ProxyError {
             ProxyError::Overflow { .. } => "UO",
             // Envoy's RBAC filter: `RBAC` (`UAEX` is ext_authz).
             ProxyError::Denied { .. } => "RBAC",
-            ProxyError::BadPath { .. } => "-",
+            ProxyError::BadPath { .. } | ProxyError::BadHeaders(_) => "-",
             ProxyError::StreamTimeout(e) => e.response_flags(),
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => "NR",
@@ -317,6 +341,10 @@ impl ProxyError {
             ProxyError::StreamTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::BadPath { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadHeaders(HeaderRefusal::TooMany { .. }) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            ProxyError::BadHeaders(HeaderRefusal::Underscore) => StatusCode::BAD_REQUEST,
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
                     StatusCode::NOT_FOUND
@@ -364,6 +392,11 @@ impl ProxyError {
             ProxyError::Denied { .. } => "RBAC: access denied",
             // Envoy's local reply for it has no body.
             ProxyError::BadPath { .. } => "",
+            // Envoy's HTTP/1 codec answers its protocol errors with the status's text.
+            ProxyError::BadHeaders(HeaderRefusal::TooMany { .. }) => {
+                "Request Header Fields Too Large"
+            }
+            ProxyError::BadHeaders(HeaderRefusal::Underscore) => "Bad Request",
             ProxyError::StreamTimeout(crate::timeout::Expired::Request(_)) => "request timeout\n",
             ProxyError::StreamTimeout(crate::timeout::Expired::Duration(..)) => {
                 "downstream duration timeout\n"

@@ -42,7 +42,7 @@ use crate::body::{AccessInfo, CountingBody, MeteredBody, RequestBody};
 use crate::conn_manager;
 use crate::detect::Protocol;
 use crate::drain;
-use crate::error::{BodyError, ProxyBody, ProxyError, Side};
+use crate::error::{BodyError, HeaderRefusal, ProxyBody, ProxyError, Side};
 use crate::extended_connect;
 use crate::filters::{self, Filtered};
 use crate::golden::{self, DestinationLabels, GoldenMetrics, RequestRecord, SourceLabels, UNKNOWN};
@@ -53,7 +53,8 @@ use crate::model::cluster::{DnsLookupFamily, UpstreamProtocol as ClusterProtocol
 use crate::model::endpoint::EndpointAddress;
 use crate::model::filter::HttpFilters;
 use crate::model::listener::{
-    HeaderHandling, Http2Settings, PathNormalization, DEFAULT_MAX_REQUEST_HEADERS_KB,
+    HeaderHandling, HeaderLimits, Http2Settings, PathNormalization, UnderscoreAction,
+    DEFAULT_MAX_REQUEST_HEADERS_KB,
 };
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::model::ProxyConfig;
@@ -143,6 +144,8 @@ pub(crate) struct HttpConn {
     http2: Http2Settings,
     /// The largest request head or header list, in bytes.
     max_request_headers: usize,
+    /// How many request header fields, and what of names with underscores.
+    header_limits: HeaderLimits,
     /// Streams in flight, for the connection idle timeout.
     activity: Arc<ConnActivity>,
     /// For the deadlines of its requests until their responses.
@@ -288,6 +291,8 @@ pub(crate) struct ManagerSettings {
     pub(crate) http2: Http2Settings,
     /// The largest request head or header list, in bytes (`max_request_headers_kb`).
     pub(crate) max_request_headers: usize,
+    /// How many request header fields, and what of names with underscores.
+    pub(crate) header_limits: HeaderLimits,
 }
 
 impl Default for ManagerSettings {
@@ -296,6 +301,7 @@ impl Default for ManagerSettings {
             timeouts: HcmTimeouts::default(),
             http2: Http2Settings::default(),
             max_request_headers: DEFAULT_MAX_REQUEST_HEADERS_KB as usize * 1024,
+            header_limits: HeaderLimits::default(),
         }
     }
 }
@@ -306,6 +312,7 @@ impl From<&crate::model::listener::HttpConnectionManager> for ManagerSettings {
             timeouts: HcmTimeouts::from(hcm),
             http2: hcm.http2,
             max_request_headers: hcm.max_request_headers_kb as usize * 1024,
+            header_limits: hcm.header_limits,
         }
     }
 }
@@ -334,6 +341,7 @@ impl HttpConn {
             timeouts: p.manager.timeouts,
             http2: p.manager.http2,
             max_request_headers: p.manager.max_request_headers,
+            header_limits: p.manager.header_limits,
             activity: Arc::new(ConnActivity::default()),
             timer: StreamTimer::default(),
             hbone: p.hbone,
@@ -397,6 +405,9 @@ impl HttpConn {
     ) -> impl Future<Output = Response<ServedBody>> + Send + '_ {
         async move {
             let active = self.activity.enter();
+            // What the codec takes: before anything reads the headers (one comparison when
+            // underscores are allowed, as they are by default).
+            let refused = check_headers(&self.header_limits, req.headers_mut(), &self.metrics);
             // The connection manager's own header rules come before anything reads them.
             // (Downstream TLS is not terminated by a connection manager yet: `false`.)
             let managed = match &self.routing {
@@ -418,8 +429,9 @@ impl HttpConn {
             let grpc = is_grpc(req.headers());
             // Then its path normalization, before anything reads the path (one branch when
             // it is off, as it is by default).
-            let path_answer = match &managed {
-                Some((headers, _)) if headers.path.any() => {
+            let path_answer = match (&managed, refused) {
+                (_, Some(r)) => Err(ProxyError::BadHeaders(r)),
+                (Some((headers, _)), None) if headers.path.any() => {
                     normalize_path(&headers.path, &mut req, grpc)
                 }
                 _ => Ok(None),
@@ -1783,6 +1795,45 @@ fn normalize_path<B>(
     }
 }
 
+/// Checks a request's header fields against `limits` (Envoy's codec checks): too many is a
+/// refusal; names with underscores are refused or dropped when the limits say so.
+fn check_headers(
+    limits: &HeaderLimits,
+    headers: &mut HeaderMap,
+    metrics: &ProxyMetrics,
+) -> Option<HeaderRefusal> {
+    if headers.len() > limits.max_count as usize {
+        return Some(HeaderRefusal::TooMany {
+            count: headers.len(),
+            limit: limits.max_count,
+        });
+    }
+    if limits.underscores == UnderscoreAction::Allow {
+        return None;
+    }
+    let has_underscore = |k: &HeaderName| k.as_str().contains('_');
+    if !headers.keys().any(has_underscore) {
+        return None;
+    }
+    if limits.underscores == UnderscoreAction::RejectRequest {
+        metrics.headers_with_underscores("rejected");
+        return Some(HeaderRefusal::Underscore);
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| has_underscore(k))
+        .cloned()
+        .collect();
+    for name in names {
+        // Each field counted, as Envoy's `dropped_headers_with_underscores` is.
+        for _ in headers.get_all(&name) {
+            metrics.headers_with_underscores("dropped");
+        }
+        headers.remove(&name);
+    }
+    None
+}
+
 /// A response generated by the proxy (direct responses, redirects).
 pub(crate) fn local_response(status: u16, body: String) -> Response<ProxyBody> {
     let len = body.len();
@@ -2095,7 +2146,11 @@ where
         .auto_date_header(false)
         // A backstop: our own server answers heads above the limit before handing any
         // over (hyper's buffer cannot be below 8 KiB).
-        .max_buf_size(conn.max_request_headers.max(8192));
+        .max_buf_size(conn.max_request_headers.max(8192))
+        // Heads with more fields than our own parser's slots come here: hyper takes as
+        // many as the connection manager allows (`HttpConn::handle` checks the count for
+        // both servers).
+        .max_headers(conn.header_limits.max_count as usize);
     let server = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();

@@ -25,6 +25,7 @@
 //! | `proxy_fault_overflow_total`                   | counter   | |
 //! | `proxy_cors_origins_total`                     | counter   | `origin` (`valid`, `invalid`) |
 //! | `proxy_mirrored_requests_total`                | counter   | `outcome` (`answered`, `failed`, `skipped`) |
+//! | `proxy_headers_with_underscores_total`         | counter   | `action` (`dropped`, `rejected`) |
 //! | `proxy_local_rate_limit_total`                 | counter   | `stat_prefix`, `outcome` (`ok`, `limited_not_enforced`, `enforced`) |
 
 use std::fmt;
@@ -88,6 +89,13 @@ pub struct FaultLabels {
 pub struct CorsLabels {
     /// `valid` (allowed by the route's CORS policy) or `invalid`.
     pub origin: &'static str,
+}
+
+/// Labels of `proxy_headers_with_underscores`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnderscoreLabels {
+    /// `dropped` (per header field) or `rejected` (per request).
+    pub action: &'static str,
 }
 
 /// Labels of `proxy_local_rate_limit`.
@@ -283,6 +291,7 @@ pub struct ProxyMetrics {
     pub(crate) cors_origins: Family<CorsLabels, Counter>,
     pub(crate) mirrored_requests: Family<MirrorLabels, Counter>,
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
+    pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
     /// Same-node connections and requests refused by the inbound policy.
     pub(crate) local_refused: Family<crate::local::RefusalLabels, Counter>,
 }
@@ -320,6 +329,7 @@ impl ProxyMetrics {
             cors_origins: Family::default(),
             mirrored_requests: Family::default(),
             local_rate_limit: Family::default(),
+            headers_with_underscores: Family::default(),
             local_refused: Family::default(),
         };
         registry.register(
@@ -428,6 +438,12 @@ impl ProxyMetrics {
             m.local_rate_limit.clone(),
         );
         registry.register(
+            "proxy_headers_with_underscores",
+            "Request header fields with an underscore in their name dropped, and requests \
+             refused for one, by the connection manager's headers_with_underscores_action",
+            m.headers_with_underscores.clone(),
+        );
+        registry.register(
             "proxy_local_refused",
             "Pod-to-pod connections (opaque) and requests (HTTP) on this node refused by the \
              inbound policy (myelin.mtls.inbound_allow), by reason: denied (the source's \
@@ -473,6 +489,13 @@ impl ProxyMetrics {
         let origin = if valid { "valid" } else { "invalid" };
         self.cors_origins
             .get_or_create(&CorsLabels { origin })
+            .inc();
+    }
+
+    /// A header field with an underscore dropped, or a request refused for one.
+    pub(crate) fn headers_with_underscores(&self, action: &'static str) {
+        self.headers_with_underscores
+            .get_or_create(&UnderscoreLabels { action })
             .inc();
     }
 

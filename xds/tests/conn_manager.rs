@@ -40,6 +40,7 @@ async fn header_echo() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .max_headers(256)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
             });
@@ -383,4 +384,128 @@ virtual_hosts:
         (200, Some("web".to_owned()))
     );
     assert_eq!(host_seen(&node, 18506, "web:8080").await.0, 404);
+}
+
+/// Status of a GET with `extra` header fields beyond `host` (over HTTP/2 when `h2`), and
+/// the header names the upstream got.
+async fn with_fields(
+    node: &Node,
+    port: u16,
+    extra: &[(String, String)],
+    h2: bool,
+) -> (u16, Vec<String>) {
+    let stream = node.connect(vip(port)).await;
+    let mut req = Request::get(if h2 { "http://web/" } else { "/" });
+    if !h2 {
+        req = req.header("host", "web");
+    }
+    for (k, v) in extra {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let resp = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    };
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let names = String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(k, _)| k.to_owned()))
+        .collect();
+    (status, names)
+}
+
+fn fields(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("x-f{i}"), "v".to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_counts_and_underscores() {
+    let (upstream, _task) = header_echo().await;
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "default", &http_listener("default", 18507, "r"));
+        set(
+            b,
+            "many",
+            &http_listener_with(
+                "many",
+                18508,
+                "r",
+                &[
+                    "common_http_protocol_options:",
+                    "  max_headers_count: 150",
+                    "  headers_with_underscores_action: DROP_HEADER",
+                ],
+            ),
+        );
+        set(
+            b,
+            "few",
+            &http_listener_with(
+                "few",
+                18509,
+                "r",
+                &[
+                    "common_http_protocol_options:",
+                    "  max_headers_count: 5",
+                    "  headers_with_underscores_action: REJECT_REQUEST",
+                ],
+            ),
+        );
+        set(b, "r", &route_to("r", "web"));
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[upstream]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["default", "many", "few"][..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    for h2 in [false, true] {
+        // Envoy's default: 100 fields (`host` is one over HTTP/1.1).
+        assert_eq!(with_fields(&node, 18507, &fields(90), h2).await.0, 200);
+        assert_eq!(with_fields(&node, 18507, &fields(110), h2).await.0, 431);
+        // Raised to 150; and lowered to 5.
+        assert_eq!(with_fields(&node, 18508, &fields(120), h2).await.0, 200);
+        assert_eq!(with_fields(&node, 18508, &fields(160), h2).await.0, 431);
+        assert_eq!(with_fields(&node, 18509, &fields(3), h2).await.0, 200);
+        assert_eq!(with_fields(&node, 18509, &fields(8), h2).await.0, 431);
+
+        // Underscores: kept by default, dropped or refused when configured.
+        let under = vec![("x_user".to_owned(), "admin".to_owned())];
+        let (status, names) = with_fields(&node, 18507, &under, h2).await;
+        assert_eq!(status, 200);
+        assert!(names.contains(&"x_user".to_owned()), "{names:?}");
+        let (status, names) = with_fields(&node, 18508, &under, h2).await;
+        assert_eq!(status, 200);
+        assert!(!names.contains(&"x_user".to_owned()), "{names:?}");
+        assert_eq!(with_fields(&node, 18509, &under, h2).await.0, 400);
+    }
+    assert_eq!(
+        node.metric("myelin_proxy_headers_with_underscores_total{action=\"dropped\"}"),
+        2.0
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_headers_with_underscores_total{action=\"rejected\"}"),
+        2.0
+    );
 }

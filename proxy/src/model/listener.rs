@@ -131,6 +131,44 @@ pub struct HttpConnectionManager {
     pub max_request_headers_kb: u32,
     /// The HTTP filters before the router, in order (shared by the listener's connections).
     pub http_filters: Arc<super::filter::HttpFilters>,
+    /// What request headers its codec takes (`common_http_protocol_options`).
+    pub header_limits: HeaderLimits,
+}
+
+/// A connection manager's rules for request header fields, checked before anything else
+/// reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HeaderLimits {
+    /// `max_headers_count`: more fields than this are answered 431 (default 100, Envoy's).
+    pub max_count: u32,
+    /// `headers_with_underscores_action`.
+    pub underscores: UnderscoreAction,
+}
+
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        Self {
+            max_count: DEFAULT_MAX_HEADERS_COUNT,
+            underscores: UnderscoreAction::Allow,
+        }
+    }
+}
+
+/// Envoy's default `max_headers_count`.
+pub const DEFAULT_MAX_HEADERS_COUNT: u32 = 100;
+
+/// `headers_with_underscores_action`: what becomes of a request header whose name has an
+/// underscore (a name some servers read as the same as its dashed form).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreAction {
+    /// Kept (Envoy's default).
+    #[default]
+    Allow,
+    /// The request is answered 400.
+    RejectRequest,
+    /// The header is removed.
+    DropHeader,
 }
 
 /// Envoy's default `max_request_headers_kb`, also what connections without a connection

@@ -581,6 +581,7 @@ fn http_connection_manager(
         }
     }
     let mut max_stream_duration_of_hcm = None;
+    let mut header_limits = ml::HeaderLimits::default();
     let idle_timeout = match common_http_protocol_options {
         None => Some(ml::DEFAULT_IDLE_TIMEOUT),
         Some(o) => {
@@ -594,14 +595,34 @@ fn http_connection_manager(
                 max_requests_per_connection,
             } = o;
             cx.unsupported(&cp, "max_connection_duration", max_connection_duration);
-            cx.unsupported(&cp, "max_headers_count", max_headers_count);
+            match max_headers_count.as_ref().map(|v| v.value) {
+                None => {}
+                // Envoy's bound: at least 1.
+                Some(0) => cx.reject(
+                    join(&cp, "max_headers_count"),
+                    Reason::Invalid("must be at least 1".into()),
+                ),
+                Some(n) => header_limits.max_count = n,
+            }
             max_stream_duration_of_hcm =
                 cx.timeout(&join(&cp, "max_stream_duration"), max_stream_duration, None);
-            cx.unsupported(
-                &cp,
-                "headers_with_underscores_action",
-                headers_with_underscores_action,
-            );
+            {
+                use core::http_protocol_options::HeadersWithUnderscoresAction as U;
+                header_limits.underscores = match U::try_from(*headers_with_underscores_action) {
+                    Ok(U::Allow) => ml::UnderscoreAction::Allow,
+                    Ok(U::RejectRequest) => ml::UnderscoreAction::RejectRequest,
+                    Ok(U::DropHeader) => ml::UnderscoreAction::DropHeader,
+                    Err(_) => {
+                        cx.reject(
+                            join(&cp, "headers_with_underscores_action"),
+                            Reason::Invalid(format!(
+                                "unknown value {headers_with_underscores_action}"
+                            )),
+                        );
+                        ml::UnderscoreAction::Allow
+                    }
+                };
+            }
             cx.unsupported(
                 &cp,
                 "max_requests_per_connection",
@@ -688,6 +709,7 @@ fn http_connection_manager(
     Some(ml::HttpConnectionManager {
         headers: std::sync::Arc::new(headers),
         http_filters: std::sync::Arc::new(model::filter::HttpFilters(filters)),
+        header_limits,
         max_request_headers_kb,
         stat_prefix: stat_prefix.clone(),
         route,

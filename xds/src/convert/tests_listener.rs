@@ -259,6 +259,26 @@ fn supported_fields() {
             },
         ),
         (
+            "header limits",
+            with_hcm(|h| {
+                h.common_http_protocol_options = Some(core::HttpProtocolOptions {
+                    max_headers_count: u32v(150),
+                    headers_with_underscores_action:
+                        core::http_protocol_options::HeadersWithUnderscoresAction::DropHeader as i32,
+                    ..Default::default()
+                })
+            }),
+            |m| {
+                assert_eq!(
+                    hcm_of(m).header_limits,
+                    ml::HeaderLimits {
+                        max_count: 150,
+                        underscores: ml::UnderscoreAction::DropHeader,
+                    }
+                )
+            },
+        ),
+        (
             "strip_matching_host_port",
             with_hcm(|h| h.strip_matching_host_port = true),
             |m| assert_eq!(hcm_of(m).headers.host.strip_port, ml::StripPort::Matching),
@@ -587,6 +607,11 @@ fn rejections() {
             with_hcm(|h| {
                 h.local_reply_config = Some(Default::default());
                 h.upgrade_configs = vec![Default::default()];
+                h.common_http_protocol_options = Some(core::HttpProtocolOptions {
+                    max_headers_count: u32v(0),
+                    headers_with_underscores_action: 9,
+                    ..Default::default()
+                });
                 h.strip_matching_host_port = true;
                 h.strip_port_mode = Some(
                     hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true),
@@ -594,6 +619,8 @@ fn rejections() {
             }),
             vec![
                 format!("{fc0}.local_reply_config: not supported"),
+                format!("{fc0}.common_http_protocol_options.max_headers_count: must be at least 1"),
+                format!("{fc0}.common_http_protocol_options.headers_with_underscores_action: unknown value 9"),
                 format!("{fc0}.strip_any_host_port: set together with `strip_matching_host_port`"),
                 format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
             ],
