@@ -20,7 +20,9 @@
 //! hyper's server (not when the request is answered without it). The client's half close
 //! is seen at the next head (hyper's `half_close(true)`). Between requests the connection closes on
 //! a drain or its idle timeout; a request in flight during a drain is answered with
-//! `connection: close`.
+//! `connection: close`. A head begun is bounded by the connection manager's
+//! `request_headers_timeout` (closed, nothing said), `request_timeout` and
+//! `stream_idle_timeout` (408), counted from its first byte as Envoy's stream timers are.
 
 use std::future::poll_fn;
 use std::io;
@@ -34,6 +36,7 @@ use http_body::{Body, Frame, SizeHint};
 use sync_wrapper::SyncWrapper;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::body::RequestBody;
@@ -53,6 +56,57 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// (Envoy's local reply for it has no body), before the connection is closed.
 const TOO_LARGE: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// What a request whose head did not come whole within `request_timeout` or
+/// `stream_idle_timeout` gets, before the connection is closed (Envoy's local reply).
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 16\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest timeout\n";
+
+/// Which connection manager timeout ended a request head that did not come whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadTimeout {
+    /// `request_headers_timeout`: the connection is closed, nothing answered (Envoy's).
+    RequestHeaders,
+    /// `request_timeout`: 408.
+    Request,
+    /// `stream_idle_timeout`: nothing came for that long; 408.
+    StreamIdle,
+}
+
+impl HeadTimeout {
+    fn as_str(self) -> &'static str {
+        match self {
+            HeadTimeout::RequestHeaders => "request_headers",
+            HeadTimeout::Request => "request",
+            HeadTimeout::StreamIdle => "stream_idle",
+        }
+    }
+}
+
+/// The first of the timeouts that bound a head whose first byte came at `first` and latest
+/// at `last`.
+fn head_deadline(
+    t: &crate::timeout::HcmTimeouts,
+    first: Instant,
+    last: Instant,
+) -> Option<(Instant, HeadTimeout)> {
+    [
+        t.request_headers
+            .map(|d| (first + d, HeadTimeout::RequestHeaders)),
+        t.request.map(|d| (first + d, HeadTimeout::Request)),
+        t.stream_idle.map(|d| (last + d, HeadTimeout::StreamIdle)),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by_key(|(at, _)| *at)
+}
+
+/// Sleeps until `at`; forever when there is none (a timer only when there is one).
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Response bytes gathered before they are written while the body has more ready.
 const WRITE_AHEAD: usize = 64 * 1024;
@@ -85,6 +139,8 @@ where
     let mut idle = std::pin::pin!(crate::http::idle(conn));
     let limit = conn.max_request_headers();
     loop {
+        // When this head's first byte and its latest bytes came (set once bytes wait).
+        let mut begun: Option<(Instant, Instant)> = None;
         let head = loop {
             let before = buf.len();
             let too_large = match h1codec::parse_request_head(&mut buf) {
@@ -114,6 +170,12 @@ where
             if buf.capacity() - buf.len() < READ_BUF / 4 {
                 buf.reserve(READ_BUF);
             }
+            // A head begun is bounded by the connection manager's timeouts, as Envoy's
+            // stream is from its first byte (a head that came whole never gets here).
+            let deadline = match begun {
+                Some((first, last)) if !between => head_deadline(conn.timeouts(), first, last),
+                _ => None,
+            };
             let read = tokio::select! {
                 biased;
                 r = io.read_buf(&mut buf) => r,
@@ -122,10 +184,23 @@ where
                     debug!(peer = %conn.peer(), "closing an idle downstream HTTP/1 connection");
                     return Ended::Closed;
                 }
+                () = until(deadline.map(|(at, _)| at)) => {
+                    let expired = deadline.map_or(HeadTimeout::RequestHeaders, |(_, e)| e);
+                    debug!(peer = %conn.peer(), timeout = expired.as_str(), "request head timed out");
+                    conn.metrics().head_timeout(expired.as_str());
+                    if expired != HeadTimeout::RequestHeaders {
+                        let _ = io.write_all(REQUEST_TIMEOUT).await;
+                    }
+                    let _ = io.shutdown().await;
+                    return Ended::Closed;
+                }
             };
             match read {
                 Ok(0) => return Ended::Closed,
-                Ok(_) => {}
+                Ok(_) => {
+                    let now = Instant::now();
+                    begun = Some((begun.map_or(now, |(first, _)| first), now));
+                }
                 Err(e) => {
                     debug!(peer = %conn.peer(), error = %e, "downstream read failed");
                     return Ended::Closed;

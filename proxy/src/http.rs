@@ -361,6 +361,16 @@ impl HttpConn {
 
     /// The largest request head (HTTP/1.1) or header list (HTTP/2), in bytes; larger ones
     /// are answered 431.
+    /// The proxy's counters.
+    pub(crate) fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
+    }
+
+    /// The connection manager's timeouts.
+    pub(crate) fn timeouts(&self) -> &crate::timeout::HcmTimeouts {
+        &self.timeouts
+    }
+
     pub(crate) fn max_request_headers(&self) -> usize {
         self.max_request_headers
     }

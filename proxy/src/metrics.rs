@@ -26,6 +26,7 @@
 //! | `proxy_cors_origins_total`                     | counter   | `origin` (`valid`, `invalid`) |
 //! | `proxy_mirrored_requests_total`                | counter   | `outcome` (`answered`, `failed`, `skipped`) |
 //! | `proxy_headers_with_underscores_total`         | counter   | `action` (`dropped`, `rejected`) |
+//! | `proxy_request_head_timeouts_total`            | counter   | `timeout` (`request_headers`, `request`, `stream_idle`) |
 //! | `proxy_local_rate_limit_total`                 | counter   | `stat_prefix`, `outcome` (`ok`, `limited_not_enforced`, `enforced`) |
 
 use std::fmt;
@@ -89,6 +90,13 @@ pub struct FaultLabels {
 pub struct CorsLabels {
     /// `valid` (allowed by the route's CORS policy) or `invalid`.
     pub origin: &'static str,
+}
+
+/// Labels of `proxy_request_head_timeouts`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeadTimeoutLabels {
+    /// The connection manager timeout: `request_headers`, `request` or `stream_idle`.
+    pub timeout: &'static str,
 }
 
 /// Labels of `proxy_headers_with_underscores`.
@@ -292,6 +300,7 @@ pub struct ProxyMetrics {
     pub(crate) mirrored_requests: Family<MirrorLabels, Counter>,
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
+    pub(crate) head_timeouts: Family<HeadTimeoutLabels, Counter>,
     /// Same-node connections and requests refused by the inbound policy.
     pub(crate) local_refused: Family<crate::local::RefusalLabels, Counter>,
 }
@@ -330,6 +339,7 @@ impl ProxyMetrics {
             mirrored_requests: Family::default(),
             local_rate_limit: Family::default(),
             headers_with_underscores: Family::default(),
+            head_timeouts: Family::default(),
             local_refused: Family::default(),
         };
         registry.register(
@@ -444,6 +454,12 @@ impl ProxyMetrics {
             m.headers_with_underscores.clone(),
         );
         registry.register(
+            "proxy_request_head_timeouts",
+            "HTTP/1.1 connections closed because a request head begun did not come whole in \
+             time, by the connection manager timeout that ended it",
+            m.head_timeouts.clone(),
+        );
+        registry.register(
             "proxy_local_refused",
             "Pod-to-pod connections (opaque) and requests (HTTP) on this node refused by the \
              inbound policy (myelin.mtls.inbound_allow), by reason: denied (the source's \
@@ -489,6 +505,13 @@ impl ProxyMetrics {
         let origin = if valid { "valid" } else { "invalid" };
         self.cors_origins
             .get_or_create(&CorsLabels { origin })
+            .inc();
+    }
+
+    /// A request head that did not come whole before `timeout`.
+    pub(crate) fn head_timeout(&self, timeout: &'static str) {
+        self.head_timeouts
+            .get_or_create(&HeadTimeoutLabels { timeout })
             .inc();
     }
 

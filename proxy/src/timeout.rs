@@ -59,6 +59,8 @@ pub(crate) struct HcmTimeouts {
     pub(crate) idle: Option<Duration>,
     /// `common_http_protocol_options.max_stream_duration`.
     pub(crate) max_stream: Option<Duration>,
+    /// `request_headers_timeout`: a request head begun must be whole within it.
+    pub(crate) request_headers: Option<Duration>,
 }
 
 impl Default for HcmTimeouts {
@@ -69,6 +71,7 @@ impl Default for HcmTimeouts {
             stream_idle: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
             idle: Some(DEFAULT_IDLE_TIMEOUT),
             max_stream: None,
+            request_headers: None,
         }
     }
 }
@@ -80,6 +83,7 @@ impl From<&HttpConnectionManager> for HcmTimeouts {
             stream_idle: h.stream_idle_timeout,
             idle: h.idle_timeout,
             max_stream: h.max_stream_duration,
+            request_headers: h.request_headers_timeout,
         }
     }
 }

@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -508,4 +509,86 @@ async fn header_counts_and_underscores() {
         node.metric("myelin_proxy_headers_with_underscores_total{action=\"rejected\"}"),
         2.0
     );
+}
+
+/// Sends the start of a request head and nothing more: what comes back before the
+/// connection closes, and how long that took (`None`: still open after `wait`).
+async fn partial_head(node: &Node, port: u16, wait: Duration) -> Option<(String, Duration)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = node.connect(vip(port)).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: web\r\nx-slow: 1")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    match tokio::time::timeout(wait, stream.read_to_end(&mut got)).await {
+        Ok(_) => Some((
+            String::from_utf8_lossy(&got).into_owned(),
+            started.elapsed(),
+        )),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_are_bounded_by_the_connection_managers_timeouts() {
+    let (upstream, _task) = header_echo().await;
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "default", &http_listener("default", 18513, "r"));
+        set(
+            b,
+            "headers",
+            &http_listener_with("headers", 18514, "r", &["request_headers_timeout: 0.3s"]),
+        );
+        set(
+            b,
+            "request",
+            &http_listener_with("request", 18515, "r", &["request_timeout: 0.3s"]),
+        );
+        set(
+            b,
+            "idle",
+            &http_listener_with("idle", 18516, "r", &["stream_idle_timeout: 0.3s"]),
+        );
+        set(b, "r", &route_to("r", "web"));
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[upstream]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (
+            type_url::LISTENER,
+            &["default", "headers", "request", "idle"][..],
+        ),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    let wait = Duration::from_secs(3);
+    // `request_headers_timeout`: closed with nothing said, as Envoy does.
+    let (got, took) = partial_head(&node, 18514, wait).await.expect("closed");
+    assert_eq!(got, "");
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    // `request_timeout` and `stream_idle_timeout` count from the head's first byte too:
+    // a 408.
+    for port in [18515, 18516] {
+        let (got, took) = partial_head(&node, port, wait).await.expect("closed");
+        assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+    }
+    assert_eq!(
+        node.metric("myelin_proxy_request_head_timeouts_total{timeout=\"request_headers\"}"),
+        1.0
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_request_head_timeouts_total{timeout=\"stream_idle\"}"),
+        1.0
+    );
+    // Envoy's defaults: 5 minutes of stream idle time, so still open.
+    assert!(partial_head(&node, 18513, Duration::from_millis(800))
+        .await
+        .is_none());
 }

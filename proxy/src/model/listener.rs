@@ -104,6 +104,10 @@ pub struct HttpConnectionManager {
     /// Whole-request timeout (`request_timeout`); `None`: disabled (Envoy's default).
     #[serde(serialize_with = "opt_duration_str")]
     pub request_timeout: Option<Duration>,
+    /// `request_headers_timeout`: from a request head's first byte to its last (HTTP/1.1);
+    /// `None`: no limit (Envoy's default).
+    #[serde(serialize_with = "opt_duration_str")]
+    pub request_headers_timeout: Option<Duration>,
     /// Idle time of a stream before it is reset (`stream_idle_timeout`); Envoy default
     /// 5 min, `None`: disabled.
     #[serde(serialize_with = "opt_duration_str")]

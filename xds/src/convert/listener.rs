@@ -522,7 +522,6 @@ fn http_connection_manager(
             "scheme_header_transformation",
             scheme_header_transformation.is_some(),
         ),
-        ("request_headers_timeout", request_headers_timeout.is_some()),
         (
             "original_ip_detection_extensions",
             !original_ip_detection_extensions.is_empty(),
@@ -714,6 +713,11 @@ fn http_connection_manager(
         stat_prefix: stat_prefix.clone(),
         route,
         request_timeout: cx.timeout(&join(p, "request_timeout"), request_timeout, None),
+        request_headers_timeout: cx.timeout(
+            &join(p, "request_headers_timeout"),
+            request_headers_timeout,
+            None,
+        ),
         stream_idle_timeout: cx.timeout(
             &join(p, "stream_idle_timeout"),
             stream_idle_timeout,

@@ -92,6 +92,7 @@ fn supported_fields() {
             let h = hcm_of(m);
             assert_eq!(h.route, ml::RouteSource::Rds("r".into()));
             assert_eq!(h.request_timeout, None);
+            assert_eq!(h.request_headers_timeout, None);
             assert_eq!(h.stream_idle_timeout, Some(Duration::from_secs(300)));
             assert_eq!(h.idle_timeout, Some(Duration::from_secs(3600)));
             assert_eq!(h.http2, ml::Http2Settings::default());
@@ -434,6 +435,7 @@ fn supported_fields() {
             "timeouts (0 disables)",
             with_hcm(|h| {
                 h.request_timeout = dur(3, 0);
+                h.request_headers_timeout = dur(0, 500_000_000);
                 h.stream_idle_timeout = dur(0, 0);
                 h.common_http_protocol_options = Some(core::HttpProtocolOptions {
                     idle_timeout: dur(60, 0),
@@ -444,6 +446,7 @@ fn supported_fields() {
             |m| {
                 let h = hcm_of(m);
                 assert_eq!(h.request_timeout, Some(Duration::from_secs(3)));
+                assert_eq!(h.request_headers_timeout, Some(Duration::from_millis(500)));
                 assert_eq!(h.stream_idle_timeout, None);
                 assert_eq!(h.idle_timeout, Some(Duration::from_secs(60)));
                 assert_eq!(h.max_stream_duration, Some(Duration::from_secs(20)));
