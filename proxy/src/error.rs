@@ -365,7 +365,7 @@ impl ProxyError {
         }
     }
 
-    fn body(&self) -> &'static str {
+    pub(crate) fn body(&self) -> &'static str {
         match self {
             ProxyError::UpstreamConnect { reason, .. } => match reason {
                 ConnectErrorReason::Refused => {

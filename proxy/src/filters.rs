@@ -359,11 +359,22 @@ async fn fault(
         .active_fault
         .get_or_insert_with(|| ActiveFault::new(active));
     metrics.fault_injected("abort");
+    // Marked for a `local_reply_config` (rare enough not to ask first whether there is one):
+    // Envoy's aborts are local replies.
+    let local = |resp, code, own| crate::local_reply::mark(resp, code, ABORT_BODY, own);
     let resp = match status {
-        AbortStatus::Http(code) => crate::http::for_grpc(abort_response(code), ABORT_BODY, grpc),
-        AbortStatus::Grpc(code) if grpc => crate::error::grpc_local_reply(code, ABORT_BODY),
+        AbortStatus::Http(code) => local(
+            crate::http::for_grpc(abort_response(code), ABORT_BODY, grpc),
+            code,
+            None,
+        ),
+        AbortStatus::Grpc(code) if grpc => local(
+            crate::error::grpc_local_reply(code, ABORT_BODY),
+            200,
+            Some(code),
+        ),
         // Envoy answers a gRPC abort to a request that is not gRPC with a plain `200`.
-        AbortStatus::Grpc(_) | AbortStatus::Header => abort_response(200),
+        AbortStatus::Grpc(_) | AbortStatus::Header => local(abort_response(200), 200, None),
     };
     Some((resp, "FI"))
 }
@@ -413,11 +424,14 @@ fn local_rate_limit(
     let h = resp.headers_mut();
     h.insert(X_ENVOY_RATELIMITED, HeaderValue::from_static("true"));
     crate::traffic::router::mutate_headers(h, &policy.response_headers_to_add, &[]);
-    if grpc && policy.grpc_resource_exhausted {
+    let own = (grpc && policy.grpc_resource_exhausted).then_some(GRPC_RESOURCE_EXHAUSTED);
+    if let Some(s) = own {
         // `for_grpc` keeps a status the answer names.
-        h.insert("grpc-status", HeaderValue::from(GRPC_RESOURCE_EXHAUSTED));
+        h.insert("grpc-status", HeaderValue::from(s));
     }
     let resp = crate::http::for_grpc(resp, RATE_LIMITED_BODY, grpc);
+    // A local reply in Envoy: marked for a `local_reply_config`.
+    let resp = crate::local_reply::mark(resp, policy.status, RATE_LIMITED_BODY, own);
     Some((resp, "RL"))
 }
 

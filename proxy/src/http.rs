@@ -47,6 +47,7 @@ use crate::extended_connect;
 use crate::filters::{self, Filtered};
 use crate::golden::{self, DestinationLabels, GoldenMetrics, RequestRecord, SourceLabels, UNKNOWN};
 use crate::h2server::{ConnectProtocol, Ended, Limits, Signals};
+use crate::local_reply;
 use crate::lock;
 use crate::metrics::{MissReason, ProxyMetrics, RequestLabels};
 use crate::model::cluster::{DnsLookupFamily, UpstreamProtocol as ClusterProtocol};
@@ -56,6 +57,7 @@ use crate::model::listener::{
     HeaderHandling, HeaderLimits, Http2Settings, PathNormalization, UnderscoreAction,
     DEFAULT_MAX_REQUEST_HEADERS_KB,
 };
+use crate::model::local_reply::LocalReplyConfig;
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
@@ -146,6 +148,8 @@ pub(crate) struct HttpConn {
     max_request_headers: usize,
     /// How many request header fields, and what of names with underscores.
     header_limits: HeaderLimits,
+    /// The connection manager's `local_reply_config`.
+    local_reply: Option<Arc<LocalReplyConfig>>,
     /// Streams in flight, for the connection idle timeout.
     activity: Arc<ConnActivity>,
     /// For the deadlines of its requests until their responses.
@@ -293,6 +297,8 @@ pub(crate) struct ManagerSettings {
     pub(crate) max_request_headers: usize,
     /// How many request header fields, and what of names with underscores.
     pub(crate) header_limits: HeaderLimits,
+    /// `local_reply_config`.
+    pub(crate) local_reply: Option<Arc<LocalReplyConfig>>,
 }
 
 impl Default for ManagerSettings {
@@ -302,6 +308,7 @@ impl Default for ManagerSettings {
             http2: Http2Settings::default(),
             max_request_headers: DEFAULT_MAX_REQUEST_HEADERS_KB as usize * 1024,
             header_limits: HeaderLimits::default(),
+            local_reply: None,
         }
     }
 }
@@ -313,6 +320,7 @@ impl From<&crate::model::listener::HttpConnectionManager> for ManagerSettings {
             http2: hcm.http2,
             max_request_headers: hcm.max_request_headers_kb as usize * 1024,
             header_limits: hcm.header_limits,
+            local_reply: hcm.local_reply.clone(),
         }
     }
 }
@@ -342,6 +350,7 @@ impl HttpConn {
             http2: p.manager.http2,
             max_request_headers: p.manager.max_request_headers,
             header_limits: p.manager.header_limits,
+            local_reply: p.manager.local_reply,
             activity: Arc::new(ConnActivity::default()),
             timer: StreamTimer::default(),
             hbone: p.hbone,
@@ -361,6 +370,22 @@ impl HttpConn {
 
     /// The largest request head (HTTP/1.1) or header list (HTTP/2), in bytes; larger ones
     /// are answered 431.
+    /// `resp`, a reply the proxy made (status `code` and `body` before any gRPC conversion,
+    /// the gRPC status it names itself), marked for the `local_reply_config` when there is
+    /// one.
+    pub(crate) fn local(
+        &self,
+        resp: Response<ProxyBody>,
+        code: u16,
+        body: &str,
+        grpc_status: Option<u32>,
+    ) -> Response<ProxyBody> {
+        match self.local_reply {
+            Some(_) => local_reply::mark(resp, code, body, grpc_status),
+            None => resp,
+        }
+    }
+
     /// The proxy's counters.
     pub(crate) fn metrics(&self) -> &ProxyMetrics {
         &self.metrics
@@ -458,6 +483,13 @@ impl HttpConn {
                 )
             });
             let authority_seen = SeenAuthority::of(&req);
+            // The request's head for a local reply config that reads it (boxed: one word in
+            // every request's future).
+            let kept = self
+                .local_reply
+                .as_ref()
+                .filter(|c| c.reads_request_headers())
+                .map(|_| Box::new(KeptHead::of(&req)));
             let stream = Arc::new(StreamState::new(
                 tokio::time::Instant::from_std(start),
                 http_body::Body::is_end_stream(req.body()),
@@ -472,7 +504,7 @@ impl HttpConn {
                 }
                 Ok(Some(redirect)) => {
                     let dest = self.destination(None, None, authority_seen.as_str());
-                    Ok((redirect, "-", dest))
+                    Ok((self.local(redirect, 307, "", None), "-", dest))
                 }
                 Err(e) => Err(e),
             };
@@ -503,11 +535,28 @@ impl HttpConn {
                         _ => (self.reporter == Reporter::Destination).then_some(self.dst),
                     };
                     let dest = self.destination(None, addr, authority_seen.as_str());
-                    (e.to_response(grpc), e.response_flags(), dest)
+                    let named = e.grpc_status();
+                    let own =
+                        (named != crate::error::grpc::status_of_http(e.status())).then_some(named);
+                    let resp = self.local(e.to_response(grpc), e.status().as_u16(), e.body(), own);
+                    (resp, e.response_flags(), dest)
                 }
             };
-            filtered.finish_response(resp.headers_mut());
             let flags = filtered.flags(flags);
+            if let Some(cfg) = &self.local_reply {
+                let facts = local_reply::Facts {
+                    flags,
+                    grpc,
+                    request: kept.as_deref().map(KeptHead::head),
+                    protocol: match self.downstream {
+                        Protocol::Http2 => "HTTP/2",
+                        _ => "HTTP/1.1",
+                    },
+                    elapsed: start.elapsed(),
+                };
+                resp = local_reply::rewrite(cfg, resp, &facts);
+            }
+            filtered.finish_response(resp.headers_mut());
             drop(filtered);
             if let Some((headers, facts)) = &managed {
                 conn_manager::mutate_response(headers, resp.headers_mut(), facts);
@@ -995,7 +1044,9 @@ impl HttpConn {
                         local_response(d.status, String::new())
                     };
                     response_mutations(&mut resp, &table, vh, route);
-                    return Ok(Err((for_grpc(resp, &body, is_grpc(req.headers())), "-")));
+                    let own = named_grpc_status(resp.headers());
+                    let resp = for_grpc(resp, &body, is_grpc(req.headers()));
+                    return Ok(Err((self.local(resp, d.status, &body, own), "-")));
                 }
                 Action::Redirect(r) => {
                     let location = router::redirect_location(r, &route.route_match, &head);
@@ -1004,7 +1055,9 @@ impl HttpConn {
                         resp.headers_mut().insert(header::LOCATION, v);
                     }
                     response_mutations(&mut resp, &table, vh, route);
-                    return Ok(Err((for_grpc(resp, "", is_grpc(req.headers())), "-")));
+                    let own = named_grpc_status(resp.headers());
+                    let resp = for_grpc(resp, "", is_grpc(req.headers()));
+                    return Ok(Err((self.local(resp, r.response_code, "", own), "-")));
                 }
             };
             let cluster = match &action.cluster {
@@ -1805,6 +1858,38 @@ fn normalize_path<B>(
     }
 }
 
+/// A request's method, URI and headers, kept for a local reply config that reads them.
+struct KeptHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl KeptHead {
+    fn of<B>(req: &Request<B>) -> Self {
+        KeptHead {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn head(&self) -> RequestHead<'_> {
+        RequestHead {
+            method: self.method.as_str(),
+            authority: self
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| self.uri.authority().map(|a| a.as_str()))
+                .unwrap_or(""),
+            path: self.uri.path_and_query().map_or("/", |p| p.as_str()),
+            scheme: "http",
+            headers: &self.headers,
+        }
+    }
+}
+
 /// Checks a request's header fields against `limits` (Envoy's codec checks): too many is a
 /// refusal; names with underscores are refused or dropped when the limits say so.
 fn check_headers(
@@ -1890,6 +1975,11 @@ pub(crate) fn for_grpc(resp: Response<ProxyBody>, body: &str, grpc: bool) -> Res
     headers.remove(GRPC_STATUS);
     reply.headers_mut().extend(headers);
     reply
+}
+
+/// The `grpc-status` a route's own answer names in its headers.
+fn named_grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 /// Whether the upstream's response completes the upgrade the request asked for.

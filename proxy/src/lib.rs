@@ -47,6 +47,7 @@ mod h2server;
 pub mod hbone;
 mod http;
 mod local;
+mod local_reply;
 pub mod metrics;
 mod mirror;
 pub mod model;

@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,10 +17,12 @@ use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
 use support::*;
 use tokio::net::TcpListener;
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 
 /// An HTTP/1.1 upstream answering every request with its headers, one `name: value` line
 /// each, and a `server: upstream` header of its own.
-async fn header_echo() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+async fn header_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -48,6 +51,35 @@ async fn header_echo() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         }
     });
     (addr, task)
+}
+
+/// A node whose control plane serves `listeners`, the route table `routes` (named `r`)
+/// and the cluster `web` at `upstream`, once it has applied them all; the control plane
+/// lives as long as the caller keeps it.
+async fn serving(
+    listeners: Vec<Listener>,
+    routes: RouteConfiguration,
+    upstream: SocketAddr,
+) -> (ControlPlane, Node) {
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        for l in &listeners {
+            set(b, &l.name, l);
+        }
+        set(b, "r", &routes);
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[upstream]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    for (url, names) in [
+        (type_url::LISTENER, &names[..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    (cp, node)
 }
 
 /// What one exchange showed: the headers the upstream got (the last value of each name),
@@ -92,15 +124,10 @@ fn is_uuid_v4(s: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_manager_header_rules() {
     let (upstream, _task) = header_echo().await;
-    let cp = ControlPlane::start().await;
-    cp.update(|b| {
-        // Envoy's defaults.
-        set(b, "plain", &http_listener("plain", 18501, "r"));
-        // An edge proxy's settings, and istiod's server name.
-        set(
-            b,
-            "edge",
-            &http_listener_with(
+    let (_cp, node) = serving(
+        vec![
+            http_listener("plain", 18501, "r"),
+            http_listener_with(
                 "edge",
                 18502,
                 "r",
@@ -116,12 +143,7 @@ async fn connection_manager_header_rules() {
                     "    use_request_id_for_trace_sampling: true",
                 ],
             ),
-        );
-        // Loopback clients are internal here.
-        set(
-            b,
-            "internal",
-            &http_listener_with(
+            http_listener_with(
                 "internal",
                 18503,
                 "r",
@@ -132,19 +154,11 @@ async fn connection_manager_header_rules() {
                     "  cidr_ranges: [{address_prefix: 127.0.0.0, prefix_len: 8}]",
                 ],
             ),
-        );
-        set(b, "r", &route_to("r", "web"));
-        set(b, "web", &eds_cluster("web"));
-        set(b, "web", &endpoints("web", &[upstream]));
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    for (url, names) in [
-        (type_url::LISTENER, &["plain", "edge", "internal"][..]),
-        (type_url::ROUTE, &["r"]),
-        (type_url::ENDPOINT, &["web"]),
-    ] {
-        node.wait_applied(url, names, &cp.version(url)).await;
-    }
+        ],
+        route_to("r", "web"),
+        upstream,
+    )
+    .await;
 
     // Defaults: an ID and the scheme added, the steering headers of a client that is not
     // internal removed, x-forwarded-for left alone, and the server named.
@@ -262,26 +276,15 @@ async fn h2_statuses_with_headers_of(node: &Node, port: u16, sizes: &[usize]) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_heads_above_the_connection_managers_limit_are_431() {
     let (upstream, _task) = header_echo().await;
-    let cp = ControlPlane::start().await;
-    cp.update(|b| {
-        set(b, "default", &http_listener("default", 18511, "r"));
-        set(
-            b,
-            "small",
-            &http_listener_with("small", 18512, "r", &["max_request_headers_kb: 2"]),
-        );
-        set(b, "r", &route_to("r", "web"));
-        set(b, "web", &eds_cluster("web"));
-        set(b, "web", &endpoints("web", &[upstream]));
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    for (url, names) in [
-        (type_url::LISTENER, &["default", "small"][..]),
-        (type_url::ROUTE, &["r"]),
-        (type_url::ENDPOINT, &["web"]),
-    ] {
-        node.wait_applied(url, names, &cp.version(url)).await;
-    }
+    let (_cp, node) = serving(
+        vec![
+            http_listener("default", 18511, "r"),
+            http_listener_with("small", 18512, "r", &["max_request_headers_kb: 2"]),
+        ],
+        route_to("r", "web"),
+        upstream,
+    )
+    .await;
     // 2 KiB: a head of a little more is refused, a little less served.
     assert_eq!(status_with_header_of(&node, 18512, 1500).await, 200);
     assert_eq!(status_with_header_of(&node, 18512, 2100).await, 431);
@@ -323,10 +326,9 @@ async fn host_seen(node: &Node, port: u16, host: &str) -> (u16, Option<String>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_rules_apply_before_routing() {
     let (upstream, _task) = header_echo().await;
-    let cp = ControlPlane::start().await;
     // Only `web` is routed: a host with a port or a trailing dot finds no route unless the
     // connection manager's rules take them off.
-    let routes: xds_api::pb::envoy::config::route::v3::RouteConfiguration = yaml(
+    let routes: RouteConfiguration = yaml(
         r#"
 name: r
 virtual_hosts:
@@ -337,35 +339,21 @@ virtual_hosts:
     route: {cluster: web}
 "#,
     );
-    cp.update(|b| {
-        set(b, "plain", &http_listener("plain", 18504, "r"));
-        set(
-            b,
-            "any",
-            &http_listener_with(
+    let (_cp, node) = serving(
+        vec![
+            http_listener("plain", 18504, "r"),
+            http_listener_with(
                 "any",
                 18505,
                 "r",
                 &["strip_any_host_port: true", "strip_trailing_host_dot: true"],
             ),
-        );
-        set(
-            b,
-            "matching",
-            &http_listener_with("matching", 18506, "r", &["strip_matching_host_port: true"]),
-        );
-        set(b, "r", &routes);
-        set(b, "web", &eds_cluster("web"));
-        set(b, "web", &endpoints("web", &[upstream]));
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    for (url, names) in [
-        (type_url::LISTENER, &["plain", "any", "matching"][..]),
-        (type_url::ROUTE, &["r"]),
-        (type_url::ENDPOINT, &["web"]),
-    ] {
-        node.wait_applied(url, names, &cp.version(url)).await;
-    }
+            http_listener_with("matching", 18506, "r", &["strip_matching_host_port: true"]),
+        ],
+        routes,
+        upstream,
+    )
+    .await;
 
     // Envoy's default: the host as it came, so these find no route.
     assert_eq!(host_seen(&node, 18504, "web:8080").await.0, 404);
@@ -438,13 +426,10 @@ fn fields(n: usize) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_counts_and_underscores() {
     let (upstream, _task) = header_echo().await;
-    let cp = ControlPlane::start().await;
-    cp.update(|b| {
-        set(b, "default", &http_listener("default", 18507, "r"));
-        set(
-            b,
-            "many",
-            &http_listener_with(
+    let (_cp, node) = serving(
+        vec![
+            http_listener("default", 18507, "r"),
+            http_listener_with(
                 "many",
                 18508,
                 "r",
@@ -454,11 +439,7 @@ async fn header_counts_and_underscores() {
                     "  headers_with_underscores_action: DROP_HEADER",
                 ],
             ),
-        );
-        set(
-            b,
-            "few",
-            &http_listener_with(
+            http_listener_with(
                 "few",
                 18509,
                 "r",
@@ -468,19 +449,11 @@ async fn header_counts_and_underscores() {
                     "  headers_with_underscores_action: REJECT_REQUEST",
                 ],
             ),
-        );
-        set(b, "r", &route_to("r", "web"));
-        set(b, "web", &eds_cluster("web"));
-        set(b, "web", &endpoints("web", &[upstream]));
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    for (url, names) in [
-        (type_url::LISTENER, &["default", "many", "few"][..]),
-        (type_url::ROUTE, &["r"]),
-        (type_url::ENDPOINT, &["web"]),
-    ] {
-        node.wait_applied(url, names, &cp.version(url)).await;
-    }
+        ],
+        route_to("r", "web"),
+        upstream,
+    )
+    .await;
     for h2 in [false, true] {
         // Envoy's default: 100 fields (`host` is one over HTTP/1.1).
         assert_eq!(with_fields(&node, 18507, &fields(90), h2).await.0, 200);
@@ -534,39 +507,17 @@ async fn partial_head(node: &Node, port: u16, wait: Duration) -> Option<(String,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_heads_are_bounded_by_the_connection_managers_timeouts() {
     let (upstream, _task) = header_echo().await;
-    let cp = ControlPlane::start().await;
-    cp.update(|b| {
-        set(b, "default", &http_listener("default", 18513, "r"));
-        set(
-            b,
-            "headers",
-            &http_listener_with("headers", 18514, "r", &["request_headers_timeout: 0.3s"]),
-        );
-        set(
-            b,
-            "request",
-            &http_listener_with("request", 18515, "r", &["request_timeout: 0.3s"]),
-        );
-        set(
-            b,
-            "idle",
-            &http_listener_with("idle", 18516, "r", &["stream_idle_timeout: 0.3s"]),
-        );
-        set(b, "r", &route_to("r", "web"));
-        set(b, "web", &eds_cluster("web"));
-        set(b, "web", &endpoints("web", &[upstream]));
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    for (url, names) in [
-        (
-            type_url::LISTENER,
-            &["default", "headers", "request", "idle"][..],
-        ),
-        (type_url::ROUTE, &["r"]),
-        (type_url::ENDPOINT, &["web"]),
-    ] {
-        node.wait_applied(url, names, &cp.version(url)).await;
-    }
+    let (_cp, node) = serving(
+        vec![
+            http_listener("default", 18513, "r"),
+            http_listener_with("headers", 18514, "r", &["request_headers_timeout: 0.3s"]),
+            http_listener_with("request", 18515, "r", &["request_timeout: 0.3s"]),
+            http_listener_with("idle", 18516, "r", &["stream_idle_timeout: 0.3s"]),
+        ],
+        route_to("r", "web"),
+        upstream,
+    )
+    .await;
     let wait = Duration::from_secs(3);
     // `request_headers_timeout`: closed with nothing said, as Envoy does.
     let (got, took) = partial_head(&node, 18514, wait).await.expect("closed");
@@ -591,4 +542,85 @@ async fn request_heads_are_bounded_by_the_connection_managers_timeouts() {
     assert!(partial_head(&node, 18513, Duration::from_millis(800))
         .await
         .is_none());
+}
+
+/// GET `path` with `Host: host`: status, headers and body.
+async fn get_on(node: &Node, port: u16, host: &str, path: &str) -> (u16, http::HeaderMap, String) {
+    let stream = node.connect(vip(port)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(path).header("host", host);
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_are_rewritten_by_the_connection_manager() {
+    let (upstream, _task) = header_echo().await;
+    let routes: RouteConfiguration = yaml(
+        r#"
+name: r
+virtual_hosts:
+- name: web
+  domains: [web]
+  routes:
+  - match: {path: /direct}
+    direct_response: {status: 503, body: {inline_string: down}}
+  - match: {prefix: "/"}
+    route: {cluster: web}
+"#,
+    );
+    let (_cp, node) = serving(
+        vec![http_listener_with(
+            "replies",
+            18517,
+            "r",
+            &[
+                "local_reply_config:",
+                "  mappers:",
+                "  - filter: {response_flag_filter: {flags: [NR]}}",
+                "    status_code: 410",
+                "    body: {inline_string: gone}",
+                "    headers_to_add: [{header: {key: x-mapped, value: nr}}]",
+                "  body_format:",
+                "    json_format:",
+                "      code: \"%RESPONSE_CODE%\"",
+                "      message: \"%LOCAL_REPLY_BODY%\"",
+                "      flags: \"%RESPONSE_FLAGS%\"",
+                "      path: \"%REQ(:path)%\"",
+            ],
+        )],
+        routes,
+        upstream,
+    )
+    .await;
+    // No route: the mapper's status, body and header, in the JSON format.
+    let (status, headers, body) = get_on(&node, 18517, "other", "/x").await;
+    assert_eq!(status, 410);
+    assert_eq!(headers["x-mapped"], "nr");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(
+        body,
+        "{\"code\":410,\"flags\":\"NR\",\"message\":\"gone\",\"path\":\"/x\"}\n"
+    );
+    // A direct response is a local reply too: formatted, its status kept.
+    let (status, _, body) = get_on(&node, 18517, "web", "/direct").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        "{\"code\":503,\"flags\":\"-\",\"message\":\"down\",\"path\":\"/direct\"}\n"
+    );
+    // What the upstream answers is its own.
+    let (status, headers, body) = get_on(&node, 18517, "web", "/").await;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-type").is_none());
+    assert!(body.contains("host: web"), "{body}");
 }

@@ -137,6 +137,8 @@ pub struct HttpConnectionManager {
     pub http_filters: Arc<super::filter::HttpFilters>,
     /// What request headers its codec takes (`common_http_protocol_options`).
     pub header_limits: HeaderLimits,
+    /// `local_reply_config`: how the proxy's own replies are rewritten.
+    pub local_reply: Option<Arc<super::local_reply::LocalReplyConfig>>,
 }
 
 /// A connection manager's rules for request header fields, checked before anything else

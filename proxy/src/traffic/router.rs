@@ -137,7 +137,7 @@ impl RequestHead<'_> {
 
     /// A header's value as Envoy's matchers see it: pseudo-headers from the request line,
     /// several values joined with `,`; `None` when absent.
-    fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         match name {
             ":method" => return Some(self.method.to_owned()),
             ":authority" | "host" => return Some(self.authority.to_owned()),

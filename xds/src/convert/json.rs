@@ -177,6 +177,8 @@ const WRAPPER_FIELDS: &[&str] = &[
     "forward_not_matching_preflights",
     "tokens_per_fill",
     "always_consume_default_token_bucket",
+    // `local_reply_config.mappers[].status_code`.
+    "status_code",
 ];
 
 fn is_duration_field(k: &str) -> bool {
@@ -237,6 +239,13 @@ fn normalize_at(v: &mut Value, path: &str) -> Result<(), JsonError> {
             .try_for_each(|(i, item)| normalize_at(item, &format!("{path}[{i}]"))),
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
+                if k == "json_format" {
+                    // A format's JSON is free-form too (its keys are the body's).
+                    if child.is_object() {
+                        *child = pb_struct(child.take());
+                    }
+                    continue;
+                }
                 if k == "filter_metadata" {
                     // Metadata values are free-form: no field-name rewriting inside.
                     if let Value::Object(namespaces) = child {

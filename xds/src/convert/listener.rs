@@ -535,7 +535,6 @@ fn http_connection_manager(
             "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
             *represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
         ),
-        ("local_reply_config", local_reply_config.is_some()),
         (
             "stream_error_on_invalid_http_message",
             stream_error_on_invalid_http_message.is_some(),
@@ -709,6 +708,10 @@ fn http_connection_manager(
         headers: std::sync::Arc::new(headers),
         http_filters: std::sync::Arc::new(model::filter::HttpFilters(filters)),
         header_limits,
+        local_reply: local_reply_config.as_ref().and_then(|c| {
+            super::local_reply::local_reply_config(cx, &join(p, "local_reply_config"), c)
+                .map(std::sync::Arc::new)
+        }),
         max_request_headers_kb,
         stat_prefix: stat_prefix.clone(),
         route,

@@ -21,6 +21,7 @@ pub(crate) mod ext;
 mod filter;
 pub mod json;
 mod listener;
+mod local_reply;
 mod route;
 mod secret;
 

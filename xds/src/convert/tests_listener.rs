@@ -608,7 +608,6 @@ fn rejections() {
         ),
         (
             with_hcm(|h| {
-                h.local_reply_config = Some(Default::default());
                 h.upgrade_configs = vec![Default::default()];
                 h.common_http_protocol_options = Some(core::HttpProtocolOptions {
                     max_headers_count: u32v(0),
@@ -621,7 +620,6 @@ fn rejections() {
                 );
             }),
             vec![
-                format!("{fc0}.local_reply_config: not supported"),
                 format!("{fc0}.common_http_protocol_options.max_headers_count: must be at least 1"),
                 format!("{fc0}.common_http_protocol_options.headers_with_underscores_action: unknown value 9"),
                 format!("{fc0}.strip_any_host_port: set together with `strip_matching_host_port`"),
