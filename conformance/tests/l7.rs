@@ -32,7 +32,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context as _, Result};
 use myelin_testbed::{
     ensure_success, json_output, pattern, py_script, system_python, testbed_ready_with_python,
-    Mesh, Pod, Proc,
+    Mesh, MeshOptions, Pod, Proc,
 };
 use serde_json::Value;
 use support::{
@@ -522,5 +522,37 @@ fn websocket_over_http2_through_the_mesh() -> Result<()> {
         r["reset_code"].is_null() || r["reset_code"] == 0,
         "the stream ended without an error: {r}"
     );
+    Ok(())
+}
+
+/// Envoy's own demo bootstrap (`shared/data/envoy/envoy-demo.yaml`), unchanged, through the
+/// agent: its first listener (0.0.0.0:10000) forwards everything to its second
+/// (127.0.0.1:10001), whose empty route table answers 404 and whose `local_reply_config`
+/// turns that answer into Envoy's welcome page for `GET`s.
+#[test]
+fn envoys_demo_config_runs_unchanged() -> Result<()> {
+    if !ready(&[]) {
+        return Ok(());
+    }
+    let demo =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/envoy/envoy-demo.yaml");
+    let demo = std::fs::read_to_string(&demo)
+        .with_context(|| format!("{} (CI has shared/ beside the repo)", demo.display()))?;
+    let mut mesh = Mesh::build("l7-demo", MeshOptions::pods(&["client"]))?;
+    mesh.options_mut().envoy = demo;
+    mesh.start_agent()?;
+    let scratch = Scratch::new(&mesh)?;
+    let out = scratch.path("body");
+    let client = mesh.pod("client");
+    let url = format!("http://{}:10000/", mesh.node.addr);
+    let r = curl(client, &[], &url, &out)?;
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.code, 404, "{body}");
+    assert!(body.contains("<h1>Welcome to Envoy</h1>"), "{body}");
+    // Not a GET: the mapper's header filter does not match, the plain local reply stays.
+    let r = curl(client, &["-X", "POST"], &url, &out)?;
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.code, 404);
+    assert!(!body.contains("Welcome"), "{body}");
     Ok(())
 }
