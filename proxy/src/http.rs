@@ -58,7 +58,7 @@ use crate::model::listener::{
     DEFAULT_MAX_REQUEST_HEADERS_KB,
 };
 use crate::model::local_reply::LocalReplyConfig;
-use crate::model::route::{Action, ClusterSpecifier, HostRewrite, RetryPolicy};
+use crate::model::route::{Action, ClusterSpecifier, HostRewrite, MirrorCluster, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::path::{self, PathVerdict};
@@ -735,8 +735,13 @@ impl HttpConn {
             }
             // Copies to the route's mirrors go now, their bodies teed from this one's (not
             // of an upgrade or CONNECT, whose bytes after the head are a tunnel's).
-            if !action.mirrors.is_empty() && !upgrading {
-                self.mirror(&action.mirrors, &mut req, decision.hash);
+            // The most specific level with any (route, virtual host, table) decides, as in
+            // Envoy: policies are not merged.
+            let mirrors = [&action.mirrors, &vh.mirrors, &decision.table.config.mirrors]
+                .into_iter()
+                .find(|m| !m.is_empty());
+            if let (Some(mirrors), false) = (mirrors, upgrading) {
+                self.mirror(mirrors, &mut req, decision.hash);
             }
             // Pinned here and lent to `within`: a future of several kilobytes is not copied
             // again into `within`'s.
@@ -1339,22 +1344,32 @@ impl HttpConn {
             if m.fraction.is_some_and(|f| !f.chooses(fastrand::u32(..))) {
                 continue;
             }
+            let name = match &m.cluster {
+                MirrorCluster::Named(n) => Some(n.as_str()),
+                MirrorCluster::FromHeader(h) => req
+                    .headers()
+                    .get(h.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|n| !n.is_empty()),
+            };
             // An endpoint now or none: the request does not wait for its copy.
-            let picked = find_cluster(&traffic, &m.cluster).ok().and_then(|cluster| {
-                let in_flight = cluster.try_request()?;
-                let pick = pick_endpoint(
-                    cluster,
-                    self.captured.then_some(self.dst),
-                    self.downstream,
-                    &[],
-                    hash,
-                )
-                .now_or_never()?
-                .ok()?;
-                Some((in_flight, self.endpoint(pick.target).ok()?))
-            });
+            let picked = name
+                .and_then(|n| find_cluster(&traffic, n).ok())
+                .and_then(|cluster| {
+                    let in_flight = cluster.try_request()?;
+                    let pick = pick_endpoint(
+                        cluster,
+                        self.captured.then_some(self.dst),
+                        self.downstream,
+                        &[],
+                        hash,
+                    )
+                    .now_or_never()?
+                    .ok()?;
+                    Some((in_flight, self.endpoint(pick.target).ok()?))
+                });
             let Some((in_flight, ep)) = picked else {
-                debug!(cluster = %m.cluster, "request mirror skipped: no endpoint now");
+                debug!(cluster = ?m.cluster, "request mirror skipped: no cluster or endpoint now");
                 self.metrics.mirrored("skipped");
                 continue;
             };

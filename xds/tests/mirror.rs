@@ -90,6 +90,22 @@ virtual_hosts:
     route:
       cluster: web
       request_mirror_policies: [{cluster: no-such-cluster}]
+- name: mirrored-host
+  domains: [mirrored-host]
+  request_mirror_policies: [{cluster: shadow}]
+  routes:
+  - match: {prefix: /by-header}
+    route:
+      cluster: web
+      request_mirror_policies: [{cluster_header: x-mirror-to}]
+  - match: {prefix: /}
+    route: {cluster: web}
+- name: plain-host
+  domains: [plain-host]
+  routes:
+  - match: {prefix: /}
+    route: {cluster: web}
+request_mirror_policies: [{cluster_header: x-mirror-to, disable_shadow_host_suffix_append: true}]
 "#,
     )
 }
@@ -223,4 +239,60 @@ async fn routes_mirror_requests_without_waiting_for_the_copies() {
         node.metric("myelin_proxy_mirrored_requests_total{outcome=\"failed\"}"),
         0.0
     );
+
+    // A virtual host's mirrors, for its routes without their own.
+    let before = count();
+    assert_eq!(send_to(&node, "mirrored-host", "/x", &[]).await, 200);
+    eventually("the virtual host's copy arrived", || count() == before + 1).await;
+    assert_eq!(seen.lock().unwrap()[before].1, "mirrored-host-shadow");
+    // A route's own replace them: here its cluster comes from a header, so without the
+    // header nothing is mirrored.
+    let skipped = || node.metric("myelin_proxy_mirrored_requests_total{outcome=\"skipped\"}");
+    let skipped0 = skipped();
+    send_to(&node, "mirrored-host", "/by-header", &[]).await;
+    assert_eq!(skipped(), skipped0 + 1.0);
+    send_to(
+        &node,
+        "mirrored-host",
+        "/by-header",
+        &[("x-mirror-to", "nothing-here")],
+    )
+    .await;
+    assert_eq!(skipped(), skipped0 + 2.0);
+    send_to(
+        &node,
+        "mirrored-host",
+        "/by-header",
+        &[("x-mirror-to", "shadow")],
+    )
+    .await;
+    eventually("the header's copy arrived", || count() == before + 2).await;
+    // The route table's, for a virtual host with none (here by header, host kept).
+    send_to(&node, "plain-host", "/t", &[("x-mirror-to", "shadow")]).await;
+    eventually("the table's copy arrived", || count() == before + 3).await;
+    assert_eq!(seen.lock().unwrap()[before + 2].1, "plain-host");
+    send_to(&node, "plain-host", "/t", &[]).await;
+    assert_eq!(skipped(), skipped0 + 3.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(count(), before + 3);
+}
+
+/// A GET of `path` with `Host: host` and `headers`: the status.
+async fn send_to(node: &Node, host: &str, path: &str, headers: &[(&str, &str)]) -> StatusCode {
+    let stream = node.connect(vip(PORT)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    resp.into_body().collect().await.unwrap();
+    status
 }

@@ -49,6 +49,7 @@ fn vhost(filters: FilterSettings) -> VirtualHost {
         headers: HeaderMutation::default(),
         filters,
         cors: None,
+        mirrors: vec![],
     }
 }
 
@@ -58,6 +59,7 @@ fn table() -> RouteConfiguration {
         virtual_hosts: vec![],
         headers: HeaderMutation::default(),
         filters: FilterSettings::new(),
+        mirrors: vec![],
     }
 }
 

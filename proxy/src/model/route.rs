@@ -27,6 +27,9 @@ pub struct RouteConfiguration {
     /// Per-route settings of HTTP filters for every route of the table.
     #[serde(skip_serializing_if = "FilterSettings::is_empty")]
     pub filters: FilterSettings,
+    /// Mirrors of the requests of routes whose virtual host and action have none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorPolicy>,
 }
 
 /// A virtual host.
@@ -48,6 +51,9 @@ pub struct VirtualHost {
     /// The deprecated `cors` field: used when no level has CORS filter settings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<Arc<CorsPolicy>>,
+    /// Mirrors of the requests of routes whose action has none (replacing the table's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorPolicy>,
 }
 
 /// A domain pattern of a virtual host (port included when given, as in Envoy).
@@ -245,12 +251,23 @@ pub struct RouteAction {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MirrorPolicy {
     /// The cluster the copies go to.
-    pub cluster: String,
+    pub cluster: MirrorCluster,
     /// The share of requests copied (`runtime_fraction`'s default value); `None`: all.
     pub fraction: Option<super::filter::Fraction>,
     /// Keep the authority as it is (`disable_shadow_host_suffix_append`); else `-shadow`
     /// is appended to its host, as Envoy does, so the copy's receiver can tell it apart.
     pub keep_host: bool,
+}
+
+/// Where a mirror's cluster comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorCluster {
+    /// `cluster`.
+    Named(String),
+    /// `cluster_header`: the cluster named by this request header (lowercase); a request
+    /// without it, or naming no cluster, is not mirrored.
+    FromHeader(String),
 }
 
 /// A route's bound on a request's time other than its `timeout`, as Envoy computes it

@@ -58,7 +58,7 @@ pub fn route_configuration(
         most_specific_header_mutations_wins,
     );
     cx.unsupported(p, "cluster_specifier_plugins", cluster_specifier_plugins);
-    cx.unsupported(p, "request_mirror_policies", request_mirror_policies);
+    let mirrors = mirror_policies(&mut cx, p, request_mirror_policies);
     cx.unsupported(
         p,
         "ignore_port_in_host_matching",
@@ -96,6 +96,7 @@ pub fn route_configuration(
         virtual_hosts,
         headers,
         filters,
+        mirrors,
     })
 }
 
@@ -154,7 +155,7 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
         "include_is_timeout_retry_header",
         include_is_timeout_retry_header,
     );
-    cx.unsupported(p, "request_mirror_policies", request_mirror_policies);
+    let mirrors = mirror_policies(cx, p, request_mirror_policies);
     if domains.is_empty() {
         cx.reject(join(p, "domains"), Reason::Missing);
     }
@@ -204,6 +205,7 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
         headers,
         filters,
         cors,
+        mirrors,
     }
 }
 
@@ -479,11 +481,7 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     cx.unsupported(p, "idle_timeout", idle_timeout);
     cx.unsupported(p, "early_data_policy", early_data_policy);
     cx.unsupported(p, "retry_policy_typed_config", retry_policy_typed_config);
-    let mirrors = request_mirror_policies
-        .iter()
-        .enumerate()
-        .filter_map(|(i, m)| mirror_policy(cx, &idx(p, "request_mirror_policies", i), m))
-        .collect();
+    let mirrors = mirror_policies(cx, p, request_mirror_policies);
     cx.unsupported(p, "priority", priority);
     cx.unsupported(p, "rate_limits", rate_limits);
     cx.unsupported(p, "include_vh_rate_limits", include_vh_rate_limits);
@@ -612,6 +610,18 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     })
 }
 
+/// The `request_mirror_policies` of a route action, virtual host or route table.
+fn mirror_policies(
+    cx: &mut Cx,
+    p: &str,
+    list: &[pb::route_action::RequestMirrorPolicy],
+) -> Vec<mr::MirrorPolicy> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, m)| mirror_policy(cx, &idx(p, "request_mirror_policies", i), m))
+        .collect()
+}
+
 /// A route's request mirror (`RequestMirrorPolicy`).
 fn mirror_policy(
     cx: &mut Cx,
@@ -625,13 +635,36 @@ fn mirror_policy(
         trace_sampled: _,
         disable_shadow_host_suffix_append,
     } = m;
-    cx.unsupported(p, "cluster_header", cluster_header);
-    if cluster.is_empty() {
-        cx.reject(join(p, "cluster"), Reason::Missing);
-        return None;
-    }
+    // Exactly one of them, as Envoy requires.
+    let cluster = match (cluster.is_empty(), cluster_header.is_empty()) {
+        (false, true) => mr::MirrorCluster::Named(cluster.clone()),
+        (true, false) => {
+            if http::HeaderName::from_bytes(cluster_header.as_bytes()).is_err() {
+                cx.reject(
+                    join(p, "cluster_header"),
+                    Reason::Invalid(format!("{cluster_header:?} is not a header name")),
+                );
+                return None;
+            }
+            mr::MirrorCluster::FromHeader(cluster_header.to_ascii_lowercase())
+        }
+        (true, true) => {
+            cx.reject(
+                p,
+                Reason::Invalid("one of `cluster` or `cluster_header` is required".into()),
+            );
+            return None;
+        }
+        (false, false) => {
+            cx.reject(
+                join(p, "cluster_header"),
+                Reason::Invalid("set together with `cluster`".into()),
+            );
+            return None;
+        }
+    };
     Some(mr::MirrorPolicy {
-        cluster: cluster.clone(),
+        cluster,
         // The runtime key names a value Myelin's (absent) runtime never has: the default.
         fraction: runtime_fraction.as_ref().map(|f| {
             filter::fraction(

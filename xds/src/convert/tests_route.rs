@@ -676,7 +676,7 @@ fn mirror_policies() {
             ..Default::default()
         },
         M {
-            cluster: "other".into(),
+            cluster_header: "X-Mirror-To".into(),
             disable_shadow_host_suffix_append: true,
             ..Default::default()
         },
@@ -689,7 +689,7 @@ fn mirror_policies() {
         a.mirrors,
         [
             mr::MirrorPolicy {
-                cluster: "shadow".into(),
+                cluster: mr::MirrorCluster::Named("shadow".into()),
                 fraction: Some(model::filter::Fraction {
                     numerator: 25,
                     denominator: 10_000
@@ -697,21 +697,50 @@ fn mirror_policies() {
                 keep_host: false,
             },
             mr::MirrorPolicy {
-                cluster: "other".into(),
+                cluster: mr::MirrorCluster::FromHeader("x-mirror-to".into()),
                 fraction: None,
                 keep_host: true,
             },
         ]
     );
-    let at = "virtual_hosts[0].routes[0].route.request_mirror_policies[0]";
+    let at = "virtual_hosts[0].routes[0].route.request_mirror_policies";
     assert_eq!(
-        messages(route_configuration(&with(vec![M {
-            cluster_header: "x-mirror".into(),
-            ..Default::default()
-        }]))),
+        messages(route_configuration(&with(vec![
+            M::default(),
+            M {
+                cluster: "a".into(),
+                cluster_header: "x-mirror".into(),
+                ..Default::default()
+            },
+            M {
+                cluster_header: "bad header".into(),
+                ..Default::default()
+            },
+        ]))),
         [
-            format!("{at}.cluster_header: not supported"),
-            format!("{at}.cluster: required but not set"),
+            format!("{at}[0]: one of `cluster` or `cluster_header` is required"),
+            format!("{at}[1].cluster_header: set together with `cluster`"),
+            format!("{at}[2].cluster_header: \"bad header\" is not a header name"),
         ]
+    );
+    // Virtual hosts and route tables have mirrors too (the most specific level with any
+    // applies, at request time).
+    let mut table = with(vec![]);
+    table.request_mirror_policies = vec![M {
+        cluster: "table".into(),
+        ..Default::default()
+    }];
+    table.virtual_hosts[0].request_mirror_policies = vec![M {
+        cluster: "vhost".into(),
+        ..Default::default()
+    }];
+    let got = route_configuration(&table).unwrap();
+    assert_eq!(
+        got.mirrors[0].cluster,
+        mr::MirrorCluster::Named("table".into())
+    );
+    assert_eq!(
+        got.virtual_hosts[0].mirrors[0].cluster,
+        mr::MirrorCluster::Named("vhost".into())
     );
 }

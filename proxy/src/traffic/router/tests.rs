@@ -49,6 +49,7 @@ fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
         headers: HeaderMutation::default(),
         filters: Default::default(),
         cors: None,
+        mirrors: vec![],
     }
 }
 
@@ -58,6 +59,7 @@ fn table(vhosts: Vec<VirtualHost>) -> RouteTable {
         virtual_hosts: vhosts,
         headers: HeaderMutation::default(),
         filters: Default::default(),
+        mirrors: vec![],
     }))
 }
 
