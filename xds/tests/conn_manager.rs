@@ -13,11 +13,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
-use myelin_xds::ads::{type_url, AdsProtocol};
-use myelin_xds::testing::ControlPlane;
 use support::*;
 use tokio::net::TcpListener;
-use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 
 /// An HTTP/1.1 upstream answering every request with its headers, one `name: value` line
@@ -51,35 +48,6 @@ async fn header_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         }
     });
     (addr, task)
-}
-
-/// A node whose control plane serves `listeners`, the route table `routes` (named `r`)
-/// and the cluster `web` at `upstream`, once it has applied them all; the control plane
-/// lives as long as the caller keeps it.
-async fn serving(
-    listeners: Vec<Listener>,
-    routes: RouteConfiguration,
-    upstream: SocketAddr,
-) -> (ControlPlane, Node) {
-    let cp = ControlPlane::start().await;
-    cp.update(|b| {
-        for l in &listeners {
-            set(b, &l.name, l);
-        }
-        set(b, "r", &routes);
-        set(b, "web", &eds_cluster("web"));
-        set(b, "web", &endpoints("web", &[upstream]));
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
-    for (url, names) in [
-        (type_url::LISTENER, &names[..]),
-        (type_url::ROUTE, &["r"]),
-        (type_url::ENDPOINT, &["web"]),
-    ] {
-        node.wait_applied(url, names, &cp.version(url)).await;
-    }
-    (cp, node)
 }
 
 /// What one exchange showed: the headers the upstream got (the last value of each name),

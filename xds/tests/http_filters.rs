@@ -11,8 +11,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use myelin_xds::ads::{type_url, AdsProtocol};
-use myelin_xds::testing::ControlPlane;
 use std::sync::atomic::Ordering;
 use support::*;
 use xds_api::pb::envoy::config::listener::v3::Listener;
@@ -166,21 +164,7 @@ fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_and_cors_filters_per_route() {
     let upstream = http_upstream("web").await;
-    let cp = ControlPlane::start().await;
-    cp.update(|b| {
-        set(b, "filters", &listener());
-        set(b, "r", &routes());
-        set(b, "web", &eds_cluster("web"));
-        set(b, "web", &endpoints("web", &[upstream.addr]));
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    for (url, names) in [
-        (type_url::LISTENER, &["filters"][..]),
-        (type_url::ROUTE, &["r"]),
-        (type_url::ENDPOINT, &["web"]),
-    ] {
-        node.wait_applied(url, names, &cp.version(url)).await;
-    }
+    let (_cp, node) = serving(vec![listener()], routes(), upstream.addr).await;
     let hits = || upstream.hits.load(Ordering::Relaxed);
 
     // An abort answers in place of the upstream, flagged FI.

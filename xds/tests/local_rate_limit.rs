@@ -13,8 +13,6 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use myelin_xds::ads::{type_url, AdsProtocol};
-use myelin_xds::testing::ControlPlane;
 use support::*;
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
@@ -188,21 +186,7 @@ fn limit_metric(node: &Node, prefix: &str, outcome: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_rate_limits_per_filter_route_and_connection() {
     let upstream = http_upstream("web").await;
-    let cp = ControlPlane::start().await;
-    cp.update(|b| {
-        set(b, "limited", &listener());
-        set(b, "r", &routes());
-        set(b, "web", &eds_cluster("web"));
-        set(b, "web", &endpoints("web", &[upstream.addr]));
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    for (url, names) in [
-        (type_url::LISTENER, &["limited"][..]),
-        (type_url::ROUTE, &["r"]),
-        (type_url::ENDPOINT, &["web"]),
-    ] {
-        node.wait_applied(url, names, &cp.version(url)).await;
-    }
+    let (_cp, node) = serving(vec![listener()], routes(), upstream.addr).await;
     let hits = || upstream.hits.load(Ordering::Relaxed);
 
     // The filter's own bucket: three requests pass, whatever their connection; the next

@@ -288,26 +288,9 @@ fn json_object(cx: &mut Cx, p: &str, s: &protobuf::Struct) -> Option<Vec<(String
     ok.then_some(out)
 }
 
-/// A protobuf `Value` that holds no template, as JSON.
+/// A protobuf `Value` that holds no template, as JSON (metadata's reading of it).
 fn json_literal(v: &protobuf::Value) -> serde_json::Value {
-    use protobuf::value::Kind;
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::Null),
-        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
-        Some(Kind::ListValue(l)) => {
-            serde_json::Value::Array(l.values.iter().map(json_literal).collect())
-        }
-        Some(Kind::StructValue(s)) => serde_json::Value::Object(
-            s.fields
-                .iter()
-                .map(|(k, v)| (k.clone(), json_literal(v)))
-                .collect(),
-        ),
-    }
+    serde_json::to_value(super::common::metadata_value(v)).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -583,6 +583,40 @@ pub(crate) mod test_util {
     pub(crate) fn any<M: prost::Name>(m: &M) -> protobuf::Any {
         protobuf::Any::from_msg(m).unwrap()
     }
+
+    /// A listener on port 80 with one connection manager (RDS `r`), read from Envoy YAML:
+    /// `filters` (list items) go before its router, `more` (keys) after `http_filters`;
+    /// both written unindented.
+    pub(crate) fn hcm_listener(
+        filters: &str,
+        more: &str,
+    ) -> xds_api::pb::envoy::config::listener::v3::Listener {
+        let indent = |text: &str, by: &str| -> String {
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("{by}{l}\n"))
+                .collect()
+        };
+        let text = format!(
+            r#"
+name: l
+address: {{socket_address: {{address: 0.0.0.0, port_value: 80}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: s
+      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
+      http_filters:
+{filters}      - name: envoy.filters.http.router
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+{more}"#,
+            filters = indent(filters, "      "),
+            more = indent(more, "      "),
+        );
+        json::from_value(serde_yaml::from_str(&text).unwrap()).unwrap()
+    }
 }
 
 #[cfg(test)]

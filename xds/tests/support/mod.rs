@@ -22,7 +22,7 @@ use myelin_proxy::drain;
 use myelin_proxy::metrics::ProxyMetrics;
 use myelin_proxy::model::ProxyConfig;
 use myelin_proxy::{OrigDstLookup, Proxy};
-use myelin_xds::ads::{AdsClient, AdsConfig, AdsProtocol};
+use myelin_xds::ads::{type_url, AdsClient, AdsConfig, AdsProtocol};
 use myelin_xds::convert::json;
 use myelin_xds::store::ConfigStore;
 use myelin_xds::testing::{ControlPlane, WAIT};
@@ -491,6 +491,35 @@ impl Client {
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((status, server, String::from_utf8_lossy(&body).into_owned()))
     }
+}
+
+/// A node whose control plane serves `listeners`, the route table `routes` (named `r`)
+/// and the cluster `web` at `upstream`, once it has applied them all; the control plane
+/// lives as long as the caller keeps it.
+pub async fn serving(
+    listeners: Vec<Listener>,
+    routes: RouteConfiguration,
+    upstream: SocketAddr,
+) -> (ControlPlane, Node) {
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        for l in &listeners {
+            set(b, &l.name, l);
+        }
+        set(b, "r", &routes);
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[upstream]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    for (url, names) in [
+        (type_url::LISTENER, &names[..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    (cp, node)
 }
 
 pub fn vip(port: u16) -> SocketAddr {

@@ -11,7 +11,7 @@ use xds_api::pb::envoy::config::listener::v3 as lpb;
 use xds_api::pb::envoy::config::route::v3 as rpb;
 
 use super::super::json;
-use super::super::test_util::messages;
+use super::super::test_util::{hcm_listener, messages};
 use super::super::{listener, route_configuration};
 
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -21,30 +21,10 @@ fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     json::from_value(serde_yaml::from_str(text).unwrap()).unwrap()
 }
 
-/// A listener whose connection manager has `filters` (YAML list items, at the list's
-/// indentation) before the router.
+/// A listener whose connection manager has `filters` (YAML list items, unindented) before
+/// the router.
 fn listener_with(filters: &str) -> lpb::Listener {
-    let filters: String = filters
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("      {l}\n"))
-        .collect();
-    yaml(&format!(
-        r#"
-name: l
-address: {{socket_address: {{address: 0.0.0.0, port_value: 80}}}}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: s
-      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
-      http_filters:
-{filters}      - name: envoy.filters.http.router
-        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#
-    ))
+    hcm_listener(filters, "")
 }
 
 fn filters_of(l: &model::Listener) -> Arc<mf::HttpFilters> {

@@ -5,34 +5,14 @@ use myelin_proxy::model::listener as ml;
 use myelin_proxy::model::local_reply as lr;
 use xds_api::pb::envoy::config::listener::v3 as lpb;
 
-use super::super::json;
 use super::super::listener;
-use super::super::test_util::messages;
+use super::super::test_util::{hcm_listener, messages};
 
+/// A listener whose connection manager has `config` (YAML keys, unindented) as its
+/// `local_reply_config`.
 fn with_local_reply(config: &str) -> lpb::Listener {
-    let config: String = config
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("        {l}\n"))
-        .collect();
-    let text = format!(
-        r#"
-name: l
-address: {{socket_address: {{address: 0.0.0.0, port_value: 80}}}}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: s
-      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-      local_reply_config:
-{config}"#
-    );
-    json::from_value(serde_yaml::from_str(&text).unwrap()).unwrap()
+    let config: String = config.lines().map(|l| format!("  {l}\n")).collect();
+    hcm_listener("", &format!("local_reply_config:\n{config}"))
 }
 
 fn config_of(l: &myelin_proxy::model::Listener) -> &lr::LocalReplyConfig {
