@@ -139,7 +139,7 @@ where
     let mut idle = std::pin::pin!(crate::http::idle(conn));
     let limit = conn.max_request_headers();
     loop {
-        // When this head's first byte and its latest bytes came (set once bytes wait).
+        // When this head was first seen partial, and when its latest bytes came.
         let mut begun: Option<(Instant, Instant)> = None;
         let head = loop {
             let before = buf.len();
@@ -172,6 +172,12 @@ where
             }
             // A head begun is bounded by the connection manager's timeouts, as Envoy's
             // stream is from its first byte (a head that came whole never gets here).
+            if !between && begun.is_none() {
+                // The head is not whole: its time counts from now (a head that comes whole
+                // in one read, nearly all, never reads the clock).
+                let now = Instant::now();
+                begun = Some((now, now));
+            }
             let deadline = match begun {
                 Some((first, last)) if !between => head_deadline(conn.timeouts(), first, last),
                 _ => None,
@@ -198,8 +204,9 @@ where
             match read {
                 Ok(0) => return Ended::Closed,
                 Ok(_) => {
-                    let now = Instant::now();
-                    begun = Some((begun.map_or(now, |(first, _)| first), now));
+                    if let Some((first, _)) = begun {
+                        begun = Some((first, Instant::now()));
+                    }
                 }
                 Err(e) => {
                     debug!(peer = %conn.peer(), error = %e, "downstream read failed");

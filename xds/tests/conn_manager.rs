@@ -506,6 +506,24 @@ async fn request_heads_are_bounded_by_the_connection_managers_timeouts() {
         node.metric("myelin_proxy_request_head_timeouts_total{timeout=\"stream_idle\"}"),
         1.0
     );
+    // A partial head that came behind a whole request (pipelined) is bounded too: the
+    // first request answered, then the connection closed.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = node.connect(vip(18514)).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\nGET / HTTP/1.1\r\nhost: w")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(wait, stream.read_to_end(&mut got))
+            .await
+            .expect("closed")
+            .unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+        assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{got}");
+    }
     // Envoy's defaults: 5 minutes of stream idle time, so still open.
     assert!(partial_head(&node, 18513, Duration::from_millis(800))
         .await
