@@ -368,8 +368,6 @@ impl HttpConn {
         self.peer
     }
 
-    /// The largest request head (HTTP/1.1) or header list (HTTP/2), in bytes; larger ones
-    /// are answered 431.
     /// `resp`, a reply the proxy made (status `code` and `body` before any gRPC conversion,
     /// the gRPC status it names itself), marked for the `local_reply_config` when there is
     /// one.
@@ -386,6 +384,18 @@ impl HttpConn {
         }
     }
 
+    /// A route's own answer (a direct response, a redirect) with `body`: made gRPC for a
+    /// gRPC client ([`for_grpc`]) and marked as a local reply.
+    fn route_answer(
+        &self,
+        resp: Response<ProxyBody>,
+        body: &str,
+        grpc: bool,
+    ) -> Response<ProxyBody> {
+        let (code, own) = (resp.status().as_u16(), named_grpc_status(resp.headers()));
+        self.local(for_grpc(resp, body, grpc), code, body, own)
+    }
+
     /// The proxy's counters.
     pub(crate) fn metrics(&self) -> &ProxyMetrics {
         &self.metrics
@@ -396,6 +406,8 @@ impl HttpConn {
         &self.timeouts
     }
 
+    /// The largest request head (HTTP/1.1) or header list (HTTP/2), in bytes; larger ones
+    /// are answered 431.
     pub(crate) fn max_request_headers(&self) -> usize {
         self.max_request_headers
     }
@@ -489,7 +501,7 @@ impl HttpConn {
                 .local_reply
                 .as_ref()
                 .filter(|c| c.reads_request_headers())
-                .map(|_| Box::new(KeptHead::of(&req)));
+                .map(|_| Box::new(kept_head(&req)));
             let stream = Arc::new(StreamState::new(
                 tokio::time::Instant::from_std(start),
                 http_body::Body::is_end_stream(req.body()),
@@ -547,7 +559,7 @@ impl HttpConn {
                 let facts = local_reply::Facts {
                     flags,
                     grpc,
-                    request: kept.as_deref().map(KeptHead::head),
+                    request: kept.as_deref().map(request_head),
                     protocol: match self.downstream {
                         Protocol::Http2 => "HTTP/2",
                         _ => "HTTP/1.1",
@@ -1018,21 +1030,8 @@ impl HttpConn {
                     )
                 })?,
             };
-            let authority = authority(req);
-            // A `CONNECT` has no path (`connect_matcher` routes it); other requests
-            // without one are for `/`.
-            let path = match req.uri().path_and_query() {
-                Some(p) => p.as_str(),
-                None if req.method() == Method::CONNECT => "",
-                None => "/",
-            };
-            let head = RequestHead {
-                method: req.method().as_str(),
-                authority,
-                path,
-                scheme: "http",
-                headers: req.headers(),
-            };
+            let head = request_head(req);
+            let (authority, path) = (head.authority, head.path);
             let Some((vh, route)) = table.find(&head) else {
                 return Err(ProxyError::unrouted(
                     MissReason::NoRoute,
@@ -1049,9 +1048,8 @@ impl HttpConn {
                         local_response(d.status, String::new())
                     };
                     response_mutations(&mut resp, &table, vh, route);
-                    let own = named_grpc_status(resp.headers());
-                    let resp = for_grpc(resp, &body, is_grpc(req.headers()));
-                    return Ok(Err((self.local(resp, d.status, &body, own), "-")));
+                    let resp = self.route_answer(resp, &body, is_grpc(req.headers()));
+                    return Ok(Err((resp, "-")));
                 }
                 Action::Redirect(r) => {
                     let location = router::redirect_location(r, &route.route_match, &head);
@@ -1060,9 +1058,8 @@ impl HttpConn {
                         resp.headers_mut().insert(header::LOCATION, v);
                     }
                     response_mutations(&mut resp, &table, vh, route);
-                    let own = named_grpc_status(resp.headers());
-                    let resp = for_grpc(resp, "", is_grpc(req.headers()));
-                    return Ok(Err((self.local(resp, r.response_code, "", own), "-")));
+                    let resp = self.route_answer(resp, "", is_grpc(req.headers()));
+                    return Ok(Err((resp, "-")));
                 }
             };
             let cluster = match &action.cluster {
@@ -1873,36 +1870,30 @@ fn normalize_path<B>(
     }
 }
 
-/// A request's method, URI and headers, kept for a local reply config that reads them.
-struct KeptHead {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+/// A request as routes and matchers see it: its authority ([`authority`]) and its path and
+/// query (a `CONNECT` has none, `connect_matcher` routes it; other requests without one
+/// are for `/`).
+fn request_head<B>(req: &Request<B>) -> RequestHead<'_> {
+    RequestHead {
+        method: req.method().as_str(),
+        authority: authority(req),
+        path: match req.uri().path_and_query() {
+            Some(p) => p.as_str(),
+            None if req.method() == Method::CONNECT => "",
+            None => "/",
+        },
+        scheme: "http",
+        headers: req.headers(),
+    }
 }
 
-impl KeptHead {
-    fn of<B>(req: &Request<B>) -> Self {
-        KeptHead {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        }
-    }
-
-    fn head(&self) -> RequestHead<'_> {
-        RequestHead {
-            method: self.method.as_str(),
-            authority: self
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| self.uri.authority().map(|a| a.as_str()))
-                .unwrap_or(""),
-            path: self.uri.path_and_query().map_or("/", |p| p.as_str()),
-            scheme: "http",
-            headers: &self.headers,
-        }
-    }
+/// A request's head without its body, kept for a local reply config that reads it.
+fn kept_head<B>(req: &Request<B>) -> Request<()> {
+    let mut kept = Request::new(());
+    *kept.method_mut() = req.method().clone();
+    *kept.uri_mut() = req.uri().clone();
+    *kept.headers_mut() = req.headers().clone();
+    kept
 }
 
 /// Checks a request's header fields against `limits` (Envoy's codec checks): too many is a
@@ -1977,13 +1968,8 @@ pub(crate) fn for_grpc(resp: Response<ProxyBody>, body: &str, grpc: bool) -> Res
     }
     let (parts, _) = resp.into_parts();
     let mut headers = parts.headers;
-    let status = match headers
-        .get(GRPC_STATUS)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-    {
-        Some(set) => set,
-        None => crate::error::grpc::status_of_http(parts.status),
-    };
+    let status = named_grpc_status(&headers)
+        .unwrap_or_else(|| crate::error::grpc::status_of_http(parts.status));
     let mut reply = crate::error::grpc_local_reply(status, body);
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::CONTENT_TYPE);

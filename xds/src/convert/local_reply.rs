@@ -84,24 +84,11 @@ fn mapper(cx: &mut Cx, p: &str, m: &hcm::ResponseMapper) -> Option<lr::ResponseM
 }
 
 /// A body's text: inline only (Envoy reads a file once, with the config; Myelin's config
-/// has no files here).
+/// has no files here); an unset source is an empty body.
 fn inline_text(cx: &mut Cx, p: &str, d: &core::DataSource) -> Option<String> {
-    match super::common::data_source(cx, p, d)? {
-        myelin_proxy::model::DataSource::Inline(bytes) => match String::from_utf8(bytes) {
-            Ok(s) => Some(s),
-            Err(_) => {
-                cx.reject(p, Reason::Invalid("not UTF-8".into()));
-                None
-            }
-        },
-        myelin_proxy::model::DataSource::Filename(_) => {
-            cx.reject(
-                join(p, "filename"),
-                Reason::UnsupportedValue("a file (inline bodies only)".into()),
-            );
-            None
-        }
-    }
+    super::common::inline_text(cx, p, d)
+        .ok()
+        .map(Option::unwrap_or_default)
 }
 
 fn comparison(cx: &mut Cx, p: &str, c: Option<&al::ComparisonFilter>) -> Option<lr::Comparison> {

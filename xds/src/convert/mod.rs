@@ -445,6 +445,39 @@ pub(crate) mod common {
         }
     }
 
+    /// A body from a `DataSource`: inline text or UTF-8 bytes; `Ok(None)` when no source
+    /// is set; files and environment variables rejected (`Err`, after the rejection).
+    pub(crate) fn inline_text(
+        cx: &mut Cx,
+        path: &str,
+        d: &core::DataSource,
+    ) -> Result<Option<String>, ()> {
+        use core::data_source::Specifier as S;
+        cx.unsupported(path, "watched_directory", &d.watched_directory);
+        match &d.specifier {
+            None => Ok(None),
+            Some(S::InlineString(s)) => Ok(Some(s.clone())),
+            Some(S::InlineBytes(b)) => match String::from_utf8(b.clone()) {
+                Ok(s) => Ok(Some(s)),
+                Err(_) => {
+                    cx.reject(
+                        join(path, "inline_bytes"),
+                        Reason::Invalid("not UTF-8".into()),
+                    );
+                    Err(())
+                }
+            },
+            Some(S::Filename(_)) => {
+                cx.reject(join(path, "filename"), Reason::NotSupported);
+                Err(())
+            }
+            Some(S::EnvironmentVariable(_)) => {
+                cx.reject(join(path, "environment_variable"), Reason::NotSupported);
+                Err(())
+            }
+        }
+    }
+
     pub(crate) fn header_value_options(
         cx: &mut Cx,
         path: &str,

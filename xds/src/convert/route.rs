@@ -1034,7 +1034,6 @@ fn direct_response(
     p: &str,
     d: &pb::DirectResponseAction,
 ) -> Option<mr::DirectResponse> {
-    use xds_api::pb::envoy::config::core::v3::data_source::Specifier as S;
     let status = cx.u16(&join(p, "status"), d.status, "status")?;
     if !(200..600).contains(&status) {
         cx.reject(
@@ -1043,31 +1042,10 @@ fn direct_response(
         );
         return None;
     }
-    let body = match d.body.as_ref().map(|b| &b.specifier) {
-        None | Some(None) => None,
-        Some(Some(S::InlineString(s))) => Some(s.clone()),
-        Some(Some(S::InlineBytes(b))) => match String::from_utf8(b.clone()) {
-            Ok(s) => Some(s),
-            Err(_) => {
-                cx.reject(
-                    join(p, "body.inline_bytes"),
-                    Reason::Invalid("not UTF-8".into()),
-                );
-                return None;
-            }
-        },
-        Some(Some(S::Filename(_))) => {
-            cx.reject(join(p, "body.filename"), Reason::NotSupported);
-            return None;
-        }
-        Some(Some(S::EnvironmentVariable(_))) => {
-            cx.reject(join(p, "body.environment_variable"), Reason::NotSupported);
-            return None;
-        }
+    let body = match &d.body {
+        Some(b) => super::common::inline_text(cx, &join(p, "body"), b).ok()?,
+        None => None,
     };
-    if let Some(b) = &d.body {
-        cx.unsupported(&join(p, "body"), "watched_directory", &b.watched_directory);
-    }
     Some(mr::DirectResponse { status, body })
 }
 

@@ -124,7 +124,7 @@ fn bad_configs_are_rejected_by_path() {
         ),
         (
             "mappers: [{filter: {not_health_check_filter: {}}, body: {filename: /etc/x}}]",
-            format!("{at}.mappers[0].body.filename: a file (inline bodies only) is not supported"),
+            format!("{at}.mappers[0].body.filename: not supported"),
         ),
     ] {
         let e = messages(listener(&with_local_reply(config)));
