@@ -10,7 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, SERVER, VIA};
 use http::{Method, Request, Uri};
 
-use crate::model::listener::{HeaderHandling, HostNormalization, ServerHeader, StripPort};
+use crate::model::listener::{
+    HeaderHandling, HostNormalization, RequestScheme, ServerHeader, StripPort,
+};
 
 /// `x-forwarded-for`.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -50,6 +52,9 @@ const EDGE_ONLY: [&str; 3] = [
 pub(crate) struct RequestFacts {
     /// The request's `x-request-id` after the connection manager's rules.
     pub(crate) request_id: Option<HeaderValue>,
+    /// The scheme `x-forwarded-proto` names after the rules (`http` when it names neither):
+    /// an HTTP/1 request's scheme (Envoy's `:scheme` for a request without one).
+    pub(crate) scheme: RequestScheme,
 }
 
 /// Applies `h` to a request that came on a connection from `peer` (`tls`: over TLS with
@@ -79,9 +84,23 @@ pub(crate) fn mutate_request(
     } else {
         last_xff_address(headers, h.xff_num_trusted_hops)
     };
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, proto);
-    }
+    let scheme = if let Some(s) = h.scheme_to_overwrite {
+        // `scheme_header_transformation`: Envoy sets `x-forwarded-proto` with `:scheme`.
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(s.as_str()));
+        s
+    } else {
+        match headers.get(X_FORWARDED_PROTO) {
+            Some(v) => RequestScheme::parse(v.as_bytes()).unwrap_or(RequestScheme::Http),
+            None => {
+                headers.insert(X_FORWARDED_PROTO, proto);
+                if tls {
+                    RequestScheme::Https
+                } else {
+                    RequestScheme::Http
+                }
+            }
+        }
+    };
     // Internal: exactly one address in `x-forwarded-for` (after the append), and that one
     // in the configured ranges. Without `x-forwarded-for` and `use_remote_address`, nobody
     // is internal.
@@ -146,6 +165,52 @@ pub(crate) fn mutate_request(
         request_id: (keep_id || h.always_set_request_id_in_response)
             .then(|| headers.get(X_REQUEST_ID).cloned())
             .flatten(),
+        scheme,
+    }
+}
+
+/// `https`, for a request whose URI does not say (HTTP/1 in origin form) but whose
+/// `x-forwarded-proto` does: kept as an extension, read by [`request_scheme`].
+#[derive(Debug, Clone, Copy)]
+struct Https;
+
+/// Settles a request's scheme once the header rules ran (`scheme`: what
+/// [`mutate_request`] found): HTTP/2's `:scheme` and an absolute URI's are the client's own
+/// and kept (Envoy trusts them) unless `overwrite` says otherwise; a request without one
+/// takes `scheme`. Nothing is stored for the common case, a plain `http` HTTP/1 request.
+pub(crate) fn settle_scheme<B>(
+    req: &mut Request<B>,
+    scheme: RequestScheme,
+    overwrite: Option<RequestScheme>,
+) {
+    match (req.uri().scheme(), overwrite) {
+        (Some(own), Some(new)) if own.as_str() != new.as_str() => {
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = Some(match new {
+                RequestScheme::Http => http::uri::Scheme::HTTP,
+                RequestScheme::Https => http::uri::Scheme::HTTPS,
+            });
+            // A URI with a scheme has an authority and a path, so this cannot fail.
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        (Some(_), _) => {}
+        (None, _) if scheme == RequestScheme::Https => {
+            req.extensions_mut().insert(Https);
+        }
+        (None, _) => {}
+    }
+}
+
+/// A request's scheme as routes match it (`:scheme`), redirects keep it and an HTTP/2
+/// upstream is told it: its URI's (HTTP/2, absolute form), else what
+/// [`settle_scheme`] found in `x-forwarded-proto`, else `http`.
+pub(crate) fn request_scheme<B>(req: &Request<B>) -> &str {
+    match req.uri().scheme_str() {
+        Some(s) => s,
+        None if req.extensions().get::<Https>().is_some() => "https",
+        None => "http",
     }
 }
 
@@ -656,5 +721,77 @@ mod tests {
         let mut req = Request::get("http://web:81/a?b").body(()).unwrap();
         normalize_host(&h, &mut req, 80);
         assert_eq!(req.uri().to_string(), "http://web/a?b");
+    }
+
+    /// Envoy's `:scheme`: HTTP/2's (or an absolute URI's) as it came, else what
+    /// `x-forwarded-proto` says after the header rules; `scheme_header_transformation`
+    /// overwrites both.
+    #[test]
+    fn the_request_scheme_is_envoys() {
+        let scheme_of = |h: &HeaderHandling, uri: &str, xfp: Option<&str>| {
+            let mut req = Request::get(uri).body(()).unwrap();
+            if let Some(v) = xfp {
+                req.headers_mut()
+                    .insert(X_FORWARDED_PROTO, HeaderValue::from_str(v).unwrap());
+            }
+            let facts = mutate_request(h, req.headers_mut(), PEER.parse().unwrap(), false, false);
+            settle_scheme(&mut req, facts.scheme, h.scheme_to_overwrite);
+            (
+                request_scheme(&req).to_owned(),
+                get(req.headers(), "x-forwarded-proto").map(str::to_owned),
+                req.uri().to_string(),
+            )
+        };
+        let own = HeaderHandling::default();
+        let s = |a: &str, b: &str, c: &str| (a.to_owned(), Some(b.to_owned()), c.to_owned());
+        // HTTP/1 in origin form: from `x-forwarded-proto` (trusted by default), any case.
+        assert_eq!(scheme_of(&own, "/a", None), s("http", "http", "/a"));
+        assert_eq!(
+            scheme_of(&own, "/a", Some("https")),
+            s("https", "https", "/a")
+        );
+        assert_eq!(
+            scheme_of(&own, "/a", Some("HTTPS")),
+            s("https", "HTTPS", "/a")
+        );
+        assert_eq!(
+            scheme_of(&own, "/a", Some("gopher")),
+            s("http", "gopher", "/a")
+        );
+        // HTTP/2's `:scheme` is the client's own, whatever `x-forwarded-proto` says.
+        assert_eq!(
+            scheme_of(&own, "https://web/a", Some("http")),
+            s("https", "http", "https://web/a")
+        );
+        // At the edge, `x-forwarded-proto` is the connection's (plain here).
+        let edge = HeaderHandling {
+            use_remote_address: true,
+            ..HeaderHandling::default()
+        };
+        assert_eq!(
+            scheme_of(&edge, "/a", Some("https")),
+            s("http", "http", "/a")
+        );
+        // Overwritten: `:scheme` and `x-forwarded-proto` both.
+        let https = HeaderHandling {
+            scheme_to_overwrite: Some(RequestScheme::Https),
+            ..HeaderHandling::default()
+        };
+        assert_eq!(
+            scheme_of(&https, "/a", Some("http")),
+            s("https", "https", "/a")
+        );
+        assert_eq!(
+            scheme_of(&https, "http://web/a?b", None),
+            s("https", "https", "https://web/a?b")
+        );
+        let http = HeaderHandling {
+            scheme_to_overwrite: Some(RequestScheme::Http),
+            ..HeaderHandling::default()
+        };
+        assert_eq!(
+            scheme_of(&http, "https://web/a", Some("https")),
+            s("http", "http", "http://web/a")
+        );
     }
 }

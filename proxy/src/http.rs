@@ -469,6 +469,11 @@ impl HttpConn {
                     if headers.host.any() {
                         conn_manager::normalize_host(&headers.host, &mut req, self.dst.port());
                     }
+                    conn_manager::settle_scheme(
+                        &mut req,
+                        facts.scheme,
+                        headers.scheme_to_overwrite,
+                    );
                     Some((headers, facts))
                 }
                 Routing::Passthrough => None,
@@ -1641,7 +1646,13 @@ fn adapt_request<B>(req: &mut Request<B>, protocol: UpstreamProtocol, own_h1: bo
                 }
             } else if let Ok(authority) = http::uri::Authority::try_from(authority(req)) {
                 let mut parts = http::uri::Parts::default();
-                parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
+                // HTTP/2's `:scheme` as it came, else the one the connection manager
+                // settled (`x-forwarded-proto`'s), as Envoy forwards `:scheme`.
+                parts.scheme = Some(match req.uri().scheme() {
+                    Some(s) => s.clone(),
+                    None if conn_manager::request_scheme(req) == "https" => Scheme::HTTPS,
+                    None => Scheme::HTTP,
+                });
                 parts.authority = Some(authority);
                 parts.path_and_query = Some(path_of(req.uri()));
                 if let Ok(uri) = Uri::from_parts(parts) {
@@ -1882,7 +1893,7 @@ fn request_head<B>(req: &Request<B>) -> RequestHead<'_> {
             None if req.method() == Method::CONNECT => "",
             None => "/",
         },
-        scheme: "http",
+        scheme: conn_manager::request_scheme(req),
         headers: req.headers(),
     }
 }

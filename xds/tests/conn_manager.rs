@@ -610,3 +610,191 @@ virtual_hosts:
     assert!(headers.get("content-type").is_none());
     assert!(body.contains("host: web"), "{body}");
 }
+
+/// An HTTP/2 (h2c) upstream answering every request with the `:scheme` it got.
+async fn h2_scheme_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
+                    let scheme = req.uri().scheme_str().unwrap_or("none").to_owned();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            scheme,
+                        ))))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// GET `path` of host `web` over HTTP/2 (`h2`, with `:scheme http`) or HTTP/1.1 with
+/// `headers`: status, `location`, body.
+async fn fetch(
+    node: &Node,
+    port: u16,
+    path: &str,
+    h2: bool,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, String) {
+    let stream = node.connect(vip(port)).await;
+    let mut req = if h2 {
+        Request::get(format!("http://web{path}"))
+    } else {
+        Request::get(path).header("host", "web")
+    };
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let resp = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    };
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// A request's scheme as Envoy has it (`:scheme`): what routes match, what a redirect
+/// keeps and what an HTTP/2 upstream is told. HTTP/2's own, else `x-forwarded-proto`'s;
+/// `scheme_header_transformation` overwrites it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_scheme_is_matched_kept_by_redirects_and_forwarded() {
+    let (upstream, _task) = h2_scheme_echo().await;
+    let routes: RouteConfiguration = yaml(
+        r#"
+name: r
+virtual_hosts:
+- name: web
+  domains: [web]
+  routes:
+  - match:
+      prefix: /matched
+      headers: [{name: ":scheme", string_match: {exact: https}}]
+    direct_response: {status: 200, body: {inline_string: "matched https"}}
+  - match: {prefix: /matched}
+    direct_response: {status: 200, body: {inline_string: "not https"}}
+  - match: {prefix: /old}
+    redirect: {path_redirect: /new}
+  - match: {prefix: /}
+    route: {cluster: web}
+"#,
+    );
+    let h2_web: xds_api::pb::envoy::config::cluster::v3::Cluster = yaml(
+        r#"
+name: web
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: {eds_config: {ads: {}}}
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {http2_protocol_options: {}}
+"#,
+    );
+    let (_cp, node) = serving_with(
+        vec![
+            http_listener("own", 18518, "r"),
+            http_listener_with(
+                "https",
+                18519,
+                "r",
+                &["scheme_header_transformation: {scheme_to_overwrite: https}"],
+            ),
+        ],
+        routes,
+        h2_web,
+        upstream,
+    )
+    .await;
+    let https = [("x-forwarded-proto", "https")];
+    let body = |r: (u16, Option<String>, String)| {
+        assert_eq!(r.0, 200);
+        r.2
+    };
+
+    // HTTP/1.1: the scheme `x-forwarded-proto` names (trusted without
+    // `use_remote_address`, as in Envoy), else `http`.
+    assert_eq!(
+        body(fetch(&node, 18518, "/matched", false, &[]).await),
+        "not https"
+    );
+    assert_eq!(
+        body(fetch(&node, 18518, "/matched", false, &https).await),
+        "matched https"
+    );
+    assert_eq!(
+        fetch(&node, 18518, "/old", false, &https)
+            .await
+            .1
+            .as_deref(),
+        Some("https://web/new")
+    );
+    assert_eq!(
+        fetch(&node, 18518, "/old", false, &[]).await.1.as_deref(),
+        Some("http://web/new")
+    );
+    // ... and that is the `:scheme` an HTTP/2 upstream gets.
+    assert_eq!(
+        body(fetch(&node, 18518, "/up", false, &https).await),
+        "https"
+    );
+    assert_eq!(body(fetch(&node, 18518, "/up", false, &[]).await), "http");
+    // HTTP/2: its own `:scheme`, whatever `x-forwarded-proto` says.
+    assert_eq!(
+        body(fetch(&node, 18518, "/matched", true, &https).await),
+        "not https"
+    );
+    assert_eq!(body(fetch(&node, 18518, "/up", true, &https).await), "http");
+
+    // Overwritten to `https`, for every request.
+    for h2 in [false, true] {
+        assert_eq!(
+            body(fetch(&node, 18519, "/matched", h2, &[]).await),
+            "matched https",
+            "h2={h2}"
+        );
+        assert_eq!(
+            fetch(&node, 18519, "/old", h2, &[("x-forwarded-proto", "http")])
+                .await
+                .1
+                .as_deref(),
+            Some("https://web/new"),
+            "h2={h2}"
+        );
+        assert_eq!(
+            body(fetch(&node, 18519, "/up", h2, &[]).await),
+            "https",
+            "h2={h2}"
+        );
+    }
+}

@@ -216,6 +216,11 @@ pub struct HeaderHandling {
     pub path: PathNormalization,
     /// What is done to every request's host before routing (and forwarding).
     pub host: HostNormalization,
+    /// `scheme_header_transformation.scheme_to_overwrite`: every request's scheme (HTTP/2's
+    /// `:scheme`, and `x-forwarded-proto`) becomes this one. `None` (the default): the
+    /// request's own, as Envoy reads it (HTTP/2's `:scheme`, an absolute URI's, else
+    /// `x-forwarded-proto` after the rules above).
+    pub scheme_to_overwrite: Option<RequestScheme>,
     /// `forward_client_cert_details`: what becomes of a request's
     /// `x-forwarded-client-cert` (XFCC).
     pub forward_client_cert: ForwardClientCert,
@@ -268,6 +273,7 @@ impl Default for HeaderHandling {
             server: ServerHeader::Overwrite(HeaderText::from_static(ServerHeader::DEFAULT_NAME)),
             path: PathNormalization::default(),
             host: HostNormalization::default(),
+            scheme_to_overwrite: None,
             forward_client_cert: ForwardClientCert::Sanitize,
             client_cert_details: ClientCertDetails::default(),
         }
@@ -286,6 +292,36 @@ pub struct PathNormalization {
     pub normalize: bool,
     /// `merge_slashes`: runs of `/` become one.
     pub merge_slashes: bool,
+}
+
+/// A request's scheme as routes see it (`:scheme`) and redirects keep it: the two Envoy
+/// takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestScheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl RequestScheme {
+    /// `http` or `https`, read without regard to case (as Envoy's `schemeIsValid`).
+    pub fn parse(s: &[u8]) -> Option<Self> {
+        if s.eq_ignore_ascii_case(b"http") {
+            Some(Self::Http)
+        } else if s.eq_ignore_ascii_case(b"https") {
+            Some(Self::Https)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
 }
 
 /// A connection manager's rules for a request's host (`Host`, or HTTP/2's `:authority`):

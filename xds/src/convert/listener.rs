@@ -519,10 +519,6 @@ fn http_connection_manager(
         ("http_protocol_options", http_protocol_options.is_some()),
         ("http3_protocol_options", http3_protocol_options.is_some()),
         (
-            "scheme_header_transformation",
-            scheme_header_transformation.is_some(),
-        ),
-        (
             "original_ip_detection_extensions",
             !original_ip_detection_extensions.is_empty(),
         ),
@@ -689,6 +685,7 @@ fn http_connection_manager(
             strip_matching_host_port,
             strip_port_mode,
             strip_trailing_host_dot,
+            scheme_header_transformation,
         },
     );
 
@@ -776,6 +773,41 @@ struct HeaderFields<'a> {
     strip_matching_host_port: &'a bool,
     strip_port_mode: &'a Option<hcm::http_connection_manager::StripPortMode>,
     strip_trailing_host_dot: &'a bool,
+    scheme_header_transformation: &'a Option<core::SchemeHeaderTransformation>,
+}
+
+/// `scheme_header_transformation`: `scheme_to_overwrite` (`http` or `https`, as Envoy
+/// validates it). `match_upstream` is rejected: Myelin's upstream TLS is the HBONE tunnel to
+/// another node, not the scheme of the request inside it.
+fn scheme_to_overwrite(
+    cx: &mut Cx,
+    p: &str,
+    t: &core::SchemeHeaderTransformation,
+) -> Option<ml::RequestScheme> {
+    use core::scheme_header_transformation::Transformation;
+    let core::SchemeHeaderTransformation {
+        match_upstream,
+        transformation,
+    } = t;
+    match transformation {
+        Some(Transformation::SchemeToOverwrite(s)) => match s.as_str() {
+            "http" => Some(ml::RequestScheme::Http),
+            "https" => Some(ml::RequestScheme::Https),
+            other => {
+                cx.reject(
+                    join(p, "scheme_to_overwrite"),
+                    Reason::Invalid(format!("{other:?} is not `http` or `https`")),
+                );
+                None
+            }
+        },
+        // Envoy: with a scheme to overwrite, `match_upstream` is not used.
+        None if *match_upstream => {
+            cx.reject(join(p, "match_upstream"), Reason::NotSupported);
+            None
+        }
+        None => None,
+    }
 }
 
 /// `strip_matching_host_port`, `strip_any_host_port` (at most one of them, as Envoy
@@ -885,6 +917,10 @@ fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandl
             *f.path_with_escaped_slashes_action,
         ),
         host: host_normalization(cx, p, &f),
+        scheme_to_overwrite: f
+            .scheme_header_transformation
+            .as_ref()
+            .and_then(|t| scheme_to_overwrite(cx, &join(p, "scheme_header_transformation"), t)),
         forward_client_cert: forward_client_cert(cx, p, *f.forward_client_cert_details),
         client_cert_details: f
             .set_current_client_cert_details

@@ -138,6 +138,14 @@ fn supported_fields() {
                 h.server_name = "istio-envoy".into();
                 h.server_header_transformation =
                     hcm::http_connection_manager::ServerHeaderTransformation::AppendIfAbsent as i32;
+                h.scheme_header_transformation = Some(core::SchemeHeaderTransformation {
+                    match_upstream: false,
+                    transformation: Some(
+                        core::scheme_header_transformation::Transformation::SchemeToOverwrite(
+                            "https".into(),
+                        ),
+                    ),
+                });
                 // istiod's inbound settings.
                 h.forward_client_cert_details =
                     hcm::http_connection_manager::ForwardClientCertDetails::AppendForward as i32;
@@ -169,6 +177,7 @@ fn supported_fields() {
                         ),
                         path: ml::PathNormalization::default(),
                         host: ml::HostNormalization::default(),
+                        scheme_to_overwrite: Some(ml::RequestScheme::Https),
                         forward_client_cert: ml::ForwardClientCert::AppendForward,
                         client_cert_details: ml::ClientCertDetails {
                             subject: true,
@@ -625,6 +634,21 @@ fn rejections() {
                 format!("{fc0}.strip_any_host_port: set together with `strip_matching_host_port`"),
                 format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
             ],
+        ),
+        (
+            with_hcm(|h| {
+                h.scheme_header_transformation = Some(core::SchemeHeaderTransformation {
+                    match_upstream: false,
+                    transformation: Some(core::scheme_header_transformation::Transformation::SchemeToOverwrite("ftp".into())),
+                });
+            }),
+            vec![format!("{fc0}.scheme_header_transformation.scheme_to_overwrite: \"ftp\" is not `http` or `https`")],
+        ),
+        (
+            with_hcm(|h| {
+                h.scheme_header_transformation = Some(core::SchemeHeaderTransformation { match_upstream: true, transformation: None });
+            }),
+            vec![format!("{fc0}.scheme_header_transformation.match_upstream: not supported")],
         ),
         (
             with_hcm(|h| {

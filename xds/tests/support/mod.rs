@@ -501,13 +501,23 @@ pub async fn serving(
     routes: RouteConfiguration,
     upstream: SocketAddr,
 ) -> (ControlPlane, Node) {
+    serving_with(listeners, routes, eds_cluster("web"), upstream).await
+}
+
+/// [`serving`] with a cluster `web` of the caller's (an HTTP/2 one, say).
+pub async fn serving_with(
+    listeners: Vec<Listener>,
+    routes: RouteConfiguration,
+    web: Cluster,
+    upstream: SocketAddr,
+) -> (ControlPlane, Node) {
     let cp = ControlPlane::start().await;
     cp.update(|b| {
         for l in &listeners {
             set(b, &l.name, l);
         }
         set(b, "r", &routes);
-        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &web);
         set(b, "web", &endpoints("web", &[upstream]));
     });
     let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
