@@ -60,6 +60,7 @@ fn table() -> RouteConfiguration {
         headers: HeaderMutation::default(),
         filters: FilterSettings::new(),
         mirrors: vec![],
+        ignore_port_in_host_matching: false,
     }
 }
 

@@ -30,6 +30,10 @@ pub struct RouteConfiguration {
     /// Mirrors of the requests of routes whose virtual host and action have none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorPolicy>,
+    /// `ignore_port_in_host_matching`: a virtual host is chosen by the request's host
+    /// without its port (the domains are compared as written).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_port_in_host_matching: bool,
 }
 
 /// A virtual host.

@@ -72,8 +72,14 @@ impl RouteTable {
     }
 
     /// The virtual host for `authority` (compared case-insensitively, port included as
-    /// given, as Envoy does without `strip_matching_host_port`).
+    /// given, as Envoy does without `strip_matching_host_port`, unless the table says
+    /// `ignore_port_in_host_matching`).
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let authority = if self.config.ignore_port_in_host_matching {
+            split_host_port(authority).0
+        } else {
+            authority
+        };
         // Host names come lowercase almost always: no copy for them.
         let host: Cow<'_, str> = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(authority.to_ascii_lowercase())

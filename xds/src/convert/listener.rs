@@ -1027,13 +1027,15 @@ fn router_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) {
                     start_child_span: _,
                     upstream_log: _,
                     upstream_log_options: _,
-                    suppress_envoy_headers,
+                    // Myelin's router adds no `x-envoy-*` header of its own (no
+                    // `x-envoy-upstream-service-time`, `x-envoy-expected-rq-timeout-ms`,
+                    // `x-envoy-attempt-count`): what suppressing them asks for.
+                    suppress_envoy_headers: _,
                     strict_check_headers,
                     respect_expected_rq_timeout,
                     suppress_grpc_request_failure_code_stats: _,
                     upstream_http_filters,
                 } = r;
-                cx.unsupported(&tp, "suppress_envoy_headers", &suppress_envoy_headers);
                 cx.unsupported(&tp, "strict_check_headers", &strict_check_headers);
                 cx.unsupported(
                     &tp,

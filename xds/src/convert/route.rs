@@ -61,11 +61,6 @@ pub fn route_configuration(
     let mirrors = mirror_policies(&mut cx, p, request_mirror_policies);
     cx.unsupported(
         p,
-        "ignore_port_in_host_matching",
-        ignore_port_in_host_matching,
-    );
-    cx.unsupported(
-        p,
         "ignore_path_parameters_in_path_matching",
         ignore_path_parameters_in_path_matching,
     );
@@ -97,6 +92,7 @@ pub fn route_configuration(
         headers,
         filters,
         mirrors,
+        ignore_port_in_host_matching: *ignore_port_in_host_matching,
     })
 }
 

@@ -479,14 +479,23 @@ fn supported_fields() {
             },
         ),
         (
+            // Envoy Gateway's router: `x-envoy-*` headers suppressed (Myelin's router adds
+            // none).
             "optional unknown http filter is skipped, typed router",
             with_hcm(|h| {
                 h.http_filters = vec![
-                    hcm::HttpFilter { name: "envoy.filters.http.wasm".into(), is_optional: true, ..Default::default() },
+                    hcm::HttpFilter {
+                        name: "envoy.filters.http.wasm".into(),
+                        is_optional: true,
+                        ..Default::default()
+                    },
                     hcm::HttpFilter {
                         name: "router".into(),
                         config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
-                            &xds_api::pb::envoy::extensions::filters::http::router::v3::Router::default(),
+                            &xds_api::pb::envoy::extensions::filters::http::router::v3::Router {
+                                suppress_envoy_headers: true,
+                                ..Default::default()
+                            },
                         ))),
                         ..Default::default()
                     },

@@ -60,6 +60,7 @@ fn table(vhosts: Vec<VirtualHost>) -> RouteTable {
         headers: HeaderMutation::default(),
         filters: Default::default(),
         mirrors: vec![],
+        ignore_port_in_host_matching: false,
     }))
 }
 
@@ -121,6 +122,36 @@ fn virtual_host_selection_is_by_specificity_not_order() {
     }
     let no_any = table(vec![vhost("exact", &["a"], vec![])]);
     assert!(no_any.virtual_host("b").is_none());
+}
+
+/// `ignore_port_in_host_matching`: the request's port is not compared; the domains are
+/// taken as written (one with a port then matches nothing), as in Envoy.
+#[test]
+fn a_table_may_ignore_the_requests_port() {
+    let vhosts = vec![
+        vhost("web", &["web"], vec![]),
+        vhost("with-port", &["api:8080"], vec![]),
+        vhost("v6", &["[::1]"], vec![]),
+        vhost("any", &["*"], vec![]),
+    ];
+    let mut config = (*table(vhosts).config).clone();
+    config.ignore_port_in_host_matching = true;
+    let t = RouteTable::new(Arc::new(config));
+    for (authority, want) in [
+        ("web", "web"),
+        ("web:8080", "web"),
+        ("WEB:80", "web"),
+        ("api:8080", "any"),
+        ("[::1]:443", "v6"),
+        // Not a port: kept, so no exact match.
+        ("web:", "any"),
+    ] {
+        assert_eq!(
+            t.virtual_host(authority).map(|v| v.name.as_str()),
+            Some(want),
+            "{authority}"
+        );
+    }
 }
 
 #[test]
