@@ -732,3 +732,81 @@ transport_socket:
     wait_for(|| node.metric("myelin_proxy_config_misses_total{reason=\"no_filter_chain\"}") == 1.0)
         .await;
 }
+
+/// A cluster as Envoy Gateway writes one (an empty `common_lb_config`,
+/// `ignore_health_on_host_removal`, the enum policy and the typed one with locality
+/// weighting, which wins), with EDS localities as it writes a route's weighted backends:
+/// traffic splits by locality weight, and a locality without weight gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_weights_split_an_envoy_gateway_cluster() {
+    let heavy = http_upstream("heavy").await;
+    let light = http_upstream("light").await;
+    let unweighted = http_upstream("unweighted").await;
+    let cluster: Cluster = yaml(
+        r#"
+name: web
+type: EDS
+connect_timeout: 10s
+eds_cluster_config: {eds_config: {ads: {}, resource_api_version: V3}, service_name: web}
+common_lb_config: {}
+ignore_health_on_host_removal: true
+lb_policy: LEAST_REQUEST
+load_balancing_policy:
+  policies:
+  - typed_extension_config:
+      name: envoy.load_balancing_policies.least_request
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest
+        locality_lb_config: {locality_weighted_lb_config: {}}
+"#,
+    );
+    let assignment: ClusterLoadAssignment = yaml(&format!(
+        r#"
+cluster_name: web
+endpoints:
+- locality: {{region: web/backend/0}}
+  load_balancing_weight: 3
+  lb_endpoints:
+  - endpoint: {{address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}}}
+    load_balancing_weight: 1
+- locality: {{region: web/backend/1}}
+  load_balancing_weight: 1
+  lb_endpoints:
+  - endpoint: {{address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}}}
+    load_balancing_weight: 1
+- locality: {{region: web/backend/2}}
+  lb_endpoints:
+  - endpoint: {{address: {{socket_address: {{address: "127.0.0.1", port_value: {}}}}}}}
+"#,
+        heavy.addr.port(),
+        light.addr.port(),
+        unweighted.addr.port()
+    ));
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "weights", &http_listener("weights", 18099, "r"));
+        set(b, "r", &route_to("r", "web"));
+        set(b, "web", &cluster);
+        set(b, "web", &assignment);
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node.wait_applied(type_url::ROUTE, &["r"], &cp.version(type_url::ROUTE))
+        .await;
+    let mut client = node.http_client(vip(18099)).await;
+    for _ in 0..400 {
+        assert_eq!(client.get("web", "/").await.unwrap().0, StatusCode::OK);
+    }
+    let to_heavy = heavy.hits.load(Ordering::Relaxed);
+    assert!(
+        (260..=340).contains(&to_heavy),
+        "{to_heavy} of 400 went to the locality of weight 3"
+    );
+    assert_eq!(to_heavy + light.hits.load(Ordering::Relaxed), 400);
+    assert_eq!(unweighted.hits.load(Ordering::Relaxed), 0);
+}

@@ -21,6 +21,13 @@ pub struct Cluster {
     pub discovery: Discovery,
     /// How an endpoint is picked.
     pub lb_policy: LbPolicy,
+    /// Locality-weighted balancing (`common_lb_config.locality_weighted_lb_config`, or a
+    /// typed policy's `locality_lb_config`): at each priority a locality is picked first,
+    /// by its `load_balancing_weight` scaled by its health, then an endpoint in it by
+    /// `lb_policy`. Off: the localities' endpoints are balanced as one set (weights
+    /// ignored), as in Envoy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub locality_weighted: bool,
     /// Upstream TCP connect timeout (Envoy default 5 s).
     #[serde(serialize_with = "duration_str")]
     pub connect_timeout: Duration,

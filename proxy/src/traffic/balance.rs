@@ -137,6 +137,39 @@ impl Report {
     }
 }
 
+/// Envoy's locality-weighted balancing: one locality, picked by its weight times its
+/// health (the share of its endpoints that are usable, times the overprovisioning factor
+/// 1.4, at most 1), and only its hosts left usable. When no locality has weight left, all
+/// stay usable (Envoy then balances over the whole level).
+fn keep_one_locality(localities: &[LocalityShare], usable: &mut [bool]) {
+    let effective = |l: &LocalityShare| {
+        let up = usable[l.start..l.end].iter().filter(|u| **u).count() as u64;
+        let health = (140 * up / l.total.max(1) as u64).min(100);
+        u64::from(l.weight) * health
+    };
+    let sum: u64 = localities.iter().map(effective).sum();
+    if sum == 0 {
+        return;
+    }
+    let mut x = fastrand::u64(0..sum);
+    let Some(chosen) = localities.iter().find(|l| {
+        let w = effective(l);
+        if x < w {
+            true
+        } else {
+            x -= w;
+            false
+        }
+    }) else {
+        return;
+    };
+    for (i, u) in usable.iter_mut().enumerate() {
+        if i < chosen.start || i >= chosen.end {
+            *u = false;
+        }
+    }
+}
+
 /// The load balancer of one cluster.
 #[derive(Debug)]
 pub struct Balancer {
@@ -150,6 +183,19 @@ pub struct Balancer {
     /// Maglev lookup table.
     maglev: Vec<usize>,
     outlier: Option<OutlierDetection>,
+    /// Locality-weighted balancing: the localities of `hosts`; `None`: off.
+    localities: Option<Vec<LocalityShare>>,
+}
+
+/// One locality of a priority level, for locality-weighted balancing: its routable hosts
+/// are `hosts[start..end]` of the balancer, out of `total` endpoints it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalityShare {
+    /// Its `load_balancing_weight` (0 when not given: no traffic, as in Envoy).
+    pub weight: u32,
+    pub start: usize,
+    pub end: usize,
+    pub total: usize,
 }
 
 fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
@@ -190,7 +236,20 @@ impl Balancer {
             ring,
             maglev,
             outlier,
+            localities: None,
         }
+    }
+
+    /// Balances by locality first (round robin, least request and random; the hash
+    /// policies keep their table over every host): see [`LocalityShare`].
+    pub fn with_localities(mut self, localities: Vec<LocalityShare>) -> Self {
+        if matches!(
+            self.policy,
+            LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random
+        ) {
+            self.localities = Some(localities);
+        }
+        self
     }
 
     /// The hosts.
@@ -214,6 +273,9 @@ impl Balancer {
         if !usable.contains(&true) {
             // Panic mode: everything is ejected or excluded; use everything.
             usable.fill(true);
+        }
+        if let Some(localities) = &self.localities {
+            keep_one_locality(localities, &mut usable);
         }
         let i = match self.policy {
             LbPolicy::RoundRobin => self.pick_rr(&usable),
@@ -479,6 +541,57 @@ mod tests {
             order.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
             "{order:?}"
         );
+    }
+
+    /// Locality-weighted balancing: a locality by weight times health, then a host in it by
+    /// the policy; an unweighted locality gets nothing; the hash policies are not affected.
+    #[test]
+    fn localities_share_by_weight_and_health() {
+        let share = |weight, start, end, total| LocalityShare {
+            weight,
+            start,
+            end,
+            total,
+        };
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest,
+            LbPolicy::Random,
+        ] {
+            // Hosts 1-2 in a locality of weight 3, 3-4 in one of weight 1, 5 in one
+            // without a weight.
+            let b = Balancer::new(policy, hosts(&[1, 1, 1, 1, 1]), None).with_localities(vec![
+                share(3, 0, 2, 2),
+                share(1, 2, 4, 2),
+                share(0, 4, 5, 1),
+            ]);
+            let c = counts(&b, 8000, |_| None);
+            let of = |h: &[&str]| {
+                h.iter()
+                    .map(|h| c.get(*h).copied().unwrap_or(0))
+                    .sum::<usize>()
+            };
+            let first = of(&["10.0.0.1:80", "10.0.0.2:80"]) as f64 / 8000.0;
+            assert!((first - 0.75).abs() < 0.03, "{policy:?} {c:?}");
+            assert_eq!(of(&["10.0.0.5:80"]), 0, "{policy:?} {c:?}");
+            // Both hosts of a locality take traffic.
+            assert!(c["10.0.0.1:80"] > 1000 && c["10.0.0.2:80"] > 1000, "{c:?}");
+        }
+        // Health: one routable endpoint of four is 35 % of its weight (1.4 x 1/4), against
+        // a whole locality of the same weight: 35 / 135.
+        let b = Balancer::new(LbPolicy::Random, hosts(&[1, 1]), None)
+            .with_localities(vec![share(1, 0, 1, 4), share(1, 1, 2, 1)]);
+        let c = counts(&b, 8000, |_| None);
+        let degraded = c["10.0.0.1:80"] as f64 / 8000.0;
+        assert!((degraded - 35.0 / 135.0).abs() < 0.03, "{c:?}");
+        // No weight anywhere: every host, as without localities.
+        let b = Balancer::new(LbPolicy::RoundRobin, hosts(&[1, 1]), None)
+            .with_localities(vec![share(0, 0, 1, 1), share(0, 1, 2, 1)]);
+        assert_eq!(counts(&b, 100, |_| None).len(), 2);
+        // Maglev keeps its table over all hosts.
+        let b = Balancer::new(LbPolicy::Maglev, hosts(&[1, 1]), None)
+            .with_localities(vec![share(1, 0, 1, 1), share(0, 1, 2, 1)]);
+        assert!(b.localities.is_none());
     }
 
     #[test]

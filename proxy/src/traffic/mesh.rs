@@ -156,6 +156,7 @@ mod tests {
             dns_refresh_rate: None,
             tcp_keepalive: None,
             connection_life: Default::default(),
+            locality_weighted: false,
         }
     }
 

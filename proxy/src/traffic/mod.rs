@@ -35,7 +35,7 @@ pub mod chain;
 pub mod mesh;
 pub mod router;
 
-use balance::{Active, Balancer, Host, Report};
+use balance::{Active, Balancer, Host, LocalityShare, Report};
 use mesh::HboneLookup;
 
 use router::RouteTable;
@@ -409,8 +409,10 @@ impl ClusterTarget {
             for p in priorities {
                 let mut total = 0;
                 let mut hosts: Vec<Arc<Host>> = Vec::new();
+                let mut shares = Vec::new();
                 for loc in cla.localities.iter().filter(|l| l.priority == p) {
                     total += loc.endpoints.len();
+                    let start = hosts.len();
                     for e in loc
                         .endpoints
                         .iter()
@@ -434,16 +436,22 @@ impl ClusterTarget {
                             )
                         }));
                     }
+                    if cluster.locality_weighted {
+                        shares.push(LocalityShare {
+                            weight: loc.load_balancing_weight.unwrap_or(0),
+                            start,
+                            end: hosts.len(),
+                            total: loc.endpoints.len(),
+                        });
+                    }
                 }
                 if total > 0 {
-                    levels.push(Level {
-                        total,
-                        balancer: Balancer::new(
-                            cluster.lb_policy,
-                            hosts,
-                            cluster.outlier_detection.clone(),
-                        ),
-                    });
+                    let mut balancer =
+                        Balancer::new(cluster.lb_policy, hosts, cluster.outlier_detection.clone());
+                    if cluster.locality_weighted {
+                        balancer = balancer.with_localities(shares);
+                    }
+                    levels.push(Level { total, balancer });
                 }
             }
         }
@@ -815,6 +823,7 @@ mod tests {
             dns_refresh_rate: None,
             tcp_keepalive: None,
             connection_life: Default::default(),
+            locality_weighted: false,
         })
     }
 

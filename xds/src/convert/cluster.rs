@@ -123,7 +123,9 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
     cx.unsupported(p, "typed_dns_resolver_config", typed_dns_resolver_config);
     cx.unsupported(p, "upstream_bind_config", upstream_bind_config);
     cx.unsupported(p, "lb_subset_config", lb_subset_config);
-    cx.unsupported(p, "common_lb_config", common_lb_config);
+    let locality_weighted_common = common_lb_config.as_ref().is_some_and(|c| {
+        super::lb_policy::common_lb_config(&mut cx, &join(p, "common_lb_config"), c)
+    });
     let tcp_keepalive = upstream_connection_options
         .as_ref()
         .and_then(|o| connection_options(&mut cx, &join(p, "upstream_connection_options"), o));
@@ -132,13 +134,10 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         "close_connections_on_host_health_failure",
         close_connections_on_host_health_failure,
     );
-    cx.unsupported(
-        p,
-        "ignore_health_on_host_removal",
-        ignore_health_on_host_removal,
-    );
+    // `ignore_health_on_host_removal` (Envoy Gateway sets it): without active health
+    // checks an endpoint EDS removes is gone at once anyway.
+    let _ = ignore_health_on_host_removal;
     cx.unsupported(p, "filters", filters);
-    cx.unsupported(p, "load_balancing_policy", load_balancing_policy);
     cx.unsupported(p, "lrs_server", lrs_server);
     cx.unsupported(p, "upstream_config", upstream_config);
     cx.unsupported(p, "preconnect_policy", preconnect_policy);
@@ -192,7 +191,12 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
             Reason::Invalid("set on a cluster whose type is not EDS".into()),
         );
     }
+    // A typed `load_balancing_policy` wins over `lb_policy` (Envoy ignores the enum then).
+    let typed = load_balancing_policy.as_ref().map(|l| {
+        super::lb_policy::load_balancing_policy(&mut cx, &join(p, "load_balancing_policy"), l)
+    });
     let lb_policy = match LB::try_from(*lb_policy) {
+        _ if typed.is_some() => mc::LbPolicy::RoundRobin,
         Ok(LB::RoundRobin) => mc::LbPolicy::RoundRobin,
         Ok(LB::LeastRequest) => mc::LbPolicy::LeastRequest,
         Ok(LB::Random) => mc::LbPolicy::Random,
@@ -311,10 +315,23 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
     let Some(discovery) = discovery else {
         return Err(cx.errs);
     };
+    let (lb_policy, locality_weighted) = match typed {
+        Some(Some(b)) => (b.policy, b.locality_weighted || locality_weighted_common),
+        _ => (lb_policy, locality_weighted_common),
+    };
+    if locality_weighted_common
+        && matches!(lb_policy, mc::LbPolicy::RingHash | mc::LbPolicy::Maglev)
+    {
+        cx.reject(
+            join(p, "common_lb_config.locality_weighted_lb_config"),
+            Reason::UnsupportedValue("with RING_HASH or MAGLEV".into()),
+        );
+    }
     cx.finish(model::Cluster {
         name: name.clone(),
         discovery,
         lb_policy,
+        locality_weighted,
         connect_timeout,
         circuit_breakers,
         outlier_detection,

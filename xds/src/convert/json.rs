@@ -339,6 +339,21 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
             enc::<ext::LocalRateLimit>(body)
         }
+        "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => {
+            enc::<super::lb_policy::RoundRobin>(body)
+        }
+        "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => {
+            enc::<super::lb_policy::LeastRequest>(body)
+        }
+        "envoy.extensions.load_balancing_policies.random.v3.Random" => {
+            enc::<super::lb_policy::Random>(body)
+        }
+        "envoy.extensions.load_balancing_policies.maglev.v3.Maglev" => {
+            enc::<super::lb_policy::Maglev>(body)
+        }
+        "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => {
+            enc::<super::lb_policy::RingHash>(body)
+        }
         "envoy.config.route.v3.FilterConfig" => {
             enc::<xds_api::pb::envoy::config::route::v3::FilterConfig>(body)
         }

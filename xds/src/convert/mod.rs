@@ -20,6 +20,7 @@ mod endpoint;
 pub(crate) mod ext;
 mod filter;
 pub mod json;
+pub(crate) mod lb_policy;
 mod listener;
 mod local_reply;
 mod route;

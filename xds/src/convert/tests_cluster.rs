@@ -837,3 +837,158 @@ fn hbone_endpoint_metadata() {
         ["endpoints[0].lb_endpoints[0].endpoint.address: an endpoint with myelin.io/hbone metadata needs an IP address (the tunnel's target)"]
     );
 }
+
+fn policy(name: &str, type_url: &str, value: Vec<u8>) -> pb::load_balancing_policy::Policy {
+    pb::load_balancing_policy::Policy {
+        typed_extension_config: Some(core::TypedExtensionConfig {
+            name: name.into(),
+            typed_config: Some(protobuf::Any {
+                type_url: type_url.into(),
+                value,
+            }),
+        }),
+    }
+}
+
+fn policies(p: Vec<pb::load_balancing_policy::Policy>) -> Option<pb::LoadBalancingPolicy> {
+    Some(pb::LoadBalancingPolicy { policies: p })
+}
+
+/// What Envoy Gateway writes on every cluster: an empty `common_lb_config`,
+/// `ignore_health_on_host_removal`, and its policy twice (the enum, and the typed policy
+/// with locality weighting, which wins); and the other typed policies.
+#[test]
+fn load_balancing_policies() {
+    use super::lb_policy as lbp;
+    use prost::Message;
+    let weighted = Some(lbp::LocalityLbConfig {
+        zone_aware_lb_config: None,
+        locality_weighted_lb_config: Some(lbp::LocalityWeightedLbConfig {}),
+    });
+    let least = lbp::LeastRequest {
+        locality_lb_config: weighted.clone(),
+        ..Default::default()
+    };
+    let eg = pb::Cluster {
+        common_lb_config: Some(Default::default()),
+        ignore_health_on_host_removal: true,
+        lb_policy: pb::cluster::LbPolicy::RoundRobin as i32,
+        load_balancing_policy: policies(vec![policy(
+            "envoy.load_balancing_policies.least_request",
+            lbp::LEAST_REQUEST,
+            least.encode_to_vec(),
+        )]),
+        ..eds()
+    };
+    let c = cluster(&eg).unwrap();
+    assert_eq!(
+        (c.lb_policy, c.locality_weighted),
+        (mc::LbPolicy::LeastRequest, true)
+    );
+    // The first policy Myelin has wins; unknown ones before it are skipped.
+    let c = cluster(&pb::Cluster {
+        load_balancing_policy: policies(vec![
+            policy("custom", "type.googleapis.com/x.Custom", vec![]),
+            policy(
+                "rr",
+                lbp::ROUND_ROBIN,
+                lbp::RoundRobin::default().encode_to_vec(),
+            ),
+            policy("random", lbp::RANDOM, vec![]),
+        ]),
+        ..eds()
+    })
+    .unwrap();
+    assert_eq!(
+        (c.lb_policy, c.locality_weighted),
+        (mc::LbPolicy::RoundRobin, false)
+    );
+    for (url, value, want) in [
+        (
+            lbp::RANDOM,
+            lbp::Random {
+                locality_lb_config: weighted.clone(),
+            }
+            .encode_to_vec(),
+            (mc::LbPolicy::Random, true),
+        ),
+        (lbp::MAGLEV, vec![], (mc::LbPolicy::Maglev, false)),
+        (lbp::RING_HASH, vec![], (mc::LbPolicy::RingHash, false)),
+    ] {
+        let c = cluster(&pb::Cluster {
+            load_balancing_policy: policies(vec![policy("p", url, value)]),
+            ..eds()
+        })
+        .unwrap();
+        assert_eq!((c.lb_policy, c.locality_weighted), want, "{url}");
+    }
+    // `common_lb_config.locality_weighted_lb_config` with the enum's policy.
+    let c = cluster(&pb::Cluster {
+        common_lb_config: Some(pb::cluster::CommonLbConfig {
+            locality_config_specifier: Some(
+                pb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    Default::default(),
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..eds()
+    })
+    .unwrap();
+    assert_eq!(
+        (c.lb_policy, c.locality_weighted),
+        (mc::LbPolicy::RoundRobin, true)
+    );
+
+    let rejected = |c: pb::Cluster| messages(cluster(&c));
+    assert_eq!(
+        rejected(pb::Cluster { load_balancing_policy: policies(vec![policy("custom", "type.googleapis.com/x.Custom", vec![])]), ..eds() }),
+        ["load_balancing_policy.policies: no policy Myelin has: `custom` (type.googleapis.com/x.Custom) (it has envoy.extensions.load_balancing_policies.round_robin, least_request, random, maglev and ring_hash)"]
+    );
+    let odd = lbp::LeastRequest {
+        choice_count: u32v(3),
+        selection_method: 1,
+        locality_lb_config: Some(lbp::LocalityLbConfig {
+            zone_aware_lb_config: Some(vec![]),
+            locality_weighted_lb_config: None,
+        }),
+        ..Default::default()
+    };
+    let tp = "load_balancing_policy.policies[0].typed_extension_config.typed_config";
+    assert_eq!(
+        rejected(pb::Cluster {
+            load_balancing_policy: policies(vec![policy(
+                "lr",
+                lbp::LEAST_REQUEST,
+                odd.encode_to_vec()
+            )]),
+            ..eds()
+        }),
+        [
+            format!(
+                "{tp}.choice_count: other than 2 (Myelin picks the better of two) is not supported"
+            ),
+            format!("{tp}.selection_method: FULL_SCAN is not supported"),
+            format!("{tp}.locality_lb_config.zone_aware_lb_config: not supported"),
+        ]
+    );
+    assert_eq!(
+        rejected(pb::Cluster {
+            lb_policy: pb::cluster::LbPolicy::RingHash as i32,
+            common_lb_config: Some(pb::cluster::CommonLbConfig {
+                healthy_panic_threshold: Some(Default::default()),
+                locality_config_specifier: Some(
+                    pb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                        Default::default(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..eds()
+        }),
+        [
+            "common_lb_config.healthy_panic_threshold: not supported",
+            "common_lb_config.locality_weighted_lb_config: with RING_HASH or MAGLEV is not supported",
+        ]
+    );
+}
