@@ -229,6 +229,30 @@ pub struct OutlierDetection {
     pub max_ejection_time: Duration,
     /// At most this percentage of hosts ejected (default 10).
     pub max_ejection_percent: u32,
+    /// Success-rate ejection, every `interval`: among the hosts with at least
+    /// `success_rate_request_volume` requests in it (when there are at least
+    /// `success_rate_minimum_hosts` of them), one whose success rate is below the mean by
+    /// more than `success_rate_stdev_factor / 1000` standard deviations is ejected with
+    /// this percentage chance (default 100, Envoy's: on unless set to 0).
+    pub enforcing_success_rate: u32,
+    /// Default 5.
+    pub success_rate_minimum_hosts: u32,
+    /// Default 100.
+    pub success_rate_request_volume: u32,
+    /// Default 1900 (1.9 standard deviations).
+    pub success_rate_stdev_factor: u32,
+    /// Failure-percentage ejection, every `interval`: a host with at least
+    /// `failure_percentage_request_volume` requests in it (when there are at least
+    /// `failure_percentage_minimum_hosts` of them) whose failures are at least this
+    /// percentage of them (default 85) is ejected with `enforcing_failure_percentage`
+    /// chance (default 0: off, as in Envoy).
+    pub failure_percentage_threshold: u32,
+    /// Default 0.
+    pub enforcing_failure_percentage: u32,
+    /// Default 5.
+    pub failure_percentage_minimum_hosts: u32,
+    /// Default 50.
+    pub failure_percentage_request_volume: u32,
 }
 
 impl Default for OutlierDetection {
@@ -242,6 +266,14 @@ impl Default for OutlierDetection {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
             max_ejection_percent: 10,
+            enforcing_success_rate: 100,
+            success_rate_minimum_hosts: 5,
+            success_rate_request_volume: 100,
+            success_rate_stdev_factor: 1900,
+            failure_percentage_threshold: 85,
+            enforcing_failure_percentage: 0,
+            failure_percentage_minimum_hosts: 5,
+            failure_percentage_request_volume: 50,
         }
     }
 }

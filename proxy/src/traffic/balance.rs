@@ -47,6 +47,9 @@ struct OutlierState {
     consecutive_gateway: u32,
     ejections: u32,
     ejected_until: Option<Instant>,
+    /// Requests and failures since the last success-rate / failure-percentage sweep.
+    window_requests: u32,
+    window_failures: u32,
 }
 
 impl Host {
@@ -183,6 +186,9 @@ pub struct Balancer {
     /// Maglev lookup table.
     maglev: Vec<usize>,
     outlier: Option<OutlierDetection>,
+    /// When the next success-rate / failure-percentage sweep is due (done by the first
+    /// report after it: no timer).
+    next_sweep: Mutex<Instant>,
     /// Locality-weighted balancing: the localities of `hosts`; `None`: off.
     localities: Option<Vec<LocalityShare>>,
 }
@@ -235,6 +241,12 @@ impl Balancer {
             next: AtomicUsize::new(0),
             ring,
             maglev,
+            next_sweep: Mutex::new(
+                Instant::now()
+                    + outlier
+                        .as_ref()
+                        .map_or(std::time::Duration::ZERO, |o| o.interval),
+            ),
             outlier,
             localities: None,
         }
@@ -348,7 +360,8 @@ impl Balancer {
     }
 
     /// Records what an attempt to `host` came to, and ejects the host when the outlier
-    /// detection's consecutive-failure thresholds say so.
+    /// detection's consecutive-failure thresholds say so; once an `interval` has passed,
+    /// sweeps the hosts for success-rate and failure-percentage outliers.
     pub fn report(&self, host: &Host, report: Report) {
         let Some(cfg) = &self.outlier else {
             return;
@@ -362,6 +375,7 @@ impl Balancer {
                 s.consecutive_5xx = 0;
                 s.consecutive_gateway = 0;
             }
+            s.window_requests = s.window_requests.saturating_add(1);
             match report {
                 Report::Success => {
                     s.consecutive_5xx = 0;
@@ -369,6 +383,7 @@ impl Balancer {
                     false
                 }
                 Report::ServerError | Report::GatewayError => {
+                    s.window_failures = s.window_failures.saturating_add(1);
                     s.consecutive_5xx += 1;
                     if report == Report::GatewayError {
                         s.consecutive_gateway += 1;
@@ -379,11 +394,22 @@ impl Balancer {
                     let by_gateway = cfg.consecutive_gateway_failure > 0
                         && s.consecutive_gateway >= cfg.consecutive_gateway_failure
                         && roll(cfg.enforcing_consecutive_gateway_failure);
-                    s.ejected_until.is_none() && (by_5xx || by_gateway)
+                    by_5xx || by_gateway
                 }
             }
         };
-        if !eject {
+        if eject {
+            self.eject(host, now, cfg);
+        }
+        if cfg.enforcing_success_rate > 0 || cfg.enforcing_failure_percentage > 0 {
+            self.sweep_if_due(now, cfg);
+        }
+    }
+
+    /// Ejects `host` unless it is out already or `max_ejection_percent` of the hosts are
+    /// (at least one may always be); each ejection lasts longer than the last.
+    fn eject(&self, host: &Host, now: Instant, cfg: &OutlierDetection) {
+        if host.is_ejected(now) {
             return;
         }
         let ejected = self.hosts.iter().filter(|h| h.is_ejected(now)).count();
@@ -400,6 +426,81 @@ impl Balancer {
         s.ejected_until = Some(now + time);
         s.consecutive_5xx = 0;
         s.consecutive_gateway = 0;
+    }
+
+    /// Envoy's interval sweep for the statistical ejections, over this balancer's hosts
+    /// (one priority level), counting what was reported since the last sweep: success
+    /// rate (a host more than `success_rate_stdev_factor / 1000` standard deviations
+    /// below the mean success rate of the hosts with enough requests, when there are
+    /// enough such hosts) and failure percentage (a host whose failures reach the
+    /// threshold). Failures are what [`Report`] says failed: 5xx answers and connection
+    /// failures, resets and timeouts.
+    fn sweep_if_due(&self, now: Instant, cfg: &OutlierDetection) {
+        {
+            // One sweep at a time; a report that finds it taken goes on.
+            let Ok(mut next) = self.next_sweep.try_lock() else {
+                return;
+            };
+            if now < *next {
+                return;
+            }
+            *next = now + cfg.interval;
+        }
+        let windows: SmallVec<[(u32, u32); 16]> = self
+            .hosts
+            .iter()
+            .map(|h| {
+                let mut s = lock(&h.outlier);
+                let w = (s.window_requests, s.window_failures);
+                (s.window_requests, s.window_failures) = (0, 0);
+                w
+            })
+            .collect();
+        let mut outliers: SmallVec<[usize; 4]> = SmallVec::new();
+        if cfg.enforcing_success_rate > 0 {
+            let rates: SmallVec<[(usize, f64); 16]> = windows
+                .iter()
+                .enumerate()
+                .filter(|(_, (n, _))| *n > 0 && *n >= cfg.success_rate_request_volume)
+                .map(|(i, &(n, f))| (i, 100.0 * f64::from(n - f) / f64::from(n)))
+                .collect();
+            if !rates.is_empty() && rates.len() >= cfg.success_rate_minimum_hosts as usize {
+                let k = rates.len() as f64;
+                let mean = rates.iter().map(|r| r.1).sum::<f64>() / k;
+                let variance = rates.iter().map(|r| (r.1 - mean).powi(2)).sum::<f64>() / k;
+                let threshold =
+                    mean - f64::from(cfg.success_rate_stdev_factor) / 1000.0 * variance.sqrt();
+                outliers.extend(
+                    rates
+                        .iter()
+                        .filter(|r| r.1 < threshold && roll(cfg.enforcing_success_rate))
+                        .map(|r| r.0),
+                );
+            }
+        }
+        if cfg.enforcing_failure_percentage > 0 {
+            let enough: SmallVec<[(usize, u32, u32); 16]> = windows
+                .iter()
+                .enumerate()
+                .filter(|(_, (n, _))| *n > 0 && *n >= cfg.failure_percentage_request_volume)
+                .map(|(i, &(n, f))| (i, n, f))
+                .collect();
+            if !enough.is_empty() && enough.len() >= cfg.failure_percentage_minimum_hosts as usize {
+                outliers.extend(
+                    enough
+                        .iter()
+                        .filter(|&&(_, n, f)| {
+                            u64::from(f) * 100
+                                >= u64::from(cfg.failure_percentage_threshold) * u64::from(n)
+                                && roll(cfg.enforcing_failure_percentage)
+                        })
+                        .map(|&(i, _, _)| i),
+                );
+            }
+        }
+        for i in outliers {
+            self.eject(&self.hosts[i], now, cfg);
+        }
     }
 }
 
@@ -671,6 +772,67 @@ mod tests {
             max_ejection_percent: 50,
             ..OutlierDetection::default()
         }
+    }
+
+    /// Success rate and failure percentage, swept once per interval over what was reported
+    /// in it: only hosts with enough requests count, and only when enough hosts have them.
+    #[test]
+    fn statistical_outliers_are_ejected_at_the_interval() {
+        let statistical = |sr: u32, fp: u32| OutlierDetection {
+            consecutive_5xx: 0,
+            interval: Duration::from_millis(20),
+            enforcing_success_rate: sr,
+            enforcing_failure_percentage: fp,
+            ..outlier()
+        };
+        // `fails[i]` of 100 requests to host i fail; then the interval passes and one more
+        // report sweeps. Which hosts are ejected?
+        let run = |cfg: OutlierDetection, fails: &[u32]| {
+            let b = Balancer::new(
+                LbPolicy::RoundRobin,
+                hosts(&vec![1; fails.len()]),
+                Some(cfg),
+            );
+            for (h, &f) in b.hosts().iter().zip(fails) {
+                for k in 0..100 {
+                    let r = if k < f {
+                        Report::ServerError
+                    } else {
+                        Report::Success
+                    };
+                    b.report(h, r);
+                }
+            }
+            let ejected = |b: &Balancer| -> Vec<usize> {
+                (0..fails.len())
+                    .filter(|&i| b.hosts()[i].is_ejected(Instant::now()))
+                    .collect()
+            };
+            assert_eq!(
+                ejected(&b),
+                Vec::<usize>::new(),
+                "nothing before the interval"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+            b.report(&b.hosts()[0].clone(), Report::Success);
+            ejected(&b)
+        };
+        // Success rate (Envoy's default): 50 % against 99-100 % is far below the mean.
+        assert_eq!(run(statistical(100, 0), &[0, 1, 0, 1, 0, 50]), [5]);
+        // Five hosts with enough requests are needed.
+        assert_eq!(
+            run(statistical(100, 0), &[0, 1, 0, 50]),
+            Vec::<usize>::new()
+        );
+        // Off when not enforced.
+        assert_eq!(
+            run(statistical(0, 0), &[0, 1, 0, 1, 0, 50]),
+            Vec::<usize>::new()
+        );
+        // Failure percentage: 85 % or more.
+        assert_eq!(run(statistical(0, 100), &[0, 90, 84, 0, 85]), [1, 4]);
+        // At most max_ejection_percent (50 % of 5: 2).
+        assert_eq!(run(statistical(0, 100), &[90, 90, 90, 0, 90]).len(), 2);
     }
 
     #[test]

@@ -539,23 +539,6 @@ fn outlier(cx: &mut Cx, p: &str, o: &pb::OutlierDetection) -> mc::OutlierDetecti
         successful_active_health_check_uneject_host,
         monitors,
     } = o;
-    // Success-rate ejection is on by default in Envoy (enforcing 100); Myelin does not
-    // implement it, so it must be turned off explicitly (enforcing_success_rate: 0).
-    if enforcing_success_rate.as_ref().is_none_or(|v| v.value != 0) {
-        cx.reject(
-            join(p, "enforcing_success_rate"),
-            Reason::Invalid(
-                "success-rate ejection is not supported; set `enforcing_success_rate: 0`".into(),
-            ),
-        );
-    }
-    cx.unsupported(p, "success_rate_minimum_hosts", success_rate_minimum_hosts);
-    cx.unsupported(
-        p,
-        "success_rate_request_volume",
-        success_rate_request_volume,
-    );
-    cx.unsupported(p, "success_rate_stdev_factor", success_rate_stdev_factor);
     cx.unsupported(
         p,
         "split_external_local_origin_errors",
@@ -578,28 +561,8 @@ fn outlier(cx: &mut Cx, p: &str, o: &pb::OutlierDetection) -> mc::OutlierDetecti
     );
     cx.unsupported(
         p,
-        "failure_percentage_threshold",
-        failure_percentage_threshold,
-    );
-    cx.unsupported(
-        p,
-        "enforcing_failure_percentage",
-        enforcing_failure_percentage,
-    );
-    cx.unsupported(
-        p,
         "enforcing_failure_percentage_local_origin",
         enforcing_failure_percentage_local_origin,
-    );
-    cx.unsupported(
-        p,
-        "failure_percentage_minimum_hosts",
-        failure_percentage_minimum_hosts,
-    );
-    cx.unsupported(
-        p,
-        "failure_percentage_request_volume",
-        failure_percentage_request_volume,
     );
     cx.unsupported(p, "max_ejection_time_jitter", max_ejection_time_jitter);
     cx.unsupported(
@@ -633,9 +596,38 @@ fn outlier(cx: &mut Cx, p: &str, o: &pb::OutlierDetection) -> mc::OutlierDetecti
         ),
         max_ejection_time: dur("max_ejection_time", max_ejection_time, d.max_ejection_time),
         max_ejection_percent: u(max_ejection_percent, d.max_ejection_percent),
+        enforcing_success_rate: u(enforcing_success_rate, d.enforcing_success_rate),
+        success_rate_minimum_hosts: u(success_rate_minimum_hosts, d.success_rate_minimum_hosts),
+        success_rate_request_volume: u(success_rate_request_volume, d.success_rate_request_volume),
+        success_rate_stdev_factor: u(success_rate_stdev_factor, d.success_rate_stdev_factor),
+        failure_percentage_threshold: u(
+            failure_percentage_threshold,
+            d.failure_percentage_threshold,
+        ),
+        enforcing_failure_percentage: u(
+            enforcing_failure_percentage,
+            d.enforcing_failure_percentage,
+        ),
+        failure_percentage_minimum_hosts: u(
+            failure_percentage_minimum_hosts,
+            d.failure_percentage_minimum_hosts,
+        ),
+        failure_percentage_request_volume: u(
+            failure_percentage_request_volume,
+            d.failure_percentage_request_volume,
+        ),
     };
     for (field, v) in [
         ("max_ejection_percent", out.max_ejection_percent),
+        ("enforcing_success_rate", out.enforcing_success_rate),
+        (
+            "failure_percentage_threshold",
+            out.failure_percentage_threshold,
+        ),
+        (
+            "enforcing_failure_percentage",
+            out.enforcing_failure_percentage,
+        ),
         ("enforcing_consecutive_5xx", out.enforcing_consecutive_5xx),
         (
             "enforcing_consecutive_gateway_failure",

@@ -264,8 +264,33 @@ fn cluster_supported_fields() {
             interval: Duration::from_secs(1),
             base_ejection_time: Duration::from_secs(2),
             max_ejection_percent: 50,
+            enforcing_success_rate: 0,
             ..Default::default()
         })
+    );
+    // `outlier_detection: {}` (Envoy Gateway's): Envoy's defaults, success-rate ejection
+    // on, failure percentage off.
+    let empty = cluster(&pb::Cluster {
+        outlier_detection: Some(Default::default()),
+        ..eds()
+    })
+    .unwrap();
+    assert_eq!(
+        empty.outlier_detection,
+        Some(mc::OutlierDetection::default())
+    );
+    let d = mc::OutlierDetection::default();
+    assert_eq!(
+        (
+            d.enforcing_success_rate,
+            d.success_rate_minimum_hosts,
+            d.success_rate_request_volume
+        ),
+        (100, 5, 100)
+    );
+    assert_eq!(
+        (d.success_rate_stdev_factor, d.enforcing_failure_percentage),
+        (1900, 0)
     );
     assert_eq!(
         c.tls,
@@ -353,7 +378,7 @@ fn cluster_rejections() {
             pb::Cluster { name: "c".into(), cluster_discovery_type: ty(pb::cluster::DiscoveryType::LogicalDns), load_assignment: Some(cla(vec![lb("a", 1), lb("b", 1)])), ..Default::default() },
             vec!["load_assignment: a LOGICAL_DNS cluster needs exactly one endpoint, not 2"],
         ),
-        (pb::Cluster { outlier_detection: Some(Default::default()), ..eds() }, vec!["outlier_detection.enforcing_success_rate: success-rate ejection is not supported; set `enforcing_success_rate: 0`"]),
+        (pb::Cluster { outlier_detection: Some(pb::OutlierDetection { enforcing_success_rate: u32v(101), split_external_local_origin_errors: true, ..Default::default() }), ..eds() }, vec!["outlier_detection.split_external_local_origin_errors: not supported", "outlier_detection.enforcing_success_rate: 101 is not a percentage"]),
         (
             pb::Cluster {
                 transport_socket: tls_socket(&ext::UpstreamTlsContext {
