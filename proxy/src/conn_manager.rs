@@ -184,22 +184,41 @@ pub(crate) fn settle_scheme<B>(
     overwrite: Option<RequestScheme>,
 ) {
     match (req.uri().scheme(), overwrite) {
-        (Some(own), Some(new)) if own.as_str() != new.as_str() => {
-            let mut parts = req.uri().clone().into_parts();
-            parts.scheme = Some(match new {
-                RequestScheme::Http => http::uri::Scheme::HTTP,
-                RequestScheme::Https => http::uri::Scheme::HTTPS,
-            });
-            // A URI with a scheme has an authority and a path, so this cannot fail.
-            if let Ok(uri) = Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
-            }
-        }
-        (Some(_), _) => {}
+        (Some(_), Some(new)) => set_uri_scheme(req, new),
+        (Some(_), None) => {}
         (None, _) if scheme == RequestScheme::Https => {
             req.extensions_mut().insert(Https);
         }
         (None, _) => {}
+    }
+}
+
+/// `scheme_header_transformation.match_upstream`: the scheme of a request going to an
+/// HTTP/2 upstream (one whose URI has a scheme) is the upstream connection's.
+pub(crate) fn match_upstream_scheme<B>(req: &mut Request<B>, tls: bool) {
+    if req.uri().scheme().is_some() {
+        let s = if tls {
+            RequestScheme::Https
+        } else {
+            RequestScheme::Http
+        };
+        set_uri_scheme(req, s);
+    }
+}
+
+/// Sets the scheme of a URI that has one (so also an authority and a path).
+fn set_uri_scheme<B>(req: &mut Request<B>, s: RequestScheme) {
+    if req.uri().scheme_str() == Some(s.as_str()) {
+        return;
+    }
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(match s {
+        RequestScheme::Http => http::uri::Scheme::HTTP,
+        RequestScheme::Https => http::uri::Scheme::HTTPS,
+    });
+    // With a scheme there are an authority and a path: this cannot fail.
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 

@@ -200,6 +200,8 @@ pub(crate) struct Target {
     pub(crate) keepalive: Option<crate::tcp::Keepalive>,
     /// How long the cluster's connections live.
     pub(crate) life: upstream::ConnLife,
+    /// The cluster has upstream TLS (its requests go over TLS: the HBONE tunnel).
+    pub(crate) tls: bool,
 }
 
 /// The request body as the proxy forwards it (its bytes counted for the golden metrics).
@@ -664,6 +666,7 @@ impl HttpConn {
                         protocol: same_as(self.downstream),
                         keepalive: None,
                         life: upstream::ConnLife::default(),
+                        tls: false,
                     };
                     let dest = self.destination(None, Some(self.dst), authority(&req));
                     *deadlines = Deadlines::new(None, &self.timeouts);
@@ -1205,6 +1208,11 @@ impl HttpConn {
             strip_hop_by_hop(req.headers_mut(), upgrade);
             let own_h1 = upstream::takes_own_h1(upgrade, req.method());
             adapt_request(&mut req, target.protocol, own_h1);
+            if let Routing::Routes { headers, .. } = &self.routing {
+                if headers.scheme_match_upstream {
+                    conn_manager::match_upstream_scheme(&mut req, target.tls);
+                }
+            }
 
             let ep = self.endpoint(target)?;
             let mut from_client = None;
@@ -1778,6 +1786,7 @@ pub(crate) async fn pick_endpoint(
         protocol,
         keepalive: cluster.cluster.tcp_keepalive.as_ref().map(Into::into),
         life: (&cluster.cluster.connection_life).into(),
+        tls: cluster.cluster.tls.is_some(),
     };
     Ok(PickedEndpoint {
         endpoint,

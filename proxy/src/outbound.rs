@@ -227,6 +227,7 @@ async fn try_handle(
                     protocol: crate::upstream::UpstreamProtocol::Http1,
                     keepalive: None,
                     life: crate::upstream::ConnLife::default(),
+                    tls: false,
                 }),
             };
             match upstream {

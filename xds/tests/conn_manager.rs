@@ -730,6 +730,12 @@ typed_extension_protocol_options:
                 "r",
                 &["scheme_header_transformation: {scheme_to_overwrite: https}"],
             ),
+            http_listener_with(
+                "upstream",
+                18520,
+                "r",
+                &["scheme_header_transformation: {match_upstream: true}"],
+            ),
         ],
         routes,
         h2_web,
@@ -797,4 +803,15 @@ typed_extension_protocol_options:
             "h2={h2}"
         );
     }
+
+    // Matched to the upstream connection (plain here) for the upstream only; routes still
+    // see the request's own.
+    assert_eq!(
+        body(fetch(&node, 18520, "/up", false, &https).await),
+        "http"
+    );
+    assert_eq!(
+        body(fetch(&node, 18520, "/matched", false, &https).await),
+        "matched https"
+    );
 }

@@ -221,6 +221,11 @@ pub struct HeaderHandling {
     /// request's own, as Envoy reads it (HTTP/2's `:scheme`, an absolute URI's, else
     /// `x-forwarded-proto` after the rules above).
     pub scheme_to_overwrite: Option<RequestScheme>,
+    /// `scheme_header_transformation.match_upstream`: an HTTP/2 upstream is sent `https`
+    /// when the request goes over TLS (a cluster with upstream TLS: the HBONE tunnel),
+    /// else `http`. Routes still see the request's own scheme.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scheme_match_upstream: bool,
     /// `forward_client_cert_details`: what becomes of a request's
     /// `x-forwarded-client-cert` (XFCC).
     pub forward_client_cert: ForwardClientCert,
@@ -274,6 +279,7 @@ impl Default for HeaderHandling {
             path: PathNormalization::default(),
             host: HostNormalization::default(),
             scheme_to_overwrite: None,
+            scheme_match_upstream: false,
             forward_client_cert: ForwardClientCert::Sanitize,
             client_cert_details: ClientCertDetails::default(),
         }

@@ -776,9 +776,8 @@ struct HeaderFields<'a> {
     scheme_header_transformation: &'a Option<core::SchemeHeaderTransformation>,
 }
 
-/// `scheme_header_transformation`: `scheme_to_overwrite` (`http` or `https`, as Envoy
-/// validates it). `match_upstream` is rejected: Myelin's upstream TLS is the HBONE tunnel to
-/// another node, not the scheme of the request inside it.
+/// `scheme_header_transformation.scheme_to_overwrite` (`http` or `https`, as Envoy
+/// validates it).
 fn scheme_to_overwrite(
     cx: &mut Cx,
     p: &str,
@@ -786,7 +785,7 @@ fn scheme_to_overwrite(
 ) -> Option<ml::RequestScheme> {
     use core::scheme_header_transformation::Transformation;
     let core::SchemeHeaderTransformation {
-        match_upstream,
+        match_upstream: _, // read by `header_handling`
         transformation,
     } = t;
     match transformation {
@@ -801,11 +800,6 @@ fn scheme_to_overwrite(
                 None
             }
         },
-        // Envoy: with a scheme to overwrite, `match_upstream` is not used.
-        None if *match_upstream => {
-            cx.reject(join(p, "match_upstream"), Reason::NotSupported);
-            None
-        }
         None => None,
     }
 }
@@ -921,6 +915,11 @@ fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandl
             .scheme_header_transformation
             .as_ref()
             .and_then(|t| scheme_to_overwrite(cx, &join(p, "scheme_header_transformation"), t)),
+        // Envoy: with a scheme to overwrite, `match_upstream` is not used.
+        scheme_match_upstream: f
+            .scheme_header_transformation
+            .as_ref()
+            .is_some_and(|t| t.match_upstream && t.transformation.is_none()),
         forward_client_cert: forward_client_cert(cx, p, *f.forward_client_cert_details),
         client_cert_details: f
             .set_current_client_cert_details

@@ -178,6 +178,7 @@ fn supported_fields() {
                         path: ml::PathNormalization::default(),
                         host: ml::HostNormalization::default(),
                         scheme_to_overwrite: Some(ml::RequestScheme::Https),
+                        scheme_match_upstream: false,
                         forward_client_cert: ml::ForwardClientCert::AppendForward,
                         client_cert_details: ml::ClientCertDetails {
                             subject: true,
@@ -188,6 +189,21 @@ fn supported_fields() {
                         },
                     }
                 );
+            },
+        ),
+        (
+            // Envoy Gateway's.
+            "scheme matches the upstream",
+            with_hcm(|h| {
+                h.scheme_header_transformation = Some(core::SchemeHeaderTransformation {
+                    match_upstream: true,
+                    transformation: None,
+                });
+            }),
+            |m| {
+                let h = &hcm_of(m).headers;
+                assert!(h.scheme_match_upstream);
+                assert_eq!(h.scheme_to_overwrite, None);
             },
         ),
         (
@@ -652,12 +668,6 @@ fn rejections() {
                 });
             }),
             vec![format!("{fc0}.scheme_header_transformation.scheme_to_overwrite: \"ftp\" is not `http` or `https`")],
-        ),
-        (
-            with_hcm(|h| {
-                h.scheme_header_transformation = Some(core::SchemeHeaderTransformation { match_upstream: true, transformation: None });
-            }),
-            vec![format!("{fc0}.scheme_header_transformation.match_upstream: not supported")],
         ),
         (
             with_hcm(|h| {
