@@ -669,7 +669,7 @@ impl HttpConn {
                         tls: false,
                     };
                     let dest = self.destination(None, Some(self.dst), authority(&req));
-                    *deadlines = Deadlines::new(None, &self.timeouts);
+                    *deadlines = Deadlines::new(None, None, &self.timeouts);
                     let forwarded = std::pin::pin!(self.forward(target, None, req));
                     let resp = within(&self.timer, *deadlines, stream, self.dst, forwarded).await?;
                     return Ok((resp, "-", dest));
@@ -734,7 +734,7 @@ impl HttpConn {
             };
             // The route timeout covers every attempt and the backoff between them, and then
             // the response body.
-            *deadlines = Deadlines::new(action.timeout, &self.timeouts);
+            *deadlines = Deadlines::new(action.timeout, action.idle_timeout, &self.timeouts);
             if let Some(limit) = &action.stream_limit {
                 let l = crate::timeout::limits(
                     limit,

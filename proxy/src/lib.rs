@@ -231,7 +231,8 @@ impl Proxy {
 /// The accept tasks of the `bind_to_port` listeners, by listener name.
 struct BoundListeners {
     tx: mpsc::Sender<(TcpStream, SocketAddr, Arc<str>)>,
-    running: HashMap<String, (SocketAddr, JoinHandle<()>)>,
+    /// By name: the address and `ipv4_compat` bound, and the accept task.
+    running: HashMap<String, ((SocketAddr, bool), JoinHandle<()>)>,
 }
 
 impl Drop for BoundListeners {
@@ -247,27 +248,28 @@ impl BoundListeners {
     /// address cannot be bound is logged and counted, and tried again at the next config
     /// change; the others are unaffected.
     fn reconcile(&mut self, traffic: &traffic::Traffic, metrics: &metrics::ProxyMetrics) {
-        let wanted: HashMap<&str, SocketAddr> = traffic
+        let wanted: HashMap<&str, (SocketAddr, bool)> = traffic
             .bound_listeners()
-            .map(|l| (l.name.as_str(), l.address))
+            .map(|l| (l.name.as_str(), (l.address, l.ipv4_compat)))
             .collect();
         self.running.retain(|name, (addr, task)| {
             let keep = wanted.get(name.as_str()) == Some(addr) && !task.is_finished();
             if !keep {
                 task.abort();
-                info!(listener = %name, %addr, "listener closed");
+                info!(listener = %name, addr = %addr.0, "listener closed");
             }
             keep
         });
-        for (name, addr) in wanted {
+        for (name, (addr, ipv4_compat)) in wanted {
             if self.running.contains_key(name) {
                 continue;
             }
-            match bind(addr) {
+            match bind(addr, ipv4_compat) {
                 Ok(listener) => {
                     info!(listener = %name, %addr, "listener bound");
                     let task = tokio::spawn(accept_bound(listener, name.into(), self.tx.clone()));
-                    self.running.insert(name.to_owned(), (addr, task));
+                    self.running
+                        .insert(name.to_owned(), ((addr, ipv4_compat), task));
                 }
                 Err(e) => {
                     metrics.listener_bind_errors.inc();
@@ -279,14 +281,18 @@ impl BoundListeners {
 }
 
 /// A listening socket with `SO_REUSEADDR`, so a restarted proxy can rebind while old
-/// connections linger in TIME_WAIT.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// connections linger in TIME_WAIT. An IPv6 one takes IPv4 connections only with
+/// `ipv4_compat` (Envoy sets `IPV6_V6ONLY` otherwise; Linux's default is dual-stack).
+fn bind(addr: SocketAddr, ipv4_compat: bool) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!ipv4_compat)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -332,4 +338,21 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionRefused
             | io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bound `::` listener takes IPv4 connections only with `ipv4_compat`, as in Envoy.
+    #[tokio::test]
+    async fn a_v6_wildcard_listener_is_dual_stack_only_with_ipv4_compat() {
+        for ipv4_compat in [false, true] {
+            let l = bind("[::]:0".parse().unwrap(), ipv4_compat).unwrap();
+            let port = l.local_addr().unwrap().port();
+            let v4 = TcpStream::connect(("127.0.0.1", port)).await;
+            assert_eq!(v4.is_ok(), ipv4_compat, "ipv4_compat={ipv4_compat}");
+            assert!(TcpStream::connect(("::1", port)).await.is_ok());
+        }
+    }
 }

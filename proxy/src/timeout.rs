@@ -189,10 +189,20 @@ pub(crate) struct Deadlines {
 }
 
 impl Deadlines {
-    pub(crate) fn new(route: Option<Duration>, hcm: &HcmTimeouts) -> Self {
+    /// The route's `timeout`, its `idle_timeout` (replacing the connection manager's
+    /// stream idle timeout; zero: none), and the connection manager's own.
+    pub(crate) fn new(
+        route: Option<Duration>,
+        route_idle: Option<Duration>,
+        hcm: &HcmTimeouts,
+    ) -> Self {
         Self {
             route,
-            stream_idle: hcm.stream_idle,
+            stream_idle: match route_idle {
+                None => hcm.stream_idle,
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+            },
             request: hcm.request,
             duration: hcm.max_stream,
         }

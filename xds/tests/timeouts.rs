@@ -534,3 +534,35 @@ async fn max_grpc_timeout_takes_the_clients_deadline() {
         2.0
     );
 }
+
+/// A route's `idle_timeout` replaces the connection manager's `stream_idle_timeout` for the
+/// requests it takes (Envoy Gateway writes one with every route timeout); zero turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_idle_timeout_replaces_the_connection_managers() {
+    // The route's 0.3 s under the connection manager's default 5 min: 408.
+    let (stalled, _t) = stalling(b"", Duration::ZERO).await;
+    let cp = ControlPlane::start().await;
+    let node = node_with(
+        &cp,
+        hcm_listener(18308, "stream_idle_timeout: 300s", "0s, idle_timeout: 0.3s"),
+        stalled,
+    )
+    .await;
+    let (answer, took) = answer_to(&node, 18308, b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(took >= ms(250) && took < ms(3000), "{took:?}");
+
+    // Zero: no idle timeout, although the connection manager's is 0.3 s; the answer comes
+    // after 0.7 s of silence.
+    let (slow, _t) = stalling(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", ms(700)).await;
+    let cp = ControlPlane::start().await;
+    let node = node_with(
+        &cp,
+        hcm_listener(18309, "stream_idle_timeout: 0.3s", "0s, idle_timeout: 0s"),
+        slow,
+    )
+    .await;
+    let (answer, took) = answer_to(&node, 18309, b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(took >= ms(650), "{took:?}");
+}

@@ -32,6 +32,7 @@ fn route(filters: FilterSettings) -> Route {
             hash_policy: vec![],
             upgrades: vec![],
             stream_limit: None,
+            idle_timeout: None,
             mirrors: vec![],
         }),
         headers: HeaderMutation::default(),

@@ -22,6 +22,11 @@ pub struct Listener {
     /// Bind a real socket on `address` (a plain reverse-proxy listener). When false the
     /// listener only serves captured connections handed over by original destination.
     pub bind_to_port: bool,
+    /// `socket_address.ipv4_compat`: a listener on `::` takes IPv4 connections too (a bound
+    /// one as a dual-stack socket; a captured one for IPv4 destinations of its port that no
+    /// `0.0.0.0` listener takes). Without it a `::` listener is IPv6 only, as in Envoy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ipv4_compat: bool,
     /// Filter chains, tried by [`FilterChainMatch`] (most specific wins, as in Envoy).
     pub filter_chains: Vec<FilterChain>,
     /// Serves connections no filter chain matches; without it they are closed.

@@ -227,6 +227,13 @@ pub struct RouteAction {
     /// Whole-request timeout; `None`: disabled (`0s` in Envoy). Default 15 s.
     #[serde(serialize_with = "opt_duration_str")]
     pub timeout: Option<Duration>,
+    /// `idle_timeout`: replaces the connection manager's `stream_idle_timeout` once the
+    /// request is routed here; zero: no idle timeout; `None`: the connection manager's.
+    #[serde(
+        serialize_with = "opt_duration_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
     /// Retries (overrides the virtual host's).
     pub retry_policy: Option<RetryPolicy>,
     /// Replace the matched path prefix with this.
@@ -547,6 +554,7 @@ mod tests {
                 hash_policy: vec![],
                 upgrades: vec![],
                 stream_limit: None,
+                idle_timeout: None,
                 mirrors: vec![],
             }),
             headers: HeaderMutation::default(),
@@ -584,6 +592,7 @@ mod tests {
                 })
                 .collect(),
             stream_limit: None,
+            idle_timeout: None,
             mirrors: vec![],
         };
         let hcm = ["websocket".to_string()];

@@ -155,6 +155,7 @@ mod tests {
             name: "l".into(),
             address: "0.0.0.0:15001".parse().unwrap(),
             bind_to_port: false,
+            ipv4_compat: false,
             filter_chains: chains,
             default_filter_chain: default.then(|| chain("default", FilterChainMatch::default())),
         }

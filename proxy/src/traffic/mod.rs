@@ -87,6 +87,9 @@ impl Traffic {
         let mut by_addr = FastMap::default();
         let mut by_port = FastMap::default();
         let mut inline_routes = FastMap::default();
+        // `::` listeners with `ipv4_compat`: they take IPv4 destinations of their port that
+        // no `0.0.0.0` listener takes.
+        let mut v4_compat = Vec::new();
         for l in input.listeners {
             let unchanged = prev
                 .and_then(|p| p.listeners.get(&l.name))
@@ -114,11 +117,17 @@ impl Traffic {
                 let ip = l.address.ip().to_canonical();
                 if ip.is_unspecified() {
                     by_port.insert((ip.is_ipv4(), l.address.port()), l.clone());
+                    if ip.is_ipv6() && l.ipv4_compat {
+                        v4_compat.push(l.clone());
+                    }
                 } else {
                     by_addr.insert(SocketAddr::new(ip, l.address.port()), l.clone());
                 }
             }
             listeners.insert(l.name.clone(), l);
+        }
+        for l in v4_compat {
+            by_port.entry((true, l.address.port())).or_insert(l);
         }
         let routes = input
             .route_configurations
@@ -758,6 +767,7 @@ mod tests {
             name: name.into(),
             address: addr.parse().unwrap(),
             bind_to_port,
+            ipv4_compat: false,
             filter_chains: vec![],
             default_filter_chain: None,
         })
@@ -773,6 +783,15 @@ mod tests {
                     l("v6any", "[::]:80", false),
                     l("any90", "0.0.0.0:90", false),
                     l("bound", "0.0.0.0:91", true),
+                    Arc::new(Listener {
+                        ipv4_compat: true,
+                        ..(*l("dual90", "[::]:90", false)).clone()
+                    }),
+                    Arc::new(Listener {
+                        ipv4_compat: true,
+                        ..(*l("dual93", "[::]:93", false)).clone()
+                    }),
+                    l("v6only94", "[::]:94", false),
                 ],
                 ..Default::default()
             },
@@ -787,6 +806,10 @@ mod tests {
             // A bound listener never takes captured connections.
             ("10.0.0.1:91", None),
             ("10.0.0.1:92", None),
+            // `ipv4_compat`: IPv4 too, unless a `0.0.0.0` listener has the port.
+            ("10.0.0.1:93", Some("dual93")),
+            ("[fd00::1]:93", Some("dual93")),
+            ("10.0.0.1:94", None),
         ];
         for (dst, want) in cases {
             let got = t

@@ -106,7 +106,10 @@ pub(super) fn filter_settings(
     map: &HashMap<String, protobuf::Any>,
 ) -> mf::FilterSettings {
     let mut out = mf::FilterSettings::new();
-    for (name, any) in map {
+    // In name order: the same resource gets the same rejections in the same order.
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by_key(|(name, _)| *name);
+    for (name, any) in entries {
         let ep = format!("{}[{name:?}]", join(p, "typed_per_filter_config"));
         let setting = if any.type_url == FILTER_CONFIG_URL {
             let Some(fc) = cx.decode::<route_pb::FilterConfig>(&ep, FILTER_CONFIG_URL, &any.value)
@@ -118,6 +121,9 @@ pub(super) fn filter_settings(
                 is_optional,
                 disabled,
             } = fc;
+            // `config: {}` (an `Any` of no type, as Envoy Gateway writes it to turn on a
+            // filter the connection manager has off) is no config.
+            let config = config.filter(|c| !c.type_url.is_empty() || !c.value.is_empty());
             let policy = match &config {
                 // `disabled` with no config is how a filter is turned off (or, `false`, on).
                 None => None,

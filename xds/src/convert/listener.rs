@@ -101,8 +101,13 @@ pub fn listener(l: &pb::Listener) -> Result<model::Listener, Vec<Rejection>> {
             );
         }
     }
+    // `ipv4_compat` (a listener's: elsewhere it is rejected).
+    let ipv4_compat = matches!(
+        address.as_ref().and_then(|a| a.address.as_ref()),
+        Some(core::address::Address::SocketAddress(s)) if s.ipv4_compat
+    );
     let address = match address {
-        Some(a) => socket_address(&mut cx, "address", a),
+        Some(a) => listener_address(&mut cx, "address", a),
         None => {
             cx.reject("address", Reason::Missing);
             None
@@ -129,6 +134,7 @@ pub fn listener(l: &pb::Listener) -> Result<model::Listener, Vec<Rejection>> {
         name: name.clone(),
         address,
         bind_to_port: bind_to_port.as_ref().is_none_or(|b| b.value),
+        ipv4_compat,
         filter_chains: chains,
         default_filter_chain,
     })
@@ -136,6 +142,15 @@ pub fn listener(l: &pb::Listener) -> Result<model::Listener, Vec<Rejection>> {
 
 /// A TCP socket address with an IP literal and a port.
 pub(crate) fn socket_address(cx: &mut Cx, path: &str, a: &core::Address) -> Option<SocketAddr> {
+    address(cx, path, a, false)
+}
+
+/// A listener's address: [`socket_address`], `ipv4_compat` allowed.
+fn listener_address(cx: &mut Cx, path: &str, a: &core::Address) -> Option<SocketAddr> {
+    address(cx, path, a, true)
+}
+
+fn address(cx: &mut Cx, path: &str, a: &core::Address, listener: bool) -> Option<SocketAddr> {
     use core::address::Address as A;
     use core::socket_address::PortSpecifier as P;
     match &a.address {
@@ -152,7 +167,9 @@ pub(crate) fn socket_address(cx: &mut Cx, path: &str, a: &core::Address) -> Opti
                 cx.reject(join(&p, "protocol"), Reason::UnsupportedValue("UDP".into()));
             }
             cx.unsupported(&p, "resolver_name", resolver_name);
-            cx.unsupported(&p, "ipv4_compat", ipv4_compat);
+            if !listener {
+                cx.unsupported(&p, "ipv4_compat", ipv4_compat);
+            }
             let ip = match address.parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
                 Err(_) => {

@@ -474,7 +474,6 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     cx.unsupported(p, "metadata_match", metadata_match);
     cx.unsupported(p, "path_rewrite_policy", path_rewrite_policy);
     cx.unsupported(p, "append_x_forwarded_host", append_x_forwarded_host);
-    cx.unsupported(p, "idle_timeout", idle_timeout);
     cx.unsupported(p, "early_data_policy", early_data_policy);
     cx.unsupported(p, "retry_policy_typed_config", retry_policy_typed_config);
     let mirrors = mirror_policies(cx, p, request_mirror_policies);
@@ -602,6 +601,9 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
             .filter_map(|(i, u)| route_upgrade(cx, &idx(p, "upgrade_configs", i), u))
             .collect(),
         stream_limit,
+        idle_timeout: idle_timeout
+            .as_ref()
+            .and_then(|d| cx.duration(&join(p, "idle_timeout"), d)),
         mirrors,
     })
 }

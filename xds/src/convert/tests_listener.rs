@@ -192,6 +192,25 @@ fn supported_fields() {
             },
         ),
         (
+            // Envoy Gateway's listeners: `::` taking IPv4 too.
+            "ipv4_compat",
+            pb::Listener {
+                address: Some(core::Address {
+                    address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                        address: "::".into(),
+                        ipv4_compat: true,
+                        port_specifier: Some(core::socket_address::PortSpecifier::PortValue(10080)),
+                        ..Default::default()
+                    })),
+                }),
+                ..base()
+            },
+            |m| {
+                assert!(m.ipv4_compat);
+                assert_eq!(m.address, "[::]:10080".parse().unwrap());
+            },
+        ),
+        (
             // Envoy Gateway's.
             "scheme matches the upstream",
             with_hcm(|h| {

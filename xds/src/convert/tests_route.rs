@@ -283,6 +283,7 @@ fn actions() {
             hash_policy: vec![],
             upgrades: vec![],
             stream_limit: None,
+            idle_timeout: None,
             mirrors: vec![],
         }
     );
@@ -304,6 +305,7 @@ fn actions() {
             ..Default::default()
         })),
         timeout: dur(0, 0),
+        idle_timeout: dur(3600, 0),
         prefix_rewrite: "/new".into(),
         host_rewrite_specifier: Some(H::AutoHostRewrite(protobuf_bool(true))),
         retry_policy: Some(pb::RetryPolicy {
@@ -352,6 +354,7 @@ fn actions() {
         ])
     );
     assert_eq!(a.timeout, None);
+    assert_eq!(a.idle_timeout, Some(Duration::from_secs(3600)));
     assert_eq!(
         a.upgrades,
         vec![
@@ -558,8 +561,8 @@ fn rejections() {
             ],
         ),
         (
-            rc(vec![route(prefix("/"), pb::RouteAction { hash_policy: vec![Default::default()], idle_timeout: dur(1, 0), ..to_cluster("c") })]),
-            vec![format!("{r0}.route.idle_timeout: not supported"), format!("{r0}.route.hash_policy[0]: required but not set")],
+            rc(vec![route(prefix("/"), pb::RouteAction { hash_policy: vec![Default::default()], idle_timeout: dur(-1, 0), ..to_cluster("c") })]),
+            vec![format!("{r0}.route.hash_policy[0]: required but not set"), format!("{r0}.route.idle_timeout: duration -1s 0ns is negative or malformed")],
         ),
         (
             rc(vec![route(prefix("/"), pb::RouteAction {

@@ -17,6 +17,7 @@ fn action(cluster: &str) -> Action {
         hash_policy: vec![],
         upgrades: vec![],
         stream_limit: None,
+        idle_timeout: None,
         mirrors: vec![],
     })
 }

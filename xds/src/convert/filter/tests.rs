@@ -180,6 +180,9 @@ virtual_hosts:
         "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
         is_optional: true
         config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute}}
+      envoy.filters.http.local_ratelimit:
+        "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+        config: {{}}
 "#
     )))
     .unwrap();
@@ -221,6 +224,15 @@ virtual_hosts:
     assert!(
         !r.filters.contains_key("envoy.filters.http.ext_authz"),
         "optional settings of a filter Myelin lacks are skipped"
+    );
+    // An empty `config` (Envoy Gateway's way of turning on a filter the connection
+    // manager has off) is no config: on, with the filter's own.
+    assert_eq!(
+        r.filters["envoy.filters.http.local_ratelimit"],
+        mf::FilterSetting {
+            disabled: false,
+            policy: None
+        }
     );
     assert_eq!(
         r.cors
@@ -277,6 +289,16 @@ virtual_hosts:
         let e = messages(route_configuration(&route_with(&settings)));
         assert_eq!(e, [want], "{settings}");
     }
+    // Several at once: in name order, whatever the map's.
+    let unknown = |name: &str| format!("{name}:\n  \"@type\": type.googleapis.com/x.Unknown\n");
+    let e = messages(route_configuration(&route_with(&format!(
+        "{}{}{}",
+        unknown("c"),
+        unknown("a"),
+        unknown("b")
+    ))));
+    let names: Vec<&str> = e.iter().map(|m| &m[at.len() + 2..at.len() + 3]).collect();
+    assert_eq!(names, ["a", "b", "c"], "{e:?}");
 }
 
 #[test]
