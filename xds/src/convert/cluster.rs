@@ -119,7 +119,9 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
     cx.unsupported(p, "transport_socket_matches", transport_socket_matches);
     cx.unsupported(p, "health_checks", health_checks);
     cx.unsupported(p, "dns_failure_refresh_rate", dns_failure_refresh_rate);
-    cx.unsupported(p, "respect_dns_ttl", respect_dns_ttl);
+    // `respect_dns_ttl` (Envoy Gateway sets it): a host name is resolved at every connect,
+    // so no answer outlives its TTL in Myelin's hands anyway.
+    let _ = respect_dns_ttl;
     cx.unsupported(p, "typed_dns_resolver_config", typed_dns_resolver_config);
     cx.unsupported(p, "upstream_bind_config", upstream_bind_config);
     cx.unsupported(p, "lb_subset_config", lb_subset_config);

@@ -897,6 +897,7 @@ fn load_balancing_policies() {
     let eg = pb::Cluster {
         common_lb_config: Some(Default::default()),
         ignore_health_on_host_removal: true,
+        respect_dns_ttl: true,
         lb_policy: pb::cluster::LbPolicy::RoundRobin as i32,
         load_balancing_policy: policies(vec![policy(
             "envoy.load_balancing_policies.least_request",
