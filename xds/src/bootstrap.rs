@@ -313,7 +313,7 @@ fn resource<P, M>(
     conv: impl Fn(&P) -> Result<M, Vec<Rejection>>,
 ) -> Option<M>
 where
-    P: serde::de::DeserializeOwned,
+    P: serde::de::DeserializeOwned + prost::Name,
 {
     let before = errs.len();
     deprecated_forms(v, path, errs);

@@ -6,6 +6,8 @@
 //! that setting them is seen (and rejected) rather than dropped; oneof members are plain
 //! optional fields (the same encoding). The serde derives read Envoy-style YAML/JSON
 //! (snake_case keys) for the file source; any value of a raw field counts as "set".
+//! [`JSON_MESSAGES`] gives the JSON loader (`super::json`) the shape of each message, in
+//! place of the descriptors that `xds-api` does not have for these packages.
 
 use prost::Message;
 use serde::Deserialize;
@@ -578,3 +580,372 @@ named!(
     "envoy.extensions.filters.http.local_ratelimit.v3",
     "LocalRateLimit"
 );
+
+/// A field of a message above as the JSON loader reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JsonField {
+    /// The proto field name; the loader also accepts its lowerCamelCase JSON name.
+    pub name: &'static str,
+    /// The full protobuf name of a message-typed field's message (read through `xds-api`'s
+    /// descriptors or through this table); `None` for scalars, enums and raw fields (any
+    /// value counts, so it is taken as written).
+    pub message: Option<&'static str>,
+    /// Repeated: `message` applies to each element.
+    pub repeated: bool,
+}
+
+const fn p(name: &'static str) -> JsonField {
+    JsonField {
+        name,
+        message: None,
+        repeated: false,
+    }
+}
+
+const fn m(name: &'static str, message: &'static str) -> JsonField {
+    JsonField {
+        name,
+        message: Some(message),
+        repeated: false,
+    }
+}
+
+const fn rm(name: &'static str, message: &'static str) -> JsonField {
+    JsonField {
+        name,
+        message: Some(message),
+        repeated: true,
+    }
+}
+
+const DURATION: &str = "google.protobuf.Duration";
+const BOOL_VALUE: &str = "google.protobuf.BoolValue";
+const UINT32_VALUE: &str = "google.protobuf.UInt32Value";
+const HEADER_VALUE_OPTION: &str = "envoy.config.core.v3.HeaderValueOption";
+const RUNTIME_PERCENT: &str = "envoy.config.core.v3.RuntimeFractionalPercent";
+const FRACTIONAL_PERCENT: &str = "envoy.type.v3.FractionalPercent";
+const SDS_SECRET_CONFIG: &str = "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig";
+const VALIDATION_CONTEXT: &str =
+    "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext";
+const PROTOCOL_CONFIG: &[JsonField] = &[
+    m(
+        "http_protocol_options",
+        "envoy.config.core.v3.Http1ProtocolOptions",
+    ),
+    m(
+        "http2_protocol_options",
+        "envoy.config.core.v3.Http2ProtocolOptions",
+    ),
+    p("http3_protocol_options"),
+];
+
+/// The messages above by full protobuf name, with their fields (every serde field of the
+/// struct, checked by a test), for the JSON loader: `xds-api`'s descriptor set does not
+/// have these packages. Raw fields are plain: their value is never read.
+pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        &[
+            p("stat_prefix"),
+            p("cluster"),
+            m(
+                "weighted_clusters",
+                "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
+            ),
+            p("on_demand"),
+            p("metadata_match"),
+            m("idle_timeout", DURATION),
+            p("downstream_idle_timeout"),
+            p("upstream_idle_timeout"),
+            p("access_log"),
+            p("max_connect_attempts"),
+            p("backoff_options"),
+            p("hash_policy"),
+            m(
+                "tunneling_config",
+                "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TunnelingConfig",
+            ),
+            p("max_downstream_connection_duration"),
+            p("access_log_flush_interval"),
+            p("flush_access_log_on_connected"),
+            p("access_log_options"),
+            p("proxy_protocol_tlvs"),
+            p("max_downstream_connection_duration_jitter_percentage"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TunnelingConfig",
+        &[
+            p("hostname"),
+            p("use_post"),
+            rm("headers_to_add", HEADER_VALUE_OPTION),
+            p("propagate_response_headers"),
+            p("post_path"),
+            p("propagate_response_trailers"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
+        &[rm(
+            "clusters",
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
+        )],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
+        &[p("name"), p("weight"), p("metadata_match")],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        &[
+            m(
+                "common_tls_context",
+                "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+            ),
+            p("sni"),
+            p("allow_renegotiation"),
+            p("max_session_keys"),
+            p("enforce_rsa_key_usage"),
+            p("auto_host_sni"),
+            p("auto_sni_san_validation"),
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+        &[
+            p("tls_params"),
+            rm(
+                "tls_certificates",
+                "envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+            ),
+            rm("tls_certificate_sds_secret_configs", SDS_SECRET_CONFIG),
+            p("tls_certificate_provider_instance"),
+            p("tls_certificate_certificate_provider"),
+            p("tls_certificate_certificate_provider_instance"),
+            m("validation_context", VALIDATION_CONTEXT),
+            m("validation_context_sds_secret_config", SDS_SECRET_CONFIG),
+            m(
+                "combined_validation_context",
+                "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.\
+                 CombinedCertificateValidationContext",
+            ),
+            p("validation_context_certificate_provider"),
+            p("validation_context_certificate_provider_instance"),
+            p("alpn_protocols"),
+            p("custom_handshaker"),
+            p("key_log"),
+            p("custom_tls_certificate_selector"),
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.\
+         CombinedCertificateValidationContext",
+        &[
+            m("default_validation_context", VALIDATION_CONTEXT),
+            m("validation_context_sds_secret_config", SDS_SECRET_CONFIG),
+            p("validation_context_certificate_provider"),
+            p("validation_context_certificate_provider_instance"),
+        ],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        &[
+            m(
+                "common_http_protocol_options",
+                "envoy.config.core.v3.HttpProtocolOptions",
+            ),
+            p("upstream_http_protocol_options"),
+            m(
+                "explicit_http_config",
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+            ),
+            m(
+                "use_downstream_protocol_config",
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
+            ),
+            p("auto_config"),
+            p("http_filters"),
+        ],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+        PROTOCOL_CONFIG,
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
+        PROTOCOL_CONFIG,
+    ),
+    (
+        "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+        &[
+            m("pack_trace_reason", BOOL_VALUE),
+            m("use_request_id_for_trace_sampling", BOOL_VALUE),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.fault.v3.HTTPFault",
+        &[
+            m(
+                "delay",
+                "envoy.extensions.filters.common.fault.v3.FaultDelay",
+            ),
+            m("abort", "envoy.extensions.filters.http.fault.v3.FaultAbort"),
+            p("upstream_cluster"),
+            rm("headers", "envoy.config.route.v3.HeaderMatcher"),
+            p("downstream_nodes"),
+            m("max_active_faults", UINT32_VALUE),
+            p("response_rate_limit"),
+            p("delay_percent_runtime"),
+            p("abort_percent_runtime"),
+            p("delay_duration_runtime"),
+            p("abort_http_status_runtime"),
+            p("max_active_faults_runtime"),
+            p("response_rate_limit_percent_runtime"),
+            p("abort_grpc_status_runtime"),
+            p("disable_downstream_cluster_stats"),
+            p("filter_metadata"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.common.fault.v3.FaultDelay",
+        &[
+            m("fixed_delay", DURATION),
+            m(
+                "header_delay",
+                "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay",
+            ),
+            m("percentage", FRACTIONAL_PERCENT),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay",
+        &[],
+    ),
+    (
+        "envoy.extensions.filters.http.fault.v3.FaultAbort",
+        &[
+            p("http_status"),
+            p("grpc_status"),
+            m(
+                "header_abort",
+                "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort",
+            ),
+            m("percentage", FRACTIONAL_PERCENT),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort",
+        &[],
+    ),
+    ("envoy.extensions.filters.http.cors.v3.Cors", &[]),
+    (
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        &[
+            rm(
+                "allow_origin_string_match",
+                "envoy.type.matcher.v3.StringMatcher",
+            ),
+            p("allow_methods"),
+            p("allow_headers"),
+            p("expose_headers"),
+            p("max_age"),
+            m("allow_credentials", BOOL_VALUE),
+            m("filter_enabled", RUNTIME_PERCENT),
+            m("shadow_enabled", RUNTIME_PERCENT),
+            m("allow_private_network_access", BOOL_VALUE),
+            m("forward_not_matching_preflights", BOOL_VALUE),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        &[
+            p("stat_prefix"),
+            m("status", "envoy.type.v3.HttpStatus"),
+            m("token_bucket", "envoy.type.v3.TokenBucket"),
+            m("filter_enabled", RUNTIME_PERCENT),
+            m("filter_enforced", RUNTIME_PERCENT),
+            rm("response_headers_to_add", HEADER_VALUE_OPTION),
+            p("descriptors"),
+            p("stage"),
+            rm(
+                "request_headers_to_add_when_not_enforced",
+                HEADER_VALUE_OPTION,
+            ),
+            p("local_rate_limit_per_downstream_connection"),
+            p("enable_x_ratelimit_headers"),
+            p("vh_rate_limits"),
+            m("always_consume_default_token_bucket", BOOL_VALUE),
+            p("rate_limited_as_resource_exhausted"),
+            p("local_cluster_rate_limit"),
+            p("rate_limits"),
+        ],
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+
+    /// The field names a serde derive (with `deny_unknown_fields`) reads, from its error for
+    /// an unknown one: "unknown field `\u{1}`, expected one of `a`, `b`" (or "expected `a`",
+    /// or "there are no fields").
+    fn serde_fields<T: DeserializeOwned>() -> Vec<String> {
+        let e = serde_json::from_value::<T>(serde_json::json!({"\u{1}": 0}))
+            .err()
+            .expect("an unknown field is an error")
+            .to_string();
+        let mut names: Vec<String> = e.split('`').skip(3).step_by(2).map(String::from).collect();
+        names.sort();
+        names
+    }
+
+    fn table(name: &str) -> Vec<String> {
+        let (_, fields) = JSON_MESSAGES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} is not in JSON_MESSAGES"));
+        let mut names: Vec<String> = fields.iter().map(|f| f.name.to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn json_messages_list_every_serde_field() {
+        macro_rules! same {
+            ($($t:ty => $name:expr),* $(,)?) => {$(
+                assert_eq!(table($name), serde_fields::<$t>(), "{}", $name);
+            )*};
+        }
+        const TCP: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+        const TLS: &str = "envoy.extensions.transport_sockets.tls.v3";
+        const HTTP: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+        same!(
+            TcpProxy => TCP,
+            TcpTunnelingConfig => &format!("{TCP}.TunnelingConfig"),
+            TcpWeightedCluster => &format!("{TCP}.WeightedCluster"),
+            TcpClusterWeight => &format!("{TCP}.WeightedCluster.ClusterWeight"),
+            UpstreamTlsContext => &format!("{TLS}.UpstreamTlsContext"),
+            CommonTlsContext => &format!("{TLS}.CommonTlsContext"),
+            CombinedValidationContext =>
+                &format!("{TLS}.CommonTlsContext.CombinedCertificateValidationContext"),
+            UpstreamHttpProtocolOptions => HTTP,
+            ProtocolConfig => &format!("{HTTP}.ExplicitHttpConfig"),
+            ProtocolConfig => &format!("{HTTP}.UseDownstreamHttpConfig"),
+            UuidRequestIdConfig => "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+            HttpFault => "envoy.extensions.filters.http.fault.v3.HTTPFault",
+            FaultDelay => "envoy.extensions.filters.common.fault.v3.FaultDelay",
+            FromHeader => "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay",
+            FaultAbort => "envoy.extensions.filters.http.fault.v3.FaultAbort",
+            FromHeader => "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort",
+            Cors => "envoy.extensions.filters.http.cors.v3.Cors",
+            CorsPolicy => "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+            LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        );
+        assert_eq!(
+            JSON_MESSAGES.len(),
+            19,
+            "a message of JSON_MESSAGES is not checked above"
+        );
+    }
+}

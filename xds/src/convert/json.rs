@@ -1,22 +1,31 @@
 //! Envoy-style YAML/JSON -> `xds-api` types, for the file source and tests.
 //!
-//! `xds-api` 0.2's pbjson impls do not implement the canonical proto3 JSON mapping for
-//! well-known types: a `Duration` must be `{seconds, nanos}` (not `"5s"`), a wrapper
-//! (`UInt32Value`, `BoolValue`) must be `{value: ...}`, and an `Any` must be
-//! `{"@type", value: <encoded bytes>}` (not the message's fields inline). Envoy configs
-//! use the canonical forms, so [`normalize`] rewrites a parsed document first:
-//! - strings like `"5s"`/`"0.25s"` under duration-typed field names become `{seconds, nanos}`;
-//! - scalars under wrapper-typed field names become `{value}`;
-//! - `filter_metadata` values (`google.protobuf.Struct`, free-form JSON) become pbjson's
-//!   `{fields: {k: {string_value: ...}}}`;
-//! - an object with `"@type"` is decoded as that type (recursively normalized), encoded,
-//!   and replaced with `{"@type", value: [bytes]}`; a type Myelin does not know becomes
-//!   an empty `Any` of that type, which the conversion then rejects by type name.
+//! `xds-api` 0.2's pbjson impls read proto field names and lowerCamelCase JSON names, but
+//! not the canonical proto3 JSON mapping of well-known types: a `Duration` must be
+//! `{seconds, nanos}` (not `"5s"`), a wrapper (`UInt32Value`, `BoolValue`) `{value: ...}`,
+//! a `Struct` `{fields: {k: {string_value: ...}}}`, and an `Any` `{"@type", value:
+//! <encoded bytes>}` (not the message's fields inline). Envoy configs, and what istioctl
+//! or egctl print, use the canonical forms, so [`normalize`] rewrites a parsed document
+//! first, walking it with the protobuf type each value is read as (the message's
+//! descriptor from `xds_api::FILE_DESCRIPTOR_SET`, or [`ext::JSON_MESSAGES`] for the
+//! messages Myelin writes by hand):
+//! - a key that names a field, by proto name or JSON name, is renamed to the proto name;
+//! - a `Duration` string like `"5s"`/`"0.25s"` becomes `{seconds, nanos}`;
+//! - a scalar read as a wrapper becomes `{value}`;
+//! - a `Struct`, `Value` or `ListValue` is free-form JSON (no renaming inside) in pbjson's
+//!   form;
+//! - an `Any` with `"@type"` is read as that type (normalized the same way), encoded, and
+//!   replaced with `{"@type", value: [bytes]}`; a type Myelin does not know becomes an
+//!   empty `Any` of that type, which the conversion then rejects by type name;
+//! - a map's values are read as its value type, its keys taken as written.
 //!
-//! The field-name tables cover the messages Myelin converts; a field outside them keeps
-//! its form and fails to deserialize with serde's message naming the field.
+//! A key that names no field is left as it is, so that serde's error names it; so is a
+//! value of a type with no descriptor (none reachable from the types Myelin reads).
 
-use prost::Message;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use prost::{Message, Name};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
@@ -26,6 +35,9 @@ use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_api::pb::envoy::extensions::filters::http::router::v3::Router;
 use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use xds_api::pb::google::protobuf::{
+    field_descriptor_proto, DescriptorProto, FieldDescriptorProto, FileDescriptorSet,
+};
 
 use super::ext;
 
@@ -106,94 +118,6 @@ fn join_path(prefix: &str, path: &str) -> String {
     }
 }
 
-/// Field names whose type is a wrapper (`google.protobuf.*Value`) in the supported messages.
-const WRAPPER_FIELDS: &[&str] = &[
-    "bind_to_port",
-    "use_original_dst",
-    "transparent",
-    "freebind",
-    "enable_reuse_port",
-    "per_connection_buffer_limit_bytes",
-    "destination_port",
-    "prefix_len",
-    "case_sensitive",
-    "auto_host_rewrite",
-    // `upgrade_configs[].enabled` (connection manager and route); QUIC's `enabled` is a
-    // message, which stays as it is (only scalars are wrapped).
-    "enabled",
-    "append",
-    "weight",
-    "total_weight",
-    "num_retries",
-    "load_balancing_weight",
-    "max_connections",
-    "max_pending_requests",
-    "max_requests",
-    "max_retries",
-    "consecutive_5xx",
-    "consecutive_gateway_failure",
-    "enforcing_consecutive_5xx",
-    "enforcing_consecutive_gateway_failure",
-    "enforcing_success_rate",
-    "max_ejection_percent",
-    "min_retry_concurrency",
-    "overprovisioning_factor",
-    "failure_percentage_threshold",
-    "failure_percentage_minimum_hosts",
-    "failure_percentage_request_volume",
-    "enforcing_failure_percentage",
-    "max_concurrent_streams",
-    "initial_stream_window_size",
-    "initial_connection_window_size",
-    "hpack_table_size",
-    "max_outbound_frames",
-    "max_outbound_control_frames",
-    "max_consecutive_inbound_frames_with_empty_payload",
-    "max_inbound_priority_frames_per_stream",
-    "max_inbound_window_update_frames_per_data_frame_sent",
-    "override_stream_error_on_invalid_http_message",
-    "stream_error_on_invalid_http_message",
-    "generate_request_id",
-    "normalize_path",
-    "pack_trace_reason",
-    "use_request_id_for_trace_sampling",
-    "use_remote_address",
-    "max_request_headers_kb",
-    "max_requests_per_connection",
-    "max_headers_count",
-    "max_connect_attempts",
-    "success_rate_minimum_hosts",
-    "success_rate_request_volume",
-    "success_rate_stdev_factor",
-    "respect_expected_rq_timeout",
-    "dynamic_stats",
-    "max_session_keys",
-    "keepalive_probes",
-    "keepalive_time",
-    "keepalive_interval",
-    "max_active_faults",
-    "allow_credentials",
-    "allow_private_network_access",
-    "forward_not_matching_preflights",
-    "tokens_per_fill",
-    "always_consume_default_token_bucket",
-    // `local_reply_config.mappers[].status_code`.
-    "status_code",
-];
-
-fn is_duration_field(k: &str) -> bool {
-    k.ends_with("timeout")
-        || k.ends_with("interval")
-        || k.ends_with("_time")
-        || k.ends_with("_duration")
-        || k == "fixed_delay"
-        || k == "grpc_timeout_header_max"
-        || k == "grpc_timeout_header_offset"
-        || k == "grpc_timeout_offset"
-        || k == "dns_refresh_rate"
-        || k == "dns_failure_refresh_rate"
-}
-
 fn parse_duration(s: &str) -> Option<Value> {
     let num = s.strip_suffix('s')?;
     let (secs, frac) = num.split_once('.').unwrap_or((num, ""));
@@ -212,8 +136,8 @@ fn parse_duration(s: &str) -> Option<Value> {
 }
 
 /// Deserializes an Envoy-style document (already parsed from YAML or JSON) as `T`.
-pub fn from_value<T: DeserializeOwned>(mut v: Value) -> Result<T, JsonError> {
-    normalize(&mut v)?;
+pub fn from_value<T: DeserializeOwned + Name>(mut v: Value) -> Result<T, JsonError> {
+    normalize(&mut v, &T::full_name())?;
     deserialize(v)
 }
 
@@ -226,96 +150,275 @@ fn deserialize<T: DeserializeOwned>(v: Value) -> Result<T, JsonError> {
     })
 }
 
-/// Rewrites canonical proto3 JSON forms into what `xds-api`'s pbjson impls read.
-pub fn normalize(v: &mut Value) -> Result<(), JsonError> {
-    normalize_at(v, "")
+/// How a field's value is read.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    /// A scalar, an enum, or a raw field of `ext`: taken as written.
+    Plain,
+    /// A message, by full protobuf name.
+    Message(String),
 }
 
-fn normalize_at(v: &mut Value, path: &str) -> Result<(), JsonError> {
-    match v {
-        Value::Array(items) => items
-            .iter_mut()
-            .enumerate()
-            .try_for_each(|(i, item)| normalize_at(item, &format!("{path}[{i}]"))),
-        Value::Object(map) => {
-            for (k, child) in map.iter_mut() {
-                if k == "json_format" {
-                    // A format's JSON is free-form too (its keys are the body's).
-                    if child.is_object() {
-                        *child = pb_struct(child.take());
-                    }
-                    continue;
-                }
-                if k == "filter_metadata" {
-                    // Metadata values are free-form: no field-name rewriting inside.
-                    if let Value::Object(namespaces) = child {
-                        for ns in namespaces.values_mut() {
-                            *ns = pb_struct(ns.take());
-                        }
-                    }
-                    continue;
-                }
-                normalize_at(child, &join_path(path, k))?;
-                if is_duration_field(k) {
-                    if let Some(d) = child.as_str().and_then(parse_duration) {
-                        *child = d;
-                    }
-                }
-                if WRAPPER_FIELDS.contains(&k.as_str()) && !child.is_object() && !child.is_null() {
-                    *child = serde_json::json!({ "value": child.take() });
-                }
-            }
-            if let Some(Value::String(url)) = map.get("@type").cloned() {
-                if !map.contains_key("value") || map.len() > 2 {
-                    map.remove("@type");
-                    let body = Value::Object(std::mem::take(map));
-                    let bytes = encode_any(&url, body).map_err(|e| JsonError::Any {
-                        path: path.to_owned(),
-                        type_url: url.clone(),
-                        error: Box::new(e),
-                    })?;
-                    let mut out = Map::new();
-                    out.insert("@type".into(), Value::String(url));
-                    out.insert(
-                        "value".into(),
-                        Value::Array(bytes.into_iter().map(Value::from).collect()),
-                    );
-                    *map = out;
-                }
-            }
-            Ok(())
+/// A field of a message, from its descriptor or from [`ext::JSON_MESSAGES`].
+#[derive(Debug)]
+struct Field {
+    name: String,
+    json_name: String,
+    kind: Kind,
+    /// Repeated (and not a map): `kind` applies to each element.
+    repeated: bool,
+    /// A map: its values are read as this (its keys are strings or numbers as written).
+    map_value: Option<Kind>,
+}
+
+/// Every message the loader can walk, by full protobuf name: `xds-api`'s descriptor set
+/// (decoded once per process), then the hand-written messages of `ext`.
+static MESSAGES: LazyLock<HashMap<String, Vec<Field>>> = LazyLock::new(index);
+
+fn index() -> HashMap<String, Vec<Field>> {
+    fn collect<'a>(
+        prefix: &str,
+        m: &'a DescriptorProto,
+        out: &mut HashMap<String, &'a DescriptorProto>,
+    ) {
+        let name = match prefix {
+            "" => m.name().to_owned(),
+            p => format!("{p}.{}", m.name()),
+        };
+        for nested in &m.nested_type {
+            collect(&name, nested, out);
         }
-        _ => Ok(()),
+        out.insert(name, m);
     }
+    let set = FileDescriptorSet::decode(xds_api::FILE_DESCRIPTOR_SET)
+        .expect("xds-api's FILE_DESCRIPTOR_SET decodes");
+    let mut descriptors = HashMap::new();
+    for file in &set.file {
+        for m in &file.message_type {
+            collect(file.package(), m, &mut descriptors);
+        }
+    }
+    let kind_of = |f: &FieldDescriptorProto| match f.r#type() {
+        field_descriptor_proto::Type::Message | field_descriptor_proto::Type::Group => {
+            Kind::Message(f.type_name().trim_start_matches('.').to_owned())
+        }
+        _ => Kind::Plain,
+    };
+    let mut out = HashMap::new();
+    for (name, m) in &descriptors {
+        let fields = m
+            .field
+            .iter()
+            .map(|f| {
+                let kind = kind_of(f);
+                let repeated = f.label() == field_descriptor_proto::Label::Repeated;
+                // A map field is a repeated message of its `*Entry` type (`key` 1, `value` 2).
+                let map_value = match &kind {
+                    Kind::Message(t) if repeated => descriptors
+                        .get(t)
+                        .filter(|e| e.options.as_ref().is_some_and(|o| o.map_entry()))
+                        .and_then(|e| e.field.iter().find(|f| f.number() == 2))
+                        .map(kind_of),
+                    _ => None,
+                };
+                Field {
+                    name: f.name().to_owned(),
+                    json_name: f.json_name.clone().unwrap_or_else(|| lower_camel(f.name())),
+                    kind,
+                    repeated: repeated && map_value.is_none(),
+                    map_value,
+                }
+            })
+            .collect();
+        out.insert(name.clone(), fields);
+    }
+    for (name, fields) in ext::JSON_MESSAGES {
+        let fields = fields
+            .iter()
+            .map(|f| Field {
+                name: f.name.to_owned(),
+                json_name: lower_camel(f.name),
+                kind: f
+                    .message
+                    .map_or(Kind::Plain, |m| Kind::Message(m.to_owned())),
+                repeated: f.repeated,
+                map_value: None,
+            })
+            .collect();
+        let had = out.insert((*name).to_owned(), fields);
+        // Should `xds-api` come to generate one of them, ext's struct is to give way to it.
+        debug_assert!(had.is_none(), "{name} has a descriptor: drop it from ext");
+    }
+    out
+}
+
+/// A proto field name's JSON name as protoc derives it: each letter after `_` upper-cased,
+/// the `_`s dropped (`accept_http_10` -> `acceptHttp10`).
+fn lower_camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.push(c.to_ascii_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const WRAPPERS: &[&str] = &[
+    "google.protobuf.DoubleValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.Int32Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.BoolValue",
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
+];
+
+/// Rewrites a document read as the message `full_name` (e.g.
+/// `envoy.config.cluster.v3.Cluster`) from the canonical proto3 JSON forms into what
+/// `xds-api`'s pbjson impls and `ext`'s serde derives read.
+pub fn normalize(v: &mut Value, full_name: &str) -> Result<(), JsonError> {
+    normalize_as(v, &Kind::Message(full_name.to_owned()), "")
+}
+
+fn normalize_as(v: &mut Value, kind: &Kind, path: &str) -> Result<(), JsonError> {
+    let Kind::Message(ty) = kind else {
+        return Ok(());
+    };
+    match ty.as_str() {
+        "google.protobuf.Duration" => {
+            if let Some(d) = v.as_str().and_then(parse_duration) {
+                *v = d;
+            }
+        }
+        t if WRAPPERS.contains(&t) => {
+            if !v.is_object() && !v.is_null() {
+                *v = serde_json::json!({ "value": v.take() });
+            }
+        }
+        "google.protobuf.Struct" => {
+            if v.is_object() {
+                *v = pb_struct(v.take());
+            }
+        }
+        "google.protobuf.Value" => *v = pb_value(v.take()),
+        "google.protobuf.ListValue" => {
+            if let Value::Array(items) = v {
+                let values: Vec<Value> = items.drain(..).map(pb_value).collect();
+                *v = serde_json::json!({ "values": values });
+            }
+        }
+        "google.protobuf.Any" => {
+            if let Value::Object(map) = v {
+                any(map, path)?;
+            }
+        }
+        _ => {
+            if let (Value::Object(map), Some(fields)) = (v, MESSAGES.get(ty)) {
+                message(map, fields, path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A message's fields, renamed to their proto names and each read as its type.
+fn message(map: &mut Map<String, Value>, fields: &[Field], path: &str) -> Result<(), JsonError> {
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in keys {
+        let Some(f) = fields.iter().find(|f| f.name == key || f.json_name == key) else {
+            continue; // Left for serde to name as an unknown field.
+        };
+        let mut child = map.remove(&key).expect("a key of the map");
+        // Both spellings given: both kept, for pbjson to report the duplicate.
+        let key = if map.contains_key(&f.name) {
+            key
+        } else {
+            f.name.clone()
+        };
+        let p = join_path(path, &key);
+        match (&f.map_value, &mut child) {
+            (Some(value), Value::Object(entries)) => {
+                for (k, v) in entries.iter_mut() {
+                    normalize_as(v, value, &join_path(&p, k))?;
+                }
+            }
+            (None, Value::Array(items)) if f.repeated => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    normalize_as(item, &f.kind, &format!("{p}[{i}]"))?;
+                }
+            }
+            (None, _) if !f.repeated => normalize_as(&mut child, &f.kind, &p)?,
+            _ => {} // Not the field's shape: left for serde to reject.
+        }
+        map.insert(key, child);
+    }
+    Ok(())
+}
+
+/// An `Any` written as its message's fields next to `"@type"`: read as that type and
+/// encoded, giving the `{"@type", value: [bytes]}` that `xds-api`'s `Any` reads.
+fn any(map: &mut Map<String, Value>, path: &str) -> Result<(), JsonError> {
+    let Some(Value::String(url)) = map.get("@type").cloned() else {
+        return Ok(());
+    };
+    if map.contains_key("value") && map.len() <= 2 {
+        return Ok(()); // Already `{"@type", value}`.
+    }
+    map.remove("@type");
+    let body = Value::Object(std::mem::take(map));
+    let bytes = encode_any(&url, body).map_err(|e| JsonError::Any {
+        path: path.to_owned(),
+        type_url: url.clone(),
+        error: Box::new(e),
+    })?;
+    map.insert("@type".into(), Value::String(url));
+    map.insert(
+        "value".into(),
+        Value::Array(bytes.into_iter().map(Value::from).collect()),
+    );
+    Ok(())
 }
 
 /// A JSON object as pbjson reads a `google.protobuf.Struct` (`{fields: {k: {string_value:
 /// ...}}}`); anything else is left for serde to reject.
 fn pb_struct(v: Value) -> Value {
-    fn value(v: Value) -> Value {
-        match v {
-            Value::Null => serde_json::json!({ "null_value": "NULL_VALUE" }),
-            Value::Bool(b) => serde_json::json!({ "bool_value": b }),
-            Value::Number(n) => serde_json::json!({ "number_value": n }),
-            Value::String(s) => serde_json::json!({ "string_value": s }),
-            Value::Array(a) => {
-                serde_json::json!({ "list_value": { "values": a.into_iter().map(value).collect::<Vec<_>>() } })
-            }
-            o @ Value::Object(_) => serde_json::json!({ "struct_value": pb_struct(o) }),
-        }
-    }
     match v {
         Value::Object(m) => {
-            let fields: Map<String, Value> = m.into_iter().map(|(k, v)| (k, value(v))).collect();
+            let fields: Map<String, Value> = m.into_iter().map(|(k, v)| (k, pb_value(v))).collect();
             serde_json::json!({ "fields": fields })
         }
         other => other,
     }
 }
 
+/// Any JSON value as pbjson reads a `google.protobuf.Value` (`{string_value: ...}`, ...).
+fn pb_value(v: Value) -> Value {
+    match v {
+        Value::Null => serde_json::json!({ "null_value": "NULL_VALUE" }),
+        Value::Bool(b) => serde_json::json!({ "bool_value": b }),
+        Value::Number(n) => serde_json::json!({ "number_value": n }),
+        Value::String(s) => serde_json::json!({ "string_value": s }),
+        Value::Array(a) => {
+            serde_json::json!({ "list_value": { "values": a.into_iter().map(pb_value).collect::<Vec<_>>() } })
+        }
+        o @ Value::Object(_) => serde_json::json!({ "struct_value": pb_struct(o) }),
+    }
+}
+
+/// The body of an `Any` (its `"@type"` removed) read as the type and encoded; a type
+/// Myelin does not read gives no bytes.
 fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
-    fn enc<T: DeserializeOwned + Message>(body: Value) -> Result<Vec<u8>, JsonError> {
-        Ok(deserialize::<T>(body)?.encode_to_vec())
+    fn enc<T: DeserializeOwned + Message + Name>(body: Value) -> Result<Vec<u8>, JsonError> {
+        Ok(from_value::<T>(body)?.encode_to_vec())
     }
     let name = url.rsplit('/').next().unwrap_or(url);
     match name {
@@ -483,5 +586,35 @@ endpoints:
                 .map(|v| (v["seconds"].as_i64().unwrap(), v["nanos"].as_i64().unwrap()));
             assert_eq!(got, want, "{s}");
         }
+    }
+
+    #[test]
+    fn every_message_named_is_known() {
+        for (name, fields) in MESSAGES.iter() {
+            for f in fields {
+                for kind in [&f.kind].into_iter().chain(&f.map_value) {
+                    if let Kind::Message(t) = kind {
+                        assert!(MESSAGES.contains_key(t), "{name}.{}: {t}", f.name);
+                    }
+                }
+            }
+        }
+        let l = &MESSAGES["envoy.config.listener.v3.Listener"];
+        let f = l
+            .iter()
+            .find(|f| f.name == "per_connection_buffer_limit_bytes");
+        assert_eq!(
+            f.map(|f| (f.json_name.as_str(), &f.kind)),
+            Some((
+                "perConnectionBufferLimitBytes",
+                &Kind::Message("google.protobuf.UInt32Value".into())
+            ))
+        );
+        assert_eq!(lower_camel("accept_http_10"), "acceptHttp10");
+        assert_eq!(
+            lower_camel("http2_protocol_options"),
+            "http2ProtocolOptions"
+        );
+        assert_eq!(lower_camel("consecutive_5xx"), "consecutive5xx");
     }
 }

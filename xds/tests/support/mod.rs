@@ -44,7 +44,7 @@ pub const VIP: &str = "127.0.0.11";
 
 // ---- resources, as Envoy YAML -------------------------------------------------------------
 
-pub fn yaml<T: DeserializeOwned>(text: &str) -> T {
+pub fn yaml<T: DeserializeOwned + Name>(text: &str) -> T {
     let v: serde_json::Value = serde_yaml::from_str(text).expect("test YAML parses");
     json::from_value(v).expect("test YAML is a valid Envoy resource")
 }

@@ -17,7 +17,7 @@ use super::super::{listener, route_configuration};
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
 
-fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+fn yaml<T: serde::de::DeserializeOwned + prost::Name>(text: &str) -> T {
     json::from_value(serde_yaml::from_str(text).unwrap()).unwrap()
 }
 
