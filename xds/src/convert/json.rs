@@ -588,6 +588,10 @@ endpoints:
         }
     }
 
+    fn yaml(text: &str) -> Value {
+        serde_yaml::from_str(text).unwrap()
+    }
+
     #[test]
     fn every_message_named_is_known() {
         for (name, fields) in MESSAGES.iter() {
@@ -616,5 +620,615 @@ endpoints:
             "http2ProtocolOptions"
         );
         assert_eq!(lower_camel("consecutive_5xx"), "consecutive5xx");
+    }
+
+    const LISTENER_SNAKE: &str = r#"
+name: ingress
+address: {socket_address: {address: 0.0.0.0, port_value: 8080}}
+per_connection_buffer_limit_bytes: 32768
+listener_filters_timeout: 5s
+max_connections_to_accept_per_socket_event: 4
+filter_chains:
+- filter_chain_match:
+    destination_port: 8080
+    prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]
+  filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: ingress
+      codec_type: AUTO
+      stream_idle_timeout: 300s
+      request_timeout: 0.5s
+      use_remote_address: true
+      normalize_path: true
+      path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT
+      common_http_protocol_options: {idle_timeout: 60s, max_headers_count: 100}
+      http2_protocol_options: {max_concurrent_streams: 100, initial_stream_window_size: 65536}
+      http_protocol_options: {accept_http_10: true}
+      upgrade_configs: [{upgrade_type: websocket, enabled: false}]
+      tracing: {spawn_upstream_span: true}
+      route_config:
+        name: local
+        virtual_hosts:
+        - name: all
+          domains: ['*']
+          routes:
+          - match: {prefix: /, case_sensitive: false}
+            route: {cluster: backend, timeout: 15s}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          suppress_envoy_headers: true
+          dynamic_stats: false
+- filter_chain_match: {server_names: [tcp.example.com]}
+  filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config:
+      '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+      stat_prefix: tcp
+      idle_timeout: 10s
+      max_connect_attempts: 3
+      weighted_clusters: {clusters: [{name: a, weight: 1}, {name: b, weight: 3}]}
+      tunneling_config:
+        hostname: upstream.example.com:443
+        use_post: true
+        headers_to_add: [{header: {key: x-tunnel, value: '1'}, append: false}]
+"#;
+
+    const LISTENER_CAMEL: &str = r#"
+name: ingress
+address: {socketAddress: {address: 0.0.0.0, portValue: 8080}}
+perConnectionBufferLimitBytes: 32768
+listenerFiltersTimeout: 5s
+maxConnectionsToAcceptPerSocketEvent: 4
+filterChains:
+- filterChainMatch:
+    destinationPort: 8080
+    prefixRanges: [{addressPrefix: 10.0.0.0, prefixLen: 8}]
+  filters:
+  - name: envoy.filters.network.http_connection_manager
+    typedConfig:
+      '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      statPrefix: ingress
+      codecType: AUTO
+      streamIdleTimeout: 300s
+      requestTimeout: 0.5s
+      useRemoteAddress: true
+      normalizePath: true
+      pathWithEscapedSlashesAction: UNESCAPE_AND_REDIRECT
+      commonHttpProtocolOptions: {idleTimeout: 60s, maxHeadersCount: 100}
+      http2ProtocolOptions: {maxConcurrentStreams: 100, initialStreamWindowSize: 65536}
+      httpProtocolOptions: {acceptHttp10: true}
+      upgradeConfigs: [{upgradeType: websocket, enabled: false}]
+      tracing: {spawnUpstreamSpan: true}
+      routeConfig:
+        name: local
+        virtualHosts:
+        - name: all
+          domains: ['*']
+          routes:
+          - match: {prefix: /, caseSensitive: false}
+            route: {cluster: backend, timeout: 15s}
+      httpFilters:
+      - name: envoy.filters.http.router
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          suppressEnvoyHeaders: true
+          dynamicStats: false
+- filterChainMatch: {serverNames: [tcp.example.com]}
+  filters:
+  - name: envoy.filters.network.tcp_proxy
+    typedConfig:
+      '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+      statPrefix: tcp
+      idleTimeout: 10s
+      maxConnectAttempts: 3
+      weightedClusters: {clusters: [{name: a, weight: 1}, {name: b, weight: 3}]}
+      tunnelingConfig:
+        hostname: upstream.example.com:443
+        usePost: true
+        headersToAdd: [{header: {key: x-tunnel, value: '1'}, append: false}]
+"#;
+
+    const CLUSTER_SNAKE: &str = r#"
+name: backend
+type: STRICT_DNS
+connect_timeout: 10s
+lb_policy: LEAST_REQUEST
+dns_lookup_family: V4_ONLY
+dns_refresh_rate: 30s
+per_connection_buffer_limit_bytes: 1024
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    common_http_protocol_options: {idle_timeout: 30s, max_requests_per_connection: 100}
+    explicit_http_config:
+      http2_protocol_options:
+        max_concurrent_streams: 50
+        connection_keepalive: {interval: 30s, timeout: 5s}
+circuit_breakers:
+  thresholds: [{priority: DEFAULT, max_connections: 100, max_pending_requests: 10, track_remaining: true}]
+outlier_detection:
+  consecutive_5xx: 5
+  interval: 10s
+  base_ejection_time: 30s
+  max_ejection_percent: 50
+  consecutive_local_origin_failure: 3
+health_checks:
+- timeout: 1s
+  interval: 5s
+  healthy_threshold: 2
+  unhealthy_threshold: 3
+  http_health_check: {path: /healthz}
+preconnect_policy: {per_upstream_preconnect_ratio: 1.5, predictive_preconnect_ratio: 2}
+load_assignment:
+  cluster_name: backend
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {address: {socket_address: {address: backend.example.com, port_value: 80}}}
+      load_balancing_weight: 2
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+    sni: backend.example.com
+    common_tls_context:
+      alpn_protocols: [h2, http/1.1]
+      validation_context:
+        trusted_ca: {filename: /etc/ssl/ca.pem}
+        match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: backend.example.com}}]
+upstream_connection_options: {tcp_keepalive: {keepalive_probes: 3, keepalive_time: 30}}
+"#;
+
+    const CLUSTER_CAMEL: &str = r#"
+name: backend
+type: STRICT_DNS
+connectTimeout: 10s
+lbPolicy: LEAST_REQUEST
+dnsLookupFamily: V4_ONLY
+dnsRefreshRate: 30s
+perConnectionBufferLimitBytes: 1024
+typedExtensionProtocolOptions:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    commonHttpProtocolOptions: {idleTimeout: 30s, maxRequestsPerConnection: 100}
+    explicitHttpConfig:
+      http2ProtocolOptions:
+        maxConcurrentStreams: 50
+        connectionKeepalive: {interval: 30s, timeout: 5s}
+circuitBreakers:
+  thresholds: [{priority: DEFAULT, maxConnections: 100, maxPendingRequests: 10, trackRemaining: true}]
+outlierDetection:
+  consecutive5xx: 5
+  interval: 10s
+  baseEjectionTime: 30s
+  maxEjectionPercent: 50
+  consecutiveLocalOriginFailure: 3
+healthChecks:
+- timeout: 1s
+  interval: 5s
+  healthyThreshold: 2
+  unhealthyThreshold: 3
+  httpHealthCheck: {path: /healthz}
+preconnectPolicy: {perUpstreamPreconnectRatio: 1.5, predictivePreconnectRatio: 2}
+loadAssignment:
+  clusterName: backend
+  endpoints:
+  - lbEndpoints:
+    - endpoint: {address: {socketAddress: {address: backend.example.com, portValue: 80}}}
+      loadBalancingWeight: 2
+transportSocket:
+  name: envoy.transport_sockets.tls
+  typedConfig:
+    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+    sni: backend.example.com
+    commonTlsContext:
+      alpnProtocols: [h2, http/1.1]
+      validationContext:
+        trustedCa: {filename: /etc/ssl/ca.pem}
+        matchTypedSubjectAltNames: [{sanType: DNS, matcher: {exact: backend.example.com}}]
+upstreamConnectionOptions: {tcpKeepalive: {keepaliveProbes: 3, keepaliveTime: 30}}
+"#;
+
+    const ROUTES_SNAKE: &str = r#"
+name: routes
+validate_clusters: true
+max_direct_response_body_size_bytes: 4096
+ignore_port_in_host_matching: true
+request_headers_to_add: [{header: {key: x-via, value: myelin}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]
+virtual_hosts:
+- name: vh
+  domains: [example.com]
+  require_tls: NONE
+  typed_per_filter_config:
+    envoy.filters.http.fault:
+      '@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+      delay: {fixed_delay: 0.2s, percentage: {numerator: 10, denominator: HUNDRED}}
+      max_active_faults: 3
+  routes:
+  - match:
+      safe_regex: {regex: '^/api/.*'}
+      headers: [{name: x-canary, string_match: {exact: 'yes'}}]
+    route:
+      weighted_clusters: {clusters: [{name: a, weight: 80}, {name: b, weight: 20}]}
+      timeout: 2s
+      retry_policy: {retry_on: 5xx, num_retries: 3, per_try_timeout: 0.25s, retry_back_off: {base_interval: 0.1s}}
+      hash_policy: [{header: {header_name: x-user}}]
+      request_mirror_policies: [{cluster: shadow, trace_sampled: false}]
+  - match: {prefix: /old}
+    redirect: {path_redirect: /new, response_code: PERMANENT_REDIRECT}
+  - match: {path: /ok}
+    direct_response: {status: 200, body: {inline_string: ok}}
+"#;
+
+    const ROUTES_CAMEL: &str = r#"
+name: routes
+validateClusters: true
+maxDirectResponseBodySizeBytes: 4096
+ignorePortInHostMatching: true
+requestHeadersToAdd: [{header: {key: x-via, value: myelin}, appendAction: OVERWRITE_IF_EXISTS_OR_ADD}]
+virtualHosts:
+- name: vh
+  domains: [example.com]
+  requireTls: NONE
+  typedPerFilterConfig:
+    envoy.filters.http.fault:
+      '@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+      delay: {fixedDelay: 0.2s, percentage: {numerator: 10, denominator: HUNDRED}}
+      maxActiveFaults: 3
+  routes:
+  - match:
+      safeRegex: {regex: '^/api/.*'}
+      headers: [{name: x-canary, stringMatch: {exact: 'yes'}}]
+    route:
+      weightedClusters: {clusters: [{name: a, weight: 80}, {name: b, weight: 20}]}
+      timeout: 2s
+      retryPolicy: {retryOn: 5xx, numRetries: 3, perTryTimeout: 0.25s, retryBackOff: {baseInterval: 0.1s}}
+      hashPolicy: [{header: {headerName: x-user}}]
+      requestMirrorPolicies: [{cluster: shadow, traceSampled: false}]
+  - match: {prefix: /old}
+    redirect: {pathRedirect: /new, responseCode: PERMANENT_REDIRECT}
+  - match: {path: /ok}
+    directResponse: {status: 200, body: {inlineString: ok}}
+"#;
+
+    fn typed_config(f: &xds_api::pb::envoy::config::listener::v3::Filter) -> &[u8] {
+        use xds_api::pb::envoy::config::listener::v3::filter::ConfigType;
+        match &f.config_type {
+            Some(ConfigType::TypedConfig(a)) => &a.value,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn camel_case_documents_read_as_snake_case_ones() {
+        use xds_api::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
+
+        let camel: Listener = from_value(yaml(LISTENER_CAMEL)).unwrap();
+        assert_eq!(camel, from_value::<Listener>(yaml(LISTENER_SNAKE)).unwrap());
+        assert_eq!(
+            camel.max_connections_to_accept_per_socket_event,
+            Some(UInt32Value { value: 4 })
+        );
+        let hcm = HttpConnectionManager::decode(typed_config(&camel.filter_chains[0].filters[0]))
+            .unwrap();
+        assert_eq!(
+            hcm.stream_idle_timeout,
+            Some(Duration {
+                seconds: 300,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            hcm.common_http_protocol_options.unwrap().max_headers_count,
+            Some(UInt32Value { value: 100 })
+        );
+        assert!(hcm.http_protocol_options.unwrap().accept_http_10);
+        assert_eq!(
+            hcm.tracing.unwrap().spawn_upstream_span,
+            Some(BoolValue { value: true })
+        );
+        let tcp = ext::TcpProxy::decode(typed_config(&camel.filter_chains[1].filters[0])).unwrap();
+        assert_eq!(tcp.stat_prefix, "tcp");
+        assert_eq!(tcp.weighted_clusters.unwrap().clusters[1].weight, 3);
+        let tunnel = tcp.tunneling_config.unwrap();
+        assert!(tunnel.use_post);
+        // A wrapper in a message of the descriptor set inside a message of ext.
+        #[allow(deprecated)]
+        let append = tunnel.headers_to_add[0].append;
+        assert_eq!(append, Some(BoolValue { value: false }));
+
+        let camel: Cluster = from_value(yaml(CLUSTER_CAMEL)).unwrap();
+        assert_eq!(camel, from_value::<Cluster>(yaml(CLUSTER_SNAKE)).unwrap());
+        let opts = ext::UpstreamHttpProtocolOptions::decode(
+            &*camel.typed_extension_protocol_options
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                .value,
+        )
+        .unwrap();
+        assert_eq!(
+            opts.common_http_protocol_options
+                .unwrap()
+                .max_requests_per_connection,
+            Some(UInt32Value { value: 100 })
+        );
+        let h2 = opts
+            .explicit_http_config
+            .unwrap()
+            .http2_protocol_options
+            .unwrap();
+        assert_eq!(h2.max_concurrent_streams, Some(UInt32Value { value: 50 }));
+        assert_eq!(
+            h2.connection_keepalive.unwrap().interval,
+            Some(Duration {
+                seconds: 30,
+                nanos: 0
+            })
+        );
+        let outlier = camel.outlier_detection.as_ref().unwrap();
+        assert_eq!(outlier.consecutive_5xx, Some(UInt32Value { value: 5 }));
+
+        let camel: RouteConfiguration = from_value(yaml(ROUTES_CAMEL)).unwrap();
+        assert_eq!(
+            camel,
+            from_value::<RouteConfiguration>(yaml(ROUTES_SNAKE)).unwrap()
+        );
+        let fault = ext::HttpFault::decode(
+            &*camel.virtual_hosts[0].typed_per_filter_config["envoy.filters.http.fault"].value,
+        )
+        .unwrap();
+        assert_eq!(
+            fault.delay.unwrap().fixed_delay,
+            Some(Duration {
+                seconds: 0,
+                nanos: 200_000_000
+            })
+        );
+        assert_eq!(fault.max_active_faults, Some(UInt32Value { value: 3 }));
+        // And Myelin converts it.
+        super::super::route_configuration(&camel).unwrap();
+    }
+
+    #[test]
+    fn wrappers_from_plain_scalars() {
+        use xds_api::pb::envoy::config::route::v3::{rate_limit, route};
+        use xds_api::pb::google::protobuf::{BoolValue, DoubleValue, UInt32Value};
+
+        let l: Listener = from_value(yaml(
+            "name: l\nmax_connections_to_accept_per_socket_event: 1\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            l.max_connections_to_accept_per_socket_event,
+            Some(UInt32Value { value: 1 })
+        );
+
+        let c: Cluster = from_value(yaml(
+            r#"
+name: c
+health_checks: [{healthy_threshold: 2, unhealthy_threshold: 4}]
+outlier_detection: {consecutive_local_origin_failure: 7}
+preconnect_policy: {per_upstream_preconnect_ratio: 1.5, predictive_preconnect_ratio: 3}
+"#,
+        ))
+        .unwrap();
+        let hc = &c.health_checks[0];
+        assert_eq!(hc.healthy_threshold, Some(UInt32Value { value: 2 }));
+        assert_eq!(hc.unhealthy_threshold, Some(UInt32Value { value: 4 }));
+        assert_eq!(
+            c.outlier_detection
+                .unwrap()
+                .consecutive_local_origin_failure,
+            Some(UInt32Value { value: 7 })
+        );
+        let pre = c.preconnect_policy.unwrap();
+        assert_eq!(
+            pre.per_upstream_preconnect_ratio,
+            Some(DoubleValue { value: 1.5 })
+        );
+        assert_eq!(
+            pre.predictive_preconnect_ratio,
+            Some(DoubleValue { value: 3.0 })
+        );
+
+        let rc: RouteConfiguration = from_value(yaml(
+            r#"
+name: r
+validate_clusters: false
+max_direct_response_body_size_bytes: 8192
+virtual_hosts:
+- name: v
+  domains: ['*']
+  rate_limits:
+  - actions:
+    - header_value_match: {descriptor_value: a, expect_match: false, headers: [{name: x}]}
+    - query_parameter_value_match: {descriptor_value: b, expect_match: true, query_parameters: [{name: q}]}
+  routes:
+  - match: {prefix: /}
+    route: {cluster: c, request_mirror_policies: [{cluster: m, trace_sampled: false}]}
+"#,
+        ))
+        .unwrap();
+        assert_eq!(rc.validate_clusters, Some(BoolValue { value: false }));
+        assert_eq!(
+            rc.max_direct_response_body_size_bytes,
+            Some(UInt32Value { value: 8192 })
+        );
+        let actions = &rc.virtual_hosts[0].rate_limits[0].actions;
+        let Some(rate_limit::action::ActionSpecifier::HeaderValueMatch(h)) =
+            &actions[0].action_specifier
+        else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(h.expect_match, Some(BoolValue { value: false }));
+        let Some(rate_limit::action::ActionSpecifier::QueryParameterValueMatch(q)) =
+            &actions[1].action_specifier
+        else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(q.expect_match, Some(BoolValue { value: true }));
+        let Some(route::Action::Route(a)) = &rc.virtual_hosts[0].routes[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            a.request_mirror_policies[0].trace_sampled,
+            Some(BoolValue { value: false })
+        );
+
+        let l: Listener = from_value(yaml(
+            r#"
+name: l
+filter_chains:
+- filters:
+  - name: hcm
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      tracing: {spawn_upstream_span: false}
+"#,
+        ))
+        .unwrap();
+        let hcm =
+            HttpConnectionManager::decode(typed_config(&l.filter_chains[0].filters[0])).unwrap();
+        assert_eq!(
+            hcm.tracing.unwrap().spawn_upstream_span,
+            Some(BoolValue { value: false })
+        );
+    }
+
+    /// The keys of a `google.protobuf.Struct` (its `fields`), of a `struct_value` inside.
+    fn struct_keys(s: &xds_api::pb::google::protobuf::Struct) -> Vec<&str> {
+        let mut keys: Vec<&str> = s.fields.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    fn struct_value(
+        v: &xds_api::pb::google::protobuf::Value,
+    ) -> &xds_api::pb::google::protobuf::Struct {
+        match &v.kind {
+            Some(xds_api::pb::google::protobuf::value::Kind::StructValue(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn struct_fields_are_free_form() {
+        // `TransportSocketMatch.match` is a `Struct`: its keys are the endpoint metadata's,
+        // never renamed (`tlsMode` is not a field name to turn into `tls_mode`).
+        for doc in [
+            r#"
+name: c
+transport_socket_matches:
+- name: mtls
+  match: {tlsMode: istio, acme.io/Zone: us-east-1, weight: 1, nested: {camelKey: [1, x]}}
+  transport_socket: {name: envoy.transport_sockets.raw_buffer}
+"#,
+            r#"
+name: c
+transportSocketMatches:
+- name: mtls
+  match: {tlsMode: istio, acme.io/Zone: us-east-1, weight: 1, nested: {camelKey: [1, x]}}
+  transportSocket: {name: envoy.transport_sockets.raw_buffer}
+"#,
+        ] {
+            let c: Cluster = from_value(yaml(doc)).unwrap();
+            let m = c.transport_socket_matches[0].r#match.as_ref().unwrap();
+            assert_eq!(
+                struct_keys(m),
+                ["acme.io/Zone", "nested", "tlsMode", "weight"]
+            );
+            assert_eq!(struct_keys(struct_value(&m.fields["nested"])), ["camelKey"]);
+        }
+        // `Value` and `ListValue` likewise.
+        use xds_api::pb::google::protobuf::{value::Kind, ListValue};
+        let l: ListValue = from_value(serde_json::json!([{"camelKey": null}, "s"])).unwrap();
+        assert_eq!(struct_keys(struct_value(&l.values[0])), ["camelKey"]);
+        assert_eq!(l.values[1].kind, Some(Kind::StringValue("s".into())));
+        let v: xds_api::pb::google::protobuf::Value = from_value(serde_json::json!(2.5)).unwrap();
+        assert_eq!(v.kind, Some(Kind::NumberValue(2.5)));
+    }
+
+    #[test]
+    fn map_keys_are_taken_as_written() {
+        let rc: RouteConfiguration = from_value(yaml(
+            r#"
+name: r
+virtualHosts:
+- name: v
+  domains: ['*']
+  typedPerFilterConfig:
+    Acme.Filters.HTTP.Fault_V3:
+      '@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+      abort: {httpStatus: 503, percentage: {numerator: 1}}
+"#,
+        ))
+        .unwrap();
+        let tpfc = &rc.virtual_hosts[0].typed_per_filter_config;
+        assert_eq!(
+            tpfc.keys().collect::<Vec<_>>(),
+            ["Acme.Filters.HTTP.Fault_V3"]
+        );
+        let fault = ext::HttpFault::decode(&*tpfc["Acme.Filters.HTTP.Fault_V3"].value).unwrap();
+        assert_eq!(fault.abort.unwrap().http_status, Some(503));
+
+        let c: Cluster = from_value(yaml(
+            r#"
+name: c
+metadata:
+  filterMetadata:
+    envoy.lb: {canary: true}
+    Acme.IO/Team: {ownerName: x, on_call: {primaryContact: y}}
+"#,
+        ))
+        .unwrap();
+        let fm = &c.metadata.unwrap().filter_metadata;
+        let mut namespaces: Vec<&str> = fm.keys().map(String::as_str).collect();
+        namespaces.sort_unstable();
+        assert_eq!(namespaces, ["Acme.IO/Team", "envoy.lb"]);
+        let team = &fm["Acme.IO/Team"];
+        assert_eq!(struct_keys(team), ["on_call", "ownerName"]);
+        assert_eq!(
+            struct_keys(struct_value(&team.fields["on_call"])),
+            ["primaryContact"]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_as_written() {
+        let e = from_value::<Cluster>(yaml("name: c\nconnectTimeoutz: 1s\n")).unwrap_err();
+        assert_eq!(
+            e.at("clusters[2]"),
+            "clusters[2].connectTimeoutz: unknown field `connectTimeoutz`"
+        );
+        // Through renamed keys (the path names them by their proto names) into a message of
+        // ext, and into a message of the descriptor set inside it.
+        let doc = r#"
+name: l
+filterChains:
+- filters:
+  - name: tcp
+    typedConfig:
+      '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+      statPrefix: t
+      tunnelingConfig: {hostname: h, headersToAdd: [{header: {key: k, value: v}, appendz: true}]}
+"#;
+        let e = from_value::<Listener>(yaml(doc)).unwrap_err();
+        assert_eq!(
+            e.at("listeners[0]"),
+            "listeners[0].filter_chains[0].filters[0].typed_config.tunneling_config.\
+             headers_to_add[0].appendz: unknown field `appendz`: envoy.extensions.filters.\
+             network.tcp_proxy.v3.TcpProxy has no such field (a typo, or a field of another \
+             Envoy version?)"
+        );
+        let e =
+            from_value::<Listener>(yaml(&doc.replace("statPrefix", "statPrefixz"))).unwrap_err();
+        assert_eq!(
+            e.at("listeners[0]"),
+            "listeners[0].filter_chains[0].filters[0].typed_config.statPrefixz: unknown field \
+             `statPrefixz`: envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy has no such \
+             field (a typo, or a field of another Envoy version?)"
+        );
     }
 }
