@@ -25,20 +25,6 @@ fn present_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, 
     Ok(v.iter().map(|_| Vec::new()).collect())
 }
 
-/// `weight` is a plain `uint32` here but a wrapper in route `ClusterWeight`; the JSON
-/// normalizer cannot tell them apart by name, so accept both `3` and `{value: 3}`.
-fn plain_or_wrapped_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum W {
-        Plain(u32),
-        Wrapped { value: u32 },
-    }
-    Ok(match W::deserialize(d)? {
-        W::Plain(v) | W::Wrapped { value: v } => v,
-    })
-}
-
 macro_rules! named {
     ($t:ty, $pkg:literal, $name:literal) => {
         impl prost::Name for $t {
@@ -169,7 +155,7 @@ pub struct TcpClusterWeight {
     #[serde(default)]
     pub name: String,
     #[prost(uint32, tag = "2")]
-    #[serde(default, deserialize_with = "plain_or_wrapped_u32")]
+    #[serde(default)]
     pub weight: u32,
     #[prost(bytes = "vec", optional, tag = "3")]
     #[serde(default, deserialize_with = "present")]
