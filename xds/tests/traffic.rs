@@ -733,10 +733,11 @@ transport_socket:
         .await;
 }
 
-/// A cluster as Envoy Gateway writes one (an empty `common_lb_config`,
-/// `ignore_health_on_host_removal`, the enum policy and the typed one with locality
-/// weighting, which wins), with EDS localities as it writes a route's weighted backends:
-/// traffic splits by locality weight, and a locality without weight gets none.
+/// A cluster as Envoy Gateway writes one (in proto3 JSON's camelCase; an empty
+/// `common_lb_config`, `ignore_health_on_host_removal`, the enum policy and the typed one
+/// with locality weighting, which wins), with EDS localities as it writes a route's
+/// weighted backends: traffic splits by locality weight, and a locality without weight gets
+/// none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locality_weights_split_an_envoy_gateway_cluster() {
     let heavy = http_upstream("heavy").await;
@@ -746,18 +747,19 @@ async fn locality_weights_split_an_envoy_gateway_cluster() {
         r#"
 name: web
 type: EDS
-connect_timeout: 10s
-eds_cluster_config: {eds_config: {ads: {}, resource_api_version: V3}, service_name: web}
-common_lb_config: {}
-ignore_health_on_host_removal: true
-lb_policy: LEAST_REQUEST
-load_balancing_policy:
+connectTimeout: 10s
+edsClusterConfig: {edsConfig: {ads: {}, resourceApiVersion: V3}, serviceName: web}
+commonLbConfig: {}
+ignoreHealthOnHostRemoval: true
+lbPolicy: LEAST_REQUEST
+loadBalancingPolicy:
   policies:
-  - typed_extension_config:
+  - typedExtensionConfig:
       name: envoy.load_balancing_policies.least_request
-      typed_config:
+      typedConfig:
         "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest
-        locality_lb_config: {locality_weighted_lb_config: {}}
+        localityLbConfig: {localityWeightedLbConfig: {}}
+perConnectionBufferLimitBytes: 32768
 "#,
     );
     let assignment: ClusterLoadAssignment = yaml(&format!(

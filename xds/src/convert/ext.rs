@@ -39,6 +39,7 @@ macro_rules! named {
         }
     };
 }
+pub(crate) use named;
 
 /// `envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`.
 #[derive(Clone, PartialEq, Message, Deserialize)]
@@ -605,6 +606,10 @@ const fn rm(name: &'static str, message: &'static str) -> JsonField {
 }
 
 const DURATION: &str = "google.protobuf.Duration";
+const UINT64_VALUE: &str = "google.protobuf.UInt64Value";
+const LOCALITY_LB: &str = "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig";
+const LOCALITY_WEIGHTED: &str =
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig";
 const BOOL_VALUE: &str = "google.protobuf.BoolValue";
 const UINT32_VALUE: &str = "google.protobuf.UInt32Value";
 const HEADER_VALUE_OPTION: &str = "envoy.config.core.v3.HeaderValueOption";
@@ -866,10 +871,60 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
             p("rate_limits"),
         ],
     ),
+    // The load balancing policies (`super::lb_policy`).
+    (
+        LOCALITY_LB,
+        &[
+            p("zone_aware_lb_config"),
+            m("locality_weighted_lb_config", LOCALITY_WEIGHTED),
+        ],
+    ),
+    (LOCALITY_WEIGHTED, &[]),
+    (
+        "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+        &[p("slow_start_config"), m("locality_lb_config", LOCALITY_LB)],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+        &[
+            m("choice_count", UINT32_VALUE),
+            m("active_request_bias", "envoy.config.core.v3.RuntimeDouble"),
+            p("slow_start_config"),
+            m("locality_lb_config", LOCALITY_LB),
+            m("enable_full_scan", BOOL_VALUE),
+            p("selection_method"),
+            p("connection_aware_lb_config"),
+        ],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.random.v3.Random",
+        &[m("locality_lb_config", LOCALITY_LB)],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+        &[
+            m("table_size", UINT64_VALUE),
+            p("consistent_hashing_lb_config"),
+            m("locality_weighted_lb_config", LOCALITY_WEIGHTED),
+        ],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+        &[
+            p("hash_function"),
+            m("minimum_ring_size", UINT64_VALUE),
+            m("maximum_ring_size", UINT64_VALUE),
+            p("use_hostname_for_hashing"),
+            m("hash_balance_factor", UINT32_VALUE),
+            p("consistent_hashing_lb_config"),
+            m("locality_weighted_lb_config", LOCALITY_WEIGHTED),
+        ],
+    ),
 ];
 
 #[cfg(test)]
 mod tests {
+    use super::super::lb_policy as lb;
     use super::*;
     use serde::de::DeserializeOwned;
 
@@ -906,6 +961,7 @@ mod tests {
         const TCP: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
         const TLS: &str = "envoy.extensions.transport_sockets.tls.v3";
         const HTTP: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+        const LB: &str = "envoy.extensions.load_balancing_policies";
         same!(
             TcpProxy => TCP,
             TcpTunnelingConfig => &format!("{TCP}.TunnelingConfig"),
@@ -927,10 +983,17 @@ mod tests {
             Cors => "envoy.extensions.filters.http.cors.v3.Cors",
             CorsPolicy => "envoy.extensions.filters.http.cors.v3.CorsPolicy",
             LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            lb::LocalityLbConfig => LOCALITY_LB,
+            lb::LocalityWeightedLbConfig => LOCALITY_WEIGHTED,
+            lb::RoundRobin => &format!("{LB}.round_robin.v3.RoundRobin"),
+            lb::LeastRequest => &format!("{LB}.least_request.v3.LeastRequest"),
+            lb::Random => &format!("{LB}.random.v3.Random"),
+            lb::Maglev => &format!("{LB}.maglev.v3.Maglev"),
+            lb::RingHash => &format!("{LB}.ring_hash.v3.RingHash"),
         );
         assert_eq!(
             JSON_MESSAGES.len(),
-            19,
+            26,
             "a message of JSON_MESSAGES is not checked above"
         );
     }

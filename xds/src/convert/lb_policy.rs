@@ -147,6 +147,32 @@ pub struct RingHash {
     pub locality_weighted_lb_config: Option<LocalityWeightedLbConfig>,
 }
 
+super::ext::named!(
+    RoundRobin,
+    "envoy.extensions.load_balancing_policies.round_robin.v3",
+    "RoundRobin"
+);
+super::ext::named!(
+    LeastRequest,
+    "envoy.extensions.load_balancing_policies.least_request.v3",
+    "LeastRequest"
+);
+super::ext::named!(
+    Random,
+    "envoy.extensions.load_balancing_policies.random.v3",
+    "Random"
+);
+super::ext::named!(
+    Maglev,
+    "envoy.extensions.load_balancing_policies.maglev.v3",
+    "Maglev"
+);
+super::ext::named!(
+    RingHash,
+    "envoy.extensions.load_balancing_policies.ring_hash.v3",
+    "RingHash"
+);
+
 const PKG: &str = "type.googleapis.com/envoy.extensions.load_balancing_policies";
 /// Type URLs of the policies Myelin has.
 pub const ROUND_ROBIN: &str =
