@@ -343,24 +343,26 @@ virtual_hosts:
     assert_eq!(host_seen(&node, 18506, "web:8080").await.0, 404);
 }
 
-/// Status of a GET with `extra` header fields beyond `host` (over HTTP/2 when `h2`), and
-/// the header names the upstream got.
-async fn with_fields(
+/// A GET of `path` on host `web` with `headers`, on a new connection to the node's `port`:
+/// over HTTP/2 (h2c, `:scheme http`) when `h2`, else HTTP/1.1.
+async fn get_web(
     node: &Node,
     port: u16,
-    extra: &[(String, String)],
+    path: &str,
     h2: bool,
-) -> (u16, Vec<String>) {
+    headers: &[(&str, &str)],
+) -> Response<hyper::body::Incoming> {
     let stream = node.connect(vip(port)).await;
-    let mut req = Request::get(if h2 { "http://web/" } else { "/" });
-    if !h2 {
-        req = req.header("host", "web");
-    }
-    for (k, v) in extra {
-        req = req.header(k.as_str(), v.as_str());
+    let mut req = if h2 {
+        Request::get(format!("http://web{path}"))
+    } else {
+        Request::get(path).header("host", "web")
+    };
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let req = req.body(Empty::<Bytes>::new()).unwrap();
-    let resp = if h2 {
+    if h2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
             TokioIo::new(stream),
@@ -375,7 +377,22 @@ async fn with_fields(
             .unwrap();
         tokio::spawn(conn);
         sender.send_request(req).await.unwrap()
-    };
+    }
+}
+
+/// Status of a GET with `extra` header fields beyond `host` (over HTTP/2 when `h2`), and
+/// the header names the upstream got.
+async fn with_fields(
+    node: &Node,
+    port: u16,
+    extra: &[(String, String)],
+    h2: bool,
+) -> (u16, Vec<String>) {
+    let extra: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let resp = get_web(node, port, "/", h2, &extra).await;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let names = String::from_utf8_lossy(&body)
@@ -636,8 +653,7 @@ async fn h2_scheme_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
-/// GET `path` of host `web` over HTTP/2 (`h2`, with `:scheme http`) or HTTP/1.1 with
-/// `headers`: status, `location`, body.
+/// [`get_web`]: status, `location`, body.
 async fn fetch(
     node: &Node,
     port: u16,
@@ -645,32 +661,7 @@ async fn fetch(
     h2: bool,
     headers: &[(&str, &str)],
 ) -> (u16, Option<String>, String) {
-    let stream = node.connect(vip(port)).await;
-    let mut req = if h2 {
-        Request::get(format!("http://web{path}"))
-    } else {
-        Request::get(path).header("host", "web")
-    };
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Empty::<Bytes>::new()).unwrap();
-    let resp = if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        sender.send_request(req).await.unwrap()
-    } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        sender.send_request(req).await.unwrap()
-    };
+    let resp = get_web(node, port, path, h2, headers).await;
     let status = resp.status().as_u16();
     let location = resp
         .headers()
@@ -709,18 +700,6 @@ virtual_hosts:
     route: {cluster: web}
 "#,
     );
-    let h2_web: xds_api::pb::envoy::config::cluster::v3::Cluster = yaml(
-        r#"
-name: web
-type: EDS
-connect_timeout: 1s
-eds_cluster_config: {eds_config: {ads: {}}}
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: {http2_protocol_options: {}}
-"#,
-    );
     let (_cp, node) = serving_with(
         vec![
             http_listener("own", 18518, "r"),
@@ -738,7 +717,7 @@ typed_extension_protocol_options:
             ),
         ],
         routes,
-        h2_web,
+        h2_cluster("web"),
         upstream,
     )
     .await;

@@ -92,21 +92,6 @@ fn futures_util_stream<T: Unpin>(items: Vec<T>) -> impl tokio_stream::Stream<Ite
     tokio_stream::iter(items)
 }
 
-fn h2_cluster(name: &str) -> Cluster {
-    yaml(&format!(
-        r#"
-name: {name}
-type: EDS
-connect_timeout: 1s
-eds_cluster_config: {{eds_config: {{ads: {{}}}}}}
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: {{http2_protocol_options: {{}}}}
-"#
-    ))
-}
-
 /// An h2c client connection to the proxy, captured as if going to `dst`.
 async fn h2_client(
     node: &Node,

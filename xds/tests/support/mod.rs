@@ -162,6 +162,22 @@ eds_cluster_config: {{eds_config: {{ads: {{}}}}}}
     ))
 }
 
+/// An EDS cluster whose endpoints speak HTTP/2 (h2c).
+pub fn h2_cluster(name: &str) -> Cluster {
+    yaml(&format!(
+        r#"
+name: {name}
+type: EDS
+connect_timeout: 1s
+eds_cluster_config: {{eds_config: {{ads: {{}}}}}}
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {{http2_protocol_options: {{}}}}
+"#
+    ))
+}
+
 pub fn endpoints(cluster: &str, addrs: &[SocketAddr]) -> ClusterLoadAssignment {
     let eps: Vec<String> = addrs
         .iter()
