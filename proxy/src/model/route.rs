@@ -443,13 +443,15 @@ pub struct Redirect {
 }
 
 /// The path part of a redirect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathRedirect {
     /// Replace the whole path.
     Path(String),
     /// Replace the matched prefix.
     Prefix(String),
+    /// Substitute every match of a regex in the path (the query is kept).
+    Regex(RegexRewrite),
 }
 
 /// A direct response.

@@ -381,6 +381,7 @@ pub fn redirect_location(r: &Redirect, m: &RouteMatch, req: &RequestHead<'_>) ->
             };
             format!("{with}{}", path.get(matched..).unwrap_or(""))
         }
+        Some(PathRedirect::Regex(rr)) => rr.pattern.replace_all(path, &rr.substitution),
         None => path.to_owned(),
     };
     if let (false, Some(q)) = (r.strip_query, query) {

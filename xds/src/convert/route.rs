@@ -563,20 +563,9 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
             Reason::Invalid("set together with `prefix_rewrite`".into()),
         );
     }
-    let regex_rewrite = regex_rewrite.as_ref().and_then(|r| {
-        let rp = join(p, "regex_rewrite");
-        let pattern = match &r.pattern {
-            Some(m) => regex_matcher(cx, &join(&rp, "pattern"), m)?,
-            None => {
-                cx.reject(join(&rp, "pattern"), Reason::Missing);
-                return None;
-            }
-        };
-        Some(mr::RegexRewrite {
-            pattern,
-            substitution: envoy_substitution(&r.substitution),
-        })
-    });
+    let regex_rewrite = regex_rewrite
+        .as_ref()
+        .and_then(|r| self::regex_rewrite(cx, &join(p, "regex_rewrite"), r));
     Some(mr::RouteAction {
         cluster: cluster?,
         timeout: cx.timeout(
@@ -972,6 +961,25 @@ fn retry_policy(cx: &mut Cx, p: &str, r: &pb::RetryPolicy) -> Option<mr::RetryPo
     })
 }
 
+/// A `regex_rewrite` (of a route's path, or of a redirect's).
+fn regex_rewrite(
+    cx: &mut Cx,
+    p: &str,
+    r: &xds_api::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute,
+) -> Option<mr::RegexRewrite> {
+    let pattern = match &r.pattern {
+        Some(m) => regex_matcher(cx, &join(p, "pattern"), m)?,
+        None => {
+            cx.reject(join(p, "pattern"), Reason::Missing);
+            return None;
+        }
+    };
+    Some(mr::RegexRewrite {
+        pattern,
+        substitution: envoy_substitution(&r.substitution),
+    })
+}
+
 fn redirect(cx: &mut Cx, p: &str, r: &pb::RedirectAction) -> Option<mr::Redirect> {
     use pb::redirect_action::{
         PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
@@ -993,9 +1001,8 @@ fn redirect(cx: &mut Cx, p: &str, r: &pb::RedirectAction) -> Option<mr::Redirect
         None => None,
         Some(P::PathRedirect(s)) => Some(mr::PathRedirect::Path(s.clone())),
         Some(P::PrefixRewrite(s)) => Some(mr::PathRedirect::Prefix(s.clone())),
-        Some(P::RegexRewrite(_)) => {
-            cx.reject(join(p, "regex_rewrite"), Reason::NotSupported);
-            None
+        Some(P::RegexRewrite(r)) => {
+            regex_rewrite(cx, &join(p, "regex_rewrite"), r).map(mr::PathRedirect::Regex)
         }
     };
     let code = match C::try_from(*response_code) {

@@ -450,6 +450,26 @@ fn actions() {
             strip_query: true,
         })
     );
+    let by_regex = pb::Route {
+        r#match: prefix("/"),
+        action: Some(pb::route::Action::Redirect(pb::RedirectAction {
+            path_rewrite_specifier: Some(pb::redirect_action::PathRewriteSpecifier::RegexRewrite(
+                matcher::RegexMatchAndSubstitute {
+                    pattern: Some(regex("^/v1/(.*)")),
+                    substitution: "/v2/\\1".into(),
+                },
+            )),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let mr::Action::Redirect(r) = one(by_regex).action else {
+        panic!()
+    };
+    let Some(mr::PathRedirect::Regex(rw)) = &r.path else {
+        panic!("{r:?}")
+    };
+    assert_eq!(rw.pattern.replace_all("/v1/a", &rw.substitution), "/v2/a");
     let dr = pb::Route {
         r#match: prefix("/"),
         action: Some(pb::route::Action::DirectResponse(

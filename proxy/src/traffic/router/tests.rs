@@ -448,6 +448,21 @@ fn redirect_locations() {
             ),
             "http://example.com:8080/new/page?x=1",
         ),
+        (
+            // Every match in the path, not in the query (Envoy Gateway's
+            // `ReplaceRegexMatch` redirects).
+            redirect(
+                None,
+                None,
+                None,
+                Some(PathRedirect::Regex(RegexRewrite {
+                    pattern: Regex::new("o").unwrap(),
+                    substitution: "0".into(),
+                })),
+                false,
+            ),
+            "http://example.com:8080/0ld/page?x=1",
+        ),
     ];
     for (r, want) in cases {
         assert_eq!(redirect_location(&r, &m, &req), want, "{r:?}");
