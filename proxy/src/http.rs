@@ -1580,7 +1580,7 @@ fn report_attempt(
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::Timeout { .. },
-        ) => Report::GatewayError,
+        ) => Report::LocalOriginFailure,
         Err(_) => return,
     };
     cluster.report(active.host(), r);

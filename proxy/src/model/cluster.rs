@@ -253,6 +253,18 @@ pub struct OutlierDetection {
     pub failure_percentage_minimum_hosts: u32,
     /// Default 50.
     pub failure_percentage_request_volume: u32,
+    /// `split_external_local_origin_errors`: failures the proxy sees itself (connect
+    /// failures, resets, timeouts) are counted apart from the upstream's 5xx answers, with
+    /// their own thresholds below; off (Envoy's default): they count as gateway failures.
+    pub split_external_local_origin_errors: bool,
+    /// With the split: consecutive local-origin failures before ejection (default 5).
+    pub consecutive_local_origin_failure: u32,
+    /// With the split: its chance of being enforced, in percent (default 100).
+    pub enforcing_consecutive_local_origin_failure: u32,
+    /// With the split: success-rate ejection over local-origin events (default 100).
+    pub enforcing_local_origin_success_rate: u32,
+    /// With the split: failure-percentage ejection over local-origin events (default 0).
+    pub enforcing_failure_percentage_local_origin: u32,
 }
 
 impl Default for OutlierDetection {
@@ -274,6 +286,11 @@ impl Default for OutlierDetection {
             enforcing_failure_percentage: 0,
             failure_percentage_minimum_hosts: 5,
             failure_percentage_request_volume: 50,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_local_origin_failure: 100,
+            enforcing_local_origin_success_rate: 100,
+            enforcing_failure_percentage_local_origin: 0,
         }
     }
 }

@@ -50,6 +50,11 @@ struct OutlierState {
     /// Requests and failures since the last success-rate / failure-percentage sweep.
     window_requests: u32,
     window_failures: u32,
+    /// With local-origin errors split: consecutive ones, and the window's connection
+    /// attempts and their failures.
+    consecutive_local: u32,
+    window_local: u32,
+    window_local_failures: u32,
 }
 
 impl Host {
@@ -125,8 +130,11 @@ pub enum Report {
     Success,
     /// A 500 or 501 or 505+ response.
     ServerError,
-    /// A 502, 503 or 504 response, or a connect failure, reset or timeout.
+    /// A 502, 503 or 504 response.
     GatewayError,
+    /// A failure of the proxy's own: no connection, a reset before the answer, a timeout.
+    /// A gateway failure unless the cluster splits local-origin errors.
+    LocalOriginFailure,
 }
 
 impl Report {
@@ -374,16 +382,38 @@ impl Balancer {
                 s.ejected_until = None;
                 s.consecutive_5xx = 0;
                 s.consecutive_gateway = 0;
+                s.consecutive_local = 0;
             }
-            s.window_requests = s.window_requests.saturating_add(1);
+            let split = cfg.split_external_local_origin_errors;
+            let report = match report {
+                Report::LocalOriginFailure if !split => Report::GatewayError,
+                r => r,
+            };
+            if split {
+                // A connection attempt: failed, or (any answer) made.
+                s.window_local = s.window_local.saturating_add(1);
+            }
             match report {
+                Report::LocalOriginFailure => {
+                    s.window_local_failures = s.window_local_failures.saturating_add(1);
+                    s.consecutive_local += 1;
+                    cfg.consecutive_local_origin_failure > 0
+                        && s.consecutive_local >= cfg.consecutive_local_origin_failure
+                        && roll(cfg.enforcing_consecutive_local_origin_failure)
+                }
                 Report::Success => {
+                    s.window_requests = s.window_requests.saturating_add(1);
                     s.consecutive_5xx = 0;
                     s.consecutive_gateway = 0;
+                    s.consecutive_local = 0;
                     false
                 }
                 Report::ServerError | Report::GatewayError => {
+                    s.window_requests = s.window_requests.saturating_add(1);
                     s.window_failures = s.window_failures.saturating_add(1);
+                    if split {
+                        s.consecutive_local = 0;
+                    }
                     s.consecutive_5xx += 1;
                     if report == Report::GatewayError {
                         s.consecutive_gateway += 1;
@@ -401,7 +431,10 @@ impl Balancer {
         if eject {
             self.eject(host, now, cfg);
         }
-        if cfg.enforcing_success_rate > 0 || cfg.enforcing_failure_percentage > 0 {
+        let local = cfg.split_external_local_origin_errors
+            && (cfg.enforcing_local_origin_success_rate > 0
+                || cfg.enforcing_failure_percentage_local_origin > 0);
+        if cfg.enforcing_success_rate > 0 || cfg.enforcing_failure_percentage > 0 || local {
             self.sweep_if_due(now, cfg);
         }
     }
@@ -446,62 +479,101 @@ impl Balancer {
             }
             *next = now + cfg.interval;
         }
-        let windows: SmallVec<[(u32, u32); 16]> = self
+        // Each host's window: (answers, failed answers), (connection attempts, failed
+        // ones), taken and reset.
+        let windows: SmallVec<[(Window, Window); 16]> = self
             .hosts
             .iter()
             .map(|h| {
                 let mut s = lock(&h.outlier);
-                let w = (s.window_requests, s.window_failures);
+                let w = (
+                    (s.window_requests, s.window_failures),
+                    (s.window_local, s.window_local_failures),
+                );
                 (s.window_requests, s.window_failures) = (0, 0);
+                (s.window_local, s.window_local_failures) = (0, 0);
                 w
             })
             .collect();
-        let mut outliers: SmallVec<[usize; 4]> = SmallVec::new();
-        if cfg.enforcing_success_rate > 0 {
-            let rates: SmallVec<[(usize, f64); 16]> = windows
-                .iter()
-                .enumerate()
-                .filter(|(_, (n, _))| *n > 0 && *n >= cfg.success_rate_request_volume)
-                .map(|(i, &(n, f))| (i, 100.0 * f64::from(n - f) / f64::from(n)))
-                .collect();
-            if !rates.is_empty() && rates.len() >= cfg.success_rate_minimum_hosts as usize {
-                let k = rates.len() as f64;
-                let mean = rates.iter().map(|r| r.1).sum::<f64>() / k;
-                let variance = rates.iter().map(|r| (r.1 - mean).powi(2)).sum::<f64>() / k;
-                let threshold =
-                    mean - f64::from(cfg.success_rate_stdev_factor) / 1000.0 * variance.sqrt();
-                outliers.extend(
-                    rates
-                        .iter()
-                        .filter(|r| r.1 < threshold && roll(cfg.enforcing_success_rate))
-                        .map(|r| r.0),
-                );
-            }
-        }
-        if cfg.enforcing_failure_percentage > 0 {
-            let enough: SmallVec<[(usize, u32, u32); 16]> = windows
-                .iter()
-                .enumerate()
-                .filter(|(_, (n, _))| *n > 0 && *n >= cfg.failure_percentage_request_volume)
-                .map(|(i, &(n, f))| (i, n, f))
-                .collect();
-            if !enough.is_empty() && enough.len() >= cfg.failure_percentage_minimum_hosts as usize {
-                outliers.extend(
-                    enough
-                        .iter()
-                        .filter(|&&(_, n, f)| {
-                            u64::from(f) * 100
-                                >= u64::from(cfg.failure_percentage_threshold) * u64::from(n)
-                                && roll(cfg.enforcing_failure_percentage)
-                        })
-                        .map(|&(i, _, _)| i),
-                );
-            }
+        let external: SmallVec<[Window; 16]> = windows.iter().map(|w| w.0).collect();
+        let mut outliers = statistical_outliers(
+            &external,
+            cfg,
+            cfg.enforcing_success_rate,
+            cfg.enforcing_failure_percentage,
+        );
+        if cfg.split_external_local_origin_errors {
+            let local: SmallVec<[Window; 16]> = windows.iter().map(|w| w.1).collect();
+            outliers.extend(statistical_outliers(
+                &local,
+                cfg,
+                cfg.enforcing_local_origin_success_rate,
+                cfg.enforcing_failure_percentage_local_origin,
+            ));
         }
         for i in outliers {
             self.eject(&self.hosts[i], now, cfg);
         }
     }
+}
+
+/// A host's events and failures since the last sweep.
+type Window = (u32, u32);
+
+/// The hosts (by index) whose window of `(events, failures)` makes them a statistical
+/// outlier, each kind enforced with its chance: success rate (more than
+/// `success_rate_stdev_factor / 1000` standard deviations below the mean of the hosts with
+/// `success_rate_request_volume` events, when there are `success_rate_minimum_hosts` of
+/// them) and failure percentage (at least the threshold, among hosts with enough events).
+fn statistical_outliers(
+    windows: &[Window],
+    cfg: &OutlierDetection,
+    enforcing_success_rate: u32,
+    enforcing_failure_percentage: u32,
+) -> SmallVec<[usize; 4]> {
+    let mut outliers = SmallVec::new();
+    if enforcing_success_rate > 0 {
+        let rates: SmallVec<[(usize, f64); 16]> = windows
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| *n > 0 && *n >= cfg.success_rate_request_volume)
+            .map(|(i, &(n, f))| (i, 100.0 * f64::from(n - f) / f64::from(n)))
+            .collect();
+        if !rates.is_empty() && rates.len() >= cfg.success_rate_minimum_hosts as usize {
+            let k = rates.len() as f64;
+            let mean = rates.iter().map(|r| r.1).sum::<f64>() / k;
+            let variance = rates.iter().map(|r| (r.1 - mean).powi(2)).sum::<f64>() / k;
+            let threshold =
+                mean - f64::from(cfg.success_rate_stdev_factor) / 1000.0 * variance.sqrt();
+            outliers.extend(
+                rates
+                    .iter()
+                    .filter(|r| r.1 < threshold && roll(enforcing_success_rate))
+                    .map(|r| r.0),
+            );
+        }
+    }
+    if enforcing_failure_percentage > 0 {
+        let enough: SmallVec<[(usize, u32, u32); 16]> = windows
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| *n > 0 && *n >= cfg.failure_percentage_request_volume)
+            .map(|(i, &(n, f))| (i, n, f))
+            .collect();
+        if !enough.is_empty() && enough.len() >= cfg.failure_percentage_minimum_hosts as usize {
+            outliers.extend(
+                enough
+                    .iter()
+                    .filter(|&&(_, n, f)| {
+                        u64::from(f) * 100
+                            >= u64::from(cfg.failure_percentage_threshold) * u64::from(n)
+                            && roll(enforcing_failure_percentage)
+                    })
+                    .map(|&(i, _, _)| i),
+            );
+        }
+    }
+    outliers
 }
 
 /// `true` with probability `percent`%.
@@ -833,6 +905,49 @@ mod tests {
         assert_eq!(run(statistical(0, 100), &[0, 90, 84, 0, 85]), [1, 4]);
         // At most max_ejection_percent (50 % of 5: 2).
         assert_eq!(run(statistical(0, 100), &[90, 90, 90, 0, 90]).len(), 2);
+    }
+
+    /// Failures of the proxy's own (no connection, a reset, a timeout) are gateway failures,
+    /// unless the cluster splits them off: then they have their own count, and an answer
+    /// (even a 5xx) resets it.
+    #[test]
+    fn local_origin_failures_count_apart_when_split() {
+        let cfg = |split| OutlierDetection {
+            consecutive_5xx: 3,
+            split_external_local_origin_errors: split,
+            consecutive_local_origin_failure: 2,
+            enforcing_success_rate: 0,
+            max_ejection_percent: 100,
+            ..outlier()
+        };
+        let b = Balancer::new(LbPolicy::RoundRobin, hosts(&[1, 1]), Some(cfg(false)));
+        let h = b.hosts()[0].clone();
+        for _ in 0..2 {
+            b.report(&h, Report::LocalOriginFailure);
+        }
+        assert!(!h.is_ejected(Instant::now()), "2 gateway failures of 3");
+        b.report(&h, Report::LocalOriginFailure);
+        assert!(h.is_ejected(Instant::now()), "3 gateway failures");
+
+        let b = Balancer::new(LbPolicy::RoundRobin, hosts(&[1, 1]), Some(cfg(true)));
+        let h = b.hosts()[0].clone();
+        // Interleaved, the local count never reaches 2 (an answer resets it) and local
+        // failures do not count as 5xx: only the third 5xx ejects.
+        for i in 0..3 {
+            assert!(!h.is_ejected(Instant::now()), "{i}");
+            b.report(&h, Report::LocalOriginFailure);
+            b.report(&h, Report::ServerError);
+        }
+        assert!(h.is_ejected(Instant::now()), "the third 5xx ejects");
+        let h = b.hosts()[1].clone();
+        for _ in 0..4 {
+            b.report(&h, Report::LocalOriginFailure);
+            b.report(&h, Report::Success);
+        }
+        assert!(!h.is_ejected(Instant::now()));
+        b.report(&h, Report::LocalOriginFailure);
+        b.report(&h, Report::LocalOriginFailure);
+        assert!(h.is_ejected(Instant::now()), "two in a row");
     }
 
     #[test]

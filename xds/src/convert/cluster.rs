@@ -541,31 +541,6 @@ fn outlier(cx: &mut Cx, p: &str, o: &pb::OutlierDetection) -> mc::OutlierDetecti
         successful_active_health_check_uneject_host,
         monitors,
     } = o;
-    cx.unsupported(
-        p,
-        "split_external_local_origin_errors",
-        split_external_local_origin_errors,
-    );
-    cx.unsupported(
-        p,
-        "consecutive_local_origin_failure",
-        consecutive_local_origin_failure,
-    );
-    cx.unsupported(
-        p,
-        "enforcing_consecutive_local_origin_failure",
-        enforcing_consecutive_local_origin_failure,
-    );
-    cx.unsupported(
-        p,
-        "enforcing_local_origin_success_rate",
-        enforcing_local_origin_success_rate,
-    );
-    cx.unsupported(
-        p,
-        "enforcing_failure_percentage_local_origin",
-        enforcing_failure_percentage_local_origin,
-    );
     cx.unsupported(p, "max_ejection_time_jitter", max_ejection_time_jitter);
     cx.unsupported(
         p,
@@ -618,6 +593,23 @@ fn outlier(cx: &mut Cx, p: &str, o: &pb::OutlierDetection) -> mc::OutlierDetecti
             failure_percentage_request_volume,
             d.failure_percentage_request_volume,
         ),
+        split_external_local_origin_errors: *split_external_local_origin_errors,
+        consecutive_local_origin_failure: u(
+            consecutive_local_origin_failure,
+            d.consecutive_local_origin_failure,
+        ),
+        enforcing_consecutive_local_origin_failure: u(
+            enforcing_consecutive_local_origin_failure,
+            d.enforcing_consecutive_local_origin_failure,
+        ),
+        enforcing_local_origin_success_rate: u(
+            enforcing_local_origin_success_rate,
+            d.enforcing_local_origin_success_rate,
+        ),
+        enforcing_failure_percentage_local_origin: u(
+            enforcing_failure_percentage_local_origin,
+            d.enforcing_failure_percentage_local_origin,
+        ),
     };
     for (field, v) in [
         ("max_ejection_percent", out.max_ejection_percent),
@@ -634,6 +626,18 @@ fn outlier(cx: &mut Cx, p: &str, o: &pb::OutlierDetection) -> mc::OutlierDetecti
         (
             "enforcing_consecutive_gateway_failure",
             out.enforcing_consecutive_gateway_failure,
+        ),
+        (
+            "enforcing_consecutive_local_origin_failure",
+            out.enforcing_consecutive_local_origin_failure,
+        ),
+        (
+            "enforcing_local_origin_success_rate",
+            out.enforcing_local_origin_success_rate,
+        ),
+        (
+            "enforcing_failure_percentage_local_origin",
+            out.enforcing_failure_percentage_local_origin,
         ),
     ] {
         if v > 100 {

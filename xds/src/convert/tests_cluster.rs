@@ -292,6 +292,27 @@ fn cluster_supported_fields() {
         (d.success_rate_stdev_factor, d.enforcing_failure_percentage),
         (1900, 0)
     );
+    // Envoy Gateway's passive health check: local-origin errors split, with a threshold.
+    let split = cluster(&pb::Cluster {
+        outlier_detection: Some(pb::OutlierDetection {
+            split_external_local_origin_errors: true,
+            consecutive_local_origin_failure: u32v(3),
+            ..Default::default()
+        }),
+        ..eds()
+    })
+    .unwrap()
+    .outlier_detection
+    .unwrap();
+    assert!(split.split_external_local_origin_errors);
+    assert_eq!(
+        (
+            split.consecutive_local_origin_failure,
+            split.enforcing_consecutive_local_origin_failure,
+            split.enforcing_local_origin_success_rate
+        ),
+        (3, 100, 100)
+    );
     assert_eq!(
         c.tls,
         Some(mc::UpstreamTls {
@@ -378,7 +399,7 @@ fn cluster_rejections() {
             pb::Cluster { name: "c".into(), cluster_discovery_type: ty(pb::cluster::DiscoveryType::LogicalDns), load_assignment: Some(cla(vec![lb("a", 1), lb("b", 1)])), ..Default::default() },
             vec!["load_assignment: a LOGICAL_DNS cluster needs exactly one endpoint, not 2"],
         ),
-        (pb::Cluster { outlier_detection: Some(pb::OutlierDetection { enforcing_success_rate: u32v(101), split_external_local_origin_errors: true, ..Default::default() }), ..eds() }, vec!["outlier_detection.split_external_local_origin_errors: not supported", "outlier_detection.enforcing_success_rate: 101 is not a percentage"]),
+        (pb::Cluster { outlier_detection: Some(pb::OutlierDetection { enforcing_success_rate: u32v(101), enforcing_local_origin_success_rate: u32v(200), max_ejection_time_jitter: dur(1, 0), ..Default::default() }), ..eds() }, vec!["outlier_detection.max_ejection_time_jitter: not supported", "outlier_detection.enforcing_success_rate: 101 is not a percentage", "outlier_detection.enforcing_local_origin_success_rate: 200 is not a percentage"]),
         (
             pb::Cluster {
                 transport_socket: tls_socket(&ext::UpstreamTlsContext {
