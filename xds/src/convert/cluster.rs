@@ -142,7 +142,9 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
     cx.unsupported(p, "filters", filters);
     cx.unsupported(p, "lrs_server", lrs_server);
     cx.unsupported(p, "upstream_config", upstream_config);
-    cx.unsupported(p, "preconnect_policy", preconnect_policy);
+    // `preconnect_policy` (Envoy Gateway's BackendTrafficPolicy writes it): when connections
+    // are opened ahead of requests, not what the requests get; Myelin opens them on demand.
+    let _ = preconnect_policy;
     cx.unsupported(
         p,
         "connection_pool_per_downstream_connection",

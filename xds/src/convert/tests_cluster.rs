@@ -919,6 +919,10 @@ fn load_balancing_policies() {
         common_lb_config: Some(Default::default()),
         ignore_health_on_host_removal: true,
         respect_dns_ttl: true,
+        preconnect_policy: Some(pb::cluster::PreconnectPolicy {
+            per_upstream_preconnect_ratio: Some(protobuf::DoubleValue { value: 1.5 }),
+            predictive_preconnect_ratio: None,
+        }),
         lb_policy: pb::cluster::LbPolicy::RoundRobin as i32,
         load_balancing_policy: policies(vec![policy(
             "envoy.load_balancing_policies.least_request",
