@@ -269,6 +269,20 @@ struct Decision {
     route: usize,
 }
 
+impl Decision {
+    /// Whether the virtual host wants the attempt count in each upstream request and in
+    /// the response.
+    fn attempt_count(&self) -> (bool, bool) {
+        self.table
+            .config
+            .virtual_hosts
+            .get(self.vhost)
+            .map_or((false, false), |v| {
+                (v.attempt_count_in_request, v.attempt_count_in_response)
+            })
+    }
+}
+
 /// Everything [`HttpConn::new`] needs.
 pub(crate) struct HttpConnParams {
     pub(crate) peer: SocketAddr,
@@ -897,6 +911,12 @@ impl HttpConn {
                     // Envoy).
                     let per_try = policy.and_then(|p| p.per_try_timeout).filter(|_| !upgrade);
                     let target = first_pick.target;
+                    let mut req = req;
+                    let counted = d.attempt_count();
+                    if counted.0 {
+                        req.headers_mut()
+                            .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(1));
+                    }
                     let attempt = self.forward(target, Some(&limits), req);
                     let result = match per_try {
                         Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
@@ -909,7 +929,7 @@ impl HttpConn {
                         None => attempt.await,
                     };
                     report_attempt(&d.cluster, &first_pick, &result);
-                    Ok((result?, "-"))
+                    counted_answer(result, "-", counted.1.then_some(1))
                 }
             }
         }
@@ -939,11 +959,12 @@ impl HttpConn {
             let mut tried = Vec::new();
             let mut retries = 0;
             let mut _retry = None;
+            let counted = d.attempt_count();
             loop {
                 let Some(attempt_body) = body.replay() else {
                     unreachable!("checked before every retry");
                 };
-                let req = match first.take() {
+                let mut req = match first.take() {
                     Some(parts) => Request::from_parts(parts, attempt_body),
                     None => {
                         let mut r = Request::new(attempt_body);
@@ -954,6 +975,10 @@ impl HttpConn {
                         r
                     }
                 };
+                if counted.0 {
+                    req.headers_mut()
+                        .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(retries + 1));
+                }
                 tried.push(pick.endpoint.clone());
                 let target = pick.target;
                 let attempt = self.forward(target, Some(limits), req);
@@ -974,24 +999,26 @@ impl HttpConn {
                     Err(ProxyError::Timeout { .. }) => Outcome::PerTryTimeout,
                     Err(e) => match Outcome::of_error(e) {
                         Some(o) => o,
-                        None => return result.map(|r| (r, "-")),
+                        None => {
+                            return counted_answer(result, "-", counted.1.then_some(retries + 1))
+                        }
                     },
                 };
                 if !is_retriable(policy, outcome) {
-                    return result.map(|r| (r, "-"));
+                    return counted_answer(result, "-", counted.1.then_some(retries + 1));
                 }
                 if retries >= policy.num_retries {
-                    return result.map(|r| (r, "URX"));
+                    return counted_answer(result, "URX", counted.1.then_some(retries + 1));
                 }
                 if body.replay().is_none() {
                     // Too big to send again.
-                    return result.map(|r| (r, "-"));
+                    return counted_answer(result, "-", counted.1.then_some(retries + 1));
                 }
                 let Some(guard) = d.cluster.try_retry() else {
                     // The retry circuit breaker (max_retries or the budget) is full: Envoy
                     // answers the last try's response flagged `UO`.
                     self.metrics.retry_overflow.inc();
-                    return result.map(|r| (r, "UO"));
+                    return counted_answer(result, "UO", counted.1.then_some(retries + 1));
                 };
                 // Let go of the failed attempt (and its connection) before waiting.
                 drop(result);
@@ -1561,6 +1588,25 @@ fn empty_body() -> ProxyBody {
     http_body_util::Empty::new()
         .map_err(|never: Infallible| match never {})
         .boxed()
+}
+
+/// `x-envoy-attempt-count`.
+const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
+/// The answer of the last try, with its response flag, and the number of tries made in
+/// `x-envoy-attempt-count` when the virtual host asks for it (`count`).
+fn counted_answer(
+    result: Result<Response<ProxyBody>, ProxyError>,
+    flag: &'static str,
+    count: Option<u32>,
+) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+    result.map(|mut r| {
+        if let Some(n) = count {
+            r.headers_mut()
+                .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(n));
+        }
+        (r, flag)
+    })
 }
 
 /// Tells outlier detection how an attempt to `pick` went.

@@ -602,6 +602,7 @@ async fn scripted(
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     let (status, delay) = script(n);
+                    let attempt = req.headers().get("x-envoy-attempt-count").cloned();
                     async move {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         tokio::time::sleep(delay).await;
@@ -609,6 +610,9 @@ async fn scripted(
                         *resp.status_mut() = StatusCode::from_u16(status).unwrap();
                         resp.headers_mut()
                             .insert("x-server", HeaderValue::from_static(name));
+                        if let Some(a) = attempt {
+                            resp.headers_mut().insert("x-seen-attempt-count", a);
+                        }
                         Ok::<_, Infallible>(resp)
                     }
                 });
@@ -740,6 +744,53 @@ async fn retries_until_success_or_exhaustion() {
         node.metric("myelin_proxy_requests_total{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"503\",response_flags=\"URX\"}"),
         1.0
     );
+}
+
+/// `include_request_attempt_count` (Istio sets it on every virtual host) and
+/// `include_attempt_count_in_response`: each try carries its number, and the answer the
+/// number of tries made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_counts_go_upstream_and_back() {
+    let ms = std::time::Duration::from_millis;
+    let fails_twice = scripted(
+        "s",
+        move |n| if n < 2 { (503, ms(0)) } else { (200, ms(0)) },
+    )
+    .await;
+    let cp = ControlPlane::start().await;
+    let route: xds_api::pb::envoy::config::route::v3::RouteConfiguration = yaml(
+        r#"
+name: web
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  include_request_attempt_count: true
+  include_attempt_count_in_response: true
+  routes:
+  - match: {prefix: "/"}
+    route: {cluster: web, retry_policy: {retry_on: 5xx, num_retries: 2}}
+"#,
+    );
+    let node = retry_node(&cp, 18103, route, eds_cluster("web"), &[fails_twice.addr]).await;
+    let stream = node.connect(vip(18103)).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::post("/submit")
+                .header("host", "web")
+                .body(Full::new(Bytes::from_static(b"x")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The third try said it was the third, and the answer says three were made.
+    assert_eq!(resp.headers()["x-seen-attempt-count"], "3");
+    assert_eq!(resp.headers()["x-envoy-attempt-count"], "3");
 }
 
 /// A first attempt slower than the per-try timeout is abandoned and retried; a route

@@ -51,6 +51,8 @@ fn vhost(filters: FilterSettings) -> VirtualHost {
         filters,
         cors: None,
         mirrors: vec![],
+        attempt_count_in_request: false,
+        attempt_count_in_response: false,
     }
 }
 

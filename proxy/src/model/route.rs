@@ -58,6 +58,13 @@ pub struct VirtualHost {
     /// Mirrors of the requests of routes whose action has none (replacing the table's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorPolicy>,
+    /// `include_request_attempt_count` (Istio sets it on every virtual host): each upstream
+    /// request carries `x-envoy-attempt-count` (1 for the first try).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub attempt_count_in_request: bool,
+    /// `include_attempt_count_in_response`: the response carries the count of tries made.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub attempt_count_in_response: bool,
 }
 
 /// A domain pattern of a virtual host (port included when given, as in Envoy).

@@ -134,16 +134,6 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
     let cors = cors
         .as_ref()
         .and_then(|c| filter::route_cors(cx, &join(p, "cors"), c));
-    cx.unsupported(
-        p,
-        "include_request_attempt_count",
-        include_request_attempt_count,
-    );
-    cx.unsupported(
-        p,
-        "include_attempt_count_in_response",
-        include_attempt_count_in_response,
-    );
     cx.unsupported(p, "retry_policy_typed_config", retry_policy_typed_config);
     cx.unsupported(p, "hedge_policy", hedge_policy);
     cx.unsupported(
@@ -202,6 +192,8 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
         filters,
         cors,
         mirrors,
+        attempt_count_in_request: *include_request_attempt_count,
+        attempt_count_in_response: *include_attempt_count_in_response,
     }
 }
 

@@ -85,6 +85,8 @@ fn domains_and_headers_at_every_level() {
     input.request_headers_to_add = vec![hvo("X-A", "1")];
     // As Envoy Gateway and Istio's gateways set it.
     input.ignore_port_in_host_matching = true;
+    // As istiod sets it on every virtual host.
+    input.virtual_hosts[0].include_request_attempt_count = true;
     input.virtual_hosts[0].response_headers_to_remove = vec!["Server".into()];
     input.virtual_hosts[0].routes[0].request_headers_to_remove = vec!["x-b".into()];
     input.virtual_hosts[0].retry_policy = Some(pb::RetryPolicy {
@@ -94,6 +96,8 @@ fn domains_and_headers_at_every_level() {
     let m = route_configuration(&input).unwrap();
     assert_eq!(m.name, "rc");
     assert!(m.ignore_port_in_host_matching);
+    assert!(m.virtual_hosts[0].attempt_count_in_request);
+    assert!(!m.virtual_hosts[0].attempt_count_in_response);
     assert_eq!(
         m.virtual_hosts[0].domains,
         [

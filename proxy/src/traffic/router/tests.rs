@@ -51,6 +51,8 @@ fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
         filters: Default::default(),
         cors: None,
         mirrors: vec![],
+        attempt_count_in_request: false,
+        attempt_count_in_response: false,
     }
 }
 
