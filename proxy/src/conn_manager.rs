@@ -55,6 +55,9 @@ pub(crate) struct RequestFacts {
     /// The scheme `x-forwarded-proto` names after the rules (`http` when it names neither):
     /// an HTTP/1 request's scheme (Envoy's `:scheme` for a request without one).
     pub(crate) scheme: RequestScheme,
+    /// The request is to be answered this status: its client address was to come from a
+    /// header that has none (`ClientAddressHeader::reject_status`).
+    pub(crate) reject: Option<u16>,
 }
 
 /// Applies `h` to a request that came on a connection from `peer` (`tls`: over TLS with
@@ -69,6 +72,7 @@ pub(crate) fn mutate_request(
     keep_id: bool,
 ) -> RequestFacts {
     let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    let mut reject = None;
     // Whose request this is: the peer, or what trusted proxies in front of us say.
     let (client, single_address) = if h.use_remote_address {
         let single = !headers.contains_key(X_FORWARDED_FOR);
@@ -81,6 +85,20 @@ pub(crate) fn mutate_request(
         }
         headers.insert(X_FORWARDED_PROTO, proto.clone());
         (Some(trusted.unwrap_or(peer.ip())), single)
+    } else if let Some(c) = &h.client_address_header {
+        // Envoy's custom header extension: the header's first value, an IP address; else
+        // the connection's peer, not trusted (or the request is refused).
+        let found = headers
+            .get(c.name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        match found {
+            Some(ip) => (Some(ip), c.trusted),
+            None => {
+                reject = c.reject_status;
+                (Some(peer.ip()), false)
+            }
+        }
     } else {
         last_xff_address(headers, h.xff_num_trusted_hops)
     };
@@ -166,6 +184,7 @@ pub(crate) fn mutate_request(
             .then(|| headers.get(X_REQUEST_ID).cloned())
             .flatten(),
         scheme,
+        reject,
     }
 }
 
@@ -811,6 +830,45 @@ mod tests {
         assert_eq!(
             scheme_of(&http, "https://web/a", Some("https")),
             s("http", "http", "http://web/a")
+        );
+    }
+
+    /// Envoy's custom header original IP detection: the client is the header's address
+    /// (trusted, it may make the request internal); without one, the peer (not trusted), or
+    /// a refusal when the extension says so.
+    #[test]
+    fn the_client_address_may_come_from_a_header() {
+        use crate::model::listener::ClientAddressHeader;
+        let h = |trusted, reject_status| HeaderHandling {
+            internal_cidrs: vec![cidr("10.0.0.0/8")],
+            client_address_header: Some(ClientAddressHeader {
+                name: "x-real-client-ip".into(),
+                trusted,
+                reject_status,
+            }),
+            ..HeaderHandling::default()
+        };
+        let run = |h: &HeaderHandling, pairs: &[(&str, &str)]| {
+            let mut req = headers(pairs);
+            let facts = mutate_request(h, &mut req, PEER.parse().unwrap(), false, false);
+            (get(&req, "x-envoy-internal").is_some(), facts.reject)
+        };
+        let inside = [("x-real-client-ip", " 10.9.9.9 ")];
+        let outside = [("x-real-client-ip", "192.0.2.1")];
+        assert_eq!(run(&h(true, None), &inside), (true, None));
+        assert_eq!(run(&h(true, None), &outside), (false, None));
+        // Not trusted: the address is the client's, but cannot make it internal.
+        assert_eq!(run(&h(false, None), &inside), (false, None));
+        // Missing or not an address: the peer (10.1.2.3, in the range) is not trusted.
+        assert_eq!(run(&h(true, None), &[]), (false, None));
+        assert_eq!(
+            run(&h(true, Some(403)), &[("x-real-client-ip", "nope")]),
+            (false, Some(403))
+        );
+        // `x-forwarded-for` is not read.
+        assert_eq!(
+            run(&h(true, None), &[("x-forwarded-for", "10.9.9.9")]),
+            (false, None)
         );
     }
 }

@@ -47,6 +47,13 @@ pub enum HeaderRefusal {
     /// A header name with an underscore (`headers_with_underscores_action: REJECT_REQUEST`).
     #[error("a header name with an underscore")]
     Underscore,
+    /// No client address in the header the connection manager reads it from
+    /// (`original_ip_detection_extensions`' custom header with `reject_with_status`).
+    #[error("no client address in the configured header")]
+    NoClientAddress {
+        /// The status to answer.
+        status: u16,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +352,9 @@ impl ProxyError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             ProxyError::BadHeaders(HeaderRefusal::Underscore) => StatusCode::BAD_REQUEST,
+            ProxyError::BadHeaders(HeaderRefusal::NoClientAddress { status }) => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
+            }
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
                     StatusCode::NOT_FOUND
@@ -397,6 +407,8 @@ impl ProxyError {
                 "Request Header Fields Too Large"
             }
             ProxyError::BadHeaders(HeaderRefusal::Underscore) => "Bad Request",
+            // The extension's local reply has no body.
+            ProxyError::BadHeaders(HeaderRefusal::NoClientAddress { .. }) => "",
             ProxyError::StreamTimeout(crate::timeout::Expired::Request(_)) => "request timeout\n",
             ProxyError::StreamTimeout(crate::timeout::Expired::Duration(..)) => {
                 "downstream duration timeout\n"

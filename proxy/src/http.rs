@@ -470,7 +470,7 @@ impl HttpConn {
             let active = self.activity.enter();
             // What the codec takes: before anything reads the headers (one comparison when
             // underscores are allowed, as they are by default).
-            let refused = check_headers(&self.header_limits, req.headers_mut(), &self.metrics);
+            let mut refused = check_headers(&self.header_limits, req.headers_mut(), &self.metrics);
             // The connection manager's own header rules come before anything reads them.
             // (Downstream TLS is not terminated by a connection manager yet: `false`.)
             let managed = match &self.routing {
@@ -490,6 +490,9 @@ impl HttpConn {
                         facts.scheme,
                         headers.scheme_to_overwrite,
                     );
+                    if let Some(status) = facts.reject {
+                        refused = refused.or(Some(HeaderRefusal::NoClientAddress { status }));
+                    }
                     Some((headers, facts))
                 }
                 Routing::Passthrough => None,

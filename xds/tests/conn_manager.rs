@@ -794,3 +794,42 @@ virtual_hosts:
         "matched https"
     );
 }
+
+/// Envoy Gateway's `clientIPDetection.customHeader`: the client's address comes from a
+/// header (here trusted: an address in the internal ranges makes the request internal), and
+/// a request without one is refused with the configured status and no body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_address_comes_from_a_custom_header() {
+    let (upstream, _task) = header_echo().await;
+    let (_cp, node) = serving(
+        vec![http_listener_with(
+            "custom",
+            18522,
+            "r",
+            &[
+                "internal_address_config: {cidr_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}",
+                "original_ip_detection_extensions:",
+                "- name: envoy.extensions.http.original_ip_detection.custom_header",
+                "  typed_config:",
+                "    \"@type\": type.googleapis.com/envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig",
+                "    header_name: X-Real-Client-IP",
+                "    allow_extension_to_set_address_as_trusted: true",
+                "    reject_with_status: {code: Forbidden}",
+            ],
+        )],
+        route_to("r", "web"),
+        upstream,
+    )
+    .await;
+    let seen = exchange(&node, 18522, &[("x-real-client-ip", "10.7.7.7")]).await;
+    assert_eq!(
+        seen.upstream.get("x-envoy-internal").map(String::as_str),
+        Some("true")
+    );
+    let seen = exchange(&node, 18522, &[("x-real-client-ip", "192.0.2.7")]).await;
+    assert_eq!(seen.upstream.get("x-envoy-internal"), None);
+    let resp = get_web(&node, 18522, "/", false, &[]).await;
+    assert_eq!(resp.status(), 403);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty(), "{body:?}");
+}

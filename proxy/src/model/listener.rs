@@ -231,6 +231,11 @@ pub struct HeaderHandling {
     /// else `http`. Routes still see the request's own scheme.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub scheme_match_upstream: bool,
+    /// `original_ip_detection_extensions` with the custom header extension: the client is
+    /// the address this header names (instead of `x-forwarded-for`'s; `use_remote_address`
+    /// cannot be set with it, as in Envoy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_address_header: Option<ClientAddressHeader>,
     /// `forward_client_cert_details`: what becomes of a request's
     /// `x-forwarded-client-cert` (XFCC).
     pub forward_client_cert: ForwardClientCert,
@@ -238,6 +243,20 @@ pub struct HeaderHandling {
     /// element says of the client's certificate. No connection manager here terminates the
     /// client's TLS yet (captured connections come in plain), so these are kept, not used.
     pub client_cert_details: ClientCertDetails,
+}
+
+/// Envoy's `envoy.extensions.http.original_ip_detection.custom_header`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientAddressHeader {
+    /// `header_name` (lowercase); its first value, an IP address, is the client's.
+    pub name: String,
+    /// `allow_extension_to_set_address_as_trusted`: the address found may make the request
+    /// internal (by `internal_address_config`).
+    pub trusted: bool,
+    /// `reject_with_status`: a request without an address there is answered this (403
+    /// when the code given is outside 400..=511, as Envoy); `None`: the client is the
+    /// connection's peer then, not trusted.
+    pub reject_status: Option<u16>,
 }
 
 /// `forward_client_cert_details` (XFCC, `x-forwarded-client-cert`). Over a connection
@@ -285,6 +304,7 @@ impl Default for HeaderHandling {
             host: HostNormalization::default(),
             scheme_to_overwrite: None,
             scheme_match_upstream: false,
+            client_address_header: None,
             forward_client_cert: ForwardClientCert::Sanitize,
             client_cert_details: ClientCertDetails::default(),
         }

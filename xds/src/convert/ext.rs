@@ -327,6 +327,27 @@ named!(
     "UuidRequestIdConfig"
 );
 
+/// `envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig`: the
+/// client's address from a header (Envoy Gateway's ClientTrafficPolicy `clientIPDetection`).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomHeaderConfig {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub header_name: String,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub allow_extension_to_set_address_as_trusted: bool,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub reject_with_status: Option<xds_api::pb::envoy::r#type::v3::HttpStatus>,
+}
+named!(
+    CustomHeaderConfig,
+    "envoy.extensions.http.original_ip_detection.custom_header.v3",
+    "CustomHeaderConfig"
+);
+
 /// An empty message: the `header_*` members of the fault filter's oneofs ("the value comes
 /// from a request header").
 #[derive(Clone, PartialEq, Message, Deserialize)]
@@ -774,6 +795,14 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         ],
     ),
     (
+        "envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig",
+        &[
+            p("header_name"),
+            p("allow_extension_to_set_address_as_trusted"),
+            m("reject_with_status", "envoy.type.v3.HttpStatus"),
+        ],
+    ),
+    (
         "envoy.extensions.filters.http.fault.v3.HTTPFault",
         &[
             m(
@@ -975,6 +1004,8 @@ mod tests {
             ProtocolConfig => &format!("{HTTP}.ExplicitHttpConfig"),
             ProtocolConfig => &format!("{HTTP}.UseDownstreamHttpConfig"),
             UuidRequestIdConfig => "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+            CustomHeaderConfig =>
+                "envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig",
             HttpFault => "envoy.extensions.filters.http.fault.v3.HTTPFault",
             FaultDelay => "envoy.extensions.filters.common.fault.v3.FaultDelay",
             FromHeader => "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay",
@@ -993,7 +1024,7 @@ mod tests {
         );
         assert_eq!(
             JSON_MESSAGES.len(),
-            26,
+            27,
             "a message of JSON_MESSAGES is not checked above"
         );
     }

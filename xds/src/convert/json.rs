@@ -436,6 +436,9 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig" => {
             enc::<ext::UuidRequestIdConfig>(body)
         }
+        "envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig" => {
+            enc::<ext::CustomHeaderConfig>(body)
+        }
         "envoy.extensions.filters.http.fault.v3.HTTPFault" => enc::<ext::HttpFault>(body),
         "envoy.extensions.filters.http.cors.v3.Cors" => enc::<ext::Cors>(body),
         "envoy.extensions.filters.http.cors.v3.CorsPolicy" => enc::<ext::CorsPolicy>(body),

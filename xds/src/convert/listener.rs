@@ -536,10 +536,6 @@ fn http_connection_manager(
         ("http_protocol_options", http_protocol_options.is_some()),
         ("http3_protocol_options", http3_protocol_options.is_some()),
         (
-            "original_ip_detection_extensions",
-            !original_ip_detection_extensions.is_empty(),
-        ),
-        (
             "early_header_mutation_extensions",
             !early_header_mutation_extensions.is_empty(),
         ),
@@ -703,6 +699,7 @@ fn http_connection_manager(
             strip_port_mode,
             strip_trailing_host_dot,
             scheme_header_transformation,
+            original_ip_detection_extensions,
         },
     );
 
@@ -791,6 +788,79 @@ struct HeaderFields<'a> {
     strip_port_mode: &'a Option<hcm::http_connection_manager::StripPortMode>,
     strip_trailing_host_dot: &'a bool,
     scheme_header_transformation: &'a Option<core::SchemeHeaderTransformation>,
+    original_ip_detection_extensions: &'a [core::TypedExtensionConfig],
+}
+
+const CUSTOM_HEADER_URL: &str = "type.googleapis.com/envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig";
+
+/// `original_ip_detection_extensions`: one, the custom header extension (Envoy Gateway's
+/// `clientIPDetection.customHeader`); not with `use_remote_address` or
+/// `xff_num_trusted_hops`, as Envoy requires. The XFF extension and others are rejected by
+/// type.
+fn client_address_header(
+    cx: &mut Cx,
+    p: &str,
+    f: &HeaderFields<'_>,
+) -> Option<ml::ClientAddressHeader> {
+    let exts = f.original_ip_detection_extensions;
+    let ep = join(p, "original_ip_detection_extensions");
+    let first = exts.first()?;
+    if exts.len() > 1 {
+        cx.reject(
+            &ep,
+            Reason::UnsupportedValue("more than one extension".into()),
+        );
+        return None;
+    }
+    if f.use_remote_address.as_ref().is_some_and(|b| b.value) || *f.xff_num_trusted_hops > 0 {
+        cx.reject(
+            &ep,
+            Reason::Invalid(
+                "set with `use_remote_address` or `xff_num_trusted_hops` (Envoy refuses both)"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    let tp = format!("{ep}[0].typed_config");
+    let any = match &first.typed_config {
+        Some(a) if a.type_url == CUSTOM_HEADER_URL => a,
+        Some(a) => {
+            cx.reject(
+                tp,
+                Reason::UnsupportedValue(format!("original IP detection `{}`", a.type_url)),
+            );
+            return None;
+        }
+        None => {
+            cx.reject(tp, Reason::Missing);
+            return None;
+        }
+    };
+    let ext::CustomHeaderConfig {
+        header_name,
+        allow_extension_to_set_address_as_trusted,
+        reject_with_status,
+    } = cx.decode(&tp, CUSTOM_HEADER_URL, &any.value)?;
+    let name = header_name.to_ascii_lowercase();
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        cx.reject(
+            join(&tp, "header_name"),
+            Reason::Invalid(format!("{header_name:?} is not a header name")),
+        );
+        return None;
+    }
+    Some(ml::ClientAddressHeader {
+        name,
+        trusted: allow_extension_to_set_address_as_trusted,
+        // Envoy: outside 400..=511, 403.
+        reject_status: reject_with_status.map(|s| {
+            u16::try_from(s.code)
+                .ok()
+                .filter(|c| (400..=511).contains(c))
+                .unwrap_or(403)
+        }),
+    })
 }
 
 /// `scheme_header_transformation.scheme_to_overwrite` (`http` or `https`, as Envoy
@@ -932,6 +1002,7 @@ fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandl
             .scheme_header_transformation
             .as_ref()
             .and_then(|t| scheme_to_overwrite(cx, &join(p, "scheme_header_transformation"), t)),
+        client_address_header: client_address_header(cx, p, &f),
         // Envoy: with a scheme to overwrite, `match_upstream` is not used.
         scheme_match_upstream: f
             .scheme_header_transformation

@@ -179,6 +179,7 @@ fn supported_fields() {
                         host: ml::HostNormalization::default(),
                         scheme_to_overwrite: Some(ml::RequestScheme::Https),
                         scheme_match_upstream: false,
+                        client_address_header: None,
                         forward_client_cert: ml::ForwardClientCert::AppendForward,
                         client_cert_details: ml::ClientCertDetails {
                             subject: true,
@@ -678,6 +679,25 @@ fn rejections() {
                 format!("{fc0}.strip_any_host_port: set together with `strip_matching_host_port`"),
                 format!("{fc0}.upgrade_configs[0].upgrade_type: required but not set"),
             ],
+        ),
+        (
+            with_hcm(|h| {
+                h.use_remote_address = boolv(true);
+                h.original_ip_detection_extensions = vec![core::TypedExtensionConfig {
+                    name: "xff".into(),
+                    typed_config: Some(protobuf::Any { type_url: "type.googleapis.com/envoy.extensions.http.original_ip_detection.xff.v3.XffConfig".into(), value: vec![] }),
+                }];
+            }),
+            vec![format!("{fc0}.original_ip_detection_extensions: set with `use_remote_address` or `xff_num_trusted_hops` (Envoy refuses both)")],
+        ),
+        (
+            with_hcm(|h| {
+                h.original_ip_detection_extensions = vec![core::TypedExtensionConfig {
+                    name: "xff".into(),
+                    typed_config: Some(protobuf::Any { type_url: "type.googleapis.com/envoy.extensions.http.original_ip_detection.xff.v3.XffConfig".into(), value: vec![] }),
+                }];
+            }),
+            vec![format!("{fc0}.original_ip_detection_extensions[0].typed_config: original IP detection `type.googleapis.com/envoy.extensions.http.original_ip_detection.xff.v3.XffConfig` is not supported")],
         ),
         (
             with_hcm(|h| {
