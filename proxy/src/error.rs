@@ -54,6 +54,9 @@ pub enum HeaderRefusal {
         /// The status to answer.
         status: u16,
     },
+    /// An HTTP/1.0 request where the connection manager does not `accept_http_10`.
+    #[error("HTTP/1.0 is not accepted")]
+    Http10,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +358,7 @@ impl ProxyError {
             ProxyError::BadHeaders(HeaderRefusal::NoClientAddress { status }) => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
             }
+            ProxyError::BadHeaders(HeaderRefusal::Http10) => StatusCode::UPGRADE_REQUIRED,
             ProxyError::Unrouted { reason, .. } => match reason {
                 MissReason::NoFilterChain | MissReason::NoRouteConfig | MissReason::NoRoute => {
                     StatusCode::NOT_FOUND
@@ -409,6 +413,7 @@ impl ProxyError {
             ProxyError::BadHeaders(HeaderRefusal::Underscore) => "Bad Request",
             // The extension's local reply has no body.
             ProxyError::BadHeaders(HeaderRefusal::NoClientAddress { .. }) => "",
+            ProxyError::BadHeaders(HeaderRefusal::Http10) => "Upgrade Required",
             ProxyError::StreamTimeout(crate::timeout::Expired::Request(_)) => "request timeout\n",
             ProxyError::StreamTimeout(crate::timeout::Expired::Duration(..)) => {
                 "downstream duration timeout\n"

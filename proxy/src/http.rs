@@ -54,7 +54,7 @@ use crate::model::cluster::{DnsLookupFamily, UpstreamProtocol as ClusterProtocol
 use crate::model::endpoint::EndpointAddress;
 use crate::model::filter::HttpFilters;
 use crate::model::listener::{
-    HeaderHandling, HeaderLimits, Http2Settings, PathNormalization, UnderscoreAction,
+    HeaderHandling, HeaderLimits, Http10, Http2Settings, PathNormalization, UnderscoreAction,
     DEFAULT_MAX_REQUEST_HEADERS_KB,
 };
 use crate::model::local_reply::LocalReplyConfig;
@@ -475,6 +475,20 @@ impl HttpConn {
             // (Downstream TLS is not terminated by a connection manager yet: `false`.)
             let managed = match &self.routing {
                 Routing::Routes { headers, .. } => {
+                    // The codec's rule for HTTP/1.0 (one comparison for other requests).
+                    if req.version() == http::Version::HTTP_10 {
+                        match &headers.http10 {
+                            Http10::Refuse => refused = refused.or(Some(HeaderRefusal::Http10)),
+                            Http10::Accept {
+                                default_host: Some(host),
+                            } if !req.headers().contains_key(header::HOST) => {
+                                if let Ok(v) = HeaderValue::from_str(host) {
+                                    req.headers_mut().insert(header::HOST, v);
+                                }
+                            }
+                            Http10::Accept { .. } => {}
+                        }
+                    }
                     let facts = conn_manager::mutate_request(
                         headers,
                         req.headers_mut(),

@@ -833,3 +833,46 @@ async fn the_client_address_comes_from_a_custom_header() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(body.is_empty(), "{body:?}");
 }
+
+/// HTTP/1.0, as Envoy's codec takes it: refused with 426 unless the connection manager
+/// `accept_http_10`, and then a request without `Host` gets `default_host_for_http_10`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_is_refused_unless_accepted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, _task) = header_echo().await;
+    let (_cp, node) = serving(
+        vec![
+            http_listener("plain", 18523, "r"),
+            http_listener_with(
+                "http10",
+                18524,
+                "r",
+                &["http_protocol_options: {accept_http_10: true, default_host_for_http_10: web.example}"],
+            ),
+        ],
+        route_to("r", "web"),
+        upstream,
+    )
+    .await;
+    let answer = |port: u16| {
+        let node = &node;
+        async move {
+            let mut s = node.connect(vip(port)).await;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+                .await
+                .expect("closed within 5 s")
+                .unwrap();
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let refused = answer(18523).await;
+    assert!(
+        refused.starts_with("HTTP/1.0 426") || refused.starts_with("HTTP/1.1 426"),
+        "{refused}"
+    );
+    let served = answer(18524).await;
+    assert!(served.contains(" 200 "), "{served}");
+    assert!(served.contains("host: web.example"), "{served}");
+}

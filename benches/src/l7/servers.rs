@@ -162,6 +162,9 @@ pub fn myelin_envoy(backend_pod: Ipv4Addr) -> String {
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {name}
+          # The readiness probe (`conformance::mesh::http_get`) speaks HTTP/1.0, which a
+          # connection manager refuses by default (426), as Envoy's does.
+          http_protocol_options: {{ accept_http_10: true }}
           route_config:
             name: {name}
             virtual_hosts:

@@ -236,6 +236,8 @@ pub struct HeaderHandling {
     /// cannot be set with it, as in Envoy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_address_header: Option<ClientAddressHeader>,
+    /// `http_protocol_options.accept_http_10`, `default_host_for_http_10`.
+    pub http10: Http10,
     /// `forward_client_cert_details`: what becomes of a request's
     /// `x-forwarded-client-cert` (XFCC).
     pub forward_client_cert: ForwardClientCert,
@@ -243,6 +245,18 @@ pub struct HeaderHandling {
     /// element says of the client's certificate. No connection manager here terminates the
     /// client's TLS yet (captured connections come in plain), so these are kept, not used.
     pub client_cert_details: ClientCertDetails,
+}
+
+/// What a connection manager does with HTTP/1.0 requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http10 {
+    /// Envoy's default: answered 426 `Upgrade Required`.
+    #[default]
+    Refuse,
+    /// `accept_http_10`: served; one without a `Host` gets `default_host_for_http_10`'s
+    /// when it is set.
+    Accept { default_host: Option<String> },
 }
 
 /// Envoy's `envoy.extensions.http.original_ip_detection.custom_header`.
@@ -305,6 +319,7 @@ impl Default for HeaderHandling {
             scheme_to_overwrite: None,
             scheme_match_upstream: false,
             client_address_header: None,
+            http10: Http10::Refuse,
             forward_client_cert: ForwardClientCert::Sanitize,
             client_cert_details: ClientCertDetails::default(),
         }

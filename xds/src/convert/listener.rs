@@ -533,7 +533,6 @@ fn http_connection_manager(
     }
     for (field, set) in [
         ("add_user_agent", add_user_agent.is_some()),
-        ("http_protocol_options", http_protocol_options.is_some()),
         ("http3_protocol_options", http3_protocol_options.is_some()),
         (
             "early_header_mutation_extensions",
@@ -700,6 +699,7 @@ fn http_connection_manager(
             strip_trailing_host_dot,
             scheme_header_transformation,
             original_ip_detection_extensions,
+            http_protocol_options,
         },
     );
 
@@ -789,6 +789,55 @@ struct HeaderFields<'a> {
     strip_trailing_host_dot: &'a bool,
     scheme_header_transformation: &'a Option<core::SchemeHeaderTransformation>,
     original_ip_detection_extensions: &'a [core::TypedExtensionConfig],
+    http_protocol_options: &'a Option<core::Http1ProtocolOptions>,
+}
+
+/// The connection manager's `http_protocol_options` (HTTP/1): what Myelin does with
+/// HTTP/1.0 requests; the settings that match what its codec does anyway are accepted
+/// (`allow_absolute_url`, `enable_trailers`: trailers are passed either way,
+/// `use_balsa_parser`), the others rejected.
+fn http1_options(cx: &mut Cx, p: &str, o: &core::Http1ProtocolOptions) -> ml::Http10 {
+    let core::Http1ProtocolOptions {
+        allow_absolute_url,
+        accept_http_10,
+        default_host_for_http_10,
+        header_key_format,
+        enable_trailers: _,
+        allow_chunked_length,
+        override_stream_error_on_invalid_http_message,
+        send_fully_qualified_url,
+        use_balsa_parser: _,
+        allow_custom_methods,
+    } = o;
+    if allow_absolute_url.as_ref().is_some_and(|b| !b.value) {
+        cx.reject(
+            join(p, "allow_absolute_url"),
+            Reason::UnsupportedValue("false".into()),
+        );
+    }
+    cx.unsupported(p, "header_key_format", header_key_format);
+    cx.unsupported(p, "allow_chunked_length", allow_chunked_length);
+    cx.unsupported(
+        p,
+        "override_stream_error_on_invalid_http_message",
+        override_stream_error_on_invalid_http_message,
+    );
+    cx.unsupported(p, "send_fully_qualified_url", send_fully_qualified_url);
+    cx.unsupported(p, "allow_custom_methods", allow_custom_methods);
+    if !*accept_http_10 {
+        return ml::Http10::Refuse;
+    }
+    let default_host =
+        (!default_host_for_http_10.is_empty()).then(|| default_host_for_http_10.clone());
+    if let Some(h) = &default_host {
+        if http::HeaderValue::from_str(h).is_err() {
+            cx.reject(
+                join(p, "default_host_for_http_10"),
+                Reason::Invalid(format!("{h:?} is not a header value")),
+            );
+        }
+    }
+    ml::Http10::Accept { default_host }
 }
 
 const CUSTOM_HEADER_URL: &str = "type.googleapis.com/envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig";
@@ -1003,6 +1052,11 @@ fn header_handling(cx: &mut Cx, p: &str, f: HeaderFields<'_>) -> ml::HeaderHandl
             .as_ref()
             .and_then(|t| scheme_to_overwrite(cx, &join(p, "scheme_header_transformation"), t)),
         client_address_header: client_address_header(cx, p, &f),
+        http10: f
+            .http_protocol_options
+            .as_ref()
+            .map(|o| http1_options(cx, &join(p, "http_protocol_options"), o))
+            .unwrap_or_default(),
         // Envoy: with a scheme to overwrite, `match_upstream` is not used.
         scheme_match_upstream: f
             .scheme_header_transformation

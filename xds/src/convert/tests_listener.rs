@@ -146,6 +146,13 @@ fn supported_fields() {
                         ),
                     ),
                 });
+                // Envoy Gateway's ClientTrafficPolicy `http1.http10` and trailers.
+                h.http_protocol_options = Some(core::Http1ProtocolOptions {
+                    accept_http_10: true,
+                    default_host_for_http_10: "web.example".into(),
+                    enable_trailers: true,
+                    ..Default::default()
+                });
                 // istiod's inbound settings.
                 h.forward_client_cert_details =
                     hcm::http_connection_manager::ForwardClientCertDetails::AppendForward as i32;
@@ -180,6 +187,9 @@ fn supported_fields() {
                         scheme_to_overwrite: Some(ml::RequestScheme::Https),
                         scheme_match_upstream: false,
                         client_address_header: None,
+                        http10: ml::Http10::Accept {
+                            default_host: Some("web.example".into())
+                        },
                         forward_client_cert: ml::ForwardClientCert::AppendForward,
                         client_cert_details: ml::ClientCertDetails {
                             subject: true,
