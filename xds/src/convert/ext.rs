@@ -15,7 +15,7 @@ use xds_api::pb::envoy::config::core::v3 as core;
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use xds_api::pb::google::protobuf;
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
     serde::de::IgnoredAny::deserialize(d)?;
     Ok(Some(Vec::new()))
 }

@@ -11,12 +11,8 @@ use xds_api::pb::envoy::config::cluster::v3 as pb;
 use xds_api::pb::envoy::config::core::v3 as core;
 use xds_api::pb::google::protobuf;
 
+use super::ext::present;
 use super::{join, Cx, Reason};
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-    serde::de::IgnoredAny::deserialize(d)?;
-    Ok(Some(Vec::new()))
-}
 
 /// `envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig`.
 #[derive(Clone, PartialEq, Message, Deserialize)]
