@@ -15,6 +15,7 @@ use crate::hbone;
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
 use crate::tcp;
+use crate::tls::origin::{Alpn, TlsOrigin};
 use crate::tls::SpiffeId;
 use crate::traffic::mesh::HboneLookup;
 use crate::traffic::Traffic;
@@ -152,16 +153,29 @@ pub(crate) fn route(
     })))
 }
 
-/// Connects to `addr`: through `hbone` when given, else over TCP (with `keepalive`);
-/// each within `timeout`.
+/// Connects to `addr`: through `hbone` when given, else over TCP (with `keepalive`) and
+/// then `tls` when given (the cluster's upstream TLS, offering `Alpn`); each within
+/// `timeout`, the TLS handshake included (Envoy's `transport_socket_connect_timeout` is
+/// not separate).
 pub(crate) async fn dial(
     addr: SocketAddr,
     timeout: Duration,
     hbone: Option<&HboneRoute>,
     keepalive: Option<tcp::Keepalive>,
+    tls: Option<(&TlsOrigin, Alpn)>,
 ) -> Result<BoxIo, ProxyError> {
     let Some(r) = hbone else {
-        return Ok(Box::new(tcp::connect(addr, timeout, keepalive).await?));
+        let Some((tls, alpn)) = tls else {
+            return Ok(Box::new(tcp::connect(addr, timeout, keepalive).await?));
+        };
+        let started = tokio::time::Instant::now();
+        let tcp = tcp::connect(addr, timeout, keepalive).await?;
+        let handshake = tls.connect(addr, tcp, alpn);
+        return match tokio::time::timeout_at(started + timeout, handshake).await {
+            Ok(Ok(stream)) => Ok(Box::new(stream)),
+            Ok(Err(source)) => Err(ProxyError::UpstreamTls { addr, source }),
+            Err(_) => Err(ProxyError::connect_timeout(addr, timeout)),
+        };
     };
     let connect = r
         .client

@@ -159,6 +159,16 @@ pub(crate) enum ProxyError {
         source: crate::hbone::TunnelError,
     },
 
+    /// The TLS handshake with an upstream host (a cluster's upstream TLS) failed: the
+    /// server's certificate refused, no common protocol version, a reset.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    UpstreamTls {
+        /// The upstream host.
+        addr: SocketAddr,
+        /// What went wrong (rustls' error inside).
+        source: std::io::Error,
+    },
+
     /// A circuit breaker of the cluster is full.
     #[error("cluster {cluster:?}: the {breaker} circuit breaker is full")]
     Overflow {
@@ -298,6 +308,7 @@ impl ProxyError {
             | ProxyError::Timeout { .. }
             | ProxyError::Overflow { .. }
             | ProxyError::Hbone { .. }
+            | ProxyError::UpstreamTls { .. }
             | ProxyError::Forward { .. } => Side::Upstream,
         }
     }
@@ -313,7 +324,9 @@ impl ProxyError {
     /// The Envoy response flag for this error.
     pub(crate) fn response_flags(&self) -> &'static str {
         match self {
-            ProxyError::UpstreamConnect { .. } | ProxyError::Hbone { .. } => "UF",
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::Hbone { .. }
+            | ProxyError::UpstreamTls { .. } => "UF",
             ProxyError::UpstreamReset { .. } | ProxyError::Forward { .. } => "UC",
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => "UPE",
             ProxyError::Timeout { .. } => "UT",
@@ -338,9 +351,9 @@ impl ProxyError {
     /// out alike, with 503 (`UF`); failures after connecting with 502.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamConnect { .. } | ProxyError::Hbone { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::Hbone { .. }
+            | ProxyError::UpstreamTls { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             // Envoy's `maybeRequestTimeoutCode`: a stream that outlived its duration after the
@@ -397,6 +410,10 @@ impl ProxyError {
             }
             ProxyError::Hbone { .. } => {
                 "upstream connect error or disconnect/reset before headers. reset reason: HBONE tunnel failed\n"
+            }
+            // Envoy's words for a failed upstream handshake.
+            ProxyError::UpstreamTls { .. } => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS handshake failed\n"
             }
             ProxyError::UpstreamProtocol { .. } | ProxyError::UnexpectedUpgrade { .. } => {
                 "upstream sent an invalid response\n"

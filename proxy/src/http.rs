@@ -67,6 +67,7 @@ use crate::stream::Rewind;
 use crate::timeout::{
     ConnActivity, Deadlines, Expired, HcmTimeouts, IdleStream, StreamState, StreamTimer, TimedBody,
 };
+use crate::tls::origin::{Alpn, TlsOrigin};
 use crate::traffic::balance::Report;
 use crate::traffic::router::{self, RequestHead, RouteTable};
 use crate::traffic::{self, ClusterTarget, ConnLimits, Picked, TrafficHandle};
@@ -189,7 +190,7 @@ struct RequestSeries {
 }
 
 /// An upstream endpoint to connect to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     /// The cluster's `connect_timeout` (the proxy's for passthrough).
@@ -200,8 +201,12 @@ pub(crate) struct Target {
     pub(crate) keepalive: Option<crate::tcp::Keepalive>,
     /// How long the cluster's connections live.
     pub(crate) life: upstream::ConnLife,
-    /// The cluster has upstream TLS (its requests go over TLS: the HBONE tunnel).
+    /// The cluster has upstream TLS (its requests go over TLS: the HBONE tunnel, or
+    /// `origin`).
     pub(crate) tls: bool,
+    /// TLS of the proxy's own over the TCP connection: an endpoint outside the mesh of a
+    /// cluster with upstream TLS.
+    pub(crate) origin: Option<Arc<TlsOrigin>>,
 }
 
 /// The request body as the proxy forwards it (its bytes counted for the golden metrics).
@@ -698,6 +703,7 @@ impl HttpConn {
                         keepalive: None,
                         life: upstream::ConnLife::default(),
                         tls: false,
+                        origin: None,
                     };
                     let dest = self.destination(None, Some(self.dst), authority(&req));
                     *deadlines = Deadlines::new(None, None, &self.timeouts);
@@ -927,18 +933,18 @@ impl HttpConn {
                     // No retries, but the per-try timeout still bounds the one try (as in
                     // Envoy).
                     let per_try = policy.and_then(|p| p.per_try_timeout).filter(|_| !upgrade);
-                    let target = first_pick.target;
+                    let addr = first_pick.target.addr;
                     let mut req = req;
                     let counted = d.attempt_count();
                     if counted.0 {
                         req.headers_mut()
                             .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(1));
                     }
-                    let attempt = self.forward(target, Some(&limits), req);
+                    let attempt = self.forward(first_pick.target.clone(), Some(&limits), req);
                     let result = match per_try {
                         Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
                             Err(ProxyError::Timeout {
-                                addr: target.addr,
+                                addr,
                                 which: "per-try",
                                 timeout: t,
                             })
@@ -997,13 +1003,13 @@ impl HttpConn {
                         .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(retries + 1));
                 }
                 tried.push(pick.endpoint.clone());
-                let target = pick.target;
-                let attempt = self.forward(target, Some(limits), req);
+                let addr = pick.target.addr;
+                let attempt = self.forward(pick.target.clone(), Some(limits), req);
                 let result = match policy.per_try_timeout {
                     Some(t) => match tokio::time::timeout(t, attempt).await {
                         Ok(r) => r,
                         Err(_) => Err(ProxyError::Timeout {
-                            addr: target.addr,
+                            addr,
                             which: "per-try",
                             timeout: t,
                         }),
@@ -1185,7 +1191,7 @@ impl HttpConn {
             }
             Ok(Ok((
                 Decision {
-                    target: first.target,
+                    target: first.target.clone(),
                     hash,
                     cluster,
                     table: table.clone(),
@@ -1463,6 +1469,7 @@ impl HttpConn {
             keepalive: target.keepalive,
             life: target.life,
             hbone: self.reach(target.addr)?,
+            tls: target.origin,
         })
     }
 
@@ -1483,11 +1490,13 @@ impl HttpConn {
     {
         let addr = target.addr;
         let hbone = self.reach(addr)?;
+        // The tunnel's bytes are not HTTP: ALPN as the cluster's TLS context says.
         let io = crate::dial::dial(
             addr,
             target.connect_timeout,
             hbone.as_deref(),
             target.keepalive,
+            target.origin.as_deref().map(|t| (t, Alpn::AsConfigured)),
         )
         .await?;
         let body = if self.downstream == Protocol::Http2 {
@@ -1640,6 +1649,7 @@ fn report_attempt(
         Err(
             ProxyError::UpstreamConnect { .. }
             | ProxyError::Hbone { .. }
+            | ProxyError::UpstreamTls { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::Timeout { .. },
@@ -1825,14 +1835,20 @@ pub(crate) async fn pick_endpoint(
             )
         })?;
     // A meshed endpoint on another node gets its mutual TLS from the HBONE tunnel (the
-    // cluster's TLS context gives the identities to expect); other upstream TLS is not
-    // implemented.
-    if cluster.cluster.tls.is_some() && picked.hbone().is_none() {
-        return Err(ProxyError::unrouted(
-            MissReason::UpstreamTlsUnavailable,
-            format!("cluster {name:?} asks for upstream TLS, which is not implemented yet"),
-        ));
-    }
+    // cluster's TLS context gives the identities to expect); another endpoint of a cluster
+    // with upstream TLS gets the proxy's own TLS, or none at all when that cannot be set
+    // up (never plain text).
+    let origin = match cluster.tls_origin() {
+        Some(_) if picked.hbone().is_some() => None,
+        Some(Ok(o)) => Some(o.clone()),
+        Some(Err(why)) => {
+            return Err(ProxyError::unrouted(
+                MissReason::UpstreamTlsUnavailable,
+                why.to_owned(),
+            ))
+        }
+        None => None,
+    };
     let endpoint = picked.address();
     let addr = resolve_one(&endpoint, cluster.cluster.dns_lookup_family).await?;
     let protocol = match &cluster.cluster.protocol {
@@ -1850,6 +1866,7 @@ pub(crate) async fn pick_endpoint(
         keepalive: cluster.cluster.tcp_keepalive.as_ref().map(Into::into),
         life: (&cluster.cluster.connection_life).into(),
         tls: cluster.cluster.tls.is_some(),
+        origin,
     };
     Ok(PickedEndpoint {
         endpoint,

@@ -59,9 +59,9 @@ impl Outcome {
     /// The outcome of an attempt's error.
     pub(crate) fn of_error(e: &ProxyError) -> Option<Outcome> {
         match e {
-            ProxyError::UpstreamConnect { .. } | ProxyError::Hbone { .. } => {
-                Some(Outcome::ConnectFailure)
-            }
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::Hbone { .. }
+            | ProxyError::UpstreamTls { .. } => Some(Outcome::ConnectFailure),
             ProxyError::UpstreamReset { source, .. } => Some(if is_refused_stream(&**source) {
                 Outcome::RefusedStream
             } else {

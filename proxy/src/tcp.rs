@@ -27,6 +27,7 @@ use crate::model::cluster::TcpKeepalive;
 use crate::outbound::Source;
 use crate::stream::{Counted, Rewind};
 use crate::timeout::IdleStream;
+use crate::tls::origin::{Alpn, TlsOrigin};
 use crate::upstream::{Endpoint, Pools, UpstreamProtocol};
 
 /// A cluster's TCP keepalive (`upstream_connection_options.tcp_keepalive`) in 12 bytes (it
@@ -124,6 +125,8 @@ pub(crate) struct TcpTarget {
     pub(crate) keepalive: Option<Keepalive>,
     /// The bytes go inside an HTTP `CONNECT` (`tunneling_config`).
     pub(crate) http_tunnel: Option<HttpTunnel>,
+    /// The cluster's upstream TLS (an endpoint outside the mesh): the bytes go inside it.
+    pub(crate) tls: Option<Arc<TlsOrigin>>,
 }
 
 /// A TCP proxy's `tunneling_config` for one connection: the `CONNECT` to send to the
@@ -362,7 +365,11 @@ pub(crate) async fn forward(
         hbone,
         keepalive,
         http_tunnel,
+        tls,
     } = target;
+    // A TCP proxy names no protocol: ALPN as the TLS context says; a `CONNECT` tunnel's
+    // is its cluster's codec's.
+    let tls_for = |alpn| tls.as_deref().map(|t| (t, alpn));
     golden.opened.inc();
     // Closed whatever happens below, once.
     let _closed = CloseOnDrop(golden.closed.clone());
@@ -372,12 +379,18 @@ pub(crate) async fn forward(
         CloseOnDrop(d.closed.clone())
     });
     let connected = match (&hbone, &http_tunnel) {
-        (None, None) => connect(dst, connect_timeout, keepalive)
+        (None, None) if tls.is_none() => connect(dst, connect_timeout, keepalive)
             .await
             .map(Upstream::Tcp),
-        (hbone, None) => crate::dial::dial(dst, connect_timeout, hbone.as_deref(), None)
-            .await
-            .map(Upstream::Tunnel),
+        (hbone, None) => crate::dial::dial(
+            dst,
+            connect_timeout,
+            hbone.as_deref(),
+            keepalive,
+            tls_for(Alpn::AsConfigured),
+        )
+        .await
+        .map(Upstream::Tunnel),
         (hbone, Some(t)) => match &t.via {
             TunnelVia::Http2(pools, protocol) => {
                 let ep = Endpoint {
@@ -389,13 +402,17 @@ pub(crate) async fn forward(
                     // Tunnels are not pooled per request: the cluster's connection life
                     // does not apply to them.
                     life: Default::default(),
+                    tls: tls.clone(),
                 };
                 open_h2_tunnel(pools, ep, t, peer)
                     .await
                     .map(Upstream::Tunnel)
             }
             TunnelVia::Http1 => {
-                match crate::dial::dial(dst, connect_timeout, hbone.as_deref(), keepalive).await {
+                let tls = tls_for(Alpn::Http1);
+                match crate::dial::dial(dst, connect_timeout, hbone.as_deref(), keepalive, tls)
+                    .await
+                {
                     Ok(io) => open_h1_tunnel(io, dst, t, connect_timeout)
                         .await
                         .map(Upstream::Tunnel),

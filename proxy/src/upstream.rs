@@ -55,6 +55,7 @@ use crate::h1client::{self, HeadError, OwnBody, OwnConn, RequestWriter};
 use crate::h1codec;
 use crate::lock;
 use crate::model::cluster::{ConnectionLife, Http2Options};
+use crate::tls::origin::{Alpn, TlsOrigin};
 use crate::traffic::{ConnLimits, ConnSlot, FreedNotice, Pending};
 
 /// How requests reach an endpoint.
@@ -192,24 +193,33 @@ pub(crate) struct Endpoint {
     pub(crate) keepalive: Option<crate::tcp::Keepalive>,
     /// How long the cluster's connections live.
     pub(crate) life: ConnLife,
+    /// The cluster's upstream TLS, for an endpoint outside the mesh.
+    pub(crate) tls: Option<Arc<TlsOrigin>>,
 }
 
 impl Endpoint {
     /// The pool an upstream connection belongs to: its address, for a tunnel the source
-    /// identity it speaks as (never shared with another source), and its cluster's limits
-    /// on a connection's life.
+    /// identity it speaks as (never shared with another source), its cluster's limits
+    /// on a connection's life, and its TLS settings (plain and TLS connections to one
+    /// address, or TLS with other certificates, are never mixed).
     fn key(&self) -> ConnKey {
         (
             self.addr,
             self.hbone.as_ref().map(|h| h.source.clone()),
             self.life,
+            self.tls.as_ref().map(|t| t.key()),
         )
+    }
+
+    /// How [`dial::dial`] opens TLS for this endpoint's `protocol`.
+    fn tls(&self, alpn: Alpn) -> Option<(&TlsOrigin, Alpn)> {
+        self.tls.as_deref().map(|t| (t, alpn))
     }
 }
 
-/// Address, the source principal of a tunnelled connection, and how long a connection
-/// lives.
-type ConnKey = (SocketAddr, Option<Arc<str>>, ConnLife);
+/// Address, the source principal of a tunnelled connection, how long a connection lives,
+/// and the digest of its TLS settings.
+type ConnKey = (SocketAddr, Option<Arc<str>>, ConnLife, Option<u64>);
 
 /// The HTTP/2 connections of one endpoint: one, unless its cluster caps the streams per
 /// connection. The async lock is held only while picking and connecting (never while a
@@ -488,7 +498,7 @@ impl Pools {
         protocol: UpstreamProtocol,
         peer: SocketAddr,
     ) -> Result<(), ProxyError> {
-        let key = (addr, None, ConnLife::default());
+        let key = (addr, None, ConnLife::default(), None);
         match protocol {
             UpstreamProtocol::Http1 => self.give_back_own(OwnConn::new(stream, None), key, None),
             UpstreamProtocol::Http2(settings) => {
@@ -759,6 +769,7 @@ impl Pools {
                 ep.connect_timeout,
                 ep.hbone.as_deref(),
                 ep.keepalive,
+                ep.tls(Alpn::Http1),
             )
             .await?;
             Ok::<_, ProxyError>(OwnConn::new(io, slot))
@@ -918,7 +929,14 @@ async fn connect_h2(
     settings: &H2Settings,
 ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
     let addr = ep.addr;
-    let stream = dial::dial(addr, ep.connect_timeout, ep.hbone.as_deref(), ep.keepalive).await?;
+    let stream = dial::dial(
+        addr,
+        ep.connect_timeout,
+        ep.hbone.as_deref(),
+        ep.keepalive,
+        ep.tls(Alpn::Http2),
+    )
+    .await?;
     handshake_h2(stream, addr, peer, slot, settings).await
 }
 

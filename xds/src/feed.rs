@@ -29,6 +29,11 @@ pub fn traffic_input(snap: &Snapshot) -> TrafficInput {
             .iter()
             .map(|(name, e)| (name.clone(), e.resource.clone()))
             .collect(),
+        secrets: snap
+            .secrets
+            .iter()
+            .map(|(name, e)| (name.clone(), e.resource.clone()))
+            .collect(),
     }
 }
 

@@ -308,6 +308,23 @@ pub struct UpstreamTls {
     pub validation: Option<ValidationSource>,
 }
 
+impl UpstreamTls {
+    /// The SDS Secret names it uses (certificates, then the validation context).
+    pub fn sds_names(&self) -> impl Iterator<Item = &str> {
+        let certs = self.certificates.iter().filter_map(|c| match c {
+            CertificateSource::Sds(n) => Some(n.as_str()),
+            CertificateSource::Inline(_) => None,
+        });
+        let validation = match &self.validation {
+            Some(ValidationSource::Sds(n) | ValidationSource::Combined { sds: n, .. }) => {
+                Some(n.as_str())
+            }
+            Some(ValidationSource::Inline(_)) | None => None,
+        };
+        certs.chain(validation)
+    }
+}
+
 /// A client certificate, inline or by SDS name.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]

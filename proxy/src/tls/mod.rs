@@ -2,10 +2,12 @@
 //! embedded CA of standalone mode ([`ca::Ca`]), the per-node certificate store
 //! ([`Identities`]), fed by the CA's rotation ([`rotate`]) or by SDS Secrets ([`sds`]),
 //! and the peer verification the HBONE client and server use ([`verify`]). rustls with
-//! ring, TLS 1.3 only, ALPN `h2`.
+//! ring; between nodes TLS 1.3 only, ALPN `h2`. [`origin`]: TLS to upstream hosts outside
+//! the mesh (a cluster's `UpstreamTlsContext`), TLS 1.2 or 1.3.
 
 pub mod ca;
 mod id;
+pub mod origin;
 pub mod probe;
 pub mod rotate;
 pub mod sds;

@@ -28,7 +28,8 @@ use tokio::sync::watch;
 use crate::model::cluster::Discovery;
 use crate::model::endpoint::{EndpointAddress, HboneEndpoint};
 use crate::model::listener::{NetworkFilter, RouteSource};
-use crate::model::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
+use crate::model::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration, Secret};
+use crate::tls::origin::TlsOrigin;
 
 pub mod balance;
 pub mod chain;
@@ -54,6 +55,8 @@ pub struct TrafficInput {
     pub clusters: Vec<Arc<Cluster>>,
     /// EDS assignments by their `cluster_name` (the EDS service name).
     pub load_assignments: HashMap<String, Arc<ClusterLoadAssignment>>,
+    /// SDS Secrets by name (the certificates and trust anchors of clusters' upstream TLS).
+    pub secrets: HashMap<String, Arc<Secret>>,
 }
 
 /// One immutable traffic config.
@@ -154,10 +157,24 @@ impl Traffic {
             };
             let old = prev.and_then(|p| p.clusters.get(&c.name));
             let reused = old
-                .filter(|t| Arc::ptr_eq(&t.cluster, &c) && same(&t.assignment, &assignment))
+                .filter(|t| {
+                    Arc::ptr_eq(&t.cluster, &c)
+                        && same(&t.assignment, &assignment)
+                        && t.origin.as_ref().is_none_or(|o| {
+                            o.secrets
+                                .iter()
+                                .all(|(name, s)| same(s, &input.secrets.get(name).cloned()))
+                        })
+                })
                 .cloned();
-            let target = reused
-                .unwrap_or_else(|| Arc::new(ClusterTarget::new(c, assignment, old.map(|t| &**t))));
+            let target = reused.unwrap_or_else(|| {
+                Arc::new(ClusterTarget::new(
+                    c,
+                    assignment,
+                    &input.secrets,
+                    old.map(|t| &**t),
+                ))
+            });
             for (addr, lookup) in &target.hbone {
                 mesh::merge(&mut hbone, *addr, lookup);
             }
@@ -252,6 +269,18 @@ pub struct ClusterTarget {
     counters: Arc<ClusterCounters>,
     /// Its endpoints reached through HBONE.
     hbone: Vec<(SocketAddr, HboneLookup)>,
+    /// Its upstream TLS for endpoints outside the mesh (`None`: plain TCP).
+    origin: Option<Origin>,
+}
+
+/// A cluster's upstream TLS, built, with the Secrets it was built from.
+#[derive(Debug)]
+struct Origin {
+    /// Ready to connect, or why not.
+    tls: Result<Arc<TlsOrigin>, Arc<str>>,
+    /// The SDS names the context uses and what each was (a later build with other
+    /// Secrets builds again).
+    secrets: Vec<(String, Option<Arc<Secret>>)>,
 }
 
 /// In-flight counts of a cluster, for its circuit breakers.
@@ -407,6 +436,7 @@ impl ClusterTarget {
     fn new(
         cluster: Arc<Cluster>,
         assignment: Option<Arc<ClusterLoadAssignment>>,
+        secrets: &HashMap<String, Arc<Secret>>,
         prev: Option<&ClusterTarget>,
     ) -> Self {
         let cla = assignment.as_deref().or(cluster.load_assignment.as_ref());
@@ -477,13 +507,35 @@ impl ClusterTarget {
                 _ => None,
             })
             .collect();
+        let origin = cluster.tls.as_ref().map(|tls| {
+            let used: Vec<(String, Option<Arc<Secret>>)> = tls
+                .sds_names()
+                .map(|n| (n.to_owned(), secrets.get(n).cloned()))
+                .collect();
+            let tls = TlsOrigin::build(tls, |n| secrets.get(n).cloned())
+                .map(Arc::new)
+                .map_err(|why| {
+                    Arc::from(format!("cluster {:?}: upstream TLS: {why}", cluster.name))
+                });
+            Origin { tls, secrets: used }
+        });
         ClusterTarget {
             counters: prev.map(|p| p.counters.clone()).unwrap_or_default(),
             cluster,
             assignment,
             levels,
             hbone,
+            origin,
         }
+    }
+
+    /// The TLS to open over connections to endpoints outside the mesh: `None` for plain
+    /// TCP, an error when the cluster asks for TLS that cannot be set up (a Secret not
+    /// delivered, a bad certificate).
+    pub(crate) fn tls_origin(&self) -> Option<Result<&Arc<TlsOrigin>, &str>> {
+        self.origin
+            .as_ref()
+            .map(|o| o.tls.as_ref().map_err(|e| &**e))
     }
 
     /// The priority level a request goes to: Envoy's priority load. Each level's health

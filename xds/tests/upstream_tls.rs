@@ -1,0 +1,506 @@
+//! TLS origination to upstreams outside the mesh, end to end: clusters with an
+//! `UpstreamTlsContext` (inline and SDS certificates and trust anchors) in front of real
+//! rustls servers on loopback, reached through a captured HTTP listener and a TCP proxy.
+//! The servers report what the handshake carried (SNI, ALPN, version, client
+//! certificate); refusals are 503 `UF` and never plain text.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use myelin_xds::ads::{type_url, AdsProtocol};
+use myelin_xds::testing::ControlPlane;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use xds_api::pb::envoy::config::cluster::v3::Cluster;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+
+/// A CA for the tests' certificates.
+struct TestCa {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `names` (DNS SANs): certificate and key PEM.
+    fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn chain(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn key(pem: &str) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// A TLS server on loopback that answers every request with what its connection's
+/// handshake carried: `sni=<name|none> alpn=<proto|none> version=<TLSv1_x> client=<yes|none>`.
+struct TlsUpstream {
+    addr: SocketAddr,
+    handshakes: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn tls_upstream(config: rustls::ServerConfig) -> TlsUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counter = handshakes.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let conn = tls.get_ref().1;
+                let alpn = conn.alpn_protocol().map(|p| p.to_vec());
+                let about = format!(
+                    "sni={} alpn={} version={:?} client={}",
+                    conn.server_name().unwrap_or("none"),
+                    alpn.as_deref()
+                        .map_or("none".into(), |p| String::from_utf8_lossy(p).into_owned()),
+                    conn.protocol_version().unwrap(),
+                    if conn.peer_certificates().is_some() {
+                        "yes"
+                    } else {
+                        "none"
+                    },
+                );
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let resp = Response::builder()
+                            .header("x-server", "tls")
+                            .body(Full::new(Bytes::from(about.clone())))
+                            .unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    });
+                let io = TokioIo::new(tls);
+                if alpn.as_deref() == Some(b"h2") {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                }
+            });
+        }
+    });
+    TlsUpstream {
+        addr,
+        handshakes,
+        task,
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server config: TLS 1.2 and 1.3 (or only `versions`), ALPN `h2` and `http/1.1`, and
+/// client certificates required when `clients` names their CA.
+fn server_config(
+    cert: &(String, String),
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    clients: Option<&TestCa>,
+) -> rustls::ServerConfig {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(chain(&ca.pem).remove(0)).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain(&cert.0), key(&cert.1))
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// YAML of a PEM as an inline string.
+fn inline(pem: &str) -> String {
+    format!("{{inline_string: {}}}", serde_json::to_string(pem).unwrap())
+}
+
+/// A STATIC cluster at `addr` with the `UpstreamTlsContext` keys `tls` (YAML at the
+/// context's indentation) and more cluster keys `extra`.
+fn tls_cluster(name: &str, addr: SocketAddr, tls: &str, extra: &str) -> Cluster {
+    let tls: String = tls.lines().map(|l| format!("    {l}\n")).collect();
+    yaml(&format!(
+        r#"
+name: {name}
+type: STATIC
+connect_timeout: 2s
+load_assignment:
+  cluster_name: {name}
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {{address: {{socket_address: {{address: "{}", port_value: {}}}}}}}
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+{tls}{extra}
+"#,
+        addr.ip(),
+        addr.port()
+    ))
+}
+
+/// A route table sending `/<cluster>/...` to each cluster.
+fn routes(clusters: &[&str]) -> RouteConfiguration {
+    let routes: String = clusters
+        .iter()
+        .map(|c| format!("  - match: {{prefix: \"/{c}/\"}}\n    route: {{cluster: {c}}}\n"))
+        .collect();
+    yaml(&format!(
+        "name: r\nvirtual_hosts:\n- name: all\n  domains: [\"*\"]\n  routes:\n{routes}"
+    ))
+}
+
+const H2: &str = r#"typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {http2_protocol_options: {}}"#;
+
+#[tokio::test]
+async fn clusters_originate_tls_as_envoy_does() {
+    let ca = TestCa::new("test CA");
+    let other = TestCa::new("another CA");
+    let server_cert = ca.leaf(
+        &["api.example.com", "*.svc.example.com"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let client_cert = ca.leaf(&["client.example.com"], ExtendedKeyUsagePurpose::ClientAuth);
+    let tls13 = &rustls::version::TLS13;
+    let tls12 = &rustls::version::TLS12;
+    let main = tls_upstream(server_config(&server_cert, &[tls13, tls12], None)).await;
+    let mutual = tls_upstream(server_config(&server_cert, &[tls13, tls12], Some(&ca))).await;
+    let self_signed = other.leaf(&["legacy.internal"], ExtendedKeyUsagePurpose::ServerAuth);
+    let legacy = tls_upstream(server_config(&self_signed, &[tls12], None)).await;
+    let plain = http_upstream("plain").await;
+
+    let trusted = format!(
+        "common_tls_context:\n  validation_context:\n    trusted_ca: {}\n",
+        inline(&ca.pem)
+    );
+    let san = |t: &str, v: &str| {
+        format!(
+            "    match_typed_subject_alt_names: [{{san_type: {t}, matcher: {{exact: \"{v}\"}}}}]\n"
+        )
+    };
+    let sds_client =
+        "  tls_certificate_sds_secret_configs: [{name: client-cert, sds_config: {ads: {}}}]\n";
+    let clusters = vec![
+        tls_cluster(
+            "verified",
+            main.addr,
+            &format!("sni: api.example.com\n{trusted}{}", san("DNS", "api.example.com")),
+            "",
+        ),
+        // `*.svc.example.com` covers one label of an exact DNS rule.
+        tls_cluster(
+            "wildcard",
+            main.addr,
+            &format!("{trusted}{}", san("DNS", "orders.svc.example.com")),
+            "",
+        ),
+        tls_cluster(
+            "h2",
+            main.addr,
+            &format!("sni: api.example.com\n{trusted}"),
+            H2,
+        ),
+        tls_cluster(
+            "wrong-san",
+            main.addr,
+            &format!("{trusted}{}", san("DNS", "other.example.com")),
+            "",
+        ),
+        tls_cluster(
+            "untrusted",
+            main.addr,
+            &format!(
+                "common_tls_context:\n  validation_context:\n    trusted_ca: {}\n",
+                inline(&other.pem)
+            ),
+            "",
+        ),
+        tls_cluster(
+            "mutual",
+            mutual.addr,
+            &format!("{trusted}{sds_client}"),
+            "",
+        ),
+        tls_cluster("mutual-nocert", mutual.addr, &trusted, ""),
+        // No validation context: Envoy does not verify the server, and speaks TLS 1.2.
+        tls_cluster("legacy", legacy.addr, "sni: legacy.internal\n", ""),
+        tls_cluster("plain", plain.addr, &trusted, ""),
+        tls_cluster(
+            "missing",
+            main.addr,
+            "common_tls_context:\n  tls_certificate_sds_secret_configs: [{name: not-there, sds_config: {ads: {}}}]\n",
+            "",
+        ),
+    ];
+    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    let client_secret: Secret = yaml(&format!(
+        "name: client-cert\ntls_certificate:\n  certificate_chain: {}\n  private_key: {}\n",
+        inline(&client_cert.0),
+        inline(&client_cert.1)
+    ));
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "http", &http_listener("http", 18080, "r"));
+        set(b, "tcp", &tcp_listener("tcp", 18443, "verified"));
+        set(b, "r", &routes(&names));
+        for c in &clusters {
+            set(b, &c.name, c);
+        }
+        set(b, "client-cert", &client_secret);
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(type_url::ROUTE, &["r"], &cp.version(type_url::ROUTE))
+        .await;
+    node.wait_applied(type_url::CLUSTER, &names, &cp.version(type_url::CLUSTER))
+        .await;
+    node.wait_applied(
+        type_url::SECRET,
+        &["client-cert"],
+        &cp.version(type_url::SECRET),
+    )
+    .await;
+
+    let mut client = node.http_client(vip(18080)).await;
+    let mut get = async |path: &str| client.get("app.local", path).await.unwrap();
+
+    // SNI as configured, the codec's ALPN, TLS 1.3; two requests share one handshake.
+    for _ in 0..2 {
+        let (status, server, body) = get("/verified/a").await;
+        assert_eq!((status, server.as_str()), (StatusCode::OK, "tls"), "{body}");
+        assert_eq!(
+            body,
+            "sni=api.example.com alpn=http/1.1 version=TLSv1_3 client=none"
+        );
+    }
+    assert_eq!(
+        main.handshakes.load(Ordering::Relaxed),
+        1,
+        "the connection is pooled"
+    );
+
+    let (status, _, body) = get("/wildcard/a").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "sni=none alpn=http/1.1 version=TLSv1_3 client=none");
+
+    let (status, _, body) = get("/h2/a").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        "sni=api.example.com alpn=h2 version=TLSv1_3 client=none"
+    );
+
+    // The client certificate from SDS is presented; without one the server refuses.
+    let (status, _, body) = get("/mutual/a").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with("client=yes"), "{body}");
+
+    let (status, _, body) = get("/legacy/a").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        "sni=legacy.internal alpn=http/1.1 version=TLSv1_2 client=none"
+    );
+
+    let refused_before = main.handshakes.load(Ordering::Relaxed);
+    for path in ["/wrong-san/a", "/untrusted/a", "/plain/a"] {
+        let (status, _, body) = get(path).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+        assert!(body.contains("TLS handshake failed"), "{path}: {body}");
+    }
+    // TLS 1.3: the server refuses a missing client certificate after the client's side of
+    // the handshake, so the refusal comes as a reset before the response headers (502, as
+    // Myelin answers upstream resets).
+    let mutual_before = mutual.handshakes.load(Ordering::Relaxed);
+    let (status, _, body) = get("/mutual-nocert/a").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.starts_with("upstream connect error"), "{body}");
+    assert_eq!(mutual.handshakes.load(Ordering::Relaxed), mutual_before);
+    assert_eq!(
+        main.handshakes.load(Ordering::Relaxed),
+        refused_before,
+        "a refused server certificate completed a handshake"
+    );
+    assert_eq!(
+        plain.hits.load(Ordering::Relaxed),
+        0,
+        "plain text reached a TLS cluster's host"
+    );
+
+    // A Secret that has not arrived: no connection at all, the reason counted.
+    let (status, _, body) = get("/missing/a").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("upstream TLS is not available"), "{body}");
+    assert_eq!(
+        node.metric("myelin_proxy_config_misses_total{reason=\"upstream_tls_unavailable\"}"),
+        1.0
+    );
+
+    // A TCP proxy's bytes inside TLS, with no ALPN (no codec to name).
+    let mut tcp = node.connect(vip(18443)).await;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with("sni=api.example.com alpn=none version=TLSv1_3 client=none"),
+        "{answer}"
+    );
+}
+
+/// A new version of the SDS client certificate takes effect for new connections, and a
+/// Secret that arrives late turns a failing cluster into a working one.
+#[tokio::test]
+async fn sds_certificates_follow_their_secrets() {
+    let ca = TestCa::new("test CA");
+    let server_cert = ca.leaf(&["api.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
+    let client_cert = ca.leaf(&["client.example.com"], ExtendedKeyUsagePurpose::ClientAuth);
+    let tls13 = &rustls::version::TLS13;
+    let mutual = tls_upstream(server_config(&server_cert, &[tls13], Some(&ca))).await;
+    let cluster = tls_cluster(
+        "mutual",
+        mutual.addr,
+        "common_tls_context:
+  validation_context_sds_secret_config: {name: ca, sds_config: {ads: {}}}
+  tls_certificate_sds_secret_configs: [{name: client-cert, sds_config: {ads: {}}}]
+",
+        "",
+    );
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "http", &http_listener("http", 18080, "r"));
+        set(b, "r", &routes(&["mutual"]));
+        set(b, "mutual", &cluster);
+    });
+    let node = Node::start(&cp, AdsProtocol::Delta).await;
+    node.wait_applied(
+        type_url::CLUSTER,
+        &["mutual"],
+        &cp.version(type_url::CLUSTER),
+    )
+    .await;
+    let mut client = node.http_client(vip(18080)).await;
+    let (status, _, body) = client.get("app.local", "/mutual/a").await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("upstream TLS is not available"), "{body}");
+
+    let ca_secret: Secret = yaml(&format!(
+        "name: ca\nvalidation_context:\n  trusted_ca: {}\n",
+        inline(&ca.pem)
+    ));
+    let client_secret: Secret = yaml(&format!(
+        "name: client-cert\ntls_certificate:\n  certificate_chain: {}\n  private_key: {}\n",
+        inline(&client_cert.0),
+        inline(&client_cert.1)
+    ));
+    cp.update(|b| {
+        set(b, "ca", &ca_secret);
+        set(b, "client-cert", &client_secret);
+    });
+    node.wait_applied(
+        type_url::SECRET,
+        &["ca", "client-cert"],
+        &cp.version(type_url::SECRET),
+    )
+    .await;
+    let (status, _, body) = client.get("app.local", "/mutual/a").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with("client=yes"), "{body}");
+
+    // A certificate from a CA the server does not trust: the next connection presents it
+    // (the pools keep connections of other TLS settings apart) and the server refuses it
+    // (TLS 1.3: after the client's side of the handshake, so as a reset before headers).
+    let stranger = TestCa::new("stranger CA")
+        .leaf(&["client.example.com"], ExtendedKeyUsagePurpose::ClientAuth);
+    let rotated: Secret = yaml(&format!(
+        "name: client-cert\ntls_certificate:\n  certificate_chain: {}\n  private_key: {}\n",
+        inline(&stranger.0),
+        inline(&stranger.1)
+    ));
+    cp.update(|b| set(b, "client-cert", &rotated));
+    node.wait_applied(
+        type_url::SECRET,
+        &["client-cert"],
+        &cp.version(type_url::SECRET),
+    )
+    .await;
+    let handshakes = mutual.handshakes.load(Ordering::Relaxed);
+    let (status, _, body) = client.get("app.local", "/mutual/a").await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.starts_with("upstream connect error"), "{body}");
+    assert_eq!(mutual.handshakes.load(Ordering::Relaxed), handshakes);
+}
