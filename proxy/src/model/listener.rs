@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::cluster::{CertificateSource, ValidationSource};
 use super::opt_duration_str;
 use super::route::RouteConfiguration;
 
@@ -42,6 +43,56 @@ pub struct FilterChain {
     pub filter_chain_match: FilterChainMatch,
     /// What serves the connection.
     pub filter: NetworkFilter,
+    /// TLS the proxy terminates before the filter (`transport_socket`
+    /// `envoy.transport_sockets.tls`); `None`: the bytes as they come (`raw_buffer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DownstreamTls>,
+    /// `transport_socket_connect_timeout`: how long the TLS handshake may take; `None`:
+    /// [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`].
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_duration_str")]
+    pub handshake_timeout: Option<Duration>,
+}
+
+/// How long a downstream TLS handshake may take when its filter chain does not say
+/// (Envoy has no bound by default; a node proxy does not keep a silent client forever).
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Downstream TLS of a filter chain (Envoy `DownstreamTlsContext`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DownstreamTls {
+    /// The certificates served (at least one), inline or by SDS name; per handshake the
+    /// first whose DNS SANs cover the client's SNI, else the first.
+    pub certificates: Vec<CertificateSource>,
+    /// How client certificates are verified; `None`: none is asked for.
+    pub validation: Option<ValidationSource>,
+    /// `require_client_certificate`: a client without a valid certificate is refused.
+    pub require_client_certificate: bool,
+    /// `require_sni`: a client that sends no SNI is refused.
+    pub require_sni: bool,
+    /// ALPN protocols offered, in the server's order of preference (empty: no ALPN).
+    pub alpn_protocols: Vec<String>,
+    /// `tls_params.tls_minimum_protocol_version` (`None`: TLS 1.2, Envoy's default).
+    pub min_version: Option<TlsVersion>,
+    /// `tls_params.tls_maximum_protocol_version` (`None`: TLS 1.3).
+    pub max_version: Option<TlsVersion>,
+    /// `disable_stateless_session_resumption`: no session tickets.
+    pub disable_stateless_resumption: bool,
+    /// `disable_stateful_session_resumption`: no session-ID cache.
+    pub disable_stateful_resumption: bool,
+    /// `prefer_client_ciphers`: the client's cipher order wins (Envoy's default: the
+    /// server's).
+    pub prefer_client_ciphers: bool,
+}
+
+/// A TLS protocol version Myelin speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[serde(rename = "TLSv1_2")]
+    Tls12,
+    /// TLS 1.3.
+    #[serde(rename = "TLSv1_3")]
+    Tls13,
 }
 
 /// Envoy `FilterChainMatch`: every set criterion must hold; empty lists and `None`

@@ -139,6 +139,8 @@ mod tests {
                 idle_timeout: None,
                 tunneling: None,
             }),
+            tls: None,
+            handshake_timeout: None,
         }
     }
 

@@ -261,6 +261,8 @@ fn filter_chain(cx: &mut Cx, p: &str, c: &pb::FilterChain) -> Option<ml::FilterC
         name: name.clone(),
         filter_chain_match: m,
         filter: terminal?,
+        tls: None,
+        handshake_timeout: None,
     })
 }
 
