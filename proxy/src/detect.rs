@@ -153,6 +153,87 @@ where
     Ok((protocol, Rewind::new(prefix, io)))
 }
 
+/// What a TLS ClientHello says (Envoy's `tls_inspector`): the SNI and the ALPN list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ClientHelloInfo {
+    /// The server name, when the client sent one.
+    pub(crate) server_name: Option<String>,
+    /// The ALPN protocols, in the client's order.
+    pub(crate) alpn: Vec<String>,
+}
+
+/// The largest ClientHello read before giving up on it (Envoy's `tls_inspector` default
+/// `max_client_hello_size`).
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+/// How long a client that began a TLS handshake has to finish its ClientHello (Envoy's
+/// `listener_filters_timeout` default).
+pub(crate) const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the bytes seen so far say about a ClientHello: `Ok(Some)` parsed, `Ok(None)` a
+/// prefix of one (read more), `Err` not a ClientHello. rustls' `Acceptor` parses a copy
+/// (records, fragments and extensions as rustls reads them for real); nothing here is
+/// kept but the two fields.
+pub(crate) fn parse_client_hello(buf: &[u8]) -> Result<Option<ClientHelloInfo>, ()> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = buf;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Err(()),
+        }
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => {
+            let hello = accepted.client_hello();
+            Ok(Some(ClientHelloInfo {
+                server_name: hello.server_name().map(str::to_owned),
+                alpn: hello
+                    .alpn()
+                    .map(|ps| {
+                        ps.map(|p| String::from_utf8_lossy(p).into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }))
+        }
+        Ok(None) => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
+/// Reads a TLS ClientHello on `stream` (whose sniffed bytes begin one) until it is whole,
+/// within `timeout` and [`MAX_CLIENT_HELLO`] bytes: what it says (`None`: not a
+/// ClientHello after all, too large, or not whole in time) and the stream with every byte
+/// put back.
+pub(crate) async fn client_hello<T>(
+    stream: Rewind<T>,
+    timeout: Duration,
+) -> io::Result<(Option<ClientHelloInfo>, Rewind<T>)>
+where
+    T: AsyncRead + Unpin,
+{
+    let (prefix, mut io) = stream.into_parts();
+    let mut buf = bytes::BytesMut::from(&prefix[..]);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let info = loop {
+        match parse_client_hello(&buf) {
+            Ok(Some(info)) => break Some(info),
+            Err(()) => break None,
+            Ok(None) if buf.len() >= MAX_CLIENT_HELLO => break None,
+            Ok(None) => {}
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break None,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    };
+    Ok((info, Rewind::new(buf.freeze(), io)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

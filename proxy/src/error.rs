@@ -169,6 +169,16 @@ pub(crate) enum ProxyError {
         source: std::io::Error,
     },
 
+    /// The TLS handshake of a client on a filter chain that terminates TLS failed or did
+    /// not finish in time.
+    #[error("TLS handshake with client {peer} failed: {source}")]
+    DownstreamTls {
+        /// The client.
+        peer: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+
     /// A circuit breaker of the cluster is full.
     #[error("cluster {cluster:?}: the {breaker} circuit breaker is full")]
     Overflow {
@@ -296,6 +306,7 @@ impl ProxyError {
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }
             | ProxyError::DownstreamAborted { .. }
+            | ProxyError::DownstreamTls { .. }
             | ProxyError::Denied { .. }
             | ProxyError::BadPath { .. }
             | ProxyError::BadHeaders(_)
@@ -340,9 +351,11 @@ impl ProxyError {
                 MissReason::NoCluster => "NC",
                 MissReason::NoHealthyUpstream => "UH",
                 MissReason::Dns | MissReason::UpstreamTlsUnavailable => "UF",
+                MissReason::DownstreamTlsUnavailable => "-",
             },
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }
+            | ProxyError::DownstreamTls { .. }
             | ProxyError::DownstreamAborted { .. } => "DC",
         }
     }
@@ -379,7 +392,8 @@ impl ProxyError {
                 MissReason::NoCluster
                 | MissReason::NoHealthyUpstream
                 | MissReason::Dns
-                | MissReason::UpstreamTlsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                | MissReason::UpstreamTlsUnavailable
+                | MissReason::DownstreamTlsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             },
             ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -388,6 +402,7 @@ impl ProxyError {
             // The client will most likely never read this.
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }
+            | ProxyError::DownstreamTls { .. }
             | ProxyError::DownstreamAborted { .. } => StatusCode::BAD_REQUEST,
         }
     }
@@ -447,9 +462,12 @@ impl ProxyError {
                     "upstream connect error or disconnect/reset before headers. reset reason: \
                      upstream TLS is not available\n"
                 }
+                // Never an HTTP answer: the connection closes before any request.
+                MissReason::DownstreamTlsUnavailable => "",
             },
             ProxyError::OrigDstMissing { .. }
             | ProxyError::Sniff { .. }
+            | ProxyError::DownstreamTls { .. }
             | ProxyError::DownstreamAborted { .. } => "downstream request aborted\n",
         }
     }

@@ -25,6 +25,7 @@
 //! | `proxy_fault_overflow_total`                   | counter   | |
 //! | `proxy_cors_origins_total`                     | counter   | `origin` (`valid`, `invalid`) |
 //! | `proxy_mirrored_requests_total`                | counter   | `outcome` (`answered`, `failed`, `skipped`) |
+//! | `proxy_downstream_tls_handshake_errors_total`  | counter   | `reason` (`failed`, `timeout`) |
 //! | `proxy_headers_with_underscores_total`         | counter   | `action` (`dropped`, `rejected`) |
 //! | `proxy_request_head_timeouts_total`            | counter   | `timeout` (`request_headers`, `request`, `stream_idle`) |
 //! | `proxy_local_rate_limit_total`                 | counter   | `stat_prefix`, `outcome` (`ok`, `limited_not_enforced`, `enforced`) |
@@ -125,6 +126,13 @@ impl EncodeLabelValue for StatPrefix {
     }
 }
 
+/// Labels of `proxy_downstream_tls_handshake_errors`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeErrorLabels {
+    /// `timeout` or `failed`.
+    pub reason: &'static str,
+}
+
 /// Labels of `proxy_mirrored_requests`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
@@ -201,9 +209,11 @@ pub enum MissReason {
     NoHealthyUpstream,
     /// A DNS endpoint did not resolve.
     Dns,
-    /// The cluster asks for upstream TLS, which the data path does not do yet (the mTLS
-    /// issue): fail closed rather than send plaintext.
+    /// The cluster's upstream TLS cannot be set up (an SDS Secret not delivered, a bad
+    /// certificate): fail closed rather than send plaintext.
     UpstreamTlsUnavailable,
+    /// The filter chain's downstream TLS cannot be set up: the connection is closed.
+    DownstreamTlsUnavailable,
 }
 
 impl MissReason {
@@ -217,6 +227,7 @@ impl MissReason {
             MissReason::NoHealthyUpstream => "no_healthy_upstream",
             MissReason::Dns => "dns",
             MissReason::UpstreamTlsUnavailable => "upstream_tls_unavailable",
+            MissReason::DownstreamTlsUnavailable => "downstream_tls_unavailable",
         }
     }
 }
@@ -298,6 +309,7 @@ pub struct ProxyMetrics {
     pub(crate) fault_overflow: Counter,
     pub(crate) cors_origins: Family<CorsLabels, Counter>,
     pub(crate) mirrored_requests: Family<MirrorLabels, Counter>,
+    pub(crate) downstream_tls_handshake_errors: Family<HandshakeErrorLabels, Counter>,
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
     pub(crate) head_timeouts: Family<HeadTimeoutLabels, Counter>,
@@ -337,6 +349,7 @@ impl ProxyMetrics {
             fault_overflow: Counter::default(),
             cors_origins: Family::default(),
             mirrored_requests: Family::default(),
+            downstream_tls_handshake_errors: Family::default(),
             local_rate_limit: Family::default(),
             headers_with_underscores: Family::default(),
             head_timeouts: Family::default(),
@@ -440,6 +453,13 @@ impl ProxyMetrics {
             m.mirrored_requests.clone(),
         );
         registry.register(
+            "proxy_downstream_tls_handshake_errors",
+            "TLS handshakes of listeners' filter chains that failed (a refused or missing \
+             client certificate, no common version or protocol, not TLS) or did not finish in \
+             time, by reason: failed, timeout",
+            m.downstream_tls_handshake_errors.clone(),
+        );
+        registry.register(
             "proxy_local_rate_limit",
             "Requests checked by the local rate limit filter \
              (envoy.filters.http.local_ratelimit), by the filter config's stat_prefix and \
@@ -533,6 +553,12 @@ impl ProxyMetrics {
     }
 
     /// A request copy for a mirror: `answered`, `failed` or `skipped`.
+    pub(crate) fn downstream_tls_failed(&self, reason: &'static str) {
+        self.downstream_tls_handshake_errors
+            .get_or_create(&HandshakeErrorLabels { reason })
+            .inc();
+    }
+
     pub(crate) fn mirrored(&self, outcome: &'static str) {
         self.mirrored_requests
             .get_or_create(&MirrorLabels { outcome })

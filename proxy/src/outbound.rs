@@ -13,10 +13,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::detect::{self, Protocol};
+use crate::detect::{self, ClientHelloInfo, Protocol};
 use crate::drain;
 use crate::error::ProxyError;
 use crate::http::{self, HttpConn, HttpConnParams, ManagerSettings, RouteRef, Routing, Target};
@@ -27,7 +28,9 @@ use crate::model::listener::{
     HeaderHandling, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
     DEFAULT_IDLE_TIMEOUT,
 };
+use crate::stream::Rewind;
 use crate::tcp;
+use crate::tls::terminate::TlsTermination;
 use crate::traffic::{chain, router, Traffic};
 use crate::Inner;
 
@@ -137,24 +140,41 @@ async fn try_handle(
     };
     let labels = ProtocolLabels { protocol };
 
-    let plan = match &listener {
-        None => Plan::Passthrough,
-        Some(l) => match plan(
-            &traffic,
-            l,
-            dst,
-            protocol,
-            stream.prefix().first() == Some(&0x16),
-        ) {
-            Ok(plan) => plan,
-            Err(e) => {
-                if let ProxyError::Unrouted { reason, .. } = &e {
-                    metrics.config_miss(*reason);
+    // A TLS ClientHello to a listener: read whole for its SNI and ALPN, which filter
+    // chains match on (Envoy's `tls_inspector`). The answer lives only until the chain is
+    // picked.
+    let (plan, stream) = {
+        let (hello, stream) = if listener.is_some()
+            && protocol == Protocol::Opaque
+            && stream.prefix().first() == Some(&0x16)
+        {
+            Box::pin(detect::client_hello(stream, detect::CLIENT_HELLO_TIMEOUT))
+                .await
+                .map_err(|source| ProxyError::Sniff { peer, source })?
+        } else {
+            (None, stream)
+        };
+        let plan = match &listener {
+            None => Plan::Passthrough,
+            Some(l) => match plan(
+                &traffic,
+                l,
+                dst,
+                protocol,
+                stream.prefix().first() == Some(&0x16),
+                hello.as_ref(),
+            ) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    if let ProxyError::Unrouted { reason, .. } = &e {
+                        metrics.config_miss(*reason);
+                    }
+                    tcp::reset_on_close(stream.inner());
+                    return Err(e);
                 }
-                tcp::reset_on_close(stream.inner());
-                return Err(e);
-            }
-        },
+            },
+        };
+        (plan, stream)
     };
     metrics.connections_opened.get_or_create(&labels).inc();
     debug!(%peer, %dst, %protocol, source = %source.workload, listener = listener.as_ref().map(|l| l.name.as_str()), "connection accepted");
@@ -182,33 +202,57 @@ async fn try_handle(
                 headers,
                 filters,
                 manager,
+                terminate,
             } = *plan;
-            // An HTTP connection manager serves HTTP/1 unless the client opened with the
-            // HTTP/2 preface.
-            let downstream = match protocol {
-                Protocol::Http2 => Protocol::Http2,
-                _ => Protocol::Http1,
-            };
             let routing = Routing::Routes {
                 routes,
                 upgrades,
                 headers,
                 filters,
             };
-            Box::pin(serve_http(
-                inner, stream, peer, dst, captured, routing, source, downstream, manager, drain,
-            ))
-            .await
+            match terminate {
+                // An HTTP connection manager serves HTTP/1 unless the client opened with
+                // the HTTP/2 preface.
+                None => {
+                    let downstream = match protocol {
+                        Protocol::Http2 => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    Box::pin(serve_http(
+                        inner, stream, peer, dst, captured, routing, source, downstream, manager,
+                        drain,
+                    ))
+                    .await
+                }
+                Some(t) => {
+                    Box::pin(serve_https(
+                        inner, stream, t, peer, dst, captured, routing, source, manager, drain,
+                    ))
+                    .await
+                }
+            }
         }
         Plan::Passthrough | Plan::Tcp(..) => {
             // Opaque connections cannot be closed gracefully: they run until they end or
             // the drain deadline passes, so the watch is not needed.
             drop(drain);
             // Boxed, as the HTTP branches: the connection's future stays small.
-            Box::pin(serve_opaque(
-                inner, &traffic, stream, peer, dst, captured, &source, plan,
-            ))
-            .await
+            match plan.terminate() {
+                None => {
+                    Box::pin(serve_opaque(
+                        inner, &traffic, stream, peer, dst, captured, &source, plan,
+                    ))
+                    .await
+                }
+                Some(t) => {
+                    Box::pin(async {
+                        let stream = accept_tls(inner, stream, &t, peer).await?;
+                        serve_opaque(inner, &traffic, stream, peer, dst, captured, &source, plan)
+                            .await
+                    })
+                    .await
+                }
+            }
         }
     };
     metrics.connections_closed.get_or_create(&labels).inc();
@@ -219,10 +263,10 @@ async fn try_handle(
 /// cluster's endpoint, or the original destination), through HBONE, an HTTP `CONNECT` or
 /// the cluster's TLS as the config says, until either side ends.
 #[allow(clippy::too_many_arguments)]
-async fn serve_opaque(
+async fn serve_opaque<D: tcp::Downstream>(
     inner: &Arc<Inner>,
     traffic: &Arc<Traffic>,
-    stream: crate::stream::Rewind<TcpStream>,
+    stream: D,
     peer: SocketAddr,
     dst: SocketAddr,
     captured: bool,
@@ -237,11 +281,11 @@ async fn serve_opaque(
     };
     // Passed through: Envoy's default, as for Istio's passthrough TCP proxy.
     let idle_timeout = match &plan {
-        Plan::Tcp(_, idle, _) => *idle,
+        Plan::Tcp(_, idle, _, _) => *idle,
         _ => Some(DEFAULT_IDLE_TIMEOUT),
     };
     let tunneling = match &plan {
-        Plan::Tcp(_, _, t) => t.clone(),
+        Plan::Tcp(_, _, t, _) => t.clone(),
         _ => None,
     };
     let upstream = match plan {
@@ -270,7 +314,7 @@ async fn serve_opaque(
                 Ok(h) => h,
                 Err(e) => {
                     // Counted as closed like every other failure below.
-                    tcp::reset_on_close(stream.inner());
+                    tcp::reset_on_close(stream.socket());
                     break 'forward Err(e);
                 }
             };
@@ -282,7 +326,7 @@ async fn serve_opaque(
                 Local::Refused(reason) => {
                     metrics.local_refused(reason);
                     debug!(%peer, upstream = %upstream.addr, source = %source.principal, reason = reason.as_str(), "same-node connection refused by the inbound policy");
-                    tcp::reset_on_close(stream.inner());
+                    tcp::reset_on_close(stream.socket());
                     break 'forward Err(ProxyError::Denied {
                         addr: upstream.addr,
                         reason,
@@ -296,7 +340,7 @@ async fn serve_opaque(
             {
                 Ok(t) => t,
                 Err(e) => {
-                    tcp::reset_on_close(stream.inner());
+                    tcp::reset_on_close(stream.socket());
                     break 'forward Err(e);
                 }
             };
@@ -352,7 +396,7 @@ async fn serve_opaque(
             if let ProxyError::Unrouted { reason, .. } = &e {
                 metrics.config_miss(*reason);
             }
-            tcp::reset_on_close(stream.inner());
+            tcp::reset_on_close(stream.socket());
             Err(e)
         }
     }
@@ -412,9 +456,29 @@ enum Plan {
     Passthrough,
     /// An HTTP connection manager (boxed: the plan lives in every connection's future).
     Http(Box<HttpPlan>),
-    /// A TCP proxy to a cluster, its idle timeout, and its `tunneling_config`.
-    Tcp(TcpCluster, Option<Duration>, Option<Tunneling>),
+    /// A TCP proxy to a cluster, its idle timeout, its `tunneling_config`, and the TLS its
+    /// filter chain terminates.
+    Tcp(
+        TcpCluster,
+        Option<Duration>,
+        Option<Tunneling>,
+        Option<Terminate>,
+    ),
 }
+
+impl Plan {
+    /// The TLS the chosen filter chain terminates.
+    fn terminate(&self) -> Option<Terminate> {
+        match self {
+            Plan::Passthrough => None,
+            Plan::Http(h) => h.terminate.clone(),
+            Plan::Tcp(.., t) => t.clone(),
+        }
+    }
+}
+
+/// A filter chain's downstream TLS.
+type Terminate = Arc<TlsTermination>;
 
 /// What serves the connection of an HTTP connection manager.
 struct HttpPlan {
@@ -424,6 +488,8 @@ struct HttpPlan {
     headers: Arc<HeaderHandling>,
     filters: Arc<HttpFilters>,
     manager: ManagerSettings,
+    /// The TLS its filter chain terminates.
+    terminate: Option<Terminate>,
 }
 
 /// Picks the filter chain of `listener` for this connection and says what serves it.
@@ -433,17 +499,22 @@ fn plan(
     dst: SocketAddr,
     protocol: Protocol,
     tls: bool,
+    hello: Option<&ClientHelloInfo>,
 ) -> Result<Plan, ProxyError> {
-    let alpn: &[&str] = match protocol {
-        Protocol::Http1 => &["http/1.1", "http/1.0"],
-        Protocol::Http2 => &["h2c"],
-        Protocol::Opaque => &[],
+    let offered: Vec<&str>;
+    let alpn: &[&str] = match (protocol, hello) {
+        // A TLS client's ALPN list, as Envoy's `tls_inspector` reports it.
+        (_, Some(h)) => {
+            offered = h.alpn.iter().map(String::as_str).collect();
+            &offered
+        }
+        (Protocol::Http1, None) => &["http/1.1", "http/1.0"],
+        (Protocol::Http2, None) => &["h2c"],
+        (Protocol::Opaque, None) => &[],
     };
     let cx = chain::ChainContext {
         dst,
-        // TLS inspection (SNI, ALPN) comes with the mTLS work; until then chains that
-        // require server names do not match.
-        server_name: None,
+        server_name: hello.and_then(|h| h.server_name.as_deref()),
         transport_protocol: if tls { "tls" } else { "raw_buffer" },
         application_protocols: alpn,
     };
@@ -453,10 +524,23 @@ fn plan(
             format!("listener {:?} has no filter chain for {dst}", listener.name),
         ));
     };
-    Ok(match &chain.filter {
-        NetworkFilter::TcpProxy(tp) => {
-            Plan::Tcp(tp.cluster.clone(), tp.idle_timeout, tp.tunneling.clone())
+    let terminate = match traffic.chain_tls(&listener.name, index) {
+        None => None,
+        Some(Ok(tls)) => Some(tls.clone()),
+        Some(Err(why)) => {
+            return Err(ProxyError::unrouted(
+                MissReason::DownstreamTlsUnavailable,
+                why.to_owned(),
+            ))
         }
+    };
+    Ok(match &chain.filter {
+        NetworkFilter::TcpProxy(tp) => Plan::Tcp(
+            tp.cluster.clone(),
+            tp.idle_timeout,
+            tp.tunneling.clone(),
+            terminate,
+        ),
         // An HTTP connection manager speaks HTTP whatever the sniffing said (Envoy does
         // not sniff either): bytes that are not HTTP/1 get hyper's error and a close.
         NetworkFilter::HttpConnectionManager(hcm) => Plan::Http(Box::new(HttpPlan {
@@ -473,6 +557,7 @@ fn plan(
             headers: hcm.headers.clone(),
             filters: hcm.http_filters.clone(),
             manager: ManagerSettings::from(&**hcm),
+            terminate,
         })),
     })
 }
@@ -573,9 +658,9 @@ async fn tcp_upstream(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn serve_http(
+async fn serve_http<I>(
     inner: &Arc<Inner>,
-    stream: crate::stream::Rewind<TcpStream>,
+    stream: I,
     peer: SocketAddr,
     dst: SocketAddr,
     captured: bool,
@@ -584,7 +669,10 @@ async fn serve_http(
     downstream: Protocol,
     manager: ManagerSettings,
     drain: drain::Watch,
-) -> Result<(), ProxyError> {
+) -> Result<(), ProxyError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let conn = Arc::new(HttpConn::new(HttpConnParams {
         peer,
         dst,
@@ -604,6 +692,73 @@ async fn serve_http(
     }));
     http::serve(stream, conn, drain).await;
     Ok(())
+}
+
+/// The TLS handshake of a filter chain that terminates TLS, within its timeout; a failure
+/// is counted and closes the connection.
+async fn accept_tls(
+    inner: &Inner,
+    stream: Rewind<TcpStream>,
+    t: &Terminate,
+    peer: SocketAddr,
+) -> Result<tokio_rustls::server::TlsStream<Rewind<TcpStream>>, ProxyError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(t.config().clone());
+    let timeout = t.handshake_timeout();
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(source)) => {
+            inner.metrics.downstream_tls_failed("failed");
+            Err(ProxyError::DownstreamTls { peer, source })
+        }
+        Err(_) => {
+            inner.metrics.downstream_tls_failed("timeout");
+            Err(ProxyError::DownstreamTls {
+                peer,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no handshake within {timeout:?}"),
+                ),
+            })
+        }
+    }
+}
+
+/// An HTTP connection manager behind TLS its filter chain terminates: HTTP/2 when ALPN
+/// says `h2`, HTTP/1.1 when it says `http/1.1`, else as the decrypted bytes begin (the
+/// HTTP/2 preface or HTTP/1), as Envoy's `AUTO` codec.
+#[allow(clippy::too_many_arguments)]
+async fn serve_https(
+    inner: &Arc<Inner>,
+    stream: Rewind<TcpStream>,
+    t: Terminate,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    captured: bool,
+    routing: Routing,
+    source: Source,
+    manager: ManagerSettings,
+    drain: drain::Watch,
+) -> Result<(), ProxyError> {
+    let tls = accept_tls(inner, stream, &t, peer).await?;
+    drop(t);
+    let (downstream, tls) = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => (Protocol::Http2, Rewind::new(bytes::Bytes::new(), tls)),
+        Some(_) => (Protocol::Http1, Rewind::new(bytes::Bytes::new(), tls)),
+        None => {
+            let (detected, tls) = detect::detect(tls, inner.config.sniff_timeout)
+                .await
+                .map_err(|source| ProxyError::Sniff { peer, source })?;
+            let p = match detected {
+                Protocol::Http2 => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            (p, tls)
+        }
+    };
+    serve_http(
+        inner, tls, peer, dst, captured, routing, source, downstream, manager, drain,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -39,6 +39,11 @@ impl<T> Rewind<T> {
     pub(crate) fn inner(&self) -> &T {
         &self.inner
     }
+
+    /// The put-back bytes not read yet, and the stream.
+    pub(crate) fn into_parts(self) -> (Bytes, T) {
+        (self.prefix, self.inner)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {

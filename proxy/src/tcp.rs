@@ -16,6 +16,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -347,10 +348,29 @@ impl tokio::io::AsyncWrite for Upstream {
     }
 }
 
+/// A downstream connection: its bytes, and the TCP socket under them (to reset).
+pub(crate) trait Downstream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The client's socket.
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Downstream for Rewind<TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        self.inner()
+    }
+}
+
+/// A connection whose TLS the proxy terminated (a filter chain's `DownstreamTlsContext`).
+impl Downstream for tokio_rustls::server::TlsStream<Rewind<TcpStream>> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0.inner()
+    }
+}
+
 /// Forwards an opaque connection to `target` until both directions have ended (or it
 /// has been idle for the idle timeout): the bytes the client sent and received.
-pub(crate) async fn forward(
-    downstream: Rewind<TcpStream>,
+pub(crate) async fn forward<D: Downstream>(
+    downstream: D,
     peer: SocketAddr,
     target: TcpTarget,
     source: &Source,
@@ -427,7 +447,7 @@ pub(crate) async fn forward(
             if let Some(reason) = e.connect_reason() {
                 metrics.connect_error(Protocol::Opaque, reason);
             }
-            reset_on_close(downstream.inner());
+            reset_on_close(downstream.socket());
             return Err(e);
         }
     };
@@ -476,7 +496,7 @@ pub(crate) async fn forward(
         }
         Err(source) => {
             // One side broke (typically a reset): pass the reset on to both.
-            reset_on_close(downstream.get_ref().get_ref().get_ref().inner());
+            reset_on_close(downstream.get_ref().get_ref().get_ref().socket());
             if let Upstream::Tcp(s) = &upstream {
                 reset_on_close(s);
             }

@@ -308,21 +308,22 @@ pub struct UpstreamTls {
     pub validation: Option<ValidationSource>,
 }
 
-impl UpstreamTls {
-    /// The SDS Secret names it uses (certificates, then the validation context).
-    pub fn sds_names(&self) -> impl Iterator<Item = &str> {
-        let certs = self.certificates.iter().filter_map(|c| match c {
-            CertificateSource::Sds(n) => Some(n.as_str()),
-            CertificateSource::Inline(_) => None,
-        });
-        let validation = match &self.validation {
-            Some(ValidationSource::Sds(n) | ValidationSource::Combined { sds: n, .. }) => {
-                Some(n.as_str())
-            }
-            Some(ValidationSource::Inline(_)) | None => None,
-        };
-        certs.chain(validation)
-    }
+/// The SDS Secret names a TLS context uses (certificates, then the validation context).
+pub fn sds_names<'a>(
+    certificates: &'a [CertificateSource],
+    validation: Option<&'a ValidationSource>,
+) -> impl Iterator<Item = &'a str> {
+    let certs = certificates.iter().filter_map(|c| match c {
+        CertificateSource::Sds(n) => Some(n.as_str()),
+        CertificateSource::Inline(_) => None,
+    });
+    let validation = match validation {
+        Some(ValidationSource::Sds(n) | ValidationSource::Combined { sds: n, .. }) => {
+            Some(n.as_str())
+        }
+        Some(ValidationSource::Inline(_)) | None => None,
+    };
+    certs.chain(validation)
 }
 
 /// A client certificate, inline or by SDS name.

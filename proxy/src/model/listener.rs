@@ -49,7 +49,10 @@ pub struct FilterChain {
     pub tls: Option<DownstreamTls>,
     /// `transport_socket_connect_timeout`: how long the TLS handshake may take; `None`:
     /// [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`].
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_duration_str")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_duration_str"
+    )]
     pub handshake_timeout: Option<Duration>,
 }
 

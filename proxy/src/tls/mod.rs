@@ -7,11 +7,13 @@
 
 pub mod ca;
 mod id;
+mod material;
 pub mod origin;
 pub mod probe;
 pub mod rotate;
 pub mod sds;
 pub mod store;
+pub mod terminate;
 pub mod verify;
 
 pub use id::{SpiffeId, SpiffeIdError};

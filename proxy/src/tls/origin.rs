@@ -25,8 +25,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, OtherError, RootCertStore,
@@ -35,12 +34,13 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::model::cluster::{CertificateSource, UpstreamTls, ValidationSource};
-use crate::model::secret::{SanMatcher, SanType, Secret, SecretKind, TlsCertificate};
-use crate::model::{DataSource, StringPattern};
+use super::material::{
+    certificate, certificate_chain_and_key, roots, san_matches, validation, NoMatchingSan, Secrets,
+    Validation,
+};
+use crate::model::cluster::UpstreamTls;
+use crate::model::secret::SanMatcher;
 
 /// Which ALPN list a connection offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +76,7 @@ impl std::fmt::Debug for TlsOrigin {
 impl TlsOrigin {
     /// Builds the client side of `tls`, looking SDS names up with `secret`. The error says
     /// what is missing or wrong.
-    pub fn build(
-        tls: &UpstreamTls,
-        secret: impl Fn(&str) -> Option<Arc<Secret>>,
-    ) -> Result<TlsOrigin, String> {
+    pub(crate) fn build(tls: &UpstreamTls, secret: impl Secrets) -> Result<TlsOrigin, String> {
         let mut digest = std::hash::DefaultHasher::new();
         format!("{tls:?}").hash(&mut digest);
         let verifier = Arc::new(PeerVerifier::new(
@@ -95,22 +92,8 @@ impl TlsOrigin {
         let mut config = match tls.certificates.first() {
             None => builder.with_no_client_auth(),
             Some(c) => {
-                let cert = match c {
-                    CertificateSource::Inline(c) => c.clone(),
-                    CertificateSource::Sds(name) => match secret(name).as_deref() {
-                        Some(Secret {
-                            kind: SecretKind::TlsCertificate(c),
-                            ..
-                        }) => c.clone(),
-                        Some(_) => {
-                            return Err(format!(
-                                "SDS secret {name:?} is a validation context, not a certificate"
-                            ))
-                        }
-                        None => return Err(format!("SDS secret {name:?} has not arrived")),
-                    },
-                };
-                let (chain, key) = client_certificate(&cert, &mut digest)?;
+                let (chain, key) =
+                    certificate_chain_and_key(&certificate(c, &secret)?, &mut digest)?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| format!("the client certificate cannot be used: {e}"))?
@@ -172,83 +155,6 @@ impl TlsOrigin {
     }
 }
 
-/// A validation context as the verifier takes it: the trust anchors' PEM (`None`: the
-/// chain is not verified) and the SAN rules.
-type Validation = (Option<Vec<u8>>, Vec<SanMatcher>);
-
-/// The validation context in force: inline, from SDS, or an SDS one merged into inline
-/// defaults (protobuf merge, as Envoy's `combined_validation_context`: the Secret's
-/// `trusted_ca` when set, the SAN rules of both).
-fn validation(
-    source: Option<&ValidationSource>,
-    secret: &impl Fn(&str) -> Option<Arc<Secret>>,
-    digest: &mut impl Hasher,
-) -> Result<Option<Validation>, String> {
-    let from_sds = |name: &str| match secret(name).as_deref() {
-        Some(Secret {
-            kind: SecretKind::ValidationContext(v),
-            ..
-        }) => Ok(v.clone()),
-        Some(_) => Err(format!(
-            "SDS secret {name:?} is a certificate, not a validation context"
-        )),
-        None => Err(format!("SDS secret {name:?} has not arrived")),
-    };
-    let v = match source {
-        None => return Ok(None),
-        Some(ValidationSource::Inline(v)) => v.clone(),
-        Some(ValidationSource::Sds(name)) => from_sds(name)?,
-        Some(ValidationSource::Combined { default, sds }) => {
-            let dynamic = from_sds(sds)?;
-            let mut v = default.clone();
-            if dynamic.trusted_ca.is_some() {
-                v.trusted_ca = dynamic.trusted_ca;
-            }
-            v.match_subject_alt_names
-                .extend(dynamic.match_subject_alt_names);
-            v
-        }
-    };
-    format!("{:?}", v.match_subject_alt_names).hash(digest);
-    let ca = match &v.trusted_ca {
-        Some(d) => {
-            let pem = read(d, "trusted_ca")?;
-            pem.hash(digest);
-            Some(pem)
-        }
-        None => None,
-    };
-    Ok(Some((ca, v.match_subject_alt_names)))
-}
-
-fn read(d: &DataSource, what: &str) -> Result<Vec<u8>, String> {
-    match d {
-        DataSource::Inline(b) => Ok(b.clone()),
-        DataSource::Filename(p) => {
-            std::fs::read(p).map_err(|e| format!("reading {what} from {}: {e}", p.display()))
-        }
-    }
-}
-
-fn client_certificate(
-    c: &TlsCertificate,
-    digest: &mut impl Hasher,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain_pem = read(&c.certificate_chain, "certificate_chain")?;
-    let key_pem = read(&c.private_key, "private_key")?;
-    chain_pem.hash(digest);
-    key_pem.hash(digest);
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(&chain_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate_chain is not PEM certificates: {e}"))?;
-    if chain.is_empty() {
-        return Err("certificate_chain holds no PEM certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("private_key is not a PEM private key: {e}"))?;
-    Ok((chain, key))
-}
-
 /// Envoy's default certificate validator, client side (see the module's text).
 #[derive(Debug)]
 struct PeerVerifier {
@@ -270,19 +176,7 @@ impl PeerVerifier {
                 )
             }
             None => None,
-            Some(pem) => {
-                let mut roots = RootCertStore::empty();
-                for c in CertificateDer::pem_slice_iter(&pem) {
-                    let c = c.map_err(|e| format!("trusted_ca is not PEM certificates: {e}"))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("trusted_ca holds an unusable certificate: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err("trusted_ca holds no PEM certificate".into());
-                }
-                Some(Arc::new(roots))
-            }
+            Some(pem) => Some(roots(&pem)?),
         };
         Ok(Self {
             roots,
@@ -290,71 +184,6 @@ impl PeerVerifier {
             provider,
         })
     }
-}
-
-/// Why a server certificate's names were refused.
-#[derive(Debug)]
-struct NoMatchingSan;
-
-impl std::fmt::Display for NoMatchingSan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no subject alternative name of the certificate matches the cluster's rules")
-    }
-}
-
-impl std::error::Error for NoMatchingSan {}
-
-/// Whether a DNS SAN (possibly `*.`-wildcarded) covers `name` (Envoy's `dnsNameMatch`).
-fn dns_name_match(name: &str, san: &str) -> bool {
-    if name.eq_ignore_ascii_case(san) {
-        return true;
-    }
-    let Some(rest) = san.strip_prefix("*.") else {
-        return false;
-    };
-    name.split_once('.')
-        .is_some_and(|(first, tail)| !first.is_empty() && tail.eq_ignore_ascii_case(rest))
-}
-
-fn san_matches(rules: &[SanMatcher], cert: &CertificateDer<'_>) -> Result<bool, Error> {
-    let bad = |_| Error::InvalidCertificate(CertificateError::BadEncoding);
-    let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(bad)?;
-    let Some(san) = x509
-        .subject_alternative_name()
-        .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?
-    else {
-        return Ok(false);
-    };
-    for name in &san.value.general_names {
-        let (kind, value) = match name {
-            GeneralName::DNSName(d) => (SanType::Dns, (*d).to_owned()),
-            GeneralName::URI(u) => (SanType::Uri, (*u).to_owned()),
-            GeneralName::RFC822Name(e) => (SanType::Email, (*e).to_owned()),
-            GeneralName::IPAddress(b) => match b.len() {
-                4 => (
-                    SanType::IpAddress,
-                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).expect("4 bytes")).to_string(),
-                ),
-                16 => (
-                    SanType::IpAddress,
-                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).expect("16 bytes"))
-                        .to_string(),
-                ),
-                _ => continue,
-            },
-            _ => continue,
-        };
-        for r in rules.iter().filter(|r| r.san_type == kind) {
-            let hit = match (&r.matcher.pattern, kind) {
-                (StringPattern::Exact(p), SanType::Dns) => dns_name_match(p, &value),
-                _ => r.matcher.matches(&value),
-            };
-            if hit {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
 }
 
 impl ServerCertVerifier for PeerVerifier {
@@ -417,21 +246,5 @@ impl ServerCertVerifier for PeerVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wildcard_dns_sans_cover_one_label() {
-        assert!(dns_name_match("api.example.com", "api.example.com"));
-        assert!(dns_name_match("API.example.com", "api.EXAMPLE.com"));
-        assert!(dns_name_match("api.example.com", "*.example.com"));
-        assert!(!dns_name_match("a.api.example.com", "*.example.com"));
-        assert!(!dns_name_match("example.com", "*.example.com"));
-        assert!(!dns_name_match(".example.com", "*.example.com"));
-        assert!(!dns_name_match("api.example.com", "*.other.com"));
     }
 }

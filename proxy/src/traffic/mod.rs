@@ -25,11 +25,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::model::cluster::sds_names;
 use crate::model::cluster::Discovery;
 use crate::model::endpoint::{EndpointAddress, HboneEndpoint};
+use crate::model::listener::{DownstreamTls, FilterChain, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 use crate::model::listener::{NetworkFilter, RouteSource};
 use crate::model::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration, Secret};
 use crate::tls::origin::TlsOrigin;
+use crate::tls::terminate::TlsTermination;
 
 pub mod balance;
 pub mod chain;
@@ -72,6 +75,8 @@ pub struct Traffic {
     routes: FastMap<String, Arc<RouteTable>>,
     /// Inline route configurations, by (listener, filter chain; `None`: the default chain).
     inline_routes: FastMap<(String, Option<usize>), Arc<RouteTable>>,
+    /// The downstream TLS of filter chains that terminate it, by (listener, filter chain).
+    chain_tls: FastMap<(String, Option<usize>), Arc<ChainTls>>,
     clusters: FastMap<String, Arc<ClusterTarget>>,
     /// Meshed endpoints on other nodes (EDS `myelin.io/hbone` metadata), by address.
     hbone: FastMap<SocketAddr, HboneLookup>,
@@ -90,6 +95,7 @@ impl Traffic {
         let mut by_addr = FastMap::default();
         let mut by_port = FastMap::default();
         let mut inline_routes = FastMap::default();
+        let mut chain_tls = FastMap::default();
         // `::` listeners with `ipv4_compat`: they take IPv4 destinations of their port that
         // no `0.0.0.0` listener takes.
         let mut v4_compat = Vec::new();
@@ -103,6 +109,18 @@ impl Traffic {
                 .enumerate()
                 .map(|(i, c)| (Some(i), c));
             for (i, chain) in chains.chain(l.default_filter_chain.iter().map(|c| (None, c))) {
+                if let Some(tls) = &chain.tls {
+                    let key = (l.name.clone(), i);
+                    let kept = prev
+                        .filter(|_| unchanged)
+                        .and_then(|p| p.chain_tls.get(&key))
+                        .filter(|t| t.current(&input.secrets))
+                        .cloned();
+                    let built = kept.unwrap_or_else(|| {
+                        Arc::new(ChainTls::build(chain, tls, &input.secrets, &l.name))
+                    });
+                    chain_tls.insert(key, built);
+                }
                 let NetworkFilter::HttpConnectionManager(hcm) = &chain.filter else {
                     continue;
                 };
@@ -160,11 +178,7 @@ impl Traffic {
                 .filter(|t| {
                     Arc::ptr_eq(&t.cluster, &c)
                         && same(&t.assignment, &assignment)
-                        && t.origin.as_ref().is_none_or(|o| {
-                            o.secrets
-                                .iter()
-                                .all(|(name, s)| same(s, &input.secrets.get(name).cloned()))
-                        })
+                        && t.origin.as_ref().is_none_or(|o| o.current(&input.secrets))
                 })
                 .cloned();
             let target = reused.unwrap_or_else(|| {
@@ -187,9 +201,26 @@ impl Traffic {
             by_port,
             routes,
             inline_routes,
+            chain_tls,
             clusters,
             hbone,
         }
+    }
+
+    /// The downstream TLS filter chain `index` of listener `listener` terminates: `None`
+    /// when it has none, an error when it cannot be set up (a Secret not delivered, a bad
+    /// certificate).
+    pub(crate) fn chain_tls(
+        &self,
+        listener: &str,
+        index: Option<usize>,
+    ) -> Option<Result<&Arc<TlsTermination>, &str>> {
+        if self.chain_tls.is_empty() {
+            return None;
+        }
+        self.chain_tls
+            .get(&(listener.to_owned(), index))
+            .map(|t| t.tls.as_ref().map_err(|e| &**e))
     }
 
     /// Whether `addr` is an endpoint that is a meshed workload on another node (EDS
@@ -273,6 +304,47 @@ pub struct ClusterTarget {
     origin: Option<Origin>,
 }
 
+/// A filter chain's downstream TLS, built, with the Secrets it was built from.
+#[derive(Debug)]
+struct ChainTls {
+    /// Ready to accept, or why not.
+    tls: Result<Arc<TlsTermination>, Arc<str>>,
+    /// The SDS names the context uses and what each was.
+    secrets: Vec<(String, Option<Arc<Secret>>)>,
+}
+
+impl ChainTls {
+    fn build(
+        chain: &FilterChain,
+        tls: &DownstreamTls,
+        secrets: &HashMap<String, Arc<Secret>>,
+        listener: &str,
+    ) -> ChainTls {
+        let timeout = chain
+            .handshake_timeout
+            .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT);
+        let used = sds_names(&tls.certificates, tls.validation.as_ref())
+            .map(|n| (n.to_owned(), secrets.get(n).cloned()))
+            .collect();
+        let tls = TlsTermination::build(tls, timeout, |n| secrets.get(n).cloned())
+            .map(Arc::new)
+            .map_err(|why| {
+                Arc::from(format!(
+                    "listener {listener:?} filter chain {:?}: downstream TLS: {why}",
+                    chain.name
+                ))
+            });
+        ChainTls { tls, secrets: used }
+    }
+
+    /// Whether the Secrets it was built from are still those of `secrets`.
+    fn current(&self, secrets: &HashMap<String, Arc<Secret>>) -> bool {
+        self.secrets
+            .iter()
+            .all(|(name, s)| same(s, &secrets.get(name).cloned()))
+    }
+}
+
 /// A cluster's upstream TLS, built, with the Secrets it was built from.
 #[derive(Debug)]
 struct Origin {
@@ -281,6 +353,15 @@ struct Origin {
     /// The SDS names the context uses and what each was (a later build with other
     /// Secrets builds again).
     secrets: Vec<(String, Option<Arc<Secret>>)>,
+}
+
+impl Origin {
+    /// Whether the Secrets it was built from are still those of `secrets`.
+    fn current(&self, secrets: &HashMap<String, Arc<Secret>>) -> bool {
+        self.secrets
+            .iter()
+            .all(|(name, s)| same(s, &secrets.get(name).cloned()))
+    }
 }
 
 /// In-flight counts of a cluster, for its circuit breakers.
@@ -508,10 +589,10 @@ impl ClusterTarget {
             })
             .collect();
         let origin = cluster.tls.as_ref().map(|tls| {
-            let used: Vec<(String, Option<Arc<Secret>>)> = tls
-                .sds_names()
-                .map(|n| (n.to_owned(), secrets.get(n).cloned()))
-                .collect();
+            let used: Vec<(String, Option<Arc<Secret>>)> =
+                sds_names(&tls.certificates, tls.validation.as_ref())
+                    .map(|n| (n.to_owned(), secrets.get(n).cloned()))
+                    .collect();
             let tls = TlsOrigin::build(tls, |n| secrets.get(n).cloned())
                 .map(Arc::new)
                 .map_err(|why| {
