@@ -383,4 +383,108 @@ mod tests {
         io.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"OPTIONS * HTTP/1.1\r\n");
     }
+
+    /// A real ClientHello (rustls' client, SNI and ALPN set), as bytes on the wire.
+    fn client_hello_bytes(sni: &str, alpn: &[&str]) -> Vec<u8> {
+        #[derive(Debug)]
+        struct AnyServer;
+        impl rustls::client::danger::ServerCertVerifier for AnyServer {
+            fn verify_server_cert(
+                &self,
+                _: &rustls::pki_types::CertificateDer<'_>,
+                _: &[rustls::pki_types::CertificateDer<'_>],
+                _: &rustls::pki_types::ServerName<'_>,
+                _: &[u8],
+                _: rustls::pki_types::UnixTime,
+            ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+                unreachable!("no server answers")
+            }
+            fn verify_tls12_signature(
+                &self,
+                _: &[u8],
+                _: &rustls::pki_types::CertificateDer<'_>,
+                _: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
+            {
+                unreachable!("no server answers")
+            }
+            fn verify_tls13_signature(
+                &self,
+                _: &[u8],
+                _: &rustls::pki_types::CertificateDer<'_>,
+                _: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
+            {
+                unreachable!("no server answers")
+            }
+            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+                vec![rustls::SignatureScheme::ECDSA_NISTP256_SHA256]
+            }
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::store::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer))
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn client_hello_says_sni_and_alpn_once_whole() {
+        let hello = client_hello_bytes("api.example.com", &["h2", "http/1.1"]);
+        assert!(hello.len() > 100, "{} bytes", hello.len());
+        let want = ClientHelloInfo {
+            server_name: Some("api.example.com".into()),
+            alpn: vec!["h2".into(), "http/1.1".into()],
+        };
+        assert_eq!(parse_client_hello(&hello), Ok(Some(want)));
+        for cut in [1, 5, 6, 40, hello.len() - 1] {
+            assert_eq!(parse_client_hello(&hello[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n\r\n"), Err(()));
+        // A TLS record that is not a handshake.
+        assert_eq!(parse_client_hello(b"\x17\x03\x03\x00\x05hello"), Err(()));
+    }
+
+    #[tokio::test]
+    async fn client_hello_is_read_whole_and_every_byte_kept() {
+        let hello = client_hello_bytes("db.internal", &[]);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (first, rest) = hello.split_at(3);
+        let writer = {
+            let rest = rest.to_vec();
+            tokio::spawn(async move {
+                // The rest of the hello in pieces, then application bytes.
+                for chunk in rest.chunks(50) {
+                    client.write_all(chunk).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+                client.write_all(b"after").await.unwrap();
+                drop(client);
+            })
+        };
+        let stream = Rewind::new(Bytes::copy_from_slice(first), server);
+        let (info, mut io) = client_hello(stream, Duration::from_secs(5)).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(
+            info,
+            Some(ClientHelloInfo {
+                server_name: Some("db.internal".into()),
+                alpn: vec![],
+            })
+        );
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert!(all.starts_with(&hello), "the hello is replayed");
+        assert!(all.ends_with(b"after"));
+        assert_eq!(all.len(), hello.len() + 5);
+    }
 }
