@@ -8,8 +8,6 @@ use super::{endpoint, ext, idx, join, secret, Cx, Reason, Rejection};
 
 const TLS_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
-const RAW_BUFFER_URL: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 const HTTP_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const HTTP_OPTIONS_URL: &str =
     "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -653,26 +651,9 @@ fn outlier(cx: &mut Cx, p: &str, o: &pb::OutlierDetection) -> mc::OutlierDetecti
 }
 
 fn upstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<mc::UpstreamTls> {
-    let any = match &t.config_type {
-        Some(core::transport_socket::ConfigType::TypedConfig(any)) => any,
-        None => {
-            cx.reject(join(p, "typed_config"), Reason::Missing);
-            return None;
-        }
-    };
     let tp = join(p, "typed_config");
-    match any.type_url.as_str() {
-        RAW_BUFFER_URL => return None,
-        TLS_URL => {}
-        other => {
-            cx.reject(
-                tp,
-                Reason::UnsupportedValue(format!("transport socket `{}` (type `{other}`)", t.name)),
-            );
-            return None;
-        }
-    }
-    let u: ext::UpstreamTlsContext = cx.decode(&tp, TLS_URL, &any.value)?;
+    let bytes = secret::tls_transport_socket(cx, p, t, TLS_URL)?;
+    let u: ext::UpstreamTlsContext = cx.decode(&tp, TLS_URL, bytes)?;
     let ext::UpstreamTlsContext {
         common_tls_context,
         sni,
@@ -696,120 +677,11 @@ fn upstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<mc::U
         return Some(out);
     };
     let cp = join(&tp, "common_tls_context");
-    let ext::CommonTlsContext {
-        tls_params,
-        tls_certificates,
-        tls_certificate_sds_secret_configs,
-        tls_certificate_provider_instance,
-        tls_certificate_certificate_provider,
-        tls_certificate_certificate_provider_instance,
-        validation_context,
-        validation_context_sds_secret_config,
-        combined_validation_context,
-        validation_context_certificate_provider,
-        validation_context_certificate_provider_instance,
-        alpn_protocols,
-        custom_handshaker,
-        key_log: _,
-        custom_tls_certificate_selector,
-    } = c;
-    cx.unsupported(&cp, "tls_params", tls_params);
-    cx.unsupported(
-        &cp,
-        "tls_certificate_provider_instance",
-        tls_certificate_provider_instance,
-    );
-    cx.unsupported(
-        &cp,
-        "tls_certificate_certificate_provider",
-        tls_certificate_certificate_provider,
-    );
-    cx.unsupported(
-        &cp,
-        "tls_certificate_certificate_provider_instance",
-        tls_certificate_certificate_provider_instance,
-    );
-    cx.unsupported(
-        &cp,
-        "validation_context_certificate_provider",
-        validation_context_certificate_provider,
-    );
-    cx.unsupported(
-        &cp,
-        "validation_context_certificate_provider_instance",
-        validation_context_certificate_provider_instance,
-    );
-    cx.unsupported(&cp, "custom_handshaker", custom_handshaker);
-    cx.unsupported(
-        &cp,
-        "custom_tls_certificate_selector",
-        custom_tls_certificate_selector,
-    );
-    out.alpn_protocols = alpn_protocols.clone();
-    for (i, c) in tls_certificates.iter().enumerate() {
-        if let Some(c) = secret::tls_certificate(cx, &idx(&cp, "tls_certificates", i), c) {
-            out.certificates.push(mc::CertificateSource::Inline(c));
-        }
-    }
-    for s in tls_certificate_sds_secret_configs {
-        out.certificates
-            .push(mc::CertificateSource::Sds(s.name.clone()));
-    }
-    out.validation = match (
-        validation_context,
-        validation_context_sds_secret_config,
-        combined_validation_context,
-    ) {
-        (None, None, None) => None,
-        (Some(v), None, None) => {
-            secret::validation_context(cx, &join(&cp, "validation_context"), v)
-                .map(mc::ValidationSource::Inline)
-        }
-        (None, Some(s), None) => Some(mc::ValidationSource::Sds(s.name.clone())),
-        (None, None, Some(c)) => {
-            let vp = join(&cp, "combined_validation_context");
-            cx.unsupported(
-                &vp,
-                "validation_context_certificate_provider",
-                &c.validation_context_certificate_provider,
-            );
-            cx.unsupported(
-                &vp,
-                "validation_context_certificate_provider_instance",
-                &c.validation_context_certificate_provider_instance,
-            );
-            let default = match &c.default_validation_context {
-                Some(v) => {
-                    secret::validation_context(cx, &join(&vp, "default_validation_context"), v)
-                }
-                None => {
-                    cx.reject(join(&vp, "default_validation_context"), Reason::Missing);
-                    None
-                }
-            };
-            let sds = match &c.validation_context_sds_secret_config {
-                Some(s) => Some(s.name.clone()),
-                None => {
-                    cx.reject(
-                        join(&vp, "validation_context_sds_secret_config"),
-                        Reason::Missing,
-                    );
-                    None
-                }
-            };
-            Some(mc::ValidationSource::Combined {
-                default: default?,
-                sds: sds?,
-            })
-        }
-        _ => {
-            cx.reject(
-                join(&cp, "validation_context"),
-                Reason::Invalid("more than one validation context type is set".into()),
-            );
-            None
-        }
-    };
+    cx.unsupported(&cp, "tls_params", &c.tls_params);
+    let common = secret::common_tls_context(cx, &cp, c);
+    out.alpn_protocols = common.alpn_protocols;
+    out.certificates = common.certificates;
+    out.validation = common.validation;
     Some(out)
 }
 

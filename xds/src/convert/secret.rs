@@ -1,10 +1,12 @@
-//! Secret -> [`model::Secret`], and the validation context shared with upstream TLS.
+//! Secret -> [`model::Secret`], and what the upstream and downstream TLS contexts share:
+//! certificates, validation contexts, the `CommonTlsContext`.
 
-use myelin_proxy::model::{self, secret as ms};
+use myelin_proxy::model::{self, cluster as mc, secret as ms};
+use xds_api::pb::envoy::config::core::v3 as core;
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as pb;
 
 use super::common::{data_source, string_matcher};
-use super::{idx, join, Cx, Reason, Rejection};
+use super::{ext, idx, join, Cx, Reason, Rejection};
 
 /// Converts an SDS resource.
 pub fn secret(s: &pb::Secret) -> Result<model::Secret, Vec<Rejection>> {
@@ -172,5 +174,180 @@ pub(crate) fn validation_context(
     Some(ms::ValidationContext {
         trusted_ca,
         match_subject_alt_names: sans,
+    })
+}
+
+const RAW_BUFFER_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+/// The encoded TLS context of a transport socket at `p` whose `typed_config` is `tls_url`
+/// (the upstream or the downstream context); `None` for `raw_buffer` (plain bytes) and for
+/// anything else, which is rejected.
+pub(crate) fn tls_transport_socket<'a>(
+    cx: &mut Cx,
+    p: &str,
+    t: &'a core::TransportSocket,
+    tls_url: &str,
+) -> Option<&'a [u8]> {
+    let any = match &t.config_type {
+        Some(core::transport_socket::ConfigType::TypedConfig(any)) => any,
+        None => {
+            cx.reject(join(p, "typed_config"), Reason::Missing);
+            return None;
+        }
+    };
+    match any.type_url.as_str() {
+        RAW_BUFFER_URL => None,
+        url if url == tls_url => Some(&any.value),
+        other => {
+            cx.reject(
+                join(p, "typed_config"),
+                Reason::UnsupportedValue(format!("transport socket `{}` (type `{other}`)", t.name)),
+            );
+            None
+        }
+    }
+}
+
+/// What a `CommonTlsContext` gives either side of TLS.
+#[derive(Debug, Default)]
+pub(crate) struct CommonTls {
+    /// `tls_certificates` (inline), then `tls_certificate_sds_secret_configs` (by name).
+    pub certificates: Vec<mc::CertificateSource>,
+    /// `validation_context`, `validation_context_sds_secret_config` or
+    /// `combined_validation_context`.
+    pub validation: Option<mc::ValidationSource>,
+    /// `alpn_protocols`, as written.
+    pub alpn_protocols: Vec<String>,
+}
+
+/// A `CommonTlsContext` at `p`, for clusters and listeners alike. `tls_params` is left to
+/// the caller (each side takes a different part of it).
+pub(crate) fn common_tls_context(cx: &mut Cx, p: &str, c: &ext::CommonTlsContext) -> CommonTls {
+    let ext::CommonTlsContext {
+        tls_params: _,
+        tls_certificates,
+        tls_certificate_sds_secret_configs,
+        tls_certificate_provider_instance,
+        tls_certificate_certificate_provider,
+        tls_certificate_certificate_provider_instance,
+        validation_context,
+        validation_context_sds_secret_config,
+        combined_validation_context,
+        validation_context_certificate_provider,
+        validation_context_certificate_provider_instance,
+        alpn_protocols,
+        custom_handshaker,
+        key_log: _,
+        custom_tls_certificate_selector,
+    } = c;
+    cx.unsupported(
+        p,
+        "tls_certificate_provider_instance",
+        tls_certificate_provider_instance,
+    );
+    cx.unsupported(
+        p,
+        "tls_certificate_certificate_provider",
+        tls_certificate_certificate_provider,
+    );
+    cx.unsupported(
+        p,
+        "tls_certificate_certificate_provider_instance",
+        tls_certificate_certificate_provider_instance,
+    );
+    cx.unsupported(
+        p,
+        "validation_context_certificate_provider",
+        validation_context_certificate_provider,
+    );
+    cx.unsupported(
+        p,
+        "validation_context_certificate_provider_instance",
+        validation_context_certificate_provider_instance,
+    );
+    cx.unsupported(p, "custom_handshaker", custom_handshaker);
+    cx.unsupported(
+        p,
+        "custom_tls_certificate_selector",
+        custom_tls_certificate_selector,
+    );
+    let mut out = CommonTls {
+        alpn_protocols: alpn_protocols.clone(),
+        ..CommonTls::default()
+    };
+    for (i, c) in tls_certificates.iter().enumerate() {
+        if let Some(c) = tls_certificate(cx, &idx(p, "tls_certificates", i), c) {
+            out.certificates.push(mc::CertificateSource::Inline(c));
+        }
+    }
+    for s in tls_certificate_sds_secret_configs {
+        out.certificates
+            .push(mc::CertificateSource::Sds(s.name.clone()));
+    }
+    out.validation = match (
+        validation_context,
+        validation_context_sds_secret_config,
+        combined_validation_context,
+    ) {
+        (None, None, None) => None,
+        (Some(v), None, None) => self::validation_context(cx, &join(p, "validation_context"), v)
+            .map(mc::ValidationSource::Inline),
+        (None, Some(s), None) => Some(mc::ValidationSource::Sds(s.name.clone())),
+        (None, None, Some(c)) => {
+            combined_validation(cx, &join(p, "combined_validation_context"), c)
+        }
+        _ => {
+            cx.reject(
+                join(p, "validation_context"),
+                Reason::Invalid("more than one validation context type is set".into()),
+            );
+            None
+        }
+    };
+    out
+}
+
+fn combined_validation(
+    cx: &mut Cx,
+    p: &str,
+    c: &ext::CombinedValidationContext,
+) -> Option<mc::ValidationSource> {
+    let ext::CombinedValidationContext {
+        default_validation_context,
+        validation_context_sds_secret_config,
+        validation_context_certificate_provider,
+        validation_context_certificate_provider_instance,
+    } = c;
+    cx.unsupported(
+        p,
+        "validation_context_certificate_provider",
+        validation_context_certificate_provider,
+    );
+    cx.unsupported(
+        p,
+        "validation_context_certificate_provider_instance",
+        validation_context_certificate_provider_instance,
+    );
+    let default = match default_validation_context {
+        Some(v) => validation_context(cx, &join(p, "default_validation_context"), v),
+        None => {
+            cx.reject(join(p, "default_validation_context"), Reason::Missing);
+            None
+        }
+    };
+    let sds = match validation_context_sds_secret_config {
+        Some(s) => Some(s.name.clone()),
+        None => {
+            cx.reject(
+                join(p, "validation_context_sds_secret_config"),
+                Reason::Missing,
+            );
+            None
+        }
+    };
+    Some(mc::ValidationSource::Combined {
+        default: default?,
+        sds: sds?,
     })
 }
