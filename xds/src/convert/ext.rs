@@ -1,6 +1,7 @@
 //! Envoy messages that `xds-api` 0.2 does not generate, written out by hand with the
-//! tags of the Envoy API protos: the TCP proxy filter, the upstream TLS context and the
-//! upstream HTTP protocol options.
+//! tags of the Envoy API protos: the TCP proxy filter, the upstream and downstream TLS
+//! contexts (and `TlsParameters`, which `xds-api` has without `compliance_policies`) and
+//! the upstream HTTP protocol options.
 //!
 //! Sub-messages Myelin does not support are kept as raw bytes (`Option<Vec<u8>>`), so
 //! that setting them is seen (and rejected) rather than dropped; oneof members are plain
@@ -195,13 +196,69 @@ named!(
     "UpstreamTlsContext"
 );
 
+/// `envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext`: a listener filter
+/// chain's TLS.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamTlsContext {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub common_tls_context: Option<CommonTlsContext>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub require_client_certificate: Option<protobuf::BoolValue>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub require_sni: Option<protobuf::BoolValue>,
+    /// Oneof `session_ticket_keys_type` (with the next one and
+    /// `disable_stateless_session_resumption`).
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub session_ticket_keys: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    #[serde(default, deserialize_with = "present")]
+    pub session_ticket_keys_sds_secret_config: Option<Vec<u8>>,
+    #[prost(bool, tag = "7")]
+    #[serde(default)]
+    pub disable_stateless_session_resumption: bool,
+    #[prost(bool, tag = "10")]
+    #[serde(default)]
+    pub disable_stateful_session_resumption: bool,
+    #[prost(bytes = "vec", optional, tag = "6")]
+    #[serde(default, deserialize_with = "present")]
+    pub session_timeout: Option<Vec<u8>>,
+    /// `LENIENT_STAPLING` (0), `STRICT_STAPLING` (1) or `MUST_STAPLE` (2).
+    #[prost(int32, tag = "8")]
+    #[serde(default, deserialize_with = "ocsp_staple_policy")]
+    pub ocsp_staple_policy: i32,
+    #[prost(message, optional, tag = "9")]
+    #[serde(default)]
+    pub full_scan_certs_on_sni_mismatch: Option<protobuf::BoolValue>,
+    #[prost(bool, tag = "11")]
+    #[serde(default)]
+    pub prefer_client_ciphers: bool,
+}
+named!(
+    DownstreamTlsContext,
+    "envoy.extensions.transport_sockets.tls.v3",
+    "DownstreamTlsContext"
+);
+
+/// `DownstreamTlsContext.OcspStaplePolicy` by value.
+pub(crate) const OCSP_STAPLE_POLICIES: &[&str] =
+    &["LENIENT_STAPLING", "STRICT_STAPLING", "MUST_STAPLE"];
+
+fn ocsp_staple_policy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, OCSP_STAPLE_POLICIES)
+}
+
 /// `envoy.extensions.transport_sockets.tls.v3.CommonTlsContext`.
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommonTlsContext {
-    #[prost(bytes = "vec", optional, tag = "1")]
-    #[serde(default, deserialize_with = "present")]
-    pub tls_params: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub tls_params: Option<TlsParameters>,
     #[prost(message, repeated, tag = "2")]
     #[serde(default)]
     pub tls_certificates: Vec<tls::TlsCertificate>,
@@ -244,6 +301,63 @@ pub struct CommonTlsContext {
     #[prost(bytes = "vec", optional, tag = "16")]
     #[serde(default, deserialize_with = "present")]
     pub custom_tls_certificate_selector: Option<Vec<u8>>,
+}
+
+/// `envoy.extensions.transport_sockets.tls.v3.TlsParameters`. `xds-api` 0.2 has this
+/// message but not its `compliance_policies` (tag 6, Envoy 1.32), which prost would drop
+/// unseen. Its JSON shape comes from `xds-api`'s descriptor (so it is not in
+/// [`JSON_MESSAGES`], which is for messages without one); `compliance_policies`, which the
+/// descriptor does not name, is read by its JSON name too through a serde alias.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsParameters {
+    /// A `TlsProtocol`: `TLS_AUTO` (0), `TLSv1_0` ... `TLSv1_3` (4).
+    #[prost(int32, tag = "1")]
+    #[serde(default, deserialize_with = "tls_protocol")]
+    pub tls_minimum_protocol_version: i32,
+    #[prost(int32, tag = "2")]
+    #[serde(default, deserialize_with = "tls_protocol")]
+    pub tls_maximum_protocol_version: i32,
+    #[prost(string, repeated, tag = "3")]
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    #[serde(default)]
+    pub ecdh_curves: Vec<String>,
+    #[prost(string, repeated, tag = "5")]
+    #[serde(default)]
+    pub signature_algorithms: Vec<String>,
+    /// `CompliancePolicy` values (`FIPS_202205` is 0: any element counts as set).
+    #[prost(int32, repeated, tag = "6")]
+    #[serde(
+        default,
+        alias = "compliancePolicies",
+        deserialize_with = "compliance_policies"
+    )]
+    pub compliance_policies: Vec<i32>,
+}
+named!(
+    TlsParameters,
+    "envoy.extensions.transport_sockets.tls.v3",
+    "TlsParameters"
+);
+
+/// `TlsParameters.TlsProtocol` by value.
+pub(crate) const TLS_PROTOCOLS: &[&str] = &["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"];
+
+fn tls_protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, TLS_PROTOCOLS)
+}
+
+fn compliance_policies<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+    struct Policy(i32);
+    impl<'de> Deserialize<'de> for Policy {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            named_enum(d, &["FIPS_202205"]).map(Policy)
+        }
+    }
+    let v = Vec::<Policy>::deserialize(d)?;
+    Ok(v.into_iter().map(|p| p.0).collect())
 }
 
 /// `CommonTlsContext.CombinedCertificateValidationContext`.
@@ -723,9 +837,31 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         ],
     ),
     (
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        &[
+            m(
+                "common_tls_context",
+                "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+            ),
+            m("require_client_certificate", BOOL_VALUE),
+            m("require_sni", BOOL_VALUE),
+            p("session_ticket_keys"),
+            p("session_ticket_keys_sds_secret_config"),
+            p("disable_stateless_session_resumption"),
+            p("disable_stateful_session_resumption"),
+            p("session_timeout"),
+            p("ocsp_staple_policy"),
+            m("full_scan_certs_on_sni_mismatch", BOOL_VALUE),
+            p("prefer_client_ciphers"),
+        ],
+    ),
+    (
         "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
         &[
-            p("tls_params"),
+            m(
+                "tls_params",
+                "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+            ),
             rm(
                 "tls_certificates",
                 "envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
@@ -981,6 +1117,25 @@ mod tests {
     }
 
     #[test]
+    fn tls_parameters_are_the_descriptors_and_compliance_policies() {
+        use prost::Message;
+        use xds_api::pb::google::protobuf::FileDescriptorSet;
+        let set = FileDescriptorSet::decode(xds_api::FILE_DESCRIPTOR_SET).unwrap();
+        let d = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "envoy.extensions.transport_sockets.tls.v3")
+            .flat_map(|f| &f.message_type)
+            .find(|m| m.name() == "TlsParameters")
+            .expect("xds-api describes TlsParameters");
+        let mut want: Vec<String> = d.field.iter().map(|f| f.name().to_owned()).collect();
+        // What `xds-api` 0.2 lacks (see the struct), read by either name.
+        want.extend(["compliance_policies".into(), "compliancePolicies".into()]);
+        want.sort();
+        assert_eq!(serde_fields::<TlsParameters>(), want);
+    }
+
+    #[test]
     fn json_messages_list_every_serde_field() {
         macro_rules! same {
             ($($t:ty => $name:expr),* $(,)?) => {$(
@@ -997,6 +1152,7 @@ mod tests {
             TcpWeightedCluster => &format!("{TCP}.WeightedCluster"),
             TcpClusterWeight => &format!("{TCP}.WeightedCluster.ClusterWeight"),
             UpstreamTlsContext => &format!("{TLS}.UpstreamTlsContext"),
+            DownstreamTlsContext => &format!("{TLS}.DownstreamTlsContext"),
             CommonTlsContext => &format!("{TLS}.CommonTlsContext"),
             CombinedValidationContext =>
                 &format!("{TLS}.CommonTlsContext.CombinedCertificateValidationContext"),
@@ -1024,7 +1180,7 @@ mod tests {
         );
         assert_eq!(
             JSON_MESSAGES.len(),
-            27,
+            28,
             "a message of JSON_MESSAGES is not checked above"
         );
     }

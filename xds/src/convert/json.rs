@@ -430,6 +430,9 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => {
             enc::<ext::UpstreamTlsContext>(body)
         }
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => {
+            enc::<ext::DownstreamTlsContext>(body)
+        }
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => {
             enc::<ext::UpstreamHttpProtocolOptions>(body)
         }

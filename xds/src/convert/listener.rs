@@ -8,12 +8,14 @@ use xds_api::pb::envoy::config::listener::v3 as pb;
 use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use xds_api::pb::google::protobuf;
 
-use super::{ext, filter, idx, join, route, Cx, Reason, Rejection};
+use super::{ext, filter, idx, join, route, secret, Cx, Reason, Rejection};
 
 const HCM_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ROUTER_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const TLS_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 /// Listener filters whose work Myelin does itself (TLS and HTTP sniffing, original
 /// destination from the eBPF map): accepted as no-ops.
 const BUILTIN_LISTENER_FILTERS: &[&str] = &[
@@ -216,7 +218,7 @@ fn filter_chain(cx: &mut Cx, p: &str, c: &pb::FilterChain) -> Option<ml::FilterC
         use_proxy_proto,
         metadata: _,
         transport_socket,
-        transport_socket_connect_timeout: _,
+        transport_socket_connect_timeout,
         name,
         on_demand_configuration,
     } = c;
@@ -229,8 +231,15 @@ fn filter_chain(cx: &mut Cx, p: &str, c: &pb::FilterChain) -> Option<ml::FilterC
             },
         );
     }
-    cx.unsupported(p, "transport_socket", transport_socket);
     cx.unsupported(p, "on_demand_configuration", on_demand_configuration);
+    let tls = transport_socket
+        .as_ref()
+        .and_then(|t| downstream_tls(cx, &join(p, "transport_socket"), t));
+    let handshake_timeout = cx.timeout(
+        &join(p, "transport_socket_connect_timeout"),
+        transport_socket_connect_timeout,
+        None,
+    );
     let m = filter_chain_match
         .as_ref()
         .map(|m| chain_match(cx, &join(p, "filter_chain_match"), m))
@@ -261,9 +270,165 @@ fn filter_chain(cx: &mut Cx, p: &str, c: &pb::FilterChain) -> Option<ml::FilterC
         name: name.clone(),
         filter_chain_match: m,
         filter: terminal?,
-        tls: None,
-        handshake_timeout: None,
+        tls,
+        handshake_timeout,
     })
+}
+
+/// A filter chain's `transport_socket`: `DownstreamTlsContext` or `raw_buffer` (`None`).
+fn downstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<ml::DownstreamTls> {
+    let tp = join(p, "typed_config");
+    let bytes = secret::tls_transport_socket(cx, p, t, TLS_URL)?;
+    let d: ext::DownstreamTlsContext = cx.decode(&tp, TLS_URL, bytes)?;
+    let ext::DownstreamTlsContext {
+        common_tls_context,
+        require_client_certificate,
+        require_sni,
+        session_ticket_keys,
+        session_ticket_keys_sds_secret_config,
+        disable_stateless_session_resumption,
+        disable_stateful_session_resumption,
+        session_timeout,
+        ocsp_staple_policy,
+        // Myelin always looks through every certificate for the one the SNI names.
+        full_scan_certs_on_sni_mismatch: _,
+        prefer_client_ciphers,
+    } = &d;
+    cx.unsupported(&tp, "session_ticket_keys", session_ticket_keys);
+    cx.unsupported(
+        &tp,
+        "session_ticket_keys_sds_secret_config",
+        session_ticket_keys_sds_secret_config,
+    );
+    cx.unsupported(&tp, "session_timeout", session_timeout);
+    match *ocsp_staple_policy {
+        // LENIENT_STAPLING (the default): a certificate without an OCSP response is served
+        // unstapled, which is what Myelin does with every certificate.
+        0 => {}
+        v @ (1 | 2) => cx.reject(
+            join(&tp, "ocsp_staple_policy"),
+            Reason::UnsupportedValue(ext::OCSP_STAPLE_POLICIES[v as usize].into()),
+        ),
+        v => cx.reject(
+            join(&tp, "ocsp_staple_policy"),
+            Reason::Invalid(format!("unknown value {v}")),
+        ),
+    }
+    let require_client_certificate = require_client_certificate.as_ref().is_some_and(|b| b.value);
+    let Some(c) = common_tls_context else {
+        cx.reject(join(&tp, "common_tls_context"), Reason::Missing);
+        return None;
+    };
+    let cp = join(&tp, "common_tls_context");
+    let (min_version, max_version) = match &c.tls_params {
+        Some(t) => tls_versions(cx, &join(&cp, "tls_params"), t),
+        None => (None, None),
+    };
+    let common = secret::common_tls_context(cx, &cp, c);
+    match (
+        c.tls_certificates.is_empty(),
+        c.tls_certificate_sds_secret_configs.is_empty(),
+    ) {
+        (true, true) => cx.reject(join(&cp, "tls_certificates"), Reason::Missing),
+        (false, false) => cx.reject(
+            join(&cp, "tls_certificate_sds_secret_configs"),
+            Reason::Invalid(
+                "set together with `tls_certificates` (Envoy does not mix SDS and inline \
+                 certificates in a server context)"
+                    .into(),
+            ),
+        ),
+        _ => {}
+    }
+    if require_client_certificate
+        && c.validation_context.is_none()
+        && c.validation_context_sds_secret_config.is_none()
+        && c.combined_validation_context.is_none()
+    {
+        cx.reject(
+            join(&tp, "require_client_certificate"),
+            Reason::Invalid(
+                "client certificates are required but there is no validation context to \
+                 verify them with"
+                    .into(),
+            ),
+        );
+    }
+    Some(ml::DownstreamTls {
+        certificates: common.certificates,
+        validation: common.validation,
+        require_client_certificate,
+        require_sni: require_sni.as_ref().is_some_and(|b| b.value),
+        alpn_protocols: common.alpn_protocols,
+        min_version,
+        max_version,
+        disable_stateless_resumption: *disable_stateless_session_resumption,
+        disable_stateful_resumption: *disable_stateful_session_resumption,
+        prefer_client_ciphers: *prefer_client_ciphers,
+    })
+}
+
+/// A downstream context's `tls_params`: the protocol versions, nothing else.
+fn tls_versions(
+    cx: &mut Cx,
+    p: &str,
+    t: &ext::TlsParameters,
+) -> (Option<ml::TlsVersion>, Option<ml::TlsVersion>) {
+    let ext::TlsParameters {
+        tls_minimum_protocol_version,
+        tls_maximum_protocol_version,
+        cipher_suites,
+        ecdh_curves,
+        signature_algorithms,
+        compliance_policies,
+    } = t;
+    cx.unsupported(p, "cipher_suites", cipher_suites);
+    cx.unsupported(p, "ecdh_curves", ecdh_curves);
+    cx.unsupported(p, "signature_algorithms", signature_algorithms);
+    cx.unsupported(p, "compliance_policies", compliance_policies);
+    let mut version = |field: &str, v: i32| match v {
+        0 => None, // TLS_AUTO: Envoy's default (TLS 1.2 up to TLS 1.3 for a server).
+        3 => Some(ml::TlsVersion::Tls12),
+        4 => Some(ml::TlsVersion::Tls13),
+        1 | 2 => {
+            cx.reject(
+                join(p, field),
+                Reason::UnsupportedValue(format!(
+                    "{} (Myelin speaks TLS 1.2 and 1.3)",
+                    ext::TLS_PROTOCOLS[v as usize]
+                )),
+            );
+            None
+        }
+        v => {
+            cx.reject(
+                join(p, field),
+                Reason::Invalid(format!("unknown value {v}")),
+            );
+            None
+        }
+    };
+    let min = version(
+        "tls_minimum_protocol_version",
+        *tls_minimum_protocol_version,
+    );
+    let max = version(
+        "tls_maximum_protocol_version",
+        *tls_maximum_protocol_version,
+    );
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if lo > hi {
+            cx.reject(
+                join(p, "tls_minimum_protocol_version"),
+                Reason::Invalid(format!(
+                    "{} is above `tls_maximum_protocol_version` {}",
+                    ext::TLS_PROTOCOLS[*tls_minimum_protocol_version as usize],
+                    ext::TLS_PROTOCOLS[*tls_maximum_protocol_version as usize],
+                )),
+            );
+        }
+    }
+    (min, max)
 }
 
 fn chain_match(cx: &mut Cx, p: &str, m: &pb::FilterChainMatch) -> ml::FilterChainMatch {

@@ -405,7 +405,7 @@ fn cluster_rejections() {
                 transport_socket: tls_socket(&ext::UpstreamTlsContext {
                     allow_renegotiation: true,
                     common_tls_context: Some(ext::CommonTlsContext {
-                        tls_params: Some(vec![]),
+                        tls_params: Some(Default::default()),
                         validation_context: Some(tls::CertificateValidationContext { verify_certificate_spki: vec!["x".into()], ..Default::default() }),
                         ..Default::default()
                     }),
