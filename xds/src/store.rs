@@ -216,22 +216,36 @@ impl Snapshot {
             .collect()
     }
 
-    /// SDS names the clusters' upstream TLS references (certificates and validation contexts),
+    /// SDS names the clusters' upstream TLS and the listeners' downstream TLS (every filter
+    /// chain, and the default chain) reference (certificates and validation contexts),
     /// except those a static secret of the bootstrap provides.
     pub fn secret_references(&self) -> BTreeSet<String> {
         let mut names = BTreeSet::new();
-        for e in self.clusters.values() {
-            let Some(tls) = &e.resource.tls else { continue };
-            for c in &tls.certificates {
+        let mut add = |certificates: &[CertificateSource],
+                       validation: &Option<ValidationSource>| {
+            for c in certificates {
                 if let CertificateSource::Sds(n) = c {
                     names.insert(n.clone());
                 }
             }
-            match &tls.validation {
+            match validation {
                 Some(ValidationSource::Sds(n) | ValidationSource::Combined { sds: n, .. }) => {
                     names.insert(n.clone());
                 }
                 Some(ValidationSource::Inline(_)) | None => {}
+            }
+        };
+        for e in self.clusters.values() {
+            if let Some(tls) = &e.resource.tls {
+                add(&tls.certificates, &tls.validation);
+            }
+        }
+        for e in self.listeners.values() {
+            let l = &*e.resource;
+            for fc in l.filter_chains.iter().chain(&l.default_filter_chain) {
+                if let Some(tls) = &fc.tls {
+                    add(&tls.certificates, &tls.validation);
+                }
             }
         }
         names.retain(|n| self.secrets.get(n).is_none_or(|s| !s.is_static));
@@ -937,6 +951,34 @@ mod tests {
         }
     }
 
+    /// `listener` with its filter chain's TLS serving the SDS certificates `certs`,
+    /// verifying clients with the SDS validation context `ca`.
+    fn tls_listener(name: &str, port: u32, certs: &[&str], ca: &str) -> lpb::Listener {
+        let d = ext::DownstreamTlsContext {
+            common_tls_context: Some(ext::CommonTlsContext {
+                tls_certificate_sds_secret_configs: certs
+                    .iter()
+                    .map(|c| tls::SdsSecretConfig {
+                        name: (*c).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                validation_context_sds_secret_config: Some(tls::SdsSecretConfig {
+                    name: ca.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut l = listener(name, port, "r");
+        l.filter_chains[0].transport_socket = Some(core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&d))),
+        });
+        l
+    }
+
     fn route(name: &str) -> rpb::RouteConfiguration {
         rpb::RouteConfiguration {
             name: name.into(),
@@ -1166,6 +1208,47 @@ mod tests {
         assert_eq!(store.references(type_url::ENDPOINT), set(&["b"]));
         assert!(store.references(type_url::SECRET).is_empty());
         assert!(store.references(type_url::CLUSTER).is_empty());
+    }
+
+    #[test]
+    fn listeners_tls_secrets_are_referenced() {
+        let store = ConfigStore::new();
+        store.apply(
+            type_url::LISTENER,
+            update(
+                vec![
+                    res("l1", "1", &tls_listener("l1", 443, &["rsa", "ecdsa"], "ca")),
+                    res("l2", "1", &listener("l2", 80, "r")),
+                ],
+                &[],
+            ),
+        );
+        assert_eq!(
+            store.references(type_url::SECRET),
+            set(&["ca", "ecdsa", "rsa"])
+        );
+        // With the clusters' (a name both use counted once).
+        store.apply(
+            type_url::CLUSTER,
+            update(vec![res("t", "1", &tls_cluster("t", "client", "ca"))], &[]),
+        );
+        assert_eq!(
+            store.references(type_url::SECRET),
+            set(&["ca", "client", "ecdsa", "rsa"])
+        );
+        // A listener's default filter chain counts too.
+        let mut l = listener("l1", 443, "r");
+        l.default_filter_chain = tls_listener("x", 443, &["fallback"], "ca2")
+            .filter_chains
+            .pop();
+        store.apply(type_url::LISTENER, update(vec![res("l1", "2", &l)], &[]));
+        assert_eq!(
+            store.references(type_url::SECRET),
+            set(&["ca", "ca2", "client", "fallback"])
+        );
+        store.apply(type_url::LISTENER, update(vec![], &["l1"]));
+        store.apply(type_url::CLUSTER, update(vec![], &["t"]));
+        assert!(store.references(type_url::SECRET).is_empty());
     }
 
     #[test]
