@@ -1,0 +1,363 @@
+//! TLS terminated on listeners' filter chains, end to end: a captured listener whose
+//! chains are picked by the ClientHello's SNI (Envoy's `tls_inspector`), each with its own
+//! `DownstreamTlsContext` (inline and SDS certificates, ALPN, client certificates), in
+//! front of an HTTP connection manager or a TCP proxy. The clients are real rustls
+//! clients that verify the proxy's certificate against the test CA and the name they
+//! asked for, speaking HTTP/1.1 or HTTP/2 as ALPN decides.
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use myelin_xds::ads::{type_url, AdsProtocol};
+use myelin_xds::testing::ControlPlane;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+
+struct TestCa {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn inline(pem: &str) -> String {
+    format!("{{inline_string: {}}}", serde_json::to_string(pem).unwrap())
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS client connection through the node to `vip(port)`: SNI `sni` (verified against
+/// `ca`), ALPN `alpn`, and a client certificate when given.
+async fn tls_connect(
+    node: &Node,
+    port: u16,
+    ca: &TestCa,
+    sni: &str,
+    alpn: &[&str],
+    client: Option<&(String, String)>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let tcp = node.connect(vip(port)).await;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+}
+
+/// One GET over `tls`, HTTP/2 when ALPN chose `h2`: status, `x-server`, and the protocol.
+async fn get(
+    tls: TlsStream<TcpStream>,
+    host: &str,
+) -> anyhow::Result<(StatusCode, String, &'static str)> {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let resp = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(TokioExecutor::new(), io)
+                .await?;
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{host}/x"))
+            .body(Empty::new())
+            .unwrap();
+        sender.send_request(req).await?
+    } else {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io).await?;
+        tokio::spawn(conn);
+        let req = Request::get("/x")
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap();
+        sender.send_request(req).await?
+    };
+    let status = resp.status();
+    let server = resp
+        .headers()
+        .get("x-server")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    resp.into_body().collect().await?;
+    Ok((status, server, if h2 { "h2" } else { "http/1.1" }))
+}
+
+const TLS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+
+/// A filter chain for `names` terminating TLS with the context keys `tls` (YAML at the
+/// context's indentation), serving `filter` (YAML of one network filter).
+fn chain(names: &[&str], tls: &str, filter: &str) -> String {
+    let tls: String = tls.lines().map(|l| format!("      {l}\n")).collect();
+    let filter: String = filter.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "- filter_chain_match: {{server_names: {names:?}}}\n  filters:\n{filter}  transport_socket:\n    name: envoy.transport_sockets.tls\n    typed_config:\n      \"@type\": {TLS_TYPE}\n{tls}"
+    )
+}
+
+fn listener(name: &str, port: u16, chains: &[String]) -> Listener {
+    yaml(&format!(
+        r#"
+name: {name}
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+bind_to_port: false
+listener_filters:
+- name: envoy.filters.listener.tls_inspector
+  typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
+filter_chains:
+{}"#,
+        chains.concat()
+    ))
+}
+
+fn hcm() -> String {
+    format!(
+        r#"- name: envoy.filters.network.http_connection_manager
+  typed_config:
+    "@type": {HCM_TYPE}
+    stat_prefix: https
+    rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
+    http_filters:
+    - name: envoy.filters.http.router
+      typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn listeners_terminate_tls_as_envoy_does() {
+    let ca = TestCa::new("test CA");
+    let clients_ca = TestCa::new("clients CA");
+    let stranger_ca = TestCa::new("stranger CA");
+    let api = ca.leaf(
+        &["api.example.com", "mtls.example.com"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let shop = ca.leaf(&["*.shop.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
+    let client = clients_ca.leaf(&["client.example.com"], ExtendedKeyUsagePurpose::ClientAuth);
+    let other_client = clients_ca.leaf(
+        &["intruder.example.com"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let stranger = stranger_ca.leaf(&["client.example.com"], ExtendedKeyUsagePurpose::ClientAuth);
+    let web = http_upstream("web").await;
+    let (echo, _echo_task) = tcp_upstream("echo").await;
+
+    let api_cert = format!(
+        "tls_certificates:\n- certificate_chain: {}\n  private_key: {}\n",
+        inline(&api.0),
+        inline(&api.1)
+    );
+    let https = listener(
+        "https",
+        18443,
+        &[
+            chain(
+                &["api.example.com"],
+                &format!("common_tls_context:\n  alpn_protocols: [h2, http/1.1]\n{}", indent(&api_cert)),
+                &hcm(),
+            ),
+            // The certificate from SDS; no ALPN: the decrypted bytes tell HTTP/1 from HTTP/2.
+            chain(
+                &["*.shop.example.com"],
+                "common_tls_context:\n  tls_certificate_sds_secret_configs: [{name: shop-cert, sds_config: {ads: {}}}]\n",
+                &hcm(),
+            ),
+            chain(
+                &["mtls.example.com"],
+                &format!(
+                    "require_client_certificate: true\ncommon_tls_context:\n{}  validation_context:\n    trusted_ca: {}\n    match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: client.example.com}}}}]\n",
+                    indent(&api_cert),
+                    inline(&clients_ca.pem)
+                ),
+                &hcm(),
+            ),
+            chain(
+                &["broken.example.com"],
+                "common_tls_context:\n  tls_certificate_sds_secret_configs: [{name: never-sent, sds_config: {ads: {}}}]\n",
+                &hcm(),
+            ),
+        ],
+    );
+    let tcp = listener(
+        "tls-tcp",
+        18444,
+        &[chain(
+            &[],
+            &format!("common_tls_context:\n{}", indent(&api_cert)),
+            &format!(
+                "- name: envoy.filters.network.tcp_proxy\n  typed_config: {{\"@type\": {TCP_TYPE}, stat_prefix: t, cluster: echo}}\n"
+            ),
+        )],
+    );
+    let shop_secret: Secret = yaml(&format!(
+        "name: shop-cert\ntls_certificate:\n  certificate_chain: {}\n  private_key: {}\n",
+        inline(&shop.0),
+        inline(&shop.1)
+    ));
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "https", &https);
+        set(b, "tls-tcp", &tcp);
+        set(b, "r", &route_to("r", "web"));
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[web.addr]));
+        set(b, "echo", &eds_cluster("echo"));
+        set(b, "echo", &endpoints("echo", &[echo]));
+        set(b, "shop-cert", &shop_secret);
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(
+        type_url::LISTENER,
+        &["https", "tls-tcp"],
+        &cp.version(type_url::LISTENER),
+    )
+    .await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web", "echo"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    node.wait_applied(
+        type_url::SECRET,
+        &["shop-cert"],
+        &cp.version(type_url::SECRET),
+    )
+    .await;
+
+    // ALPN picks the protocol; the certificate is the one for the SNI (the client checks
+    // the name against the CA's certificate).
+    for (alpn, want) in [
+        (&["h2", "http/1.1"][..], "h2"),
+        (&["http/1.1"][..], "http/1.1"),
+    ] {
+        let tls = tls_connect(&node, 18443, &ca, "api.example.com", alpn, None)
+            .await
+            .unwrap();
+        let (status, server, proto) = get(tls, "api.example.com").await.unwrap();
+        assert_eq!(
+            (status, server.as_str(), proto),
+            (StatusCode::OK, "web", want)
+        );
+    }
+    let tls = tls_connect(&node, 18443, &ca, "orders.shop.example.com", &[], None)
+        .await
+        .expect("the SDS certificate for *.shop.example.com");
+    let (status, _, proto) = get(tls, "orders.shop.example.com").await.unwrap();
+    assert_eq!((status, proto), (StatusCode::OK, "http/1.1"));
+
+    // Client certificates: from the clients' CA with the right name, else refused.
+    let tls = tls_connect(&node, 18443, &ca, "mtls.example.com", &[], Some(&client))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(tls, "mtls.example.com").await.unwrap().0,
+        StatusCode::OK
+    );
+    let refused_before =
+        node.metric("myelin_proxy_downstream_tls_handshake_errors_total{reason=\"failed\"}");
+    for cert in [None, Some(&other_client), Some(&stranger)] {
+        // TLS 1.3: the client's side of the handshake completes; the refusal arrives as an
+        // alert on the first read.
+        let refused = match tls_connect(&node, 18443, &ca, "mtls.example.com", &[], cert).await {
+            Err(_) => true,
+            Ok(tls) => get(tls, "mtls.example.com").await.is_err(),
+        };
+        assert!(refused, "a client certificate {cert:?} was accepted");
+    }
+    eventually("three refused handshakes counted", || {
+        node.metric("myelin_proxy_downstream_tls_handshake_errors_total{reason=\"failed\"}")
+            == refused_before + 3.0
+    })
+    .await;
+
+    // No chain for the SNI: closed before any handshake.
+    assert!(
+        tls_connect(&node, 18443, &ca, "other.example.com", &[], None)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_config_misses_total{reason=\"no_filter_chain\"}"),
+        1.0
+    );
+    // A chain whose certificate has not arrived: closed, the reason counted.
+    assert!(
+        tls_connect(&node, 18443, &ca, "broken.example.com", &[], None)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        node.metric("myelin_proxy_config_misses_total{reason=\"downstream_tls_unavailable\"}"),
+        1.0
+    );
+
+    // A TCP proxy behind terminated TLS: the upstream gets the plain bytes.
+    let mut tls = tls_connect(&node, 18444, &ca, "api.example.com", &[], None)
+        .await
+        .unwrap();
+    tls.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"echo:hello");
+}
+
+/// Indents YAML lines by two spaces.
+fn indent(yaml: &str) -> String {
+    yaml.lines().map(|l| format!("  {l}\n")).collect()
+}
