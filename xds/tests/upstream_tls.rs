@@ -297,6 +297,13 @@ async fn clusters_originate_tls_as_envoy_does() {
         tls_cluster("mutual-nocert", mutual.addr, &trusted, ""),
         // No validation context: Envoy does not verify the server, and speaks TLS 1.2.
         tls_cluster("legacy", legacy.addr, "sni: legacy.internal\n", ""),
+        // The same server, but TLS 1.3 at least: no common version.
+        tls_cluster(
+            "legacy-13",
+            legacy.addr,
+            "common_tls_context:\n  tls_params: {tls_minimum_protocol_version: TLSv1_3}\n",
+            "",
+        ),
         tls_cluster("plain", plain.addr, &trusted, ""),
         tls_cluster(
             "missing",
@@ -375,7 +382,7 @@ async fn clusters_originate_tls_as_envoy_does() {
     );
 
     let refused_before = main.handshakes.load(Ordering::Relaxed);
-    for path in ["/wrong-san/a", "/untrusted/a", "/plain/a"] {
+    for path in ["/wrong-san/a", "/untrusted/a", "/plain/a", "/legacy-13/a"] {
         let (status, _, body) = get(path).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
         assert!(body.contains("TLS handshake failed"), "{path}: {body}");

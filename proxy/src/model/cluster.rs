@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::endpoint::ClusterLoadAssignment;
+use super::listener::TlsVersion;
 use super::secret::{TlsCertificate, ValidationContext};
 use super::{duration_str, opt_duration_str};
 
@@ -306,6 +307,12 @@ pub struct UpstreamTls {
     pub certificates: Vec<CertificateSource>,
     /// How the server's certificate is verified; `None`: not verified (as in Envoy).
     pub validation: Option<ValidationSource>,
+    /// `tls_params.tls_minimum_protocol_version` (`None`: TLS 1.2, Envoy's client default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<TlsVersion>,
+    /// `tls_params.tls_maximum_protocol_version` (`None`: TLS 1.3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<TlsVersion>,
 }
 
 /// The SDS Secret names a TLS context uses (certificates, then the validation context).

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{CertificateError, Error, RootCertStore};
+use rustls::{CertificateError, Error, RootCertStore, SupportedProtocolVersion};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::model::cluster::{CertificateSource, ValidationSource};
+use crate::model::listener::TlsVersion;
 use crate::model::secret::{SanMatcher, SanType, Secret, SecretKind, TlsCertificate};
 use crate::model::{DataSource, StringPattern};
 
@@ -86,6 +87,29 @@ pub(crate) fn validation(
         None => None,
     };
     Ok(Some((ca, v.match_subject_alt_names)))
+}
+
+/// The protocol versions from `min` to `max` (TLS 1.2 and 1.3 when unset, Envoy's defaults).
+pub(crate) fn versions(
+    min: Option<TlsVersion>,
+    max: Option<TlsVersion>,
+) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
+    let (min, max) = (
+        min.unwrap_or(TlsVersion::Tls12),
+        max.unwrap_or(TlsVersion::Tls13),
+    );
+    let v: Vec<_> = [
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+    ]
+    .into_iter()
+    .filter(|(v, _)| (min..=max).contains(v))
+    .map(|(_, p)| p)
+    .collect();
+    if v.is_empty() {
+        return Err("the minimum TLS version is above the maximum".into());
+    }
+    Ok(v)
 }
 
 /// The trust anchors of a `trusted_ca` (PEM): at least one.

@@ -36,8 +36,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::material::{
-    certificate, certificate_chain_and_key, roots, san_matches, validation, NoMatchingSan, Secrets,
-    Validation,
+    certificate, certificate_chain_and_key, roots, san_matches, validation, versions,
+    NoMatchingSan, Secrets, Validation,
 };
 use crate::model::cluster::UpstreamTls;
 use crate::model::secret::SanMatcher;
@@ -84,7 +84,7 @@ impl TlsOrigin {
             super::store::provider(),
         )?);
         let builder = ClientConfig::builder_with_provider(super::store::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(&versions(tls.min_version, tls.max_version)?)
             .map_err(|e| format!("TLS versions: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);

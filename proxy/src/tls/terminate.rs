@@ -20,16 +20,16 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, ServerConfig,
-    SignatureScheme, SupportedProtocolVersion,
+    SignatureScheme,
 };
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::material::{
     certificate, certificate_chain_and_key, dns_name_match, roots, san_matches, validation,
-    NoMatchingSan, Secrets,
+    versions, NoMatchingSan, Secrets,
 };
-use crate::model::listener::{DownstreamTls, TlsVersion};
+use crate::model::listener::DownstreamTls;
 use crate::model::secret::SanMatcher;
 
 /// A filter chain's downstream TLS, ready to accept.
@@ -154,28 +154,6 @@ impl std::hash::Hasher for NoDigest {
         0
     }
     fn write(&mut self, _: &[u8]) {}
-}
-
-fn versions(
-    min: Option<TlsVersion>,
-    max: Option<TlsVersion>,
-) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
-    let (min, max) = (
-        min.unwrap_or(TlsVersion::Tls12),
-        max.unwrap_or(TlsVersion::Tls13),
-    );
-    let v: Vec<_> = [
-        (TlsVersion::Tls13, &rustls::version::TLS13),
-        (TlsVersion::Tls12, &rustls::version::TLS12),
-    ]
-    .into_iter()
-    .filter(|(v, _)| (min..=max).contains(v))
-    .map(|(_, p)| p)
-    .collect();
-    if v.is_empty() {
-        return Err("the minimum TLS version is above the maximum".into());
-    }
-    Ok(v)
 }
 
 /// The DNS SANs of a certificate (for SNI selection).

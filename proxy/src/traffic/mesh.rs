@@ -149,6 +149,8 @@ mod tests {
                 alpn_protocols: vec![],
                 certificates: vec![],
                 validation: Some(v),
+                min_version: None,
+                max_version: None,
             }),
             protocol: UpstreamProtocol::Http1,
             load_assignment: None,

@@ -672,12 +672,17 @@ fn upstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<mc::U
         alpn_protocols: vec![],
         certificates: vec![],
         validation: None,
+        min_version: None,
+        max_version: None,
     };
     let Some(c) = common_tls_context else {
         return Some(out);
     };
     let cp = join(&tp, "common_tls_context");
-    cx.unsupported(&cp, "tls_params", &c.tls_params);
+    if let Some(t) = &c.tls_params {
+        (out.min_version, out.max_version) =
+            super::listener::tls_versions(cx, &join(&cp, "tls_params"), t);
+    }
     let common = secret::common_tls_context(cx, &cp, c);
     out.alpn_protocols = common.alpn_protocols;
     out.certificates = common.certificates;

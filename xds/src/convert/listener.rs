@@ -369,7 +369,7 @@ fn downstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<ml:
 }
 
 /// A downstream context's `tls_params`: the protocol versions, nothing else.
-fn tls_versions(
+pub(crate) fn tls_versions(
     cx: &mut Cx,
     p: &str,
     t: &ext::TlsParameters,

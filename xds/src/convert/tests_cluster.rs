@@ -320,6 +320,8 @@ fn cluster_supported_fields() {
             alpn_protocols: vec!["h2".into()],
             certificates: vec![mc::CertificateSource::Sds("default".into())],
             validation: Some(mc::ValidationSource::Sds("ROOTCA".into())),
+            min_version: None,
+            max_version: None,
         })
     );
     assert_eq!(
@@ -405,7 +407,7 @@ fn cluster_rejections() {
                 transport_socket: tls_socket(&ext::UpstreamTlsContext {
                     allow_renegotiation: true,
                     common_tls_context: Some(ext::CommonTlsContext {
-                        tls_params: Some(Default::default()),
+                        tls_params: Some(ext::TlsParameters { cipher_suites: vec!["ECDHE-RSA-AES128-GCM-SHA256".into()], tls_minimum_protocol_version: 2, ..Default::default() }),
                         validation_context: Some(tls::CertificateValidationContext { verify_certificate_spki: vec!["x".into()], ..Default::default() }),
                         ..Default::default()
                     }),
@@ -415,7 +417,8 @@ fn cluster_rejections() {
             },
             vec![
                 "transport_socket.typed_config.allow_renegotiation: not supported",
-                "transport_socket.typed_config.common_tls_context.tls_params: not supported",
+                "transport_socket.typed_config.common_tls_context.tls_params.cipher_suites: not supported",
+                "transport_socket.typed_config.common_tls_context.tls_params.tls_minimum_protocol_version: TLSv1_1 (Myelin speaks TLS 1.2 and 1.3) is not supported",
                 "transport_socket.typed_config.common_tls_context.validation_context.verify_certificate_spki: not supported",
             ],
         ),
