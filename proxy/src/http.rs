@@ -1838,7 +1838,7 @@ pub(crate) async fn pick_endpoint(
     // cluster's TLS context gives the identities to expect); another endpoint of a cluster
     // with upstream TLS gets the proxy's own TLS, or none at all when that cannot be set
     // up (never plain text).
-    let origin = match cluster.tls_origin() {
+    let origin = match cluster.tls_origin(picked.socket()) {
         Some(_) if picked.hbone().is_some() => None,
         Some(Ok(o)) => Some(o.clone()),
         Some(Err(why)) => {
@@ -1865,7 +1865,10 @@ pub(crate) async fn pick_endpoint(
         protocol,
         keepalive: cluster.cluster.tcp_keepalive.as_ref().map(Into::into),
         life: (&cluster.cluster.connection_life).into(),
-        tls: cluster.cluster.tls.is_some(),
+        tls: match picked.hbone() {
+            Some(_) => cluster.cluster.tls_of(picked.socket()).is_some(),
+            None => origin.is_some(),
+        },
         origin,
     };
     Ok(PickedEndpoint {

@@ -511,3 +511,84 @@ async fn sds_certificates_follow_their_secrets() {
     assert!(body.starts_with("upstream connect error"), "{body}");
     assert_eq!(mutual.handshakes.load(Ordering::Relaxed), handshakes);
 }
+
+/// `transport_socket_matches` (Istio's `tlsMode` labels, Envoy Gateway's backend TLS): one
+/// EDS cluster whose endpoints say by metadata which get TLS; the others are plain.
+#[tokio::test]
+async fn transport_socket_matches_pick_tls_per_endpoint() {
+    let ca = TestCa::new("test CA");
+    let server_cert = ca.leaf(&["api.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
+    let tls = tls_upstream(server_config(
+        &server_cert,
+        &[&rustls::version::TLS13],
+        None,
+    ))
+    .await;
+    let plain = http_upstream("plain").await;
+    let cluster: Cluster = yaml(&format!(
+        r#"
+name: mixed
+type: EDS
+connect_timeout: 2s
+eds_cluster_config: {{eds_config: {{ads: {{}}}}}}
+transport_socket_matches:
+- name: tls-on
+  match: {{tlsMode: istio}}
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      sni: api.example.com
+      common_tls_context:
+        validation_context:
+          trusted_ca: {}
+"#,
+        inline(&ca.pem)
+    ));
+    let endpoints: xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+        yaml(&format!(
+            r#"
+cluster_name: mixed
+endpoints:
+- lb_endpoints:
+  - endpoint: {{address: {{socket_address: {{address: "{}", port_value: {}}}}}}}
+    metadata: {{filter_metadata: {{envoy.transport_socket_match: {{tlsMode: istio}}}}}}
+  - endpoint: {{address: {{socket_address: {{address: "{}", port_value: {}}}}}}}
+"#,
+            tls.addr.ip(),
+            tls.addr.port(),
+            plain.addr.ip(),
+            plain.addr.port()
+        ));
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "http", &http_listener("http", 18080, "r"));
+        set(b, "r", &routes(&["mixed"]));
+        set(b, "mixed", &cluster);
+        set(b, "mixed", &endpoints);
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["mixed"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+    let mut client = node.http_client(vip(18080)).await;
+    let mut servers = Vec::new();
+    for _ in 0..4 {
+        let (status, server, body) = client.get("app.local", "/mixed/a").await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if server == "tls" {
+            assert_eq!(
+                body,
+                "sni=api.example.com alpn=http/1.1 version=TLSv1_3 client=none"
+            );
+        }
+        servers.push(server);
+    }
+    servers.sort();
+    assert_eq!(servers, ["plain", "plain", "tls", "tls"]);
+    assert_eq!(tls.handshakes.load(Ordering::Relaxed), 1);
+    assert_eq!(plain.hits.load(Ordering::Relaxed), 2);
+}

@@ -1,6 +1,7 @@
 //! Upstream clusters (Envoy `config.cluster.v3.Cluster`): how endpoints are found, how
 //! one is picked, and how connections to them are made.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -8,6 +9,7 @@ use serde::Serialize;
 use super::endpoint::ClusterLoadAssignment;
 use super::listener::TlsVersion;
 use super::secret::{TlsCertificate, ValidationContext};
+use super::types::MetadataValue;
 use super::{duration_str, opt_duration_str};
 
 /// Envoy's default upstream connect timeout.
@@ -38,6 +40,11 @@ pub struct Cluster {
     pub outlier_detection: Option<OutlierDetection>,
     /// TLS to the upstream; `None`: plain TCP.
     pub tls: Option<UpstreamTls>,
+    /// `transport_socket_matches`: an endpoint whose `envoy.transport_socket_match`
+    /// metadata holds every key and value of a match's criteria gets that match's transport
+    /// socket (the first such), others get `tls`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transport_socket_matches: Vec<TransportSocketMatch>,
     /// The HTTP protocol spoken upstream.
     pub protocol: UpstreamProtocol,
     /// Endpoints given inline (STATIC, STRICT_DNS, LOGICAL_DNS).
@@ -292,6 +299,49 @@ impl Default for OutlierDetection {
             enforcing_consecutive_local_origin_failure: 100,
             enforcing_local_origin_success_rate: 100,
             enforcing_failure_percentage_local_origin: 0,
+        }
+    }
+}
+
+/// One of a cluster's `transport_socket_matches`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransportSocketMatch {
+    /// Its name (for logs and `/config_dump`).
+    pub name: String,
+    /// The metadata an endpoint must have (every key, equal values); empty: every endpoint.
+    pub criteria: BTreeMap<String, MetadataValue>,
+    /// Its transport socket: TLS, or `None` for plain TCP (`raw_buffer`).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// The endpoint metadata namespace transport socket matches look at.
+pub const TRANSPORT_SOCKET_MATCH_METADATA: &str = "envoy.transport_socket_match";
+
+impl Cluster {
+    /// Which transport socket an endpoint with `metadata` gets: `0` the cluster's own,
+    /// `i + 1` match `i`.
+    pub fn socket_for(
+        &self,
+        metadata: &BTreeMap<String, BTreeMap<String, MetadataValue>>,
+    ) -> usize {
+        if self.transport_socket_matches.is_empty() {
+            return 0;
+        }
+        let empty = BTreeMap::new();
+        let md = metadata
+            .get(TRANSPORT_SOCKET_MATCH_METADATA)
+            .unwrap_or(&empty);
+        self.transport_socket_matches
+            .iter()
+            .position(|m| m.criteria.iter().all(|(k, v)| md.get(k) == Some(v)))
+            .map_or(0, |i| i + 1)
+    }
+
+    /// The TLS of transport socket `socket` ([`Cluster::socket_for`]).
+    pub fn tls_of(&self, socket: usize) -> Option<&UpstreamTls> {
+        match socket {
+            0 => self.tls.as_ref(),
+            i => self.transport_socket_matches.get(i - 1)?.tls.as_ref(),
         }
     }
 }

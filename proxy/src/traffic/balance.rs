@@ -37,6 +37,8 @@ pub struct Host {
     pub weight: u32,
     /// Reached through HBONE (a meshed workload on another node), if set.
     pub hbone: Option<HboneEndpoint>,
+    /// Its cluster's transport socket for it (`Cluster::socket_for`: 0 the cluster's own).
+    pub socket: usize,
     active: AtomicUsize,
     outlier: Mutex<OutlierState>,
 }
@@ -64,6 +66,7 @@ impl Host {
             address,
             weight: weight.max(1),
             hbone: None,
+            socket: 0,
             active: AtomicUsize::new(0),
             outlier: Mutex::new(OutlierState::default()),
         }
@@ -72,6 +75,12 @@ impl Host {
     /// The host reached through HBONE as `hbone` says.
     pub fn with_hbone(mut self, hbone: Option<HboneEndpoint>) -> Self {
         self.hbone = hbone;
+        self
+    }
+
+    /// The host reached over its cluster's transport socket `socket`.
+    pub fn with_socket(mut self, socket: usize) -> Self {
+        self.socket = socket;
         self
     }
 

@@ -34,11 +34,13 @@ pub enum HboneLookup {
     Invalid(Arc<str>),
 }
 
-/// The SPIFFE IDs of a cluster's SAN list: its inline validation context's (or the inline
-/// part of a combined one) exact, case-sensitive URI SAN matchers that are workload
-/// identities. Other matchers cannot name an identity to ask the node for.
-pub fn cluster_identities(cluster: &Cluster) -> Vec<SpiffeId> {
-    let ctx = match cluster.tls.as_ref().and_then(|t| t.validation.as_ref()) {
+/// The SPIFFE IDs of a cluster's SAN list for endpoints of transport socket `socket`
+/// ([`Cluster::socket_for`]: the cluster's own TLS context, or a transport socket match's):
+/// its inline validation context's (or the inline part of a combined one) exact,
+/// case-sensitive URI SAN matchers that are workload identities. Other matchers cannot
+/// name an identity to ask the node for.
+pub fn cluster_identities(cluster: &Cluster, socket: usize) -> Vec<SpiffeId> {
+    let ctx = match cluster.tls_of(socket).and_then(|t| t.validation.as_ref()) {
         Some(ValidationSource::Inline(v) | ValidationSource::Combined { default: v, .. }) => v,
         Some(ValidationSource::Sds(_)) | None => return Vec::new(),
     };
@@ -58,11 +60,17 @@ pub fn cluster_identities(cluster: &Cluster) -> Vec<SpiffeId> {
     ids
 }
 
-/// How endpoint `addr` of `cluster`, with HBONE metadata `ep`, is reached.
-pub fn resolve(cluster: &Cluster, addr: SocketAddr, ep: &HboneEndpoint) -> HboneLookup {
+/// How endpoint `addr` of `cluster`, with HBONE metadata `ep` and transport socket
+/// `socket`, is reached.
+pub fn resolve(
+    cluster: &Cluster,
+    socket: usize,
+    addr: SocketAddr,
+    ep: &HboneEndpoint,
+) -> HboneLookup {
     let expected = match &ep.identity {
         Some(id) => vec![id.clone()],
-        None => cluster_identities(cluster),
+        None => cluster_identities(cluster, socket),
     };
     if expected.is_empty() {
         return HboneLookup::Invalid(
@@ -152,6 +160,7 @@ mod tests {
                 min_version: None,
                 max_version: None,
             }),
+            transport_socket_matches: vec![],
             protocol: UpstreamProtocol::Http1,
             load_assignment: None,
             dns_lookup_family: DnsLookupFamily::Auto,
@@ -237,7 +246,7 @@ mod tests {
             (cluster(inline(sans[1..5].to_vec())), &without, None),
         ];
         for (c, ep, want) in cases {
-            let got = resolve(&c, addr, ep);
+            let got = resolve(&c, 0, addr, ep);
             match want {
                 Some(expected) => assert_eq!(got, tunnel(expected), "{c:?} {ep:?}"),
                 None => assert!(

@@ -178,7 +178,10 @@ impl Traffic {
                 .filter(|t| {
                     Arc::ptr_eq(&t.cluster, &c)
                         && same(&t.assignment, &assignment)
-                        && t.origin.as_ref().is_none_or(|o| o.current(&input.secrets))
+                        && t.origins
+                            .iter()
+                            .flatten()
+                            .all(|o| o.current(&input.secrets))
                 })
                 .cloned();
             let target = reused.unwrap_or_else(|| {
@@ -300,8 +303,9 @@ pub struct ClusterTarget {
     counters: Arc<ClusterCounters>,
     /// Its endpoints reached through HBONE.
     hbone: Vec<(SocketAddr, HboneLookup)>,
-    /// Its upstream TLS for endpoints outside the mesh (`None`: plain TCP).
-    origin: Option<Origin>,
+    /// Its upstream TLS for endpoints outside the mesh, per transport socket (the cluster's
+    /// own, then its matches'; `None`: plain TCP).
+    origins: Vec<Option<Origin>>,
 }
 
 /// A filter chain's downstream TLS, built, with the Secrets it was built from.
@@ -503,6 +507,15 @@ impl Picked {
         }
     }
 
+    /// Its cluster's transport socket for it (`Cluster::socket_for`; `0` for an original
+    /// destination).
+    pub fn socket(&self) -> usize {
+        match self {
+            Picked::Host(a) => a.host().socket,
+            Picked::OriginalDst(_) => 0,
+        }
+    }
+
     /// The HBONE tunnel the endpoint is reached through, if it is a meshed workload on
     /// another node (EDS metadata).
     pub fn hbone(&self) -> Option<&HboneEndpoint> {
@@ -539,20 +552,24 @@ impl ClusterTarget {
                         .filter(|e| e.health_status.is_routable())
                     {
                         let weight = e.load_balancing_weight.max(1);
-                        // Same endpoint, same weight, same tunnel: keep its state (active
-                        // requests, outlier counters and ejections).
+                        let socket = cluster.socket_for(&e.metadata);
+                        // Same endpoint, same weight, same tunnel and socket: keep its state
+                        // (active requests, outlier counters and ejections).
                         let kept = prev.and_then(|p| {
                             p.hosts()
                                 .find(|h| {
                                     h.address == e.address
                                         && h.weight == weight
                                         && h.hbone == e.hbone
+                                        && h.socket == socket
                                 })
                                 .cloned()
                         });
                         hosts.push(kept.unwrap_or_else(|| {
                             Arc::new(
-                                Host::new(e.address.clone(), weight).with_hbone(e.hbone.clone()),
+                                Host::new(e.address.clone(), weight)
+                                    .with_hbone(e.hbone.clone())
+                                    .with_socket(socket),
                             )
                         }));
                     }
@@ -583,38 +600,61 @@ impl ClusterTarget {
             .flat_map(|l| &l.endpoints)
             .filter_map(|e| match (&e.address, &e.hbone) {
                 (EndpointAddress::Socket(a), Some(ep)) => {
-                    Some((*a, mesh::resolve(&cluster, *a, ep)))
+                    let socket = cluster.socket_for(&e.metadata);
+                    Some((*a, mesh::resolve(&cluster, socket, *a, ep)))
                 }
                 _ => None,
             })
             .collect();
-        let origin = cluster.tls.as_ref().map(|tls| {
-            let used: Vec<(String, Option<Arc<Secret>>)> =
-                sds_names(&tls.certificates, tls.validation.as_ref())
-                    .map(|n| (n.to_owned(), secrets.get(n).cloned()))
-                    .collect();
-            let tls = TlsOrigin::build(tls, |n| secrets.get(n).cloned())
-                .map(Arc::new)
-                .map_err(|why| {
-                    Arc::from(format!("cluster {:?}: upstream TLS: {why}", cluster.name))
-                });
-            Origin { tls, secrets: used }
-        });
+        // The cluster's own transport socket, then its matches'.
+        let sockets = std::iter::once(cluster.tls.as_ref()).chain(
+            cluster
+                .transport_socket_matches
+                .iter()
+                .map(|m| m.tls.as_ref()),
+        );
+        let origins = sockets
+            .enumerate()
+            .map(|(i, tls)| {
+                let tls = tls?;
+                let used: Vec<(String, Option<Arc<Secret>>)> =
+                    sds_names(&tls.certificates, tls.validation.as_ref())
+                        .map(|n| (n.to_owned(), secrets.get(n).cloned()))
+                        .collect();
+                let which = match i {
+                    0 => String::new(),
+                    i => format!(
+                        " (transport socket match {:?})",
+                        cluster.transport_socket_matches[i - 1].name
+                    ),
+                };
+                let tls = TlsOrigin::build(tls, |n| secrets.get(n).cloned())
+                    .map(Arc::new)
+                    .map_err(|why| {
+                        Arc::from(format!(
+                            "cluster {:?}{which}: upstream TLS: {why}",
+                            cluster.name
+                        ))
+                    });
+                Some(Origin { tls, secrets: used })
+            })
+            .collect();
         ClusterTarget {
             counters: prev.map(|p| p.counters.clone()).unwrap_or_default(),
             cluster,
             assignment,
             levels,
             hbone,
-            origin,
+            origins,
         }
     }
 
-    /// The TLS to open over connections to endpoints outside the mesh: `None` for plain
-    /// TCP, an error when the cluster asks for TLS that cannot be set up (a Secret not
-    /// delivered, a bad certificate).
-    pub(crate) fn tls_origin(&self) -> Option<Result<&Arc<TlsOrigin>, &str>> {
-        self.origin
+    /// The TLS to open over connections to endpoints outside the mesh of transport socket
+    /// `socket` (the host's): `None` for plain TCP, an error when the cluster asks for TLS
+    /// that cannot be set up (a Secret not delivered, a bad certificate).
+    pub(crate) fn tls_origin(&self, socket: usize) -> Option<Result<&Arc<TlsOrigin>, &str>> {
+        self.origins
+            .get(socket)?
             .as_ref()
             .map(|o| o.tls.as_ref().map_err(|e| &**e))
     }
@@ -973,6 +1013,7 @@ mod tests {
             circuit_breakers: vec![],
             outlier_detection: None,
             tls: None,
+            transport_socket_matches: vec![],
             protocol: UpstreamProtocol::Http1,
             load_assignment: None,
             dns_lookup_family: DnsLookupFamily::Auto,

@@ -114,7 +114,6 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
             );
         }
     }
-    cx.unsupported(p, "transport_socket_matches", transport_socket_matches);
     cx.unsupported(p, "health_checks", health_checks);
     cx.unsupported(p, "dns_failure_refresh_rate", dns_failure_refresh_rate);
     // `respect_dns_ttl` (Envoy Gateway sets it): a host name is resolved at every connect,
@@ -257,6 +256,11 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
     let tls = transport_socket
         .as_ref()
         .and_then(|t| upstream_tls(&mut cx, "transport_socket", t));
+    let transport_socket_matches = transport_socket_matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| socket_match(&mut cx, &idx("", "transport_socket_matches", i), m))
+        .collect();
     let mut protocol = mc::UpstreamProtocol::Http1;
     let mut connection_life = mc::ConnectionLife::default();
     for (key, any) in typed_extension_protocol_options {
@@ -338,6 +342,7 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         circuit_breakers,
         outlier_detection,
         tls,
+        transport_socket_matches,
         protocol,
         load_assignment,
         dns_lookup_family,
@@ -648,6 +653,34 @@ fn outlier(cx: &mut Cx, p: &str, o: &pb::OutlierDetection) -> mc::OutlierDetecti
         }
     }
     out
+}
+
+/// One of `transport_socket_matches`: its criteria (the `match` Struct, compared with the
+/// endpoints' `envoy.transport_socket_match` metadata) and its socket (TLS, or `None` for
+/// `raw_buffer`; a missing socket is plain TCP, as Envoy's default).
+fn socket_match(
+    cx: &mut Cx,
+    p: &str,
+    m: &pb::cluster::TransportSocketMatch,
+) -> mc::TransportSocketMatch {
+    let pb::cluster::TransportSocketMatch {
+        name,
+        r#match,
+        transport_socket,
+    } = m;
+    let criteria = r#match
+        .iter()
+        .flat_map(|s| &s.fields)
+        .map(|(k, v)| (k.clone(), super::common::metadata_value(v)))
+        .collect();
+    let tls = transport_socket
+        .as_ref()
+        .and_then(|t| upstream_tls(cx, &join(p, "transport_socket"), t));
+    mc::TransportSocketMatch {
+        name: name.clone(),
+        criteria,
+        tls,
+    }
 }
 
 fn upstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<mc::UpstreamTls> {

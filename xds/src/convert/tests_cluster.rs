@@ -1046,3 +1046,99 @@ fn load_balancing_policies() {
         ]
     );
 }
+
+/// Istio's shape: a TLS socket for endpoints labelled `tlsMode: istio`, plain TCP for the
+/// rest (an empty match), and Envoy Gateway's (a match by name, no default socket).
+#[test]
+fn transport_socket_matches() {
+    let text = r#"
+name: reviews
+type: EDS
+eds_cluster_config: {eds_config: {ads: {}}}
+transport_socket_matches:
+- name: tlsMode-istio
+  match: {tlsMode: istio}
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      sni: outbound_.9080_._.reviews.default.svc.cluster.local
+      common_tls_context:
+        tls_certificate_sds_secret_configs: [{name: default, sds_config: {ads: {}}}]
+        validation_context_sds_secret_config: {name: ROOTCA, sds_config: {ads: {}}}
+- name: tlsMode-disabled
+  match: {}
+  transport_socket:
+    name: envoy.transport_sockets.raw_buffer
+    typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}
+"#;
+    let v: serde_json::Value = serde_yaml::from_str(text).unwrap();
+    let c = cluster(&super::json::from_value(v).unwrap()).unwrap();
+    assert_eq!(c.tls, None);
+    let [istio, disabled] = c.transport_socket_matches.as_slice() else {
+        panic!("{:?}", c.transport_socket_matches)
+    };
+    assert_eq!(istio.name, "tlsMode-istio");
+    assert_eq!(
+        istio.criteria,
+        [(
+            "tlsMode".to_owned(),
+            model::MetadataValue::String("istio".into())
+        )]
+        .into()
+    );
+    let tls = istio.tls.as_ref().unwrap();
+    assert_eq!(
+        tls.sni.as_deref(),
+        Some("outbound_.9080_._.reviews.default.svc.cluster.local")
+    );
+    assert_eq!(
+        tls.certificates,
+        vec![mc::CertificateSource::Sds("default".into())]
+    );
+    assert_eq!(disabled.criteria, Default::default());
+    assert_eq!(disabled.tls, None);
+    // An endpoint labelled for mTLS gets the first match, any other the second.
+    let md = |v: serde_json::Value| {
+        let mut m = std::collections::BTreeMap::new();
+        if let serde_json::Value::Object(o) = v {
+            m.insert(
+                mc::TRANSPORT_SOCKET_MATCH_METADATA.to_owned(),
+                o.into_iter()
+                    .map(|(k, v)| (k, model::MetadataValue::String(v.as_str().unwrap().into())))
+                    .collect(),
+            );
+        }
+        m
+    };
+    assert_eq!(
+        c.socket_for(&md(serde_json::json!({"tlsMode": "istio", "x": "y"}))),
+        1
+    );
+    assert_eq!(
+        c.socket_for(&md(serde_json::json!({"tlsMode": "disabled"}))),
+        2
+    );
+    assert_eq!(c.socket_for(&Default::default()), 2);
+    assert!(c.tls_of(1).is_some() && c.tls_of(2).is_none() && c.tls_of(0).is_none());
+
+    // A bad socket inside a match is rejected with its path.
+    let text = r#"
+name: c
+type: EDS
+eds_cluster_config: {eds_config: {ads: {}}}
+transport_socket_matches:
+- name: m
+  match: {name: m}
+  transport_socket:
+    name: alts
+    typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts}
+"#;
+    let v: serde_json::Value = serde_yaml::from_str(text).unwrap();
+    let msgs = messages(cluster(&super::json::from_value(v).unwrap()));
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(
+        msgs[0].starts_with("transport_socket_matches[0].transport_socket.typed_config:"),
+        "{msgs:?}"
+    );
+}
