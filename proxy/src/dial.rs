@@ -154,7 +154,8 @@ pub(crate) fn route(
 }
 
 /// Connects to `addr`: through `hbone` when given, else over TCP (with `keepalive`) and
-/// then `tls` when given (the cluster's upstream TLS, offering `Alpn`); each within
+/// then `tls` when given (the cluster's upstream TLS, offering `Alpn`, with the request's
+/// SNI under `auto_sni`); each within
 /// `timeout`, the TLS handshake included (Envoy's `transport_socket_connect_timeout` is
 /// not separate).
 pub(crate) async fn dial(
@@ -162,15 +163,15 @@ pub(crate) async fn dial(
     timeout: Duration,
     hbone: Option<&HboneRoute>,
     keepalive: Option<tcp::Keepalive>,
-    tls: Option<(&TlsOrigin, Alpn)>,
+    tls: Option<(&TlsOrigin, Alpn, Option<&str>)>,
 ) -> Result<BoxIo, ProxyError> {
     let Some(r) = hbone else {
-        let Some((tls, alpn)) = tls else {
+        let Some((tls, alpn, sni)) = tls else {
             return Ok(Box::new(tcp::connect(addr, timeout, keepalive).await?));
         };
         let started = tokio::time::Instant::now();
         let tcp = tcp::connect(addr, timeout, keepalive).await?;
-        let handshake = tls.connect(addr, tcp, alpn);
+        let handshake = tls.connect(addr, tcp, alpn, sni);
         return match tokio::time::timeout_at(started + timeout, handshake).await {
             Ok(Ok(stream)) => Ok(Box::new(stream)),
             Ok(Err(source)) => Err(ProxyError::UpstreamTls { addr, source }),

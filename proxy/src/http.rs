@@ -207,6 +207,8 @@ pub(crate) struct Target {
     /// TLS of the proxy's own over the TCP connection: an endpoint outside the mesh of a
     /// cluster with upstream TLS.
     pub(crate) origin: Option<Arc<TlsOrigin>>,
+    /// The SNI of that TLS from the request's host (`auto_sni`; set in `forward`).
+    pub(crate) sni: Option<Arc<str>>,
 }
 
 /// The request body as the proxy forwards it (its bytes counted for the golden metrics).
@@ -704,6 +706,7 @@ impl HttpConn {
                         life: upstream::ConnLife::default(),
                         tls: false,
                         origin: None,
+                        sni: None,
                     };
                     let dest = self.destination(None, Some(self.dst), authority(&req));
                     *deadlines = Deadlines::new(None, None, &self.timeouts);
@@ -1217,6 +1220,10 @@ impl HttpConn {
     {
         async move {
             let addr = target.addr;
+            let mut target = target;
+            if let Some(o) = &target.origin {
+                target.sni = o.sni_for(req.uri(), req.headers());
+            }
             if req.extensions_mut().remove::<TerminateConnect>().is_some() {
                 return self.terminate_connect(target, req).await;
             }
@@ -1470,6 +1477,7 @@ impl HttpConn {
             life: target.life,
             hbone: self.reach(target.addr)?,
             tls: target.origin,
+            sni: target.sni,
         })
     }
 
@@ -1496,7 +1504,10 @@ impl HttpConn {
             target.connect_timeout,
             hbone.as_deref(),
             target.keepalive,
-            target.origin.as_deref().map(|t| (t, Alpn::AsConfigured)),
+            target
+                .origin
+                .as_deref()
+                .map(|t| (t, Alpn::AsConfigured, target.sni.as_deref())),
         )
         .await?;
         let body = if self.downstream == Protocol::Http2 {
@@ -1865,6 +1876,7 @@ pub(crate) async fn pick_endpoint(
         protocol,
         keepalive: cluster.cluster.tcp_keepalive.as_ref().map(Into::into),
         life: (&cluster.cluster.connection_life).into(),
+        sni: None,
         tls: match picked.hbone() {
             Some(_) => cluster.cluster.tls_of(picked.socket()).is_some(),
             None => origin.is_some(),

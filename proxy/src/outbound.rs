@@ -300,6 +300,7 @@ async fn serve_opaque<D: tcp::Downstream>(
             life: crate::upstream::ConnLife::default(),
             tls: false,
             origin: None,
+            sni: None,
         }),
     };
     match upstream {

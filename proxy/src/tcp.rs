@@ -389,7 +389,7 @@ pub(crate) async fn forward<D: Downstream>(
     } = target;
     // A TCP proxy names no protocol: ALPN as the TLS context says; a `CONNECT` tunnel's
     // is its cluster's codec's.
-    let tls_for = |alpn| tls.as_deref().map(|t| (t, alpn));
+    let tls_for = |alpn| tls.as_deref().map(|t| (t, alpn, None));
     golden.opened.inc();
     // Closed whatever happens below, once.
     let _closed = CloseOnDrop(golden.closed.clone());
@@ -423,6 +423,7 @@ pub(crate) async fn forward<D: Downstream>(
                     // does not apply to them.
                     life: Default::default(),
                     tls: tls.clone(),
+                    sni: None,
                 };
                 open_h2_tunnel(pools, ep, t, peer)
                     .await

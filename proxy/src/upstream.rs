@@ -195,6 +195,8 @@ pub(crate) struct Endpoint {
     pub(crate) life: ConnLife,
     /// The cluster's upstream TLS, for an endpoint outside the mesh.
     pub(crate) tls: Option<Arc<TlsOrigin>>,
+    /// The request's SNI for a new TLS connection (`auto_sni`).
+    pub(crate) sni: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -207,19 +209,24 @@ impl Endpoint {
             self.addr,
             self.hbone.as_ref().map(|h| h.source.clone()),
             self.life,
-            self.tls.as_ref().map(|t| t.key()),
+            self.tls.as_ref().map(|t| (t.key(), self.sni.clone())),
         )
     }
 
     /// How [`dial::dial`] opens TLS for this endpoint's `protocol`.
-    fn tls(&self, alpn: Alpn) -> Option<(&TlsOrigin, Alpn)> {
-        self.tls.as_deref().map(|t| (t, alpn))
+    fn tls(&self, alpn: Alpn) -> Option<(&TlsOrigin, Alpn, Option<&str>)> {
+        self.tls.as_deref().map(|t| (t, alpn, self.sni.as_deref()))
     }
 }
 
 /// Address, the source principal of a tunnelled connection, how long a connection lives,
-/// and the digest of its TLS settings.
-type ConnKey = (SocketAddr, Option<Arc<str>>, ConnLife, Option<u64>);
+/// and the digest of its TLS settings with the SNI (`auto_sni`).
+type ConnKey = (
+    SocketAddr,
+    Option<Arc<str>>,
+    ConnLife,
+    Option<(u64, Option<Arc<str>>)>,
+);
 
 /// The HTTP/2 connections of one endpoint: one, unless its cluster caps the streams per
 /// connection. The async lock is held only while picking and connecting (never while a

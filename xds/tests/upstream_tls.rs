@@ -592,3 +592,103 @@ endpoints:
     assert_eq!(tls.handshakes.load(Ordering::Relaxed), 1);
     assert_eq!(plain.hits.load(Ordering::Relaxed), 2);
 }
+
+/// `auto_sni` and `auto_san_validation` (Istio's TLS origination without an SNI of its
+/// own), and the context's `auto_sni_san_validation`: the SNI is each request's host, the
+/// certificate must name it, and connections for different hosts are kept apart.
+#[tokio::test]
+async fn auto_sni_follows_the_request_host() {
+    let ca = TestCa::new("test CA");
+    let server_cert = ca.leaf(
+        &["api.example.com", "*.svc.example.com"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let main = tls_upstream(server_config(
+        &server_cert,
+        &[&rustls::version::TLS13],
+        None,
+    ))
+    .await;
+    let trusted = format!(
+        "common_tls_context:\n  validation_context:\n    trusted_ca: {}\n",
+        inline(&ca.pem)
+    );
+    let auto = |name: &str, extra: &str| {
+        tls_cluster(
+            name,
+            main.addr,
+            &trusted,
+            &format!(
+                r#"typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {{http_protocol_options: {{}}}}
+    upstream_http_protocol_options: {{auto_sni: true, auto_san_validation: true{extra}}}"#
+            ),
+        )
+    };
+    let clusters = vec![
+        auto("auto", ""),
+        auto("by-header", ", override_auto_sni_header: x-sni"),
+        tls_cluster(
+            "pinned-ok",
+            main.addr,
+            &format!("sni: api.example.com\nauto_sni_san_validation: true\n{trusted}"),
+            "",
+        ),
+        tls_cluster(
+            "pinned-bad",
+            main.addr,
+            &format!("sni: other.example.com\nauto_sni_san_validation: true\n{trusted}"),
+            "",
+        ),
+    ];
+    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "http", &http_listener("http", 18080, "r"));
+        set(b, "r", &routes(&names));
+        for c in &clusters {
+            set(b, &c.name, c);
+        }
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(type_url::CLUSTER, &names, &cp.version(type_url::CLUSTER))
+        .await;
+    let mut client = node.http_client(vip(18080)).await;
+    for (host, sni) in [
+        ("api.example.com", "api.example.com"),
+        ("Orders.svc.example.com:8443", "orders.svc.example.com"),
+        ("api.example.com", "api.example.com"),
+        ("127.0.0.1:8443", "none"),
+    ] {
+        let (status, _, body) = client.get(host, "/auto/a").await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{host}: {body}");
+        assert_eq!(
+            body,
+            format!("sni={sni} alpn=http/1.1 version=TLSv1_3 client=none"),
+            "{host}"
+        );
+    }
+    // One connection per host: the repeated host reused its own.
+    assert_eq!(main.handshakes.load(Ordering::Relaxed), 3);
+    // A host the certificate does not name.
+    let (status, _, body) = client.get("evil.example.com", "/auto/a").await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("TLS handshake failed"), "{body}");
+    // The host from another header (`app.local`, the authority, is not in the certificate:
+    // only the header's host passes the SAN check).
+    let (status, server) = client
+        .get_with_header("app.local", "/by-header/a", "x-sni", "db.svc.example.com")
+        .await
+        .unwrap();
+    assert_eq!((status, server.as_str()), (StatusCode::OK, "tls"));
+    let (status, _, body) = client.get("app.local", "/by-header/a").await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _, body) = client.get("app.local", "/pinned-ok/a").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("sni=api.example.com "), "{body}");
+    let (status, _, body) = client.get("app.local", "/pinned-bad/a").await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("TLS handshake failed"), "{body}");
+}

@@ -45,6 +45,9 @@ pub struct Cluster {
     /// socket (the first such), others get `tls`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub transport_socket_matches: Vec<TransportSocketMatch>,
+    /// `upstream_http_protocol_options`: the SNI of upstream TLS from each request's host.
+    #[serde(skip_serializing_if = "AutoSni::is_off")]
+    pub auto_sni: AutoSni,
     /// The HTTP protocol spoken upstream.
     pub protocol: UpstreamProtocol,
     /// Endpoints given inline (STATIC, STRICT_DNS, LOGICAL_DNS).
@@ -303,6 +306,26 @@ impl Default for OutlierDetection {
     }
 }
 
+/// A cluster's `upstream_http_protocol_options` (Istio sets them for TLS origination
+/// without an SNI of its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AutoSni {
+    /// `auto_sni`: a new TLS connection's SNI is the request's host (`:authority`, or the
+    /// `header`), without its port; none when that is an IP address.
+    pub sni: bool,
+    /// `auto_san_validation`: the server's certificate must name that host.
+    pub san_validation: bool,
+    /// `override_auto_sni_header`: the header to take the host from instead.
+    pub header: Option<String>,
+}
+
+impl AutoSni {
+    /// Whether it asks for nothing.
+    pub fn is_off(&self) -> bool {
+        !self.sni && !self.san_validation
+    }
+}
+
 /// One of a cluster's `transport_socket_matches`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TransportSocketMatch {
@@ -357,6 +380,9 @@ pub struct UpstreamTls {
     pub certificates: Vec<CertificateSource>,
     /// How the server's certificate is verified; `None`: not verified (as in Envoy).
     pub validation: Option<ValidationSource>,
+    /// `auto_sni_san_validation`: the server's certificate must name the SNI sent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auto_sni_san_validation: bool,
     /// `tls_params.tls_minimum_protocol_version` (`None`: TLS 1.2, Envoy's client default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_version: Option<TlsVersion>,

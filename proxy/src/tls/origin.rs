@@ -39,8 +39,9 @@ use super::material::{
     certificate, certificate_chain_and_key, roots, san_matches, validation, versions,
     NoMatchingSan, Secrets, Validation,
 };
-use crate::model::cluster::UpstreamTls;
-use crate::model::secret::SanMatcher;
+use crate::model::cluster::{AutoSni, UpstreamTls};
+use crate::model::secret::{SanMatcher, SanType};
+use crate::model::StringMatcher;
 
 /// Which ALPN list a connection offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,9 @@ pub struct TlsOrigin {
     configs: [Arc<ClientConfig>; 3],
     /// The SNI; `None`: none is sent.
     sni: Option<ServerName<'static>>,
+    /// `auto_sni`: each connection's SNI from the request's host (`Some(header)`: from
+    /// that header instead of the authority).
+    auto_sni: Option<Option<http::HeaderName>>,
     /// Tells connections of different TLS settings apart in the pools (a digest of the
     /// context and of the Secrets' bytes it was built from).
     key: u64,
@@ -76,11 +80,16 @@ impl std::fmt::Debug for TlsOrigin {
 impl TlsOrigin {
     /// Builds the client side of `tls`, looking SDS names up with `secret`. The error says
     /// what is missing or wrong.
-    pub(crate) fn build(tls: &UpstreamTls, secret: impl Secrets) -> Result<TlsOrigin, String> {
+    pub(crate) fn build(
+        tls: &UpstreamTls,
+        auto: &AutoSni,
+        secret: impl Secrets,
+    ) -> Result<TlsOrigin, String> {
         let mut digest = std::hash::DefaultHasher::new();
-        format!("{tls:?}").hash(&mut digest);
+        format!("{tls:?}{auto:?}").hash(&mut digest);
         let verifier = Arc::new(PeerVerifier::new(
             validation(tls.validation.as_ref(), &secret, &mut digest)?,
+            tls.auto_sni_san_validation || auto.san_validation,
             super::store::provider(),
         )?);
         let builder = ClientConfig::builder_with_provider(super::store::provider())
@@ -122,11 +131,41 @@ impl TlsOrigin {
             }
         };
         let configs = [as_configured.clone(), with(b"http/1.1"), with(b"h2")];
+        let auto_sni = auto.sni.then(|| {
+            auto.header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+        });
         Ok(TlsOrigin {
             configs,
             sni,
+            auto_sni,
             key: digest.finish(),
         })
+    }
+
+    /// With `auto_sni`, the SNI for a request with this URI and these headers: its host
+    /// (the override header's when the request has it, else the authority or `Host`),
+    /// without the port; `None`
+    /// when there is none or it is an IP address (no SNI, as Envoy).
+    pub(crate) fn sni_for(&self, uri: &http::Uri, headers: &http::HeaderMap) -> Option<Arc<str>> {
+        let header = self.auto_sni.as_ref()?;
+        // The override header when the request has it, else the authority (Envoy's
+        // fallback).
+        let host = match header.as_ref().and_then(|h| headers.get(h)) {
+            Some(v) => v.to_str().ok()?,
+            None => match uri.authority() {
+                Some(a) => a.as_str(),
+                None => headers.get(http::header::HOST)?.to_str().ok()?,
+            },
+        };
+        let host = host.parse::<http::uri::Authority>().ok()?;
+        let host = host.host().trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        ServerName::try_from(host).ok()?;
+        Some(host.to_ascii_lowercase().into())
     }
 
     /// Tells connections of different TLS settings apart in the pools.
@@ -134,23 +173,28 @@ impl TlsOrigin {
         self.key
     }
 
-    /// The TLS handshake over `tcp`, connected to `addr`. Without an SNI the handshake
-    /// names `addr`'s IP, which rustls never sends as SNI.
+    /// The TLS handshake over `tcp`, connected to `addr`, with SNI `sni` (the request's,
+    /// [`TlsOrigin::sni_for`]) or else the context's. Without an SNI the handshake names
+    /// `addr`'s IP, which rustls never sends as SNI.
     pub(crate) async fn connect(
         &self,
         addr: SocketAddr,
         tcp: TcpStream,
         alpn: Alpn,
+        sni: Option<&str>,
     ) -> std::io::Result<TlsStream<TcpStream>> {
         let config = &self.configs[match alpn {
             Alpn::AsConfigured => 0,
             Alpn::Http1 => 1,
             Alpn::Http2 => 2,
         }];
-        let name = self
-            .sni
-            .clone()
-            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let name = match sni.and_then(|s| ServerName::try_from(s.to_owned()).ok()) {
+            Some(name) => name,
+            None => self
+                .sni
+                .clone()
+                .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into())),
+        };
         TlsConnector::from(config.clone()).connect(name, tcp).await
     }
 }
@@ -161,11 +205,17 @@ struct PeerVerifier {
     /// `None`: the chain is not verified.
     roots: Option<Arc<RootCertStore>>,
     sans: Vec<SanMatcher>,
+    /// `auto_sni_san_validation` / `auto_san_validation`: a SAN must name the SNI sent.
+    sni_san: bool,
     provider: Arc<CryptoProvider>,
 }
 
 impl PeerVerifier {
-    fn new(validation: Option<Validation>, provider: Arc<CryptoProvider>) -> Result<Self, String> {
+    fn new(
+        validation: Option<Validation>,
+        sni_san: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, String> {
         let (ca, sans) = validation.unwrap_or_default();
         let roots = match ca {
             None if !sans.is_empty() => {
@@ -181,6 +231,7 @@ impl PeerVerifier {
         Ok(Self {
             roots,
             sans,
+            sni_san,
             provider,
         })
     }
@@ -191,25 +242,38 @@ impl ServerCertVerifier for PeerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let Some(roots) = &self.roots else {
-            return Ok(ServerCertVerified::assertion());
+        let no_match = || {
+            Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(NoMatchingSan))))
         };
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        if !self.sans.is_empty() && !san_matches(&self.sans, end_entity)? {
-            return Err(Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(NoMatchingSan)),
-            )));
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+            if !self.sans.is_empty() && !san_matches(&self.sans, end_entity)? {
+                return Err(no_match());
+            }
+        }
+        // The name sent (a DNS name; an IP address is only the handshake's placeholder when
+        // there is no SNI, and then there is nothing to check).
+        if self.sni_san {
+            if let ServerName::DnsName(name) = server_name {
+                let rule = SanMatcher {
+                    san_type: SanType::Dns,
+                    matcher: StringMatcher::exact(name.as_ref()),
+                };
+                if !san_matches(std::slice::from_ref(&rule), end_entity)? {
+                    return Err(no_match());
+                }
+            }
         }
         Ok(ServerCertVerified::assertion())
     }

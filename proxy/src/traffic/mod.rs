@@ -628,7 +628,7 @@ impl ClusterTarget {
                         cluster.transport_socket_matches[i - 1].name
                     ),
                 };
-                let tls = TlsOrigin::build(tls, |n| secrets.get(n).cloned())
+                let tls = TlsOrigin::build(tls, &cluster.auto_sni, |n| secrets.get(n).cloned())
                     .map(Arc::new)
                     .map_err(|why| {
                         Arc::from(format!(
@@ -1014,6 +1014,7 @@ mod tests {
             outlier_detection: None,
             tls: None,
             transport_socket_matches: vec![],
+            auto_sni: Default::default(),
             protocol: UpstreamProtocol::Http1,
             load_assignment: None,
             dns_lookup_family: DnsLookupFamily::Auto,

@@ -263,6 +263,7 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         .collect();
     let mut protocol = mc::UpstreamProtocol::Http1;
     let mut connection_life = mc::ConnectionLife::default();
+    let mut auto_sni = mc::AutoSni::default();
     for (key, any) in typed_extension_protocol_options {
         let kp = format!("typed_extension_protocol_options[{key}]");
         if key != HTTP_OPTIONS_KEY || any.type_url != HTTP_OPTIONS_URL {
@@ -275,7 +276,7 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         if let Some(o) =
             cx.decode::<ext::UpstreamHttpProtocolOptions>(&kp, HTTP_OPTIONS_URL, &any.value)
         {
-            if let Some(p) = http_options(&mut cx, &kp, &o, &mut connection_life) {
+            if let Some(p) = http_options(&mut cx, &kp, &o, &mut connection_life, &mut auto_sni) {
                 protocol = p;
             }
         }
@@ -343,6 +344,7 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         outlier_detection,
         tls,
         transport_socket_matches,
+        auto_sni,
         protocol,
         load_assignment,
         dns_lookup_family,
@@ -699,12 +701,12 @@ fn upstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<mc::U
     cx.unsupported(&tp, "allow_renegotiation", allow_renegotiation);
     cx.unsupported(&tp, "enforce_rsa_key_usage", enforce_rsa_key_usage);
     cx.unsupported(&tp, "auto_host_sni", auto_host_sni);
-    cx.unsupported(&tp, "auto_sni_san_validation", auto_sni_san_validation);
     let mut out = mc::UpstreamTls {
         sni: (!sni.is_empty()).then(|| sni.clone()),
         alpn_protocols: vec![],
         certificates: vec![],
         validation: None,
+        auto_sni_san_validation: *auto_sni_san_validation,
         min_version: None,
         max_version: None,
     };
@@ -728,6 +730,7 @@ fn http_options(
     p: &str,
     o: &ext::UpstreamHttpProtocolOptions,
     life: &mut mc::ConnectionLife,
+    auto: &mut mc::AutoSni,
 ) -> Option<mc::UpstreamProtocol> {
     let ext::UpstreamHttpProtocolOptions {
         common_http_protocol_options,
@@ -740,11 +743,37 @@ fn http_options(
     if let Some(c) = common_http_protocol_options {
         *life = connection_life(cx, &join(p, "common_http_protocol_options"), c);
     }
-    cx.unsupported(
-        p,
-        "upstream_http_protocol_options",
-        upstream_http_protocol_options,
-    );
+    if let Some(u) = upstream_http_protocol_options {
+        let up = join(p, "upstream_http_protocol_options");
+        let core::UpstreamHttpProtocolOptions {
+            auto_sni,
+            auto_san_validation,
+            override_auto_sni_header,
+        } = u;
+        if *auto_san_validation && !*auto_sni {
+            cx.reject(
+                join(&up, "auto_san_validation"),
+                Reason::UnsupportedValue(
+                    "without auto_sni (Myelin checks the certificate against the SNI it sends)"
+                        .into(),
+                ),
+            );
+        }
+        let header = (!override_auto_sni_header.is_empty()).then(|| {
+            if http::HeaderName::from_bytes(override_auto_sni_header.as_bytes()).is_err() {
+                cx.reject(
+                    join(&up, "override_auto_sni_header"),
+                    Reason::Invalid(format!("{override_auto_sni_header:?} is not a header name")),
+                );
+            }
+            override_auto_sni_header.to_ascii_lowercase()
+        });
+        *auto = mc::AutoSni {
+            sni: *auto_sni,
+            san_validation: *auto_san_validation,
+            header,
+        };
+    }
     cx.unsupported(p, "auto_config", auto_config);
     cx.unsupported(p, "http_filters", http_filters);
     let h2 = |cx: &mut Cx, pp: &str, c: &ext::ProtocolConfig| -> Option<mc::Http2Options> {

@@ -385,9 +385,9 @@ pub struct UpstreamHttpProtocolOptions {
     #[prost(message, optional, tag = "1")]
     #[serde(default)]
     pub common_http_protocol_options: Option<core::HttpProtocolOptions>,
-    #[prost(bytes = "vec", optional, tag = "2")]
-    #[serde(default, deserialize_with = "present")]
-    pub upstream_http_protocol_options: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub upstream_http_protocol_options: Option<core::UpstreamHttpProtocolOptions>,
     #[prost(message, optional, tag = "3")]
     #[serde(default)]
     pub explicit_http_config: Option<ProtocolConfig>,
@@ -902,7 +902,10 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
                 "common_http_protocol_options",
                 "envoy.config.core.v3.HttpProtocolOptions",
             ),
-            p("upstream_http_protocol_options"),
+            m(
+                "upstream_http_protocol_options",
+                "envoy.config.core.v3.UpstreamHttpProtocolOptions",
+            ),
             m(
                 "explicit_http_config",
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",

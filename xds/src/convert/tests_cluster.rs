@@ -320,6 +320,7 @@ fn cluster_supported_fields() {
             alpn_protocols: vec!["h2".into()],
             certificates: vec![mc::CertificateSource::Sds("default".into())],
             validation: Some(mc::ValidationSource::Sds("ROOTCA".into())),
+            auto_sni_san_validation: false,
             min_version: None,
             max_version: None,
         })
@@ -1140,5 +1141,43 @@ transport_socket_matches:
     assert!(
         msgs[0].starts_with("transport_socket_matches[0].transport_socket.typed_config:"),
         "{msgs:?}"
+    );
+}
+
+#[test]
+fn auto_sni_options() {
+    let with = |opts: &str| {
+        let text = format!(
+            r#"
+name: c
+type: EDS
+eds_cluster_config: {{eds_config: {{ads: {{}}}}}}
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {{http_protocol_options: {{}}}}
+    upstream_http_protocol_options: {opts}
+"#
+        );
+        let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        cluster(&super::json::from_value(v).unwrap())
+    };
+    let c = with("{auto_sni: true, auto_san_validation: true, override_auto_sni_header: X-Host}")
+        .unwrap();
+    assert_eq!(
+        c.auto_sni,
+        mc::AutoSni {
+            sni: true,
+            san_validation: true,
+            header: Some("x-host".into())
+        }
+    );
+    assert_eq!(
+        messages(with("{auto_san_validation: true}")),
+        vec!["typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].upstream_http_protocol_options.auto_san_validation: without auto_sni (Myelin checks the certificate against the SNI it sends) is not supported"]
+    );
+    assert_eq!(
+        messages(with("{auto_sni: true, override_auto_sni_header: \"bad header\"}")),
+        vec!["typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].upstream_http_protocol_options.override_auto_sni_header: \"bad header\" is not a header name"]
     );
 }
