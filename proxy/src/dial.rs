@@ -166,16 +166,11 @@ pub(crate) async fn dial(
     tls: Option<(&TlsOrigin, Alpn, Option<&str>)>,
 ) -> Result<BoxIo, ProxyError> {
     let Some(r) = hbone else {
-        let Some((tls, alpn, sni)) = tls else {
-            return Ok(Box::new(tcp::connect(addr, timeout, keepalive).await?));
-        };
-        let started = tokio::time::Instant::now();
-        let tcp = tcp::connect(addr, timeout, keepalive).await?;
-        let handshake = tls.connect(addr, tcp, alpn, sni);
-        return match tokio::time::timeout_at(started + timeout, handshake).await {
-            Ok(Ok(stream)) => Ok(Box::new(stream)),
-            Ok(Err(source)) => Err(ProxyError::UpstreamTls { addr, source }),
-            Err(_) => Err(ProxyError::connect_timeout(addr, timeout)),
+        return match tls {
+            None => Ok(Box::new(tcp::connect(addr, timeout, keepalive).await?)),
+            Some((tls, alpn, sni)) => Ok(Box::new(
+                dial_tls(addr, timeout, keepalive, tls, alpn, sni).await?,
+            )),
         };
     };
     let connect = r
@@ -184,6 +179,26 @@ pub(crate) async fn dial(
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(tunnel)) => Ok(Box::new(tunnel)),
         Ok(Err(source)) => Err(ProxyError::Hbone { addr, source }),
+        Err(_) => Err(ProxyError::connect_timeout(addr, timeout)),
+    }
+}
+
+/// A TCP connection to `addr` and `tls` over it, within `timeout` (the handshake
+/// included).
+pub(crate) async fn dial_tls(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<tcp::Keepalive>,
+    tls: &TlsOrigin,
+    alpn: Alpn,
+    sni: Option<&str>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ProxyError> {
+    let started = tokio::time::Instant::now();
+    let tcp = tcp::connect(addr, timeout, keepalive).await?;
+    let handshake = tls.connect(addr, tcp, alpn, sni);
+    match tokio::time::timeout_at(started + timeout, handshake).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(ProxyError::UpstreamTls { addr, source }),
         Err(_) => Err(ProxyError::connect_timeout(addr, timeout)),
     }
 }

@@ -209,6 +209,9 @@ pub(crate) struct Target {
     pub(crate) origin: Option<Arc<TlsOrigin>>,
     /// The SNI of that TLS from the request's host (`auto_sni`; set in `forward`).
     pub(crate) sni: Option<Arc<str>>,
+    /// `auto_config` with the endpoint's ALPN not known yet: the HTTP/2 settings should it
+    /// pick `h2` (`HttpConn::discover` opens the first connection and finds out).
+    pub(crate) discover: Option<upstream::H2Settings>,
 }
 
 /// The request body as the proxy forwards it (its bytes counted for the golden metrics).
@@ -707,6 +710,7 @@ impl HttpConn {
                         tls: false,
                         origin: None,
                         sni: None,
+                        discover: None,
                     };
                     let dest = self.destination(None, Some(self.dst), authority(&req));
                     *deadlines = Deadlines::new(None, None, &self.timeouts);
@@ -1224,6 +1228,9 @@ impl HttpConn {
             if let Some(o) = &target.origin {
                 target.sni = o.sni_for(req.uri(), req.headers());
             }
+            if let Some(settings) = target.discover.take() {
+                target.protocol = self.discover(&target, settings).await?;
+            }
             if req.extensions_mut().remove::<TerminateConnect>().is_some() {
                 return self.terminate_connect(target, req).await;
             }
@@ -1465,6 +1472,43 @@ impl HttpConn {
             let body = std::mem::replace(inner, RequestBody::Empty);
             *inner = crate::mirror::tee(body, taps);
         }
+    }
+
+    /// `auto_config` over TLS, the endpoint's ALPN not known yet: a first connection
+    /// offering `h2` and `http/1.1`; what the server picked is remembered for the cluster's
+    /// endpoint and the connection goes into the pool as that protocol's, where the request
+    /// then finds it.
+    async fn discover(
+        &self,
+        target: &Target,
+        settings: upstream::H2Settings,
+    ) -> Result<UpstreamProtocol, ProxyError> {
+        let origin = target
+            .origin
+            .as_ref()
+            .expect("discovery is for TLS endpoints");
+        let tls = crate::dial::dial_tls(
+            target.addr,
+            target.connect_timeout,
+            target.keepalive,
+            origin,
+            Alpn::Auto,
+            target.sni.as_deref(),
+        )
+        .await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        origin.learn(target.addr, h2);
+        let protocol = if h2 {
+            UpstreamProtocol::Http2(settings)
+        } else {
+            UpstreamProtocol::Http1
+        };
+        let ep = upstream::Endpoint {
+            protocol,
+            ..self.endpoint(target.clone())?
+        };
+        self.pools.adopt_for(&ep, Box::new(tls), self.peer).await?;
+        Ok(protocol)
     }
 
     /// The pooled upstream for `target`, reached as [`HttpConn::reach`] says.
@@ -1862,12 +1906,23 @@ pub(crate) async fn pick_endpoint(
     };
     let endpoint = picked.address();
     let addr = resolve_one(&endpoint, cluster.cluster.dns_lookup_family).await?;
+    let mut discover = None;
     let protocol = match &cluster.cluster.protocol {
         ClusterProtocol::Http1 => UpstreamProtocol::Http1,
         ClusterProtocol::Http2(o) => UpstreamProtocol::Http2(o.into()),
         ClusterProtocol::UseDownstream(o) => match same_as(downstream) {
             UpstreamProtocol::Http2(_) => UpstreamProtocol::Http2(o.into()),
             p => p,
+        },
+        // ALPN decides over TLS; the first connection to an endpoint finds out
+        // (`HttpConn::discover`). Plain connections are HTTP/1.1.
+        ClusterProtocol::Auto(o) => match origin.as_ref().map(|t| t.learned_h2(addr)) {
+            Some(Some(true)) => UpstreamProtocol::Http2(o.into()),
+            Some(None) => {
+                discover = Some(o.into());
+                UpstreamProtocol::Http1
+            }
+            Some(Some(false)) | None => UpstreamProtocol::Http1,
         },
     };
     let target = Target {
@@ -1877,6 +1932,7 @@ pub(crate) async fn pick_endpoint(
         keepalive: cluster.cluster.tcp_keepalive.as_ref().map(Into::into),
         life: (&cluster.cluster.connection_life).into(),
         sni: None,
+        discover,
         tls: match picked.hbone() {
             Some(_) => cluster.cluster.tls_of(picked.socket()).is_some(),
             None => origin.is_some(),

@@ -301,6 +301,7 @@ async fn serve_opaque<D: tcp::Downstream>(
             tls: false,
             origin: None,
             sni: None,
+            discover: None,
         }),
     };
     match upstream {

@@ -506,6 +506,28 @@ impl Pools {
         peer: SocketAddr,
     ) -> Result<(), ProxyError> {
         let key = (addr, None, ConnLife::default(), None);
+        self.adopt_keyed(stream, key, protocol, peer).await
+    }
+
+    /// [`Pools::adopt`] into `ep`'s pool (a connection opened to learn its protocol:
+    /// `auto_config`).
+    pub(crate) async fn adopt_for(
+        self: &Arc<Self>,
+        ep: &Endpoint,
+        stream: dial::BoxIo,
+        peer: SocketAddr,
+    ) -> Result<(), ProxyError> {
+        self.adopt_keyed(stream, ep.key(), ep.protocol, peer).await
+    }
+
+    async fn adopt_keyed(
+        self: &Arc<Self>,
+        stream: dial::BoxIo,
+        key: ConnKey,
+        protocol: UpstreamProtocol,
+        peer: SocketAddr,
+    ) -> Result<(), ProxyError> {
+        let (addr, life) = (key.0, key.2);
         match protocol {
             UpstreamProtocol::Http1 => self.give_back_own(OwnConn::new(stream, None), key, None),
             UpstreamProtocol::Http2(settings) => {
@@ -515,7 +537,7 @@ impl Pools {
                     .or_default()
                     .clone();
                 let mut conns = slot.conns.lock().await;
-                conns.retain(|c| c.usable(ConnLife::default()));
+                conns.retain(|c| c.usable(life));
                 if conns.is_empty() {
                     let sender =
                         Box::pin(handshake_h2(stream, addr, peer, None, &settings)).await?;

@@ -692,3 +692,67 @@ async fn auto_sni_follows_the_request_host() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("TLS handshake failed"), "{body}");
 }
+
+/// `auto_config` (Envoy Gateway's default for backends): over TLS the server's ALPN choice
+/// decides HTTP/2 or HTTP/1.1, learned on the first connection and kept; without TLS,
+/// HTTP/1.1.
+#[tokio::test]
+async fn auto_config_speaks_what_alpn_picks() {
+    let ca = TestCa::new("test CA");
+    let server_cert = ca.leaf(&["api.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
+    let tls13 = &rustls::version::TLS13;
+    let both = tls_upstream(server_config(&server_cert, &[tls13], None)).await;
+    let mut h1_only = server_config(&server_cert, &[tls13], None);
+    h1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let h1_only = tls_upstream(h1_only).await;
+    let plain = http_upstream("plain").await;
+    let auto = r#"typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    auto_config:
+      http_protocol_options: {}
+      http2_protocol_options: {initial_stream_window_size: 65536}"#;
+    let trusted = format!(
+        "sni: api.example.com\ncommon_tls_context:\n  validation_context:\n    trusted_ca: {}\n",
+        inline(&ca.pem)
+    );
+    let mut plain_cluster = tls_cluster("plain", plain.addr, "", auto);
+    plain_cluster.transport_socket = None;
+    let clusters = vec![
+        tls_cluster("both", both.addr, &trusted, auto),
+        tls_cluster("h1-only", h1_only.addr, &trusted, auto),
+        plain_cluster,
+    ];
+    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "http", &http_listener("http", 18080, "r"));
+        set(b, "r", &routes(&names));
+        for c in &clusters {
+            set(b, &c.name, c);
+        }
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(type_url::CLUSTER, &names, &cp.version(type_url::CLUSTER))
+        .await;
+    let mut client = node.http_client(vip(18080)).await;
+    for _ in 0..3 {
+        let (status, _, body) = client.get("app.local", "/both/a").await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            "sni=api.example.com alpn=h2 version=TLSv1_3 client=none"
+        );
+        let (status, _, body) = client.get("app.local", "/h1-only/a").await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            "sni=api.example.com alpn=http/1.1 version=TLSv1_3 client=none"
+        );
+        let (status, server, _) = client.get("app.local", "/plain/a").await.unwrap();
+        assert_eq!((status, server.as_str()), (StatusCode::OK, "plain"));
+    }
+    // The first connection (the one that found out) carried every request after it.
+    assert_eq!(both.handshakes.load(Ordering::Relaxed), 1);
+    assert_eq!(h1_only.handshakes.load(Ordering::Relaxed), 1);
+}

@@ -446,6 +446,9 @@ pub enum UpstreamProtocol {
     Http2(Http2Options),
     /// Whatever the downstream used.
     UseDownstream(Http2Options),
+    /// `auto_config`: over TLS, HTTP/2 when ALPN picks `h2`, else HTTP/1.1 (offered both,
+    /// learned per endpoint on its first connection); without TLS, HTTP/1.1, as Envoy.
+    Auto(Http2Options),
 }
 
 /// HTTP/2 settings Myelin applies.

@@ -52,12 +52,16 @@ pub enum Alpn {
     Http1,
     /// The context's list, else `h2`.
     Http2,
+    /// The context's list, else `h2` and `http/1.1` (`auto_config`: the server picks).
+    Auto,
 }
 
 /// A cluster's upstream TLS, ready to connect.
 pub struct TlsOrigin {
     /// By [`Alpn`] (the same config when the context names its protocols).
-    configs: [Arc<ClientConfig>; 3],
+    configs: [Arc<ClientConfig>; 4],
+    /// `auto_config`: whether each endpoint's server picked `h2` on its first connection.
+    learned: std::sync::Mutex<std::collections::HashMap<SocketAddr, bool>>,
     /// The SNI; `None`: none is sent.
     sni: Option<ServerName<'static>>,
     /// `auto_sni`: each connection's SNI from the request's host (`Some(header)`: from
@@ -121,16 +125,21 @@ impl TlsOrigin {
             .map(|p| p.as_bytes().to_vec())
             .collect();
         let as_configured = Arc::new(config.clone());
-        let with = |p: &[u8]| {
+        let with = |ps: &[&[u8]]| {
             if tls.alpn_protocols.is_empty() {
                 let mut c = config.clone();
-                c.alpn_protocols = vec![p.to_vec()];
+                c.alpn_protocols = ps.iter().map(|p| p.to_vec()).collect();
                 Arc::new(c)
             } else {
                 as_configured.clone()
             }
         };
-        let configs = [as_configured.clone(), with(b"http/1.1"), with(b"h2")];
+        let configs = [
+            as_configured.clone(),
+            with(&[b"http/1.1"]),
+            with(&[b"h2"]),
+            with(&[b"h2", b"http/1.1"]),
+        ];
         let auto_sni = auto.sni.then(|| {
             auto.header
                 .as_deref()
@@ -138,6 +147,7 @@ impl TlsOrigin {
         });
         Ok(TlsOrigin {
             configs,
+            learned: Default::default(),
             sni,
             auto_sni,
             key: digest.finish(),
@@ -173,6 +183,16 @@ impl TlsOrigin {
         self.key
     }
 
+    /// `auto_config`: whether `addr`'s server picked `h2` (`None`: not connected yet).
+    pub(crate) fn learned_h2(&self, addr: SocketAddr) -> Option<bool> {
+        crate::lock(&self.learned).get(&addr).copied()
+    }
+
+    /// `auto_config`: what `addr`'s server picked on a connection.
+    pub(crate) fn learn(&self, addr: SocketAddr, h2: bool) {
+        crate::lock(&self.learned).insert(addr, h2);
+    }
+
     /// The TLS handshake over `tcp`, connected to `addr`, with SNI `sni` (the request's,
     /// [`TlsOrigin::sni_for`]) or else the context's. Without an SNI the handshake names
     /// `addr`'s IP, which rustls never sends as SNI.
@@ -187,6 +207,7 @@ impl TlsOrigin {
             Alpn::AsConfigured => 0,
             Alpn::Http1 => 1,
             Alpn::Http2 => 2,
+            Alpn::Auto => 3,
         }];
         let name = match sni.and_then(|s| ServerName::try_from(s.to_owned()).ok()) {
             Some(name) => name,

@@ -774,7 +774,6 @@ fn http_options(
             header,
         };
     }
-    cx.unsupported(p, "auto_config", auto_config);
     cx.unsupported(p, "http_filters", http_filters);
     let h2 = |cx: &mut Cx, pp: &str, c: &ext::ProtocolConfig| -> Option<mc::Http2Options> {
         // `http_protocol_options: {}` is how HTTP/1.1 is chosen explicitly; its settings
@@ -863,9 +862,25 @@ fn http_options(
                 h2(cx, &dp, d).unwrap_or_default(),
             ))
         }
-        (None, None) if auto_config.is_some() => None,
+        (None, None) if auto_config.is_some() => {
+            let a = auto_config.as_ref().expect("checked");
+            let ap = join(p, "auto_config");
+            cx.unsupported(
+                &ap,
+                "alternate_protocols_cache_options",
+                &a.alternate_protocols_cache_options,
+            );
+            let c = ext::ProtocolConfig {
+                http_protocol_options: a.http_protocol_options.clone(),
+                http2_protocol_options: Some(a.http2_protocol_options.clone().unwrap_or_default()),
+                http3_protocol_options: a.http3_protocol_options.clone(),
+            };
+            Some(mc::UpstreamProtocol::Auto(
+                h2(cx, &ap, &c).unwrap_or_default(),
+            ))
+        }
         _ => {
-            cx.reject(p, Reason::Invalid("exactly one of `explicit_http_config` or `use_downstream_protocol_config` is required".into()));
+            cx.reject(p, Reason::Invalid("exactly one of `explicit_http_config`, `use_downstream_protocol_config` or `auto_config` is required".into()));
             None
         }
     }

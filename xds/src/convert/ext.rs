@@ -394,9 +394,9 @@ pub struct UpstreamHttpProtocolOptions {
     #[prost(message, optional, tag = "4")]
     #[serde(default)]
     pub use_downstream_protocol_config: Option<ProtocolConfig>,
-    #[prost(bytes = "vec", optional, tag = "5")]
-    #[serde(default, deserialize_with = "present")]
-    pub auto_config: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub auto_config: Option<AutoHttpConfig>,
     #[prost(bytes = "vec", repeated, tag = "6")]
     #[serde(default, deserialize_with = "present_list")]
     pub http_filters: Vec<Vec<u8>>,
@@ -406,6 +406,24 @@ named!(
     "envoy.extensions.upstreams.http.v3",
     "HttpProtocolOptions"
 );
+
+/// `HttpProtocolOptions.AutoHttpConfig`: HTTP/2 or HTTP/1.1 as ALPN decides.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoHttpConfig {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub http_protocol_options: Option<core::Http1ProtocolOptions>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub http2_protocol_options: Option<core::Http2ProtocolOptions>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    #[serde(default, deserialize_with = "present")]
+    pub http3_protocol_options: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub alternate_protocols_cache_options: Option<Vec<u8>>,
+}
 
 /// `ExplicitHttpConfig` / `UseDownstreamHttpConfig` (same tags).
 #[derive(Clone, PartialEq, Message, Deserialize)]
@@ -914,13 +932,31 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
                 "use_downstream_protocol_config",
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
             ),
-            p("auto_config"),
+            m(
+                "auto_config",
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig",
+            ),
             p("http_filters"),
         ],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
         PROTOCOL_CONFIG,
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig",
+        &[
+            m(
+                "http_protocol_options",
+                "envoy.config.core.v3.Http1ProtocolOptions",
+            ),
+            m(
+                "http2_protocol_options",
+                "envoy.config.core.v3.Http2ProtocolOptions",
+            ),
+            p("http3_protocol_options"),
+            p("alternate_protocols_cache_options"),
+        ],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
@@ -1161,6 +1197,7 @@ mod tests {
                 &format!("{TLS}.CommonTlsContext.CombinedCertificateValidationContext"),
             UpstreamHttpProtocolOptions => HTTP,
             ProtocolConfig => &format!("{HTTP}.ExplicitHttpConfig"),
+            AutoHttpConfig => &format!("{HTTP}.AutoHttpConfig"),
             ProtocolConfig => &format!("{HTTP}.UseDownstreamHttpConfig"),
             UuidRequestIdConfig => "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
             CustomHeaderConfig =>
@@ -1183,7 +1220,7 @@ mod tests {
         );
         assert_eq!(
             JSON_MESSAGES.len(),
-            28,
+            29,
             "a message of JSON_MESSAGES is not checked above"
         );
     }

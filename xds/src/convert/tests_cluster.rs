@@ -434,8 +434,11 @@ fn cluster_rejections() {
             vec!["transport_socket.typed_config: transport socket `alts` (type `type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts`) is not supported"],
         ),
         (
-            pb::Cluster { typed_extension_protocol_options: http_opts(&ext::UpstreamHttpProtocolOptions { auto_config: Some(vec![]), ..Default::default() }), ..eds() },
-            vec!["typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].auto_config: not supported"],
+            pb::Cluster { typed_extension_protocol_options: http_opts(&ext::UpstreamHttpProtocolOptions { auto_config: Some(ext::AutoHttpConfig { http3_protocol_options: Some(vec![]), alternate_protocols_cache_options: Some(vec![]), ..Default::default() }), ..Default::default() }), ..eds() },
+            vec![
+                "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].auto_config.alternate_protocols_cache_options: not supported",
+                "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].auto_config.http3_protocol_options: not supported",
+            ],
         ),
         (
             pb::Cluster {
