@@ -16,11 +16,8 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rcgen::ExtendedKeyUsagePurpose;
+use support::tls::{chain, inline, key, provider, TestCa};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -28,47 +25,6 @@ use tokio::task::JoinHandle;
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-
-/// A CA for the tests' certificates.
-struct TestCa {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        TestCa {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf for `names` (DNS SANs): certificate and key PEM.
-    fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-fn chain(pem: &str) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn key(pem: &str) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
-}
 
 /// A TLS server on loopback that answers every request with what its connection's
 /// handshake carried: `sni=<name|none> alpn=<proto|none> version=<TLSv1_x> client=<yes|none>`.
@@ -144,10 +100,6 @@ async fn tls_upstream(config: rustls::ServerConfig) -> TlsUpstream {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// A server config: TLS 1.2 and 1.3 (or only `versions`), ALPN `h2` and `http/1.1`, and
 /// client certificates required when `clients` names their CA.
 fn server_config(
@@ -177,11 +129,6 @@ fn server_config(
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
-}
-
-/// YAML of a PEM as an inline string.
-fn inline(pem: &str) -> String {
-    format!("{{inline_string: {}}}", serde_json::to_string(pem).unwrap())
 }
 
 /// A STATIC cluster at `addr` with the `UpstreamTlsContext` keys `tls` (YAML at the
@@ -218,6 +165,24 @@ fn routes(clusters: &[&str]) -> RouteConfiguration {
     yaml(&format!(
         "name: r\nvirtual_hosts:\n- name: all\n  domains: [\"*\"]\n  routes:\n{routes}"
     ))
+}
+
+/// A node whose HTTP listener on port 18080 routes `/<cluster>/` to each of `clusters`,
+/// once it has them all.
+async fn serving_clusters(clusters: &[Cluster]) -> (ControlPlane, Node) {
+    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "http", &http_listener("http", 18080, "r"));
+        set(b, "r", &routes(&names));
+        for c in clusters {
+            set(b, &c.name, c);
+        }
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(type_url::CLUSTER, &names, &cp.version(type_url::CLUSTER))
+        .await;
+    (cp, node)
 }
 
 const H2: &str = r#"typed_extension_protocol_options:
@@ -643,18 +608,7 @@ async fn auto_sni_follows_the_request_host() {
             "",
         ),
     ];
-    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-    let cp = ControlPlane::start().await;
-    cp.update(|b| {
-        set(b, "http", &http_listener("http", 18080, "r"));
-        set(b, "r", &routes(&names));
-        for c in &clusters {
-            set(b, &c.name, c);
-        }
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    node.wait_applied(type_url::CLUSTER, &names, &cp.version(type_url::CLUSTER))
-        .await;
+    let (_cp, node) = serving_clusters(&clusters).await;
     let mut client = node.http_client(vip(18080)).await;
     for (host, sni) in [
         ("api.example.com", "api.example.com"),
@@ -723,18 +677,7 @@ async fn auto_config_speaks_what_alpn_picks() {
         tls_cluster("h1-only", h1_only.addr, &trusted, auto),
         plain_cluster,
     ];
-    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-    let cp = ControlPlane::start().await;
-    cp.update(|b| {
-        set(b, "http", &http_listener("http", 18080, "r"));
-        set(b, "r", &routes(&names));
-        for c in &clusters {
-            set(b, &c.name, c);
-        }
-    });
-    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
-    node.wait_applied(type_url::CLUSTER, &names, &cp.version(type_url::CLUSTER))
-        .await;
+    let (_cp, node) = serving_clusters(&clusters).await;
     let mut client = node.http_client(vip(18080)).await;
     for _ in 0..3 {
         let (status, _, body) = client.get("app.local", "/both/a").await.unwrap();
