@@ -67,7 +67,7 @@ use crate::stream::Rewind;
 use crate::timeout::{
     ConnActivity, Deadlines, Expired, HcmTimeouts, IdleStream, StreamState, StreamTimer, TimedBody,
 };
-use crate::tls::origin::{Alpn, TlsOrigin};
+use crate::tls::origin::Alpn;
 use crate::traffic::balance::Report;
 use crate::traffic::router::{self, RequestHead, RouteTable};
 use crate::traffic::{self, ClusterTarget, ConnLimits, Picked, TrafficHandle};
@@ -206,12 +206,7 @@ pub(crate) struct Target {
     pub(crate) tls: bool,
     /// TLS of the proxy's own over the TCP connection: an endpoint outside the mesh of a
     /// cluster with upstream TLS.
-    pub(crate) origin: Option<Arc<TlsOrigin>>,
-    /// The SNI of that TLS from the request's host (`auto_sni`; set in `forward`).
-    pub(crate) sni: Option<Arc<str>>,
-    /// `auto_config` with the endpoint's ALPN not known yet: the HTTP/2 settings should it
-    /// pick `h2` (`HttpConn::discover` opens the first connection and finds out).
-    pub(crate) discover: Option<upstream::H2Settings>,
+    pub(crate) origin: Option<Box<upstream::TlsTarget>>,
 }
 
 /// The request body as the proxy forwards it (its bytes counted for the golden metrics).
@@ -709,8 +704,6 @@ impl HttpConn {
                         life: upstream::ConnLife::default(),
                         tls: false,
                         origin: None,
-                        sni: None,
-                        discover: None,
                     };
                     let dest = self.destination(None, Some(self.dst), authority(&req));
                     *deadlines = Deadlines::new(None, None, &self.timeouts);
@@ -1225,10 +1218,14 @@ impl HttpConn {
         async move {
             let addr = target.addr;
             let mut target = target;
-            if let Some(o) = &target.origin {
-                target.sni = o.sni_for(req.uri(), req.headers());
-            }
-            if let Some(settings) = target.discover.take() {
+            let discover = match &mut target.origin {
+                Some(t) => {
+                    t.sni = t.origin.sni_for(req.uri(), req.headers());
+                    t.discover.take()
+                }
+                None => None,
+            };
+            if let Some(settings) = discover {
                 target.protocol = self.discover(&target, settings).await?;
             }
             if req.extensions_mut().remove::<TerminateConnect>().is_some() {
@@ -1483,7 +1480,7 @@ impl HttpConn {
         target: &Target,
         settings: upstream::H2Settings,
     ) -> Result<UpstreamProtocol, ProxyError> {
-        let origin = target
+        let t = target
             .origin
             .as_ref()
             .expect("discovery is for TLS endpoints");
@@ -1491,13 +1488,13 @@ impl HttpConn {
             target.addr,
             target.connect_timeout,
             target.keepalive,
-            origin,
+            &t.origin,
             Alpn::Auto,
-            target.sni.as_deref(),
+            t.sni.as_deref(),
         )
         .await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        origin.learn(target.addr, h2);
+        t.origin.learn(target.addr, h2);
         let protocol = if h2 {
             UpstreamProtocol::Http2(settings)
         } else {
@@ -1521,7 +1518,6 @@ impl HttpConn {
             life: target.life,
             hbone: self.reach(target.addr)?,
             tls: target.origin,
-            sni: target.sni,
         })
     }
 
@@ -1551,7 +1547,7 @@ impl HttpConn {
             target
                 .origin
                 .as_deref()
-                .map(|t| (t, Alpn::AsConfigured, target.sni.as_deref())),
+                .map(|t| (&*t.origin, Alpn::AsConfigured, t.sni.as_deref())),
         )
         .await?;
         let body = if self.downstream == Protocol::Http2 {
@@ -1931,13 +1927,17 @@ pub(crate) async fn pick_endpoint(
         protocol,
         keepalive: cluster.cluster.tcp_keepalive.as_ref().map(Into::into),
         life: (&cluster.cluster.connection_life).into(),
-        sni: None,
-        discover,
         tls: match picked.hbone() {
             Some(_) => cluster.cluster.tls_of(picked.socket()).is_some(),
             None => origin.is_some(),
         },
-        origin,
+        origin: origin.map(|origin| {
+            Box::new(upstream::TlsTarget {
+                origin,
+                sni: None,
+                discover,
+            })
+        }),
     };
     Ok(PickedEndpoint {
         endpoint,

@@ -300,8 +300,6 @@ async fn serve_opaque<D: tcp::Downstream>(
             life: crate::upstream::ConnLife::default(),
             tls: false,
             origin: None,
-            sni: None,
-            discover: None,
         }),
     };
     match upstream {
@@ -365,7 +363,7 @@ async fn serve_opaque<D: tcp::Downstream>(
                     hbone,
                     keepalive: upstream.keepalive,
                     http_tunnel,
-                    tls: upstream.origin.clone(),
+                    tls: upstream.origin.as_ref().map(|t| t.origin.clone()),
                 },
                 source,
                 metrics,

@@ -422,8 +422,7 @@ pub(crate) async fn forward<D: Downstream>(
                     // Tunnels are not pooled per request: the cluster's connection life
                     // does not apply to them.
                     life: Default::default(),
-                    tls: tls.clone(),
-                    sni: None,
+                    tls: tls.clone().map(crate::upstream::TlsTarget::new),
                 };
                 open_h2_tunnel(pools, ep, t, peer)
                     .await

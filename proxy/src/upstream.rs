@@ -194,9 +194,31 @@ pub(crate) struct Endpoint {
     /// How long the cluster's connections live.
     pub(crate) life: ConnLife,
     /// The cluster's upstream TLS, for an endpoint outside the mesh.
-    pub(crate) tls: Option<Arc<TlsOrigin>>,
-    /// The request's SNI for a new TLS connection (`auto_sni`).
+    pub(crate) tls: Option<Box<TlsTarget>>,
+}
+
+/// TLS of the proxy's own to an endpoint outside the mesh, for one request (boxed where it
+/// is carried: most targets have none).
+#[derive(Debug, Clone)]
+pub(crate) struct TlsTarget {
+    /// The cluster's upstream TLS.
+    pub(crate) origin: Arc<TlsOrigin>,
+    /// The request's SNI for a new connection (`auto_sni`; set when the request is sent).
     pub(crate) sni: Option<Arc<str>>,
+    /// `auto_config` with the endpoint's ALPN not known yet: the HTTP/2 settings should it
+    /// pick `h2` (`HttpConn::discover` opens the first connection and finds out).
+    pub(crate) discover: Option<H2Settings>,
+}
+
+impl TlsTarget {
+    /// For a connection that names no SNI of its own.
+    pub(crate) fn new(origin: Arc<TlsOrigin>) -> Box<Self> {
+        Box::new(TlsTarget {
+            origin,
+            sni: None,
+            discover: None,
+        })
+    }
 }
 
 impl Endpoint {
@@ -209,13 +231,15 @@ impl Endpoint {
             self.addr,
             self.hbone.as_ref().map(|h| h.source.clone()),
             self.life,
-            self.tls.as_ref().map(|t| (t.key(), self.sni.clone())),
+            self.tls.as_ref().map(|t| (t.origin.key(), t.sni.clone())),
         )
     }
 
     /// How [`dial::dial`] opens TLS for this endpoint's `protocol`.
     fn tls(&self, alpn: Alpn) -> Option<(&TlsOrigin, Alpn, Option<&str>)> {
-        self.tls.as_deref().map(|t| (t, alpn, self.sni.as_deref()))
+        self.tls
+            .as_deref()
+            .map(|t| (&*t.origin, alpn, t.sni.as_deref()))
     }
 }
 
