@@ -17,7 +17,9 @@ use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
 use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::ServerName;
-use support::tls::{chain as pem_chain, inline, key as pem_key, provider, TestCa};
+use support::tls::{
+    chain as pem_chain, inline, key as pem_key, provider, server_config, tls_upstream, TestCa,
+};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,6 +32,18 @@ use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 async fn tls_connect(
     node: &Node,
     port: u16,
+    ca: &TestCa,
+    sni: &str,
+    alpn: &[&str],
+    client: Option<&(String, String)>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = node.connect(vip(port)).await;
+    tls_over(tcp, ca, sni, alpn, client).await
+}
+
+/// The client side of TLS over `tcp` (see [`tls_connect`]).
+async fn tls_over(
+    tcp: TcpStream,
     ca: &TestCa,
     sni: &str,
     alpn: &[&str],
@@ -50,7 +64,6 @@ async fn tls_connect(
             .unwrap(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let tcp = node.connect(vip(port)).await;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
         .await
@@ -316,4 +329,125 @@ async fn listeners_terminate_tls_as_envoy_does() {
 /// Indents YAML lines by two spaces.
 fn indent(yaml: &str) -> String {
     yaml.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// Chains matched by SNI without TLS of their own pass the client's TLS through untouched
+/// (Envoy Gateway's TLSRoute passthrough, Istio's `PASSTHROUGH` gateways): the backend
+/// answers the handshake and ALPN. And a listener that binds its own port (a gateway, not
+/// captured traffic) terminates TLS the same way.
+#[tokio::test]
+async fn sni_passthrough_and_bound_listeners() {
+    let ca = TestCa::new("test CA");
+    let api = ca.leaf(&["api.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
+    let backend_cert = ca.leaf(&["db.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
+    let backend = tls_upstream(server_config(
+        &backend_cert,
+        &[&rustls::version::TLS13],
+        None,
+    ))
+    .await;
+    let web = http_upstream("web").await;
+    let api_tls = format!(
+        "common_tls_context:\n  alpn_protocols: [h2, http/1.1]\n  tls_certificates:\n  - certificate_chain: {}\n    private_key: {}\n",
+        inline(&api.0),
+        inline(&api.1)
+    );
+    let passthrough = format!(
+        "- filter_chain_match: {{server_names: [db.example.com]}}\n  filters:\n  - name: envoy.filters.network.tcp_proxy\n    typed_config: {{\"@type\": {TCP_TYPE}, stat_prefix: db, cluster: db}}\n"
+    );
+    let captured = listener(
+        "tls",
+        18443,
+        &[chain(&["api.example.com"], &api_tls, &hcm()), passthrough],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut bound = listener("gateway", port, &[chain(&[], &api_tls, &hcm())]);
+    bound.bind_to_port = Some(true.into());
+    if let Some(a) = bound.address.as_mut() {
+        *a = yaml::<xds_api::pb::envoy::config::core::v3::Address>(&format!(
+            "socket_address: {{address: 127.0.0.1, port_value: {port}}}"
+        ));
+    }
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "tls", &captured);
+        set(b, "gateway", &bound);
+        set(b, "r", &route_to("r", "web"));
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[web.addr]));
+        set(b, "db", &eds_cluster("db"));
+        set(b, "db", &endpoints("db", &[backend.addr]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    node.wait_applied(
+        type_url::LISTENER,
+        &["tls", "gateway"],
+        &cp.version(type_url::LISTENER),
+    )
+    .await;
+    node.wait_applied(
+        type_url::ENDPOINT,
+        &["web", "db"],
+        &cp.version(type_url::ENDPOINT),
+    )
+    .await;
+
+    // Passthrough: the backend's certificate (the client checks it names db.example.com)
+    // and the backend's ALPN and answer.
+    let tls = tls_connect(
+        &node,
+        18443,
+        &ca,
+        "db.example.com",
+        &["h2", "http/1.1"],
+        None,
+    )
+    .await
+    .expect("the backend's own handshake");
+    let (status, server, proto) = get(tls, "db.example.com").await.unwrap();
+    assert_eq!(
+        (status, server.as_str(), proto),
+        (StatusCode::OK, "tls", "h2")
+    );
+    assert_eq!(
+        backend
+            .handshakes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The same listener terminates for its other name.
+    let tls = tls_connect(&node, 18443, &ca, "api.example.com", &["http/1.1"], None)
+        .await
+        .unwrap();
+    let (status, server, _) = get(tls, "api.example.com").await.unwrap();
+    assert_eq!((status, server.as_str()), (StatusCode::OK, "web"));
+
+    // The bound listener: a plain TCP connection to its port (bound by the agent once the
+    // listener arrives).
+    let mut tcp = None;
+    for _ in 0..100 {
+        if let Ok(t) = TcpStream::connect(("127.0.0.1", port)).await {
+            tcp = Some(t);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let tls = tls_over(
+        tcp.expect("the listener's port"),
+        &ca,
+        "api.example.com",
+        &["h2"],
+        None,
+    )
+    .await
+    .unwrap();
+    let (status, server, proto) = get(tls, "api.example.com").await.unwrap();
+    assert_eq!(
+        (status, server.as_str(), proto),
+        (StatusCode::OK, "web", "h2")
+    );
 }

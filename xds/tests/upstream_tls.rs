@@ -7,129 +7,18 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::StatusCode;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
 use rcgen::ExtendedKeyUsagePurpose;
-use support::tls::{chain, inline, key, provider, TestCa};
+use support::tls::{inline, server_config, tls_upstream, TestCa};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-
-/// A TLS server on loopback that answers every request with what its connection's
-/// handshake carried: `sni=<name|none> alpn=<proto|none> version=<TLSv1_x> client=<yes|none>`.
-struct TlsUpstream {
-    addr: SocketAddr,
-    handshakes: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TlsUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn tls_upstream(config: rustls::ServerConfig) -> TlsUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let handshakes = Arc::new(AtomicUsize::new(0));
-    let counter = handshakes.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                let conn = tls.get_ref().1;
-                let alpn = conn.alpn_protocol().map(|p| p.to_vec());
-                let about = format!(
-                    "sni={} alpn={} version={:?} client={}",
-                    conn.server_name().unwrap_or("none"),
-                    alpn.as_deref()
-                        .map_or("none".into(), |p| String::from_utf8_lossy(p).into_owned()),
-                    conn.protocol_version().unwrap(),
-                    if conn.peer_certificates().is_some() {
-                        "yes"
-                    } else {
-                        "none"
-                    },
-                );
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let resp = Response::builder()
-                            .header("x-server", "tls")
-                            .body(Full::new(Bytes::from(about.clone())))
-                            .unwrap();
-                        async move { Ok::<_, std::convert::Infallible>(resp) }
-                    });
-                let io = TokioIo::new(tls);
-                if alpn.as_deref() == Some(b"h2") {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                }
-            });
-        }
-    });
-    TlsUpstream {
-        addr,
-        handshakes,
-        task,
-    }
-}
-
-/// A server config: TLS 1.2 and 1.3 (or only `versions`), ALPN `h2` and `http/1.1`, and
-/// client certificates required when `clients` names their CA.
-fn server_config(
-    cert: &(String, String),
-    versions: &[&'static rustls::SupportedProtocolVersion],
-    clients: Option<&TestCa>,
-) -> rustls::ServerConfig {
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .unwrap();
-    let builder = match clients {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(chain(&ca.pem).remove(0)).unwrap();
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .build()
-            .unwrap();
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder
-        .with_single_cert(chain(&cert.0), key(&cert.1))
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config
-}
 
 /// A STATIC cluster at `addr` with the `UpstreamTlsContext` keys `tls` (YAML at the
 /// context's indentation) and more cluster keys `extra`.
