@@ -2,7 +2,6 @@
 //! and the server side ([`super::terminate`]): certificates and keys, validation contexts
 //! (inline, from SDS, or combined) and Envoy's subject-alternative-name rules.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -50,7 +49,6 @@ pub(crate) type Validation = (Option<Vec<u8>>, Vec<SanMatcher>);
 pub(crate) fn validation(
     source: Option<&ValidationSource>,
     secret: &impl Secrets,
-    digest: &mut impl Hasher,
 ) -> Result<Option<Validation>, String> {
     let from_sds = |name: &str| match secret(name).as_deref() {
         Some(Secret {
@@ -77,13 +75,8 @@ pub(crate) fn validation(
             v
         }
     };
-    format!("{:?}", v.match_subject_alt_names).hash(digest);
     let ca = match &v.trusted_ca {
-        Some(d) => {
-            let pem = read(d, "trusted_ca")?;
-            pem.hash(digest);
-            Some(pem)
-        }
+        Some(d) => Some(read(d, "trusted_ca")?),
         None => None,
     };
     Ok(Some((ca, v.match_subject_alt_names)))
@@ -138,12 +131,9 @@ pub(crate) fn read(d: &DataSource, what: &str) -> Result<Vec<u8>, String> {
 
 pub(crate) fn certificate_chain_and_key(
     c: &TlsCertificate,
-    digest: &mut impl Hasher,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let chain_pem = read(&c.certificate_chain, "certificate_chain")?;
     let key_pem = read(&c.private_key, "private_key")?;
-    chain_pem.hash(digest);
-    key_pem.hash(digest);
     let chain: Vec<_> = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate_chain is not PEM certificates: {e}"))?;

@@ -91,8 +91,12 @@ impl TlsOrigin {
     ) -> Result<TlsOrigin, String> {
         let mut digest = std::hash::DefaultHasher::new();
         format!("{tls:?}{auto:?}").hash(&mut digest);
+        let validation = validation(tls.validation.as_ref(), &secret)?;
+        // The trust anchors and the client certificate by value: a new version of a Secret
+        // is a new pool, the same bytes in a rebuilt cluster are not.
+        format!("{validation:?}").hash(&mut digest);
         let verifier = Arc::new(PeerVerifier::new(
-            validation(tls.validation.as_ref(), &secret, &mut digest)?,
+            validation,
             tls.auto_sni_san_validation || auto.san_validation,
             super::store::provider(),
         )?);
@@ -105,8 +109,11 @@ impl TlsOrigin {
         let mut config = match tls.certificates.first() {
             None => builder.with_no_client_auth(),
             Some(c) => {
-                let (chain, key) =
-                    certificate_chain_and_key(&certificate(c, &secret)?, &mut digest)?;
+                let (chain, key) = certificate_chain_and_key(&certificate(c, &secret)?)?;
+                for c in &chain {
+                    c.as_ref().hash(&mut digest);
+                }
+                key.secret_der().hash(&mut digest);
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| format!("the client certificate cannot be used: {e}"))?

@@ -59,8 +59,7 @@ impl TlsTermination {
         let mut certs = Vec::with_capacity(tls.certificates.len());
         for c in &tls.certificates {
             let cert = certificate(c, &secret)?;
-            let (chain, key) =
-                certificate_chain_and_key(&cert, &mut std::hash::DefaultHasher::new())?;
+            let (chain, key) = certificate_chain_and_key(&cert)?;
             let names = dns_names(&chain[0]);
             let key = provider
                 .key_provider
@@ -79,7 +78,7 @@ impl TlsTermination {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
             .map_err(|e| format!("TLS versions: {e}"))?;
-        let builder = match validation(tls.validation.as_ref(), &secret, &mut NoDigest)? {
+        let builder = match validation(tls.validation.as_ref(), &secret)? {
             None if tls.require_client_certificate => {
                 return Err("require_client_certificate needs a validation context".into())
             }
@@ -144,16 +143,6 @@ impl TlsTermination {
     pub(crate) fn handshake_timeout(&self) -> Duration {
         self.handshake_timeout
     }
-}
-
-/// The validation digest is of no use on the server side (its connections are not pooled).
-struct NoDigest;
-
-impl std::hash::Hasher for NoDigest {
-    fn finish(&self) -> u64 {
-        0
-    }
-    fn write(&mut self, _: &[u8]) {}
 }
 
 /// The DNS SANs of a certificate (for SNI selection).

@@ -25,10 +25,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::model::cluster::sds_names;
-use crate::model::cluster::Discovery;
+use crate::model::cluster::{sds_names, CertificateSource, Discovery, ValidationSource};
 use crate::model::endpoint::{EndpointAddress, HboneEndpoint};
-use crate::model::listener::{DownstreamTls, FilterChain, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
+use crate::model::listener::DEFAULT_TLS_HANDSHAKE_TIMEOUT;
 use crate::model::listener::{NetworkFilter, RouteSource};
 use crate::model::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration, Secret};
 use crate::tls::origin::TlsOrigin;
@@ -76,7 +75,7 @@ pub struct Traffic {
     /// Inline route configurations, by (listener, filter chain; `None`: the default chain).
     inline_routes: FastMap<(String, Option<usize>), Arc<RouteTable>>,
     /// The downstream TLS of filter chains that terminate it, by (listener, filter chain).
-    chain_tls: FastMap<(String, Option<usize>), Arc<ChainTls>>,
+    chain_tls: FastMap<(String, Option<usize>), Arc<BuiltTls<TlsTermination>>>,
     clusters: FastMap<String, Arc<ClusterTarget>>,
     /// Meshed endpoints on other nodes (EDS `myelin.io/hbone` metadata), by address.
     hbone: FastMap<SocketAddr, HboneLookup>,
@@ -117,7 +116,21 @@ impl Traffic {
                         .filter(|t| t.current(&input.secrets))
                         .cloned();
                     let built = kept.unwrap_or_else(|| {
-                        Arc::new(ChainTls::build(chain, tls, &input.secrets, &l.name))
+                        let timeout = chain
+                            .handshake_timeout
+                            .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT);
+                        Arc::new(BuiltTls::build(
+                            &tls.certificates,
+                            tls.validation.as_ref(),
+                            &input.secrets,
+                            || {
+                                format!(
+                                    "listener {:?} filter chain {:?}: downstream TLS",
+                                    l.name, chain.name
+                                )
+                            },
+                            |secret| TlsTermination::build(tls, timeout, secret),
+                        ))
                     });
                     chain_tls.insert(key, built);
                 }
@@ -223,7 +236,7 @@ impl Traffic {
         }
         self.chain_tls
             .get(&(listener.to_owned(), index))
-            .map(|t| t.tls.as_ref().map_err(|e| &**e))
+            .map(|t| t.get())
     }
 
     /// Whether `addr` is an endpoint that is a meshed workload on another node (EDS
@@ -305,40 +318,40 @@ pub struct ClusterTarget {
     hbone: Vec<(SocketAddr, HboneLookup)>,
     /// Its upstream TLS for endpoints outside the mesh, per transport socket (the cluster's
     /// own, then its matches'; `None`: plain TCP).
-    origins: Vec<Option<Origin>>,
+    origins: Vec<Option<BuiltTls<TlsOrigin>>>,
 }
 
-/// A filter chain's downstream TLS, built, with the Secrets it was built from.
+/// A TLS context built from its config and the SDS Secrets it names (a cluster's upstream
+/// TLS, a filter chain's downstream TLS), with the Secrets it was built from: a later
+/// config with other versions of them builds it again.
 #[derive(Debug)]
-struct ChainTls {
-    /// Ready to accept, or why not.
-    tls: Result<Arc<TlsTermination>, Arc<str>>,
+struct BuiltTls<T> {
+    /// Ready, or why not (saying where it is configured).
+    tls: Result<Arc<T>, Arc<str>>,
     /// The SDS names the context uses and what each was.
     secrets: Vec<(String, Option<Arc<Secret>>)>,
 }
 
-impl ChainTls {
+/// Looks an SDS Secret up by name.
+type SecretLookup<'s> = &'s dyn Fn(&str) -> Option<Arc<Secret>>;
+
+impl<T> BuiltTls<T> {
+    /// Builds with `build` from the Secrets of `secrets` the context's certificates and
+    /// validation name; a failure is described as being of `what`.
     fn build(
-        chain: &FilterChain,
-        tls: &DownstreamTls,
+        certificates: &[CertificateSource],
+        validation: Option<&ValidationSource>,
         secrets: &HashMap<String, Arc<Secret>>,
-        listener: &str,
-    ) -> ChainTls {
-        let timeout = chain
-            .handshake_timeout
-            .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT);
-        let used = sds_names(&tls.certificates, tls.validation.as_ref())
+        what: impl FnOnce() -> String,
+        build: impl FnOnce(SecretLookup<'_>) -> Result<T, String>,
+    ) -> Self {
+        let used = sds_names(certificates, validation)
             .map(|n| (n.to_owned(), secrets.get(n).cloned()))
             .collect();
-        let tls = TlsTermination::build(tls, timeout, |n| secrets.get(n).cloned())
+        let tls = build(&|n| secrets.get(n).cloned())
             .map(Arc::new)
-            .map_err(|why| {
-                Arc::from(format!(
-                    "listener {listener:?} filter chain {:?}: downstream TLS: {why}",
-                    chain.name
-                ))
-            });
-        ChainTls { tls, secrets: used }
+            .map_err(|why| Arc::from(format!("{}: {why}", what())));
+        BuiltTls { tls, secrets: used }
     }
 
     /// Whether the Secrets it was built from are still those of `secrets`.
@@ -347,24 +360,10 @@ impl ChainTls {
             .iter()
             .all(|(name, s)| same(s, &secrets.get(name).cloned()))
     }
-}
 
-/// A cluster's upstream TLS, built, with the Secrets it was built from.
-#[derive(Debug)]
-struct Origin {
-    /// Ready to connect, or why not.
-    tls: Result<Arc<TlsOrigin>, Arc<str>>,
-    /// The SDS names the context uses and what each was (a later build with other
-    /// Secrets builds again).
-    secrets: Vec<(String, Option<Arc<Secret>>)>,
-}
-
-impl Origin {
-    /// Whether the Secrets it was built from are still those of `secrets`.
-    fn current(&self, secrets: &HashMap<String, Arc<Secret>>) -> bool {
-        self.secrets
-            .iter()
-            .all(|(name, s)| same(s, &secrets.get(name).cloned()))
+    /// The context, or why there is none.
+    fn get(&self) -> Result<&Arc<T>, &str> {
+        self.tls.as_ref().map_err(|e| &**e)
     }
 }
 
@@ -617,26 +616,23 @@ impl ClusterTarget {
             .enumerate()
             .map(|(i, tls)| {
                 let tls = tls?;
-                let used: Vec<(String, Option<Arc<Secret>>)> =
-                    sds_names(&tls.certificates, tls.validation.as_ref())
-                        .map(|n| (n.to_owned(), secrets.get(n).cloned()))
-                        .collect();
-                let which = match i {
-                    0 => String::new(),
-                    i => format!(
-                        " (transport socket match {:?})",
-                        cluster.transport_socket_matches[i - 1].name
-                    ),
+                let what = || {
+                    let which = match i {
+                        0 => String::new(),
+                        i => format!(
+                            " (transport socket match {:?})",
+                            cluster.transport_socket_matches[i - 1].name
+                        ),
+                    };
+                    format!("cluster {:?}{which}: upstream TLS", cluster.name)
                 };
-                let tls = TlsOrigin::build(tls, &cluster.auto_sni, |n| secrets.get(n).cloned())
-                    .map(Arc::new)
-                    .map_err(|why| {
-                        Arc::from(format!(
-                            "cluster {:?}{which}: upstream TLS: {why}",
-                            cluster.name
-                        ))
-                    });
-                Some(Origin { tls, secrets: used })
+                Some(BuiltTls::build(
+                    &tls.certificates,
+                    tls.validation.as_ref(),
+                    secrets,
+                    what,
+                    |secret| TlsOrigin::build(tls, &cluster.auto_sni, secret),
+                ))
             })
             .collect();
         ClusterTarget {
@@ -653,10 +649,7 @@ impl ClusterTarget {
     /// `socket` (the host's): `None` for plain TCP, an error when the cluster asks for TLS
     /// that cannot be set up (a Secret not delivered, a bad certificate).
     pub(crate) fn tls_origin(&self, socket: usize) -> Option<Result<&Arc<TlsOrigin>, &str>> {
-        self.origins
-            .get(socket)?
-            .as_ref()
-            .map(|o| o.tls.as_ref().map_err(|e| &**e))
+        self.origins.get(socket)?.as_ref().map(BuiltTls::get)
     }
 
     /// The priority level a request goes to: Envoy's priority load. Each level's health
