@@ -45,6 +45,7 @@ mod h1codec;
 mod h1server;
 mod h2server;
 pub mod hbone;
+mod health;
 mod http;
 mod local;
 mod local_reply;
@@ -178,8 +179,10 @@ impl Proxy {
             tx: bound_tx,
             running: HashMap::new(),
         };
+        let mut health = health::HealthCheckers::default();
         let mut changes = self.inner.traffic.subscribe();
         bound.reconcile(&self.inner.traffic.load(), &self.inner.metrics);
+        health.reconcile(&self.inner.traffic, &self.inner.metrics);
         loop {
             tokio::select! {
                 biased;
@@ -187,6 +190,7 @@ impl Proxy {
                 Some(res) = conns.join_next(), if !conns.is_empty() => log_join(res),
                 Ok(()) = changes.changed() => {
                     bound.reconcile(&self.inner.traffic.load(), &self.inner.metrics);
+                    health.reconcile(&self.inner.traffic, &self.inner.metrics);
                 }
                 Some((stream, peer, name)) = bound_rx.recv() => {
                     let origin = outbound::Origin::Bound(name);
@@ -209,6 +213,7 @@ impl Proxy {
         }
         drop(listener);
         drop(bound);
+        drop(health);
         let deadline = self.inner.config.drain_deadline;
         info!(open = conns.len(), ?deadline, "draining proxy connections");
         let finished = tokio::time::timeout(deadline, async {

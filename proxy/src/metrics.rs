@@ -133,6 +133,16 @@ pub struct HandshakeErrorLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `proxy_health_checks` (result: `success`, `failure`, `network_failure`) and
+/// `proxy_health_check_transitions` (result: `healthy`, `unhealthy`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthCheckLabels {
+    /// The cluster.
+    pub cluster: String,
+    /// What the check came to, or what the host became.
+    pub result: &'static str,
+}
+
 /// Labels of `proxy_mirrored_requests`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
@@ -310,6 +320,8 @@ pub struct ProxyMetrics {
     pub(crate) cors_origins: Family<CorsLabels, Counter>,
     pub(crate) mirrored_requests: Family<MirrorLabels, Counter>,
     pub(crate) downstream_tls_handshake_errors: Family<HandshakeErrorLabels, Counter>,
+    pub(crate) health_checks: Family<HealthCheckLabels, Counter>,
+    pub(crate) health_check_transitions: Family<HealthCheckLabels, Counter>,
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
     pub(crate) head_timeouts: Family<HeadTimeoutLabels, Counter>,
@@ -350,6 +362,8 @@ impl ProxyMetrics {
             cors_origins: Family::default(),
             mirrored_requests: Family::default(),
             downstream_tls_handshake_errors: Family::default(),
+            health_checks: Family::default(),
+            health_check_transitions: Family::default(),
             local_rate_limit: Family::default(),
             headers_with_underscores: Family::default(),
             head_timeouts: Family::default(),
@@ -458,6 +472,19 @@ impl ProxyMetrics {
              client certificate, no common version or protocol, not TLS) or did not finish in \
              time, by reason: failed, timeout",
             m.downstream_tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "proxy_health_checks",
+            "Active health checks of clusters' endpoints, by cluster and result: success, \
+             failure (an answer that fails the check), network_failure (no connection, a \
+             reset, no answer within the timeout)",
+            m.health_checks.clone(),
+        );
+        registry.register(
+            "proxy_health_check_transitions",
+            "Endpoints that a cluster's health checker started to pass (healthy) or to fail \
+             (unhealthy), by cluster",
+            m.health_check_transitions.clone(),
         );
         registry.register(
             "proxy_local_rate_limit",

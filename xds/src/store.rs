@@ -1081,7 +1081,10 @@ mod tests {
         let results = store.apply(type_url::CLUSTER, update(vec![res("x", "1", &c)], &[]));
         let reason = results[0].1.clone().unwrap_err();
         assert!(reason.contains("lb_policy: CLUSTER_PROVIDED"), "{reason}");
-        assert!(reason.contains("health_checks: not supported"), "{reason}");
+        assert!(
+            reason.contains("health_checks[0].timeout: required but not set"),
+            "{reason}"
+        );
         assert!(store.snapshot().clusters.is_empty());
     }
 

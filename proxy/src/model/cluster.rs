@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::endpoint::ClusterLoadAssignment;
+use super::health_check::HealthCheck;
 use super::listener::TlsVersion;
 use super::secret::{TlsCertificate, ValidationContext};
 use super::types::MetadataValue;
@@ -38,6 +39,16 @@ pub struct Cluster {
     pub circuit_breakers: Vec<Thresholds>,
     /// Passive health checking; `None`: off.
     pub outlier_detection: Option<OutlierDetection>,
+    /// Active health checking: every checker checks every endpoint; a host takes traffic
+    /// while all of them pass it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
+    /// `ignore_health_on_host_removal`: an endpoint EDS removes is gone at once. Off
+    /// (Envoy's default), with health checks, a removed endpoint that still passes them
+    /// keeps taking traffic until it fails one (discovery may be wrong; health checks
+    /// are taken to be right).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_health_on_host_removal: bool,
     /// TLS to the upstream; `None`: plain TCP.
     pub tls: Option<UpstreamTls>,
     /// `transport_socket_matches`: an endpoint whose `envoy.transport_socket_match`

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use super::health_check::EndpointHealthCheck;
 use super::types::MetadataValue;
 use crate::tls::SpiffeId;
 
@@ -57,6 +58,9 @@ pub struct Endpoint {
     /// A meshed workload on another node, reached through HBONE (the
     /// [`HBONE_METADATA`] metadata); `None`: connect to the address directly.
     pub hbone: Option<HboneEndpoint>,
+    /// `health_check_config`: where and how active health checks reach it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<EndpointHealthCheck>,
 }
 
 /// The `filter_metadata` namespace that marks an endpoint as a meshed workload on another

@@ -21,6 +21,7 @@ use crate::tls::SpiffeId;
 pub mod cluster;
 pub mod endpoint;
 pub mod filter;
+pub mod health_check;
 pub mod listener;
 pub mod local_reply;
 pub mod route;

@@ -5,15 +5,18 @@
 //! Hosts are the endpoints of the lowest priority that has a routable one (health
 //! `UNKNOWN`/`HEALTHY`). Outlier detection ejects a host for `base_ejection_time` times
 //! its number of ejections (capped at `max_ejection_time`), never more than
-//! `max_ejection_percent` of the hosts (but always at least one, as Envoy does). When
-//! every host is ejected the cluster is in panic mode and balances over all of them.
+//! `max_ejection_percent` of the hosts (but always at least one, as Envoy does). A host
+//! that an active health checker fails (`crate::health`) is passed over like an ejected
+//! one. When every host is ejected or failing the cluster is in panic mode and balances
+//! over all of them.
 //!
-//! Host state (active requests, outlier counters, ejections) survives EDS updates: a
-//! rebuilt cluster takes over the `Arc<Host>` of every endpoint that did not change.
+//! Host state (active requests, outlier counters, ejections, health-check results)
+//! survives EDS updates: a rebuilt cluster takes over the `Arc<Host>` of every endpoint
+//! that did not change.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,6 +25,19 @@ use smallvec::SmallVec;
 use crate::lock;
 use crate::model::cluster::{LbPolicy, OutlierDetection};
 use crate::model::endpoint::{EndpointAddress, HboneEndpoint};
+use crate::model::health_check::EndpointHealthCheck;
+
+/// At most this many health checkers per cluster (one bit of a host's state each).
+pub const MAX_HEALTH_CHECKERS: usize = 32;
+
+/// The bits of `n` checkers.
+fn checker_bits(n: usize) -> u32 {
+    if n >= MAX_HEALTH_CHECKERS {
+        u32::MAX
+    } else {
+        (1u32 << n) - 1
+    }
+}
 
 /// Entries of a ring-hash ring (Envoy's `minimum_ring_size` default).
 const RING_SIZE: usize = 1024;
@@ -39,8 +55,19 @@ pub struct Host {
     pub hbone: Option<HboneEndpoint>,
     /// Its cluster's transport socket for it (`Cluster::socket_for`: 0 the cluster's own).
     pub socket: usize,
+    /// Its endpoint's `health_check_config`.
+    pub health_check: Option<EndpointHealthCheck>,
     active: AtomicUsize,
     outlier: Mutex<OutlierState>,
+    /// Active health checking: the checkers of its cluster that fail it (bit `i`: checker
+    /// `i`); 0: it passes them all, or there are none.
+    hc_failing: AtomicU32,
+    /// The number of checkers its cluster had when it was made (its state is kept across
+    /// cluster builds only while that holds).
+    pub(crate) hc_checkers: usize,
+    /// Removed by EDS but kept because it still passed its health checks (Envoy's default
+    /// without `ignore_health_on_host_removal`): gone once it fails one.
+    removed: AtomicBool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -67,9 +94,64 @@ impl Host {
             weight: weight.max(1),
             hbone: None,
             socket: 0,
+            health_check: None,
             active: AtomicUsize::new(0),
             outlier: Mutex::new(OutlierState::default()),
+            hc_failing: AtomicU32::new(0),
+            hc_checkers: 0,
+            removed: AtomicBool::new(false),
         }
+    }
+
+    /// The host checked by `checkers` active health checkers, as its endpoint's
+    /// `health_check_config` says. Until a checker has passed it once, it fails (Envoy
+    /// marks new hosts `FAILED_ACTIVE_HC` until their first check); an endpoint with
+    /// `disable_active_health_check` always passes.
+    pub fn with_health_checks(
+        mut self,
+        checkers: usize,
+        config: Option<EndpointHealthCheck>,
+    ) -> Self {
+        let disabled = config.as_ref().is_some_and(|c| c.disabled);
+        self.hc_checkers = checkers;
+        self.health_check = config;
+        if !disabled && checkers > 0 {
+            self.hc_failing = AtomicU32::new(checker_bits(checkers));
+        }
+        self
+    }
+
+    /// Whether every active health checker passes it (true without any).
+    pub fn passes_health_checks(&self) -> bool {
+        self.hc_failing.load(Ordering::Relaxed) == 0
+    }
+
+    /// Records what checker `checker` last concluded about the host; whether the host as a
+    /// whole changed between passing and failing.
+    pub(crate) fn set_check(&self, checker: usize, passes: bool) -> bool {
+        let bit = 1u32 << checker.min(31);
+        let before = if passes {
+            self.hc_failing.fetch_and(!bit, Ordering::Relaxed)
+        } else {
+            self.hc_failing.fetch_or(bit, Ordering::Relaxed)
+        };
+        let after = if passes { before & !bit } else { before | bit };
+        (before == 0) != (after == 0)
+    }
+
+    /// Whether checker `checker` fails it.
+    pub(crate) fn check_fails(&self, checker: usize) -> bool {
+        self.hc_failing.load(Ordering::Relaxed) & (1u32 << checker.min(31)) != 0
+    }
+
+    /// Marks it as removed by EDS and kept while it passes its health checks.
+    pub(crate) fn mark_removed(&self, removed: bool) {
+        self.removed.store(removed, Ordering::Relaxed);
+    }
+
+    /// Whether EDS removed it (it is kept while it passes its health checks).
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
 
     /// The host reached through HBONE as `hbone` says.
@@ -297,7 +379,7 @@ impl Balancer {
         let mut usable: SmallVec<[bool; 16]> = self
             .hosts
             .iter()
-            .map(|h| !exclude(h) && !h.is_ejected_now())
+            .map(|h| !exclude(h) && h.passes_health_checks() && !h.is_ejected_now())
             .collect();
         if !usable.contains(&true) {
             // Panic mode: everything is ejected or excluded; use everything.

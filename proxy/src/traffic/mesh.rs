@@ -152,6 +152,8 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(1),
             circuit_breakers: vec![],
             outlier_detection: None,
+            health_checks: vec![],
+            ignore_health_on_host_removal: false,
             tls: validation.map(|v| UpstreamTls {
                 sni: None,
                 alpn_protocols: vec![],

@@ -293,6 +293,11 @@ impl Traffic {
     pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterTarget>> {
         self.clusters.get(name)
     }
+
+    /// Every cluster.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterTarget>> {
+        self.clusters.values()
+    }
 }
 
 fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
@@ -374,6 +379,9 @@ struct ClusterCounters {
     retries: AtomicUsize,
     /// Open upstream connections opened for the cluster.
     connections: AtomicUsize,
+    /// Whether a request was ever routed to the cluster (health checks run at their
+    /// `no_traffic_interval` until then).
+    used: std::sync::atomic::AtomicBool,
     /// Requests waiting for a connection.
     pending: AtomicUsize,
     /// Signalled when a connection closes or an idle one is given back to the pool.
@@ -533,62 +541,110 @@ impl ClusterTarget {
         prev: Option<&ClusterTarget>,
     ) -> Self {
         let cla = assignment.as_deref().or(cluster.load_assignment.as_ref());
+        let checkers = cluster.health_checks.len();
+        // Endpoints EDS removed that still pass their health checks stay (Envoy's default:
+        // health checks are taken to be right, discovery may be wrong), at their priority.
+        let retained: Vec<(u32, Arc<Host>)> = match prev {
+            Some(prev) if checkers > 0 && !cluster.ignore_health_on_host_removal => prev
+                .levels
+                .iter()
+                .flat_map(|l| l.balancer.hosts().iter().map(move |h| (l.priority, h)))
+                .filter(|(_, h)| {
+                    h.passes_health_checks()
+                        && h.hbone.is_none()
+                        && h.hc_checkers == checkers
+                        && !cla.is_some_and(|cla| {
+                            cla.localities
+                                .iter()
+                                .flat_map(|l| &l.endpoints)
+                                .any(|e| e.address == h.address)
+                        })
+                })
+                .map(|(p, h)| (p, h.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut levels = Vec::new();
-        if let Some(cla) = cla {
-            let mut priorities: Vec<u32> = cla.localities.iter().map(|l| l.priority).collect();
-            priorities.sort_unstable();
-            priorities.dedup();
-            for p in priorities {
-                let mut total = 0;
-                let mut hosts: Vec<Arc<Host>> = Vec::new();
-                let mut shares = Vec::new();
-                for loc in cla.localities.iter().filter(|l| l.priority == p) {
-                    total += loc.endpoints.len();
-                    let start = hosts.len();
-                    for e in loc
-                        .endpoints
-                        .iter()
-                        .filter(|e| e.health_status.is_routable())
-                    {
-                        let weight = e.load_balancing_weight.max(1);
-                        let socket = cluster.socket_for(&e.metadata);
-                        // Same endpoint, same weight, same tunnel and socket: keep its state
-                        // (active requests, outlier counters and ejections).
-                        let kept = prev.and_then(|p| {
-                            p.hosts()
-                                .find(|h| {
-                                    h.address == e.address
-                                        && h.weight == weight
-                                        && h.hbone == e.hbone
-                                        && h.socket == socket
-                                })
-                                .cloned()
-                        });
-                        hosts.push(kept.unwrap_or_else(|| {
-                            Arc::new(
-                                Host::new(e.address.clone(), weight)
-                                    .with_hbone(e.hbone.clone())
-                                    .with_socket(socket),
-                            )
-                        }));
+        let mut priorities: Vec<u32> = cla
+            .iter()
+            .flat_map(|cla| cla.localities.iter().map(|l| l.priority))
+            .chain(retained.iter().map(|(p, _)| *p))
+            .collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        for p in priorities {
+            let mut total = 0;
+            let mut hosts: Vec<Arc<Host>> = Vec::new();
+            let mut shares = Vec::new();
+            for loc in cla
+                .iter()
+                .flat_map(|cla| &cla.localities)
+                .filter(|l| l.priority == p)
+            {
+                total += loc.endpoints.len();
+                let start = hosts.len();
+                for e in loc
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.health_status.is_routable())
+                {
+                    let weight = e.load_balancing_weight.max(1);
+                    let socket = cluster.socket_for(&e.metadata);
+                    // Meshed endpoints on other nodes are not checked (the tunnel needs a
+                    // source identity): their health is EDS's and outlier detection's.
+                    let checkers = if e.hbone.is_some() { 0 } else { checkers };
+                    // Same endpoint, same weight, same tunnel, socket and health checking:
+                    // keep its state (active requests, outlier counters and ejections,
+                    // health-check results).
+                    let kept = prev.and_then(|p| {
+                        p.hosts()
+                            .find(|h| {
+                                h.address == e.address
+                                    && h.weight == weight
+                                    && h.hbone == e.hbone
+                                    && h.socket == socket
+                                    && h.hc_checkers == checkers
+                                    && h.health_check == e.health_check
+                            })
+                            .cloned()
+                    });
+                    if let Some(h) = &kept {
+                        h.mark_removed(false);
                     }
-                    if cluster.locality_weighted {
-                        shares.push(LocalityShare {
-                            weight: loc.load_balancing_weight.unwrap_or(0),
-                            start,
-                            end: hosts.len(),
-                            total: loc.endpoints.len(),
-                        });
-                    }
+                    hosts.push(kept.unwrap_or_else(|| {
+                        Arc::new(
+                            Host::new(e.address.clone(), weight)
+                                .with_hbone(e.hbone.clone())
+                                .with_socket(socket)
+                                .with_health_checks(checkers, e.health_check.clone()),
+                        )
+                    }));
                 }
-                if total > 0 {
-                    let mut balancer =
-                        Balancer::new(cluster.lb_policy, hosts, cluster.outlier_detection.clone());
-                    if cluster.locality_weighted {
-                        balancer = balancer.with_localities(shares);
-                    }
-                    levels.push(Level { total, balancer });
+                if cluster.locality_weighted {
+                    shares.push(LocalityShare {
+                        weight: loc.load_balancing_weight.unwrap_or(0),
+                        start,
+                        end: hosts.len(),
+                        total: loc.endpoints.len(),
+                    });
                 }
+            }
+            for (_, h) in retained.iter().filter(|(rp, _)| *rp == p) {
+                h.mark_removed(true);
+                total += 1;
+                hosts.push(h.clone());
+            }
+            if total > 0 {
+                let mut balancer =
+                    Balancer::new(cluster.lb_policy, hosts, cluster.outlier_detection.clone());
+                if cluster.locality_weighted {
+                    balancer = balancer.with_localities(shares);
+                }
+                levels.push(Level {
+                    priority: p,
+                    total,
+                    balancer,
+                });
             }
         }
         // Every endpoint, routable or not: a passed-through connection to a meshed pod
@@ -673,7 +729,7 @@ impl ClusterTarget {
                     .balancer
                     .hosts()
                     .iter()
-                    .filter(|h| !h.is_ejected(now))
+                    .filter(|h| h.passes_health_checks() && !h.is_ejected(now))
                     .count();
                 (140 * healthy as u64 / l.total as u64).min(100)
             })
@@ -806,6 +862,9 @@ impl ClusterTarget {
         if self.is_original_dst() {
             return original_dst.map(Picked::OriginalDst);
         }
+        if !self.cluster.health_checks.is_empty() && !self.counters.used.load(Ordering::Relaxed) {
+            self.counters.used.store(true, Ordering::Relaxed);
+        }
         // Envoy picks the level by the request's hash when it has one, so a hash keeps
         // its level as long as the levels' health does not change.
         let roll = hash.map_or_else(|| fastrand::u64(0..100), |h| h % 100);
@@ -834,6 +893,11 @@ impl ClusterTarget {
         }
     }
 
+    /// Whether a request was ever routed to the cluster (by this build or an earlier one).
+    pub fn has_had_traffic(&self) -> bool {
+        self.counters.used.load(Ordering::Relaxed)
+    }
+
     /// The routable hosts, over all priority levels.
     pub fn routable(&self) -> usize {
         self.levels.iter().map(|l| l.balancer.hosts().len()).sum()
@@ -848,6 +912,8 @@ impl ClusterTarget {
 /// One priority level of a cluster.
 #[derive(Debug)]
 struct Level {
+    /// Its priority (0 the highest).
+    priority: u32,
     /// Its endpoints, routable or not (the denominator of its health).
     total: usize,
     /// Over its routable endpoints.
@@ -994,6 +1060,7 @@ mod tests {
             load_balancing_weight: weight,
             metadata: Default::default(),
             hbone: None,
+            health_check: None,
         }
     }
 
@@ -1005,6 +1072,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             circuit_breakers: vec![],
             outlier_detection: None,
+            health_checks: vec![],
+            ignore_health_on_host_removal: false,
             tls: None,
             transport_socket_matches: vec![],
             auto_sni: Default::default(),
@@ -1261,5 +1330,81 @@ mod tests {
             second.cluster("b").unwrap()
         ));
         assert_eq!(picks(second.cluster("b").unwrap(), 1), ["10.0.0.3:80"]);
+    }
+
+    /// With active health checks, a host fails until checked and is passed over while
+    /// others pass; EDS dropping a host that passes keeps it (Envoy's default), one that
+    /// fails or any with `ignore_health_on_host_removal` goes; a host EDS names again is
+    /// the same one.
+    #[test]
+    fn health_checked_hosts_and_removal() {
+        use crate::model::health_check::{HealthCheck, HealthChecker, TcpHealthCheck};
+        let hc = HealthCheck {
+            timeout: Duration::from_secs(1),
+            interval: Duration::from_secs(1),
+            initial_jitter: Duration::ZERO,
+            interval_jitter: Duration::ZERO,
+            interval_jitter_percent: 0,
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+            reuse_connection: true,
+            no_traffic_interval: Duration::from_secs(60),
+            no_traffic_healthy_interval: None,
+            unhealthy_interval: Duration::from_secs(1),
+            unhealthy_edge_interval: Duration::from_secs(1),
+            healthy_edge_interval: Duration::from_secs(1),
+            always_log_health_check_failures: false,
+            checker: HealthChecker::Tcp(TcpHealthCheck::default()),
+        };
+        let build = |ignore: bool, eps: &[&str], prev: Option<&Traffic>| {
+            let mut c = (*cluster("c", Discovery::Eds { service_name: None })).clone();
+            c.health_checks = vec![hc.clone()];
+            c.ignore_health_on_host_removal = ignore;
+            let eps = eps
+                .iter()
+                .map(|a| ep(a, HealthStatus::Healthy, 1))
+                .collect();
+            Traffic::build(
+                TrafficInput {
+                    generation: 1,
+                    clusters: vec![Arc::new(c)],
+                    load_assignments: [("c".to_string(), cla("c", vec![(0, eps)]))].into(),
+                    ..Default::default()
+                },
+                prev,
+            )
+        };
+        for ignore in [false, true] {
+            let first = build(ignore, &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], None);
+            let t = first.cluster("c").unwrap();
+            let hosts: Vec<_> = t.hosts().cloned().collect();
+            assert!(hosts.iter().all(|h| !h.passes_health_checks()));
+            // Panic mode while none passes: any host.
+            assert!(t.pick(None).is_some());
+            hosts[0].set_check(0, true);
+            hosts[1].set_check(0, true);
+            let mut got = picks(t, 40);
+            got.sort();
+            got.dedup();
+            assert_eq!(got, ["10.0.0.1:80", "10.0.0.2:80"], "ignore={ignore}");
+            // EDS drops .1 (passing) and .3 (failing).
+            let second = build(ignore, &["10.0.0.2:80"], Some(&first));
+            let t2 = second.cluster("c").unwrap();
+            let kept: Vec<String> = t2.hosts().map(|h| format!("{:?}", h.address)).collect();
+            assert_eq!(kept.len(), if ignore { 1 } else { 2 }, "{kept:?}");
+            assert!(Arc::ptr_eq(t2.hosts().next().unwrap(), &hosts[1]));
+            if !ignore {
+                let retained = t2.hosts().nth(1).unwrap();
+                assert!(Arc::ptr_eq(retained, &hosts[0]) && retained.is_removed());
+                // It fails a check: a later build drops it.
+                retained.set_check(0, false);
+                let third = build(ignore, &["10.0.0.2:80"], Some(&second));
+                assert_eq!(third.cluster("c").unwrap().hosts().count(), 1);
+                // Named again by EDS before that: the same host, no longer removed.
+                let back = build(ignore, &["10.0.0.1:80", "10.0.0.2:80"], Some(&second));
+                let h = back.cluster("c").unwrap().hosts().next().unwrap().clone();
+                assert!(Arc::ptr_eq(&h, &hosts[0]) && !h.is_removed());
+            }
+        }
     }
 }

@@ -114,7 +114,7 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
             );
         }
     }
-    cx.unsupported(p, "health_checks", health_checks);
+    let health_checks = super::health_check::health_checks(&mut cx, p, health_checks);
     cx.unsupported(p, "dns_failure_refresh_rate", dns_failure_refresh_rate);
     // `respect_dns_ttl` (Envoy Gateway sets it): a host name is resolved at every connect,
     // so no answer outlives its TTL in Myelin's hands anyway.
@@ -133,9 +133,6 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         "close_connections_on_host_health_failure",
         close_connections_on_host_health_failure,
     );
-    // `ignore_health_on_host_removal` (Envoy Gateway sets it): without active health
-    // checks an endpoint EDS removes is gone at once anyway.
-    let _ = ignore_health_on_host_removal;
     cx.unsupported(p, "filters", filters);
     cx.unsupported(p, "lrs_server", lrs_server);
     cx.unsupported(p, "upstream_config", upstream_config);
@@ -322,6 +319,12 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
     let Some(discovery) = discovery else {
         return Err(cx.errs);
     };
+    if discovery == mc::Discovery::OriginalDst && !health_checks.is_empty() {
+        cx.reject(
+            "health_checks",
+            Reason::Invalid("an ORIGINAL_DST cluster has no endpoints to check".into()),
+        );
+    }
     let (lb_policy, locality_weighted) = match typed {
         Some(Some(b)) => (b.policy, b.locality_weighted || locality_weighted_common),
         _ => (lb_policy, locality_weighted_common),
@@ -342,6 +345,8 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         connect_timeout,
         circuit_breakers,
         outlier_detection,
+        health_checks,
+        ignore_health_on_host_removal: *ignore_health_on_host_removal,
         tls,
         transport_socket_matches,
         auto_sni,

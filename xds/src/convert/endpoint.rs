@@ -131,16 +131,24 @@ fn lb_endpoint(cx: &mut Cx, p: &str, e: &pb::LbEndpoint) -> Option<me::Endpoint>
             );
         }
     }
+    let mut health_check = None;
     let address = match host_identifier {
         Some(H::Endpoint(ep)) => {
             let ep_p = join(p, "endpoint");
             let pb::Endpoint {
                 address,
-                health_check_config: _,
+                health_check_config,
                 hostname: _,
                 additional_addresses,
             } = ep;
             cx.unsupported(&ep_p, "additional_addresses", additional_addresses);
+            health_check = health_check_config.as_ref().and_then(|c| {
+                super::health_check::endpoint_health_check(
+                    cx,
+                    &join(&ep_p, "health_check_config"),
+                    c,
+                )
+            });
             match address {
                 Some(a) => endpoint_address(cx, &join(&ep_p, "address"), a),
                 None => {
@@ -182,6 +190,7 @@ fn lb_endpoint(cx: &mut Cx, p: &str, e: &pb::LbEndpoint) -> Option<me::Endpoint>
         load_balancing_weight: weight,
         metadata: md,
         hbone,
+        health_check,
     })
 }
 

@@ -19,6 +19,7 @@ mod cluster;
 mod endpoint;
 pub(crate) mod ext;
 mod filter;
+mod health_check;
 pub mod json;
 pub(crate) mod lb_policy;
 mod listener;

@@ -389,7 +389,7 @@ fn cluster_rejections() {
     let cases: Vec<(pb::Cluster, Vec<&str>)> = vec![
         #[allow(deprecated)]
         (pb::Cluster { http2_protocol_options: Some(Default::default()), ..eds() }, vec!["http2_protocol_options: deprecated form `http2_protocol_options` is not accepted; use `typed_extension_protocol_options` with `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`"]),
-        (pb::Cluster { health_checks: vec![Default::default()], lb_subset_config: Some(Default::default()), ..eds() }, vec!["health_checks: not supported", "lb_subset_config: not supported"]),
+        (pb::Cluster { health_checks: vec![Default::default()], lb_subset_config: Some(Default::default()), ..eds() }, vec!["health_checks[0].timeout: required but not set", "health_checks[0].interval: required but not set", "health_checks[0].unhealthy_threshold: required but not set", "health_checks[0].healthy_threshold: required but not set", "health_checks[0].health_checker: required but not set", "lb_subset_config: not supported"]),
         (pb::Cluster { lb_config: Some(pb::cluster::LbConfig::RingHashLbConfig(Default::default())), ..eds() }, vec!["ring_hash_lb_config: not supported"]),
         (pb::Cluster { connect_timeout: dur(0, 0), ..eds() }, vec!["connect_timeout: must be greater than zero"]),
         (pb::Cluster { connect_timeout: dur(-1, 0), ..eds() }, vec!["connect_timeout: duration -1s 0ns is negative or malformed"]),
@@ -1182,5 +1182,175 @@ typed_extension_protocol_options:
     assert_eq!(
         messages(with("{auto_sni: true, override_auto_sni_header: \"bad header\"}")),
         vec!["typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].upstream_http_protocol_options.override_auto_sni_header: \"bad header\" is not a header name"]
+    );
+}
+
+fn yaml_cluster(text: &str) -> pb::Cluster {
+    super::json::from_value(serde_yaml::from_str(text).unwrap()).unwrap()
+}
+
+/// `health_checks` as Envoy Gateway writes them (its translator's goldens), with Envoy's
+/// defaults filled in.
+#[test]
+fn health_checks() {
+    use model::health_check as mh;
+    let c = cluster(&yaml_cluster(
+        r#"
+name: c
+type: EDS
+edsClusterConfig: {edsConfig: {ads: {}}}
+ignoreHealthOnHostRemoval: true
+healthChecks:
+- healthyThreshold: 1
+  httpHealthCheck:
+    expectedStatuses: [{start: "200", end: "201"}, {start: "300", end: "301"}]
+    host: '*'
+    path: /healthz
+    receive: [{text: 6f6b}]
+    retriableStatuses: [{start: "500", end: "600"}]
+  interval: 3s
+  timeout: 0.500s
+  unhealthyThreshold: 3
+- healthyThreshold: 3
+  interval: 5s
+  tcpHealthCheck:
+    receive: [{binary: cG9uZw==}]
+    send: {text: "70696e67"}
+  timeout: 1s
+  unhealthyThreshold: 3
+  unhealthyInterval: 7s
+  noTrafficHealthyInterval: 2s
+- grpcHealthCheck: {serviceName: my-service, authority: grpc.example}
+  healthyThreshold: 3
+  interval: 5s
+  timeout: 1s
+  unhealthyThreshold: 3
+  reuseConnection: false
+  intervalJitterPercent: 10
+  eventLogPath: /dev/stdout
+"#,
+    ))
+    .unwrap();
+    assert!(c.ignore_health_on_host_removal);
+    let [http, tcp, grpc] = &c.health_checks[..] else {
+        panic!("{:?}", c.health_checks)
+    };
+    assert_eq!(http.timeout, Duration::from_millis(500));
+    assert_eq!((http.unhealthy_threshold, http.healthy_threshold), (3, 1));
+    assert_eq!(http.no_traffic_interval, Duration::from_secs(60));
+    assert_eq!(http.unhealthy_interval, Duration::from_secs(3));
+    assert_eq!(http.unhealthy_edge_interval, Duration::from_secs(3));
+    assert_eq!(http.healthy_edge_interval, Duration::from_secs(3));
+    assert!(http.reuse_connection);
+    let mh::HealthChecker::Http(h) = &http.checker else {
+        panic!("{http:?}")
+    };
+    assert_eq!(h.host.as_deref(), Some("*"));
+    assert_eq!((h.path.as_str(), h.method.as_str()), ("/healthz", "GET"));
+    assert_eq!(h.expected_statuses, [(200, 201), (300, 301)]);
+    assert_eq!(h.retriable_statuses, [(500, 600)]);
+    assert_eq!(h.receive, [b"ok".to_vec()]);
+    assert_eq!(h.response_buffer_size, 1024);
+    assert!(!h.http2);
+    assert_eq!(
+        tcp.checker,
+        mh::HealthChecker::Tcp(mh::TcpHealthCheck {
+            send: b"ping".to_vec(),
+            receive: vec![b"pong".to_vec()],
+        })
+    );
+    assert_eq!(tcp.unhealthy_interval, Duration::from_secs(7));
+    assert_eq!(tcp.unhealthy_edge_interval, Duration::from_secs(7));
+    assert_eq!(
+        tcp.no_traffic_healthy_interval,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(
+        grpc.checker,
+        mh::HealthChecker::Grpc(mh::GrpcHealthCheck {
+            service_name: "my-service".into(),
+            authority: Some("grpc.example".into()),
+            initial_metadata: vec![],
+        })
+    );
+    assert!(!grpc.reuse_connection);
+    assert_eq!(grpc.interval_jitter_percent, 10);
+
+    // An endpoint's own health-check settings.
+    let cla: epb::ClusterLoadAssignment = super::json::from_value(
+        serde_yaml::from_str(
+            r#"
+clusterName: c
+endpoints:
+- lbEndpoints:
+  - endpoint:
+      address: {socketAddress: {address: 10.0.0.1, portValue: 80}}
+      healthCheckConfig: {portValue: 8080, hostname: hc.example, address: {socketAddress: {address: 10.0.0.9, portValue: 81}}}
+  - endpoint:
+      address: {socketAddress: {address: 10.0.0.2, portValue: 80}}
+      healthCheckConfig: {disableActiveHealthCheck: true}
+"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let m = cluster_load_assignment(&cla).unwrap();
+    let eps = &m.localities[0].endpoints;
+    assert_eq!(
+        eps[0].health_check,
+        Some(mh::EndpointHealthCheck {
+            port: Some(8080),
+            address: Some("10.0.0.9:81".parse().unwrap()),
+            hostname: Some("hc.example".into()),
+            disabled: false,
+        })
+    );
+    assert!(eps[1].health_check.as_ref().unwrap().disabled);
+}
+
+#[test]
+fn health_check_rejections() {
+    let base = r#"
+name: c
+type: EDS
+edsClusterConfig: {edsConfig: {ads: {}}}
+healthChecks:
+- timeout: 1s
+  interval: 5s
+  healthyThreshold: 1
+  unhealthyThreshold: 1
+"#;
+    let cases = [
+        ("  httpHealthCheck: {path: healthz}", "health_checks[0].http_health_check.path: \"healthz\" is not a request path"),
+        ("  httpHealthCheck: {path: /h, expectedStatuses: [{start: \"200\", end: \"700\"}]}", "health_checks[0].http_health_check.expected_statuses[0]: [200, 700) is not a range of statuses within [100, 600)"),
+        ("  httpHealthCheck: {path: /h, method: CONNECT}", "health_checks[0].http_health_check.method: method 6 (CONNECT is not a health check) is not supported"),
+        ("  httpHealthCheck: {path: /h, codecClientType: HTTP3}", "health_checks[0].http_health_check.codec_client_type: value 2 (HTTP/3) is not supported"),
+        ("  httpHealthCheck: {path: /h, receive: [{text: xyz}]}", "health_checks[0].http_health_check.receive[0].text: \"xyz\" is not hex"),
+        ("  tcpHealthCheck: {proxyProtocolConfig: {}}\n  tlsOptions: {alpnProtocols: [h2]}", "health_checks[0].tcp_health_check.proxy_protocol_config: not supported"),
+        ("  customHealthCheck: {name: envoy.health_checkers.redis}", "health_checks[0].custom_health_check: custom health checker \"envoy.health_checkers.redis\" is not supported"),
+        ("  tcpHealthCheck: {}\n  noTrafficInterval: 0s", "health_checks[0].no_traffic_interval: must be greater than zero"),
+    ];
+    for (extra, want) in cases {
+        let c = yaml_cluster(&format!("{base}{extra}\n"));
+        let got = messages(cluster(&c));
+        assert!(got.iter().any(|m| m == want), "{extra}: {got:?}");
+    }
+    let tls = yaml_cluster(&format!(
+        "{base}  tcpHealthCheck: {{}}\n  tlsOptions: {{alpnProtocols: [h2]}}\n"
+    ));
+    assert_eq!(
+        messages(cluster(&tls)),
+        ["health_checks[0].tls_options: not supported"]
+    );
+    let odst = yaml_cluster(&format!(
+        "{}  tcpHealthCheck: {{}}\n",
+        base.replace(
+            "type: EDS\nedsClusterConfig: {edsConfig: {ads: {}}}",
+            "type: ORIGINAL_DST"
+        )
+    ));
+    assert_eq!(
+        messages(cluster(&odst)),
+        ["health_checks: an ORIGINAL_DST cluster has no endpoints to check"]
     );
 }
