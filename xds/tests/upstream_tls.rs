@@ -588,3 +588,46 @@ async fn auto_config_speaks_what_alpn_picks() {
     assert_eq!(both.handshakes.load(Ordering::Relaxed), 1);
     assert_eq!(h1_only.handshakes.load(Ordering::Relaxed), 1);
 }
+
+/// Health checks go over the cluster's TLS, verified as requests are: a server the context
+/// trusts passes HTTP checks over its handshake; one whose name does not match fails them
+/// as network failures (nothing in plain text).
+#[tokio::test]
+async fn health_checks_go_over_the_clusters_tls() {
+    let ca = TestCa::new("test CA");
+    let cert = ca.leaf(&["api.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
+    let server = tls_upstream(server_config(&cert, &[&rustls::version::TLS13], None)).await;
+    let trusted = |name: &str| {
+        format!(
+            "sni: {name}\ncommon_tls_context:\n  validation_context:\n    trusted_ca: {}\n    match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: \"{name}\"}}}}]\n",
+            inline(&ca.pem)
+        )
+    };
+    let checks = "health_checks:
+- timeout: 1s
+  interval: 0.1s
+  no_traffic_interval: 0.1s
+  unhealthy_threshold: 1
+  healthy_threshold: 1
+  http_health_check: {path: /healthz}";
+    let (_cp, node) = serving_clusters(&[
+        tls_cluster("good", server.addr, &trusted("api.example.com"), checks),
+        tls_cluster("wrong", server.addr, &trusted("other.example.com"), checks),
+    ])
+    .await;
+    let count = |cluster: &str, result: &str| {
+        node.metric(&format!(
+            "myelin_proxy_health_checks_total{{cluster=\"{cluster}\",result=\"{result}\"}}"
+        ))
+    };
+    eventually("checks over TLS pass", || count("good", "success") >= 3.0).await;
+    eventually("checks of a wrong name fail", || {
+        count("wrong", "network_failure") >= 3.0
+    })
+    .await;
+    assert_eq!(count("wrong", "success"), 0.0);
+    assert_eq!(count("good", "network_failure"), 0.0);
+    // One handshake for all of the good cluster's checks (the connection is kept), and none
+    // finished for the wrong one.
+    assert_eq!(server.handshakes.load(Ordering::Relaxed), 1);
+}
