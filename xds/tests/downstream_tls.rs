@@ -451,3 +451,119 @@ async fn sni_passthrough_and_bound_listeners() {
         (StatusCode::OK, "web", "h2")
     );
 }
+
+/// A client of its own: TLS 1.2 and 1.3 with these TLS 1.2 suites and groups (`None`:
+/// rustls' defaults).
+async fn tls_client_with(
+    node: &Node,
+    port: u16,
+    ca: &TestCa,
+    suites: Option<Vec<rustls::SupportedCipherSuite>>,
+    groups: Option<Vec<&'static dyn rustls::crypto::SupportedKxGroup>>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut p = rustls::crypto::ring::default_provider();
+    if let Some(s) = suites {
+        p.cipher_suites = s;
+    }
+    if let Some(g) = groups {
+        p.kx_groups = g;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pem_chain(&ca.pem).remove(0)).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(p))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = node.connect(vip(port)).await;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("api.example.com").unwrap(), tcp)
+        .await
+}
+
+/// A listener's `tls_params`: TLS 1.2 with only the suites and groups listed (in the
+/// server's order), and handshakes that cannot agree on them fail.
+#[tokio::test]
+async fn listener_tls_params_narrow_suites_and_groups() {
+    use rustls::crypto::ring::{cipher_suite as cs, kx_group as kx};
+    let ca = TestCa::new("test CA");
+    let api = ca.leaf(&["api.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
+    let web = http_upstream("web").await;
+    let tls = format!(
+        "common_tls_context:\n  tls_params:\n    tls_maximum_protocol_version: TLSv1_2\n    cipher_suites: [AES128-SHA, ECDHE-ECDSA-CHACHA20-POLY1305, ECDHE-ECDSA-AES256-GCM-SHA384]\n    ecdh_curves: [P-384, P-521]\n    signature_algorithms: [ecdsa_secp256r1_sha256]\n  tls_certificates:\n  - certificate_chain: {}\n    private_key: {}\n",
+        inline(&api.0),
+        inline(&api.1)
+    );
+    let https = listener("https", 18445, &[chain(&["api.example.com"], &tls, &hcm())]);
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "https", &https);
+        set(b, "r", &route_to("r", "web"));
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[web.addr]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["https"][..]),
+        (type_url::ENDPOINT, &["web"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+
+    // rustls' defaults: the server's first listed suite it speaks, its only group it speaks.
+    let tls = tls_client_with(&node, 18445, &ca, None, None)
+        .await
+        .unwrap();
+    let conn = tls.get_ref().1;
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(
+        conn.negotiated_cipher_suite().unwrap().suite(),
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+    );
+    assert_eq!(
+        conn.negotiated_key_exchange_group().unwrap().name(),
+        rustls::NamedGroup::secp384r1
+    );
+    let (status, server, _) = get(tls, "api.example.com").await.unwrap();
+    assert_eq!((status, server.as_str()), (StatusCode::OK, "web"));
+    // The other listed suite, when the client has only that one.
+    let tls = tls_client_with(
+        &node,
+        18445,
+        &ca,
+        Some(vec![cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tls.get_ref().1.negotiated_cipher_suite().unwrap().suite(),
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    );
+    // A suite or a group that is not listed: no handshake.
+    assert!(tls_client_with(
+        &node,
+        18445,
+        &ca,
+        Some(vec![cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]),
+        None
+    )
+    .await
+    .is_err());
+    assert!(tls_client_with(
+        &node,
+        18445,
+        &ca,
+        None,
+        Some(vec![kx::X25519, kx::SECP256R1])
+    )
+    .await
+    .is_err());
+    assert_eq!(
+        node.metric("myelin_proxy_downstream_tls_handshake_errors_total{reason=\"failed\"}"),
+        2.0
+    );
+}

@@ -40,7 +40,6 @@ struct Seen {
 /// An HTTP/1 backend: `/healthz` answers 200 `ok` while `healthy`, else 503; anything else
 /// answers with its name in `x-server`.
 struct Backend {
-    name: &'static str,
     addr: SocketAddr,
     healthy: Arc<AtomicBool>,
     checks: Arc<Mutex<Vec<Seen>>>,
@@ -103,7 +102,6 @@ impl Backend {
             }
         });
         Backend {
-            name,
             addr,
             healthy: flag,
             checks,

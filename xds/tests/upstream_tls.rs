@@ -631,3 +631,72 @@ async fn health_checks_go_over_the_clusters_tls() {
     // finished for the wrong one.
     assert_eq!(server.handshakes.load(Ordering::Relaxed), 1);
 }
+
+/// A cluster's `tls_params` narrow what its handshakes offer: against a TLS 1.2 server
+/// that speaks one suite, one group and signs with ECDSA P-256, a cluster whose lists leave
+/// any of them out cannot connect (503, nothing in plain text).
+#[tokio::test]
+async fn cluster_tls_params_narrow_suites_groups_and_signatures() {
+    use rustls::crypto::ring::{cipher_suite as cs, kx_group as kx};
+    let ca = TestCa::new("test CA");
+    let cert = ca.leaf(&["api.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256];
+    p.kx_groups = vec![kx::SECP384R1];
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(p))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(support::tls::chain(&cert.0), support::tls::key(&cert.1))
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server = tls_upstream(config).await;
+    let ctx = |params: &str| {
+        format!(
+            "sni: api.example.com\ncommon_tls_context:\n  tls_params: {params}\n  validation_context:\n    trusted_ca: {}\n",
+            inline(&ca.pem)
+        )
+    };
+    let cases = [
+        ("listed", "{cipher_suites: [ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-ECDSA-CHACHA20-POLY1305], ecdh_curves: [X25519, P-384]}", true),
+        ("signs", "{signature_algorithms: [rsa_pss_rsae_sha256, ecdsa_secp256r1_sha256]}", true),
+        ("suite", "{cipher_suites: [ECDHE-ECDSA-AES128-GCM-SHA256, AES128-SHA]}", false),
+        ("group", "{ecdh_curves: [X25519, P-256]}", false),
+        ("signature", "{signature_algorithms: [rsa_pss_rsae_sha256, ed25519]}", false),
+    ];
+    let clusters: Vec<Cluster> = cases
+        .iter()
+        .map(|(name, params, _)| tls_cluster(name, server.addr, &ctx(params), ""))
+        .collect();
+    // A server that asks for client certificates: the client's key signs only with the
+    // listed scheme.
+    let mutual = tls_upstream(server_config(&cert, &[&rustls::version::TLS13], Some(&ca))).await;
+    let client_cert = ca.leaf(&["client.example.com"], ExtendedKeyUsagePurpose::ClientAuth);
+    let mut clusters = clusters;
+    clusters.push(tls_cluster(
+        "mutual",
+        mutual.addr,
+        &format!(
+            "{}  tls_certificates: [{{certificate_chain: {}, private_key: {}}}]\n",
+            ctx("{signature_algorithms: [ecdsa_secp256r1_sha256]}"),
+            inline(&client_cert.0),
+            inline(&client_cert.1)
+        ),
+        "",
+    ));
+    let (_cp, node) = serving_clusters(&clusters).await;
+    let mut client = node.http_client(vip(18080)).await;
+    let (status, _, body) = client.get("any", "/mutual/").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with("client=yes"), "{body}");
+    for (name, _, ok) in cases {
+        let (status, _, body) = client.get("any", &format!("/{name}/")).await.unwrap();
+        if ok {
+            assert_eq!(status, StatusCode::OK, "{name}: {body}");
+            assert!(body.contains("version=TLSv1_2"), "{name}: {body}");
+        } else {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {body}");
+        }
+    }
+    assert_eq!(server.handshakes.load(Ordering::Relaxed), 2);
+}

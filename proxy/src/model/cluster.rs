@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::endpoint::ClusterLoadAssignment;
 use super::health_check::HealthCheck;
-use super::listener::TlsVersion;
+use super::listener::{TlsAlgorithms, TlsVersion};
 use super::secret::{TlsCertificate, ValidationContext};
 use super::types::MetadataValue;
 use super::{duration_str, opt_duration_str};
@@ -400,6 +400,9 @@ pub struct UpstreamTls {
     /// `tls_params.tls_maximum_protocol_version` (`None`: TLS 1.3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_version: Option<TlsVersion>,
+    /// `tls_params` cipher suites, curves and signature algorithms.
+    #[serde(skip_serializing_if = "TlsAlgorithms::is_default")]
+    pub algorithms: TlsAlgorithms,
 }
 
 /// The SDS Secret names a TLS context uses (certificates, then the validation context).

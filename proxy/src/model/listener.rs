@@ -78,6 +78,9 @@ pub struct DownstreamTls {
     pub min_version: Option<TlsVersion>,
     /// `tls_params.tls_maximum_protocol_version` (`None`: TLS 1.3).
     pub max_version: Option<TlsVersion>,
+    /// `tls_params` cipher suites, curves and signature algorithms.
+    #[serde(skip_serializing_if = "TlsAlgorithms::is_default")]
+    pub algorithms: TlsAlgorithms,
     /// `disable_stateless_session_resumption`: no session tickets.
     pub disable_stateless_resumption: bool,
     /// `disable_stateful_session_resumption`: no session-ID cache.
@@ -85,6 +88,29 @@ pub struct DownstreamTls {
     /// `prefer_client_ciphers`: the client's cipher order wins (Envoy's default: the
     /// server's).
     pub prefer_client_ciphers: bool,
+}
+
+/// A TLS context's `tls_params` restrictions beyond the versions (`crate::tls::params`):
+/// BoringSSL names Myelin speaks, in the config's order. `None`: the defaults; `Some` with
+/// names left out that Myelin knows but does not speak (the converter leaves them out).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TlsAlgorithms {
+    /// `cipher_suites`: the TLS 1.2 suites (TLS 1.3's are not configurable, as in Envoy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher_suites: Option<Vec<String>>,
+    /// `ecdh_curves`: the key exchange groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ecdh_curves: Option<Vec<String>>,
+    /// `signature_algorithms`: what the peer may sign with and what this side signs with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_algorithms: Option<Vec<String>>,
+}
+
+impl TlsAlgorithms {
+    /// Whether it narrows nothing.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A TLS protocol version Myelin speaks.

@@ -9,6 +9,7 @@ pub mod ca;
 mod id;
 mod material;
 pub mod origin;
+pub mod params;
 pub mod probe;
 pub mod rotate;
 pub mod sds;

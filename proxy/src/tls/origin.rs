@@ -95,12 +95,15 @@ impl TlsOrigin {
         // The trust anchors and the client certificate by value: a new version of a Secret
         // is a new pool, the same bytes in a rebuilt cluster are not.
         format!("{validation:?}").hash(&mut digest);
+        let provider = super::params::provider_for(&tls.algorithms);
+        let allowed = super::params::schemes(&tls.algorithms);
         let verifier = Arc::new(PeerVerifier::new(
             validation,
             tls.auto_sni_san_validation || auto.san_validation,
-            super::store::provider(),
+            provider.clone(),
+            allowed.clone(),
         )?);
-        let builder = ClientConfig::builder_with_provider(super::store::provider())
+        let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions(tls.min_version, tls.max_version)?)
             .map_err(|e| format!("TLS versions: {e}"))?
             .dangerous()
@@ -114,9 +117,18 @@ impl TlsOrigin {
                     c.as_ref().hash(&mut digest);
                 }
                 key.secret_der().hash(&mut digest);
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("the client certificate cannot be used: {e}"))?
+                match &allowed {
+                    None => builder
+                        .with_client_auth_cert(chain, key)
+                        .map_err(|e| format!("the client certificate cannot be used: {e}"))?,
+                    Some(_) => {
+                        let key = provider.key_provider.load_private_key(key).map_err(|e| {
+                            format!("the client certificate's key cannot be used: {e}")
+                        })?;
+                        let certified = super::params::restrict_key(chain, key, allowed.as_ref());
+                        builder.with_client_cert_resolver(Arc::new(ClientCert(Arc::new(certified))))
+                    }
+                }
             }
         };
         let sni = match &tls.sni {
@@ -236,6 +248,27 @@ struct PeerVerifier {
     /// `auto_sni_san_validation` / `auto_san_validation`: a SAN must name the SNI sent.
     sni_san: bool,
     provider: Arc<CryptoProvider>,
+    /// `tls_params.signature_algorithms`; `None`: any the provider verifies.
+    allowed: Option<Arc<[SignatureScheme]>>,
+}
+
+/// The client certificate, for a context that narrows its signature algorithms (its key
+/// signs only with those).
+#[derive(Debug)]
+struct ClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 impl PeerVerifier {
@@ -243,6 +276,7 @@ impl PeerVerifier {
         validation: Option<Validation>,
         sni_san: bool,
         provider: Arc<CryptoProvider>,
+        allowed: Option<Arc<[SignatureScheme]>>,
     ) -> Result<Self, String> {
         let (ca, sans) = validation.unwrap_or_default();
         let roots = match ca {
@@ -261,7 +295,20 @@ impl PeerVerifier {
             sans,
             sni_san,
             provider,
+            allowed,
         })
+    }
+}
+
+impl PeerVerifier {
+    fn check_scheme(&self, dss: &DigitallySignedStruct) -> Result<(), Error> {
+        if super::params::allows(self.allowed.as_ref(), dss.scheme) {
+            Ok(())
+        } else {
+            Err(Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ))
+        }
     }
 }
 
@@ -312,6 +359,7 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        self.check_scheme(dss)?;
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
@@ -326,6 +374,7 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        self.check_scheme(dss)?;
         rustls::crypto::verify_tls13_signature(
             message,
             cert,
@@ -335,8 +384,11 @@ impl ServerCertVerifier for PeerVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        super::params::narrow(
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes(),
+            self.allowed.as_ref(),
+        )
     }
 }

@@ -7,7 +7,8 @@
 //! - client certificates: asked for when there is a validation context, required with
 //!   `require_client_certificate`, verified against `trusted_ca` and the SAN rules (Envoy's
 //!   default validator);
-//! - TLS 1.2 to 1.3 unless `tls_params` narrows it; ALPN as configured; session resumption
+//! - TLS 1.2 to 1.3 unless `tls_params` narrows it (and its TLS 1.2 cipher suites, key
+//!   exchange groups and signature algorithms, `super::params`); ALPN as configured; session resumption
 //!   by session ID and by ticket unless disabled; the server's cipher order unless
 //!   `prefer_client_ciphers`.
 
@@ -29,6 +30,7 @@ use super::material::{
     certificate, certificate_chain_and_key, dns_name_match, roots, san_matches, validation,
     versions, NoMatchingSan, Secrets,
 };
+use super::params;
 use crate::model::listener::DownstreamTls;
 use crate::model::secret::SanMatcher;
 
@@ -55,7 +57,8 @@ impl TlsTermination {
         handshake_timeout: Duration,
         secret: impl Secrets,
     ) -> Result<Self, String> {
-        let provider = super::store::provider();
+        let provider = params::provider_for(&tls.algorithms);
+        let allowed = params::schemes(&tls.algorithms);
         let mut certs = Vec::with_capacity(tls.certificates.len());
         for c in &tls.certificates {
             let cert = certificate(c, &secret)?;
@@ -65,7 +68,7 @@ impl TlsTermination {
                 .key_provider
                 .load_private_key(key)
                 .map_err(|e| format!("the private key cannot be used: {e}"))?;
-            let certified = CertifiedKey::new(chain, key);
+            let certified = params::restrict_key(chain, key, allowed.as_ref());
             certified
                 .keys_match()
                 .map_err(|e| format!("the private key is not the certificate's: {e}"))?;
@@ -108,7 +111,11 @@ impl TlsTermination {
                 let inner = webpki
                     .build()
                     .map_err(|e| format!("trusted_ca cannot verify clients: {e}"))?;
-                builder.with_client_cert_verifier(Arc::new(ClientVerifier { inner, sans }))
+                builder.with_client_cert_verifier(Arc::new(ClientVerifier {
+                    inner,
+                    sans,
+                    allowed,
+                }))
             }
         };
         let mut config = builder.with_cert_resolver(Arc::new(Resolver {
@@ -194,6 +201,20 @@ impl ResolvesServerCert for Resolver {
 struct ClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     sans: Vec<SanMatcher>,
+    /// `tls_params.signature_algorithms`; `None`: any.
+    allowed: Option<Arc<[SignatureScheme]>>,
+}
+
+impl ClientVerifier {
+    fn check_scheme(&self, dss: &DigitallySignedStruct) -> Result<(), Error> {
+        if params::allows(self.allowed.as_ref(), dss.scheme) {
+            Ok(())
+        } else {
+            Err(Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ))
+        }
+    }
 }
 
 impl ClientCertVerifier for ClientVerifier {
@@ -231,6 +252,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
+        self.check_scheme(dss)?;
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
@@ -240,10 +262,11 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
+        self.check_scheme(dss)?;
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        params::narrow(self.inner.supported_verify_schemes(), self.allowed.as_ref())
     }
 }

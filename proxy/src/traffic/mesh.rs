@@ -162,6 +162,7 @@ mod tests {
                 auto_sni_san_validation: false,
                 min_version: None,
                 max_version: None,
+                algorithms: Default::default(),
             }),
             transport_socket_matches: vec![],
             auto_sni: Default::default(),

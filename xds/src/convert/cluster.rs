@@ -714,14 +714,15 @@ fn upstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<mc::U
         auto_sni_san_validation: *auto_sni_san_validation,
         min_version: None,
         max_version: None,
+        algorithms: Default::default(),
     };
     let Some(c) = common_tls_context else {
         return Some(out);
     };
     let cp = join(&tp, "common_tls_context");
     if let Some(t) = &c.tls_params {
-        (out.min_version, out.max_version) =
-            super::listener::tls_versions(cx, &join(&cp, "tls_params"), t);
+        (out.min_version, out.max_version, out.algorithms) =
+            super::listener::tls_params(cx, &join(&cp, "tls_params"), t);
     }
     let common = secret::common_tls_context(cx, &cp, c);
     out.alpn_protocols = common.alpn_protocols;

@@ -320,9 +320,9 @@ fn downstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<ml:
         return None;
     };
     let cp = join(&tp, "common_tls_context");
-    let (min_version, max_version) = match &c.tls_params {
-        Some(t) => tls_versions(cx, &join(&cp, "tls_params"), t),
-        None => (None, None),
+    let (min_version, max_version, algorithms) = match &c.tls_params {
+        Some(t) => tls_params(cx, &join(&cp, "tls_params"), t),
+        None => (None, None, Default::default()),
     };
     let common = secret::common_tls_context(cx, &cp, c);
     match (
@@ -362,18 +362,24 @@ fn downstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<ml:
         alpn_protocols: common.alpn_protocols,
         min_version,
         max_version,
+        algorithms,
         disable_stateless_resumption: *disable_stateless_session_resumption,
         disable_stateful_resumption: *disable_stateful_session_resumption,
         prefer_client_ciphers: *prefer_client_ciphers,
     })
 }
 
-/// A downstream context's `tls_params`: the protocol versions, nothing else.
-pub(crate) fn tls_versions(
+/// A TLS context's `tls_params` (either side): the protocol versions, the TLS 1.2 cipher
+/// suites, the key exchange groups and the signature algorithms.
+pub(crate) fn tls_params(
     cx: &mut Cx,
     p: &str,
     t: &ext::TlsParameters,
-) -> (Option<ml::TlsVersion>, Option<ml::TlsVersion>) {
+) -> (
+    Option<ml::TlsVersion>,
+    Option<ml::TlsVersion>,
+    ml::TlsAlgorithms,
+) {
     let ext::TlsParameters {
         tls_minimum_protocol_version,
         tls_maximum_protocol_version,
@@ -382,9 +388,6 @@ pub(crate) fn tls_versions(
         signature_algorithms,
         compliance_policies,
     } = t;
-    cx.unsupported(p, "cipher_suites", cipher_suites);
-    cx.unsupported(p, "ecdh_curves", ecdh_curves);
-    cx.unsupported(p, "signature_algorithms", signature_algorithms);
     cx.unsupported(p, "compliance_policies", compliance_policies);
     let mut version = |field: &str, v: i32| match v {
         0 => None, // TLS_AUTO: Envoy's default (TLS 1.2 up to TLS 1.3 for a server).
@@ -428,7 +431,80 @@ pub(crate) fn tls_versions(
             );
         }
     }
-    (min, max)
+    use myelin_proxy::tls::params;
+    let tls12_only = max == Some(ml::TlsVersion::Tls12);
+    let algorithms = ml::TlsAlgorithms {
+        cipher_suites: algorithm_list(
+            cx,
+            p,
+            "cipher_suites",
+            cipher_suites,
+            params::cipher_suite,
+            // TLS 1.3 suites are not configurable: with none of these, TLS 1.3 alone.
+            tls12_only,
+        ),
+        ecdh_curves: algorithm_list(cx, p, "ecdh_curves", ecdh_curves, params::curve, true),
+        signature_algorithms: algorithm_list(
+            cx,
+            p,
+            "signature_algorithms",
+            signature_algorithms,
+            params::signature_algorithm,
+            true,
+        ),
+    };
+    (min, max, algorithms)
+}
+
+/// One of `tls_params`' lists, by BoringSSL's names (`[a|b]` groups of equal preference
+/// taken in order): names Myelin does not speak are left out, names nobody knows rejected;
+/// `None` when the list is empty (the defaults). When nothing spoken is left and
+/// `need_one`, the list is rejected.
+fn algorithm_list(
+    cx: &mut Cx,
+    p: &str,
+    field: &str,
+    names: &[String],
+    classify: fn(&str) -> myelin_proxy::tls::params::Known,
+    need_one: bool,
+) -> Option<Vec<String>> {
+    use myelin_proxy::tls::params::Known;
+    if names.is_empty() {
+        return None;
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut left_out = Vec::new();
+    for (i, entry) in names.iter().enumerate() {
+        let group = entry
+            .strip_prefix('[')
+            .and_then(|e| e.strip_suffix(']'))
+            .unwrap_or(entry);
+        for name in group.split('|').map(str::trim) {
+            match classify(name) {
+                Known::Supported(n) => {
+                    if !out.iter().any(|o| o == n) {
+                        out.push(n.to_owned());
+                    }
+                }
+                Known::NotImplemented => left_out.push(name.to_owned()),
+                Known::Unknown => cx.reject(
+                    idx(p, field, i),
+                    Reason::Invalid(format!("{name:?} is not a name BoringSSL (so Envoy) knows")),
+                ),
+            }
+        }
+    }
+    // (A list of only unknown names is rejected name by name above.)
+    if out.is_empty() && need_one && !left_out.is_empty() {
+        cx.reject(
+            join(p, field),
+            Reason::UnsupportedValue(format!(
+                "a list of only {} (none of them spoken by Myelin)",
+                left_out.join(", ")
+            )),
+        );
+    }
+    Some(out)
 }
 
 fn chain_match(cx: &mut Cx, p: &str, m: &pb::FilterChainMatch) -> ml::FilterChainMatch {

@@ -323,6 +323,7 @@ fn cluster_supported_fields() {
             auto_sni_san_validation: false,
             min_version: None,
             max_version: None,
+            algorithms: Default::default(),
         })
     );
     assert_eq!(
@@ -418,7 +419,6 @@ fn cluster_rejections() {
             },
             vec![
                 "transport_socket.typed_config.allow_renegotiation: not supported",
-                "transport_socket.typed_config.common_tls_context.tls_params.cipher_suites: not supported",
                 "transport_socket.typed_config.common_tls_context.tls_params.tls_minimum_protocol_version: TLSv1_1 (Myelin speaks TLS 1.2 and 1.3) is not supported",
                 "transport_socket.typed_config.common_tls_context.validation_context.verify_certificate_spki: not supported",
             ],

@@ -984,6 +984,7 @@ fn downstream_tls_inline() {
             alpn_protocols: vec!["h2".into(), "http/1.1".into()],
             min_version: Some(ml::TlsVersion::Tls12),
             max_version: Some(ml::TlsVersion::Tls13),
+            algorithms: Default::default(),
             disable_stateless_resumption: true,
             disable_stateful_resumption: false,
             prefer_client_ciphers: true,
@@ -1024,6 +1025,7 @@ fn downstream_tls_sds() {
             alpn_protocols: vec![],
             min_version: None,
             max_version: None,
+            algorithms: Default::default(),
             disable_stateless_resumption: false,
             disable_stateful_resumption: true,
             prefer_client_ciphers: false,
@@ -1100,18 +1102,18 @@ fn downstream_tls_rejections() {
         (
             with_common(|c| {
                 c.tls_params = Some(ext::TlsParameters {
-                    cipher_suites: vec!["ECDHE-RSA-AES128-GCM-SHA256".into()],
-                    ecdh_curves: vec!["X25519".into()],
-                    signature_algorithms: vec!["rsa_pss_rsae_sha256".into()],
+                    cipher_suites: vec!["ECDHE-RSA-AES128-GCM-SHA256".into(), "ECDHE-RSA-AES128-GCM".into()],
+                    ecdh_curves: vec!["P-521".into(), "X25519MLKEM768".into()],
+                    signature_algorithms: vec!["RSA-PSS-RSAE-SHA256".into()],
                     compliance_policies: vec![0],
                     ..Default::default()
                 })
             }),
             vec![
-                format!("{cc}.tls_params.cipher_suites: not supported"),
-                format!("{cc}.tls_params.ecdh_curves: not supported"),
-                format!("{cc}.tls_params.signature_algorithms: not supported"),
                 format!("{cc}.tls_params.compliance_policies: not supported"),
+                format!("{cc}.tls_params.cipher_suites[1]: \"ECDHE-RSA-AES128-GCM\" is not a name BoringSSL (so Envoy) knows"),
+                format!("{cc}.tls_params.ecdh_curves: a list of only P-521, X25519MLKEM768 (none of them spoken by Myelin) is not supported"),
+                format!("{cc}.tls_params.signature_algorithms[0]: \"RSA-PSS-RSAE-SHA256\" is not a name BoringSSL (so Envoy) knows"),
             ],
         ),
         (
@@ -1259,6 +1261,7 @@ fn downstream_tls_as_envoy_gateway_writes_it() {
             alpn_protocols: vec!["h2".into(), "http/1.1".into()],
             min_version: Some(ml::TlsVersion::Tls12),
             max_version: Some(ml::TlsVersion::Tls13),
+            algorithms: Default::default(),
             disable_stateless_resumption: true,
             disable_stateful_resumption: true,
             prefer_client_ciphers: false,
@@ -1278,9 +1281,58 @@ fn downstream_tls_as_envoy_gateway_writes_it() {
         messages(listener(&yaml_listener(&bad))),
         [
             format!("{tc}.ocsp_staple_policy: STRICT_STAPLING is not supported"),
-            format!("{cc}.tls_params.cipher_suites: not supported"),
             format!("{cc}.tls_params.compliance_policies: not supported"),
             format!("{cc}.tls_params.tls_minimum_protocol_version: TLSv1_0 (Myelin speaks TLS 1.2 and 1.3) is not supported"),
         ]
+    );
+}
+
+/// `tls_params` lists as Envoy Gateway writes them for a listener: names Myelin speaks kept
+/// in order, BoringSSL names it does not speak left out, `[a|b]` groups flattened.
+#[test]
+fn downstream_tls_params_lists() {
+    let text = EG_TLS_CHAIN.replace(
+        "tlsParams: {tlsMinimumProtocolVersion: TLSv1_2, tlsMaximumProtocolVersion: TLSv1_3}",
+        "tlsParams: {cipherSuites: ['[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]', ECDHE-RSA-AES128-GCM-SHA256, AES128-GCM-SHA256, ECDHE-RSA-AES128-SHA], ecdhCurves: [X25519, P-256, P-521], signatureAlgorithms: [ecdsa_secp256r1_sha256, RSA-PSS+SHA256, rsa_pkcs1_sha1]}",
+    );
+    let m = listener(&yaml_listener(&text)).unwrap();
+    let tls = m.filter_chains[0].tls.as_ref().unwrap();
+    assert_eq!(
+        tls.algorithms,
+        ml::TlsAlgorithms {
+            cipher_suites: Some(vec![
+                "ECDHE-ECDSA-AES128-GCM-SHA256".into(),
+                "ECDHE-ECDSA-CHACHA20-POLY1305".into(),
+                "ECDHE-RSA-AES128-GCM-SHA256".into(),
+            ]),
+            ecdh_curves: Some(vec!["X25519".into(), "P-256".into()]),
+            signature_algorithms: Some(vec![
+                "ecdsa_secp256r1_sha256".into(),
+                "rsa_pss_rsae_sha256".into(),
+            ]),
+        }
+    );
+    // Only suites Myelin does not speak: TLS 1.3 alone, unless the context stops at 1.2.
+    let cbc = EG_TLS_CHAIN.replace(
+        "tlsParams: {tlsMinimumProtocolVersion: TLSv1_2, tlsMaximumProtocolVersion: TLSv1_3}",
+        "tlsParams: {cipherSuites: [AES128-SHA]}",
+    );
+    let m = listener(&yaml_listener(&cbc)).unwrap();
+    assert_eq!(
+        m.filter_chains[0]
+            .tls
+            .as_ref()
+            .unwrap()
+            .algorithms
+            .cipher_suites,
+        Some(vec![])
+    );
+    let cbc12 = cbc.replace(
+        "cipherSuites: [AES128-SHA]",
+        "cipherSuites: [AES128-SHA], tlsMaximumProtocolVersion: TLSv1_2",
+    );
+    assert_eq!(
+        messages(listener(&yaml_listener(&cbc12))),
+        ["filter_chains[0].transport_socket.typed_config.common_tls_context.tls_params.cipher_suites: a list of only AES128-SHA (none of them spoken by Myelin) is not supported"]
     );
 }
