@@ -8,7 +8,12 @@
 //!   named in the response (Envoy's `cors_filter.cc`);
 //! - **local rate limit** (`envoy.filters.http.local_ratelimit`): a token bucket per filter
 //!   config, or per connection; a request without a token is answered `429` (Envoy's
-//!   `local_ratelimit.cc`).
+//!   `local_ratelimit.cc`);
+//! - **basic auth** (`envoy.filters.http.basic_auth`): HTTP Basic credentials checked
+//!   against htpasswd `{SHA}` users; a request without valid ones is answered `401` (Envoy's
+//!   `basic_auth_filter.cc`);
+//! - **CSRF** (`envoy.filters.http.csrf`): a request that changes state from another origin
+//!   is answered `403` (Envoy's `csrf_filter.cc`).
 //!
 //! Only requests routed to a cluster pass through them: direct responses and redirects are
 //! answered by their route (Envoy's CORS filter skips them too, having no route entry).
@@ -23,8 +28,9 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response};
 use crate::error::ProxyBody;
 use crate::metrics::ProxyMetrics;
 use crate::model::filter::{
-    AbortStatus, BucketState, CorsPolicy, DelaySource, FaultPolicy, FilterKind, FilterPolicy,
-    FilterSetting, Fraction, HttpFilter, HttpFilters, RateLimitPolicy, Taken, TokenBucket,
+    AbortStatus, BasicAuthPolicy, BasicAuthUsers, BucketState, CorsPolicy, CsrfPolicy, DelaySource,
+    FaultPolicy, FilterKind, FilterPolicy, FilterSetting, Fraction, HttpFilter, HttpFilters,
+    RateLimitPolicy, Taken, TokenBucket,
 };
 use crate::model::listener::HeaderText;
 use crate::model::route::{Route, RouteConfiguration, VirtualHost};
@@ -98,6 +104,8 @@ pub(crate) struct Filtered {
     rate_limit: Option<RateLimitHeaders>,
     /// A rate limit that was reached but not enforced: its request headers go upstream.
     not_enforced: Option<Arc<RateLimitPolicy>>,
+    /// Basic auth's `forward_username_header` with the user's name.
+    forward_username: Option<(HeaderName, HeaderValue)>,
 }
 
 /// What `x-ratelimit-*` headers say: the bucket's size, the tokens left, and seconds to
@@ -133,6 +141,9 @@ impl Filtered {
 
     /// Adds what a limit reached but not enforced puts in the request going upstream.
     pub(crate) fn finish_request(&mut self, headers: &mut HeaderMap) {
+        if let Some((name, value)) = self.forward_username.take() {
+            headers.insert(name, value);
+        }
         if let Some(p) = self.not_enforced.take() {
             crate::traffic::router::mutate_headers(
                 headers,
@@ -254,6 +265,26 @@ pub(crate) async fn run(
                     })
                     .unwrap_or(policy);
                 local_rate_limit(policy, buckets, grpc, metrics, filtered)
+            }
+            FilterKind::BasicAuth(policy) => {
+                let users = levels
+                    .settings(&filter.name)
+                    .find_map(|s| match &s.policy {
+                        Some(FilterPolicy::BasicAuth(u)) => Some(u),
+                        _ => None,
+                    })
+                    .unwrap_or(&policy.users);
+                basic_auth(policy, users, head, grpc, metrics, filtered)
+            }
+            FilterKind::Csrf(policy) => {
+                let policy = levels
+                    .settings(&filter.name)
+                    .find_map(|s| match &s.policy {
+                        Some(FilterPolicy::Csrf(p)) => Some(p),
+                        _ => None,
+                    })
+                    .unwrap_or(policy);
+                csrf(policy, head, grpc, metrics)
             }
         };
         if answer.is_some() {
@@ -433,6 +464,162 @@ fn local_rate_limit(
     // A local reply in Envoy: marked for a `local_reply_config`.
     let resp = crate::local_reply::mark(resp, policy.status, RATE_LIMITED_BODY, own);
     Some((resp, "RL"))
+}
+
+/// The CSRF check (Envoy's `csrf_filter.cc`): a request that changes state must come from
+/// the origin it goes to (its `Origin`, else its `Referer`, as `host[:port]`, against its
+/// host) or from one of the policy's other origins; else `403 Invalid origin` (only
+/// counted when the check is shadowed).
+fn csrf(
+    policy: &CsrfPolicy,
+    head: &RequestHead<'_>,
+    grpc: bool,
+    metrics: &ProxyMetrics,
+) -> Option<Answer> {
+    let enforced = policy.filter_enabled.chooses(roll());
+    let shadow = policy.shadow_enabled.is_some_and(|f| f.chooses(roll()));
+    if !enforced && !shadow {
+        return None;
+    }
+    if !matches!(head.method, "POST" | "PUT" | "DELETE" | "PATCH") {
+        return None;
+    }
+    let source = [header::ORIGIN, header::REFERER]
+        .iter()
+        .filter_map(|h| head.headers.get(h)?.to_str().ok())
+        .map(host_and_port)
+        .find(|s| !s.is_empty())
+        .unwrap_or("");
+    let outcome = if source.is_empty() {
+        "missing_source_origin"
+    } else if source == host_and_port(head.authority)
+        || policy.additional_origins.iter().any(|m| m.matches(source))
+    {
+        "valid"
+    } else {
+        "invalid"
+    };
+    metrics.csrf(outcome);
+    if outcome == "valid" || !enforced {
+        return None;
+    }
+    const BODY: &str = "Invalid origin";
+    let resp = crate::http::text_response(403, BODY.to_owned());
+    let resp = crate::http::for_grpc(resp, BODY, grpc);
+    let resp = crate::local_reply::mark(resp, 403, BODY, None);
+    Some((resp, "-"))
+}
+
+/// `host[:port]` of an absolute URL (`https://app.example.com:8443/x` ->
+/// `app.example.com:8443`); any other value as it is (a `Host` header).
+fn host_and_port(value: &str) -> &str {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value;
+    };
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return value;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // Without user information.
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
+/// The realm of a basic auth refusal names at most this much of the request's URI
+/// (Envoy's).
+const REALM_URI_MAX: usize = 256;
+
+/// HTTP Basic authentication (Envoy's `basic_auth_filter.cc`): the credentials of the
+/// `Authorization` header (or `authentication_header`) must name a user whose password's
+/// SHA-1 is the one listed; else `401` with a `www-authenticate` challenge.
+fn basic_auth(
+    policy: &BasicAuthPolicy,
+    users: &BasicAuthUsers,
+    head: &RequestHead<'_>,
+    grpc: bool,
+    metrics: &ProxyMetrics,
+    filtered: &mut Filtered,
+) -> Option<Answer> {
+    let header = policy
+        .authentication_header
+        .as_deref()
+        .unwrap_or("authorization");
+    let refusal = match head.headers.get(header) {
+        None => Err((
+            "User authentication failed. Missing username and password.",
+            "no_credential",
+        )),
+        Some(v) => match v.as_bytes().strip_prefix(b"Basic ") {
+            None => Err((
+                "User authentication failed. Expected 'Basic' authentication scheme.",
+                "invalid_scheme",
+            )),
+            Some(token) => basic_credentials(token).ok_or((
+                "User authentication failed. Invalid basic credential format.",
+                "invalid_format",
+            )),
+        },
+    }
+    .and_then(|(user, password)| {
+        if users.verify(&user, &password) {
+            Ok(user)
+        } else {
+            Err((
+                "User authentication failed. Invalid username/password combination.",
+                "invalid_credential",
+            ))
+        }
+    });
+    let (body, reason) = match refusal {
+        Ok(user) => {
+            metrics.basic_auth("allowed");
+            let name = policy
+                .forward_username_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+            if let (Some(name), Ok(value)) = (name, HeaderValue::from_str(&user)) {
+                filtered.forward_username = Some((name, value));
+            }
+            return None;
+        }
+        Err(refused) => refused,
+    };
+    metrics.basic_auth(reason);
+    let mut resp = crate::http::text_response(401, body.to_owned());
+    let mut uri = format!("{}://{}{}", head.scheme, head.authority, head.path);
+    if uri.len() > REALM_URI_MAX {
+        let mut end = REALM_URI_MAX;
+        while !uri.is_char_boundary(end) {
+            end -= 1;
+        }
+        uri.truncate(end);
+    }
+    let realm = format!("Basic realm=\"{}\"", uri.replace('"', "%22"));
+    if let Ok(v) = HeaderValue::from_str(&realm) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    let resp = crate::http::for_grpc(resp, body, grpc);
+    let resp = crate::local_reply::mark(resp, 401, body, None);
+    Some((resp, "-"))
+}
+
+/// The user and password of a Basic credential (base64 with or without padding, as
+/// Envoy decodes it).
+fn basic_credentials(token: &[u8]) -> Option<(String, String)> {
+    use base64::Engine;
+    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let decoded = LENIENT.decode(token).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
 }
 
 /// The CORS policies of a route, most specific first (at most three, on the stack): the

@@ -143,6 +143,21 @@ pub struct HealthCheckLabels {
     pub result: &'static str,
 }
 
+/// Labels of `proxy_basic_auth`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BasicAuthLabels {
+    /// `allowed`, or why not: `no_credential`, `invalid_scheme`, `invalid_format`,
+    /// `invalid_credential`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `proxy_csrf`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CsrfLabels {
+    /// `valid`, `invalid` or `missing_source_origin`.
+    pub outcome: &'static str,
+}
+
 /// Labels of `proxy_mirrored_requests`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
@@ -321,6 +336,8 @@ pub struct ProxyMetrics {
     pub(crate) mirrored_requests: Family<MirrorLabels, Counter>,
     pub(crate) downstream_tls_handshake_errors: Family<HandshakeErrorLabels, Counter>,
     pub(crate) health_checks: Family<HealthCheckLabels, Counter>,
+    pub(crate) basic_auth: Family<BasicAuthLabels, Counter>,
+    pub(crate) csrf: Family<CsrfLabels, Counter>,
     pub(crate) health_check_transitions: Family<HealthCheckLabels, Counter>,
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
@@ -363,6 +380,8 @@ impl ProxyMetrics {
             mirrored_requests: Family::default(),
             downstream_tls_handshake_errors: Family::default(),
             health_checks: Family::default(),
+            basic_auth: Family::default(),
+            csrf: Family::default(),
             health_check_transitions: Family::default(),
             local_rate_limit: Family::default(),
             headers_with_underscores: Family::default(),
@@ -474,6 +493,20 @@ impl ProxyMetrics {
             m.downstream_tls_handshake_errors.clone(),
         );
         registry.register(
+            "proxy_basic_auth",
+            "Requests checked by the basic auth filter (envoy.filters.http.basic_auth), by \
+             outcome: allowed, or answered 401 for no_credential, invalid_scheme, \
+             invalid_format, invalid_credential",
+            m.basic_auth.clone(),
+        );
+        registry.register(
+            "proxy_csrf",
+            "Requests that change state checked by the CSRF filter (envoy.filters.http.csrf), \
+             by outcome: valid, invalid (another origin), missing_source_origin (no Origin \
+             or Referer); enforced ones answered 403",
+            m.csrf.clone(),
+        );
+        registry.register(
             "proxy_health_checks",
             "Active health checks of clusters' endpoints, by cluster and result: success, \
              failure (an answer that fails the check), network_failure (no connection, a \
@@ -576,6 +609,18 @@ impl ProxyMetrics {
                 stat_prefix: StatPrefix(stat_prefix.clone()),
                 outcome,
             })
+            .inc();
+    }
+
+    /// A request checked by the CSRF filter.
+    pub(crate) fn csrf(&self, outcome: &'static str) {
+        self.csrf.get_or_create(&CsrfLabels { outcome }).inc();
+    }
+
+    /// A request checked by the basic auth filter.
+    pub(crate) fn basic_auth(&self, outcome: &'static str) {
+        self.basic_auth
+            .get_or_create(&BasicAuthLabels { outcome })
             .inc();
     }
 

@@ -343,9 +343,10 @@ async fn tcp_checks_on_a_port_of_their_own() {
     b_ok.store(true, Ordering::SeqCst);
     until_served_by(&node, 20, &["a", "b"]).await;
     // Many checks of a, one connection (reuse_connection defaults to true).
-    assert!(
+    eventually("six passed checks", || {
         node.metric("myelin_proxy_health_checks_total{cluster=\"web\",result=\"success\"}") >= 6.0
-    );
+    })
+    .await;
     assert_eq!(accepted_a.load(Ordering::SeqCst), 1);
     // The HTTP backends saw no health check.
     assert!(a.checks().is_empty() && b.checks().is_empty());

@@ -124,6 +124,8 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
             FilterPolicy::Fault(_) => "fault".to_owned(),
             FilterPolicy::Cors(_) => "cors".to_owned(),
             FilterPolicy::LocalRateLimit(_) => "rl".to_owned(),
+            FilterPolicy::BasicAuth(_) => "basic_auth".to_owned(),
+            FilterPolicy::Csrf(_) => "csrf".to_owned(),
         },
         FilterSetting {
             disabled: false,
@@ -746,4 +748,34 @@ async fn rate_limits_check_only_enabled_requests() {
         .0
         .is_none());
     assert_eq!((tokens(&own), tokens(&on)), (1, 0));
+}
+
+#[test]
+fn origins_as_host_and_port() {
+    for (value, want) in [
+        ("https://app.example.com:8443/x?y", "app.example.com:8443"),
+        ("http://web", "web"),
+        ("https://user:pw@example.com/", "example.com"),
+        ("web:8080", "web:8080"),
+        ("null", "null"),
+        ("://x", "://x"),
+    ] {
+        assert_eq!(host_and_port(value), want, "{value}");
+    }
+}
+
+#[test]
+fn basic_credentials_decode_with_or_without_padding() {
+    assert_eq!(
+        basic_credentials(b"dXNlcjpwYTpzcw=="),
+        Some(("user".into(), "pa:ss".into()))
+    );
+    assert_eq!(
+        basic_credentials(b"dXNlcjpwYTpzcw"),
+        Some(("user".into(), "pa:ss".into()))
+    );
+    // No colon, not base64, not UTF-8.
+    assert_eq!(basic_credentials(b"dXNlcg=="), None);
+    assert_eq!(basic_credentials(b"!!!"), None);
+    assert_eq!(basic_credentials(b"/w=="), None);
 }

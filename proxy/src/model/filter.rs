@@ -60,6 +60,12 @@ pub enum FilterKind {
     Cors,
     /// Local rate limiting with the filter's own settings (used where no route has any).
     LocalRateLimit(Arc<RateLimitPolicy>),
+    /// HTTP Basic authentication (`envoy.filters.http.basic_auth`) with the filter's users
+    /// (a route's replace them).
+    BasicAuth(Arc<BasicAuthPolicy>),
+    /// Cross-site request forgery checks (`envoy.filters.http.csrf`) with the filter's
+    /// policy (a route's replaces it).
+    Csrf(Arc<CsrfPolicy>),
 }
 
 /// The faults of one fault filter in progress, shared by every request through it (a new
@@ -111,6 +117,68 @@ pub enum FilterPolicy {
     /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`: replaces the
     /// filter's own, with a bucket of its own.
     LocalRateLimit(Arc<RateLimitPolicy>),
+    /// `envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute`: the users, in place
+    /// of the filter's.
+    BasicAuth(Arc<BasicAuthUsers>),
+    /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`: replaces the filter's own.
+    Csrf(Arc<CsrfPolicy>),
+}
+
+/// The CSRF filter's policy (`CsrfPolicy`): for requests that change state (`POST`,
+/// `PUT`, `DELETE`, `PATCH`), the origin they come from (`Origin`, else `Referer`) must be
+/// the host they go to, or one of `additional_origins`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CsrfPolicy {
+    /// The share of requests checked and refused when they fail (`filter_enabled`).
+    pub filter_enabled: Fraction,
+    /// The share of requests checked and only counted (`shadow_enabled`).
+    pub shadow_enabled: Option<Fraction>,
+    /// Other origins allowed, matched against the source's `host[:port]`.
+    pub additional_origins: Vec<StringMatcher>,
+}
+
+/// The basic auth filter's settings (`BasicAuth`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BasicAuthPolicy {
+    /// Who may pass.
+    pub users: Arc<BasicAuthUsers>,
+    /// `forward_username_header`: the authenticated user's name goes upstream in it.
+    pub forward_username_header: Option<String>,
+    /// `authentication_header`: credentials are read from it instead of `Authorization`.
+    pub authentication_header: Option<String>,
+}
+
+/// Users of an htpasswd file (`{SHA}` entries only, as Envoy takes them): each name with
+/// the base64 of its password's SHA-1. Shown by name only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuthUsers(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for BasicAuthUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl BasicAuthUsers {
+    /// Whether `user` is listed with `password` (compared by the base64 of its SHA-1, as
+    /// htpasswd `{SHA}` entries are).
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        use base64::Engine;
+        let Some(want) = self.0.get(user) else {
+            return false;
+        };
+        let digest =
+            ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, password.as_bytes());
+        let got = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+        // Constant time: the comparison should not tell how much of a guess was right.
+        subtle::ConstantTimeEq::ct_eq(got.as_bytes(), want.as_bytes()).into()
+    }
+}
+
+impl Serialize for BasicAuthUsers {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.keys())
+    }
 }
 
 /// A fraction of requests (`type.v3.FractionalPercent`): `numerator` out of `denominator`

@@ -721,6 +721,61 @@ named!(
     "LocalRateLimit"
 );
 
+/// `envoy.extensions.filters.http.basic_auth.v3.BasicAuth`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub users: Option<core::DataSource>,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub forward_username_header: String,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub authentication_header: String,
+}
+named!(
+    BasicAuth,
+    "envoy.extensions.filters.http.basic_auth.v3",
+    "BasicAuth"
+);
+
+/// `envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthPerRoute {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub users: Option<core::DataSource>,
+}
+named!(
+    BasicAuthPerRoute,
+    "envoy.extensions.filters.http.basic_auth.v3",
+    "BasicAuthPerRoute"
+);
+
+/// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`: the CSRF filter, in a connection
+/// manager and per route.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsrfPolicy {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub filter_enabled: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub shadow_enabled: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, repeated, tag = "3")]
+    #[serde(default)]
+    pub additional_origins: Vec<xds_api::pb::envoy::r#type::matcher::v3::StringMatcher>,
+}
+named!(
+    CsrfPolicy,
+    "envoy.extensions.filters.http.csrf.v3",
+    "CsrfPolicy"
+);
+
 /// A field of a message above as the JSON loader reads it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct JsonField {
@@ -767,6 +822,7 @@ const BOOL_VALUE: &str = "google.protobuf.BoolValue";
 const UINT32_VALUE: &str = "google.protobuf.UInt32Value";
 const HEADER_VALUE_OPTION: &str = "envoy.config.core.v3.HeaderValueOption";
 const RUNTIME_PERCENT: &str = "envoy.config.core.v3.RuntimeFractionalPercent";
+const DATA_SOURCE: &str = "envoy.config.core.v3.DataSource";
 const FRACTIONAL_PERCENT: &str = "envoy.type.v3.FractionalPercent";
 const SDS_SECRET_CONFIG: &str = "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig";
 const VALIDATION_CONTEXT: &str =
@@ -1075,6 +1131,26 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
             p("rate_limits"),
         ],
     ),
+    (
+        "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
+        &[
+            m("users", DATA_SOURCE),
+            p("forward_username_header"),
+            p("authentication_header"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
+        &[m("users", DATA_SOURCE)],
+    ),
+    (
+        "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
+        &[
+            m("filter_enabled", RUNTIME_PERCENT),
+            m("shadow_enabled", RUNTIME_PERCENT),
+            rm("additional_origins", "envoy.type.matcher.v3.StringMatcher"),
+        ],
+    ),
     // The load balancing policies (`super::lb_policy`).
     (
         LOCALITY_LB,
@@ -1210,6 +1286,9 @@ mod tests {
             Cors => "envoy.extensions.filters.http.cors.v3.Cors",
             CorsPolicy => "envoy.extensions.filters.http.cors.v3.CorsPolicy",
             LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            BasicAuth => "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
+            BasicAuthPerRoute => "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
+            CsrfPolicy => "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
             lb::LocalityLbConfig => LOCALITY_LB,
             lb::LocalityWeightedLbConfig => LOCALITY_WEIGHTED,
             lb::RoundRobin => &format!("{LB}.round_robin.v3.RoundRobin"),
@@ -1220,7 +1299,7 @@ mod tests {
         );
         assert_eq!(
             JSON_MESSAGES.len(),
-            29,
+            32,
             "a message of JSON_MESSAGES is not checked above"
         );
     }

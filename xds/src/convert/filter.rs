@@ -1,4 +1,6 @@
-//! HTTP filters before the router (fault injection, CORS, local rate limit) and their
+//! HTTP filters before the router (fault injection, CORS, local rate limit, basic auth,
+//! CSRF)
+//! and their
 //! per-route settings (`typed_per_filter_config`) -> [`myelin_proxy::model::filter`].
 
 use std::collections::HashMap;
@@ -22,6 +24,11 @@ const CORS_POLICY_URL: &str =
 const RATE_LIMIT_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+const CSRF_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
+const BASIC_AUTH_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuth";
+const BASIC_AUTH_ROUTE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute";
 
 /// A filter of a connection manager other than the (last) router: `None` when it is
 /// skipped (optional and unknown) or rejected.
@@ -53,6 +60,18 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
             let r = cx.decode::<ext::LocalRateLimit>(&tp, RATE_LIMIT_URL, &any.value)?;
             let policy = rate_limit_policy(cx, &tp, &r, false)?;
             Some(mf::FilterKind::LocalRateLimit(Arc::new(policy)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == BASIC_AUTH_URL => {
+            let tp = join(p, "typed_config");
+            let b = cx.decode::<ext::BasicAuth>(&tp, BASIC_AUTH_URL, &any.value)?;
+            Some(mf::FilterKind::BasicAuth(Arc::new(basic_auth(
+                cx, &tp, &b,
+            )?)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == CSRF_URL => {
+            let tp = join(p, "typed_config");
+            let c = cx.decode::<ext::CsrfPolicy>(&tp, CSRF_URL, &any.value)?;
+            Some(mf::FilterKind::Csrf(Arc::new(csrf_policy(cx, &tp, &c)?)))
         }
         None if name == "envoy.filters.http.fault" => Some(mf::FilterKind::Fault {
             policy: Arc::new(empty_fault()),
@@ -157,7 +176,14 @@ pub(super) fn filter_settings(
 }
 
 fn is_known(type_url: &str) -> bool {
-    [FAULT_URL, CORS_POLICY_URL, RATE_LIMIT_URL].contains(&type_url)
+    [
+        FAULT_URL,
+        CORS_POLICY_URL,
+        RATE_LIMIT_URL,
+        BASIC_AUTH_ROUTE_URL,
+        CSRF_URL,
+    ]
+    .contains(&type_url)
 }
 
 fn reject_unknown(cx: &mut Cx, p: &str, any: &protobuf::Any) {
@@ -186,8 +212,135 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
             let policy = rate_limit_policy(cx, p, &r, true)?;
             Some(mf::FilterPolicy::LocalRateLimit(Arc::new(policy)))
         }
+        CSRF_URL => {
+            let c = cx.decode::<ext::CsrfPolicy>(p, CSRF_URL, &any.value)?;
+            Some(mf::FilterPolicy::Csrf(Arc::new(csrf_policy(cx, p, &c)?)))
+        }
+        BASIC_AUTH_ROUTE_URL => {
+            let b = cx.decode::<ext::BasicAuthPerRoute>(p, BASIC_AUTH_ROUTE_URL, &any.value)?;
+            let users = match &b.users {
+                Some(u) => htpasswd(cx, &join(p, "users"), u)?,
+                None => {
+                    cx.reject(join(p, "users"), Reason::Missing);
+                    return None;
+                }
+            };
+            Some(mf::FilterPolicy::BasicAuth(Arc::new(users)))
+        }
         _ => None,
     }
+}
+
+/// A CSRF policy (the filter's and per route alike).
+fn csrf_policy(cx: &mut Cx, p: &str, c: &ext::CsrfPolicy) -> Option<mf::CsrfPolicy> {
+    let ext::CsrfPolicy {
+        filter_enabled,
+        shadow_enabled,
+        additional_origins,
+    } = c;
+    let Some(enabled) = runtime_fraction(cx, &join(p, "filter_enabled"), filter_enabled.as_ref())
+    else {
+        cx.reject(join(p, "filter_enabled"), Reason::Missing);
+        return None;
+    };
+    Some(mf::CsrfPolicy {
+        filter_enabled: enabled,
+        shadow_enabled: runtime_fraction(cx, &join(p, "shadow_enabled"), shadow_enabled.as_ref()),
+        additional_origins: origins(cx, p, "additional_origins", additional_origins),
+    })
+}
+
+/// The basic auth filter (`BasicAuth`).
+fn basic_auth(cx: &mut Cx, p: &str, b: &ext::BasicAuth) -> Option<mf::BasicAuthPolicy> {
+    let ext::BasicAuth {
+        users,
+        forward_username_header,
+        authentication_header,
+    } = b;
+    let header = |cx: &mut Cx, field: &str, v: &str| -> Result<Option<String>, ()> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        match http::HeaderName::from_bytes(v.as_bytes()) {
+            Ok(h) => Ok(Some(h.as_str().to_owned())),
+            Err(_) => {
+                cx.reject(
+                    join(p, field),
+                    Reason::Invalid(format!("{v:?} is not a header name")),
+                );
+                Err(())
+            }
+        }
+    };
+    let forward = header(cx, "forward_username_header", forward_username_header);
+    let auth = header(cx, "authentication_header", authentication_header);
+    // Envoy reads no users as none: every request is refused.
+    let users = match users {
+        Some(u) => htpasswd(cx, &join(p, "users"), u)?,
+        None => mf::BasicAuthUsers(Default::default()),
+    };
+    Some(mf::BasicAuthPolicy {
+        users: Arc::new(users),
+        forward_username_header: forward.ok()?,
+        authentication_header: auth.ok()?,
+    })
+}
+
+/// Users of an htpasswd file given inline, as Envoy reads them: `name:{SHA}<base64 of the
+/// password's SHA-1>` per line, empty lines and `#` comments skipped, names once.
+fn htpasswd(cx: &mut Cx, p: &str, d: &core::DataSource) -> Option<mf::BasicAuthUsers> {
+    use core::data_source::Specifier as S;
+    let text = match &d.specifier {
+        Some(S::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(S::InlineString(t)) => t.clone(),
+        Some(S::Filename(_)) => {
+            cx.reject(join(p, "filename"), Reason::NotSupported);
+            return None;
+        }
+        Some(S::EnvironmentVariable(_)) => {
+            cx.reject(join(p, "environment_variable"), Reason::NotSupported);
+            return None;
+        }
+        None => {
+            cx.reject(p, Reason::Missing);
+            return None;
+        }
+    };
+    let mut users = std::collections::BTreeMap::new();
+    let mut ok = true;
+    for (i, line) in text.lines().enumerate() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut bad = |why: String| {
+            cx.reject(p, Reason::Invalid(format!("line {}: {why}", i + 1)));
+            ok = false;
+        };
+        let Some((name, hash)) = line.split_once(':') else {
+            bad("`user:password` is expected".into());
+            continue;
+        };
+        if name.is_empty() || hash.is_empty() {
+            bad("empty user name or password".into());
+            continue;
+        }
+        let Some(sha) = hash.strip_prefix("{SHA}") else {
+            bad(format!(
+                "{name:?} is not a {{SHA}} entry (the only kind Envoy takes)"
+            ));
+            continue;
+        };
+        if sha.len() != 28 {
+            bad(format!(
+                "{name:?}: a {{SHA}} hash is 28 characters of base64"
+            ));
+            continue;
+        }
+        if users.insert(name.to_owned(), sha.to_owned()).is_some() {
+            bad(format!("{name:?} is listed twice"));
+        }
+    }
+    ok.then_some(mf::BasicAuthUsers(users))
 }
 
 /// A `FractionalPercent`; unset is none of the requests (Envoy's proto default).

@@ -448,6 +448,11 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
             enc::<ext::LocalRateLimit>(body)
         }
+        "envoy.extensions.filters.http.basic_auth.v3.BasicAuth" => enc::<ext::BasicAuth>(body),
+        "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute" => {
+            enc::<ext::BasicAuthPerRoute>(body)
+        }
+        "envoy.extensions.filters.http.csrf.v3.CsrfPolicy" => enc::<ext::CsrfPolicy>(body),
         "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => {
             enc::<super::lb_policy::RoundRobin>(body)
         }

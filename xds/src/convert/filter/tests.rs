@@ -469,3 +469,119 @@ typed_per_filter_config:
         ["typed_per_filter_config[\"rl\"].token_bucket: required in per-route settings"]
     );
 }
+
+const BASIC_AUTH: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuth";
+
+#[test]
+fn basic_auth_users_are_read_as_envoy_reads_htpasswd() {
+    let filters = format!(
+        "- name: ba\n  typed_config: {{\"@type\": {BASIC_AUTH}, users: {{inline_string: \"# c\\n\\nu1:{{SHA}}8FePHnF0saQcTqjG4X96ijuIySo=\\nu2:{{SHA}}i+UhJqb95FCnFio2UdWJu1HpV50=\\n\"}}, forward_username_header: X-User}}"
+    );
+    let l = listener(&listener_with(&filters)).unwrap();
+    let f = filters_of(&l);
+    let mf::FilterKind::BasicAuth(p) = &f.0[0].kind else {
+        panic!("{:?}", f.0[0])
+    };
+    assert_eq!(p.users.0.keys().collect::<Vec<_>>(), ["u1", "u2"]);
+    assert!(p.users.verify("u1", "pass1") && p.users.verify("u2", "pass2"));
+    assert!(!p.users.verify("u1", "pass2") && !p.users.verify("u3", "pass1"));
+    assert_eq!(p.forward_username_header.as_deref(), Some("x-user"));
+    // The config dump names users, never their hashes.
+    let dump = serde_json::to_string(&**p).unwrap();
+    assert!(dump.contains("\"u1\"") && !dump.contains("8FeP"), "{dump}");
+
+    let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
+    for (users, want) in [
+        (
+            "u1",
+            format!("{fc}.users: line 1: `user:password` is expected"),
+        ),
+        (
+            "u1:$apr1$x$y",
+            format!(
+                "{fc}.users: line 1: \\\"u1\\\" is not a {{SHA}} entry (the only kind Envoy takes)"
+            ),
+        ),
+        (
+            "u1:{SHA}abc",
+            format!("{fc}.users: line 1: \\\"u1\\\": a {{SHA}} hash is 28 characters of base64"),
+        ),
+        (
+            "u1:{SHA}8FePHnF0saQcTqjG4X96ijuIySo=\\nu1:{SHA}8FePHnF0saQcTqjG4X96ijuIySo=",
+            format!("{fc}.users: line 2: \\\"u1\\\" is listed twice"),
+        ),
+        (
+            ":{SHA}8FePHnF0saQcTqjG4X96ijuIySo=",
+            format!("{fc}.users: line 1: empty user name or password"),
+        ),
+    ] {
+        let filters = format!(
+            "- name: ba\n  typed_config: {{\"@type\": {BASIC_AUTH}, users: {{inline_string: \"{users}\"}}}}"
+        );
+        let e = messages(listener(&listener_with(&filters)));
+        assert_eq!(e, [want.replace("\\\"", "\"")], "{users}");
+    }
+    let filters = format!(
+        "- name: ba\n  typed_config: {{\"@type\": {BASIC_AUTH}, users: {{filename: /etc/htpasswd}}, authentication_header: \"bad header\"}}"
+    );
+    assert_eq!(
+        messages(listener(&listener_with(&filters))),
+        [
+            format!("{fc}.authentication_header: \"bad header\" is not a header name"),
+            format!("{fc}.users.filename: not supported"),
+        ]
+    );
+}
+
+const CSRF: &str = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
+
+/// CSRF policies per route as Envoy Gateway writes them, and a filter without
+/// `filter_enabled` (required).
+#[test]
+fn csrf_policies() {
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /}}
+    route: {{cluster: c}}
+    typed_per_filter_config:
+      envoy.filters.http.csrf:
+        "@type": {CSRF}
+        additionalOrigins: [{{exact: www.example.com}}, {{prefix: app.example}}, {{safeRegex: {{regex: '.*\.partner\.com$'}}}}]
+        filterEnabled: {{defaultValue: {{numerator: 50}}}}
+        shadowEnabled: {{defaultValue: {{denominator: TEN_THOUSAND, numerator: 250}}}}
+"#
+    ));
+    let m = route_configuration(&rc).unwrap();
+    let s = &m.virtual_hosts[0].routes[0].filters["envoy.filters.http.csrf"];
+    let Some(mf::FilterPolicy::Csrf(p)) = &s.policy else {
+        panic!("{s:?}")
+    };
+    assert_eq!(
+        p.filter_enabled,
+        mf::Fraction {
+            numerator: 50,
+            denominator: 100
+        }
+    );
+    assert_eq!(
+        p.shadow_enabled,
+        Some(mf::Fraction {
+            numerator: 250,
+            denominator: 10_000
+        })
+    );
+    assert_eq!(p.additional_origins.len(), 3);
+    assert!(p.additional_origins[2].matches("api.partner.com"));
+
+    let filters = format!("- name: csrf\n  typed_config: {{\"@type\": {CSRF}}}");
+    assert_eq!(
+        messages(listener(&listener_with(&filters))),
+        ["filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.filter_enabled: required but not set"]
+    );
+}
