@@ -97,7 +97,12 @@ impl HealthCheckers {
             }
             let name: Arc<str> = cluster.name.as_str().into();
             for host in target.hosts() {
-                if host.hc_checkers == 0 || host.health_check.as_ref().is_some_and(|c| c.disabled) {
+                if host.hc_checkers == 0
+                    || host.health_check.as_ref().is_some_and(|c| c.disabled)
+                    // Removed by EDS and then failed: done with (its task ended); the next
+                    // build of its cluster drops it. A new task would let it pass again.
+                    || (host.is_removed() && !host.passes_health_checks())
+                {
                     continue;
                 }
                 for (i, config) in cluster.health_checks.iter().enumerate() {
@@ -494,9 +499,20 @@ impl Session {
         mut req: Request<Full<Bytes>>,
     ) -> Result<http::Response<hyper::body::Incoming>, Outcome> {
         let network = |e: hyper::Error| Outcome::Network(format!("request failed: {e}"));
+        // A kept connection the server closed while idle fails the request before it is
+        // sent: that says nothing about the host, so the request goes once more on a new
+        // connection.
+        let kept = self.conn.is_some();
         if h2 {
             let mut s = self.http2().await?;
-            let resp = s.send_request(req).await.map_err(network)?;
+            let resp = match s.send_request(copy(&req)).await {
+                Err(e) if kept && (e.is_canceled() || e.is_incomplete_message()) => {
+                    s = self.http2().await?;
+                    s.send_request(req).await
+                }
+                r => r,
+            }
+            .map_err(network)?;
             self.conn = Some(Conn::Http2(s));
             Ok(resp)
         } else {
@@ -509,7 +525,14 @@ impl Session {
                 .unwrap_or_else(|_| http::Uri::from_static("/"));
             *req.uri_mut() = path;
             let mut s = self.http1().await?;
-            let resp = s.send_request(req).await.map_err(network)?;
+            let resp = match s.send_request(copy(&req)).await {
+                Err(e) if kept && (e.is_canceled() || e.is_incomplete_message()) => {
+                    s = self.http1().await?;
+                    s.send_request(req).await
+                }
+                r => r,
+            }
+            .map_err(network)?;
             let closes = resp
                 .headers()
                 .get(http::header::CONNECTION)
@@ -682,6 +705,17 @@ async fn read_body(mut body: hyper::body::Incoming, limit: usize) -> Result<Vec<
         }
     }
     Ok(out)
+}
+
+/// Another request like `req` (`http::Request` is not `Clone`: its extensions are not;
+/// a check's request has none).
+fn copy(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut r = Request::new(req.body().clone());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
 }
 
 /// The request of an HTTP check.

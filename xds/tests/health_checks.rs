@@ -492,7 +492,87 @@ async fn removed_hosts_stay_while_they_pass_unless_told_otherwise() {
             checks,
             "a removed, failed host is still checked"
         );
+        // Nor does a config change elsewhere (here a route) revive it.
+        cp.update(|batch| set(batch, "r", &route_to("r", "web")));
+        node.wait_applied(type_url::ROUTE, &["r"], &cp.version(type_url::ROUTE))
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(answers(&node, 40).await.iter().all(|s| s == "a"));
+        assert_eq!(
+            b.checks().len(),
+            checks,
+            "a config change revived a removed host"
+        );
     }
+}
+
+/// An HTTP/1.1 server that answers the first request of each connection and closes the
+/// connection at the second without answering it (a server whose keep-alive ran out);
+/// it counts the requests it answered.
+async fn one_request_per_connection() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let n = answered.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = n.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                let mut requests = 0;
+                while let Ok(k) = s.read(&mut buf).await {
+                    if k == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..k]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        requests += 1;
+                        if requests > 1 {
+                            return;
+                        }
+                        n.fetch_add(1, Ordering::SeqCst);
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, answered, task)
+}
+
+/// A kept connection that the server drops at the next check is no failure of the host:
+/// the check goes again on a new connection.
+#[tokio::test]
+async fn a_kept_connection_closed_by_the_server_is_not_a_failure() {
+    let a = Backend::start("a", true).await;
+    let (hc, answered, _t) = one_request_per_connection().await;
+    let check = "- timeout: 1s
+  interval: 0.05s
+  no_traffic_interval: 0.05s
+  unhealthy_threshold: 1
+  healthy_threshold: 1
+  http_health_check: {path: /healthz}";
+    let (_cp, node) = node_with(
+        web(check, ""),
+        web_endpoints(&[(a.addr, &format!("{{port_value: {}}}", hc.port()))]),
+    )
+    .await;
+    eventually("six answered checks", || {
+        answered.load(Ordering::SeqCst) >= 6
+    })
+    .await;
+    let count = |result: &str| {
+        node.metric(&format!(
+            "myelin_proxy_health_checks_total{{cluster=\"web\",result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!(count("network_failure"), 0.0);
+    assert_eq!(transitions(&node, "unhealthy"), 0.0);
 }
 
 /// Until the cluster has had a request, hosts are checked at `no_traffic_interval`; after
