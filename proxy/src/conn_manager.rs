@@ -58,6 +58,10 @@ pub(crate) struct RequestFacts {
     /// The request is to be answered this status: its client address was to come from a
     /// header that has none (`ClientAddressHeader::reject_status`).
     pub(crate) reject: Option<u16>,
+    /// The client's address as worked out from the rules (`x-forwarded-for` and trusted
+    /// hops, `use_remote_address`, a custom header); `None`: the connection's peer is all
+    /// there is (Envoy's downstream remote address stays the peer's then).
+    pub(crate) client: Option<IpAddr>,
 }
 
 /// Applies `h` to a request that came on a connection from `peer` (`tls`: over TLS with
@@ -185,6 +189,7 @@ pub(crate) fn mutate_request(
             .flatten(),
         scheme,
         reject,
+        client,
     }
 }
 

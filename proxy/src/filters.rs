@@ -13,7 +13,9 @@
 //!   against htpasswd `{SHA}` users; a request without valid ones is answered `401` (Envoy's
 //!   `basic_auth_filter.cc`);
 //! - **CSRF** (`envoy.filters.http.csrf`): a request that changes state from another origin
-//!   is answered `403` (Envoy's `csrf_filter.cc`).
+//!   is answered `403` (Envoy's `csrf_filter.cc`);
+//! - **RBAC** (`envoy.filters.http.rbac`): a request the rules deny is answered `403`
+//!   (decided by [`crate::rbac`]).
 //!
 //! Only requests routed to a cluster pass through them: direct responses and redirects are
 //! answered by their route (Envoy's CORS filter skips them too, having no route entry).
@@ -34,6 +36,7 @@ use crate::model::filter::{
 };
 use crate::model::listener::HeaderText;
 use crate::model::route::{Route, RouteConfiguration, VirtualHost};
+use crate::rbac::Subject;
 use crate::traffic::router::RequestHead;
 
 const DELAY_REQUEST: &str = "x-envoy-fault-delay-request";
@@ -223,6 +226,9 @@ pub(crate) struct Context<'a> {
     pub(crate) metrics: &'a ProxyMetrics,
     /// The connection's own token buckets.
     pub(crate) buckets: &'a ConnBuckets,
+    /// Who sent the request over what connection, for RBAC (its `head` is the request's,
+    /// set by [`run`]).
+    pub(crate) client: Subject<'a>,
 }
 
 /// Runs `filters` for a request: `Some` when a filter answers it (a fault abort, a CORS
@@ -239,6 +245,7 @@ pub(crate) async fn run(
         grpc,
         metrics,
         buckets,
+        client,
     } = cx;
     for filter in &filters.0 {
         if !levels.enabled(filter) {
@@ -285,6 +292,26 @@ pub(crate) async fn run(
                     })
                     .unwrap_or(policy);
                 csrf(policy, head, grpc, metrics)
+            }
+            FilterKind::Rbac(config) => {
+                let config = levels
+                    .settings(&filter.name)
+                    .find_map(|s| match &s.policy {
+                        Some(FilterPolicy::Rbac(c)) => Some(c),
+                        _ => None,
+                    })
+                    .unwrap_or(config);
+                let subject = Subject {
+                    head: Some(head),
+                    ..client
+                };
+                (!crate::rbac::check(config, &subject, "http", metrics)).then(|| {
+                    // Envoy's RBAC filter answers exactly this.
+                    const BODY: &str = "RBAC: access denied";
+                    let resp = crate::http::text_response(403, BODY.to_owned());
+                    let resp = crate::http::for_grpc(resp, BODY, grpc);
+                    (crate::local_reply::mark(resp, 403, BODY, None), "RBAC")
+                })
             }
         };
         if answer.is_some() {

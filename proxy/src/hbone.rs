@@ -562,6 +562,9 @@ impl ServerInner {
         }
         let conn = Arc::new(HttpConn::new(HttpConnParams {
             peer,
+            // Its certificate's: the tunnel is mutual TLS.
+            identity: Some(source.principal.clone()),
+            sni: None,
             dst: dest.addr,
             captured: false,
             reporter: Reporter::Destination,

@@ -22,7 +22,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -122,6 +122,11 @@ impl Reporter {
 /// State shared by the requests of one downstream HTTP/1 connection.
 pub(crate) struct HttpConn {
     peer: SocketAddr,
+    /// The client's identity, for RBAC: its certificate's (a listener's downstream TLS, an
+    /// HBONE tunnel), or the SPIFFE ID of the workload of this node it is.
+    identity: Option<Arc<str>>,
+    /// The SNI of a connection whose TLS the listener terminated.
+    sni: Option<Arc<str>>,
     /// The original destination of a captured connection, or the local address of a
     /// bound listener's connection.
     dst: SocketAddr,
@@ -291,6 +296,10 @@ impl Decision {
 /// Everything [`HttpConn::new`] needs.
 pub(crate) struct HttpConnParams {
     pub(crate) peer: SocketAddr,
+    /// The client's identity, when it has one (see [`HttpConn::identity`]).
+    pub(crate) identity: Option<Arc<str>>,
+    /// The SNI of a connection whose TLS the listener terminated.
+    pub(crate) sni: Option<Arc<str>>,
     pub(crate) dst: SocketAddr,
     pub(crate) captured: bool,
     pub(crate) reporter: Reporter,
@@ -350,6 +359,8 @@ impl HttpConn {
     pub(crate) fn new(p: HttpConnParams) -> Self {
         Self {
             peer: p.peer,
+            identity: p.identity,
+            sni: p.sni,
             dst: p.dst,
             captured: p.captured,
             reporter: p.reporter,
@@ -554,7 +565,12 @@ impl HttpConn {
             let mut filtered = Filtered::default();
             let outcome = match path_answer {
                 Ok(None) => {
-                    self.dispatch(req, &stream, &mut deadlines, &mut filtered)
+                    // The client the connection manager worked out, for RBAC's `remote_ip`.
+                    let client = managed
+                        .as_ref()
+                        .and_then(|(_, facts)| facts.client)
+                        .unwrap_or(self.peer.ip());
+                    self.dispatch(req, &stream, &mut deadlines, &mut filtered, client)
                         .await
                 }
                 Ok(Some(redirect)) => {
@@ -690,6 +706,7 @@ impl HttpConn {
         stream: &'f StreamState,
         deadlines: &'f mut Deadlines,
         filtered: &'f mut Filtered,
+        client: IpAddr,
     ) -> impl Future<
         Output = Result<(Response<ProxyBody>, &'static str, Arc<Destination>), ProxyError>,
     > + 'f {
@@ -722,21 +739,23 @@ impl HttpConn {
             // Asked before the route's header mutations.
             let upgrade = upgrade_type(&req);
             let upgrading = upgrade.is_some();
-            let (decision, first) =
-                match self.decide(route_ref, filters, &mut req, filtered).await? {
-                    Ok(decided) => decided,
-                    Err((local, flags)) => {
-                        // No route to forward by (none matched, a redirect, a direct answer):
-                        // the connection manager alone decides on an upgrade, and before that
-                        // answer, as Envoy's connection manager does before its router.
-                        let local = match &upgrade {
-                            Some(kind) if !hcm_upgrades.contains(kind) => refuse_upgrade(kind),
-                            _ => local,
-                        };
-                        let dest = self.destination(None, None, authority(&req));
-                        return Ok((local, flags, dest));
-                    }
-                };
+            let (decision, first) = match self
+                .decide(route_ref, filters, &mut req, filtered, client)
+                .await?
+            {
+                Ok(decided) => decided,
+                Err((local, flags)) => {
+                    // No route to forward by (none matched, a redirect, a direct answer):
+                    // the connection manager alone decides on an upgrade, and before that
+                    // answer, as Envoy's connection manager does before its router.
+                    let local = match &upgrade {
+                        Some(kind) if !hcm_upgrades.contains(kind) => refuse_upgrade(kind),
+                        _ => local,
+                    };
+                    let dest = self.destination(None, None, authority(&req));
+                    return Ok((local, flags, dest));
+                }
+            };
             let dest = self.destination(
                 Some(&decision.cluster.cluster.name),
                 Some(decision.target.addr),
@@ -1075,6 +1094,7 @@ impl HttpConn {
         filters: &'f HttpFilters,
         req: &'f mut Request<ReqBody>,
         filtered: &'f mut Filtered,
+        client: IpAddr,
     ) -> impl Future<Output = Result<Result<(Decision, PickedEndpoint), filters::Answer>, ProxyError>> + 'f
     {
         async move {
@@ -1141,6 +1161,14 @@ impl HttpConn {
                     grpc: is_grpc(req.headers()),
                     metrics: &self.metrics,
                     buckets: &self.buckets,
+                    client: crate::rbac::Subject {
+                        head: None,
+                        peer: self.peer,
+                        remote_ip: client,
+                        local: self.dst,
+                        sni: self.sni.as_deref(),
+                        principal: self.identity.as_deref(),
+                    },
                 };
                 let run = filters::run(filters, cx, &head, filtered);
                 if let Some(answer) = Box::pin(run).await {
@@ -2479,6 +2507,8 @@ mod tests {
         }];
         HttpConn::new(HttpConnParams {
             peer: "10.0.0.9:40000".parse().unwrap(),
+            identity: None,
+            sni: None,
             dst: "10.0.0.7:80".parse().unwrap(),
             captured: true,
             reporter: Reporter::Source,

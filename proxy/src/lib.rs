@@ -54,6 +54,7 @@ mod mirror;
 pub mod model;
 mod outbound;
 mod path;
+mod rbac;
 mod retry;
 mod stream;
 mod tcp;

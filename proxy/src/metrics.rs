@@ -151,6 +151,16 @@ pub struct BasicAuthLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `proxy_rbac`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RbacLabels {
+    /// `http` (the HTTP filter, per request) or `network` (the network filter, per
+    /// connection).
+    pub filter: &'static str,
+    /// `allowed`, `denied`, `shadow_allowed`, `shadow_denied`.
+    pub result: &'static str,
+}
+
 /// Labels of `proxy_csrf`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CsrfLabels {
@@ -338,6 +348,7 @@ pub struct ProxyMetrics {
     pub(crate) health_checks: Family<HealthCheckLabels, Counter>,
     pub(crate) basic_auth: Family<BasicAuthLabels, Counter>,
     pub(crate) csrf: Family<CsrfLabels, Counter>,
+    pub(crate) rbac: Family<RbacLabels, Counter>,
     pub(crate) health_check_transitions: Family<HealthCheckLabels, Counter>,
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
@@ -382,6 +393,7 @@ impl ProxyMetrics {
             health_checks: Family::default(),
             basic_auth: Family::default(),
             csrf: Family::default(),
+            rbac: Family::default(),
             health_check_transitions: Family::default(),
             local_rate_limit: Family::default(),
             headers_with_underscores: Family::default(),
@@ -507,6 +519,14 @@ impl ProxyMetrics {
             m.csrf.clone(),
         );
         registry.register(
+            "proxy_rbac",
+            "Requests (filter=http) and connections (filter=network) checked by RBAC filters \
+             (envoy.filters.http.rbac, envoy.filters.network.rbac), by result: allowed, \
+             denied (refused: 403 or a closed connection), and shadow_allowed, shadow_denied \
+             for the shadow rules, which only count",
+            m.rbac.clone(),
+        );
+        registry.register(
             "proxy_health_checks",
             "Active health checks of clusters' endpoints, by cluster and result: success, \
              failure (an answer that fails the check), network_failure (no connection, a \
@@ -615,6 +635,13 @@ impl ProxyMetrics {
     /// A request checked by the CSRF filter.
     pub(crate) fn csrf(&self, outcome: &'static str) {
         self.csrf.get_or_create(&CsrfLabels { outcome }).inc();
+    }
+
+    /// A request or connection checked by an RBAC filter (`filter`: `http`, `network`).
+    pub(crate) fn rbac(&self, filter: &'static str, result: &'static str) {
+        self.rbac
+            .get_or_create(&RbacLabels { filter, result })
+            .inc();
     }
 
     /// A request checked by the basic auth filter.

@@ -28,6 +28,7 @@ use crate::model::listener::{
     HeaderHandling, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
     DEFAULT_IDLE_TIMEOUT,
 };
+use crate::model::rbac::RbacConfig;
 use crate::stream::Rewind;
 use crate::tcp;
 use crate::tls::terminate::TlsTermination;
@@ -106,14 +107,17 @@ async fn try_handle(
             (local, Some(l), false)
         }
     };
-    let source = config
-        .workload_by_ip(peer.ip())
+    let workload = config.workload_by_ip(peer.ip());
+    let source = workload
         .map(|w| Source {
             workload: w.name.as_str().into(),
             namespace: w.namespace.as_str().into(),
             principal: config.principal(w).into(),
         })
         .unwrap_or_else(Source::unknown);
+    // The identity RBAC sees: a workload of this node's (the node vouches for the pods it
+    // captures); a client certificate replaces it once TLS is terminated.
+    let identity = workload.map(|_| source.principal.clone());
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "setting TCP_NODELAY failed");
     }
@@ -143,7 +147,7 @@ async fn try_handle(
     // A TLS ClientHello to a listener: read whole for its SNI and ALPN, which filter
     // chains match on (Envoy's `tls_inspector`). The answer lives only until the chain is
     // picked.
-    let (plan, stream) = {
+    let (plan, rbac, stream) = {
         let (hello, stream) = if listener.is_some()
             && protocol == Protocol::Opaque
             && stream.prefix().first() == Some(&0x16)
@@ -154,8 +158,8 @@ async fn try_handle(
         } else {
             (None, stream)
         };
-        let plan = match &listener {
-            None => Plan::Passthrough,
+        let (plan, rbac) = match &listener {
+            None => (Plan::Passthrough, None),
             Some(l) => match plan(
                 &traffic,
                 l,
@@ -164,7 +168,7 @@ async fn try_handle(
                 stream.prefix().first() == Some(&0x16),
                 hello.as_ref(),
             ) {
-                Ok(plan) => plan,
+                Ok((plan, rbac)) => (plan, (!rbac.is_empty()).then_some(rbac)),
                 Err(e) => {
                     if let ProxyError::Unrouted { reason, .. } = &e {
                         metrics.config_miss(*reason);
@@ -174,21 +178,44 @@ async fn try_handle(
                 }
             },
         };
-        (plan, stream)
+        // The chain's RBAC filters: now, unless they wait for the TLS the chain terminates
+        // (then the SNI and the client's certificate are known).
+        let rbac = match rbac {
+            Some(r) if plan.terminate().is_none() => {
+                let sni = hello.as_ref().and_then(|h| h.server_name.as_deref());
+                let id = identity.as_deref();
+                if !network_rbac(inner, &r, peer, dst, sni, id) {
+                    metrics.connections_opened.get_or_create(&labels).inc();
+                    metrics.connections_closed.get_or_create(&labels).inc();
+                    return Ok(());
+                }
+                None
+            }
+            r => r,
+        };
+        (plan, rbac, stream)
     };
     metrics.connections_opened.get_or_create(&labels).inc();
     debug!(%peer, %dst, %protocol, source = %source.workload, listener = listener.as_ref().map(|l| l.name.as_str()), "connection accepted");
 
+    // Boxed: it lives across the connection's awaits, and every open connection holds
+    // this future.
+    let mut client = Box::new(Client {
+        peer,
+        source,
+        identity,
+        sni: None,
+        rbac,
+    });
     let res = match plan {
         Plan::Passthrough if protocol != Protocol::Opaque => {
             Box::pin(serve_http(
                 inner,
                 stream,
-                peer,
+                *client,
                 dst,
                 captured,
                 Routing::Passthrough,
-                source,
                 protocol,
                 ManagerSettings::default(),
                 drain,
@@ -219,14 +246,13 @@ async fn try_handle(
                         _ => Protocol::Http1,
                     };
                     Box::pin(serve_http(
-                        inner, stream, peer, dst, captured, routing, source, downstream, manager,
-                        drain,
+                        inner, stream, *client, dst, captured, routing, downstream, manager, drain,
                     ))
                     .await
                 }
                 Some(t) => {
                     Box::pin(serve_https(
-                        inner, stream, t, peer, dst, captured, routing, source, manager, drain,
+                        inner, stream, t, *client, dst, captured, routing, manager, drain,
                     ))
                     .await
                 }
@@ -240,15 +266,34 @@ async fn try_handle(
             match plan.terminate() {
                 None => {
                     Box::pin(serve_opaque(
-                        inner, &traffic, stream, peer, dst, captured, &source, plan,
+                        inner,
+                        &traffic,
+                        stream,
+                        peer,
+                        dst,
+                        captured,
+                        &client.source,
+                        plan,
                     ))
                     .await
                 }
                 Some(t) => {
                     Box::pin(async {
                         let stream = accept_tls(inner, stream, &t, peer).await?;
-                        serve_opaque(inner, &traffic, stream, peer, dst, captured, &source, plan)
-                            .await
+                        if !tls_client(inner, &mut client, stream.get_ref().1, dst) {
+                            return Ok(());
+                        }
+                        serve_opaque(
+                            inner,
+                            &traffic,
+                            stream,
+                            peer,
+                            dst,
+                            captured,
+                            &client.source,
+                            plan,
+                        )
+                        .await
                     })
                     .await
                 }
@@ -500,7 +545,7 @@ fn plan(
     protocol: Protocol,
     tls: bool,
     hello: Option<&ClientHelloInfo>,
-) -> Result<Plan, ProxyError> {
+) -> Result<(Plan, Arc<[RbacConfig]>), ProxyError> {
     let offered: Vec<&str>;
     let alpn: &[&str] = match (protocol, hello) {
         // A TLS client's ALPN list, as Envoy's `tls_inspector` reports it.
@@ -534,7 +579,7 @@ fn plan(
             ))
         }
     };
-    Ok(match &chain.filter {
+    let plan = match &chain.filter {
         NetworkFilter::TcpProxy(tp) => Plan::Tcp(
             tp.cluster.clone(),
             tp.idle_timeout,
@@ -559,7 +604,8 @@ fn plan(
             manager: ManagerSettings::from(&**hcm),
             terminate,
         })),
-    })
+    };
+    Ok((plan, chain.rbac.clone()))
 }
 
 /// The golden-metric counters of an opaque connection to `upstream`; the service is the
@@ -657,15 +703,26 @@ async fn tcp_upstream(
     .target)
 }
 
+/// Who an HTTP connection comes from.
+struct Client {
+    peer: SocketAddr,
+    source: Source,
+    /// For RBAC: the client certificate's identity, else the workload's SPIFFE ID.
+    identity: Option<Arc<str>>,
+    /// The SNI of terminated TLS.
+    sni: Option<Arc<str>>,
+    /// RBAC network filters that decide once the chain's TLS is terminated.
+    rbac: Option<Arc<[RbacConfig]>>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_http<I>(
     inner: &Arc<Inner>,
     stream: I,
-    peer: SocketAddr,
+    client: Client,
     dst: SocketAddr,
     captured: bool,
     routing: Routing,
-    source: Source,
     downstream: Protocol,
     manager: ManagerSettings,
     drain: drain::Watch,
@@ -673,8 +730,17 @@ async fn serve_http<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Client {
+        peer,
+        source,
+        identity,
+        sni,
+        rbac: _,
+    } = client;
     let conn = Arc::new(HttpConn::new(HttpConnParams {
         peer,
+        identity,
+        sni,
         dst,
         captured,
         reporter: http::Reporter::Source,
@@ -692,6 +758,54 @@ where
     }));
     http::serve(stream, conn, drain).await;
     Ok(())
+}
+
+/// What terminated TLS says of the client: its SNI, and its certificate's identity in
+/// place of any other; then the chain's RBAC filters decide (`false`: the caller closes
+/// the connection).
+fn tls_client(
+    inner: &Inner,
+    client: &mut Client,
+    session: &rustls::ServerConnection,
+    dst: SocketAddr,
+) -> bool {
+    client.sni = session.server_name().map(Arc::from);
+    if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+        client.identity = crate::tls::terminate::peer_identity(cert).map(Arc::from);
+    }
+    match client.rbac.take() {
+        Some(rbac) => network_rbac(
+            inner,
+            &rbac,
+            client.peer,
+            dst,
+            client.sni.as_deref(),
+            client.identity.as_deref(),
+        ),
+        None => true,
+    }
+}
+
+/// A connection's RBAC network filters in order: `false` when one denies it (the caller
+/// closes it).
+fn network_rbac(
+    inner: &Inner,
+    rbac: &[RbacConfig],
+    peer: SocketAddr,
+    dst: SocketAddr,
+    sni: Option<&str>,
+    principal: Option<&str>,
+) -> bool {
+    let subject = crate::rbac::Subject {
+        head: None,
+        peer,
+        remote_ip: peer.ip(),
+        local: dst,
+        sni,
+        principal,
+    };
+    rbac.iter()
+        .all(|config| crate::rbac::check(config, &subject, "network", &inner.metrics))
 }
 
 /// The TLS handshake of a filter chain that terminates TLS, within its timeout; a failure
@@ -731,16 +845,19 @@ async fn serve_https(
     inner: &Arc<Inner>,
     stream: Rewind<TcpStream>,
     t: Terminate,
-    peer: SocketAddr,
+    mut client: Client,
     dst: SocketAddr,
     captured: bool,
     routing: Routing,
-    source: Source,
     manager: ManagerSettings,
     drain: drain::Watch,
 ) -> Result<(), ProxyError> {
+    let peer = client.peer;
     let tls = accept_tls(inner, stream, &t, peer).await?;
     drop(t);
+    if !tls_client(inner, &mut client, tls.get_ref().1, dst) {
+        return Ok(());
+    }
     let (downstream, tls) = match tls.get_ref().1.alpn_protocol() {
         Some(b"h2") => (Protocol::Http2, Rewind::new(bytes::Bytes::new(), tls)),
         Some(_) => (Protocol::Http1, Rewind::new(bytes::Bytes::new(), tls)),
@@ -756,7 +873,7 @@ async fn serve_https(
         }
     };
     serve_http(
-        inner, tls, peer, dst, captured, routing, source, downstream, manager, drain,
+        inner, tls, client, dst, captured, routing, downstream, manager, drain,
     )
     .await
 }
@@ -797,7 +914,8 @@ mod tests {
         let size = std::mem::size_of_val(&fut);
         // 704 bytes in a debug build when written, 864 with the timeouts, 1024 before the
         // opaque branch was boxed too (704 again); sniffing and the protocol branches are
-        // boxed.
+        // boxed. RBAC's client (identity, SNI, the filters left for after TLS) is boxed
+        // too: held here, it made 920.
         assert!(size <= 768, "connection future is {size} bytes");
         fut.await;
         drop(client);

@@ -118,6 +118,18 @@ fn cors_filter() -> HttpFilters {
     }])
 }
 
+/// A client of no identity on loopback.
+fn client() -> crate::rbac::Subject<'static> {
+    crate::rbac::Subject {
+        head: None,
+        peer: "127.0.0.1:40000".parse().unwrap(),
+        remote_ip: "127.0.0.1".parse().unwrap(),
+        local: "127.0.0.1:80".parse().unwrap(),
+        sni: None,
+        principal: None,
+    }
+}
+
 fn setting(policy: FilterPolicy) -> FilterSettings {
     [(
         match &policy {
@@ -126,6 +138,7 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
             FilterPolicy::LocalRateLimit(_) => "rl".to_owned(),
             FilterPolicy::BasicAuth(_) => "basic_auth".to_owned(),
             FilterPolicy::Csrf(_) => "csrf".to_owned(),
+            FilterPolicy::Rbac(_) => "rbac".to_owned(),
         },
         FilterSetting {
             disabled: false,
@@ -170,6 +183,7 @@ async fn run_with(
         grpc,
         metrics: &metrics,
         buckets: &buckets,
+        client: client(),
     };
     let answer = run(filters, cx, &head(method, &h), &mut filtered).await;
     (answer, filtered)
@@ -661,6 +675,7 @@ async fn cors_enabled_shares_and_the_deprecated_field() {
         grpc: false,
         metrics: &metrics,
         buckets: &buckets,
+        client: client(),
     };
     run(&f, cx, &head("GET", &h), &mut filtered).await;
     assert!(filtered.cors.is_none());

@@ -1,7 +1,9 @@
 //! The HTTP filters a connection manager runs before its router (Envoy `http_filters`):
-//! fault injection (`envoy.filters.http.fault`), CORS (`envoy.filters.http.cors`) and
-//! local rate limiting (`envoy.filters.http.local_ratelimit`), and their per-route settings (`typed_per_filter_config` of a route, a virtual host or a
-//! route table).
+//! fault injection (`envoy.filters.http.fault`), CORS (`envoy.filters.http.cors`), local
+//! rate limiting (`envoy.filters.http.local_ratelimit`), basic auth
+//! (`envoy.filters.http.basic_auth`), CSRF (`envoy.filters.http.csrf`) and RBAC
+//! (`envoy.filters.http.rbac`, settings in [`super::rbac`]), and their per-route settings
+//! (`typed_per_filter_config` of a route, a virtual host or a route table).
 //!
 //! A filter's per-route settings are found by the filter's name in the connection manager,
 //! as in Envoy; the most specific level that has an entry wins (route, then virtual host,
@@ -17,6 +19,7 @@ use serde::{Serialize, Serializer};
 
 use super::listener::HeaderText;
 use super::opt_duration_str;
+use super::rbac::RbacConfig;
 use super::route::{HeaderMatcher, HeaderValueOption};
 use super::types::StringMatcher;
 
@@ -66,6 +69,9 @@ pub enum FilterKind {
     /// Cross-site request forgery checks (`envoy.filters.http.csrf`) with the filter's
     /// policy (a route's replaces it).
     Csrf(Arc<CsrfPolicy>),
+    /// Role-based access control (`envoy.filters.http.rbac`) with the filter's settings (a
+    /// route's replace them).
+    Rbac(Arc<RbacConfig>),
 }
 
 /// The faults of one fault filter in progress, shared by every request through it (a new
@@ -122,6 +128,9 @@ pub enum FilterPolicy {
     BasicAuth(Arc<BasicAuthUsers>),
     /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`: replaces the filter's own.
     Csrf(Arc<CsrfPolicy>),
+    /// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute`: replaces the filter's
+    /// settings (without `rbac`, with nothing: the filter enforces nothing on the route).
+    Rbac(Arc<RbacConfig>),
 }
 
 /// The CSRF filter's policy (`CsrfPolicy`): for requests that change state (`POST`,

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::cluster::{CertificateSource, ValidationSource};
 use super::opt_duration_str;
+use super::rbac::RbacConfig;
 use super::route::RouteConfiguration;
 
 /// A listener (Envoy `config.listener.v3.Listener`).
@@ -41,6 +42,11 @@ pub struct FilterChain {
     pub name: String,
     /// Which connections this chain takes.
     pub filter_chain_match: FilterChainMatch,
+    /// RBAC network filters (`envoy.filters.network.rbac`) before `filter`, in order:
+    /// each decides once per connection, after the TLS handshake when the chain
+    /// terminates TLS; one that denies closes the connection.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub rbac: Arc<[RbacConfig]>,
     /// What serves the connection.
     pub filter: NetworkFilter,
     /// TLS the proxy terminates before the filter (`transport_socket`

@@ -24,6 +24,7 @@ pub mod filter;
 pub mod health_check;
 pub mod listener;
 pub mod local_reply;
+pub mod rbac;
 pub mod route;
 pub mod secret;
 mod types;

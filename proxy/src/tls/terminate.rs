@@ -152,6 +152,28 @@ impl TlsTermination {
     }
 }
 
+/// The identity a client certificate gives its holder, as Envoy's RBAC `authenticated`
+/// reads it: the first URI SAN, else the first DNS SAN, else the subject; `None` for a
+/// certificate that does not parse.
+pub(crate) fn peer_identity(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        let names = &san.value.general_names;
+        let uri = names.iter().find_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        });
+        let dns = names.iter().find_map(|n| match n {
+            GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        });
+        if let Some(name) = uri.or(dns) {
+            return Some(name.to_owned());
+        }
+    }
+    Some(x509.subject().to_string())
+}
+
 /// The DNS SANs of a certificate (for SNI selection).
 fn dns_names(leaf: &CertificateDer<'_>) -> Vec<String> {
     let Ok((_, x509)) = X509Certificate::from_der(leaf.as_ref()) else {

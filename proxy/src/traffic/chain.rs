@@ -133,6 +133,7 @@ mod tests {
         FilterChain {
             name: name.into(),
             filter_chain_match: m,
+            rbac: std::sync::Arc::new([]),
             filter: NetworkFilter::TcpProxy(TcpProxy {
                 stat_prefix: name.into(),
                 cluster: TcpCluster::Cluster(name.into()),

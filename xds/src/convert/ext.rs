@@ -13,8 +13,10 @@
 use prost::Message;
 use serde::Deserialize;
 use xds_api::pb::envoy::config::core::v3 as core;
+use xds_api::pb::envoy::config::rbac::v3 as rbac;
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use xds_api::pb::google::protobuf;
+use xds_api::pb::xds::r#type::matcher::v3 as xds_matcher;
 
 pub(crate) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
     serde::de::IgnoredAny::deserialize(d)?;
@@ -776,6 +778,140 @@ named!(
     "CsrfPolicy"
 );
 
+/// `envoy.extensions.filters.http.rbac.v3.RBAC`: the RBAC HTTP filter.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRbac {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub rules: Option<rbac::Rbac>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub shadow_rules: Option<rbac::Rbac>,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub shadow_rules_stat_prefix: String,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub matcher: Option<xds_matcher::Matcher>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub shadow_matcher: Option<xds_matcher::Matcher>,
+    #[prost(string, tag = "6")]
+    #[serde(default)]
+    pub rules_stat_prefix: String,
+    #[prost(bool, tag = "7")]
+    #[serde(default)]
+    pub track_per_rule_stats: bool,
+}
+named!(HttpRbac, "envoy.extensions.filters.http.rbac.v3", "RBAC");
+
+/// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRbacPerRoute {
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub rbac: Option<HttpRbac>,
+}
+named!(
+    HttpRbacPerRoute,
+    "envoy.extensions.filters.http.rbac.v3",
+    "RBACPerRoute"
+);
+
+/// `envoy.extensions.filters.network.rbac.v3.RBAC`: the RBAC network filter.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRbac {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub rules: Option<rbac::Rbac>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub shadow_rules: Option<rbac::Rbac>,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub stat_prefix: String,
+    /// `ONE_TIME_ON_FIRST_BYTE` (0) or `CONTINUOUS` (1).
+    #[prost(int32, tag = "4")]
+    #[serde(default, deserialize_with = "enforcement_type")]
+    pub enforcement_type: i32,
+    #[prost(string, tag = "5")]
+    #[serde(default)]
+    pub shadow_rules_stat_prefix: String,
+    #[prost(message, optional, tag = "6")]
+    #[serde(default)]
+    pub matcher: Option<xds_matcher::Matcher>,
+    #[prost(message, optional, tag = "7")]
+    #[serde(default)]
+    pub shadow_matcher: Option<xds_matcher::Matcher>,
+    #[prost(message, optional, tag = "8")]
+    #[serde(default)]
+    pub delay_deny: Option<protobuf::Duration>,
+    #[prost(bool, tag = "9")]
+    #[serde(default)]
+    pub enforce_on_transport_ready: bool,
+}
+named!(
+    NetworkRbac,
+    "envoy.extensions.filters.network.rbac.v3",
+    "RBAC"
+);
+
+fn enforcement_type<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum E {
+        N(i32),
+        S(String),
+    }
+    match E::deserialize(d)? {
+        E::N(n) => Ok(n),
+        E::S(s) => match s.as_str() {
+            "ONE_TIME_ON_FIRST_BYTE" => Ok(0),
+            "CONTINUOUS" => Ok(1),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown enforcement_type `{other}`"
+            ))),
+        },
+    }
+}
+
+/// `envoy.extensions.matching.input_matchers.ip.v3.Ip`: an address in one of the ranges.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpMatcher {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(default)]
+    pub cidr_ranges: Vec<core::CidrRange>,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub stat_prefix: String,
+}
+named!(
+    IpMatcher,
+    "envoy.extensions.matching.input_matchers.ip.v3",
+    "Ip"
+);
+
+/// The matching inputs without settings (`SourceIPInput`, `UriSanInput`, ...): one shape
+/// for all of them, the type URL says which.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+/// The matching inputs [`NoSettings`] stands for, by full name.
+pub(crate) const INPUTS_WITHOUT_SETTINGS: &[&str] = &[
+    "envoy.extensions.matching.common_inputs.network.v3.SourceIPInput",
+    "envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput",
+    "envoy.extensions.matching.common_inputs.network.v3.SourcePortInput",
+    "envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput",
+    "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput",
+    "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput",
+    "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput",
+];
+
 /// A field of a message above as the JSON loader reads it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct JsonField {
@@ -815,7 +951,8 @@ const fn rm(name: &'static str, message: &'static str) -> JsonField {
 
 const DURATION: &str = "google.protobuf.Duration";
 const UINT64_VALUE: &str = "google.protobuf.UInt64Value";
-const LOCALITY_LB: &str = "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig";
+pub(crate) const LOCALITY_LB: &str =
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig";
 const LOCALITY_WEIGHTED: &str =
     "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig";
 const BOOL_VALUE: &str = "google.protobuf.BoolValue";
@@ -827,6 +964,8 @@ const FRACTIONAL_PERCENT: &str = "envoy.type.v3.FractionalPercent";
 const SDS_SECRET_CONFIG: &str = "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig";
 const VALIDATION_CONTEXT: &str =
     "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext";
+const RBAC: &str = "envoy.config.rbac.v3.RBAC";
+const XDS_MATCHER: &str = "xds.type.matcher.v3.Matcher";
 const PROTOCOL_CONFIG: &[JsonField] = &[
     m(
         "http_protocol_options",
@@ -1151,6 +1290,71 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
             rm("additional_origins", "envoy.type.matcher.v3.StringMatcher"),
         ],
     ),
+    (
+        "envoy.extensions.filters.http.rbac.v3.RBAC",
+        &[
+            m("rules", RBAC),
+            m("shadow_rules", RBAC),
+            p("shadow_rules_stat_prefix"),
+            m("matcher", XDS_MATCHER),
+            m("shadow_matcher", XDS_MATCHER),
+            p("rules_stat_prefix"),
+            p("track_per_rule_stats"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+        &[m("rbac", "envoy.extensions.filters.http.rbac.v3.RBAC")],
+    ),
+    (
+        "envoy.extensions.filters.network.rbac.v3.RBAC",
+        &[
+            m("rules", RBAC),
+            m("shadow_rules", RBAC),
+            p("stat_prefix"),
+            p("enforcement_type"),
+            p("shadow_rules_stat_prefix"),
+            m("matcher", XDS_MATCHER),
+            m("shadow_matcher", XDS_MATCHER),
+            m("delay_deny", DURATION),
+            p("enforce_on_transport_ready"),
+        ],
+    ),
+    (
+        "envoy.extensions.matching.input_matchers.ip.v3.Ip",
+        &[
+            rm("cidr_ranges", "envoy.config.core.v3.CidrRange"),
+            p("stat_prefix"),
+        ],
+    ),
+    (
+        "envoy.extensions.matching.common_inputs.network.v3.SourceIPInput",
+        &[],
+    ),
+    (
+        "envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput",
+        &[],
+    ),
+    (
+        "envoy.extensions.matching.common_inputs.network.v3.SourcePortInput",
+        &[],
+    ),
+    (
+        "envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput",
+        &[],
+    ),
+    (
+        "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput",
+        &[],
+    ),
+    (
+        "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput",
+        &[],
+    ),
+    (
+        "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput",
+        &[],
+    ),
     // The load balancing policies (`super::lb_policy`).
     (
         LOCALITY_LB,
@@ -1289,6 +1493,10 @@ mod tests {
             BasicAuth => "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
             BasicAuthPerRoute => "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
             CsrfPolicy => "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
+            HttpRbac => "envoy.extensions.filters.http.rbac.v3.RBAC",
+            HttpRbacPerRoute => "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+            NetworkRbac => "envoy.extensions.filters.network.rbac.v3.RBAC",
+            IpMatcher => "envoy.extensions.matching.input_matchers.ip.v3.Ip",
             lb::LocalityLbConfig => LOCALITY_LB,
             lb::LocalityWeightedLbConfig => LOCALITY_WEIGHTED,
             lb::RoundRobin => &format!("{LB}.round_robin.v3.RoundRobin"),
@@ -1297,9 +1505,12 @@ mod tests {
             lb::Maglev => &format!("{LB}.maglev.v3.Maglev"),
             lb::RingHash => &format!("{LB}.ring_hash.v3.RingHash"),
         );
+        for name in INPUTS_WITHOUT_SETTINGS {
+            assert_eq!(table(name), serde_fields::<NoSettings>(), "{name}");
+        }
         assert_eq!(
             JSON_MESSAGES.len(),
-            32,
+            32 + 4 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

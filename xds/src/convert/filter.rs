@@ -1,7 +1,5 @@
 //! HTTP filters before the router (fault injection, CORS, local rate limit, basic auth,
-//! CSRF)
-//! and their
-//! per-route settings (`typed_per_filter_config`) -> [`myelin_proxy::model::filter`].
+//! CSRF, RBAC) and their per-route settings (`typed_per_filter_config`) -> [`myelin_proxy::model::filter`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +27,9 @@ const BASIC_AUTH_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuth";
 const BASIC_AUTH_ROUTE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute";
+const RBAC_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const RBAC_ROUTE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
 
 /// A filter of a connection manager other than the (last) router: `None` when it is
 /// skipped (optional and unknown) or rejected.
@@ -72,6 +73,13 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
             let tp = join(p, "typed_config");
             let c = cx.decode::<ext::CsrfPolicy>(&tp, CSRF_URL, &any.value)?;
             Some(mf::FilterKind::Csrf(Arc::new(csrf_policy(cx, &tp, &c)?)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == RBAC_URL => {
+            let tp = join(p, "typed_config");
+            let r = cx.decode::<ext::HttpRbac>(&tp, RBAC_URL, &any.value)?;
+            Some(mf::FilterKind::Rbac(Arc::new(super::rbac::http_rbac(
+                cx, &tp, &r,
+            )?)))
         }
         None if name == "envoy.filters.http.fault" => Some(mf::FilterKind::Fault {
             policy: Arc::new(empty_fault()),
@@ -182,6 +190,7 @@ fn is_known(type_url: &str) -> bool {
         RATE_LIMIT_URL,
         BASIC_AUTH_ROUTE_URL,
         CSRF_URL,
+        RBAC_ROUTE_URL,
     ]
     .contains(&type_url)
 }
@@ -226,6 +235,15 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
                 }
             };
             Some(mf::FilterPolicy::BasicAuth(Arc::new(users)))
+        }
+        RBAC_ROUTE_URL => {
+            let r = cx.decode::<ext::HttpRbacPerRoute>(p, RBAC_ROUTE_URL, &any.value)?;
+            // Without `rbac`, the filter enforces nothing on this route.
+            let config = match &r.rbac {
+                Some(rbac) => super::rbac::http_rbac(cx, &join(p, "rbac"), rbac)?,
+                None => Default::default(),
+            };
+            Some(mf::FilterPolicy::Rbac(Arc::new(config)))
         }
         _ => None,
     }

@@ -10,6 +10,7 @@ use xds_api::pb::google::protobuf;
 
 use super::{ext, filter, idx, join, route, secret, Cx, Reason, Rejection};
 
+const NETWORK_RBAC_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 const HCM_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
@@ -245,8 +246,22 @@ fn filter_chain(cx: &mut Cx, p: &str, c: &pb::FilterChain) -> Option<ml::FilterC
         .map(|m| chain_match(cx, &join(p, "filter_chain_match"), m))
         .unwrap_or_default();
     let mut terminal = None;
+    let mut rbac = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let fp = idx(p, "filters", i);
+        let is_rbac = matches!(&f.config_type,
+            Some(pb::filter::ConfigType::TypedConfig(a)) if a.type_url == NETWORK_RBAC_URL);
+        if is_rbac && i + 1 < filters.len() {
+            let tp = join(&fp, "typed_config");
+            if let Some(any) = typed_config(cx, &fp, &f.config_type) {
+                if let Some(r) = cx.decode::<ext::NetworkRbac>(&tp, NETWORK_RBAC_URL, &any.value) {
+                    if let Some(r) = super::rbac::network_rbac(cx, &tp, &r) {
+                        rbac.push(r);
+                    }
+                }
+            }
+            continue;
+        }
         let converted = network_filter(cx, &fp, f);
         if i + 1 < filters.len() {
             // Only terminal filters are supported, so anything before the last is extra.
@@ -269,6 +284,7 @@ fn filter_chain(cx: &mut Cx, p: &str, c: &pb::FilterChain) -> Option<ml::FilterC
     Some(ml::FilterChain {
         name: name.clone(),
         filter_chain_match: m,
+        rbac: rbac.into(),
         filter: terminal?,
         tls,
         handshake_timeout,
@@ -613,6 +629,17 @@ fn network_filter(cx: &mut Cx, p: &str, f: &pb::Filter) -> Option<ml::NetworkFil
         TCP_PROXY_URL => {
             let m: ext::TcpProxy = cx.decode(&tp, TCP_PROXY_URL, &any.value)?;
             tcp_proxy(cx, &tp, &m).map(ml::NetworkFilter::TcpProxy)
+        }
+        NETWORK_RBAC_URL => {
+            cx.reject(
+                tp,
+                Reason::Invalid(
+                    "an RBAC filter is not terminal: a TCP proxy or an HTTP connection manager \
+                     must follow it"
+                        .into(),
+                ),
+            );
+            None
         }
         other => {
             cx.reject(

@@ -24,6 +24,7 @@ pub mod json;
 pub(crate) mod lb_policy;
 mod listener;
 mod local_reply;
+mod rbac;
 mod route;
 mod secret;
 

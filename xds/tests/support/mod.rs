@@ -102,6 +102,33 @@ filter_chains:
     ))
 }
 
+/// A captured-traffic listener on `0.0.0.0:port` whose connection manager (RDS `r`) has
+/// `filters` (YAML list items, written unindented) before its router.
+pub fn filtered_listener(name: &str, port: u16, filters: &str) -> Listener {
+    let filters: String = filters
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    yaml(&format!(
+        r#"
+name: {name}
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+bind_to_port: false
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {HCM_TYPE}
+      stat_prefix: {name}
+      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
+      http_filters:
+{filters}      - name: envoy.filters.http.router
+        typed_config: {{"@type": {ROUTER_TYPE}}}
+"#
+    ))
+}
+
 /// A listener bound on `addr` (a plain reverse proxy).
 pub fn bound_http_listener(name: &str, addr: SocketAddr, route: &str) -> Listener {
     yaml(&format!(
@@ -375,8 +402,17 @@ impl Node {
 
     /// [`Node::connect`], for a connection the proxy may reset at once.
     pub async fn try_connect(&self, dst: SocketAddr) -> std::io::Result<TcpStream> {
+        self.connect_from("127.0.0.1".parse().unwrap(), dst).await
+    }
+
+    /// [`Node::try_connect`] from another loopback address (another client).
+    pub async fn connect_from(
+        &self,
+        from: std::net::IpAddr,
+        dst: SocketAddr,
+    ) -> std::io::Result<TcpStream> {
         let sock = TcpSocket::new_v4()?;
-        sock.bind("127.0.0.1:0".parse().unwrap())?;
+        sock.bind(SocketAddr::new(from, 0))?;
         self.lookup
             .0
             .lock()
