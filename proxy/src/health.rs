@@ -291,8 +291,37 @@ fn jittered(config: &HealthCheck, base: Duration) -> Duration {
 /// A connection kept between checks.
 enum Conn {
     Tcp(BoxIo),
+    Http(Sender),
+}
+
+/// hyper's HTTP/1.1 or HTTP/2 client connection (two types with the same methods).
+enum Sender {
     Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
     Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    fn is_http2(&self) -> bool {
+        matches!(self, Sender::Http2(_))
+    }
+
+    /// Whether the connection can take a request.
+    async fn ready(&mut self) -> bool {
+        match self {
+            Sender::Http1(s) => s.ready().await.is_ok(),
+            Sender::Http2(s) => s.ready().await.is_ok(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            Sender::Http1(s) => s.send_request(req).await,
+            Sender::Http2(s) => s.send_request(req).await,
+        }
+    }
 }
 
 /// What a check connects to (apart from the session's connection, which is not `Sync`).
@@ -454,41 +483,34 @@ impl Session {
         Outcome::Pass
     }
 
-    async fn http1(
-        &mut self,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, Outcome> {
-        if let Some(Conn::Http1(mut s)) = self.conn.take() {
-            if s.ready().await.is_ok() {
+    /// The kept HTTP connection when it is of the kind asked for and still usable, else a
+    /// new one (HTTP/2 when `h2`).
+    async fn sender(&mut self, h2: bool) -> Result<Sender, Outcome> {
+        if let Some(Conn::Http(mut s)) = self.conn.take() {
+            if s.is_http2() == h2 && s.ready().await {
                 return Ok(s);
             }
         }
-        let io = self.dialer.connect(Alpn::Http1).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| Outcome::Network(format!("HTTP/1.1 handshake: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
-    }
-
-    async fn http2(
-        &mut self,
-    ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, Outcome> {
-        if let Some(Conn::Http2(mut s)) = self.conn.take() {
-            if s.ready().await.is_ok() {
-                return Ok(s);
-            }
-        }
-        let io = self.dialer.connect(Alpn::Http2).await?;
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        if h2 {
+            let io = self.dialer.connect(Alpn::Http2).await?;
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                    .await
+                    .map_err(|e| Outcome::Network(format!("HTTP/2 handshake: {e}")))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::Http2(sender))
+        } else {
+            let io = self.dialer.connect(Alpn::Http1).await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
                 .await
-                .map_err(|e| Outcome::Network(format!("HTTP/2 handshake: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+                .map_err(|e| Outcome::Network(format!("HTTP/1.1 handshake: {e}")))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::Http1(sender))
+        }
     }
 
     /// Sends `req` over the kept connection or a new one (HTTP/2 when `h2`), keeping the
@@ -498,24 +520,7 @@ impl Session {
         h2: bool,
         mut req: Request<Full<Bytes>>,
     ) -> Result<http::Response<hyper::body::Incoming>, Outcome> {
-        let network = |e: hyper::Error| Outcome::Network(format!("request failed: {e}"));
-        // A kept connection the server closed while idle fails the request before it is
-        // sent: that says nothing about the host, so the request goes once more on a new
-        // connection.
-        let kept = self.conn.is_some();
-        if h2 {
-            let mut s = self.http2().await?;
-            let resp = match s.send_request(copy(&req)).await {
-                Err(e) if kept && (e.is_canceled() || e.is_incomplete_message()) => {
-                    s = self.http2().await?;
-                    s.send_request(req).await
-                }
-                r => r,
-            }
-            .map_err(network)?;
-            self.conn = Some(Conn::Http2(s));
-            Ok(resp)
-        } else {
+        if !h2 {
             // HTTP/1.1 takes the authority from `Host`, the path from the URI.
             let path = req
                 .uri()
@@ -524,24 +529,29 @@ impl Session {
                 .parse()
                 .unwrap_or_else(|_| http::Uri::from_static("/"));
             *req.uri_mut() = path;
-            let mut s = self.http1().await?;
-            let resp = match s.send_request(copy(&req)).await {
-                Err(e) if kept && (e.is_canceled() || e.is_incomplete_message()) => {
-                    s = self.http1().await?;
-                    s.send_request(req).await
-                }
-                r => r,
-            }
-            .map_err(network)?;
-            let closes = resp
-                .headers()
-                .get(http::header::CONNECTION)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            if !closes {
-                self.conn = Some(Conn::Http1(s));
-            }
-            Ok(resp)
         }
+        // A kept connection the server closed while idle fails the request before it is
+        // sent: that says nothing about the host, so the request goes once more on a new
+        // connection.
+        let kept = self.conn.is_some();
+        let mut s = self.sender(h2).await?;
+        let resp = match s.send(copy(&req)).await {
+            Err(e) if kept && (e.is_canceled() || e.is_incomplete_message()) => {
+                s = self.sender(h2).await?;
+                s.send(req).await
+            }
+            r => r,
+        }
+        .map_err(|e| Outcome::Network(format!("request failed: {e}")))?;
+        // (HTTP/2 has no `Connection` header.)
+        let closes = resp
+            .headers()
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if !closes {
+            self.conn = Some(Conn::Http(s));
+        }
+        Ok(resp)
     }
 
     async fn check_http(&mut self, h: &HttpHealthCheck) -> Outcome {

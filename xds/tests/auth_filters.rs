@@ -7,10 +7,7 @@
 mod support;
 
 use base64::Engine;
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use support::*;
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
@@ -28,35 +25,26 @@ fn users(lines: &[&str]) -> String {
 }
 
 fn listener() -> Listener {
-    yaml(&format!(
-        r#"
-name: guarded
-address: {{socket_address: {{address: 0.0.0.0, port_value: {PORT}}}}}
-bind_to_port: false
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM_TYPE}
-      stat_prefix: guarded
-      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
-      http_filters:
-      - name: {FILTER}
-        disabled: true
-        typed_config:
-          "@type": {BASIC}
-          users: {{inline_bytes: {}}}
-          forward_username_header: x-echo-user
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": {ROUTER_TYPE}}}
+    filtered_listener(
+        "guarded",
+        PORT,
+        &format!(
+            r#"
+- name: {FILTER}
+  disabled: true
+  typed_config:
+    "@type": {BASIC}
+    users: {{inline_bytes: {}}}
+    forward_username_header: x-echo-user
 "#,
-        // user1 / pass1
-        users(&[
-            "# the gateway's users",
-            "",
-            "user1:{SHA}8FePHnF0saQcTqjG4X96ijuIySo="
-        ]),
-    ))
+            // user1 / pass1
+            users(&[
+                "# the gateway's users",
+                "",
+                "user1:{SHA}8FePHnF0saQcTqjG4X96ijuIySo="
+            ]),
+        ),
+    )
 }
 
 fn routes() -> RouteConfiguration {
@@ -90,16 +78,11 @@ virtual_hosts:
     ))
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
 async fn send(node: &Node, path: &str, auth: Option<&str>) -> Answer {
     send_to(node, PORT, "GET", path, &[("authorization", auth)]).await
 }
 
+/// A request with the headers that have a value.
 async fn send_to(
     node: &Node,
     port: u16,
@@ -107,32 +90,11 @@ async fn send_to(
     path: &str,
     headers: &[(&str, Option<&str>)],
 ) -> Answer {
-    let stream = node.connect(vip(port)).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "web");
-    for (name, value) in headers {
-        if let Some(v) = value {
-            req = req.header(*name, *v);
-        }
-    }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    let set: Vec<(&str, &str)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((*k, (*v)?)))
+        .collect();
+    request(node, port, method, path, &set).await
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -222,27 +184,18 @@ const CSRF_PORT: u16 = 18552;
 const CSRF: &str = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 
 fn csrf_listener() -> Listener {
-    yaml(&format!(
-        r#"
-name: csrf
-address: {{socket_address: {{address: 0.0.0.0, port_value: {CSRF_PORT}}}}}
-bind_to_port: false
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM_TYPE}
-      stat_prefix: csrf
-      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
-      http_filters:
-      - name: envoy.filters.http.csrf
-        typed_config:
-          "@type": {CSRF}
-          filter_enabled: {{default_value: {{numerator: 0}}}}
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": {ROUTER_TYPE}}}
+    filtered_listener(
+        "csrf",
+        CSRF_PORT,
+        &format!(
+            r#"
+- name: envoy.filters.http.csrf
+  typed_config:
+    "@type": {CSRF}
+    filter_enabled: {{default_value: {{numerator: 0}}}}
 "#
-    ))
+        ),
+    )
 }
 
 fn csrf_routes() -> RouteConfiguration {

@@ -9,10 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use support::*;
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
@@ -25,33 +23,24 @@ const ALL: &str = "{default_value: {numerator: 100}, runtime_key: rl}";
 /// The filter's own bucket: 3 tokens, refilled after a minute (longer than the test), so
 /// the counts below cannot straddle a fill.
 fn listener() -> Listener {
-    yaml(&format!(
-        r#"
-name: limited
-address: {{socket_address: {{address: 0.0.0.0, port_value: {PORT}}}}}
-bind_to_port: false
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM_TYPE}
-      stat_prefix: limited
-      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
-      http_filters:
-      - name: envoy.filters.http.local_ratelimit
-        typed_config:
-          "@type": {LIMIT}
-          stat_prefix: node
-          token_bucket: {{max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}}
-          filter_enabled: {ALL}
-          filter_enforced: {ALL}
-          response_headers_to_add:
-          - header: {{key: x-local-rate-limit, value: "true"}}
-          enable_x_ratelimit_headers: DRAFT_VERSION_03
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": {ROUTER_TYPE}}}
+    filtered_listener(
+        "limited",
+        PORT,
+        &format!(
+            r#"
+- name: envoy.filters.http.local_ratelimit
+  typed_config:
+    "@type": {LIMIT}
+    stat_prefix: node
+    token_bucket: {{max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}}
+    filter_enabled: {ALL}
+    filter_enforced: {ALL}
+    response_headers_to_add:
+    - header: {{key: x-local-rate-limit, value: "true"}}
+    enable_x_ratelimit_headers: DRAFT_VERSION_03
 "#
-    ))
+        ),
+    )
 }
 
 fn routes() -> RouteConfiguration {
@@ -123,58 +112,13 @@ virtual_hosts:
     ))
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-}
-
 async fn connect(node: &Node) -> SendRequest<Empty<Bytes>> {
-    let stream = node.connect(vip(PORT)).await;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-async fn send_on(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Answer {
-    sender.ready().await.unwrap();
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "web");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = sender
-        .send_request(req.body(Empty::new()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    h1_sender(node, "127.0.0.1".parse().unwrap(), vip(PORT)).await
 }
 
 /// One request on a connection of its own.
 async fn send(node: &Node, path: &str) -> Answer {
-    send_on(&mut connect(node).await, "GET", path, &[]).await
+    request(node, PORT, "GET", path, &[]).await
 }
 
 fn limit_metric(node: &Node, prefix: &str, outcome: &str) -> f64 {

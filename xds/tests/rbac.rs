@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::Request;
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use myelin_proxy::model::{ProxyConfig, Workload};
 use myelin_xds::ads::{type_url, AdsProtocol};
@@ -176,11 +176,6 @@ type Case = (
     u16,
 );
 
-struct Answer {
-    status: StatusCode,
-    body: String,
-}
-
 async fn send(
     node: &Node,
     from: IpAddr,
@@ -188,31 +183,8 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let stream = node
-        .connect_from(from, vip(HTTP_PORT))
-        .await
-        .expect("the proxy accepts");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "shop");
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    let mut sender = h1_sender(node, from, vip(HTTP_PORT)).await;
+    send_on(&mut sender, method, path, headers).await
 }
 
 #[tokio::test]

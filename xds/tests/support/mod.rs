@@ -547,6 +547,82 @@ impl Client {
     }
 }
 
+/// A response read whole, and how long its head took.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+    pub took: Duration,
+}
+
+impl Answer {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection through the node from `from` to `dst`.
+pub async fn h1_sender(
+    node: &Node,
+    from: std::net::IpAddr,
+    dst: SocketAddr,
+) -> SendRequest<Empty<Bytes>> {
+    let stream = node
+        .connect_from(from, dst)
+        .await
+        .expect("the proxy accepts");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// One request on `sender`: `Host: web` unless `headers` name one.
+pub async fn send_on(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    sender.ready().await.unwrap();
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", "web");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let started = std::time::Instant::now();
+    let resp = sender
+        .send_request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        took,
+    }
+}
+
+/// One request on a connection of its own from 127.0.0.1 to the captured `vip(port)`.
+pub async fn request(
+    node: &Node,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut sender = h1_sender(node, "127.0.0.1".parse().unwrap(), vip(port)).await;
+    send_on(&mut sender, method, path, headers).await
+}
+
 /// A node whose control plane serves `listeners`, the route table `routes` (named `r`)
 /// and the cluster `web` at `upstream`, once it has applied them all; the control plane
 /// lives as long as the caller keeps it.
