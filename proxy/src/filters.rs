@@ -19,8 +19,16 @@
 //!
 //! Only requests routed to a cluster pass through them: direct responses and redirects are
 //! answered by their route (Envoy's CORS filter skips them too, having no route entry).
+//! **Stateful sessions** (`envoy.filters.http.stateful_session`) only note the host the
+//! request's cookie or header names ([`Session`]): the router prefers it, and the response
+//! names the host that answered when it is another.
+//! The exception is the **health check** filter (`envoy.filters.http.health_check`), which
+//! needs no route and runs before one is chosen ([`before_route`]): a request whose headers
+//! match is answered `200` (or `503` while a cluster it watches has too few healthy hosts)
+//! unless it passes through (Envoy's `health_check.cc`).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -32,7 +40,7 @@ use crate::metrics::ProxyMetrics;
 use crate::model::filter::{
     AbortStatus, BasicAuthPolicy, BasicAuthUsers, BucketState, CorsPolicy, CsrfPolicy, DelaySource,
     FaultPolicy, FilterKind, FilterPolicy, FilterSetting, Fraction, HttpFilter, HttpFilters,
-    RateLimitPolicy, Taken, TokenBucket,
+    RateLimitPolicy, SessionPolicy, SessionState, Taken, TokenBucket,
 };
 use crate::model::listener::HeaderText;
 use crate::model::route::{Route, RouteConfiguration, VirtualHost};
@@ -109,6 +117,120 @@ pub(crate) struct Filtered {
     not_enforced: Option<Arc<RateLimitPolicy>>,
     /// Basic auth's `forward_username_header` with the user's name.
     forward_username: Option<(HeaderName, HeaderValue)>,
+    /// A stateful session: its policy and the host the request named.
+    session: Option<Session>,
+}
+
+/// A request's stateful session (see [`FilterKind::StatefulSession`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub(crate) policy: Arc<SessionPolicy>,
+    /// The host the request's cookie or header names (`None`: none, or not readable).
+    pub(crate) requested: Option<SocketAddr>,
+}
+
+impl Session {
+    /// Tells the client its session's host `host`, when it is not the one the request
+    /// named (Envoy's `onUpdate`): a `set-cookie`, or the session header.
+    pub(crate) fn answer(&self, host: SocketAddr, headers: &mut HeaderMap) {
+        use base64::Engine;
+        if self.requested == Some(host) {
+            return;
+        }
+        let value = base64::engine::general_purpose::STANDARD.encode(host.to_string());
+        match &self.policy.state {
+            SessionState::Cookie {
+                name,
+                path,
+                ttl,
+                attributes,
+            } => {
+                // Envoy's `makeSetCookieValue`: the value quoted, then the attributes.
+                let mut cookie = format!("{name}=\"{value}\"");
+                if let Some(ttl) = ttl.filter(|t| !t.is_zero()) {
+                    cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+                }
+                if !path.is_empty() {
+                    cookie.push_str(&format!("; Path={path}"));
+                }
+                for (k, v) in attributes {
+                    if v.is_empty() {
+                        cookie.push_str(&format!("; {k}"));
+                    } else {
+                        cookie.push_str(&format!("; {k}={v}"));
+                    }
+                }
+                cookie.push_str("; HttpOnly");
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    headers.append(header::SET_COOKIE, v);
+                }
+            }
+            SessionState::Header { name } => {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+        }
+    }
+}
+
+/// The host a session value names: base64 of `ip:port` (as Myelin writes it and Envoy
+/// did first), or of Envoy's newer `envoy.Cookie` message (`address` = 1, `expires` = 2,
+/// seconds since the epoch; an expired one names nothing).
+pub(crate) fn session_host(value: &str) -> Option<SocketAddr> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(value.trim().trim_matches('"'))
+        .ok()?;
+    if let Some(addr) = std::str::from_utf8(&raw).ok().and_then(|s| s.parse().ok()) {
+        return Some(addr);
+    }
+    // The message: field 1 (length-delimited), then maybe field 2 (varint).
+    let mut b = raw.as_slice();
+    let mut address = None;
+    let mut expires = None;
+    while let [key, rest @ ..] = b {
+        b = rest;
+        match key {
+            0x0a => {
+                let (&len, rest) = b.split_first()?;
+                let len = usize::from(len);
+                if len > 127 || rest.len() < len {
+                    return None;
+                }
+                address = Some(std::str::from_utf8(&rest[..len]).ok()?.parse().ok()?);
+                b = &rest[len..];
+            }
+            0x10 => {
+                let mut v = 0u64;
+                let mut shift = 0;
+                loop {
+                    let (&byte, rest) = b.split_first()?;
+                    b = rest;
+                    v |= u64::from(byte & 0x7f) << shift;
+                    if byte & 0x80 == 0 {
+                        break;
+                    }
+                    shift += 7;
+                    if shift > 63 {
+                        return None;
+                    }
+                }
+                expires = Some(v);
+            }
+            _ => return None,
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if expires.is_some_and(|e| e != 0 && e < now) {
+        return None;
+    }
+    address
 }
 
 /// What `x-ratelimit-*` headers say: the bucket's size, the tokens left, and seconds to
@@ -121,6 +243,11 @@ struct RateLimitHeaders {
 }
 
 impl Filtered {
+    /// The request's stateful session, for the router (taken: it goes with the decision).
+    pub(crate) fn take_session(&mut self) -> Option<Session> {
+        self.session.take()
+    }
+
     /// Adds what the filters put in every response (CORS) to `headers`.
     pub(crate) fn finish_response(&self, headers: &mut HeaderMap) {
         if let Some(c) = &self.cors {
@@ -293,6 +420,24 @@ pub(crate) async fn run(
                     .unwrap_or(policy);
                 csrf(policy, head, grpc, metrics)
             }
+            // Answered before the route was chosen.
+            FilterKind::HealthCheck(_) => None,
+            FilterKind::StatefulSession(own) => {
+                let policy = levels
+                    .settings(&filter.name)
+                    .find_map(|s| match &s.policy {
+                        Some(FilterPolicy::StatefulSession(p)) => Some(p),
+                        _ => None,
+                    })
+                    .unwrap_or(own);
+                if let Some(policy) = policy {
+                    filtered.session = Some(Session {
+                        policy: policy.clone(),
+                        requested: requested_host(policy, head),
+                    });
+                }
+                None
+            }
             FilterKind::Rbac(config) => {
                 let config = levels
                     .settings(&filter.name)
@@ -317,6 +462,67 @@ pub(crate) async fn run(
         if answer.is_some() {
             return answer;
         }
+    }
+    None
+}
+
+/// The host a request's session cookie or header names.
+fn requested_host(policy: &SessionPolicy, head: &RequestHead<'_>) -> Option<SocketAddr> {
+    match &policy.state {
+        SessionState::Cookie { name, .. } => head
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| session_host(v)),
+        SessionState::Header { name } => {
+            session_host(head.headers.get(name.as_str())?.to_str().ok()?)
+        }
+    }
+}
+
+/// Runs the filters that come before the route is chosen (the health check filter):
+/// `Some` when one answers the request.
+pub(crate) fn before_route(
+    filters: &HttpFilters,
+    head: &RequestHead<'_>,
+    traffic: &crate::traffic::Traffic,
+    grpc: bool,
+    metrics: &ProxyMetrics,
+) -> Option<Answer> {
+    for filter in &filters.0 {
+        let FilterKind::HealthCheck(hc) = &filter.kind else {
+            continue;
+        };
+        // No route yet: only the connection manager can turn it off.
+        if filter.disabled || !hc.headers.iter().all(|h| h.matches(head)) {
+            continue;
+        }
+        if hc.pass_through {
+            metrics.health_check_request("passed_through");
+            continue;
+        }
+        let now = Instant::now();
+        let healthy = hc.cluster_min_healthy.iter().all(|(name, min)| {
+            let Some(cluster) = traffic.cluster(name) else {
+                return false;
+            };
+            let (healthy, total) = cluster.health(now);
+            // Envoy truncates the percentage: 12.5 % is 12 %.
+            let min = min.trunc() as usize;
+            if total == 0 {
+                return min == 0;
+            }
+            healthy * 100 >= total * min
+        });
+        let status = if healthy { 200 } else { 503 };
+        metrics.health_check_request(if healthy { "healthy" } else { "unhealthy" });
+        let resp = crate::http::text_response(status, String::new());
+        let resp = crate::http::for_grpc(resp, "", grpc);
+        return Some((crate::local_reply::mark(resp, status, "", None), "-"));
     }
     None
 }

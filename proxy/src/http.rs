@@ -277,9 +277,24 @@ struct Decision {
     table: Arc<RouteTable>,
     vhost: usize,
     route: usize,
+    /// A stateful session (boxed: most requests have none).
+    session: Option<Box<filters::Session>>,
 }
 
 impl Decision {
+    /// Tells the client of a stateful session the host that answered (`pick`).
+    fn answer_session(
+        &self,
+        pick: &PickedEndpoint,
+        result: &mut Result<Response<ProxyBody>, ProxyError>,
+    ) {
+        if let (Some(s), Ok(resp), EndpointAddress::Socket(addr)) =
+            (&self.session, result, &pick.endpoint)
+        {
+            s.answer(*addr, resp.headers_mut());
+        }
+    }
+
     /// Whether the virtual host wants the attempt count in each upstream request and in
     /// the response.
     fn attempt_count(&self) -> (bool, bool) {
@@ -971,6 +986,8 @@ impl HttpConn {
                         None => attempt.await,
                     };
                     report_attempt(&d.cluster, &first_pick, &result);
+                    let mut result = result;
+                    d.answer_session(&first_pick, &mut result);
                     counted_answer(result, "-", counted.1.then_some(1))
                 }
             }
@@ -1036,6 +1053,8 @@ impl HttpConn {
                     None => attempt.await,
                 };
                 report_attempt(&d.cluster, &pick, &result);
+                let mut result = result;
+                d.answer_session(&pick, &mut result);
                 let outcome = match &result {
                     Ok(resp) => Outcome::of_response(resp.status(), resp.headers()),
                     Err(ProxyError::Timeout { .. }) => Outcome::PerTryTimeout,
@@ -1078,6 +1097,7 @@ impl HttpConn {
                     self.downstream,
                     exclude,
                     d.hash,
+                    None,
                 )
                 .await?;
                 _retry = Some(guard);
@@ -1110,6 +1130,14 @@ impl HttpConn {
             };
             let head = request_head(req);
             let (authority, path) = (head.authority, head.path);
+            if !filters.is_empty() {
+                let grpc = is_grpc(req.headers());
+                if let Some(answer) =
+                    filters::before_route(filters, &head, &traffic, grpc, &self.metrics)
+                {
+                    return Ok(Err(answer));
+                }
+            }
             let Some((vh, route)) = table.find(&head) else {
                 return Err(ProxyError::unrouted(
                     MissReason::NoRoute,
@@ -1177,12 +1205,14 @@ impl HttpConn {
             }
             let hash = router::request_hash(&action.hash_policy, &head, self.peer.ip());
             let cluster = find_cluster(&traffic, cluster)?.clone();
+            let session = filtered.take_session();
             let first = pick_endpoint(
                 &cluster,
                 self.captured.then_some(self.dst),
                 self.downstream,
                 &[],
                 hash,
+                session.as_ref(),
             )
             .await?;
             let endpoint = first.endpoint.clone();
@@ -1225,6 +1255,7 @@ impl HttpConn {
                     table: table.clone(),
                     vhost,
                     route: route_idx,
+                    session: session.map(Box::new),
                 },
                 first,
             )))
@@ -1462,6 +1493,7 @@ impl HttpConn {
                         self.downstream,
                         &[],
                         hash,
+                        None,
                     )
                     .now_or_never()?
                     .ok()?;
@@ -1895,24 +1927,40 @@ fn index_of<T>(items: &[T], item: &T) -> usize {
 
 /// Picks an endpoint of `cluster` (`original_dst` for `ORIGINAL_DST` clusters) and
 /// resolves it: the endpoint as configured and where to connect.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn pick_endpoint(
     cluster: &ClusterTarget,
     original_dst: Option<SocketAddr>,
     downstream: Protocol,
     exclude: &[EndpointAddress],
     hash: Option<u64>,
+    session: Option<&filters::Session>,
 ) -> Result<PickedEndpoint, ProxyError> {
     let name = &cluster.cluster.name;
+    // A stateful session's host when the cluster has it, usable (Envoy's override host);
+    // else the balancer, unless the session is strict.
+    let chosen = session
+        .and_then(|s| s.requested)
+        .and_then(|a| cluster.pick_override(a));
+    if chosen.is_none() && session.is_some_and(|s| s.policy.strict && s.requested.is_some()) {
+        return Err(ProxyError::unrouted(
+            MissReason::NoHealthyUpstream,
+            format!("the session's host is not a usable host of cluster {name:?} (strict)"),
+        ));
+    }
     // `retry_previous_hosts` passes the hosts tried so far: they are avoided while others
     // are left.
-    let picked = cluster
-        .pick_host(hash, &|h| exclude.contains(&h.address), original_dst)
-        .ok_or_else(|| {
-            ProxyError::unrouted(
-                MissReason::NoHealthyUpstream,
-                format!("cluster {name:?} has no healthy endpoint"),
-            )
-        })?;
+    let picked = match chosen {
+        Some(p) => p,
+        None => cluster
+            .pick_host(hash, &|h| exclude.contains(&h.address), original_dst)
+            .ok_or_else(|| {
+                ProxyError::unrouted(
+                    MissReason::NoHealthyUpstream,
+                    format!("cluster {name:?} has no healthy endpoint"),
+                )
+            })?,
+    };
     // A meshed endpoint on another node gets its mutual TLS from the HBONE tunnel (the
     // cluster's TLS context gives the identities to expect); another endpoint of a cluster
     // with upstream TLS gets the proxy's own TLS, or none at all when that cannot be set

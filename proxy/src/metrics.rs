@@ -161,6 +161,13 @@ pub struct RbacLabels {
     pub result: &'static str,
 }
 
+/// Labels of `proxy_health_check_requests`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthCheckRequestLabels {
+    /// `healthy` (answered 200), `unhealthy` (answered 503), `passed_through`.
+    pub result: &'static str,
+}
+
 /// Labels of `proxy_csrf`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CsrfLabels {
@@ -349,6 +356,7 @@ pub struct ProxyMetrics {
     pub(crate) basic_auth: Family<BasicAuthLabels, Counter>,
     pub(crate) csrf: Family<CsrfLabels, Counter>,
     pub(crate) rbac: Family<RbacLabels, Counter>,
+    pub(crate) health_check_requests: Family<HealthCheckRequestLabels, Counter>,
     pub(crate) health_check_transitions: Family<HealthCheckLabels, Counter>,
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
@@ -394,6 +402,7 @@ impl ProxyMetrics {
             basic_auth: Family::default(),
             csrf: Family::default(),
             rbac: Family::default(),
+            health_check_requests: Family::default(),
             health_check_transitions: Family::default(),
             local_rate_limit: Family::default(),
             headers_with_underscores: Family::default(),
@@ -527,6 +536,13 @@ impl ProxyMetrics {
             m.rbac.clone(),
         );
         registry.register(
+            "proxy_health_check_requests",
+            "Health checks of the proxy itself seen by the health check HTTP filter \
+             (envoy.filters.http.health_check), by result: healthy (answered 200), unhealthy \
+             (answered 503: a watched cluster has too few healthy hosts), passed_through",
+            m.health_check_requests.clone(),
+        );
+        registry.register(
             "proxy_health_checks",
             "Active health checks of clusters' endpoints, by cluster and result: success, \
              failure (an answer that fails the check), network_failure (no connection, a \
@@ -641,6 +657,13 @@ impl ProxyMetrics {
     pub(crate) fn rbac(&self, filter: &'static str, result: &'static str) {
         self.rbac
             .get_or_create(&RbacLabels { filter, result })
+            .inc();
+    }
+
+    /// A health check of the proxy seen by the health check filter.
+    pub(crate) fn health_check_request(&self, result: &'static str) {
+        self.health_check_requests
+            .get_or_create(&HealthCheckRequestLabels { result })
             .inc();
     }
 

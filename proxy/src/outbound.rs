@@ -698,6 +698,7 @@ async fn tcp_upstream(
         Protocol::Opaque,
         &[],
         None,
+        None,
     )
     .await?
     .target)

@@ -1,16 +1,15 @@
 //! The HTTP filters before the router, end to end: a listener from xDS with Envoy's fault
 //! (`envoy.filters.http.fault`) and CORS (`envoy.filters.http.cors`) filters, configured
 //! per route with `typed_per_filter_config` as istiod writes a VirtualService's `fault` and
-//! `corsPolicy`, a captured connection through it, and an upstream that counts what it got.
+//! `corsPolicy`, a captured connection through it, and an upstream that counts what it got;
+//! and the health check filter (`envoy.filters.http.health_check`), which answers before
+//! any route is chosen.
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use std::sync::atomic::Ordering;
 use support::*;
 use xds_api::pb::envoy::config::listener::v3::Listener;
@@ -19,27 +18,16 @@ use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 const PORT: u16 = 18511;
 
 fn listener() -> Listener {
-    yaml(&format!(
+    filtered_listener(
+        "filters",
+        PORT,
         r#"
-name: filters
-address: {{socket_address: {{address: 0.0.0.0, port_value: {PORT}}}}}
-bind_to_port: false
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM_TYPE}
-      stat_prefix: filters
-      rds: {{route_config_name: r, config_source: {{ads: {{}}}}}}
-      http_filters:
-      - name: envoy.filters.http.fault
-        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}
-      - name: envoy.filters.http.cors
-        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": {ROUTER_TYPE}}}
-"#
-    ))
+- name: envoy.filters.http.fault
+  typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}
+- name: envoy.filters.http.cors
+  typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}
+"#,
+    )
 }
 
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -120,45 +108,12 @@ virtual_hosts:
     ))
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-    took: Duration,
-}
-
 async fn send(node: &Node, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let stream = node.connect(vip(PORT)).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "web");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let started = Instant::now();
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        took,
-    }
+    request(node, PORT, method, path, headers).await
 }
 
 fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
-    a.headers.get(name).map(|v| v.to_str().unwrap())
+    a.header(name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,4 +309,92 @@ async fn fault_and_cors_filters_per_route() {
         node.metric("myelin_proxy_cors_origins_total{origin=\"invalid\"}"),
         1.0
     );
+}
+
+const HC_PORT: u16 = 18512;
+const HC_PASS_PORT: u16 = 18513;
+
+/// Envoy Gateway's health check filter (`:path` `/status`, answered by the proxy), here
+/// also watching the cluster `web`; and one in pass-through mode.
+fn health_check_listeners() -> Vec<Listener> {
+    let hc = |pass: bool, watch: &str| {
+        format!(
+            r#"
+- name: envoy.filters.http.health_check
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+    headers: [{{name: ":path", string_match: {{exact: /status}}}}]
+    pass_through_mode: {pass}
+    {watch}
+"#
+        )
+    };
+    vec![
+        filtered_listener(
+            "hc",
+            HC_PORT,
+            &hc(false, "cluster_min_healthy_percentages: {web: {value: 50}}"),
+        ),
+        filtered_listener("hc-pass", HC_PASS_PORT, &hc(true, "")),
+    ]
+}
+
+/// A route table without a route for `/status`: the filter answers before routing.
+fn app_routes() -> RouteConfiguration {
+    yaml(
+        r#"
+name: r
+virtual_hosts:
+- name: web
+  domains: ["*"]
+  routes:
+  - match: {prefix: /app}
+    route: {cluster: web}
+"#,
+    )
+}
+
+#[tokio::test]
+async fn the_health_check_filter_answers_before_routing() {
+    let upstream = http_upstream("web").await;
+    let (cp, node) = serving(health_check_listeners(), app_routes(), upstream.addr).await;
+
+    let a = request(&node, HC_PORT, "GET", "/status", &[]).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, ""));
+    // Not a health check (the query is part of `:path`): routed, and no route matches.
+    let a = request(&node, HC_PORT, "GET", "/status?x=1", &[]).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        request(&node, HC_PORT, "GET", "/app", &[]).await.status,
+        StatusCode::OK
+    );
+    // Passed through: routed like any request (no route here).
+    let a = request(&node, HC_PASS_PORT, "GET", "/status", &[]).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(upstream.hits.load(Ordering::Relaxed), 1);
+
+    // The watched cluster's only host turns unhealthy (EDS): fewer than half are healthy.
+    let unhealthy: xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment = yaml(&format!(
+        "cluster_name: web\nendpoints:\n- lb_endpoints:\n  - endpoint: {{address: {{socket_address: {{address: \"{}\", port_value: {}}}}}}}\n    health_status: UNHEALTHY\n",
+        upstream.addr.ip(),
+        upstream.addr.port()
+    ));
+    cp.update(|b| set(b, "web", &unhealthy));
+    node.wait_applied(
+        myelin_xds::ads::type_url::ENDPOINT,
+        &["web"],
+        &cp.version(myelin_xds::ads::type_url::ENDPOINT),
+    )
+    .await;
+    let a = request(&node, HC_PORT, "GET", "/status", &[]).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let count = |result: &str| {
+        node.metric(&format!(
+            "myelin_proxy_health_check_requests_total{{result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!(count("healthy"), 1.0);
+    assert_eq!(count("unhealthy"), 1.0);
+    assert_eq!(count("passed_through"), 1.0);
 }

@@ -139,6 +139,7 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
             FilterPolicy::BasicAuth(_) => "basic_auth".to_owned(),
             FilterPolicy::Csrf(_) => "csrf".to_owned(),
             FilterPolicy::Rbac(_) => "rbac".to_owned(),
+            FilterPolicy::StatefulSession(_) => "session".to_owned(),
         },
         FilterSetting {
             disabled: false,
@@ -793,4 +794,71 @@ fn basic_credentials_decode_with_or_without_padding() {
     assert_eq!(basic_credentials(b"dXNlcg=="), None);
     assert_eq!(basic_credentials(b"!!!"), None);
     assert_eq!(basic_credentials(b"/w=="), None);
+}
+
+#[test]
+fn session_values_name_hosts() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let addr: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap();
+    // Myelin's (and Envoy's first) form, quoted or not.
+    assert_eq!(super::session_host(&b64(b"10.0.0.7:8080")), Some(addr));
+    assert_eq!(
+        super::session_host(&format!("\"{}\"", b64(b"10.0.0.7:8080"))),
+        Some(addr)
+    );
+    // Envoy's `envoy.Cookie` message: address, then expiry in seconds since the epoch.
+    let message = |expires: u64| {
+        let mut m = vec![0x0a, 13];
+        m.extend_from_slice(b"10.0.0.7:8080");
+        m.push(0x10);
+        let mut v = expires;
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                m.push(byte);
+                break;
+            }
+            m.push(byte | 0x80);
+        }
+        b64(&m)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(super::session_host(&message(now + 600)), Some(addr));
+    assert_eq!(super::session_host(&message(now - 600)), None);
+    for bad in ["", "!!!", &b64(b"not an address"), &b64(&[0x0a, 40, b'1'])] {
+        assert_eq!(super::session_host(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn sessions_answer_only_when_the_host_changed() {
+    use crate::model::filter::{SessionPolicy, SessionState};
+    let a: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap();
+    let b: std::net::SocketAddr = "10.0.0.8:8080".parse().unwrap();
+    let cookie = Arc::new(SessionPolicy {
+        state: SessionState::Cookie {
+            name: "s".into(),
+            path: String::new(),
+            ttl: None,
+            attributes: vec![("Secure".into(), String::new())],
+        },
+        strict: false,
+    });
+    let session = super::Session {
+        policy: cookie,
+        requested: Some(a),
+    };
+    let mut h = HeaderMap::new();
+    session.answer(a, &mut h);
+    assert!(h.is_empty());
+    session.answer(b, &mut h);
+    assert_eq!(
+        h["set-cookie"],
+        "s=\"MTAuMC4wLjg6ODA4MA==\"; Secure; HttpOnly"
+    );
 }

@@ -1,8 +1,10 @@
 //! The HTTP filters a connection manager runs before its router (Envoy `http_filters`):
 //! fault injection (`envoy.filters.http.fault`), CORS (`envoy.filters.http.cors`), local
 //! rate limiting (`envoy.filters.http.local_ratelimit`), basic auth
-//! (`envoy.filters.http.basic_auth`), CSRF (`envoy.filters.http.csrf`) and RBAC
-//! (`envoy.filters.http.rbac`, settings in [`super::rbac`]), and their per-route settings
+//! (`envoy.filters.http.basic_auth`), CSRF (`envoy.filters.http.csrf`), RBAC
+//! (`envoy.filters.http.rbac`, settings in [`super::rbac`]), health checks
+//! (`envoy.filters.http.health_check`) and stateful sessions
+//! (`envoy.filters.http.stateful_session`), and their per-route settings
 //! (`typed_per_filter_config` of a route, a virtual host or a route table).
 //!
 //! A filter's per-route settings are found by the filter's name in the connection manager,
@@ -72,6 +74,63 @@ pub enum FilterKind {
     /// Role-based access control (`envoy.filters.http.rbac`) with the filter's settings (a
     /// route's replace them).
     Rbac(Arc<RbacConfig>),
+    /// Health checks of the proxy itself (`envoy.filters.http.health_check`): run before
+    /// the route is chosen, so no per-route settings.
+    HealthCheck(Arc<HealthCheckFilter>),
+    /// Session affinity (`envoy.filters.http.stateful_session`) with the filter's session
+    /// state (`None`: none, the filter does nothing unless a route gives one).
+    StatefulSession(Option<Arc<SessionPolicy>>),
+}
+
+/// A stateful session (`StatefulSession`): where a request says its session's host is,
+/// and how the response tells the client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionPolicy {
+    /// Where the host's address is kept.
+    pub state: SessionState,
+    /// `strict`: a request whose host is gone (or unhealthy) is answered 503 instead of
+    /// being balanced anew.
+    pub strict: bool,
+}
+
+/// Where a session's host is kept (base64 of its `ip:port`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// `envoy.http.stateful_session.cookie` (`CookieBasedSessionState`): a cookie, set
+    /// when the response's host is not the one the request named.
+    Cookie {
+        /// The cookie's name.
+        name: String,
+        /// Its `Path` attribute (none when empty).
+        path: String,
+        /// Its `Max-Age` (none: a session cookie).
+        #[serde(serialize_with = "opt_duration_str")]
+        ttl: Option<Duration>,
+        /// More attributes, `name` or `name=value`.
+        attributes: Vec<(String, String)>,
+    },
+    /// `envoy.http.stateful_session.header` (`HeaderBasedSessionState`): a request header,
+    /// and the same header in the response when the host changed.
+    Header {
+        /// The header's name (lower case).
+        name: String,
+    },
+}
+
+/// The health check filter's settings (`HealthCheck`): a request whose headers all match
+/// is a health check of the proxy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthCheckFilter {
+    /// `pass_through_mode`: health checks are routed like any request; otherwise the
+    /// filter answers them.
+    pub pass_through: bool,
+    /// What makes a request a health check (all of them; none: every request).
+    pub headers: Vec<HeaderMatcher>,
+    /// `cluster_min_healthy_percentages`: a health check is answered 200 only while each
+    /// cluster has at least this percentage of its hosts healthy (truncated to an
+    /// integer, as Envoy does), else 503.
+    pub cluster_min_healthy: Vec<(String, f64)>,
 }
 
 /// The faults of one fault filter in progress, shared by every request through it (a new
@@ -131,6 +190,9 @@ pub enum FilterPolicy {
     /// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute`: replaces the filter's
     /// settings (without `rbac`, with nothing: the filter enforces nothing on the route).
     Rbac(Arc<RbacConfig>),
+    /// `envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute`: the
+    /// route's session, in place of the filter's (`None`: `disabled`, no session here).
+    StatefulSession(Option<Arc<SessionPolicy>>),
 }
 
 /// The CSRF filter's policy (`CsrfPolicy`): for requests that change state (`POST`,

@@ -16,6 +16,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -410,6 +411,17 @@ impl Balancer {
         let host = self.hosts[i].clone();
         host.active.fetch_add(1, Ordering::Relaxed);
         Some(Active(host))
+    }
+
+    /// The host at `addr`, when it is one of these and usable (passing its health
+    /// checks, not ejected, not removed): a stateful session's host.
+    pub fn pick_address(&self, addr: SocketAddr) -> Option<Active> {
+        let want = EndpointAddress::Socket(addr);
+        let host = self.hosts.iter().find(|h| {
+            h.address == want && h.passes_health_checks() && !h.is_ejected_now() && !h.is_removed()
+        })?;
+        host.active.fetch_add(1, Ordering::Relaxed);
+        Some(Active(host.clone()))
     }
 
     fn pick_rr(&self, usable: &[bool]) -> Option<usize> {

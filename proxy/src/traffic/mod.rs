@@ -874,6 +874,18 @@ impl ClusterTarget {
             .map(Picked::Host)
     }
 
+    /// The host at `addr` when the cluster has it and it is usable, whatever its level (a
+    /// stateful session's host, Envoy's override host).
+    pub fn pick_override(&self, addr: SocketAddr) -> Option<Picked> {
+        if self.is_original_dst() {
+            return None;
+        }
+        self.levels
+            .iter()
+            .find_map(|l| l.balancer.pick_address(addr))
+            .map(Picked::Host)
+    }
+
     /// [`ClusterTarget::pick_host`] without a hash or exclusions, as an address.
     pub fn pick(&self, original_dst: Option<SocketAddr>) -> Option<EndpointAddress> {
         self.pick_host(None, &|_| false, original_dst)
@@ -906,6 +918,18 @@ impl ClusterTarget {
     /// The routable hosts with their state, lowest priority first.
     pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
         self.levels.iter().flat_map(|l| l.balancer.hosts())
+    }
+
+    /// Healthy (or degraded) hosts and all hosts, over all priority levels, as Envoy's
+    /// membership counts them: a host EDS marks unhealthy, one failing its health checks,
+    /// an ejected one or one EDS removed is not healthy.
+    pub fn health(&self, now: std::time::Instant) -> (usize, usize) {
+        let healthy = self
+            .hosts()
+            .filter(|h| h.passes_health_checks() && !h.is_ejected(now) && !h.is_removed())
+            .count();
+        let total = self.levels.iter().map(|l| l.total).sum();
+        (healthy, total)
     }
 }
 

@@ -878,6 +878,129 @@ fn enforcement_type<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Er
     }
 }
 
+/// `envoy.extensions.filters.http.health_check.v3.HealthCheck`: the health check HTTP
+/// filter.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFilter {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub pass_through_mode: Option<protobuf::BoolValue>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub cache_time: Option<protobuf::Duration>,
+    #[prost(map = "string, message", tag = "4")]
+    #[serde(default)]
+    pub cluster_min_healthy_percentages:
+        std::collections::HashMap<String, xds_api::pb::envoy::r#type::v3::Percent>,
+    #[prost(message, repeated, tag = "5")]
+    #[serde(default)]
+    pub headers: Vec<xds_api::pb::envoy::config::route::v3::HeaderMatcher>,
+}
+named!(
+    HealthCheckFilter,
+    "envoy.extensions.filters.http.health_check.v3",
+    "HealthCheck"
+);
+
+/// `envoy.extensions.filters.http.stateful_session.v3.StatefulSession`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatefulSession {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub session_state: Option<core::TypedExtensionConfig>,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub strict: bool,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub stat_prefix: String,
+}
+named!(
+    StatefulSession,
+    "envoy.extensions.filters.http.stateful_session.v3",
+    "StatefulSession"
+);
+
+/// `envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute` (the
+/// `override` oneof as two optional fields).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatefulSessionPerRoute {
+    #[prost(bool, optional, tag = "1")]
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub stateful_session: Option<StatefulSession>,
+}
+named!(
+    StatefulSessionPerRoute,
+    "envoy.extensions.filters.http.stateful_session.v3",
+    "StatefulSessionPerRoute"
+);
+
+/// `envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieSessionState {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub cookie: Option<SessionCookie>,
+}
+named!(
+    CookieSessionState,
+    "envoy.extensions.http.stateful_session.cookie.v3",
+    "CookieBasedSessionState"
+);
+
+/// `envoy.type.http.v3.Cookie`, with the `attributes` `xds-api` 0.2 lacks (the JSON
+/// loader reads it by `xds-api`'s descriptor, which leaves `attributes` as written: plain
+/// strings).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCookie {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub ttl: Option<protobuf::Duration>,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub path: String,
+    #[prost(message, repeated, tag = "4")]
+    #[serde(default)]
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// `envoy.type.http.v3.CookieAttribute`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieAttribute {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSessionState {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub name: String,
+}
+named!(
+    HeaderSessionState,
+    "envoy.extensions.http.stateful_session.header.v3",
+    "HeaderBasedSessionState"
+);
+
 /// `envoy.extensions.matching.input_matchers.ip.v3.Ip`: an address in one of the ranges.
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1321,6 +1444,41 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         ],
     ),
     (
+        "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+        &[
+            m("pass_through_mode", BOOL_VALUE),
+            m("cache_time", DURATION),
+            p("cluster_min_healthy_percentages"),
+            rm("headers", "envoy.config.route.v3.HeaderMatcher"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+        &[
+            m("session_state", "envoy.config.core.v3.TypedExtensionConfig"),
+            p("strict"),
+            p("stat_prefix"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
+        &[
+            p("disabled"),
+            m(
+                "stateful_session",
+                "envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+            ),
+        ],
+    ),
+    (
+        "envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState",
+        &[m("cookie", "envoy.type.http.v3.Cookie")],
+    ),
+    (
+        "envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState",
+        &[p("name")],
+    ),
+    (
         "envoy.extensions.matching.input_matchers.ip.v3.Ip",
         &[
             rm("cidr_ranges", "envoy.config.core.v3.CidrRange"),
@@ -1497,6 +1655,14 @@ mod tests {
             HttpRbacPerRoute => "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
             NetworkRbac => "envoy.extensions.filters.network.rbac.v3.RBAC",
             IpMatcher => "envoy.extensions.matching.input_matchers.ip.v3.Ip",
+            HealthCheckFilter => "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+            StatefulSession => "envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+            StatefulSessionPerRoute =>
+                "envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
+            CookieSessionState =>
+                "envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState",
+            HeaderSessionState =>
+                "envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState",
             lb::LocalityLbConfig => LOCALITY_LB,
             lb::LocalityWeightedLbConfig => LOCALITY_WEIGHTED,
             lb::RoundRobin => &format!("{LB}.round_robin.v3.RoundRobin"),
@@ -1510,7 +1676,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            32 + 4 + INPUTS_WITHOUT_SETTINGS.len(),
+            32 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

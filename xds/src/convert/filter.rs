@@ -1,5 +1,5 @@
 //! HTTP filters before the router (fault injection, CORS, local rate limit, basic auth,
-//! CSRF, RBAC) and their per-route settings (`typed_per_filter_config`) -> [`myelin_proxy::model::filter`].
+//! CSRF, RBAC, health checks, stateful sessions) and their per-route settings (`typed_per_filter_config`) -> [`myelin_proxy::model::filter`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +27,16 @@ const BASIC_AUTH_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuth";
 const BASIC_AUTH_ROUTE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute";
+const HEALTH_CHECK_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck";
+const SESSION_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession";
+const SESSION_ROUTE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute";
+const COOKIE_STATE_URL: &str =
+    "type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState";
+const HEADER_STATE_URL: &str =
+    "type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState";
 const RBAC_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 const RBAC_ROUTE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
@@ -80,6 +90,20 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
             Some(mf::FilterKind::Rbac(Arc::new(super::rbac::http_rbac(
                 cx, &tp, &r,
             )?)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == HEALTH_CHECK_URL => {
+            let tp = join(p, "typed_config");
+            let h = cx.decode::<ext::HealthCheckFilter>(&tp, HEALTH_CHECK_URL, &any.value)?;
+            Some(mf::FilterKind::HealthCheck(Arc::new(health_check(
+                cx, &tp, &h,
+            )?)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == SESSION_URL => {
+            let tp = join(p, "typed_config");
+            let st = cx.decode::<ext::StatefulSession>(&tp, SESSION_URL, &any.value)?;
+            Some(mf::FilterKind::StatefulSession(
+                session_policy(cx, &tp, &st)?.map(Arc::new),
+            ))
         }
         None if name == "envoy.filters.http.fault" => Some(mf::FilterKind::Fault {
             policy: Arc::new(empty_fault()),
@@ -191,6 +215,7 @@ fn is_known(type_url: &str) -> bool {
         BASIC_AUTH_ROUTE_URL,
         CSRF_URL,
         RBAC_ROUTE_URL,
+        SESSION_ROUTE_URL,
     ]
     .contains(&type_url)
 }
@@ -236,6 +261,35 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
             };
             Some(mf::FilterPolicy::BasicAuth(Arc::new(users)))
         }
+        SESSION_ROUTE_URL => {
+            let r = cx.decode::<ext::StatefulSessionPerRoute>(p, SESSION_ROUTE_URL, &any.value)?;
+            let policy = match (r.disabled, &r.stateful_session) {
+                (Some(true), None) => None,
+                (None, Some(st)) => match session_policy(cx, &join(p, "stateful_session"), st)? {
+                    Some(policy) => Some(Arc::new(policy)),
+                    None => {
+                        cx.reject(
+                            join(&join(p, "stateful_session"), "session_state"),
+                            Reason::Missing,
+                        );
+                        return None;
+                    }
+                },
+                // Envoy's validation: `disabled` must be true; one of the two is required.
+                (Some(false), None) => {
+                    cx.reject(join(p, "disabled"), Reason::Invalid("must be true".into()));
+                    return None;
+                }
+                _ => {
+                    cx.reject(
+                        p,
+                        Reason::Invalid("one of `disabled` and `stateful_session`".into()),
+                    );
+                    return None;
+                }
+            };
+            Some(mf::FilterPolicy::StatefulSession(policy))
+        }
         RBAC_ROUTE_URL => {
             let r = cx.decode::<ext::HttpRbacPerRoute>(p, RBAC_ROUTE_URL, &any.value)?;
             // Without `rbac`, the filter enforces nothing on this route.
@@ -247,6 +301,128 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
         }
         _ => None,
     }
+}
+
+/// A stateful session's settings: `Ok(None)` when it has no `session_state` (then the
+/// filter does nothing, as in Envoy).
+fn session_policy(
+    cx: &mut Cx,
+    p: &str,
+    st: &ext::StatefulSession,
+) -> Option<Option<mf::SessionPolicy>> {
+    let ext::StatefulSession {
+        session_state,
+        strict,
+        // Myelin has no per-filter stats.
+        stat_prefix: _,
+    } = st;
+    let Some(state) = session_state else {
+        return Some(None);
+    };
+    let sp = join(p, "session_state");
+    let Some(any) = &state.typed_config else {
+        cx.reject(join(&sp, "typed_config"), Reason::Missing);
+        return None;
+    };
+    let tp = join(&sp, "typed_config");
+    let state = match any.type_url.as_str() {
+        COOKIE_STATE_URL => {
+            let c = cx.decode::<ext::CookieSessionState>(&tp, COOKIE_STATE_URL, &any.value)?;
+            let Some(cookie) = &c.cookie else {
+                cx.reject(join(&tp, "cookie"), Reason::Missing);
+                return None;
+            };
+            let cp = join(&tp, "cookie");
+            if cookie.name.is_empty() || !cookie.name.bytes().all(is_token) {
+                cx.reject(
+                    join(&cp, "name"),
+                    Reason::Invalid(format!("{:?} is not a cookie name", cookie.name)),
+                );
+                return None;
+            }
+            // `0s` (or none): a session cookie.
+            let ttl = cx.timeout(&join(&cp, "ttl"), &cookie.ttl, None);
+            mf::SessionState::Cookie {
+                name: cookie.name.clone(),
+                path: cookie.path.clone(),
+                ttl,
+                attributes: cookie
+                    .attributes
+                    .iter()
+                    .map(|a| (a.name.clone(), a.value.clone()))
+                    .collect(),
+            }
+        }
+        HEADER_STATE_URL => {
+            let h = cx.decode::<ext::HeaderSessionState>(&tp, HEADER_STATE_URL, &any.value)?;
+            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                cx.reject(
+                    join(&tp, "name"),
+                    Reason::Invalid(format!("{:?} is not a header name", h.name)),
+                );
+                return None;
+            }
+            mf::SessionState::Header {
+                name: h.name.to_ascii_lowercase(),
+            }
+        }
+        other => {
+            cx.reject(
+                tp,
+                Reason::UnsupportedValue(format!("session state `{other}`")),
+            );
+            return None;
+        }
+    };
+    Some(Some(mf::SessionPolicy {
+        state,
+        strict: *strict,
+    }))
+}
+
+/// A byte of an HTTP token (RFC 9110), as a cookie name must be.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The health check filter (`HealthCheck`).
+fn health_check(cx: &mut Cx, p: &str, h: &ext::HealthCheckFilter) -> Option<mf::HealthCheckFilter> {
+    let ext::HealthCheckFilter {
+        pass_through_mode,
+        cache_time,
+        cluster_min_healthy_percentages,
+        headers,
+    } = h;
+    let before = cx.errs.len();
+    let Some(pass_through) = pass_through_mode.as_ref().map(|b| b.value) else {
+        cx.reject(join(p, "pass_through_mode"), Reason::Missing);
+        return None;
+    };
+    // Upstream health answers cached for a while: Myelin routes every check.
+    cx.unsupported(p, "cache_time", cache_time);
+    let headers: Vec<_> = headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| route::header_matcher(cx, &idx(p, "headers", i), m))
+        .collect();
+    let mut clusters: Vec<_> = cluster_min_healthy_percentages.iter().collect();
+    clusters.sort_unstable_by_key(|(name, _)| *name);
+    let mut cluster_min_healthy = Vec::with_capacity(clusters.len());
+    for (name, pct) in clusters {
+        if !(0.0..=100.0).contains(&pct.value) {
+            cx.reject(
+                format!("{}[{name:?}]", join(p, "cluster_min_healthy_percentages")),
+                Reason::Invalid(format!("{} is not a percentage", pct.value)),
+            );
+            continue;
+        }
+        cluster_min_healthy.push((name.clone(), pct.value));
+    }
+    (cx.errs.len() == before).then_some(mf::HealthCheckFilter {
+        pass_through,
+        headers,
+        cluster_min_healthy,
+    })
 }
 
 /// A CSRF policy (the filter's and per route alike).

@@ -457,6 +457,21 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         "envoy.extensions.filters.http.rbac.v3.RBACPerRoute" => enc::<ext::HttpRbacPerRoute>(body),
         "envoy.extensions.filters.network.rbac.v3.RBAC" => enc::<ext::NetworkRbac>(body),
         "envoy.extensions.matching.input_matchers.ip.v3.Ip" => enc::<ext::IpMatcher>(body),
+        "envoy.extensions.filters.http.health_check.v3.HealthCheck" => {
+            enc::<ext::HealthCheckFilter>(body)
+        }
+        "envoy.extensions.filters.http.stateful_session.v3.StatefulSession" => {
+            enc::<ext::StatefulSession>(body)
+        }
+        "envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute" => {
+            enc::<ext::StatefulSessionPerRoute>(body)
+        }
+        "envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState" => {
+            enc::<ext::CookieSessionState>(body)
+        }
+        "envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState" => {
+            enc::<ext::HeaderSessionState>(body)
+        }
         n if ext::INPUTS_WITHOUT_SETTINGS.contains(&n) => {
             // No fields to normalize: read as it is.
             Ok(deserialize::<ext::NoSettings>(body)?.encode_to_vec())

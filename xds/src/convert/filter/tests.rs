@@ -585,3 +585,165 @@ virtual_hosts:
         ["filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.filter_enabled: required but not set"]
     );
 }
+
+#[test]
+fn the_health_check_filter_as_envoy_gateway_writes_it() {
+    let l = listener(&listener_with(
+        r#"
+- name: envoy.filters.http.health_check
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+    headers:
+    - exactMatch: /status
+      name: :path
+    passThroughMode: false
+    clusterMinHealthyPercentages: {web: {value: 12.5}}
+"#,
+    ))
+    .unwrap();
+    let f = filters_of(&l);
+    let mf::FilterKind::HealthCheck(hc) = &f.0[0].kind else {
+        panic!("{:?}", f.0[0]);
+    };
+    assert!(!hc.pass_through);
+    assert_eq!(hc.headers.len(), 1);
+    assert_eq!(hc.headers[0].name, ":path");
+    assert_eq!(hc.cluster_min_healthy, [("web".to_owned(), 12.5)]);
+
+    let errs = messages(listener(&listener_with(
+        r#"
+- name: a
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+    headers: [{name: ":path", exact_match: /healthz}]
+- name: b
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+    pass_through_mode: true
+    cache_time: 5s
+    cluster_min_healthy_percentages: {web: {value: 150}}
+"#,
+    )));
+    let joined = errs.join("\n");
+    for want in [
+        "http_filters[0].typed_config.pass_through_mode: required but not set",
+        "http_filters[1].typed_config.cache_time: not supported",
+        "http_filters[1].typed_config.cluster_min_healthy_percentages[\"web\"]: 150 is not a percentage",
+    ] {
+        assert!(joined.contains(want), "{want} in {joined}");
+    }
+}
+
+#[test]
+fn stateful_sessions_as_envoy_gateway_writes_them() {
+    let l = listener(&listener_with(
+        r#"
+- name: envoy.filters.http.stateful_session
+  typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession}
+"#,
+    ))
+    .unwrap();
+    assert!(matches!(
+        filters_of(&l).0[0].kind,
+        mf::FilterKind::StatefulSession(None)
+    ));
+    let table: rpb::RouteConfiguration = yaml(
+        r#"
+name: r
+virtualHosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {prefix: /c}
+    route: {cluster: c}
+    typedPerFilterConfig:
+      envoy.filters.http.stateful_session:
+        '@type': type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute
+        statefulSession:
+          sessionState:
+            name: envoy.http.stateful_session.cookie
+            typedConfig:
+              '@type': type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState
+              cookie: {name: session-header, path: /v1, ttl: 3600s}
+  - match: {prefix: /h}
+    route: {cluster: c}
+    typedPerFilterConfig:
+      envoy.filters.http.stateful_session:
+        '@type': type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute
+        statefulSession:
+          strict: true
+          sessionState:
+            name: envoy.http.stateful_session.header
+            typedConfig:
+              '@type': type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState
+              name: Session-Header
+  - match: {prefix: /off}
+    route: {cluster: c}
+    typedPerFilterConfig:
+      envoy.filters.http.stateful_session:
+        '@type': type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute
+        disabled: true
+"#,
+    );
+    let t = route_configuration(&table).unwrap();
+    let policy = |i: usize| match &t.virtual_hosts[0].routes[i].filters
+        ["envoy.filters.http.stateful_session"]
+        .policy
+    {
+        Some(mf::FilterPolicy::StatefulSession(p)) => p.clone(),
+        other => panic!("{other:?}"),
+    };
+    let c = policy(0).unwrap();
+    assert!(!c.strict);
+    assert_eq!(
+        c.state,
+        mf::SessionState::Cookie {
+            name: "session-header".into(),
+            path: "/v1".into(),
+            ttl: Some(Duration::from_secs(3600)),
+            attributes: vec![],
+        }
+    );
+    let h = policy(1).unwrap();
+    assert!(h.strict);
+    assert_eq!(
+        h.state,
+        mf::SessionState::Header {
+            name: "session-header".into()
+        }
+    );
+    assert_eq!(policy(2), None);
+
+    let bad: rpb::RouteConfiguration = yaml(
+        r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  typed_per_filter_config:
+    a:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute
+      stateful_session:
+        session_state:
+          name: x
+          typed_config: {"@type": type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState, cookie: {name: "bad name"}}
+    b:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute
+      disabled: false
+    c:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute
+      stateful_session: {}
+  routes:
+  - match: {prefix: /}
+    route: {cluster: c}
+"#,
+    );
+    let joined = messages(route_configuration(&bad)).join("\n");
+    for want in [
+        "cookie.name: \"bad name\" is not a cookie name",
+        "[\"b\"].disabled: must be true",
+        "[\"c\"].stateful_session.session_state: required but not set",
+    ] {
+        assert!(joined.contains(want), "{want} in {joined}");
+    }
+}
