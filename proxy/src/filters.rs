@@ -28,7 +28,7 @@
 //! unless it passes through (Envoy's `health_check.cc`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -40,10 +40,13 @@ use crate::metrics::ProxyMetrics;
 use crate::model::filter::{
     AbortStatus, BasicAuthPolicy, BasicAuthUsers, BucketState, CorsPolicy, CsrfPolicy, DelaySource,
     FaultPolicy, FilterKind, FilterPolicy, FilterSetting, Fraction, HttpFilter, HttpFilters,
-    RateLimitPolicy, SessionPolicy, SessionState, Taken, TokenBucket,
+    RateLimitPolicy, SessionPolicy, SessionState, Taken, TokenBucket, VhRateLimits,
 };
 use crate::model::listener::HeaderText;
-use crate::model::route::{Route, RouteConfiguration, VirtualHost};
+use crate::model::route::{
+    Action as RouteActionKind, RateLimitAction, RateLimitEntry, Route, RouteConfiguration,
+    VirtualHost,
+};
 use crate::rbac::Subject;
 use crate::traffic::router::RequestHead;
 
@@ -323,23 +326,31 @@ pub(crate) type Answer = (Response<ProxyBody>, &'static str);
 /// per rate-limit config its requests used; those of configs gone are dropped as new ones
 /// come.
 #[derive(Default)]
-pub(crate) struct ConnBuckets(Mutex<Vec<(Weak<RateLimitPolicy>, BucketState)>>);
+pub(crate) struct ConnBuckets(Mutex<Vec<(Weak<RateLimitPolicy>, usize, BucketState)>>);
 
 impl ConnBuckets {
-    fn take(&self, policy: &Arc<RateLimitPolicy>, bucket: &TokenBucket, now: Instant) -> Taken {
+    /// Takes a token from this connection's copy of a policy's bucket (`slot` 0: the
+    /// filter's own; `i + 1`: its descriptor `i`'s).
+    fn take(
+        &self,
+        policy: &Arc<RateLimitPolicy>,
+        slot: usize,
+        bucket: &TokenBucket,
+        now: Instant,
+    ) -> Taken {
         let mut buckets = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let i = match buckets
             .iter()
-            .position(|(p, _)| std::ptr::eq(p.as_ptr(), Arc::as_ptr(policy)))
+            .position(|(p, s, _)| *s == slot && std::ptr::eq(p.as_ptr(), Arc::as_ptr(policy)))
         {
             Some(i) => i,
             None => {
-                buckets.retain(|(p, _)| p.strong_count() > 0);
-                buckets.push((Arc::downgrade(policy), bucket.full(now)));
+                buckets.retain(|(p, _, _)| p.strong_count() > 0);
+                buckets.push((Arc::downgrade(policy), slot, bucket.full(now)));
                 buckets.len() - 1
             }
         };
-        bucket.take(&mut buckets[i].1, now)
+        bucket.take(&mut buckets[i].2, now)
     }
 }
 
@@ -398,7 +409,13 @@ pub(crate) async fn run(
                         _ => None,
                     })
                     .unwrap_or(policy);
-                local_rate_limit(policy, buckets, grpc, metrics, filtered)
+                let request = Limited {
+                    levels,
+                    cluster,
+                    head,
+                    client: client.remote_ip,
+                };
+                local_rate_limit(policy, buckets, &request, grpc, metrics, filtered)
             }
             FilterKind::BasicAuth(policy) => {
                 let users = levels
@@ -649,32 +666,182 @@ fn abort_response(status: u16) -> Response<ProxyBody> {
 
 /// Envoy's `local_ratelimit.cc`: a checked request (`filter_enabled`) takes a token; one
 /// that finds none is counted and, where enforced (`filter_enforced`), answered.
+/// What a local rate limit reads of a request for its descriptors.
+struct Limited<'a> {
+    levels: Levels<'a>,
+    /// The cluster the route chose (`destination_cluster`).
+    cluster: &'a str,
+    head: &'a RequestHead<'a>,
+    /// The client as the connection manager worked it out (`remote_address`).
+    client: IpAddr,
+}
+
+/// The descriptors of a request for a local rate limit: one per route (and virtual host,
+/// as `vh_rate_limits` says) `rate_limits` entry of the filter's stage whose actions all
+/// give something (Envoy's `populateDescriptors`).
+fn request_descriptors(policy: &RateLimitPolicy, r: &Limited<'_>) -> Vec<Vec<(String, String)>> {
+    let route: &[RateLimitEntry] = match &r.levels.route.action {
+        RouteActionKind::Route(a) => &a.rate_limits,
+        _ => &[],
+    };
+    let vhost: &[RateLimitEntry] = &r.levels.vhost.rate_limits;
+    let lists: [&[RateLimitEntry]; 2] = match policy.vh_rate_limits {
+        VhRateLimits::Ignore => [route, &[]],
+        VhRateLimits::Include => [route, vhost],
+        VhRateLimits::Override if route.is_empty() => [vhost, &[]],
+        VhRateLimits::Override => [route, &[]],
+    };
+    lists
+        .iter()
+        .flat_map(|l| l.iter())
+        .filter(|e| e.stage == policy.stage)
+        .filter_map(|e| descriptor(e, r))
+        .collect()
+}
+
+/// One `rate_limits` entry's descriptor for a request; `None` when an action has nothing.
+fn descriptor(entry: &RateLimitEntry, r: &Limited<'_>) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::with_capacity(entry.actions.len());
+    for a in &entry.actions {
+        match a {
+            RateLimitAction::DestinationCluster => {
+                out.push(("destination_cluster".to_owned(), r.cluster.to_owned()));
+            }
+            RateLimitAction::RequestHeaders {
+                header,
+                key,
+                skip_if_absent,
+            } => {
+                // The first value, as Envoy takes it (pseudo-headers from the request).
+                let value = if header.starts_with(':') {
+                    r.head.header(header)
+                } else {
+                    r.head
+                        .headers
+                        .get(header.as_str())
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                };
+                match value {
+                    Some(v) => out.push((key.clone(), v)),
+                    None if *skip_if_absent => {}
+                    None => return None,
+                }
+            }
+            RateLimitAction::RemoteAddress => {
+                out.push(("remote_address".to_owned(), r.client.to_string()));
+            }
+            RateLimitAction::MaskedRemoteAddress { v4, v6 } => {
+                out.push((
+                    "masked_remote_address".to_owned(),
+                    masked(r.client, *v4, *v6),
+                ));
+            }
+            RateLimitAction::GenericKey { key, value } => out.push((key.clone(), value.clone())),
+            RateLimitAction::HeaderValueMatch {
+                key,
+                value,
+                expect_match,
+                headers,
+            } => {
+                if headers.iter().all(|h| h.matches(r.head)) != *expect_match {
+                    return None;
+                }
+                out.push((key.clone(), value.clone()));
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// `ip`'s network with a prefix of `v4` (or `v6`) bits, as `addr/len`.
+fn masked(ip: IpAddr, v4: u8, v6: u8) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(v4)).unwrap_or(0);
+            format!("{}/{v4}", std::net::Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(v6)).unwrap_or(0);
+            format!("{}/{v6}", std::net::Ipv6Addr::from(u128::from(a) & mask))
+        }
+    }
+}
+
 fn local_rate_limit(
     policy: &Arc<RateLimitPolicy>,
     buckets: &ConnBuckets,
+    request: &Limited<'_>,
     grpc: bool,
     metrics: &ProxyMetrics,
     filtered: &mut Filtered,
 ) -> Option<Answer> {
-    let bucket = policy.bucket.as_ref()?;
+    if policy.bucket.is_none() && policy.descriptors.is_empty() {
+        return None;
+    }
     if !policy.filter_enabled.chooses(roll()) {
         return None;
     }
+    // The descriptor buckets the request's descriptors name, the slowest to fill first
+    // (Envoy's order: the most restrictive decides and is reported).
+    let mut matched: Vec<usize> = Vec::new();
+    if !policy.descriptors.is_empty() {
+        for d in request_descriptors(policy, request) {
+            if let Some(i) = policy.descriptors.iter().position(|l| l.entries == d) {
+                if !matched.contains(&i) {
+                    matched.push(i);
+                }
+            }
+        }
+        matched.sort_by(|&a, &b| {
+            let rate = |i: usize| {
+                let b = &policy.descriptors[i].bucket;
+                f64::from(b.tokens_per_fill) / b.fill_interval.as_secs_f64()
+            };
+            rate(a).total_cmp(&rate(b))
+        });
+    }
     let now = Instant::now();
-    let taken = if policy.per_connection {
-        buckets.take(policy, bucket, now)
-    } else {
-        let mut state = bucket.shared.lock().unwrap_or_else(|e| e.into_inner());
-        bucket.take(&mut state, now)
+    let take = |slot: usize, bucket: &TokenBucket| {
+        if policy.per_connection {
+            buckets.take(policy, slot, bucket, now)
+        } else {
+            let mut state = bucket.shared.lock().unwrap_or_else(|e| e.into_inner());
+            bucket.take(&mut state, now)
+        }
     };
+    // (the bucket's size, what was taken from it) of the bucket reported.
+    let mut reported: Option<(u32, Taken)> = None;
+    let mut allowed = true;
+    for &i in &matched {
+        let bucket = &policy.descriptors[i].bucket;
+        let taken = take(i + 1, bucket);
+        if reported.is_none() || !taken.allowed {
+            reported = Some((bucket.max_tokens, taken));
+        }
+        if !taken.allowed {
+            allowed = false;
+            break;
+        }
+    }
+    if allowed && (matched.is_empty() || policy.always_consume_default) {
+        if let Some(bucket) = &policy.bucket {
+            let taken = take(0, bucket);
+            if reported.is_none() || !taken.allowed {
+                reported = Some((bucket.max_tokens, taken));
+            }
+            allowed = taken.allowed;
+        }
+    }
+    // No descriptor matched and the filter has no bucket of its own: nothing applies.
+    let (limit, taken) = reported?;
     if policy.x_ratelimit_headers {
         filtered.rate_limit = Some(RateLimitHeaders {
-            limit: bucket.max_tokens,
+            limit,
             remaining: taken.remaining,
             reset: taken.reset.as_secs_f64().ceil() as u32,
         });
     }
-    if taken.allowed {
+    if allowed {
         metrics.local_rate_limit(&policy.stat_prefix, "ok");
         return None;
     }

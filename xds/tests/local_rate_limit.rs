@@ -242,3 +242,142 @@ async fn local_rate_limits_per_filter_route_and_connection() {
     // And a plain client the configured status.
     assert_eq!(send(&node, "/grpc-default").await.status, 503);
 }
+
+const DESCRIPTOR_PORT: u16 = 18542;
+
+/// Buckets per descriptor, as Envoy Gateway's local rate limits write them: the route's
+/// `rate_limits` actions make each request's descriptors, the filter's `descriptors` give
+/// the matching ones a bucket of their own (the filter's own, large, is taken from too).
+fn descriptor_listener() -> Listener {
+    let bucket = |n: u32| format!("{{max_tokens: {n}, tokens_per_fill: {n}, fill_interval: 60s}}");
+    filtered_listener(
+        "per-descriptor",
+        DESCRIPTOR_PORT,
+        &format!(
+            r#"
+- name: envoy.filters.http.local_ratelimit
+  typed_config:
+    "@type": {LIMIT}
+    stat_prefix: descriptors
+    token_bucket: {}
+    filter_enabled: {ALL}
+    filter_enforced: {ALL}
+    enable_x_ratelimit_headers: DRAFT_VERSION_03
+    descriptors:
+    - entries: [{{key: user, value: alice}}]
+      token_bucket: {}
+    - entries: [{{key: route, value: login}}, {{key: admin, value: "no"}}]
+      token_bucket: {}
+    - entries: [{{key: masked_remote_address, value: 127.0.0.0/24}}]
+      token_bucket: {}
+    - entries: [{{key: destination_cluster, value: web}}]
+      token_bucket: {}
+"#,
+            bucket(100),
+            bucket(2),
+            bucket(1),
+            bucket(1),
+            bucket(3),
+        ),
+    )
+}
+
+fn descriptor_routes() -> RouteConfiguration {
+    yaml(
+        r#"
+name: r
+virtual_hosts:
+- name: web
+  domains: ["*"]
+  rate_limits:
+  - actions: [{masked_remote_address: {v4_prefix_mask_len: 24}}]
+  routes:
+  - match: {prefix: /users}
+    route:
+      cluster: web
+      rate_limits:
+      - actions: [{request_headers: {header_name: x-user-id, descriptor_key: user}}]
+  - match: {prefix: /login}
+    route:
+      cluster: web
+      rate_limits:
+      - actions:
+        - generic_key: {descriptor_key: route, descriptor_value: login}
+        - header_value_match:
+            descriptor_key: admin
+            descriptor_value: "no"
+            expect_match: false
+            headers: [{name: x-org, string_match: {exact: admin}}]
+  - match: {prefix: /stage}
+    route:
+      cluster: web
+      rate_limits:
+      - stage: 1
+        actions: [{destination_cluster: {}}]
+      - actions: [{destination_cluster: {}}]
+  - match: {prefix: /other}
+    route: {cluster: web}
+"#,
+    )
+}
+
+#[tokio::test]
+async fn descriptors_have_buckets_of_their_own() {
+    let upstream = http_upstream("web").await;
+    let (_cp, node) = serving(
+        vec![descriptor_listener()],
+        descriptor_routes(),
+        upstream.addr,
+    )
+    .await;
+    let status = |a: Answer| a.status.as_u16();
+    let get = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let node = &node;
+        async move { request(node, DESCRIPTOR_PORT, "GET", path, headers).await }
+    };
+
+    // Alice's bucket (2): her third request is limited, and the headers report her bucket.
+    let alice: &[(&str, &str)] = &[("x-user-id", "alice")];
+    assert_eq!(status(get("/users", alice).await), 200);
+    let a = get("/users", alice).await;
+    assert_eq!(
+        (
+            a.status.as_u16(),
+            a.header("x-ratelimit-limit"),
+            a.header("x-ratelimit-remaining")
+        ),
+        (200, Some("2"), Some("0"))
+    );
+    let a = get("/users", alice).await;
+    assert_eq!(
+        (a.status.as_u16(), a.body.as_str()),
+        (429, "local_rate_limited")
+    );
+    // Bob has no descriptor of his own, nor has a request without the header: the filter's
+    // bucket only.
+    for _ in 0..3 {
+        assert_eq!(status(get("/users", &[("x-user-id", "bob")]).await), 200);
+        assert_eq!(status(get("/users", &[]).await), 200);
+    }
+
+    // A generic key and a header that must not match: admins are not in that bucket.
+    assert_eq!(status(get("/login", &[]).await), 200);
+    assert_eq!(status(get("/login", &[]).await), 429);
+    assert_eq!(status(get("/login", &[("x-org", "admin")]).await), 200);
+
+    // A route without `rate_limits`: the virtual host's (the client's /24).
+    assert_eq!(status(get("/other", &[]).await), 200);
+    assert_eq!(status(get("/other", &[]).await), 429);
+
+    // Only the entries of the filter's stage (0) count: the route's destination_cluster
+    // bucket (3) is taken from once per request.
+    for want in [200, 200, 200, 429] {
+        assert_eq!(status(get("/stage", &[]).await), want);
+    }
+    assert_eq!(
+        node.metric(
+            "myelin_proxy_local_rate_limit_total{stat_prefix=\"descriptors\",outcome=\"enforced\"}"
+        ),
+        4.0
+    );
+}

@@ -34,6 +34,7 @@ fn route(filters: FilterSettings) -> Route {
             stream_limit: None,
             idle_timeout: None,
             mirrors: vec![],
+            rate_limits: vec![],
         }),
         headers: HeaderMutation::default(),
         filters,
@@ -51,6 +52,7 @@ fn vhost(filters: FilterSettings) -> VirtualHost {
         filters,
         cors: None,
         mirrors: vec![],
+        rate_limits: vec![],
         attempt_count_in_request: false,
         attempt_count_in_response: false,
     }
@@ -717,6 +719,10 @@ fn rate_limit(max_tokens: u32, enabled: Fraction, enforced: Fraction) -> Arc<Rat
         per_connection: false,
         x_ratelimit_headers: false,
         grpc_resource_exhausted: false,
+        descriptors: vec![],
+        stage: 0,
+        vh_rate_limits: Default::default(),
+        always_consume_default: true,
     })
 }
 

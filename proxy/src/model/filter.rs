@@ -410,6 +410,46 @@ pub struct RateLimitPolicy {
     pub x_ratelimit_headers: bool,
     /// gRPC clients get `RESOURCE_EXHAUSTED` instead of `UNAVAILABLE`.
     pub grpc_resource_exhausted: bool,
+    /// `descriptors`: buckets of their own for the requests whose route `rate_limits`
+    /// (of this `stage`) give exactly these entries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub descriptors: Vec<DescriptorLimit>,
+    /// `stage`: the route `rate_limits` entries read.
+    pub stage: u32,
+    /// `vh_rate_limits`: whether the virtual host's `rate_limits` count too.
+    pub vh_rate_limits: VhRateLimits,
+    /// `always_consume_default_token_bucket` (default true): the filter's own bucket is
+    /// taken from even when a descriptor's was.
+    pub always_consume_default: bool,
+}
+
+/// A bucket for the requests of one descriptor (`LocalRateLimitDescriptor`).
+#[derive(Debug, Serialize)]
+pub struct DescriptorLimit {
+    /// The descriptor's entries (key, value), in order.
+    pub entries: Vec<(String, String)>,
+    /// Its bucket.
+    pub bucket: TokenBucket,
+}
+
+// Config equality, as for the filter's own bucket.
+impl PartialEq for DescriptorLimit {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries && self.bucket == other.bucket
+    }
+}
+
+/// `vh_rate_limits` of a rate limit filter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VhRateLimits {
+    /// `OVERRIDE`: the virtual host's when the route has none.
+    #[default]
+    Override,
+    /// `INCLUDE`: the route's and the virtual host's.
+    Include,
+    /// `IGNORE`: the route's only.
+    Ignore,
 }
 
 /// A token bucket (`type.v3.TokenBucket`): starts full; every `fill_interval`,

@@ -65,6 +65,68 @@ pub struct VirtualHost {
     /// `include_attempt_count_in_response`: the response carries the count of tries made.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub attempt_count_in_response: bool,
+    /// `rate_limits`: the descriptors of the virtual host's requests, for the rate limit
+    /// filters (see [`RouteAction::rate_limits`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitEntry>,
+}
+
+/// One `rate_limits` entry (`config.route.v3.RateLimit`): a descriptor built from its
+/// actions in order, or none when an action has nothing for the request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RateLimitEntry {
+    /// `stage`: only filters of this stage read it.
+    pub stage: u32,
+    /// The descriptor's entries, in order.
+    pub actions: Vec<RateLimitAction>,
+}
+
+/// What a descriptor entry is made of (`RateLimit.Action`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitAction {
+    /// `destination_cluster`: (`destination_cluster`, the cluster the route chose).
+    DestinationCluster,
+    /// `request_headers`: (`descriptor_key`, the header's first value); without the header
+    /// no descriptor, or no entry with `skip_if_absent`.
+    RequestHeaders {
+        /// The header (lower case).
+        header: String,
+        /// The entry's key.
+        key: String,
+        /// `skip_if_absent`.
+        skip_if_absent: bool,
+    },
+    /// `remote_address`: (`remote_address`, the client's address as the connection
+    /// manager worked it out).
+    RemoteAddress,
+    /// `masked_remote_address`: (`masked_remote_address`, the client's network in CIDR
+    /// form) with these prefix lengths.
+    MaskedRemoteAddress {
+        /// `v4_prefix_mask_len` (default 32).
+        v4: u8,
+        /// `v6_prefix_mask_len` (default 128).
+        v6: u8,
+    },
+    /// `generic_key`: (`descriptor_key`, or `generic_key`; the value).
+    GenericKey {
+        /// The entry's key.
+        key: String,
+        /// The entry's value.
+        value: String,
+    },
+    /// `header_value_match`: (`descriptor_key`, or `header_match`; the value) when the
+    /// headers match (or do not, with `expect_match: false`); else no descriptor.
+    HeaderValueMatch {
+        /// The entry's key.
+        key: String,
+        /// The entry's value.
+        value: String,
+        /// `expect_match`.
+        expect_match: bool,
+        /// All must match.
+        headers: Vec<HeaderMatcher>,
+    },
 }
 
 /// A domain pattern of a virtual host (port included when given, as in Envoy).
@@ -263,6 +325,11 @@ pub struct RouteAction {
     /// (`request_mirror_policies`; Istio's VirtualService `mirror`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorPolicy>,
+    /// `rate_limits`: the descriptors of the route's requests, which a local rate limit
+    /// filter's `descriptors` match (the virtual host's are used too as its
+    /// `vh_rate_limits` says).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitEntry>,
 }
 
 /// A mirror of a route's requests (`RouteAction.RequestMirrorPolicy`).
@@ -565,6 +632,7 @@ mod tests {
                 stream_limit: None,
                 idle_timeout: None,
                 mirrors: vec![],
+                rate_limits: vec![],
             }),
             headers: HeaderMutation::default(),
             filters: Default::default(),
@@ -603,6 +671,7 @@ mod tests {
             stream_limit: None,
             idle_timeout: None,
             mirrors: vec![],
+            rate_limits: vec![],
         };
         let hcm = ["websocket".to_string()];
         for (route, kind, want) in [

@@ -683,9 +683,10 @@ pub struct LocalRateLimit {
     #[prost(message, repeated, tag = "6")]
     #[serde(default)]
     pub response_headers_to_add: Vec<core::HeaderValueOption>,
-    #[prost(bytes = "vec", repeated, tag = "8")]
-    #[serde(default, deserialize_with = "present_list")]
-    pub descriptors: Vec<Vec<u8>>,
+    #[prost(message, repeated, tag = "8")]
+    #[serde(default)]
+    pub descriptors:
+        Vec<xds_api::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor>,
     /// Only descriptors use stages.
     #[prost(uint32, tag = "9")]
     #[serde(default)]
@@ -1378,7 +1379,10 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
             m("filter_enabled", RUNTIME_PERCENT),
             m("filter_enforced", RUNTIME_PERCENT),
             rm("response_headers_to_add", HEADER_VALUE_OPTION),
-            p("descriptors"),
+            rm(
+                "descriptors",
+                "envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor",
+            ),
             p("stage"),
             rm(
                 "request_headers_to_add_when_not_enforced",

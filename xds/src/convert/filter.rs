@@ -303,6 +303,90 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
     }
 }
 
+/// A token bucket (`type.v3.TokenBucket`).
+fn bucket_of(
+    cx: &mut Cx,
+    bp: &str,
+    b: &xds_api::pb::envoy::r#type::v3::TokenBucket,
+) -> Option<mf::TokenBucket> {
+    let interval = match &b.fill_interval {
+        Some(d) => cx.duration(&join(bp, "fill_interval"), d),
+        None => {
+            cx.reject(join(bp, "fill_interval"), Reason::Missing);
+            None
+        }
+    };
+    if interval.is_some_and(|i| i < MIN_FILL_INTERVAL) {
+        cx.reject(
+            join(bp, "fill_interval"),
+            Reason::Invalid("must be at least 50ms (Envoy's limit)".into()),
+        );
+    }
+    let per_fill = b.tokens_per_fill.as_ref().map_or(1, |v| v.value);
+    if per_fill == 0 {
+        cx.reject(
+            join(bp, "tokens_per_fill"),
+            Reason::Invalid("must be above 0".into()),
+        );
+    }
+    interval.map(|i| mf::TokenBucket::new(b.max_tokens, per_fill, i))
+}
+
+/// A local rate limit's `descriptors`.
+fn descriptor_limits(
+    cx: &mut Cx,
+    p: &str,
+    list: &[xds_api::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor],
+) -> Vec<mf::DescriptorLimit> {
+    let mut out: Vec<mf::DescriptorLimit> = Vec::with_capacity(list.len());
+    for (i, d) in list.iter().enumerate() {
+        let dp = idx(p, "descriptors", i);
+        if d.entries.is_empty() {
+            cx.reject(join(&dp, "entries"), Reason::Missing);
+            continue;
+        }
+        let mut ok = true;
+        for (j, e) in d.entries.iter().enumerate() {
+            let ep = idx(&dp, "entries", j);
+            if e.key.is_empty() {
+                cx.reject(join(&ep, "key"), Reason::Missing);
+                ok = false;
+            }
+            // Envoy's newer wildcard entries (a bucket per value seen): not yet.
+            if e.value.is_empty() {
+                cx.reject(
+                    join(&ep, "value"),
+                    Reason::UnsupportedValue("an empty value (a wildcard entry)".into()),
+                );
+                ok = false;
+            }
+        }
+        let entries: Vec<(String, String)> = d
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        if out.iter().any(|o| o.entries == entries) {
+            cx.reject(
+                dp.clone(),
+                Reason::Invalid("the same entries as an earlier descriptor".into()),
+            );
+            ok = false;
+        }
+        let bucket = match &d.token_bucket {
+            Some(b) => bucket_of(cx, &join(&dp, "token_bucket"), b),
+            None => {
+                cx.reject(join(&dp, "token_bucket"), Reason::Missing);
+                None
+            }
+        };
+        if let (true, Some(bucket)) = (ok, bucket) {
+            out.push(mf::DescriptorLimit { entries, bucket });
+        }
+    }
+    out
+}
+
 /// A stateful session's settings: `Ok(None)` when it has no `session_state` (then the
 /// filter does nothing, as in Envoy).
 fn session_policy(
@@ -689,12 +773,12 @@ fn rate_limit_policy(
         filter_enforced,
         response_headers_to_add,
         descriptors,
-        stage: _,
+        stage,
         request_headers_to_add_when_not_enforced,
         local_rate_limit_per_downstream_connection,
         enable_x_ratelimit_headers,
-        vh_rate_limits: _,
-        always_consume_default_token_bucket: _,
+        vh_rate_limits,
+        always_consume_default_token_bucket,
         rate_limited_as_resource_exhausted,
         local_cluster_rate_limit,
         rate_limits,
@@ -703,14 +787,23 @@ fn rate_limit_policy(
     if stat_prefix.is_empty() {
         cx.reject(join(p, "stat_prefix"), Reason::Missing);
     }
-    if !descriptors.is_empty() {
-        cx.reject(
-            join(p, "descriptors"),
-            Reason::UnsupportedValue(
-                "descriptors (they need the route's `rate_limits` actions)".into(),
-            ),
-        );
+    let descriptors = descriptor_limits(cx, p, descriptors);
+    if *stage > 10 {
+        cx.reject(join(p, "stage"), Reason::Invalid("at most 10".into()));
     }
+    let vh_rate_limits = match vh_rate_limits {
+        0 => mf::VhRateLimits::Override,
+        1 => mf::VhRateLimits::Include,
+        2 => mf::VhRateLimits::Ignore,
+        v => {
+            cx.reject(
+                join(p, "vh_rate_limits"),
+                Reason::Invalid(format!("unknown value {v}")),
+            );
+            mf::VhRateLimits::Override
+        }
+    };
+    // The filter's own `rate_limits` (in place of the route's): not yet.
     if !rate_limits.is_empty() {
         cx.reject(join(p, "rate_limits"), Reason::NotSupported);
     }
@@ -727,30 +820,7 @@ fn rate_limit_policy(
         }
     };
     let bucket = match token_bucket {
-        Some(b) => {
-            let bp = join(p, "token_bucket");
-            let interval = match &b.fill_interval {
-                Some(d) => cx.duration(&join(&bp, "fill_interval"), d),
-                None => {
-                    cx.reject(join(&bp, "fill_interval"), Reason::Missing);
-                    None
-                }
-            };
-            if interval.is_some_and(|i| i < MIN_FILL_INTERVAL) {
-                cx.reject(
-                    join(&bp, "fill_interval"),
-                    Reason::Invalid("must be at least 50ms (Envoy's limit)".into()),
-                );
-            }
-            let per_fill = b.tokens_per_fill.as_ref().map_or(1, |v| v.value);
-            if per_fill == 0 {
-                cx.reject(
-                    join(&bp, "tokens_per_fill"),
-                    Reason::Invalid("must be above 0".into()),
-                );
-            }
-            interval.map(|i| mf::TokenBucket::new(b.max_tokens, per_fill, i))
-        }
+        Some(b) => bucket_of(cx, &join(p, "token_bucket"), b),
         None if per_route => {
             cx.reject(
                 join(p, "token_bucket"),
@@ -798,6 +868,12 @@ fn rate_limit_policy(
         per_connection: *local_rate_limit_per_downstream_connection,
         x_ratelimit_headers,
         grpc_resource_exhausted: *rate_limited_as_resource_exhausted,
+        descriptors,
+        stage: *stage,
+        vh_rate_limits,
+        always_consume_default: always_consume_default_token_bucket
+            .as_ref()
+            .is_none_or(|b| b.value),
     })
 }
 

@@ -129,7 +129,7 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
     cx.unsupported(p, "matcher", matcher);
     cx.unsupported(p, "require_tls", require_tls);
     cx.unsupported(p, "virtual_clusters", virtual_clusters);
-    cx.unsupported(p, "rate_limits", rate_limits);
+    let rate_limits = self::rate_limits(cx, p, rate_limits);
     let filters = filter::filter_settings(cx, p, typed_per_filter_config);
     let cors = cors
         .as_ref()
@@ -194,7 +194,146 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
         mirrors,
         attempt_count_in_request: *include_request_attempt_count,
         attempt_count_in_response: *include_attempt_count_in_response,
+        rate_limits,
     }
+}
+
+/// `rate_limits` of a route action or virtual host.
+pub(super) fn rate_limits(cx: &mut Cx, p: &str, list: &[pb::RateLimit]) -> Vec<mr::RateLimitEntry> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, r)| rate_limit(cx, &idx(p, "rate_limits", i), r))
+        .collect()
+}
+
+fn rate_limit(cx: &mut Cx, p: &str, r: &pb::RateLimit) -> Option<mr::RateLimitEntry> {
+    use pb::rate_limit::action::ActionSpecifier as A;
+    let pb::RateLimit {
+        stage,
+        // A runtime key Myelin has no runtime for: the entry always applies.
+        disable_key: _,
+        actions,
+        limit,
+    } = r;
+    // Dynamic metadata overrides: the global rate limit service's.
+    cx.unsupported(p, "limit", limit);
+    let stage = stage.as_ref().map_or(0, |s| s.value);
+    if stage > 10 {
+        cx.reject(join(p, "stage"), Reason::Invalid("at most 10".into()));
+    }
+    if actions.is_empty() {
+        cx.reject(join(p, "actions"), Reason::Missing);
+        return None;
+    }
+    let mut out = Vec::with_capacity(actions.len());
+    for (i, a) in actions.iter().enumerate() {
+        let ap = idx(p, "actions", i);
+        let key_or = |k: &str, default: &str| {
+            if k.is_empty() {
+                default.to_owned()
+            } else {
+                k.to_owned()
+            }
+        };
+        let action = match &a.action_specifier {
+            Some(A::DestinationCluster(_)) => mr::RateLimitAction::DestinationCluster,
+            Some(A::RequestHeaders(h)) => {
+                if h.header_name.is_empty() || h.descriptor_key.is_empty() {
+                    cx.reject(
+                        join(&ap, "request_headers"),
+                        Reason::Invalid("`header_name` and `descriptor_key` are required".into()),
+                    );
+                    continue;
+                }
+                mr::RateLimitAction::RequestHeaders {
+                    header: h.header_name.to_ascii_lowercase(),
+                    key: h.descriptor_key.clone(),
+                    skip_if_absent: h.skip_if_absent,
+                }
+            }
+            Some(A::RemoteAddress(_)) => mr::RateLimitAction::RemoteAddress,
+            Some(A::MaskedRemoteAddress(m)) => {
+                let v4 = m.v4_prefix_mask_len.as_ref().map_or(32, |v| v.value);
+                let v6 = m.v6_prefix_mask_len.as_ref().map_or(128, |v| v.value);
+                if v4 > 32 || v6 > 128 {
+                    cx.reject(
+                        join(&ap, "masked_remote_address"),
+                        Reason::Invalid("a prefix longer than the address".into()),
+                    );
+                    continue;
+                }
+                mr::RateLimitAction::MaskedRemoteAddress {
+                    v4: v4 as u8,
+                    v6: v6 as u8,
+                }
+            }
+            Some(A::GenericKey(g)) => {
+                if g.descriptor_value.is_empty() {
+                    cx.reject(
+                        join(&join(&ap, "generic_key"), "descriptor_value"),
+                        Reason::Missing,
+                    );
+                    continue;
+                }
+                mr::RateLimitAction::GenericKey {
+                    key: key_or(&g.descriptor_key, "generic_key"),
+                    value: g.descriptor_value.clone(),
+                }
+            }
+            Some(A::HeaderValueMatch(h)) => {
+                let hp = join(&ap, "header_value_match");
+                if h.descriptor_value.is_empty() {
+                    cx.reject(join(&hp, "descriptor_value"), Reason::Missing);
+                    continue;
+                }
+                let headers: Vec<_> = h
+                    .headers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| header_matcher(cx, &idx(&hp, "headers", i), m))
+                    .collect();
+                mr::RateLimitAction::HeaderValueMatch {
+                    key: key_or(&h.descriptor_key, "header_match"),
+                    value: h.descriptor_value.clone(),
+                    expect_match: h.expect_match.as_ref().is_none_or(|b| b.value),
+                    headers,
+                }
+            }
+            // The node's own cluster name: Myelin's agent has none to give.
+            Some(A::SourceCluster(_)) => {
+                cx.reject(join(&ap, "source_cluster"), Reason::NotSupported);
+                continue;
+            }
+            Some(A::DynamicMetadata(_)) => {
+                cx.reject(join(&ap, "dynamic_metadata"), Reason::NotSupported);
+                continue;
+            }
+            Some(A::Metadata(_)) => {
+                cx.reject(join(&ap, "metadata"), Reason::NotSupported);
+                continue;
+            }
+            Some(A::Extension(_)) => {
+                cx.reject(join(&ap, "extension"), Reason::NotSupported);
+                continue;
+            }
+            Some(A::QueryParameterValueMatch(_)) => {
+                cx.reject(
+                    join(&ap, "query_parameter_value_match"),
+                    Reason::NotSupported,
+                );
+                continue;
+            }
+            None => {
+                cx.reject(join(&ap, "action_specifier"), Reason::Missing);
+                continue;
+            }
+        };
+        out.push(action);
+    }
+    (out.len() == actions.len()).then_some(mr::RateLimitEntry {
+        stage,
+        actions: out,
+    })
 }
 
 fn route(cx: &mut Cx, p: &str, r: &pb::Route) -> Option<mr::Route> {
@@ -470,7 +609,8 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
     cx.unsupported(p, "retry_policy_typed_config", retry_policy_typed_config);
     let mirrors = mirror_policies(cx, p, request_mirror_policies);
     cx.unsupported(p, "priority", priority);
-    cx.unsupported(p, "rate_limits", rate_limits);
+    let rate_limits = self::rate_limits(cx, p, rate_limits);
+    // Deprecated; what the rate limit filters' `vh_rate_limits` say instead.
     cx.unsupported(p, "include_vh_rate_limits", include_vh_rate_limits);
     // `cors` is the route's (see `route`).
     let _ = cors;
@@ -586,6 +726,7 @@ fn route_action(cx: &mut Cx, p: &str, a: &pb::RouteAction) -> Option<mr::RouteAc
             .as_ref()
             .and_then(|d| cx.duration(&join(p, "idle_timeout"), d)),
         mirrors,
+        rate_limits,
     })
 }
 

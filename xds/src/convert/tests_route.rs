@@ -289,6 +289,7 @@ fn actions() {
             stream_limit: None,
             idle_timeout: None,
             mirrors: vec![],
+            rate_limits: vec![],
         }
     );
     // Everything set.
@@ -579,7 +580,7 @@ fn rejections() {
             },
             vec![
                 "vhds: not supported".into(),
-                "virtual_hosts[0].rate_limits: not supported".into(),
+                "virtual_hosts[0].rate_limits[0].actions: required but not set".into(),
                 "virtual_hosts[0].routes[1].match.safe_regex.regex: `[` is not a valid regex: unclosed character class".into(),
                 "virtual_hosts[0].routes[2].match: required but not set".into(),
             ],
@@ -772,5 +773,95 @@ fn mirror_policies() {
     assert_eq!(
         got.virtual_hosts[0].mirrors[0].cluster,
         mr::MirrorCluster::Named("vhost".into())
+    );
+}
+
+#[test]
+fn rate_limit_actions() {
+    let table: pb::RouteConfiguration = super::json::from_value(
+        serde_yaml::from_str(
+            r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  rate_limits:
+  - actions: [{remote_address: {}}, {masked_remote_address: {v6_prefix_mask_len: 64}}]
+  routes:
+  - match: {prefix: /}
+    route:
+      cluster: c
+      rate_limits:
+      - stage: 2
+        actions:
+        - request_headers: {header_name: X-User, descriptor_key: user, skip_if_absent: true}
+        - generic_key: {descriptor_value: v}
+        - header_value_match: {descriptor_value: m, headers: [{name: x-a, present_match: true}]}
+        - destination_cluster: {}
+"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let t = route_configuration(&table).unwrap();
+    let v = &t.virtual_hosts[0];
+    assert_eq!(
+        v.rate_limits,
+        [mr::RateLimitEntry {
+            stage: 0,
+            actions: vec![
+                mr::RateLimitAction::RemoteAddress,
+                mr::RateLimitAction::MaskedRemoteAddress { v4: 32, v6: 64 },
+            ],
+        }]
+    );
+    let r = &action(&v.routes[0]).rate_limits[0];
+    assert_eq!(r.stage, 2);
+    assert_eq!(
+        r.actions[..2],
+        [
+            mr::RateLimitAction::RequestHeaders {
+                header: "x-user".into(),
+                key: "user".into(),
+                skip_if_absent: true,
+            },
+            // Envoy's default keys.
+            mr::RateLimitAction::GenericKey {
+                key: "generic_key".into(),
+                value: "v".into(),
+            },
+        ]
+    );
+    assert!(matches!(
+        &r.actions[2],
+        mr::RateLimitAction::HeaderValueMatch { key, expect_match: true, .. } if key == "header_match"
+    ));
+
+    // What Myelin cannot give is rejected, with the entry.
+    let bad: pb::RouteConfiguration = super::json::from_value(
+        serde_yaml::from_str(
+            r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  rate_limits:
+  - actions: [{source_cluster: {}}]
+  - actions: [{generic_key: {descriptor_key: k}}]
+  - stage: 11
+    actions: [{metadata: {descriptor_key: k, metadata_key: {key: a, path: [{key: b}]}}}]
+"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        messages(route_configuration(&bad)),
+        [
+            "virtual_hosts[0].rate_limits[0].actions[0].source_cluster: not supported",
+            "virtual_hosts[0].rate_limits[1].actions[0].generic_key.descriptor_value: required but not set",
+            "virtual_hosts[0].rate_limits[2].stage: at most 10",
+            "virtual_hosts[0].rate_limits[2].actions[0].metadata: not supported",
+        ]
     );
 }

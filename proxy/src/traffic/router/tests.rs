@@ -19,6 +19,7 @@ fn action(cluster: &str) -> Action {
         stream_limit: None,
         idle_timeout: None,
         mirrors: vec![],
+        rate_limits: vec![],
     })
 }
 
@@ -51,6 +52,7 @@ fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
         filters: Default::default(),
         cors: None,
         mirrors: vec![],
+        rate_limits: vec![],
         attempt_count_in_request: false,
         attempt_count_in_response: false,
     }

@@ -443,8 +443,16 @@ fn bad_local_rate_limits_are_rejected_by_path() {
             format!("{fc}.stat_prefix: required but not set"),
         ),
         (
-            "stat_prefix: x, descriptors: [{entries: [{key: k, value: v}], token_bucket: {max_tokens: 1, fill_interval: 1s}}]",
-            format!("{fc}.descriptors: descriptors (they need the route's `rate_limits` actions) is not supported"),
+            "stat_prefix: x, descriptors: [{entries: [{key: k, value: ''}], token_bucket: {max_tokens: 1, fill_interval: 1s}}]",
+            format!("{fc}.descriptors[0].entries[0].value: an empty value (a wildcard entry) is not supported"),
+        ),
+        (
+            "stat_prefix: x, descriptors: [{entries: [{key: k, value: v}]}]",
+            format!("{fc}.descriptors[0].token_bucket: required but not set"),
+        ),
+        (
+            "stat_prefix: x, descriptors: [{entries: [{key: k, value: v}], token_bucket: {max_tokens: 1, fill_interval: 1s}}, {entries: [{key: k, value: v}], token_bucket: {max_tokens: 2, fill_interval: 1s}}]",
+            format!("{fc}.descriptors[1]: the same entries as an earlier descriptor"),
         ),
         (
             "stat_prefix: x, local_cluster_rate_limit: {}",
