@@ -17,8 +17,10 @@
 //! - **RBAC** (`envoy.filters.http.rbac`): a request the rules deny is answered `403`
 //!   (decided by [`crate::rbac`]).
 //!
-//! Only requests routed to a cluster pass through them: direct responses and redirects are
-//! answered by their route (Envoy's CORS filter skips them too, having no route entry).
+//! Requests routed to a cluster pass through them all. Requests their route answers itself
+//! (direct responses, redirects) pass through those that guard or limit (RBAC, basic auth,
+//! CSRF, local rate limit), as in Envoy; fault injection, CORS and sessions need a route
+//! to a cluster (Envoy's CORS filter skips them too, having no route entry).
 //! **Stateful sessions** (`envoy.filters.http.stateful_session`) only note the host the
 //! request's cookie or header names ([`Session`]): the router prefers it, and the response
 //! names the host that answered when it is another.
@@ -357,8 +359,10 @@ impl ConnBuckets {
 /// What the filters of one request run with, besides the request.
 pub(crate) struct Context<'a> {
     pub(crate) levels: Levels<'a>,
-    /// The cluster the route picked.
-    pub(crate) cluster: &'a str,
+    /// The cluster the route picked; `None`: the route answers itself (a direct response
+    /// or a redirect), and only the filters that guard or limit run (RBAC, basic auth,
+    /// CSRF, local rate limit), as in Envoy, where the others need a route to a cluster.
+    pub(crate) cluster: Option<&'a str>,
     /// A gRPC request (answers are gRPC local replies).
     pub(crate) grpc: bool,
     pub(crate) metrics: &'a ProxyMetrics,
@@ -389,6 +393,21 @@ pub(crate) async fn run(
         if !levels.enabled(filter) {
             continue;
         }
+        let routed = match cluster {
+            Some(c) => c,
+            None if matches!(
+                filter.kind,
+                FilterKind::Rbac(_)
+                    | FilterKind::BasicAuth(_)
+                    | FilterKind::Csrf(_)
+                    | FilterKind::LocalRateLimit(_)
+            ) =>
+            {
+                ""
+            }
+            None => continue,
+        };
+        let cluster = routed;
         let answer = match &filter.kind {
             FilterKind::Fault { policy, active } => {
                 let policy = levels
@@ -680,6 +699,13 @@ struct Limited<'a> {
 /// as `vh_rate_limits` says) `rate_limits` entry of the filter's stage whose actions all
 /// give something (Envoy's `populateDescriptors`).
 fn request_descriptors(policy: &RateLimitPolicy, r: &Limited<'_>) -> Vec<Vec<(String, String)>> {
+    if !policy.rate_limits.is_empty() {
+        return policy
+            .rate_limits
+            .iter()
+            .filter_map(|e| descriptor(e, r))
+            .collect();
+    }
     let route: &[RateLimitEntry] = match &r.levels.route.action {
         RouteActionKind::Route(a) => &a.rate_limits,
         _ => &[],
@@ -704,6 +730,8 @@ fn descriptor(entry: &RateLimitEntry, r: &Limited<'_>) -> Option<Vec<(String, St
     let mut out = Vec::with_capacity(entry.actions.len());
     for a in &entry.actions {
         match a {
+            // A route that answers itself has no cluster: no descriptor.
+            RateLimitAction::DestinationCluster if r.cluster.is_empty() => return None,
             RateLimitAction::DestinationCluster => {
                 out.push(("destination_cluster".to_owned(), r.cluster.to_owned()));
             }

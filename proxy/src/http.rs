@@ -1144,6 +1144,34 @@ impl HttpConn {
                     format!("no route for {authority}{path} in {:?}", table.config.name),
                 ));
             };
+            // The filters before the router, for a request routed to a cluster (which is
+            // picked first) or answered by its route (direct responses and redirects: only
+            // the filters that guard or limit, see `filters`).
+            let filter_cx = |cluster| filters::Context {
+                levels: filters::Levels {
+                    route,
+                    vhost: vh,
+                    table: &table.config,
+                },
+                cluster,
+                grpc: is_grpc(req.headers()),
+                metrics: &self.metrics,
+                buckets: &self.buckets,
+                client: crate::rbac::Subject {
+                    head: None,
+                    peer: self.peer,
+                    remote_ip: client,
+                    local: self.dst,
+                    sni: self.sni.as_deref(),
+                    principal: self.identity.as_deref(),
+                },
+            };
+            if !filters.is_empty() && !matches!(route.action, Action::Route(_)) {
+                let run = filters::run(filters, filter_cx(None), &head, filtered);
+                if let Some(answer) = Box::pin(run).await {
+                    return Ok(Err(answer));
+                }
+            }
             let action = match &route.action {
                 Action::Route(a) => a,
                 Action::DirectResponse(d) => {
@@ -1179,26 +1207,7 @@ impl HttpConn {
             // The filters before the router see the request as its client sent it (the
             // route's rewrites are the router's); boxed, as only their users pay for them.
             if !filters.is_empty() {
-                let cx = filters::Context {
-                    levels: filters::Levels {
-                        route,
-                        vhost: vh,
-                        table: &table.config,
-                    },
-                    cluster,
-                    grpc: is_grpc(req.headers()),
-                    metrics: &self.metrics,
-                    buckets: &self.buckets,
-                    client: crate::rbac::Subject {
-                        head: None,
-                        peer: self.peer,
-                        remote_ip: client,
-                        local: self.dst,
-                        sni: self.sni.as_deref(),
-                        principal: self.identity.as_deref(),
-                    },
-                };
-                let run = filters::run(filters, cx, &head, filtered);
+                let run = filters::run(filters, filter_cx(Some(cluster)), &head, filtered);
                 if let Some(answer) = Box::pin(run).await {
                     return Ok(Err(answer));
                 }

@@ -317,6 +317,25 @@ virtual_hosts:
       - actions: [{destination_cluster: {}}]
   - match: {prefix: /other}
     route: {cluster: web}
+  - match: {prefix: /own}
+    route: {cluster: web}
+    typed_per_filter_config:
+      envoy.filters.http.local_ratelimit:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+        stat_prefix: own
+        token_bucket: {max_tokens: 100, tokens_per_fill: 100, fill_interval: 60s}
+        filter_enabled: {default_value: {numerator: 100}}
+        filter_enforced: {default_value: {numerator: 100}}
+        always_consume_default_token_bucket: false
+        descriptors:
+        - entries: [{key: rule-0-match-0, value: rule-0-match-0}]
+          token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
+        rate_limits:
+        - actions:
+          - header_value_match:
+              descriptor_key: rule-0-match-0
+              descriptor_value: rule-0-match-0
+              headers: [{name: x-user-id, string_match: {exact: one}}]
 "#,
     )
 }
@@ -380,4 +399,11 @@ async fn descriptors_have_buckets_of_their_own() {
         ),
         4.0
     );
+
+    // A route's own filter settings with their own `rate_limits` (Envoy Gateway's form):
+    // user `one` gets one request, others the route's large bucket.
+    let one: &[(&str, &str)] = &[("x-user-id", "one")];
+    assert_eq!(status(get("/own", one).await), 200);
+    assert_eq!(status(get("/own", one).await), 429);
+    assert_eq!(status(get("/own", &[("x-user-id", "two")]).await), 200);
 }

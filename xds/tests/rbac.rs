@@ -116,6 +116,8 @@ virtual_hosts:
               action:
                 name: default
                 typed_config: {{"@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: default, action: DENY}}
+  - match: {{prefix: /direct}}
+    direct_response: {{status: 200, body: {{inline_string: secret}}}}
   - match: {{prefix: /}}
     route: {{cluster: web}}
 "#
@@ -234,6 +236,9 @@ async fn http_rbac_policies_matchers_and_shadow_rules() {
             403,
         ),
         (frontend_ip(), "GET", "/edge", &[], 403),
+        // A route that answers itself is guarded too.
+        (stranger_ip(), "GET", "/direct", &[], 403),
+        (stranger_ip(), "GET", "/direct", &[("x-debug", "on")], 200),
     ];
     for (from, method, path, headers, want) in cases {
         let a = send(&node, *from, method, path, headers).await;
@@ -246,7 +251,10 @@ async fn http_rbac_policies_matchers_and_shadow_rules() {
             assert_eq!(a.body, "RBAC: access denied");
         }
     }
-    let allowed = cases.iter().filter(|c| c.4 == 200).count();
+    let allowed = cases
+        .iter()
+        .filter(|c| c.4 == 200 && c.2 != "/direct")
+        .count();
     assert_eq!(upstream.hits.load(Ordering::Relaxed), allowed);
 
     let count = |result: &str| {
@@ -255,12 +263,12 @@ async fn http_rbac_policies_matchers_and_shadow_rules() {
         ))
     };
     // `/open` enforces nothing and counts nothing.
-    assert_eq!(count("allowed"), 3.0);
-    assert_eq!(count("denied"), 5.0);
-    // The shadow rules run where the filter's own settings apply (five requests): one
+    assert_eq!(count("allowed"), 4.0);
+    assert_eq!(count("denied"), 6.0);
+    // The shadow rules run where the filter's own settings apply (seven requests): one
     // POST among them.
     assert_eq!(count("shadow_denied"), 1.0);
-    assert_eq!(count("shadow_allowed"), 4.0);
+    assert_eq!(count("shadow_allowed"), 6.0);
     // Refusals are recorded as such in the golden metrics.
     let scraped = node.scrape();
     assert!(

@@ -182,7 +182,7 @@ async fn run_with(
     let mut filtered = Filtered::default();
     let cx = Context {
         levels,
-        cluster: "web",
+        cluster: Some("web"),
         grpc,
         metrics: &metrics,
         buckets: &buckets,
@@ -674,7 +674,7 @@ async fn cors_enabled_shares_and_the_deprecated_field() {
     let buckets = ConnBuckets::default();
     let cx = Context {
         levels,
-        cluster: "web",
+        cluster: Some("web"),
         grpc: false,
         metrics: &metrics,
         buckets: &buckets,
@@ -720,6 +720,7 @@ fn rate_limit(max_tokens: u32, enabled: Fraction, enforced: Fraction) -> Arc<Rat
         x_ratelimit_headers: false,
         grpc_resource_exhausted: false,
         descriptors: vec![],
+        rate_limits: vec![],
         stage: 0,
         vh_rate_limits: Default::default(),
         always_consume_default: true,

@@ -22,7 +22,7 @@ use serde::{Serialize, Serializer};
 use super::listener::HeaderText;
 use super::opt_duration_str;
 use super::rbac::RbacConfig;
-use super::route::{HeaderMatcher, HeaderValueOption};
+use super::route::{HeaderMatcher, HeaderValueOption, RateLimitEntry};
 use super::types::StringMatcher;
 
 /// The filters before the router, in the connection manager's order. Empty for most
@@ -414,6 +414,10 @@ pub struct RateLimitPolicy {
     /// (of this `stage`) give exactly these entries.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub descriptors: Vec<DescriptorLimit>,
+    /// The filter's own `rate_limits`: when set, the request's descriptors come from
+    /// these, not from its route and virtual host (nor by `stage`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitEntry>,
     /// `stage`: the route `rate_limits` entries read.
     pub stage: u32,
     /// `vh_rate_limits`: whether the virtual host's `rate_limits` count too.

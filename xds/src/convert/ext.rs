@@ -714,9 +714,9 @@ pub struct LocalRateLimit {
     #[prost(bytes = "vec", optional, tag = "16")]
     #[serde(default, deserialize_with = "present")]
     pub local_cluster_rate_limit: Option<Vec<u8>>,
-    #[prost(bytes = "vec", repeated, tag = "17")]
-    #[serde(default, deserialize_with = "present_list")]
-    pub rate_limits: Vec<Vec<u8>>,
+    #[prost(message, repeated, tag = "17")]
+    #[serde(default)]
+    pub rate_limits: Vec<xds_api::pb::envoy::config::route::v3::RateLimit>,
 }
 named!(
     LocalRateLimit,
@@ -1394,7 +1394,7 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
             m("always_consume_default_token_bucket", BOOL_VALUE),
             p("rate_limited_as_resource_exhausted"),
             p("local_cluster_rate_limit"),
-            p("rate_limits"),
+            rm("rate_limits", "envoy.config.route.v3.RateLimit"),
         ],
     ),
     (

@@ -803,10 +803,8 @@ fn rate_limit_policy(
             mf::VhRateLimits::Override
         }
     };
-    // The filter's own `rate_limits` (in place of the route's): not yet.
-    if !rate_limits.is_empty() {
-        cx.reject(join(p, "rate_limits"), Reason::NotSupported);
-    }
+    // The filter's own: in place of the route's and the virtual host's.
+    let rate_limits = route::rate_limits(cx, p, rate_limits);
     cx.unsupported(p, "local_cluster_rate_limit", local_cluster_rate_limit);
     let x_ratelimit_headers = match enable_x_ratelimit_headers {
         0 => false,
@@ -869,6 +867,7 @@ fn rate_limit_policy(
         x_ratelimit_headers,
         grpc_resource_exhausted: *rate_limited_as_resource_exhausted,
         descriptors,
+        rate_limits,
         stage: *stage,
         vh_rate_limits,
         always_consume_default: always_consume_default_token_bucket
