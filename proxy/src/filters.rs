@@ -9,6 +9,9 @@
 //! - **local rate limit** (`envoy.filters.http.local_ratelimit`): a token bucket per filter
 //!   config, or per connection; a request without a token is answered `429` (Envoy's
 //!   `local_ratelimit.cc`);
+//! - **global rate limit** (`envoy.filters.http.ratelimit`): the request's descriptors go
+//!   to a rate limit service ([`crate::ratelimit`]); a request over a limit is answered
+//!   `429` (Envoy's `ratelimit.cc`);
 //! - **basic auth** (`envoy.filters.http.basic_auth`): HTTP Basic credentials checked
 //!   against htpasswd `{SHA}` users; a request without valid ones is answered `401` (Envoy's
 //!   `basic_auth_filter.cc`);
@@ -41,8 +44,9 @@ use crate::error::ProxyBody;
 use crate::metrics::ProxyMetrics;
 use crate::model::filter::{
     AbortStatus, BasicAuthPolicy, BasicAuthUsers, BucketState, CorsPolicy, CsrfPolicy, DelaySource,
-    FaultPolicy, FilterKind, FilterPolicy, FilterSetting, Fraction, HttpFilter, HttpFilters,
-    RateLimitPolicy, SessionPolicy, SessionState, Taken, TokenBucket, VhRateLimits,
+    FaultPolicy, FilterKind, FilterPolicy, FilterSetting, Fraction, GlobalRateLimitPolicy,
+    GlobalRateLimitRoute, HttpFilter, HttpFilters, RateLimitPolicy, RequestType, SessionPolicy,
+    SessionState, Taken, TokenBucket, VhRateLimits,
 };
 use crate::model::listener::HeaderText;
 use crate::model::route::{
@@ -124,6 +128,10 @@ pub(crate) struct Filtered {
     forward_username: Option<(HeaderName, HeaderValue)>,
     /// A stateful session: its policy and the host the request named.
     session: Option<Session>,
+    /// What a rate limit service's answer adds to the request going upstream.
+    service_request_headers: Vec<(HeaderName, HeaderValue)>,
+    /// What a rate limit service's answer adds to the response.
+    service_response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// A request's stateful session (see [`FilterKind::StatefulSession`]).
@@ -253,8 +261,12 @@ impl Filtered {
         self.session.take()
     }
 
-    /// Adds what the filters put in every response (CORS) to `headers`.
-    pub(crate) fn finish_response(&self, headers: &mut HeaderMap) {
+    /// Adds what the filters put in every response (CORS, a rate limit service's headers)
+    /// to `headers`.
+    pub(crate) fn finish_response(&mut self, headers: &mut HeaderMap) {
+        for (name, value) in self.service_response_headers.drain(..) {
+            headers.append(name, value);
+        }
         if let Some(c) = &self.cors {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, c.origin.clone());
             if c.credentials {
@@ -278,6 +290,9 @@ impl Filtered {
     pub(crate) fn finish_request(&mut self, headers: &mut HeaderMap) {
         if let Some((name, value)) = self.forward_username.take() {
             headers.insert(name, value);
+        }
+        for (name, value) in self.service_request_headers.drain(..) {
+            headers.append(name, value);
         }
         if let Some(p) = self.not_enforced.take() {
             crate::traffic::router::mutate_headers(
@@ -371,6 +386,8 @@ pub(crate) struct Context<'a> {
     /// Who sent the request over what connection, for RBAC (its `head` is the request's,
     /// set by [`run`]).
     pub(crate) client: Subject<'a>,
+    /// The way to a rate limit service.
+    pub(crate) services: &'a dyn crate::ratelimit::Services,
 }
 
 /// Runs `filters` for a request: `Some` when a filter answers it (a fault abort, a CORS
@@ -388,6 +405,7 @@ pub(crate) async fn run(
         metrics,
         buckets,
         client,
+        services,
     } = cx;
     for filter in &filters.0 {
         if !levels.enabled(filter) {
@@ -435,6 +453,25 @@ pub(crate) async fn run(
                     client: client.remote_ip,
                 };
                 local_rate_limit(policy, buckets, &request, grpc, metrics, filtered)
+            }
+            FilterKind::RateLimit(policy) => {
+                let route = levels.settings(&filter.name).find_map(|s| match &s.policy {
+                    Some(FilterPolicy::RateLimit(r)) => Some(&**r),
+                    _ => None,
+                });
+                let request = Limited {
+                    levels,
+                    cluster,
+                    head,
+                    client: client.remote_ip,
+                };
+                let limit = GlobalLimit {
+                    policy,
+                    route,
+                    grpc,
+                    services,
+                };
+                Box::pin(global_rate_limit(limit, &request, metrics, filtered)).await
             }
             FilterKind::BasicAuth(policy) => {
                 let users = levels
@@ -695,23 +732,25 @@ struct Limited<'a> {
     client: IpAddr,
 }
 
-/// The descriptors of a request for a local rate limit: one per route (and virtual host,
-/// as `vh_rate_limits` says) `rate_limits` entry of the filter's stage whose actions all
-/// give something (Envoy's `populateDescriptors`).
-fn request_descriptors(policy: &RateLimitPolicy, r: &Limited<'_>) -> Vec<Vec<(String, String)>> {
-    if !policy.rate_limits.is_empty() {
-        return policy
-            .rate_limits
-            .iter()
-            .filter_map(|e| descriptor(e, r))
-            .collect();
+/// The descriptors of a request for a rate limit filter: one per route (and virtual host,
+/// as `vh_rate_limits` says) `rate_limits` entry of the filter's `stage` whose actions all
+/// give something (Envoy's `populateDescriptors`); from `own` instead when the filter (or
+/// its route settings) has `rate_limits` of its own.
+fn request_descriptors(
+    own: &[RateLimitEntry],
+    stage: u32,
+    vh_rate_limits: VhRateLimits,
+    r: &Limited<'_>,
+) -> Vec<Vec<(String, String)>> {
+    if !own.is_empty() {
+        return own.iter().filter_map(|e| descriptor(e, r)).collect();
     }
     let route: &[RateLimitEntry] = match &r.levels.route.action {
         RouteActionKind::Route(a) => &a.rate_limits,
         _ => &[],
     };
     let vhost: &[RateLimitEntry] = &r.levels.vhost.rate_limits;
-    let lists: [&[RateLimitEntry]; 2] = match policy.vh_rate_limits {
+    let lists: [&[RateLimitEntry]; 2] = match vh_rate_limits {
         VhRateLimits::Ignore => [route, &[]],
         VhRateLimits::Include => [route, vhost],
         VhRateLimits::Override if route.is_empty() => [vhost, &[]],
@@ -720,7 +759,7 @@ fn request_descriptors(policy: &RateLimitPolicy, r: &Limited<'_>) -> Vec<Vec<(St
     lists
         .iter()
         .flat_map(|l| l.iter())
-        .filter(|e| e.stage == policy.stage)
+        .filter(|e| e.stage == stage)
         .filter_map(|e| descriptor(e, r))
         .collect()
 }
@@ -813,7 +852,8 @@ fn local_rate_limit(
     // (Envoy's order: the most restrictive decides and is reported).
     let mut matched: Vec<usize> = Vec::new();
     if !policy.descriptors.is_empty() {
-        for d in request_descriptors(policy, request) {
+        let own = &policy.rate_limits;
+        for d in request_descriptors(own, policy.stage, policy.vh_rate_limits, request) {
             if let Some(i) = policy.descriptors.iter().position(|l| l.entries == d) {
                 if !matched.contains(&i) {
                     matched.push(i);
@@ -891,6 +931,131 @@ fn local_rate_limit(
     let resp = crate::http::for_grpc(resp, RATE_LIMITED_BODY, grpc);
     // A local reply in Envoy: marked for a `local_reply_config`.
     let resp = crate::local_reply::mark(resp, policy.status, RATE_LIMITED_BODY, own);
+    Some((resp, "RL"))
+}
+
+/// A global rate limit filter's config for one request.
+struct GlobalLimit<'a> {
+    policy: &'a GlobalRateLimitPolicy,
+    /// The route's settings (`RateLimitPerRoute`).
+    route: Option<&'a GlobalRateLimitRoute>,
+    grpc: bool,
+    services: &'a dyn crate::ratelimit::Services,
+}
+
+/// The global rate limit filter (Envoy's `ratelimit.cc`): asks the rate limit service about
+/// the request's descriptors (no descriptor, no call) and answers a request over a limit
+/// (`429` `RL`), or one the service failed to answer for under `failure_mode_deny`
+/// (`status_on_error`, `RLSE`); what the service's answer adds to the request and the
+/// response is left in `filtered`.
+async fn global_rate_limit(
+    limit: GlobalLimit<'_>,
+    request: &Limited<'_>,
+    metrics: &ProxyMetrics,
+    filtered: &mut Filtered,
+) -> Option<Answer> {
+    let GlobalLimit {
+        policy,
+        route,
+        grpc,
+        services,
+    } = limit;
+    if !policy.filter_enabled.chooses(roll()) {
+        return None;
+    }
+    let internal = request
+        .head
+        .headers
+        .get("x-envoy-internal")
+        .is_some_and(|v| v == "true");
+    match policy.request_type {
+        RequestType::Internal if !internal => return None,
+        RequestType::External if internal => return None,
+        _ => {}
+    }
+    let own = match route {
+        Some(r) if !r.rate_limits.is_empty() => &r.rate_limits,
+        _ => &policy.rate_limits,
+    };
+    let vh = route.map_or(VhRateLimits::Override, |r| r.vh_rate_limits);
+    let descriptors = request_descriptors(own, policy.stage, vh, request);
+    if descriptors.is_empty() {
+        return None;
+    }
+    let domain = route
+        .and_then(|r| r.domain.as_deref())
+        .unwrap_or(&policy.domain);
+    let asked = crate::ratelimit::ask(
+        services,
+        &policy.service,
+        domain,
+        &descriptors,
+        policy.timeout,
+    )
+    .await;
+    let answer = match asked {
+        Ok(a) => a,
+        Err(error) => {
+            tracing::debug!(
+                target: "myelin::ratelimit",
+                cluster = %policy.service.cluster,
+                %error,
+                "no answer from the rate limit service"
+            );
+            if !policy.failure_mode_deny.chooses(roll()) {
+                metrics.rate_limit_service(&policy.stat_prefix, "error_allowed");
+                return None;
+            }
+            metrics.rate_limit_service(&policy.stat_prefix, "error_denied");
+            let status = policy.status_on_error;
+            let resp = crate::http::local_response(status, String::new());
+            let resp = crate::http::for_grpc(resp, "", grpc);
+            return Some((crate::local_reply::mark(resp, status, "", None), "RLSE"));
+        }
+    };
+    let mut response_headers = answer.response_headers;
+    if answer.over_limit && policy.x_envoy_ratelimited {
+        response_headers.push((X_ENVOY_RATELIMITED, HeaderValue::from_static("true")));
+    }
+    if policy.x_ratelimit_headers {
+        response_headers.extend(crate::ratelimit::x_ratelimit_headers(&answer.statuses));
+    }
+    if !answer.over_limit || !policy.filter_enforced.chooses(roll()) {
+        let outcome = if answer.over_limit {
+            "over_limit_not_enforced"
+        } else {
+            "ok"
+        };
+        metrics.rate_limit_service(&policy.stat_prefix, outcome);
+        filtered.service_request_headers = answer.request_headers;
+        filtered.service_response_headers = response_headers;
+        return None;
+    }
+    metrics.rate_limit_service(&policy.stat_prefix, "over_limit");
+    let body = String::from_utf8_lossy(&answer.body).into_owned();
+    let mut resp = if body.is_empty() {
+        crate::http::local_response(policy.status, body.clone())
+    } else {
+        crate::http::text_response(policy.status, body.clone())
+    };
+    let h = resp.headers_mut();
+    // The service's content type is the answer's (Envoy's `populateResponseHeaders`).
+    if response_headers
+        .iter()
+        .any(|(n, _)| n == header::CONTENT_TYPE)
+    {
+        h.remove(header::CONTENT_TYPE);
+    }
+    for (name, value) in response_headers {
+        h.append(name, value);
+    }
+    crate::traffic::router::mutate_headers(h, &policy.response_headers_to_add, &[]);
+    let own = (grpc && policy.grpc_resource_exhausted).then_some(GRPC_RESOURCE_EXHAUSTED);
+    if let Some(s) = own {
+        h.insert("grpc-status", HeaderValue::from(s));
+    }
+    let resp = crate::http::for_grpc(resp, &body, grpc);
+    let resp = crate::local_reply::mark(resp, policy.status, &body, own);
     Some((resp, "RL"))
 }
 

@@ -1165,6 +1165,7 @@ impl HttpConn {
                     sni: self.sni.as_deref(),
                     principal: self.identity.as_deref(),
                 },
+                services: self,
             };
             if !filters.is_empty() && !matches!(route.action, Action::Route(_)) {
                 let run = filters::run(filters, filter_cx(None), &head, filtered);
@@ -2039,6 +2040,48 @@ pub(crate) fn find_cluster<'t>(
     traffic.cluster(name).ok_or_else(|| {
         ProxyError::unrouted(MissReason::NoCluster, format!("cluster {name:?} not found"))
     })
+}
+
+/// The calls of filters to services (a rate limit service): over HTTP/2 to an endpoint of
+/// the service's cluster, through the connection's pools, under the cluster's
+/// `max_requests`.
+impl crate::ratelimit::Services for HttpConn {
+    fn send<'a>(
+        &'a self,
+        cluster: &'a str,
+        req: Request<Bytes>,
+    ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
+        Box::pin(async move {
+            let traffic = self.traffic.load();
+            let cluster = find_cluster(&traffic, cluster)
+                .map_err(|e| e.to_string())?
+                .clone();
+            drop(traffic);
+            let in_flight = cluster
+                .try_request()
+                .ok_or("the cluster's max_requests circuit breaker is open")?;
+            let pick = pick_endpoint(&cluster, None, Protocol::Http2, &[], None, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ep = self.endpoint(pick.target).map_err(|e| e.to_string())?;
+            let req = req.map(|b| Full::new(b).map_err(|never| match never {}).boxed());
+            let sent = self
+                .pools
+                .send_h2(ep, None, req, self.peer)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (parts, body) = sent.response.into_parts();
+            let collected = body.collect().await.map_err(|e| e.to_string())?;
+            drop(in_flight);
+            let trailers = collected.trailers().cloned();
+            Ok(crate::ratelimit::Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body: collected.to_bytes(),
+                trailers,
+            })
+        })
+    }
 }
 
 /// An endpoint chosen for an attempt.

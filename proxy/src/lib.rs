@@ -54,6 +54,7 @@ mod mirror;
 pub mod model;
 mod outbound;
 mod path;
+mod ratelimit;
 mod rbac;
 mod retry;
 mod stream;

@@ -29,6 +29,7 @@
 //! | `proxy_headers_with_underscores_total`         | counter   | `action` (`dropped`, `rejected`) |
 //! | `proxy_request_head_timeouts_total`            | counter   | `timeout` (`request_headers`, `request`, `stream_idle`) |
 //! | `proxy_local_rate_limit_total`                 | counter   | `stat_prefix`, `outcome` (`ok`, `limited_not_enforced`, `enforced`) |
+//! | `proxy_rate_limit_service_total`               | counter   | `stat_prefix`, `outcome` (`ok`, `over_limit`, `over_limit_not_enforced`, `error_allowed`, `error_denied`) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -359,6 +360,7 @@ pub struct ProxyMetrics {
     pub(crate) health_check_requests: Family<HealthCheckRequestLabels, Counter>,
     pub(crate) health_check_transitions: Family<HealthCheckLabels, Counter>,
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
+    pub(crate) rate_limit_service: Family<RateLimitLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
     pub(crate) head_timeouts: Family<HeadTimeoutLabels, Counter>,
     /// Same-node connections and requests refused by the inbound policy.
@@ -405,6 +407,7 @@ impl ProxyMetrics {
             health_check_requests: Family::default(),
             health_check_transitions: Family::default(),
             local_rate_limit: Family::default(),
+            rate_limit_service: Family::default(),
             headers_with_underscores: Family::default(),
             head_timeouts: Family::default(),
             local_refused: Family::default(),
@@ -564,6 +567,15 @@ impl ProxyMetrics {
             m.local_rate_limit.clone(),
         );
         registry.register(
+            "proxy_rate_limit_service",
+            "Requests checked by the global rate limit filter (envoy.filters.http.ratelimit), \
+             by the filter config's stat_prefix and outcome: ok, over_limit (answered 429 \
+             RL), over_limit_not_enforced (the request went on), error_allowed (no answer \
+             from the service, the request went on), error_denied (no answer, answered \
+             status_on_error RLSE)",
+            m.rate_limit_service.clone(),
+        );
+        registry.register(
             "proxy_headers_with_underscores",
             "Request header fields with an underscore in their name dropped, and requests \
              refused for one, by the connection manager's headers_with_underscores_action",
@@ -641,6 +653,16 @@ impl ProxyMetrics {
     /// A request the local rate limit filter checked.
     pub(crate) fn local_rate_limit(&self, stat_prefix: &Arc<str>, outcome: &'static str) {
         self.local_rate_limit
+            .get_or_create(&RateLimitLabels {
+                stat_prefix: StatPrefix(stat_prefix.clone()),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A request checked by the global rate limit filter.
+    pub(crate) fn rate_limit_service(&self, stat_prefix: &Arc<str>, outcome: &'static str) {
+        self.rate_limit_service
             .get_or_create(&RateLimitLabels {
                 stat_prefix: StatPrefix(stat_prefix.clone()),
                 outcome,

@@ -138,6 +138,7 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
             FilterPolicy::Fault(_) => "fault".to_owned(),
             FilterPolicy::Cors(_) => "cors".to_owned(),
             FilterPolicy::LocalRateLimit(_) => "rl".to_owned(),
+            FilterPolicy::RateLimit(_) => "global_rl".to_owned(),
             FilterPolicy::BasicAuth(_) => "basic_auth".to_owned(),
             FilterPolicy::Csrf(_) => "csrf".to_owned(),
             FilterPolicy::Rbac(_) => "rbac".to_owned(),
@@ -187,6 +188,7 @@ async fn run_with(
         metrics: &metrics,
         buckets: &buckets,
         client: client(),
+        services: &NoServices,
     };
     let answer = run(filters, cx, &head(method, &h), &mut filtered).await;
     (answer, filtered)
@@ -556,7 +558,7 @@ async fn cors_preflights_and_simple_requests() {
     assert!(h.get("access-control-allow-credentials").is_none());
 
     // Another origin's preflight goes on upstream (Envoy's default)...
-    let (a, filtered) = run_with(
+    let (a, mut filtered) = run_with(
         &f,
         &r,
         &v,
@@ -588,7 +590,7 @@ async fn cors_preflights_and_simple_requests() {
     assert!(resp.headers().get("access-control-allow-origin").is_none());
 
     // A simple request from an allowed origin: the response names it.
-    let (a, filtered) =
+    let (a, mut filtered) =
         run_with(&f, &r, &v, "GET", &[("origin", "https://a.example")], false).await;
     assert!(a.is_none());
     let mut out = HeaderMap::new();
@@ -679,6 +681,7 @@ async fn cors_enabled_shares_and_the_deprecated_field() {
         metrics: &metrics,
         buckets: &buckets,
         client: client(),
+        services: &NoServices,
     };
     run(&f, cx, &head("GET", &h), &mut filtered).await;
     assert!(filtered.cors.is_none());
@@ -700,7 +703,7 @@ async fn cors_enabled_shares_and_the_deprecated_field() {
         allow_origin: vec![StringMatcher::exact("*")],
         ..Default::default()
     }));
-    let (_, filtered) =
+    let (_, mut filtered) =
         run_with(&f, &r, &v, "GET", &[("origin", "https://z.example")], false).await;
     let mut out = HeaderMap::new();
     filtered.finish_response(&mut out);
@@ -868,4 +871,234 @@ fn sessions_answer_only_when_the_host_changed() {
         h["set-cookie"],
         "s=\"MTAuMC4wLjg6ODA4MA==\"; Secure; HttpOnly"
     );
+}
+
+/// No rate limit service: every call fails.
+struct NoServices;
+
+impl crate::ratelimit::Services for NoServices {
+    fn send<'a>(
+        &'a self,
+        _: &'a str,
+        _: http::Request<bytes::Bytes>,
+    ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
+        Box::pin(async { Err("no services in unit tests".to_owned()) })
+    }
+}
+
+/// A rate limit service that answers every call with `reply` (`Err`: fails) and keeps the
+/// clusters it was called for.
+struct Canned {
+    reply: fn() -> Result<crate::ratelimit::Reply, String>,
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl crate::ratelimit::Services for Canned {
+    fn send<'a>(
+        &'a self,
+        cluster: &'a str,
+        _: http::Request<bytes::Bytes>,
+    ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
+        self.calls.lock().unwrap().push(cluster.to_owned());
+        Box::pin(async move { (self.reply)() })
+    }
+}
+
+fn global_policy() -> GlobalRateLimitPolicy {
+    GlobalRateLimitPolicy {
+        domain: "d".into(),
+        stage: 0,
+        request_type: RequestType::Both,
+        service: crate::model::filter::RateLimitService {
+            cluster: "rls".into(),
+            authority: "rls".into(),
+            metadata: vec![],
+        },
+        timeout: Duration::from_millis(20),
+        failure_mode_deny: Fraction::NONE,
+        status: 429,
+        status_on_error: 500,
+        grpc_resource_exhausted: false,
+        x_ratelimit_headers: false,
+        x_envoy_ratelimited: true,
+        response_headers_to_add: vec![],
+        stat_prefix: "g".into(),
+        filter_enabled: Fraction::ALL,
+        filter_enforced: Fraction::ALL,
+        rate_limits: vec![RateLimitEntry {
+            stage: 0,
+            actions: vec![RateLimitAction::GenericKey {
+                key: "generic_key".into(),
+                value: "v".into(),
+            }],
+        }],
+    }
+}
+
+/// Runs a global rate limit filter of `policy` against `service` for a request with `hs`:
+/// the answer, what it left, the calls made and the filter's outcomes.
+async fn run_global(
+    policy: GlobalRateLimitPolicy,
+    service: &Canned,
+    hs: &[(&str, &str)],
+    grpc: bool,
+) -> (Option<Answer>, Filtered, usize, Vec<(&'static str, u64)>) {
+    let f = HttpFilters(vec![HttpFilter {
+        name: "global_rl".into(),
+        disabled: false,
+        kind: FilterKind::RateLimit(Arc::new(policy)),
+    }]);
+    let (r, v, t) = (
+        route(FilterSettings::new()),
+        vhost(FilterSettings::new()),
+        table(),
+    );
+    let levels = Levels {
+        route: &r,
+        vhost: &v,
+        table: &t,
+    };
+    let h = headers(hs);
+    let metrics = ProxyMetrics::unregistered();
+    let buckets = ConnBuckets::default();
+    let mut filtered = Filtered::default();
+    let before = service.calls.lock().unwrap().len();
+    let cx = Context {
+        levels,
+        cluster: Some("web"),
+        grpc,
+        metrics: &metrics,
+        buckets: &buckets,
+        client: client(),
+        services: service,
+    };
+    let answer = run(&f, cx, &head("GET", &h), &mut filtered).await;
+    let calls = service.calls.lock().unwrap().len() - before;
+    let outcomes = [
+        "ok",
+        "over_limit",
+        "over_limit_not_enforced",
+        "error_allowed",
+        "error_denied",
+    ]
+    .into_iter()
+    .map(|o| {
+        let n = metrics
+            .rate_limit_service
+            .get_or_create(&crate::metrics::RateLimitLabels {
+                stat_prefix: crate::metrics::StatPrefix("g".into()),
+                outcome: o,
+            })
+            .get();
+        (o, n)
+    })
+    .filter(|(_, n)| *n > 0)
+    .collect();
+    (answer, filtered, calls, outcomes)
+}
+
+#[tokio::test]
+async fn the_global_rate_limit_filter_follows_the_services_word() {
+    let ok = Canned {
+        reply: || {
+            Ok(crate::ratelimit::test_reply(
+                false,
+                &[("x-down", "1")],
+                &[("x-up", "2")],
+            ))
+        },
+        calls: Default::default(),
+    };
+    let over = Canned {
+        reply: || Ok(crate::ratelimit::test_reply(true, &[("x-down", "1")], &[])),
+        calls: Default::default(),
+    };
+    let failing = Canned {
+        reply: || Err("refused".into()),
+        calls: Default::default(),
+    };
+
+    // OK: the request goes on with the service's headers for it and its response.
+    let (a, mut filtered, calls, outcomes) = run_global(global_policy(), &ok, &[], false).await;
+    assert!(a.is_none());
+    assert_eq!((calls, outcomes), (1, vec![("ok", 1)]));
+    let (mut up, mut down) = (HeaderMap::new(), HeaderMap::new());
+    filtered.finish_request(&mut up);
+    filtered.finish_response(&mut down);
+    assert_eq!(up["x-up"], "2");
+    assert_eq!(down["x-down"], "1");
+    assert!(!down.contains_key("x-envoy-ratelimited"));
+
+    // OVER_LIMIT: 429 RL with the service's headers and Envoy's, the policy's own; for a
+    // gRPC client UNAVAILABLE, or RESOURCE_EXHAUSTED when configured.
+    let mut p = global_policy();
+    p.response_headers_to_add = vec![crate::model::route::HeaderValueOption {
+        name: "x-limited".into(),
+        value: "yes".into(),
+        append_action: crate::model::route::AppendAction::OverwriteIfExistsOrAdd,
+        keep_empty_value: false,
+    }];
+    let (a, _, _, outcomes) = run_global(p, &over, &[], false).await;
+    let (resp, flags) = a.expect("answered");
+    assert_eq!((resp.status().as_u16(), flags), (429, "RL"));
+    assert_eq!(resp.headers()["x-envoy-ratelimited"], "true");
+    assert_eq!(resp.headers()["x-down"], "1");
+    assert_eq!(resp.headers()["x-limited"], "yes");
+    assert_eq!(outcomes, vec![("over_limit", 1)]);
+    let (a, _, _, _) = run_global(global_policy(), &over, &[], true).await;
+    assert_eq!(a.unwrap().0.headers()["grpc-status"], "14");
+    let mut p = global_policy();
+    p.grpc_resource_exhausted = true;
+    p.x_envoy_ratelimited = false;
+    let (a, _, _, _) = run_global(p, &over, &[], true).await;
+    let resp = a.unwrap().0;
+    assert_eq!(resp.headers()["grpc-status"], "8");
+    assert!(!resp.headers().contains_key("x-envoy-ratelimited"));
+
+    // Not enforced: the request goes on, and its response says it was over.
+    let mut p = global_policy();
+    p.filter_enforced = Fraction::NONE;
+    let (a, mut filtered, _, outcomes) = run_global(p, &over, &[], false).await;
+    assert!(a.is_none());
+    assert_eq!(outcomes, vec![("over_limit_not_enforced", 1)]);
+    let mut down = HeaderMap::new();
+    filtered.finish_response(&mut down);
+    assert_eq!(down["x-envoy-ratelimited"], "true");
+
+    // No answer: on, or `status_on_error` RLSE under failure_mode_deny.
+    let (a, _, _, outcomes) = run_global(global_policy(), &failing, &[], false).await;
+    assert!(a.is_none());
+    assert_eq!(outcomes, vec![("error_allowed", 1)]);
+    let mut p = global_policy();
+    p.failure_mode_deny = Fraction::ALL;
+    p.status_on_error = 503;
+    let (a, _, _, outcomes) = run_global(p, &failing, &[], false).await;
+    let (resp, flags) = a.expect("denied");
+    assert_eq!((resp.status().as_u16(), flags), (503, "RLSE"));
+    assert_eq!(outcomes, vec![("error_denied", 1)]);
+
+    // No call: the filter not enabled, a request of the other type, no descriptor.
+    let mut p = global_policy();
+    p.filter_enabled = Fraction::NONE;
+    assert_eq!(run_global(p, &over, &[], false).await.2, 0);
+    let mut p = global_policy();
+    p.request_type = RequestType::Internal;
+    assert_eq!(run_global(p.clone(), &over, &[], false).await.2, 0);
+    let internal = [("x-envoy-internal", "true")];
+    assert_eq!(run_global(p, &over, &internal, false).await.2, 1);
+    let mut p = global_policy();
+    p.request_type = RequestType::External;
+    assert_eq!(run_global(p, &over, &internal, false).await.2, 0);
+    let mut p = global_policy();
+    p.rate_limits = vec![RateLimitEntry {
+        stage: 0,
+        actions: vec![RateLimitAction::RequestHeaders {
+            header: "x-user".into(),
+            key: "user".into(),
+            skip_if_absent: false,
+        }],
+    }];
+    let (a, _, calls, outcomes) = run_global(p, &over, &[], false).await;
+    assert!(a.is_none() && calls == 0 && outcomes.is_empty());
+    assert_eq!(ok.calls.lock().unwrap()[0], "rls");
 }

@@ -65,6 +65,8 @@ pub enum FilterKind {
     Cors,
     /// Local rate limiting with the filter's own settings (used where no route has any).
     LocalRateLimit(Arc<RateLimitPolicy>),
+    /// Global rate limiting (`envoy.filters.http.ratelimit`): a rate limit service decides.
+    RateLimit(Arc<GlobalRateLimitPolicy>),
     /// HTTP Basic authentication (`envoy.filters.http.basic_auth`) with the filter's users
     /// (a route's replace them).
     BasicAuth(Arc<BasicAuthPolicy>),
@@ -182,6 +184,9 @@ pub enum FilterPolicy {
     /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`: replaces the
     /// filter's own, with a bucket of its own.
     LocalRateLimit(Arc<RateLimitPolicy>),
+    /// `envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute`: what a route's
+    /// requests send to the rate limit service.
+    RateLimit(Arc<GlobalRateLimitRoute>),
     /// `envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute`: the users, in place
     /// of the filter's.
     BasicAuth(Arc<BasicAuthUsers>),
@@ -425,6 +430,94 @@ pub struct RateLimitPolicy {
     /// `always_consume_default_token_bucket` (default true): the filter's own bucket is
     /// taken from even when a descriptor's was.
     pub always_consume_default: bool,
+}
+
+/// Global rate limiting (`envoy.extensions.filters.http.ratelimit.v3.RateLimit`): the
+/// descriptors of a request (from its route's `rate_limits` of this `stage`) go to a rate
+/// limit service, which answers whether the request is over a limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GlobalRateLimitPolicy {
+    /// `domain`: the namespace of the service's limits.
+    pub domain: String,
+    /// `stage`: the route `rate_limits` entries read.
+    pub stage: u32,
+    /// `request_type`: which requests are checked, by `x-envoy-internal`.
+    pub request_type: RequestType,
+    /// The service and how to reach it (`rate_limit_service`).
+    pub service: RateLimitService,
+    /// How long the service may take to answer (`timeout`, default 20 ms); a late answer
+    /// is an error.
+    #[serde(serialize_with = "duration")]
+    pub timeout: Duration,
+    /// Share of the requests the service failed to answer for that are answered
+    /// `status_on_error` (`failure_mode_deny`: all; `failure_mode_deny_percent` when
+    /// set); the others go on.
+    pub failure_mode_deny: Fraction,
+    /// The status of an answer to a request over a limit (`rate_limited_status`; 429
+    /// unless 400 or above).
+    pub status: u16,
+    /// The status of an answer when the service failed (`status_on_error`; 500 unless
+    /// 100 to 511).
+    pub status_on_error: u16,
+    /// gRPC clients over a limit get `RESOURCE_EXHAUSTED` instead of `UNAVAILABLE`.
+    pub grpc_resource_exhausted: bool,
+    /// `x-ratelimit-limit`, `-remaining` and `-reset` from the service's descriptor
+    /// statuses (`DRAFT_VERSION_03`).
+    pub x_ratelimit_headers: bool,
+    /// `x-envoy-ratelimited: true` on answers to requests over a limit (unless
+    /// `disable_x_envoy_ratelimited_header`).
+    pub x_envoy_ratelimited: bool,
+    /// Added to the answers of requests over a limit.
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    /// `stat_prefix`: a label of its counters.
+    pub stat_prefix: Arc<str>,
+    /// Share of requests checked (`filter_enabled`; unset: all).
+    pub filter_enabled: Fraction,
+    /// Share of the requests over a limit that are answered (`filter_enforced`; unset:
+    /// all); the others go on.
+    pub filter_enforced: Fraction,
+    /// The filter's own `rate_limits`: when set, the request's descriptors come from
+    /// these, not from its route and virtual host (nor by `stage`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitEntry>,
+}
+
+/// A route's settings for the global rate limit filter (`RateLimitPerRoute`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GlobalRateLimitRoute {
+    /// `vh_rate_limits`: whether the virtual host's `rate_limits` count too.
+    pub vh_rate_limits: VhRateLimits,
+    /// `rate_limits`: when set, in place of the route's (and the virtual host's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitEntry>,
+    /// `domain`: in place of the filter's, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+/// Which requests a global rate limit filter checks (`request_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestType {
+    /// `both` (the default).
+    Both,
+    /// `internal`: those with `x-envoy-internal: true`.
+    Internal,
+    /// `external`: the others.
+    External,
+}
+
+/// A rate limit service: `envoy.service.ratelimit.v3.RateLimitService` over gRPC to a
+/// cluster (`grpc_service.envoy_grpc`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RateLimitService {
+    /// `cluster_name`.
+    pub cluster: String,
+    /// `authority` (default: the cluster's name).
+    pub authority: String,
+    /// `initial_metadata`: headers of each call.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metadata: Vec<(String, String)>,
 }
 
 /// A bucket for the requests of one descriptor (`LocalRateLimitDescriptor`).

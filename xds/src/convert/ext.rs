@@ -724,6 +724,104 @@ named!(
     "LocalRateLimit"
 );
 
+fn override_options<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(
+        d,
+        &[
+            "DEFAULT",
+            "OVERRIDE_POLICY",
+            "INCLUDE_POLICY",
+            "IGNORE_POLICY",
+        ],
+    )
+}
+
+/// `envoy.extensions.filters.http.ratelimit.v3.RateLimit`: the global rate limit filter.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRateLimit {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub domain: String,
+    #[prost(uint32, tag = "2")]
+    #[serde(default)]
+    pub stage: u32,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub request_type: String,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub timeout: Option<protobuf::Duration>,
+    #[prost(bool, tag = "5")]
+    #[serde(default)]
+    pub failure_mode_deny: bool,
+    #[prost(bool, tag = "6")]
+    #[serde(default)]
+    pub rate_limited_as_resource_exhausted: bool,
+    #[prost(message, optional, tag = "7")]
+    #[serde(default)]
+    pub rate_limit_service:
+        Option<xds_api::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig>,
+    #[prost(int32, tag = "8")]
+    #[serde(default, deserialize_with = "x_ratelimit_headers_version")]
+    pub enable_x_ratelimit_headers: i32,
+    #[prost(bool, tag = "9")]
+    #[serde(default)]
+    pub disable_x_envoy_ratelimited_header: bool,
+    #[prost(message, optional, tag = "10")]
+    #[serde(default)]
+    pub rate_limited_status: Option<xds_api::pb::envoy::r#type::v3::HttpStatus>,
+    #[prost(message, repeated, tag = "11")]
+    #[serde(default)]
+    pub response_headers_to_add: Vec<core::HeaderValueOption>,
+    #[prost(message, optional, tag = "12")]
+    #[serde(default)]
+    pub status_on_error: Option<xds_api::pb::envoy::r#type::v3::HttpStatus>,
+    #[prost(string, tag = "13")]
+    #[serde(default)]
+    pub stat_prefix: String,
+    #[prost(message, optional, tag = "14")]
+    #[serde(default)]
+    pub filter_enabled: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, optional, tag = "15")]
+    #[serde(default)]
+    pub filter_enforced: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, optional, tag = "16")]
+    #[serde(default)]
+    pub failure_mode_deny_percent: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, repeated, tag = "17")]
+    #[serde(default)]
+    pub rate_limits: Vec<xds_api::pb::envoy::config::route::v3::RateLimit>,
+}
+named!(
+    HttpRateLimit,
+    "envoy.extensions.filters.http.ratelimit.v3",
+    "RateLimit"
+);
+
+/// `envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPerRoute {
+    #[prost(int32, tag = "1")]
+    #[serde(default, deserialize_with = "vh_rate_limits_option")]
+    pub vh_rate_limits: i32,
+    #[prost(int32, tag = "2")]
+    #[serde(default, deserialize_with = "override_options")]
+    pub override_option: i32,
+    #[prost(message, repeated, tag = "3")]
+    #[serde(default)]
+    pub rate_limits: Vec<xds_api::pb::envoy::config::route::v3::RateLimit>,
+    #[prost(string, tag = "4")]
+    #[serde(default)]
+    pub domain: String,
+}
+named!(
+    RateLimitPerRoute,
+    "envoy.extensions.filters.http.ratelimit.v3",
+    "RateLimitPerRoute"
+);
+
 /// `envoy.extensions.filters.http.basic_auth.v3.BasicAuth`.
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1410,6 +1508,40 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         &[m("users", DATA_SOURCE)],
     ),
     (
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        &[
+            p("domain"),
+            p("stage"),
+            p("request_type"),
+            m("timeout", DURATION),
+            p("failure_mode_deny"),
+            p("rate_limited_as_resource_exhausted"),
+            m(
+                "rate_limit_service",
+                "envoy.config.ratelimit.v3.RateLimitServiceConfig",
+            ),
+            p("enable_x_ratelimit_headers"),
+            p("disable_x_envoy_ratelimited_header"),
+            m("rate_limited_status", "envoy.type.v3.HttpStatus"),
+            rm("response_headers_to_add", HEADER_VALUE_OPTION),
+            m("status_on_error", "envoy.type.v3.HttpStatus"),
+            p("stat_prefix"),
+            m("filter_enabled", RUNTIME_PERCENT),
+            m("filter_enforced", RUNTIME_PERCENT),
+            m("failure_mode_deny_percent", RUNTIME_PERCENT),
+            rm("rate_limits", "envoy.config.route.v3.RateLimit"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
+        &[
+            p("vh_rate_limits"),
+            p("override_option"),
+            rm("rate_limits", "envoy.config.route.v3.RateLimit"),
+            p("domain"),
+        ],
+    ),
+    (
         "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
         &[
             m("filter_enabled", RUNTIME_PERCENT),
@@ -1653,6 +1785,8 @@ mod tests {
             CorsPolicy => "envoy.extensions.filters.http.cors.v3.CorsPolicy",
             LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
             BasicAuth => "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
+            HttpRateLimit => "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            RateLimitPerRoute => "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
             BasicAuthPerRoute => "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
             CsrfPolicy => "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
             HttpRbac => "envoy.extensions.filters.http.rbac.v3.RBAC",
@@ -1680,7 +1814,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            32 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
+            34 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

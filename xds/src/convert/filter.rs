@@ -1,4 +1,4 @@
-//! HTTP filters before the router (fault injection, CORS, local rate limit, basic auth,
+//! HTTP filters before the router (fault injection, CORS, local and global rate limits, basic auth,
 //! CSRF, RBAC, health checks, stateful sessions) and their per-route settings (`typed_per_filter_config`) -> [`myelin_proxy::model::filter`].
 
 use std::collections::HashMap;
@@ -21,6 +21,10 @@ const CORS_POLICY_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
 const RATE_LIMIT_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+const GLOBAL_RATE_LIMIT_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
+const GLOBAL_RATE_LIMIT_ROUTE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute";
 const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 const CSRF_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 const BASIC_AUTH_URL: &str =
@@ -71,6 +75,12 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
             let r = cx.decode::<ext::LocalRateLimit>(&tp, RATE_LIMIT_URL, &any.value)?;
             let policy = rate_limit_policy(cx, &tp, &r, false)?;
             Some(mf::FilterKind::LocalRateLimit(Arc::new(policy)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == GLOBAL_RATE_LIMIT_URL => {
+            let tp = join(p, "typed_config");
+            let r = cx.decode::<ext::HttpRateLimit>(&tp, GLOBAL_RATE_LIMIT_URL, &any.value)?;
+            let policy = global_rate_limit(cx, &tp, &r)?;
+            Some(mf::FilterKind::RateLimit(Arc::new(policy)))
         }
         Some(C::TypedConfig(any)) if any.type_url == BASIC_AUTH_URL => {
             let tp = join(p, "typed_config");
@@ -212,6 +222,7 @@ fn is_known(type_url: &str) -> bool {
         FAULT_URL,
         CORS_POLICY_URL,
         RATE_LIMIT_URL,
+        GLOBAL_RATE_LIMIT_ROUTE_URL,
         BASIC_AUTH_ROUTE_URL,
         CSRF_URL,
         RBAC_ROUTE_URL,
@@ -249,6 +260,13 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
         CSRF_URL => {
             let c = cx.decode::<ext::CsrfPolicy>(p, CSRF_URL, &any.value)?;
             Some(mf::FilterPolicy::Csrf(Arc::new(csrf_policy(cx, p, &c)?)))
+        }
+        GLOBAL_RATE_LIMIT_ROUTE_URL => {
+            let r =
+                cx.decode::<ext::RateLimitPerRoute>(p, GLOBAL_RATE_LIMIT_ROUTE_URL, &any.value)?;
+            Some(mf::FilterPolicy::RateLimit(Arc::new(
+                global_rate_limit_route(cx, p, &r)?,
+            )))
         }
         BASIC_AUTH_ROUTE_URL => {
             let b = cx.decode::<ext::BasicAuthPerRoute>(p, BASIC_AUTH_ROUTE_URL, &any.value)?;
@@ -791,18 +809,7 @@ fn rate_limit_policy(
     if *stage > 10 {
         cx.reject(join(p, "stage"), Reason::Invalid("at most 10".into()));
     }
-    let vh_rate_limits = match vh_rate_limits {
-        0 => mf::VhRateLimits::Override,
-        1 => mf::VhRateLimits::Include,
-        2 => mf::VhRateLimits::Ignore,
-        v => {
-            cx.reject(
-                join(p, "vh_rate_limits"),
-                Reason::Invalid(format!("unknown value {v}")),
-            );
-            mf::VhRateLimits::Override
-        }
-    };
+    let vh_rate_limits = vh_option(cx, p, *vh_rate_limits);
     // The filter's own: in place of the route's and the virtual host's.
     let rate_limits = route::rate_limits(cx, p, rate_limits);
     cx.unsupported(p, "local_cluster_rate_limit", local_cluster_rate_limit);
@@ -873,6 +880,264 @@ fn rate_limit_policy(
         always_consume_default: always_consume_default_token_bucket
             .as_ref()
             .is_none_or(|b| b.value),
+    })
+}
+
+/// `vh_rate_limits` of a rate limit filter or its route settings.
+fn vh_option(cx: &mut Cx, p: &str, v: i32) -> mf::VhRateLimits {
+    match v {
+        0 => mf::VhRateLimits::Override,
+        1 => mf::VhRateLimits::Include,
+        2 => mf::VhRateLimits::Ignore,
+        v => {
+            cx.reject(
+                join(p, "vh_rate_limits"),
+                Reason::Invalid(format!("unknown value {v}")),
+            );
+            mf::VhRateLimits::Override
+        }
+    }
+}
+
+/// The global rate limit filter (`envoy.extensions.filters.http.ratelimit.v3.RateLimit`).
+fn global_rate_limit(
+    cx: &mut Cx,
+    p: &str,
+    r: &ext::HttpRateLimit,
+) -> Option<mf::GlobalRateLimitPolicy> {
+    let ext::HttpRateLimit {
+        domain,
+        stage,
+        request_type,
+        timeout,
+        failure_mode_deny,
+        rate_limited_as_resource_exhausted,
+        rate_limit_service,
+        enable_x_ratelimit_headers,
+        disable_x_envoy_ratelimited_header,
+        rate_limited_status,
+        response_headers_to_add,
+        status_on_error,
+        stat_prefix,
+        filter_enabled,
+        filter_enforced,
+        failure_mode_deny_percent,
+        rate_limits,
+    } = r;
+    let errors = cx.errs.len();
+    if domain.is_empty() {
+        cx.reject(join(p, "domain"), Reason::Missing);
+    }
+    if *stage > 10 {
+        cx.reject(join(p, "stage"), Reason::Invalid("at most 10".into()));
+    }
+    let request_type = match request_type.as_str() {
+        "" | "both" => mf::RequestType::Both,
+        "internal" => mf::RequestType::Internal,
+        "external" => mf::RequestType::External,
+        other => {
+            cx.reject(
+                join(p, "request_type"),
+                Reason::Invalid(format!(
+                    "{other:?}: one of \"internal\", \"external\", \"both\""
+                )),
+            );
+            mf::RequestType::Both
+        }
+    };
+    let timeout = match timeout {
+        Some(d) => cx.duration(&join(p, "timeout"), d),
+        None => Some(std::time::Duration::from_millis(20)),
+    };
+    let service = match rate_limit_service {
+        Some(s) => rate_limit_service_of(cx, &join(p, "rate_limit_service"), s),
+        None => {
+            cx.reject(join(p, "rate_limit_service"), Reason::Missing);
+            None
+        }
+    };
+    let x_ratelimit_headers = match enable_x_ratelimit_headers {
+        0 => false,
+        1 => true,
+        v => {
+            cx.reject(
+                join(p, "enable_x_ratelimit_headers"),
+                Reason::Invalid(format!("unknown value {v}")),
+            );
+            false
+        }
+    };
+    let response_headers_to_add = super::common::header_value_options(
+        cx,
+        p,
+        "response_headers_to_add",
+        response_headers_to_add,
+    );
+    let rate_limits = route::rate_limits(cx, p, rate_limits);
+    let deny = if *failure_mode_deny {
+        mf::Fraction::ALL
+    } else {
+        mf::Fraction::NONE
+    };
+    let failure_mode_deny = runtime_fraction(
+        cx,
+        &join(p, "failure_mode_deny_percent"),
+        failure_mode_deny_percent.as_ref(),
+    )
+    .unwrap_or(deny);
+    let filter_enabled = runtime_fraction(cx, &join(p, "filter_enabled"), filter_enabled.as_ref())
+        .unwrap_or(mf::Fraction::ALL);
+    let filter_enforced =
+        runtime_fraction(cx, &join(p, "filter_enforced"), filter_enforced.as_ref())
+            .unwrap_or(mf::Fraction::ALL);
+    if cx.errs.len() != errors {
+        return None;
+    }
+    // Envoy's rules: a limited status below 400 is 429, an error status outside 100..=511
+    // is 500.
+    let code = |s: &Option<xds_api::pb::envoy::r#type::v3::HttpStatus>| {
+        s.as_ref().and_then(|s| u16::try_from(s.code).ok())
+    };
+    let status = code(rate_limited_status)
+        .filter(|c| (400..600).contains(c))
+        .unwrap_or(429);
+    let status_on_error = code(status_on_error)
+        .filter(|c| (100..=511).contains(c))
+        .unwrap_or(500);
+    Some(mf::GlobalRateLimitPolicy {
+        domain: domain.clone(),
+        stage: *stage,
+        request_type,
+        service: service?,
+        timeout: timeout?,
+        failure_mode_deny,
+        status,
+        status_on_error,
+        grpc_resource_exhausted: *rate_limited_as_resource_exhausted,
+        x_ratelimit_headers,
+        x_envoy_ratelimited: !*disable_x_envoy_ratelimited_header,
+        response_headers_to_add,
+        stat_prefix: stat_prefix.as_str().into(),
+        filter_enabled,
+        filter_enforced,
+        rate_limits,
+    })
+}
+
+/// A `RateLimitServiceConfig`: gRPC (`envoy_grpc`) to a cluster, API v3.
+fn rate_limit_service_of(
+    cx: &mut Cx,
+    p: &str,
+    s: &xds_api::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig,
+) -> Option<mf::RateLimitService> {
+    use core::grpc_service::TargetSpecifier as T;
+    // `ApiVersion`: `AUTO` (0) and `V2` (1) are gone from Envoy; `V3` is 2.
+    if s.transport_api_version != 2 {
+        cx.reject(
+            join(p, "transport_api_version"),
+            Reason::Invalid("must be V3".into()),
+        );
+    }
+    let gp = join(p, "grpc_service");
+    let Some(g) = &s.grpc_service else {
+        cx.reject(gp, Reason::Missing);
+        return None;
+    };
+    let core::GrpcService {
+        timeout,
+        initial_metadata,
+        retry_policy,
+        target_specifier,
+    } = g;
+    // The filter's `timeout` bounds the call.
+    let _ = timeout;
+    cx.unsupported(&gp, "retry_policy", retry_policy);
+    let mut metadata = Vec::with_capacity(initial_metadata.len());
+    for (i, h) in initial_metadata.iter().enumerate() {
+        let hp = idx(&gp, "initial_metadata", i);
+        let name_ok = !h.key.is_empty()
+            && http::HeaderName::from_bytes(h.key.as_bytes()).is_ok_and(|n| n.as_str() == h.key);
+        let value_ok = h.raw_value.is_empty() && http::HeaderValue::from_str(&h.value).is_ok();
+        if !name_ok {
+            cx.reject(
+                join(&hp, "key"),
+                Reason::Invalid("a lower-case header name".into()),
+            );
+        } else if !value_ok {
+            cx.reject(
+                join(&hp, "value"),
+                Reason::Invalid("a header value (raw_value not supported)".into()),
+            );
+        } else {
+            metadata.push((h.key.clone(), h.value.clone()));
+        }
+    }
+    match target_specifier {
+        Some(T::EnvoyGrpc(e)) => {
+            let ep = join(&gp, "envoy_grpc");
+            cx.unsupported(&ep, "retry_policy", &e.retry_policy);
+            cx.unsupported(
+                &ep,
+                "max_receive_message_length",
+                &e.max_receive_message_length,
+            );
+            if e.cluster_name.is_empty() {
+                cx.reject(join(&ep, "cluster_name"), Reason::Missing);
+                return None;
+            }
+            let authority = if e.authority.is_empty() {
+                e.cluster_name.clone()
+            } else {
+                e.authority.clone()
+            };
+            if http::uri::Authority::try_from(authority.as_str()).is_err() {
+                cx.reject(
+                    join(&ep, "authority"),
+                    Reason::Invalid(format!("{authority:?} is not an authority")),
+                );
+                return None;
+            }
+            Some(mf::RateLimitService {
+                cluster: e.cluster_name.clone(),
+                authority,
+                metadata,
+            })
+        }
+        Some(T::GoogleGrpc(_)) => {
+            cx.reject(join(&gp, "google_grpc"), Reason::NotSupported);
+            None
+        }
+        None => {
+            cx.reject(join(&gp, "envoy_grpc"), Reason::Missing);
+            None
+        }
+    }
+}
+
+/// A route's settings for the global rate limit filter (`RateLimitPerRoute`).
+fn global_rate_limit_route(
+    cx: &mut Cx,
+    p: &str,
+    r: &ext::RateLimitPerRoute,
+) -> Option<mf::GlobalRateLimitRoute> {
+    let ext::RateLimitPerRoute {
+        vh_rate_limits: vh,
+        override_option,
+        rate_limits,
+        domain,
+    } = r;
+    let errors = cx.errs.len();
+    let vh = vh_option(cx, p, *vh);
+    // Not implemented in Envoy either (`[#not-implemented-hide:]`).
+    cx.unsupported(p, "override_option", override_option);
+    let rate_limits = route::rate_limits(cx, p, rate_limits);
+    if cx.errs.len() != errors {
+        return None;
+    }
+    Some(mf::GlobalRateLimitRoute {
+        vh_rate_limits: vh,
+        rate_limits,
+        domain: (!domain.is_empty()).then(|| domain.clone()),
     })
 }
 

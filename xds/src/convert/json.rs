@@ -448,6 +448,10 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
             enc::<ext::LocalRateLimit>(body)
         }
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => enc::<ext::HttpRateLimit>(body),
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute" => {
+            enc::<ext::RateLimitPerRoute>(body)
+        }
         "envoy.extensions.filters.http.basic_auth.v3.BasicAuth" => enc::<ext::BasicAuth>(body),
         "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute" => {
             enc::<ext::BasicAuthPerRoute>(body)

@@ -478,6 +478,197 @@ typed_per_filter_config:
     );
 }
 
+const GLOBAL_RATE_LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
+const GLOBAL_RATE_LIMIT_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute";
+
+#[test]
+fn the_global_rate_limit_filter_as_envoy_gateway_writes_it() {
+    // Envoy Gateway's listener (camelCase JSON, as its goldens have it): the domain and the
+    // service's cluster, everything else Envoy's defaults.
+    let l: lpb::Listener = json::from_value(serde_json::json!({
+        "name": "first-listener",
+        "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 10080}},
+        "defaultFilterChain": {"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "statPrefix": "http",
+                "rds": {"configSource": {"ads": {}, "resourceApiVersion": "V3"}, "routeConfigName": "first-listener"},
+                "httpFilters": [
+                    {"name": "envoy.filters.http.ratelimit", "typedConfig": {
+                        "@type": GLOBAL_RATE_LIMIT,
+                        "domain": "first-listener",
+                        "rateLimitService": {
+                            "grpcService": {"envoyGrpc": {"clusterName": "ratelimit_cluster"}},
+                            "transportApiVersion": "V3"
+                        }
+                    }},
+                    {"name": "envoy.filters.http.router", "typedConfig": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    }}
+                ]
+            }
+        }]}
+    }))
+    .unwrap();
+    let l = listener(&l).unwrap();
+    let f = match &l.default_filter_chain.as_ref().unwrap().filter {
+        ml::NetworkFilter::HttpConnectionManager(h) => h.http_filters.clone(),
+        other => panic!("{other:?}"),
+    };
+    let mf::FilterKind::RateLimit(p) = &f.0[0].kind else {
+        panic!("{:?}", f.0[0].kind)
+    };
+    assert_eq!(p.domain, "first-listener");
+    assert_eq!(p.service.cluster, "ratelimit_cluster");
+    assert_eq!(
+        p.service.authority, "ratelimit_cluster",
+        "the cluster's name"
+    );
+    assert_eq!(p.timeout, Duration::from_millis(20), "Envoy's default");
+    assert_eq!((p.status, p.status_on_error), (429, 500));
+    assert_eq!(p.failure_mode_deny, mf::Fraction::NONE);
+    assert_eq!(
+        p.filter_enabled,
+        mf::Fraction::ALL,
+        "unset: all (Envoy's runtime default)"
+    );
+    assert_eq!(p.filter_enforced, mf::Fraction::ALL);
+    assert_eq!(p.request_type, mf::RequestType::Both);
+    assert!(p.x_envoy_ratelimited && !p.x_ratelimit_headers);
+
+    // Every setting, and statuses out of range falling back as in Envoy.
+    let l = listener(&listener_with(&format!(
+        r#"
+- name: rl
+  typed_config:
+    "@type": {GLOBAL_RATE_LIMIT}
+    domain: d
+    stage: 2
+    request_type: external
+    timeout: 0.1s
+    failure_mode_deny: true
+    failure_mode_deny_percent: {{runtime_key: k, default_value: {{numerator: 25}}}}
+    rate_limited_as_resource_exhausted: true
+    enable_x_ratelimit_headers: DRAFT_VERSION_03
+    disable_x_envoy_ratelimited_header: true
+    rate_limited_status: {{code: 302}}
+    status_on_error: {{code: 503}}
+    response_headers_to_add: [{{header: {{key: x-limited, value: "1"}}}}]
+    stat_prefix: s
+    rate_limits: [{{actions: [{{generic_key: {{descriptor_value: own}}}}]}}]
+    rate_limit_service:
+      grpc_service:
+        envoy_grpc: {{cluster_name: rls, authority: rls.example.com}}
+        initial_metadata: [{{key: x-tenant, value: a}}]
+      transport_api_version: V3
+"#
+    )))
+    .unwrap();
+    let f = filters_of(&l);
+    let mf::FilterKind::RateLimit(p) = &f.0[0].kind else {
+        panic!()
+    };
+    assert_eq!((p.stage, p.request_type), (2, mf::RequestType::External));
+    assert_eq!(p.timeout, Duration::from_millis(100));
+    assert_eq!(
+        p.failure_mode_deny,
+        mf::Fraction {
+            numerator: 25,
+            denominator: 100
+        },
+        "the percent in place of failure_mode_deny"
+    );
+    assert_eq!((p.status, p.status_on_error), (429, 503));
+    assert!(p.grpc_resource_exhausted && p.x_ratelimit_headers && !p.x_envoy_ratelimited);
+    assert_eq!(p.response_headers_to_add[0].name, "x-limited");
+    assert_eq!(&*p.stat_prefix, "s");
+    assert_eq!(p.rate_limits.len(), 1);
+    assert_eq!(p.service.authority, "rls.example.com");
+    assert_eq!(
+        p.service.metadata,
+        [("x-tenant".to_owned(), "a".to_owned())]
+    );
+
+    let rc = route_configuration(&yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      rl:
+        "@type": {GLOBAL_RATE_LIMIT_ROUTE}
+        vh_rate_limits: INCLUDE
+        domain: other
+        rate_limits: [{{actions: [{{remote_address: {{}}}}]}}]
+"#
+    )))
+    .unwrap();
+    let s = &rc.virtual_hosts[0].routes[0].filters["rl"];
+    let Some(mf::FilterPolicy::RateLimit(r)) = &s.policy else {
+        panic!("{s:?}")
+    };
+    assert_eq!(r.vh_rate_limits, mf::VhRateLimits::Include);
+    assert_eq!(r.domain.as_deref(), Some("other"));
+    assert_eq!(r.rate_limits.len(), 1);
+}
+
+#[test]
+fn bad_global_rate_limits_are_rejected_by_path() {
+    let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
+    let service = "rate_limit_service: {grpc_service: {envoy_grpc: {cluster_name: rls}}, transport_api_version: V3}";
+    for (config, want) in [
+        (service.to_owned(), format!("{fc}.domain: required but not set")),
+        ("domain: d".to_owned(), format!("{fc}.rate_limit_service: required but not set")),
+        (
+            format!("domain: d, stage: 11, {service}"),
+            format!("{fc}.stage: at most 10"),
+        ),
+        (
+            format!("domain: d, request_type: sometimes, {service}"),
+            format!(r#"{fc}.request_type: "sometimes": one of "internal", "external", "both""#),
+        ),
+        (
+            "domain: d, rate_limit_service: {grpc_service: {envoy_grpc: {cluster_name: rls}}}".to_owned(),
+            format!("{fc}.rate_limit_service.transport_api_version: must be V3"),
+        ),
+        (
+            "domain: d, rate_limit_service: {grpc_service: {google_grpc: {target_uri: x, stat_prefix: x}}, transport_api_version: V3}".to_owned(),
+            format!("{fc}.rate_limit_service.grpc_service.google_grpc: not supported"),
+        ),
+        (
+            "domain: d, rate_limit_service: {grpc_service: {envoy_grpc: {cluster_name: rls}, initial_metadata: [{key: X-Big, value: v}]}, transport_api_version: V3}".to_owned(),
+            format!("{fc}.rate_limit_service.grpc_service.initial_metadata[0].key: a lower-case header name"),
+        ),
+        (
+            "domain: d, rate_limit_service: {grpc_service: {envoy_grpc: {cluster_name: rls, authority: 'a b'}}, transport_api_version: V3}".to_owned(),
+            format!(r#"{fc}.rate_limit_service.grpc_service.envoy_grpc.authority: "a b" is not an authority"#),
+        ),
+    ] {
+        let filters =
+            format!("- name: rl\n  typed_config: {{\"@type\": {GLOBAL_RATE_LIMIT}, {config}}}");
+        let e = messages(listener(&listener_with(&filters)));
+        assert_eq!(e, [want], "{config}");
+    }
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+typed_per_filter_config:
+  rl: {{"@type": {GLOBAL_RATE_LIMIT_ROUTE}, override_option: INCLUDE_POLICY}}
+"#
+    ));
+    assert_eq!(
+        messages(route_configuration(&rc)),
+        ["typed_per_filter_config[\"rl\"].override_option: not supported"]
+    );
+}
+
 const BASIC_AUTH: &str =
     "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuth";
 
