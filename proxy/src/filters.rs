@@ -50,7 +50,7 @@ use crate::model::filter::{
 };
 use crate::model::listener::HeaderText;
 use crate::model::route::{
-    Action as RouteActionKind, RateLimitAction, RateLimitEntry, Route, RouteConfiguration,
+    Action as RouteActionKind, Hits, RateLimitAction, RateLimitEntry, Route, RouteConfiguration,
     VirtualHost,
 };
 use crate::rbac::Subject;
@@ -132,6 +132,17 @@ pub(crate) struct Filtered {
     service_request_headers: Vec<(HeaderName, HeaderValue)>,
     /// What a rate limit service's answer adds to the response.
     service_response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The descriptors to send a rate limit service once the response is made.
+    stream_done: Option<StreamDone>,
+}
+
+/// A call to a rate limit service at the end of a request's stream
+/// (`apply_on_stream_done`): its answer is not waited for.
+#[derive(Debug)]
+pub(crate) struct StreamDone {
+    pub(crate) policy: Arc<GlobalRateLimitPolicy>,
+    pub(crate) domain: String,
+    pub(crate) descriptors: Vec<Descriptor>,
 }
 
 /// A request's stateful session (see [`FilterKind::StatefulSession`]).
@@ -256,6 +267,11 @@ struct RateLimitHeaders {
 }
 
 impl Filtered {
+    /// The rate limit call due at the end of the stream, if any.
+    pub(crate) fn take_stream_done(&mut self) -> Option<StreamDone> {
+        self.stream_done.take()
+    }
+
     /// The request's stateful session, for the router (taken: it goes with the decision).
     pub(crate) fn take_session(&mut self) -> Option<Session> {
         self.session.take()
@@ -732,18 +748,33 @@ struct Limited<'a> {
     client: IpAddr,
 }
 
+/// A request's rate limit descriptor: its entries in order, and what it counts for
+/// (`None`: one hit, unsaid).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Descriptor {
+    pub(crate) entries: Vec<(String, String)>,
+    pub(crate) hits: Option<u64>,
+}
+
 /// The descriptors of a request for a rate limit filter: one per route (and virtual host,
 /// as `vh_rate_limits` says) `rate_limits` entry of the filter's `stage` whose actions all
 /// give something (Envoy's `populateDescriptors`); from `own` instead when the filter (or
-/// its route settings) has `rate_limits` of its own.
+/// its route settings) has `rate_limits` of its own. `on_stream_done`: those of the
+/// entries for the end of the stream (`apply_on_stream_done`), else those for the request.
 fn request_descriptors(
     own: &[RateLimitEntry],
     stage: u32,
     vh_rate_limits: VhRateLimits,
     r: &Limited<'_>,
-) -> Vec<Vec<(String, String)>> {
+    on_stream_done: bool,
+) -> Vec<Descriptor> {
+    let when = |e: &&RateLimitEntry| e.on_stream_done == on_stream_done;
     if !own.is_empty() {
-        return own.iter().filter_map(|e| descriptor(e, r)).collect();
+        return own
+            .iter()
+            .filter(when)
+            .filter_map(|e| descriptor(e, r))
+            .collect();
     }
     let route: &[RateLimitEntry] = match &r.levels.route.action {
         RouteActionKind::Route(a) => &a.rate_limits,
@@ -760,12 +791,18 @@ fn request_descriptors(
         .iter()
         .flat_map(|l| l.iter())
         .filter(|e| e.stage == stage)
+        .filter(when)
         .filter_map(|e| descriptor(e, r))
         .collect()
 }
 
 /// One `rate_limits` entry's descriptor for a request; `None` when an action has nothing.
-fn descriptor(entry: &RateLimitEntry, r: &Limited<'_>) -> Option<Vec<(String, String)>> {
+fn descriptor(entry: &RateLimitEntry, r: &Limited<'_>) -> Option<Descriptor> {
+    let hits = match entry.hits {
+        Hits::One => None,
+        Hits::Number(n) => Some(n),
+        Hits::Never => return None,
+    };
     let mut out = Vec::with_capacity(entry.actions.len());
     for a in &entry.actions {
         match a {
@@ -804,6 +841,20 @@ fn descriptor(entry: &RateLimitEntry, r: &Limited<'_>) -> Option<Vec<(String, St
                 ));
             }
             RateLimitAction::GenericKey { key, value } => out.push((key.clone(), value.clone())),
+            RateLimitAction::RemoteAddressMatch {
+                key,
+                value,
+                ranges,
+                invert,
+                default,
+            } => {
+                let matched = ranges.iter().any(|c| c.contains(r.client)) != *invert;
+                match (matched, default) {
+                    (true, _) => out.push((key.clone(), value.clone())),
+                    (false, Some(d)) => out.push((key.clone(), d.clone())),
+                    (false, None) => return None,
+                }
+            }
             RateLimitAction::HeaderValueMatch {
                 key,
                 value,
@@ -817,7 +868,7 @@ fn descriptor(entry: &RateLimitEntry, r: &Limited<'_>) -> Option<Vec<(String, St
             }
         }
     }
-    (!out.is_empty()).then_some(out)
+    (!out.is_empty()).then_some(Descriptor { entries: out, hits })
 }
 
 /// `ip`'s network with a prefix of `v4` (or `v6`) bits, as `addr/len`.
@@ -853,8 +904,13 @@ fn local_rate_limit(
     let mut matched: Vec<usize> = Vec::new();
     if !policy.descriptors.is_empty() {
         let own = &policy.rate_limits;
-        for d in request_descriptors(own, policy.stage, policy.vh_rate_limits, request) {
-            if let Some(i) = policy.descriptors.iter().position(|l| l.entries == d) {
+        let vh = policy.vh_rate_limits;
+        for d in request_descriptors(own, policy.stage, vh, request, false) {
+            if let Some(i) = policy
+                .descriptors
+                .iter()
+                .position(|l| l.entries == d.entries)
+            {
                 if !matched.contains(&i) {
                     matched.push(i);
                 }
@@ -936,7 +992,7 @@ fn local_rate_limit(
 
 /// A global rate limit filter's config for one request.
 struct GlobalLimit<'a> {
-    policy: &'a GlobalRateLimitPolicy,
+    policy: &'a Arc<GlobalRateLimitPolicy>,
     /// The route's settings (`RateLimitPerRoute`).
     route: Option<&'a GlobalRateLimitRoute>,
     grpc: bool,
@@ -978,7 +1034,18 @@ async fn global_rate_limit(
         _ => &policy.rate_limits,
     };
     let vh = route.map_or(VhRateLimits::Override, |r| r.vh_rate_limits);
-    let descriptors = request_descriptors(own, policy.stage, vh, request);
+    // Those for the end of the stream are sent then, whatever the answer now.
+    let done = request_descriptors(own, policy.stage, vh, request, true);
+    if !done.is_empty() {
+        filtered.stream_done = Some(StreamDone {
+            policy: policy.clone(),
+            domain: route
+                .and_then(|r| r.domain.clone())
+                .unwrap_or_else(|| policy.domain.clone()),
+            descriptors: done,
+        });
+    }
+    let descriptors = request_descriptors(own, policy.stage, vh, request, false);
     if descriptors.is_empty() {
         return None;
     }

@@ -643,6 +643,9 @@ impl HttpConn {
                 resp = local_reply::rewrite(cfg, resp, &facts);
             }
             filtered.finish_response(resp.headers_mut());
+            if let Some(done) = filtered.take_stream_done() {
+                crate::ratelimit::report(self, done);
+            }
             drop(filtered);
             if let Some((headers, facts)) = &managed {
                 conn_manager::mutate_response(headers, resp.headers_mut(), facts);
@@ -2081,6 +2084,49 @@ impl crate::ratelimit::Services for HttpConn {
                 trailers,
             })
         })
+    }
+
+    /// As a request mirror is sent: an endpoint is taken only if the pick is immediate,
+    /// under the cluster's `max_requests`; the answer is read to its end (so the
+    /// connection goes back to its pool) and dropped.
+    fn send_detached(&self, cluster: &str, req: Request<Bytes>, timeout: Duration) {
+        use futures_util::FutureExt as _;
+        let traffic = self.traffic.load();
+        let picked = traffic.cluster(cluster).and_then(|c| {
+            let in_flight = c.try_request()?;
+            let pick = pick_endpoint(c, None, Protocol::Http2, &[], None, None)
+                .now_or_never()?
+                .ok()?;
+            Some((in_flight, self.endpoint(pick.target).ok()?))
+        });
+        let Some((in_flight, ep)) = picked else {
+            debug!(target: "myelin::ratelimit", %cluster, "stream-done call skipped: no endpoint now");
+            return;
+        };
+        let (pools, peer) = (self.pools.clone(), self.peer);
+        let req = req.map(|b| Full::new(b).map_err(|never| match never {}).boxed());
+        tokio::spawn(async move {
+            let call = async {
+                let sent = pools
+                    .send_h2(ep, None, req, peer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sent.response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            };
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    debug!(target: "myelin::ratelimit", %error, "stream-done call failed")
+                }
+                Err(_) => debug!(target: "myelin::ratelimit", "stream-done call timed out"),
+            }
+            drop(in_flight);
+        });
     }
 }
 

@@ -21,6 +21,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use prost::Message;
 
+use crate::filters::{Descriptor, StreamDone};
 use crate::model::filter::RateLimitService;
 
 const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
@@ -37,7 +38,7 @@ struct RateLimitRequest {
     #[prost(string, tag = "1")]
     domain: String,
     #[prost(message, repeated, tag = "2")]
-    descriptors: Vec<Descriptor>,
+    descriptors: Vec<DescriptorProto>,
     /// 0: one hit (the service's default).
     #[prost(uint32, tag = "3")]
     hits_addend: u32,
@@ -45,9 +46,19 @@ struct RateLimitRequest {
 
 /// `RateLimitDescriptor`.
 #[derive(Clone, PartialEq, Message)]
-struct Descriptor {
+struct DescriptorProto {
     #[prost(message, repeated, tag = "1")]
     entries: Vec<Entry>,
+    /// Unset: the request's `hits_addend`.
+    #[prost(message, optional, tag = "3")]
+    hits_addend: Option<UInt64Value>,
+}
+
+/// `google.protobuf.UInt64Value`.
+#[derive(Clone, PartialEq, Message)]
+struct UInt64Value {
+    #[prost(uint64, tag = "1")]
+    value: u64,
 }
 
 /// `RateLimitDescriptor.Entry`.
@@ -140,6 +151,10 @@ pub(crate) trait Services: Sync {
         cluster: &'a str,
         req: Request<Bytes>,
     ) -> Pending<'a, Result<Reply, String>>;
+
+    /// Sends `req` like [`Services::send`] from a task of its own, its answer read and
+    /// dropped, given up after `timeout`.
+    fn send_detached(&self, cluster: &str, req: Request<Bytes>, timeout: Duration);
 }
 
 /// The service's answer.
@@ -155,13 +170,30 @@ pub(crate) struct Answer {
     pub(crate) body: Bytes,
 }
 
+/// Tells the service about the descriptors of a stream that ended
+/// (`apply_on_stream_done`), not waiting for its answer (Envoy ignores it too).
+pub(crate) fn report(services: &dyn Services, done: StreamDone) {
+    let service = &done.policy.service;
+    match request(
+        service,
+        &done.domain,
+        &done.descriptors,
+        done.policy.timeout,
+    ) {
+        Ok(req) => services.send_detached(&service.cluster, req, done.policy.timeout),
+        Err(error) => {
+            tracing::debug!(target: "myelin::ratelimit", %error, "stream-done call not sent")
+        }
+    }
+}
+
 /// Asks `service` about `descriptors` in `domain`, within `timeout`; `Err`: why there is
 /// no answer.
 pub(crate) async fn ask(
     services: &dyn Services,
     service: &RateLimitService,
     domain: &str,
-    descriptors: &[Vec<(String, String)>],
+    descriptors: &[Descriptor],
     timeout: Duration,
 ) -> Result<Answer, String> {
     let req = request(service, domain, descriptors, timeout)?;
@@ -175,15 +207,17 @@ pub(crate) async fn ask(
 fn request(
     service: &RateLimitService,
     domain: &str,
-    descriptors: &[Vec<(String, String)>],
+    descriptors: &[Descriptor],
     timeout: Duration,
 ) -> Result<Request<Bytes>, String> {
     let message = RateLimitRequest {
         domain: domain.to_owned(),
         descriptors: descriptors
             .iter()
-            .map(|d| Descriptor {
+            .map(|d| DescriptorProto {
+                hits_addend: d.hits.map(|value| UInt64Value { value }),
                 entries: d
+                    .entries
                     .iter()
                     .map(|(key, value)| Entry {
                         key: key.clone(),
@@ -428,11 +462,17 @@ mod tests {
     #[test]
     fn the_request_is_a_framed_rate_limit_request() {
         let descriptors = vec![
-            vec![("generic_key".to_owned(), "a".to_owned())],
-            vec![
-                ("destination_cluster".to_owned(), "web".to_owned()),
-                ("user".to_owned(), "x".to_owned()),
-            ],
+            Descriptor {
+                entries: vec![("generic_key".to_owned(), "a".to_owned())],
+                hits: None,
+            },
+            Descriptor {
+                entries: vec![
+                    ("destination_cluster".to_owned(), "web".to_owned()),
+                    ("user".to_owned(), "x".to_owned()),
+                ],
+                hits: Some(7),
+            },
         ];
         let req = request(&service(), "edge", &descriptors, Duration::from_millis(20)).unwrap();
         assert_eq!(
@@ -450,6 +490,8 @@ mod tests {
         assert_eq!(m.descriptors.len(), 2);
         assert_eq!(m.descriptors[1].entries[1].key, "user");
         assert_eq!(m.descriptors[1].entries[1].value, "x");
+        assert_eq!(m.descriptors[0].hits_addend, None);
+        assert_eq!(m.descriptors[1].hits_addend.as_ref().unwrap().value, 7);
     }
 
     #[test]

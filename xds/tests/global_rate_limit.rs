@@ -1,8 +1,9 @@
 //! Envoy's global rate limit filter (`envoy.filters.http.ratelimit`) end to end: listeners
 //! from xDS with the filter (as Envoy Gateway writes it), route `rate_limits` and per-route
-//! settings making each request's descriptors, and a real gRPC rate limit service (a
-//! tonic server of `envoy.service.ratelimit.v3.RateLimitService`, from `xds-api`'s
-//! generated code) behind a cluster of its own that decides and records what it was asked.
+//! settings making each request's descriptors, and a real gRPC rate limit service (tonic's
+//! server of `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, with `xds-api`'s
+//! messages, the request's read with its descriptors' `hits_addend`, which `xds-api` 0.2
+//! lacks) behind a cluster of its own that decides and records what it was asked.
 
 mod support;
 
@@ -16,17 +17,16 @@ use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
 use support::*;
 use tokio::net::TcpListener;
+use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::{Request, Response, Status};
 use xds_api::pb::envoy::config::core::v3::HeaderValue;
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_api::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use xds_api::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     rate_limit::Unit, Code, DescriptorStatus, RateLimit,
 };
-use xds_api::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
-    RateLimitService, RateLimitServiceServer,
-};
-use xds_api::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use xds_api::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use xds_api::pb::google::protobuf;
 
 const PORT: u16 = 18581;
@@ -42,6 +42,8 @@ const PER_USER: u32 = 2;
 struct Call {
     domain: String,
     descriptors: Vec<Vec<(String, String)>>,
+    /// Each descriptor's `hits_addend`.
+    hits: Vec<Option<u64>>,
     tenant: Option<String>,
 }
 
@@ -54,17 +56,68 @@ struct Limiter {
     hits: Mutex<HashMap<String, u32>>,
 }
 
-/// The service as tonic serves it.
+/// `RateLimitRequest` with each descriptor's `hits_addend` (tag 3 of
+/// `RateLimitDescriptor`), which `xds-api` 0.2's message would drop.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RateLimitRequest {
+    #[prost(string, tag = "1")]
+    domain: String,
+    #[prost(message, repeated, tag = "2")]
+    descriptors: Vec<Descriptor>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Descriptor {
+    #[prost(message, repeated, tag = "1")]
+    entries: Vec<Entry>,
+    #[prost(message, optional, tag = "3")]
+    hits_addend: Option<protobuf::UInt64Value>,
+}
+
+/// The service as tonic serves it: its one method, as tonic's generated servers are made.
+#[derive(Clone)]
 struct Served(Arc<Limiter>);
 
-#[tonic::async_trait]
-impl RateLimitService for Served {
-    async fn should_rate_limit(
-        &self,
-        req: Request<RateLimitRequest>,
-    ) -> Result<Response<RateLimitResponse>, Status> {
-        self.0.decide(req).await
+struct ShouldRateLimit(Arc<Limiter>);
+
+impl tonic::server::UnaryService<RateLimitRequest> for ShouldRateLimit {
+    type Response = RateLimitResponse;
+    type Future = BoxFuture<Response<RateLimitResponse>, Status>;
+
+    fn call(&mut self, req: Request<RateLimitRequest>) -> Self::Future {
+        let limiter = self.0.clone();
+        Box::pin(async move { limiter.decide(req).await })
     }
+}
+
+impl<B> Service<http::Request<B>> for Served
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::BoxBody>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        assert_eq!(
+            req.uri().path(),
+            "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+        );
+        let method = ShouldRateLimit(self.0.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(tonic::codec::ProstCodec::default());
+            Ok(grpc.unary(method, req).await)
+        })
+    }
+}
+
+impl tonic::server::NamedService for Served {
+    const NAME: &'static str = "envoy.service.ratelimit.v3.RateLimitService";
 }
 
 impl Limiter {
@@ -90,6 +143,11 @@ impl Limiter {
         self.calls.lock().unwrap().push(Call {
             domain: req.domain.clone(),
             descriptors: descriptors.clone(),
+            hits: req
+                .descriptors
+                .iter()
+                .map(|d| d.hits_addend.as_ref().map(|h| h.value))
+                .collect(),
             tenant,
         });
         let generic = |v: &str| {
@@ -163,7 +221,7 @@ async fn rate_limit_service(limiter: Arc<Limiter>) -> (SocketAddr, tokio::task::
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
-            .add_service(RateLimitServiceServer::new(Served(limiter)))
+            .add_service(Served(limiter))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     });
@@ -243,6 +301,29 @@ virtual_hosts:
         - actions:
           - generic_key: {{descriptor_value: from-settings}}
           - request_headers: {{header_name: x-user, descriptor_key: user}}
+  - match: {{path: /cost}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.ratelimit:
+        "@type": {PER_ROUTE}
+        rate_limits:
+        - actions: [{{generic_key: {{descriptor_key: cost, descriptor_value: request}}}}]
+          hits_addend: {{number: 5}}
+        - actions: [{{generic_key: {{descriptor_key: cost, descriptor_value: response}}}}]
+          apply_on_stream_done: true
+          hits_addend: {{number: 3}}
+        - actions: [{{generic_key: {{descriptor_key: cost, descriptor_value: metadata}}}}]
+          apply_on_stream_done: true
+          hits_addend: {{format: "%DYNAMIC_METADATA(something.com:key)%"}}
+        - actions:
+          - remote_address_match:
+              address_matcher: {{ranges: [{{address_prefix: 127.0.0.0, prefix_len: 8}}]}}
+              descriptor_value: loopback
+        - actions:
+          - remote_address_match:
+              address_matcher: {{ranges: [{{address_prefix: 10.0.0.0, prefix_len: 8}}]}}
+              descriptor_value: ten
+              default_value: elsewhere
   - match: {{prefix: /}}
     route: {{cluster: web}}
 "#
@@ -347,6 +428,7 @@ async fn a_rate_limit_service_decides_over_xds() {
         Call {
             domain: "edge".into(),
             descriptors: vec![vec![("user".into(), "alice".into())]],
+            hits: vec![None],
             tenant: Some("t1".into()),
         }
     );
@@ -372,6 +454,28 @@ async fn a_rate_limit_service_decides_over_xds() {
         ]]
     );
     assert_eq!(calls().last().unwrap().domain, "other");
+
+    // Costs: a descriptor counting for 5 hits; once the response is made, the descriptor
+    // for the end of the stream (3 hits; the one whose cost is dynamic metadata, which
+    // Myelin never has, is not sent); the client's address matched against CIDRs.
+    let before = calls().len();
+    assert_eq!(request(&node, PORT, "GET", "/cost", &[]).await.status, 200);
+    let call = calls()[before].clone();
+    let entry = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+    assert_eq!(
+        call.descriptors,
+        [
+            entry("cost", "request"),
+            entry("remote_address_match", "loopback"),
+            entry("remote_address_match", "elsewhere"),
+        ]
+    );
+    assert_eq!(call.hits, [Some(5), None, None]);
+    eventually("the stream-done call", || calls().len() == before + 2).await;
+    let done = calls()[before + 1].clone();
+    assert_eq!(done.descriptors, [entry("cost", "response")]);
+    assert_eq!(done.hits, [Some(3)]);
+    assert_eq!(done.domain, "edge");
 
     // Over a limit with the service's body and content type; a gRPC client gets
     // `UNAVAILABLE` (Envoy's mapping of 429) in a trailers-only answer.

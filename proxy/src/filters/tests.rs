@@ -884,6 +884,8 @@ impl crate::ratelimit::Services for NoServices {
     ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
         Box::pin(async { Err("no services in unit tests".to_owned()) })
     }
+
+    fn send_detached(&self, _: &str, _: http::Request<bytes::Bytes>, _: Duration) {}
 }
 
 /// A rate limit service that answers every call with `reply` (`Err`: fails) and keeps the
@@ -901,6 +903,13 @@ impl crate::ratelimit::Services for Canned {
     ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
         self.calls.lock().unwrap().push(cluster.to_owned());
         Box::pin(async move { (self.reply)() })
+    }
+
+    fn send_detached(&self, cluster: &str, _: http::Request<bytes::Bytes>, _: Duration) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{cluster} (detached)"));
     }
 }
 
@@ -931,6 +940,8 @@ fn global_policy() -> GlobalRateLimitPolicy {
                 key: "generic_key".into(),
                 value: "v".into(),
             }],
+            hits: crate::model::route::Hits::One,
+            on_stream_done: false,
         }],
     }
 }
@@ -1097,8 +1108,42 @@ async fn the_global_rate_limit_filter_follows_the_services_word() {
             key: "user".into(),
             skip_if_absent: false,
         }],
+        hits: crate::model::route::Hits::One,
+        on_stream_done: false,
     }];
     let (a, _, calls, outcomes) = run_global(p, &over, &[], false).await;
     assert!(a.is_none() && calls == 0 && outcomes.is_empty());
+
+    // Entries for the end of the stream: left for then (not in this call), whatever the
+    // answer now; one whose hits come from dynamic metadata never makes a descriptor.
+    let mut p = global_policy();
+    let entry = |value: &str, hits, on_stream_done| RateLimitEntry {
+        stage: 0,
+        actions: vec![RateLimitAction::GenericKey {
+            key: "cost".into(),
+            value: value.into(),
+        }],
+        hits,
+        on_stream_done,
+    };
+    use crate::model::route::Hits;
+    p.rate_limits = vec![
+        entry("now", Hits::Number(4), false),
+        entry("later", Hits::Number(2), true),
+        entry("metadata", Hits::Never, true),
+    ];
+    let (a, mut filtered, calls, _) = run_global(p, &over, &[], false).await;
+    assert!(a.is_some() && calls == 1);
+    let done = filtered
+        .take_stream_done()
+        .expect("a call for the end of the stream");
+    assert_eq!(
+        done.descriptors,
+        [Descriptor {
+            entries: vec![("cost".into(), "later".into())],
+            hits: Some(2),
+        }]
+    );
+    assert_eq!(done.domain, "d");
     assert_eq!(ok.calls.lock().unwrap()[0], "rls");
 }

@@ -79,6 +79,34 @@ pub struct RateLimitEntry {
     pub stage: u32,
     /// The descriptor's entries, in order.
     pub actions: Vec<RateLimitAction>,
+    /// `hits_addend`: what each request counts for.
+    #[serde(skip_serializing_if = "Hits::is_one")]
+    pub hits: Hits,
+    /// `apply_on_stream_done`: the descriptor is sent to the rate limit service once the
+    /// response is made, not before the request goes on (global rate limits only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub on_stream_done: bool,
+}
+
+/// What a request counts for in a rate limit (`RateLimit.hits_addend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hits {
+    /// Unset: one hit (the service's default; no `hits_addend` in the descriptor).
+    #[default]
+    One,
+    /// `number`.
+    Number(u64),
+    /// A `format` of dynamic metadata only (`%DYNAMIC_METADATA(...)%`, as Envoy Gateway
+    /// writes a response cost): Myelin has no dynamic metadata, so it never gives a number
+    /// and, as in Envoy, the entry makes no descriptor.
+    Never,
+}
+
+impl Hits {
+    fn is_one(&self) -> bool {
+        *self == Hits::One
+    }
 }
 
 /// What a descriptor entry is made of (`RateLimit.Action`).
@@ -107,6 +135,22 @@ pub enum RateLimitAction {
         v4: u8,
         /// `v6_prefix_mask_len` (default 128).
         v6: u8,
+    },
+    /// `remote_address_match`: (`descriptor_key`, or `remote_address_match`; the value)
+    /// when the client's address is in `ranges` (or is not, with `invert`), else the
+    /// `default` value, else no descriptor.
+    RemoteAddressMatch {
+        /// The entry's key.
+        key: String,
+        /// The entry's value on a match.
+        value: String,
+        /// `address_matcher.ranges`.
+        ranges: Vec<super::listener::CidrRange>,
+        /// `address_matcher.invert_match`.
+        invert: bool,
+        /// `default_value`: the entry's value when the address does not match.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        default: Option<String>,
     },
     /// `generic_key`: (`descriptor_key`, or `generic_key`; the value).
     GenericKey {

@@ -716,13 +716,178 @@ pub struct LocalRateLimit {
     pub local_cluster_rate_limit: Option<Vec<u8>>,
     #[prost(message, repeated, tag = "17")]
     #[serde(default)]
-    pub rate_limits: Vec<xds_api::pb::envoy::config::route::v3::RateLimit>,
+    pub rate_limits: Vec<RouteRateLimit>,
 }
 named!(
     LocalRateLimit,
     "envoy.extensions.filters.http.local_ratelimit.v3",
     "LocalRateLimit"
 );
+
+fn x_ratelimit_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, &["UNSPECIFIED", "OFF", "DRAFT_VERSION_03"])
+}
+
+use xds_api::pb::envoy::config::route::v3 as route_pb;
+
+/// `envoy.config.route.v3.RateLimit` as Envoy has it now, past `xds-api` 0.2's schema
+/// (`hits_addend`, `apply_on_stream_done`, `x_ratelimit_option`, the
+/// `remote_address_match` and `query_parameters` actions, `default_value`s): the
+/// `rate_limits` of the rate limit filters' configs. Route and virtual host `rate_limits`
+/// are read with `xds-api`'s type (whose fields are a subset of these) and transcoded to
+/// this one, so one converter reads both.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRateLimit {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub stage: Option<protobuf::UInt32Value>,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub disable_key: String,
+    #[prost(message, repeated, tag = "3")]
+    #[serde(default)]
+    pub actions: Vec<RateLimitAction>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub limit: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub hits_addend: Option<HitsAddend>,
+    #[prost(bool, tag = "6")]
+    #[serde(default)]
+    pub apply_on_stream_done: bool,
+    #[prost(int32, tag = "7")]
+    #[serde(default, deserialize_with = "x_ratelimit_option")]
+    pub x_ratelimit_option: i32,
+}
+
+/// `envoy.config.route.v3.RateLimit.HitsAddend`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HitsAddend {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub number: Option<protobuf::UInt64Value>,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub format: String,
+    #[prost(bool, tag = "3")]
+    #[serde(default)]
+    pub is_negative_hits: bool,
+}
+
+/// `envoy.config.route.v3.RateLimit.Action`: its oneof as plain optional fields.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitAction {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    #[serde(default, deserialize_with = "present")]
+    pub source_cluster: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    #[serde(default, deserialize_with = "present")]
+    pub destination_cluster: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub request_headers: Option<route_pb::rate_limit::action::RequestHeaders>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub remote_address: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub generic_key: Option<GenericKey>,
+    #[prost(message, optional, tag = "6")]
+    #[serde(default)]
+    pub header_value_match: Option<HeaderValueMatch>,
+    #[prost(bytes = "vec", optional, tag = "7")]
+    #[serde(default, deserialize_with = "present")]
+    pub dynamic_metadata: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "8")]
+    #[serde(default, deserialize_with = "present")]
+    pub metadata: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "9")]
+    #[serde(default, deserialize_with = "present")]
+    pub extension: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "10")]
+    #[serde(default)]
+    pub masked_remote_address: Option<route_pb::rate_limit::action::MaskedRemoteAddress>,
+    #[prost(bytes = "vec", optional, tag = "11")]
+    #[serde(default, deserialize_with = "present")]
+    pub query_parameter_value_match: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "12")]
+    #[serde(default, deserialize_with = "present")]
+    pub query_parameters: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "13")]
+    #[serde(default)]
+    pub remote_address_match: Option<RemoteAddressMatch>,
+}
+
+/// `envoy.config.route.v3.RateLimit.Action.GenericKey`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericKey {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub descriptor_value: String,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub descriptor_key: String,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub default_value: String,
+}
+
+/// `envoy.config.route.v3.RateLimit.Action.HeaderValueMatch`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueMatch {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub descriptor_value: String,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub expect_match: Option<protobuf::BoolValue>,
+    #[prost(message, repeated, tag = "3")]
+    #[serde(default)]
+    pub headers: Vec<route_pb::HeaderMatcher>,
+    #[prost(string, tag = "4")]
+    #[serde(default)]
+    pub descriptor_key: String,
+    #[prost(string, tag = "5")]
+    #[serde(default)]
+    pub default_value: String,
+}
+
+/// `envoy.config.route.v3.RateLimit.Action.RemoteAddressMatch`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteAddressMatch {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub descriptor_value: String,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub descriptor_key: String,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub default_value: String,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub address_matcher: Option<AddressMatcher>,
+}
+
+/// `envoy.type.matcher.v3.AddressMatcher` (its `xds.core.v3.CidrRange`s have the fields and
+/// tags of `config.core.v3.CidrRange`).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressMatcher {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(default)]
+    pub ranges: Vec<core::CidrRange>,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub invert_match: bool,
+}
 
 fn override_options<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
     named_enum(
@@ -791,7 +956,7 @@ pub struct HttpRateLimit {
     pub failure_mode_deny_percent: Option<core::RuntimeFractionalPercent>,
     #[prost(message, repeated, tag = "17")]
     #[serde(default)]
-    pub rate_limits: Vec<xds_api::pb::envoy::config::route::v3::RateLimit>,
+    pub rate_limits: Vec<RouteRateLimit>,
 }
 named!(
     HttpRateLimit,
@@ -811,7 +976,7 @@ pub struct RateLimitPerRoute {
     pub override_option: i32,
     #[prost(message, repeated, tag = "3")]
     #[serde(default)]
-    pub rate_limits: Vec<xds_api::pb::envoy::config::route::v3::RateLimit>,
+    pub rate_limits: Vec<RouteRateLimit>,
     #[prost(string, tag = "4")]
     #[serde(default)]
     pub domain: String,
@@ -1187,6 +1352,15 @@ const SDS_SECRET_CONFIG: &str = "envoy.extensions.transport_sockets.tls.v3.SdsSe
 const VALIDATION_CONTEXT: &str =
     "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext";
 const RBAC: &str = "envoy.config.rbac.v3.RBAC";
+/// The newer `RateLimit` ([`RouteRateLimit`]) and its parts, named apart from `xds-api`'s
+/// descriptors of the older messages (the names only key the JSON loader's shapes).
+pub(crate) const ROUTE_RATE_LIMIT: &str = "envoy.config.route.v3.RateLimit (newer)";
+const RATE_LIMIT_ACTION: &str = "envoy.config.route.v3.RateLimit.Action (newer)";
+const HITS_ADDEND: &str = "envoy.config.route.v3.RateLimit.HitsAddend";
+const GENERIC_KEY: &str = "envoy.config.route.v3.RateLimit.Action.GenericKey (newer)";
+const HEADER_VALUE_MATCH: &str = "envoy.config.route.v3.RateLimit.Action.HeaderValueMatch (newer)";
+const REMOTE_ADDRESS_MATCH: &str = "envoy.config.route.v3.RateLimit.Action.RemoteAddressMatch";
+pub(crate) const ADDRESS_MATCHER: &str = "envoy.type.matcher.v3.AddressMatcher";
 const XDS_MATCHER: &str = "xds.type.matcher.v3.Matcher";
 const PROTOCOL_CONFIG: &[JsonField] = &[
     m(
@@ -1492,7 +1666,7 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
             m("always_consume_default_token_bucket", BOOL_VALUE),
             p("rate_limited_as_resource_exhausted"),
             p("local_cluster_rate_limit"),
-            rm("rate_limits", "envoy.config.route.v3.RateLimit"),
+            rm("rate_limits", ROUTE_RATE_LIMIT),
         ],
     ),
     (
@@ -1506,6 +1680,84 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
     (
         "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
         &[m("users", DATA_SOURCE)],
+    ),
+    (
+        ROUTE_RATE_LIMIT,
+        &[
+            m("stage", UINT32_VALUE),
+            p("disable_key"),
+            rm("actions", RATE_LIMIT_ACTION),
+            p("limit"),
+            m("hits_addend", HITS_ADDEND),
+            p("apply_on_stream_done"),
+            p("x_ratelimit_option"),
+        ],
+    ),
+    (
+        HITS_ADDEND,
+        &[
+            m("number", "google.protobuf.UInt64Value"),
+            p("format"),
+            p("is_negative_hits"),
+        ],
+    ),
+    (
+        RATE_LIMIT_ACTION,
+        &[
+            p("source_cluster"),
+            p("destination_cluster"),
+            m(
+                "request_headers",
+                "envoy.config.route.v3.RateLimit.Action.RequestHeaders",
+            ),
+            p("remote_address"),
+            m("generic_key", GENERIC_KEY),
+            m("header_value_match", HEADER_VALUE_MATCH),
+            p("dynamic_metadata"),
+            p("metadata"),
+            p("extension"),
+            m(
+                "masked_remote_address",
+                "envoy.config.route.v3.RateLimit.Action.MaskedRemoteAddress",
+            ),
+            p("query_parameter_value_match"),
+            p("query_parameters"),
+            m("remote_address_match", REMOTE_ADDRESS_MATCH),
+        ],
+    ),
+    (
+        GENERIC_KEY,
+        &[
+            p("descriptor_value"),
+            p("descriptor_key"),
+            p("default_value"),
+        ],
+    ),
+    (
+        HEADER_VALUE_MATCH,
+        &[
+            p("descriptor_value"),
+            m("expect_match", BOOL_VALUE),
+            rm("headers", "envoy.config.route.v3.HeaderMatcher"),
+            p("descriptor_key"),
+            p("default_value"),
+        ],
+    ),
+    (
+        REMOTE_ADDRESS_MATCH,
+        &[
+            p("descriptor_value"),
+            p("descriptor_key"),
+            p("default_value"),
+            m("address_matcher", ADDRESS_MATCHER),
+        ],
+    ),
+    (
+        ADDRESS_MATCHER,
+        &[
+            rm("ranges", "envoy.config.core.v3.CidrRange"),
+            p("invert_match"),
+        ],
     ),
     (
         "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
@@ -1529,7 +1781,7 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
             m("filter_enabled", RUNTIME_PERCENT),
             m("filter_enforced", RUNTIME_PERCENT),
             m("failure_mode_deny_percent", RUNTIME_PERCENT),
-            rm("rate_limits", "envoy.config.route.v3.RateLimit"),
+            rm("rate_limits", ROUTE_RATE_LIMIT),
         ],
     ),
     (
@@ -1537,7 +1789,7 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         &[
             p("vh_rate_limits"),
             p("override_option"),
-            rm("rate_limits", "envoy.config.route.v3.RateLimit"),
+            rm("rate_limits", ROUTE_RATE_LIMIT),
             p("domain"),
         ],
     ),
@@ -1786,6 +2038,13 @@ mod tests {
             LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
             BasicAuth => "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
             HttpRateLimit => "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            RouteRateLimit => ROUTE_RATE_LIMIT,
+            HitsAddend => HITS_ADDEND,
+            RateLimitAction => RATE_LIMIT_ACTION,
+            GenericKey => GENERIC_KEY,
+            HeaderValueMatch => HEADER_VALUE_MATCH,
+            RemoteAddressMatch => REMOTE_ADDRESS_MATCH,
+            AddressMatcher => ADDRESS_MATCHER,
             RateLimitPerRoute => "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
             BasicAuthPerRoute => "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
             CsrfPolicy => "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
@@ -1814,7 +2073,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            34 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
+            41 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

@@ -811,7 +811,7 @@ fn rate_limit_policy(
     }
     let vh_rate_limits = vh_option(cx, p, *vh_rate_limits);
     // The filter's own: in place of the route's and the virtual host's.
-    let rate_limits = route::rate_limits(cx, p, rate_limits);
+    let rate_limits = route::filter_rate_limits(cx, p, rate_limits, route::RateLimitsOf::Local);
     cx.unsupported(p, "local_cluster_rate_limit", local_cluster_rate_limit);
     let x_ratelimit_headers = match enable_x_ratelimit_headers {
         0 => false,
@@ -973,7 +973,7 @@ fn global_rate_limit(
         "response_headers_to_add",
         response_headers_to_add,
     );
-    let rate_limits = route::rate_limits(cx, p, rate_limits);
+    let rate_limits = route::filter_rate_limits(cx, p, rate_limits, route::RateLimitsOf::Global);
     let deny = if *failure_mode_deny {
         mf::Fraction::ALL
     } else {
@@ -1130,7 +1130,7 @@ fn global_rate_limit_route(
     let vh = vh_option(cx, p, *vh);
     // Not implemented in Envoy either (`[#not-implemented-hide:]`).
     cx.unsupported(p, "override_option", override_option);
-    let rate_limits = route::rate_limits(cx, p, rate_limits);
+    let rate_limits = route::filter_rate_limits(cx, p, rate_limits, route::RateLimitsOf::Global);
     if cx.errs.len() != errors {
         return None;
     }

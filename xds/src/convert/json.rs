@@ -528,6 +528,8 @@ mod tests {
             "envoy.extensions.filters.http.fault.v3.FaultAbort",
             "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
             ext::LOCALITY_LB,
+            ext::ROUTE_RATE_LIMIT,
+            ext::ADDRESS_MATCHER,
         ];
         let missing: Vec<&str> = ext::JSON_MESSAGES
             .iter()

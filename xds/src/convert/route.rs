@@ -4,7 +4,9 @@ use myelin_proxy::model::{self, listener::WeightedCluster, route as mr};
 use xds_api::pb::envoy::config::route::v3 as pb;
 
 use super::common::{header_value_options, regex_matcher, string_matcher};
-use super::{filter, idx, join, Cx, Reason, Rejection};
+use prost::Message as _;
+
+use super::{ext, filter, idx, join, Cx, Reason, Rejection};
 
 /// `retry_on` conditions Envoy's router knows (HTTP and gRPC).
 const RETRY_ON: &[&str] = &[
@@ -198,141 +200,307 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
     }
 }
 
-/// `rate_limits` of a route action or virtual host.
+/// Whose `rate_limits` a list is: which of the newer fields it may have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum RateLimitsOf {
+    /// A route action's or virtual host's (`xds-api`'s schema: none of them).
+    Route,
+    /// The local rate limit filter's own: no `hits_addend` or `apply_on_stream_done`.
+    Local,
+    /// The global rate limit filter's own, or its route settings'.
+    Global,
+}
+
+/// `rate_limits` of a route action or virtual host (`xds-api`'s messages, transcoded to
+/// the newer [`ext::RouteRateLimit`], whose fields they have).
 pub(super) fn rate_limits(cx: &mut Cx, p: &str, list: &[pb::RateLimit]) -> Vec<mr::RateLimitEntry> {
+    let newer: Vec<ext::RouteRateLimit> = list
+        .iter()
+        .filter_map(|r| ext::RouteRateLimit::decode(r.encode_to_vec().as_slice()).ok())
+        .collect();
+    filter_rate_limits(cx, p, &newer, RateLimitsOf::Route)
+}
+
+/// `rate_limits` of a filter config (or of the route table's, see [`rate_limits`]).
+pub(super) fn filter_rate_limits(
+    cx: &mut Cx,
+    p: &str,
+    list: &[ext::RouteRateLimit],
+    of: RateLimitsOf,
+) -> Vec<mr::RateLimitEntry> {
     list.iter()
         .enumerate()
-        .filter_map(|(i, r)| rate_limit(cx, &idx(p, "rate_limits", i), r))
+        .filter_map(|(i, r)| rate_limit(cx, &idx(p, "rate_limits", i), r, of))
         .collect()
 }
 
-fn rate_limit(cx: &mut Cx, p: &str, r: &pb::RateLimit) -> Option<mr::RateLimitEntry> {
-    use pb::rate_limit::action::ActionSpecifier as A;
-    let pb::RateLimit {
+fn rate_limit(
+    cx: &mut Cx,
+    p: &str,
+    r: &ext::RouteRateLimit,
+    of: RateLimitsOf,
+) -> Option<mr::RateLimitEntry> {
+    let ext::RouteRateLimit {
         stage,
         // A runtime key Myelin has no runtime for: the entry always applies.
         disable_key: _,
         actions,
         limit,
+        hits_addend,
+        apply_on_stream_done,
+        x_ratelimit_option,
     } = r;
     // Dynamic metadata overrides: the global rate limit service's.
     cx.unsupported(p, "limit", limit);
+    cx.unsupported(p, "x_ratelimit_option", x_ratelimit_option);
     let stage = stage.as_ref().map_or(0, |s| s.value);
     if stage > 10 {
         cx.reject(join(p, "stage"), Reason::Invalid("at most 10".into()));
     }
+    if of == RateLimitsOf::Local {
+        cx.unsupported(p, "hits_addend", hits_addend);
+        cx.unsupported(p, "apply_on_stream_done", apply_on_stream_done);
+    }
+    let hits = match hits_addend {
+        None => mr::Hits::One,
+        Some(h) => hits(cx, &join(p, "hits_addend"), h)?,
+    };
     if actions.is_empty() {
         cx.reject(join(p, "actions"), Reason::Missing);
         return None;
     }
     let mut out = Vec::with_capacity(actions.len());
     for (i, a) in actions.iter().enumerate() {
-        let ap = idx(p, "actions", i);
-        let key_or = |k: &str, default: &str| {
-            if k.is_empty() {
-                default.to_owned()
-            } else {
-                k.to_owned()
-            }
-        };
-        let action = match &a.action_specifier {
-            Some(A::DestinationCluster(_)) => mr::RateLimitAction::DestinationCluster,
-            Some(A::RequestHeaders(h)) => {
-                if h.header_name.is_empty() || h.descriptor_key.is_empty() {
-                    cx.reject(
-                        join(&ap, "request_headers"),
-                        Reason::Invalid("`header_name` and `descriptor_key` are required".into()),
-                    );
-                    continue;
-                }
-                mr::RateLimitAction::RequestHeaders {
-                    header: h.header_name.to_ascii_lowercase(),
-                    key: h.descriptor_key.clone(),
-                    skip_if_absent: h.skip_if_absent,
-                }
-            }
-            Some(A::RemoteAddress(_)) => mr::RateLimitAction::RemoteAddress,
-            Some(A::MaskedRemoteAddress(m)) => {
-                let v4 = m.v4_prefix_mask_len.as_ref().map_or(32, |v| v.value);
-                let v6 = m.v6_prefix_mask_len.as_ref().map_or(128, |v| v.value);
-                if v4 > 32 || v6 > 128 {
-                    cx.reject(
-                        join(&ap, "masked_remote_address"),
-                        Reason::Invalid("a prefix longer than the address".into()),
-                    );
-                    continue;
-                }
-                mr::RateLimitAction::MaskedRemoteAddress {
-                    v4: v4 as u8,
-                    v6: v6 as u8,
-                }
-            }
-            Some(A::GenericKey(g)) => {
-                if g.descriptor_value.is_empty() {
-                    cx.reject(
-                        join(&join(&ap, "generic_key"), "descriptor_value"),
-                        Reason::Missing,
-                    );
-                    continue;
-                }
-                mr::RateLimitAction::GenericKey {
-                    key: key_or(&g.descriptor_key, "generic_key"),
-                    value: g.descriptor_value.clone(),
-                }
-            }
-            Some(A::HeaderValueMatch(h)) => {
-                let hp = join(&ap, "header_value_match");
-                if h.descriptor_value.is_empty() {
-                    cx.reject(join(&hp, "descriptor_value"), Reason::Missing);
-                    continue;
-                }
-                let headers: Vec<_> = h
-                    .headers
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, m)| header_matcher(cx, &idx(&hp, "headers", i), m))
-                    .collect();
-                mr::RateLimitAction::HeaderValueMatch {
-                    key: key_or(&h.descriptor_key, "header_match"),
-                    value: h.descriptor_value.clone(),
-                    expect_match: h.expect_match.as_ref().is_none_or(|b| b.value),
-                    headers,
-                }
-            }
-            // The node's own cluster name: Myelin's agent has none to give.
-            Some(A::SourceCluster(_)) => {
-                cx.reject(join(&ap, "source_cluster"), Reason::NotSupported);
-                continue;
-            }
-            Some(A::DynamicMetadata(_)) => {
-                cx.reject(join(&ap, "dynamic_metadata"), Reason::NotSupported);
-                continue;
-            }
-            Some(A::Metadata(_)) => {
-                cx.reject(join(&ap, "metadata"), Reason::NotSupported);
-                continue;
-            }
-            Some(A::Extension(_)) => {
-                cx.reject(join(&ap, "extension"), Reason::NotSupported);
-                continue;
-            }
-            Some(A::QueryParameterValueMatch(_)) => {
-                cx.reject(
-                    join(&ap, "query_parameter_value_match"),
-                    Reason::NotSupported,
-                );
-                continue;
-            }
-            None => {
-                cx.reject(join(&ap, "action_specifier"), Reason::Missing);
-                continue;
-            }
-        };
-        out.push(action);
+        if let Some(action) = rate_limit_action(cx, &idx(p, "actions", i), a) {
+            out.push(action);
+        }
     }
     (out.len() == actions.len()).then_some(mr::RateLimitEntry {
         stage,
         actions: out,
+        hits,
+        on_stream_done: *apply_on_stream_done,
+    })
+}
+
+/// A `RateLimit.HitsAddend`: a number (at most 10^9, Envoy's bound), or a format of
+/// dynamic metadata, which Myelin never has (so the entry never makes a descriptor,
+/// as in Envoy when a format gives no number).
+fn hits(cx: &mut Cx, p: &str, h: &ext::HitsAddend) -> Option<mr::Hits> {
+    let ext::HitsAddend {
+        number,
+        format,
+        is_negative_hits,
+    } = h;
+    cx.unsupported(p, "is_negative_hits", is_negative_hits);
+    match (number, format.as_str()) {
+        (Some(n), "") if n.value <= 1_000_000_000 => Some(mr::Hits::Number(n.value)),
+        (Some(_), "") => {
+            cx.reject(
+                join(p, "number"),
+                Reason::Invalid("at most 1000000000".into()),
+            );
+            None
+        }
+        (None, f) if is_dynamic_metadata(f) => Some(mr::Hits::Never),
+        (None, "") => {
+            cx.reject(p, Reason::Invalid("one of `number` and `format`".into()));
+            None
+        }
+        (None, _) => {
+            cx.reject(
+                join(p, "format"),
+                Reason::Invalid(
+                    "only a `%DYNAMIC_METADATA(...)%` format is supported (Myelin has no \
+                     dynamic metadata: the entry then makes no descriptor)"
+                        .into(),
+                ),
+            );
+            None
+        }
+        (Some(_), _) => {
+            cx.reject(p, Reason::Invalid("one of `number` and `format`".into()));
+            None
+        }
+    }
+}
+
+/// Whether `f` is one `%DYNAMIC_METADATA(namespace:key...)%` operator (with an optional
+/// `:Z` length).
+fn is_dynamic_metadata(f: &str) -> bool {
+    f.strip_prefix("%DYNAMIC_METADATA(")
+        .and_then(|rest| rest.strip_suffix('%'))
+        .and_then(|rest| rest.split_once(')'))
+        .is_some_and(|(args, tail)| {
+            !args.is_empty()
+                && !args.contains('%')
+                && (tail.is_empty()
+                    || tail
+                        .strip_prefix(':')
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        })
+}
+
+fn rate_limit_action(
+    cx: &mut Cx,
+    ap: &str,
+    a: &ext::RateLimitAction,
+) -> Option<mr::RateLimitAction> {
+    let ext::RateLimitAction {
+        source_cluster,
+        destination_cluster,
+        request_headers,
+        remote_address,
+        generic_key,
+        header_value_match,
+        dynamic_metadata,
+        metadata,
+        extension,
+        masked_remote_address,
+        query_parameter_value_match,
+        query_parameters,
+        remote_address_match,
+    } = a;
+    let set = [
+        source_cluster.is_some(),
+        destination_cluster.is_some(),
+        request_headers.is_some(),
+        remote_address.is_some(),
+        generic_key.is_some(),
+        header_value_match.is_some(),
+        dynamic_metadata.is_some(),
+        metadata.is_some(),
+        extension.is_some(),
+        masked_remote_address.is_some(),
+        query_parameter_value_match.is_some(),
+        query_parameters.is_some(),
+        remote_address_match.is_some(),
+    ];
+    match set.iter().filter(|s| **s).count() {
+        0 => {
+            cx.reject(join(ap, "action_specifier"), Reason::Missing);
+            return None;
+        }
+        1 => {}
+        _ => {
+            cx.reject(ap, Reason::Invalid("one action per entry".into()));
+            return None;
+        }
+    }
+    let key_or = |k: &str, default: &str| {
+        if k.is_empty() {
+            default.to_owned()
+        } else {
+            k.to_owned()
+        }
+    };
+    // The node's own cluster name (`source_cluster`): Myelin's agent has none to give.
+    for (field, value) in [
+        ("source_cluster", source_cluster),
+        ("dynamic_metadata", dynamic_metadata),
+        ("metadata", metadata),
+        ("extension", extension),
+        ("query_parameter_value_match", query_parameter_value_match),
+        ("query_parameters", query_parameters),
+    ] {
+        if value.is_some() {
+            cx.reject(join(ap, field), Reason::NotSupported);
+            return None;
+        }
+    }
+    if destination_cluster.is_some() {
+        return Some(mr::RateLimitAction::DestinationCluster);
+    }
+    if remote_address.is_some() {
+        return Some(mr::RateLimitAction::RemoteAddress);
+    }
+    if let Some(h) = request_headers {
+        if h.header_name.is_empty() || h.descriptor_key.is_empty() {
+            cx.reject(
+                join(ap, "request_headers"),
+                Reason::Invalid("`header_name` and `descriptor_key` are required".into()),
+            );
+            return None;
+        }
+        return Some(mr::RateLimitAction::RequestHeaders {
+            header: h.header_name.to_ascii_lowercase(),
+            key: h.descriptor_key.clone(),
+            skip_if_absent: h.skip_if_absent,
+        });
+    }
+    if let Some(m) = masked_remote_address {
+        let v4 = m.v4_prefix_mask_len.as_ref().map_or(32, |v| v.value);
+        let v6 = m.v6_prefix_mask_len.as_ref().map_or(128, |v| v.value);
+        if v4 > 32 || v6 > 128 {
+            cx.reject(
+                join(ap, "masked_remote_address"),
+                Reason::Invalid("a prefix longer than the address".into()),
+            );
+            return None;
+        }
+        return Some(mr::RateLimitAction::MaskedRemoteAddress {
+            v4: v4 as u8,
+            v6: v6 as u8,
+        });
+    }
+    if let Some(g) = generic_key {
+        let gp = join(ap, "generic_key");
+        cx.unsupported(&gp, "default_value", &g.default_value);
+        if g.descriptor_value.is_empty() {
+            cx.reject(join(&gp, "descriptor_value"), Reason::Missing);
+            return None;
+        }
+        return Some(mr::RateLimitAction::GenericKey {
+            key: key_or(&g.descriptor_key, "generic_key"),
+            value: g.descriptor_value.clone(),
+        });
+    }
+    if let Some(h) = header_value_match {
+        let hp = join(ap, "header_value_match");
+        cx.unsupported(&hp, "default_value", &h.default_value);
+        if h.descriptor_value.is_empty() {
+            cx.reject(join(&hp, "descriptor_value"), Reason::Missing);
+            return None;
+        }
+        let headers: Vec<_> = h
+            .headers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| header_matcher(cx, &idx(&hp, "headers", i), m))
+            .collect();
+        return Some(mr::RateLimitAction::HeaderValueMatch {
+            key: key_or(&h.descriptor_key, "header_match"),
+            value: h.descriptor_value.clone(),
+            expect_match: h.expect_match.as_ref().is_none_or(|b| b.value),
+            headers,
+        });
+    }
+    let r = remote_address_match.as_ref()?;
+    let rp = join(ap, "remote_address_match");
+    if r.descriptor_value.is_empty() {
+        cx.reject(join(&rp, "descriptor_value"), Reason::Missing);
+        return None;
+    }
+    let Some(m) = &r.address_matcher else {
+        cx.reject(join(&rp, "address_matcher"), Reason::Missing);
+        return None;
+    };
+    let mp = join(&rp, "address_matcher");
+    let ranges: Vec<_> = m
+        .ranges
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| super::listener::cidr(cx, &idx(&mp, "ranges", i), c))
+        .collect();
+    if ranges.len() != m.ranges.len() {
+        return None;
+    }
+    Some(mr::RateLimitAction::RemoteAddressMatch {
+        key: key_or(&r.descriptor_key, "remote_address_match"),
+        value: r.descriptor_value.clone(),
+        ranges,
+        invert: m.invert_match,
+        default: (!r.default_value.is_empty()).then(|| r.default_value.clone()),
     })
 }
 

@@ -813,6 +813,8 @@ virtual_hosts:
                 mr::RateLimitAction::RemoteAddress,
                 mr::RateLimitAction::MaskedRemoteAddress { v4: 32, v6: 64 },
             ],
+            hits: mr::Hits::One,
+            on_stream_done: false,
         }]
     );
     let r = &action(&v.routes[0]).rate_limits[0];

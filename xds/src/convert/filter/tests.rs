@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use myelin_proxy::model::filter as mf;
 use myelin_proxy::model::listener as ml;
+use myelin_proxy::model::route as mr;
 use myelin_proxy::model::{self, StringPattern};
 use xds_api::pb::envoy::config::listener::v3 as lpb;
 use xds_api::pb::envoy::config::route::v3 as rpb;
@@ -617,6 +618,102 @@ virtual_hosts:
     assert_eq!(r.vh_rate_limits, mf::VhRateLimits::Include);
     assert_eq!(r.domain.as_deref(), Some("other"));
     assert_eq!(r.rate_limits.len(), 1);
+}
+
+#[test]
+fn newer_rate_limit_fields_in_filter_configs() {
+    // Envoy Gateway's per-route costs (`hitsAddend`, `applyOnStreamDone`, camelCase as in
+    // its goldens) and its client CIDR match (`remoteAddressMatch`): past `xds-api` 0.2's
+    // `RateLimit`, read with Myelin's own.
+    let rc: rpb::RouteConfiguration = json::from_value(serde_json::json!({
+        "name": "r",
+        "virtualHosts": [{"name": "v", "domains": ["*"], "routes": [{
+            "match": {"prefix": "/"},
+            "route": {"cluster": "web"},
+            "typedPerFilterConfig": {
+                "envoy.filters.http.ratelimit": {
+                    "@type": GLOBAL_RATE_LIMIT_ROUTE,
+                    "rateLimits": [
+                        {"actions": [{"genericKey": {"descriptorKey": "cost", "descriptorValue": "c"}}],
+                         "hitsAddend": {"number": "12345"}},
+                        {"actions": [{"genericKey": {"descriptorKey": "cost", "descriptorValue": "c"}}],
+                         "applyOnStreamDone": true,
+                         "hitsAddend": {"format": "%DYNAMIC_METADATA(something.com:key)%"}},
+                        {"actions": [{"remoteAddressMatch": {
+                            "addressMatcher": {"ranges": [{"addressPrefix": "192.168.0.0", "prefixLen": 16}]},
+                            "descriptorKey": "masked_remote_address",
+                            "descriptorValue": "192.168.0.0/16"
+                        }}]}
+                    ]
+                }
+            }
+        }]}]
+    }))
+    .unwrap();
+    let rc = route_configuration(&rc).unwrap();
+    let s = &rc.virtual_hosts[0].routes[0].filters["envoy.filters.http.ratelimit"];
+    let Some(mf::FilterPolicy::RateLimit(r)) = &s.policy else {
+        panic!("{s:?}")
+    };
+    let [cost, done, cidr] = &r.rate_limits[..] else {
+        panic!("{:?}", r.rate_limits)
+    };
+    assert_eq!(
+        (cost.hits, cost.on_stream_done),
+        (mr::Hits::Number(12345), false)
+    );
+    assert_eq!((done.hits, done.on_stream_done), (mr::Hits::Never, true));
+    let mr::RateLimitAction::RemoteAddressMatch {
+        key,
+        value,
+        ranges,
+        invert,
+        default,
+    } = &cidr.actions[0]
+    else {
+        panic!("{:?}", cidr.actions)
+    };
+    assert_eq!(
+        (key.as_str(), value.as_str()),
+        ("masked_remote_address", "192.168.0.0/16")
+    );
+    assert_eq!(ranges[0].prefix_len, 16);
+    assert!(!invert && default.is_none());
+
+    // What the filters cannot honour is rejected with its path.
+    let route = |config: &str| {
+        yaml::<rpb::RouteConfiguration>(&format!(
+            "name: r\ntypedPerFilterConfig:\n  rl: {{\"@type\": {config}}}\n"
+        ))
+    };
+    for (config, want) in [
+        (
+            format!("{RATE_LIMIT}, stat_prefix: x, token_bucket: {{max_tokens: 1, fill_interval: 1s}}, rate_limits: [{{actions: [{{remote_address: {{}}}}], hits_addend: {{number: 2}}}}]"),
+            "typed_per_filter_config[\"rl\"].rate_limits[0].hits_addend: not supported",
+        ),
+        (
+            format!("{GLOBAL_RATE_LIMIT_ROUTE}, rate_limits: [{{actions: [{{remote_address: {{}}}}], hits_addend: {{format: '%BYTES_SENT%'}}}}]"),
+            "typed_per_filter_config[\"rl\"].rate_limits[0].hits_addend.format: only a `%DYNAMIC_METADATA(...)%` format is supported (Myelin has no dynamic metadata: the entry then makes no descriptor)",
+        ),
+        (
+            format!("{GLOBAL_RATE_LIMIT_ROUTE}, rate_limits: [{{actions: [{{remote_address: {{}}}}], hits_addend: {{number: 1000000001}}}}]"),
+            "typed_per_filter_config[\"rl\"].rate_limits[0].hits_addend.number: at most 1000000000",
+        ),
+        (
+            format!("{GLOBAL_RATE_LIMIT_ROUTE}, rate_limits: [{{actions: [{{remote_address: {{}}, generic_key: {{descriptor_value: v}}}}]}}]"),
+            "typed_per_filter_config[\"rl\"].rate_limits[0].actions[0]: one action per entry",
+        ),
+        (
+            format!("{GLOBAL_RATE_LIMIT_ROUTE}, rate_limits: [{{actions: [{{query_parameters: {{query_parameter_name: q, descriptor_key: k}}}}]}}]"),
+            "typed_per_filter_config[\"rl\"].rate_limits[0].actions[0].query_parameters: not supported",
+        ),
+        (
+            format!("{GLOBAL_RATE_LIMIT_ROUTE}, rate_limits: [{{actions: [{{remote_address_match: {{descriptor_value: v}}}}]}}]"),
+            "typed_per_filter_config[\"rl\"].rate_limits[0].actions[0].remote_address_match.address_matcher: required but not set",
+        ),
+    ] {
+        assert_eq!(messages(route_configuration(&route(&config))), [want], "{config}");
+    }
 }
 
 #[test]
