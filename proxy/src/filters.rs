@@ -12,6 +12,10 @@
 //! - **global rate limit** (`envoy.filters.http.ratelimit`): the request's descriptors go
 //!   to a rate limit service ([`crate::ratelimit`]); a request over a limit is answered
 //!   `429` (Envoy's `ratelimit.cc`);
+//! - **JWT authentication** (`envoy.filters.http.jwt_authn`): the request's requirement (the
+//!   filter's `rules`, or the route's `requirement_name`) checked by [`crate::jwt`]; a
+//!   request without the tokens it needs is answered `401` (`403` for an audience not
+//!   allowed);
 //! - **basic auth** (`envoy.filters.http.basic_auth`): HTTP Basic credentials checked
 //!   against htpasswd `{SHA}` users; a request without valid ones is answered `401` (Envoy's
 //!   `basic_auth_filter.cc`);
@@ -22,8 +26,9 @@
 //!
 //! Requests routed to a cluster pass through them all. Requests their route answers itself
 //! (direct responses, redirects) pass through those that guard or limit (RBAC, basic auth,
-//! CSRF, local rate limit), as in Envoy; fault injection, CORS and sessions need a route
-//! to a cluster (Envoy's CORS filter skips them too, having no route entry).
+//! JWT, CSRF, local rate limit), as in Envoy; fault injection, CORS, sessions and the
+//! global rate limit need a route to a cluster (Envoy's CORS and rate limit filters skip
+//! them too, having no route entry).
 //! **Stateful sessions** (`envoy.filters.http.stateful_session`) only note the host the
 //! request's cookie or header names ([`Session`]): the router prefers it, and the response
 //! names the host that answered when it is another.
@@ -134,6 +139,8 @@ pub(crate) struct Filtered {
     service_response_headers: Vec<(HeaderName, HeaderValue)>,
     /// The descriptors to send a rate limit service once the response is made.
     stream_done: Option<StreamDone>,
+    /// What JWT authentication changes in the request (tokens removed, claims added).
+    jwt: Option<crate::jwt::Passed>,
 }
 
 /// A call to a rate limit service at the end of a request's stream
@@ -310,6 +317,14 @@ impl Filtered {
         for (name, value) in self.service_request_headers.drain(..) {
             headers.append(name, value);
         }
+        if let Some(jwt) = self.jwt.take() {
+            for name in &jwt.remove {
+                headers.remove(name);
+            }
+            for (name, value) in jwt.set {
+                headers.insert(name, value);
+            }
+        }
         if let Some(p) = self.not_enforced.take() {
             crate::traffic::router::mutate_headers(
                 headers,
@@ -433,6 +448,7 @@ pub(crate) async fn run(
                 filter.kind,
                 FilterKind::Rbac(_)
                     | FilterKind::BasicAuth(_)
+                    | FilterKind::Jwt(_)
                     | FilterKind::Csrf(_)
                     | FilterKind::LocalRateLimit(_)
             ) =>
@@ -488,6 +504,14 @@ pub(crate) async fn run(
                     services,
                 };
                 Box::pin(global_rate_limit(limit, &request, metrics, filtered)).await
+            }
+            FilterKind::Jwt(config) => {
+                let route = levels.settings(&filter.name).find_map(|s| match &s.policy {
+                    Some(FilterPolicy::Jwt(r)) => Some(&**r),
+                    _ => None,
+                });
+                let check = jwt(config, route, head, grpc, metrics, services, filtered);
+                Box::pin(check).await
             }
             FilterKind::BasicAuth(policy) => {
                 let users = levels
@@ -988,6 +1012,74 @@ fn local_rate_limit(
     // A local reply in Envoy: marked for a `local_reply_config`.
     let resp = crate::local_reply::mark(resp, policy.status, RATE_LIMITED_BODY, own);
     Some((resp, "RL"))
+}
+
+/// The JWT filter for a request: its requirement (the route's named one, else the first
+/// rule that matches), checked; the answer to a request that fails it.
+async fn jwt(
+    config: &crate::model::jwt::JwtConfig,
+    route: Option<&crate::model::jwt::JwtRoute>,
+    head: &RequestHead<'_>,
+    grpc: bool,
+    metrics: &ProxyMetrics,
+    services: &dyn crate::ratelimit::Services,
+    filtered: &mut Filtered,
+) -> Option<Answer> {
+    use crate::model::jwt::JwtRoute;
+    let requirement = match route {
+        Some(JwtRoute::Disabled) => return None,
+        Some(JwtRoute::Requirement(name)) => match config.requirement_map.get(name) {
+            Some(r) => r,
+            None => {
+                // Envoy's answer to a route naming a requirement the filter lacks.
+                metrics.jwt_authn("denied");
+                let names: Vec<&str> = config.requirement_map.keys().map(String::as_str).collect();
+                let body = format!(
+                    "Wrong requirement_name: {name}. It should be one of [{}]",
+                    names.join(",")
+                );
+                let resp = crate::http::text_response(403, body.clone());
+                let resp = crate::http::for_grpc(resp, &body, grpc);
+                return Some((crate::local_reply::mark(resp, 403, &body, None), "-"));
+            }
+        },
+        None => config
+            .rules
+            .iter()
+            .find(|r| r.route_match.matches(head))
+            .and_then(|r| r.requires.as_ref())?,
+    };
+    if config.bypass_cors_preflight && crate::jwt::is_cors_preflight(head) {
+        metrics.jwt_authn("cors_preflight_bypassed");
+        return None;
+    }
+    match crate::jwt::check(config, requirement, head, services).await {
+        Ok(passed) => {
+            metrics.jwt_authn("allowed");
+            filtered.jwt = Some(passed);
+            None
+        }
+        Err(failure) => {
+            metrics.jwt_authn("denied");
+            tracing::debug!(target: "myelin::jwt", reason = failure.message(), "request denied");
+            let status = failure.status();
+            let body = if config.strip_failure_response {
+                ""
+            } else {
+                failure.message()
+            };
+            let mut resp = if body.is_empty() {
+                crate::http::local_response(status, String::new())
+            } else {
+                crate::http::text_response(status, body.to_owned())
+            };
+            if let Ok(v) = HeaderValue::from_str(&crate::jwt::challenge(head, failure)) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            let resp = crate::http::for_grpc(resp, body, grpc);
+            Some((crate::local_reply::mark(resp, status, body, None), "-"))
+        }
+    }
 }
 
 /// A global rate limit filter's config for one request.

@@ -2053,6 +2053,7 @@ impl crate::ratelimit::Services for HttpConn {
         &'a self,
         cluster: &'a str,
         req: Request<Bytes>,
+        grpc: bool,
     ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
         Box::pin(async move {
             let traffic = self.traffic.load();
@@ -2066,13 +2067,18 @@ impl crate::ratelimit::Services for HttpConn {
             let pick = pick_endpoint(&cluster, None, Protocol::Http2, &[], None, None)
                 .await
                 .map_err(|e| e.to_string())?;
-            let ep = self.endpoint(pick.target).map_err(|e| e.to_string())?;
+            let mut ep = self.endpoint(pick.target).map_err(|e| e.to_string())?;
+            if let Some(t) = &mut ep.tls {
+                t.sni = t.origin.sni_for(req.uri(), req.headers());
+            }
             let req = req.map(|b| Full::new(b).map_err(|never| match never {}).boxed());
-            let sent = self
-                .pools
-                .send_h2(ep, None, req, self.peer)
-                .await
-                .map_err(|e| e.to_string())?;
+            let sent = match ep.protocol {
+                UpstreamProtocol::Http1 if !grpc => {
+                    self.pools.send_h1(ep, None, req, self.peer, false).await
+                }
+                _ => self.pools.send_h2(ep, None, req, self.peer).await,
+            }
+            .map_err(|e| e.to_string())?;
             let (parts, body) = sent.response.into_parts();
             let collected = body.collect().await.map_err(|e| e.to_string())?;
             drop(in_flight);

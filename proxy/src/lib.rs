@@ -47,6 +47,7 @@ mod h2server;
 pub mod hbone;
 mod health;
 mod http;
+mod jwt;
 mod local;
 mod local_reply;
 pub mod metrics;

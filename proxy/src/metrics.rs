@@ -29,6 +29,7 @@
 //! | `proxy_headers_with_underscores_total`         | counter   | `action` (`dropped`, `rejected`) |
 //! | `proxy_request_head_timeouts_total`            | counter   | `timeout` (`request_headers`, `request`, `stream_idle`) |
 //! | `proxy_local_rate_limit_total`                 | counter   | `stat_prefix`, `outcome` (`ok`, `limited_not_enforced`, `enforced`) |
+//! | `proxy_jwt_authn_total`                        | counter   | `outcome` (`allowed`, `denied`, `cors_preflight_bypassed`) |
 //! | `proxy_rate_limit_service_total`               | counter   | `stat_prefix`, `outcome` (`ok`, `over_limit`, `over_limit_not_enforced`, `error_allowed`, `error_denied`) |
 
 use std::fmt;
@@ -173,6 +174,13 @@ pub struct HealthCheckRequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CsrfLabels {
     /// `valid`, `invalid` or `missing_source_origin`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `proxy_jwt_authn`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwtLabels {
+    /// `allowed`, `denied` or `cors_preflight_bypassed`.
     pub outcome: &'static str,
 }
 
@@ -356,6 +364,7 @@ pub struct ProxyMetrics {
     pub(crate) health_checks: Family<HealthCheckLabels, Counter>,
     pub(crate) basic_auth: Family<BasicAuthLabels, Counter>,
     pub(crate) csrf: Family<CsrfLabels, Counter>,
+    pub(crate) jwt_authn: Family<JwtLabels, Counter>,
     pub(crate) rbac: Family<RbacLabels, Counter>,
     pub(crate) health_check_requests: Family<HealthCheckRequestLabels, Counter>,
     pub(crate) health_check_transitions: Family<HealthCheckLabels, Counter>,
@@ -403,6 +412,7 @@ impl ProxyMetrics {
             health_checks: Family::default(),
             basic_auth: Family::default(),
             csrf: Family::default(),
+            jwt_authn: Family::default(),
             rbac: Family::default(),
             health_check_requests: Family::default(),
             health_check_transitions: Family::default(),
@@ -529,6 +539,13 @@ impl ProxyMetrics {
              by outcome: valid, invalid (another origin), missing_source_origin (no Origin \
              or Referer); enforced ones answered 403",
             m.csrf.clone(),
+        );
+        registry.register(
+            "proxy_jwt_authn",
+            "Requests checked by the JWT authentication filter (envoy.filters.http.jwt_authn) \
+             under a requirement, by outcome: allowed, denied (answered 401 or 403), \
+             cors_preflight_bypassed",
+            m.jwt_authn.clone(),
         );
         registry.register(
             "proxy_rbac",
@@ -668,6 +685,11 @@ impl ProxyMetrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// A request checked by the JWT filter under a requirement.
+    pub(crate) fn jwt_authn(&self, outcome: &'static str) {
+        self.jwt_authn.get_or_create(&JwtLabels { outcome }).inc();
     }
 
     /// A request checked by the CSRF filter.

@@ -145,11 +145,13 @@ pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// How a filter reaches a service's cluster: the connection's pools in the proxy
 /// (`HttpConn`), a stand-in in unit tests.
 pub(crate) trait Services: Sync {
-    /// Sends `req` over HTTP/2 to an endpoint of `cluster` and reads the whole answer.
+    /// Sends `req` to an endpoint of `cluster` and reads the whole answer: over HTTP/2
+    /// when `grpc` (whatever the cluster says), else as the cluster speaks.
     fn send<'a>(
         &'a self,
         cluster: &'a str,
         req: Request<Bytes>,
+        grpc: bool,
     ) -> Pending<'a, Result<Reply, String>>;
 
     /// Sends `req` like [`Services::send`] from a task of its own, its answer read and
@@ -197,7 +199,7 @@ pub(crate) async fn ask(
     timeout: Duration,
 ) -> Result<Answer, String> {
     let req = request(service, domain, descriptors, timeout)?;
-    let reply = tokio::time::timeout(timeout, services.send(&service.cluster, req))
+    let reply = tokio::time::timeout(timeout, services.send(&service.cluster, req, true))
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))??;
     answer(reply)

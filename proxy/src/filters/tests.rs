@@ -139,6 +139,7 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
             FilterPolicy::Cors(_) => "cors".to_owned(),
             FilterPolicy::LocalRateLimit(_) => "rl".to_owned(),
             FilterPolicy::RateLimit(_) => "global_rl".to_owned(),
+            FilterPolicy::Jwt(_) => "jwt".to_owned(),
             FilterPolicy::BasicAuth(_) => "basic_auth".to_owned(),
             FilterPolicy::Csrf(_) => "csrf".to_owned(),
             FilterPolicy::Rbac(_) => "rbac".to_owned(),
@@ -881,6 +882,7 @@ impl crate::ratelimit::Services for NoServices {
         &'a self,
         _: &'a str,
         _: http::Request<bytes::Bytes>,
+        _: bool,
     ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
         Box::pin(async { Err("no services in unit tests".to_owned()) })
     }
@@ -900,6 +902,7 @@ impl crate::ratelimit::Services for Canned {
         &'a self,
         cluster: &'a str,
         _: http::Request<bytes::Bytes>,
+        _: bool,
     ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
         self.calls.lock().unwrap().push(cluster.to_owned());
         Box::pin(async move { (self.reply)() })

@@ -1,7 +1,8 @@
 //! The HTTP filters a connection manager runs before its router (Envoy `http_filters`):
 //! fault injection (`envoy.filters.http.fault`), CORS (`envoy.filters.http.cors`), local
 //! rate limiting (`envoy.filters.http.local_ratelimit`), basic auth
-//! (`envoy.filters.http.basic_auth`), CSRF (`envoy.filters.http.csrf`), RBAC
+//! (`envoy.filters.http.basic_auth`), JWT authentication (`envoy.filters.http.jwt_authn`,
+//! settings in [`super::jwt`]), CSRF (`envoy.filters.http.csrf`), RBAC
 //! (`envoy.filters.http.rbac`, settings in [`super::rbac`]), health checks
 //! (`envoy.filters.http.health_check`) and stateful sessions
 //! (`envoy.filters.http.stateful_session`), and their per-route settings
@@ -67,6 +68,8 @@ pub enum FilterKind {
     LocalRateLimit(Arc<RateLimitPolicy>),
     /// Global rate limiting (`envoy.filters.http.ratelimit`): a rate limit service decides.
     RateLimit(Arc<GlobalRateLimitPolicy>),
+    /// JWT authentication (`envoy.filters.http.jwt_authn`, settings in [`super::jwt`]).
+    Jwt(Arc<super::jwt::JwtConfig>),
     /// HTTP Basic authentication (`envoy.filters.http.basic_auth`) with the filter's users
     /// (a route's replace them).
     BasicAuth(Arc<BasicAuthPolicy>),
@@ -187,6 +190,9 @@ pub enum FilterPolicy {
     /// `envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute`: what a route's
     /// requests send to the rate limit service.
     RateLimit(Arc<GlobalRateLimitRoute>),
+    /// `envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig`: off, or a named
+    /// requirement in place of the filter's `rules`.
+    Jwt(Arc<super::jwt::JwtRoute>),
     /// `envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute`: the users, in place
     /// of the filter's.
     BasicAuth(Arc<BasicAuthUsers>),

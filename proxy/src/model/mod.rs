@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod filter;
 pub mod health_check;
+pub mod jwt;
 pub mod listener;
 pub mod local_reply;
 pub mod rbac;

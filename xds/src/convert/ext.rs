@@ -889,6 +889,230 @@ pub struct AddressMatcher {
     pub invert_match: bool,
 }
 
+/// `envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`: the JWT filter.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthentication {
+    #[prost(map = "string, message", tag = "1")]
+    #[serde(default)]
+    pub providers: std::collections::HashMap<String, JwtProvider>,
+    #[prost(message, repeated, tag = "2")]
+    #[serde(default)]
+    pub rules: Vec<JwtRequirementRule>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    #[serde(default, deserialize_with = "present")]
+    pub filter_state_rules: Option<Vec<u8>>,
+    #[prost(bool, tag = "4")]
+    #[serde(default)]
+    pub bypass_cors_preflight: bool,
+    #[prost(map = "string, message", tag = "5")]
+    #[serde(default)]
+    pub requirement_map: std::collections::HashMap<String, JwtRequirement>,
+    #[prost(bool, tag = "6")]
+    #[serde(default)]
+    pub strip_failure_response: bool,
+    #[prost(string, tag = "7")]
+    #[serde(default)]
+    pub stat_prefix: String,
+}
+named!(
+    JwtAuthentication,
+    "envoy.extensions.filters.http.jwt_authn.v3",
+    "JwtAuthentication"
+);
+
+/// `envoy.extensions.filters.http.jwt_authn.v3.JwtProvider`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProvider {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub issuer: String,
+    #[prost(string, repeated, tag = "2")]
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwks>,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub local_jwks: Option<core::DataSource>,
+    #[prost(bool, tag = "5")]
+    #[serde(default)]
+    pub forward: bool,
+    #[prost(message, repeated, tag = "6")]
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    #[prost(string, repeated, tag = "7")]
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[prost(string, tag = "8")]
+    #[serde(default)]
+    pub forward_payload_header: String,
+    #[prost(string, tag = "9")]
+    #[serde(default)]
+    pub payload_in_metadata: String,
+    #[prost(uint32, tag = "10")]
+    #[serde(default)]
+    pub clock_skew_seconds: u32,
+    #[prost(bool, tag = "11")]
+    #[serde(default)]
+    pub pad_forward_payload_header: bool,
+    #[prost(bytes = "vec", optional, tag = "12")]
+    #[serde(default, deserialize_with = "present")]
+    pub jwt_cache_config: Option<Vec<u8>>,
+    #[prost(string, repeated, tag = "13")]
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    #[prost(string, tag = "14")]
+    #[serde(default)]
+    pub header_in_metadata: String,
+    #[prost(message, repeated, tag = "15")]
+    #[serde(default)]
+    pub claim_to_headers: Vec<JwtClaimToHeader>,
+    #[prost(string, tag = "16")]
+    #[serde(default)]
+    pub failed_status_in_metadata: String,
+    #[prost(bool, tag = "17")]
+    #[serde(default)]
+    pub clear_route_cache: bool,
+    #[prost(bytes = "vec", optional, tag = "18")]
+    #[serde(default, deserialize_with = "present")]
+    pub normalize_payload_in_metadata: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "19")]
+    #[serde(default)]
+    pub subjects: Option<xds_api::pb::envoy::r#type::matcher::v3::StringMatcher>,
+    #[prost(bool, tag = "20")]
+    #[serde(default)]
+    pub require_expiration: bool,
+    #[prost(message, optional, tag = "21")]
+    #[serde(default)]
+    pub max_lifetime: Option<protobuf::Duration>,
+}
+
+/// `envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwks {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub http_uri: Option<core::HttpUri>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub cache_duration: Option<protobuf::Duration>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    #[serde(default, deserialize_with = "present")]
+    pub async_fetch: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub retry_policy: Option<Vec<u8>>,
+}
+
+/// `envoy.extensions.filters.http.jwt_authn.v3.JwtHeader`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtHeader {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub value_prefix: String,
+}
+
+/// `envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtClaimToHeader {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub header_name: String,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub claim_name: String,
+}
+
+/// `envoy.extensions.filters.http.jwt_authn.v3.JwtRequirement`: its oneof as plain
+/// optional fields.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtRequirement {
+    #[prost(string, optional, tag = "1")]
+    #[serde(default)]
+    pub provider_name: Option<String>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub provider_and_audiences: Option<ProviderWithAudiences>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub requires_any: Option<JwtRequirementList>,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub requires_all: Option<JwtRequirementList>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    #[serde(default, deserialize_with = "present")]
+    pub allow_missing_or_failed: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "6")]
+    #[serde(default, deserialize_with = "present")]
+    pub allow_missing: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "7")]
+    #[serde(default, deserialize_with = "present")]
+    pub extract_only_without_validation: Option<Vec<u8>>,
+}
+
+/// `JwtRequirementOrList` and `JwtRequirementAndList` (the same shape).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtRequirementList {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(default)]
+    pub requirements: Vec<JwtRequirement>,
+}
+
+/// `envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderWithAudiences {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub provider_name: String,
+    #[prost(string, repeated, tag = "2")]
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+/// `envoy.extensions.filters.http.jwt_authn.v3.RequirementRule`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtRequirementRule {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default, rename = "match")]
+    pub r#match: Option<route_pb::RouteMatch>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub requires: Option<JwtRequirement>,
+    #[prost(string, optional, tag = "3")]
+    #[serde(default)]
+    pub requirement_name: Option<String>,
+}
+
+/// `envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtPerRoute {
+    #[prost(bool, optional, tag = "1")]
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    #[prost(string, optional, tag = "2")]
+    #[serde(default)]
+    pub requirement_name: Option<String>,
+}
+named!(
+    JwtPerRoute,
+    "envoy.extensions.filters.http.jwt_authn.v3",
+    "PerRouteConfig"
+);
+
 fn override_options<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
     named_enum(
         d,
@@ -1310,6 +1534,8 @@ pub(crate) struct JsonField {
     pub message: Option<&'static str>,
     /// Repeated: `message` applies to each element.
     pub repeated: bool,
+    /// A map (of string keys): `message` applies to each value.
+    pub map: bool,
 }
 
 const fn p(name: &'static str) -> JsonField {
@@ -1317,6 +1543,7 @@ const fn p(name: &'static str) -> JsonField {
         name,
         message: None,
         repeated: false,
+        map: false,
     }
 }
 
@@ -1325,6 +1552,7 @@ const fn m(name: &'static str, message: &'static str) -> JsonField {
         name,
         message: Some(message),
         repeated: false,
+        map: false,
     }
 }
 
@@ -1333,6 +1561,16 @@ const fn rm(name: &'static str, message: &'static str) -> JsonField {
         name,
         message: Some(message),
         repeated: true,
+        map: false,
+    }
+}
+
+const fn mm(name: &'static str, message: &'static str) -> JsonField {
+    JsonField {
+        name,
+        message: Some(message),
+        repeated: false,
+        map: true,
     }
 }
 
@@ -1361,6 +1599,11 @@ const GENERIC_KEY: &str = "envoy.config.route.v3.RateLimit.Action.GenericKey (ne
 const HEADER_VALUE_MATCH: &str = "envoy.config.route.v3.RateLimit.Action.HeaderValueMatch (newer)";
 const REMOTE_ADDRESS_MATCH: &str = "envoy.config.route.v3.RateLimit.Action.RemoteAddressMatch";
 pub(crate) const ADDRESS_MATCHER: &str = "envoy.type.matcher.v3.AddressMatcher";
+const JWT_PROVIDER: &str = "envoy.extensions.filters.http.jwt_authn.v3.JwtProvider";
+const JWT_REQUIREMENT: &str = "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirement";
+/// `JwtRequirementOrList` and `JwtRequirementAndList`, one shape.
+const JWT_REQUIREMENT_LIST: &str =
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList";
 const XDS_MATCHER: &str = "xds.type.matcher.v3.Matcher";
 const PROTOCOL_CONFIG: &[JsonField] = &[
     m(
@@ -1680,6 +1923,105 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
     (
         "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
         &[m("users", DATA_SOURCE)],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        &[
+            mm("providers", JWT_PROVIDER),
+            rm(
+                "rules",
+                "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
+            ),
+            p("filter_state_rules"),
+            p("bypass_cors_preflight"),
+            mm("requirement_map", JWT_REQUIREMENT),
+            p("strip_failure_response"),
+            p("stat_prefix"),
+        ],
+    ),
+    (
+        JWT_PROVIDER,
+        &[
+            p("issuer"),
+            p("audiences"),
+            m(
+                "remote_jwks",
+                "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
+            ),
+            m("local_jwks", DATA_SOURCE),
+            p("forward"),
+            rm(
+                "from_headers",
+                "envoy.extensions.filters.http.jwt_authn.v3.JwtHeader",
+            ),
+            p("from_params"),
+            p("forward_payload_header"),
+            p("payload_in_metadata"),
+            p("clock_skew_seconds"),
+            p("pad_forward_payload_header"),
+            p("jwt_cache_config"),
+            p("from_cookies"),
+            p("header_in_metadata"),
+            rm(
+                "claim_to_headers",
+                "envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader",
+            ),
+            p("failed_status_in_metadata"),
+            p("clear_route_cache"),
+            p("normalize_payload_in_metadata"),
+            m("subjects", "envoy.type.matcher.v3.StringMatcher"),
+            p("require_expiration"),
+            m("max_lifetime", DURATION),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
+        &[
+            m("http_uri", "envoy.config.core.v3.HttpUri"),
+            m("cache_duration", DURATION),
+            p("async_fetch"),
+            p("retry_policy"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtHeader",
+        &[p("name"), p("value_prefix")],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader",
+        &[p("header_name"), p("claim_name")],
+    ),
+    (
+        JWT_REQUIREMENT,
+        &[
+            p("provider_name"),
+            m(
+                "provider_and_audiences",
+                "envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences",
+            ),
+            m("requires_any", JWT_REQUIREMENT_LIST),
+            m("requires_all", JWT_REQUIREMENT_LIST),
+            p("allow_missing_or_failed"),
+            p("allow_missing"),
+            p("extract_only_without_validation"),
+        ],
+    ),
+    (JWT_REQUIREMENT_LIST, &[rm("requirements", JWT_REQUIREMENT)]),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences",
+        &[p("provider_name"), p("audiences")],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
+        &[
+            m("match", "envoy.config.route.v3.RouteMatch"),
+            m("requires", JWT_REQUIREMENT),
+            p("requirement_name"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
+        &[p("disabled"), p("requirement_name")],
     ),
     (
         ROUTE_RATE_LIMIT,
@@ -2039,6 +2381,17 @@ mod tests {
             BasicAuth => "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
             HttpRateLimit => "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
             RouteRateLimit => ROUTE_RATE_LIMIT,
+            JwtAuthentication => "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            JwtProvider => JWT_PROVIDER,
+            RemoteJwks => "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
+            JwtHeader => "envoy.extensions.filters.http.jwt_authn.v3.JwtHeader",
+            JwtClaimToHeader => "envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader",
+            JwtRequirement => JWT_REQUIREMENT,
+            JwtRequirementList => JWT_REQUIREMENT_LIST,
+            ProviderWithAudiences =>
+                "envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences",
+            JwtRequirementRule => "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
+            JwtPerRoute => "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
             HitsAddend => HITS_ADDEND,
             RateLimitAction => RATE_LIMIT_ACTION,
             GenericKey => GENERIC_KEY,
@@ -2073,7 +2426,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            41 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
+            51 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

@@ -25,6 +25,10 @@ const GLOBAL_RATE_LIMIT_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
 const GLOBAL_RATE_LIMIT_ROUTE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute";
+const JWT_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
+const JWT_ROUTE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig";
 const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 const CSRF_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 const BASIC_AUTH_URL: &str =
@@ -81,6 +85,12 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
             let r = cx.decode::<ext::HttpRateLimit>(&tp, GLOBAL_RATE_LIMIT_URL, &any.value)?;
             let policy = global_rate_limit(cx, &tp, &r)?;
             Some(mf::FilterKind::RateLimit(Arc::new(policy)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == JWT_URL => {
+            let tp = join(p, "typed_config");
+            let j = cx.decode::<ext::JwtAuthentication>(&tp, JWT_URL, &any.value)?;
+            let config = super::jwt::jwt_authentication(cx, &tp, &j)?;
+            Some(mf::FilterKind::Jwt(Arc::new(config)))
         }
         Some(C::TypedConfig(any)) if any.type_url == BASIC_AUTH_URL => {
             let tp = join(p, "typed_config");
@@ -223,6 +233,7 @@ fn is_known(type_url: &str) -> bool {
         CORS_POLICY_URL,
         RATE_LIMIT_URL,
         GLOBAL_RATE_LIMIT_ROUTE_URL,
+        JWT_ROUTE_URL,
         BASIC_AUTH_ROUTE_URL,
         CSRF_URL,
         RBAC_ROUTE_URL,
@@ -260,6 +271,11 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
         CSRF_URL => {
             let c = cx.decode::<ext::CsrfPolicy>(p, CSRF_URL, &any.value)?;
             Some(mf::FilterPolicy::Csrf(Arc::new(csrf_policy(cx, p, &c)?)))
+        }
+        JWT_ROUTE_URL => {
+            let r = cx.decode::<ext::JwtPerRoute>(p, JWT_ROUTE_URL, &any.value)?;
+            let route = super::jwt::jwt_per_route(cx, p, &r)?;
+            Some(mf::FilterPolicy::Jwt(Arc::new(route)))
         }
         GLOBAL_RATE_LIMIT_ROUTE_URL => {
             let r =

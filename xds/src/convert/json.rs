@@ -238,11 +238,15 @@ fn index() -> HashMap<String, Vec<Field>> {
             .map(|f| Field {
                 name: f.name.to_owned(),
                 json_name: lower_camel(f.name),
-                kind: f
-                    .message
-                    .map_or(Kind::Plain, |m| Kind::Message(m.to_owned())),
+                kind: match f.message {
+                    Some(m) if !f.map => Kind::Message(m.to_owned()),
+                    _ => Kind::Plain,
+                },
                 repeated: f.repeated,
-                map_value: None,
+                map_value: f
+                    .message
+                    .filter(|_| f.map)
+                    .map(|m| Kind::Message(m.to_owned())),
             })
             .collect();
         let had = out.insert((*name).to_owned(), fields);
@@ -449,6 +453,12 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
             enc::<ext::LocalRateLimit>(body)
         }
         "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => enc::<ext::HttpRateLimit>(body),
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication" => {
+            enc::<ext::JwtAuthentication>(body)
+        }
+        "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig" => {
+            enc::<ext::JwtPerRoute>(body)
+        }
         "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute" => {
             enc::<ext::RateLimitPerRoute>(body)
         }
@@ -530,6 +540,14 @@ mod tests {
             ext::LOCALITY_LB,
             ext::ROUTE_RATE_LIMIT,
             ext::ADDRESS_MATCHER,
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtProvider",
+            "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtHeader",
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader",
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirement",
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList",
+            "envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences",
+            "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
         ];
         let missing: Vec<&str> = ext::JSON_MESSAGES
             .iter()

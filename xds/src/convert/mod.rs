@@ -21,6 +21,7 @@ pub(crate) mod ext;
 mod filter;
 mod health_check;
 pub mod json;
+mod jwt;
 pub(crate) mod lb_policy;
 mod listener;
 mod local_reply;

@@ -587,7 +587,7 @@ fn route(cx: &mut Cx, p: &str, r: &pb::Route) -> Option<mr::Route> {
     })
 }
 
-fn route_match(cx: &mut Cx, p: &str, m: &pb::RouteMatch) -> Option<mr::RouteMatch> {
+pub(super) fn route_match(cx: &mut Cx, p: &str, m: &pb::RouteMatch) -> Option<mr::RouteMatch> {
     use pb::route_match::PathSpecifier as P;
     let pb::RouteMatch {
         case_sensitive,

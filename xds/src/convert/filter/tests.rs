@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use myelin_proxy::model::filter as mf;
+use myelin_proxy::model::jwt as mj;
 use myelin_proxy::model::listener as ml;
 use myelin_proxy::model::route as mr;
 use myelin_proxy::model::{self, StringPattern};
@@ -120,8 +121,8 @@ fn bad_filters_are_rejected_by_path() {
     let fc = "filter_chains[0].filters[0].typed_config";
     for (filters, want) in [
         (
-            "- name: envoy.filters.http.jwt_authn\n  typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication}",
-            format!("{fc}.http_filters[0]: HTTP filter `envoy.filters.http.jwt_authn` (type `type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`) is not supported"),
+            "- name: envoy.filters.http.lua\n  typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}",
+            format!("{fc}.http_filters[0]: HTTP filter `envoy.filters.http.lua` (type `type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua`) is not supported"),
         ),
         (
             &format!("- name: f\n  typed_config: {{\"@type\": {FAULT}, abort: {{http_status: 700}}}}"),
@@ -714,6 +715,193 @@ fn newer_rate_limit_fields_in_filter_configs() {
     ] {
         assert_eq!(messages(route_configuration(&route(&config))), [want], "{config}");
     }
+}
+
+const JWT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
+const JWT_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig";
+/// An RSA key as istiod inlines a RequestAuthentication's JWKS.
+const RSA_JWKS: &str = r#"{"keys":[{"e":"AQAB","kid":"DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ","kty":"RSA","n":"xAE7eB6qugXyCAG3yhh7pkDkT65pHymX-P7KfIupjf59vsdo91bSP9C8H07pSAGQO1MV_xFj9VswgsCg4R6otmg5PV2He95lZdHtOcU5DXIg_pbhLdKXbi66GlVeK6ABZOUW3WYtnNHD-91gVuoeJT_DwtGGcp4ignkgXfkiEm4sw-4sfb4qdt5oLbyVpmW6x9cfa7vs2WTfURiCrBoUqgBo_-4WTiULmmHSGZHOjzwa8WtrtOQGsAFjIbno85jp6MnGGGZPYZbDAa_b3y5u-YpW7ypZrvD8BgtKVjgtQgZhLAGezMt0ua3DRrWnKqTZ0BJ_EyxOGuHJrLsn00fnMQ"}]}"#;
+
+#[test]
+fn jwt_authentication_as_istiod_and_envoy_gateway_write_it() {
+    // istiod's RequestAuthentication: an inline JWKS, any token of it or none.
+    let jwks = serde_json::to_string(RSA_JWKS).unwrap();
+    let l = listener(&listener_with(&format!(
+        r#"
+- name: envoy.filters.http.jwt_authn
+  typed_config:
+    "@type": {JWT}
+    providers:
+      origins-0:
+        issuer: testing@secure.istio.io
+        local_jwks: {{inline_string: {jwks}}}
+        payload_in_metadata: testing@secure.istio.io
+        forward: true
+    rules:
+    - match: {{prefix: /}}
+      requires:
+        requires_any:
+          requirements: [{{provider_name: origins-0}}, {{allow_missing: {{}}}}]
+    bypass_cors_preflight: true
+"#
+    )))
+    .unwrap();
+    let f = filters_of(&l);
+    let mf::FilterKind::Jwt(j) = &f.0[0].kind else {
+        panic!("{:?}", f.0[0].kind)
+    };
+    let p = &j.providers["origins-0"];
+    assert_eq!(p.issuer.as_deref(), Some("testing@secure.istio.io"));
+    assert!(p.forward && p.default_locations());
+    assert_eq!(p.clock_skew, 60, "Envoy's default");
+    let mj::Jwks::Local(keys) = &p.jwks else {
+        panic!("{:?}", p.jwks)
+    };
+    assert_eq!(keys.keys.len(), 1);
+    assert_eq!(
+        j.rules[0].requires,
+        Some(mj::JwtRequirement::Any(vec![
+            mj::JwtRequirement::Provider {
+                name: "origins-0".into(),
+                audiences: None
+            },
+            mj::JwtRequirement::AllowMissing,
+        ]))
+    );
+    assert!(j.bypass_cors_preflight);
+
+    // Envoy Gateway's SecurityPolicy (camelCase, a remote JWKS), and its route's
+    // requirement by name.
+    let l: lpb::Listener = json::from_value(serde_json::json!({
+        "name": "l",
+        "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 10080}},
+        "filterChains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "statPrefix": "http",
+                "rds": {"configSource": {"ads": {}}, "routeConfigName": "r"},
+                "httpFilters": [
+                    {"name": "envoy.filters.http.jwt_authn", "typedConfig": {
+                        "@type": JWT,
+                        "providers": {"first-route-example": {
+                            "audiences": ["foo.com"],
+                            "issuer": "https://www.example.com",
+                            "payloadInMetadata": "https://www.example.com",
+                            "remoteJwks": {
+                                "cacheDuration": "300s",
+                                "httpUri": {"cluster": "localhost_443", "timeout": "5s",
+                                            "uri": "https://localhost/jwt/public-key/jwks.json"}
+                            },
+                            "claimToHeaders": [{"headerName": "X-Sub", "claimName": "sub"}]
+                        }},
+                        "requirementMap": {"first-route": {"providerName": "first-route-example"}}
+                    }},
+                    {"name": "envoy.filters.http.router", "typedConfig": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    }}
+                ]
+            }
+        }]}]
+    }))
+    .unwrap();
+    let l = listener(&l).unwrap();
+    let f = filters_of(&l);
+    let mf::FilterKind::Jwt(j) = &f.0[0].kind else {
+        panic!()
+    };
+    let p = &j.providers["first-route-example"];
+    let mj::Jwks::Remote(r) = &p.jwks else {
+        panic!("{:?}", p.jwks)
+    };
+    assert_eq!(r.cluster, "localhost_443");
+    assert_eq!(r.uri, "https://localhost/jwt/public-key/jwks.json");
+    assert_eq!(
+        (r.timeout, r.cache_duration),
+        (Duration::from_secs(5), Duration::from_secs(300))
+    );
+    assert_eq!(p.claim_to_headers, [("x-sub".to_owned(), "sub".to_owned())]);
+    assert!(j.rules.is_empty());
+    assert!(j.requirement_map.contains_key("first-route"));
+    let rc = route_configuration(&yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.jwt_authn: {{"@type": {JWT_ROUTE}, requirement_name: first-route}}
+"#
+    )))
+    .unwrap();
+    let s = &rc.virtual_hosts[0].routes[0].filters["envoy.filters.http.jwt_authn"];
+    assert_eq!(
+        s.policy,
+        Some(mf::FilterPolicy::Jwt(Arc::new(mj::JwtRoute::Requirement(
+            "first-route".into()
+        ))))
+    );
+}
+
+#[test]
+fn bad_jwt_authentication_is_rejected_by_path() {
+    let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
+    let keys = serde_json::to_string(RSA_JWKS).unwrap();
+    let local = format!("local_jwks: {{inline_string: {keys}}}");
+    for (config, want) in [
+        (
+            "providers: {p: {issuer: i}}".to_owned(),
+            format!("{fc}.providers[\"p\"].remote_jwks: required but not set"),
+        ),
+        (
+            "providers: {p: {local_jwks: {inline_string: '{\"keys\": []}'}}}".to_owned(),
+            format!("{fc}.providers[\"p\"].local_jwks: a JWKS without keys"),
+        ),
+        (
+            format!("providers: {{p: {{{local}}}}}, rules: [{{match: {{prefix: /}}, requires: {{provider_name: q}}}}]"),
+            format!("{fc}.rules[0].requires.provider_name: no provider named \"q\""),
+        ),
+        (
+            format!("providers: {{p: {{{local}}}}}, rules: [{{match: {{prefix: /}}, requires: {{requires_any: {{requirements: [{{provider_name: p}}]}}}}}}]"),
+            format!("{fc}.rules[0].requires.requires_any.requirements: at least 2"),
+        ),
+        (
+            format!("providers: {{p: {{{local}}}}}, rules: [{{match: {{prefix: /}}, requirement_name: n}}]"),
+            format!("{fc}.rules[0].requirement_name: \"n\" is not in requirement_map"),
+        ),
+        (
+            format!("providers: {{p: {{{local}, clear_route_cache: true}}}}"),
+            format!("{fc}.providers[\"p\"].clear_route_cache: not supported"),
+        ),
+        (
+            "providers: {p: {remote_jwks: {http_uri: {uri: /keys, cluster: c, timeout: 1s}}}}".to_owned(),
+            format!("{fc}.providers[\"p\"].remote_jwks.http_uri.uri: \"/keys\" is not an absolute URL"),
+        ),
+        (
+            format!("providers: {{p: {{{local}, from_headers: [{{name: 'bad name'}}]}}}}"),
+            format!("{fc}.providers[\"p\"].from_headers[0].name: \"bad name\" is not a header name"),
+        ),
+        (
+            format!("providers: {{p: {{{local}}}}}, filter_state_rules: {{name: x}}"),
+            format!("{fc}.filter_state_rules: not supported"),
+        ),
+    ] {
+        let filters = format!("- name: jwt\n  typed_config: {{\"@type\": {JWT}, {config}}}");
+        let e = messages(listener(&listener_with(&filters)));
+        assert_eq!(e, [want], "{config}");
+    }
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        "name: r\ntyped_per_filter_config:\n  jwt: {{\"@type\": {JWT_ROUTE}, disabled: false}}\n"
+    ));
+    assert_eq!(
+        messages(route_configuration(&rc)),
+        ["typed_per_filter_config[\"jwt\"].disabled: must be true"]
+    );
 }
 
 #[test]
