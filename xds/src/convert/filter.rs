@@ -600,24 +600,30 @@ fn basic_auth(cx: &mut Cx, p: &str, b: &ext::BasicAuth) -> Option<mf::BasicAuthP
 
 /// Users of an htpasswd file given inline, as Envoy reads them: `name:{SHA}<base64 of the
 /// password's SHA-1>` per line, empty lines and `#` comments skipped, names once.
-fn htpasswd(cx: &mut Cx, p: &str, d: &core::DataSource) -> Option<mf::BasicAuthUsers> {
+/// The text of an inline `DataSource` (a file or a variable is not read by the
+/// converter: rejected).
+pub(super) fn inline_text(cx: &mut Cx, p: &str, d: &core::DataSource) -> Option<String> {
     use core::data_source::Specifier as S;
-    let text = match &d.specifier {
-        Some(S::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(S::InlineString(t)) => t.clone(),
+    match &d.specifier {
+        Some(S::InlineBytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        Some(S::InlineString(t)) => Some(t.clone()),
         Some(S::Filename(_)) => {
             cx.reject(join(p, "filename"), Reason::NotSupported);
-            return None;
+            None
         }
         Some(S::EnvironmentVariable(_)) => {
             cx.reject(join(p, "environment_variable"), Reason::NotSupported);
-            return None;
+            None
         }
         None => {
             cx.reject(p, Reason::Missing);
-            return None;
+            None
         }
-    };
+    }
+}
+
+fn htpasswd(cx: &mut Cx, p: &str, d: &core::DataSource) -> Option<mf::BasicAuthUsers> {
+    let text = inline_text(cx, p, d)?;
     let mut users = std::collections::BTreeMap::new();
     let mut ok = true;
     for (i, line) in text.lines().enumerate() {
@@ -829,17 +835,7 @@ fn rate_limit_policy(
     // The filter's own: in place of the route's and the virtual host's.
     let rate_limits = route::filter_rate_limits(cx, p, rate_limits, route::RateLimitsOf::Local);
     cx.unsupported(p, "local_cluster_rate_limit", local_cluster_rate_limit);
-    let x_ratelimit_headers = match enable_x_ratelimit_headers {
-        0 => false,
-        1 => true,
-        v => {
-            cx.reject(
-                join(p, "enable_x_ratelimit_headers"),
-                Reason::Invalid(format!("unknown value {v}")),
-            );
-            false
-        }
-    };
+    let x_ratelimit_headers = x_ratelimit_headers(cx, p, *enable_x_ratelimit_headers);
     let bucket = match token_bucket {
         Some(b) => bucket_of(cx, &join(p, "token_bucket"), b),
         None if per_route => {
@@ -897,6 +893,21 @@ fn rate_limit_policy(
             .as_ref()
             .is_none_or(|b| b.value),
     })
+}
+
+/// `enable_x_ratelimit_headers` of a rate limit filter: `OFF` or `DRAFT_VERSION_03`.
+fn x_ratelimit_headers(cx: &mut Cx, p: &str, v: i32) -> bool {
+    match v {
+        0 => false,
+        1 => true,
+        v => {
+            cx.reject(
+                join(p, "enable_x_ratelimit_headers"),
+                Reason::Invalid(format!("unknown value {v}")),
+            );
+            false
+        }
+    }
 }
 
 /// `vh_rate_limits` of a rate limit filter or its route settings.
@@ -972,17 +983,7 @@ fn global_rate_limit(
             None
         }
     };
-    let x_ratelimit_headers = match enable_x_ratelimit_headers {
-        0 => false,
-        1 => true,
-        v => {
-            cx.reject(
-                join(p, "enable_x_ratelimit_headers"),
-                Reason::Invalid(format!("unknown value {v}")),
-            );
-            false
-        }
-    };
+    let x_ratelimit_headers = x_ratelimit_headers(cx, p, *enable_x_ratelimit_headers);
     let response_headers_to_add = super::common::header_value_options(
         cx,
         p,

@@ -210,23 +210,7 @@ fn jwt_provider(cx: &mut Cx, p: &str, name: &str, j: &ext::JwtProvider) -> Optio
 
 /// `local_jwks`: inline (a file is not read by the converter).
 fn local(cx: &mut Cx, p: &str, d: &core::DataSource) -> Option<Arc<mj::JwkSet>> {
-    use core::data_source::Specifier as S;
-    let text = match &d.specifier {
-        Some(S::InlineString(s)) => s.clone(),
-        Some(S::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(S::Filename(_)) => {
-            cx.reject(join(p, "filename"), Reason::NotSupported);
-            return None;
-        }
-        Some(S::EnvironmentVariable(_)) => {
-            cx.reject(join(p, "environment_variable"), Reason::NotSupported);
-            return None;
-        }
-        None => {
-            cx.reject(p, Reason::Missing);
-            return None;
-        }
-    };
+    let text = super::filter::inline_text(cx, p, d)?;
     match mj::parse_jwks(&text) {
         Ok(set) => Some(Arc::new(set)),
         Err(e) => {
