@@ -324,13 +324,14 @@ impl Balancer {
     /// priority).
     pub fn new(policy: LbPolicy, hosts: Vec<Arc<Host>>, outlier: Option<OutlierDetection>) -> Self {
         let rr = interleave(&hosts);
+        let weights: Vec<f64> = hosts.iter().map(|h| f64::from(h.weight)).collect();
         let ring = if policy == LbPolicy::RingHash {
-            build_ring(&hosts)
+            build_ring(&hosts, &weights)
         } else {
             Vec::new()
         };
         let maglev = if policy == LbPolicy::Maglev {
-            build_maglev(&hosts)
+            build_maglev(&hosts, &weights)
         } else {
             Vec::new()
         };
@@ -352,14 +353,24 @@ impl Balancer {
         }
     }
 
-    /// Balances by locality first (round robin, least request and random; the hash
-    /// policies keep their table over every host): see [`LocalityShare`].
+    /// Balances by locality: round robin, least request and random pick a locality first
+    /// (see [`LocalityShare`]); ring hash and Maglev keep one table over every host, built
+    /// with each host's weight normalized within its locality times its locality's share
+    /// of the weights (Envoy's `ThreadAwareLoadBalancerBase` with locality weighting), so a
+    /// locality of weight 0 gets no entries.
     pub fn with_localities(mut self, localities: Vec<LocalityShare>) -> Self {
-        if matches!(
-            self.policy,
-            LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random
-        ) {
-            self.localities = Some(localities);
+        match self.policy {
+            LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random => {
+                self.localities = Some(localities);
+            }
+            LbPolicy::RingHash | LbPolicy::Maglev => {
+                let weights = locality_weights(&self.hosts, &localities);
+                if self.policy == LbPolicy::RingHash {
+                    self.ring = build_ring(&self.hosts, &weights);
+                } else {
+                    self.maglev = build_maglev(&self.hosts, &weights);
+                }
+            }
         }
         self
     }
@@ -704,11 +715,59 @@ fn interleave(hosts: &[Arc<Host>]) -> Vec<usize> {
     order
 }
 
-fn build_ring(hosts: &[Arc<Host>]) -> Vec<(u64, usize)> {
-    let total: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
+/// Each host's weight for a hash table under locality weighting: its weight over its
+/// locality's, times its locality's weight over all localities' (a host outside every
+/// locality counts as a locality of its own weight). All zero (no locality weighted): the
+/// hosts' own weights.
+fn locality_weights(hosts: &[Arc<Host>], localities: &[LocalityShare]) -> Vec<f64> {
+    let mut weights: Vec<f64> = hosts.iter().map(|h| f64::from(h.weight)).collect();
+    let sum: f64 = localities
+        .iter()
+        .filter(|l| l.end > l.start)
+        .map(|l| f64::from(l.weight))
+        .sum();
+    if sum == 0.0 {
+        return weights;
+    }
+    let mut covered = vec![false; hosts.len()];
+    for l in localities {
+        let within: f64 = weights[l.start..l.end].iter().sum();
+        for i in l.start..l.end {
+            covered[i] = true;
+            weights[i] = if within > 0.0 {
+                weights[i] / within * f64::from(l.weight) / sum
+            } else {
+                0.0
+            };
+        }
+    }
+    // Retained hosts (removed from EDS, still draining) belong to no locality: none.
+    for (w, c) in weights.iter_mut().zip(&covered) {
+        if !c {
+            *w = 0.0;
+        }
+    }
+    if weights.iter().all(|w| *w == 0.0) {
+        return hosts.iter().map(|h| f64::from(h.weight)).collect();
+    }
+    weights
+}
+
+/// `weights`, or all alike when none is above 0 (a table must have entries).
+fn some_weight(weights: &[f64]) -> std::borrow::Cow<'_, [f64]> {
+    if weights.iter().any(|w| *w > 0.0) {
+        std::borrow::Cow::Borrowed(weights)
+    } else {
+        std::borrow::Cow::Owned(vec![1.0; weights.len()])
+    }
+}
+
+fn build_ring(hosts: &[Arc<Host>], weights: &[f64]) -> Vec<(u64, usize)> {
+    let weights = some_weight(weights);
+    let total: f64 = weights.iter().sum();
     let mut ring = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
-        let entries = (RING_SIZE as u64 * u64::from(h.weight)).div_ceil(total.max(1));
+        let entries = (RING_SIZE as f64 * weights[i] / total).ceil() as u64;
         let key = addr_key(&h.address);
         for k in 0..entries {
             ring.push((hash_of(&format!("{key}_{k}")), i));
@@ -721,12 +780,13 @@ fn build_ring(hosts: &[Arc<Host>]) -> Vec<(u64, usize)> {
 /// The Maglev lookup table (Eisenbud et al. 2016), weighted as Envoy does: each round a
 /// host claims its next preferred slot only while its share of claims stays within its
 /// share of the weight.
-fn build_maglev(hosts: &[Arc<Host>]) -> Vec<usize> {
+fn build_maglev(hosts: &[Arc<Host>], weights: &[f64]) -> Vec<usize> {
     let m = MAGLEV_SIZE;
     if hosts.is_empty() {
         return Vec::new();
     }
-    let max_weight = hosts.iter().map(|h| h.weight).max().unwrap_or(1) as f64;
+    let weights = some_weight(weights);
+    let max_weight = weights.iter().copied().fold(0.0, f64::max);
     let prefs: Vec<(usize, usize)> = hosts
         .iter()
         .map(|h| {
@@ -742,8 +802,11 @@ fn build_maglev(hosts: &[Arc<Host>]) -> Vec<usize> {
     let mut filled = 0;
     let mut iteration = 0usize;
     while filled < m {
-        for (i, h) in hosts.iter().enumerate() {
-            let share = f64::from(h.weight) / max_weight;
+        for i in 0..hosts.len() {
+            let share = weights[i] / max_weight;
+            if share <= 0.0 {
+                continue;
+            }
             if ((iteration + 1) as f64 * share) < (claimed[i] + 1) as f64 {
                 continue;
             }
@@ -937,6 +1000,54 @@ mod tests {
         let b = Balancer::new(LbPolicy::Maglev, hosts(&[1, 3]), None);
         let heavy = b.maglev.iter().filter(|&&i| i == 1).count() as f64 / MAGLEV_SIZE as f64;
         assert!((heavy - 0.75).abs() < 0.02, "{heavy}");
+    }
+
+    #[test]
+    fn hash_tables_follow_locality_weights() {
+        // Hosts 0-1 in a locality of weight 3, host 2 alone in one of weight 1, host 3 in
+        // one of weight 0: 3/8, 3/8, 1/4 and nothing, whatever the hosts' own weights
+        // within a locality say about the split between localities.
+        let shares = || {
+            vec![
+                LocalityShare {
+                    weight: 3,
+                    start: 0,
+                    end: 2,
+                    total: 2,
+                },
+                LocalityShare {
+                    weight: 1,
+                    start: 2,
+                    end: 3,
+                    total: 1,
+                },
+                LocalityShare {
+                    weight: 0,
+                    start: 3,
+                    end: 4,
+                    total: 1,
+                },
+            ]
+        };
+        let want = [0.375, 0.375, 0.25, 0.0];
+        let maglev =
+            Balancer::new(LbPolicy::Maglev, hosts(&[5, 5, 1, 9]), None).with_localities(shares());
+        let ring =
+            Balancer::new(LbPolicy::RingHash, hosts(&[5, 5, 1, 9]), None).with_localities(shares());
+        for (i, w) in want.iter().enumerate() {
+            let m = maglev.maglev.iter().filter(|&&h| h == i).count() as f64 / MAGLEV_SIZE as f64;
+            assert!((m - w).abs() < 0.02, "maglev host {i}: {m}");
+            let r =
+                ring.ring.iter().filter(|(_, h)| *h == i).count() as f64 / ring.ring.len() as f64;
+            assert!((r - w).abs() < 0.02, "ring host {i}: {r}");
+        }
+        // Picks follow the table; the hash still picks the same host.
+        let picked = ring.pick(Some(42), &|_| false).map(|a| name(&a));
+        assert_eq!(picked, ring.pick(Some(42), &|_| false).map(|a| name(&a)));
+        assert!(
+            maglev.localities.is_none(),
+            "no locality is picked first for hashes"
+        );
     }
 
     fn outlier() -> OutlierDetection {

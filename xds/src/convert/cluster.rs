@@ -329,14 +329,6 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         Some(Some(b)) => (b.policy, b.locality_weighted || locality_weighted_common),
         _ => (lb_policy, locality_weighted_common),
     };
-    if locality_weighted_common
-        && matches!(lb_policy, mc::LbPolicy::RingHash | mc::LbPolicy::Maglev)
-    {
-        cx.reject(
-            join(p, "common_lb_config.locality_weighted_lb_config"),
-            Reason::UnsupportedValue("with RING_HASH or MAGLEV".into()),
-        );
-    }
     cx.finish(model::Cluster {
         name: name.clone(),
         discovery,

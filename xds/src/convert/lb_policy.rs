@@ -101,7 +101,8 @@ pub struct Random {
     pub locality_lb_config: Option<LocalityLbConfig>,
 }
 
-/// `envoy.extensions.load_balancing_policies.maglev.v3.Maglev`: only its defaults.
+/// `envoy.extensions.load_balancing_policies.maglev.v3.Maglev`: its defaults, and locality
+/// weighting.
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Maglev {
@@ -116,7 +117,8 @@ pub struct Maglev {
     pub locality_weighted_lb_config: Option<LocalityWeightedLbConfig>,
 }
 
-/// `envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash`: only its defaults.
+/// `envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash`: its defaults, and
+/// locality weighting.
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RingHash {
@@ -286,22 +288,22 @@ pub(crate) fn load_balancing_policy(
                     "consistent_hashing_lb_config",
                     &consistent_hashing_lb_config,
                 );
-                cx.unsupported(
-                    &tp,
-                    "locality_weighted_lb_config",
-                    &locality_weighted_lb_config,
-                );
-                (mc::LbPolicy::Maglev, false)
+                (mc::LbPolicy::Maglev, locality_weighted_lb_config.is_some())
             }
             RING_HASH => {
                 let r: RingHash = cx.decode(&tp, RING_HASH, &any.value)?;
-                if r != RingHash::default() {
+                let locality = r.locality_weighted_lb_config.is_some();
+                let defaults = RingHash {
+                    locality_weighted_lb_config: r.locality_weighted_lb_config,
+                    ..RingHash::default()
+                };
+                if r != defaults {
                     cx.reject(
                         tp,
                         Reason::UnsupportedValue("settings other than the defaults".into()),
                     );
                 }
-                (mc::LbPolicy::RingHash, false)
+                (mc::LbPolicy::RingHash, locality)
             }
             other => {
                 skipped.push(format!("`{name}` ({other})"));

@@ -1046,7 +1046,6 @@ fn load_balancing_policies() {
         }),
         [
             "common_lb_config.healthy_panic_threshold: not supported",
-            "common_lb_config.locality_weighted_lb_config: with RING_HASH or MAGLEV is not supported",
         ]
     );
 }
