@@ -16,6 +16,9 @@
 //!   filter's `rules`, or the route's `requirement_name`) checked by [`crate::jwt`]; a
 //!   request without the tokens it needs is answered `401` (`403` for an audience not
 //!   allowed);
+//! - **API key auth** (`envoy.filters.http.api_key_auth`): a request without a known key is
+//!   answered `401`, one whose client the route does not allow `403` (Envoy's
+//!   `api_key_auth.cc`);
 //! - **basic auth** (`envoy.filters.http.basic_auth`): HTTP Basic credentials checked
 //!   against htpasswd `{SHA}` users; a request without valid ones is answered `401` (Envoy's
 //!   `basic_auth_filter.cc`);
@@ -26,7 +29,7 @@
 //!
 //! Requests routed to a cluster pass through them all. Requests their route answers itself
 //! (direct responses, redirects) pass through those that guard or limit (RBAC, basic auth,
-//! JWT, CSRF, local rate limit), as in Envoy; fault injection, CORS, sessions and the
+//! API key auth, JWT, CSRF, local rate limit), as in Envoy; fault injection, CORS, sessions and the
 //! global rate limit need a route to a cluster (Envoy's CORS and rate limit filters skip
 //! them too, having no route entry).
 //! **Stateful sessions** (`envoy.filters.http.stateful_session`) only note the host the
@@ -141,6 +144,21 @@ pub(crate) struct Filtered {
     stream_done: Option<StreamDone>,
     /// What JWT authentication changes in the request (tokens removed, claims added).
     jwt: Option<crate::jwt::Passed>,
+    /// What API key auth changes in the request (the client's name added, keys hidden).
+    api_key: Option<ApiKeyEdits>,
+}
+
+/// The API key auth filter's changes to a request that passed.
+#[derive(Debug, Default)]
+struct ApiKeyEdits {
+    /// The client's name, in `forwarding.header`.
+    client: Option<(HeaderName, HeaderValue)>,
+    /// Headers to remove (`hide_credentials`).
+    headers: Vec<HeaderName>,
+    /// Query parameters to remove.
+    params: Vec<String>,
+    /// Cookies to remove.
+    cookies: Vec<String>,
 }
 
 /// A call to a rate limit service at the end of a request's stream
@@ -274,6 +292,32 @@ struct RateLimitHeaders {
 }
 
 impl Filtered {
+    /// The request's URI without the query parameters a filter hides (API key auth's
+    /// `hide_credentials`); `None`: nothing to change.
+    pub(crate) fn rewritten_uri(&self, uri: &http::Uri) -> Option<http::Uri> {
+        let params = &self.api_key.as_ref()?.params;
+        let pq = uri.path_and_query()?;
+        let query = pq.query()?;
+        if params.is_empty() {
+            return None;
+        }
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                !params.iter().any(|p| p == name)
+            })
+            .collect();
+        let new = if kept.is_empty() {
+            pq.path().to_owned()
+        } else {
+            format!("{}?{}", pq.path(), kept.join("&"))
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = new.parse().ok();
+        http::Uri::from_parts(parts).ok()
+    }
+
     /// The rate limit call due at the end of the stream, if any.
     pub(crate) fn take_stream_done(&mut self) -> Option<StreamDone> {
         self.stream_done.take()
@@ -316,6 +360,17 @@ impl Filtered {
         }
         for (name, value) in self.service_request_headers.drain(..) {
             headers.append(name, value);
+        }
+        if let Some(edits) = self.api_key.take() {
+            for name in &edits.headers {
+                headers.remove(name);
+            }
+            if !edits.cookies.is_empty() {
+                strip_cookies(headers, &edits.cookies);
+            }
+            if let Some((name, value)) = edits.client {
+                headers.insert(name, value);
+            }
         }
         if let Some(jwt) = self.jwt.take() {
             for name in &jwt.remove {
@@ -449,6 +504,7 @@ pub(crate) async fn run(
                 FilterKind::Rbac(_)
                     | FilterKind::BasicAuth(_)
                     | FilterKind::Jwt(_)
+                    | FilterKind::ApiKeyAuth(_)
                     | FilterKind::Csrf(_)
                     | FilterKind::LocalRateLimit(_)
             ) =>
@@ -512,6 +568,13 @@ pub(crate) async fn run(
                 });
                 let check = jwt(config, route, head, grpc, metrics, services, filtered);
                 Box::pin(check).await
+            }
+            FilterKind::ApiKeyAuth(policy) => {
+                let route = levels.settings(&filter.name).find_map(|s| match &s.policy {
+                    Some(FilterPolicy::ApiKeyAuth(r)) => Some(&**r),
+                    _ => None,
+                });
+                api_key_auth(policy, route, head, grpc, metrics, filtered)
             }
             FilterKind::BasicAuth(policy) => {
                 let users = levels
@@ -1056,7 +1119,10 @@ async fn jwt(
     match crate::jwt::check(config, requirement, head, services).await {
         Ok(passed) => {
             metrics.jwt_authn("allowed");
-            filtered.jwt = Some(passed);
+            // A second JWT filter's changes add to the first's.
+            let jwt = filtered.jwt.get_or_insert_with(Default::default);
+            jwt.remove.extend(passed.remove);
+            jwt.set.extend(passed.set);
             None
         }
         Err(failure) => {
@@ -1073,13 +1139,144 @@ async fn jwt(
             } else {
                 crate::http::text_response(status, body.to_owned())
             };
-            if let Ok(v) = HeaderValue::from_str(&crate::jwt::challenge(head, failure)) {
+            let challenge = crate::jwt::challenge(&original_uri(head), failure);
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
             let resp = crate::http::for_grpc(resp, body, grpc);
             Some((crate::local_reply::mark(resp, status, body, None), "-"))
         }
     }
+}
+
+/// Removes `names` from the request's cookies (the `Cookie` header is dropped when none is
+/// left).
+fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
+    let values: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                    !names.iter().any(|n| n == name)
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    headers.remove(header::COOKIE);
+    for v in values {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.append(header::COOKIE, v);
+        }
+    }
+}
+
+/// The API key of a request: the first source, in order, that gives a non-empty one.
+fn api_key(
+    sources: &[crate::model::filter::ApiKeySource],
+    head: &RequestHead<'_>,
+) -> Option<String> {
+    use crate::model::filter::ApiKeySource as S;
+    sources.iter().find_map(|s| {
+        let key = match s {
+            S::Header(name) => {
+                let v = head.headers.get(name.as_str())?.to_str().ok()?;
+                v.strip_prefix("Bearer ").unwrap_or(v).to_owned()
+            }
+            S::Query(name) => {
+                let query = head.path.split_once('?')?.1;
+                query.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    let k = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
+                    (k == name.as_str()).then(|| {
+                        percent_encoding::percent_decode_str(&v.replace('+', " "))
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+                })?
+            }
+            S::Cookie(name) => head
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then(|| v.trim_matches('"').to_owned())
+                })?,
+        };
+        (!key.is_empty()).then_some(key)
+    })
+}
+
+/// API key auth (Envoy's `api_key_auth.cc`): the request's key must be one of the keys
+/// (the route's when it has any, else the filter's), its client one of the route's
+/// `allowed_clients` when it lists any.
+fn api_key_auth(
+    policy: &crate::model::filter::ApiKeyAuthPolicy,
+    route: Option<&crate::model::filter::ApiKeyAuthRoute>,
+    head: &RequestHead<'_>,
+    grpc: bool,
+    metrics: &ProxyMetrics,
+    filtered: &mut Filtered,
+) -> Option<Answer> {
+    use crate::model::filter::ApiKeySource as S;
+    let keys = match route {
+        Some(r) if !r.keys.0.is_empty() => &r.keys,
+        _ => &policy.keys,
+    };
+    let sources = match route {
+        Some(r) if !r.sources.is_empty() => &r.sources,
+        _ => &policy.sources,
+    };
+    let forwarding = route.map_or(&policy.forwarding, |r| &r.forwarding);
+    let client = api_key(sources, head).and_then(|k| keys.0.get(&k));
+    let refuse = |status: u16, body: &'static str| {
+        let resp = crate::http::text_response(status, body.to_owned());
+        let resp = crate::http::for_grpc(resp, body, grpc);
+        Some((crate::local_reply::mark(resp, status, body, None), "-"))
+    };
+    let Some(client) = client else {
+        metrics.api_key_auth("unauthorized");
+        return refuse(401, "Client authentication failed.");
+    };
+    if let Some(r) = route {
+        if !r.allowed_clients.is_empty() && !r.allowed_clients.contains(client) {
+            metrics.api_key_auth("forbidden");
+            return refuse(403, "Client is forbidden.");
+        }
+    }
+    metrics.api_key_auth("allowed");
+    let mut edits = ApiKeyEdits::default();
+    if let Some(h) = &forwarding.header {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(h.as_bytes()),
+            HeaderValue::from_str(client),
+        ) {
+            edits.client = Some((n, v));
+        }
+    }
+    if forwarding.hide_credentials {
+        for s in sources {
+            match s {
+                S::Header(h) => {
+                    if let Ok(n) = HeaderName::from_bytes(h.as_bytes()) {
+                        edits.headers.push(n);
+                    }
+                }
+                S::Query(q) => edits.params.push(q.clone()),
+                S::Cookie(c) => edits.cookies.push(c.clone()),
+            }
+        }
+    }
+    filtered.api_key = Some(edits);
+    None
 }
 
 /// A global rate limit filter's config for one request.
@@ -1342,7 +1539,24 @@ fn basic_auth(
     };
     metrics.basic_auth(reason);
     let mut resp = crate::http::text_response(401, body.to_owned());
-    let mut uri = format!("{}://{}{}", head.scheme, head.authority, head.path);
+    let realm = format!("Basic realm=\"{}\"", original_uri(head));
+    if let Ok(v) = HeaderValue::from_str(&realm) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    let resp = crate::http::for_grpc(resp, body, grpc);
+    let resp = crate::local_reply::mark(resp, 401, body, None);
+    Some((resp, "-"))
+}
+
+/// The request's URL for a challenge's realm (Envoy's `buildOriginalUri`: scheme, host,
+/// path with its query), cut to `REALM_URI_MAX` bytes, its quotes escaped.
+fn original_uri(head: &RequestHead<'_>) -> String {
+    let scheme = if head.scheme.is_empty() {
+        "http"
+    } else {
+        head.scheme
+    };
+    let mut uri = format!("{scheme}://{}{}", head.authority, head.path);
     if uri.len() > REALM_URI_MAX {
         let mut end = REALM_URI_MAX;
         while !uri.is_char_boundary(end) {
@@ -1350,13 +1564,7 @@ fn basic_auth(
         }
         uri.truncate(end);
     }
-    let realm = format!("Basic realm=\"{}\"", uri.replace('"', "%22"));
-    if let Ok(v) = HeaderValue::from_str(&realm) {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    let resp = crate::http::for_grpc(resp, body, grpc);
-    let resp = crate::local_reply::mark(resp, 401, body, None);
-    Some((resp, "-"))
+    uri.replace('"', "%22")
 }
 
 /// The user and password of a Basic credential (base64 with or without padding, as

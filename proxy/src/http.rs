@@ -1252,6 +1252,9 @@ impl HttpConn {
                 req.headers_mut().insert(header::HOST, h);
             }
             // What the filters add goes first, as Envoy's filters run before its router.
+            if let Some(uri) = filtered.rewritten_uri(req.uri()) {
+                *req.uri_mut() = uri;
+            }
             filtered.finish_request(req.headers_mut());
             for m in [&route.headers, &vh.headers, &table.config.headers] {
                 router::mutate_headers(

@@ -134,19 +134,9 @@ pub(crate) fn is_cors_preflight(head: &RequestHead<'_>) -> bool {
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-/// The `www-authenticate` value of a failure's answer: the request's URL (without its
-/// query) as the realm.
-pub(crate) fn challenge(head: &RequestHead<'_>, failure: Failure) -> String {
-    let scheme = if head.scheme.is_empty() {
-        "http"
-    } else {
-        head.scheme
-    };
-    let mut value = format!(
-        "Bearer realm=\"{scheme}://{}{}\"",
-        head.authority,
-        head.path_only()
-    );
+/// The `www-authenticate` value of a failure's answer, `uri` (the request's) its realm.
+pub(crate) fn challenge(uri: &str, failure: Failure) -> String {
+    let mut value = format!("Bearer realm=\"{uri}\"");
     if failure != Failure::Missing {
         value.push_str(", error=\"invalid_token\"");
     }
@@ -863,13 +853,14 @@ mod tests {
             scheme: "https",
             headers: &h,
         };
+        let uri = "https://shop.example/cart?id=1";
         assert_eq!(
-            challenge(&head, Failure::Missing),
-            "Bearer realm=\"https://shop.example/cart\""
+            challenge(uri, Failure::Missing),
+            "Bearer realm=\"https://shop.example/cart?id=1\""
         );
         assert_eq!(
-            challenge(&head, Failure::Expired),
-            "Bearer realm=\"https://shop.example/cart\", error=\"invalid_token\""
+            challenge(uri, Failure::Expired),
+            "Bearer realm=\"https://shop.example/cart?id=1\", error=\"invalid_token\""
         );
         assert!(!is_cors_preflight(&head));
         let mut h = HeaderMap::new();

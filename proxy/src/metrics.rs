@@ -29,6 +29,7 @@
 //! | `proxy_headers_with_underscores_total`         | counter   | `action` (`dropped`, `rejected`) |
 //! | `proxy_request_head_timeouts_total`            | counter   | `timeout` (`request_headers`, `request`, `stream_idle`) |
 //! | `proxy_local_rate_limit_total`                 | counter   | `stat_prefix`, `outcome` (`ok`, `limited_not_enforced`, `enforced`) |
+//! | `proxy_api_key_auth_total`                     | counter   | `outcome` (`allowed`, `unauthorized`, `forbidden`) |
 //! | `proxy_jwt_authn_total`                        | counter   | `outcome` (`allowed`, `denied`, `cors_preflight_bypassed`) |
 //! | `proxy_rate_limit_service_total`               | counter   | `stat_prefix`, `outcome` (`ok`, `over_limit`, `over_limit_not_enforced`, `error_allowed`, `error_denied`) |
 
@@ -181,6 +182,13 @@ pub struct CsrfLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JwtLabels {
     /// `allowed`, `denied` or `cors_preflight_bypassed`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `proxy_api_key_auth`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiKeyLabels {
+    /// `allowed`, `unauthorized` or `forbidden`.
     pub outcome: &'static str,
 }
 
@@ -365,6 +373,7 @@ pub struct ProxyMetrics {
     pub(crate) basic_auth: Family<BasicAuthLabels, Counter>,
     pub(crate) csrf: Family<CsrfLabels, Counter>,
     pub(crate) jwt_authn: Family<JwtLabels, Counter>,
+    pub(crate) api_key_auth: Family<ApiKeyLabels, Counter>,
     pub(crate) rbac: Family<RbacLabels, Counter>,
     pub(crate) health_check_requests: Family<HealthCheckRequestLabels, Counter>,
     pub(crate) health_check_transitions: Family<HealthCheckLabels, Counter>,
@@ -413,6 +422,7 @@ impl ProxyMetrics {
             basic_auth: Family::default(),
             csrf: Family::default(),
             jwt_authn: Family::default(),
+            api_key_auth: Family::default(),
             rbac: Family::default(),
             health_check_requests: Family::default(),
             health_check_transitions: Family::default(),
@@ -546,6 +556,13 @@ impl ProxyMetrics {
              under a requirement, by outcome: allowed, denied (answered 401 or 403), \
              cors_preflight_bypassed",
             m.jwt_authn.clone(),
+        );
+        registry.register(
+            "proxy_api_key_auth",
+            "Requests checked by the API key auth filter (envoy.filters.http.api_key_auth), by \
+             outcome: allowed, unauthorized (no key or an unknown one, answered 401), \
+             forbidden (a client not allowed on the route, answered 403)",
+            m.api_key_auth.clone(),
         );
         registry.register(
             "proxy_rbac",
@@ -690,6 +707,13 @@ impl ProxyMetrics {
     /// A request checked by the JWT filter under a requirement.
     pub(crate) fn jwt_authn(&self, outcome: &'static str) {
         self.jwt_authn.get_or_create(&JwtLabels { outcome }).inc();
+    }
+
+    /// A request checked by the API key auth filter.
+    pub(crate) fn api_key_auth(&self, outcome: &'static str) {
+        self.api_key_auth
+            .get_or_create(&ApiKeyLabels { outcome })
+            .inc();
     }
 
     /// A request checked by the CSRF filter.

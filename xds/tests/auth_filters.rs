@@ -290,3 +290,104 @@ async fn csrf_refuses_state_changes_from_other_origins() {
     assert_eq!(count("invalid"), 3.0);
     assert_eq!(count("missing_source_origin"), 1.0);
 }
+
+const API_KEY_PORT: u16 = 18553;
+const API_KEY: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth";
+const API_KEY_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute";
+
+/// Envoy Gateway's API key auth: the filter without keys, routes with theirs (a header on
+/// one, a query parameter on another) and the clients they allow, the client's name
+/// forwarded and the key hidden.
+fn api_key_listener() -> Listener {
+    filtered_listener(
+        "keyed",
+        API_KEY_PORT,
+        &format!(
+            r#"
+- name: envoy.filters.http.api_key_auth
+  typed_config: {{"@type": {API_KEY}}}
+"#
+        ),
+    )
+}
+
+fn api_key_routes() -> RouteConfiguration {
+    yaml(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: web
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /header}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.api_key_auth:
+        "@type": {API_KEY_ROUTE}
+        allowed_clients: [client-1]
+        credentials: [{{client: client-1, key: key1}}, {{client: client-2, key: key2}}]
+        key_sources: [{{header: X-Echo-Key}}]
+        forwarding: {{header: X-Echo-Client, hide_credentials: true}}
+  - match: {{prefix: /query}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.api_key_auth:
+        "@type": {API_KEY_ROUTE}
+        credentials: [{{client: client-2, key: key2}}]
+        key_sources: [{{query: api-key}}]
+        forwarding: {{header: X-Echo-Client}}
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.api_key_auth:
+        "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+        disabled: true
+"#
+    ))
+}
+
+#[tokio::test]
+async fn api_keys_per_route_as_envoy_gateway_writes_them() {
+    let upstream = http_upstream("web").await;
+    let (_cp, node) = serving(vec![api_key_listener()], api_key_routes(), upstream.addr).await;
+    let get = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        request(&node, API_KEY_PORT, "GET", path, headers)
+    };
+
+    // A known key of an allowed client: its name goes upstream, the key does not.
+    let a = get("/header", &[("x-echo-key", "key1")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-echo-client"), Some("client-1"));
+    assert_eq!(a.header("x-echo-key"), None, "hidden");
+    // A known key of a client the route does not allow; none; an unknown one.
+    let a = get("/header", &[("x-echo-key", "key2")]).await;
+    assert_eq!(
+        (a.status.as_u16(), a.body.as_str()),
+        (403, "Client is forbidden.")
+    );
+    let a = get("/header", &[]).await;
+    assert_eq!(
+        (a.status.as_u16(), a.body.as_str()),
+        (401, "Client authentication failed.")
+    );
+    assert_eq!(get("/header", &[("x-echo-key", "key3")]).await.status, 401);
+    // The key in the query; kept (no `hide_credentials`), so upstream sees it.
+    let a = get("/query?api-key=key2", &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-echo-client"), Some("client-2"));
+    assert_eq!(a.body, "web /query?api-key=key2");
+    assert_eq!(get("/query?api-key=key1", &[]).await.status, 401);
+    // The filter is off elsewhere.
+    assert_eq!(get("/", &[]).await.status, 200);
+    let count = |o: &str| {
+        node.metric(&format!(
+            "myelin_proxy_api_key_auth_total{{outcome=\"{o}\"}}"
+        ))
+    };
+    assert_eq!(
+        (count("allowed"), count("unauthorized"), count("forbidden")),
+        (2.0, 3.0, 1.0)
+    );
+}

@@ -140,6 +140,7 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
             FilterPolicy::LocalRateLimit(_) => "rl".to_owned(),
             FilterPolicy::RateLimit(_) => "global_rl".to_owned(),
             FilterPolicy::Jwt(_) => "jwt".to_owned(),
+            FilterPolicy::ApiKeyAuth(_) => "api_key_auth".to_owned(),
             FilterPolicy::BasicAuth(_) => "basic_auth".to_owned(),
             FilterPolicy::Csrf(_) => "csrf".to_owned(),
             FilterPolicy::Rbac(_) => "rbac".to_owned(),
@@ -1149,4 +1150,111 @@ async fn the_global_rate_limit_filter_follows_the_services_word() {
     );
     assert_eq!(done.domain, "d");
     assert_eq!(ok.calls.lock().unwrap()[0], "rls");
+}
+
+#[test]
+fn api_keys_from_their_sources_and_clients_by_route() {
+    use crate::model::filter::{
+        ApiKeyAuthPolicy, ApiKeyAuthRoute, ApiKeyForwarding, ApiKeySource as S, ApiKeys,
+    };
+    let keys = |pairs: &[(&str, &str)]| {
+        ApiKeys(
+            pairs
+                .iter()
+                .map(|(k, c)| ((*k).to_owned(), (*c).to_owned()))
+                .collect(),
+        )
+    };
+    let policy = ApiKeyAuthPolicy {
+        keys: keys(&[("key1", "client-1"), ("key 2", "client-2")]),
+        sources: vec![
+            S::Header("x-api-key".into()),
+            S::Query("api_key".into()),
+            S::Cookie("api_key".into()),
+        ],
+        forwarding: ApiKeyForwarding {
+            header: Some("x-client-id".into()),
+            hide_credentials: true,
+        },
+    };
+    let metrics = ProxyMetrics::unregistered();
+    let check = |route: Option<&ApiKeyAuthRoute>, path: &str, hs: &[(&str, &str)]| {
+        let h = headers(hs);
+        let head = RequestHead {
+            path,
+            ..head("GET", &h)
+        };
+        let mut filtered = Filtered::default();
+        let answer = api_key_auth(&policy, route, &head, false, &metrics, &mut filtered);
+        let status = answer.map(|(r, _)| r.status().as_u16());
+        // What goes upstream.
+        let mut out = h.clone();
+        let uri: http::Uri = path.parse().unwrap();
+        let uri = filtered.rewritten_uri(&uri).unwrap_or(uri);
+        filtered.finish_request(&mut out);
+        (status, out, uri.to_string())
+    };
+
+    // Sources in order; a header's `Bearer ` prefix dropped; the query percent-decoded.
+    let (s, out, _) = check(None, "/", &[("x-api-key", "Bearer key1")]);
+    assert_eq!(s, None);
+    assert_eq!(out["x-client-id"], "client-1");
+    assert!(!out.contains_key("x-api-key"), "hidden");
+    let (s, out, uri) = check(None, "/p?a=1&api_key=key%202&b=2", &[]);
+    assert_eq!(s, None);
+    assert_eq!(out["x-client-id"], "client-2");
+    assert_eq!(uri, "/p?a=1&b=2", "the key's parameter hidden");
+    let (s, out, _) = check(None, "/", &[("cookie", "a=1; api_key=key1; b=2")]);
+    assert_eq!(s, None);
+    assert_eq!(out["cookie"], "a=1; b=2");
+    // A wrong key in the first source fails even with a good one later (Envoy's order);
+    // no key; an unknown one.
+    assert_eq!(
+        check(None, "/?api_key=key1", &[("x-api-key", "nope")]).0,
+        Some(401)
+    );
+    assert_eq!(check(None, "/", &[]).0, Some(401));
+    assert_eq!(check(None, "/", &[("x-api-key", "key3")]).0, Some(401));
+
+    // A route's clients, and keys and sources of its own.
+    let route = ApiKeyAuthRoute {
+        keys: ApiKeys::default(),
+        sources: vec![],
+        allowed_clients: vec!["client-2".into()],
+        forwarding: ApiKeyForwarding::default(),
+    };
+    assert_eq!(
+        check(Some(&route), "/", &[("x-api-key", "key1")]).0,
+        Some(403)
+    );
+    let (s, out, _) = check(Some(&route), "/", &[("x-api-key", "key 2")]);
+    assert_eq!(s, None);
+    assert!(
+        out.contains_key("x-api-key") && !out.contains_key("x-client-id"),
+        "the route's forwarding replaces the filter's"
+    );
+    let own = ApiKeyAuthRoute {
+        keys: keys(&[("route-key", "client-9")]),
+        sources: vec![S::Header("x-route-key".into())],
+        allowed_clients: vec![],
+        forwarding: ApiKeyForwarding::default(),
+    };
+    assert_eq!(
+        check(Some(&own), "/", &[("x-api-key", "key1")]).0,
+        Some(401)
+    );
+    assert_eq!(
+        check(Some(&own), "/", &[("x-route-key", "route-key")]).0,
+        None
+    );
+    let count = |o| {
+        metrics
+            .api_key_auth
+            .get_or_create(&crate::metrics::ApiKeyLabels { outcome: o })
+            .get()
+    };
+    assert_eq!(
+        (count("allowed"), count("unauthorized"), count("forbidden")),
+        (5, 4, 1)
+    );
 }

@@ -70,6 +70,8 @@ pub enum FilterKind {
     RateLimit(Arc<GlobalRateLimitPolicy>),
     /// JWT authentication (`envoy.filters.http.jwt_authn`, settings in [`super::jwt`]).
     Jwt(Arc<super::jwt::JwtConfig>),
+    /// API key authentication (`envoy.filters.http.api_key_auth`) with the filter's keys.
+    ApiKeyAuth(Arc<ApiKeyAuthPolicy>),
     /// HTTP Basic authentication (`envoy.filters.http.basic_auth`) with the filter's users
     /// (a route's replace them).
     BasicAuth(Arc<BasicAuthPolicy>),
@@ -193,6 +195,8 @@ pub enum FilterPolicy {
     /// `envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig`: off, or a named
     /// requirement in place of the filter's `rules`.
     Jwt(Arc<super::jwt::JwtRoute>),
+    /// `envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute`.
+    ApiKeyAuth(Arc<ApiKeyAuthRoute>),
     /// `envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute`: the users, in place
     /// of the filter's.
     BasicAuth(Arc<BasicAuthUsers>),
@@ -228,6 +232,70 @@ pub struct BasicAuthPolicy {
     pub forward_username_header: Option<String>,
     /// `authentication_header`: credentials are read from it instead of `Authorization`.
     pub authentication_header: Option<String>,
+}
+
+/// API key authentication (`ApiKeyAuth`): the keys and the clients they name, where a
+/// request carries its key, and what goes upstream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiKeyAuthPolicy {
+    /// `credentials`.
+    pub keys: ApiKeys,
+    /// `key_sources`, tried in order.
+    pub sources: Vec<ApiKeySource>,
+    /// `forwarding`.
+    pub forwarding: ApiKeyForwarding,
+}
+
+/// A route's `ApiKeyAuthPerRoute`: its keys and sources in place of the filter's when it
+/// has any, its `forwarding` in place of the filter's always (as Envoy's code reads it),
+/// and which clients may pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiKeyAuthRoute {
+    /// `credentials` (empty: the filter's).
+    pub keys: ApiKeys,
+    /// `key_sources` (empty: the filter's).
+    pub sources: Vec<ApiKeySource>,
+    /// `allowed_clients` (empty: any client with a known key).
+    pub allowed_clients: Vec<String>,
+    /// `forwarding`.
+    pub forwarding: ApiKeyForwarding,
+}
+
+/// Keys and the client each names. Shown by client only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiKeys(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.values()).finish()
+    }
+}
+
+impl Serialize for ApiKeys {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.values())
+    }
+}
+
+/// Where a request's API key is (`KeySource`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeySource {
+    /// A header's first value (after `Bearer `, if it starts so).
+    Header(String),
+    /// A query parameter's first value, percent-decoded.
+    Query(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+/// `Forwarding`: the client's name upstream, the key hidden.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApiKeyForwarding {
+    /// `header`: the client's name in it.
+    pub header: Option<String>,
+    /// `hide_credentials`: every source's key removed from the request.
+    pub hide_credentials: bool,
 }
 
 /// Users of an htpasswd file (`{SHA}` entries only, as Envoy takes them): each name with

@@ -1113,6 +1113,88 @@ named!(
     "PerRouteConfig"
 );
 
+/// `envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyAuth {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(default)]
+    pub credentials: Vec<ApiKeyCredential>,
+    #[prost(message, repeated, tag = "2")]
+    #[serde(default)]
+    pub key_sources: Vec<ApiKeySource>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub forwarding: Option<ApiKeyForwarding>,
+}
+named!(
+    ApiKeyAuth,
+    "envoy.extensions.filters.http.api_key_auth.v3",
+    "ApiKeyAuth"
+);
+
+/// `envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyAuthPerRoute {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(default)]
+    pub credentials: Vec<ApiKeyCredential>,
+    #[prost(message, repeated, tag = "2")]
+    #[serde(default)]
+    pub key_sources: Vec<ApiKeySource>,
+    #[prost(string, repeated, tag = "3")]
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub forwarding: Option<ApiKeyForwarding>,
+}
+named!(
+    ApiKeyAuthPerRoute,
+    "envoy.extensions.filters.http.api_key_auth.v3",
+    "ApiKeyAuthPerRoute"
+);
+
+/// `envoy.extensions.filters.http.api_key_auth.v3.Credential`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCredential {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub client: String,
+}
+
+/// `envoy.extensions.filters.http.api_key_auth.v3.KeySource`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySource {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub header: String,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub query: String,
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub cookie: String,
+}
+
+/// `envoy.extensions.filters.http.api_key_auth.v3.Forwarding`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyForwarding {
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub header: String,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub hide_credentials: bool,
+}
+
 fn override_options<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
     named_enum(
         d,
@@ -1599,6 +1681,11 @@ const GENERIC_KEY: &str = "envoy.config.route.v3.RateLimit.Action.GenericKey (ne
 const HEADER_VALUE_MATCH: &str = "envoy.config.route.v3.RateLimit.Action.HeaderValueMatch (newer)";
 const REMOTE_ADDRESS_MATCH: &str = "envoy.config.route.v3.RateLimit.Action.RemoteAddressMatch";
 pub(crate) const ADDRESS_MATCHER: &str = "envoy.type.matcher.v3.AddressMatcher";
+pub(crate) const API_KEY_CREDENTIAL: &str =
+    "envoy.extensions.filters.http.api_key_auth.v3.Credential";
+pub(crate) const API_KEY_SOURCE: &str = "envoy.extensions.filters.http.api_key_auth.v3.KeySource";
+pub(crate) const API_KEY_FORWARDING: &str =
+    "envoy.extensions.filters.http.api_key_auth.v3.Forwarding";
 const JWT_PROVIDER: &str = "envoy.extensions.filters.http.jwt_authn.v3.JwtProvider";
 const JWT_REQUIREMENT: &str = "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirement";
 /// `JwtRequirementOrList` and `JwtRequirementAndList`, one shape.
@@ -2024,6 +2111,26 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         &[p("disabled"), p("requirement_name")],
     ),
     (
+        "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+        &[
+            rm("credentials", API_KEY_CREDENTIAL),
+            rm("key_sources", API_KEY_SOURCE),
+            m("forwarding", API_KEY_FORWARDING),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute",
+        &[
+            rm("credentials", API_KEY_CREDENTIAL),
+            rm("key_sources", API_KEY_SOURCE),
+            p("allowed_clients"),
+            m("forwarding", API_KEY_FORWARDING),
+        ],
+    ),
+    (API_KEY_CREDENTIAL, &[p("key"), p("client")]),
+    (API_KEY_SOURCE, &[p("header"), p("query"), p("cookie")]),
+    (API_KEY_FORWARDING, &[p("header"), p("hide_credentials")]),
+    (
         ROUTE_RATE_LIMIT,
         &[
             m("stage", UINT32_VALUE),
@@ -2392,6 +2499,12 @@ mod tests {
                 "envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences",
             JwtRequirementRule => "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
             JwtPerRoute => "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
+            ApiKeyAuth => "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+            ApiKeyAuthPerRoute =>
+                "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute",
+            ApiKeyCredential => API_KEY_CREDENTIAL,
+            ApiKeySource => API_KEY_SOURCE,
+            ApiKeyForwarding => API_KEY_FORWARDING,
             HitsAddend => HITS_ADDEND,
             RateLimitAction => RATE_LIMIT_ACTION,
             GenericKey => GENERIC_KEY,
@@ -2426,7 +2539,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            51 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
+            56 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

@@ -29,6 +29,10 @@ const JWT_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 const JWT_ROUTE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig";
+const API_KEY_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth";
+const API_KEY_ROUTE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute";
 const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 const CSRF_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 const BASIC_AUTH_URL: &str =
@@ -91,6 +95,18 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
             let j = cx.decode::<ext::JwtAuthentication>(&tp, JWT_URL, &any.value)?;
             let config = super::jwt::jwt_authentication(cx, &tp, &j)?;
             Some(mf::FilterKind::Jwt(Arc::new(config)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == API_KEY_URL => {
+            let tp = join(p, "typed_config");
+            let a = cx.decode::<ext::ApiKeyAuth>(&tp, API_KEY_URL, &any.value)?;
+            let keys = api_keys(cx, &tp, &a.credentials)?;
+            let sources = api_key_sources(cx, &tp, &a.key_sources)?;
+            let forwarding = api_key_forwarding(cx, &tp, a.forwarding.as_ref())?;
+            Some(mf::FilterKind::ApiKeyAuth(Arc::new(mf::ApiKeyAuthPolicy {
+                keys,
+                sources,
+                forwarding,
+            })))
         }
         Some(C::TypedConfig(any)) if any.type_url == BASIC_AUTH_URL => {
             let tp = join(p, "typed_config");
@@ -234,6 +250,7 @@ fn is_known(type_url: &str) -> bool {
         RATE_LIMIT_URL,
         GLOBAL_RATE_LIMIT_ROUTE_URL,
         JWT_ROUTE_URL,
+        API_KEY_ROUTE_URL,
         BASIC_AUTH_ROUTE_URL,
         CSRF_URL,
         RBAC_ROUTE_URL,
@@ -271,6 +288,20 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
         CSRF_URL => {
             let c = cx.decode::<ext::CsrfPolicy>(p, CSRF_URL, &any.value)?;
             Some(mf::FilterPolicy::Csrf(Arc::new(csrf_policy(cx, p, &c)?)))
+        }
+        API_KEY_ROUTE_URL => {
+            let a = cx.decode::<ext::ApiKeyAuthPerRoute>(p, API_KEY_ROUTE_URL, &any.value)?;
+            let keys = api_keys(cx, p, &a.credentials)?;
+            let sources = api_key_sources(cx, p, &a.key_sources)?;
+            let forwarding = api_key_forwarding(cx, p, a.forwarding.as_ref())?;
+            Some(mf::FilterPolicy::ApiKeyAuth(Arc::new(
+                mf::ApiKeyAuthRoute {
+                    keys,
+                    sources,
+                    allowed_clients: a.allowed_clients.clone(),
+                    forwarding,
+                },
+            )))
         }
         JWT_ROUTE_URL => {
             let r = cx.decode::<ext::JwtPerRoute>(p, JWT_ROUTE_URL, &any.value)?;
@@ -600,6 +631,89 @@ fn basic_auth(cx: &mut Cx, p: &str, b: &ext::BasicAuth) -> Option<mf::BasicAuthP
 
 /// Users of an htpasswd file given inline, as Envoy reads them: `name:{SHA}<base64 of the
 /// password's SHA-1>` per line, empty lines and `#` comments skipped, names once.
+/// API key `credentials`: each key and client required, no key twice (Envoy's
+/// "Duplicated credential key").
+fn api_keys(cx: &mut Cx, p: &str, list: &[ext::ApiKeyCredential]) -> Option<mf::ApiKeys> {
+    let errors = cx.errs.len();
+    let mut keys = std::collections::BTreeMap::new();
+    for (i, c) in list.iter().enumerate() {
+        let cp = idx(p, "credentials", i);
+        if c.key.is_empty() {
+            cx.reject(join(&cp, "key"), Reason::Missing);
+        } else if c.client.is_empty() {
+            cx.reject(join(&cp, "client"), Reason::Missing);
+        } else if keys.insert(c.key.clone(), c.client.clone()).is_some() {
+            // The key itself is a secret: not repeated in the message.
+            cx.reject(
+                join(&cp, "key"),
+                Reason::Invalid("the same key as an earlier credential".into()),
+            );
+        }
+    }
+    (cx.errs.len() == errors).then_some(mf::ApiKeys(keys))
+}
+
+/// API key `key_sources`: one of `header`, `query`, `cookie` each.
+fn api_key_sources(
+    cx: &mut Cx,
+    p: &str,
+    list: &[ext::ApiKeySource],
+) -> Option<Vec<mf::ApiKeySource>> {
+    let errors = cx.errs.len();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let sp = idx(p, "key_sources", i);
+        // Envoy takes the first of the three that is set.
+        if !s.header.is_empty() {
+            match http::HeaderName::from_bytes(s.header.to_ascii_lowercase().as_bytes()) {
+                Ok(n) => out.push(mf::ApiKeySource::Header(n.as_str().to_owned())),
+                Err(_) => cx.reject(
+                    join(&sp, "header"),
+                    Reason::Invalid(format!("{:?} is not a header name", s.header)),
+                ),
+            }
+        } else if !s.query.is_empty() {
+            out.push(mf::ApiKeySource::Query(s.query.clone()));
+        } else if !s.cookie.is_empty() {
+            out.push(mf::ApiKeySource::Cookie(s.cookie.clone()));
+        } else {
+            cx.reject(
+                sp,
+                Reason::Invalid("one of `header`, `query` and `cookie`".into()),
+            );
+        }
+    }
+    (cx.errs.len() == errors).then_some(out)
+}
+
+/// API key `forwarding`.
+fn api_key_forwarding(
+    cx: &mut Cx,
+    p: &str,
+    f: Option<&ext::ApiKeyForwarding>,
+) -> Option<mf::ApiKeyForwarding> {
+    let Some(f) = f else {
+        return Some(mf::ApiKeyForwarding::default());
+    };
+    let header = match f.header.as_str() {
+        "" => None,
+        h => match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => Some(n.as_str().to_owned()),
+            Err(_) => {
+                cx.reject(
+                    join(&join(p, "forwarding"), "header"),
+                    Reason::Invalid(format!("{h:?} is not a header name")),
+                );
+                return None;
+            }
+        },
+    };
+    Some(mf::ApiKeyForwarding {
+        header,
+        hide_credentials: f.hide_credentials,
+    })
+}
+
 /// The text of an inline `DataSource` (a file or a variable is not read by the
 /// converter: rejected).
 pub(super) fn inline_text(cx: &mut Cx, p: &str, d: &core::DataSource) -> Option<String> {

@@ -459,6 +459,10 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig" => {
             enc::<ext::JwtPerRoute>(body)
         }
+        "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth" => enc::<ext::ApiKeyAuth>(body),
+        "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute" => {
+            enc::<ext::ApiKeyAuthPerRoute>(body)
+        }
         "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute" => {
             enc::<ext::RateLimitPerRoute>(body)
         }
@@ -548,6 +552,9 @@ mod tests {
             "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList",
             "envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences",
             "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
+            ext::API_KEY_CREDENTIAL,
+            ext::API_KEY_SOURCE,
+            ext::API_KEY_FORWARDING,
         ];
         let missing: Vec<&str> = ext::JSON_MESSAGES
             .iter()

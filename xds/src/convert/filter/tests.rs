@@ -904,6 +904,79 @@ fn bad_jwt_authentication_is_rejected_by_path() {
     );
 }
 
+const API_KEY: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth";
+const API_KEY_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute";
+
+#[test]
+fn api_key_auth_as_envoy_gateway_writes_it() {
+    // The filter with no keys of its own, a route with its keys, sources and forwarding
+    // (Envoy Gateway's SecurityPolicy `apiKeyAuth`, camelCase).
+    let l = listener(&listener_with(&format!(
+        "- name: envoy.filters.http.api_key_auth\n  typed_config: {{\"@type\": {API_KEY}}}"
+    )))
+    .unwrap();
+    let f = filters_of(&l);
+    let mf::FilterKind::ApiKeyAuth(a) = &f.0[0].kind else {
+        panic!("{:?}", f.0[0].kind)
+    };
+    assert!(a.keys.0.is_empty() && a.sources.is_empty());
+    let rc: rpb::RouteConfiguration = json::from_value(serde_json::json!({
+        "name": "r",
+        "virtualHosts": [{"name": "v", "domains": ["*"], "routes": [{
+            "match": {"prefix": "/"},
+            "route": {"cluster": "web"},
+            "typedPerFilterConfig": {"envoy.filters.http.api_key_auth": {
+                "@type": API_KEY_ROUTE,
+                "allowedClients": ["client-1"],
+                "credentials": [{"client": "client-1", "key": "key1"}],
+                "keySources": [{"header": "X-API-KEY"}, {"query": "X-API-KEY"}],
+                "forwarding": {"header": "X-API-KEY-CLIENT-ID", "hideCredentials": true}
+            }}
+        }]}]
+    }))
+    .unwrap();
+    let rc = route_configuration(&rc).unwrap();
+    let s = &rc.virtual_hosts[0].routes[0].filters["envoy.filters.http.api_key_auth"];
+    let Some(mf::FilterPolicy::ApiKeyAuth(r)) = &s.policy else {
+        panic!("{s:?}")
+    };
+    assert_eq!(r.keys.0["key1"], "client-1");
+    assert_eq!(
+        r.sources,
+        [
+            mf::ApiKeySource::Header("x-api-key".into()),
+            mf::ApiKeySource::Query("X-API-KEY".into()),
+        ]
+    );
+    assert_eq!(r.allowed_clients, ["client-1"]);
+    assert_eq!(r.forwarding.header.as_deref(), Some("x-api-key-client-id"));
+    assert!(r.forwarding.hide_credentials);
+    assert!(!format!("{r:?}").contains("key1"), "keys are not shown");
+
+    // Rejections, the key not named.
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+typed_per_filter_config:
+  k:
+    "@type": {API_KEY_ROUTE}
+    credentials: [{{key: s3cret, client: a}}, {{key: s3cret, client: b}}, {{key: x}}]
+    key_sources: [{{}}]
+"#
+    ));
+    let e = messages(route_configuration(&rc));
+    assert_eq!(
+        e,
+        [
+            "typed_per_filter_config[\"k\"].credentials[1].key: the same key as an earlier credential",
+            "typed_per_filter_config[\"k\"].credentials[2].client: required but not set",
+        ]
+    );
+    assert!(!e.concat().contains("s3cret"));
+}
+
 #[test]
 fn bad_global_rate_limits_are_rejected_by_path() {
     let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
