@@ -473,7 +473,7 @@ pub(crate) struct Context<'a> {
     /// set by [`run`]).
     pub(crate) client: Subject<'a>,
     /// The way to a rate limit service.
-    pub(crate) services: &'a dyn crate::ratelimit::Services,
+    pub(crate) services: &'a dyn crate::services::Services,
 }
 
 /// Runs `filters` for a request: `Some` when a filter answers it (a fault abort, a CORS
@@ -1085,7 +1085,7 @@ async fn jwt(
     head: &RequestHead<'_>,
     grpc: bool,
     metrics: &ProxyMetrics,
-    services: &dyn crate::ratelimit::Services,
+    services: &dyn crate::services::Services,
     filtered: &mut Filtered,
 ) -> Option<Answer> {
     use crate::model::jwt::JwtRoute;
@@ -1285,7 +1285,7 @@ struct GlobalLimit<'a> {
     /// The route's settings (`RateLimitPerRoute`).
     route: Option<&'a GlobalRateLimitRoute>,
     grpc: bool,
-    services: &'a dyn crate::ratelimit::Services,
+    services: &'a dyn crate::services::Services,
 }
 
 /// The global rate limit filter (Envoy's `ratelimit.cc`): asks the rate limit service about

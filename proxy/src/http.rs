@@ -2051,13 +2051,13 @@ pub(crate) fn find_cluster<'t>(
 /// The calls of filters to services (a rate limit service): over HTTP/2 to an endpoint of
 /// the service's cluster, through the connection's pools, under the cluster's
 /// `max_requests`.
-impl crate::ratelimit::Services for HttpConn {
+impl crate::services::Services for HttpConn {
     fn send<'a>(
         &'a self,
         cluster: &'a str,
         req: Request<Bytes>,
         grpc: bool,
-    ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
+    ) -> crate::services::Pending<'a, Result<crate::services::Reply, String>> {
         Box::pin(async move {
             let traffic = self.traffic.load();
             let cluster = find_cluster(&traffic, cluster)
@@ -2086,7 +2086,7 @@ impl crate::ratelimit::Services for HttpConn {
             let collected = body.collect().await.map_err(|e| e.to_string())?;
             drop(in_flight);
             let trailers = collected.trailers().cloned();
-            Ok(crate::ratelimit::Reply {
+            Ok(crate::services::Reply {
                 status: parts.status,
                 headers: parts.headers,
                 body: collected.to_bytes(),

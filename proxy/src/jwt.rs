@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 
 use crate::model::jwt::{Jwks, JwtConfig, JwtProvider, JwtRequirement, RemoteJwks};
-use crate::ratelimit::{Pending, Services};
+use crate::services::{Pending, Services};
 use crate::traffic::router::RequestHead;
 
 /// Why a request's token does not do (Envoy's `jwt_verify_lib` statuses, by their text).
@@ -621,7 +621,7 @@ mod tests {
             _: &'a str,
             _: Request<Bytes>,
             _: bool,
-        ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
+        ) -> crate::services::Pending<'a, Result<crate::services::Reply, String>> {
             Box::pin(async { Err("no fetch in unit tests".to_owned()) })
         }
 

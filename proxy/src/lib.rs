@@ -58,6 +58,7 @@ mod path;
 mod ratelimit;
 mod rbac;
 mod retry;
+mod services;
 mod stream;
 mod tcp;
 mod timeout;

@@ -13,8 +13,6 @@
 //!   `request_headers_to_add` on the request, its `raw_body` is the `429`'s body;
 //! - its descriptor statuses make the `x-ratelimit-*` headers ([`x_ratelimit_headers`]).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -23,6 +21,7 @@ use prost::Message;
 
 use crate::filters::{Descriptor, StreamDone};
 use crate::model::filter::RateLimitService;
+use crate::services::{Reply, Services};
 
 const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
@@ -129,34 +128,6 @@ struct ProtoDuration {
     seconds: i64,
     #[prost(int32, tag = "2")]
     nanos: i32,
-}
-
-/// What an HTTP/2 exchange with a cluster brought back, whole.
-pub(crate) struct Reply {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
-    pub(crate) trailers: Option<HeaderMap>,
-}
-
-/// A boxed future borrowing its caller.
-pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// How a filter reaches a service's cluster: the connection's pools in the proxy
-/// (`HttpConn`), a stand-in in unit tests.
-pub(crate) trait Services: Sync {
-    /// Sends `req` to an endpoint of `cluster` and reads the whole answer: over HTTP/2
-    /// when `grpc` (whatever the cluster says), else as the cluster speaks.
-    fn send<'a>(
-        &'a self,
-        cluster: &'a str,
-        req: Request<Bytes>,
-        grpc: bool,
-    ) -> Pending<'a, Result<Reply, String>>;
-
-    /// Sends `req` like [`Services::send`] from a task of its own, its answer read and
-    /// dropped, given up after `timeout`.
-    fn send_detached(&self, cluster: &str, req: Request<Bytes>, timeout: Duration);
 }
 
 /// The service's answer.

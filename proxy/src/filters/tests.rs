@@ -878,13 +878,13 @@ fn sessions_answer_only_when_the_host_changed() {
 /// No rate limit service: every call fails.
 struct NoServices;
 
-impl crate::ratelimit::Services for NoServices {
+impl crate::services::Services for NoServices {
     fn send<'a>(
         &'a self,
         _: &'a str,
         _: http::Request<bytes::Bytes>,
         _: bool,
-    ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
+    ) -> crate::services::Pending<'a, Result<crate::services::Reply, String>> {
         Box::pin(async { Err("no services in unit tests".to_owned()) })
     }
 
@@ -894,17 +894,17 @@ impl crate::ratelimit::Services for NoServices {
 /// A rate limit service that answers every call with `reply` (`Err`: fails) and keeps the
 /// clusters it was called for.
 struct Canned {
-    reply: fn() -> Result<crate::ratelimit::Reply, String>,
+    reply: fn() -> Result<crate::services::Reply, String>,
     calls: std::sync::Mutex<Vec<String>>,
 }
 
-impl crate::ratelimit::Services for Canned {
+impl crate::services::Services for Canned {
     fn send<'a>(
         &'a self,
         cluster: &'a str,
         _: http::Request<bytes::Bytes>,
         _: bool,
-    ) -> crate::ratelimit::Pending<'a, Result<crate::ratelimit::Reply, String>> {
+    ) -> crate::services::Pending<'a, Result<crate::services::Reply, String>> {
         self.calls.lock().unwrap().push(cluster.to_owned());
         Box::pin(async move { (self.reply)() })
     }
