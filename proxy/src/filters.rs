@@ -146,6 +146,49 @@ pub(crate) struct Filtered {
     jwt: Option<crate::jwt::Passed>,
     /// What API key auth changes in the request (the client's name added, keys hidden).
     api_key: Option<ApiKeyEdits>,
+    /// What external authorization services changed (one per filter that let it through).
+    ext_authz: Vec<crate::ext_authz::Allowed>,
+    /// What filters leave for later ones (RBAC's shadow decision).
+    metadata: DynamicMetadata,
+}
+
+/// A request's dynamic metadata (Envoy's `StreamInfo::dynamicMetadata`), as far as Myelin's
+/// filters write it: string values under a filter's namespace (RBAC's shadow decision,
+/// which Istio's `CUSTOM` authorization reads to turn external authorization on).
+#[derive(Debug, Default)]
+pub(crate) struct DynamicMetadata(Vec<(&'static str, String, String)>);
+
+impl DynamicMetadata {
+    /// Sets `key` in `namespace`.
+    pub(crate) fn set(&mut self, namespace: &'static str, key: String, value: String) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(n, k, _)| *n == namespace && *k == key)
+        {
+            Some(entry) => entry.2 = value,
+            None => self.0.push((namespace, key, value)),
+        }
+    }
+
+    /// The value of `key` in `namespace`.
+    pub(crate) fn get(&self, namespace: &str, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, k, _)| *n == namespace && k == key)
+            .map(|(_, _, v)| v.as_str())
+    }
+
+    /// The keys and values of `namespace`.
+    pub(crate) fn entries<'m>(
+        &'m self,
+        namespace: &'m str,
+    ) -> impl Iterator<Item = (&'m str, &'m str)> + 'm {
+        self.0
+            .iter()
+            .filter(move |(n, _, _)| *n == namespace)
+            .map(|(_, k, v)| (k.as_str(), v.as_str()))
+    }
 }
 
 /// The API key auth filter's changes to a request that passed.
@@ -292,29 +335,33 @@ struct RateLimitHeaders {
 }
 
 impl Filtered {
-    /// The request's URI without the query parameters a filter hides (API key auth's
-    /// `hide_credentials`); `None`: nothing to change.
+    /// The request's URI with the query changes of the filters: the parameters API key
+    /// auth hides (`hide_credentials`), those external authorization services set or
+    /// remove; `None`: nothing to change.
     pub(crate) fn rewritten_uri(&self, uri: &http::Uri) -> Option<http::Uri> {
-        let params = &self.api_key.as_ref()?.params;
-        let pq = uri.path_and_query()?;
-        let query = pq.query()?;
-        if params.is_empty() {
+        let hidden = self.api_key.as_ref().map_or(&[][..], |a| &a.params[..]);
+        let changes_query = !hidden.is_empty()
+            || self
+                .ext_authz
+                .iter()
+                .any(|a| !a.query_set.is_empty() || !a.query_remove.is_empty());
+        if !changes_query {
             return None;
         }
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| {
-                let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-                !params.iter().any(|p| p == name)
-            })
-            .collect();
-        let new = if kept.is_empty() {
-            pq.path().to_owned()
+        let pq = uri.path_and_query()?;
+        let mut path = if hidden.is_empty() {
+            pq.as_str().to_owned()
         } else {
-            format!("{}?{}", pq.path(), kept.join("&"))
+            crate::ext_authz::rewrite_query(pq.as_str(), &[], hidden)
         };
+        for a in &self.ext_authz {
+            path = crate::ext_authz::rewrite_query(&path, &a.query_set, &a.query_remove);
+        }
+        if path == pq.as_str() {
+            return None;
+        }
         let mut parts = uri.clone().into_parts();
-        parts.path_and_query = new.parse().ok();
+        parts.path_and_query = path.parse().ok();
         http::Uri::from_parts(parts).ok()
     }
 
@@ -333,6 +380,9 @@ impl Filtered {
     pub(crate) fn finish_response(&mut self, headers: &mut HeaderMap) {
         for (name, value) in self.service_response_headers.drain(..) {
             headers.append(name, value);
+        }
+        for a in &self.ext_authz {
+            a.edit_response(headers);
         }
         if let Some(c) = &self.cors {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, c.origin.clone());
@@ -379,6 +429,9 @@ impl Filtered {
             for (name, value) in jwt.set {
                 headers.insert(name, value);
             }
+        }
+        for a in &self.ext_authz {
+            a.edit_request(headers);
         }
         if let Some(p) = self.not_enforced.take() {
             crate::traffic::router::mutate_headers(
@@ -505,6 +558,7 @@ pub(crate) async fn run(
                     | FilterKind::BasicAuth(_)
                     | FilterKind::Jwt(_)
                     | FilterKind::ApiKeyAuth(_)
+                    | FilterKind::ExtAuthz(_)
                     | FilterKind::Csrf(_)
                     | FilterKind::LocalRateLimit(_)
             ) =>
@@ -569,6 +623,44 @@ pub(crate) async fn run(
                 let check = jwt(config, route, head, grpc, metrics, services, filtered);
                 Box::pin(check).await
             }
+            FilterKind::ExtAuthz(policy) => {
+                let routes: Vec<_> = levels
+                    .settings(&filter.name)
+                    .filter_map(|s| match &s.policy {
+                        Some(FilterPolicy::ExtAuthz(r)) => Some(&**r),
+                        _ => None,
+                    })
+                    .collect();
+                if routes.first().is_some_and(|r| r.disabled) {
+                    continue;
+                }
+                // The levels' `context_extensions`, the most specific winning per key.
+                let mut context_extensions = HashMap::new();
+                for r in routes.iter().rev() {
+                    for (k, v) in &r.context_extensions {
+                        context_extensions.insert(k.clone(), v.clone());
+                    }
+                }
+                let subject = Subject {
+                    head: Some(head),
+                    ..client
+                };
+                let check = crate::ext_authz::Check {
+                    policy,
+                    context_extensions,
+                    head,
+                    client: &subject,
+                    metadata: &filtered.metadata,
+                };
+                match Box::pin(crate::ext_authz::run(services, check, grpc, metrics)).await {
+                    Ok(Some(allowed)) => {
+                        filtered.ext_authz.push(allowed);
+                        None
+                    }
+                    Ok(None) => None,
+                    Err(answer) => Some(answer),
+                }
+            }
             FilterKind::ApiKeyAuth(policy) => {
                 let route = levels.settings(&filter.name).find_map(|s| match &s.policy {
                     Some(FilterPolicy::ApiKeyAuth(r)) => Some(&**r),
@@ -626,7 +718,26 @@ pub(crate) async fn run(
                     head: Some(head),
                     ..client
                 };
-                (!crate::rbac::check(config, &subject, "http", metrics)).then(|| {
+                let checked = crate::rbac::check(config, &subject, "http", metrics);
+                if let Some(shadow) = checked.shadow {
+                    // Envoy's RBAC filter leaves its shadow decision for later filters.
+                    const RBAC: &str = "envoy.filters.http.rbac";
+                    let prefix = &config.shadow_prefix;
+                    if let Some(policy) = shadow.policy {
+                        filtered.metadata.set(
+                            RBAC,
+                            format!("{prefix}shadow_effective_policy_id"),
+                            policy.to_owned(),
+                        );
+                    }
+                    let result = if shadow.allowed { "allowed" } else { "denied" };
+                    filtered.metadata.set(
+                        RBAC,
+                        format!("{prefix}shadow_engine_result"),
+                        result.to_owned(),
+                    );
+                }
+                (!checked.allowed).then(|| {
                     // Envoy's RBAC filter answers exactly this.
                     const BODY: &str = "RBAC: access denied";
                     let resp = crate::http::text_response(403, BODY.to_owned());

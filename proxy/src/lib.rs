@@ -34,6 +34,7 @@ mod detect;
 mod dial;
 pub mod drain;
 mod error;
+mod ext_authz;
 mod extended_connect;
 mod filters;
 #[cfg(feature = "fuzzing")]

@@ -32,6 +32,7 @@
 //! | `proxy_api_key_auth_total`                     | counter   | `outcome` (`allowed`, `unauthorized`, `forbidden`) |
 //! | `proxy_jwt_authn_total`                        | counter   | `outcome` (`allowed`, `denied`, `cors_preflight_bypassed`) |
 //! | `proxy_rate_limit_service_total`               | counter   | `stat_prefix`, `outcome` (`ok`, `over_limit`, `over_limit_not_enforced`, `error_allowed`, `error_denied`) |
+//! | `proxy_ext_authz_total`                        | counter   | `stat_prefix`, `outcome` (`ok`, `denied`, `error`, `failure_mode_allowed`, `invalid`, `disabled`) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -379,6 +380,7 @@ pub struct ProxyMetrics {
     pub(crate) health_check_transitions: Family<HealthCheckLabels, Counter>,
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     pub(crate) rate_limit_service: Family<RateLimitLabels, Counter>,
+    pub(crate) ext_authz: Family<RateLimitLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
     pub(crate) head_timeouts: Family<HeadTimeoutLabels, Counter>,
     /// Same-node connections and requests refused by the inbound policy.
@@ -428,6 +430,7 @@ impl ProxyMetrics {
             health_check_transitions: Family::default(),
             local_rate_limit: Family::default(),
             rate_limit_service: Family::default(),
+            ext_authz: Family::default(),
             headers_with_underscores: Family::default(),
             head_timeouts: Family::default(),
             local_refused: Family::default(),
@@ -610,6 +613,16 @@ impl ProxyMetrics {
             m.rate_limit_service.clone(),
         );
         registry.register(
+            "proxy_ext_authz",
+            "Requests checked by the external authorization filter \
+             (envoy.filters.http.ext_authz), by the filter config's stat_prefix and outcome: \
+             ok, denied (answered with the service's denial, UAEX), error (no usable answer, \
+             answered status_on_error UAEX), failure_mode_allowed (no usable answer, the \
+             request went on), invalid (an answer with invalid mutations, answered 500 UAEX), \
+             disabled (not checked: filter_enabled or its metadata said no)",
+            m.ext_authz.clone(),
+        );
+        registry.register(
             "proxy_headers_with_underscores",
             "Request header fields with an underscore in their name dropped, and requests \
              refused for one, by the connection manager's headers_with_underscores_action",
@@ -697,6 +710,16 @@ impl ProxyMetrics {
     /// A request checked by the global rate limit filter.
     pub(crate) fn rate_limit_service(&self, stat_prefix: &Arc<str>, outcome: &'static str) {
         self.rate_limit_service
+            .get_or_create(&RateLimitLabels {
+                stat_prefix: StatPrefix(stat_prefix.clone()),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A request the external authorization filter checked (or was off for).
+    pub(crate) fn ext_authz(&self, stat_prefix: &Arc<str>, outcome: &'static str) {
+        self.ext_authz
             .get_or_create(&RateLimitLabels {
                 stat_prefix: StatPrefix(stat_prefix.clone()),
                 outcome,

@@ -806,7 +806,7 @@ fn network_rbac(
         principal,
     };
     rbac.iter()
-        .all(|config| crate::rbac::check(config, &subject, "network", &inner.metrics))
+        .all(|config| crate::rbac::check(config, &subject, "network", &inner.metrics).allowed)
 }
 
 /// The TLS handshake of a filter chain that terminates TLS, within its timeout; a failure

@@ -20,7 +20,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCo
 use prost::Message;
 
 use crate::filters::{Descriptor, StreamDone};
-use crate::model::filter::RateLimitService;
+use crate::model::filter::GrpcService;
 use crate::services::{Reply, Services};
 
 const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
@@ -164,7 +164,7 @@ pub(crate) fn report(services: &dyn Services, done: StreamDone) {
 /// no answer.
 pub(crate) async fn ask(
     services: &dyn Services,
-    service: &RateLimitService,
+    service: &GrpcService,
     domain: &str,
     descriptors: &[Descriptor],
     timeout: Duration,
@@ -178,7 +178,7 @@ pub(crate) async fn ask(
 
 /// The call: a `RateLimitRequest` in a gRPC frame.
 fn request(
-    service: &RateLimitService,
+    service: &GrpcService,
     domain: &str,
     descriptors: &[Descriptor],
     timeout: Duration,
@@ -393,8 +393,8 @@ pub(crate) fn test_reply(
 mod tests {
     use super::*;
 
-    fn service() -> RateLimitService {
-        RateLimitService {
+    fn service() -> GrpcService {
+        GrpcService {
             cluster: "rls".into(),
             authority: "rls.example".into(),
             metadata: vec![("x-tenant".into(), "a".into())],

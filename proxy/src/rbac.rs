@@ -15,17 +15,27 @@ use crate::model::rbac::{
 };
 use crate::traffic::router::RequestHead;
 
+/// What one RBAC filter's settings decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checked<'c> {
+    /// The enforced rules let it through.
+    pub(crate) allowed: bool,
+    /// What the shadow rules decided, when there are some.
+    pub(crate) shadow: Option<Decision<'c>>,
+}
+
 /// Runs one RBAC filter's settings for `s`: the shadow rules decide and are counted, the
-/// enforced ones decide; `false` when they deny. `filter`: `http` or `network`, for the
-/// count.
-pub(crate) fn check(
-    config: &RbacConfig,
+/// enforced ones decide. `filter`: `http` or `network`, for the count.
+pub(crate) fn check<'c>(
+    config: &'c RbacConfig,
     s: &Subject<'_>,
     filter: &'static str,
     metrics: &ProxyMetrics,
-) -> bool {
+) -> Checked<'c> {
+    let mut shadow_decision = None;
     if let Some(shadow) = &config.shadow {
         let d = shadow.decide(s);
+        shadow_decision = Some(d);
         let result = if d.allowed {
             "shadow_allowed"
         } else {
@@ -35,7 +45,10 @@ pub(crate) fn check(
         debug!(target: "myelin::rbac", filter, peer = %s.peer, principal = s.principal.unwrap_or("-"), policy = d.policy.unwrap_or("none"), result, "shadow rules");
     }
     let Some(engine) = &config.enforced else {
-        return true;
+        return Checked {
+            allowed: true,
+            shadow: shadow_decision,
+        };
     };
     let d = engine.decide(s);
     let result = if d.allowed { "allowed" } else { "denied" };
@@ -43,7 +56,10 @@ pub(crate) fn check(
     if !d.allowed {
         debug!(target: "myelin::rbac", filter, peer = %s.peer, principal = s.principal.unwrap_or("-"), policy = d.policy.unwrap_or("none"), "denied");
     }
-    d.allowed
+    Checked {
+        allowed: d.allowed,
+        shadow: shadow_decision,
+    }
 }
 
 /// What RBAC reads of a request or a connection.

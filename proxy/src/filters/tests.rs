@@ -139,6 +139,7 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
             FilterPolicy::Cors(_) => "cors".to_owned(),
             FilterPolicy::LocalRateLimit(_) => "rl".to_owned(),
             FilterPolicy::RateLimit(_) => "global_rl".to_owned(),
+            FilterPolicy::ExtAuthz(_) => "ext_authz".to_owned(),
             FilterPolicy::Jwt(_) => "jwt".to_owned(),
             FilterPolicy::ApiKeyAuth(_) => "api_key_auth".to_owned(),
             FilterPolicy::BasicAuth(_) => "basic_auth".to_owned(),
@@ -922,7 +923,7 @@ fn global_policy() -> GlobalRateLimitPolicy {
         domain: "d".into(),
         stage: 0,
         request_type: RequestType::Both,
-        service: crate::model::filter::RateLimitService {
+        service: crate::model::filter::GrpcService {
             cluster: "rls".into(),
             authority: "rls".into(),
             metadata: vec![],

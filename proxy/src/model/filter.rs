@@ -68,6 +68,8 @@ pub enum FilterKind {
     LocalRateLimit(Arc<RateLimitPolicy>),
     /// Global rate limiting (`envoy.filters.http.ratelimit`): a rate limit service decides.
     RateLimit(Arc<GlobalRateLimitPolicy>),
+    /// External authorization (`envoy.filters.http.ext_authz`): a service decides.
+    ExtAuthz(Arc<super::ext_authz::ExtAuthzPolicy>),
     /// JWT authentication (`envoy.filters.http.jwt_authn`, settings in [`super::jwt`]).
     Jwt(Arc<super::jwt::JwtConfig>),
     /// API key authentication (`envoy.filters.http.api_key_auth`) with the filter's keys.
@@ -192,6 +194,9 @@ pub enum FilterPolicy {
     /// `envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute`: what a route's
     /// requests send to the rate limit service.
     RateLimit(Arc<GlobalRateLimitRoute>),
+    /// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute`: off, or the
+    /// check's `context_extensions`.
+    ExtAuthz(Arc<super::ext_authz::ExtAuthzRoute>),
     /// `envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig`: off, or a named
     /// requirement in place of the filter's `rules`.
     Jwt(Arc<super::jwt::JwtRoute>),
@@ -518,7 +523,7 @@ pub struct GlobalRateLimitPolicy {
     /// `request_type`: which requests are checked, by `x-envoy-internal`.
     pub request_type: RequestType,
     /// The service and how to reach it (`rate_limit_service`).
-    pub service: RateLimitService,
+    pub service: GrpcService,
     /// How long the service may take to answer (`timeout`, default 20 ms); a late answer
     /// is an error.
     #[serde(serialize_with = "duration")]
@@ -581,10 +586,11 @@ pub enum RequestType {
     External,
 }
 
-/// A rate limit service: `envoy.service.ratelimit.v3.RateLimitService` over gRPC to a
-/// cluster (`grpc_service.envoy_grpc`).
+/// A service a filter calls over gRPC (`config.core.v3.GrpcService` with `envoy_grpc`): a
+/// cluster, the `:authority` of the calls and their extra headers. The rate limit
+/// service, an external authorization service.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RateLimitService {
+pub struct GrpcService {
     /// `cluster_name`.
     pub cluster: String,
     /// `authority` (default: the cluster's name).

@@ -19,6 +19,10 @@ pub struct RbacConfig {
     pub enforced: Option<RbacEngine>,
     /// Shadow: evaluated and counted, never enforced.
     pub shadow: Option<RbacEngine>,
+    /// `shadow_rules_stat_prefix`: put before the names of the dynamic metadata the shadow
+    /// decision is left in (`shadow_effective_policy_id`, `shadow_engine_result`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub shadow_prefix: String,
 }
 
 /// How a decision is reached.

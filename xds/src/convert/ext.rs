@@ -1207,6 +1207,215 @@ fn override_options<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Er
     )
 }
 
+/// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz`: external authorization. Tags
+/// from a current `data-plane-api` build (`envoy-data-plane` 2.2.0); `xds-api` 0.2 has the
+/// service's messages but not the filter's.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthz {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub grpc_service: Option<core::GrpcService>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub http_service: Option<ExtAuthzHttpService>,
+    #[prost(int32, tag = "12")]
+    #[serde(default, deserialize_with = "api_version")]
+    pub transport_api_version: i32,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub failure_mode_allow: bool,
+    #[prost(bool, tag = "19")]
+    #[serde(default)]
+    pub failure_mode_allow_header_add: bool,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    #[serde(default, deserialize_with = "present")]
+    pub with_request_body: Option<Vec<u8>>,
+    #[prost(bool, tag = "6")]
+    #[serde(default)]
+    pub clear_route_cache: bool,
+    #[prost(message, optional, tag = "7")]
+    #[serde(default)]
+    pub status_on_error: Option<xds_api::pb::envoy::r#type::v3::HttpStatus>,
+    #[prost(bool, tag = "24")]
+    #[serde(default)]
+    pub validate_mutations: bool,
+    #[prost(string, repeated, tag = "8")]
+    #[serde(default)]
+    pub metadata_context_namespaces: Vec<String>,
+    #[prost(string, repeated, tag = "16")]
+    #[serde(default)]
+    pub typed_metadata_context_namespaces: Vec<String>,
+    #[prost(string, repeated, tag = "21")]
+    #[serde(default)]
+    pub route_metadata_context_namespaces: Vec<String>,
+    #[prost(string, repeated, tag = "22")]
+    #[serde(default)]
+    pub route_typed_metadata_context_namespaces: Vec<String>,
+    #[prost(message, optional, tag = "9")]
+    #[serde(default)]
+    pub filter_enabled: Option<core::RuntimeFractionalPercent>,
+    #[prost(message, optional, tag = "14")]
+    #[serde(default)]
+    pub filter_enabled_metadata: Option<xds_api::pb::envoy::r#type::matcher::v3::MetadataMatcher>,
+    #[prost(message, optional, tag = "11")]
+    #[serde(default)]
+    pub deny_at_disable: Option<core::RuntimeFeatureFlag>,
+    #[prost(bool, tag = "10")]
+    #[serde(default)]
+    pub include_peer_certificate: bool,
+    #[prost(string, tag = "13")]
+    #[serde(default)]
+    pub stat_prefix: String,
+    #[prost(string, tag = "15")]
+    #[serde(default)]
+    pub bootstrap_metadata_labels_key: String,
+    #[prost(message, optional, tag = "17")]
+    #[serde(default)]
+    pub allowed_headers: Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+    #[prost(message, optional, tag = "25")]
+    #[serde(default)]
+    pub disallowed_headers: Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+    #[prost(bool, tag = "18")]
+    #[serde(default)]
+    pub include_tls_session: bool,
+    #[prost(message, optional, tag = "20")]
+    #[serde(default)]
+    pub charge_cluster_response_stats: Option<protobuf::BoolValue>,
+    #[prost(bool, tag = "23")]
+    #[serde(default)]
+    pub encode_raw_headers: bool,
+    #[prost(bytes = "vec", optional, tag = "26")]
+    #[serde(default, deserialize_with = "present")]
+    pub decoder_header_mutation_rules: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "27")]
+    #[serde(default)]
+    pub enable_dynamic_metadata_ingestion: Option<protobuf::BoolValue>,
+    #[prost(bytes = "vec", optional, tag = "28")]
+    #[serde(default, deserialize_with = "present")]
+    pub filter_metadata: Option<Vec<u8>>,
+    #[prost(bool, tag = "29")]
+    #[serde(default)]
+    pub emit_filter_state_stats: bool,
+    #[prost(uint32, tag = "30")]
+    #[serde(default)]
+    pub max_denied_response_body_bytes: u32,
+    #[prost(bool, tag = "31")]
+    #[serde(default)]
+    pub enforce_response_header_limits: bool,
+    #[prost(bool, tag = "32")]
+    #[serde(default)]
+    pub shadow_mode: bool,
+}
+named!(
+    ExtAuthz,
+    "envoy.extensions.filters.http.ext_authz.v3",
+    "ExtAuthz"
+);
+
+fn api_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, &["AUTO", "V2", "V3"])
+}
+
+/// `envoy.extensions.filters.http.ext_authz.v3.HttpService`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzHttpService {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub server_uri: Option<core::HttpUri>,
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub path_prefix: String,
+    #[prost(string, tag = "10")]
+    #[serde(default)]
+    pub path_override: String,
+    #[prost(message, optional, tag = "7")]
+    #[serde(default)]
+    pub authorization_request: Option<AuthorizationRequest>,
+    #[prost(message, optional, tag = "8")]
+    #[serde(default)]
+    pub authorization_response: Option<AuthorizationResponse>,
+    #[prost(bytes = "vec", optional, tag = "9")]
+    #[serde(default, deserialize_with = "present")]
+    pub retry_policy: Option<Vec<u8>>,
+}
+
+/// `envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationRequest {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub allowed_headers: Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+    #[prost(message, repeated, tag = "2")]
+    #[serde(default)]
+    pub headers_to_add: Vec<core::HeaderValue>,
+}
+
+/// `envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationResponse {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub allowed_upstream_headers:
+        Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub allowed_upstream_headers_to_append:
+        Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub allowed_client_headers: Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub allowed_client_headers_on_success:
+        Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub dynamic_metadata_from_headers:
+        Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+}
+
+/// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzPerRoute {
+    #[prost(bool, optional, tag = "1")]
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub check_settings: Option<ExtAuthzCheckSettings>,
+}
+named!(
+    ExtAuthzPerRoute,
+    "envoy.extensions.filters.http.ext_authz.v3",
+    "ExtAuthzPerRoute"
+);
+
+/// `envoy.extensions.filters.http.ext_authz.v3.CheckSettings`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzCheckSettings {
+    #[prost(map = "string, string", tag = "1")]
+    #[serde(default)]
+    pub context_extensions: std::collections::HashMap<String, String>,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub disable_request_body_buffering: bool,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    #[serde(default, deserialize_with = "present")]
+    pub with_request_body: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub grpc_service: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    #[serde(default, deserialize_with = "present")]
+    pub http_service: Option<Vec<u8>>,
+}
+
 /// `envoy.extensions.filters.http.ratelimit.v3.RateLimit`: the global rate limit filter.
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1663,6 +1872,8 @@ pub(crate) const LOCALITY_LB: &str =
 const LOCALITY_WEIGHTED: &str =
     "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig";
 const BOOL_VALUE: &str = "google.protobuf.BoolValue";
+const LIST_STRING_MATCHER: &str = "envoy.type.matcher.v3.ListStringMatcher";
+const EXT_AUTHZ_HTTP_SERVICE: &str = "envoy.extensions.filters.http.ext_authz.v3.HttpService";
 const UINT32_VALUE: &str = "google.protobuf.UInt32Value";
 const HEADER_VALUE_OPTION: &str = "envoy.config.core.v3.HeaderValueOption";
 const RUNTIME_PERCENT: &str = "envoy.config.core.v3.RuntimeFractionalPercent";
@@ -2209,6 +2420,99 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         ],
     ),
     (
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        &[
+            m("grpc_service", "envoy.config.core.v3.GrpcService"),
+            m("http_service", EXT_AUTHZ_HTTP_SERVICE),
+            p("transport_api_version"),
+            p("failure_mode_allow"),
+            p("failure_mode_allow_header_add"),
+            p("with_request_body"),
+            p("clear_route_cache"),
+            m("status_on_error", "envoy.type.v3.HttpStatus"),
+            p("validate_mutations"),
+            p("metadata_context_namespaces"),
+            p("typed_metadata_context_namespaces"),
+            p("route_metadata_context_namespaces"),
+            p("route_typed_metadata_context_namespaces"),
+            m("filter_enabled", RUNTIME_PERCENT),
+            m(
+                "filter_enabled_metadata",
+                "envoy.type.matcher.v3.MetadataMatcher",
+            ),
+            m("deny_at_disable", "envoy.config.core.v3.RuntimeFeatureFlag"),
+            p("include_peer_certificate"),
+            p("stat_prefix"),
+            p("bootstrap_metadata_labels_key"),
+            m("allowed_headers", LIST_STRING_MATCHER),
+            m("disallowed_headers", LIST_STRING_MATCHER),
+            p("include_tls_session"),
+            m("charge_cluster_response_stats", BOOL_VALUE),
+            p("encode_raw_headers"),
+            p("decoder_header_mutation_rules"),
+            m("enable_dynamic_metadata_ingestion", BOOL_VALUE),
+            p("filter_metadata"),
+            p("emit_filter_state_stats"),
+            p("max_denied_response_body_bytes"),
+            p("enforce_response_header_limits"),
+            p("shadow_mode"),
+        ],
+    ),
+    (
+        EXT_AUTHZ_HTTP_SERVICE,
+        &[
+            m("server_uri", "envoy.config.core.v3.HttpUri"),
+            p("path_prefix"),
+            p("path_override"),
+            m(
+                "authorization_request",
+                "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
+            ),
+            m(
+                "authorization_response",
+                "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
+            ),
+            p("retry_policy"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
+        &[
+            m("allowed_headers", LIST_STRING_MATCHER),
+            rm("headers_to_add", "envoy.config.core.v3.HeaderValue"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
+        &[
+            m("allowed_upstream_headers", LIST_STRING_MATCHER),
+            m("allowed_upstream_headers_to_append", LIST_STRING_MATCHER),
+            m("allowed_client_headers", LIST_STRING_MATCHER),
+            m("allowed_client_headers_on_success", LIST_STRING_MATCHER),
+            m("dynamic_metadata_from_headers", LIST_STRING_MATCHER),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        &[
+            p("disabled"),
+            m(
+                "check_settings",
+                "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+            ),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+        &[
+            p("context_extensions"),
+            p("disable_request_body_buffering"),
+            p("with_request_body"),
+            p("grpc_service"),
+            p("http_service"),
+        ],
+    ),
+    (
         "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
         &[
             p("domain"),
@@ -2486,6 +2790,14 @@ mod tests {
             CorsPolicy => "envoy.extensions.filters.http.cors.v3.CorsPolicy",
             LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
             BasicAuth => "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
+            ExtAuthz => "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            ExtAuthzHttpService => EXT_AUTHZ_HTTP_SERVICE,
+            AuthorizationRequest =>
+                "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
+            AuthorizationResponse =>
+                "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
+            ExtAuthzPerRoute => "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+            ExtAuthzCheckSettings => "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
             HttpRateLimit => "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
             RouteRateLimit => ROUTE_RATE_LIMIT,
             JwtAuthentication => "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
@@ -2539,7 +2851,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            56 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
+            62 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

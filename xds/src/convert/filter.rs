@@ -33,6 +33,10 @@ const API_KEY_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth";
 const API_KEY_ROUTE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute";
+const EXT_AUTHZ_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+const EXT_AUTHZ_ROUTE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
 const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 const CSRF_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 const BASIC_AUTH_URL: &str =
@@ -89,6 +93,12 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
             let r = cx.decode::<ext::HttpRateLimit>(&tp, GLOBAL_RATE_LIMIT_URL, &any.value)?;
             let policy = global_rate_limit(cx, &tp, &r)?;
             Some(mf::FilterKind::RateLimit(Arc::new(policy)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == EXT_AUTHZ_URL => {
+            let tp = join(p, "typed_config");
+            let e = cx.decode::<ext::ExtAuthz>(&tp, EXT_AUTHZ_URL, &any.value)?;
+            let policy = super::ext_authz::ext_authz(cx, &tp, &e)?;
+            Some(mf::FilterKind::ExtAuthz(Arc::new(policy)))
         }
         Some(C::TypedConfig(any)) if any.type_url == JWT_URL => {
             let tp = join(p, "typed_config");
@@ -250,6 +260,7 @@ fn is_known(type_url: &str) -> bool {
         RATE_LIMIT_URL,
         GLOBAL_RATE_LIMIT_ROUTE_URL,
         JWT_ROUTE_URL,
+        EXT_AUTHZ_ROUTE_URL,
         API_KEY_ROUTE_URL,
         BASIC_AUTH_ROUTE_URL,
         CSRF_URL,
@@ -302,6 +313,10 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
                     forwarding,
                 },
             )))
+        }
+        EXT_AUTHZ_ROUTE_URL => {
+            let r = cx.decode::<ext::ExtAuthzPerRoute>(p, EXT_AUTHZ_ROUTE_URL, &any.value)?;
+            super::ext_authz::ext_authz_route(cx, p, &r)
         }
         JWT_ROUTE_URL => {
             let r = cx.decode::<ext::JwtPerRoute>(p, JWT_ROUTE_URL, &any.value)?;
@@ -798,7 +813,7 @@ pub(super) fn fraction(cx: &mut Cx, p: &str, f: Option<&FractionalPercent>) -> m
     }
 }
 
-fn runtime_fraction(
+pub(super) fn runtime_fraction(
     cx: &mut Cx,
     p: &str,
     f: Option<&core::RuntimeFractionalPercent>,
@@ -1160,32 +1175,45 @@ fn rate_limit_service_of(
     cx: &mut Cx,
     p: &str,
     s: &xds_api::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig,
-) -> Option<mf::RateLimitService> {
-    use core::grpc_service::TargetSpecifier as T;
-    // `ApiVersion`: `AUTO` (0) and `V2` (1) are gone from Envoy; `V3` is 2.
-    if s.transport_api_version != 2 {
-        cx.reject(
-            join(p, "transport_api_version"),
-            Reason::Invalid("must be V3".into()),
-        );
-    }
+) -> Option<mf::GrpcService> {
+    api_v3(cx, p, s.transport_api_version);
     let gp = join(p, "grpc_service");
     let Some(g) = &s.grpc_service else {
         cx.reject(gp, Reason::Missing);
         return None;
     };
+    // The filter's `timeout` bounds the call.
+    grpc_service_of(cx, &gp, g)
+}
+
+/// A `transport_api_version`: `AUTO` (0) and `V2` (1) are gone from Envoy; `V3` is 2.
+pub(super) fn api_v3(cx: &mut Cx, p: &str, version: i32) {
+    if version != 2 {
+        cx.reject(
+            join(p, "transport_api_version"),
+            Reason::Invalid("must be V3".into()),
+        );
+    }
+}
+
+/// A `GrpcService` to a cluster (`envoy_grpc`), without its `timeout` (each filter reads
+/// that its own way).
+pub(super) fn grpc_service_of(
+    cx: &mut Cx,
+    gp: &str,
+    g: &core::GrpcService,
+) -> Option<mf::GrpcService> {
+    use core::grpc_service::TargetSpecifier as T;
     let core::GrpcService {
-        timeout,
+        timeout: _,
         initial_metadata,
         retry_policy,
         target_specifier,
     } = g;
-    // The filter's `timeout` bounds the call.
-    let _ = timeout;
-    cx.unsupported(&gp, "retry_policy", retry_policy);
+    cx.unsupported(gp, "retry_policy", retry_policy);
     let mut metadata = Vec::with_capacity(initial_metadata.len());
     for (i, h) in initial_metadata.iter().enumerate() {
-        let hp = idx(&gp, "initial_metadata", i);
+        let hp = idx(gp, "initial_metadata", i);
         let name_ok = !h.key.is_empty()
             && http::HeaderName::from_bytes(h.key.as_bytes()).is_ok_and(|n| n.as_str() == h.key);
         let value_ok = h.raw_value.is_empty() && http::HeaderValue::from_str(&h.value).is_ok();
@@ -1205,7 +1233,7 @@ fn rate_limit_service_of(
     }
     match target_specifier {
         Some(T::EnvoyGrpc(e)) => {
-            let ep = join(&gp, "envoy_grpc");
+            let ep = join(gp, "envoy_grpc");
             cx.unsupported(&ep, "retry_policy", &e.retry_policy);
             cx.unsupported(
                 &ep,
@@ -1216,8 +1244,27 @@ fn rate_limit_service_of(
                 cx.reject(join(&ep, "cluster_name"), Reason::Missing);
                 return None;
             }
+            // Unset: the cluster's name, as Envoy sends it. Where that is no authority an
+            // HTTP/2 request can carry (Istio's `outbound|9000||host` names), the service
+            // it names (`host:9000`), else the name with its other characters as `-`.
             let authority = if e.authority.is_empty() {
-                e.cluster_name.clone()
+                let name = &e.cluster_name;
+                let parts: Vec<&str> = name.split('|').collect();
+                if http::uri::Authority::try_from(name.as_str()).is_ok() {
+                    name.clone()
+                } else if let [_, port, _, host] = parts[..] {
+                    format!("{host}:{port}")
+                } else {
+                    name.chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || "-._~:".contains(c) {
+                                c
+                            } else {
+                                '-'
+                            }
+                        })
+                        .collect()
+                }
             } else {
                 e.authority.clone()
             };
@@ -1228,18 +1275,18 @@ fn rate_limit_service_of(
                 );
                 return None;
             }
-            Some(mf::RateLimitService {
+            Some(mf::GrpcService {
                 cluster: e.cluster_name.clone(),
                 authority,
                 metadata,
             })
         }
         Some(T::GoogleGrpc(_)) => {
-            cx.reject(join(&gp, "google_grpc"), Reason::NotSupported);
+            cx.reject(join(gp, "google_grpc"), Reason::NotSupported);
             None
         }
         None => {
-            cx.reject(join(&gp, "envoy_grpc"), Reason::Missing);
+            cx.reject(join(gp, "envoy_grpc"), Reason::Missing);
             None
         }
     }

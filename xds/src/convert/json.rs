@@ -453,6 +453,10 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
             enc::<ext::LocalRateLimit>(body)
         }
         "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => enc::<ext::HttpRateLimit>(body),
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" => enc::<ext::ExtAuthz>(body),
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute" => {
+            enc::<ext::ExtAuthzPerRoute>(body)
+        }
         "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication" => {
             enc::<ext::JwtAuthentication>(body)
         }
@@ -554,6 +558,10 @@ mod tests {
             "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
             ext::API_KEY_CREDENTIAL,
             ext::API_KEY_SOURCE,
+            "envoy.extensions.filters.http.ext_authz.v3.HttpService",
+            "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
+            "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
+            "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
             ext::API_KEY_FORWARDING,
         ];
         let missing: Vec<&str> = ext::JSON_MESSAGES

@@ -18,6 +18,7 @@ use xds_api::pb::google::protobuf;
 mod cluster;
 mod endpoint;
 pub(crate) mod ext;
+mod ext_authz;
 mod filter;
 mod health_check;
 pub mod json;

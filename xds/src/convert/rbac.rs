@@ -36,7 +36,7 @@ pub(super) fn http_rbac(cx: &mut Cx, p: &str, r: &ext::HttpRbac) -> Option<mr::R
     let ext::HttpRbac {
         rules,
         shadow_rules,
-        shadow_rules_stat_prefix: _,
+        shadow_rules_stat_prefix,
         matcher,
         shadow_matcher,
         rules_stat_prefix: _,
@@ -66,6 +66,7 @@ pub(super) fn http_rbac(cx: &mut Cx, p: &str, r: &ext::HttpRbac) -> Option<mr::R
     (cx.errs.len() == before).then_some(mr::RbacConfig {
         enforced: enforced.flatten(),
         shadow: shadow.flatten(),
+        shadow_prefix: shadow_rules_stat_prefix.clone(),
     })
 }
 
@@ -116,6 +117,9 @@ pub(super) fn network_rbac(cx: &mut Cx, p: &str, r: &ext::NetworkRbac) -> Option
     (cx.errs.len() == before).then_some(mr::RbacConfig {
         enforced: enforced.flatten(),
         shadow: shadow.flatten(),
+        // The network filter's shadow decision goes to connection metadata, which
+        // nothing in Myelin reads.
+        shadow_prefix: String::new(),
     })
 }
 

@@ -178,10 +178,10 @@ virtual_hosts:
       envoy.filters.http.fault:
         "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
         disabled: true
-      envoy.filters.http.ext_authz:
+      envoy.filters.http.lua:
         "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
         is_optional: true
-        config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute}}
+        config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute}}
       envoy.filters.http.local_ratelimit:
         "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
         config: {{}}
@@ -224,7 +224,7 @@ virtual_hosts:
         }
     );
     assert!(
-        !r.filters.contains_key("envoy.filters.http.ext_authz"),
+        !r.filters.contains_key("envoy.filters.http.lua"),
         "optional settings of a filter Myelin lacks are skipped"
     );
     // An empty `config` (Envoy Gateway's way of turning on a filter the connection
@@ -272,12 +272,12 @@ virtual_hosts:
     let at = "virtual_hosts[0].routes[0].typed_per_filter_config";
     for (settings, want) in [
         (
-            "authz:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute".to_owned(),
-            format!("{at}[\"authz\"]: per-route settings of type `type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute` is not supported"),
+            "authz:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute".to_owned(),
+            format!("{at}[\"authz\"]: per-route settings of type `type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute` is not supported"),
         ),
         (
-            "authz:\n  \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig\n  config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute}".to_owned(),
-            format!("{at}[\"authz\"].config: per-route settings of type `type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute` is not supported"),
+            "authz:\n  \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig\n  config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute}".to_owned(),
+            format!("{at}[\"authz\"].config: per-route settings of type `type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute` is not supported"),
         ),
         (
             format!("cors:\n  \"@type\": {CORS}\n  allow_methods: \"GET\\nX\""),
@@ -1303,4 +1303,212 @@ virtual_hosts:
     ] {
         assert!(joined.contains(want), "{want} in {joined}");
     }
+}
+
+const EXT_AUTHZ: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+const EXT_AUTHZ_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
+
+#[test]
+fn ext_authz_as_envoy_gateway_and_istiod_write_it() {
+    use myelin_proxy::model::ext_authz as ma;
+    // Envoy Gateway's two (camelCase, as its goldens), then istiod's for a CUSTOM policy.
+    let l = listener(&json::from_value(serde_json::json!({
+        "name": "l",
+        "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 8080}},
+        "filterChains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "statPrefix": "s",
+                "rds": {"routeConfigName": "r", "configSource": {"ads": {}}},
+                "httpFilters": [
+                    {"name": "http", "disabled": true, "typedConfig": {
+                        "@type": EXT_AUTHZ,
+                        "failureModeAllow": true,
+                        "httpService": {
+                            "authorizationResponse": {
+                                "allowedClientHeadersOnSuccess": {"patterns": [{"exact": "set-cookie", "ignoreCase": true}]},
+                                "allowedUpstreamHeaders": {"patterns": [{"exact": "header1", "ignoreCase": true}]}
+                            },
+                            "pathPrefix": "/auth",
+                            "serverUri": {"cluster": "http-backend", "timeout": "10s", "uri": "http://http-backend.envoy-gateway:80/auth"}
+                        },
+                        "transportApiVersion": "V3"
+                    }},
+                    {"name": "grpc", "disabled": true, "typedConfig": {
+                        "@type": EXT_AUTHZ,
+                        "allowedHeaders": {"patterns": [{"exact": "header1", "ignoreCase": true}]},
+                        "grpcService": {"envoyGrpc": {"authority": "grpc-backend.default:9000", "clusterName": "grpc-backend"}, "timeout": "10s"},
+                        "routeMetadataContextNamespaces": ["envoy-gateway"],
+                        "statusOnError": {"code": "InternalServerError"},
+                        "transportApiVersion": "V3"
+                    }},
+                    {"name": "envoy.filters.http.ext_authz", "typedConfig": {
+                        "@type": EXT_AUTHZ,
+                        "grpcService": {"envoyGrpc": {"clusterName": "outbound|9000||ext-authz.foo.svc.cluster.local"}},
+                        "filterEnabledMetadata": {
+                            "filter": "envoy.filters.http.rbac",
+                            "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+                            "value": {"stringMatch": {"prefix": "istio-ext-authz"}}
+                        },
+                        "transportApiVersion": "V3"
+                    }},
+                    {"name": "envoy.filters.http.router", "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]
+            }
+        }]}]
+    }))
+    .unwrap())
+    .unwrap();
+    let f = filters_of(&l);
+    let policy = |i: usize| match &f.0[i].kind {
+        mf::FilterKind::ExtAuthz(p) => p.clone(),
+        other => panic!("{other:?}"),
+    };
+    let http = policy(0);
+    assert!(f.0[0].disabled);
+    assert!(http.failure_mode_allow);
+    assert_eq!(http.timeout, Duration::from_secs(10));
+    assert_eq!(http.status_on_error, 403, "Envoy's default");
+    assert_eq!(
+        http.allowed_headers,
+        Some(vec![]),
+        "an HTTP service's own few only"
+    );
+    let ma::AuthzService::Http(s) = &http.service else {
+        panic!("{:?}", http.service)
+    };
+    assert_eq!(s.cluster, "http-backend");
+    assert_eq!(s.path_prefix, "/auth");
+    assert_eq!(s.upstream.len(), 1);
+    assert!(s.upstream[0].matches("HEADER1"));
+    assert_eq!(s.client, None);
+    assert_eq!(s.client_on_success.len(), 1);
+    let grpc = policy(1);
+    assert_eq!(grpc.status_on_error, 500);
+    assert_eq!(grpc.allowed_headers.as_ref().map(Vec::len), Some(1));
+    let ma::AuthzService::Grpc(g) = &grpc.service else {
+        panic!()
+    };
+    assert_eq!(
+        (g.cluster.as_str(), g.authority.as_str()),
+        ("grpc-backend", "grpc-backend.default:9000")
+    );
+    let istio = policy(2);
+    let ma::AuthzService::Grpc(g) = &istio.service else {
+        panic!()
+    };
+    assert_eq!(
+        g.authority, "ext-authz.foo.svc.cluster.local:9000",
+        "the service an Istio cluster name names"
+    );
+    assert_eq!(
+        istio.timeout,
+        Duration::from_millis(200),
+        "the gRPC default"
+    );
+    assert_eq!(istio.allowed_headers, None, "all headers for gRPC");
+    let m = istio.filter_enabled_metadata.as_ref().unwrap();
+    assert_eq!(m.filter, "envoy.filters.http.rbac");
+    assert_eq!(m.path, ["istio_ext_authz_shadow_effective_policy_id"]);
+    assert!(m.matches(Some("istio-ext-authz-ns[foo]-policy[p]-rule[0]")));
+    assert!(!m.matches(None));
+
+    // Per route: on (Envoy Gateway's empty FilterConfig), off, context extensions.
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  typed_per_filter_config:
+    grpc: {{"@type": {EXT_AUTHZ_ROUTE}, check_settings: {{context_extensions: {{b: "2", a: "1"}}}}}}
+  routes:
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      grpc: {{"@type": {EXT_AUTHZ_ROUTE}, disabled: true}}
+"#
+    ));
+    let rc = route_configuration(&rc).unwrap();
+    let vh = &rc.virtual_hosts[0];
+    let Some(mf::FilterPolicy::ExtAuthz(r)) = &vh.filters["grpc"].policy else {
+        panic!()
+    };
+    assert!(!r.disabled);
+    assert_eq!(
+        r.context_extensions,
+        [
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "2".to_owned())
+        ]
+    );
+    let Some(mf::FilterPolicy::ExtAuthz(r)) = &vh.routes[0].filters["grpc"].policy else {
+        panic!()
+    };
+    assert!(r.disabled);
+}
+
+#[test]
+fn bad_ext_authz_is_rejected_by_path() {
+    let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
+    let grpc = "grpc_service: {envoy_grpc: {cluster_name: authz}}, transport_api_version: V3";
+    for (config, want) in [
+        (
+            "grpc_service: {envoy_grpc: {cluster_name: authz}}".to_owned(),
+            format!("{fc}.transport_api_version: must be V3"),
+        ),
+        (
+            "transport_api_version: V3".to_owned(),
+            format!("{fc}.grpc_service: required but not set"),
+        ),
+        (
+            format!("{grpc}, with_request_body: {{max_request_bytes: 1024}}"),
+            format!("{fc}.with_request_body: not supported"),
+        ),
+        (
+            format!("{grpc}, clear_route_cache: true"),
+            format!("{fc}.clear_route_cache: not supported"),
+        ),
+        (
+            format!("{grpc}, include_peer_certificate: true"),
+            format!("{fc}.include_peer_certificate: not supported"),
+        ),
+        (
+            format!("{grpc}, decoder_header_mutation_rules: {{disallow_all: true}}"),
+            format!("{fc}.decoder_header_mutation_rules: not supported"),
+        ),
+        (
+            "grpc_service: {google_grpc: {target_uri: x, stat_prefix: y}}, transport_api_version: V3".to_owned(),
+            format!("{fc}.grpc_service.google_grpc: not supported"),
+        ),
+        (
+            "http_service: {server_uri: {uri: 'http://authz', cluster: authz}}, transport_api_version: V3".to_owned(),
+            format!("{fc}.http_service.server_uri.timeout: required but not set"),
+        ),
+        (
+            "allowed_headers: {patterns: [{exact: a}]}, http_service: {server_uri: {uri: 'http://authz', cluster: authz, timeout: 1s}, authorization_request: {allowed_headers: {patterns: [{exact: b}]}}}, transport_api_version: V3".to_owned(),
+            format!("{fc}.http_service.authorization_request.allowed_headers: set together with the filter's `allowed_headers`"),
+        ),
+        (
+            "http_service: {server_uri: {uri: 'http://authz', cluster: authz, timeout: 1s}, authorization_request: {headers_to_add: [{key: x-id, value: '%REQ(x-id)%'}]}}, transport_api_version: V3".to_owned(),
+            format!("{fc}.http_service.authorization_request.headers_to_add[0].value: a value with a `%` format is not supported"),
+        ),
+        (
+            format!("{grpc}, filter_enabled_metadata: {{filter: f, path: [{{key: k}}]}}"),
+            format!("{fc}.filter_enabled_metadata.value: required but not set"),
+        ),
+    ] {
+        let filters = format!("- name: authz\n  typed_config: {{\"@type\": {EXT_AUTHZ}, {config}}}");
+        let e = messages(listener(&listener_with(&filters)));
+        assert_eq!(e, [want], "{config}");
+    }
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        "name: r\ntyped_per_filter_config:\n  authz: {{\"@type\": {EXT_AUTHZ_ROUTE}, check_settings: {{grpc_service: {{envoy_grpc: {{cluster_name: other}}}}}}}}\n"
+    ));
+    assert_eq!(
+        messages(route_configuration(&rc)),
+        ["typed_per_filter_config[\"authz\"].check_settings.grpc_service: not supported"]
+    );
 }

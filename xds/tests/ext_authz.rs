@@ -1,0 +1,652 @@
+//! Envoy's external authorization filter (`envoy.filters.http.ext_authz`) end to end:
+//! listeners from xDS with the filter as Envoy Gateway writes it (a gRPC service, an HTTP
+//! service, off in the connection manager and on per route) and as istiod writes an
+//! `AuthorizationPolicy` with `action: CUSTOM` (RBAC shadow rules naming the requests to
+//! check, the filter enabled by that decision in the request's dynamic metadata), with a
+//! real gRPC authorization service (tonic's server of `xds-api`'s
+//! `envoy.service.auth.v3.Authorization`) and a real HTTP one (hyper), each behind a
+//! cluster of its own, deciding by the request and recording what it was told.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request as HyperRequest, Response as HyperResponse};
+use hyper_util::rt::TokioIo;
+use myelin_xds::ads::{type_url, AdsProtocol};
+use myelin_xds::testing::ControlPlane;
+use support::*;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+use xds_api::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_api::pb::envoy::r#type::v3::HttpStatus;
+use xds_api::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use xds_api::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use xds_api::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use xds_api::pb::google::protobuf::BoolValue;
+use xds_api::pb::google::rpc::Status as RpcStatus;
+
+/// Envoy Gateway's shape: a gRPC service and an HTTP service, each a filter off in the
+/// connection manager, turned on by the routes that want it.
+const GATEWAY_PORT: u16 = 18601;
+/// istiod's shape for a `CUSTOM` policy.
+const ISTIO_PORT: u16 = 18602;
+const FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+const PER_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
+const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+
+/// The gRPC service: decides by `x-user`, records the checks.
+#[derive(Default)]
+struct Authorizer {
+    checks: Mutex<Vec<CheckRequest>>,
+}
+
+fn option(key: &str, value: &str, append: Option<bool>) -> HeaderValueOption {
+    #[allow(deprecated)]
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        append: append.map(|value| BoolValue { value }),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for Authorizer {
+    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let check = req.into_inner();
+        self.checks.lock().unwrap().push(check.clone());
+        let http = check
+            .attributes
+            .and_then(|a| a.request)
+            .and_then(|r| r.http)
+            .unwrap_or_default();
+        let user = http.headers.get("x-user").cloned().unwrap_or_default();
+        let status = |code| {
+            Some(RpcStatus {
+                code,
+                ..Default::default()
+            })
+        };
+        let resp = match user.as_str() {
+            "alice" => CheckResponse {
+                status: status(0),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: vec![
+                        option("x-user-id", "42", Some(false)),
+                        option("x-trace", "authz", Some(true)),
+                    ],
+                    headers_to_remove: vec!["x-secret".into()],
+                    response_headers_to_add: vec![option("x-authz", "alice ok", None)],
+                    query_parameters_to_set: vec![QueryParameter {
+                        key: "checked".into(),
+                        value: "yes".into(),
+                    }],
+                    query_parameters_to_remove: vec!["token".into()],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+            "slow" => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                CheckResponse {
+                    status: status(0),
+                    ..Default::default()
+                }
+            }
+            "broken" => return Err(Status::unavailable("down for maintenance")),
+            "mallory" => CheckResponse {
+                status: status(16),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: 401 }),
+                    headers: vec![option("www-authenticate", "Bearer realm=\"shop\"", None)],
+                    body: "who are you?".into(),
+                })),
+                ..Default::default()
+            },
+            // Anyone else: PERMISSION_DENIED, no details (a 403).
+            _ => CheckResponse {
+                status: status(7),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+}
+
+async fn grpc_service(authorizer: Arc<Authorizer>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(AuthorizationServer::from_arc(authorizer))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    addr
+}
+
+/// What the HTTP service was asked: method, path and headers.
+type Asked = Arc<Mutex<Vec<(String, String, HashMap<String, String>)>>>;
+
+/// The HTTP service: `/auth/ok...` lets through, `/auth/down...` fails with a 503, any
+/// other path is denied with a page of its own.
+async fn http_service(asked: Asked) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let asked = asked.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: HyperRequest<_>| {
+                    let headers: HashMap<String, String> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                        .collect();
+                    let path = req.uri().path().to_owned();
+                    asked
+                        .lock()
+                        .unwrap()
+                        .push((req.method().to_string(), path.clone(), headers));
+                    let resp = if path.starts_with("/auth/ok") {
+                        HyperResponse::builder()
+                            .header("x-user-id", "7")
+                            .header("x-ignored", "not allowed upstream")
+                            .header("set-cookie", "session=abc")
+                            .header("x-envoy-auth-headers-to-remove", "x-secret")
+                            .body(Full::new(Bytes::new()))
+                    } else if path.starts_with("/auth/down") {
+                        HyperResponse::builder()
+                            .status(503)
+                            .body(Full::new(Bytes::from_static(b"down")))
+                    } else {
+                        HyperResponse::builder()
+                            .status(403)
+                            .header("content-type", "text/html")
+                            .header("x-reason", "not on the list")
+                            .body(Full::new(Bytes::from_static(b"<h1>forbidden</h1>")))
+                    };
+                    async move { resp }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The upstream: answers with the request's path and its headers, one per line.
+async fn echo_upstream(hits: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: HyperRequest<_>| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    let mut body = format!("{}\n", req.uri());
+                    for (k, v) in req.headers() {
+                        body.push_str(&format!("{k}: {}\n", v.to_str().unwrap()));
+                    }
+                    let resp = HyperResponse::new(Full::new(Bytes::from(body)));
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn gateway_listener() -> Listener {
+    filtered_listener(
+        "gateway",
+        GATEWAY_PORT,
+        &format!(
+            r#"
+- name: envoy.filters.http.ext_authz/securitypolicy/default/grpc
+  disabled: true
+  typed_config:
+    "@type": {FILTER}
+    grpc_service:
+      envoy_grpc: {{cluster_name: grpc-authz, authority: "grpc-authz.default:9000"}}
+      timeout: 0.3s
+    allowed_headers:
+      patterns: [{{exact: x-user, ignore_case: true}}, {{prefix: x-secret}}]
+    route_metadata_context_namespaces: [envoy-gateway]
+    status_on_error: {{code: InternalServerError}}
+    stat_prefix: grpc
+    transport_api_version: V3
+- name: envoy.filters.http.ext_authz/securitypolicy/default/http
+  disabled: true
+  typed_config:
+    "@type": {FILTER}
+    failure_mode_allow: true
+    failure_mode_allow_header_add: true
+    http_service:
+      server_uri: {{uri: "http://http-authz/auth", cluster: http-authz, timeout: 2s}}
+      path_prefix: /auth
+      authorization_request:
+        headers_to_add: [{{key: x-from, value: myelin}}]
+      authorization_response:
+        allowed_upstream_headers: {{patterns: [{{exact: x-user-id}}]}}
+        allowed_client_headers_on_success: {{patterns: [{{exact: set-cookie}}]}}
+        allowed_client_headers: {{patterns: [{{exact: x-reason}}, {{exact: content-type}}]}}
+    stat_prefix: http
+    transport_api_version: V3
+"#
+        ),
+    )
+}
+
+fn istio_listener() -> Listener {
+    filtered_listener(
+        "istio",
+        ISTIO_PORT,
+        &format!(
+            r#"
+- name: envoy.filters.http.rbac
+  typed_config:
+    "@type": {RBAC}
+    shadow_rules:
+      action: DENY
+      policies:
+        "istio-ext-authz-ns[shop]-policy[ext]-rule[0]":
+          permissions: [{{url_path: {{path: {{prefix: /protected}}}}}}]
+          principals: [{{any: true}}]
+    shadow_rules_stat_prefix: istio_ext_authz_
+- name: envoy.filters.http.ext_authz
+  typed_config:
+    "@type": {FILTER}
+    grpc_service:
+      envoy_grpc: {{cluster_name: grpc-authz}}
+      timeout: 0.6s
+    filter_enabled_metadata:
+      filter: envoy.filters.http.rbac
+      path: [{{key: istio_ext_authz_shadow_effective_policy_id}}]
+      value: {{string_match: {{prefix: istio-ext-authz}}}}
+    metadata_context_namespaces: [envoy.filters.http.rbac]
+    stat_prefix: istio
+    transport_api_version: V3
+"#
+        ),
+    )
+}
+
+fn routes() -> RouteConfiguration {
+    let on = format!(r#"{{"@type": {FILTER_CONFIG}, config: {{}}}}"#);
+    yaml(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: shop
+  domains: [shop]
+  typed_per_filter_config:
+    envoy.filters.http.ext_authz/securitypolicy/default/grpc:
+      "@type": {PER_ROUTE}
+      check_settings: {{context_extensions: {{vhost: shop, level: vhost}}}}
+  routes:
+  - match: {{prefix: /grpc-checked}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.ext_authz/securitypolicy/default/grpc: {on}
+  - match: {{prefix: /grpc-route}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.ext_authz/securitypolicy/default/grpc:
+        "@type": {PER_ROUTE}
+        check_settings: {{context_extensions: {{level: route}}}}
+  - match: {{prefix: /grpc-off}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.ext_authz/securitypolicy/default/grpc:
+        "@type": {PER_ROUTE}
+        disabled: true
+  - match: {{prefix: /static}}
+    direct_response: {{status: 200, body: {{inline_string: "static"}}}}
+    typed_per_filter_config:
+      envoy.filters.http.ext_authz/securitypolicy/default/grpc: {on}
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+- name: web
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /ok}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.ext_authz/securitypolicy/default/http: {on}
+  - match: {{prefix: /down}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.ext_authz/securitypolicy/default/http: {on}
+  - match: {{prefix: /nope}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.ext_authz/securitypolicy/default/http: {on}
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+"#
+    ))
+}
+
+fn outcome(node: &Node, prefix: &str, outcome: &str) -> f64 {
+    node.metric(&format!(
+        "myelin_proxy_ext_authz_total{{stat_prefix=\"{prefix}\",outcome=\"{outcome}\"}}"
+    ))
+}
+
+fn uaex(node: &Node, code: u16) -> f64 {
+    node.metric(&format!(
+        "myelin_proxy_requests_total{{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"{code}\",response_flags=\"UAEX\"}}"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_services_decide_over_xds() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let web = echo_upstream(hits.clone()).await;
+    let authorizer = Arc::new(Authorizer::default());
+    let grpc = grpc_service(authorizer.clone()).await;
+    let asked: Asked = Arc::default();
+    let http = http_service(asked.clone()).await;
+    let cp = ControlPlane::start().await;
+    let listeners = [gateway_listener(), istio_listener()];
+    cp.update(|b| {
+        for l in &listeners {
+            set(b, &l.name, l);
+        }
+        set(b, "r", &routes());
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[web]));
+        set(b, "grpc-authz", &h2_cluster("grpc-authz"));
+        set(b, "grpc-authz", &endpoints("grpc-authz", &[grpc]));
+        set(b, "http-authz", &eds_cluster("http-authz"));
+        set(b, "http-authz", &endpoints("http-authz", &[http]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["gateway", "istio"][..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web", "grpc-authz", "http-authz"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    let checks = || authorizer.checks.lock().unwrap().clone();
+    let hit_count = || hits.load(Ordering::Relaxed);
+    let get = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let node = &node;
+        async move { request(node, GATEWAY_PORT, "GET", path, headers).await }
+    };
+
+    // gRPC, let through: the service's header changes reach the upstream (set, joined,
+    // removed), its query changes too, its response header the client.
+    let a = get(
+        "/grpc-checked/cart?token=t0k&id=7",
+        &[
+            ("host", "shop"),
+            ("x-user", "alice"),
+            ("x-trace", "client"),
+            ("x-secret", "s3cr3t"),
+            ("x-user-id", "forged"),
+            ("accept", "*/*"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut lines = a.body.lines();
+    assert_eq!(lines.next(), Some("/grpc-checked/cart?id=7&checked=yes"));
+    let seen: Vec<&str> = lines.collect();
+    assert!(seen.contains(&"x-user-id: 42"), "{seen:?}");
+    assert!(!seen.contains(&"x-user-id: forged"), "{seen:?}");
+    assert!(seen.contains(&"x-trace: client,authz"), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.starts_with("x-secret")), "{seen:?}");
+    assert_eq!(a.header("x-authz"), Some("alice ok"));
+    // What the service was told: the allowed headers (and the pseudo-headers Envoy's
+    // header map holds, which the allow list does not name), the vhost's context
+    // extensions, the client's address.
+    let first = checks()[0].clone();
+    let attrs = first.attributes.unwrap();
+    let req = attrs.request.unwrap().http.unwrap();
+    let mut told: Vec<_> = req.headers.keys().cloned().collect();
+    told.sort();
+    assert_eq!(told, ["x-secret", "x-user"]);
+    assert_eq!(req.path, "/grpc-checked/cart?token=t0k&id=7");
+    assert_eq!(req.method, "GET");
+    assert_eq!(
+        attrs.context_extensions,
+        HashMap::from([
+            ("vhost".to_owned(), "shop".to_owned()),
+            ("level".to_owned(), "vhost".to_owned())
+        ])
+    );
+    let source = attrs.source.unwrap().address.unwrap();
+    let Some(xds_api::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) =
+        source.address
+    else {
+        panic!("no source address")
+    };
+    assert_eq!(s.address, "127.0.0.1");
+
+    // The route's context extensions over the virtual host's.
+    let a = get("/grpc-route", &[("host", "shop"), ("x-user", "alice")]).await;
+    assert_eq!(a.status, 200);
+    let last = checks().last().unwrap().clone();
+    assert_eq!(
+        last.attributes.unwrap().context_extensions,
+        HashMap::from([
+            ("vhost".to_owned(), "shop".to_owned()),
+            ("level".to_owned(), "route".to_owned())
+        ])
+    );
+
+    // gRPC, denied: the service's status, headers and body, flag UAEX; a bare denial is a
+    // 403; the upstream never sees either.
+    let before = hit_count();
+    let a = get("/grpc-checked", &[("host", "shop"), ("x-user", "mallory")]).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.body, "who are you?");
+    assert_eq!(a.header("www-authenticate"), Some("Bearer realm=\"shop\""));
+    let a = get("/grpc-checked", &[("host", "shop"), ("x-user", "eve")]).await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.body, "");
+    // A route that answers itself is guarded too.
+    assert_eq!(
+        get("/static", &[("host", "shop"), ("x-user", "eve")])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        get("/static", &[("host", "shop"), ("x-user", "alice")])
+            .await
+            .body,
+        "static"
+    );
+    // A gRPC client gets the denial as a gRPC status.
+    let a = request(
+        &node,
+        GATEWAY_PORT,
+        "POST",
+        "/grpc-checked",
+        &[
+            ("host", "shop"),
+            ("x-user", "eve"),
+            ("content-type", "application/grpc"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("grpc-status"), Some("7"));
+    assert_eq!(
+        hit_count(),
+        before,
+        "denied requests never reached the upstream"
+    );
+
+    // The service failing or too slow (past 0.3 s): status_on_error (500), UAEX.
+    let a = get("/grpc-checked", &[("host", "shop"), ("x-user", "broken")]).await;
+    assert_eq!(a.status, 500);
+    let a = get("/grpc-checked", &[("host", "shop"), ("x-user", "slow")]).await;
+    assert_eq!(a.status, 500);
+    assert!(a.took < Duration::from_millis(900), "waited {:?}", a.took);
+
+    // Off on its route: not asked. A route without settings of its own has the virtual
+    // host's, which (a typed config, not a `FilterConfig` saying `disabled`) turn the
+    // filter on there, as in Envoy.
+    let before = checks().len();
+    assert_eq!(
+        get("/grpc-off", &[("host", "shop"), ("x-user", "eve")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(checks().len(), before);
+    assert_eq!(
+        get("/elsewhere", &[("host", "shop"), ("x-user", "eve")])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(checks().len(), before + 1);
+    assert_eq!(outcome(&node, "grpc", "ok"), 3.0);
+    assert_eq!(outcome(&node, "grpc", "denied"), 5.0);
+    assert_eq!(outcome(&node, "grpc", "error"), 2.0);
+
+    // HTTP, let through: the method, the prefixed path and the allowed headers asked
+    // about; the service's allowed header set on the request, another not, the header it
+    // names removed; its cookie on the response.
+    let a = get(
+        "/ok/page?x=1",
+        &[
+            ("authorization", "Bearer abc"),
+            ("x-secret", "s"),
+            ("accept", "*/*"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let seen: Vec<&str> = a.body.lines().collect();
+    assert!(seen.contains(&"x-user-id: 7"), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.starts_with("x-ignored")), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.starts_with("x-secret")), "{seen:?}");
+    assert!(seen.contains(&"authorization: Bearer abc"), "{seen:?}");
+    assert_eq!(a.header("set-cookie"), Some("session=abc"));
+    let (method, path, headers) = asked.lock().unwrap()[0].clone();
+    assert_eq!((method.as_str(), path.as_str()), ("GET", "/auth/ok/page"));
+    assert_eq!(
+        headers.get("authorization").map(String::as_str),
+        Some("Bearer abc")
+    );
+    assert_eq!(headers.get("x-from").map(String::as_str), Some("myelin"));
+    assert_eq!(headers.get("content-length").map(String::as_str), Some("0"));
+    assert!(!headers.contains_key("x-secret"), "not on the allow list");
+    assert!(!headers.contains_key("accept"));
+    assert_eq!(
+        headers.get("host").map(String::as_str),
+        Some("web"),
+        "the client's host"
+    );
+
+    // HTTP, denied: the service's status, body and allowed client headers.
+    let a = get("/nope", &[]).await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.body, "<h1>forbidden</h1>");
+    assert_eq!(a.header("content-type"), Some("text/html"));
+    assert_eq!(a.header("x-reason"), Some("not on the list"));
+
+    // HTTP, the service failing (503): failure_mode_allow lets the request through, marked.
+    let a = get("/down", &[]).await;
+    assert_eq!(a.status, 200);
+    assert!(
+        a.body
+            .lines()
+            .any(|l| l == "x-envoy-auth-failure-mode-allowed: true"),
+        "{}",
+        a.body
+    );
+    assert_eq!(outcome(&node, "http", "ok"), 1.0);
+    assert_eq!(outcome(&node, "http", "denied"), 1.0);
+    assert_eq!(outcome(&node, "http", "failure_mode_allowed"), 1.0);
+    assert_eq!(uaex(&node, 403), 4.0);
+
+    // istiod's CUSTOM action: only the requests the shadow rules match are checked, and
+    // the service is told the shadow decision.
+    let before = checks().len();
+    let a = request(&node, ISTIO_PORT, "GET", "/open", &[("x-user", "eve")]).await;
+    assert_eq!(a.status, 200, "not a protected path: not checked");
+    assert_eq!(checks().len(), before);
+    let a = request(&node, ISTIO_PORT, "GET", "/protected", &[("x-user", "eve")]).await;
+    assert_eq!(a.status, 403);
+    let a = request(
+        &node,
+        ISTIO_PORT,
+        "GET",
+        "/protected",
+        &[("x-user", "alice")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(checks().len(), before + 2);
+    let metadata = checks()
+        .last()
+        .unwrap()
+        .clone()
+        .attributes
+        .unwrap()
+        .metadata_context
+        .unwrap();
+    let rbac = &metadata.filter_metadata["envoy.filters.http.rbac"].fields;
+    let text = |k: &str| match &rbac[k].kind {
+        Some(xds_api::pb::google::protobuf::value::Kind::StringValue(s)) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        text("istio_ext_authz_shadow_effective_policy_id"),
+        "istio-ext-authz-ns[shop]-policy[ext]-rule[0]"
+    );
+    assert_eq!(text("istio_ext_authz_shadow_engine_result"), "denied");
+    assert_eq!(outcome(&node, "istio", "disabled"), 1.0);
+
+    // The gRPC service's cluster gone from xDS: an error (500) for the routes that check.
+    cp.update(|b| {
+        b.remove(type_url::CLUSTER, "grpc-authz");
+    });
+    let version = cp.version(type_url::CLUSTER);
+    node.wait_applied(type_url::CLUSTER, &["web", "http-authz"], &version)
+        .await;
+    assert_eq!(
+        get("/grpc-checked", &[("host", "shop"), ("x-user", "alice")])
+            .await
+            .status,
+        500
+    );
+}
