@@ -150,6 +150,8 @@ pub(crate) struct Filtered {
     ext_authz: Vec<crate::ext_authz::Allowed>,
     /// What filters leave for later ones (RBAC's shadow decision).
     metadata: DynamicMetadata,
+    /// The compressor filters the request passed (boxed: most requests have none).
+    compressors: Option<Box<crate::compress::Compressors>>,
 }
 
 /// A request's dynamic metadata (Envoy's `StreamInfo::dynamicMetadata`), as far as Myelin's
@@ -403,8 +405,27 @@ impl Filtered {
         }
     }
 
+    /// The response, compressed when a compressor filter the request passed takes it.
+    pub(crate) fn compress(
+        &self,
+        resp: Response<ProxyBody>,
+        metrics: &ProxyMetrics,
+    ) -> Response<ProxyBody> {
+        match &self.compressors {
+            Some(c) => c.apply(resp, metrics),
+            None => resp,
+        }
+    }
+
     /// Adds what a limit reached but not enforced puts in the request going upstream.
     pub(crate) fn finish_request(&mut self, headers: &mut HeaderMap) {
+        if self
+            .compressors
+            .as_ref()
+            .is_some_and(|c| c.strip_accept_encoding)
+        {
+            headers.remove(header::ACCEPT_ENCODING);
+        }
         if let Some((name, value)) = self.forward_username.take() {
             headers.insert(name, value);
         }
@@ -559,6 +580,7 @@ pub(crate) async fn run(
                     | FilterKind::Jwt(_)
                     | FilterKind::ApiKeyAuth(_)
                     | FilterKind::ExtAuthz(_)
+                    | FilterKind::Compressor(_)
                     | FilterKind::Csrf(_)
                     | FilterKind::LocalRateLimit(_)
             ) =>
@@ -660,6 +682,18 @@ pub(crate) async fn run(
                     Ok(None) => None,
                     Err(answer) => Some(answer),
                 }
+            }
+            FilterKind::Compressor(policy) => {
+                let route = levels.settings(&filter.name).find_map(|s| match &s.policy {
+                    Some(FilterPolicy::Compressor(r)) => Some(&**r),
+                    _ => None,
+                });
+                filtered.compressors.get_or_insert_default().note(
+                    policy,
+                    route,
+                    head.headers.get(header::ACCEPT_ENCODING),
+                );
+                None
             }
             FilterKind::ApiKeyAuth(policy) => {
                 let route = levels.settings(&filter.name).find_map(|s| match &s.policy {

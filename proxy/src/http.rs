@@ -642,6 +642,7 @@ impl HttpConn {
                 };
                 resp = local_reply::rewrite(cfg, resp, &facts);
             }
+            resp = filtered.compress(resp, &self.metrics);
             filtered.finish_response(resp.headers_mut());
             if let Some(done) = filtered.take_stream_done() {
                 crate::ratelimit::report(self, done);

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 mod body;
 mod clock;
+mod compress;
 mod conn_manager;
 mod detect;
 mod dial;

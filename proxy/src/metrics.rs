@@ -33,6 +33,7 @@
 //! | `proxy_jwt_authn_total`                        | counter   | `outcome` (`allowed`, `denied`, `cors_preflight_bypassed`) |
 //! | `proxy_rate_limit_service_total`               | counter   | `stat_prefix`, `outcome` (`ok`, `over_limit`, `over_limit_not_enforced`, `error_allowed`, `error_denied`) |
 //! | `proxy_ext_authz_total`                        | counter   | `stat_prefix`, `outcome` (`ok`, `denied`, `error`, `failure_mode_allowed`, `invalid`, `disabled`) |
+//! | `proxy_compressor_total`                       | counter   | `encoding` (`gzip`, `br`, `zstd`), `outcome` (`compressed`, `not_compressed`) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -109,6 +110,15 @@ pub struct HeadTimeoutLabels {
 pub struct UnderscoreLabels {
     /// `dropped` (per header field) or `rejected` (per request).
     pub action: &'static str,
+}
+
+/// Labels of `proxy_compressor`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompressorLabels {
+    /// The encoding of the filter that would compress: `gzip`, `br`, `zstd`.
+    pub encoding: &'static str,
+    /// `compressed` or `not_compressed`.
+    pub outcome: &'static str,
 }
 
 /// Labels of `proxy_local_rate_limit`.
@@ -381,6 +391,7 @@ pub struct ProxyMetrics {
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     pub(crate) rate_limit_service: Family<RateLimitLabels, Counter>,
     pub(crate) ext_authz: Family<RateLimitLabels, Counter>,
+    pub(crate) compressor: Family<CompressorLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
     pub(crate) head_timeouts: Family<HeadTimeoutLabels, Counter>,
     /// Same-node connections and requests refused by the inbound policy.
@@ -431,6 +442,7 @@ impl ProxyMetrics {
             local_rate_limit: Family::default(),
             rate_limit_service: Family::default(),
             ext_authz: Family::default(),
+            compressor: Family::default(),
             headers_with_underscores: Family::default(),
             head_timeouts: Family::default(),
             local_refused: Family::default(),
@@ -623,6 +635,13 @@ impl ProxyMetrics {
             m.ext_authz.clone(),
         );
         registry.register(
+            "proxy_compressor",
+            "Responses a compressor filter (envoy.filters.http.compressor) found compressible, \
+             by the encoding of the filter that would compress them and outcome: compressed, \
+             not_compressed (the client does not accept the encoding, or no body)",
+            m.compressor.clone(),
+        );
+        registry.register(
             "proxy_headers_with_underscores",
             "Request header fields with an underscore in their name dropped, and requests \
              refused for one, by the connection manager's headers_with_underscores_action",
@@ -714,6 +733,13 @@ impl ProxyMetrics {
                 stat_prefix: StatPrefix(stat_prefix.clone()),
                 outcome,
             })
+            .inc();
+    }
+
+    /// A compressible response, compressed or not.
+    pub(crate) fn compressor(&self, encoding: &'static str, outcome: &'static str) {
+        self.compressor
+            .get_or_create(&CompressorLabels { encoding, outcome })
             .inc();
     }
 

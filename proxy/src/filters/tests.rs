@@ -140,6 +140,7 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
             FilterPolicy::LocalRateLimit(_) => "rl".to_owned(),
             FilterPolicy::RateLimit(_) => "global_rl".to_owned(),
             FilterPolicy::ExtAuthz(_) => "ext_authz".to_owned(),
+            FilterPolicy::Compressor(_) => "compressor".to_owned(),
             FilterPolicy::Jwt(_) => "jwt".to_owned(),
             FilterPolicy::ApiKeyAuth(_) => "api_key_auth".to_owned(),
             FilterPolicy::BasicAuth(_) => "basic_auth".to_owned(),

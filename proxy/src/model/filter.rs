@@ -70,6 +70,8 @@ pub enum FilterKind {
     RateLimit(Arc<GlobalRateLimitPolicy>),
     /// External authorization (`envoy.filters.http.ext_authz`): a service decides.
     ExtAuthz(Arc<super::ext_authz::ExtAuthzPolicy>),
+    /// Response compression (`envoy.filters.http.compressor`) with one library.
+    Compressor(Arc<CompressorPolicy>),
     /// JWT authentication (`envoy.filters.http.jwt_authn`, settings in [`super::jwt`]).
     Jwt(Arc<super::jwt::JwtConfig>),
     /// API key authentication (`envoy.filters.http.api_key_auth`) with the filter's keys.
@@ -194,6 +196,9 @@ pub enum FilterPolicy {
     /// `envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute`: what a route's
     /// requests send to the rate limit service.
     RateLimit(Arc<GlobalRateLimitRoute>),
+    /// `envoy.extensions.filters.http.compressor.v3.CompressorPerRoute`: response
+    /// compression off or on, and whether `Accept-Encoding` goes upstream.
+    Compressor(Arc<CompressorRoute>),
     /// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute`: off, or the
     /// check's `context_extensions`.
     ExtAuthz(Arc<super::ext_authz::ExtAuthzRoute>),
@@ -584,6 +589,79 @@ pub enum RequestType {
     Internal,
     /// `external`: the others.
     External,
+}
+
+/// Response compression (`envoy.extensions.filters.http.compressor.v3.Compressor`): the
+/// responses it compresses and with what (see [`crate`]'s `compress` module for the rules).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompressorPolicy {
+    /// `compressor_library`.
+    pub library: CompressionLibrary,
+    /// Response compression on (`response_direction_config.common_config.enabled`'s
+    /// default value; unset: on).
+    pub enabled: bool,
+    /// Responses shorter than this (by `Content-Length`) are not compressed
+    /// (`min_content_length`, default 30).
+    pub min_content_length: u32,
+    /// The content types compressed (`content_type`; unset: Envoy's list of text, script,
+    /// JSON, XML, SVG and gRPC-Web types), lower case.
+    pub content_types: Vec<String>,
+    /// A response with an `ETag` is not compressed (`disable_on_etag_header`).
+    pub disable_on_etag: bool,
+    /// `Accept-Encoding` is removed from the request (`remove_accept_encoding_header`).
+    pub remove_accept_encoding: bool,
+    /// Preferred over other encodings the client accepts as much (`choose_first`).
+    pub choose_first: bool,
+    /// Responses with these statuses are not compressed (`uncompressible_response_codes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub uncompressible_statuses: Vec<u16>,
+    /// A strong `ETag` is made weak (`W/`) instead of dropped (`weaken_etag_on_compress`).
+    pub weaken_etag: bool,
+}
+
+/// A compression library and its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionLibrary {
+    /// `envoy.compression.gzip.compressor` (`Content-Encoding: gzip`).
+    Gzip {
+        /// zlib's level, 0 to 9.
+        level: u32,
+    },
+    /// `envoy.compression.brotli.compressor` (`br`).
+    Brotli {
+        /// `quality`, 0 to 11.
+        quality: u32,
+        /// `window_bits` (`lgwin`), 10 to 24.
+        window_bits: u32,
+        /// `input_block_bits` (`lgblock`), 16 to 24.
+        input_block_bits: u32,
+        /// `encoder_mode` as brotli numbers it: 0 generic, 1 text, 2 font.
+        mode: u32,
+        /// `disable_literal_context_modeling`.
+        disable_literal_context_modeling: bool,
+        /// `chunk_size`: the encoder's buffer.
+        chunk_size: u32,
+    },
+    /// `envoy.compression.zstd.compressor` (`zstd`).
+    Zstd {
+        /// `compression_level` (0: zstd's default, 3).
+        level: i32,
+        /// `enable_checksum`.
+        checksum: bool,
+        /// `strategy`, as zstd numbers it (0: its default).
+        strategy: u32,
+    },
+}
+
+/// A route's settings for a compressor filter (`CompressorPerRoute`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompressorRoute {
+    /// `disabled` (`Some(false)`) or `overrides.response_direction_config` (`Some(true)`):
+    /// response compression off or on here; `None`: the filter's.
+    pub enabled: Option<bool>,
+    /// `overrides.response_direction_config.remove_accept_encoding_header`.
+    pub remove_accept_encoding: Option<bool>,
 }
 
 /// A service a filter calls over gRPC (`config.core.v3.GrpcService` with `envoy_grpc`): a

@@ -1207,6 +1207,262 @@ fn override_options<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Er
     )
 }
 
+/// `envoy.extensions.filters.http.compressor.v3.Compressor`: response compression. Tags
+/// from a current `data-plane-api` build (`envoy-data-plane` 2.2.0); `xds-api` 0.2 has
+/// neither the filter nor the compression libraries.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compressor {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub content_length: Option<protobuf::UInt32Value>,
+    #[prost(string, repeated, tag = "2")]
+    #[serde(default)]
+    pub content_type: Vec<String>,
+    #[prost(bool, tag = "3")]
+    #[serde(default)]
+    pub disable_on_etag_header: bool,
+    #[prost(bool, tag = "4")]
+    #[serde(default)]
+    pub remove_accept_encoding_header: bool,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub runtime_enabled: Option<core::RuntimeFeatureFlag>,
+    #[prost(message, optional, tag = "6")]
+    #[serde(default)]
+    pub compressor_library: Option<core::TypedExtensionConfig>,
+    #[prost(message, optional, tag = "7")]
+    #[serde(default)]
+    pub request_direction_config: Option<CompressorRequestDirection>,
+    #[prost(message, optional, tag = "8")]
+    #[serde(default)]
+    pub response_direction_config: Option<CompressorResponseDirection>,
+    #[prost(bool, tag = "9")]
+    #[serde(default)]
+    pub choose_first: bool,
+}
+named!(
+    Compressor,
+    "envoy.extensions.filters.http.compressor.v3",
+    "Compressor"
+);
+
+/// `Compressor.CommonDirectionConfig`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressorCommonDirection {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub enabled: Option<core::RuntimeFeatureFlag>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub min_content_length: Option<protobuf::UInt32Value>,
+    #[prost(string, repeated, tag = "3")]
+    #[serde(default)]
+    pub content_type: Vec<String>,
+}
+
+/// `Compressor.RequestDirectionConfig`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressorRequestDirection {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub common_config: Option<CompressorCommonDirection>,
+}
+
+/// `Compressor.ResponseDirectionConfig`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressorResponseDirection {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub common_config: Option<CompressorCommonDirection>,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub disable_on_etag_header: bool,
+    #[prost(bool, tag = "3")]
+    #[serde(default)]
+    pub remove_accept_encoding_header: bool,
+    #[prost(uint32, repeated, tag = "4")]
+    #[serde(default)]
+    pub uncompressible_response_codes: Vec<u32>,
+    #[prost(bool, tag = "5")]
+    #[serde(default)]
+    pub status_header_enabled: bool,
+    #[prost(bool, tag = "6")]
+    #[serde(default)]
+    pub weaken_etag_on_compress: bool,
+}
+
+/// `envoy.extensions.filters.http.compressor.v3.CompressorPerRoute`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressorPerRoute {
+    #[prost(bool, optional, tag = "1")]
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub overrides: Option<CompressorOverrides>,
+}
+named!(
+    CompressorPerRoute,
+    "envoy.extensions.filters.http.compressor.v3",
+    "CompressorPerRoute"
+);
+
+/// `envoy.extensions.filters.http.compressor.v3.CompressorOverrides`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressorOverrides {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub response_direction_config: Option<ResponseDirectionOverrides>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    #[serde(default, deserialize_with = "present")]
+    pub compressor_library: Option<Vec<u8>>,
+}
+
+/// `envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseDirectionOverrides {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub remove_accept_encoding_header: Option<protobuf::BoolValue>,
+}
+
+/// `envoy.extensions.compression.gzip.compressor.v3.Gzip`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gzip {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub memory_level: Option<protobuf::UInt32Value>,
+    #[prost(int32, tag = "2")]
+    #[serde(default, deserialize_with = "gzip_level")]
+    pub compression_level: i32,
+    #[prost(int32, tag = "3")]
+    #[serde(default, deserialize_with = "gzip_strategy")]
+    pub compression_strategy: i32,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub window_bits: Option<protobuf::UInt32Value>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub chunk_size: Option<protobuf::UInt32Value>,
+}
+named!(
+    Gzip,
+    "envoy.extensions.compression.gzip.compressor.v3",
+    "Gzip"
+);
+
+fn gzip_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum E {
+        Number(i32),
+        Name(String),
+    }
+    match E::deserialize(d)? {
+        E::Number(n) => Ok(n),
+        E::Name(s) => match s.as_str() {
+            "DEFAULT_COMPRESSION" => Ok(0),
+            "BEST_SPEED" => Ok(1),
+            "BEST_COMPRESSION" => Ok(9),
+            _ => s
+                .strip_prefix("COMPRESSION_LEVEL_")
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| (1..=9).contains(n))
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown value {s:?}"))),
+        },
+    }
+}
+
+fn gzip_strategy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(
+        d,
+        &[
+            "DEFAULT_STRATEGY",
+            "FILTERED",
+            "HUFFMAN_ONLY",
+            "RLE",
+            "FIXED",
+        ],
+    )
+}
+
+/// `envoy.extensions.compression.brotli.compressor.v3.Brotli`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Brotli {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub quality: Option<protobuf::UInt32Value>,
+    #[prost(int32, tag = "2")]
+    #[serde(default, deserialize_with = "brotli_mode")]
+    pub encoder_mode: i32,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub window_bits: Option<protobuf::UInt32Value>,
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
+    pub input_block_bits: Option<protobuf::UInt32Value>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub chunk_size: Option<protobuf::UInt32Value>,
+    #[prost(bool, tag = "6")]
+    #[serde(default)]
+    pub disable_literal_context_modeling: bool,
+}
+named!(
+    Brotli,
+    "envoy.extensions.compression.brotli.compressor.v3",
+    "Brotli"
+);
+
+fn brotli_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, &["DEFAULT", "GENERIC", "TEXT", "FONT"])
+}
+
+/// `envoy.extensions.compression.zstd.compressor.v3.Zstd`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zstd {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub compression_level: Option<protobuf::UInt32Value>,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub enable_checksum: bool,
+    #[prost(int32, tag = "3")]
+    #[serde(default, deserialize_with = "zstd_strategy")]
+    pub strategy: i32,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    #[serde(default, deserialize_with = "present")]
+    pub dictionary: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub chunk_size: Option<protobuf::UInt32Value>,
+}
+named!(
+    Zstd,
+    "envoy.extensions.compression.zstd.compressor.v3",
+    "Zstd"
+);
+
+fn zstd_strategy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(
+        d,
+        &[
+            "DEFAULT", "FAST", "DFAST", "GREEDY", "LAZY", "LAZY2", "BTLAZY2", "BTOPT", "BTULTRA",
+            "BTULTRA2",
+        ],
+    )
+}
+
 /// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz`: external authorization. Tags
 /// from a current `data-plane-api` build (`envoy-data-plane` 2.2.0); `xds-api` 0.2 has the
 /// service's messages but not the filter's.
@@ -1873,6 +2129,9 @@ const LOCALITY_WEIGHTED: &str =
     "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig";
 const BOOL_VALUE: &str = "google.protobuf.BoolValue";
 const LIST_STRING_MATCHER: &str = "envoy.type.matcher.v3.ListStringMatcher";
+const COMPRESSOR: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
+const COMPRESSOR_COMMON: &str =
+    "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig";
 const EXT_AUTHZ_HTTP_SERVICE: &str = "envoy.extensions.filters.http.ext_authz.v3.HttpService";
 const UINT32_VALUE: &str = "google.protobuf.UInt32Value";
 const HEADER_VALUE_OPTION: &str = "envoy.config.core.v3.HeaderValueOption";
@@ -2420,6 +2679,107 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         ],
     ),
     (
+        COMPRESSOR,
+        &[
+            m("content_length", UINT32_VALUE),
+            p("content_type"),
+            p("disable_on_etag_header"),
+            p("remove_accept_encoding_header"),
+            m("runtime_enabled", "envoy.config.core.v3.RuntimeFeatureFlag"),
+            m(
+                "compressor_library",
+                "envoy.config.core.v3.TypedExtensionConfig",
+            ),
+            m(
+                "request_direction_config",
+                "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig",
+            ),
+            m(
+                "response_direction_config",
+                "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
+            ),
+            p("choose_first"),
+        ],
+    ),
+    (
+        COMPRESSOR_COMMON,
+        &[
+            m("enabled", "envoy.config.core.v3.RuntimeFeatureFlag"),
+            m("min_content_length", UINT32_VALUE),
+            p("content_type"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig",
+        &[m("common_config", COMPRESSOR_COMMON)],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
+        &[
+            m("common_config", COMPRESSOR_COMMON),
+            p("disable_on_etag_header"),
+            p("remove_accept_encoding_header"),
+            p("uncompressible_response_codes"),
+            p("status_header_enabled"),
+            p("weaken_etag_on_compress"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+        &[
+            p("disabled"),
+            m(
+                "overrides",
+                "envoy.extensions.filters.http.compressor.v3.CompressorOverrides",
+            ),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.CompressorOverrides",
+        &[
+            m(
+                "response_direction_config",
+                "envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides",
+            ),
+            p("compressor_library"),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides",
+        &[m("remove_accept_encoding_header", BOOL_VALUE)],
+    ),
+    (
+        "envoy.extensions.compression.gzip.compressor.v3.Gzip",
+        &[
+            m("memory_level", UINT32_VALUE),
+            p("compression_level"),
+            p("compression_strategy"),
+            m("window_bits", UINT32_VALUE),
+            m("chunk_size", UINT32_VALUE),
+        ],
+    ),
+    (
+        "envoy.extensions.compression.brotli.compressor.v3.Brotli",
+        &[
+            m("quality", UINT32_VALUE),
+            p("encoder_mode"),
+            m("window_bits", UINT32_VALUE),
+            m("input_block_bits", UINT32_VALUE),
+            m("chunk_size", UINT32_VALUE),
+            p("disable_literal_context_modeling"),
+        ],
+    ),
+    (
+        "envoy.extensions.compression.zstd.compressor.v3.Zstd",
+        &[
+            m("compression_level", UINT32_VALUE),
+            p("enable_checksum"),
+            p("strategy"),
+            p("dictionary"),
+            m("chunk_size", UINT32_VALUE),
+        ],
+    ),
+    (
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         &[
             m("grpc_service", "envoy.config.core.v3.GrpcService"),
@@ -2790,6 +3150,20 @@ mod tests {
             CorsPolicy => "envoy.extensions.filters.http.cors.v3.CorsPolicy",
             LocalRateLimit => "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
             BasicAuth => "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
+            Compressor => COMPRESSOR,
+            CompressorCommonDirection => COMPRESSOR_COMMON,
+            CompressorRequestDirection =>
+                "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig",
+            CompressorResponseDirection =>
+                "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
+            CompressorPerRoute => "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+            CompressorOverrides =>
+                "envoy.extensions.filters.http.compressor.v3.CompressorOverrides",
+            ResponseDirectionOverrides =>
+                "envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides",
+            Gzip => "envoy.extensions.compression.gzip.compressor.v3.Gzip",
+            Brotli => "envoy.extensions.compression.brotli.compressor.v3.Brotli",
+            Zstd => "envoy.extensions.compression.zstd.compressor.v3.Zstd",
             ExtAuthz => "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
             ExtAuthzHttpService => EXT_AUTHZ_HTTP_SERVICE,
             AuthorizationRequest =>
@@ -2851,7 +3225,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            62 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
+            72 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

@@ -33,6 +33,10 @@ const API_KEY_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth";
 const API_KEY_ROUTE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute";
+const COMPRESSOR_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor";
+const COMPRESSOR_ROUTE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
 const EXT_AUTHZ_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
 const EXT_AUTHZ_ROUTE_URL: &str =
@@ -93,6 +97,12 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
             let r = cx.decode::<ext::HttpRateLimit>(&tp, GLOBAL_RATE_LIMIT_URL, &any.value)?;
             let policy = global_rate_limit(cx, &tp, &r)?;
             Some(mf::FilterKind::RateLimit(Arc::new(policy)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == COMPRESSOR_URL => {
+            let tp = join(p, "typed_config");
+            let c = cx.decode::<ext::Compressor>(&tp, COMPRESSOR_URL, &any.value)?;
+            let policy = super::compressor::compressor(cx, &tp, &c)?;
+            Some(mf::FilterKind::Compressor(Arc::new(policy)))
         }
         Some(C::TypedConfig(any)) if any.type_url == EXT_AUTHZ_URL => {
             let tp = join(p, "typed_config");
@@ -261,6 +271,7 @@ fn is_known(type_url: &str) -> bool {
         GLOBAL_RATE_LIMIT_ROUTE_URL,
         JWT_ROUTE_URL,
         EXT_AUTHZ_ROUTE_URL,
+        COMPRESSOR_ROUTE_URL,
         API_KEY_ROUTE_URL,
         BASIC_AUTH_ROUTE_URL,
         CSRF_URL,
@@ -313,6 +324,10 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
                     forwarding,
                 },
             )))
+        }
+        COMPRESSOR_ROUTE_URL => {
+            let r = cx.decode::<ext::CompressorPerRoute>(p, COMPRESSOR_ROUTE_URL, &any.value)?;
+            super::compressor::compressor_route(cx, p, &r)
         }
         EXT_AUTHZ_ROUTE_URL => {
             let r = cx.decode::<ext::ExtAuthzPerRoute>(p, EXT_AUTHZ_ROUTE_URL, &any.value)?;

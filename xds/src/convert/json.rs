@@ -454,6 +454,13 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         }
         "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => enc::<ext::HttpRateLimit>(body),
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" => enc::<ext::ExtAuthz>(body),
+        "envoy.extensions.filters.http.compressor.v3.Compressor" => enc::<ext::Compressor>(body),
+        "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute" => {
+            enc::<ext::CompressorPerRoute>(body)
+        }
+        "envoy.extensions.compression.gzip.compressor.v3.Gzip" => enc::<ext::Gzip>(body),
+        "envoy.extensions.compression.brotli.compressor.v3.Brotli" => enc::<ext::Brotli>(body),
+        "envoy.extensions.compression.zstd.compressor.v3.Zstd" => enc::<ext::Zstd>(body),
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute" => {
             enc::<ext::ExtAuthzPerRoute>(body)
         }
@@ -562,6 +569,11 @@ mod tests {
             "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
             "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
             "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+            "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig",
+            "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig",
+            "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
+            "envoy.extensions.filters.http.compressor.v3.CompressorOverrides",
+            "envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides",
             ext::API_KEY_FORWARDING,
         ];
         let missing: Vec<&str> = ext::JSON_MESSAGES

@@ -16,6 +16,7 @@ use prost::Message;
 use xds_api::pb::google::protobuf;
 
 mod cluster;
+mod compressor;
 mod endpoint;
 pub(crate) mod ext;
 mod ext_authz;

@@ -552,6 +552,8 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: http::HeaderMap,
     pub body: String,
+    /// The body as it came (`body` is it as text).
+    pub body_bytes: Bytes,
     pub took: Duration,
 }
 
@@ -607,6 +609,7 @@ pub async fn send_on(
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        body_bytes: body,
         took,
     }
 }

@@ -1512,3 +1512,145 @@ fn bad_ext_authz_is_rejected_by_path() {
         ["typed_per_filter_config[\"authz\"].check_settings.grpc_service: not supported"]
     );
 }
+
+const COMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor";
+const COMPRESSOR_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
+const GZIP: &str = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip";
+const BROTLI: &str = "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli";
+const ZSTD: &str = "type.googleapis.com/envoy.extensions.compression.zstd.compressor.v3.Zstd";
+
+#[test]
+fn compressors_as_envoy_gateway_writes_them() {
+    let lib = |name: &str, url: &str, more: &str| {
+        format!(
+            "- name: {name}\n  typed_config:\n    \"@type\": {COMPRESSOR}\n    compressor_library: {{name: {name}, typed_config: {{\"@type\": {url}{more}}}}}\n"
+        )
+    };
+    let filters = [
+        lib("br", BROTLI, ""),
+        lib("gz", GZIP, ", compression_level: COMPRESSION_LEVEL_3"),
+        lib("zs", ZSTD, ", compression_level: 0, strategy: BTULTRA")
+            + "    choose_first: true\n    response_direction_config: {remove_accept_encoding_header: true, uncompressible_response_codes: [206], common_config: {min_content_length: 100, content_type: [Text/Plain]}}\n",
+        // The deprecated form.
+        lib("old", GZIP, "") + "    content_length: 0\n    disable_on_etag_header: true\n    runtime_enabled: {default_value: false, runtime_key: k}\n",
+    ]
+    .concat();
+    let l = listener(&listener_with(&filters)).unwrap();
+    let f = filters_of(&l);
+    let policy = |i: usize| match &f.0[i].kind {
+        mf::FilterKind::Compressor(p) => p.clone(),
+        other => panic!("{other:?}"),
+    };
+    let br = policy(0);
+    assert_eq!(
+        br.library,
+        mf::CompressionLibrary::Brotli {
+            quality: 3,
+            window_bits: 18,
+            input_block_bits: 24,
+            mode: 0,
+            disable_literal_context_modeling: false,
+            chunk_size: 4096
+        },
+        "Envoy's defaults"
+    );
+    assert!(br.enabled && !br.choose_first && !br.remove_accept_encoding);
+    assert_eq!(br.min_content_length, 30);
+    assert!(br.content_types.iter().any(|t| t == "application/json"));
+    assert_eq!(policy(1).library, mf::CompressionLibrary::Gzip { level: 3 });
+    let zs = policy(2);
+    assert_eq!(
+        zs.library,
+        mf::CompressionLibrary::Zstd {
+            level: 3,
+            checksum: false,
+            strategy: 8
+        }
+    );
+    assert!(zs.choose_first && zs.remove_accept_encoding);
+    assert_eq!(zs.uncompressible_statuses, [206]);
+    assert_eq!(zs.min_content_length, 100);
+    assert_eq!(zs.content_types, ["text/plain"]);
+    let old = policy(3);
+    assert!(!old.enabled, "runtime_enabled's default value");
+    assert!(old.disable_on_etag);
+    assert_eq!(old.min_content_length, 30, "0 is 30");
+    assert_eq!(old.library, mf::CompressionLibrary::Gzip { level: 6 });
+
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  typed_per_filter_config:
+    gz: {{"@type": {COMPRESSOR_ROUTE}, disabled: true}}
+  routes:
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      gz: {{"@type": {COMPRESSOR_ROUTE}, overrides: {{response_direction_config: {{remove_accept_encoding_header: false}}}}}}
+"#
+    ));
+    let rc = route_configuration(&rc).unwrap();
+    let vh = &rc.virtual_hosts[0];
+    let Some(mf::FilterPolicy::Compressor(r)) = &vh.filters["gz"].policy else {
+        panic!()
+    };
+    assert_eq!((r.enabled, r.remove_accept_encoding), (Some(false), None));
+    let Some(mf::FilterPolicy::Compressor(r)) = &vh.routes[0].filters["gz"].policy else {
+        panic!()
+    };
+    assert_eq!(
+        (r.enabled, r.remove_accept_encoding),
+        (Some(true), Some(false))
+    );
+}
+
+#[test]
+fn bad_compressors_are_rejected_by_path() {
+    let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
+    for (config, want) in [
+        (
+            "{}".to_owned(),
+            format!("{fc}.compressor_library: required but not set"),
+        ),
+        (
+            "{compressor_library: {name: x, typed_config: {\"@type\": type.googleapis.com/x.Unknown}}}".to_owned(),
+            format!("{fc}.compressor_library.typed_config: compressor library of type `type.googleapis.com/x.Unknown` is not supported"),
+        ),
+        (
+            format!("{{compressor_library: {{name: g, typed_config: {{\"@type\": {GZIP}, window_bits: 20}}}}}}"),
+            format!("{fc}.compressor_library.typed_config.window_bits: 20 is not in 9..=15"),
+        ),
+        (
+            format!("{{compressor_library: {{name: b, typed_config: {{\"@type\": {BROTLI}, quality: 12}}}}}}"),
+            format!("{fc}.compressor_library.typed_config.quality: 12 is not in 0..=11"),
+        ),
+        (
+            format!("{{compressor_library: {{name: z, typed_config: {{\"@type\": {ZSTD}, dictionary: {{inline_string: d}}}}}}}}"),
+            format!("{fc}.compressor_library.typed_config.dictionary: not supported"),
+        ),
+        (
+            format!("{{compressor_library: {{name: g, typed_config: {{\"@type\": {GZIP}}}}}, request_direction_config: {{}}}}"),
+            format!("{fc}.request_direction_config: not supported"),
+        ),
+        (
+            format!("{{compressor_library: {{name: g, typed_config: {{\"@type\": {GZIP}}}}}, response_direction_config: {{status_header_enabled: true}}}}"),
+            format!("{fc}.response_direction_config.status_header_enabled: not supported"),
+        ),
+    ] {
+        let filters = format!("- name: c\n  typed_config: {{\"@type\": {COMPRESSOR}, {}}}", &config[1..config.len() - 1]);
+        let e = messages(listener(&listener_with(&filters)));
+        assert_eq!(e, [want], "{config}");
+    }
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        "name: r\ntyped_per_filter_config:\n  c: {{\"@type\": {COMPRESSOR_ROUTE}, disabled: false}}\n"
+    ));
+    assert_eq!(
+        messages(route_configuration(&rc)),
+        ["typed_per_filter_config[\"c\"].disabled: must be true"]
+    );
+}
