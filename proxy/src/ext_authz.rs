@@ -27,8 +27,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use prost::Message;
 
 use crate::filters::{Answer, DynamicMetadata};
@@ -497,7 +497,7 @@ fn denial(status: u16, headers: Vec<(HeaderName, HeaderValue)>, body: Bytes, grp
 async fn ask(services: &dyn Services, check: &Check<'_>) -> Verdict {
     match &check.policy.service {
         AuthzService::Grpc(service) => {
-            let req = match grpc_request(service, check) {
+            let req = match check_call(service, check) {
                 Ok(r) => r,
                 Err(e) => return Verdict::Error(e),
             };
@@ -551,7 +551,7 @@ fn head_fields<'h>(head: &'h RequestHead<'h>) -> impl Iterator<Item = (&'h str, 
 }
 
 /// The `Check` call.
-fn grpc_request(service: &GrpcService, check: &Check<'_>) -> Result<Request<Bytes>, String> {
+fn check_call(service: &GrpcService, check: &Check<'_>) -> Result<Request<Bytes>, String> {
     let policy = check.policy;
     let head = check.head;
     let client = check.client;
@@ -644,38 +644,12 @@ fn grpc_request(service: &GrpcService, check: &Check<'_>) -> Result<Request<Byte
             }),
         }),
     };
-    let mut body = BytesMut::with_capacity(5 + message.encoded_len());
-    body.put_u8(0);
-    body.put_u32(message.encoded_len() as u32);
-    message
-        .encode(&mut body)
-        .map_err(|e| format!("encoding the check: {e}"))?;
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{}{CHECK_PATH}", service.authority))
-        .header(header::CONTENT_TYPE, "application/grpc")
-        .header(header::TE, "trailers")
-        .header(
-            "grpc-timeout",
-            format!("{}m", policy.timeout.as_millis().max(1)),
-        )
-        .body(body.freeze())
-        .map_err(|e| format!("the service's authority {:?}: {e}", service.authority))?;
-    for (name, value) in &service.metadata {
-        // Names and values were checked with the config.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            req.headers_mut().append(n, v);
-        }
-    }
-    Ok(req)
+    crate::services::grpc_request(service, CHECK_PATH, &message, policy.timeout)
 }
 
 /// Reads a `CheckResponse`.
 fn grpc_verdict(reply: Reply, validate: bool) -> Verdict {
-    let message = match grpc_message(reply) {
+    let message = match reply.grpc_message() {
         Ok(m) => m,
         Err(e) => return Verdict::Error(e),
     };
@@ -721,37 +695,6 @@ fn grpc_verdict(reply: Reply, validate: bool) -> Verdict {
         headers,
         body: Bytes::from(denied.body),
     }
-}
-
-/// The one message of a unary gRPC answer.
-fn grpc_message(reply: Reply) -> Result<Bytes, String> {
-    if reply.status != StatusCode::OK {
-        return Err(format!("HTTP status {}", reply.status.as_u16()));
-    }
-    let status =
-        |h: &HeaderMap| -> Option<u32> { h.get("grpc-status")?.to_str().ok()?.parse().ok() };
-    let code = reply
-        .trailers
-        .as_ref()
-        .and_then(status)
-        .or_else(|| status(&reply.headers))
-        .ok_or("no grpc-status")?;
-    if code != 0 {
-        return Err(format!("grpc-status {code}"));
-    }
-    let mut body = reply.body;
-    if body.len() < 5 {
-        return Err("no answer message".into());
-    }
-    let compressed = body.get_u8();
-    let len = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err("a compressed answer (none was accepted)".into());
-    }
-    if body.len() != len {
-        return Err(format!("an answer of {len} bytes framed in {}", body.len()));
-    }
-    Ok(body)
 }
 
 /// One header change of an answer; `Ok(None)` when it is skipped (not valid HTTP, or a

@@ -15,8 +15,8 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request};
 use prost::Message;
 
 use crate::filters::{Descriptor, StreamDone};
@@ -201,77 +201,12 @@ fn request(
             .collect(),
         hits_addend: 0,
     };
-    let mut body = BytesMut::with_capacity(5 + message.encoded_len());
-    body.put_u8(0);
-    body.put_u32(message.encoded_len() as u32);
-    message
-        .encode(&mut body)
-        .map_err(|e| format!("encoding the request: {e}"))?;
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{}{PATH}", service.authority))
-        .header(header::CONTENT_TYPE, "application/grpc")
-        .header(header::TE, "trailers")
-        // gRPC's deadline, in whole milliseconds (at least one).
-        .header("grpc-timeout", format!("{}m", timeout.as_millis().max(1)))
-        .body(body.freeze())
-        .map_err(|e| {
-            format!(
-                "the rate limit service's authority {:?}: {e}",
-                service.authority
-            )
-        })?;
-    for (name, value) in &service.metadata {
-        // Names and values were checked with the config.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            req.headers_mut().append(n, v);
-        }
-    }
-    Ok(req)
+    crate::services::grpc_request(service, PATH, &message, timeout)
 }
 
 /// Reads the service's reply.
 fn answer(reply: Reply) -> Result<Answer, String> {
-    if reply.status != StatusCode::OK {
-        return Err(format!("HTTP status {}", reply.status.as_u16()));
-    }
-    // The status is in the trailers, or in the headers of a trailers-only response.
-    let status = reply
-        .trailers
-        .as_ref()
-        .and_then(grpc_status)
-        .or_else(|| grpc_status(&reply.headers))
-        .ok_or("no grpc-status")?;
-    if status != 0 {
-        let message = reply
-            .trailers
-            .as_ref()
-            .and_then(|t| t.get("grpc-message"))
-            .or_else(|| reply.headers.get("grpc-message"))
-            .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
-            .unwrap_or_default();
-        return Err(format!("grpc-status {status} {message}")
-            .trim_end()
-            .to_owned());
-    }
-    let mut body = reply.body;
-    if body.len() < 5 {
-        return Err("no response message".into());
-    }
-    let compressed = body.get_u8();
-    let len = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err("a compressed response message (none was accepted)".into());
-    }
-    if body.len() != len {
-        return Err(format!(
-            "a response message of {len} bytes framed in {}",
-            body.len()
-        ));
-    }
+    let body = reply.grpc_message()?;
     let r = RateLimitResponse::decode(body).map_err(|e| format!("the response message: {e}"))?;
     let over_limit = match r.overall_code {
         1 => false,
@@ -285,10 +220,6 @@ fn answer(reply: Reply) -> Result<Answer, String> {
         request_headers: headers(r.request_headers_to_add),
         body: r.raw_body,
     })
-}
-
-fn grpc_status(h: &HeaderMap) -> Option<u32> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// The headers a service named; those that are not valid HTTP are left out.
@@ -360,6 +291,8 @@ pub(crate) fn test_reply(
     response_headers: &[(&str, &str)],
     request_headers: &[(&str, &str)],
 ) -> Reply {
+    use bytes::{BufMut, BytesMut};
+    use http::{HeaderMap, StatusCode};
     let list = |l: &[(&str, &str)]| {
         l.iter()
             .map(|(k, v)| HeaderValueProto {
@@ -392,6 +325,8 @@ pub(crate) fn test_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{Buf, BufMut, BytesMut};
+    use http::{HeaderMap, StatusCode};
 
     fn service() -> GrpcService {
         GrpcService {

@@ -1,6 +1,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
+use http::Method;
+
 use super::*;
 use crate::model::ext_authz::{MetadataMatcher, MetadataValueMatch};
 use crate::model::filter::Fraction;
@@ -134,7 +137,7 @@ fn a_grpc_check_describes_the_request() {
     let AuthzService::Grpc(service) = &policy.service else {
         unreachable!()
     };
-    let req = grpc_request(service, &check).unwrap();
+    let req = check_call(service, &check).unwrap();
     assert_eq!(
         req.uri().to_string(),
         "http://authz.local/envoy.service.auth.v3.Authorization/Check"
@@ -207,7 +210,7 @@ fn raw_headers_and_an_allow_list() {
     let AuthzService::Grpc(service) = &policy.service else {
         unreachable!()
     };
-    let attrs = decode_check(&grpc_request(service, &check).unwrap())
+    let attrs = decode_check(&check_call(service, &check).unwrap())
         .attributes
         .unwrap();
     let http = attrs.request.unwrap().http.unwrap();
