@@ -37,7 +37,7 @@ use crate::model::ext_authz::{AuthzService, ExtAuthzPolicy, HttpAuthzService};
 use crate::model::filter::GrpcService;
 use crate::model::StringMatcher;
 use crate::rbac::Subject;
-use crate::services::{Reply, Services};
+use crate::services::{HeaderValueProto, Reply, Services};
 use crate::traffic::router::RequestHead;
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -151,17 +151,6 @@ struct HttpRequest {
 struct HeaderMapProto {
     #[prost(message, repeated, tag = "1")]
     headers: Vec<HeaderValueProto>,
-}
-
-/// `config.core.v3.HeaderValue`.
-#[derive(Clone, PartialEq, Message)]
-struct HeaderValueProto {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(string, tag = "2")]
-    value: String,
-    #[prost(bytes = "vec", tag = "3")]
-    raw_value: Vec<u8>,
 }
 
 /// `AttributeContext.TLSSession`.

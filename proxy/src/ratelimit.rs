@@ -21,7 +21,7 @@ use prost::Message;
 
 use crate::filters::{Descriptor, StreamDone};
 use crate::model::filter::GrpcService;
-use crate::services::{Reply, Services};
+use crate::services::{HeaderValueProto, Reply, Services};
 
 const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
@@ -108,17 +108,6 @@ struct CurrentLimit {
     unit: i32,
     #[prost(string, tag = "3")]
     name: String,
-}
-
-/// `config.core.v3.HeaderValue`.
-#[derive(Clone, PartialEq, Message)]
-struct HeaderValueProto {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(string, tag = "2")]
-    value: String,
-    #[prost(bytes = "vec", tag = "3")]
-    raw_value: Vec<u8>,
 }
 
 /// `google.protobuf.Duration`.

@@ -107,6 +107,17 @@ pub(crate) fn grpc_request(
     Ok(req)
 }
 
+/// `config.core.v3.HeaderValue`, as the services' messages carry headers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct HeaderValueProto {
+    #[prost(string, tag = "1")]
+    pub(crate) key: String,
+    #[prost(string, tag = "2")]
+    pub(crate) value: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub(crate) raw_value: Vec<u8>,
+}
+
 /// A boxed future borrowing its caller.
 pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
