@@ -24,13 +24,14 @@ cargo build --release --locked -p myelin -p myelin-testbed --bins
 echo "== cargo clippy -D warnings"
 cargo clippy --release --locked --all-targets --all-features -- -D warnings
 
-echo "== fuzz (bounded): xDS decode + conversion, the HTTP/1.1 codec, the HTTP/2 server"
+echo "== fuzz (bounded): xDS decode + conversion, the HTTP/1.1 codec, the HTTP/2 server, PROXY headers"
 # Untrusted bytes must never panic: control-plane resources (xds_convert, 30 s here) and the
 # HTTP/1.1 heads and bodies apps and upstreams send (http1_codec, 20 s), the HTTP/2 frames
-# apps send to the proxy's own server (http2_server, 20 s). Run longer by hand
+# apps send to the proxy's own server (http2_server, 20 s), the PROXY protocol headers
+# clients send to listeners that read them (proxy_protocol, 10 s). Run longer by hand
 # with: cargo +nightly fuzz run --fuzz-dir fuzz <target>
 mkdir -p target
-for spec in xds_convert:30 http1_codec:20 http2_server:20; do
+for spec in xds_convert:30 http1_codec:20 http2_server:20 proxy_protocol:10; do
   name=${spec%%:*} secs=${spec##*:}
   if ! cargo +nightly fuzz run --fuzz-dir fuzz "$name" -- -max_total_time="$secs" \
       -rss_limit_mb=4096 > "target/fuzz-$name.log" 2>&1; then

@@ -117,6 +117,32 @@ where
 /// a server that speaks first (its connection already open, as behind the HBONE server)
 /// is not kept waiting for the sniff timeout.
 pub(crate) async fn detect_or<T>(
+    io: T,
+    timeout: Duration,
+    server_spoke: impl std::future::Future<Output = ()>,
+) -> io::Result<(Protocol, Rewind<T>)>
+where
+    T: AsyncRead + Unpin,
+{
+    detect_after(Bytes::new(), io, timeout, server_spoke).await
+}
+
+/// [`detect`] on a connection whose first bytes, `read`, were read already (those after
+/// a PROXY protocol header): they are classified first, and come back in front of the
+/// stream with what is read after them.
+pub(crate) async fn detect_from<T>(
+    read: Bytes,
+    io: T,
+    timeout: Duration,
+) -> io::Result<(Protocol, Rewind<T>)>
+where
+    T: AsyncRead + Unpin,
+{
+    detect_after(read, io, timeout, std::future::pending()).await
+}
+
+async fn detect_after<T>(
+    read: Bytes,
     mut io: T,
     timeout: Duration,
     server_spoke: impl std::future::Future<Output = ()>,
@@ -124,10 +150,15 @@ pub(crate) async fn detect_or<T>(
 where
     T: AsyncRead + Unpin,
 {
+    if let Verdict::Is(p) = classify(&read[..read.len().min(MAX_SNIFF)]) {
+        return Ok((p, Rewind::new(read, io)));
+    }
+    // Still undecided: shorter than the longest thing looked for.
     tokio::pin!(server_spoke);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; MAX_SNIFF];
-    let mut len = 0;
+    buf[..read.len()].copy_from_slice(&read);
+    let mut len = read.len();
     let protocol = loop {
         // An empty buffer is a prefix of every method, so this never decides before the
         // first read; a full buffer always decides (it holds a whole longest method).
@@ -165,10 +196,6 @@ pub(crate) struct ClientHelloInfo {
 /// The largest ClientHello read before giving up on it (Envoy's `tls_inspector` default
 /// `max_client_hello_size`).
 const MAX_CLIENT_HELLO: usize = 64 * 1024;
-
-/// How long a client that began a TLS handshake has to finish its ClientHello (Envoy's
-/// `listener_filters_timeout` default).
-pub(crate) const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the bytes seen so far say about a ClientHello: `Ok(Some)` parsed, `Ok(None)` a
 /// prefix of one (read more), `Err` not a ClientHello. rustls' `Acceptor` parses a copy
@@ -209,14 +236,14 @@ pub(crate) fn parse_client_hello(buf: &[u8]) -> Result<Option<ClientHelloInfo>, 
 /// put back.
 pub(crate) async fn client_hello<T>(
     stream: Rewind<T>,
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> io::Result<(Option<ClientHelloInfo>, Rewind<T>)>
 where
     T: AsyncRead + Unpin,
 {
     let (prefix, mut io) = stream.into_parts();
     let mut buf = bytes::BytesMut::from(&prefix[..]);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let info = loop {
         match parse_client_hello(&buf) {
             Ok(Some(info)) => break Some(info),
@@ -225,7 +252,11 @@ where
             Ok(None) => {}
         }
         buf.reserve(4096);
-        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+        let read = match deadline {
+            Some(d) => tokio::time::timeout_at(d, io.read_buf(&mut buf)).await,
+            None => Ok(io.read_buf(&mut buf).await),
+        };
+        match read {
             Ok(Ok(0)) | Err(_) => break None,
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
@@ -472,7 +503,9 @@ mod tests {
             })
         };
         let stream = Rewind::new(Bytes::copy_from_slice(first), server);
-        let (info, mut io) = client_hello(stream, Duration::from_secs(5)).await.unwrap();
+        let (info, mut io) = client_hello(stream, Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
         writer.await.unwrap();
         assert_eq!(
             info,

@@ -14,6 +14,7 @@ use crate::error::ProxyError;
 use crate::hbone;
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
+use crate::proxy_protocol;
 use crate::tcp;
 use crate::tls::origin::{Alpn, TlsOrigin};
 use crate::tls::SpiffeId;
@@ -164,27 +165,63 @@ pub(crate) async fn dial(
     hbone: Option<&HboneRoute>,
     keepalive: Option<tcp::Keepalive>,
     tls: Option<(&TlsOrigin, Alpn, Option<&str>)>,
+    proxy: Option<&proxy_protocol::Header>,
 ) -> Result<BoxIo, ProxyError> {
     let Some(r) = hbone else {
         return match tls {
-            None => Ok(Box::new(tcp::connect(addr, timeout, keepalive).await?)),
+            None => {
+                let started = tokio::time::Instant::now();
+                let mut tcp = tcp::connect(addr, timeout, keepalive).await?;
+                if let Some(h) = proxy {
+                    send_proxy_header(&mut tcp, h, addr, (started, timeout)).await?;
+                }
+                Ok(Box::new(tcp))
+            }
             Some((tls, alpn, sni)) => Ok(Box::new(
-                dial_tls(addr, timeout, keepalive, tls, alpn, sni).await?,
+                dial_tls(addr, timeout, keepalive, tls, alpn, sni, proxy).await?,
             )),
         };
     };
-    let connect = r
-        .client
-        .connect_any(&r.key, &r.also, addr, r.headers.clone());
+    let connect = async {
+        let mut tunnel = r
+            .client
+            .connect_any(&r.key, &r.also, addr, r.headers.clone())
+            .await
+            .map_err(|source| ProxyError::Hbone { addr, source })?;
+        // Inside the tunnel: the header is the endpoint's, whatever carries it.
+        if let Some(h) = proxy {
+            proxy_protocol::send(&mut tunnel, h, None)
+                .await
+                .map_err(|e| ProxyError::connect(addr, e))?;
+        }
+        Ok(tunnel)
+    };
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(tunnel)) => Ok(Box::new(tunnel)),
-        Ok(Err(source)) => Err(ProxyError::Hbone { addr, source }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ProxyError::connect_timeout(addr, timeout)),
+    }
+}
+
+/// Writes the PROXY protocol header on a fresh TCP connection to `addr`, within the
+/// connect `timeout` that began at `started`.
+pub(crate) async fn send_proxy_header(
+    tcp: &mut tokio::net::TcpStream,
+    header: &proxy_protocol::Header,
+    addr: SocketAddr,
+    (started, timeout): (tokio::time::Instant, Duration),
+) -> Result<(), ProxyError> {
+    let own = tcp.local_addr().ok().zip(tcp.peer_addr().ok());
+    let send = proxy_protocol::send(tcp, header, own);
+    match tokio::time::timeout_at(started + timeout, send).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ProxyError::connect(addr, e)),
         Err(_) => Err(ProxyError::connect_timeout(addr, timeout)),
     }
 }
 
 /// A TCP connection to `addr` and `tls` over it, within `timeout` (the handshake
-/// included).
+/// included); `proxy`: a PROXY protocol header first (before the ClientHello).
 pub(crate) async fn dial_tls(
     addr: SocketAddr,
     timeout: Duration,
@@ -192,9 +229,13 @@ pub(crate) async fn dial_tls(
     tls: &TlsOrigin,
     alpn: Alpn,
     sni: Option<&str>,
+    proxy: Option<&proxy_protocol::Header>,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ProxyError> {
     let started = tokio::time::Instant::now();
-    let tcp = tcp::connect(addr, timeout, keepalive).await?;
+    let mut tcp = tcp::connect(addr, timeout, keepalive).await?;
+    if let Some(h) = proxy {
+        send_proxy_header(&mut tcp, h, addr, (started, timeout)).await?;
+    }
     let handshake = tls.connect(addr, tcp, alpn, sni);
     match tokio::time::timeout_at(started + timeout, handshake).await {
         Ok(Ok(stream)) => Ok(stream),

@@ -1,6 +1,6 @@
 //! Entry points for `fuzz/` (feature `fuzzing`): the HTTP/1.1 wire format of the proxy's own
-//! client and server and its HTTP/2 server read bytes from apps and upstreams, which are
-//! untrusted. Each entry
+//! client and server, its HTTP/2 server and the PROXY protocol listener filter read bytes
+//! from apps, load balancers and upstreams, which are untrusted. Each entry
 //! point panics when an invariant breaks, which is what the fuzzer looks for.
 
 use bytes::BytesMut;
@@ -170,6 +170,13 @@ pub fn http2(data: &[u8]) {
             rest = &rest[9 + len..];
         }
     });
+}
+
+/// Decides what `data` (after a control byte choosing the listener's settings) begins with
+/// as the PROXY protocol listener filter does, checking its invariants
+/// (`proxy_protocol::check_decide`).
+pub fn proxy_protocol(data: &[u8]) {
+    crate::proxy_protocol::check_decide(data);
 }
 
 #[cfg(test)]

@@ -562,6 +562,7 @@ impl ServerInner {
         }
         let conn = Arc::new(HttpConn::new(HttpConnParams {
             peer,
+            proxied: None,
             // Its certificate's: the tunnel is mutual TLS.
             identity: Some(source.principal.clone()),
             sni: None,

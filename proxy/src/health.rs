@@ -684,19 +684,41 @@ impl Dialer {
         };
         let timeout = target.cluster.connect_timeout.min(self.timeout);
         let keepalive = target.cluster.tcp_keepalive.as_ref().map(Into::into);
+        // The cluster's PROXY protocol header, as for a connection with no downstream
+        // (Envoy's health checker: v1 with the connection's own addresses, v2 `LOCAL`).
+        let proxy = target
+            .cluster
+            .proxy_protocol_of(self.host.socket)
+            .map(|pp| crate::proxy_protocol::upstream_header(pp, None));
+        let network = |e: crate::error::ProxyError| Outcome::Network(e.to_string());
         let io: BoxIo = match target.tls_origin(self.host.socket) {
-            None => Box::new(
-                crate::tcp::connect(addr, timeout, keepalive)
+            None => {
+                let started = tokio::time::Instant::now();
+                let mut tcp = crate::tcp::connect(addr, timeout, keepalive)
                     .await
-                    .map_err(|e| Outcome::Network(e.to_string()))?,
-            ),
+                    .map_err(network)?;
+                if let Some(h) = &proxy {
+                    dial::send_proxy_header(&mut tcp, h, addr, (started, timeout))
+                        .await
+                        .map_err(network)?;
+                }
+                Box::new(tcp)
+            }
             Some(Err(why)) => return Err(Outcome::Network(why.to_owned())),
             Some(Ok(origin)) => {
                 let origin = origin.clone();
                 Box::new(
-                    dial::dial_tls(addr, timeout, keepalive, &origin, alpn, None)
-                        .await
-                        .map_err(|e| Outcome::Network(e.to_string()))?,
+                    dial::dial_tls(
+                        addr,
+                        timeout,
+                        keepalive,
+                        &origin,
+                        alpn,
+                        None,
+                        proxy.as_ref(),
+                    )
+                    .await
+                    .map_err(network)?,
                 )
             }
         };

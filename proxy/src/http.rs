@@ -58,6 +58,7 @@ use crate::model::listener::{
     DEFAULT_MAX_REQUEST_HEADERS_KB,
 };
 use crate::model::local_reply::LocalReplyConfig;
+use crate::model::proxy_protocol::UpstreamProxyProtocol;
 use crate::model::route::{Action, ClusterSpecifier, HostRewrite, MirrorCluster, RetryPolicy};
 use crate::model::ProxyConfig;
 use crate::outbound::Source;
@@ -121,7 +122,11 @@ impl Reporter {
 
 /// State shared by the requests of one downstream HTTP/1 connection.
 pub(crate) struct HttpConn {
+    /// The client's address: the connection's peer, or the client a PROXY protocol header
+    /// named (Envoy's downstream remote address).
     peer: SocketAddr,
+    /// What a PROXY protocol header said besides (the physical peer, TLVs).
+    proxied: Option<Arc<crate::proxy_protocol::Proxied>>,
     /// The client's identity, for RBAC: its certificate's (a listener's downstream TLS, an
     /// HBONE tunnel), or the SPIFFE ID of the workload of this node it is.
     identity: Option<Arc<str>>,
@@ -212,6 +217,8 @@ pub(crate) struct Target {
     /// TLS of the proxy's own over the TCP connection: an endpoint outside the mesh of a
     /// cluster with upstream TLS.
     pub(crate) origin: Option<Box<upstream::TlsTarget>>,
+    /// The PROXY protocol header the cluster's connections open with.
+    pub(crate) proxy_protocol: Option<Arc<UpstreamProxyProtocol>>,
 }
 
 /// The request body as the proxy forwards it (its bytes counted for the golden metrics).
@@ -311,6 +318,7 @@ impl Decision {
 /// Everything [`HttpConn::new`] needs.
 pub(crate) struct HttpConnParams {
     pub(crate) peer: SocketAddr,
+    pub(crate) proxied: Option<Arc<crate::proxy_protocol::Proxied>>,
     /// The client's identity, when it has one (see [`HttpConn::identity`]).
     pub(crate) identity: Option<Arc<str>>,
     /// The SNI of a connection whose TLS the listener terminated.
@@ -374,6 +382,7 @@ impl HttpConn {
     pub(crate) fn new(p: HttpConnParams) -> Self {
         Self {
             peer: p.peer,
+            proxied: p.proxied,
             identity: p.identity,
             sni: p.sni,
             dst: p.dst,
@@ -740,6 +749,7 @@ impl HttpConn {
                         life: upstream::ConnLife::default(),
                         tls: false,
                         origin: None,
+                        proxy_protocol: None,
                     };
                     let dest = self.destination(None, Some(self.dst), authority(&req));
                     *deadlines = Deadlines::new(None, None, &self.timeouts);
@@ -1164,6 +1174,7 @@ impl HttpConn {
                 client: crate::rbac::Subject {
                     head: None,
                     peer: self.peer,
+                    direct: self.proxied.as_ref().map_or(self.peer, |p| p.direct).ip(),
                     remote_ip: client,
                     local: self.dst,
                     sni: self.sni.as_deref(),
@@ -1561,6 +1572,7 @@ impl HttpConn {
             .origin
             .as_ref()
             .expect("discovery is for TLS endpoints");
+        let ep = self.endpoint(target.clone())?;
         let tls = crate::dial::dial_tls(
             target.addr,
             target.connect_timeout,
@@ -1568,6 +1580,7 @@ impl HttpConn {
             &t.origin,
             Alpn::Auto,
             t.sni.as_deref(),
+            ep.proxy.as_ref(),
         )
         .await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -1577,16 +1590,26 @@ impl HttpConn {
         } else {
             UpstreamProtocol::Http1
         };
-        let ep = upstream::Endpoint {
-            protocol,
-            ..self.endpoint(target.clone())?
-        };
+        let ep = upstream::Endpoint { protocol, ..ep };
         self.pools.adopt_for(&ep, Box::new(tls), self.peer).await?;
         Ok(protocol)
     }
 
-    /// The pooled upstream for `target`, reached as [`HttpConn::reach`] says.
+    /// The pooled upstream for `target`, reached as [`HttpConn::reach`] says, for this
+    /// connection's requests.
     fn endpoint(&self, target: Target) -> Result<upstream::Endpoint, ProxyError> {
+        self.endpoint_for(target, true)
+    }
+
+    /// [`HttpConn::endpoint`]; `downstream`: for a request of this connection (its client
+    /// named in a PROXY protocol header), else for a call a filter makes on its own
+    /// (Envoy's async client: no downstream, so a `LOCAL` header).
+    fn endpoint_for(
+        &self,
+        target: Target,
+        downstream: bool,
+    ) -> Result<upstream::Endpoint, ProxyError> {
+        let proxy = self.proxy_header(&target, downstream);
         Ok(upstream::Endpoint {
             addr: target.addr,
             protocol: target.protocol,
@@ -1595,6 +1618,24 @@ impl HttpConn {
             life: target.life,
             hbone: self.reach(target.addr)?,
             tls: target.origin,
+            proxy,
+        })
+    }
+
+    /// The PROXY protocol header of `target`'s cluster, for a connection made for this
+    /// one (`downstream`) or for a filter's own call.
+    fn proxy_header(
+        &self,
+        target: &Target,
+        downstream: bool,
+    ) -> Option<crate::proxy_protocol::Header> {
+        target.proxy_protocol.as_ref().map(|pp| {
+            let d = downstream.then(|| crate::proxy_protocol::Downstream {
+                remote: self.peer,
+                local: self.dst,
+                tlvs: self.proxied.as_ref().map_or(&[], |p| &p.tlvs[..]),
+            });
+            crate::proxy_protocol::upstream_header(pp, d)
         })
     }
 
@@ -1625,6 +1666,7 @@ impl HttpConn {
                 .origin
                 .as_deref()
                 .map(|t| (&*t.origin, Alpn::AsConfigured, t.sni.as_deref())),
+            self.proxy_header(&target, true).as_ref(),
         )
         .await?;
         let body = if self.downstream == Protocol::Http2 {
@@ -2031,6 +2073,7 @@ pub(crate) async fn pick_endpoint(
                 discover,
             })
         }),
+        proxy_protocol: cluster.cluster.proxy_protocol_of(picked.socket()).cloned(),
     };
     Ok(PickedEndpoint {
         endpoint,
@@ -2071,7 +2114,9 @@ impl crate::services::Services for HttpConn {
             let pick = pick_endpoint(&cluster, None, Protocol::Http2, &[], None, None)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut ep = self.endpoint(pick.target).map_err(|e| e.to_string())?;
+            let mut ep = self
+                .endpoint_for(pick.target, false)
+                .map_err(|e| e.to_string())?;
             if let Some(t) = &mut ep.tls {
                 t.sni = t.origin.sni_for(req.uri(), req.headers());
             }
@@ -2107,7 +2152,7 @@ impl crate::services::Services for HttpConn {
             let pick = pick_endpoint(c, None, Protocol::Http2, &[], None, None)
                 .now_or_never()?
                 .ok()?;
-            Some((in_flight, self.endpoint(pick.target).ok()?))
+            Some((in_flight, self.endpoint_for(pick.target, false).ok()?))
         });
         let Some((in_flight, ep)) = picked else {
             debug!(target: "myelin::ratelimit", %cluster, "stream-done call skipped: no endpoint now");
@@ -2663,6 +2708,7 @@ mod tests {
         }];
         HttpConn::new(HttpConnParams {
             peer: "10.0.0.9:40000".parse().unwrap(),
+            proxied: None,
             identity: None,
             sni: None,
             dst: "10.0.0.7:80".parse().unwrap(),

@@ -57,6 +57,7 @@ mod mirror;
 pub mod model;
 mod outbound;
 mod path;
+mod proxy_protocol;
 mod ratelimit;
 mod rbac;
 mod retry;

@@ -34,6 +34,7 @@
 //! | `proxy_rate_limit_service_total`               | counter   | `stat_prefix`, `outcome` (`ok`, `over_limit`, `over_limit_not_enforced`, `error_allowed`, `error_denied`) |
 //! | `proxy_ext_authz_total`                        | counter   | `stat_prefix`, `outcome` (`ok`, `denied`, `error`, `failure_mode_allowed`, `invalid`, `disabled`) |
 //! | `proxy_compressor_total`                       | counter   | `encoding` (`gzip`, `br`, `zstd`), `outcome` (`compressed`, `not_compressed`) |
+//! | `proxy_proxy_protocol_total`                   | counter   | `stat_prefix`, `version` (`v1`, `v2`, `none`), `outcome` (`found`, `not_found_allowed`, `disallowed`, `invalid`, `timeout`, `closed`) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -127,6 +128,17 @@ pub struct RateLimitLabels {
     /// The filter config's `stat_prefix`.
     pub stat_prefix: StatPrefix,
     /// `ok`, `limited_not_enforced` or `enforced`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `proxy_proxy_protocol`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyProtocolLabels {
+    /// The listener filter's `stat_prefix`.
+    pub stat_prefix: StatPrefix,
+    /// `v1`, `v2`, or `none` (no header, or not known which).
+    pub version: &'static str,
+    /// `found`, `not_found_allowed`, `disallowed`, `invalid`, `timeout` or `closed`.
     pub outcome: &'static str,
 }
 
@@ -392,6 +404,7 @@ pub struct ProxyMetrics {
     pub(crate) rate_limit_service: Family<RateLimitLabels, Counter>,
     pub(crate) ext_authz: Family<RateLimitLabels, Counter>,
     pub(crate) compressor: Family<CompressorLabels, Counter>,
+    pub(crate) proxy_protocol: Family<ProxyProtocolLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
     pub(crate) head_timeouts: Family<HeadTimeoutLabels, Counter>,
     /// Same-node connections and requests refused by the inbound policy.
@@ -443,6 +456,7 @@ impl ProxyMetrics {
             rate_limit_service: Family::default(),
             ext_authz: Family::default(),
             compressor: Family::default(),
+            proxy_protocol: Family::default(),
             headers_with_underscores: Family::default(),
             head_timeouts: Family::default(),
             local_refused: Family::default(),
@@ -635,6 +649,17 @@ impl ProxyMetrics {
             m.ext_authz.clone(),
         );
         registry.register(
+            "proxy_proxy_protocol",
+            "Connections to listeners with the PROXY protocol filter \
+             (envoy.filters.listener.proxy_protocol), by the filter's stat_prefix, the header's \
+             version and outcome: found (served as the header says), not_found_allowed (no \
+             header, served as it is), disallowed (a version the listener does not take: \
+             closed), invalid (closed), timeout (no whole header within \
+             listener_filters_timeout: closed, or served as it is with \
+             continue_on_listener_filters_timeout), closed (the client left first)",
+            m.proxy_protocol.clone(),
+        );
+        registry.register(
             "proxy_compressor",
             "Responses a compressor filter (envoy.filters.http.compressor) found compressible, \
              by the encoding of the filter that would compress them and outcome: compressed, \
@@ -740,6 +765,22 @@ impl ProxyMetrics {
     pub(crate) fn compressor(&self, encoding: &'static str, outcome: &'static str) {
         self.compressor
             .get_or_create(&CompressorLabels { encoding, outcome })
+            .inc();
+    }
+
+    /// A connection the PROXY protocol listener filter read.
+    pub(crate) fn proxy_protocol(
+        &self,
+        stat_prefix: &Arc<str>,
+        version: Option<crate::model::proxy_protocol::ProxyProtocolVersion>,
+        outcome: &'static str,
+    ) {
+        self.proxy_protocol
+            .get_or_create(&ProxyProtocolLabels {
+                stat_prefix: StatPrefix(stat_prefix.clone()),
+                version: version.map_or("none", |v| v.as_str()),
+                outcome,
+            })
             .inc();
     }
 

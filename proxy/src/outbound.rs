@@ -26,9 +26,11 @@ use crate::metrics::{MissReason, ProtocolLabels, UNKNOWN};
 use crate::model::filter::HttpFilters;
 use crate::model::listener::{
     HeaderHandling, Listener, NetworkFilter, RouteSource, TcpCluster, Tunneling,
-    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTENER_FILTERS_TIMEOUT,
 };
+use crate::model::proxy_protocol::ProxyProtocolListener;
 use crate::model::rbac::RbacConfig;
+use crate::proxy_protocol;
 use crate::stream::Rewind;
 use crate::tcp;
 use crate::tls::terminate::TlsTermination;
@@ -123,25 +125,26 @@ async fn try_handle(
     }
 
     let start = Instant::now();
-    let (protocol, stream) = if listener.as_deref().is_some_and(declares_opaque) {
-        // The listener declares the protocol: only TCP proxies, no chain looks at what
-        // the client sends. No sniffing, so a server-first protocol waits for nothing.
-        (
-            Protocol::Opaque,
-            crate::stream::Rewind::new(bytes::Bytes::new(), stream),
-        )
-    } else {
-        let detected = Box::pin(detect::detect(stream, config.sniff_timeout))
-            .await
-            .map_err(|source| ProxyError::Sniff { peer, source })?;
-        metrics
-            .protocol_detect_duration
-            .get_or_create(&ProtocolLabels {
-                protocol: detected.0,
-            })
-            .observe(start.elapsed().as_secs_f64());
-        detected
+    // The listener's filters: a PROXY protocol header first, then (below) a ClientHello,
+    // within the listener's `listener_filters_timeout` together. Boxed: its state (the
+    // header's, the sniffer's) is not held by every connection.
+    let accepted = Box::pin(accept(inner, stream, listener.as_deref(), peer, dst))
+        .await
+        .map_err(|source| ProxyError::Sniff { peer, source })?;
+    // What a PROXY protocol header said: the client and the address it connected to
+    // (Envoy's downstream remote address and restored local address) replace `peer` and
+    // `dst` from here on (the physical peer is kept in `proxied`). The source workload
+    // and its identity stay those of the physical peer.
+    let Some(accepted) = accepted else {
+        return Ok(());
     };
+    let Accepted {
+        proxied,
+        peer,
+        dst,
+        protocol,
+        stream,
+    } = *accepted;
     let labels = ProtocolLabels { protocol };
 
     // A TLS ClientHello to a listener: read whole for its SNI and ALPN, which filter
@@ -152,7 +155,13 @@ async fn try_handle(
             && protocol == Protocol::Opaque
             && stream.prefix().first() == Some(&0x16)
         {
-            Box::pin(detect::client_hello(stream, detect::CLIENT_HELLO_TIMEOUT))
+            let timeout = listener
+                .as_ref()
+                .map_or(Some(DEFAULT_LISTENER_FILTERS_TIMEOUT), |l| {
+                    l.listener_filters.timeout
+                });
+            let left = timeout.map(|t| (start + t).saturating_duration_since(Instant::now()));
+            Box::pin(detect::client_hello(stream, left))
                 .await
                 .map_err(|source| ProxyError::Sniff { peer, source })?
         } else {
@@ -184,7 +193,8 @@ async fn try_handle(
             Some(r) if plan.terminate().is_none() => {
                 let sni = hello.as_ref().and_then(|h| h.server_name.as_deref());
                 let id = identity.as_deref();
-                if !network_rbac(inner, &r, peer, dst, sni, id) {
+                let direct = proxied.as_ref().map_or(peer, |p| p.direct);
+                if !network_rbac(inner, &r, (peer, direct), dst, sni, id) {
                     metrics.connections_opened.get_or_create(&labels).inc();
                     metrics.connections_closed.get_or_create(&labels).inc();
                     return Ok(());
@@ -202,6 +212,7 @@ async fn try_handle(
     // this future.
     let mut client = Box::new(Client {
         peer,
+        proxied,
         source,
         identity,
         sni: None,
@@ -266,14 +277,7 @@ async fn try_handle(
             match plan.terminate() {
                 None => {
                     Box::pin(serve_opaque(
-                        inner,
-                        &traffic,
-                        stream,
-                        peer,
-                        dst,
-                        captured,
-                        &client.source,
-                        plan,
+                        inner, &traffic, stream, &client, dst, captured, plan,
                     ))
                     .await
                 }
@@ -283,17 +287,7 @@ async fn try_handle(
                         if !tls_client(inner, &mut client, stream.get_ref().1, dst) {
                             return Ok(());
                         }
-                        serve_opaque(
-                            inner,
-                            &traffic,
-                            stream,
-                            peer,
-                            dst,
-                            captured,
-                            &client.source,
-                            plan,
-                        )
-                        .await
+                        serve_opaque(inner, &traffic, stream, &client, dst, captured, plan).await
                     })
                     .await
                 }
@@ -312,12 +306,12 @@ async fn serve_opaque<D: tcp::Downstream>(
     inner: &Arc<Inner>,
     traffic: &Arc<Traffic>,
     stream: D,
-    peer: SocketAddr,
+    client: &Client,
     dst: SocketAddr,
     captured: bool,
-    source: &Source,
     plan: Plan,
 ) -> Result<(), ProxyError> {
+    let (peer, source) = (client.peer, &client.source);
     let metrics = &inner.metrics;
     let config = &inner.config;
     let tcp_service = match &plan {
@@ -345,6 +339,7 @@ async fn serve_opaque<D: tcp::Downstream>(
             life: crate::upstream::ConnLife::default(),
             tls: false,
             origin: None,
+            proxy_protocol: None,
         }),
     };
     match upstream {
@@ -378,6 +373,11 @@ async fn serve_opaque<D: tcp::Downstream>(
                     });
                 }
             };
+            // The cluster's PROXY protocol header, naming this connection.
+            let proxy_header = upstream
+                .proxy_protocol
+                .as_ref()
+                .map(|pp| proxy_protocol::upstream_header(pp, Some(client.downstream(dst))));
             let http_tunnel = match tunneling
                 .as_ref()
                 .map(|t| http_tunnel(t, dst, &upstream, &inner.pools))
@@ -409,6 +409,7 @@ async fn serve_opaque<D: tcp::Downstream>(
                     keepalive: upstream.keepalive,
                     http_tunnel,
                     tls: upstream.origin.as_ref().map(|t| t.origin.clone()),
+                    proxy_header,
                 },
                 source,
                 metrics,
@@ -706,7 +707,10 @@ async fn tcp_upstream(
 
 /// Who an HTTP connection comes from.
 struct Client {
+    /// The client's address: as a PROXY protocol header said, else the connection's peer.
     peer: SocketAddr,
+    /// What a PROXY protocol header said besides (the physical peer, TLVs).
+    proxied: Option<Arc<proxy_protocol::Proxied>>,
     source: Source,
     /// For RBAC: the client certificate's identity, else the workload's SPIFFE ID.
     identity: Option<Arc<str>>,
@@ -733,6 +737,7 @@ where
 {
     let Client {
         peer,
+        proxied,
         source,
         identity,
         sni,
@@ -740,6 +745,7 @@ where
     } = client;
     let conn = Arc::new(HttpConn::new(HttpConnParams {
         peer,
+        proxied,
         identity,
         sni,
         dst,
@@ -761,6 +767,135 @@ where
     Ok(())
 }
 
+impl Client {
+    /// The physical peer (RBAC `direct_remote_ip`), whatever a PROXY protocol header said.
+    fn direct(&self) -> SocketAddr {
+        self.proxied.as_ref().map_or(self.peer, |p| p.direct)
+    }
+
+    /// The downstream connection as upstream PROXY protocol headers name it.
+    fn downstream(&self, dst: SocketAddr) -> proxy_protocol::Downstream<'_> {
+        proxy_protocol::Downstream {
+            remote: self.peer,
+            local: dst,
+            tlvs: self.proxied.as_ref().map_or(&[], |p| &p.tlvs[..]),
+        }
+    }
+}
+
+/// A connection after its PROXY protocol header (when its listener reads one) and
+/// protocol detection.
+struct Accepted {
+    /// What the header said besides the addresses.
+    proxied: Option<Arc<proxy_protocol::Proxied>>,
+    /// The client: as the header said, else the connection's peer.
+    peer: SocketAddr,
+    /// Where it connected to: as the header said, else the original destination or the
+    /// listener's address.
+    dst: SocketAddr,
+    protocol: Protocol,
+    /// The stream with every byte read so far after the header put back.
+    stream: Rewind<TcpStream>,
+}
+
+/// Reads the PROXY protocol header `listener` expects, then detects the protocol (unless
+/// the listener declares it); `None`: the header filter closed the connection.
+async fn accept(
+    inner: &Inner,
+    mut stream: TcpStream,
+    listener: Option<&Listener>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> std::io::Result<Option<Box<Accepted>>> {
+    let metrics = &inner.metrics;
+    let (proxied, peer, dst, read) =
+        match listener.and_then(|l| l.listener_filters.proxy_protocol.as_ref().map(|pp| (l, pp))) {
+            None => (None, peer, dst, bytes::Bytes::new()),
+            Some((l, pp)) => {
+                let f = &l.listener_filters;
+                let timeouts = (f.timeout, f.continue_on_timeout);
+                match proxy_header(metrics, &mut stream, pp, timeouts, (peer, dst)).await {
+                    Some(found) => found,
+                    None => return Ok(None),
+                }
+            }
+        };
+    let (protocol, stream) = if listener.is_some_and(declares_opaque) {
+        // The listener declares the protocol: only TCP proxies, no chain looks at what
+        // the client sends. No sniffing, so a server-first protocol waits for nothing.
+        (Protocol::Opaque, Rewind::new(read, stream))
+    } else {
+        let start = Instant::now();
+        let detected = detect::detect_from(read, stream, inner.config.sniff_timeout).await?;
+        metrics
+            .protocol_detect_duration
+            .get_or_create(&ProtocolLabels {
+                protocol: detected.0,
+            })
+            .observe(start.elapsed().as_secs_f64());
+        detected
+    };
+    Ok(Some(Box::new(Accepted {
+        proxied,
+        peer,
+        dst,
+        protocol,
+        stream,
+    })))
+}
+
+/// The PROXY protocol listener filter on a connection from `peer` to `dst`: what it is
+/// left with (what the header said besides the addresses, the client, the address it
+/// connected to, the bytes read after the header), or `None` when it is to be closed.
+/// Counted in `myelin_proxy_proxy_protocol_total`.
+async fn proxy_header(
+    metrics: &crate::metrics::ProxyMetrics,
+    stream: &mut TcpStream,
+    pp: &ProxyProtocolListener,
+    (timeout, continue_on_timeout): (Option<Duration>, bool),
+    (peer, dst): (SocketAddr, SocketAddr),
+) -> Option<(
+    Option<Arc<proxy_protocol::Proxied>>,
+    SocketAddr,
+    SocketAddr,
+    bytes::Bytes,
+)> {
+    use proxy_protocol::{Read, ReadError};
+    let count = |version, outcome| metrics.proxy_protocol(&pp.stat_prefix, version, outcome);
+    match proxy_protocol::read(stream, pp, timeout).await {
+        Ok(Read::Header(h, rest)) => {
+            count(Some(h.version), "found");
+            let (remote, local) = h.addresses.unwrap_or((peer, dst));
+            let proxied = proxy_protocol::Proxied {
+                direct: peer,
+                tlvs: h.tlvs,
+            };
+            Some((Some(Arc::new(proxied)), remote, local, rest))
+        }
+        Ok(Read::NotFound(read)) => {
+            count(None, "not_found_allowed");
+            Some((None, peer, dst, read))
+        }
+        Err(e) => {
+            match &e {
+                ReadError::Invalid(v, _) => count(*v, "invalid"),
+                ReadError::Disallowed(v) => count(Some(*v), "disallowed"),
+                ReadError::TimedOut(..) => count(None, "timeout"),
+                ReadError::Closed | ReadError::Io(_) => count(None, "closed"),
+            }
+            match e {
+                ReadError::TimedOut(_, read) if continue_on_timeout => {
+                    Some((None, peer, dst, read))
+                }
+                e => {
+                    debug!(%peer, error = %e, "connection closed by the PROXY protocol filter");
+                    None
+                }
+            }
+        }
+    }
+}
+
 /// What terminated TLS says of the client: its SNI, and its certificate's identity in
 /// place of any other; then the chain's RBAC filters decide (`false`: the caller closes
 /// the connection).
@@ -778,7 +913,7 @@ fn tls_client(
         Some(rbac) => network_rbac(
             inner,
             &rbac,
-            client.peer,
+            (client.peer, client.direct()),
             dst,
             client.sni.as_deref(),
             client.identity.as_deref(),
@@ -792,7 +927,7 @@ fn tls_client(
 fn network_rbac(
     inner: &Inner,
     rbac: &[RbacConfig],
-    peer: SocketAddr,
+    (peer, direct): (SocketAddr, SocketAddr),
     dst: SocketAddr,
     sni: Option<&str>,
     principal: Option<&str>,
@@ -800,6 +935,7 @@ fn network_rbac(
     let subject = crate::rbac::Subject {
         head: None,
         peer,
+        direct: direct.ip(),
         remote_ip: peer.ip(),
         local: dst,
         sni,
@@ -916,8 +1052,10 @@ mod tests {
         // 704 bytes in a debug build when written, 864 with the timeouts, 1024 before the
         // opaque branch was boxed too (704 again); sniffing and the protocol branches are
         // boxed. RBAC's client (identity, SNI, the filters left for after TLS) is boxed
-        // too: held here, it made 920.
-        assert!(size <= 768, "connection future is {size} bytes");
+        // too: held here, it made 920. 760 before the PROXY protocol, 824 with it: the
+        // client and destination a header may name are held beside the connection's own
+        // peer and destination (the reading and sniffing are boxed, the TLVs in an `Arc`).
+        assert!(size <= 832, "connection future is {size} bytes");
         fut.await;
         drop(client);
     }

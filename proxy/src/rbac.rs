@@ -68,8 +68,12 @@ pub(crate) struct Subject<'a> {
     /// The request (HTTP filter); `None` for a connection, where header and path rules
     /// never match.
     pub(crate) head: Option<&'a RequestHead<'a>>,
-    /// The connection's peer (`direct_remote_ip`).
+    /// The connection's remote address (the deprecated `source_ip`, `SourcePortInput`):
+    /// its peer, or the client a PROXY protocol header named.
     pub(crate) peer: SocketAddr,
+    /// The connection's physical peer (`direct_remote_ip`, `DirectSourceIPInput`),
+    /// whatever a PROXY protocol header said.
+    pub(crate) direct: IpAddr,
     /// The client as the connection manager worked it out (`remote_ip`): from
     /// `x-forwarded-for` and the like, else the peer.
     pub(crate) remote_ip: IpAddr,
@@ -165,7 +169,8 @@ impl Principal {
                 (Some(_), None) => true,
                 (None, _) => false,
             },
-            Principal::DirectRemoteIp(c) => c.contains(s.peer.ip()),
+            Principal::DirectRemoteIp(c) => c.contains(s.direct),
+            Principal::SourceIp(c) => c.contains(s.peer.ip()),
             Principal::RemoteIp(c) => c.contains(s.remote_ip),
             Principal::Header(h) => s.head.is_some_and(|head| h.matches(head)),
             Principal::UrlPath(m) => url_path(s).is_some_and(|p| m.matches(p)),
@@ -209,7 +214,7 @@ impl MatchInput {
         Some(match self {
             MatchInput::RequestHeader(name) => Value::Text(Cow::Owned(s.head?.header(name)?)),
             MatchInput::SourceIp => Value::Ip(s.remote_ip),
-            MatchInput::DirectSourceIp => Value::Ip(s.peer.ip()),
+            MatchInput::DirectSourceIp => Value::Ip(s.direct),
             MatchInput::SourcePort => Value::Port(s.peer.port()),
             MatchInput::DestinationIp => Value::Ip(s.local.ip()),
             MatchInput::DestinationPort => Value::Port(s.local.port()),

@@ -128,6 +128,9 @@ pub(crate) struct TcpTarget {
     pub(crate) http_tunnel: Option<HttpTunnel>,
     /// The cluster's upstream TLS (an endpoint outside the mesh): the bytes go inside it.
     pub(crate) tls: Option<Arc<TlsOrigin>>,
+    /// The PROXY protocol header the upstream connection opens with (the cluster's
+    /// transport socket), before TLS or a `CONNECT`.
+    pub(crate) proxy_header: Option<crate::proxy_protocol::Header>,
 }
 
 /// A TCP proxy's `tunneling_config` for one connection: the `CONNECT` to send to the
@@ -386,6 +389,7 @@ pub(crate) async fn forward<D: Downstream>(
         keepalive,
         http_tunnel,
         tls,
+        proxy_header,
     } = target;
     // A TCP proxy names no protocol: ALPN as the TLS context says; a `CONNECT` tunnel's
     // is its cluster's codec's.
@@ -398,16 +402,29 @@ pub(crate) async fn forward<D: Downstream>(
         d.opened.inc();
         CloseOnDrop(d.closed.clone())
     });
+    let proxy = proxy_header.as_ref();
     let connected = match (&hbone, &http_tunnel) {
-        (None, None) if tls.is_none() => connect(dst, connect_timeout, keepalive)
-            .await
-            .map(Upstream::Tcp),
+        (None, None) if tls.is_none() => {
+            let started = tokio::time::Instant::now();
+            match connect(dst, connect_timeout, keepalive).await {
+                Ok(mut s) => match proxy {
+                    None => Ok(Upstream::Tcp(s)),
+                    Some(h) => {
+                        crate::dial::send_proxy_header(&mut s, h, dst, (started, connect_timeout))
+                            .await
+                            .map(|()| Upstream::Tcp(s))
+                    }
+                },
+                Err(e) => Err(e),
+            }
+        }
         (hbone, None) => crate::dial::dial(
             dst,
             connect_timeout,
             hbone.as_deref(),
             keepalive,
             tls_for(Alpn::AsConfigured),
+            proxy,
         )
         .await
         .map(Upstream::Tunnel),
@@ -423,6 +440,7 @@ pub(crate) async fn forward<D: Downstream>(
                     // does not apply to them.
                     life: Default::default(),
                     tls: tls.clone().map(crate::upstream::TlsTarget::new),
+                    proxy: proxy_header.clone(),
                 };
                 open_h2_tunnel(pools, ep, t, peer)
                     .await
@@ -430,9 +448,8 @@ pub(crate) async fn forward<D: Downstream>(
             }
             TunnelVia::Http1 => {
                 let tls = tls_for(Alpn::Http1);
-                match crate::dial::dial(dst, connect_timeout, hbone.as_deref(), keepalive, tls)
-                    .await
-                {
+                let hbone = hbone.as_deref();
+                match crate::dial::dial(dst, connect_timeout, hbone, keepalive, tls, proxy).await {
                     Ok(io) => open_h1_tunnel(io, dst, t, connect_timeout)
                         .await
                         .map(Upstream::Tunnel),

@@ -195,6 +195,9 @@ pub(crate) struct Endpoint {
     pub(crate) life: ConnLife,
     /// The cluster's upstream TLS, for an endpoint outside the mesh.
     pub(crate) tls: Option<Box<TlsTarget>>,
+    /// The PROXY protocol header a new connection opens with (the cluster's
+    /// `upstream_proxy_protocol` transport socket, naming the downstream connection).
+    pub(crate) proxy: Option<crate::proxy_protocol::Header>,
 }
 
 /// TLS of the proxy's own to an endpoint outside the mesh, for one request (boxed where it
@@ -224,14 +227,17 @@ impl TlsTarget {
 impl Endpoint {
     /// The pool an upstream connection belongs to: its address, for a tunnel the source
     /// identity it speaks as (never shared with another source), its cluster's limits
-    /// on a connection's life, and its TLS settings (plain and TLS connections to one
-    /// address, or TLS with other certificates, are never mixed).
+    /// on a connection's life, its TLS settings (plain and TLS connections to one
+    /// address, or TLS with other certificates, are never mixed), and its PROXY protocol
+    /// header (a connection that named one downstream client is never another's, as in
+    /// Envoy, whose pools are keyed by the header's addresses).
     fn key(&self) -> ConnKey {
         (
             self.addr,
             self.hbone.as_ref().map(|h| h.source.clone()),
             self.life,
             self.tls.as_ref().map(|t| (t.origin.key(), t.sni.clone())),
+            self.proxy.clone(),
         )
     }
 
@@ -244,12 +250,14 @@ impl Endpoint {
 }
 
 /// Address, the source principal of a tunnelled connection, how long a connection lives,
-/// and the digest of its TLS settings with the SNI (`auto_sni`).
+/// the digest of its TLS settings with the SNI (`auto_sni`), and its PROXY protocol
+/// header.
 type ConnKey = (
     SocketAddr,
     Option<Arc<str>>,
     ConnLife,
     Option<(u64, Option<Arc<str>>)>,
+    Option<crate::proxy_protocol::Header>,
 );
 
 /// The HTTP/2 connections of one endpoint: one, unless its cluster caps the streams per
@@ -529,7 +537,7 @@ impl Pools {
         protocol: UpstreamProtocol,
         peer: SocketAddr,
     ) -> Result<(), ProxyError> {
-        let key = (addr, None, ConnLife::default(), None);
+        let key = (addr, None, ConnLife::default(), None, None);
         self.adopt_keyed(stream, key, protocol, peer).await
     }
 
@@ -823,6 +831,7 @@ impl Pools {
                 ep.hbone.as_deref(),
                 ep.keepalive,
                 ep.tls(Alpn::Http1),
+                ep.proxy.as_ref(),
             )
             .await?;
             Ok::<_, ProxyError>(OwnConn::new(io, slot))
@@ -988,6 +997,7 @@ async fn connect_h2(
         ep.hbone.as_deref(),
         ep.keepalive,
         ep.tls(Alpn::Http2),
+        ep.proxy.as_ref(),
     )
     .await?;
     handshake_h2(stream, addr, peer, slot, settings).await

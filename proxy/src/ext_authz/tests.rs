@@ -34,6 +34,7 @@ fn client() -> Subject<'static> {
     Subject {
         head: None,
         peer: "10.0.0.7:40000".parse().unwrap(),
+        direct: "10.0.0.7".parse().unwrap(),
         remote_ip: "10.0.0.7".parse().unwrap(),
         local: "10.0.0.9:8080".parse().unwrap(),
         sni: Some("shop.example"),

@@ -125,6 +125,7 @@ fn client() -> crate::rbac::Subject<'static> {
     crate::rbac::Subject {
         head: None,
         peer: "127.0.0.1:40000".parse().unwrap(),
+        direct: "127.0.0.1".parse().unwrap(),
         remote_ip: "127.0.0.1".parse().unwrap(),
         local: "127.0.0.1:80".parse().unwrap(),
         sni: None,

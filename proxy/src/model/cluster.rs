@@ -2,6 +2,7 @@
 //! one is picked, and how connections to them are made.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -9,6 +10,7 @@ use serde::Serialize;
 use super::endpoint::ClusterLoadAssignment;
 use super::health_check::HealthCheck;
 use super::listener::{TlsAlgorithms, TlsVersion};
+use super::proxy_protocol::UpstreamProxyProtocol;
 use super::secret::{TlsCertificate, ValidationContext};
 use super::types::MetadataValue;
 use super::{duration_str, opt_duration_str};
@@ -51,6 +53,10 @@ pub struct Cluster {
     pub ignore_health_on_host_removal: bool,
     /// TLS to the upstream; `None`: plain TCP.
     pub tls: Option<UpstreamTls>,
+    /// The PROXY protocol header its upstream connections open with (the transport socket
+    /// `envoy.transport_sockets.upstream_proxy_protocol`, around `tls` or plain TCP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<Arc<UpstreamProxyProtocol>>,
     /// `transport_socket_matches`: an endpoint whose `envoy.transport_socket_match`
     /// metadata holds every key and value of a match's criteria gets that match's transport
     /// socket (the first such), others get `tls`.
@@ -346,6 +352,9 @@ pub struct TransportSocketMatch {
     pub criteria: BTreeMap<String, MetadataValue>,
     /// Its transport socket: TLS, or `None` for plain TCP (`raw_buffer`).
     pub tls: Option<UpstreamTls>,
+    /// Its PROXY protocol header (see [`Cluster::proxy_protocol`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<Arc<UpstreamProxyProtocol>>,
 }
 
 /// The endpoint metadata namespace transport socket matches look at.
@@ -376,6 +385,18 @@ impl Cluster {
         match socket {
             0 => self.tls.as_ref(),
             i => self.transport_socket_matches.get(i - 1)?.tls.as_ref(),
+        }
+    }
+
+    /// The PROXY protocol header of transport socket `socket` ([`Cluster::socket_for`]).
+    pub fn proxy_protocol_of(&self, socket: usize) -> Option<&Arc<UpstreamProxyProtocol>> {
+        match socket {
+            0 => self.proxy_protocol.as_ref(),
+            i => self
+                .transport_socket_matches
+                .get(i - 1)?
+                .proxy_protocol
+                .as_ref(),
         }
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::cluster::{CertificateSource, ValidationSource};
 use super::opt_duration_str;
+use super::proxy_protocol::ProxyProtocolListener;
 use super::rbac::RbacConfig;
 use super::route::RouteConfiguration;
 
@@ -33,6 +34,45 @@ pub struct Listener {
     pub filter_chains: Vec<FilterChain>,
     /// Serves connections no filter chain matches; without it they are closed.
     pub default_filter_chain: Option<FilterChain>,
+    /// What its listener filters do before a filter chain is picked.
+    #[serde(skip_serializing_if = "ListenerFilters::is_default")]
+    pub listener_filters: ListenerFilters,
+}
+
+/// A listener's filters that act (`tls_inspector`, `http_inspector` and `original_dst` are
+/// what Myelin does anyway) and the bound on them all.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenerFilters {
+    /// `envoy.filters.listener.proxy_protocol`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocolListener>,
+    /// `listener_filters_timeout`: how long reading a PROXY protocol header and a TLS
+    /// ClientHello may take together (default [`DEFAULT_LISTENER_FILTERS_TIMEOUT`]; `None`:
+    /// no bound, `0s` in the config).
+    #[serde(serialize_with = "opt_duration_str")]
+    pub timeout: Option<Duration>,
+    /// `continue_on_listener_filters_timeout`: a connection whose listener filters time out
+    /// is served with what they found so far (else it is closed).
+    pub continue_on_timeout: bool,
+}
+
+/// Envoy's default `listener_filters_timeout`.
+pub const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Default for ListenerFilters {
+    fn default() -> Self {
+        Self {
+            proxy_protocol: None,
+            timeout: Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+            continue_on_timeout: false,
+        }
+    }
+}
+
+impl ListenerFilters {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A filter chain: match criteria and the terminal network filter.

@@ -26,6 +26,7 @@ pub mod health_check;
 pub mod jwt;
 pub mod listener;
 pub mod local_reply;
+pub mod proxy_protocol;
 pub mod rbac;
 pub mod route;
 pub mod secret;

@@ -115,9 +115,12 @@ pub enum Principal {
     /// `authenticated`: a client with an identity (a certificate's URI SAN, or a workload
     /// of this node's); with a matcher, one whose identity it matches.
     Authenticated(Option<StringMatcher>),
-    /// `direct_remote_ip` (and the deprecated `source_ip`: Myelin reads no PROXY
-    /// protocol, so they are one): the connection's peer.
+    /// `direct_remote_ip`: the connection's physical peer, whatever a PROXY protocol
+    /// header said.
     DirectRemoteIp(CidrRange),
+    /// The deprecated `source_ip`: the connection's remote address (the client a PROXY
+    /// protocol header named, else the peer; never `x-forwarded-for`).
+    SourceIp(CidrRange),
     /// `remote_ip`: the client as the connection manager worked it out
     /// (`x-forwarded-for` with trusted hops, `use_remote_address`); the peer for a
     /// connection.

@@ -48,6 +48,7 @@ fn subject<'a>(head: Option<&'a RequestHead<'a>>) -> Subject<'a> {
     Subject {
         head,
         peer: "10.0.1.7:40000".parse().unwrap(),
+        direct: "10.0.1.7".parse().unwrap(),
         remote_ip: "192.168.1.20".parse().unwrap(),
         local: "10.0.2.9:8080".parse().unwrap(),
         sni: None,
@@ -200,6 +201,14 @@ fn connection_rules_read_addresses_ports_and_sni() {
     assert!(Principal::DirectRemoteIp(cidr("10.0.1.0/24")).matches(&s));
     assert!(!Principal::RemoteIp(cidr("10.0.1.0/24")).matches(&s));
     assert!(Principal::RemoteIp(cidr("192.168.0.0/16")).matches(&s));
+    assert!(Principal::SourceIp(cidr("10.0.1.0/24")).matches(&s));
+    // Behind a PROXY protocol header: `source_ip` is its client, `direct_remote_ip` the
+    // load balancer that sent it.
+    let mut proxied = subject(None);
+    proxied.peer = "203.0.113.5:1234".parse().unwrap();
+    assert!(Principal::SourceIp(cidr("203.0.113.0/24")).matches(&proxied));
+    assert!(!Principal::DirectRemoteIp(cidr("203.0.113.0/24")).matches(&proxied));
+    assert!(Principal::DirectRemoteIp(cidr("10.0.1.0/24")).matches(&proxied));
     assert!(Principal::Authenticated(None).matches(&s));
     let mut anonymous = subject(None);
     anonymous.principal = None;

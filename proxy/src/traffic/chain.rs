@@ -161,6 +161,7 @@ mod tests {
             ipv4_compat: false,
             filter_chains: chains,
             default_filter_chain: default.then(|| chain("default", FilterChainMatch::default())),
+            listener_filters: Default::default(),
         }
     }
 

@@ -154,6 +154,7 @@ mod tests {
             outlier_detection: None,
             health_checks: vec![],
             ignore_health_on_host_removal: false,
+            proxy_protocol: None,
             tls: validation.map(|v| UpstreamTls {
                 sni: None,
                 alpn_protocols: vec![],

@@ -1026,6 +1026,7 @@ mod tests {
             ipv4_compat: false,
             filter_chains: vec![],
             default_filter_chain: None,
+            listener_filters: Default::default(),
         })
     }
 
@@ -1099,6 +1100,7 @@ mod tests {
             health_checks: vec![],
             ignore_health_on_host_removal: false,
             tls: None,
+            proxy_protocol: None,
             transport_socket_matches: vec![],
             auto_sni: Default::default(),
             protocol: UpstreamProtocol::Http1,

@@ -1,5 +1,7 @@
 //! Cluster -> [`model::Cluster`], with the upstream TLS context and HTTP protocol options.
 
+use std::sync::Arc;
+
 use myelin_proxy::model::{self, cluster as mc};
 use xds_api::pb::envoy::config::cluster::v3 as pb;
 use xds_api::pb::envoy::config::core::v3 as core;
@@ -250,9 +252,9 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
     let outlier_detection = outlier_detection
         .as_ref()
         .map(|o| outlier(&mut cx, "outlier_detection", o));
-    let tls = transport_socket
-        .as_ref()
-        .and_then(|t| upstream_tls(&mut cx, "transport_socket", t));
+    let (tls, proxy_protocol) = transport_socket.as_ref().map_or((None, None), |t| {
+        upstream_socket(&mut cx, "transport_socket", t)
+    });
     let transport_socket_matches = transport_socket_matches
         .iter()
         .enumerate()
@@ -340,6 +342,7 @@ pub fn cluster(c: &pb::Cluster) -> Result<model::Cluster, Vec<Rejection>> {
         health_checks,
         ignore_health_on_host_removal: *ignore_health_on_host_removal,
         tls,
+        proxy_protocol,
         transport_socket_matches,
         auto_sni,
         protocol,
@@ -672,14 +675,41 @@ fn socket_match(
         .flat_map(|s| &s.fields)
         .map(|(k, v)| (k.clone(), super::common::metadata_value(v)))
         .collect();
-    let tls = transport_socket
-        .as_ref()
-        .and_then(|t| upstream_tls(cx, &join(p, "transport_socket"), t));
+    let (tls, proxy_protocol) = transport_socket.as_ref().map_or((None, None), |t| {
+        upstream_socket(cx, &join(p, "transport_socket"), t)
+    });
     mc::TransportSocketMatch {
         name: name.clone(),
         criteria,
         tls,
+        proxy_protocol,
     }
+}
+
+/// A cluster's transport socket: TLS (or plain bytes), possibly inside the PROXY protocol
+/// socket, which sends its header first and then hands the connection to the socket it
+/// wraps.
+fn upstream_socket(
+    cx: &mut Cx,
+    p: &str,
+    t: &core::TransportSocket,
+) -> (
+    Option<mc::UpstreamTls>,
+    Option<Arc<myelin_proxy::model::proxy_protocol::UpstreamProxyProtocol>>,
+) {
+    let proxy = match &t.config_type {
+        Some(core::transport_socket::ConfigType::TypedConfig(any))
+            if any.type_url == super::proxy_protocol::UPSTREAM_URL =>
+        {
+            super::proxy_protocol::upstream(cx, p, &any.value)
+        }
+        _ => return (upstream_tls(cx, p, t), None),
+    };
+    let Some((proxy, inner)) = proxy else {
+        return (None, None);
+    };
+    let ip = join(&join(p, "typed_config"), "transport_socket");
+    (upstream_tls(cx, &ip, &inner), Some(Arc::new(proxy)))
 }
 
 fn upstream_tls(cx: &mut Cx, p: &str, t: &core::TransportSocket) -> Option<mc::UpstreamTls> {

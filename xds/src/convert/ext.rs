@@ -1634,6 +1634,130 @@ pub struct AuthorizationResponse {
         Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
 }
 
+/// `envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol`: the PROXY
+/// protocol listener filter. Tags from a current `data-plane-api` build (`envoy-data-plane`
+/// 2.2.0); `xds-api` 0.2 has neither the filter nor the upstream transport socket.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerProxyProtocol {
+    /// `Rule`s (TLVs into dynamic metadata).
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    #[serde(default, deserialize_with = "present_list")]
+    pub rules: Vec<Vec<u8>>,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub allow_requests_without_proxy_protocol: bool,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub pass_through_tlvs: Option<core::ProxyProtocolPassThroughTlVs>,
+    /// `ProxyProtocolConfig.Version`s: `V1` (0), `V2` (1).
+    #[prost(int32, repeated, tag = "4")]
+    #[serde(default, deserialize_with = "proxy_protocol_versions")]
+    pub disallowed_versions: Vec<i32>,
+    #[prost(string, tag = "5")]
+    #[serde(default)]
+    pub stat_prefix: String,
+    /// `TlvLocation`: `DYNAMIC_METADATA` (0), `FILTER_STATE` (1); where `rules` put TLVs.
+    #[prost(int32, tag = "6")]
+    #[serde(default, deserialize_with = "tlv_location")]
+    pub tlv_location: i32,
+}
+named!(
+    ListenerProxyProtocol,
+    "envoy.extensions.filters.listener.proxy_protocol.v3",
+    "ProxyProtocol"
+);
+
+fn proxy_protocol_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, &["V1", "V2"])
+}
+
+fn proxy_protocol_versions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+    struct Version(i32);
+    impl<'de> Deserialize<'de> for Version {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            proxy_protocol_version(d).map(Version)
+        }
+    }
+    let v = Vec::<Version>::deserialize(d)?;
+    Ok(v.into_iter().map(|v| v.0).collect())
+}
+
+fn tlv_location<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, &["DYNAMIC_METADATA", "FILTER_STATE"])
+}
+
+/// `envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolUpstreamTransport {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub config: Option<ProxyProtocolConfig>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub transport_socket: Option<core::TransportSocket>,
+    #[prost(bool, tag = "3")]
+    #[serde(default)]
+    pub allow_unspecified_address: bool,
+    #[prost(bool, tag = "4")]
+    #[serde(default)]
+    pub tlv_as_pool_key: bool,
+}
+named!(
+    ProxyProtocolUpstreamTransport,
+    "envoy.extensions.transport_sockets.proxy_protocol.v3",
+    "ProxyProtocolUpstreamTransport"
+);
+
+/// `envoy.config.core.v3.ProxyProtocolConfig` with `added_tlvs`, which `xds-api` 0.2's
+/// lacks.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolConfig {
+    #[prost(int32, tag = "1")]
+    #[serde(default, deserialize_with = "proxy_protocol_version")]
+    pub version: i32,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub pass_through_tlvs: Option<core::ProxyProtocolPassThroughTlVs>,
+    #[prost(message, repeated, tag = "3")]
+    #[serde(default)]
+    pub added_tlvs: Vec<TlvEntry>,
+}
+named!(
+    ProxyProtocolConfig,
+    "envoy.config.core.v3",
+    "ProxyProtocolConfig"
+);
+
+/// `envoy.config.core.v3.TlvEntry`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlvEntry {
+    #[prost(uint32, tag = "1")]
+    #[serde(default, rename = "type")]
+    pub r#type: u32,
+    /// Bytes: base64 in JSON and YAML, as protobuf's JSON mapping writes them.
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(default, deserialize_with = "base64_bytes")]
+    pub value: Vec<u8>,
+    /// A `SubstitutionFormatString`.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    #[serde(default, deserialize_with = "present")]
+    pub format_string: Option<Vec<u8>>,
+}
+named!(TlvEntry, "envoy.config.core.v3", "TlvEntry");
+
+fn base64_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    use base64::Engine as _;
+    let s = String::deserialize(d)?;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(s.trim()))
+        .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
+}
+
 /// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute`.
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -2134,6 +2258,11 @@ const COMPRESSOR_COMMON: &str =
     "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig";
 const EXT_AUTHZ_HTTP_SERVICE: &str = "envoy.extensions.filters.http.ext_authz.v3.HttpService";
 const UINT32_VALUE: &str = "google.protobuf.UInt32Value";
+const PASS_THROUGH_TLVS: &str = "envoy.config.core.v3.ProxyProtocolPassThroughTLVs";
+/// The newer `ProxyProtocolConfig` ([`ProxyProtocolConfig`], with `added_tlvs`), named apart
+/// from `xds-api`'s descriptor of the older message.
+const PROXY_PROTOCOL_CONFIG: &str = "envoy.config.core.v3.ProxyProtocolConfig (newer)";
+const TLV_ENTRY: &str = "envoy.config.core.v3.TlvEntry";
 const HEADER_VALUE_OPTION: &str = "envoy.config.core.v3.HeaderValueOption";
 const RUNTIME_PERCENT: &str = "envoy.config.core.v3.RuntimeFractionalPercent";
 const DATA_SOURCE: &str = "envoy.config.core.v3.DataSource";
@@ -2725,6 +2854,35 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         ],
     ),
     (
+        "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+        &[
+            p("rules"),
+            p("allow_requests_without_proxy_protocol"),
+            m("pass_through_tlvs", PASS_THROUGH_TLVS),
+            p("disallowed_versions"),
+            p("stat_prefix"),
+            p("tlv_location"),
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
+        &[
+            m("config", PROXY_PROTOCOL_CONFIG),
+            m("transport_socket", "envoy.config.core.v3.TransportSocket"),
+            p("allow_unspecified_address"),
+            p("tlv_as_pool_key"),
+        ],
+    ),
+    (
+        PROXY_PROTOCOL_CONFIG,
+        &[
+            p("version"),
+            m("pass_through_tlvs", PASS_THROUGH_TLVS),
+            rm("added_tlvs", TLV_ENTRY),
+        ],
+    ),
+    (TLV_ENTRY, &[p("type"), p("value"), p("format_string")]),
+    (
         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
         &[
             p("disabled"),
@@ -3157,6 +3315,12 @@ mod tests {
             CompressorResponseDirection =>
                 "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
             CompressorPerRoute => "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+            ListenerProxyProtocol =>
+                "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+            ProxyProtocolUpstreamTransport =>
+                "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
+            ProxyProtocolConfig => PROXY_PROTOCOL_CONFIG,
+            TlvEntry => TLV_ENTRY,
             CompressorOverrides =>
                 "envoy.extensions.filters.http.compressor.v3.CompressorOverrides",
             ResponseDirectionOverrides =>
@@ -3225,7 +3389,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            72 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
+            76 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

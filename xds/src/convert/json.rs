@@ -455,6 +455,12 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => enc::<ext::HttpRateLimit>(body),
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" => enc::<ext::ExtAuthz>(body),
         "envoy.extensions.filters.http.compressor.v3.Compressor" => enc::<ext::Compressor>(body),
+        "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol" => {
+            enc::<ext::ListenerProxyProtocol>(body)
+        }
+        "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport" => {
+            enc::<ext::ProxyProtocolUpstreamTransport>(body)
+        }
         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute" => {
             enc::<ext::CompressorPerRoute>(body)
         }
@@ -575,6 +581,8 @@ mod tests {
             "envoy.extensions.filters.http.compressor.v3.CompressorOverrides",
             "envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides",
             ext::API_KEY_FORWARDING,
+            "envoy.config.core.v3.ProxyProtocolConfig (newer)",
+            "envoy.config.core.v3.TlvEntry",
         ];
         let missing: Vec<&str> = ext::JSON_MESSAGES
             .iter()

@@ -44,8 +44,8 @@ pub fn listener(l: &pb::Listener) -> Result<model::Listener, Vec<Rejection>> {
         deprecated_v1,
         drain_type: _,
         listener_filters,
-        listener_filters_timeout: _,
-        continue_on_listener_filters_timeout: _,
+        listener_filters_timeout,
+        continue_on_listener_filters_timeout,
         transparent,
         freebind,
         socket_options,
@@ -96,14 +96,31 @@ pub fn listener(l: &pb::Listener) -> Result<model::Listener, Vec<Rejection>> {
     cx.unsupported(p, "api_listener", api_listener);
     cx.unsupported(p, "enable_mptcp", enable_mptcp);
     cx.unsupported(p, "internal_listener", listener_specifier);
+    let mut filters = model::listener::ListenerFilters::default();
     for (i, f) in listener_filters.iter().enumerate() {
-        if !BUILTIN_LISTENER_FILTERS.contains(&f.name.as_str()) {
+        let fp = idx(p, "listener_filters", i);
+        if super::proxy_protocol::LISTENER_NAMES.contains(&f.name.as_str()) {
+            if filters.proxy_protocol.is_some() {
+                cx.reject(
+                    &fp,
+                    Reason::Invalid("a second PROXY protocol filter".into()),
+                );
+            }
+            filters.proxy_protocol = super::proxy_protocol::listener_filter(&mut cx, &fp, f);
+        } else if !BUILTIN_LISTENER_FILTERS.contains(&f.name.as_str()) {
             cx.reject(
-                idx(p, "listener_filters", i),
+                fp,
                 Reason::UnsupportedValue(format!("listener filter `{}`", f.name)),
             );
         }
     }
+    if let Some(t) = listener_filters_timeout {
+        // `0s`: no bound, as in Envoy.
+        filters.timeout = cx
+            .duration("listener_filters_timeout", t)
+            .filter(|d| !d.is_zero());
+    }
+    filters.continue_on_timeout = *continue_on_listener_filters_timeout;
     // `ipv4_compat` (a listener's: elsewhere it is rejected).
     let ipv4_compat = matches!(
         address.as_ref().and_then(|a| a.address.as_ref()),
@@ -140,6 +157,7 @@ pub fn listener(l: &pb::Listener) -> Result<model::Listener, Vec<Rejection>> {
         ipv4_compat,
         filter_chains: chains,
         default_filter_chain,
+        listener_filters: filters,
     })
 }
 

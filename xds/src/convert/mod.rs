@@ -27,6 +27,7 @@ mod jwt;
 pub(crate) mod lb_policy;
 mod listener;
 mod local_reply;
+mod proxy_protocol;
 mod rbac;
 mod route;
 mod secret;

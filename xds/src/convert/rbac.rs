@@ -366,7 +366,7 @@ fn principal(cx: &mut Cx, p: &str, x: &pb::Principal, depth: usize) -> Option<mr
         }),
         // Without PROXY protocol, the peer is the source.
         Some(I::SourceIp(c)) => {
-            mr::Principal::DirectRemoteIp(listener::cidr(cx, &join(p, "source_ip"), c)?)
+            mr::Principal::SourceIp(listener::cidr(cx, &join(p, "source_ip"), c)?)
         }
         Some(I::DirectRemoteIp(c)) => {
             mr::Principal::DirectRemoteIp(listener::cidr(cx, &join(p, "direct_remote_ip"), c)?)

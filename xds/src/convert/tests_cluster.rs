@@ -1353,3 +1353,113 @@ healthChecks:
         ["health_checks: an ORIGINAL_DST cluster has no endpoints to check"]
     );
 }
+
+/// The PROXY protocol transport socket as Envoy Gateway writes it (around `raw_buffer`),
+/// around TLS, in a transport socket match, with TLVs, and what is rejected.
+#[test]
+fn upstream_proxy_protocol() {
+    use myelin_proxy::model::proxy_protocol::{
+        ProxyProtocolVersion, Tlv, TlvFilter, UpstreamProxyProtocol,
+    };
+    const URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport";
+    let yaml = |socket: &str| -> pb::Cluster {
+        let text = format!(
+            r#"
+name: backend
+type: STATIC
+loadAssignment:
+  clusterName: backend
+  endpoints: [{{lbEndpoints: [{{endpoint: {{address: {{socketAddress: {{address: 10.0.0.1, portValue: 80}}}}}}}}]}}]
+transportSocket:
+  name: envoy.transport_sockets.upstream_proxy_protocol
+  typedConfig:
+    "@type": {URL}
+{socket}
+"#
+        );
+        let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        super::json::from_value(v).unwrap()
+    };
+    let raw = "    transportSocket: {name: envoy.transport_sockets.raw_buffer, typedConfig: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}";
+    let eg = cluster(&yaml(&format!("    config: {{version: V2}}\n{raw}"))).unwrap();
+    assert_eq!(
+        eg.proxy_protocol.as_deref(),
+        Some(&UpstreamProxyProtocol {
+            version: ProxyProtocolVersion::V2,
+            pass_through: TlvFilter::None,
+            added_tlvs: vec![],
+        })
+    );
+    assert!(eg.tls.is_none());
+    // Unset config: v1. TLVs of our own (base64 values) and those passed through.
+    let v1 = cluster(&yaml(raw)).unwrap();
+    assert_eq!(v1.proxy_protocol.unwrap().version, ProxyProtocolVersion::V1);
+    let tlvs = cluster(&yaml(&format!(
+        "    config: {{version: V2, passThroughTlvs: {{matchType: INCLUDE, tlvType: [5]}}, addedTlvs: [{{type: 234, value: bXllbGlu}}]}}\n{raw}"
+    )))
+    .unwrap();
+    let pp = tlvs.proxy_protocol.unwrap();
+    assert_eq!(pp.pass_through, TlvFilter::Only(vec![5]));
+    assert_eq!(
+        pp.added_tlvs,
+        vec![Tlv {
+            kind: 234,
+            value: b"myelin".to_vec()
+        }]
+    );
+    // Around TLS: both.
+    let tls = cluster(&yaml(
+        "    config: {version: V1}\n    transportSocket: {name: envoy.transport_sockets.tls, typedConfig: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: backend.example}}",
+    ))
+    .unwrap();
+    assert_eq!(tls.tls.unwrap().sni.as_deref(), Some("backend.example"));
+    assert!(tls.proxy_protocol.is_some());
+
+    let tp = "transport_socket.typed_config";
+    assert_eq!(
+        messages(cluster(&yaml("    config: {version: V2}"))),
+        [format!("{tp}.transport_socket: required but not set")]
+    );
+    assert_eq!(
+        messages(cluster(&yaml(&format!(
+            "    config: {{version: V1, addedTlvs: [{{type: 1, value: eA==}}]}}\n{raw}"
+        )))),
+        [format!(
+            "{tp}.config: TLVs need version V2 (a v1 header carries none)"
+        )]
+    );
+    assert_eq!(
+        messages(cluster(&yaml(&format!(
+            "    config: {{version: V2, addedTlvs: [{{type: 300, value: eA==}}, {{type: 1}}, {{type: 2, formatString: {{textFormat: x}}}}]}}\n    allowUnspecifiedAddress: true\n{raw}"
+        )))),
+        [
+            format!("{tp}.allow_unspecified_address: not supported"),
+            format!("{tp}.config.added_tlvs[0].type: 300 is not a TLV type (0-255)"),
+            format!("{tp}.config.added_tlvs[1].value: required but not set"),
+            format!("{tp}.config.added_tlvs[2].format_string: not supported"),
+        ]
+    );
+    // Nested: the inner socket must be TLS or plain bytes.
+    let nested = format!(
+        "    config: {{version: V2}}\n    transportSocket: {{name: pp, typedConfig: {{\"@type\": {URL}, transportSocket: {{name: raw, typedConfig: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}}}}}}}"
+    );
+    assert_eq!(
+        messages(cluster(&yaml(&nested))),
+        [format!("{tp}.transport_socket.typed_config: transport socket `pp` (type `{URL}`) is not supported")]
+    );
+
+    // A transport socket match with the PROXY protocol.
+    let mut c = yaml(&format!("    config: {{version: V2}}\n{raw}"));
+    c.transport_socket_matches = vec![pb::cluster::TransportSocketMatch {
+        name: "pp".into(),
+        r#match: None,
+        transport_socket: c.transport_socket.take(),
+    }];
+    let m = cluster(&c).unwrap();
+    assert!(m.proxy_protocol.is_none());
+    assert_eq!(
+        m.proxy_protocol_of(1).unwrap().version,
+        ProxyProtocolVersion::V2
+    );
+    assert!(m.proxy_protocol_of(0).is_none());
+}

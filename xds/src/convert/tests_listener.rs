@@ -647,8 +647,8 @@ fn rejections() {
         (pb::Listener { address: addr("0.0.0.0", 70000), ..base() }, vec!["address.socket_address.port_value: port 70000 is out of range".into()]),
         (pb::Listener { transparent: boolv(true), socket_options: vec![Default::default()], ..base() }, vec!["transparent: not supported".into(), "socket_options: not supported".into()]),
         (
-            pb::Listener { listener_filters: vec![pb::ListenerFilter { name: "envoy.filters.listener.proxy_protocol".into(), ..Default::default() }], ..base() },
-            vec!["listener_filters[0]: listener filter `envoy.filters.listener.proxy_protocol` is not supported".into()],
+            pb::Listener { listener_filters: vec![pb::ListenerFilter { name: "envoy.filters.listener.local_ratelimit".into(), ..Default::default() }], ..base() },
+            vec!["listener_filters[0]: listener filter `envoy.filters.listener.local_ratelimit` is not supported".into()],
         ),
         (pb::Listener { filter_chains: vec![], ..base() }, vec!["filter_chains: a listener needs at least one filter chain".into()]),
         (
@@ -1334,5 +1334,130 @@ fn downstream_tls_params_lists() {
     assert_eq!(
         messages(listener(&yaml_listener(&cbc12))),
         ["filter_chains[0].transport_socket.typed_config.common_tls_context.tls_params.cipher_suites: a list of only AES128-SHA (none of them spoken by Myelin) is not supported"]
+    );
+}
+
+/// The PROXY protocol listener filter as Envoy Gateway writes it (first, before the TLS
+/// inspector; `optional` as `allowRequestsWithoutProxyProtocol`), with every field, and
+/// what is rejected.
+#[test]
+fn proxy_protocol_listener_filter() {
+    use myelin_proxy::model::proxy_protocol::{
+        ProxyProtocolListener, ProxyProtocolVersion, TlvFilter,
+    };
+    let with = |filters: &str, extra: &str| {
+        yaml_listener(&format!(
+            r#"
+name: eg
+address: {{socketAddress: {{address: 0.0.0.0, portValue: 10443}}}}
+{extra}
+listenerFilters:
+{filters}
+- name: envoy.filters.listener.tls_inspector
+  typedConfig: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
+filterChains:
+- filters:
+  - name: tcp
+    typedConfig: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, statPrefix: s, cluster: c}}
+"#
+        ))
+    };
+    const URL: &str =
+        "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol";
+    let eg = listener(&with(
+        &format!(
+            "- name: envoy.filters.listener.proxy_protocol\n  typedConfig: {{\"@type\": {URL}}}"
+        ),
+        "",
+    ))
+    .unwrap();
+    assert_eq!(
+        eg.listener_filters.proxy_protocol,
+        Some(ProxyProtocolListener::default())
+    );
+    assert_eq!(eg.listener_filters.timeout, Some(Duration::from_secs(15)));
+    assert!(!eg.listener_filters.continue_on_timeout);
+    // Istio's older EnvoyFilters: the deprecated name, no config.
+    let istio = listener(&with("- name: envoy.listener.proxy_protocol", "")).unwrap();
+    assert_eq!(
+        istio.listener_filters.proxy_protocol,
+        Some(ProxyProtocolListener::default())
+    );
+    let full = listener(&with(
+        &format!(
+            "- name: envoy.filters.listener.proxy_protocol\n  typedConfig: {{\"@type\": {URL}, allowRequestsWithoutProxyProtocol: true, disallowedVersions: [V1], statPrefix: edge, passThroughTlvs: {{matchType: INCLUDE, tlvType: [2, 234]}}, tlvLocation: FILTER_STATE}}"
+        ),
+        "listenerFiltersTimeout: 0.5s\ncontinueOnListenerFiltersTimeout: true",
+    ))
+    .unwrap();
+    assert_eq!(
+        full.listener_filters.proxy_protocol,
+        Some(ProxyProtocolListener {
+            optional: true,
+            disallowed: vec![ProxyProtocolVersion::V1],
+            pass_through: TlvFilter::Only(vec![2, 234]),
+            stat_prefix: "edge".into(),
+        })
+    );
+    assert_eq!(
+        full.listener_filters.timeout,
+        Some(Duration::from_millis(500))
+    );
+    assert!(full.listener_filters.continue_on_timeout);
+    let all = listener(&with(
+        &format!("- name: envoy.filters.listener.proxy_protocol\n  typedConfig: {{\"@type\": {URL}, passThroughTlvs: {{}}}}"),
+        "listenerFiltersTimeout: 0s",
+    ))
+    .unwrap();
+    assert_eq!(
+        all.listener_filters.proxy_protocol.unwrap().pass_through,
+        TlvFilter::All
+    );
+    assert_eq!(all.listener_filters.timeout, None);
+
+    let f0 = "listener_filters[0]";
+    let bad = |config: &str| {
+        messages(listener(&with(
+            &format!("- name: envoy.filters.listener.proxy_protocol\n  typedConfig: {{\"@type\": {URL}, {config}}}"),
+            "",
+        )))
+    };
+    assert_eq!(
+        bad("rules: [{tlvType: 2, onTlvPresent: {key: authority}}]"),
+        [format!("{f0}.typed_config.rules: TLVs into dynamic metadata are not kept: nothing in Myelin reads a connection's metadata (pass_through_tlvs passes them upstream)")]
+    );
+    assert_eq!(
+        bad("disallowedVersions: [V1, V2]"),
+        [format!(
+            "{f0}.typed_config.disallowed_versions: all PROXY protocol versions are disallowed"
+        )]
+    );
+    assert_eq!(
+        bad("passThroughTlvs: {matchType: INCLUDE, tlvType: [256]}"),
+        [format!(
+            "{f0}.typed_config.pass_through_tlvs.tlv_type[0]: 256 is not a TLV type (0-255)"
+        )]
+    );
+    let twice = with(
+        &format!("- name: envoy.filters.listener.proxy_protocol\n- name: envoy.filters.listener.proxy_protocol\n  typedConfig: {{\"@type\": {URL}}}"),
+        "",
+    );
+    assert_eq!(
+        messages(listener(&twice)),
+        ["listener_filters[1]: a second PROXY protocol filter"]
+    );
+    let mut disabled = with("- name: envoy.filters.listener.proxy_protocol", "");
+    disabled.listener_filters[0].filter_disabled = Some(Default::default());
+    assert_eq!(
+        messages(listener(&disabled)),
+        [format!("{f0}.filter_disabled: not supported")]
+    );
+    let mut wrong = with("- name: envoy.filters.listener.proxy_protocol", "");
+    wrong.listener_filters[0].config_type = Some(pb::listener_filter::ConfigType::TypedConfig(
+        any(&ext::TcpProxy::default()),
+    ));
+    assert_eq!(
+        messages(listener(&wrong)),
+        [format!("{f0}.typed_config: type `type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy` for the PROXY protocol filter (expected {URL}) is not supported")]
     );
 }
