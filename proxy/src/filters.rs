@@ -152,6 +152,12 @@ pub(crate) struct Filtered {
     metadata: DynamicMetadata,
     /// The compressor filters the request passed (boxed: most requests have none).
     compressors: Option<Box<crate::compress::Compressors>>,
+    /// A filter cleared the route cache (`clear_route_cache`): the filters stopped after
+    /// it, to go on from this one with the route chosen again ([`run`]).
+    resume_at: Option<usize>,
+    /// External authorization changes already applied to the request (before the route
+    /// was chosen again): [`Filtered::finish_request`] applies only the later ones.
+    ext_authz_applied: usize,
 }
 
 /// A request's dynamic metadata (Envoy's `StreamInfo::dynamicMetadata`), as far as Myelin's
@@ -451,9 +457,10 @@ impl Filtered {
                 headers.insert(name, value);
             }
         }
-        for a in &self.ext_authz {
+        for a in &self.ext_authz[self.ext_authz_applied..] {
             a.edit_request(headers);
         }
+        self.ext_authz_applied = self.ext_authz.len();
         if let Some(p) = self.not_enforced.take() {
             crate::traffic::router::mutate_headers(
                 headers,
@@ -461,6 +468,23 @@ impl Filtered {
                 &[],
             );
         }
+    }
+
+    /// Where the filters stopped to have the route chosen again (a filter with
+    /// `clear_route_cache` changed the request): the index of the next filter. The
+    /// filters' changes so far are to be applied first ([`Filtered::apply_now`]).
+    pub(crate) fn take_resume(&mut self) -> Option<usize> {
+        self.resume_at.take()
+    }
+
+    /// Applies the filters' changes to the request so far (its headers, its query), as
+    /// the route is to be chosen again from it; what they add later is applied by
+    /// [`Filtered::finish_request`] as usual.
+    pub(crate) fn apply_now<B>(&mut self, req: &mut http::Request<B>) {
+        if let Some(uri) = self.rewritten_uri(req.uri()) {
+            *req.uri_mut() = uri;
+        }
+        self.finish_request(req.headers_mut());
     }
 
     /// `flags` with `DI` in front when a delay was injected.
@@ -554,6 +578,7 @@ pub(crate) struct Context<'a> {
 /// preflight, a rate limit); a fault delay is waited out here.
 pub(crate) async fn run(
     filters: &HttpFilters,
+    start: usize,
     cx: Context<'_>,
     head: &RequestHead<'_>,
     filtered: &mut Filtered,
@@ -567,7 +592,7 @@ pub(crate) async fn run(
         client,
         services,
     } = cx;
-    for filter in &filters.0 {
+    for (i, filter) in filters.0.iter().enumerate().skip(start) {
         if !levels.enabled(filter) {
             continue;
         }
@@ -643,7 +668,17 @@ pub(crate) async fn run(
                     _ => None,
                 });
                 let check = jwt(config, route, head, grpc, metrics, services, filtered);
-                Box::pin(check).await
+                let answer = Box::pin(check).await;
+                if answer.is_none() && filtered.jwt.as_ref().is_some_and(|j| j.clear_route) {
+                    // The route is chosen again with the claims' headers; the filters after
+                    // this one run with it.
+                    if let Some(j) = filtered.jwt.as_mut() {
+                        j.clear_route = false;
+                    }
+                    filtered.resume_at = Some(i + 1);
+                    return None;
+                }
+                answer
             }
             FilterKind::ExtAuthz(policy) => {
                 let routes: Vec<_> = levels
@@ -676,7 +711,15 @@ pub(crate) async fn run(
                 };
                 match Box::pin(crate::ext_authz::run(services, check, grpc, metrics)).await {
                     Ok(Some(allowed)) => {
+                        // Envoy clears the route cache when the service changed the
+                        // request's headers.
+                        let reroute = policy.clear_route_cache
+                            && (!allowed.request.is_empty() || !allowed.remove.is_empty());
                         filtered.ext_authz.push(allowed);
+                        if reroute {
+                            filtered.resume_at = Some(i + 1);
+                            return None;
+                        }
                         None
                     }
                     Ok(None) => None,
@@ -1268,6 +1311,7 @@ async fn jwt(
             let jwt = filtered.jwt.get_or_insert_with(Default::default);
             jwt.remove.extend(passed.remove);
             jwt.set.extend(passed.set);
+            jwt.clear_route |= passed.clear_route;
             None
         }
         Err(failure) => {

@@ -288,6 +288,17 @@ struct Decision {
     session: Option<Box<filters::Session>>,
 }
 
+/// The route and cluster a request goes by, once its filters are done choosing
+/// ([`HttpConn::decide`]).
+struct Chosen<'a> {
+    traffic: &'a traffic::Traffic,
+    table: &'a Arc<RouteTable>,
+    vh: &'a crate::model::route::VirtualHost,
+    route: &'a crate::model::route::Route,
+    action: &'a crate::model::route::RouteAction,
+    cluster: &'a str,
+}
+
 impl Decision {
     /// Tells the client of a stateful session the host that answered (`pick`).
     fn answer_session(
@@ -1142,9 +1153,8 @@ impl HttpConn {
                     )
                 })?,
             };
-            let head = request_head(req);
-            let (authority, path) = (head.authority, head.path);
             if !filters.is_empty() {
+                let head = request_head(req);
                 let grpc = is_grpc(req.headers());
                 if let Some(answer) =
                     filters::before_route(filters, &head, &traffic, grpc, &self.metrics)
@@ -1152,84 +1162,139 @@ impl HttpConn {
                     return Ok(Err(answer));
                 }
             }
-            let Some((vh, route)) = table.find(&head) else {
-                return Err(ProxyError::unrouted(
-                    MissReason::NoRoute,
-                    format!("no route for {authority}{path} in {:?}", table.config.name),
-                ));
-            };
-            // The filters before the router, for a request routed to a cluster (which is
-            // picked first) or answered by its route (direct responses and redirects: only
-            // the filters that guard or limit, see `filters`).
-            let filter_cx = |cluster| filters::Context {
-                levels: filters::Levels {
-                    route,
-                    vhost: vh,
-                    table: &table.config,
-                },
-                cluster,
-                grpc: is_grpc(req.headers()),
-                metrics: &self.metrics,
-                buckets: &self.buckets,
-                client: crate::rbac::Subject {
-                    head: None,
-                    peer: self.peer,
-                    direct: self.proxied.as_ref().map_or(self.peer, |p| p.direct).ip(),
-                    remote_ip: client,
-                    local: self.dst,
-                    sni: self.sni.as_deref(),
-                    principal: self.identity.as_deref(),
-                },
-                services: self,
-            };
-            if !filters.is_empty() && !matches!(route.action, Action::Route(_)) {
-                let run = filters::run(filters, filter_cx(None), &head, filtered);
-                if let Some(answer) = Box::pin(run).await {
-                    return Ok(Err(answer));
-                }
-            }
-            let action = match &route.action {
-                Action::Route(a) => a,
-                Action::DirectResponse(d) => {
-                    let body = d.body.clone().unwrap_or_default();
-                    let mut resp = if d.body.is_some() {
-                        text_response(d.status, body.clone())
-                    } else {
-                        local_response(d.status, String::new())
-                    };
-                    response_mutations(&mut resp, &table, vh, route);
-                    let resp = self.route_answer(resp, &body, is_grpc(req.headers()));
-                    return Ok(Err((resp, "-")));
-                }
-                Action::Redirect(r) => {
-                    let location = router::redirect_location(r, &route.route_match, &head);
-                    let mut resp = local_response(r.response_code, String::new());
-                    if let Ok(v) = HeaderValue::from_str(&location) {
-                        resp.headers_mut().insert(header::LOCATION, v);
+            // The filters to run from: all of them, unless one that cleared the route cache
+            // (`clear_route_cache`) stopped them; then the route is chosen again from the
+            // request as they changed it, and the filters after that one run with it
+            // (Envoy's `clearRouteCache`).
+            let mut resume = 0;
+            loop {
+                let head = request_head(req);
+                let (authority, path) = (head.authority, head.path);
+                let Some((vh, route)) = table.find(&head) else {
+                    return Err(ProxyError::unrouted(
+                        MissReason::NoRoute,
+                        format!("no route for {authority}{path} in {:?}", table.config.name),
+                    ));
+                };
+                // The filters before the router, for a request routed to a cluster (which
+                // is picked first) or answered by its route (direct responses and
+                // redirects: only the filters that guard or limit, see `filters`).
+                let filter_cx = |cluster| filters::Context {
+                    levels: filters::Levels {
+                        route,
+                        vhost: vh,
+                        table: &table.config,
+                    },
+                    cluster,
+                    grpc: is_grpc(req.headers()),
+                    metrics: &self.metrics,
+                    buckets: &self.buckets,
+                    client: crate::rbac::Subject {
+                        head: None,
+                        peer: self.peer,
+                        direct: self.proxied.as_ref().map_or(self.peer, |p| p.direct).ip(),
+                        remote_ip: client,
+                        local: self.dst,
+                        sni: self.sni.as_deref(),
+                        principal: self.identity.as_deref(),
+                    },
+                    services: self,
+                };
+                if !filters.is_empty() && !matches!(route.action, Action::Route(_)) {
+                    let run = filters::run(filters, resume, filter_cx(None), &head, filtered);
+                    if let Some(answer) = Box::pin(run).await {
+                        return Ok(Err(answer));
                     }
-                    response_mutations(&mut resp, &table, vh, route);
-                    let resp = self.route_answer(resp, "", is_grpc(req.headers()));
-                    return Ok(Err((resp, "-")));
+                    if let Some(next) = filtered.take_resume() {
+                        resume = next;
+                        filtered.apply_now(req);
+                        continue;
+                    }
                 }
-            };
-            let cluster = match &action.cluster {
-                ClusterSpecifier::Cluster(name) => name.as_str(),
-                ClusterSpecifier::WeightedClusters(ws) => {
-                    router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
-                        ProxyError::unrouted(MissReason::NoCluster, "weighted clusters add up to 0")
-                    })?
+                let action = match &route.action {
+                    Action::Route(a) => a,
+                    Action::DirectResponse(d) => {
+                        let body = d.body.clone().unwrap_or_default();
+                        let mut resp = if d.body.is_some() {
+                            text_response(d.status, body.clone())
+                        } else {
+                            local_response(d.status, String::new())
+                        };
+                        response_mutations(&mut resp, &table, vh, route);
+                        let resp = self.route_answer(resp, &body, is_grpc(req.headers()));
+                        return Ok(Err((resp, "-")));
+                    }
+                    Action::Redirect(r) => {
+                        let location = router::redirect_location(r, &route.route_match, &head);
+                        let mut resp = local_response(r.response_code, String::new());
+                        if let Ok(v) = HeaderValue::from_str(&location) {
+                            resp.headers_mut().insert(header::LOCATION, v);
+                        }
+                        response_mutations(&mut resp, &table, vh, route);
+                        let resp = self.route_answer(resp, "", is_grpc(req.headers()));
+                        return Ok(Err((resp, "-")));
+                    }
+                };
+                let cluster = match &action.cluster {
+                    ClusterSpecifier::Cluster(name) => name.as_str(),
+                    ClusterSpecifier::WeightedClusters(ws) => {
+                        router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
+                            ProxyError::unrouted(
+                                MissReason::NoCluster,
+                                "weighted clusters add up to 0",
+                            )
+                        })?
+                    }
+                };
+                // The filters before the router see the request as its client sent it
+                // (the route's rewrites are the router's); boxed, as only their users pay
+                // for them.
+                if !filters.is_empty() {
+                    let cx = filter_cx(Some(cluster));
+                    let run = filters::run(filters, resume, cx, &head, filtered);
+                    if let Some(answer) = Box::pin(run).await {
+                        return Ok(Err(answer));
+                    }
+                    if let Some(next) = filtered.take_resume() {
+                        resume = next;
+                        filtered.apply_now(req);
+                        continue;
+                    }
                 }
-            };
-            // The filters before the router see the request as its client sent it (the
-            // route's rewrites are the router's); boxed, as only their users pay for them.
-            if !filters.is_empty() {
-                let run = filters::run(filters, filter_cx(Some(cluster)), &head, filtered);
-                if let Some(answer) = Box::pin(run).await {
-                    return Ok(Err(answer));
-                }
+                let chosen = Chosen {
+                    traffic: &traffic,
+                    table: &table,
+                    vh,
+                    route,
+                    action,
+                    cluster,
+                };
+                break self.routed(chosen, req, filtered).await;
             }
+        }
+    }
+
+    /// The rest of [`HttpConn::decide`] once the route and cluster are final: an endpoint
+    /// picked, the route's rewrites and header changes made.
+    async fn routed(
+        &self,
+        chosen: Chosen<'_>,
+        req: &mut Request<ReqBody>,
+        filtered: &mut Filtered,
+    ) -> Result<Result<(Decision, PickedEndpoint), filters::Answer>, ProxyError> {
+        let Chosen {
+            traffic,
+            table,
+            vh,
+            route,
+            action,
+            cluster,
+        } = chosen;
+        {
+            let head = request_head(req);
+            let path = head.path;
             let hash = router::request_hash(&action.hash_policy, &head, self.peer.ip());
-            let cluster = find_cluster(&traffic, cluster)?.clone();
+            let cluster = find_cluster(traffic, cluster)?.clone();
             let session = filtered.take_session();
             let first = pick_endpoint(
                 &cluster,

@@ -83,6 +83,8 @@ impl Failure {
 pub(crate) struct Passed {
     pub(crate) remove: Vec<HeaderName>,
     pub(crate) set: Vec<(HeaderName, HeaderValue)>,
+    /// A provider with `clear_route_cache` set a header: the route is chosen again.
+    pub(crate) clear_route: bool,
 }
 
 /// Where a token was found.
@@ -191,6 +193,7 @@ impl Checking<'_> {
                         Outcome::Passed(p) => {
                             passed.remove.extend(p.remove);
                             passed.set.extend(p.set);
+                            passed.clear_route |= p.clear_route;
                         }
                         other => return other,
                     }
@@ -520,6 +523,9 @@ fn effects(
             }
         }
     }
+    // Envoy clears the route cache when such a provider's token passed and it added to
+    // the request (its claims, its payload).
+    passed.clear_route = provider.clear_route_cache && !passed.set.is_empty();
     passed
 }
 
@@ -600,6 +606,7 @@ mod tests {
             max_lifetime: None,
             require_expiration: false,
             subjects: None,
+            clear_route_cache: false,
         }
     }
 

@@ -43,6 +43,7 @@ use xds_api::pb::google::rpc::Status as RpcStatus;
 const GATEWAY_PORT: u16 = 18601;
 /// istiod's shape for a `CUSTOM` policy.
 const ISTIO_PORT: u16 = 18602;
+const RECOMPUTE_PORT: u16 = 18603;
 const FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
 const PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
@@ -302,6 +303,27 @@ fn istio_listener() -> Listener {
     )
 }
 
+/// External authorization with `clear_route_cache` (Envoy Gateway's `recomputeRoute`): the
+/// route is chosen again with the headers the service added.
+fn recompute_listener() -> Listener {
+    filtered_listener(
+        "recompute",
+        RECOMPUTE_PORT,
+        &format!(
+            r#"
+- name: envoy.filters.http.ext_authz
+  typed_config:
+    "@type": {FILTER}
+    grpc_service:
+      envoy_grpc: {{cluster_name: grpc-authz}}
+      timeout: 0.6s
+    clear_route_cache: true
+    transport_api_version: V3
+"#
+        ),
+    )
+}
+
 fn routes() -> RouteConfiguration {
     let on = format!(r#"{{"@type": {FILTER_CONFIG}, config: {{}}}}"#);
     yaml(&format!(
@@ -354,6 +376,13 @@ virtual_hosts:
       envoy.filters.http.ext_authz/securitypolicy/default/http: {on}
   - match: {{prefix: /}}
     route: {{cluster: web}}
+- name: reroute
+  domains: [reroute]
+  routes:
+  - match: {{prefix: /, headers: [{{name: x-user-id, string_match: {{exact: "42"}}}}]}}
+    direct_response: {{status: 200, body: {{inline_string: "the authorized route"}}}}
+  - match: {{prefix: /}}
+    direct_response: {{status: 200, body: {{inline_string: "the first route"}}}}
 "#
     ))
 }
@@ -379,7 +408,7 @@ async fn authorization_services_decide_over_xds() {
     let asked: Asked = Arc::default();
     let http = http_service(asked.clone()).await;
     let cp = ControlPlane::start().await;
-    let listeners = [gateway_listener(), istio_listener()];
+    let listeners = [gateway_listener(), istio_listener(), recompute_listener()];
     cp.update(|b| {
         for l in &listeners {
             set(b, &l.name, l);
@@ -394,7 +423,7 @@ async fn authorization_services_decide_over_xds() {
     });
     let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
     for (url, names) in [
-        (type_url::LISTENER, &["gateway", "istio"][..]),
+        (type_url::LISTENER, &["gateway", "istio", "recompute"][..]),
         (type_url::ROUTE, &["r"]),
         (type_url::ENDPOINT, &["web", "grpc-authz", "http-authz"]),
     ] {
@@ -635,6 +664,22 @@ async fn authorization_services_decide_over_xds() {
     );
     assert_eq!(text("istio_ext_authz_shadow_engine_result"), "denied");
     assert_eq!(outcome(&node, "istio", "disabled"), 1.0);
+
+    // `clear_route_cache`: the route chosen again with the service's headers (alice gets
+    // `x-user-id: 42`); a request the service denies never gets that far.
+    let reroute = |user: &'static str| {
+        let node = &node;
+        async move {
+            let headers = [("host", "reroute"), ("x-user", user)];
+            request(node, RECOMPUTE_PORT, "GET", "/", &headers).await
+        }
+    };
+    let a = reroute("alice").await;
+    assert_eq!(
+        (a.status.as_u16(), a.body.as_str()),
+        (200, "the authorized route")
+    );
+    assert_eq!(reroute("bob").await.status, 403);
 
     // The gRPC service's cluster gone from xDS: an error (500) for the routes that check.
     cp.update(|b| {

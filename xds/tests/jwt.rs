@@ -351,3 +351,100 @@ async fn jwt_authentication_over_xds() {
     assert_eq!(outcome(&node, "cors_preflight_bypassed"), 1.0);
     assert_eq!(outcome(&node, "denied"), 9.0);
 }
+
+const RECOMPUTE_PORT: u16 = 18592;
+const KEEP_PORT: u16 = 18593;
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// Envoy Gateway's `recomputeRoute`: a provider with `claim_to_headers` and
+/// `clear_route_cache` on one listener, the same without it on another, then a fault
+/// filter configured per route; routes by the claim's header.
+fn claim_listener(name: &str, port: u16, jwks: &str, clear: bool) -> Listener {
+    let inline = serde_json::to_string(jwks).unwrap();
+    filtered_listener(
+        name,
+        port,
+        &format!(
+            r#"
+- name: envoy.filters.http.jwt_authn
+  typed_config:
+    "@type": {FILTER}
+    providers:
+      eg:
+        issuer: https://gateway.example
+        local_jwks: {{inline_string: {inline}}}
+        claim_to_headers: [{{header_name: x-echo-team, claim_name: team}}]
+        clear_route_cache: {clear}
+    rules:
+    - match: {{prefix: /}}
+      requires: {{provider_name: eg}}
+- name: envoy.filters.http.fault
+  typed_config: {{"@type": {FAULT}}}
+"#
+        ),
+    )
+}
+
+fn claim_routes() -> RouteConfiguration {
+    yaml(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: web
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /, headers: [{{name: x-echo-team, string_match: {{exact: blue}}}}]}}
+    route: {{cluster: web}}
+    request_headers_to_add: [{{header: {{key: x-echo-route, value: blue}}}}]
+  - match: {{prefix: /, headers: [{{name: x-echo-team, string_match: {{exact: red}}}}]}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": {FAULT}
+        abort: {{http_status: 418, percentage: {{numerator: 100}}}}
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+    request_headers_to_add: [{{header: {{key: x-echo-route, value: default}}}}]
+"#
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_choose_the_route_again_with_clear_route_cache() {
+    let k = key("eg-1");
+    let upstream = http_upstream("web").await;
+    let listeners = vec![
+        claim_listener("recompute", RECOMPUTE_PORT, &jwks(&[&k]), true),
+        claim_listener("keep", KEEP_PORT, &jwks(&[&k]), false),
+    ];
+    let (_cp, node) = serving(listeners, claim_routes(), upstream.addr).await;
+    let team = |t: &str| {
+        let jwt = token(
+            &k,
+            json!({"iss": "https://gateway.example", "team": t, "exp": now() + 600}),
+        );
+        format!("Bearer {jwt}")
+    };
+    let get = |port: u16, auth: String| {
+        let node = &node;
+        async move { request(node, port, "GET", "/", &[("authorization", auth.as_str())]).await }
+    };
+
+    // Chosen again with the claim's header: the blue route (its header added upstream).
+    let a = get(RECOMPUTE_PORT, team("blue")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-echo-team"), Some("blue"));
+    assert_eq!(a.header("x-echo-route"), Some("blue"));
+    // The red route's fault filter settings apply to the filter after JWT.
+    assert_eq!(get(RECOMPUTE_PORT, team("red")).await.status, 418);
+    // Other teams: the default route.
+    let a = get(RECOMPUTE_PORT, team("green")).await;
+    assert_eq!(a.header("x-echo-route"), Some("default"));
+
+    // Without `clear_route_cache` the route stays the one chosen before the claims.
+    let a = get(KEEP_PORT, team("blue")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-echo-team"), Some("blue"));
+    assert_eq!(a.header("x-echo-route"), Some("default"));
+    assert_eq!(get(KEEP_PORT, team("red")).await.status, 200);
+}

@@ -56,6 +56,7 @@ fn grpc_policy() -> ExtAuthzPolicy {
         timeout: Duration::from_millis(200),
         failure_mode_allow: false,
         failure_mode_allow_header_add: false,
+        clear_route_cache: false,
         status_on_error: 403,
         filter_enabled: Fraction::ALL,
         filter_enabled_metadata: None,
@@ -661,6 +662,7 @@ async fn the_filter_follows_the_services_word() {
     let open = Arc::new(ExtAuthzPolicy {
         failure_mode_allow: true,
         failure_mode_allow_header_add: true,
+        clear_route_cache: false,
         ..(*slow).clone()
     });
     let Ok(Some(allowed)) = run_with(open, canned(None), false).await else {

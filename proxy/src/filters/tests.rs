@@ -195,7 +195,7 @@ async fn run_with(
         client: client(),
         services: &NoServices,
     };
-    let answer = run(filters, cx, &head(method, &h), &mut filtered).await;
+    let answer = run(filters, 0, cx, &head(method, &h), &mut filtered).await;
     (answer, filtered)
 }
 
@@ -688,7 +688,7 @@ async fn cors_enabled_shares_and_the_deprecated_field() {
         client: client(),
         services: &NoServices,
     };
-    run(&f, cx, &head("GET", &h), &mut filtered).await;
+    run(&f, 0, cx, &head("GET", &h), &mut filtered).await;
     assert!(filtered.cors.is_none());
     assert_eq!(
         metrics
@@ -990,7 +990,7 @@ async fn run_global(
         client: client(),
         services: service,
     };
-    let answer = run(&f, cx, &head("GET", &h), &mut filtered).await;
+    let answer = run(&f, 0, cx, &head("GET", &h), &mut filtered).await;
     let calls = service.calls.lock().unwrap().len() - before;
     let outcomes = [
         "ok",

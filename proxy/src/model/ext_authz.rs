@@ -25,6 +25,11 @@ pub struct ExtAuthzPolicy {
     /// ... and then adds `x-envoy-auth-failure-mode-allowed: true` to it
     /// (`failure_mode_allow_header_add`).
     pub failure_mode_allow_header_add: bool,
+    /// `clear_route_cache`: when the service lets a request through with changes to its
+    /// headers, its route is chosen again with them; the filters after this one see the
+    /// new route.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub clear_route_cache: bool,
     /// The status of the answer to a request the service failed for (`status_on_error`;
     /// 403 unless 100 to 511), and to one the filter is off for with `deny_at_disable`.
     pub status_on_error: u16,

@@ -107,6 +107,11 @@ pub struct JwtProvider {
     /// `subjects`: what the token's `sub` must match.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subjects: Option<StringMatcher>,
+    /// `clear_route_cache`: when a token of this provider passes and sets a header (a
+    /// claim, the payload), the request's route is chosen again with it (Envoy Gateway's
+    /// `recomputeRoute`, routing on claims); the filters after this one see the new route.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub clear_route_cache: bool,
 }
 
 impl JwtProvider {

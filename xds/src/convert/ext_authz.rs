@@ -65,9 +65,6 @@ pub(super) fn ext_authz(cx: &mut Cx, p: &str, e: &ext::ExtAuthz) -> Option<ma::E
     api_v3(cx, p, *transport_api_version);
     // Buffering the request body for the service: the filters run on a request's head.
     cx.unsupported(p, "with_request_body", with_request_body);
-    // The route is chosen before the filters run; choosing it again after the service's
-    // changes is a router change Myelin does not make.
-    cx.unsupported(p, "clear_route_cache", clear_route_cache);
     cx.unsupported(
         p,
         "decoder_header_mutation_rules",
@@ -176,6 +173,7 @@ pub(super) fn ext_authz(cx: &mut Cx, p: &str, e: &ext::ExtAuthz) -> Option<ma::E
         timeout: timeout?,
         failure_mode_allow: *failure_mode_allow,
         failure_mode_allow_header_add: *failure_mode_allow_header_add,
+        clear_route_cache: *clear_route_cache,
         status_on_error,
         filter_enabled,
         filter_enabled_metadata,

@@ -135,9 +135,6 @@ fn jwt_provider(cx: &mut Cx, p: &str, name: &str, j: &ext::JwtProvider) -> Optio
         max_lifetime,
     } = j;
     let errors = cx.errs.len();
-    // Myelin's filters run once the route is chosen; choosing it again after the claims'
-    // headers are added is not built.
-    cx.unsupported(p, "clear_route_cache", clear_route_cache);
     let jwks = match (remote_jwks, local_jwks) {
         (Some(r), None) => remote(cx, &join(p, "remote_jwks"), r).map(mj::Jwks::Remote),
         (None, Some(l)) => local(cx, &join(p, "local_jwks"), l).map(mj::Jwks::Local),
@@ -205,6 +202,7 @@ fn jwt_provider(cx: &mut Cx, p: &str, name: &str, j: &ext::JwtProvider) -> Optio
         max_lifetime,
         require_expiration: *require_expiration,
         subjects,
+        clear_route_cache: *clear_route_cache,
     })
 }
 

@@ -875,10 +875,6 @@ fn bad_jwt_authentication_is_rejected_by_path() {
             format!("{fc}.rules[0].requirement_name: \"n\" is not in requirement_map"),
         ),
         (
-            format!("providers: {{p: {{{local}, clear_route_cache: true}}}}"),
-            format!("{fc}.providers[\"p\"].clear_route_cache: not supported"),
-        ),
-        (
             "providers: {p: {remote_jwks: {http_uri: {uri: /keys, cluster: c, timeout: 1s}}}}".to_owned(),
             format!("{fc}.providers[\"p\"].remote_jwks.http_uri.uri: \"/keys\" is not an absolute URL"),
         ),
@@ -1466,10 +1462,6 @@ fn bad_ext_authz_is_rejected_by_path() {
         (
             format!("{grpc}, with_request_body: {{max_request_bytes: 1024}}"),
             format!("{fc}.with_request_body: not supported"),
-        ),
-        (
-            format!("{grpc}, clear_route_cache: true"),
-            format!("{fc}.clear_route_cache: not supported"),
         ),
         (
             format!("{grpc}, include_peer_certificate: true"),
