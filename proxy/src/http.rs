@@ -1200,8 +1200,26 @@ impl HttpConn {
                     },
                     services: self,
                 };
-                if !filters.is_empty() && !matches!(route.action, Action::Route(_)) {
-                    let run = filters::run(filters, resume, filter_cx(None), &head, filtered);
+                // A route to a cluster picks it first (its weights), for the filters too.
+                let cluster = match &route.action {
+                    Action::Route(a) => Some(match &a.cluster {
+                        ClusterSpecifier::Cluster(name) => name.as_str(),
+                        ClusterSpecifier::WeightedClusters(ws) => {
+                            router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
+                                ProxyError::unrouted(
+                                    MissReason::NoCluster,
+                                    "weighted clusters add up to 0",
+                                )
+                            })?
+                        }
+                    }),
+                    _ => None,
+                };
+                // The filters before the router see the request as its client sent it
+                // (the route's rewrites are the router's); boxed, as only their users pay
+                // for them.
+                if !filters.is_empty() {
+                    let run = filters::run(filters, resume, filter_cx(cluster), &head, filtered);
                     if let Some(answer) = Box::pin(run).await {
                         return Ok(Err(answer));
                     }
@@ -1211,9 +1229,9 @@ impl HttpConn {
                         continue;
                     }
                 }
-                let action = match &route.action {
-                    Action::Route(a) => a,
-                    Action::DirectResponse(d) => {
+                let (action, cluster) = match (&route.action, cluster) {
+                    (Action::Route(a), Some(cluster)) => (a, cluster),
+                    (Action::DirectResponse(d), _) => {
                         let body = d.body.clone().unwrap_or_default();
                         let mut resp = if d.body.is_some() {
                             text_response(d.status, body.clone())
@@ -1224,7 +1242,7 @@ impl HttpConn {
                         let resp = self.route_answer(resp, &body, is_grpc(req.headers()));
                         return Ok(Err((resp, "-")));
                     }
-                    Action::Redirect(r) => {
+                    (Action::Redirect(r), _) => {
                         let location = router::redirect_location(r, &route.route_match, &head);
                         let mut resp = local_response(r.response_code, String::new());
                         if let Ok(v) = HeaderValue::from_str(&location) {
@@ -1234,33 +1252,8 @@ impl HttpConn {
                         let resp = self.route_answer(resp, "", is_grpc(req.headers()));
                         return Ok(Err((resp, "-")));
                     }
+                    (Action::Route(_), None) => unreachable!("a route to a cluster has one"),
                 };
-                let cluster = match &action.cluster {
-                    ClusterSpecifier::Cluster(name) => name.as_str(),
-                    ClusterSpecifier::WeightedClusters(ws) => {
-                        router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
-                            ProxyError::unrouted(
-                                MissReason::NoCluster,
-                                "weighted clusters add up to 0",
-                            )
-                        })?
-                    }
-                };
-                // The filters before the router see the request as its client sent it
-                // (the route's rewrites are the router's); boxed, as only their users pay
-                // for them.
-                if !filters.is_empty() {
-                    let cx = filter_cx(Some(cluster));
-                    let run = filters::run(filters, resume, cx, &head, filtered);
-                    if let Some(answer) = Box::pin(run).await {
-                        return Ok(Err(answer));
-                    }
-                    if let Some(next) = filtered.take_resume() {
-                        resume = next;
-                        filtered.apply_now(req);
-                        continue;
-                    }
-                }
                 let chosen = Chosen {
                     traffic: &traffic,
                     table: &table,
