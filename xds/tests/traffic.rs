@@ -608,6 +608,13 @@ transport_socket:
         set(batch, "empty", &empty);
     });
     let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    // The listener too: a request that beats it is passed through, not routed.
+    node.wait_applied(
+        type_url::LISTENER,
+        &["outbound-80"],
+        &cp.version(type_url::LISTENER),
+    )
+    .await;
     node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
         .await;
     node.wait_applied(
