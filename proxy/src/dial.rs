@@ -169,14 +169,7 @@ pub(crate) async fn dial(
 ) -> Result<BoxIo, ProxyError> {
     let Some(r) = hbone else {
         return match tls {
-            None => {
-                let started = tokio::time::Instant::now();
-                let mut tcp = tcp::connect(addr, timeout, keepalive).await?;
-                if let Some(h) = proxy {
-                    send_proxy_header(&mut tcp, h, addr, (started, timeout)).await?;
-                }
-                Ok(Box::new(tcp))
-            }
+            None => Ok(Box::new(connect(addr, timeout, keepalive, proxy).await?)),
             Some((tls, alpn, sni)) => Ok(Box::new(
                 dial_tls(addr, timeout, keepalive, tls, alpn, sni, proxy).await?,
             )),
@@ -203,18 +196,23 @@ pub(crate) async fn dial(
     }
 }
 
-/// Writes the PROXY protocol header on a fresh TCP connection to `addr`, within the
-/// connect `timeout` that began at `started`.
-pub(crate) async fn send_proxy_header(
-    tcp: &mut tokio::net::TcpStream,
-    header: &proxy_protocol::Header,
+/// A TCP connection to `addr` (with `keepalive`) that opens with `proxy`'s PROXY protocol
+/// header when given, both within `timeout`.
+pub(crate) async fn connect(
     addr: SocketAddr,
-    (started, timeout): (tokio::time::Instant, Duration),
-) -> Result<(), ProxyError> {
+    timeout: Duration,
+    keepalive: Option<tcp::Keepalive>,
+    proxy: Option<&proxy_protocol::Header>,
+) -> Result<tokio::net::TcpStream, ProxyError> {
+    let started = tokio::time::Instant::now();
+    let mut tcp = tcp::connect(addr, timeout, keepalive).await?;
+    let Some(header) = proxy else {
+        return Ok(tcp);
+    };
     let own = tcp.local_addr().ok().zip(tcp.peer_addr().ok());
-    let send = proxy_protocol::send(tcp, header, own);
+    let send = proxy_protocol::send(&mut tcp, header, own);
     match tokio::time::timeout_at(started + timeout, send).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => Ok(tcp),
         Ok(Err(e)) => Err(ProxyError::connect(addr, e)),
         Err(_) => Err(ProxyError::connect_timeout(addr, timeout)),
     }
@@ -232,10 +230,7 @@ pub(crate) async fn dial_tls(
     proxy: Option<&proxy_protocol::Header>,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ProxyError> {
     let started = tokio::time::Instant::now();
-    let mut tcp = tcp::connect(addr, timeout, keepalive).await?;
-    if let Some(h) = proxy {
-        send_proxy_header(&mut tcp, h, addr, (started, timeout)).await?;
-    }
+    let tcp = connect(addr, timeout, keepalive, proxy).await?;
     let handshake = tls.connect(addr, tcp, alpn, sni);
     match tokio::time::timeout_at(started + timeout, handshake).await {
         Ok(Ok(stream)) => Ok(stream),

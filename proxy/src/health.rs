@@ -692,18 +692,11 @@ impl Dialer {
             .map(|pp| crate::proxy_protocol::upstream_header(pp, None));
         let network = |e: crate::error::ProxyError| Outcome::Network(e.to_string());
         let io: BoxIo = match target.tls_origin(self.host.socket) {
-            None => {
-                let started = tokio::time::Instant::now();
-                let mut tcp = crate::tcp::connect(addr, timeout, keepalive)
+            None => Box::new(
+                dial::connect(addr, timeout, keepalive, proxy.as_ref())
                     .await
-                    .map_err(network)?;
-                if let Some(h) = &proxy {
-                    dial::send_proxy_header(&mut tcp, h, addr, (started, timeout))
-                        .await
-                        .map_err(network)?;
-                }
-                Box::new(tcp)
-            }
+                    .map_err(network)?,
+            ),
             Some(Err(why)) => return Err(Outcome::Network(why.to_owned())),
             Some(Ok(origin)) => {
                 let origin = origin.clone();

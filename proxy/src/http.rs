@@ -1192,7 +1192,8 @@ impl HttpConn {
                     client: crate::rbac::Subject {
                         head: None,
                         peer: self.peer,
-                        direct: self.proxied.as_ref().map_or(self.peer, |p| p.direct).ip(),
+                        direct: crate::proxy_protocol::direct(self.peer, self.proxied.as_deref())
+                            .ip(),
                         remote_ip: client,
                         local: self.dst,
                         sni: self.sni.as_deref(),
@@ -1688,10 +1689,8 @@ impl HttpConn {
         downstream: bool,
     ) -> Option<crate::proxy_protocol::Header> {
         target.proxy_protocol.as_ref().map(|pp| {
-            let d = downstream.then(|| crate::proxy_protocol::Downstream {
-                remote: self.peer,
-                local: self.dst,
-                tlvs: self.proxied.as_ref().map_or(&[], |p| &p.tlvs[..]),
+            let d = downstream.then(|| {
+                crate::proxy_protocol::Downstream::of(self.peer, self.dst, self.proxied.as_deref())
             });
             crate::proxy_protocol::upstream_header(pp, d)
         })

@@ -193,7 +193,7 @@ async fn try_handle(
             Some(r) if plan.terminate().is_none() => {
                 let sni = hello.as_ref().and_then(|h| h.server_name.as_deref());
                 let id = identity.as_deref();
-                let direct = proxied.as_ref().map_or(peer, |p| p.direct);
+                let direct = proxy_protocol::direct(peer, proxied.as_deref());
                 if !network_rbac(inner, &r, (peer, direct), dst, sni, id) {
                     metrics.connections_opened.get_or_create(&labels).inc();
                     metrics.connections_closed.get_or_create(&labels).inc();
@@ -770,16 +770,12 @@ where
 impl Client {
     /// The physical peer (RBAC `direct_remote_ip`), whatever a PROXY protocol header said.
     fn direct(&self) -> SocketAddr {
-        self.proxied.as_ref().map_or(self.peer, |p| p.direct)
+        proxy_protocol::direct(self.peer, self.proxied.as_deref())
     }
 
     /// The downstream connection as upstream PROXY protocol headers name it.
     fn downstream(&self, dst: SocketAddr) -> proxy_protocol::Downstream<'_> {
-        proxy_protocol::Downstream {
-            remote: self.peer,
-            local: dst,
-            tlvs: self.proxied.as_ref().map_or(&[], |p| &p.tlvs[..]),
-        }
+        proxy_protocol::Downstream::of(self.peer, dst, self.proxied.as_deref())
     }
 }
 

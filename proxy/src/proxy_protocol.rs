@@ -56,6 +56,12 @@ pub(crate) struct Proxied {
     pub(crate) tlvs: Vec<(u8, Bytes)>,
 }
 
+/// The physical peer of a connection whose client is `peer`: `peer` itself unless a PROXY
+/// protocol header named the client (`proxied`).
+pub(crate) fn direct(peer: SocketAddr, proxied: Option<&Proxied>) -> SocketAddr {
+    proxied.map_or(peer, |p| p.direct)
+}
+
 /// What the bytes read so far are.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -331,6 +337,17 @@ pub(crate) struct Downstream<'a> {
     pub(crate) remote: SocketAddr,
     pub(crate) local: SocketAddr,
     pub(crate) tlvs: &'a [(u8, Bytes)],
+}
+
+impl<'a> Downstream<'a> {
+    /// A connection from `remote` to `local` and the TLVs its header (if any) passed.
+    pub(crate) fn of(remote: SocketAddr, local: SocketAddr, proxied: Option<&'a Proxied>) -> Self {
+        Self {
+            remote,
+            local,
+            tlvs: proxied.map_or(&[], |p| &p.tlvs[..]),
+        }
+    }
 }
 
 /// The header `cfg` sends on a connection made for `downstream` (`None`: no downstream).

@@ -405,18 +405,9 @@ pub(crate) async fn forward<D: Downstream>(
     let proxy = proxy_header.as_ref();
     let connected = match (&hbone, &http_tunnel) {
         (None, None) if tls.is_none() => {
-            let started = tokio::time::Instant::now();
-            match connect(dst, connect_timeout, keepalive).await {
-                Ok(mut s) => match proxy {
-                    None => Ok(Upstream::Tcp(s)),
-                    Some(h) => {
-                        crate::dial::send_proxy_header(&mut s, h, dst, (started, connect_timeout))
-                            .await
-                            .map(|()| Upstream::Tcp(s))
-                    }
-                },
-                Err(e) => Err(e),
-            }
+            crate::dial::connect(dst, connect_timeout, keepalive, proxy)
+                .await
+                .map(Upstream::Tcp)
         }
         (hbone, None) => crate::dial::dial(
             dst,
