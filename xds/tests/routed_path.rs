@@ -11,6 +11,7 @@
 
 #[path = "../../proxy/tests/counting/mod.rs"]
 mod counting;
+#[path = "end_to_end/support/mod.rs"]
 mod support;
 
 use myelin_xds::ads::{type_url, AdsProtocol};

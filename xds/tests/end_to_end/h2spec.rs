@@ -16,15 +16,13 @@
 //! The cases of a section run concurrently, each on its own connection; a section's
 //! failures are reported together.
 
-mod support;
-
 use std::fmt;
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::future::join_all;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

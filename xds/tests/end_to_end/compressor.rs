@@ -5,18 +5,16 @@
 //! the responses left alone, a route with compression off, and a streamed response whose
 //! first part arrives compressed before the upstream has sent the rest.
 
-mod support;
-
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use support::*;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 

@@ -5,13 +5,11 @@
 //! and the health check filter (`envoy.filters.http.health_check`), which answers before
 //! any route is chosen.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use http::StatusCode;
 use std::sync::atomic::Ordering;
-use support::*;
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 

@@ -8,13 +8,11 @@
 //! connections closed for a missing, malformed or late header, the optional listener,
 //! `continue_on_listener_filters_timeout`, a TCP proxy, and the metrics.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

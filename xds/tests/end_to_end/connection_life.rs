@@ -3,20 +3,18 @@
 //! `max_connection_duration`, as istiod writes a DestinationRule's `connectionPool`), HTTP/1.1
 //! and HTTP/2 upstreams that count the connections they accept and see close.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
-use support::*;
 use tokio::net::TcpListener;
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;

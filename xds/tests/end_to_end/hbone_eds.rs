@@ -8,8 +8,6 @@
 //! Secret version is the certificate B presents from the next handshake on; a bad one is
 //! rejected and the rotated one stays.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,7 +36,7 @@ use xds_api::pb::envoy::config::core::v3::Node as NodePb;
 use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
-use support::{eds_cluster, set, tcp_listener, vip, yaml};
+use crate::support::{eds_cluster, set, tcp_listener, vip, yaml};
 
 const TD: &str = "cluster.local";
 const HOUR: Duration = Duration::from_secs(3600);

@@ -4,17 +4,16 @@
 //! The servers report what the handshake carried (SNI, ALPN, version, client
 //! certificate); refusals are 503 `UF` and never plain text.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
+use crate::support;
+use crate::support::tls::{inline, server_config, tls_upstream, TestCa};
+use crate::support::*;
 use http::StatusCode;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
 use rcgen::ExtendedKeyUsagePurpose;
-use support::tls::{inline, server_config, tls_upstream, TestCa};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
@@ -69,9 +68,22 @@ async fn serving_clusters(clusters: &[Cluster]) -> (ControlPlane, Node) {
         }
     });
     let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    wait_http_listener(&node, &cp).await;
     node.wait_applied(type_url::CLUSTER, &names, &cp.version(type_url::CLUSTER))
         .await;
     (cp, node)
+}
+
+/// Waits until the node's proxy has the listener `http` and its routes `r`.
+async fn wait_http_listener(node: &Node, cp: &ControlPlane) {
+    node.wait_applied(
+        type_url::LISTENER,
+        &["http"],
+        &cp.version(type_url::LISTENER),
+    )
+    .await;
+    node.wait_applied(type_url::ROUTE, &["r"], &cp.version(type_url::ROUTE))
+        .await;
 }
 
 const H2: &str = r#"typed_extension_protocol_options:
@@ -308,6 +320,7 @@ async fn sds_certificates_follow_their_secrets() {
         set(b, "mutual", &cluster);
     });
     let node = Node::start(&cp, AdsProtocol::Delta).await;
+    wait_http_listener(&node, &cp).await;
     node.wait_applied(
         type_url::CLUSTER,
         &["mutual"],
@@ -422,6 +435,7 @@ endpoints:
         set(b, "mixed", &endpoints);
     });
     let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    wait_http_listener(&node, &cp).await;
     node.wait_applied(
         type_url::ENDPOINT,
         &["mixed"],

@@ -2,18 +2,16 @@
 //! VirtualService `mirror` and `mirrorPercentage`), a captured connection, the route's
 //! upstream and a mirror upstream that records what it got and answers slowly.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
-use support::*;
 use tokio::net::TcpListener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 

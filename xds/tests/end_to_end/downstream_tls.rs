@@ -5,10 +5,12 @@
 //! clients that verify the proxy's certificate against the test CA and the name they
 //! asked for, speaking HTTP/1.1 or HTTP/2 as ALPN decides.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::tls::{
+    chain as pem_chain, inline, key as pem_key, provider, server_config, tls_upstream, TestCa,
+};
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -17,10 +19,6 @@ use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
 use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::ServerName;
-use support::tls::{
-    chain as pem_chain, inline, key as pem_key, provider, server_config, tls_upstream, TestCa,
-};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;

@@ -5,11 +5,11 @@
 //! loopback: 127.0.0.1 is the workload `frontend` of this node (its SPIFFE ID is the
 //! identity RBAC sees), 127.0.0.2 is nobody.
 
-mod support;
-
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
+use crate::support::tls::{chain as pem_chain, inline, key as pem_key, provider, TestCa};
+use crate::support::*;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
@@ -18,8 +18,6 @@ use myelin_proxy::model::{ProxyConfig, Workload};
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
 use rcgen::ExtendedKeyUsagePurpose;
-use support::tls::{chain as pem_chain, inline, key as pem_key, provider, TestCa};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;

@@ -3,15 +3,13 @@
 //! connection manager, a cookie or a header per route. Three upstreams behind round robin:
 //! without a session, consecutive requests go to each in turn; with one, to its host.
 
-mod support;
-
 use std::collections::HashSet;
 
+use crate::support::*;
 use base64::Engine;
 use http::StatusCode;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
-use support::*;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 
 const PORT: u16 = 18571;

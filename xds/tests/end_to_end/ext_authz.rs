@@ -7,21 +7,19 @@
 //! `envoy.service.auth.v3.Authorization`) and a real HTTP one (hyper), each behind a
 //! cluster of its own, deciding by the request and recording what it was told.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request as HyperRequest, Response as HyperResponse};
 use hyper_util::rt::TokioIo;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
-use support::*;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use xds_api::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};

@@ -3,15 +3,13 @@
 //! (`typed_per_filter_config`, as Istio's local rate limit EnvoyFilter and Envoy Gateway
 //! write them), a captured connection through it, and an upstream that counts what it got.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
-use support::*;
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 

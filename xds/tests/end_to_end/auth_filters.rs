@@ -4,11 +4,9 @@
 //! turned on per route, a captured connection through them, and an upstream that echoes
 //! the forwarded user name.
 
-mod support;
-
+use crate::support::*;
 use base64::Engine;
 use http::StatusCode;
-use support::*;
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 

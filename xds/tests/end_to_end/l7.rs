@@ -4,14 +4,13 @@
 //! HTTP/2 cluster and HTTP/2 clients by an HTTP/1 cluster, and HTTP/1 upstream
 //! connections pooled across client connections.
 
-mod support;
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -19,7 +18,6 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
-use support::*;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use xds_api::pb::envoy::config::cluster::v3::Cluster;

@@ -7,21 +7,19 @@
 //! socket first and records the original destination it "was going to" (a service VIP
 //! that does not exist) in the lookup the proxy consults.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::{ControlPlane, WAIT};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
@@ -374,15 +372,10 @@ async fn delta_removal_removes_resources() {
     assert_eq!(client.get("web", "/").await.unwrap().1, "a");
 
     cp.remove(type_url::ROUTE, "web");
-    wait_for(|| {
-        node.store
-            .snapshot()
-            .route_configurations
-            .get("web")
-            .is_none()
+    node.wait_store("no route web", |snap| {
+        snap.route_configurations.get("web").is_none()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         client.get("web", "/").await.unwrap().0,
         StatusCode::NOT_FOUND
@@ -399,8 +392,8 @@ async fn delta_removal_removes_resources() {
         .await;
     assert_eq!(client.get("web", "/").await.unwrap().0, StatusCode::OK);
     cp.remove(type_url::CLUSTER, "a");
-    wait_for(|| node.store.snapshot().cluster("a").is_none()).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    node.wait_store("no cluster a", |snap| snap.cluster("a").is_none())
+        .await;
     let (status, _, body) = client.get("web", "/").await.unwrap();
     assert_eq!(
         (status, body.as_str()),
@@ -410,8 +403,10 @@ async fn delta_removal_removes_resources() {
     );
 
     cp.remove(type_url::LISTENER, "outbound-80");
-    wait_for(|| node.store.snapshot().listener("outbound-80").is_none()).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    node.wait_store("no listener outbound-80", |snap| {
+        snap.listener("outbound-80").is_none()
+    })
+    .await;
     let mut fresh = node.http_client(vip(port)).await;
     let (status, server, _) = fresh.get("web", "/").await.unwrap();
     assert_eq!((status, server.as_str()), (StatusCode::OK, "direct"));
@@ -572,7 +567,7 @@ filter_chains:
 "#,
     );
     // A TLS cluster whose endpoint speaks plain HTTP: the handshake fails, nothing is sent
-    // in plain text (tests/upstream_tls.rs has the working cases).
+    // in plain text (`upstream_tls.rs` has the working cases).
     let tls: Cluster = yaml(&format!(
         r#"
 name: tls

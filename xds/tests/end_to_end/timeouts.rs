@@ -5,14 +5,12 @@
 //! while a slow request in flight keeps it, an idle TCP proxy connection is closed while a
 //! chatty one is not, and so is an idle upgraded HTTP/1.1 connection (a tunnel).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

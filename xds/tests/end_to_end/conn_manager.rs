@@ -3,17 +3,15 @@
 //! (`x-forwarded-*`, `x-request-id`, the `x-envoy-*` clean-up, `via`, `server`), with
 //! Envoy's defaults and with the fields istiod and edge proxies set.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
-use support::*;
 use tokio::net::TcpListener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 

@@ -23,10 +23,11 @@ use hyper_util::rt::TokioIo;
 use myelin_proxy::drain;
 use myelin_proxy::metrics::ProxyMetrics;
 use myelin_proxy::model::ProxyConfig;
+use myelin_proxy::traffic::TrafficHandle;
 use myelin_proxy::{OrigDstLookup, Proxy};
 use myelin_xds::ads::{type_url, AdsClient, AdsConfig, AdsProtocol};
 use myelin_xds::convert::json;
-use myelin_xds::store::ConfigStore;
+use myelin_xds::store::{ConfigStore, Snapshot};
 use myelin_xds::testing::{ControlPlane, WAIT};
 use prometheus_client::registry::Registry;
 use prost::{Message, Name};
@@ -330,6 +331,8 @@ pub struct Node {
     pub proxy: SocketAddr,
     lookup: Arc<MapLookup>,
     pub store: Arc<ConfigStore>,
+    /// The proxy's config, which `feed` keeps in step with the store.
+    traffic: TrafficHandle,
     registry: Registry,
     _signal: drain::Signal,
     tasks: Vec<JoinHandle<()>>,
@@ -377,10 +380,10 @@ impl Node {
         let proxy_addr = listener.local_addr().unwrap();
         let (signal, watch) = drain::channel();
         let proxy = Proxy::new(Arc::new(proxy_config), lookup.clone(), metrics).with_golden(golden);
-        let handle = proxy.traffic();
+        let traffic = proxy.traffic();
         let tasks = vec![
             tokio::spawn(AdsClient::new(config, store.clone()).run()),
-            tokio::spawn(myelin_xds::feed::feed(store.clone(), handle)),
+            tokio::spawn(myelin_xds::feed::feed(store.clone(), traffic.clone())),
             tokio::spawn(async move {
                 proxy.serve(listener, watch).await.unwrap();
             }),
@@ -389,6 +392,7 @@ impl Node {
             proxy: proxy_addr,
             lookup,
             store,
+            traffic,
             registry,
             _signal: signal,
             tasks,
@@ -438,36 +442,53 @@ impl Node {
     }
 
     /// Waits (bounded) until the store holds `version` of every resource of `type_url`
-    /// named in `names` (so the proxy has it too: `feed` runs right after the publish).
+    /// named in `names`, and the proxy's config was built from that snapshot or a later one.
     pub async fn wait_applied(&self, type_url: &str, names: &[&str], version: &str) {
+        self.wait_store(
+            &format!("{type_url} {names:?} at version {version}"),
+            |snap| {
+                names
+                    .iter()
+                    .all(|n| snap.version(type_url, n) == Some(version))
+            },
+        )
+        .await;
+    }
+
+    /// Waits (bounded) until the store's snapshot satisfies `done`, then until the proxy's
+    /// config was built from that snapshot or a later one (`feed` builds it after the
+    /// store's publish, on its own task).
+    pub async fn wait_store(&self, what: &str, done: impl Fn(&Snapshot) -> bool) {
         let mut changes = self.store.subscribe();
-        let ok = tokio::time::timeout(WAIT, async {
+        let stored = tokio::time::timeout(WAIT, async {
             loop {
                 changes.borrow_and_update();
                 let snap = self.store.snapshot();
-                if names
-                    .iter()
-                    .all(|n| snap.version(type_url, n) == Some(version))
-                {
-                    return;
+                if done(&snap) {
+                    return snap.generation;
                 }
                 changes.changed().await.unwrap();
             }
         })
         .await;
+        let Ok(generation) = stored else {
+            panic!(
+                "the store never had {what}; last NACKs: {:?}",
+                self.store
+                    .snapshot()
+                    .last_nacks
+                    .values()
+                    .map(|n| n.message())
+                    .collect::<Vec<_>>()
+            );
+        };
+        let mut built = self.traffic.subscribe();
+        let applied = tokio::time::timeout(WAIT, built.wait_for(|g| *g >= generation)).await;
         assert!(
-            ok.is_ok(),
-            "{type_url} {names:?} never reached version {version}; last NACKs: {:?}",
-            self.store
-                .snapshot()
-                .last_nacks
-                .values()
-                .map(|n| n.message())
-                .collect::<Vec<_>>()
+            matches!(applied, Ok(Ok(_))),
+            "the proxy never got the store's generation {generation} with {what} (it has {})",
+            self.traffic.generation()
         );
-        // `feed` publishes to the proxy right after the store's publish; give its task a
-        // turn.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
