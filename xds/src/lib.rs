@@ -8,6 +8,8 @@
 //!
 //! Dependency direction: this crate depends on `myelin-proxy`, never the other way round.
 
+#![forbid(unsafe_code)]
+
 pub mod ads;
 pub mod bootstrap;
 pub mod convert;
