@@ -1,7 +1,9 @@
 //! Body wrappers for metrics: one that counts the bytes of a request body (and notes
 //! its activity and end for the stream's timeouts), one that records a request's golden
-//! metrics when its response body ends.
+//! metrics when its response body ends; and the start of a request body read ahead for a
+//! filter ([`CountingBody::read_ahead`]), then sent on as it came.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,11 +20,17 @@ use crate::timeout::{StreamState, StreamTimedOut};
 pub(crate) struct CountingBody<B> {
     inner: B,
     state: Arc<StreamState>,
+    /// Frames at the front of `inner` that were counted when they were read ahead.
+    counted: usize,
 }
 
 impl<B> CountingBody<B> {
     pub(crate) fn new(inner: B, state: Arc<StreamState>) -> Self {
-        Self { inner, state }
+        Self {
+            inner,
+            state,
+            counted: 0,
+        }
     }
 
     /// The body it counts.
@@ -40,6 +48,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.counted > 0 {
+            if let Poll::Ready(Some(Ok(_))) = &polled {
+                self.counted -= 1;
+                return polled;
+            }
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 match frame.data_ref() {
@@ -62,6 +76,90 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The start of a request body, read ahead ([`CountingBody::read_ahead`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReadAhead {
+    /// The data read, in order.
+    pub(crate) data: Bytes,
+    /// The body ended within it (else more may follow).
+    pub(crate) whole: bool,
+}
+
+impl CountingBody<RequestBody> {
+    /// Reads the body until it ends or `at_least` bytes of data are in, counted as they come
+    /// (so the stream's timeouts see them), and puts what was read back in front of the
+    /// rest, to be sent on as it came (not counted again).
+    pub(crate) async fn read_ahead(&mut self, at_least: usize) -> Result<ReadAhead, BodyError> {
+        use http_body_util::BodyExt;
+        let mut frames = VecDeque::new();
+        let mut data = bytes::BytesMut::new();
+        let mut whole = self.is_end_stream();
+        while !whole && data.len() < at_least {
+            match self.frame().await {
+                None => whole = true,
+                Some(frame) => {
+                    let frame = frame?;
+                    if let Some(d) = frame.data_ref() {
+                        data.extend_from_slice(d);
+                    }
+                    frames.push_back(frame);
+                    whole = self.inner.is_end_stream();
+                }
+            }
+        }
+        if !frames.is_empty() {
+            self.counted = frames.len();
+            let rest = std::mem::replace(&mut self.inner, RequestBody::Empty);
+            self.inner = RequestBody::Own(Box::pin(Replay { frames, rest }));
+        }
+        Ok(ReadAhead {
+            data: data.freeze(),
+            whole,
+        })
+    }
+}
+
+/// Frames read ahead, then the rest of the body.
+struct Replay {
+    frames: VecDeque<Frame<Bytes>>,
+    rest: RequestBody,
+}
+
+impl Body for Replay {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.frames.pop_front() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let ahead: u64 = self
+            .frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + ahead);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }
 
@@ -292,5 +390,57 @@ impl<B: Body<Data = Bytes, Error = BodyError> + Unpin> Body for MeteredBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A client's body of these frames (the last maybe trailers), as the servers give it.
+    fn client_body(frames: Vec<Frame<Bytes>>) -> RequestBody {
+        let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<_, BodyError>));
+        RequestBody::Own(Box::pin(StreamBody::new(stream)))
+    }
+
+    fn data(s: &'static str) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_body_read_ahead_goes_on_as_it_came_and_is_counted_once() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        for (at_least, want_read, want_whole) in [
+            (1, "abc", false),
+            (4, "abcdef", false),
+            (100, "abcdefghi", true),
+        ] {
+            let state = Arc::new(StreamState::new(tokio::time::Instant::now(), false));
+            let frames = vec![
+                data("abc"),
+                data("def"),
+                data("ghi"),
+                Frame::trailers(trailers.clone()),
+            ];
+            let mut body = CountingBody::new(client_body(frames), state.clone());
+            let read = body.read_ahead(at_least).await.unwrap();
+            assert_eq!(
+                (&read.data[..], read.whole),
+                (want_read.as_bytes(), want_whole),
+                "at least {at_least}"
+            );
+            assert_eq!(state.request_bytes(), want_read.len() as u64);
+            let all = body.collect().await.unwrap();
+            assert_eq!(all.trailers(), Some(&trailers));
+            assert_eq!(&all.to_bytes()[..], b"abcdefghi");
+            assert_eq!(state.request_bytes(), 9, "each byte counted once");
+        }
+        // A body that has ended already reads nothing.
+        let state = Arc::new(StreamState::new(tokio::time::Instant::now(), true));
+        let mut body = CountingBody::new(RequestBody::Empty, state);
+        let read = body.read_ahead(10).await.unwrap();
+        assert!(read.whole && read.data.is_empty());
     }
 }

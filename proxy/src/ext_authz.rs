@@ -5,16 +5,17 @@
 //!
 //! - **gRPC** (`grpc_service`): one `envoy.service.auth.v3.Authorization/Check` call with
 //!   the request's attributes (peers, method, path, host, scheme, headers, the route's
-//!   `context_extensions`, the metadata namespaces asked for). `status.code` 0 lets the
-//!   request through with the answer's header and query changes (`ok_response`); any other
-//!   code denies it with the answer's status (403 when none), headers and body
-//!   (`denied_response`); a failed call, a gRPC error status or an `error_response` is an
-//!   error.
+//!   `context_extensions`, the metadata namespaces asked for, the start of its body with
+//!   `with_request_body`). `status.code` 0 lets the request through with the answer's
+//!   header and query changes (`ok_response`); any other code denies it with the answer's
+//!   status (403 when none), headers and body (`denied_response`); a failed call, a gRPC
+//!   error status or an `error_response` is an error.
 //! - **HTTP** (`http_service`): the request's method, `path_prefix` + path, host and
-//!   allowed headers (always `authorization`), without a body; `200` lets it through (the
-//!   `allowed_upstream_headers` of the answer set on it, `x-envoy-auth-headers-to-remove`
-//!   removed from it, `allowed_client_headers_on_success` added to its response), a `5xx`
-//!   or no answer is an error, any other status is the answer to the client (with
+//!   allowed headers (always `authorization`), and the start of its body with
+//!   `with_request_body`; `200` lets it through (the `allowed_upstream_headers` of the
+//!   answer set on it, `x-envoy-auth-headers-to-remove` removed from it,
+//!   `allowed_client_headers_on_success` added to its response), a `5xx` or no answer is
+//!   an error, any other status is the answer to the client (with
 //!   `allowed_client_headers`, by default all but `host`).
 //!
 //! A denial is answered with the service's status and flag `UAEX`; an error with
@@ -31,9 +32,10 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use prost::Message;
 
+use crate::body::ReadAhead;
 use crate::filters::{Answer, DynamicMetadata};
 use crate::metrics::ProxyMetrics;
-use crate::model::ext_authz::{AuthzService, ExtAuthzPolicy, HttpAuthzService};
+use crate::model::ext_authz::{AuthzService, BodySettings, ExtAuthzPolicy, HttpAuthzService};
 use crate::model::filter::GrpcService;
 use crate::model::StringMatcher;
 use crate::rbac::Subject;
@@ -140,8 +142,16 @@ struct HttpRequest {
     host: String,
     #[prost(string, tag = "6")]
     scheme: String,
+    #[prost(int64, tag = "9")]
+    size: i64,
     #[prost(string, tag = "10")]
     protocol: String,
+    /// `body`, a string in the proto: bytes here, so a body that is not UTF-8 goes as it
+    /// is, as Envoy sends it (`pack_as_bytes` is for services that refuse that).
+    #[prost(bytes = "bytes", tag = "11")]
+    body: Bytes,
+    #[prost(bytes = "bytes", tag = "12")]
+    raw_body: Bytes,
     #[prost(message, optional, tag = "13")]
     header_map: Option<HeaderMapProto>,
 }
@@ -382,6 +392,22 @@ pub(crate) struct Check<'a> {
     pub(crate) client: &'a Subject<'a>,
     /// The request's dynamic metadata (for `metadata_context_namespaces`).
     pub(crate) metadata: &'a DynamicMetadata,
+    /// The start of the request's body and how much of it to tell (`with_request_body`);
+    /// `None`: no body is told (not asked for, or the request has none).
+    pub(crate) body: Option<(&'a ReadAhead, BodySettings)>,
+}
+
+impl Check<'_> {
+    /// The body told (cut to the limit) and whether it is less than the whole body (the
+    /// value of `x-envoy-auth-partial-body`).
+    fn told_body(&self) -> Option<(Bytes, bool)> {
+        let (read, settings) = self.body?;
+        let told = read.data.len().min(settings.max_bytes as usize);
+        Some((
+            read.data.slice(..told),
+            told < read.data.len() || !read.whole,
+        ))
+    }
 }
 
 /// Runs the filter for a request whose route has it on: `Ok(Some(_))` with the changes
@@ -567,6 +593,24 @@ fn check_call(service: &GrpcService, check: &Check<'_>) -> Result<Request<Bytes>
                 .or_insert_with(|| value.into_owned());
         }
     }
+    let told_body = check.told_body();
+    if let Some((_, partial)) = &told_body {
+        let value = if *partial { "true" } else { "false" };
+        if policy.encode_raw_headers {
+            header_map.push(HeaderValueProto {
+                key: PARTIAL_BODY.to_owned(),
+                value: String::new(),
+                raw_value: value.as_bytes().to_vec(),
+            });
+        } else {
+            headers.insert(PARTIAL_BODY.to_owned(), value.to_owned());
+        }
+    }
+    let (body, raw_body) = match told_body {
+        Some((b, _)) if check.body.is_some_and(|(_, s)| s.pack_as_bytes) => (Bytes::new(), b),
+        Some((b, _)) => (b, Bytes::new()),
+        None => (Bytes::new(), Bytes::new()),
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -620,7 +664,10 @@ fn check_call(service: &GrpcService, check: &Check<'_>) -> Result<Request<Bytes>
                     path: head.path.to_owned(),
                     host: head.authority.to_owned(),
                     scheme: head.scheme.to_owned(),
+                    size: check.body.map_or(0, |(read, _)| read.data.len() as i64),
                     protocol: String::new(),
+                    body,
+                    raw_body,
                     header_map: policy.encode_raw_headers.then_some(HeaderMapProto {
                         headers: header_map,
                     }),
@@ -770,10 +817,14 @@ fn http_request(service: &HttpAuthzService, check: &Check<'_>) -> Result<Request
         "http://{}{}{}",
         head.authority, service.path_prefix, head.path
     );
+    let told_body = check.told_body();
+    let has_body = told_body.is_some();
+    let (body, partial) = told_body.unwrap_or_default();
+    let length = HeaderValue::from(body.len());
     let mut req = Request::builder()
         .method(head.method)
         .uri(uri)
-        .body(Bytes::new())
+        .body(body)
         .map_err(|e| format!("the check request: {e}"))?;
     let headers = req.headers_mut();
     for (name, value) in head.headers {
@@ -784,7 +835,23 @@ fn http_request(service: &HttpAuthzService, check: &Check<'_>) -> Result<Request
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    headers.insert(header::CONTENT_LENGTH, length);
+    // The partial-body header goes as the request's headers do: when the allow list
+    // names it (Envoy puts it in the check's headers, which its HTTP client filters).
+    let policy = check.policy;
+    if has_body
+        && !policy
+            .disallowed_headers
+            .iter()
+            .any(|m| m.matches(PARTIAL_BODY))
+        && policy
+            .allowed_headers
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|m| m.matches(PARTIAL_BODY)))
+    {
+        let value = if partial { "true" } else { "false" };
+        headers.insert(PARTIAL_BODY, HeaderValue::from_static(value));
+    }
     crate::traffic::router::mutate_headers(headers, &service.headers_to_add, &[]);
     Ok(req)
 }

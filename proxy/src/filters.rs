@@ -158,6 +158,9 @@ pub(crate) struct Filtered {
     /// External authorization changes already applied to the request (before the route
     /// was chosen again): [`Filtered::finish_request`] applies only the later ones.
     ext_authz_applied: usize,
+    /// The start of the request's body, read for the filters that send it to a service
+    /// (external authorization's `with_request_body`; [`body_to_read`]).
+    pub(crate) body: Option<crate::body::ReadAhead>,
 }
 
 /// A request's dynamic metadata (Envoy's `StreamInfo::dynamicMetadata`), as far as Myelin's
@@ -574,6 +577,56 @@ pub(crate) struct Context<'a> {
     pub(crate) services: &'a dyn crate::services::Services,
 }
 
+/// How much of the request's body the filters from `start` on want to see for this route
+/// (external authorization with `with_request_body`): the bytes to read ahead before they
+/// run, enough for each such filter to tell whether the body is longer than its limit;
+/// `None`: none of them wants it.
+pub(crate) fn body_to_read(
+    filters: &HttpFilters,
+    start: usize,
+    levels: Levels<'_>,
+) -> Option<usize> {
+    filters
+        .0
+        .iter()
+        .skip(start)
+        .filter(|f| levels.enabled(f))
+        .filter_map(|f| match &f.kind {
+            FilterKind::ExtAuthz(policy) => ext_authz_body(levels, &f.name, policy),
+            _ => None,
+        })
+        .map(|b| b.max_bytes as usize + usize::from(!b.allow_partial))
+        .max()
+}
+
+/// The body settings of the external authorization filter `name` on this route: the most
+/// specific level with settings for it says (`disabled`, `disable_request_body_buffering`,
+/// `with_request_body`), else the filter's own.
+fn ext_authz_body<'a>(
+    levels: Levels<'a>,
+    name: &'a str,
+    policy: &crate::model::ext_authz::ExtAuthzPolicy,
+) -> Option<crate::model::ext_authz::BodySettings> {
+    let route = levels.settings(name).find_map(|s| match &s.policy {
+        Some(FilterPolicy::ExtAuthz(r)) => Some(&**r),
+        _ => None,
+    });
+    match route {
+        Some(r) if r.disabled || r.no_body => None,
+        Some(r) => r.with_body.or(policy.with_body),
+        None => policy.with_body,
+    }
+}
+
+/// The answer to a request whose body is longer than a filter may buffer: `413`, as
+/// Envoy's connection manager answers it.
+fn too_large(grpc: bool) -> Answer {
+    const TEXT: &str = "Payload Too Large";
+    let resp = crate::http::local_response(413, TEXT.to_owned());
+    let resp = crate::http::for_grpc(resp, TEXT, grpc);
+    (crate::local_reply::mark(resp, 413, TEXT, None), "-")
+}
+
 /// Runs `filters` for a request: `Some` when a filter answers it (a fault abort, a CORS
 /// preflight, a rate limit); a fault delay is waited out here.
 pub(crate) async fn run(
@@ -702,12 +755,21 @@ pub(crate) async fn run(
                     head: Some(head),
                     ..client
                 };
+                let body = ext_authz_body(levels, &filter.name, policy)
+                    .and_then(|settings| Some((filtered.body.as_ref()?, settings)));
+                if let Some((read, settings)) = body {
+                    if !settings.allow_partial && read.data.len() > settings.max_bytes as usize {
+                        // Envoy's connection manager, over the filter's buffer limit.
+                        return Some(too_large(grpc));
+                    }
+                }
                 let check = crate::ext_authz::Check {
                     policy,
                     context_extensions,
                     head,
                     client: &subject,
                     metadata: &filtered.metadata,
+                    body,
                 };
                 match Box::pin(crate::ext_authz::run(services, check, grpc, metrics)).await {
                     Ok(Some(allowed)) => {

@@ -1176,6 +1176,26 @@ impl HttpConn {
                         format!("no route for {authority}{path} in {:?}", table.config.name),
                     ));
                 };
+                // A filter that tells a service the request's body (external
+                // authorization's `with_request_body`) has its start read first; then the
+                // route is found again (the same one), the request unchanged.
+                if !filters.is_empty() && filtered.body.is_none() && body_readable(req) {
+                    let levels = filters::Levels {
+                        route,
+                        vhost: vh,
+                        table: &table.config,
+                    };
+                    if let Some(n) = filters::body_to_read(filters, resume, levels) {
+                        let read = req.body_mut().read_ahead(n).await.map_err(|source| {
+                            ProxyError::DownstreamAborted {
+                                peer: self.peer,
+                                source,
+                            }
+                        })?;
+                        filtered.body = Some(read);
+                        continue;
+                    }
+                }
                 // The filters before the router, for a request routed to a cluster (which
                 // is picked first) or answered by its route (direct responses and
                 // redirects: only the filters that guard or limit, see `filters`).
@@ -2330,6 +2350,15 @@ fn normalize_path<B>(
 /// A request as routes and matchers see it: its authority ([`authority`]) and its path and
 /// query (a `CONNECT` has none, `connect_matcher` routes it; other requests without one
 /// are for `/`).
+/// Whether a request's body may be read ahead for a filter: it has one, and it is not a
+/// tunnel's (an upgrade or `CONNECT`, whose bytes flow only once the answer is in), as
+/// Envoy's external authorization buffers none of those.
+fn body_readable(req: &Request<ReqBody>) -> bool {
+    !http_body::Body::is_end_stream(req.body())
+        && req.method() != Method::CONNECT
+        && !req.headers().contains_key(header::UPGRADE)
+}
+
 fn request_head<B>(req: &Request<B>) -> RequestHead<'_> {
     RequestHead {
         method: req.method().as_str(),

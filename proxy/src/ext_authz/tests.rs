@@ -70,6 +70,7 @@ fn grpc_policy() -> ExtAuthzPolicy {
         max_denied_body: 0,
         metadata_namespaces: vec!["envoy.filters.http.rbac".into()],
         stat_prefix: "t".into(),
+        with_body: None,
     }
 }
 
@@ -135,6 +136,7 @@ fn a_grpc_check_describes_the_request() {
         head: &head,
         client: &subject,
         metadata: &metadata,
+        body: None,
     };
     let AuthzService::Grpc(service) = &policy.service else {
         unreachable!()
@@ -208,6 +210,7 @@ fn raw_headers_and_an_allow_list() {
         head: &head,
         client: &subject,
         metadata: &metadata,
+        body: None,
     };
     let AuthzService::Grpc(service) = &policy.service else {
         unreachable!()
@@ -415,6 +418,7 @@ fn an_http_check_is_the_request_head_with_allowed_headers() {
         head: &head,
         client: &subject,
         metadata: &metadata,
+        body: None,
     };
     let AuthzService::Http(service) = &policy.service else {
         unreachable!()
@@ -436,6 +440,129 @@ fn an_http_check_is_the_request_head_with_allowed_headers() {
     assert_eq!(req.headers()["content-length"], "0", "no body");
     assert_eq!(req.headers()["x-from"], "myelin");
     assert!(req.body().is_empty());
+}
+
+#[test]
+fn bodies_are_told_up_to_the_limit() {
+    use crate::body::ReadAhead;
+    use crate::model::ext_authz::BodySettings;
+    let h = headers(&[("x-user", "alice"), (PARTIAL_BODY, "false")]);
+    let head = RequestHead {
+        method: "POST",
+        ..head("/upload", &h)
+    };
+    let metadata = DynamicMetadata::default();
+    let subject = client();
+    let settings = |max_bytes, pack_as_bytes| BodySettings {
+        max_bytes,
+        allow_partial: true,
+        pack_as_bytes,
+    };
+    let read = |data: &'static [u8], whole| ReadAhead {
+        data: Bytes::from_static(data),
+        whole,
+    };
+    let grpc = grpc_policy();
+    let AuthzService::Grpc(service) = &grpc.service else {
+        unreachable!()
+    };
+    // (what was read, settings) -> (body, raw_body, partial header, size)
+    let whole = read(b"hello \xff world", true);
+    let started = read(b"hello", false);
+    for (ahead, settings, want) in [
+        (
+            &whole,
+            settings(64, false),
+            (&b"hello \xff world"[..], &b""[..], "false", 13),
+        ),
+        (
+            &whole,
+            settings(5, false),
+            (&b"hello"[..], &b""[..], "true", 13),
+        ),
+        (
+            &whole,
+            settings(64, true),
+            (&b""[..], &b"hello \xff world"[..], "false", 13),
+        ),
+        (
+            &started,
+            settings(5, false),
+            (&b"hello"[..], &b""[..], "true", 5),
+        ),
+    ] {
+        let check = Check {
+            policy: &grpc,
+            context_extensions: HashMap::new(),
+            head: &head,
+            client: &subject,
+            metadata: &metadata,
+            body: Some((ahead, settings)),
+        };
+        let http = decode_check(&check_call(service, &check).unwrap())
+            .attributes
+            .unwrap()
+            .request
+            .unwrap()
+            .http
+            .unwrap();
+        assert_eq!(
+            (
+                &http.body[..],
+                &http.raw_body[..],
+                http.headers[PARTIAL_BODY].as_str(),
+                http.size
+            ),
+            want,
+            "{settings:?}, the client's own partial-body header never told"
+        );
+    }
+    // Without a body to tell: no body, no partial-body header.
+    let check = Check {
+        policy: &grpc,
+        context_extensions: HashMap::new(),
+        head: &head,
+        client: &subject,
+        metadata: &metadata,
+        body: None,
+    };
+    let http = decode_check(&check_call(service, &check).unwrap())
+        .attributes
+        .unwrap()
+        .request
+        .unwrap()
+        .http
+        .unwrap();
+    assert!(http.body.is_empty() && !http.headers.contains_key(PARTIAL_BODY));
+
+    // An HTTP service gets the body itself, and the partial-body header only when its
+    // allow list names it.
+    let mut policy = http_policy(http_service());
+    let AuthzService::Http(service) = policy.service.clone() else {
+        unreachable!()
+    };
+    for (allowed, partial) in [("x-", Some("true")), ("x-user", None)] {
+        policy.allowed_headers = Some(vec![StringMatcher {
+            pattern: StringPattern::Prefix(allowed.into()),
+            ignore_case: false,
+        }]);
+        let check = Check {
+            policy: &policy,
+            context_extensions: HashMap::new(),
+            head: &head,
+            client: &subject,
+            metadata: &metadata,
+            body: Some((&whole, settings(5, false))),
+        };
+        let req = http_request(&service, &check).unwrap();
+        assert_eq!(&req.body()[..], b"hello");
+        assert_eq!(req.headers()["content-length"], "5");
+        assert_eq!(
+            req.headers().get(PARTIAL_BODY).map(|v| v.to_str().unwrap()),
+            partial,
+            "allowed: {allowed}"
+        );
+    }
 }
 
 fn http_reply(status: u16, list: &[(&str, &str)], body: &'static str) -> Reply {
@@ -616,6 +743,7 @@ async fn the_filter_follows_the_services_word() {
                 head,
                 client: subject,
                 metadata,
+                body: None,
             };
             run(&*services, check, grpc, metrics).await
         }

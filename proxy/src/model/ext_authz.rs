@@ -69,6 +69,23 @@ pub struct ExtAuthzPolicy {
     pub metadata_namespaces: Vec<String>,
     /// `stat_prefix`: a label of the filter's counter.
     pub stat_prefix: std::sync::Arc<str>,
+    /// `with_request_body`: the request's body (up to a limit) goes in the check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with_body: Option<BodySettings>,
+}
+
+/// `BufferSettings`: how much of a request's body the service is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BodySettings {
+    /// `max_request_bytes`: the most told (at least 1).
+    pub max_bytes: u32,
+    /// `allow_partial_message`: a longer body is told cut to `max_bytes` (with
+    /// `x-envoy-auth-partial-body: true`); without it such a request is answered `413`
+    /// and not checked.
+    pub allow_partial: bool,
+    /// `pack_as_bytes`: a gRPC service gets the body as bytes (`raw_body`), not as text
+    /// (`body`).
+    pub pack_as_bytes: bool,
 }
 
 /// The authorization service.
@@ -82,7 +99,8 @@ pub enum AuthzService {
 }
 
 /// An HTTP authorization service (`HttpService`): it gets the request's method, path
-/// (after `path_prefix`) and allowed headers, without a body; `200` lets the request
+/// (after `path_prefix`) and allowed headers (and its body's start with
+/// `with_request_body`); `200` lets the request
 /// through, a `5xx` is an error, anything else is the answer to the client.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpAuthzService {
@@ -120,6 +138,14 @@ pub struct ExtAuthzRoute {
     /// `context_extensions` (merged over the levels, the most specific winning per key).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub context_extensions: Vec<(String, String)>,
+    /// `check_settings.with_request_body`: the body settings on this route, over the
+    /// filter's (the most specific level that has them says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with_body: Option<BodySettings>,
+    /// `check_settings.disable_request_body_buffering`: no body in the check on this
+    /// route.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_body: bool,
 }
 
 /// `type.matcher.v3.MetadataMatcher` over a request's dynamic metadata, whose values are

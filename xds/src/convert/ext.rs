@@ -1484,9 +1484,9 @@ pub struct ExtAuthz {
     #[prost(bool, tag = "19")]
     #[serde(default)]
     pub failure_mode_allow_header_add: bool,
-    #[prost(bytes = "vec", optional, tag = "5")]
-    #[serde(default, deserialize_with = "present")]
-    pub with_request_body: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub with_request_body: Option<ExtAuthzBufferSettings>,
     #[prost(bool, tag = "6")]
     #[serde(default)]
     pub clear_route_cache: bool,
@@ -1785,15 +1785,30 @@ pub struct ExtAuthzCheckSettings {
     #[prost(bool, tag = "2")]
     #[serde(default)]
     pub disable_request_body_buffering: bool,
-    #[prost(bytes = "vec", optional, tag = "3")]
-    #[serde(default, deserialize_with = "present")]
-    pub with_request_body: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub with_request_body: Option<ExtAuthzBufferSettings>,
     #[prost(bytes = "vec", optional, tag = "4")]
     #[serde(default, deserialize_with = "present")]
     pub grpc_service: Option<Vec<u8>>,
     #[prost(bytes = "vec", optional, tag = "5")]
     #[serde(default, deserialize_with = "present")]
     pub http_service: Option<Vec<u8>>,
+}
+
+/// `envoy.extensions.filters.http.ext_authz.v3.BufferSettings`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzBufferSettings {
+    #[prost(uint32, tag = "1")]
+    #[serde(default)]
+    pub max_request_bytes: u32,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub allow_partial_message: bool,
+    #[prost(bool, tag = "3")]
+    #[serde(default)]
+    pub pack_as_bytes: bool,
 }
 
 /// `envoy.extensions.filters.http.ratelimit.v3.RateLimit`: the global rate limit filter.
@@ -2257,6 +2272,7 @@ const COMPRESSOR: &str = "envoy.extensions.filters.http.compressor.v3.Compressor
 const COMPRESSOR_COMMON: &str =
     "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig";
 const EXT_AUTHZ_HTTP_SERVICE: &str = "envoy.extensions.filters.http.ext_authz.v3.HttpService";
+const EXT_AUTHZ_BUFFER: &str = "envoy.extensions.filters.http.ext_authz.v3.BufferSettings";
 const UINT32_VALUE: &str = "google.protobuf.UInt32Value";
 const PASS_THROUGH_TLVS: &str = "envoy.config.core.v3.ProxyProtocolPassThroughTLVs";
 /// The newer `ProxyProtocolConfig` ([`ProxyProtocolConfig`], with `added_tlvs`), named apart
@@ -2945,7 +2961,7 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
             p("transport_api_version"),
             p("failure_mode_allow"),
             p("failure_mode_allow_header_add"),
-            p("with_request_body"),
+            m("with_request_body", EXT_AUTHZ_BUFFER),
             p("clear_route_cache"),
             m("status_on_error", "envoy.type.v3.HttpStatus"),
             p("validate_mutations"),
@@ -3025,9 +3041,17 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         &[
             p("context_extensions"),
             p("disable_request_body_buffering"),
-            p("with_request_body"),
+            m("with_request_body", EXT_AUTHZ_BUFFER),
             p("grpc_service"),
             p("http_service"),
+        ],
+    ),
+    (
+        EXT_AUTHZ_BUFFER,
+        &[
+            p("max_request_bytes"),
+            p("allow_partial_message"),
+            p("pack_as_bytes"),
         ],
     ),
     (
@@ -3336,6 +3360,7 @@ mod tests {
                 "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
             ExtAuthzPerRoute => "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
             ExtAuthzCheckSettings => "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+            ExtAuthzBufferSettings => EXT_AUTHZ_BUFFER,
             HttpRateLimit => "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
             RouteRateLimit => ROUTE_RATE_LIMIT,
             JwtAuthentication => "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
@@ -3389,7 +3414,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            76 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
+            77 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

@@ -1,8 +1,7 @@
 //! External authorization (`envoy.extensions.filters.http.ext_authz.v3`): the filter's
 //! `ExtAuthz` and the routes' `ExtAuthzPerRoute` into [`myelin_proxy::model::ext_authz`].
-//! What Envoy would do with a field Myelin does not implement (buffering the body for the
-//! service, per-route services, header mutation rules, the peer's certificate) is rejected,
-//! not ignored.
+//! What Envoy would do with a field Myelin does not implement (per-route services, header
+//! mutation rules, the peer's certificate) is rejected, not ignored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,8 +62,9 @@ pub(super) fn ext_authz(cx: &mut Cx, p: &str, e: &ext::ExtAuthz) -> Option<ma::E
     } = e;
     let errors = cx.errs.len();
     api_v3(cx, p, *transport_api_version);
-    // Buffering the request body for the service: the filters run on a request's head.
-    cx.unsupported(p, "with_request_body", with_request_body);
+    let with_body = with_request_body
+        .as_ref()
+        .and_then(|b| body_settings(cx, &join(p, "with_request_body"), b));
     cx.unsupported(
         p,
         "decoder_header_mutation_rules",
@@ -187,6 +187,27 @@ pub(super) fn ext_authz(cx: &mut Cx, p: &str, e: &ext::ExtAuthz) -> Option<ma::E
         max_denied_body: *max_denied_response_body_bytes,
         metadata_namespaces: metadata_context_namespaces.clone(),
         stat_prefix: stat_prefix.as_str().into(),
+        with_body,
+    })
+}
+
+/// `BufferSettings`.
+fn body_settings(
+    cx: &mut Cx,
+    p: &str,
+    b: &ext::ExtAuthzBufferSettings,
+) -> Option<ma::BodySettings> {
+    if b.max_request_bytes == 0 {
+        cx.reject(
+            join(p, "max_request_bytes"),
+            Reason::Invalid("must be greater than 0".into()),
+        );
+        return None;
+    }
+    Some(ma::BodySettings {
+        max_bytes: b.max_request_bytes,
+        allow_partial: b.allow_partial_message,
+        pack_as_bytes: b.pack_as_bytes,
     })
 }
 
@@ -397,6 +418,8 @@ pub(super) fn ext_authz_route(
         (Some(disabled), None) => ma::ExtAuthzRoute {
             disabled,
             context_extensions: Vec::new(),
+            with_body: None,
+            no_body: false,
         },
         (None, Some(c)) => {
             let cp = join(p, "check_settings");
@@ -407,9 +430,10 @@ pub(super) fn ext_authz_route(
                 grpc_service,
                 http_service,
             } = c;
-            // Myelin never buffers the body for the service: turning that off is a no-op.
-            let _ = disable_request_body_buffering;
-            cx.unsupported(&cp, "with_request_body", with_request_body);
+            let errors = cx.errs.len();
+            let with_body = with_request_body
+                .as_ref()
+                .and_then(|b| body_settings(cx, &join(&cp, "with_request_body"), b));
             cx.unsupported(&cp, "grpc_service", grpc_service);
             cx.unsupported(&cp, "http_service", http_service);
             let mut context_extensions: Vec<_> = context_extensions
@@ -417,9 +441,14 @@ pub(super) fn ext_authz_route(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             context_extensions.sort();
+            if cx.errs.len() > errors {
+                return None;
+            }
             ma::ExtAuthzRoute {
                 disabled: false,
                 context_extensions,
+                with_body,
+                no_body: *disable_request_body_buffering,
             }
         }
         _ => {

@@ -575,6 +575,7 @@ mod tests {
             "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
             "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
             "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+            "envoy.extensions.filters.http.ext_authz.v3.BufferSettings",
             "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig",
             "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig",
             "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",

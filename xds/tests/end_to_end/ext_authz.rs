@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use crate::support::*;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::{Request as HyperRequest, Response as HyperResponse};
 use hyper_util::rt::TokioIo;
 use myelin_xds::ads::{type_url, AdsProtocol};
@@ -42,6 +43,8 @@ const GATEWAY_PORT: u16 = 18601;
 /// istiod's shape for a `CUSTOM` policy.
 const ISTIO_PORT: u16 = 18602;
 const RECOMPUTE_PORT: u16 = 18603;
+/// Request bodies told to the services (`with_request_body`).
+const BODY_PORT: u16 = 18604;
 const FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
 const PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
@@ -142,8 +145,8 @@ async fn grpc_service(authorizer: Arc<Authorizer>) -> SocketAddr {
     addr
 }
 
-/// What the HTTP service was asked: method, path and headers.
-type Asked = Arc<Mutex<Vec<(String, String, HashMap<String, String>)>>>;
+/// What the HTTP service was asked: method, path, headers and body.
+type Asked = Arc<Mutex<Vec<(String, String, HashMap<String, String>, Bytes)>>>;
 
 /// The HTTP service: `/auth/ok...` lets through, `/auth/down...` fails with a 503, any
 /// other path is denied with a page of its own.
@@ -157,36 +160,40 @@ async fn http_service(asked: Asked) -> SocketAddr {
             };
             let asked = asked.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: HyperRequest<_>| {
-                    let headers: HashMap<String, String> = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
-                        .collect();
-                    let path = req.uri().path().to_owned();
-                    asked
-                        .lock()
-                        .unwrap()
-                        .push((req.method().to_string(), path.clone(), headers));
-                    let resp = if path.starts_with("/auth/ok") {
-                        HyperResponse::builder()
-                            .header("x-user-id", "7")
-                            .header("x-ignored", "not allowed upstream")
-                            .header("set-cookie", "session=abc")
-                            .header("x-envoy-auth-headers-to-remove", "x-secret")
-                            .body(Full::new(Bytes::new()))
-                    } else if path.starts_with("/auth/down") {
-                        HyperResponse::builder()
-                            .status(503)
-                            .body(Full::new(Bytes::from_static(b"down")))
-                    } else {
-                        HyperResponse::builder()
-                            .status(403)
-                            .header("content-type", "text/html")
-                            .header("x-reason", "not on the list")
-                            .body(Full::new(Bytes::from_static(b"<h1>forbidden</h1>")))
-                    };
-                    async move { resp }
+                let svc = hyper::service::service_fn(move |req: HyperRequest<Incoming>| {
+                    let asked = asked.clone();
+                    async move {
+                        let headers: HashMap<String, String> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                            .collect();
+                        let path = req.uri().path().to_owned();
+                        let method = req.method().to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        asked
+                            .lock()
+                            .unwrap()
+                            .push((method, path.clone(), headers, body));
+                        if path.starts_with("/auth/ok") {
+                            HyperResponse::builder()
+                                .header("x-user-id", "7")
+                                .header("x-ignored", "not allowed upstream")
+                                .header("set-cookie", "session=abc")
+                                .header("x-envoy-auth-headers-to-remove", "x-secret")
+                                .body(Full::new(Bytes::new()))
+                        } else if path.starts_with("/auth/down") {
+                            HyperResponse::builder()
+                                .status(503)
+                                .body(Full::new(Bytes::from_static(b"down")))
+                        } else {
+                            HyperResponse::builder()
+                                .status(403)
+                                .header("content-type", "text/html")
+                                .header("x-reason", "not on the list")
+                                .body(Full::new(Bytes::from_static(b"<h1>forbidden</h1>")))
+                        }
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -208,14 +215,21 @@ async fn echo_upstream(hits: Arc<AtomicUsize>) -> SocketAddr {
             };
             let hits = hits.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: HyperRequest<_>| {
+                let svc = hyper::service::service_fn(move |req: HyperRequest<Incoming>| {
                     hits.fetch_add(1, Ordering::Relaxed);
                     let mut body = format!("{}\n", req.uri());
                     for (k, v) in req.headers() {
                         body.push_str(&format!("{k}: {}\n", v.to_str().unwrap()));
                     }
-                    let resp = HyperResponse::new(Full::new(Bytes::from(body)));
-                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                    async move {
+                        // The request's body, when it has one, last.
+                        let sent = req.into_body().collect().await.unwrap().to_bytes();
+                        if !sent.is_empty() {
+                            body.push_str(&format!("body: {}\n", String::from_utf8_lossy(&sent)));
+                        }
+                        let resp = HyperResponse::new(Full::new(Bytes::from(body)));
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -322,6 +336,39 @@ fn recompute_listener() -> Listener {
     )
 }
 
+/// Request bodies told to the services: a gRPC service told the first 8 bytes (more are
+/// allowed), an HTTP one told up to 16 (more are not), each route able to say otherwise.
+fn body_listener() -> Listener {
+    filtered_listener(
+        "bodies",
+        BODY_PORT,
+        &format!(
+            r#"
+- name: grpc-body
+  typed_config:
+    "@type": {FILTER}
+    grpc_service:
+      envoy_grpc: {{cluster_name: grpc-authz}}
+      timeout: 0.6s
+    with_request_body: {{max_request_bytes: 8, allow_partial_message: true}}
+    stat_prefix: body
+    transport_api_version: V3
+- name: http-body
+  disabled: true
+  typed_config:
+    "@type": {FILTER}
+    http_service:
+      server_uri: {{uri: "http://http-authz/auth", cluster: http-authz, timeout: 2s}}
+      path_prefix: /auth
+    allowed_headers: {{patterns: [{{exact: x-envoy-auth-partial-body}}]}}
+    with_request_body: {{max_request_bytes: 16}}
+    stat_prefix: http-body
+    transport_api_version: V3
+"#
+        ),
+    )
+}
+
 fn routes() -> RouteConfiguration {
     let on = format!(r#"{{"@type": {FILTER_CONFIG}, config: {{}}}}"#);
     yaml(&format!(
@@ -372,6 +419,35 @@ virtual_hosts:
     route: {{cluster: web}}
     typed_per_filter_config:
       envoy.filters.http.ext_authz/securitypolicy/default/http: {on}
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+- name: bodies
+  domains: [bodies]
+  routes:
+  - match: {{prefix: /raw}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      grpc-body:
+        "@type": {PER_ROUTE}
+        check_settings:
+          with_request_body: {{max_request_bytes: 4, allow_partial_message: true, pack_as_bytes: true}}
+  - match: {{prefix: /streaming}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      grpc-body:
+        "@type": {PER_ROUTE}
+        check_settings: {{disable_request_body_buffering: true}}
+  - match: {{prefix: /strict}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      grpc-body:
+        "@type": {PER_ROUTE}
+        check_settings: {{with_request_body: {{max_request_bytes: 8}}}}
+  - match: {{prefix: /ok-form}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      grpc-body: {{"@type": {PER_ROUTE}, disabled: true}}
+      http-body: {on}
   - match: {{prefix: /}}
     route: {{cluster: web}}
 - name: reroute
@@ -587,7 +663,7 @@ async fn authorization_services_decide_over_xds() {
     assert!(!seen.iter().any(|l| l.starts_with("x-secret")), "{seen:?}");
     assert!(seen.contains(&"authorization: Bearer abc"), "{seen:?}");
     assert_eq!(a.header("set-cookie"), Some("session=abc"));
-    let (method, path, headers) = asked.lock().unwrap()[0].clone();
+    let (method, path, headers, _) = asked.lock().unwrap()[0].clone();
     assert_eq!((method.as_str(), path.as_str()), ("GET", "/auth/ok/page"));
     assert_eq!(
         headers.get("authorization").map(String::as_str),
@@ -692,4 +768,190 @@ async fn authorization_services_decide_over_xds() {
             .status,
         500
     );
+}
+
+/// A request to the `bodies` listener as alice, with a body in `chunks` (a chunked body
+/// when there is more than one), each sent once `before` says so for its index.
+async fn post_in_chunks<F: Fn(usize) -> bool>(
+    node: &Node,
+    path: &str,
+    chunks: &[&'static [u8]],
+    before: F,
+) -> (u16, String) {
+    let stream = node.connect(vip(BODY_PORT)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    let mut req = HyperRequest::post(path)
+        .header("host", "bodies")
+        .header("x-user", "alice");
+    if chunks.len() == 1 {
+        req = req.header("content-length", chunks[0].len());
+    }
+    let req = req
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let answer = tokio::spawn(async move {
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    });
+    for (i, chunk) in chunks.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        while !before(i) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chunk {i} never due"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if tx
+            .send(Ok(Frame::data(Bytes::from_static(chunk))))
+            .await
+            .is_err()
+        {
+            break; // answered already
+        }
+    }
+    drop(tx);
+    answer.await.unwrap()
+}
+
+async fn post(node: &Node, path: &str, body: &'static [u8]) -> (u16, String) {
+    post_in_chunks(node, path, &[body], |_| true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_go_to_the_services_with_with_request_body() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let web = echo_upstream(hits.clone()).await;
+    let authorizer = Arc::new(Authorizer::default());
+    let grpc = grpc_service(authorizer.clone()).await;
+    let asked: Asked = Arc::default();
+    let http = http_service(asked.clone()).await;
+    let cp = ControlPlane::start().await;
+    cp.update(|b| {
+        set(b, "bodies", &body_listener());
+        set(b, "r", &routes());
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[web]));
+        set(b, "grpc-authz", &h2_cluster("grpc-authz"));
+        set(b, "grpc-authz", &endpoints("grpc-authz", &[grpc]));
+        set(b, "http-authz", &eds_cluster("http-authz"));
+        set(b, "http-authz", &endpoints("http-authz", &[http]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["bodies"][..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web", "grpc-authz", "http-authz"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    let checks = || authorizer.checks.lock().unwrap().clone();
+    // The last check's body, raw body and partial-body header.
+    let told = || {
+        let http = checks()
+            .last()
+            .unwrap()
+            .clone()
+            .attributes
+            .unwrap()
+            .request
+            .unwrap()
+            .http
+            .unwrap();
+        let partial = http.headers.get("x-envoy-auth-partial-body").cloned();
+        (http.body, http.raw_body, partial)
+    };
+    let upstream_got = |answer: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("body: "))
+            .map(str::to_owned)
+    };
+
+    // Longer than the 8 bytes told: cut, said to be partial; the whole body goes upstream.
+    let (status, answer) = post(&node, "/upload", b"0123456789abcdef").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(upstream_got(&answer).as_deref(), Some("0123456789abcdef"));
+    assert_eq!(told(), ("01234567".into(), vec![], Some("true".into())));
+    // Within the limit: all of it.
+    let (status, answer) = post(&node, "/upload", b"tiny").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(upstream_got(&answer).as_deref(), Some("tiny"));
+    assert_eq!(told(), ("tiny".into(), vec![], Some("false".into())));
+    // The route's settings: 4 bytes, as bytes.
+    let (status, answer) = post(&node, "/raw", b"\x00\x01bin").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        told(),
+        (String::new(), b"\x00\x01bi".to_vec(), Some("true".into()))
+    );
+    // Buffering off on the route: checked without a body.
+    let (status, answer) = post(&node, "/streaming", b"abc").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(upstream_got(&answer).as_deref(), Some("abc"));
+    assert_eq!(told(), (String::new(), vec![], None));
+    // No partial bodies on the route: a longer body is answered 413, not checked, not
+    // sent on; one within the limit is checked whole.
+    let (before, hits_before) = (checks().len(), hits.load(Ordering::Relaxed));
+    let (status, answer) = post(&node, "/strict", b"123456789").await;
+    assert_eq!((status, answer.as_str()), (413, "Payload Too Large"));
+    assert_eq!(checks().len(), before);
+    assert_eq!(hits.load(Ordering::Relaxed), hits_before);
+    let (status, answer) = post(&node, "/strict", b"12345678").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(told(), ("12345678".into(), vec![], Some("false".into())));
+    // A request without a body: checked without one.
+    let a = request(
+        &node,
+        BODY_PORT,
+        "GET",
+        "/upload",
+        &[("host", "bodies"), ("x-user", "alice")],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(told(), (String::new(), vec![], None));
+
+    // A body still coming: the check goes out once 8 bytes are in, before the client sends
+    // the rest; all of it reaches the upstream.
+    let before = checks().len();
+    let (status, answer) = post_in_chunks(&node, "/upload", &[b"0123456789", b"-the-rest"], |i| {
+        i == 0 || checks().len() > before
+    })
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        upstream_got(&answer).as_deref(),
+        Some("0123456789-the-rest")
+    );
+    assert_eq!(told(), ("01234567".into(), vec![], Some("true".into())));
+
+    // The HTTP service: the body itself, and the partial-body header it allows.
+    let (status, answer) = post(&node, "/ok-form", b"name=alice&x=1").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(upstream_got(&answer).as_deref(), Some("name=alice&x=1"));
+    let (method, path, headers, body) = asked.lock().unwrap().last().unwrap().clone();
+    assert_eq!((method.as_str(), path.as_str()), ("POST", "/auth/ok-form"));
+    assert_eq!(&body[..], b"name=alice&x=1");
+    assert_eq!(
+        headers.get("content-length").map(String::as_str),
+        Some("14")
+    );
+    assert_eq!(
+        headers.get("x-envoy-auth-partial-body").map(String::as_str),
+        Some("false")
+    );
+    let asked_before = asked.lock().unwrap().len();
+    let (status, _) = post(&node, "/ok-form", b"name=alice&x=1&more=yes").await;
+    assert_eq!(status, 413, "longer than 16 bytes, no partial bodies");
+    assert_eq!(asked.lock().unwrap().len(), asked_before);
+    assert_eq!(outcome(&node, "body", "ok"), 7.0);
 }

@@ -1338,6 +1338,7 @@ fn ext_authz_as_envoy_gateway_and_istiod_write_it() {
                         "grpcService": {"envoyGrpc": {"authority": "grpc-backend.default:9000", "clusterName": "grpc-backend"}, "timeout": "10s"},
                         "routeMetadataContextNamespaces": ["envoy-gateway"],
                         "statusOnError": {"code": "InternalServerError"},
+                        "withRequestBody": {"maxRequestBytes": 32768},
                         "transportApiVersion": "V3"
                     }},
                     {"name": "envoy.filters.http.ext_authz", "typedConfig": {
@@ -1383,6 +1384,16 @@ fn ext_authz_as_envoy_gateway_and_istiod_write_it() {
     assert_eq!(s.client_on_success.len(), 1);
     let grpc = policy(1);
     assert_eq!(grpc.status_on_error, 500);
+    assert_eq!(
+        grpc.with_body,
+        Some(ma::BodySettings {
+            max_bytes: 32768,
+            allow_partial: false,
+            pack_as_bytes: false
+        }),
+        "Envoy Gateway's bodyToExtAuth"
+    );
+    assert_eq!(http.with_body, None);
     assert_eq!(grpc.allowed_headers.as_ref().map(Vec::len), Some(1));
     let ma::AuthzService::Grpc(g) = &grpc.service else {
         panic!()
@@ -1425,6 +1436,16 @@ virtual_hosts:
     route: {{cluster: web}}
     typed_per_filter_config:
       grpc: {{"@type": {EXT_AUTHZ_ROUTE}, disabled: true}}
+  - match: {{prefix: /upload}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      grpc:
+        "@type": {EXT_AUTHZ_ROUTE}
+        check_settings: {{withRequestBody: {{maxRequestBytes: 64, packAsBytes: true}}}}
+  - match: {{prefix: /stream}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      grpc: {{"@type": {EXT_AUTHZ_ROUTE}, check_settings: {{disable_request_body_buffering: true}}}}
 "#
     ));
     let rc = route_configuration(&rc).unwrap();
@@ -1444,6 +1465,22 @@ virtual_hosts:
         panic!()
     };
     assert!(r.disabled);
+    assert_eq!((r.with_body, r.no_body), (None, false));
+    let Some(mf::FilterPolicy::ExtAuthz(r)) = &vh.routes[1].filters["grpc"].policy else {
+        panic!()
+    };
+    assert_eq!(
+        r.with_body,
+        Some(ma::BodySettings {
+            max_bytes: 64,
+            allow_partial: false,
+            pack_as_bytes: true
+        })
+    );
+    let Some(mf::FilterPolicy::ExtAuthz(r)) = &vh.routes[2].filters["grpc"].policy else {
+        panic!()
+    };
+    assert_eq!((r.with_body, r.no_body), (None, true));
 }
 
 #[test]
@@ -1460,8 +1497,8 @@ fn bad_ext_authz_is_rejected_by_path() {
             format!("{fc}.grpc_service: required but not set"),
         ),
         (
-            format!("{grpc}, with_request_body: {{max_request_bytes: 1024}}"),
-            format!("{fc}.with_request_body: not supported"),
+            format!("{grpc}, with_request_body: {{allow_partial_message: true}}"),
+            format!("{fc}.with_request_body.max_request_bytes: must be greater than 0"),
         ),
         (
             format!("{grpc}, include_peer_certificate: true"),
