@@ -398,15 +398,23 @@ pub(crate) struct Check<'a> {
 }
 
 impl Check<'_> {
-    /// The body told (cut to the limit) and whether it is less than the whole body (the
-    /// value of `x-envoy-auth-partial-body`).
-    fn told_body(&self) -> Option<(Bytes, bool)> {
+    /// The body told (cut to the limit) and the value of `x-envoy-auth-partial-body`:
+    /// `"true"` when it is less than the whole body.
+    fn told_body(&self) -> Option<(Bytes, &'static str)> {
         let (read, settings) = self.body?;
         let told = read.data.len().min(settings.max_bytes as usize);
+        let partial = told < read.data.len() || !read.whole;
         Some((
             read.data.slice(..told),
-            told < read.data.len() || !read.whole,
+            if partial { "true" } else { "false" },
         ))
+    }
+
+    /// A body longer than a filter that allows no partial bodies may buffer.
+    fn too_long(&self) -> bool {
+        self.body.is_some_and(|(read, settings)| {
+            !settings.allow_partial && read.data.len() > settings.max_bytes as usize
+        })
     }
 }
 
@@ -434,6 +442,10 @@ pub(crate) async fn run(
             return Err(local_answer(policy.status_on_error, "", grpc));
         }
         return Ok(None);
+    }
+    if check.too_long() {
+        // Envoy's connection manager answers it, over the filter's buffer limit.
+        return Err(answer(413, "Payload Too Large", grpc, "-"));
     }
     let verdict = match tokio::time::timeout(policy.timeout, ask(services, &check)).await {
         Ok(v) => v,
@@ -482,9 +494,14 @@ pub(crate) async fn run(
 
 /// A local answer with flag `UAEX`.
 fn local_answer(status: u16, body: &str, grpc: bool) -> Answer {
+    answer(status, body, grpc, "UAEX")
+}
+
+/// A local answer with `flags`.
+fn answer(status: u16, body: &str, grpc: bool, flags: &'static str) -> Answer {
     let resp = crate::http::local_response(status, body.to_owned());
     let resp = crate::http::for_grpc(resp, body, grpc);
-    (crate::local_reply::mark(resp, status, body, None), "UAEX")
+    (crate::local_reply::mark(resp, status, body, None), flags)
 }
 
 /// The answer to a denied request: the service's status and body, its headers replacing
@@ -535,8 +552,15 @@ async fn ask(services: &dyn Services, check: &Check<'_>) -> Verdict {
 }
 
 /// Whether the request header `name` is told to the service.
+/// (Never the client's own `x-envoy-auth-partial-body`: that one is the filter's.)
 fn told(policy: &ExtAuthzPolicy, http_service: bool, name: &str) -> bool {
-    if name == PARTIAL_BODY || policy.disallowed_headers.iter().any(|m| m.matches(name)) {
+    name != PARTIAL_BODY && listed(policy, http_service, name)
+}
+
+/// Whether the lists (`allowed_headers`, `disallowed_headers`, an HTTP service's own few)
+/// let a header named `name` go to the service.
+fn listed(policy: &ExtAuthzPolicy, http_service: bool, name: &str) -> bool {
+    if policy.disallowed_headers.iter().any(|m| m.matches(name)) {
         return false;
     }
     let always = http_service && HTTP_ALWAYS.contains(&name);
@@ -594,8 +618,8 @@ fn check_call(service: &GrpcService, check: &Check<'_>) -> Result<Request<Bytes>
         }
     }
     let told_body = check.told_body();
-    if let Some((_, partial)) = &told_body {
-        let value = if *partial { "true" } else { "false" };
+    if let Some((_, value)) = &told_body {
+        let value = *value;
         if policy.encode_raw_headers {
             header_map.push(HeaderValueProto {
                 key: PARTIAL_BODY.to_owned(),
@@ -838,19 +862,8 @@ fn http_request(service: &HttpAuthzService, check: &Check<'_>) -> Result<Request
     headers.insert(header::CONTENT_LENGTH, length);
     // The partial-body header goes as the request's headers do: when the allow list
     // names it (Envoy puts it in the check's headers, which its HTTP client filters).
-    let policy = check.policy;
-    if has_body
-        && !policy
-            .disallowed_headers
-            .iter()
-            .any(|m| m.matches(PARTIAL_BODY))
-        && policy
-            .allowed_headers
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|m| m.matches(PARTIAL_BODY)))
-    {
-        let value = if partial { "true" } else { "false" };
-        headers.insert(PARTIAL_BODY, HeaderValue::from_static(value));
+    if has_body && listed(check.policy, true, PARTIAL_BODY) {
+        headers.insert(PARTIAL_BODY, HeaderValue::from_static(partial));
     }
     crate::traffic::router::mutate_headers(headers, &service.headers_to_add, &[]);
     Ok(req)

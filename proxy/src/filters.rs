@@ -592,39 +592,31 @@ pub(crate) fn body_to_read(
         .skip(start)
         .filter(|f| levels.enabled(f))
         .filter_map(|f| match &f.kind {
-            FilterKind::ExtAuthz(policy) => ext_authz_body(levels, &f.name, policy),
+            FilterKind::ExtAuthz(policy) => {
+                let route = levels.settings(&f.name).find_map(|s| match &s.policy {
+                    Some(FilterPolicy::ExtAuthz(r)) => Some(&**r),
+                    _ => None,
+                });
+                ext_authz_body(route, policy)
+            }
             _ => None,
         })
         .map(|b| b.max_bytes as usize + usize::from(!b.allow_partial))
         .max()
 }
 
-/// The body settings of the external authorization filter `name` on this route: the most
-/// specific level with settings for it says (`disabled`, `disable_request_body_buffering`,
+/// The body settings of an external authorization filter on a route whose most specific
+/// level with settings for it has `route` (`disabled`, `disable_request_body_buffering`,
 /// `with_request_body`), else the filter's own.
-fn ext_authz_body<'a>(
-    levels: Levels<'a>,
-    name: &'a str,
+fn ext_authz_body(
+    route: Option<&crate::model::ext_authz::ExtAuthzRoute>,
     policy: &crate::model::ext_authz::ExtAuthzPolicy,
 ) -> Option<crate::model::ext_authz::BodySettings> {
-    let route = levels.settings(name).find_map(|s| match &s.policy {
-        Some(FilterPolicy::ExtAuthz(r)) => Some(&**r),
-        _ => None,
-    });
     match route {
         Some(r) if r.disabled || r.no_body => None,
         Some(r) => r.with_body.or(policy.with_body),
         None => policy.with_body,
     }
-}
-
-/// The answer to a request whose body is longer than a filter may buffer: `413`, as
-/// Envoy's connection manager answers it.
-fn too_large(grpc: bool) -> Answer {
-    const TEXT: &str = "Payload Too Large";
-    let resp = crate::http::local_response(413, TEXT.to_owned());
-    let resp = crate::http::for_grpc(resp, TEXT, grpc);
-    (crate::local_reply::mark(resp, 413, TEXT, None), "-")
 }
 
 /// Runs `filters` for a request: `Some` when a filter answers it (a fault abort, a CORS
@@ -755,14 +747,8 @@ pub(crate) async fn run(
                     head: Some(head),
                     ..client
                 };
-                let body = ext_authz_body(levels, &filter.name, policy)
+                let body = ext_authz_body(routes.first().copied(), policy)
                     .and_then(|settings| Some((filtered.body.as_ref()?, settings)));
-                if let Some((read, settings)) = body {
-                    if !settings.allow_partial && read.data.len() > settings.max_bytes as usize {
-                        // Envoy's connection manager, over the filter's buffer limit.
-                        return Some(too_large(grpc));
-                    }
-                }
                 let check = crate::ext_authz::Check {
                     policy,
                     context_extensions,
