@@ -8,7 +8,7 @@ need_apt=()
 # benchmarks; nginx: the benchmark's server; iproute2, util-linux (nsenter): the test bed;
 # prometheus: promtool and a real scrape (L7 issue); nghttp2-server (nghttpd),
 # python3-grpcio, python3-websockets, python3-h2: the L7 suite's HTTP/2 server, gRPC and
-# WebSocket clients and servers, WebSocket over HTTP/2 (conformance/tests/l7.rs; the Python
+# WebSocket clients and servers, WebSocket over HTTP/2 (conformance/tests/suites/l7.rs; the Python
 # ones run on /usr/bin/python3);
 # haproxy: the L7 benchmark's second reference proxy (benches, `myelin-l7-bench`);
 # tcpdump: the mTLS suite checks that nothing crosses the link between nodes in the clear;

@@ -1331,7 +1331,7 @@ async fn h2c_after_settings(node: &Node, port: u16) -> h2::client::SendRequest<B
 /// type, refused with 403 unless `upgrade_configs` lists it; a listed one goes upstream as
 /// an HTTP/1.1 upgrade, where a 2xx without the switch is no tunnel (502) and a refusal
 /// passes through; an accepted one is a tunnel in the stream, under the stream's idle
-/// timeout. (WebSocket end to end, with the key exchange: `conformance/tests/l7.rs`.)
+/// timeout. (WebSocket end to end, with the key exchange: `conformance/tests/suites/l7.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_connect_follows_the_connection_manager() {
     let ms = std::time::Duration::from_millis;

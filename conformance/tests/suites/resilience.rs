@@ -1,7 +1,7 @@
 //! Retries, timeouts, outlier detection and circuit breakers end to end through the real
 //! `myelin` binary: a client pod calls podtool HTTP servers in other pods through the mesh,
 //! with the Envoy fields a control plane would send (route `retry_policy` and `timeout`,
-//! cluster `outlier_detection` and `circuit_breakers`, see [`support::envoy`]).
+//! cluster `outlier_detection` and `circuit_breakers`, see [`crate::support::envoy`]).
 //!
 //! The servers fail on purpose and deterministically (`myelin-podtool http-server`): the
 //! first N requests of a key fail (`/fail/N/CODE?key=K`), the first N of a key are slow
@@ -20,21 +20,19 @@
 //! myelin-testbed --bins`) and curl. In CI a test that cannot run fails (see
 //! `testbed_ready`).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    client_requests, curl, endpoint, start_mesh, vip, Scratch, Service, CLIENT_TIMEOUT, LISTEN_WAIT,
+};
 use anyhow::{ensure, Context as _, Result};
 use myelin_testbed::{
     http_get, in_netns, json_output, myelin_command, podtool_command, testbed_ready, Mesh, Pod,
     Proc,
 };
 use serde_json::Value;
-use support::{
-    client_requests, curl, endpoint, start_mesh, vip, Scratch, Service, CLIENT_TIMEOUT, LISTEN_WAIT,
-};
 
 /// The port every server listens on.
 const HTTP: u16 = 8080;

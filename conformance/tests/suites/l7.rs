@@ -22,23 +22,21 @@
 //! `/usr/bin/python3` (`scripts/setup.sh` installs them). In CI a test that cannot run fails
 //! (see `testbed_ready`).
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::support::{
+    client_requests, curl, endpoint, start_mesh, vip, wait_listening, Scratch, Service,
+    CLIENT_TIMEOUT, LISTEN_WAIT,
+};
 use anyhow::{ensure, Context as _, Result};
 use myelin_testbed::{
     ensure_success, json_output, pattern, py_script, system_python, testbed_ready_with_python,
     Mesh, MeshOptions, Pod, Proc,
 };
 use serde_json::Value;
-use support::{
-    client_requests, curl, endpoint, start_mesh, vip, wait_listening, Scratch, Service,
-    CLIENT_TIMEOUT, LISTEN_WAIT,
-};
 
 /// Service ports; each server listens on the same port as its service.
 const H2_PORT: u16 = 8080;

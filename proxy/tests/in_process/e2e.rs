@@ -1,7 +1,5 @@
 //! End-to-end tests: real servers, real proxy, real client sockets on 127.0.0.1.
 
-mod support;
-
 use std::io;
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use myelin_proxy::drain::Drained;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::*;
+use crate::support::*;
 
 fn get(path: &str) -> Request<ClientBody> {
     Request::get(path)

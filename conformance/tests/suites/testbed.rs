@@ -399,7 +399,12 @@ fn sweep_stale_removes_abandoned_nodes() {
         return;
     }
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "leaky_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "testbed::leaky_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(LEAK_ENV, "1")
         .output()
         .unwrap();

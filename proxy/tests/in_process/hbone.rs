@@ -5,8 +5,6 @@
 //! HTTP). Loopback stands in for the two nodes: 127.0.0.1 is the client's node,
 //! 127.0.0.2 the remote pod.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
-use support::{body_string, client_workload, empty, http_client, MapLookup};
+use crate::support::{body_string, client_workload, empty, http_client, MapLookup};
 
 const TD: &str = "cluster.local";
 const HOUR: Duration = Duration::from_secs(3600);
@@ -278,7 +276,7 @@ async fn same_node_traffic_is_authorized_and_reported_by_both_sides() {
         Naming::Myelin,
         Default::default(),
     ));
-    let lookup = Arc::new(support::MapLookup::default());
+    let lookup = Arc::new(crate::support::MapLookup::default());
     let client = Arc::new(hbone::Client::new(ids, hbone::ClientConfig::default()));
     let proxy = Proxy::new(Arc::new(config), lookup.clone(), metrics.clone())
         .with_golden(golden)

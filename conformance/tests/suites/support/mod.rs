@@ -6,7 +6,7 @@
 //! service, so every answer proves that the proxy routed the request (a passthrough to the
 //! VIP would go nowhere).
 
-// Each suite is its own test binary and uses a part of this module.
+// Each suite uses a part of this module.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
