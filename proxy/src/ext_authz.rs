@@ -39,7 +39,10 @@ use crate::model::ext_authz::{AuthzService, BodySettings, ExtAuthzPolicy, HttpAu
 use crate::model::filter::GrpcService;
 use crate::model::StringMatcher;
 use crate::rbac::Subject;
-use crate::services::{HeaderValueProto, Reply, Services};
+use crate::services::{
+    apply, edit_of, Action, Edit, HeaderMapProto, HeaderValueOptionProto, HeaderValueProto, Reply,
+    Services,
+};
 use crate::traffic::router::RequestHead;
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -156,13 +159,6 @@ struct HttpRequest {
     header_map: Option<HeaderMapProto>,
 }
 
-/// `config.core.v3.HeaderMap`.
-#[derive(Clone, PartialEq, Message)]
-struct HeaderMapProto {
-    #[prost(message, repeated, tag = "1")]
-    headers: Vec<HeaderValueProto>,
-}
-
 /// `AttributeContext.TLSSession`.
 #[derive(Clone, PartialEq, Message)]
 struct TlsSession {
@@ -254,51 +250,6 @@ struct QueryParameter {
     value: String,
 }
 
-/// `config.core.v3.HeaderValueOption`.
-#[derive(Clone, PartialEq, Message)]
-struct HeaderValueOptionProto {
-    #[prost(message, optional, tag = "1")]
-    header: Option<HeaderValueProto>,
-    /// The deprecated `append` (a `BoolValue`).
-    #[prost(message, optional, tag = "2")]
-    append: Option<BoolValue>,
-    /// `HeaderAppendAction`: 0 append-or-add, 1 add-if-absent, 2 overwrite-or-add, 3
-    /// overwrite-if-exists.
-    #[prost(int32, tag = "3")]
-    append_action: i32,
-}
-
-/// `google.protobuf.BoolValue`.
-#[derive(Clone, PartialEq, Message)]
-struct BoolValue {
-    #[prost(bool, tag = "1")]
-    value: bool,
-}
-
-/// What a header change of an answer does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
-    /// Replaces the header's values, or adds it.
-    Set,
-    /// Adds one more value.
-    Add,
-    /// Joins the value to the existing one with `,`, or adds it (the deprecated
-    /// `append: true`).
-    Join,
-    /// Adds it when absent.
-    AddIfAbsent,
-    /// Replaces it when present.
-    OverwriteIfExists,
-}
-
-/// One header change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Edit {
-    pub(crate) name: HeaderName,
-    pub(crate) value: HeaderValue,
-    pub(crate) action: Action,
-}
-
 /// What a request the service let through gets changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Allowed {
@@ -326,43 +277,6 @@ impl Allowed {
     /// Applies the response's changes to `headers`.
     pub(crate) fn edit_response(&self, headers: &mut HeaderMap) {
         apply(headers, &self.response);
-    }
-}
-
-fn apply(headers: &mut HeaderMap, edits: &[Edit]) {
-    for e in edits {
-        let (name, value) = (e.name.clone(), e.value.clone());
-        match e.action {
-            Action::Set => {
-                headers.insert(name, value);
-            }
-            Action::Add => {
-                headers.append(name, value);
-            }
-            Action::Join => match headers.get(&name) {
-                Some(old) => {
-                    let mut joined = old.as_bytes().to_vec();
-                    joined.push(b',');
-                    joined.extend_from_slice(value.as_bytes());
-                    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                        headers.insert(name, v);
-                    }
-                }
-                None => {
-                    headers.insert(name, value);
-                }
-            },
-            Action::AddIfAbsent => {
-                if !headers.contains_key(&name) {
-                    headers.insert(name, value);
-                }
-            }
-            Action::OverwriteIfExists => {
-                if headers.contains_key(&name) {
-                    headers.insert(name, value);
-                }
-            }
-        }
     }
 }
 
@@ -754,45 +668,6 @@ fn grpc_verdict(reply: Reply, validate: bool) -> Verdict {
         status,
         headers,
         body: Bytes::from(denied.body),
-    }
-}
-
-/// One header change of an answer; `Ok(None)` when it is skipped (not valid HTTP, or a
-/// pseudo-header, without `validate_mutations`), `Err` when it is not valid and must
-/// not be.
-fn edit_of(option: HeaderValueOptionProto, validate: bool) -> Result<Option<Edit>, String> {
-    let h = option.header.unwrap_or_default();
-    let raw = if h.raw_value.is_empty() {
-        h.value.into_bytes()
-    } else {
-        h.raw_value
-    };
-    let action = match (&option.append, option.append_action) {
-        (Some(BoolValue { value: true }), _) => Action::Join,
-        (Some(BoolValue { value: false }), _) => Action::Set,
-        (None, 0) => Action::Add,
-        (None, 1) => Action::AddIfAbsent,
-        (None, 2) => Action::Set,
-        (None, 3) => Action::OverwriteIfExists,
-        (None, other) => {
-            if validate {
-                return Err(format!("append_action {other}"));
-            }
-            Action::Set
-        }
-    };
-    let parsed = (
-        HeaderName::from_bytes(h.key.as_bytes()),
-        HeaderValue::from_bytes(&raw),
-    );
-    match parsed {
-        (Ok(name), Ok(value)) => Ok(Some(Edit {
-            name,
-            value,
-            action,
-        })),
-        _ if validate => Err(format!("the header {:?}", h.key)),
-        _ => Ok(None),
     }
 }
 

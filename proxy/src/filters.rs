@@ -161,6 +161,14 @@ pub(crate) struct Filtered {
     /// The start of the request's body, read for the filters that send it to a service
     /// (external authorization's `with_request_body`; [`body_to_read`]).
     pub(crate) body: Option<crate::body::ReadAhead>,
+    /// What external processors changed in the request's headers (one per filter).
+    ext_proc: Vec<crate::ext_proc::Changes>,
+    /// How many of those are applied already (as for `ext_authz_applied`).
+    ext_proc_applied: usize,
+    /// The request's `:path` as an external processor set it last.
+    ext_proc_path: Option<String>,
+    /// The external processors that are to see the response's headers, in filter order.
+    ext_proc_responses: Vec<crate::ext_proc::Exchange>,
 }
 
 /// A request's dynamic metadata (Envoy's `StreamInfo::dynamicMetadata`), as far as Myelin's
@@ -356,14 +364,15 @@ impl Filtered {
                 .ext_authz
                 .iter()
                 .any(|a| !a.query_set.is_empty() || !a.query_remove.is_empty());
-        if !changes_query {
+        if !changes_query && self.ext_proc_path.is_none() {
             return None;
         }
         let pq = uri.path_and_query()?;
+        let base = self.ext_proc_path.as_deref().unwrap_or(pq.as_str());
         let mut path = if hidden.is_empty() {
-            pq.as_str().to_owned()
+            base.to_owned()
         } else {
-            crate::ext_authz::rewrite_query(pq.as_str(), &[], hidden)
+            crate::ext_authz::rewrite_query(base, &[], hidden)
         };
         for a in &self.ext_authz {
             path = crate::ext_authz::rewrite_query(&path, &a.query_set, &a.query_remove);
@@ -374,6 +383,14 @@ impl Filtered {
         let mut parts = uri.clone().into_parts();
         parts.path_and_query = path.parse().ok();
         http::Uri::from_parts(parts).ok()
+    }
+
+    /// The external processors that are to see the response's headers (taken: in the
+    /// order they are to see them, the last filter first).
+    pub(crate) fn take_ext_proc(&mut self) -> Vec<crate::ext_proc::Exchange> {
+        let mut e = std::mem::take(&mut self.ext_proc_responses);
+        e.reverse();
+        e
     }
 
     /// The rate limit call due at the end of the stream, if any.
@@ -464,6 +481,10 @@ impl Filtered {
             a.edit_request(headers);
         }
         self.ext_authz_applied = self.ext_authz.len();
+        for c in &self.ext_proc[self.ext_proc_applied..] {
+            c.apply(headers);
+        }
+        self.ext_proc_applied = self.ext_proc.len();
         if let Some(p) = self.not_enforced.take() {
             crate::traffic::router::mutate_headers(
                 headers,
@@ -575,6 +596,8 @@ pub(crate) struct Context<'a> {
     pub(crate) client: Subject<'a>,
     /// The way to a rate limit service.
     pub(crate) services: &'a dyn crate::services::Services,
+    /// The request has no body (its headers end the stream).
+    pub(crate) end_of_stream: bool,
 }
 
 /// How much of the request's body the filters from `start` on want to see for this route
@@ -636,6 +659,7 @@ pub(crate) async fn run(
         buckets,
         client,
         services,
+        end_of_stream,
     } = cx;
     for (i, filter) in filters.0.iter().enumerate().skip(start) {
         if !levels.enabled(filter) {
@@ -650,6 +674,7 @@ pub(crate) async fn run(
                     | FilterKind::Jwt(_)
                     | FilterKind::ApiKeyAuth(_)
                     | FilterKind::ExtAuthz(_)
+                    | FilterKind::ExtProc(_)
                     | FilterKind::Compressor(_)
                     | FilterKind::Csrf(_)
                     | FilterKind::LocalRateLimit(_)
@@ -772,6 +797,33 @@ pub(crate) async fn run(
                     }
                     Ok(None) => None,
                     Err(answer) => Some(answer),
+                }
+            }
+            FilterKind::ExtProc(policy) => {
+                let route = levels.settings(&filter.name).find_map(|s| match &s.policy {
+                    Some(FilterPolicy::ExtProc(r)) => Some(&**r),
+                    _ => None,
+                });
+                let Some(mut exchange) = crate::ext_proc::Exchange::new(policy, route) else {
+                    continue;
+                };
+                let processed = exchange.request(services, head, end_of_stream, grpc, metrics);
+                match Box::pin(processed).await {
+                    crate::ext_proc::Processed::Answer(answer) => Some(answer),
+                    crate::ext_proc::Processed::Continue { changes, reroute } => {
+                        if let Some(path) = changes.path() {
+                            filtered.ext_proc_path = Some(path.to_owned());
+                        }
+                        filtered.ext_proc.push(changes);
+                        if exchange.wants_response() {
+                            filtered.ext_proc_responses.push(exchange);
+                        }
+                        if reroute {
+                            filtered.resume_at = Some(i + 1);
+                            return None;
+                        }
+                        None
+                    }
                 }
             }
             FilterKind::Compressor(policy) => {

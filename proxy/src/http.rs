@@ -662,6 +662,10 @@ impl HttpConn {
                 };
                 resp = local_reply::rewrite(cfg, resp, &facts);
             }
+            for exchange in filtered.take_ext_proc() {
+                let processed = exchange.response(self, &mut resp, grpc, &self.metrics);
+                Box::pin(processed).await;
+            }
             resp = filtered.compress(resp, &self.metrics);
             filtered.finish_response(resp.headers_mut());
             if let Some(done) = filtered.take_stream_done() {
@@ -1220,6 +1224,7 @@ impl HttpConn {
                         principal: self.identity.as_deref(),
                     },
                     services: self,
+                    end_of_stream: http_body::Body::is_end_stream(req.body()),
                 };
                 // A route to a cluster picks it first (its weights), for the filters too.
                 let cluster = match &route.action {
@@ -2169,6 +2174,44 @@ pub(crate) fn find_cluster<'t>(
     })
 }
 
+impl HttpConn {
+    /// Sends a filter's call to a service (`req`) to an endpoint of `cluster`, through the
+    /// connection's pools, under the cluster's `max_requests` (the count returned, held
+    /// while the answer is read): over HTTP/2 when `grpc`, else as the cluster speaks.
+    async fn service_call(
+        &self,
+        cluster: &str,
+        req: Request<ProxyBody>,
+        grpc: bool,
+    ) -> Result<(crate::traffic::InFlight, crate::upstream::Sent), String> {
+        let traffic = self.traffic.load();
+        let cluster = find_cluster(&traffic, cluster)
+            .map_err(|e| e.to_string())?
+            .clone();
+        drop(traffic);
+        let in_flight = cluster
+            .try_request()
+            .ok_or("the cluster's max_requests circuit breaker is open")?;
+        let pick = pick_endpoint(&cluster, None, Protocol::Http2, &[], None, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut ep = self
+            .endpoint_for(pick.target, false)
+            .map_err(|e| e.to_string())?;
+        if let Some(t) = &mut ep.tls {
+            t.sni = t.origin.sni_for(req.uri(), req.headers());
+        }
+        let sent = match ep.protocol {
+            UpstreamProtocol::Http1 if !grpc => {
+                self.pools.send_h1(ep, None, req, self.peer, false).await
+            }
+            _ => self.pools.send_h2(ep, None, req, self.peer).await,
+        }
+        .map_err(|e| e.to_string())?;
+        Ok((in_flight, sent))
+    }
+}
+
 /// The calls of filters to services (a rate limit service): over HTTP/2 to an endpoint of
 /// the service's cluster, through the connection's pools, under the cluster's
 /// `max_requests`.
@@ -2180,31 +2223,8 @@ impl crate::services::Services for HttpConn {
         grpc: bool,
     ) -> crate::services::Pending<'a, Result<crate::services::Reply, String>> {
         Box::pin(async move {
-            let traffic = self.traffic.load();
-            let cluster = find_cluster(&traffic, cluster)
-                .map_err(|e| e.to_string())?
-                .clone();
-            drop(traffic);
-            let in_flight = cluster
-                .try_request()
-                .ok_or("the cluster's max_requests circuit breaker is open")?;
-            let pick = pick_endpoint(&cluster, None, Protocol::Http2, &[], None, None)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut ep = self
-                .endpoint_for(pick.target, false)
-                .map_err(|e| e.to_string())?;
-            if let Some(t) = &mut ep.tls {
-                t.sni = t.origin.sni_for(req.uri(), req.headers());
-            }
             let req = req.map(|b| Full::new(b).map_err(|never| match never {}).boxed());
-            let sent = match ep.protocol {
-                UpstreamProtocol::Http1 if !grpc => {
-                    self.pools.send_h1(ep, None, req, self.peer, false).await
-                }
-                _ => self.pools.send_h2(ep, None, req, self.peer).await,
-            }
-            .map_err(|e| e.to_string())?;
+            let (in_flight, sent) = self.service_call(cluster, req, grpc).await?;
             let (parts, body) = sent.response.into_parts();
             let collected = body.collect().await.map_err(|e| e.to_string())?;
             drop(in_flight);
@@ -2214,6 +2234,20 @@ impl crate::services::Services for HttpConn {
                 headers: parts.headers,
                 body: collected.to_bytes(),
                 trailers,
+            })
+        })
+    }
+
+    fn open<'a>(
+        &'a self,
+        cluster: &'a str,
+        req: Request<ProxyBody>,
+    ) -> crate::services::Pending<'a, Result<crate::services::Opened, String>> {
+        Box::pin(async move {
+            let (in_flight, sent) = self.service_call(cluster, req, true).await?;
+            Ok(crate::services::Opened {
+                response: sent.response,
+                held: Some(in_flight),
             })
         })
     }

@@ -633,6 +633,14 @@ mod tests {
         }
 
         fn send_detached(&self, _: &str, _: Request<Bytes>, _: Duration) {}
+
+        fn open<'a>(
+            &'a self,
+            _: &'a str,
+            _: http::Request<crate::error::ProxyBody>,
+        ) -> crate::services::Pending<'a, Result<crate::services::Opened, String>> {
+            Box::pin(async { Err("no streams in unit tests".to_owned()) })
+        }
     }
 
     async fn run(

@@ -36,6 +36,7 @@ mod dial;
 pub mod drain;
 mod error;
 mod ext_authz;
+mod ext_proc;
 mod extended_connect;
 mod filters;
 #[cfg(feature = "fuzzing")]

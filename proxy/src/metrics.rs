@@ -33,6 +33,7 @@
 //! | `proxy_jwt_authn_total`                        | counter   | `outcome` (`allowed`, `denied`, `cors_preflight_bypassed`) |
 //! | `proxy_rate_limit_service_total`               | counter   | `stat_prefix`, `outcome` (`ok`, `over_limit`, `over_limit_not_enforced`, `error_allowed`, `error_denied`) |
 //! | `proxy_ext_authz_total`                        | counter   | `stat_prefix`, `outcome` (`ok`, `denied`, `error`, `failure_mode_allowed`, `invalid`, `disabled`) |
+//! | `proxy_ext_proc_total`                         | counter   | `stat_prefix`, `outcome` (`continue`, `immediate_response`, `immediate_response_ignored`, `closed`, `spurious`, `rejected_mutation`, `invalid`, `timeout`, `error`, `failure_mode_allowed`) |
 //! | `proxy_compressor_total`                       | counter   | `encoding` (`gzip`, `br`, `zstd`), `outcome` (`compressed`, `not_compressed`) |
 //! | `proxy_proxy_protocol_total`                   | counter   | `stat_prefix`, `version` (`v1`, `v2`, `none`), `outcome` (`found`, `not_found_allowed`, `disallowed`, `invalid`, `timeout`, `closed`) |
 
@@ -403,6 +404,7 @@ pub struct ProxyMetrics {
     pub(crate) local_rate_limit: Family<RateLimitLabels, Counter>,
     pub(crate) rate_limit_service: Family<RateLimitLabels, Counter>,
     pub(crate) ext_authz: Family<RateLimitLabels, Counter>,
+    pub(crate) ext_proc: Family<RateLimitLabels, Counter>,
     pub(crate) compressor: Family<CompressorLabels, Counter>,
     pub(crate) proxy_protocol: Family<ProxyProtocolLabels, Counter>,
     pub(crate) headers_with_underscores: Family<UnderscoreLabels, Counter>,
@@ -455,6 +457,7 @@ impl ProxyMetrics {
             local_rate_limit: Family::default(),
             rate_limit_service: Family::default(),
             ext_authz: Family::default(),
+            ext_proc: Family::default(),
             compressor: Family::default(),
             proxy_protocol: Family::default(),
             headers_with_underscores: Family::default(),
@@ -649,6 +652,19 @@ impl ProxyMetrics {
             m.ext_authz.clone(),
         );
         registry.register(
+            "proxy_ext_proc",
+            "Messages of the external processing filter (envoy.filters.http.ext_proc) and \
+             what came of them, by the filter config's stat_prefix and outcome: continue (the \
+             processor's changes applied), immediate_response (the processor answered the \
+             request), immediate_response_ignored (disable_immediate_response), closed (the \
+             processor ended the stream: processing over), spurious (an answer out of turn: \
+             processing over), rejected_mutation (one header change the mutation rules \
+             refused), invalid (changes that are not valid HTTP: 500), timeout (no answer \
+             within message_timeout: 504), error (the stream failed: 500), \
+             failure_mode_allowed (after a timeout or error, the request went on)",
+            m.ext_proc.clone(),
+        );
+        registry.register(
             "proxy_proxy_protocol",
             "Connections to listeners with the PROXY protocol filter \
              (envoy.filters.listener.proxy_protocol), by the filter's stat_prefix, the header's \
@@ -787,6 +803,16 @@ impl ProxyMetrics {
     /// A request the external authorization filter checked (or was off for).
     pub(crate) fn ext_authz(&self, stat_prefix: &Arc<str>, outcome: &'static str) {
         self.ext_authz
+            .get_or_create(&RateLimitLabels {
+                stat_prefix: StatPrefix(stat_prefix.clone()),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A message of the external processing filter and what came of it.
+    pub(crate) fn ext_proc(&self, stat_prefix: &Arc<str>, outcome: &'static str) {
+        self.ext_proc
             .get_or_create(&RateLimitLabels {
                 stat_prefix: StatPrefix(stat_prefix.clone()),
                 outcome,

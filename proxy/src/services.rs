@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 
+use crate::error::ProxyBody;
 use crate::model::filter::GrpcService;
 
 /// What an exchange with a cluster brought back, whole.
@@ -81,19 +82,27 @@ pub(crate) fn grpc_request(
     message: &impl prost::Message,
     timeout: Duration,
 ) -> Result<Request<Bytes>, String> {
-    let mut body = BytesMut::with_capacity(5 + message.encoded_len());
-    body.put_u8(0);
-    body.put_u32(message.encoded_len() as u32);
-    message
-        .encode(&mut body)
-        .map_err(|e| format!("encoding the request: {e}"))?;
+    let mut req = grpc_call(service, path, grpc_frame(message))?;
+    let timeout = format!("{}m", timeout.as_millis().max(1));
+    if let Ok(v) = HeaderValue::from_str(&timeout) {
+        req.headers_mut().insert("grpc-timeout", v);
+    }
+    Ok(req)
+}
+
+/// A gRPC call of `path` to `service` with `body` (one framed message, or a stream of
+/// them), with the service's `initial_metadata` and no deadline.
+pub(crate) fn grpc_call<B>(
+    service: &GrpcService,
+    path: &str,
+    body: B,
+) -> Result<Request<B>, String> {
     let mut req = Request::builder()
         .method(Method::POST)
         .uri(format!("http://{}{path}", service.authority))
         .header(header::CONTENT_TYPE, "application/grpc")
         .header(header::TE, "trailers")
-        .header("grpc-timeout", format!("{}m", timeout.as_millis().max(1)))
-        .body(body.freeze())
+        .body(body)
         .map_err(|e| format!("the service's authority {:?}: {e}", service.authority))?;
     for (name, value) in &service.metadata {
         // Names and values were checked with the config.
@@ -107,6 +116,16 @@ pub(crate) fn grpc_request(
     Ok(req)
 }
 
+/// `message` in gRPC's length-prefixed framing (not compressed).
+pub(crate) fn grpc_frame(message: &impl prost::Message) -> Bytes {
+    let mut body = BytesMut::with_capacity(5 + message.encoded_len());
+    body.put_u8(0);
+    body.put_u32(message.encoded_len() as u32);
+    // Cannot fail: the buffer has room for the whole message.
+    let _ = message.encode(&mut body);
+    body.freeze()
+}
+
 /// `config.core.v3.HeaderValue`, as the services' messages carry headers.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct HeaderValueProto {
@@ -116,6 +135,138 @@ pub(crate) struct HeaderValueProto {
     pub(crate) value: String,
     #[prost(bytes = "vec", tag = "3")]
     pub(crate) raw_value: Vec<u8>,
+}
+
+/// `config.core.v3.HeaderMap`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct HeaderMapProto {
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) headers: Vec<HeaderValueProto>,
+}
+
+/// `config.core.v3.HeaderValueOption`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct HeaderValueOptionProto {
+    #[prost(message, optional, tag = "1")]
+    pub(crate) header: Option<HeaderValueProto>,
+    /// The deprecated `append` (a `BoolValue`).
+    #[prost(message, optional, tag = "2")]
+    pub(crate) append: Option<BoolValue>,
+    /// `HeaderAppendAction`: 0 append-or-add, 1 add-if-absent, 2 overwrite-or-add, 3
+    /// overwrite-if-exists.
+    #[prost(int32, tag = "3")]
+    pub(crate) append_action: i32,
+}
+
+/// `google.protobuf.BoolValue`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct BoolValue {
+    #[prost(bool, tag = "1")]
+    pub(crate) value: bool,
+}
+
+/// What a header change of an answer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Replaces the header's values, or adds it.
+    Set,
+    /// Adds one more value.
+    Add,
+    /// Joins the value to the existing one with `,`, or adds it (the deprecated
+    /// `append: true`).
+    Join,
+    /// Adds it when absent.
+    AddIfAbsent,
+    /// Replaces it when present.
+    OverwriteIfExists,
+}
+
+/// One header change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Edit {
+    pub(crate) name: HeaderName,
+    pub(crate) value: HeaderValue,
+    pub(crate) action: Action,
+}
+
+/// Applies `edits` to `headers`, in order.
+pub(crate) fn apply(headers: &mut HeaderMap, edits: &[Edit]) {
+    for e in edits {
+        let (name, value) = (e.name.clone(), e.value.clone());
+        match e.action {
+            Action::Set => {
+                headers.insert(name, value);
+            }
+            Action::Add => {
+                headers.append(name, value);
+            }
+            Action::Join => match headers.get(&name) {
+                Some(old) => {
+                    let mut joined = old.as_bytes().to_vec();
+                    joined.push(b',');
+                    joined.extend_from_slice(value.as_bytes());
+                    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                        headers.insert(name, v);
+                    }
+                }
+                None => {
+                    headers.insert(name, value);
+                }
+            },
+            Action::AddIfAbsent => {
+                if !headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+            Action::OverwriteIfExists => {
+                if headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+    }
+}
+
+/// One header change of an answer; `Ok(None)` when it is skipped (not valid HTTP, or a
+/// pseudo-header, without `validate_mutations`), `Err` when it is not valid and must
+/// not be.
+pub(crate) fn edit_of(
+    option: HeaderValueOptionProto,
+    validate: bool,
+) -> Result<Option<Edit>, String> {
+    let h = option.header.unwrap_or_default();
+    let raw = if h.raw_value.is_empty() {
+        h.value.into_bytes()
+    } else {
+        h.raw_value
+    };
+    let action = match (&option.append, option.append_action) {
+        (Some(BoolValue { value: true }), _) => Action::Join,
+        (Some(BoolValue { value: false }), _) => Action::Set,
+        (None, 0) => Action::Add,
+        (None, 1) => Action::AddIfAbsent,
+        (None, 2) => Action::Set,
+        (None, 3) => Action::OverwriteIfExists,
+        (None, other) => {
+            if validate {
+                return Err(format!("append_action {other}"));
+            }
+            Action::Set
+        }
+    };
+    let parsed = (
+        HeaderName::from_bytes(h.key.as_bytes()),
+        HeaderValue::from_bytes(&raw),
+    );
+    match parsed {
+        (Ok(name), Ok(value)) => Ok(Some(Edit {
+            name,
+            value,
+            action,
+        })),
+        _ if validate => Err(format!("the header {:?}", h.key)),
+        _ => Ok(None),
+    }
 }
 
 /// A boxed future borrowing its caller.
@@ -136,4 +287,21 @@ pub(crate) trait Services: Sync {
     /// Sends `req` like [`Services::send`] from a task of its own, its answer read and
     /// dropped, given up after `timeout`.
     fn send_detached(&self, cluster: &str, req: Request<Bytes>, timeout: Duration);
+
+    /// Opens a stream to an endpoint of `cluster` over HTTP/2 (a gRPC call whose messages
+    /// go and come while it lasts): `req`'s body is sent as it is written, the answer's
+    /// head is returned as soon as it comes, its body read by the caller.
+    fn open<'a>(
+        &'a self,
+        cluster: &'a str,
+        req: Request<ProxyBody>,
+    ) -> Pending<'a, Result<Opened, String>>;
+}
+
+/// A stream [`Services::open`] opened.
+pub(crate) struct Opened {
+    /// The answer's head and its body, still coming.
+    pub(crate) response: http::Response<ProxyBody>,
+    /// The cluster's count of requests in flight, held while the stream lasts.
+    pub(crate) held: Option<crate::traffic::InFlight>,
 }

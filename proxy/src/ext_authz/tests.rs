@@ -8,6 +8,7 @@ use super::*;
 use crate::model::ext_authz::{MetadataMatcher, MetadataValueMatch};
 use crate::model::filter::Fraction;
 use crate::model::StringPattern;
+use crate::services::BoolValue;
 
 fn headers(list: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -722,6 +723,14 @@ impl Services for Canned {
     }
 
     fn send_detached(&self, _: &str, _: Request<Bytes>, _: Duration) {}
+
+    fn open<'a>(
+        &'a self,
+        _: &'a str,
+        _: http::Request<crate::error::ProxyBody>,
+    ) -> crate::services::Pending<'a, Result<crate::services::Opened, String>> {
+        Box::pin(async { Err("no streams in unit tests".to_owned()) })
+    }
 }
 
 #[tokio::test]

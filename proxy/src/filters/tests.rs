@@ -141,6 +141,7 @@ fn setting(policy: FilterPolicy) -> FilterSettings {
             FilterPolicy::LocalRateLimit(_) => "rl".to_owned(),
             FilterPolicy::RateLimit(_) => "global_rl".to_owned(),
             FilterPolicy::ExtAuthz(_) => "ext_authz".to_owned(),
+            FilterPolicy::ExtProc(_) => "ext_proc".to_owned(),
             FilterPolicy::Compressor(_) => "compressor".to_owned(),
             FilterPolicy::Jwt(_) => "jwt".to_owned(),
             FilterPolicy::ApiKeyAuth(_) => "api_key_auth".to_owned(),
@@ -194,6 +195,7 @@ async fn run_with(
         buckets: &buckets,
         client: client(),
         services: &NoServices,
+        end_of_stream: true,
     };
     let answer = run(filters, 0, cx, &head(method, &h), &mut filtered).await;
     (answer, filtered)
@@ -687,6 +689,7 @@ async fn cors_enabled_shares_and_the_deprecated_field() {
         buckets: &buckets,
         client: client(),
         services: &NoServices,
+        end_of_stream: true,
     };
     run(&f, 0, cx, &head("GET", &h), &mut filtered).await;
     assert!(filtered.cors.is_none());
@@ -892,6 +895,14 @@ impl crate::services::Services for NoServices {
     }
 
     fn send_detached(&self, _: &str, _: http::Request<bytes::Bytes>, _: Duration) {}
+
+    fn open<'a>(
+        &'a self,
+        _: &'a str,
+        _: http::Request<crate::error::ProxyBody>,
+    ) -> crate::services::Pending<'a, Result<crate::services::Opened, String>> {
+        Box::pin(async { Err("no streams in unit tests".to_owned()) })
+    }
 }
 
 /// A rate limit service that answers every call with `reply` (`Err`: fails) and keeps the
@@ -917,6 +928,14 @@ impl crate::services::Services for Canned {
             .lock()
             .unwrap()
             .push(format!("{cluster} (detached)"));
+    }
+
+    fn open<'a>(
+        &'a self,
+        _: &'a str,
+        _: http::Request<crate::error::ProxyBody>,
+    ) -> crate::services::Pending<'a, Result<crate::services::Opened, String>> {
+        Box::pin(async { Err("no streams in unit tests".to_owned()) })
     }
 }
 
@@ -989,6 +1008,7 @@ async fn run_global(
         buckets: &buckets,
         client: client(),
         services: service,
+        end_of_stream: true,
     };
     let answer = run(&f, 0, cx, &head("GET", &h), &mut filtered).await;
     let calls = service.calls.lock().unwrap().len() - before;

@@ -70,6 +70,9 @@ pub enum FilterKind {
     RateLimit(Arc<GlobalRateLimitPolicy>),
     /// External authorization (`envoy.filters.http.ext_authz`): a service decides.
     ExtAuthz(Arc<super::ext_authz::ExtAuthzPolicy>),
+    /// External processing (`envoy.filters.http.ext_proc`): a service is told the request's
+    /// and the response's headers and may change them.
+    ExtProc(Arc<super::ext_proc::ExtProcPolicy>),
     /// Response compression (`envoy.filters.http.compressor`) with one library.
     Compressor(Arc<CompressorPolicy>),
     /// JWT authentication (`envoy.filters.http.jwt_authn`, settings in [`super::jwt`]).
@@ -202,6 +205,8 @@ pub enum FilterPolicy {
     /// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute`: off, or the
     /// check's `context_extensions`.
     ExtAuthz(Arc<super::ext_authz::ExtAuthzRoute>),
+    /// `envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute`: off, or overrides.
+    ExtProc(Arc<super::ext_proc::ExtProcRoute>),
     /// `envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig`: off, or a named
     /// requirement in place of the filter's `rules`.
     Jwt(Arc<super::jwt::JwtRoute>),

@@ -21,6 +21,7 @@ use crate::tls::SpiffeId;
 pub mod cluster;
 pub mod endpoint;
 pub mod ext_authz;
+pub mod ext_proc;
 pub mod filter;
 pub mod health_check;
 pub mod jwt;

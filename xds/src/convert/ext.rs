@@ -14,6 +14,7 @@ use prost::Message;
 use serde::Deserialize;
 use xds_api::pb::envoy::config::core::v3 as core;
 use xds_api::pb::envoy::config::rbac::v3 as rbac;
+use xds_api::pb::envoy::extensions::filters::http::ext_proc::v3 as ext_proc_pb;
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use xds_api::pb::google::protobuf;
 use xds_api::pb::xds::r#type::matcher::v3 as xds_matcher;
@@ -1811,6 +1812,142 @@ pub struct ExtAuthzBufferSettings {
     pub pack_as_bytes: bool,
 }
 
+/// `envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor`: external processing.
+/// Tags from Envoy's `ext_proc.proto` (`xds-api` 0.2 has only its `ProcessingMode` and the
+/// service's messages).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalProcessor {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub grpc_service: Option<core::GrpcService>,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub failure_mode_allow: bool,
+    #[prost(message, optional, tag = "3")]
+    #[serde(default)]
+    pub processing_mode: Option<ext_proc_pb::ProcessingMode>,
+    #[prost(string, repeated, tag = "5")]
+    #[serde(default)]
+    pub request_attributes: Vec<String>,
+    #[prost(string, repeated, tag = "6")]
+    #[serde(default)]
+    pub response_attributes: Vec<String>,
+    #[prost(message, optional, tag = "7")]
+    #[serde(default)]
+    pub message_timeout: Option<protobuf::Duration>,
+    #[prost(string, tag = "8")]
+    #[serde(default)]
+    pub stat_prefix: String,
+    #[prost(message, optional, tag = "9")]
+    #[serde(default)]
+    pub mutation_rules:
+        Option<xds_api::pb::envoy::config::common::mutation_rules::v3::HeaderMutationRules>,
+    #[prost(message, optional, tag = "10")]
+    #[serde(default)]
+    pub max_message_timeout: Option<protobuf::Duration>,
+    #[prost(bool, tag = "11")]
+    #[serde(default)]
+    pub disable_clear_route_cache: bool,
+    #[prost(message, optional, tag = "12")]
+    #[serde(default)]
+    pub forward_rules: Option<ExtProcForwardRules>,
+    /// A `Struct` (access-log data).
+    #[prost(bytes = "vec", optional, tag = "13")]
+    #[serde(default, deserialize_with = "present")]
+    pub filter_metadata: Option<Vec<u8>>,
+    #[prost(bool, tag = "14")]
+    #[serde(default)]
+    pub allow_mode_override: bool,
+    #[prost(bool, tag = "15")]
+    #[serde(default)]
+    pub disable_immediate_response: bool,
+    /// `MetadataOptions`.
+    #[prost(bytes = "vec", optional, tag = "16")]
+    #[serde(default, deserialize_with = "present")]
+    pub metadata_options: Option<Vec<u8>>,
+    #[prost(bool, tag = "17")]
+    #[serde(default)]
+    pub observability_mode: bool,
+    /// `RouteCacheAction`: `DEFAULT` (0), `CLEAR` (1), `RETAIN` (2).
+    #[prost(int32, tag = "18")]
+    #[serde(default, deserialize_with = "route_cache_action")]
+    pub route_cache_action: i32,
+    #[prost(message, optional, tag = "19")]
+    #[serde(default)]
+    pub deferred_close_timeout: Option<protobuf::Duration>,
+    #[prost(uint32, tag = "20")]
+    #[serde(default)]
+    pub max_more_chunks: u32,
+}
+named!(
+    ExternalProcessor,
+    "envoy.extensions.filters.http.ext_proc.v3",
+    "ExternalProcessor"
+);
+
+fn route_cache_action<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    named_enum(d, &["DEFAULT", "CLEAR", "RETAIN"])
+}
+
+/// `envoy.extensions.filters.http.ext_proc.v3.HeaderForwardingRules`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtProcForwardRules {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub allowed_headers: Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub disallowed_headers: Option<xds_api::pb::envoy::r#type::matcher::v3::ListStringMatcher>,
+}
+
+/// `envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute` (a oneof of `disabled` and
+/// `overrides`).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtProcPerRoute {
+    #[prost(bool, optional, tag = "1")]
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(default)]
+    pub overrides: Option<ExtProcOverrides>,
+}
+named!(
+    ExtProcPerRoute,
+    "envoy.extensions.filters.http.ext_proc.v3",
+    "ExtProcPerRoute"
+);
+
+/// `envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtProcOverrides {
+    #[prost(message, optional, tag = "1")]
+    #[serde(default)]
+    pub processing_mode: Option<ext_proc_pb::ProcessingMode>,
+    #[prost(bool, tag = "2")]
+    #[serde(default)]
+    pub async_mode: bool,
+    #[prost(string, repeated, tag = "3")]
+    #[serde(default)]
+    pub request_attributes: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    #[serde(default)]
+    pub response_attributes: Vec<String>,
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
+    pub grpc_service: Option<core::GrpcService>,
+    /// `MetadataOptions`.
+    #[prost(bytes = "vec", optional, tag = "6")]
+    #[serde(default, deserialize_with = "present")]
+    pub metadata_options: Option<Vec<u8>>,
+    #[prost(message, repeated, tag = "7")]
+    #[serde(default)]
+    pub grpc_initial_metadata: Vec<core::HeaderValue>,
+}
+
 /// `envoy.extensions.filters.http.ratelimit.v3.RateLimit`: the global rate limit filter.
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -2273,6 +2410,9 @@ const COMPRESSOR_COMMON: &str =
     "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig";
 const EXT_AUTHZ_HTTP_SERVICE: &str = "envoy.extensions.filters.http.ext_authz.v3.HttpService";
 const EXT_AUTHZ_BUFFER: &str = "envoy.extensions.filters.http.ext_authz.v3.BufferSettings";
+const EXT_PROC_MODE: &str = "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode";
+const EXT_PROC_FORWARD: &str = "envoy.extensions.filters.http.ext_proc.v3.HeaderForwardingRules";
+const EXT_PROC_OVERRIDES: &str = "envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides";
 const UINT32_VALUE: &str = "google.protobuf.UInt32Value";
 const PASS_THROUGH_TLVS: &str = "envoy.config.core.v3.ProxyProtocolPassThroughTLVs";
 /// The newer `ProxyProtocolConfig` ([`ProxyProtocolConfig`], with `added_tlvs`), named apart
@@ -3055,6 +3195,56 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
         ],
     ),
     (
+        "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        &[
+            m("grpc_service", "envoy.config.core.v3.GrpcService"),
+            p("failure_mode_allow"),
+            m("processing_mode", EXT_PROC_MODE),
+            p("request_attributes"),
+            p("response_attributes"),
+            m("message_timeout", DURATION),
+            p("stat_prefix"),
+            m(
+                "mutation_rules",
+                "envoy.config.common.mutation_rules.v3.HeaderMutationRules",
+            ),
+            m("max_message_timeout", DURATION),
+            p("disable_clear_route_cache"),
+            m("forward_rules", EXT_PROC_FORWARD),
+            p("filter_metadata"),
+            p("allow_mode_override"),
+            p("disable_immediate_response"),
+            p("metadata_options"),
+            p("observability_mode"),
+            p("route_cache_action"),
+            m("deferred_close_timeout", DURATION),
+            p("max_more_chunks"),
+        ],
+    ),
+    (
+        EXT_PROC_FORWARD,
+        &[
+            m("allowed_headers", LIST_STRING_MATCHER),
+            m("disallowed_headers", LIST_STRING_MATCHER),
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+        &[p("disabled"), m("overrides", EXT_PROC_OVERRIDES)],
+    ),
+    (
+        EXT_PROC_OVERRIDES,
+        &[
+            m("processing_mode", EXT_PROC_MODE),
+            p("async_mode"),
+            p("request_attributes"),
+            p("response_attributes"),
+            m("grpc_service", "envoy.config.core.v3.GrpcService"),
+            p("metadata_options"),
+            rm("grpc_initial_metadata", "envoy.config.core.v3.HeaderValue"),
+        ],
+    ),
+    (
         "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
         &[
             p("domain"),
@@ -3361,6 +3551,10 @@ mod tests {
             ExtAuthzPerRoute => "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
             ExtAuthzCheckSettings => "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
             ExtAuthzBufferSettings => EXT_AUTHZ_BUFFER,
+            ExternalProcessor => "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            ExtProcForwardRules => EXT_PROC_FORWARD,
+            ExtProcPerRoute => "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+            ExtProcOverrides => EXT_PROC_OVERRIDES,
             HttpRateLimit => "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
             RouteRateLimit => ROUTE_RATE_LIMIT,
             JwtAuthentication => "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
@@ -3414,7 +3608,7 @@ mod tests {
         }
         assert_eq!(
             JSON_MESSAGES.len(),
-            77 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
+            81 + 9 + INPUTS_WITHOUT_SETTINGS.len(),
             "a message of JSON_MESSAGES is not checked above"
         );
     }

@@ -350,7 +350,8 @@ fn http_service_of(
 }
 
 /// A `ListStringMatcher`'s patterns.
-fn list(cx: &mut Cx, p: &str, l: &matcher::ListStringMatcher) -> Vec<StringMatcher> {
+/// A `ListStringMatcher`'s patterns.
+pub(super) fn list(cx: &mut Cx, p: &str, l: &matcher::ListStringMatcher) -> Vec<StringMatcher> {
     l.patterns
         .iter()
         .enumerate()

@@ -41,6 +41,10 @@ const EXT_AUTHZ_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
 const EXT_AUTHZ_ROUTE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
+const EXT_PROC_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor";
+const EXT_PROC_ROUTE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute";
 const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 const CSRF_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 const BASIC_AUTH_URL: &str =
@@ -109,6 +113,12 @@ pub(super) fn http_filter(cx: &mut Cx, p: &str, f: &hcm::HttpFilter) -> Option<m
             let e = cx.decode::<ext::ExtAuthz>(&tp, EXT_AUTHZ_URL, &any.value)?;
             let policy = super::ext_authz::ext_authz(cx, &tp, &e)?;
             Some(mf::FilterKind::ExtAuthz(Arc::new(policy)))
+        }
+        Some(C::TypedConfig(any)) if any.type_url == EXT_PROC_URL => {
+            let tp = join(p, "typed_config");
+            let e = cx.decode::<ext::ExternalProcessor>(&tp, EXT_PROC_URL, &any.value)?;
+            let policy = super::ext_proc::ext_proc(cx, &tp, &e)?;
+            Some(mf::FilterKind::ExtProc(Arc::new(policy)))
         }
         Some(C::TypedConfig(any)) if any.type_url == JWT_URL => {
             let tp = join(p, "typed_config");
@@ -271,6 +281,7 @@ fn is_known(type_url: &str) -> bool {
         GLOBAL_RATE_LIMIT_ROUTE_URL,
         JWT_ROUTE_URL,
         EXT_AUTHZ_ROUTE_URL,
+        EXT_PROC_ROUTE_URL,
         COMPRESSOR_ROUTE_URL,
         API_KEY_ROUTE_URL,
         BASIC_AUTH_ROUTE_URL,
@@ -332,6 +343,10 @@ fn filter_policy(cx: &mut Cx, p: &str, any: &protobuf::Any) -> Option<mf::Filter
         EXT_AUTHZ_ROUTE_URL => {
             let r = cx.decode::<ext::ExtAuthzPerRoute>(p, EXT_AUTHZ_ROUTE_URL, &any.value)?;
             super::ext_authz::ext_authz_route(cx, p, &r)
+        }
+        EXT_PROC_ROUTE_URL => {
+            let r = cx.decode::<ext::ExtProcPerRoute>(p, EXT_PROC_ROUTE_URL, &any.value)?;
+            super::ext_proc::ext_proc_route(cx, p, &r)
         }
         JWT_ROUTE_URL => {
             let r = cx.decode::<ext::JwtPerRoute>(p, JWT_ROUTE_URL, &any.value)?;
@@ -1211,24 +1226,17 @@ pub(super) fn api_v3(cx: &mut Cx, p: &str, version: i32) {
     }
 }
 
-/// A `GrpcService` to a cluster (`envoy_grpc`), without its `timeout` (each filter reads
-/// that its own way).
-pub(super) fn grpc_service_of(
+/// Headers a gRPC call carries (`initial_metadata`, `grpc_initial_metadata`): lower-case
+/// names and plain values.
+pub(super) fn metadata_of(
     cx: &mut Cx,
-    gp: &str,
-    g: &core::GrpcService,
-) -> Option<mf::GrpcService> {
-    use core::grpc_service::TargetSpecifier as T;
-    let core::GrpcService {
-        timeout: _,
-        initial_metadata,
-        retry_policy,
-        target_specifier,
-    } = g;
-    cx.unsupported(gp, "retry_policy", retry_policy);
-    let mut metadata = Vec::with_capacity(initial_metadata.len());
-    for (i, h) in initial_metadata.iter().enumerate() {
-        let hp = idx(gp, "initial_metadata", i);
+    p: &str,
+    field: &str,
+    headers: &[core::HeaderValue],
+) -> Vec<(String, String)> {
+    let mut metadata = Vec::with_capacity(headers.len());
+    for (i, h) in headers.iter().enumerate() {
+        let hp = idx(p, field, i);
         let name_ok = !h.key.is_empty()
             && http::HeaderName::from_bytes(h.key.as_bytes()).is_ok_and(|n| n.as_str() == h.key);
         let value_ok = h.raw_value.is_empty() && http::HeaderValue::from_str(&h.value).is_ok();
@@ -1246,6 +1254,25 @@ pub(super) fn grpc_service_of(
             metadata.push((h.key.clone(), h.value.clone()));
         }
     }
+    metadata
+}
+
+/// A `GrpcService` to a cluster (`envoy_grpc`), without its `timeout` (each filter reads
+/// that its own way).
+pub(super) fn grpc_service_of(
+    cx: &mut Cx,
+    gp: &str,
+    g: &core::GrpcService,
+) -> Option<mf::GrpcService> {
+    use core::grpc_service::TargetSpecifier as T;
+    let core::GrpcService {
+        timeout: _,
+        initial_metadata,
+        retry_policy,
+        target_specifier,
+    } = g;
+    cx.unsupported(gp, "retry_policy", retry_policy);
+    let metadata = metadata_of(cx, gp, "initial_metadata", initial_metadata);
     match target_specifier {
         Some(T::EnvoyGrpc(e)) => {
             let ep = join(gp, "envoy_grpc");

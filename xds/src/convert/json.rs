@@ -454,6 +454,12 @@ fn encode_any(url: &str, body: Value) -> Result<Vec<u8>, JsonError> {
         }
         "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => enc::<ext::HttpRateLimit>(body),
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" => enc::<ext::ExtAuthz>(body),
+        "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor" => {
+            enc::<ext::ExternalProcessor>(body)
+        }
+        "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute" => {
+            enc::<ext::ExtProcPerRoute>(body)
+        }
         "envoy.extensions.filters.http.compressor.v3.Compressor" => enc::<ext::Compressor>(body),
         "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol" => {
             enc::<ext::ListenerProxyProtocol>(body)
@@ -584,6 +590,8 @@ mod tests {
             ext::API_KEY_FORWARDING,
             "envoy.config.core.v3.ProxyProtocolConfig (newer)",
             "envoy.config.core.v3.TlvEntry",
+            "envoy.extensions.filters.http.ext_proc.v3.HeaderForwardingRules",
+            "envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides",
         ];
         let missing: Vec<&str> = ext::JSON_MESSAGES
             .iter()

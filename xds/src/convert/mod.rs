@@ -20,6 +20,7 @@ mod compressor;
 mod endpoint;
 pub(crate) mod ext;
 mod ext_authz;
+mod ext_proc;
 mod filter;
 mod health_check;
 pub mod json;

@@ -17,6 +17,7 @@ mod conn_manager;
 mod connection_life;
 mod downstream_tls;
 mod ext_authz;
+mod ext_proc;
 mod global_rate_limit;
 mod h2spec;
 mod hbone_eds;

@@ -1683,3 +1683,189 @@ fn bad_compressors_are_rejected_by_path() {
         ["typed_per_filter_config[\"c\"].disabled: must be true"]
     );
 }
+
+const EXT_PROC: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor";
+const EXT_PROC_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute";
+
+#[test]
+fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
+    use myelin_proxy::model::ext_proc as mp;
+    // Envoy Gateway's filter for an EnvoyExtensionPolicy with `failOpen` and headers only
+    // (camelCase, as its goldens), then one with every setting Myelin takes.
+    let l = listener(&json::from_value(serde_json::json!({
+        "name": "l",
+        "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 8080}},
+        "filterChains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "statPrefix": "s",
+                "rds": {"routeConfigName": "r", "configSource": {"ads": {}}},
+                "httpFilters": [
+                    {"name": "envoy.filters.http.ext_proc/envoyextensionpolicy/default/p/extproc/0", "disabled": true, "typedConfig": {
+                        "@type": EXT_PROC,
+                        "failureModeAllow": true,
+                        "grpcService": {"envoyGrpc": {"authority": "grpc-backend.default:9000", "clusterName": "envoyextensionpolicy/default/p/0/grpc-backend"}, "timeout": "10s"},
+                        "messageTimeout": "0.500s",
+                        "processingMode": {"requestHeaderMode": "SEND", "responseHeaderMode": "SKIP", "requestTrailerMode": "SKIP", "responseTrailerMode": "SKIP"}
+                    }},
+                    {"name": "all", "typedConfig": {
+                        "@type": EXT_PROC,
+                        "grpcService": {"envoyGrpc": {"clusterName": "proc"}},
+                        "statPrefix": "mine",
+                        "disableImmediateResponse": true,
+                        "routeCacheAction": "CLEAR",
+                        "mutationRules": {"allowAllRouting": true, "disallowIsError": true, "disallowExpression": {"regex": "x-secret-.*"}},
+                        "forwardRules": {"allowedHeaders": {"patterns": [{"prefix": "x-"}]}, "disallowedHeaders": {"patterns": [{"exact": "x-token"}]}},
+                        "filterMetadata": {"team": "a"},
+                        "deferredCloseTimeout": "1s"
+                    }},
+                    {"name": "envoy.filters.http.router", "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]
+            }
+        }]}]
+    }))
+    .unwrap())
+    .unwrap();
+    let f = filters_of(&l);
+    let policy = |i: usize| match &f.0[i].kind {
+        mf::FilterKind::ExtProc(p) => p.clone(),
+        other => panic!("{other:?}"),
+    };
+    let eg = policy(0);
+    assert!(f.0[0].disabled);
+    assert!(eg.failure_mode_allow);
+    assert_eq!(eg.message_timeout, Duration::from_millis(500));
+    assert_eq!(
+        eg.mode,
+        mp::ProcessingMode {
+            request_headers: true,
+            response_headers: false
+        }
+    );
+    assert_eq!(eg.service.authority, "grpc-backend.default:9000");
+    assert_eq!(eg.route_cache, mp::RouteCache::Default);
+    assert_eq!(eg.rules, mp::MutationRules::default());
+    let all = policy(1);
+    assert_eq!(
+        all.mode,
+        mp::ProcessingMode::default(),
+        "both headers by default"
+    );
+    assert_eq!(
+        all.message_timeout,
+        Duration::from_millis(200),
+        "Envoy's default"
+    );
+    assert_eq!(&*all.stat_prefix, "mine");
+    assert!(all.disable_immediate_response);
+    assert_eq!(all.route_cache, mp::RouteCache::Clear);
+    assert!(all.rules.allows(":authority") && !all.rules.allows("x-secret-1"));
+    assert!(all.rules.disallow_is_error);
+    assert!(all.forward.forwards("x-user") && !all.forward.forwards("x-token"));
+    assert!(!all.forward.forwards("authorization"));
+
+    let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
+    for (config, want) in [
+        (
+            "processing_mode: {request_body_mode: BUFFERED}",
+            format!("{fc}.processing_mode.request_body_mode: not supported"),
+        ),
+        (
+            "processing_mode: {response_trailer_mode: SEND}",
+            format!("{fc}.processing_mode.response_trailer_mode: not supported"),
+        ),
+        (
+            "allow_mode_override: true",
+            format!("{fc}.allow_mode_override: not supported"),
+        ),
+        (
+            "request_attributes: [request.path]",
+            format!("{fc}.request_attributes: not supported"),
+        ),
+        (
+            "message_timeout: 3601s",
+            format!("{fc}.message_timeout: at most 3600s"),
+        ),
+        (
+            "disable_clear_route_cache: true, route_cache_action: CLEAR",
+            format!("{fc}: only one of `disable_clear_route_cache` and `route_cache_action`"),
+        ),
+    ] {
+        let filters = format!(
+            "- name: p\n  typed_config: {{\"@type\": {EXT_PROC}, grpc_service: {{envoy_grpc: {{cluster_name: proc}}}}, {config}}}"
+        );
+        let e = messages(listener(&listener_with(&filters)));
+        assert_eq!(e, [want], "{config}");
+    }
+    let e = messages(listener(&listener_with(&format!(
+        "- name: p\n  typed_config: {{\"@type\": {EXT_PROC}}}"
+    ))));
+    assert_eq!(e, [format!("{fc}.grpc_service: required but not set")]);
+
+    // Per route: off, and overrides of the mode, the service and its metadata.
+    let rc = yaml::<rpb::RouteConfiguration>(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  typed_per_filter_config:
+    p: {{"@type": {EXT_PROC_ROUTE}, disabled: true}}
+  routes:
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      p:
+        "@type": {EXT_PROC_ROUTE}
+        overrides:
+          processing_mode: {{request_header_mode: SKIP}}
+          grpc_service: {{envoy_grpc: {{cluster_name: other}}}}
+          grpc_initial_metadata: [{{key: x-tenant, value: b}}]
+"#
+    ));
+    let rc = route_configuration(&rc).unwrap();
+    let vh = &rc.virtual_hosts[0];
+    let Some(mf::FilterPolicy::ExtProc(r)) = &vh.filters["p"].policy else {
+        panic!()
+    };
+    assert_eq!(**r, mp::ExtProcRoute::Disabled);
+    let Some(mf::FilterPolicy::ExtProc(r)) = &vh.routes[0].filters["p"].policy else {
+        panic!()
+    };
+    let mp::ExtProcRoute::Overrides {
+        mode,
+        service,
+        metadata,
+    } = &**r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        *mode,
+        Some(mp::ProcessingMode {
+            request_headers: false,
+            response_headers: true
+        })
+    );
+    assert_eq!(service.as_ref().unwrap().cluster, "other");
+    assert_eq!(metadata, &[("x-tenant".to_owned(), "b".to_owned())]);
+    let e = messages(route_configuration(&yaml::<rpb::RouteConfiguration>(
+        &format!(
+            r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  typed_per_filter_config:
+    p: {{"@type": {EXT_PROC_ROUTE}, overrides: {{async_mode: true}}}}
+"#
+        ),
+    )));
+    assert_eq!(
+        e,
+        ["virtual_hosts[0].typed_per_filter_config[\"p\"].overrides.async_mode: not supported"]
+    );
+}

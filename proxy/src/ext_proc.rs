@@ -1,0 +1,724 @@
+//! External processing (`envoy.filters.http.ext_proc`): a service of the operator's
+//! (`envoy.service.ext_proc.v3.ExternalProcessor/Process`, one bidirectional gRPC stream
+//! per request) is told the request's headers, from the filter chain ([`crate::filters`]),
+//! and its response's headers, when the response comes ([`crate::http`]), as Envoy's filter
+//! (`ext_proc.cc`, `processor_state.cc`, `mutation_utils.cc`) does:
+//!
+//! - each message waits for the processor's answer to it, at most `message_timeout`;
+//! - a `CommonResponse` changes the headers (`header_mutation`: removals, then `set_headers`
+//!   with their append actions), each change checked against `mutation_rules` (a
+//!   disallowed one skipped and counted, or with `disallow_is_error` a `500`); a request's
+//!   `:path` and a response's `:status` may change, other `:`-headers are not Myelin's to
+//!   set and count as disallowed; `clear_route_cache` (and `route_cache_action`) chooses
+//!   the route again;
+//! - an `immediate_response` answers the request (its status, 200 when below 200, headers,
+//!   body, and `grpc_status` for gRPC clients) unless `disable_immediate_response`;
+//! - the processor closing the stream (`grpc-status` 0) ends processing for the request,
+//!   which goes on unchanged; an answer out of turn does too (counted `spurious`);
+//! - an unusable stream (not opened, failed) is a `500`, a late answer a `504`, or with
+//!   `failure_mode_allow` the request goes on and the stream is dropped.
+//!
+//! Bodies and trailers are never sent (the converter takes only `NONE` and `SKIP` for
+//! them). The stream goes through the connection's own pools ([`crate::services`]) and is
+//! half-closed after the last message; the processor then has a few seconds to end it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{channel::Sender, BodyExt, Channel};
+use prost::Message;
+
+use crate::error::{BodyError, ProxyBody};
+use crate::filters::Answer;
+use crate::metrics::ProxyMetrics;
+use crate::model::ext_proc::{ExtProcPolicy, ExtProcRoute, ProcessingMode, RouteCache};
+use crate::model::filter::GrpcService;
+use crate::services::{
+    apply, edit_of, Edit, HeaderMapProto, HeaderValueOptionProto, HeaderValueProto, Services,
+};
+use crate::traffic::router::RequestHead;
+
+const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
+/// How long a half-closed stream is left to the processor to end (Envoy's
+/// `deferred_close_timeout` default).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// The largest answer taken from the processor (gRPC's default receive limit).
+const MAX_MESSAGE: usize = 4 << 20;
+
+// The messages of `envoy/service/ext_proc/v3/external_processor.proto` the proxy writes
+// and reads, with their tags there; declared here for the reason `crate::ext_authz` gives.
+// The integration test's processor uses `xds-api`'s.
+
+/// `ProcessingRequest`.
+#[derive(Clone, PartialEq, Message)]
+struct ProcessingRequest {
+    #[prost(oneof = "Phase", tags = "2, 3")]
+    request: Option<Phase>,
+}
+
+/// The part of `ProcessingRequest.request` Myelin sends.
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum Phase {
+    #[prost(message, tag = "2")]
+    RequestHeaders(HttpHeaders),
+    #[prost(message, tag = "3")]
+    ResponseHeaders(HttpHeaders),
+}
+
+/// `HttpHeaders`.
+#[derive(Clone, PartialEq, Message)]
+struct HttpHeaders {
+    #[prost(message, optional, tag = "1")]
+    headers: Option<HeaderMapProto>,
+    #[prost(bool, tag = "3")]
+    end_of_stream: bool,
+}
+
+/// `ProcessingResponse` (`mode_override` and the others are not read).
+#[derive(Clone, PartialEq, Message)]
+struct ProcessingResponse {
+    #[prost(oneof = "Answered", tags = "1, 2, 3, 4, 5, 6, 7")]
+    response: Option<Answered>,
+}
+
+/// `ProcessingResponse.response`: the body and trailer answers are only told apart (they
+/// answer nothing Myelin sends).
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum Answered {
+    #[prost(message, tag = "1")]
+    RequestHeaders(HeadersResponse),
+    #[prost(message, tag = "2")]
+    ResponseHeaders(HeadersResponse),
+    #[prost(bytes = "bytes", tag = "3")]
+    RequestBody(Bytes),
+    #[prost(bytes = "bytes", tag = "4")]
+    ResponseBody(Bytes),
+    #[prost(bytes = "bytes", tag = "5")]
+    RequestTrailers(Bytes),
+    #[prost(bytes = "bytes", tag = "6")]
+    ResponseTrailers(Bytes),
+    #[prost(message, tag = "7")]
+    ImmediateResponse(ImmediateResponse),
+}
+
+/// `HeadersResponse`.
+#[derive(Clone, PartialEq, Message)]
+struct HeadersResponse {
+    #[prost(message, optional, tag = "1")]
+    response: Option<CommonResponse>,
+}
+
+/// `CommonResponse` (`body_mutation` and `trailers` are for bodies and trailers).
+#[derive(Clone, PartialEq, Message)]
+struct CommonResponse {
+    /// `CONTINUE` (0) or `CONTINUE_AND_REPLACE` (1).
+    #[prost(int32, tag = "1")]
+    status: i32,
+    #[prost(message, optional, tag = "2")]
+    header_mutation: Option<HeaderMutation>,
+    #[prost(bool, tag = "5")]
+    clear_route_cache: bool,
+}
+
+/// `HeaderMutation`.
+#[derive(Clone, PartialEq, Message)]
+struct HeaderMutation {
+    #[prost(message, repeated, tag = "1")]
+    set_headers: Vec<HeaderValueOptionProto>,
+    #[prost(string, repeated, tag = "2")]
+    remove_headers: Vec<String>,
+}
+
+/// `ImmediateResponse`.
+#[derive(Clone, PartialEq, Message)]
+struct ImmediateResponse {
+    #[prost(message, optional, tag = "1")]
+    status: Option<HttpStatus>,
+    #[prost(message, optional, tag = "2")]
+    headers: Option<HeaderMutation>,
+    #[prost(bytes = "bytes", tag = "3")]
+    body: Bytes,
+    #[prost(message, optional, tag = "4")]
+    grpc_status: Option<GrpcStatus>,
+    #[prost(string, tag = "5")]
+    details: String,
+}
+
+/// `type.v3.HttpStatus`.
+#[derive(Clone, PartialEq, Message)]
+struct HttpStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+}
+
+/// `GrpcStatus`.
+#[derive(Clone, PartialEq, Message)]
+struct GrpcStatus {
+    #[prost(uint32, tag = "1")]
+    status: u32,
+}
+
+/// Header changes the processor asked for, checked.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Changes {
+    /// Headers removed (first).
+    remove: Vec<HeaderName>,
+    /// Then these changes, in order.
+    set: Vec<Edit>,
+    /// A new `:path` (requests) or `:status` (responses).
+    pseudo: Option<HeaderValue>,
+}
+
+impl Changes {
+    /// Applies the changes to `headers` (not the pseudo-header's).
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        apply(headers, &self.set);
+    }
+
+    /// The new `:path`, when the processor set one.
+    pub(crate) fn path(&self) -> Option<&str> {
+        self.pseudo.as_ref()?.to_str().ok()
+    }
+}
+
+/// Why an exchange with the processor went wrong.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// No answer within `message_timeout`.
+    Timeout,
+    /// The stream could not be opened, or failed.
+    Stream(String),
+    /// The processor ended the stream cleanly: processing is over, nothing failed.
+    Closed,
+    /// An answer to something not asked (or not now).
+    Spurious(&'static str),
+    /// Changes that are not valid HTTP, or disallowed with `disallow_is_error`.
+    Invalid(String),
+}
+
+/// One open stream.
+struct Stream {
+    tx: Sender<Bytes, BodyError>,
+    body: ProxyBody,
+    buf: BytesMut,
+    held: Option<crate::traffic::InFlight>,
+}
+
+impl Stream {
+    /// Reads the processor's next answer.
+    async fn read(&mut self) -> Result<ProcessingResponse, Failure> {
+        loop {
+            if self.buf.len() >= 5 {
+                if self.buf[0] != 0 {
+                    return Err(Failure::Stream("a compressed message".into()));
+                }
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if len > MAX_MESSAGE {
+                    return Err(Failure::Stream(format!("a message of {len} bytes")));
+                }
+                if self.buf.len() >= 5 + len {
+                    self.buf.advance(5);
+                    let message = self.buf.split_to(len).freeze();
+                    return ProcessingResponse::decode(message)
+                        .map_err(|e| Failure::Stream(format!("an undecodable answer: {e}")));
+                }
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.buf.extend_from_slice(&data),
+                    Err(frame) => {
+                        let status = frame
+                            .trailers_ref()
+                            .and_then(|t| t.get("grpc-status"))
+                            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+                        return Err(match status {
+                            Some(0) => Failure::Closed,
+                            Some(code) => Failure::Stream(format!("grpc-status {code}")),
+                            None => Failure::Stream("trailers without grpc-status".into()),
+                        });
+                    }
+                },
+                Some(Err(e)) => return Err(Failure::Stream(e.to_string())),
+                None => return Err(Failure::Stream("the stream ended without a status".into())),
+            }
+        }
+    }
+
+    /// Half-closes the stream and leaves the processor [`CLOSE_WAIT`] to end it.
+    fn close(self) {
+        let Stream {
+            tx, mut body, held, ..
+        } = self;
+        drop(tx);
+        if body.is_end_stream() {
+            return;
+        }
+        tokio::spawn(async move {
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+            drop(held);
+        });
+    }
+}
+
+/// A request's processing by one filter: its settings, and the stream once open.
+pub(crate) struct Exchange {
+    policy: Arc<ExtProcPolicy>,
+    service: GrpcService,
+    mode: ProcessingMode,
+    stream: Option<Stream>,
+    /// Processing is over for this request (closed by the processor, or failed and let
+    /// through).
+    over: bool,
+}
+
+/// What processing the request's headers came to.
+pub(crate) enum Processed {
+    /// Go on, with these changes (and the route chosen again when `reroute`).
+    Continue { changes: Changes, reroute: bool },
+    /// Answer the request with this.
+    Answer(Answer),
+}
+
+impl Exchange {
+    /// The exchange of a filter with `policy` on a route with `route`'s settings; `None`
+    /// when the route turns the filter off.
+    pub(crate) fn new(
+        policy: &Arc<ExtProcPolicy>,
+        route: Option<&ExtProcRoute>,
+    ) -> Option<Exchange> {
+        let (mut mode, mut service) = (policy.mode, policy.service.clone());
+        match route {
+            Some(ExtProcRoute::Disabled) => return None,
+            Some(ExtProcRoute::Overrides {
+                mode: m,
+                service: s,
+                metadata,
+            }) => {
+                if let Some(m) = m {
+                    mode = *m;
+                }
+                if let Some(s) = s {
+                    service = s.clone();
+                }
+                for (name, value) in metadata {
+                    service.metadata.retain(|(n, _)| n != name);
+                    service.metadata.push((name.clone(), value.clone()));
+                }
+            }
+            None => {}
+        }
+        Some(Exchange {
+            policy: policy.clone(),
+            service,
+            mode,
+            stream: None,
+            over: false,
+        })
+    }
+
+    /// Whether the response's headers are to be processed.
+    pub(crate) fn wants_response(&self) -> bool {
+        !self.over && self.mode.response_headers
+    }
+
+    /// Processes the request's headers (when the mode sends them).
+    pub(crate) async fn request(
+        &mut self,
+        services: &dyn Services,
+        head: &RequestHead<'_>,
+        end_of_stream: bool,
+        grpc: bool,
+        metrics: &ProxyMetrics,
+    ) -> Processed {
+        if !self.mode.request_headers {
+            return Processed::Continue {
+                changes: Changes::default(),
+                reroute: false,
+            };
+        }
+        let pseudo = [
+            (":authority", head.authority.as_bytes()),
+            (":path", head.path.as_bytes()),
+            (":method", head.method.as_bytes()),
+            (":scheme", head.scheme.as_bytes()),
+        ];
+        let headers = self.told(pseudo.into_iter(), head.headers);
+        let message = ProcessingRequest {
+            request: Some(Phase::RequestHeaders(HttpHeaders {
+                headers: Some(headers),
+                end_of_stream,
+            })),
+        };
+        let answer = self.ask(services, &message).await;
+        let outcome = match answer {
+            Ok(Answered::RequestHeaders(h)) => {
+                let common = h.response.unwrap_or_default();
+                if common.status != 0 {
+                    Err(Failure::Invalid(
+                        "CONTINUE_AND_REPLACE without a body to replace".into(),
+                    ))
+                } else {
+                    let reroute = match self.policy.route_cache {
+                        RouteCache::Default => common.clear_route_cache,
+                        RouteCache::Clear => true,
+                        RouteCache::Retain => false,
+                    };
+                    self.changes(common.header_mutation, ":path", metrics)
+                        .map(|changes| (changes, reroute))
+                }
+            }
+            Ok(Answered::ImmediateResponse(r)) => return self.immediate(r, grpc, metrics),
+            Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
+            Err(f) => Err(f),
+        };
+        match outcome {
+            Ok((changes, reroute)) => {
+                metrics.ext_proc(&self.policy.stat_prefix, "continue");
+                if !self.mode.response_headers {
+                    self.close();
+                }
+                Processed::Continue { changes, reroute }
+            }
+            Err(f) => match self.failed(f, metrics) {
+                Some(status) => Processed::Answer(error_answer(status, grpc)),
+                None => Processed::Continue {
+                    changes: Changes::default(),
+                    reroute: false,
+                },
+            },
+        }
+    }
+
+    /// Processes the response's headers: `resp` changed, or replaced by the processor's
+    /// answer or an error's.
+    pub(crate) async fn response(
+        mut self,
+        services: &dyn Services,
+        resp: &mut Response<ProxyBody>,
+        grpc: bool,
+        metrics: &ProxyMetrics,
+    ) {
+        let status = resp.status();
+        let pseudo = [(":status", status.as_str().as_bytes())];
+        let headers = self.told(pseudo.into_iter(), resp.headers());
+        let message = ProcessingRequest {
+            request: Some(Phase::ResponseHeaders(HttpHeaders {
+                headers: Some(headers),
+                end_of_stream: resp.body().is_end_stream(),
+            })),
+        };
+        let answer = self.ask(services, &message).await;
+        let outcome = match answer {
+            Ok(Answered::ResponseHeaders(h)) => {
+                let common = h.response.unwrap_or_default();
+                if common.status != 0 {
+                    Err(Failure::Invalid(
+                        "CONTINUE_AND_REPLACE without a body to replace".into(),
+                    ))
+                } else {
+                    self.changes(common.header_mutation, ":status", metrics)
+                }
+            }
+            Ok(Answered::ImmediateResponse(r)) => {
+                if let Processed::Answer((answer, _)) = self.immediate(r, grpc, metrics) {
+                    *resp = answer;
+                }
+                self.close();
+                return;
+            }
+            Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
+            Err(f) => Err(f),
+        };
+        match outcome {
+            Ok(changes) => {
+                metrics.ext_proc(&self.policy.stat_prefix, "continue");
+                changes.apply(resp.headers_mut());
+                let new_status = changes
+                    .pseudo
+                    .as_ref()
+                    .and_then(|v| StatusCode::from_bytes(v.as_bytes()).ok());
+                if let Some(s) = new_status {
+                    *resp.status_mut() = s;
+                }
+            }
+            Err(f) => {
+                if let Some(status) = self.failed(f, metrics) {
+                    *resp = error_answer(status, grpc).0;
+                }
+            }
+        }
+        self.close();
+    }
+
+    /// The headers the processor is told: the pseudo-headers and `headers`, as
+    /// `forward_rules` allow, values as raw bytes (Envoy's `send_header_raw_value`).
+    fn told<'h>(
+        &self,
+        pseudo: impl Iterator<Item = (&'h str, &'h [u8])>,
+        headers: &'h HeaderMap,
+    ) -> HeaderMapProto {
+        let fields = pseudo.chain(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+        HeaderMapProto {
+            headers: fields
+                .filter(|(name, _)| self.policy.forward.forwards(name))
+                .map(|(name, value)| HeaderValueProto {
+                    key: name.to_owned(),
+                    value: String::new(),
+                    raw_value: value.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Sends `message` (opening the stream with it first) and waits for the answer.
+    async fn ask(
+        &mut self,
+        services: &dyn Services,
+        message: &ProcessingRequest,
+    ) -> Result<Answered, Failure> {
+        let frame = crate::services::grpc_frame(message);
+        let exchange = async {
+            match &mut self.stream {
+                Some(stream) => stream
+                    .tx
+                    .send_data(frame)
+                    .await
+                    .map_err(|_| Failure::Stream("the stream is gone".into()))?,
+                None => self.stream = Some(open(services, &self.service, frame).await?),
+            }
+            self.stream.as_mut().expect("open").read().await
+        };
+        let answer = tokio::time::timeout(self.policy.message_timeout, exchange)
+            .await
+            .map_err(|_| Failure::Timeout)??;
+        answer.response.ok_or(Failure::Spurious("an empty answer"))
+    }
+
+    /// The checked changes of a `HeaderMutation`; `pseudo` is the one `:`-header that may
+    /// change here (`:path` of a request, `:status` of a response).
+    fn changes(
+        &self,
+        mutation: Option<HeaderMutation>,
+        pseudo: &str,
+        metrics: &ProxyMetrics,
+    ) -> Result<Changes, Failure> {
+        let mut changes = Changes::default();
+        let Some(mutation) = mutation else {
+            return Ok(changes);
+        };
+        let rules = &self.policy.rules;
+        let refused = |what: String| -> Result<(), Failure> {
+            metrics.ext_proc(&self.policy.stat_prefix, "rejected_mutation");
+            if rules.disallow_is_error {
+                Err(Failure::Invalid(what))
+            } else {
+                Ok(())
+            }
+        };
+        for name in mutation.remove_headers {
+            let name = name.to_ascii_lowercase();
+            // `:`-headers and `host` are never removed (Envoy's `isRemovableHeader`).
+            if name.starts_with(':') || name == "host" || !rules.allows(&name) {
+                refused(format!("removing {name}"))?;
+                continue;
+            }
+            let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
+                return Err(Failure::Invalid(format!("removing {name:?}")));
+            };
+            changes.remove.push(n);
+        }
+        for option in mutation.set_headers {
+            let name = option
+                .header
+                .as_ref()
+                .map(|h| h.key.to_ascii_lowercase())
+                .unwrap_or_default();
+            if name.is_empty() {
+                continue;
+            }
+            if let Some(h) = &option.header {
+                if !h.value.is_empty() && !h.raw_value.is_empty() {
+                    return Err(Failure::Invalid(format!(
+                        "{name}: both value and raw_value"
+                    )));
+                }
+            }
+            if !rules.allows(&name) {
+                refused(format!("setting {name}"))?;
+                continue;
+            }
+            if name.starts_with(':') {
+                let h = option.header.unwrap_or_default();
+                let raw = if h.raw_value.is_empty() {
+                    h.value.into_bytes()
+                } else {
+                    h.raw_value
+                };
+                let valid = HeaderValue::from_bytes(&raw).ok().filter(|v| {
+                    if pseudo == ":status" {
+                        StatusCode::from_bytes(v.as_bytes()).is_ok_and(|s| s.as_u16() >= 200)
+                    } else {
+                        v.as_bytes().starts_with(b"/")
+                    }
+                });
+                match valid {
+                    Some(v) if name == pseudo => changes.pseudo = Some(v),
+                    Some(_) => refused(format!("setting {name}"))?,
+                    None => return Err(Failure::Invalid(format!("{name}: {raw:?}"))),
+                }
+                continue;
+            }
+            match edit_of(option, true) {
+                Ok(Some(edit)) => changes.set.push(edit),
+                Ok(None) => {}
+                Err(e) => return Err(Failure::Invalid(e)),
+            }
+        }
+        Ok(changes)
+    }
+
+    /// The processor's `immediate_response`, as the answer (or ignored with
+    /// `disable_immediate_response`: processing stops).
+    fn immediate(&mut self, r: ImmediateResponse, grpc: bool, metrics: &ProxyMetrics) -> Processed {
+        if self.policy.disable_immediate_response {
+            metrics.ext_proc(&self.policy.stat_prefix, "immediate_response_ignored");
+            self.close();
+            return Processed::Continue {
+                changes: Changes::default(),
+                reroute: false,
+            };
+        }
+        metrics.ext_proc(&self.policy.stat_prefix, "immediate_response");
+        self.close();
+        let status = r
+            .status
+            .map(|s| s.code)
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|c| (200..=999).contains(c))
+            .unwrap_or(200);
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let mut resp = if text.is_empty() {
+            crate::http::local_response(status, text.clone())
+        } else {
+            crate::http::text_response(status, text.clone())
+        };
+        // Header changes the rules refuse are skipped here: the answer goes out anyway.
+        if let Ok(changes) = self.changes(r.headers, "", metrics) {
+            changes.apply(resp.headers_mut());
+        }
+        let named = r.grpc_status.map(|g| g.status);
+        if let Some(g) = named {
+            resp.headers_mut()
+                .insert("grpc-status", HeaderValue::from(g));
+        }
+        let resp = crate::http::for_grpc(resp, &text, grpc);
+        Processed::Answer((crate::local_reply::mark(resp, status, &text, named), "-"))
+    }
+
+    /// What a failure comes to: `Some` status of the answer, or `None`
+    /// when the request goes on without the processor (a clean close, an answer out of
+    /// turn, `failure_mode_allow`).
+    fn failed(&mut self, f: Failure, metrics: &ProxyMetrics) -> Option<u16> {
+        let prefix = &self.policy.stat_prefix;
+        self.over = true;
+        let stream = self.stream.take();
+        let answer = match f {
+            Failure::Closed => {
+                metrics.ext_proc(prefix, "closed");
+                None
+            }
+            Failure::Spurious(what) => {
+                tracing::debug!(target: "myelin::ext_proc", what, "processing stopped");
+                metrics.ext_proc(prefix, "spurious");
+                None
+            }
+            Failure::Invalid(what) => {
+                tracing::debug!(target: "myelin::ext_proc", %what, "invalid changes");
+                metrics.ext_proc(prefix, "invalid");
+                Some(500)
+            }
+            Failure::Timeout => {
+                metrics.ext_proc(prefix, "timeout");
+                Some(504)
+            }
+            Failure::Stream(why) => {
+                tracing::debug!(target: "myelin::ext_proc", %why, "stream failed");
+                metrics.ext_proc(prefix, "error");
+                Some(500)
+            }
+        };
+        // A failed or late stream is dropped (reset); a closed one is over already.
+        drop(stream);
+        if answer.is_some() && self.policy.failure_mode_allow {
+            metrics.ext_proc(prefix, "failure_mode_allowed");
+            return None;
+        }
+        answer
+    }
+
+    /// Ends the exchange: the stream half-closed (the processor ends it).
+    fn close(&mut self) {
+        self.over = true;
+        if let Some(s) = self.stream.take() {
+            s.close();
+        }
+    }
+}
+
+/// Opens the stream to `service` with `first` on its way (a server may answer the call's
+/// head only with its first message).
+async fn open(
+    services: &dyn Services,
+    service: &GrpcService,
+    first: Bytes,
+) -> Result<Stream, Failure> {
+    let (mut tx, body) = Channel::<Bytes, BodyError>::new(1);
+    if tx.try_send(http_body::Frame::data(first)).is_err() {
+        return Err(Failure::Stream("the stream's buffer is full".into()));
+    }
+    let req =
+        crate::services::grpc_call(service, PROCESS_PATH, body.boxed()).map_err(Failure::Stream)?;
+    let opened = services
+        .open(&service.cluster, req)
+        .await
+        .map_err(Failure::Stream)?;
+    let (parts, body) = opened.response.into_parts();
+    if parts.status != StatusCode::OK {
+        return Err(Failure::Stream(format!("HTTP status {}", parts.status)));
+    }
+    // A trailers-only answer: the call failed (or ended) before any message.
+    if let Some(code) = parts
+        .headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+    {
+        return Err(match code {
+            0 => Failure::Closed,
+            code => Failure::Stream(format!("grpc-status {code}")),
+        });
+    }
+    Ok(Stream {
+        tx,
+        body,
+        buf: BytesMut::new(),
+        held: opened.held,
+    })
+}
+
+/// The answer to a request the processor failed for (empty, as Envoy's local reply).
+fn error_answer(status: u16, grpc: bool) -> Answer {
+    let resp = crate::http::local_response(status, String::new());
+    let resp = crate::http::for_grpc(resp, "", grpc);
+    (crate::local_reply::mark(resp, status, "", None), "-")
+}
+
+#[cfg(test)]
+mod tests;

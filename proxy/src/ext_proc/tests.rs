@@ -1,0 +1,532 @@
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use http::{header, Request};
+
+use super::*;
+use crate::model::ext_proc::{ForwardRules, MutationRules};
+use crate::model::StringMatcher;
+use crate::services::{BoolValue, Opened};
+
+/// What the scripted processor does with the next message.
+enum Step {
+    /// Answers it.
+    Answer(ProcessingResponse),
+    /// Ends the stream cleanly (`grpc-status: 0`).
+    Close,
+    /// Ends the stream with this status.
+    Fail(u32),
+    /// Never answers.
+    Hang,
+}
+
+/// A processor in process: `open` hands the stream to a task that answers each message
+/// with the next step, keeping the messages and the call's headers.
+#[derive(Default)]
+struct Scripted {
+    steps: Mutex<VecDeque<Step>>,
+    seen: Arc<Mutex<Vec<ProcessingRequest>>>,
+    heads: Mutex<Vec<HeaderMap>>,
+    /// Set once the proxy half-closed the stream.
+    ended: Arc<Mutex<bool>>,
+}
+
+impl Scripted {
+    fn new(steps: Vec<Step>) -> Scripted {
+        Scripted {
+            steps: Mutex::new(steps.into()),
+            ..Scripted::default()
+        }
+    }
+}
+
+impl Services for Scripted {
+    fn send<'a>(
+        &'a self,
+        _: &'a str,
+        _: Request<Bytes>,
+        _: bool,
+    ) -> crate::services::Pending<'a, Result<crate::services::Reply, String>> {
+        Box::pin(async { Err("unary calls are not scripted".to_owned()) })
+    }
+
+    fn send_detached(&self, _: &str, _: Request<Bytes>, _: Duration) {}
+
+    fn open<'a>(
+        &'a self,
+        cluster: &'a str,
+        req: Request<ProxyBody>,
+    ) -> crate::services::Pending<'a, Result<Opened, String>> {
+        assert_eq!(cluster, "processor");
+        let (parts, mut body) = req.into_parts();
+        assert_eq!(parts.uri.path(), PROCESS_PATH);
+        self.heads.lock().unwrap().push(parts.headers);
+        let (mut tx, answers) = Channel::<Bytes, BodyError>::new(4);
+        let steps: Vec<Step> = self.steps.lock().unwrap().drain(..).collect();
+        let (seen, ended) = (self.seen.clone(), self.ended.clone());
+        tokio::spawn(async move {
+            let mut steps = steps.into_iter();
+            let mut buf = BytesMut::new();
+            loop {
+                while buf.len() >= 5 {
+                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                    if buf.len() < 5 + len {
+                        break;
+                    }
+                    buf.advance(5);
+                    let m = ProcessingRequest::decode(buf.split_to(len).freeze()).unwrap();
+                    seen.lock().unwrap().push(m);
+                    match steps.next() {
+                        Some(Step::Answer(a)) => {
+                            let _ = tx.send_data(crate::services::grpc_frame(&a)).await;
+                        }
+                        Some(Step::Close) | None => {
+                            let mut t = HeaderMap::new();
+                            t.insert("grpc-status", HeaderValue::from(0));
+                            let _ = tx.send_trailers(t).await;
+                        }
+                        Some(Step::Fail(code)) => {
+                            let mut t = HeaderMap::new();
+                            t.insert("grpc-status", HeaderValue::from(code));
+                            let _ = tx.send_trailers(t).await;
+                        }
+                        Some(Step::Hang) => {}
+                    }
+                }
+                match body.frame().await {
+                    Some(Ok(f)) => {
+                        if let Ok(d) = f.into_data() {
+                            buf.extend_from_slice(&d);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            *ended.lock().unwrap() = true;
+            // The proxy half-closed: end the call.
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from(0));
+            let _ = tx.send_trailers(t).await;
+        });
+        let mut response = Response::new(answers.boxed());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        Box::pin(async move {
+            Ok(Opened {
+                response,
+                held: None,
+            })
+        })
+    }
+}
+
+fn policy(f: impl FnOnce(&mut ExtProcPolicy)) -> Arc<ExtProcPolicy> {
+    let mut p = ExtProcPolicy {
+        service: GrpcService {
+            cluster: "processor".into(),
+            authority: "processor".into(),
+            metadata: vec![("x-tenant".into(), "a".into())],
+        },
+        mode: ProcessingMode::default(),
+        message_timeout: Duration::from_millis(200),
+        failure_mode_allow: false,
+        rules: MutationRules::default(),
+        forward: ForwardRules::default(),
+        route_cache: RouteCache::Default,
+        disable_immediate_response: false,
+        stat_prefix: "p".into(),
+    };
+    f(&mut p);
+    Arc::new(p)
+}
+
+fn set(name: &str, value: &str, append_action: i32) -> HeaderValueOptionProto {
+    HeaderValueOptionProto {
+        header: Some(HeaderValueProto {
+            key: name.into(),
+            value: String::new(),
+            raw_value: value.as_bytes().to_vec(),
+        }),
+        append: None,
+        append_action,
+    }
+}
+
+fn headers_answer(request: bool, mutation: HeaderMutation, clear: bool) -> Step {
+    let h = HeadersResponse {
+        response: Some(CommonResponse {
+            status: 0,
+            header_mutation: Some(mutation),
+            clear_route_cache: clear,
+        }),
+    };
+    Step::Answer(ProcessingResponse {
+        response: Some(if request {
+            Answered::RequestHeaders(h)
+        } else {
+            Answered::ResponseHeaders(h)
+        }),
+    })
+}
+
+fn request_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("x-user", HeaderValue::from_static("alice"));
+    h.insert("x-secret", HeaderValue::from_static("s3cret"));
+    h.insert("x-old", HeaderValue::from_static("1"));
+    h
+}
+
+fn head(h: &HeaderMap) -> RequestHead<'_> {
+    RequestHead {
+        method: "GET",
+        authority: "svc",
+        path: "/a?x=1",
+        scheme: "http",
+        headers: h,
+    }
+}
+
+fn told(m: &ProcessingRequest) -> (Vec<(String, String)>, bool) {
+    let h = match m.request.as_ref().unwrap() {
+        Phase::RequestHeaders(h) | Phase::ResponseHeaders(h) => h,
+    };
+    let fields = h
+        .headers
+        .as_ref()
+        .unwrap()
+        .headers
+        .iter()
+        .map(|v| {
+            (
+                v.key.clone(),
+                String::from_utf8(v.raw_value.clone()).unwrap(),
+            )
+        })
+        .collect();
+    (fields, h.end_of_stream)
+}
+
+fn count(metrics: &ProxyMetrics, outcome: &'static str) -> u64 {
+    metrics
+        .ext_proc
+        .get_or_create(&crate::metrics::RateLimitLabels {
+            stat_prefix: crate::metrics::StatPrefix("p".into()),
+            outcome,
+        })
+        .get()
+}
+
+fn ok_response() -> Response<ProxyBody> {
+    let mut resp = crate::http::text_response(200, "hello".into());
+    resp.headers_mut()
+        .insert("x-upstream", HeaderValue::from_static("1"));
+    resp
+}
+
+#[tokio::test]
+async fn both_heads_are_told_and_changed_as_the_rules_allow() {
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        headers_answer(
+            true,
+            HeaderMutation {
+                set_headers: vec![
+                    set("x-added", "yes", 0),
+                    set("x-user", "bob", 2),
+                    set("x-missing", "no", 3),
+                    set(":path", "/b?y=2", 2),
+                    // Refused by the default rules: counted and skipped.
+                    set("host", "elsewhere", 2),
+                    set("x-envoy-internal", "1", 2),
+                ],
+                remove_headers: vec!["x-old".into(), ":method".into()],
+            },
+            true,
+        ),
+        headers_answer(
+            false,
+            HeaderMutation {
+                set_headers: vec![set(":status", "201", 2), set("x-seen", "1", 0)],
+                remove_headers: vec!["x-upstream".into()],
+            },
+            false,
+        ),
+    ]);
+    let policy = policy(|p| {
+        p.forward = ForwardRules {
+            allowed: None,
+            disallowed: vec![StringMatcher::exact("x-secret")],
+        }
+    });
+    let mut exchange = Exchange::new(&policy, None).unwrap();
+    let h = request_headers();
+    let Processed::Continue { changes, reroute } = exchange
+        .request(&services, &head(&h), true, false, &metrics)
+        .await
+    else {
+        panic!("answered")
+    };
+    assert!(reroute, "clear_route_cache");
+    assert_eq!(changes.path(), Some("/b?y=2"));
+    let mut upstream = request_headers();
+    changes.apply(&mut upstream);
+    assert_eq!(upstream["x-added"], "yes");
+    assert_eq!(upstream["x-user"], "bob");
+    assert!(!upstream.contains_key("x-missing"));
+    assert!(!upstream.contains_key("x-old"));
+    assert!(!upstream.contains_key("host") && !upstream.contains_key("x-envoy-internal"));
+    assert_eq!(count(&metrics, "rejected_mutation"), 3);
+    assert!(exchange.wants_response());
+
+    let mut resp = ok_response();
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-seen"], "1");
+    assert!(!resp.headers().contains_key("x-upstream"));
+    assert_eq!(count(&metrics, "continue"), 2);
+
+    let seen = services.seen.lock().unwrap().clone();
+    let (fields, eos) = told(&seen[0]);
+    assert!(eos);
+    for (k, v) in [
+        (":authority", "svc"),
+        (":path", "/a?x=1"),
+        (":method", "GET"),
+        (":scheme", "http"),
+        ("x-user", "alice"),
+    ] {
+        assert!(fields.contains(&(k.into(), v.into())), "{k} in {fields:?}");
+    }
+    assert!(
+        !fields.iter().any(|(k, _)| k == "x-secret"),
+        "forward_rules"
+    );
+    let (fields, eos) = told(&seen[1]);
+    assert!(!eos, "the response has a body");
+    assert!(fields.contains(&(":status".into(), "200".into())));
+    assert!(fields.contains(&("x-upstream".into(), "1".into())));
+    assert_eq!(services.heads.lock().unwrap()[0]["x-tenant"], "a");
+    // Half-closed after the last message: the processor sees the end of the stream.
+    for _ in 0..100 {
+        if *services.ended.lock().unwrap() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the stream was not half-closed");
+}
+
+#[tokio::test]
+async fn an_immediate_response_answers_the_request() {
+    let metrics = ProxyMetrics::unregistered();
+    let immediate = |grpc_status: Option<u32>| {
+        Step::Answer(ProcessingResponse {
+            response: Some(Answered::ImmediateResponse(ImmediateResponse {
+                status: Some(HttpStatus { code: 403 }),
+                headers: Some(HeaderMutation {
+                    set_headers: vec![set("x-why", "policy", 2)],
+                    remove_headers: vec![],
+                }),
+                body: Bytes::from_static(b"denied here"),
+                grpc_status: grpc_status.map(|status| GrpcStatus { status }),
+                details: "d".into(),
+            })),
+        })
+    };
+    let h = request_headers();
+    let services = Scripted::new(vec![immediate(None)]);
+    let mut exchange = Exchange::new(&policy(|_| {}), None).unwrap();
+    let Processed::Answer((resp, flags)) = exchange
+        .request(&services, &head(&h), true, false, &metrics)
+        .await
+    else {
+        panic!("went on")
+    };
+    assert_eq!((resp.status().as_u16(), flags), (403, "-"));
+    assert_eq!(resp.headers()["x-why"], "policy");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"denied here");
+    assert!(!exchange.wants_response());
+
+    // To a gRPC client: its grpc-status, trailers-only.
+    let services = Scripted::new(vec![immediate(Some(7))]);
+    let mut exchange = Exchange::new(&policy(|_| {}), None).unwrap();
+    let Processed::Answer((resp, _)) = exchange
+        .request(&services, &head(&h), true, true, &metrics)
+        .await
+    else {
+        panic!("went on")
+    };
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "7");
+    assert_eq!(count(&metrics, "immediate_response"), 2);
+
+    // Ignored with disable_immediate_response: processing stops, the request goes on.
+    let services = Scripted::new(vec![immediate(None)]);
+    let p = policy(|p| p.disable_immediate_response = true);
+    let mut exchange = Exchange::new(&p, None).unwrap();
+    let processed = exchange
+        .request(&services, &head(&h), true, false, &metrics)
+        .await;
+    assert!(matches!(
+        processed,
+        Processed::Continue { reroute: false, .. }
+    ));
+    assert!(!exchange.wants_response());
+    assert_eq!(count(&metrics, "immediate_response_ignored"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_answer_500_or_504_unless_failure_mode_allow() {
+    let h = request_headers();
+    let run = |steps: Vec<Step>, allow: bool| {
+        let h = &h;
+        async move {
+            let metrics = ProxyMetrics::unregistered();
+            let services = Scripted::new(steps);
+            let p = policy(|p| p.failure_mode_allow = allow);
+            let mut exchange = Exchange::new(&p, None).unwrap();
+            let processed = exchange
+                .request(&services, &head(h), true, false, &metrics)
+                .await;
+            let status = match processed {
+                Processed::Answer((resp, _)) => Some(resp.status().as_u16()),
+                Processed::Continue { .. } => None,
+            };
+            (status, exchange.wants_response(), metrics)
+        }
+    };
+    let (status, wants, m) = run(vec![Step::Hang], false).await;
+    assert_eq!((status, wants), (Some(504), false));
+    assert_eq!(count(&m, "timeout"), 1);
+    let (status, _, m) = run(vec![Step::Fail(14)], false).await;
+    assert_eq!(status, Some(500));
+    assert_eq!(count(&m, "error"), 1);
+    let (status, wants, m) = run(vec![Step::Hang], true).await;
+    assert_eq!((status, wants), (None, false));
+    assert_eq!(count(&m, "failure_mode_allowed"), 1);
+    // A clean close ends processing without an error; so does an answer out of turn.
+    let (status, wants, m) = run(vec![Step::Close], false).await;
+    assert_eq!((status, wants), (None, false));
+    assert_eq!(count(&m, "closed"), 1);
+    let out_of_turn = headers_answer(false, HeaderMutation::default(), false);
+    let (status, wants, m) = run(vec![out_of_turn], false).await;
+    assert_eq!((status, wants), (None, false));
+    assert_eq!(count(&m, "spurious"), 1);
+}
+
+#[tokio::test]
+async fn invalid_or_refused_changes_are_a_500_with_disallow_is_error() {
+    let h = request_headers();
+    let cases = [
+        (
+            HeaderMutation {
+                set_headers: vec![set("host", "elsewhere", 2)],
+                remove_headers: vec![],
+            },
+            true,
+        ),
+        (
+            HeaderMutation {
+                set_headers: vec![set("x-bad", "a\nb", 2)],
+                remove_headers: vec![],
+            },
+            false,
+        ),
+        (
+            HeaderMutation {
+                set_headers: vec![set(":path", "no-slash", 2)],
+                remove_headers: vec![],
+            },
+            false,
+        ),
+    ];
+    for (mutation, disallow_is_error) in cases {
+        let metrics = ProxyMetrics::unregistered();
+        let services = Scripted::new(vec![headers_answer(true, mutation, false)]);
+        let p = policy(|p| p.rules.disallow_is_error = disallow_is_error);
+        let mut exchange = Exchange::new(&p, None).unwrap();
+        let processed = exchange
+            .request(&services, &head(&h), true, false, &metrics)
+            .await;
+        let Processed::Answer((resp, _)) = processed else {
+            panic!("went on")
+        };
+        assert_eq!(resp.status(), 500);
+        assert_eq!(count(&metrics, "invalid"), 1);
+    }
+    // The deprecated `append: true` joins values.
+    let metrics = ProxyMetrics::unregistered();
+    let mut joined = set("x-user", "bob", 0);
+    joined.append = Some(BoolValue { value: true });
+    let services = Scripted::new(vec![headers_answer(
+        true,
+        HeaderMutation {
+            set_headers: vec![joined],
+            remove_headers: vec![],
+        },
+        false,
+    )]);
+    let mut exchange = Exchange::new(&policy(|_| {}), None).unwrap();
+    let Processed::Continue { changes, .. } = exchange
+        .request(&services, &head(&h), true, false, &metrics)
+        .await
+    else {
+        panic!("answered")
+    };
+    let mut upstream = request_headers();
+    changes.apply(&mut upstream);
+    assert_eq!(upstream["x-user"], "alice,bob");
+}
+
+#[tokio::test]
+async fn routes_turn_the_filter_off_or_override_mode_and_service() {
+    let metrics = ProxyMetrics::unregistered();
+    let p = policy(|_| {});
+    assert!(Exchange::new(&p, Some(&ExtProcRoute::Disabled)).is_none());
+    let route = ExtProcRoute::Overrides {
+        mode: Some(ProcessingMode {
+            request_headers: false,
+            response_headers: true,
+        }),
+        service: None,
+        metadata: vec![("x-tenant".into(), "b".into())],
+    };
+    let mut exchange = Exchange::new(&p, Some(&route)).unwrap();
+    let services = Scripted::new(vec![headers_answer(
+        false,
+        HeaderMutation {
+            set_headers: vec![set("x-seen", "1", 0)],
+            remove_headers: vec![],
+        },
+        false,
+    )]);
+    let h = request_headers();
+    let processed = exchange
+        .request(&services, &head(&h), true, false, &metrics)
+        .await;
+    assert!(matches!(
+        processed,
+        Processed::Continue { reroute: false, .. }
+    ));
+    assert!(
+        services.seen.lock().unwrap().is_empty(),
+        "request headers skipped"
+    );
+    let mut resp = ok_response();
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(resp.headers()["x-seen"], "1");
+    let heads = services.heads.lock().unwrap();
+    assert_eq!(heads.len(), 1);
+    assert_eq!(
+        heads[0]["x-tenant"], "b",
+        "the route's metadata replaces the service's"
+    );
+}

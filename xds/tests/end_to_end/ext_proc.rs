@@ -1,0 +1,470 @@
+//! Envoy's external processing filter (`envoy.filters.http.ext_proc`) end to end: listeners
+//! from xDS with the filter as Envoy Gateway writes it for an `EnvoyExtensionPolicy`, a
+//! real processor (tonic's server of `xds-api`'s `envoy.service.ext_proc.v3
+//! .ExternalProcessor`, one bidirectional stream per request) behind a cluster of its own,
+//! acting on what each request's headers ask of it and recording every message.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::support::*;
+use myelin_xds::ads::{type_url, AdsProtocol};
+use myelin_xds::testing::ControlPlane;
+use tokio::net::TcpListener;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use xds_api::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_api::pb::envoy::r#type::v3::HttpStatus;
+use xds_api::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use xds_api::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
+use xds_api::pb::envoy::service::ext_proc::v3::processing_response::Response as Answered;
+use xds_api::pb::envoy::service::ext_proc::v3::{
+    CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
+    ProcessingRequest, ProcessingResponse,
+};
+
+/// The filter as Envoy Gateway writes it: both heads processed, 0.3 s per message.
+const PORT: u16 = 18631;
+/// `failure_mode_allow` (Envoy Gateway's `failOpen`), request headers only.
+const FAIL_OPEN_PORT: u16 = 18632;
+const FILTER: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor";
+const PER_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute";
+const NAME: &str = "envoy.filters.http.ext_proc/envoyextensionpolicy/default/policy/extproc/0";
+
+/// One stream as the processor saw it: the call's metadata and each message's phase with
+/// the headers it carried (and whether they ended the stream).
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    metadata: HashMap<String, String>,
+    messages: Vec<(&'static str, HashMap<String, String>, bool)>,
+}
+
+/// The processor: acts on the request's `x-action`, records every stream.
+#[derive(Default)]
+struct Processor {
+    streams: Arc<Mutex<Vec<Seen>>>,
+}
+
+fn option(key: &str, value: &str, append_action: i32) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            raw_value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+        append_action,
+        ..Default::default()
+    }
+}
+
+fn headers_of(h: &HttpHeaders) -> HashMap<String, String> {
+    h.headers
+        .iter()
+        .flat_map(|m| &m.headers)
+        .map(|v| {
+            (
+                v.key.clone(),
+                String::from_utf8_lossy(&v.raw_value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn continue_with(mutation: HeaderMutation, clear_route_cache: bool) -> HeadersResponse {
+    HeadersResponse {
+        response: Some(CommonResponse {
+            header_mutation: Some(mutation),
+            clear_route_cache,
+            ..Default::default()
+        }),
+    }
+}
+
+type Answers = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for Processor {
+    type ProcessStream = Answers;
+
+    async fn process(
+        &self,
+        req: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Answers>, Status> {
+        let metadata = req
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().ok()?.to_owned()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut incoming = req.into_inner();
+        let streams = self.streams.clone();
+        let index = {
+            let mut s = streams.lock().unwrap();
+            s.push(Seen {
+                metadata,
+                ..Seen::default()
+            });
+            s.len() - 1
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut action = String::new();
+            while let Some(Ok(m)) = incoming.next().await {
+                let (phase, h) = match &m.request {
+                    Some(Phase::RequestHeaders(h)) => ("request_headers", h),
+                    Some(Phase::ResponseHeaders(h)) => ("response_headers", h),
+                    _ => ("other", &HttpHeaders::default()),
+                };
+                let headers = headers_of(h);
+                streams.lock().unwrap()[index].messages.push((
+                    phase,
+                    headers.clone(),
+                    h.end_of_stream,
+                ));
+                let answer = match phase {
+                    "request_headers" => {
+                        action = headers.get("x-action").cloned().unwrap_or_default();
+                        match action.as_str() {
+                            "deny" => Answered::ImmediateResponse(ImmediateResponse {
+                                status: Some(HttpStatus { code: 403 }),
+                                headers: Some(HeaderMutation {
+                                    set_headers: vec![option("x-why", "processor", 2)],
+                                    ..Default::default()
+                                }),
+                                body: b"denied by the processor".to_vec(),
+                                ..Default::default()
+                            }),
+                            "slow" => {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                Answered::RequestHeaders(HeadersResponse::default())
+                            }
+                            // Ends the call without answering: processing is over.
+                            "close" => return,
+                            "reroute" => Answered::RequestHeaders(continue_with(
+                                HeaderMutation {
+                                    set_headers: vec![option("x-route", "b", 2)],
+                                    ..Default::default()
+                                },
+                                true,
+                            )),
+                            _ => {
+                                let user = headers.get("x-user").cloned().unwrap_or_default();
+                                let mut set = vec![
+                                    option("x-added", "yes", 0),
+                                    option("x-user", &format!("processed-{user}"), 2),
+                                    // Refused by the default mutation rules.
+                                    option("host", "elsewhere", 2),
+                                ];
+                                if let Some(p) = headers.get("x-rewrite") {
+                                    set.push(option(":path", p, 2));
+                                }
+                                Answered::RequestHeaders(continue_with(
+                                    HeaderMutation {
+                                        set_headers: set,
+                                        remove_headers: vec!["x-secret".into()],
+                                    },
+                                    false,
+                                ))
+                            }
+                        }
+                    }
+                    _ => {
+                        let mut set = vec![option("x-proc-response", "seen", 0)];
+                        if action == "created" {
+                            set.push(option(":status", "201", 2));
+                        }
+                        Answered::ResponseHeaders(continue_with(
+                            HeaderMutation {
+                                set_headers: set,
+                                remove_headers: vec!["x-upstream-secret".into()],
+                            },
+                            false,
+                        ))
+                    }
+                };
+                let answer = ProcessingResponse {
+                    response: Some(answer),
+                    ..Default::default()
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let answers = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+async fn processor(p: Arc<Processor>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(ExternalProcessorServer::from_arc(p))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    addr
+}
+
+/// The upstream: answers with the request's path and headers, one per line, and a header
+/// the processor removes from the response.
+async fn echo_upstream(hits: Arc<AtomicUsize>) -> SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    let mut body = format!("{}\n", req.uri());
+                    for (k, v) in req.headers() {
+                        body.push_str(&format!("{k}: {}\n", v.to_str().unwrap()));
+                    }
+                    async move {
+                        let resp = hyper::Response::builder()
+                            .header("x-upstream-secret", "internal")
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn listeners() -> Vec<Listener> {
+    vec![
+        filtered_listener(
+            "proc",
+            PORT,
+            &format!(
+                r#"
+- name: {NAME}
+  typed_config:
+    "@type": {FILTER}
+    grpc_service:
+      envoy_grpc: {{cluster_name: proc, authority: "proc.default:9000"}}
+      timeout: 10s
+      initial_metadata: [{{key: x-tenant, value: a}}]
+    message_timeout: 0.3s
+    stat_prefix: gw
+"#
+            ),
+        ),
+        filtered_listener(
+            "fail-open",
+            FAIL_OPEN_PORT,
+            &format!(
+                r#"
+- name: {NAME}
+  typed_config:
+    "@type": {FILTER}
+    grpc_service: {{envoy_grpc: {{cluster_name: proc}}}}
+    failure_mode_allow: true
+    message_timeout: 0.3s
+    processing_mode: {{request_header_mode: SEND, response_header_mode: SKIP}}
+    stat_prefix: open
+"#
+            ),
+        ),
+    ]
+}
+
+fn routes() -> RouteConfiguration {
+    yaml(&format!(
+        r#"
+name: r
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /, headers: [{{name: x-route, string_match: {{exact: b}}}}]}}
+    direct_response: {{status: 200, body: {{inline_string: "route b"}}}}
+  - match: {{prefix: /off}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      {NAME}: {{"@type": {PER_ROUTE}, disabled: true}}
+  - match: {{prefix: /responses-only}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      {NAME}:
+        "@type": {PER_ROUTE}
+        overrides:
+          processing_mode: {{request_header_mode: SKIP}}
+          grpc_initial_metadata: [{{key: x-tenant, value: b}}]
+  - match: {{prefix: /}}
+    route: {{cluster: web}}
+"#
+    ))
+}
+
+fn outcome(node: &Node, prefix: &str, outcome: &str) -> f64 {
+    node.metric(&format!(
+        "myelin_proxy_ext_proc_total{{stat_prefix=\"{prefix}\",outcome=\"{outcome}\"}}"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_sees_and_changes_both_heads_over_xds() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let web = echo_upstream(hits.clone()).await;
+    let p = Arc::new(Processor::default());
+    let proc_addr = processor(p.clone()).await;
+    let cp = ControlPlane::start().await;
+    let ls = listeners();
+    cp.update(|b| {
+        for l in &ls {
+            set(b, &l.name, l);
+        }
+        set(b, "r", &routes());
+        set(b, "web", &eds_cluster("web"));
+        set(b, "web", &endpoints("web", &[web]));
+        set(b, "proc", &h2_cluster("proc"));
+        set(b, "proc", &endpoints("proc", &[proc_addr]));
+    });
+    let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
+    for (url, names) in [
+        (type_url::LISTENER, &["proc", "fail-open"][..]),
+        (type_url::ROUTE, &["r"]),
+        (type_url::ENDPOINT, &["web", "proc"]),
+    ] {
+        node.wait_applied(url, names, &cp.version(url)).await;
+    }
+    let streams = || p.streams.lock().unwrap().clone();
+    let get = |port: u16, path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let node = &node;
+        async move { request(node, port, "GET", path, headers).await }
+    };
+
+    // Both heads: the request's changed on its way up (set, overwritten, removed, a new
+    // path; `host` refused by the default rules), the response's on its way back.
+    let a = get(
+        PORT,
+        "/shop?x=1",
+        &[
+            ("x-user", "alice"),
+            ("x-secret", "s3cr3t"),
+            ("x-rewrite", "/rewritten?y=2"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut lines = a.body.lines();
+    assert_eq!(lines.next(), Some("/rewritten?y=2"));
+    let seen: Vec<&str> = lines.collect();
+    assert!(seen.contains(&"x-added: yes"), "{seen:?}");
+    assert!(seen.contains(&"x-user: processed-alice"), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.starts_with("x-secret")), "{seen:?}");
+    assert!(!seen.contains(&"host: elsewhere"), "{seen:?}");
+    assert_eq!(a.header("x-proc-response"), Some("seen"));
+    assert_eq!(a.header("x-upstream-secret"), None);
+    // One stream for the request, both messages on it, with the pseudo-headers.
+    let s = streams();
+    assert_eq!(s.len(), 1);
+    let first = &s[0];
+    assert_eq!(
+        first.metadata.get("x-tenant").map(String::as_str),
+        Some("a")
+    );
+    assert_eq!(first.messages.len(), 2);
+    let (phase, h, eos) = &first.messages[0];
+    assert_eq!((*phase, *eos), ("request_headers", true));
+    assert_eq!(h.get(":path").map(String::as_str), Some("/shop?x=1"));
+    assert_eq!(h.get(":method").map(String::as_str), Some("GET"));
+    assert_eq!(h.get("x-secret").map(String::as_str), Some("s3cr3t"));
+    let (phase, h, eos) = &first.messages[1];
+    assert_eq!((*phase, *eos), ("response_headers", false));
+    assert_eq!(h.get(":status").map(String::as_str), Some("200"));
+    assert_eq!(
+        h.get("x-upstream-secret").map(String::as_str),
+        Some("internal")
+    );
+
+    // The response's status changed.
+    let a = get(PORT, "/made", &[("x-action", "created")]).await;
+    assert_eq!(a.status, 201);
+
+    // An immediate response: the processor's status, header and body; no upstream hit.
+    let before = hits.load(Ordering::Relaxed);
+    let a = get(PORT, "/shop", &[("x-action", "deny")]).await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.body, "denied by the processor");
+    assert_eq!(a.header("x-why"), Some("processor"));
+    assert_eq!(hits.load(Ordering::Relaxed), before);
+
+    // The route chosen again with the processor's header.
+    let a = get(PORT, "/shop", &[("x-action", "reroute")]).await;
+    assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "route b"));
+
+    // Too slow (1 s against 0.3 s): a 504, or with failure_mode_allow the request goes on.
+    let a = get(PORT, "/shop", &[("x-action", "slow")]).await;
+    assert_eq!(a.status, 504);
+    assert!(a.took < Duration::from_millis(900), "{:?}", a.took);
+    let a = get(
+        FAIL_OPEN_PORT,
+        "/shop",
+        &[("x-action", "slow"), ("x-user", "bob")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert!(
+        a.body.lines().any(|l| l == "x-user: bob"),
+        "unchanged: {}",
+        a.body
+    );
+
+    // The processor ending the call: the request goes on unchanged.
+    let a = get(PORT, "/shop", &[("x-action", "close"), ("x-user", "carol")]).await;
+    assert_eq!(a.status, 200);
+    assert!(a.body.lines().any(|l| l == "x-user: carol"), "{}", a.body);
+
+    // Off on a route: no stream. A route that sends only the response's head, with its
+    // own metadata.
+    let before = streams().len();
+    let a = get(PORT, "/off", &[("x-user", "dave")]).await;
+    assert!(a.body.lines().any(|l| l == "x-user: dave"), "{}", a.body);
+    assert_eq!(streams().len(), before);
+    let a = get(PORT, "/responses-only", &[("x-user", "erin")]).await;
+    assert!(a.body.lines().any(|l| l == "x-user: erin"), "{}", a.body);
+    assert_eq!(a.header("x-proc-response"), Some("seen"));
+    let last = streams().last().unwrap().clone();
+    assert_eq!(last.metadata.get("x-tenant").map(String::as_str), Some("b"));
+    assert_eq!(last.messages.len(), 1);
+    assert_eq!(last.messages[0].0, "response_headers");
+
+    assert_eq!(outcome(&node, "gw", "immediate_response"), 1.0);
+    assert_eq!(outcome(&node, "gw", "timeout"), 1.0);
+    assert_eq!(outcome(&node, "gw", "closed"), 1.0);
+    // `host` refused once for each of the two requests the default branch answered.
+    assert_eq!(outcome(&node, "gw", "rejected_mutation"), 2.0);
+    assert_eq!(outcome(&node, "open", "timeout"), 1.0);
+    assert_eq!(outcome(&node, "open", "failure_mode_allowed"), 1.0);
+}
