@@ -204,42 +204,6 @@ async fn http_service(asked: Asked) -> SocketAddr {
     addr
 }
 
-/// The upstream: answers with the request's path and its headers, one per line.
-async fn echo_upstream(hits: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let hits = hits.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: HyperRequest<Incoming>| {
-                    hits.fetch_add(1, Ordering::Relaxed);
-                    let mut body = format!("{}\n", req.uri());
-                    for (k, v) in req.headers() {
-                        body.push_str(&format!("{k}: {}\n", v.to_str().unwrap()));
-                    }
-                    async move {
-                        // The request's body, when it has one, last.
-                        let sent = req.into_body().collect().await.unwrap().to_bytes();
-                        if !sent.is_empty() {
-                            body.push_str(&format!("body: {}\n", String::from_utf8_lossy(&sent)));
-                        }
-                        let resp = HyperResponse::new(Full::new(Bytes::from(body)));
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 fn gateway_listener() -> Listener {
     filtered_listener(
         "gateway",

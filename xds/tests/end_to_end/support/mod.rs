@@ -287,6 +287,47 @@ pub async fn http_upstream_on(name: &'static str, bind: &str) -> HttpUpstream {
     HttpUpstream { addr, hits, task }
 }
 
+/// An HTTP/1 server that answers with the request's URI and its headers, one per line (its
+/// body, when it has one, last as `body: ...`), with the response header `x-upstream: echo`,
+/// and counts the requests in `hits`.
+pub async fn echo_upstream(hits: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    let mut body = format!("{}\n", req.uri());
+                    for (k, v) in req.headers() {
+                        body.push_str(&format!("{k}: {}\n", v.to_str().unwrap()));
+                    }
+                    async move {
+                        // The request's body, when it has one, last.
+                        let sent = req.into_body().collect().await.unwrap().to_bytes();
+                        if !sent.is_empty() {
+                            body.push_str(&format!("body: {}\n", String::from_utf8_lossy(&sent)));
+                        }
+                        let resp = Response::builder()
+                            .header("x-upstream", "echo")
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// A TCP server that answers each chunk it reads with `name:` and the chunk.
 pub async fn tcp_upstream(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
