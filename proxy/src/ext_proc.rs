@@ -360,20 +360,15 @@ impl Exchange {
         let answer = self.ask(services, &message).await;
         let outcome = match answer {
             Ok(Answered::RequestHeaders(h)) => {
-                let common = h.response.unwrap_or_default();
-                if common.status != 0 {
-                    Err(Failure::Invalid(
-                        "CONTINUE_AND_REPLACE without a body to replace".into(),
-                    ))
-                } else {
-                    let reroute = match self.policy.route_cache {
-                        RouteCache::Default => common.clear_route_cache,
-                        RouteCache::Clear => true,
-                        RouteCache::Retain => false,
-                    };
-                    self.changes(common.header_mutation, ":path", metrics)
-                        .map(|changes| (changes, reroute))
-                }
+                self.headers_answer(h, ":path", metrics)
+                    .map(|(changes, clear)| {
+                        let reroute = match self.policy.route_cache {
+                            RouteCache::Default => clear,
+                            RouteCache::Clear => true,
+                            RouteCache::Retain => false,
+                        };
+                        (changes, reroute)
+                    })
             }
             Ok(Answered::ImmediateResponse(r)) => return self.immediate(r, grpc, metrics),
             Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
@@ -417,16 +412,9 @@ impl Exchange {
         };
         let answer = self.ask(services, &message).await;
         let outcome = match answer {
-            Ok(Answered::ResponseHeaders(h)) => {
-                let common = h.response.unwrap_or_default();
-                if common.status != 0 {
-                    Err(Failure::Invalid(
-                        "CONTINUE_AND_REPLACE without a body to replace".into(),
-                    ))
-                } else {
-                    self.changes(common.header_mutation, ":status", metrics)
-                }
-            }
+            Ok(Answered::ResponseHeaders(h)) => self
+                .headers_answer(h, ":status", metrics)
+                .map(|(changes, _)| changes),
             Ok(Answered::ImmediateResponse(r)) => {
                 if let Processed::Answer((answer, _)) = self.immediate(r, grpc, metrics) {
                     *resp = answer;
@@ -500,6 +488,24 @@ impl Exchange {
             .await
             .map_err(|_| Failure::Timeout)??;
         answer.response.ok_or(Failure::Spurious("an empty answer"))
+    }
+
+    /// The checked changes of an answer to a head, and whether it asks for the route to be
+    /// chosen again (`clear_route_cache`).
+    fn headers_answer(
+        &self,
+        h: HeadersResponse,
+        pseudo: &str,
+        metrics: &ProxyMetrics,
+    ) -> Result<(Changes, bool), Failure> {
+        let common = h.response.unwrap_or_default();
+        if common.status != 0 {
+            return Err(Failure::Invalid(
+                "CONTINUE_AND_REPLACE without a body to replace".into(),
+            ));
+        }
+        let changes = self.changes(common.header_mutation, pseudo, metrics)?;
+        Ok((changes, common.clear_route_cache))
     }
 
     /// The checked changes of a `HeaderMutation`; `pseudo` is the one `:`-header that may
