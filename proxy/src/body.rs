@@ -86,6 +86,8 @@ pub(crate) struct ReadAhead {
     pub(crate) data: Bytes,
     /// The body ended within it (else more may follow).
     pub(crate) whole: bool,
+    /// The body's trailers, when it ended with them within it.
+    pub(crate) trailers: Option<http::HeaderMap>,
 }
 
 impl CountingBody<RequestBody> {
@@ -97,6 +99,7 @@ impl CountingBody<RequestBody> {
         let mut frames = VecDeque::new();
         let mut data = bytes::BytesMut::new();
         let mut whole = self.is_end_stream();
+        let mut trailers = None;
         while !whole && data.len() < at_least {
             match self.frame().await {
                 None => whole = true,
@@ -104,6 +107,9 @@ impl CountingBody<RequestBody> {
                     let frame = frame?;
                     if let Some(d) = frame.data_ref() {
                         data.extend_from_slice(d);
+                    }
+                    if let Some(t) = frame.trailers_ref() {
+                        trailers = Some(t.clone());
                     }
                     frames.push_back(frame);
                     whole = self.inner.is_end_stream();
@@ -118,7 +124,24 @@ impl CountingBody<RequestBody> {
         Ok(ReadAhead {
             data: data.freeze(),
             whole,
+            trailers,
         })
+    }
+
+    /// Replaces the body with `data` and then `trailers` (an external processor's new
+    /// body): what is left of the client's is not sent on. Neither is counted: the
+    /// request's size is what its client sent.
+    pub(crate) fn replace(&mut self, data: Bytes, trailers: Option<http::HeaderMap>) {
+        let mut frames = VecDeque::new();
+        if !data.is_empty() {
+            frames.push_back(Frame::data(data));
+        }
+        frames.extend(trailers.map(Frame::trailers));
+        self.counted = frames.len();
+        self.inner = RequestBody::Own(Box::pin(Replay {
+            frames,
+            rest: RequestBody::Empty,
+        }));
     }
 }
 

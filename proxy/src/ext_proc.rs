@@ -5,6 +5,7 @@
 //! (`ext_proc.cc`, `processor_state.cc`, `mutation_utils.cc`) does:
 //!
 //! - each message waits for the processor's answer to it, at most `message_timeout`;
+//!   a head whose body is buffered is held, with its changes, until the body's answer;
 //! - a `CommonResponse` changes the headers (`header_mutation`: removals, then `set_headers`
 //!   with their append actions), each change checked against `mutation_rules` (a
 //!   disallowed one skipped and counted, or with `disallow_is_error` a `500`); a request's
@@ -18,23 +19,31 @@
 //! - an unusable stream (not opened, failed) is a `500`, a late answer a `504`, or with
 //!   `failure_mode_allow` the request goes on and the stream is dropped.
 //!
-//! Bodies and trailers are never sent (the converter takes only `NONE` and `SKIP` for
-//! them). The stream goes through the connection's own pools ([`crate::services`]) and is
+//! Bodies are sent whole (`BUFFERED`), after their head, at most [`BODY_LIMIT`]: a
+//! request's is read ahead before its head is told (as external authorization reads it,
+//! [`crate::filters::body_to_read`]), a response's collected here; the answer may replace
+//! the body (`body_mutation`) and change the head, still held; a new body must match the
+//! head's `content-length` (Envoy checks it, it does not rewrite it). A body told without its
+//! head loses its `content-length`. `CONTINUE_AND_REPLACE` to a head replaces the body with
+//! the answer's, unsent. Trailers are never sent (the converter takes only `SKIP`).
+//!
+//! The stream goes through the connection's own pools ([`crate::services`]) and is
 //! half-closed after the last message; the processor then has a few seconds to end it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{channel::Sender, BodyExt, Channel};
+use http_body_util::{channel::Sender, BodyExt, Channel, StreamBody};
 use prost::Message;
 
+use crate::body::ReadAhead;
 use crate::error::{BodyError, ProxyBody};
 use crate::filters::Answer;
 use crate::metrics::ProxyMetrics;
-use crate::model::ext_proc::{ExtProcPolicy, ExtProcRoute, ProcessingMode, RouteCache};
+use crate::model::ext_proc::{ExtProcPolicy, ExtProcRoute, ProcessingMode, RouteCache, BODY_LIMIT};
 use crate::model::filter::GrpcService;
 use crate::services::{
     apply, edit_of, Edit, HeaderMapProto, HeaderValueOptionProto, HeaderValueProto, Services,
@@ -55,7 +64,7 @@ const MAX_MESSAGE: usize = 4 << 20;
 /// `ProcessingRequest`.
 #[derive(Clone, PartialEq, Message)]
 struct ProcessingRequest {
-    #[prost(oneof = "Phase", tags = "2, 3")]
+    #[prost(oneof = "Phase", tags = "2, 3, 4, 5")]
     request: Option<Phase>,
 }
 
@@ -66,6 +75,19 @@ enum Phase {
     RequestHeaders(HttpHeaders),
     #[prost(message, tag = "3")]
     ResponseHeaders(HttpHeaders),
+    #[prost(message, tag = "4")]
+    RequestBody(HttpBody),
+    #[prost(message, tag = "5")]
+    ResponseBody(HttpBody),
+}
+
+/// `HttpBody`.
+#[derive(Clone, PartialEq, Message)]
+struct HttpBody {
+    #[prost(bytes = "bytes", tag = "1")]
+    body: Bytes,
+    #[prost(bool, tag = "2")]
+    end_of_stream: bool,
 }
 
 /// `HttpHeaders`.
@@ -84,18 +106,18 @@ struct ProcessingResponse {
     response: Option<Answered>,
 }
 
-/// `ProcessingResponse.response`: the body and trailer answers are only told apart (they
-/// answer nothing Myelin sends).
+/// `ProcessingResponse.response`: the trailer answers are only told apart (they answer
+/// nothing Myelin sends).
 #[derive(Clone, PartialEq, prost::Oneof)]
 enum Answered {
     #[prost(message, tag = "1")]
     RequestHeaders(HeadersResponse),
     #[prost(message, tag = "2")]
     ResponseHeaders(HeadersResponse),
-    #[prost(bytes = "bytes", tag = "3")]
-    RequestBody(Bytes),
-    #[prost(bytes = "bytes", tag = "4")]
-    ResponseBody(Bytes),
+    #[prost(message, tag = "3")]
+    RequestBody(HeadersResponse),
+    #[prost(message, tag = "4")]
+    ResponseBody(HeadersResponse),
     #[prost(bytes = "bytes", tag = "5")]
     RequestTrailers(Bytes),
     #[prost(bytes = "bytes", tag = "6")]
@@ -104,14 +126,14 @@ enum Answered {
     ImmediateResponse(ImmediateResponse),
 }
 
-/// `HeadersResponse`.
+/// `HeadersResponse`, and `BodyResponse` (the same message: one `CommonResponse`, tag 1).
 #[derive(Clone, PartialEq, Message)]
 struct HeadersResponse {
     #[prost(message, optional, tag = "1")]
     response: Option<CommonResponse>,
 }
 
-/// `CommonResponse` (`body_mutation` and `trailers` are for bodies and trailers).
+/// `CommonResponse` (`trailers` is not read: Envoy does not either).
 #[derive(Clone, PartialEq, Message)]
 struct CommonResponse {
     /// `CONTINUE` (0) or `CONTINUE_AND_REPLACE` (1).
@@ -119,8 +141,29 @@ struct CommonResponse {
     status: i32,
     #[prost(message, optional, tag = "2")]
     header_mutation: Option<HeaderMutation>,
+    #[prost(message, optional, tag = "3")]
+    body_mutation: Option<BodyMutation>,
     #[prost(bool, tag = "5")]
     clear_route_cache: bool,
+}
+
+/// `BodyMutation`.
+#[derive(Clone, PartialEq, Message)]
+struct BodyMutation {
+    #[prost(oneof = "Mutation", tags = "1, 2, 3")]
+    mutation: Option<Mutation>,
+}
+
+/// `BodyMutation.mutation` (`streamed_response` only told apart: it answers streamed
+/// bodies, which Myelin does not send).
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum Mutation {
+    #[prost(bytes = "bytes", tag = "1")]
+    Body(Bytes),
+    #[prost(bool, tag = "2")]
+    ClearBody(bool),
+    #[prost(bytes = "bytes", tag = "3")]
+    StreamedResponse(Bytes),
 }
 
 /// `HeaderMutation`.
@@ -170,15 +213,37 @@ pub(crate) struct Changes {
     set: Vec<Edit>,
     /// A new `:path` (requests) or `:status` (responses).
     pseudo: Option<HeaderValue>,
+    /// Then `content-length` goes (the body is told alone, or replaced).
+    drop_length: bool,
 }
 
 impl Changes {
+    /// Only `content-length` removed.
+    fn without_length() -> Changes {
+        Changes {
+            drop_length: true,
+            ..Changes::default()
+        }
+    }
+
     /// Applies the changes to `headers` (not the pseudo-header's).
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
         }
         apply(headers, &self.set);
+        if self.drop_length {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+
+    /// Applies the changes to a response, its `:status` too.
+    fn apply_to(&self, resp: &mut Response<ProxyBody>) {
+        self.apply(resp.headers_mut());
+        let status = self.pseudo.as_ref();
+        if let Some(s) = status.and_then(|v| StatusCode::from_bytes(v.as_bytes()).ok()) {
+            *resp.status_mut() = s;
+        }
     }
 
     /// The new `:path`, when the processor set one.
@@ -279,12 +344,33 @@ pub(crate) struct Exchange {
     over: bool,
 }
 
-/// What processing the request's headers came to.
+/// What processing the request came to.
 pub(crate) enum Processed {
-    /// Go on, with these changes (and the route chosen again when `reroute`).
-    Continue { changes: Changes, reroute: bool },
+    /// Go on, with these changes.
+    Continue(Continued),
     /// Answer the request with this.
     Answer(Answer),
+}
+
+/// What the processor changed in a request that goes on.
+#[derive(Debug, Default)]
+pub(crate) struct Continued {
+    /// The header changes of each answer, in order.
+    pub(crate) changes: Vec<Changes>,
+    /// The route is to be chosen again.
+    pub(crate) reroute: bool,
+    /// The request's new body (it had its length removed or checked).
+    pub(crate) body: Option<Bytes>,
+}
+
+/// A checked answer to a head or a body.
+struct Reply {
+    changes: Changes,
+    clear_route_cache: bool,
+    /// `CONTINUE_AND_REPLACE` to a head: no body is sent to the processor.
+    replaced: bool,
+    /// The new body (`body_mutation`).
+    body: Option<Bytes>,
 }
 
 impl Exchange {
@@ -324,76 +410,138 @@ impl Exchange {
         })
     }
 
-    /// Whether the response's headers are to be processed.
-    pub(crate) fn wants_response(&self) -> bool {
-        !self.over && self.mode.response_headers
+    /// Whether the request's body is to be buffered for the processor.
+    pub(crate) fn buffers_request(&self) -> bool {
+        self.mode.request_body
     }
 
-    /// Processes the request's headers (when the mode sends them).
+    /// Whether the response is to be processed (its headers or its body).
+    pub(crate) fn wants_response(&self) -> bool {
+        !self.over && (self.mode.response_headers || self.mode.response_body)
+    }
+
+    /// Processes the request: its headers (when the mode sends them), then its body when
+    /// the mode buffers it (`read`: what was read of it ahead, at least [`BODY_LIMIT`] and
+    /// a byte when there was that much).
     pub(crate) async fn request(
         &mut self,
         services: &dyn Services,
         head: &RequestHead<'_>,
+        read: Option<&ReadAhead>,
         end_of_stream: bool,
         grpc: bool,
         metrics: &ProxyMetrics,
     ) -> Processed {
-        if !self.mode.request_headers {
-            return Processed::Continue {
-                changes: Changes::default(),
-                reroute: false,
-            };
-        }
-        let pseudo = [
-            (":authority", head.authority.as_bytes()),
-            (":path", head.path.as_bytes()),
-            (":method", head.method.as_bytes()),
-            (":scheme", head.scheme.as_bytes()),
-        ];
-        let headers = self.told(pseudo.into_iter(), head.headers);
-        let message = ProcessingRequest {
-            request: Some(Phase::RequestHeaders(HttpHeaders {
+        let mut processed = Continued::default();
+        let mut send_body = self.mode.request_body && !end_of_stream && read.is_some();
+        if self.mode.request_headers {
+            let pseudo = [
+                (":authority", head.authority.as_bytes()),
+                (":path", head.path.as_bytes()),
+                (":method", head.method.as_bytes()),
+                (":scheme", head.scheme.as_bytes()),
+            ];
+            let headers = self.told(pseudo.into_iter(), head.headers);
+            let message = Phase::RequestHeaders(HttpHeaders {
                 headers: Some(headers),
                 end_of_stream,
-            })),
-        };
-        let answer = self.ask(services, &message).await;
-        let outcome = match answer {
-            Ok(Answered::RequestHeaders(h)) => {
-                self.headers_answer(h, ":path", metrics)
-                    .map(|(changes, clear)| {
-                        let reroute = match self.policy.route_cache {
-                            RouteCache::Default => clear,
-                            RouteCache::Clear => true,
-                            RouteCache::Retain => false,
-                        };
-                        (changes, reroute)
-                    })
-            }
-            Ok(Answered::ImmediateResponse(r)) => return self.immediate(r, grpc, metrics),
-            Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
-            Err(f) => Err(f),
-        };
-        match outcome {
-            Ok((changes, reroute)) => {
-                metrics.ext_proc(&self.policy.stat_prefix, "continue");
-                if !self.mode.response_headers {
-                    self.close();
+            });
+            let answer = match self.ask(services, message).await {
+                Ok(Answered::RequestHeaders(h)) => self.headers_answer(h, ":path", metrics),
+                Ok(Answered::ImmediateResponse(r)) => return self.immediate(r, grpc, metrics),
+                Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
+                Err(f) => Err(f),
+            };
+            match answer {
+                Ok(a) => {
+                    metrics.ext_proc(&self.policy.stat_prefix, "continue");
+                    processed.reroute = self.reroute(a.clear_route_cache);
+                    processed.changes.push(a.changes);
+                    processed.body = a.body;
+                    send_body &= !a.replaced;
                 }
-                Processed::Continue { changes, reroute }
+                Err(f) => return self.request_failed(f, processed, grpc, metrics),
             }
-            Err(f) => match self.failed(f, metrics) {
-                Some(status) => Processed::Answer(error_answer(status, grpc)),
-                None => Processed::Continue {
-                    changes: Changes::default(),
-                    reroute: false,
-                },
-            },
+        } else if send_body {
+            // The body is told alone, and may change: its length goes (as in Envoy).
+            processed.changes.push(Changes::without_length());
+        }
+        if let (true, Some(read)) = (send_body, read) {
+            if !read.whole {
+                metrics.ext_proc(&self.policy.stat_prefix, "body_too_large");
+                self.close();
+                let resp = crate::http::text_response(413, "Payload Too Large".into());
+                let resp = crate::http::for_grpc(resp, "Payload Too Large", grpc);
+                let resp = crate::local_reply::mark(resp, 413, "Payload Too Large", None);
+                return Processed::Answer((resp, "-"));
+            }
+            let message = Phase::RequestBody(HttpBody {
+                body: read.data.clone(),
+                end_of_stream: read.trailers.is_none(),
+            });
+            let held = self.mode.request_headers;
+            let answer = match self.ask(services, message).await {
+                Ok(Answered::RequestBody(b)) => self.body_answer(b, ":path", held, metrics),
+                Ok(Answered::ImmediateResponse(r)) => return self.immediate(r, grpc, metrics),
+                Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
+                Err(f) => Err(f),
+            };
+            let answer = answer.and_then(|a| {
+                if let Some(body) = &a.body {
+                    let mut changed = HeaderMap::new();
+                    if let Some(length) = head.headers.get(header::CONTENT_LENGTH) {
+                        changed.insert(header::CONTENT_LENGTH, length.clone());
+                    }
+                    for c in processed.changes.iter().chain([&a.changes]) {
+                        c.apply(&mut changed);
+                    }
+                    length_matches(&changed, body)?;
+                }
+                Ok(a)
+            });
+            match answer {
+                Ok(a) => {
+                    metrics.ext_proc(&self.policy.stat_prefix, "continue");
+                    processed.reroute |= self.reroute(a.clear_route_cache);
+                    processed.changes.push(a.changes);
+                    processed.body = a.body.or(processed.body);
+                }
+                Err(f) => return self.request_failed(f, processed, grpc, metrics),
+            }
+        }
+        if !self.wants_response() {
+            self.close();
+        }
+        Processed::Continue(processed)
+    }
+
+    /// Whether the route is to be chosen again after an answer that did or did not ask
+    /// for it (`clear_route_cache`), as `route_cache_action` says.
+    fn reroute(&self, clear: bool) -> bool {
+        match self.policy.route_cache {
+            RouteCache::Default => clear,
+            RouteCache::Clear => true,
+            RouteCache::Retain => false,
         }
     }
 
-    /// Processes the response's headers: `resp` changed, or replaced by the processor's
-    /// answer or an error's.
+    /// The request after a failure: answered, or on unprocessed (what the processor
+    /// changed before the failure goes: Envoy applies each answer as it comes).
+    fn request_failed(
+        &mut self,
+        f: Failure,
+        processed: Continued,
+        grpc: bool,
+        metrics: &ProxyMetrics,
+    ) -> Processed {
+        match self.failed(f, metrics) {
+            Some(status) => Processed::Answer(error_answer(status, grpc)),
+            None => Processed::Continue(processed),
+        }
+    }
+
+    /// Processes the response: `resp` changed (its headers, then its body when the mode
+    /// buffers it), or replaced by the processor's answer or an error's.
     pub(crate) async fn response(
         mut self,
         services: &dyn Services,
@@ -401,49 +549,106 @@ impl Exchange {
         grpc: bool,
         metrics: &ProxyMetrics,
     ) {
-        let status = resp.status();
-        let pseudo = [(":status", status.as_str().as_bytes())];
-        let headers = self.told(pseudo.into_iter(), resp.headers());
-        let message = ProcessingRequest {
-            request: Some(Phase::ResponseHeaders(HttpHeaders {
+        if let Err(f) = self.process_response(services, resp, grpc, metrics).await {
+            if let Some(status) = self.failed(f, metrics) {
+                *resp = error_answer(status, grpc).0;
+            }
+        }
+        self.close();
+    }
+
+    /// [`Exchange::response`] until a failure.
+    async fn process_response(
+        &mut self,
+        services: &dyn Services,
+        resp: &mut Response<ProxyBody>,
+        grpc: bool,
+        metrics: &ProxyMetrics,
+    ) -> Result<(), Failure> {
+        let mut send_body = self.mode.response_body && !resp.body().is_end_stream();
+        if self.mode.response_headers {
+            let status = resp.status();
+            let pseudo = [(":status", status.as_str().as_bytes())];
+            let headers = self.told(pseudo.into_iter(), resp.headers());
+            let message = Phase::ResponseHeaders(HttpHeaders {
                 headers: Some(headers),
                 end_of_stream: resp.body().is_end_stream(),
-            })),
+            });
+            let a = match self.ask(services, message).await? {
+                Answered::ResponseHeaders(h) => self.headers_answer(h, ":status", metrics)?,
+                Answered::ImmediateResponse(r) => {
+                    if let Processed::Answer((answer, _)) = self.immediate(r, grpc, metrics) {
+                        *resp = answer;
+                    }
+                    return Ok(());
+                }
+                _ => return Err(Failure::Spurious("an answer to what was not sent")),
+            };
+            metrics.ext_proc(&self.policy.stat_prefix, "continue");
+            a.changes.apply_to(resp);
+            if let Some(body) = a.body {
+                *resp.body_mut() = frames_body(body, None);
+            }
+            send_body &= !a.replaced;
+        } else if send_body {
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        if !send_body {
+            return Ok(());
+        }
+        let (data, trailers) = match buffer(resp.body_mut()).await {
+            Ok(Some(whole)) => whole,
+            Ok(None) => {
+                metrics.ext_proc(&self.policy.stat_prefix, "body_too_large");
+                *resp = error_answer(500, grpc).0;
+                return Ok(());
+            }
+            Err(e) => {
+                // The upstream's body failed while held: the client learns it as a reset.
+                *resp.body_mut() = error_body(e);
+                return Ok(());
+            }
         };
-        let answer = self.ask(services, &message).await;
-        let outcome = match answer {
-            Ok(Answered::ResponseHeaders(h)) => self
-                .headers_answer(h, ":status", metrics)
-                .map(|(changes, _)| changes),
+        let message = Phase::ResponseBody(HttpBody {
+            body: data.clone(),
+            end_of_stream: trailers.is_none(),
+        });
+        let held = self.mode.response_headers;
+        let answer = match self.ask(services, message).await {
+            Ok(Answered::ResponseBody(b)) => {
+                self.body_answer(b, ":status", held, metrics).and_then(|a| {
+                    if let Some(body) = &a.body {
+                        let mut changed = HeaderMap::new();
+                        if let Some(length) = resp.headers().get(header::CONTENT_LENGTH) {
+                            changed.insert(header::CONTENT_LENGTH, length.clone());
+                        }
+                        a.changes.apply(&mut changed);
+                        length_matches(&changed, body)?;
+                    }
+                    Ok(a)
+                })
+            }
             Ok(Answered::ImmediateResponse(r)) => {
                 if let Processed::Answer((answer, _)) = self.immediate(r, grpc, metrics) {
                     *resp = answer;
                 }
-                self.close();
-                return;
+                return Ok(());
             }
             Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
             Err(f) => Err(f),
         };
-        match outcome {
-            Ok(changes) => {
-                metrics.ext_proc(&self.policy.stat_prefix, "continue");
-                changes.apply(resp.headers_mut());
-                let new_status = changes
-                    .pseudo
-                    .as_ref()
-                    .and_then(|v| StatusCode::from_bytes(v.as_bytes()).ok());
-                if let Some(s) = new_status {
-                    *resp.status_mut() = s;
-                }
-            }
+        let a = match answer {
+            Ok(a) => a,
             Err(f) => {
-                if let Some(status) = self.failed(f, metrics) {
-                    *resp = error_answer(status, grpc).0;
-                }
+                // The body goes on as it came if the failure lets the response through.
+                *resp.body_mut() = frames_body(data, trailers);
+                return Err(f);
             }
-        }
-        self.close();
+        };
+        metrics.ext_proc(&self.policy.stat_prefix, "continue");
+        a.changes.apply_to(resp);
+        *resp.body_mut() = frames_body(a.body.unwrap_or(data), trailers);
+        Ok(())
     }
 
     /// The headers the processor is told: the pseudo-headers and `headers`, as
@@ -467,12 +672,10 @@ impl Exchange {
     }
 
     /// Sends `message` (opening the stream with it first) and waits for the answer.
-    async fn ask(
-        &mut self,
-        services: &dyn Services,
-        message: &ProcessingRequest,
-    ) -> Result<Answered, Failure> {
-        let frame = crate::services::grpc_frame(message);
+    async fn ask(&mut self, services: &dyn Services, message: Phase) -> Result<Answered, Failure> {
+        let frame = crate::services::grpc_frame(&ProcessingRequest {
+            request: Some(message),
+        });
         let exchange = async {
             match &mut self.stream {
                 Some(stream) => stream
@@ -490,22 +693,58 @@ impl Exchange {
         answer.response.ok_or(Failure::Spurious("an empty answer"))
     }
 
-    /// The checked changes of an answer to a head, and whether it asks for the route to be
-    /// chosen again (`clear_route_cache`).
+    /// The checked changes of an answer to a head; with `CONTINUE_AND_REPLACE` its body
+    /// is the processor's (when it sends one) and is not sent to it.
     fn headers_answer(
         &self,
         h: HeadersResponse,
         pseudo: &str,
         metrics: &ProxyMetrics,
-    ) -> Result<(Changes, bool), Failure> {
+    ) -> Result<Reply, Failure> {
         let common = h.response.unwrap_or_default();
-        if common.status != 0 {
-            return Err(Failure::Invalid(
-                "CONTINUE_AND_REPLACE without a body to replace".into(),
-            ));
+        let mut changes = self.changes(common.header_mutation, pseudo, metrics)?;
+        let (replaced, body) = match common.status {
+            0 => (false, None),
+            1 => {
+                let body = common.body_mutation.map(body_of).transpose()?.flatten();
+                // The new body's length is not the old one's (Envoy removes it too).
+                changes.drop_length |= body.is_some();
+                (true, body)
+            }
+            other => return Err(Failure::Invalid(format!("status {other}"))),
+        };
+        Ok(Reply {
+            changes,
+            clear_route_cache: common.clear_route_cache,
+            replaced,
+            body,
+        })
+    }
+
+    /// The checked changes of an answer to a buffered body: header changes only when the
+    /// headers were told and are still held (`held`; Envoy ignores them otherwise),
+    /// `CONTINUE_AND_REPLACE` read as `CONTINUE` (as Envoy's `handleBufferedBodyCallback`).
+    fn body_answer(
+        &self,
+        b: HeadersResponse,
+        pseudo: &str,
+        held: bool,
+        metrics: &ProxyMetrics,
+    ) -> Result<Reply, Failure> {
+        let common = b.response.unwrap_or_default();
+        if !(0..=1).contains(&common.status) {
+            return Err(Failure::Invalid(format!("status {}", common.status)));
         }
-        let changes = self.changes(common.header_mutation, pseudo, metrics)?;
-        Ok((changes, common.clear_route_cache))
+        let changes = match held {
+            true => self.changes(common.header_mutation, pseudo, metrics)?,
+            false => Changes::default(),
+        };
+        Ok(Reply {
+            changes,
+            clear_route_cache: common.clear_route_cache,
+            replaced: false,
+            body: common.body_mutation.map(body_of).transpose()?.flatten(),
+        })
     }
 
     /// The checked changes of a `HeaderMutation`; `pseudo` is the one `:`-header that may
@@ -597,10 +836,7 @@ impl Exchange {
         if self.policy.disable_immediate_response {
             metrics.ext_proc(&self.policy.stat_prefix, "immediate_response_ignored");
             self.close();
-            return Processed::Continue {
-                changes: Changes::default(),
-                reroute: false,
-            };
+            return Processed::Continue(Continued::default());
         }
         metrics.ext_proc(&self.policy.stat_prefix, "immediate_response");
         self.close();
@@ -717,6 +953,70 @@ async fn open(
         buf: BytesMut::new(),
         held: opened.held,
     })
+}
+
+/// A `body_mutation`: the new body (`None`: the body stays).
+fn body_of(m: BodyMutation) -> Result<Option<Bytes>, Failure> {
+    match m.mutation {
+        None | Some(Mutation::ClearBody(false)) => Ok(None),
+        Some(Mutation::Body(body)) => Ok(Some(body)),
+        Some(Mutation::ClearBody(true)) => Ok(Some(Bytes::new())),
+        Some(Mutation::StreamedResponse(_)) => Err(Failure::Invalid(
+            "a streamed answer to a buffered body".into(),
+        )),
+    }
+}
+
+/// A new body must have the length `headers` give it, if they give one (Envoy checks it
+/// rather than changing it; the processor may change the length in the same answer).
+fn length_matches(headers: &HeaderMap, body: &Bytes) -> Result<(), Failure> {
+    let Some(length) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    let length = length.to_str().ok().and_then(|l| l.parse::<u64>().ok());
+    if length != Some(body.len() as u64) {
+        return Err(Failure::Invalid(format!(
+            "content-length {length:?} with a new body of {} bytes",
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The whole of a response body and its trailers; `None` when it is longer than
+/// [`BODY_LIMIT`].
+async fn buffer(body: &mut ProxyBody) -> Result<Option<(Bytes, Option<HeaderMap>)>, BodyError> {
+    let mut data = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(d) => {
+                data.extend_from_slice(&d);
+                if data.len() > BODY_LIMIT {
+                    return Ok(None);
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    return Ok(Some((data.freeze(), Some(trailers))));
+                }
+            }
+        }
+    }
+    Ok(Some((data.freeze(), None)))
+}
+
+/// A body of `data` then `trailers`.
+fn frames_body(data: Bytes, trailers: Option<HeaderMap>) -> ProxyBody {
+    let data = (!data.is_empty()).then(|| http_body::Frame::data(data));
+    let frames = data
+        .into_iter()
+        .chain(trailers.map(http_body::Frame::trailers));
+    StreamBody::new(futures_util::stream::iter(frames.map(Ok))).boxed()
+}
+
+/// A body that fails with `e` at once.
+fn error_body(e: BodyError) -> ProxyBody {
+    StreamBody::new(futures_util::stream::iter([Err(e)])).boxed()
 }
 
 /// The answer to a request the processor failed for (empty, as Envoy's local reply).

@@ -167,8 +167,10 @@ pub(crate) struct Filtered {
     ext_proc_applied: usize,
     /// The request's `:path` as an external processor set it last.
     ext_proc_path: Option<String>,
-    /// The external processors that are to see the response's headers, in filter order.
+    /// The external processors that are to see the response, in filter order.
     ext_proc_responses: Vec<crate::ext_proc::Exchange>,
+    /// An external processor replaced the request's body with `body`'s.
+    body_replaced: bool,
 }
 
 /// A request's dynamic metadata (Envoy's `StreamInfo::dynamicMetadata`), as far as Myelin's
@@ -501,6 +503,16 @@ impl Filtered {
         self.resume_at.take()
     }
 
+    /// The request's new body and trailers, when an external processor replaced it
+    /// (taken once).
+    pub(crate) fn take_new_body(&mut self) -> Option<(bytes::Bytes, Option<HeaderMap>)> {
+        if !std::mem::take(&mut self.body_replaced) {
+            return None;
+        }
+        let b = self.body.as_ref()?;
+        Some((b.data.clone(), b.trailers.clone()))
+    }
+
     /// Applies the filters' changes to the request so far (its headers, its query), as
     /// the route is to be chosen again from it; what they add later is applied by
     /// [`Filtered::finish_request`] as usual.
@@ -601,9 +613,9 @@ pub(crate) struct Context<'a> {
 }
 
 /// How much of the request's body the filters from `start` on want to see for this route
-/// (external authorization with `with_request_body`): the bytes to read ahead before they
-/// run, enough for each such filter to tell whether the body is longer than its limit;
-/// `None`: none of them wants it.
+/// (external authorization with `with_request_body`, external processing that buffers
+/// it): the bytes to read ahead before they run, enough for each such filter to tell
+/// whether the body is longer than its limit; `None`: none of them wants it.
 pub(crate) fn body_to_read(
     filters: &HttpFilters,
     start: usize,
@@ -620,11 +632,19 @@ pub(crate) fn body_to_read(
                     Some(FilterPolicy::ExtAuthz(r)) => Some(&**r),
                     _ => None,
                 });
-                ext_authz_body(route, policy)
+                let b = ext_authz_body(route, policy)?;
+                Some(b.max_bytes as usize + usize::from(!b.allow_partial))
+            }
+            FilterKind::ExtProc(policy) => {
+                let route = levels.settings(&f.name).find_map(|s| match &s.policy {
+                    Some(FilterPolicy::ExtProc(r)) => Some(&**r),
+                    _ => None,
+                });
+                let buffered = crate::ext_proc::Exchange::new(policy, route)?.buffers_request();
+                buffered.then_some(crate::model::ext_proc::BODY_LIMIT + 1)
             }
             _ => None,
         })
-        .map(|b| b.max_bytes as usize + usize::from(!b.allow_partial))
         .max()
 }
 
@@ -807,18 +827,32 @@ pub(crate) async fn run(
                 let Some(mut exchange) = crate::ext_proc::Exchange::new(policy, route) else {
                     continue;
                 };
-                let processed = exchange.request(services, head, end_of_stream, grpc, metrics);
+                let read = filtered.body.as_ref();
+                let processed =
+                    exchange.request(services, head, read, end_of_stream, grpc, metrics);
                 match Box::pin(processed).await {
                     crate::ext_proc::Processed::Answer(answer) => Some(answer),
-                    crate::ext_proc::Processed::Continue { changes, reroute } => {
-                        if let Some(path) = changes.path() {
-                            filtered.ext_proc_path = Some(path.to_owned());
+                    crate::ext_proc::Processed::Continue(c) => {
+                        for changes in c.changes {
+                            if let Some(path) = changes.path() {
+                                filtered.ext_proc_path = Some(path.to_owned());
+                            }
+                            filtered.ext_proc.push(changes);
                         }
-                        filtered.ext_proc.push(changes);
+                        if let Some(data) = c.body {
+                            // Later filters see the new body, and so does the upstream.
+                            let trailers = filtered.body.take().and_then(|b| b.trailers);
+                            filtered.body = Some(crate::body::ReadAhead {
+                                data,
+                                whole: true,
+                                trailers,
+                            });
+                            filtered.body_replaced = true;
+                        }
                         if exchange.wants_response() {
                             filtered.ext_proc_responses.push(exchange);
                         }
-                        if reroute {
+                        if c.reroute {
                             filtered.resume_at = Some(i + 1);
                             return None;
                         }

@@ -1181,15 +1181,21 @@ impl HttpConn {
                     ));
                 };
                 // A filter that tells a service the request's body (external
-                // authorization's `with_request_body`) has its start read first; then the
-                // route is found again (the same one), the request unchanged.
-                if !filters.is_empty() && filtered.body.is_none() && body_readable(req) {
+                // authorization's `with_request_body`, external processing that buffers
+                // it) has its start read first (more of it if a route chosen again wants
+                // more); then the route is found again (the same one), the request
+                // unchanged.
+                if !filters.is_empty() && body_readable(req) {
                     let levels = filters::Levels {
                         route,
                         vhost: vh,
                         table: &table.config,
                     };
-                    if let Some(n) = filters::body_to_read(filters, resume, levels) {
+                    let wanted = filters::body_to_read(filters, resume, levels).filter(|n| {
+                        let read = filtered.body.as_ref();
+                        read.is_none_or(|b| !b.whole && b.data.len() < *n)
+                    });
+                    if let Some(n) = wanted {
                         let read = req.body_mut().read_ahead(n).await.map_err(|source| {
                             ProxyError::DownstreamAborted {
                                 peer: self.peer,
@@ -1252,6 +1258,9 @@ impl HttpConn {
                     if let Some(next) = filtered.take_resume() {
                         resume = next;
                         filtered.apply_now(req);
+                        if let Some((data, trailers)) = filtered.take_new_body() {
+                            req.body_mut().replace(data, trailers);
+                        }
                         continue;
                     }
                 }
@@ -1310,6 +1319,10 @@ impl HttpConn {
             cluster,
         } = chosen;
         {
+            // An external processor's new body (its length already checked or removed).
+            if let Some((data, trailers)) = filtered.take_new_body() {
+                req.body_mut().replace(data, trailers);
+            }
             let head = request_head(req);
             let path = head.path;
             let hash = router::request_hash(&action.hash_policy, &head, self.peer.ip());

@@ -462,6 +462,7 @@ fn bodies_are_told_up_to_the_limit() {
     let read = |data: &'static [u8], whole| ReadAhead {
         data: Bytes::from_static(data),
         whole,
+        trailers: None,
     };
     let grpc = grpc_policy();
     let AuthzService::Grpc(service) = &grpc.service else {

@@ -159,6 +159,7 @@ fn headers_answer(request: bool, mutation: HeaderMutation, clear: bool) -> Step 
         response: Some(CommonResponse {
             status: 0,
             header_mutation: Some(mutation),
+            body_mutation: None,
             clear_route_cache: clear,
         }),
     };
@@ -192,6 +193,7 @@ fn head(h: &HeaderMap) -> RequestHead<'_> {
 fn told(m: &ProcessingRequest) -> (Vec<(String, String)>, bool) {
     let h = match m.request.as_ref().unwrap() {
         Phase::RequestHeaders(h) | Phase::ResponseHeaders(h) => h,
+        Phase::RequestBody(_) | Phase::ResponseBody(_) => panic!("a body"),
     };
     let fields = h
         .headers
@@ -263,13 +265,18 @@ async fn both_heads_are_told_and_changed_as_the_rules_allow() {
     });
     let mut exchange = Exchange::new(&policy, None).unwrap();
     let h = request_headers();
-    let Processed::Continue { changes, reroute } = exchange
-        .request(&services, &head(&h), true, false, &metrics)
+    let Processed::Continue(Continued {
+        changes, reroute, ..
+    }) = exchange
+        .request(&services, &head(&h), None, true, false, &metrics)
         .await
     else {
         panic!("answered")
     };
     assert!(reroute, "clear_route_cache");
+    let [changes] = &changes[..] else {
+        panic!("{changes:?}")
+    };
     assert_eq!(changes.path(), Some("/b?y=2"));
     let mut upstream = request_headers();
     changes.apply(&mut upstream);
@@ -342,7 +349,7 @@ async fn an_immediate_response_answers_the_request() {
     let services = Scripted::new(vec![immediate(None)]);
     let mut exchange = Exchange::new(&policy(|_| {}), None).unwrap();
     let Processed::Answer((resp, flags)) = exchange
-        .request(&services, &head(&h), true, false, &metrics)
+        .request(&services, &head(&h), None, true, false, &metrics)
         .await
     else {
         panic!("went on")
@@ -357,7 +364,7 @@ async fn an_immediate_response_answers_the_request() {
     let services = Scripted::new(vec![immediate(Some(7))]);
     let mut exchange = Exchange::new(&policy(|_| {}), None).unwrap();
     let Processed::Answer((resp, _)) = exchange
-        .request(&services, &head(&h), true, true, &metrics)
+        .request(&services, &head(&h), None, true, true, &metrics)
         .await
     else {
         panic!("went on")
@@ -371,11 +378,11 @@ async fn an_immediate_response_answers_the_request() {
     let p = policy(|p| p.disable_immediate_response = true);
     let mut exchange = Exchange::new(&p, None).unwrap();
     let processed = exchange
-        .request(&services, &head(&h), true, false, &metrics)
+        .request(&services, &head(&h), None, true, false, &metrics)
         .await;
     assert!(matches!(
         processed,
-        Processed::Continue { reroute: false, .. }
+        Processed::Continue(Continued { reroute: false, .. })
     ));
     assert!(!exchange.wants_response());
     assert_eq!(count(&metrics, "immediate_response_ignored"), 1);
@@ -392,11 +399,11 @@ async fn failures_answer_500_or_504_unless_failure_mode_allow() {
             let p = policy(|p| p.failure_mode_allow = allow);
             let mut exchange = Exchange::new(&p, None).unwrap();
             let processed = exchange
-                .request(&services, &head(h), true, false, &metrics)
+                .request(&services, &head(h), None, true, false, &metrics)
                 .await;
             let status = match processed {
                 Processed::Answer((resp, _)) => Some(resp.status().as_u16()),
-                Processed::Continue { .. } => None,
+                Processed::Continue(_) => None,
             };
             (status, exchange.wants_response(), metrics)
         }
@@ -452,7 +459,7 @@ async fn invalid_or_refused_changes_are_a_500_with_disallow_is_error() {
         let p = policy(|p| p.rules.disallow_is_error = disallow_is_error);
         let mut exchange = Exchange::new(&p, None).unwrap();
         let processed = exchange
-            .request(&services, &head(&h), true, false, &metrics)
+            .request(&services, &head(&h), None, true, false, &metrics)
             .await;
         let Processed::Answer((resp, _)) = processed else {
             panic!("went on")
@@ -473,14 +480,14 @@ async fn invalid_or_refused_changes_are_a_500_with_disallow_is_error() {
         false,
     )]);
     let mut exchange = Exchange::new(&policy(|_| {}), None).unwrap();
-    let Processed::Continue { changes, .. } = exchange
-        .request(&services, &head(&h), true, false, &metrics)
+    let Processed::Continue(Continued { changes, .. }) = exchange
+        .request(&services, &head(&h), None, true, false, &metrics)
         .await
     else {
         panic!("answered")
     };
     let mut upstream = request_headers();
-    changes.apply(&mut upstream);
+    changes.iter().for_each(|c| c.apply(&mut upstream));
     assert_eq!(upstream["x-user"], "alice,bob");
 }
 
@@ -493,6 +500,7 @@ async fn routes_turn_the_filter_off_or_override_mode_and_service() {
         mode: Some(ProcessingMode {
             request_headers: false,
             response_headers: true,
+            ..ProcessingMode::default()
         }),
         service: None,
         metadata: vec![("x-tenant".into(), "b".into())],
@@ -508,11 +516,11 @@ async fn routes_turn_the_filter_off_or_override_mode_and_service() {
     )]);
     let h = request_headers();
     let processed = exchange
-        .request(&services, &head(&h), true, false, &metrics)
+        .request(&services, &head(&h), None, true, false, &metrics)
         .await;
     assert!(matches!(
         processed,
-        Processed::Continue { reroute: false, .. }
+        Processed::Continue(Continued { reroute: false, .. })
     ));
     assert!(
         services.seen.lock().unwrap().is_empty(),
@@ -529,4 +537,317 @@ async fn routes_turn_the_filter_off_or_override_mode_and_service() {
         heads[0]["x-tenant"], "b",
         "the route's metadata replaces the service's"
     );
+}
+
+/// An answer to a body message (or, with `status` 1, a `CONTINUE_AND_REPLACE` to a
+/// head: `head` then says which).
+fn common_answer(
+    what: fn(HeadersResponse) -> Answered,
+    status: i32,
+    set_headers: Vec<HeaderValueOptionProto>,
+    body: Option<Mutation>,
+) -> Step {
+    Step::Answer(ProcessingResponse {
+        response: Some(what(HeadersResponse {
+            response: Some(CommonResponse {
+                status,
+                header_mutation: Some(HeaderMutation {
+                    set_headers,
+                    remove_headers: vec![],
+                }),
+                body_mutation: body.map(|m| BodyMutation { mutation: Some(m) }),
+                clear_route_cache: false,
+            }),
+        })),
+    })
+}
+
+fn body_told(m: &ProcessingRequest) -> (Bytes, bool) {
+    match m.request.as_ref().unwrap() {
+        Phase::RequestBody(b) | Phase::ResponseBody(b) => (b.body.clone(), b.end_of_stream),
+        other => panic!("not a body: {other:?}"),
+    }
+}
+
+fn buffered(f: impl FnOnce(&mut ProcessingMode)) -> Arc<ExtProcPolicy> {
+    policy(|p| {
+        p.mode.request_body = true;
+        p.mode.response_body = true;
+        f(&mut p.mode);
+    })
+}
+
+fn read(data: &'static [u8], whole: bool) -> ReadAhead {
+    ReadAhead {
+        data: Bytes::from_static(data),
+        whole,
+        trailers: None,
+    }
+}
+
+async fn body_of(resp: Response<ProxyBody>) -> Bytes {
+    resp.into_body().collect().await.unwrap().to_bytes()
+}
+
+#[tokio::test]
+async fn buffered_bodies_are_told_whole_and_replaced() {
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        headers_answer(
+            true,
+            HeaderMutation {
+                set_headers: vec![set("x-after-head", "1", 2)],
+                remove_headers: vec![],
+            },
+            false,
+        ),
+        // The new body's length set in the same answer: it matches.
+        common_answer(
+            Answered::RequestBody,
+            0,
+            vec![set("content-length", "3", 2), set("x-after-body", "1", 2)],
+            Some(Mutation::Body(Bytes::from_static(b"abc"))),
+        ),
+        headers_answer(
+            false,
+            HeaderMutation {
+                set_headers: vec![],
+                remove_headers: vec!["content-length".into()],
+            },
+            false,
+        ),
+        common_answer(
+            Answered::ResponseBody,
+            0,
+            vec![set("x-seen-body", "1", 2)],
+            Some(Mutation::Body(Bytes::from_static(b"HELLO, WORLD"))),
+        ),
+    ]);
+    let p = buffered(|_| {});
+    let mut exchange = Exchange::new(&p, None).unwrap();
+    assert!(exchange.buffers_request());
+    let mut h = request_headers();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    let body = read(b"hello", true);
+    let Processed::Continue(c) = exchange
+        .request(&services, &head(&h), Some(&body), false, false, &metrics)
+        .await
+    else {
+        panic!("answered")
+    };
+    assert_eq!(c.body.as_deref(), Some(&b"abc"[..]));
+    let mut upstream = h.clone();
+    c.changes.iter().for_each(|c| c.apply(&mut upstream));
+    assert_eq!(upstream[header::CONTENT_LENGTH], "3");
+    assert_eq!(upstream["x-after-head"], "1");
+    assert_eq!(upstream["x-after-body"], "1");
+
+    let mut resp = ok_response();
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(resp.headers()["x-seen-body"], "1");
+    assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+    assert_eq!(&body_of(resp).await[..], b"HELLO, WORLD");
+    assert_eq!(count(&metrics, "continue"), 4);
+
+    let seen = services.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    assert!(!told(&seen[0]).1, "the request has a body");
+    assert_eq!(body_told(&seen[1]), (Bytes::from_static(b"hello"), true));
+    assert_eq!(body_told(&seen[3]), (Bytes::from_static(b"hello"), true));
+}
+
+#[tokio::test]
+async fn a_body_told_alone_loses_its_length_and_header_changes() {
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        common_answer(
+            Answered::RequestBody,
+            0,
+            // Ignored: the headers went on without the processor.
+            vec![set("x-late", "1", 2)],
+            Some(Mutation::ClearBody(true)),
+        ),
+        common_answer(Answered::ResponseBody, 0, vec![], None),
+    ]);
+    let p = buffered(|m| {
+        m.request_headers = false;
+        m.response_headers = false;
+    });
+    let mut exchange = Exchange::new(&p, None).unwrap();
+    let mut h = request_headers();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    let mut body = read(b"hello", true);
+    body.trailers = Some(request_headers());
+    let Processed::Continue(c) = exchange
+        .request(&services, &head(&h), Some(&body), false, false, &metrics)
+        .await
+    else {
+        panic!("answered")
+    };
+    assert_eq!(c.body.as_deref(), Some(&b""[..]), "clear_body");
+    let mut upstream = h.clone();
+    c.changes.iter().for_each(|c| c.apply(&mut upstream));
+    assert!(!upstream.contains_key(header::CONTENT_LENGTH));
+    assert!(!upstream.contains_key("x-late"));
+
+    // The response's body unchanged, its length gone, its trailers kept.
+    let mut resp = ok_response();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(0));
+    *resp.body_mut() = frames_body(Bytes::from_static(b"hello"), Some(trailers));
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"hello");
+    let seen = services.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for m in &seen {
+        assert_eq!(
+            body_told(m),
+            (Bytes::from_static(b"hello"), false),
+            "trailers follow"
+        );
+    }
+}
+
+#[tokio::test]
+async fn continue_and_replace_replaces_the_body_unsent() {
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        common_answer(
+            Answered::RequestHeaders,
+            1,
+            vec![],
+            Some(Mutation::Body(Bytes::from_static(b"replaced"))),
+        ),
+        common_answer(
+            Answered::ResponseHeaders,
+            1,
+            vec![set(":status", "202", 2)],
+            Some(Mutation::Body(Bytes::from_static(b"new answer"))),
+        ),
+    ]);
+    let p = buffered(|_| {});
+    let mut exchange = Exchange::new(&p, None).unwrap();
+    let mut h = request_headers();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    let body = read(b"hello", true);
+    let Processed::Continue(c) = exchange
+        .request(&services, &head(&h), Some(&body), false, false, &metrics)
+        .await
+    else {
+        panic!("answered")
+    };
+    assert_eq!(c.body.as_deref(), Some(&b"replaced"[..]));
+    let mut upstream = h.clone();
+    c.changes.iter().for_each(|c| c.apply(&mut upstream));
+    assert!(!upstream.contains_key(header::CONTENT_LENGTH));
+    let mut resp = ok_response();
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(resp.status(), 202);
+    assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+    assert_eq!(&body_of(resp).await[..], b"new answer");
+    assert_eq!(
+        services.seen.lock().unwrap().len(),
+        2,
+        "no body message after CONTINUE_AND_REPLACE"
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_or_of_the_wrong_length_are_refused() {
+    // A request body longer than the limit: 413 after its head was told.
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![headers_answer(true, HeaderMutation::default(), false)]);
+    let p = buffered(|_| {});
+    let mut exchange = Exchange::new(&p, None).unwrap();
+    let h = request_headers();
+    let long = read(b"more than was read", false);
+    let Processed::Answer((resp, _)) = exchange
+        .request(&services, &head(&h), Some(&long), false, false, &metrics)
+        .await
+    else {
+        panic!("went on")
+    };
+    assert_eq!(resp.status(), 413);
+    assert_eq!(count(&metrics, "body_too_large"), 1);
+    assert_eq!(services.seen.lock().unwrap().len(), 1);
+
+    // A response body longer than the limit: 500.
+    let services = Scripted::new(vec![headers_answer(
+        false,
+        HeaderMutation::default(),
+        false,
+    )]);
+    let exchange = Exchange::new(&p, None).unwrap();
+    let mut resp = crate::http::text_response(200, "x".repeat(BODY_LIMIT + 1));
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(resp.status(), 500);
+    assert_eq!(count(&metrics, "body_too_large"), 2);
+
+    // A new body whose length the headers contradict: invalid, a 500 (or, failing
+    // open, the request goes on as it came).
+    for allow in [false, true] {
+        let metrics = ProxyMetrics::unregistered();
+        let services = Scripted::new(vec![
+            headers_answer(true, HeaderMutation::default(), false),
+            common_answer(
+                Answered::RequestBody,
+                0,
+                vec![],
+                Some(Mutation::Body(Bytes::from_static(b"longer than five"))),
+            ),
+        ]);
+        let p = buffered(|_| {});
+        let p = Arc::new(ExtProcPolicy {
+            failure_mode_allow: allow,
+            ..(*p).clone()
+        });
+        let mut exchange = Exchange::new(&p, None).unwrap();
+        let mut h = request_headers();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let body = read(b"hello", true);
+        let processed = exchange
+            .request(&services, &head(&h), Some(&body), false, false, &metrics)
+            .await;
+        match processed {
+            Processed::Answer((resp, _)) => assert!(!allow && resp.status() == 500),
+            Processed::Continue(c) => assert!(allow && c.body.is_none()),
+        }
+        assert_eq!(count(&metrics, "invalid"), 1);
+    }
+
+    // A response body: the same check; failing open, the body goes on as it came.
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        headers_answer(false, HeaderMutation::default(), false),
+        common_answer(
+            Answered::ResponseBody,
+            0,
+            vec![],
+            Some(Mutation::Body(Bytes::from_static(b"longer"))),
+        ),
+    ]);
+    let p = buffered(|_| {});
+    let p = Arc::new(ExtProcPolicy {
+        failure_mode_allow: true,
+        ..(*p).clone()
+    });
+    let exchange = Exchange::new(&p, None).unwrap();
+    let mut resp = ok_response();
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body_of(resp).await[..], b"hello");
+    assert_eq!(count(&metrics, "invalid"), 1);
 }

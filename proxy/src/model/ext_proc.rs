@@ -1,7 +1,7 @@
 //! External processing (`envoy.filters.http.ext_proc`): a gRPC service of the operator's
 //! (`envoy.service.ext_proc.v3.ExternalProcessor`) is told a request's headers and its
-//! response's headers over one stream per request, and may change them or answer the
-//! request itself. Run by [`crate::ext_proc`] from the filter chain and again when the
+//! response's headers (and, buffered, their bodies) over one stream per request, and may
+//! change them or answer the request itself. Run by [`crate::ext_proc`] from the filter chain and again when the
 //! response comes.
 
 use std::sync::Arc;
@@ -40,14 +40,26 @@ pub struct ExtProcPolicy {
 }
 
 /// Which parts of a request and its response go to the processor (`ProcessingMode`;
-/// bodies and trailers are never sent: their modes must be `NONE` and `SKIP`).
+/// bodies are sent whole (`BUFFERED`) or not at all (`NONE`), trailers never: their modes
+/// must be `SKIP`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProcessingMode {
     /// `request_header_mode` is `SEND` (or `DEFAULT`).
     pub request_headers: bool,
     /// `response_header_mode` is `SEND` (or `DEFAULT`).
     pub response_headers: bool,
+    /// `request_body_mode` is `BUFFERED`: the whole request body, up to
+    /// [`BODY_LIMIT`], is sent after the headers and held until the processor answers.
+    pub request_body: bool,
+    /// `response_body_mode` is `BUFFERED`, as for the request.
+    pub response_body: bool,
 }
+
+/// The most of a body that is buffered for a processor (`BUFFERED`): Envoy's default
+/// buffer limit of a stream (`per_connection_buffer_limit_bytes`, 1 MiB), which Myelin
+/// does not take from its listeners and clusters (yet). A longer request body is answered
+/// `413`, a longer response body `500`, as Envoy's buffering filters do.
+pub const BODY_LIMIT: usize = 1 << 20;
 
 impl Default for ProcessingMode {
     /// Envoy's default: both headers sent.
@@ -55,6 +67,8 @@ impl Default for ProcessingMode {
         ProcessingMode {
             request_headers: true,
             response_headers: true,
+            request_body: false,
+            response_body: false,
         }
     }
 }

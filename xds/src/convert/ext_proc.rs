@@ -1,8 +1,8 @@
 //! External processing (`envoy.extensions.filters.http.ext_proc.v3`): the filter's
 //! `ExternalProcessor` and the routes' `ExtProcPerRoute` into
-//! [`myelin_proxy::model::ext_proc`]. Myelin sends headers only: a processing mode that
-//! sends bodies or trailers, and what needs Envoy's attributes, metadata or modes Myelin
-//! does not have, is rejected, not ignored.
+//! [`myelin_proxy::model::ext_proc`]. Myelin sends headers and whole (`BUFFERED`) bodies:
+//! a processing mode that streams bodies or sends trailers, and what needs Envoy's
+//! attributes, metadata or modes Myelin does not have, is rejected, not ignored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,8 +137,8 @@ pub(super) fn ext_proc(
     })
 }
 
-/// A `ProcessingMode`: headers `DEFAULT` (sent), `SEND` or `SKIP`; bodies `NONE` and
-/// trailers `DEFAULT`/`SKIP` only.
+/// A `ProcessingMode`: headers `DEFAULT` (sent), `SEND` or `SKIP`; bodies `NONE` or
+/// `BUFFERED`; trailers `DEFAULT`/`SKIP` only.
 fn mode_of(cx: &mut Cx, p: &str, m: &ProcessingMode) -> Option<mp::ProcessingMode> {
     let ProcessingMode {
         request_header_mode,
@@ -162,9 +162,25 @@ fn mode_of(cx: &mut Cx, p: &str, m: &ProcessingMode) -> Option<mp::ProcessingMod
     };
     let request_headers = header(cx, "request_header_mode", *request_header_mode);
     let response_headers = header(cx, "response_header_mode", *response_header_mode);
-    // Bodies are not sent to processors (yet): `STREAMED`, `BUFFERED`, ... are refused.
-    cx.unsupported(p, "request_body_mode", request_body_mode);
-    cx.unsupported(p, "response_body_mode", response_body_mode);
+    // Bodies go whole (`BUFFERED`) or not at all; `STREAMED`, `BUFFERED_PARTIAL` and
+    // `FULL_DUPLEX_STREAMED` are not Myelin's (yet).
+    let body = |cx: &mut Cx, name: &str, v: i32| match v {
+        0 => false,
+        2 => true,
+        1 | 3 | 4 => {
+            cx.reject(join(p, name), Reason::NotSupported);
+            false
+        }
+        other => {
+            cx.reject(
+                join(p, name),
+                Reason::Invalid(format!("unknown mode {other}")),
+            );
+            false
+        }
+    };
+    let request_body = body(cx, "request_body_mode", *request_body_mode);
+    let response_body = body(cx, "response_body_mode", *response_body_mode);
     for (name, v) in [
         ("request_trailer_mode", request_trailer_mode),
         ("response_trailer_mode", response_trailer_mode),
@@ -177,6 +193,8 @@ fn mode_of(cx: &mut Cx, p: &str, m: &ProcessingMode) -> Option<mp::ProcessingMod
     (cx.errs.len() == errors).then_some(mp::ProcessingMode {
         request_headers,
         response_headers,
+        request_body,
+        response_body,
     })
 }
 

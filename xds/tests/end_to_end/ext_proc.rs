@@ -12,6 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::*;
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::Request as HyperRequest;
+use hyper_util::rt::TokioIo;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
 use tokio::net::TcpListener;
@@ -21,20 +26,23 @@ use xds_api::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_api::pb::envoy::r#type::v3::HttpStatus;
+use xds_api::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
 use xds_api::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use xds_api::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use xds_api::pb::envoy::service::ext_proc::v3::processing_response::Response as Answered;
 use xds_api::pb::envoy::service::ext_proc::v3::{
-    CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
-    ProcessingRequest, ProcessingResponse,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
+    HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse,
 };
 
 /// The filter as Envoy Gateway writes it: both heads processed, 0.3 s per message.
 const PORT: u16 = 18631;
 /// `failure_mode_allow` (Envoy Gateway's `failOpen`), request headers only.
 const FAIL_OPEN_PORT: u16 = 18632;
+/// Both bodies buffered (Envoy Gateway's `processingMode` with `body: Buffered`).
+const BODY_PORT: u16 = 18633;
 const FILTER: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor";
 const PER_ROUTE: &str =
@@ -78,6 +86,10 @@ fn headers_of(h: &HttpHeaders) -> HashMap<String, String> {
             )
         })
         .collect()
+}
+
+fn body_of(b: &HttpBody) -> HashMap<String, String> {
+    HashMap::from([("body".into(), String::from_utf8_lossy(&b.body).into_owned())])
 }
 
 fn continue_with(mutation: HeaderMutation, clear_route_cache: bool) -> HeadersResponse {
@@ -124,17 +136,21 @@ impl ExternalProcessor for Processor {
         tokio::spawn(async move {
             let mut action = String::new();
             while let Some(Ok(m)) = incoming.next().await {
-                let (phase, h) = match &m.request {
-                    Some(Phase::RequestHeaders(h)) => ("request_headers", h),
-                    Some(Phase::ResponseHeaders(h)) => ("response_headers", h),
-                    _ => ("other", &HttpHeaders::default()),
+                // A body is recorded as a `body` "header".
+                let (phase, headers, eos) = match &m.request {
+                    Some(Phase::RequestHeaders(h)) => {
+                        ("request_headers", headers_of(h), h.end_of_stream)
+                    }
+                    Some(Phase::ResponseHeaders(h)) => {
+                        ("response_headers", headers_of(h), h.end_of_stream)
+                    }
+                    Some(Phase::RequestBody(b)) => ("request_body", body_of(b), b.end_of_stream),
+                    Some(Phase::ResponseBody(b)) => ("response_body", body_of(b), b.end_of_stream),
+                    _ => ("other", HashMap::new(), false),
                 };
-                let headers = headers_of(h);
-                streams.lock().unwrap()[index].messages.push((
-                    phase,
-                    headers.clone(),
-                    h.end_of_stream,
-                ));
+                streams.lock().unwrap()[index]
+                    .messages
+                    .push((phase, headers.clone(), eos));
                 let answer = match phase {
                     "request_headers" => {
                         action = headers.get("x-action").cloned().unwrap_or_default();
@@ -182,15 +198,66 @@ impl ExternalProcessor for Processor {
                             }
                         }
                     }
+                    // "upper": the request's body upper-cased (its length kept), a header
+                    // added with it; the response's body replaced (its length removed
+                    // with its head).
+                    "request_body" => {
+                        // The body itself when short, else its length.
+                        let body = &headers["body"];
+                        let told = match body.len() {
+                            0..=64 => body.clone(),
+                            n => format!("{n} bytes"),
+                        };
+                        let mut answer = continue_with(
+                            HeaderMutation {
+                                set_headers: vec![option("x-body-told", &told, 2)],
+                                ..Default::default()
+                            },
+                            false,
+                        );
+                        if action == "upper" {
+                            answer.response.as_mut().unwrap().body_mutation = Some(BodyMutation {
+                                mutation: Some(Mutation::Body(
+                                    headers["body"].to_uppercase().into_bytes(),
+                                )),
+                            });
+                        }
+                        Answered::RequestBody(BodyResponse {
+                            response: answer.response,
+                        })
+                    }
+                    "response_body" => {
+                        let mut answer = continue_with(
+                            HeaderMutation {
+                                set_headers: vec![option("x-body-seen", "yes", 2)],
+                                ..Default::default()
+                            },
+                            false,
+                        );
+                        if action == "upper" {
+                            answer.response.as_mut().unwrap().body_mutation = Some(BodyMutation {
+                                mutation: Some(Mutation::Body(
+                                    b"replaced by the processor".to_vec(),
+                                )),
+                            });
+                        }
+                        Answered::ResponseBody(BodyResponse {
+                            response: answer.response,
+                        })
+                    }
                     _ => {
                         let mut set = vec![option("x-proc-response", "seen", 0)];
                         if action == "created" {
                             set.push(option(":status", "201", 2));
                         }
+                        let mut remove = vec!["x-upstream".to_owned()];
+                        if action == "upper" {
+                            remove.push("content-length".into());
+                        }
                         Answered::ResponseHeaders(continue_with(
                             HeaderMutation {
                                 set_headers: set,
-                                remove_headers: vec!["x-upstream".into()],
+                                remove_headers: remove,
                             },
                             false,
                         ))
@@ -257,6 +324,21 @@ fn listeners() -> Vec<Listener> {
 "#
             ),
         ),
+        filtered_listener(
+            "bodies",
+            BODY_PORT,
+            &format!(
+                r#"
+- name: {NAME}
+  typed_config:
+    "@type": {FILTER}
+    grpc_service: {{envoy_grpc: {{cluster_name: proc}}}}
+    message_timeout: 0.3s
+    processing_mode: {{request_body_mode: BUFFERED, response_body_mode: BUFFERED}}
+    stat_prefix: bodies
+"#
+            ),
+        ),
     ]
 }
 
@@ -294,8 +376,16 @@ fn outcome(node: &Node, prefix: &str, outcome: &str) -> f64 {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_processor_sees_and_changes_both_heads_over_xds() {
+/// A node with the three listeners, the echo upstream (`hits` counts its requests) and
+/// the processor (`p`); the control plane lives as long as the bed.
+struct Bed {
+    hits: Arc<AtomicUsize>,
+    p: Arc<Processor>,
+    _cp: ControlPlane,
+    node: Node,
+}
+
+async fn bed() -> Bed {
     let hits = Arc::new(AtomicUsize::new(0));
     let web = echo_upstream(hits.clone()).await;
     let p = Arc::new(Processor::default());
@@ -314,12 +404,25 @@ async fn a_processor_sees_and_changes_both_heads_over_xds() {
     });
     let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
     for (url, names) in [
-        (type_url::LISTENER, &["proc", "fail-open"][..]),
+        (type_url::LISTENER, &["proc", "fail-open", "bodies"][..]),
         (type_url::ROUTE, &["r"]),
         (type_url::ENDPOINT, &["web", "proc"]),
     ] {
         node.wait_applied(url, names, &cp.version(url)).await;
     }
+    Bed {
+        hits,
+        p,
+        _cp: cp,
+        node,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_sees_and_changes_both_heads_over_xds() {
+    let Bed {
+        hits, p, _cp, node, ..
+    } = bed().await;
     let streams = || p.streams.lock().unwrap().clone();
     let get = |port: u16, path: &'static str, headers: &'static [(&'static str, &'static str)]| {
         let node = &node;
@@ -426,4 +529,113 @@ async fn a_processor_sees_and_changes_both_heads_over_xds() {
     assert_eq!(outcome(&node, "gw", "rejected_mutation"), 2.0);
     assert_eq!(outcome(&node, "open", "timeout"), 1.0);
     assert_eq!(outcome(&node, "open", "failure_mode_allowed"), 1.0);
+}
+
+/// A POST of `body` to the `bodies` listener with `headers`: with its length, or chunked
+/// (`chunked`: in pieces of 64 KiB).
+async fn post(node: &Node, body: Bytes, chunked: bool, headers: &[(&str, &str)]) -> Answer {
+    let stream = node.connect(vip(BODY_PORT)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = HyperRequest::post("/upload").header("host", "web");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = if chunked {
+        body.chunks(64 << 10)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect()
+    } else {
+        req = req.header("content-length", body.len());
+        vec![Ok(Frame::data(body))]
+    };
+    let req = req
+        .body(StreamBody::new(tokio_stream::iter(frames)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = sender.send_request(req).await.unwrap();
+    let took = started.elapsed();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        body_bytes: body,
+        took,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_sees_and_replaces_buffered_bodies_over_xds() {
+    let Bed {
+        hits, p, _cp, node, ..
+    } = bed().await;
+    let streams = || p.streams.lock().unwrap().clone();
+
+    // Told whole, the request's after its head, the response's after its head; the
+    // request's body upper-cased on its way up (its length kept), a header added with
+    // the body's answer (the head is still held); the response's body replaced (its
+    // length removed by the processor with the head).
+    let a = post(
+        &node,
+        Bytes::from_static(b"hello processor"),
+        false,
+        &[("x-action", "upper")],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body, "replaced by the processor");
+    assert_eq!(a.header("x-body-seen"), Some("yes"));
+    assert_eq!(a.header("content-length"), None);
+    let s = streams();
+    let messages: Vec<_> = s[0]
+        .messages
+        .iter()
+        .map(|(p, h, eos)| (*p, h.get("body").cloned(), *eos))
+        .collect();
+    assert_eq!(messages[0], ("request_headers", None, false));
+    assert_eq!(
+        messages[1],
+        ("request_body", Some("hello processor".into()), true)
+    );
+    assert_eq!(messages[2].0, "response_headers");
+    let (phase, told, eos) = &messages[3];
+    assert_eq!((*phase, *eos), ("response_body", true));
+    // What the upstream echoed: the new body and the header the body's answer added.
+    let echoed = told.as_deref().unwrap();
+    assert!(echoed.contains("body: HELLO PROCESSOR\n"), "{echoed}");
+    assert!(
+        echoed.contains("x-body-told: hello processor\n"),
+        "{echoed}"
+    );
+    assert!(echoed.contains("content-length: 15\n"), "{echoed}");
+
+    // Unchanged bodies go on as they came, a chunked one too.
+    let a = post(&node, Bytes::from_static(b"as it was"), true, &[]).await;
+    assert_eq!(a.status, 200);
+    assert!(a.body.contains("body: as it was\n"), "{}", a.body);
+    assert_eq!(a.header("x-body-seen"), Some("yes"));
+
+    // A request body over the limit (1 MiB): 413, the upstream not asked.
+    let before = hits.load(Ordering::Relaxed);
+    let big = Bytes::from(vec![b'a'; (1 << 20) + 1]);
+    let a = post(&node, big, true, &[]).await;
+    assert_eq!(a.status, 413);
+    assert_eq!(hits.load(Ordering::Relaxed), before);
+    // One of exactly the limit is told and goes up; the upstream's echo of it is over
+    // the limit for the response's body: a 500, as in Envoy.
+    let limit = Bytes::from(vec![b'a'; 1 << 20]);
+    let before = hits.load(Ordering::Relaxed);
+    let a = post(&node, limit, false, &[]).await;
+    assert_eq!(a.status, 500);
+    assert_eq!(hits.load(Ordering::Relaxed), before + 1);
+    let last = streams().last().unwrap().clone();
+    assert_eq!(last.messages[1].1["body"].len(), 1 << 20);
+    assert_eq!(last.messages.len(), 3, "no response body told");
+
+    assert_eq!(outcome(&node, "bodies", "body_too_large"), 2.0);
+    assert!(outcome(&node, "bodies", "continue") >= 12.0);
 }

@@ -1709,7 +1709,7 @@ fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
                         "failureModeAllow": true,
                         "grpcService": {"envoyGrpc": {"authority": "grpc-backend.default:9000", "clusterName": "envoyextensionpolicy/default/p/0/grpc-backend"}, "timeout": "10s"},
                         "messageTimeout": "0.500s",
-                        "processingMode": {"requestHeaderMode": "SEND", "responseHeaderMode": "SKIP", "requestTrailerMode": "SKIP", "responseTrailerMode": "SKIP"}
+                        "processingMode": {"requestHeaderMode": "SEND", "responseHeaderMode": "SKIP", "requestBodyMode": "BUFFERED", "requestTrailerMode": "SKIP", "responseTrailerMode": "SKIP"}
                     }},
                     {"name": "all", "typedConfig": {
                         "@type": EXT_PROC,
@@ -1742,7 +1742,9 @@ fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
         eg.mode,
         mp::ProcessingMode {
             request_headers: true,
-            response_headers: false
+            response_headers: false,
+            request_body: true,
+            response_body: false,
         }
     );
     assert_eq!(eg.service.authority, "grpc-backend.default:9000");
@@ -1770,8 +1772,12 @@ fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
     let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
     for (config, want) in [
         (
-            "processing_mode: {request_body_mode: BUFFERED}",
+            "processing_mode: {request_body_mode: STREAMED}",
             format!("{fc}.processing_mode.request_body_mode: not supported"),
+        ),
+        (
+            "processing_mode: {response_body_mode: BUFFERED_PARTIAL}",
+            format!("{fc}.processing_mode.response_body_mode: not supported"),
         ),
         (
             "processing_mode: {response_trailer_mode: SEND}",
@@ -1821,7 +1827,7 @@ virtual_hosts:
       p:
         "@type": {EXT_PROC_ROUTE}
         overrides:
-          processing_mode: {{request_header_mode: SKIP}}
+          processing_mode: {{request_header_mode: SKIP, response_body_mode: BUFFERED}}
           grpc_service: {{envoy_grpc: {{cluster_name: other}}}}
           grpc_initial_metadata: [{{key: x-tenant, value: b}}]
 "#
@@ -1847,7 +1853,9 @@ virtual_hosts:
         *mode,
         Some(mp::ProcessingMode {
             request_headers: false,
-            response_headers: true
+            response_headers: true,
+            request_body: false,
+            response_body: true,
         })
     );
     assert_eq!(service.as_ref().unwrap().cluster, "other");
