@@ -132,9 +132,13 @@ fn run(args: &Args) -> Result<()> {
     ]
     .map(|(p, a)| version(p, a));
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    // The transparent huge page mode moves the agent's RSS by 5-10 MB (its allocator asks
+    // for huge pages; benches/RESULTS.md, 2026-12-06 19:38): named with the kernel.
+    let thp = read("/sys/kernel/mm/transparent_hugepage/enabled");
     eprintln!(
-        "myelin-l7-bench: kernel {}, {} CPUs, loadavg {}; {}",
+        "myelin-l7-bench: kernel {}, transparent huge pages {}, {} CPUs, loadavg {}; {}",
         read("/proc/sys/kernel/osrelease").trim(),
+        thp.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         read("/proc/loadavg").trim(),
         tools.join("; ")
