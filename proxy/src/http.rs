@@ -284,6 +284,9 @@ struct Decision {
     table: Arc<RouteTable>,
     vhost: usize,
     route: usize,
+    /// The index of the chosen cluster among the route's weighted clusters, for its own
+    /// response header changes.
+    weighted: Option<usize>,
     /// A stateful session (boxed: most requests have none).
     session: Option<Box<filters::Session>>,
 }
@@ -297,6 +300,8 @@ struct Chosen<'a> {
     route: &'a crate::model::route::Route,
     action: &'a crate::model::route::RouteAction,
     cluster: &'a str,
+    /// The route's weighted cluster `cluster` is (its index), if it has them.
+    weighted: Option<usize>,
 }
 
 impl Decision {
@@ -874,7 +879,8 @@ impl HttpConn {
                 attempts,
             )
             .await?;
-            response_mutations(&mut resp, &decision.table, vh, route);
+            let own = weighted_routing(action, decision.weighted).map(|r| &r.headers);
+            response_mutations(&mut resp, &decision.table, vh, route, own);
             Ok((resp, flags, dest))
         }
     }
@@ -1233,16 +1239,21 @@ impl HttpConn {
                     end_of_stream: http_body::Body::is_end_stream(req.body()),
                 };
                 // A route to a cluster picks it first (its weights), for the filters too.
+                let mut weighted = None;
                 let cluster = match &route.action {
                     Action::Route(a) => Some(match &a.cluster {
                         ClusterSpecifier::Cluster(name) => name.as_str(),
                         ClusterSpecifier::WeightedClusters(ws) => {
-                            router::pick_weighted(ws, fastrand::u64(..)).ok_or_else(|| {
-                                ProxyError::unrouted(
-                                    MissReason::NoCluster,
-                                    "weighted clusters add up to 0",
-                                )
-                            })?
+                            let i = router::pick_weighted_index(ws, fastrand::u64(..)).ok_or_else(
+                                || {
+                                    ProxyError::unrouted(
+                                        MissReason::NoCluster,
+                                        "weighted clusters add up to 0",
+                                    )
+                                },
+                            )?;
+                            weighted = Some(i);
+                            ws[i].name.as_str()
                         }
                     }),
                     _ => None,
@@ -1273,7 +1284,7 @@ impl HttpConn {
                         } else {
                             local_response(d.status, String::new())
                         };
-                        response_mutations(&mut resp, &table, vh, route);
+                        response_mutations(&mut resp, &table, vh, route, None);
                         let resp = self.route_answer(resp, &body, is_grpc(req.headers()));
                         return Ok(Err((resp, "-")));
                     }
@@ -1283,7 +1294,7 @@ impl HttpConn {
                         if let Ok(v) = HeaderValue::from_str(&location) {
                             resp.headers_mut().insert(header::LOCATION, v);
                         }
-                        response_mutations(&mut resp, &table, vh, route);
+                        response_mutations(&mut resp, &table, vh, route, None);
                         let resp = self.route_answer(resp, "", is_grpc(req.headers()));
                         return Ok(Err((resp, "-")));
                     }
@@ -1296,6 +1307,7 @@ impl HttpConn {
                     route,
                     action,
                     cluster,
+                    weighted,
                 };
                 break self.routed(chosen, req, filtered).await;
             }
@@ -1317,7 +1329,9 @@ impl HttpConn {
             route,
             action,
             cluster,
+            weighted,
         } = chosen;
+        let routing = weighted_routing(action, weighted);
         {
             // An external processor's new body (its length already checked or removed).
             if let Some((data, trailers)) = filtered.take_new_body() {
@@ -1340,7 +1354,10 @@ impl HttpConn {
             let endpoint = first.endpoint.clone();
 
             let new_path = router::rewrite_path(action, &route.route_match, path);
+            // The weighted cluster's `Host` wins over the route's.
+            let own_host = routing.and_then(|r| r.host_rewrite.as_ref());
             let new_host = match &action.host_rewrite {
+                _ if own_host.is_some() => own_host.cloned(),
                 Some(HostRewrite::Literal(h)) => Some(h.clone()),
                 Some(HostRewrite::Auto) => match &endpoint {
                     EndpointAddress::Dns { host, .. } => Some(host.clone()),
@@ -1365,7 +1382,11 @@ impl HttpConn {
                 *req.uri_mut() = uri;
             }
             filtered.finish_request(req.headers_mut());
-            for m in [&route.headers, &vh.headers, &table.config.headers] {
+            let own = routing.map(|r| &r.headers);
+            for m in own
+                .into_iter()
+                .chain([&route.headers, &vh.headers, &table.config.headers])
+            {
                 router::mutate_headers(
                     req.headers_mut(),
                     &m.request_headers_to_add,
@@ -1380,6 +1401,7 @@ impl HttpConn {
                     table: table.clone(),
                     vhost,
                     route: route_idx,
+                    weighted,
                     session: session.map(Box::new),
                 },
                 first,
@@ -2018,15 +2040,29 @@ fn path_of(uri: &Uri) -> PathAndQuery {
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
-/// Applies the response header mutations of the route, then its virtual host, then its
-/// route configuration (Envoy's order when `most_specific_header_mutations_wins` is off).
+/// What a route's chosen weighted cluster (index `weighted`) does of its own.
+fn weighted_routing(
+    action: &crate::model::route::RouteAction,
+    weighted: Option<usize>,
+) -> Option<&crate::model::listener::ClusterRouting> {
+    match &action.cluster {
+        ClusterSpecifier::WeightedClusters(ws) => ws.get(weighted?)?.routing.as_deref(),
+        ClusterSpecifier::Cluster(_) => None,
+    }
+}
+
+/// Applies the response header mutations of the chosen weighted cluster (`own`), the
+/// route, then its virtual host, then its route configuration (Envoy's order when
+/// `most_specific_header_mutations_wins` is off).
 fn response_mutations<B>(
     resp: &mut Response<B>,
     table: &RouteTable,
     vh: &crate::model::route::VirtualHost,
     route: &crate::model::route::Route,
+    own: Option<&crate::model::route::HeaderMutation>,
 ) {
-    for m in [&route.headers, &vh.headers, &table.config.headers] {
+    let levels = [&route.headers, &vh.headers, &table.config.headers];
+    for m in own.into_iter().chain(levels) {
         router::mutate_headers(
             resp.headers_mut(),
             &m.response_headers_to_add,

@@ -707,12 +707,27 @@ pub enum TcpCluster {
 }
 
 /// A cluster and its weight.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WeightedCluster {
     /// Cluster name.
     pub name: String,
     /// Relative weight (at least 1).
     pub weight: u32,
+    /// What a route's request does when it goes to this cluster (`ClusterWeight`'s header
+    /// changes and host rewrite); `None`: nothing of its own (always for TCP proxies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Box<ClusterRouting>>,
+}
+
+/// A route's changes for one of its weighted clusters (Gateway API's filters on one
+/// `backendRef`, as Envoy Gateway writes them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ClusterRouting {
+    /// Its header changes, made before the route's (the most specific first, as Envoy).
+    pub headers: super::route::HeaderMutation,
+    /// `host_rewrite_literal`: the request's `Host`, instead of what the route sets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_rewrite: Option<String>,
 }
 
 /// Envoy's default TCP and HTTP connection idle timeout.

@@ -321,15 +321,20 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// The cluster of a weighted choice for a roll in `0..u64::MAX`: cluster `i` is chosen
 /// with probability `weight_i / sum(weights)`.
 pub fn pick_weighted(clusters: &[WeightedCluster], roll: u64) -> Option<&str> {
+    pick_weighted_index(clusters, roll).map(|i| clusters[i].name.as_str())
+}
+
+/// The index in `clusters` of [`pick_weighted`]'s choice.
+pub fn pick_weighted_index(clusters: &[WeightedCluster], roll: u64) -> Option<usize> {
     let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
     if total == 0 {
         return None;
     }
     let mut x = roll % total;
-    for c in clusters {
+    for (i, c) in clusters.iter().enumerate() {
         let w = u64::from(c.weight);
         if x < w {
-            return Some(&c.name);
+            return Some(i);
         }
         x -= w;
     }

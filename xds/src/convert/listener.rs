@@ -1545,6 +1545,7 @@ fn tcp_proxy(cx: &mut Cx, p: &str, t: &ext::TcpProxy) -> Option<ml::TcpProxy> {
                 out.push(ml::WeightedCluster {
                     name: c.name.clone(),
                     weight: c.weight,
+                    routing: None,
                 });
             }
             if out.is_empty() {

@@ -1,6 +1,7 @@
 //! RouteConfiguration -> [`model::RouteConfiguration`].
 
-use myelin_proxy::model::{self, listener::WeightedCluster, route as mr};
+use myelin_proxy::model::listener::{ClusterRouting, WeightedCluster};
+use myelin_proxy::model::{self, route as mr};
 use xds_api::pb::envoy::config::route::v3 as pb;
 
 use super::common::{header_value_options, regex_matcher, string_matcher};
@@ -1113,23 +1114,50 @@ fn weighted_clusters(
         } = c;
         cx.unsupported(&cp, "cluster_header", cluster_header);
         cx.unsupported(&cp, "metadata_match", metadata_match);
-        cx.unsupported(&cp, "request_headers_to_add", request_headers_to_add);
-        cx.unsupported(&cp, "request_headers_to_remove", request_headers_to_remove);
-        cx.unsupported(&cp, "response_headers_to_add", response_headers_to_add);
-        cx.unsupported(
-            &cp,
-            "response_headers_to_remove",
-            response_headers_to_remove,
-        );
         cx.unsupported(&cp, "typed_per_filter_config", typed_per_filter_config);
-        cx.unsupported(&cp, "host_rewrite_literal", host_rewrite_specifier);
         if name.is_empty() {
             cx.reject(join(&cp, "name"), Reason::Missing);
         }
         let weight = weight.as_ref().map_or(0, |w| w.value);
+        // Its own header changes and `Host` (Gateway API filters on one `backendRef`).
+        let routing = ClusterRouting {
+            headers: mr::HeaderMutation {
+                request_headers_to_add: header_value_options(
+                    cx,
+                    &cp,
+                    "request_headers_to_add",
+                    request_headers_to_add,
+                ),
+                request_headers_to_remove: lower(request_headers_to_remove),
+                response_headers_to_add: header_value_options(
+                    cx,
+                    &cp,
+                    "response_headers_to_add",
+                    response_headers_to_add,
+                ),
+                response_headers_to_remove: lower(response_headers_to_remove),
+            },
+            host_rewrite: match host_rewrite_specifier {
+                Some(
+                    pb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(
+                        h,
+                    ),
+                ) => {
+                    if http::HeaderValue::from_str(h).is_err() {
+                        cx.reject(
+                            join(&cp, "host_rewrite_literal"),
+                            Reason::Invalid(format!("{h:?} is not a header value")),
+                        );
+                    }
+                    Some(h.clone())
+                }
+                None => None,
+            },
+        };
         out.push(WeightedCluster {
             name: name.clone(),
             weight,
+            routing: (routing != ClusterRouting::default()).then(|| Box::new(routing)),
         });
     }
     if out.is_empty() {

@@ -187,11 +187,13 @@ filter_chains:
         model::listener::TcpCluster::Weighted(vec![
             model::listener::WeightedCluster {
                 name: "a".into(),
-                weight: 1
+                weight: 1,
+                routing: None
             },
             model::listener::WeightedCluster {
                 name: "b".into(),
-                weight: 3
+                weight: 3,
+                routing: None
             },
         ])
     );

@@ -73,6 +73,16 @@ fn hvo(k: &str, v: &str) -> core::HeaderValueOption {
     }
 }
 
+/// The model of `hvo(name, value)`: appended (Envoy's default action).
+fn one_header(name: &str, value: &str) -> Vec<mr::HeaderValueOption> {
+    vec![mr::HeaderValueOption {
+        name: name.into(),
+        value: value.into(),
+        append_action: mr::AppendAction::AppendIfExistsOrAdd,
+        keep_empty_value: false,
+    }]
+}
+
 #[test]
 fn domains_and_headers_at_every_level() {
     let mut input = rc(vec![route(prefix("/"), to_cluster("c"))]);
@@ -304,6 +314,15 @@ fn actions() {
                 pb::weighted_cluster::ClusterWeight {
                     name: "b".into(),
                     weight: u32v(10),
+                    request_headers_to_add: vec![hvo("x-backend", "b")],
+                    request_headers_to_remove: vec!["X-Old".into()],
+                    response_headers_to_add: vec![hvo("x-served-by", "b")],
+                    response_headers_to_remove: vec!["server".into()],
+                    host_rewrite_specifier: Some(
+                        pb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(
+                            "b.internal".into(),
+                        ),
+                    ),
                     ..Default::default()
                 },
             ],
@@ -350,11 +369,21 @@ fn actions() {
         mr::ClusterSpecifier::WeightedClusters(vec![
             model::listener::WeightedCluster {
                 name: "a".into(),
-                weight: 90
+                weight: 90,
+                routing: None
             },
             model::listener::WeightedCluster {
                 name: "b".into(),
-                weight: 10
+                weight: 10,
+                routing: Some(Box::new(model::listener::ClusterRouting {
+                    headers: mr::HeaderMutation {
+                        request_headers_to_add: one_header("x-backend", "b"),
+                        request_headers_to_remove: vec!["x-old".into()],
+                        response_headers_to_add: one_header("x-served-by", "b"),
+                        response_headers_to_remove: vec!["server".into()],
+                    },
+                    host_rewrite: Some("b.internal".into()),
+                }))
             },
         ])
     );

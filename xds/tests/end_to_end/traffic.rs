@@ -521,11 +521,22 @@ virtual_hosts:
     response_headers_to_add:
     - header: {key: x-route, value: v1}
   - match: {prefix: "/w"}
+    request_headers_to_add:
+    - header: {key: x-echo-backend, value: route}
+      append_action: ADD_IF_ABSENT
+    - header: {key: x-echo-drop, value: "1"}
     route:
       weighted_clusters:
         clusters:
-        - {name: rr, weight: 1}
-        - {name: w, weight: 3}
+        - name: rr
+          weight: 1
+          response_headers_to_add: [{header: {key: x-weighted, value: rr}}]
+        - name: w
+          weight: 3
+          host_rewrite_literal: w.internal
+          request_headers_to_add: [{header: {key: x-echo-backend, value: w}}]
+          response_headers_to_add: [{header: {key: x-weighted, value: w}}]
+          response_headers_to_remove: [x-echo-drop]
 - name: fallback
   domains: ["*"]
   routes:
@@ -675,9 +686,24 @@ transport_socket:
     assert_eq!(seen.get("e2"), Some(&5), "{seen:?}");
     assert_eq!(sick.hits.load(Ordering::Relaxed), 0);
 
-    // Weighted 1:3 between rr and w, over 400 requests.
+    // Weighted 1:3 between rr and w, over 400 requests; each cluster's own header changes
+    // and `Host` (w's) go with it, its request headers before the route's.
     for _ in 0..400 {
-        assert_eq!(get("api.example.com", "/w", false).await.0, StatusCode::OK);
+        let (status, headers, _) = get("api.example.com", "/w", false).await;
+        assert_eq!(status, StatusCode::OK);
+        let to_w = headers["x-server"] == "w";
+        let (weighted, backend, host) = match to_w {
+            true => ("w", "w", "w.internal"),
+            false => ("rr", "route", "api.example.com"),
+        };
+        assert_eq!(headers["x-weighted"], weighted);
+        assert_eq!(headers["x-echo-backend"], backend);
+        assert_eq!(headers["x-host"], host);
+        assert_eq!(
+            headers.contains_key("x-echo-drop"),
+            !to_w,
+            "removed by w only"
+        );
     }
     let to_w = w.hits.load(Ordering::Relaxed);
     assert!(

@@ -334,6 +334,7 @@ fn weighted_choice_follows_weights() {
     let wc = |name: &str, weight| WeightedCluster {
         name: name.into(),
         weight,
+        routing: None,
     };
     let clusters = [wc("a", 1), wc("b", 3), wc("c", 0)];
     assert_eq!(pick_weighted(&clusters, 0), Some("a"));
