@@ -488,14 +488,8 @@ impl Exchange {
             };
             let answer = answer.and_then(|a| {
                 if let Some(body) = &a.body {
-                    let mut changed = HeaderMap::new();
-                    if let Some(length) = head.headers.get(header::CONTENT_LENGTH) {
-                        changed.insert(header::CONTENT_LENGTH, length.clone());
-                    }
-                    for c in processed.changes.iter().chain([&a.changes]) {
-                        c.apply(&mut changed);
-                    }
-                    length_matches(&changed, body)?;
+                    let changes = processed.changes.iter().chain([&a.changes]);
+                    length_matches(head.headers, changes, body)?;
                 }
                 Ok(a)
             });
@@ -618,12 +612,7 @@ impl Exchange {
             Ok(Answered::ResponseBody(b)) => {
                 self.body_answer(b, ":status", held, metrics).and_then(|a| {
                     if let Some(body) = &a.body {
-                        let mut changed = HeaderMap::new();
-                        if let Some(length) = resp.headers().get(header::CONTENT_LENGTH) {
-                            changed.insert(header::CONTENT_LENGTH, length.clone());
-                        }
-                        a.changes.apply(&mut changed);
-                        length_matches(&changed, body)?;
+                        length_matches(resp.headers(), [&a.changes], body)?;
                     }
                     Ok(a)
                 })
@@ -967,10 +956,23 @@ fn body_of(m: BodyMutation) -> Result<Option<Bytes>, Failure> {
     }
 }
 
-/// A new body must have the length `headers` give it, if they give one (Envoy checks it
-/// rather than changing it; the processor may change the length in the same answer).
-fn length_matches(headers: &HeaderMap, body: &Bytes) -> Result<(), Failure> {
-    let Some(length) = headers.get(header::CONTENT_LENGTH) else {
+/// A new body must have the length the head gives it once `changes` are made to `head`,
+/// if it gives one (Envoy checks it rather than changing it; the processor may change the
+/// length in the same answer).
+fn length_matches<'c>(
+    head: &HeaderMap,
+    changes: impl IntoIterator<Item = &'c Changes>,
+    body: &Bytes,
+) -> Result<(), Failure> {
+    // Only the length matters: the changes are made to it alone.
+    let mut changed = HeaderMap::new();
+    if let Some(length) = head.get(header::CONTENT_LENGTH) {
+        changed.insert(header::CONTENT_LENGTH, length.clone());
+    }
+    for c in changes {
+        c.apply(&mut changed);
+    }
+    let Some(length) = changed.get(header::CONTENT_LENGTH) else {
         return Ok(());
     };
     let length = length.to_str().ok().and_then(|l| l.parse::<u64>().ok());

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::Frame;
 use hyper::Request as HyperRequest;
 use hyper_util::rt::TokioIo;
@@ -556,16 +556,7 @@ async fn post(node: &Node, body: Bytes, chunked: bool, headers: &[(&str, &str)])
         .unwrap();
     let started = std::time::Instant::now();
     let resp = sender.send_request(req).await.unwrap();
-    let took = started.elapsed();
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        body_bytes: body,
-        took,
-    }
+    Answer::read(resp, started.elapsed()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

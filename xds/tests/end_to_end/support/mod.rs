@@ -620,6 +620,20 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// `resp` read whole; its head took `took`.
+    pub async fn read(resp: http::Response<hyper::body::Incoming>, took: Duration) -> Answer {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            body_bytes: body,
+            took,
+        }
+    }
+
     /// A header's value as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|v| v.to_str().unwrap())
@@ -663,17 +677,7 @@ pub async fn send_on(
         .send_request(req.body(Empty::new()).unwrap())
         .await
         .unwrap();
-    let took = started.elapsed();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        body_bytes: body,
-        took,
-    }
+    Answer::read(resp, started.elapsed()).await
 }
 
 /// One request on a connection of its own from 127.0.0.1 to the captured `vip(port)`.
