@@ -19,7 +19,8 @@
 //! - an unusable stream (not opened, failed) is a `500`, a late answer a `504`, or with
 //!   `failure_mode_allow` the request goes on and the stream is dropped.
 //!
-//! Bodies are sent whole (`BUFFERED`), after their head, at most [`BODY_LIMIT`]: a
+//! Bodies are sent whole (`BUFFERED`), after their head, at most the connection manager's
+//! buffer limit (the listener's `per_connection_buffer_limit_bytes`): a
 //! request's is read ahead before its head is told (as external authorization reads it,
 //! [`crate::filters::body_to_read`]), a response's collected here; the answer may replace
 //! the body (`body_mutation`) and change the head, still held; a new body must match the
@@ -43,7 +44,7 @@ use crate::body::ReadAhead;
 use crate::error::{BodyError, ProxyBody};
 use crate::filters::Answer;
 use crate::metrics::ProxyMetrics;
-use crate::model::ext_proc::{ExtProcPolicy, ExtProcRoute, ProcessingMode, RouteCache, BODY_LIMIT};
+use crate::model::ext_proc::{ExtProcPolicy, ExtProcRoute, ProcessingMode, RouteCache};
 use crate::model::filter::GrpcService;
 use crate::services::{
     apply, edit_of, Edit, HeaderMapProto, HeaderValueOptionProto, HeaderValueProto, Services,
@@ -342,6 +343,9 @@ pub(crate) struct Exchange {
     /// Processing is over for this request (closed by the processor, or failed and let
     /// through).
     over: bool,
+    /// The most bytes of a body held for the processor (the connection manager's buffer
+    /// limit).
+    limit: usize,
 }
 
 /// What processing the request came to.
@@ -379,6 +383,7 @@ impl Exchange {
     pub(crate) fn new(
         policy: &Arc<ExtProcPolicy>,
         route: Option<&ExtProcRoute>,
+        limit: usize,
     ) -> Option<Exchange> {
         let (mut mode, mut service) = (policy.mode, policy.service.clone());
         match route {
@@ -407,6 +412,7 @@ impl Exchange {
             mode,
             stream: None,
             over: false,
+            limit,
         })
     }
 
@@ -421,8 +427,8 @@ impl Exchange {
     }
 
     /// Processes the request: its headers (when the mode sends them), then its body when
-    /// the mode buffers it (`read`: what was read of it ahead, at least [`BODY_LIMIT`] and
-    /// a byte when there was that much).
+    /// the mode buffers it (`read`: what was read of it ahead, at least the limit and a
+    /// byte when there was that much).
     pub(crate) async fn request(
         &mut self,
         services: &dyn Services,
@@ -467,7 +473,7 @@ impl Exchange {
             processed.changes.push(Changes::without_length());
         }
         if let (true, Some(read)) = (send_body, read) {
-            if !read.whole {
+            if !read.whole || read.data.len() > self.limit {
                 metrics.ext_proc(&self.policy.stat_prefix, "body_too_large");
                 self.close();
                 let resp = crate::http::text_response(413, "Payload Too Large".into());
@@ -590,7 +596,7 @@ impl Exchange {
         if !send_body {
             return Ok(());
         }
-        let (data, trailers) = match buffer(resp.body_mut()).await {
+        let (data, trailers) = match buffer(resp.body_mut(), self.limit).await {
             Ok(Some(whole)) => whole,
             Ok(None) => {
                 metrics.ext_proc(&self.policy.stat_prefix, "body_too_large");
@@ -985,15 +991,17 @@ fn length_matches<'c>(
     Ok(())
 }
 
-/// The whole of a response body and its trailers; `None` when it is longer than
-/// [`BODY_LIMIT`].
-async fn buffer(body: &mut ProxyBody) -> Result<Option<(Bytes, Option<HeaderMap>)>, BodyError> {
+/// The whole of a response body and its trailers; `None` when it is longer than `limit`.
+async fn buffer(
+    body: &mut ProxyBody,
+    limit: usize,
+) -> Result<Option<(Bytes, Option<HeaderMap>)>, BodyError> {
     let mut data = BytesMut::new();
     while let Some(frame) = body.frame().await {
         match frame?.into_data() {
             Ok(d) => {
                 data.extend_from_slice(&d);
-                if data.len() > BODY_LIMIT {
+                if data.len() > limit {
                     return Ok(None);
                 }
             }

@@ -610,16 +610,20 @@ pub(crate) struct Context<'a> {
     pub(crate) services: &'a dyn crate::services::Services,
     /// The request has no body (its headers end the stream).
     pub(crate) end_of_stream: bool,
+    /// The connection manager's buffer limit, in bytes: the most of a body a filter holds.
+    pub(crate) buffer_limit: usize,
 }
 
 /// How much of the request's body the filters from `start` on want to see for this route
 /// (external authorization with `with_request_body`, external processing that buffers
 /// it): the bytes to read ahead before they run, enough for each such filter to tell
-/// whether the body is longer than its limit; `None`: none of them wants it.
+/// whether the body is longer than its limit (`buffer_limit`: the connection manager's, for
+/// external processing); `None`: none of them wants it.
 pub(crate) fn body_to_read(
     filters: &HttpFilters,
     start: usize,
     levels: Levels<'_>,
+    buffer_limit: usize,
 ) -> Option<usize> {
     filters
         .0
@@ -640,8 +644,10 @@ pub(crate) fn body_to_read(
                     Some(FilterPolicy::ExtProc(r)) => Some(&**r),
                     _ => None,
                 });
-                let buffered = crate::ext_proc::Exchange::new(policy, route)?.buffers_request();
-                buffered.then_some(crate::model::ext_proc::BODY_LIMIT + 1)
+                let exchange = crate::ext_proc::Exchange::new(policy, route, buffer_limit)?;
+                exchange
+                    .buffers_request()
+                    .then_some(buffer_limit.saturating_add(1))
             }
             _ => None,
         })
@@ -680,6 +686,7 @@ pub(crate) async fn run(
         client,
         services,
         end_of_stream,
+        buffer_limit,
     } = cx;
     for (i, filter) in filters.0.iter().enumerate().skip(start) {
         if !levels.enabled(filter) {
@@ -824,7 +831,9 @@ pub(crate) async fn run(
                     Some(FilterPolicy::ExtProc(r)) => Some(&**r),
                     _ => None,
                 });
-                let Some(mut exchange) = crate::ext_proc::Exchange::new(policy, route) else {
+                let Some(mut exchange) =
+                    crate::ext_proc::Exchange::new(policy, route, buffer_limit)
+                else {
                     continue;
                 };
                 let read = filtered.body.as_ref();

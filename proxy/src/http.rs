@@ -55,7 +55,7 @@ use crate::model::endpoint::EndpointAddress;
 use crate::model::filter::HttpFilters;
 use crate::model::listener::{
     HeaderHandling, HeaderLimits, Http10, Http2Settings, PathNormalization, UnderscoreAction,
-    DEFAULT_MAX_REQUEST_HEADERS_KB,
+    DEFAULT_BUFFER_LIMIT, DEFAULT_MAX_REQUEST_HEADERS_KB,
 };
 use crate::model::local_reply::LocalReplyConfig;
 use crate::model::proxy_protocol::UpstreamProxyProtocol;
@@ -157,6 +157,10 @@ pub(crate) struct HttpConn {
     http2: Http2Settings,
     /// The largest request head or header list, in bytes.
     max_request_headers: usize,
+    /// The most of a body a request's filters hold, and of a request body kept for
+    /// retries (with the route's limit), in bytes (the listener's
+    /// `per_connection_buffer_limit_bytes`).
+    buffer_limit: usize,
     /// How many request header fields, and what of names with underscores.
     header_limits: HeaderLimits,
     /// The connection manager's `local_reply_config`.
@@ -364,6 +368,8 @@ pub(crate) struct ManagerSettings {
     pub(crate) http2: Http2Settings,
     /// The largest request head or header list, in bytes (`max_request_headers_kb`).
     pub(crate) max_request_headers: usize,
+    /// The buffer limit, in bytes (the listener's `per_connection_buffer_limit_bytes`).
+    pub(crate) buffer_limit: usize,
     /// How many request header fields, and what of names with underscores.
     pub(crate) header_limits: HeaderLimits,
     /// `local_reply_config`.
@@ -376,6 +382,7 @@ impl Default for ManagerSettings {
             timeouts: HcmTimeouts::default(),
             http2: Http2Settings::default(),
             max_request_headers: DEFAULT_MAX_REQUEST_HEADERS_KB as usize * 1024,
+            buffer_limit: DEFAULT_BUFFER_LIMIT as usize,
             header_limits: HeaderLimits::default(),
             local_reply: None,
         }
@@ -388,6 +395,7 @@ impl From<&crate::model::listener::HttpConnectionManager> for ManagerSettings {
             timeouts: HcmTimeouts::from(hcm),
             http2: hcm.http2,
             max_request_headers: hcm.max_request_headers_kb as usize * 1024,
+            buffer_limit: crate::model::listener::buffer_limit_bytes(hcm.buffer_limit),
             header_limits: hcm.header_limits,
             local_reply: hcm.local_reply.clone(),
         }
@@ -421,6 +429,7 @@ impl HttpConn {
             timeouts: p.manager.timeouts,
             http2: p.manager.http2,
             max_request_headers: p.manager.max_request_headers,
+            buffer_limit: p.manager.buffer_limit,
             header_limits: p.manager.header_limits,
             local_reply: p.manager.local_reply,
             activity: Arc::new(ConnActivity::default()),
@@ -1047,7 +1056,12 @@ impl HttpConn {
                 parts.version,
                 parts.headers.clone(),
             );
-            let body = ReplayBody::new(body);
+            let vh = &d.table.config.virtual_hosts[d.vhost];
+            let kept = retry::replay_limit(
+                self.buffer_limit,
+                vh.routes[d.route].buffer_limit.or(vh.buffer_limit),
+            );
+            let body = ReplayBody::new(body, kept);
             let mut first = Some(parts);
             let mut pick = first_pick;
             let mut tried = Vec::new();
@@ -1197,10 +1211,11 @@ impl HttpConn {
                         vhost: vh,
                         table: &table.config,
                     };
-                    let wanted = filters::body_to_read(filters, resume, levels).filter(|n| {
-                        let read = filtered.body.as_ref();
-                        read.is_none_or(|b| !b.whole && b.data.len() < *n)
-                    });
+                    let wanted = filters::body_to_read(filters, resume, levels, self.buffer_limit)
+                        .filter(|n| {
+                            let read = filtered.body.as_ref();
+                            read.is_none_or(|b| !b.whole && b.data.len() < *n)
+                        });
                     if let Some(n) = wanted {
                         let read = req.body_mut().read_ahead(n).await.map_err(|source| {
                             ProxyError::DownstreamAborted {
@@ -1237,6 +1252,7 @@ impl HttpConn {
                     },
                     services: self,
                     end_of_stream: http_body::Body::is_end_stream(req.body()),
+                    buffer_limit: self.buffer_limit,
                 };
                 // A route to a cluster picks it first (its weights), for the filters too.
                 let mut weighted = None;

@@ -2,9 +2,11 @@
 //! jittered exponential backoff, and a request body that can be sent again.
 //!
 //! The body is forwarded as it arrives (a streaming upload or a bidirectional gRPC call is
-//! never held back) while a copy is kept, up to [`MAX_REPLAY_BYTES`]. A retry sends the
-//! copy, then continues with what the client has not sent yet. A body larger than the
-//! limit is not retried (Envoy's `per_request_buffer_limit_bytes` behaves the same).
+//! never held back) while a copy is kept, up to the limit Envoy's router keeps for retries
+//! ([`replay_limit`]: the route's `per_request_buffer_limit_bytes` under the listener's
+//! `per_connection_buffer_limit_bytes`, 1 MiB by default). A retry sends the copy, then
+//! continues with what the client has not sent yet. A request whose body outgrows the
+//! limit is not retried, as in Envoy.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -30,8 +32,12 @@ pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Request bodies up to this size can be replayed.
-pub(crate) const MAX_REPLAY_BYTES: usize = 64 * 1024;
+/// How much of a request's body is kept for retries: the route's (else its virtual
+/// host's) `per_request_buffer_limit_bytes` when smaller than the connection manager's
+/// buffer limit (`conn`, bytes), as Envoy's router takes it.
+pub(crate) fn replay_limit(conn: usize, route: Option<u32>) -> usize {
+    route.map_or(conn, |r| conn.min(r as usize))
+}
 
 /// Envoy's default backoff base interval (the max is 10x the base).
 pub(crate) const DEFAULT_BASE_INTERVAL: Duration = Duration::from_millis(25);
@@ -163,8 +169,10 @@ struct Shared<B> {
     rest: Option<B>,
     /// The client's body ended: `frames` is all of it.
     ended: bool,
-    /// More than [`MAX_REPLAY_BYTES`] passed: the copy is incomplete, no replay.
+    /// More than `limit` passed: the copy is incomplete, no replay.
     overflowed: bool,
+    /// The most bytes of data kept.
+    limit: usize,
 }
 
 /// The request body of one attempt: first what earlier attempts already read, then the
@@ -176,8 +184,8 @@ pub(crate) struct ReplayBody<B = Incoming> {
 }
 
 impl<B: Body> ReplayBody<B> {
-    /// The first attempt's body.
-    pub(crate) fn new(body: B) -> Self {
+    /// The first attempt's body, of which up to `limit` bytes are kept for the next.
+    pub(crate) fn new(body: B, limit: usize) -> Self {
         let ended = body.is_end_stream();
         ReplayBody {
             shared: Arc::new(Mutex::new(Shared {
@@ -186,6 +194,7 @@ impl<B: Body> ReplayBody<B> {
                 rest: Some(body),
                 ended,
                 overflowed: false,
+                limit,
             })),
             next: 0,
         }
@@ -236,7 +245,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ReplayBody<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 if !shared.overflowed {
                     let len = frame.data_ref().map_or(0, Bytes::len);
-                    if shared.bytes + len > MAX_REPLAY_BYTES {
+                    if shared.bytes.saturating_add(len) > shared.limit {
                         // Too big to replay: stop copying and free what was kept.
                         shared.overflowed = true;
                         shared.frames.clear();
@@ -395,7 +404,7 @@ mod tests {
 
     #[tokio::test]
     async fn replay_sends_the_same_body_again() {
-        let first = ReplayBody::new(body(&["a", "bc", "def"]));
+        let first = ReplayBody::new(body(&["a", "bc", "def"]), 6);
         let second = first.replay().unwrap();
         assert_eq!(drain(first).await, ("abcdef".into(), true));
         assert_eq!(drain(second).await, ("abcdef".into(), true));
@@ -404,7 +413,7 @@ mod tests {
     #[tokio::test]
     async fn a_partly_sent_body_continues_from_the_client() {
         use http_body_util::BodyExt;
-        let mut first = ReplayBody::new(body(&["a", "b", "c"]));
+        let mut first = ReplayBody::new(body(&["a", "b", "c"]), 1024);
         // The first attempt failed after one frame.
         let f = first.frame().await.unwrap().unwrap();
         assert_eq!(f.data_ref().unwrap(), "a");
@@ -415,12 +424,30 @@ mod tests {
 
     #[tokio::test]
     async fn an_oversized_body_is_not_replayed() {
-        let big: &'static str = Box::leak("x".repeat(MAX_REPLAY_BYTES).into_boxed_str());
-        let first = ReplayBody::new(body(&[big, "y"]));
+        const LIMIT: usize = 64 * 1024;
+        let big: &'static str = Box::leak("x".repeat(LIMIT).into_boxed_str());
+        let first = ReplayBody::new(body(&[big, "y"]), LIMIT);
         assert!(first.replay().is_some(), "nothing read yet");
         let (data, _) = drain(first.replay().unwrap()).await;
-        assert_eq!(data.len(), MAX_REPLAY_BYTES + 1);
+        assert_eq!(data.len(), LIMIT + 1);
         assert!(first.replay().is_none());
+        // A limit of 0 keeps no byte (a route's `per_request_buffer_limit_bytes: 0`), and
+        // "no limit" (a listener's 0) keeps everything.
+        let none = ReplayBody::new(body(&["a"]), 0);
+        drain(none.replay().unwrap()).await;
+        assert!(none.replay().is_none());
+        let all = ReplayBody::new(body(&[big, big]), usize::MAX);
+        drain(all.replay().unwrap()).await;
+        assert_eq!(drain(all.replay().unwrap()).await.0.len(), 2 * LIMIT);
+    }
+
+    #[test]
+    fn the_route_limit_applies_under_the_listener_limit() {
+        assert_eq!(replay_limit(1 << 20, None), 1 << 20);
+        assert_eq!(replay_limit(1 << 20, Some(4096)), 4096);
+        assert_eq!(replay_limit(4096, Some(1 << 20)), 4096);
+        assert_eq!(replay_limit(usize::MAX, Some(0)), 0);
+        assert_eq!(replay_limit(usize::MAX, None), usize::MAX);
     }
 
     #[test]

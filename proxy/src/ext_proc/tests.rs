@@ -8,6 +8,9 @@ use crate::model::ext_proc::{ForwardRules, MutationRules};
 use crate::model::StringMatcher;
 use crate::services::{BoolValue, Opened};
 
+/// The connection manager's buffer limit most tests run with (Envoy's default).
+const LIMIT: usize = 1 << 20;
+
 /// What the scripted processor does with the next message.
 enum Step {
     /// Answers it.
@@ -263,7 +266,7 @@ async fn both_heads_are_told_and_changed_as_the_rules_allow() {
             disallowed: vec![StringMatcher::exact("x-secret")],
         }
     });
-    let mut exchange = Exchange::new(&policy, None).unwrap();
+    let mut exchange = Exchange::new(&policy, None, LIMIT).unwrap();
     let h = request_headers();
     let Processed::Continue(Continued {
         changes, reroute, ..
@@ -347,7 +350,7 @@ async fn an_immediate_response_answers_the_request() {
     };
     let h = request_headers();
     let services = Scripted::new(vec![immediate(None)]);
-    let mut exchange = Exchange::new(&policy(|_| {}), None).unwrap();
+    let mut exchange = Exchange::new(&policy(|_| {}), None, LIMIT).unwrap();
     let Processed::Answer((resp, flags)) = exchange
         .request(&services, &head(&h), None, true, false, &metrics)
         .await
@@ -362,7 +365,7 @@ async fn an_immediate_response_answers_the_request() {
 
     // To a gRPC client: its grpc-status, trailers-only.
     let services = Scripted::new(vec![immediate(Some(7))]);
-    let mut exchange = Exchange::new(&policy(|_| {}), None).unwrap();
+    let mut exchange = Exchange::new(&policy(|_| {}), None, LIMIT).unwrap();
     let Processed::Answer((resp, _)) = exchange
         .request(&services, &head(&h), None, true, true, &metrics)
         .await
@@ -376,7 +379,7 @@ async fn an_immediate_response_answers_the_request() {
     // Ignored with disable_immediate_response: processing stops, the request goes on.
     let services = Scripted::new(vec![immediate(None)]);
     let p = policy(|p| p.disable_immediate_response = true);
-    let mut exchange = Exchange::new(&p, None).unwrap();
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
     let processed = exchange
         .request(&services, &head(&h), None, true, false, &metrics)
         .await;
@@ -397,7 +400,7 @@ async fn failures_answer_500_or_504_unless_failure_mode_allow() {
             let metrics = ProxyMetrics::unregistered();
             let services = Scripted::new(steps);
             let p = policy(|p| p.failure_mode_allow = allow);
-            let mut exchange = Exchange::new(&p, None).unwrap();
+            let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
             let processed = exchange
                 .request(&services, &head(h), None, true, false, &metrics)
                 .await;
@@ -457,7 +460,7 @@ async fn invalid_or_refused_changes_are_a_500_with_disallow_is_error() {
         let metrics = ProxyMetrics::unregistered();
         let services = Scripted::new(vec![headers_answer(true, mutation, false)]);
         let p = policy(|p| p.rules.disallow_is_error = disallow_is_error);
-        let mut exchange = Exchange::new(&p, None).unwrap();
+        let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
         let processed = exchange
             .request(&services, &head(&h), None, true, false, &metrics)
             .await;
@@ -479,7 +482,7 @@ async fn invalid_or_refused_changes_are_a_500_with_disallow_is_error() {
         },
         false,
     )]);
-    let mut exchange = Exchange::new(&policy(|_| {}), None).unwrap();
+    let mut exchange = Exchange::new(&policy(|_| {}), None, LIMIT).unwrap();
     let Processed::Continue(Continued { changes, .. }) = exchange
         .request(&services, &head(&h), None, true, false, &metrics)
         .await
@@ -495,7 +498,7 @@ async fn invalid_or_refused_changes_are_a_500_with_disallow_is_error() {
 async fn routes_turn_the_filter_off_or_override_mode_and_service() {
     let metrics = ProxyMetrics::unregistered();
     let p = policy(|_| {});
-    assert!(Exchange::new(&p, Some(&ExtProcRoute::Disabled)).is_none());
+    assert!(Exchange::new(&p, Some(&ExtProcRoute::Disabled), LIMIT).is_none());
     let route = ExtProcRoute::Overrides {
         mode: Some(ProcessingMode {
             request_headers: false,
@@ -505,7 +508,7 @@ async fn routes_turn_the_filter_off_or_override_mode_and_service() {
         service: None,
         metadata: vec![("x-tenant".into(), "b".into())],
     };
-    let mut exchange = Exchange::new(&p, Some(&route)).unwrap();
+    let mut exchange = Exchange::new(&p, Some(&route), LIMIT).unwrap();
     let services = Scripted::new(vec![headers_answer(
         false,
         HeaderMutation {
@@ -624,7 +627,7 @@ async fn buffered_bodies_are_told_whole_and_replaced() {
         ),
     ]);
     let p = buffered(|_| {});
-    let mut exchange = Exchange::new(&p, None).unwrap();
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
     assert!(exchange.buffers_request());
     let mut h = request_headers();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
@@ -675,7 +678,7 @@ async fn a_body_told_alone_loses_its_length_and_header_changes() {
         m.request_headers = false;
         m.response_headers = false;
     });
-    let mut exchange = Exchange::new(&p, None).unwrap();
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
     let mut h = request_headers();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
     let mut body = read(b"hello", true);
@@ -733,7 +736,7 @@ async fn continue_and_replace_replaces_the_body_unsent() {
         ),
     ]);
     let p = buffered(|_| {});
-    let mut exchange = Exchange::new(&p, None).unwrap();
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
     let mut h = request_headers();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
     let body = read(b"hello", true);
@@ -767,7 +770,7 @@ async fn bodies_over_the_limit_or_of_the_wrong_length_are_refused() {
     let metrics = ProxyMetrics::unregistered();
     let services = Scripted::new(vec![headers_answer(true, HeaderMutation::default(), false)]);
     let p = buffered(|_| {});
-    let mut exchange = Exchange::new(&p, None).unwrap();
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
     let h = request_headers();
     let long = read(b"more than was read", false);
     let Processed::Answer((resp, _)) = exchange
@@ -786,13 +789,39 @@ async fn bodies_over_the_limit_or_of_the_wrong_length_are_refused() {
         HeaderMutation::default(),
         false,
     )]);
-    let exchange = Exchange::new(&p, None).unwrap();
-    let mut resp = crate::http::text_response(200, "x".repeat(BODY_LIMIT + 1));
+    let exchange = Exchange::new(&p, None, LIMIT).unwrap();
+    let mut resp = crate::http::text_response(200, "x".repeat(LIMIT + 1));
     exchange
         .response(&services, &mut resp, false, &metrics)
         .await;
     assert_eq!(resp.status(), 500);
     assert_eq!(count(&metrics, "body_too_large"), 2);
+
+    // The limit is the connection manager's: with 4 bytes, a whole 5-byte request body
+    // (read whole because another filter wanted more of it) is a 413, and a 5-byte
+    // response body a 500.
+    let services = Scripted::new(vec![headers_answer(true, HeaderMutation::default(), false)]);
+    let mut exchange = Exchange::new(&p, None, 4).unwrap();
+    let whole = read(b"hello", true);
+    let Processed::Answer((resp, _)) = exchange
+        .request(&services, &head(&h), Some(&whole), false, false, &metrics)
+        .await
+    else {
+        panic!("went on")
+    };
+    assert_eq!(resp.status(), 413);
+    let services = Scripted::new(vec![headers_answer(
+        false,
+        HeaderMutation::default(),
+        false,
+    )]);
+    let exchange = Exchange::new(&p, None, 4).unwrap();
+    let mut resp = ok_response();
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(resp.status(), 500);
+    assert_eq!(count(&metrics, "body_too_large"), 4);
 
     // A new body whose length the headers contradict: invalid, a 500 (or, failing
     // open, the request goes on as it came).
@@ -812,7 +841,7 @@ async fn bodies_over_the_limit_or_of_the_wrong_length_are_refused() {
             failure_mode_allow: allow,
             ..(*p).clone()
         });
-        let mut exchange = Exchange::new(&p, None).unwrap();
+        let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
         let mut h = request_headers();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         let body = read(b"hello", true);
@@ -842,7 +871,7 @@ async fn bodies_over_the_limit_or_of_the_wrong_length_are_refused() {
         failure_mode_allow: true,
         ..(*p).clone()
     });
-    let exchange = Exchange::new(&p, None).unwrap();
+    let exchange = Exchange::new(&p, None, LIMIT).unwrap();
     let mut resp = ok_response();
     exchange
         .response(&services, &mut resp, false, &metrics)

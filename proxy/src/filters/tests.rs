@@ -39,6 +39,7 @@ fn route(filters: FilterSettings) -> Route {
         headers: HeaderMutation::default(),
         filters,
         cors: None,
+        buffer_limit: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn vhost(filters: FilterSettings) -> VirtualHost {
         filters,
         cors: None,
         mirrors: vec![],
+        buffer_limit: None,
         rate_limits: vec![],
         attempt_count_in_request: false,
         attempt_count_in_response: false,
@@ -196,6 +198,7 @@ async fn run_with(
         client: client(),
         services: &NoServices,
         end_of_stream: true,
+        buffer_limit: 1 << 20,
     };
     let answer = run(filters, 0, cx, &head(method, &h), &mut filtered).await;
     (answer, filtered)
@@ -690,6 +693,7 @@ async fn cors_enabled_shares_and_the_deprecated_field() {
         client: client(),
         services: &NoServices,
         end_of_stream: true,
+        buffer_limit: 1 << 20,
     };
     run(&f, 0, cx, &head("GET", &h), &mut filtered).await;
     assert!(filtered.cors.is_none());
@@ -1009,6 +1013,7 @@ async fn run_global(
         client: client(),
         services: service,
         end_of_stream: true,
+        buffer_limit: 1 << 20,
     };
     let answer = run(&f, 0, cx, &head("GET", &h), &mut filtered).await;
     let calls = service.calls.lock().unwrap().len() - before;

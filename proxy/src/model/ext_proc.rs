@@ -48,18 +48,15 @@ pub struct ProcessingMode {
     pub request_headers: bool,
     /// `response_header_mode` is `SEND` (or `DEFAULT`).
     pub response_headers: bool,
-    /// `request_body_mode` is `BUFFERED`: the whole request body, up to
-    /// [`BODY_LIMIT`], is sent after the headers and held until the processor answers.
+    /// `request_body_mode` is `BUFFERED`: the whole request body, up to the connection
+    /// manager's buffer limit (the listener's `per_connection_buffer_limit_bytes`, 1 MiB by
+    /// default), is sent after the headers and held until the processor answers. A longer
+    /// request body is answered `413`, a longer response body `500`, as Envoy's buffering
+    /// filters do.
     pub request_body: bool,
     /// `response_body_mode` is `BUFFERED`, as for the request.
     pub response_body: bool,
 }
-
-/// The most of a body that is buffered for a processor (`BUFFERED`): Envoy's default
-/// buffer limit of a stream (`per_connection_buffer_limit_bytes`, 1 MiB), which Myelin
-/// does not take from its listeners and clusters (yet). A longer request body is answered
-/// `413`, a longer response body `500`, as Envoy's buffering filters do.
-pub const BODY_LIMIT: usize = 1 << 20;
 
 impl Default for ProcessingMode {
     /// Envoy's default: both headers sent.

@@ -264,6 +264,12 @@ pub struct HttpConnectionManager {
     /// `max_request_headers_kb`: a request whose head (HTTP/1.1: request line and header
     /// fields) or header list (HTTP/2, as RFC 9113 counts it) is larger is answered 431.
     pub max_request_headers_kb: u32,
+    /// The listener's `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB), which
+    /// Envoy's connection manager makes the limit of what a request's filters hold of a body
+    /// (external processing's whole bodies: longer ones are a 413 or 500) and of the
+    /// request body kept for retries (with the route's `per_request_buffer_limit_bytes`);
+    /// `0`: no limit, as in Envoy. Reads and writes are bounded by backpressure, not by it.
+    pub buffer_limit: u32,
     /// The HTTP filters before the router, in order (shared by the listener's connections).
     pub http_filters: Arc<super::filter::HttpFilters>,
     /// What request headers its codec takes (`common_http_protocol_options`).
@@ -311,6 +317,18 @@ pub enum UnderscoreAction {
 /// Envoy's default `max_request_headers_kb`, also what connections without a connection
 /// manager get.
 pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+
+/// Envoy's default listener `per_connection_buffer_limit_bytes`, also what connections
+/// without a connection manager get.
+pub const DEFAULT_BUFFER_LIMIT: u32 = 1 << 20;
+
+/// A buffer limit in bytes (`0`: none, as Envoy reads it).
+pub fn buffer_limit_bytes(limit: u32) -> usize {
+    match limit {
+        0 => usize::MAX,
+        n => n as usize,
+    }
+}
 
 /// What a connection manager does to the headers of every request before its routes see it,
 /// and of every response (upstream or local) before the client does: Envoy's

@@ -58,6 +58,10 @@ pub struct VirtualHost {
     /// Mirrors of the requests of routes whose action has none (replacing the table's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorPolicy>,
+    /// `per_request_buffer_limit_bytes` of routes that have none: the most of a request's
+    /// body kept for retries (under the listener's buffer limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffer_limit: Option<u32>,
     /// `include_request_attempt_count` (Istio sets it on every virtual host): each upstream
     /// request carries `x-envoy-attempt-count` (1 for the first try).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -242,6 +246,11 @@ pub struct Route {
     /// settings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<Arc<CorsPolicy>>,
+    /// `per_request_buffer_limit_bytes`: the most of a request's body kept for retries,
+    /// under the listener's buffer limit (Envoy's router takes the smaller); `None`: the
+    /// virtual host's, else only the listener's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffer_limit: Option<u32>,
 }
 
 /// Request criteria; all must hold.
@@ -681,6 +690,7 @@ mod tests {
             headers: HeaderMutation::default(),
             filters: Default::default(),
             cors: None,
+            buffer_limit: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         assert!(

@@ -39,7 +39,7 @@ pub fn listener(l: &pb::Listener) -> Result<model::Listener, Vec<Rejection>> {
         filter_chain_matcher,
         use_original_dst,
         default_filter_chain,
-        per_connection_buffer_limit_bytes: _,
+        per_connection_buffer_limit_bytes,
         metadata: _,
         deprecated_v1,
         drain_type: _,
@@ -133,14 +133,24 @@ pub fn listener(l: &pb::Listener) -> Result<model::Listener, Vec<Rejection>> {
             None
         }
     };
-    let chains: Vec<_> = filter_chains
+    let mut chains: Vec<_> = filter_chains
         .iter()
         .enumerate()
         .filter_map(|(i, c)| filter_chain(&mut cx, &idx(p, "filter_chains", i), c))
         .collect();
-    let default_filter_chain = default_filter_chain
+    let mut default_filter_chain = default_filter_chain
         .as_ref()
         .and_then(|c| filter_chain(&mut cx, "default_filter_chain", c));
+    // The listener's buffer limit is its connection managers' (Envoy's connection manager
+    // takes its connection's).
+    let buffer_limit = per_connection_buffer_limit_bytes
+        .as_ref()
+        .map_or(ml::DEFAULT_BUFFER_LIMIT, |v| v.value);
+    for chain in chains.iter_mut().chain(default_filter_chain.as_mut()) {
+        if let ml::NetworkFilter::HttpConnectionManager(h) = &mut chain.filter {
+            h.buffer_limit = buffer_limit;
+        }
+    }
     if filter_chains.is_empty() && default_filter_chain.is_none() {
         cx.reject(
             "filter_chains",
@@ -1012,6 +1022,8 @@ fn http_connection_manager(
                 .map(std::sync::Arc::new)
         }),
         max_request_headers_kb,
+        // The listener's, set by `listener`.
+        buffer_limit: ml::DEFAULT_BUFFER_LIMIT,
         stat_prefix: stat_prefix.clone(),
         route,
         request_timeout: cx.timeout(&join(p, "request_timeout"), request_timeout, None),

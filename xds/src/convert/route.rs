@@ -125,7 +125,7 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
         retry_policy_typed_config,
         hedge_policy,
         include_is_timeout_retry_header,
-        per_request_buffer_limit_bytes: _,
+        per_request_buffer_limit_bytes,
         request_mirror_policies,
         metadata: _,
     } = v;
@@ -195,6 +195,7 @@ fn virtual_host(cx: &mut Cx, p: &str, v: &pb::VirtualHost) -> mr::VirtualHost {
         filters,
         cors,
         mirrors,
+        buffer_limit: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
         attempt_count_in_request: *include_request_attempt_count,
         attempt_count_in_response: *include_attempt_count_in_response,
         rate_limits,
@@ -518,7 +519,7 @@ fn route(cx: &mut Cx, p: &str, r: &pb::Route) -> Option<mr::Route> {
         response_headers_to_add,
         response_headers_to_remove,
         tracing: _,
-        per_request_buffer_limit_bytes: _,
+        per_request_buffer_limit_bytes,
         stat_prefix: _,
         action,
     } = r;
@@ -585,6 +586,7 @@ fn route(cx: &mut Cx, p: &str, r: &pb::Route) -> Option<mr::Route> {
         headers,
         filters,
         cors,
+        buffer_limit: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
     })
 }
 

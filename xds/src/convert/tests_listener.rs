@@ -98,6 +98,7 @@ fn supported_fields() {
             assert_eq!(h.http2, ml::Http2Settings::default());
             assert_eq!(*h.headers, ml::HeaderHandling::default());
             assert_eq!(h.max_request_headers_kb, 60, "Envoy's default");
+            assert_eq!(h.buffer_limit, 1 << 20, "Envoy's default");
             assert!(
                 h.headers.generate_request_id,
                 "Envoy generates request IDs by default"
@@ -109,6 +110,26 @@ fn supported_fields() {
                 ml::FilterChainMatch::default()
             );
         }),
+        (
+            // The listener's buffer limit is its connection managers', the default chain's
+            // too.
+            "per_connection_buffer_limit_bytes",
+            {
+                let mut l = base();
+                l.per_connection_buffer_limit_bytes = u32v(32768);
+                l.default_filter_chain = Some(l.filter_chains[0].clone());
+                l
+            },
+            |m| {
+                assert_eq!(hcm_of(m).buffer_limit, 32768);
+                match &m.default_filter_chain.as_ref().unwrap().filter {
+                    ml::NetworkFilter::HttpConnectionManager(h) => {
+                        assert_eq!(h.buffer_limit, 32768)
+                    }
+                    other => panic!("{other:?}"),
+                }
+            },
+        ),
         (
             // What istiod sets on a sidecar's connection managers, and the rest of the
             // header rules.

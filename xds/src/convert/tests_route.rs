@@ -896,3 +896,29 @@ virtual_hosts:
         ]
     );
 }
+
+/// `per_request_buffer_limit_bytes` of a route, else of its virtual host: the most of a
+/// body kept for retries (under the listener's limit, applied by the proxy).
+#[test]
+fn request_buffer_limits() {
+    let mut table = rc(vec![
+        pb::Route {
+            per_request_buffer_limit_bytes: u32v(4096),
+            ..route(prefix("/own"), to_cluster("c"))
+        },
+        route(prefix("/"), to_cluster("c")),
+    ]);
+    let m = route_configuration(&table).unwrap();
+    let vh = &m.virtual_hosts[0];
+    assert_eq!(
+        (
+            vh.buffer_limit,
+            vh.routes[0].buffer_limit,
+            vh.routes[1].buffer_limit
+        ),
+        (None, Some(4096), None)
+    );
+    table.virtual_hosts[0].per_request_buffer_limit_bytes = u32v(0);
+    let m = route_configuration(&table).unwrap();
+    assert_eq!(m.virtual_hosts[0].buffer_limit, Some(0));
+}

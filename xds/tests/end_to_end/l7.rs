@@ -651,7 +651,7 @@ virtual_hosts:
     ))
 }
 
-async fn post(node: &Node, port: u16, body: &'static str) -> (StatusCode, String) {
+async fn post(node: &Node, port: u16, body: impl Into<Bytes>) -> (StatusCode, String) {
     let stream = node.connect(vip(port)).await;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -662,7 +662,7 @@ async fn post(node: &Node, port: u16, body: &'static str) -> (StatusCode, String
         .send_request(
             Request::post("/submit")
                 .header("host", "web")
-                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .body(Full::new(body.into()))
                 .unwrap(),
         )
         .await
@@ -742,6 +742,94 @@ async fn retries_until_success_or_exhaustion() {
         node.metric("myelin_proxy_requests_total{source_workload=\"unknown\",source_namespace=\"unknown\",response_code=\"503\",response_flags=\"URX\"}"),
         1.0
     );
+}
+
+/// A retried request's body is kept up to the route's (else its virtual host's)
+/// `per_request_buffer_limit_bytes` under the listener's `per_connection_buffer_limit_bytes`
+/// (1 MiB by default), as Envoy's router keeps it: a request whose body is longer is not
+/// retried, and its first answer stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_bodies_are_kept_up_to_the_buffer_limits() {
+    use xds_api::pb::google::protobuf::UInt32Value;
+    let ms = std::time::Duration::from_millis;
+    // Every request's first try fails; tries 1, 4 and 8 are the retries below, which
+    // succeed.
+    let server = scripted("s", move |n| {
+        if [1, 4, 8].contains(&n) {
+            (200, ms(0))
+        } else {
+            (503, ms(0))
+        }
+    })
+    .await;
+    let tries = || server.requests.load(Ordering::SeqCst);
+    let cp = ControlPlane::start().await;
+    let policy = "{retry_on: \"5xx\", num_retries: 1}";
+    let mut route = route_with("web", "web", policy, "5s");
+    let node = retry_node(
+        &cp,
+        18634,
+        route.clone(),
+        eds_cluster("web"),
+        &[server.addr],
+    )
+    .await;
+    let limit = |n| Some(UInt32Value { value: n });
+
+    // 256 KiB, more than the 64 KiB Myelin kept before it read the limits: within the
+    // listener's default 1 MiB, so it is retried whole.
+    let big = "b".repeat(256 * 1024);
+    let (status, body) = post(&node, 18634, big.clone()).await;
+    assert_eq!(
+        (status, body.len(), tries()),
+        (StatusCode::OK, big.len(), 2)
+    );
+    assert!(body == big, "the retry sent the body as the client did");
+
+    // The route's limit: 2,000 bytes are more than it keeps, 500 are not.
+    route.virtual_hosts[0].routes[0].per_request_buffer_limit_bytes = limit(1000);
+    cp.update(|b| {
+        b.set("web", &route);
+    });
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    let (status, _) = post(&node, 18634, "x".repeat(2000)).await;
+    assert_eq!((status, tries()), (StatusCode::SERVICE_UNAVAILABLE, 3));
+    let (status, body) = post(&node, 18634, "y".repeat(500)).await;
+    assert_eq!((status, body.len(), tries()), (StatusCode::OK, 500, 5));
+
+    // The virtual host's, for a route without one.
+    route.virtual_hosts[0].routes[0].per_request_buffer_limit_bytes = None;
+    route.virtual_hosts[0].per_request_buffer_limit_bytes = limit(1000);
+    cp.update(|b| {
+        b.set("web", &route);
+    });
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    let (status, _) = post(&node, 18634, "x".repeat(2000)).await;
+    assert_eq!((status, tries()), (StatusCode::SERVICE_UNAVAILABLE, 6));
+
+    // The listener's, which a route's larger limit does not raise.
+    route.virtual_hosts[0].per_request_buffer_limit_bytes = None;
+    route.virtual_hosts[0].routes[0].per_request_buffer_limit_bytes = limit(1 << 20);
+    let mut listener = http_listener("outbound", 18634, "web");
+    listener.per_connection_buffer_limit_bytes = limit(1000);
+    cp.update(|b| {
+        b.set("web", &route);
+        b.set("outbound", &listener);
+    });
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    node.wait_applied(
+        type_url::LISTENER,
+        &["outbound"],
+        &cp.version(type_url::LISTENER),
+    )
+    .await;
+    let (status, _) = post(&node, 18634, "x".repeat(2000)).await;
+    assert_eq!((status, tries()), (StatusCode::SERVICE_UNAVAILABLE, 7));
+    let (status, body) = post(&node, 18634, "y".repeat(500)).await;
+    assert_eq!((status, body.len(), tries()), (StatusCode::OK, 500, 9));
 }
 
 /// `include_request_attempt_count` (Istio sets it on every virtual host) and

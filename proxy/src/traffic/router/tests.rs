@@ -36,6 +36,7 @@ fn route(name: &str, path: PathMatch) -> Route {
         headers: HeaderMutation::default(),
         filters: Default::default(),
         cors: None,
+        buffer_limit: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
         filters: Default::default(),
         cors: None,
         mirrors: vec![],
+        buffer_limit: None,
         rate_limits: vec![],
         attempt_count_in_request: false,
         attempt_count_in_response: false,
