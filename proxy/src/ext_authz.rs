@@ -36,6 +36,7 @@ use crate::body::ReadAhead;
 use crate::filters::{Answer, DynamicMetadata};
 use crate::metrics::ProxyMetrics;
 use crate::model::ext_authz::{AuthzService, BodySettings, ExtAuthzPolicy, HttpAuthzService};
+use crate::model::ext_proc::MutationRules;
 use crate::model::filter::GrpcService;
 use crate::model::StringMatcher;
 use crate::rbac::Subject;
@@ -362,6 +363,7 @@ pub(crate) async fn run(
         return Err(answer(413, "Payload Too Large", grpc, "-"));
     }
     let verdict = match tokio::time::timeout(policy.timeout, ask(services, &check)).await {
+        Ok(Verdict::Ok(allowed)) => checked(allowed, policy.header_rules.as_ref()),
         Ok(v) => v,
         Err(_) => Verdict::Error(format!("no answer within {:?}", policy.timeout)),
     };
@@ -404,6 +406,36 @@ pub(crate) async fn run(
             Err(local_answer(500, "", grpc))
         }
     }
+}
+
+/// The request changes of an answer that `rules` allow (`decoder_header_mutation_rules`:
+/// Envoy's `Checker` over the headers to set, add and append and those to remove; `host`
+/// is never removed, the request would be malformed): the others are skipped, or with
+/// `disallow_is_error` the answer is refused (a `500`, Envoy's `rejectResponse`). Without
+/// rules, only a removal of `host` is skipped.
+fn checked(mut allowed: Allowed, rules: Option<&MutationRules>) -> Verdict {
+    let removable =
+        |n: &HeaderName| *n != header::HOST && rules.is_none_or(|r| r.allows(n.as_str()));
+    let Some(rules) = rules else {
+        allowed.remove.retain(removable);
+        return Verdict::Ok(allowed);
+    };
+    let settable = |e: &Edit| rules.allows(e.name.as_str());
+    let refused = allowed
+        .request
+        .iter()
+        .find(|e| !settable(e))
+        .map(|e| &e.name)
+        .or_else(|| allowed.remove.iter().find(|n| !removable(n)));
+    if let Some(name) = refused {
+        if rules.disallow_is_error {
+            return Verdict::Invalid(format!("a change of {name} the mutation rules refuse"));
+        }
+        tracing::debug!(target: "myelin::ext_authz", %name, "a change the mutation rules refuse is skipped");
+    }
+    allowed.request.retain(settable);
+    allowed.remove.retain(removable);
+    Verdict::Ok(allowed)
 }
 
 /// A local answer with flag `UAEX`.
@@ -685,11 +717,9 @@ fn ok_changes(ok: OkHttpResponse, validate: bool) -> Result<Allowed, String> {
         }
     }
     for name in ok.headers_to_remove {
-        // A pseudo-header or `host` is never removed (the request would be malformed).
+        // A pseudo-header is no `HeaderName`: never removed (`host`: see `checked`).
         if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-            if n != header::HOST {
-                allowed.remove.push(n);
-            }
+            allowed.remove.push(n);
         }
     }
     for q in ok.query_parameters_to_set {
@@ -756,10 +786,9 @@ fn http_verdict(service: &HttpAuthzService, reply: Reply) -> Verdict {
         for v in reply.headers.get_all(HEADERS_TO_REMOVE) {
             let Ok(v) = v.to_str() else { continue };
             for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                // `host`: see `checked`.
                 if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                    if n != header::HOST {
-                        allowed.remove.push(n);
-                    }
+                    allowed.remove.push(n);
                 }
             }
         }

@@ -68,6 +68,7 @@ fn grpc_policy() -> ExtAuthzPolicy {
         include_tls_session: true,
         encode_raw_headers: false,
         validate_mutations: false,
+        header_rules: None,
         max_denied_body: 0,
         metadata_namespaces: vec!["envoy.filters.http.rbac".into()],
         stat_prefix: "t".into(),
@@ -296,6 +297,9 @@ fn a_grpc_ok_carries_its_changes() {
     let Verdict::Ok(allowed) = grpc_verdict(grpc_reply(&resp, "0"), true) else {
         panic!("not allowed")
     };
+    let Verdict::Ok(allowed) = checked(allowed, None) else {
+        panic!("refused without rules")
+    };
     assert_eq!(
         allowed.request,
         [
@@ -395,6 +399,112 @@ fn grpc_denials_and_errors() {
         grpc_verdict(grpc_reply(&bad, "0"), true),
         Verdict::Invalid(_)
     ));
+}
+
+/// `decoder_header_mutation_rules`: Envoy's checker over the changes to the request.
+#[tokio::test]
+async fn mutation_rules_decide_which_request_changes_are_made() {
+    fn reply() -> Result<Reply, String> {
+        let resp = CheckResponse {
+            status: Some(RpcStatus { code: 0 }),
+            ok_response: Some(OkHttpResponse {
+                headers: vec![
+                    option("x-user", "alice", None, 0),
+                    option("x-envoy-original-path", "/x", None, 0),
+                    option("x-tenant", "t9", None, 0),
+                ],
+                headers_to_remove: vec!["x-secret".into(), "x-envoy-peer".into(), "host".into()],
+                response_headers_to_add: vec![option("x-envoy-authz", "yes", None, 0)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Ok(grpc_reply(&resp, "0"))
+    }
+    let metrics = ProxyMetrics::unregistered();
+    let h = headers(&[("x-user", "mallory")]);
+    let head = head("/", &h);
+    let subject = client();
+    let metadata = DynamicMetadata::default();
+    let services = Canned {
+        reply: Some(reply),
+        requests: Mutex::default(),
+    };
+    let run_with = |rules: Option<MutationRules>| {
+        let policy = ExtAuthzPolicy {
+            header_rules: rules,
+            ..grpc_policy()
+        };
+        let (head, subject, metadata, services, metrics) =
+            (&head, &subject, &metadata, &services, &metrics);
+        async move {
+            let check = Check {
+                policy: &policy,
+                context_extensions: HashMap::new(),
+                head,
+                client: subject,
+                metadata,
+                body: None,
+            };
+            run(services, check, false, metrics).await
+        }
+    };
+    let names = |edits: &[Edit]| edits.iter().map(|e| e.name.to_string()).collect::<Vec<_>>();
+
+    // No rules: every change but the removal of host.
+    let Ok(Some(a)) = run_with(None).await else {
+        panic!("not let through")
+    };
+    assert_eq!(
+        names(&a.request),
+        ["x-user", "x-envoy-original-path", "x-tenant"]
+    );
+    assert_eq!(a.remove, ["x-secret", "x-envoy-peer"]);
+
+    // Envoy's default rules: no x-envoy-* header is changed, host is never removed, the
+    // rest is; the response's changes are not the rules' business.
+    let Ok(Some(a)) = run_with(Some(MutationRules::default())).await else {
+        panic!("not let through")
+    };
+    assert_eq!(names(&a.request), ["x-user", "x-tenant"]);
+    assert_eq!(a.remove, ["x-secret"]);
+    assert_eq!(names(&a.response), ["x-envoy-authz"]);
+
+    // An expression: x-tenant is never changed, x-envoy-peer may be.
+    let rules = MutationRules {
+        allow_expression: Some(crate::model::Regex::new("x-envoy-peer").unwrap()),
+        disallow_expression: Some(crate::model::Regex::new("x-tenant").unwrap()),
+        ..MutationRules::default()
+    };
+    let Ok(Some(a)) = run_with(Some(rules)).await else {
+        panic!("not let through")
+    };
+    assert_eq!(names(&a.request), ["x-user"]);
+    assert_eq!(a.remove, ["x-secret", "x-envoy-peer"]);
+
+    // disallow_is_error: a refused change refuses the answer, a 500 flagged UAEX.
+    let strict = MutationRules {
+        disallow_is_error: true,
+        ..MutationRules::default()
+    };
+    let Err((resp, flags)) = run_with(Some(strict)).await else {
+        panic!("let through")
+    };
+    assert_eq!((resp.status().as_u16(), flags), (500, "UAEX"));
+    let allow_envoy = MutationRules {
+        disallow_is_error: true,
+        allow_envoy: true,
+        ..MutationRules::default()
+    };
+    let Err((resp, _)) = run_with(Some(allow_envoy)).await else {
+        panic!("removing host let through")
+    };
+    assert_eq!(resp.status(), 500, "host may not be removed even so");
+    assert_eq!(
+        metrics_value(&metrics),
+        [("invalid", 2), ("ok", 3)],
+        "counted per request"
+    );
 }
 
 #[test]

@@ -60,6 +60,11 @@ pub struct ExtAuthzPolicy {
     /// A service's answer with an invalid header (or append action) is refused with a
     /// `500` (`validate_mutations`); else the invalid parts are skipped.
     pub validate_mutations: bool,
+    /// `decoder_header_mutation_rules`: which request headers the service's answer may
+    /// set, append or remove (a refused change skipped, or with `disallow_is_error` the
+    /// answer refused with a `500`); `None`: any, but `host` is never removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_rules: Option<super::ext_proc::MutationRules>,
     /// The body of a denial is cut to this many bytes (`max_denied_response_body_bytes`;
     /// 0: not cut).
     pub max_denied_body: u32,

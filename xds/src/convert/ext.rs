@@ -1542,9 +1542,10 @@ pub struct ExtAuthz {
     #[prost(bool, tag = "23")]
     #[serde(default)]
     pub encode_raw_headers: bool,
-    #[prost(bytes = "vec", optional, tag = "26")]
-    #[serde(default, deserialize_with = "present")]
-    pub decoder_header_mutation_rules: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "26")]
+    #[serde(default)]
+    pub decoder_header_mutation_rules:
+        Option<xds_api::pb::envoy::config::common::mutation_rules::v3::HeaderMutationRules>,
     #[prost(message, optional, tag = "27")]
     #[serde(default)]
     pub enable_dynamic_metadata_ingestion: Option<protobuf::BoolValue>,
@@ -3123,7 +3124,10 @@ pub(crate) const JSON_MESSAGES: &[(&str, &[JsonField])] = &[
             p("include_tls_session"),
             m("charge_cluster_response_stats", BOOL_VALUE),
             p("encode_raw_headers"),
-            p("decoder_header_mutation_rules"),
+            m(
+                "decoder_header_mutation_rules",
+                "envoy.config.common.mutation_rules.v3.HeaderMutationRules",
+            ),
             m("enable_dynamic_metadata_ingestion", BOOL_VALUE),
             p("filter_metadata"),
             p("emit_filter_state_stats"),

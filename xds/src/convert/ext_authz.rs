@@ -65,11 +65,9 @@ pub(super) fn ext_authz(cx: &mut Cx, p: &str, e: &ext::ExtAuthz) -> Option<ma::E
     let with_body = with_request_body
         .as_ref()
         .and_then(|b| body_settings(cx, &join(p, "with_request_body"), b));
-    cx.unsupported(
-        p,
-        "decoder_header_mutation_rules",
-        decoder_header_mutation_rules,
-    );
+    let header_rules = decoder_header_mutation_rules
+        .as_ref()
+        .map(|r| super::ext_proc::rules_of(cx, &join(p, "decoder_header_mutation_rules"), r));
     // The client's certificate is not kept past the handshake (its identity is sent).
     cx.unsupported(p, "include_peer_certificate", include_peer_certificate);
     cx.unsupported(p, "shadow_mode", shadow_mode);
@@ -184,6 +182,7 @@ pub(super) fn ext_authz(cx: &mut Cx, p: &str, e: &ext::ExtAuthz) -> Option<ma::E
         include_tls_session: *include_tls_session,
         encode_raw_headers: *encode_raw_headers,
         validate_mutations: *validate_mutations,
+        header_rules,
         max_denied_body: *max_denied_response_body_bytes,
         metadata_namespaces: metadata_context_namespaces.clone(),
         stat_prefix: stat_prefix.as_str().into(),

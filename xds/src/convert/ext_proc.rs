@@ -199,7 +199,7 @@ fn mode_of(cx: &mut Cx, p: &str, m: &ProcessingMode) -> Option<mp::ProcessingMod
 }
 
 /// `HeaderMutationRules`.
-fn rules_of(cx: &mut Cx, p: &str, r: &HeaderMutationRules) -> mp::MutationRules {
+pub(super) fn rules_of(cx: &mut Cx, p: &str, r: &HeaderMutationRules) -> mp::MutationRules {
     let HeaderMutationRules {
         allow_all_routing,
         allow_envoy,

@@ -1505,8 +1505,8 @@ fn bad_ext_authz_is_rejected_by_path() {
             format!("{fc}.include_peer_certificate: not supported"),
         ),
         (
-            format!("{grpc}, decoder_header_mutation_rules: {{disallow_all: true}}"),
-            format!("{fc}.decoder_header_mutation_rules: not supported"),
+            format!("{grpc}, decoder_header_mutation_rules: {{allow_expression: {{regex: \"(\"}}}}"),
+            format!("{fc}.decoder_header_mutation_rules.allow_expression.regex: `(` is not a valid regex: unclosed group"),
         ),
         (
             "grpc_service: {google_grpc: {target_uri: x, stat_prefix: y}}, transport_api_version: V3".to_owned(),
@@ -1533,6 +1533,16 @@ fn bad_ext_authz_is_rejected_by_path() {
         let e = messages(listener(&listener_with(&filters)));
         assert_eq!(e, [want], "{config}");
     }
+    // The rules the service's request changes are checked by.
+    let filters = format!("- name: authz\n  typed_config: {{\"@type\": {EXT_AUTHZ}, {grpc}, decoder_header_mutation_rules: {{allow_envoy: true, disallow_expression: {{regex: \"x-tenant|x-user\"}}, disallow_is_error: true}}}}");
+    let l = listener(&listener_with(&filters)).unwrap();
+    let mf::FilterKind::ExtAuthz(p) = &filters_of(&l).0[0].kind else {
+        panic!()
+    };
+    let rules = p.header_rules.as_ref().unwrap();
+    assert!(rules.allow_envoy && rules.disallow_is_error && !rules.disallow_all);
+    assert!(rules.allows("x-envoy-thing") && rules.allows("x-other"));
+    assert!(!rules.allows("x-tenant") && !rules.allows("x-user") && !rules.allows("host"));
     let rc = yaml::<rpb::RouteConfiguration>(&format!(
         "name: r\ntyped_per_filter_config:\n  authz: {{\"@type\": {EXT_AUTHZ_ROUTE}, check_settings: {{grpc_service: {{envoy_grpc: {{cluster_name: other}}}}}}}}\n"
     ));
