@@ -45,6 +45,9 @@ const ISTIO_PORT: u16 = 18602;
 const RECOMPUTE_PORT: u16 = 18603;
 /// Request bodies told to the services (`with_request_body`).
 const BODY_PORT: u16 = 18604;
+/// `decoder_header_mutation_rules`: a refused change skipped, or the answer refused.
+const RULES_PORT: u16 = 18605;
+const STRICT_PORT: u16 = 18606;
 const FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
 const PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
@@ -300,6 +303,30 @@ fn recompute_listener() -> Listener {
     )
 }
 
+/// The gRPC service with rules for its request changes: `x-user-id` may not change, and
+/// with `strict` a refused change refuses the answer.
+fn rules_listener(name: &str, port: u16, strict: bool) -> Listener {
+    filtered_listener(
+        name,
+        port,
+        &format!(
+            r#"
+- name: envoy.filters.http.ext_authz
+  typed_config:
+    "@type": {FILTER}
+    grpc_service:
+      envoy_grpc: {{cluster_name: grpc-authz}}
+      timeout: 0.6s
+    decoder_header_mutation_rules:
+      disallow_expression: {{regex: x-user-id}}
+      disallow_is_error: {strict}
+    stat_prefix: {name}
+    transport_api_version: V3
+"#
+        ),
+    )
+}
+
 /// Request bodies told to the services: a gRPC service told the first 8 bytes (more are
 /// allowed), an HTTP one told up to 16 (more are not), each route able to say otherwise.
 fn body_listener() -> Listener {
@@ -446,7 +473,13 @@ async fn authorization_services_decide_over_xds() {
     let asked: Asked = Arc::default();
     let http = http_service(asked.clone()).await;
     let cp = ControlPlane::start().await;
-    let listeners = [gateway_listener(), istio_listener(), recompute_listener()];
+    let listeners = [
+        gateway_listener(),
+        istio_listener(),
+        recompute_listener(),
+        rules_listener("rules", RULES_PORT, false),
+        rules_listener("strict", STRICT_PORT, true),
+    ];
     cp.update(|b| {
         for l in &listeners {
             set(b, &l.name, l);
@@ -461,7 +494,10 @@ async fn authorization_services_decide_over_xds() {
     });
     let node = Node::start(&cp, AdsProtocol::StateOfTheWorld).await;
     for (url, names) in [
-        (type_url::LISTENER, &["gateway", "istio", "recompute"][..]),
+        (
+            type_url::LISTENER,
+            &["gateway", "istio", "recompute", "rules", "strict"][..],
+        ),
         (type_url::ROUTE, &["r"]),
         (type_url::ENDPOINT, &["web", "grpc-authz", "http-authz"]),
     ] {
@@ -718,6 +754,29 @@ async fn authorization_services_decide_over_xds() {
         (200, "the authorized route")
     );
     assert_eq!(reroute("bob").await.status, 403);
+
+    // `decoder_header_mutation_rules`: alice's `x-user-id` is refused, her other changes
+    // made; with `disallow_is_error` the refusal refuses the answer (500, UAEX).
+    let alice = [
+        ("host", "shop"),
+        ("x-user", "alice"),
+        ("x-trace", "client"),
+        ("x-secret", "s3cr3t"),
+        ("x-user-id", "forged"),
+    ];
+    let a = request(&node, RULES_PORT, "GET", "/", &alice).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let seen: Vec<&str> = a.body.lines().skip(1).collect();
+    assert!(seen.contains(&"x-user-id: forged"), "{seen:?}");
+    assert!(seen.contains(&"x-trace: client,authz"), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.starts_with("x-secret")), "{seen:?}");
+    assert_eq!(outcome(&node, "rules", "ok"), 1.0);
+    let before = hit_count();
+    let a = request(&node, STRICT_PORT, "GET", "/", &alice).await;
+    assert_eq!(a.status, 500);
+    assert_eq!(a.header("x-authz"), None);
+    assert_eq!(hit_count(), before, "not sent upstream");
+    assert_eq!(outcome(&node, "strict", "invalid"), 1.0);
 
     // The gRPC service's cluster gone from xDS: an error (500) for the routes that check.
     cp.update(|b| {
