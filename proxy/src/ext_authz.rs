@@ -414,26 +414,17 @@ pub(crate) async fn run(
 /// `disallow_is_error` the answer is refused (a `500`, Envoy's `rejectResponse`). Without
 /// rules, only a removal of `host` is skipped.
 fn checked(mut allowed: Allowed, rules: Option<&MutationRules>) -> Verdict {
-    let removable =
-        |n: &HeaderName| *n != header::HOST && rules.is_none_or(|r| r.allows(n.as_str()));
-    let Some(rules) = rules else {
-        allowed.remove.retain(removable);
-        return Verdict::Ok(allowed);
-    };
-    let settable = |e: &Edit| rules.allows(e.name.as_str());
-    let refused = allowed
-        .request
-        .iter()
-        .find(|e| !settable(e))
-        .map(|e| &e.name)
-        .or_else(|| allowed.remove.iter().find(|n| !removable(n)));
-    if let Some(name) = refused {
+    let allows = |name: &HeaderName| rules.is_none_or(|r| r.allows(name.as_str()));
+    let removable = |name: &HeaderName| *name != header::HOST && allows(name);
+    let refused = allowed.request.iter().map(|e| &e.name).find(|n| !allows(n));
+    let refused = refused.or_else(|| allowed.remove.iter().find(|n| !removable(n)));
+    if let (Some(name), Some(rules)) = (refused, rules) {
         if rules.disallow_is_error {
             return Verdict::Invalid(format!("a change of {name} the mutation rules refuse"));
         }
         tracing::debug!(target: "myelin::ext_authz", %name, "a change the mutation rules refuse is skipped");
     }
-    allowed.request.retain(settable);
+    allowed.request.retain(|e| allows(&e.name));
     allowed.remove.retain(removable);
     Verdict::Ok(allowed)
 }

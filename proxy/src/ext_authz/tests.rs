@@ -424,8 +424,6 @@ async fn mutation_rules_decide_which_request_changes_are_made() {
     let metrics = ProxyMetrics::unregistered();
     let h = headers(&[("x-user", "mallory")]);
     let head = head("/", &h);
-    let subject = client();
-    let metadata = DynamicMetadata::default();
     let services = Canned {
         reply: Some(reply),
         requests: Mutex::default(),
@@ -435,19 +433,8 @@ async fn mutation_rules_decide_which_request_changes_are_made() {
             header_rules: rules,
             ..grpc_policy()
         };
-        let (head, subject, metadata, services, metrics) =
-            (&head, &subject, &metadata, &services, &metrics);
-        async move {
-            let check = Check {
-                policy: &policy,
-                context_extensions: HashMap::new(),
-                head,
-                client: subject,
-                metadata,
-                body: None,
-            };
-            run(services, check, false, metrics).await
-        }
+        let (head, services, metrics) = (&head, &services, &metrics);
+        async move { run_check(services, &policy, head, false, metrics).await }
     };
     let names = |edits: &[Edit]| edits.iter().map(|e| e.name.to_string()).collect::<Vec<_>>();
 
@@ -844,29 +831,36 @@ impl Services for Canned {
     }
 }
 
+/// Runs the filter for `head` as [`client`] sends it, with no context extensions,
+/// metadata or body.
+async fn run_check(
+    services: &dyn Services,
+    policy: &ExtAuthzPolicy,
+    head: &RequestHead<'_>,
+    grpc: bool,
+    metrics: &ProxyMetrics,
+) -> Result<Option<Allowed>, Answer> {
+    let subject = client();
+    let metadata = DynamicMetadata::default();
+    let check = Check {
+        policy,
+        context_extensions: HashMap::new(),
+        head,
+        client: &subject,
+        metadata: &metadata,
+        body: None,
+    };
+    run(services, check, grpc, metrics).await
+}
+
 #[tokio::test]
 async fn the_filter_follows_the_services_word() {
     let metrics = ProxyMetrics::unregistered();
     let h = headers(&[("x-user", "alice")]);
     let head = head("/", &h);
-    let subject = client();
-    let metadata = DynamicMetadata::default();
     let run_with = |policy: Arc<ExtAuthzPolicy>, services: Arc<Canned>, grpc: bool| {
-        let metrics = &metrics;
-        let head = &head;
-        let subject = &subject;
-        let metadata = &metadata;
-        async move {
-            let check = Check {
-                policy: &policy,
-                context_extensions: HashMap::new(),
-                head,
-                client: subject,
-                metadata,
-                body: None,
-            };
-            run(&*services, check, grpc, metrics).await
-        }
+        let (head, metrics) = (&head, &metrics);
+        async move { run_check(&*services, &policy, head, grpc, metrics).await }
     };
     let canned = |reply| {
         Arc::new(Canned {

@@ -285,27 +285,25 @@ fn istio_listener() -> Listener {
 /// External authorization with `clear_route_cache` (Envoy Gateway's `recomputeRoute`): the
 /// route is chosen again with the headers the service added.
 fn recompute_listener() -> Listener {
-    filtered_listener(
-        "recompute",
-        RECOMPUTE_PORT,
-        &format!(
-            r#"
-- name: envoy.filters.http.ext_authz
-  typed_config:
-    "@type": {FILTER}
-    grpc_service:
-      envoy_grpc: {{cluster_name: grpc-authz}}
-      timeout: 0.6s
-    clear_route_cache: true
-    transport_api_version: V3
-"#
-        ),
-    )
+    grpc_authz_listener("recompute", RECOMPUTE_PORT, "clear_route_cache: true")
 }
 
 /// The gRPC service with rules for its request changes: `x-user-id` may not change, and
 /// with `strict` a refused change refuses the answer.
 fn rules_listener(name: &str, port: u16, strict: bool) -> Listener {
+    grpc_authz_listener(
+        name,
+        port,
+        &format!(
+            "decoder_header_mutation_rules: {{disallow_expression: {{regex: x-user-id}}, disallow_is_error: {strict}}}\nstat_prefix: {name}"
+        ),
+    )
+}
+
+/// A listener whose one filter asks the gRPC service, with more of the filter's keys
+/// (YAML lines at its own indentation).
+fn grpc_authz_listener(name: &str, port: u16, extra: &str) -> Listener {
+    let extra: String = extra.lines().map(|l| format!("    {l}\n")).collect();
     filtered_listener(
         name,
         port,
@@ -317,11 +315,7 @@ fn rules_listener(name: &str, port: u16, strict: bool) -> Listener {
     grpc_service:
       envoy_grpc: {{cluster_name: grpc-authz}}
       timeout: 0.6s
-    decoder_header_mutation_rules:
-      disallow_expression: {{regex: x-user-id}}
-      disallow_is_error: {strict}
-    stat_prefix: {name}
-    transport_api_version: V3
+{extra}    transport_api_version: V3
 "#
         ),
     )

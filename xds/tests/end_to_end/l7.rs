@@ -788,11 +788,7 @@ async fn retried_bodies_are_kept_up_to_the_buffer_limits() {
 
     // The route's limit: 2,000 bytes are more than it keeps, 500 are not.
     route.virtual_hosts[0].routes[0].per_request_buffer_limit_bytes = limit(1000);
-    cp.update(|b| {
-        b.set("web", &route);
-    });
-    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
-        .await;
+    apply(&cp, &node, &route, None).await;
     let (status, _) = post(&node, 18634, "x".repeat(2000)).await;
     assert_eq!((status, tries()), (StatusCode::SERVICE_UNAVAILABLE, 3));
     let (status, body) = post(&node, 18634, "y".repeat(500)).await;
@@ -801,11 +797,7 @@ async fn retried_bodies_are_kept_up_to_the_buffer_limits() {
     // The virtual host's, for a route without one.
     route.virtual_hosts[0].routes[0].per_request_buffer_limit_bytes = None;
     route.virtual_hosts[0].per_request_buffer_limit_bytes = limit(1000);
-    cp.update(|b| {
-        b.set("web", &route);
-    });
-    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
-        .await;
+    apply(&cp, &node, &route, None).await;
     let (status, _) = post(&node, 18634, "x".repeat(2000)).await;
     assert_eq!((status, tries()), (StatusCode::SERVICE_UNAVAILABLE, 6));
 
@@ -814,22 +806,34 @@ async fn retried_bodies_are_kept_up_to_the_buffer_limits() {
     route.virtual_hosts[0].routes[0].per_request_buffer_limit_bytes = limit(1 << 20);
     let mut listener = http_listener("outbound", 18634, "web");
     listener.per_connection_buffer_limit_bytes = limit(1000);
-    cp.update(|b| {
-        b.set("web", &route);
-        b.set("outbound", &listener);
-    });
-    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
-        .await;
-    node.wait_applied(
-        type_url::LISTENER,
-        &["outbound"],
-        &cp.version(type_url::LISTENER),
-    )
-    .await;
+    apply(&cp, &node, &route, Some(&listener)).await;
     let (status, _) = post(&node, 18634, "x".repeat(2000)).await;
     assert_eq!((status, tries()), (StatusCode::SERVICE_UNAVAILABLE, 7));
     let (status, body) = post(&node, 18634, "y".repeat(500)).await;
     assert_eq!((status, body.len(), tries()), (StatusCode::OK, 500, 9));
+}
+
+/// Gives the node `route` as `web` (and `listener` as `outbound`) and waits until it holds
+/// them.
+async fn apply(
+    cp: &ControlPlane,
+    node: &Node,
+    route: &RouteConfiguration,
+    listener: Option<&Listener>,
+) {
+    cp.update(|b| {
+        b.set("web", route);
+        if let Some(l) = listener {
+            b.set("outbound", l);
+        }
+    });
+    node.wait_applied(type_url::ROUTE, &["web"], &cp.version(type_url::ROUTE))
+        .await;
+    if listener.is_some() {
+        let version = cp.version(type_url::LISTENER);
+        node.wait_applied(type_url::LISTENER, &["outbound"], &version)
+            .await;
+    }
 }
 
 /// `include_request_attempt_count` (Istio sets it on every virtual host) and
