@@ -39,6 +39,15 @@ impl<B> CountingBody<B> {
     }
 }
 
+impl CountingBody<RequestBody> {
+    /// Moves the body out, leaving an empty one that counts into the same stream (to be
+    /// put back).
+    pub(crate) fn take(&mut self) -> Self {
+        let empty = CountingBody::new(RequestBody::Empty, self.state.clone());
+        std::mem::replace(self, empty)
+    }
+}
+
 impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
     type Data = Bytes;
     type Error = B::Error;

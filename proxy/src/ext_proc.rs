@@ -20,12 +20,13 @@
 //!   `failure_mode_allow` the request goes on and the stream is dropped.
 //!
 //! Bodies are sent whole (`BUFFERED`), after their head, at most the connection manager's
-//! buffer limit (the listener's `per_connection_buffer_limit_bytes`): a
-//! request's is read ahead before its head is told (as external authorization reads it,
-//! [`crate::filters::body_to_read`]), a response's collected here; the answer may replace
-//! the body (`body_mutation`) and change the head, still held; a new body must match the
-//! head's `content-length` (Envoy checks it, it does not rewrite it). A body told without its
-//! head loses its `content-length`. `CONTINUE_AND_REPLACE` to a head replaces the body with
+//! buffer limit (the listener's `per_connection_buffer_limit_bytes`): the head is told at
+//! once and a request's body read ahead only after its answer (so an answer to the head,
+//! an `immediate_response` say, does not wait for the body), through the filter chain
+//! (where what an external authorization filter before read is reused), a response's
+//! collected here. The answer may replace the body (`body_mutation`) and change the head,
+//! still held; a new body must match the head's `content-length` (Envoy checks it, it does
+//! not rewrite it). A body told without its head loses its `content-length`. `CONTINUE_AND_REPLACE` to a head replaces the body with
 //! the answer's, unsent. Trailers are never sent (the converter takes only `SKIP`).
 //!
 //! The stream goes through the connection's own pools ([`crate::services`]) and is
@@ -416,28 +417,29 @@ impl Exchange {
         })
     }
 
-    /// Whether the request's body is to be buffered for the processor.
-    pub(crate) fn buffers_request(&self) -> bool {
-        self.mode.request_body
-    }
-
     /// Whether the response is to be processed (its headers or its body).
     pub(crate) fn wants_response(&self) -> bool {
         !self.over && (self.mode.response_headers || self.mode.response_body)
     }
 
-    /// Processes the request: its headers (when the mode sends them), then its body when
-    /// the mode buffers it (`read`: what was read of it ahead, at least the limit and a
-    /// byte when there was that much).
-    pub(crate) async fn request(
+    /// Processes the request: its headers (when the mode sends them) at once, then its body
+    /// when the mode buffers it, read with `read` (asked for the limit and a byte, to tell
+    /// a body over the limit) only after the head's answer, as Envoy's filter holds the
+    /// body only from its `decodeData`; `read` is `None` when the request has no body to
+    /// read (CONNECT, an upgrade). A failure to read the body is the client's.
+    pub(crate) async fn request<F, Fut>(
         &mut self,
         services: &dyn Services,
         head: &RequestHead<'_>,
-        read: Option<&ReadAhead>,
+        read: Option<F>,
         end_of_stream: bool,
         grpc: bool,
         metrics: &ProxyMetrics,
-    ) -> Processed {
+    ) -> Result<Processed, BodyError>
+    where
+        F: FnOnce(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<ReadAhead, BodyError>>,
+    {
         let mut processed = Continued::default();
         let mut send_body = self.mode.request_body && !end_of_stream && read.is_some();
         if self.mode.request_headers {
@@ -454,7 +456,7 @@ impl Exchange {
             });
             let answer = match self.ask(services, message).await {
                 Ok(Answered::RequestHeaders(h)) => self.headers_answer(h, ":path", metrics),
-                Ok(Answered::ImmediateResponse(r)) => return self.immediate(r, grpc, metrics),
+                Ok(Answered::ImmediateResponse(r)) => return Ok(self.immediate(r, grpc, metrics)),
                 Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
                 Err(f) => Err(f),
             };
@@ -466,20 +468,27 @@ impl Exchange {
                     processed.body = a.body;
                     send_body &= !a.replaced;
                 }
-                Err(f) => return self.request_failed(f, processed, grpc, metrics),
+                Err(f) => return Ok(self.request_failed(f, processed, grpc, metrics)),
             }
         } else if send_body {
             // The body is told alone, and may change: its length goes (as in Envoy).
             processed.changes.push(Changes::without_length());
         }
         if let (true, Some(read)) = (send_body, read) {
+            let read = match read(self.limit.saturating_add(1)).await {
+                Ok(read) => read,
+                Err(e) => {
+                    self.close();
+                    return Err(e);
+                }
+            };
             if !read.whole || read.data.len() > self.limit {
                 metrics.ext_proc(&self.policy.stat_prefix, "body_too_large");
                 self.close();
                 let resp = crate::http::text_response(413, "Payload Too Large".into());
                 let resp = crate::http::for_grpc(resp, "Payload Too Large", grpc);
                 let resp = crate::local_reply::mark(resp, 413, "Payload Too Large", None);
-                return Processed::Answer((resp, "-"));
+                return Ok(Processed::Answer((resp, "-")));
             }
             let message = Phase::RequestBody(HttpBody {
                 body: read.data.clone(),
@@ -488,7 +497,7 @@ impl Exchange {
             let held = self.mode.request_headers;
             let answer = match self.ask(services, message).await {
                 Ok(Answered::RequestBody(b)) => self.body_answer(b, ":path", held, metrics),
-                Ok(Answered::ImmediateResponse(r)) => return self.immediate(r, grpc, metrics),
+                Ok(Answered::ImmediateResponse(r)) => return Ok(self.immediate(r, grpc, metrics)),
                 Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
                 Err(f) => Err(f),
             };
@@ -506,13 +515,13 @@ impl Exchange {
                     processed.changes.push(a.changes);
                     processed.body = a.body.or(processed.body);
                 }
-                Err(f) => return self.request_failed(f, processed, grpc, metrics),
+                Err(f) => return Ok(self.request_failed(f, processed, grpc, metrics)),
             }
         }
         if !self.wants_response() {
             self.close();
         }
-        Processed::Continue(processed)
+        Ok(Processed::Continue(processed))
     }
 
     /// Whether the route is to be chosen again after an answer that did or did not ask

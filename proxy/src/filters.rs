@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response};
 
-use crate::error::ProxyBody;
+use crate::error::{BodyError, ProxyBody};
 use crate::metrics::ProxyMetrics;
 use crate::model::filter::{
     AbortStatus, BasicAuthPolicy, BasicAuthUsers, BucketState, CorsPolicy, CsrfPolicy, DelaySource,
@@ -612,18 +612,21 @@ pub(crate) struct Context<'a> {
     pub(crate) end_of_stream: bool,
     /// The connection manager's buffer limit, in bytes: the most of a body a filter holds.
     pub(crate) buffer_limit: usize,
+    /// The request's body, for the filters that read it as they run (external processing);
+    /// `None` when the request has none to read (it ended with the head, CONNECT, an
+    /// upgrade).
+    pub(crate) body: Option<&'a mut crate::body::CountingBody<crate::body::RequestBody>>,
 }
 
-/// How much of the request's body the filters from `start` on want to see for this route
-/// (external authorization with `with_request_body`, external processing that buffers
-/// it): the bytes to read ahead before they run, enough for each such filter to tell
-/// whether the body is longer than its limit (`buffer_limit`: the connection manager's, for
-/// external processing); `None`: none of them wants it.
+/// How much of the request's body the filters from `start` on want to see before they run
+/// for this route (external authorization with `with_request_body`): the bytes to read
+/// ahead, enough for each such filter to tell whether the body is longer than its limit;
+/// `None`: none of them wants it. (External processing reads the body itself, after its
+/// head's answer: [`run`].)
 pub(crate) fn body_to_read(
     filters: &HttpFilters,
     start: usize,
     levels: Levels<'_>,
-    buffer_limit: usize,
 ) -> Option<usize> {
     filters
         .0
@@ -638,16 +641,6 @@ pub(crate) fn body_to_read(
                 });
                 let b = ext_authz_body(route, policy)?;
                 Some(b.max_bytes as usize + usize::from(!b.allow_partial))
-            }
-            FilterKind::ExtProc(policy) => {
-                let route = levels.settings(&f.name).find_map(|s| match &s.policy {
-                    Some(FilterPolicy::ExtProc(r)) => Some(&**r),
-                    _ => None,
-                });
-                let exchange = crate::ext_proc::Exchange::new(policy, route, buffer_limit)?;
-                exchange
-                    .buffers_request()
-                    .then_some(buffer_limit.saturating_add(1))
             }
             _ => None,
         })
@@ -669,14 +662,15 @@ fn ext_authz_body(
 }
 
 /// Runs `filters` for a request: `Some` when a filter answers it (a fault abort, a CORS
-/// preflight, a rate limit); a fault delay is waited out here.
+/// preflight, a rate limit); a fault delay is waited out here. An error: the client's
+/// body failed while a filter read it.
 pub(crate) async fn run(
     filters: &HttpFilters,
     start: usize,
     cx: Context<'_>,
     head: &RequestHead<'_>,
     filtered: &mut Filtered,
-) -> Option<Answer> {
+) -> Result<Option<Answer>, BodyError> {
     let Context {
         levels,
         cluster,
@@ -687,6 +681,7 @@ pub(crate) async fn run(
         services,
         end_of_stream,
         buffer_limit,
+        mut body,
     } = cx;
     for (i, filter) in filters.0.iter().enumerate().skip(start) {
         if !levels.enabled(filter) {
@@ -773,7 +768,7 @@ pub(crate) async fn run(
                         j.clear_route = false;
                     }
                     filtered.resume_at = Some(i + 1);
-                    return None;
+                    return Ok(None);
                 }
                 answer
             }
@@ -818,7 +813,7 @@ pub(crate) async fn run(
                         filtered.ext_authz.push(allowed);
                         if reroute {
                             filtered.resume_at = Some(i + 1);
-                            return None;
+                            return Ok(None);
                         }
                         None
                     }
@@ -836,10 +831,24 @@ pub(crate) async fn run(
                 else {
                     continue;
                 };
-                let read = filtered.body.as_ref();
+                // The body as far as an earlier filter read it, or read now (and kept for
+                // the filters after this one).
+                let have = &mut filtered.body;
+                let read = body.as_deref_mut().map(|body| {
+                    move |at_least: usize| async move {
+                        match have.as_ref() {
+                            Some(r) if r.whole || r.data.len() >= at_least => Ok(r.clone()),
+                            _ => {
+                                let r = body.read_ahead(at_least).await?;
+                                *have = Some(r.clone());
+                                Ok(r)
+                            }
+                        }
+                    }
+                });
                 let processed =
                     exchange.request(services, head, read, end_of_stream, grpc, metrics);
-                match Box::pin(processed).await {
+                match Box::pin(processed).await? {
                     crate::ext_proc::Processed::Answer(answer) => Some(answer),
                     crate::ext_proc::Processed::Continue(c) => {
                         for changes in c.changes {
@@ -863,7 +872,7 @@ pub(crate) async fn run(
                         }
                         if c.reroute {
                             filtered.resume_at = Some(i + 1);
-                            return None;
+                            return Ok(None);
                         }
                         None
                     }
@@ -967,10 +976,10 @@ pub(crate) async fn run(
             }
         };
         if answer.is_some() {
-            return answer;
+            return Ok(answer);
         }
     }
-    None
+    Ok(None)
 }
 
 /// The host a request's session cookie or header names.

@@ -1200,22 +1200,20 @@ impl HttpConn {
                         format!("no route for {authority}{path} in {:?}", table.config.name),
                     ));
                 };
-                // A filter that tells a service the request's body (external
-                // authorization's `with_request_body`, external processing that buffers
-                // it) has its start read first (more of it if a route chosen again wants
-                // more); then the route is found again (the same one), the request
-                // unchanged.
+                // A filter that tells a service the request's body with its head (external
+                // authorization's `with_request_body`) has its start read first (more of it
+                // if a route chosen again wants more); then the route is found again (the
+                // same one), the request unchanged.
                 if !filters.is_empty() && body_readable(req) {
                     let levels = filters::Levels {
                         route,
                         vhost: vh,
                         table: &table.config,
                     };
-                    let wanted = filters::body_to_read(filters, resume, levels, self.buffer_limit)
-                        .filter(|n| {
-                            let read = filtered.body.as_ref();
-                            read.is_none_or(|b| !b.whole && b.data.len() < *n)
-                        });
+                    let wanted = filters::body_to_read(filters, resume, levels).filter(|n| {
+                        let read = filtered.body.as_ref();
+                        read.is_none_or(|b| !b.whole && b.data.len() < *n)
+                    });
                     if let Some(n) = wanted {
                         let read = req.body_mut().read_ahead(n).await.map_err(|source| {
                             ProxyError::DownstreamAborted {
@@ -1227,33 +1225,6 @@ impl HttpConn {
                         continue;
                     }
                 }
-                // The filters before the router, for a request routed to a cluster (which
-                // is picked first) or answered by its route (direct responses and
-                // redirects: only the filters that guard or limit, see `filters`).
-                let filter_cx = |cluster| filters::Context {
-                    levels: filters::Levels {
-                        route,
-                        vhost: vh,
-                        table: &table.config,
-                    },
-                    cluster,
-                    grpc: is_grpc(req.headers()),
-                    metrics: &self.metrics,
-                    buckets: &self.buckets,
-                    client: crate::rbac::Subject {
-                        head: None,
-                        peer: self.peer,
-                        direct: crate::proxy_protocol::direct(self.peer, self.proxied.as_deref())
-                            .ip(),
-                        remote_ip: client,
-                        local: self.dst,
-                        sni: self.sni.as_deref(),
-                        principal: self.identity.as_deref(),
-                    },
-                    services: self,
-                    end_of_stream: http_body::Body::is_end_stream(req.body()),
-                    buffer_limit: self.buffer_limit,
-                };
                 // A route to a cluster picks it first (its weights), for the filters too.
                 let mut weighted = None;
                 let cluster = match &route.action {
@@ -1274,12 +1245,54 @@ impl HttpConn {
                     }),
                     _ => None,
                 };
-                // The filters before the router see the request as its client sent it
-                // (the route's rewrites are the router's); boxed, as only their users pay
-                // for them.
+                // The filters before the router, for a request routed to a cluster (picked
+                // above) or answered by its route (direct responses and redirects: only the
+                // filters that guard or limit, see `filters`). They see the request as its
+                // client sent it (the route's rewrites are the router's), and its body
+                // beside it, for the filters that read it as they run (given back after);
+                // boxed, as only their users pay for them.
                 if !filters.is_empty() {
-                    let run = filters::run(filters, resume, filter_cx(cluster), &head, filtered);
-                    if let Some(answer) = Box::pin(run).await {
+                    let grpc = is_grpc(req.headers());
+                    let end_of_stream = http_body::Body::is_end_stream(req.body());
+                    let mut body = body_readable(req).then(|| req.body_mut().take());
+                    let head = request_head(req);
+                    let cx = filters::Context {
+                        levels: filters::Levels {
+                            route,
+                            vhost: vh,
+                            table: &table.config,
+                        },
+                        cluster,
+                        grpc,
+                        metrics: &self.metrics,
+                        buckets: &self.buckets,
+                        client: crate::rbac::Subject {
+                            head: None,
+                            peer: self.peer,
+                            direct: crate::proxy_protocol::direct(
+                                self.peer,
+                                self.proxied.as_deref(),
+                            )
+                            .ip(),
+                            remote_ip: client,
+                            local: self.dst,
+                            sni: self.sni.as_deref(),
+                            principal: self.identity.as_deref(),
+                        },
+                        services: self,
+                        end_of_stream,
+                        buffer_limit: self.buffer_limit,
+                        body: body.as_mut(),
+                    };
+                    let ran = Box::pin(filters::run(filters, resume, cx, &head, filtered)).await;
+                    if let Some(body) = body {
+                        *req.body_mut() = body;
+                    }
+                    let answer = ran.map_err(|source| ProxyError::DownstreamAborted {
+                        peer: self.peer,
+                        source,
+                    })?;
+                    if let Some(answer) = answer {
                         return Ok(Err(answer));
                     }
                     if let Some(next) = filtered.take_resume() {
@@ -1305,6 +1318,7 @@ impl HttpConn {
                         return Ok(Err((resp, "-")));
                     }
                     (Action::Redirect(r), _) => {
+                        let head = request_head(req);
                         let location = router::redirect_location(r, &route.route_match, &head);
                         let mut resp = local_response(r.response_code, String::new());
                         if let Ok(v) = HeaderValue::from_str(&location) {

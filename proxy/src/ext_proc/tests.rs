@@ -271,8 +271,9 @@ async fn both_heads_are_told_and_changed_as_the_rules_allow() {
     let Processed::Continue(Continued {
         changes, reroute, ..
     }) = exchange
-        .request(&services, &head(&h), None, true, false, &metrics)
+        .request(&services, &head(&h), no_body(), true, false, &metrics)
         .await
+        .unwrap()
     else {
         panic!("answered")
     };
@@ -352,8 +353,9 @@ async fn an_immediate_response_answers_the_request() {
     let services = Scripted::new(vec![immediate(None)]);
     let mut exchange = Exchange::new(&policy(|_| {}), None, LIMIT).unwrap();
     let Processed::Answer((resp, flags)) = exchange
-        .request(&services, &head(&h), None, true, false, &metrics)
+        .request(&services, &head(&h), no_body(), true, false, &metrics)
         .await
+        .unwrap()
     else {
         panic!("went on")
     };
@@ -363,26 +365,44 @@ async fn an_immediate_response_answers_the_request() {
     assert_eq!(&body[..], b"denied here");
     assert!(!exchange.wants_response());
 
+    // With the body buffered too: the head's answer is in before the body is read, and
+    // the body never is.
+    let services = Scripted::new(vec![immediate(None)]);
+    let mut exchange = Exchange::new(&buffered(|_| {}), None, LIMIT).unwrap();
+    let (body, noted) = (read(b"hello", true), Noted::default());
+    let read_by = reader(&body, &services, &noted);
+    let Processed::Answer((resp, _)) = exchange
+        .request(&services, &head(&h), read_by, false, false, &metrics)
+        .await
+        .unwrap()
+    else {
+        panic!("went on")
+    };
+    assert_eq!(resp.status(), 403);
+    assert_eq!(noted.get(), None);
+
     // To a gRPC client: its grpc-status, trailers-only.
     let services = Scripted::new(vec![immediate(Some(7))]);
     let mut exchange = Exchange::new(&policy(|_| {}), None, LIMIT).unwrap();
     let Processed::Answer((resp, _)) = exchange
-        .request(&services, &head(&h), None, true, true, &metrics)
+        .request(&services, &head(&h), no_body(), true, true, &metrics)
         .await
+        .unwrap()
     else {
         panic!("went on")
     };
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["grpc-status"], "7");
-    assert_eq!(count(&metrics, "immediate_response"), 2);
+    assert_eq!(count(&metrics, "immediate_response"), 3);
 
     // Ignored with disable_immediate_response: processing stops, the request goes on.
     let services = Scripted::new(vec![immediate(None)]);
     let p = policy(|p| p.disable_immediate_response = true);
     let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
     let processed = exchange
-        .request(&services, &head(&h), None, true, false, &metrics)
-        .await;
+        .request(&services, &head(&h), no_body(), true, false, &metrics)
+        .await
+        .unwrap();
     assert!(matches!(
         processed,
         Processed::Continue(Continued { reroute: false, .. })
@@ -402,8 +422,9 @@ async fn failures_answer_500_or_504_unless_failure_mode_allow() {
             let p = policy(|p| p.failure_mode_allow = allow);
             let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
             let processed = exchange
-                .request(&services, &head(h), None, true, false, &metrics)
-                .await;
+                .request(&services, &head(h), no_body(), true, false, &metrics)
+                .await
+                .unwrap();
             let status = match processed {
                 Processed::Answer((resp, _)) => Some(resp.status().as_u16()),
                 Processed::Continue(_) => None,
@@ -462,8 +483,9 @@ async fn invalid_or_refused_changes_are_a_500_with_disallow_is_error() {
         let p = policy(|p| p.rules.disallow_is_error = disallow_is_error);
         let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
         let processed = exchange
-            .request(&services, &head(&h), None, true, false, &metrics)
-            .await;
+            .request(&services, &head(&h), no_body(), true, false, &metrics)
+            .await
+            .unwrap();
         let Processed::Answer((resp, _)) = processed else {
             panic!("went on")
         };
@@ -484,8 +506,9 @@ async fn invalid_or_refused_changes_are_a_500_with_disallow_is_error() {
     )]);
     let mut exchange = Exchange::new(&policy(|_| {}), None, LIMIT).unwrap();
     let Processed::Continue(Continued { changes, .. }) = exchange
-        .request(&services, &head(&h), None, true, false, &metrics)
+        .request(&services, &head(&h), no_body(), true, false, &metrics)
         .await
+        .unwrap()
     else {
         panic!("answered")
     };
@@ -519,8 +542,9 @@ async fn routes_turn_the_filter_off_or_override_mode_and_service() {
     )]);
     let h = request_headers();
     let processed = exchange
-        .request(&services, &head(&h), None, true, false, &metrics)
-        .await;
+        .request(&services, &head(&h), no_body(), true, false, &metrics)
+        .await
+        .unwrap();
     assert!(matches!(
         processed,
         Processed::Continue(Continued { reroute: false, .. })
@@ -580,6 +604,38 @@ fn buffered(f: impl FnOnce(&mut ProcessingMode)) -> Arc<ExtProcPolicy> {
     })
 }
 
+/// When the exchange read the request's body: how many messages the processor had been
+/// sent by then, and how many bytes it asked for.
+#[derive(Default)]
+struct Noted(Mutex<Option<(usize, usize)>>);
+
+impl Noted {
+    fn get(&self) -> Option<(usize, usize)> {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// A request's body to be read: `body`, noted in `noted` when it is.
+fn reader<'a>(
+    body: &'a ReadAhead,
+    services: &'a Scripted,
+    noted: &'a Noted,
+) -> Option<impl FnOnce(usize) -> Read + 'a> {
+    Some(move |at_least| {
+        let told = services.seen.lock().unwrap().len();
+        *noted.0.lock().unwrap() = Some((told, at_least));
+        std::future::ready(Ok(body.clone()))
+    })
+}
+
+/// What a test's body reader gives.
+type Read = std::future::Ready<Result<ReadAhead, BodyError>>;
+
+/// A request without a body to read.
+fn no_body() -> Option<fn(usize) -> Read> {
+    None
+}
+
 fn read(data: &'static [u8], whole: bool) -> ReadAhead {
     ReadAhead {
         data: Bytes::from_static(data),
@@ -628,17 +684,27 @@ async fn buffered_bodies_are_told_whole_and_replaced() {
     ]);
     let p = buffered(|_| {});
     let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
-    assert!(exchange.buffers_request());
     let mut h = request_headers();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
     let body = read(b"hello", true);
+    let noted = Noted::default();
     let Processed::Continue(c) = exchange
-        .request(&services, &head(&h), Some(&body), false, false, &metrics)
+        .request(
+            &services,
+            &head(&h),
+            reader(&body, &services, &noted),
+            false,
+            false,
+            &metrics,
+        )
         .await
+        .unwrap()
     else {
         panic!("answered")
     };
     assert_eq!(c.body.as_deref(), Some(&b"abc"[..]));
+    // The body was read once the head's answer was in, the limit and a byte of it.
+    assert_eq!(noted.get(), Some((1, LIMIT + 1)));
     let mut upstream = h.clone();
     c.changes.iter().for_each(|c| c.apply(&mut upstream));
     assert_eq!(upstream[header::CONTENT_LENGTH], "3");
@@ -683,13 +749,23 @@ async fn a_body_told_alone_loses_its_length_and_header_changes() {
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
     let mut body = read(b"hello", true);
     body.trailers = Some(request_headers());
+    let noted = Noted::default();
     let Processed::Continue(c) = exchange
-        .request(&services, &head(&h), Some(&body), false, false, &metrics)
+        .request(
+            &services,
+            &head(&h),
+            reader(&body, &services, &noted),
+            false,
+            false,
+            &metrics,
+        )
         .await
+        .unwrap()
     else {
         panic!("answered")
     };
     assert_eq!(c.body.as_deref(), Some(&b""[..]), "clear_body");
+    assert_eq!(noted.get(), Some((0, LIMIT + 1)), "no head told first");
     let mut upstream = h.clone();
     c.changes.iter().for_each(|c| c.apply(&mut upstream));
     assert!(!upstream.contains_key(header::CONTENT_LENGTH));
@@ -740,13 +816,27 @@ async fn continue_and_replace_replaces_the_body_unsent() {
     let mut h = request_headers();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
     let body = read(b"hello", true);
+    let noted = Noted::default();
     let Processed::Continue(c) = exchange
-        .request(&services, &head(&h), Some(&body), false, false, &metrics)
+        .request(
+            &services,
+            &head(&h),
+            reader(&body, &services, &noted),
+            false,
+            false,
+            &metrics,
+        )
         .await
+        .unwrap()
     else {
         panic!("answered")
     };
     assert_eq!(c.body.as_deref(), Some(&b"replaced"[..]));
+    assert_eq!(
+        noted.get(),
+        None,
+        "the client's body is not read for the processor"
+    );
     let mut upstream = h.clone();
     c.changes.iter().for_each(|c| c.apply(&mut upstream));
     assert!(!upstream.contains_key(header::CONTENT_LENGTH));
@@ -773,13 +863,23 @@ async fn bodies_over_the_limit_or_of_the_wrong_length_are_refused() {
     let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
     let h = request_headers();
     let long = read(b"more than was read", false);
+    let noted = Noted::default();
     let Processed::Answer((resp, _)) = exchange
-        .request(&services, &head(&h), Some(&long), false, false, &metrics)
+        .request(
+            &services,
+            &head(&h),
+            reader(&long, &services, &noted),
+            false,
+            false,
+            &metrics,
+        )
         .await
+        .unwrap()
     else {
         panic!("went on")
     };
     assert_eq!(resp.status(), 413);
+    assert_eq!(noted.get(), Some((1, LIMIT + 1)));
     assert_eq!(count(&metrics, "body_too_large"), 1);
     assert_eq!(services.seen.lock().unwrap().len(), 1);
 
@@ -803,13 +903,23 @@ async fn bodies_over_the_limit_or_of_the_wrong_length_are_refused() {
     let services = Scripted::new(vec![headers_answer(true, HeaderMutation::default(), false)]);
     let mut exchange = Exchange::new(&p, None, 4).unwrap();
     let whole = read(b"hello", true);
+    let noted = Noted::default();
     let Processed::Answer((resp, _)) = exchange
-        .request(&services, &head(&h), Some(&whole), false, false, &metrics)
+        .request(
+            &services,
+            &head(&h),
+            reader(&whole, &services, &noted),
+            false,
+            false,
+            &metrics,
+        )
         .await
+        .unwrap()
     else {
         panic!("went on")
     };
     assert_eq!(resp.status(), 413);
+    assert_eq!(noted.get(), Some((1, 5)));
     let services = Scripted::new(vec![headers_answer(
         false,
         HeaderMutation::default(),
@@ -845,9 +955,18 @@ async fn bodies_over_the_limit_or_of_the_wrong_length_are_refused() {
         let mut h = request_headers();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         let body = read(b"hello", true);
+        let noted = Noted::default();
         let processed = exchange
-            .request(&services, &head(&h), Some(&body), false, false, &metrics)
-            .await;
+            .request(
+                &services,
+                &head(&h),
+                reader(&body, &services, &noted),
+                false,
+                false,
+                &metrics,
+            )
+            .await
+            .unwrap();
         match processed {
             Processed::Answer((resp, _)) => assert!(!allow && resp.status() == 500),
             Processed::Continue(c) => assert!(allow && c.body.is_none()),
@@ -879,4 +998,29 @@ async fn bodies_over_the_limit_or_of_the_wrong_length_are_refused() {
     assert_eq!(resp.status(), 200);
     assert_eq!(&body_of(resp).await[..], b"hello");
     assert_eq!(count(&metrics, "invalid"), 1);
+}
+
+#[tokio::test]
+async fn a_body_that_fails_while_read_is_the_clients_error() {
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![headers_answer(true, HeaderMutation::default(), false)]);
+    let mut exchange = Exchange::new(&buffered(|_| {}), None, LIMIT).unwrap();
+    let h = request_headers();
+    let failing = Some(|_| std::future::ready(Err::<ReadAhead, BodyError>("reset".into())));
+    let processed = exchange
+        .request(&services, &head(&h), failing, false, false, &metrics)
+        .await;
+    assert_eq!(
+        processed.err().map(|e| e.to_string()).as_deref(),
+        Some("reset")
+    );
+    // The processor was told the head only, and its stream was half-closed.
+    assert_eq!(services.seen.lock().unwrap().len(), 1);
+    for _ in 0..100 {
+        if *services.ended.lock().unwrap() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the stream was not half-closed");
 }

@@ -5,6 +5,7 @@
 //! acting on what each request's headers ask of it and recording every message.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use myelin_xds::ads::{type_url, AdsProtocol};
 use myelin_xds::testing::ControlPlane;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use xds_api::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -626,6 +628,40 @@ async fn a_processor_sees_and_replaces_buffered_bodies_over_xds() {
     let last = streams().last().unwrap().clone();
     assert_eq!(last.messages[1].1["body"].len(), 1 << 20);
     assert_eq!(last.messages.len(), 3, "no response body told");
+
+    // The head is told at once and the body read only after its answer (as in Envoy): a
+    // processor that answers the head itself does so while the client still holds most
+    // of its body.
+    let stream = node.connect(vip(BODY_PORT)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"the start"))))
+        .await
+        .unwrap();
+    let req = HyperRequest::post("/upload")
+        .header("host", "web")
+        .header("x-action", "deny")
+        .header("content-length", "100000")
+        .body(StreamBody::new(ReceiverStream::new(rx)))
+        .unwrap();
+    let (before, started) = (hits.load(Ordering::Relaxed), std::time::Instant::now());
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("answered with the body still held")
+        .unwrap();
+    let a = Answer::read(resp, started.elapsed()).await;
+    assert_eq!(
+        (a.status.as_u16(), a.body.as_str()),
+        (403, "denied by the processor")
+    );
+    assert_eq!(hits.load(Ordering::Relaxed), before);
+    let last = streams().last().unwrap().clone();
+    let phases: Vec<_> = last.messages.iter().map(|(p, _, eos)| (*p, *eos)).collect();
+    assert_eq!(phases, [("request_headers", false)]);
+    drop(tx);
 
     assert_eq!(outcome(&node, "bodies", "body_too_large"), 2.0);
     assert!(outcome(&node, "bodies", "continue") >= 12.0);
