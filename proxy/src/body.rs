@@ -137,6 +137,23 @@ impl CountingBody<RequestBody> {
         })
     }
 
+    /// Replaces the first `read` bytes of the body's data, read ahead, with `data` (the
+    /// part an external processor was told and changed, `BUFFERED_PARTIAL`); the rest of
+    /// the client's follows as it comes, counted as it does. `data` is not counted.
+    pub(crate) fn replace_read(&mut self, data: Bytes, read: usize) {
+        let rest = std::mem::replace(&mut self.inner, RequestBody::Empty);
+        let mut frames = VecDeque::new();
+        if !data.is_empty() {
+            frames.push_back(Frame::data(data));
+        }
+        self.counted = frames.len();
+        let rest = RequestBody::Own(Box::pin(Skip {
+            inner: rest,
+            skip: read,
+        }));
+        self.inner = RequestBody::Own(Box::pin(Replay { frames, rest }));
+    }
+
     /// Replaces the body with `data` and then `trailers` (an external processor's new
     /// body): what is left of the client's is not sent on. Neither is counted: the
     /// request's size is what its client sent.
@@ -151,6 +168,51 @@ impl CountingBody<RequestBody> {
             frames,
             rest: RequestBody::Empty,
         }));
+    }
+}
+
+/// The body after its first `skip` bytes of data.
+struct Skip {
+    inner: RequestBody,
+    skip: usize,
+}
+
+impl Body for Skip {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if self.skip > 0 => frame,
+                other => return other,
+            };
+            match frame.into_data() {
+                Ok(mut d) if d.len() > self.skip => {
+                    let _ = d.split_to(std::mem::take(&mut self.skip));
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Ok(d) => self.skip -= d.len(),
+                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_sub(self.skip as u64));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_sub(self.skip as u64));
+        }
+        hint
     }
 }
 
@@ -469,6 +531,37 @@ mod tests {
             assert_eq!(&all.to_bytes()[..], b"abcdefghi");
             assert_eq!(state.request_bytes(), 9, "each byte counted once");
         }
+        // The part read replaced (an external processor's, `BUFFERED_PARTIAL`): the new
+        // part, then the client's rest (mid-frame too), each of the client's bytes counted
+        // once, the new ones not at all; a second read ahead reads on from the new part.
+        for (at_least, read_len) in [(4, 6), (7, 9)] {
+            let state = Arc::new(StreamState::new(tokio::time::Instant::now(), false));
+            let frames = vec![
+                data("abc"),
+                data("def"),
+                data("ghi"),
+                Frame::trailers(trailers.clone()),
+            ];
+            let mut body = CountingBody::new(client_body(frames), state.clone());
+            let read = body.read_ahead(at_least).await.unwrap();
+            assert_eq!(read.data.len(), read_len);
+            body.replace_read(Bytes::from_static(b"XY"), read_len);
+            let again = body.read_ahead(3).await.unwrap();
+            let want = &b"XYghi"[..2 + (9 - read_len).min(3)];
+            assert_eq!(&again.data[..], want);
+            let all = body.collect().await.unwrap();
+            assert_eq!(all.trailers(), Some(&trailers));
+            let rest = &b"abcdefghi"[read_len..];
+            assert_eq!(all.to_bytes(), [&b"XY"[..], rest].concat());
+            assert_eq!(state.request_bytes(), 9, "the client's bytes, counted once");
+        }
+        // Skipping into the middle of a frame.
+        let state = Arc::new(StreamState::new(tokio::time::Instant::now(), false));
+        let frames = vec![data("abc"), data("def")];
+        let mut body = CountingBody::new(client_body(frames), state.clone());
+        body.replace_read(Bytes::new(), 4);
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"ef");
+
         // A body that has ended already reads nothing.
         let state = Arc::new(StreamState::new(tokio::time::Instant::now(), true));
         let mut body = CountingBody::new(RequestBody::Empty, state);

@@ -19,15 +19,17 @@
 //! - an unusable stream (not opened, failed) is a `500`, a late answer a `504`, or with
 //!   `failure_mode_allow` the request goes on and the stream is dropped.
 //!
-//! Bodies are sent whole (`BUFFERED`), after their head, at most the connection manager's
-//! buffer limit (the listener's `per_connection_buffer_limit_bytes`): the head is told at
-//! once and a request's body read ahead only after its answer (so an answer to the head,
-//! an `immediate_response` say, does not wait for the body), through the filter chain
-//! (where what an external authorization filter before read is reused), a response's
-//! collected here. The answer may replace the body (`body_mutation`) and change the head,
-//! still held; a new body must match the head's `content-length` (Envoy checks it, it does
-//! not rewrite it). A body told without its head loses its `content-length`. `CONTINUE_AND_REPLACE` to a head replaces the body with
-//! the answer's, unsent. Trailers are never sent (the converter takes only `SKIP`).
+//! Bodies are held, at most the connection manager's buffer limit (the listener's
+//! `per_connection_buffer_limit_bytes`), and sent after their head: whole (`BUFFERED`), or
+//! up to the limit with the rest following untold (`BUFFERED_PARTIAL`, their
+//! `content-length` removed). The head is told at once and a request's body read ahead only
+//! after its answer (so an answer to the head, an `immediate_response` say, does not wait
+//! for the body), through the filter chain (where what an external authorization filter
+//! before read is reused); a response's is collected here. The answer may replace the body
+//! (`body_mutation`) and change the head, still held; a new body must match the head's
+//! `content-length` (Envoy checks it, it does not rewrite it). A body told without its head
+//! loses its `content-length`. `CONTINUE_AND_REPLACE` to a head replaces the body with the
+//! answer's, unsent. Trailers are never sent (the converter takes only `SKIP`).
 //!
 //! The stream goes through the connection's own pools ([`crate::services`]) and is
 //! half-closed after the last message; the processor then has a few seconds to end it.
@@ -45,7 +47,7 @@ use crate::body::ReadAhead;
 use crate::error::{BodyError, ProxyBody};
 use crate::filters::Answer;
 use crate::metrics::ProxyMetrics;
-use crate::model::ext_proc::{ExtProcPolicy, ExtProcRoute, ProcessingMode, RouteCache};
+use crate::model::ext_proc::{BodyMode, ExtProcPolicy, ExtProcRoute, ProcessingMode, RouteCache};
 use crate::model::filter::GrpcService;
 use crate::services::{
     apply, edit_of, Edit, HeaderMapProto, HeaderValueOptionProto, HeaderValueProto, Services,
@@ -366,6 +368,9 @@ pub(crate) struct Continued {
     pub(crate) reroute: bool,
     /// The request's new body (it had its length removed or checked).
     pub(crate) body: Option<Bytes>,
+    /// `Some(n)`: the new body replaces only the first `n` bytes of the client's, which
+    /// were told (`BUFFERED_PARTIAL`); the rest follows as it comes.
+    pub(crate) replaces: Option<usize>,
 }
 
 /// A checked answer to a head or a body.
@@ -419,7 +424,7 @@ impl Exchange {
 
     /// Whether the response is to be processed (its headers or its body).
     pub(crate) fn wants_response(&self) -> bool {
-        !self.over && (self.mode.response_headers || self.mode.response_body)
+        !self.over && (self.mode.response_headers || self.mode.response_body.sent())
     }
 
     /// Processes the request: its headers (when the mode sends them) at once, then its body
@@ -441,7 +446,13 @@ impl Exchange {
         Fut: std::future::Future<Output = Result<ReadAhead, BodyError>>,
     {
         let mut processed = Continued::default();
-        let mut send_body = self.mode.request_body && !end_of_stream && read.is_some();
+        let partial = self.mode.request_body == BodyMode::BufferedPartial;
+        let mut send_body = self.mode.request_body.sent() && !end_of_stream && read.is_some();
+        if send_body && (partial || !self.mode.request_headers) {
+            // A body told alone, or in part, may change: its length goes (as in Envoy,
+            // where the head's own answer may set it again).
+            processed.changes.push(Changes::without_length());
+        }
         if self.mode.request_headers {
             let pseudo = [
                 (":authority", head.authority.as_bytes()),
@@ -470,19 +481,23 @@ impl Exchange {
                 }
                 Err(f) => return Ok(self.request_failed(f, processed, grpc, metrics)),
             }
-        } else if send_body {
-            // The body is told alone, and may change: its length goes (as in Envoy).
-            processed.changes.push(Changes::without_length());
         }
         if let (true, Some(read)) = (send_body, read) {
-            let read = match read(self.limit.saturating_add(1)).await {
+            // The whole body, and a byte more to tell one over the limit; in part, up to
+            // the limit.
+            let wanted = if partial {
+                self.limit
+            } else {
+                self.limit.saturating_add(1)
+            };
+            let read = match read(wanted).await {
                 Ok(read) => read,
                 Err(e) => {
                     self.close();
                     return Err(e);
                 }
             };
-            if !read.whole || read.data.len() > self.limit {
+            if !partial && (!read.whole || read.data.len() > self.limit) {
                 metrics.ext_proc(&self.policy.stat_prefix, "body_too_large");
                 self.close();
                 let resp = crate::http::text_response(413, "Payload Too Large".into());
@@ -492,7 +507,7 @@ impl Exchange {
             }
             let message = Phase::RequestBody(HttpBody {
                 body: read.data.clone(),
-                end_of_stream: read.trailers.is_none(),
+                end_of_stream: read.whole && read.trailers.is_none(),
             });
             let held = self.mode.request_headers;
             let answer = match self.ask(services, message).await {
@@ -513,6 +528,9 @@ impl Exchange {
                     metrics.ext_proc(&self.policy.stat_prefix, "continue");
                     processed.reroute |= self.reroute(a.clear_route_cache);
                     processed.changes.push(a.changes);
+                    if a.body.is_some() && !read.whole {
+                        processed.replaces = Some(read.data.len());
+                    }
                     processed.body = a.body.or(processed.body);
                 }
                 Err(f) => return Ok(self.request_failed(f, processed, grpc, metrics)),
@@ -574,7 +592,8 @@ impl Exchange {
         grpc: bool,
         metrics: &ProxyMetrics,
     ) -> Result<(), Failure> {
-        let mut send_body = self.mode.response_body && !resp.body().is_end_stream();
+        let partial = self.mode.response_body == BodyMode::BufferedPartial;
+        let mut send_body = self.mode.response_body.sent() && !resp.body().is_end_stream();
         if self.mode.response_headers {
             let status = resp.status();
             let pseudo = [(":status", status.as_str().as_bytes())];
@@ -583,6 +602,11 @@ impl Exchange {
                 headers: Some(headers),
                 end_of_stream: resp.body().is_end_stream(),
             });
+            if send_body && partial {
+                // As for the request: a body told in part loses its length, once the head
+                // is told (its answer may set it again).
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             let a = match self.ask(services, message).await? {
                 Answered::ResponseHeaders(h) => self.headers_answer(h, ":status", metrics)?,
                 Answered::ImmediateResponse(r) => {
@@ -605,8 +629,12 @@ impl Exchange {
         if !send_body {
             return Ok(());
         }
-        let (data, trailers) = match buffer(resp.body_mut(), self.limit).await {
-            Ok(Some(whole)) => whole,
+        let Held {
+            data,
+            trailers,
+            whole,
+        } = match buffer(resp.body_mut(), self.limit, partial).await {
+            Ok(Some(held)) => held,
             Ok(None) => {
                 metrics.ext_proc(&self.policy.stat_prefix, "body_too_large");
                 *resp = error_answer(500, grpc).0;
@@ -620,7 +648,7 @@ impl Exchange {
         };
         let message = Phase::ResponseBody(HttpBody {
             body: data.clone(),
-            end_of_stream: trailers.is_none(),
+            end_of_stream: whole && trailers.is_none(),
         });
         let held = self.mode.response_headers;
         let answer = match self.ask(services, message).await {
@@ -645,13 +673,13 @@ impl Exchange {
             Ok(a) => a,
             Err(f) => {
                 // The body goes on as it came if the failure lets the response through.
-                *resp.body_mut() = frames_body(data, trailers);
+                put_back(resp.body_mut(), data, trailers, whole);
                 return Err(f);
             }
         };
         metrics.ext_proc(&self.policy.stat_prefix, "continue");
         a.changes.apply_to(resp);
-        *resp.body_mut() = frames_body(a.body.unwrap_or(data), trailers);
+        put_back(resp.body_mut(), a.body.unwrap_or(data), trailers, whole);
         Ok(())
     }
 
@@ -1000,28 +1028,68 @@ fn length_matches<'c>(
     Ok(())
 }
 
-/// The whole of a response body and its trailers; `None` when it is longer than `limit`.
+/// What of a response's body is held for the processor.
+struct Held {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+    /// The body ended within `data` (and `trailers`); else (`BUFFERED_PARTIAL`) the rest
+    /// is still in the body it was read from.
+    whole: bool,
+}
+
+/// Reads `body` whole, or `None` when it is longer than `limit`; with `partial`, until it
+/// ends or `limit` bytes are in, the rest left in `body`.
 async fn buffer(
     body: &mut ProxyBody,
     limit: usize,
-) -> Result<Option<(Bytes, Option<HeaderMap>)>, BodyError> {
+    partial: bool,
+) -> Result<Option<Held>, BodyError> {
     let mut data = BytesMut::new();
     while let Some(frame) = body.frame().await {
         match frame?.into_data() {
             Ok(d) => {
                 data.extend_from_slice(&d);
-                if data.len() > limit {
+                if partial && data.len() >= limit && !body.is_end_stream() {
+                    return Ok(Some(Held {
+                        data: data.freeze(),
+                        trailers: None,
+                        whole: false,
+                    }));
+                }
+                if !partial && data.len() > limit {
                     return Ok(None);
                 }
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    return Ok(Some((data.freeze(), Some(trailers))));
+                    return Ok(Some(Held {
+                        data: data.freeze(),
+                        trailers: Some(trailers),
+                        whole: true,
+                    }));
                 }
             }
         }
     }
-    Ok(Some((data.freeze(), None)))
+    Ok(Some(Held {
+        data: data.freeze(),
+        trailers: None,
+        whole: true,
+    }))
+}
+
+/// Puts `data` (and `trailers`) back as `body`, in front of what is left of it unless the
+/// body ended there (`whole`).
+fn put_back(body: &mut ProxyBody, data: Bytes, trailers: Option<HeaderMap>, whole: bool) {
+    if whole {
+        *body = frames_body(data, trailers);
+        return;
+    }
+    let rest = std::mem::replace(body, frames_body(Bytes::new(), None));
+    let first = (!data.is_empty()).then(|| Ok(http_body::Frame::data(data)));
+    let rest = http_body_util::BodyStream::new(rest);
+    let frames = futures_util::StreamExt::chain(futures_util::stream::iter(first), rest);
+    *body = StreamBody::new(frames).boxed();
 }
 
 /// A body of `data` then `trailers`.

@@ -857,7 +857,18 @@ pub(crate) async fn run(
                             }
                             filtered.ext_proc.push(changes);
                         }
-                        if let Some(data) = c.body {
+                        if let (Some(data), Some(n), Some(body)) =
+                            (&c.body, c.replaces, body.as_deref_mut())
+                        {
+                            // The told part of the body replaced: the rest of the client's
+                            // follows it; later filters read on from the new part.
+                            body.replace_read(data.clone(), n);
+                            filtered.body = Some(crate::body::ReadAhead {
+                                data: data.clone(),
+                                whole: false,
+                                trailers: None,
+                            });
+                        } else if let Some(data) = c.body {
                             // Later filters see the new body, and so does the upstream.
                             let trailers = filtered.body.take().and_then(|b| b.trailers);
                             filtered.body = Some(crate::body::ReadAhead {

@@ -598,8 +598,8 @@ fn body_told(m: &ProcessingRequest) -> (Bytes, bool) {
 
 fn buffered(f: impl FnOnce(&mut ProcessingMode)) -> Arc<ExtProcPolicy> {
     policy(|p| {
-        p.mode.request_body = true;
-        p.mode.response_body = true;
+        p.mode.request_body = BodyMode::Buffered;
+        p.mode.response_body = BodyMode::Buffered;
         f(&mut p.mode);
     })
 }
@@ -1023,4 +1023,110 @@ async fn a_body_that_fails_while_read_is_the_clients_error() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the stream was not half-closed");
+}
+
+#[tokio::test]
+async fn buffered_partial_tells_the_body_up_to_the_limit_and_the_rest_follows() {
+    let partial = buffered(|m| {
+        m.request_body = BodyMode::BufferedPartial;
+        m.response_body = BodyMode::BufferedPartial;
+    });
+    let upper = |what| common_answer(what, 0, vec![], Some(Mutation::Body("HEL!".into())));
+    // A request body longer than the limit (4): what was read of it (5 bytes, past the
+    // limit) is told with `end_of_stream` false and replaced; the rest is the client's.
+    // The length goes although the head was told (the processor saw it).
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        headers_answer(true, HeaderMutation::default(), false),
+        upper(Answered::RequestBody),
+        headers_answer(false, HeaderMutation::default(), false),
+        upper(Answered::ResponseBody),
+    ]);
+    let mut exchange = Exchange::new(&partial, None, 4).unwrap();
+    let mut h = request_headers();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+    let (body, noted) = (read(b"hello", false), Noted::default());
+    let read_by = reader(&body, &services, &noted);
+    let Processed::Continue(c) = exchange
+        .request(&services, &head(&h), read_by, false, false, &metrics)
+        .await
+        .unwrap()
+    else {
+        panic!("answered")
+    };
+    assert_eq!(noted.get(), Some((1, 4)), "up to the limit, after the head");
+    assert_eq!(
+        (c.body.as_deref(), c.replaces),
+        (Some(&b"HEL!"[..]), Some(5))
+    );
+    let mut upstream = h.clone();
+    c.changes.iter().for_each(|c| c.apply(&mut upstream));
+    assert!(!upstream.contains_key(header::CONTENT_LENGTH));
+    let seen = services.seen.lock().unwrap().clone();
+    assert_eq!(
+        told(&seen[0])
+            .0
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .unwrap()
+            .1,
+        "11"
+    );
+    assert_eq!(body_told(&seen[1]), (Bytes::from_static(b"hello"), false));
+
+    // The response's body in frames: held until the limit is passed, told in part, and
+    // the new part goes before the rest; its length gone, though its head was told.
+    let frames = ["hel", "lo wor", "ld"].map(|d| Ok(http_body::Frame::data(Bytes::from(d))));
+    let mut resp = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+    assert_eq!(&body_of(resp).await[..], b"HEL!ld");
+    let seen = services.seen.lock().unwrap().clone();
+    assert_eq!(
+        told(&seen[2])
+            .0
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .unwrap()
+            .1,
+        "11"
+    );
+    assert_eq!(
+        body_told(&seen[3]),
+        (Bytes::from_static(b"hello wor"), false)
+    );
+
+    // Bodies that end within the limit are told whole, as with `BUFFERED`, and nothing
+    // is over the limit: no 413, no 500.
+    let services = Scripted::new(vec![
+        headers_answer(true, HeaderMutation::default(), false),
+        common_answer(Answered::RequestBody, 0, vec![], None),
+        headers_answer(false, HeaderMutation::default(), false),
+        common_answer(Answered::ResponseBody, 0, vec![], None),
+    ]);
+    let mut exchange = Exchange::new(&partial, None, LIMIT).unwrap();
+    let (body, noted) = (read(b"hello", true), Noted::default());
+    let read_by = reader(&body, &services, &noted);
+    let Processed::Continue(c) = exchange
+        .request(&services, &head(&h), read_by, false, false, &metrics)
+        .await
+        .unwrap()
+    else {
+        panic!("answered")
+    };
+    assert_eq!((c.body, c.replaces), (None, None));
+    let mut resp = ok_response();
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(&body_of(resp).await[..], b"hello");
+    let seen = services.seen.lock().unwrap().clone();
+    assert_eq!(body_told(&seen[1]), (Bytes::from_static(b"hello"), true));
+    assert_eq!(body_told(&seen[3]), (Bytes::from_static(b"hello"), true));
+    assert_eq!(count(&metrics, "body_too_large"), 0);
 }

@@ -40,22 +40,18 @@ pub struct ExtProcPolicy {
 }
 
 /// Which parts of a request and its response go to the processor (`ProcessingMode`;
-/// bodies are sent whole (`BUFFERED`) or not at all (`NONE`), trailers never: their modes
-/// must be `SKIP`).
+/// bodies are sent held (`BUFFERED`, `BUFFERED_PARTIAL`) or not at all (`NONE`), trailers
+/// never: their modes must be `SKIP`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProcessingMode {
     /// `request_header_mode` is `SEND` (or `DEFAULT`).
     pub request_headers: bool,
     /// `response_header_mode` is `SEND` (or `DEFAULT`).
     pub response_headers: bool,
-    /// `request_body_mode` is `BUFFERED`: the whole request body, up to the connection
-    /// manager's buffer limit (the listener's `per_connection_buffer_limit_bytes`, 1 MiB by
-    /// default), is sent after the headers and held until the processor answers. A longer
-    /// request body is answered `413`, a longer response body `500`, as Envoy's buffering
-    /// filters do.
-    pub request_body: bool,
-    /// `response_body_mode` is `BUFFERED`, as for the request.
-    pub response_body: bool,
+    /// `request_body_mode`.
+    pub request_body: BodyMode,
+    /// `response_body_mode`.
+    pub response_body: BodyMode,
 }
 
 impl Default for ProcessingMode {
@@ -64,9 +60,32 @@ impl Default for ProcessingMode {
         ProcessingMode {
             request_headers: true,
             response_headers: true,
-            request_body: false,
-            response_body: false,
+            request_body: BodyMode::None,
+            response_body: BodyMode::None,
         }
+    }
+}
+
+/// How a body goes to the processor (`BodySendMode`). Both held modes hold at most the
+/// connection manager's buffer limit (the listener's `per_connection_buffer_limit_bytes`, 1
+/// MiB by default) and send it after the head, held until the processor answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BodyMode {
+    /// `NONE`: not sent.
+    None,
+    /// `BUFFERED`: the whole body. A longer request body is answered `413`, a longer
+    /// response body `500`, as Envoy's buffering filters do.
+    Buffered,
+    /// `BUFFERED_PARTIAL`: the body up to the limit, the rest (when longer) going on
+    /// untold after the processor's answer; `content-length` is removed (the processor may
+    /// change the part it sees).
+    BufferedPartial,
+}
+
+impl BodyMode {
+    /// The body is sent.
+    pub fn sent(self) -> bool {
+        self != BodyMode::None
     }
 }
 

@@ -162,21 +162,22 @@ fn mode_of(cx: &mut Cx, p: &str, m: &ProcessingMode) -> Option<mp::ProcessingMod
     };
     let request_headers = header(cx, "request_header_mode", *request_header_mode);
     let response_headers = header(cx, "response_header_mode", *response_header_mode);
-    // Bodies go whole (`BUFFERED`) or not at all; `STREAMED`, `BUFFERED_PARTIAL` and
+    // Bodies go held (`BUFFERED`, `BUFFERED_PARTIAL`) or not at all; `STREAMED` and
     // `FULL_DUPLEX_STREAMED` are not Myelin's (yet).
     let body = |cx: &mut Cx, name: &str, v: i32| match v {
-        0 => false,
-        2 => true,
-        1 | 3 | 4 => {
+        0 => mp::BodyMode::None,
+        2 => mp::BodyMode::Buffered,
+        3 => mp::BodyMode::BufferedPartial,
+        1 | 4 => {
             cx.reject(join(p, name), Reason::NotSupported);
-            false
+            mp::BodyMode::None
         }
         other => {
             cx.reject(
                 join(p, name),
                 Reason::Invalid(format!("unknown mode {other}")),
             );
-            false
+            mp::BodyMode::None
         }
     };
     let request_body = body(cx, "request_body_mode", *request_body_mode);

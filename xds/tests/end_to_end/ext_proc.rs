@@ -366,6 +366,15 @@ virtual_hosts:
         overrides:
           processing_mode: {{request_header_mode: SKIP}}
           grpc_initial_metadata: [{{key: x-tenant, value: b}}]
+  - match: {{prefix: /partial}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      {NAME}:
+        "@type": {PER_ROUTE}
+        overrides:
+          processing_mode:
+            request_body_mode: BUFFERED_PARTIAL
+            response_body_mode: BUFFERED_PARTIAL
   - match: {{prefix: /}}
     route: {{cluster: web}}
 "#
@@ -536,12 +545,23 @@ async fn a_processor_sees_and_changes_both_heads_over_xds() {
 /// A POST of `body` to the `bodies` listener with `headers`: with its length, or chunked
 /// (`chunked`: in pieces of 64 KiB).
 async fn post(node: &Node, body: Bytes, chunked: bool, headers: &[(&str, &str)]) -> Answer {
+    post_to(node, "/upload", body, chunked, headers).await
+}
+
+/// [`post`] to `path`.
+async fn post_to(
+    node: &Node,
+    path: &str,
+    body: Bytes,
+    chunked: bool,
+    headers: &[(&str, &str)],
+) -> Answer {
     let stream = node.connect(vip(BODY_PORT)).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut req = HyperRequest::post("/upload").header("host", "web");
+    let mut req = HyperRequest::post(path).header("host", "web");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -665,4 +685,58 @@ async fn a_processor_sees_and_replaces_buffered_bodies_over_xds() {
 
     assert_eq!(outcome(&node, "bodies", "body_too_large"), 2.0);
     assert!(outcome(&node, "bodies", "continue") >= 12.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_partial_tells_bodies_up_to_the_limit_over_xds() {
+    let Bed { p, _cp, node, .. } = bed().await;
+    // A body past the listener's limit (1 MiB) on a route that overrides the mode to
+    // BUFFERED_PARTIAL: not refused; the part read up to the limit is told (not the
+    // end) and upper-cased by the processor, the rest goes up untold, as it came.
+    let total = (1 << 20) + (100 << 10);
+    let a = post_to(
+        &node,
+        "/partial",
+        Bytes::from(vec![b'a'; total]),
+        true,
+        &[("x-action", "upper")],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let s = p.streams.lock().unwrap().clone();
+    let m = &s.last().unwrap().messages;
+    let phases: Vec<_> = m.iter().map(|(p, _, eos)| (*p, *eos)).collect();
+    assert_eq!(
+        phases,
+        [
+            ("request_headers", false),
+            ("request_body", false),
+            ("response_headers", false),
+            ("response_body", false),
+        ]
+    );
+    let told = |i: usize| m[i].1["body"].len();
+    let request_told = told(1);
+    assert!((1 << 20..total).contains(&request_told), "{request_told}");
+    // The response (the upstream's echo, longer than the limit too) is told in part and
+    // that part replaced; the rest of the echo follows it.
+    let response_told = told(3);
+    assert!(response_told >= 1 << 20, "{response_told}");
+    let rest = a
+        .body
+        .strip_prefix("replaced by the processor")
+        .unwrap_or_else(|| panic!("{}", &a.body[..64]));
+    // What the upstream was sent (the echo: the told part, then the rest): the body's
+    // told part upper-cased, then its rest as it was.
+    let echo = format!("{}{rest}", m[3].1["body"]);
+    let (_, sent) = echo.split_once("body: ").unwrap();
+    let want = "A".repeat(request_told) + &"a".repeat(total - request_told) + "\n";
+    assert!(
+        sent == want,
+        "{} bytes sent, {} wanted",
+        sent.len(),
+        want.len()
+    );
+    assert_eq!(a.header("content-length"), None);
+    assert_eq!(outcome(&node, "bodies", "body_too_large"), 0.0);
 }

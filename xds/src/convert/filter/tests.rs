@@ -1753,8 +1753,8 @@ fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
         mp::ProcessingMode {
             request_headers: true,
             response_headers: false,
-            request_body: true,
-            response_body: false,
+            request_body: mp::BodyMode::Buffered,
+            response_body: mp::BodyMode::None,
         }
     );
     assert_eq!(eg.service.authority, "grpc-backend.default:9000");
@@ -1786,7 +1786,7 @@ fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
             format!("{fc}.processing_mode.request_body_mode: not supported"),
         ),
         (
-            "processing_mode: {response_body_mode: BUFFERED_PARTIAL}",
+            "processing_mode: {response_body_mode: STREAMED}",
             format!("{fc}.processing_mode.response_body_mode: not supported"),
         ),
         (
@@ -1837,7 +1837,7 @@ virtual_hosts:
       p:
         "@type": {EXT_PROC_ROUTE}
         overrides:
-          processing_mode: {{request_header_mode: SKIP, response_body_mode: BUFFERED}}
+          processing_mode: {{request_header_mode: SKIP, response_body_mode: BUFFERED_PARTIAL}}
           grpc_service: {{envoy_grpc: {{cluster_name: other}}}}
           grpc_initial_metadata: [{{key: x-tenant, value: b}}]
 "#
@@ -1864,8 +1864,8 @@ virtual_hosts:
         Some(mp::ProcessingMode {
             request_headers: false,
             response_headers: true,
-            request_body: false,
-            response_body: true,
+            request_body: mp::BodyMode::None,
+            response_body: mp::BodyMode::BufferedPartial,
         })
     );
     assert_eq!(service.as_ref().unwrap().cluster, "other");
