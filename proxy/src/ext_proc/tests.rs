@@ -214,6 +214,17 @@ fn told(m: &ProcessingRequest) -> (Vec<(String, String)>, bool) {
     (fields, h.end_of_stream)
 }
 
+/// Waits (a second at most) for the proxy to half-close the processor's stream.
+async fn half_closed(services: &Scripted) {
+    for _ in 0..100 {
+        if *services.ended.lock().unwrap() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the stream was not half-closed");
+}
+
 fn count(metrics: &ProxyMetrics, outcome: &'static str) -> u64 {
     metrics
         .ext_proc
@@ -323,13 +334,7 @@ async fn both_heads_are_told_and_changed_as_the_rules_allow() {
     assert!(fields.contains(&("x-upstream".into(), "1".into())));
     assert_eq!(services.heads.lock().unwrap()[0]["x-tenant"], "a");
     // Half-closed after the last message: the processor sees the end of the stream.
-    for _ in 0..100 {
-        if *services.ended.lock().unwrap() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the stream was not half-closed");
+    half_closed(&services).await;
 }
 
 #[tokio::test]
@@ -1016,13 +1021,7 @@ async fn a_body_that_fails_while_read_is_the_clients_error() {
     );
     // The processor was told the head only, and its stream was half-closed.
     assert_eq!(services.seen.lock().unwrap().len(), 1);
-    for _ in 0..100 {
-        if *services.ended.lock().unwrap() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the stream was not half-closed");
+    half_closed(&services).await;
 }
 
 #[tokio::test]
