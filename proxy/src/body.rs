@@ -99,6 +99,13 @@ pub(crate) struct ReadAhead {
     pub(crate) trailers: Option<http::HeaderMap>,
 }
 
+impl ReadAhead {
+    /// Whether a filter that wants `n` bytes of the body has them here (or all there is).
+    pub(crate) fn covers(&self, n: usize) -> bool {
+        self.whole || self.data.len() >= n
+    }
+}
+
 impl CountingBody<RequestBody> {
     /// Reads the body until it ends or `at_least` bytes of data are in, counted as they come
     /// (so the stream's timeouts see them), and puts what was read back in front of the
@@ -141,33 +148,27 @@ impl CountingBody<RequestBody> {
     /// part an external processor was told and changed, `BUFFERED_PARTIAL`); the rest of
     /// the client's follows as it comes, counted as it does. `data` is not counted.
     pub(crate) fn replace_read(&mut self, data: Bytes, read: usize) {
-        let rest = std::mem::replace(&mut self.inner, RequestBody::Empty);
-        let mut frames = VecDeque::new();
-        if !data.is_empty() {
-            frames.push_back(Frame::data(data));
-        }
-        self.counted = frames.len();
-        let rest = RequestBody::Own(Box::pin(Skip {
-            inner: rest,
-            skip: read,
-        }));
-        self.inner = RequestBody::Own(Box::pin(Replay { frames, rest }));
+        let inner = std::mem::replace(&mut self.inner, RequestBody::Empty);
+        let rest = RequestBody::Own(Box::pin(Skip { inner, skip: read }));
+        self.put_front(data, None, rest);
     }
 
     /// Replaces the body with `data` and then `trailers` (an external processor's new
     /// body): what is left of the client's is not sent on. Neither is counted: the
     /// request's size is what its client sent.
     pub(crate) fn replace(&mut self, data: Bytes, trailers: Option<http::HeaderMap>) {
+        self.put_front(data, trailers, RequestBody::Empty);
+    }
+
+    /// The body becomes `data` and `trailers` (not counted), then `rest`.
+    fn put_front(&mut self, data: Bytes, trailers: Option<http::HeaderMap>, rest: RequestBody) {
         let mut frames = VecDeque::new();
         if !data.is_empty() {
             frames.push_back(Frame::data(data));
         }
         frames.extend(trailers.map(Frame::trailers));
         self.counted = frames.len();
-        self.inner = RequestBody::Own(Box::pin(Replay {
-            frames,
-            rest: RequestBody::Empty,
-        }));
+        self.inner = RequestBody::Own(Box::pin(Replay { frames, rest }));
     }
 }
 

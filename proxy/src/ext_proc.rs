@@ -429,7 +429,7 @@ impl Exchange {
 
     /// Processes the request: its headers (when the mode sends them) at once, then its body
     /// when the mode buffers it, read with `read` (asked for the limit and a byte, to tell
-    /// a body over the limit) only after the head's answer, as Envoy's filter holds the
+    /// a body over the limit; in part, the limit) only after the head's answer, as Envoy's filter holds the
     /// body only from its `decodeData`; `read` is `None` when the request has no body to
     /// read (CONNECT, an upgrade). A failure to read the body is the client's.
     pub(crate) async fn request<F, Fut>(
@@ -629,7 +629,7 @@ impl Exchange {
         if !send_body {
             return Ok(());
         }
-        let Held {
+        let ReadAhead {
             data,
             trailers,
             whole,
@@ -1028,29 +1028,20 @@ fn length_matches<'c>(
     Ok(())
 }
 
-/// What of a response's body is held for the processor.
-struct Held {
-    data: Bytes,
-    trailers: Option<HeaderMap>,
-    /// The body ended within `data` (and `trailers`); else (`BUFFERED_PARTIAL`) the rest
-    /// is still in the body it was read from.
-    whole: bool,
-}
-
 /// Reads `body` whole, or `None` when it is longer than `limit`; with `partial`, until it
-/// ends or `limit` bytes are in, the rest left in `body`.
+/// ends or `limit` bytes are in, the rest left in `body` (`whole` false).
 async fn buffer(
     body: &mut ProxyBody,
     limit: usize,
     partial: bool,
-) -> Result<Option<Held>, BodyError> {
+) -> Result<Option<ReadAhead>, BodyError> {
     let mut data = BytesMut::new();
     while let Some(frame) = body.frame().await {
         match frame?.into_data() {
             Ok(d) => {
                 data.extend_from_slice(&d);
                 if partial && data.len() >= limit && !body.is_end_stream() {
-                    return Ok(Some(Held {
+                    return Ok(Some(ReadAhead {
                         data: data.freeze(),
                         trailers: None,
                         whole: false,
@@ -1062,7 +1053,7 @@ async fn buffer(
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    return Ok(Some(Held {
+                    return Ok(Some(ReadAhead {
                         data: data.freeze(),
                         trailers: Some(trailers),
                         whole: true,
@@ -1071,7 +1062,7 @@ async fn buffer(
             }
         }
     }
-    Ok(Some(Held {
+    Ok(Some(ReadAhead {
         data: data.freeze(),
         trailers: None,
         whole: true,

@@ -837,7 +837,7 @@ pub(crate) async fn run(
                 let read = body.as_deref_mut().map(|body| {
                     move |at_least: usize| async move {
                         match have.as_ref() {
-                            Some(r) if r.whole || r.data.len() >= at_least => Ok(r.clone()),
+                            Some(r) if r.covers(at_least) => Ok(r.clone()),
                             _ => {
                                 let r = body.read_ahead(at_least).await?;
                                 *have = Some(r.clone());

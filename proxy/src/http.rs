@@ -1210,10 +1210,8 @@ impl HttpConn {
                         vhost: vh,
                         table: &table.config,
                     };
-                    let wanted = filters::body_to_read(filters, resume, levels).filter(|n| {
-                        let read = filtered.body.as_ref();
-                        read.is_none_or(|b| !b.whole && b.data.len() < *n)
-                    });
+                    let wanted = filters::body_to_read(filters, resume, levels)
+                        .filter(|n| filtered.body.as_ref().is_none_or(|b| !b.covers(*n)));
                     if let Some(n) = wanted {
                         let read = req.body_mut().read_ahead(n).await.map_err(|source| {
                             ProxyError::DownstreamAborted {
