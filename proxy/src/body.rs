@@ -22,6 +22,9 @@ pub(crate) struct CountingBody<B> {
     state: Arc<StreamState>,
     /// Frames at the front of `inner` that were counted when they were read ahead.
     counted: usize,
+    /// `inner` counts the client's bytes itself, inside what changes them
+    /// ([`CountingBody::through`]).
+    inside: bool,
 }
 
 impl<B> CountingBody<B> {
@@ -30,6 +33,7 @@ impl<B> CountingBody<B> {
             inner,
             state,
             counted: 0,
+            inside: false,
         }
     }
 
@@ -57,6 +61,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.inside {
+            return polled;
+        }
         if self.counted > 0 {
             if let Poll::Ready(Some(Ok(_))) = &polled {
                 self.counted -= 1;
@@ -158,6 +165,20 @@ impl CountingBody<RequestBody> {
     /// request's size is what its client sent.
     pub(crate) fn replace(&mut self, data: Bytes, trailers: Option<http::HeaderMap>) {
         self.put_front(data, trailers, RequestBody::Empty);
+    }
+
+    /// Sends the body on through `f` (an external processor told it as it comes,
+    /// `STREAMED`): the client's bytes are counted as they are read, before `f` changes
+    /// them.
+    pub(crate) fn through(&mut self, f: impl FnOnce(CountingBody<RequestBody>) -> RequestBody) {
+        let counting = CountingBody {
+            inner: std::mem::replace(&mut self.inner, RequestBody::Empty),
+            state: self.state.clone(),
+            counted: std::mem::take(&mut self.counted),
+            inside: self.inside,
+        };
+        self.inner = f(counting);
+        self.inside = true;
     }
 
     /// The body becomes `data` and `trailers` (not counted), then `rest`.
@@ -568,5 +589,29 @@ mod tests {
         let mut body = CountingBody::new(RequestBody::Empty, state);
         let read = body.read_ahead(10).await.unwrap();
         assert!(read.whole && read.data.is_empty());
+    }
+
+    /// A body sent on through a change (an external processor's, `STREAMED`) counts the
+    /// client's bytes, read ahead or not, once, and none of the new ones; a read ahead
+    /// after it sees the changed body.
+    #[tokio::test]
+    async fn a_body_sent_through_a_change_counts_the_clients_bytes() {
+        let state = Arc::new(StreamState::new(tokio::time::Instant::now(), false));
+        let frames = vec![data("abc"), data("def"), data("ghi")];
+        let mut body = CountingBody::new(client_body(frames), state.clone());
+        body.read_ahead(1).await.unwrap();
+        assert_eq!(state.request_bytes(), 3);
+        body.through(|inner| {
+            let doubled = inner.map_frame(|f| match f.into_data() {
+                Ok(d) => Frame::data([&d[..], &d[..]].concat().into()),
+                Err(f) => f,
+            });
+            RequestBody::Own(Box::pin(doubled))
+        });
+        let again = body.read_ahead(6).await.unwrap();
+        assert_eq!(&again.data[..], b"abcabc");
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], b"abcabcdefdefghighi");
+        assert_eq!(state.request_bytes(), 9, "the client's bytes, counted once");
     }
 }

@@ -22,7 +22,8 @@
 //! Bodies are held, at most the connection manager's buffer limit (the listener's
 //! `per_connection_buffer_limit_bytes`), and sent after their head: whole (`BUFFERED`), or
 //! up to the limit with the rest following untold (`BUFFERED_PARTIAL`, their
-//! `content-length` removed). The head is told at once and a request's body read ahead only
+//! `content-length` removed); or told chunk by chunk as they go on, after the head went
+//! (`STREAMED`, [`streamed`]). The head is told at once and a request's body read ahead only
 //! after its answer (so an answer to the head, an `immediate_response` say, does not wait
 //! for the body), through the filter chain (where what an external authorization filter
 //! before read is reused); a response's is collected here. The answer may replace the body
@@ -31,16 +32,16 @@
 //! loses its `content-length`. `CONTINUE_AND_REPLACE` to a head replaces the body with the
 //! answer's, unsent. Trailers are never sent (the converter takes only `SKIP`).
 //!
-//! The stream goes through the connection's own pools ([`crate::services`]) and is
-//! half-closed after the last message; the processor then has a few seconds to end it.
+//! The stream ([`link`]) goes through the connection's own pools ([`crate::services`]) and
+//! is half-closed after the last message; the processor then has a few seconds to end it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{channel::Sender, BodyExt, Channel, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use prost::Message;
 
 use crate::body::ReadAhead;
@@ -53,6 +54,12 @@ use crate::services::{
     apply, edit_of, Edit, HeaderMapProto, HeaderValueOptionProto, HeaderValueProto, Services,
 };
 use crate::traffic::router::RequestHead;
+
+mod link;
+mod streamed;
+
+use link::{Link, Side};
+pub(crate) use streamed::Streaming;
 
 const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
 /// How long a half-closed stream is left to the processor to end (Envoy's
@@ -158,8 +165,8 @@ struct BodyMutation {
     mutation: Option<Mutation>,
 }
 
-/// `BodyMutation.mutation` (`streamed_response` only told apart: it answers streamed
-/// bodies, which Myelin does not send).
+/// `BodyMutation.mutation` (`streamed_response` only told apart: it answers
+/// `FULL_DUPLEX_STREAMED` bodies, which Myelin does not send).
 #[derive(Clone, PartialEq, prost::Oneof)]
 enum Mutation {
     #[prost(bytes = "bytes", tag = "1")]
@@ -257,7 +264,7 @@ impl Changes {
 }
 
 /// Why an exchange with the processor went wrong.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Failure {
     /// No answer within `message_timeout`.
     Timeout,
@@ -271,78 +278,16 @@ enum Failure {
     Invalid(String),
 }
 
-/// One open stream.
-struct Stream {
-    tx: Sender<Bytes, BodyError>,
-    body: ProxyBody,
-    buf: BytesMut,
-    held: Option<crate::traffic::InFlight>,
-}
-
-impl Stream {
-    /// Reads the processor's next answer.
-    async fn read(&mut self) -> Result<ProcessingResponse, Failure> {
-        loop {
-            if self.buf.len() >= 5 {
-                if self.buf[0] != 0 {
-                    return Err(Failure::Stream("a compressed message".into()));
-                }
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if len > MAX_MESSAGE {
-                    return Err(Failure::Stream(format!("a message of {len} bytes")));
-                }
-                if self.buf.len() >= 5 + len {
-                    self.buf.advance(5);
-                    let message = self.buf.split_to(len).freeze();
-                    return ProcessingResponse::decode(message)
-                        .map_err(|e| Failure::Stream(format!("an undecodable answer: {e}")));
-                }
-            }
-            match self.body.frame().await {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.buf.extend_from_slice(&data),
-                    Err(frame) => {
-                        let status = frame
-                            .trailers_ref()
-                            .and_then(|t| t.get("grpc-status"))
-                            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
-                        return Err(match status {
-                            Some(0) => Failure::Closed,
-                            Some(code) => Failure::Stream(format!("grpc-status {code}")),
-                            None => Failure::Stream("trailers without grpc-status".into()),
-                        });
-                    }
-                },
-                Some(Err(e)) => return Err(Failure::Stream(e.to_string())),
-                None => return Err(Failure::Stream("the stream ended without a status".into())),
-            }
-        }
-    }
-
-    /// Half-closes the stream and leaves the processor [`CLOSE_WAIT`] to end it.
-    fn close(self) {
-        let Stream {
-            tx, mut body, held, ..
-        } = self;
-        drop(tx);
-        if body.is_end_stream() {
-            return;
-        }
-        tokio::spawn(async move {
-            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
-            let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
-            drop(held);
-        });
-    }
-}
-
 /// A request's processing by one filter: its settings, and the stream once open.
 pub(crate) struct Exchange {
     policy: Arc<ExtProcPolicy>,
     service: GrpcService,
     mode: ProcessingMode,
-    stream: Option<Stream>,
+    /// The stream, once a message needs it.
+    link: Option<Link>,
+    /// The request's body is told as it goes on (`STREAMED`): the response phase comes
+    /// even when it tells nothing, for an answer decided meanwhile.
+    streaming: bool,
     /// Processing is over for this request (closed by the processor, or failed and let
     /// through).
     over: bool,
@@ -371,6 +316,9 @@ pub(crate) struct Continued {
     /// `Some(n)`: the new body replaces only the first `n` bytes of the client's, which
     /// were told (`BUFFERED_PARTIAL`); the rest follows as it comes.
     pub(crate) replaces: Option<usize>,
+    /// The body is told as it goes on (`STREAMED`): the request's body is to go through
+    /// [`Streaming::body`].
+    pub(crate) streamed: Option<Streaming>,
 }
 
 /// A checked answer to a head or a body.
@@ -416,7 +364,8 @@ impl Exchange {
             policy: policy.clone(),
             service,
             mode,
-            stream: None,
+            link: None,
+            streaming: false,
             over: false,
             limit,
         })
@@ -424,7 +373,8 @@ impl Exchange {
 
     /// Whether the response is to be processed (its headers or its body).
     pub(crate) fn wants_response(&self) -> bool {
-        !self.over && (self.mode.response_headers || self.mode.response_body.sent())
+        self.streaming
+            || (!self.over && (self.mode.response_headers || self.mode.response_body.sent()))
     }
 
     /// Processes the request: its headers (when the mode sends them) at once, then its body
@@ -447,8 +397,9 @@ impl Exchange {
     {
         let mut processed = Continued::default();
         let partial = self.mode.request_body == BodyMode::BufferedPartial;
+        let streamed = self.mode.request_body == BodyMode::Streamed;
         let mut send_body = self.mode.request_body.sent() && !end_of_stream && read.is_some();
-        if send_body && (partial || !self.mode.request_headers) {
+        if send_body && (partial || streamed || !self.mode.request_headers) {
             // A body told alone, or in part, may change: its length goes (as in Envoy,
             // where the head's own answer may set it again).
             processed.changes.push(Changes::without_length());
@@ -465,7 +416,7 @@ impl Exchange {
                 headers: Some(headers),
                 end_of_stream,
             });
-            let answer = match self.ask(services, message).await {
+            let answer = match self.ask(services, Side::Request, message).await {
                 Ok(Answered::RequestHeaders(h)) => self.headers_answer(h, ":path", metrics),
                 Ok(Answered::ImmediateResponse(r)) => return Ok(self.immediate(r, grpc, metrics)),
                 Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
@@ -481,6 +432,16 @@ impl Exchange {
                 }
                 Err(f) => return Ok(self.request_failed(f, processed, grpc, metrics)),
             }
+        }
+        if send_body && streamed {
+            // Told as it goes on: the head goes now.
+            let link = match self.linked(services).await {
+                Ok(link) => link,
+                Err(f) => return Ok(self.request_failed(f, processed, grpc, metrics)),
+            };
+            processed.streamed = Some(self.streaming(link, Side::Request, grpc, metrics));
+            self.streaming = true;
+            return Ok(Processed::Continue(processed));
         }
         if let (true, Some(read)) = (send_body, read) {
             // The whole body, and a byte more to tell one over the limit; in part, up to
@@ -510,7 +471,7 @@ impl Exchange {
                 end_of_stream: read.whole && read.trailers.is_none(),
             });
             let held = self.mode.request_headers;
-            let answer = match self.ask(services, message).await {
+            let answer = match self.ask(services, Side::Request, message).await {
                 Ok(Answered::RequestBody(b)) => self.body_answer(b, ":path", held, metrics),
                 Ok(Answered::ImmediateResponse(r)) => return Ok(self.immediate(r, grpc, metrics)),
                 Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
@@ -569,19 +530,33 @@ impl Exchange {
 
     /// Processes the response: `resp` changed (its headers, then its body when the mode
     /// buffers it), or replaced by the processor's answer or an error's.
+    /// Returns the response flags of an answer decided while the request's body was told
+    /// (`STREAMED`: an `immediate_response`, a failure), which replaces `resp`.
     pub(crate) async fn response(
         mut self,
         services: &dyn Services,
         resp: &mut Response<ProxyBody>,
         grpc: bool,
         metrics: &ProxyMetrics,
-    ) {
-        if let Err(f) = self.process_response(services, resp, grpc, metrics).await {
-            if let Some(status) = self.failed(f, metrics) {
-                *resp = error_answer(status, grpc).0;
+    ) -> Option<&'static str> {
+        if let Some(link) = &self.link {
+            if let Some((answer, flags)) = link.take_answer() {
+                *resp = answer;
+                self.close();
+                return Some(flags);
+            }
+            self.over |= link.is_over();
+        }
+        let wanted = self.mode.response_headers || self.mode.response_body.sent();
+        if !self.over && wanted {
+            if let Err(f) = self.process_response(services, resp, grpc, metrics).await {
+                if let Some(status) = self.failed(f, metrics) {
+                    *resp = error_answer(status, grpc).0;
+                }
             }
         }
         self.close();
+        None
     }
 
     /// [`Exchange::response`] until a failure.
@@ -593,6 +568,7 @@ impl Exchange {
         metrics: &ProxyMetrics,
     ) -> Result<(), Failure> {
         let partial = self.mode.response_body == BodyMode::BufferedPartial;
+        let streamed = self.mode.response_body == BodyMode::Streamed;
         let mut send_body = self.mode.response_body.sent() && !resp.body().is_end_stream();
         if self.mode.response_headers {
             let status = resp.status();
@@ -602,12 +578,12 @@ impl Exchange {
                 headers: Some(headers),
                 end_of_stream: resp.body().is_end_stream(),
             });
-            if send_body && partial {
+            if send_body && (partial || streamed) {
                 // As for the request: a body told in part loses its length, once the head
                 // is told (its answer may set it again).
                 resp.headers_mut().remove(header::CONTENT_LENGTH);
             }
-            let a = match self.ask(services, message).await? {
+            let a = match self.ask(services, Side::Response, message).await? {
                 Answered::ResponseHeaders(h) => self.headers_answer(h, ":status", metrics)?,
                 Answered::ImmediateResponse(r) => {
                     if let Processed::Answer((answer, _)) = self.immediate(r, grpc, metrics) {
@@ -627,6 +603,13 @@ impl Exchange {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
         if !send_body {
+            return Ok(());
+        }
+        if streamed {
+            let link = self.linked(services).await?;
+            let streaming = self.streaming(link, Side::Response, grpc, metrics);
+            let body = std::mem::replace(resp.body_mut(), frames_body(Bytes::new(), None));
+            *resp.body_mut() = streaming.body(body).boxed();
             return Ok(());
         }
         let ReadAhead {
@@ -651,7 +634,7 @@ impl Exchange {
             end_of_stream: whole && trailers.is_none(),
         });
         let held = self.mode.response_headers;
-        let answer = match self.ask(services, message).await {
+        let answer = match self.ask(services, Side::Response, message).await {
             Ok(Answered::ResponseBody(b)) => {
                 self.body_answer(b, ":status", held, metrics).and_then(|a| {
                     if let Some(body) = &a.body {
@@ -703,26 +686,65 @@ impl Exchange {
         }
     }
 
-    /// Sends `message` (opening the stream with it first) and waits for the answer.
-    async fn ask(&mut self, services: &dyn Services, message: Phase) -> Result<Answered, Failure> {
+    /// Sends `message` of `side` (the stream opened with it first) and waits for the
+    /// answer.
+    async fn ask(
+        &mut self,
+        services: &dyn Services,
+        side: Side,
+        message: Phase,
+    ) -> Result<Answered, Failure> {
         let frame = crate::services::grpc_frame(&ProcessingRequest {
             request: Some(message),
         });
+        let timeout = self.policy.message_timeout;
         let exchange = async {
-            match &mut self.stream {
-                Some(stream) => stream
-                    .tx
-                    .send_data(frame)
-                    .await
-                    .map_err(|_| Failure::Stream("the stream is gone".into()))?,
-                None => self.stream = Some(open(services, &self.service, frame).await?),
-            }
-            self.stream.as_mut().expect("open").read().await
+            let link = match &self.link {
+                Some(link) => link.clone(),
+                None => self.link_to(services).await?,
+            };
+            link.send(side, frame)?;
+            link.answer(side).await
         };
-        let answer = tokio::time::timeout(self.policy.message_timeout, exchange)
+        let answer = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| Failure::Timeout)??;
         answer.response.ok_or(Failure::Spurious("an empty answer"))
+    }
+
+    /// The stream, made ready (an endpoint of the processor's cluster picked) if it was
+    /// not, within `message_timeout`: a body told chunk by chunk sends its call with the
+    /// first chunk.
+    async fn linked(&mut self, services: &dyn Services) -> Result<Link, Failure> {
+        if let Some(link) = &self.link {
+            return Ok(link.clone());
+        }
+        tokio::time::timeout(self.policy.message_timeout, self.link_to(services))
+            .await
+            .map_err(|_| Failure::Timeout)?
+    }
+
+    /// A new stream to the processor, the call sent with its first message.
+    async fn link_to(&mut self, services: &dyn Services) -> Result<Link, Failure> {
+        let opener = services
+            .open(&self.service.cluster)
+            .await
+            .map_err(Failure::Stream)?;
+        let link = Link::new(opener, self.service.clone());
+        self.link = Some(link.clone());
+        Ok(link)
+    }
+
+    /// What a body told chunk by chunk on `side` needs.
+    fn streaming(&self, link: Link, side: Side, grpc: bool, metrics: &ProxyMetrics) -> Streaming {
+        Streaming {
+            link,
+            side,
+            policy: self.policy.clone(),
+            counter: metrics.ext_proc_counter(&self.policy.stat_prefix),
+            grpc,
+            limit: self.limit,
+        }
     }
 
     /// The checked changes of an answer to a head; with `CONTINUE_AND_REPLACE` its body
@@ -779,212 +801,206 @@ impl Exchange {
         })
     }
 
-    /// The checked changes of a `HeaderMutation`; `pseudo` is the one `:`-header that may
-    /// change here (`:path` of a request, `:status` of a response).
+    /// The checked changes of a `HeaderMutation` ([`changes_of`]).
     fn changes(
         &self,
         mutation: Option<HeaderMutation>,
         pseudo: &str,
         metrics: &ProxyMetrics,
     ) -> Result<Changes, Failure> {
-        let mut changes = Changes::default();
-        let Some(mutation) = mutation else {
-            return Ok(changes);
-        };
-        let rules = &self.policy.rules;
-        let refused = |what: String| -> Result<(), Failure> {
-            metrics.ext_proc(&self.policy.stat_prefix, "rejected_mutation");
-            if rules.disallow_is_error {
-                Err(Failure::Invalid(what))
-            } else {
-                Ok(())
-            }
-        };
-        for name in mutation.remove_headers {
-            let name = name.to_ascii_lowercase();
-            // `:`-headers and `host` are never removed (Envoy's `isRemovableHeader`).
-            if name.starts_with(':') || name == "host" || !rules.allows(&name) {
-                refused(format!("removing {name}"))?;
-                continue;
-            }
-            let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
-                return Err(Failure::Invalid(format!("removing {name:?}")));
-            };
-            changes.remove.push(n);
-        }
-        for option in mutation.set_headers {
-            let name = option
-                .header
-                .as_ref()
-                .map(|h| h.key.to_ascii_lowercase())
-                .unwrap_or_default();
-            if name.is_empty() {
-                continue;
-            }
-            if let Some(h) = &option.header {
-                if !h.value.is_empty() && !h.raw_value.is_empty() {
-                    return Err(Failure::Invalid(format!(
-                        "{name}: both value and raw_value"
-                    )));
-                }
-            }
-            if !rules.allows(&name) {
-                refused(format!("setting {name}"))?;
-                continue;
-            }
-            if name.starts_with(':') {
-                let h = option.header.unwrap_or_default();
-                let raw = if h.raw_value.is_empty() {
-                    h.value.into_bytes()
-                } else {
-                    h.raw_value
-                };
-                let valid = HeaderValue::from_bytes(&raw).ok().filter(|v| {
-                    if pseudo == ":status" {
-                        StatusCode::from_bytes(v.as_bytes()).is_ok_and(|s| s.as_u16() >= 200)
-                    } else {
-                        v.as_bytes().starts_with(b"/")
-                    }
-                });
-                match valid {
-                    Some(v) if name == pseudo => changes.pseudo = Some(v),
-                    Some(_) => refused(format!("setting {name}"))?,
-                    None => return Err(Failure::Invalid(format!("{name}: {raw:?}"))),
-                }
-                continue;
-            }
-            match edit_of(option, true) {
-                Ok(Some(edit)) => changes.set.push(edit),
-                Ok(None) => {}
-                Err(e) => return Err(Failure::Invalid(e)),
-            }
-        }
-        Ok(changes)
+        let count = |outcome| metrics.ext_proc(&self.policy.stat_prefix, outcome);
+        changes_of(&self.policy, mutation, pseudo, &count)
     }
 
     /// The processor's `immediate_response`, as the answer (or ignored with
     /// `disable_immediate_response`: processing stops).
     fn immediate(&mut self, r: ImmediateResponse, grpc: bool, metrics: &ProxyMetrics) -> Processed {
-        if self.policy.disable_immediate_response {
-            metrics.ext_proc(&self.policy.stat_prefix, "immediate_response_ignored");
-            self.close();
-            return Processed::Continue(Continued::default());
-        }
-        metrics.ext_proc(&self.policy.stat_prefix, "immediate_response");
-        self.close();
-        let status = r
-            .status
-            .map(|s| s.code)
-            .and_then(|c| u16::try_from(c).ok())
-            .filter(|c| (200..=999).contains(c))
-            .unwrap_or(200);
-        let text = String::from_utf8_lossy(&r.body).into_owned();
-        let mut resp = if text.is_empty() {
-            crate::http::local_response(status, text.clone())
+        let count = |outcome| metrics.ext_proc(&self.policy.stat_prefix, outcome);
+        let answer = if self.policy.disable_immediate_response {
+            count("immediate_response_ignored");
+            Processed::Continue(Continued::default())
         } else {
-            crate::http::text_response(status, text.clone())
+            Processed::Answer(immediate_answer(&self.policy, r, grpc, &count))
         };
-        // Header changes the rules refuse are skipped here: the answer goes out anyway.
-        if let Ok(changes) = self.changes(r.headers, "", metrics) {
-            changes.apply(resp.headers_mut());
-        }
-        let named = r.grpc_status.map(|g| g.status);
-        if let Some(g) = named {
-            resp.headers_mut()
-                .insert("grpc-status", HeaderValue::from(g));
-        }
-        let resp = crate::http::for_grpc(resp, &text, grpc);
-        Processed::Answer((crate::local_reply::mark(resp, status, &text, named), "-"))
+        self.close();
+        answer
     }
 
-    /// What a failure comes to: `Some` status of the answer, or `None`
-    /// when the request goes on without the processor (a clean close, an answer out of
-    /// turn, `failure_mode_allow`).
+    /// What a failure comes to ([`failure_status`]); the stream is reset unless the
+    /// processor ended it, and processing is over.
     fn failed(&mut self, f: Failure, metrics: &ProxyMetrics) -> Option<u16> {
-        let prefix = &self.policy.stat_prefix;
         self.over = true;
-        let stream = self.stream.take();
-        let answer = match f {
-            Failure::Closed => {
-                metrics.ext_proc(prefix, "closed");
-                None
+        let link = self.link.take();
+        let reset = f != Failure::Closed;
+        let count = |outcome| metrics.ext_proc(&self.policy.stat_prefix, outcome);
+        let answer = failure_status(&self.policy, f, &count);
+        if let Some(link) = link {
+            if reset {
+                link.reset();
             }
-            Failure::Spurious(what) => {
-                tracing::debug!(target: "myelin::ext_proc", what, "processing stopped");
-                metrics.ext_proc(prefix, "spurious");
-                None
-            }
-            Failure::Invalid(what) => {
-                tracing::debug!(target: "myelin::ext_proc", %what, "invalid changes");
-                metrics.ext_proc(prefix, "invalid");
-                Some(500)
-            }
-            Failure::Timeout => {
-                metrics.ext_proc(prefix, "timeout");
-                Some(504)
-            }
-            Failure::Stream(why) => {
-                tracing::debug!(target: "myelin::ext_proc", %why, "stream failed");
-                metrics.ext_proc(prefix, "error");
-                Some(500)
-            }
-        };
-        // A failed or late stream is dropped (reset); a closed one is over already.
-        drop(stream);
-        if answer.is_some() && self.policy.failure_mode_allow {
-            metrics.ext_proc(prefix, "failure_mode_allowed");
-            return None;
+            link.set_over();
         }
         answer
     }
 
-    /// Ends the exchange: the stream half-closed (the processor ends it).
+    /// Ends the exchange: its hold of the stream let go (half-closed when no body told
+    /// chunk by chunk holds it; the processor ends it).
     fn close(&mut self) {
         self.over = true;
-        if let Some(s) = self.stream.take() {
-            s.close();
-        }
+        self.link = None;
     }
 }
 
-/// Opens the stream to `service` with `first` on its way (a server may answer the call's
-/// head only with its first message).
-async fn open(
-    services: &dyn Services,
-    service: &GrpcService,
-    first: Bytes,
-) -> Result<Stream, Failure> {
-    let (mut tx, body) = Channel::<Bytes, BodyError>::new(1);
-    if tx.try_send(http_body::Frame::data(first)).is_err() {
-        return Err(Failure::Stream("the stream's buffer is full".into()));
+/// The processor's `immediate_response` as the answer to the request (its status, below
+/// 200: 200; its headers checked by the rules, a refused change skipped).
+fn immediate_answer(
+    policy: &ExtProcPolicy,
+    r: ImmediateResponse,
+    grpc: bool,
+    count: &dyn Fn(&'static str),
+) -> Answer {
+    count("immediate_response");
+    let status = r
+        .status
+        .map(|s| s.code)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (200..=999).contains(c))
+        .unwrap_or(200);
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    let mut resp = if text.is_empty() {
+        crate::http::local_response(status, text.clone())
+    } else {
+        crate::http::text_response(status, text.clone())
+    };
+    // Header changes the rules refuse are skipped here: the answer goes out anyway.
+    if let Ok(changes) = changes_of(policy, r.headers, "", count) {
+        changes.apply(resp.headers_mut());
     }
-    let req =
-        crate::services::grpc_call(service, PROCESS_PATH, body.boxed()).map_err(Failure::Stream)?;
-    let opened = services
-        .open(&service.cluster, req)
-        .await
-        .map_err(Failure::Stream)?;
-    let (parts, body) = opened.response.into_parts();
-    if parts.status != StatusCode::OK {
-        return Err(Failure::Stream(format!("HTTP status {}", parts.status)));
+    let named = r.grpc_status.map(|g| g.status);
+    if let Some(g) = named {
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from(g));
     }
-    // A trailers-only answer: the call failed (or ended) before any message.
-    if let Some(code) = parts
-        .headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
-    {
-        return Err(match code {
-            0 => Failure::Closed,
-            code => Failure::Stream(format!("grpc-status {code}")),
-        });
+    let resp = crate::http::for_grpc(resp, &text, grpc);
+    (crate::local_reply::mark(resp, status, &text, named), "-")
+}
+
+/// What a failure comes to: `Some` status of the answer, or `None` when the request goes
+/// on without the processor (a clean close, an answer out of turn, `failure_mode_allow`).
+fn failure_status(policy: &ExtProcPolicy, f: Failure, count: &dyn Fn(&'static str)) -> Option<u16> {
+    let answer = match f {
+        Failure::Closed => {
+            count("closed");
+            None
+        }
+        Failure::Spurious(what) => {
+            tracing::debug!(target: "myelin::ext_proc", what, "processing stopped");
+            count("spurious");
+            None
+        }
+        Failure::Invalid(what) => {
+            tracing::debug!(target: "myelin::ext_proc", %what, "invalid changes");
+            count("invalid");
+            Some(500)
+        }
+        Failure::Timeout => {
+            count("timeout");
+            Some(504)
+        }
+        Failure::Stream(why) => {
+            tracing::debug!(target: "myelin::ext_proc", %why, "stream failed");
+            count("error");
+            Some(500)
+        }
+    };
+    if answer.is_some() && policy.failure_mode_allow {
+        count("failure_mode_allowed");
+        return None;
     }
-    Ok(Stream {
-        tx,
-        body,
-        buf: BytesMut::new(),
-        held: opened.held,
-    })
+    answer
+}
+
+/// The checked changes of a `HeaderMutation`; `pseudo` is the one `:`-header that may
+/// change here (`:path` of a request, `:status` of a response).
+fn changes_of(
+    policy: &ExtProcPolicy,
+    mutation: Option<HeaderMutation>,
+    pseudo: &str,
+    count: &dyn Fn(&'static str),
+) -> Result<Changes, Failure> {
+    let mut changes = Changes::default();
+    let Some(mutation) = mutation else {
+        return Ok(changes);
+    };
+    let rules = &policy.rules;
+    let refused = |what: String| -> Result<(), Failure> {
+        count("rejected_mutation");
+        if rules.disallow_is_error {
+            Err(Failure::Invalid(what))
+        } else {
+            Ok(())
+        }
+    };
+    for name in mutation.remove_headers {
+        let name = name.to_ascii_lowercase();
+        // `:`-headers and `host` are never removed (Envoy's `isRemovableHeader`).
+        if name.starts_with(':') || name == "host" || !rules.allows(&name) {
+            refused(format!("removing {name}"))?;
+            continue;
+        }
+        let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
+            return Err(Failure::Invalid(format!("removing {name:?}")));
+        };
+        changes.remove.push(n);
+    }
+    for option in mutation.set_headers {
+        let name = option
+            .header
+            .as_ref()
+            .map(|h| h.key.to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.is_empty() {
+            continue;
+        }
+        if let Some(h) = &option.header {
+            if !h.value.is_empty() && !h.raw_value.is_empty() {
+                return Err(Failure::Invalid(format!(
+                    "{name}: both value and raw_value"
+                )));
+            }
+        }
+        if !rules.allows(&name) {
+            refused(format!("setting {name}"))?;
+            continue;
+        }
+        if name.starts_with(':') {
+            let h = option.header.unwrap_or_default();
+            let raw = if h.raw_value.is_empty() {
+                h.value.into_bytes()
+            } else {
+                h.raw_value
+            };
+            let valid = HeaderValue::from_bytes(&raw).ok().filter(|v| {
+                if pseudo == ":status" {
+                    StatusCode::from_bytes(v.as_bytes()).is_ok_and(|s| s.as_u16() >= 200)
+                } else {
+                    v.as_bytes().starts_with(b"/")
+                }
+            });
+            match valid {
+                Some(v) if name == pseudo => changes.pseudo = Some(v),
+                Some(_) => refused(format!("setting {name}"))?,
+                None => return Err(Failure::Invalid(format!("{name}: {raw:?}"))),
+            }
+            continue;
+        }
+        match edit_of(option, true) {
+            Ok(Some(edit)) => changes.set.push(edit),
+            Ok(None) => {}
+            Err(e) => return Err(Failure::Invalid(e)),
+        }
+    }
+    Ok(changes)
 }
 
 /// A `body_mutation`: the new body (`None`: the body stays).
@@ -994,7 +1010,7 @@ fn body_of(m: BodyMutation) -> Result<Option<Bytes>, Failure> {
         Some(Mutation::Body(body)) => Ok(Some(body)),
         Some(Mutation::ClearBody(true)) => Ok(Some(Bytes::new())),
         Some(Mutation::StreamedResponse(_)) => Err(Failure::Invalid(
-            "a streamed answer to a buffered body".into(),
+            "a full-duplex answer (streamed_response)".into(),
         )),
     }
 }

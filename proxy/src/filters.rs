@@ -878,6 +878,14 @@ pub(crate) async fn run(
                             });
                             filtered.body_replaced = true;
                         }
+                        if let (Some(streaming), Some(body)) = (c.streamed, body.as_deref_mut()) {
+                            // Told as it goes on; the filters after this one read it as the
+                            // processor leaves it.
+                            body.through(|inner| {
+                                crate::body::RequestBody::Own(Box::pin(streaming.body(inner)))
+                            });
+                            filtered.body = None;
+                        }
                         if exchange.wants_response() {
                             filtered.ext_proc_responses.push(exchange);
                         }

@@ -662,7 +662,7 @@ impl HttpConn {
                     (resp, e.response_flags(), dest)
                 }
             };
-            let flags = filtered.flags(flags);
+            let mut flags = filtered.flags(flags);
             if let Some(cfg) = &self.local_reply {
                 let facts = local_reply::Facts {
                     flags,
@@ -678,7 +678,10 @@ impl HttpConn {
             }
             for exchange in filtered.take_ext_proc() {
                 let processed = exchange.response(self, &mut resp, grpc, &self.metrics);
-                Box::pin(processed).await;
+                // The processor answered the request while its body was told.
+                if let Some(answered) = Box::pin(processed).await {
+                    flags = filtered.flags(answered);
+                }
             }
             resp = filtered.compress(resp, &self.metrics);
             filtered.finish_response(resp.headers_mut());
@@ -2261,20 +2264,7 @@ impl HttpConn {
         req: Request<ProxyBody>,
         grpc: bool,
     ) -> Result<(crate::traffic::InFlight, crate::upstream::Sent), String> {
-        let traffic = self.traffic.load();
-        let cluster = find_cluster(&traffic, cluster)
-            .map_err(|e| e.to_string())?
-            .clone();
-        drop(traffic);
-        let in_flight = cluster
-            .try_request()
-            .ok_or("the cluster's max_requests circuit breaker is open")?;
-        let pick = pick_endpoint(&cluster, None, Protocol::Http2, &[], None, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut ep = self
-            .endpoint_for(pick.target, false)
-            .map_err(|e| e.to_string())?;
+        let (in_flight, mut ep) = self.service_endpoint(cluster).await?;
         if let Some(t) = &mut ep.tls {
             t.sni = t.origin.sni_for(req.uri(), req.headers());
         }
@@ -2286,6 +2276,29 @@ impl HttpConn {
         }
         .map_err(|e| e.to_string())?;
         Ok((in_flight, sent))
+    }
+
+    /// An endpoint of `cluster` for a filter's call to a service, with the cluster's
+    /// count of requests in flight (under its `max_requests`) to hold while the call lasts.
+    async fn service_endpoint(
+        &self,
+        cluster: &str,
+    ) -> Result<(crate::traffic::InFlight, upstream::Endpoint), String> {
+        let traffic = self.traffic.load();
+        let cluster = find_cluster(&traffic, cluster)
+            .map_err(|e| e.to_string())?
+            .clone();
+        drop(traffic);
+        let in_flight = cluster
+            .try_request()
+            .ok_or("the cluster's max_requests circuit breaker is open")?;
+        let pick = pick_endpoint(&cluster, None, Protocol::Http2, &[], None, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ep = self
+            .endpoint_for(pick.target, false)
+            .map_err(|e| e.to_string())?;
+        Ok((in_flight, ep))
     }
 }
 
@@ -2318,14 +2331,26 @@ impl crate::services::Services for HttpConn {
     fn open<'a>(
         &'a self,
         cluster: &'a str,
-        req: Request<ProxyBody>,
-    ) -> crate::services::Pending<'a, Result<crate::services::Opened, String>> {
+    ) -> crate::services::Pending<'a, Result<crate::services::Opener, String>> {
         Box::pin(async move {
-            let (in_flight, sent) = self.service_call(cluster, req, true).await?;
-            Ok(crate::services::Opened {
-                response: sent.response,
-                held: Some(in_flight),
-            })
+            let (in_flight, mut ep) = self.service_endpoint(cluster).await?;
+            let (pools, peer) = (self.pools.clone(), self.peer);
+            let opener: crate::services::Opener = Box::new(move |req: Request<ProxyBody>| {
+                Box::pin(async move {
+                    if let Some(t) = &mut ep.tls {
+                        t.sni = t.origin.sni_for(req.uri(), req.headers());
+                    }
+                    let sent = pools
+                        .send_h2(ep, None, req, peer)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(crate::services::Opened {
+                        response: sent.response,
+                        held: Some(in_flight),
+                    })
+                })
+            });
+            Ok(opener)
         })
     }
 

@@ -637,8 +637,7 @@ mod tests {
         fn open<'a>(
             &'a self,
             _: &'a str,
-            _: http::Request<crate::error::ProxyBody>,
-        ) -> crate::services::Pending<'a, Result<crate::services::Opened, String>> {
+        ) -> crate::services::Pending<'a, Result<crate::services::Opener, String>> {
             Box::pin(async { Err("no streams in unit tests".to_owned()) })
         }
     }

@@ -132,6 +132,25 @@ pub struct RateLimitLabels {
     pub outcome: &'static str,
 }
 
+/// `proxy_ext_proc` of one filter ([`ProxyMetrics::ext_proc_counter`]).
+#[derive(Clone)]
+pub(crate) struct ExtProcCounter {
+    family: Family<RateLimitLabels, Counter>,
+    stat_prefix: Arc<str>,
+}
+
+impl ExtProcCounter {
+    /// A message and what came of it.
+    pub(crate) fn inc(&self, outcome: &'static str) {
+        self.family
+            .get_or_create(&RateLimitLabels {
+                stat_prefix: StatPrefix(self.stat_prefix.clone()),
+                outcome,
+            })
+            .inc();
+    }
+}
+
 /// Labels of `proxy_proxy_protocol`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProxyProtocolLabels {
@@ -812,12 +831,16 @@ impl ProxyMetrics {
 
     /// A message of the external processing filter and what came of it.
     pub(crate) fn ext_proc(&self, stat_prefix: &Arc<str>, outcome: &'static str) {
-        self.ext_proc
-            .get_or_create(&RateLimitLabels {
-                stat_prefix: StatPrefix(stat_prefix.clone()),
-                outcome,
-            })
-            .inc();
+        self.ext_proc_counter(stat_prefix).inc(outcome);
+    }
+
+    /// The counter of an external processing filter, for a body it tells chunk by chunk
+    /// (which outlives the filter chain's run).
+    pub(crate) fn ext_proc_counter(&self, stat_prefix: &Arc<str>) -> ExtProcCounter {
+        ExtProcCounter {
+            family: self.ext_proc.clone(),
+            stat_prefix: stat_prefix.clone(),
+        }
     }
 
     /// A request checked by the JWT filter under a requirement.

@@ -288,15 +288,18 @@ pub(crate) trait Services: Sync {
     /// dropped, given up after `timeout`.
     fn send_detached(&self, cluster: &str, req: Request<Bytes>, timeout: Duration);
 
-    /// Opens a stream to an endpoint of `cluster` over HTTP/2 (a gRPC call whose messages
-    /// go and come while it lasts): `req`'s body is sent as it is written, the answer's
-    /// head is returned as soon as it comes, its body read by the caller.
-    fn open<'a>(
-        &'a self,
-        cluster: &'a str,
-        req: Request<ProxyBody>,
-    ) -> Pending<'a, Result<Opened, String>>;
+    /// Makes ready to open a stream to an endpoint of `cluster` over HTTP/2 (a gRPC call
+    /// whose messages go and come while it lasts): the endpoint is picked (under the
+    /// cluster's `max_requests`) now, the call is sent when its first message is ready
+    /// ([`Opener`]).
+    fn open<'a>(&'a self, cluster: &'a str) -> Pending<'a, Result<Opener, String>>;
 }
+
+/// Sends a stream's call (its body sent as it is written) and returns the answer's head as
+/// soon as it comes, its body read by the caller. It owns what it needs, so a body that is
+/// being sent on (a request's, told chunk by chunk) can open its stream as it is polled.
+pub(crate) type Opener =
+    Box<dyn FnOnce(Request<ProxyBody>) -> Pending<'static, Result<Opened, String>> + Send + Sync>;
 
 /// A stream [`Services::open`] opened.
 pub(crate) struct Opened {

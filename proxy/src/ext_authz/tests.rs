@@ -825,8 +825,7 @@ impl Services for Canned {
     fn open<'a>(
         &'a self,
         _: &'a str,
-        _: http::Request<crate::error::ProxyBody>,
-    ) -> crate::services::Pending<'a, Result<crate::services::Opened, String>> {
+    ) -> crate::services::Pending<'a, Result<crate::services::Opener, String>> {
         Box::pin(async { Err("no streams in unit tests".to_owned()) })
     }
 }

@@ -1,12 +1,13 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use bytes::Buf;
 use http::{header, Request};
 
 use super::*;
 use crate::model::ext_proc::{ForwardRules, MutationRules};
 use crate::model::StringMatcher;
-use crate::services::{BoolValue, Opened};
+use crate::services::{BoolValue, Opened, Opener};
 
 /// The connection manager's buffer limit most tests run with (Envoy's default).
 const LIMIT: usize = 1 << 20;
@@ -29,7 +30,7 @@ enum Step {
 struct Scripted {
     steps: Mutex<VecDeque<Step>>,
     seen: Arc<Mutex<Vec<ProcessingRequest>>>,
-    heads: Mutex<Vec<HeaderMap>>,
+    heads: Arc<Mutex<Vec<HeaderMap>>>,
     /// Set once the proxy half-closed the stream.
     ended: Arc<Mutex<bool>>,
 }
@@ -58,15 +59,30 @@ impl Services for Scripted {
     fn open<'a>(
         &'a self,
         cluster: &'a str,
-        req: Request<ProxyBody>,
-    ) -> crate::services::Pending<'a, Result<Opened, String>> {
+    ) -> crate::services::Pending<'a, Result<Opener, String>> {
         assert_eq!(cluster, "processor");
+        let steps: Vec<Step> = self.steps.lock().unwrap().drain(..).collect();
+        let (seen, ended, heads) = (self.seen.clone(), self.ended.clone(), self.heads.clone());
+        let opener: Opener = Box::new(move |req| {
+            Box::pin(async move { Ok(Scripted::answer(req, steps, seen, ended, heads)) })
+        });
+        Box::pin(async move { Ok(opener) })
+    }
+}
+
+impl Scripted {
+    /// The processor's side of a stream: a task answering each message with the next step.
+    fn answer(
+        req: Request<ProxyBody>,
+        steps: Vec<Step>,
+        seen: Arc<Mutex<Vec<ProcessingRequest>>>,
+        ended: Arc<Mutex<bool>>,
+        heads: Arc<Mutex<Vec<HeaderMap>>>,
+    ) -> Opened {
         let (parts, mut body) = req.into_parts();
         assert_eq!(parts.uri.path(), PROCESS_PATH);
-        self.heads.lock().unwrap().push(parts.headers);
-        let (mut tx, answers) = Channel::<Bytes, BodyError>::new(4);
-        let steps: Vec<Step> = self.steps.lock().unwrap().drain(..).collect();
-        let (seen, ended) = (self.seen.clone(), self.ended.clone());
+        heads.lock().unwrap().push(parts.headers);
+        let (mut tx, answers) = http_body_util::Channel::<Bytes, BodyError>::new(4);
         tokio::spawn(async move {
             let mut steps = steps.into_iter();
             let mut buf = BytesMut::new();
@@ -116,12 +132,10 @@ impl Services for Scripted {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        Box::pin(async move {
-            Ok(Opened {
-                response,
-                held: None,
-            })
-        })
+        Opened {
+            response,
+            held: None,
+        }
     }
 }
 
@@ -1128,4 +1142,212 @@ async fn buffered_partial_tells_the_body_up_to_the_limit_and_the_rest_follows() 
     assert_eq!(body_told(&seen[1]), (Bytes::from_static(b"hello"), true));
     assert_eq!(body_told(&seen[3]), (Bytes::from_static(b"hello"), true));
     assert_eq!(count(&metrics, "body_too_large"), 0);
+}
+
+fn streamed(f: impl FnOnce(&mut ExtProcPolicy)) -> Arc<ExtProcPolicy> {
+    policy(|p| {
+        p.mode.request_body = BodyMode::Streamed;
+        p.mode.response_body = BodyMode::Streamed;
+        f(p);
+    })
+}
+
+/// A body of these frames, its end known only when it comes (as a chunked one).
+fn frames(data: &[&'static str]) -> ProxyBody {
+    let frames: Vec<_> = data
+        .iter()
+        .map(|d| Ok(http_body::Frame::data(Bytes::from_static(d.as_bytes()))))
+        .collect();
+    StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+/// Processes the request's head with `exchange`: its body to be told as it goes on.
+async fn streamed_request(
+    exchange: &mut Exchange,
+    services: &Scripted,
+    h: &HeaderMap,
+    metrics: &ProxyMetrics,
+) -> Continued {
+    let (body, noted) = (read(b"never read", false), Noted::default());
+    let read_by = reader(&body, services, &noted);
+    let head = head(h);
+    let processed = exchange.request(services, &head, read_by, false, false, metrics);
+    let Processed::Continue(c) = processed.await.unwrap() else {
+        panic!("answered")
+    };
+    assert_eq!(noted.get(), None, "a streamed body is not read ahead");
+    c
+}
+
+#[tokio::test]
+async fn streamed_bodies_are_told_chunk_by_chunk_and_go_on_as_answered() {
+    let p = streamed(|_| {});
+    let metrics = ProxyMetrics::unregistered();
+    let chunk = |what, mutation| common_answer(what, 0, vec![set("x-ignored", "1", 2)], mutation);
+    let services = Scripted::new(vec![
+        headers_answer(true, HeaderMutation::default(), false),
+        chunk(Answered::RequestBody, Some(Mutation::Body("AB".into()))),
+        chunk(Answered::RequestBody, None),
+        chunk(Answered::RequestBody, Some(Mutation::ClearBody(true))),
+        chunk(Answered::RequestBody, Some(Mutation::Body("!".into()))),
+        headers_answer(false, HeaderMutation::default(), false),
+        chunk(
+            Answered::ResponseBody,
+            Some(Mutation::Body("HELLO!".into())),
+        ),
+    ]);
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
+    let mut h = request_headers();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+    let c = streamed_request(&mut exchange, &services, &h, &metrics).await;
+    // The length goes with the head (the chunks may change), after it was told.
+    let mut upstream = h.clone();
+    c.changes.iter().for_each(|c| c.apply(&mut upstream));
+    assert!(!upstream.contains_key(header::CONTENT_LENGTH));
+    assert!(exchange.wants_response());
+    // Each chunk as its answer left it; the end told apart, as it came apart; header
+    // changes in a chunk's answer are not made (the head went on).
+    let body = c
+        .streamed
+        .expect("streamed")
+        .body(frames(&["ab", "cd", "ef"]));
+    let sent = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&sent[..], b"ABcd!");
+    let seen = services.seen.lock().unwrap().clone();
+    let bodies: Vec<_> = seen[1..5].iter().map(body_told).collect();
+    assert_eq!(
+        bodies,
+        [
+            (Bytes::from_static(b"ab"), false),
+            (Bytes::from_static(b"cd"), false),
+            (Bytes::from_static(b"ef"), false),
+            (Bytes::new(), true),
+        ]
+    );
+    assert_eq!(count(&metrics, "continue"), 5);
+
+    // The response: its head answered, then its body chunk by chunk, its length gone. A
+    // body whose end comes with its last data (one frame here) tells it with that chunk.
+    let mut resp = ok_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    let flags = exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(flags, None);
+    assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+    assert_eq!(&body_of(resp).await[..], b"HELLO!");
+    let seen = services.seen.lock().unwrap().clone();
+    assert_eq!(body_told(&seen[6]), (Bytes::from_static(b"hello"), true));
+    assert_eq!(seen.len(), 7);
+    half_closed(&services).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_chunk_waits_for_its_answer_under_the_limit_and_a_late_one_is_504() {
+    // The first chunk is never answered: with a limit of 4, 3-byte chunks are told until
+    // 4 bytes are out (two of five), then the body is not read on; the answer is late.
+    let p = streamed(|_| {});
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        headers_answer(true, HeaderMutation::default(), false),
+        Step::Hang,
+        Step::Hang,
+    ]);
+    let mut exchange = Exchange::new(&p, None, 4).unwrap();
+    let h = request_headers();
+    let c = streamed_request(&mut exchange, &services, &h, &metrics).await;
+    let body = c
+        .streamed
+        .unwrap()
+        .body(frames(&["abc", "def", "ghi", "jkl", "mno"]));
+    let err = body.collect().await.expect_err("the body fails");
+    assert!(err.to_string().contains("external processing"), "{err}");
+    assert_eq!(
+        services.seen.lock().unwrap().len(),
+        3,
+        "the head and two chunks"
+    );
+    assert_eq!(count(&metrics, "timeout"), 1);
+    // The request's answer is the failure's, whatever the upstream made of the cut body.
+    let mut resp = crate::http::text_response(400, "downstream request aborted".into());
+    let flags = exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!((resp.status().as_u16(), flags), (504, Some("-")));
+
+    // With `failure_mode_allow`, the chunks told and the rest go on unchanged.
+    let p = streamed(|p| p.failure_mode_allow = true);
+    let services = Scripted::new(vec![
+        headers_answer(true, HeaderMutation::default(), false),
+        Step::Hang,
+    ]);
+    let mut exchange = Exchange::new(&p, None, 4).unwrap();
+    let c = streamed_request(&mut exchange, &services, &h, &metrics).await;
+    let body = c.streamed.unwrap().body(frames(&["abc", "def", "ghi"]));
+    assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdefghi");
+    let mut resp = ok_response();
+    let flags = exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!((resp.status().as_u16(), flags), (200, None));
+    assert_eq!(
+        services.seen.lock().unwrap().len(),
+        3,
+        "the response untold"
+    );
+}
+
+#[tokio::test]
+async fn an_immediate_response_to_a_streamed_chunk_answers_the_request() {
+    let p = streamed(|_| {});
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        headers_answer(true, HeaderMutation::default(), false),
+        common_answer(Answered::RequestBody, 0, vec![], None),
+        Step::Answer(ProcessingResponse {
+            response: Some(Answered::ImmediateResponse(ImmediateResponse {
+                status: Some(HttpStatus { code: 413 }),
+                headers: None,
+                body: "too much".into(),
+                grpc_status: None,
+                details: String::new(),
+            })),
+        }),
+    ]);
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
+    let h = request_headers();
+    let c = streamed_request(&mut exchange, &services, &h, &metrics).await;
+    let mut body = c.streamed.unwrap().body(frames(&["ok", "bad", "more"]));
+    // The first chunk goes on; the second is answered for the request.
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.data_ref().unwrap(), &Bytes::from_static(b"ok"));
+    assert!(body.frame().await.unwrap().is_err());
+    let mut resp = crate::http::text_response(400, "downstream request aborted".into());
+    let flags = exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!((resp.status().as_u16(), flags), (413, Some("-")));
+    assert_eq!(&body_of(resp).await[..], b"too much");
+    assert_eq!(count(&metrics, "immediate_response"), 1);
+
+    // A response's chunk answered so: the response is cut short (its head went).
+    let services = Scripted::new(vec![Step::Answer(ProcessingResponse {
+        response: Some(Answered::ImmediateResponse(ImmediateResponse::default())),
+    })]);
+    let p = streamed(|p| {
+        p.mode.request_headers = false;
+        p.mode.response_headers = false;
+        p.mode.request_body = BodyMode::None;
+    });
+    let exchange = Exchange::new(&p, None, LIMIT).unwrap();
+    let mut resp = ok_response();
+    *resp.body_mut() = frames(&["hello"]);
+    let flags = exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!((resp.status().as_u16(), flags), (200, None));
+    assert!(resp.into_body().collect().await.is_err());
+    let seen = services.seen.lock().unwrap().clone();
+    assert_eq!(body_told(&seen[0]), (Bytes::from_static(b"hello"), false));
 }

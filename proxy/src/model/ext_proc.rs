@@ -1,6 +1,6 @@
 //! External processing (`envoy.filters.http.ext_proc`): a gRPC service of the operator's
 //! (`envoy.service.ext_proc.v3.ExternalProcessor`) is told a request's headers and its
-//! response's headers (and, buffered, their bodies) over one stream per request, and may
+//! response's headers (and, held or chunk by chunk, their bodies) over one stream per request, and may
 //! change them or answer the request itself. Run by [`crate::ext_proc`] from the filter chain and again when the
 //! response comes.
 
@@ -40,8 +40,8 @@ pub struct ExtProcPolicy {
 }
 
 /// Which parts of a request and its response go to the processor (`ProcessingMode`;
-/// bodies are sent held (`BUFFERED`, `BUFFERED_PARTIAL`) or not at all (`NONE`), trailers
-/// never: their modes must be `SKIP`).
+/// bodies are sent held (`BUFFERED`, `BUFFERED_PARTIAL`), chunk by chunk (`STREAMED`) or
+/// not at all (`NONE`), trailers never: their modes must be `SKIP`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProcessingMode {
     /// `request_header_mode` is `SEND` (or `DEFAULT`).
@@ -68,7 +68,8 @@ impl Default for ProcessingMode {
 
 /// How a body goes to the processor (`BodySendMode`). Both held modes hold at most the
 /// connection manager's buffer limit (the listener's `per_connection_buffer_limit_bytes`, 1
-/// MiB by default) and send it after the head, held until the processor answers.
+/// MiB by default) and send it after the head, held until the processor answers; a
+/// streamed body has at most that limit told and not answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum BodyMode {
     /// `NONE`: not sent.
@@ -80,6 +81,9 @@ pub enum BodyMode {
     /// untold after the processor's answer; `content-length` is removed (the processor may
     /// change the part it sees).
     BufferedPartial,
+    /// `STREAMED`: each chunk told as it comes and sent on as its answer leaves it, in
+    /// order, after the head went; `content-length` is removed.
+    Streamed,
 }
 
 impl BodyMode {

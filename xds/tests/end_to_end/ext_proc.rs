@@ -203,6 +203,13 @@ impl ExternalProcessor for Processor {
                     // "upper": the request's body upper-cased (its length kept), a header
                     // added with it; the response's body replaced (its length removed
                     // with its head).
+                    "request_body" if action == "deny-body" => {
+                        Answered::ImmediateResponse(ImmediateResponse {
+                            status: Some(HttpStatus { code: 403 }),
+                            body: b"denied by the processor".to_vec(),
+                            ..Default::default()
+                        })
+                    }
                     "request_body" => {
                         // The body itself when short, else its length.
                         let body = &headers["body"];
@@ -375,6 +382,13 @@ virtual_hosts:
           processing_mode:
             request_body_mode: BUFFERED_PARTIAL
             response_body_mode: BUFFERED_PARTIAL
+  - match: {{prefix: /streamed}}
+    route: {{cluster: web}}
+    typed_per_filter_config:
+      {NAME}:
+        "@type": {PER_ROUTE}
+        overrides:
+          processing_mode: {{request_body_mode: STREAMED, response_body_mode: STREAMED}}
   - match: {{prefix: /}}
     route: {{cluster: web}}
 "#
@@ -739,4 +753,128 @@ async fn buffered_partial_tells_bodies_up_to_the_limit_over_xds() {
     );
     assert_eq!(a.header("content-length"), None);
     assert_eq!(outcome(&node, "bodies", "body_too_large"), 0.0);
+}
+
+/// A POST to `/streamed` on the `bodies` listener whose body the test sends as it likes
+/// (`tx`), with its length (`length`, else chunked) and `headers`.
+async fn streamed_post(
+    node: &Node,
+    length: Option<usize>,
+    headers: &[(&str, &str)],
+) -> (
+    tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+    tokio::task::JoinHandle<Answer>,
+) {
+    let stream = node.connect(vip(BODY_PORT)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let mut req = HyperRequest::post("/streamed").header("host", "web");
+    if let Some(n) = length {
+        req = req.header("content-length", n);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(StreamBody::new(ReceiverStream::new(rx))).unwrap();
+    let answer = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let resp = sender.send_request(req).await.unwrap();
+        Answer::read(resp, started.elapsed()).await
+    });
+    (tx, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_bodies_are_told_as_they_come_over_xds() {
+    let Bed {
+        hits, p, _cp, node, ..
+    } = bed().await;
+    let streams = || p.streams.lock().unwrap().clone();
+    let told = |phase: &str| -> Vec<(String, bool)> {
+        let s = streams();
+        let m = &s.last().unwrap().messages;
+        m.iter()
+            .filter(|(p, ..)| *p == phase)
+            .map(|(_, h, eos)| (h["body"].clone(), *eos))
+            .collect()
+    };
+
+    // On a route overriding both body modes to STREAMED: the first part of the body is
+    // told (and upper-cased) while the client still holds the rest, which a held mode
+    // would wait for; the rest follows, the end told with it or apart.
+    let (first, second) = ("first part, ", "second part");
+    let length = first.len() + second.len();
+    let (tx, answer) = streamed_post(&node, Some(length), &[("x-action", "upper")]).await;
+    tx.send(Ok(Frame::data(Bytes::from_static(first.as_bytes()))))
+        .await
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..500 {
+        if streams()
+            .last()
+            .is_some_and(|s| s.messages.iter().any(|m| m.0 == "request_body"))
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen, "the first chunk told while the client holds the rest");
+    assert_eq!(told("request_body"), [(first.to_owned(), false)]);
+    tx.send(Ok(Frame::data(Bytes::from_static(second.as_bytes()))))
+        .await
+        .unwrap();
+    drop(tx);
+    let a = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    // The request's chunks: all told, in order, the last one ending it.
+    let request = told("request_body");
+    let joined: String = request.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(joined, format!("{first}{second}"));
+    assert!(request.last().unwrap().1 && request.iter().rev().skip(1).all(|(_, eos)| !eos));
+    // The response (the upstream's echo) told chunk by chunk too, each replaced by the
+    // processor; the echo shows the upstream got the upper-cased chunks, without the
+    // client's length (the chunks may change it) and without the header the processor
+    // set with a chunk's answer (the head had gone on).
+    let response = told("response_body");
+    assert!(response.last().unwrap().1);
+    assert_eq!(a.body, "replaced by the processor".repeat(response.len()));
+    assert_eq!(a.header("content-length"), None);
+    let echo: String = response.iter().map(|(b, _)| b.as_str()).collect();
+    assert!(echo.contains("body: FIRST PART, SECOND PART\n"), "{echo}");
+    assert!(!echo.contains("content-length"), "{echo}");
+    assert!(!echo.contains("x-body-told"), "{echo}");
+
+    // A processor that answers a chunk itself answers the request; the upstream, which
+    // had the head and the chunks before, is left.
+    let before = hits.load(Ordering::Relaxed);
+    let (tx, answer) = streamed_post(&node, None, &[("x-action", "deny-body")]).await;
+    tx.send(Ok(Frame::data(Bytes::from_static(b"not this"))))
+        .await
+        .unwrap();
+    let a = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("answered with the body still open")
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.body.as_str()),
+        (403, "denied by the processor")
+    );
+    drop(tx);
+    let phases: Vec<_> = streams()
+        .last()
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(phases, ["request_headers", "request_body"]);
+    assert!(hits.load(Ordering::Relaxed) <= before + 1);
+    assert_eq!(outcome(&node, "bodies", "immediate_response"), 1.0);
 }

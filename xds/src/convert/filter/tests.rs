@@ -1782,14 +1782,6 @@ fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
     let fc = "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
     for (config, want) in [
         (
-            "processing_mode: {request_body_mode: STREAMED}",
-            format!("{fc}.processing_mode.request_body_mode: not supported"),
-        ),
-        (
-            "processing_mode: {response_body_mode: STREAMED}",
-            format!("{fc}.processing_mode.response_body_mode: not supported"),
-        ),
-        (
             "processing_mode: {response_trailer_mode: SEND}",
             format!("{fc}.processing_mode.response_trailer_mode: not supported"),
         ),
@@ -1837,7 +1829,7 @@ virtual_hosts:
       p:
         "@type": {EXT_PROC_ROUTE}
         overrides:
-          processing_mode: {{request_header_mode: SKIP, response_body_mode: BUFFERED_PARTIAL}}
+          processing_mode: {{request_header_mode: SKIP, request_body_mode: STREAMED, response_body_mode: BUFFERED_PARTIAL}}
           grpc_service: {{envoy_grpc: {{cluster_name: other}}}}
           grpc_initial_metadata: [{{key: x-tenant, value: b}}]
 "#
@@ -1864,7 +1856,7 @@ virtual_hosts:
         Some(mp::ProcessingMode {
             request_headers: false,
             response_headers: true,
-            request_body: mp::BodyMode::None,
+            request_body: mp::BodyMode::Streamed,
             response_body: mp::BodyMode::BufferedPartial,
         })
     );
