@@ -107,12 +107,19 @@ enum Step {
 }
 
 impl<B: Body<Data = Bytes, Error = BodyError> + Unpin> Streamed<B> {
-    /// Tells `data` (`end`: the body ends with it).
+    /// Tells `data` (`end`: the body ends with it). It is kept until its answer comes
+    /// (or goes on unchanged if processing ends first, even when it could not be told).
     fn tell(&mut self, data: Bytes, end: bool) -> Result<(), Failure> {
         let body = HttpBody {
             body: data.clone(),
             end_of_stream: end,
         };
+        self.told_bytes += data.len();
+        self.told.push_back((data, end, Instant::now()));
+        self.read_all |= end;
+        if self.told.len() == 1 {
+            self.deadline = None;
+        }
         let phase = match self.side {
             Side::Request => Phase::RequestBody(body),
             Side::Response => Phase::ResponseBody(body),
@@ -120,16 +127,10 @@ impl<B: Body<Data = Bytes, Error = BodyError> + Unpin> Streamed<B> {
         let frame = crate::services::grpc_frame(&ProcessingRequest {
             request: Some(phase),
         });
-        if let Some(link) = &self.link {
-            link.send(self.side, frame)?;
+        match &self.link {
+            Some(link) => link.send(self.side, frame),
+            None => Ok(()),
         }
-        self.told_bytes += data.len();
-        self.told.push_back((data, end, Instant::now()));
-        self.read_all |= end;
-        if self.told.len() == 1 {
-            self.deadline = None;
-        }
-        Ok(())
     }
 
     /// What the answer to the oldest chunk told comes to.
