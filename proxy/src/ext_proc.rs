@@ -110,12 +110,40 @@ struct HttpHeaders {
     end_of_stream: bool,
 }
 
-/// `ProcessingResponse` (`mode_override` and the others are not read).
+/// `ProcessingResponse` (`dynamic_metadata` is not read).
 #[derive(Clone, PartialEq, Message)]
 struct ProcessingResponse {
     #[prost(oneof = "Answered", tags = "1, 2, 3, 4, 5, 6, 7")]
     response: Option<Answered>,
+    #[prost(message, optional, tag = "9")]
+    mode_override: Option<ModeOverride>,
+    /// `override_message_timeout`: the processor asks for more time. Myelin takes no
+    /// `max_message_timeout`, and Envoy ignores such a message without one: so does the
+    /// [`link::Link`] (its `Duration` is not read).
+    #[prost(message, optional, tag = "10")]
+    override_message_timeout: Option<NotRead>,
 }
+
+/// `extensions.filters.http.ext_proc.v3.ProcessingMode`, as `mode_override` carries it.
+#[derive(Clone, PartialEq, Message)]
+struct ModeOverride {
+    #[prost(int32, tag = "1")]
+    request_header_mode: i32,
+    #[prost(int32, tag = "2")]
+    response_header_mode: i32,
+    #[prost(int32, tag = "3")]
+    request_body_mode: i32,
+    #[prost(int32, tag = "4")]
+    response_body_mode: i32,
+    #[prost(int32, tag = "5")]
+    request_trailer_mode: i32,
+    #[prost(int32, tag = "6")]
+    response_trailer_mode: i32,
+}
+
+/// A message whose presence alone matters (its fields are skipped).
+#[derive(Clone, PartialEq, Message)]
+struct NotRead {}
 
 /// `ProcessingResponse.response`: the trailer answers are only told apart (they answer
 /// nothing Myelin sends).
@@ -396,15 +424,9 @@ impl Exchange {
         Fut: std::future::Future<Output = Result<ReadAhead, BodyError>>,
     {
         let mut processed = Continued::default();
-        let partial = self.mode.request_body == BodyMode::BufferedPartial;
-        let streamed = self.mode.request_body == BodyMode::Streamed;
-        let mut send_body = self.mode.request_body.sent() && !end_of_stream && read.is_some();
-        if send_body && (partial || streamed || !self.mode.request_headers) {
-            // A body told alone, or in part, may change: its length goes (as in Envoy,
-            // where the head's own answer may set it again).
-            processed.changes.push(Changes::without_length());
-        }
-        if self.mode.request_headers {
+        let has_body = !end_of_stream && read.is_some();
+        let (told_head, mut replaced) = (self.mode.request_headers, false);
+        if told_head {
             let pseudo = [
                 (":authority", head.authority.as_bytes()),
                 (":path", head.path.as_bytes()),
@@ -417,8 +439,13 @@ impl Exchange {
                 end_of_stream,
             });
             let answer = match self.ask(services, Side::Request, message).await {
-                Ok(Answered::RequestHeaders(h)) => self.headers_answer(h, ":path", metrics),
-                Ok(Answered::ImmediateResponse(r)) => return Ok(self.immediate(r, grpc, metrics)),
+                Ok((Answered::RequestHeaders(h), mode)) => {
+                    self.override_mode(mode, metrics);
+                    self.headers_answer(h, ":path", metrics)
+                }
+                Ok((Answered::ImmediateResponse(r), _)) => {
+                    return Ok(self.immediate(r, grpc, metrics))
+                }
                 Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
                 Err(f) => Err(f),
             };
@@ -428,10 +455,19 @@ impl Exchange {
                     processed.reroute = self.reroute(a.clear_route_cache);
                     processed.changes.push(a.changes);
                     processed.body = a.body;
-                    send_body &= !a.replaced;
+                    replaced = a.replaced;
                 }
                 Err(f) => return Ok(self.request_failed(f, processed, grpc, metrics)),
             }
+        }
+        // The mode as the head's answer left it.
+        let partial = self.mode.request_body == BodyMode::BufferedPartial;
+        let streamed = self.mode.request_body == BodyMode::Streamed;
+        let send_body = self.mode.request_body.sent() && has_body && !replaced;
+        if send_body && (self.mode.request_body.told_in_part() || !told_head) {
+            // A body told alone, in part or in chunks may change: its length goes (before
+            // the head's answer's changes, as in Envoy, where that answer may set it again).
+            processed.changes.insert(0, Changes::without_length());
         }
         if send_body && streamed {
             // Told as it goes on: the head goes now.
@@ -472,8 +508,10 @@ impl Exchange {
             });
             let held = self.mode.request_headers;
             let answer = match self.ask(services, Side::Request, message).await {
-                Ok(Answered::RequestBody(b)) => self.body_answer(b, ":path", held, metrics),
-                Ok(Answered::ImmediateResponse(r)) => return Ok(self.immediate(r, grpc, metrics)),
+                Ok((Answered::RequestBody(b), _)) => self.body_answer(b, ":path", held, metrics),
+                Ok((Answered::ImmediateResponse(r), _)) => {
+                    return Ok(self.immediate(r, grpc, metrics))
+                }
                 Ok(_) => Err(Failure::Spurious("an answer to what was not sent")),
                 Err(f) => Err(f),
             };
@@ -501,6 +539,53 @@ impl Exchange {
             self.close();
         }
         Ok(Processed::Continue(processed))
+    }
+
+    /// The processor's `mode_override` in its answer to a head, taken with
+    /// `allow_mode_override` (else ignored, as in Envoy): the mode for the rest of the
+    /// request and its response. One Myelin cannot follow (trailers sent,
+    /// `FULL_DUPLEX_STREAMED`, an unknown value) is ignored whole.
+    fn override_mode(&mut self, m: Option<ModeOverride>, metrics: &ProxyMetrics) {
+        let Some(m) = m.filter(|_| self.policy.allow_mode_override) else {
+            return;
+        };
+        let header = |v: i32| match v {
+            0 | 1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        };
+        let body = |v: i32| match v {
+            0 => Some(BodyMode::None),
+            1 => Some(BodyMode::Streamed),
+            2 => Some(BodyMode::Buffered),
+            3 => Some(BodyMode::BufferedPartial),
+            _ => None,
+        };
+        let skipped = |v: i32| matches!(v, 0 | 2);
+        let mode = (
+            header(m.request_header_mode),
+            header(m.response_header_mode),
+            body(m.request_body_mode),
+            body(m.response_body_mode),
+        );
+        let outcome = match mode {
+            (
+                Some(request_headers),
+                Some(response_headers),
+                Some(request_body),
+                Some(response_body),
+            ) if skipped(m.request_trailer_mode) && skipped(m.response_trailer_mode) => {
+                self.mode = ProcessingMode {
+                    request_headers,
+                    response_headers,
+                    request_body,
+                    response_body,
+                };
+                "mode_override"
+            }
+            _ => "mode_override_ignored",
+        };
+        metrics.ext_proc(&self.policy.stat_prefix, outcome);
     }
 
     /// Whether the route is to be chosen again after an answer that did or did not ask
@@ -567,9 +652,8 @@ impl Exchange {
         grpc: bool,
         metrics: &ProxyMetrics,
     ) -> Result<(), Failure> {
-        let partial = self.mode.response_body == BodyMode::BufferedPartial;
-        let streamed = self.mode.response_body == BodyMode::Streamed;
-        let mut send_body = self.mode.response_body.sent() && !resp.body().is_end_stream();
+        let has_body = !resp.body().is_end_stream();
+        let mut replaced = false;
         if self.mode.response_headers {
             let status = resp.status();
             let pseudo = [(":status", status.as_str().as_bytes())];
@@ -578,14 +662,12 @@ impl Exchange {
                 headers: Some(headers),
                 end_of_stream: resp.body().is_end_stream(),
             });
-            if send_body && (partial || streamed) {
-                // As for the request: a body told in part loses its length, once the head
-                // is told (its answer may set it again).
-                resp.headers_mut().remove(header::CONTENT_LENGTH);
-            }
             let a = match self.ask(services, Side::Response, message).await? {
-                Answered::ResponseHeaders(h) => self.headers_answer(h, ":status", metrics)?,
-                Answered::ImmediateResponse(r) => {
+                (Answered::ResponseHeaders(h), mode) => {
+                    self.override_mode(mode, metrics);
+                    self.headers_answer(h, ":status", metrics)?
+                }
+                (Answered::ImmediateResponse(r), _) => {
                     if let Processed::Answer((answer, _)) = self.immediate(r, grpc, metrics) {
                         *resp = answer;
                     }
@@ -594,14 +676,23 @@ impl Exchange {
                 _ => return Err(Failure::Spurious("an answer to what was not sent")),
             };
             metrics.ext_proc(&self.policy.stat_prefix, "continue");
+            if has_body && self.mode.response_body.told_in_part() {
+                // As for the request: a body told in part or in chunks loses its length,
+                // once the head is told (its answer may set it again).
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             a.changes.apply_to(resp);
             if let Some(body) = a.body {
                 *resp.body_mut() = frames_body(body, None);
             }
-            send_body &= !a.replaced;
-        } else if send_body {
+            replaced = a.replaced;
+        } else if has_body && self.mode.response_body.sent() {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
+        // The mode as the head's answer left it.
+        let partial = self.mode.response_body == BodyMode::BufferedPartial;
+        let streamed = self.mode.response_body == BodyMode::Streamed;
+        let send_body = self.mode.response_body.sent() && has_body && !replaced;
         if !send_body {
             return Ok(());
         }
@@ -635,7 +726,7 @@ impl Exchange {
         });
         let held = self.mode.response_headers;
         let answer = match self.ask(services, Side::Response, message).await {
-            Ok(Answered::ResponseBody(b)) => {
+            Ok((Answered::ResponseBody(b), _)) => {
                 self.body_answer(b, ":status", held, metrics).and_then(|a| {
                     if let Some(body) = &a.body {
                         length_matches(resp.headers(), [&a.changes], body)?;
@@ -643,7 +734,7 @@ impl Exchange {
                     Ok(a)
                 })
             }
-            Ok(Answered::ImmediateResponse(r)) => {
+            Ok((Answered::ImmediateResponse(r), _)) => {
                 if let Processed::Answer((answer, _)) = self.immediate(r, grpc, metrics) {
                     *resp = answer;
                 }
@@ -693,7 +784,7 @@ impl Exchange {
         services: &dyn Services,
         side: Side,
         message: Phase,
-    ) -> Result<Answered, Failure> {
+    ) -> Result<(Answered, Option<ModeOverride>), Failure> {
         let frame = crate::services::grpc_frame(&ProcessingRequest {
             request: Some(message),
         });
@@ -709,7 +800,11 @@ impl Exchange {
         let answer = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| Failure::Timeout)??;
-        answer.response.ok_or(Failure::Spurious("an empty answer"))
+        let mode = answer.mode_override;
+        let answered = answer
+            .response
+            .ok_or(Failure::Spurious("an empty answer"))?;
+        Ok((answered, mode))
     }
 
     /// The stream, made ready (an endpoint of the processor's cluster picked) if it was

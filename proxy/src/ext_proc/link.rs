@@ -174,6 +174,8 @@ impl Link {
                 }
             }
             match s.next_message() {
+                // More time asked for: ignored (no `max_message_timeout`), as in Envoy.
+                Ok(Some(m)) if m.override_message_timeout.is_some() => continue,
                 Ok(Some(m)) => {
                     match s.route(&m) {
                         Some(to) if to == side => return Poll::Ready(Ok(m)),

@@ -16,6 +16,8 @@ const LIMIT: usize = 1 << 20;
 enum Step {
     /// Answers it.
     Answer(ProcessingResponse),
+    /// Answers it with these messages, in turn.
+    Answers(Vec<ProcessingResponse>),
     /// Ends the stream cleanly (`grpc-status: 0`).
     Close,
     /// Ends the stream with this status.
@@ -99,6 +101,11 @@ impl Scripted {
                         Some(Step::Answer(a)) => {
                             let _ = tx.send_data(crate::services::grpc_frame(&a)).await;
                         }
+                        Some(Step::Answers(all)) => {
+                            for a in all {
+                                let _ = tx.send_data(crate::services::grpc_frame(&a)).await;
+                            }
+                        }
                         Some(Step::Close) | None => {
                             let mut t = HeaderMap::new();
                             t.insert("grpc-status", HeaderValue::from(0));
@@ -153,6 +160,7 @@ fn policy(f: impl FnOnce(&mut ExtProcPolicy)) -> Arc<ExtProcPolicy> {
         forward: ForwardRules::default(),
         route_cache: RouteCache::Default,
         disable_immediate_response: false,
+        allow_mode_override: false,
         stat_prefix: "p".into(),
     };
     f(&mut p);
@@ -181,6 +189,8 @@ fn headers_answer(request: bool, mutation: HeaderMutation, clear: bool) -> Step 
         }),
     };
     Step::Answer(ProcessingResponse {
+        mode_override: None,
+        override_message_timeout: None,
         response: Some(if request {
             Answered::RequestHeaders(h)
         } else {
@@ -356,6 +366,8 @@ async fn an_immediate_response_answers_the_request() {
     let metrics = ProxyMetrics::unregistered();
     let immediate = |grpc_status: Option<u32>| {
         Step::Answer(ProcessingResponse {
+            mode_override: None,
+            override_message_timeout: None,
             response: Some(Answered::ImmediateResponse(ImmediateResponse {
                 status: Some(HttpStatus { code: 403 }),
                 headers: Some(HeaderMutation {
@@ -594,6 +606,8 @@ fn common_answer(
     body: Option<Mutation>,
 ) -> Step {
     Step::Answer(ProcessingResponse {
+        mode_override: None,
+        override_message_timeout: None,
         response: Some(what(HeadersResponse {
             response: Some(CommonResponse {
                 status,
@@ -1306,6 +1320,8 @@ async fn an_immediate_response_to_a_streamed_chunk_answers_the_request() {
         headers_answer(true, HeaderMutation::default(), false),
         common_answer(Answered::RequestBody, 0, vec![], None),
         Step::Answer(ProcessingResponse {
+            mode_override: None,
+            override_message_timeout: None,
             response: Some(Answered::ImmediateResponse(ImmediateResponse {
                 status: Some(HttpStatus { code: 413 }),
                 headers: None,
@@ -1333,6 +1349,8 @@ async fn an_immediate_response_to_a_streamed_chunk_answers_the_request() {
 
     // A response's chunk answered so: the response is cut short (its head went).
     let services = Scripted::new(vec![Step::Answer(ProcessingResponse {
+        mode_override: None,
+        override_message_timeout: None,
         response: Some(Answered::ImmediateResponse(ImmediateResponse::default())),
     })]);
     let p = streamed(|p| {
@@ -1350,4 +1368,147 @@ async fn an_immediate_response_to_a_streamed_chunk_answers_the_request() {
     assert!(resp.into_body().collect().await.is_err());
     let seen = services.seen.lock().unwrap().clone();
     assert_eq!(body_told(&seen[0]), (Bytes::from_static(b"hello"), false));
+}
+
+/// `headers_answer` with a `mode_override`.
+fn overriding(request: bool, mode: ModeOverride) -> Step {
+    let Step::Answer(mut a) = headers_answer(request, HeaderMutation::default(), false) else {
+        unreachable!()
+    };
+    a.mode_override = Some(mode);
+    Step::Answer(a)
+}
+
+#[tokio::test]
+async fn a_mode_override_in_an_answer_to_a_head_changes_the_rest_when_allowed() {
+    // Allowed: the request's body is then told (BUFFERED), the response's head not.
+    let p = policy(|p| p.allow_mode_override = true);
+    let buffered_no_response = ModeOverride {
+        request_header_mode: 1,
+        response_header_mode: 2,
+        request_body_mode: 2,
+        response_body_mode: 0,
+        request_trailer_mode: 0,
+        response_trailer_mode: 0,
+    };
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        overriding(true, buffered_no_response.clone()),
+        common_answer(
+            Answered::RequestBody,
+            0,
+            vec![],
+            Some(Mutation::Body("new".into())),
+        ),
+    ]);
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
+    let h = request_headers();
+    let (body, noted) = (read(b"old", true), Noted::default());
+    let read_by = reader(&body, &services, &noted);
+    let Processed::Continue(c) = exchange
+        .request(&services, &head(&h), read_by, false, false, &metrics)
+        .await
+        .unwrap()
+    else {
+        panic!("answered")
+    };
+    assert_eq!(
+        noted.get(),
+        Some((1, LIMIT + 1)),
+        "read after the head's answer"
+    );
+    assert_eq!(c.body.as_deref(), Some(&b"new"[..]));
+    assert!(
+        !exchange.wants_response(),
+        "the response is not processed now"
+    );
+    assert_eq!(count(&metrics, "mode_override"), 1);
+    half_closed(&services).await;
+
+    // Not allowed: the same answer leaves the mode as configured.
+    let p = policy(|_| {});
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![overriding(true, buffered_no_response.clone())]);
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
+    let (body, noted) = (read(b"old", true), Noted::default());
+    let read_by = reader(&body, &services, &noted);
+    let request_head = head(&h);
+    let processed = exchange.request(&services, &request_head, read_by, false, false, &metrics);
+    assert!(matches!(processed.await.unwrap(), Processed::Continue(_)));
+    assert_eq!(noted.get(), None, "no body told");
+    assert!(exchange.wants_response());
+    assert_eq!(count(&metrics, "mode_override"), 0);
+
+    // One Myelin cannot follow (trailers sent) is ignored whole; an answer to the
+    // response's head may override too: its body is then streamed.
+    let p = policy(|p| p.allow_mode_override = true);
+    let metrics = ProxyMetrics::unregistered();
+    let trailers = ModeOverride {
+        request_body_mode: 2,
+        request_trailer_mode: 1,
+        ..buffered_no_response.clone()
+    };
+    let streamed_response = ModeOverride {
+        response_body_mode: 1,
+        ..buffered_no_response
+    };
+    let services = Scripted::new(vec![
+        overriding(true, trailers),
+        overriding(false, streamed_response),
+        common_answer(
+            Answered::ResponseBody,
+            0,
+            vec![],
+            Some(Mutation::Body("HI".into())),
+        ),
+    ]);
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
+    let (body, noted) = (read(b"old", true), Noted::default());
+    let read_by = reader(&body, &services, &noted);
+    let request_head = head(&h);
+    let processed = exchange.request(&services, &request_head, read_by, false, false, &metrics);
+    assert!(matches!(processed.await.unwrap(), Processed::Continue(_)));
+    assert_eq!(noted.get(), None, "the override was ignored");
+    assert_eq!(count(&metrics, "mode_override_ignored"), 1);
+    let mut resp = ok_response();
+    exchange
+        .response(&services, &mut resp, false, &metrics)
+        .await;
+    assert_eq!(&body_of(resp).await[..], b"HI");
+    assert_eq!(count(&metrics, "mode_override"), 1);
+}
+
+#[tokio::test]
+async fn an_answer_asking_for_more_time_is_ignored() {
+    // Without `max_message_timeout` (Myelin takes none) Envoy ignores the message; the
+    // real answer that follows is taken.
+    let more_time = ProcessingResponse {
+        override_message_timeout: Some(NotRead {}),
+        ..ProcessingResponse::default()
+    };
+    let Step::Answer(real) = headers_answer(
+        true,
+        HeaderMutation {
+            set_headers: vec![set("x-added", "yes", 0)],
+            remove_headers: vec![],
+        },
+        false,
+    ) else {
+        unreachable!()
+    };
+    let services = Scripted::new(vec![Step::Answers(vec![more_time, real])]);
+    let metrics = ProxyMetrics::unregistered();
+    let mut exchange = Exchange::new(&policy(|_| {}), None, LIMIT).unwrap();
+    let h = request_headers();
+    let Processed::Continue(c) = exchange
+        .request(&services, &head(&h), no_body(), true, false, &metrics)
+        .await
+        .unwrap()
+    else {
+        panic!("answered")
+    };
+    let mut changed = h.clone();
+    c.changes.iter().for_each(|c| c.apply(&mut changed));
+    assert_eq!(changed["x-added"], "yes");
+    assert_eq!(count(&metrics, "spurious"), 0);
 }

@@ -35,6 +35,9 @@ pub struct ExtProcPolicy {
     /// The processor's `immediate_response` is ignored and processing stops
     /// (`disable_immediate_response`).
     pub disable_immediate_response: bool,
+    /// The processor may change the mode for the rest of the request in its answer to a
+    /// head (`allow_mode_override`, the answer's `mode_override`).
+    pub allow_mode_override: bool,
     /// `stat_prefix`: a label of the filter's counter.
     pub stat_prefix: Arc<str>,
 }
@@ -90,6 +93,11 @@ impl BodyMode {
     /// The body is sent.
     pub fn sent(self) -> bool {
         self != BodyMode::None
+    }
+
+    /// The body is told in part or in chunks: its `content-length` goes with the head.
+    pub fn told_in_part(self) -> bool {
+        matches!(self, BodyMode::BufferedPartial | BodyMode::Streamed)
     }
 }
 

@@ -70,7 +70,6 @@ pub(super) fn ext_proc(
     cx.unsupported(p, "request_attributes", request_attributes);
     cx.unsupported(p, "response_attributes", response_attributes);
     // The processor's `mode_override` and `override_message_timeout` answers.
-    cx.unsupported(p, "allow_mode_override", allow_mode_override);
     cx.unsupported(p, "max_message_timeout", max_message_timeout);
     cx.unsupported(p, "metadata_options", metadata_options);
     cx.unsupported(p, "observability_mode", observability_mode);
@@ -134,6 +133,7 @@ pub(super) fn ext_proc(
         forward,
         route_cache,
         disable_immediate_response: *disable_immediate_response,
+        allow_mode_override: *allow_mode_override,
         stat_prefix: stat_prefix.as_str().into(),
     })
 }

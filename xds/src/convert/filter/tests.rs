@@ -1726,6 +1726,7 @@ fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
                         "grpcService": {"envoyGrpc": {"clusterName": "proc"}},
                         "statPrefix": "mine",
                         "disableImmediateResponse": true,
+                        "allowModeOverride": true,
                         "routeCacheAction": "CLEAR",
                         "mutationRules": {"allowAllRouting": true, "disallowIsError": true, "disallowExpression": {"regex": "x-secret-.*"}},
                         "forwardRules": {"allowedHeaders": {"patterns": [{"prefix": "x-"}]}, "disallowedHeaders": {"patterns": [{"exact": "x-token"}]}},
@@ -1773,6 +1774,7 @@ fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
     );
     assert_eq!(&*all.stat_prefix, "mine");
     assert!(all.disable_immediate_response);
+    assert!(all.allow_mode_override && !eg.allow_mode_override);
     assert_eq!(all.route_cache, mp::RouteCache::Clear);
     assert!(all.rules.allows(":authority") && !all.rules.allows("x-secret-1"));
     assert!(all.rules.disallow_is_error);
@@ -1784,10 +1786,6 @@ fn ext_proc_as_envoy_gateway_writes_it_and_what_is_refused() {
         (
             "processing_mode: {response_trailer_mode: SEND}",
             format!("{fc}.processing_mode.response_trailer_mode: not supported"),
-        ),
-        (
-            "allow_mode_override: true",
-            format!("{fc}.allow_mode_override: not supported"),
         ),
         (
             "request_attributes: [request.path]",
