@@ -661,6 +661,25 @@ fn reader<'a>(
     })
 }
 
+/// Processes the request (`h`, then `body` if the mode tells it) with `exchange`, which
+/// lets it go on: how, and when the body was read.
+async fn continued(
+    exchange: &mut Exchange,
+    services: &Scripted,
+    h: &HeaderMap,
+    body: ReadAhead,
+    metrics: &ProxyMetrics,
+) -> (Continued, Noted) {
+    let noted = Noted::default();
+    let read_by = reader(&body, services, &noted);
+    let head = head(h);
+    let processed = exchange.request(services, &head, read_by, false, false, metrics);
+    let Processed::Continue(c) = processed.await.unwrap() else {
+        panic!("answered")
+    };
+    (c, noted)
+}
+
 /// What a test's body reader gives.
 type Read = std::future::Ready<Result<ReadAhead, BodyError>>;
 
@@ -1072,15 +1091,14 @@ async fn buffered_partial_tells_the_body_up_to_the_limit_and_the_rest_follows() 
     let mut exchange = Exchange::new(&partial, None, 4).unwrap();
     let mut h = request_headers();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
-    let (body, noted) = (read(b"hello", false), Noted::default());
-    let read_by = reader(&body, &services, &noted);
-    let Processed::Continue(c) = exchange
-        .request(&services, &head(&h), read_by, false, false, &metrics)
-        .await
-        .unwrap()
-    else {
-        panic!("answered")
-    };
+    let (c, noted) = continued(
+        &mut exchange,
+        &services,
+        &h,
+        read(b"hello", false),
+        &metrics,
+    )
+    .await;
     assert_eq!(noted.get(), Some((1, 4)), "up to the limit, after the head");
     assert_eq!(
         (c.body.as_deref(), c.replaces),
@@ -1137,15 +1155,7 @@ async fn buffered_partial_tells_the_body_up_to_the_limit_and_the_rest_follows() 
         common_answer(Answered::ResponseBody, 0, vec![], None),
     ]);
     let mut exchange = Exchange::new(&partial, None, LIMIT).unwrap();
-    let (body, noted) = (read(b"hello", true), Noted::default());
-    let read_by = reader(&body, &services, &noted);
-    let Processed::Continue(c) = exchange
-        .request(&services, &head(&h), read_by, false, false, &metrics)
-        .await
-        .unwrap()
-    else {
-        panic!("answered")
-    };
+    let (c, _) = continued(&mut exchange, &services, &h, read(b"hello", true), &metrics).await;
     assert_eq!((c.body, c.replaces), (None, None));
     let mut resp = ok_response();
     exchange
@@ -1182,13 +1192,8 @@ async fn streamed_request(
     h: &HeaderMap,
     metrics: &ProxyMetrics,
 ) -> Continued {
-    let (body, noted) = (read(b"never read", false), Noted::default());
-    let read_by = reader(&body, services, &noted);
-    let head = head(h);
-    let processed = exchange.request(services, &head, read_by, false, false, metrics);
-    let Processed::Continue(c) = processed.await.unwrap() else {
-        panic!("answered")
-    };
+    let never = read(b"never read", false);
+    let (c, noted) = continued(exchange, services, h, never, metrics).await;
     assert_eq!(noted.get(), None, "a streamed body is not read ahead");
     c
 }
@@ -1403,15 +1408,7 @@ async fn a_mode_override_in_an_answer_to_a_head_changes_the_rest_when_allowed() 
     ]);
     let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
     let h = request_headers();
-    let (body, noted) = (read(b"old", true), Noted::default());
-    let read_by = reader(&body, &services, &noted);
-    let Processed::Continue(c) = exchange
-        .request(&services, &head(&h), read_by, false, false, &metrics)
-        .await
-        .unwrap()
-    else {
-        panic!("answered")
-    };
+    let (c, noted) = continued(&mut exchange, &services, &h, read(b"old", true), &metrics).await;
     assert_eq!(
         noted.get(),
         Some((1, LIMIT + 1)),
@@ -1430,11 +1427,7 @@ async fn a_mode_override_in_an_answer_to_a_head_changes_the_rest_when_allowed() 
     let metrics = ProxyMetrics::unregistered();
     let services = Scripted::new(vec![overriding(true, buffered_no_response.clone())]);
     let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
-    let (body, noted) = (read(b"old", true), Noted::default());
-    let read_by = reader(&body, &services, &noted);
-    let request_head = head(&h);
-    let processed = exchange.request(&services, &request_head, read_by, false, false, &metrics);
-    assert!(matches!(processed.await.unwrap(), Processed::Continue(_)));
+    let (_, noted) = continued(&mut exchange, &services, &h, read(b"old", true), &metrics).await;
     assert_eq!(noted.get(), None, "no body told");
     assert!(exchange.wants_response());
     assert_eq!(count(&metrics, "mode_override"), 0);
@@ -1463,11 +1456,7 @@ async fn a_mode_override_in_an_answer_to_a_head_changes_the_rest_when_allowed() 
         ),
     ]);
     let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
-    let (body, noted) = (read(b"old", true), Noted::default());
-    let read_by = reader(&body, &services, &noted);
-    let request_head = head(&h);
-    let processed = exchange.request(&services, &request_head, read_by, false, false, &metrics);
-    assert!(matches!(processed.await.unwrap(), Processed::Continue(_)));
+    let (_, noted) = continued(&mut exchange, &services, &h, read(b"old", true), &metrics).await;
     assert_eq!(noted.get(), None, "the override was ignored");
     assert_eq!(count(&metrics, "mode_override_ignored"), 1);
     let mut resp = ok_response();
