@@ -48,7 +48,9 @@ use crate::body::ReadAhead;
 use crate::error::{BodyError, ProxyBody};
 use crate::filters::Answer;
 use crate::metrics::ProxyMetrics;
-use crate::model::ext_proc::{BodyMode, ExtProcPolicy, ExtProcRoute, ProcessingMode, RouteCache};
+use crate::model::ext_proc::{
+    headers_sent, BodyMode, ExtProcPolicy, ExtProcRoute, ProcessingMode, RouteCache,
+};
 use crate::model::filter::GrpcService;
 use crate::services::{
     apply, edit_of, Edit, HeaderMapProto, HeaderValueOptionProto, HeaderValueProto, Services,
@@ -549,18 +551,7 @@ impl Exchange {
         let Some(m) = m.filter(|_| self.policy.allow_mode_override) else {
             return;
         };
-        let header = |v: i32| match v {
-            0 | 1 => Some(true),
-            2 => Some(false),
-            _ => None,
-        };
-        let body = |v: i32| match v {
-            0 => Some(BodyMode::None),
-            1 => Some(BodyMode::Streamed),
-            2 => Some(BodyMode::Buffered),
-            3 => Some(BodyMode::BufferedPartial),
-            _ => None,
-        };
+        let (header, body) = (headers_sent, BodyMode::from_proto);
         let skipped = |v: i32| matches!(v, 0 | 2);
         let mode = (
             header(m.request_header_mode),
@@ -653,8 +644,8 @@ impl Exchange {
         metrics: &ProxyMetrics,
     ) -> Result<(), Failure> {
         let has_body = !resp.body().is_end_stream();
-        let mut replaced = false;
-        if self.mode.response_headers {
+        let (told_head, mut replaced) = (self.mode.response_headers, false);
+        if told_head {
             let status = resp.status();
             let pseudo = [(":status", status.as_str().as_bytes())];
             let headers = self.told(pseudo.into_iter(), resp.headers());
@@ -925,17 +916,11 @@ impl Exchange {
     /// processor ended it, and processing is over.
     fn failed(&mut self, f: Failure, metrics: &ProxyMetrics) -> Option<u16> {
         self.over = true;
-        let link = self.link.take();
-        let reset = f != Failure::Closed;
-        let count = |outcome| metrics.ext_proc(&self.policy.stat_prefix, outcome);
-        let answer = failure_status(&self.policy, f, &count);
-        if let Some(link) = link {
-            if reset {
-                link.reset();
-            }
-            link.set_over();
+        if let Some(link) = self.link.take() {
+            link.give_up(&f);
         }
-        answer
+        let count = |outcome| metrics.ext_proc(&self.policy.stat_prefix, outcome);
+        failure_status(&self.policy, f, &count)
     }
 
     /// Ends the exchange: its hold of the stream let go (half-closed when no body told

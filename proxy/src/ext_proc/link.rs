@@ -242,6 +242,14 @@ impl Link {
         }
     }
 
+    /// Processing is over after `f`: the stream is reset, unless the processor ended it.
+    pub(super) fn give_up(&self, f: &Failure) {
+        if *f != Failure::Closed {
+            self.reset();
+        }
+        self.set_over();
+    }
+
     /// Processing is over for the request: what is left goes on unprocessed.
     pub(super) fn set_over(&self) {
         self.lock().over = true;

@@ -179,14 +179,9 @@ impl<B: Body<Data = Bytes, Error = BodyError> + Unpin> Streamed<B> {
         let Some(link) = self.link.take() else {
             return Step::Through;
         };
-        let reset = !matches!(f, Failure::Closed);
+        link.give_up(&f);
         let count = |outcome| self.counter.inc(outcome);
-        let status = super::failure_status(&self.policy, f, &count);
-        if reset {
-            link.reset();
-        }
-        link.set_over();
-        match status {
+        match super::failure_status(&self.policy, f, &count) {
             None => Step::Through,
             Some(status) => {
                 if self.side == Side::Request {

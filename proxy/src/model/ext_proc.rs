@@ -99,6 +99,28 @@ impl BodyMode {
     pub fn told_in_part(self) -> bool {
         matches!(self, BodyMode::BufferedPartial | BodyMode::Streamed)
     }
+
+    /// A `BodySendMode` value Myelin takes (not `FULL_DUPLEX_STREAMED`, 4, nor unknown
+    /// ones), from config or from a processor's `mode_override`.
+    pub fn from_proto(v: i32) -> Option<BodyMode> {
+        match v {
+            0 => Some(BodyMode::None),
+            1 => Some(BodyMode::Streamed),
+            2 => Some(BodyMode::Buffered),
+            3 => Some(BodyMode::BufferedPartial),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a `HeaderSendMode` value sends the headers (`DEFAULT`, `SEND`) or not (`SKIP`);
+/// `None`: unknown.
+pub fn headers_sent(v: i32) -> Option<bool> {
+    match v {
+        0 | 1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    }
 }
 
 /// `HeaderMutationRules` (Envoy's `MutationRules::Checker`).

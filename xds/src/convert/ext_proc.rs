@@ -150,14 +150,10 @@ fn mode_of(cx: &mut Cx, p: &str, m: &ProcessingMode) -> Option<mp::ProcessingMod
         response_trailer_mode,
     } = m;
     let errors = cx.errs.len();
-    let header = |cx: &mut Cx, name: &str, v: i32| match v {
-        0 | 1 => true,
-        2 => false,
-        other => {
-            cx.reject(
-                join(p, name),
-                Reason::Invalid(format!("unknown mode {other}")),
-            );
+    let header = |cx: &mut Cx, name: &str, v: i32| match mp::headers_sent(v) {
+        Some(sent) => sent,
+        None => {
+            cx.reject(join(p, name), Reason::Invalid(format!("unknown mode {v}")));
             false
         }
     };
@@ -165,20 +161,14 @@ fn mode_of(cx: &mut Cx, p: &str, m: &ProcessingMode) -> Option<mp::ProcessingMod
     let response_headers = header(cx, "response_header_mode", *response_header_mode);
     // Bodies go held (`BUFFERED`, `BUFFERED_PARTIAL`), chunk by chunk (`STREAMED`) or
     // not at all; `FULL_DUPLEX_STREAMED` is not Myelin's (yet).
-    let body = |cx: &mut Cx, name: &str, v: i32| match v {
-        0 => mp::BodyMode::None,
-        1 => mp::BodyMode::Streamed,
-        2 => mp::BodyMode::Buffered,
-        3 => mp::BodyMode::BufferedPartial,
-        4 => {
+    let body = |cx: &mut Cx, name: &str, v: i32| match mp::BodyMode::from_proto(v) {
+        Some(mode) => mode,
+        None if v == 4 => {
             cx.reject(join(p, name), Reason::NotSupported);
             mp::BodyMode::None
         }
-        other => {
-            cx.reject(
-                join(p, name),
-                Reason::Invalid(format!("unknown mode {other}")),
-            );
+        None => {
+            cx.reject(join(p, name), Reason::Invalid(format!("unknown mode {v}")));
             mp::BodyMode::None
         }
     };
