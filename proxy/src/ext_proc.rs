@@ -508,7 +508,8 @@ impl Exchange {
                 body: read.data.clone(),
                 end_of_stream: read.whole && read.trailers.is_none(),
             });
-            let held = self.mode.request_headers;
+            // The head was told and is held still, whatever an override says of heads now.
+            let held = told_head;
             let answer = match self.ask(services, Side::Request, message).await {
                 Ok((Answered::RequestBody(b), _)) => self.body_answer(b, ":path", held, metrics),
                 Ok((Answered::ImmediateResponse(r), _)) => {
@@ -715,7 +716,7 @@ impl Exchange {
             body: data.clone(),
             end_of_stream: whole && trailers.is_none(),
         });
-        let held = self.mode.response_headers;
+        let held = told_head;
         let answer = match self.ask(services, Side::Response, message).await {
             Ok((Answered::ResponseBody(b), _)) => {
                 self.body_answer(b, ":status", held, metrics).and_then(|a| {

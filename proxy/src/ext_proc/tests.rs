@@ -1501,3 +1501,35 @@ async fn an_answer_asking_for_more_time_is_ignored() {
     assert_eq!(changed["x-added"], "yes");
     assert_eq!(count(&metrics, "spurious"), 0);
 }
+
+#[tokio::test]
+async fn a_head_told_is_held_for_the_bodys_answer_whatever_an_override_says_of_heads() {
+    // The override turns heads off (and the body on) after the request's head was told:
+    // that head is still held, so the body's answer changes it.
+    let p = policy(|p| p.allow_mode_override = true);
+    let skip_heads_buffer_body = ModeOverride {
+        request_header_mode: 2,
+        response_header_mode: 2,
+        request_body_mode: 2,
+        response_body_mode: 0,
+        request_trailer_mode: 0,
+        response_trailer_mode: 0,
+    };
+    let metrics = ProxyMetrics::unregistered();
+    let services = Scripted::new(vec![
+        overriding(true, skip_heads_buffer_body),
+        common_answer(
+            Answered::RequestBody,
+            0,
+            vec![set("x-from-body", "1", 2)],
+            None,
+        ),
+    ]);
+    let mut exchange = Exchange::new(&p, None, LIMIT).unwrap();
+    let h = request_headers();
+    let (c, noted) = continued(&mut exchange, &services, &h, read(b"old", true), &metrics).await;
+    assert_eq!(noted.get(), Some((1, LIMIT + 1)));
+    let mut changed = h.clone();
+    c.changes.iter().for_each(|c| c.apply(&mut changed));
+    assert_eq!(changed["x-from-body"], "1");
+}
