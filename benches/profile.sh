@@ -27,7 +27,9 @@ target=${MYELIN_TARGET:-myelin-mesh}
 command -v perf > /dev/null || { echo "perf not found: apt-get install linux-perf" >&2; exit 2; }
 [ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 2; }
 
-MYELIN_BIN=$bin "$here/target/release/myelin-l7-bench" --rounds 1 --duration 14 --warmup 2 \
+# The agent's code stays on its file mapping (dataplane/src/hugetext.rs): perf symbolizes
+# through the file, and the anonymous copy on huge pages has none.
+MYELIN_HUGE_TEXT=0 MYELIN_BIN=$bin "$here/target/release/myelin-l7-bench" --rounds 1 --duration 14 --warmup 2 \
   --targets "$target" --loads "$load" > "$out.bench" &
 bench=$!
 pid=

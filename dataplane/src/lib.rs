@@ -7,6 +7,7 @@ pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod demo;
+pub mod hugetext;
 pub mod inbound;
 pub mod metrics;
 pub mod mtls;

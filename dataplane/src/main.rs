@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use myelin::{agent, config::Config, demo, selftest, EXIT_CONFIG};
+use myelin::{agent, config::Config, demo, hugetext, selftest, EXIT_CONFIG};
 
 /// mimalloc: the proxy allocates and frees per request across tasks; measured against
 /// glibc's malloc in benches/RESULTS.md (L7 benchmark).
@@ -100,7 +100,17 @@ fn main() -> ExitCode {
             no_splice,
             uninstall_on_exit,
         } => {
+            // First, while this is the only thread (hugetext's module docs: why and what).
+            let text = (!hugetext::disabled_by_env()).then(hugetext::remap);
             init_logging(std::env::var_os("MYELIN_LOG_JSON").is_some());
+            match text {
+                Some(Ok(Some(r))) => {
+                    tracing::info!(bytes = r.len, huge_bytes = r.huge, "agent code moved onto huge pages")
+                }
+                Some(Ok(None)) => tracing::info!("agent code left on small pages: no transparent huge pages or no aligned 2 MiB of code"),
+                Some(Err(e)) => tracing::warn!(error = %e, "agent code left on small pages"),
+                None => tracing::info!("agent code left on small pages: MYELIN_HUGE_TEXT=0"),
+            }
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,

@@ -159,7 +159,39 @@ fn curl_through_the_mesh_is_captured_spliced_and_counted() -> Result<()> {
             "unspliced server: the body crossed its veth ({server_crossed})"
         );
     }
+
+    // The requests above ran the agent's code from its copy on huge pages
+    // (dataplane/src/hugetext.rs), which it makes whenever transparent huge pages are not off.
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")?;
+    let huge = anonymous_code_on_huge_pages(mesh.agent_pid().expect("the agent runs"))?;
+    if thp.contains("[never]") {
+        assert_eq!(huge, 0);
+        assert!(mesh.log().contains("agent code left on small pages"));
+    } else {
+        assert!(
+            huge >= 2 << 20 && mesh.log().contains("agent code moved onto huge pages"),
+            "{huge} bytes of anonymous code on huge pages; log:\n{}",
+            mesh.log()
+        );
+    }
     Ok(())
+}
+
+/// Bytes on huge pages of a process's executable mappings with no file behind them.
+fn anonymous_code_on_huge_pages(pid: u32) -> Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut in_anon_code = false;
+    let mut kb = 0;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_some_and(|f| !f.ends_with(':')) {
+            // A mapping's header: range, perms, offset, device, inode[, path].
+            in_anon_code = fields.len() == 5 && fields[1].starts_with("r-x");
+        } else if in_anon_code && fields.first() == Some(&"AnonHugePages:") {
+            kb += fields[1].parse::<u64>()?;
+        }
+    }
+    Ok(kb * 1024)
 }
 
 #[test]
