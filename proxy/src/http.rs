@@ -1462,11 +1462,14 @@ impl HttpConn {
                 }
                 None => None,
             };
+            // The rare paths' futures boxed (discovery, CONNECT terminated here, tunnels over
+            // HTTP/2): inline, the largest of them (7.8 KB) sized every request's future, which
+            // is copied as it is created (benches/RESULTS.md, 2026-12-07 08:55).
             if let Some(settings) = discover {
-                target.protocol = self.discover(&target, settings).await?;
+                target.protocol = Box::pin(self.discover(&target, settings)).await?;
             }
             if req.extensions_mut().remove::<TerminateConnect>().is_some() {
-                return self.terminate_connect(target, req).await;
+                return Box::pin(self.terminate_connect(target, req)).await;
             }
             let extended = req.extensions_mut().remove::<ConnectProtocol>();
             if let UpstreamProtocol::Http2(h2) = target.protocol {
@@ -1480,7 +1483,7 @@ impl HttpConn {
                         && self.downstream == Protocol::Http1
                         && wants_upgrade(&req))
                 {
-                    return self.tunnel_h2(target, limits, req, extended).await;
+                    return Box::pin(self.tunnel_h2(target, limits, req, extended)).await;
                 }
             }
             // An HTTP/2 extended CONNECT (WebSocket over HTTP/2) is passed to an HTTP/1.1
