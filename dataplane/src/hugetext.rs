@@ -99,10 +99,8 @@ pub fn remap() -> io::Result<Option<Remapped>> {
         if copy > raw {
             libc::munmap(raw as *mut libc::c_void, copy - raw);
         }
-        let tail = raw + len + HUGE - (copy + len);
-        if tail > 0 {
-            libc::munmap((copy + len) as *mut libc::c_void, tail);
-        }
+        // What is left past the window: the HUGE of room less what went before it (never 0).
+        libc::munmap((copy + len) as *mut libc::c_void, raw + HUGE - copy);
         let fail = |e: io::Error| {
             libc::munmap(copy as *mut libc::c_void, len);
             Err(e)
