@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -394,7 +394,7 @@ pub(crate) fn grpc_timeout_value(d: Duration) -> http::HeaderValue {
 /// HTTP/2's concurrent streams each take one of the connection's timers; up to
 /// [`KEPT_TIMERS`] are kept for the next streams, more are dropped.
 #[derive(Default)]
-pub(crate) struct StreamTimer(std::sync::Mutex<Vec<Pin<Box<Sleep>>>>);
+pub(crate) struct StreamTimer(std::sync::Mutex<Vec<Timer>>);
 
 /// The most timers a connection keeps between its streams.
 const KEPT_TIMERS: usize = 32;
@@ -422,7 +422,7 @@ impl StreamTimer {
             alarm.poll(&deadlines, s, cx).map(Err)
         })
         .await;
-        if let Some(t) = alarm.sleep {
+        if let Some(t) = alarm.timer {
             let mut kept = lock(&self.0);
             if kept.len() < KEPT_TIMERS {
                 kept.push(t);
@@ -440,15 +440,15 @@ impl StreamTimer {
 /// already fires the timer at once, and the look after it reads the clock).
 struct Alarm {
     /// Made at the first wait, or lent by the connection ([`StreamTimer`]).
-    sleep: Option<Pin<Box<Sleep>>>,
-    /// `sleep` fires at or before this stream's earliest deadline.
+    timer: Option<Timer>,
+    /// `timer` fires at or before this stream's earliest deadline.
     armed: bool,
 }
 
 impl Alarm {
-    fn new(sleep: Option<Pin<Box<Sleep>>>) -> Self {
+    fn new(timer: Option<Timer>) -> Self {
         Self {
-            sleep,
+            timer,
             armed: false,
         }
     }
@@ -460,12 +460,7 @@ impl Alarm {
         s: &StreamState,
         cx: &mut Context<'_>,
     ) -> Poll<Expired> {
-        if self.armed
-            && self
-                .sleep
-                .as_mut()
-                .is_some_and(|t| t.as_mut().poll(cx).is_pending())
-        {
+        if self.armed && self.timer.as_mut().is_some_and(|t| t.poll(cx).is_pending()) {
             return Poll::Pending;
         }
         loop {
@@ -474,19 +469,67 @@ impl Alarm {
                 Err(e) => return Poll::Ready(e),
                 Ok(None) => return Poll::Pending,
                 Ok(Some(at)) => {
-                    let t = self
-                        .sleep
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    let t = self.timer.get_or_insert_with(|| Timer::new(at));
                     if t.is_elapsed() || t.deadline() > at {
-                        t.as_mut().reset(at);
+                        t.reset(at);
                     }
                     self.armed = true;
-                    if t.as_mut().poll(cx).is_pending() {
+                    if t.poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                 }
             }
         }
+    }
+}
+
+/// A tokio timer for a future that is polled at every event of its task (a stream's
+/// deadlines, a connection's idle timeout): it gives tokio the task's waker only when that
+/// changes. `Sleep::poll` swaps the waker in the timer's slot at every poll, a clone and a
+/// drop of the waker (two atomic reference counts) and a handshake on the slot, and these
+/// timers were polled several times per request (benches/RESULTS.md, 2026-12-07 12:05).
+pub(crate) struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    /// The waker the timer wakes when it fires, as last given to it.
+    waker: Option<Waker>,
+}
+
+impl Timer {
+    pub(crate) fn new(at: Instant) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            waker: None,
+        }
+    }
+
+    /// `Ready` once the deadline has passed; else the task behind `cx` is woken when it does.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Still registered with a waker that wakes this task: the timer wakes it when it
+            // fires, and then reads as elapsed.
+            return if self.sleep.is_elapsed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            };
+        }
+        let polled = self.sleep.as_mut().poll(cx);
+        self.waker = polled.is_pending().then(|| cx.waker().clone());
+        polled
+    }
+
+    pub(crate) fn is_elapsed(&self) -> bool {
+        self.sleep.is_elapsed()
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        self.sleep.deadline()
+    }
+
+    /// Sets a new deadline; the next poll gives the timer the task's waker again.
+    pub(crate) fn reset(&mut self, at: Instant) {
+        self.sleep.as_mut().reset(at);
+        self.waker = None;
     }
 }
 
@@ -523,18 +566,18 @@ impl ConnActivity {
 
     /// Resolves once the connection has had no stream for `timeout`.
     pub(crate) async fn idle_for(&self, timeout: Duration) {
-        let mut at = Instant::now() + timeout;
+        let mut timer = Timer::new(Instant::now() + timeout);
         loop {
-            tokio::time::sleep_until(at).await;
+            std::future::poll_fn(|cx| timer.poll(cx)).await;
             let state = self.state.load(Ordering::Acquire);
             if state >> COUNT_SHIFT == 0 {
                 let since = self.base + Duration::from_millis(state & SINCE_MASK);
                 if since.elapsed() >= timeout {
                     return;
                 }
-                at = since + timeout;
+                timer.reset(since + timeout);
             } else {
-                at = Instant::now() + timeout;
+                timer.reset(Instant::now() + timeout);
             }
         }
     }
@@ -664,12 +707,20 @@ impl IdleClock {
 
     /// Resolves once no bytes have moved for `timeout`.
     pub(crate) async fn idle_for(&self, timeout: Duration) {
+        let mut timer: Option<Timer> = None;
         loop {
             let at = self.base + Duration::from_micros(self.last.load(Ordering::Relaxed)) + timeout;
             if Instant::now() >= at {
                 return;
             }
-            tokio::time::sleep_until(at).await;
+            let t = match &mut timer {
+                Some(t) => {
+                    t.reset(at);
+                    t
+                }
+                None => timer.insert(Timer::new(at)),
+            };
+            std::future::poll_fn(|cx| t.poll(cx)).await;
         }
     }
 }
@@ -1079,6 +1130,55 @@ mod tests {
     /// The first wait arms the timer without reading the clock (as if at the stream's
     /// start): a deadline that has passed by then still expires at once, and one that has
     /// not keeps its time.
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn woken(c: &Arc<Count>) -> usize {
+        c.0.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_polled_again_wakes_the_last_task_that_polled_it() {
+        let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let mut timer = Timer::new(Instant::now() + Duration::from_secs(1));
+        // Polled again and again by the same task (its waker kept, not given again).
+        for _ in 0..3 {
+            assert!(timer.poll(&mut Context::from_waker(&wa)).is_pending());
+        }
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert_eq!(woken(&a), 1);
+        assert!(timer.poll(&mut Context::from_waker(&wa)).is_ready());
+
+        // Reset, then polled by another task: that one is woken, not the first.
+        timer.reset(Instant::now() + Duration::from_secs(1));
+        assert!(timer.poll(&mut Context::from_waker(&wa)).is_pending());
+        assert!(timer.poll(&mut Context::from_waker(&wb)).is_pending());
+        assert!(timer.poll(&mut Context::from_waker(&wb)).is_pending());
+        tokio::time::sleep(Duration::from_millis(999)).await;
+        assert!(timer.poll(&mut Context::from_waker(&wb)).is_pending());
+        assert_eq!((woken(&a), woken(&b)), (1, 0));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!((woken(&a), woken(&b)), (1, 1));
+        assert!(timer.poll(&mut Context::from_waker(&wb)).is_ready());
+
+        // A deadline already passed: ready at the first poll, nothing kept.
+        timer.reset(Instant::now());
+        assert!(timer.poll(&mut Context::from_waker(&wa)).is_ready());
+        assert!(timer.waker.is_none());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_deadline_passed_before_the_first_wait_expires_at_once() {
         let timer = StreamTimer::default();
