@@ -1127,9 +1127,6 @@ mod tests {
         assert_eq!(lock(&timer.0).len(), 2);
     }
 
-    /// The first wait arms the timer without reading the clock (as if at the stream's
-    /// start): a deadline that has passed by then still expires at once, and one that has
-    /// not keeps its time.
     /// A waker that counts its wake-ups.
     #[derive(Default)]
     struct Count(std::sync::atomic::AtomicUsize);
@@ -1179,6 +1176,9 @@ mod tests {
         assert!(timer.waker.is_none());
     }
 
+    /// The first wait arms the timer without reading the clock (as if at the stream's
+    /// start): a deadline that has passed by then still expires at once, and one that has
+    /// not keeps its time.
     #[tokio::test(start_paused = true)]
     async fn a_deadline_passed_before_the_first_wait_expires_at_once() {
         let timer = StreamTimer::default();
