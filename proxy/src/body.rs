@@ -390,8 +390,10 @@ pub(crate) struct MeteredBody<B> {
 
 struct Pending {
     record: RequestRecord,
-    /// What the access log adds to the record; `None`: access log off.
-    access: Option<AccessInfo>,
+    /// What the access log adds to the record; `None`: access log off. Boxed: it is most
+    /// of the size of every response body, moved several times per request, for a log
+    /// that is off by default.
+    access: Option<Box<AccessInfo>>,
     /// Start time and request bytes.
     stream: Arc<StreamState>,
     response_bytes: u64,
@@ -405,7 +407,7 @@ impl<B> MeteredBody<B> {
     pub(crate) fn new(
         inner: B,
         record: RequestRecord,
-        access: Option<AccessInfo>,
+        access: Option<Box<AccessInfo>>,
         stream: Arc<StreamState>,
         golden: Arc<GoldenMetrics>,
     ) -> Self {

@@ -73,13 +73,17 @@ pub(crate) fn encode_request_head(
     }
     match framing {
         RequestFraming::None => {}
-        RequestFraming::Length(n) => {
-            use std::fmt::Write as _;
-            // Writing to a BytesMut cannot fail.
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
+        RequestFraming::Length(n) => put_content_length(n, out),
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a `content-length` field line (`itoa`: `write!` goes through the formatting
+/// machinery, a few hundred instructions for every message with a length).
+fn put_content_length(n: u64, out: &mut BytesMut) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -223,7 +227,9 @@ pub(crate) fn parse_response_head(
     let head = buf.split_to(n).freeze();
     // Room for the `server` header a connection manager writes.
     let mut headers = HeaderMap::with_capacity(kept.len() + 1);
-    for (name, range) in kept {
+    // Drained, not moved into an iterator: `into_iter` copies the whole inline array
+    // (760 bytes) first.
+    for (name, range) in kept.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| WireError::Header(name.as_str().to_owned()))?;
         headers.append(name, value);
@@ -367,7 +373,8 @@ pub(crate) fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHea
         // Room for what the connection manager adds to most requests (`x-forwarded-proto`,
         // `x-request-id`) without growing the map again.
         headers.reserve(kept.len() + 2);
-        for (name, range) in kept {
+        // Drained: see `parse_response_head`.
+        for (name, range) in kept.drain(..) {
             let value = HeaderValue::from_maybe_shared(head.slice(range))
                 .map_err(|_| Unserved("header"))?;
             headers.append(name, value);
@@ -430,11 +437,7 @@ pub(crate) fn encode_response_head(
     }
     match framing {
         ResponseFraming::None => {}
-        ResponseFraming::Length(n) => {
-            use std::fmt::Write as _;
-            // Writing to a BytesMut cannot fail.
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
+        ResponseFraming::Length(n) => put_content_length(n, out),
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     if close {

@@ -718,7 +718,9 @@ impl HttpConn {
                 request_protocol: if grpc { "grpc" } else { "http" },
                 response_code: resp.status().as_u16(),
                 // A trailers-only gRPC response carries the status in its headers.
-                grpc_status: retry::grpc_status(resp.headers()),
+                // (For gRPC requests only: Istio's `grpc_response_status` is empty for others,
+                // and the lookup is one more hashed search per request.)
+                grpc_status: grpc.then(|| retry::grpc_status(resp.headers())).flatten(),
                 response_flags: flags,
                 duration: elapsed,
                 request_bytes: 0,
@@ -727,25 +729,27 @@ impl HttpConn {
             let access =
                 logged
                     .filter(|_| self.config.access_log)
-                    .map(|(method, uri, started_at)| AccessInfo {
-                        start: started_at,
-                        method: method.to_string(),
-                        authority: authority_seen.as_str().to_owned(),
-                        path: uri
-                            .path_and_query()
-                            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-                        downstream: self.peer,
-                        original_dst: self.dst,
-                        upstream: dest.upstream,
-                        // Shared, not copied: every routed request has a cluster, and
-                        // this log is off by default.
-                        cluster: dest.cluster.clone(),
-                        headers_after: elapsed,
-                        request_id: managed
-                            .as_ref()
-                            .and_then(|(_, f)| f.request_id.as_ref())
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned),
+                    .map(|(method, uri, started_at)| {
+                        Box::new(AccessInfo {
+                            start: started_at,
+                            method: method.to_string(),
+                            authority: authority_seen.as_str().to_owned(),
+                            path: uri
+                                .path_and_query()
+                                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+                            downstream: self.peer,
+                            original_dst: self.dst,
+                            upstream: dest.upstream,
+                            // Shared, not copied: every routed request has a cluster, and
+                            // this log is off by default.
+                            cluster: dest.cluster.clone(),
+                            headers_after: elapsed,
+                            request_id: managed
+                                .as_ref()
+                                .and_then(|(_, f)| f.request_id.as_ref())
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned),
+                        })
                     });
             let golden = self.golden.clone();
             let destination_too = dest.local.is_some();
@@ -1002,18 +1006,20 @@ impl HttpConn {
     ) -> impl Future<Output = Result<(Response<ProxyBody>, &'static str), ProxyError>> + 'f {
         async move {
             let limits = d.cluster.conn_limits();
-            let upgrade = wants_upgrade(&req);
             match policy {
                 // The retry loop is boxed: its state (the replayable body, the request's parts
                 // for the next try, the endpoints tried) would otherwise make every request's
                 // future kilobytes larger, and futures are copied as they are created.
-                Some(p) if p.num_retries > 0 && !upgrade => {
+                // (An upgrade is looked for only when there are retries to skip.)
+                Some(p) if p.num_retries > 0 && !wants_upgrade(&req) => {
                     Box::pin(self.retried(d, p, &limits, req, first_pick)).await
                 }
                 _ => {
                     // No retries, but the per-try timeout still bounds the one try (as in
                     // Envoy).
-                    let per_try = policy.and_then(|p| p.per_try_timeout).filter(|_| !upgrade);
+                    let per_try = policy
+                        .and_then(|p| p.per_try_timeout)
+                        .filter(|_| !wants_upgrade(&req));
                     let addr = first_pick.target.addr;
                     let mut req = req;
                     let counted = d.attempt_count();

@@ -658,7 +658,13 @@ impl Body for TimedBody {
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                t.state.touch();
+                if this.inner.is_end_stream() {
+                    // The last frame (most responses have one): the body's deadlines end
+                    // with it, so no clock is read to note its activity.
+                    this.timers = None;
+                } else {
+                    t.state.touch();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => {
