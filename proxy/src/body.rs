@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::error::BodyError;
-use crate::golden::{GoldenMetrics, RequestRecord};
+use crate::golden::{ConnGolden, RequestRecord};
 use crate::timeout::{StreamState, StreamTimedOut};
 
 /// Counts the data bytes that pass through `inner` into the request's [`StreamState`],
@@ -397,7 +397,7 @@ struct Pending {
     /// Start time and request bytes.
     stream: Arc<StreamState>,
     response_bytes: u64,
-    golden: Arc<GoldenMetrics>,
+    golden: Arc<ConnGolden>,
     /// Record it for the destination too (`reporter="destination"`): pod to pod on this
     /// node, where this proxy is both ends.
     destination_too: bool,
@@ -409,7 +409,7 @@ impl<B> MeteredBody<B> {
         record: RequestRecord,
         access: Option<Box<AccessInfo>>,
         stream: Arc<StreamState>,
-        golden: Arc<GoldenMetrics>,
+        golden: Arc<ConnGolden>,
     ) -> Self {
         Self {
             inner,

@@ -8,6 +8,7 @@
 //! read), up to one tick (1-10 ms) behind. What needs precision (request durations,
 //! deadlines, timers) keeps `Instant`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::time::{clock_gettime, ClockId};
@@ -33,6 +34,24 @@ impl Coarse {
     /// Time from `earlier` to `self`, zero if `earlier` is later.
     pub(crate) fn since(self, earlier: Coarse) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// A [`Coarse`] shared between threads and updated in place.
+#[derive(Debug)]
+pub(crate) struct AtomicCoarse(AtomicU64);
+
+impl AtomicCoarse {
+    pub(crate) fn new(c: Coarse) -> Self {
+        Self(AtomicU64::new(c.0))
+    }
+
+    pub(crate) fn load(&self) -> Coarse {
+        Coarse(self.0.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn store(&self, c: Coarse) {
+        self.0.store(c.0, Ordering::Relaxed);
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, SERVER, VIA};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, HOST, SERVER, VIA};
 use http::{Method, Request, Uri};
 
 use crate::model::listener::{
@@ -111,10 +111,13 @@ pub(crate) fn mutate_request(
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(s.as_str()));
         s
     } else {
-        match headers.get(X_FORWARDED_PROTO) {
-            Some(v) => RequestScheme::parse(v.as_bytes()).unwrap_or(RequestScheme::Http),
-            None => {
-                headers.insert(X_FORWARDED_PROTO, proto);
+        // One lookup for the read and the write (a custom header name is hashed byte by byte).
+        match headers.entry(X_FORWARDED_PROTO) {
+            Entry::Occupied(v) => {
+                RequestScheme::parse(v.get().as_bytes()).unwrap_or(RequestScheme::Http)
+            }
+            Entry::Vacant(v) => {
+                v.insert(proto);
                 if tls {
                     RequestScheme::Https
                 } else {
@@ -177,9 +180,14 @@ pub(crate) fn mutate_request(
     }
     if h.generate_request_id {
         let keep_external = h.preserve_external_request_id || !edge;
-        let has_id = headers.get(X_REQUEST_ID).is_some_and(|v| !v.is_empty());
-        if !has_id || !keep_external {
-            headers.insert(X_REQUEST_ID, uuid_v4(fastrand::u128(..)));
+        match headers.entry(X_REQUEST_ID) {
+            Entry::Occupied(v) if keep_external && !v.get().is_empty() => {}
+            Entry::Occupied(mut v) => {
+                v.insert(uuid_v4(fastrand::u128(..)));
+            }
+            Entry::Vacant(v) => {
+                v.insert(uuid_v4(fastrand::u128(..)));
+            }
         }
     }
     RequestFacts {

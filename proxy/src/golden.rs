@@ -16,10 +16,13 @@
 //! Recording is on every request's path, so a label set that is already known costs one hash
 //! of its values, one lookup and the metric updates: the guard's index keeps each label set's
 //! metric handles, so the families' own maps (which hash the whole label set again, per
-//! family) and the label allocations are only paid when a label set is new.
+//! family) and the label allocations are only paid when a label set is new. A connection
+//! remembers the label sets of its last requests ([`ConnGolden`]): the next request with the
+//! same labels (most are) skips the hash and the comparison of its 13 values too.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +31,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::clock::Coarse;
+use crate::clock::{AtomicCoarse, Coarse};
 use crate::lock;
 
 /// Which names the golden metrics carry.
@@ -161,12 +164,21 @@ fn names(table: &[[&'static str; 2]], naming: Naming) -> Vec<&'static str> {
     table.iter().map(|row| row[i]).collect()
 }
 
-/// One label set in use: its labels, its last use (expiry is minutes: the coarse clock) and
-/// its metric handles (`H`).
+/// One label set in use: its labels, its last use and its metric handles (`H`).
 struct Entry<H> {
     labels: Labels,
-    last: Coarse,
+    live: Arc<Liveness>,
     handles: H,
+}
+
+/// A label set's last use (expiry is minutes: the coarse clock) and whether it is still in
+/// its families; shared with the connections that remember it ([`ConnGolden`]). Both are
+/// read and written only under the lock of the label set's [`Series`].
+#[derive(Debug)]
+struct Liveness {
+    last: AtomicCoarse,
+    /// Cleared when the label set expires (its handles are then out of the families).
+    alive: AtomicBool,
 }
 
 /// The label sets in use by one group of families, indexed by a hash of their values so that
@@ -208,8 +220,9 @@ impl<H: Clone> Series<H> {
         let before = out.len();
         self.by_hash.retain(|_, bucket| {
             bucket.retain(|e| {
-                let keep = e.last.elapsed() < expiry;
+                let keep = e.live.last.load().elapsed() < expiry;
                 if !keep {
+                    e.live.alive.store(false, Ordering::Relaxed);
                     out.push(e.labels.clone());
                 }
                 keep
@@ -404,6 +417,13 @@ impl GoldenMetrics {
 
     /// Records one finished request.
     pub fn record_request(&self, r: &RequestRecord) {
+        let (handles, _) = self.request_handles(r);
+        self.observe(&handles, r);
+    }
+
+    /// The handles of `r`'s label set, found by its values, with its liveness (none for the
+    /// overflow set: a label set recorded there is admitted once there is room again).
+    fn request_handles(&self, r: &RequestRecord) -> (RequestHandles, Option<Arc<Liveness>>) {
         let (mut code_buf, mut grpc_buf) = ([0; 10], [0; 10]);
         let code = decimal(r.response_code.into(), &mut code_buf);
         let grpc = r.grpc_status.map_or("-", |s| decimal(s, &mut grpc_buf));
@@ -423,14 +443,28 @@ impl GoldenMetrics {
             r.response_flags,
             r.connection_security_policy,
         ];
-        let h = self.admit(&self.request_series, &self.request_names, &values, |l| {
+        self.admit(&self.request_series, &self.request_names, &values, |l| {
             RequestHandles(Arc::new(RequestMetrics {
                 requests: self.requests.get_or_create_owned(l),
                 duration: self.duration.get_or_create_owned(l),
                 request_bytes: self.request_bytes.get_or_create_owned(l),
                 response_bytes: self.response_bytes.get_or_create_owned(l),
             }))
-        });
+        })
+    }
+
+    /// Whether a remembered label set is still in its families; if so, it counts as used now.
+    fn touch(&self, live: &Liveness) -> bool {
+        let _series = lock(&self.request_series);
+        let alive = live.alive.load(Ordering::Relaxed);
+        if alive {
+            live.last.store(Coarse::now());
+        }
+        alive
+    }
+
+    /// Records `r` into its label set's handles `h`.
+    fn observe(&self, h: &RequestHandles, r: &RequestRecord) {
         let m = &h.0;
         m.requests.inc();
         let d = match self.naming {
@@ -464,17 +498,19 @@ impl GoldenMetrics {
                 closed: self.tcp_closed.get_or_create_owned(l),
             }
         })
+        .0
     }
 
-    /// The metric handles to record into: those of `values` if it is known or the cap allows
-    /// it (`make` creates them for a new label set), else the overflow set's.
+    /// The metric handles to record into, with their label set's liveness: those of
+    /// `values` if it is known or the cap allows it (`make` creates them for a new label
+    /// set), else the overflow set's (no liveness).
     fn admit<H: Clone>(
         &self,
         series: &Mutex<Series<H>>,
         names: &[&'static str],
         values: &[&str],
         make: impl FnOnce(&Labels) -> H,
-    ) -> H {
+    ) -> (H, Option<Arc<Liveness>>) {
         let mut s = lock(series);
         let now = Coarse::now();
         let hash = s.hash(values);
@@ -487,15 +523,15 @@ impl GoldenMetrics {
             })
         });
         if let Some(e) = known {
-            e.last = now;
-            return e.handles.clone();
+            e.live.last.store(now);
+            return (e.handles.clone(), Some(e.live.clone()));
         }
         if s.len >= self.guard.max_series {
             self.overflowed.inc();
             if s.overflow_handles.is_none() {
                 s.overflow_handles = Some(make(&s.overflow));
             }
-            return s.overflow_handles.clone().expect("just set");
+            return (s.overflow_handles.clone().expect("just set"), None);
         }
         let labels: Labels = names
             .iter()
@@ -503,13 +539,17 @@ impl GoldenMetrics {
             .map(|(n, v)| (*n, Arc::from(*v)))
             .collect();
         let handles = make(&labels);
+        let live = Arc::new(Liveness {
+            last: AtomicCoarse::new(now),
+            alive: AtomicBool::new(true),
+        });
         s.by_hash.entry(hash).or_default().push(Entry {
             labels,
-            last: now,
+            live: live.clone(),
             handles: handles.clone(),
         });
         s.len += 1;
-        handles
+        (handles, Some(live))
     }
 
     /// Removes label sets idle for longer than the expiry. The agent calls it periodically.
@@ -533,6 +573,93 @@ impl GoldenMetrics {
             }
             self.expired.inc();
         }
+    }
+}
+
+/// One connection's way into the golden metrics: it remembers the label set of its last
+/// request for each reporter, and a request with the same labels (the same source and
+/// destination records, code, gRPC status, flags, protocol and policy: nearly every request
+/// on a connection) records into it without hashing and comparing the 13 values. A
+/// remembered label set that has expired since is looked up again.
+pub struct ConnGolden {
+    metrics: Arc<GoldenMetrics>,
+    /// `[source, destination]` reporter.
+    memo: Mutex<[Option<Memo>; 2]>,
+}
+
+/// A label set a connection recorded into, by the record fields it came from. The label
+/// records are compared by address: a connection shares them between its requests.
+struct Memo {
+    source: Arc<SourceLabels>,
+    destination: Arc<DestinationLabels>,
+    reporter: &'static str,
+    request_protocol: &'static str,
+    response_flags: &'static str,
+    connection_security_policy: &'static str,
+    response_code: u16,
+    grpc_status: Option<u32>,
+    live: Arc<Liveness>,
+    handles: RequestHandles,
+}
+
+impl Memo {
+    fn matches(&self, r: &RequestRecord) -> bool {
+        // Equal strings mostly share their address (the same constant): that is checked first.
+        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
+        Arc::ptr_eq(&self.source, &r.source)
+            && Arc::ptr_eq(&self.destination, &r.destination)
+            && self.response_code == r.response_code
+            && self.grpc_status == r.grpc_status
+            && same(self.reporter, r.reporter)
+            && same(self.response_flags, r.response_flags)
+            && same(self.request_protocol, r.request_protocol)
+            && same(
+                self.connection_security_policy,
+                r.connection_security_policy,
+            )
+    }
+}
+
+impl ConnGolden {
+    pub fn new(metrics: Arc<GoldenMetrics>) -> Self {
+        Self {
+            metrics,
+            memo: Mutex::new([None, None]),
+        }
+    }
+
+    /// Records one finished request of this connection.
+    pub fn record_request(&self, r: &RequestRecord) {
+        let slot = usize::from(r.reporter != "source");
+        let mut memo = lock(&self.memo);
+        if let Some(m) = memo[slot].as_ref().filter(|m| m.matches(r)) {
+            if self.metrics.touch(&m.live) {
+                self.metrics.observe(&m.handles, r);
+                return;
+            }
+        }
+        let (handles, live) = self.metrics.request_handles(r);
+        self.metrics.observe(&handles, r);
+        memo[slot] = live.map(|live| Memo {
+            source: r.source.clone(),
+            destination: r.destination.clone(),
+            reporter: r.reporter,
+            request_protocol: r.request_protocol,
+            response_flags: r.response_flags,
+            connection_security_policy: r.connection_security_policy,
+            response_code: r.response_code,
+            grpc_status: r.grpc_status,
+            live,
+            handles,
+        });
+    }
+}
+
+impl std::fmt::Debug for ConnGolden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnGolden")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
     }
 }
 
@@ -712,6 +839,68 @@ mod tests {
         assert_eq!(count("200", "-").as_deref(), Some("1"), "{out}");
         assert!(out.contains("myelin_request_bytes_count{"), "{out}");
         assert_eq!(lock(&m.request_series).len, 3);
+    }
+
+    #[test]
+    fn a_connection_records_into_the_label_sets_it_remembers_until_they_expire() {
+        let mut reg = Registry::default();
+        let m = Arc::new(GoldenMetrics::new(
+            &mut reg,
+            Naming::Myelin,
+            GuardConfig {
+                max_series: 10,
+                idle_expiry: Duration::from_millis(50),
+            },
+        ));
+        let conn = ConnGolden::new(m.clone());
+        let count = |reporter: &str, code: &str| {
+            scrape(&reg)
+                .lines()
+                .find(|l| {
+                    l.starts_with("myelin_requests_total{")
+                        && l.contains(&format!("reporter=\"{reporter}\""))
+                        && l.contains(&format!("response_code=\"{code}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        let ok = record("a", 200);
+        let mut failed = ok.clone();
+        failed.response_code = 503;
+        let mut dest = ok.clone();
+        dest.reporter = "destination";
+        for r in [&ok, &ok, &failed, &ok, &dest, &ok, &dest] {
+            conn.record_request(r);
+        }
+        // A connection's records and the agent's own lookup meet in the same series.
+        m.record_request(&record("a", 200));
+        assert_eq!(count("source", "200").as_deref(), Some("5"));
+        assert_eq!(count("source", "503").as_deref(), Some("1"));
+        assert_eq!(count("destination", "200").as_deref(), Some("2"));
+        assert_eq!(lock(&m.request_series).len, 3);
+        {
+            let memo = lock(&conn.memo);
+            assert!(memo[0].as_ref().is_some_and(|m| m.response_code == 200));
+            assert!(memo[1]
+                .as_ref()
+                .is_some_and(|m| m.reporter == "destination"));
+        }
+        // Expired while remembered: recorded again, not into handles out of their families.
+        std::thread::sleep(Duration::from_millis(60));
+        m.expire_idle();
+        assert_eq!(lock(&m.request_series).len, 0);
+        assert_eq!(count("source", "200"), None);
+        conn.record_request(&ok);
+        conn.record_request(&ok);
+        assert_eq!(count("source", "200").as_deref(), Some("2"));
+        assert_eq!(lock(&m.request_series).len, 1);
+        // Recording through the memory keeps a label set from expiring.
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(20));
+            conn.record_request(&ok);
+            m.expire_idle();
+        }
+        assert_eq!(count("source", "200").as_deref(), Some("6"));
     }
 
     #[test]

@@ -45,7 +45,9 @@ use crate::drain;
 use crate::error::{BodyError, HeaderRefusal, ProxyBody, ProxyError, Side};
 use crate::extended_connect;
 use crate::filters::{self, Filtered};
-use crate::golden::{self, DestinationLabels, GoldenMetrics, RequestRecord, SourceLabels, UNKNOWN};
+use crate::golden::{
+    self, ConnGolden, DestinationLabels, GoldenMetrics, RequestRecord, SourceLabels, UNKNOWN,
+};
 use crate::h2server::{ConnectProtocol, Ended, Limits, Signals};
 use crate::local_reply;
 use crate::lock;
@@ -147,7 +149,7 @@ pub(crate) struct HttpConn {
     downstream: Protocol,
     connect_timeout: Duration,
     metrics: Arc<ProxyMetrics>,
-    golden: Arc<GoldenMetrics>,
+    golden: Arc<ConnGolden>,
     /// For the destination workload of a request.
     config: Arc<ProxyConfig>,
     pools: Arc<Pools>,
@@ -423,7 +425,7 @@ impl HttpConn {
             downstream: p.downstream,
             connect_timeout: p.connect_timeout,
             metrics: p.metrics,
-            golden: p.golden,
+            golden: Arc::new(ConnGolden::new(p.golden)),
             config: p.config,
             pools: p.pools,
             timeouts: p.manager.timeouts,
