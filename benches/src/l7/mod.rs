@@ -31,8 +31,9 @@
 //! - `open-loop`: a fixed rate (1,000 req/s by default) of HTTP/1.1 requests from
 //!   [`openloop`], latency from the intended send time.
 //!
-//! For the proxy: its CPU time (user + system, `/proc/<pid>/stat`) over the measured run
-//! divided by the requests of that run, and its resident set (`VmRSS`) right after the run.
+//! For the proxy: its CPU time (user + system, from its CPU-time clock; the kernel's share as
+//! `/proc/<pid>/stat` splits it) over the measured run divided by the requests of that run,
+//! and its resident set (`VmRSS`) right after the run.
 //! For each run also how busy both cores were (`/proc/stat`): the proxy's with anything else,
 //! the load core in all (near 100 %, the load core sets the pace and the tail latencies).
 
@@ -806,7 +807,7 @@ impl Bench<'_> {
                     pid,
                     cpu_seconds: cpu,
                     cpu_us_per_request: per_request(cpu),
-                    kernel_us_per_request: per_request(used.system.as_secs_f64()),
+                    kernel_us_per_request: per_request(used.kernel().as_secs_f64()),
                     rss_bytes: status.rss_bytes,
                     peak_rss_bytes: status.peak_rss_bytes,
                     threads: status.threads,
