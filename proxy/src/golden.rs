@@ -708,6 +708,19 @@ mod tests {
         out
     }
 
+    /// The value of the `myelin_requests_total` series of `out` with all of `labels`.
+    fn requests_total(out: &str, labels: &[(&str, &str)]) -> Option<String> {
+        out.lines()
+            .find(|l| {
+                l.starts_with("myelin_requests_total{")
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    }
+
     #[test]
     fn myelin_and_istio_names() {
         let mut reg = Registry::default();
@@ -825,14 +838,7 @@ mod tests {
         m.record_request(&r);
         let out = scrape(&reg);
         let count = |code: &str, grpc: &str| {
-            out.lines()
-                .find(|l| {
-                    l.starts_with("myelin_requests_total{")
-                        && l.contains(&format!("response_code=\"{code}\""))
-                        && l.contains(&format!("grpc_status=\"{grpc}\""))
-                })
-                .and_then(|l| l.rsplit(' ').next())
-                .map(str::to_owned)
+            requests_total(&out, &[("response_code", code), ("grpc_status", grpc)])
         };
         assert_eq!(count("200", "0").as_deref(), Some("3"), "{out}");
         assert_eq!(count("503", "0").as_deref(), Some("1"), "{out}");
@@ -854,15 +860,10 @@ mod tests {
         ));
         let conn = ConnGolden::new(m.clone());
         let count = |reporter: &str, code: &str| {
-            scrape(&reg)
-                .lines()
-                .find(|l| {
-                    l.starts_with("myelin_requests_total{")
-                        && l.contains(&format!("reporter=\"{reporter}\""))
-                        && l.contains(&format!("response_code=\"{code}\""))
-                })
-                .and_then(|l| l.rsplit(' ').next())
-                .map(str::to_owned)
+            requests_total(
+                &scrape(&reg),
+                &[("reporter", reporter), ("response_code", code)],
+            )
         };
         let ok = record("a", 200);
         let mut failed = ok.clone();

@@ -801,7 +801,7 @@ impl Bench<'_> {
             (Some(pid), Some(c0), Some(c1)) => {
                 let status = procstat::status(pid)?;
                 let used = c1 - c0;
-                let cpu = used.total().as_secs_f64();
+                let cpu = used.total.as_secs_f64();
                 let per_request = |s: f64| s * 1e6 / driven.requests as f64;
                 Some(ProxyUsage {
                     pid,

@@ -49,10 +49,6 @@ pub struct CpuTime {
 }
 
 impl CpuTime {
-    pub fn total(&self) -> Duration {
-        self.total
-    }
-
     /// The kernel's part of [`CpuTime::total`], split as the ticks are (the kernel splits
     /// user and system time by sampling at its tick: statistical, within a few percent over
     /// a run of seconds).
@@ -310,10 +306,10 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         let used = mid - start;
-        assert!(used.total() > Duration::ZERO, "{used:?}");
-        assert!(used.total() <= Duration::from_millis(45), "{used:?}");
+        assert!(used.total > Duration::ZERO, "{used:?}");
+        assert!(used.total <= Duration::from_millis(45), "{used:?}");
         // Not a multiple of the tick: the exact clock, not the ticks.
-        assert_ne!(used.total().as_nanos() % 10_000_000, 0, "{used:?}");
-        assert!(used.kernel() <= used.total());
+        assert_ne!(used.total.as_nanos() % 10_000_000, 0, "{used:?}");
+        assert!(used.kernel() <= used.total);
     }
 }
